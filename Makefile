@@ -1,0 +1,39 @@
+# Two commands matter: `make run` and `make test`. Both do all set-up from a fresh clone.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+.PHONY: run test install lint bench db-stop clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)
+
+## run: start the embedded PostgreSQL, migrate, and show the demo job working
+run: install
+	$(PY) examples/demo.py
+
+## test: the whole suite against a real PostgreSQL (embedded, started by the tests)
+test: install
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check pgtasks tests bench examples
+	$(VENV)/bin/ruff format --check pgtasks tests bench examples
+
+## bench: pgtasks side by side with procrastinate and PgQueuer on one embedded server
+bench: install
+	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
+	$(PY) -m bench
+
+db-stop: install
+	$(VENV)/bin/pgtasks db stop
+
+clean:
+	-$(VENV)/bin/pgtasks db stop 2>/dev/null
+	rm -rf $(VENV) .pgtasks .pytest_cache
