@@ -1,0 +1,399 @@
+"""`pgtasks` on the command line. Errors print one line and exit non-zero, never a traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import importlib.util
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+import click
+from rich.console import Console
+from rich.table import Table
+
+from pgtasks.client import Client, TaskInfo
+from pgtasks.config import ENV_URL, database_url, embedded_root
+from pgtasks.embedded import EmbeddedPostgres
+from pgtasks.errors import PgTasksError
+from pgtasks.migrations import migrate_url
+
+T = TypeVar("T")
+console = Console()
+STATUS_STYLE = {
+    "PENDING": "cyan",
+    "RUNNING": "yellow",
+    "COMMIT": "magenta",
+    "DONE": "green",
+    "FAILED": "red",
+    "CANCELLED": "dim",
+}
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def _url(ctx: click.Context) -> str:
+    return database_url(ctx.obj.get("url"))
+
+
+async def _with_client(ctx: click.Context, fn: Callable[[Client], Coroutine[Any, Any, T]]) -> T:
+    async with Client(ctx.obj.get("url")) as client:
+        return await fn(client)
+
+
+def _status(s: str) -> str:
+    return f"[{STATUS_STYLE.get(s, 'white')}]{s}[/]"
+
+
+def _tasks_table(tasks: list[TaskInfo], title: str | None = None) -> Table:
+    table = Table(title=title)
+    for col in ("id", "type", "queue", "status", "attempt", "progress", "created"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("result / error", no_wrap=True, overflow="ellipsis", max_width=60)
+    for t in tasks:
+        progress = f"{t.percent:.0f}%" if t.percent is not None else ""
+        outcome = t.error if t.status in ("FAILED", "COMMIT") and t.error else t.result
+        table.add_row(
+            str(t.id),
+            t.task_type,
+            t.queue,
+            _status(t.status),
+            str(t.attempt),
+            progress,
+            t.created_at.strftime("%H:%M:%S"),
+            ""
+            if outcome is None
+            else str(outcome if isinstance(outcome, str) else json.dumps(outcome))[:60],
+        )
+    return table
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--database-url",
+    envvar=ENV_URL,
+    help=f"PostgreSQL DSN (or ${ENV_URL}). Without one, pgtasks starts its embedded server.",
+)
+@click.pass_context
+def cli(ctx: click.Context, database_url: str | None) -> None:
+    """pgtasks: a task queue that lives inside PostgreSQL."""
+    ctx.ensure_object(dict)
+    ctx.obj["url"] = database_url
+
+
+# -- embedded server ---------------------------------------------------------------------
+
+
+@cli.group()
+def db() -> None:
+    """Manage the embedded PostgreSQL (in $PGTASKS_HOME, default ./.pgtasks)."""
+
+
+@db.command("start")
+def db_start() -> None:
+    """Start the embedded server (or reuse the running one) and print its URL."""
+    click.echo(EmbeddedPostgres(embedded_root()).start())
+
+
+@db.command("stop")
+def db_stop() -> None:
+    """Stop the embedded server."""
+    stopped = EmbeddedPostgres(embedded_root()).stop()
+    click.echo("stopped" if stopped else "not running")
+
+
+@db.command("status")
+def db_status() -> None:
+    """Say whether the embedded server runs, and where."""
+    st = EmbeddedPostgres(embedded_root()).status()
+    click.echo(st.describe())
+    if not st.running:
+        sys.exit(3)
+
+
+@db.command("url")
+def db_url() -> None:
+    """Print the DSN of the running embedded server (for psql, asyncpg, psycopg)."""
+    click.echo(EmbeddedPostgres(embedded_root()).url())
+
+
+# -- schema ------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.pass_context
+def migrate(ctx: click.Context) -> None:
+    """Create or upgrade the pgtasks schema (safe to run any number of times, concurrently)."""
+    applied = run(migrate_url(_url(ctx)))
+    if applied:
+        for m in applied:
+            click.echo(f"applied {m.version:04d}_{m.name}")
+    else:
+        click.echo("schema is up to date")
+
+
+# -- worker ------------------------------------------------------------------------------
+
+
+def import_app(spec: str) -> None:
+    """Import the module (dotted name or .py path) whose import registers the task types."""
+    path = Path(spec)
+    if spec.endswith(".py") or path.is_file():
+        if not path.is_file():
+            raise PgTasksError(f"--app {spec}: no such file")
+        module_spec = importlib.util.spec_from_file_location(path.stem, path)
+        if module_spec is None or module_spec.loader is None:
+            raise PgTasksError(f"--app {spec}: cannot import this file")
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[path.stem] = module
+        module_spec.loader.exec_module(module)
+        return
+    sys.path.insert(0, str(Path.cwd()))
+    try:
+        importlib.import_module(spec)
+    except ModuleNotFoundError as exc:
+        raise PgTasksError(f"--app {spec}: module not found ({exc.name})") from exc
+
+
+@cli.command()
+@click.option("--app", "app", required=True, help="Module or .py file that registers the tasks.")
+@click.option(
+    "--queues", default=None, help="Comma-separated queues to take work from (default: all)."
+)
+@click.option("--concurrency", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option("--poll-interval", default=1.0, show_default=True, type=click.FloatRange(min=0.01))
+@click.option(
+    "--lease",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Seconds a claim is valid without a heartbeat.",
+)
+@click.option(
+    "--no-listen", is_flag=True, help="Poll only (e.g. behind PgBouncer in transaction mode)."
+)
+@click.option("--burst", is_flag=True, help="Exit once no work is left.")
+@click.option(
+    "--grace", default=30.0, show_default=True, help="Seconds to let tasks finish on SIGTERM."
+)
+@click.option("--verbose", "-v", is_flag=True)
+@click.pass_context
+def worker(
+    ctx: click.Context,
+    app: str,
+    queues: str | None,
+    concurrency: int,
+    poll_interval: float,
+    lease: float,
+    no_listen: bool,
+    burst: bool,
+    grace: float,
+    verbose: bool,
+) -> None:
+    """Run tasks. SIGINT/SIGTERM stop claiming, drain, and hand unfinished tasks back."""
+    from pgtasks.worker import Worker
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    import_app(app)
+    w = Worker(
+        ctx.obj.get("url"),
+        queues=[q.strip() for q in queues.split(",") if q.strip()] if queues else None,
+        concurrency=concurrency,
+        poll_interval=poll_interval,
+        lease=lease,
+        listen=not no_listen,
+        burst=burst,
+        shutdown_grace=grace,
+    )
+    run(w.run(install_signal_handlers=True))
+
+
+# -- tasks -------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("task_type")
+@click.option("--params", default="{}", help="JSON object of parameters.")
+@click.option("--queue", default=None)
+@click.option("--priority", default=0, type=int, help="Higher runs first.")
+@click.option("--in", "delay", default=None, type=float, help="Run after this many seconds.")
+@click.option("--max-retries", default=None, type=int)
+@click.pass_context
+def submit(
+    ctx: click.Context,
+    task_type: str,
+    params: str,
+    queue: str | None,
+    priority: int,
+    delay: float | None,
+    max_retries: int | None,
+) -> None:
+    """Submit a task; prints its id."""
+    try:
+        parsed = json.loads(params)
+    except json.JSONDecodeError as exc:
+        raise PgTasksError(f"--params is not valid JSON: {exc.msg} at position {exc.pos}") from exc
+    if not isinstance(parsed, dict):
+        raise PgTasksError("--params must be a JSON object, e.g. '{\"width\": 10}'")
+    task_id = run(
+        _with_client(
+            ctx,
+            lambda c: c.submit(
+                task_type,
+                parsed,
+                queue=queue,
+                priority=priority,
+                delay=delay,
+                max_retries=max_retries,
+            ),
+        )
+    )
+    click.echo(task_id)
+
+
+@cli.command()
+@click.argument("task_id", type=int)
+@click.pass_context
+def status(ctx: click.Context, task_id: int) -> None:
+    """Show one task, its errors and its history."""
+
+    async def go(c: Client) -> None:
+        t = await c.get(task_id)
+        table = Table(show_header=False, title=f"task {t.id}")
+        for key, value in t.model_dump().items():
+            if value is not None:
+                table.add_row(key, _status(value) if key == "status" else str(value))
+        console.print(table)
+        errors = await c.errors(task_id)
+        if errors:
+            et = Table(title="errors")
+            et.add_column("attempt")
+            et.add_column("at")
+            et.add_column("error")
+            for e in errors:
+                et.add_row(str(e["attempt"]), e["at"].strftime("%H:%M:%S"), e["error"])
+            console.print(et)
+        ht = Table(title="history")
+        for col in ("at", "from", "to", "attempt", "worker"):
+            ht.add_column(col)
+        for ev in await c.history(task_id):
+            ht.add_row(
+                ev.at.strftime("%H:%M:%S.%f")[:-3],
+                ev.from_status or "",
+                _status(ev.to_status),
+                str(ev.attempt),
+                ev.worker_id or "",
+            )
+        console.print(ht)
+
+    run(_with_client(ctx, go))
+
+
+@cli.command("ls")
+@click.option(
+    "--status", "status_", default=None, help="PENDING, RUNNING, COMMIT, DONE, FAILED or CANCELLED"
+)
+@click.option("--queue", default=None)
+@click.option("--type", "task_type", default=None)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
+@click.option("--before", default=None, type=int, help="Only ids below this one (paging).")
+@click.pass_context
+def ls(
+    ctx: click.Context,
+    status_: str | None,
+    queue: str | None,
+    task_type: str | None,
+    limit: int,
+    before: int | None,
+) -> None:
+    """List tasks, newest first."""
+    tasks = run(
+        _with_client(
+            ctx,
+            lambda c: c.list(
+                status=status_, queue=queue, task_type=task_type, limit=limit, before_id=before
+            ),
+        )
+    )
+    console.print(_tasks_table(tasks))
+
+
+@cli.command()
+@click.argument("task_id", type=int)
+@click.pass_context
+def cancel(ctx: click.Context, task_id: int) -> None:
+    """Cancel a task (a running one is stopped by its worker)."""
+    was = run(_with_client(ctx, lambda c: c.cancel(task_id)))
+    click.echo(f"task {task_id} cancelled (was {was})")
+
+
+@cli.command()
+@click.argument("task_id", type=int)
+@click.pass_context
+def retry(ctx: click.Context, task_id: int) -> None:
+    """Run a FAILED or CANCELLED task again."""
+    run(_with_client(ctx, lambda c: c.retry(task_id)))
+    click.echo(f"task {task_id} is PENDING again")
+
+
+@cli.command()
+@click.pass_context
+def stats(ctx: click.Context) -> None:
+    """Queue depth and throughput per queue."""
+
+    async def go(c: Client) -> None:
+        rows = await c.pool.fetch("SELECT * FROM pgtasks.queue_stats ORDER BY queue")
+        table = Table(title="queues")
+        cols = list(rows[0].keys()) if rows else ["queue"]
+        for col in cols:
+            table.add_column(col)
+        for r in rows:
+            table.add_row(*("" if r[k] is None else str(r[k]) for k in cols))
+        console.print(table)
+
+    run(_with_client(ctx, go))
+
+
+def main() -> None:
+    """Entry point: turn every expected failure into one line on stderr and exit 1."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except PgTasksError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except asyncpg.PostgresError as exc:
+        click.echo(f"error: database: {exc}", err=True)
+        sys.exit(1)
+    except (OSError, asyncpg.InterfaceError) as exc:
+        click.echo(f"error: cannot reach the database: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:
+        if os.environ.get("PGTASKS_DEBUG"):
+            raise
+        click.echo(
+            f"error: unexpected {type(exc).__name__}: {exc} (PGTASKS_DEBUG=1 shows the traceback)",
+            err=True,
+        )
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

