@@ -1,0 +1,74 @@
+"""The CLI: one clear line and a non-zero exit for every mistake; tables for the rest."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+def cli(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PGTASKS_DATABASE_URL": dsn, "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "pgtasks.cli", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_submit_status_ls_cancel_retry(dsn):
+    out = cli(
+        dsn, "submit", "add", "--params", '{"a": 1, "b": 2}', "--queue", "math", "--priority", "4"
+    )
+    assert out.returncode == 0, out.stderr
+    tid = out.stdout.strip()
+    later = cli(dsn, "submit", "noop", "--in", "60").stdout.strip()
+    ls = cli(dsn, "ls", "--queue", "math")
+    assert ls.returncode == 0 and f"│ {tid} " in ls.stdout and "add" in ls.stdout
+    assert later not in cli(dsn, "ls", "--queue", "math").stdout.split()
+    st = cli(dsn, "status", tid)
+    assert st.returncode == 0 and "PENDING" in st.stdout and "history" in st.stdout
+    assert "was PENDING" in cli(dsn, "cancel", tid).stdout
+    assert "PENDING again" in cli(dsn, "retry", tid).stdout
+    stats = cli(dsn, "stats")
+    assert stats.returncode == 0 and "math" in stats.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("submit", "x", "--params", "{oops"), "--params is not valid JSON"),
+        (("submit", "x", "--params", "[1]"), "--params must be a JSON object"),
+        (("submit", "x", "--max-retries", "-1"), "max_retries must be 0 or more"),
+        (("submit", "", "--params", "{}"), "task_type must be a non-empty string"),
+        (("status", "424242"), "task 424242 does not exist"),
+        (("cancel", "424242"), "task 424242 does not exist"),
+        (("ls", "--status", "nope"), "unknown status"),
+        (("worker", "--app", "no_such_module_xyz"), "module not found"),
+        (("worker", "--app", "missing.py"), "no such file"),
+    ],
+)
+def test_errors_are_one_line_without_traceback(dsn, args, message):
+    out = cli(dsn, *args)
+    assert out.returncode != 0
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_unreachable_database_is_one_line(dsn):
+    out = cli("postgresql://postgres@127.0.0.1:1/nope", "ls")
+    assert out.returncode == 1
+    assert out.stderr.startswith("error: cannot reach the database")
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_help_explains_itself():
+    out = subprocess.run(
+        [sys.executable, "-m", "pgtasks.cli", "--help"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert out.returncode == 0
+    for command in ("db", "migrate", "worker", "submit", "status", "ls", "cancel", "retry"):
+        assert command in out.stdout

@@ -1,0 +1,160 @@
+"""End to end: submit (SQL and Python) -> worker -> result, retries, polling, LISTEN wake-ups."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from pgtasks import Client, Worker
+from tests.conftest import wait_for
+
+
+@contextlib.asynccontextmanager
+async def running(worker: Worker) -> AsyncIterator[Worker]:
+    """Run a worker in the background for the duration of the block, then stop it."""
+    task = asyncio.create_task(worker.run())
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 30)
+
+
+async def status_of(conn: asyncpg.Connection, tid: int) -> str:
+    return await conn.fetchval("SELECT status::text FROM pgtasks.tasks WHERE id = $1", tid)
+
+
+async def test_submit_from_sql_and_python_run_to_done(dsn, conn):
+    async with Client(dsn) as client:
+        from_py = await client.submit("add", {"a": 2, "b": 3})
+        from_sql = await conn.fetchval("""SELECT pgtasks.submit_task('add', '{"a": 40, "b": 2}')""")
+        async with running(Worker(dsn, concurrency=2, poll_interval=0.2)):
+            await wait_for(conn, "SELECT count(*) = 2 FROM pgtasks.tasks WHERE status = 'DONE'")
+        assert (await client.get(from_py)).result == {"sum": 5}
+        assert (await client.get(from_sql)).result == {"sum": 42}
+        history = [(e.from_status, e.to_status) for e in await client.history(from_sql)]
+        assert history == [(None, "PENDING"), ("PENDING", "RUNNING"), ("RUNNING", "DONE")]
+
+
+async def test_sync_task_runs_in_a_thread(dsn, conn):
+    async with Client(dsn) as client:
+        tid = await client.submit("sync_add", {"a": 1, "b": 1})
+        async with running(Worker(dsn, poll_interval=0.2)):
+            await wait_for(conn, "SELECT status = 'DONE' FROM pgtasks.tasks WHERE id = $1", tid)
+        assert (await client.get(tid)).result == 2
+
+
+async def test_invalid_params_fail_without_retry(dsn, conn):
+    async with Client(dsn) as client:
+        tid = await client.submit("add", {"a": "not a number"})
+        async with running(Worker(dsn, poll_interval=0.2)):
+            await wait_for(conn, "SELECT status = 'FAILED' FROM pgtasks.tasks WHERE id = $1", tid)
+        info = await client.get(tid)
+        assert "do not match AddParams" in (info.error or "") and info.attempt == 1
+
+
+async def test_failing_task_retries_with_backoff_then_fails(dsn, conn):
+    async with Client(dsn) as client:
+        tid = await client.submit("fail", {"message": "kaput"})
+        async with running(Worker(dsn, poll_interval=0.1)):
+            await wait_for(conn, "SELECT status = 'FAILED' FROM pgtasks.tasks WHERE id = $1", tid)
+        info = await client.get(tid)
+        assert info.attempt == 3 and info.error == "ValueError: kaput"
+        errors = await client.errors(tid)
+        assert [e["attempt"] for e in errors] == [1, 2, 3]
+        assert all("ValueError: kaput" in (e["traceback"] or "") for e in errors)
+        # each retry waited for its backoff before the next attempt started
+        runs = await conn.fetch("SELECT at FROM test_runs WHERE task_id = $1 ORDER BY at", tid)
+        gaps = [(b["at"] - a["at"]).total_seconds() for a, b in itertools.pairwise(runs)]
+        assert len(gaps) == 2 and all(g >= 0.2 * 0.8 for g in gaps), gaps
+
+
+async def test_fail_once_then_succeed(dsn, conn):
+    async with Client(dsn) as client:
+        tid = await client.submit("fail_once")
+        async with running(Worker(dsn, poll_interval=0.1)):
+            await wait_for(conn, "SELECT status = 'DONE' FROM pgtasks.tasks WHERE id = $1", tid)
+        info = await client.get(tid)
+        assert info.result == "ok" and info.attempt == 2 and info.retries == "1/3"
+
+
+async def test_polling_only_worker_processes_everything(dsn, conn):
+    async with Client(dsn) as client:
+        await client.submit_many("recorded", [{} for _ in range(30)])
+        async with running(Worker(dsn, listen=False, poll_interval=0.1, concurrency=4)):
+            await wait_for(conn, "SELECT count(*) = 30 FROM pgtasks.tasks WHERE status = 'DONE'")
+            # a task submitted while the worker idles is found by the poll alone
+            late = await client.submit("recorded")
+            await wait_for(conn, "SELECT status = 'DONE' FROM pgtasks.tasks WHERE id = $1", late)
+        assert await conn.fetchval("SELECT count(DISTINCT task_id) FROM test_runs") == 31
+
+
+async def test_listen_wakes_an_idle_worker_before_the_poll(dsn, conn):
+    """With a 30 s poll interval, only a NOTIFY can start the task within the wait below."""
+    async with Client(dsn) as client, running(Worker(dsn, poll_interval=30)) as worker:
+        await wait_for(conn, "SELECT count(*) = 1 FROM pgtasks.worker_registry")
+        await asyncio.sleep(0.5)  # let the worker finish its first claim and go idle
+        for _ in range(3):
+            tid = await client.submit("noop")
+            await wait_for(
+                conn, "SELECT status = 'DONE' FROM pgtasks.tasks WHERE id = $1", tid, timeout=10
+            )
+        assert worker.stats.succeeded == 3
+
+
+async def test_future_task_waits_for_run_at(dsn, conn):
+    async with Client(dsn) as client, running(Worker(dsn, poll_interval=30)):
+        tid = await client.submit("noop", delay=1.0)
+        await asyncio.sleep(0.3)
+        assert await status_of(conn, tid) == "PENDING"
+        # the worker sleeps exactly until run_at rather than waiting out its 30 s poll
+        await wait_for(
+            conn, "SELECT status = 'DONE' FROM pgtasks.tasks WHERE id = $1", tid, timeout=10
+        )
+        started = await conn.fetchval(
+            "SELECT e.at >= t.run_at FROM pgtasks.task_events e"
+            " JOIN pgtasks.tasks t ON t.id = e.task_id"
+            " WHERE e.task_id = $1 AND e.to_status = 'RUNNING'",
+            tid,
+        )
+        assert started
+
+
+async def test_worker_only_claims_its_queues_and_types(dsn, conn):
+    async with Client(dsn) as client:
+        other_queue = await client.submit("noop", queue="elsewhere")
+        unknown_type = await client.submit("nobody_knows_this_type")
+        mine = await client.submit("noop")
+        async with running(Worker(dsn, queues=["default"], poll_interval=0.1)):
+            await wait_for(conn, "SELECT status = 'DONE' FROM pgtasks.tasks WHERE id = $1", mine)
+            await asyncio.sleep(0.3)
+        assert await status_of(conn, other_queue) == "PENDING"
+        assert await status_of(conn, unknown_type) == "PENDING"
+
+
+async def test_graceful_stop_hands_back_unfinished_tasks(dsn, conn):
+    async with Client(dsn) as client:
+        tid = await client.submit("sleep", {"seconds": 30})
+        worker = Worker(dsn, poll_interval=0.1, shutdown_grace=0.2)
+        task = asyncio.create_task(worker.run())
+        await wait_for(conn, "SELECT status = 'RUNNING' FROM pgtasks.tasks WHERE id = $1", tid)
+        worker.stop()
+        await asyncio.wait_for(task, 30)
+        row = await conn.fetchrow(
+            "SELECT status::text, retry_count, worker_id FROM pgtasks.tasks WHERE id = $1", tid
+        )
+        assert tuple(row) == ("COMMIT", 0, None)  # handed back, no retry used
+        assert worker.stats.handed_back == 1
+        assert await conn.fetchval("SELECT count(*) FROM pgtasks.worker_registry") == 0
+
+
+async def test_worker_without_registered_types_is_a_clear_error(dsn):
+    from pgtasks import PgTasksError, Registry
+
+    with pytest.raises(PgTasksError, match="no task types are registered"):
+        await Worker(dsn, registry=Registry()).run()
