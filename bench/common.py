@@ -29,7 +29,15 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -164,18 +172,24 @@ class BenchConfig:
     drain_jobs: int = 3_000
     latency_jobs: int = 200
     latency_gap_ms: float = 20.0
+    #: Jobs run through the idle worker before the latency series and not counted: the very
+    #: first job pays one-off costs (statement preparation, lazy imports) of ~10-30 ms.
+    latency_warmup: int = 5
     #: Pause after every worker said it is ready, so their start-up tails (LISTEN, first empty
     #: poll, registration) are over before jobs appear.
     settle_s: float = 1.0
     #: Upper bound for any single wait (workers ready, queue drained); a hang fails loudly.
     timeout_s: float = 120.0
-    #: How often the benchmark polls the queue for "empty"; bounds the drain end-time error.
+    #: Shortest pause between the benchmark's "is the queue empty yet?" polls. The pause grows
+    #: with the wait (0.5 % of it, at most 10x this) so a long drain is not slowed by polling
+    #: while the end-time error stays under about 1 %.
     poll_interval_s: float = 0.01
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
-            if getattr(self, field.name) <= 0:
-                raise ValueError(f"BenchConfig.{field.name} must be positive")
+            value = getattr(self, field.name)
+            if value < 0 or (value == 0 and field.name != "latency_warmup"):
+                raise ValueError(f"BenchConfig.{field.name} must be positive, got {value}")
 
     @classmethod
     def from_env(
@@ -568,10 +582,13 @@ async def wait_drained(
 ) -> float:
     """Poll until no job is outstanding; returns the ``time.time()`` at which that was seen.
 
-    Polling (every ``cfg.poll_interval_s``) is deliberately library-neutral: "done" means the
-    library has recorded the job as finished in the database, whatever it does in between.
+    Polling is deliberately library-neutral: "done" means the library has recorded the job as
+    finished in the database, whatever it does in between. The pause between polls grows with
+    the wait (see ``BenchConfig.poll_interval_s``): on 2 cores, a fixed 10 ms poll would itself
+    steal noticeable CPU from a slow, many-second drain.
     """
-    deadline = time.monotonic() + cfg.timeout_s
+    started = time.monotonic()
+    deadline = started + cfg.timeout_s
     while True:
         left = await client.outstanding()
         if left == 0:
@@ -580,7 +597,8 @@ async def wait_drained(
             w.check_alive()
         if time.monotonic() > deadline:
             raise TimeoutError(f"{left} jobs still outstanding after {cfg.timeout_s:.0f}s")
-        await asyncio.sleep(cfg.poll_interval_s)
+        waited = time.monotonic() - started
+        await asyncio.sleep(min(cfg.poll_interval_s * 10, max(cfg.poll_interval_s, waited / 200)))
 
 
 async def _expect_outstanding(client: Client, expected: int) -> None:
@@ -670,7 +688,8 @@ async def sample_latency(peer: Peer, dsn: str, cfg: BenchConfig) -> tuple[float,
 
     Jobs are enqueued one at a time on a fixed ``latency_gap_ms`` schedule. The enqueue time is
     taken just before the enqueue call, so the figure is what a caller experiences: the insert
-    and commit, the wake-up (LISTEN/NOTIFY or polling) and the worker's fetch.
+    and commit, the wake-up (LISTEN/NOTIFY or polling) and the worker's fetch. The first
+    ``latency_warmup`` jobs (negative seqs) are run and waited for first, then ignored.
     """
     enqueued: dict[int, float] = {}
     async with fresh_database(dsn, peer.name) as db:
@@ -679,6 +698,10 @@ async def sample_latency(peer: Peer, dsn: str, cfg: BenchConfig) -> tuple[float,
         try:
             async with running_workers(peer, db, 1, cfg, record_starts=True) as procs:
                 gap = cfg.latency_gap_ms / 1000
+                for seq in range(-cfg.latency_warmup, 0):
+                    await client.enqueue_one(seq)
+                    await asyncio.sleep(gap)
+                await wait_drained(client, cfg, procs)
                 t0 = time.perf_counter()
                 for seq in range(cfg.latency_jobs):
                     delay = t0 + seq * gap - time.perf_counter()
@@ -745,10 +768,36 @@ def format_figures(name: str, figures: Mapping[str, Figure]) -> str:
     return "\n".join(lines)
 
 
+def format_table(results: Mapping[str, Mapping[str, Figure]]) -> str:
+    """Systems side by side, one row per figure: ``median [min-max]`` in each cell."""
+
+    def cell(fig: Figure | None) -> str:
+        if fig is None:
+            return "-"
+        spec = ",.1f" if fig.unit == MS else ",.0f"
+        return f"{fig.median:{spec}} [{fig.min:{spec}}-{fig.max:{spec}}]"
+
+    names = list(results)
+    rows = [["figure", *names]]
+    for key in FIGURE_KEYS:
+        unit = next((r[key].unit for r in results.values() if key in r), "")
+        rows.append([f"{key} ({unit})", *(cell(results[n].get(key)) for n in names)])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in rows
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------- CLI
 
 
-RunFn = Callable[[str, BenchConfig], Awaitable[dict[str, Figure]]]
+RunFn = Callable[[str, BenchConfig], Coroutine[Any, Any, dict[str, Figure]]]
 
 
 def peer_main(

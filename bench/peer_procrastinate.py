@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from procrastinate import App, PsycopgConnector
+from procrastinate.types import JSONDict
 
 from bench.common import (
     BenchConfig,
@@ -68,7 +69,8 @@ class ProcrastinateClient:
         await self._deferrer.defer_async(seq=seq)
 
     async def enqueue_many(self, seqs: Sequence[int]) -> None:
-        await self._deferrer.batch_defer_async(*({"seq": s} for s in seqs))
+        kwargs: list[JSONDict] = [{"seq": s} for s in seqs]
+        await self._deferrer.batch_defer_async(*kwargs)
 
     async def outstanding(self) -> int:
         row = await self._app.connector.execute_query_one_async(

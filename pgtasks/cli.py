@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import importlib.util
 import json
 import logging
 import os
 import sys
+from collections import deque
 from collections.abc import Callable, Coroutine
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
 import click
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.markup import escape
+from rich.progress_bar import ProgressBar
 from rich.table import Table
+from rich.text import Text
 
-from pgtasks.client import Client, TaskInfo
+from pgtasks.client import Client, TaskInfo, TaskLog
 from pgtasks.config import ENV_URL, database_url, embedded_root
 from pgtasks.embedded import EmbeddedPostgres
 from pgtasks.errors import PgTasksError
@@ -180,6 +187,16 @@ def import_app(spec: str) -> None:
 @click.option(
     "--no-listen", is_flag=True, help="Poll only (e.g. behind PgBouncer in transaction mode)."
 )
+@click.option(
+    "--no-prepared",
+    is_flag=True,
+    help="No named prepared statements (statement_cache_size=0), for transaction poolers.",
+)
+@click.option(
+    "--pgbouncer",
+    is_flag=True,
+    help="Behind PgBouncer in transaction mode: same as --no-listen --no-prepared.",
+)
 @click.option("--burst", is_flag=True, help="Exit once no work is left.")
 @click.option(
     "--grace", default=30.0, show_default=True, help="Seconds to let tasks finish on SIGTERM."
@@ -194,6 +211,8 @@ def worker(
     poll_interval: float,
     lease: float,
     no_listen: bool,
+    no_prepared: bool,
+    pgbouncer: bool,
     burst: bool,
     grace: float,
     verbose: bool,
@@ -212,7 +231,8 @@ def worker(
         concurrency=concurrency,
         poll_interval=poll_interval,
         lease=lease,
-        listen=not no_listen,
+        listen=not (no_listen or pgbouncer),
+        statement_cache_size=0 if (no_prepared or pgbouncer) else 100,
         burst=burst,
         shutdown_grace=grace,
     )
@@ -363,6 +383,238 @@ def stats(ctx: click.Context) -> None:
         console.print(table)
 
     run(_with_client(ctx, go))
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, timedelta):
+        return f"{value.total_seconds():.1f}s"
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+@cli.command()
+@click.option("--queue", default=None, help="Only this queue.")
+@click.option("--type", "task_type", default=None, help="Only this task type.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
+@click.pass_context
+def failed(ctx: click.Context, queue: str | None, task_type: str | None, limit: int) -> None:
+    """Dead letters: FAILED tasks, newest first, with their last error (pgtasks.failed_tasks).
+
+    `pgtasks status ID` shows one task's whole error history; `pgtasks retry ID` runs it again.
+    """
+
+    async def go(c: Client) -> None:
+        rows = await c.pool.fetch(
+            """SELECT id, task_type, queue, attempt, error_count, finished_at, error
+                 FROM pgtasks.failed_tasks
+                WHERE ($1::text IS NULL OR queue = $1) AND ($2::text IS NULL OR task_type = $2)
+                ORDER BY finished_at DESC, id DESC LIMIT $3""",
+            queue,
+            task_type,
+            limit,
+        )
+        table = Table(title=f"failed tasks ({len(rows)}{'+' if len(rows) == limit else ''})")
+        for col in ("id", "type", "queue", "attempts", "errors", "failed at"):
+            table.add_column(col, no_wrap=True)
+        table.add_column("last error", overflow="ellipsis", max_width=70, no_wrap=True)
+        for r in rows:
+            table.add_row(
+                str(r["id"]),
+                r["task_type"],
+                r["queue"],
+                str(r["attempt"]),
+                str(r["error_count"]),
+                _cell(r["finished_at"]),
+                f"[red]{escape((r['error'] or '').splitlines()[0] if r['error'] else '')}[/]",
+            )
+        console.print(table)
+
+    run(_with_client(ctx, go))
+
+
+@cli.command()
+@click.option("--all", "show_all", is_flag=True, help="Also workers not seen within their lease.")
+@click.pass_context
+def workers(ctx: click.Context, show_all: bool) -> None:
+    """Workers from the pgtasks.workers view: where they run, what they hold, when last seen.
+
+    A worker not seen within its lease is dead (killed, hung, cut off): its tasks are
+    rescued when their leases run out. Dead rows are swept after ten minutes.
+    """
+
+    async def go(c: Client) -> None:
+        rows = await c.pool.fetch(
+            """SELECT *, now() - last_seen AS seen_ago FROM pgtasks.workers
+                WHERE $1 OR alive ORDER BY alive DESC, started_at""",
+            show_all,
+        )
+        table = Table(title=f"workers ({sum(r['alive'] for r in rows)} alive)")
+        for col in ("worker", "host", "pid", "queues", "running", "started", "last seen", "state"):
+            table.add_column(col, no_wrap=True)
+        for r in rows:
+            table.add_row(
+                r["worker_id"],
+                r["host"],
+                str(r["pid"]),
+                _cell(r["queues"]) or "(all)",
+                f"{r['running']}/{r['concurrency']}",
+                _cell(r["started_at"]),
+                f"{_cell(r['seen_ago'])} ago",
+                "[green]alive[/]" if r["alive"] else "[red]dead[/]",
+            )
+        console.print(table)
+
+    run(_with_client(ctx, go))
+
+
+# -- long-running tasks: logs and live progress -----------------------------------------
+
+LEVEL_STYLE = {
+    "DEBUG": "dim",
+    "INFO": "",
+    "WARNING": "yellow",
+    "ERROR": "red",
+    "CRITICAL": "bold red",
+}
+
+
+def _log_line(line: TaskLog) -> Text:
+    """One task log line as text: time, attempt, level, logger, message (never markup)."""
+    text = Text()
+    text.append(line.at.astimezone().strftime("%H:%M:%S.%f")[:-3], style="dim")
+    text.append(f" #{line.attempt} ", style="dim")
+    text.append(f"{line.level:<7}", style=LEVEL_STYLE.get(line.level, ""))
+    if line.logger:
+        text.append(f" {line.logger}:", style="cyan")
+    text.append(f" {line.message}")
+    return text
+
+
+def _outcome(info: TaskInfo) -> str:
+    value = info.result
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _watch_view(info: TaskInfo, recent: deque[TaskLog]) -> RenderableType:
+    head = Text.assemble(
+        (f"task {info.id} ", "bold"),
+        (info.task_type, "cyan"),
+        "  ",
+        (info.status, STATUS_STYLE.get(info.status, "white")),
+        f"  attempt {info.attempt}  retries {info.retries}",
+    )
+    if info.elapsed is not None:
+        head.append(f"  {info.elapsed.total_seconds():.1f}s", style="dim")
+    bar = Table.grid(padding=(0, 1))
+    bar.add_column(width=40)
+    bar.add_column(no_wrap=True)
+    total = info.progress_total
+    current = info.progress_current or 0
+    if total:
+        count = f"{info.percent or 0:5.1f}%  {current}/{total}"
+    else:
+        count = f"{current}" if info.progress_current is not None else ""
+    bar.add_row(
+        ProgressBar(total=float(total) if total else None, completed=float(current), width=40),
+        count,
+    )
+    parts: list[RenderableType] = [head, bar]
+    if info.progress_message:
+        parts.append(Text(info.progress_message, style="italic"))
+    for line in recent:
+        text = _log_line(line).split("\n")[0]  # first line of a traceback is enough here
+        text.no_wrap, text.overflow = True, "ellipsis"
+        parts.append(text)
+    return Group(*parts)
+
+
+async def watch_progress(
+    client: Client,
+    task_id: int,
+    *,
+    out: Console | None = None,
+    lines: int = 8,
+    poll_interval: float = 1.0,
+) -> TaskInfo:
+    """Show a live progress bar, the message and the latest log lines until the task ends.
+
+    Woken by the pgtasks_progress / pgtasks_done notifications (Client.follow), polling
+    every `poll_interval` s as a fallback. Returns the finished task. Also used by
+    examples/media_pipeline.py.
+    """
+    out = out or console
+    recent: deque[TaskLog] = deque(maxlen=lines)
+    final: TaskInfo | None = None
+    with Live(console=out, refresh_per_second=8, transient=False) as live:
+        async with contextlib.aclosing(
+            client.follow(task_id, poll_interval=poll_interval)
+        ) as updates:
+            async for info, new in updates:
+                if lines:
+                    recent.extend(new)
+                live.update(_watch_view(info, recent), refresh=True)
+                final = info
+    if not out.is_terminal:
+        out.line()  # Live leaves the cursor after its last render when output is a file
+    assert final is not None
+    return final
+
+
+@cli.command()
+@click.argument("task_id", type=int)
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until it finishes.")
+@click.option("--poll-interval", default=1.0, show_default=True, type=click.FloatRange(min=0.05))
+@click.pass_context
+def logs(ctx: click.Context, task_id: int, follow: bool, poll_interval: float) -> None:
+    """Print a task's log lines (ctx.log and Python logging), oldest first."""
+
+    async def go(c: Client) -> TaskInfo:
+        if not follow:
+            info = await c.get(task_id)  # TaskNotFound for an unknown id
+            for line in await c.logs(task_id):
+                console.print(_log_line(line), soft_wrap=True)
+            return info
+        final: TaskInfo | None = None
+        async with contextlib.aclosing(c.follow(task_id, poll_interval=poll_interval)) as ups:
+            async for info, new in ups:
+                for line in new:
+                    console.print(_log_line(line), soft_wrap=True)
+                final = info
+        assert final is not None
+        return final
+
+    info = run(_with_client(ctx, go))
+    if follow:
+        click.echo(f"task {task_id} {info.status}", err=True)
+
+
+@cli.command()
+@click.argument("task_id", type=int)
+@click.option("--lines", default=8, show_default=True, type=click.IntRange(min=0),
+              help="How many of the latest log lines to show.")  # fmt: skip
+@click.option("--poll-interval", default=1.0, show_default=True, type=click.FloatRange(min=0.05),
+              help="Seconds between polls when no notification arrives.")  # fmt: skip
+@click.pass_context
+def watch(ctx: click.Context, task_id: int, lines: int, poll_interval: float) -> None:
+    """Live progress of one task until it ends; then its result (exit 0) or error (exit 1)."""
+    info = run(
+        _with_client(
+            ctx, lambda c: watch_progress(c, task_id, lines=lines, poll_interval=poll_interval)
+        )
+    )
+    if info.status == "DONE":
+        console.print(Text.assemble(("DONE ", "green bold"), _outcome(info)), soft_wrap=True)
+        return
+    if info.status == "FAILED":
+        console.print(Text.assemble(("FAILED ", "red bold"), info.error or ""), soft_wrap=True)
+    else:
+        console.print(Text(f"{info.status}", style="dim bold"))
+    sys.exit(1)
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -52,11 +52,14 @@ class TaskInfo(BaseModel):
 
 
 class TaskLog(BaseModel):
+    """One line of `pgtasks.task_logs`; `logger` is the Python logger name, if any."""
+
     id: int
     task_id: int
     attempt: int
     level: str
     message: str
+    logger: str | None = None
     at: datetime
 
 
@@ -291,38 +294,104 @@ class Client:
 
     # -- waiting -------------------------------------------------------------------------
 
-    async def wait(self, task_id: int, *, timeout: float | None = None) -> Any:
-        """Block until the task finishes; return its result.
+    @contextlib.asynccontextmanager
+    async def _watching(
+        self, task_id: int, channels: Sequence[str]
+    ) -> AsyncIterator[tuple[asyncpg.Connection, asyncio.Event]]:
+        """A connection LISTENing on `channels` for this task, registered as its watcher.
 
-        Woken by NOTIFY (registered through pgtasks.watch_task), with a slow poll as a
-        backstop. Raises TaskFailed / TaskCancelled, or TimeoutError after `timeout` s.
+        watch_task makes finishing (and progress, and logs) NOTIFY for this task only while
+        someone watches; the event is set on each notification about it. Registering
+        before reading the state means no change can slip between the read and the wait.
         """
         woke = asyncio.Event()
+        payload_id = str(task_id)
+
+        def on_notify(_c: object, _pid: int, _ch: str, payload: str) -> None:
+            if payload == payload_id:
+                woke.set()
+
         async with self.pool.acquire() as conn:
-
-            def on_done(_c: object, _pid: int, _ch: str, payload: str) -> None:
-                if payload == str(task_id):
-                    woke.set()
-
-            await conn.add_listener("pgtasks_done", on_done)
+            for ch in channels:
+                await conn.add_listener(ch, on_notify)
             try:
                 async with db.translated():
                     await conn.fetchval("SELECT pgtasks.watch_task($1)", task_id)
-                async with asyncio.timeout(timeout):
-                    while True:
-                        info = await self.get(task_id)
-                        if info.status == "DONE":
-                            return info.result
-                        if info.status == "FAILED":
-                            raise TaskFailed(task_id, info.error)
-                        if info.status == "CANCELLED":
-                            raise TaskCancelled(task_id)
-                        with contextlib.suppress(TimeoutError):
-                            async with asyncio.timeout(5.0):
-                                await woke.wait()
-                        woke.clear()
+                yield conn, woke
             finally:
                 with contextlib.suppress(Exception):
                     await conn.execute("SELECT pgtasks.unwatch_task($1)", task_id)
-                with contextlib.suppress(Exception):
-                    await conn.remove_listener("pgtasks_done", on_done)
+                for ch in channels:
+                    with contextlib.suppress(Exception):
+                        await conn.remove_listener(ch, on_notify)
+
+    @staticmethod
+    async def _read(conn: asyncpg.Connection, task_id: int) -> TaskInfo:
+        row = await conn.fetchrow("SELECT * FROM pgtasks.task_status WHERE id = $1", task_id)
+        if row is None:
+            raise TaskNotFound(f"task {task_id} does not exist", sqlstate="PT003")
+        return TaskInfo.model_validate(dict(row))
+
+    async def wait(
+        self, task_id: int, *, timeout: float | None = None, poll_interval: float = 5.0
+    ) -> Any:
+        """Block until the task finishes; return its result.
+
+        Woken by NOTIFY (registered through pgtasks.watch_task), with a slow poll as a
+        backstop (behind a pooler without LISTEN). Raises TaskFailed (carrying the error
+        text) for FAILED, TaskCancelled for CANCELLED, TaskNotFound for an unknown id, and
+        TimeoutError after `timeout` seconds. The timeout only ends the waiting, never a
+        query halfway, so the connection and the watcher registration are cleaned up.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        async with self._watching(task_id, ("pgtasks_done",)) as (conn, woke):
+            while True:
+                woke.clear()
+                info = await self._read(conn, task_id)
+                if info.status == "DONE":
+                    return info.result
+                if info.status == "FAILED":
+                    raise TaskFailed(task_id, info.error)
+                if info.status == "CANCELLED":
+                    raise TaskCancelled(task_id)
+                pause = poll_interval
+                if deadline is not None:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        raise TimeoutError(
+                            f"task {task_id} did not finish within {timeout:g}s "
+                            f"(it is {info.status})"
+                        )
+                    pause = min(pause, remaining)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woke.wait(), pause)
+
+    async def follow(
+        self, task_id: int, *, poll_interval: float = 1.0, after_id: int = 0
+    ) -> AsyncIterator[tuple[TaskInfo, list[TaskLog]]]:
+        """Yield (state, new log lines) whenever the task changes, until it has finished.
+
+        Woken by the pgtasks_progress / pgtasks_done notifications this watcher enables
+        (see watch_task), and every `poll_interval` seconds as a fallback. The last item
+        carries the finished state and every remaining line. Use with
+        `contextlib.aclosing(...)` if you may stop early, so the connection is released.
+        """
+        async with self._watching(task_id, ("pgtasks_progress", "pgtasks_done")) as (conn, woke):
+            last = after_id
+            while True:
+                woke.clear()
+                info = await self._read(conn, task_id)
+                rows = await conn.fetch(
+                    "SELECT * FROM pgtasks.task_logs WHERE task_id = $1 AND id > $2 ORDER BY id",
+                    task_id,
+                    last,
+                )
+                lines = [TaskLog.model_validate(dict(r)) for r in rows]
+                if lines:
+                    last = lines[-1].id
+                yield info, lines
+                if info.finished:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woke.wait(), poll_interval)

@@ -2,6 +2,13 @@
 
 Every write goes through a fenced SQL function with this attempt's token, so a task whose
 lease was lost cannot change anything: its writes raise LeaseLost and the worker drops it.
+
+Progress and log lines are buffered and written in the background (at most one progress
+write and one log batch per FLUSH_INTERVAL, or sooner when LOG_BATCH lines are waiting), so a
+task that reports 100,000 times or logs in a tight loop does not do one round trip per call.
+Everything buffered is written before a step's checkpoint, before a sleep, and before the
+task's result, error or hand-back is recorded, so what the database shows is never behind
+the task's own durable state.
 """
 
 from __future__ import annotations
@@ -9,40 +16,85 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
+import json
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 
 from pgtasks import db
-from pgtasks.errors import PgTasksError
+from pgtasks.errors import LeaseLost, PermanentError, PgTasksError
 
 if TYPE_CHECKING:
     from pgtasks.worker import Worker
 
 T = TypeVar("T")
 
+log = logging.getLogger("pgtasks.context")
+
 #: The task the current coroutine or thread is running: routes `logging` records to its log.
 current_task: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar(
     "pgtasks_current_task", default=None
 )
 
-PROGRESS_INTERVAL = 1.0  # seconds between progress writes; the last value always lands
+FLUSH_INTERVAL = 1.0  # seconds between background progress/log writes; the last value lands
+LOG_BATCH = 500  # buffered log lines that trigger a write before the interval is up
+MAX_BUFFERED_LOGS = 20_000  # beyond this (database unreachable), lines are counted and dropped
+
+#: Errors of a background write that mean "try again on the next flush", not "stop the task".
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+)
 
 
-class StepError(PgTasksError):
-    """A step was misused: a name repeated in one run, or a result that is not JSON."""
+class StepError(PgTasksError, PermanentError):
+    """A step was misused: a name repeated in one run, or a result that is not JSON.
+
+    It is a PermanentError: retrying runs the same code and fails the same way, so the
+    task goes straight to FAILED with this message instead of burning its retries.
+    """
 
 
 class YieldTask(BaseException):
-    """Raised by ctx.sleep_until: the worker hands the task back until `run_at`."""
+    """Raised by ctx.sleep_until: the worker hands the task back until `run_at`.
+
+    A BaseException so that a task's own `except Exception` does not swallow it.
+    """
 
     def __init__(self, run_at: datetime) -> None:
         super().__init__(run_at)
         self.run_at = run_at
+
+
+def _jsonable(name: str, result: Any) -> Any:
+    """The value as a resumed attempt will see it: JSON round-tripped.
+
+    Returning the round-tripped value on the first run too means a fresh and a resumed
+    attempt see the same thing (a tuple becomes a list, int dict keys become strings),
+    instead of code that only breaks after a crash.
+    """
+    dump = getattr(result, "model_dump", None)
+    if callable(dump):
+        result = dump(mode="json")
+    try:
+        return json.loads(json.dumps(result, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise StepError(
+            f"step {name!r} returned {type(result).__name__}, which is not JSON: {exc}; "
+            "return dicts, lists, strings, numbers, booleans or None (or a pydantic model)"
+        ) from exc
+
+
+def _aware(when: datetime) -> datetime:
+    return when if when.tzinfo is not None else when.astimezone()
 
 
 class TaskContext:
@@ -69,14 +121,28 @@ class TaskContext:
         self.max_retries = max_retries
         self._has_steps = has_steps
         self._steps: dict[str, Any] | None = None
+        self._db_clock_offset = 0.0  # database now() minus local time, seen when steps load
         self._used_steps: set[str] = set()
+        self._sleeps = 0
         self._cancel = asyncio.Event()
         self.cancel_reason: str | None = None
+        self._loop = asyncio.get_running_loop()
+        # Buffered writes. _lock guards the fields below it: task threads append too.
+        self._lock = threading.Lock()
         self._progress: tuple[int, int | None, str | None] | None = None
-        self._progress_written_at = 0.0
         self._progress_dirty = False
-        self._progress_flush: asyncio.TimerHandle | None = None
-        self.progress_writes = 0  # how many progress writes reached the database
+        self._logs: list[tuple[str, str, str | None, datetime]] = []
+        self._logs_dropped = 0
+        self._armed = False  # a background flush is scheduled or running
+        self._urgent = False  # enough log lines are waiting: flush without the interval
+        self._closed = False
+        # Loop-only state.
+        self._timer: asyncio.TimerHandle | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self._write_lock = asyncio.Lock()
+        self._flushed_at = 0.0
+        self.progress_writes = 0  # progress writes that reached the database
+        self.log_writes = 0  # log batches that reached the database
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -101,20 +167,16 @@ class TaskContext:
             self._steps = {}
             if self._has_steps:
                 rows = await self.pool.fetch(
-                    "SELECT name, result FROM pgtasks.task_steps WHERE task_id = $1", self.task_id
+                    "SELECT name, result, now() AS db_now FROM pgtasks.task_steps "
+                    "WHERE task_id = $1",
+                    self.task_id,
                 )
                 self._steps = {r["name"]: r["result"] for r in rows}
+                if rows:
+                    self._db_clock_offset = rows[0]["db_now"].timestamp() - time.time()
         return self._steps
 
-    async def step(
-        self, name: str, fn: Callable[..., T | Awaitable[T]], *args: Any, **kw: Any
-    ) -> T:
-        """Run `fn` once per task: its result is committed before the task goes on.
-
-        A later attempt (after a crash, a retry or a sleep) gets the stored result back
-        without running `fn` again. The result must be JSON-serialisable. Sync functions
-        run in a thread so they do not block the worker's event loop.
-        """
+    def _claim_step_name(self, name: str) -> None:
         if not isinstance(name, str) or not name:
             raise StepError("step name must be a non-empty string")
         if name in self._used_steps:
@@ -123,109 +185,316 @@ class TaskContext:
                 "(e.g. f'batch-{i}')"
             )
         self._used_steps.add(name)
+
+    async def _lookup_step(self, name: str) -> tuple[bool, Any]:
+        """(True, stored result) when an earlier attempt completed this step."""
+        self._claim_step_name(name)
         steps = await self._load_steps()
         if name in steps:
-            return steps[name]  # type: ignore[no-any-return]
-        if inspect.iscoroutinefunction(fn):
-            result = await fn(*args, **kw)
-        else:
-            ctx = contextvars.copy_context()
-            result = await asyncio.get_running_loop().run_in_executor(
-                self.worker.threads, lambda: ctx.run(fn, *args, **kw)
-            )
-            if inspect.isawaitable(result):
-                result = await result
-        try:
-            db.dumps(result)
-        except (TypeError, ValueError) as exc:
-            raise StepError(
-                f"step {name!r} returned {type(result).__name__}, which is not JSON: {exc}; "
-                "return dicts, lists, strings, numbers, booleans or None"
-            ) from exc
+            return True, steps[name]
+        return False, None
+
+    async def _store_step(self, name: str, result: Any) -> Any:
+        """Checkpoint a step's result; buffered logs and progress are written first."""
+        value = _jsonable(name, result)
+        await self.flush()
         async with db.translated():
             await self.pool.execute(
                 "SELECT pgtasks.checkpoint($1, $2, $3, $4)",
                 self.task_id,
                 self.attempt,
                 name,
-                result,
+                value,
             )
-        steps[name] = result
-        return result  # type: ignore[no-any-return]
+        assert self._steps is not None
+        self._steps[name] = value
+        return value
 
-    # -- progress ------------------------------------------------------------------------
+    async def step(
+        self, name: str, fn: Callable[..., T | Awaitable[T]], *args: Any, **kw: Any
+    ) -> T:
+        """Run `fn` once per task: its result is committed before the task goes on.
+
+        A later attempt (after a crash, a retry or a sleep) gets the stored result back
+        without running `fn` again. The result must be JSON-serialisable and is returned
+        as JSON round-trips it, so the first run and a resumed one see the same value.
+        Sync functions run in a thread so they do not block the worker's event loop.
+        `fn` itself may run more than once (a crash after it ran but before the commit),
+        so make its side effects idempotent.
+        """
+        found, stored = await self._lookup_step(name)
+        if found:
+            return stored  # type: ignore[no-any-return]
+        if inspect.iscoroutinefunction(fn):
+            result = await fn(*args, **kw)
+        else:
+            cv = contextvars.copy_context()
+            result = await self._loop.run_in_executor(
+                self.worker.threads, lambda: cv.run(fn, *args, **kw)
+            )
+            if inspect.isawaitable(result):
+                result = await result
+        return await self._store_step(name, result)  # type: ignore[no-any-return]
+
+    # -- buffered writes: progress and logs ----------------------------------------------
+
+    def _set_progress(self, current: int, total: int | None, message: str | None) -> None:
+        if (
+            not isinstance(current, int)
+            or current < 0
+            or (total is not None and not 0 <= current <= total)
+        ):
+            raise PgTasksError(
+                f"progress {current} of {total} is out of bounds; use 0 <= current <= total"
+            )
+        with self._lock:
+            if self._closed:
+                return
+            prev = self._progress
+            if message is None and prev is not None:
+                message = prev[2]  # the database keeps the last message too
+            self._progress = (current, total, message)
+            self._progress_dirty = True
+
+    def _append_log(
+        self, level: str, message: str, logger: str | None, at: datetime | None = None
+    ) -> bool:
+        """Buffer one line (any thread). True when the loop should be told to flush."""
+        stamp = at or datetime.now(UTC)
+        # One line the database cannot take must not block the batch it travels in:
+        # PostgreSQL text holds no NUL, and lone surrogates do not encode as UTF-8.
+        if "\x00" in message:
+            message = message.replace("\x00", "\\x00")
+        try:
+            message.encode()
+        except UnicodeEncodeError:
+            message = message.encode("utf-8", "backslashreplace").decode()
+        with self._lock:
+            if self._closed:
+                return False
+            if len(self._logs) >= MAX_BUFFERED_LOGS:
+                self._logs_dropped += 1
+                return False
+            self._logs.append((level, message, logger, stamp))
+            if len(self._logs) >= LOG_BATCH:
+                self._urgent = True
+            notify = not self._armed or self._urgent
+            self._armed = True
+            return notify
+
+    def _due(self) -> bool:
+        """A write is owed now: the interval passed, or a full batch of logs waits."""
+        if self._write_lock.locked():
+            return False
+        return self._urgent or time.monotonic() - self._flushed_at >= FLUSH_INTERVAL
+
+    def _arm(self) -> None:
+        """Loop only: make sure a background flush will write what is buffered."""
+        with self._lock:
+            pending = self._progress_dirty or bool(self._logs)
+            self._armed = pending and not self._closed
+            urgent = self._urgent
+        if not self._armed or self._flusher is not None:
+            return  # nothing to do, or the running flusher re-arms when it ends
+        delay = 0.0 if urgent else max(0.0, self._flushed_at + FLUSH_INTERVAL - time.monotonic())
+        when = self._loop.time() + delay
+        if self._timer is not None:
+            if self._timer.when() <= when:
+                return
+            self._timer.cancel()
+        self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _arm_threadsafe(self) -> None:
+        self._loop.call_soon_threadsafe(self._arm)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._closed:
+            return
+        # An empty context: nothing the flush logs (asyncpg, pgtasks) is routed to the task.
+        self._flusher = self._loop.create_task(
+            self._background_flush(), context=contextvars.Context()
+        )
+
+    async def _background_flush(self) -> None:
+        try:
+            await self.flush()
+        except LeaseLost:
+            self._close()  # the task is someone else's now; the worker will stop it
+        except Exception as exc:  # kept buffered; the final flush reports what persists
+            log.warning("task %s: progress/log write failed (%s); will retry", self.task_id, exc)
+        finally:
+            self._flusher = None
+        self._arm()
+
+    async def flush(self) -> None:
+        """Write buffered log lines, then the latest progress, now. Raises LeaseLost.
+
+        The worker calls this before recording a result, an error or a hand-back; steps
+        call it before their checkpoint. Writes are serialised, so they land in order.
+        """
+        async with self._write_lock:
+            # Only what is buffered now: lines a thread adds meanwhile wait for the next
+            # flush, so a busy producer cannot turn one flush into many small batches.
+            with self._lock:
+                owed = len(self._logs) + (1 if self._logs_dropped else 0)
+            while owed > 0:
+                with self._lock:
+                    take = min(owed, LOG_BATCH)
+                    batch, self._logs = self._logs[:take], self._logs[take:]
+                    dropped, self._logs_dropped = self._logs_dropped, 0
+                    self._urgent = len(self._logs) >= LOG_BATCH
+                owed -= max(len(batch), 1)
+                if dropped:
+                    batch.append(
+                        (
+                            "WARNING",
+                            f"pgtasks: {dropped} log line(s) dropped: the buffer was full "
+                            "while the database was unreachable",
+                            "pgtasks",
+                            datetime.now(UTC),
+                        )
+                    )
+                if not batch:
+                    break
+                try:
+                    async with db.translated():
+                        await self.pool.execute(
+                            "SELECT pgtasks.log_many($1, $2, $3, $4, $5, $6)",
+                            self.task_id,
+                            self.attempt,
+                            [b[0] for b in batch],
+                            [b[1] for b in batch],
+                            [b[3] for b in batch],
+                            [b[2] for b in batch],
+                        )
+                except BaseException:
+                    with self._lock:  # keep the lines, in order, for the next try
+                        self._logs[:0] = batch
+                    raise
+                self.log_writes += 1
+            with self._lock:
+                snapshot = self._progress if self._progress_dirty else None
+                self._progress_dirty = False
+            if snapshot is not None:
+                current, total, message = snapshot
+                try:
+                    async with db.translated():
+                        await self.pool.execute(
+                            "SELECT pgtasks.report_progress($1, $2, $3, $4, $5)",
+                            self.task_id,
+                            self.attempt,
+                            current,
+                            total,
+                            message,
+                        )
+                except BaseException:
+                    with self._lock:
+                        self._progress_dirty = True
+                    raise
+                self.progress_writes += 1
+            self._flushed_at = time.monotonic()
+
+    async def flush_progress(self) -> None:
+        """Kept for callers of the first API: same as flush()."""
+        await self.flush()
+
+    async def _flush_quietly(self) -> None:
+        """Best effort before recording an error or a hand-back: never masks the outcome."""
+        try:
+            await self.flush()
+        except (LeaseLost, *_TRANSIENT, asyncpg.PostgresError) as exc:
+            log.info("task %s: buffered logs/progress not written (%s)", self.task_id, exc)
+
+    def _close(self) -> None:
+        """The attempt is over: drop timers and anything still buffered."""
+        with self._lock:
+            self._closed = True
+            self._logs.clear()
+            self._progress_dirty = False
+            self._armed = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     async def progress(
         self, current: int, total: int | None = None, message: str | None = None
     ) -> None:
-        """Report progress. Writes are coalesced to one per second; the last value always lands."""
-        if current < 0 or (total is not None and not 0 <= current <= total):
-            raise PgTasksError(
-                f"progress {current} of {total} is out of bounds; use 0 <= current <= total"
-            )
-        self._progress = (current, total, message)
-        self._progress_dirty = True
-        now = time.monotonic()
-        if now - self._progress_written_at >= PROGRESS_INTERVAL:
-            await self.flush_progress()
-        elif self._progress_flush is None:
-            loop = asyncio.get_running_loop()
-            delay = PROGRESS_INTERVAL - (now - self._progress_written_at)
-            self._progress_flush = loop.call_later(
-                delay, lambda: self.worker.spawn(self.flush_progress())
-            )
+        """Report progress: 0 <= current <= total; the message is kept until replaced.
 
-    async def flush_progress(self) -> None:
-        """Write the latest progress now, if it changed since the last write."""
-        if self._progress_flush is not None:
-            self._progress_flush.cancel()
-            self._progress_flush = None
-        if not self._progress_dirty or self._progress is None:
-            return
-        current, total, message = self._progress
-        self._progress_dirty = False
-        self._progress_written_at = time.monotonic()
-        async with db.translated():
-            await self.pool.execute(
-                "SELECT pgtasks.report_progress($1, $2, $3, $4, $5)",
-                self.task_id,
-                self.attempt,
-                current,
-                total,
-                message,
-            )
-        self.progress_writes += 1
-
-    # -- logs ----------------------------------------------------------------------------
+        Cheap to call often: at most one write per FLUSH_INTERVAL reaches the database
+        (the latest value, within about a second), and the final value is always
+        written before the task's result. A loop that never yields to the event loop
+        still gets a write each interval, because the call writes inline when one is due.
+        """
+        self._set_progress(current, total, message)
+        if self._due():
+            await self.flush()
+        self._arm()
 
     async def log(self, level: str | int, message: str) -> None:
-        """Append a line to this task's log (pgtasks.task_logs), tagged with the attempt."""
+        """Append a line to this task's log (pgtasks.task_logs), tagged with the attempt.
+
+        Buffered with the task's `logging` records, so both keep their relative order.
+        """
         name = logging.getLevelName(level) if isinstance(level, int) else str(level).upper()
-        async with db.translated():
-            await self.pool.execute(
-                "SELECT pgtasks.log($1, $2, $3, $4)", self.task_id, self.attempt, name, message
-            )
+        self._append_log(name, str(message), None)
+        if self._due():
+            await self.flush()
+        self._arm()
 
     # -- yielding ------------------------------------------------------------------------
 
-    async def sleep_until(self, when: datetime) -> None:
+    def _sleep_name(self, name: str | None) -> str:
+        self._sleeps += 1
+        return name if name is not None else f"sleep#{self._sleeps}"
+
+    def _resolve_sleep(self, name: str, stored: Any, found: bool, when: datetime) -> datetime:
+        """When this sleep ends: the time stored by the attempt that started it, if any."""
+        if not found:
+            return when
+        if isinstance(stored, dict) and isinstance(stored.get("sleep_until"), str):
+            return datetime.fromisoformat(stored["sleep_until"])
+        raise StepError(
+            f"sleep {name!r} has the name of a step that is not a sleep; "
+            "give sleeps and steps different names"
+        )
+
+    def _sleep_is_over(self, wake: datetime) -> bool:
+        # The database clock decides when a task is claimed again; judge with it too.
+        return time.time() + self._db_clock_offset >= wake.timestamp()
+
+    async def sleep_until(self, when: datetime, *, name: str | None = None) -> None:
         """Hand the task back until `when`, freeing the worker slot; does not use a retry.
 
         The task's code runs again from the top at `when`; completed steps return their
-        stored results, so put the work before the sleep in steps.
+        stored results, and this sleep is itself a step (named `name`, by default
+        "sleep#N" for the N-th sleep of a run), so a resumed task passes it instead of
+        sleeping again. Put the work before the sleep in steps.
         """
-        if when.tzinfo is None:
-            when = when.astimezone()
-        await self.flush_progress()
-        raise YieldTask(when)
+        key = self._sleep_name(name)
+        found, stored = await self._lookup_step(key)
+        wake = self._resolve_sleep(key, stored, found, _aware(when))
+        if self._sleep_is_over(wake):
+            return
+        if not found:
+            await self._store_step(key, {"sleep_until": wake.isoformat()})
+        else:
+            await self.flush()
+        raise YieldTask(wake)
 
-    async def sleep(self, seconds: float | timedelta) -> None:
+    async def sleep(self, seconds: float | timedelta, *, name: str | None = None) -> None:
+        """`sleep_until(now + seconds)`: the wake time is fixed by the first attempt."""
         secs = seconds.total_seconds() if isinstance(seconds, timedelta) else float(seconds)
-        await self.sleep_until(datetime.now().astimezone() + timedelta(seconds=secs))
+        await self.sleep_until(datetime.now(UTC) + timedelta(seconds=secs), name=name)
 
 
 class SyncTaskContext:
-    """The blocking twin of TaskContext, passed to plain `def` tasks running in a thread."""
+    """The blocking twin of TaskContext, passed to plain `def` tasks running in a thread.
+
+    Progress and log calls only touch the shared buffer (no hop to the event loop per
+    call); steps run `fn` in the calling thread and hop to the loop only for the database.
+    """
 
     def __init__(self, ctx: TaskContext, loop: asyncio.AbstractEventLoop) -> None:
         self._ctx = ctx
@@ -245,18 +514,159 @@ class SyncTaskContext:
         return self._ctx.cancelled
 
     def step(self, name: str, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
-        return self._call(self._ctx.step(name, fn, *args, **kw))
+        """Like TaskContext.step; `fn` runs here, in the task's own thread."""
+        found, stored = self._call(self._ctx._lookup_step(name))
+        if found:
+            return stored  # type: ignore[no-any-return]
+        result: Any = fn(*args, **kw)
+        if inspect.isawaitable(result):
+            result = self._call(result)
+        return self._call(self._ctx._store_step(name, result))  # type: ignore[no-any-return]
 
     def progress(self, current: int, total: int | None = None, message: str | None = None) -> None:
-        self._call(self._ctx.progress(current, total, message))
+        ctx = self._ctx
+        ctx._set_progress(current, total, message)
+        with ctx._lock:
+            hop = not ctx._armed
+            ctx._armed = True
+        if hop:
+            ctx._arm_threadsafe()
 
     def log(self, level: str | int, message: str) -> None:
-        self._call(self._ctx.log(level, message))
+        name = logging.getLevelName(level) if isinstance(level, int) else str(level).upper()
+        if self._ctx._append_log(name, str(message), None):
+            self._ctx._arm_threadsafe()
 
-    def sleep_until(self, when: datetime) -> None:
-        self._call(self._ctx.flush_progress())
-        raise YieldTask(when if when.tzinfo else when.astimezone())
+    def flush(self) -> None:
+        self._call(self._ctx.flush())
 
-    def sleep(self, seconds: float | timedelta) -> None:
+    def sleep_until(self, when: datetime, *, name: str | None = None) -> None:
+        ctx = self._ctx
+        key = ctx._sleep_name(name)
+        found, stored = self._call(ctx._lookup_step(key))
+        wake = ctx._resolve_sleep(key, stored, found, _aware(when))
+        if ctx._sleep_is_over(wake):
+            return
+        if not found:
+            self._call(ctx._store_step(key, {"sleep_until": wake.isoformat()}))
+        else:
+            self._call(ctx.flush())
+        raise YieldTask(wake)
+
+    def sleep(self, seconds: float | timedelta, *, name: str | None = None) -> None:
         secs = seconds.total_seconds() if isinstance(seconds, timedelta) else float(seconds)
-        self.sleep_until(datetime.now().astimezone() + timedelta(seconds=secs))
+        self.sleep_until(datetime.now(UTC) + timedelta(seconds=secs), name=name)
+
+
+# -- Python logging ----------------------------------------------------------------------
+
+_INTERNAL = ("pgtasks", "asyncpg")
+
+
+def _is_internal(name: str) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in _INTERNAL)
+
+
+class TaskLogHandler(logging.Handler):
+    """Routes `logging` records made inside a task to that task's log.
+
+    Installed on the root logger by the worker. The task is found through the
+    `current_task` contextvar, which asyncio copies into the task's coroutines and the
+    worker copies into its threads. pgtasks' and asyncpg's own records are not task
+    output and stay out. Records still need to pass their logger's level: `pgtasks worker`
+    configures INFO; an app that never configured logging gets INFO too while a worker
+    runs (see install_task_log_handler).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.NOTSET)
+        self._formatter = logging.Formatter()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        ctx = current_task.get()
+        if ctx is not None and not _is_internal(record.name):
+            try:
+                text = record.getMessage()
+                if record.exc_info:
+                    text = f"{text}\n{self._formatter.formatException(record.exc_info)}"
+                if record.stack_info:
+                    text = f"{text}\n{self._formatter.formatStack(record.stack_info)}"
+                at = datetime.fromtimestamp(record.created, UTC)
+                if ctx._append_log(record.levelname, text, record.name, at):
+                    if _on_loop(ctx):
+                        ctx._arm()
+                    else:
+                        ctx._arm_threadsafe()
+            except Exception:
+                self.handleError(record)
+        self._last_resort(record)
+
+    def _last_resort(self, record: logging.LogRecord) -> None:
+        """Keep Python's default: with no handler configured, warnings still reach stderr.
+
+        Adding this handler to a bare root logger would otherwise silence logging's
+        last-resort stderr output, which an unconfigured app relies on.
+        """
+        last = logging.lastResort
+        if last is None or record.levelno < last.level:
+            return
+        logger: logging.Logger | None = logging.getLogger(record.name)
+        while logger is not None:
+            if any(h is not self for h in logger.handlers):
+                return
+            if not logger.propagate:
+                break
+            logger = logger.parent
+        last.handle(record)
+
+
+def _on_loop(ctx: TaskContext) -> bool:
+    try:
+        return asyncio.get_running_loop() is ctx._loop
+    except RuntimeError:  # a task thread
+        return False
+
+
+_handler: TaskLogHandler | None = None
+_installs = 0
+_saved_root_level: int | None = None
+_install_lock = threading.Lock()
+
+
+def install_task_log_handler(level: int = logging.INFO) -> None:
+    """Called by Worker.run; reference-counted so several workers in one process share one.
+
+    When the root logger has no handlers (an app that never configured logging, where
+    the root level is WARNING), the root level is lowered to `level` while workers run,
+    so a task's `log.info(...)` reaches its task log. Nothing else prints more because
+    of it: the only handler is this one, which passes WARNING and up to stderr as Python
+    would. An app that configured logging keeps its levels.
+    """
+    global _handler, _installs, _saved_root_level
+    with _install_lock:
+        _installs += 1
+        if _installs > 1:
+            return
+        root = logging.getLogger()
+        if not root.handlers and root.level > level:
+            _saved_root_level = root.level
+            root.setLevel(level)
+        _handler = TaskLogHandler()
+        root.addHandler(_handler)
+
+
+def uninstall_task_log_handler() -> None:
+    global _handler, _installs, _saved_root_level
+    with _install_lock:
+        if _installs == 0:
+            return
+        _installs -= 1
+        if _installs > 0:
+            return
+        root = logging.getLogger()
+        if _handler is not None:
+            root.removeHandler(_handler)
+            _handler = None
+        if _saved_root_level is not None:
+            root.setLevel(_saved_root_level)
+            _saved_root_level = None

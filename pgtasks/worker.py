@@ -22,15 +22,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import json
 import logging
 import os
 import random
 import signal
 import socket
+import threading
 import traceback
 import uuid
-from collections.abc import Awaitable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -39,7 +41,14 @@ import asyncpg
 
 from pgtasks import db
 from pgtasks.config import resolve_url
-from pgtasks.context import SyncTaskContext, TaskContext, YieldTask, current_task
+from pgtasks.context import (
+    SyncTaskContext,
+    TaskContext,
+    YieldTask,
+    current_task,
+    install_task_log_handler,
+    uninstall_task_log_handler,
+)
 from pgtasks.errors import (
     LeaseLost,
     ParamsValidationError,
@@ -60,7 +69,48 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     asyncpg.AdminShutdownError,
     asyncpg.CannotConnectNowError,
     asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+    # asyncpg can raise this when the server ends a session mid-query (asyncpg#784,
+    # #1069): seen here on every server restart under load. The pool drops the broken
+    # connection; the call just has to be retried on a fresh one.
+    asyncpg.InternalClientError,
 )
+
+
+class DaemonThreads(Executor):
+    """Runs each blocking call in its own daemon thread.
+
+    A sync task that ignores `ctx.cancelled` cannot be stopped, only abandoned (after a
+    cancel, a timeout or the shutdown grace). A fixed pool would lose a thread to every
+    abandoned call until sync tasks queue behind them forever, and its non-daemon threads
+    are joined at interpreter exit, so one stuck call would keep a SIGTERMed worker alive.
+    The number of live threads is still bounded by the worker's slots plus what it
+    abandoned; a thread costs far less than the database round trips around it.
+    """
+
+    def __init__(self, name: str = "pgtasks") -> None:
+        self._name = name
+        self._count = 0
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+
+        def target() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:  # YieldTask is a BaseException: pass it on as is
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+        self._count += 1
+        threading.Thread(target=target, name=f"{self._name}-{self._count}", daemon=True).start()
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Nothing to join: daemon threads end with their call or with the process."""
 
 
 def _seconds(value: float | timedelta) -> float:
@@ -88,6 +138,8 @@ class WorkerStats:
     lost: int = 0
     handed_back: int = 0
     claim_errors: int = 0
+    claim_calls: int = 0
+    finish_calls: int = 0
     rescued: int = 0
     extra: dict[str, int] = field(default_factory=dict)
 
@@ -134,7 +186,7 @@ class Worker:
         self.statement_cache_size = statement_cache_size
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.stats = WorkerStats()
-        self.threads = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="pgtasks")
+        self.threads: Executor = DaemonThreads()
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
         self._running: dict[int, _Running] = {}  # claimed and executing
@@ -179,6 +231,7 @@ class Worker:
                 loop.add_signal_handler(sig, self.stop)
         url = await resolve_url(self._url)
         self._pool = await self._connect_pool(url)
+        install_task_log_handler()  # `logging` inside a task goes to its task log
         try:
             await self._register()
             loops = [
@@ -205,6 +258,7 @@ class Worker:
             if install_signal_handlers:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(sig)
+            uninstall_task_log_handler()
             self._stopped.set()
 
     # -- connections ---------------------------------------------------------------------
@@ -233,12 +287,13 @@ class Worker:
         await self._retrying(
             "register",
             lambda: self.pool.execute(
-                "SELECT pgtasks.register_worker($1, $2, $3, $4, $5)",
+                "SELECT pgtasks.register_worker($1, $2, $3, $4, $5, $6)",
                 self.worker_id,
                 socket.gethostname(),
                 os.getpid(),
                 self.queues,
                 self.concurrency,
+                timedelta(seconds=self.lease),
             ),
         )
 
@@ -295,7 +350,9 @@ class Worker:
                             lost.set()
                 if lost.is_set():
                     log.warning("LISTEN connection lost; polling until it is back")
-            except TRANSIENT as exc:
+            except Exception as exc:
+                # Also server errors: a pooler that refuses LISTEN, too many connections...
+                # Polling carries on meanwhile, so this is never fatal.
                 log.warning("LISTEN unavailable (%s); polling, retrying in %.1fs", exc, delay)
                 await self._sleep(delay)
                 delay = min(delay * 2, 10)
@@ -317,6 +374,7 @@ class Worker:
 
     async def _claim_loop(self) -> None:
         backoff = 0.2
+        rechecked = False
         while not self._stopping.is_set():
             self._wake.clear()
             free = self.concurrency - len(self._running)
@@ -333,9 +391,14 @@ class Worker:
                         self._task_types,
                     )
                     backoff = 0.2
-                except TRANSIENT as exc:
+                except Exception as exc:
+                    # Nothing here may end the worker (a server-side error, a statement
+                    # timeout, a schema being migrated, a driver bug): back off and retry.
                     self.stats.claim_errors += 1
-                    log.warning("claim failed (%s); retrying in %.1fs", exc, backoff)
+                    if isinstance(exc, (*TRANSIENT, asyncpg.PostgresError)):
+                        log.warning("claim failed (%s); retrying in %.1fs", exc, backoff)
+                    else:
+                        log.exception("claim failed; retrying in %.1fs", backoff)
                     await self._sleep(backoff)
                     backoff = min(backoff * 2, 10)
                     continue
@@ -343,8 +406,14 @@ class Worker:
                     self._start(row)
                 claimed = len(rows)
                 self.stats.claimed += claimed
-                if claimed == free:
-                    continue  # maybe more is ready; the loop waits for a free slot first
+                self.stats.claim_calls += 1
+                if claimed == free or (claimed and not rechecked):
+                    # A full batch: more may be ready (the loop waits for a free slot first).
+                    # A partial one: look once more, so a task committed while we claimed,
+                    # whose wake-up the database may have skipped, is not left to the poll.
+                    rechecked = claimed < free
+                    continue
+                rechecked = False
                 wait_for = await self._idle_wait()
                 if wait_for is None:  # burst mode: nothing left to do
                     if not self._running and not self._finishing:
@@ -359,7 +428,7 @@ class Worker:
             row = await self.pool.fetchrow(
                 "SELECT pgtasks.next_run_at($1, $2) - now() AS gap", self.queues, self._task_types
             )
-        except TRANSIENT:
+        except (*TRANSIENT, asyncpg.PostgresError):  # a failed peek only means a plain poll
             return self.poll_interval
         gap = row["gap"] if row else None
         if gap is None:
@@ -402,9 +471,11 @@ class Worker:
             params = spec.parse_params(raw)
             async with asyncio.timeout(limit):
                 result = await self._call(spec, run.ctx, params)
-            await run.ctx.flush_progress()
+            await run.ctx.flush()  # buffered logs and progress land before the result
             result = _to_json(result)
-            db.dumps(result)  # fail now, as this attempt's error, if it is not JSON
+            # Fail now, as this attempt's error, if it is not JSON. NaN/Infinity would pass
+            # json.dumps but make jsonb reject the whole completion batch.
+            json.dumps(result, allow_nan=False)
         except asyncio.CancelledError:
             await self._after_cancel(run)
         except TimeoutError:
@@ -431,6 +502,7 @@ class Worker:
             self._done_signal.set()
         finally:
             current_task.reset(token)
+            run.ctx._close()  # late progress/log calls (e.g. from abandoned threads) are dropped
             self._running.pop(run.task_id, None)
             self._wake.set()
 
@@ -468,11 +540,14 @@ class Worker:
         retryable: bool,
         delay: float | None = None,
     ) -> None:
+        await run.ctx._flush_quietly()  # the attempt's last log lines explain the error
         base = (
             timedelta(seconds=spec.retry_delay)
             if spec and spec.retry_delay
             else timedelta(seconds=1)
         )
+        # PostgreSQL text cannot hold NUL; an error message with one must still be recorded.
+        error, tb = error.replace("\x00", "\\x00"), tb.replace("\x00", "\\x00")
         try:
             status = await self._retrying(
                 "fail",
@@ -502,6 +577,7 @@ class Worker:
     async def _yield(
         self, run: _Running, run_at: datetime | None, *, handed_back: bool = False
     ) -> None:
+        await run.ctx._flush_quietly()
         try:
             await self._retrying(
                 "hand back",
@@ -524,45 +600,88 @@ class Worker:
     # -- batched completion --------------------------------------------------------------
 
     async def _completer(self) -> None:
+        # Must outlive any error: a dead completer would leave every later result unwritten
+        # while heartbeats keep those tasks RUNNING, i.e. stuck for the worker's lifetime.
         while True:
             await self._done_signal.wait()
             self._done_signal.clear()
-            await self._flush_done()
+            try:
+                await self._flush_done()
+            except Exception:
+                log.exception("completer failed; its tasks are left to lease expiry and rescue")
+                for task_id, _, _ in self._done:
+                    self._finishing.pop(task_id, None)
+                self._done = []
 
     async def _flush_done(self) -> None:
         while self._done:
             batch, self._done = self._done, []
             ids = [b[0] for b in batch]
             try:
-                rows = await self._retrying(
-                    "complete",
-                    lambda ids=ids, batch=batch: self.pool.fetch(
-                        "SELECT * FROM pgtasks.finish_tasks($1, $2, $3::jsonb[])",
-                        ids,
-                        [b[1] for b in batch],
-                        [b[2] for b in batch],
-                    ),
-                )
+                rejected = await self._finish_batch(batch)
             except asyncio.CancelledError:
                 self._done = batch + self._done
                 raise
-            rejected = {r[0] for r in rows}
-            for task_id in ids:
-                self._finishing.pop(task_id, None)
-            self.stats.succeeded += len(ids) - len(rejected)
+            finally:
+                for task_id in ids:
+                    self._finishing.pop(task_id, None)
             self.stats.lost += len(rejected)
             if rejected:
                 log.info(
                     "results dropped for tasks this worker no longer owns: %s", sorted(rejected)
                 )
 
+    async def _finish_batch(self, batch: list[tuple[int, int, Any]]) -> set[int]:
+        """Write results in one statement; return the ids the database rejected (fenced).
+
+        A result the database refuses (e.g. a string holding \\u0000, which jsonb cannot
+        store) would fail the whole batch every time. So on such an error the batch is
+        split, and the one task whose result cannot be stored fails with that error,
+        instead of the error stopping every other task's result.
+        """
+        try:
+            rows = await self._retrying(
+                "complete",
+                lambda: self.pool.fetch(
+                    # Results travel as JSON text: a list result passed as a jsonb[]
+                    # element would be read as a nested array dimension and mangled.
+                    "SELECT * FROM pgtasks.finish_tasks($1, $2, $3::text[]::jsonb[])",
+                    [b[0] for b in batch],
+                    [b[1] for b in batch],
+                    [None if b[2] is None else db.dumps(b[2]) for b in batch],
+                ),
+            )
+        except asyncpg.PostgresError as exc:
+            if len(batch) > 1:
+                rejected: set[int] = set()
+                for item in batch:
+                    rejected |= await self._finish_batch([item])
+                return rejected
+            run = self._finishing.get(batch[0][0])
+            if run is None:
+                raise
+            log.error("task %s: its result could not be stored: %s", run.task_id, exc)
+            await self._fail(
+                run, None, f"result could not be stored: {_describe(exc)}", "", retryable=False
+            )
+            return set()
+        rejected = {r[0] for r in rows}
+        self.stats.finish_calls += 1
+        self.stats.succeeded += len(batch) - len(rejected)
+        return rejected
+
     # -- leases --------------------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
+        # This loop must outlive any error: if it died, every lease would run out while the
+        # tasks go on running here, and rescue would start them a second time elsewhere.
+        failing = False
         while True:
             await asyncio.sleep(self.heartbeat_interval)
             owned = list(self._running.values()) + list(self._finishing.values())
             try:
+                if failing:  # back after an outage: the registry row may have been swept
+                    await self._register()
                 rows = await self.pool.fetch(
                     "SELECT * FROM pgtasks.heartbeat($1, $2, $3, $4)",
                     self.worker_id,
@@ -571,8 +690,16 @@ class Worker:
                     timedelta(seconds=self.lease),
                 )
             except TRANSIENT as exc:
+                failing = True
                 log.warning("heartbeat failed (%s); leases expire if this persists", exc)
                 continue
+            except Exception:
+                failing = True
+                log.exception("heartbeat failed; retrying")
+                continue
+            if failing:
+                log.info("heartbeat is back")
+                failing = False
             for r in rows:
                 self._stop_task(r[0], "lease lost")
 
@@ -592,6 +719,8 @@ class Worker:
                     await self.pool.fetchval("SELECT pgtasks.prune_finished($1)", self.retention)
             except TRANSIENT as exc:
                 log.warning("maintenance skipped (%s)", exc)
+            except Exception:  # keep rescuing: no other process will
+                log.exception("maintenance failed; trying again later")
 
     # -- shutdown ------------------------------------------------------------------------
 
@@ -600,7 +729,7 @@ class Worker:
         pending = [r.future for r in self._running.values() if r.future is not None]
         if pending:
             log.info(
-                "stopping: waiting up to %.0fs for %d task(s)", self.shutdown_grace, len(pending)
+                "stopping: waiting up to %gs for %d task(s)", self.shutdown_grace, len(pending)
             )
             _, still = await asyncio.wait(pending, timeout=self.shutdown_grace)
             for run in list(self._running.values()):

@@ -109,8 +109,12 @@ END $$;
 -- Takes up to max_tasks ready tasks for one worker: highest priority first, then oldest
 -- run_at. SKIP LOCKED lets many workers claim side by side without waiting on each other.
 -- Each claim increments attempt, which becomes the fencing token for this run.
+--
+-- The pick is written out per case (all queues / one queue / several) so that each is a
+-- static statement whose plan walks a partial index in claim order and stops after
+-- max_tasks rows: no sort, whatever the backlog. tests/sql/test_plans.py checks the plans.
 CREATE FUNCTION pgtasks.claim_tasks(
-    worker_id text,
+    worker_id  text,
     queues     text[]   DEFAULT NULL,    -- NULL: every queue
     max_tasks  integer  DEFAULT 1,
     lease      interval DEFAULT interval '60 seconds',
@@ -120,30 +124,59 @@ CREATE FUNCTION pgtasks.claim_tasks(
     attempt integer, retry_count integer, max_retries integer,
     timeout interval, deadline timestamptz, has_steps boolean
 )
-LANGUAGE sql AS $$
-    WITH picked AS (
-        SELECT t.id FROM pgtasks.tasks t
-         WHERE t.status IN ('PENDING', 'COMMIT')
-           AND t.run_at <= now()
-           AND (claim_tasks.queues IS NULL OR t.queue = ANY (claim_tasks.queues))
-           AND (claim_tasks.task_types IS NULL OR t.task_type = ANY (claim_tasks.task_types))
-         ORDER BY t.priority DESC, t.run_at, t.id
-         LIMIT greatest(claim_tasks.max_tasks, 0)
-         FOR UPDATE SKIP LOCKED
+LANGUAGE plpgsql AS $$
+DECLARE
+    picked bigint[];
+BEGIN
+    IF queues IS NULL THEN
+        SELECT array_agg(c.id) INTO picked FROM (
+            SELECT t.id FROM pgtasks.tasks t
+             WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= now()
+               AND (claim_tasks.task_types IS NULL OR t.task_type = ANY (claim_tasks.task_types))
+             ORDER BY t.priority DESC, t.run_at, t.id
+             LIMIT max_tasks
+             FOR UPDATE SKIP LOCKED) c;
+    ELSIF cardinality(queues) = 1 THEN
+        SELECT array_agg(c.id) INTO picked FROM (
+            SELECT t.id FROM pgtasks.tasks t
+             WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= now()
+               AND t.queue = claim_tasks.queues[1]
+               AND (claim_tasks.task_types IS NULL OR t.task_type = ANY (claim_tasks.task_types))
+             ORDER BY t.priority DESC, t.run_at, t.id
+             LIMIT max_tasks
+             FOR UPDATE SKIP LOCKED) c;
+    ELSE
+        SELECT array_agg(c.id) INTO picked FROM (
+            SELECT t.id FROM pgtasks.tasks t
+             WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= now()
+               AND t.queue = ANY (claim_tasks.queues)
+               AND (claim_tasks.task_types IS NULL OR t.task_type = ANY (claim_tasks.task_types))
+             ORDER BY t.priority DESC, t.run_at, t.id
+             LIMIT max_tasks
+             FOR UPDATE SKIP LOCKED) c;
+    END IF;
+    IF picked IS NULL THEN
+        RETURN;
+    END IF;
+
+    -- Rows come back in claim order (the order of picked).
+    RETURN QUERY
+    WITH claimed AS (
+        UPDATE pgtasks.tasks t
+           SET status = 'RUNNING',
+               worker_id = claim_tasks.worker_id,
+               attempt = t.attempt + 1,
+               started_at = coalesce(t.started_at, now()),
+               deadline = now() + t.timeout,
+               lease_expires_at = least(now() + claim_tasks.lease, now() + t.timeout)
+         WHERE t.id = ANY (picked)
+        RETURNING t.id, t.task_type, t.params, t.queue, t.priority, t.attempt, t.retry_count,
+                  t.max_retries, t.timeout, t.deadline,
+                  t.attempt > 1
+                  AND EXISTS (SELECT 1 FROM pgtasks.task_steps s WHERE s.task_id = t.id) AS has_steps
     )
-    UPDATE pgtasks.tasks t
-       SET status = 'RUNNING',
-           worker_id = claim_tasks.worker_id,
-           attempt = t.attempt + 1,
-           started_at = coalesce(t.started_at, now()),
-           deadline = now() + t.timeout,
-           lease_expires_at = least(now() + claim_tasks.lease, now() + t.timeout)
-      FROM picked
-     WHERE t.id = picked.id
-    RETURNING t.id, t.task_type, t.params, t.queue, t.priority, t.attempt, t.retry_count,
-              t.max_retries, t.timeout, t.deadline,
-              EXISTS (SELECT 1 FROM pgtasks.task_steps s WHERE s.task_id = t.id)
-$$;
+    SELECT c.* FROM claimed c ORDER BY array_position(picked, c.id);
+END $$;
 
 -- When the next task of these queues becomes ready: idle workers sleep exactly until then.
 CREATE FUNCTION pgtasks.next_run_at(queues text[] DEFAULT NULL, task_types text[] DEFAULT NULL)
@@ -347,10 +380,20 @@ BEGIN
     PERFORM pgtasks.lock_owned_task(task_id, attempt);
     UPDATE pgtasks.tasks t
        SET progress_current = current, progress_total = total,
-           progress_message = coalesce(message, t.progress_message), updated_at = now()
+           progress_message = coalesce(message, t.progress_message)
      WHERE t.id = report_progress.task_id;
-    PERFORM pg_notify('pgtasks_progress', task_id::text);
+    PERFORM pgtasks.notify_watchers(task_id);
 END $$;
+
+-- Tells live watchers (pgtasks watch, logs --follow, dashboards) that a task's progress or
+-- log changed. Like the finish NOTIFY, it fires only when someone registered through
+-- watch_task: a NOTIFY takes a database-wide lock at commit, and thousands of tasks
+-- reporting progress nobody looks at should not pay for it. The payload is the task id.
+CREATE FUNCTION pgtasks.notify_watchers(task_id bigint) RETURNS void
+LANGUAGE sql AS $$
+    SELECT pg_notify('pgtasks_progress', notify_watchers.task_id::text)
+     WHERE EXISTS (SELECT 1 FROM pgtasks.task_waiters w WHERE w.task_id = notify_watchers.task_id);
+$$;
 
 CREATE FUNCTION pgtasks.log(task_id bigint, attempt integer, level text, message text)
 RETURNS void
@@ -359,6 +402,43 @@ BEGIN
     PERFORM pgtasks.lock_owned_task(task_id, attempt);
     INSERT INTO pgtasks.task_logs (task_id, attempt, level, message)
     VALUES (task_id, attempt, upper(coalesce(level, 'INFO')), coalesce(message, ''));
+    PERFORM pgtasks.notify_watchers(task_id);
+END $$;
+
+-- Many log lines of one attempt in one round trip: workers buffer a task's lines (ctx.log
+-- and Python `logging`) and write them here in batches. Lines get ids in array order, so
+-- id order is logging order. `ats` carries when each line was logged (worker clock);
+-- `loggers` the Python logger names. Fenced like every worker write. Returns the count.
+CREATE FUNCTION pgtasks.log_many(
+    task_id  bigint,
+    attempt  integer,
+    levels   text[],
+    messages text[],
+    ats      timestamptz[] DEFAULT NULL,   -- NULL: now
+    loggers  text[]        DEFAULT NULL
+) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    n integer := coalesce(cardinality(messages), 0);
+BEGIN
+    IF coalesce(cardinality(levels), 0) <> n
+       OR (ats IS NOT NULL AND cardinality(ats) <> n)
+       OR (loggers IS NOT NULL AND cardinality(loggers) <> n) THEN
+        RAISE EXCEPTION 'pgtasks: log_many needs arrays of one length (% messages, % levels, % ats, % loggers)',
+                n, coalesce(cardinality(levels), 0), cardinality(ats), cardinality(loggers)
+            USING ERRCODE = 'PT111', HINT = 'Pass one level (and at, logger) per message, or NULL for ats/loggers.';
+    END IF;
+    PERFORM pgtasks.lock_owned_task(task_id, attempt);
+    IF n = 0 THEN
+        RETURN 0;
+    END IF;
+    INSERT INTO pgtasks.task_logs (task_id, attempt, level, message, logger, at)
+    SELECT log_many.task_id, log_many.attempt, upper(coalesce(u.level, 'INFO')), coalesce(u.message, ''),
+           log_many.loggers[u.ord], coalesce(log_many.ats[u.ord], clock_timestamp())
+      FROM unnest(log_many.levels, log_many.messages) WITH ORDINALITY AS u(level, message, ord)
+     ORDER BY u.ord;
+    PERFORM pgtasks.notify_watchers(task_id);
+    RETURN n;
 END $$;
 
 ------------------------------------------------------------------------------------------
@@ -422,7 +502,8 @@ DECLARE
 BEGIN
     FOR t IN
         SELECT * FROM pgtasks.tasks
-         WHERE status = 'RUNNING' AND (lease_expires_at < now() OR deadline < now())
+         -- lease_expires_at never exceeds deadline, so this also catches overrun deadlines.
+         WHERE lease_expires_at IS NOT NULL AND lease_expires_at < now()
          ORDER BY lease_expires_at
          LIMIT max_tasks
          FOR UPDATE SKIP LOCKED
@@ -451,7 +532,10 @@ LANGUAGE sql AS $$
          LIMIT max_tasks
          FOR UPDATE SKIP LOCKED
     ), gone AS (
-        DELETE FROM pgtasks.tasks t USING doomed WHERE t.id = doomed.id RETURNING 1
+        DELETE FROM pgtasks.tasks t USING doomed WHERE t.id = doomed.id RETURNING t.id
+    ), history AS (
+        -- task_events has no foreign key (see 0001), so its rows go here, not by cascade.
+        DELETE FROM pgtasks.task_events e USING gone WHERE e.task_id = gone.id
     )
     SELECT count(*)::integer FROM gone
 $$;
@@ -477,12 +561,15 @@ LANGUAGE sql AS $$
      WHERE w.task_id = unwatch_task.task_id AND w.pid = pg_backend_pid();
 $$;
 
+-- Called at start and again after a lost connection: a worker cut off for longer than the
+-- sweep window comes back into the registry instead of working invisibly.
 CREATE FUNCTION pgtasks.register_worker(
-    worker_id text, host text, pid integer, queues text[] DEFAULT NULL, concurrency integer DEFAULT 1
+    worker_id text, host text, pid integer, queues text[] DEFAULT NULL, concurrency integer DEFAULT 1,
+    lease interval DEFAULT interval '60 seconds'
 ) RETURNS void
 LANGUAGE sql AS $$
-    INSERT INTO pgtasks.worker_registry (worker_id, host, pid, queues, concurrency)
-    VALUES (worker_id, host, pid, queues, concurrency)
+    INSERT INTO pgtasks.worker_registry (worker_id, host, pid, queues, concurrency, lease)
+    VALUES (worker_id, host, pid, queues, concurrency, lease)
     ON CONFLICT (worker_id) DO UPDATE SET last_seen = now();
 $$;
 
@@ -529,8 +616,11 @@ SELECT t.id, t.task_type, t.queue, t.attempt, t.error, t.finished_at,
   FROM pgtasks.tasks t
  WHERE t.status = 'FAILED';
 
+-- alive: seen within its lease. A dead worker's tasks stay RUNNING under its id until
+-- their leases run out and rescue hands them on; `running` shows how many are left.
 CREATE VIEW pgtasks.workers AS
 SELECT w.worker_id, w.host, w.pid, w.queues, w.concurrency, w.started_at, w.last_seen,
+       w.last_seen + w.lease > now() AS alive,
        (SELECT count(*) FROM pgtasks.tasks t
          WHERE t.status = 'RUNNING' AND t.worker_id = w.worker_id) AS running
   FROM pgtasks.worker_registry w;

@@ -1,0 +1,77 @@
+"""The hot paths stay on their indexes as history grows: checked on the real functions.
+
+auto_explain logs the plan of every statement the functions run; the test reads those
+plans from the server's notices. No timing is asserted, only the shape of the plans.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+
+async def nested_plans(conn: asyncpg.Connection, sql: str, *args: object) -> str:
+    notices: list[str] = []
+
+    def on_log(_c: object, msg: asyncpg.PostgresLogMessage) -> None:
+        notices.append(str(msg.message) + "\n" + str(getattr(msg, "detail", "") or ""))
+
+    conn.add_log_listener(on_log)
+    try:
+        await conn.execute(
+            "LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0;"
+            "SET auto_explain.log_nested_statements = on; SET auto_explain.log_level = notice;"
+            "SET client_min_messages = notice"
+        )
+        await conn.fetch(sql, *args)
+        await conn.execute("SET auto_explain.log_min_duration = -1")
+    finally:
+        conn.remove_log_listener(on_log)
+    return "\n".join(notices)
+
+
+@pytest.fixture
+async def big_table(conn):
+    """24,000 finished tasks, 1,000 scheduled for later and 1,000 ready, in two queues."""
+    await conn.execute(
+        """
+        INSERT INTO pgtasks.tasks (task_type, queue) SELECT 't', 'q' || (i % 2)
+          FROM generate_series(1, 26000) i;
+        UPDATE pgtasks.tasks SET run_at = now() + interval '1 day' WHERE id % 26 = 1;
+        """
+    )
+    # finish most of them through the real API, in big batches
+    for _ in range(24):
+        rows = await conn.fetch(
+            "SELECT id, attempt FROM pgtasks.claim_tasks('setup', max_tasks => 1000)"
+        )
+        await conn.fetch(
+            "SELECT * FROM pgtasks.finish_tasks($1, $2, $3::jsonb[])",
+            [r[0] for r in rows], [r[1] for r in rows], [None] * len(rows),
+        )  # fmt: skip
+    await conn.execute("ANALYZE pgtasks.tasks")
+    counts = dict(await conn.fetch("SELECT status::text, count(*) FROM pgtasks.tasks GROUP BY 1"))
+    assert counts == {"DONE": 24_000, "PENDING": 2_000}
+
+
+@pytest.mark.parametrize("queues", [None, ["q0"], ["q0", "q1"]])
+async def test_claim_walks_an_index_without_sorting(conn, big_table, queues):
+    plans = await nested_plans(conn, "SELECT * FROM pgtasks.claim_tasks('w', $1, 10)", queues)
+    pick = next(p for p in plans.split("duration:") if "FOR UPDATE SKIP LOCKED" in p)
+    assert "Index Scan using tasks_claimable" in pick, pick
+    assert "Sort Key" not in pick, pick
+    assert "Seq Scan on tasks" not in pick, pick
+
+
+async def test_batched_finish_and_heartbeat_look_tasks_up_by_id(conn, big_table):
+    rows = await conn.fetch("SELECT id, attempt FROM pgtasks.claim_tasks('w', max_tasks => 100)")
+    assert len(rows) == 100
+    ids, attempts = [r[0] for r in rows], [r[1] for r in rows]
+    for sql, args in (
+        ("SELECT * FROM pgtasks.heartbeat('w', $1, $2)", (ids, attempts)),
+        ("SELECT * FROM pgtasks.finish_tasks($1, $2, $3::jsonb[])", (ids, attempts, [None] * 100)),
+    ):
+        plans = await nested_plans(conn, sql, *args)
+        update = next(p for p in plans.split("duration:") if "Update on tasks t" in p)
+        assert "tasks_pkey" in update, update
+        assert "Seq Scan on tasks" not in update, update
