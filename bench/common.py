@@ -56,6 +56,21 @@ FIGURE_KEYS: tuple[str, ...] = (
     "latency_p99_ms",
 )
 
+#: Report order of every figure: each system-specific one right under the shared figure it
+#: is compared with.
+REPORT_ORDER: tuple[str, ...] = (
+    "enqueue_single",
+    "enqueue_single_no_wakeup",
+    "enqueue_batch",
+    "drain_1",
+    "drain_1_history",
+    "drain_2",
+    "latency_p50_ms",
+    "latency_p99_ms",
+    "latency_poll_p50_ms",
+    "latency_poll_p99_ms",
+)
+
 JOBS_PER_S = "jobs/s"
 MS = "ms"
 
@@ -184,11 +199,16 @@ class BenchConfig:
     #: with the wait (0.5 % of it, at most 10x this) so a long drain is not slowed by polling
     #: while the end-time error stays under about 1 %.
     poll_interval_s: float = 0.01
+    #: pgtasks' ``drain_1_history``: finished (DONE) tasks already in the table, and tasks
+    #: scheduled a day ahead, when the drain starts. 0 and 0 skip that figure.
+    history_finished: int = 1_000_000
+    history_future: int = 100_000
 
     def __post_init__(self) -> None:
+        may_be_zero = {"latency_warmup", "history_finished", "history_future"}
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if value < 0 or (value == 0 and field.name != "latency_warmup"):
+            if value < 0 or (value == 0 and field.name not in may_be_zero):
                 raise ValueError(f"BenchConfig.{field.name} must be positive, got {value}")
 
     @classmethod
@@ -217,6 +237,8 @@ class BenchConfig:
             batch_size=min(self.batch_size, scale(self.batch_jobs)),
             drain_jobs=scale(self.drain_jobs),
             latency_jobs=scale(self.latency_jobs),
+            history_finished=round(self.history_finished * factor),
+            history_future=round(self.history_future * factor),
         )
 
 
@@ -658,15 +680,28 @@ async def sample_enqueue_batch(peer: Peer, dsn: str, cfg: BenchConfig) -> float:
     return rate(cfg.batch_jobs, sw.elapsed)
 
 
-async def sample_drain(peer: Peer, dsn: str, cfg: BenchConfig, workers: int) -> float:
+DatabaseFactory = Callable[[str, str], contextlib.AbstractAsyncContextManager[str]]
+
+
+async def sample_drain(
+    peer: Peer,
+    dsn: str,
+    cfg: BenchConfig,
+    workers: int,
+    *,
+    database: DatabaseFactory = fresh_database,
+) -> float:
     """jobs/s for ``workers`` worker processes emptying a queue of ``drain_jobs`` no-op jobs.
 
     Workers are started and given ``settle_s`` to finish starting up; then all jobs are
     enqueued in a single batch call (so they become visible at once) and the clock runs from
     the first job's start, as recorded by the job itself, to the poll that first sees the
     queue empty. Worker start-up and the enqueue itself are therefore not counted.
+
+    ``database(dsn, system)`` yields the database to run in; by default a fresh, empty one.
+    pgtasks' history figure passes a copy of a database that already holds a large history.
     """
-    async with fresh_database(dsn, peer.name) as db:
+    async with database(dsn, peer.name) as db:
         await peer.install(db)
         client = await peer.connect(db)
         try:
@@ -760,34 +795,64 @@ async def run_suite(
     }
 
 
+def report_keys(results: Iterable[Mapping[str, Figure]]) -> list[str]:
+    """Every key present in ``results``, in report order.
+
+    The shared figures come in FIGURE_KEYS order; a system's own extra figures (pgtasks'
+    ``enqueue_single_no_wakeup``, ``drain_1_history``...) go right under the shared figure they
+    are compared with, and anything else comes last, so nothing measured is left out.
+    """
+    present: list[str] = []
+    for figures in results:
+        present += [k for k in figures if k not in present]
+    order = [k for k in REPORT_ORDER if k in present]
+    return order + [k for k in present if k not in order]
+
+
+def format_cell(fig: Figure | None) -> str:
+    """``median [min-max]``, one decimal for milliseconds, none for rates."""
+    if fig is None:
+        return "-"
+    spec = ",.1f" if fig.unit == MS else ",.0f"
+    return f"{fig.median:{spec}} [{fig.min:{spec}}-{fig.max:{spec}}]"
+
+
 def format_figures(name: str, figures: Mapping[str, Figure]) -> str:
-    """A plain-text block of one system's figures, in FIGURE_KEYS order."""
-    width = max(len(k) for k in FIGURE_KEYS)
+    """A plain-text block of one system's figures, in report order."""
+    keys = report_keys([figures])
+    width = max(len(k) for k in keys)
     lines = [name]
-    lines += [f"  {k:<{width}}  {figures[k]}" for k in FIGURE_KEYS if k in figures]
+    lines += [f"  {k:<{width}}  {figures[k]}" for k in keys]
     return "\n".join(lines)
 
 
-def format_table(results: Mapping[str, Mapping[str, Figure]]) -> str:
-    """Systems side by side, one row per figure: ``median [min-max]`` in each cell."""
+def format_table(
+    results: Mapping[str, Mapping[str, Figure]],
+    extra_columns: Mapping[str, Mapping[str, str]] | None = None,
+) -> str:
+    """Systems side by side, one row per figure: ``median [min-max]`` in each cell.
 
-    def cell(fig: Figure | None) -> str:
-        if fig is None:
-            return "-"
-        spec = ",.1f" if fig.unit == MS else ",.0f"
-        return f"{fig.median:{spec}} [{fig.min:{spec}}-{fig.max:{spec}}]"
-
+    ``extra_columns`` maps a header to ``{figure key: text}`` (e.g. pgtasks / PgQueuer ratios),
+    appended to the right of the systems; missing entries print as blank.
+    """
+    extra = dict(extra_columns or {})
     names = list(results)
-    rows = [["figure", *names]]
-    for key in FIGURE_KEYS:
+    rows = [["figure", *names, *extra]]
+    for key in report_keys(results.values()):
         unit = next((r[key].unit for r in results.values() if key in r), "")
-        rows.append([f"{key} ({unit})", *(cell(results[n].get(key)) for n in names)])
+        rows.append(
+            [
+                f"{key} ({unit})",
+                *(format_cell(results[n].get(key)) for n in names),
+                *(col.get(key, "") for col in extra.values()),
+            ]
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [
         "  ".join(
             c.ljust(w) if i == 0 else c.rjust(w)
             for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        )
+        ).rstrip()
         for row in rows
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))

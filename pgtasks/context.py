@@ -43,7 +43,9 @@ current_task: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVa
 
 FLUSH_INTERVAL = 1.0  # seconds between background progress/log writes; the last value lands
 LOG_BATCH = 500  # buffered log lines that trigger a write before the interval is up
-MAX_BUFFERED_LOGS = 20_000  # beyond this (database unreachable), lines are counted and dropped
+LOG_STATEMENT_MAX = 5_000  # lines per log_many statement (a flush takes all that waits)
+MAX_BUFFERED_LOGS = 100_000  # beyond this (database down, or a loop that never awaits), lines
+#                              are counted and dropped; a WARNING line says how many
 
 #: Errors of a background write that mean "try again on the next flush", not "stop the task".
 _TRANSIENT: tuple[type[BaseException], ...] = (
@@ -276,9 +278,10 @@ class TaskContext:
                 self._logs_dropped += 1
                 return False
             self._logs.append((level, message, logger, stamp))
-            if len(self._logs) >= LOG_BATCH:
+            became_urgent = not self._urgent and len(self._logs) >= LOG_BATCH
+            if became_urgent:
                 self._urgent = True
-            notify = not self._armed or self._urgent
+            notify = not self._armed or became_urgent
             self._armed = True
             return notify
 
@@ -340,7 +343,7 @@ class TaskContext:
                 owed = len(self._logs) + (1 if self._logs_dropped else 0)
             while owed > 0:
                 with self._lock:
-                    take = min(owed, LOG_BATCH)
+                    take = min(owed, LOG_STATEMENT_MAX)
                     batch, self._logs = self._logs[:take], self._logs[take:]
                     dropped, self._logs_dropped = self._logs_dropped, 0
                     self._urgent = len(self._logs) >= LOG_BATCH
@@ -636,8 +639,8 @@ _install_lock = threading.Lock()
 def install_task_log_handler(level: int = logging.INFO) -> None:
     """Called by Worker.run; reference-counted so several workers in one process share one.
 
-    When the root logger has no handlers (an app that never configured logging, where
-    the root level is WARNING), the root level is lowered to `level` while workers run,
+    When no logger has a handler (an app that never configured logging, where the root
+    level is WARNING), the root level is lowered to `level` while workers run,
     so a task's `log.info(...)` reaches its task log. Nothing else prints more because
     of it: the only handler is this one, which passes WARNING and up to stderr as Python
     would. An app that configured logging keeps its levels.
@@ -648,11 +651,23 @@ def install_task_log_handler(level: int = logging.INFO) -> None:
         if _installs > 1:
             return
         root = logging.getLogger()
-        if not root.handlers and root.level > level:
+        if root.level > level and _logging_unconfigured():
             _saved_root_level = root.level
             root.setLevel(level)
         _handler = TaskLogHandler()
         root.addHandler(_handler)
+
+
+def _logging_unconfigured() -> bool:
+    """No handler anywhere but libraries' NullHandlers: lowering the root level shows nobody
+    more output. (A handler on a named logger would start receiving INFO from it.)"""
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    return not any(
+        not isinstance(h, logging.NullHandler)
+        for lg in loggers
+        if isinstance(lg, logging.Logger)
+        for h in lg.handlers
+    )
 
 
 def uninstall_task_log_handler() -> None:

@@ -74,8 +74,16 @@ class ServerStatus:
 class EmbeddedPostgres:
     """Start, stop and locate the private server kept under `root`."""
 
-    def __init__(self, root: Path | str = DEFAULT_ROOT, *, port: int | None = None) -> None:
+    def __init__(
+        self,
+        root: Path | str = DEFAULT_ROOT,
+        *,
+        port: int | None = None,
+        bin_dir: Path | str | None = None,
+    ) -> None:
+        """`bin_dir` runs another PostgreSQL build (e.g. a distribution's) the same way."""
         self.root = Path(root).absolute()
+        self.bin_dir = Path(bin_dir) if bin_dir else None
         self.data_dir = self.root / "data"
         self.log_file = self.root / "postgres.log"
         self._port_file = self.root / "port"
@@ -201,13 +209,16 @@ class EmbeddedPostgres:
             )
 
     def _pg_ctl(self, args: list[str], *, timeout: float) -> None:
-        self._run([str(_bin_dir() / "pg_ctl"), "-D", str(self.data_dir), *args], timeout=timeout)
+        self._run([str(self._bins() / "pg_ctl"), "-D", str(self.data_dir), *args], timeout=timeout)
+
+    def _bins(self) -> Path:
+        return self.bin_dir or _bin_dir()
 
     def _initdb(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._run(
             [
-                str(_bin_dir() / "initdb"),
+                str(self._bins() / "initdb"),
                 "-D",
                 str(self.data_dir),
                 "-U",

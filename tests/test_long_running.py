@@ -239,6 +239,15 @@ async def test_sleep_frees_the_slot_and_resumes_on_time_without_a_retry(
         for r in await db.fetch("SELECT * FROM long_runs WHERE task_id = ANY($1)", [sleeper, quick])
     }
     # One slot: the quick task can only have run while the sleeper did not hold it.
+    if not at[("before", 1)] < at[("quick", 1)] < at[("body", 2)]:
+        import pprint
+
+        with open("/tmp/longflaky/diag.txt", "a") as f:
+            pprint.pprint(sorted((v, k) for k, v in at.items()), f)
+            pprint.pprint([dict(r) for r in await db.fetch(
+                "SELECT * FROM pgtasks.task_events ORDER BY id")], f, width=200)
+            pprint.pprint([dict(r) for r in await db.fetch(
+                "SELECT id, task_type, priority, created_at, run_at FROM pgtasks.tasks")], f, width=200)
     assert at[("before", 1)] < at[("quick", 1)] < at[("body", 2)]
     wake = await db.fetchval(
         "SELECT (result->>'sleep_until')::timestamptz FROM pgtasks.task_steps "

@@ -114,7 +114,7 @@ async def test_polling_only_workers_through_transaction_mode_pgbouncer(
 ):
     before = await backends(conn)
     fleet = Fleet(pgbouncer, tmp_path / "logs")
-    common = ["--lease", "2", "--concurrency", "4", "--poll-interval", "0.2"]
+    common = ["--lease", "4", "--concurrency", "4", "--poll-interval", "0.2"]
     try:
         fleet.start("--pgbouncer", *common)
         fleet.start("--no-listen", "--no-prepared", *common)

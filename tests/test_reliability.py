@@ -96,6 +96,15 @@ async def test_killed_worker_task_is_finished_by_another_and_late_write_is_fence
     ]
     assert history[1]["worker_id"] == dead_worker and history[3]["worker_id"] != dead_worker
 
+    # The registry shows the killed worker as dead (not seen within its lease), and the
+    # CLI lists it only when asked for --all.
+    views = {r["worker_id"]: r["alive"] for r in await conn.fetch("SELECT * FROM pgtasks.workers")}
+    assert views[dead_worker] is False and list(views.values()).count(True) == 1
+    shown = await asyncio.to_thread(cli, dsn, "workers")
+    assert shown.returncode == 0 and dead_worker not in shown.stdout
+    shown = await asyncio.to_thread(cli, dsn, "workers", "--all")
+    assert dead_worker in shown.stdout and "dead" in shown.stdout
+
     # The dead attempt wakes up late (simulated): every write it tries is refused.
     for stmt in (
         "SELECT pgtasks.finish_task($1, 1, '\"late\"')",
@@ -250,7 +259,7 @@ async def test_cancel_running_async_task_stops_it_and_frees_the_slot(dsn, conn):
         # The only slot is free again: the next task runs.
         nxt = await client.submit("quick")
         assert await client.wait(nxt, timeout=60) == "ok"
-        assert w.stats.succeeded == 1
+    assert w.stats.succeeded == 1  # read after the worker stopped: its counters are final
     assert await status(conn, tid) == "CANCELLED"
     assert (
         await conn.fetchval("SELECT count(*) FROM pgtasks.task_errors WHERE task_id=$1", tid) == 0
@@ -424,7 +433,7 @@ async def test_failing_task_retries_with_growing_jittered_delays_and_keeps_every
         assert delays[0] < delays[1] < delays[2]
         for n, d in zip((1, 2, 3), delays, strict=True):
             ratio = d / (0.1 * 2 ** (n - 1))
-            assert 0.8 <= ratio <= 1.2, (n, d)
+            assert 0.8 - 1e-4 <= ratio <= 1.2 + 1e-4, (n, d)  # intervals round to 1 us
             ratios.append(round(ratio, 6))
     assert len(set(ratios)) > 1, "every delay was the same: no jitter"
     row = await conn.fetchrow(
@@ -578,41 +587,46 @@ async def test_worker_survives_postgres_restart_and_loses_nothing(private_server
             )
             assert workers == 1
             assert await conn.fetchval("SELECT alive FROM pgtasks.workers")
-        assert "database unavailable" in fleet.tails(1000) or "failed (" in fleet.tails(1000)
+        assert "LISTEN connection lost" in fleet.tails(10_000)  # it did see the restart
     finally:
         fleet.stop_all()
 
 
-async def test_worker_survives_killed_connections_and_listens_again(dsn, conn, tmp_path):
+async def test_worker_survives_killed_connections_and_listens_again(
+    dsn, conn, postgresql, tmp_path
+):
     """pg_terminate_backend on every worker connection, twice, mid-work.
 
     The poll interval is ten minutes, so the last task can only be picked up through a
     re-established LISTEN (or the wake-up the worker gives itself on reconnecting).
     """
     fleet = Fleet(dsn, tmp_path / "logs")
-    kill_all = """SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-                   WHERE datname = current_database() AND pid <> pg_backend_pid()
-                     AND backend_type = 'client backend'"""
+    ours = [await conn.fetchval("SELECT pg_backend_pid()"), postgresql.info.backend_pid]
+    others = """FROM pg_stat_activity WHERE datname = current_database()
+                AND backend_type = 'client backend' AND pid <> pg_backend_pid()
+                AND pid <> ALL($1::int[])"""
     try:
         proc = fleet.start("--lease", "2", "--concurrency", "4", "--poll-interval", "600")
         async with Client(dsn) as client:
             first = await client.submit("chaos", {"n": 0})
             assert await client.wait(first, timeout=60) == 0  # woken by NOTIFY
-            ids = await client.submit_many(
+            await client.submit_many(
                 "chaos", [{"n": i, "lo": 0.2, "hi": 0.5} for i in range(1, 21)]
             )
         for _ in range(2):
             await wait_until(dsn, "SELECT count(*) > 0 FROM pgtasks.tasks WHERE status='RUNNING'")
-            assert await conn.fetchval(kill_all) > 0
+            # Retried until it hit something: the worker's connections, mid-work.
+            await wait_until(dsn, f"SELECT count(pg_terminate_backend(pid)) > 0 {others}", ours)
             await asyncio.sleep(0.5)
         await wait_until(
             dsn, "SELECT bool_and(status = 'DONE') FROM pgtasks.tasks", timeout=120, fleet=fleet
         )
-        # Wait until the worker is connected and listening again, then submit once more.
+        # Wait until the listener is back (its last statement is a LISTEN, or the
+        # keep-alive ping it sends every 5 s), then submit once more.
         await wait_until(
             dsn,
-            "SELECT count(*) > 0 FROM pg_stat_activity WHERE datname = current_database()"
-            " AND pid <> pg_backend_pid() AND query ILIKE 'LISTEN%'",
+            f"SELECT count(*) > 0 {others} AND (query ILIKE 'LISTEN%' OR query = 'SELECT 1')",
+            ours,
             fleet=fleet,
         )
         async with Client(dsn) as client:
@@ -621,7 +635,6 @@ async def test_worker_survives_killed_connections_and_listens_again(dsn, conn, t
         assert proc.poll() is None
         rows = await conn.fetch("SELECT params, result FROM pgtasks.tasks")
         assert len(rows) == 22 and all(r["result"] == r["params"]["n"] * 2 for r in rows)
-        assert len(ids) == 20
     finally:
         fleet.stop_all()
 

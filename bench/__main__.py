@@ -1,0 +1,343 @@
+"""`make bench` / `python -m bench`: every system, one embedded server, one table.
+
+Starts ONE private PostgreSQL (the same embedded server pgtasks uses by default, in a temporary
+folder, with the same settings for every system), runs the whole suite of each system against
+it one after another (each run in its own fresh database), prints one side-by-side table and
+writes the same figures as JSON to ``bench/results/<timestamp>.json`` and
+``bench/results/latest.json``.
+
+    python -m bench [--systems pgtasks,pgqueuer,procrastinate] [--scale F] [--runs N]
+                    [--dsn URL] [--out DIR]
+
+Every size can also be set from the environment (``BENCH_<FIELD>``, see ``BenchConfig``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import datetime as dt
+import importlib
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Callable, Coroutine, Mapping
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from bench.common import REPO_ROOT, BenchConfig, Figure, format_table
+from bench.server import benchmark_server
+
+#: Systems in run order, with the module that drives each.
+DRIVERS: dict[str, str] = {
+    "pgtasks": "bench.peer_pgtasks",
+    "pgqueuer": "bench.peer_pgqueuer",
+    "procrastinate": "bench.peer_procrastinate",
+}
+BASELINE = "pgqueuer"
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
+
+RunFn = Callable[[str, BenchConfig], Coroutine[Any, Any, dict[str, Figure]]]
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- machine load
+
+
+def _other_pytest_processes() -> int:
+    """How many pytest processes are running: other engineers' test suites share the cores."""
+    count = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"pytest" in cmdline:
+            count += 1
+    return count
+
+
+def machine_load() -> dict[str, Any]:
+    """A snapshot of how busy the machine is, stored with the figures so noise can be judged."""
+    one, five, fifteen = os.getloadavg()
+    return {
+        "loadavg_1_5_15": [round(one, 2), round(five, 2), round(fifteen, 2)],
+        "pytest_processes": _other_pytest_processes(),
+        "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+# --------------------------------------------------------------------------- server
+
+
+async def server_settings(dsn: str) -> dict[str, str]:
+    """The server settings every system ran with (identical for all: one server)."""
+    names = (
+        "server_version",
+        "max_connections",
+        "shared_buffers",
+        "synchronous_commit",
+        "fsync",
+        "wal_level",
+        "autovacuum",
+        "jit",
+    )
+    conn = await asyncpg.connect(dsn)
+    try:
+        return {n: str(await conn.fetchval(f"SHOW {n}")) for n in names}
+    finally:
+        await conn.close()
+
+
+# --------------------------------------------------------------------------- derived figures
+
+
+def ratio(a: Figure | None, b: Figure | None) -> float | None:
+    """Median over median, or None when either side is missing."""
+    if a is None or b is None or b.median == 0:
+        return None
+    return a.median / b.median
+
+
+def baseline_ratios(results: Mapping[str, Mapping[str, Figure]]) -> dict[str, float]:
+    """pgtasks / PgQueuer per shared figure (for latencies lower is better, so < 1 wins)."""
+    ours, theirs = results.get("pgtasks", {}), results.get(BASELINE, {})
+    out: dict[str, float] = {}
+    for key in ours:
+        r = ratio(ours.get(key), theirs.get(key))
+        if r is not None:
+            out[key] = r
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Goal:
+    """One target from issue 5 and what this run measured for it."""
+
+    name: str
+    target: str
+    value: float | None
+    met: bool | None
+    shown: str
+
+    def line(self) -> str:
+        verdict = {True: "met", False: "NOT met", None: "not measured"}[self.met]
+        return f"  {self.name:<44} {self.shown:>12}   target {self.target:<10} {verdict}"
+
+
+def goals(results: Mapping[str, Mapping[str, Figure]]) -> list[Goal]:
+    """The issue's goals, judged on medians. Reported, never asserted: numbers are noisy."""
+    ours = results.get("pgtasks", {})
+    theirs = results.get(BASELINE, {})
+    found: list[Goal] = []
+
+    def add(name: str, target: str, value: float | None, ok: Callable[[float], bool]) -> None:
+        shown = "-" if value is None else f"{value:.2f}"
+        found.append(Goal(name, target, value, None if value is None else ok(value), shown))
+
+    add(
+        "drain_1: pgtasks / PgQueuer",
+        ">= 2.0",
+        ratio(ours.get("drain_1"), theirs.get("drain_1")),
+        lambda v: v >= 2.0,
+    )
+    add(
+        "drain_2: pgtasks / PgQueuer",
+        ">= 2.0",
+        ratio(ours.get("drain_2"), theirs.get("drain_2")),
+        lambda v: v >= 2.0,
+    )
+    add(
+        "enqueue_single: wake-ups on / off",
+        ">= 0.80",
+        ratio(ours.get("enqueue_single"), ours.get("enqueue_single_no_wakeup")),
+        lambda v: v >= 0.8,
+    )
+    p50, p99 = ours.get("latency_p50_ms"), ours.get("latency_p99_ms")
+    add("latency p50 (ms), LISTEN", "<= 3 ms", p50.median if p50 else None, lambda v: v <= 3)
+    add("latency p99 (ms), LISTEN", "<= 10 ms", p99.median if p99 else None, lambda v: v <= 10)
+    kept = ratio(ours.get("drain_1_history"), ours.get("drain_1"))
+    add(
+        "drain_1 drop with history (%)",
+        "< 20 %",
+        None if kept is None else (1 - kept) * 100,
+        lambda v: v < 20,
+    )
+    return found
+
+
+def format_report(
+    results: Mapping[str, Mapping[str, Figure]],
+    cfg: BenchConfig,
+    settings: Mapping[str, Any],
+) -> str:
+    ratios = baseline_ratios(results)
+    extra = (
+        {"pgtasks / pgqueuer": {k: f"{v:.2f}x" for k, v in ratios.items()}}
+        if "pgtasks" in results and BASELINE in results
+        else {}
+    )
+    lines = [
+        "Each cell: median [min-max] of "
+        f"{cfg.runs} runs. jobs/s: higher is better; ms: lower is better.",
+        "",
+        format_table(results, extra),
+    ]
+    if "pgtasks" in results:
+        lines += ["", "Goals (issue 5), on medians:"]
+        lines += [g.line() for g in goals(results)]
+    lines += ["", "Settings:"]
+    lines += [f"  {name}: {json.dumps(s, default=str)}" for name, s in settings.items()]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _load_driver(system: str) -> Any:
+    try:
+        return importlib.import_module(DRIVERS[system])
+    except ImportError as exc:
+        raise SystemExit(
+            f"cannot load the {system} driver ({exc}); install the bench extra: "
+            "pip install -e '.[bench]' (make bench does it)"
+        ) from exc
+
+
+def _driver_settings(system: str, driver: Any) -> dict[str, Any]:
+    """What each driver says about its own configuration (for the report and the JSON)."""
+    fn = getattr(driver, "settings", None)
+    if callable(fn):
+        return dict(fn())
+    if system == "pgqueuer":
+        return {"batch_size": driver.BATCH_SIZE, "max_concurrent_tasks": None}
+    if system == "procrastinate":
+        return {"concurrency": driver.CONCURRENCY or "default (1)", "listen_notify": True}
+    return {}
+
+
+async def run_all(
+    dsn: str, cfg: BenchConfig, systems: list[str]
+) -> tuple[dict[str, dict[str, Figure]], dict[str, Any], dict[str, str]]:
+    results: dict[str, dict[str, Figure]] = {}
+    meta: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    for system in systems:
+        driver = _load_driver(system)
+        load_before = machine_load()
+        started = time.perf_counter()
+        _log(
+            f"=== {system}: load {load_before['loadavg_1_5_15']}, "
+            f"{load_before['pytest_processes']} pytest processes running"
+        )
+        try:
+            run: RunFn = driver.run
+            results[system] = await run(dsn, cfg)
+        except Exception:
+            errors[system] = traceback.format_exc()
+            _log(f"=== {system} FAILED:\n{errors[system]}")
+        meta[system] = {
+            "settings": _driver_settings(system, driver),
+            "seconds": round(time.perf_counter() - started, 1),
+            "load_before": load_before,
+            "load_after": machine_load(),
+        }
+        _log(f"=== {system}: {meta[system]['seconds']:.0f}s")
+    return results, meta, errors
+
+
+def write_results(payload: dict[str, Any], out_dir: Path, stamp: str) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(payload, indent=2, default=str) + "\n"
+    paths = [out_dir / f"{stamp}.json", out_dir / "latest.json"]
+    for path in paths:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    return paths
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="pgtasks side by side with PgQueuer and procrastinate on one server.",
+    )
+    parser.add_argument(
+        "--systems",
+        default=",".join(DRIVERS),
+        help=f"comma-separated subset of {','.join(DRIVERS)} (default: all, in that order)",
+    )
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every job count")
+    parser.add_argument("--runs", type=int, help="runs per figure (default 3, or BENCH_RUNS)")
+    parser.add_argument(
+        "--dsn",
+        default=os.environ.get("BENCH_DSN"),
+        help="use this server instead of starting an embedded one (needs CREATE DATABASE)",
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where the JSON goes")
+    args = parser.parse_args(argv)
+    args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown = [s for s in args.systems if s not in DRIVERS]
+    if unknown or not args.systems:
+        parser.error(f"unknown system(s) {unknown}; choose from {', '.join(DRIVERS)}")
+    if args.runs is not None and args.runs < 1:
+        parser.error("--runs must be at least 1")
+    if args.scale <= 0:
+        parser.error("--scale must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    cfg = BenchConfig.from_env()
+    if args.scale != 1.0:
+        cfg = cfg.scaled(args.scale)
+    if args.runs is not None:
+        cfg = dataclasses.replace(cfg, runs=args.runs)
+    for system in args.systems:  # fail before starting a server, not after pgtasks ran
+        _load_driver(system)
+
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    started = time.perf_counter()
+    with benchmark_server(args.dsn) as dsn:
+        pg = asyncio.run(server_settings(dsn))
+        _log(f"server: PostgreSQL {pg['server_version']} at {dsn}")
+        results, meta, errors = asyncio.run(run_all(dsn, cfg, args.systems))
+
+    settings = {name: m["settings"] for name, m in meta.items()}
+    print(format_report(results, cfg, settings))
+    payload = {
+        "timestamp": stamp,
+        "command": "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv),
+        "seconds": round(time.perf_counter() - started, 1),
+        "host": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "server": {"embedded": args.dsn is None, **pg},
+        "config": dataclasses.asdict(cfg),
+        "systems": meta,
+        "results": {s: {k: f.as_dict() for k, f in r.items()} for s, r in results.items()},
+        "pgtasks_vs_pgqueuer": baseline_ratios(results),
+        "goals": [dataclasses.asdict(g) for g in goals(results)] if "pgtasks" in results else [],
+        "errors": errors,
+    }
+    paths = write_results(payload, args.out, stamp)
+    _log(f"wrote {', '.join(str(p) for p in paths)}")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

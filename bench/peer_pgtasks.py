@@ -1,0 +1,395 @@
+"""pgtasks driver for `make bench`.
+
+Drives pgtasks through its normal public API, exactly as an application would: ``Client.submit``
+for one task, ``Client.submit_many`` for a batch, and the ``Worker`` class in worker processes
+(``Registry`` + ``task_register(..., into=registry)`` for the no-op task). The shared scenarios in
+``bench/common.py`` do all the timing, so pgtasks is measured the same way as its peers.
+
+On top of the peers' figures this module measures what the issue asks of pgtasks alone:
+
+* ``enqueue_single_no_wakeup``: the single-row enqueue with the wake-up trigger disabled, to
+  show what the LISTEN/NOTIFY wake-ups cost a submitter;
+* ``latency_poll_p50_ms`` / ``latency_poll_p99_ms``: latency with LISTEN off, i.e. a worker
+  that only polls (as behind PgBouncer in transaction mode);
+* ``drain_1_history``: the 1-process drain in a database that already holds a large history
+  (finished tasks plus tasks scheduled far in the future), to show claims stay flat as the
+  table grows.
+
+Run alone: ``python -m bench.peer_pgtasks run --dsn postgresql://...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import dataclasses
+import itertools
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+
+from bench.common import (
+    JOBS_PER_S,
+    MS,
+    BenchConfig,
+    Figure,
+    Peer,
+    WorkerContext,
+    dsn_with_database,
+    fresh_database,
+    peer_main,
+    run_suite,
+    sample_drain,
+    sample_enqueue_single,
+    sample_latency,
+    serve_until_stopped,
+)
+from pgtasks import Client as TaskClient
+from pgtasks import Registry, Worker, task_register
+from pgtasks.migrations import migrate_url
+
+NAME = "pgtasks"
+TASK = "bench_noop"
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    return int(raw) if raw else default
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    return float(raw) if raw else default
+
+
+#: Worker slots per process. No-op jobs finish in microseconds, so a process is limited by its
+#: round trips, not by its slots: more slots mean bigger claim batches (a worker claims up to its
+#: free slots in one statement) and bigger completion batches. 10 is the Worker default and
+#: gives claims of about PgQueuer's batch size; see bench/README.md for why we keep it.
+CONCURRENCY = _env_int("BENCH_PGTASKS_CONCURRENCY", 10)
+#: Poll interval of the LISTEN-off latency figure: the latency it measures is bounded by it.
+POLL_INTERVAL_S = _env_float("BENCH_PGTASKS_POLL_INTERVAL", 0.1)
+
+
+async def install(dsn: str) -> None:
+    """Apply pgtasks' migrations (sql/0001_*, 0002_*, ...) to a fresh database."""
+    await migrate_url(dsn)
+
+
+async def install_without_wakeups(dsn: str) -> None:
+    """Migrations, then the wake-up trigger switched off, as a poll-only deployment may do."""
+    await install(dsn)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("ALTER TABLE pgtasks.tasks DISABLE TRIGGER tasks_wake_workers")
+    finally:
+        await conn.close()
+
+
+# Outstanding = claimable (PENDING/COMMIT) that is ready now, plus RUNNING. Written as two counts
+# so each walks its partial index (tasks_claimable; tasks_lease, whose predicate is exactly
+# "RUNNING") instead of scanning a table that may hold a million finished tasks. Tasks scheduled
+# in the future (the history scenario) are not outstanding: nobody waits for them.
+OUTSTANDING_SQL = """
+SELECT (SELECT count(*) FROM pgtasks.tasks
+         WHERE status IN ('PENDING', 'COMMIT') AND run_at <= now())
+     + (SELECT count(*) FROM pgtasks.tasks WHERE lease_expires_at IS NOT NULL)
+"""
+
+
+class PgTasksClient:
+    """One enqueueing application: a ``pgtasks.Client`` as an application opens it."""
+
+    def __init__(self, client: TaskClient) -> None:
+        self._client = client
+
+    @classmethod
+    async def connect(cls, dsn: str) -> PgTasksClient:
+        return cls(await TaskClient(dsn).connect())
+
+    async def enqueue_one(self, seq: int) -> None:
+        await self._client.submit(TASK, {"seq": seq})
+
+    async def enqueue_many(self, seqs: Sequence[int]) -> None:
+        await self._client.submit_many(TASK, [{"seq": s} for s in seqs])
+
+    async def outstanding(self) -> int:
+        return int(await self._client.pool.fetchval(OUTSTANDING_SQL))
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+# --------------------------------------------------------------------------- worker side
+
+
+def _add_worker_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--concurrency", type=int, default=CONCURRENCY)
+    parser.add_argument("--poll-interval", type=float, default=1.0)
+    parser.add_argument("--no-listen", dest="listen", action="store_false")
+
+
+async def serve(ctx: WorkerContext) -> None:
+    """A normal pgtasks Worker whose only task type is a recorded no-op."""
+    registry = Registry()
+    recorder = ctx.recorder
+
+    @task_register(TASK, into=registry)
+    async def noop(_task: Any, params: dict[str, Any]) -> None:
+        recorder.started(params.get("seq"))
+        recorder.finished()
+
+    worker = Worker(
+        ctx.dsn,
+        registry=registry,
+        concurrency=ctx.args.concurrency,
+        listen=ctx.args.listen,
+        poll_interval=ctx.args.poll_interval,
+    )
+    profile_dir = os.environ.get("BENCH_PGTASKS_PROFILE")
+    profiler = cProfile.Profile() if profile_dir else None
+    if profiler is not None:
+        profiler.enable()
+    task = await serve_until_stopped(ctx, worker.run())
+    # The Worker's own graceful stop: no more claims, running tasks finish, results flushed.
+    worker.stop()
+    await task
+    if profiler is not None and profile_dir:
+        # A development aid (see bench/README.md): where a worker process spends its CPU.
+        profiler.disable()
+        profiler.dump_stats(os.path.join(profile_dir, f"{ctx.ready_file.stem}-{os.getpid()}.prof"))
+
+
+def _worker_args(*, concurrency: int = CONCURRENCY, listen: bool = True) -> tuple[str, ...]:
+    args = ["--concurrency", str(concurrency)]
+    if not listen:
+        args += ["--no-listen", "--poll-interval", str(POLL_INTERVAL_S)]
+    return tuple(args)
+
+
+def make_peer(
+    *,
+    install_fn: Callable[[str], Awaitable[None]] = install,
+    listen: bool = True,
+    concurrency: int = CONCURRENCY,
+) -> Peer:
+    settings: dict[str, Any] = {"concurrency": concurrency, "listen": listen}
+    if not listen:
+        settings["poll_interval_s"] = POLL_INTERVAL_S
+    return Peer(
+        name=NAME,
+        install=install_fn,
+        connect=PgTasksClient.connect,
+        worker_module="bench.peer_pgtasks",
+        worker_args=_worker_args(concurrency=concurrency, listen=listen),
+        settings=settings,
+    )
+
+
+# --------------------------------------------------------------------------- history
+
+
+@dataclasses.dataclass(frozen=True)
+class HistoryLoad:
+    """How long loading the history took, for the log (never part of a figure)."""
+
+    finished: int
+    future: int
+    seconds: float
+    table_mb: float
+
+
+# Each chunk goes through the state machine the way workers would move it, only set-based:
+# submit_tasks (PENDING, with its insert triggers), then PENDING -> RUNNING with a lease and
+# attempt 1, then RUNNING -> DONE with finished_at, each transition checked by the transition
+# trigger and recorded in task_events by the per-statement history trigger. The ids of one
+# chunk are contiguous (one INSERT, nobody else inserting), so the UPDATEs address them by range.
+_SUBMIT_CHUNK = """
+SELECT min(id), max(id) FROM pgtasks.submit_tasks(
+    $1, ARRAY(SELECT jsonb_build_object('seq', -g) FROM generate_series($2::int, $3::int) g),
+    run_at => now() + $4::interval) AS t(id)
+"""
+_CLAIM_CHUNK = """
+UPDATE pgtasks.tasks
+   SET status = 'RUNNING', worker_id = 'bench-history-loader', attempt = attempt + 1,
+       started_at = now(), deadline = now() + timeout,
+       lease_expires_at = least(now() + interval '1 hour', now() + timeout)
+ WHERE id BETWEEN $1 AND $2 AND status = 'PENDING'
+"""
+_FINISH_CHUNK = """
+UPDATE pgtasks.tasks
+   SET status = 'DONE', finished_at = now(), worker_id = NULL, lease_expires_at = NULL,
+       deadline = NULL
+ WHERE id BETWEEN $1 AND $2 AND status = 'RUNNING' AND attempt = 1
+"""
+HISTORY_CHUNK = 100_000
+NOW = timedelta(0)
+#: Far enough ahead that no scheduled task becomes due during the benchmark.
+FUTURE = timedelta(days=1)
+
+
+async def load_history(
+    dsn: str, finished: int, future: int, log: Callable[[str], None] | None = None
+) -> HistoryLoad:
+    """Fill an installed database with ``finished`` DONE tasks and ``future`` scheduled ones.
+
+    The future tasks are the benchmark's own type in the same queue, due in a day: they sit in
+    the claim index right behind the ready work, which is the case a claim must not slow down
+    for. Ends with VACUUM ANALYZE, as autovacuum would have done by then in production.
+    """
+    started = time.perf_counter()
+    conn = await asyncpg.connect(dsn)
+    try:
+        done = 0
+        while done < finished:
+            n = min(HISTORY_CHUNK, finished - done)
+            async with conn.transaction():
+                lo, hi = await conn.fetchrow(_SUBMIT_CHUNK, TASK, -done - n, -done - 1, NOW)
+                await conn.execute(_CLAIM_CHUNK, lo, hi)
+                await conn.execute(_FINISH_CHUNK, lo, hi)
+            done += n
+            # Reclaim the dead PENDING/RUNNING versions before the next chunk, so the table
+            # ends up the size a steadily vacuumed production table would have.
+            await conn.execute("VACUUM pgtasks.tasks")
+            if log is not None:
+                log(f"[{NAME}] history: {done:,} finished tasks loaded")
+        if future:
+            offset = finished + 1
+            await conn.fetchrow(_SUBMIT_CHUNK, TASK, -offset - future, -offset, FUTURE)
+        await conn.execute("VACUUM ANALYZE pgtasks.tasks")
+        await conn.execute("VACUUM ANALYZE pgtasks.task_events")
+        size = await conn.fetchval("SELECT pg_total_relation_size('pgtasks.tasks')")
+    finally:
+        await conn.close()
+    return HistoryLoad(finished, future, time.perf_counter() - started, size / 2**20)
+
+
+_clone_counter = itertools.count(1)
+
+
+@contextlib.asynccontextmanager
+async def database_from_template(dsn: str, template: str) -> AsyncIterator[str]:
+    """A fresh copy of database ``template`` for one run, dropped afterwards; yields its DSN.
+
+    Loading a million tasks takes far longer than a drain, so the history is loaded once and
+    every run gets its own byte-for-byte copy (FILE_COPY: a file copy, not WAL-logged block by
+    block). Each run therefore starts from the same table, indexes, statistics and visibility
+    map, as the other figures start from an empty database.
+    """
+    name = f"{template}_run{next(_clone_counter)}"
+    admin = await asyncpg.connect(dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}" STRATEGY FILE_COPY')
+    finally:
+        await admin.close()
+    try:
+        yield dsn_with_database(dsn, name)
+    finally:
+        admin = await asyncpg.connect(dsn)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+async def _noop_install(_dsn: str) -> None:
+    """The clone already holds the schema and the history."""
+
+
+async def sample_history_drains(
+    dsn: str, cfg: BenchConfig, log: Callable[[str], None]
+) -> list[float]:
+    """``cfg.runs`` 1-process drains, each in a fresh copy of one database with the history."""
+    peer = make_peer(install_fn=_noop_install)
+    samples: list[float] = []
+    async with fresh_database(dsn, f"{NAME}_history") as template_dsn:
+        await install(template_dsn)
+        loaded = await load_history(template_dsn, cfg.history_finished, cfg.history_future, log)
+        log(
+            f"[{NAME}] history loaded: {loaded.finished:,} finished + {loaded.future:,} future "
+            f"tasks in {loaded.seconds:.0f}s, pgtasks.tasks is {loaded.table_mb:,.0f} MB"
+        )
+        template = urlsplit(template_dsn).path.lstrip("/")
+        for i in range(cfg.runs):
+            async with database_from_template(dsn, template) as db:
+                # sample_drain wants a server DSN and makes its own fresh database; here the
+                # database is the clone, so run the same scenario code against it directly.
+                samples.append(await _drain_in(peer, db, cfg))
+            log(f"[{NAME}] drain_1_history run {i + 1}: {samples[-1]:,.0f} jobs/s")
+    return samples
+
+
+async def _drain_in(peer: Peer, db: str, cfg: BenchConfig) -> float:
+    """``sample_drain`` with 1 worker, against an existing database instead of a new one."""
+
+    @contextlib.asynccontextmanager
+    async def this_database(_dsn: str, _system: str) -> AsyncIterator[str]:
+        yield db
+
+    return await sample_drain(peer, db, cfg, 1, database=this_database)
+
+
+# --------------------------------------------------------------------------- suite
+
+
+async def run(
+    dsn: str, cfg: BenchConfig, log: Callable[[str], None] | None = None
+) -> dict[str, Figure]:
+    """Every figure for pgtasks against the server at ``dsn`` (one fresh database per run)."""
+    say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    figures = await run_suite(dsn, cfg, make_peer(), log=say)
+
+    no_wakeup: list[float] = []
+    for i in range(cfg.runs):
+        peer = make_peer(install_fn=install_without_wakeups)
+        no_wakeup.append(await sample_enqueue_single(peer, dsn, cfg))
+        say(f"[{NAME}] enqueue_single_no_wakeup run {i + 1}: {no_wakeup[-1]:,.0f} jobs/s")
+    figures["enqueue_single_no_wakeup"] = Figure.of(no_wakeup, JOBS_PER_S)
+
+    p50: list[float] = []
+    p99: list[float] = []
+    for i in range(cfg.runs):
+        a, b = await sample_latency(make_peer(listen=False), dsn, cfg)
+        p50.append(a)
+        p99.append(b)
+        say(f"[{NAME}] latency_poll run {i + 1}: p50 {a:.1f} ms, p99 {b:.1f} ms")
+    figures["latency_poll_p50_ms"] = Figure.of(p50, MS)
+    figures["latency_poll_p99_ms"] = Figure.of(p99, MS)
+
+    if cfg.history_finished or cfg.history_future:
+        figures["drain_1_history"] = Figure.of(
+            await sample_history_drains(dsn, cfg, say), JOBS_PER_S
+        )
+    return figures
+
+
+def settings() -> dict[str, Any]:
+    """What the report prints next to pgtasks' figures."""
+    return {
+        "concurrency": CONCURRENCY,
+        "listen": True,
+        "poll_interval_s (latency_poll)": POLL_INTERVAL_S,
+        "client": "pgtasks.Client (asyncpg pool)",
+    }
+
+
+if __name__ == "__main__":
+    # Re-import under the real module name so the worker's objects live in bench.peer_pgtasks.
+    from bench import peer_pgtasks as _driver
+
+    sys.exit(
+        peer_main(
+            sys.argv[1:],
+            name="peer_pgtasks",
+            run=_driver.run,
+            serve=_driver.serve,
+            add_worker_arguments=_driver._add_worker_arguments,
+        )
+    )
