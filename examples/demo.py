@@ -1,8 +1,9 @@
 """`make run`: start the embedded PostgreSQL, submit some work, run a worker, show the result.
 
-Submits from Python and from plain SQL, runs one worker until the queue is empty (a task
-that fails once is retried with backoff; one that always fails ends FAILED), and prints
-the tasks as a table.
+Submits from Python and from plain SQL, runs one worker until every task has ended (a task
+that fails once is retried with backoff; two end FAILED; a three-stage task shows live
+progress and, after its last stage fails once, resumes without redoing the first two), and
+prints the tasks as a table.
 """
 
 from __future__ import annotations
@@ -14,14 +15,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import demo_tasks
-from rich.console import Console
+import demo_tasks  # registers the demo's task types
+import media_pipeline
 
 from pgtasks import Client, Worker
-from pgtasks.cli import _tasks_table
+from pgtasks.cli import _tasks_table, console, watch_progress
 from pgtasks.config import resolve_url
-
-console = Console()
 
 
 async def main() -> None:
@@ -48,14 +47,36 @@ async def main() -> None:
                 """SELECT pgtasks.submit_task('checksum', '{"text": "from SQL"}', priority => 5)"""
             )
         )
-        console.print(f"submitted {len(ids)} tasks; running a worker until the queue is empty…")
+        # A long-running task in three stages, whose last stage fails once: its retry
+        # resumes at that stage, the first two are not run again.
+        pipeline = await client.submit(
+            media_pipeline.media_pipeline,
+            media_pipeline.PipelineParams(seconds_per_stage=0.7, fail_stage3_once=True),
+        )
+        ids.append(pipeline)
+        console.print(f"submitted {len(ids)} tasks; running a worker…")
 
-        worker = Worker(url, concurrency=4, burst=True, poll_interval=0.2)
-        await worker.run()
+        worker = Worker(url, concurrency=4, poll_interval=0.2)
+        running = asyncio.create_task(worker.run())
+        try:
+            console.print(f"[bold]task {pipeline}[/] (media_pipeline), live:")
+            await watch_progress(client, pipeline, lines=4)
+            while [t for t in await client.list(limit=len(ids)) if not t.finished]:
+                await asyncio.sleep(0.1)
+        finally:
+            worker.stop()
+            await running
         s = worker.stats
         console.print(
             f"worker: {s.claimed} claims, {s.succeeded} done, "
             f"{s.retried} retried, {s.failed} failed"
+        )
+        steps = await client.pool.fetch(
+            "SELECT name, attempt FROM pgtasks.task_steps WHERE task_id = $1 ORDER BY at", pipeline
+        )
+        console.print(
+            "pipeline stages, each committed once (attempt that ran it): "
+            + ", ".join(f"{r['name']} ({r['attempt']})" for r in steps)
         )
         tasks = [await client.get(i) for i in ids]
         console.print(_tasks_table(tasks, title="tasks"))

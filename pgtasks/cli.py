@@ -32,7 +32,8 @@ from pgtasks.errors import PgTasksError
 from pgtasks.migrations import migrate_url
 
 T = TypeVar("T")
-console = Console()
+# Piped output (make run, CI logs) gets room for its tables instead of rich's 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 130)
 STATUS_STYLE = {
     "PENDING": "cyan",
     "RUNNING": "yellow",
@@ -64,7 +65,7 @@ def _tasks_table(tasks: list[TaskInfo], title: str | None = None) -> Table:
     table = Table(title=title)
     for col in ("id", "type", "queue", "status", "attempt", "progress", "created"):
         table.add_column(col, no_wrap=True)
-    table.add_column("result / error", no_wrap=True, overflow="ellipsis", max_width=60)
+    table.add_column("result / error", no_wrap=True, overflow="ellipsis", max_width=36)
     for t in tasks:
         progress = f"{t.percent:.0f}%" if t.percent is not None else ""
         outcome = t.error if t.status in ("FAILED", "COMMIT") and t.error else t.result

@@ -6,11 +6,14 @@ the work done. Each file runs in its own transaction with its version row.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+
+from pgtasks.errors import ConfigurationError
 
 # Any constant works; it only has to be the same for every pgtasks process.
 MIGRATION_LOCK = 0x7067_7461_736B  # "pgtask"
@@ -27,6 +30,10 @@ class Migration:
     @property
     def sql(self) -> str:
         return self.path.read_text()
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.path.read_bytes()).hexdigest()
 
 
 def sql_dir() -> Path:
@@ -47,21 +54,33 @@ def available() -> list[Migration]:
     return found
 
 
-async def applied(conn: asyncpg.Connection) -> set[int]:
+async def applied(conn: asyncpg.Connection) -> dict[int, str | None]:
+    """Applied versions and the checksum each file had then."""
     exists = await conn.fetchval("SELECT to_regclass('pgtasks.migrations') IS NOT NULL")
     if not exists:
-        return set()
-    return {r["version"] for r in await conn.fetch("SELECT version FROM pgtasks.migrations")}
+        return {}
+    rows = await conn.fetch("SELECT version, checksum FROM pgtasks.migrations")
+    return {r["version"]: r["checksum"] for r in rows}
 
 
 async def migrate(conn: asyncpg.Connection) -> list[Migration]:
-    """Bring the schema up to date; return the migrations this call applied."""
+    """Bring the schema up to date; return the migrations this call applied.
+
+    A file that changed after it was applied is an error, not something to skip: the
+    database would silently lack what the new file says.
+    """
     done: list[Migration] = []
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
     try:
         have = await applied(conn)
         for mig in available():
             if mig.version in have:
+                if have[mig.version] not in (None, mig.checksum):
+                    raise ConfigurationError(
+                        f"migration {mig.path.name} changed after it was applied to this "
+                        "database; migrations are append-only, so add a new numbered file. "
+                        "(A throwaway embedded database: `pgtasks db stop && rm -rf .pgtasks`.)"
+                    )
                 continue
             async with conn.transaction():
                 await conn.execute(mig.sql)
@@ -69,12 +88,14 @@ async def migrate(conn: asyncpg.Connection) -> list[Migration]:
                     """CREATE TABLE IF NOT EXISTS pgtasks.migrations (
                            version integer PRIMARY KEY,
                            name text NOT NULL,
+                           checksum text,
                            applied_at timestamptz NOT NULL DEFAULT now())"""
                 )
                 await conn.execute(
-                    "INSERT INTO pgtasks.migrations (version, name) VALUES ($1, $2)",
+                    "INSERT INTO pgtasks.migrations (version, name, checksum) VALUES ($1, $2, $3)",
                     mig.version,
                     mig.name,
+                    mig.checksum,
                 )
             done.append(mig)
     finally:

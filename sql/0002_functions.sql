@@ -108,6 +108,9 @@ END $$;
 
 -- Takes up to max_tasks ready tasks for one worker: highest priority first, then oldest
 -- run_at. SKIP LOCKED lets many workers claim side by side without waiting on each other.
+-- NO KEY UPDATE, not UPDATE: inserting a row that references a task (a client starting to
+-- wait for it, a log line) briefly key-share-locks the task; FOR UPDATE would treat such a
+-- task as taken and skip it, claiming a lower-priority one instead.
 -- Each claim increments attempt, which becomes the fencing token for this run.
 --
 -- The pick is written out per case (all queues / one queue / several) so that each is a
@@ -135,7 +138,7 @@ BEGIN
                AND (claim_tasks.task_types IS NULL OR t.task_type = ANY (claim_tasks.task_types))
              ORDER BY t.priority DESC, t.run_at, t.id
              LIMIT max_tasks
-             FOR UPDATE SKIP LOCKED) c;
+             FOR NO KEY UPDATE SKIP LOCKED) c;
     ELSIF cardinality(queues) = 1 THEN
         SELECT array_agg(c.id) INTO picked FROM (
             SELECT t.id FROM pgtasks.tasks t
@@ -144,7 +147,7 @@ BEGIN
                AND (claim_tasks.task_types IS NULL OR t.task_type = ANY (claim_tasks.task_types))
              ORDER BY t.priority DESC, t.run_at, t.id
              LIMIT max_tasks
-             FOR UPDATE SKIP LOCKED) c;
+             FOR NO KEY UPDATE SKIP LOCKED) c;
     ELSE
         SELECT array_agg(c.id) INTO picked FROM (
             SELECT t.id FROM pgtasks.tasks t
@@ -153,7 +156,7 @@ BEGIN
                AND (claim_tasks.task_types IS NULL OR t.task_type = ANY (claim_tasks.task_types))
              ORDER BY t.priority DESC, t.run_at, t.id
              LIMIT max_tasks
-             FOR UPDATE SKIP LOCKED) c;
+             FOR NO KEY UPDATE SKIP LOCKED) c;
     END IF;
     IF picked IS NULL THEN
         RETURN;
@@ -225,7 +228,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     t pgtasks.tasks;
 BEGIN
-    SELECT * INTO t FROM pgtasks.tasks WHERE id = lock_owned_task.task_id FOR UPDATE;
+    SELECT * INTO t FROM pgtasks.tasks WHERE id = lock_owned_task.task_id FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'pgtasks: task % does not exist', task_id
             USING ERRCODE = 'PT003', HINT = 'It may have been pruned after finishing.';
@@ -449,7 +452,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     t pgtasks.tasks;
 BEGIN
-    SELECT * INTO t FROM pgtasks.tasks WHERE id = cancel_task.task_id FOR UPDATE;
+    SELECT * INTO t FROM pgtasks.tasks WHERE id = cancel_task.task_id FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'pgtasks: task % does not exist', task_id USING ERRCODE = 'PT003';
     END IF;
@@ -474,7 +477,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     t pgtasks.tasks;
 BEGIN
-    SELECT * INTO t FROM pgtasks.tasks WHERE id = retry_task.task_id FOR UPDATE;
+    SELECT * INTO t FROM pgtasks.tasks WHERE id = retry_task.task_id FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'pgtasks: task % does not exist', task_id USING ERRCODE = 'PT003';
     END IF;
@@ -506,7 +509,7 @@ BEGIN
          WHERE lease_expires_at IS NOT NULL AND lease_expires_at < now()
          ORDER BY lease_expires_at
          LIMIT max_tasks
-         FOR UPDATE SKIP LOCKED
+         FOR NO KEY UPDATE SKIP LOCKED
     LOOP
         PERFORM pgtasks.record_failure(
             t,

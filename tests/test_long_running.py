@@ -227,10 +227,15 @@ async def test_sleep_frees_the_slot_and_resumes_on_time_without_a_retry(
 ) -> None:
     sleeper = await client.submit("sleeper", {"seconds": 1.5}, priority=1)
     quick = await client.submit("quick")
+    # Register the waits before the worker starts, so they are in place before either task
+    # can finish. (claim_tasks locks FOR NO KEY UPDATE, so a wait registering while the
+    # worker claims no longer makes it skip a task; tests/sql covers that.)
+    waits = [asyncio.create_task(client.wait(t, timeout=60)) for t in (sleeper, quick)]
+    await wait_for(db, "SELECT count(*) = 2 FROM pgtasks.task_waiters")
     await start_worker(concurrency=1)
 
-    assert await client.wait(sleeper, timeout=60) == {"before": 1, "after": 2}
-    assert await client.wait(quick, timeout=10) == "quick"
+    assert await waits[0] == {"before": 1, "after": 2}
+    assert await waits[1] == "quick"
 
     # The body ran twice; the step before the sleep once; the sleep was not taken again.
     assert await runs(db, sleeper) == [("body", 1), ("before", 1), ("body", 2), ("after", 2)]
@@ -239,15 +244,6 @@ async def test_sleep_frees_the_slot_and_resumes_on_time_without_a_retry(
         for r in await db.fetch("SELECT * FROM long_runs WHERE task_id = ANY($1)", [sleeper, quick])
     }
     # One slot: the quick task can only have run while the sleeper did not hold it.
-    if not at[("before", 1)] < at[("quick", 1)] < at[("body", 2)]:
-        import pprint
-
-        with open("/tmp/longflaky/diag.txt", "a") as f:
-            pprint.pprint(sorted((v, k) for k, v in at.items()), f)
-            pprint.pprint([dict(r) for r in await db.fetch(
-                "SELECT * FROM pgtasks.task_events ORDER BY id")], f, width=200)
-            pprint.pprint([dict(r) for r in await db.fetch(
-                "SELECT id, task_type, priority, created_at, run_at FROM pgtasks.tasks")], f, width=200)
     assert at[("before", 1)] < at[("quick", 1)] < at[("body", 2)]
     wake = await db.fetchval(
         "SELECT (result->>'sleep_until')::timestamptz FROM pgtasks.task_steps "

@@ -120,3 +120,17 @@ async def test_heartbeat_extends_and_reports_lost(conn):
     assert [r[0] for r in lost] == [b]
     after = await conn.fetchval("SELECT lease_expires_at FROM pgtasks.tasks WHERE id=$1", a)
     assert after > before
+
+
+async def test_a_client_starting_to_wait_does_not_hide_a_task_from_claims(dsn, conn):
+    """watch_task references the task (a key-share lock); claims must still see it."""
+    high = await conn.fetchval("SELECT pgtasks.submit_task('t', priority => 9)")
+    await conn.fetchval("SELECT pgtasks.submit_task('t')")
+    waiter = await db.connect(dsn)
+    try:
+        async with waiter.transaction():
+            await waiter.execute("SELECT pgtasks.watch_task($1)", high)
+            rows = await claim(conn)  # while the watcher's transaction is still open
+        assert [r["id"] for r in rows] == [high]
+    finally:
+        await waiter.close()

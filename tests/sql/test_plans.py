@@ -57,7 +57,7 @@ async def big_table(conn):
 @pytest.mark.parametrize("queues", [None, ["q0"], ["q0", "q1"]])
 async def test_claim_walks_an_index_without_sorting(conn, big_table, queues):
     plans = await nested_plans(conn, "SELECT * FROM pgtasks.claim_tasks('w', $1, 10)", queues)
-    pick = next(p for p in plans.split("duration:") if "FOR UPDATE SKIP LOCKED" in p)
+    pick = next(p for p in plans.split("duration:") if "FOR NO KEY UPDATE SKIP LOCKED" in p)
     assert "Index Scan using tasks_claimable" in pick, pick
     assert "Sort Key" not in pick, pick
     assert "Seq Scan on tasks" not in pick, pick
