@@ -127,7 +127,14 @@ CREATE FUNCTION pgtasks.claim_tasks(
     attempt integer, retry_count integer, max_retries integer,
     timeout interval, deadline timestamptz, has_steps boolean
 )
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- A queue table's statistics are stale more often than not (a burst of submits, then a
+-- drain). With a low estimate the planner would fetch every ready row by bitmap and sort
+-- them (measured: 6 ms instead of 0.1 ms per claim with 20,000 ready). These settings
+-- apply to this function only and leave it the index walk in claim order.
+SET enable_sort = off
+SET enable_bitmapscan = off
+AS $$
 DECLARE
     picked bigint[];
 BEGIN
