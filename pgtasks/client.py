@@ -333,12 +333,13 @@ class Client:
         return TaskInfo.model_validate(dict(row))
 
     async def wait(
-        self, task_id: int, *, timeout: float | None = None, poll_interval: float = 5.0
+        self, task_id: int, *, timeout: float | None = None, poll_interval: float = 1.0
     ) -> Any:
         """Block until the task finishes; return its result.
 
-        Woken by NOTIFY (registered through pgtasks.watch_task), with a slow poll as a
-        backstop (behind a pooler without LISTEN). Raises TaskFailed (carrying the error
+        Woken by NOTIFY (registered through pgtasks.watch_task), with a poll as a backstop:
+        behind a pooler without LISTEN, and for a task that finishes in the instant its
+        watcher registers (the finishing transaction cannot see the registration yet). Raises TaskFailed (carrying the error
         text) for FAILED, TaskCancelled for CANCELLED, TaskNotFound for an unknown id, and
         TimeoutError after `timeout` seconds. The timeout only ends the waiting, never a
         query halfway, so the connection and the watcher registration are cleaned up.
