@@ -339,9 +339,9 @@ class Client:
 
         Woken by NOTIFY (registered through pgtasks.watch_task), with a poll as a backstop:
         behind a pooler without LISTEN, and for a task that finishes in the instant its
-        watcher registers (the finishing transaction cannot see the registration yet). Raises TaskFailed (carrying the error
-        text) for FAILED, TaskCancelled for CANCELLED, TaskNotFound for an unknown id, and
-        TimeoutError after `timeout` seconds. The timeout only ends the waiting, never a
+        watcher registers (the finishing transaction cannot see the registration yet).
+        Raises TaskFailed (carrying the error text) for FAILED, TaskCancelled for
+        CANCELLED, TaskNotFound for an unknown id, and TimeoutError after `timeout` seconds. The timeout only ends the waiting, never a
         query halfway, so the connection and the watcher registration are cleaned up.
         """
         loop = asyncio.get_running_loop()
