@@ -341,8 +341,9 @@ class Client:
         behind a pooler without LISTEN, and for a task that finishes in the instant its
         watcher registers (the finishing transaction cannot see the registration yet).
         Raises TaskFailed (carrying the error text) for FAILED, TaskCancelled for
-        CANCELLED, TaskNotFound for an unknown id, and TimeoutError after `timeout` seconds. The timeout only ends the waiting, never a
-        query halfway, so the connection and the watcher registration are cleaned up.
+        CANCELLED, TaskNotFound for an unknown id, and TimeoutError after `timeout`
+        seconds. The timeout only ends the waiting, never a query halfway, so the
+        connection and the watcher registration are cleaned up.
         """
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
