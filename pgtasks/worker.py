@@ -188,6 +188,7 @@ class Worker:
         self.stats = WorkerStats()
         self.threads: Executor = DaemonThreads()
         self._pool: asyncpg.Pool | None = None
+        self._control: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
         self._running: dict[int, _Running] = {}  # claimed and executing
         self._finishing: dict[int, _Running] = {}  # result waiting for the completer
@@ -230,7 +231,10 @@ class Worker:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self.stop)
         url = await resolve_url(self._url)
-        self._pool = await self._connect_pool(url)
+        self._pool = await self._connect_pool(url, self.concurrency + 4)
+        # Heartbeats get a connection of their own: tasks that hold the main pool's
+        # connections must not be able to delay them until their own leases run out.
+        self._control = await self._connect_pool(url, 1)
         install_task_log_handler()  # `logging` inside a task goes to its task log
         try:
             await self._register()
@@ -254,6 +258,9 @@ class Worker:
                     await asyncio.wait_for(self._listener.close(), 2)
             await self._pool.close()
             self._pool = None
+            if self._control is not None:
+                await self._control.close()
+                self._control = None
             self.threads.shutdown(wait=False, cancel_futures=True)
             if install_signal_handlers:
                 for sig in (signal.SIGINT, signal.SIGTERM):
@@ -263,14 +270,14 @@ class Worker:
 
     # -- connections ---------------------------------------------------------------------
 
-    async def _connect_pool(self, url: str) -> asyncpg.Pool:
+    async def _connect_pool(self, url: str, size: int) -> asyncpg.Pool:
         delay = 0.5
         while True:
             try:
                 pool = await asyncpg.create_pool(
                     url,
                     min_size=1,
-                    max_size=self.concurrency + 4,
+                    max_size=size,
                     init=db.init_connection,
                     statement_cache_size=self.statement_cache_size,
                 )
@@ -688,7 +695,8 @@ class Worker:
             try:
                 if failing:  # back after an outage: the registry row may have been swept
                     await self._register()
-                rows = await self.pool.fetch(
+                assert self._control is not None
+                rows = await self._control.fetch(
                     "SELECT * FROM pgtasks.heartbeat($1, $2, $3, $4)",
                     self.worker_id,
                     [r.task_id for r in owned],
