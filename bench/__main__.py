@@ -32,7 +32,7 @@ from typing import Any
 import asyncpg
 
 from bench.common import REPO_ROOT, BenchConfig, Figure, format_table
-from bench.server import benchmark_server
+from bench.server import benchmark_server, machine_load, provenance
 
 #: Systems in run order, with the module that drives each.
 DRIVERS: dict[str, str] = {
@@ -48,34 +48,6 @@ RunFn = Callable[[str, BenchConfig], Coroutine[Any, Any, dict[str, Figure]]]
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-# --------------------------------------------------------------------------- machine load
-
-
-def _other_pytest_processes() -> int:
-    """How many pytest processes are running: other engineers' test suites share the cores."""
-    count = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"pytest" in cmdline:
-            count += 1
-    return count
-
-
-def machine_load() -> dict[str, Any]:
-    """A snapshot of how busy the machine is, stored with the figures so noise can be judged."""
-    one, five, fifteen = os.getloadavg()
-    return {
-        "loadavg_1_5_15": [round(one, 2), round(five, 2), round(fifteen, 2)],
-        "pytest_processes": _other_pytest_processes(),
-        "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-    }
 
 
 # --------------------------------------------------------------------------- server
@@ -326,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
             "platform": platform.platform(),
         },
+        "code": provenance(),
         "server": {"embedded": args.dsn is None, **pg},
         "config": dataclasses.asdict(cfg),
         "systems": meta,

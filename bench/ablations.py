@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
 import json
 import statistics
 import sys
@@ -33,9 +34,9 @@ from typing import Any
 
 import asyncpg
 
-from bench.common import BenchConfig, fresh_database, sample_enqueue_single
+from bench.common import BenchConfig, Peer, fresh_database, sample_drain, sample_enqueue_single
 from bench.peer_pgtasks import TASK, install, make_peer
-from bench.server import benchmark_server
+from bench.server import REPO_ROOT, benchmark_server, machine_load, provenance
 
 BATCH = 100
 LEASE = timedelta(seconds=60)
@@ -234,7 +235,7 @@ async def scratch(dsn: str, variant_sql: str | None, name: str) -> AsyncIterator
 #: "never": a fresh table, as in make bench's fresh databases.
 ANALYZE_WHEN = ("after_load", "before_load", "never")
 
-CLAIM_MARKER = "FOR UPDATE SKIP LOCKED"
+CLAIM_MARKER = "SKIP LOCKED"
 FINISH_MARKER = "FROM batch"
 HEARTBEAT_MARKER = "lease_expires_at = least(now() + heartbeat.lease"
 
@@ -249,8 +250,10 @@ class Series:
     second_plan: str
 
 
-async def claim_finish_series(db: str, *, ready: int, batches: int, analyze: str) -> Series:
-    """Claim then finish ``batches`` batches of 100 from a queue of ``ready`` ready tasks.
+async def claim_finish_series(
+    db: str, *, ready: int, batches: int, analyze: str, batch: int = BATCH
+) -> Series:
+    """Claim then finish ``batches`` batches of ``batch`` from a queue of ``ready`` ready tasks.
 
     The plans are captured on the last batch, after the functions' plan caches had their five
     custom plans and may have switched to a generic one.
@@ -266,24 +269,24 @@ async def claim_finish_series(db: str, *, ready: int, batches: int, analyze: str
         finishes: list[float] = []
         for _ in range(batches - 1):
             t0 = time.perf_counter()
-            rows = await _claim(conn, "bench-claimer", BATCH)
+            rows = await _claim(conn, "bench-claimer", batch)
             t1 = time.perf_counter()
             await _finish(conn, rows)
             t2 = time.perf_counter()
-            if len(rows) != BATCH:
-                raise RuntimeError(f"claimed {len(rows)} tasks, expected {BATCH}")
+            if len(rows) != batch:
+                raise RuntimeError(f"claimed {len(rows)} tasks, expected {batch}")
             claims.append(t1 - t0)
             finishes.append(t2 - t1)
         last: list[asyncpg.Record] = []
 
         async def claim_last() -> None:
-            last.extend(await _claim(conn, "bench-claimer", BATCH))
+            last.extend(await _claim(conn, "bench-claimer", batch))
 
         claim_plans = await captured_plans(conn, claim_last)
         finish_plans = await captured_plans(conn, lambda: _finish(conn, last))
     finally:
         await conn.close()
-    n = (batches - 1) * BATCH
+    n = (batches - 1) * batch
     return Series(
         Timing.of(claims, n),
         Timing.of(finishes, n),
@@ -417,6 +420,26 @@ async def claim_experiment(dsn: str, runs: int) -> list[Row]:
     )
 
 
+async def fresh_table_experiment(dsn: str, runs: int) -> list[Row]:
+    """make bench's drain shape at SQL level: 3,000 ready, batches of 10, stats or none.
+
+    A table that was never analyzed (every fresh database of make bench) or analyzed while the
+    queue was empty is planned from guesses; this shows what the claim and finish cost then.
+    """
+    variants: list[Variant] = [
+        ("shipped, 3k ready, batches of 10", None, "after_load"),
+        ("shipped, 3k ready, batches of 10", None, "never"),
+        ("shipped, 3k ready, batches of 10", None, "before_load"),
+    ]
+
+    async def series(db: str, analyze: str) -> Series:
+        return await claim_finish_series(db, ready=3_000, batches=300, analyze=analyze, batch=10)
+
+    return await _run_variants(
+        "claim, 3k ready, batch 10", dsn, runs, variants, series, ("claim_tasks", "finish_tasks")
+    )
+
+
 async def lease_experiment(dsn: str, runs: int) -> list[Row]:
     """Lease index predicate, with 20,000 RUNNING tasks: heartbeat and finish 100 at a time."""
     variants: list[Variant] = [
@@ -505,11 +528,68 @@ async def notify_experiment(dsn: str, runs: int) -> list[Row]:
     return out
 
 
+async def batch_experiment(dsn: str, runs: int) -> list[Row]:
+    """Drain (make bench's scenario) by claim batch size, with and without the pool reset.
+
+    pgtasks claims up to its free slots, so its batch size is its concurrency; PgQueuer's is
+    ``batch_size``. Comparing at equal batch sizes separates "bigger batches" from "cheaper
+    per batch".
+    """
+    from bench import peer_pgqueuer
+
+    cfg = BenchConfig.from_env()
+    configs: list[tuple[str, Peer]] = []
+    for size in (10, 100):
+        configs.append((f"pgtasks, concurrency {size}", make_peer(concurrency=size)))
+        configs.append(
+            (
+                f"pgtasks, concurrency {size}, no asyncpg pool reset",
+                dataclasses.replace(
+                    make_peer(concurrency=size), worker_module="bench._worker_no_pool_reset"
+                ),
+            )
+        )
+        configs.append(
+            (
+                f"pgqueuer, batch_size {size}",
+                Peer(
+                    name="pgqueuer",
+                    install=peer_pgqueuer.install,
+                    connect=peer_pgqueuer.PgQueuerClient.connect,
+                    worker_module="bench.peer_pgqueuer",
+                    worker_args=("--batch-size", str(size)),
+                ),
+            )
+        )
+    out: list[Row] = []
+    for workers in (1, 2):
+        samples: dict[str, list[float]] = {label: [] for label, _ in configs}
+        for _ in range(runs):
+            for label, peer in configs:  # interleaved, so machine noise hits all alike
+                samples[label].append(await sample_drain(peer, dsn, cfg, workers))
+        for label, values in samples.items():
+            med = statistics.median(values)
+            out.append(
+                {
+                    "experiment": f"drain_{workers}, {cfg.drain_jobs:,} jobs",
+                    "variant": label,
+                    "jobs_per_s": round(med),
+                    "min": round(min(values)),
+                    "max": round(max(values)),
+                    "samples": [round(v) for v in values],
+                }
+            )
+            _log(f"batch: drain_{workers} {label}: {med:,.0f} jobs/s")
+    return out
+
+
 EXPERIMENTS: dict[str, Callable[[str, int], Awaitable[list[Row]]]] = {
     "claim": claim_experiment,
+    "fresh": fresh_table_experiment,
     "lease": lease_experiment,
     "trigger": trigger_experiment,
     "notify": notify_experiment,
+    "batch": batch_experiment,
 }
 
 
@@ -527,10 +607,15 @@ def format_rows(results: dict[str, list[Row]]) -> str:
                     f"{r['us_per_call']:>10,.0f} us/call   {r['variant']} [analyzed: "
                     f"{r['analyzed']}]\n{'':<48}plan: {r['plan']}"
                 )
-            else:
+            elif "vs_off" in r:
                 lines.append(
                     f"{r['experiment']:<34} {'submit_task':<13} {r['jobs_per_s']:>9,} jobs/s "
                     f"{r['vs_off']:>10.2f} x off    {r['variant']}"
+                )
+            else:
+                lines.append(
+                    f"{r['experiment']:<34} {r['jobs_per_s']:>9,} jobs/s "
+                    f"[{r['min']:,}-{r['max']:,}]   {r['variant']}"
                 )
         lines.append("")
     return "\n".join(lines)
@@ -541,17 +626,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dsn", help="an existing server (default: a private embedded one)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--only", default=",".join(EXPERIMENTS), help="comma-separated subset")
-    parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        help="where to write the rows (default: bench/results/ablations-<timestamp>.json)",
+    )
     args = parser.parse_args(argv)
     names = [n for n in args.only.split(",") if n]
     unknown = [n for n in names if n not in EXPERIMENTS]
     if unknown:
         parser.error(f"unknown experiment(s) {unknown}; choose from {', '.join(EXPERIMENTS)}")
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    load_before = machine_load()
     with benchmark_server(args.dsn) as dsn:
         results = asyncio.run(run_experiments(dsn, args.runs, names))
     print(format_rows(results))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    out = args.json or REPO_ROOT / "bench" / "results" / f"ablations-{stamp}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "timestamp": stamp,
+        "runs": args.runs,
+        "code": provenance(),
+        "load_before": load_before,
+        "load_after": machine_load(),
+        "experiments": results,
+    }
+    out.write_text(json.dumps(payload, indent=2) + "\n")
+    _log(f"wrote {out}")
     return 0
 
 

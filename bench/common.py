@@ -69,10 +69,15 @@ REPORT_ORDER: tuple[str, ...] = (
     "latency_p99_ms",
     "latency_poll_p50_ms",
     "latency_poll_p99_ms",
+    "drain_1_worker_cpu_us",
+    "drain_1_server_cpu_us",
+    "drain_2_worker_cpu_us",
+    "drain_2_server_cpu_us",
 )
 
 JOBS_PER_S = "jobs/s"
 MS = "ms"
+US_PER_JOB = "us/job"
 
 
 # --------------------------------------------------------------------------- figures
@@ -683,6 +688,76 @@ async def sample_enqueue_batch(peer: Peer, dsn: str, cfg: BenchConfig) -> float:
 DatabaseFactory = Callable[[str, str], contextlib.AbstractAsyncContextManager[str]]
 
 
+# --------------------------------------------------------------------------- CPU accounting
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """CPU time used so far by process ``pid`` (all its threads), or None if unreadable.
+
+    Uses /proc/<pid>/task/*/schedstat (nanoseconds) where the kernel has it, else the
+    utime+stime clock ticks of /proc/<pid>/stat (10 ms resolution). Linux only; elsewhere the
+    CPU figures are simply left out.
+    """
+    proc = Path("/proc") / str(pid)
+    total = 0.0
+    try:
+        for task in (proc / "task").iterdir():
+            total += int((task / "schedstat").read_text().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        total = 0.0
+    if total > 0:
+        return total
+    try:
+        fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def total_cpu_seconds(pids: Iterable[int]) -> float | None:
+    """Sum of :func:`process_cpu_seconds`; None if any process could not be read."""
+    total = 0.0
+    for pid in pids:
+        cpu = process_cpu_seconds(pid)
+        if cpu is None:
+            return None
+        total += cpu
+    return total
+
+
+async def server_cpu_seconds(conn: asyncpg.Connection) -> dict[int, float] | None:
+    """CPU seconds of every server process (backends, WAL writer, checkpointer...) by pid.
+
+    Only meaningful when the server runs on this machine (the embedded one always does); None
+    when its processes cannot be read.
+    """
+    pids = [int(r[0]) for r in await conn.fetch("SELECT pid FROM pg_stat_activity")]
+    out: dict[int, float] = {}
+    for pid in pids:
+        cpu = process_cpu_seconds(pid)
+        if cpu is None:
+            return None
+        out[pid] = cpu
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class DrainSample:
+    """One drain: its rate, and where the CPU went (microseconds per job), when measurable.
+
+    The CPU window runs from just before the (single, batch) enqueue to the poll that saw the
+    queue empty, so ``server_cpu_us`` includes inserting the jobs as well as claiming and
+    finishing them, for every system alike. ``worker_cpu_us`` is the worker processes' own
+    CPU over the same window.
+    """
+
+    rate: float
+    worker_cpu_us: float | None
+    server_cpu_us: float | None
+
+
 async def sample_drain(
     peer: Peer,
     dsn: str,
@@ -701,21 +776,53 @@ async def sample_drain(
     ``database(dsn, system)`` yields the database to run in; by default a fresh, empty one.
     pgtasks' history figure passes a copy of a database that already holds a large history.
     """
+    return (await sample_drain_detailed(peer, dsn, cfg, workers, database=database)).rate
+
+
+async def sample_drain_detailed(
+    peer: Peer,
+    dsn: str,
+    cfg: BenchConfig,
+    workers: int,
+    *,
+    database: DatabaseFactory = fresh_database,
+) -> DrainSample:
+    """:func:`sample_drain`, plus the CPU the workers and the server spent per job."""
     async with database(dsn, peer.name) as db:
         await peer.install(db)
         client = await peer.connect(db)
+        probe = await asyncpg.connect(db)
         try:
             async with running_workers(peer, db, workers, cfg) as procs:
+                pids = [w.proc.pid for w in procs]
+                server_before = await server_cpu_seconds(probe)
+                workers_before = total_cpu_seconds(pids)
                 await client.enqueue_many(range(cfg.drain_jobs))
                 end = await wait_drained(client, cfg, procs)
+                workers_after = total_cpu_seconds(pids)
+                server_after = await server_cpu_seconds(probe)
                 stats = [await w.stop(cfg.timeout_s) for w in procs]
         finally:
+            await probe.close()
             await client.close()
     done = sum(s.count for s in stats)
     if done != cfg.drain_jobs:
         raise RuntimeError(f"workers ran {done} jobs, expected {cfg.drain_jobs}")
     start = min(s.first_start for s in stats if s.first_start is not None)
-    return rate(cfg.drain_jobs, end - start)
+
+    def per_job(before: float | None, after: float | None) -> float | None:
+        if before is None or after is None:
+            return None
+        return (after - before) / cfg.drain_jobs * 1e6
+
+    server_us = None
+    if server_before is not None and server_after is not None:
+        # Processes that ended meanwhile are dropped; ones that started count from zero.
+        used = sum(cpu - server_before.get(pid, 0.0) for pid, cpu in server_after.items())
+        server_us = used / cfg.drain_jobs * 1e6
+    return DrainSample(
+        rate(cfg.drain_jobs, end - start), per_job(workers_before, workers_after), server_us
+    )
 
 
 async def sample_latency(peer: Peer, dsn: str, cfg: BenchConfig) -> tuple[float, float]:
@@ -775,10 +882,23 @@ async def run_suite(
     for i in range(cfg.runs):
         batch.append(await sample_enqueue_batch(peer, dsn, cfg))
         log(f"[{peer.name}] enqueue_batch run {i + 1}: {batch[-1]:,.0f} jobs/s")
+    cpu: dict[str, list[float]] = {}
     for n, samples in drains.items():
         for i in range(cfg.runs):
-            samples.append(await sample_drain(peer, dsn, cfg, n))
-            log(f"[{peer.name}] drain_{n} run {i + 1}: {samples[-1]:,.0f} jobs/s")
+            sample = await sample_drain_detailed(peer, dsn, cfg, n)
+            samples.append(sample.rate)
+            for part, value in (("worker", sample.worker_cpu_us), ("server", sample.server_cpu_us)):
+                if value is not None:
+                    cpu.setdefault(f"drain_{n}_{part}_cpu_us", []).append(value)
+            log(
+                f"[{peer.name}] drain_{n} run {i + 1}: {samples[-1]:,.0f} jobs/s"
+                + (
+                    f" (CPU per job: worker {sample.worker_cpu_us:,.0f} us, "
+                    f"server {sample.server_cpu_us:,.0f} us)"
+                    if sample.worker_cpu_us is not None and sample.server_cpu_us is not None
+                    else ""
+                )
+            )
     for i in range(cfg.runs):
         a, b = await sample_latency(peer, dsn, cfg)
         p50.append(a)
@@ -792,6 +912,7 @@ async def run_suite(
         "drain_2": Figure.of(drains[2], JOBS_PER_S),
         "latency_p50_ms": Figure.of(p50, MS),
         "latency_p99_ms": Figure.of(p99, MS),
+        **{key: Figure.of(values, US_PER_JOB) for key, values in cpu.items()},
     }
 
 

@@ -1,4 +1,4 @@
-"""The one PostgreSQL server a benchmark run uses.
+"""The one PostgreSQL server a benchmark run uses, and what else a result file records.
 
 By default a private embedded server (pgtasks' own ``EmbeddedPostgres``, the server a fresh
 clone gets) in a throw-away folder, so every system meets identical settings, no state survives
@@ -9,11 +9,18 @@ the test suite. ``--dsn`` points a run at an existing server instead.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import hashlib
+import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @contextlib.contextmanager
@@ -35,3 +42,54 @@ def benchmark_server(dsn: str | None = None) -> Iterator[str]:
     finally:
         server.destroy()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _other_pytest_processes() -> int:
+    """How many pytest processes are running: other engineers' test suites share the cores."""
+    count = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"pytest" in cmdline:
+            count += 1
+    return count
+
+
+def machine_load() -> dict[str, Any]:
+    """A snapshot of how busy the machine is, stored with the figures so noise can be judged."""
+    one, five, fifteen = os.getloadavg()
+    return {
+        "loadavg_1_5_15": [round(one, 2), round(five, 2), round(fifteen, 2)],
+        "pytest_processes": _other_pytest_processes(),
+        "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip()
+
+
+def provenance() -> dict[str, Any]:
+    """Which code was measured: the commit, whether sql/ or pgtasks/ differed from it, and a
+    hash of the SQL files, so two result files can be told apart even between commits."""
+    digest = hashlib.sha256()
+    for path in sorted((REPO_ROOT / "sql").glob("*.sql")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    dirty = _git("status", "--porcelain", "--", "sql", "pgtasks")
+    return {
+        "commit": _git("rev-parse", "HEAD"),
+        "uncommitted_changes_in": sorted({line[3:].split("/")[0] for line in dirty.splitlines()})
+        if dirty
+        else [],
+        "sql_sha256": digest.hexdigest()[:16],
+    }

@@ -96,6 +96,9 @@ CREATE INDEX tasks_claimable ON pgtasks.tasks (priority DESC, run_at, id)
     WHERE status IN ('PENDING', 'COMMIT');
 CREATE INDEX tasks_claimable_queue ON pgtasks.tasks (queue, priority DESC, run_at, id)
     WHERE status IN ('PENDING', 'COMMIT');
+-- Idle workers ask when the next task becomes ready (next_run_at): one probe here, instead
+-- of reading every scheduled task (measured: 15 ms with 100,000 scheduled, per idle poll).
+CREATE INDEX tasks_next_run_at ON pgtasks.tasks (run_at) WHERE status IN ('PENDING', 'COMMIT');
 -- Rescue path: only RUNNING rows (a lease is set exactly when RUNNING, see running_has_lease).
 -- The predicate names lease_expires_at, not status, on purpose: a predicate on status would
 -- tempt the planner to hash every running task when a batched finish or heartbeat looks up

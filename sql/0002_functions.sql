@@ -185,7 +185,9 @@ BEGIN
                   t.attempt > 1
                   AND EXISTS (SELECT 1 FROM pgtasks.task_steps s WHERE s.task_id = t.id) AS has_steps
     )
-    SELECT c.* FROM claimed c ORDER BY array_position(picked, c.id);
+    SELECT c.* FROM claimed c
+      JOIN unnest(picked) WITH ORDINALITY AS p(id, ord) ON p.id = c.id
+     ORDER BY p.ord;
 END $$;
 
 -- When the next task of these queues becomes ready: idle workers sleep exactly until then.

@@ -55,7 +55,7 @@ async def test_a_changed_migration_file_is_a_clear_error(server, tmp_path, monke
             (changed / mig.path.name).write_text(mig.sql + "\n-- edited later\n")
         monkeypatch.setattr(m, "sql_dir", lambda: changed)
         with pytest.raises(
-            ConfigurationError, match="0001_schema.sql changed after it was applied"
+            ConfigurationError, match=r"0001_schema\.sql changed after it was applied"
         ):
             await migrate_url(server.url(name))
     finally:

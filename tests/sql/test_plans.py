@@ -75,3 +75,10 @@ async def test_batched_finish_and_heartbeat_look_tasks_up_by_id(conn, big_table)
         update = next(p for p in plans.split("duration:") if "Update on tasks t" in p)
         assert "tasks_pkey" in update, update
         assert "Seq Scan on tasks" not in update, update
+
+
+async def test_next_run_at_is_one_probe(conn, big_table):
+    plans = await nested_plans(conn, "SELECT pgtasks.next_run_at(ARRAY['q0'])")
+    probe = next(p for p in plans.split("duration:") if "min(t.run_at)" in p)
+    assert "tasks_next_run_at" in probe, probe
+    assert "Seq Scan on tasks" not in probe and "Bitmap" not in probe, probe
