@@ -60,11 +60,14 @@ FIGURE_KEYS: tuple[str, ...] = (
 #: is compared with.
 REPORT_ORDER: tuple[str, ...] = (
     "enqueue_single",
+    "enqueue_single_paired",
     "enqueue_single_no_wakeup",
     "enqueue_batch",
     "drain_1",
+    "drain_1_c10",
     "drain_1_history",
     "drain_2",
+    "drain_2_c10",
     "latency_p50_ms",
     "latency_p99_ms",
     "latency_poll_p50_ms",
@@ -189,7 +192,7 @@ class BenchConfig:
     single_jobs: int = 5_000
     batch_jobs: int = 10_000
     batch_size: int = 1_000
-    drain_jobs: int = 3_000
+    drain_jobs: int = 10_000
     latency_jobs: int = 200
     latency_gap_ms: float = 20.0
     #: Jobs run through the idle worker before the latency series and not counted: the very

@@ -72,9 +72,11 @@ def _env_float(name: str, default: float) -> float:
 
 #: Worker slots per process. No-op jobs finish in microseconds, so a process is limited by its
 #: round trips, not by its slots: more slots mean bigger claim batches (a worker claims up to its
-#: free slots in one statement) and bigger completion batches. 10 is the Worker default and
-#: gives claims of about PgQueuer's batch size; see bench/README.md for why we keep it.
-CONCURRENCY = _env_int("BENCH_PGTASKS_CONCURRENCY", 10)
+#: free slots in one statement) and bigger completion batches. 100 is what we recommend for
+#: short I/O-bound tasks (`pgtasks worker --concurrency 100`); PgQueuer runs with no concurrency
+#: limit. The report also shows pgtasks at concurrency 10 (drain_*_c10), whose claims are the
+#: size of PgQueuer's batches.
+CONCURRENCY = _env_int("BENCH_PGTASKS_CONCURRENCY", 100)
 #: Poll interval of the LISTEN-off latency figure: the latency it measures is bounded by it.
 POLL_INTERVAL_S = _env_float("BENCH_PGTASKS_POLL_INTERVAL", 0.1)
 
@@ -354,11 +356,27 @@ async def run(
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     figures = await run_suite(dsn, cfg, make_peer(), log=say)
 
+    small = make_peer(concurrency=10)
+    for workers in (1, 2):
+        samples = []
+        for i in range(cfg.runs):
+            samples.append(await sample_drain(small, dsn, cfg, workers))
+            say(f"[{NAME}] drain_{workers}_c10 run {i + 1}: {samples[-1]:,.0f} jobs/s")
+        figures[f"drain_{workers}_c10"] = Figure.of(samples, JOBS_PER_S)
+
+    # Wake-ups on vs off, measured in alternating pairs so that drift in the machine's load
+    # (two shared cores) falls on both sides of the ratio alike.
+    paired_on: list[float] = []
     no_wakeup: list[float] = []
     for i in range(cfg.runs):
+        paired_on.append(await sample_enqueue_single(make_peer(), dsn, cfg))
         peer = make_peer(install_fn=install_without_wakeups)
         no_wakeup.append(await sample_enqueue_single(peer, dsn, cfg))
-        say(f"[{NAME}] enqueue_single_no_wakeup run {i + 1}: {no_wakeup[-1]:,.0f} jobs/s")
+        say(
+            f"[{NAME}] enqueue_single pair {i + 1}: wake-ups on {paired_on[-1]:,.0f}, "
+            f"off {no_wakeup[-1]:,.0f} jobs/s"
+        )
+    figures["enqueue_single_paired"] = Figure.of(paired_on, JOBS_PER_S)
     figures["enqueue_single_no_wakeup"] = Figure.of(no_wakeup, JOBS_PER_S)
 
     p50: list[float] = []
