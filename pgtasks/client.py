@@ -149,6 +149,26 @@ class Client:
         seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
         return datetime.now().astimezone() + timedelta(seconds=seconds)
 
+    def _prepare(
+        self,
+        task: Any,
+        queue: str | None,
+        priority: int,
+        run_at: datetime | None,
+        delay: float | timedelta | None,
+        max_retries: int | None,
+        timeout: float | timedelta | None,
+        connection: asyncpg.Connection | None,
+    ) -> tuple[Executor, str, tuple[Any, ...]]:
+        """Where to run a submit, the type name, and (queue, priority, run_at, retries, timeout)."""
+        name = type_name(task)
+        q, retries, limit = self._defaults(name, queue, max_retries, timeout)
+        return (
+            connection or self.pool,
+            name,
+            (q, priority, self._when(run_at, delay), retries, limit),
+        )
+
     async def submit(
         self,
         task: Any,
@@ -163,20 +183,15 @@ class Client:
         connection: asyncpg.Connection | None = None,
     ) -> int:
         """Enqueue one task; returns its id. `task` is a type name or a registered task."""
-        name = type_name(task)
-        q, retries, limit = self._defaults(name, queue, max_retries, timeout)
-        when = self._when(run_at, delay)
-        conn: Executor = connection or self.pool
+        conn, name, options = self._prepare(
+            task, queue, priority, run_at, delay, max_retries, timeout, connection
+        )
         async with db.translated():
             task_id: int = await conn.fetchval(
                 """SELECT pgtasks.submit_task($1, $2, $3, $4, coalesce($5, now()), $6, $7)""",
                 name,
                 _params(params),
-                q,
-                priority,
-                when,
-                retries,
-                limit,
+                *options,
             )
         return task_id
 
@@ -194,21 +209,16 @@ class Client:
         connection: asyncpg.Connection | None = None,
     ) -> list[int]:
         """Enqueue many tasks of one type in one statement; returns ids in input order."""
-        name = type_name(task)
-        q, retries, limit = self._defaults(name, queue, max_retries, timeout)
-        when = self._when(run_at, delay)
-        conn: Executor = connection or self.pool
+        conn, name, options = self._prepare(
+            task, queue, priority, run_at, delay, max_retries, timeout, connection
+        )
         async with db.translated():
             rows = await conn.fetch(
                 """SELECT * FROM pgtasks.submit_tasks($1, $2::jsonb[], $3, $4,
                                                       coalesce($5, now()), $6, $7)""",
                 name,
                 [_params(p) for p in params_list],
-                q,
-                priority,
-                when,
-                retries,
-                limit,
+                *options,
             )
         return [r[0] for r in rows]
 

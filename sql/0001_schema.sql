@@ -250,7 +250,11 @@ CREATE TRIGGER tasks_record_inserts
 -- reason to give each worker pool its own queue.
 -- Own trigger, so a deployment that only polls can `ALTER TABLE ... DISABLE TRIGGER`.
 CREATE FUNCTION pgtasks.wake_workers() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- Keep the head probe an index walk even when statistics are stale (see claim_tasks).
+SET enable_sort = off
+SET enable_bitmapscan = off
+AS $$
 BEGIN
     PERFORM pg_notify('pgtasks_wakeup', q.queue)
        FROM (SELECT n.queue, min(n.id) AS first_id FROM new_rows n

@@ -229,6 +229,20 @@ $$;
 ------------------------------------------------------------------------------------------
 -- Fencing: every write by a worker goes through this check.
 
+-- Locks one task row for a change that keeps its key, or raises PT003 when there is none.
+CREATE FUNCTION pgtasks.lock_task(task_id bigint) RETURNS pgtasks.tasks
+LANGUAGE plpgsql AS $$
+DECLARE
+    t pgtasks.tasks;
+BEGIN
+    SELECT * INTO t FROM pgtasks.tasks WHERE id = lock_task.task_id FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pgtasks: task % does not exist', task_id
+            USING ERRCODE = 'PT003', HINT = 'Check the id; finished tasks are pruned after their retention.';
+    END IF;
+    RETURN t;
+END $$;
+
 -- Locks the task row and confirms the caller still owns this attempt. Raises PT002 when
 -- it does not (lease lost to rescue, cancelled, or a newer attempt), PT003 when no such task.
 CREATE FUNCTION pgtasks.lock_owned_task(task_id bigint, attempt integer)
@@ -237,11 +251,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     t pgtasks.tasks;
 BEGIN
-    SELECT * INTO t FROM pgtasks.tasks WHERE id = lock_owned_task.task_id FOR NO KEY UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'pgtasks: task % does not exist', task_id
-            USING ERRCODE = 'PT003', HINT = 'It may have been pruned after finishing.';
-    END IF;
+    t := pgtasks.lock_task(task_id);
     IF t.status <> 'RUNNING' OR t.attempt <> lock_owned_task.attempt THEN
         RAISE EXCEPTION 'pgtasks: attempt % of task % no longer holds the lease (task is % at attempt %)',
                 attempt, task_id, t.status, t.attempt
@@ -461,10 +471,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     t pgtasks.tasks;
 BEGIN
-    SELECT * INTO t FROM pgtasks.tasks WHERE id = cancel_task.task_id FOR NO KEY UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'pgtasks: task % does not exist', task_id USING ERRCODE = 'PT003';
-    END IF;
+    t := pgtasks.lock_task(task_id);
     IF t.status IN ('DONE', 'FAILED', 'CANCELLED') THEN
         RAISE EXCEPTION 'pgtasks: task % already finished as %; nothing to cancel', task_id, t.status
             USING ERRCODE = 'PT004', HINT = 'Use retry_task() to run a FAILED or CANCELLED task again.';
@@ -486,10 +493,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     t pgtasks.tasks;
 BEGIN
-    SELECT * INTO t FROM pgtasks.tasks WHERE id = retry_task.task_id FOR NO KEY UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'pgtasks: task % does not exist', task_id USING ERRCODE = 'PT003';
-    END IF;
+    t := pgtasks.lock_task(task_id);
     IF t.status NOT IN ('FAILED', 'CANCELLED') THEN
         RAISE EXCEPTION 'pgtasks: task % is %; only FAILED or CANCELLED tasks can be retried', task_id, t.status
             USING ERRCODE = 'PT001', HINT = 'Wait for it to finish, or cancel it first.';
