@@ -113,6 +113,11 @@ class DaemonThreads(Executor):
         """Nothing to join: daemon threads end with their call or with the process."""
 
 
+#: How long a stopping worker keeps retrying results and hand-backs against a database that
+#: stays away, before it exits and leaves those tasks to their leases.
+SHUTDOWN_RETRY_LIMIT = 30.0
+
+
 def _seconds(value: float | timedelta) -> float:
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
@@ -324,13 +329,30 @@ class Worker:
         )
 
     async def _retrying(self, what: str, call: Any) -> Any:
-        """Retry a call through transient database errors with capped backoff."""
+        """Retry a call through transient database errors with capped backoff.
+
+        Results and hand-backs are retried through a shutdown too, but not forever: after
+        SHUTDOWN_RETRY_LIMIT seconds of a database that stays away the worker gives up and
+        exits, and the leases hand those tasks to another worker.
+        """
         delay = 0.2
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         while True:
             try:
                 return await call()
             except TRANSIENT as exc:
-                if self._stopping.is_set() and what not in ("complete", "hand back"):
+                if self._stopping.is_set() and (
+                    what not in ("complete", "hand back")
+                    or loop.time() - started > SHUTDOWN_RETRY_LIMIT
+                ):
+                    if what in ("complete", "hand back"):
+                        log.error(
+                            "%s: database still unavailable while stopping (%s); giving up, "
+                            "leases will hand these tasks to another worker",
+                            what,
+                            exc,
+                        )
                     raise
                 log.warning("%s: database unavailable (%s); retrying in %.1fs", what, exc, delay)
                 await asyncio.sleep(delay)
@@ -478,7 +500,10 @@ class Worker:
         run = _Running(row["id"], row["attempt"], ctx)
         self._running[run.task_id] = run
         coro = self._execute(run, spec, row["params"], _seconds(row["timeout"]))
-        run.future = asyncio.get_running_loop().create_task(coro)
+        # Guarded: an error while reporting the outcome (the database refusing even the
+        # failure record) is logged, not left as an unretrieved task exception; the lease
+        # hands such a task on.
+        run.future = asyncio.get_running_loop().create_task(self._guard(coro))
 
     def _stop_task(self, task_id: int, reason: str) -> None:
         run = self._running.get(task_id)

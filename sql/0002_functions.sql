@@ -533,6 +533,10 @@ BEGIN
         n := n + 1;
     END LOOP;
     DELETE FROM pgtasks.worker_registry WHERE last_seen < now() - interval '10 minutes';
+    -- Watch registrations of clients that went away without unwatching (killed mid-wait):
+    -- they would only cost needless notifications, but they should not pile up.
+    DELETE FROM pgtasks.task_waiters w
+     WHERE NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = w.pid);
     RETURN n;
 END $$;
 
