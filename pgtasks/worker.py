@@ -113,6 +113,10 @@ class DaemonThreads(Executor):
         """Nothing to join: daemon threads end with their call or with the process."""
 
 
+#: Pruning deletes finished tasks this many at a time, for at most this long per round.
+PRUNE_BATCH = 1000
+PRUNE_BUDGET_S = 5.0
+
 #: How long a stopping worker keeps retrying results and hand-backs against a database that
 #: stays away, before it exits and leaves those tasks to their leases.
 SHUTDOWN_RETRY_LIMIT = 30.0
@@ -776,11 +780,27 @@ class Worker:
                     self._wake.set()
                 if self.retention is not None and loop.time() >= next_prune:
                     next_prune = loop.time() + self.prune_interval
-                    await self.pool.fetchval("SELECT pgtasks.prune_finished($1)", self.retention)
+                    await self._prune()
             except TRANSIENT as exc:
                 log.warning("maintenance skipped (%s)", exc)
             except Exception:  # keep rescuing: no other process will
                 log.exception("maintenance failed; trying again later")
+
+    async def _prune(self) -> int:
+        """Delete finished tasks past the retention in small batches (no long locks), as many
+        batches as fit in a few seconds, so pruning keeps up with a busy queue."""
+        loop = asyncio.get_running_loop()
+        budget_end = loop.time() + PRUNE_BUDGET_S
+        total = 0
+        while not self._stopping.is_set():
+            deleted = await self.pool.fetchval(
+                "SELECT pgtasks.prune_finished($1, $2)", self.retention, PRUNE_BATCH
+            )
+            total += deleted
+            if deleted < PRUNE_BATCH or loop.time() >= budget_end:
+                return total
+            await asyncio.sleep(0)  # let claims and completions through between batches
+        return total
 
     # -- shutdown ------------------------------------------------------------------------
 

@@ -158,3 +158,22 @@ async def test_worker_without_registered_types_is_a_clear_error(dsn):
 
     with pytest.raises(PgTasksError, match="no task types are registered"):
         await Worker(dsn, registry=Registry()).run()
+
+
+async def test_worker_prunes_finished_tasks_past_retention(dsn, conn):
+    from datetime import timedelta
+
+    async with Client(dsn) as client:
+        ids = await client.submit_many("noop", [{} for _ in range(2500)])
+        async with running(Worker(dsn, concurrency=50, poll_interval=0.1)):
+            await wait_for(conn, "SELECT count(*) = 2500 FROM pgtasks.tasks WHERE status = 'DONE'")
+        keep = await client.submit("noop")
+        await conn.execute(
+            "UPDATE pgtasks.tasks SET finished_at = now() - interval '8 days' WHERE id = ANY($1)",
+            ids,
+        )
+        # more than one prune batch (1,000) in one round, shortly after start
+        worker = Worker(dsn, poll_interval=0.1, retention=timedelta(days=7), rescue_interval=0.2)
+        async with running(worker):
+            await wait_for(conn, "SELECT count(*) = 1 FROM pgtasks.tasks")
+        assert [r[0] for r in await conn.fetch("SELECT id FROM pgtasks.tasks")] == [keep]
