@@ -2,9 +2,11 @@
 
 asyncpg's ``Pool`` runs a reset query (``SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN
 *; RESET ALL``) every time a connection goes back to the pool, i.e. one extra round trip after
-every ``pool.fetch``. The pgtasks Worker claims and completes through its pool, so each claim
-and each completion batch pays it. This module measures what that costs by giving the pools
-the Worker creates a no-op ``reset`` (``python -m bench.ablations --only batch``). It patches
+every ``pool.fetch``. The pgtasks Worker used to claim and complete through such a pool; this
+module measured what that cost by giving every pool the Worker creates a no-op ``reset``
+(``python -m bench.ablations --only batch``). The Worker now claims and completes on a pool
+without the reset, so today the only difference left is the task pool's reset, which a
+no-op job never uses. Kept to reproduce the before/after in docs/performance.md; it patches
 nothing on disk and is never used by ``make bench``.
 """
 
