@@ -281,12 +281,16 @@ async def fresh_database(dsn: str, system: str) -> AsyncIterator[str]:
     try:
         yield dsn_with_database(dsn, name)
     finally:
-        admin = await asyncpg.connect(dsn)
-        try:
-            # FORCE: a worker that failed to stop must not leave the database behind.
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        await drop_database(dsn, name)
+
+
+async def drop_database(dsn: str, name: str) -> None:
+    """Drop a run's database. FORCE: a worker that failed to stop must not leave it behind."""
+    admin = await asyncpg.connect(dsn)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
 
 
 # --------------------------------------------------------------------------- driver interface

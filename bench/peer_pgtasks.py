@@ -43,6 +43,7 @@ from bench.common import (
     Figure,
     Peer,
     WorkerContext,
+    drop_database,
     dsn_with_database,
     fresh_database,
     peer_main,
@@ -302,11 +303,7 @@ async def database_from_template(dsn: str, template: str) -> AsyncIterator[str]:
     try:
         yield dsn_with_database(dsn, name)
     finally:
-        admin = await asyncpg.connect(dsn)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        await drop_database(dsn, name)
 
 
 async def _noop_install(_dsn: str) -> None:
