@@ -1,0 +1,352 @@
+-- pgtasks 0004: safe by construction (issue 9).
+--
+-- What this file adds, in order:
+--   1. Least-privilege roles: NOLOGIN pgtasks_owner owns every object; pgtasks_submitter,
+--      pgtasks_worker, pgtasks_reader and pgtasks_admin get EXECUTE on the functions of
+--      their job and SELECT on views. Nobody but the owner touches a table.
+--   2. Every function runs as the owner (SECURITY DEFINER) with a pinned search_path, so a
+--      function or operator planted in another schema is never called (defect 1).
+--   3. The table rules hold for hand-written SQL too (defect 6): the transition rule
+--      whatever columns an UPDATE names, the fencing columns only change the ways the
+--      functions change them, and the history is append-only except for pruning.
+--   4. Size limits on results, step results and log lines (defect 8; params are 0003's).
+--   5. The cancel NOTIFY carries the attempt: payload '<task_id>:<attempt>'.
+--
+-- SQLSTATEs added here (docs/sql-api.md):
+--   PT201 a fencing column (attempt, worker_id, lease_expires_at, deadline) changed in a
+--         way no pgtasks function changes it
+--   PT202 history (task_events, task_errors) is append-only
+--   PT203 result or step result larger than settings.max_result_bytes
+--   PT204 log line larger than settings.max_log_bytes
+--   PT205 the migrating role cannot create the pgtasks roles (needs CREATEROLE)
+--
+-- Everything below is written so it can run again on a cluster where the roles already
+-- exist (roles are cluster-wide; each new database migrates on its own).
+
+-- Names in this file resolve in pg_catalog first, whatever the migrating session set; the
+-- trigger WHEN clauses below are parsed now, with this path, and stored resolved.
+SET LOCAL search_path = pg_catalog, pgtasks, pg_temp;
+
+------------------------------------------------------------------------------------------
+-- 1. Roles
+
+DO $roles$
+DECLARE
+    wanted constant text[] := ARRAY['pgtasks_owner', 'pgtasks_submitter', 'pgtasks_worker',
+                                    'pgtasks_reader', 'pgtasks_admin'];
+    r text;
+BEGIN
+    IF EXISTS (SELECT 1 FROM unnest(wanted) w WHERE w NOT IN (SELECT rolname FROM pg_roles))
+       AND NOT (SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user) THEN
+        RAISE EXCEPTION 'pgtasks: migration 0004 creates the roles %, and % may not create roles',
+                array_to_string(wanted, ', '), current_user
+            USING ERRCODE = 'PT205',
+                  HINT = 'Run `pgtasks migrate` once as a superuser or a role with CREATEROLE, '
+                         'or have an administrator run: CREATE ROLE pgtasks_owner NOLOGIN; '
+                         'CREATE ROLE pgtasks_submitter NOLOGIN; CREATE ROLE pgtasks_worker NOLOGIN; '
+                         'CREATE ROLE pgtasks_reader NOLOGIN; CREATE ROLE pgtasks_admin NOLOGIN; '
+                         'GRANT pgtasks_owner TO <migrating role>;';
+    END IF;
+    FOREACH r IN ARRAY wanted LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN
+            BEGIN
+                EXECUTE format('CREATE ROLE %I NOLOGIN', r);
+            EXCEPTION WHEN duplicate_object OR unique_violation THEN
+                NULL;  -- another database of this cluster migrating at the same moment made it
+            END;
+        END IF;
+    END LOOP;
+END $roles$;
+
+-- Role membership: a worker submits follow-up tasks; an admin can do all the others can.
+-- Granted once: GRANT of an existing membership is harmless, but two databases migrating
+-- at once may collide on the catalog row, so each grant tolerates that.
+DO $members$
+DECLARE
+    g record;
+BEGIN
+    FOR g IN SELECT * FROM (VALUES ('pgtasks_submitter', 'pgtasks_worker'),
+                                   ('pgtasks_worker', 'pgtasks_admin'),
+                                   ('pgtasks_reader', 'pgtasks_admin')) AS v(grp, member)
+    LOOP
+        IF NOT pg_has_role(g.member, g.grp, 'MEMBER') THEN
+            BEGIN
+                EXECUTE format('GRANT %I TO %I', g.grp, g.member);
+            EXCEPTION WHEN unique_violation OR duplicate_object THEN
+                NULL;
+            END;
+        END IF;
+    END LOOP;
+    -- Transferring ownership needs membership in the new owner (superusers have it).
+    IF NOT pg_has_role(current_user, 'pgtasks_owner', 'MEMBER') THEN
+        EXECUTE format('GRANT pgtasks_owner TO %I', current_user);
+        EXECUTE format('GRANT CREATE ON DATABASE %I TO pgtasks_owner', current_database());
+    END IF;
+END $members$;
+
+------------------------------------------------------------------------------------------
+-- 3. Table rules for hand-written SQL (before the ownership pass, so these new functions
+--    are secured with the rest)
+
+-- task_events.db_user: the login role that caused the change. Functions now run as
+-- pgtasks_owner, so current_user would always say pgtasks_owner.
+ALTER TABLE pgtasks.task_events ALTER COLUMN db_user SET DEFAULT session_user;
+
+-- One function for every way an UPDATE can break the rules, called only for rows that do
+-- (the WHEN clauses below), so a legal batch claim runs no PL/pgSQL.
+CREATE OR REPLACE FUNCTION pgtasks.reject_transition() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF OLD.status <> NEW.status
+       AND pgtasks.transition_reason(OLD.status, NEW.status) IS NULL THEN
+        RAISE EXCEPTION 'pgtasks: task % cannot go from % to %', OLD.id, OLD.status, NEW.status
+            USING ERRCODE = 'PT001',
+                  HINT = 'Allowed transitions are listed in pgtasks.transitions; use the '
+                         'pgtasks functions (cancel_task, retry_task, ...) instead of UPDATE.';
+    END IF;
+    RAISE EXCEPTION 'pgtasks: task % (% -> %): attempt % -> %, worker % -> %, lease % -> %, deadline % -> % '
+                    'is not a change the pgtasks functions make',
+            OLD.id, OLD.status, NEW.status, OLD.attempt, NEW.attempt, OLD.worker_id, NEW.worker_id,
+            OLD.lease_expires_at, NEW.lease_expires_at, OLD.deadline, NEW.deadline
+        USING ERRCODE = 'PT201',
+              HINT = 'attempt is the fencing token: it only grows by one when a task is claimed. '
+                     'A running task keeps its worker and deadline; its lease never passes the deadline.';
+END $$;
+
+-- The transition rule, written out rather than calling transition_reason(): a WHEN clause
+-- is parsed once, here, so its operators are resolved now (in pg_catalog) and stored as
+-- OIDs, while a SQL function inlined into it would be re-parsed under the caller's
+-- search_path at run time (defect 1). tests/sql/test_state_machine.py checks this list
+-- against pgtasks.transitions for all 36 pairs. Now on every UPDATE, whatever columns it
+-- names: BEFORE, so an illegal transition is PT001 before any CHECK constraint looks at it.
+DROP TRIGGER tasks_check_transition ON pgtasks.tasks;
+CREATE TRIGGER tasks_check_transition
+    BEFORE UPDATE ON pgtasks.tasks
+    FOR EACH ROW
+    WHEN (OLD.status <> NEW.status AND NOT (
+              (OLD.status IN ('PENDING', 'COMMIT') AND NEW.status IN ('RUNNING', 'CANCELLED'))
+           OR (OLD.status = 'RUNNING' AND NEW.status IN ('COMMIT', 'DONE', 'FAILED', 'CANCELLED'))
+           OR (OLD.status IN ('FAILED', 'CANCELLED') AND NEW.status = 'PENDING')))
+    EXECUTE FUNCTION pgtasks.reject_transition();
+
+-- The whole rule once more AFTER the row is written. BEFORE triggers run in name order, so
+-- one added later (by an extension, or by hand) could change status or attempt after ours
+-- checked; an AFTER ROW trigger sees the row as stored. Its WHEN clause is evaluated as the
+-- row is written and queues nothing for a legal row, so legal updates pay the comparisons
+-- only, no PL/pgSQL. Besides the transitions it holds the fencing columns to what the
+-- functions do: attempt grows by one exactly when a task is claimed and never otherwise
+-- (so `SET attempt = 0` cannot revive a stale token); a running task keeps its worker and
+-- deadline; a lease never outlives the deadline.
+CREATE TRIGGER tasks_check_update
+    AFTER UPDATE ON pgtasks.tasks
+    FOR EACH ROW
+    WHEN ((OLD.status <> NEW.status AND NOT (
+              (OLD.status IN ('PENDING', 'COMMIT') AND NEW.status IN ('RUNNING', 'CANCELLED'))
+           OR (OLD.status = 'RUNNING' AND NEW.status IN ('COMMIT', 'DONE', 'FAILED', 'CANCELLED'))
+           OR (OLD.status IN ('FAILED', 'CANCELLED') AND NEW.status = 'PENDING')))
+       OR (NEW.attempt <> OLD.attempt + CASE WHEN OLD.status IN ('PENDING', 'COMMIT')
+                                              AND NEW.status = 'RUNNING' THEN 1 ELSE 0 END)
+       OR (OLD.status = 'RUNNING' AND NEW.status = 'RUNNING'
+           AND (NEW.worker_id <> OLD.worker_id OR NEW.deadline <> OLD.deadline))
+       OR NEW.lease_expires_at > NEW.deadline)
+    EXECUTE FUNCTION pgtasks.reject_transition();
+
+-- The insert rule, with the same reasoning: a new task starts PENDING at attempt 0.
+CREATE OR REPLACE FUNCTION pgtasks.check_insert() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.status <> 'PENDING' THEN
+        RAISE EXCEPTION 'pgtasks: a new task must start PENDING, not %', NEW.status
+            USING ERRCODE = 'PT001',
+                  HINT = 'Submit with pgtasks.submit_task(); the workers move it on.';
+    END IF;
+    RAISE EXCEPTION 'pgtasks: a new task starts at attempt 0, not %', NEW.attempt
+        USING ERRCODE = 'PT201', HINT = 'Submit with pgtasks.submit_task(); claims count attempts.';
+END $$;
+
+DROP TRIGGER tasks_check_insert ON pgtasks.tasks;
+CREATE TRIGGER tasks_check_insert
+    BEFORE INSERT ON pgtasks.tasks
+    FOR EACH ROW WHEN (NEW.status <> 'PENDING' OR NEW.attempt <> 0)
+    EXECUTE FUNCTION pgtasks.check_insert();
+
+-- History is append-only. Only pruning deletes it: prune_finished runs with the
+-- transaction-local setting pgtasks.pruning = on (a SET clause on the function, below),
+-- and task_errors rows also go when their task is deleted (the foreign key's cascade runs
+-- inside the key's trigger, hence pg_trigger_depth() > 1). This guards against mistakes by
+-- the owner; against everyone else the guard is that only the owner may write the tables.
+-- Per statement, so pruning 1,000 tasks pays one call.
+CREATE FUNCTION pgtasks.reject_history_change() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF current_setting('pgtasks.pruning', true) = 'on'
+       OR (TG_TABLE_NAME = 'task_errors' AND TG_OP = 'DELETE' AND pg_trigger_depth() > 1) THEN
+        RETURN NULL;
+    END IF;
+    RAISE EXCEPTION 'pgtasks: %.% is append-only (% refused)', TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_OP
+        USING ERRCODE = 'PT202',
+              HINT = 'History goes with its task: pgtasks.prune_finished() deletes finished tasks '
+                     'and their history after the retention.';
+END $$;
+
+CREATE TRIGGER task_events_append_only
+    BEFORE UPDATE OR DELETE OR TRUNCATE ON pgtasks.task_events
+    FOR EACH STATEMENT EXECUTE FUNCTION pgtasks.reject_history_change();
+CREATE TRIGGER task_errors_append_only
+    BEFORE UPDATE OR DELETE OR TRUNCATE ON pgtasks.task_errors
+    FOR EACH STATEMENT EXECUTE FUNCTION pgtasks.reject_history_change();
+
+-- Only the pruning functions may delete history. The setting lasts for the call only.
+DO $prune$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN SELECT p.oid FROM pg_proc p
+              WHERE p.pronamespace = 'pgtasks'::regnamespace
+                AND p.proname IN ('prune_finished', 'maintain')
+    LOOP
+        EXECUTE format('ALTER FUNCTION %s SET pgtasks.pruning = ''on''', f);
+    END LOOP;
+END $prune$;
+
+------------------------------------------------------------------------------------------
+-- 5. The cancel NOTIFY carries the attempt, so a worker stops the run that was cancelled
+--    and not a later one (docs/worker-protocol.md). Payload: '<task_id>:<attempt>'.
+
+CREATE OR REPLACE FUNCTION pgtasks.cancel_task(task_id bigint) RETURNS pgtasks.status
+LANGUAGE plpgsql AS $$
+DECLARE
+    t pgtasks.tasks;
+BEGIN
+    t := pgtasks.lock_task(task_id);
+    IF t.status IN ('DONE', 'FAILED', 'CANCELLED') THEN
+        RAISE EXCEPTION 'pgtasks: task % already finished as %; nothing to cancel', task_id, t.status
+            USING ERRCODE = 'PT004', HINT = 'Use retry_task() to run a FAILED or CANCELLED task again.';
+    END IF;
+    UPDATE pgtasks.tasks
+       SET status = 'CANCELLED', finished_at = now(),
+           worker_id = NULL, lease_expires_at = NULL, deadline = NULL
+     WHERE id = t.id;
+    IF t.status = 'RUNNING' THEN
+        -- The worker listens and stops the task; fencing rejects anything it writes later.
+        PERFORM pg_notify('pgtasks_cancel', t.id::text || ':' || t.attempt::text);
+    END IF;
+    RETURN t.status;
+END $$;
+
+------------------------------------------------------------------------------------------
+-- A view for submitters: the status of every task, without params, results or errors
+-- (which often quote the params). Readers see task_status, which has them.
+
+CREATE VIEW pgtasks.task_overview AS
+SELECT t.id, t.task_type, t.queue, t.status, t.priority,
+       t.attempt, t.retry_count, t.max_retries,
+       CASE WHEN t.progress_total > 0
+            THEN round(100.0 * t.progress_current / t.progress_total, 1) END AS percent,
+       t.progress_current, t.progress_total,
+       t.run_at, t.created_at, t.started_at, t.finished_at
+  FROM pgtasks.tasks t;
+
+------------------------------------------------------------------------------------------
+-- 2. Ownership, SECURITY DEFINER, pinned search_path, no EXECUTE for PUBLIC.
+--
+-- One procedure does it for every object of the schema, so a later migration ends with
+-- `CALL pgtasks.secure_objects();` instead of repeating the list (tests/sql/test_roles.py
+-- fails the suite for any function that misses it). It runs as the migrating role
+-- (SECURITY INVOKER on purpose: it changes owners, which the owner itself could not).
+
+CREATE PROCEDURE pgtasks.secure_objects()
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+DECLARE
+    o record;
+BEGIN
+    EXECUTE 'ALTER SCHEMA pgtasks OWNER TO pgtasks_owner';
+    -- Tables, views and sequences not tied to a column (identity sequences follow their table).
+    FOR o IN SELECT c.oid::regclass AS rel, c.relkind FROM pg_class c
+              WHERE c.relnamespace = 'pgtasks'::regnamespace
+                AND c.relkind IN ('r', 'p', 'v', 'm', 'S')
+                AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                                 WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                                   AND d.deptype IN ('a', 'i'))
+                AND pg_get_userbyid(c.relowner) <> 'pgtasks_owner'
+    LOOP
+        EXECUTE format('ALTER %s %s OWNER TO pgtasks_owner',
+                       CASE o.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+                                      WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END, o.rel);
+    END LOOP;
+    FOR o IN SELECT t.oid::regtype AS typ FROM pg_type t
+              WHERE t.typnamespace = 'pgtasks'::regnamespace AND t.typtype IN ('e', 'd', 'c')
+                AND NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = t.typrelid AND c.relkind <> 'c')
+                AND pg_get_userbyid(t.typowner) <> 'pgtasks_owner'
+    LOOP
+        EXECUTE format('ALTER TYPE %s OWNER TO pgtasks_owner', o.typ);
+    END LOOP;
+    -- Every function runs as its owner with a search_path nobody else can write to. Only
+    -- this procedure stays SECURITY INVOKER (see above).
+    FOR o IN SELECT p.oid::regprocedure AS fn, p.prokind FROM pg_proc p
+              WHERE p.pronamespace = 'pgtasks'::regnamespace AND p.proname <> 'secure_objects'
+    LOOP
+        EXECUTE format('ALTER %s %s OWNER TO pgtasks_owner',
+                       CASE o.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, o.fn);
+        EXECUTE format('ALTER %s %s SECURITY DEFINER SET search_path = pg_catalog, pgtasks, pg_temp',
+                       CASE o.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, o.fn);
+        EXECUTE format('REVOKE ALL ON %s %s FROM PUBLIC',
+                       CASE o.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, o.fn);
+    END LOOP;
+    EXECUTE 'REVOKE ALL ON PROCEDURE pgtasks.secure_objects() FROM PUBLIC';
+    -- Functions a later migration creates as pgtasks_owner start without PUBLIC EXECUTE.
+    EXECUTE 'ALTER DEFAULT PRIVILEGES FOR ROLE pgtasks_owner REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC';
+    EXECUTE 'REVOKE ALL ON SCHEMA pgtasks FROM PUBLIC';
+    EXECUTE 'GRANT USAGE ON SCHEMA pgtasks TO pgtasks_submitter, pgtasks_worker, pgtasks_reader, pgtasks_admin';
+    CALL pgtasks.grant_roles();
+END $$;
+
+-- Who may call what. Functions are granted by name (all overloads), views by name; a name
+-- that does not exist (yet) is skipped, so later migrations can call this again.
+CREATE PROCEDURE pgtasks.grant_roles()
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+DECLARE
+    g record;
+    o record;
+BEGIN
+    FOR g IN SELECT * FROM (VALUES
+        ('pgtasks_submitter', ARRAY['submit_task', 'submit_tasks', 'watch_task', 'unwatch_task']),
+        ('pgtasks_worker', ARRAY['claim_tasks', 'next_run_at', 'heartbeat', 'finish_task',
+                                 'finish_tasks', 'finish_and_claim', 'fail_task', 'yield_task',
+                                 'checkpoint', 'task_steps_of', 'report_progress', 'log',
+                                 'log_many', 'rescue_expired', 'prune_finished', 'maintain',
+                                 'register_worker', 'unregister_worker', 'register_task_type']),
+        ('pgtasks_admin', ARRAY['cancel_task', 'retry_task', 'configure'])
+    ) AS v(grantee, names)
+    LOOP
+        FOR o IN SELECT p.oid::regprocedure AS fn FROM pg_proc p
+                  WHERE p.pronamespace = 'pgtasks'::regnamespace AND p.proname = ANY (g.names)
+        LOOP
+            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', o.fn, g.grantee);
+        END LOOP;
+    END LOOP;
+    -- Views. A view checks table access as its owner, but the functions it calls as the
+    -- caller: transitions calls transition_reason.
+    FOR g IN SELECT * FROM (VALUES
+        ('pgtasks_submitter', ARRAY['task_overview', 'queue_stats', 'transitions', 'registered_types']),
+        ('pgtasks_reader', ARRAY['task_overview', 'queue_stats', 'transitions', 'registered_types',
+                                 'task_status', 'failed_tasks', 'workers', 'task_history',
+                                 'task_log_lines', 'task_attempt_errors', 'settings_view'])
+    ) AS v(grantee, names)
+    LOOP
+        FOR o IN SELECT c.oid::regclass AS rel FROM pg_class c
+                  WHERE c.relnamespace = 'pgtasks'::regnamespace AND c.relkind IN ('v', 'm')
+                    AND c.relname = ANY (g.names)
+        LOOP
+            EXECUTE format('GRANT SELECT ON %s TO %I', o.rel, g.grantee);
+        END LOOP;
+    END LOOP;
+    EXECUTE 'GRANT EXECUTE ON FUNCTION pgtasks.transition_reason(pgtasks.status, pgtasks.status) '
+            'TO pgtasks_submitter, pgtasks_reader';
+END $$;
+
+CALL pgtasks.secure_objects();
