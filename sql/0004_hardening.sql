@@ -210,6 +210,195 @@ BEGIN
 END $prune$;
 
 ------------------------------------------------------------------------------------------
+-- 4. Size limits (defect 8). Sizes are bytes of JSON or log text, as 0003 measures params:
+--    what a worker or client receives. Limits live in pgtasks.settings (configure()).
+
+-- Raises PT203 when a result (or a step's result) is over settings.max_result_bytes.
+CREATE FUNCTION pgtasks.check_result_size(result jsonb, what text) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    size_bytes bigint := octet_length(result::text);
+    max_bytes integer := (SELECT s.max_result_bytes FROM pgtasks.settings s);
+BEGIN
+    IF size_bytes > max_bytes THEN
+        RAISE EXCEPTION 'pgtasks: % of % bytes is larger than max_result_bytes (%)', what, size_bytes, max_bytes
+            USING ERRCODE = 'PT203',
+                  HINT = 'Store big outputs elsewhere (object storage, a table) and return a reference; '
+                         'or raise the limit: SELECT pgtasks.configure(max_result_bytes => ...).';
+    END IF;
+END $$;
+
+-- Raises PT204 when a log line (or progress message) is over settings.max_log_bytes.
+CREATE FUNCTION pgtasks.check_log_size(message text, what text) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    max_bytes integer := (SELECT s.max_log_bytes FROM pgtasks.settings s);
+BEGIN
+    IF octet_length(message) > max_bytes THEN
+        RAISE EXCEPTION 'pgtasks: % of % bytes is larger than max_log_bytes (%)', what, octet_length(message), max_bytes
+            USING ERRCODE = 'PT204',
+                  HINT = 'Log less per line, or raise the limit: SELECT pgtasks.configure(max_log_bytes => ...).';
+    END IF;
+END $$;
+
+-- As 0002, plus the result limit: PT203, and the task stays RUNNING for the worker to fail.
+CREATE OR REPLACE FUNCTION pgtasks.finish_task(task_id bigint, attempt integer, result jsonb DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pgtasks.lock_owned_task(task_id, attempt);
+    PERFORM pgtasks.check_result_size(result, 'result');
+    UPDATE pgtasks.tasks t
+       SET status = 'DONE', result = finish_task.result, finished_at = now(),
+           worker_id = NULL, lease_expires_at = NULL, deadline = NULL,
+           progress_current = coalesce(t.progress_total, t.progress_current)
+     WHERE t.id = finish_task.task_id;
+END $$;
+
+-- As 0003, plus the result limit without failing the batch (STYLE §7: no single row makes
+-- a statement fail for the others): a task whose result is over the limit is FAILED, not
+-- retryable (the same code would produce the same result), with the PT203 message as its
+-- error, and comes back in rejected_task_id like a stale attempt; the rest are finished.
+-- The completer's poison-batch splitting never sees a PT203 from here.
+CREATE OR REPLACE FUNCTION pgtasks.finish_tasks(task_ids bigint[], attempts integer[], results jsonb[])
+RETURNS TABLE (rejected_task_id bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    max_bytes integer := (SELECT s.max_result_bytes FROM pgtasks.settings s);
+    oversized bigint[];
+    t pgtasks.tasks;
+    size_bytes bigint;
+BEGIN
+    PERFORM pgtasks.check_batch('finish_tasks', task_ids, attempts, results, with_results => true);
+    FOR t, size_bytes IN
+        SELECT k.*, octet_length(u.result::text)
+          FROM unnest(finish_tasks.task_ids, finish_tasks.attempts, finish_tasks.results)
+                 AS u(task_id, attempt, result)
+          JOIN pgtasks.tasks k ON k.id = u.task_id AND k.attempt = u.attempt AND k.status = 'RUNNING'
+         WHERE octet_length(u.result::text) > max_bytes
+           FOR NO KEY UPDATE OF k
+    LOOP
+        PERFORM pgtasks.record_failure(
+            t, pg_catalog.format('pgtasks: result of %s bytes is larger than max_result_bytes (%s)',
+                                 size_bytes, max_bytes),
+            NULL, false, NULL);
+        oversized := oversized || t.id;
+    END LOOP;
+
+    RETURN QUERY
+    WITH batch AS (
+        SELECT * FROM unnest(finish_tasks.task_ids, finish_tasks.attempts, finish_tasks.results)
+                   AS u(task_id, attempt, result)
+    ), done AS (
+        UPDATE pgtasks.tasks t
+           SET status = 'DONE', result = batch.result, finished_at = now(),
+               worker_id = NULL, lease_expires_at = NULL, deadline = NULL,
+               progress_current = coalesce(t.progress_total, t.progress_current)
+          FROM batch
+         WHERE t.id = batch.task_id AND t.attempt = batch.attempt AND t.status = 'RUNNING'
+           AND (oversized IS NULL OR t.id <> ALL (oversized))
+        RETURNING t.id, t.attempt
+    )
+    -- NOT EXISTS, not NOT IN: a NULL attempt must come back rejected (see 0003).
+    SELECT batch.task_id FROM batch
+     WHERE NOT EXISTS (SELECT 1 FROM done d WHERE d.id = batch.task_id AND d.attempt = batch.attempt);
+END $$;
+
+-- As 0002, plus the step result limit (PT203).
+CREATE OR REPLACE FUNCTION pgtasks.checkpoint(task_id bigint, attempt integer, step text, result jsonb DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF pgtasks.is_blank(step) OR octet_length(step) > 255 THEN
+        RAISE EXCEPTION 'pgtasks: step name must be a non-blank string of at most 255 bytes'
+            USING ERRCODE = 'PT109', HINT = 'Name each step, e.g. ctx.step(''download'', ...).';
+    END IF;
+    PERFORM pgtasks.lock_owned_task(task_id, attempt);
+    PERFORM pgtasks.check_result_size(result, pg_catalog.format('result of step %s', step));
+    INSERT INTO pgtasks.task_steps (task_id, name, result, attempt)
+    VALUES (task_id, step, result, attempt)
+    ON CONFLICT ON CONSTRAINT task_steps_pkey DO UPDATE SET result = excluded.result, attempt = excluded.attempt,
+                                              at = now();
+END $$;
+
+-- As 0002, plus the message limit (PT204).
+CREATE OR REPLACE FUNCTION pgtasks.report_progress(
+    task_id bigint, attempt integer, current bigint, total bigint DEFAULT NULL, message text DEFAULT NULL
+) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF current IS NULL OR current < 0 OR (total IS NOT NULL AND (total < 0 OR current > total)) THEN
+        RAISE EXCEPTION 'pgtasks: progress % of % is out of bounds', current, total
+            USING ERRCODE = 'PT110', HINT = 'Use 0 <= current <= total.';
+    END IF;
+    PERFORM pgtasks.lock_owned_task(task_id, attempt);
+    PERFORM pgtasks.check_log_size(message, 'progress message');
+    UPDATE pgtasks.tasks t
+       SET progress_current = current, progress_total = total,
+           progress_message = coalesce(message, t.progress_message)
+     WHERE t.id = report_progress.task_id;
+    PERFORM pgtasks.notify_watchers(task_id);
+END $$;
+
+-- As 0002, plus the line limit (PT204).
+CREATE OR REPLACE FUNCTION pgtasks.log(task_id bigint, attempt integer, level text, message text)
+RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pgtasks.lock_owned_task(task_id, attempt);
+    PERFORM pgtasks.check_log_size(message, 'log line');
+    PERFORM pgtasks.check_log_size(level, 'log level');
+    INSERT INTO pgtasks.task_logs (task_id, attempt, level, message)
+    VALUES (task_id, attempt, upper(coalesce(level, 'INFO')), coalesce(message, ''));
+    PERFORM pgtasks.notify_watchers(task_id);
+END $$;
+
+-- As 0002, plus the line limit. One line over it rejects the whole call with PT204 and
+-- writes nothing, rather than truncating: the caller (the Python worker buffers lines)
+-- knows which line and can shorten it; a silently cut line could hide the part that mattered.
+CREATE OR REPLACE FUNCTION pgtasks.log_many(
+    task_id  bigint,
+    attempt  integer,
+    levels   text[],
+    messages text[],
+    ats      timestamptz[] DEFAULT NULL,   -- NULL: now
+    loggers  text[]        DEFAULT NULL
+) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    n integer := coalesce(cardinality(messages), 0);
+    longest bigint;
+BEGIN
+    IF coalesce(cardinality(levels), 0) <> n
+       OR (ats IS NOT NULL AND cardinality(ats) <> n)
+       OR (loggers IS NOT NULL AND cardinality(loggers) <> n) THEN
+        RAISE EXCEPTION 'pgtasks: log_many needs arrays of one length (% messages, % levels, % ats, % loggers)',
+                n, coalesce(cardinality(levels), 0), cardinality(ats), cardinality(loggers)
+            USING ERRCODE = 'PT111', HINT = 'Pass one level (and at, logger) per message, or NULL for ats/loggers.';
+    END IF;
+    PERFORM pgtasks.lock_owned_task(task_id, attempt);
+    IF n = 0 THEN
+        RETURN 0;
+    END IF;
+    SELECT max(greatest(octet_length(m), octet_length(l), octet_length(g))) INTO longest
+      FROM unnest(log_many.messages, log_many.levels, log_many.loggers) AS u(m, l, g);
+    IF longest > (SELECT s.max_log_bytes FROM pgtasks.settings s) THEN
+        RAISE EXCEPTION 'pgtasks: a log line of % bytes is larger than max_log_bytes (%)',
+                longest, (SELECT s.max_log_bytes FROM pgtasks.settings s)
+            USING ERRCODE = 'PT204',
+                  HINT = 'Nothing of this batch was written. Log less per line, or raise the limit: '
+                         'SELECT pgtasks.configure(max_log_bytes => ...).';
+    END IF;
+    INSERT INTO pgtasks.task_logs (task_id, attempt, level, message, logger, at)
+    SELECT log_many.task_id, log_many.attempt, upper(coalesce(u.level, 'INFO')), coalesce(u.message, ''),
+           log_many.loggers[u.ord], coalesce(log_many.ats[u.ord], clock_timestamp())
+      FROM unnest(log_many.levels, log_many.messages) WITH ORDINALITY AS u(level, message, ord)
+     ORDER BY u.ord;
+    PERFORM pgtasks.notify_watchers(task_id);
+    RETURN n;
+END $$;
+
+------------------------------------------------------------------------------------------
 -- 5. The cancel NOTIFY carries the attempt, so a worker stops the run that was cancelled
 --    and not a later one (docs/worker-protocol.md). Payload: '<task_id>:<attempt>'.
 
