@@ -266,12 +266,11 @@ LANGUAGE plpgsql AS $$
 DECLARE
     max_bytes integer := (SELECT s.max_result_bytes FROM pgtasks.settings s);
     oversized bigint[];
-    t pgtasks.tasks;
-    size_bytes bigint;
+    o record;
 BEGIN
     PERFORM pgtasks.check_batch('finish_tasks', task_ids, attempts, results, with_results => true);
-    FOR t, size_bytes IN
-        SELECT k.*, octet_length(u.result::text)
+    FOR o IN
+        SELECT k AS task, octet_length(u.result::text) AS size_bytes
           FROM unnest(finish_tasks.task_ids, finish_tasks.attempts, finish_tasks.results)
                  AS u(task_id, attempt, result)
           JOIN pgtasks.tasks k ON k.id = u.task_id AND k.attempt = u.attempt AND k.status = 'RUNNING'
@@ -279,10 +278,10 @@ BEGIN
            FOR NO KEY UPDATE OF k
     LOOP
         PERFORM pgtasks.record_failure(
-            t, pg_catalog.format('pgtasks: result of %s bytes is larger than max_result_bytes (%s)',
-                                 size_bytes, max_bytes),
+            o.task, pg_catalog.format('pgtasks: result of %s bytes is larger than max_result_bytes (%s)',
+                                      o.size_bytes, max_bytes),
             NULL, false, NULL);
-        oversized := oversized || t.id;
+        oversized := oversized || (o.task).id;
     END LOOP;
 
     RETURN QUERY
@@ -436,6 +435,19 @@ SELECT t.id, t.task_type, t.queue, t.status, t.priority,
        t.run_at, t.created_at, t.started_at, t.finished_at
   FROM pgtasks.tasks t;
 
+-- Readers see everything, params included: task_status gains them (appended, as CREATE OR
+-- REPLACE VIEW requires; the columns before are 0002's).
+CREATE OR REPLACE VIEW pgtasks.task_status AS
+SELECT t.id, t.task_type, t.queue, t.status, t.priority,
+       t.attempt, t.retry_count || '/' || t.max_retries AS retries,
+       CASE WHEN t.progress_total > 0
+            THEN round(100.0 * t.progress_current / t.progress_total, 1) END AS percent,
+       t.progress_current, t.progress_total, t.progress_message,
+       t.worker_id, t.run_at, t.created_at, t.started_at, t.finished_at,
+       coalesce(t.finished_at, now()) - t.started_at AS elapsed,
+       t.result, t.error, t.params
+  FROM pgtasks.tasks t;
+
 ------------------------------------------------------------------------------------------
 -- 2. Ownership, SECURITY DEFINER, pinned search_path, no EXECUTE for PUBLIC.
 --
@@ -524,7 +536,7 @@ BEGIN
         ('pgtasks_submitter', ARRAY['task_overview', 'queue_stats', 'transitions', 'registered_types']),
         ('pgtasks_reader', ARRAY['task_overview', 'queue_stats', 'transitions', 'registered_types',
                                  'task_status', 'failed_tasks', 'workers', 'task_history',
-                                 'task_log_lines', 'task_attempt_errors', 'settings_view'])
+                                 'task_log_lines', 'task_attempt_errors'])
     ) AS v(grantee, names)
     LOOP
         FOR o IN SELECT c.oid::regclass AS rel FROM pg_class c
@@ -536,6 +548,10 @@ BEGIN
     END LOOP;
     EXECUTE 'GRANT EXECUTE ON FUNCTION pgtasks.transition_reason(pgtasks.status, pgtasks.status) '
             'TO pgtasks_submitter, pgtasks_reader';
+    -- The deployment's defaults and limits are no secret; workers of any language read them.
+    IF to_regprocedure('pgtasks.current_settings()') IS NOT NULL THEN
+        EXECUTE 'GRANT EXECUTE ON FUNCTION pgtasks.current_settings() TO pgtasks_worker, pgtasks_reader';
+    END IF;
 END $$;
 
 CALL pgtasks.secure_objects();

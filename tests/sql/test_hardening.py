@@ -305,3 +305,61 @@ async def test_cancel_notification_carries_the_attempt(dsn, conn):
         assert await asyncio.wait_for(got.get(), 60) == f"{tid}:2"
     finally:
         await listener.close()
+
+
+# -- defect 8: size limits -----------------------------------------------------------------
+
+
+@pytest.fixture
+async def small_limits(conn):
+    await conn.execute("SELECT pgtasks.configure(max_result_bytes => 100, max_log_bytes => 50)")
+
+
+async def counts(conn: asyncpg.Connection) -> tuple[int, ...]:
+    return tuple(
+        await conn.fetchrow(
+            "SELECT (SELECT count(*) FROM pgtasks.task_logs),"
+            " (SELECT count(*) FROM pgtasks.task_steps),"
+            " (SELECT count(*) FROM pgtasks.task_errors),"
+            " (SELECT count(*) FROM pgtasks.task_events)"
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("sql", "state"),
+    [
+        ("SELECT pgtasks.finish_task($1, 1, jsonb_build_object('x', repeat('a', 200)))", "PT203"),
+        ("SELECT pgtasks.checkpoint($1, 1, 's', to_jsonb(repeat('a', 200)))", "PT203"),
+        ("SELECT pgtasks.log($1, 1, 'info', repeat('é', 30))", "PT204"),
+        ("SELECT pgtasks.report_progress($1, 1, 1, 2, repeat('a', 51))", "PT204"),
+        (
+            "SELECT pgtasks.log_many($1, 1, ARRAY['info', 'info'],"
+            " ARRAY['short', repeat('a', 51)])",
+            "PT204",
+        ),
+    ],
+)
+async def test_over_the_limit_is_a_pt_error_that_writes_nothing(conn, small_limits, sql, state):
+    tid = await running_task(conn)
+    before = await counts(conn)
+    assert await sqlstate_of(conn, sql, tid) == state
+    assert await counts(conn) == before
+    assert await conn.fetchval("SELECT status::text FROM pgtasks.tasks WHERE id = $1", tid) == (
+        "RUNNING"
+    )
+
+
+async def test_an_oversized_result_fails_its_task_not_the_batch(conn, small_limits):
+    a, b = await conn.fetch("SELECT * FROM pgtasks.submit_tasks('t', ARRAY['{}', '{}']::jsonb[])")
+    await conn.fetch("SELECT * FROM pgtasks.claim_tasks('w', max_tasks => 2)")
+    rejected = await conn.fetch(
+        "SELECT * FROM pgtasks.finish_and_claim('w', $1, ARRAY[1, 1], "
+        "ARRAY[to_jsonb(repeat('a', 200)), '1'::jsonb])",
+        [a[0], b[0]],
+    )
+    assert [r["rejected_task_id"] for r in rejected] == [a[0]]
+    rows = dict(await conn.fetch("SELECT id, status::text FROM pgtasks.tasks ORDER BY id"))
+    assert rows == {a[0]: "FAILED", b[0]: "DONE"}
+    error = await conn.fetchval("SELECT error FROM pgtasks.task_errors WHERE task_id = $1", a[0])
+    assert "larger than max_result_bytes (100)" in error
