@@ -19,6 +19,7 @@
 --   PT203 result or step result larger than settings.max_result_bytes
 --   PT204 log line larger than settings.max_log_bytes
 --   PT205 the migrating role cannot create the pgtasks roles (needs CREATEROLE)
+--   PT206 register_worker: host blank or NULL, pid NULL, concurrency below 1, blank queue
 --
 -- Everything below is written so it can run again on a cluster where the roles already
 -- exist (roles are cluster-wide; each new database migrates on its own).
@@ -395,6 +396,77 @@ BEGIN
      ORDER BY u.ord;
     PERFORM pgtasks.notify_watchers(task_id);
     RETURN n;
+END $$;
+
+------------------------------------------------------------------------------------------
+-- 6. What the fuzzer found (tests/sql/test_fuzz.py keeps each as an @example)
+
+-- run_at of yield_task and retry_task: the same rule as submit's (0003), so no infinite or
+-- far-off time reaches a row a client decodes (defect 4). NULL means now.
+CREATE FUNCTION pgtasks.check_run_at(run_at timestamptz) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF run_at IS NOT NULL AND (NOT isfinite(run_at)
+       OR run_at NOT BETWEEN now() - interval '100 years' AND now() + interval '100 years') THEN
+        RAISE EXCEPTION 'pgtasks: run_at must be within 100 years of now, got %', run_at
+            USING ERRCODE = 'PT105', HINT = 'Leave run_at out (NULL) to run as soon as possible.';
+    END IF;
+END $$;
+
+CREATE OR REPLACE FUNCTION pgtasks.yield_task(task_id bigint, attempt integer, run_at timestamptz DEFAULT now())
+RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pgtasks.check_run_at(run_at);
+    PERFORM pgtasks.lock_owned_task(task_id, attempt);
+    UPDATE pgtasks.tasks t
+       SET status = 'COMMIT', run_at = coalesce(yield_task.run_at, now()),
+           worker_id = NULL, lease_expires_at = NULL, deadline = NULL
+     WHERE t.id = yield_task.task_id;
+    IF yield_task.run_at IS NULL OR yield_task.run_at <= now() THEN
+        PERFORM pg_notify('pgtasks_wakeup', (SELECT queue FROM pgtasks.tasks WHERE id = task_id));
+    END IF;
+END $$;
+
+CREATE OR REPLACE FUNCTION pgtasks.retry_task(task_id bigint, run_at timestamptz DEFAULT now())
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    t pgtasks.tasks;
+BEGIN
+    PERFORM pgtasks.check_run_at(run_at);
+    t := pgtasks.lock_task(task_id);
+    IF t.status NOT IN ('FAILED', 'CANCELLED') THEN
+        RAISE EXCEPTION 'pgtasks: task % is %; only FAILED or CANCELLED tasks can be retried', task_id, t.status
+            USING ERRCODE = 'PT001', HINT = 'Wait for it to finish, or cancel it first.';
+    END IF;
+    UPDATE pgtasks.tasks
+       SET status = 'PENDING', retry_count = 0, finished_at = NULL, result = NULL,
+           run_at = coalesce(retry_task.run_at, now())
+     WHERE id = t.id;
+END $$;
+
+-- register_worker: a NULL host or pid was a NOT NULL violation (23502), a blank or huge
+-- host or a concurrency below 1 went in. PT206, one code for the registry's columns.
+CREATE OR REPLACE FUNCTION pgtasks.register_worker(
+    worker_id text, host text, pid integer, queues text[] DEFAULT NULL, concurrency integer DEFAULT 1,
+    lease interval DEFAULT NULL    -- NULL: settings.default_lease
+) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pgtasks.check_worker_id(worker_id);
+    IF pgtasks.is_blank(host) OR octet_length(host) > 255 OR pid IS NULL
+       OR concurrency IS NULL OR concurrency < 1
+       OR EXISTS (SELECT 1 FROM unnest(queues) q WHERE pgtasks.is_blank(q) OR octet_length(q) > 255) THEN
+        RAISE EXCEPTION 'pgtasks: register_worker needs a host name, a pid, a concurrency of 1 or more '
+                        'and non-blank queue names (got host %, pid %, concurrency %, queues %)',
+                left(host, 40), pid, concurrency, left(queues::text, 80)
+            USING ERRCODE = 'PT206', HINT = 'For example register_worker(''host:123:ab'', ''host'', 123, NULL, 10).';
+    END IF;
+    INSERT INTO pgtasks.worker_registry AS w (worker_id, host, pid, queues, concurrency, lease)
+    VALUES (register_worker.worker_id, register_worker.host, register_worker.pid, register_worker.queues,
+            register_worker.concurrency, pgtasks.lease_or_default(register_worker.lease))
+    ON CONFLICT ON CONSTRAINT worker_registry_pkey DO UPDATE SET last_seen = now();
 END $$;
 
 ------------------------------------------------------------------------------------------
