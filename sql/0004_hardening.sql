@@ -446,6 +446,17 @@ BEGIN
      WHERE id = t.id;
 END $$;
 
+-- A worker id of a megabyte passed check_worker_id and then failed the registry's index
+-- with 54000 (index row too big): names are bounded like task types and queues (0003).
+CREATE OR REPLACE FUNCTION pgtasks.check_worker_id(worker_id text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF pgtasks.is_blank(worker_id) OR octet_length(worker_id) > 255 THEN
+        RAISE EXCEPTION 'pgtasks: worker_id must be a non-blank string of at most 255 bytes'
+            USING ERRCODE = 'PT121', HINT = 'Use a name unique to the worker process, e.g. host:pid:random.';
+    END IF;
+END $$;
+
 -- register_worker: a NULL host or pid was a NOT NULL violation (23502), a blank or huge
 -- host or a concurrency below 1 went in. PT206, one code for the registry's columns.
 CREATE OR REPLACE FUNCTION pgtasks.register_worker(

@@ -364,6 +364,15 @@ def run_one(c: psycopg.Connection, fn: Call) -> None:
         Call("retry_task", {"task_id": ("bigint", 2), "run_at": ("timestamptz", "-infinity")}),
     ]
 )
+# A megabyte worker_id passed the blank check and failed the registry's index (54000).
+@example(
+    seq=[
+        Call(
+            "register_worker",
+            {"worker_id": ("text", "x" * 10_000), "host": ("text", "t"), "pid": ("integer", 0)},
+        )
+    ]
+)
 def test_no_input_breaks_the_api(db, seq):
     for fn in seq:
         run_one(db, fn)
