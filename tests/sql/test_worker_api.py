@@ -180,9 +180,9 @@ async def test_a_null_attempt_never_passes_fencing(conn, call):
 async def test_fail_task_rejects_an_absurd_retry_delay(conn):
     (a,) = await submit(conn)
     await claim(conn)
+    fail = "SELECT pgtasks.fail_task($1, 1, 'x', retry_delay => $2::text::interval)"
     for delay in ("infinity", "-1 second", "200 years"):
-        await raises(conn, "SELECT pgtasks.fail_task($1, 1, 'x', retry_delay => $2::text::interval)",
-                     "PT119", a, delay)  # fmt: skip
+        await raises(conn, fail, "PT119", a, delay)
     assert await counts(conn) == {"RUNNING": 1}
 
 
