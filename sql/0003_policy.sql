@@ -124,19 +124,19 @@ BEGIN
     -- 255 bytes: names travel as NOTIFY payloads (limit 8000 bytes) and in every log line.
     IF (type_required OR task_type IS NOT NULL)
        AND (pgtasks.is_blank(task_type) OR octet_length(task_type) > 255) THEN
-        RAISE EXCEPTION 'pgtasks: task_type must be a non-blank name of at most 255 bytes, got %',
+        RAISE EXCEPTION 'pgtasks: task_type must be a non-empty string (not blank, at most 255 bytes), got %',
                 coalesce(pg_catalog.quote_literal(pg_catalog.left(task_type, 40)), 'NULL')
             USING ERRCODE = 'PT101', HINT = 'Pass the registered type name, e.g. submit_task(''resize'', ...).';
     END IF;
     IF queue IS NOT NULL AND (pgtasks.is_blank(queue) OR octet_length(queue) > 255) THEN
-        RAISE EXCEPTION 'pgtasks: queue must be a non-blank name of at most 255 bytes, got %',
+        RAISE EXCEPTION 'pgtasks: queue must be a non-empty string (not blank, at most 255 bytes), got %',
                 pg_catalog.quote_literal(pg_catalog.left(queue, 40))
             USING ERRCODE = 'PT103',
                   HINT = 'Leave queue out (NULL) to use the type''s queue or settings.default_queue.';
     END IF;
     -- 1000 retries is already years of backoff at the default cap; more is a typo.
     IF max_retries IS NOT NULL AND max_retries NOT BETWEEN 0 AND 1000 THEN
-        RAISE EXCEPTION 'pgtasks: max_retries must be between 0 and 1000, got %', max_retries
+        RAISE EXCEPTION 'pgtasks: max_retries must be 0 or more (and at most 1000), got %', max_retries
             USING ERRCODE = 'PT106', HINT = 'Use 0 for a task that must never be retried.';
     END IF;
     -- A claim computes now() + timeout; past a year that is a typo, and '300000 years' made
