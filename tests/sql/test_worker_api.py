@@ -275,6 +275,7 @@ async def test_history_records_the_session_user(conn):
         CREATE ROLE pgtasks_test_role;
         GRANT USAGE ON SCHEMA pgtasks TO pgtasks_test_role;
         GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA pgtasks TO pgtasks_test_role;
+        GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA pgtasks TO pgtasks_test_role;
         SET ROLE pgtasks_test_role;
         """
     )
