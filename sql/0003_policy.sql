@@ -307,8 +307,21 @@ SELECT t.task_type,
 -- The constant fills existing rows without a table rewrite; new rows get the value from
 -- submit_task, and a raw INSERT from the settings (default below).
 ALTER TABLE pgtasks.tasks
-    ADD COLUMN backoff_base interval NOT NULL DEFAULT interval '1 second',
-    ADD CONSTRAINT backoff_base_positive CHECK (backoff_base > interval '0');
+    ADD COLUMN backoff_base interval NOT NULL DEFAULT interval '1 second';
+
+-- Rows submitted before 0003 may hold values no claim can use: a '300000 years' timeout
+-- made every claim that reached the row fail with `timestamp out of range`, and infinite
+-- run_at values crash clients (issue 9, defects 3 and 4). Clamp them to the bounds submit
+-- now enforces, then let the table refuse such values whoever writes them (one scan for
+-- the three constraints).
+UPDATE pgtasks.tasks SET timeout = interval '1 year' WHERE timeout > interval '1 year';
+UPDATE pgtasks.tasks
+   SET run_at = CASE WHEN run_at < now() THEN created_at ELSE now() + interval '100 years' END
+ WHERE NOT isfinite(run_at);
+ALTER TABLE pgtasks.tasks
+    ADD CONSTRAINT backoff_base_positive CHECK (backoff_base > interval '0'),
+    ADD CONSTRAINT timeout_at_most_a_year CHECK (timeout <= interval '1 year'),
+    ADD CONSTRAINT run_at_finite CHECK (isfinite(run_at));
 
 -- A hand-written INSERT gets the deployment's defaults, not the constants 0001 wrote.
 ALTER TABLE pgtasks.tasks

@@ -416,6 +416,7 @@ CREATE TABLE pgtasks.tasks (
     CONSTRAINT progress_in_bounds CHECK ((((progress_current IS NULL) OR (progress_current >= 0)) AND ((progress_total IS NULL) OR (progress_total >= 0)) AND ((progress_total IS NULL) OR (progress_current IS NULL) OR (progress_current <= progress_total)))),
     CONSTRAINT queue_not_empty CHECK ((queue <> ''::text)),
     CONSTRAINT retries_in_bounds CHECK (((max_retries >= 0) AND ((retry_count >= 0) AND (retry_count <= max_retries)))),
+    CONSTRAINT run_at_finite CHECK (isfinite(run_at)),
     CONSTRAINT running_has_lease CHECK (
 CASE
     WHEN (status = 'RUNNING'::pgtasks.status) THEN ((worker_id IS NOT NULL) AND (lease_expires_at IS NOT NULL) AND (deadline IS NOT NULL))
@@ -424,6 +425,7 @@ END),
     CONSTRAINT running_was_claimed CHECK (((status <> 'RUNNING'::pgtasks.status) OR ((attempt > 0) AND (started_at IS NOT NULL)))),
     CONSTRAINT task_type_not_empty CHECK ((task_type <> ''::text)),
     CONSTRAINT terminal_has_finished_at CHECK (((status = ANY (ARRAY['DONE'::pgtasks.status, 'FAILED'::pgtasks.status, 'CANCELLED'::pgtasks.status])) = (finished_at IS NOT NULL))),
+    CONSTRAINT timeout_at_most_a_year CHECK ((timeout <= '1 year'::interval)),
     CONSTRAINT timeout_positive CHECK ((timeout > '00:00:00'::interval))
 );
 
