@@ -11,7 +11,8 @@
 --   * tasks.backoff_base: the backoff policy lives on the row, so fail_task and rescue
 --     retry after the same delay (issue 8: rescue used 1 s where the type said 60 s).
 --   * Every argument is range-checked with its own SQLSTATE, backoff cannot overflow, and
---     no single row can make rescue fail for the others (issue 9, defects 2, 3, 4, 5, 7, 8).
+--     no single row can make rescue fail for the others (issue 9, defects 2, 3, 4, 5, 7, and
+--     8 for params; 0004 enforces the result and log-line limits of the settings row).
 --   * maintain(), finish_and_claim(), task_steps_of() and two read views, so workers in
 --     any language need neither a Python process nor direct table reads.
 --
