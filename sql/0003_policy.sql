@@ -11,7 +11,8 @@
 --   * tasks.backoff_base: the backoff policy lives on the row, so fail_task and rescue
 --     retry after the same delay (issue 8: rescue used 1 s where the type said 60 s).
 --   * Every argument is range-checked with its own SQLSTATE, backoff cannot overflow, and
---     no single row can make rescue fail for the others (issue 9, defects 2, 3, 4, 5, 7, 8).
+--     no single row can make rescue fail for the others (issue 9, defects 2, 3, 4, 5, 7, and
+--     8 for params; 0004 enforces the result and log-line limits of the settings row).
 --   * maintain(), finish_and_claim(), task_steps_of() and two read views, so workers in
 --     any language need neither a Python process nor direct table reads.
 --
@@ -123,19 +124,19 @@ BEGIN
     -- 255 bytes: names travel as NOTIFY payloads (limit 8000 bytes) and in every log line.
     IF (type_required OR task_type IS NOT NULL)
        AND (pgtasks.is_blank(task_type) OR octet_length(task_type) > 255) THEN
-        RAISE EXCEPTION 'pgtasks: task_type must be a non-blank name of at most 255 bytes, got %',
+        RAISE EXCEPTION 'pgtasks: task_type must be a non-empty string (not blank, at most 255 bytes), got %',
                 coalesce(pg_catalog.quote_literal(pg_catalog.left(task_type, 40)), 'NULL')
             USING ERRCODE = 'PT101', HINT = 'Pass the registered type name, e.g. submit_task(''resize'', ...).';
     END IF;
     IF queue IS NOT NULL AND (pgtasks.is_blank(queue) OR octet_length(queue) > 255) THEN
-        RAISE EXCEPTION 'pgtasks: queue must be a non-blank name of at most 255 bytes, got %',
+        RAISE EXCEPTION 'pgtasks: queue must be a non-empty string (not blank, at most 255 bytes), got %',
                 pg_catalog.quote_literal(pg_catalog.left(queue, 40))
             USING ERRCODE = 'PT103',
                   HINT = 'Leave queue out (NULL) to use the type''s queue or settings.default_queue.';
     END IF;
     -- 1000 retries is already years of backoff at the default cap; more is a typo.
     IF max_retries IS NOT NULL AND max_retries NOT BETWEEN 0 AND 1000 THEN
-        RAISE EXCEPTION 'pgtasks: max_retries must be between 0 and 1000, got %', max_retries
+        RAISE EXCEPTION 'pgtasks: max_retries must be 0 or more (and at most 1000), got %', max_retries
             USING ERRCODE = 'PT106', HINT = 'Use 0 for a task that must never be retried.';
     END IF;
     -- A claim computes now() + timeout; past a year that is a typo, and '300000 years' made
@@ -307,8 +308,21 @@ SELECT t.task_type,
 -- The constant fills existing rows without a table rewrite; new rows get the value from
 -- submit_task, and a raw INSERT from the settings (default below).
 ALTER TABLE pgtasks.tasks
-    ADD COLUMN backoff_base interval NOT NULL DEFAULT interval '1 second',
-    ADD CONSTRAINT backoff_base_positive CHECK (backoff_base > interval '0');
+    ADD COLUMN backoff_base interval NOT NULL DEFAULT interval '1 second';
+
+-- Rows submitted before 0003 may hold values no claim can use: a '300000 years' timeout
+-- made every claim that reached the row fail with `timestamp out of range`, and infinite
+-- run_at values crash clients (issue 9, defects 3 and 4). Clamp them to the bounds submit
+-- now enforces, then let the table refuse such values whoever writes them (one scan for
+-- the three constraints).
+UPDATE pgtasks.tasks SET timeout = interval '1 year' WHERE timeout > interval '1 year';
+UPDATE pgtasks.tasks
+   SET run_at = CASE WHEN run_at < now() THEN created_at ELSE now() + interval '100 years' END
+ WHERE NOT isfinite(run_at);
+ALTER TABLE pgtasks.tasks
+    ADD CONSTRAINT backoff_base_positive CHECK (backoff_base > interval '0'),
+    ADD CONSTRAINT timeout_at_most_a_year CHECK (timeout <= interval '1 year'),
+    ADD CONSTRAINT run_at_finite CHECK (isfinite(run_at));
 
 -- A hand-written INSERT gets the deployment's defaults, not the constants 0001 wrote.
 ALTER TABLE pgtasks.tasks
