@@ -825,7 +825,6 @@ ALTER FUNCTION pgtasks.log_many(task_id bigint, attempt integer, levels text[], 
 CREATE FUNCTION pgtasks.maintain(max_tasks integer DEFAULT 1000) RETURNS TABLE(rescued integer, pruned integer)
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
-    SET "pgtasks.pruning" TO 'on'
     AS $$
 BEGIN
     PERFORM pgtasks.check_max_tasks(max_tasks);
@@ -868,7 +867,6 @@ ALTER FUNCTION pgtasks.notify_watchers(task_id bigint) OWNER TO pgtasks_owner;
 CREATE FUNCTION pgtasks.prune_finished(older_than interval DEFAULT NULL::interval, max_tasks integer DEFAULT 1000) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
-    SET "pgtasks.pruning" TO 'on'
     AS $$
 DECLARE
     cutoff timestamptz;
@@ -881,6 +879,8 @@ BEGIN
             USING ERRCODE = 'PT120', HINT = 'Leave older_than out (NULL) for settings.retention.';
     END IF;
     cutoff := now() - coalesce(older_than, (SELECT s.retention FROM pgtasks.settings s));
+    -- Lets the append-only triggers through for this statement only (see above).
+    PERFORM set_config('pgtasks.pruning', 'on', true);
     WITH doomed AS (
         SELECT t.id FROM pgtasks.tasks t
          WHERE t.status IN ('DONE', 'FAILED', 'CANCELLED') AND t.finished_at < cutoff
@@ -894,6 +894,7 @@ BEGIN
         DELETE FROM pgtasks.task_events e USING gone WHERE e.task_id = gone.id
     )
     SELECT count(*)::integer INTO n FROM gone;
+    PERFORM set_config('pgtasks.pruning', '', true);
     RETURN n;
 END $$;
 
