@@ -11,13 +11,15 @@
 --      functions change them, and the history is append-only except for pruning.
 --   4. Size limits on results, step results and log lines (defect 8; params are 0003's).
 --   5. The cancel NOTIFY carries the attempt: payload '<task_id>:<attempt>'.
+--   6. Fixes for what the fuzzer (tests/sql/test_fuzz.py) found.
+-- The ownership pass (2) comes last, so it covers every function created above.
 --
 -- SQLSTATEs added here (docs/sql-api.md):
 --   PT201 a fencing column (attempt, worker_id, lease_expires_at, deadline) changed in a
 --         way no pgtasks function changes it
 --   PT202 history (task_events, task_errors) is append-only
 --   PT203 result or step result larger than settings.max_result_bytes
---   PT204 log line larger than settings.max_log_bytes
+--   PT204 log line, level, logger or progress message larger than settings.max_log_bytes
 --   PT205 the migrating role cannot create the pgtasks roles (needs CREATEROLE) or hand
 --         objects to pgtasks_owner (needs membership in it)
 --   PT206 register_worker: host blank or NULL, pid NULL, concurrency below 1, blank queue
@@ -306,24 +308,31 @@ RETURNS TABLE (rejected_task_id bigint)
 LANGUAGE plpgsql AS $$
 DECLARE
     max_bytes integer := (SELECT s.max_result_bytes FROM pgtasks.settings s);
-    oversized bigint[];
+    big bigint[];
     o record;
 BEGIN
     PERFORM pgtasks.check_batch('finish_tasks', task_ids, attempts, results, with_results => true);
-    FOR o IN
-        SELECT k AS task, octet_length(u.result::text) AS size_bytes
-          FROM unnest(finish_tasks.task_ids, finish_tasks.attempts, finish_tasks.results)
-                 AS u(task_id, attempt, result)
-          JOIN pgtasks.tasks k ON k.id = u.task_id AND k.attempt = u.attempt AND k.status = 'RUNNING'
-         WHERE octet_length(u.result::text) > max_bytes
-           FOR NO KEY UPDATE OF k
-    LOOP
-        PERFORM pgtasks.record_failure(
-            o.task, pg_catalog.format('pgtasks: result of %s bytes is larger than max_result_bytes (%s)',
-                                      o.size_bytes, max_bytes),
-            NULL, false, NULL);
-        oversized := oversized || (o.task).id;
-    END LOOP;
+    -- Sizes first, from the arguments alone: the common batch has no oversized result and
+    -- reads no table here.
+    SELECT array_agg(u.ord) INTO big
+      FROM unnest(finish_tasks.results) WITH ORDINALITY AS u(result, ord)
+     WHERE octet_length(u.result::text) > max_bytes;
+    IF big IS NOT NULL THEN
+        FOR o IN
+            SELECT k AS task, octet_length(u.result::text) AS size_bytes
+              FROM unnest(finish_tasks.task_ids, finish_tasks.attempts, finish_tasks.results)
+                     WITH ORDINALITY AS u(task_id, attempt, result, ord)
+              JOIN pgtasks.tasks k ON k.id = u.task_id AND k.attempt = u.attempt AND k.status = 'RUNNING'
+             WHERE u.ord = ANY (big)
+               FOR NO KEY UPDATE OF k
+        LOOP
+            -- Now FAILED, so the UPDATE below (RUNNING rows only) leaves it and reports it.
+            PERFORM pgtasks.record_failure(
+                o.task, pg_catalog.format('pgtasks: result of %s bytes is larger than max_result_bytes (%s)',
+                                          o.size_bytes, max_bytes),
+                NULL, false, NULL);
+        END LOOP;
+    END IF;
 
     RETURN QUERY
     WITH batch AS (
@@ -336,7 +345,6 @@ BEGIN
                progress_current = coalesce(t.progress_total, t.progress_current)
           FROM batch
          WHERE t.id = batch.task_id AND t.attempt = batch.attempt AND t.status = 'RUNNING'
-           AND (oversized IS NULL OR t.id <> ALL (oversized))
         RETURNING t.id, t.attempt
     )
     -- NOT EXISTS, not NOT IN: a NULL attempt must come back rejected (see 0003).
