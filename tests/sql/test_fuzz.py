@@ -8,7 +8,7 @@ and unicode, huge and infinite values, mismatched arrays, deep and huge JSON. Pr
 - otherwise the call succeeds and the invariants below hold, or it raises a `PT` SQLSTATE
   and the row count of every pgtasks table is unchanged.
 
-`make test` runs PGTASKS_FUZZ_EXAMPLES (default 500 sequences of 1 to 8 calls: about 2,300
+`make test` runs PGTASKS_FUZZ_EXAMPLES (default 550 sequences of 1 to 8 calls: about 2,100
 calls, ~20 s). The long profile: `PGTASKS_FUZZ_EXAMPLES=10000 .venv/bin/python -m pytest
 tests/sql/test_fuzz.py` (docs/security.md). Every failure found is kept as an @example.
 """
@@ -25,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-EXAMPLES = int(os.environ.get("PGTASKS_FUZZ_EXAMPLES", "500"))
+EXAMPLES = int(os.environ.get("PGTASKS_FUZZ_EXAMPLES", "550"))
 
 # PostgreSQL's own input-conversion errors, raised while it parses an argument's text into
 # the parameter type, before any pgtasks code runs (docs/sql-api.md lists them).
