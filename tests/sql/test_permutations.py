@@ -186,6 +186,21 @@ def _finish_vs_claim_after_yield(r: dict[str, list[Outcome]], final: tuple[Any, 
     assert r["a"][0].sqlstate == "PT002" and claimed == 1 and final[:2] == ("RUNNING", 2)
 
 
+def _heartbeat_vs_cancel(r: dict[str, list[Outcome]], final: tuple[Any, ...]) -> None:
+    lost = tuple(row[0] for row in r["a"][0].rows or [])
+    # The heartbeat either extended a lease the cancel then ended, or found the task gone and
+    # reported it lost; the cancel always saw it RUNNING (so the worker is notified).
+    assert r["b"][0].rows == [("RUNNING",)] and final[0] == "CANCELLED"
+    assert lost in {(), (1,)}
+
+
+def _yield_vs_cancel(r: dict[str, list[Outcome]], final: tuple[Any, ...]) -> None:
+    yielded, cancelled = r["a"][0].sqlstate, (r["b"][0].rows or [("",)])[0][0]
+    # Yield first: the cancel finds it waiting (COMMIT). Cancel first: the yield is fenced.
+    assert (yielded, cancelled) in {(None, "COMMIT"), ("PT002", "RUNNING")}
+    assert final[0] == "CANCELLED"
+
+
 SPECS = {
     "claim vs cancel": Spec(
         PENDING, ["SELECT id FROM pgtasks.claim_tasks('a', max_tasks => 1)", None],
@@ -203,6 +218,12 @@ SPECS = {
     "finish vs cancel": Spec(
         RUNNING, ["SELECT pgtasks.finish_task(1, 1, '1')", None],
         ["SELECT pgtasks.cancel_task(1)", None], STATUS, _finish_vs_cancel),
+    "heartbeat vs cancel": Spec(
+        RUNNING, ["SELECT * FROM pgtasks.heartbeat('w', ARRAY[1::bigint], ARRAY[1])", None],
+        ["SELECT pgtasks.cancel_task(1)::text", None], STATUS, _heartbeat_vs_cancel),
+    "yield vs cancel": Spec(
+        RUNNING, ["SELECT pgtasks.yield_task(1, 1)", None],
+        ["SELECT pgtasks.cancel_task(1)::text", None], STATUS, _yield_vs_cancel),
     "finish vs retry": Spec(
         RUNNING + "SELECT pgtasks.cancel_task(1);",
         ["SELECT pgtasks.finish_task(1, 1, '1')", None],
