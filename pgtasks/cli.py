@@ -25,11 +25,18 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from pgtasks.client import Client, TaskInfo, TaskLog
+from pgtasks.client import STATUSES, Client, TaskInfo, TaskLog
 from pgtasks.config import ENV_URL, database_url, embedded_root
 from pgtasks.embedded import EmbeddedPostgres
 from pgtasks.errors import PgTasksError
 from pgtasks.migrations import migrate_url
+from pgtasks.worker import Worker
+from pgtasks.worker.worker import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_LEASE,
+    DEFAULT_TASK_POOL_SIZE,
+    DEFAULT_THREADS,
+)
 
 T = TypeVar("T")
 # Piped output (make run, CI logs) gets room for its tables instead of rich's 80 columns.
@@ -176,11 +183,31 @@ def import_app(spec: str) -> None:
 @click.option(
     "--queues", default=None, help="Comma-separated queues to take work from (default: all)."
 )
-@click.option("--concurrency", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--concurrency",
+    default=DEFAULT_CONCURRENCY,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Tasks run at once (async tasks: one coroutine each).",
+)
+@click.option(
+    "--threads",
+    default=DEFAULT_THREADS,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Of those, at most this many sync (def) tasks, one thread each.",
+)
+@click.option(
+    "--task-pool-size",
+    default=DEFAULT_TASK_POOL_SIZE,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Connections of ctx.pool, for tasks' own queries (opened on first use).",
+)
 @click.option("--poll-interval", default=1.0, show_default=True, type=click.FloatRange(min=0.01))
 @click.option(
     "--lease",
-    default=60.0,
+    default=DEFAULT_LEASE,
     show_default=True,
     type=click.FloatRange(min=0.1),
     help="Seconds a claim is valid without a heartbeat.",
@@ -209,6 +236,8 @@ def worker(
     app: str,
     queues: str | None,
     concurrency: int,
+    threads: int,
+    task_pool_size: int,
     poll_interval: float,
     lease: float,
     no_listen: bool,
@@ -219,8 +248,6 @@ def worker(
     verbose: bool,
 ) -> None:
     """Run tasks. SIGINT/SIGTERM stop claiming, drain, and hand unfinished tasks back."""
-    from pgtasks.worker import Worker
-
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -230,6 +257,8 @@ def worker(
         ctx.obj.get("url"),
         queues=[q.strip() for q in queues.split(",") if q.strip()] if queues else None,
         concurrency=concurrency,
+        threads=threads,
+        task_pool_size=task_pool_size,
         poll_interval=poll_interval,
         lease=lease,
         listen=not (no_listen or pgbouncer),
@@ -322,9 +351,7 @@ def status(ctx: click.Context, task_id: int) -> None:
 
 
 @cli.command("ls")
-@click.option(
-    "--status", "status_", default=None, help="PENDING, RUNNING, COMMIT, DONE, FAILED or CANCELLED"
-)
+@click.option("--status", "status_", default=None, help=", ".join(STATUSES))
 @click.option("--queue", default=None)
 @click.option("--type", "task_type", default=None)
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
@@ -374,7 +401,7 @@ def stats(ctx: click.Context) -> None:
     """Queue depth and throughput per queue."""
 
     async def go(c: Client) -> None:
-        rows = await c.pool.fetch("SELECT * FROM pgtasks.queue_stats ORDER BY queue")
+        rows = await c.queue_stats()
         table = Table(title="queues")
         cols = list(rows[0].keys()) if rows else ["queue"]
         for col in cols:
@@ -410,15 +437,7 @@ def failed(ctx: click.Context, queue: str | None, task_type: str | None, limit: 
     """
 
     async def go(c: Client) -> None:
-        rows = await c.pool.fetch(
-            """SELECT id, task_type, queue, attempt, error_count, finished_at, error
-                 FROM pgtasks.failed_tasks
-                WHERE ($1::text IS NULL OR queue = $1) AND ($2::text IS NULL OR task_type = $2)
-                ORDER BY finished_at DESC, id DESC LIMIT $3""",
-            queue,
-            task_type,
-            limit,
-        )
+        rows = await c.failed(queue=queue, task_type=task_type, limit=limit)
         table = Table(title=f"failed tasks ({len(rows)}{'+' if len(rows) == limit else ''})")
         for col in ("id", "type", "queue", "attempts", "errors", "failed at"):
             table.add_column(col, no_wrap=True)
@@ -449,11 +468,7 @@ def workers(ctx: click.Context, show_all: bool) -> None:
     """
 
     async def go(c: Client) -> None:
-        rows = await c.pool.fetch(
-            """SELECT *, now() - last_seen AS seen_ago FROM pgtasks.workers
-                WHERE $1 OR alive ORDER BY alive DESC, started_at""",
-            show_all,
-        )
+        rows = await c.workers(include_dead=show_all)
         table = Table(title=f"workers ({sum(r['alive'] for r in rows)} alive)")
         for col in ("worker", "host", "pid", "queues", "running", "started", "last seen", "state"):
             table.add_column(col, no_wrap=True)

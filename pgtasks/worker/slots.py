@@ -1,0 +1,120 @@
+"""The tasks a worker holds, and how many more it may take.
+
+A task is held from its claim until the database has heard its outcome: while it runs
+(`running`) and while its result waits in the completer's batch (`finishing`). The lease
+keeper extends the lease of everything held; the producer claims only into free slots.
+
+Two bounds: `concurrency` slots for all tasks, and at most `threads` of them for sync
+(`def`) tasks, which each need a thread: a hundred coroutines are cheap, a hundred threads
+are not. Claims in flight reserve their slots first, so the producer and the completer
+(which claims in the same round trip as it finishes) never take more than fits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from pgtasks.context import TaskContext, Writer
+
+
+@dataclass
+class Attempt:
+    """One claimed attempt: its context, the asyncio task running it, why it was stopped."""
+
+    task_id: int
+    attempt: int
+    task_type: str
+    params: Any
+    timeout: float
+    is_sync: bool
+    ctx: TaskContext
+    future: asyncio.Task[None] | None = None
+    stop_reason: str | None = None
+
+    @classmethod
+    def claimed(cls, row: Any, *, writer: Writer, is_sync: bool, **tools: Any) -> Attempt:
+        """The attempt of a claim_tasks row; `tools` go to its TaskContext (run_blocking, pool)."""
+        ctx = TaskContext(
+            task_id=row["id"],
+            attempt=row["attempt"],
+            task_type=row["task_type"],
+            queue=row["queue"],
+            retry_count=row["retry_count"],
+            max_retries=row["max_retries"],
+            has_steps=row["has_steps"],
+            writer=writer,
+            **tools,
+        )
+        return cls(
+            task_id=row["id"],
+            attempt=row["attempt"],
+            task_type=row["task_type"],
+            params=row["params"],
+            timeout=row["timeout"].total_seconds(),
+            is_sync=is_sync,
+            ctx=ctx,
+        )
+
+    def stop(self, reason: str) -> None:
+        """Stop the attempt (cancel, lease lost, timeout, shutdown); the first reason sticks."""
+        self.stop_reason = self.stop_reason or reason
+        self.ctx._mark_cancelled(reason)
+        if self.future is not None and not self.future.done():
+            self.future.cancel()
+
+
+class Slots:
+    def __init__(self, concurrency: int, threads: int) -> None:
+        self.concurrency = concurrency
+        self.threads = min(threads, concurrency)
+        self.running: dict[int, Attempt] = {}
+        self.finishing: dict[int, int] = {}  # task_id -> attempt, result not yet written
+        self._sync_running = 0
+        self._reserved = 0
+        self._reserved_threads = 0
+
+    # -- bounds --------------------------------------------------------------------------
+
+    def free(self) -> int:
+        return self.concurrency - len(self.running) - self._reserved
+
+    def free_threads(self) -> int:
+        return self.threads - self._sync_running - self._reserved_threads
+
+    def reserve(self, n: int, *, threads: int = 0) -> None:
+        """Hold `n` slots (of which up to `threads` for sync tasks) for a claim in flight."""
+        self._reserved += n
+        self._reserved_threads += threads
+
+    def release(self, n: int, *, threads: int = 0) -> None:
+        self._reserved -= n
+        self._reserved_threads -= threads
+
+    # -- holdings ------------------------------------------------------------------------
+
+    def add(self, att: Attempt) -> None:
+        self.running[att.task_id] = att
+        self._sync_running += att.is_sync
+
+    def ended(self, att: Attempt) -> None:
+        if self.running.pop(att.task_id, None) is not None:
+            self._sync_running -= att.is_sync
+
+    def owned(self) -> list[tuple[int, int]]:
+        """(task_id, attempt) of every task whose lease this worker must keep."""
+        held = [(a.task_id, a.attempt) for a in self.running.values()]
+        held += [(t, n) for t, n in self.finishing.items() if t not in self.running]
+        return held
+
+    def stop(self, task_id: int, reason: str) -> bool:
+        att = self.running.get(task_id)
+        if att is None:
+            return False
+        att.stop(reason)
+        return True
+
+    @property
+    def idle(self) -> bool:
+        return not self.running and not self.finishing
