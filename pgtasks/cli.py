@@ -33,7 +33,6 @@ from pgtasks.migrations import migrate_url
 from pgtasks.worker import Worker
 from pgtasks.worker.worker import (
     DEFAULT_CONCURRENCY,
-    DEFAULT_LEASE,
     DEFAULT_TASK_POOL_SIZE,
     DEFAULT_THREADS,
 )
@@ -207,10 +206,10 @@ def import_app(spec: str) -> None:
 @click.option("--poll-interval", default=1.0, show_default=True, type=click.FloatRange(min=0.01))
 @click.option(
     "--lease",
-    default=DEFAULT_LEASE,
-    show_default=True,
+    default=None,
     type=click.FloatRange(min=0.1),
-    help="Seconds a claim is valid without a heartbeat.",
+    help="Seconds a claim is valid without a heartbeat (default: the database's "
+    "settings.default_lease, 60 s unless configured).",
 )
 @click.option(
     "--no-listen", is_flag=True, help="Poll only (e.g. behind PgBouncer in transaction mode)."
@@ -239,7 +238,7 @@ def worker(
     threads: int,
     task_pool_size: int,
     poll_interval: float,
-    lease: float,
+    lease: float | None,
     no_listen: bool,
     no_prepared: bool,
     pgbouncer: bool,
@@ -276,7 +275,7 @@ def worker(
 @click.argument("task_type")
 @click.option("--params", default="{}", help="JSON object of parameters.")
 @click.option("--queue", default=None)
-@click.option("--priority", default=0, type=int, help="Higher runs first.")
+@click.option("--priority", default=None, type=int, help="Higher runs first.")
 @click.option("--in", "delay", default=None, type=float, help="Run after this many seconds.")
 @click.option("--max-retries", default=None, type=int)
 @click.pass_context
@@ -285,7 +284,7 @@ def submit(
     task_type: str,
     params: str,
     queue: str | None,
-    priority: int,
+    priority: int | None,
     delay: float | None,
     max_retries: int | None,
 ) -> None:
@@ -482,6 +481,36 @@ def workers(ctx: click.Context, show_all: bool) -> None:
                 _cell(r["started_at"]),
                 f"{_cell(r['seen_ago'])} ago",
                 "[green]alive[/]" if r["alive"] else "[red]dead[/]",
+            )
+        console.print(table)
+
+    run(_with_client(ctx, go))
+
+
+@cli.command()
+@click.pass_context
+def types(ctx: click.Context) -> None:
+    """Registered task types and the policy a submit of each gets (pgtasks.registered_types).
+
+    Workers register their types when they start; an argument given at submit wins.
+    """
+
+    async def go(c: Client) -> None:
+        rows = await c.types()
+        table = Table(title=f"task types ({len(rows)})")
+        cols = ("type", "queue", "priority", "retries", "timeout", "backoff", "by", "updated")
+        for col in cols:
+            table.add_column(col, no_wrap=True)
+        for r in rows:
+            table.add_row(
+                r["task_type"],
+                r["queue"],
+                str(r["priority"]),
+                str(r["max_retries"]),
+                _cell(r["timeout"]),
+                _cell(r["backoff_base"]),
+                r["registered_by"] or "",
+                _cell(r["updated_at"]),
             )
         console.print(table)
 

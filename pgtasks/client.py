@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from pgtasks import db, queries
 from pgtasks.config import resolve_url
 from pgtasks.errors import PgTasksError, TaskCancelled, TaskFailed, TaskNotFound
-from pgtasks.task import DEFAULT_MAX_RETRIES, DEFAULT_QUEUE, DEFAULT_TIMEOUT, registry, type_name
+from pgtasks.task import registry, type_name
 
 #: The status list, written once on the Python side (the database's enum pgtasks.status;
 #: tests/test_client.py checks that the two agree).
@@ -126,22 +126,30 @@ class Client:
 
     # -- submitting ----------------------------------------------------------------------
 
-    def _defaults(
-        self,
+    @staticmethod
+    def _policy(
         name: str,
         queue: str | None,
         max_retries: int | None,
         timeout: float | timedelta | None,
-    ) -> tuple[str, int, timedelta]:
+    ) -> tuple[str | None, int | None, timedelta | None, timedelta | None]:
+        """(queue, max_retries, timeout, backoff_base) to send with a submit.
+
+        The rule: an argument given here wins; else the type's declaration in this
+        process's registry (@task_register), so a type submitted before any worker
+        registered it still gets its declared queue; else NULL, which the database
+        resolves as the type's registered policy, else its settings default. Python
+        holds no defaults of its own.
+        """
         spec = registry.get(name)
-        q = queue or (spec.queue if spec else None) or DEFAULT_QUEUE
-        r = max_retries if max_retries is not None else (spec.max_retries if spec else None)
-        t: float | timedelta | None = timeout
-        if t is None and spec is not None:
-            t = spec.timeout
-        if isinstance(t, int | float):
-            t = timedelta(seconds=t)
-        return q, DEFAULT_MAX_RETRIES if r is None else r, t or DEFAULT_TIMEOUT
+        if spec is not None:
+            queue = queue or spec.queue
+            max_retries = max_retries if max_retries is not None else spec.max_retries
+            timeout = timeout if timeout is not None else spec.timeout
+        if isinstance(timeout, int | float):
+            timeout = timedelta(seconds=timeout)
+        base = timedelta(seconds=spec.retry_delay) if spec and spec.retry_delay else None
+        return queue, max_retries, timeout, base
 
     @staticmethod
     def _when(run_at: datetime | None, delay: float | timedelta | None) -> datetime | None:
@@ -156,20 +164,20 @@ class Client:
         self,
         task: Any,
         queue: str | None,
-        priority: int,
+        priority: int | None,
         run_at: datetime | None,
         delay: float | timedelta | None,
         max_retries: int | None,
         timeout: float | timedelta | None,
         connection: asyncpg.Connection | None,
     ) -> tuple[Executor, str, tuple[Any, ...]]:
-        """Where to run a submit, the type name, and (queue, priority, run_at, retries, timeout)."""
+        """Where to run a submit, the type name, and the submit_task arguments after params."""
         name = type_name(task)
-        q, retries, limit = self._defaults(name, queue, max_retries, timeout)
+        q, retries, limit, base = self._policy(name, queue, max_retries, timeout)
         return (
             connection or self.pool,
             name,
-            (q, priority, self._when(run_at, delay), retries, limit),
+            (q, priority, self._when(run_at, delay), retries, limit, base),
         )
 
     async def submit(
@@ -178,7 +186,7 @@ class Client:
         params: Any = None,
         *,
         queue: str | None = None,
-        priority: int = 0,
+        priority: int | None = None,
         run_at: datetime | None = None,
         delay: float | timedelta | None = None,
         max_retries: int | None = None,
@@ -204,7 +212,7 @@ class Client:
         params_list: Sequence[Any],
         *,
         queue: str | None = None,
-        priority: int = 0,
+        priority: int | None = None,
         run_at: datetime | None = None,
         delay: float | timedelta | None = None,
         max_retries: int | None = None,
@@ -265,6 +273,10 @@ class Client:
     async def errors(self, task_id: int) -> list[dict[str, Any]]:
         rows = await self.pool.fetch(queries.TASK_ERRORS, task_id)
         return [dict(r) for r in rows]
+
+    async def types(self) -> list[dict[str, Any]]:
+        """Registered task types with their effective policy (pgtasks.registered_types)."""
+        return [dict(r) for r in await self.pool.fetch(queries.REGISTERED_TYPES)]
 
     async def queue_stats(self) -> list[dict[str, Any]]:
         """One row per queue (pgtasks.queue_stats): depth by status, ready, oldest, rates."""

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 # -- submitting ----------------------------------------------------------------------------
 
+# A NULL argument is decided by the database: the type's registered policy, else settings.
 SUBMIT_TASK = """
 SELECT pgtasks.submit_task(task_type => $1, params => $2, queue => $3, priority => $4,
-                           run_at => coalesce($5, now()), max_retries => $6, timeout => $7)
+                           run_at => $5, max_retries => $6, timeout => $7, backoff_base => $8)
 """
 
 # Params travel as jsonb[]: one statement, one round trip, ids back in input order.
 SUBMIT_TASKS = """
 SELECT * FROM pgtasks.submit_tasks(task_type => $1, params_list => $2::jsonb[], queue => $3,
-                                   priority => $4, run_at => coalesce($5, now()),
-                                   max_retries => $6, timeout => $7)
+                                   priority => $4, run_at => $5, max_retries => $6,
+                                   timeout => $7, backoff_base => $8)
 """
 
 # -- reading (views) -----------------------------------------------------------------------
@@ -35,12 +36,12 @@ SELECT * FROM pgtasks.task_status
  ORDER BY id DESC LIMIT $5
 """
 
-TASK_LOGS = "SELECT * FROM pgtasks.task_logs WHERE task_id = $1 AND id > $2 ORDER BY id"
+TASK_LOGS = "SELECT * FROM pgtasks.task_log_lines WHERE task_id = $1 AND id > $2 ORDER BY id"
 
 TASK_HISTORY = "SELECT * FROM pgtasks.task_history WHERE task_id = $1 ORDER BY at, to_status"
 
 TASK_ERRORS = """
-SELECT attempt, error, traceback, at FROM pgtasks.task_errors
+SELECT attempt, error, traceback, at FROM pgtasks.task_attempt_errors
  WHERE task_id = $1 ORDER BY attempt
 """
 
@@ -58,8 +59,13 @@ SELECT *, now() - last_seen AS seen_ago FROM pgtasks.workers
  WHERE $1 OR alive ORDER BY alive DESC, started_at
 """
 
-# The enum's own labels: the one list of statuses (Python holds no copy of it).
+# The enum's own labels (tests check Python's one copy against them).
 STATUSES = "SELECT enum_range(NULL::pgtasks.status)::text[]"
+
+REGISTERED_TYPES = "SELECT * FROM pgtasks.registered_types ORDER BY task_type"
+
+# Deployment-wide defaults (lease, retention, ...), defined once in the database.
+SETTINGS = "SELECT * FROM pgtasks.current_settings()"
 
 # -- operator actions ----------------------------------------------------------------------
 
@@ -75,6 +81,13 @@ SELECT pgtasks.register_worker(worker_id => $1, host => $2, pid => $3, queues =>
                                concurrency => $5, lease => $6)
 """
 UNREGISTER_WORKER = "SELECT pgtasks.unregister_worker(worker_id => $1)"
+
+# A type's whole policy (NULL: no policy of its own there, settings apply); upsert.
+REGISTER_TASK_TYPE = """
+SELECT pgtasks.register_task_type(task_type => $1, queue => $2, priority => $3,
+                                  max_retries => $4, timeout => $5, backoff_base => $6,
+                                  worker_id => $7)
+"""
 
 # -- worker: claiming and outcomes ---------------------------------------------------------
 
@@ -93,9 +106,18 @@ SELECT * FROM pgtasks.finish_tasks(task_ids => $1, attempts => $2,
                                    results => $3::text[]::jsonb[])
 """
 
+# The backoff comes from the row's own backoff_base, as in rescue (retry_delay: exact).
 FAIL_TASK = """
 SELECT pgtasks.fail_task(task_id => $1, attempt => $2, error => $3, traceback => $4,
-                         retryable => $5, retry_delay => $6, backoff_base => $7)
+                         retryable => $5, retry_delay => $6)
+"""
+
+# Results in, work out, in one round trip: rows with rejected_task_id set are results the
+# database refused (stale attempt); the others are claimed tasks, in claim order.
+FINISH_AND_CLAIM = """
+SELECT * FROM pgtasks.finish_and_claim(worker_id => $1, task_ids => $2, attempts => $3,
+                                       results => $4::text[]::jsonb[], claim_max => $5,
+                                       queues => $6, lease => $7, task_types => $8)
 """
 
 YIELD_TASK = (
@@ -120,10 +142,12 @@ SELECT pgtasks.report_progress(task_id => $1, attempt => $2, current => $3, tota
                                message => $5)
 """
 
-TASK_STEPS = "SELECT name, result, now() AS db_now FROM pgtasks.task_steps WHERE task_id = $1"
+TASK_STEPS = "SELECT * FROM pgtasks.task_steps_of(task_id => $1, attempt => $2)"
 
 # -- worker: maintenance -------------------------------------------------------------------
 
+# Rescue + one prune batch (settings.retention) + sweeps; concurrent callers skip.
+MAINTAIN = "SELECT * FROM pgtasks.maintain(max_tasks => $1)"
 RESCUE_EXPIRED = "SELECT pgtasks.rescue_expired()"
 PRUNE_FINISHED = "SELECT pgtasks.prune_finished(older_than => $1, max_tasks => $2)"
 

@@ -1,7 +1,9 @@
 """Completer: owns every outcome write of a worker.
 
 * Results are written in batches by one statement, while the previous batch is in flight
-  (group commit): a busy worker writes hundreds of results per round trip.
+  (group commit): a busy worker writes hundreds of results per round trip. The same
+  statement claims work for the slots those results freed (finish_and_claim), so a busy
+  worker spends one round trip per batch on "results in, work out", not two.
 * A batch the database refuses (one result jsonb cannot store, e.g. a string holding
   \\u0000) is split until the one poisoned result is found; that task fails with the reason
   and every other result is written.
@@ -16,16 +18,19 @@ import asyncio
 import logging
 from collections.abc import Callable
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import asyncpg
 
 from pgtasks import queries
 from pgtasks.db import translated
 from pgtasks.errors import LeaseLost
-from pgtasks.task import Registry
 from pgtasks.worker.base import Service, WorkerStats, retrying
 from pgtasks.worker.runner import Dropped, Failed, Outcome, Succeeded, Yielded, _describe
 from pgtasks.worker.slots import Slots
+
+if TYPE_CHECKING:
+    from pgtasks.worker.producer import Producer
 
 log = logging.getLogger("pgtasks.worker")
 
@@ -42,7 +47,7 @@ class Completer(Service):
         slots: Slots,
         stats: WorkerStats,
         stopping: asyncio.Event,
-        registry: Registry | None = None,
+        claimer: Producer | None = None,
         on_written: Callable[[], None] | None = None,
     ) -> None:
         super().__init__()
@@ -50,7 +55,7 @@ class Completer(Service):
         self.slots = slots
         self.stats = stats
         self.stopping = stopping
-        self.registry = registry
+        self.claimer = claimer  # claims for freed slots in the same round trip, if set
         self.on_written = on_written or (lambda: None)
         self._batch: list[Result] = []
         self._signal = asyncio.Event()
@@ -114,6 +119,40 @@ class Completer(Service):
 
     async def _finish(self, batch: list[Result]) -> set[int]:
         """Write results in one statement; return the ids the database rejected (fenced)."""
+        claimer = self.claimer
+        plan = claimer.plan_piggyback() if claimer is not None else None
+        if claimer is None or plan is None:
+            return await self._finish_only(batch)
+        n, _threads, types = plan
+        rows = []
+        try:
+            rows = await retrying(
+                "complete",
+                lambda: self.pool.fetch(
+                    queries.FINISH_AND_CLAIM,
+                    claimer.worker_id,
+                    [b[0] for b in batch],
+                    [b[1] for b in batch],
+                    [b[2] for b in batch],
+                    n,
+                    claimer.queues,
+                    claimer.lease,
+                    types,
+                ),
+                self.stopping,
+                through_shutdown=True,
+            )
+        except asyncpg.PostgresError as exc:
+            return await self._split(batch, exc)
+        finally:
+            claimed = [r for r in rows if r["rejected_task_id"] is None]
+            claimer.claimed_by_completer(plan, claimed)
+        rejected = {r["rejected_task_id"] for r in rows if r["rejected_task_id"] is not None}
+        self.stats.finish_calls += 1
+        self.stats.succeeded += len(batch) - len(rejected)
+        return rejected
+
+    async def _finish_only(self, batch: list[Result]) -> set[int]:
         try:
             rows = await retrying(
                 "complete",
@@ -137,7 +176,7 @@ class Completer(Service):
         """A poisoned batch: halve it until the one result the database refuses is alone."""
         if len(batch) > 1:
             mid = len(batch) // 2
-            return await self._finish(batch[:mid]) | await self._finish(batch[mid:])
+            return await self._finish_only(batch[:mid]) | await self._finish_only(batch[mid:])
         task_id, attempt, _ = batch[0]
         log.error("task %s: its result could not be stored: %s", task_id, exc)
         error = f"result could not be stored: {_describe(exc)}"
@@ -163,7 +202,6 @@ class Completer(Service):
                         tb,
                         outcome.retryable,
                         delay,
-                        self._backoff_base(task_id),
                     ),
                     self.stopping,
                     through_shutdown=True,
@@ -177,12 +215,6 @@ class Completer(Service):
         else:
             self.stats.retried += 1
             log.info("task %s will retry: %s", task_id, error)
-
-    def _backoff_base(self, task_id: int) -> timedelta:
-        """Until the policy lives on the row (0003): the type's retry_delay, else 1 s."""
-        att = self.slots.running.get(task_id)
-        spec = self.registry.get(att.task_type) if (att and self.registry) else None
-        return timedelta(seconds=spec.retry_delay if spec and spec.retry_delay else 1.0)
 
     async def hand_back(self, task_id: int, attempt: int, outcome: Yielded) -> None:
         try:

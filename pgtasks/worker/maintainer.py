@@ -1,6 +1,9 @@
 """Maintainer: the database's housekeeping, run by every worker on a timer so no cron job is
 needed. Rescues tasks whose lease expired (their worker died) and prunes finished tasks past
-their retention, a bounded batch at a time. Schedules will plug in here."""
+their retention, a bounded batch at a time. Schedules will plug in here.
+
+Every worker runs it; maintain() lets one call at a time do the work and the others return
+at once, so a fleet of 20 workers costs one rescue scan per interval, not twenty."""
 
 from __future__ import annotations
 
@@ -24,6 +27,10 @@ PRUNE_BUDGET_S = 5.0
 
 
 class Maintainer(Service):
+    """`retention` None (the default): pgtasks.maintain(), i.e. rescue, sweeps and pruning
+    past the database's settings.retention, the same call a worker in any language makes.
+    An explicit `retention` prunes with that age instead; `prune=False` only rescues."""
+
     name = "maintainer"
 
     def __init__(
@@ -31,29 +38,37 @@ class Maintainer(Service):
         pool: asyncpg.Pool,
         *,
         interval: float,
-        retention: timedelta | None,
-        prune_interval: float,
+        retention: timedelta | None = None,
+        prune: bool = True,
+        prune_interval: float = 60.0,
         on_rescued: Callable[[int], None] | None = None,
     ) -> None:
         super().__init__()
         self.pool = pool
         self.interval = interval
         self.retention = retention
+        self.prune = prune
         self.prune_interval = prune_interval
         self.on_rescued = on_rescued or (lambda n: None)
         self._next_prune = 0.0
 
-    async def run_once(self, *, prune: bool = True) -> tuple[int, int]:
-        """Rescue expired leases and (when due) prune; returns (rescued, pruned)."""
-        rescued = await self.pool.fetchval(queries.RESCUE_EXPIRED)
+    async def run_once(self) -> tuple[int, int]:
+        """Rescue expired leases and prune what is due; returns (rescued, pruned)."""
+        if self.prune and self.retention is None:
+            row = await self.pool.fetchrow(queries.MAINTAIN, PRUNE_BATCH)
+            rescued, pruned = row["rescued"], row["pruned"]
+        else:
+            rescued, pruned = await self.pool.fetchval(queries.RESCUE_EXPIRED), 0
         if rescued:
             log.warning("rescued %s task(s) whose worker stopped heartbeating", rescued)
             self.on_rescued(rescued)
-        pruned = 0
+        # More batches when maintain()'s one was full, or on our own schedule with an
+        # explicit retention.
         loop = asyncio.get_running_loop()
-        if prune and self.retention is not None and loop.time() >= self._next_prune:
+        more = pruned >= PRUNE_BATCH or self.retention is not None
+        if self.prune and more and loop.time() >= self._next_prune:
             self._next_prune = loop.time() + self.prune_interval
-            pruned = await self._prune()
+            pruned += await self._prune()
         return rescued, pruned
 
     async def _prune(self) -> int:

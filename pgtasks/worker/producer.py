@@ -84,6 +84,40 @@ class Producer(Service):
             self.on_claimed(rows)
         return rows
 
+    def plan_piggyback(self) -> tuple[int, int, list[str]] | None:
+        """What the completer may claim along with its results (finish_and_claim): every
+        free slot, for the types that fit; reserved until `claimed_by_completer`."""
+        free = self.slots.free()
+        if free <= 0 or self.stopping.is_set():
+            return None
+        if not self.sync_types:
+            plan = (free, 0, self.async_types)
+        else:
+            threads = min(free, self.slots.free_threads())
+            if threads == free:
+                plan = (free, free, self.all_types)
+            elif self.async_types:
+                plan = (free, 0, self.async_types)  # sync ones wait for the producer's loop
+            elif threads > 0:
+                plan = (threads, threads, self.sync_types)
+            else:
+                return None
+        self.slots.reserve(plan[0], threads=plan[1])
+        return plan
+
+    def claimed_by_completer(
+        self, plan: tuple[int, int, list[str]], rows: list[asyncpg.Record]
+    ) -> None:
+        self.slots.release(plan[0], threads=plan[1])
+        self.stats.claim_calls += 1
+        self.stats.claimed += len(rows)
+        if rows:
+            self.on_claimed(rows)
+        if len(rows) < plan[0] or (self.sync_types and plan[2] is self.async_types):
+            # Short: the queue ran dry (look once more, as the loop does after a partial
+            # claim, for a task whose wake-up was skipped), or sync types were left out.
+            self.wake()
+
     async def run_once(self) -> int:
         """Claim into the free slots; returns how many tasks were claimed.
 

@@ -42,7 +42,7 @@ from pgtasks.worker.lease_keeper import LeaseKeeper
 from pgtasks.worker.maintainer import Maintainer
 from pgtasks.worker.notifier import Notifier
 from pgtasks.worker.producer import Producer
-from pgtasks.worker.runner import DaemonThreads, Runner
+from pgtasks.worker.runner import DaemonThreads, Outcome, Runner, Succeeded
 from pgtasks.worker.slots import Attempt, Slots
 from pgtasks.worker.writer import TaskWriter
 
@@ -52,7 +52,8 @@ log = logging.getLogger("pgtasks.worker")
 DEFAULT_CONCURRENCY = 100  # async slots are cheap: a coroutine each
 DEFAULT_THREADS = 10  # sync (`def`) tasks need a thread each: a smaller bound
 DEFAULT_TASK_POOL_SIZE = 2  # ctx.pool; opened lazily
-DEFAULT_LEASE = 60.0  # seconds
+# The lease, retention and every task policy default live in the database
+# (pgtasks.settings): a worker given none uses those.
 
 
 class Worker:
@@ -69,11 +70,12 @@ class Worker:
         task_pool_size: int = DEFAULT_TASK_POOL_SIZE,
         poll_interval: float = 1.0,
         listen: bool = True,
-        lease: float = DEFAULT_LEASE,
+        lease: float | None = None,
         heartbeat_interval: float | None = None,
         rescue_interval: float | None = None,
         shutdown_grace: float = 30.0,
-        retention: timedelta | None = timedelta(days=7),
+        retention: timedelta | None = None,
+        prune: bool = True,
         prune_interval: float = 60.0,
         burst: bool = False,
         worker_id: str | None = None,
@@ -81,7 +83,7 @@ class Worker:
     ) -> None:
         if concurrency < 1 or threads < 1 or task_pool_size < 1:
             raise PgTasksError("concurrency, threads and task_pool_size must be at least 1")
-        if lease <= 0 or poll_interval <= 0:
+        if (lease is not None and lease <= 0) or poll_interval <= 0:
             raise PgTasksError("lease and poll_interval must be positive")
         self._url = url
         self.registry = registry
@@ -91,11 +93,12 @@ class Worker:
         self.task_pool_size = task_pool_size
         self.poll_interval = poll_interval
         self.listen = listen
-        self.lease = lease
-        self.heartbeat_interval = heartbeat_interval or lease / 3
-        self.rescue_interval = rescue_interval or max(min(lease / 2, 30.0), 0.2)
+        self.lease = lease  # None until run() reads settings.default_lease
+        self._heartbeat_interval = heartbeat_interval
+        self._rescue_interval = rescue_interval
         self.shutdown_grace = shutdown_grace
         self.retention = retention
+        self.prune = prune
         self.prune_interval = prune_interval
         self.burst = burst
         self.statement_cache_size = statement_cache_size
@@ -107,6 +110,8 @@ class Worker:
         self._pools: dict[str, asyncpg.Pool] = {}
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
+        #: Set once the worker is registered, with its task types' policies in the database.
+        self.ready = asyncio.Event()
         self.producer: Producer | None = None
         self.completer: Completer | None = None
 
@@ -145,7 +150,10 @@ class Worker:
         services: list[Any] = []
         try:
             await self._connect(url)
+            await self._settle_lease()
             await self._register()
+            await self._register_types()
+            self.ready.set()
             services = self._wire(url)
             for s in services:
                 s.start()
@@ -173,6 +181,44 @@ class Worker:
 
     # -- wiring --------------------------------------------------------------------------
 
+    @property
+    def heartbeat_interval(self) -> float:
+        return self._heartbeat_interval or (self.lease or 60.0) / 3
+
+    @property
+    def rescue_interval(self) -> float:
+        return self._rescue_interval or max(min((self.lease or 60.0) / 2, 30.0), 0.2)
+
+    async def _settle_lease(self) -> None:
+        """The lease to heartbeat by: ours if given, else the database's default."""
+        if self.lease is None:
+            row = await retrying(
+                "settings",
+                lambda: self._pool("control").fetchrow(queries.SETTINGS),
+                self._stopping,
+            )
+            self.lease = row["default_lease"].total_seconds()
+
+    async def _register_types(self) -> None:
+        """Upsert each registered type's policy, so submits from anywhere (psql included)
+        get the queue, retries, timeout and backoff this code declares."""
+
+        async def upsert() -> None:
+            async with self._pool("control").acquire() as conn, conn.transaction():
+                for spec in self.registry:
+                    await conn.execute(
+                        queries.REGISTER_TASK_TYPE,
+                        spec.name,
+                        spec.queue,
+                        None,  # priority: no per-type priority in @task_register yet
+                        spec.max_retries,
+                        spec.timeout,
+                        timedelta(seconds=spec.retry_delay) if spec.retry_delay else None,
+                        self.worker_id,
+                    )
+
+        await retrying("register task types", upsert, self._stopping)
+
     def _wire(self, url: str) -> list[Any]:
         writer = TaskWriter(self._pool("writes"))
         runner = Runner(self.executor)
@@ -182,7 +228,6 @@ class Worker:
             slots=self.slots,
             stats=self.stats,
             stopping=self._stopping,
-            registry=self.registry,
         )
         self.producer = Producer(
             self._pool("core"),
@@ -199,6 +244,7 @@ class Worker:
             burst=self.burst,
         )
         producer = self.producer
+        self.completer.claimer = producer  # results in, work out: one round trip
         lease_keeper = LeaseKeeper(
             self._pool("control"),
             worker_id=self.worker_id,
@@ -217,6 +263,7 @@ class Worker:
             self._pool("control"),
             interval=self.rescue_interval,
             retention=self.retention,
+            prune=self.prune,
             prune_interval=self.prune_interval,
             on_rescued=rescued,
         )
@@ -274,7 +321,7 @@ class Worker:
                 os.getpid(),
                 self.queues,
                 self.concurrency,
-                timedelta(seconds=self.lease),
+                timedelta(seconds=self.lease) if self.lease else None,
             ),
             self._stopping,
         )
@@ -300,6 +347,7 @@ class Worker:
     async def _attempt(self, att: Attempt, spec: Any, runner: Runner) -> None:
         assert self.completer is not None and self.producer is not None
         token = current_task.set(att.ctx)
+        outcome: Outcome | None = None
         try:
             outcome = await runner.run(att, spec)
             await self.completer.record(att.task_id, att.attempt, outcome)
@@ -314,7 +362,10 @@ class Worker:
             current_task.reset(token)
             att.ctx._close()  # late progress/log calls (e.g. from abandoned threads) are dropped
             self.slots.ended(att)
-            self.producer.wake()
+            if not isinstance(outcome, Succeeded):
+                # A success's slot is refilled by the completer, in the round trip that
+                # writes the result; any other end wakes the producer.
+                self.producer.wake()
 
     # -- shutdown ------------------------------------------------------------------------
 

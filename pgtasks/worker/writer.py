@@ -26,7 +26,7 @@ class TaskWriter:
 
     async def steps(self, task_id: int, attempt: int) -> list[tuple[str, Any, datetime]]:
         async with translated():
-            rows = await self.pool.fetch(queries.TASK_STEPS, task_id)
+            rows = await self.pool.fetch(queries.TASK_STEPS, task_id, attempt)
         return [(r["name"], r["result"], r["db_now"]) for r in rows]
 
     async def checkpoint(self, task_id: int, attempt: int, name: str, value: Any) -> None:

@@ -77,3 +77,34 @@ async def test_failures_and_hand_backs(conn, pool, stats, stopping):
         "CANCELLED",
     ]
     assert (stats.retried, stats.failed, stats.handed_back, stats.lost) == (1, 1, 1, 1)
+
+
+async def test_finishing_claims_work_for_the_freed_slots_in_the_same_round_trip(
+    conn, pool, stats, stopping
+):
+    from pgtasks.worker.producer import Producer
+    from tests.worker.conftest import WORKER
+
+    await submit(conn, "noop", 5)
+    rows = await claim(conn, 2)
+    held = slots(concurrency=2)
+    started: list[int] = []
+    producer = Producer(
+        pool,
+        worker_id=WORKER,
+        slots=held,
+        async_types=["noop"],
+        sync_types=[],
+        on_claimed=lambda claimed: started.extend(r["id"] for r in claimed),
+        stats=stats,
+        stopping=stopping,
+    )
+    c = Completer(pool, slots=held, stats=stats, stopping=stopping, claimer=producer)
+    for r in rows:
+        await c.record(r["id"], r["attempt"], Succeeded("1"))
+    await c.run_once()
+    assert stats.finish_calls == 1 and stats.claim_calls == 1  # one statement did both
+    assert len(started) == 2 and not set(started) & {r["id"] for r in rows}
+    assert [await status(conn, r["id"]) for r in rows] == ["DONE", "DONE"]
+    assert [await status(conn, t) for t in started] == ["RUNNING", "RUNNING"]
+    assert held.free() == 2  # the reservation is released (the rows went to on_claimed)

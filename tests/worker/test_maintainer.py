@@ -33,3 +33,12 @@ async def test_rescues_expired_leases_and_prunes_old_tasks(conn, pool):
     assert await status(conn, stuck) == "COMMIT"
     assert await conn.fetchval("SELECT count(*) FROM pgtasks.tasks WHERE id = $1", old) == 0
     assert await m.run_once() == (0, 0)  # prune is not due again before prune_interval
+
+
+async def test_by_default_it_calls_maintain_with_the_database_settings(conn, pool):
+    [tid] = await submit(conn, "noop")
+    await claim(conn, 1, lease=0.05)
+    await asyncio.sleep(0.1)
+    m = Maintainer(pool, interval=1.0)  # no retention of its own: settings.retention
+    assert await m.run_once() == (1, 0)
+    assert await status(conn, tid) == "COMMIT"
