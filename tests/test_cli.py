@@ -42,8 +42,8 @@ def test_submit_status_ls_cancel_retry(dsn):
     [
         (("submit", "x", "--params", "{oops"), "--params is not valid JSON"),
         (("submit", "x", "--params", "[1]"), "--params must be a JSON object"),
-        (("submit", "x", "--max-retries", "-1"), "max_retries must be 0 or more"),
-        (("submit", "", "--params", "{}"), "task_type must be a non-empty string"),
+        (("submit", "x", "--max-retries", "-1"), "max_retries must be between 0 and 1000"),
+        (("submit", "", "--params", "{}"), "task_type must be a non-blank name"),
         (("status", "424242"), "task 424242 does not exist"),
         (("cancel", "424242"), "task 424242 does not exist"),
         (("ls", "--status", "nope"), "unknown status"),
@@ -72,3 +72,23 @@ def test_help_explains_itself():
     assert out.returncode == 0
     for command in ("db", "migrate", "worker", "submit", "status", "ls", "cancel", "retry"):
         assert command in out.stdout
+
+
+def test_types_lists_registered_types_with_their_effective_policy(dsn):
+    assert "task types (0)" in cli(dsn, "types").stdout
+    reg = "SELECT pgtasks.register_task_type('resize', queue => 'images', max_retries => 5)"
+    import asyncio
+
+    import asyncpg
+
+    async def register() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(reg)
+        finally:
+            await conn.close()
+
+    asyncio.run(register())
+    out = cli(dsn, "types")
+    assert out.returncode == 0, out.stderr
+    assert "resize" in out.stdout and "images" in out.stdout and "│ 5 " in out.stdout
