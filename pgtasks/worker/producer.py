@@ -38,6 +38,7 @@ class Producer(Service):
         sync_types: list[str],
         on_claimed: Callable[[list[asyncpg.Record]], None],
         stats: WorkerStats,
+        before_claim: Callable[[], object] | None = None,
         stopping: asyncio.Event,
         queues: list[str] | None = None,
         lease: float | None = None,
@@ -52,6 +53,7 @@ class Producer(Service):
         self.sync_types = sorted(sync_types)
         self.all_types = sorted(async_types + sync_types)
         self.on_claimed = on_claimed
+        self.before_claim = before_claim or (lambda: None)
         self.stats = stats
         self.stopping = stopping
         self.queues = queues
@@ -151,6 +153,7 @@ class Producer(Service):
         rechecked = False
         while not self.stopping.is_set():
             self._wake.clear()
+            self.before_claim()
             wait_for: float | None = self.poll_interval
             capacity = self.slots.free()
             if capacity > 0:

@@ -8,15 +8,28 @@ Two bounds: `concurrency` slots for all tasks, and at most `threads` of them for
 (`def`) tasks, which each need a thread: a hundred coroutines are cheap, a hundred threads
 are not. Claims in flight reserve their slots first, so the producer and the completer
 (which claims in the same round trip as it finishes) never take more than fits.
+
+Prefetch: while tasks are short, up to `prefetch` more tasks are claimed than there are free
+slots and wait here (`buffer`) for a slot, so a freed slot starts its next task at once
+instead of waiting for a round trip (measured: about twice the drain rate at concurrency
+10). A buffered task keeps its lease like a running one. Prefetch switches itself off while
+tasks run longer than PREFETCH_MAX_TASK_S on average, and a task that waited longer than
+PREFETCH_MAX_WAIT_S for a slot is handed back, so no task waits behind long ones.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from pgtasks.context import TaskContext, Writer
+
+#: Prefetch only while tasks average less than this (seconds)...
+PREFETCH_MAX_TASK_S = 0.05
+#: ...and hand back a prefetched task that waited longer than this for a slot.
+PREFETCH_MAX_WAIT_S = 2.0
 
 
 @dataclass
@@ -66,11 +79,14 @@ class Attempt:
 
 
 class Slots:
-    def __init__(self, concurrency: int, threads: int) -> None:
+    def __init__(self, concurrency: int, threads: int, prefetch: int = 0) -> None:
         self.concurrency = concurrency
         self.threads = min(threads, concurrency)
+        self.prefetch = prefetch
         self.running: dict[int, Attempt] = {}
         self.finishing: dict[int, int] = {}  # task_id -> attempt, result not yet written
+        self.buffer: dict[int, tuple[Any, float]] = {}  # prefetched: task_id -> (row, when)
+        self.avg_task_s = 0.0  # moving average of how long an attempt runs
         self._sync_running = 0
         self._reserved = 0
         self._reserved_threads = 0
@@ -78,7 +94,13 @@ class Slots:
     # -- bounds --------------------------------------------------------------------------
 
     def free(self) -> int:
-        return self.concurrency - len(self.running) - self._reserved
+        """How many tasks a claim may take now: free slots, plus prefetch room."""
+        extra = self.prefetch if self.avg_task_s <= PREFETCH_MAX_TASK_S else 0
+        return self.concurrency + extra - len(self.running) - len(self.buffer) - self._reserved
+
+    def has_room(self) -> bool:
+        """A slot to start a task in now (not counting prefetch)."""
+        return len(self.running) < self.concurrency
 
     def free_threads(self) -> int:
         return self.threads - self._sync_running - self._reserved_threads
@@ -98,17 +120,39 @@ class Slots:
         self.running[att.task_id] = att
         self._sync_running += att.is_sync
 
-    def ended(self, att: Attempt) -> None:
+    def ended(self, att: Attempt, seconds: float | None = None) -> None:
         if self.running.pop(att.task_id, None) is not None:
             self._sync_running -= att.is_sync
+        if seconds is not None:
+            self.avg_task_s += (seconds - self.avg_task_s) * 0.05
+
+    # -- prefetched ----------------------------------------------------------------------
+
+    def hold(self, row: Any) -> None:
+        self.buffer[row["id"]] = (row, time.monotonic())
+
+    def next_held(self) -> Any | None:
+        if not self.buffer:
+            return None
+        task_id = next(iter(self.buffer))
+        return self.buffer.pop(task_id)[0]
+
+    def stale(self, *, everything: bool = False) -> list[Any]:
+        """Prefetched rows that waited too long for a slot (all of them when stopping)."""
+        cutoff = time.monotonic() - PREFETCH_MAX_WAIT_S
+        old = [t for t, (_, at) in self.buffer.items() if everything or at < cutoff]
+        return [self.buffer.pop(t)[0] for t in old]
 
     def owned(self) -> list[tuple[int, int]]:
         """(task_id, attempt) of every task whose lease this worker must keep."""
         held = [(a.task_id, a.attempt) for a in self.running.values()]
         held += [(t, n) for t, n in self.finishing.items() if t not in self.running]
+        held += [(t, row["attempt"]) for t, (row, _) in self.buffer.items()]
         return held
 
     def stop(self, task_id: int, reason: str) -> bool:
+        if self.buffer.pop(task_id, None) is not None:
+            return True  # never started: nothing to stop, the database already moved on
         att = self.running.get(task_id)
         if att is None:
             return False
@@ -117,4 +161,4 @@ class Slots:
 
     @property
     def idle(self) -> bool:
-        return not self.running and not self.finishing
+        return not self.running and not self.finishing and not self.buffer

@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import socket
+import time
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -36,17 +37,18 @@ from pgtasks.context import (
 from pgtasks.db import TRANSIENT
 from pgtasks.errors import PgTasksError
 from pgtasks.task import Registry, registry
-from pgtasks.worker.base import WorkerStats, retrying, sleep_or_stop
+from pgtasks.worker.base import WorkerStats, retrying, sleep_or_stop, spawn_guarded
 from pgtasks.worker.completer import Completer
 from pgtasks.worker.lease_keeper import LeaseKeeper
 from pgtasks.worker.maintainer import Maintainer
 from pgtasks.worker.notifier import Notifier
 from pgtasks.worker.producer import Producer
-from pgtasks.worker.runner import DaemonThreads, Outcome, Runner, Succeeded
+from pgtasks.worker.runner import DaemonThreads, Outcome, Runner, Succeeded, Yielded
 from pgtasks.worker.slots import Attempt, Slots
 from pgtasks.worker.writer import TaskWriter
 
 log = logging.getLogger("pgtasks.worker")
+loop_time = time.monotonic
 
 #: Defaults, written once here (the CLI shows these).
 DEFAULT_CONCURRENCY = 100  # async slots are cheap: a coroutine each
@@ -68,6 +70,7 @@ class Worker:
         concurrency: int = DEFAULT_CONCURRENCY,
         threads: int = DEFAULT_THREADS,
         task_pool_size: int = DEFAULT_TASK_POOL_SIZE,
+        prefetch: int | None = None,
         poll_interval: float = 1.0,
         listen: bool = True,
         lease: float | None = None,
@@ -106,7 +109,13 @@ class Worker:
         self.application_name = f"pgtasks-worker:{self.worker_id}"
         self.stats = WorkerStats()
         self.executor = DaemonThreads()
-        self.slots = Slots(concurrency, threads)
+        # Prefetch (see slots.py): as many as the slots by default, for short async tasks;
+        # none with sync types registered (their thread slots are claimed exactly).
+        if prefetch is None:
+            prefetch = 0 if any(not s.is_async for s in registry) else concurrency
+        self.prefetch = prefetch
+        self.slots = Slots(concurrency, threads, prefetch)
+        self._writer: TaskWriter | None = None
         self._pools: dict[str, asyncpg.Pool] = {}
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
@@ -220,7 +229,7 @@ class Worker:
         await retrying("register task types", upsert, self._stopping)
 
     def _wire(self, url: str) -> list[Any]:
-        writer = TaskWriter(self._pool("writes"))
+        writer = self._writer = TaskWriter(self._pool("writes"))
         runner = Runner(self.executor)
         types = {s.name: s for s in self.registry}
         self.completer = Completer(
@@ -236,6 +245,7 @@ class Worker:
             async_types=[n for n, s in types.items() if s.is_async],
             sync_types=[n for n, s in types.items() if not s.is_async],
             on_claimed=lambda rows: self._start_all(rows, runner, writer),
+            before_claim=self._hand_back_stale,
             stats=self.stats,
             stopping=self._stopping,
             queues=self.queues,
@@ -330,7 +340,29 @@ class Worker:
 
     def _start_all(self, rows: list[asyncpg.Record], runner: Runner, writer: TaskWriter) -> None:
         for row in rows:
+            if self.slots.has_room():
+                self._start(row, runner, writer)
+            else:
+                self.slots.hold(row)  # prefetched: starts when a slot frees
+
+    def _start_held(self, runner: Runner, writer: TaskWriter) -> None:
+        while self.slots.has_room():
+            row = self.slots.next_held()
+            if row is None:
+                return
             self._start(row, runner, writer)
+
+    def _hand_back_stale(self, *, everything: bool = False) -> list[asyncio.Task[Any]]:
+        """Give back prefetched tasks that waited too long for a slot (or all, when stopping)."""
+        assert self.completer is not None
+        completer = self.completer
+        return [
+            spawn_guarded(
+                completer.hand_back(row["id"], row["attempt"], Yielded(None, handed_back=True)),
+                "hand back",
+            )
+            for row in self.slots.stale(everything=everything)
+        ]
 
     def _start(self, row: asyncpg.Record, runner: Runner, writer: TaskWriter) -> None:
         spec = self.registry.get(row["task_type"])
@@ -348,6 +380,7 @@ class Worker:
         assert self.completer is not None and self.producer is not None
         token = current_task.set(att.ctx)
         outcome: Outcome | None = None
+        started = loop_time()
         try:
             outcome = await runner.run(att, spec)
             await self.completer.record(att.task_id, att.attempt, outcome)
@@ -361,7 +394,9 @@ class Worker:
         finally:
             current_task.reset(token)
             att.ctx._close()  # late progress/log calls (e.g. from abandoned threads) are dropped
-            self.slots.ended(att)
+            self.slots.ended(att, loop_time() - started)
+            if self._writer is not None and not self._stopping.is_set():
+                self._start_held(runner, self._writer)  # a stopping worker hands them back
             if not isinstance(outcome, Succeeded):
                 # A success's slot is refilled by the completer, in the round trip that
                 # writes the result; any other end wakes the producer.
@@ -370,7 +405,11 @@ class Worker:
     # -- shutdown ------------------------------------------------------------------------
 
     async def _drain(self) -> None:
-        """Give running tasks the grace period, then cancel and hand back what is left."""
+        """Hand back prefetched tasks, give running ones the grace period, then cancel and
+        hand back what is left."""
+        handing = self._hand_back_stale(everything=True)
+        if handing:
+            await asyncio.wait(handing)
         pending = [a.future for a in self.slots.running.values() if a.future is not None]
         if pending:
             log.info(
