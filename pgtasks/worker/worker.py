@@ -99,6 +99,8 @@ class Worker:
         self.lease = lease  # None until run() reads settings.default_lease
         self._heartbeat_interval = heartbeat_interval
         self._rescue_interval = rescue_interval
+        self.heartbeat_interval = 0.0  # set by run(), from the lease
+        self.rescue_interval = 0.0
         self.shutdown_grace = shutdown_grace
         self.retention = retention
         self.prune = prune
@@ -190,14 +192,6 @@ class Worker:
 
     # -- wiring --------------------------------------------------------------------------
 
-    @property
-    def heartbeat_interval(self) -> float:
-        return self._heartbeat_interval or (self.lease or 60.0) / 3
-
-    @property
-    def rescue_interval(self) -> float:
-        return self._rescue_interval or max(min((self.lease or 60.0) / 2, 30.0), 0.2)
-
     async def _settle_lease(self) -> None:
         """The lease to heartbeat by: ours if given, else the database's default."""
         if self.lease is None:
@@ -207,6 +201,10 @@ class Worker:
                 self._stopping,
             )
             self.lease = row["default_lease"].total_seconds()
+        lease = self.lease
+        assert lease is not None
+        self.heartbeat_interval = self._heartbeat_interval or lease / 3
+        self.rescue_interval = self._rescue_interval or max(min(lease / 2, 30.0), 0.2)
 
     async def _register_types(self) -> None:
         """Upsert each registered type's policy, so submits from anywhere (psql included)
