@@ -197,6 +197,13 @@ def import_app(spec: str) -> None:
     help="Of those, at most this many sync (def) tasks, one thread each.",
 )
 @click.option(
+    "--prefetch",
+    default=None,
+    type=click.IntRange(min=0),
+    help="Tasks claimed beyond the free slots while tasks are short, so a freed slot never "
+    "waits for a claim (default: as many as --concurrency; 0 with sync task types).",
+)
+@click.option(
     "--task-pool-size",
     default=DEFAULT_TASK_POOL_SIZE,
     show_default=True,
@@ -236,6 +243,7 @@ def worker(
     queues: str | None,
     concurrency: int,
     threads: int,
+    prefetch: int | None,
     task_pool_size: int,
     poll_interval: float,
     lease: float | None,
@@ -257,6 +265,7 @@ def worker(
         queues=[q.strip() for q in queues.split(",") if q.strip()] if queues else None,
         concurrency=concurrency,
         threads=threads,
+        prefetch=prefetch,
         task_pool_size=task_pool_size,
         poll_interval=poll_interval,
         lease=lease,
