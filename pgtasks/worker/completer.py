@@ -59,6 +59,9 @@ class Completer(Service):
         self.on_written = on_written or (lambda: None)
         self._batch: list[Result] = []
         self._signal = asyncio.Event()
+        # One writer at a time: a stopping worker's last run_once waits for the batch the
+        # loop has in flight instead of racing it (stop() would cancel that one mid-write).
+        self._writing = asyncio.Lock()
 
     # -- entry point ---------------------------------------------------------------------
 
@@ -100,6 +103,10 @@ class Completer(Service):
 
     async def run_once(self) -> None:
         """Write every queued result (in as many batches as arrive meanwhile)."""
+        async with self._writing:
+            await self._write_all()
+
+    async def _write_all(self) -> None:
         while self._batch:
             batch, self._batch = self._batch, []
             try:
