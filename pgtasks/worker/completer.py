@@ -49,7 +49,7 @@ class Completer(Service):
         stopping: asyncio.Event,
         claimer: Producer | None = None,
         on_written: Callable[[], None] | None = None,
-        writers: int = 2,
+        writers: int = 1,
     ) -> None:
         super().__init__()
         self.pool = pool
@@ -88,10 +88,10 @@ class Completer(Service):
     # -- batched results -----------------------------------------------------------------
 
     async def run(self) -> None:
-        """`writers` loops (default 2, the core pool's connections): while one batch is in
-        flight, the results that finish meanwhile go out on the other connection instead
-        of waiting a round trip for it. Measured at concurrency 10, where the drain is
-        bound by round trips, not by CPU."""
+        """`writers` loops: with 2, while one batch is in flight the results that finish
+        meanwhile go out on the other core connection. Default 1: on the shared 2-core
+        bench machine two made no difference we could tell from noise at concurrency 10,
+        and cost server CPU per job at concurrency 100 (smaller batches)."""
         await asyncio.gather(*(self._write_loop() for _ in range(self.writers)))
 
     async def _write_loop(self) -> None:
@@ -99,6 +99,9 @@ class Completer(Service):
         # while heartbeats keep those tasks RUNNING, i.e. stuck for the worker's lifetime.
         while True:
             await self._signal.wait()
+            # Let the tasks already scheduled (e.g. prefetched ones just started by a freed
+            # slot) run first: a short task's result then joins this batch, not the next.
+            await asyncio.sleep(0)
             if not self._batch:
                 self._signal.clear()
                 continue

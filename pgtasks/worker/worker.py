@@ -235,11 +235,6 @@ class Worker:
             slots=self.slots,
             stats=self.stats,
             stopping=self._stopping,
-            # Below ~50 slots a drain is bound by round trips: a second batch in flight
-            # keeps the slots busy (bench, concurrency 10: 4.5k -> 7.8k jobs/s). Above, it
-            # is bound by the server's CPU, where one bigger batch per round trip costs less
-            # per job (concurrency 100: 62 vs 99 us of server CPU per job with two).
-            writers=2 if self.concurrency < 50 else 1,
         )
         self.producer = Producer(
             self._pool("core"),
