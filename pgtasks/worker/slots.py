@@ -141,6 +141,11 @@ class Slots:
         """Prefetched rows that waited too long for a slot (all of them when stopping)."""
         cutoff = time.monotonic() - PREFETCH_MAX_WAIT_S
         old = [t for t, (_, at) in self.buffer.items() if everything or at < cutoff]
+        if old and not everything:
+            # Slots stay busy for seconds: tasks are long (maybe all of them since start,
+            # before any ended to move the average). Prefetch stays off until short tasks
+            # bring the average back down, instead of claiming and handing back in a loop.
+            self.avg_task_s = max(self.avg_task_s, 2 * PREFETCH_MAX_TASK_S)
         return [self.buffer.pop(t)[0] for t in old]
 
     def owned(self) -> list[tuple[int, int]]:

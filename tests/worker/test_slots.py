@@ -66,3 +66,19 @@ async def test_a_stopping_worker_hands_back_its_prefetched_tasks(dsn, conn):
     )
     assert [r[0] for r in statuses] == ["COMMIT", "COMMIT"]  # given back, no retry used
     assert await conn.fetchval("SELECT status::text FROM pgtasks.tasks WHERE id=$1", held) == "DONE"
+
+
+async def test_a_prefetched_task_that_waited_too_long_is_given_up_and_prefetch_stops(
+    conn, pool, monkeypatch
+):
+    import pgtasks.worker.slots as slots_module
+
+    slots = Slots(concurrency=1, threads=1, prefetch=1)
+    await submit(conn, "noop", 2)
+    running, waiting = await claim(conn, 2)
+    slots.add(attempt(running, pool))
+    slots.hold(waiting)
+    assert slots.stale() == []  # not old yet
+    monkeypatch.setattr(slots_module, "PREFETCH_MAX_WAIT_S", 0.0)
+    assert [r["id"] for r in slots.stale()] == [waiting["id"]]
+    assert slots.free() == 0  # the running task is long: no prefetch room any more
