@@ -235,10 +235,7 @@ class Client:
     # -- reading -------------------------------------------------------------------------
 
     async def get(self, task_id: int) -> TaskInfo:
-        row = await self.pool.fetchrow(queries.GET_TASK, task_id)
-        if row is None:
-            raise TaskNotFound(f"task {task_id} does not exist", sqlstate="PT003")
-        return TaskInfo.model_validate(dict(row))
+        return await self._read(self.pool, task_id)
 
     async def list(
         self,
@@ -339,10 +336,10 @@ class Client:
                         await conn.remove_listener(ch, on_notify)
 
     @staticmethod
-    async def _read(conn: asyncpg.Connection, task_id: int) -> TaskInfo:
+    async def _read(conn: Executor, task_id: int) -> TaskInfo:
         row = await conn.fetchrow(queries.GET_TASK, task_id)
         if row is None:
-            raise TaskNotFound(f"task {task_id} does not exist", sqlstate="PT003")
+            raise TaskNotFound(f"task {task_id} does not exist")
         return TaskInfo.model_validate(dict(row))
 
     async def wait(
