@@ -142,6 +142,15 @@ SELECT pgtasks.report_progress(task_id => $1, attempt => $2, current => $3, tota
                                message => $5)
 """
 
+# Many tasks' progress in one statement; one refused row fails it (then: one by one).
+REPORT_PROGRESS_MANY = """
+SELECT count(pgtasks.report_progress(task_id => u.task_id, attempt => u.attempt,
+                                     current => u.current, total => u.total,
+                                     message => u.message))
+  FROM unnest($1::bigint[], $2::integer[], $3::bigint[], $4::bigint[], $5::text[])
+       AS u(task_id, attempt, current, total, message)
+"""
+
 TASK_STEPS = "SELECT * FROM pgtasks.task_steps_of(task_id => $1, attempt => $2)"
 
 # -- worker: maintenance -------------------------------------------------------------------
