@@ -151,6 +151,20 @@ SELECT count(pgtasks.report_progress(task_id => u.task_id, attempt => u.attempt,
        AS u(task_id, attempt, current, total, message)
 """
 
+# Many tasks' log batches in one statement: one row per line, grouped back per attempt
+# (in their order) for log_many. One refused task fails it (then: one by one).
+LOG_MANY_TASKS = """
+SELECT count(pgtasks.log_many(task_id => g.task_id, attempt => g.attempt, levels => g.levels,
+                              messages => g.messages, ats => g.ats, loggers => g.loggers))
+  FROM (SELECT u.task_id, u.attempt, array_agg(u.level ORDER BY u.n) AS levels,
+               array_agg(u.message ORDER BY u.n) AS messages,
+               array_agg(u.at ORDER BY u.n) AS ats, array_agg(u.logger ORDER BY u.n) AS loggers
+          FROM unnest($1::bigint[], $2::integer[], $3::text[], $4::text[],
+                      $5::timestamptz[], $6::text[])
+               WITH ORDINALITY AS u(task_id, attempt, level, message, at, logger, n)
+         GROUP BY u.task_id, u.attempt) g
+"""
+
 TASK_STEPS = "SELECT * FROM pgtasks.task_steps_of(task_id => $1, attempt => $2)"
 
 # -- worker: maintenance -------------------------------------------------------------------
