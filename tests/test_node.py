@@ -1,0 +1,283 @@
+"""The Node.js example worker and producer (examples/node) against a real database.
+
+They are real `node` processes that speak only SQL, written from docs/worker-protocol.md:
+these tests show the protocol is enough for a correct worker in another language, and
+that Node and Python share one queue in both directions. Leases are short (2 s) so kills
+are rescued quickly; no test asserts how fast anything is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from pgtasks import Client
+from tests.conftest import ROOT, wait_for
+
+NODE_DIR = ROOT / "examples" / "node"
+
+pytestmark = pytest.mark.slow
+
+
+class NodeWorker:
+    """One `node worker.js`; its JSON event lines are collected as they arrive."""
+
+    def __init__(self, proc: subprocess.Popen[str], stderr: Path) -> None:
+        self.proc = proc
+        self.stderr = stderr
+        self.events: list[dict[str, Any]] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                self.events.append(json.loads(line))
+            except json.JSONDecodeError:
+                self.events.append({"event": "text", "line": line})
+
+    def seen(self, event: str, **fields: Any) -> list[dict[str, Any]]:
+        return [
+            e
+            for e in self.events
+            if e["event"] == event and all(e.get(k) == v for k, v in fields.items())
+        ]
+
+    async def wait_event(self, event: str, timeout: float = 60, **fields: Any) -> dict[str, Any]:
+        """The first `event` with these fields. The timeout only bounds a hung test."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not (found := self.seen(event, **fields)):
+            if self.proc.poll() is not None or loop.time() > deadline:
+                raise AssertionError(
+                    f"no {event} {fields} from the Node worker (exit {self.proc.poll()}); "
+                    f"events: {self.events[-10:]}; stderr: {self.stderr.read_text()[-2000:]}"
+                )
+            await asyncio.sleep(0.05)
+        return found[0]
+
+
+class Node:
+    """Starts Node workers and producers for one test's database; kills what is left."""
+
+    def __init__(self, node: str, dsn: str, tmp: Path) -> None:
+        self.node = node
+        self.dsn = dsn
+        self.tmp = tmp
+        self.workers: list[NodeWorker] = []
+
+    def env(self, **settings: object) -> dict[str, str]:
+        extra = {f"PGTASKS_{k.upper()}": str(v) for k, v in settings.items()}
+        return {**os.environ, "DATABASE_URL": self.dsn, **extra}
+
+    def worker(self, **settings: object) -> NodeWorker:
+        stderr = self.tmp / f"node-worker-{len(self.workers)}.err"
+        proc = subprocess.Popen(
+            [self.node, "worker.js"], cwd=NODE_DIR, env=self.env(**settings), text=True,
+            stdout=subprocess.PIPE, stderr=stderr.open("w"),
+        )  # fmt: skip
+        w = NodeWorker(proc, stderr)
+        self.workers.append(w)
+        return w
+
+    def produce(
+        self, task_type: str, count: int, params: dict[str, Any] | None = None
+    ) -> list[int]:
+        args = [self.node, "producer.js", task_type, str(count)]
+        if params is not None:
+            args.append(json.dumps(params))
+        out = subprocess.run(
+            args, cwd=NODE_DIR, env=self.env(), capture_output=True, text=True, check=True
+        )
+        ids: list[int] = json.loads(out.stdout)["ids"]
+        return ids
+
+    def kill_all(self) -> None:
+        for w in self.workers:
+            if w.proc.poll() is None:
+                w.proc.kill()
+            w.proc.wait(10)
+
+
+@pytest.fixture
+def node(dsn: str, tmp_path: Path) -> Iterator[Node]:
+    exe = shutil.which("node")
+    if exe is None:
+        pytest.skip("node is not installed (.ci/run installs nodejs and npm)")
+    if not (NODE_DIR / "node_modules" / "pg").is_dir():
+        pytest.skip("node_modules missing: run npm ci in examples/node")
+    n = Node(exe, dsn, tmp_path)
+    try:
+        yield n
+    finally:
+        n.kill_all()
+
+
+async def _statuses(conn: asyncpg.Connection, ids: list[int]) -> dict[str, int]:
+    rows = await conn.fetch(
+        "SELECT status::text, count(*) FROM pgtasks.tasks WHERE id = ANY($1) GROUP BY 1", ids
+    )
+    return {r[0]: r[1] for r in rows}
+
+
+async def test_node_workers_drain_python_submitted_tasks_exactly_once(dsn, conn, node):
+    workers = [node.worker(lease=2, concurrency=10) for _ in range(2)]
+    async with Client(dsn) as client:
+        ids = await client.submit_many("node.add", [{"a": i, "b": 1} for i in range(500)])
+
+    await wait_for(
+        conn, "SELECT bool_and(status = 'DONE') FROM pgtasks.tasks WHERE id = ANY($1)", ids
+    )
+    results = await conn.fetch("SELECT id, result FROM pgtasks.tasks WHERE id = ANY($1)", ids)
+    assert {r["id"]: r["result"] for r in results} == {
+        tid: {"sum": i + 1} for i, tid in enumerate(ids)
+    }
+    # Exactly once: one claim per task, though two workers competed for them.
+    claims = await conn.fetch(
+        """SELECT task_id, count(*) AS n FROM pgtasks.task_history
+            WHERE task_id = ANY($1) AND to_status = 'RUNNING' GROUP BY task_id""",
+        ids,
+    )
+    assert len(claims) == 500
+    assert {r["n"] for r in claims} == {1}
+    done_by = await conn.fetchval(
+        "SELECT count(DISTINCT worker_id) FROM pgtasks.task_history WHERE task_id = ANY($1) "
+        "AND to_status = 'DONE'",
+        ids,
+    )
+    assert done_by >= 1
+    # Idle workers still heartbeat: both stay registered and alive after the drain.
+    await wait_for(
+        conn,
+        "SELECT count(*) = 2 AND bool_and(alive AND last_seen > started_at) FROM pgtasks.workers",
+    )
+    for w in workers:
+        w.proc.send_signal(signal.SIGTERM)
+        assert w.proc.wait(30) == 0
+    assert await conn.fetchval("SELECT count(*) FROM pgtasks.workers") == 0
+
+
+async def test_python_worker_drains_node_submitted_tasks(conn, node, spawn_worker):
+    ids = node.produce("add", 50)
+    one = node.produce("add", 1, {"a": 20, "b": 22})
+    spawn_worker.start("--concurrency", "4", "--lease", "2")
+
+    await wait_for(
+        conn, "SELECT bool_and(status = 'DONE') FROM pgtasks.tasks WHERE id = ANY($1)", ids + one
+    )
+    rows = await conn.fetch("SELECT id, result FROM pgtasks.tasks WHERE id = ANY($1)", ids)
+    assert {r["id"]: r["result"] for r in rows} == {
+        tid: {"sum": 3 * i} for i, tid in enumerate(ids)
+    }
+    assert await conn.fetchval("SELECT result FROM pgtasks.tasks WHERE id = $1", one[0]) == {
+        "sum": 42
+    }
+    runs = await conn.fetch(
+        "SELECT task_id, count(*) FROM test_runs WHERE task_id = ANY($1) GROUP BY 1", ids
+    )
+    assert len(runs) == 50
+    assert {r[1] for r in runs} == {1}
+
+
+async def test_killed_node_worker_is_rescued_and_the_next_one_skips_finished_steps(conn, node):
+    first = node.worker(lease=2, concurrency=4)
+    ids = [
+        await conn.fetchval(
+            "SELECT pgtasks.submit_task(task_type => 'node.steps', params => $1::jsonb)",
+            {"n": 6, "sleep_ms": 300},
+        )
+        for _ in range(4)
+    ]
+    # Every task has checkpointed at least one step before the kill.
+    await wait_for(
+        conn,
+        "SELECT count(DISTINCT task_id) = 4 FROM pgtasks.task_steps WHERE task_id = ANY($1)",
+        ids,
+    )
+    first.proc.kill()
+    first.proc.wait(10)
+    assert await _statuses(conn, ids) == {"RUNNING": 4}  # only the leases can free them now
+
+    # No Python process anywhere: the second Node worker's maintain() timer rescues them.
+    second = node.worker(lease=2, concurrency=4)
+    await wait_for(
+        conn, "SELECT bool_and(status = 'DONE') FROM pgtasks.tasks WHERE id = ANY($1)", ids
+    )
+    assert second.seen("rescued")
+    rows = await conn.fetch(
+        "SELECT attempt, retry_count, result FROM pgtasks.tasks WHERE id = ANY($1)", ids
+    )
+    assert all(r["attempt"] >= 2 and r["retry_count"] >= 1 for r in rows)
+    assert {json.dumps(r["result"]) for r in rows} == {json.dumps({"steps": 6, "total": 15})}
+    # step-0 was checkpointed by attempt 1; the rescuing attempt read it and did not rerun it.
+    first_steps = await conn.fetch(
+        "SELECT attempt FROM pgtasks.task_steps WHERE task_id = ANY($1) AND name = 'step-0'", ids
+    )
+    assert [r["attempt"] for r in first_steps] == [1] * 4
+    reruns = await conn.fetchval(
+        "SELECT count(*) FROM pgtasks.task_log_lines WHERE task_id = ANY($1) "
+        "AND message = 'step 0 ran in attempt 2'",
+        ids,
+    )
+    assert reruns == 0
+
+
+async def test_cancel_reaches_the_node_worker_and_false_alarms_do_not(dsn, conn, node):
+    worker = node.worker(lease=2, concurrency=1)
+    await worker.wait_event("listening")
+    tid = await conn.fetchval(
+        "SELECT pgtasks.submit_task(task_type => 'node.steps', params => $1::jsonb)",
+        {"n": 200, "sleep_ms": 100},
+    )
+    await wait_for(conn, "SELECT count(*) > 0 FROM pgtasks.task_steps WHERE task_id = $1", tid)
+    attempt = await conn.fetchval("SELECT attempt FROM pgtasks.tasks WHERE id = $1", tid)
+
+    # Notices that do not name this attempt's cancellation: another attempt (the payload
+    # of 0004) and a bare id of a task that is not cancelled (the worker asks the database).
+    await conn.execute("SELECT pg_notify('pgtasks_cancel', $1)", f"{tid}:{attempt + 1}")
+    await conn.execute("SELECT pg_notify('pgtasks_cancel', $1)", str(tid))
+    steps = await conn.fetchval("SELECT count(*) FROM pgtasks.task_steps WHERE task_id = $1", tid)
+    await wait_for(
+        conn, "SELECT count(*) > $2 FROM pgtasks.task_steps WHERE task_id = $1", tid, steps + 2
+    )
+    assert not worker.seen("dropped")
+
+    async with Client(dsn) as client:
+        assert await client.cancel(tid) == "RUNNING"
+    event = await worker.wait_event("dropped", task_id=str(tid))
+    assert event["why"] == "cancelled"  # told by the NOTIFY, not found out by a fenced write
+
+    # The slot is free again: the worker's only slot runs the next task.
+    [nxt] = node.produce("node.add", 1, {"a": 1, "b": 2})
+    await wait_for(conn, "SELECT status = 'DONE' FROM pgtasks.tasks WHERE id = $1", nxt)
+    assert await conn.fetchval("SELECT status::text FROM pgtasks.tasks WHERE id = $1", tid) == (
+        "CANCELLED"
+    )
+
+
+async def test_sigterm_hands_running_tasks_back_without_using_a_retry(conn, node):
+    worker = node.worker(lease=2, concurrency=2, grace=0)
+    tid = await conn.fetchval(
+        "SELECT pgtasks.submit_task(task_type => 'node.steps', params => $1::jsonb)",
+        {"n": 200, "sleep_ms": 100},
+    )
+    await wait_for(conn, "SELECT count(*) > 0 FROM pgtasks.task_steps WHERE task_id = $1", tid)
+    worker.proc.send_signal(signal.SIGTERM)
+    assert worker.proc.wait(30) == 0
+    assert worker.seen("yielded", task_id=str(tid))
+    row = await conn.fetchrow(
+        "SELECT status::text, retry_count, worker_id FROM pgtasks.tasks WHERE id = $1", tid
+    )
+    assert tuple(row) == ("COMMIT", 0, None)
+    assert await conn.fetchval("SELECT count(*) FROM pgtasks.workers") == 0
