@@ -17,6 +17,7 @@ const GRACE = Number(env.PGTASKS_GRACE || 5); // seconds running tasks get on SI
 const WORKER_ID = env.PGTASKS_WORKER_ID ||
   `node-${os.hostname()}-${process.pid}-${crypto.randomBytes(3).toString('hex')}`;
 
+const REGISTRATION = [WORKER_ID, os.hostname(), process.pid, QUEUES, CONCURRENCY, LEASE];
 const say = (event, fields = {}) => console.log(JSON.stringify({ event, ...fields }));
 const sleep = (ms, signal) => new Promise((resolve) => {
   const t = setTimeout(resolve, ms);
@@ -73,10 +74,10 @@ const SQL = {
 };
 
 // (§11) What a refused call means. PT002/PT003: the task is someone else's now (rescued,
-// cancelled, re-claimed) or gone: drop it silently. PT1xx: this call's input was bad.
-// Anything else (connection lost, server restarting) is transient: leases cover the gap.
+// cancelled, re-claimed) or gone: drop it silently. Transient errors: leases cover the gap.
 const isGone = (e) => e && (e.code === 'PT002' || e.code === 'PT003');
-const isInvalid = (e) => e && typeof e.code === 'string' && e.code.startsWith('PT1');
+// Connection trouble: Node's own codes (ECONNRESET...), or SQLSTATE classes 08, 57P, 40.
+const isTransient = (e) => !/^[0-9A-Z]{5}$/.test(e?.code) || /^(08|57P|40)/.test(e.code);
 
 // Tasks and heartbeats/maintenance on separate pools, so busy tasks cannot starve leases.
 const pool = new Pool({ connectionString: URL, max: CONCURRENCY + 2 });
@@ -164,11 +165,13 @@ async function finishBatch() {
       b.resolve();
     }
   } catch (e) {
-    // One bad result (say over the size limit) must not sink the others: one at a time.
+    // One result the database refuses (over the size limit, a \u0000 jsonb cannot hold)
+    // must not sink the others: one at a time, and fail the one that cannot be stored.
     for (const b of batch) {
       await pool.query(SQL.finishOne, [b.run.id, b.run.attempt, b.json]).then(
         () => say('finished', { task_id: b.run.id, attempt: b.run.attempt }),
-        (err) => (isInvalid(err) ? fail(b.run, err, false) : report(b.run, err)));
+        (err) => (isGone(err) || isTransient(err) ? report(b.run, err)
+          : fail(b.run, new Error(`result could not be stored: ${err.message}`), false)));
       b.resolve();
     }
   }
@@ -293,10 +296,16 @@ function every(seconds, fn) {
   loops.push(loop);
 }
 
+let cutOff = false;
 async function heartbeat() { // also while idle: it keeps workers.last_seen fresh
   const runs = [...running.values()];
-  const { rows } = await keeper.query(SQL.heartbeat, [WORKER_ID, runs.map((r) => r.id), runs.map((r) => r.attempt), LEASE]);
-  for (const { lost_task_id: id } of rows) if (running.has(id)) stop(running.get(id), 'lease lost');
+  try {
+    // Back after an outage: rescue may have swept our row from the registry (§1).
+    if (cutOff) await keeper.query(SQL.registerWorker, REGISTRATION);
+    const { rows } = await keeper.query(SQL.heartbeat, [WORKER_ID, runs.map((r) => r.id), runs.map((r) => r.attempt), LEASE]);
+    cutOff = false;
+    for (const { lost_task_id: id } of rows) if (running.has(id)) stop(running.get(id), 'lease lost');
+  } catch (e) { cutOff = true; throw e; }
 }
 
 async function maintain() { // rescue expired leases and prune: no Python process needed
@@ -323,7 +332,7 @@ async function shutdown(signal) {
 
 async function main() {
   // (§1) Register the worker and the types it runs before claiming anything.
-  await pool.query(SQL.registerWorker, [WORKER_ID, os.hostname(), process.pid, QUEUES, CONCURRENCY, LEASE]);
+  await pool.query(SQL.registerWorker, REGISTRATION);
   for (const t of TYPES) await pool.query(SQL.registerType, [t, WORKER_ID]);
   process.on('SIGTERM', () => shutdown('SIGTERM'));
   process.on('SIGINT', () => shutdown('SIGINT'));
