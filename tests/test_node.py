@@ -190,6 +190,33 @@ async def test_python_worker_drains_node_submitted_tasks(conn, node, spawn_worke
     assert {r[1] for r in runs} == {1}
 
 
+async def test_node_failures_use_retries_unless_permanent(conn, node):
+    node.worker(lease=2, concurrency=4)
+    retried = await conn.fetchval(
+        "SELECT pgtasks.submit_task(task_type => 'node.fail', params => $1::jsonb, "
+        "max_retries => 1)",
+        {"message": "flaky", "retry_delay": 0.1},
+    )
+    permanent = await conn.fetchval(
+        "SELECT pgtasks.submit_task(task_type => 'node.fail', params => $1::jsonb)",
+        {"message": "hopeless", "permanent": True},
+    )
+    ids = [retried, permanent]
+    await wait_for(
+        conn, "SELECT bool_and(status = 'FAILED') FROM pgtasks.tasks WHERE id = ANY($1)", ids
+    )
+    rows = await conn.fetch(
+        "SELECT task_id, attempt, error FROM pgtasks.task_attempt_errors "
+        "WHERE task_id = ANY($1) ORDER BY task_id, attempt",
+        ids,
+    )
+    assert [tuple(r) for r in rows] == [
+        (retried, 1, "flaky"),
+        (retried, 2, "flaky"),
+        (permanent, 1, "hopeless"),
+    ]
+
+
 async def test_killed_node_worker_is_rescued_and_the_next_one_skips_finished_steps(conn, node):
     first = node.worker(lease=2, concurrency=4)
     ids = [

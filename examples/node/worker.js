@@ -19,29 +19,10 @@ const WORKER_ID = env.PGTASKS_WORKER_ID ||
 
 const REGISTRATION = [WORKER_ID, os.hostname(), process.pid, QUEUES, CONCURRENCY, LEASE];
 const say = (event, fields = {}) => console.log(JSON.stringify({ event, ...fields }));
-const sleep = (ms, signal) => new Promise((resolve) => {
-  const t = setTimeout(resolve, ms);
-  signal?.addEventListener('abort', () => { clearTimeout(t); resolve(); }, { once: true });
-});
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
-// The task types this worker knows; it claims no others.
-const HANDLERS = {
-  'node.add': async (ctx, p) => ({ sum: p.a + p.b }),
-  // n checkpointed steps of sleep_ms each: a resumed attempt skips the steps already done.
-  'node.steps': async (ctx, p) => {
-    let total = 0;
-    for (let i = 0; i < p.n; i++) {
-      total += await ctx.step(`step-${i}`, async () => {
-        await sleep(p.sleep_ms || 0, ctx.signal);
-        ctx.signal.throwIfAborted();
-        ctx.log('INFO', `step ${i} ran in attempt ${ctx.attempt}`);
-        return i;
-      });
-      ctx.progress(i + 1, p.n, `step ${i} of ${p.n}`);
-    }
-    return { steps: p.n, total };
-  },
-};
+// The task types this worker knows (tasks.js); it claims no others.
+const HANDLERS = require('./tasks');
 const TYPES = Object.keys(HANDLERS);
 
 // Every statement this worker sends, with named arguments. Intervals travel as seconds.
@@ -108,17 +89,29 @@ function scheduleFlush(run) {
   const due = Math.max(0, run.flushedAt + 1000 - Date.now());
   run.flushTimer = setTimeout(() => flush(run).catch((e) => stop(run, isGone(e) ? 'lease lost' : 'write failed', e)), due);
 }
-async function flush(run) {
+function flush(run) {
   clearTimeout(run.flushTimer);
   run.flushTimer = null;
   run.flushedAt = Date.now();
   const logs = run.logs.splice(0);
   const progress = run.progress;
   run.progress = null;
-  if (logs.length) {
-    await pool.query(SQL.logMany, [run.id, run.attempt, logs.map((l) => l[0]), logs.map((l) => l[1]), logs.map((l) => l[2])]);
-  }
-  if (progress) await pool.query(SQL.progress, [run.id, run.attempt, ...progress]);
+  const sendLogs = (messages) => pool.query(SQL.logMany, [run.id, run.attempt, logs.map((l) => l[0]), messages, logs.map((l) => l[2])]);
+  const write = async () => {
+    if (logs.length) {
+      const messages = logs.map((l) => l[1]);
+      // PT204: a line over settings.max_log_bytes. Shorten the lines rather than fail the task.
+      await sendLogs(messages).catch((e) => {
+        if (e.code !== 'PT204') throw e;
+        return sendLogs(messages.map((m) => (m.length > 4000 ? `${m.slice(0, 4000)} [truncated]` : m)));
+      });
+    }
+    if (progress) await pool.query(SQL.progress, [run.id, run.attempt, ...progress]);
+  };
+  // One write at a time per task, so log lines keep their order.
+  const written = run.writes.then(write);
+  run.writes = written.catch(() => {});
+  return written;
 }
 
 function context(run, steps) {
@@ -178,8 +171,9 @@ async function finishBatch() {
 }
 
 // (§10) A failure uses a retry (with the row's backoff, or the task's own retry_delay)
-// unless it is permanent.
-async function fail(run, err, retryable = !err.permanent) {
+// unless it is permanent: the task says so, or the database refused what it wrote (a PT
+// code: too large, out of bounds), which another attempt would write again.
+async function fail(run, err, retryable = !(err.permanent || /^PT/.test(err.code))) {
   try {
     const { rows } = await pool.query(SQL.fail, [run.id, run.attempt, String(err.message || err), err.stack || null, retryable, err.retryDelay ?? null]);
     say('failed', { task_id: run.id, attempt: run.attempt, status: rows[0].status, error: String(err.message || err) });
@@ -212,7 +206,7 @@ async function execute(run, row) {
 }
 
 function start(row) {
-  const run = { id: row.id, attempt: row.attempt, ctl: new AbortController(), why: null, logs: [], progress: null, flushTimer: null, flushedAt: 0 };
+  const run = { id: row.id, attempt: row.attempt, ctl: new AbortController(), why: null, logs: [], progress: null, flushTimer: null, flushedAt: 0, writes: Promise.resolve() };
   running.set(run.id, run);
   // Past 2^31 ms a Node timer fires at once; the database's deadline still holds there.
   const ms = row.timeout_s * 1000;
