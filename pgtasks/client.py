@@ -160,13 +160,17 @@ class Client:
         timeout: float | timedelta | None,
         connection: asyncpg.Connection | None,
     ) -> tuple[Executor, str, tuple[Any, ...]]:
-        """Where to run a submit, the type name, and (queue, priority, run_at, retries, timeout)."""
+        """Where to run a submit, the type name, and (queue, priority, run_at, retries, timeout,
+        backoff base)."""
         name = type_name(task)
         q, retries, limit = self._defaults(name, queue, max_retries, timeout)
+        spec = registry.get(name)
+        # The row carries the backoff base (sql/0003); NULL lets the database decide.
+        base = timedelta(seconds=spec.retry_delay) if spec and spec.retry_delay else None
         return (
             connection or self.pool,
             name,
-            (q, priority, self._when(run_at, delay), retries, limit),
+            (q, priority, self._when(run_at, delay), retries, limit, base),
         )
 
     async def submit(
@@ -188,7 +192,7 @@ class Client:
         )
         async with db.translated():
             task_id: int = await conn.fetchval(
-                """SELECT pgtasks.submit_task($1, $2, $3, $4, coalesce($5, now()), $6, $7)""",
+                """SELECT pgtasks.submit_task($1, $2, $3, $4, $5, $6, $7, $8)""",
                 name,
                 _params(params),
                 *options,
@@ -215,7 +219,7 @@ class Client:
         async with db.translated():
             rows = await conn.fetch(
                 """SELECT * FROM pgtasks.submit_tasks($1, $2::jsonb[], $3, $4,
-                                                      coalesce($5, now()), $6, $7)""",
+                                                      $5, $6, $7, $8)""",
                 name,
                 [_params(p) for p in params_list],
                 *options,

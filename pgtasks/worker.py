@@ -604,25 +604,19 @@ class Worker:
         delay: float | None = None,
     ) -> None:
         await run.ctx._flush_quietly()  # the attempt's last log lines explain the error
-        base = (
-            timedelta(seconds=spec.retry_delay)
-            if spec and spec.retry_delay
-            else timedelta(seconds=1)
-        )
         # PostgreSQL text cannot hold NUL; an error message with one must still be recorded.
         error, tb = error.replace("\x00", "\\x00"), tb.replace("\x00", "\\x00")
         try:
             status = await self._retrying(
                 "fail",
                 lambda: self.pool.fetchval(
-                    "SELECT pgtasks.fail_task($1, $2, $3, $4, $5, $6, $7)",
+                    "SELECT pgtasks.fail_task($1, $2, $3, $4, $5, $6)",
                     run.task_id,
                     run.attempt,
                     error,
                     tb or None,
                     retryable,
                     timedelta(seconds=delay) if delay is not None else None,
-                    base,
                 ),
             )
         except asyncpg.PostgresError as exc:
