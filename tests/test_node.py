@@ -261,36 +261,37 @@ async def test_killed_node_worker_is_rescued_and_the_next_one_skips_finished_ste
 
 
 async def test_cancel_reaches_the_node_worker_and_false_alarms_do_not(dsn, conn, node):
-    worker = node.worker(lease=2, concurrency=1)
+    # A long lease: heartbeats (which would also find the task lost) are 10 s apart, so
+    # only the NOTIFY can stop this task, which sleeps 10 minutes in its one step.
+    worker = node.worker(lease=30, concurrency=1)
     await worker.wait_event("listening")
     tid = await conn.fetchval(
         "SELECT pgtasks.submit_task(task_type => 'node.steps', params => $1::jsonb)",
-        {"n": 200, "sleep_ms": 100},
+        {"n": 1, "sleep_ms": 600_000},
     )
-    await wait_for(conn, "SELECT count(*) > 0 FROM pgtasks.task_steps WHERE task_id = $1", tid)
+    await wait_for(conn, "SELECT status = 'RUNNING' FROM pgtasks.tasks WHERE id = $1", tid)
     attempt = await conn.fetchval("SELECT attempt FROM pgtasks.tasks WHERE id = $1", tid)
 
-    # Notices that do not name this attempt's cancellation: another attempt (the payload
-    # of 0004) and a bare id of a task that is not cancelled (the worker asks the database).
-    await conn.execute("SELECT pg_notify('pgtasks_cancel', $1)", f"{tid}:{attempt + 1}")
-    await conn.execute("SELECT pg_notify('pgtasks_cancel', $1)", str(tid))
-    steps = await conn.fetchval("SELECT count(*) FROM pgtasks.task_steps WHERE task_id = $1", tid)
-    await wait_for(
-        conn, "SELECT count(*) > $2 FROM pgtasks.task_steps WHERE task_id = $1", tid, steps + 2
-    )
+    # Notices that are not this attempt's cancellation: another attempt (the payload since
+    # 0004) and a bare id (before 0004) of a task that is not cancelled, which the worker
+    # checks with the database.
+    for payload in (f"{tid}:{attempt + 1}", str(tid)):
+        await conn.execute("SELECT pg_notify('pgtasks_cancel', $1)", payload)
+        notice = await worker.wait_event("cancel_notice", payload=payload)
+        assert notice["cancelled"] is False
     assert not worker.seen("dropped")
 
     async with Client(dsn) as client:
         assert await client.cancel(tid) == "RUNNING"
     event = await worker.wait_event("dropped", task_id=str(tid))
-    assert event["why"] == "cancelled"  # told by the NOTIFY, not found out by a fenced write
+    assert event["why"] == "cancelled"
+    assert worker.seen("cancel_notice", task_id=str(tid), cancelled=True)
 
     # The slot is free again: the worker's only slot runs the next task.
     [nxt] = node.produce("node.add", 1, {"a": 1, "b": 2})
     await wait_for(conn, "SELECT status = 'DONE' FROM pgtasks.tasks WHERE id = $1", nxt)
-    assert await conn.fetchval("SELECT status::text FROM pgtasks.tasks WHERE id = $1", tid) == (
-        "CANCELLED"
-    )
+    status = await conn.fetchval("SELECT status::text FROM pgtasks.tasks WHERE id = $1", tid)
+    assert status == "CANCELLED"
 
 
 async def test_sigterm_hands_running_tasks_back_without_using_a_retry(conn, node):

@@ -269,13 +269,14 @@ function onNotice({ channel, payload }) {
   const [id, attempt] = payload.split(':');
   const run = running.get(id);
   if (!run) return;
-  if (attempt !== undefined) {
-    if (Number(attempt) === run.attempt) stop(run, 'cancelled');
-    return;
-  }
+  const decide = (cancelled) => {
+    say('cancel_notice', { task_id: id, payload, cancelled });
+    if (cancelled) stop(run, 'cancelled');
+  };
+  if (attempt !== undefined) return decide(Number(attempt) === run.attempt);
   // A bare id may name an earlier attempt of this task: ask the database who owns it now.
   keeper.query(SQL.heartbeat, [WORKER_ID, [run.id], [run.attempt], LEASE]).then(
-    ({ rows }) => { if (rows.length) stop(run, 'cancelled'); }, () => {});
+    ({ rows }) => decide(rows.length > 0), () => {});
 }
 
 // (§4, §6) Timers, jittered +-20 % so a fleet started together does not call in step.
