@@ -174,8 +174,10 @@ async function finishBatch() {
 // unless it is permanent: the task says so, or the database refused what it wrote (a PT
 // code: too large, out of bounds), which another attempt would write again.
 async function fail(run, err, retryable = !(err.permanent || /^PT/.test(err.code))) {
+  const call = (delay) => pool.query(SQL.fail, [run.id, run.attempt, String(err.message || err), err.stack || null, retryable, delay]);
   try {
-    const { rows } = await pool.query(SQL.fail, [run.id, run.attempt, String(err.message || err), err.stack || null, retryable, err.retryDelay ?? null]);
+    // PT119: the task asked for an absurd retry_delay; nothing was written, so use the backoff.
+    const { rows } = await call(err.retryDelay ?? null).catch((e) => (e.code === 'PT119' ? call(null) : Promise.reject(e)));
     say('failed', { task_id: run.id, attempt: run.attempt, status: rows[0].status, error: String(err.message || err) });
   } catch (e) { report(run, e); }
 }
