@@ -335,7 +335,7 @@ async function main() {
   process.on('SIGINT', () => shutdown('SIGINT'));
   listen();
   every(LEASE / 3, heartbeat);
-  every(LEASE / 2, maintain);
+  every(Math.min(LEASE / 2, 30), maintain);
   say('ready', { worker_id: WORKER_ID, types: TYPES, lease: LEASE });
   await claimLoop();
 }
