@@ -153,7 +153,8 @@ async function finishBatch() {
     const rejected = new Set(rows.map((r) => r.rejected_task_id));
     for (const b of batch) {
       const fields = { task_id: b.run.id, attempt: b.run.attempt };
-      if (rejected.has(b.run.id)) say('dropped', { ...fields, why: 'result rejected: lease lost' });
+      // Rejected: the lease was lost, or (0004) the result was too large and the task FAILED.
+      if (rejected.has(b.run.id)) say('dropped', { ...fields, why: 'result rejected' });
       else say('finished', fields);
       b.resolve();
     }
