@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -77,14 +79,16 @@ class Node:
         self.tmp = tmp
         self.workers: list[NodeWorker] = []
 
-    def env(self, **settings: object) -> dict[str, str]:
+    def env(self, user: str | None, **settings: object) -> dict[str, str]:
+        dsn = self.dsn if user is None else re.sub(r"//[^@/]+@", f"//{user}@", self.dsn)
         extra = {f"PGTASKS_{k.upper()}": str(v) for k, v in settings.items()}
-        return {**os.environ, "DATABASE_URL": self.dsn, **extra}
+        return {**os.environ, "DATABASE_URL": dsn, **extra}
 
-    def worker(self, **settings: object) -> NodeWorker:
+    def worker(self, user: str | None = None, **settings: object) -> NodeWorker:
+        """A worker logged in as `user` (default: the test database's owner)."""
         stderr = self.tmp / f"node-worker-{len(self.workers)}.err"
         proc = subprocess.Popen(
-            [self.node, "worker.js"], cwd=NODE_DIR, env=self.env(**settings), text=True,
+            [self.node, "worker.js"], cwd=NODE_DIR, env=self.env(user, **settings), text=True,
             stdout=subprocess.PIPE, stderr=stderr.open("w"),
         )  # fmt: skip
         w = NodeWorker(proc, stderr)
@@ -92,13 +96,17 @@ class Node:
         return w
 
     def produce(
-        self, task_type: str, count: int, params: dict[str, Any] | None = None
+        self,
+        task_type: str,
+        count: int,
+        params: dict[str, Any] | None = None,
+        user: str | None = None,
     ) -> list[int]:
         args = [self.node, "producer.js", task_type, str(count)]
         if params is not None:
             args.append(json.dumps(params))
         out = subprocess.run(
-            args, cwd=NODE_DIR, env=self.env(), capture_output=True, text=True, check=True
+            args, cwd=NODE_DIR, env=self.env(user), capture_output=True, text=True, check=True
         )
         ids: list[int] = json.loads(out.stdout)["ids"]
         return ids
@@ -309,3 +317,50 @@ async def test_sigterm_hands_running_tasks_back_without_using_a_retry(conn, node
     )
     assert tuple(row) == ("COMMIT", 0, None)
     assert await conn.fetchval("SELECT count(*) FROM pgtasks.workers") == 0
+
+
+async def test_node_worker_and_producer_need_only_their_group_roles(conn, node):
+    """With the roles of migration 0004 the producer logs in with pgtasks_submitter only and
+    the workers with pgtasks_worker only: the protocol uses nothing else, steps included."""
+    if await conn.fetchval("SELECT to_regrole('pgtasks_worker') IS NULL"):
+        pytest.skip("the pgtasks group roles come with migration 0004")
+    suffix = uuid.uuid4().hex[:8]
+    worker_role, producer_role = f"node_worker_{suffix}", f"node_producer_{suffix}"
+    await conn.execute(
+        f"CREATE ROLE {worker_role} LOGIN; GRANT pgtasks_worker TO {worker_role}; "
+        f"CREATE ROLE {producer_role} LOGIN; GRANT pgtasks_submitter TO {producer_role}"
+    )
+    try:
+        ids = node.produce("node.add", 20, user=producer_role)
+        [steps] = node.produce("node.steps", 1, {"n": 50, "sleep_ms": 100}, user=producer_role)
+        first = node.worker(user=worker_role, lease=2, grace=0)
+        await wait_for(
+            conn, "SELECT count(*) > 0 FROM pgtasks.task_steps WHERE task_id = $1", steps
+        )
+        first.proc.send_signal(signal.SIGTERM)
+        assert first.proc.wait(30) == 0
+        assert first.seen("yielded", task_id=str(steps))
+        # The next worker reads the steps through task_steps_of and resumes after them.
+        node.worker(user=worker_role, lease=2)
+        await wait_for(
+            conn,
+            "SELECT bool_and(status = 'DONE') FROM pgtasks.tasks WHERE id = ANY($1)",
+            [*ids, steps],
+        )
+        step0 = await conn.fetchval(
+            "SELECT attempt FROM pgtasks.task_steps WHERE task_id = $1 AND name = 'step-0'", steps
+        )
+        assert step0 == 1
+        users = await conn.fetch(
+            "SELECT DISTINCT to_status::text, db_user FROM pgtasks.task_history "
+            "WHERE task_id = ANY($1) AND to_status IN ('PENDING', 'RUNNING')",
+            [*ids, steps],
+        )
+        assert {tuple(r) for r in users} == {
+            ("PENDING", producer_role),
+            ("RUNNING", worker_role),
+        }
+    finally:
+        node.kill_all()
+        for role in (worker_role, producer_role):
+            await conn.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
