@@ -1,7 +1,9 @@
 #!/usr/bin/env node
 // A pgtasks worker in Node.js with plain `pg`, written from docs/worker-protocol.md alone.
 // "(§n)" marks the checklist item of that document a piece of code implements.
-// Settings come from the environment; every event is one JSON line on stdout.
+// Settings come from the environment: DATABASE_URL, PGTASKS_QUEUES (comma-separated,
+// default all), PGTASKS_CONCURRENCY (10), PGTASKS_LEASE (60 s), PGTASKS_POLL (1 s),
+// PGTASKS_GRACE (5 s on SIGTERM), PGTASKS_WORKER_ID. Every event is a JSON line on stdout.
 'use strict';
 const os = require('os');
 const crypto = require('crypto');
