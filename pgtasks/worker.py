@@ -331,6 +331,21 @@ class Worker:
                 timedelta(seconds=self.lease),
             ),
         )
+        # The types' policies go to the database, which applies them to every submit
+        # (sql/0003). Minimal bridge; the worker rewrite owns this properly.
+        policies = [
+            (s.name, s.queue, s.max_retries, s.timeout,
+             timedelta(seconds=s.retry_delay) if s.retry_delay else None, self.worker_id)
+            for s in self.registry
+        ]  # fmt: skip
+        await self._retrying(
+            "register types",
+            lambda: self.pool.executemany(
+                "SELECT pgtasks.register_task_type(task_type => $1, queue => $2,"
+                " max_retries => $3, timeout => $4, backoff_base => $5, worker_id => $6)",
+                policies,
+            ),
+        )
 
     async def _retrying(self, what: str, call: Any) -> Any:
         """Retry a call through transient database errors with capped backoff.

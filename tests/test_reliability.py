@@ -410,6 +410,9 @@ async def test_backoff_grows_exponentially_with_jitter_and_a_cap(conn):
 
 async def test_failing_task_retries_with_growing_jittered_delays_and_keeps_every_error(dsn, conn):
     async with Client(dsn) as client, worker(dsn, concurrency=4):
+        # The backoff base is the type's policy, which the worker registers when it starts.
+        await wait_for(conn, "SELECT EXISTS (SELECT FROM pgtasks.task_types"
+                             " WHERE task_type = 'always_fails')")  # fmt: skip
         ids = [await client.submit("always_fails", max_retries=3) for _ in range(3)]
         for tid in ids:
             with pytest.raises(TaskFailed, match="attempt 4 broke"):
