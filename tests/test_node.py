@@ -225,6 +225,30 @@ async def test_node_failures_use_retries_unless_permanent(conn, node):
     ]
 
 
+async def test_an_oversized_result_fails_its_task_alone(conn, node):
+    """A result over settings.max_result_bytes ends its own task FAILED, without a retry,
+    and the other results of the same finish batch are stored."""
+    await conn.execute("SELECT pgtasks.configure(max_result_bytes => 100)")
+    big = await conn.fetchval(
+        "SELECT pgtasks.submit_task(task_type => 'node.add', params => $1::jsonb)",
+        {"a": "x" * 80, "b": "y" * 80},
+    )
+    small = node.produce("node.add", 20)
+    node.worker(lease=2, concurrency=30)
+    ids = [big, *small]
+    await wait_for(
+        conn,
+        "SELECT bool_and(status IN ('DONE', 'FAILED')) FROM pgtasks.tasks WHERE id = ANY($1)",
+        ids,
+    )
+    assert await _statuses(conn, ids) == {"DONE": 20, "FAILED": 1}
+    row = await conn.fetchrow(
+        "SELECT status::text, attempt, retry_count, error FROM pgtasks.tasks WHERE id = $1", big
+    )
+    assert (row["status"], row["attempt"], row["retry_count"]) == ("FAILED", 1, 0)
+    assert "max_result_bytes" in row["error"]
+
+
 async def test_killed_node_worker_is_rescued_and_the_next_one_skips_finished_steps(conn, node):
     first = node.worker(lease=2, concurrency=4)
     ids = [
