@@ -28,6 +28,7 @@ module.exports = {
     return { steps: p.n, total };
   },
   'node.fail': async (ctx, p) => {
-    throw Object.assign(new Error(p.message || 'boom'), { permanent: Boolean(p.permanent), retryDelay: p.retry_delay });
+    const error = new Error(p.message || 'boom');
+    throw Object.assign(error, { permanent: Boolean(p.permanent), retryDelay: p.retry_delay });
   },
 };

@@ -21,6 +21,7 @@ const WORKER_ID = env.PGTASKS_WORKER_ID ||
 
 const REGISTRATION = [WORKER_ID, os.hostname(), process.pid, QUEUES, CONCURRENCY, LEASE];
 const say = (event, fields = {}) => console.log(JSON.stringify({ event, ...fields }));
+const tag = (run) => ({ task_id: run.id, attempt: run.attempt });
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 // The task types this worker knows (tasks.js); it claims no others.
@@ -89,7 +90,8 @@ function stop(run, why, error) {
 function scheduleFlush(run) {
   if (run.flushTimer) return;
   const due = Math.max(0, run.flushedAt + 1000 - Date.now());
-  run.flushTimer = setTimeout(() => flush(run).catch((e) => stop(run, isGone(e) ? 'lease lost' : 'write failed', e)), due);
+  const failed = (e) => stop(run, isGone(e) ? 'lease lost' : 'write failed', e);
+  run.flushTimer = setTimeout(() => flush(run).catch(failed), due);
 }
 function flush(run) {
   clearTimeout(run.flushTimer);
@@ -98,7 +100,8 @@ function flush(run) {
   const logs = run.logs.splice(0);
   const progress = run.progress;
   run.progress = null;
-  const sendLogs = (messages) => pool.query(SQL.logMany, [run.id, run.attempt, logs.map((l) => l[0]), messages, logs.map((l) => l[2])]);
+  const sendLogs = (messages) => pool.query(SQL.logMany,
+    [run.id, run.attempt, logs.map((l) => l[0]), messages, logs.map((l) => l[2])]);
   const write = async () => {
     if (logs.length) {
       const messages = logs.map((l) => l[1]);
@@ -122,7 +125,10 @@ function context(run, steps) {
     attempt: run.attempt,
     signal: run.ctl.signal,
     log(level, message) { run.logs.push([level, String(message), new Date()]); scheduleFlush(run); },
-    progress(current, total = null, message = null) { run.progress = [current, total, message]; scheduleFlush(run); },
+    progress(current, total = null, message = null) {
+      run.progress = [current, total, message];
+      scheduleFlush(run);
+    },
     // (§5) A step done by an earlier attempt returns its stored result without running.
     async step(name, fn) {
       if (steps.has(name)) return steps.get(name);
@@ -151,13 +157,13 @@ async function finishBatch() {
   done = [];
   if (!batch.length) return;
   try {
-    const { rows } = await pool.query(SQL.finishMany, [batch.map((b) => b.run.id), batch.map((b) => b.run.attempt), batch.map((b) => b.json)]);
+    const { rows } = await pool.query(SQL.finishMany,
+      [batch.map((b) => b.run.id), batch.map((b) => b.run.attempt), batch.map((b) => b.json)]);
     const rejected = new Set(rows.map((r) => r.rejected_task_id));
     for (const b of batch) {
-      const fields = { task_id: b.run.id, attempt: b.run.attempt };
-      // Rejected: the lease was lost, or (0004) the result was too large and the task FAILED.
-      if (rejected.has(b.run.id)) say('dropped', { ...fields, why: 'result rejected' });
-      else say('finished', fields);
+      // Rejected: the lease was lost, or the result was too large and the task FAILED.
+      if (rejected.has(b.run.id)) say('dropped', { ...tag(b.run), why: 'result rejected' });
+      else say('finished', tag(b.run));
       b.resolve();
     }
   } catch (e) {
@@ -165,7 +171,7 @@ async function finishBatch() {
     // must not sink the others: one at a time, and fail the one that cannot be stored.
     for (const b of batch) {
       await pool.query(SQL.finishOne, [b.run.id, b.run.attempt, b.json]).then(
-        () => say('finished', { task_id: b.run.id, attempt: b.run.attempt }),
+        () => say('finished', tag(b.run)),
         (err) => (isGone(err) || isTransient(err) ? report(b.run, err)
           : fail(b.run, new Error(`result could not be stored: ${err.message}`), false)));
       b.resolve();
@@ -177,41 +183,50 @@ async function finishBatch() {
 // unless it is permanent: the task says so, or the database refused what it wrote (a PT
 // code: too large, out of bounds), which another attempt would write again.
 async function fail(run, err, retryable = !(err.permanent || /^PT/.test(err.code))) {
-  const call = (delay) => pool.query(SQL.fail, [run.id, run.attempt, String(err.message || err), err.stack || null, retryable, delay]);
+  const error = String(err.message || err);
+  const call = (delay) => pool.query(SQL.fail,
+    [run.id, run.attempt, error, err.stack || null, retryable, delay]);
   try {
     // PT119: the task asked for an absurd retry_delay; nothing was written, so use the backoff.
-    const { rows } = await call(err.retryDelay ?? null).catch((e) => (e.code === 'PT119' ? call(null) : Promise.reject(e)));
-    say('failed', { task_id: run.id, attempt: run.attempt, status: rows[0].status, error: String(err.message || err) });
+    const { rows } = await call(err.retryDelay ?? null)
+      .catch((e) => (e.code === 'PT119' ? call(null) : Promise.reject(e)));
+    say('failed', { ...tag(run), status: rows[0].status, error });
   } catch (e) { report(run, e); }
 }
 function report(run, e) {
-  say(isGone(e) ? 'dropped' : 'warning', { task_id: run.id, attempt: run.attempt, why: e.message, code: e.code });
+  say(isGone(e) ? 'dropped' : 'warning', { ...tag(run), why: e.message, code: e.code });
 }
 
 async function execute(run, row) {
   try {
     const steps = new Map();
     if (row.has_steps) {
-      for (const s of (await pool.query(SQL.stepsOf, [run.id, run.attempt])).rows) steps.set(s.name, s.result);
+      const { rows } = await pool.query(SQL.stepsOf, [run.id, run.attempt]);
+      for (const s of rows) steps.set(s.name, s.result);
     }
     const result = await HANDLERS[row.task_type](context(run, steps), row.params);
     await flush(run);
     await complete(run, result);
   } catch (err) {
     const why = run.why || (isGone(err) ? 'lease lost' : null);
-    if (why === 'cancelled' || why === 'lease lost') return say('dropped', { task_id: run.id, attempt: run.attempt, why });
+    if (why === 'cancelled' || why === 'lease lost') return say('dropped', { ...tag(run), why });
     await flush(run).catch(() => {});
     if (why === 'shutdown') {
       // (§10) Hand-back: COMMIT without using a retry; the next claim resumes from the steps.
-      await pool.query(SQL.yield, [run.id, run.attempt]).then(() => say('yielded', { task_id: run.id, attempt: run.attempt }), (e) => report(run, e));
+      await pool.query(SQL.yield, [run.id, run.attempt])
+        .then(() => say('yielded', tag(run)), (e) => report(run, e));
     } else {
-      await fail(run, why === 'timed out' ? new Error(`timed out after ${row.timeout_s} s`) : (run.error || err));
+      const timedOut = new Error(`timed out after ${row.timeout_s} s`);
+      await fail(run, why === 'timed out' ? timedOut : (run.error || err));
     }
   }
 }
 
 function start(row) {
-  const run = { id: row.id, attempt: row.attempt, ctl: new AbortController(), why: null, logs: [], progress: null, flushTimer: null, flushedAt: 0, writes: Promise.resolve() };
+  const run = {
+    id: row.id, attempt: row.attempt, ctl: new AbortController(), why: null, error: null,
+    logs: [], progress: null, flushTimer: null, flushedAt: 0, writes: Promise.resolve(),
+  };
   running.set(run.id, run);
   // Past 2^31 ms a Node timer fires at once; the database's deadline still holds there.
   const ms = row.timeout_s * 1000;
@@ -302,7 +317,8 @@ async function heartbeat() { // also while idle: it keeps workers.last_seen fres
   try {
     // Back after an outage: rescue may have swept our row from the registry (§1).
     if (cutOff) await keeper.query(SQL.registerWorker, REGISTRATION);
-    const { rows } = await keeper.query(SQL.heartbeat, [WORKER_ID, runs.map((r) => r.id), runs.map((r) => r.attempt), LEASE]);
+    const { rows } = await keeper.query(SQL.heartbeat,
+      [WORKER_ID, runs.map((r) => r.id), runs.map((r) => r.attempt), LEASE]);
     cutOff = false;
     for (const { lost_task_id: id } of rows) if (running.has(id)) stop(running.get(id), 'lease lost');
   } catch (e) { cutOff = true; throw e; }
