@@ -11,7 +11,8 @@
 --   * tasks.backoff_base: the backoff policy lives on the row, so fail_task and rescue
 --     retry after the same delay (issue 8: rescue used 1 s where the type said 60 s).
 --   * Every argument is range-checked with its own SQLSTATE, backoff cannot overflow, and
---     no single row can make rescue fail for the others (issue 9, defects 2, 3, 4, 5, 7, 8).
+--     no single row can make rescue fail for the others (issue 9, defects 2, 3, 4, 5, 7, and
+--     8 for params; 0004 enforces the result and log-line limits of the settings row).
 --   * maintain(), finish_and_claim(), task_steps_of() and two read views, so workers in
 --     any language need neither a Python process nor direct table reads.
 --
@@ -21,7 +22,6 @@
 --   PT116 batch arrays of different lengths  PT117 attempt (fencing token) is NULL
 --   PT118 setting out of range               PT119 retry_delay out of range
 --   PT120 older_than out of range            PT121 worker_id NULL or blank
---   PT122 result larger than max_result_bytes (finish_task; a batch fails that task instead)
 --
 -- Every function created here pins `search_path = pg_catalog, pgtasks, pg_temp`: with
 -- pg_catalog first, a function planted in `public` (issue 9, defect 1) can never shadow a
@@ -150,21 +150,6 @@ BEGIN
         RAISE EXCEPTION 'pgtasks: backoff_base must be positive and at most 1 day, got %', backoff_base
             USING ERRCODE = 'PT112',
                   HINT = 'Retry n waits about backoff_base * 2^(n-1), capped at settings.max_backoff.';
-    END IF;
-END $$;
-
--- Infinite or far-off times crash clients that decode them (issue 9, defect 4: an idle
--- Python worker died on 'infinity', `pgtasks stats` on '-infinity'). Every function that
--- sets a task's run_at (submit, yield, retry) checks it here. NULL passes: it means now.
-CREATE FUNCTION pgtasks.check_run_at(run_at timestamptz) RETURNS void
-LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, pgtasks, pg_temp
-AS $$
-BEGIN
-    IF NOT isfinite(run_at)
-       OR run_at NOT BETWEEN now() - interval '100 years' AND now() + interval '100 years' THEN
-        RAISE EXCEPTION 'pgtasks: run_at must be within 100 years of now, got %', run_at
-            USING ERRCODE = 'PT105', HINT = 'Leave run_at out (NULL) to run as soon as possible.';
     END IF;
 END $$;
 
@@ -323,8 +308,21 @@ SELECT t.task_type,
 -- The constant fills existing rows without a table rewrite; new rows get the value from
 -- submit_task, and a raw INSERT from the settings (default below).
 ALTER TABLE pgtasks.tasks
-    ADD COLUMN backoff_base interval NOT NULL DEFAULT interval '1 second',
-    ADD CONSTRAINT backoff_base_positive CHECK (backoff_base > interval '0');
+    ADD COLUMN backoff_base interval NOT NULL DEFAULT interval '1 second';
+
+-- Rows submitted before 0003 may hold values no claim can use: a '300000 years' timeout
+-- made every claim that reached the row fail with `timestamp out of range`, and infinite
+-- run_at values crash clients (issue 9, defects 3 and 4). Clamp them to the bounds submit
+-- now enforces, then let the table refuse such values whoever writes them (one scan for
+-- the three constraints).
+UPDATE pgtasks.tasks SET timeout = interval '1 year' WHERE timeout > interval '1 year';
+UPDATE pgtasks.tasks
+   SET run_at = CASE WHEN run_at < now() THEN created_at ELSE now() + interval '100 years' END
+ WHERE NOT isfinite(run_at);
+ALTER TABLE pgtasks.tasks
+    ADD CONSTRAINT backoff_base_positive CHECK (backoff_base > interval '0'),
+    ADD CONSTRAINT timeout_at_most_a_year CHECK (timeout <= interval '1 year'),
+    ADD CONSTRAINT run_at_finite CHECK (isfinite(run_at));
 
 -- A hand-written INSERT gets the deployment's defaults, not the constants 0001 wrote.
 ALTER TABLE pgtasks.tasks
@@ -374,7 +372,13 @@ BEGIN
       LEFT JOIN pgtasks.task_types tt ON tt.task_type = submit_policy.task_type;
 
     PERFORM pgtasks.check_policy(r.task_type, r.queue, r.max_retries, r.timeout, r.backoff_base);
-    PERFORM pgtasks.check_run_at(r.run_at);
+    -- Infinite or far-off times crash clients that decode them (issue 9, defect 4: an idle
+    -- Python worker died on 'infinity', `pgtasks stats` on '-infinity').
+    IF NOT isfinite(r.run_at)
+       OR r.run_at NOT BETWEEN now() - interval '100 years' AND now() + interval '100 years' THEN
+        RAISE EXCEPTION 'pgtasks: run_at must be within 100 years of now, got %', r.run_at
+            USING ERRCODE = 'PT105', HINT = 'Leave run_at out (NULL) to run as soon as possible.';
+    END IF;
     RETURN r;
 END $$;
 
@@ -697,52 +701,22 @@ END $$;
 ------------------------------------------------------------------------------------------
 -- Finishing
 
--- A single finish refuses a result over settings.max_result_bytes (PT122, nothing written;
--- the worker reports the attempt as failed instead). Same signature as 0002.
-CREATE OR REPLACE FUNCTION pgtasks.finish_task(task_id bigint, attempt integer, result jsonb DEFAULT NULL)
-RETURNS void
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pgtasks, pg_temp
-AS $$
-DECLARE
-    limit_bytes integer := (SELECT s.max_result_bytes FROM pgtasks.settings s);
-BEGIN
-    IF octet_length(result::text) > limit_bytes THEN
-        RAISE EXCEPTION 'pgtasks: result of task % is % bytes, more than settings.max_result_bytes (%)',
-                task_id, octet_length(result::text), limit_bytes
-            USING ERRCODE = 'PT122',
-                  HINT = 'Store big outputs elsewhere and return a reference, or raise the limit with configure(max_result_bytes => ...).';
-    END IF;
-    PERFORM pgtasks.lock_owned_task(task_id, attempt);
-    UPDATE pgtasks.tasks t
-       SET status = 'DONE', result = finish_task.result, finished_at = now(),
-           worker_id = NULL, lease_expires_at = NULL, deadline = NULL,
-           progress_current = coalesce(t.progress_total, t.progress_current)
-     WHERE t.id = finish_task.task_id;
-END $$;
-
 DROP FUNCTION pgtasks.finish_tasks(bigint[], integer[], jsonb[]);
 
 -- The batched completer: many results in one statement. Never raises for a stale
 -- attempt; it returns the ids it did not finish so the worker can log them.
--- A result over settings.max_result_bytes cannot fail the batch (no row may stop the
--- others): that task ends FAILED, with the size in its error, and is not returned.
--- Rerunning would produce the same result, so it is not retried.
+-- plpgsql only for the length check; the work is the one statement of 0002.
 CREATE FUNCTION pgtasks.finish_tasks(task_ids bigint[], attempts integer[], results jsonb[])
 RETURNS TABLE (rejected_task_id bigint)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pgtasks, pg_temp
 AS $$
-DECLARE
-    limit_bytes integer := (SELECT s.max_result_bytes FROM pgtasks.settings s);
 BEGIN
     PERFORM pgtasks.check_batch('finish_tasks', task_ids, attempts, results, with_results => true);
     RETURN QUERY
     WITH batch AS (
-        SELECT u.task_id, u.attempt, u.result,
-               coalesce(octet_length(u.result::text) > limit_bytes, false) AS too_big
-          FROM unnest(finish_tasks.task_ids, finish_tasks.attempts, finish_tasks.results)
-               AS u(task_id, attempt, result)
+        SELECT * FROM unnest(finish_tasks.task_ids, finish_tasks.attempts, finish_tasks.results)
+                   AS u(task_id, attempt, result)
     ), done AS (
         UPDATE pgtasks.tasks t
            SET status = 'DONE', result = batch.result, finished_at = now(),
@@ -750,27 +724,11 @@ BEGIN
                progress_current = coalesce(t.progress_total, t.progress_current)
           FROM batch
          WHERE t.id = batch.task_id AND t.attempt = batch.attempt AND t.status = 'RUNNING'
-           AND NOT batch.too_big
         RETURNING t.id, t.attempt
-    ), oversized AS (
-        UPDATE pgtasks.tasks t
-           SET status = 'FAILED', finished_at = now(),
-               error = pg_catalog.format('result too large: %s bytes, settings.max_result_bytes is %s',
-                                         octet_length(batch.result::text), limit_bytes),
-               worker_id = NULL, lease_expires_at = NULL, deadline = NULL
-          FROM batch
-         WHERE t.id = batch.task_id AND t.attempt = batch.attempt AND t.status = 'RUNNING'
-           AND batch.too_big
-        RETURNING t.id, t.attempt, t.error
-    ), oversized_errors AS (
-        INSERT INTO pgtasks.task_errors (task_id, attempt, error)
-        SELECT o.id, o.attempt, o.error FROM oversized o
-        ON CONFLICT ON CONSTRAINT task_errors_pkey DO NOTHING
     )
     -- NOT EXISTS, not NOT IN: see heartbeat (a NULL attempt must come back rejected).
     SELECT batch.task_id FROM batch
-     WHERE NOT EXISTS (SELECT 1 FROM done d WHERE d.id = batch.task_id AND d.attempt = batch.attempt)
-       AND NOT EXISTS (SELECT 1 FROM oversized o WHERE o.id = batch.task_id AND o.attempt = batch.attempt);
+     WHERE NOT EXISTS (SELECT 1 FROM done d WHERE d.id = batch.task_id AND d.attempt = batch.attempt);
 END $$;
 
 -- "Results in, work out" in one round trip: finishes the batch exactly like finish_tasks,
@@ -892,120 +850,6 @@ BEGIN
     t := pgtasks.lock_owned_task(task_id, attempt);
     RETURN pgtasks.record_failure(t, coalesce(nullif(error, ''), 'unknown error'), traceback,
                                   coalesce(retryable, true), retry_delay);
-END $$;
-
--- A log line over settings.max_log_bytes is cut to fit, with a note saying how long it
--- was. Cut, not refused: a logging call must never fail a task, and a batch of lines must
--- not be lost for one long line. Only oversized lines reach this function.
-CREATE FUNCTION pgtasks.clip_log_message(message text, max_bytes integer) RETURNS text
-LANGUAGE plpgsql IMMUTABLE
-SET search_path = pg_catalog, pgtasks, pg_temp
-AS $$
-DECLARE
-    note text := pg_catalog.format(' [cut: %s bytes]', octet_length(message));
-    room integer := greatest(max_bytes - octet_length(note), 0);
-    keep integer := room;     -- characters; a character takes 1 to 4 bytes
-BEGIN
-    IF room = 0 THEN
-        note := '';
-        room := max_bytes;
-        keep := max_bytes;
-    END IF;
-    WHILE octet_length(pg_catalog.left(message, keep)) > room LOOP
-        keep := keep - greatest((octet_length(pg_catalog.left(message, keep)) - room) / 4, 1);
-    END LOOP;
-    RETURN pg_catalog.left(message, keep) || note;
-END $$;
-
-CREATE OR REPLACE FUNCTION pgtasks.log(task_id bigint, attempt integer, level text, message text)
-RETURNS void
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pgtasks, pg_temp
-AS $$
-DECLARE
-    limit_bytes integer := (SELECT s.max_log_bytes FROM pgtasks.settings s);
-BEGIN
-    PERFORM pgtasks.lock_owned_task(task_id, attempt);
-    INSERT INTO pgtasks.task_logs (task_id, attempt, level, message)
-    VALUES (task_id, attempt, upper(coalesce(level, 'INFO')),
-            CASE WHEN octet_length(message) > limit_bytes THEN pgtasks.clip_log_message(message, limit_bytes)
-                 ELSE coalesce(message, '') END);
-    PERFORM pgtasks.notify_watchers(task_id);
-END $$;
-
-CREATE OR REPLACE FUNCTION pgtasks.log_many(
-    task_id  bigint,
-    attempt  integer,
-    levels   text[],
-    messages text[],
-    ats      timestamptz[] DEFAULT NULL,   -- NULL: now
-    loggers  text[]        DEFAULT NULL
-) RETURNS integer
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pgtasks, pg_temp
-AS $$
-DECLARE
-    n integer := coalesce(cardinality(messages), 0);
-    limit_bytes integer := (SELECT s.max_log_bytes FROM pgtasks.settings s);
-BEGIN
-    IF coalesce(cardinality(levels), 0) <> n
-       OR (ats IS NOT NULL AND cardinality(ats) <> n)
-       OR (loggers IS NOT NULL AND cardinality(loggers) <> n) THEN
-        RAISE EXCEPTION 'pgtasks: log_many needs arrays of one length (% messages, % levels, % ats, % loggers)',
-                n, coalesce(cardinality(levels), 0), cardinality(ats), cardinality(loggers)
-            USING ERRCODE = 'PT111', HINT = 'Pass one level (and at, logger) per message, or NULL for ats/loggers.';
-    END IF;
-    PERFORM pgtasks.lock_owned_task(task_id, attempt);
-    IF n = 0 THEN
-        RETURN 0;
-    END IF;
-    INSERT INTO pgtasks.task_logs (task_id, attempt, level, message, logger, at)
-    SELECT log_many.task_id, log_many.attempt, upper(coalesce(u.level, 'INFO')),
-           CASE WHEN octet_length(u.message) > limit_bytes THEN pgtasks.clip_log_message(u.message, limit_bytes)
-                ELSE coalesce(u.message, '') END,
-           log_many.loggers[u.ord], coalesce(log_many.ats[u.ord], clock_timestamp())
-      FROM unnest(log_many.levels, log_many.messages) WITH ORDINALITY AS u(level, message, ord)
-     ORDER BY u.ord;
-    PERFORM pgtasks.notify_watchers(task_id);
-    RETURN n;
-END $$;
-
--- yield_task and retry_task: as in 0002, plus the run_at check of submit.
-CREATE OR REPLACE FUNCTION pgtasks.yield_task(task_id bigint, attempt integer, run_at timestamptz DEFAULT now())
-RETURNS void
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pgtasks, pg_temp
-AS $$
-BEGIN
-    PERFORM pgtasks.check_run_at(run_at);
-    PERFORM pgtasks.lock_owned_task(task_id, attempt);
-    UPDATE pgtasks.tasks t
-       SET status = 'COMMIT', run_at = coalesce(yield_task.run_at, now()),
-           worker_id = NULL, lease_expires_at = NULL, deadline = NULL
-     WHERE t.id = yield_task.task_id;
-    IF yield_task.run_at IS NULL OR yield_task.run_at <= now() THEN
-        PERFORM pg_catalog.pg_notify('pgtasks_wakeup', (SELECT t.queue FROM pgtasks.tasks t WHERE t.id = yield_task.task_id));
-    END IF;
-END $$;
-
-CREATE OR REPLACE FUNCTION pgtasks.retry_task(task_id bigint, run_at timestamptz DEFAULT now())
-RETURNS void
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pgtasks, pg_temp
-AS $$
-DECLARE
-    t pgtasks.tasks;
-BEGIN
-    PERFORM pgtasks.check_run_at(run_at);
-    t := pgtasks.lock_task(task_id);
-    IF t.status NOT IN ('FAILED', 'CANCELLED') THEN
-        RAISE EXCEPTION 'pgtasks: task % is %; only FAILED or CANCELLED tasks can be retried', task_id, t.status
-            USING ERRCODE = 'PT001', HINT = 'Wait for it to finish, or cancel it first.';
-    END IF;
-    UPDATE pgtasks.tasks
-       SET status = 'PENDING', retry_count = 0, finished_at = NULL, result = NULL,
-           run_at = coalesce(retry_task.run_at, now())
-     WHERE id = t.id;
 END $$;
 
 ------------------------------------------------------------------------------------------

@@ -188,20 +188,6 @@ END $$;
 
 ALTER FUNCTION pgtasks.check_policy(task_type text, queue text, max_retries integer, timeout interval, backoff_base interval, type_required boolean) OWNER TO postgres;
 
-CREATE FUNCTION pgtasks.check_run_at(run_at timestamp with time zone) RETURNS void
-    LANGUAGE plpgsql STABLE
-    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
-    AS $$
-BEGIN
-    IF NOT isfinite(run_at)
-       OR run_at NOT BETWEEN now() - interval '100 years' AND now() + interval '100 years' THEN
-        RAISE EXCEPTION 'pgtasks: run_at must be within 100 years of now, got %', run_at
-            USING ERRCODE = 'PT105', HINT = 'Leave run_at out (NULL) to run as soon as possible.';
-    END IF;
-END $$;
-
-ALTER FUNCTION pgtasks.check_run_at(run_at timestamp with time zone) OWNER TO postgres;
-
 CREATE FUNCTION pgtasks.check_worker_id(worker_id text) RETURNS void
     LANGUAGE plpgsql IMMUTABLE
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
@@ -303,28 +289,6 @@ BEGIN
 END $$;
 
 ALTER FUNCTION pgtasks.claim_tasks(worker_id text, queues text[], max_tasks integer, lease interval, task_types text[]) OWNER TO postgres;
-
-CREATE FUNCTION pgtasks.clip_log_message(message text, max_bytes integer) RETURNS text
-    LANGUAGE plpgsql IMMUTABLE
-    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
-    AS $$
-DECLARE
-    note text := pg_catalog.format(' [cut: %s bytes]', octet_length(message));
-    room integer := greatest(max_bytes - octet_length(note), 0);
-    keep integer := room;     -- characters; a character takes 1 to 4 bytes
-BEGIN
-    IF room = 0 THEN
-        note := '';
-        room := max_bytes;
-        keep := max_bytes;
-    END IF;
-    WHILE octet_length(pg_catalog.left(message, keep)) > room LOOP
-        keep := keep - greatest((octet_length(pg_catalog.left(message, keep)) - room) / 4, 1);
-    END LOOP;
-    RETURN pg_catalog.left(message, keep) || note;
-END $$;
-
-ALTER FUNCTION pgtasks.clip_log_message(message text, max_bytes integer) OWNER TO postgres;
 
 CREATE FUNCTION pgtasks.is_blank(value text) RETURNS boolean
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
@@ -452,6 +416,7 @@ CREATE TABLE pgtasks.tasks (
     CONSTRAINT progress_in_bounds CHECK ((((progress_current IS NULL) OR (progress_current >= 0)) AND ((progress_total IS NULL) OR (progress_total >= 0)) AND ((progress_total IS NULL) OR (progress_current IS NULL) OR (progress_current <= progress_total)))),
     CONSTRAINT queue_not_empty CHECK ((queue <> ''::text)),
     CONSTRAINT retries_in_bounds CHECK (((max_retries >= 0) AND ((retry_count >= 0) AND (retry_count <= max_retries)))),
+    CONSTRAINT run_at_finite CHECK (isfinite(run_at)),
     CONSTRAINT running_has_lease CHECK (
 CASE
     WHEN (status = 'RUNNING'::pgtasks.status) THEN ((worker_id IS NOT NULL) AND (lease_expires_at IS NOT NULL) AND (deadline IS NOT NULL))
@@ -460,6 +425,7 @@ END),
     CONSTRAINT running_was_claimed CHECK (((status <> 'RUNNING'::pgtasks.status) OR ((attempt > 0) AND (started_at IS NOT NULL)))),
     CONSTRAINT task_type_not_empty CHECK ((task_type <> ''::text)),
     CONSTRAINT terminal_has_finished_at CHECK (((status = ANY (ARRAY['DONE'::pgtasks.status, 'FAILED'::pgtasks.status, 'CANCELLED'::pgtasks.status])) = (finished_at IS NOT NULL))),
+    CONSTRAINT timeout_at_most_a_year CHECK ((timeout <= '1 year'::interval)),
     CONSTRAINT timeout_positive CHECK ((timeout > '00:00:00'::interval))
 );
 
@@ -524,17 +490,8 @@ ALTER FUNCTION pgtasks.finish_and_claim(worker_id text, task_ids bigint[], attem
 
 CREATE FUNCTION pgtasks.finish_task(task_id bigint, attempt integer, result jsonb DEFAULT NULL::jsonb) RETURNS void
     LANGUAGE plpgsql
-    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
-DECLARE
-    limit_bytes integer := (SELECT s.max_result_bytes FROM pgtasks.settings s);
 BEGIN
-    IF octet_length(result::text) > limit_bytes THEN
-        RAISE EXCEPTION 'pgtasks: result of task % is % bytes, more than settings.max_result_bytes (%)',
-                task_id, octet_length(result::text), limit_bytes
-            USING ERRCODE = 'PT122',
-                  HINT = 'Store big outputs elsewhere and return a reference, or raise the limit with configure(max_result_bytes => ...).';
-    END IF;
     PERFORM pgtasks.lock_owned_task(task_id, attempt);
     UPDATE pgtasks.tasks t
        SET status = 'DONE', result = finish_task.result, finished_at = now(),
@@ -549,16 +506,12 @@ CREATE FUNCTION pgtasks.finish_tasks(task_ids bigint[], attempts integer[], resu
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
-DECLARE
-    limit_bytes integer := (SELECT s.max_result_bytes FROM pgtasks.settings s);
 BEGIN
     PERFORM pgtasks.check_batch('finish_tasks', task_ids, attempts, results, with_results => true);
     RETURN QUERY
     WITH batch AS (
-        SELECT u.task_id, u.attempt, u.result,
-               coalesce(octet_length(u.result::text) > limit_bytes, false) AS too_big
-          FROM unnest(finish_tasks.task_ids, finish_tasks.attempts, finish_tasks.results)
-               AS u(task_id, attempt, result)
+        SELECT * FROM unnest(finish_tasks.task_ids, finish_tasks.attempts, finish_tasks.results)
+                   AS u(task_id, attempt, result)
     ), done AS (
         UPDATE pgtasks.tasks t
            SET status = 'DONE', result = batch.result, finished_at = now(),
@@ -566,27 +519,11 @@ BEGIN
                progress_current = coalesce(t.progress_total, t.progress_current)
           FROM batch
          WHERE t.id = batch.task_id AND t.attempt = batch.attempt AND t.status = 'RUNNING'
-           AND NOT batch.too_big
         RETURNING t.id, t.attempt
-    ), oversized AS (
-        UPDATE pgtasks.tasks t
-           SET status = 'FAILED', finished_at = now(),
-               error = pg_catalog.format('result too large: %s bytes, settings.max_result_bytes is %s',
-                                         octet_length(batch.result::text), limit_bytes),
-               worker_id = NULL, lease_expires_at = NULL, deadline = NULL
-          FROM batch
-         WHERE t.id = batch.task_id AND t.attempt = batch.attempt AND t.status = 'RUNNING'
-           AND batch.too_big
-        RETURNING t.id, t.attempt, t.error
-    ), oversized_errors AS (
-        INSERT INTO pgtasks.task_errors (task_id, attempt, error)
-        SELECT o.id, o.attempt, o.error FROM oversized o
-        ON CONFLICT ON CONSTRAINT task_errors_pkey DO NOTHING
     )
     -- NOT EXISTS, not NOT IN: see heartbeat (a NULL attempt must come back rejected).
     SELECT batch.task_id FROM batch
-     WHERE NOT EXISTS (SELECT 1 FROM done d WHERE d.id = batch.task_id AND d.attempt = batch.attempt)
-       AND NOT EXISTS (SELECT 1 FROM oversized o WHERE o.id = batch.task_id AND o.attempt = batch.attempt);
+     WHERE NOT EXISTS (SELECT 1 FROM done d WHERE d.id = batch.task_id AND d.attempt = batch.attempt);
 END $$;
 
 ALTER FUNCTION pgtasks.finish_tasks(task_ids bigint[], attempts integer[], results jsonb[]) OWNER TO postgres;
@@ -707,16 +644,11 @@ ALTER FUNCTION pgtasks.lock_task(task_id bigint) OWNER TO postgres;
 
 CREATE FUNCTION pgtasks.log(task_id bigint, attempt integer, level text, message text) RETURNS void
     LANGUAGE plpgsql
-    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
-DECLARE
-    limit_bytes integer := (SELECT s.max_log_bytes FROM pgtasks.settings s);
 BEGIN
     PERFORM pgtasks.lock_owned_task(task_id, attempt);
     INSERT INTO pgtasks.task_logs (task_id, attempt, level, message)
-    VALUES (task_id, attempt, upper(coalesce(level, 'INFO')),
-            CASE WHEN octet_length(message) > limit_bytes THEN pgtasks.clip_log_message(message, limit_bytes)
-                 ELSE coalesce(message, '') END);
+    VALUES (task_id, attempt, upper(coalesce(level, 'INFO')), coalesce(message, ''));
     PERFORM pgtasks.notify_watchers(task_id);
 END $$;
 
@@ -724,11 +656,9 @@ ALTER FUNCTION pgtasks.log(task_id bigint, attempt integer, level text, message 
 
 CREATE FUNCTION pgtasks.log_many(task_id bigint, attempt integer, levels text[], messages text[], ats timestamp with time zone[] DEFAULT NULL::timestamp with time zone[], loggers text[] DEFAULT NULL::text[]) RETURNS integer
     LANGUAGE plpgsql
-    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
 DECLARE
     n integer := coalesce(cardinality(messages), 0);
-    limit_bytes integer := (SELECT s.max_log_bytes FROM pgtasks.settings s);
 BEGIN
     IF coalesce(cardinality(levels), 0) <> n
        OR (ats IS NOT NULL AND cardinality(ats) <> n)
@@ -742,9 +672,7 @@ BEGIN
         RETURN 0;
     END IF;
     INSERT INTO pgtasks.task_logs (task_id, attempt, level, message, logger, at)
-    SELECT log_many.task_id, log_many.attempt, upper(coalesce(u.level, 'INFO')),
-           CASE WHEN octet_length(u.message) > limit_bytes THEN pgtasks.clip_log_message(u.message, limit_bytes)
-                ELSE coalesce(u.message, '') END,
+    SELECT log_many.task_id, log_many.attempt, upper(coalesce(u.level, 'INFO')), coalesce(u.message, ''),
            log_many.loggers[u.ord], coalesce(log_many.ats[u.ord], clock_timestamp())
       FROM unnest(log_many.levels, log_many.messages) WITH ORDINALITY AS u(level, message, ord)
      ORDER BY u.ord;
@@ -1012,12 +940,10 @@ ALTER FUNCTION pgtasks.rescue_one(t pgtasks.tasks) OWNER TO postgres;
 
 CREATE FUNCTION pgtasks.retry_task(task_id bigint, run_at timestamp with time zone DEFAULT now()) RETURNS void
     LANGUAGE plpgsql
-    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
 DECLARE
     t pgtasks.tasks;
 BEGIN
-    PERFORM pgtasks.check_run_at(run_at);
     t := pgtasks.lock_task(task_id);
     IF t.status NOT IN ('FAILED', 'CANCELLED') THEN
         RAISE EXCEPTION 'pgtasks: task % is %; only FAILED or CANCELLED tasks can be retried', task_id, t.status
@@ -1050,7 +976,13 @@ BEGIN
       LEFT JOIN pgtasks.task_types tt ON tt.task_type = submit_policy.task_type;
 
     PERFORM pgtasks.check_policy(r.task_type, r.queue, r.max_retries, r.timeout, r.backoff_base);
-    PERFORM pgtasks.check_run_at(r.run_at);
+    -- Infinite or far-off times crash clients that decode them (issue 9, defect 4: an idle
+    -- Python worker died on 'infinity', `pgtasks stats` on '-infinity').
+    IF NOT isfinite(r.run_at)
+       OR r.run_at NOT BETWEEN now() - interval '100 years' AND now() + interval '100 years' THEN
+        RAISE EXCEPTION 'pgtasks: run_at must be within 100 years of now, got %', r.run_at
+            USING ERRCODE = 'PT105', HINT = 'Leave run_at out (NULL) to run as soon as possible.';
+    END IF;
     RETURN r;
 END $$;
 
@@ -1186,17 +1118,15 @@ ALTER FUNCTION pgtasks.watch_task(task_id bigint) OWNER TO postgres;
 
 CREATE FUNCTION pgtasks.yield_task(task_id bigint, attempt integer, run_at timestamp with time zone DEFAULT now()) RETURNS void
     LANGUAGE plpgsql
-    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
 BEGIN
-    PERFORM pgtasks.check_run_at(run_at);
     PERFORM pgtasks.lock_owned_task(task_id, attempt);
     UPDATE pgtasks.tasks t
        SET status = 'COMMIT', run_at = coalesce(yield_task.run_at, now()),
            worker_id = NULL, lease_expires_at = NULL, deadline = NULL
      WHERE t.id = yield_task.task_id;
     IF yield_task.run_at IS NULL OR yield_task.run_at <= now() THEN
-        PERFORM pg_catalog.pg_notify('pgtasks_wakeup', (SELECT t.queue FROM pgtasks.tasks t WHERE t.id = yield_task.task_id));
+        PERFORM pg_notify('pgtasks_wakeup', (SELECT queue FROM pgtasks.tasks WHERE id = task_id));
     END IF;
 END $$;
 

@@ -59,6 +59,13 @@ async def test_a_database_at_0002_with_tasks_upgrades_to_the_same_schema(new_dat
         # A deployment's worth of states, through the 0002 API.
         for i in range(6):
             await conn.execute("SELECT pgtasks.submit_task('t', $1::jsonb, 'q', 0)", {"i": i})
+        # Values 0002 accepted and no claim could use (issue 9, defects 3 and 4).
+        absurd = [
+            await conn.fetchval(f"SELECT pgtasks.submit_task('t', '{{}}', 'q', 0, {args})")
+            for args in ("'infinity', 3, interval '1 hour'", "now(), 3, interval '300000 years'",
+                         "'-infinity', 3, interval '1 hour'")
+        ]  # fmt: skip
+        await conn.execute("UPDATE pgtasks.tasks SET priority = -1 WHERE id = ANY ($1)", absurd)
         running = await conn.fetch("SELECT id, attempt FROM pgtasks.claim_tasks('w', NULL, 4)")
         (done, failed, waiting, still_running) = [(r["id"], r["attempt"]) for r in running]
         await conn.execute("SELECT pgtasks.finish_task($1, $2, '1')", *done)
@@ -72,7 +79,18 @@ async def test_a_database_at_0002_with_tasks_upgrades_to_the_same_schema(new_dat
         assert got == committed(), explain_drift(committed(), got, "a database upgraded from 0002")
 
         # Old rows got the new column's value; every one of them still moves on.
-        assert await conn.fetchval("SELECT count(*) FROM pgtasks.tasks") == 6
+        assert await conn.fetchval("SELECT count(*) FROM pgtasks.tasks") == 9
+        _, huge, past = absurd
+        clamped = await conn.fetch(
+            "SELECT id, run_at > now() + interval '99 years' AS far, timeout::text,"
+            " run_at <= now() AS ready FROM pgtasks.tasks WHERE id = ANY ($1) ORDER BY id",
+            absurd,
+        )
+        assert [(r["far"], r["timeout"], r["ready"]) for r in clamped] == [
+            (True, "01:00:00", False),
+            (False, "1 year", True),
+            (False, "01:00:00", True),
+        ]
         assert await conn.fetchval(
             "SELECT bool_and(backoff_base = interval '1 second') FROM pgtasks.tasks"
         )
@@ -82,17 +100,17 @@ async def test_a_database_at_0002_with_tasks_upgrades_to_the_same_schema(new_dat
         )  # fmt: skip
         assert lost == []
         await conn.execute("SELECT pgtasks.fail_task($1, $2, 'again')", *still_running)
-        claimed = await conn.fetch("SELECT id FROM pgtasks.claim_tasks('w', max_tasks => 10)")
-        assert len(claimed) == 3  # two never claimed, plus the one waiting (retry_delay 0)
-        ids = [r["id"] for r in claimed]
+        claimed = await conn.fetch("SELECT * FROM pgtasks.claim_tasks('w', max_tasks => 10)")
+        # two never claimed, the one waiting (retry_delay 0), then the two clamped ready ones
+        assert [r["id"] for r in claimed][3:] == [huge, past]
         rejected = await conn.fetch(
             "SELECT * FROM pgtasks.finish_tasks($1, $2, $3::jsonb[])",
-            ids, [1, 1, 2], [None] * 3,
+            [r["id"] for r in claimed], [r["attempt"] for r in claimed], [None] * 5,
         )  # fmt: skip
         assert rejected == []
         counts = dict(
             await conn.fetch("SELECT status::text, count(*) FROM pgtasks.tasks GROUP BY 1")
         )
-        assert counts == {"DONE": 4, "FAILED": 1, "COMMIT": 1}
+        assert counts == {"DONE": 6, "FAILED": 1, "COMMIT": 1, "PENDING": 1}
     finally:
         await conn.close()
