@@ -434,8 +434,9 @@ class Worker:
             self._wake.set()
 
     def _on_cancel(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        # '<task_id>:<attempt>' since sql/0004; a bare '<task_id>' before.
         with contextlib.suppress(ValueError):
-            self._stop_task(int(payload), "cancelled")
+            self._stop_task(int(payload.split(":", 1)[0]), "cancelled")
 
     # -- claiming ------------------------------------------------------------------------
 

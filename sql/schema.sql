@@ -4,7 +4,7 @@
 
 CREATE SCHEMA pgtasks;
 
-ALTER SCHEMA pgtasks OWNER TO postgres;
+ALTER SCHEMA pgtasks OWNER TO pgtasks_owner;
 
 CREATE TYPE pgtasks.status AS ENUM (
     'PENDING',
@@ -15,10 +15,10 @@ CREATE TYPE pgtasks.status AS ENUM (
     'CANCELLED'
 );
 
-ALTER TYPE pgtasks.status OWNER TO postgres;
+ALTER TYPE pgtasks.status OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.backoff(retry_count integer, base interval DEFAULT NULL::interval) RETURNS interval
-    LANGUAGE sql
+    LANGUAGE sql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
     SELECT pg_catalog.make_interval(secs => least(
@@ -30,10 +30,11 @@ CREATE FUNCTION pgtasks.backoff(retry_count integer, base interval DEFAULT NULL:
       FROM pgtasks.settings s
 $$;
 
-ALTER FUNCTION pgtasks.backoff(retry_count integer, base interval) OWNER TO postgres;
+ALTER FUNCTION pgtasks.backoff(retry_count integer, base interval) OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.cancel_task(task_id bigint) RETURNS pgtasks.status
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
 DECLARE
     t pgtasks.tasks;
@@ -49,15 +50,15 @@ BEGIN
      WHERE id = t.id;
     IF t.status = 'RUNNING' THEN
         -- The worker listens and stops the task; fencing rejects anything it writes later.
-        PERFORM pg_notify('pgtasks_cancel', t.id::text);
+        PERFORM pg_notify('pgtasks_cancel', t.id::text || ':' || t.attempt::text);
     END IF;
     RETURN t.status;
 END $$;
 
-ALTER FUNCTION pgtasks.cancel_task(task_id bigint) OWNER TO postgres;
+ALTER FUNCTION pgtasks.cancel_task(task_id bigint) OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.check_batch(what text, task_ids bigint[], attempts integer[], results jsonb[] DEFAULT NULL::jsonb[], with_results boolean DEFAULT false) RETURNS void
-    LANGUAGE plpgsql IMMUTABLE
+    LANGUAGE plpgsql IMMUTABLE SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
 BEGIN
@@ -70,10 +71,11 @@ BEGIN
     END IF;
 END $$;
 
-ALTER FUNCTION pgtasks.check_batch(what text, task_ids bigint[], attempts integer[], results jsonb[], with_results boolean) OWNER TO postgres;
+ALTER FUNCTION pgtasks.check_batch(what text, task_ids bigint[], attempts integer[], results jsonb[], with_results boolean) OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.check_insert() RETURNS trigger
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
 BEGIN
     IF NEW.status <> 'PENDING' THEN
@@ -81,13 +83,30 @@ BEGIN
             USING ERRCODE = 'PT001',
                   HINT = 'Submit with pgtasks.submit_task(); the workers move it on.';
     END IF;
-    RETURN NEW;
+    RAISE EXCEPTION 'pgtasks: a new task starts at attempt 0, not %', NEW.attempt
+        USING ERRCODE = 'PT201', HINT = 'Submit with pgtasks.submit_task(); claims count attempts.';
 END $$;
 
-ALTER FUNCTION pgtasks.check_insert() OWNER TO postgres;
+ALTER FUNCTION pgtasks.check_insert() OWNER TO pgtasks_owner;
+
+CREATE FUNCTION pgtasks.check_log_size(message text, what text) RETURNS void
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+DECLARE
+    max_bytes integer := (SELECT s.max_log_bytes FROM pgtasks.settings s);
+BEGIN
+    IF octet_length(message) > max_bytes THEN
+        RAISE EXCEPTION 'pgtasks: % of % bytes is larger than max_log_bytes (%)', what, octet_length(message), max_bytes
+            USING ERRCODE = 'PT204',
+                  HINT = 'Log less per line, or raise the limit: SELECT pgtasks.configure(max_log_bytes => ...).';
+    END IF;
+END $$;
+
+ALTER FUNCTION pgtasks.check_log_size(message text, what text) OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.check_max_tasks(max_tasks integer) RETURNS void
-    LANGUAGE plpgsql IMMUTABLE
+    LANGUAGE plpgsql IMMUTABLE SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
 BEGIN
@@ -97,10 +116,10 @@ BEGIN
     END IF;
 END $$;
 
-ALTER FUNCTION pgtasks.check_max_tasks(max_tasks integer) OWNER TO postgres;
+ALTER FUNCTION pgtasks.check_max_tasks(max_tasks integer) OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.check_params(params jsonb, item integer DEFAULT NULL::integer) RETURNS void
-    LANGUAGE plpgsql STABLE
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
 DECLARE
@@ -123,10 +142,10 @@ BEGIN
     END IF;
 END $$;
 
-ALTER FUNCTION pgtasks.check_params(params jsonb, item integer) OWNER TO postgres;
+ALTER FUNCTION pgtasks.check_params(params jsonb, item integer) OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.check_params_list(params_list jsonb[]) RETURNS void
-    LANGUAGE plpgsql STABLE
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
 DECLARE
@@ -147,10 +166,10 @@ BEGIN
     END IF;
 END $$;
 
-ALTER FUNCTION pgtasks.check_params_list(params_list jsonb[]) OWNER TO postgres;
+ALTER FUNCTION pgtasks.check_params_list(params_list jsonb[]) OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.check_policy(task_type text, queue text DEFAULT NULL::text, max_retries integer DEFAULT NULL::integer, timeout interval DEFAULT NULL::interval, backoff_base interval DEFAULT NULL::interval, type_required boolean DEFAULT true) RETURNS void
-    LANGUAGE plpgsql IMMUTABLE
+    LANGUAGE plpgsql IMMUTABLE SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
 BEGIN
@@ -186,40 +205,74 @@ BEGIN
     END IF;
 END $$;
 
-ALTER FUNCTION pgtasks.check_policy(task_type text, queue text, max_retries integer, timeout interval, backoff_base interval, type_required boolean) OWNER TO postgres;
+ALTER FUNCTION pgtasks.check_policy(task_type text, queue text, max_retries integer, timeout interval, backoff_base interval, type_required boolean) OWNER TO pgtasks_owner;
 
-CREATE FUNCTION pgtasks.check_worker_id(worker_id text) RETURNS void
-    LANGUAGE plpgsql IMMUTABLE
+CREATE FUNCTION pgtasks.check_result_size(result jsonb, what text) RETURNS void
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+DECLARE
+    size_bytes bigint := octet_length(result::text);
+    max_bytes integer := (SELECT s.max_result_bytes FROM pgtasks.settings s);
+BEGIN
+    IF size_bytes > max_bytes THEN
+        RAISE EXCEPTION 'pgtasks: % of % bytes is larger than max_result_bytes (%)', what, size_bytes, max_bytes
+            USING ERRCODE = 'PT203',
+                  HINT = 'Store big outputs elsewhere (object storage, a table) and return a reference; '
+                         'or raise the limit: SELECT pgtasks.configure(max_result_bytes => ...).';
+    END IF;
+END $$;
+
+ALTER FUNCTION pgtasks.check_result_size(result jsonb, what text) OWNER TO pgtasks_owner;
+
+CREATE FUNCTION pgtasks.check_run_at(run_at timestamp with time zone) RETURNS void
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
 BEGIN
-    IF pgtasks.is_blank(worker_id) THEN
-        RAISE EXCEPTION 'pgtasks: worker_id must be a non-blank string'
+    IF run_at IS NOT NULL AND (NOT isfinite(run_at)
+       OR run_at NOT BETWEEN now() - interval '100 years' AND now() + interval '100 years') THEN
+        RAISE EXCEPTION 'pgtasks: run_at must be within 100 years of now, got %', run_at
+            USING ERRCODE = 'PT105', HINT = 'Leave run_at out (NULL) to run as soon as possible.';
+    END IF;
+END $$;
+
+ALTER FUNCTION pgtasks.check_run_at(run_at timestamp with time zone) OWNER TO pgtasks_owner;
+
+CREATE FUNCTION pgtasks.check_worker_id(worker_id text) RETURNS void
+    LANGUAGE plpgsql IMMUTABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+BEGIN
+    IF pgtasks.is_blank(worker_id) OR octet_length(worker_id) > 255 THEN
+        RAISE EXCEPTION 'pgtasks: worker_id must be a non-blank string of at most 255 bytes'
             USING ERRCODE = 'PT121', HINT = 'Use a name unique to the worker process, e.g. host:pid:random.';
     END IF;
 END $$;
 
-ALTER FUNCTION pgtasks.check_worker_id(worker_id text) OWNER TO postgres;
+ALTER FUNCTION pgtasks.check_worker_id(worker_id text) OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.checkpoint(task_id bigint, attempt integer, step text, result jsonb DEFAULT NULL::jsonb) RETURNS void
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
 BEGIN
-    IF step IS NULL OR step = '' THEN
-        RAISE EXCEPTION 'pgtasks: step name must be a non-empty string'
+    IF pgtasks.is_blank(step) OR octet_length(step) > 255 THEN
+        RAISE EXCEPTION 'pgtasks: step name must be a non-blank string of at most 255 bytes'
             USING ERRCODE = 'PT109', HINT = 'Name each step, e.g. ctx.step(''download'', ...).';
     END IF;
     PERFORM pgtasks.lock_owned_task(task_id, attempt);
+    PERFORM pgtasks.check_result_size(result, pg_catalog.format('result of step %s', step));
     INSERT INTO pgtasks.task_steps (task_id, name, result, attempt)
     VALUES (task_id, step, result, attempt)
     ON CONFLICT ON CONSTRAINT task_steps_pkey DO UPDATE SET result = excluded.result, attempt = excluded.attempt,
                                               at = now();
 END $$;
 
-ALTER FUNCTION pgtasks.checkpoint(task_id bigint, attempt integer, step text, result jsonb) OWNER TO postgres;
+ALTER FUNCTION pgtasks.checkpoint(task_id bigint, attempt integer, step text, result jsonb) OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.claim_tasks(worker_id text, queues text[] DEFAULT NULL::text[], max_tasks integer DEFAULT 1, lease interval DEFAULT NULL::interval, task_types text[] DEFAULT NULL::text[]) RETURNS TABLE(id bigint, task_type text, params jsonb, queue text, priority integer, attempt integer, retry_count integer, max_retries integer, timeout interval, deadline timestamp with time zone, has_steps boolean)
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET enable_sort TO 'off'
     SET enable_bitmapscan TO 'off'
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
@@ -288,17 +341,17 @@ BEGIN
      ORDER BY p.ord;
 END $$;
 
-ALTER FUNCTION pgtasks.claim_tasks(worker_id text, queues text[], max_tasks integer, lease interval, task_types text[]) OWNER TO postgres;
+ALTER FUNCTION pgtasks.claim_tasks(worker_id text, queues text[], max_tasks integer, lease interval, task_types text[]) OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.is_blank(value text) RETURNS boolean
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    LANGUAGE sql IMMUTABLE SECURITY DEFINER PARALLEL SAFE
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $_$
     SELECT value IS NULL
         OR value ~ '^[[:space:][:cntrl:]\u0085\u00a0\u1680\u180e\u2000-\u200d\u2028\u2029\u202f\u205f\u2060\u3000\ufeff]*$'
 $_$;
 
-ALTER FUNCTION pgtasks.is_blank(value text) OWNER TO postgres;
+ALTER FUNCTION pgtasks.is_blank(value text) OWNER TO pgtasks_owner;
 
 CREATE TABLE pgtasks.settings (
     id boolean DEFAULT true NOT NULL,
@@ -326,10 +379,10 @@ CREATE TABLE pgtasks.settings (
     CONSTRAINT settings_id_check CHECK (id)
 );
 
-ALTER TABLE pgtasks.settings OWNER TO postgres;
+ALTER TABLE pgtasks.settings OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.configure(default_queue text DEFAULT NULL::text, default_priority integer DEFAULT NULL::integer, default_max_retries integer DEFAULT NULL::integer, default_timeout interval DEFAULT NULL::interval, default_backoff_base interval DEFAULT NULL::interval, max_backoff interval DEFAULT NULL::interval, default_lease interval DEFAULT NULL::interval, retention interval DEFAULT NULL::interval, max_params_bytes integer DEFAULT NULL::integer, max_result_bytes integer DEFAULT NULL::integer, max_log_bytes integer DEFAULT NULL::integer) RETURNS pgtasks.settings
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
 DECLARE
@@ -373,16 +426,16 @@ BEGIN
     RETURN s;
 END $$;
 
-ALTER FUNCTION pgtasks.configure(default_queue text, default_priority integer, default_max_retries integer, default_timeout interval, default_backoff_base interval, max_backoff interval, default_lease interval, retention interval, max_params_bytes integer, max_result_bytes integer, max_log_bytes integer) OWNER TO postgres;
+ALTER FUNCTION pgtasks.configure(default_queue text, default_priority integer, default_max_retries integer, default_timeout interval, default_backoff_base interval, max_backoff interval, default_lease interval, retention interval, max_params_bytes integer, max_result_bytes integer, max_log_bytes integer) OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.current_settings() RETURNS pgtasks.settings
-    LANGUAGE sql STABLE
+    LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
     SELECT s FROM pgtasks.settings s
 $$;
 
-ALTER FUNCTION pgtasks.current_settings() OWNER TO postgres;
+ALTER FUNCTION pgtasks.current_settings() OWNER TO pgtasks_owner;
 
 CREATE TABLE pgtasks.tasks (
     id bigint NOT NULL,
@@ -429,10 +482,10 @@ END),
     CONSTRAINT timeout_positive CHECK ((timeout > '00:00:00'::interval))
 );
 
-ALTER TABLE pgtasks.tasks OWNER TO postgres;
+ALTER TABLE pgtasks.tasks OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.expiry_reason(t pgtasks.tasks) RETURNS text
-    LANGUAGE sql STABLE
+    LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
     SELECT CASE WHEN t.deadline < now()
@@ -440,10 +493,10 @@ CREATE FUNCTION pgtasks.expiry_reason(t pgtasks.tasks) RETURNS text
                 ELSE pg_catalog.format('lease expired: worker %s stopped heartbeating', t.worker_id) END
 $$;
 
-ALTER FUNCTION pgtasks.expiry_reason(t pgtasks.tasks) OWNER TO postgres;
+ALTER FUNCTION pgtasks.expiry_reason(t pgtasks.tasks) OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.fail_task(task_id bigint, attempt integer, error text, traceback text DEFAULT NULL::text, retryable boolean DEFAULT true, retry_delay interval DEFAULT NULL::interval) RETURNS pgtasks.status
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
 DECLARE
@@ -460,10 +513,10 @@ BEGIN
                                   coalesce(retryable, true), retry_delay);
 END $$;
 
-ALTER FUNCTION pgtasks.fail_task(task_id bigint, attempt integer, error text, traceback text, retryable boolean, retry_delay interval) OWNER TO postgres;
+ALTER FUNCTION pgtasks.fail_task(task_id bigint, attempt integer, error text, traceback text, retryable boolean, retry_delay interval) OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.finish_and_claim(worker_id text, task_ids bigint[], attempts integer[], results jsonb[], claim_max integer DEFAULT 0, queues text[] DEFAULT NULL::text[], lease interval DEFAULT NULL::interval, task_types text[] DEFAULT NULL::text[]) RETURNS TABLE(rejected_task_id bigint, id bigint, task_type text, params jsonb, queue text, priority integer, attempt integer, retry_count integer, max_retries integer, timeout interval, deadline timestamp with time zone, has_steps boolean)
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
 BEGIN
@@ -486,13 +539,15 @@ BEGIN
     END IF;
 END $$;
 
-ALTER FUNCTION pgtasks.finish_and_claim(worker_id text, task_ids bigint[], attempts integer[], results jsonb[], claim_max integer, queues text[], lease interval, task_types text[]) OWNER TO postgres;
+ALTER FUNCTION pgtasks.finish_and_claim(worker_id text, task_ids bigint[], attempts integer[], results jsonb[], claim_max integer, queues text[], lease interval, task_types text[]) OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.finish_task(task_id bigint, attempt integer, result jsonb DEFAULT NULL::jsonb) RETURNS void
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
 BEGIN
     PERFORM pgtasks.lock_owned_task(task_id, attempt);
+    PERFORM pgtasks.check_result_size(result, 'result');
     UPDATE pgtasks.tasks t
        SET status = 'DONE', result = finish_task.result, finished_at = now(),
            worker_id = NULL, lease_expires_at = NULL, deadline = NULL,
@@ -500,14 +555,33 @@ BEGIN
      WHERE t.id = finish_task.task_id;
 END $$;
 
-ALTER FUNCTION pgtasks.finish_task(task_id bigint, attempt integer, result jsonb) OWNER TO postgres;
+ALTER FUNCTION pgtasks.finish_task(task_id bigint, attempt integer, result jsonb) OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.finish_tasks(task_ids bigint[], attempts integer[], results jsonb[]) RETURNS TABLE(rejected_task_id bigint)
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
+DECLARE
+    max_bytes integer := (SELECT s.max_result_bytes FROM pgtasks.settings s);
+    oversized bigint[];
+    o record;
 BEGIN
     PERFORM pgtasks.check_batch('finish_tasks', task_ids, attempts, results, with_results => true);
+    FOR o IN
+        SELECT k AS task, octet_length(u.result::text) AS size_bytes
+          FROM unnest(finish_tasks.task_ids, finish_tasks.attempts, finish_tasks.results)
+                 AS u(task_id, attempt, result)
+          JOIN pgtasks.tasks k ON k.id = u.task_id AND k.attempt = u.attempt AND k.status = 'RUNNING'
+         WHERE octet_length(u.result::text) > max_bytes
+           FOR NO KEY UPDATE OF k
+    LOOP
+        PERFORM pgtasks.record_failure(
+            o.task, pg_catalog.format('pgtasks: result of %s bytes is larger than max_result_bytes (%s)',
+                                      o.size_bytes, max_bytes),
+            NULL, false, NULL);
+        oversized := oversized || (o.task).id;
+    END LOOP;
+
     RETURN QUERY
     WITH batch AS (
         SELECT * FROM unnest(finish_tasks.task_ids, finish_tasks.attempts, finish_tasks.results)
@@ -519,17 +593,68 @@ BEGIN
                progress_current = coalesce(t.progress_total, t.progress_current)
           FROM batch
          WHERE t.id = batch.task_id AND t.attempt = batch.attempt AND t.status = 'RUNNING'
+           AND (oversized IS NULL OR t.id <> ALL (oversized))
         RETURNING t.id, t.attempt
     )
-    -- NOT EXISTS, not NOT IN: see heartbeat (a NULL attempt must come back rejected).
+    -- NOT EXISTS, not NOT IN: a NULL attempt must come back rejected (see 0003).
     SELECT batch.task_id FROM batch
      WHERE NOT EXISTS (SELECT 1 FROM done d WHERE d.id = batch.task_id AND d.attempt = batch.attempt);
 END $$;
 
-ALTER FUNCTION pgtasks.finish_tasks(task_ids bigint[], attempts integer[], results jsonb[]) OWNER TO postgres;
+ALTER FUNCTION pgtasks.finish_tasks(task_ids bigint[], attempts integer[], results jsonb[]) OWNER TO pgtasks_owner;
+
+CREATE PROCEDURE pgtasks.grant_roles()
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+DECLARE
+    g record;
+    o record;
+BEGIN
+    FOR g IN SELECT * FROM (VALUES
+        ('pgtasks_submitter', ARRAY['submit_task', 'submit_tasks', 'watch_task', 'unwatch_task']),
+        ('pgtasks_worker', ARRAY['claim_tasks', 'next_run_at', 'heartbeat', 'finish_task',
+                                 'finish_tasks', 'finish_and_claim', 'fail_task', 'yield_task',
+                                 'checkpoint', 'task_steps_of', 'report_progress', 'log',
+                                 'log_many', 'rescue_expired', 'prune_finished', 'maintain',
+                                 'register_worker', 'unregister_worker', 'register_task_type']),
+        ('pgtasks_admin', ARRAY['cancel_task', 'retry_task', 'configure'])
+    ) AS v(grantee, names)
+    LOOP
+        FOR o IN SELECT p.oid::regprocedure AS fn FROM pg_proc p
+                  WHERE p.pronamespace = 'pgtasks'::regnamespace AND p.proname = ANY (g.names)
+        LOOP
+            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', o.fn, g.grantee);
+        END LOOP;
+    END LOOP;
+    -- Views. A view checks table access as its owner, but the functions it calls as the
+    -- caller: transitions calls transition_reason.
+    FOR g IN SELECT * FROM (VALUES
+        ('pgtasks_submitter', ARRAY['task_overview', 'queue_stats', 'transitions', 'registered_types']),
+        ('pgtasks_reader', ARRAY['task_overview', 'queue_stats', 'transitions', 'registered_types',
+                                 'task_status', 'failed_tasks', 'workers', 'task_history',
+                                 'task_log_lines', 'task_attempt_errors'])
+    ) AS v(grantee, names)
+    LOOP
+        FOR o IN SELECT c.oid::regclass AS rel FROM pg_class c
+                  WHERE c.relnamespace = 'pgtasks'::regnamespace AND c.relkind IN ('v', 'm')
+                    AND c.relname = ANY (g.names)
+        LOOP
+            EXECUTE format('GRANT SELECT ON %s TO %I', o.rel, g.grantee);
+        END LOOP;
+    END LOOP;
+    EXECUTE 'GRANT EXECUTE ON FUNCTION pgtasks.transition_reason(pgtasks.status, pgtasks.status) '
+            'TO pgtasks_submitter, pgtasks_reader';
+    -- The deployment's defaults and limits are no secret; workers of any language read them.
+    IF to_regprocedure('pgtasks.current_settings()') IS NOT NULL THEN
+        EXECUTE 'GRANT EXECUTE ON FUNCTION pgtasks.current_settings() TO pgtasks_worker, pgtasks_reader';
+    END IF;
+END $$;
+
+ALTER PROCEDURE pgtasks.grant_roles() OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.heartbeat(worker_id text, task_ids bigint[], attempts integer[], lease interval DEFAULT NULL::interval) RETURNS TABLE(lost_task_id bigint)
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
 DECLARE
@@ -559,10 +684,10 @@ BEGIN
      WHERE NOT EXISTS (SELECT 1 FROM extended e WHERE e.id = mine.task_id AND e.attempt = mine.attempt);
 END $$;
 
-ALTER FUNCTION pgtasks.heartbeat(worker_id text, task_ids bigint[], attempts integer[], lease interval) OWNER TO postgres;
+ALTER FUNCTION pgtasks.heartbeat(worker_id text, task_ids bigint[], attempts integer[], lease interval) OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.keep_settings_row() RETURNS trigger
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
 BEGIN
@@ -570,10 +695,10 @@ BEGIN
         USING ERRCODE = 'PT118', HINT = 'Change values with pgtasks.configure(name => value).';
 END $$;
 
-ALTER FUNCTION pgtasks.keep_settings_row() OWNER TO postgres;
+ALTER FUNCTION pgtasks.keep_settings_row() OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.lease_or_default(lease interval) RETURNS interval
-    LANGUAGE plpgsql STABLE
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
 BEGIN
@@ -588,10 +713,10 @@ BEGIN
     RETURN lease;
 END $$;
 
-ALTER FUNCTION pgtasks.lease_or_default(lease interval) OWNER TO postgres;
+ALTER FUNCTION pgtasks.lease_or_default(lease interval) OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.lock_expired(max_tasks integer) RETURNS SETOF pgtasks.tasks
-    LANGUAGE sql
+    LANGUAGE sql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
     SELECT * FROM pgtasks.tasks t
@@ -601,10 +726,10 @@ CREATE FUNCTION pgtasks.lock_expired(max_tasks integer) RETURNS SETOF pgtasks.ta
      FOR NO KEY UPDATE SKIP LOCKED
 $$;
 
-ALTER FUNCTION pgtasks.lock_expired(max_tasks integer) OWNER TO postgres;
+ALTER FUNCTION pgtasks.lock_expired(max_tasks integer) OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.lock_owned_task(task_id bigint, attempt integer) RETURNS pgtasks.tasks
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
 DECLARE
@@ -624,10 +749,11 @@ BEGIN
     RETURN t;
 END $$;
 
-ALTER FUNCTION pgtasks.lock_owned_task(task_id bigint, attempt integer) OWNER TO postgres;
+ALTER FUNCTION pgtasks.lock_owned_task(task_id bigint, attempt integer) OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.lock_task(task_id bigint) RETURNS pgtasks.tasks
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
 DECLARE
     t pgtasks.tasks;
@@ -640,25 +766,30 @@ BEGIN
     RETURN t;
 END $$;
 
-ALTER FUNCTION pgtasks.lock_task(task_id bigint) OWNER TO postgres;
+ALTER FUNCTION pgtasks.lock_task(task_id bigint) OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.log(task_id bigint, attempt integer, level text, message text) RETURNS void
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
 BEGIN
     PERFORM pgtasks.lock_owned_task(task_id, attempt);
+    PERFORM pgtasks.check_log_size(message, 'log line');
+    PERFORM pgtasks.check_log_size(level, 'log level');
     INSERT INTO pgtasks.task_logs (task_id, attempt, level, message)
     VALUES (task_id, attempt, upper(coalesce(level, 'INFO')), coalesce(message, ''));
     PERFORM pgtasks.notify_watchers(task_id);
 END $$;
 
-ALTER FUNCTION pgtasks.log(task_id bigint, attempt integer, level text, message text) OWNER TO postgres;
+ALTER FUNCTION pgtasks.log(task_id bigint, attempt integer, level text, message text) OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.log_many(task_id bigint, attempt integer, levels text[], messages text[], ats timestamp with time zone[] DEFAULT NULL::timestamp with time zone[], loggers text[] DEFAULT NULL::text[]) RETURNS integer
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
 DECLARE
     n integer := coalesce(cardinality(messages), 0);
+    longest bigint;
 BEGIN
     IF coalesce(cardinality(levels), 0) <> n
        OR (ats IS NOT NULL AND cardinality(ats) <> n)
@@ -671,6 +802,15 @@ BEGIN
     IF n = 0 THEN
         RETURN 0;
     END IF;
+    SELECT max(greatest(octet_length(m), octet_length(l), octet_length(g))) INTO longest
+      FROM unnest(log_many.messages, log_many.levels, log_many.loggers) AS u(m, l, g);
+    IF longest > (SELECT s.max_log_bytes FROM pgtasks.settings s) THEN
+        RAISE EXCEPTION 'pgtasks: a log line of % bytes is larger than max_log_bytes (%)',
+                longest, (SELECT s.max_log_bytes FROM pgtasks.settings s)
+            USING ERRCODE = 'PT204',
+                  HINT = 'Nothing of this batch was written. Log less per line, or raise the limit: '
+                         'SELECT pgtasks.configure(max_log_bytes => ...).';
+    END IF;
     INSERT INTO pgtasks.task_logs (task_id, attempt, level, message, logger, at)
     SELECT log_many.task_id, log_many.attempt, upper(coalesce(u.level, 'INFO')), coalesce(u.message, ''),
            log_many.loggers[u.ord], coalesce(log_many.ats[u.ord], clock_timestamp())
@@ -680,11 +820,12 @@ BEGIN
     RETURN n;
 END $$;
 
-ALTER FUNCTION pgtasks.log_many(task_id bigint, attempt integer, levels text[], messages text[], ats timestamp with time zone[], loggers text[]) OWNER TO postgres;
+ALTER FUNCTION pgtasks.log_many(task_id bigint, attempt integer, levels text[], messages text[], ats timestamp with time zone[], loggers text[]) OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.maintain(max_tasks integer DEFAULT 1000) RETURNS TABLE(rescued integer, pruned integer)
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    SET "pgtasks.pruning" TO 'on'
     AS $$
 BEGIN
     PERFORM pgtasks.check_max_tasks(max_tasks);
@@ -700,10 +841,11 @@ BEGIN
     RETURN NEXT;
 END $$;
 
-ALTER FUNCTION pgtasks.maintain(max_tasks integer) OWNER TO postgres;
+ALTER FUNCTION pgtasks.maintain(max_tasks integer) OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.next_run_at(queues text[] DEFAULT NULL::text[], task_types text[] DEFAULT NULL::text[]) RETURNS timestamp with time zone
-    LANGUAGE sql STABLE
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
     SELECT min(t.run_at) FROM pgtasks.tasks t
      WHERE t.status IN ('PENDING', 'COMMIT')
@@ -711,20 +853,22 @@ CREATE FUNCTION pgtasks.next_run_at(queues text[] DEFAULT NULL::text[], task_typ
        AND (next_run_at.task_types IS NULL OR t.task_type = ANY (next_run_at.task_types))
 $$;
 
-ALTER FUNCTION pgtasks.next_run_at(queues text[], task_types text[]) OWNER TO postgres;
+ALTER FUNCTION pgtasks.next_run_at(queues text[], task_types text[]) OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.notify_watchers(task_id bigint) RETURNS void
-    LANGUAGE sql
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
     SELECT pg_notify('pgtasks_progress', notify_watchers.task_id::text)
      WHERE EXISTS (SELECT 1 FROM pgtasks.task_waiters w WHERE w.task_id = notify_watchers.task_id);
 $$;
 
-ALTER FUNCTION pgtasks.notify_watchers(task_id bigint) OWNER TO postgres;
+ALTER FUNCTION pgtasks.notify_watchers(task_id bigint) OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.prune_finished(older_than interval DEFAULT NULL::interval, max_tasks integer DEFAULT 1000) RETURNS integer
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    SET "pgtasks.pruning" TO 'on'
     AS $$
 DECLARE
     cutoff timestamptz;
@@ -753,10 +897,10 @@ BEGIN
     RETURN n;
 END $$;
 
-ALTER FUNCTION pgtasks.prune_finished(older_than interval, max_tasks integer) OWNER TO postgres;
+ALTER FUNCTION pgtasks.prune_finished(older_than interval, max_tasks integer) OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.record_failure(t pgtasks.tasks, error text, traceback text, retryable boolean, retry_delay interval) RETURNS pgtasks.status
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
 DECLARE
@@ -783,10 +927,11 @@ BEGIN
     RETURN next_status;
 END $$;
 
-ALTER FUNCTION pgtasks.record_failure(t pgtasks.tasks, error text, traceback text, retryable boolean, retry_delay interval) OWNER TO postgres;
+ALTER FUNCTION pgtasks.record_failure(t pgtasks.tasks, error text, traceback text, retryable boolean, retry_delay interval) OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.record_inserts() RETURNS trigger
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
 BEGIN
     INSERT INTO pgtasks.task_events (task_id, attempt, from_status, to_status)
@@ -794,10 +939,11 @@ BEGIN
     RETURN NULL;
 END $$;
 
-ALTER FUNCTION pgtasks.record_inserts() OWNER TO postgres;
+ALTER FUNCTION pgtasks.record_inserts() OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.record_updates() RETURNS trigger
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
 BEGIN
     INSERT INTO pgtasks.task_events (task_id, attempt, from_status, to_status, worker_id)
@@ -813,10 +959,10 @@ BEGIN
     RETURN NULL;
 END $$;
 
-ALTER FUNCTION pgtasks.record_updates() OWNER TO postgres;
+ALTER FUNCTION pgtasks.record_updates() OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.register_task_type(task_type text, queue text DEFAULT NULL::text, priority integer DEFAULT NULL::integer, max_retries integer DEFAULT NULL::integer, timeout interval DEFAULT NULL::interval, backoff_base interval DEFAULT NULL::interval, worker_id text DEFAULT NULL::text) RETURNS void
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
 BEGIN
@@ -835,36 +981,73 @@ BEGIN
            (excluded.queue, excluded.priority, excluded.max_retries, excluded.timeout, excluded.backoff_base);
 END $$;
 
-ALTER FUNCTION pgtasks.register_task_type(task_type text, queue text, priority integer, max_retries integer, timeout interval, backoff_base interval, worker_id text) OWNER TO postgres;
+ALTER FUNCTION pgtasks.register_task_type(task_type text, queue text, priority integer, max_retries integer, timeout interval, backoff_base interval, worker_id text) OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.register_worker(worker_id text, host text, pid integer, queues text[] DEFAULT NULL::text[], concurrency integer DEFAULT 1, lease interval DEFAULT NULL::interval) RETURNS void
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
 BEGIN
     PERFORM pgtasks.check_worker_id(worker_id);
+    IF pgtasks.is_blank(host) OR octet_length(host) > 255 OR pid IS NULL
+       OR concurrency IS NULL OR concurrency < 1
+       OR EXISTS (SELECT 1 FROM unnest(queues) q WHERE pgtasks.is_blank(q) OR octet_length(q) > 255) THEN
+        RAISE EXCEPTION 'pgtasks: register_worker needs a host name, a pid, a concurrency of 1 or more '
+                        'and non-blank queue names (got host %, pid %, concurrency %, queues %)',
+                left(host, 40), pid, concurrency, left(queues::text, 80)
+            USING ERRCODE = 'PT206', HINT = 'For example register_worker(''host:123:ab'', ''host'', 123, NULL, 10).';
+    END IF;
     INSERT INTO pgtasks.worker_registry AS w (worker_id, host, pid, queues, concurrency, lease)
     VALUES (register_worker.worker_id, register_worker.host, register_worker.pid, register_worker.queues,
             register_worker.concurrency, pgtasks.lease_or_default(register_worker.lease))
     ON CONFLICT ON CONSTRAINT worker_registry_pkey DO UPDATE SET last_seen = now();
 END $$;
 
-ALTER FUNCTION pgtasks.register_worker(worker_id text, host text, pid integer, queues text[], concurrency integer, lease interval) OWNER TO postgres;
+ALTER FUNCTION pgtasks.register_worker(worker_id text, host text, pid integer, queues text[], concurrency integer, lease interval) OWNER TO pgtasks_owner;
 
-CREATE FUNCTION pgtasks.reject_transition() RETURNS trigger
-    LANGUAGE plpgsql
+CREATE FUNCTION pgtasks.reject_history_change() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
 BEGIN
-    RAISE EXCEPTION 'pgtasks: task % cannot go from % to %', OLD.id, OLD.status, NEW.status
-        USING ERRCODE = 'PT001',
-              HINT = 'Allowed transitions are listed in pgtasks.transitions; use the '
-                     'pgtasks functions (cancel_task, retry_task, ...) instead of UPDATE.';
+    IF current_setting('pgtasks.pruning', true) = 'on'
+       OR (TG_TABLE_NAME = 'task_errors' AND TG_OP = 'DELETE' AND pg_trigger_depth() > 1) THEN
+        RETURN NULL;
+    END IF;
+    RAISE EXCEPTION 'pgtasks: %.% is append-only (% refused)', TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_OP
+        USING ERRCODE = 'PT202',
+              HINT = 'History goes with its task: pgtasks.prune_finished() deletes finished tasks '
+                     'and their history after the retention.';
 END $$;
 
-ALTER FUNCTION pgtasks.reject_transition() OWNER TO postgres;
+ALTER FUNCTION pgtasks.reject_history_change() OWNER TO pgtasks_owner;
+
+CREATE FUNCTION pgtasks.reject_transition() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+BEGIN
+    IF OLD.status <> NEW.status
+       AND pgtasks.transition_reason(OLD.status, NEW.status) IS NULL THEN
+        RAISE EXCEPTION 'pgtasks: task % cannot go from % to %', OLD.id, OLD.status, NEW.status
+            USING ERRCODE = 'PT001',
+                  HINT = 'Allowed transitions are listed in pgtasks.transitions; use the '
+                         'pgtasks functions (cancel_task, retry_task, ...) instead of UPDATE.';
+    END IF;
+    RAISE EXCEPTION 'pgtasks: task % (% -> %): attempt % -> %, worker % -> %, lease % -> %, deadline % -> % '
+                    'is not a change the pgtasks functions make',
+            OLD.id, OLD.status, NEW.status, OLD.attempt, NEW.attempt, OLD.worker_id, NEW.worker_id,
+            OLD.lease_expires_at, NEW.lease_expires_at, OLD.deadline, NEW.deadline
+        USING ERRCODE = 'PT201',
+              HINT = 'attempt is the fencing token: it only grows by one when a task is claimed. '
+                     'A running task keeps its worker and deadline; its lease never passes the deadline.';
+END $$;
+
+ALTER FUNCTION pgtasks.reject_transition() OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.report_progress(task_id bigint, attempt integer, current bigint, total bigint DEFAULT NULL::bigint, message text DEFAULT NULL::text) RETURNS void
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
 BEGIN
     IF current IS NULL OR current < 0 OR (total IS NOT NULL AND (total < 0 OR current > total)) THEN
@@ -872,6 +1055,7 @@ BEGIN
             USING ERRCODE = 'PT110', HINT = 'Use 0 <= current <= total.';
     END IF;
     PERFORM pgtasks.lock_owned_task(task_id, attempt);
+    PERFORM pgtasks.check_log_size(message, 'progress message');
     UPDATE pgtasks.tasks t
        SET progress_current = current, progress_total = total,
            progress_message = coalesce(message, t.progress_message)
@@ -879,10 +1063,10 @@ BEGIN
     PERFORM pgtasks.notify_watchers(task_id);
 END $$;
 
-ALTER FUNCTION pgtasks.report_progress(task_id bigint, attempt integer, current bigint, total bigint, message text) OWNER TO postgres;
+ALTER FUNCTION pgtasks.report_progress(task_id bigint, attempt integer, current bigint, total bigint, message text) OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.rescue_expired(max_tasks integer DEFAULT 1000) RETURNS integer
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
 DECLARE
@@ -909,10 +1093,10 @@ BEGIN
     RETURN n;
 END $$;
 
-ALTER FUNCTION pgtasks.rescue_expired(max_tasks integer) OWNER TO postgres;
+ALTER FUNCTION pgtasks.rescue_expired(max_tasks integer) OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.rescue_one(t pgtasks.tasks) RETURNS integer
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
 DECLARE
@@ -936,14 +1120,16 @@ BEGIN
     END;
 END $$;
 
-ALTER FUNCTION pgtasks.rescue_one(t pgtasks.tasks) OWNER TO postgres;
+ALTER FUNCTION pgtasks.rescue_one(t pgtasks.tasks) OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.retry_task(task_id bigint, run_at timestamp with time zone DEFAULT now()) RETURNS void
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
 DECLARE
     t pgtasks.tasks;
 BEGIN
+    PERFORM pgtasks.check_run_at(run_at);
     t := pgtasks.lock_task(task_id);
     IF t.status NOT IN ('FAILED', 'CANCELLED') THEN
         RAISE EXCEPTION 'pgtasks: task % is %; only FAILED or CANCELLED tasks can be retried', task_id, t.status
@@ -955,10 +1141,60 @@ BEGIN
      WHERE id = t.id;
 END $$;
 
-ALTER FUNCTION pgtasks.retry_task(task_id bigint, run_at timestamp with time zone) OWNER TO postgres;
+ALTER FUNCTION pgtasks.retry_task(task_id bigint, run_at timestamp with time zone) OWNER TO pgtasks_owner;
+
+CREATE PROCEDURE pgtasks.secure_objects()
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+DECLARE
+    o record;
+BEGIN
+    EXECUTE 'ALTER SCHEMA pgtasks OWNER TO pgtasks_owner';
+    -- Tables, views and sequences not tied to a column (identity sequences follow their table).
+    FOR o IN SELECT c.oid::regclass AS rel, c.relkind FROM pg_class c
+              WHERE c.relnamespace = 'pgtasks'::regnamespace
+                AND c.relkind IN ('r', 'p', 'v', 'm', 'S')
+                AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                                 WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                                   AND d.deptype IN ('a', 'i'))
+                AND pg_get_userbyid(c.relowner) <> 'pgtasks_owner'
+    LOOP
+        EXECUTE format('ALTER %s %s OWNER TO pgtasks_owner',
+                       CASE o.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+                                      WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END, o.rel);
+    END LOOP;
+    FOR o IN SELECT t.oid::regtype AS typ FROM pg_type t
+              WHERE t.typnamespace = 'pgtasks'::regnamespace AND t.typtype IN ('e', 'd', 'c')
+                AND NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = t.typrelid AND c.relkind <> 'c')
+                AND pg_get_userbyid(t.typowner) <> 'pgtasks_owner'
+    LOOP
+        EXECUTE format('ALTER TYPE %s OWNER TO pgtasks_owner', o.typ);
+    END LOOP;
+    -- Every function runs as its owner with a search_path nobody else can write to. Only
+    -- this procedure stays SECURITY INVOKER (see above).
+    FOR o IN SELECT p.oid::regprocedure AS fn, p.prokind FROM pg_proc p
+              WHERE p.pronamespace = 'pgtasks'::regnamespace AND p.proname <> 'secure_objects'
+    LOOP
+        EXECUTE format('ALTER %s %s OWNER TO pgtasks_owner',
+                       CASE o.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, o.fn);
+        EXECUTE format('ALTER %s %s SECURITY DEFINER SET search_path = pg_catalog, pgtasks, pg_temp',
+                       CASE o.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, o.fn);
+        EXECUTE format('REVOKE ALL ON %s %s FROM PUBLIC',
+                       CASE o.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, o.fn);
+    END LOOP;
+    EXECUTE 'REVOKE ALL ON PROCEDURE pgtasks.secure_objects() FROM PUBLIC';
+    -- Functions a later migration creates as pgtasks_owner start without PUBLIC EXECUTE.
+    EXECUTE 'ALTER DEFAULT PRIVILEGES FOR ROLE pgtasks_owner REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC';
+    EXECUTE 'REVOKE ALL ON SCHEMA pgtasks FROM PUBLIC';
+    EXECUTE 'GRANT USAGE ON SCHEMA pgtasks TO pgtasks_submitter, pgtasks_worker, pgtasks_reader, pgtasks_admin';
+    CALL pgtasks.grant_roles();
+END $$;
+
+ALTER PROCEDURE pgtasks.secure_objects() OWNER TO postgres;
 
 CREATE FUNCTION pgtasks.submit_policy(task_type text, queue text, priority integer, run_at timestamp with time zone, max_retries integer, timeout interval, backoff_base interval) RETURNS pgtasks.tasks
-    LANGUAGE plpgsql STABLE
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
 DECLARE
@@ -986,10 +1222,10 @@ BEGIN
     RETURN r;
 END $$;
 
-ALTER FUNCTION pgtasks.submit_policy(task_type text, queue text, priority integer, run_at timestamp with time zone, max_retries integer, timeout interval, backoff_base interval) OWNER TO postgres;
+ALTER FUNCTION pgtasks.submit_policy(task_type text, queue text, priority integer, run_at timestamp with time zone, max_retries integer, timeout interval, backoff_base interval) OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.submit_task(task_type text, params jsonb DEFAULT '{}'::jsonb, queue text DEFAULT NULL::text, priority integer DEFAULT NULL::integer, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, max_retries integer DEFAULT NULL::integer, timeout interval DEFAULT NULL::interval, backoff_base interval DEFAULT NULL::interval) RETURNS bigint
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
 DECLARE
@@ -1005,10 +1241,10 @@ BEGIN
     RETURN new_id;
 END $$;
 
-ALTER FUNCTION pgtasks.submit_task(task_type text, params jsonb, queue text, priority integer, run_at timestamp with time zone, max_retries integer, timeout interval, backoff_base interval) OWNER TO postgres;
+ALTER FUNCTION pgtasks.submit_task(task_type text, params jsonb, queue text, priority integer, run_at timestamp with time zone, max_retries integer, timeout interval, backoff_base interval) OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.submit_tasks(task_type text, params_list jsonb[], queue text DEFAULT NULL::text, priority integer DEFAULT NULL::integer, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, max_retries integer DEFAULT NULL::integer, timeout interval DEFAULT NULL::interval, backoff_base interval DEFAULT NULL::interval) RETURNS SETOF bigint
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
 DECLARE
@@ -1024,10 +1260,10 @@ BEGIN
     RETURNING id;
 END $$;
 
-ALTER FUNCTION pgtasks.submit_tasks(task_type text, params_list jsonb[], queue text, priority integer, run_at timestamp with time zone, max_retries integer, timeout interval, backoff_base interval) OWNER TO postgres;
+ALTER FUNCTION pgtasks.submit_tasks(task_type text, params_list jsonb[], queue text, priority integer, run_at timestamp with time zone, max_retries integer, timeout interval, backoff_base interval) OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.task_steps_of(task_id bigint, attempt integer) RETURNS TABLE(name text, result jsonb, db_now timestamp with time zone)
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
 BEGIN
@@ -1038,10 +1274,11 @@ BEGIN
      ORDER BY s.at, s.name;
 END $$;
 
-ALTER FUNCTION pgtasks.task_steps_of(task_id bigint, attempt integer) OWNER TO postgres;
+ALTER FUNCTION pgtasks.task_steps_of(task_id bigint, attempt integer) OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.transition_reason(from_status pgtasks.status, to_status pgtasks.status) RETURNS text
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    LANGUAGE sql IMMUTABLE SECURITY DEFINER PARALLEL SAFE
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
     SELECT CASE
         WHEN from_status = 'PENDING' AND to_status = 'RUNNING' THEN 'claimed by a worker'
@@ -1059,29 +1296,32 @@ CREATE FUNCTION pgtasks.transition_reason(from_status pgtasks.status, to_status 
     END
 $$;
 
-ALTER FUNCTION pgtasks.transition_reason(from_status pgtasks.status, to_status pgtasks.status) OWNER TO postgres;
+ALTER FUNCTION pgtasks.transition_reason(from_status pgtasks.status, to_status pgtasks.status) OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.unregister_worker(worker_id text) RETURNS void
-    LANGUAGE sql
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
     DELETE FROM pgtasks.worker_registry w WHERE w.worker_id = unregister_worker.worker_id;
 $$;
 
-ALTER FUNCTION pgtasks.unregister_worker(worker_id text) OWNER TO postgres;
+ALTER FUNCTION pgtasks.unregister_worker(worker_id text) OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.unwatch_task(task_id bigint) RETURNS void
-    LANGUAGE sql
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
     DELETE FROM pgtasks.task_waiters w
      WHERE w.task_id = unwatch_task.task_id AND w.pid = pg_backend_pid();
 $$;
 
-ALTER FUNCTION pgtasks.unwatch_task(task_id bigint) OWNER TO postgres;
+ALTER FUNCTION pgtasks.unwatch_task(task_id bigint) OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.wake_workers() RETURNS trigger
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET enable_sort TO 'off'
     SET enable_bitmapscan TO 'off'
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
 BEGIN
     PERFORM pg_notify('pgtasks_wakeup', q.queue)
@@ -1097,10 +1337,11 @@ BEGIN
     RETURN NULL;
 END $$;
 
-ALTER FUNCTION pgtasks.wake_workers() OWNER TO postgres;
+ALTER FUNCTION pgtasks.wake_workers() OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.watch_task(task_id bigint) RETURNS pgtasks.status
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
 DECLARE
     s pgtasks.status;
@@ -1114,12 +1355,14 @@ BEGIN
     RETURN s;
 END $$;
 
-ALTER FUNCTION pgtasks.watch_task(task_id bigint) OWNER TO postgres;
+ALTER FUNCTION pgtasks.watch_task(task_id bigint) OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.yield_task(task_id bigint, attempt integer, run_at timestamp with time zone DEFAULT now()) RETURNS void
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
 BEGIN
+    PERFORM pgtasks.check_run_at(run_at);
     PERFORM pgtasks.lock_owned_task(task_id, attempt);
     UPDATE pgtasks.tasks t
        SET status = 'COMMIT', run_at = coalesce(yield_task.run_at, now()),
@@ -1130,7 +1373,7 @@ BEGIN
     END IF;
 END $$;
 
-ALTER FUNCTION pgtasks.yield_task(task_id bigint, attempt integer, run_at timestamp with time zone) OWNER TO postgres;
+ALTER FUNCTION pgtasks.yield_task(task_id bigint, attempt integer, run_at timestamp with time zone) OWNER TO pgtasks_owner;
 
 CREATE TABLE pgtasks.task_errors (
     task_id bigint NOT NULL,
@@ -1140,7 +1383,7 @@ CREATE TABLE pgtasks.task_errors (
     at timestamp with time zone DEFAULT now() NOT NULL
 );
 
-ALTER TABLE pgtasks.task_errors OWNER TO postgres;
+ALTER TABLE pgtasks.task_errors OWNER TO pgtasks_owner;
 
 CREATE VIEW pgtasks.failed_tasks AS
  SELECT id,
@@ -1160,7 +1403,7 @@ CREATE VIEW pgtasks.failed_tasks AS
    FROM pgtasks.tasks t
   WHERE (status = 'FAILED'::pgtasks.status);
 
-ALTER VIEW pgtasks.failed_tasks OWNER TO postgres;
+ALTER VIEW pgtasks.failed_tasks OWNER TO pgtasks_owner;
 
 CREATE TABLE pgtasks.migrations (
     version integer NOT NULL,
@@ -1169,7 +1412,7 @@ CREATE TABLE pgtasks.migrations (
     applied_at timestamp with time zone DEFAULT now() NOT NULL
 );
 
-ALTER TABLE pgtasks.migrations OWNER TO postgres;
+ALTER TABLE pgtasks.migrations OWNER TO pgtasks_owner;
 
 CREATE VIEW pgtasks.queue_stats AS
  SELECT queue,
@@ -1185,7 +1428,7 @@ CREATE VIEW pgtasks.queue_stats AS
    FROM pgtasks.tasks t
   GROUP BY queue;
 
-ALTER VIEW pgtasks.queue_stats OWNER TO postgres;
+ALTER VIEW pgtasks.queue_stats OWNER TO pgtasks_owner;
 
 CREATE TABLE pgtasks.task_types (
     task_type text NOT NULL,
@@ -1203,7 +1446,7 @@ CREATE TABLE pgtasks.task_types (
     CONSTRAINT timeout_range CHECK (((timeout > '00:00:00'::interval) AND (timeout <= '1 year'::interval)))
 );
 
-ALTER TABLE pgtasks.task_types OWNER TO postgres;
+ALTER TABLE pgtasks.task_types OWNER TO pgtasks_owner;
 
 CREATE VIEW pgtasks.registered_types AS
  SELECT t.task_type,
@@ -1217,7 +1460,7 @@ CREATE VIEW pgtasks.registered_types AS
    FROM (pgtasks.task_types t
      CROSS JOIN pgtasks.settings s);
 
-ALTER VIEW pgtasks.registered_types OWNER TO postgres;
+ALTER VIEW pgtasks.registered_types OWNER TO pgtasks_owner;
 
 CREATE VIEW pgtasks.task_attempt_errors AS
  SELECT task_id,
@@ -1227,7 +1470,7 @@ CREATE VIEW pgtasks.task_attempt_errors AS
     at
    FROM pgtasks.task_errors e;
 
-ALTER VIEW pgtasks.task_attempt_errors OWNER TO postgres;
+ALTER VIEW pgtasks.task_attempt_errors OWNER TO pgtasks_owner;
 
 CREATE TABLE pgtasks.task_events (
     id bigint NOT NULL,
@@ -1240,7 +1483,7 @@ CREATE TABLE pgtasks.task_events (
     at timestamp with time zone DEFAULT now() NOT NULL
 );
 
-ALTER TABLE pgtasks.task_events OWNER TO postgres;
+ALTER TABLE pgtasks.task_events OWNER TO pgtasks_owner;
 
 ALTER TABLE pgtasks.task_events ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     SEQUENCE NAME pgtasks.task_events_id_seq
@@ -1261,7 +1504,7 @@ CREATE VIEW pgtasks.task_history AS
     db_user
    FROM pgtasks.task_events e;
 
-ALTER VIEW pgtasks.task_history OWNER TO postgres;
+ALTER VIEW pgtasks.task_history OWNER TO pgtasks_owner;
 
 CREATE TABLE pgtasks.task_logs (
     id bigint NOT NULL,
@@ -1273,7 +1516,7 @@ CREATE TABLE pgtasks.task_logs (
     at timestamp with time zone DEFAULT clock_timestamp() NOT NULL
 );
 
-ALTER TABLE pgtasks.task_logs OWNER TO postgres;
+ALTER TABLE pgtasks.task_logs OWNER TO pgtasks_owner;
 
 CREATE VIEW pgtasks.task_log_lines AS
  SELECT id,
@@ -1285,7 +1528,7 @@ CREATE VIEW pgtasks.task_log_lines AS
     at
    FROM pgtasks.task_logs l;
 
-ALTER VIEW pgtasks.task_log_lines OWNER TO postgres;
+ALTER VIEW pgtasks.task_log_lines OWNER TO pgtasks_owner;
 
 ALTER TABLE pgtasks.task_logs ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     SEQUENCE NAME pgtasks.task_logs_id_seq
@@ -1295,6 +1538,29 @@ ALTER TABLE pgtasks.task_logs ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     NO MAXVALUE
     CACHE 1
 );
+
+CREATE VIEW pgtasks.task_overview AS
+ SELECT id,
+    task_type,
+    queue,
+    status,
+    priority,
+    attempt,
+    retry_count,
+    max_retries,
+        CASE
+            WHEN (progress_total > 0) THEN round(((100.0 * (progress_current)::numeric) / (progress_total)::numeric), 1)
+            ELSE NULL::numeric
+        END AS percent,
+    progress_current,
+    progress_total,
+    run_at,
+    created_at,
+    started_at,
+    finished_at
+   FROM pgtasks.tasks t;
+
+ALTER VIEW pgtasks.task_overview OWNER TO pgtasks_owner;
 
 CREATE VIEW pgtasks.task_status AS
  SELECT id,
@@ -1318,10 +1584,11 @@ CREATE VIEW pgtasks.task_status AS
     finished_at,
     (COALESCE(finished_at, now()) - started_at) AS elapsed,
     result,
-    error
+    error,
+    params
    FROM pgtasks.tasks t;
 
-ALTER VIEW pgtasks.task_status OWNER TO postgres;
+ALTER VIEW pgtasks.task_status OWNER TO pgtasks_owner;
 
 CREATE TABLE pgtasks.task_steps (
     task_id bigint NOT NULL,
@@ -1331,7 +1598,7 @@ CREATE TABLE pgtasks.task_steps (
     at timestamp with time zone DEFAULT now() NOT NULL
 );
 
-ALTER TABLE pgtasks.task_steps OWNER TO postgres;
+ALTER TABLE pgtasks.task_steps OWNER TO pgtasks_owner;
 
 CREATE TABLE pgtasks.task_waiters (
     task_id bigint NOT NULL,
@@ -1339,7 +1606,7 @@ CREATE TABLE pgtasks.task_waiters (
     since timestamp with time zone DEFAULT now() NOT NULL
 );
 
-ALTER TABLE pgtasks.task_waiters OWNER TO postgres;
+ALTER TABLE pgtasks.task_waiters OWNER TO pgtasks_owner;
 
 ALTER TABLE pgtasks.tasks ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     SEQUENCE NAME pgtasks.tasks_id_seq
@@ -1358,7 +1625,7 @@ CREATE VIEW pgtasks.transitions AS
     unnest(enum_range(NULL::pgtasks.status)) t(t)
   WHERE (pgtasks.transition_reason(f.f, t.t) IS NOT NULL);
 
-ALTER VIEW pgtasks.transitions OWNER TO postgres;
+ALTER VIEW pgtasks.transitions OWNER TO pgtasks_owner;
 
 CREATE TABLE pgtasks.worker_registry (
     worker_id text NOT NULL,
@@ -1371,7 +1638,7 @@ CREATE TABLE pgtasks.worker_registry (
     last_seen timestamp with time zone DEFAULT now() NOT NULL
 );
 
-ALTER TABLE pgtasks.worker_registry OWNER TO postgres;
+ALTER TABLE pgtasks.worker_registry OWNER TO pgtasks_owner;
 
 CREATE VIEW pgtasks.workers AS
  SELECT worker_id,
@@ -1387,7 +1654,7 @@ CREATE VIEW pgtasks.workers AS
           WHERE ((t.status = 'RUNNING'::pgtasks.status) AND (t.worker_id = w.worker_id))) AS running
    FROM pgtasks.worker_registry w;
 
-ALTER VIEW pgtasks.workers OWNER TO postgres;
+ALTER VIEW pgtasks.workers OWNER TO pgtasks_owner;
 
 ALTER TABLE ONLY pgtasks.migrations
     ADD CONSTRAINT migrations_pkey PRIMARY KEY (version);
@@ -1435,9 +1702,19 @@ CREATE INDEX tasks_next_run_at ON pgtasks.tasks USING btree (run_at) WHERE (stat
 
 CREATE TRIGGER settings_keep_row BEFORE DELETE OR TRUNCATE ON pgtasks.settings FOR EACH STATEMENT EXECUTE FUNCTION pgtasks.keep_settings_row();
 
-CREATE TRIGGER tasks_check_insert BEFORE INSERT ON pgtasks.tasks FOR EACH ROW WHEN ((new.status <> 'PENDING'::pgtasks.status)) EXECUTE FUNCTION pgtasks.check_insert();
+CREATE TRIGGER task_errors_append_only BEFORE DELETE OR UPDATE OR TRUNCATE ON pgtasks.task_errors FOR EACH STATEMENT EXECUTE FUNCTION pgtasks.reject_history_change();
 
-CREATE TRIGGER tasks_check_transition BEFORE UPDATE OF status ON pgtasks.tasks FOR EACH ROW WHEN (((old.status <> new.status) AND (pgtasks.transition_reason(old.status, new.status) IS NULL))) EXECUTE FUNCTION pgtasks.reject_transition();
+CREATE TRIGGER task_events_append_only BEFORE DELETE OR UPDATE OR TRUNCATE ON pgtasks.task_events FOR EACH STATEMENT EXECUTE FUNCTION pgtasks.reject_history_change();
+
+CREATE TRIGGER tasks_check_insert BEFORE INSERT ON pgtasks.tasks FOR EACH ROW WHEN (((new.status <> 'PENDING'::pgtasks.status) OR (new.attempt <> 0))) EXECUTE FUNCTION pgtasks.check_insert();
+
+CREATE TRIGGER tasks_check_transition BEFORE UPDATE ON pgtasks.tasks FOR EACH ROW WHEN (((old.status <> new.status) AND (NOT (((old.status = ANY (ARRAY['PENDING'::pgtasks.status, 'COMMIT'::pgtasks.status])) AND (new.status = ANY (ARRAY['RUNNING'::pgtasks.status, 'CANCELLED'::pgtasks.status]))) OR ((old.status = 'RUNNING'::pgtasks.status) AND (new.status = ANY (ARRAY['COMMIT'::pgtasks.status, 'DONE'::pgtasks.status, 'FAILED'::pgtasks.status, 'CANCELLED'::pgtasks.status]))) OR ((old.status = ANY (ARRAY['FAILED'::pgtasks.status, 'CANCELLED'::pgtasks.status])) AND (new.status = 'PENDING'::pgtasks.status)))))) EXECUTE FUNCTION pgtasks.reject_transition();
+
+CREATE TRIGGER tasks_check_update AFTER UPDATE ON pgtasks.tasks FOR EACH ROW WHEN ((((old.status <> new.status) AND (NOT (((old.status = ANY (ARRAY['PENDING'::pgtasks.status, 'COMMIT'::pgtasks.status])) AND (new.status = ANY (ARRAY['RUNNING'::pgtasks.status, 'CANCELLED'::pgtasks.status]))) OR ((old.status = 'RUNNING'::pgtasks.status) AND (new.status = ANY (ARRAY['COMMIT'::pgtasks.status, 'DONE'::pgtasks.status, 'FAILED'::pgtasks.status, 'CANCELLED'::pgtasks.status]))) OR ((old.status = ANY (ARRAY['FAILED'::pgtasks.status, 'CANCELLED'::pgtasks.status])) AND (new.status = 'PENDING'::pgtasks.status))))) OR (new.attempt <> (old.attempt +
+        CASE
+            WHEN ((old.status = ANY (ARRAY['PENDING'::pgtasks.status, 'COMMIT'::pgtasks.status])) AND (new.status = 'RUNNING'::pgtasks.status)) THEN 1
+            ELSE 0
+        END)) OR ((old.status = 'RUNNING'::pgtasks.status) AND (new.status = 'RUNNING'::pgtasks.status) AND ((new.worker_id <> old.worker_id) OR (new.deadline <> old.deadline))) OR (new.lease_expires_at > new.deadline))) EXECUTE FUNCTION pgtasks.reject_transition();
 
 CREATE TRIGGER tasks_record_inserts AFTER INSERT ON pgtasks.tasks REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION pgtasks.record_inserts();
 
@@ -1456,3 +1733,176 @@ ALTER TABLE ONLY pgtasks.task_steps
 
 ALTER TABLE ONLY pgtasks.task_waiters
     ADD CONSTRAINT task_waiters_task_id_fkey FOREIGN KEY (task_id) REFERENCES pgtasks.tasks(id) ON DELETE CASCADE;
+
+GRANT USAGE ON SCHEMA pgtasks TO pgtasks_submitter;
+GRANT USAGE ON SCHEMA pgtasks TO pgtasks_worker;
+GRANT USAGE ON SCHEMA pgtasks TO pgtasks_reader;
+GRANT USAGE ON SCHEMA pgtasks TO pgtasks_admin;
+
+REVOKE ALL ON FUNCTION pgtasks.backoff(retry_count integer, base interval) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION pgtasks.cancel_task(task_id bigint) FROM PUBLIC;
+GRANT ALL ON FUNCTION pgtasks.cancel_task(task_id bigint) TO pgtasks_admin;
+
+REVOKE ALL ON FUNCTION pgtasks.check_batch(what text, task_ids bigint[], attempts integer[], results jsonb[], with_results boolean) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION pgtasks.check_insert() FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION pgtasks.check_log_size(message text, what text) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION pgtasks.check_max_tasks(max_tasks integer) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION pgtasks.check_params(params jsonb, item integer) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION pgtasks.check_params_list(params_list jsonb[]) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION pgtasks.check_policy(task_type text, queue text, max_retries integer, timeout interval, backoff_base interval, type_required boolean) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION pgtasks.check_result_size(result jsonb, what text) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION pgtasks.check_run_at(run_at timestamp with time zone) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION pgtasks.check_worker_id(worker_id text) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION pgtasks.checkpoint(task_id bigint, attempt integer, step text, result jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION pgtasks.checkpoint(task_id bigint, attempt integer, step text, result jsonb) TO pgtasks_worker;
+
+REVOKE ALL ON FUNCTION pgtasks.claim_tasks(worker_id text, queues text[], max_tasks integer, lease interval, task_types text[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION pgtasks.claim_tasks(worker_id text, queues text[], max_tasks integer, lease interval, task_types text[]) TO pgtasks_worker;
+
+REVOKE ALL ON FUNCTION pgtasks.is_blank(value text) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION pgtasks.configure(default_queue text, default_priority integer, default_max_retries integer, default_timeout interval, default_backoff_base interval, max_backoff interval, default_lease interval, retention interval, max_params_bytes integer, max_result_bytes integer, max_log_bytes integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION pgtasks.configure(default_queue text, default_priority integer, default_max_retries integer, default_timeout interval, default_backoff_base interval, max_backoff interval, default_lease interval, retention interval, max_params_bytes integer, max_result_bytes integer, max_log_bytes integer) TO pgtasks_admin;
+
+REVOKE ALL ON FUNCTION pgtasks.current_settings() FROM PUBLIC;
+GRANT ALL ON FUNCTION pgtasks.current_settings() TO pgtasks_worker;
+GRANT ALL ON FUNCTION pgtasks.current_settings() TO pgtasks_reader;
+
+REVOKE ALL ON FUNCTION pgtasks.expiry_reason(t pgtasks.tasks) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION pgtasks.fail_task(task_id bigint, attempt integer, error text, traceback text, retryable boolean, retry_delay interval) FROM PUBLIC;
+GRANT ALL ON FUNCTION pgtasks.fail_task(task_id bigint, attempt integer, error text, traceback text, retryable boolean, retry_delay interval) TO pgtasks_worker;
+
+REVOKE ALL ON FUNCTION pgtasks.finish_and_claim(worker_id text, task_ids bigint[], attempts integer[], results jsonb[], claim_max integer, queues text[], lease interval, task_types text[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION pgtasks.finish_and_claim(worker_id text, task_ids bigint[], attempts integer[], results jsonb[], claim_max integer, queues text[], lease interval, task_types text[]) TO pgtasks_worker;
+
+REVOKE ALL ON FUNCTION pgtasks.finish_task(task_id bigint, attempt integer, result jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION pgtasks.finish_task(task_id bigint, attempt integer, result jsonb) TO pgtasks_worker;
+
+REVOKE ALL ON FUNCTION pgtasks.finish_tasks(task_ids bigint[], attempts integer[], results jsonb[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION pgtasks.finish_tasks(task_ids bigint[], attempts integer[], results jsonb[]) TO pgtasks_worker;
+
+REVOKE ALL ON PROCEDURE pgtasks.grant_roles() FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION pgtasks.heartbeat(worker_id text, task_ids bigint[], attempts integer[], lease interval) FROM PUBLIC;
+GRANT ALL ON FUNCTION pgtasks.heartbeat(worker_id text, task_ids bigint[], attempts integer[], lease interval) TO pgtasks_worker;
+
+REVOKE ALL ON FUNCTION pgtasks.keep_settings_row() FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION pgtasks.lease_or_default(lease interval) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION pgtasks.lock_expired(max_tasks integer) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION pgtasks.lock_owned_task(task_id bigint, attempt integer) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION pgtasks.lock_task(task_id bigint) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION pgtasks.log(task_id bigint, attempt integer, level text, message text) FROM PUBLIC;
+GRANT ALL ON FUNCTION pgtasks.log(task_id bigint, attempt integer, level text, message text) TO pgtasks_worker;
+
+REVOKE ALL ON FUNCTION pgtasks.log_many(task_id bigint, attempt integer, levels text[], messages text[], ats timestamp with time zone[], loggers text[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION pgtasks.log_many(task_id bigint, attempt integer, levels text[], messages text[], ats timestamp with time zone[], loggers text[]) TO pgtasks_worker;
+
+REVOKE ALL ON FUNCTION pgtasks.maintain(max_tasks integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION pgtasks.maintain(max_tasks integer) TO pgtasks_worker;
+
+REVOKE ALL ON FUNCTION pgtasks.next_run_at(queues text[], task_types text[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION pgtasks.next_run_at(queues text[], task_types text[]) TO pgtasks_worker;
+
+REVOKE ALL ON FUNCTION pgtasks.notify_watchers(task_id bigint) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION pgtasks.prune_finished(older_than interval, max_tasks integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION pgtasks.prune_finished(older_than interval, max_tasks integer) TO pgtasks_worker;
+
+REVOKE ALL ON FUNCTION pgtasks.record_failure(t pgtasks.tasks, error text, traceback text, retryable boolean, retry_delay interval) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION pgtasks.record_inserts() FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION pgtasks.record_updates() FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION pgtasks.register_task_type(task_type text, queue text, priority integer, max_retries integer, timeout interval, backoff_base interval, worker_id text) FROM PUBLIC;
+GRANT ALL ON FUNCTION pgtasks.register_task_type(task_type text, queue text, priority integer, max_retries integer, timeout interval, backoff_base interval, worker_id text) TO pgtasks_worker;
+
+REVOKE ALL ON FUNCTION pgtasks.register_worker(worker_id text, host text, pid integer, queues text[], concurrency integer, lease interval) FROM PUBLIC;
+GRANT ALL ON FUNCTION pgtasks.register_worker(worker_id text, host text, pid integer, queues text[], concurrency integer, lease interval) TO pgtasks_worker;
+
+REVOKE ALL ON FUNCTION pgtasks.reject_history_change() FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION pgtasks.reject_transition() FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION pgtasks.report_progress(task_id bigint, attempt integer, current bigint, total bigint, message text) FROM PUBLIC;
+GRANT ALL ON FUNCTION pgtasks.report_progress(task_id bigint, attempt integer, current bigint, total bigint, message text) TO pgtasks_worker;
+
+REVOKE ALL ON FUNCTION pgtasks.rescue_expired(max_tasks integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION pgtasks.rescue_expired(max_tasks integer) TO pgtasks_worker;
+
+REVOKE ALL ON FUNCTION pgtasks.rescue_one(t pgtasks.tasks) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION pgtasks.retry_task(task_id bigint, run_at timestamp with time zone) FROM PUBLIC;
+GRANT ALL ON FUNCTION pgtasks.retry_task(task_id bigint, run_at timestamp with time zone) TO pgtasks_admin;
+
+REVOKE ALL ON PROCEDURE pgtasks.secure_objects() FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION pgtasks.submit_policy(task_type text, queue text, priority integer, run_at timestamp with time zone, max_retries integer, timeout interval, backoff_base interval) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION pgtasks.submit_task(task_type text, params jsonb, queue text, priority integer, run_at timestamp with time zone, max_retries integer, timeout interval, backoff_base interval) FROM PUBLIC;
+GRANT ALL ON FUNCTION pgtasks.submit_task(task_type text, params jsonb, queue text, priority integer, run_at timestamp with time zone, max_retries integer, timeout interval, backoff_base interval) TO pgtasks_submitter;
+
+REVOKE ALL ON FUNCTION pgtasks.submit_tasks(task_type text, params_list jsonb[], queue text, priority integer, run_at timestamp with time zone, max_retries integer, timeout interval, backoff_base interval) FROM PUBLIC;
+GRANT ALL ON FUNCTION pgtasks.submit_tasks(task_type text, params_list jsonb[], queue text, priority integer, run_at timestamp with time zone, max_retries integer, timeout interval, backoff_base interval) TO pgtasks_submitter;
+
+REVOKE ALL ON FUNCTION pgtasks.task_steps_of(task_id bigint, attempt integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION pgtasks.task_steps_of(task_id bigint, attempt integer) TO pgtasks_worker;
+
+REVOKE ALL ON FUNCTION pgtasks.transition_reason(from_status pgtasks.status, to_status pgtasks.status) FROM PUBLIC;
+GRANT ALL ON FUNCTION pgtasks.transition_reason(from_status pgtasks.status, to_status pgtasks.status) TO pgtasks_submitter;
+GRANT ALL ON FUNCTION pgtasks.transition_reason(from_status pgtasks.status, to_status pgtasks.status) TO pgtasks_reader;
+
+REVOKE ALL ON FUNCTION pgtasks.unregister_worker(worker_id text) FROM PUBLIC;
+GRANT ALL ON FUNCTION pgtasks.unregister_worker(worker_id text) TO pgtasks_worker;
+
+REVOKE ALL ON FUNCTION pgtasks.unwatch_task(task_id bigint) FROM PUBLIC;
+GRANT ALL ON FUNCTION pgtasks.unwatch_task(task_id bigint) TO pgtasks_submitter;
+
+REVOKE ALL ON FUNCTION pgtasks.wake_workers() FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION pgtasks.watch_task(task_id bigint) FROM PUBLIC;
+GRANT ALL ON FUNCTION pgtasks.watch_task(task_id bigint) TO pgtasks_submitter;
+
+REVOKE ALL ON FUNCTION pgtasks.yield_task(task_id bigint, attempt integer, run_at timestamp with time zone) FROM PUBLIC;
+GRANT ALL ON FUNCTION pgtasks.yield_task(task_id bigint, attempt integer, run_at timestamp with time zone) TO pgtasks_worker;
+
+GRANT SELECT ON TABLE pgtasks.failed_tasks TO pgtasks_reader;
+
+GRANT SELECT ON TABLE pgtasks.queue_stats TO pgtasks_submitter;
+GRANT SELECT ON TABLE pgtasks.queue_stats TO pgtasks_reader;
+
+GRANT SELECT ON TABLE pgtasks.registered_types TO pgtasks_submitter;
+GRANT SELECT ON TABLE pgtasks.registered_types TO pgtasks_reader;
+
+GRANT SELECT ON TABLE pgtasks.task_attempt_errors TO pgtasks_reader;
+
+GRANT SELECT ON TABLE pgtasks.task_history TO pgtasks_reader;
+
+GRANT SELECT ON TABLE pgtasks.task_log_lines TO pgtasks_reader;
+
+GRANT SELECT ON TABLE pgtasks.task_overview TO pgtasks_submitter;
+GRANT SELECT ON TABLE pgtasks.task_overview TO pgtasks_reader;
+
+GRANT SELECT ON TABLE pgtasks.task_status TO pgtasks_reader;
+
+GRANT SELECT ON TABLE pgtasks.transitions TO pgtasks_submitter;
+GRANT SELECT ON TABLE pgtasks.transitions TO pgtasks_reader;
+
+GRANT SELECT ON TABLE pgtasks.workers TO pgtasks_reader;

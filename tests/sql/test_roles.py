@@ -1,0 +1,152 @@
+"""Least-privilege roles (issue 9): log in as each group role and show what it can and
+cannot do. Roles are cluster-wide, so each test makes its own login roles and drops them."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+GROUPS = ("pgtasks_submitter", "pgtasks_worker", "pgtasks_reader", "pgtasks_admin")
+TABLES = ("tasks", "task_events", "task_errors", "task_steps", "task_logs", "task_waiters",
+          "worker_registry")  # fmt: skip
+
+# Functions no group role may call: the building blocks the granted functions use.
+INTERNAL = {
+    "check_submit_args", "check_params", "check_params_list", "check_policy", "check_batch",
+    "check_max_tasks", "check_worker_id", "check_run_at", "check_result_size", "check_log_size",
+    "lease_or_default", "submit_policy", "is_blank", "expiry_reason", "lock_expired",
+    "rescue_one", "lock_task", "lock_owned_task", "record_failure", "backoff",
+    "notify_watchers", "secure_objects", "grant_roles",
+}  # fmt: skip
+
+
+@pytest.fixture
+async def login(server, dsn, conn) -> AsyncIterator[dict[str, asyncpg.Connection]]:
+    """One connection per group role, each logged in as a fresh role granted that group."""
+    suffix = uuid.uuid4().hex[:8]
+    names = {g: f"{g.removeprefix('pgtasks_')}_{suffix}" for g in GROUPS}
+    conns: dict[str, asyncpg.Connection] = {}
+    for group, name in names.items():
+        await conn.execute(f"CREATE ROLE {name} LOGIN; GRANT {group} TO {name}")
+    try:
+        for group, name in names.items():
+            conns[group.removeprefix("pgtasks_")] = await asyncpg.connect(dsn, user=name)
+        yield conns
+    finally:
+        for c in conns.values():
+            await c.close()
+        for name in names.values():
+            await conn.execute(f"DROP OWNED BY {name}; DROP ROLE {name}")
+
+
+async def denied(c: asyncpg.Connection, sql: str, *args: object) -> bool:
+    try:
+        await c.execute(sql, *args)
+    except asyncpg.InsufficientPrivilegeError:
+        return True
+    return False
+
+
+@pytest.fixture
+async def running(conn) -> int:
+    tid = await conn.fetchval("SELECT pgtasks.submit_task('t', '{\"secret\": 42}')")
+    await conn.fetch("SELECT * FROM pgtasks.claim_tasks('w', max_tasks => 1)")
+    return tid
+
+
+async def test_submitter_submits_and_sees_status_only(login, running):
+    s = login["submitter"]
+    tid = await s.fetchval("SELECT pgtasks.submit_task('t', '{\"mine\": 1}')")
+    assert await s.fetchval(
+        "SELECT status::text FROM pgtasks.task_overview WHERE id = $1", tid
+    ) == ("PENDING")
+    stmt = await s.prepare("SELECT * FROM pgtasks.task_overview")
+    cols = {a.name for a in stmt.get_attributes()}
+    assert not cols & {"params", "result", "error"}
+    for sql in (
+        "SELECT params FROM pgtasks.tasks",
+        "SELECT * FROM pgtasks.task_status",
+        "SELECT * FROM pgtasks.claim_tasks('s')",
+        f"SELECT pgtasks.finish_task({running}, 1, '1')",
+        f"SELECT pgtasks.cancel_task({running})",
+        f"SELECT pgtasks.lock_task({running})",
+    ):
+        assert await denied(s, sql), sql
+
+
+async def test_worker_runs_tasks_but_cannot_cancel_or_retry(login, conn, running):
+    w = login["worker"]
+    tid = await w.fetchval("SELECT pgtasks.submit_task('t')")  # a follow-up task
+    rows = await w.fetch("SELECT id, attempt FROM pgtasks.claim_tasks('w2', max_tasks => 5)")
+    assert [r[0] for r in rows] == [tid]
+    await w.execute("SELECT pgtasks.log($1, 1, 'info', 'hi')", tid)
+    await w.execute("SELECT pgtasks.finish_task($1, 1, '{}')", tid)
+    assert await w.fetchval("SELECT pgtasks.rescue_expired()") == 0
+    for sql in (
+        f"SELECT pgtasks.cancel_task({running})",
+        f"SELECT pgtasks.retry_task({tid})",
+        "SELECT * FROM pgtasks.task_status",
+        "UPDATE pgtasks.tasks SET priority = 1",
+    ):
+        assert await denied(w, sql), sql
+    # History names the login role, not the functions' owner.
+    users = {r[0] for r in await conn.fetch(
+        "SELECT DISTINCT db_user FROM pgtasks.task_events WHERE task_id = $1", tid)}  # fmt: skip
+    assert users == {await w.fetchval("SELECT session_user")}
+
+
+async def test_reader_reads_every_view_but_writes_nothing(login, conn, running):
+    r = login["reader"]
+    views = [v[0] for v in await conn.fetch(
+        "SELECT c.relname FROM pg_class c "
+        "WHERE c.relnamespace = 'pgtasks'::regnamespace AND c.relkind = 'v'")]  # fmt: skip
+    assert "task_status" in views and "task_overview" in views
+    for v in views:
+        await r.fetch(f"SELECT * FROM pgtasks.{v} LIMIT 1")
+    assert await r.fetchval("SELECT result FROM pgtasks.task_status WHERE id = $1", running) is None
+    for sql in (
+        "SELECT pgtasks.submit_task('t')",
+        f"SELECT pgtasks.cancel_task({running})",
+        "SELECT * FROM pgtasks.claim_tasks('r')",
+        "DELETE FROM pgtasks.tasks",
+    ):
+        assert await denied(r, sql), sql
+
+
+async def test_admin_cancels_and_retries(login, running):
+    a = login["admin"]
+    assert await a.fetchval("SELECT pgtasks.cancel_task($1)::text", running) == "RUNNING"
+    await a.execute("SELECT pgtasks.retry_task($1)", running)
+    assert await a.fetchval(
+        "SELECT status::text FROM pgtasks.task_status WHERE id = $1", running
+    ) == ("PENDING")
+    assert await denied(a, "UPDATE pgtasks.tasks SET priority = 1")
+
+
+@pytest.mark.parametrize("table", TABLES)
+async def test_no_role_touches_a_table(login, table):
+    for role, c in login.items():
+        for sql in (f"SELECT 1 FROM pgtasks.{table} LIMIT 1", f"DELETE FROM pgtasks.{table}"):
+            assert await denied(c, sql), (role, sql)
+
+
+async def test_every_api_function_is_granted_to_a_role_or_internal(conn):
+    """A later migration's new function must be given to a role (pgtasks.grant_roles) or
+    listed here as internal; it cannot silently stay reachable by nobody or everybody."""
+    rows = await conn.fetch(
+        """
+        SELECT p.proname,
+               bool_or(has_function_privilege(g, p.oid, 'EXECUTE')) AS granted
+          FROM pg_proc p, unnest($1::text[]) g
+         WHERE p.pronamespace = 'pgtasks'::regnamespace
+           AND p.prorettype <> 'trigger'::regtype
+         GROUP BY p.proname
+        """,
+        list(GROUPS),
+    )
+    ungranted = {r[0] for r in rows if not r[1]}
+    assert ungranted - INTERNAL == set(), "grant it (pgtasks.grant_roles) or list it as internal"
+    assert {r[0] for r in rows if r[1]} & INTERNAL == set(), "internal, yet granted"
