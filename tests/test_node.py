@@ -249,6 +249,23 @@ async def test_an_oversized_result_fails_its_task_alone(conn, node):
     assert "max_result_bytes" in row["error"]
 
 
+async def test_long_log_lines_are_cut_to_the_limit_not_fatal(conn, node):
+    """PT204 refuses a log batch with a line over settings.max_log_bytes; the worker reads
+    the limit, cuts the lines with a note of their size, and the task carries on."""
+    await conn.execute("SELECT pgtasks.configure(max_log_bytes => 20)")
+    tid = await conn.fetchval(
+        "SELECT pgtasks.submit_task(task_type => 'node.steps', params => $1::jsonb)",
+        {"n": 2, "sleep_ms": 0},
+    )
+    node.worker(lease=2)
+    await wait_for(conn, "SELECT status = 'DONE' FROM pgtasks.tasks WHERE id = $1", tid)
+    lines = await conn.fetch(
+        "SELECT message FROM pgtasks.task_log_lines WHERE task_id = $1 ORDER BY id", tid
+    )
+    # "step 0 ran in attempt 1" is 23 bytes: 4 of them are kept, and the note says so.
+    assert [r["message"] for r in lines] == ["step [cut: 23 bytes]"] * 2
+
+
 async def test_killed_node_worker_is_rescued_and_the_next_one_skips_finished_steps(conn, node):
     first = node.worker(lease=2, concurrency=4)
     ids = [

@@ -42,8 +42,10 @@ const SQL = {
   heartbeat: `SELECT lost_task_id FROM pgtasks.heartbeat(worker_id => $1, task_ids => $2::bigint[],
     attempts => $3::integer[], lease => ${secs(4)})`,
   maintain: 'SELECT rescued, pruned FROM pgtasks.maintain()',
+  limits: 'SELECT max_log_bytes FROM pgtasks.current_settings()',
   stepsOf: 'SELECT name, result FROM pgtasks.task_steps_of(task_id => $1, attempt => $2)',
-  checkpoint: 'SELECT pgtasks.checkpoint(task_id => $1, attempt => $2, step => $3, result => $4::jsonb)',
+  checkpoint: `SELECT pgtasks.checkpoint(task_id => $1, attempt => $2, step => $3,
+    result => $4::jsonb)`,
   progress: `SELECT pgtasks.report_progress(task_id => $1, attempt => $2, current => $3,
     total => $4, message => $5)`,
   logMany: `SELECT pgtasks.log_many(task_id => $1, attempt => $2, levels => $3::text[],
@@ -93,6 +95,21 @@ function scheduleFlush(run) {
   const failed = (e) => stop(run, isGone(e) ? 'lease lost' : 'write failed', e);
   run.flushTimer = setTimeout(() => flush(run).catch(failed), due);
 }
+// PT204: a line over settings.max_log_bytes. Read the limit (it can change at any time) and
+// cut the long lines to fit, with a note of their size: a log line never fails a task.
+async function clipper() {
+  const { rows: [{ max_log_bytes: max }] } = await pool.query(SQL.limits);
+  return (m) => {
+    const size = m == null ? 0 : Buffer.byteLength(m);
+    if (size <= max) return m;
+    let note = ` [cut: ${size} bytes]`;
+    if (note.length > max) note = '';
+    // A character cut in half decodes as U+FFFD (3 bytes): drop it.
+    const kept = Buffer.from(m).subarray(0, max - note.length).toString().replace(/\uFFFD$/, '');
+    return kept + note;
+  };
+}
+const retryClipped = (send, e) => (e.code === 'PT204' ? clipper().then(send) : Promise.reject(e));
 function flush(run) {
   clearTimeout(run.flushTimer);
   run.flushTimer = null;
@@ -100,18 +117,13 @@ function flush(run) {
   const logs = run.logs.splice(0);
   const progress = run.progress;
   run.progress = null;
-  const sendLogs = (messages) => pool.query(SQL.logMany,
-    [run.id, run.attempt, logs.map((l) => l[0]), messages, logs.map((l) => l[2])]);
+  const sendLogs = (clip = (m) => m) => pool.query(SQL.logMany, [run.id, run.attempt,
+    logs.map((l) => l[0]), logs.map((l) => clip(l[1])), logs.map((l) => l[2])]);
+  const sendProgress = (clip = (m) => m) => pool.query(SQL.progress,
+    [run.id, run.attempt, progress[0], progress[1], clip(progress[2])]);
   const write = async () => {
-    if (logs.length) {
-      const messages = logs.map((l) => l[1]);
-      // PT204: a line over settings.max_log_bytes. Shorten the lines rather than fail the task.
-      await sendLogs(messages).catch((e) => {
-        if (e.code !== 'PT204') throw e;
-        return sendLogs(messages.map((m) => (m.length > 4000 ? `${m.slice(0, 4000)} [truncated]` : m)));
-      });
-    }
-    if (progress) await pool.query(SQL.progress, [run.id, run.attempt, ...progress]);
+    if (logs.length) await sendLogs().catch((e) => retryClipped(sendLogs, e));
+    if (progress) await sendProgress().catch((e) => retryClipped(sendProgress, e));
   };
   // One write at a time per task, so log lines keep their order.
   const written = run.writes.then(write);
@@ -124,7 +136,10 @@ function context(run, steps) {
     taskId: run.id,
     attempt: run.attempt,
     signal: run.ctl.signal,
-    log(level, message) { run.logs.push([level, String(message), new Date()]); scheduleFlush(run); },
+    log(level, message) {
+      run.logs.push([level, String(message), new Date()]);
+      scheduleFlush(run);
+    },
     progress(current, total = null, message = null) {
       run.progress = [current, total, message];
       scheduleFlush(run);
@@ -320,7 +335,9 @@ async function heartbeat() { // also while idle: it keeps workers.last_seen fres
     const { rows } = await keeper.query(SQL.heartbeat,
       [WORKER_ID, runs.map((r) => r.id), runs.map((r) => r.attempt), LEASE]);
     cutOff = false;
-    for (const { lost_task_id: id } of rows) if (running.has(id)) stop(running.get(id), 'lease lost');
+    for (const { lost_task_id: id } of rows) {
+      if (running.has(id)) stop(running.get(id), 'lease lost');
+    }
   } catch (e) { cutOff = true; throw e; }
 }
 
