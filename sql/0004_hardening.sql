@@ -11,14 +11,17 @@
 --      functions change them, and the history is append-only except for pruning.
 --   4. Size limits on results, step results and log lines (defect 8; params are 0003's).
 --   5. The cancel NOTIFY carries the attempt: payload '<task_id>:<attempt>'.
+--   6. Fixes for what the fuzzer (tests/sql/test_fuzz.py) found.
+-- The ownership pass (2) comes last, so it covers every function created above.
 --
 -- SQLSTATEs added here (docs/sql-api.md):
 --   PT201 a fencing column (attempt, worker_id, lease_expires_at, deadline) changed in a
 --         way no pgtasks function changes it
 --   PT202 history (task_events, task_errors) is append-only
 --   PT203 result or step result larger than settings.max_result_bytes
---   PT204 log line larger than settings.max_log_bytes
---   PT205 the migrating role cannot create the pgtasks roles (needs CREATEROLE)
+--   PT204 log line, level, logger or progress message larger than settings.max_log_bytes
+--   PT205 the migrating role cannot create the pgtasks roles (needs CREATEROLE) or hand
+--         objects to pgtasks_owner (needs membership in it)
 --   PT206 register_worker: host blank or NULL, pid NULL, concurrency below 1, blank queue
 --
 -- Everything below is written so it can run again on a cluster where the roles already
@@ -78,9 +81,22 @@ BEGIN
             END;
         END IF;
     END LOOP;
-    -- Transferring ownership needs membership in the new owner (superusers have it).
-    IF NOT pg_has_role(current_user, 'pgtasks_owner', 'MEMBER') THEN
-        EXECUTE format('GRANT pgtasks_owner TO %I', current_user);
+    -- A migrating role that is not a superuser hands the objects to pgtasks_owner, which
+    -- needs membership in it, and the schema's new owner needs CREATE on the database.
+    IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+        IF NOT pg_has_role(current_user, 'pgtasks_owner', 'MEMBER') THEN
+            BEGIN
+                EXECUTE format('GRANT pgtasks_owner TO %I', current_user);
+            EXCEPTION WHEN insufficient_privilege THEN
+                -- The roles exist but another role created them (PostgreSQL 16+: only
+                -- their creator or a superuser may grant them).
+                RAISE EXCEPTION 'pgtasks: % must be a member of pgtasks_owner to hand it the pgtasks objects',
+                        current_user
+                    USING ERRCODE = 'PT205',
+                          HINT = format('An administrator runs: GRANT pgtasks_owner TO %I; then migrate again.',
+                                        current_user);
+            END;
+        END IF;
         EXECUTE format('GRANT CREATE ON DATABASE %I TO pgtasks_owner', current_database());
     END IF;
 END $members$;
@@ -171,8 +187,8 @@ CREATE TRIGGER tasks_check_insert
     FOR EACH ROW WHEN (NEW.status <> 'PENDING' OR NEW.attempt <> 0)
     EXECUTE FUNCTION pgtasks.check_insert();
 
--- History is append-only. Only pruning deletes it: prune_finished runs with the
--- transaction-local setting pgtasks.pruning = on (a SET clause on the function, below),
+-- History is append-only. Only pruning deletes it: prune_finished sets the
+-- transaction-local setting pgtasks.pruning = on around its DELETE (below),
 -- and task_errors rows also go when their task is deleted (the foreign key's cascade runs
 -- inside the key's trigger, hence pg_trigger_depth() > 1). This guards against mistakes by
 -- the owner; against everyone else the guard is that only the owner may write the tables.
@@ -197,18 +213,44 @@ CREATE TRIGGER task_errors_append_only
     BEFORE UPDATE OR DELETE OR TRUNCATE ON pgtasks.task_errors
     FOR EACH STATEMENT EXECUTE FUNCTION pgtasks.reject_history_change();
 
--- Only the pruning functions may delete history. The setting lasts for the call only.
-DO $prune$
+-- Only pruning may delete history: 0003's prune_finished, plus the flag around its one
+-- DELETE statement. (Not a SET clause on the function: only a superuser may attach a
+-- custom setting to a function, and the migration must run without one.)
+CREATE OR REPLACE FUNCTION pgtasks.prune_finished(
+    older_than interval DEFAULT NULL,    -- NULL: settings.retention
+    max_tasks  integer  DEFAULT 1000
+) RETURNS integer
+LANGUAGE plpgsql
+AS $$
 DECLARE
-    f regprocedure;
+    cutoff timestamptz;
+    n integer;
 BEGIN
-    FOR f IN SELECT p.oid FROM pg_proc p
-              WHERE p.pronamespace = 'pgtasks'::regnamespace
-                AND p.proname IN ('prune_finished', 'maintain')
-    LOOP
-        EXECUTE format('ALTER FUNCTION %s SET pgtasks.pruning = ''on''', f);
-    END LOOP;
-END $prune$;
+    PERFORM pgtasks.check_max_tasks(max_tasks);
+    -- A negative age would delete tasks the moment they finish, before anyone read them.
+    IF older_than IS NOT NULL AND NOT (older_than >= interval '0' AND older_than <= interval '100 years') THEN
+        RAISE EXCEPTION 'pgtasks: older_than must be between 0 and 100 years, got %', older_than
+            USING ERRCODE = 'PT120', HINT = 'Leave older_than out (NULL) for settings.retention.';
+    END IF;
+    cutoff := now() - coalesce(older_than, (SELECT s.retention FROM pgtasks.settings s));
+    -- Lets the append-only triggers through for this statement only (see above).
+    PERFORM set_config('pgtasks.pruning', 'on', true);
+    WITH doomed AS (
+        SELECT t.id FROM pgtasks.tasks t
+         WHERE t.status IN ('DONE', 'FAILED', 'CANCELLED') AND t.finished_at < cutoff
+         ORDER BY t.finished_at
+         LIMIT max_tasks
+         FOR UPDATE SKIP LOCKED
+    ), gone AS (
+        DELETE FROM pgtasks.tasks t USING doomed WHERE t.id = doomed.id RETURNING t.id
+    ), history AS (
+        -- task_events has no foreign key (see 0001), so its rows go here, not by cascade.
+        DELETE FROM pgtasks.task_events e USING gone WHERE e.task_id = gone.id
+    )
+    SELECT count(*)::integer INTO n FROM gone;
+    PERFORM set_config('pgtasks.pruning', '', true);
+    RETURN n;
+END $$;
 
 ------------------------------------------------------------------------------------------
 -- 4. Size limits (defect 8). Sizes are bytes of JSON or log text, as 0003 measures params:
@@ -266,24 +308,31 @@ RETURNS TABLE (rejected_task_id bigint)
 LANGUAGE plpgsql AS $$
 DECLARE
     max_bytes integer := (SELECT s.max_result_bytes FROM pgtasks.settings s);
-    oversized bigint[];
+    big bigint[];
     o record;
 BEGIN
     PERFORM pgtasks.check_batch('finish_tasks', task_ids, attempts, results, with_results => true);
-    FOR o IN
-        SELECT k AS task, octet_length(u.result::text) AS size_bytes
-          FROM unnest(finish_tasks.task_ids, finish_tasks.attempts, finish_tasks.results)
-                 AS u(task_id, attempt, result)
-          JOIN pgtasks.tasks k ON k.id = u.task_id AND k.attempt = u.attempt AND k.status = 'RUNNING'
-         WHERE octet_length(u.result::text) > max_bytes
-           FOR NO KEY UPDATE OF k
-    LOOP
-        PERFORM pgtasks.record_failure(
-            o.task, pg_catalog.format('pgtasks: result of %s bytes is larger than max_result_bytes (%s)',
-                                      o.size_bytes, max_bytes),
-            NULL, false, NULL);
-        oversized := oversized || (o.task).id;
-    END LOOP;
+    -- Sizes first, from the arguments alone: the common batch has no oversized result and
+    -- reads no table here.
+    SELECT array_agg(u.ord) INTO big
+      FROM unnest(finish_tasks.results) WITH ORDINALITY AS u(result, ord)
+     WHERE octet_length(u.result::text) > max_bytes;
+    IF big IS NOT NULL THEN
+        FOR o IN
+            SELECT k AS task, octet_length(u.result::text) AS size_bytes
+              FROM unnest(finish_tasks.task_ids, finish_tasks.attempts, finish_tasks.results)
+                     WITH ORDINALITY AS u(task_id, attempt, result, ord)
+              JOIN pgtasks.tasks k ON k.id = u.task_id AND k.attempt = u.attempt AND k.status = 'RUNNING'
+             WHERE u.ord = ANY (big)
+               FOR NO KEY UPDATE OF k
+        LOOP
+            -- Now FAILED, so the UPDATE below (RUNNING rows only) leaves it and reports it.
+            PERFORM pgtasks.record_failure(
+                o.task, pg_catalog.format('pgtasks: result of %s bytes is larger than max_result_bytes (%s)',
+                                          o.size_bytes, max_bytes),
+                NULL, false, NULL);
+        END LOOP;
+    END IF;
 
     RETURN QUERY
     WITH batch AS (
@@ -296,7 +345,6 @@ BEGIN
                progress_current = coalesce(t.progress_total, t.progress_current)
           FROM batch
          WHERE t.id = batch.task_id AND t.attempt = batch.attempt AND t.status = 'RUNNING'
-           AND (oversized IS NULL OR t.id <> ALL (oversized))
         RETURNING t.id, t.attempt
     )
     -- NOT EXISTS, not NOT IN: a NULL attempt must come back rejected (see 0003).

@@ -563,24 +563,31 @@ CREATE FUNCTION pgtasks.finish_tasks(task_ids bigint[], attempts integer[], resu
     AS $$
 DECLARE
     max_bytes integer := (SELECT s.max_result_bytes FROM pgtasks.settings s);
-    oversized bigint[];
+    big bigint[];
     o record;
 BEGIN
     PERFORM pgtasks.check_batch('finish_tasks', task_ids, attempts, results, with_results => true);
-    FOR o IN
-        SELECT k AS task, octet_length(u.result::text) AS size_bytes
-          FROM unnest(finish_tasks.task_ids, finish_tasks.attempts, finish_tasks.results)
-                 AS u(task_id, attempt, result)
-          JOIN pgtasks.tasks k ON k.id = u.task_id AND k.attempt = u.attempt AND k.status = 'RUNNING'
-         WHERE octet_length(u.result::text) > max_bytes
-           FOR NO KEY UPDATE OF k
-    LOOP
-        PERFORM pgtasks.record_failure(
-            o.task, pg_catalog.format('pgtasks: result of %s bytes is larger than max_result_bytes (%s)',
-                                      o.size_bytes, max_bytes),
-            NULL, false, NULL);
-        oversized := oversized || (o.task).id;
-    END LOOP;
+    -- Sizes first, from the arguments alone: the common batch has no oversized result and
+    -- reads no table here.
+    SELECT array_agg(u.ord) INTO big
+      FROM unnest(finish_tasks.results) WITH ORDINALITY AS u(result, ord)
+     WHERE octet_length(u.result::text) > max_bytes;
+    IF big IS NOT NULL THEN
+        FOR o IN
+            SELECT k AS task, octet_length(u.result::text) AS size_bytes
+              FROM unnest(finish_tasks.task_ids, finish_tasks.attempts, finish_tasks.results)
+                     WITH ORDINALITY AS u(task_id, attempt, result, ord)
+              JOIN pgtasks.tasks k ON k.id = u.task_id AND k.attempt = u.attempt AND k.status = 'RUNNING'
+             WHERE u.ord = ANY (big)
+               FOR NO KEY UPDATE OF k
+        LOOP
+            -- Now FAILED, so the UPDATE below (RUNNING rows only) leaves it and reports it.
+            PERFORM pgtasks.record_failure(
+                o.task, pg_catalog.format('pgtasks: result of %s bytes is larger than max_result_bytes (%s)',
+                                          o.size_bytes, max_bytes),
+                NULL, false, NULL);
+        END LOOP;
+    END IF;
 
     RETURN QUERY
     WITH batch AS (
@@ -593,7 +600,6 @@ BEGIN
                progress_current = coalesce(t.progress_total, t.progress_current)
           FROM batch
          WHERE t.id = batch.task_id AND t.attempt = batch.attempt AND t.status = 'RUNNING'
-           AND (oversized IS NULL OR t.id <> ALL (oversized))
         RETURNING t.id, t.attempt
     )
     -- NOT EXISTS, not NOT IN: a NULL attempt must come back rejected (see 0003).
@@ -825,7 +831,6 @@ ALTER FUNCTION pgtasks.log_many(task_id bigint, attempt integer, levels text[], 
 CREATE FUNCTION pgtasks.maintain(max_tasks integer DEFAULT 1000) RETURNS TABLE(rescued integer, pruned integer)
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
-    SET "pgtasks.pruning" TO 'on'
     AS $$
 BEGIN
     PERFORM pgtasks.check_max_tasks(max_tasks);
@@ -868,7 +873,6 @@ ALTER FUNCTION pgtasks.notify_watchers(task_id bigint) OWNER TO pgtasks_owner;
 CREATE FUNCTION pgtasks.prune_finished(older_than interval DEFAULT NULL::interval, max_tasks integer DEFAULT 1000) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
-    SET "pgtasks.pruning" TO 'on'
     AS $$
 DECLARE
     cutoff timestamptz;
@@ -881,6 +885,8 @@ BEGIN
             USING ERRCODE = 'PT120', HINT = 'Leave older_than out (NULL) for settings.retention.';
     END IF;
     cutoff := now() - coalesce(older_than, (SELECT s.retention FROM pgtasks.settings s));
+    -- Lets the append-only triggers through for this statement only (see above).
+    PERFORM set_config('pgtasks.pruning', 'on', true);
     WITH doomed AS (
         SELECT t.id FROM pgtasks.tasks t
          WHERE t.status IN ('DONE', 'FAILED', 'CANCELLED') AND t.finished_at < cutoff
@@ -894,6 +900,7 @@ BEGIN
         DELETE FROM pgtasks.task_events e USING gone WHERE e.task_id = gone.id
     )
     SELECT count(*)::integer INTO n FROM gone;
+    PERFORM set_config('pgtasks.pruning', '', true);
     RETURN n;
 END $$;
 

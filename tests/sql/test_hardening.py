@@ -363,3 +363,18 @@ async def test_an_oversized_result_fails_its_task_not_the_batch(conn, small_limi
     assert rows == {a[0]: "FAILED", b[0]: "DONE"}
     error = await conn.fetchval("SELECT error FROM pgtasks.task_errors WHERE task_id = $1", a[0])
     assert "larger than max_result_bytes (100)" in error
+
+
+async def test_both_transition_triggers_check_the_same_list(conn):
+    """The AFTER trigger repeats the BEFORE trigger's list (test_state_machine.py checks that
+    one against pgtasks.transitions for all 36 pairs); a change to one must reach the other."""
+    defs = dict(
+        await conn.fetch(
+            "SELECT tgname, pg_get_triggerdef(oid) FROM pg_trigger "
+            "WHERE tgrelid = 'pgtasks.tasks'::regclass "
+            "AND tgname IN ('tasks_check_transition', 'tasks_check_update')"
+        )
+    )
+    before = defs["tasks_check_transition"]
+    rule = before[before.index("WHEN ((") + len("WHEN (") : before.rindex(") EXECUTE")]
+    assert rule in defs["tasks_check_update"]

@@ -150,3 +150,35 @@ async def test_every_api_function_is_granted_to_a_role_or_internal(conn):
     ungranted = {r[0] for r in rows if not r[1]}
     assert ungranted - INTERNAL == set(), "grant it (pgtasks.grant_roles) or list it as internal"
     assert {r[0] for r in rows if r[1]} & INTERNAL == set(), "internal, yet granted"
+
+
+async def test_a_non_superuser_migrates_with_createrole_and_membership(server, conn):
+    """Managed services often give no superuser. Without membership in pgtasks_owner the
+    migration stops with PT205 and says what to grant; with it, it applies."""
+    from pgtasks.migrations import migrate_url
+
+    suffix = uuid.uuid4().hex[:8]
+    role, dbname = f"migrator_{suffix}", f"mig_{suffix}"
+    admin = await asyncpg.connect(server.url())
+    await admin.execute(f"CREATE ROLE {role} LOGIN CREATEROLE")
+    await admin.execute(f"CREATE DATABASE {dbname} OWNER {role}")
+    url = server.url(dbname).replace("postgres@", f"{role}@")
+    try:
+        with pytest.raises(asyncpg.PostgresError) as info:
+            await migrate_url(url)
+        assert info.value.sqlstate == "PT205"
+        assert f"GRANT pgtasks_owner TO {role}" in (info.value.hint or "")
+        await admin.execute(f"GRANT pgtasks_owner TO {role}")
+        assert [m.version for m in await migrate_url(url)][-1] >= 4
+        c = await asyncpg.connect(url)
+        try:
+            assert await c.fetchval("SELECT pgtasks.submit_task('t')") == 1
+            owner = await c.fetchval("SELECT pg_get_userbyid(relowner) FROM pg_class "
+                                     "WHERE oid = 'pgtasks.tasks'::regclass")  # fmt: skip
+            assert owner == "pgtasks_owner"
+        finally:
+            await c.close()
+    finally:
+        await admin.execute(f"DROP DATABASE {dbname} WITH (FORCE)")
+        await admin.execute(f"REVOKE pgtasks_owner FROM {role}; DROP ROLE {role}")
+        await admin.close()
