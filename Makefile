@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: run test install lint bench db-stop clean schema
+.PHONY: run test install node-deps lint bench db-stop clean schema
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,12 +14,22 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The Node example's packages, from its lockfile, for tests/test_node.py. Quiet, and never
+# fatal: without npm (or when npm ci fails) those tests skip and say why.
+NODE_EXAMPLE := examples/node
+node-deps:
+	@if [ ! -d $(NODE_EXAMPLE)/node_modules ] && command -v npm >/dev/null 2>&1; then \
+	  (cd $(NODE_EXAMPLE) && npm ci --no-audit --no-fund --loglevel=error >/dev/null) \
+	    || { rm -rf $(NODE_EXAMPLE)/node_modules; \
+	         echo "warning: npm ci failed in $(NODE_EXAMPLE); its tests will be skipped"; }; \
+	fi
+
 ## run: start the embedded PostgreSQL, migrate, and show the demo job working
 run: install
 	$(PY) examples/demo.py
 
 ## test: the whole suite against a real PostgreSQL (embedded, started by the tests)
-test: install
+test: install node-deps
 	$(PY) -m pytest
 
 lint: install
@@ -40,4 +50,4 @@ db-stop: install
 
 clean:
 	-$(VENV)/bin/pgtasks db stop 2>/dev/null
-	rm -rf $(VENV) .pgtasks .pytest_cache
+	rm -rf $(VENV) .pgtasks .pytest_cache $(NODE_EXAMPLE)/node_modules

@@ -1,0 +1,34 @@
+// The task types the example worker runs. A handler gets (ctx, params) and returns the
+// result (any JSON value). ctx: taskId, attempt, signal (aborted on cancel, lost lease,
+// time limit or shutdown), log(level, message), progress(current, total, message), and
+// step(name, fn): fn's result is checkpointed, and a later attempt gets it without running fn.
+// Throw an error to fail the attempt; set error.permanent = true for no retry, or
+// error.retryDelay = seconds for a retry after exactly that long.
+'use strict';
+
+const sleep = (ms, signal) => new Promise((resolve) => {
+  const t = setTimeout(resolve, ms);
+  signal?.addEventListener('abort', () => { clearTimeout(t); resolve(); }, { once: true });
+});
+
+module.exports = {
+  'node.add': async (ctx, p) => ({ sum: p.a + p.b }),
+  // n checkpointed steps of sleep_ms each: a resumed attempt skips the steps already done.
+  'node.steps': async (ctx, p) => {
+    let total = 0;
+    for (let i = 0; i < p.n; i++) {
+      total += await ctx.step(`step-${i}`, async () => {
+        await sleep(p.sleep_ms || 0, ctx.signal);
+        ctx.signal.throwIfAborted();
+        ctx.log('INFO', `step ${i} ran in attempt ${ctx.attempt}`);
+        return i;
+      });
+      ctx.progress(i + 1, p.n, `step ${i} of ${p.n}`);
+    }
+    return { steps: p.n, total };
+  },
+  'node.fail': async (ctx, p) => {
+    const error = new Error(p.message || 'boom');
+    throw Object.assign(error, { permanent: Boolean(p.permanent), retryDelay: p.retry_delay });
+  },
+};
