@@ -224,10 +224,12 @@ class BenchConfig:
     #: scheduled a day ahead, when the drain starts. 0 and 0 skip that figure.
     history_finished: int = 1_000_000
     history_future: int = 100_000
-    #: ``connections_per_worker``: one worker process at this concurrency runs ``drain_jobs``
-    #: tasks that checkpoint, log and report progress; the run database's connections are
-    #: counted every ``connections_sample_s``.
+    #: ``connections_per_worker``: one worker process at this concurrency runs
+    #: ``connections_jobs`` tasks that checkpoint, log and report progress (the peak comes
+    #: with the first full claim, so a few claims' worth is enough); the run database's
+    #: connections are counted every ``connections_sample_s``.
     connections_concurrency: int = 200
+    connections_jobs: int = 2_000
     connections_sample_s: float = 0.05
     #: The ``maxconn_*`` figures: a second server with ``max_connections = maxconn_limit``,
     #: ``maxconn_workers`` processes at ``maxconn_concurrency`` drain ``maxconn_jobs`` such
@@ -237,6 +239,8 @@ class BenchConfig:
     maxconn_concurrency: int = 100
     maxconn_jobs: int = 20_000
     maxconn_runs: int = 1
+    #: The maxconn drain's own bound: tasks that write are slower than no-op jobs.
+    maxconn_timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
         may_be_zero = {"latency_warmup", "history_finished", "history_future"}
@@ -273,6 +277,7 @@ class BenchConfig:
             latency_jobs=scale(self.latency_jobs),
             history_finished=round(self.history_finished * factor),
             history_future=round(self.history_future * factor),
+            connections_jobs=scale(self.connections_jobs),
             maxconn_jobs=scale(self.maxconn_jobs),
         )
 
@@ -968,14 +973,20 @@ async def sample_drain_detailed(
 
 
 async def sample_connection_drains(
-    peer: Peer, dsn: str, cfg: BenchConfig, key: str, log: Callable[[str], None]
+    peer: Peer,
+    dsn: str,
+    cfg: BenchConfig,
+    key: str,
+    log: Callable[[str], None],
+    jobs: int | None = None,
 ) -> dict[str, Figure]:
-    """``cfg.runs`` drains by one worker process, watching its connections: the rate as
-    ``key`` and the peak number of connections it held as ``connections_per_worker``."""
+    """``cfg.runs`` drains of ``jobs`` (default ``drain_jobs``) by one worker process,
+    watching its connections: the rate as ``key`` and the peak number of connections it
+    held as ``connections_per_worker``."""
     rates: list[float] = []
     peaks: list[float] = []
     for i in range(cfg.runs):
-        sample = await sample_drain_detailed(peer, dsn, cfg, 1, watch_connections=True)
+        sample = await sample_drain_detailed(peer, dsn, cfg, 1, jobs=jobs, watch_connections=True)
         assert sample.rate is not None and sample.peak_worker_connections is not None
         rates.append(sample.rate)
         peaks.append(sample.peak_worker_connections)

@@ -385,8 +385,8 @@ async def run_maxconn(
 
     A refused connection does not fail the run: it is what the figures are there to count
     (``maxconn_connection_errors``, from the workers' logs). Jobs that failed for good are
-    left out of the rate and logged; a run that does not finish within ``timeout_s`` has no
-    rate (``maxconn_jobs_per_s`` is left out when no run finished).
+    left out of the rate and logged; a run that does not finish within ``maxconn_timeout_s``
+    has no rate (``maxconn_jobs_per_s`` is left out when no run finished).
     """
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     conn = await asyncpg.connect(dsn)
@@ -404,7 +404,7 @@ async def run_maxconn(
         sample = await sample_drain_detailed(
             peer,
             dsn,
-            cfg,
+            dataclasses.replace(cfg, timeout_s=cfg.maxconn_timeout_s),
             cfg.maxconn_workers,
             jobs=cfg.maxconn_jobs,
             watch_connections=True,
@@ -414,7 +414,7 @@ async def run_maxconn(
         errors.append(sample.connection_errors)
         peaks.append(sample.peak_server_connections)
         if sample.rate is None:
-            outcome = f"did not finish within {cfg.timeout_s:.0f}s"
+            outcome = f"did not finish within {cfg.maxconn_timeout_s:.0f}s"
         else:
             rates.append(sample.rate)
             outcome = f"{sample.done:,} of {cfg.maxconn_jobs:,} jobs ran, {sample.rate:,.0f} jobs/s"
@@ -457,7 +457,11 @@ async def run(
     # Tasks that checkpoint, log and report progress, at a high concurrency: how many
     # connections does one worker process hold?
     steps = make_peer(concurrency=cfg.connections_concurrency, job="steps")
-    figures.update(await sample_connection_drains(steps, dsn, cfg, "drain_1_steps", say))
+    figures.update(
+        await sample_connection_drains(
+            steps, dsn, cfg, "drain_1_steps", say, jobs=cfg.connections_jobs
+        )
+    )
 
     # Wake-ups on vs off, measured in alternating pairs so that drift in the machine's load
     # (two shared cores) falls on both sides of the ratio alike.
