@@ -4,7 +4,8 @@ Starts ONE private PostgreSQL (the same embedded server pgtasks uses by default,
 folder, with the same settings for every system), runs the whole suite of each system against
 it one after another (each run in its own fresh database), prints one side-by-side table and
 writes the same figures as JSON to ``bench/results/<timestamp>.json`` and
-``bench/results/latest.json``.
+``bench/results/latest.json``. Then, unless ``--skip-maxconn``, pgtasks' ``maxconn_*`` run on
+a second embedded server started with ``max_connections = 100``.
 
     python -m bench [--systems pgtasks,pgqueuer,procrastinate] [--scale F] [--runs N]
                     [--dsn URL] [--out DIR] [--skip-maxconn]
@@ -211,8 +212,8 @@ def format_report(
         else {}
     )
     lines = [
-        "Each cell: median [min-max] of "
-        f"{cfg.runs} runs. jobs/s: higher is better; ms: lower is better.",
+        f"Each cell: median [min-max] of {cfg.runs} runs ({cfg.maxconn_runs} for maxconn_*). "
+        "jobs/s: higher is better; ms and connections: lower is better.",
         "",
         format_table(results, extra),
     ]
