@@ -13,7 +13,13 @@ On top of the peers' figures this module measures what the issue asks of pgtasks
   that only polls (as behind PgBouncer in transaction mode);
 * ``drain_1_history``: the 1-process drain in a database that already holds a large history
   (finished tasks plus tasks scheduled far in the future), to show claims stay flat as the
-  table grows.
+  table grows;
+* ``drain_N_c10`` and ``drain_default``: the drain at concurrency 10 and with no Worker
+  setting at all;
+* ``connections_per_worker`` (with ``drain_1_steps``): the most connections one worker holds
+  at concurrency 200 while its tasks checkpoint, log and report progress;
+* ``maxconn_*`` (:func:`run_maxconn`, on a server of its own with ``max_connections = 100``):
+  10 such workers at concurrency 100, and the connections the server refused them.
 
 Run alone: ``python -m bench.peer_pgtasks run --dsn postgresql://...``.
 """
