@@ -529,7 +529,7 @@ async def notify_experiment(dsn: str, runs: int) -> list[Row]:
 
 
 async def batch_experiment(dsn: str, runs: int) -> list[Row]:
-    """Drain (make bench's scenario) by claim batch size, with and without the pool reset.
+    """Drain (make bench's scenario) by claim batch size, PgQueuer's at 100 too.
 
     pgtasks claims up to its free slots, so its batch size is its concurrency; PgQueuer's is
     ``batch_size``. Comparing at equal batch sizes separates "bigger batches" from "cheaper
@@ -541,14 +541,6 @@ async def batch_experiment(dsn: str, runs: int) -> list[Row]:
     configs: list[tuple[str, Peer]] = []
     for size in (10, 100):
         configs.append((f"pgtasks, concurrency {size}", make_peer(concurrency=size)))
-        configs.append(
-            (
-                f"pgtasks, concurrency {size}, no asyncpg pool reset",
-                dataclasses.replace(
-                    make_peer(concurrency=size), worker_module="bench._worker_no_pool_reset"
-                ),
-            )
-        )
         configs.append(
             (
                 f"pgqueuer, batch_size {size}",

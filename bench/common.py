@@ -63,11 +63,17 @@ REPORT_ORDER: tuple[str, ...] = (
     "enqueue_single_paired",
     "enqueue_single_no_wakeup",
     "enqueue_batch",
+    "drain_default",
     "drain_1",
     "drain_1_c10",
     "drain_1_history",
     "drain_2",
     "drain_2_c10",
+    "drain_1_steps",
+    "connections_per_worker",
+    "maxconn_jobs_per_s",
+    "maxconn_connection_errors",
+    "maxconn_peak_connections",
     "latency_p50_ms",
     "latency_p99_ms",
     "latency_poll_p50_ms",
@@ -81,6 +87,12 @@ REPORT_ORDER: tuple[str, ...] = (
 JOBS_PER_S = "jobs/s"
 MS = "ms"
 US_PER_JOB = "us/job"
+CONNECTIONS = "connections"
+COUNT = "count"
+
+#: ``application_name`` of every connection the harness itself opens to a run database, so
+#: that counting a worker's connections can leave the harness's own out.
+HARNESS_APP = "bench_harness"
 
 
 # --------------------------------------------------------------------------- figures
@@ -181,13 +193,14 @@ class Stopwatch:
 
 @dataclasses.dataclass(frozen=True)
 class BenchConfig:
-    """Sizes of every scenario. Defaults keep one system's full run near 1-2 min on 2 cores.
+    """Sizes of every scenario. Defaults keep one system's full run near 2-7 min on 2 cores.
 
     Override any field from the environment as ``BENCH_<FIELD>`` (e.g. ``BENCH_DRAIN_JOBS=2000``)
     via :meth:`from_env`, or shrink everything with :meth:`scaled` for a smoke run.
     """
 
-    runs: int = 3
+    #: Issue 8 asks for medians of at least 5 runs.
+    runs: int = 5
     single_clients: int = 10
     single_jobs: int = 5_000
     batch_jobs: int = 10_000
@@ -211,6 +224,23 @@ class BenchConfig:
     #: scheduled a day ahead, when the drain starts. 0 and 0 skip that figure.
     history_finished: int = 1_000_000
     history_future: int = 100_000
+    #: ``connections_per_worker``: one worker process at this concurrency runs
+    #: ``connections_jobs`` tasks that checkpoint, log and report progress (the peak comes
+    #: with the first full claim, so a few claims' worth is enough); the run database's
+    #: connections are counted every ``connections_sample_s``.
+    connections_concurrency: int = 200
+    connections_jobs: int = 2_000
+    connections_sample_s: float = 0.05
+    #: The ``maxconn_*`` figures: a second server with ``max_connections = maxconn_limit``,
+    #: ``maxconn_workers`` processes at ``maxconn_concurrency`` drain ``maxconn_jobs`` such
+    #: tasks, ``maxconn_runs`` times (each run spawns 10 processes: kept short by default).
+    maxconn_limit: int = 100
+    maxconn_workers: int = 10
+    maxconn_concurrency: int = 100
+    maxconn_jobs: int = 20_000
+    maxconn_runs: int = 1
+    #: The maxconn drain's own bound: tasks that write are slower than no-op jobs.
+    maxconn_timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
         may_be_zero = {"latency_warmup", "history_finished", "history_future"}
@@ -247,6 +277,8 @@ class BenchConfig:
             latency_jobs=scale(self.latency_jobs),
             history_finished=round(self.history_finished * factor),
             history_future=round(self.history_future * factor),
+            connections_jobs=scale(self.connections_jobs),
+            maxconn_jobs=scale(self.maxconn_jobs),
         )
 
 
@@ -282,6 +314,14 @@ async def fresh_database(dsn: str, system: str) -> AsyncIterator[str]:
         yield dsn_with_database(dsn, name)
     finally:
         await drop_database(dsn, name)
+
+
+def harness_dsn(dsn: str) -> str:
+    """``dsn`` with ``application_name`` set to :data:`HARNESS_APP` (asyncpg, psycopg and
+    libpq all take it from the URL), for the harness's own connections to a run database."""
+    parts = urlsplit(dsn)
+    query = "&".join(q for q in (parts.query, f"application_name={HARNESS_APP}") if q)
+    return urlunsplit(parts._replace(query=query))
 
 
 async def drop_database(dsn: str, name: str) -> None:
@@ -474,6 +514,11 @@ class WorkerStats:
         )
 
 
+#: How a worker's log says the server turned a connection away (asyncpg's exception class,
+#: psycopg's and libpq's message).
+CONNECTION_REFUSED = re.compile(r"too many clients|TooManyConnectionsError", re.IGNORECASE)
+
+
 class WorkerProcess:
     """A worker subprocess: ``python -m <module> worker --dsn ... --stats-file ...``.
 
@@ -549,6 +594,14 @@ class WorkerProcess:
             if time.monotonic() > deadline:
                 raise self._failure(f"not ready after {timeout:.0f}s")
             await asyncio.sleep(0.02)
+
+    def connection_errors(self) -> int:
+        """Lines of this worker's log that say the server refused a connection."""
+        try:
+            text = self.log_file.read_text(errors="replace")
+        except OSError:
+            return 0
+        return sum(1 for line in text.splitlines() if CONNECTION_REFUSED.search(line))
 
     def check_alive(self) -> None:
         if self.proc.returncode is not None:
@@ -633,6 +686,52 @@ async def wait_drained(
             raise TimeoutError(f"{left} jobs still outstanding after {cfg.timeout_s:.0f}s")
         waited = time.monotonic() - started
         await asyncio.sleep(min(cfg.poll_interval_s * 10, max(cfg.poll_interval_s, waited / 200)))
+
+
+class ConnectionSampler:
+    """Counts client connections every ``interval`` seconds while it runs; keeps the peaks.
+
+    ``peak_run_db``: connections to the run database that the harness did not open (every
+    harness connection carries :data:`HARNESS_APP`), i.e. the workers'. ``peak_server``: every
+    client connection to the server, the harness's included, as ``max_connections`` counts
+    them. Its own connection is opened before the workers start, so a full server cannot
+    keep it out.
+    """
+
+    _SQL = """
+    SELECT count(*) FILTER (WHERE datname = current_database()
+                              AND application_name IS DISTINCT FROM $1),
+           count(*)
+      FROM pg_stat_activity
+     WHERE backend_type = 'client backend'
+    """
+
+    def __init__(self, db: str, interval: float) -> None:
+        self._db = db
+        self._interval = interval
+        self._conn: asyncpg.Connection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.peak_run_db = 0
+        self.peak_server = 0
+
+    async def _loop(self, conn: asyncpg.Connection) -> None:
+        while True:
+            run_db, server = await conn.fetchrow(self._SQL, HARNESS_APP)
+            self.peak_run_db = max(self.peak_run_db, int(run_db))
+            self.peak_server = max(self.peak_server, int(server))
+            await asyncio.sleep(self._interval)
+
+    async def __aenter__(self) -> ConnectionSampler:
+        self._conn = await asyncpg.connect(harness_dsn(self._db))
+        self._task = asyncio.create_task(self._loop(self._conn))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None and self._conn is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        await self._conn.close()
 
 
 async def _expect_outstanding(client: Client, expected: int) -> None:
@@ -752,17 +851,25 @@ async def server_cpu_seconds(conn: asyncpg.Connection) -> dict[int, float] | Non
 
 @dataclasses.dataclass(frozen=True)
 class DrainSample:
-    """One drain: its rate, and where the CPU went (microseconds per job), when measurable.
+    """One drain: its rate, where the CPU went (microseconds per job), when measurable, and
+    what the workers did to the server's connections.
 
     The CPU window runs from just before the (single, batch) enqueue to the poll that saw the
     queue empty, so ``server_cpu_us`` includes inserting the jobs as well as claiming and
     finishing them, for every system alike. ``worker_cpu_us`` is the worker processes' own
-    CPU over the same window.
+    CPU over the same window. ``done`` is how many jobs the workers ran to the end;
+    ``connection_errors`` counts the lines of their logs that report a refused connection.
+    The peaks (see :class:`ConnectionSampler`) are None unless the drain was asked to watch.
     """
 
-    rate: float
+    #: None only for a ``strict=False`` drain that did not finish within ``timeout_s``.
+    rate: float | None
     worker_cpu_us: float | None
     server_cpu_us: float | None
+    done: int
+    connection_errors: int
+    peak_worker_connections: int | None = None
+    peak_server_connections: int | None = None
 
 
 async def sample_drain(
@@ -783,7 +890,9 @@ async def sample_drain(
     ``database(dsn, system)`` yields the database to run in; by default a fresh, empty one.
     pgtasks' history figure passes a copy of a database that already holds a large history.
     """
-    return (await sample_drain_detailed(peer, dsn, cfg, workers, database=database)).rate
+    sample = await sample_drain_detailed(peer, dsn, cfg, workers, database=database)
+    assert sample.rate is not None  # a strict drain finishes or raises
+    return sample.rate
 
 
 async def sample_drain_detailed(
@@ -793,43 +902,102 @@ async def sample_drain_detailed(
     workers: int,
     *,
     database: DatabaseFactory = fresh_database,
+    jobs: int | None = None,
+    watch_connections: bool = False,
+    strict: bool = True,
 ) -> DrainSample:
-    """:func:`sample_drain`, plus the CPU the workers and the server spent per job."""
+    """:func:`sample_drain`, plus the CPU the workers and the server spent per job.
+
+    ``jobs`` replaces ``cfg.drain_jobs``. ``watch_connections`` samples the connections from
+    before the first worker starts until the last has stopped. ``strict=False`` reports a
+    drain whose workers ran fewer jobs than enqueued (some failed for good) instead of
+    raising, its rate counting the jobs that ran; and one that did not finish within
+    ``timeout_s`` (its workers killed) with no rate, so its connection errors still count.
+    """
+    jobs = cfg.drain_jobs if jobs is None else jobs
     async with database(dsn, peer.name) as db:
         await peer.install(db)
-        client = await peer.connect(db)
-        probe = await asyncpg.connect(db)
+        client = await peer.connect(harness_dsn(db))
+        probe = await asyncpg.connect(harness_dsn(db))
+        sampler = ConnectionSampler(db, cfg.connections_sample_s) if watch_connections else None
         try:
-            async with running_workers(peer, db, workers, cfg) as procs:
+            async with contextlib.AsyncExitStack() as stack:
+                if sampler is not None:
+                    await stack.enter_async_context(sampler)
+                procs = await stack.enter_async_context(running_workers(peer, db, workers, cfg))
                 pids = [w.proc.pid for w in procs]
                 server_before = await server_cpu_seconds(probe)
                 workers_before = total_cpu_seconds(pids)
-                await client.enqueue_many(range(cfg.drain_jobs))
-                end = await wait_drained(client, cfg, procs)
-                workers_after = total_cpu_seconds(pids)
-                server_after = await server_cpu_seconds(probe)
-                stats = [await w.stop(cfg.timeout_s) for w in procs]
+                await client.enqueue_many(range(jobs))
+                end: float | None = None
+                try:
+                    end = await wait_drained(client, cfg, procs)
+                except TimeoutError:
+                    if strict:
+                        raise
+                if end is not None:
+                    workers_after = total_cpu_seconds(pids)
+                    server_after = await server_cpu_seconds(probe)
+                    stats = [await w.stop(cfg.timeout_s) for w in procs]
+                # else the workers are killed on the way out: no stats, but their logs count.
+                errors = sum(w.connection_errors() for w in procs)
         finally:
             await probe.close()
             await client.close()
+    peaks = (None, None) if sampler is None else (sampler.peak_run_db, sampler.peak_server)
+    if end is None:
+        return DrainSample(None, None, None, 0, errors, *peaks)
     done = sum(s.count for s in stats)
-    if done != cfg.drain_jobs:
-        raise RuntimeError(f"workers ran {done} jobs, expected {cfg.drain_jobs}")
+    if done != jobs and (strict or done == 0):
+        raise RuntimeError(f"workers ran {done} jobs, expected {jobs}")
     start = min(s.first_start for s in stats if s.first_start is not None)
 
     def per_job(before: float | None, after: float | None) -> float | None:
         if before is None or after is None:
             return None
-        return (after - before) / cfg.drain_jobs * 1e6
+        return (after - before) / jobs * 1e6
 
     server_us = None
     if server_before is not None and server_after is not None:
         # Processes that ended meanwhile are dropped; ones that started count from zero.
         used = sum(cpu - server_before.get(pid, 0.0) for pid, cpu in server_after.items())
-        server_us = used / cfg.drain_jobs * 1e6
+        server_us = used / jobs * 1e6
     return DrainSample(
-        rate(cfg.drain_jobs, end - start), per_job(workers_before, workers_after), server_us
+        rate(done, end - start),
+        per_job(workers_before, workers_after),
+        server_us,
+        done,
+        errors,
+        *peaks,
     )
+
+
+async def sample_connection_drains(
+    peer: Peer,
+    dsn: str,
+    cfg: BenchConfig,
+    key: str,
+    log: Callable[[str], None],
+    jobs: int | None = None,
+) -> dict[str, Figure]:
+    """``cfg.runs`` drains of ``jobs`` (default ``drain_jobs``) by one worker process,
+    watching its connections: the rate as ``key`` and the peak number of connections it
+    held as ``connections_per_worker``."""
+    rates: list[float] = []
+    peaks: list[float] = []
+    for i in range(cfg.runs):
+        sample = await sample_drain_detailed(peer, dsn, cfg, 1, jobs=jobs, watch_connections=True)
+        assert sample.rate is not None and sample.peak_worker_connections is not None
+        rates.append(sample.rate)
+        peaks.append(sample.peak_worker_connections)
+        log(
+            f"[{peer.name}] {key} run {i + 1}: {rates[-1]:,.0f} jobs/s, peak {peaks[-1]:.0f} "
+            f"connections, {sample.connection_errors} connection errors"
+        )
+    return {
+        key: Figure.of(rates, JOBS_PER_S),
+        "connections_per_worker": Figure.of(peaks, CONNECTIONS),
+    }
 
 
 async def sample_latency(peer: Peer, dsn: str, cfg: BenchConfig) -> tuple[float, float]:
@@ -893,6 +1061,7 @@ async def run_suite(
     for n, samples in drains.items():
         for i in range(cfg.runs):
             sample = await sample_drain_detailed(peer, dsn, cfg, n)
+            assert sample.rate is not None  # a strict drain finishes or raises
             samples.append(sample.rate)
             for part, value in (("worker", sample.worker_cpu_us), ("server", sample.server_cpu_us)):
                 if value is not None:

@@ -11,9 +11,11 @@ Run alone: ``python -m bench.peer_pgqueuer run --dsn postgresql://...``.
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import asyncpg
 from pgqueuer import AsyncpgDriver, PgQueuer, Queries
@@ -26,6 +28,7 @@ from bench.common import (
     WorkerContext,
     peer_main,
     run_suite,
+    sample_connection_drains,
     serve_until_stopped,
 )
 
@@ -72,7 +75,8 @@ class PgQueuerClient:
 
 
 def _add_worker_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    # Without --batch-size, PgQueuer.run() gets no arguments at all: its out-of-the-box setup.
+    parser.add_argument("--batch-size", type=int)
 
 
 async def serve(ctx: WorkerContext) -> None:
@@ -87,7 +91,8 @@ async def serve(ctx: WorkerContext) -> None:
             recorder.started(int(job.payload) if job.payload is not None else None)
             recorder.finished()
 
-        task = await serve_until_stopped(ctx, pgq.run(batch_size=ctx.args.batch_size))
+        options = {} if ctx.args.batch_size is None else {"batch_size": ctx.args.batch_size}
+        task = await serve_until_stopped(ctx, pgq.run(**options))
         # PgQueuer's own graceful stop: finish in-flight jobs, flush the status-log buffer.
         pgq.shutdown.set()
         await task
@@ -95,17 +100,49 @@ async def serve(ctx: WorkerContext) -> None:
         await conn.close()
 
 
-async def run(dsn: str, cfg: BenchConfig) -> dict[str, Figure]:
-    """Every figure for PgQueuer against the server at ``dsn`` (one fresh database per run)."""
-    peer = Peer(
+def _peer(worker_args: tuple[str, ...], settings: dict[str, Any]) -> Peer:
+    return Peer(
         name=NAME,
         install=install,
         connect=PgQueuerClient.connect,
         worker_module="bench.peer_pgqueuer",
-        worker_args=("--batch-size", str(BATCH_SIZE)),
-        settings={"batch_size": BATCH_SIZE, "max_concurrent_tasks": None, "driver": "asyncpg"},
+        worker_args=worker_args,
+        settings={**settings, "max_concurrent_tasks": None, "driver": "asyncpg"},
     )
-    return await run_suite(dsn, cfg, peer)
+
+
+async def run(dsn: str, cfg: BenchConfig) -> dict[str, Figure]:
+    """Every figure for PgQueuer against the server at ``dsn`` (one fresh database per run)."""
+    peer = _peer(("--batch-size", str(BATCH_SIZE)), {"batch_size": BATCH_SIZE})
+    figures = await run_suite(dsn, cfg, peer)
+    # pgtasks' drain_N_c10 (claims of 10) is compared with PgQueuer's batch of 10: these
+    # very drains, shown again on that row.
+    if BATCH_SIZE == 10:
+        figures["drain_1_c10"] = figures["drain_1"]
+        figures["drain_2_c10"] = figures["drain_2"]
+    # Out of the box: PgQueuer.run() without arguments, one process; its connections too.
+    defaults = _peer((), {"run()": "no arguments"})
+    figures.update(await sample_connection_drains(defaults, dsn, cfg, "drain_default", _log))
+    return figures
+
+
+def settings() -> dict[str, Any]:
+    """What the report prints next to PgQueuer's figures."""
+    return {
+        "batch_size": BATCH_SIZE,
+        "max_concurrent_tasks": None,
+        "drain_default": f"PgQueuer.run() with no arguments (batch_size={_default_batch()})",
+        "connections_per_worker": "measured in drain_default (no-op jobs)",
+    }
+
+
+def _default_batch() -> Any:
+    param = inspect.signature(PgQueuer.run).parameters.get("batch_size")
+    return None if param is None else param.default
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,13 @@ On top of the peers' figures this module measures what the issue asks of pgtasks
   that only polls (as behind PgBouncer in transaction mode);
 * ``drain_1_history``: the 1-process drain in a database that already holds a large history
   (finished tasks plus tasks scheduled far in the future), to show claims stay flat as the
-  table grows.
+  table grows;
+* ``drain_N_c10`` and ``drain_default``: the drain at concurrency 10 and with no Worker
+  setting at all;
+* ``connections_per_worker`` (with ``drain_1_steps``): the most connections one worker holds
+  at concurrency 200 while its tasks checkpoint, log and report progress;
+* ``maxconn_*`` (:func:`run_maxconn`, on a server of its own with ``max_connections = 100``):
+  10 such workers at concurrency 100, and the connections the server refused them.
 
 Run alone: ``python -m bench.peer_pgtasks run --dsn postgresql://...``.
 """
@@ -25,6 +31,7 @@ import asyncio
 import contextlib
 import cProfile
 import dataclasses
+import inspect
 import itertools
 import os
 import sys
@@ -37,6 +44,8 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from bench.common import (
+    CONNECTIONS,
+    COUNT,
     JOBS_PER_S,
     MS,
     BenchConfig,
@@ -48,7 +57,9 @@ from bench.common import (
     fresh_database,
     peer_main,
     run_suite,
+    sample_connection_drains,
     sample_drain,
+    sample_drain_detailed,
     sample_enqueue_single,
     sample_latency,
     serve_until_stopped,
@@ -135,28 +146,53 @@ class PgTasksClient:
 
 
 def _add_worker_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--concurrency", type=int, default=CONCURRENCY)
-    parser.add_argument("--poll-interval", type=float, default=1.0)
+    # Each option is passed to Worker only when given, so "no options" is Worker's defaults.
+    parser.add_argument("--concurrency", type=int)
+    parser.add_argument("--poll-interval", type=float)
     parser.add_argument("--no-listen", dest="listen", action="store_false")
+    parser.add_argument("--job", choices=("noop", "steps"), default="noop")
+
+
+async def _checkpoint(seq: int | None) -> int | None:
+    return seq
 
 
 async def serve(ctx: WorkerContext) -> None:
-    """A normal pgtasks Worker whose only task type is a recorded no-op."""
+    """A normal pgtasks Worker whose only task type is a recorded job.
+
+    ``--job noop`` does nothing; ``--job steps`` does what issue 8's connection figures ask
+    for: one checkpoint (``ctx.step``), one log line (``ctx.log``) and one progress report
+    (``ctx.progress``), each of which may need the database.
+    """
     registry = Registry()
     recorder = ctx.recorder
 
-    @task_register(TASK, into=registry)
-    async def noop(_task: Any, params: dict[str, Any]) -> None:
-        recorder.started(params.get("seq"))
-        recorder.finished()
+    if ctx.args.job == "steps":
 
-    worker = Worker(
-        ctx.dsn,
-        registry=registry,
-        concurrency=ctx.args.concurrency,
-        listen=ctx.args.listen,
-        poll_interval=ctx.args.poll_interval,
-    )
+        @task_register(TASK, into=registry)
+        async def steps(task: Any, params: dict[str, Any]) -> None:
+            seq = params.get("seq")
+            recorder.started(seq)
+            await task.step("checkpoint", _checkpoint, seq)
+            await task.log("info", "checkpoint stored")
+            await task.progress(1, 1)
+            recorder.finished()
+
+    else:
+
+        @task_register(TASK, into=registry)
+        async def noop(_task: Any, params: dict[str, Any]) -> None:
+            recorder.started(params.get("seq"))
+            recorder.finished()
+
+    options: dict[str, Any] = {}
+    if ctx.args.concurrency is not None:
+        options["concurrency"] = ctx.args.concurrency
+    if ctx.args.poll_interval is not None:
+        options["poll_interval"] = ctx.args.poll_interval
+    if not ctx.args.listen:
+        options["listen"] = False
+    worker = Worker(ctx.dsn, registry=registry, **options)
     profile_dir = os.environ.get("BENCH_PGTASKS_PROFILE")
     profiler = cProfile.Profile() if profile_dir else None
     if profiler is not None:
@@ -171,28 +207,28 @@ async def serve(ctx: WorkerContext) -> None:
         profiler.dump_stats(os.path.join(profile_dir, f"{ctx.ready_file.stem}-{os.getpid()}.prof"))
 
 
-def _worker_args(*, concurrency: int = CONCURRENCY, listen: bool = True) -> tuple[str, ...]:
-    args = ["--concurrency", str(concurrency)]
-    if not listen:
-        args += ["--no-listen", "--poll-interval", str(POLL_INTERVAL_S)]
-    return tuple(args)
-
-
 def make_peer(
     *,
     install_fn: Callable[[str], Awaitable[None]] = install,
     listen: bool = True,
-    concurrency: int = CONCURRENCY,
+    concurrency: int | None = CONCURRENCY,
+    job: str = "noop",
 ) -> Peer:
-    settings: dict[str, Any] = {"concurrency": concurrency, "listen": listen}
+    """The pgtasks peer; ``concurrency=None`` leaves it (and everything else) at Worker's
+    default."""
+    args = ["--job", job]
+    settings: dict[str, Any] = {"concurrency": concurrency or "default", "listen": listen}
+    if concurrency is not None:
+        args += ["--concurrency", str(concurrency)]
     if not listen:
+        args += ["--no-listen", "--poll-interval", str(POLL_INTERVAL_S)]
         settings["poll_interval_s"] = POLL_INTERVAL_S
     return Peer(
         name=NAME,
         install=install_fn,
         connect=PgTasksClient.connect,
         worker_module="bench.peer_pgtasks",
-        worker_args=_worker_args(concurrency=concurrency, listen=listen),
+        worker_args=tuple(args),
         settings=settings,
     )
 
@@ -346,20 +382,92 @@ async def _drain_in(peer: Peer, db: str, cfg: BenchConfig) -> float:
 # --------------------------------------------------------------------------- suite
 
 
+async def run_maxconn(
+    dsn: str, cfg: BenchConfig, log: Callable[[str], None] | None = None
+) -> dict[str, Figure]:
+    """The ``maxconn_*`` figures, against a server started with ``max_connections =
+    cfg.maxconn_limit``: ``maxconn_workers`` processes at ``maxconn_concurrency`` drain
+    ``maxconn_jobs`` tasks that checkpoint, log and report progress.
+
+    A refused connection does not fail the run: it is what the figures are there to count
+    (``maxconn_connection_errors``, from the workers' logs). Jobs that failed for good are
+    left out of the rate and logged; a run that does not finish within ``maxconn_timeout_s``
+    has no rate (``maxconn_jobs_per_s`` is left out when no run finished).
+    """
+    say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    conn = await asyncpg.connect(dsn)
+    try:
+        limit = int(await conn.fetchval("SHOW max_connections"))
+    finally:
+        await conn.close()
+    if limit != cfg.maxconn_limit:
+        raise RuntimeError(f"server has max_connections = {limit}, not {cfg.maxconn_limit}")
+    peer = make_peer(concurrency=cfg.maxconn_concurrency, job="steps")
+    rates: list[float] = []
+    errors: list[float] = []
+    peaks: list[float] = []
+    for i in range(cfg.maxconn_runs):
+        sample = await sample_drain_detailed(
+            peer,
+            dsn,
+            dataclasses.replace(cfg, timeout_s=cfg.maxconn_timeout_s),
+            cfg.maxconn_workers,
+            jobs=cfg.maxconn_jobs,
+            watch_connections=True,
+            strict=False,
+        )
+        assert sample.peak_server_connections is not None
+        errors.append(sample.connection_errors)
+        peaks.append(sample.peak_server_connections)
+        if sample.rate is None:
+            outcome = f"did not finish within {cfg.maxconn_timeout_s:.0f}s"
+        else:
+            rates.append(sample.rate)
+            outcome = f"{sample.done:,} of {cfg.maxconn_jobs:,} jobs ran, {sample.rate:,.0f} jobs/s"
+        say(
+            f"[{NAME}] maxconn run {i + 1}: {cfg.maxconn_workers} workers x concurrency "
+            f"{cfg.maxconn_concurrency}, max_connections {limit}: {outcome}, "
+            f"{errors[-1]:.0f} connection errors, peak {peaks[-1]:.0f} connections"
+        )
+    figures = {
+        "maxconn_connection_errors": Figure.of(errors, COUNT),
+        "maxconn_peak_connections": Figure.of(peaks, CONNECTIONS),
+    }
+    if rates:  # none when no run finished
+        figures["maxconn_jobs_per_s"] = Figure.of(rates, JOBS_PER_S)
+    return figures
+
+
 async def run(
     dsn: str, cfg: BenchConfig, log: Callable[[str], None] | None = None
 ) -> dict[str, Figure]:
-    """Every figure for pgtasks against the server at ``dsn`` (one fresh database per run)."""
+    """Every figure for pgtasks against the server at ``dsn`` (one fresh database per run).
+
+    The ``maxconn_*`` figures need a server of their own: see :func:`run_maxconn`.
+    """
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     figures = await run_suite(dsn, cfg, make_peer(), log=say)
 
-    small = make_peer(concurrency=10)
-    for workers in (1, 2):
+    # The same drain with other Worker settings: concurrency 10 (a claim the size of
+    # PgQueuer's batch of 10) and no settings at all (whatever Worker's defaults are).
+    for key, peer, workers in (
+        ("drain_1_c10", make_peer(concurrency=10), 1),
+        ("drain_2_c10", make_peer(concurrency=10), 2),
+        ("drain_default", make_peer(concurrency=None), 1),
+    ):
         samples = []
         for i in range(cfg.runs):
-            samples.append(await sample_drain(small, dsn, cfg, workers))
-            say(f"[{NAME}] drain_{workers}_c10 run {i + 1}: {samples[-1]:,.0f} jobs/s")
-        figures[f"drain_{workers}_c10"] = Figure.of(samples, JOBS_PER_S)
+            samples.append(await sample_drain(peer, dsn, cfg, workers))
+            say(f"[{NAME}] {key} run {i + 1}: {samples[-1]:,.0f} jobs/s")
+        figures[key] = Figure.of(samples, JOBS_PER_S)
+    # Tasks that checkpoint, log and report progress, at a high concurrency: how many
+    # connections does one worker process hold?
+    steps = make_peer(concurrency=cfg.connections_concurrency, job="steps")
+    figures.update(
+        await sample_connection_drains(
+            steps, dsn, cfg, "drain_1_steps", say, jobs=cfg.connections_jobs
+        )
+    )
 
     # Wake-ups on vs off, measured in alternating pairs so that drift in the machine's load
     # (two shared cores) falls on both sides of the ratio alike.
@@ -393,10 +501,18 @@ async def run(
     return figures
 
 
+def _worker_default(name: str) -> Any:
+    """A Worker constructor default, for the report (None if Worker has no such argument)."""
+    param = inspect.signature(Worker).parameters.get(name)
+    return None if param is None else param.default
+
+
 def settings() -> dict[str, Any]:
     """What the report prints next to pgtasks' figures."""
     return {
         "concurrency": CONCURRENCY,
+        "concurrency (drain_default)": _worker_default("concurrency"),
+        "concurrency (connections_per_worker)": BenchConfig().connections_concurrency,
         "listen": True,
         "poll_interval_s (latency_poll)": POLL_INTERVAL_S,
         "client": "pgtasks.Client (asyncpg pool)",

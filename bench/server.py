@@ -24,9 +24,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @contextlib.contextmanager
-def benchmark_server(dsn: str | None = None) -> Iterator[str]:
+def benchmark_server(
+    dsn: str | None = None, *, max_connections: int | None = None
+) -> Iterator[str]:
     """Yield the DSN of the server to benchmark against; an embedded one unless ``dsn``.
 
+    ``max_connections`` starts the embedded server with that limit instead of its own (300).
     The embedded server is stopped and its folder deleted on the way out, also on Ctrl-C.
     """
     if dsn is not None:
@@ -34,8 +37,18 @@ def benchmark_server(dsn: str | None = None) -> Iterator[str]:
         return
     from pgtasks.embedded import EmbeddedPostgres
 
+    class LimitedPostgres(EmbeddedPostgres):
+        """The embedded server takes no settings, so this wraps its private ``_pg_ctl``:
+        pg_ctl passes every ``-o`` on to postgres, and of two ``-c`` the last one wins.
+        Whoever relies on the limit checks ``SHOW max_connections`` (``run_maxconn`` does)."""
+
+        def _pg_ctl(self, args: list[str], *, timeout: float) -> None:
+            if max_connections is not None and args[:1] == ["start"]:
+                args = [*args, "-o", f"-c max_connections={max_connections}"]
+            super()._pg_ctl(args, timeout=timeout)
+
     folder = Path(tempfile.mkdtemp(prefix="pgtasks-bench-"))
-    server = EmbeddedPostgres(folder)
+    server = LimitedPostgres(folder)
     try:
         print(f"starting the embedded PostgreSQL in {folder} ...", file=sys.stderr, flush=True)
         yield server.start()
