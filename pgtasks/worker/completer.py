@@ -142,7 +142,11 @@ class Completer(Service):
                 self._quiet.set()
         self.stats.lost += len(rejected)
         if rejected:
-            log.info("results dropped for tasks this worker no longer owns: %s", sorted(rejected))
+            log.info(
+                "results not stored: lease lost, or refused by the database (a result over "
+                "max_result_bytes fails its task with the reason): %s",
+                sorted(rejected),
+            )
         self.on_written()
 
     async def _finish(self, batch: list[Result]) -> set[int]:

@@ -118,6 +118,7 @@ class Worker:
         self.prefetch = prefetch
         self.slots = Slots(concurrency, threads, prefetch)
         self._writer: TaskWriter | None = None
+        self._max_log_bytes: int | None = None  # the database's, read at start
         self._pools: dict[str, asyncpg.Pool] = {}
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
@@ -193,13 +194,16 @@ class Worker:
     # -- wiring --------------------------------------------------------------------------
 
     async def _settle_lease(self) -> None:
-        """The lease to heartbeat by: ours if given, else the database's default."""
+        """The lease to heartbeat by: ours if given, else the database's default. The
+        database's log-size limit is read here too, so long lines are clipped to it instead
+        of being refused (PT204) with the whole batch they travel in."""
+        row = await retrying(
+            "settings",
+            lambda: self._pool("control").fetchrow(queries.SETTINGS),
+            self._stopping,
+        )
+        self._max_log_bytes = row["max_log_bytes"]
         if self.lease is None:
-            row = await retrying(
-                "settings",
-                lambda: self._pool("control").fetchrow(queries.SETTINGS),
-                self._stopping,
-            )
             self.lease = row["default_lease"].total_seconds()
         lease = self.lease
         assert lease is not None
@@ -227,7 +231,8 @@ class Worker:
         await retrying("register task types", upsert, self._stopping)
 
     def _wire(self, url: str) -> list[Any]:
-        writer = self._writer = TaskWriter(self._pool("writes"))
+        writer = TaskWriter(self._pool("writes"), max_log_bytes=self._max_log_bytes)
+        self._writer = writer
         runner = Runner(self.executor)
         types = {s.name: s for s in self.registry}
         self.completer = Completer(

@@ -96,9 +96,25 @@ def _log_one(item: tuple[int, int, list[Line]]) -> tuple[Any, ...]:
     return (task_id, attempt, *_columns([(ln[0], ln[1], ln[3], ln[2]) for ln in lines]))
 
 
+def clip(text: str | None, max_bytes: int | None) -> str | None:
+    """`text` cut to at most `max_bytes` UTF-8 bytes, saying how much was cut.
+
+    The limit is the database's (settings.max_log_bytes): a line over it would be refused
+    with PT204 together with every line of its batch, so it is shortened instead."""
+    if text is None or max_bytes is None:
+        return text
+    raw = text.encode()
+    if len(raw) <= max_bytes:
+        return text
+    note = f" [... {len(raw)} bytes, clipped to max_log_bytes]"
+    keep = max(max_bytes - len(note.encode()), 0)
+    return raw[:keep].decode("utf-8", "ignore") + note
+
+
 class TaskWriter:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, max_log_bytes: int | None = None) -> None:
         self.pool = pool
+        self.max_log_bytes = max_log_bytes
         self.progress_writes = Coalescer(
             pool,
             (queries.REPORT_PROGRESS_MANY, _columns),
@@ -119,11 +135,15 @@ class TaskWriter:
 
     async def logs(self, task_id: int, attempt: int, lines: list[Line]) -> None:
         if lines:
+            limit = self.max_log_bytes
+            if limit is not None:
+                lines = [(lv, clip(msg, limit) or "", lg, at) for lv, msg, lg, at in lines]
             await self.log_writes.write((task_id, attempt, lines))
 
     async def progress(
         self, task_id: int, attempt: int, current: int, total: int | None, message: str | None
     ) -> None:
+        message = clip(message, self.max_log_bytes)
         await self.progress_writes.write((task_id, attempt, current, total, message))
 
 

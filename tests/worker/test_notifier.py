@@ -10,11 +10,11 @@ from tests.worker.conftest import claim, submit
 
 async def test_wakeups_cancels_and_reconnect(dsn, conn):
     woken: asyncio.Queue[str] = asyncio.Queue()
-    cancelled: asyncio.Queue[int] = asyncio.Queue()
+    cancelled: asyncio.Queue[tuple[int, int | None]] = asyncio.Queue()
     n = Notifier(
         dsn,
         on_wakeup=woken.put_nowait,
-        on_cancel=cancelled.put_nowait,
+        on_cancel=lambda task_id, attempt: cancelled.put_nowait((task_id, attempt)),
         application_name="pgtasks-notifier-test",
         check_interval=0.1,
     )
@@ -25,9 +25,10 @@ async def test_wakeups_cancels_and_reconnect(dsn, conn):
         await conn.execute("SELECT pgtasks.submit_task('noop', queue => 'q1')")
         assert await asyncio.wait_for(woken.get(), 30) == "q1"
         [tid] = await submit(conn, "noop")
-        await claim(conn, 2)
+        [row] = [r for r in await claim(conn, 2) if r["id"] == tid]
         await conn.execute("SELECT pgtasks.cancel_task($1)", tid)
-        assert await asyncio.wait_for(cancelled.get(), 30) == tid
+        # The notice names the attempt, so a worker stops that run and never a later one.
+        assert await asyncio.wait_for(cancelled.get(), 30) == (tid, row["attempt"])
 
         killed = await conn.fetchval(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"

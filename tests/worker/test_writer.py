@@ -70,3 +70,29 @@ async def test_writes_that_wait_together_share_one_statement(conn, pool):
     assert writer.progress_writes.statements == 1 and writer.log_writes.statements == 1
     assert await conn.fetchval("SELECT count(*) FROM pgtasks.task_log_lines") == 6
     assert await conn.fetchval("SELECT count(*) FROM pgtasks.tasks WHERE progress_current = 1") == 3
+
+
+async def test_lines_over_the_database_limit_are_clipped_not_refused(conn, pool):
+    """A line over settings.max_log_bytes would make log_many refuse its whole batch
+    (PT204); the writer clips it to the database's limit instead, and says so."""
+    limit = await conn.fetchval("SELECT max_log_bytes FROM pgtasks.current_settings()")
+    (task_id,) = await submit(conn, "noop", 1)
+    (row,) = await claim(conn, 1)
+    writer = TaskWriter(pool, max_log_bytes=limit)
+    huge = "é" * limit  # two bytes a character: twice the limit
+    now = datetime.now(UTC)
+    await writer.logs(
+        task_id, row["attempt"], [("INFO", "short", None, now), ("INFO", huge, None, now)]
+    )
+    await writer.progress(task_id, row["attempt"], 1, 2, huge)
+    got = await conn.fetch(
+        "SELECT message FROM pgtasks.task_log_lines WHERE task_id = $1 ORDER BY id", task_id
+    )
+    assert got[0]["message"] == "short"
+    clipped = got[1]["message"]
+    assert len(clipped.encode()) <= limit and clipped.startswith("éé")
+    assert clipped.endswith("clipped to max_log_bytes]")
+    message = await conn.fetchval(
+        "SELECT progress_message FROM pgtasks.tasks WHERE id = $1", task_id
+    )
+    assert len(message.encode()) <= limit
