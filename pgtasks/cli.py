@@ -25,11 +25,17 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from pgtasks.client import Client, TaskInfo, TaskLog
+from pgtasks.client import STATUSES, Client, TaskInfo, TaskLog
 from pgtasks.config import ENV_URL, database_url, embedded_root
 from pgtasks.embedded import EmbeddedPostgres
 from pgtasks.errors import PgTasksError
 from pgtasks.migrations import migrate_url
+from pgtasks.worker import Worker
+from pgtasks.worker.worker import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_TASK_POOL_SIZE,
+    DEFAULT_THREADS,
+)
 
 T = TypeVar("T")
 # Piped output (make run, CI logs) gets room for its tables instead of rich's 80 columns.
@@ -176,14 +182,41 @@ def import_app(spec: str) -> None:
 @click.option(
     "--queues", default=None, help="Comma-separated queues to take work from (default: all)."
 )
-@click.option("--concurrency", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--concurrency",
+    default=DEFAULT_CONCURRENCY,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Tasks run at once (async tasks: one coroutine each).",
+)
+@click.option(
+    "--threads",
+    default=DEFAULT_THREADS,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Of those, at most this many sync (def) tasks, one thread each.",
+)
+@click.option(
+    "--prefetch",
+    default=None,
+    type=click.IntRange(min=0),
+    help="Tasks claimed beyond the free slots while tasks are short, so a freed slot never "
+    "waits for a claim (default: as many as --concurrency; 0 with sync task types).",
+)
+@click.option(
+    "--task-pool-size",
+    default=DEFAULT_TASK_POOL_SIZE,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Connections of ctx.pool, for tasks' own queries (opened on first use).",
+)
 @click.option("--poll-interval", default=1.0, show_default=True, type=click.FloatRange(min=0.01))
 @click.option(
     "--lease",
-    default=60.0,
-    show_default=True,
+    default=None,
     type=click.FloatRange(min=0.1),
-    help="Seconds a claim is valid without a heartbeat.",
+    help="Seconds a claim is valid without a heartbeat (default: the database's "
+    "settings.default_lease, 60 s unless configured).",
 )
 @click.option(
     "--no-listen", is_flag=True, help="Poll only (e.g. behind PgBouncer in transaction mode)."
@@ -209,8 +242,11 @@ def worker(
     app: str,
     queues: str | None,
     concurrency: int,
+    threads: int,
+    prefetch: int | None,
+    task_pool_size: int,
     poll_interval: float,
-    lease: float,
+    lease: float | None,
     no_listen: bool,
     no_prepared: bool,
     pgbouncer: bool,
@@ -219,8 +255,6 @@ def worker(
     verbose: bool,
 ) -> None:
     """Run tasks. SIGINT/SIGTERM stop claiming, drain, and hand unfinished tasks back."""
-    from pgtasks.worker import Worker
-
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -230,6 +264,9 @@ def worker(
         ctx.obj.get("url"),
         queues=[q.strip() for q in queues.split(",") if q.strip()] if queues else None,
         concurrency=concurrency,
+        threads=threads,
+        prefetch=prefetch,
+        task_pool_size=task_pool_size,
         poll_interval=poll_interval,
         lease=lease,
         listen=not (no_listen or pgbouncer),
@@ -247,7 +284,7 @@ def worker(
 @click.argument("task_type")
 @click.option("--params", default="{}", help="JSON object of parameters.")
 @click.option("--queue", default=None)
-@click.option("--priority", default=0, type=int, help="Higher runs first.")
+@click.option("--priority", default=None, type=int, help="Higher runs first.")
 @click.option("--in", "delay", default=None, type=float, help="Run after this many seconds.")
 @click.option("--max-retries", default=None, type=int)
 @click.pass_context
@@ -256,7 +293,7 @@ def submit(
     task_type: str,
     params: str,
     queue: str | None,
-    priority: int,
+    priority: int | None,
     delay: float | None,
     max_retries: int | None,
 ) -> None:
@@ -322,9 +359,7 @@ def status(ctx: click.Context, task_id: int) -> None:
 
 
 @cli.command("ls")
-@click.option(
-    "--status", "status_", default=None, help="PENDING, RUNNING, COMMIT, DONE, FAILED or CANCELLED"
-)
+@click.option("--status", "status_", default=None, help=", ".join(STATUSES))
 @click.option("--queue", default=None)
 @click.option("--type", "task_type", default=None)
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
@@ -374,7 +409,7 @@ def stats(ctx: click.Context) -> None:
     """Queue depth and throughput per queue."""
 
     async def go(c: Client) -> None:
-        rows = await c.pool.fetch("SELECT * FROM pgtasks.queue_stats ORDER BY queue")
+        rows = await c.queue_stats()
         table = Table(title="queues")
         cols = list(rows[0].keys()) if rows else ["queue"]
         for col in cols:
@@ -410,15 +445,7 @@ def failed(ctx: click.Context, queue: str | None, task_type: str | None, limit: 
     """
 
     async def go(c: Client) -> None:
-        rows = await c.pool.fetch(
-            """SELECT id, task_type, queue, attempt, error_count, finished_at, error
-                 FROM pgtasks.failed_tasks
-                WHERE ($1::text IS NULL OR queue = $1) AND ($2::text IS NULL OR task_type = $2)
-                ORDER BY finished_at DESC, id DESC LIMIT $3""",
-            queue,
-            task_type,
-            limit,
-        )
+        rows = await c.failed(queue=queue, task_type=task_type, limit=limit)
         table = Table(title=f"failed tasks ({len(rows)}{'+' if len(rows) == limit else ''})")
         for col in ("id", "type", "queue", "attempts", "errors", "failed at"):
             table.add_column(col, no_wrap=True)
@@ -449,11 +476,7 @@ def workers(ctx: click.Context, show_all: bool) -> None:
     """
 
     async def go(c: Client) -> None:
-        rows = await c.pool.fetch(
-            """SELECT *, now() - last_seen AS seen_ago FROM pgtasks.workers
-                WHERE $1 OR alive ORDER BY alive DESC, started_at""",
-            show_all,
-        )
+        rows = await c.workers(include_dead=show_all)
         table = Table(title=f"workers ({sum(r['alive'] for r in rows)} alive)")
         for col in ("worker", "host", "pid", "queues", "running", "started", "last seen", "state"):
             table.add_column(col, no_wrap=True)
@@ -467,6 +490,36 @@ def workers(ctx: click.Context, show_all: bool) -> None:
                 _cell(r["started_at"]),
                 f"{_cell(r['seen_ago'])} ago",
                 "[green]alive[/]" if r["alive"] else "[red]dead[/]",
+            )
+        console.print(table)
+
+    run(_with_client(ctx, go))
+
+
+@cli.command()
+@click.pass_context
+def types(ctx: click.Context) -> None:
+    """Registered task types and the policy a submit of each gets (pgtasks.registered_types).
+
+    Workers register their types when they start; an argument given at submit wins.
+    """
+
+    async def go(c: Client) -> None:
+        rows = await c.types()
+        table = Table(title=f"task types ({len(rows)})")
+        cols = ("type", "queue", "priority", "retries", "timeout", "backoff", "by", "updated")
+        for col in cols:
+            table.add_column(col, no_wrap=True)
+        for r in rows:
+            table.add_row(
+                r["task_type"],
+                r["queue"],
+                str(r["priority"]),
+                str(r["max_retries"]),
+                _cell(r["timeout"]),
+                _cell(r["backoff_base"]),
+                r["registered_by"] or "",
+                _cell(r["updated_at"]),
             )
         console.print(table)
 

@@ -9,17 +9,20 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import asyncpg
 from pydantic import BaseModel
 
-from pgtasks import db
+from pgtasks import db, queries
 from pgtasks.config import resolve_url
 from pgtasks.errors import PgTasksError, TaskCancelled, TaskFailed, TaskNotFound
-from pgtasks.task import DEFAULT_MAX_RETRIES, DEFAULT_QUEUE, DEFAULT_TIMEOUT, registry, type_name
+from pgtasks.task import registry, type_name
 
+#: The status list, written once on the Python side (the database's enum pgtasks.status;
+#: tests/test_client.py checks that the two agree).
 Status = Literal["PENDING", "RUNNING", "COMMIT", "DONE", "FAILED", "CANCELLED"]
+STATUSES: tuple[str, ...] = get_args(Status)
 TERMINAL = frozenset({"DONE", "FAILED", "CANCELLED"})
 
 
@@ -123,22 +126,30 @@ class Client:
 
     # -- submitting ----------------------------------------------------------------------
 
-    def _defaults(
-        self,
+    @staticmethod
+    def _policy(
         name: str,
         queue: str | None,
         max_retries: int | None,
         timeout: float | timedelta | None,
-    ) -> tuple[str, int, timedelta]:
+    ) -> tuple[str | None, int | None, timedelta | None, timedelta | None]:
+        """(queue, max_retries, timeout, backoff_base) to send with a submit.
+
+        The rule: an argument given here wins; else the type's declaration in this
+        process's registry (@task_register), so a type submitted before any worker
+        registered it still gets its declared queue; else NULL, which the database
+        resolves as the type's registered policy, else its settings default. Python
+        holds no defaults of its own.
+        """
         spec = registry.get(name)
-        q = queue or (spec.queue if spec else None) or DEFAULT_QUEUE
-        r = max_retries if max_retries is not None else (spec.max_retries if spec else None)
-        t: float | timedelta | None = timeout
-        if t is None and spec is not None:
-            t = spec.timeout
-        if isinstance(t, int | float):
-            t = timedelta(seconds=t)
-        return q, DEFAULT_MAX_RETRIES if r is None else r, t or DEFAULT_TIMEOUT
+        if spec is not None:
+            queue = queue or spec.queue
+            max_retries = max_retries if max_retries is not None else spec.max_retries
+            timeout = timeout if timeout is not None else spec.timeout
+        if isinstance(timeout, int | float):
+            timeout = timedelta(seconds=timeout)
+        base = timedelta(seconds=spec.retry_delay) if spec and spec.retry_delay else None
+        return queue, max_retries, timeout, base
 
     @staticmethod
     def _when(run_at: datetime | None, delay: float | timedelta | None) -> datetime | None:
@@ -153,20 +164,20 @@ class Client:
         self,
         task: Any,
         queue: str | None,
-        priority: int,
+        priority: int | None,
         run_at: datetime | None,
         delay: float | timedelta | None,
         max_retries: int | None,
         timeout: float | timedelta | None,
         connection: asyncpg.Connection | None,
     ) -> tuple[Executor, str, tuple[Any, ...]]:
-        """Where to run a submit, the type name, and (queue, priority, run_at, retries, timeout)."""
+        """Where to run a submit, the type name, and the submit_task arguments after params."""
         name = type_name(task)
-        q, retries, limit = self._defaults(name, queue, max_retries, timeout)
+        q, retries, limit, base = self._policy(name, queue, max_retries, timeout)
         return (
             connection or self.pool,
             name,
-            (q, priority, self._when(run_at, delay), retries, limit),
+            (q, priority, self._when(run_at, delay), retries, limit, base),
         )
 
     async def submit(
@@ -175,7 +186,7 @@ class Client:
         params: Any = None,
         *,
         queue: str | None = None,
-        priority: int = 0,
+        priority: int | None = None,
         run_at: datetime | None = None,
         delay: float | timedelta | None = None,
         max_retries: int | None = None,
@@ -188,7 +199,7 @@ class Client:
         )
         async with db.translated():
             task_id: int = await conn.fetchval(
-                """SELECT pgtasks.submit_task($1, $2, $3, $4, coalesce($5, now()), $6, $7)""",
+                queries.SUBMIT_TASK,
                 name,
                 _params(params),
                 *options,
@@ -201,7 +212,7 @@ class Client:
         params_list: Sequence[Any],
         *,
         queue: str | None = None,
-        priority: int = 0,
+        priority: int | None = None,
         run_at: datetime | None = None,
         delay: float | timedelta | None = None,
         max_retries: int | None = None,
@@ -214,8 +225,7 @@ class Client:
         )
         async with db.translated():
             rows = await conn.fetch(
-                """SELECT * FROM pgtasks.submit_tasks($1, $2::jsonb[], $3, $4,
-                                                      coalesce($5, now()), $6, $7)""",
+                queries.SUBMIT_TASKS,
                 name,
                 [_params(p) for p in params_list],
                 *options,
@@ -225,10 +235,7 @@ class Client:
     # -- reading -------------------------------------------------------------------------
 
     async def get(self, task_id: int) -> TaskInfo:
-        row = await self.pool.fetchrow("SELECT * FROM pgtasks.task_status WHERE id = $1", task_id)
-        if row is None:
-            raise TaskNotFound(f"task {task_id} does not exist", sqlstate="PT003")
-        return TaskInfo.model_validate(dict(row))
+        return await self._read(self.pool, task_id)
 
     async def list(
         self,
@@ -240,25 +247,10 @@ class Client:
         before_id: int | None = None,
     ) -> list[TaskInfo]:
         """Newest first. Page with `before_id=<last id of the previous page>`."""
-        if status is not None and status.upper() not in (
-            "PENDING",
-            "RUNNING",
-            "COMMIT",
-            "DONE",
-            "FAILED",
-            "CANCELLED",
-        ):
-            raise PgTasksError(
-                f"unknown status {status!r}; "
-                "use PENDING, RUNNING, COMMIT, DONE, FAILED or CANCELLED"
-            )
+        if status is not None and status.upper() not in STATUSES:
+            raise PgTasksError(f"unknown status {status!r}; use {', '.join(STATUSES)}")
         rows = await self.pool.fetch(
-            """SELECT * FROM pgtasks.task_status
-                WHERE ($1::pgtasks.status IS NULL OR status = $1::pgtasks.status)
-                  AND ($2::text IS NULL OR queue = $2)
-                  AND ($3::text IS NULL OR task_type = $3)
-                  AND ($4::bigint IS NULL OR id < $4)
-                ORDER BY id DESC LIMIT $5""",
+            queries.LIST_TASKS,
             status.upper() if status else None,
             queue,
             task_type,
@@ -268,39 +260,47 @@ class Client:
         return [TaskInfo.model_validate(dict(r)) for r in rows]
 
     async def logs(self, task_id: int, *, after_id: int = 0) -> list[TaskLog]:
-        rows = await self.pool.fetch(
-            "SELECT * FROM pgtasks.task_logs WHERE task_id = $1 AND id > $2 ORDER BY id",
-            task_id,
-            after_id,
-        )
+        rows = await self.pool.fetch(queries.TASK_LOGS, task_id, after_id)
         return [TaskLog.model_validate(dict(r)) for r in rows]
 
     async def history(self, task_id: int) -> list[TaskEvent]:
-        rows = await self.pool.fetch(
-            "SELECT * FROM pgtasks.task_history WHERE task_id = $1 ORDER BY at, to_status",
-            task_id,
-        )
+        rows = await self.pool.fetch(queries.TASK_HISTORY, task_id)
         return [TaskEvent.model_validate(dict(r)) for r in rows]
 
     async def errors(self, task_id: int) -> list[dict[str, Any]]:
-        rows = await self.pool.fetch(
-            "SELECT attempt, error, traceback, at FROM pgtasks.task_errors "
-            "WHERE task_id = $1 ORDER BY attempt",
-            task_id,
-        )
+        rows = await self.pool.fetch(queries.TASK_ERRORS, task_id)
         return [dict(r) for r in rows]
+
+    async def types(self) -> list[dict[str, Any]]:
+        """Registered task types with their effective policy (pgtasks.registered_types)."""
+        return [dict(r) for r in await self.pool.fetch(queries.REGISTERED_TYPES)]
+
+    async def queue_stats(self) -> list[dict[str, Any]]:
+        """One row per queue (pgtasks.queue_stats): depth by status, ready, oldest, rates."""
+        return [dict(r) for r in await self.pool.fetch(queries.QUEUE_STATS)]
+
+    async def failed(
+        self, *, queue: str | None = None, task_type: str | None = None, limit: int = 50
+    ) -> list[dict[str, Any]]:
+        """Dead letters (pgtasks.failed_tasks), newest first, with their last error."""
+        rows = await self.pool.fetch(queries.FAILED_TASKS, queue, task_type, limit)
+        return [dict(r) for r in rows]
+
+    async def workers(self, *, include_dead: bool = False) -> list[dict[str, Any]]:
+        """Workers (pgtasks.workers), alive first; `seen_ago` is the time since last seen."""
+        return [dict(r) for r in await self.pool.fetch(queries.WORKERS, include_dead)]
 
     # -- operator actions ----------------------------------------------------------------
 
     async def cancel(self, task_id: int) -> str:
         """Cancel; returns the status it had. Raises TaskAlreadyFinished for a finished task."""
         async with db.translated():
-            return str(await self.pool.fetchval("SELECT pgtasks.cancel_task($1)", task_id))
+            return str(await self.pool.fetchval(queries.CANCEL_TASK, task_id))
 
     async def retry(self, task_id: int) -> None:
         """Put a FAILED or CANCELLED task back to PENDING."""
         async with db.translated():
-            await self.pool.execute("SELECT pgtasks.retry_task($1)", task_id)
+            await self.pool.execute(queries.RETRY_TASK, task_id)
 
     # -- waiting -------------------------------------------------------------------------
 
@@ -326,20 +326,20 @@ class Client:
                 await conn.add_listener(ch, on_notify)
             try:
                 async with db.translated():
-                    await conn.fetchval("SELECT pgtasks.watch_task($1)", task_id)
+                    await conn.fetchval(queries.WATCH_TASK, task_id)
                 yield conn, woke
             finally:
                 with contextlib.suppress(Exception):
-                    await conn.execute("SELECT pgtasks.unwatch_task($1)", task_id)
+                    await conn.execute(queries.UNWATCH_TASK, task_id)
                 for ch in channels:
                     with contextlib.suppress(Exception):
                         await conn.remove_listener(ch, on_notify)
 
     @staticmethod
-    async def _read(conn: asyncpg.Connection, task_id: int) -> TaskInfo:
-        row = await conn.fetchrow("SELECT * FROM pgtasks.task_status WHERE id = $1", task_id)
+    async def _read(conn: Executor, task_id: int) -> TaskInfo:
+        row = await conn.fetchrow(queries.GET_TASK, task_id)
         if row is None:
-            raise TaskNotFound(f"task {task_id} does not exist", sqlstate="PT003")
+            raise TaskNotFound(f"task {task_id} does not exist")
         return TaskInfo.model_validate(dict(row))
 
     async def wait(
@@ -394,11 +394,7 @@ class Client:
             while True:
                 woke.clear()
                 info = await self._read(conn, task_id)
-                rows = await conn.fetch(
-                    "SELECT * FROM pgtasks.task_logs WHERE task_id = $1 AND id > $2 ORDER BY id",
-                    task_id,
-                    last,
-                )
+                rows = await conn.fetch(queries.TASK_LOGS, task_id, last)
                 lines = [TaskLog.model_validate(dict(r)) for r in rows]
                 if lines:
                     last = lines[-1].id

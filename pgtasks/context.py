@@ -1,5 +1,10 @@
 """What a running task sees: step, progress, log, sleep_until and cancelled.
 
+A context is a value (task_id, attempt, type, queue, retries) plus the few tools the task
+needs, handed in by whoever runs it: a `writer` for checkpoints, logs and progress, a
+`run_blocking` to run sync code in a thread, a cancel event, and an accessor for `ctx.pool`.
+It holds no reference to a Worker (and this module imports nothing from pgtasks.worker).
+
 Every write goes through a fenced SQL function with this attempt's token, so a task whose
 lease was lost cannot change anything: its writes raise LeaseLost and the worker drops it.
 
@@ -22,15 +27,12 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import asyncpg
 
-from pgtasks import db
+from pgtasks.db import TRANSIENT
 from pgtasks.errors import LeaseLost, PermanentError, PgTasksError
-
-if TYPE_CHECKING:
-    from pgtasks.worker import Worker
 
 T = TypeVar("T")
 
@@ -47,14 +49,35 @@ LOG_STATEMENT_MAX = 5_000  # lines per log_many statement (a flush takes all tha
 MAX_BUFFERED_LOGS = 100_000  # beyond this (database down, or a loop that never awaits), lines
 #                              are counted and dropped; a WARNING line says how many
 
-#: Errors of a background write that mean "try again on the next flush", not "stop the task".
-_TRANSIENT: tuple[type[BaseException], ...] = (
-    OSError,
-    asyncio.TimeoutError,
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-)
+
+class Writer(Protocol):
+    """Where a context's writes go (pgtasks.worker.writer.TaskWriter). Each call is fenced
+    by (task_id, attempt) and raises LeaseLost once the attempt no longer owns the task."""
+
+    async def steps(self, task_id: int, attempt: int) -> list[tuple[str, Any, datetime]]: ...
+
+    async def checkpoint(self, task_id: int, attempt: int, name: str, value: Any) -> None: ...
+
+    async def logs(
+        self, task_id: int, attempt: int, lines: list[tuple[str, str, str | None, datetime]]
+    ) -> None: ...
+
+    async def progress(
+        self, task_id: int, attempt: int, current: int, total: int | None, message: str | None
+    ) -> None: ...
+
+
+RunBlocking = Callable[[Callable[[], Any]], Awaitable[Any]]
+
+
+async def _in_default_executor(fn: Callable[[], Any]) -> Any:
+    return await asyncio.get_running_loop().run_in_executor(
+        None, contextvars.copy_context().run, fn
+    )
+
+
+def _no_pool() -> asyncpg.Pool:
+    raise PgTasksError("this context has no database pool (ctx.pool)")
 
 
 class StepError(PgTasksError, PermanentError):
@@ -104,7 +127,6 @@ class TaskContext:
 
     def __init__(
         self,
-        worker: Worker,
         *,
         task_id: int,
         attempt: int,
@@ -113,8 +135,13 @@ class TaskContext:
         retry_count: int,
         max_retries: int,
         has_steps: bool,
+        writer: Writer,
+        run_blocking: RunBlocking = _in_default_executor,
+        pool: Callable[[], asyncpg.Pool] = _no_pool,
     ) -> None:
-        self.worker = worker
+        self.writer = writer
+        self._run_blocking = run_blocking
+        self._pool = pool
         self.task_id = task_id
         self.attempt = attempt
         self.task_type = task_type
@@ -148,7 +175,9 @@ class TaskContext:
 
     @property
     def pool(self) -> asyncpg.Pool:
-        return self.worker.pool
+        """A pool for the task's own queries: separate from the worker's, small
+        (`--task-pool-size`), and it opens no connection until a task uses it."""
+        return self._pool()
 
     # -- cancellation --------------------------------------------------------------------
 
@@ -168,14 +197,10 @@ class TaskContext:
         if self._steps is None:
             self._steps = {}
             if self._has_steps:
-                rows = await self.pool.fetch(
-                    "SELECT name, result, now() AS db_now FROM pgtasks.task_steps "
-                    "WHERE task_id = $1",
-                    self.task_id,
-                )
-                self._steps = {r["name"]: r["result"] for r in rows}
+                rows = await self.writer.steps(self.task_id, self.attempt)
+                self._steps = {name: result for name, result, _ in rows}
                 if rows:
-                    self._db_clock_offset = rows[0]["db_now"].timestamp() - time.time()
+                    self._db_clock_offset = rows[0][2].timestamp() - time.time()
         return self._steps
 
     def _claim_step_name(self, name: str) -> None:
@@ -200,14 +225,7 @@ class TaskContext:
         """Checkpoint a step's result; buffered logs and progress are written first."""
         value = _jsonable(name, result)
         await self.flush()
-        async with db.translated():
-            await self.pool.execute(
-                "SELECT pgtasks.checkpoint($1, $2, $3, $4)",
-                self.task_id,
-                self.attempt,
-                name,
-                value,
-            )
+        await self.writer.checkpoint(self.task_id, self.attempt, name, value)
         assert self._steps is not None
         self._steps[name] = value
         return value
@@ -230,10 +248,7 @@ class TaskContext:
         if inspect.iscoroutinefunction(fn):
             result = await fn(*args, **kw)
         else:
-            cv = contextvars.copy_context()
-            result = await self._loop.run_in_executor(
-                self.worker.threads, lambda: cv.run(fn, *args, **kw)
-            )
+            result = await self._run_blocking(lambda: fn(*args, **kw))
             if inspect.isawaitable(result):
                 result = await result
         return await self._store_step(name, result)  # type: ignore[no-any-return]
@@ -361,16 +376,7 @@ class TaskContext:
                 if not batch:
                     break
                 try:
-                    async with db.translated():
-                        await self.pool.execute(
-                            "SELECT pgtasks.log_many($1, $2, $3, $4, $5, $6)",
-                            self.task_id,
-                            self.attempt,
-                            [b[0] for b in batch],
-                            [b[1] for b in batch],
-                            [b[3] for b in batch],
-                            [b[2] for b in batch],
-                        )
+                    await self.writer.logs(self.task_id, self.attempt, batch)
                 except BaseException:
                     with self._lock:  # keep the lines, in order, for the next try
                         self._logs[:0] = batch
@@ -382,15 +388,7 @@ class TaskContext:
             if snapshot is not None:
                 current, total, message = snapshot
                 try:
-                    async with db.translated():
-                        await self.pool.execute(
-                            "SELECT pgtasks.report_progress($1, $2, $3, $4, $5)",
-                            self.task_id,
-                            self.attempt,
-                            current,
-                            total,
-                            message,
-                        )
+                    await self.writer.progress(self.task_id, self.attempt, current, total, message)
                 except BaseException:
                     with self._lock:
                         self._progress_dirty = True
@@ -406,7 +404,7 @@ class TaskContext:
         """Best effort before recording an error or a hand-back: never masks the outcome."""
         try:
             await self.flush()
-        except (LeaseLost, *_TRANSIENT, asyncpg.PostgresError) as exc:
+        except (LeaseLost, *TRANSIENT, asyncpg.PostgresError) as exc:
             log.info("task %s: buffered logs/progress not written (%s)", self.task_id, exc)
 
     def _close(self) -> None:

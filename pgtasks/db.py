@@ -1,7 +1,12 @@
-"""Connections: JSON codecs set once, and PT SQLSTATEs turned into typed exceptions."""
+"""Connections: JSON codecs set once, PT SQLSTATEs turned into typed exceptions, and the one
+list of errors that mean "the database is unreachable right now".
+
+This is the only module that looks at SQLSTATEs; everything else catches classes.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -12,6 +17,23 @@ import asyncpg
 from pgtasks.errors import translate
 
 T = TypeVar("T")
+
+#: Errors that mean "the database is unreachable right now", not "this call is wrong":
+#: retry the call later (on a fresh connection), never give up on the task for them.
+TRANSIENT: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+    # asyncpg can raise this when the server ends a session mid-query (asyncpg#784,
+    # #1069): seen here on every server restart under load. The pool drops the broken
+    # connection; the call just has to be retried on a fresh one.
+    asyncpg.InternalClientError,
+)
 
 
 def dumps(value: Any) -> str:
@@ -32,23 +54,36 @@ async def connect(url: str, **kwargs: Any) -> asyncpg.Connection:
     return conn
 
 
-async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+async def create_pool(
+    url: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    application_name: str | None = None,
+    **kwargs: Any,
+) -> asyncpg.Pool:
+    """A pool whose connections decode JSON; `application_name` shows in pg_stat_activity."""
+    if application_name is not None:
+        kwargs["server_settings"] = {
+            **kwargs.get("server_settings", {}),
+            "application_name": application_name[:63],
+        }
     pool = await asyncpg.create_pool(
-        url, min_size=min_size, max_size=max_size, init=init_connection
+        url, min_size=min_size, max_size=max_size, init=init_connection, **kwargs
     )
     assert pool is not None
     return pool
 
 
+async def no_reset(_conn: asyncpg.Connection) -> None:
+    """Release without asyncpg's reset query (one round trip per release, ~15 % of a drain):
+    for pools whose statements leave no session state to undo."""
+
+
 async def call(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
     """Await an asyncpg call, re-raising pgtasks' SQLSTATEs as their typed exceptions."""
-    try:
+    async with translated():
         return await fn(*args)
-    except asyncpg.PostgresError as exc:
-        mapped = translate(exc)
-        if mapped is exc:
-            raise
-        raise mapped from exc
 
 
 @asynccontextmanager

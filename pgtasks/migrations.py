@@ -63,8 +63,9 @@ async def applied(conn: asyncpg.Connection) -> dict[int, str | None]:
     return {r["version"]: r["checksum"] for r in rows}
 
 
-async def migrate(conn: asyncpg.Connection) -> list[Migration]:
-    """Bring the schema up to date; return the migrations this call applied.
+async def migrate(conn: asyncpg.Connection, *, up_to: int | None = None) -> list[Migration]:
+    """Bring the schema up to date (or up to version `up_to`, for upgrade tests); return
+    the migrations this call applied.
 
     A file that changed after it was applied is an error, not something to skip: the
     database would silently lack what the new file says.
@@ -74,6 +75,8 @@ async def migrate(conn: asyncpg.Connection) -> list[Migration]:
     try:
         have = await applied(conn)
         for mig in available():
+            if up_to is not None and mig.version > up_to:
+                break
             if mig.version in have:
                 if have[mig.version] not in (None, mig.checksum):
                     raise ConfigurationError(
@@ -103,9 +106,9 @@ async def migrate(conn: asyncpg.Connection) -> list[Migration]:
     return done
 
 
-async def migrate_url(url: str) -> list[Migration]:
+async def migrate_url(url: str, *, up_to: int | None = None) -> list[Migration]:
     conn = await asyncpg.connect(url)
     try:
-        return await migrate(conn)
+        return await migrate(conn, up_to=up_to)
     finally:
         await conn.close()

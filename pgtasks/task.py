@@ -16,10 +16,6 @@ from pydantic import BaseModel, ValidationError
 
 from pgtasks.errors import ParamsValidationError, PgTasksError
 
-DEFAULT_QUEUE = "default"
-DEFAULT_MAX_RETRIES = 3
-DEFAULT_TIMEOUT = timedelta(hours=4)
-
 
 class BaseTask:
     """Subclass, implement `execute`, and decorate with `@task_register("type")`.
@@ -34,7 +30,7 @@ class BaseTask:
     queue: ClassVar[str | None] = None
     max_retries: ClassVar[int | None] = None
     timeout: ClassVar[float | timedelta | None] = None
-    retry_delay: ClassVar[float | None] = None  # backoff base in seconds; SQL default is 1
+    retry_delay: ClassVar[float | None] = None  # backoff base in seconds (None: settings)
     no_retry_on: ClassVar[tuple[type[BaseException], ...]] = ()
 
     def execute(self, ctx: Any, params: Any) -> Any:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 
+import asyncpg
 import pytest
 
 from tests.conftest import ROOT
@@ -72,3 +74,21 @@ def test_help_explains_itself():
     assert out.returncode == 0
     for command in ("db", "migrate", "worker", "submit", "status", "ls", "cancel", "retry"):
         assert command in out.stdout
+
+
+def test_types_lists_registered_types_with_their_effective_policy(dsn):
+    assert "task types (0)" in cli(dsn, "types").stdout
+
+    async def register() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(
+                "SELECT pgtasks.register_task_type('resize', queue => 'images', max_retries => 5)"
+            )
+        finally:
+            await conn.close()
+
+    asyncio.run(register())
+    out = cli(dsn, "types")
+    assert out.returncode == 0, out.stderr
+    assert "resize" in out.stdout and "images" in out.stdout and "│ 5 " in out.stdout

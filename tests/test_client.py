@@ -94,3 +94,11 @@ async def test_raw_sql_errors_keep_their_sqlstate(dsn):
         assert info.value.sqlstate == "PT101"
     finally:
         await conn.close()
+
+
+async def test_the_python_status_list_is_the_database_enum(dsn):
+    from pgtasks import queries
+    from pgtasks.client import STATUSES
+
+    async with Client(dsn) as c:
+        assert tuple(await c.pool.fetchval(queries.STATUSES)) == STATUSES

@@ -210,6 +210,9 @@ async def worker(dsn: str, **kw: Any) -> AsyncIterator[Worker]:
     w = Worker(dsn, registry=REG, **{**opts, **kw})
     t = asyncio.create_task(w.run())
     try:
+        # Types declared only in REG get their policy (e.g. retry_delay as the backoff base)
+        # from the database once the worker registered them: submit after that.
+        await asyncio.wait_for(w.ready.wait(), 30)
         yield w
     finally:
         w.stop()

@@ -82,3 +82,19 @@ async def test_next_run_at_is_one_probe(conn, big_table):
     probe = next(p for p in plans.split("duration:") if "min(t.run_at)" in p)
     assert "tasks_next_run_at" in probe, probe
     assert "Seq Scan on tasks" not in probe and "Bitmap" not in probe, probe
+
+
+@pytest.mark.parametrize("queues", [None, ["q0"], ["q0", "q1"]])
+async def test_finish_and_claim_keeps_both_plans(conn, big_table, queues):
+    """One round trip, the same plans as finish_tasks and claim_tasks on their own."""
+    rows = await conn.fetch("SELECT id, attempt FROM pgtasks.claim_tasks('w', max_tasks => 100)")
+    plans = await nested_plans(
+        conn,
+        "SELECT * FROM pgtasks.finish_and_claim('w', $1, $2, $3::jsonb[], 10, $4)",
+        [r[0] for r in rows], [r[1] for r in rows], [None] * len(rows), queues,
+    )  # fmt: skip
+    finish = next(p for p in plans.split("duration:") if "Update on tasks t" in p)
+    assert "tasks_pkey" in finish and "Seq Scan on tasks" not in finish, finish
+    pick = next(p for p in plans.split("duration:") if "FOR NO KEY UPDATE SKIP LOCKED" in p)
+    assert "Index Scan using tasks_claimable" in pick, pick
+    assert "Sort Key" not in pick and "Seq Scan on tasks" not in pick, pick

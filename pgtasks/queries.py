@@ -1,0 +1,178 @@
+"""Every SQL statement the Python side sends, by name.
+
+Each one calls a pgtasks function or reads a pgtasks view, with named arguments, so a reader
+sees what each value is without counting `$n`s, and the SQL API stays the only interface:
+no statement here reads a table that a function or view covers. The worker, the client and
+the CLI import from this module; none of them writes SQL of its own.
+"""
+
+from __future__ import annotations
+
+# -- submitting ----------------------------------------------------------------------------
+
+# A NULL argument is decided by the database: the type's registered policy, else settings.
+SUBMIT_TASK = """
+SELECT pgtasks.submit_task(task_type => $1, params => $2, queue => $3, priority => $4,
+                           run_at => $5, max_retries => $6, timeout => $7, backoff_base => $8)
+"""
+
+# Params travel as jsonb[]: one statement, one round trip, ids back in input order.
+SUBMIT_TASKS = """
+SELECT * FROM pgtasks.submit_tasks(task_type => $1, params_list => $2::jsonb[], queue => $3,
+                                   priority => $4, run_at => $5, max_retries => $6,
+                                   timeout => $7, backoff_base => $8)
+"""
+
+# -- reading (views) -----------------------------------------------------------------------
+
+GET_TASK = "SELECT * FROM pgtasks.task_status WHERE id = $1"
+
+LIST_TASKS = """
+SELECT * FROM pgtasks.task_status
+ WHERE ($1::pgtasks.status IS NULL OR status = $1::pgtasks.status)
+   AND ($2::text IS NULL OR queue = $2)
+   AND ($3::text IS NULL OR task_type = $3)
+   AND ($4::bigint IS NULL OR id < $4)
+ ORDER BY id DESC LIMIT $5
+"""
+
+TASK_LOGS = "SELECT * FROM pgtasks.task_log_lines WHERE task_id = $1 AND id > $2 ORDER BY id"
+
+TASK_HISTORY = "SELECT * FROM pgtasks.task_history WHERE task_id = $1 ORDER BY at, to_status"
+
+TASK_ERRORS = """
+SELECT attempt, error, traceback, at FROM pgtasks.task_attempt_errors
+ WHERE task_id = $1 ORDER BY attempt
+"""
+
+QUEUE_STATS = "SELECT * FROM pgtasks.queue_stats ORDER BY queue"
+
+FAILED_TASKS = """
+SELECT id, task_type, queue, attempt, error_count, finished_at, error
+  FROM pgtasks.failed_tasks
+ WHERE ($1::text IS NULL OR queue = $1) AND ($2::text IS NULL OR task_type = $2)
+ ORDER BY finished_at DESC, id DESC LIMIT $3
+"""
+
+WORKERS = """
+SELECT *, now() - last_seen AS seen_ago FROM pgtasks.workers
+ WHERE $1 OR alive ORDER BY alive DESC, started_at
+"""
+
+# The enum's own labels (tests check Python's one copy against them).
+STATUSES = "SELECT enum_range(NULL::pgtasks.status)::text[]"
+
+REGISTERED_TYPES = "SELECT * FROM pgtasks.registered_types ORDER BY task_type"
+
+# Deployment-wide defaults (lease, retention, ...), defined once in the database.
+SETTINGS = "SELECT * FROM pgtasks.current_settings()"
+
+# -- operator actions ----------------------------------------------------------------------
+
+CANCEL_TASK = "SELECT pgtasks.cancel_task(task_id => $1)"
+RETRY_TASK = "SELECT pgtasks.retry_task(task_id => $1)"
+WATCH_TASK = "SELECT pgtasks.watch_task(task_id => $1)"
+UNWATCH_TASK = "SELECT pgtasks.unwatch_task(task_id => $1)"
+
+# -- worker: registry ----------------------------------------------------------------------
+
+REGISTER_WORKER = """
+SELECT pgtasks.register_worker(worker_id => $1, host => $2, pid => $3, queues => $4,
+                               concurrency => $5, lease => $6)
+"""
+UNREGISTER_WORKER = "SELECT pgtasks.unregister_worker(worker_id => $1)"
+
+# A type's whole policy (NULL: no policy of its own there, settings apply); upsert.
+REGISTER_TASK_TYPE = """
+SELECT pgtasks.register_task_type(task_type => $1, queue => $2, priority => $3,
+                                  max_retries => $4, timeout => $5, backoff_base => $6,
+                                  worker_id => $7)
+"""
+
+# -- worker: claiming and outcomes ---------------------------------------------------------
+
+CLAIM_TASKS = """
+SELECT * FROM pgtasks.claim_tasks(worker_id => $1, queues => $2, max_tasks => $3,
+                                  lease => $4, task_types => $5)
+"""
+
+# How long the producer may sleep: until the next scheduled task (NULL: none at all).
+NEXT_RUN_GAP = "SELECT pgtasks.next_run_at(queues => $1, task_types => $2) - now() AS gap"
+
+# Results travel as JSON text: a list result passed as a jsonb[] element would be read as a
+# nested array dimension and mangled.
+FINISH_TASKS = """
+SELECT * FROM pgtasks.finish_tasks(task_ids => $1, attempts => $2,
+                                   results => $3::text[]::jsonb[])
+"""
+
+# The backoff comes from the row's own backoff_base, as in rescue (retry_delay: exact).
+FAIL_TASK = """
+SELECT pgtasks.fail_task(task_id => $1, attempt => $2, error => $3, traceback => $4,
+                         retryable => $5, retry_delay => $6)
+"""
+
+# Results in, work out, in one round trip: rows with rejected_task_id set are results the
+# database refused (stale attempt); the others are claimed tasks, in claim order.
+FINISH_AND_CLAIM = """
+SELECT * FROM pgtasks.finish_and_claim(worker_id => $1, task_ids => $2, attempts => $3,
+                                       results => $4::text[]::jsonb[], claim_max => $5,
+                                       queues => $6, lease => $7, task_types => $8)
+"""
+
+YIELD_TASK = (
+    "SELECT pgtasks.yield_task(task_id => $1, attempt => $2, run_at => coalesce($3, now()))"
+)
+
+HEARTBEAT = """
+SELECT * FROM pgtasks.heartbeat(worker_id => $1, task_ids => $2, attempts => $3, lease => $4)
+"""
+
+# -- worker: what a task writes ------------------------------------------------------------
+
+CHECKPOINT = "SELECT pgtasks.checkpoint(task_id => $1, attempt => $2, step => $3, result => $4)"
+
+LOG_MANY = """
+SELECT pgtasks.log_many(task_id => $1, attempt => $2, levels => $3, messages => $4,
+                        ats => $5, loggers => $6)
+"""
+
+REPORT_PROGRESS = """
+SELECT pgtasks.report_progress(task_id => $1, attempt => $2, current => $3, total => $4,
+                               message => $5)
+"""
+
+# Many tasks' progress in one statement; one refused row fails it (then: one by one).
+REPORT_PROGRESS_MANY = """
+SELECT count(pgtasks.report_progress(task_id => u.task_id, attempt => u.attempt,
+                                     current => u.current, total => u.total,
+                                     message => u.message))
+  FROM unnest($1::bigint[], $2::integer[], $3::bigint[], $4::bigint[], $5::text[])
+       AS u(task_id, attempt, current, total, message)
+"""
+
+# Many tasks' log batches in one statement: one row per line, grouped back per attempt
+# (in their order) for log_many. One refused task fails it (then: one by one).
+LOG_MANY_TASKS = """
+SELECT count(pgtasks.log_many(task_id => g.task_id, attempt => g.attempt, levels => g.levels,
+                              messages => g.messages, ats => g.ats, loggers => g.loggers))
+  FROM (SELECT u.task_id, u.attempt, array_agg(u.level ORDER BY u.n) AS levels,
+               array_agg(u.message ORDER BY u.n) AS messages,
+               array_agg(u.at ORDER BY u.n) AS ats, array_agg(u.logger ORDER BY u.n) AS loggers
+          FROM unnest($1::bigint[], $2::integer[], $3::text[], $4::text[],
+                      $5::timestamptz[], $6::text[])
+               WITH ORDINALITY AS u(task_id, attempt, level, message, at, logger, n)
+         GROUP BY u.task_id, u.attempt) g
+"""
+
+TASK_STEPS = "SELECT * FROM pgtasks.task_steps_of(task_id => $1, attempt => $2)"
+
+# -- worker: maintenance -------------------------------------------------------------------
+
+# Rescue + one prune batch (settings.retention) + sweeps; concurrent callers skip.
+MAINTAIN = "SELECT * FROM pgtasks.maintain(max_tasks => $1)"
+RESCUE_EXPIRED = "SELECT pgtasks.rescue_expired()"
+PRUNE_FINISHED = "SELECT pgtasks.prune_finished(older_than => $1, max_tasks => $2)"
+
+# A liveness probe for the LISTEN connection: a silent network drop fires no event.
+PING = "SELECT 1"

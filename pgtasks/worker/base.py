@@ -1,0 +1,131 @@
+"""What every worker service shares: start/stop around one loop, the worker's counters, the
+claimed tasks it holds, and retrying through database outages."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from pgtasks.db import TRANSIENT
+
+T = TypeVar("T")
+
+log = logging.getLogger("pgtasks.worker")
+
+#: How long a stopping worker keeps retrying results and hand-backs against a database that
+#: stays away, before it exits and leaves those tasks to their leases.
+SHUTDOWN_RETRY_LIMIT = 30.0
+
+
+@dataclass
+class WorkerStats:
+    claimed: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    retried: int = 0
+    yielded: int = 0
+    lost: int = 0
+    handed_back: int = 0
+    claim_errors: int = 0
+    claim_calls: int = 0
+    finish_calls: int = 0
+    rescued: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class Service:
+    """One loop with start()/stop(). Subclasses implement `run()` (the loop) and usually a
+    `run_once()` that tests call directly, without the loop or a Worker around it."""
+
+    name = "service"
+
+    def __init__(self) -> None:
+        self._task: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._guarded())
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def _guarded(self) -> None:
+        try:
+            await self.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("pgtasks worker: %s stopped by an error", self.name)
+
+
+async def sleep_or_stop(stopping: asyncio.Event, seconds: float) -> None:
+    """Sleep, but wake at once when `stopping` is set."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stopping.wait(), max(seconds, 0))
+
+
+async def retrying(
+    what: str,
+    call: Callable[[], Awaitable[T]],
+    stopping: asyncio.Event,
+    *,
+    through_shutdown: bool = False,
+) -> T:
+    """Retry a call through transient database errors with capped backoff.
+
+    Outcome writes (`through_shutdown`) are retried through a shutdown too, but not forever:
+    after SHUTDOWN_RETRY_LIMIT seconds of a database that stays away the worker gives up, and
+    the leases hand those tasks to another worker.
+    """
+    delay = 0.2
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while True:
+        try:
+            return await call()
+        except TRANSIENT as exc:
+            if stopping.is_set() and (
+                not through_shutdown or loop.time() - started > SHUTDOWN_RETRY_LIMIT
+            ):
+                if through_shutdown:
+                    log.error(
+                        "%s: database still unavailable while stopping (%s); giving up, "
+                        "leases will hand these tasks to another worker",
+                        what,
+                        exc,
+                    )
+                raise
+            log.warning("%s: database unavailable (%s); retrying in %.1fs", what, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5)
+
+
+def spawn_guarded(coro: Coroutine[Any, Any, Any], what: str) -> asyncio.Task[Any]:
+    """A side job whose error is logged, never left as an unretrieved task exception."""
+
+    async def guard() -> Any:
+        try:
+            return await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("pgtasks worker: %s failed", what)
+            return None
+
+    return asyncio.get_running_loop().create_task(guard())

@@ -1,0 +1,95 @@
+"""Maintainer: the database's housekeeping, run by every worker on a timer so no cron job is
+needed. Rescues tasks whose lease expired (their worker died) and prunes finished tasks past
+their retention, a bounded batch at a time. Schedules will plug in here.
+
+Every worker runs it; maintain() lets one call at a time do the work and the others return
+at once, so a fleet of 20 workers costs one rescue scan per interval, not twenty."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from datetime import timedelta
+
+import asyncpg
+
+from pgtasks import queries
+from pgtasks.db import TRANSIENT
+from pgtasks.worker.base import Service
+
+log = logging.getLogger("pgtasks.worker")
+
+#: Pruning deletes finished tasks this many at a time, for at most this long per round.
+PRUNE_BATCH = 1000
+PRUNE_BUDGET_S = 5.0
+
+
+class Maintainer(Service):
+    """`retention` None (the default): pgtasks.maintain(), i.e. rescue, sweeps and pruning
+    past the database's settings.retention, the same call a worker in any language makes.
+    An explicit `retention` prunes with that age instead; `prune=False` only rescues."""
+
+    name = "maintainer"
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        interval: float,
+        retention: timedelta | None = None,
+        prune: bool = True,
+        prune_interval: float = 60.0,
+        on_rescued: Callable[[int], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.pool = pool
+        self.interval = interval
+        self.retention = retention
+        self.prune = prune
+        self.prune_interval = prune_interval
+        self.on_rescued = on_rescued or (lambda n: None)
+        self._next_prune = 0.0
+
+    async def run_once(self) -> tuple[int, int]:
+        """Rescue expired leases and prune what is due; returns (rescued, pruned)."""
+        if self.prune and self.retention is None:
+            row = await self.pool.fetchrow(queries.MAINTAIN, PRUNE_BATCH)
+            rescued, pruned = row["rescued"], row["pruned"]
+        else:
+            rescued, pruned = await self.pool.fetchval(queries.RESCUE_EXPIRED), 0
+        if rescued:
+            log.warning("rescued %s task(s) whose worker stopped heartbeating", rescued)
+            self.on_rescued(rescued)
+        # More batches when maintain()'s one was full, or on our own schedule with an
+        # explicit retention.
+        loop = asyncio.get_running_loop()
+        more = pruned >= PRUNE_BATCH or self.retention is not None
+        if self.prune and more and loop.time() >= self._next_prune:
+            self._next_prune = loop.time() + self.prune_interval
+            pruned += await self._prune()
+        return rescued, pruned
+
+    async def _prune(self) -> int:
+        """As many batches as fit in a few seconds, so pruning keeps up with a busy queue,
+        but no long locks: each batch is its own short statement."""
+        loop = asyncio.get_running_loop()
+        budget_end = loop.time() + PRUNE_BUDGET_S
+        total = 0
+        while True:
+            deleted = await self.pool.fetchval(queries.PRUNE_FINISHED, self.retention, PRUNE_BATCH)
+            total += deleted
+            if deleted < PRUNE_BATCH or loop.time() >= budget_end:
+                return total
+            await asyncio.sleep(0)  # let claims and completions through between batches
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval * random.uniform(0.8, 1.2))
+            try:
+                await self.run_once()
+            except TRANSIENT as exc:
+                log.warning("maintenance skipped (%s)", exc)
+            except Exception:  # keep rescuing: no other process will
+                log.exception("maintenance failed; trying again later")

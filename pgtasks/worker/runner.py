@@ -1,0 +1,182 @@
+"""Runner: runs one attempt of one task and returns its outcome as a value.
+
+It writes no SQL. Recording the outcome is the completer's job; the only database traffic
+during an attempt is the task's own (through its context's writer and `ctx.pool`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import logging
+import threading
+import traceback
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pgtasks.context import SyncTaskContext, TaskContext, YieldTask
+from pgtasks.errors import LeaseLost, ParamsValidationError, PermanentError, PgTasksError, Retry
+from pgtasks.task import TaskSpec
+from pgtasks.worker.slots import Attempt
+
+log = logging.getLogger("pgtasks.worker")
+
+
+# -- outcomes ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Succeeded:
+    result: str | None  # JSON text, serialised once by the runner
+
+
+@dataclass(frozen=True)
+class Failed:
+    error: str
+    traceback: str | None
+    retryable: bool
+    delay: float | None = None  # Retry(delay=...): exact; None: the row's backoff
+
+
+@dataclass(frozen=True)
+class Yielded:
+    run_at: datetime | None  # None: claimable again at once
+    handed_back: bool = False  # a stopping worker gave it back, not the task's own sleep
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """Nothing to write: the database already moved on (cancelled, lease lost)."""
+
+    reason: str
+
+
+Outcome = Succeeded | Failed | Yielded | Dropped
+
+
+# -- threads for sync tasks ----------------------------------------------------------------
+
+
+class DaemonThreads(Executor):
+    """Runs each blocking call in its own daemon thread.
+
+    A sync task that ignores `ctx.cancelled` cannot be stopped, only abandoned (after a
+    cancel, a timeout or the shutdown grace). A fixed pool would lose a thread to every
+    abandoned call until sync tasks queue behind them forever, and its non-daemon threads
+    are joined at interpreter exit, so one stuck call would keep a SIGTERMed worker alive.
+    The number of live threads is bounded by the worker's thread slots (`threads`) plus
+    what it abandoned.
+    """
+
+    def __init__(self, name: str = "pgtasks") -> None:
+        self._name = name
+        self._count = 0
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+
+        def target() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:  # YieldTask is a BaseException: pass it on as is
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+        self._count += 1
+        threading.Thread(target=target, name=f"{self._name}-{self._count}", daemon=True).start()
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Nothing to join: daemon threads end with their call or with the process."""
+
+
+# -- the runner ----------------------------------------------------------------------------
+
+
+class Runner:
+    def __init__(self, threads: Executor) -> None:
+        self.threads = threads
+
+    async def run_blocking(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn` in a thread with the caller's contextvars (the task's log routing)."""
+        cv = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(self.threads, cv.run, fn)
+
+    async def run(self, att: Attempt, spec: TaskSpec | None) -> Outcome:
+        """Run the attempt to its outcome. Buffered logs and progress are written first."""
+        ctx = att.ctx
+        try:
+            if spec is None:  # registry changed since the claim; another worker may know it
+                raise PgTasksError(f"task type {att.task_type!r} is not registered here")
+            params = spec.parse_params(att.params)
+            # The time limit is a plain timer that stops the task like a cancel would:
+            # cheaper per task than asyncio.timeout, which matters for short tasks.
+            timer = asyncio.get_running_loop().call_later(att.timeout, att.stop, "timeout")
+            try:
+                result = await self._call(spec, ctx, params)
+            finally:
+                timer.cancel()
+            await ctx.flush()  # buffered logs and progress land before the result
+            result = _to_json(result)
+            # Serialised once, here: a result that is not JSON fails now, as this attempt's
+            # error. NaN/Infinity would pass json.dumps but make jsonb reject the whole batch.
+            text = (
+                None
+                if result is None
+                else json.dumps(result, allow_nan=False, separators=(",", ":"))
+            )
+            return Succeeded(text)
+        except asyncio.CancelledError:
+            reason = att.stop_reason or "cancelled"
+            if reason == "timeout":
+                return await self._failed(ctx, f"timed out after {att.timeout:g}s", "", True)
+            if reason == "shutdown":
+                await ctx._flush_quietly()
+                return Yielded(None, handed_back=True)
+            return Dropped(reason)  # cancelled by a user or lease lost
+        except YieldTask as y:
+            await ctx._flush_quietly()
+            return Yielded(y.run_at)
+        except LeaseLost:
+            return Dropped("lease lost")
+        except Retry as r:
+            return await self._failed(ctx, f"Retry: {r}", "", True, r.delay)
+        except (PermanentError, ParamsValidationError) as exc:
+            return await self._failed(ctx, _describe(exc), traceback.format_exc(), False)
+        except Exception as exc:
+            retryable = not (spec and spec.no_retry_on and isinstance(exc, spec.no_retry_on))
+            return await self._failed(ctx, _describe(exc), traceback.format_exc(), retryable)
+
+    @staticmethod
+    async def _failed(
+        ctx: TaskContext, error: str, tb: str, retryable: bool, delay: float | None = None
+    ) -> Failed:
+        await ctx._flush_quietly()  # the attempt's last log lines explain the error
+        return Failed(error, tb or None, retryable, delay)
+
+    async def _call(self, spec: TaskSpec, ctx: TaskContext, params: Any) -> Any:
+        if spec.is_async:
+            return await spec.handler(ctx, params)
+        loop = asyncio.get_running_loop()
+        sync_ctx = SyncTaskContext(ctx, loop)
+        result = await self.run_blocking(lambda: spec.handler(sync_ctx, params))
+        if asyncio.iscoroutine(result):
+            result = await result
+        return result
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _to_json(result: Any) -> Any:
+    dump = getattr(result, "model_dump", None)
+    return dump(mode="json") if callable(dump) else result

@@ -1,0 +1,169 @@
+"""The tasks a worker holds, and how many more it may take.
+
+A task is held from its claim until the database has heard its outcome: while it runs
+(`running`) and while its result waits in the completer's batch (`finishing`). The lease
+keeper extends the lease of everything held; the producer claims only into free slots.
+
+Two bounds: `concurrency` slots for all tasks, and at most `threads` of them for sync
+(`def`) tasks, which each need a thread: a hundred coroutines are cheap, a hundred threads
+are not. Claims in flight reserve their slots first, so the producer and the completer
+(which claims in the same round trip as it finishes) never take more than fits.
+
+Prefetch: while tasks are short, up to `prefetch` more tasks are claimed than there are free
+slots and wait here (`buffer`) for a slot, so a freed slot starts its next task at once
+instead of waiting for a round trip (measured: about twice the drain rate at concurrency
+10). A buffered task keeps its lease like a running one. Prefetch switches itself off while
+tasks run longer than PREFETCH_MAX_TASK_S on average, and a task that waited longer than
+PREFETCH_MAX_WAIT_S for a slot is handed back, so no task waits behind long ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pgtasks.context import TaskContext, Writer
+
+#: Prefetch only while tasks average less than this (seconds)...
+PREFETCH_MAX_TASK_S = 0.05
+#: ...and hand back a prefetched task that waited longer than this for a slot.
+PREFETCH_MAX_WAIT_S = 2.0
+
+
+@dataclass
+class Attempt:
+    """One claimed attempt: its context, the asyncio task running it, why it was stopped."""
+
+    task_id: int
+    attempt: int
+    task_type: str
+    params: Any
+    timeout: float
+    is_sync: bool
+    ctx: TaskContext
+    future: asyncio.Task[None] | None = None
+    stop_reason: str | None = None
+
+    @classmethod
+    def claimed(cls, row: Any, *, writer: Writer, is_sync: bool, **tools: Any) -> Attempt:
+        """The attempt of a claim_tasks row; `tools` go to its TaskContext (run_blocking, pool)."""
+        ctx = TaskContext(
+            task_id=row["id"],
+            attempt=row["attempt"],
+            task_type=row["task_type"],
+            queue=row["queue"],
+            retry_count=row["retry_count"],
+            max_retries=row["max_retries"],
+            has_steps=row["has_steps"],
+            writer=writer,
+            **tools,
+        )
+        return cls(
+            task_id=row["id"],
+            attempt=row["attempt"],
+            task_type=row["task_type"],
+            params=row["params"],
+            timeout=row["timeout"].total_seconds(),
+            is_sync=is_sync,
+            ctx=ctx,
+        )
+
+    def stop(self, reason: str) -> None:
+        """Stop the attempt (cancel, lease lost, timeout, shutdown); the first reason sticks."""
+        self.stop_reason = self.stop_reason or reason
+        self.ctx._mark_cancelled(reason)
+        if self.future is not None and not self.future.done():
+            self.future.cancel()
+
+
+class Slots:
+    def __init__(self, concurrency: int, threads: int, prefetch: int = 0) -> None:
+        self.concurrency = concurrency
+        self.threads = min(threads, concurrency)
+        self.prefetch = prefetch
+        self.running: dict[int, Attempt] = {}
+        self.finishing: dict[int, int] = {}  # task_id -> attempt, result not yet written
+        self.buffer: dict[int, tuple[Any, float]] = {}  # prefetched: task_id -> (row, when)
+        self.avg_task_s = 0.0  # moving average of how long an attempt runs
+        self._sync_running = 0
+        self._reserved = 0
+        self._reserved_threads = 0
+
+    # -- bounds --------------------------------------------------------------------------
+
+    def free(self) -> int:
+        """How many tasks a claim may take now: free slots, plus prefetch room."""
+        extra = self.prefetch if self.avg_task_s <= PREFETCH_MAX_TASK_S else 0
+        return self.concurrency + extra - len(self.running) - len(self.buffer) - self._reserved
+
+    def has_room(self) -> bool:
+        """A slot to start a task in now (not counting prefetch)."""
+        return len(self.running) < self.concurrency
+
+    def free_threads(self) -> int:
+        return self.threads - self._sync_running - self._reserved_threads
+
+    def reserve(self, n: int, *, threads: int = 0) -> None:
+        """Hold `n` slots (of which up to `threads` for sync tasks) for a claim in flight."""
+        self._reserved += n
+        self._reserved_threads += threads
+
+    def release(self, n: int, *, threads: int = 0) -> None:
+        self._reserved -= n
+        self._reserved_threads -= threads
+
+    # -- holdings ------------------------------------------------------------------------
+
+    def add(self, att: Attempt) -> None:
+        self.running[att.task_id] = att
+        self._sync_running += att.is_sync
+
+    def ended(self, att: Attempt, seconds: float | None = None) -> None:
+        if self.running.pop(att.task_id, None) is not None:
+            self._sync_running -= att.is_sync
+        if seconds is not None:
+            self.avg_task_s += (seconds - self.avg_task_s) * 0.05
+
+    # -- prefetched ----------------------------------------------------------------------
+
+    def hold(self, row: Any) -> None:
+        self.buffer[row["id"]] = (row, time.monotonic())
+
+    def next_held(self) -> Any | None:
+        if not self.buffer:
+            return None
+        task_id = next(iter(self.buffer))
+        return self.buffer.pop(task_id)[0]
+
+    def stale(self, *, everything: bool = False) -> list[Any]:
+        """Prefetched rows that waited too long for a slot (all of them when stopping)."""
+        cutoff = time.monotonic() - PREFETCH_MAX_WAIT_S
+        old = [t for t, (_, at) in self.buffer.items() if everything or at < cutoff]
+        if old and not everything:
+            # Slots stay busy for seconds: tasks are long (maybe all of them since start,
+            # before any ended to move the average). Prefetch stays off until short tasks
+            # bring the average back down, instead of claiming and handing back in a loop.
+            self.avg_task_s = max(self.avg_task_s, 2 * PREFETCH_MAX_TASK_S)
+        return [self.buffer.pop(t)[0] for t in old]
+
+    def owned(self) -> list[tuple[int, int]]:
+        """(task_id, attempt) of every task whose lease this worker must keep."""
+        held = [(a.task_id, a.attempt) for a in self.running.values()]
+        held += [(t, n) for t, n in self.finishing.items() if t not in self.running]
+        held += [(t, row["attempt"]) for t, (row, _) in self.buffer.items()]
+        return held
+
+    def stop(self, task_id: int, reason: str) -> bool:
+        if self.buffer.pop(task_id, None) is not None:
+            return True  # never started: nothing to stop, the database already moved on
+        att = self.running.get(task_id)
+        if att is None:
+            return False
+        att.stop(reason)
+        return True
+
+    @property
+    def idle(self) -> bool:
+        return not self.running and not self.finishing and not self.buffer

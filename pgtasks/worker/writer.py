@@ -1,0 +1,136 @@
+"""TaskWriter: what running tasks write (checkpoints, log lines, progress) and read (their
+completed steps), on the worker's own small pool.
+
+Every task of a worker shares this pool, so a worker's connection count does not grow with
+its concurrency: 200 tasks that checkpoint, log and report progress queue for one or two
+connections instead of opening 200. Log lines and progress are already buffered and
+coalesced per task by the context (one log batch and one progress write per second at
+most), so the queue stays short; a checkpoint is awaited by its task.
+Progress writes, and log batches, of different tasks that wait at the same time go out as
+one statement each.
+Every call is fenced by the attempt and raises LeaseLost once the task is no longer ours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from pgtasks import queries
+from pgtasks.db import translated
+
+Line = tuple[str, str, str | None, datetime]  # level, message, logger, at
+
+
+class Coalescer:
+    """Writes that wait at the same time, from different tasks, go out as one statement.
+
+    `many(items)` gives the arguments of the statement for a whole batch, `one(item)`
+    those of the single-task statement. When the batch is refused (one task's lease is
+    lost, say), its items are written one by one, so each caller hears its own answer.
+    """
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        many: tuple[str, Callable[[list[Any]], tuple[Any, ...]]],
+        one: tuple[str, Callable[[Any], tuple[Any, ...]]],
+    ) -> None:
+        self.pool = pool
+        self.many = many
+        self.one = one
+        self._queue: list[tuple[Any, asyncio.Future[None]]] = []
+        self._sender: asyncio.Task[None] | None = None
+        self.statements = 0  # sent, for tests and stats
+
+    async def write(self, item: Any) -> None:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._queue.append((item, fut))
+        if self._sender is None or self._sender.done():
+            self._sender = loop.create_task(self._send())
+        await fut
+
+    async def _send(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            if len(batch) > 1:
+                sql, args = self.many
+                if await self._run(sql, args([item for item, _ in batch]), batch):
+                    continue
+            sql, arg = self.one
+            for item, fut in batch:
+                await self._run(sql, arg(item), [(item, fut)])
+
+    async def _run(self, sql: str, args: tuple[Any, ...], batch: list[Any]) -> bool:
+        """Run one statement for `batch`; settle its futures unless a batch of many failed."""
+        self.statements += 1
+        try:
+            async with translated():
+                await self.pool.execute(sql, *args)
+        except Exception as exc:
+            if len(batch) > 1:
+                return False
+            _settle(batch[0][1], exc)
+            return True
+        for _, fut in batch:
+            _settle(fut, None)
+        return True
+
+
+def _columns(items: list[tuple[Any, ...]]) -> tuple[list[Any], ...]:
+    return tuple(list(col) for col in zip(*items, strict=True))
+
+
+def _log_rows(items: list[tuple[int, int, list[Line]]]) -> tuple[list[Any], ...]:
+    """One row per line: (task_id, attempt, level, message, at, logger)."""
+    return _columns([(t, a, ln[0], ln[1], ln[3], ln[2]) for t, a, lines in items for ln in lines])
+
+
+def _log_one(item: tuple[int, int, list[Line]]) -> tuple[Any, ...]:
+    task_id, attempt, lines = item
+    return (task_id, attempt, *_columns([(ln[0], ln[1], ln[3], ln[2]) for ln in lines]))
+
+
+class TaskWriter:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self.progress_writes = Coalescer(
+            pool,
+            (queries.REPORT_PROGRESS_MANY, _columns),
+            (queries.REPORT_PROGRESS, lambda item: item),
+        )
+        self.log_writes = Coalescer(
+            pool, (queries.LOG_MANY_TASKS, _log_rows), (queries.LOG_MANY, _log_one)
+        )
+
+    async def steps(self, task_id: int, attempt: int) -> list[tuple[str, Any, datetime]]:
+        async with translated():
+            rows = await self.pool.fetch(queries.TASK_STEPS, task_id, attempt)
+        return [(r["name"], r["result"], r["db_now"]) for r in rows]
+
+    async def checkpoint(self, task_id: int, attempt: int, name: str, value: Any) -> None:
+        async with translated():
+            await self.pool.execute(queries.CHECKPOINT, task_id, attempt, name, value)
+
+    async def logs(self, task_id: int, attempt: int, lines: list[Line]) -> None:
+        if lines:
+            await self.log_writes.write((task_id, attempt, lines))
+
+    async def progress(
+        self, task_id: int, attempt: int, current: int, total: int | None, message: str | None
+    ) -> None:
+        await self.progress_writes.write((task_id, attempt, current, total, message))
+
+
+def _settle(fut: asyncio.Future[None], exc: BaseException | None) -> None:
+    if fut.done():  # the task was cancelled meanwhile
+        return
+    if exc is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(exc)

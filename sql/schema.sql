@@ -1,0 +1,1458 @@
+-- The pgtasks schema as the migrations in sql/ build it. Generated, do not edit:
+-- make schema  (or: .venv/bin/python -m tests.schema_dump)
+-- tests/test_schema_drift.py fails when the migrations and this file disagree.
+
+CREATE SCHEMA pgtasks;
+
+ALTER SCHEMA pgtasks OWNER TO postgres;
+
+CREATE TYPE pgtasks.status AS ENUM (
+    'PENDING',
+    'RUNNING',
+    'COMMIT',
+    'DONE',
+    'FAILED',
+    'CANCELLED'
+);
+
+ALTER TYPE pgtasks.status OWNER TO postgres;
+
+CREATE FUNCTION pgtasks.backoff(retry_count integer, base interval DEFAULT NULL::interval) RETURNS interval
+    LANGUAGE sql
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+    SELECT pg_catalog.make_interval(secs => least(
+               greatest(pg_catalog.date_part('epoch', coalesce(backoff.base, s.default_backoff_base)), 0)
+               -- 2^62 times any base already exceeds every allowed max_backoff.
+               * pg_catalog.power(2::float8, least(greatest(coalesce(backoff.retry_count, 1) - 1, 0), 62)::float8)
+               * (0.8 + 0.4 * pg_catalog.random()),
+               pg_catalog.date_part('epoch', s.max_backoff)))
+      FROM pgtasks.settings s
+$$;
+
+ALTER FUNCTION pgtasks.backoff(retry_count integer, base interval) OWNER TO postgres;
+
+CREATE FUNCTION pgtasks.cancel_task(task_id bigint) RETURNS pgtasks.status
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    t pgtasks.tasks;
+BEGIN
+    t := pgtasks.lock_task(task_id);
+    IF t.status IN ('DONE', 'FAILED', 'CANCELLED') THEN
+        RAISE EXCEPTION 'pgtasks: task % already finished as %; nothing to cancel', task_id, t.status
+            USING ERRCODE = 'PT004', HINT = 'Use retry_task() to run a FAILED or CANCELLED task again.';
+    END IF;
+    UPDATE pgtasks.tasks
+       SET status = 'CANCELLED', finished_at = now(),
+           worker_id = NULL, lease_expires_at = NULL, deadline = NULL
+     WHERE id = t.id;
+    IF t.status = 'RUNNING' THEN
+        -- The worker listens and stops the task; fencing rejects anything it writes later.
+        PERFORM pg_notify('pgtasks_cancel', t.id::text);
+    END IF;
+    RETURN t.status;
+END $$;
+
+ALTER FUNCTION pgtasks.cancel_task(task_id bigint) OWNER TO postgres;
+
+CREATE FUNCTION pgtasks.check_batch(what text, task_ids bigint[], attempts integer[], results jsonb[] DEFAULT NULL::jsonb[], with_results boolean DEFAULT false) RETURNS void
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+BEGIN
+    IF coalesce(cardinality(task_ids), 0) <> coalesce(cardinality(attempts), 0)
+       OR (with_results AND coalesce(cardinality(task_ids), 0) <> coalesce(cardinality(results), 0)) THEN
+        RAISE EXCEPTION 'pgtasks: % needs arrays of one length (% task_ids, % attempts%)', what,
+                coalesce(cardinality(task_ids), 0), coalesce(cardinality(attempts), 0),
+                CASE WHEN with_results THEN pg_catalog.format(', %s results', coalesce(cardinality(results), 0)) ELSE '' END
+            USING ERRCODE = 'PT116', HINT = 'Pass one attempt (and result) per task id, in the same order.';
+    END IF;
+END $$;
+
+ALTER FUNCTION pgtasks.check_batch(what text, task_ids bigint[], attempts integer[], results jsonb[], with_results boolean) OWNER TO postgres;
+
+CREATE FUNCTION pgtasks.check_insert() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    IF NEW.status <> 'PENDING' THEN
+        RAISE EXCEPTION 'pgtasks: a new task must start PENDING, not %', NEW.status
+            USING ERRCODE = 'PT001',
+                  HINT = 'Submit with pgtasks.submit_task(); the workers move it on.';
+    END IF;
+    RETURN NEW;
+END $$;
+
+ALTER FUNCTION pgtasks.check_insert() OWNER TO postgres;
+
+CREATE FUNCTION pgtasks.check_max_tasks(max_tasks integer) RETURNS void
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+BEGIN
+    IF max_tasks IS NULL OR max_tasks < 1 THEN
+        RAISE EXCEPTION 'pgtasks: max_tasks must be 1 or more, got %', coalesce(max_tasks::text, 'NULL')
+            USING ERRCODE = 'PT115', HINT = 'Maintenance works in batches; 1000 is a good size.';
+    END IF;
+END $$;
+
+ALTER FUNCTION pgtasks.check_max_tasks(max_tasks integer) OWNER TO postgres;
+
+CREATE FUNCTION pgtasks.check_params(params jsonb, item integer DEFAULT NULL::integer) RETURNS void
+    LANGUAGE plpgsql STABLE
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+DECLARE
+    limit_bytes integer := (SELECT s.max_params_bytes FROM pgtasks.settings s);
+    size_bytes  integer;
+BEGIN
+    IF params IS NULL OR jsonb_typeof(params) <> 'object' THEN
+        RAISE EXCEPTION 'pgtasks: params must be a JSON object, got % %',
+                coalesce(jsonb_typeof(params), 'NULL'),
+                CASE WHEN item IS NULL THEN '' ELSE pg_catalog.format('(item %s of the list)', item) END
+            USING ERRCODE = 'PT102', HINT = 'Wrap values in an object, e.g. ''{"width": 10}''.';
+    END IF;
+    size_bytes := octet_length(params::text);
+    IF size_bytes > limit_bytes THEN
+        RAISE EXCEPTION 'pgtasks: params are % bytes, more than settings.max_params_bytes (%) %',
+                size_bytes, limit_bytes,
+                CASE WHEN item IS NULL THEN '' ELSE pg_catalog.format('(item %s of the list)', item) END
+            USING ERRCODE = 'PT113',
+                  HINT = 'Store big inputs elsewhere and pass a reference, or raise the limit with configure(max_params_bytes => ...).';
+    END IF;
+END $$;
+
+ALTER FUNCTION pgtasks.check_params(params jsonb, item integer) OWNER TO postgres;
+
+CREATE FUNCTION pgtasks.check_params_list(params_list jsonb[]) RETURNS void
+    LANGUAGE plpgsql STABLE
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+DECLARE
+    bad record;
+BEGIN
+    IF params_list IS NULL THEN
+        RAISE EXCEPTION 'pgtasks: params_list must be an array of JSON objects, got NULL'
+            USING ERRCODE = 'PT108', HINT = 'Pass ARRAY[''{}''::jsonb, ...] or an empty array.';
+    END IF;
+    SELECT u.p, u.ord::integer AS ord INTO bad
+      FROM unnest(params_list) WITH ORDINALITY AS u(p, ord)
+     WHERE u.p IS NULL OR jsonb_typeof(u.p) <> 'object'
+        OR octet_length(u.p::text) > (SELECT s.max_params_bytes FROM pgtasks.settings s)
+     ORDER BY u.ord
+     LIMIT 1;
+    IF FOUND THEN
+        PERFORM pgtasks.check_params(bad.p, bad.ord);
+    END IF;
+END $$;
+
+ALTER FUNCTION pgtasks.check_params_list(params_list jsonb[]) OWNER TO postgres;
+
+CREATE FUNCTION pgtasks.check_policy(task_type text, queue text DEFAULT NULL::text, max_retries integer DEFAULT NULL::integer, timeout interval DEFAULT NULL::interval, backoff_base interval DEFAULT NULL::interval, type_required boolean DEFAULT true) RETURNS void
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+BEGIN
+    -- 255 bytes: names travel as NOTIFY payloads (limit 8000 bytes) and in every log line.
+    IF (type_required OR task_type IS NOT NULL)
+       AND (pgtasks.is_blank(task_type) OR octet_length(task_type) > 255) THEN
+        RAISE EXCEPTION 'pgtasks: task_type must be a non-empty string (not blank, at most 255 bytes), got %',
+                coalesce(pg_catalog.quote_literal(pg_catalog.left(task_type, 40)), 'NULL')
+            USING ERRCODE = 'PT101', HINT = 'Pass the registered type name, e.g. submit_task(''resize'', ...).';
+    END IF;
+    IF queue IS NOT NULL AND (pgtasks.is_blank(queue) OR octet_length(queue) > 255) THEN
+        RAISE EXCEPTION 'pgtasks: queue must be a non-empty string (not blank, at most 255 bytes), got %',
+                pg_catalog.quote_literal(pg_catalog.left(queue, 40))
+            USING ERRCODE = 'PT103',
+                  HINT = 'Leave queue out (NULL) to use the type''s queue or settings.default_queue.';
+    END IF;
+    -- 1000 retries is already years of backoff at the default cap; more is a typo.
+    IF max_retries IS NOT NULL AND max_retries NOT BETWEEN 0 AND 1000 THEN
+        RAISE EXCEPTION 'pgtasks: max_retries must be 0 or more (and at most 1000), got %', max_retries
+            USING ERRCODE = 'PT106', HINT = 'Use 0 for a task that must never be retried.';
+    END IF;
+    -- A claim computes now() + timeout; past a year that is a typo, and '300000 years' made
+    -- every claim that reached the task fail (issue 9, defect 3).
+    IF timeout IS NOT NULL AND NOT (timeout > interval '0' AND timeout <= interval '1 year') THEN
+        RAISE EXCEPTION 'pgtasks: timeout must be positive and at most 1 year, got %', timeout
+            USING ERRCODE = 'PT107', HINT = 'For example timeout => interval ''10 minutes''.';
+    END IF;
+    IF backoff_base IS NOT NULL
+       AND NOT (backoff_base > interval '0' AND backoff_base <= interval '1 day') THEN
+        RAISE EXCEPTION 'pgtasks: backoff_base must be positive and at most 1 day, got %', backoff_base
+            USING ERRCODE = 'PT112',
+                  HINT = 'Retry n waits about backoff_base * 2^(n-1), capped at settings.max_backoff.';
+    END IF;
+END $$;
+
+ALTER FUNCTION pgtasks.check_policy(task_type text, queue text, max_retries integer, timeout interval, backoff_base interval, type_required boolean) OWNER TO postgres;
+
+CREATE FUNCTION pgtasks.check_worker_id(worker_id text) RETURNS void
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+BEGIN
+    IF pgtasks.is_blank(worker_id) THEN
+        RAISE EXCEPTION 'pgtasks: worker_id must be a non-blank string'
+            USING ERRCODE = 'PT121', HINT = 'Use a name unique to the worker process, e.g. host:pid:random.';
+    END IF;
+END $$;
+
+ALTER FUNCTION pgtasks.check_worker_id(worker_id text) OWNER TO postgres;
+
+CREATE FUNCTION pgtasks.checkpoint(task_id bigint, attempt integer, step text, result jsonb DEFAULT NULL::jsonb) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    IF step IS NULL OR step = '' THEN
+        RAISE EXCEPTION 'pgtasks: step name must be a non-empty string'
+            USING ERRCODE = 'PT109', HINT = 'Name each step, e.g. ctx.step(''download'', ...).';
+    END IF;
+    PERFORM pgtasks.lock_owned_task(task_id, attempt);
+    INSERT INTO pgtasks.task_steps (task_id, name, result, attempt)
+    VALUES (task_id, step, result, attempt)
+    ON CONFLICT ON CONSTRAINT task_steps_pkey DO UPDATE SET result = excluded.result, attempt = excluded.attempt,
+                                              at = now();
+END $$;
+
+ALTER FUNCTION pgtasks.checkpoint(task_id bigint, attempt integer, step text, result jsonb) OWNER TO postgres;
+
+CREATE FUNCTION pgtasks.claim_tasks(worker_id text, queues text[] DEFAULT NULL::text[], max_tasks integer DEFAULT 1, lease interval DEFAULT NULL::interval, task_types text[] DEFAULT NULL::text[]) RETURNS TABLE(id bigint, task_type text, params jsonb, queue text, priority integer, attempt integer, retry_count integer, max_retries integer, timeout interval, deadline timestamp with time zone, has_steps boolean)
+    LANGUAGE plpgsql
+    SET enable_sort TO 'off'
+    SET enable_bitmapscan TO 'off'
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+DECLARE
+    picked bigint[];
+    lease_for interval;
+BEGIN
+    PERFORM pgtasks.check_worker_id(worker_id);
+    -- NULL used to mean "no LIMIT": claim_tasks(max_tasks => NULL) took all 500 ready tasks.
+    IF max_tasks IS NULL OR max_tasks < 1 THEN
+        RAISE EXCEPTION 'pgtasks: max_tasks must be 1 or more, got %', coalesce(max_tasks::text, 'NULL')
+            USING ERRCODE = 'PT115', HINT = 'Claim as many tasks as the worker has free slots.';
+    END IF;
+    lease_for := pgtasks.lease_or_default(lease);
+
+    IF queues IS NULL THEN
+        SELECT array_agg(c.id) INTO picked FROM (
+            SELECT t.id FROM pgtasks.tasks t
+             WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= now()
+               AND (claim_tasks.task_types IS NULL OR t.task_type = ANY (claim_tasks.task_types))
+             ORDER BY t.priority DESC, t.run_at, t.id
+             LIMIT max_tasks
+             FOR NO KEY UPDATE SKIP LOCKED) c;
+    ELSIF cardinality(queues) = 1 THEN
+        SELECT array_agg(c.id) INTO picked FROM (
+            SELECT t.id FROM pgtasks.tasks t
+             WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= now()
+               AND t.queue = claim_tasks.queues[1]
+               AND (claim_tasks.task_types IS NULL OR t.task_type = ANY (claim_tasks.task_types))
+             ORDER BY t.priority DESC, t.run_at, t.id
+             LIMIT max_tasks
+             FOR NO KEY UPDATE SKIP LOCKED) c;
+    ELSE
+        SELECT array_agg(c.id) INTO picked FROM (
+            SELECT t.id FROM pgtasks.tasks t
+             WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= now()
+               AND t.queue = ANY (claim_tasks.queues)
+               AND (claim_tasks.task_types IS NULL OR t.task_type = ANY (claim_tasks.task_types))
+             ORDER BY t.priority DESC, t.run_at, t.id
+             LIMIT max_tasks
+             FOR NO KEY UPDATE SKIP LOCKED) c;
+    END IF;
+    IF picked IS NULL THEN
+        RETURN;
+    END IF;
+
+    -- Rows come back in claim order (the order of picked).
+    RETURN QUERY
+    WITH claimed AS (
+        UPDATE pgtasks.tasks t
+           SET status = 'RUNNING',
+               worker_id = claim_tasks.worker_id,
+               attempt = t.attempt + 1,
+               started_at = coalesce(t.started_at, now()),
+               deadline = now() + t.timeout,
+               lease_expires_at = least(now() + lease_for, now() + t.timeout)
+         WHERE t.id = ANY (picked)
+        RETURNING t.id, t.task_type, t.params, t.queue, t.priority, t.attempt, t.retry_count,
+                  t.max_retries, t.timeout, t.deadline,
+                  t.attempt > 1
+                  AND EXISTS (SELECT 1 FROM pgtasks.task_steps s WHERE s.task_id = t.id) AS has_steps
+    )
+    SELECT c.* FROM claimed c
+      JOIN unnest(picked) WITH ORDINALITY AS p(id, ord) ON p.id = c.id
+     ORDER BY p.ord;
+END $$;
+
+ALTER FUNCTION pgtasks.claim_tasks(worker_id text, queues text[], max_tasks integer, lease interval, task_types text[]) OWNER TO postgres;
+
+CREATE FUNCTION pgtasks.is_blank(value text) RETURNS boolean
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $_$
+    SELECT value IS NULL
+        OR value ~ '^[[:space:][:cntrl:]\u0085\u00a0\u1680\u180e\u2000-\u200d\u2028\u2029\u202f\u205f\u2060\u3000\ufeff]*$'
+$_$;
+
+ALTER FUNCTION pgtasks.is_blank(value text) OWNER TO postgres;
+
+CREATE TABLE pgtasks.settings (
+    id boolean DEFAULT true NOT NULL,
+    default_queue text DEFAULT 'default'::text NOT NULL,
+    default_priority integer DEFAULT 0 NOT NULL,
+    default_max_retries integer DEFAULT 3 NOT NULL,
+    default_timeout interval DEFAULT '04:00:00'::interval NOT NULL,
+    default_backoff_base interval DEFAULT '00:00:01'::interval NOT NULL,
+    max_backoff interval DEFAULT '01:00:00'::interval NOT NULL,
+    default_lease interval DEFAULT '00:01:00'::interval NOT NULL,
+    retention interval DEFAULT '7 days'::interval NOT NULL,
+    max_params_bytes integer DEFAULT 1048576 NOT NULL,
+    max_result_bytes integer DEFAULT 1048576 NOT NULL,
+    max_log_bytes integer DEFAULT 65536 NOT NULL,
+    CONSTRAINT default_backoff_base_range CHECK (((default_backoff_base > '00:00:00'::interval) AND (default_backoff_base <= '1 day'::interval))),
+    CONSTRAINT default_lease_range CHECK (((default_lease > '00:00:00'::interval) AND (default_lease <= '1 day'::interval))),
+    CONSTRAINT default_max_retries_range CHECK (((default_max_retries >= 0) AND (default_max_retries <= 1000))),
+    CONSTRAINT default_queue_named CHECK (((NOT pgtasks.is_blank(default_queue)) AND (octet_length(default_queue) <= 255))),
+    CONSTRAINT default_timeout_range CHECK (((default_timeout > '00:00:00'::interval) AND (default_timeout <= '1 year'::interval))),
+    CONSTRAINT max_backoff_range CHECK (((max_backoff > '00:00:00'::interval) AND (max_backoff <= '1 year'::interval))),
+    CONSTRAINT max_log_bytes_range CHECK (((max_log_bytes >= 1) AND (max_log_bytes <= 268435455))),
+    CONSTRAINT max_params_bytes_range CHECK (((max_params_bytes >= 2) AND (max_params_bytes <= 268435455))),
+    CONSTRAINT max_result_bytes_range CHECK (((max_result_bytes >= 1) AND (max_result_bytes <= 268435455))),
+    CONSTRAINT retention_range CHECK (((retention > '00:00:00'::interval) AND (retention <= '100 years'::interval))),
+    CONSTRAINT settings_id_check CHECK (id)
+);
+
+ALTER TABLE pgtasks.settings OWNER TO postgres;
+
+CREATE FUNCTION pgtasks.configure(default_queue text DEFAULT NULL::text, default_priority integer DEFAULT NULL::integer, default_max_retries integer DEFAULT NULL::integer, default_timeout interval DEFAULT NULL::interval, default_backoff_base interval DEFAULT NULL::interval, max_backoff interval DEFAULT NULL::interval, default_lease interval DEFAULT NULL::interval, retention interval DEFAULT NULL::interval, max_params_bytes integer DEFAULT NULL::integer, max_result_bytes integer DEFAULT NULL::integer, max_log_bytes integer DEFAULT NULL::integer) RETURNS pgtasks.settings
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+DECLARE
+    s pgtasks.settings;
+BEGIN
+    -- The defaults get the same checks (and SQLSTATEs) as the arguments they stand in for.
+    PERFORM pgtasks.check_policy(NULL, default_queue, default_max_retries, default_timeout,
+                                 default_backoff_base, type_required => false);
+    IF default_lease IS NOT NULL THEN
+        PERFORM pgtasks.lease_or_default(default_lease);
+    END IF;
+    IF NOT (max_backoff > interval '0' AND max_backoff <= interval '1 year') THEN
+        RAISE EXCEPTION 'pgtasks: max_backoff must be positive and at most 1 year, got %', max_backoff
+            USING ERRCODE = 'PT118', HINT = 'For example max_backoff => interval ''1 hour''.';
+    END IF;
+    IF NOT (retention > interval '0' AND retention <= interval '100 years') THEN
+        RAISE EXCEPTION 'pgtasks: retention must be positive and at most 100 years, got %', retention
+            USING ERRCODE = 'PT118', HINT = 'Finished tasks are pruned this long after they finish.';
+    END IF;
+    IF max_params_bytes NOT BETWEEN 2 AND 268435455
+       OR max_result_bytes NOT BETWEEN 1 AND 268435455
+       OR max_log_bytes NOT BETWEEN 1 AND 268435455 THEN
+        RAISE EXCEPTION 'pgtasks: size limits must be between 1 byte and 255 MB (params %, result %, log %)',
+                max_params_bytes, max_result_bytes, max_log_bytes
+            USING ERRCODE = 'PT118', HINT = 'Sizes are in bytes of JSON text, e.g. max_params_bytes => 1048576.';
+    END IF;
+
+    UPDATE pgtasks.settings t
+       SET default_queue        = coalesce(configure.default_queue, t.default_queue),
+           default_priority     = coalesce(configure.default_priority, t.default_priority),
+           default_max_retries  = coalesce(configure.default_max_retries, t.default_max_retries),
+           default_timeout      = coalesce(configure.default_timeout, t.default_timeout),
+           default_backoff_base = coalesce(configure.default_backoff_base, t.default_backoff_base),
+           max_backoff          = coalesce(configure.max_backoff, t.max_backoff),
+           default_lease        = coalesce(configure.default_lease, t.default_lease),
+           retention            = coalesce(configure.retention, t.retention),
+           max_params_bytes     = coalesce(configure.max_params_bytes, t.max_params_bytes),
+           max_result_bytes     = coalesce(configure.max_result_bytes, t.max_result_bytes),
+           max_log_bytes        = coalesce(configure.max_log_bytes, t.max_log_bytes)
+    RETURNING t.* INTO s;
+    RETURN s;
+END $$;
+
+ALTER FUNCTION pgtasks.configure(default_queue text, default_priority integer, default_max_retries integer, default_timeout interval, default_backoff_base interval, max_backoff interval, default_lease interval, retention interval, max_params_bytes integer, max_result_bytes integer, max_log_bytes integer) OWNER TO postgres;
+
+CREATE FUNCTION pgtasks.current_settings() RETURNS pgtasks.settings
+    LANGUAGE sql STABLE
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+    SELECT s FROM pgtasks.settings s
+$$;
+
+ALTER FUNCTION pgtasks.current_settings() OWNER TO postgres;
+
+CREATE TABLE pgtasks.tasks (
+    id bigint NOT NULL,
+    task_type text NOT NULL,
+    params jsonb DEFAULT '{}'::jsonb NOT NULL,
+    queue text DEFAULT (pgtasks.current_settings()).default_queue NOT NULL,
+    priority integer DEFAULT (pgtasks.current_settings()).default_priority NOT NULL,
+    status pgtasks.status DEFAULT 'PENDING'::pgtasks.status NOT NULL,
+    run_at timestamp with time zone DEFAULT now() NOT NULL,
+    attempt integer DEFAULT 0 NOT NULL,
+    retry_count integer DEFAULT 0 NOT NULL,
+    max_retries integer DEFAULT (pgtasks.current_settings()).default_max_retries NOT NULL,
+    timeout interval DEFAULT (pgtasks.current_settings()).default_timeout NOT NULL,
+    worker_id text,
+    lease_expires_at timestamp with time zone,
+    deadline timestamp with time zone,
+    result jsonb,
+    error text,
+    progress_current bigint,
+    progress_total bigint,
+    progress_message text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    started_at timestamp with time zone,
+    finished_at timestamp with time zone,
+    backoff_base interval DEFAULT (pgtasks.current_settings()).default_backoff_base NOT NULL,
+    CONSTRAINT attempt_not_negative CHECK ((attempt >= 0)),
+    CONSTRAINT backoff_base_positive CHECK ((backoff_base > '00:00:00'::interval)),
+    CONSTRAINT failed_has_error CHECK (((status <> 'FAILED'::pgtasks.status) OR (error IS NOT NULL))),
+    CONSTRAINT only_done_has_result CHECK (((status = 'DONE'::pgtasks.status) OR (result IS NULL))),
+    CONSTRAINT params_is_object CHECK ((jsonb_typeof(params) = 'object'::text)),
+    CONSTRAINT progress_in_bounds CHECK ((((progress_current IS NULL) OR (progress_current >= 0)) AND ((progress_total IS NULL) OR (progress_total >= 0)) AND ((progress_total IS NULL) OR (progress_current IS NULL) OR (progress_current <= progress_total)))),
+    CONSTRAINT queue_not_empty CHECK ((queue <> ''::text)),
+    CONSTRAINT retries_in_bounds CHECK (((max_retries >= 0) AND ((retry_count >= 0) AND (retry_count <= max_retries)))),
+    CONSTRAINT run_at_finite CHECK (isfinite(run_at)),
+    CONSTRAINT running_has_lease CHECK (
+CASE
+    WHEN (status = 'RUNNING'::pgtasks.status) THEN ((worker_id IS NOT NULL) AND (lease_expires_at IS NOT NULL) AND (deadline IS NOT NULL))
+    ELSE ((worker_id IS NULL) AND (lease_expires_at IS NULL) AND (deadline IS NULL))
+END),
+    CONSTRAINT running_was_claimed CHECK (((status <> 'RUNNING'::pgtasks.status) OR ((attempt > 0) AND (started_at IS NOT NULL)))),
+    CONSTRAINT task_type_not_empty CHECK ((task_type <> ''::text)),
+    CONSTRAINT terminal_has_finished_at CHECK (((status = ANY (ARRAY['DONE'::pgtasks.status, 'FAILED'::pgtasks.status, 'CANCELLED'::pgtasks.status])) = (finished_at IS NOT NULL))),
+    CONSTRAINT timeout_at_most_a_year CHECK ((timeout <= '1 year'::interval)),
+    CONSTRAINT timeout_positive CHECK ((timeout > '00:00:00'::interval))
+);
+
+ALTER TABLE pgtasks.tasks OWNER TO postgres;
+
+CREATE FUNCTION pgtasks.expiry_reason(t pgtasks.tasks) RETURNS text
+    LANGUAGE sql STABLE
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+    SELECT CASE WHEN t.deadline < now()
+                THEN pg_catalog.format('timed out: ran past its %s time limit (worker %s)', t.timeout, t.worker_id)
+                ELSE pg_catalog.format('lease expired: worker %s stopped heartbeating', t.worker_id) END
+$$;
+
+ALTER FUNCTION pgtasks.expiry_reason(t pgtasks.tasks) OWNER TO postgres;
+
+CREATE FUNCTION pgtasks.fail_task(task_id bigint, attempt integer, error text, traceback text DEFAULT NULL::text, retryable boolean DEFAULT true, retry_delay interval DEFAULT NULL::interval) RETURNS pgtasks.status
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+DECLARE
+    t pgtasks.tasks;
+BEGIN
+    -- run_at becomes now() + retry_delay: the same 100-year bound as a submit's run_at.
+    IF retry_delay IS NOT NULL
+       AND NOT (retry_delay >= interval '0' AND retry_delay <= interval '100 years') THEN
+        RAISE EXCEPTION 'pgtasks: retry_delay must be between 0 and 100 years, got %', retry_delay
+            USING ERRCODE = 'PT119', HINT = 'Leave retry_delay out (NULL) for the task''s backoff.';
+    END IF;
+    t := pgtasks.lock_owned_task(task_id, attempt);
+    RETURN pgtasks.record_failure(t, coalesce(nullif(error, ''), 'unknown error'), traceback,
+                                  coalesce(retryable, true), retry_delay);
+END $$;
+
+ALTER FUNCTION pgtasks.fail_task(task_id bigint, attempt integer, error text, traceback text, retryable boolean, retry_delay interval) OWNER TO postgres;
+
+CREATE FUNCTION pgtasks.finish_and_claim(worker_id text, task_ids bigint[], attempts integer[], results jsonb[], claim_max integer DEFAULT 0, queues text[] DEFAULT NULL::text[], lease interval DEFAULT NULL::interval, task_types text[] DEFAULT NULL::text[]) RETURNS TABLE(rejected_task_id bigint, id bigint, task_type text, params jsonb, queue text, priority integer, attempt integer, retry_count integer, max_retries integer, timeout interval, deadline timestamp with time zone, has_steps boolean)
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+BEGIN
+    -- Checked before finishing, so a bad claim argument does not roll back a good batch
+    -- after the fact: the whole call fails before writing anything.
+    IF claim_max IS NULL OR claim_max < 0 THEN
+        RAISE EXCEPTION 'pgtasks: claim_max must be 0 or more, got %', coalesce(claim_max::text, 'NULL')
+            USING ERRCODE = 'PT115', HINT = 'Pass the number of free slots; 0 only finishes the batch.';
+    END IF;
+    PERFORM pgtasks.check_worker_id(worker_id);
+    PERFORM pgtasks.lease_or_default(lease);
+
+    RETURN QUERY
+    SELECT f.rejected_task_id, NULL::bigint, NULL::text, NULL::jsonb, NULL::text, NULL::integer,
+           NULL::integer, NULL::integer, NULL::integer, NULL::interval, NULL::timestamptz, NULL::boolean
+      FROM pgtasks.finish_tasks(task_ids, attempts, results) f;
+    IF claim_max > 0 THEN
+        RETURN QUERY
+        SELECT NULL::bigint, c.* FROM pgtasks.claim_tasks(worker_id, queues, claim_max, lease, task_types) c;
+    END IF;
+END $$;
+
+ALTER FUNCTION pgtasks.finish_and_claim(worker_id text, task_ids bigint[], attempts integer[], results jsonb[], claim_max integer, queues text[], lease interval, task_types text[]) OWNER TO postgres;
+
+CREATE FUNCTION pgtasks.finish_task(task_id bigint, attempt integer, result jsonb DEFAULT NULL::jsonb) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    PERFORM pgtasks.lock_owned_task(task_id, attempt);
+    UPDATE pgtasks.tasks t
+       SET status = 'DONE', result = finish_task.result, finished_at = now(),
+           worker_id = NULL, lease_expires_at = NULL, deadline = NULL,
+           progress_current = coalesce(t.progress_total, t.progress_current)
+     WHERE t.id = finish_task.task_id;
+END $$;
+
+ALTER FUNCTION pgtasks.finish_task(task_id bigint, attempt integer, result jsonb) OWNER TO postgres;
+
+CREATE FUNCTION pgtasks.finish_tasks(task_ids bigint[], attempts integer[], results jsonb[]) RETURNS TABLE(rejected_task_id bigint)
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+BEGIN
+    PERFORM pgtasks.check_batch('finish_tasks', task_ids, attempts, results, with_results => true);
+    RETURN QUERY
+    WITH batch AS (
+        SELECT * FROM unnest(finish_tasks.task_ids, finish_tasks.attempts, finish_tasks.results)
+                   AS u(task_id, attempt, result)
+    ), done AS (
+        UPDATE pgtasks.tasks t
+           SET status = 'DONE', result = batch.result, finished_at = now(),
+               worker_id = NULL, lease_expires_at = NULL, deadline = NULL,
+               progress_current = coalesce(t.progress_total, t.progress_current)
+          FROM batch
+         WHERE t.id = batch.task_id AND t.attempt = batch.attempt AND t.status = 'RUNNING'
+        RETURNING t.id, t.attempt
+    )
+    -- NOT EXISTS, not NOT IN: see heartbeat (a NULL attempt must come back rejected).
+    SELECT batch.task_id FROM batch
+     WHERE NOT EXISTS (SELECT 1 FROM done d WHERE d.id = batch.task_id AND d.attempt = batch.attempt);
+END $$;
+
+ALTER FUNCTION pgtasks.finish_tasks(task_ids bigint[], attempts integer[], results jsonb[]) OWNER TO postgres;
+
+CREATE FUNCTION pgtasks.heartbeat(worker_id text, task_ids bigint[], attempts integer[], lease interval DEFAULT NULL::interval) RETURNS TABLE(lost_task_id bigint)
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+DECLARE
+    lease_for interval;
+BEGIN
+    PERFORM pgtasks.check_worker_id(worker_id);
+    PERFORM pgtasks.check_batch('heartbeat', task_ids, attempts);
+    lease_for := pgtasks.lease_or_default(lease);
+
+    UPDATE pgtasks.worker_registry w SET last_seen = now()
+     WHERE w.worker_id = heartbeat.worker_id;
+
+    RETURN QUERY
+    WITH mine AS (
+        SELECT u.task_id, u.attempt FROM unnest(heartbeat.task_ids, heartbeat.attempts) AS u(task_id, attempt)
+    ), extended AS (
+        UPDATE pgtasks.tasks t
+           SET lease_expires_at = least(now() + lease_for, t.deadline)
+          FROM mine
+         WHERE t.id = mine.task_id AND t.attempt = mine.attempt
+           AND t.status = 'RUNNING' AND t.worker_id = heartbeat.worker_id
+        RETURNING t.id, t.attempt
+    )
+    -- NOT EXISTS, not NOT IN: with a NULL attempt in the batch, NOT IN is never true
+    -- and that task would be neither extended nor reported lost.
+    SELECT mine.task_id FROM mine
+     WHERE NOT EXISTS (SELECT 1 FROM extended e WHERE e.id = mine.task_id AND e.attempt = mine.attempt);
+END $$;
+
+ALTER FUNCTION pgtasks.heartbeat(worker_id text, task_ids bigint[], attempts integer[], lease interval) OWNER TO postgres;
+
+CREATE FUNCTION pgtasks.keep_settings_row() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+BEGIN
+    RAISE EXCEPTION 'pgtasks: the settings row cannot be deleted'
+        USING ERRCODE = 'PT118', HINT = 'Change values with pgtasks.configure(name => value).';
+END $$;
+
+ALTER FUNCTION pgtasks.keep_settings_row() OWNER TO postgres;
+
+CREATE FUNCTION pgtasks.lease_or_default(lease interval) RETURNS interval
+    LANGUAGE plpgsql STABLE
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+BEGIN
+    IF lease IS NULL THEN
+        RETURN (SELECT s.default_lease FROM pgtasks.settings s);
+    END IF;
+    IF NOT (lease > interval '0' AND lease <= interval '1 day') THEN
+        RAISE EXCEPTION 'pgtasks: lease must be positive and at most 1 day, got %', lease
+            USING ERRCODE = 'PT114',
+                  HINT = 'Leave lease out (NULL) for settings.default_lease; heartbeat well within it.';
+    END IF;
+    RETURN lease;
+END $$;
+
+ALTER FUNCTION pgtasks.lease_or_default(lease interval) OWNER TO postgres;
+
+CREATE FUNCTION pgtasks.lock_expired(max_tasks integer) RETURNS SETOF pgtasks.tasks
+    LANGUAGE sql
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+    SELECT * FROM pgtasks.tasks t
+     WHERE t.lease_expires_at IS NOT NULL AND t.lease_expires_at < now()
+     ORDER BY t.lease_expires_at
+     LIMIT lock_expired.max_tasks
+     FOR NO KEY UPDATE SKIP LOCKED
+$$;
+
+ALTER FUNCTION pgtasks.lock_expired(max_tasks integer) OWNER TO postgres;
+
+CREATE FUNCTION pgtasks.lock_owned_task(task_id bigint, attempt integer) RETURNS pgtasks.tasks
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+DECLARE
+    t pgtasks.tasks;
+BEGIN
+    IF attempt IS NULL THEN
+        RAISE EXCEPTION 'pgtasks: attempt must not be NULL (it is the fencing token of task %)', task_id
+            USING ERRCODE = 'PT117', HINT = 'Pass the attempt that claim_tasks returned with the task.';
+    END IF;
+    t := pgtasks.lock_task(task_id);
+    IF t.status <> 'RUNNING' OR t.attempt <> lock_owned_task.attempt THEN
+        RAISE EXCEPTION 'pgtasks: attempt % of task % no longer holds the lease (task is % at attempt %)',
+                attempt, task_id, t.status, t.attempt
+            USING ERRCODE = 'PT002',
+                  HINT = 'Another worker took over or the task was cancelled; drop this result.';
+    END IF;
+    RETURN t;
+END $$;
+
+ALTER FUNCTION pgtasks.lock_owned_task(task_id bigint, attempt integer) OWNER TO postgres;
+
+CREATE FUNCTION pgtasks.lock_task(task_id bigint) RETURNS pgtasks.tasks
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    t pgtasks.tasks;
+BEGIN
+    SELECT * INTO t FROM pgtasks.tasks WHERE id = lock_task.task_id FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pgtasks: task % does not exist', task_id
+            USING ERRCODE = 'PT003', HINT = 'Check the id; finished tasks are pruned after their retention.';
+    END IF;
+    RETURN t;
+END $$;
+
+ALTER FUNCTION pgtasks.lock_task(task_id bigint) OWNER TO postgres;
+
+CREATE FUNCTION pgtasks.log(task_id bigint, attempt integer, level text, message text) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    PERFORM pgtasks.lock_owned_task(task_id, attempt);
+    INSERT INTO pgtasks.task_logs (task_id, attempt, level, message)
+    VALUES (task_id, attempt, upper(coalesce(level, 'INFO')), coalesce(message, ''));
+    PERFORM pgtasks.notify_watchers(task_id);
+END $$;
+
+ALTER FUNCTION pgtasks.log(task_id bigint, attempt integer, level text, message text) OWNER TO postgres;
+
+CREATE FUNCTION pgtasks.log_many(task_id bigint, attempt integer, levels text[], messages text[], ats timestamp with time zone[] DEFAULT NULL::timestamp with time zone[], loggers text[] DEFAULT NULL::text[]) RETURNS integer
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    n integer := coalesce(cardinality(messages), 0);
+BEGIN
+    IF coalesce(cardinality(levels), 0) <> n
+       OR (ats IS NOT NULL AND cardinality(ats) <> n)
+       OR (loggers IS NOT NULL AND cardinality(loggers) <> n) THEN
+        RAISE EXCEPTION 'pgtasks: log_many needs arrays of one length (% messages, % levels, % ats, % loggers)',
+                n, coalesce(cardinality(levels), 0), cardinality(ats), cardinality(loggers)
+            USING ERRCODE = 'PT111', HINT = 'Pass one level (and at, logger) per message, or NULL for ats/loggers.';
+    END IF;
+    PERFORM pgtasks.lock_owned_task(task_id, attempt);
+    IF n = 0 THEN
+        RETURN 0;
+    END IF;
+    INSERT INTO pgtasks.task_logs (task_id, attempt, level, message, logger, at)
+    SELECT log_many.task_id, log_many.attempt, upper(coalesce(u.level, 'INFO')), coalesce(u.message, ''),
+           log_many.loggers[u.ord], coalesce(log_many.ats[u.ord], clock_timestamp())
+      FROM unnest(log_many.levels, log_many.messages) WITH ORDINALITY AS u(level, message, ord)
+     ORDER BY u.ord;
+    PERFORM pgtasks.notify_watchers(task_id);
+    RETURN n;
+END $$;
+
+ALTER FUNCTION pgtasks.log_many(task_id bigint, attempt integer, levels text[], messages text[], ats timestamp with time zone[], loggers text[]) OWNER TO postgres;
+
+CREATE FUNCTION pgtasks.maintain(max_tasks integer DEFAULT 1000) RETURNS TABLE(rescued integer, pruned integer)
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+BEGIN
+    PERFORM pgtasks.check_max_tasks(max_tasks);
+    -- Any constant works; it only has to be the same for every caller ("pgtmnt").
+    IF NOT pg_catalog.pg_try_advisory_xact_lock(x'7067746d6e74'::bigint) THEN
+        rescued := 0;
+        pruned := 0;
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    rescued := pgtasks.rescue_expired(max_tasks);
+    pruned := pgtasks.prune_finished(NULL, max_tasks);
+    RETURN NEXT;
+END $$;
+
+ALTER FUNCTION pgtasks.maintain(max_tasks integer) OWNER TO postgres;
+
+CREATE FUNCTION pgtasks.next_run_at(queues text[] DEFAULT NULL::text[], task_types text[] DEFAULT NULL::text[]) RETURNS timestamp with time zone
+    LANGUAGE sql STABLE
+    AS $$
+    SELECT min(t.run_at) FROM pgtasks.tasks t
+     WHERE t.status IN ('PENDING', 'COMMIT')
+       AND (next_run_at.queues IS NULL OR t.queue = ANY (next_run_at.queues))
+       AND (next_run_at.task_types IS NULL OR t.task_type = ANY (next_run_at.task_types))
+$$;
+
+ALTER FUNCTION pgtasks.next_run_at(queues text[], task_types text[]) OWNER TO postgres;
+
+CREATE FUNCTION pgtasks.notify_watchers(task_id bigint) RETURNS void
+    LANGUAGE sql
+    AS $$
+    SELECT pg_notify('pgtasks_progress', notify_watchers.task_id::text)
+     WHERE EXISTS (SELECT 1 FROM pgtasks.task_waiters w WHERE w.task_id = notify_watchers.task_id);
+$$;
+
+ALTER FUNCTION pgtasks.notify_watchers(task_id bigint) OWNER TO postgres;
+
+CREATE FUNCTION pgtasks.prune_finished(older_than interval DEFAULT NULL::interval, max_tasks integer DEFAULT 1000) RETURNS integer
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+DECLARE
+    cutoff timestamptz;
+    n integer;
+BEGIN
+    PERFORM pgtasks.check_max_tasks(max_tasks);
+    -- A negative age would delete tasks the moment they finish, before anyone read them.
+    IF older_than IS NOT NULL AND NOT (older_than >= interval '0' AND older_than <= interval '100 years') THEN
+        RAISE EXCEPTION 'pgtasks: older_than must be between 0 and 100 years, got %', older_than
+            USING ERRCODE = 'PT120', HINT = 'Leave older_than out (NULL) for settings.retention.';
+    END IF;
+    cutoff := now() - coalesce(older_than, (SELECT s.retention FROM pgtasks.settings s));
+    WITH doomed AS (
+        SELECT t.id FROM pgtasks.tasks t
+         WHERE t.status IN ('DONE', 'FAILED', 'CANCELLED') AND t.finished_at < cutoff
+         ORDER BY t.finished_at
+         LIMIT max_tasks
+         FOR UPDATE SKIP LOCKED
+    ), gone AS (
+        DELETE FROM pgtasks.tasks t USING doomed WHERE t.id = doomed.id RETURNING t.id
+    ), history AS (
+        -- task_events has no foreign key (see 0001), so its rows go here, not by cascade.
+        DELETE FROM pgtasks.task_events e USING gone WHERE e.task_id = gone.id
+    )
+    SELECT count(*)::integer INTO n FROM gone;
+    RETURN n;
+END $$;
+
+ALTER FUNCTION pgtasks.prune_finished(older_than interval, max_tasks integer) OWNER TO postgres;
+
+CREATE FUNCTION pgtasks.record_failure(t pgtasks.tasks, error text, traceback text, retryable boolean, retry_delay interval) RETURNS pgtasks.status
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+DECLARE
+    next_status pgtasks.status;
+BEGIN
+    INSERT INTO pgtasks.task_errors (task_id, attempt, error, traceback)
+    VALUES (t.id, t.attempt, error, traceback)
+    ON CONFLICT ON CONSTRAINT task_errors_pkey DO NOTHING;
+
+    IF retryable AND t.retry_count < t.max_retries THEN
+        next_status := 'COMMIT';
+        UPDATE pgtasks.tasks
+           SET status = 'COMMIT', retry_count = retry_count + 1, error = record_failure.error,
+               run_at = now() + coalesce(retry_delay, pgtasks.backoff(t.retry_count + 1, t.backoff_base)),
+               worker_id = NULL, lease_expires_at = NULL, deadline = NULL
+         WHERE id = t.id;
+    ELSE
+        next_status := 'FAILED';
+        UPDATE pgtasks.tasks
+           SET status = 'FAILED', error = record_failure.error, finished_at = now(),
+               worker_id = NULL, lease_expires_at = NULL, deadline = NULL
+         WHERE id = t.id;
+    END IF;
+    RETURN next_status;
+END $$;
+
+ALTER FUNCTION pgtasks.record_failure(t pgtasks.tasks, error text, traceback text, retryable boolean, retry_delay interval) OWNER TO postgres;
+
+CREATE FUNCTION pgtasks.record_inserts() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    INSERT INTO pgtasks.task_events (task_id, attempt, from_status, to_status)
+    SELECT n.id, n.attempt, NULL, n.status FROM new_rows n;
+    RETURN NULL;
+END $$;
+
+ALTER FUNCTION pgtasks.record_inserts() OWNER TO postgres;
+
+CREATE FUNCTION pgtasks.record_updates() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    INSERT INTO pgtasks.task_events (task_id, attempt, from_status, to_status, worker_id)
+    SELECT n.id, n.attempt, o.status, n.status, coalesce(n.worker_id, o.worker_id)
+      FROM new_rows n JOIN old_rows o USING (id)
+     WHERE o.status <> n.status;
+
+    -- Wake clients blocked in wait(), only for tasks someone watches.
+    PERFORM pg_notify('pgtasks_done', n.id::text)
+       FROM new_rows n
+      WHERE n.status IN ('DONE', 'FAILED', 'CANCELLED')
+        AND EXISTS (SELECT 1 FROM pgtasks.task_waiters w WHERE w.task_id = n.id);
+    RETURN NULL;
+END $$;
+
+ALTER FUNCTION pgtasks.record_updates() OWNER TO postgres;
+
+CREATE FUNCTION pgtasks.register_task_type(task_type text, queue text DEFAULT NULL::text, priority integer DEFAULT NULL::integer, max_retries integer DEFAULT NULL::integer, timeout interval DEFAULT NULL::interval, backoff_base interval DEFAULT NULL::interval, worker_id text DEFAULT NULL::text) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+BEGIN
+    PERFORM pgtasks.check_policy(task_type, queue, max_retries, timeout, backoff_base);
+    INSERT INTO pgtasks.task_types AS t
+           (task_type, queue, priority, max_retries, timeout, backoff_base, registered_by)
+    VALUES (register_task_type.task_type, register_task_type.queue, register_task_type.priority,
+            register_task_type.max_retries, register_task_type.timeout,
+            register_task_type.backoff_base, register_task_type.worker_id)
+    ON CONFLICT ON CONSTRAINT task_types_pkey DO UPDATE
+       SET queue = excluded.queue, priority = excluded.priority, max_retries = excluded.max_retries,
+           timeout = excluded.timeout, backoff_base = excluded.backoff_base,
+           registered_by = excluded.registered_by, updated_at = now()
+     WHERE (t.queue, t.priority, t.max_retries, t.timeout, t.backoff_base)
+           IS DISTINCT FROM
+           (excluded.queue, excluded.priority, excluded.max_retries, excluded.timeout, excluded.backoff_base);
+END $$;
+
+ALTER FUNCTION pgtasks.register_task_type(task_type text, queue text, priority integer, max_retries integer, timeout interval, backoff_base interval, worker_id text) OWNER TO postgres;
+
+CREATE FUNCTION pgtasks.register_worker(worker_id text, host text, pid integer, queues text[] DEFAULT NULL::text[], concurrency integer DEFAULT 1, lease interval DEFAULT NULL::interval) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+BEGIN
+    PERFORM pgtasks.check_worker_id(worker_id);
+    INSERT INTO pgtasks.worker_registry AS w (worker_id, host, pid, queues, concurrency, lease)
+    VALUES (register_worker.worker_id, register_worker.host, register_worker.pid, register_worker.queues,
+            register_worker.concurrency, pgtasks.lease_or_default(register_worker.lease))
+    ON CONFLICT ON CONSTRAINT worker_registry_pkey DO UPDATE SET last_seen = now();
+END $$;
+
+ALTER FUNCTION pgtasks.register_worker(worker_id text, host text, pid integer, queues text[], concurrency integer, lease interval) OWNER TO postgres;
+
+CREATE FUNCTION pgtasks.reject_transition() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    RAISE EXCEPTION 'pgtasks: task % cannot go from % to %', OLD.id, OLD.status, NEW.status
+        USING ERRCODE = 'PT001',
+              HINT = 'Allowed transitions are listed in pgtasks.transitions; use the '
+                     'pgtasks functions (cancel_task, retry_task, ...) instead of UPDATE.';
+END $$;
+
+ALTER FUNCTION pgtasks.reject_transition() OWNER TO postgres;
+
+CREATE FUNCTION pgtasks.report_progress(task_id bigint, attempt integer, current bigint, total bigint DEFAULT NULL::bigint, message text DEFAULT NULL::text) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    IF current IS NULL OR current < 0 OR (total IS NOT NULL AND (total < 0 OR current > total)) THEN
+        RAISE EXCEPTION 'pgtasks: progress % of % is out of bounds', current, total
+            USING ERRCODE = 'PT110', HINT = 'Use 0 <= current <= total.';
+    END IF;
+    PERFORM pgtasks.lock_owned_task(task_id, attempt);
+    UPDATE pgtasks.tasks t
+       SET progress_current = current, progress_total = total,
+           progress_message = coalesce(message, t.progress_message)
+     WHERE t.id = report_progress.task_id;
+    PERFORM pgtasks.notify_watchers(task_id);
+END $$;
+
+ALTER FUNCTION pgtasks.report_progress(task_id bigint, attempt integer, current bigint, total bigint, message text) OWNER TO postgres;
+
+CREATE FUNCTION pgtasks.rescue_expired(max_tasks integer DEFAULT 1000) RETURNS integer
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+DECLARE
+    t pgtasks.tasks;
+    n integer := 0;
+BEGIN
+    PERFORM pgtasks.check_max_tasks(max_tasks);
+    BEGIN
+        FOR t IN SELECT * FROM pgtasks.lock_expired(max_tasks) LOOP
+            PERFORM pgtasks.record_failure(t, pgtasks.expiry_reason(t), NULL, true, NULL);
+            n := n + 1;
+        END LOOP;
+    EXCEPTION WHEN OTHERS THEN
+        n := 0;
+        FOR t IN SELECT * FROM pgtasks.lock_expired(max_tasks) LOOP
+            n := n + pgtasks.rescue_one(t);
+        END LOOP;
+    END;
+    DELETE FROM pgtasks.worker_registry WHERE last_seen < now() - interval '10 minutes';
+    -- Watch registrations of clients that went away without unwatching (killed mid-wait):
+    -- they would only cost needless notifications, but they should not pile up.
+    DELETE FROM pgtasks.task_waiters w
+     WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a WHERE a.pid = w.pid);
+    RETURN n;
+END $$;
+
+ALTER FUNCTION pgtasks.rescue_expired(max_tasks integer) OWNER TO postgres;
+
+CREATE FUNCTION pgtasks.rescue_one(t pgtasks.tasks) RETURNS integer
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+DECLARE
+    why text;
+BEGIN
+    BEGIN
+        PERFORM pgtasks.record_failure(t, pgtasks.expiry_reason(t), NULL, true, NULL);
+        RETURN 1;
+    EXCEPTION WHEN OTHERS THEN
+        why := SQLERRM;
+    END;
+    BEGIN
+        PERFORM pgtasks.record_failure(
+            t, pg_catalog.format('rescue failed (%s) after: %s', why, pgtasks.expiry_reason(t)),
+            NULL, false, NULL);
+        RAISE WARNING 'pgtasks: task % could not be rescued (%); marked FAILED', t.id, why;
+        RETURN 1;
+    EXCEPTION WHEN OTHERS THEN
+        RAISE WARNING 'pgtasks: task % could not be rescued nor failed (%); skipped', t.id, SQLERRM;
+        RETURN 0;
+    END;
+END $$;
+
+ALTER FUNCTION pgtasks.rescue_one(t pgtasks.tasks) OWNER TO postgres;
+
+CREATE FUNCTION pgtasks.retry_task(task_id bigint, run_at timestamp with time zone DEFAULT now()) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    t pgtasks.tasks;
+BEGIN
+    t := pgtasks.lock_task(task_id);
+    IF t.status NOT IN ('FAILED', 'CANCELLED') THEN
+        RAISE EXCEPTION 'pgtasks: task % is %; only FAILED or CANCELLED tasks can be retried', task_id, t.status
+            USING ERRCODE = 'PT001', HINT = 'Wait for it to finish, or cancel it first.';
+    END IF;
+    UPDATE pgtasks.tasks
+       SET status = 'PENDING', retry_count = 0, finished_at = NULL, result = NULL,
+           run_at = coalesce(retry_task.run_at, now())
+     WHERE id = t.id;
+END $$;
+
+ALTER FUNCTION pgtasks.retry_task(task_id bigint, run_at timestamp with time zone) OWNER TO postgres;
+
+CREATE FUNCTION pgtasks.submit_policy(task_type text, queue text, priority integer, run_at timestamp with time zone, max_retries integer, timeout interval, backoff_base interval) RETURNS pgtasks.tasks
+    LANGUAGE plpgsql STABLE
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+DECLARE
+    r pgtasks.tasks;
+BEGIN
+    SELECT submit_policy.task_type,
+           coalesce(submit_policy.queue, tt.queue, s.default_queue),
+           coalesce(submit_policy.priority, tt.priority, s.default_priority),
+           coalesce(submit_policy.run_at, now()),
+           coalesce(submit_policy.max_retries, tt.max_retries, s.default_max_retries),
+           coalesce(submit_policy.timeout, tt.timeout, s.default_timeout),
+           coalesce(submit_policy.backoff_base, tt.backoff_base, s.default_backoff_base)
+      INTO r.task_type, r.queue, r.priority, r.run_at, r.max_retries, r.timeout, r.backoff_base
+      FROM pgtasks.settings s
+      LEFT JOIN pgtasks.task_types tt ON tt.task_type = submit_policy.task_type;
+
+    PERFORM pgtasks.check_policy(r.task_type, r.queue, r.max_retries, r.timeout, r.backoff_base);
+    -- Infinite or far-off times crash clients that decode them (issue 9, defect 4: an idle
+    -- Python worker died on 'infinity', `pgtasks stats` on '-infinity').
+    IF NOT isfinite(r.run_at)
+       OR r.run_at NOT BETWEEN now() - interval '100 years' AND now() + interval '100 years' THEN
+        RAISE EXCEPTION 'pgtasks: run_at must be within 100 years of now, got %', r.run_at
+            USING ERRCODE = 'PT105', HINT = 'Leave run_at out (NULL) to run as soon as possible.';
+    END IF;
+    RETURN r;
+END $$;
+
+ALTER FUNCTION pgtasks.submit_policy(task_type text, queue text, priority integer, run_at timestamp with time zone, max_retries integer, timeout interval, backoff_base interval) OWNER TO postgres;
+
+CREATE FUNCTION pgtasks.submit_task(task_type text, params jsonb DEFAULT '{}'::jsonb, queue text DEFAULT NULL::text, priority integer DEFAULT NULL::integer, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, max_retries integer DEFAULT NULL::integer, timeout interval DEFAULT NULL::interval, backoff_base interval DEFAULT NULL::interval) RETURNS bigint
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+DECLARE
+    p pgtasks.tasks;
+    new_id bigint;
+BEGIN
+    p := pgtasks.submit_policy(task_type, queue, priority, run_at, max_retries, timeout, backoff_base);
+    PERFORM pgtasks.check_params(params);
+    INSERT INTO pgtasks.tasks (task_type, params, queue, priority, run_at, max_retries, timeout, backoff_base)
+    VALUES (p.task_type, submit_task.params, p.queue, p.priority, p.run_at, p.max_retries,
+            p.timeout, p.backoff_base)
+    RETURNING id INTO new_id;
+    RETURN new_id;
+END $$;
+
+ALTER FUNCTION pgtasks.submit_task(task_type text, params jsonb, queue text, priority integer, run_at timestamp with time zone, max_retries integer, timeout interval, backoff_base interval) OWNER TO postgres;
+
+CREATE FUNCTION pgtasks.submit_tasks(task_type text, params_list jsonb[], queue text DEFAULT NULL::text, priority integer DEFAULT NULL::integer, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, max_retries integer DEFAULT NULL::integer, timeout interval DEFAULT NULL::interval, backoff_base interval DEFAULT NULL::interval) RETURNS SETOF bigint
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+DECLARE
+    p pgtasks.tasks;
+BEGIN
+    p := pgtasks.submit_policy(task_type, queue, priority, run_at, max_retries, timeout, backoff_base);
+    PERFORM pgtasks.check_params_list(params_list);
+    RETURN QUERY
+    INSERT INTO pgtasks.tasks (task_type, params, queue, priority, run_at, max_retries, timeout, backoff_base)
+    SELECT p.task_type, u.params, p.queue, p.priority, p.run_at, p.max_retries, p.timeout, p.backoff_base
+      FROM unnest(params_list) WITH ORDINALITY AS u(params, ord)
+     ORDER BY u.ord
+    RETURNING id;
+END $$;
+
+ALTER FUNCTION pgtasks.submit_tasks(task_type text, params_list jsonb[], queue text, priority integer, run_at timestamp with time zone, max_retries integer, timeout interval, backoff_base interval) OWNER TO postgres;
+
+CREATE FUNCTION pgtasks.task_steps_of(task_id bigint, attempt integer) RETURNS TABLE(name text, result jsonb, db_now timestamp with time zone)
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+BEGIN
+    PERFORM pgtasks.lock_owned_task(task_id, attempt);
+    RETURN QUERY
+    SELECT s.name, s.result, now() FROM pgtasks.task_steps s
+     WHERE s.task_id = task_steps_of.task_id
+     ORDER BY s.at, s.name;
+END $$;
+
+ALTER FUNCTION pgtasks.task_steps_of(task_id bigint, attempt integer) OWNER TO postgres;
+
+CREATE FUNCTION pgtasks.transition_reason(from_status pgtasks.status, to_status pgtasks.status) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+    SELECT CASE
+        WHEN from_status = 'PENDING' AND to_status = 'RUNNING' THEN 'claimed by a worker'
+        WHEN from_status = 'COMMIT'  AND to_status = 'RUNNING' THEN 'claimed again to continue from its checkpoints'
+        WHEN from_status = 'RUNNING' AND to_status = 'COMMIT'
+            THEN 'checkpoint and yield, retryable error, lease expired, or shutdown hand-back'
+        WHEN from_status = 'RUNNING' AND to_status = 'DONE' THEN 'finished with a result'
+        WHEN from_status = 'RUNNING' AND to_status = 'FAILED'
+            THEN 'final error: retries used up or not retryable'
+        WHEN from_status = 'PENDING' AND to_status = 'CANCELLED' THEN 'cancelled before it started'
+        WHEN from_status = 'COMMIT'  AND to_status = 'CANCELLED' THEN 'cancelled while waiting to continue'
+        WHEN from_status = 'RUNNING' AND to_status = 'CANCELLED'
+            THEN 'cancelled while running; the worker is told and its writes are fenced off'
+        WHEN from_status IN ('FAILED', 'CANCELLED') AND to_status = 'PENDING' THEN 'manual retry'
+    END
+$$;
+
+ALTER FUNCTION pgtasks.transition_reason(from_status pgtasks.status, to_status pgtasks.status) OWNER TO postgres;
+
+CREATE FUNCTION pgtasks.unregister_worker(worker_id text) RETURNS void
+    LANGUAGE sql
+    AS $$
+    DELETE FROM pgtasks.worker_registry w WHERE w.worker_id = unregister_worker.worker_id;
+$$;
+
+ALTER FUNCTION pgtasks.unregister_worker(worker_id text) OWNER TO postgres;
+
+CREATE FUNCTION pgtasks.unwatch_task(task_id bigint) RETURNS void
+    LANGUAGE sql
+    AS $$
+    DELETE FROM pgtasks.task_waiters w
+     WHERE w.task_id = unwatch_task.task_id AND w.pid = pg_backend_pid();
+$$;
+
+ALTER FUNCTION pgtasks.unwatch_task(task_id bigint) OWNER TO postgres;
+
+CREATE FUNCTION pgtasks.wake_workers() RETURNS trigger
+    LANGUAGE plpgsql
+    SET enable_sort TO 'off'
+    SET enable_bitmapscan TO 'off'
+    AS $$
+BEGIN
+    PERFORM pg_notify('pgtasks_wakeup', q.queue)
+       FROM (SELECT n.queue, min(n.id) AS first_id FROM new_rows n
+              WHERE n.run_at <= now()
+              GROUP BY n.queue) q
+      WHERE NOT EXISTS (
+            SELECT 1 FROM (SELECT t.id, t.run_at FROM pgtasks.tasks t
+                            WHERE t.queue = q.queue AND t.status IN ('PENDING', 'COMMIT')
+                            ORDER BY t.priority DESC, t.run_at, t.id
+                            LIMIT 1) head
+             WHERE head.run_at <= now() AND head.id < q.first_id);
+    RETURN NULL;
+END $$;
+
+ALTER FUNCTION pgtasks.wake_workers() OWNER TO postgres;
+
+CREATE FUNCTION pgtasks.watch_task(task_id bigint) RETURNS pgtasks.status
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    s pgtasks.status;
+BEGIN
+    SELECT status INTO s FROM pgtasks.tasks WHERE id = watch_task.task_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pgtasks: task % does not exist', task_id USING ERRCODE = 'PT003';
+    END IF;
+    INSERT INTO pgtasks.task_waiters (task_id) VALUES (watch_task.task_id)
+    ON CONFLICT ON CONSTRAINT task_waiters_pkey DO UPDATE SET since = now();
+    RETURN s;
+END $$;
+
+ALTER FUNCTION pgtasks.watch_task(task_id bigint) OWNER TO postgres;
+
+CREATE FUNCTION pgtasks.yield_task(task_id bigint, attempt integer, run_at timestamp with time zone DEFAULT now()) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    PERFORM pgtasks.lock_owned_task(task_id, attempt);
+    UPDATE pgtasks.tasks t
+       SET status = 'COMMIT', run_at = coalesce(yield_task.run_at, now()),
+           worker_id = NULL, lease_expires_at = NULL, deadline = NULL
+     WHERE t.id = yield_task.task_id;
+    IF yield_task.run_at IS NULL OR yield_task.run_at <= now() THEN
+        PERFORM pg_notify('pgtasks_wakeup', (SELECT queue FROM pgtasks.tasks WHERE id = task_id));
+    END IF;
+END $$;
+
+ALTER FUNCTION pgtasks.yield_task(task_id bigint, attempt integer, run_at timestamp with time zone) OWNER TO postgres;
+
+CREATE TABLE pgtasks.task_errors (
+    task_id bigint NOT NULL,
+    attempt integer NOT NULL,
+    error text NOT NULL,
+    traceback text,
+    at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+ALTER TABLE pgtasks.task_errors OWNER TO postgres;
+
+CREATE VIEW pgtasks.failed_tasks AS
+ SELECT id,
+    task_type,
+    queue,
+    attempt,
+    error,
+    finished_at,
+    ( SELECT count(*) AS count
+           FROM pgtasks.task_errors e
+          WHERE (e.task_id = t.id)) AS error_count,
+    ( SELECT e.traceback
+           FROM pgtasks.task_errors e
+          WHERE (e.task_id = t.id)
+          ORDER BY e.attempt DESC
+         LIMIT 1) AS last_traceback
+   FROM pgtasks.tasks t
+  WHERE (status = 'FAILED'::pgtasks.status);
+
+ALTER VIEW pgtasks.failed_tasks OWNER TO postgres;
+
+CREATE TABLE pgtasks.migrations (
+    version integer NOT NULL,
+    name text NOT NULL,
+    checksum text,
+    applied_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+ALTER TABLE pgtasks.migrations OWNER TO postgres;
+
+CREATE VIEW pgtasks.queue_stats AS
+ SELECT queue,
+    count(*) FILTER (WHERE (status = 'PENDING'::pgtasks.status)) AS pending,
+    count(*) FILTER (WHERE (status = 'COMMIT'::pgtasks.status)) AS waiting,
+    count(*) FILTER (WHERE (status = 'RUNNING'::pgtasks.status)) AS running,
+    count(*) FILTER (WHERE (status = 'DONE'::pgtasks.status)) AS done,
+    count(*) FILTER (WHERE (status = 'FAILED'::pgtasks.status)) AS failed,
+    count(*) FILTER (WHERE (status = 'CANCELLED'::pgtasks.status)) AS cancelled,
+    count(*) FILTER (WHERE ((status = ANY (ARRAY['PENDING'::pgtasks.status, 'COMMIT'::pgtasks.status])) AND (run_at <= now()))) AS ready,
+    (now() - min(run_at) FILTER (WHERE ((status = ANY (ARRAY['PENDING'::pgtasks.status, 'COMMIT'::pgtasks.status])) AND (run_at <= now())))) AS oldest_ready_age,
+    count(*) FILTER (WHERE ((status = 'DONE'::pgtasks.status) AND (finished_at > (now() - '00:01:00'::interval)))) AS done_last_minute
+   FROM pgtasks.tasks t
+  GROUP BY queue;
+
+ALTER VIEW pgtasks.queue_stats OWNER TO postgres;
+
+CREATE TABLE pgtasks.task_types (
+    task_type text NOT NULL,
+    queue text,
+    priority integer,
+    max_retries integer,
+    timeout interval,
+    backoff_base interval,
+    registered_by text,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT backoff_base_range CHECK (((backoff_base > '00:00:00'::interval) AND (backoff_base <= '1 day'::interval))),
+    CONSTRAINT max_retries_range CHECK (((max_retries >= 0) AND (max_retries <= 1000))),
+    CONSTRAINT queue_named CHECK (((queue IS NULL) OR ((NOT pgtasks.is_blank(queue)) AND (octet_length(queue) <= 255)))),
+    CONSTRAINT task_type_named CHECK (((NOT pgtasks.is_blank(task_type)) AND (octet_length(task_type) <= 255))),
+    CONSTRAINT timeout_range CHECK (((timeout > '00:00:00'::interval) AND (timeout <= '1 year'::interval)))
+);
+
+ALTER TABLE pgtasks.task_types OWNER TO postgres;
+
+CREATE VIEW pgtasks.registered_types AS
+ SELECT t.task_type,
+    COALESCE(t.queue, s.default_queue) AS queue,
+    COALESCE(t.priority, s.default_priority) AS priority,
+    COALESCE(t.max_retries, s.default_max_retries) AS max_retries,
+    COALESCE(t.timeout, s.default_timeout) AS timeout,
+    COALESCE(t.backoff_base, s.default_backoff_base) AS backoff_base,
+    t.registered_by,
+    t.updated_at
+   FROM (pgtasks.task_types t
+     CROSS JOIN pgtasks.settings s);
+
+ALTER VIEW pgtasks.registered_types OWNER TO postgres;
+
+CREATE VIEW pgtasks.task_attempt_errors AS
+ SELECT task_id,
+    attempt,
+    error,
+    traceback,
+    at
+   FROM pgtasks.task_errors e;
+
+ALTER VIEW pgtasks.task_attempt_errors OWNER TO postgres;
+
+CREATE TABLE pgtasks.task_events (
+    id bigint NOT NULL,
+    task_id bigint NOT NULL,
+    attempt integer NOT NULL,
+    from_status pgtasks.status,
+    to_status pgtasks.status NOT NULL,
+    worker_id text,
+    db_user text DEFAULT SESSION_USER NOT NULL,
+    at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+ALTER TABLE pgtasks.task_events OWNER TO postgres;
+
+ALTER TABLE pgtasks.task_events ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME pgtasks.task_events_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+CREATE VIEW pgtasks.task_history AS
+ SELECT task_id,
+    at,
+    from_status,
+    to_status,
+    attempt,
+    worker_id,
+    db_user
+   FROM pgtasks.task_events e;
+
+ALTER VIEW pgtasks.task_history OWNER TO postgres;
+
+CREATE TABLE pgtasks.task_logs (
+    id bigint NOT NULL,
+    task_id bigint NOT NULL,
+    attempt integer NOT NULL,
+    level text NOT NULL,
+    message text NOT NULL,
+    logger text,
+    at timestamp with time zone DEFAULT clock_timestamp() NOT NULL
+);
+
+ALTER TABLE pgtasks.task_logs OWNER TO postgres;
+
+CREATE VIEW pgtasks.task_log_lines AS
+ SELECT id,
+    task_id,
+    attempt,
+    level,
+    message,
+    logger,
+    at
+   FROM pgtasks.task_logs l;
+
+ALTER VIEW pgtasks.task_log_lines OWNER TO postgres;
+
+ALTER TABLE pgtasks.task_logs ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME pgtasks.task_logs_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+CREATE VIEW pgtasks.task_status AS
+ SELECT id,
+    task_type,
+    queue,
+    status,
+    priority,
+    attempt,
+    ((retry_count || '/'::text) || max_retries) AS retries,
+        CASE
+            WHEN (progress_total > 0) THEN round(((100.0 * (progress_current)::numeric) / (progress_total)::numeric), 1)
+            ELSE NULL::numeric
+        END AS percent,
+    progress_current,
+    progress_total,
+    progress_message,
+    worker_id,
+    run_at,
+    created_at,
+    started_at,
+    finished_at,
+    (COALESCE(finished_at, now()) - started_at) AS elapsed,
+    result,
+    error
+   FROM pgtasks.tasks t;
+
+ALTER VIEW pgtasks.task_status OWNER TO postgres;
+
+CREATE TABLE pgtasks.task_steps (
+    task_id bigint NOT NULL,
+    name text NOT NULL,
+    result jsonb,
+    attempt integer NOT NULL,
+    at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+ALTER TABLE pgtasks.task_steps OWNER TO postgres;
+
+CREATE TABLE pgtasks.task_waiters (
+    task_id bigint NOT NULL,
+    pid integer DEFAULT pg_backend_pid() NOT NULL,
+    since timestamp with time zone DEFAULT now() NOT NULL
+);
+
+ALTER TABLE pgtasks.task_waiters OWNER TO postgres;
+
+ALTER TABLE pgtasks.tasks ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME pgtasks.tasks_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+CREATE VIEW pgtasks.transitions AS
+ SELECT f.f AS from_status,
+    t.t AS to_status,
+    pgtasks.transition_reason(f.f, t.t) AS why
+   FROM unnest(enum_range(NULL::pgtasks.status)) f(f),
+    unnest(enum_range(NULL::pgtasks.status)) t(t)
+  WHERE (pgtasks.transition_reason(f.f, t.t) IS NOT NULL);
+
+ALTER VIEW pgtasks.transitions OWNER TO postgres;
+
+CREATE TABLE pgtasks.worker_registry (
+    worker_id text NOT NULL,
+    host text NOT NULL,
+    pid integer NOT NULL,
+    queues text[],
+    concurrency integer NOT NULL,
+    lease interval DEFAULT (pgtasks.current_settings()).default_lease NOT NULL,
+    started_at timestamp with time zone DEFAULT now() NOT NULL,
+    last_seen timestamp with time zone DEFAULT now() NOT NULL
+);
+
+ALTER TABLE pgtasks.worker_registry OWNER TO postgres;
+
+CREATE VIEW pgtasks.workers AS
+ SELECT worker_id,
+    host,
+    pid,
+    queues,
+    concurrency,
+    started_at,
+    last_seen,
+    ((last_seen + lease) > now()) AS alive,
+    ( SELECT count(*) AS count
+           FROM pgtasks.tasks t
+          WHERE ((t.status = 'RUNNING'::pgtasks.status) AND (t.worker_id = w.worker_id))) AS running
+   FROM pgtasks.worker_registry w;
+
+ALTER VIEW pgtasks.workers OWNER TO postgres;
+
+ALTER TABLE ONLY pgtasks.migrations
+    ADD CONSTRAINT migrations_pkey PRIMARY KEY (version);
+
+ALTER TABLE ONLY pgtasks.settings
+    ADD CONSTRAINT settings_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY pgtasks.task_errors
+    ADD CONSTRAINT task_errors_pkey PRIMARY KEY (task_id, attempt);
+
+ALTER TABLE ONLY pgtasks.task_events
+    ADD CONSTRAINT task_events_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY pgtasks.task_logs
+    ADD CONSTRAINT task_logs_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY pgtasks.task_steps
+    ADD CONSTRAINT task_steps_pkey PRIMARY KEY (task_id, name);
+
+ALTER TABLE ONLY pgtasks.task_types
+    ADD CONSTRAINT task_types_pkey PRIMARY KEY (task_type);
+
+ALTER TABLE ONLY pgtasks.task_waiters
+    ADD CONSTRAINT task_waiters_pkey PRIMARY KEY (task_id, pid);
+
+ALTER TABLE ONLY pgtasks.tasks
+    ADD CONSTRAINT tasks_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY pgtasks.worker_registry
+    ADD CONSTRAINT worker_registry_pkey PRIMARY KEY (worker_id);
+
+CREATE INDEX task_events_task ON pgtasks.task_events USING btree (task_id, id);
+
+CREATE INDEX task_logs_task ON pgtasks.task_logs USING btree (task_id, id);
+
+CREATE INDEX tasks_claimable ON pgtasks.tasks USING btree (priority DESC, run_at, id) WHERE (status = ANY (ARRAY['PENDING'::pgtasks.status, 'COMMIT'::pgtasks.status]));
+
+CREATE INDEX tasks_claimable_queue ON pgtasks.tasks USING btree (queue, priority DESC, run_at, id) WHERE (status = ANY (ARRAY['PENDING'::pgtasks.status, 'COMMIT'::pgtasks.status]));
+
+CREATE INDEX tasks_finished_at ON pgtasks.tasks USING btree (finished_at) WHERE (status = ANY (ARRAY['DONE'::pgtasks.status, 'FAILED'::pgtasks.status, 'CANCELLED'::pgtasks.status]));
+
+CREATE INDEX tasks_lease ON pgtasks.tasks USING btree (lease_expires_at) WHERE (lease_expires_at IS NOT NULL);
+
+CREATE INDEX tasks_next_run_at ON pgtasks.tasks USING btree (run_at) WHERE (status = ANY (ARRAY['PENDING'::pgtasks.status, 'COMMIT'::pgtasks.status]));
+
+CREATE TRIGGER settings_keep_row BEFORE DELETE OR TRUNCATE ON pgtasks.settings FOR EACH STATEMENT EXECUTE FUNCTION pgtasks.keep_settings_row();
+
+CREATE TRIGGER tasks_check_insert BEFORE INSERT ON pgtasks.tasks FOR EACH ROW WHEN ((new.status <> 'PENDING'::pgtasks.status)) EXECUTE FUNCTION pgtasks.check_insert();
+
+CREATE TRIGGER tasks_check_transition BEFORE UPDATE OF status ON pgtasks.tasks FOR EACH ROW WHEN (((old.status <> new.status) AND (pgtasks.transition_reason(old.status, new.status) IS NULL))) EXECUTE FUNCTION pgtasks.reject_transition();
+
+CREATE TRIGGER tasks_record_inserts AFTER INSERT ON pgtasks.tasks REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION pgtasks.record_inserts();
+
+CREATE TRIGGER tasks_record_updates AFTER UPDATE ON pgtasks.tasks REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION pgtasks.record_updates();
+
+CREATE TRIGGER tasks_wake_workers AFTER INSERT ON pgtasks.tasks REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION pgtasks.wake_workers();
+
+ALTER TABLE ONLY pgtasks.task_errors
+    ADD CONSTRAINT task_errors_task_id_fkey FOREIGN KEY (task_id) REFERENCES pgtasks.tasks(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY pgtasks.task_logs
+    ADD CONSTRAINT task_logs_task_id_fkey FOREIGN KEY (task_id) REFERENCES pgtasks.tasks(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY pgtasks.task_steps
+    ADD CONSTRAINT task_steps_task_id_fkey FOREIGN KEY (task_id) REFERENCES pgtasks.tasks(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY pgtasks.task_waiters
+    ADD CONSTRAINT task_waiters_task_id_fkey FOREIGN KEY (task_id) REFERENCES pgtasks.tasks(id) ON DELETE CASCADE;

@@ -1,0 +1,23 @@
+"""Small helpers shared by the SQL tests."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+
+async def raises(conn: asyncpg.Connection, sql: str, sqlstate: str, *args: object) -> None:
+    """The statement fails with this pgtasks SQLSTATE, a pgtasks message and a HINT."""
+    with pytest.raises(asyncpg.PostgresError) as info:
+        await conn.fetch(sql, *args)
+    assert info.value.sqlstate == sqlstate, info.value
+    assert info.value.message.startswith("pgtasks: ")
+    assert info.value.hint, "every pgtasks error says what to do"
+
+
+async def expire_lease(conn: asyncpg.Connection, tid: int) -> None:
+    """As if the worker holding the task stopped heartbeating a while ago."""
+    await conn.execute(
+        "UPDATE pgtasks.tasks SET lease_expires_at = now() - interval '1 second' WHERE id = $1",
+        tid,
+    )

@@ -1,0 +1,68 @@
+"""Producer alone: claims into free slots only, and sync types only into free thread slots."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from pgtasks.worker.producer import Producer
+from pgtasks.worker.slots import Slots
+from tests.worker.conftest import WORKER, attempt, submit
+
+
+def producer(pool, stats, stopping, slots: Slots, **kw) -> tuple[Producer, list[asyncpg.Record]]:
+    started: list[asyncpg.Record] = []
+
+    def on_claimed(rows: list[asyncpg.Record]) -> None:
+        for row in rows:
+            started.append(row)
+            slots.add(attempt(row, pool, is_sync=row["task_type"] in kw.get("sync_types", [])))
+
+    opts = {"async_types": ["noop"], "sync_types": []} | kw
+    p = Producer(
+        pool,
+        worker_id=WORKER,
+        slots=slots,
+        on_claimed=on_claimed,
+        stats=stats,
+        stopping=stopping,
+        lease=60.0,
+        **opts,
+    )
+    return p, started
+
+
+async def test_claims_only_into_free_slots(conn, pool, stats, stopping):
+    await submit(conn, "noop", 5)
+    held = Slots(concurrency=3, threads=3)
+    p, started = producer(pool, stats, stopping, held)
+    assert await p.run_once() == 3
+    assert len(started) == 3 and held.free() == 0
+    assert await p.run_once() == 0  # full: no claim is even sent
+    assert stats.claim_calls == 1
+    held.ended(held.running[started[0]["id"]])  # a slot frees
+    assert await p.run_once() == 1
+
+
+async def test_sync_tasks_take_only_free_thread_slots(conn, pool, stats, stopping):
+    await submit(conn, "sync_add", 4)
+    await submit(conn, "noop", 4)
+    held = Slots(concurrency=6, threads=2)
+    p, started = producer(
+        pool, stats, stopping, held, async_types=["noop"], sync_types=["sync_add"]
+    )
+    assert await p.run_once() == 6
+    types = [r["task_type"] for r in started]
+    assert types.count("sync_add") == 2 and types.count("noop") == 4
+    assert held.free_threads() == 0
+
+
+async def test_idle_wait_sleeps_until_the_next_scheduled_task(conn, pool, stats, stopping):
+    held = Slots(concurrency=3, threads=3)
+    p, _ = producer(pool, stats, stopping, held)
+    p.poll_interval = 30.0
+    await conn.execute("SELECT pgtasks.submit_task('noop', run_at => now() + interval '2 s')")
+    gap = await p.idle_wait()
+    assert gap is not None and 0 < gap <= 2.0
+    p.burst = True
+    await conn.execute("DELETE FROM pgtasks.tasks")
+    assert await p.idle_wait() is None  # burst mode: nothing left at all
