@@ -20,6 +20,9 @@ INTERNAL = {
     "lease_or_default", "submit_policy", "is_blank", "expiry_reason", "lock_expired",
     "rescue_one", "lock_task", "lock_owned_task", "record_failure", "backoff",
     "notify_watchers", "secure_objects", "grant_roles",
+    # 0006 schedules
+    "check_schedule_name", "check_cron_field", "check_cron", "check_schedule",
+    "every_tick_after", "upsert_schedule", "lock_schedule", "enqueue_tick",
 }  # fmt: skip
 
 
