@@ -42,3 +42,35 @@ async def test_by_default_it_calls_maintain_with_the_database_settings(conn, poo
     m = Maintainer(pool, interval=1.0)  # no retention of its own: settings.retention
     assert await m.run_once() == (1, 0)
     assert await status(conn, tid) == "COMMIT"
+
+
+async def test_fires_due_schedules_cron_ticks_from_python_every_ticks_from_sql(conn, pool):
+    await conn.execute(
+        "SELECT pgtasks.create_schedule(name => 'minutely', task_type => 'noop',"
+        " cron => '* * * * *', catch_up => '10 minutes', timezone => 'Europe/Berlin');"
+        "SELECT pgtasks.create_schedule(name => 'secondly', task_type => 'noop',"
+        " every => '1 second', catch_up => '3 seconds')"
+    )
+    m = Maintainer(pool, interval=60.0)
+    # A new cron schedule gets its first next_run_at (computed in Python), nothing fires.
+    assert await m.fire_schedules() == 0
+    nxt = await conn.fetchval("SELECT next_run_at FROM pgtasks.schedules WHERE name='minutely'")
+    assert nxt is not None and nxt.second == 0
+    # As if no worker had run for 3 minutes: the 3 missed minutes and the current one.
+    await conn.execute(
+        "UPDATE pgtasks.schedule_defs SET claimed_until = NULL,"
+        " next_run_at = date_trunc('minute', now()) - interval '3 minutes'"
+        " WHERE name = 'minutely';"
+        "UPDATE pgtasks.schedule_defs SET claimed_until = NULL,"
+        " next_run_at = date_bin('1 second', now(), 'epoch') - interval '10 seconds'"
+        " WHERE name = 'secondly'"
+    )
+    fired = await m.fire_schedules()
+    rows = await conn.fetch(
+        "SELECT schedule, count(*) AS n FROM pgtasks.tasks GROUP BY schedule ORDER BY schedule"
+    )
+    counts = {r["schedule"]: r["n"] for r in rows}
+    assert counts["minutely"] == 4
+    assert 3 <= counts["secondly"] <= 5  # the window (3 s) and the latest tick
+    assert fired == counts["minutely"] + counts["secondly"]
+    assert await m.fire_schedules() == 0  # claimed or not due: nothing twice
