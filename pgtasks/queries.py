@@ -202,7 +202,7 @@ TRIGGER_SCHEDULE = "SELECT pgtasks.trigger_schedule(name => $1)"
 # The maintainer, about every second: claim the due schedules (each goes to one worker),
 # then one fire_schedule per due schedule with the ticks computed in Python (cron) or NULL
 # (every: SQL computes them).
-DUE_SCHEDULES = "SELECT * FROM pgtasks.due_schedules(max_schedules => $1)"
+DUE_SCHEDULES = "SELECT * FROM pgtasks.due_schedules(max_schedules => $1, worker_id => $2)"
 
 FIRE_SCHEDULE = """
 SELECT * FROM pgtasks.fire_schedule(name => $1, revision => $2, ticks => $3::timestamptz[],

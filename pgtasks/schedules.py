@@ -196,10 +196,15 @@ def due_ticks(
 # -- firing (the maintainer calls this every second or so) ---------------------------------
 
 
-async def fire_due(pool: asyncpg.Pool | asyncpg.Connection, *, max_schedules: int = 100) -> int:
+async def fire_due(
+    pool: asyncpg.Pool | asyncpg.Connection,
+    *,
+    worker_id: str | None = None,
+    max_schedules: int = 100,
+) -> int:
     """Fire every due schedule this worker claims; returns the number of tasks enqueued.
     One statement to claim the due ones, then one per due schedule."""
-    due = await pool.fetch(queries.DUE_SCHEDULES, max_schedules)
+    due = await pool.fetch(queries.DUE_SCHEDULES, max_schedules, worker_id)
     enqueued = 0
     for row in due:
         try:

@@ -59,6 +59,7 @@ CREATE TABLE pgtasks.schedule_defs (
     -- computed ticks from an old definition or an old next_run_at writes nothing.
     revision      bigint NOT NULL DEFAULT 0,
     claimed_until timestamptz,        -- a worker is firing it (due_schedules); expires by itself
+    fired_by      text,               -- the worker that claimed it last (operators, tests)
     created_at    timestamptz NOT NULL DEFAULT now(),
     updated_at    timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT one_of_cron_every CHECK ((cron IS NULL) <> (every IS NULL)),
@@ -393,7 +394,11 @@ END $$;
 -- worker. A worker that dies holding a claim delays the tick by the claim at most; its
 -- ticks are still fired once (the catch-up window decides about the ones it missed).
 -- Also returns the schedules whose next_run_at is still to be computed (NULL).
-CREATE FUNCTION pgtasks.due_schedules(max_schedules integer DEFAULT 100, claim interval DEFAULT interval '3 seconds')
+CREATE FUNCTION pgtasks.due_schedules(
+    max_schedules integer  DEFAULT 100,
+    claim         interval DEFAULT interval '3 seconds',
+    worker_id     text     DEFAULT NULL
+)
 RETURNS TABLE (name text, cron text, every interval, timezone text, catch_up interval,
                next_run_at timestamptz, revision bigint, db_now timestamptz)
 LANGUAGE plpgsql
@@ -406,7 +411,7 @@ BEGIN
             USING ERRCODE = 'PT114', HINT = 'Leave claim out for 3 seconds.';
     END IF;
     RETURN QUERY
-    UPDATE pgtasks.schedule_defs d SET claimed_until = now() + claim
+    UPDATE pgtasks.schedule_defs d SET claimed_until = now() + claim, fired_by = worker_id
       FROM (SELECT c.name FROM pgtasks.schedule_defs c
              WHERE NOT c.paused AND (c.next_run_at IS NULL OR c.next_run_at <= now())
                AND (c.claimed_until IS NULL OR c.claimed_until < now())
@@ -555,7 +560,8 @@ END $$;
 CREATE VIEW pgtasks.schedules AS
 SELECT d.name, d.task_type, d.cron, d.every, d.timezone, d.params, d.queue, d.priority,
        d.overlap, d.catch_up, d.paused, d.origin, d.next_run_at, d.last_tick, d.last_run_at,
-       d.last_task_id, t.status AS last_status, d.skipped, d.skipped_overlap, d.updated_at
+       d.last_task_id, t.status AS last_status, d.skipped, d.skipped_overlap, d.fired_by,
+       d.updated_at
   FROM pgtasks.schedule_defs d
   LEFT JOIN pgtasks.tasks t ON t.id = d.last_task_id;
 
@@ -573,7 +579,7 @@ GRANT EXECUTE ON FUNCTION
     TO pgtasks_admin;
 GRANT EXECUTE ON FUNCTION
     pgtasks.declare_schedule(text, text, text, interval, jsonb, text, integer, text, text, interval),
-    pgtasks.due_schedules(integer, interval),
+    pgtasks.due_schedules(integer, interval, text),
     pgtasks.fire_schedule(text, bigint, timestamptz[], timestamptz, bigint),
     pgtasks.fire_every_schedules(integer)
     TO pgtasks_worker, pgtasks_admin;

@@ -589,7 +589,7 @@ END $$;
 
 ALTER FUNCTION pgtasks.drop_schedule(name text) OWNER TO pgtasks_owner;
 
-CREATE FUNCTION pgtasks.due_schedules(max_schedules integer DEFAULT 100, claim interval DEFAULT '00:00:03'::interval) RETURNS TABLE(name text, cron text, every interval, timezone text, catch_up interval, next_run_at timestamp with time zone, revision bigint, db_now timestamp with time zone)
+CREATE FUNCTION pgtasks.due_schedules(max_schedules integer DEFAULT 100, claim interval DEFAULT '00:00:03'::interval, worker_id text DEFAULT NULL::text) RETURNS TABLE(name text, cron text, every interval, timezone text, catch_up interval, next_run_at timestamp with time zone, revision bigint, db_now timestamp with time zone)
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
@@ -600,7 +600,7 @@ BEGIN
             USING ERRCODE = 'PT114', HINT = 'Leave claim out for 3 seconds.';
     END IF;
     RETURN QUERY
-    UPDATE pgtasks.schedule_defs d SET claimed_until = now() + claim
+    UPDATE pgtasks.schedule_defs d SET claimed_until = now() + claim, fired_by = worker_id
       FROM (SELECT c.name FROM pgtasks.schedule_defs c
              WHERE NOT c.paused AND (c.next_run_at IS NULL OR c.next_run_at <= now())
                AND (c.claimed_until IS NULL OR c.claimed_until < now())
@@ -611,7 +611,7 @@ BEGIN
     RETURNING d.name, d.cron, d.every, d.timezone, d.catch_up, d.next_run_at, d.revision, now();
 END $$;
 
-ALTER FUNCTION pgtasks.due_schedules(max_schedules integer, claim interval) OWNER TO pgtasks_owner;
+ALTER FUNCTION pgtasks.due_schedules(max_schedules integer, claim interval, worker_id text) OWNER TO pgtasks_owner;
 
 CREATE TABLE pgtasks.schedule_defs (
     name text NOT NULL,
@@ -634,6 +634,7 @@ CREATE TABLE pgtasks.schedule_defs (
     skipped_overlap bigint DEFAULT 0 NOT NULL,
     revision bigint DEFAULT 0 NOT NULL,
     claimed_until timestamp with time zone,
+    fired_by text,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     CONSTRAINT catch_up_in_range CHECK (((catch_up >= '00:00:00'::interval) AND (catch_up <= '1 year'::interval))),
@@ -1948,6 +1949,7 @@ CREATE VIEW pgtasks.schedules AS
     t.status AS last_status,
     d.skipped,
     d.skipped_overlap,
+    d.fired_by,
     d.updated_at
    FROM (pgtasks.schedule_defs d
      LEFT JOIN pgtasks.tasks t ON ((t.id = d.last_task_id)));
@@ -2296,9 +2298,9 @@ GRANT ALL ON FUNCTION pgtasks.declare_schedule(name text, task_type text, cron t
 REVOKE ALL ON FUNCTION pgtasks.drop_schedule(name text) FROM PUBLIC;
 GRANT ALL ON FUNCTION pgtasks.drop_schedule(name text) TO pgtasks_admin;
 
-REVOKE ALL ON FUNCTION pgtasks.due_schedules(max_schedules integer, claim interval) FROM PUBLIC;
-GRANT ALL ON FUNCTION pgtasks.due_schedules(max_schedules integer, claim interval) TO pgtasks_worker;
-GRANT ALL ON FUNCTION pgtasks.due_schedules(max_schedules integer, claim interval) TO pgtasks_admin;
+REVOKE ALL ON FUNCTION pgtasks.due_schedules(max_schedules integer, claim interval, worker_id text) FROM PUBLIC;
+GRANT ALL ON FUNCTION pgtasks.due_schedules(max_schedules integer, claim interval, worker_id text) TO pgtasks_worker;
+GRANT ALL ON FUNCTION pgtasks.due_schedules(max_schedules integer, claim interval, worker_id text) TO pgtasks_admin;
 
 REVOKE ALL ON FUNCTION pgtasks.enqueue_tick(s pgtasks.schedule_defs, tick timestamp with time zone) FROM PUBLIC;
 

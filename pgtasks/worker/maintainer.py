@@ -44,6 +44,7 @@ class Maintainer(Service):
         prune_interval: float = 60.0,
         on_rescued: Callable[[int], None] | None = None,
         schedule_interval: float | None = 1.0,
+        worker_id: str | None = None,
     ) -> None:
         super().__init__()
         self.pool = pool
@@ -55,6 +56,7 @@ class Maintainer(Service):
         self._next_prune = 0.0
         #: None: this worker fires no schedules (others do).
         self.schedule_interval = schedule_interval
+        self.worker_id = worker_id
 
     async def run_once(self) -> tuple[int, int]:
         """Rescue expired leases and prune what is due; returns (rescued, pruned)."""
@@ -90,7 +92,7 @@ class Maintainer(Service):
 
     async def fire_schedules(self) -> int:
         """Enqueue the ticks of the schedules that are due; returns the tasks enqueued."""
-        return await schedules.fire_due(self.pool)
+        return await schedules.fire_due(self.pool, worker_id=self.worker_id)
 
     async def run(self) -> None:
         """Schedules every `schedule_interval` (they are due to the second), maintenance
@@ -103,12 +105,12 @@ class Maintainer(Service):
                 step = min(step, self.schedule_interval * random.uniform(0.8, 1.2))
             await asyncio.sleep(max(step, 0.0))
             if self.schedule_interval is not None:
-                await self._guarded("schedules", self.fire_schedules)
+                await self._step("schedules", self.fire_schedules)
             if loop.time() >= next_maintain:
                 next_maintain = loop.time() + self.interval * random.uniform(0.8, 1.2)
-                await self._guarded("maintenance", self.run_once)
+                await self._step("maintenance", self.run_once)
 
-    async def _guarded(self, what: str, step: Callable[[], Awaitable[object]]) -> None:
+    async def _step(self, what: str, step: Callable[[], Awaitable[object]]) -> None:
         try:
             await step()
         except TRANSIENT as exc:

@@ -281,6 +281,7 @@ class Worker:
             prune=self.prune,
             prune_interval=self.prune_interval,
             on_rescued=rescued,
+            worker_id=self.worker_id,
         )
         services: list[Any] = [self.completer, lease_keeper, maintainer]
         if self.listen:
