@@ -16,7 +16,9 @@ from zoneinfo import ZoneInfo
 import asyncpg
 import pytest
 
+from pgtasks import Client
 from pgtasks.embedded import EmbeddedPostgres
+from pgtasks.errors import InvalidSchedule, ScheduleNotFound
 from tests.fleet import Fleet, fresh_conn, start_private_server, wait_until
 
 APP = "tests/apps/schedules.py"
@@ -206,3 +208,22 @@ async def test_worker_declares_its_schedules_and_keeps_sql_made_ones(dsn, conn, 
     )
     nxt = await conn.fetchval("SELECT next_run_at FROM pgtasks.schedules WHERE name = 'report'")
     assert nxt.astimezone(ZoneInfo("Europe/Berlin")).time() == time(6, 0)
+
+
+async def test_client_schedules_and_typed_errors(dsn):
+    async with Client(dsn) as client:
+        await client.create_schedule("c", "tick", cron="*/5 * * * *", timezone="Europe/Berlin")
+        await client.create_schedule("e", "tick", every=30, overlap="skip", catch_up=60)
+        rows = {r["name"]: r for r in await client.schedules()}
+        assert rows["e"]["every"] == timedelta(seconds=30) and rows["e"]["overlap"] == "skip"
+        tid = await client.trigger_schedule("c")
+        assert (await client.get(tid)).status == "PENDING"
+        with pytest.raises(InvalidSchedule) as info:
+            await client.create_schedule("bad", "tick", cron="0 6 * *")
+        assert info.value.sqlstate == "PT401" and info.value.hint
+        with pytest.raises(InvalidSchedule):
+            await client.create_schedule("bad", "tick", every=1, timezone="Nowhere/Land")
+        with pytest.raises(ScheduleNotFound):
+            await client.pause_schedule("nope")
+        await client.drop_schedule("c")
+        assert [r["name"] for r in await client.schedules()] == ["e"]
