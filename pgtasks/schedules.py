@@ -61,9 +61,21 @@ class Schedule:
     def __post_init__(self) -> None:
         if (self.cron is None) == (self.every is None):
             raise PgTasksError(f"schedule {self.name!r}: give exactly one of cron and every")
-        if self.cron is not None and not croniter.is_valid(self.cron):
-            raise PgTasksError(f"schedule {self.name!r}: invalid cron expression {self.cron!r}")
-        ZoneInfo(self.timezone)  # unknown zones fail here, not in the worker
+        # croniter also reads seconds fields and L/W/#, which the database refuses (PT401):
+        # five fields or a macro here, so a bad declaration fails at import, not at start.
+        if self.cron is not None and not (
+            (len(self.cron.split()) == 5 or self.cron.strip().startswith("@"))
+            and croniter.is_valid(self.cron)
+        ):
+            raise PgTasksError(
+                f"schedule {self.name!r}: invalid cron expression {self.cron!r} (5 fields:"
+                " minute hour day-of-month month day-of-week)"
+            )
+        try:
+            ZoneInfo(self.timezone)  # unknown zones fail here, not when the worker starts
+        except (ValueError, KeyError) as exc:
+            msg = f"schedule {self.name!r}: unknown time zone {self.timezone!r}"
+            raise PgTasksError(msg) from exc
 
 
 def _seconds(value: float | timedelta | None) -> timedelta | None:

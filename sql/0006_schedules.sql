@@ -72,11 +72,16 @@ CREATE TABLE pgtasks.schedule_defs (
 -- The firing query's walk: unpaused schedules by next_run_at.
 CREATE INDEX schedule_defs_due ON pgtasks.schedule_defs (next_run_at NULLS FIRST) WHERE NOT paused;
 
+-- Nullable without default: adding them rewrites no row. The CHECK is added NOT VALID and
+-- validated separately, so the scan of existing tasks (all NULL, all valid) holds only a
+-- SHARE UPDATE EXCLUSIVE lock instead of blocking writes for its duration.
 ALTER TABLE pgtasks.tasks ADD COLUMN schedule text, ADD COLUMN schedule_tick timestamptz;
-ALTER TABLE pgtasks.tasks ADD CONSTRAINT schedule_has_tick CHECK ((schedule IS NULL) = (schedule_tick IS NULL));
+ALTER TABLE pgtasks.tasks ADD CONSTRAINT schedule_has_tick
+    CHECK ((schedule IS NULL) = (schedule_tick IS NULL)) NOT VALID;
+ALTER TABLE pgtasks.tasks VALIDATE CONSTRAINT schedule_has_tick;
 
 -- Exactly once per tick, enforced by the database. Partial: ordinary tasks (schedule NULL)
--- pay nothing for it on insert.
+-- are not in it and pay nothing for it on insert; fire_schedule's ON CONFLICT names it.
 CREATE UNIQUE INDEX tasks_schedule_tick ON pgtasks.tasks (schedule, schedule_tick) WHERE schedule IS NOT NULL;
 
 ------------------------------------------------------------------------------------------
@@ -182,8 +187,7 @@ BEGIN
     -- date_bin computes every-ticks in SQL, and bins only fixed durations: a month is not
     -- one (use cron '0 0 1 * *'). More than a year between ticks is a typo.
     IF every IS NOT NULL AND (every <= interval '0' OR extract(month FROM every) <> 0
-                              OR extract(year FROM every) <> 0 OR every > interval '366 days'
-                              OR every < interval '0') THEN
+                              OR extract(year FROM every) <> 0 OR every > interval '366 days') THEN
         RAISE EXCEPTION 'pgtasks: every must be a positive fixed duration of at most 366 days, got %', every
             USING ERRCODE = 'PT403', HINT = 'E.g. every => ''30 seconds''; for calendar months use cron, e.g. ''0 0 1 * *''.';
     END IF;

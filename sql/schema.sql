@@ -322,8 +322,7 @@ BEGIN
     -- date_bin computes every-ticks in SQL, and bins only fixed durations: a month is not
     -- one (use cron '0 0 1 * *'). More than a year between ticks is a typo.
     IF every IS NOT NULL AND (every <= interval '0' OR extract(month FROM every) <> 0
-                              OR extract(year FROM every) <> 0 OR every > interval '366 days'
-                              OR every < interval '0') THEN
+                              OR extract(year FROM every) <> 0 OR every > interval '366 days') THEN
         RAISE EXCEPTION 'pgtasks: every must be a positive fixed duration of at most 366 days, got %', every
             USING ERRCODE = 'PT403', HINT = 'E.g. every => ''30 seconds''; for calendar months use cron, e.g. ''0 0 1 * *''.';
     END IF;

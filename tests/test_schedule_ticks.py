@@ -10,7 +10,9 @@ from itertools import islice
 
 import pytest
 
-from pgtasks.schedules import cron_ticks, due_ticks, next_tick
+from pgtasks import Registry, task_register
+from pgtasks.errors import PgTasksError
+from pgtasks.schedules import cron_ticks, due_ticks, next_tick, schedule
 
 
 def utc(s: str) -> datetime:
@@ -71,3 +73,35 @@ def test_due_ticks_catch_up_window():
     # Not yet computed: nothing fires, next_run_at is the first tick after now.
     d = due_ticks("0 6 * * *", "Europe/Berlin", None, now, timedelta(0))
     assert d.ticks == [] and d.next_run_at == utc("2026-05-02 04:00")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"cron": "0 6 * *"}, "invalid cron"),
+        ({"cron": "0 0 6 * * *"}, "invalid cron"),  # croniter reads seconds; SQL does not
+        ({"cron": "0 6 * * *", "timezone": "Mars/Base"}, "unknown time zone"),
+        ({}, "exactly one of cron and every"),
+        ({"cron": "0 6 * * *", "every": 60}, "exactly one of cron and every"),
+    ],
+)
+def test_declarations_are_checked_when_made(kwargs, message):
+    with pytest.raises(PgTasksError, match=message):
+        schedule("s", "report", into=Registry(), **kwargs)
+
+
+def test_declarations_go_into_the_registry():
+    reg = Registry()
+
+    @task_register("report", schedule="0 6 * * *", timezone="Europe/Berlin", into=reg)
+    async def report(ctx: object, params: dict) -> None:
+        return None
+
+    schedule("report-weekly", report, cron="0 7 * * mon", params={"kind": "weekly"}, into=reg)
+    schedule("sync", "sync", every=300, overlap="skip", catch_up=3600, into=reg)
+    assert reg.schedules["report"].cron == "0 6 * * *"
+    assert reg.schedules["report-weekly"].task_type == "report"
+    assert reg.schedules["sync"].every == timedelta(minutes=5)
+    assert reg.schedules["sync"].catch_up == timedelta(hours=1)
+    with pytest.raises(PgTasksError, match="already declared differently"):
+        schedule("sync", "sync", every=60, into=reg)
