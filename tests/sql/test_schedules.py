@@ -6,6 +6,7 @@ back by hand (as if no worker had run), so the expected ticks are exact."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -278,3 +279,29 @@ async def test_due_schedules_hands_each_schedule_to_one_caller(conn, dsn):
         assert await other.fetchval("SELECT pgtasks.fire_every_schedules()") == 1
     finally:
         await other.close()
+
+
+async def test_two_sessions_fire_the_same_revision_one_enqueues(conn, dsn):
+    """The interleaving the claim normally prevents (a claim expired mid-fire): the second
+    caller waits for the row lock, then finds the revision moved and writes nothing."""
+    await conn.execute(
+        "SELECT pgtasks.create_schedule(name => 'e', task_type => 'job', every => '1 second',"
+        " catch_up => '1 minute')"
+    )
+    await conn.execute(
+        "UPDATE pgtasks.schedule_defs"
+        " SET next_run_at = date_bin('1 second', now(), 'epoch') - interval '2 seconds'"
+    )
+    rev = await conn.fetchval("SELECT revision FROM pgtasks.schedule_defs")
+    fire_sql = "SELECT * FROM pgtasks.fire_schedule(name => 'e', revision => $1)"
+    other = await asyncpg.connect(dsn)
+    try:
+        async with conn.transaction():
+            first = await conn.fetch(fire_sql, rev)
+            second = asyncio.ensure_future(other.fetch(fire_sql, rev))
+            await asyncio.sleep(0.2)
+            assert not second.done()  # waiting for the schedule's row lock
+        assert len(first) >= 3 and await second == []
+    finally:
+        await other.close()
+    assert await conn.fetchval("SELECT count(*) FROM pgtasks.tasks") == len(first)

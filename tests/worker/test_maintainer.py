@@ -6,6 +6,7 @@ import asyncio
 from datetime import timedelta
 
 from pgtasks.worker.maintainer import Maintainer
+from tests.conftest import wait_for
 from tests.worker.conftest import claim, status, submit
 
 
@@ -74,3 +75,17 @@ async def test_fires_due_schedules_cron_ticks_from_python_every_ticks_from_sql(c
     assert 3 <= counts["secondly"] <= 5  # the window (3 s) and the latest tick
     assert fired == counts["minutely"] + counts["secondly"]
     assert await m.fire_schedules() == 0  # claimed or not due: nothing twice
+
+
+async def test_run_fires_schedules_every_schedule_interval_between_maintenance(conn, pool):
+    await conn.execute(
+        "SELECT pgtasks.create_schedule(name => 's', task_type => 'noop', every => '1 second');"
+        "UPDATE pgtasks.schedule_defs SET next_run_at = now() - interval '1 second'"
+    )
+    m = Maintainer(pool, interval=3600.0, schedule_interval=0.05, worker_id="w-1")
+    m.start()
+    try:
+        await wait_for(conn, "SELECT count(*) >= 1 FROM pgtasks.tasks WHERE schedule = 's'")
+    finally:
+        await m.stop()
+    assert await conn.fetchval("SELECT fired_by FROM pgtasks.schedules") == "w-1"
