@@ -28,6 +28,7 @@ import asyncpg
 from croniter import croniter
 
 from pgtasks import queries
+from pgtasks.db import TRANSIENT
 from pgtasks.errors import PgTasksError
 
 if TYPE_CHECKING:
@@ -227,6 +228,8 @@ async def fire_due(
                 )
                 args = (d.ticks, d.next_run_at, d.skipped_before)
             ids = await pool.fetch(queries.FIRE_SCHEDULE, row["name"], row["revision"], *args)
+        except TRANSIENT:
+            raise  # the database is away: the maintainer logs it and tries next round
         except (asyncpg.PostgresError, ValueError, KeyError) as exc:
             # One broken schedule must not stop the others; its claim expires and the next
             # round tries again.

@@ -89,3 +89,15 @@ async def test_run_fires_schedules_every_schedule_interval_between_maintenance(c
     finally:
         await m.stop()
     assert await conn.fetchval("SELECT fired_by FROM pgtasks.schedules") == "w-1"
+
+
+async def test_a_broken_schedule_does_not_stop_the_others(conn, pool):
+    await conn.execute(
+        "SELECT pgtasks.create_schedule(name => 'broken', task_type => 'noop', cron => '@daily');"
+        "SELECT pgtasks.create_schedule(name => 'fine', task_type => 'noop', every => '1 second');"
+        # Hand-written SQL past create_schedule's checks: no parser reads this.
+        "UPDATE pgtasks.schedule_defs SET cron = 'x y z w v' WHERE name = 'broken';"
+        "UPDATE pgtasks.schedule_defs SET next_run_at = now() - interval '1 second'"
+    )
+    assert await Maintainer(pool, interval=60.0).fire_schedules() == 1
+    assert await conn.fetchval("SELECT schedule FROM pgtasks.tasks") == "fine"
