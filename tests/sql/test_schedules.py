@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
+from croniter import croniter
 
 from tests.sql.helpers import raises
 
@@ -66,6 +67,7 @@ async def test_blank_name_and_unknown_schedule(conn):
         ("0,30 * 1,15 jan,jul 0,7", "0,30 * 1,15 jan,jul 0,7"),
         ("@daily", "0 0 * * *"),
         ("@hourly", "0 * * * *"),
+        ("5/15 0 1-31/2 jan-dec/3 5-7", "5/15 0 1-31/2 jan-dec/3 5-7"),
     ],
 )
 async def test_valid_cron_is_stored_normalized(conn, cron, normalized):
@@ -74,6 +76,7 @@ async def test_valid_cron_is_stored_normalized(conn, cron, normalized):
     )
     row = await conn.fetchrow("SELECT cron, next_run_at FROM pgtasks.schedules")
     assert row["cron"] == normalized
+    assert croniter.is_valid(normalized)  # what SQL accepts, the worker's parser reads
     assert row["next_run_at"] is None  # a worker computes it with croniter
 
 
