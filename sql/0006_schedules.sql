@@ -502,9 +502,12 @@ BEGIN
             RAISE EXCEPTION 'pgtasks: ticks of % must lie between its next_run_at % and now', s.name, s.next_run_at
                 USING ERRCODE = 'PT409', HINT = 'Fire only due ticks; earlier ones were fired already.';
         END IF;
-        IF nxt <= now() OR NOT isfinite(nxt) THEN
-            RAISE EXCEPTION 'pgtasks: next_run_at of % must be after now, got %', s.name, nxt
-                USING ERRCODE = 'PT409', HINT = 'Pass the first tick after now.';
+        -- Not "after now()": the caller computed it from due_schedules' db_now, and this
+        -- transaction's now() may already have passed it. Then it is simply due next round.
+        IF NOT isfinite(nxt) OR nxt > now() + interval '100 years'
+           OR nxt <= coalesce(due[cardinality(due)], s.next_run_at, '-infinity') THEN
+            RAISE EXCEPTION 'pgtasks: next_run_at of % must be after the ticks fired (and finite), got %', s.name, nxt
+                USING ERRCODE = 'PT409', HINT = 'Pass the first tick after db_now of due_schedules.';
         END IF;
         -- The missed-tick policy, whatever the caller sent.
         latest := due[cardinality(due)];

@@ -222,7 +222,7 @@ async def test_cron_fire_checks_the_ticks_it_is_given(conn):
         " next_run_at => $3)"
     )
     await raises(conn, fire_sql, "PT409", rev, [minute], minute + timedelta(minutes=1))
-    await raises(conn, fire_sql, "PT409", rev, [], minute)  # next_run_at not after now
+    await raises(conn, fire_sql, "PT409", rev, [], datetime(9999, 1, 1, tzinfo=UTC))
     assert await conn.fetch(fire_sql, rev, [], minute + timedelta(minutes=1)) == []
     async with conn.transaction():
         await conn.execute(
@@ -243,6 +243,12 @@ async def test_cron_fire_checks_the_ticks_it_is_given(conn):
         )
         rev = await conn.fetchval("SELECT revision FROM pgtasks.schedule_defs")
         ticks = [minute - timedelta(minutes=2), minute - timedelta(minutes=1), minute]
+        await raises(conn, fire_sql, "PT409", rev, ticks, minute)  # next not after the ticks
+    async with conn.transaction():
+        await conn.execute(
+            "UPDATE pgtasks.schedule_defs SET next_run_at = $1", minute - timedelta(minutes=2)
+        )
+        rev = await conn.fetchval("SELECT revision FROM pgtasks.schedule_defs")
         assert len(await conn.fetch(fire_sql, rev, ticks, minute + timedelta(minutes=1))) == 1
         assert await conn.fetchval("SELECT skipped FROM pgtasks.schedules") == 2
 
