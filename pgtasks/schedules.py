@@ -39,6 +39,9 @@ log = logging.getLogger("pgtasks.worker")
 #: Longest DST gap or overlap in the tz database is 2 hours (3 hours kept for safety): a
 #: search for ticks at or after an instant starts this much earlier in wall time.
 _MAX_SHIFT = timedelta(hours=3)
+#: A tick this recent is late, not missed, whatever catch_up says (sql/0006 has the same
+#: rule and says why).
+LATE_GRACE = timedelta(seconds=2)
 #: A stretch of missed cron ticks is walked at most this far; ticks older than that are
 #: counted as skipped only up to here (a minutely schedule stopped for 70 days).
 MAX_WALK = 100_000
@@ -182,7 +185,7 @@ def due_ticks(
     older ones are counted. A schedule without next_run_at yet only gets one."""
     if next_run_at is None:
         return DueTicks([], next_tick(cron, timezone, now), 0)
-    window = now - catch_up
+    window = now - max(catch_up, LATE_GRACE)
     kept: list[datetime] = []
     older = 0
     latest: datetime | None = None  # the newest due tick before the window

@@ -432,7 +432,10 @@ END $$;
 -- after now; `skipped_before` how many older due ticks the caller left out of `ticks`.
 --
 -- Missed ticks: the latest due tick always runs; with catch_up > 0, so does every tick
--- within catch_up of now, oldest first. The others are counted in `skipped`.
+-- within catch_up of now, oldest first. The others are counted in `skipped`. A tick at most
+-- 2 seconds old is late, not missed, whatever catch_up says: workers fire about every
+-- second with jitter, so without this grace an every-second schedule with catch_up 0
+-- would lose a tick whenever a round came 1.2 s after the previous one.
 -- Overlap, per tick: allow enqueues; skip enqueues nothing while the schedule's last task
 -- is PENDING, RUNNING or COMMIT (counted in skipped_overlap); cancel_previous cancels it first.
 --
@@ -454,7 +457,8 @@ DECLARE
     run       timestamptz[];
     nxt       timestamptz := fire_schedule.next_run_at;
     missed    bigint := coalesce(skipped_before, 0);
-    n_overlap  bigint := 0;
+    n_overlap bigint := 0;
+    window_at timestamptz;  -- ticks at or after it run
     latest    timestamptz;
     first_in  timestamptz;
     t         timestamptz;
@@ -466,6 +470,7 @@ BEGIN
     IF NOT FOUND OR s.paused OR s.revision <> fire_schedule.revision THEN
         RETURN;
     END IF;
+    window_at := now() - greatest(s.catch_up, interval '2 seconds');
     IF skipped_before < 0 THEN
         RAISE EXCEPTION 'pgtasks: skipped_before must be 0 or more, got %', skipped_before
             USING ERRCODE = 'PT409', HINT = 'Pass how many due ticks older than the catch-up window you left out.';
@@ -479,8 +484,8 @@ BEGIN
             due := '{}';
         ELSE
             latest := date_bin(s.every, now(), s.next_run_at);
-            first_in := greatest(s.next_run_at, date_bin(s.every, now() - s.catch_up, s.next_run_at));
-            IF first_in < now() - s.catch_up THEN
+            first_in := greatest(s.next_run_at, date_bin(s.every, window_at, s.next_run_at));
+            IF first_in < window_at THEN
                 first_in := first_in + s.every;
             END IF;
             first_in := least(first_in, latest);
@@ -511,7 +516,7 @@ BEGIN
         END IF;
         -- The missed-tick policy, whatever the caller sent.
         latest := due[cardinality(due)];
-        run := ARRAY(SELECT u FROM unnest(due) u WHERE u >= now() - s.catch_up OR u = latest ORDER BY u);
+        run := ARRAY(SELECT u FROM unnest(due) u WHERE u >= window_at OR u = latest ORDER BY u);
         missed := missed + cardinality(due) - cardinality(run);
         due := run;
     END IF;

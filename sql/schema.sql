@@ -877,7 +877,8 @@ DECLARE
     run       timestamptz[];
     nxt       timestamptz := fire_schedule.next_run_at;
     missed    bigint := coalesce(skipped_before, 0);
-    n_overlap  bigint := 0;
+    n_overlap bigint := 0;
+    window_at timestamptz;  -- ticks at or after it run
     latest    timestamptz;
     first_in  timestamptz;
     t         timestamptz;
@@ -889,6 +890,7 @@ BEGIN
     IF NOT FOUND OR s.paused OR s.revision <> fire_schedule.revision THEN
         RETURN;
     END IF;
+    window_at := now() - greatest(s.catch_up, interval '2 seconds');
     IF skipped_before < 0 THEN
         RAISE EXCEPTION 'pgtasks: skipped_before must be 0 or more, got %', skipped_before
             USING ERRCODE = 'PT409', HINT = 'Pass how many due ticks older than the catch-up window you left out.';
@@ -902,8 +904,8 @@ BEGIN
             due := '{}';
         ELSE
             latest := date_bin(s.every, now(), s.next_run_at);
-            first_in := greatest(s.next_run_at, date_bin(s.every, now() - s.catch_up, s.next_run_at));
-            IF first_in < now() - s.catch_up THEN
+            first_in := greatest(s.next_run_at, date_bin(s.every, window_at, s.next_run_at));
+            IF first_in < window_at THEN
                 first_in := first_in + s.every;
             END IF;
             first_in := least(first_in, latest);
@@ -934,7 +936,7 @@ BEGIN
         END IF;
         -- The missed-tick policy, whatever the caller sent.
         latest := due[cardinality(due)];
-        run := ARRAY(SELECT u FROM unnest(due) u WHERE u >= now() - s.catch_up OR u = latest ORDER BY u);
+        run := ARRAY(SELECT u FROM unnest(due) u WHERE u >= window_at OR u = latest ORDER BY u);
         missed := missed + cardinality(due) - cardinality(run);
         due := run;
     END IF;

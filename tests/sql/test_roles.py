@@ -194,7 +194,7 @@ async def test_schedules_admin_creates_worker_fires_reader_reads(login, conn):
         "SELECT pgtasks.pause_schedule(name => 'e'); SELECT pgtasks.resume_schedule(name => 'e')"
     )
     assert await a.fetchval("SELECT pgtasks.trigger_schedule(name => 'e')") > 0
-    await conn.execute("UPDATE pgtasks.schedule_defs SET next_run_at = now() - interval '1 s'")
+    await conn.execute("UPDATE pgtasks.schedule_defs SET next_run_at = now() - interval '0.5 s'")
     assert await w.fetchval("SELECT pgtasks.fire_every_schedules()") == 1
     assert await w.fetchval(
         "SELECT pgtasks.declare_schedule(name => 'd', task_type => 't', every => '1 minute')"

@@ -80,7 +80,7 @@ async def test_fires_due_schedules_cron_ticks_from_python_every_ticks_from_sql(c
 async def test_run_fires_schedules_every_schedule_interval_between_maintenance(conn, pool):
     await conn.execute(
         "SELECT pgtasks.create_schedule(name => 's', task_type => 'noop', every => '1 second');"
-        "UPDATE pgtasks.schedule_defs SET next_run_at = now() - interval '1 second'"
+        "UPDATE pgtasks.schedule_defs SET next_run_at = now() - interval '0.5 second'"
     )
     m = Maintainer(pool, interval=3600.0, schedule_interval=0.05, worker_id="w-1")
     m.start()
@@ -97,7 +97,7 @@ async def test_a_broken_schedule_does_not_stop_the_others(conn, pool):
         "SELECT pgtasks.create_schedule(name => 'fine', task_type => 'noop', every => '1 second');"
         # Hand-written SQL past create_schedule's checks: no parser reads this.
         "UPDATE pgtasks.schedule_defs SET cron = 'x y z w v' WHERE name = 'broken';"
-        "UPDATE pgtasks.schedule_defs SET next_run_at = now() - interval '1 second'"
+        "UPDATE pgtasks.schedule_defs SET next_run_at = now() - interval '0.5 second'"
     )
     assert await Maintainer(pool, interval=60.0).fire_schedules() == 1
     assert await conn.fetchval("SELECT schedule FROM pgtasks.tasks") == "fine"
