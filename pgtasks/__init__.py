@@ -19,6 +19,7 @@ from pgtasks.errors import (
     TaskFailed,
     TaskNotFound,
 )
+from pgtasks.schedules import Schedule, schedule
 from pgtasks.task import BaseTask, Registry, registry, task_register
 from pgtasks.worker import Worker
 
@@ -35,6 +36,7 @@ __all__ = [
     "PgTasksError",
     "Registry",
     "Retry",
+    "Schedule",
     "SyncTaskContext",
     "TaskAlreadyFinished",
     "TaskCancelled",
@@ -45,6 +47,7 @@ __all__ = [
     "TaskNotFound",
     "Worker",
     "registry",
+    "schedule",
     "task_register",
 ]
 __version__ = "0.1.0"

@@ -9,6 +9,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import sys
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -669,6 +670,173 @@ def watch(ctx: click.Context, task_id: int, lines: int, poll_interval: float) ->
     else:
         console.print(Text(f"{info.status}", style="dim bold"))
     sys.exit(1)
+
+
+# -- schedules (docs/schedules.md) ----------------------------------------------------------
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """`30s`, `5m`, `1h30m`, `2d`, or plain seconds (`90`)."""
+    value = text.strip().lower()
+    try:
+        return timedelta(seconds=float(value))
+    except ValueError:
+        pass
+    parts = _DURATION.findall(value)
+    if not parts or "".join(n + u for n, u in parts) != value.replace(" ", ""):
+        raise PgTasksError(f"not a duration: {text!r} (e.g. 30s, 5m, 1h30m, 2d)")
+    return timedelta(seconds=sum(float(n) * _UNITS[u] for n, u in parts))
+
+
+def format_duration(value: timedelta | None) -> str:
+    """The inverse of parse_duration, for tables: 5m, 1h30m, 1.5s."""
+    if value is None:
+        return ""
+    left = value.total_seconds()
+    out = ""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if left >= size:
+            out += f"{int(left // size)}{unit}"
+            left -= (left // size) * size
+    if left or not out:
+        out += f"{left:g}s"
+    return out
+
+
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def schedules(ctx: click.Context) -> None:
+    """Schedules with their next run (pgtasks.schedules); subcommands change them."""
+    if ctx.invoked_subcommand is not None:
+        return
+
+    async def go(c: Client) -> None:
+        rows = await c.schedules()
+        table = Table(title=f"schedules ({len(rows)})")
+        for col in ("name", "type", "when", "policy", "state"):
+            table.add_column(col)
+        for col in ("next run", "last task", "skipped"):
+            table.add_column(col, no_wrap=True)
+        for r in rows:
+            when = r["cron"] or f"every {format_duration(r['every'])}"
+            policy = r["overlap"] + (
+                f", catch-up {format_duration(r['catch_up'])}" if r["catch_up"] else ""
+            )
+            table.add_row(
+                r["name"],
+                r["task_type"],
+                f"{when} ({r['timezone']})" if r["cron"] else when,
+                policy,
+                "[yellow]paused[/]" if r["paused"] else "active",
+                _cell(r["next_run_at"]) or "(computing)",
+                f"{r['last_task_id']} {_status(r['last_status'])}" if r["last_status"] else "",
+                _skipped(r),
+            )
+        console.print(table)
+
+    run(_with_client(ctx, go))
+
+
+def _skipped(r: Any) -> str:
+    """Missed ticks skipped, plus the ones the overlap policy skipped (when any)."""
+    if r["skipped_overlap"]:
+        return f"{r['skipped']} + {r['skipped_overlap']} overlap"
+    return str(r["skipped"])
+
+
+@schedules.command("add")
+@click.argument("name")
+@click.argument("task_type")
+@click.option("--cron", default=None, help="5-field cron expression, e.g. '0 6 * * *'.")
+@click.option("--every", default=None, help="Fixed interval: 30s, 5m, 1h30m, 2d.")
+@click.option("--tz", "timezone", default="UTC", show_default=True, help="IANA time zone.")
+@click.option("--params", default="{}", help="JSON object of parameters.")
+@click.option("--queue", default=None)
+@click.option("--priority", default=None, type=int)
+@click.option("--overlap", default="allow", show_default=True,
+              type=click.Choice(["allow", "skip", "cancel_previous"]))  # fmt: skip
+@click.option("--catch-up", "catch_up", default="0", show_default=True,
+              help="Run missed ticks this recent (e.g. 1h); 0: only the latest.")  # fmt: skip
+@click.pass_context
+def schedules_add(
+    ctx: click.Context,
+    name: str,
+    task_type: str,
+    cron: str | None,
+    every: str | None,
+    timezone: str,
+    params: str,
+    queue: str | None,
+    priority: int | None,
+    overlap: str,
+    catch_up: str,
+) -> None:
+    """Create or update schedule NAME enqueuing TYPE (exactly one of --cron and --every)."""
+    if (cron is None) == (every is None):
+        raise PgTasksError("give exactly one of --cron and --every")
+    try:
+        parsed = json.loads(params)
+    except json.JSONDecodeError as exc:
+        raise PgTasksError(f"--params is not valid JSON: {exc.msg} at position {exc.pos}") from exc
+    if not isinstance(parsed, dict):
+        raise PgTasksError("--params must be a JSON object, e.g. '{\"width\": 10}'")
+    interval = parse_duration(every) if every is not None else None
+    run(
+        _with_client(
+            ctx,
+            lambda c: c.create_schedule(
+                name,
+                task_type,
+                cron=cron,
+                every=interval,
+                params=parsed,
+                queue=queue,
+                priority=priority,
+                timezone=timezone,
+                overlap=overlap,
+                catch_up=parse_duration(catch_up),
+            ),
+        )
+    )
+    click.echo(f"schedule {name} saved")
+
+
+@schedules.command("rm")
+@click.argument("name")
+@click.pass_context
+def schedules_rm(ctx: click.Context, name: str) -> None:
+    """Drop a schedule (its tasks stay)."""
+    run(_with_client(ctx, lambda c: c.drop_schedule(name)))
+    click.echo(f"schedule {name} dropped")
+
+
+@schedules.command("pause")
+@click.argument("name")
+@click.pass_context
+def schedules_pause(ctx: click.Context, name: str) -> None:
+    """Stop firing a schedule until resumed."""
+    run(_with_client(ctx, lambda c: c.pause_schedule(name)))
+    click.echo(f"schedule {name} paused")
+
+
+@schedules.command("resume")
+@click.argument("name")
+@click.pass_context
+def schedules_resume(ctx: click.Context, name: str) -> None:
+    """Fire a paused schedule again, from now on (ticks missed while paused are not run)."""
+    run(_with_client(ctx, lambda c: c.resume_schedule(name)))
+    click.echo(f"schedule {name} resumed")
+
+
+@schedules.command("run")
+@click.argument("name")
+@click.pass_context
+def schedules_run(ctx: click.Context, name: str) -> None:
+    """Enqueue one task of the schedule now; prints its id."""
+    click.echo(run(_with_client(ctx, lambda c: c.trigger_schedule(name))))
 
 
 def main() -> None:

@@ -302,6 +302,65 @@ class Client:
         async with db.translated():
             await self.pool.execute(queries.RETRY_TASK, task_id)
 
+    # -- schedules (sql/0006; docs/schedules.md) ------------------------------------------
+
+    async def schedules(self) -> list[dict[str, Any]]:
+        """Every schedule (pgtasks.schedules) with its next run, last task and skip counts."""
+        return [dict(r) for r in await self.pool.fetch(queries.SCHEDULES)]
+
+    async def create_schedule(
+        self,
+        name: str,
+        task_type: str | Any,
+        *,
+        cron: str | None = None,
+        every: float | timedelta | None = None,
+        params: Any = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        timezone: str = "UTC",
+        overlap: str = "allow",
+        catch_up: float | timedelta = 0,
+    ) -> None:
+        """Create or update a schedule (exactly one of cron and every). The database
+        validates it: InvalidSchedule (PT4xx) and nothing written."""
+        if every is not None and not isinstance(every, timedelta):
+            every = timedelta(seconds=float(every))
+        if not isinstance(catch_up, timedelta):
+            catch_up = timedelta(seconds=float(catch_up))
+        async with db.translated():
+            await self.pool.execute(
+                queries.CREATE_SCHEDULE,
+                name,
+                type_name(task_type),
+                cron,
+                every,
+                _params(params),
+                queue,
+                priority,
+                timezone,
+                overlap,
+                catch_up,
+            )
+
+    async def drop_schedule(self, name: str) -> None:
+        async with db.translated():
+            await self.pool.execute(queries.DROP_SCHEDULE, name)
+
+    async def pause_schedule(self, name: str) -> None:
+        async with db.translated():
+            await self.pool.execute(queries.PAUSE_SCHEDULE, name)
+
+    async def resume_schedule(self, name: str) -> None:
+        """Continue from now: ticks that passed while paused are not fired."""
+        async with db.translated():
+            await self.pool.execute(queries.RESUME_SCHEDULE, name)
+
+    async def trigger_schedule(self, name: str) -> int:
+        """Enqueue one task of the schedule now, whatever its overlap policy; its id."""
+        async with db.translated():
+            return int(await self.pool.fetchval(queries.TRIGGER_SCHEDULE, name))
+
     # -- waiting -------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager

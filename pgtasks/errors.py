@@ -55,6 +55,16 @@ class InvalidArgument(DatabaseError):
     sqlstate = "PT100"
 
 
+class InvalidSchedule(InvalidArgument):
+    """A schedule the database refused (PT401..PT406, PT408, PT409): nothing was written."""
+
+    sqlstate = "PT400"
+
+
+class ScheduleNotFound(DatabaseError):
+    sqlstate = "PT407"
+
+
 class UnknownTaskType(PgTasksError):
     """A worker claimed a task whose type is not registered in its app."""
 
@@ -97,6 +107,7 @@ _BY_STATE: dict[str, type[DatabaseError]] = {
     "PT002": LeaseLost,
     "PT003": TaskNotFound,
     "PT004": TaskAlreadyFinished,
+    "PT407": ScheduleNotFound,
 }
 
 
@@ -105,6 +116,12 @@ def translate(exc: BaseException) -> BaseException:
     state: Any = getattr(exc, "sqlstate", None)
     if not isinstance(state, str) or not state.startswith("PT"):
         return exc
-    cls = _BY_STATE.get(state) or (InvalidArgument if state.startswith("PT1") else DatabaseError)
+    cls = _BY_STATE.get(state) or (
+        InvalidArgument
+        if state.startswith("PT1")
+        else InvalidSchedule
+        if state.startswith("PT4")
+        else DatabaseError
+    )
     message = str(getattr(exc, "message", None) or exc)
     return cls(message, sqlstate=state, hint=getattr(exc, "hint", None))

@@ -176,3 +176,35 @@ PRUNE_FINISHED = "SELECT pgtasks.prune_finished(older_than => $1, max_tasks => $
 
 # A liveness probe for the LISTEN connection: a silent network drop fires no event.
 PING = "SELECT 1"
+
+# -- schedules (sql/0006) -------------------------------------------------------------------
+
+SCHEDULES = "SELECT * FROM pgtasks.schedules ORDER BY name"
+
+CREATE_SCHEDULE = """
+SELECT pgtasks.create_schedule(name => $1, task_type => $2, cron => $3, every => $4,
+                               params => $5, queue => $6, priority => $7, timezone => $8,
+                               overlap => $9, catch_up => $10)
+"""
+
+# A worker's declarations: a schedule made through SQL or the CLI is kept as it is.
+DECLARE_SCHEDULE = """
+SELECT pgtasks.declare_schedule(name => $1, task_type => $2, cron => $3, every => $4,
+                                params => $5, queue => $6, priority => $7, timezone => $8,
+                                overlap => $9, catch_up => $10)
+"""
+
+DROP_SCHEDULE = "SELECT pgtasks.drop_schedule(name => $1)"
+PAUSE_SCHEDULE = "SELECT pgtasks.pause_schedule(name => $1)"
+RESUME_SCHEDULE = "SELECT pgtasks.resume_schedule(name => $1)"
+TRIGGER_SCHEDULE = "SELECT pgtasks.trigger_schedule(name => $1)"
+
+# The maintainer, about every second: claim the due schedules (each goes to one worker),
+# then one fire_schedule per due schedule with the ticks computed in Python (cron) or NULL
+# (every: SQL computes them).
+DUE_SCHEDULES = "SELECT * FROM pgtasks.due_schedules(max_schedules => $1, worker_id => $2)"
+
+FIRE_SCHEDULE = """
+SELECT * FROM pgtasks.fire_schedule(name => $1, revision => $2, ticks => $3::timestamptz[],
+                                    next_run_at => $4, skipped_before => $5)
+"""

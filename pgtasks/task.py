@@ -15,6 +15,7 @@ from typing import Any, ClassVar, TypeVar, get_type_hints
 from pydantic import BaseModel, ValidationError
 
 from pgtasks.errors import ParamsValidationError, PgTasksError
+from pgtasks.schedules import Schedule
 
 
 class BaseTask:
@@ -71,6 +72,14 @@ class Registry:
     """Task types by name. `pgtasks.registry` is the default one the decorator fills."""
 
     specs: dict[str, TaskSpec] = field(default_factory=dict)
+    #: Declared schedules by name; a worker upserts them when it starts.
+    schedules: dict[str, Schedule] = field(default_factory=dict)
+
+    def add_schedule(self, schedule: Schedule) -> None:
+        old = self.schedules.get(schedule.name)
+        if old is not None and old != schedule:
+            raise PgTasksError(f"schedule {schedule.name!r} is already declared differently")
+        self.schedules[schedule.name] = schedule
 
     def add(self, spec: TaskSpec) -> None:
         old = self.specs.get(spec.name)
@@ -128,9 +137,16 @@ def task_register(
     retry_delay: float | None = None,
     no_retry_on: tuple[type[BaseException], ...] = (),
     params: type[BaseModel] | None = None,
+    schedule: str | None = None,
+    every: float | timedelta | None = None,
+    timezone: str = "UTC",
     into: Registry | None = None,
 ) -> Callable[[T], T]:
-    """Register a `BaseTask` subclass or a function `(ctx, params)` as task type `name`."""
+    """Register a `BaseTask` subclass or a function `(ctx, params)` as task type `name`.
+
+    `schedule` (a cron expression, in `timezone`) or `every` also declares a schedule named
+    after the type, with empty params; `pgtasks.schedule(...)` declares more (other params,
+    overlap and catch-up policies)."""
     if not name or not name.strip():
         raise PgTasksError("task_register needs a non-empty type name")
     target = into if into is not None else registry
@@ -165,6 +181,17 @@ def task_register(
         else:
             raise PgTasksError(f"@task_register({name!r}) needs a BaseTask subclass or a function")
         target.add(spec)
+        if schedule is not None or every is not None:
+            target.add_schedule(
+                Schedule(
+                    name=name,
+                    task_type=name,
+                    cron=schedule,
+                    every=_to_timedelta(every),
+                    timezone=timezone,
+                    queue=spec.queue,
+                )
+            )
         obj.task_type = name  # type: ignore[attr-defined]
         return obj
 

@@ -73,6 +73,77 @@ END $$;
 
 ALTER FUNCTION pgtasks.check_batch(what text, task_ids bigint[], attempts integer[], results jsonb[], with_results boolean) OWNER TO pgtasks_owner;
 
+CREATE FUNCTION pgtasks.check_cron(cron text) RETURNS text
+    LANGUAGE plpgsql IMMUTABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+DECLARE
+    expr   text := lower(btrim(cron));
+    fields text[];
+BEGIN
+    expr := CASE expr WHEN '@yearly' THEN '0 0 1 1 *' WHEN '@annually' THEN '0 0 1 1 *'
+                      WHEN '@monthly' THEN '0 0 1 * *' WHEN '@weekly' THEN '0 0 * * 0'
+                      WHEN '@daily' THEN '0 0 * * *' WHEN '@midnight' THEN '0 0 * * *'
+                      WHEN '@hourly' THEN '0 * * * *' ELSE expr END;
+    fields := regexp_split_to_array(expr, '\s+');
+    IF expr IS NULL OR expr = '' OR array_length(fields, 1) <> 5 THEN
+        RAISE EXCEPTION 'pgtasks: a cron expression has 5 fields (minute hour day-of-month month day-of-week), got %',
+                coalesce(quote_literal(cron), 'NULL')
+            USING ERRCODE = 'PT401',
+                  HINT = 'E.g. ''0 6 * * *'' (06:00 daily), ''*/5 * * * *'', ''0 0 1 * *'', or @hourly/@daily/@weekly/@monthly/@yearly.';
+    END IF;
+    RETURN concat_ws(' ',
+        pgtasks.check_cron_field(fields[1], 'minute', 0, 59, NULL),
+        pgtasks.check_cron_field(fields[2], 'hour', 0, 23, NULL),
+        pgtasks.check_cron_field(fields[3], 'day-of-month', 1, 31, NULL),
+        pgtasks.check_cron_field(fields[4], 'month', 1, 12,
+            ARRAY['jan','feb','mar','apr','may','jun','jul','aug','sep','oct','nov','dec']),
+        -- 0 and 7 are both Sunday.
+        pgtasks.check_cron_field(fields[5], 'day-of-week', 0, 7,
+            ARRAY['sun','mon','tue','wed','thu','fri','sat']));
+END $$;
+
+ALTER FUNCTION pgtasks.check_cron(cron text) OWNER TO pgtasks_owner;
+
+CREATE FUNCTION pgtasks.check_cron_field(field text, what text, lo integer, hi integer, names text[]) RETURNS text
+    LANGUAGE plpgsql IMMUTABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $_$
+DECLARE
+    item  text;
+    m     text[];
+    a     integer;
+    b     integer;
+    f     text := lower(field);
+BEGIN
+    FOREACH item IN ARRAY string_to_array(f, ',') LOOP
+        m := regexp_match(item, '^(\*|([0-9a-z]+)(-([0-9a-z]+))?)(/([0-9]+))?$');
+        IF m IS NULL THEN
+            RAISE EXCEPTION 'pgtasks: invalid cron %: % (expected *, N, N-M, a list of them, each with an optional /step)',
+                    what, quote_literal(field)
+                USING ERRCODE = 'PT401', HINT = 'Five fields: minute hour day-of-month month day-of-week, e.g. ''0 6 * * *''.';
+        END IF;
+        IF m[2] IS NOT NULL THEN
+            a := CASE WHEN m[2] ~ '^[0-9]+$' AND length(m[2]) <= 4 THEN m[2]::integer
+                      ELSE array_position(names, m[2]) - 1 + lo END;
+            b := CASE WHEN m[4] IS NULL THEN a
+                      WHEN m[4] ~ '^[0-9]+$' AND length(m[4]) <= 4 THEN m[4]::integer
+                      ELSE array_position(names, m[4]) - 1 + lo END;
+            IF a IS NULL OR b IS NULL OR a NOT BETWEEN lo AND hi OR b NOT BETWEEN lo AND hi OR b < a THEN
+                RAISE EXCEPTION 'pgtasks: invalid cron %: % (values % to %, ranges low-high)', what, quote_literal(field), lo, hi
+                    USING ERRCODE = 'PT401', HINT = 'Five fields: minute hour day-of-month month day-of-week, e.g. ''0 6 * * *''.';
+            END IF;
+        END IF;
+        IF m[6] IS NOT NULL AND (length(m[6]) > 4 OR m[6]::integer NOT BETWEEN 1 AND hi - lo + 1) THEN
+            RAISE EXCEPTION 'pgtasks: invalid cron % step in %', what, quote_literal(field)
+                USING ERRCODE = 'PT401', HINT = 'A step is 1 or more, e.g. ''*/15''.';
+        END IF;
+    END LOOP;
+    RETURN f;
+END $_$;
+
+ALTER FUNCTION pgtasks.check_cron_field(field text, what text, lo integer, hi integer, names text[]) OWNER TO pgtasks_owner;
+
 CREATE FUNCTION pgtasks.check_insert() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
@@ -238,6 +309,53 @@ BEGIN
 END $$;
 
 ALTER FUNCTION pgtasks.check_run_at(run_at timestamp with time zone) OWNER TO pgtasks_owner;
+
+CREATE FUNCTION pgtasks.check_schedule(cron text, every interval, timezone text, overlap text, catch_up interval) RETURNS text
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+BEGIN
+    IF (cron IS NULL) = (every IS NULL) THEN
+        RAISE EXCEPTION 'pgtasks: give exactly one of cron and every'
+            USING ERRCODE = 'PT404', HINT = 'E.g. cron => ''0 6 * * *'' or every => ''5 minutes''.';
+    END IF;
+    -- date_bin computes every-ticks in SQL, and bins only fixed durations: a month is not
+    -- one (use cron '0 0 1 * *'). More than a year between ticks is a typo.
+    IF every IS NOT NULL AND (every <= interval '0' OR extract(month FROM every) <> 0
+                              OR extract(year FROM every) <> 0 OR every > interval '366 days') THEN
+        RAISE EXCEPTION 'pgtasks: every must be a positive fixed duration of at most 366 days, got %', every
+            USING ERRCODE = 'PT403', HINT = 'E.g. every => ''30 seconds''; for calendar months use cron, e.g. ''0 0 1 * *''.';
+    END IF;
+    IF timezone IS NULL OR NOT EXISTS (SELECT 1 FROM pg_timezone_names z WHERE z.name = check_schedule.timezone) THEN
+        RAISE EXCEPTION 'pgtasks: unknown time zone %', coalesce(quote_literal(timezone), 'NULL')
+            USING ERRCODE = 'PT402', HINT = 'Use an IANA name from pg_timezone_names, e.g. ''Europe/Berlin'' or ''UTC''.';
+    END IF;
+    IF overlap IS NULL OR overlap NOT IN ('allow', 'skip', 'cancel_previous') THEN
+        RAISE EXCEPTION 'pgtasks: overlap must be allow, skip or cancel_previous, got %', coalesce(quote_literal(overlap), 'NULL')
+            USING ERRCODE = 'PT405', HINT = 'skip: no new task while the previous one is active; cancel_previous: cancel it first.';
+    END IF;
+    IF catch_up IS NULL OR catch_up < interval '0' OR catch_up > interval '1 year' THEN
+        RAISE EXCEPTION 'pgtasks: catch_up must be between 0 and 1 year, got %', coalesce(catch_up::text, 'NULL')
+            USING ERRCODE = 'PT406', HINT = 'catch_up => ''0'' runs only the latest missed tick; ''1 hour'' runs each one missed in the last hour.';
+    END IF;
+    RETURN CASE WHEN cron IS NOT NULL THEN pgtasks.check_cron(cron) END;
+END $$;
+
+ALTER FUNCTION pgtasks.check_schedule(cron text, every interval, timezone text, overlap text, catch_up interval) OWNER TO pgtasks_owner;
+
+CREATE FUNCTION pgtasks.check_schedule_name(name text) RETURNS void
+    LANGUAGE plpgsql IMMUTABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+BEGIN
+    IF pgtasks.is_blank(name) OR octet_length(name) > 255 THEN
+        RAISE EXCEPTION 'pgtasks: schedule name must be a non-empty string (not blank, at most 255 bytes), got %',
+                coalesce(pg_catalog.quote_literal(pg_catalog.left(name, 40)), 'NULL')
+            USING ERRCODE = 'PT408', HINT = 'Name the schedule after what it does, e.g. ''nightly-report''.';
+    END IF;
+END $$;
+
+ALTER FUNCTION pgtasks.check_schedule_name(name text) OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.check_worker_id(worker_id text) RETURNS void
     LANGUAGE plpgsql IMMUTABLE SECURITY DEFINER
@@ -428,6 +546,17 @@ END $$;
 
 ALTER FUNCTION pgtasks.configure(default_queue text, default_priority integer, default_max_retries integer, default_timeout interval, default_backoff_base interval, max_backoff interval, default_lease interval, retention interval, max_params_bytes integer, max_result_bytes integer, max_log_bytes integer) OWNER TO pgtasks_owner;
 
+CREATE FUNCTION pgtasks.create_schedule(name text, task_type text, cron text DEFAULT NULL::text, every interval DEFAULT NULL::interval, params jsonb DEFAULT '{}'::jsonb, queue text DEFAULT NULL::text, priority integer DEFAULT NULL::integer, timezone text DEFAULT 'UTC'::text, overlap text DEFAULT 'allow'::text, catch_up interval DEFAULT '00:00:00'::interval) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+BEGIN
+    PERFORM pgtasks.upsert_schedule(name, task_type, cron, every, params, queue, priority,
+                                    timezone, overlap, catch_up, 'sql');
+END $$;
+
+ALTER FUNCTION pgtasks.create_schedule(name text, task_type text, cron text, every interval, params jsonb, queue text, priority integer, timezone text, overlap text, catch_up interval) OWNER TO pgtasks_owner;
+
 CREATE FUNCTION pgtasks.current_settings() RETURNS pgtasks.settings
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
@@ -436,6 +565,116 @@ CREATE FUNCTION pgtasks.current_settings() RETURNS pgtasks.settings
 $$;
 
 ALTER FUNCTION pgtasks.current_settings() OWNER TO pgtasks_owner;
+
+CREATE FUNCTION pgtasks.declare_schedule(name text, task_type text, cron text DEFAULT NULL::text, every interval DEFAULT NULL::interval, params jsonb DEFAULT '{}'::jsonb, queue text DEFAULT NULL::text, priority integer DEFAULT NULL::integer, timezone text DEFAULT 'UTC'::text, overlap text DEFAULT 'allow'::text, catch_up interval DEFAULT '00:00:00'::interval) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+BEGIN
+    RETURN pgtasks.upsert_schedule(name, task_type, cron, every, params, queue, priority,
+                                   timezone, overlap, catch_up, 'code');
+END $$;
+
+ALTER FUNCTION pgtasks.declare_schedule(name text, task_type text, cron text, every interval, params jsonb, queue text, priority integer, timezone text, overlap text, catch_up interval) OWNER TO pgtasks_owner;
+
+CREATE FUNCTION pgtasks.drop_schedule(name text) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+BEGIN
+    PERFORM pgtasks.lock_schedule(name);
+    DELETE FROM pgtasks.schedule_defs d WHERE d.name = drop_schedule.name;
+END $$;
+
+ALTER FUNCTION pgtasks.drop_schedule(name text) OWNER TO pgtasks_owner;
+
+CREATE FUNCTION pgtasks.due_schedules(max_schedules integer DEFAULT 100, claim interval DEFAULT '00:00:03'::interval, worker_id text DEFAULT NULL::text) RETURNS TABLE(name text, cron text, every interval, timezone text, catch_up interval, next_run_at timestamp with time zone, revision bigint, db_now timestamp with time zone)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+BEGIN
+    PERFORM pgtasks.check_max_tasks(max_schedules);
+    IF claim IS NULL OR claim <= interval '0' OR claim > interval '1 hour' THEN
+        RAISE EXCEPTION 'pgtasks: claim must be > 0 and at most 1 hour, got %', claim
+            USING ERRCODE = 'PT114', HINT = 'Leave claim out for 3 seconds.';
+    END IF;
+    RETURN QUERY
+    UPDATE pgtasks.schedule_defs d SET claimed_until = now() + claim, fired_by = worker_id
+      FROM (SELECT c.name FROM pgtasks.schedule_defs c
+             WHERE NOT c.paused AND (c.next_run_at IS NULL OR c.next_run_at <= now())
+               AND (c.claimed_until IS NULL OR c.claimed_until < now())
+             ORDER BY c.next_run_at NULLS FIRST
+             LIMIT max_schedules
+               FOR UPDATE SKIP LOCKED) due
+     WHERE d.name = due.name
+    RETURNING d.name, d.cron, d.every, d.timezone, d.catch_up, d.next_run_at, d.revision, now();
+END $$;
+
+ALTER FUNCTION pgtasks.due_schedules(max_schedules integer, claim interval, worker_id text) OWNER TO pgtasks_owner;
+
+CREATE TABLE pgtasks.schedule_defs (
+    name text NOT NULL,
+    task_type text NOT NULL,
+    cron text,
+    every interval,
+    params jsonb DEFAULT '{}'::jsonb NOT NULL,
+    queue text,
+    priority integer,
+    timezone text DEFAULT 'UTC'::text NOT NULL,
+    overlap text DEFAULT 'allow'::text NOT NULL,
+    catch_up interval DEFAULT '00:00:00'::interval NOT NULL,
+    paused boolean DEFAULT false NOT NULL,
+    origin text DEFAULT 'sql'::text NOT NULL,
+    next_run_at timestamp with time zone,
+    last_tick timestamp with time zone,
+    last_run_at timestamp with time zone,
+    last_task_id bigint,
+    skipped bigint DEFAULT 0 NOT NULL,
+    skipped_overlap bigint DEFAULT 0 NOT NULL,
+    revision bigint DEFAULT 0 NOT NULL,
+    claimed_until timestamp with time zone,
+    fired_by text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT catch_up_in_range CHECK (((catch_up >= '00:00:00'::interval) AND (catch_up <= '1 year'::interval))),
+    CONSTRAINT every_positive CHECK ((every > '00:00:00'::interval)),
+    CONSTRAINT one_of_cron_every CHECK (((cron IS NULL) <> (every IS NULL))),
+    CONSTRAINT origin_known CHECK ((origin = ANY (ARRAY['sql'::text, 'code'::text]))),
+    CONSTRAINT overlap_known CHECK ((overlap = ANY (ARRAY['allow'::text, 'skip'::text, 'cancel_previous'::text])))
+);
+
+ALTER TABLE pgtasks.schedule_defs OWNER TO pgtasks_owner;
+
+CREATE FUNCTION pgtasks.enqueue_tick(s pgtasks.schedule_defs, tick timestamp with time zone) RETURNS bigint
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+DECLARE
+    p      pgtasks.tasks;
+    new_id bigint;
+BEGIN
+    -- The same policy resolution as submit_task (type's policy, else settings), but an
+    -- INSERT of our own: ON CONFLICT needs to name the (schedule, tick) index.
+    p := pgtasks.submit_policy(s.task_type, s.queue, s.priority, NULL, NULL, NULL, NULL);
+    INSERT INTO pgtasks.tasks (task_type, params, queue, priority, run_at, max_retries, timeout,
+                               backoff_base, schedule, schedule_tick)
+    VALUES (p.task_type, s.params, p.queue, p.priority, p.run_at, p.max_retries, p.timeout,
+            p.backoff_base, s.name, tick)
+    ON CONFLICT (schedule, schedule_tick) WHERE schedule IS NOT NULL DO NOTHING
+    RETURNING id INTO new_id;
+    RETURN new_id;
+END $$;
+
+ALTER FUNCTION pgtasks.enqueue_tick(s pgtasks.schedule_defs, tick timestamp with time zone) OWNER TO pgtasks_owner;
+
+CREATE FUNCTION pgtasks.every_tick_after(every interval, after timestamp with time zone) RETURNS timestamp with time zone
+    LANGUAGE sql IMMUTABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+    SELECT date_bin(every, after, timestamptz '1970-01-01 00:00:00+00') + every
+$$;
+
+ALTER FUNCTION pgtasks.every_tick_after(every interval, after timestamp with time zone) OWNER TO pgtasks_owner;
 
 CREATE TABLE pgtasks.tasks (
     id bigint NOT NULL,
@@ -461,6 +700,8 @@ CREATE TABLE pgtasks.tasks (
     started_at timestamp with time zone,
     finished_at timestamp with time zone,
     backoff_base interval DEFAULT (pgtasks.current_settings()).default_backoff_base NOT NULL,
+    schedule text,
+    schedule_tick timestamp with time zone,
     CONSTRAINT attempt_not_negative CHECK ((attempt >= 0)),
     CONSTRAINT backoff_base_positive CHECK ((backoff_base > '00:00:00'::interval)),
     CONSTRAINT failed_has_error CHECK (((status <> 'FAILED'::pgtasks.status) OR (error IS NOT NULL))),
@@ -476,6 +717,7 @@ CASE
     ELSE ((worker_id IS NULL) AND (lease_expires_at IS NULL) AND (deadline IS NULL))
 END),
     CONSTRAINT running_was_claimed CHECK (((status <> 'RUNNING'::pgtasks.status) OR ((attempt > 0) AND (started_at IS NOT NULL)))),
+    CONSTRAINT schedule_has_tick CHECK (((schedule IS NULL) = (schedule_tick IS NULL))),
     CONSTRAINT task_type_not_empty CHECK ((task_type <> ''::text)),
     CONSTRAINT terminal_has_finished_at CHECK (((status = ANY (ARRAY['DONE'::pgtasks.status, 'FAILED'::pgtasks.status, 'CANCELLED'::pgtasks.status])) = (finished_at IS NOT NULL))),
     CONSTRAINT timeout_at_most_a_year CHECK ((timeout <= '1 year'::interval)),
@@ -608,6 +850,126 @@ BEGIN
 END $$;
 
 ALTER FUNCTION pgtasks.finish_tasks(task_ids bigint[], attempts integer[], results jsonb[]) OWNER TO pgtasks_owner;
+
+CREATE FUNCTION pgtasks.fire_every_schedules(max_schedules integer DEFAULT 100) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+DECLARE
+    d record;
+    n integer := 0;
+BEGIN
+    FOR d IN SELECT * FROM pgtasks.due_schedules(max_schedules) ds WHERE ds.every IS NOT NULL LOOP
+        n := n + (SELECT count(*) FROM pgtasks.fire_schedule(d.name, d.revision))::integer;
+    END LOOP;
+    RETURN n;
+END $$;
+
+ALTER FUNCTION pgtasks.fire_every_schedules(max_schedules integer) OWNER TO pgtasks_owner;
+
+CREATE FUNCTION pgtasks.fire_schedule(name text, revision bigint, ticks timestamp with time zone[] DEFAULT NULL::timestamp with time zone[], next_run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, skipped_before bigint DEFAULT 0) RETURNS SETOF bigint
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+DECLARE
+    s         pgtasks.schedule_defs;
+    due       timestamptz[];
+    run       timestamptz[];
+    nxt       timestamptz := fire_schedule.next_run_at;
+    missed    bigint := coalesce(skipped_before, 0);
+    n_overlap bigint := 0;
+    window_at timestamptz;  -- ticks at or after it run
+    latest    timestamptz;
+    first_in  timestamptz;
+    t         timestamptz;
+    prev      pgtasks.status;
+    new_id    bigint;
+    last_id   bigint;
+BEGIN
+    SELECT * INTO s FROM pgtasks.schedule_defs d WHERE d.name = fire_schedule.name FOR UPDATE;
+    IF NOT FOUND OR s.paused OR s.revision <> fire_schedule.revision THEN
+        RETURN;
+    END IF;
+    window_at := now() - greatest(s.catch_up, interval '2 seconds');
+    IF skipped_before < 0 THEN
+        RAISE EXCEPTION 'pgtasks: skipped_before must be 0 or more, got %', skipped_before
+            USING ERRCODE = 'PT409', HINT = 'Pass how many due ticks older than the catch-up window you left out.';
+    END IF;
+
+    IF s.every IS NOT NULL THEN
+        -- Every schedule: computed here, so any client (or pg_cron) can fire it with
+        -- fire_schedule(name, revision).
+        IF s.next_run_at IS NULL OR s.next_run_at > now() THEN
+            nxt := coalesce(s.next_run_at, pgtasks.every_tick_after(s.every, now()));
+            due := '{}';
+        ELSE
+            latest := date_bin(s.every, now(), s.next_run_at);
+            first_in := greatest(s.next_run_at, date_bin(s.every, window_at, s.next_run_at));
+            IF first_in < window_at THEN
+                first_in := first_in + s.every;
+            END IF;
+            first_in := least(first_in, latest);
+            due := ARRAY(SELECT generate_series(first_in, latest, s.every));
+            missed := round(extract(epoch FROM first_in - s.next_run_at) / extract(epoch FROM s.every))::bigint;
+            nxt := latest + s.every;
+        END IF;
+    ELSE
+        IF nxt IS NULL OR (s.next_run_at IS NOT NULL AND ticks IS NULL) THEN
+            RAISE EXCEPTION 'pgtasks: a cron schedule is fired with the ticks and next_run_at the caller computed'
+                USING ERRCODE = 'PT409', HINT = 'The Python worker computes them with croniter; pass ticks => ''{}'' when none are due.';
+        END IF;
+        due := ARRAY(SELECT DISTINCT u FROM unnest(coalesce(ticks, '{}')) u WHERE u IS NOT NULL ORDER BY u);
+        IF s.next_run_at IS NULL AND cardinality(due) > 0 THEN
+            RAISE EXCEPTION 'pgtasks: schedule % has no next_run_at yet; it gets one before any tick fires', s.name
+                USING ERRCODE = 'PT409', HINT = 'Pass ticks => ''{}'' and the first tick after now as next_run_at.';
+        END IF;
+        IF cardinality(due) > 0 AND (due[1] < s.next_run_at OR due[cardinality(due)] > now()) THEN
+            RAISE EXCEPTION 'pgtasks: ticks of % must lie between its next_run_at % and now', s.name, s.next_run_at
+                USING ERRCODE = 'PT409', HINT = 'Fire only due ticks; earlier ones were fired already.';
+        END IF;
+        -- Not "after now()": the caller computed it from due_schedules' db_now, and this
+        -- transaction's now() may already have passed it. Then it is simply due next round.
+        IF NOT isfinite(nxt) OR nxt > now() + interval '100 years'
+           OR nxt <= coalesce(due[cardinality(due)], s.next_run_at, '-infinity') THEN
+            RAISE EXCEPTION 'pgtasks: next_run_at of % must be after the ticks fired (and finite), got %', s.name, nxt
+                USING ERRCODE = 'PT409', HINT = 'Pass the first tick after db_now of due_schedules.';
+        END IF;
+        -- The missed-tick policy, whatever the caller sent.
+        latest := due[cardinality(due)];
+        run := ARRAY(SELECT u FROM unnest(due) u WHERE u >= window_at OR u = latest ORDER BY u);
+        missed := missed + cardinality(due) - cardinality(run);
+        due := run;
+    END IF;
+
+    last_id := s.last_task_id;
+    FOREACH t IN ARRAY due LOOP
+        IF s.overlap <> 'allow' AND last_id IS NOT NULL THEN
+            SELECT k.status INTO prev FROM pgtasks.tasks k WHERE k.id = last_id;
+            IF prev IN ('PENDING', 'RUNNING', 'COMMIT') THEN
+                IF s.overlap = 'skip' THEN
+                    n_overlap := n_overlap + 1;
+                    CONTINUE;
+                END IF;
+                PERFORM pgtasks.cancel_task(last_id);
+            END IF;
+        END IF;
+        new_id := pgtasks.enqueue_tick(s, t);
+        IF new_id IS NOT NULL THEN
+            last_id := new_id;
+            RETURN NEXT new_id;
+        END IF;
+    END LOOP;
+
+    UPDATE pgtasks.schedule_defs d
+       SET next_run_at = nxt, claimed_until = NULL, revision = d.revision + 1,
+           last_tick = coalesce(due[cardinality(due)], d.last_tick),
+           last_run_at = CASE WHEN last_id IS DISTINCT FROM s.last_task_id THEN now() ELSE d.last_run_at END,
+           last_task_id = last_id, skipped = d.skipped + missed,
+           skipped_overlap = d.skipped_overlap + n_overlap
+     WHERE d.name = s.name;
+END $$;
+
+ALTER FUNCTION pgtasks.fire_schedule(name text, revision bigint, ticks timestamp with time zone[], next_run_at timestamp with time zone, skipped_before bigint) OWNER TO pgtasks_owner;
 
 CREATE PROCEDURE pgtasks.grant_roles()
     LANGUAGE plpgsql SECURITY DEFINER
@@ -757,6 +1119,23 @@ END $$;
 
 ALTER FUNCTION pgtasks.lock_owned_task(task_id bigint, attempt integer) OWNER TO pgtasks_owner;
 
+CREATE FUNCTION pgtasks.lock_schedule(name text) RETURNS pgtasks.schedule_defs
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+DECLARE
+    s pgtasks.schedule_defs;
+BEGIN
+    SELECT * INTO s FROM pgtasks.schedule_defs d WHERE d.name = lock_schedule.name FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pgtasks: no schedule named %', coalesce(quote_literal(name), 'NULL')
+            USING ERRCODE = 'PT407', HINT = 'SELECT name FROM pgtasks.schedules lists them.';
+    END IF;
+    RETURN s;
+END $$;
+
+ALTER FUNCTION pgtasks.lock_schedule(name text) OWNER TO pgtasks_owner;
+
 CREATE FUNCTION pgtasks.lock_task(task_id bigint) RETURNS pgtasks.tasks
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
@@ -869,6 +1248,18 @@ CREATE FUNCTION pgtasks.notify_watchers(task_id bigint) RETURNS void
 $$;
 
 ALTER FUNCTION pgtasks.notify_watchers(task_id bigint) OWNER TO pgtasks_owner;
+
+CREATE FUNCTION pgtasks.pause_schedule(name text) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+BEGIN
+    PERFORM pgtasks.lock_schedule(name);
+    UPDATE pgtasks.schedule_defs d SET paused = true, revision = d.revision + 1, updated_at = now()
+     WHERE d.name = pause_schedule.name;
+END $$;
+
+ALTER FUNCTION pgtasks.pause_schedule(name text) OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.prune_finished(older_than interval DEFAULT NULL::interval, max_tasks integer DEFAULT 1000) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
@@ -1129,6 +1520,24 @@ END $$;
 
 ALTER FUNCTION pgtasks.rescue_one(t pgtasks.tasks) OWNER TO pgtasks_owner;
 
+CREATE FUNCTION pgtasks.resume_schedule(name text) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+DECLARE
+    s pgtasks.schedule_defs;
+BEGIN
+    s := pgtasks.lock_schedule(name);
+    IF s.paused THEN
+        UPDATE pgtasks.schedule_defs d
+           SET paused = false, revision = d.revision + 1, updated_at = now(),
+               next_run_at = CASE WHEN d.every IS NOT NULL THEN pgtasks.every_tick_after(d.every, now()) END
+         WHERE d.name = resume_schedule.name;
+    END IF;
+END $$;
+
+ALTER FUNCTION pgtasks.resume_schedule(name text) OWNER TO pgtasks_owner;
+
 CREATE FUNCTION pgtasks.retry_task(task_id bigint, run_at timestamp with time zone DEFAULT now()) RETURNS void
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
@@ -1305,6 +1714,24 @@ $$;
 
 ALTER FUNCTION pgtasks.transition_reason(from_status pgtasks.status, to_status pgtasks.status) OWNER TO pgtasks_owner;
 
+CREATE FUNCTION pgtasks.trigger_schedule(name text) RETURNS bigint
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+DECLARE
+    s      pgtasks.schedule_defs;
+    new_id bigint;
+BEGIN
+    s := pgtasks.lock_schedule(name);
+    new_id := pgtasks.enqueue_tick(s, now());
+    UPDATE pgtasks.schedule_defs d
+       SET last_task_id = coalesce(new_id, d.last_task_id), last_run_at = now(), revision = d.revision + 1
+     WHERE d.name = trigger_schedule.name;
+    RETURN new_id;
+END $$;
+
+ALTER FUNCTION pgtasks.trigger_schedule(name text) OWNER TO pgtasks_owner;
+
 CREATE FUNCTION pgtasks.unregister_worker(worker_id text) RETURNS void
     LANGUAGE sql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
@@ -1323,6 +1750,43 @@ CREATE FUNCTION pgtasks.unwatch_task(task_id bigint) RETURNS void
 $$;
 
 ALTER FUNCTION pgtasks.unwatch_task(task_id bigint) OWNER TO pgtasks_owner;
+
+CREATE FUNCTION pgtasks.upsert_schedule(name text, task_type text, cron text, every interval, params jsonb, queue text, priority integer, timezone text, overlap text, catch_up interval, origin text) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+DECLARE
+    norm   text;
+    first  timestamptz;
+    n      integer;
+BEGIN
+    PERFORM pgtasks.check_schedule_name(name);
+    norm := pgtasks.check_schedule(cron, every, timezone, overlap, catch_up);
+    PERFORM pgtasks.check_policy(task_type, queue);
+    PERFORM pgtasks.check_params(coalesce(params, '{}'));
+    first := CASE WHEN every IS NOT NULL THEN pgtasks.every_tick_after(every, now()) END;
+    INSERT INTO pgtasks.schedule_defs AS s
+           (name, task_type, cron, every, params, queue, priority, timezone, overlap, catch_up,
+            origin, next_run_at)
+    VALUES (upsert_schedule.name, upsert_schedule.task_type, norm, upsert_schedule.every,
+            coalesce(upsert_schedule.params, '{}'), upsert_schedule.queue, upsert_schedule.priority,
+            upsert_schedule.timezone, upsert_schedule.overlap, upsert_schedule.catch_up,
+            upsert_schedule.origin, first)
+    ON CONFLICT ON CONSTRAINT schedule_defs_pkey DO UPDATE
+       SET task_type = EXCLUDED.task_type, cron = EXCLUDED.cron, every = EXCLUDED.every,
+           params = EXCLUDED.params, queue = EXCLUDED.queue, priority = EXCLUDED.priority,
+           timezone = EXCLUDED.timezone, overlap = EXCLUDED.overlap, catch_up = EXCLUDED.catch_up,
+           origin = CASE WHEN EXCLUDED.origin = 'sql' THEN 'sql' ELSE s.origin END,
+           next_run_at = CASE WHEN (s.cron, s.every, s.timezone) IS NOT DISTINCT FROM
+                                   (EXCLUDED.cron, EXCLUDED.every, EXCLUDED.timezone)
+                              THEN s.next_run_at ELSE EXCLUDED.next_run_at END,
+           revision = s.revision + 1, updated_at = now()
+     WHERE EXCLUDED.origin = 'sql' OR s.origin = 'code';
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n = 1;
+END $$;
+
+ALTER FUNCTION pgtasks.upsert_schedule(name text, task_type text, cron text, every interval, params jsonb, queue text, priority integer, timezone text, overlap text, catch_up interval, origin text) OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.wake_workers() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
@@ -1468,6 +1932,33 @@ CREATE VIEW pgtasks.registered_types AS
      CROSS JOIN pgtasks.settings s);
 
 ALTER VIEW pgtasks.registered_types OWNER TO pgtasks_owner;
+
+CREATE VIEW pgtasks.schedules AS
+ SELECT d.name,
+    d.task_type,
+    d.cron,
+    d.every,
+    d.timezone,
+    d.params,
+    d.queue,
+    d.priority,
+    d.overlap,
+    d.catch_up,
+    d.paused,
+    d.origin,
+    d.next_run_at,
+    d.last_tick,
+    d.last_run_at,
+    d.last_task_id,
+    t.status AS last_status,
+    d.skipped,
+    d.skipped_overlap,
+    d.fired_by,
+    d.updated_at
+   FROM (pgtasks.schedule_defs d
+     LEFT JOIN pgtasks.tasks t ON ((t.id = d.last_task_id)));
+
+ALTER VIEW pgtasks.schedules OWNER TO pgtasks_owner;
 
 CREATE VIEW pgtasks.task_attempt_errors AS
  SELECT task_id,
@@ -1666,6 +2157,9 @@ ALTER VIEW pgtasks.workers OWNER TO pgtasks_owner;
 ALTER TABLE ONLY pgtasks.migrations
     ADD CONSTRAINT migrations_pkey PRIMARY KEY (version);
 
+ALTER TABLE ONLY pgtasks.schedule_defs
+    ADD CONSTRAINT schedule_defs_pkey PRIMARY KEY (name);
+
 ALTER TABLE ONLY pgtasks.settings
     ADD CONSTRAINT settings_pkey PRIMARY KEY (id);
 
@@ -1693,6 +2187,8 @@ ALTER TABLE ONLY pgtasks.tasks
 ALTER TABLE ONLY pgtasks.worker_registry
     ADD CONSTRAINT worker_registry_pkey PRIMARY KEY (worker_id);
 
+CREATE INDEX schedule_defs_due ON pgtasks.schedule_defs USING btree (next_run_at NULLS FIRST) WHERE (NOT paused);
+
 CREATE INDEX task_events_task ON pgtasks.task_events USING btree (task_id, id);
 
 CREATE INDEX task_logs_task ON pgtasks.task_logs USING btree (task_id, id);
@@ -1706,6 +2202,8 @@ CREATE INDEX tasks_finished_at ON pgtasks.tasks USING btree (finished_at) WHERE 
 CREATE INDEX tasks_lease ON pgtasks.tasks USING btree (lease_expires_at) WHERE (lease_expires_at IS NOT NULL);
 
 CREATE INDEX tasks_next_run_at ON pgtasks.tasks USING btree (run_at) WHERE (status = ANY (ARRAY['PENDING'::pgtasks.status, 'COMMIT'::pgtasks.status]));
+
+CREATE UNIQUE INDEX tasks_schedule_tick ON pgtasks.tasks USING btree (schedule, schedule_tick) WHERE (schedule IS NOT NULL);
 
 CREATE TRIGGER settings_keep_row BEFORE DELETE OR TRUNCATE ON pgtasks.settings FOR EACH STATEMENT EXECUTE FUNCTION pgtasks.keep_settings_row();
 
@@ -1753,6 +2251,10 @@ GRANT ALL ON FUNCTION pgtasks.cancel_task(task_id bigint) TO pgtasks_admin;
 
 REVOKE ALL ON FUNCTION pgtasks.check_batch(what text, task_ids bigint[], attempts integer[], results jsonb[], with_results boolean) FROM PUBLIC;
 
+REVOKE ALL ON FUNCTION pgtasks.check_cron(cron text) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION pgtasks.check_cron_field(field text, what text, lo integer, hi integer, names text[]) FROM PUBLIC;
+
 REVOKE ALL ON FUNCTION pgtasks.check_insert() FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION pgtasks.check_log_size(message text, what text) FROM PUBLIC;
@@ -1769,6 +2271,10 @@ REVOKE ALL ON FUNCTION pgtasks.check_result_size(result jsonb, what text) FROM P
 
 REVOKE ALL ON FUNCTION pgtasks.check_run_at(run_at timestamp with time zone) FROM PUBLIC;
 
+REVOKE ALL ON FUNCTION pgtasks.check_schedule(cron text, every interval, timezone text, overlap text, catch_up interval) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION pgtasks.check_schedule_name(name text) FROM PUBLIC;
+
 REVOKE ALL ON FUNCTION pgtasks.check_worker_id(worker_id text) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION pgtasks.checkpoint(task_id bigint, attempt integer, step text, result jsonb) FROM PUBLIC;
@@ -1782,9 +2288,27 @@ REVOKE ALL ON FUNCTION pgtasks.is_blank(value text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgtasks.configure(default_queue text, default_priority integer, default_max_retries integer, default_timeout interval, default_backoff_base interval, max_backoff interval, default_lease interval, retention interval, max_params_bytes integer, max_result_bytes integer, max_log_bytes integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION pgtasks.configure(default_queue text, default_priority integer, default_max_retries integer, default_timeout interval, default_backoff_base interval, max_backoff interval, default_lease interval, retention interval, max_params_bytes integer, max_result_bytes integer, max_log_bytes integer) TO pgtasks_admin;
 
+REVOKE ALL ON FUNCTION pgtasks.create_schedule(name text, task_type text, cron text, every interval, params jsonb, queue text, priority integer, timezone text, overlap text, catch_up interval) FROM PUBLIC;
+GRANT ALL ON FUNCTION pgtasks.create_schedule(name text, task_type text, cron text, every interval, params jsonb, queue text, priority integer, timezone text, overlap text, catch_up interval) TO pgtasks_admin;
+
 REVOKE ALL ON FUNCTION pgtasks.current_settings() FROM PUBLIC;
 GRANT ALL ON FUNCTION pgtasks.current_settings() TO pgtasks_worker;
 GRANT ALL ON FUNCTION pgtasks.current_settings() TO pgtasks_reader;
+
+REVOKE ALL ON FUNCTION pgtasks.declare_schedule(name text, task_type text, cron text, every interval, params jsonb, queue text, priority integer, timezone text, overlap text, catch_up interval) FROM PUBLIC;
+GRANT ALL ON FUNCTION pgtasks.declare_schedule(name text, task_type text, cron text, every interval, params jsonb, queue text, priority integer, timezone text, overlap text, catch_up interval) TO pgtasks_worker;
+GRANT ALL ON FUNCTION pgtasks.declare_schedule(name text, task_type text, cron text, every interval, params jsonb, queue text, priority integer, timezone text, overlap text, catch_up interval) TO pgtasks_admin;
+
+REVOKE ALL ON FUNCTION pgtasks.drop_schedule(name text) FROM PUBLIC;
+GRANT ALL ON FUNCTION pgtasks.drop_schedule(name text) TO pgtasks_admin;
+
+REVOKE ALL ON FUNCTION pgtasks.due_schedules(max_schedules integer, claim interval, worker_id text) FROM PUBLIC;
+GRANT ALL ON FUNCTION pgtasks.due_schedules(max_schedules integer, claim interval, worker_id text) TO pgtasks_worker;
+GRANT ALL ON FUNCTION pgtasks.due_schedules(max_schedules integer, claim interval, worker_id text) TO pgtasks_admin;
+
+REVOKE ALL ON FUNCTION pgtasks.enqueue_tick(s pgtasks.schedule_defs, tick timestamp with time zone) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION pgtasks.every_tick_after(every interval, after timestamp with time zone) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION pgtasks.expiry_reason(t pgtasks.tasks) FROM PUBLIC;
 
@@ -1800,6 +2324,14 @@ GRANT ALL ON FUNCTION pgtasks.finish_task(task_id bigint, attempt integer, resul
 REVOKE ALL ON FUNCTION pgtasks.finish_tasks(task_ids bigint[], attempts integer[], results jsonb[]) FROM PUBLIC;
 GRANT ALL ON FUNCTION pgtasks.finish_tasks(task_ids bigint[], attempts integer[], results jsonb[]) TO pgtasks_worker;
 
+REVOKE ALL ON FUNCTION pgtasks.fire_every_schedules(max_schedules integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION pgtasks.fire_every_schedules(max_schedules integer) TO pgtasks_worker;
+GRANT ALL ON FUNCTION pgtasks.fire_every_schedules(max_schedules integer) TO pgtasks_admin;
+
+REVOKE ALL ON FUNCTION pgtasks.fire_schedule(name text, revision bigint, ticks timestamp with time zone[], next_run_at timestamp with time zone, skipped_before bigint) FROM PUBLIC;
+GRANT ALL ON FUNCTION pgtasks.fire_schedule(name text, revision bigint, ticks timestamp with time zone[], next_run_at timestamp with time zone, skipped_before bigint) TO pgtasks_worker;
+GRANT ALL ON FUNCTION pgtasks.fire_schedule(name text, revision bigint, ticks timestamp with time zone[], next_run_at timestamp with time zone, skipped_before bigint) TO pgtasks_admin;
+
 REVOKE ALL ON PROCEDURE pgtasks.grant_roles() FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION pgtasks.heartbeat(worker_id text, task_ids bigint[], attempts integer[], lease interval) FROM PUBLIC;
@@ -1812,6 +2344,8 @@ REVOKE ALL ON FUNCTION pgtasks.lease_or_default(lease interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgtasks.lock_expired(max_tasks integer) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION pgtasks.lock_owned_task(task_id bigint, attempt integer) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION pgtasks.lock_schedule(name text) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION pgtasks.lock_task(task_id bigint) FROM PUBLIC;
 
@@ -1828,6 +2362,9 @@ REVOKE ALL ON FUNCTION pgtasks.next_run_at(queues text[], task_types text[]) FRO
 GRANT ALL ON FUNCTION pgtasks.next_run_at(queues text[], task_types text[]) TO pgtasks_worker;
 
 REVOKE ALL ON FUNCTION pgtasks.notify_watchers(task_id bigint) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION pgtasks.pause_schedule(name text) FROM PUBLIC;
+GRANT ALL ON FUNCTION pgtasks.pause_schedule(name text) TO pgtasks_admin;
 
 REVOKE ALL ON FUNCTION pgtasks.prune_finished(older_than interval, max_tasks integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION pgtasks.prune_finished(older_than interval, max_tasks integer) TO pgtasks_worker;
@@ -1856,6 +2393,9 @@ GRANT ALL ON FUNCTION pgtasks.rescue_expired(max_tasks integer) TO pgtasks_worke
 
 REVOKE ALL ON FUNCTION pgtasks.rescue_one(t pgtasks.tasks) FROM PUBLIC;
 
+REVOKE ALL ON FUNCTION pgtasks.resume_schedule(name text) FROM PUBLIC;
+GRANT ALL ON FUNCTION pgtasks.resume_schedule(name text) TO pgtasks_admin;
+
 REVOKE ALL ON FUNCTION pgtasks.retry_task(task_id bigint, run_at timestamp with time zone) FROM PUBLIC;
 GRANT ALL ON FUNCTION pgtasks.retry_task(task_id bigint, run_at timestamp with time zone) TO pgtasks_admin;
 
@@ -1876,11 +2416,16 @@ REVOKE ALL ON FUNCTION pgtasks.transition_reason(from_status pgtasks.status, to_
 GRANT ALL ON FUNCTION pgtasks.transition_reason(from_status pgtasks.status, to_status pgtasks.status) TO pgtasks_submitter;
 GRANT ALL ON FUNCTION pgtasks.transition_reason(from_status pgtasks.status, to_status pgtasks.status) TO pgtasks_reader;
 
+REVOKE ALL ON FUNCTION pgtasks.trigger_schedule(name text) FROM PUBLIC;
+GRANT ALL ON FUNCTION pgtasks.trigger_schedule(name text) TO pgtasks_admin;
+
 REVOKE ALL ON FUNCTION pgtasks.unregister_worker(worker_id text) FROM PUBLIC;
 GRANT ALL ON FUNCTION pgtasks.unregister_worker(worker_id text) TO pgtasks_worker;
 
 REVOKE ALL ON FUNCTION pgtasks.unwatch_task(task_id bigint) FROM PUBLIC;
 GRANT ALL ON FUNCTION pgtasks.unwatch_task(task_id bigint) TO pgtasks_submitter;
+
+REVOKE ALL ON FUNCTION pgtasks.upsert_schedule(name text, task_type text, cron text, every interval, params jsonb, queue text, priority integer, timezone text, overlap text, catch_up interval, origin text) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION pgtasks.wake_workers() FROM PUBLIC;
 
@@ -1897,6 +2442,9 @@ GRANT SELECT ON TABLE pgtasks.queue_stats TO pgtasks_reader;
 
 GRANT SELECT ON TABLE pgtasks.registered_types TO pgtasks_submitter;
 GRANT SELECT ON TABLE pgtasks.registered_types TO pgtasks_reader;
+
+GRANT SELECT ON TABLE pgtasks.schedules TO pgtasks_reader;
+GRANT SELECT ON TABLE pgtasks.schedules TO pgtasks_admin;
 
 GRANT SELECT ON TABLE pgtasks.task_attempt_errors TO pgtasks_reader;
 

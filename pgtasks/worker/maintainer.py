@@ -1,6 +1,7 @@
 """Maintainer: the database's housekeeping, run by every worker on a timer so no cron job is
 needed. Rescues tasks whose lease expired (their worker died) and prunes finished tasks past
-their retention, a bounded batch at a time. Schedules will plug in here.
+their retention, a bounded batch at a time. Fires due schedules about every second
+(pgtasks.schedules.fire_due: each due schedule goes to one worker per round).
 
 Every worker runs it; maintain() lets one call at a time do the work and the others return
 at once, so a fleet of 20 workers costs one rescue scan per interval, not twenty."""
@@ -10,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 import asyncpg
 
-from pgtasks import queries
+from pgtasks import queries, schedules
 from pgtasks.db import TRANSIENT
 from pgtasks.worker.base import Service
 
@@ -42,6 +43,8 @@ class Maintainer(Service):
         prune: bool = True,
         prune_interval: float = 60.0,
         on_rescued: Callable[[int], None] | None = None,
+        schedule_interval: float | None = 1.0,
+        worker_id: str | None = None,
     ) -> None:
         super().__init__()
         self.pool = pool
@@ -51,6 +54,9 @@ class Maintainer(Service):
         self.prune_interval = prune_interval
         self.on_rescued = on_rescued or (lambda n: None)
         self._next_prune = 0.0
+        #: None: this worker fires no schedules (others do).
+        self.schedule_interval = schedule_interval
+        self.worker_id = worker_id
 
     async def run_once(self) -> tuple[int, int]:
         """Rescue expired leases and prune what is due; returns (rescued, pruned)."""
@@ -84,12 +90,30 @@ class Maintainer(Service):
                 return total
             await asyncio.sleep(0)  # let claims and completions through between batches
 
+    async def fire_schedules(self) -> int:
+        """Enqueue the ticks of the schedules that are due; returns the tasks enqueued."""
+        return await schedules.fire_due(self.pool, worker_id=self.worker_id)
+
     async def run(self) -> None:
+        """Schedules every `schedule_interval` (they are due to the second), maintenance
+        every `interval`; each with jitter, so a fleet does not call in step."""
+        loop = asyncio.get_running_loop()
+        next_maintain = loop.time() + self.interval * random.uniform(0.8, 1.2)
         while True:
-            await asyncio.sleep(self.interval * random.uniform(0.8, 1.2))
-            try:
-                await self.run_once()
-            except TRANSIENT as exc:
-                log.warning("maintenance skipped (%s)", exc)
-            except Exception:  # keep rescuing: no other process will
-                log.exception("maintenance failed; trying again later")
+            step = next_maintain - loop.time()
+            if self.schedule_interval is not None:
+                step = min(step, self.schedule_interval * random.uniform(0.8, 1.2))
+            await asyncio.sleep(max(step, 0.0))
+            if self.schedule_interval is not None:
+                await self._step("schedules", self.fire_schedules)
+            if loop.time() >= next_maintain:
+                next_maintain = loop.time() + self.interval * random.uniform(0.8, 1.2)
+                await self._step("maintenance", self.run_once)
+
+    async def _step(self, what: str, step: Callable[[], Awaitable[object]]) -> None:
+        try:
+            await step()
+        except TRANSIENT as exc:
+            log.warning("%s skipped (%s)", what, exc)
+        except Exception:  # keep rescuing and firing: no other process will
+            log.exception("%s failed; trying again later", what)

@@ -4,7 +4,7 @@
                           ▲                                              │
                           └───────────── freed slot / written ───────────┘
     lease keeper: heartbeats for every held task; stops the ones whose lease was lost
-    maintainer:   rescue of expired leases, pruning (schedules later)
+    maintainer:   rescue of expired leases, pruning, firing due schedules
 
 Connections, at any concurrency: `core` (2, producer and completer), `control` (1, lease
 keeper and maintainer), `writes` (1, the tasks' checkpoints, logs and progress), plus the
@@ -27,7 +27,7 @@ from typing import Any
 
 import asyncpg
 
-from pgtasks import db, queries
+from pgtasks import db, queries, schedules
 from pgtasks.config import resolve_url
 from pgtasks.context import (
     current_task,
@@ -227,6 +227,8 @@ class Worker:
                         timedelta(seconds=spec.retry_delay) if spec.retry_delay else None,
                         self.worker_id,
                     )
+                # Declared schedules too; ones made through SQL or the CLI are kept.
+                await schedules.declare(conn, list(self.registry.schedules.values()))
 
         await retrying("register task types", upsert, self._stopping)
 
@@ -279,6 +281,7 @@ class Worker:
             prune=self.prune,
             prune_interval=self.prune_interval,
             on_rescued=rescued,
+            worker_id=self.worker_id,
         )
         services: list[Any] = [self.completer, lease_keeper, maintainer]
         if self.listen:

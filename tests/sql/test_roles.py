@@ -20,6 +20,9 @@ INTERNAL = {
     "lease_or_default", "submit_policy", "is_blank", "expiry_reason", "lock_expired",
     "rescue_one", "lock_task", "lock_owned_task", "record_failure", "backoff",
     "notify_watchers", "secure_objects", "grant_roles",
+    # 0006 schedules
+    "check_schedule_name", "check_cron_field", "check_cron", "check_schedule",
+    "every_tick_after", "upsert_schedule", "lock_schedule", "enqueue_tick",
 }  # fmt: skip
 
 
@@ -182,3 +185,28 @@ async def test_a_non_superuser_migrates_with_createrole_and_membership(server, c
         await admin.execute(f"DROP DATABASE {dbname} WITH (FORCE)")
         await admin.execute(f"REVOKE pgtasks_owner FROM {role}; DROP ROLE {role}")
         await admin.close()
+
+
+async def test_schedules_admin_creates_worker_fires_reader_reads(login, conn):
+    a, w, r, s = login["admin"], login["worker"], login["reader"], login["submitter"]
+    await a.execute(
+        "SELECT pgtasks.create_schedule(name => 'e', task_type => 't', every => '1 second');"
+        "SELECT pgtasks.pause_schedule(name => 'e'); SELECT pgtasks.resume_schedule(name => 'e')"
+    )
+    assert await a.fetchval("SELECT pgtasks.trigger_schedule(name => 'e')") > 0
+    await conn.execute("UPDATE pgtasks.schedule_defs SET next_run_at = now() - interval '0.5 s'")
+    assert await w.fetchval("SELECT pgtasks.fire_every_schedules()") == 1
+    assert await w.fetchval(
+        "SELECT pgtasks.declare_schedule(name => 'd', task_type => 't', every => '1 minute')"
+    )
+    assert await r.fetchval("SELECT count(*) FROM pgtasks.schedules") == 2
+    for c, sql in (
+        (w, "SELECT pgtasks.create_schedule(name => 'x', task_type => 't', every => '1 minute')"),
+        (w, "SELECT pgtasks.drop_schedule(name => 'e')"),
+        (r, "SELECT * FROM pgtasks.due_schedules()"),
+        (s, "SELECT * FROM pgtasks.schedules"),
+        (s, "SELECT pgtasks.trigger_schedule(name => 'e')"),
+        (w, "SELECT pgtasks.enqueue_tick(NULL, now())"),
+    ):
+        assert await denied(c, sql), sql
+    await a.execute("SELECT pgtasks.drop_schedule(name => 'e')")
