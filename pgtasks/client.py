@@ -54,6 +54,35 @@ class TaskInfo(BaseModel):
         return self.status in TERMINAL
 
 
+class AttemptError(BaseModel):
+    attempt: int
+    error: str
+    traceback: str | None = None
+    at: datetime
+
+
+class TaskDetail(TaskInfo):
+    """A task with everything an operator looks at: params, each attempt's error, steps.
+
+    `workflow_id` and `schedule` stay None until the workflow and schedule SQL fill them.
+    """
+
+    params: Any = None
+    errors: list[AttemptError] = []
+    steps: list[str] = []
+    workflow_id: int | None = None
+    schedule: str | None = None
+
+
+class TaskPage(BaseModel):
+    """One page of `Client.page`: `total` counts every task that matches the filters."""
+
+    items: list[TaskInfo]
+    total: int
+    page: int
+    page_size: int
+
+
 class TaskLog(BaseModel):
     """One line of `pgtasks.task_logs`; `logger` is the Python logger name, if any."""
 
@@ -84,6 +113,15 @@ def _params(params: Any) -> dict[str, Any]:
             f"params must be a dict or a pydantic model, got {type(params).__name__}"
         )
     return params
+
+
+def _status(status: str | None) -> str | None:
+    """A status filter, checked here so a typo says what would do (case does not matter)."""
+    if status is None:
+        return None
+    if status.upper() not in STATUSES:
+        raise PgTasksError(f"unknown status {status!r}; use {', '.join(STATUSES)}")
+    return status.upper()
 
 
 Executor = asyncpg.Connection | asyncpg.Pool
@@ -247,11 +285,9 @@ class Client:
         before_id: int | None = None,
     ) -> list[TaskInfo]:
         """Newest first. Page with `before_id=<last id of the previous page>`."""
-        if status is not None and status.upper() not in STATUSES:
-            raise PgTasksError(f"unknown status {status!r}; use {', '.join(STATUSES)}")
         rows = await self.pool.fetch(
             queries.LIST_TASKS,
-            status.upper() if status else None,
+            _status(status),
             queue,
             task_type,
             before_id,
@@ -259,8 +295,46 @@ class Client:
         )
         return [TaskInfo.model_validate(dict(r)) for r in rows]
 
-    async def logs(self, task_id: int, *, after_id: int = 0) -> list[TaskLog]:
-        rows = await self.pool.fetch(queries.TASK_LOGS, task_id, after_id)
+    async def page(
+        self,
+        *,
+        status: str | None = None,
+        queue: str | None = None,
+        task_type: str | None = None,
+        page: int = 1,
+        page_size: int = 50,
+        oldest_first: bool = False,
+    ) -> TaskPage:
+        """Page `page` (from 1) of the tasks that match, with their total; newest first."""
+        if page < 1 or page_size < 1:
+            raise PgTasksError("page and page_size start at 1")
+        rows = await self.pool.fetch(
+            queries.TASK_PAGE,
+            _status(status),
+            queue,
+            task_type,
+            oldest_first,
+            page_size,
+            (page - 1) * page_size,
+        )
+        items = [TaskInfo.model_validate(dict(r)) for r in rows if r["id"] is not None]
+        return TaskPage(items=items, total=rows[0]["total"], page=page, page_size=page_size)
+
+    async def detail(self, task_id: int) -> TaskDetail:
+        """The task with its params, result, every attempt's error and its step names."""
+        row = await self.pool.fetchrow(queries.TASK_DETAIL, task_id)
+        if row is None:
+            raise TaskNotFound(f"task {task_id} does not exist")
+        return TaskDetail.model_validate(dict(row))
+
+    async def logs(
+        self, task_id: int, *, after_id: int = 0, limit: int | None = None
+    ) -> list[TaskLog]:
+        """Log lines after `after_id`, oldest first; at most `limit` of them."""
+        if limit is None:
+            rows = await self.pool.fetch(queries.TASK_LOGS, task_id, after_id)
+        else:
+            rows = await self.pool.fetch(queries.TASK_LOGS_PAGE, task_id, after_id, limit)
         return [TaskLog.model_validate(dict(r)) for r in rows]
 
     async def history(self, task_id: int) -> list[TaskEvent]:
@@ -289,6 +363,12 @@ class Client:
     async def workers(self, *, include_dead: bool = False) -> list[dict[str, Any]]:
         """Workers (pgtasks.workers), alive first; `seen_ago` is the time since last seen."""
         return [dict(r) for r in await self.pool.fetch(queries.WORKERS, include_dead)]
+
+    async def metrics(self) -> dict[str, Any]:
+        """What /metrics shows: `queues` (queue_stats rows), `workers` (alive, dead, slots,
+        running) and `runtimes` (per type: count, sum and bucket counts of the tasks
+        finished within queries.RUNTIME_WINDOW, bounds in queries.RUNTIME_BUCKETS)."""
+        return dict(await self.pool.fetchrow(queries.METRICS))
 
     # -- operator actions ----------------------------------------------------------------
 
