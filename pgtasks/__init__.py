@@ -19,6 +19,7 @@ from pgtasks.errors import (
     TaskFailed,
     TaskNotFound,
 )
+from pgtasks.sync import SyncClient
 from pgtasks.task import BaseTask, Registry, registry, task_register
 from pgtasks.worker import Worker
 
@@ -35,6 +36,7 @@ __all__ = [
     "PgTasksError",
     "Registry",
     "Retry",
+    "SyncClient",
     "SyncTaskContext",
     "TaskAlreadyFinished",
     "TaskCancelled",

@@ -127,6 +127,31 @@ def _status(status: str | None) -> str | None:
 Executor = asyncpg.Connection | asyncpg.Pool
 
 
+async def _joined(connection: Any) -> asyncpg.Connection:
+    """The asyncpg connection under `connection`, inside its transaction.
+
+    Duck-typed, so the core never imports SQLAlchemy: an AsyncSession has `sync_session`,
+    an AsyncConnection `get_raw_connection`. SQLAlchemy's asyncpg adapter sends BEGIN only
+    with its first statement; one no-op through SQLAlchemy starts it when it has not, so
+    our submit is inside the transaction the caller commits or rolls back.
+    """
+    if hasattr(connection, "fetchval"):  # asyncpg (a connection or a pool's proxy)
+        return connection  # type: ignore[no-any-return]
+    if hasattr(connection, "sync_session"):
+        connection = await connection.connection()
+    if not hasattr(connection, "get_raw_connection"):
+        raise PgTasksError(
+            "connection must be an asyncpg connection or a SQLAlchemy AsyncConnection/"
+            f"AsyncSession, got {type(connection).__name__}"
+        )
+    raw = (await connection.get_raw_connection()).driver_connection
+    if not isinstance(raw, asyncpg.Connection):
+        raise PgTasksError("a SQLAlchemy connection must use the asyncpg driver")
+    if not raw.is_in_transaction():
+        await connection.exec_driver_sql("SELECT 1")
+    return raw
+
+
 class Client:
     """Use as `async with Client(url) as client:`. With no url, the configured database.
 
@@ -198,7 +223,7 @@ class Client:
         seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
         return datetime.now().astimezone() + timedelta(seconds=seconds)
 
-    def _prepare(
+    async def _prepare(
         self,
         task: Any,
         queue: str | None,
@@ -207,13 +232,13 @@ class Client:
         delay: float | timedelta | None,
         max_retries: int | None,
         timeout: float | timedelta | None,
-        connection: asyncpg.Connection | None,
+        connection: Any,
     ) -> tuple[Executor, str, tuple[Any, ...]]:
         """Where to run a submit, the type name, and the submit_task arguments after params."""
         name = type_name(task)
         q, retries, limit, base = self._policy(name, queue, max_retries, timeout)
         return (
-            connection or self.pool,
+            self.pool if connection is None else await _joined(connection),
             name,
             (q, priority, self._when(run_at, delay), retries, limit, base),
         )
@@ -229,17 +254,21 @@ class Client:
         delay: float | timedelta | None = None,
         max_retries: int | None = None,
         timeout: float | timedelta | None = None,
-        connection: asyncpg.Connection | None = None,
+        connection: Any = None,
     ) -> int:
-        """Enqueue one task; returns its id. `task` is a type name or a registered task."""
-        conn, name, options = self._prepare(
+        """Enqueue one task; returns its id. `task` is a type name or a registered task.
+
+        `connection` joins your transaction: an asyncpg connection, or a SQLAlchemy
+        AsyncConnection / AsyncSession on asyncpg. Roll back and the task never existed.
+        """
+        conn, name, options = await self._prepare(
             task, queue, priority, run_at, delay, max_retries, timeout, connection
         )
         async with db.translated():
             task_id: int = await conn.fetchval(
                 queries.SUBMIT_TASK,
                 name,
-                _params(params),
+                db.dumps(_params(params)),
                 *options,
             )
         return task_id
@@ -255,17 +284,17 @@ class Client:
         delay: float | timedelta | None = None,
         max_retries: int | None = None,
         timeout: float | timedelta | None = None,
-        connection: asyncpg.Connection | None = None,
+        connection: Any = None,
     ) -> list[int]:
         """Enqueue many tasks of one type in one statement; returns ids in input order."""
-        conn, name, options = self._prepare(
+        conn, name, options = await self._prepare(
             task, queue, priority, run_at, delay, max_retries, timeout, connection
         )
         async with db.translated():
             rows = await conn.fetch(
                 queries.SUBMIT_TASKS,
                 name,
-                [_params(p) for p in params_list],
+                [db.dumps(_params(p)) for p in params_list],
                 *options,
             )
         return [r[0] for r in rows]

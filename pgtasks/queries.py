@@ -11,16 +11,20 @@ from __future__ import annotations
 # -- submitting ----------------------------------------------------------------------------
 
 # A NULL argument is decided by the database: the type's registered policy, else settings.
+# Params travel as JSON text, so a connection with other jsonb codecs than ours (SQLAlchemy's
+# asyncpg dialect, joining the caller's transaction) sends them the same way.
 SUBMIT_TASK = """
-SELECT pgtasks.submit_task(task_type => $1, params => $2, queue => $3, priority => $4,
-                           run_at => $5, max_retries => $6, timeout => $7, backoff_base => $8)
+SELECT pgtasks.submit_task(task_type => $1, params => $2::text::jsonb, queue => $3,
+                           priority => $4, run_at => $5, max_retries => $6, timeout => $7,
+                           backoff_base => $8)
 """
 
-# Params travel as jsonb[]: one statement, one round trip, ids back in input order.
+# Params travel as JSON texts cast to jsonb[]: one statement, one round trip, ids back in
+# input order.
 SUBMIT_TASKS = """
-SELECT * FROM pgtasks.submit_tasks(task_type => $1, params_list => $2::jsonb[], queue => $3,
-                                   priority => $4, run_at => $5, max_retries => $6,
-                                   timeout => $7, backoff_base => $8)
+SELECT * FROM pgtasks.submit_tasks(task_type => $1, params_list => $2::text[]::jsonb[],
+                                   queue => $3, priority => $4, run_at => $5,
+                                   max_retries => $6, timeout => $7, backoff_base => $8)
 """
 
 # -- reading (views) -----------------------------------------------------------------------
