@@ -395,7 +395,7 @@ class Client:
 
     async def metrics(self) -> dict[str, Any]:
         """What /metrics shows: `queues` (queue_stats rows), `workers` (alive, dead, slots,
-        running) and `runtimes` (per type: count, sum and bucket counts of the tasks
+        running) and `runtimes` (per type: count, failed, sum and bucket counts of the tasks
         finished within queries.RUNTIME_WINDOW, bounds in queries.RUNTIME_BUCKETS)."""
         return dict(await self.pool.fetchrow(queries.METRICS))
 

@@ -119,9 +119,11 @@ SELECT
              FROM pgtasks.workers) w) AS workers,
   (SELECT coalesce(jsonb_agg(to_jsonb(h) ORDER BY h.task_type), '[]'::jsonb)
      FROM (SELECT r.task_type, count(*) AS count, sum(r.secs) AS sum,
+                  count(*) FILTER (WHERE r.status = 'FAILED') AS failed,
                   ARRAY[{_BUCKET_COUNTS}]
                     AS buckets
-             FROM (SELECT task_type, extract(epoch FROM finished_at - started_at) AS secs
+             FROM (SELECT task_type, status,
+                          extract(epoch FROM finished_at - started_at) AS secs
                      FROM pgtasks.task_status
                     WHERE status IN ('DONE', 'FAILED') AND started_at IS NOT NULL
                       AND finished_at > now() - interval '{RUNTIME_WINDOW}') r

@@ -64,11 +64,19 @@ def families(snapshot: dict[str, Any]) -> Iterator[Metric]:
         f"Run time of the tasks finished in the last {queries.RUNTIME_WINDOW}, by type",
         labels=["task_type"],
     )
+    finished = GaugeMetricFamily(
+        "pgtasks_tasks_finished_recent",
+        f"Tasks that ended DONE or FAILED in the last {queries.RUNTIME_WINDOW}, by type",
+        labels=["task_type", "status"],
+    )
     for h in snapshot["runtimes"]:
+        finished.add_metric([h["task_type"], "DONE"], h["count"] - h["failed"])
+        finished.add_metric([h["task_type"], "FAILED"], h["failed"])
         bounds = [str(b) for b in queries.RUNTIME_BUCKETS]
         buckets = [*zip(bounds, h["buckets"], strict=True), ("+Inf", h["count"])]
         runtime.add_metric([h["task_type"]], buckets, gsum_value=float(h["sum"]))
     yield runtime
+    yield finished
 
 
 class _Snapshot:

@@ -234,4 +234,9 @@ async def test_metrics_parse_and_match_the_database(dsn, http):
     assert [(s.labels["task_type"], s.value) for s in count] == [("web_steps", 1)]
     inf = [s for s in fams["pgtasks_task_runtime_seconds"].samples if s.labels["le"] == "+Inf"]
     assert [s.value for s in inf] == [1]
+    finished = {
+        (s.labels["task_type"], s.labels["status"]): s.value
+        for s in fams["pgtasks_tasks_finished_recent"].samples
+    }
+    assert finished == {("web_steps", "DONE"): 1, ("web_steps", "FAILED"): 0}
     assert "pgtasks_queue_oldest_ready_seconds" in fams and "pgtasks_workers" in fams

@@ -99,3 +99,10 @@ def test_serve_binds_localhost_and_says_so(dsn):
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
+
+
+def test_the_core_import_stays_without_the_web_stack():
+    code = "import sys, pgtasks; print(sorted(m for m in ('fastapi', 'uvicorn', "
+    code += "'prometheus_client', 'starlette', 'sqlalchemy') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.stdout.strip() == "[]", out.stderr
