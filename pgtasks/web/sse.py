@@ -11,9 +11,11 @@ them for this task only while someone watches) and polls every second as a backs
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+import anyio
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
@@ -54,10 +56,23 @@ async def task_events(client: Client, task_id: int, *, after_id: int = 0) -> Str
         await stream.aclose()
         raise
 
-    async def body() -> AsyncIterator[str]:
+    async def pump(out: asyncio.Queue[tuple[TaskInfo, list[TaskLog]] | None]) -> None:
         async with contextlib.aclosing(stream):
-            item, last = first, None
-            while True:
+            async for item in stream:
+                out.put_nowait(item)
+        out.put_nowait(None)
+
+    async def body() -> AsyncIterator[str]:
+        # The follow generator runs in a task of its own: a client that goes away cancels
+        # this generator under Starlette's cancel scope, which would cancel the watcher's
+        # clean-up awaits too (leaving unwatch_task undone, so the task keeps NOTIFYing for
+        # nobody). A plain asyncio cancel of the pump lets that clean-up run.
+        items: asyncio.Queue[tuple[TaskInfo, list[TaskLog]] | None] = asyncio.Queue()
+        pumping = asyncio.create_task(pump(items))
+        last: TaskInfo | None = None
+        try:
+            item: tuple[TaskInfo, list[TaskLog]] | None = first
+            while item is not None:
                 info, lines = item
                 for f in changes(info, lines, last):
                     yield f
@@ -65,6 +80,13 @@ async def task_events(client: Client, task_id: int, *, after_id: int = 0) -> Str
                 if info.finished:
                     yield frame("end", info)
                     return
-                item = await anext(stream)
+                item = await items.get()
+        finally:
+            # After the final status the follow generator ends by itself (and cleans up
+            # uncancelled); only a stream cut short needs the cancel.
+            if last is None or not last.finished:
+                pumping.cancel()
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait([pumping], timeout=5)
 
     return StreamingResponse(body(), media_type="text/event-stream", headers=HEADERS)

@@ -127,3 +127,34 @@ def test_sigterm_hands_the_task_back_and_a_second_instance_finishes_it(dsn, apps
     info = wait_status(second, task_id, {"DONE", "FAILED", "CANCELLED"})
     assert info["status"] == "DONE" and info["result"] == {"sections": 6, "total": 91}
     assert info["attempt"] == 2
+
+
+def test_sse_clients_that_go_away_give_their_connection_back(dsn, apps):
+    app = App(dsn, REPORT_CONCURRENCY="1")
+    apps.append(app)
+    task_id = app.http.post("/reports", json={"sections": 100, "seconds_per_section": 1}).json()[
+        "task_id"
+    ]
+    for _ in range(12):  # more than the API pool's 10 connections
+        with app.http.stream("GET", f"/reports/{task_id}/events") as stream:
+            assert next(stream.iter_lines()) == "event: status"
+    waiters = f"/api/admin/tasks/{task_id}"
+    assert app.http.get(waiters, timeout=10).status_code == 200
+    import asyncio
+
+    import asyncpg
+
+    async def watchers() -> int:
+        c = await asyncpg.connect(dsn)
+        try:
+            for _ in range(100):
+                n = await c.fetchval("SELECT count(*) FROM pgtasks.task_waiters")
+                if n == 0:
+                    return 0
+                await asyncio.sleep(0.1)
+            return n
+        finally:
+            await c.close()
+
+    assert asyncio.run(watchers()) == 0
+    app.http.post(f"/reports/{task_id}/cancel")
