@@ -96,7 +96,7 @@ class WorkerInfo(BaseModel):
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    s: {"model": ErrorResponse} for s in (401, 404, 409, 422, 501)
+    s: {"model": ErrorResponse} for s in (401, 404, 409, 422, 501, 503)
 }
 
 

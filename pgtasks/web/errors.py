@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from pgtasks.errors import (
+    ConfigurationError,
     DatabaseError,
     IllegalTransition,
     InvalidArgument,
@@ -77,6 +78,8 @@ def to_response(exc: Exception) -> Response | None:
         if exc.hint and message.endswith(f" ({exc.hint})"):
             message = message[: -len(exc.hint) - 3]
         return error_response(status, exc.sqlstate, message, exc.hint)
+    if isinstance(exc, ConfigurationError):  # the app's set-up, not the request
+        return error_response(503, "not_configured", str(exc))
     if isinstance(exc, PgTasksError):  # refused by the client before any SQL ran
         return error_response(422, "invalid_request", str(exc))
     return None

@@ -9,11 +9,12 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
 import tests.apps.web  # noqa: F401  (registers web_steps)
 from pgtasks import Client, Worker
-from pgtasks.web import WebSettings, create_app
+from pgtasks.web import WebSettings, create_app, router
 
 TOKEN = "s3cret"
 
@@ -240,3 +241,32 @@ async def test_metrics_parse_and_match_the_database(dsn, http):
     }
     assert finished == {("web_steps", "DONE"): 1, ("web_steps", "FAILED"): 0}
     assert "pgtasks_queue_oldest_ready_seconds" in fams and "pgtasks_workers" in fams
+
+
+async def test_router_mounts_under_any_prefix_with_its_own_client(dsn):
+    async with Client(dsn) as client:
+        app = FastAPI()
+        app.include_router(router(client), prefix="/api/admin")
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as h:
+            r = await h.post("/api/admin/tasks", json={"task_type": "noop"})
+            assert r.status_code == 201
+            assert (await h.get("/api/admin/tasks")).json()["total"] == 1
+            r = await h.get("/api/admin/tasks/424242")
+            assert r.status_code == 404 and r.json()["error"]["code"] == "PT003"
+    bare = FastAPI()
+    bare.include_router(router(), prefix="/x")  # no client and no lifespan: says so
+    transport = httpx.ASGITransport(app=bare)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as h:
+        r = await h.get("/x/tasks")
+        assert r.status_code == 503 and "lifespan" in r.json()["error"]["message"]
+
+
+async def test_openapi_docs_and_index(http: httpx.AsyncClient):
+    spec = (await http.get("/openapi.json")).json()
+    for path in ("/api/tasks", "/api/tasks/{task_id}", "/api/tasks/{task_id}/events",
+                 "/api/queues", "/api/workers", "/api/schedules"):  # fmt: skip
+        assert path in spec["paths"], path
+    assert (await http.get("/docs")).status_code == 200
+    r = await http.get("/", follow_redirects=False)
+    assert r.status_code == 307 and r.headers["location"] == "/docs"
