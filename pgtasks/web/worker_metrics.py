@@ -8,7 +8,12 @@ from collections.abc import Iterator
 from dataclasses import fields
 
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 from pgtasks.worker import Worker
 
@@ -51,6 +56,14 @@ class WorkerCollector:
         )
         slots.add_metric([self.worker.worker_id], self.worker.concurrency)
         yield slots
+        for name, doc, b in (
+            ("pgtasks_worker_claim_seconds", "Claim round trip (claim_tasks)", stats.claim_seconds),
+            ("pgtasks_worker_claim_batch_size", "Tasks per claim", stats.claim_batch),
+            ("pgtasks_worker_finish_batch_size", "Results per completer call", stats.finish_batch),
+        ):
+            h = HistogramMetricFamily(name, doc, labels=labels)
+            h.add_metric([self.worker.worker_id], b.cumulative(), sum_value=b.sum)
+            yield h
 
 
 def serve_worker_metrics(worker: Worker, port: int, host: str = "127.0.0.1") -> CollectorRegistry:
