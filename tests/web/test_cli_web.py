@@ -109,3 +109,13 @@ def test_the_core_import_stays_without_the_web_stack():
     code += "'prometheus_client', 'starlette', 'sqlalchemy') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_buckets_are_cumulative_the_prometheus_way():
+    from pgtasks.worker.base import Buckets
+
+    b = Buckets((1.0, 5.0))
+    for v in (0.5, 1.0, 3, 7):
+        b.observe(v)
+    assert b.cumulative() == [("1.0", 2), ("5.0", 3), ("+Inf", 4)]
+    assert (b.count, b.sum) == (4, 11.5)
