@@ -5,6 +5,7 @@ SQL call. The API holds no logic of its own; the database decides and says why."
 # runtime, and they name `C`, local to router().
 
 import hmac
+import inspect
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -76,6 +77,11 @@ class QueueInfo(BaseModel):
     ready: int
     oldest_ready_age: timedelta | None = None
     done_last_minute: int
+
+
+class QueueState(BaseModel):
+    queue: str
+    paused: bool
 
 
 class WorkerInfo(BaseModel):
@@ -172,12 +178,18 @@ def router(client: Client | None = None, *, settings: WebSettings | None = None)
 
     @api.post("/tasks", status_code=201, dependencies=[write])
     async def submit_task(c: C, body: SubmitRequest, response: Response) -> Submitted:
-        """Submit a task; 201 with its id. Nothing is written when the input is refused."""
-        if body.unique_key is not None or body.depends_on is not None:
+        """Submit a task; 201 with its id, or 200 with `created: false` when its unique key
+        matched an active task (whose id it returns). Nothing is written when refused."""
+        flow = {
+            k: v
+            for k, v in (("unique_key", body.unique_key), ("depends_on", body.depends_on))
+            if v is not None
+        }
+        if flow and not flow.keys() <= inspect.signature(c.submit).parameters.keys():
             raise ApiError(
                 501,
                 "not_available",
-                "unique_key and depends_on need the flow-control SQL (sql/0005)",
+                f"{' and '.join(flow)} need the flow-control SQL (sql/0005)",
                 "Submit without them, or upgrade pgtasks.",
             )
         task_id = await c.submit(
@@ -189,9 +201,13 @@ def router(client: Client | None = None, *, settings: WebSettings | None = None)
             delay=body.delay_s,
             max_retries=body.max_retries,
             timeout=body.timeout_s,
+            **flow,
         )
-        response.headers["Location"] = f"tasks/{task_id}"
-        return Submitted(id=task_id)
+        # With sql/0005 submit returns an int that also says whether it created the task.
+        created = bool(getattr(task_id, "created", True))
+        response.status_code = 201 if created else 200
+        response.headers["Location"] = f"tasks/{int(task_id)}"
+        return Submitted(id=int(task_id), created=created)
 
     @api.post("/tasks/{task_id}/cancel", dependencies=[write])
     async def cancel_task(c: C, task_id: TaskId) -> Cancelled:
@@ -237,13 +253,15 @@ def router(client: Client | None = None, *, settings: WebSettings | None = None)
     # Extension points: the Client gains these methods with sql/0005 (pause_queue,
     # resume_queue), sql/0006 (schedules) and the workflows SQL (workflow).
     @api.post("/queues/{queue}/pause", dependencies=[write])
-    async def pause_queue(c: C, queue: str) -> dict[str, Any]:
-        """Stop claims from a queue (tasks stay; submits still work)."""
-        return {"queue": queue, "paused": await _extension(c, "pause_queue", "sql/0005", queue)}
+    async def pause_queue(c: C, queue: str) -> QueueState:
+        """Stop claims from a queue (its tasks stay; submits still work)."""
+        await _extension(c, "pause_queue", "sql/0005", queue)
+        return QueueState(queue=queue, paused=True)
 
     @api.post("/queues/{queue}/resume", dependencies=[write])
-    async def resume_queue(c: C, queue: str) -> dict[str, Any]:
-        return {"queue": queue, "resumed": await _extension(c, "resume_queue", "sql/0005", queue)}
+    async def resume_queue(c: C, queue: str) -> QueueState:
+        await _extension(c, "resume_queue", "sql/0005", queue)
+        return QueueState(queue=queue, paused=False)
 
     @api.get("/workers", dependencies=[read])
     async def workers(c: C, include_dead: bool = True) -> list[WorkerInfo]:
