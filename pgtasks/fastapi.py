@@ -54,6 +54,7 @@ async def running(
                 ready.cancel()
                 run.result()
             setattr(app.state, STATE_WORKER, w)
+            run.add_done_callback(_report_crash)
             log.info("pgtasks worker %s running in-process", w.worker_id)
         try:
             yield client
@@ -64,6 +65,13 @@ async def running(
                 await run
             setattr(app.state, STATE_CLIENT, None)
             setattr(app.state, STATE_WORKER, None)
+
+
+def _report_crash(run: asyncio.Task[None]) -> None:
+    """A worker that dies while the app serves says so at once, not only at shutdown (the
+    app goes on serving its API; its tasks' leases run out and other workers take them)."""
+    if not run.cancelled() and run.exception() is not None:
+        log.error("the in-process pgtasks worker stopped", exc_info=run.exception())
 
 
 def lifespan(
