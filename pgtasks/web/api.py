@@ -4,6 +4,7 @@ SQL call. The API holds no logic of its own; the database decides and says why."
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations at
 # runtime, and they name `C`, local to router().
 
+import asyncio
 import hmac
 import inspect
 from datetime import datetime, timedelta
@@ -142,6 +143,7 @@ def router(client: Client | None = None, *, settings: WebSettings | None = None)
     With no `client`, each request uses the app's running one (pgtasks.fastapi.lifespan).
     """
     settings = settings or WebSettings()
+    streams = asyncio.Semaphore(settings.api_max_streams)
     read = _authorizer(settings, write=False)
     write = _authorizer(settings, write=True)
 
@@ -243,7 +245,7 @@ def router(client: Client | None = None, *, settings: WebSettings | None = None)
     )
     async def events(c: C, task_id: TaskId, after_id: Annotated[int, Query(ge=0)] = 0) -> Response:
         """Server-Sent Events: `status`, `progress`, `log`, then `end` after the final status."""
-        return await task_events(c, task_id, after_id=after_id)
+        return await task_events(c, task_id, after_id=after_id, slots=streams)
 
     @api.get("/queues", dependencies=[read])
     async def queues(c: C) -> list[QueueInfo]:

@@ -16,3 +16,6 @@ class WebSettings(BaseSettings):
     database_url: str | None = None
     api_token: SecretStr | None = None
     api_open_reads: bool = False
+    #: Event streams at once; each holds a connection of the API's pool (10), so the
+    #: default leaves the other endpoints two.
+    api_max_streams: int = 8

@@ -18,8 +18,10 @@ from collections.abc import AsyncIterator
 import anyio
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
+from starlette.background import BackgroundTask
 
 from pgtasks.client import Client, TaskInfo, TaskLog
+from pgtasks.web.errors import ApiError
 
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -45,48 +47,90 @@ def changes(info: TaskInfo, lines: list[TaskLog], last: TaskInfo | None) -> list
     return out
 
 
-async def task_events(client: Client, task_id: int, *, after_id: int = 0) -> StreamingResponse:
+Item = tuple[TaskInfo, list[TaskLog]]
+
+
+async def task_events(
+    client: Client, task_id: int, *, after_id: int = 0, slots: asyncio.Semaphore | None = None
+) -> StreamingResponse:
     """Read the first state before answering, so an unknown task is a 404, not an empty
-    stream; the rest streams until the task has finished or the client goes away (the
-    generator is closed then, which releases the LISTEN connection)."""
+    stream; the rest streams until the task has finished or the client goes away.
+
+    Each stream holds one connection of the client's pool (its LISTEN) while it lasts, so
+    `slots` caps how many run at once: one more is a 503 at once, and the rest of the API
+    keeps its connections.
+    """
+    if slots is not None:
+        if slots.locked():
+            raise ApiError(
+                503,
+                "too_many_streams",
+                "every event stream slot of this server is in use",
+                "Poll GET /tasks/{id} meanwhile, or raise PGTASKS_API_MAX_STREAMS "
+                "(each stream holds a database connection).",
+            )
+        await slots.acquire()
     stream = client.follow(task_id, after_id=after_id)
+    items: asyncio.Queue[Item | None] = asyncio.Queue()
+    pumping: asyncio.Task[None] | None = None
+    ended = False
+
+    async def pump() -> None:
+        async with contextlib.aclosing(stream):
+            async for item in stream:
+                items.put_nowait(item)
+        items.put_nowait(None)
+
+    async def finish() -> None:
+        """Idempotent clean-up: from the body's end, and as the response's background task
+        (which Starlette runs even when the client left before the body started)."""
+        nonlocal pumping, ended
+        if ended:
+            return
+        ended = True
+        # Shielded: a client that goes away cancels under Starlette's cancel scope, which
+        # would cancel the watcher's clean-up too (unwatch_task undone: the task would keep
+        # NOTIFYing for nobody). The pump gets one plain asyncio cancel, so it cleans up.
+        with anyio.CancelScope(shield=True):
+            try:
+                if pumping is None:
+                    await stream.aclose()
+                else:
+                    if not finished:
+                        pumping.cancel()
+                    await asyncio.wait([pumping], timeout=5)
+            finally:
+                if slots is not None:
+                    slots.release()
+
+    finished = False
     try:
         first = await anext(stream)
     except BaseException:
-        await stream.aclose()
+        await finish()
         raise
 
-    async def pump(out: asyncio.Queue[tuple[TaskInfo, list[TaskLog]] | None]) -> None:
-        async with contextlib.aclosing(stream):
-            async for item in stream:
-                out.put_nowait(item)
-        out.put_nowait(None)
-
     async def body() -> AsyncIterator[str]:
-        # The follow generator runs in a task of its own: a client that goes away cancels
-        # this generator under Starlette's cancel scope, which would cancel the watcher's
-        # clean-up awaits too (leaving unwatch_task undone, so the task keeps NOTIFYing for
-        # nobody). A plain asyncio cancel of the pump lets that clean-up run.
-        items: asyncio.Queue[tuple[TaskInfo, list[TaskLog]] | None] = asyncio.Queue()
-        pumping = asyncio.create_task(pump(items))
+        # The follow generator runs in a task of its own (see finish()).
+        nonlocal pumping, finished
+        pumping = asyncio.create_task(pump())
         last: TaskInfo | None = None
         try:
-            item: tuple[TaskInfo, list[TaskLog]] | None = first
+            item: Item | None = first
             while item is not None:
                 info, lines = item
                 for f in changes(info, lines, last):
                     yield f
                 last = info
                 if info.finished:
+                    # The follow generator ends by itself now, and cleans up uncancelled.
+                    finished = True
                     yield frame("end", info)
                     return
                 item = await items.get()
         finally:
-            # After the final status the follow generator ends by itself (and cleans up
-            # uncancelled); only a stream cut short needs the cancel.
-            if last is None or not last.finished:
-                pumping.cancel()
-            with anyio.CancelScope(shield=True):
-                await asyncio.wait([pumping], timeout=5)
+            await finish()
 
-    return StreamingResponse(body(), media_type="text/event-stream", headers=HEADERS)
+    return StreamingResponse(
+        body(), media_type="text/event-stream", headers=HEADERS, background=BackgroundTask(finish)
+    )

@@ -158,3 +158,26 @@ def test_sse_clients_that_go_away_give_their_connection_back(dsn, apps):
 
     assert asyncio.run(watchers()) == 0
     app.http.post(f"/reports/{task_id}/cancel")
+
+
+def test_event_streams_are_capped_and_their_slots_come_back(dsn, apps):
+    app = App(dsn, PGTASKS_API_MAX_STREAMS="1")
+    apps.append(app)
+    task_id = app.http.post("/reports", json={"sections": 100, "seconds_per_section": 1}).json()[
+        "task_id"
+    ]
+    path = f"/api/admin/tasks/{task_id}/events"
+    with app.http.stream("GET", path) as held:
+        assert next(held.iter_lines()) == "event: status"
+        r = app.http.get(path)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "too_many_streams"
+        assert app.http.get(f"/api/admin/tasks/{task_id}").status_code == 200
+    deadline = time.monotonic() + 30
+    while True:
+        with app.http.stream("GET", path) as again:
+            if again.status_code == 200:
+                assert next(again.iter_lines()) == "event: status"
+                break
+        assert time.monotonic() < deadline, "the slot never came back"
+        time.sleep(0.1)
+    app.http.post(f"/reports/{task_id}/cancel")
