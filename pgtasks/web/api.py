@@ -252,8 +252,13 @@ def router(client: Client | None = None, *, settings: WebSettings | None = None)
         """Depth by status, ready count and oldest ready age, per queue."""
         return [QueueInfo.model_validate(r) for r in await c.queue_stats()]
 
-    # Extension points: the Client gains these methods with sql/0005 (pause_queue,
+    # Extension points: the Client gains these methods with sql/0005 (queues, pause_queue,
     # resume_queue), sql/0006 (schedules) and the workflows SQL (workflow).
+    @api.get("/queues/settings", dependencies=[read])
+    async def queue_settings(c: C) -> list[dict[str, Any]]:
+        """Each queue's flow settings (paused, limits, rate) next to its live counts."""
+        return list(await _extension(c, "queues", "sql/0005"))
+
     @api.post("/queues/{queue}/pause", dependencies=[write])
     async def pause_queue(c: C, queue: str) -> QueueState:
         """Stop claims from a queue (its tasks stay; submits still work)."""

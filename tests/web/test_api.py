@@ -141,6 +141,7 @@ async def test_cancel_retry_history_and_conflicts(http: httpx.AsyncClient):
 @pytest.mark.parametrize(
     ("method", "path", "client_method"),
     [
+        ("GET", "/api/queues/settings", "queues"),
         ("POST", "/api/queues/default/pause", "pause_queue"),
         ("POST", "/api/queues/default/resume", "resume_queue"),
         ("GET", "/api/schedules", "schedules"),
