@@ -64,10 +64,10 @@ def test_burst_worker_from_env_logs_json_and_serves_its_metrics(dsn):
                 continue
             fams = {f.name: f for f in text_string_to_metric_families(text)}
             claimed = fams["pgtasks_worker_claimed_tasks"].samples[0].value
-            claims = {s.name: s.value for s in fams["pgtasks_worker_claim_seconds"].samples}
-            assert claims["pgtasks_worker_claim_seconds_count"] >= 1
-            assert "pgtasks_worker_finish_batch_size" in fams
             time.sleep(0.1)
+        claims = {s.name: s.value for s in fams["pgtasks_worker_claim_seconds"].samples}
+        assert claims["pgtasks_worker_claim_seconds_count"] >= 1
+        assert "pgtasks_worker_finish_batch_size" in fams
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     finally:
