@@ -20,6 +20,7 @@ from pgtasks.errors import (
     TaskNotFound,
 )
 from pgtasks.schedules import Schedule, schedule
+from pgtasks.sync import SyncClient
 from pgtasks.task import BaseTask, Registry, registry, task_register
 from pgtasks.worker import Worker
 
@@ -37,6 +38,7 @@ __all__ = [
     "Registry",
     "Retry",
     "Schedule",
+    "SyncClient",
     "SyncTaskContext",
     "TaskAlreadyFinished",
     "TaskCancelled",

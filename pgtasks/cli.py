@@ -178,65 +178,143 @@ def import_app(spec: str) -> None:
         raise PgTasksError(f"--app {spec}: module not found ({exc.name})") from exc
 
 
-@cli.command()
-@click.option("--app", "app", required=True, help="Module or .py file that registers the tasks.")
-@click.option(
-    "--queues", default=None, help="Comma-separated queues to take work from (default: all)."
+def env_option(*decls: str, env: str, **kw: Any) -> Callable[[Any], Any]:
+    """A click option that can also come from $PGTASKS_<env>; the flag wins, and --help
+    names the variable."""
+    return click.option(*decls, envvar=f"PGTASKS_{env}", show_envvar=True, **kw)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    """Text for people, JSON (one object a line) for log collectors."""
+    handler = logging.StreamHandler()
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "time": datetime.fromtimestamp(record.created).astimezone().isoformat(),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+LOG_LEVELS = click.Choice(["debug", "info", "warning", "error"], case_sensitive=False)
+log_level_option = env_option(
+    "--log-level", env="LOG_LEVEL", default="info", show_default=True, type=LOG_LEVELS
 )
-@click.option(
+log_format_option = env_option(
+    "--log-format",
+    env="LOG_FORMAT",
+    default="text",
+    show_default=True,
+    type=click.Choice(["text", "json"]),
+    help="json: one JSON object a line, for log collectors.",
+)
+
+
+@cli.command()
+@env_option(
+    "--app", "app", env="APP", required=True, help="Module or .py file that registers the tasks."
+)
+@env_option(
+    "--queues",
+    env="QUEUES",
+    default=None,
+    help="Comma-separated queues to take work from (default: all).",
+)
+@env_option(
     "--concurrency",
+    env="CONCURRENCY",
     default=DEFAULT_CONCURRENCY,
     show_default=True,
     type=click.IntRange(min=1),
     help="Tasks run at once (async tasks: one coroutine each).",
 )
-@click.option(
+@env_option(
     "--threads",
+    env="THREADS",
     default=DEFAULT_THREADS,
     show_default=True,
     type=click.IntRange(min=1),
     help="Of those, at most this many sync (def) tasks, one thread each.",
 )
-@click.option(
+@env_option(
     "--prefetch",
+    env="PREFETCH",
     default=None,
     type=click.IntRange(min=0),
     help="Tasks claimed beyond the free slots while tasks are short, so a freed slot never "
     "waits for a claim (default: as many as --concurrency; 0 with sync task types).",
 )
-@click.option(
+@env_option(
     "--task-pool-size",
+    env="TASK_POOL_SIZE",
     default=DEFAULT_TASK_POOL_SIZE,
     show_default=True,
     type=click.IntRange(min=1),
     help="Connections of ctx.pool, for tasks' own queries (opened on first use).",
 )
-@click.option("--poll-interval", default=1.0, show_default=True, type=click.FloatRange(min=0.01))
-@click.option(
+@env_option(
+    "--poll-interval",
+    env="POLL_INTERVAL",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0.01),
+)
+@env_option(
     "--lease",
+    env="LEASE",
     default=None,
     type=click.FloatRange(min=0.1),
     help="Seconds a claim is valid without a heartbeat (default: the database's "
     "settings.default_lease, 60 s unless configured).",
 )
-@click.option(
-    "--no-listen", is_flag=True, help="Poll only (e.g. behind PgBouncer in transaction mode)."
+@env_option(
+    "--no-listen",
+    env="NO_LISTEN",
+    is_flag=True,
+    help="Poll only (e.g. behind PgBouncer in transaction mode).",
 )
-@click.option(
+@env_option(
     "--no-prepared",
+    env="NO_PREPARED",
     is_flag=True,
     help="No named prepared statements (statement_cache_size=0), for transaction poolers.",
 )
-@click.option(
+@env_option(
     "--pgbouncer",
+    env="PGBOUNCER",
     is_flag=True,
     help="Behind PgBouncer in transaction mode: same as --no-listen --no-prepared.",
 )
-@click.option("--burst", is_flag=True, help="Exit once no work is left.")
-@click.option(
-    "--grace", default=30.0, show_default=True, help="Seconds to let tasks finish on SIGTERM."
+@env_option("--burst", env="BURST", is_flag=True, help="Exit once no work is left.")
+@env_option(
+    "--grace",
+    env="GRACE",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds to let tasks finish on SIGTERM.",
 )
-@click.option("--verbose", "-v", is_flag=True)
+@env_option(
+    "--metrics-port",
+    env="METRICS_PORT",
+    default=None,
+    type=click.IntRange(min=1, max=65535),
+    help="Serve this worker's own Prometheus metrics on 127.0.0.1:PORT/ (needs pgtasks[web]).",
+)
+@log_level_option
+@log_format_option
+@click.option("--verbose", "-v", is_flag=True, help="Same as --log-level debug.")
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -253,13 +331,16 @@ def worker(
     pgbouncer: bool,
     burst: bool,
     grace: float,
+    metrics_port: int | None,
+    log_level: str,
+    log_format: str,
     verbose: bool,
 ) -> None:
-    """Run tasks. SIGINT/SIGTERM stop claiming, drain, and hand unfinished tasks back."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    """Run tasks. SIGINT/SIGTERM stop claiming, drain, and hand unfinished tasks back.
+
+    Every option can also come from its PGTASKS_* variable (shown below); a flag wins.
+    """
+    setup_logging("debug" if verbose else log_level, log_format)
     import_app(app)
     w = Worker(
         ctx.obj.get("url"),
@@ -275,7 +356,62 @@ def worker(
         burst=burst,
         shutdown_grace=grace,
     )
+    if metrics_port is not None:
+        try:
+            from pgtasks.web.worker_metrics import serve_worker_metrics
+        except ImportError as exc:
+            raise PgTasksError(
+                "--metrics-port needs the web extra: pip install 'pgtasks[web]'"
+            ) from exc
+        serve_worker_metrics(w, metrics_port)
+        logging.getLogger("pgtasks.worker").info(
+            "worker metrics on http://127.0.0.1:%d/", metrics_port
+        )
     run(w.run(install_signal_handlers=True))
+
+
+# -- HTTP API ----------------------------------------------------------------------------
+
+
+@cli.command()
+@env_option(
+    "--host",
+    env="HOST",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface to bind; 0.0.0.0 for every one (set PGTASKS_API_TOKEN first).",
+)
+@env_option("--port", env="PORT", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@log_level_option
+@log_format_option
+@click.pass_context
+def serve(ctx: click.Context, host: str, port: int, log_level: str, log_format: str) -> None:
+    """The HTTP API (/api, OpenAPI at /docs) and /metrics. Needs pgtasks[web].
+
+    PGTASKS_API_TOKEN makes writes (and reads, unless PGTASKS_API_OPEN_READS=true) need
+    `Authorization: Bearer <token>`.
+    """
+    try:
+        import uvicorn
+
+        from pgtasks.web import WebSettings, create_app
+    except ImportError as exc:
+        raise PgTasksError("pgtasks serve needs the web extra: pip install 'pgtasks[web]'") from exc
+    setup_logging(log_level, log_format)
+    settings = WebSettings(database_url=_url(ctx))
+    where = "this machine only" if host in ("127.0.0.1", "localhost", "::1") else "the network"
+    click.echo(f"pgtasks API on http://{host}:{port} ({where}; docs at /docs, metrics at /metrics)")
+    if settings.api_token is None:
+        click.echo("no PGTASKS_API_TOKEN: anyone who reaches this port can submit and cancel")
+    # A bounded graceful shutdown: open SSE streams would otherwise hold it up.
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level=log_level.lower(),
+        log_config=None,
+        timeout_graceful_shutdown=5,
+    )
 
 
 # -- tasks -------------------------------------------------------------------------------

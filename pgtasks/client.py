@@ -54,6 +54,35 @@ class TaskInfo(BaseModel):
         return self.status in TERMINAL
 
 
+class AttemptError(BaseModel):
+    attempt: int
+    error: str
+    traceback: str | None = None
+    at: datetime
+
+
+class TaskDetail(TaskInfo):
+    """A task with everything an operator looks at: params, each attempt's error, steps.
+
+    `workflow_id` and `schedule` stay None until the workflow and schedule SQL fill them.
+    """
+
+    params: Any = None
+    errors: list[AttemptError] = []
+    steps: list[str] = []
+    workflow_id: int | None = None
+    schedule: str | None = None
+
+
+class TaskPage(BaseModel):
+    """One page of `Client.page`: `total` counts every task that matches the filters."""
+
+    items: list[TaskInfo]
+    total: int
+    page: int
+    page_size: int
+
+
 class TaskLog(BaseModel):
     """One line of `pgtasks.task_logs`; `logger` is the Python logger name, if any."""
 
@@ -86,7 +115,41 @@ def _params(params: Any) -> dict[str, Any]:
     return params
 
 
+def _status(status: str | None) -> str | None:
+    """A status filter, checked here so a typo says what would do (case does not matter)."""
+    if status is None:
+        return None
+    if status.upper() not in STATUSES:
+        raise PgTasksError(f"unknown status {status!r}; use {', '.join(STATUSES)}")
+    return status.upper()
+
+
 Executor = asyncpg.Connection | asyncpg.Pool
+
+
+async def _joined(connection: Any) -> asyncpg.Connection:
+    """The asyncpg connection under `connection`, inside its transaction.
+
+    Duck-typed, so the core never imports SQLAlchemy: an AsyncSession has `sync_session`,
+    an AsyncConnection `get_raw_connection`. SQLAlchemy's asyncpg adapter sends BEGIN only
+    with its first statement; one no-op through SQLAlchemy starts it when it has not, so
+    our submit is inside the transaction the caller commits or rolls back.
+    """
+    if hasattr(connection, "fetchval"):  # asyncpg (a connection or a pool's proxy)
+        return connection  # type: ignore[no-any-return]
+    if hasattr(connection, "sync_session"):
+        connection = await connection.connection()
+    if not hasattr(connection, "get_raw_connection"):
+        raise PgTasksError(
+            "connection must be an asyncpg connection or a SQLAlchemy AsyncConnection/"
+            f"AsyncSession, got {type(connection).__name__}"
+        )
+    raw = (await connection.get_raw_connection()).driver_connection
+    if not isinstance(raw, asyncpg.Connection):
+        raise PgTasksError("a SQLAlchemy connection must use the asyncpg driver")
+    if not raw.is_in_transaction():
+        await connection.exec_driver_sql("SELECT 1")
+    return raw
 
 
 class Client:
@@ -160,7 +223,7 @@ class Client:
         seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
         return datetime.now().astimezone() + timedelta(seconds=seconds)
 
-    def _prepare(
+    async def _prepare(
         self,
         task: Any,
         queue: str | None,
@@ -169,13 +232,13 @@ class Client:
         delay: float | timedelta | None,
         max_retries: int | None,
         timeout: float | timedelta | None,
-        connection: asyncpg.Connection | None,
+        connection: Any,
     ) -> tuple[Executor, str, tuple[Any, ...]]:
         """Where to run a submit, the type name, and the submit_task arguments after params."""
         name = type_name(task)
         q, retries, limit, base = self._policy(name, queue, max_retries, timeout)
         return (
-            connection or self.pool,
+            self.pool if connection is None else await _joined(connection),
             name,
             (q, priority, self._when(run_at, delay), retries, limit, base),
         )
@@ -191,17 +254,21 @@ class Client:
         delay: float | timedelta | None = None,
         max_retries: int | None = None,
         timeout: float | timedelta | None = None,
-        connection: asyncpg.Connection | None = None,
+        connection: Any = None,
     ) -> int:
-        """Enqueue one task; returns its id. `task` is a type name or a registered task."""
-        conn, name, options = self._prepare(
+        """Enqueue one task; returns its id. `task` is a type name or a registered task.
+
+        `connection` joins your transaction: an asyncpg connection, or a SQLAlchemy
+        AsyncConnection / AsyncSession on asyncpg. Roll back and the task never existed.
+        """
+        conn, name, options = await self._prepare(
             task, queue, priority, run_at, delay, max_retries, timeout, connection
         )
         async with db.translated():
             task_id: int = await conn.fetchval(
                 queries.SUBMIT_TASK,
                 name,
-                _params(params),
+                db.dumps(_params(params)),
                 *options,
             )
         return task_id
@@ -217,17 +284,17 @@ class Client:
         delay: float | timedelta | None = None,
         max_retries: int | None = None,
         timeout: float | timedelta | None = None,
-        connection: asyncpg.Connection | None = None,
+        connection: Any = None,
     ) -> list[int]:
         """Enqueue many tasks of one type in one statement; returns ids in input order."""
-        conn, name, options = self._prepare(
+        conn, name, options = await self._prepare(
             task, queue, priority, run_at, delay, max_retries, timeout, connection
         )
         async with db.translated():
             rows = await conn.fetch(
                 queries.SUBMIT_TASKS,
                 name,
-                [_params(p) for p in params_list],
+                [db.dumps(_params(p)) for p in params_list],
                 *options,
             )
         return [r[0] for r in rows]
@@ -247,11 +314,9 @@ class Client:
         before_id: int | None = None,
     ) -> list[TaskInfo]:
         """Newest first. Page with `before_id=<last id of the previous page>`."""
-        if status is not None and status.upper() not in STATUSES:
-            raise PgTasksError(f"unknown status {status!r}; use {', '.join(STATUSES)}")
         rows = await self.pool.fetch(
             queries.LIST_TASKS,
-            status.upper() if status else None,
+            _status(status),
             queue,
             task_type,
             before_id,
@@ -259,8 +324,46 @@ class Client:
         )
         return [TaskInfo.model_validate(dict(r)) for r in rows]
 
-    async def logs(self, task_id: int, *, after_id: int = 0) -> list[TaskLog]:
-        rows = await self.pool.fetch(queries.TASK_LOGS, task_id, after_id)
+    async def page(
+        self,
+        *,
+        status: str | None = None,
+        queue: str | None = None,
+        task_type: str | None = None,
+        page: int = 1,
+        page_size: int = 50,
+        oldest_first: bool = False,
+    ) -> TaskPage:
+        """Page `page` (from 1) of the tasks that match, with their total; newest first."""
+        if page < 1 or page_size < 1:
+            raise PgTasksError("page and page_size start at 1")
+        rows = await self.pool.fetch(
+            queries.TASK_PAGE,
+            _status(status),
+            queue,
+            task_type,
+            oldest_first,
+            page_size,
+            (page - 1) * page_size,
+        )
+        items = [TaskInfo.model_validate(dict(r)) for r in rows if r["id"] is not None]
+        return TaskPage(items=items, total=rows[0]["total"], page=page, page_size=page_size)
+
+    async def detail(self, task_id: int) -> TaskDetail:
+        """The task with its params, result, every attempt's error and its step names."""
+        row = await self.pool.fetchrow(queries.TASK_DETAIL, task_id)
+        if row is None:
+            raise TaskNotFound(f"task {task_id} does not exist")
+        return TaskDetail.model_validate(dict(row))
+
+    async def logs(
+        self, task_id: int, *, after_id: int = 0, limit: int | None = None
+    ) -> list[TaskLog]:
+        """Log lines after `after_id`, oldest first; at most `limit` of them."""
+        if limit is None:
+            rows = await self.pool.fetch(queries.TASK_LOGS, task_id, after_id)
+        else:
+            rows = await self.pool.fetch(queries.TASK_LOGS_PAGE, task_id, after_id, limit)
         return [TaskLog.model_validate(dict(r)) for r in rows]
 
     async def history(self, task_id: int) -> list[TaskEvent]:
@@ -289,6 +392,12 @@ class Client:
     async def workers(self, *, include_dead: bool = False) -> list[dict[str, Any]]:
         """Workers (pgtasks.workers), alive first; `seen_ago` is the time since last seen."""
         return [dict(r) for r in await self.pool.fetch(queries.WORKERS, include_dead)]
+
+    async def metrics(self) -> dict[str, Any]:
+        """What /metrics shows: `queues` (queue_stats rows), `workers` (alive, dead, slots,
+        running) and `runtimes` (per type: count, failed, sum and bucket counts of the tasks
+        finished within queries.RUNTIME_WINDOW, bounds in queries.RUNTIME_BUCKETS)."""
+        return dict(await self.pool.fetchrow(queries.METRICS))
 
     # -- operator actions ----------------------------------------------------------------
 

@@ -11,16 +11,20 @@ from __future__ import annotations
 # -- submitting ----------------------------------------------------------------------------
 
 # A NULL argument is decided by the database: the type's registered policy, else settings.
+# Params travel as JSON text, so a connection with other jsonb codecs than ours (SQLAlchemy's
+# asyncpg dialect, joining the caller's transaction) sends them the same way.
 SUBMIT_TASK = """
-SELECT pgtasks.submit_task(task_type => $1, params => $2, queue => $3, priority => $4,
-                           run_at => $5, max_retries => $6, timeout => $7, backoff_base => $8)
+SELECT pgtasks.submit_task(task_type => $1, params => $2::text::jsonb, queue => $3,
+                           priority => $4, run_at => $5, max_retries => $6, timeout => $7,
+                           backoff_base => $8)
 """
 
-# Params travel as jsonb[]: one statement, one round trip, ids back in input order.
+# Params travel as JSON texts cast to jsonb[]: one statement, one round trip, ids back in
+# input order.
 SUBMIT_TASKS = """
-SELECT * FROM pgtasks.submit_tasks(task_type => $1, params_list => $2::jsonb[], queue => $3,
-                                   priority => $4, run_at => $5, max_retries => $6,
-                                   timeout => $7, backoff_base => $8)
+SELECT * FROM pgtasks.submit_tasks(task_type => $1, params_list => $2::text[]::jsonb[],
+                                   queue => $3, priority => $4, run_at => $5,
+                                   max_retries => $6, timeout => $7, backoff_base => $8)
 """
 
 # -- reading (views) -----------------------------------------------------------------------
@@ -37,6 +41,41 @@ SELECT * FROM pgtasks.task_status
 """
 
 TASK_LOGS = "SELECT * FROM pgtasks.task_log_lines WHERE task_id = $1 AND id > $2 ORDER BY id"
+
+# One page of tasks and the total that match, in one statement: the count row is joined to
+# the page, so a page past the end still says the total (one row with NULL task columns).
+# The error is cut short here: a list shows its first line, the detail shows it all.
+TASK_PAGE = """
+WITH f AS (
+    SELECT id, task_type, queue, status, priority, attempt, retries, percent,
+           progress_current, progress_total, progress_message, worker_id, run_at,
+           created_at, started_at, finished_at, elapsed, left(error, 200) AS error
+      FROM pgtasks.task_status
+     WHERE ($1::pgtasks.status IS NULL OR status = $1::pgtasks.status)
+       AND ($2::text IS NULL OR queue = $2)
+       AND ($3::text IS NULL OR task_type = $3))
+SELECT n.total, p.*
+  FROM (SELECT count(*) AS total FROM f) n
+  LEFT JOIN LATERAL (SELECT * FROM f ORDER BY CASE WHEN $4 THEN id END, id DESC
+                      LIMIT $5 OFFSET $6) p ON true
+"""
+
+# Everything about one task in one statement: its row, every attempt's error, its steps.
+# task_steps has no view of its own yet (readers lack it): see docs/http-api.md.
+TASK_DETAIL = """
+SELECT s.*,
+       (SELECT coalesce(jsonb_agg(jsonb_build_object('attempt', e.attempt, 'error', e.error,
+                                                     'traceback', e.traceback, 'at', e.at)
+                                  ORDER BY e.attempt), '[]'::jsonb)
+          FROM pgtasks.task_attempt_errors e WHERE e.task_id = s.id) AS errors,
+       ARRAY(SELECT st.name FROM pgtasks.task_steps st
+              WHERE st.task_id = s.id ORDER BY st.at, st.name) AS steps
+  FROM pgtasks.task_status s WHERE s.id = $1
+"""
+
+TASK_LOGS_PAGE = """
+SELECT * FROM pgtasks.task_log_lines WHERE task_id = $1 AND id > $2 ORDER BY id LIMIT $3
+"""
 
 TASK_HISTORY = "SELECT * FROM pgtasks.task_history WHERE task_id = $1 ORDER BY at, to_status"
 
@@ -57,6 +96,38 @@ SELECT id, task_type, queue, attempt, error_count, finished_at, error
 WORKERS = """
 SELECT *, now() - last_seen AS seen_ago FROM pgtasks.workers
  WHERE $1 OR alive ORDER BY alive DESC, started_at
+"""
+
+# Everything /metrics shows, read at scrape time in one statement from the views, so it is
+# right however many workers run. Run times come from the tasks finished in the last
+# RUNTIME_WINDOW, counted per bucket here (upper bounds in seconds, as Prometheus `le`).
+RUNTIME_WINDOW = "5 minutes"
+RUNTIME_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0)
+_BUCKET_COUNTS = ", ".join(f"count(*) FILTER (WHERE r.secs <= {b})" for b in RUNTIME_BUCKETS)
+METRICS = f"""
+SELECT
+  (SELECT coalesce(jsonb_agg(to_jsonb(q) ORDER BY q.queue), '[]'::jsonb)
+     FROM (SELECT queue, pending, waiting, running, done, failed, cancelled, ready,
+                  coalesce(extract(epoch FROM oldest_ready_age), 0) AS oldest_ready_seconds,
+                  done_last_minute
+             FROM pgtasks.queue_stats) q) AS queues,
+  (SELECT to_jsonb(w)
+     FROM (SELECT count(*) FILTER (WHERE alive) AS alive,
+                  count(*) FILTER (WHERE NOT alive) AS dead,
+                  coalesce(sum(concurrency) FILTER (WHERE alive), 0) AS slots,
+                  coalesce(sum(running) FILTER (WHERE alive), 0) AS running
+             FROM pgtasks.workers) w) AS workers,
+  (SELECT coalesce(jsonb_agg(to_jsonb(h) ORDER BY h.task_type), '[]'::jsonb)
+     FROM (SELECT r.task_type, count(*) AS count, sum(r.secs) AS sum,
+                  count(*) FILTER (WHERE r.status = 'FAILED') AS failed,
+                  ARRAY[{_BUCKET_COUNTS}]
+                    AS buckets
+             FROM (SELECT task_type, status,
+                          extract(epoch FROM finished_at - started_at) AS secs
+                     FROM pgtasks.task_status
+                    WHERE status IN ('DONE', 'FAILED') AND started_at IS NOT NULL
+                      AND finished_at > now() - interval '{RUNTIME_WINDOW}') r
+            GROUP BY r.task_type) h) AS runtimes
 """
 
 # The enum's own labels (tests check Python's one copy against them).

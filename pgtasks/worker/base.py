@@ -4,6 +4,7 @@ claimed tasks it holds, and retrying through database outages."""
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
@@ -22,6 +23,39 @@ SHUTDOWN_RETRY_LIMIT = 30.0
 
 
 @dataclass
+class Buckets:
+    """A histogram kept in plain Python (the core does not import prometheus-client):
+    `observe` is a bisect and two additions; `--metrics-port` exports it."""
+
+    bounds: tuple[float, ...]
+    counts: list[int] = field(init=False)  # per bucket, not cumulative
+    sum: float = 0.0
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * len(self.bounds)
+
+    def observe(self, value: float) -> None:
+        self.sum += value
+        self.count += 1
+        i = bisect.bisect_left(self.bounds, value)
+        if i < len(self.bounds):
+            self.counts[i] += 1
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """(le, count) pairs the Prometheus way, ending with +Inf."""
+        out, running = [], 0
+        for bound, n in zip(self.bounds, self.counts, strict=True):
+            running += n
+            out.append((repr(float(bound)), running))
+        return [*out, ("+Inf", self.count)]
+
+
+SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+BATCH = (1, 2, 5, 10, 20, 50, 100, 200, 500)
+
+
+@dataclass
 class WorkerStats:
     claimed: int = 0
     succeeded: int = 0
@@ -35,6 +69,9 @@ class WorkerStats:
     finish_calls: int = 0
     rescued: int = 0
     extra: dict[str, int] = field(default_factory=dict)
+    claim_seconds: Buckets = field(default_factory=lambda: Buckets(SECONDS))  # producer's
+    claim_batch: Buckets = field(default_factory=lambda: Buckets(BATCH))  # rows per claim
+    finish_batch: Buckets = field(default_factory=lambda: Buckets(BATCH))  # results per call
 
 
 class Service:

@@ -181,6 +181,7 @@ class Completer(Service):
             claimer.claimed_by_completer(plan, claimed)
         rejected = {r["rejected_task_id"] for r in rows if r["rejected_task_id"] is not None}
         self.stats.finish_calls += 1
+        self.stats.finish_batch.observe(len(batch))
         self.stats.succeeded += len(batch) - len(rejected)
         return rejected
 
@@ -201,6 +202,7 @@ class Completer(Service):
             return await self._split(batch, exc)
         rejected = {r[0] for r in rows}
         self.stats.finish_calls += 1
+        self.stats.finish_batch.observe(len(batch))
         self.stats.succeeded += len(batch) - len(rejected)
         return rejected
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -74,12 +75,15 @@ class Producer(Service):
     async def claim(self, n: int, threads: int, types: list[str]) -> list[asyncpg.Record]:
         """Claim up to n tasks of `types`, their slots reserved meanwhile; start them."""
         self.slots.reserve(n, threads=threads)
+        started = time.perf_counter()
         try:
             rows = await self.pool.fetch(
                 queries.CLAIM_TASKS, self.worker_id, self.queues, n, self.lease, types
             )
         finally:
             self.slots.release(n, threads=threads)
+        self.stats.claim_seconds.observe(time.perf_counter() - started)
+        self.stats.claim_batch.observe(len(rows))
         self.stats.claim_calls += 1
         self.stats.claimed += len(rows)
         if rows:
@@ -111,6 +115,7 @@ class Producer(Service):
         self, plan: tuple[int, int, list[str]], rows: list[asyncpg.Record]
     ) -> None:
         self.slots.release(plan[0], threads=plan[1])
+        self.stats.claim_batch.observe(len(rows))
         self.stats.claim_calls += 1
         self.stats.claimed += len(rows)
         if rows:

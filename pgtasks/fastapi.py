@@ -1,0 +1,98 @@
+"""FastAPI integration: a Client (and optionally a Worker) for the life of the app.
+
+    from pgtasks.fastapi import get_client, lifespan
+
+    app = FastAPI(lifespan=lifespan(worker=True, concurrency=4))
+
+    @app.post("/reports")
+    async def create(client: Annotated[Client, Depends(get_client)]) -> dict[str, int]:
+        return {"task_id": await client.submit("report", {...})}
+
+On shutdown (uvicorn's SIGTERM) the in-process worker stops claiming, lets running tasks
+finish within `shutdown_grace` seconds and hands the rest back, so another process resumes
+them from their last checkpoint. Needs the `web` extra (`pip install pgtasks[web]`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from fastapi import FastAPI, Request
+
+from pgtasks.client import Client
+from pgtasks.errors import ConfigurationError
+from pgtasks.worker import Worker
+
+log = logging.getLogger("pgtasks.fastapi")
+
+#: Where the running client and worker live on `app.state`.
+STATE_CLIENT = "pgtasks_client"
+STATE_WORKER = "pgtasks_worker"
+
+
+@contextlib.asynccontextmanager
+async def running(
+    app: FastAPI, url: str | None = None, *, worker: bool = False, **worker_options: Any
+) -> AsyncIterator[Client]:
+    """Run a Client, and a Worker when `worker=True` (options as for `Worker`), while the
+    block runs. Use it inside a lifespan of your own; `lifespan()` is the ready-made one."""
+    async with Client(url) as client:
+        setattr(app.state, STATE_CLIENT, client)
+        w: Worker | None = None
+        run: asyncio.Task[None] | None = None
+        if worker:
+            w = Worker(url, **worker_options)
+            run = asyncio.create_task(w.run(), name="pgtasks-worker")
+            ready = asyncio.create_task(w.ready.wait())
+            await asyncio.wait({run, ready}, return_when=asyncio.FIRST_COMPLETED)
+            if run.done():  # it failed to start: say why instead of serving without it
+                ready.cancel()
+                run.result()
+            setattr(app.state, STATE_WORKER, w)
+            run.add_done_callback(_report_crash)
+            log.info("pgtasks worker %s running in-process", w.worker_id)
+        try:
+            yield client
+        finally:
+            if w is not None and run is not None:
+                log.info("pgtasks worker %s draining (grace %gs)", w.worker_id, w.shutdown_grace)
+                w.stop()
+                await run
+            setattr(app.state, STATE_CLIENT, None)
+            setattr(app.state, STATE_WORKER, None)
+
+
+def _report_crash(run: asyncio.Task[None]) -> None:
+    """A worker that dies while the app serves says so at once, not only at shutdown (the
+    app goes on serving its API; its tasks' leases run out and other workers take them)."""
+    if not run.cancelled() and run.exception() is not None:
+        log.error("the in-process pgtasks worker stopped", exc_info=run.exception())
+
+
+def lifespan(
+    url: str | None = None, *, worker: bool = False, **worker_options: Any
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """A lifespan for `FastAPI(lifespan=...)`: see `running`."""
+
+    @contextlib.asynccontextmanager
+    async def run(app: FastAPI) -> AsyncIterator[None]:
+        async with running(app, url, worker=worker, **worker_options):
+            yield
+
+    return run
+
+
+def get_client(request: Request) -> Client:
+    """Dependency: `client: Annotated[Client, Depends(get_client)]`."""
+    client = getattr(request.app.state, STATE_CLIENT, None)
+    if client is None:
+        raise ConfigurationError(
+            "no pgtasks Client is running: create the app with "
+            "FastAPI(lifespan=pgtasks.fastapi.lifespan()) or use pgtasks.fastapi.running()"
+        )
+    return client

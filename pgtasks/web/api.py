@@ -1,0 +1,287 @@
+"""The HTTP API as a FastAPI router: every endpoint is one Client call, and the Client is one
+SQL call. The API holds no logic of its own; the database decides and says why."""
+
+# No `from __future__ import annotations`: FastAPI reads the endpoints' annotations at
+# runtime, and they name `C`, local to router().
+
+import asyncio
+import hmac
+import inspect
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pgtasks.client import STATUSES, Client, TaskDetail, TaskEvent, TaskLog, TaskPage
+from pgtasks.fastapi import get_client
+from pgtasks.web.errors import ApiError, ErrorResponse, ErrorRoute
+from pgtasks.web.settings import WebSettings
+from pgtasks.web.sse import task_events
+
+TaskId = Annotated[int, Path(ge=1, le=2**63 - 1, description="Task id")]
+
+
+class SubmitRequest(BaseModel):
+    """What POST /tasks takes. Omitted options are decided by the database: the type's
+    registered policy, else the deployment's settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task_type: str = Field(min_length=1, max_length=255)
+    params: dict[str, Any] = Field(default_factory=dict)
+    queue: str | None = Field(default=None, min_length=1, max_length=255)
+    priority: int | None = Field(default=None, ge=-(2**31), le=2**31 - 1)
+    run_at: datetime | None = None
+    delay_s: float | None = Field(default=None, ge=0, le=100 * 365 * 86400)
+    max_retries: int | None = Field(default=None, ge=0)
+    timeout_s: float | None = Field(default=None, gt=0)
+    # Extension points for sql/0005 (flow control): accepted by the schema, answered 501
+    # until the Client can pass them to submit_task.
+    unique_key: str | None = None
+    depends_on: list[int] | None = None
+
+    @model_validator(mode="after")
+    def _one_time(self) -> "SubmitRequest":
+        if self.run_at is not None and self.delay_s is not None:
+            raise ValueError("pass run_at or delay_s, not both")
+        return self
+
+
+class Submitted(BaseModel):
+    id: int
+    created: bool = True
+
+
+class Cancelled(BaseModel):
+    id: int
+    previous_status: str
+
+
+class Retried(BaseModel):
+    id: int
+    status: Literal["PENDING"] = "PENDING"
+
+
+class QueueInfo(BaseModel):
+    """One row of pgtasks.queue_stats; ages in seconds."""
+
+    model_config = ConfigDict(ser_json_timedelta="float")
+
+    queue: str
+    pending: int
+    waiting: int
+    running: int
+    done: int
+    failed: int
+    cancelled: int
+    ready: int
+    oldest_ready_age: timedelta | None = None
+    done_last_minute: int
+
+
+class QueueState(BaseModel):
+    queue: str
+    paused: bool
+
+
+class WorkerInfo(BaseModel):
+    """One row of pgtasks.workers; `seen_ago` in seconds."""
+
+    model_config = ConfigDict(ser_json_timedelta="float")
+
+    worker_id: str
+    host: str
+    pid: int
+    queues: list[str] | None = None
+    concurrency: int
+    started_at: datetime
+    last_seen: datetime
+    alive: bool
+    running: int
+    seen_ago: timedelta
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    s: {"model": ErrorResponse} for s in (401, 404, 409, 422, 501, 503)
+}
+
+
+def _authorizer(settings: WebSettings, *, write: bool) -> Any:
+    token = settings.api_token.get_secret_value() if settings.api_token else None
+    open_reads = settings.api_open_reads
+
+    def check(request: Request) -> None:
+        if token is None or (not write and open_reads):
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), token):
+            raise ApiError(
+                401,
+                "unauthorized",
+                "this endpoint needs `Authorization: Bearer <token>`",
+                "The token is the server's PGTASKS_API_TOKEN.",
+            )
+
+    return Depends(check)
+
+
+async def _extension(client: Client, method: str, needs: str, *args: Any) -> Any:
+    """Endpoints whose SQL lands with another migration call a Client method that exists
+    once it has; until then they answer 501 and say what is missing."""
+    fn = getattr(client, method, None)
+    if fn is None:
+        raise ApiError(
+            501, "not_available", f"this deployment's pgtasks has no {method}", f"Needs {needs}."
+        )
+    return await fn(*args)
+
+
+def router(client: Client | None = None, *, settings: WebSettings | None = None) -> APIRouter:
+    """The API. Mount it anywhere: `app.include_router(router(), prefix="/api/admin")`.
+
+    With no `client`, each request uses the app's running one (pgtasks.fastapi.lifespan).
+    """
+    settings = settings or WebSettings()
+    streams = asyncio.Semaphore(settings.api_max_streams)
+    read = _authorizer(settings, write=False)
+    write = _authorizer(settings, write=True)
+
+    def the_client(request: Request) -> Client:
+        return client if client is not None else get_client(request)
+
+    C = Annotated[Client, Depends(the_client)]
+    api = APIRouter(route_class=ErrorRoute, responses=ERRORS, tags=["pgtasks"])
+
+    @api.get("/tasks", dependencies=[read])
+    async def list_tasks(
+        c: C,
+        status: Annotated[Literal[STATUSES] | None, Query()] = None,  # type: ignore[valid-type]
+        queue: str | None = None,
+        task_type: str | None = None,
+        page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
+        page_size: Annotated[int, Query(ge=1, le=500)] = 50,
+        order: Literal["newest", "oldest"] = "newest",
+    ) -> TaskPage:
+        """Tasks, newest first (`order=oldest` for the other way), with the total."""
+        return await c.page(
+            status=status,
+            queue=queue,
+            task_type=task_type,
+            page=page,
+            page_size=page_size,
+            oldest_first=order == "oldest",
+        )
+
+    @api.get("/tasks/{task_id}", dependencies=[read])
+    async def get_task(c: C, task_id: TaskId) -> TaskDetail:
+        """The task with params, result, every attempt's error and its step names."""
+        return await c.detail(task_id)
+
+    @api.post("/tasks", status_code=201, dependencies=[write])
+    async def submit_task(c: C, body: SubmitRequest, response: Response) -> Submitted:
+        """Submit a task; 201 with its id, or 200 with `created: false` when its unique key
+        matched an active task (whose id it returns). Nothing is written when refused."""
+        flow = {
+            k: v
+            for k, v in (("unique_key", body.unique_key), ("depends_on", body.depends_on))
+            if v is not None
+        }
+        if flow and not flow.keys() <= inspect.signature(c.submit).parameters.keys():
+            raise ApiError(
+                501,
+                "not_available",
+                f"{' and '.join(flow)} need the flow-control SQL (sql/0005)",
+                "Submit without them, or upgrade pgtasks.",
+            )
+        task_id = await c.submit(
+            body.task_type,
+            body.params,
+            queue=body.queue,
+            priority=body.priority,
+            run_at=body.run_at,
+            delay=body.delay_s,
+            max_retries=body.max_retries,
+            timeout=body.timeout_s,
+            **flow,
+        )
+        # With sql/0005 submit returns an int that also says whether it created the task.
+        created = bool(getattr(task_id, "created", True))
+        response.status_code = 201 if created else 200
+        response.headers["Location"] = f"tasks/{int(task_id)}"
+        return Submitted(id=int(task_id), created=created)
+
+    @api.post("/tasks/{task_id}/cancel", dependencies=[write])
+    async def cancel_task(c: C, task_id: TaskId) -> Cancelled:
+        """Cancel; 409 (PT004) when it has already finished."""
+        return Cancelled(id=task_id, previous_status=await c.cancel(task_id))
+
+    @api.post("/tasks/{task_id}/retry", dependencies=[write])
+    async def retry_task(c: C, task_id: TaskId) -> Retried:
+        """Put a FAILED or CANCELLED task back to PENDING; 409 (PT001) from any other state."""
+        await c.retry(task_id)
+        return Retried(id=task_id)
+
+    @api.get("/tasks/{task_id}/logs", dependencies=[read])
+    async def task_logs(
+        c: C,
+        task_id: TaskId,
+        after_id: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    ) -> list[TaskLog]:
+        """Log lines after `after_id`, oldest first (an unknown task has none)."""
+        return await c.logs(task_id, after_id=after_id, limit=limit)
+
+    @api.get("/tasks/{task_id}/history", dependencies=[read])
+    async def task_history(c: C, task_id: TaskId) -> list[TaskEvent]:
+        """Every status transition, oldest first."""
+        return await c.history(task_id)
+
+    @api.get(
+        "/tasks/{task_id}/events",
+        dependencies=[read],
+        response_class=Response,
+        responses={200: {"content": {"text/event-stream": {}}}},
+    )
+    async def events(c: C, task_id: TaskId, after_id: Annotated[int, Query(ge=0)] = 0) -> Response:
+        """Server-Sent Events: `status`, `progress`, `log`, then `end` after the final status."""
+        return await task_events(c, task_id, after_id=after_id, slots=streams)
+
+    @api.get("/queues", dependencies=[read])
+    async def queues(c: C) -> list[QueueInfo]:
+        """Depth by status, ready count and oldest ready age, per queue."""
+        return [QueueInfo.model_validate(r) for r in await c.queue_stats()]
+
+    # Extension points: the Client gains these methods with sql/0005 (queues, pause_queue,
+    # resume_queue), sql/0006 (schedules) and the workflows SQL (workflow).
+    @api.get("/queues/settings", dependencies=[read])
+    async def queue_settings(c: C) -> list[dict[str, Any]]:
+        """Each queue's flow settings (paused, limits, rate) next to its live counts."""
+        return list(await _extension(c, "queues", "sql/0005"))
+
+    @api.post("/queues/{queue}/pause", dependencies=[write])
+    async def pause_queue(c: C, queue: str) -> QueueState:
+        """Stop claims from a queue (its tasks stay; submits still work)."""
+        await _extension(c, "pause_queue", "sql/0005", queue)
+        return QueueState(queue=queue, paused=True)
+
+    @api.post("/queues/{queue}/resume", dependencies=[write])
+    async def resume_queue(c: C, queue: str) -> QueueState:
+        await _extension(c, "resume_queue", "sql/0005", queue)
+        return QueueState(queue=queue, paused=False)
+
+    @api.get("/workers", dependencies=[read])
+    async def workers(c: C, include_dead: bool = True) -> list[WorkerInfo]:
+        """Workers, alive first, with their running counts."""
+        rows = await c.workers(include_dead=include_dead)
+        return [WorkerInfo.model_validate(r) for r in rows]
+
+    @api.get("/schedules", dependencies=[read])
+    async def schedules(c: C) -> list[dict[str, Any]]:
+        return list(await _extension(c, "schedules", "sql/0006"))
+
+    @api.get("/workflows/{workflow_id}", dependencies=[read])
+    async def workflow(c: C, workflow_id: int) -> dict[str, Any]:
+        return dict(await _extension(c, "workflow", "the workflows SQL", workflow_id))
+
+    return api

@@ -1,0 +1,95 @@
+"""/metrics: Prometheus text from one query of the database's views at scrape time, so the
+numbers are right however many workers and API processes there are."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeHistogramMetricFamily, GaugeMetricFamily, Metric
+
+from pgtasks import queries
+from pgtasks.client import STATUSES, Client
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# queue_stats column per status (COMMIT tasks are "waiting" there).
+_COLUMN = {
+    "PENDING": "pending",
+    "COMMIT": "waiting",
+    "RUNNING": "running",
+    "DONE": "done",
+    "FAILED": "failed",
+    "CANCELLED": "cancelled",
+}
+
+
+def families(snapshot: dict[str, Any]) -> Iterator[Metric]:
+    """The metric families for one Client.metrics() snapshot."""
+    tasks = GaugeMetricFamily(
+        "pgtasks_tasks", "Tasks in the table by queue and status", labels=["queue", "status"]
+    )
+    ready = GaugeMetricFamily(
+        "pgtasks_queue_ready", "Tasks ready to run now (PENDING or COMMIT, run_at due)",
+        labels=["queue"],
+    )  # fmt: skip
+    oldest = GaugeMetricFamily(
+        "pgtasks_queue_oldest_ready_seconds", "Age of the oldest ready task", labels=["queue"]
+    )
+    done_minute = GaugeMetricFamily(
+        "pgtasks_queue_done_last_minute", "Tasks finished DONE in the last minute",
+        labels=["queue"],
+    )  # fmt: skip
+    for q in snapshot["queues"]:
+        for status in STATUSES:
+            tasks.add_metric([q["queue"], status], q[_COLUMN[status]])
+        ready.add_metric([q["queue"]], q["ready"])
+        oldest.add_metric([q["queue"]], float(q["oldest_ready_seconds"]))
+        done_minute.add_metric([q["queue"]], q["done_last_minute"])
+    yield from (tasks, ready, oldest, done_minute)
+
+    w = snapshot["workers"]
+    workers = GaugeMetricFamily("pgtasks_workers", "Registered workers", labels=["state"])
+    workers.add_metric(["alive"], w["alive"])
+    workers.add_metric(["dead"], w["dead"])
+    yield workers
+    yield GaugeMetricFamily("pgtasks_worker_slots", "Task slots of live workers", value=w["slots"])
+    yield GaugeMetricFamily(
+        "pgtasks_worker_running", "Tasks running on live workers", value=w["running"]
+    )
+
+    runtime = GaugeHistogramMetricFamily(
+        "pgtasks_task_runtime_seconds",
+        f"Run time of the tasks finished in the last {queries.RUNTIME_WINDOW}, by type",
+        labels=["task_type"],
+    )
+    finished = GaugeMetricFamily(
+        "pgtasks_tasks_finished_recent",
+        f"Tasks that ended DONE or FAILED in the last {queries.RUNTIME_WINDOW}, by type",
+        labels=["task_type", "status"],
+    )
+    for h in snapshot["runtimes"]:
+        finished.add_metric([h["task_type"], "DONE"], h["count"] - h["failed"])
+        finished.add_metric([h["task_type"], "FAILED"], h["failed"])
+        bounds = [str(b) for b in queries.RUNTIME_BUCKETS]
+        buckets = [*zip(bounds, h["buckets"], strict=True), ("+Inf", h["count"])]
+        runtime.add_metric([h["task_type"]], buckets, gsum_value=float(h["sum"]))
+    yield runtime
+    yield finished
+
+
+class _Snapshot:
+    def __init__(self, snapshot: dict[str, Any]) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        return families(self.snapshot)
+
+
+async def render(client: Client) -> bytes:
+    """One query, then the text format. The collector is built per scrape because the read
+    is async and prometheus-client's collect() is not."""
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(_Snapshot(await client.metrics()))
+    return generate_latest(reg)

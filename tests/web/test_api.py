@@ -1,0 +1,293 @@
+"""The HTTP API through httpx against the real app and a real database."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from prometheus_client.parser import text_string_to_metric_families
+
+import tests.apps.web  # noqa: F401  (registers web_steps)
+from pgtasks import Client, Worker
+from pgtasks.web import WebSettings, create_app, router
+
+TOKEN = "s3cret"
+
+
+@contextlib.asynccontextmanager
+async def api(dsn: str, **settings: object) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(WebSettings(database_url=dsn, **settings))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            yield http
+
+
+@pytest.fixture
+async def http(dsn: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with api(dsn) as h:
+        yield h
+
+
+def sse(text: str) -> list[tuple[str, dict]]:
+    out = []
+    for block in text.strip().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines())
+        out.append((fields["event"], json.loads(fields["data"])))
+    return out
+
+
+async def test_submit_get_list_and_pages(http: httpx.AsyncClient):
+    r = await http.post("/api/tasks", json={"task_type": "noop", "params": {"x": 1}})
+    assert r.status_code == 201, r.text
+    first = r.json()["id"]
+    assert r.headers["location"] == f"tasks/{first}"
+    for i in range(4):
+        r = await http.post(
+            "/api/tasks", json={"task_type": "other", "params": {"i": i}, "queue": "q2"}
+        )
+        assert r.status_code == 201
+    detail = (await http.get(f"/api/tasks/{first}")).json()
+    assert detail["status"] == "PENDING" and detail["params"] == {"x": 1}
+    assert detail["errors"] == [] and detail["steps"] == []
+
+    page = (await http.get("/api/tasks", params={"page_size": 2})).json()
+    assert page["total"] == 5 and page["page"] == 1 and len(page["items"]) == 2
+    assert page["items"][0]["id"] > page["items"][1]["id"]
+    page3 = (await http.get("/api/tasks", params={"page_size": 2, "page": 3})).json()
+    assert [t["id"] for t in page3["items"]] == [first]
+    beyond = (await http.get("/api/tasks", params={"page_size": 2, "page": 9})).json()
+    assert beyond["total"] == 5 and beyond["items"] == []
+    oldest = (await http.get("/api/tasks", params={"order": "oldest", "page_size": 1})).json()
+    assert oldest["items"][0]["id"] == first
+    q2 = (await http.get("/api/tasks", params={"queue": "q2", "status": "PENDING"})).json()
+    assert q2["total"] == 4
+    by_type = (await http.get("/api/tasks", params={"task_type": "noop"})).json()
+    assert by_type["total"] == 1
+
+    queues = {q["queue"]: q for q in (await http.get("/api/queues")).json()}
+    assert queues["q2"]["pending"] == 4 and queues["q2"]["ready"] == 4
+    assert isinstance(queues["q2"]["oldest_ready_age"], float)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"task_type": "noop", "bogus": 1}, "body.bogus"),
+        ({"task_type": "noop", "params": [1, 2]}, "body.params"),
+        ({"task_type": "noop", "params": "x"}, "body.params"),
+        ({"params": {}}, "body.task_type"),
+        ({"task_type": ""}, "body.task_type"),
+        ({"task_type": "noop", "priority": 2**40}, "body.priority"),
+        ({"task_type": "noop", "delay_s": -1}, "body.delay_s"),
+        ({"task_type": "noop", "max_retries": -1}, "body.max_retries"),
+    ],
+)
+async def test_bad_submits_are_422_naming_the_field_and_write_nothing(dsn, http, body, field):
+    r = await http.post("/api/tasks", json=body)
+    assert r.status_code == 422, r.text
+    err = r.json()["error"]
+    assert err["code"] == "invalid_request" and err["message"].startswith(field)
+    assert (await http.get("/api/tasks")).json()["total"] == 0
+
+
+async def test_database_refusals_keep_their_code_and_hint(http: httpx.AsyncClient):
+    r = await http.post("/api/tasks", json={"task_type": "noop", "max_retries": 5000})
+    assert r.status_code == 422
+    err = r.json()["error"]
+    assert err["code"].startswith("PT1") and err["hint"]
+    assert (await http.get("/api/tasks")).json()["total"] == 0
+    r = await http.post(
+        "/api/tasks", json={"task_type": "noop", "delay_s": 1, "run_at": "2030-01-01T00:00:00Z"}
+    )
+    assert r.status_code == 422 and "run_at or delay_s" in r.json()["error"]["message"]
+
+
+async def test_unknown_ids_and_bad_queries(http: httpx.AsyncClient):
+    r = await http.get("/api/tasks/999999")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "PT003"
+    for path in ("/api/tasks/999999/cancel", "/api/tasks/999999/retry"):
+        r = await http.post(path)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "PT003"
+    assert (await http.get("/api/tasks/999999/events")).status_code == 404
+    assert (await http.get("/api/tasks/0")).status_code == 422
+    assert (await http.get("/api/tasks/abc")).status_code == 422
+    for params in ({"status": "nope"}, {"page": 0}, {"page_size": 501}, {"order": "x"}):
+        r = await http.get("/api/tasks", params=params)
+        assert r.status_code == 422, params
+        assert r.json()["error"]["message"].startswith("query.")
+    assert (await http.get("/api/tasks/1/logs", params={"limit": 0})).status_code == 422
+
+
+async def test_cancel_retry_history_and_conflicts(http: httpx.AsyncClient):
+    task_id = (await http.post("/api/tasks", json={"task_type": "noop"})).json()["id"]
+    r = await http.post(f"/api/tasks/{task_id}/retry")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "PT001"
+    r = await http.post(f"/api/tasks/{task_id}/cancel")
+    assert r.json() == {"id": task_id, "previous_status": "PENDING"}
+    r = await http.post(f"/api/tasks/{task_id}/cancel")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "PT004"
+    assert (await http.post(f"/api/tasks/{task_id}/retry")).json()["status"] == "PENDING"
+    history = (await http.get(f"/api/tasks/{task_id}/history")).json()
+    assert [h["to_status"] for h in history] == ["PENDING", "CANCELLED", "PENDING"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "client_method"),
+    [
+        ("GET", "/api/queues/settings", "queues"),
+        ("POST", "/api/queues/default/pause", "pause_queue"),
+        ("POST", "/api/queues/default/resume", "resume_queue"),
+        ("GET", "/api/schedules", "schedules"),
+        ("GET", "/api/workflows/1", "workflow"),
+    ],
+)
+async def test_extension_points_work_once_the_client_has_them(http, method, path, client_method):
+    """501 until the Client gains the method (with the flow, schedules and workflow SQL);
+    then the same route answers without a change here."""
+    r = await http.request(method, path)
+    if hasattr(Client, client_method):
+        assert r.status_code in (200, 404), r.text
+    else:
+        assert r.status_code == 501 and r.json()["error"]["code"] == "not_available"
+
+
+async def test_unique_keys_once_the_flow_sql_is_there(http):
+    body = {"task_type": "noop", "unique_key": "k"}
+    first = await http.post("/api/tasks", json=body)
+    if "unique_key" not in inspect.signature(Client.submit).parameters:
+        assert first.status_code == 501
+        assert (await http.get("/api/tasks")).json()["total"] == 0
+        return
+    assert first.status_code == 201 and first.json()["created"] is True
+    again = await http.post("/api/tasks", json=body)
+    assert again.status_code == 200
+    assert again.json() == {"id": first.json()["id"], "created": False}
+
+
+async def test_auth_closes_writes_and_reads_unless_opened(dsn):
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    async with api(dsn, api_token=TOKEN) as h:
+        r = await h.post("/api/tasks", json={"task_type": "noop"})
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+        assert r.json()["error"]["code"] == "unauthorized"
+        wrong = {"Authorization": "Bearer nope"}
+        assert (
+            await h.post("/api/tasks", json={"task_type": "noop"}, headers=wrong)
+        ).status_code == 401
+        assert (await h.get("/api/tasks")).status_code == 401
+        assert (await h.get("/api/workers")).status_code == 401
+        r = await h.post("/api/tasks", json={"task_type": "noop"}, headers=bearer)
+        assert r.status_code == 201
+        assert (await h.get("/api/tasks", headers=bearer)).json()["total"] == 1
+    async with api(dsn, api_token=TOKEN, api_open_reads=True) as h:
+        assert (await h.get("/api/tasks")).json()["total"] == 1
+        task_id = (await h.get("/api/tasks")).json()["items"][0]["id"]
+        assert (await h.post(f"/api/tasks/{task_id}/cancel")).status_code == 401
+        assert (await h.post(f"/api/tasks/{task_id}/cancel", headers=bearer)).status_code == 200
+
+
+async def test_sse_streams_progress_logs_and_final_status_in_order(dsn, http):
+    task_id = (
+        await http.post("/api/tasks", json={"task_type": "web_steps", "params": {"steps": 3}})
+    ).json()["id"]
+    worker = Worker(dsn, concurrency=2, poll_interval=0.2)
+    run = asyncio.create_task(worker.run())
+    try:
+        r = await http.get(f"/api/tasks/{task_id}/events")
+        assert r.headers["content-type"].startswith("text/event-stream")
+        events = sse(r.text)
+        workers = (await http.get("/api/workers")).json()
+        assert [w["worker_id"] for w in workers] == [worker.worker_id]
+        assert workers[0]["alive"] and workers[0]["concurrency"] == 2
+    finally:
+        worker.stop()
+        await run
+    kinds = [k for k, _ in events]
+    assert kinds[0] == "status" and kinds[-2:] == ["status", "end"]
+    assert events[-1][1]["status"] == "DONE" and events[-1][1]["result"] == {"steps": 3}
+    progress = [d["progress_current"] for k, d in events if k in ("status", "progress")]
+    progress = [p for p in progress if p is not None]
+    assert progress == sorted(progress) and progress[-1] == 3
+    assert [d["message"] for k, d in events if k == "log"] == ["step 1", "step 2", "step 3"]
+    logs = (await http.get(f"/api/tasks/{task_id}/logs", params={"limit": 2})).json()
+    assert [line["message"] for line in logs] == ["step 1", "step 2"]
+    rest = await http.get(f"/api/tasks/{task_id}/logs", params={"after_id": logs[-1]["id"]})
+    assert [line["message"] for line in rest.json()] == ["step 3"]
+    assert (await http.get("/api/workers", params={"include_dead": False})).json() == []
+
+
+async def test_metrics_parse_and_match_the_database(dsn, http):
+    async with Client(dsn) as c:
+        await c.submit_many("noop", [{}, {}, {}], queue="m1")
+        done = await c.submit("web_steps", {"steps": 1, "pause": 0}, queue="m2")
+        worker = Worker(dsn, queues=["m2"], poll_interval=0.2)
+        run = asyncio.create_task(worker.run())
+        try:
+            await c.wait(done, timeout=60)
+        finally:
+            worker.stop()
+            await run
+        counts = {
+            (r["queue"], r["status"]): r["n"]
+            for r in await c.pool.fetch(
+                "SELECT queue, status::text, count(*) AS n FROM pgtasks.tasks GROUP BY 1, 2"
+            )
+        }
+    r = await http.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    fams = {f.name: f for f in text_string_to_metric_families(r.text)}
+    seen = {
+        (s.labels["queue"], s.labels["status"]): s.value
+        for s in fams["pgtasks_tasks"].samples
+        if s.value
+    }
+    assert seen == counts == {("m1", "PENDING"): 3, ("m2", "DONE"): 1}
+    ready = {s.labels["queue"]: s.value for s in fams["pgtasks_queue_ready"].samples}
+    assert ready == {"m1": 3, "m2": 0}
+    # A gauge histogram (a window, not a counter): the text format gives _gcount its own family.
+    count = fams["pgtasks_task_runtime_seconds_gcount"].samples
+    assert [(s.labels["task_type"], s.value) for s in count] == [("web_steps", 1)]
+    inf = [s for s in fams["pgtasks_task_runtime_seconds"].samples if s.labels["le"] == "+Inf"]
+    assert [s.value for s in inf] == [1]
+    finished = {
+        (s.labels["task_type"], s.labels["status"]): s.value
+        for s in fams["pgtasks_tasks_finished_recent"].samples
+    }
+    assert finished == {("web_steps", "DONE"): 1, ("web_steps", "FAILED"): 0}
+    assert "pgtasks_queue_oldest_ready_seconds" in fams and "pgtasks_workers" in fams
+
+
+async def test_router_mounts_under_any_prefix_with_its_own_client(dsn):
+    async with Client(dsn) as client:
+        app = FastAPI()
+        app.include_router(router(client), prefix="/api/admin")
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as h:
+            r = await h.post("/api/admin/tasks", json={"task_type": "noop"})
+            assert r.status_code == 201
+            assert (await h.get("/api/admin/tasks")).json()["total"] == 1
+            r = await h.get("/api/admin/tasks/424242")
+            assert r.status_code == 404 and r.json()["error"]["code"] == "PT003"
+    bare = FastAPI()
+    bare.include_router(router(), prefix="/x")  # no client and no lifespan: says so
+    transport = httpx.ASGITransport(app=bare)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as h:
+        r = await h.get("/x/tasks")
+        assert r.status_code == 503 and "lifespan" in r.json()["error"]["message"]
+
+
+async def test_openapi_docs_and_index(http: httpx.AsyncClient):
+    spec = (await http.get("/openapi.json")).json()
+    for path in ("/api/tasks", "/api/tasks/{task_id}", "/api/tasks/{task_id}/events",
+                 "/api/queues", "/api/workers", "/api/schedules"):  # fmt: skip
+        assert path in spec["paths"], path
+    assert (await http.get("/docs")).status_code == 200
+    r = await http.get("/", follow_redirects=False)
+    assert r.status_code == 307 and r.headers["location"] == "/docs"
