@@ -20,6 +20,9 @@ INTERNAL = {
     "lease_or_default", "submit_policy", "is_blank", "expiry_reason", "lock_expired",
     "rescue_one", "lock_task", "lock_owned_task", "record_failure", "backoff",
     "notify_watchers", "secure_objects", "grant_roles",
+    # 0005 (flow control)
+    "check_queue_name", "check_flow_args", "drop_idle_queue_settings", "submit_one",
+    "claim_limited",
 }  # fmt: skip
 
 
