@@ -104,6 +104,9 @@ class SubmitResult(int):
     def __repr__(self) -> str:
         return f"SubmitResult({int(self)}, created={self.created})"
 
+    def __str__(self) -> str:  # prints as the id, like the int it replaces
+        return str(int(self))
+
 
 def _seconds(value: float | timedelta | None) -> timedelta | None:
     if value is None or isinstance(value, timedelta):
