@@ -290,8 +290,10 @@ class Client:
         raws = [_params(p) for p in params_list]
         spec = registry.get(name)
         if unique_keys is None and spec is not None and spec.unique:
-            unique_keys = [spec.unique_key_for(p) for p in raws]
-            unique_for = unique_for if unique_for is not None else spec.unique_for
+            derived = [spec.unique_key_for(p) for p in raws]
+            if any(k is not None for k in derived):  # else: the one-INSERT path
+                unique_keys = derived
+                unique_for = unique_for if unique_for is not None else spec.unique_for
         if concurrency_keys is None and spec is not None and spec.concurrency_key:
             concurrency_keys = [spec.concurrency_key_for(p) for p in raws]
             if concurrency_limit is None:

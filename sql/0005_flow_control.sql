@@ -440,12 +440,13 @@ END $$;
 -- The limited path of claim_tasks: ids to claim, in claim order, and the start time to
 -- record. Called only when a queue of the claim has a settings row or a keyed task is ready.
 --
--- 1. Lock the settings rows of the claim's queues that have max_running or rate_limit, in
---    name order (no deadlock between claimers). Claimers of those queues go one at a time
---    from here to their commit; counting and claiming are therefore exact. Only claims
---    raise the counts, so finishing, failing and rescuing need no lock.
--- 2. started = clock_timestamp() after the locks: each holder's start time is later than
---    every earlier holder's, which makes the sliding rate window exact.
+-- 1. Lock the settings rows of the claim's queues, in name order (no deadlock between
+--    claimers). Claimers of a queue with settings go one at a time from here to their
+--    commit; counting and claiming are therefore exact. Only claims raise the counts, so
+--    finishing, failing and rescuing need no lock.
+-- 2. The window is counted at clock_timestamp() after the locks, and the start recorded
+--    at clock_timestamp() after all counts: each holder's start time is later than every
+--    earlier holder's, which makes the sliding rate window exact.
 -- 3. Budgets per queue: max_running - running, rate_limit - starts in the window. Paused
 --    queues and spent budgets are left out of the pick's WHERE, so their tasks are not read.
 -- 4. Walk the claimable tasks in claim order (same index walk as the fast path). A keyed
@@ -482,22 +483,25 @@ DECLARE
     again boolean;
 BEGIN
     picked := '{}';
-    -- Paused queues, unlocked: a pause committed after this read stops the next claim.
-    SELECT coalesce(array_agg(qs.queue), '{}') INTO blocked_q FROM pgtasks.queue_settings qs
-     WHERE qs.paused AND (claim_limited.queues IS NULL OR qs.queue = ANY (claim_limited.queues));
-
-    FOR s IN SELECT qs.queue FROM pgtasks.queue_settings qs
-              WHERE NOT qs.paused AND (qs.max_running IS NOT NULL OR qs.rate_limit IS NOT NULL)
-                AND (claim_limited.queues IS NULL OR qs.queue = ANY (claim_limited.queues))
-              ORDER BY qs.queue
-                FOR NO KEY UPDATE OF qs
-    LOOP
-        lq_names := lq_names || s.queue;
-    END LOOP;
+    blocked_q := '{}';
+    -- Every settings row of the claim's queues, paused ones too: pause_queue then waits for
+    -- the claims holding the row, and a claim that locks it after the pause sees the pause,
+    -- so nothing starts after a pause commits.
+    PERFORM 1 FROM pgtasks.queue_settings qs
+      WHERE claim_limited.queues IS NULL OR qs.queue = ANY (claim_limited.queues)
+      ORDER BY qs.queue
+        FOR NO KEY UPDATE OF qs;
     started := clock_timestamp();
 
     -- Settings as of now (after the locks: a configure_queue that committed meanwhile counts).
-    FOR s IN SELECT qs.* FROM pgtasks.queue_settings qs WHERE qs.queue = ANY (lq_names) ORDER BY qs.queue LOOP
+    FOR s IN SELECT qs.* FROM pgtasks.queue_settings qs
+              WHERE claim_limited.queues IS NULL OR qs.queue = ANY (claim_limited.queues)
+              ORDER BY qs.queue
+    LOOP
+        IF s.paused THEN
+            blocked_q := blocked_q || s.queue;
+            CONTINUE;
+        END IF;
         n := max_tasks;
         IF s.max_running IS NOT NULL THEN
             n := least(n, s.max_running - (SELECT count(*) FROM pgtasks.tasks t
@@ -508,10 +512,10 @@ BEGIN
             n := least(n, s.rate_limit - (SELECT count(*) FROM pgtasks.queue_starts q
                                            WHERE q.queue = s.queue AND q.at >= started - s.rate_period));
         END IF;
-        qi := array_position(lq_names, s.queue);
-        lq_budget[qi] := n;
-        lq_rated[qi] := s.rate_limit IS NOT NULL;
-        IF n <= 0 OR s.paused THEN
+        lq_names := lq_names || s.queue;
+        lq_budget := lq_budget || n;
+        lq_rated := lq_rated || (s.rate_limit IS NOT NULL);
+        IF n <= 0 THEN
             blocked_q := blocked_q || s.queue;
         END IF;
     END LOOP;
@@ -565,6 +569,10 @@ BEGIN
         EXIT WHEN NOT again OR cardinality(picked) >= max_tasks;
     END LOOP;
 
+    -- The start time, taken after every count: a task whose finish a count saw ended
+    -- before this (so the recorded RUNNING periods never overlap more than the limits).
+    -- Still under the queue locks, so later than every earlier holder's.
+    started := clock_timestamp();
     -- The rate window's log: one row per start.
     INSERT INTO pgtasks.queue_starts (queue, at)
     SELECT t.queue, started FROM pgtasks.tasks t

@@ -336,22 +336,25 @@ DECLARE
     again boolean;
 BEGIN
     picked := '{}';
-    -- Paused queues, unlocked: a pause committed after this read stops the next claim.
-    SELECT coalesce(array_agg(qs.queue), '{}') INTO blocked_q FROM pgtasks.queue_settings qs
-     WHERE qs.paused AND (claim_limited.queues IS NULL OR qs.queue = ANY (claim_limited.queues));
-
-    FOR s IN SELECT qs.queue FROM pgtasks.queue_settings qs
-              WHERE NOT qs.paused AND (qs.max_running IS NOT NULL OR qs.rate_limit IS NOT NULL)
-                AND (claim_limited.queues IS NULL OR qs.queue = ANY (claim_limited.queues))
-              ORDER BY qs.queue
-                FOR NO KEY UPDATE OF qs
-    LOOP
-        lq_names := lq_names || s.queue;
-    END LOOP;
+    blocked_q := '{}';
+    -- Every settings row of the claim's queues, paused ones too: pause_queue then waits for
+    -- the claims holding the row, and a claim that locks it after the pause sees the pause,
+    -- so nothing starts after a pause commits.
+    PERFORM 1 FROM pgtasks.queue_settings qs
+      WHERE claim_limited.queues IS NULL OR qs.queue = ANY (claim_limited.queues)
+      ORDER BY qs.queue
+        FOR NO KEY UPDATE OF qs;
     started := clock_timestamp();
 
     -- Settings as of now (after the locks: a configure_queue that committed meanwhile counts).
-    FOR s IN SELECT qs.* FROM pgtasks.queue_settings qs WHERE qs.queue = ANY (lq_names) ORDER BY qs.queue LOOP
+    FOR s IN SELECT qs.* FROM pgtasks.queue_settings qs
+              WHERE claim_limited.queues IS NULL OR qs.queue = ANY (claim_limited.queues)
+              ORDER BY qs.queue
+    LOOP
+        IF s.paused THEN
+            blocked_q := blocked_q || s.queue;
+            CONTINUE;
+        END IF;
         n := max_tasks;
         IF s.max_running IS NOT NULL THEN
             n := least(n, s.max_running - (SELECT count(*) FROM pgtasks.tasks t
@@ -362,10 +365,10 @@ BEGIN
             n := least(n, s.rate_limit - (SELECT count(*) FROM pgtasks.queue_starts q
                                            WHERE q.queue = s.queue AND q.at >= started - s.rate_period));
         END IF;
-        qi := array_position(lq_names, s.queue);
-        lq_budget[qi] := n;
-        lq_rated[qi] := s.rate_limit IS NOT NULL;
-        IF n <= 0 OR s.paused THEN
+        lq_names := lq_names || s.queue;
+        lq_budget := lq_budget || n;
+        lq_rated := lq_rated || (s.rate_limit IS NOT NULL);
+        IF n <= 0 THEN
             blocked_q := blocked_q || s.queue;
         END IF;
     END LOOP;
@@ -419,6 +422,10 @@ BEGIN
         EXIT WHEN NOT again OR cardinality(picked) >= max_tasks;
     END LOOP;
 
+    -- The start time, taken after every count: a task whose finish a count saw ended
+    -- before this (so the recorded RUNNING periods never overlap more than the limits).
+    -- Still under the queue locks, so later than every earlier holder's.
+    started := clock_timestamp();
     -- The rate window's log: one row per start.
     INSERT INTO pgtasks.queue_starts (queue, at)
     SELECT t.queue, started FROM pgtasks.tasks t

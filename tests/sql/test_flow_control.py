@@ -11,6 +11,7 @@ import pytest
 
 from tests.sql.helpers import expire_lease, raises
 from tests.sql.test_plans import nested_plans
+from tests.sql.test_roles import login  # noqa: F401  (fixture)
 
 CLAIM = "SELECT id, queue FROM pgtasks.claim_tasks('w', $1::text[], $2)"
 
@@ -259,3 +260,20 @@ async def test_limited_pick_walks_the_claim_index(conn):
         p for p in plans.split("duration:") if "count(*)" in p and "lease_expires_at" in p
     )
     assert "tasks_running_queue" in running, running
+
+
+# -- roles ---------------------------------------------------------------------------------
+
+
+async def test_roles_submit_configure_and_read(login):  # noqa: F811
+    sub, admin, reader = login["submitter"], login["admin"], login["reader"]
+    row = await sub.fetchrow("SELECT * FROM pgtasks.submit_or_get('t', unique_key => 'r')")
+    assert row["created"]
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await sub.execute("SELECT pgtasks.pause_queue('default')")
+    await admin.execute("SELECT pgtasks.configure_queue('default', max_running => 2)")
+    await admin.execute("SELECT pgtasks.pause_queue('default')")
+    rows = await reader.fetch("SELECT * FROM pgtasks.queues")
+    assert [(r["queue"], r["paused"], r["max_running"], r["ready"]) for r in rows] == [
+        ("default", True, 2, 1)
+    ]
