@@ -235,6 +235,8 @@ class Client:
         raw = _params(params)
         flow = self._flow(name, raw, unique_key, unique_for, concurrency_key, concurrency_limit)
         async with db.translated():
+            if not any(v is not None for v in flow):  # no key: always created, cheaper call
+                return SubmitResult(await conn.fetchval(queries.SUBMIT_TASK, name, raw, *options))
             row = await conn.fetchrow(queries.SUBMIT_OR_GET, name, raw, *options, *flow)
         assert row is not None
         return SubmitResult(row["id"], row["created"])

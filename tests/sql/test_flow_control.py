@@ -243,7 +243,10 @@ async def test_concurrent_claimers_never_exceed_max_running(dsn, conn):
 # -- plans ---------------------------------------------------------------------------------
 
 
-async def test_limited_pick_walks_the_claim_index(conn):
+@pytest.mark.parametrize("keyed", [False, True])
+async def test_limited_pick_walks_the_claim_index(conn, keyed):
+    """Both limited picks (set-based, and the walk used when keyed tasks are ready) walk
+    the claim index in order, like the fast path; running counts use their index."""
     await conn.execute(
         """
         INSERT INTO pgtasks.tasks (task_type, queue)
@@ -251,9 +254,12 @@ async def test_limited_pick_walks_the_claim_index(conn):
         ANALYZE pgtasks.tasks;
         """
     )
+    if keyed:
+        await conn.execute("SELECT pgtasks.submit_task('t', concurrency_key => 'k')")
     await conn.execute("SELECT pgtasks.configure_queue('q0', max_running => 100)")
     plans = await nested_plans(conn, "SELECT * FROM pgtasks.claim_tasks('w', NULL, 10)")
-    pick = next(p for p in plans.split("duration:") if "t.concurrency_key <> ALL" in p)
+    marker = "t.concurrency_key <> ALL" if keyed else "LIMIT n"
+    pick = next(p for p in plans.split("duration:") if marker in p and "SKIP LOCKED" in p)
     assert "Index Scan using tasks_claimable" in pick, pick
     assert "Sort Key" not in pick and "Seq Scan on tasks" not in pick, pick
     running = next(
