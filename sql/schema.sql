@@ -373,6 +373,45 @@ BEGIN
         END IF;
     END LOOP;
 
+    -- No keyed task ready: one set-based pick, as on the fast path, minus blocked queues.
+    -- Kept when no queue went over its budget (the usual case: the limit is not reached);
+    -- else the walk below redoes it (the rows stay locked by us, it may pick them again).
+    -- (measured: the row-by-row walk alone drained a never-full max_running queue at ~0.77
+    -- of drain_1.)
+    IF NOT EXISTS (SELECT 1 FROM pgtasks.tasks t
+                    WHERE t.concurrency_key IS NOT NULL AND t.status IN ('PENDING', 'COMMIT')
+                      AND t.run_at <= now()) THEN
+        -- A claim of limited queues only takes no more than their budgets together.
+        n := max_tasks;
+        IF queues IS NOT NULL AND queues <@ (lq_names || blocked_q) THEN
+            n := least(n, (SELECT coalesce(sum(greatest(b, 0)), 0) FROM unnest(lq_budget) b));
+        END IF;
+        IF n <= 0 THEN
+            RETURN;
+        END IF;
+        SELECT coalesce(array_agg(pick.id), '{}') INTO picked FROM (
+            SELECT t.id FROM pgtasks.tasks t
+             WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= now()
+               AND (claim_limited.queues IS NULL OR t.queue = ANY (claim_limited.queues))
+               AND (claim_limited.task_types IS NULL OR t.task_type = ANY (claim_limited.task_types))
+               AND t.queue <> ALL (blocked_q)
+             ORDER BY t.priority DESC, t.run_at, t.id
+             LIMIT n
+             FOR NO KEY UPDATE SKIP LOCKED) pick;
+        IF NOT EXISTS (SELECT 1 FROM pgtasks.tasks t
+                         JOIN unnest(lq_names, lq_budget) AS b(queue, budget) ON b.queue = t.queue
+                        WHERE t.id = ANY (picked)
+                        GROUP BY b.queue, b.budget
+                       HAVING count(*) > b.budget) THEN
+            started := clock_timestamp();
+            INSERT INTO pgtasks.queue_starts (queue, at)
+            SELECT t.queue, started FROM pgtasks.tasks t
+             WHERE t.id = ANY (picked) AND lq_rated[array_position(lq_names, t.queue)];
+            RETURN;
+        END IF;
+        picked := '{}';
+    END IF;
+
     LOOP
         again := false;
         FOR c IN
@@ -1558,13 +1597,30 @@ END $$;
 ALTER FUNCTION pgtasks.submit_policy(task_type text, queue text, priority integer, run_at timestamp with time zone, max_retries integer, timeout interval, backoff_base interval) OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.submit_task(task_type text, params jsonb DEFAULT '{}'::jsonb, queue text DEFAULT NULL::text, priority integer DEFAULT NULL::integer, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, max_retries integer DEFAULT NULL::integer, timeout interval DEFAULT NULL::interval, backoff_base interval DEFAULT NULL::interval, unique_key text DEFAULT NULL::text, unique_for interval DEFAULT NULL::interval, concurrency_key text DEFAULT NULL::text, concurrency_limit integer DEFAULT NULL::integer) RETURNS bigint
-    LANGUAGE sql SECURITY DEFINER
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
-    SELECT s.id FROM pgtasks.submit_or_get(task_type, params, queue, priority, run_at, max_retries,
-                                           timeout, backoff_base, unique_key, unique_for,
-                                           concurrency_key, concurrency_limit) s;
-$$;
+DECLARE
+    p pgtasks.tasks;
+    new_id bigint;
+BEGIN
+    IF unique_key IS NOT NULL OR unique_for IS NOT NULL OR concurrency_key IS NOT NULL
+       OR concurrency_limit IS NOT NULL THEN
+        SELECT s.id INTO new_id
+          FROM pgtasks.submit_or_get(task_type, params, queue, priority, run_at, max_retries, timeout,
+                                     backoff_base, unique_key, unique_for, concurrency_key,
+                                     concurrency_limit) s;
+        RETURN new_id;
+    END IF;
+    -- Without flow control: 0003's submit, no extra calls (enqueue_single is measured).
+    p := pgtasks.submit_policy(task_type, queue, priority, run_at, max_retries, timeout, backoff_base);
+    PERFORM pgtasks.check_params(params);
+    INSERT INTO pgtasks.tasks (task_type, params, queue, priority, run_at, max_retries, timeout, backoff_base)
+    VALUES (p.task_type, submit_task.params, p.queue, p.priority, p.run_at, p.max_retries,
+            p.timeout, p.backoff_base)
+    RETURNING id INTO new_id;
+    RETURN new_id;
+END $$;
 
 ALTER FUNCTION pgtasks.submit_task(task_type text, params jsonb, queue text, priority integer, run_at timestamp with time zone, max_retries integer, timeout interval, backoff_base interval, unique_key text, unique_for interval, concurrency_key text, concurrency_limit integer) OWNER TO pgtasks_owner;
 
@@ -1587,11 +1643,15 @@ BEGIN
                 n, cardinality(unique_keys), cardinality(concurrency_keys)
             USING ERRCODE = 'PT305', HINT = 'Pass arrays as long as params_list, with NULL for items without a key.';
     END IF;
-    FOR i IN 1 .. n LOOP
-        PERFORM pgtasks.check_flow_args(unique_keys[i], CASE WHEN unique_keys[i] IS NOT NULL THEN unique_for END,
-                                        concurrency_keys[i],
-                                        CASE WHEN concurrency_keys[i] IS NOT NULL THEN concurrency_limit END, i);
-    END LOOP;
+    -- Per item only when keys are given: a plain batch of 1,000 pays no function calls here
+    -- (measured: the loop cut enqueue_batch from ~53,000 to ~18,000 tasks/s).
+    IF unique_keys IS NOT NULL OR concurrency_keys IS NOT NULL THEN
+        FOR i IN 1 .. n LOOP
+            PERFORM pgtasks.check_flow_args(unique_keys[i], CASE WHEN unique_keys[i] IS NOT NULL THEN unique_for END,
+                                            concurrency_keys[i],
+                                            CASE WHEN concurrency_keys[i] IS NOT NULL THEN concurrency_limit END, i);
+        END LOOP;
+    END IF;
     IF concurrency_limit IS NOT NULL AND concurrency_keys IS NULL THEN
         PERFORM pgtasks.check_flow_args(NULL, NULL, NULL, concurrency_limit);
     END IF;
