@@ -172,7 +172,15 @@ def goals(results: Mapping[str, Mapping[str, Figure]]) -> list[Goal]:
         lambda v: v >= 0.85,
         "lowest pair",
     )
-    history, fresh = _samples(ours.get("drain_1_history")), ours.get("drain_1")
+    limited, fresh = ours.get("drain_max_running"), ours.get("drain_1")
+    add(
+        "drain_max_running / drain_1 (limit not reached)",
+        ">= 0.8",
+        ratio(limited, fresh),
+        lambda v: v >= 0.8,
+        "medians",
+    )
+    history = _samples(ours.get("drain_1_history"))
     add(
         "drain_1_history drop (%)",
         "< 15 %",

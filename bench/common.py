@@ -66,6 +66,7 @@ REPORT_ORDER: tuple[str, ...] = (
     "drain_default",
     "drain_1",
     "drain_1_c10",
+    "drain_max_running",
     "drain_1_history",
     "drain_2",
     "drain_2_c10",

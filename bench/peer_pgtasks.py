@@ -108,6 +108,26 @@ async def install_without_wakeups(dsn: str) -> None:
         await conn.close()
 
 
+#: drain_max_running: the bench queue limited to this many running tasks, far above what one
+#: worker of CONCURRENCY runs, so the limit is never the bottleneck and the figure is the
+#: cost of the limited claim path itself (issue 10: >= 80 % of drain_1).
+MAX_RUNNING = 10 * CONCURRENCY
+
+
+async def install_max_running(dsn: str) -> None:
+    """Migrations, then max_running on the queue the bench tasks go to."""
+    await install(dsn)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            "SELECT pgtasks.configure_queue(queue => (SELECT default_queue FROM"
+            " pgtasks.current_settings()), max_running => $1)",
+            MAX_RUNNING,
+        )
+    finally:
+        await conn.close()
+
+
 # Outstanding = claimable (PENDING/COMMIT) that is ready now, plus RUNNING. Written as two counts
 # so each walks its partial index (tasks_claimable; tasks_lease, whose predicate is exactly
 # "RUNNING") instead of scanning a table that may hold a million finished tasks. Tasks scheduled
@@ -449,11 +469,13 @@ async def run(
     figures = await run_suite(dsn, cfg, make_peer(), log=say)
 
     # The same drain with other Worker settings: concurrency 10 (a claim the size of
-    # PgQueuer's batch of 10) and no settings at all (whatever Worker's defaults are).
+    # PgQueuer's batch of 10) and no settings at all (whatever Worker's defaults are); and
+    # drain_1 on a queue with a max_running limit that is never reached (flow control's cost).
     for key, peer, workers in (
         ("drain_1_c10", make_peer(concurrency=10), 1),
         ("drain_2_c10", make_peer(concurrency=10), 2),
         ("drain_default", make_peer(concurrency=None), 1),
+        ("drain_max_running", make_peer(install_fn=install_max_running), 1),
     ):
         samples = []
         for i in range(cfg.runs):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pgtasks.client import Client, TaskInfo, TaskLog
+from pgtasks.client import Client, SubmitResult, TaskInfo, TaskLog
 from pgtasks.context import SyncTaskContext, TaskContext
 from pgtasks.errors import (
     ConfigurationError,
@@ -38,6 +38,7 @@ __all__ = [
     "Registry",
     "Retry",
     "Schedule",
+    "SubmitResult",
     "SyncClient",
     "SyncTaskContext",
     "TaskAlreadyFinished",

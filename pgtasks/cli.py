@@ -424,6 +424,16 @@ def serve(ctx: click.Context, host: str, port: int, log_level: str, log_format: 
 @click.option("--priority", default=None, type=int, help="Higher runs first.")
 @click.option("--in", "delay", default=None, type=float, help="Run after this many seconds.")
 @click.option("--max-retries", default=None, type=int)
+@click.option(
+    "--unique-key", default=None, help="No second task while one with this key is active."
+)
+@click.option(
+    "--unique-for", default=None, type=float, help="Keep the unique key taken this many seconds."
+)
+@click.option("--concurrency-key", default=None, help="Limit running tasks that share this key.")
+@click.option(
+    "--concurrency-limit", default=None, type=int, help="Running tasks per key (default 1)."
+)
 @click.pass_context
 def submit(
     ctx: click.Context,
@@ -433,8 +443,12 @@ def submit(
     priority: int | None,
     delay: float | None,
     max_retries: int | None,
+    unique_key: str | None,
+    unique_for: float | None,
+    concurrency_key: str | None,
+    concurrency_limit: int | None,
 ) -> None:
-    """Submit a task; prints its id."""
+    """Submit a task; prints its id (and "(existing)" when the unique key matched one)."""
     try:
         parsed = json.loads(params)
     except json.JSONDecodeError as exc:
@@ -451,10 +465,14 @@ def submit(
                 priority=priority,
                 delay=delay,
                 max_retries=max_retries,
+                unique_key=unique_key,
+                unique_for=unique_for,
+                concurrency_key=concurrency_key,
+                concurrency_limit=concurrency_limit,
             ),
         )
     )
-    click.echo(task_id)
+    click.echo(task_id if task_id.created else f"{task_id} (existing)")
 
 
 @cli.command()
@@ -556,6 +574,94 @@ def stats(ctx: click.Context) -> None:
         console.print(table)
 
     run(_with_client(ctx, go))
+
+
+# -- flow control (docs/flow-control.md) ---------------------------------------------------
+
+RATE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_rate(text: str) -> tuple[int, timedelta]:
+    """'10/s', '100/m', '5/2s' -> (limit, period)."""
+    count, sep, period = text.partition("/")
+    unit = period.lstrip("0123456789.")
+    amount = period[: len(period) - len(unit)] or "1"
+    try:
+        limit = int(count)
+        seconds = float(amount) * RATE_UNITS[unit]
+    except (ValueError, KeyError):
+        raise PgTasksError(
+            f"--rate {text!r}: use COUNT/PERIOD, e.g. 10/s, 100/m, 5/2s (units s, m, h, d)"
+        ) from None
+    if not sep:
+        raise PgTasksError(f"--rate {text!r}: use COUNT/PERIOD, e.g. 10/s")
+    return limit, timedelta(seconds=seconds)
+
+
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def queues(ctx: click.Context) -> None:
+    """Queue settings (pause, max running, rate) next to live counts."""
+    if ctx.invoked_subcommand is not None:
+        return
+
+    async def go(c: Client) -> None:
+        rows = await c.queues()
+        table = Table(title="queues")
+        cols = ["queue", "paused", "max_running", "rate_limit", "rate_period", "ready",
+                "scheduled", "running", "recent_starts"]  # fmt: skip
+        for col in cols:
+            table.add_column(col)
+        for r in rows:
+            table.add_row(*(_cell(r[k]) for k in cols))
+        console.print(table)
+
+    run(_with_client(ctx, go))
+
+
+@queues.command("pause")
+@click.argument("queue")
+@click.pass_context
+def queues_pause(ctx: click.Context, queue: str) -> None:
+    """Stop claiming from QUEUE; running tasks finish, submits are accepted."""
+    run(_with_client(ctx, lambda c: c.pause_queue(queue)))
+    click.echo(f"queue {queue} paused")
+
+
+@queues.command("resume")
+@click.argument("queue")
+@click.pass_context
+def queues_resume(ctx: click.Context, queue: str) -> None:
+    """Claim from QUEUE again."""
+    run(_with_client(ctx, lambda c: c.resume_queue(queue)))
+    click.echo(f"queue {queue} resumed")
+
+
+@queues.command("set")
+@click.argument("queue")
+@click.option("--max-running", default=None, type=int, help="At most N running at once.")
+@click.option("--rate", default=None, help="At most COUNT starts per PERIOD, e.g. 10/s.")
+@click.pass_context
+def queues_set(ctx: click.Context, queue: str, max_running: int | None, rate: str | None) -> None:
+    """Replace QUEUE's limits (a limit left out is removed); the pause is kept."""
+    limit, period = parse_rate(rate) if rate else (None, None)
+    run(
+        _with_client(
+            ctx,
+            lambda c: c.configure_queue(
+                queue, max_running=max_running, rate_limit=limit, rate_period=period
+            ),
+        )
+    )
+    shown = ", ".join(
+        x
+        for x in (
+            f"max_running {max_running}" if max_running is not None else "",
+            f"rate {rate}" if rate else "",
+        )
+        if x
+    )
+    click.echo(f"queue {queue}: {shown or 'no limits'}")
 
 
 def _cell(value: Any) -> str:

@@ -152,6 +152,31 @@ async def _joined(connection: Any) -> asyncpg.Connection:
     return raw
 
 
+class SubmitResult(int):
+    """The id of a submitted task (an int, as before), plus whether this submit created it:
+    `created` is False when a task with the same unique key was already active (or its
+    `unique_for` window still ran), and the id is that task's."""
+
+    created: bool
+
+    def __new__(cls, task_id: int, created: bool = True) -> SubmitResult:
+        self = super().__new__(cls, task_id)
+        self.created = created
+        return self
+
+    def __repr__(self) -> str:
+        return f"SubmitResult({int(self)}, created={self.created})"
+
+    def __str__(self) -> str:  # prints as the id, like the int it replaces
+        return str(int(self))
+
+
+def _seconds(value: float | timedelta | None) -> timedelta | None:
+    if value is None or isinstance(value, timedelta):
+        return value
+    return timedelta(seconds=float(value))
+
+
 class Client:
     """Use as `async with Client(url) as client:`. With no url, the configured database.
 
@@ -255,8 +280,17 @@ class Client:
         max_retries: int | None = None,
         timeout: float | timedelta | None = None,
         connection: Any = None,
-    ) -> int:
-        """Enqueue one task; returns its id. `task` is a type name or a registered task.
+        unique_key: str | None = None,
+        unique_for: float | timedelta | None = None,
+        concurrency_key: str | None = None,
+        concurrency_limit: int | None = None,
+    ) -> SubmitResult:
+        """Enqueue one task. `task` is a type name or a registered task.
+
+        Returns a SubmitResult: the task's id (an int subclass, so code that used the id
+        keeps working) and `.created`, False when `unique_key` matched an active task (or
+        a `unique_for` window) and that task's id came back instead. Keys default to what
+        the type's @task_register(unique=..., concurrency_key=...) derives from params.
 
         `connection` joins your transaction: an asyncpg connection, or a SQLAlchemy
         AsyncConnection / AsyncSession on asyncpg. Roll back and the task never existed.
@@ -264,14 +298,39 @@ class Client:
         conn, name, options = await self._prepare(
             task, queue, priority, run_at, delay, max_retries, timeout, connection
         )
+        raw = _params(params)
+        flow = self._flow(name, raw, unique_key, unique_for, concurrency_key, concurrency_limit)
         async with db.translated():
-            task_id: int = await conn.fetchval(
-                queries.SUBMIT_TASK,
-                name,
-                db.dumps(_params(params)),
-                *options,
-            )
-        return task_id
+            if not any(v is not None for v in flow):  # no key: always created, cheaper call
+                return SubmitResult(
+                    await conn.fetchval(queries.SUBMIT_TASK, name, db.dumps(raw), *options)
+                )
+            row = await conn.fetchrow(queries.SUBMIT_OR_GET, name, db.dumps(raw), *options, *flow)
+        assert row is not None
+        return SubmitResult(row["id"], row["created"])
+
+    @staticmethod
+    def _flow(
+        name: str,
+        params: dict[str, Any],
+        unique_key: str | None,
+        unique_for: float | timedelta | None,
+        concurrency_key: str | None,
+        concurrency_limit: int | None,
+    ) -> tuple[str | None, timedelta | None, str | None, int | None]:
+        """(unique_key, unique_for, concurrency_key, concurrency_limit) for one submit: the
+        arguments given here, else what the type's registration derives from the params."""
+        spec = registry.get(name)
+        if spec is not None:
+            if unique_key is None:
+                unique_key = spec.unique_key_for(params)
+                if unique_for is None and unique_key is not None:
+                    unique_for = spec.unique_for
+            if concurrency_key is None:
+                concurrency_key = spec.concurrency_key_for(params)
+                if concurrency_limit is None and concurrency_key is not None:
+                    concurrency_limit = spec.concurrency_limit
+        return unique_key, _seconds(unique_for), concurrency_key, concurrency_limit
 
     async def submit_many(
         self,
@@ -285,17 +344,40 @@ class Client:
         max_retries: int | None = None,
         timeout: float | timedelta | None = None,
         connection: Any = None,
+        unique_keys: Sequence[str | None] | None = None,
+        unique_for: float | timedelta | None = None,
+        concurrency_keys: Sequence[str | None] | None = None,
+        concurrency_limit: int | None = None,
     ) -> list[int]:
-        """Enqueue many tasks of one type in one statement; returns ids in input order."""
+        """Enqueue many tasks of one type in one statement; returns ids in input order.
+
+        `unique_keys` and `concurrency_keys` hold one key (or None) per item; left out, the
+        type's registration derives them. An item whose unique key is taken returns the
+        id of the task that holds it."""
         conn, name, options = await self._prepare(
             task, queue, priority, run_at, delay, max_retries, timeout, connection
         )
+        raws = [_params(p) for p in params_list]
+        spec = registry.get(name)
+        if unique_keys is None and spec is not None and spec.unique:
+            derived = [spec.unique_key_for(p) for p in raws]
+            if any(k is not None for k in derived):  # else: the one-INSERT path
+                unique_keys = derived
+                unique_for = unique_for if unique_for is not None else spec.unique_for
+        if concurrency_keys is None and spec is not None and spec.concurrency_key:
+            concurrency_keys = [spec.concurrency_key_for(p) for p in raws]
+            if concurrency_limit is None:
+                concurrency_limit = spec.concurrency_limit
         async with db.translated():
             rows = await conn.fetch(
                 queries.SUBMIT_TASKS,
                 name,
-                [db.dumps(_params(p)) for p in params_list],
+                [db.dumps(p) for p in raws],
                 *options,
+                list(unique_keys) if unique_keys is not None else None,
+                _seconds(unique_for),
+                list(concurrency_keys) if concurrency_keys is not None else None,
+                concurrency_limit,
             )
         return [r[0] for r in rows]
 
@@ -373,6 +455,34 @@ class Client:
     async def errors(self, task_id: int) -> list[dict[str, Any]]:
         rows = await self.pool.fetch(queries.TASK_ERRORS, task_id)
         return [dict(r) for r in rows]
+
+    # -- flow control (docs/flow-control.md) ---------------------------------------------
+
+    async def queues(self) -> list[dict[str, Any]]:
+        """Each queue's settings (paused, max_running, rate) next to its live counts."""
+        return [dict(r) for r in await self.pool.fetch(queries.QUEUES)]
+
+    async def configure_queue(
+        self,
+        queue: str,
+        *,
+        max_running: int | None = None,
+        rate_limit: int | None = None,
+        rate_period: float | timedelta | None = None,
+    ) -> None:
+        """Replace the queue's limits (None: no limit); pausing is left as it is."""
+        async with db.translated():
+            await self.pool.execute(
+                queries.CONFIGURE_QUEUE, queue, max_running, rate_limit, _seconds(rate_period)
+            )
+
+    async def pause_queue(self, queue: str) -> None:
+        async with db.translated():
+            await self.pool.execute(queries.PAUSE_QUEUE, queue)
+
+    async def resume_queue(self, queue: str) -> None:
+        async with db.translated():
+            await self.pool.execute(queries.RESUME_QUEUE, queue)
 
     async def types(self) -> list[dict[str, Any]]:
         """Registered task types with their effective policy (pgtasks.registered_types)."""

@@ -24,7 +24,19 @@ SELECT pgtasks.submit_task(task_type => $1, params => $2::text::jsonb, queue => 
 SUBMIT_TASKS = """
 SELECT * FROM pgtasks.submit_tasks(task_type => $1, params_list => $2::text[]::jsonb[],
                                    queue => $3, priority => $4, run_at => $5,
-                                   max_retries => $6, timeout => $7, backoff_base => $8)
+                                   max_retries => $6, timeout => $7, backoff_base => $8,
+                                   unique_keys => $9, unique_for => $10,
+                                   concurrency_keys => $11, concurrency_limit => $12)
+"""
+
+# submit_task plus flow control; `created` is false when an active task (or the unique_for
+# window) already held the unique key, and `id` is then that task's.
+SUBMIT_OR_GET = """
+SELECT id, created
+  FROM pgtasks.submit_or_get(task_type => $1, params => $2::text::jsonb, queue => $3,
+                             priority => $4, run_at => $5, max_retries => $6, timeout => $7,
+                             backoff_base => $8, unique_key => $9, unique_for => $10,
+                             concurrency_key => $11, concurrency_limit => $12)
 """
 
 # -- reading (views) -----------------------------------------------------------------------
@@ -86,6 +98,9 @@ SELECT attempt, error, traceback, at FROM pgtasks.task_attempt_errors
 
 QUEUE_STATS = "SELECT * FROM pgtasks.queue_stats ORDER BY queue"
 
+# Settings (limits, pause) next to live counts, one row per queue.
+QUEUES = "SELECT * FROM pgtasks.queues ORDER BY queue"
+
 FAILED_TASKS = """
 SELECT id, task_type, queue, attempt, error_count, finished_at, error
   FROM pgtasks.failed_tasks
@@ -141,6 +156,14 @@ SETTINGS = "SELECT * FROM pgtasks.current_settings()"
 # -- operator actions ----------------------------------------------------------------------
 
 CANCEL_TASK = "SELECT pgtasks.cancel_task(task_id => $1)"
+
+# Flow control (docs/flow-control.md). configure_queue replaces all limits (NULL: none).
+CONFIGURE_QUEUE = """
+SELECT pgtasks.configure_queue(queue => $1, max_running => $2, rate_limit => $3,
+                               rate_period => coalesce($4, interval '1 second'))
+"""
+PAUSE_QUEUE = "SELECT pgtasks.pause_queue(queue => $1)"
+RESUME_QUEUE = "SELECT pgtasks.resume_queue(queue => $1)"
 RETRY_TASK = "SELECT pgtasks.retry_task(task_id => $1)"
 WATCH_TASK = "SELECT pgtasks.watch_task(task_id => $1)"
 UNWATCH_TASK = "SELECT pgtasks.unwatch_task(task_id => $1)"

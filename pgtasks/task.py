@@ -7,6 +7,7 @@ database without stealing each other's work.
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -51,6 +52,23 @@ class TaskSpec:
     timeout: timedelta | None = None
     retry_delay: float | None = None
     no_retry_on: tuple[type[BaseException], ...] = ()
+    #: Flow control (docs/flow-control.md): keys derived from the params at submit time.
+    unique: Callable[[dict[str, Any]], str | None] | bool | None = None
+    unique_for: timedelta | None = None
+    concurrency_key: Callable[[dict[str, Any]], str | None] | None = None
+    concurrency_limit: int | None = None
+
+    def unique_key_for(self, params: dict[str, Any]) -> str | None:
+        """The unique key a submit of these params carries: `unique=True` is the type name
+        plus the params as canonical JSON (same params, same key); a callable decides."""
+        if self.unique is None or self.unique is False:
+            return None
+        if self.unique is True:
+            return f"{self.name}:{json.dumps(params, sort_keys=True, separators=(',', ':'))}"
+        return self.unique(params)
+
+    def concurrency_key_for(self, params: dict[str, Any]) -> str | None:
+        return self.concurrency_key(params) if self.concurrency_key is not None else None
 
     def parse_params(self, raw: dict[str, Any]) -> Any:
         if self.params_model is None:
@@ -141,14 +159,35 @@ def task_register(
     every: float | timedelta | None = None,
     timezone: str = "UTC",
     into: Registry | None = None,
+    unique: Callable[[dict[str, Any]], str | None] | bool | None = None,
+    unique_for: float | timedelta | None = None,
+    concurrency_key: Callable[[dict[str, Any]], str | None] | None = None,
+    concurrency_limit: int | None = None,
 ) -> Callable[[T], T]:
     """Register a `BaseTask` subclass or a function `(ctx, params)` as task type `name`.
 
     `schedule` (a cron expression, in `timezone`) or `every` also declares a schedule named
     after the type, with empty params; `pgtasks.schedule(...)` declares more (other params,
-    overlap and catch-up policies)."""
+    overlap and catch-up policies).
+
+    Flow control (enforced by the database, docs/flow-control.md): `unique=True` makes
+    submits with equal params one task while it is active, `unique=lambda p: ...` derives
+    the key; `unique_for` keeps the key taken for that long after the first submit;
+    `concurrency_key=lambda p: ...` with `concurrency_limit` (default 1) bounds how many
+    tasks of one key run at once. Keys are computed from the params as JSON (a dict).
+    """
     if not name or not name.strip():
         raise PgTasksError("task_register needs a non-empty type name")
+    if unique_for is not None and not unique:
+        raise PgTasksError("unique_for needs unique=")
+    if concurrency_limit is not None and concurrency_key is None:
+        raise PgTasksError("concurrency_limit needs concurrency_key=")
+    flow: dict[str, Any] = {
+        "unique": unique,
+        "unique_for": _to_timedelta(unique_for),
+        "concurrency_key": concurrency_key,
+        "concurrency_limit": concurrency_limit,
+    }
     target = into if into is not None else registry
 
     def decorate(obj: T) -> T:
@@ -165,6 +204,7 @@ def task_register(
                 timeout=_to_timedelta(timeout if timeout is not None else obj.timeout),
                 retry_delay=retry_delay if retry_delay is not None else obj.retry_delay,
                 no_retry_on=tuple(no_retry_on) + tuple(obj.no_retry_on),
+                **flow,
             )
         elif callable(obj):
             spec = TaskSpec(
@@ -177,6 +217,7 @@ def task_register(
                 timeout=_to_timedelta(timeout),
                 retry_delay=retry_delay,
                 no_retry_on=tuple(no_retry_on),
+                **flow,
             )
         else:
             raise PgTasksError(f"@task_register({name!r}) needs a BaseTask subclass or a function")

@@ -144,6 +144,35 @@ END $_$;
 
 ALTER FUNCTION pgtasks.check_cron_field(field text, what text, lo integer, hi integer, names text[]) OWNER TO pgtasks_owner;
 
+CREATE FUNCTION pgtasks.check_flow_args(unique_key text, unique_for interval, concurrency_key text, concurrency_limit integer, item integer DEFAULT NULL::integer) RETURNS void
+    LANGUAGE plpgsql IMMUTABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+DECLARE
+    where_ text := CASE WHEN item IS NULL THEN '' ELSE pg_catalog.format(' (item %s of the list)', item) END;
+BEGIN
+    IF unique_key IS NOT NULL AND (pgtasks.is_blank(unique_key) OR octet_length(unique_key) > 255) THEN
+        RAISE EXCEPTION 'pgtasks: unique_key must be a non-blank string of at most 255 bytes%', where_
+            USING ERRCODE = 'PT303', HINT = 'Name what must not run twice, e.g. ''report:2026-12-01''; NULL: no key.';
+    END IF;
+    IF unique_for IS NOT NULL AND (unique_key IS NULL
+       OR NOT (unique_for > interval '0' AND unique_for <= interval '100 years')) THEN
+        RAISE EXCEPTION 'pgtasks: unique_for needs a unique_key and must be in (0, 100 years], got % %', unique_for, where_
+            USING ERRCODE = 'PT303', HINT = 'For example unique_key => ''daily-report'', unique_for => interval ''1 day''.';
+    END IF;
+    IF concurrency_key IS NOT NULL AND (pgtasks.is_blank(concurrency_key) OR octet_length(concurrency_key) > 255) THEN
+        RAISE EXCEPTION 'pgtasks: concurrency_key must be a non-blank string of at most 255 bytes%', where_
+            USING ERRCODE = 'PT304', HINT = 'For example concurrency_key => ''customer:42''; NULL: no key.';
+    END IF;
+    IF concurrency_limit IS NOT NULL AND (concurrency_key IS NULL OR concurrency_limit NOT BETWEEN 1 AND 1000000) THEN
+        RAISE EXCEPTION 'pgtasks: concurrency_limit needs a concurrency_key and must be between 1 and 1000000, got % %',
+                concurrency_limit, where_
+            USING ERRCODE = 'PT304', HINT = 'For example concurrency_key => ''customer:42'', concurrency_limit => 1.';
+    END IF;
+END $$;
+
+ALTER FUNCTION pgtasks.check_flow_args(unique_key text, unique_for interval, concurrency_key text, concurrency_limit integer, item integer) OWNER TO pgtasks_owner;
+
 CREATE FUNCTION pgtasks.check_insert() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
@@ -278,6 +307,20 @@ END $$;
 
 ALTER FUNCTION pgtasks.check_policy(task_type text, queue text, max_retries integer, timeout interval, backoff_base interval, type_required boolean) OWNER TO pgtasks_owner;
 
+CREATE FUNCTION pgtasks.check_queue_name(queue text) RETURNS void
+    LANGUAGE plpgsql IMMUTABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+BEGIN
+    IF pgtasks.is_blank(queue) OR octet_length(queue) > 255 THEN
+        RAISE EXCEPTION 'pgtasks: queue must be a non-empty string (not blank, at most 255 bytes), got %',
+                coalesce(pg_catalog.quote_literal(pg_catalog.left(queue, 40)), 'NULL')
+            USING ERRCODE = 'PT103', HINT = 'Name the queue, e.g. configure_queue(''imports'', max_running => 2).';
+    END IF;
+END $$;
+
+ALTER FUNCTION pgtasks.check_queue_name(queue text) OWNER TO pgtasks_owner;
+
 CREATE FUNCTION pgtasks.check_result_size(result jsonb, what text) RETURNS void
     LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
@@ -389,6 +432,165 @@ END $$;
 
 ALTER FUNCTION pgtasks.checkpoint(task_id bigint, attempt integer, step text, result jsonb) OWNER TO pgtasks_owner;
 
+CREATE FUNCTION pgtasks.claim_limited(queues text[], max_tasks integer, task_types text[], OUT picked bigint[], OUT started timestamp with time zone) RETURNS record
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET enable_sort TO 'off'
+    SET enable_bitmapscan TO 'off'
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+DECLARE
+    lq_names  text[] := '{}';
+    lq_budget integer[] := '{}';
+    lq_rated  boolean[] := '{}';
+    blocked_q text[];
+    blocked_k text[] := '{}';
+    key_names text[] := '{}';
+    key_running integer[] := '{}';   -- running + picked here, per key
+    s record;
+    c record;
+    qi integer;
+    ki integer;
+    n integer;
+    again boolean;
+BEGIN
+    picked := '{}';
+    blocked_q := '{}';
+    -- Every settings row of the claim's queues, paused ones too: pause_queue then waits for
+    -- the claims holding the row, and a claim that locks it after the pause sees the pause,
+    -- so nothing starts after a pause commits.
+    PERFORM 1 FROM pgtasks.queue_settings qs
+      WHERE claim_limited.queues IS NULL OR qs.queue = ANY (claim_limited.queues)
+      ORDER BY qs.queue
+        FOR NO KEY UPDATE OF qs;
+    started := clock_timestamp();
+
+    -- Settings as of now (after the locks: a configure_queue that committed meanwhile counts).
+    FOR s IN SELECT qs.* FROM pgtasks.queue_settings qs
+              WHERE claim_limited.queues IS NULL OR qs.queue = ANY (claim_limited.queues)
+              ORDER BY qs.queue
+    LOOP
+        IF s.paused THEN
+            blocked_q := blocked_q || s.queue;
+            CONTINUE;
+        END IF;
+        n := max_tasks;
+        IF s.max_running IS NOT NULL THEN
+            n := least(n, s.max_running - (SELECT count(*) FROM pgtasks.tasks t
+                                            WHERE t.queue = s.queue AND t.lease_expires_at IS NOT NULL));
+        END IF;
+        IF s.rate_limit IS NOT NULL THEN
+            DELETE FROM pgtasks.queue_starts q WHERE q.queue = s.queue AND q.at < started - s.rate_period;
+            n := least(n, s.rate_limit - (SELECT count(*) FROM pgtasks.queue_starts q
+                                           WHERE q.queue = s.queue AND q.at >= started - s.rate_period));
+        END IF;
+        lq_names := lq_names || s.queue;
+        lq_budget := lq_budget || n;
+        lq_rated := lq_rated || (s.rate_limit IS NOT NULL);
+        IF n <= 0 THEN
+            blocked_q := blocked_q || s.queue;
+        END IF;
+    END LOOP;
+
+    -- No keyed task ready: one set-based pick, as on the fast path, minus blocked queues.
+    -- Kept when no queue went over its budget (the usual case: the limit is not reached);
+    -- else the walk below redoes it (the rows stay locked by us, it may pick them again).
+    -- (measured: the row-by-row walk alone drained a never-full max_running queue at ~0.77
+    -- of drain_1.)
+    IF NOT EXISTS (SELECT 1 FROM pgtasks.tasks t
+                    WHERE t.concurrency_key IS NOT NULL AND t.status IN ('PENDING', 'COMMIT')
+                      AND t.run_at <= now()) THEN
+        -- A claim of limited queues only takes no more than their budgets together.
+        n := max_tasks;
+        IF queues IS NOT NULL AND queues <@ (lq_names || blocked_q) THEN
+            n := least(n, (SELECT coalesce(sum(greatest(b, 0)), 0) FROM unnest(lq_budget) b));
+        END IF;
+        IF n <= 0 THEN
+            RETURN;
+        END IF;
+        SELECT coalesce(array_agg(pick.id), '{}') INTO picked FROM (
+            SELECT t.id FROM pgtasks.tasks t
+             WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= now()
+               AND (claim_limited.queues IS NULL OR t.queue = ANY (claim_limited.queues))
+               AND (claim_limited.task_types IS NULL OR t.task_type = ANY (claim_limited.task_types))
+               AND t.queue <> ALL (blocked_q)
+             ORDER BY t.priority DESC, t.run_at, t.id
+             LIMIT n
+             FOR NO KEY UPDATE SKIP LOCKED) pick;
+        IF NOT EXISTS (SELECT 1 FROM pgtasks.tasks t
+                         JOIN unnest(lq_names, lq_budget) AS b(queue, budget) ON b.queue = t.queue
+                        WHERE t.id = ANY (picked)
+                        GROUP BY b.queue, b.budget
+                       HAVING count(*) > b.budget) THEN
+            started := clock_timestamp();
+            INSERT INTO pgtasks.queue_starts (queue, at)
+            SELECT t.queue, started FROM pgtasks.tasks t
+             WHERE t.id = ANY (picked) AND lq_rated[array_position(lq_names, t.queue)];
+            RETURN;
+        END IF;
+        picked := '{}';
+    END IF;
+
+    LOOP
+        again := false;
+        FOR c IN
+            SELECT t.id, t.queue, t.concurrency_key, t.concurrency_limit FROM pgtasks.tasks t
+             WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= now()
+               AND (claim_limited.queues IS NULL OR t.queue = ANY (claim_limited.queues))
+               AND (claim_limited.task_types IS NULL OR t.task_type = ANY (claim_limited.task_types))
+               AND t.queue <> ALL (blocked_q)
+               AND (t.concurrency_key IS NULL OR t.concurrency_key <> ALL (blocked_k))
+               AND t.id <> ALL (picked)
+             ORDER BY t.priority DESC, t.run_at, t.id
+             LIMIT max_tasks - cardinality(picked)
+             FOR NO KEY UPDATE SKIP LOCKED
+        LOOP
+            IF c.concurrency_key IS NOT NULL THEN
+                ki := array_position(key_names, c.concurrency_key);
+                IF ki IS NULL THEN
+                    IF pg_try_advisory_xact_lock(hashtextextended('pgtasks.concurrency_key:' || c.concurrency_key, 0)) THEN
+                        SELECT count(*)::integer INTO n FROM pgtasks.tasks t
+                         WHERE t.concurrency_key = c.concurrency_key AND t.status = 'RUNNING';
+                    ELSE
+                        n := 2147483647;   -- another claimer is deciding for this key
+                    END IF;
+                    key_names := key_names || c.concurrency_key;
+                    key_running := key_running || n;
+                    ki := cardinality(key_names);
+                END IF;
+                -- The task's own limit decides (a key's tasks normally share one).
+                IF key_running[ki] >= coalesce(c.concurrency_limit, 1) THEN
+                    blocked_k := blocked_k || c.concurrency_key;
+                    again := true;
+                    EXIT;
+                END IF;
+                key_running[ki] := key_running[ki] + 1;
+            END IF;
+            picked := picked || c.id;
+            qi := array_position(lq_names, c.queue);
+            IF qi IS NOT NULL THEN
+                lq_budget[qi] := lq_budget[qi] - 1;
+                IF lq_budget[qi] <= 0 THEN
+                    blocked_q := blocked_q || c.queue;
+                    again := true;
+                    EXIT;
+                END IF;
+            END IF;
+        END LOOP;
+        EXIT WHEN NOT again OR cardinality(picked) >= max_tasks;
+    END LOOP;
+
+    -- The start time, taken after every count: a task whose finish a count saw ended
+    -- before this (so the recorded RUNNING periods never overlap more than the limits).
+    -- Still under the queue locks, so later than every earlier holder's.
+    started := clock_timestamp();
+    -- The rate window's log: one row per start.
+    INSERT INTO pgtasks.queue_starts (queue, at)
+    SELECT t.queue, started FROM pgtasks.tasks t
+     WHERE t.id = ANY (picked) AND lq_rated[array_position(lq_names, t.queue)];
+END $$;
+
+ALTER FUNCTION pgtasks.claim_limited(queues text[], max_tasks integer, task_types text[], OUT picked bigint[], OUT started timestamp with time zone) OWNER TO pgtasks_owner;
+
 CREATE FUNCTION pgtasks.claim_tasks(worker_id text, queues text[] DEFAULT NULL::text[], max_tasks integer DEFAULT 1, lease interval DEFAULT NULL::interval, task_types text[] DEFAULT NULL::text[]) RETURNS TABLE(id bigint, task_type text, params jsonb, queue text, priority integer, attempt integer, retry_count integer, max_retries integer, timeout interval, deadline timestamp with time zone, has_steps boolean)
     LANGUAGE plpgsql SECURITY DEFINER
     SET enable_sort TO 'off'
@@ -398,6 +600,7 @@ CREATE FUNCTION pgtasks.claim_tasks(worker_id text, queues text[] DEFAULT NULL::
 DECLARE
     picked bigint[];
     lease_for interval;
+    started timestamptz := now();
 BEGIN
     PERFORM pgtasks.check_worker_id(worker_id);
     -- NULL used to mean "no LIMIT": claim_tasks(max_tasks => NULL) took all 500 ready tasks.
@@ -407,7 +610,17 @@ BEGIN
     END IF;
     lease_for := pgtasks.lease_or_default(lease);
 
-    IF queues IS NULL THEN
+    IF EXISTS (SELECT 1 FROM pgtasks.queue_settings qs
+                WHERE claim_tasks.queues IS NULL OR qs.queue = ANY (claim_tasks.queues))
+       OR EXISTS (SELECT 1 FROM pgtasks.tasks t
+                   WHERE t.concurrency_key IS NOT NULL AND t.status IN ('PENDING', 'COMMIT')
+                     AND t.run_at <= now()) THEN
+        SELECT l.picked, l.started INTO picked, started
+          FROM pgtasks.claim_limited(queues, max_tasks, task_types) l;
+        IF cardinality(picked) = 0 THEN
+            picked := NULL;
+        END IF;
+    ELSIF queues IS NULL THEN
         SELECT array_agg(c.id) INTO picked FROM (
             SELECT t.id FROM pgtasks.tasks t
              WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= now()
@@ -438,14 +651,15 @@ BEGIN
         RETURN;
     END IF;
 
-    -- Rows come back in claim order (the order of picked).
+    -- Rows come back in claim order (the order of picked). started_at: the limited path's
+    -- start time (the one its rate window recorded), else now() as before.
     RETURN QUERY
     WITH claimed AS (
         UPDATE pgtasks.tasks t
            SET status = 'RUNNING',
                worker_id = claim_tasks.worker_id,
                attempt = t.attempt + 1,
-               started_at = coalesce(t.started_at, now()),
+               started_at = coalesce(t.started_at, started),
                deadline = now() + t.timeout,
                lease_expires_at = least(now() + lease_for, now() + t.timeout)
          WHERE t.id = ANY (picked)
@@ -546,6 +760,37 @@ END $$;
 
 ALTER FUNCTION pgtasks.configure(default_queue text, default_priority integer, default_max_retries integer, default_timeout interval, default_backoff_base interval, max_backoff interval, default_lease interval, retention interval, max_params_bytes integer, max_result_bytes integer, max_log_bytes integer) OWNER TO pgtasks_owner;
 
+CREATE FUNCTION pgtasks.configure_queue(queue text, max_running integer DEFAULT NULL::integer, rate_limit integer DEFAULT NULL::integer, rate_period interval DEFAULT '00:00:01'::interval) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+BEGIN
+    PERFORM pgtasks.check_queue_name(queue);
+    IF max_running IS NOT NULL AND max_running NOT BETWEEN 1 AND 1000000 THEN
+        RAISE EXCEPTION 'pgtasks: max_running must be between 1 and 1000000, got %', max_running
+            USING ERRCODE = 'PT301',
+                  HINT = 'Use NULL for no limit; to stop a queue use pgtasks.pause_queue(queue).';
+    END IF;
+    IF (rate_limit IS NOT NULL AND rate_limit NOT BETWEEN 1 AND 1000000)
+       OR rate_period IS NULL OR NOT (rate_period > interval '0' AND rate_period <= interval '1 day') THEN
+        RAISE EXCEPTION 'pgtasks: rate_limit must be between 1 and 1000000 and rate_period in (0, 1 day], got % per %',
+                rate_limit, rate_period
+            USING ERRCODE = 'PT302',
+                  HINT = 'For example rate_limit => 10, rate_period => interval ''1 second''; NULL rate_limit: no limit.';
+    END IF;
+    INSERT INTO pgtasks.queue_settings AS s (queue, max_running, rate_limit, rate_period)
+    VALUES (configure_queue.queue, configure_queue.max_running, configure_queue.rate_limit,
+            configure_queue.rate_period)
+    ON CONFLICT ON CONSTRAINT queue_settings_pkey DO UPDATE
+       SET max_running = excluded.max_running, rate_limit = excluded.rate_limit,
+           rate_period = excluded.rate_period, updated_at = now();
+    PERFORM pgtasks.drop_idle_queue_settings(queue);
+    -- Raised limits may free slots at once.
+    PERFORM pg_notify('pgtasks_wakeup', queue);
+END $$;
+
+ALTER FUNCTION pgtasks.configure_queue(queue text, max_running integer, rate_limit integer, rate_period interval) OWNER TO pgtasks_owner;
+
 CREATE FUNCTION pgtasks.create_schedule(name text, task_type text, cron text DEFAULT NULL::text, every interval DEFAULT NULL::interval, params jsonb DEFAULT '{}'::jsonb, queue text DEFAULT NULL::text, priority integer DEFAULT NULL::integer, timezone text DEFAULT 'UTC'::text, overlap text DEFAULT 'allow'::text, catch_up interval DEFAULT '00:00:00'::interval) RETURNS void
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
@@ -576,6 +821,17 @@ BEGIN
 END $$;
 
 ALTER FUNCTION pgtasks.declare_schedule(name text, task_type text, cron text, every interval, params jsonb, queue text, priority integer, timezone text, overlap text, catch_up interval) OWNER TO pgtasks_owner;
+
+CREATE FUNCTION pgtasks.drop_idle_queue_settings(queue text) RETURNS void
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+    DELETE FROM pgtasks.queue_settings s
+     WHERE s.queue = drop_idle_queue_settings.queue
+       AND s.max_running IS NULL AND s.rate_limit IS NULL AND NOT s.paused;
+$$;
+
+ALTER FUNCTION pgtasks.drop_idle_queue_settings(queue text) OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.drop_schedule(name text) RETURNS void
     LANGUAGE plpgsql SECURITY DEFINER
@@ -700,6 +956,9 @@ CREATE TABLE pgtasks.tasks (
     started_at timestamp with time zone,
     finished_at timestamp with time zone,
     backoff_base interval DEFAULT (pgtasks.current_settings()).default_backoff_base NOT NULL,
+    unique_key text,
+    concurrency_key text,
+    concurrency_limit integer,
     schedule text,
     schedule_tick timestamp with time zone,
     CONSTRAINT attempt_not_negative CHECK ((attempt >= 0)),
@@ -1249,6 +1508,18 @@ $$;
 
 ALTER FUNCTION pgtasks.notify_watchers(task_id bigint) OWNER TO pgtasks_owner;
 
+CREATE FUNCTION pgtasks.pause_queue(queue text) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+BEGIN
+    PERFORM pgtasks.check_queue_name(queue);
+    INSERT INTO pgtasks.queue_settings AS s (queue, paused) VALUES (pause_queue.queue, true)
+    ON CONFLICT ON CONSTRAINT queue_settings_pkey DO UPDATE SET paused = true, updated_at = now();
+END $$;
+
+ALTER FUNCTION pgtasks.pause_queue(queue text) OWNER TO pgtasks_owner;
+
 CREATE FUNCTION pgtasks.pause_schedule(name text) RETURNS void
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
@@ -1520,6 +1791,20 @@ END $$;
 
 ALTER FUNCTION pgtasks.rescue_one(t pgtasks.tasks) OWNER TO pgtasks_owner;
 
+CREATE FUNCTION pgtasks.resume_queue(queue text) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+BEGIN
+    PERFORM pgtasks.check_queue_name(queue);
+    UPDATE pgtasks.queue_settings s SET paused = false, updated_at = now()
+     WHERE s.queue = resume_queue.queue;
+    PERFORM pgtasks.drop_idle_queue_settings(queue);
+    PERFORM pg_notify('pgtasks_wakeup', queue);
+END $$;
+
+ALTER FUNCTION pgtasks.resume_queue(queue text) OWNER TO pgtasks_owner;
+
 CREATE FUNCTION pgtasks.resume_schedule(name text) RETURNS void
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
@@ -1609,6 +1894,86 @@ END $$;
 
 ALTER PROCEDURE pgtasks.secure_objects() OWNER TO postgres;
 
+CREATE FUNCTION pgtasks.submit_one(p pgtasks.tasks, params jsonb, unique_key text, unique_for interval, concurrency_key text, concurrency_limit integer, OUT id bigint, OUT created boolean) RETURNS record
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+#variable_conflict use_column
+DECLARE
+    took boolean;
+BEGIN
+    IF unique_key IS NULL THEN
+        INSERT INTO pgtasks.tasks (task_type, params, queue, priority, run_at, max_retries, timeout,
+                                   backoff_base, concurrency_key, concurrency_limit)
+        VALUES (p.task_type, submit_one.params, p.queue, p.priority, p.run_at, p.max_retries, p.timeout,
+                p.backoff_base, submit_one.concurrency_key, submit_one.concurrency_limit)
+        RETURNING tasks.id INTO submit_one.id;
+        created := true;
+        RETURN;
+    END IF;
+
+    IF unique_for IS NOT NULL THEN
+        -- The window row is the lock: a concurrent submit of the key waits here, then finds
+        -- the window taken and returns its task.
+        INSERT INTO pgtasks.unique_windows AS w (unique_key, task_id, reserved_until)
+        VALUES (submit_one.unique_key, NULL, now() + submit_one.unique_for)
+        ON CONFLICT ON CONSTRAINT unique_windows_pkey DO UPDATE
+           SET task_id = NULL, reserved_until = excluded.reserved_until
+         WHERE w.reserved_until <= now()
+        RETURNING true INTO took;
+        IF took IS NULL THEN
+            SELECT w.task_id INTO submit_one.id FROM pgtasks.unique_windows w
+             WHERE w.unique_key = submit_one.unique_key;
+            created := false;
+            RETURN;
+        END IF;
+    END IF;
+
+    LOOP
+        INSERT INTO pgtasks.tasks AS t (task_type, params, queue, priority, run_at, max_retries, timeout,
+                                        backoff_base, unique_key, concurrency_key, concurrency_limit)
+        VALUES (p.task_type, submit_one.params, p.queue, p.priority, p.run_at, p.max_retries, p.timeout,
+                p.backoff_base, submit_one.unique_key, submit_one.concurrency_key, submit_one.concurrency_limit)
+        ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN ('PENDING', 'COMMIT', 'RUNNING')
+        DO NOTHING
+        RETURNING t.id INTO submit_one.id;
+        IF FOUND THEN
+            created := true;
+            EXIT;
+        END IF;
+        SELECT t.id INTO submit_one.id FROM pgtasks.tasks t
+         WHERE t.unique_key = submit_one.unique_key AND t.status IN ('PENDING', 'COMMIT', 'RUNNING');
+        IF FOUND THEN
+            created := false;
+            EXIT;
+        END IF;
+    END LOOP;
+
+    IF unique_for IS NOT NULL THEN
+        UPDATE pgtasks.unique_windows w SET task_id = submit_one.id WHERE w.unique_key = submit_one.unique_key;
+    END IF;
+END $$;
+
+ALTER FUNCTION pgtasks.submit_one(p pgtasks.tasks, params jsonb, unique_key text, unique_for interval, concurrency_key text, concurrency_limit integer, OUT id bigint, OUT created boolean) OWNER TO pgtasks_owner;
+
+CREATE FUNCTION pgtasks.submit_or_get(task_type text, params jsonb DEFAULT '{}'::jsonb, queue text DEFAULT NULL::text, priority integer DEFAULT NULL::integer, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, max_retries integer DEFAULT NULL::integer, timeout interval DEFAULT NULL::interval, backoff_base interval DEFAULT NULL::interval, unique_key text DEFAULT NULL::text, unique_for interval DEFAULT NULL::interval, concurrency_key text DEFAULT NULL::text, concurrency_limit integer DEFAULT NULL::integer) RETURNS TABLE(id bigint, created boolean)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+DECLARE
+    p pgtasks.tasks;
+BEGIN
+    p := pgtasks.submit_policy(task_type, queue, priority, run_at, max_retries, timeout, backoff_base);
+    PERFORM pgtasks.check_params(params);
+    PERFORM pgtasks.check_flow_args(unique_key, unique_for, concurrency_key, concurrency_limit);
+    RETURN QUERY
+    SELECT s.id, s.created
+      FROM pgtasks.submit_one(p, params, unique_key, unique_for, concurrency_key,
+                              CASE WHEN concurrency_key IS NOT NULL THEN coalesce(concurrency_limit, 1) END) s;
+END $$;
+
+ALTER FUNCTION pgtasks.submit_or_get(task_type text, params jsonb, queue text, priority integer, run_at timestamp with time zone, max_retries integer, timeout interval, backoff_base interval, unique_key text, unique_for interval, concurrency_key text, concurrency_limit integer) OWNER TO pgtasks_owner;
+
 CREATE FUNCTION pgtasks.submit_policy(task_type text, queue text, priority integer, run_at timestamp with time zone, max_retries integer, timeout interval, backoff_base interval) RETURNS pgtasks.tasks
     LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
@@ -1640,7 +2005,7 @@ END $$;
 
 ALTER FUNCTION pgtasks.submit_policy(task_type text, queue text, priority integer, run_at timestamp with time zone, max_retries integer, timeout interval, backoff_base interval) OWNER TO pgtasks_owner;
 
-CREATE FUNCTION pgtasks.submit_task(task_type text, params jsonb DEFAULT '{}'::jsonb, queue text DEFAULT NULL::text, priority integer DEFAULT NULL::integer, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, max_retries integer DEFAULT NULL::integer, timeout interval DEFAULT NULL::interval, backoff_base interval DEFAULT NULL::interval) RETURNS bigint
+CREATE FUNCTION pgtasks.submit_task(task_type text, params jsonb DEFAULT '{}'::jsonb, queue text DEFAULT NULL::text, priority integer DEFAULT NULL::integer, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, max_retries integer DEFAULT NULL::integer, timeout interval DEFAULT NULL::interval, backoff_base interval DEFAULT NULL::interval, unique_key text DEFAULT NULL::text, unique_for interval DEFAULT NULL::interval, concurrency_key text DEFAULT NULL::text, concurrency_limit integer DEFAULT NULL::integer) RETURNS bigint
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
@@ -1648,6 +2013,15 @@ DECLARE
     p pgtasks.tasks;
     new_id bigint;
 BEGIN
+    IF unique_key IS NOT NULL OR unique_for IS NOT NULL OR concurrency_key IS NOT NULL
+       OR concurrency_limit IS NOT NULL THEN
+        SELECT s.id INTO new_id
+          FROM pgtasks.submit_or_get(task_type, params, queue, priority, run_at, max_retries, timeout,
+                                     backoff_base, unique_key, unique_for, concurrency_key,
+                                     concurrency_limit) s;
+        RETURN new_id;
+    END IF;
+    -- Without flow control: 0003's submit, no extra calls (enqueue_single is measured).
     p := pgtasks.submit_policy(task_type, queue, priority, run_at, max_retries, timeout, backoff_base);
     PERFORM pgtasks.check_params(params);
     INSERT INTO pgtasks.tasks (task_type, params, queue, priority, run_at, max_retries, timeout, backoff_base)
@@ -1657,26 +2031,67 @@ BEGIN
     RETURN new_id;
 END $$;
 
-ALTER FUNCTION pgtasks.submit_task(task_type text, params jsonb, queue text, priority integer, run_at timestamp with time zone, max_retries integer, timeout interval, backoff_base interval) OWNER TO pgtasks_owner;
+ALTER FUNCTION pgtasks.submit_task(task_type text, params jsonb, queue text, priority integer, run_at timestamp with time zone, max_retries integer, timeout interval, backoff_base interval, unique_key text, unique_for interval, concurrency_key text, concurrency_limit integer) OWNER TO pgtasks_owner;
 
-CREATE FUNCTION pgtasks.submit_tasks(task_type text, params_list jsonb[], queue text DEFAULT NULL::text, priority integer DEFAULT NULL::integer, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, max_retries integer DEFAULT NULL::integer, timeout interval DEFAULT NULL::interval, backoff_base interval DEFAULT NULL::interval) RETURNS SETOF bigint
+CREATE FUNCTION pgtasks.submit_tasks(task_type text, params_list jsonb[], queue text DEFAULT NULL::text, priority integer DEFAULT NULL::integer, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, max_retries integer DEFAULT NULL::integer, timeout interval DEFAULT NULL::interval, backoff_base interval DEFAULT NULL::interval, unique_keys text[] DEFAULT NULL::text[], unique_for interval DEFAULT NULL::interval, concurrency_keys text[] DEFAULT NULL::text[], concurrency_limit integer DEFAULT NULL::integer) RETURNS SETOF bigint
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
 DECLARE
     p pgtasks.tasks;
+    n integer;
+    i integer;
 BEGIN
     p := pgtasks.submit_policy(task_type, queue, priority, run_at, max_retries, timeout, backoff_base);
     PERFORM pgtasks.check_params_list(params_list);
-    RETURN QUERY
-    INSERT INTO pgtasks.tasks (task_type, params, queue, priority, run_at, max_retries, timeout, backoff_base)
-    SELECT p.task_type, u.params, p.queue, p.priority, p.run_at, p.max_retries, p.timeout, p.backoff_base
-      FROM unnest(params_list) WITH ORDINALITY AS u(params, ord)
-     ORDER BY u.ord
-    RETURNING id;
+    n := coalesce(cardinality(params_list), 0);
+    IF (unique_keys IS NOT NULL AND cardinality(unique_keys) <> n)
+       OR (concurrency_keys IS NOT NULL AND cardinality(concurrency_keys) <> n) THEN
+        RAISE EXCEPTION 'pgtasks: submit_tasks needs one unique key and one concurrency key per item '
+                        '(% items, % unique_keys, % concurrency_keys)',
+                n, cardinality(unique_keys), cardinality(concurrency_keys)
+            USING ERRCODE = 'PT305', HINT = 'Pass arrays as long as params_list, with NULL for items without a key.';
+    END IF;
+    -- Per item only when keys are given: a plain batch of 1,000 pays no function calls here
+    -- (measured: the loop cut enqueue_batch from ~53,000 to ~18,000 tasks/s).
+    IF unique_keys IS NOT NULL OR concurrency_keys IS NOT NULL THEN
+        FOR i IN 1 .. n LOOP
+            PERFORM pgtasks.check_flow_args(unique_keys[i], CASE WHEN unique_keys[i] IS NOT NULL THEN unique_for END,
+                                            concurrency_keys[i],
+                                            CASE WHEN concurrency_keys[i] IS NOT NULL THEN concurrency_limit END, i);
+        END LOOP;
+    END IF;
+    IF concurrency_limit IS NOT NULL AND concurrency_keys IS NULL THEN
+        PERFORM pgtasks.check_flow_args(NULL, NULL, NULL, concurrency_limit);
+    END IF;
+    IF unique_for IS NOT NULL AND unique_keys IS NULL THEN
+        PERFORM pgtasks.check_flow_args(NULL, unique_for, NULL, NULL);
+    END IF;
+
+    IF unique_keys IS NULL THEN
+        RETURN QUERY
+        INSERT INTO pgtasks.tasks (task_type, params, queue, priority, run_at, max_retries, timeout,
+                                   backoff_base, concurrency_key, concurrency_limit)
+        SELECT p.task_type, u.params, p.queue, p.priority, p.run_at, p.max_retries, p.timeout, p.backoff_base,
+               submit_tasks.concurrency_keys[u.ord],
+               CASE WHEN submit_tasks.concurrency_keys[u.ord] IS NOT NULL
+                    THEN coalesce(submit_tasks.concurrency_limit, 1) END
+          FROM unnest(params_list) WITH ORDINALITY AS u(params, ord)
+         ORDER BY u.ord
+        RETURNING id;
+        RETURN;
+    END IF;
+    -- Keyed items one by one (each may meet an existing task, or an earlier item's key).
+    FOR i IN 1 .. n LOOP
+        RETURN QUERY
+        SELECT s.id FROM pgtasks.submit_one(
+            p, params_list[i], unique_keys[i], CASE WHEN unique_keys[i] IS NOT NULL THEN unique_for END,
+            concurrency_keys[i],
+            CASE WHEN concurrency_keys[i] IS NOT NULL THEN coalesce(concurrency_limit, 1) END) s;
+    END LOOP;
 END $$;
 
-ALTER FUNCTION pgtasks.submit_tasks(task_type text, params_list jsonb[], queue text, priority integer, run_at timestamp with time zone, max_retries integer, timeout interval, backoff_base interval) OWNER TO pgtasks_owner;
+ALTER FUNCTION pgtasks.submit_tasks(task_type text, params_list jsonb[], queue text, priority integer, run_at timestamp with time zone, max_retries integer, timeout interval, backoff_base interval, unique_keys text[], unique_for interval, concurrency_keys text[], concurrency_limit integer) OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.task_steps_of(task_id bigint, attempt integer) RETURNS TABLE(name text, result jsonb, db_now timestamp with time zone)
     LANGUAGE plpgsql SECURITY DEFINER
@@ -1885,6 +2300,27 @@ CREATE TABLE pgtasks.migrations (
 
 ALTER TABLE pgtasks.migrations OWNER TO pgtasks_owner;
 
+CREATE TABLE pgtasks.queue_settings (
+    queue text NOT NULL,
+    max_running integer,
+    rate_limit integer,
+    rate_period interval DEFAULT '00:00:01'::interval NOT NULL,
+    paused boolean DEFAULT false NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT queue_settings_max_running_check CHECK (((max_running IS NULL) OR (max_running >= 1))),
+    CONSTRAINT queue_settings_rate_limit_check CHECK (((rate_limit IS NULL) OR (rate_limit >= 1))),
+    CONSTRAINT queue_settings_rate_period_check CHECK ((rate_period > '00:00:00'::interval))
+);
+
+ALTER TABLE pgtasks.queue_settings OWNER TO pgtasks_owner;
+
+CREATE TABLE pgtasks.queue_starts (
+    queue text NOT NULL,
+    at timestamp with time zone NOT NULL
+);
+
+ALTER TABLE pgtasks.queue_starts OWNER TO pgtasks_owner;
+
 CREATE VIEW pgtasks.queue_stats AS
  SELECT queue,
     count(*) FILTER (WHERE (status = 'PENDING'::pgtasks.status)) AS pending,
@@ -1900,6 +2336,39 @@ CREATE VIEW pgtasks.queue_stats AS
   GROUP BY queue;
 
 ALTER VIEW pgtasks.queue_stats OWNER TO pgtasks_owner;
+
+CREATE VIEW pgtasks.queues AS
+ WITH live AS (
+         SELECT t.queue,
+            count(*) FILTER (WHERE ((t.status = ANY (ARRAY['PENDING'::pgtasks.status, 'COMMIT'::pgtasks.status])) AND (t.run_at <= now()))) AS ready,
+            count(*) FILTER (WHERE ((t.status = ANY (ARRAY['PENDING'::pgtasks.status, 'COMMIT'::pgtasks.status])) AND (t.run_at > now()))) AS scheduled,
+            count(*) FILTER (WHERE (t.status = 'RUNNING'::pgtasks.status)) AS running
+           FROM pgtasks.tasks t
+          WHERE (t.status = ANY (ARRAY['PENDING'::pgtasks.status, 'COMMIT'::pgtasks.status, 'RUNNING'::pgtasks.status]))
+          GROUP BY t.queue
+        )
+ SELECT COALESCE(s.queue, l.queue) AS queue,
+    COALESCE(s.paused, false) AS paused,
+    s.max_running,
+    s.rate_limit,
+        CASE
+            WHEN (s.rate_limit IS NOT NULL) THEN s.rate_period
+            ELSE NULL::interval
+        END AS rate_period,
+    COALESCE(l.ready, (0)::bigint) AS ready,
+    COALESCE(l.scheduled, (0)::bigint) AS scheduled,
+    COALESCE(l.running, (0)::bigint) AS running,
+        CASE
+            WHEN (s.rate_limit IS NOT NULL) THEN ( SELECT count(*) AS count
+               FROM pgtasks.queue_starts q
+              WHERE ((q.queue = s.queue) AND (q.at >= (now() - s.rate_period))))
+            ELSE NULL::bigint
+        END AS recent_starts,
+    s.updated_at AS settings_updated_at
+   FROM (pgtasks.queue_settings s
+     FULL JOIN live l ON ((l.queue = s.queue)));
+
+ALTER VIEW pgtasks.queues OWNER TO pgtasks_owner;
 
 CREATE TABLE pgtasks.task_types (
     task_type text NOT NULL,
@@ -2125,6 +2594,14 @@ CREATE VIEW pgtasks.transitions AS
 
 ALTER VIEW pgtasks.transitions OWNER TO pgtasks_owner;
 
+CREATE TABLE pgtasks.unique_windows (
+    unique_key text NOT NULL,
+    task_id bigint,
+    reserved_until timestamp with time zone NOT NULL
+);
+
+ALTER TABLE pgtasks.unique_windows OWNER TO pgtasks_owner;
+
 CREATE TABLE pgtasks.worker_registry (
     worker_id text NOT NULL,
     host text NOT NULL,
@@ -2157,6 +2634,9 @@ ALTER VIEW pgtasks.workers OWNER TO pgtasks_owner;
 ALTER TABLE ONLY pgtasks.migrations
     ADD CONSTRAINT migrations_pkey PRIMARY KEY (version);
 
+ALTER TABLE ONLY pgtasks.queue_settings
+    ADD CONSTRAINT queue_settings_pkey PRIMARY KEY (queue);
+
 ALTER TABLE ONLY pgtasks.schedule_defs
     ADD CONSTRAINT schedule_defs_pkey PRIMARY KEY (name);
 
@@ -2184,8 +2664,13 @@ ALTER TABLE ONLY pgtasks.task_waiters
 ALTER TABLE ONLY pgtasks.tasks
     ADD CONSTRAINT tasks_pkey PRIMARY KEY (id);
 
+ALTER TABLE ONLY pgtasks.unique_windows
+    ADD CONSTRAINT unique_windows_pkey PRIMARY KEY (unique_key);
+
 ALTER TABLE ONLY pgtasks.worker_registry
     ADD CONSTRAINT worker_registry_pkey PRIMARY KEY (worker_id);
+
+CREATE INDEX queue_starts_queue_at ON pgtasks.queue_starts USING btree (queue, at);
 
 CREATE INDEX schedule_defs_due ON pgtasks.schedule_defs USING btree (next_run_at NULLS FIRST) WHERE (NOT paused);
 
@@ -2199,11 +2684,19 @@ CREATE INDEX tasks_claimable_queue ON pgtasks.tasks USING btree (queue, priority
 
 CREATE INDEX tasks_finished_at ON pgtasks.tasks USING btree (finished_at) WHERE (status = ANY (ARRAY['DONE'::pgtasks.status, 'FAILED'::pgtasks.status, 'CANCELLED'::pgtasks.status]));
 
+CREATE INDEX tasks_keyed_ready ON pgtasks.tasks USING btree (run_at) WHERE ((concurrency_key IS NOT NULL) AND (status = ANY (ARRAY['PENDING'::pgtasks.status, 'COMMIT'::pgtasks.status])));
+
+CREATE INDEX tasks_keyed_running ON pgtasks.tasks USING btree (concurrency_key) WHERE ((concurrency_key IS NOT NULL) AND (status = 'RUNNING'::pgtasks.status));
+
 CREATE INDEX tasks_lease ON pgtasks.tasks USING btree (lease_expires_at) WHERE (lease_expires_at IS NOT NULL);
 
 CREATE INDEX tasks_next_run_at ON pgtasks.tasks USING btree (run_at) WHERE (status = ANY (ARRAY['PENDING'::pgtasks.status, 'COMMIT'::pgtasks.status]));
 
+CREATE INDEX tasks_running_queue ON pgtasks.tasks USING btree (queue) WHERE (lease_expires_at IS NOT NULL);
+
 CREATE UNIQUE INDEX tasks_schedule_tick ON pgtasks.tasks USING btree (schedule, schedule_tick) WHERE (schedule IS NOT NULL);
+
+CREATE UNIQUE INDEX tasks_unique_active ON pgtasks.tasks USING btree (unique_key) WHERE ((unique_key IS NOT NULL) AND (status = ANY (ARRAY['PENDING'::pgtasks.status, 'COMMIT'::pgtasks.status, 'RUNNING'::pgtasks.status])));
 
 CREATE TRIGGER settings_keep_row BEFORE DELETE OR TRUNCATE ON pgtasks.settings FOR EACH STATEMENT EXECUTE FUNCTION pgtasks.keep_settings_row();
 
@@ -2255,6 +2748,8 @@ REVOKE ALL ON FUNCTION pgtasks.check_cron(cron text) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION pgtasks.check_cron_field(field text, what text, lo integer, hi integer, names text[]) FROM PUBLIC;
 
+REVOKE ALL ON FUNCTION pgtasks.check_flow_args(unique_key text, unique_for interval, concurrency_key text, concurrency_limit integer, item integer) FROM PUBLIC;
+
 REVOKE ALL ON FUNCTION pgtasks.check_insert() FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION pgtasks.check_log_size(message text, what text) FROM PUBLIC;
@@ -2266,6 +2761,8 @@ REVOKE ALL ON FUNCTION pgtasks.check_params(params jsonb, item integer) FROM PUB
 REVOKE ALL ON FUNCTION pgtasks.check_params_list(params_list jsonb[]) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION pgtasks.check_policy(task_type text, queue text, max_retries integer, timeout interval, backoff_base interval, type_required boolean) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION pgtasks.check_queue_name(queue text) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION pgtasks.check_result_size(result jsonb, what text) FROM PUBLIC;
 
@@ -2280,6 +2777,8 @@ REVOKE ALL ON FUNCTION pgtasks.check_worker_id(worker_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgtasks.checkpoint(task_id bigint, attempt integer, step text, result jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION pgtasks.checkpoint(task_id bigint, attempt integer, step text, result jsonb) TO pgtasks_worker;
 
+REVOKE ALL ON FUNCTION pgtasks.claim_limited(queues text[], max_tasks integer, task_types text[], OUT picked bigint[], OUT started timestamp with time zone) FROM PUBLIC;
+
 REVOKE ALL ON FUNCTION pgtasks.claim_tasks(worker_id text, queues text[], max_tasks integer, lease interval, task_types text[]) FROM PUBLIC;
 GRANT ALL ON FUNCTION pgtasks.claim_tasks(worker_id text, queues text[], max_tasks integer, lease interval, task_types text[]) TO pgtasks_worker;
 
@@ -2287,6 +2786,9 @@ REVOKE ALL ON FUNCTION pgtasks.is_blank(value text) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION pgtasks.configure(default_queue text, default_priority integer, default_max_retries integer, default_timeout interval, default_backoff_base interval, max_backoff interval, default_lease interval, retention interval, max_params_bytes integer, max_result_bytes integer, max_log_bytes integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION pgtasks.configure(default_queue text, default_priority integer, default_max_retries integer, default_timeout interval, default_backoff_base interval, max_backoff interval, default_lease interval, retention interval, max_params_bytes integer, max_result_bytes integer, max_log_bytes integer) TO pgtasks_admin;
+
+REVOKE ALL ON FUNCTION pgtasks.configure_queue(queue text, max_running integer, rate_limit integer, rate_period interval) FROM PUBLIC;
+GRANT ALL ON FUNCTION pgtasks.configure_queue(queue text, max_running integer, rate_limit integer, rate_period interval) TO pgtasks_admin;
 
 REVOKE ALL ON FUNCTION pgtasks.create_schedule(name text, task_type text, cron text, every interval, params jsonb, queue text, priority integer, timezone text, overlap text, catch_up interval) FROM PUBLIC;
 GRANT ALL ON FUNCTION pgtasks.create_schedule(name text, task_type text, cron text, every interval, params jsonb, queue text, priority integer, timezone text, overlap text, catch_up interval) TO pgtasks_admin;
@@ -2298,6 +2800,8 @@ GRANT ALL ON FUNCTION pgtasks.current_settings() TO pgtasks_reader;
 REVOKE ALL ON FUNCTION pgtasks.declare_schedule(name text, task_type text, cron text, every interval, params jsonb, queue text, priority integer, timezone text, overlap text, catch_up interval) FROM PUBLIC;
 GRANT ALL ON FUNCTION pgtasks.declare_schedule(name text, task_type text, cron text, every interval, params jsonb, queue text, priority integer, timezone text, overlap text, catch_up interval) TO pgtasks_worker;
 GRANT ALL ON FUNCTION pgtasks.declare_schedule(name text, task_type text, cron text, every interval, params jsonb, queue text, priority integer, timezone text, overlap text, catch_up interval) TO pgtasks_admin;
+
+REVOKE ALL ON FUNCTION pgtasks.drop_idle_queue_settings(queue text) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION pgtasks.drop_schedule(name text) FROM PUBLIC;
 GRANT ALL ON FUNCTION pgtasks.drop_schedule(name text) TO pgtasks_admin;
@@ -2363,6 +2867,9 @@ GRANT ALL ON FUNCTION pgtasks.next_run_at(queues text[], task_types text[]) TO p
 
 REVOKE ALL ON FUNCTION pgtasks.notify_watchers(task_id bigint) FROM PUBLIC;
 
+REVOKE ALL ON FUNCTION pgtasks.pause_queue(queue text) FROM PUBLIC;
+GRANT ALL ON FUNCTION pgtasks.pause_queue(queue text) TO pgtasks_admin;
+
 REVOKE ALL ON FUNCTION pgtasks.pause_schedule(name text) FROM PUBLIC;
 GRANT ALL ON FUNCTION pgtasks.pause_schedule(name text) TO pgtasks_admin;
 
@@ -2393,6 +2900,9 @@ GRANT ALL ON FUNCTION pgtasks.rescue_expired(max_tasks integer) TO pgtasks_worke
 
 REVOKE ALL ON FUNCTION pgtasks.rescue_one(t pgtasks.tasks) FROM PUBLIC;
 
+REVOKE ALL ON FUNCTION pgtasks.resume_queue(queue text) FROM PUBLIC;
+GRANT ALL ON FUNCTION pgtasks.resume_queue(queue text) TO pgtasks_admin;
+
 REVOKE ALL ON FUNCTION pgtasks.resume_schedule(name text) FROM PUBLIC;
 GRANT ALL ON FUNCTION pgtasks.resume_schedule(name text) TO pgtasks_admin;
 
@@ -2401,13 +2911,18 @@ GRANT ALL ON FUNCTION pgtasks.retry_task(task_id bigint, run_at timestamp with t
 
 REVOKE ALL ON PROCEDURE pgtasks.secure_objects() FROM PUBLIC;
 
+REVOKE ALL ON FUNCTION pgtasks.submit_one(p pgtasks.tasks, params jsonb, unique_key text, unique_for interval, concurrency_key text, concurrency_limit integer, OUT id bigint, OUT created boolean) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION pgtasks.submit_or_get(task_type text, params jsonb, queue text, priority integer, run_at timestamp with time zone, max_retries integer, timeout interval, backoff_base interval, unique_key text, unique_for interval, concurrency_key text, concurrency_limit integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION pgtasks.submit_or_get(task_type text, params jsonb, queue text, priority integer, run_at timestamp with time zone, max_retries integer, timeout interval, backoff_base interval, unique_key text, unique_for interval, concurrency_key text, concurrency_limit integer) TO pgtasks_submitter;
+
 REVOKE ALL ON FUNCTION pgtasks.submit_policy(task_type text, queue text, priority integer, run_at timestamp with time zone, max_retries integer, timeout interval, backoff_base interval) FROM PUBLIC;
 
-REVOKE ALL ON FUNCTION pgtasks.submit_task(task_type text, params jsonb, queue text, priority integer, run_at timestamp with time zone, max_retries integer, timeout interval, backoff_base interval) FROM PUBLIC;
-GRANT ALL ON FUNCTION pgtasks.submit_task(task_type text, params jsonb, queue text, priority integer, run_at timestamp with time zone, max_retries integer, timeout interval, backoff_base interval) TO pgtasks_submitter;
+REVOKE ALL ON FUNCTION pgtasks.submit_task(task_type text, params jsonb, queue text, priority integer, run_at timestamp with time zone, max_retries integer, timeout interval, backoff_base interval, unique_key text, unique_for interval, concurrency_key text, concurrency_limit integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION pgtasks.submit_task(task_type text, params jsonb, queue text, priority integer, run_at timestamp with time zone, max_retries integer, timeout interval, backoff_base interval, unique_key text, unique_for interval, concurrency_key text, concurrency_limit integer) TO pgtasks_submitter;
 
-REVOKE ALL ON FUNCTION pgtasks.submit_tasks(task_type text, params_list jsonb[], queue text, priority integer, run_at timestamp with time zone, max_retries integer, timeout interval, backoff_base interval) FROM PUBLIC;
-GRANT ALL ON FUNCTION pgtasks.submit_tasks(task_type text, params_list jsonb[], queue text, priority integer, run_at timestamp with time zone, max_retries integer, timeout interval, backoff_base interval) TO pgtasks_submitter;
+REVOKE ALL ON FUNCTION pgtasks.submit_tasks(task_type text, params_list jsonb[], queue text, priority integer, run_at timestamp with time zone, max_retries integer, timeout interval, backoff_base interval, unique_keys text[], unique_for interval, concurrency_keys text[], concurrency_limit integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION pgtasks.submit_tasks(task_type text, params_list jsonb[], queue text, priority integer, run_at timestamp with time zone, max_retries integer, timeout interval, backoff_base interval, unique_keys text[], unique_for interval, concurrency_keys text[], concurrency_limit integer) TO pgtasks_submitter;
 
 REVOKE ALL ON FUNCTION pgtasks.task_steps_of(task_id bigint, attempt integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION pgtasks.task_steps_of(task_id bigint, attempt integer) TO pgtasks_worker;
@@ -2439,6 +2954,9 @@ GRANT SELECT ON TABLE pgtasks.failed_tasks TO pgtasks_reader;
 
 GRANT SELECT ON TABLE pgtasks.queue_stats TO pgtasks_submitter;
 GRANT SELECT ON TABLE pgtasks.queue_stats TO pgtasks_reader;
+
+GRANT SELECT ON TABLE pgtasks.queues TO pgtasks_reader;
+GRANT SELECT ON TABLE pgtasks.queues TO pgtasks_submitter;
 
 GRANT SELECT ON TABLE pgtasks.registered_types TO pgtasks_submitter;
 GRANT SELECT ON TABLE pgtasks.registered_types TO pgtasks_reader;

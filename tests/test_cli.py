@@ -92,3 +92,31 @@ def test_types_lists_registered_types_with_their_effective_policy(dsn):
     out = cli(dsn, "types")
     assert out.returncode == 0, out.stderr
     assert "resize" in out.stdout and "images" in out.stdout and "│ 5 " in out.stdout
+
+
+def test_queues_pause_resume_set_and_keyed_submit(dsn):
+    out = cli(dsn, "queues", "set", "imports", "--max-running", "2", "--rate", "10/s")
+    assert out.returncode == 0 and "max_running 2" in out.stdout, out.stderr
+    assert cli(dsn, "queues", "pause", "imports").returncode == 0
+    first = cli(dsn, "submit", "t", "--queue", "imports", "--unique-key", "r:1",
+                "--concurrency-key", "c:1", "--concurrency-limit", "2")  # fmt: skip
+    again = cli(dsn, "submit", "t", "--queue", "imports", "--unique-key", "r:1")
+    assert again.stdout.strip() == f"{first.stdout.strip()} (existing)", again.stderr
+    table = cli(dsn, "queues").stdout
+    assert "imports" in table and "True" in table and "10/s" not in table
+    assert cli(dsn, "queues", "resume", "imports").returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("queues", "set", "q", "--rate", "ten"), "--rate 'ten'"),
+        (("queues", "set", "q", "--max-running", "-1"), "max_running must be"),
+        (("queues", "pause", " "), "queue must be"),
+        (("submit", "t", "--concurrency-limit", "2"), "concurrency_limit needs"),
+    ],
+)
+def test_flow_control_errors_are_one_line(dsn, args, message):
+    out = cli(dsn, *args)
+    assert out.returncode != 0
+    assert len(out.stderr.strip().splitlines()) == 1 and message in out.stderr, out.stderr

@@ -187,6 +187,11 @@ class Producer(Service):
                     continue
                 rechecked = False
                 wait_for = await self.idle_wait()
+                if wait_for == 0 and not claimed:
+                    # Ready tasks, none claimed: held back by a queue or key limit, a pause
+                    # (docs/flow-control.md) or another claimer's lock. A freed slot here or
+                    # a NOTIFY wakes us; otherwise look again after a poll, not at once.
+                    wait_for = self.poll_interval
                 if wait_for is None:  # burst mode: nothing left to do
                     if self.slots.idle:
                         return

@@ -23,6 +23,9 @@ INTERNAL = {
     # 0006 schedules
     "check_schedule_name", "check_cron_field", "check_cron", "check_schedule",
     "every_tick_after", "upsert_schedule", "lock_schedule", "enqueue_tick",
+    # 0005 (flow control)
+    "check_queue_name", "check_flow_args", "drop_idle_queue_settings", "submit_one",
+    "claim_limited",
 }  # fmt: skip
 
 

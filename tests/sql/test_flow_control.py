@@ -1,0 +1,285 @@
+"""Flow control in SQL (issue 10): unique submits, queue settings, per-key concurrency,
+enforced by claim_tasks and finish_and_claim. The worker-level tests are in
+tests/test_flow_control.py; these call the functions directly."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from tests.sql.helpers import expire_lease, raises
+from tests.sql.test_plans import nested_plans
+from tests.sql.test_roles import login  # noqa: F401  (fixture)
+
+CLAIM = "SELECT id, queue FROM pgtasks.claim_tasks('w', $1::text[], $2)"
+
+
+async def claim(conn: asyncpg.Connection, n: int, queues: list[str] | None = None) -> list[int]:
+    return [r["id"] for r in await conn.fetch(CLAIM, queues, n)]
+
+
+async def finish(conn: asyncpg.Connection, ids: list[int]) -> None:
+    rows = await conn.fetch("SELECT id, attempt FROM pgtasks.tasks WHERE id = ANY($1)", ids)
+    await conn.fetch(
+        "SELECT * FROM pgtasks.finish_tasks($1, $2, $3::jsonb[])",
+        [r[0] for r in rows], [r[1] for r in rows], [None] * len(rows),
+    )  # fmt: skip
+
+
+async def submit_many(conn: asyncpg.Connection, n: int, queue: str, **extra: object) -> list[int]:
+    args = "".join(f", {k} => {v!r}" for k, v in extra.items())
+    return [
+        await conn.fetchval(f"SELECT pgtasks.submit_task('t', queue => '{queue}'{args})")
+        for _ in range(n)
+    ]
+
+
+# -- unique submits ------------------------------------------------------------------------
+
+
+async def test_twenty_sessions_one_unique_key_one_task(dsn, conn):
+    conns = [await asyncpg.connect(dsn) for _ in range(20)]
+    try:
+        # A lock held by the test makes all 20 wait at the same point, then race.
+        await conn.execute("SELECT pg_advisory_lock(42)")
+        sql = (
+            "SELECT s.* FROM pg_advisory_xact_lock_shared(42),"
+            " pgtasks.submit_or_get('t', unique_key => 'report:1') s"
+        )
+        pending = asyncio.gather(*(c.fetchrow(sql) for c in conns))
+        await asyncio.sleep(0.3)
+        await conn.execute("SELECT pg_advisory_unlock(42)")
+        results = await pending
+    finally:
+        for c in conns:
+            await c.close()
+    assert len({r["id"] for r in results}) == 1
+    assert sum(r["created"] for r in results) == 1
+    assert (
+        await conn.fetchval("SELECT count(*) FROM pgtasks.tasks WHERE unique_key = 'report:1'") == 1
+    )
+
+
+async def test_key_is_free_again_once_the_task_finished(conn):
+    first = await conn.fetchval("SELECT pgtasks.submit_task('t', unique_key => 'k')")
+    assert await conn.fetchval("SELECT pgtasks.submit_task('t', unique_key => 'k')") == first
+    ids = await claim(conn, 1)
+    assert ids == [first]
+    # RUNNING is still active: same task.
+    assert await conn.fetchval("SELECT pgtasks.submit_task('t', unique_key => 'k')") == first
+    await finish(conn, ids)
+    second = await conn.fetchrow("SELECT * FROM pgtasks.submit_or_get('t', unique_key => 'k')")
+    assert second["created"] and second["id"] != first
+
+
+async def test_unique_for_holds_the_key_whatever_the_state(conn):
+    sql = (
+        "SELECT * FROM pgtasks.submit_or_get('t', unique_key => 'daily',"
+        " unique_for => $1::text::interval)"
+    )
+    first = await conn.fetchrow(sql, "1 hour")
+    assert first["created"]
+    await finish(conn, await claim(conn, 1))
+    again = await conn.fetchrow(sql, "1 hour")
+    assert (again["id"], again["created"]) == (first["id"], False)
+    # The window ends: the key submits a new task.
+    await conn.execute("UPDATE pgtasks.unique_windows SET reserved_until = now() - interval '1 s'")
+    later = await conn.fetchrow(sql, "1 hour")
+    assert later["created"] and later["id"] != first["id"]
+
+
+async def test_submit_tasks_one_key_per_item(conn):
+    ids = await conn.fetch(
+        "SELECT * FROM pgtasks.submit_tasks('t', ARRAY['{}','{}','{}']::jsonb[],"
+        " unique_keys => ARRAY['a', 'b', 'a'], concurrency_keys => ARRAY[NULL, 'c', 'c'])"
+    )
+    ids = [r[0] for r in ids]
+    assert ids[0] == ids[2] and ids[0] != ids[1]
+    rows = await conn.fetch(
+        "SELECT unique_key, concurrency_key, concurrency_limit FROM pgtasks.tasks ORDER BY id"
+    )
+    assert [tuple(r) for r in rows] == [("a", None, None), ("b", "c", 1)]
+
+
+@pytest.mark.parametrize(
+    ("call", "sqlstate"),
+    [
+        ("pgtasks.configure_queue('q', max_running => 0)", "PT301"),
+        ("pgtasks.configure_queue('q', max_running => -1)", "PT301"),
+        ("pgtasks.configure_queue('q', rate_limit => -5)", "PT302"),
+        ("pgtasks.configure_queue('q', rate_limit => 5, rate_period => '-1 second')", "PT302"),
+        ("pgtasks.configure_queue('q', rate_limit => 5, rate_period => NULL)", "PT302"),
+        ("pgtasks.configure_queue('q', rate_limit => 5, rate_period => '2 days')", "PT302"),
+        ("pgtasks.configure_queue(' ', max_running => 1)", "PT103"),
+        ("pgtasks.pause_queue(NULL)", "PT103"),
+        ("pgtasks.resume_queue('')", "PT103"),
+        ("pgtasks.submit_task('t', unique_key => ' ')", "PT303"),
+        ("pgtasks.submit_task('t', unique_key => repeat('k', 256))", "PT303"),
+        ("pgtasks.submit_task('t', unique_for => '1 hour')", "PT303"),
+        ("pgtasks.submit_task('t', unique_key => 'k', unique_for => '-1 hour')", "PT303"),
+        ("pgtasks.submit_task('t', concurrency_key => '')", "PT304"),
+        ("pgtasks.submit_task('t', concurrency_limit => 2)", "PT304"),
+        ("pgtasks.submit_task('t', concurrency_key => 'c', concurrency_limit => 0)", "PT304"),
+        (
+            "pgtasks.submit_tasks('t', ARRAY['{}']::jsonb[], unique_keys => ARRAY['a', 'b'])",
+            "PT305",
+        ),
+        ("pgtasks.submit_tasks('t', ARRAY['{}']::jsonb[], concurrency_keys => '{}')", "PT305"),
+        ("pgtasks.submit_tasks('t', ARRAY['{}']::jsonb[], unique_keys => ARRAY[' '])", "PT303"),
+    ],
+)
+async def test_bad_settings_have_their_own_sqlstate(conn, call, sqlstate):
+    await raises(conn, f"SELECT {call}", sqlstate)
+    assert await conn.fetchval("SELECT count(*) FROM pgtasks.tasks") == 0
+    assert await conn.fetchval("SELECT count(*) FROM pgtasks.queue_settings") == 0
+
+
+# -- queue limits in the claim path --------------------------------------------------------
+
+
+async def test_max_running_caps_claims_and_others_still_claim(conn):
+    await conn.execute("SELECT pgtasks.configure_queue('lim', max_running => 3)")
+    limited = await submit_many(conn, 6, "lim")
+    free = await submit_many(conn, 2, "free")
+    got = await claim(conn, 10)
+    assert sorted(got) == sorted(limited[:3] + free)  # no starvation of 'free'
+    assert await claim(conn, 10) == []
+    await finish(conn, got[:1] if got[0] in limited else [limited[0]])
+    assert await claim(conn, 10) == [limited[3]]
+    # Held back means untouched: no retry used, no error, run_at not pushed.
+    row = await conn.fetchrow(
+        "SELECT retry_count, attempt, error, run_at <= now() AS ready"
+        " FROM pgtasks.tasks WHERE id = $1",
+        limited[5],
+    )
+    assert tuple(row) == (0, 0, None, True)
+
+
+async def test_slot_comes_back_when_the_lease_is_rescued(conn):
+    await conn.execute("SELECT pgtasks.configure_queue('lim', max_running => 1)")
+    a, _ = await submit_many(conn, 2, "lim")
+    assert await claim(conn, 5) == [a]
+    assert await claim(conn, 5) == []
+    await expire_lease(conn, a)
+    assert await conn.fetchval("SELECT pgtasks.rescue_expired()") == 1
+    assert await claim(conn, 5) != []
+
+
+async def test_paused_queue_is_not_claimed_until_resumed(conn):
+    await conn.execute("SELECT pgtasks.pause_queue('p')")
+    paused = await submit_many(conn, 2, "p")  # submitting still works
+    other = await submit_many(conn, 1, "o")
+    assert await claim(conn, 10) == other
+    assert await claim(conn, 10, ["p"]) == []
+    row = await conn.fetchrow("SELECT * FROM pgtasks.queues WHERE queue = 'p'")
+    assert row["paused"] and row["ready"] == 2
+    await conn.execute("SELECT pgtasks.resume_queue('p')")
+    assert sorted(await claim(conn, 10, ["p"])) == paused
+    assert await conn.fetchval("SELECT count(*) FROM pgtasks.queue_settings") == 0
+
+
+async def test_rate_limit_counts_starts_in_the_window(conn):
+    await conn.execute(
+        "SELECT pgtasks.configure_queue('r', rate_limit => 4, rate_period => '1 hour')"
+    )
+    await submit_many(conn, 10, "r")
+    first = await claim(conn, 10)
+    assert len(first) == 4
+    await finish(conn, first)  # finishing does not give rate budget back
+    assert await claim(conn, 10) == []
+    row = await conn.fetchrow("SELECT * FROM pgtasks.queues WHERE queue = 'r'")
+    assert (row["rate_limit"], row["recent_starts"], row["ready"]) == (4, 4, 6)
+    await conn.execute("UPDATE pgtasks.queue_starts SET at = at - interval '2 hours'")
+    assert len(await claim(conn, 10)) == 4
+
+
+async def test_configure_queue_replaces_limits_and_keeps_the_pause(conn):
+    await conn.execute("SELECT pgtasks.pause_queue('q')")
+    await conn.execute("SELECT pgtasks.configure_queue('q', max_running => 2)")
+    await conn.execute("SELECT pgtasks.configure_queue('q', rate_limit => 5)")
+    row = await conn.fetchrow("SELECT * FROM pgtasks.queues WHERE queue = 'q'")
+    assert (row["paused"], row["max_running"], row["rate_limit"]) == (True, None, 5)
+
+
+# -- per-key concurrency -------------------------------------------------------------------
+
+
+async def test_concurrency_key_limits_running_per_key(conn):
+    a = await submit_many(conn, 3, "q", concurrency_key="customer:1")
+    b = await submit_many(conn, 3, "q", concurrency_key="customer:2", concurrency_limit=2)
+    plain = await submit_many(conn, 1, "q")
+    got = await claim(conn, 10)
+    assert sorted(got) == sorted([a[0], b[0], b[1], *plain])
+    assert await claim(conn, 10) == []
+    await finish(conn, [a[0]])
+    assert await claim(conn, 10) == [a[1]]
+
+
+async def test_finish_and_claim_enforces_the_limits_too(conn):
+    await conn.execute("SELECT pgtasks.configure_queue('lim', max_running => 2)")
+    ids = await submit_many(conn, 5, "lim")
+    got = await claim(conn, 2)
+    rows = await conn.fetch(
+        "SELECT * FROM pgtasks.finish_and_claim('w', $1, ARRAY[1], ARRAY[NULL]::jsonb[], 10)",
+        got[:1],
+    )
+    assert [r["id"] for r in rows] == [ids[2]]
+
+
+async def test_concurrent_claimers_never_exceed_max_running(dsn, conn):
+    await conn.execute("SELECT pgtasks.configure_queue('lim', max_running => 3)")
+    await submit_many(conn, 30, "lim")
+    conns = [await asyncpg.connect(dsn) for _ in range(8)]
+    try:
+        got = await asyncio.gather(*(claim(c, 2) for c in conns))
+    finally:
+        for c in conns:
+            await c.close()
+    assert sum(len(g) for g in got) == 3
+
+
+# -- plans ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("keyed", [False, True])
+async def test_limited_pick_walks_the_claim_index(conn, keyed):
+    """Both limited picks (set-based, and the walk used when keyed tasks are ready) walk
+    the claim index in order, like the fast path; running counts use their index."""
+    await conn.execute(
+        """
+        INSERT INTO pgtasks.tasks (task_type, queue)
+        SELECT 't', 'q' || (i % 2) FROM generate_series(1, 5000) i;
+        ANALYZE pgtasks.tasks;
+        """
+    )
+    if keyed:
+        await conn.execute("SELECT pgtasks.submit_task('t', concurrency_key => 'k')")
+    await conn.execute("SELECT pgtasks.configure_queue('q0', max_running => 100)")
+    plans = await nested_plans(conn, "SELECT * FROM pgtasks.claim_tasks('w', NULL, 10)")
+    marker = "t.concurrency_key <> ALL" if keyed else "LIMIT n"
+    pick = next(p for p in plans.split("duration:") if marker in p and "SKIP LOCKED" in p)
+    assert "Index Scan using tasks_claimable" in pick, pick
+    assert "Sort Key" not in pick and "Seq Scan on tasks" not in pick, pick
+    running = next(
+        p for p in plans.split("duration:") if "count(*)" in p and "lease_expires_at" in p
+    )
+    assert "tasks_running_queue" in running, running
+
+
+# -- roles ---------------------------------------------------------------------------------
+
+
+async def test_roles_submit_configure_and_read(login):  # noqa: F811
+    sub, admin, reader = login["submitter"], login["admin"], login["reader"]
+    row = await sub.fetchrow("SELECT * FROM pgtasks.submit_or_get('t', unique_key => 'r')")
+    assert row["created"]
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await sub.execute("SELECT pgtasks.pause_queue('default')")
+    await admin.execute("SELECT pgtasks.configure_queue('default', max_running => 2)")
+    await admin.execute("SELECT pgtasks.pause_queue('default')")
+    rows = await reader.fetch("SELECT * FROM pgtasks.queues")
+    assert [(r["queue"], r["paused"], r["max_running"], r["ready"]) for r in rows] == [
+        ("default", True, 2, 1)
+    ]
