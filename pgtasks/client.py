@@ -64,7 +64,8 @@ class AttemptError(BaseModel):
 class TaskDetail(TaskInfo):
     """A task with everything an operator looks at: params, each attempt's error, steps.
 
-    `workflow_id` and `schedule` stay None until the workflow and schedule SQL fill them.
+    `schedule` and `schedule_tick` name the schedule and tick that created the task (None
+    for a task submitted otherwise). `workflow_id` stays None until the workflow SQL fills it.
     """
 
     params: Any = None
@@ -72,6 +73,7 @@ class TaskDetail(TaskInfo):
     steps: list[str] = []
     workflow_id: int | None = None
     schedule: str | None = None
+    schedule_tick: datetime | None = None
 
 
 class TaskPage(BaseModel):
@@ -504,9 +506,10 @@ class Client:
         return [dict(r) for r in await self.pool.fetch(queries.WORKERS, include_dead)]
 
     async def metrics(self) -> dict[str, Any]:
-        """What /metrics shows: `queues` (queue_stats rows), `workers` (alive, dead, slots,
-        running) and `runtimes` (per type: count, failed, sum and bucket counts of the tasks
-        finished within queries.RUNTIME_WINDOW, bounds in queries.RUNTIME_BUCKETS)."""
+        """What /metrics shows, the one row of pgtasks.metrics: `queues` (queue_stats rows),
+        `workers` (alive, dead, slots, running), `runtimes` (per type: count, failed, sum and
+        cumulative bucket counts of the tasks finished within `runtime_window`, bounds in
+        `runtime_bounds`) and `schedules` (per unpaused schedule: lag_seconds)."""
         return dict(await self.pool.fetchrow(queries.METRICS))
 
     # -- operator actions ----------------------------------------------------------------

@@ -72,15 +72,15 @@ SELECT n.total, p.*
                       LIMIT $5 OFFSET $6) p ON true
 """
 
-# Everything about one task in one statement: its row, every attempt's error, its steps.
-# task_steps has no view of its own yet (readers lack it): see docs/http-api.md.
+# Everything about one task in one statement: its row, every attempt's error, its steps
+# (through task_step_names, so a pgtasks_reader role can read it).
 TASK_DETAIL = """
 SELECT s.*,
        (SELECT coalesce(jsonb_agg(jsonb_build_object('attempt', e.attempt, 'error', e.error,
                                                      'traceback', e.traceback, 'at', e.at)
                                   ORDER BY e.attempt), '[]'::jsonb)
           FROM pgtasks.task_attempt_errors e WHERE e.task_id = s.id) AS errors,
-       ARRAY(SELECT st.name FROM pgtasks.task_steps st
+       ARRAY(SELECT st.name FROM pgtasks.task_step_names st
               WHERE st.task_id = s.id ORDER BY st.at, st.name) AS steps
   FROM pgtasks.task_status s WHERE s.id = $1
 """
@@ -113,37 +113,10 @@ SELECT *, now() - last_seen AS seen_ago FROM pgtasks.workers
  WHERE $1 OR alive ORDER BY alive DESC, started_at
 """
 
-# Everything /metrics shows, read at scrape time in one statement from the views, so it is
-# right however many workers run. Run times come from the tasks finished in the last
-# RUNTIME_WINDOW, counted per bucket here (upper bounds in seconds, as Prometheus `le`).
-RUNTIME_WINDOW = "5 minutes"
-RUNTIME_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0)
-_BUCKET_COUNTS = ", ".join(f"count(*) FILTER (WHERE r.secs <= {b})" for b in RUNTIME_BUCKETS)
-METRICS = f"""
-SELECT
-  (SELECT coalesce(jsonb_agg(to_jsonb(q) ORDER BY q.queue), '[]'::jsonb)
-     FROM (SELECT queue, pending, waiting, running, done, failed, cancelled, ready,
-                  coalesce(extract(epoch FROM oldest_ready_age), 0) AS oldest_ready_seconds,
-                  done_last_minute
-             FROM pgtasks.queue_stats) q) AS queues,
-  (SELECT to_jsonb(w)
-     FROM (SELECT count(*) FILTER (WHERE alive) AS alive,
-                  count(*) FILTER (WHERE NOT alive) AS dead,
-                  coalesce(sum(concurrency) FILTER (WHERE alive), 0) AS slots,
-                  coalesce(sum(running) FILTER (WHERE alive), 0) AS running
-             FROM pgtasks.workers) w) AS workers,
-  (SELECT coalesce(jsonb_agg(to_jsonb(h) ORDER BY h.task_type), '[]'::jsonb)
-     FROM (SELECT r.task_type, count(*) AS count, sum(r.secs) AS sum,
-                  count(*) FILTER (WHERE r.status = 'FAILED') AS failed,
-                  ARRAY[{_BUCKET_COUNTS}]
-                    AS buckets
-             FROM (SELECT task_type, status,
-                          extract(epoch FROM finished_at - started_at) AS secs
-                     FROM pgtasks.task_status
-                    WHERE status IN ('DONE', 'FAILED') AND started_at IS NOT NULL
-                      AND finished_at > now() - interval '{RUNTIME_WINDOW}') r
-            GROUP BY r.task_type) h) AS runtimes
-"""
+# Everything /metrics shows, one row of the pgtasks.metrics view (sql/0007) read at scrape
+# time, so it is right however many workers run. The view also says the run-time window and
+# bucket bounds it counted with.
+METRICS = "SELECT * FROM pgtasks.metrics"
 
 # The enum's own labels (tests check Python's one copy against them).
 STATUSES = "SELECT enum_range(NULL::pgtasks.status)::text[]"

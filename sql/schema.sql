@@ -2291,6 +2291,110 @@ CREATE VIEW pgtasks.failed_tasks AS
 
 ALTER VIEW pgtasks.failed_tasks OWNER TO pgtasks_owner;
 
+CREATE VIEW pgtasks.queue_stats AS
+ SELECT queue,
+    count(*) FILTER (WHERE (status = 'PENDING'::pgtasks.status)) AS pending,
+    count(*) FILTER (WHERE (status = 'COMMIT'::pgtasks.status)) AS waiting,
+    count(*) FILTER (WHERE (status = 'RUNNING'::pgtasks.status)) AS running,
+    count(*) FILTER (WHERE (status = 'DONE'::pgtasks.status)) AS done,
+    count(*) FILTER (WHERE (status = 'FAILED'::pgtasks.status)) AS failed,
+    count(*) FILTER (WHERE (status = 'CANCELLED'::pgtasks.status)) AS cancelled,
+    count(*) FILTER (WHERE ((status = ANY (ARRAY['PENDING'::pgtasks.status, 'COMMIT'::pgtasks.status])) AND (run_at <= now()))) AS ready,
+    (now() - min(run_at) FILTER (WHERE ((status = ANY (ARRAY['PENDING'::pgtasks.status, 'COMMIT'::pgtasks.status])) AND (run_at <= now())))) AS oldest_ready_age,
+    count(*) FILTER (WHERE ((status = 'DONE'::pgtasks.status) AND (finished_at > (now() - '00:01:00'::interval)))) AS done_last_minute
+   FROM pgtasks.tasks t
+  GROUP BY queue;
+
+ALTER VIEW pgtasks.queue_stats OWNER TO pgtasks_owner;
+
+CREATE TABLE pgtasks.worker_registry (
+    worker_id text NOT NULL,
+    host text NOT NULL,
+    pid integer NOT NULL,
+    queues text[],
+    concurrency integer NOT NULL,
+    lease interval DEFAULT (pgtasks.current_settings()).default_lease NOT NULL,
+    started_at timestamp with time zone DEFAULT now() NOT NULL,
+    last_seen timestamp with time zone DEFAULT now() NOT NULL
+);
+
+ALTER TABLE pgtasks.worker_registry OWNER TO pgtasks_owner;
+
+CREATE VIEW pgtasks.workers AS
+ SELECT worker_id,
+    host,
+    pid,
+    queues,
+    concurrency,
+    started_at,
+    last_seen,
+    ((last_seen + lease) > now()) AS alive,
+    ( SELECT count(*) AS count
+           FROM pgtasks.tasks t
+          WHERE ((t.status = 'RUNNING'::pgtasks.status) AND (t.worker_id = w.worker_id))) AS running
+   FROM pgtasks.worker_registry w;
+
+ALTER VIEW pgtasks.workers OWNER TO pgtasks_owner;
+
+CREATE VIEW pgtasks.metrics AS
+ WITH knobs AS (
+         SELECT '00:05:00'::interval AS runtime_window,
+            ARRAY[(0.01)::double precision, (0.05)::double precision, (0.1)::double precision, (0.5)::double precision, (1)::double precision, (5)::double precision, (10)::double precision, (30)::double precision, (60)::double precision, (300)::double precision, (1800)::double precision, (3600)::double precision] AS runtime_bounds
+        ), recent AS (
+         SELECT t.task_type,
+            t.status,
+            (EXTRACT(epoch FROM (t.finished_at - t.started_at)))::double precision AS secs
+           FROM pgtasks.tasks t,
+            knobs k_1
+          WHERE ((t.status = ANY (ARRAY['DONE'::pgtasks.status, 'FAILED'::pgtasks.status])) AND (t.started_at IS NOT NULL) AND (t.finished_at > (now() - k_1.runtime_window)))
+        ), per_bound AS (
+         SELECT r.task_type,
+            b.ord,
+            count(*) FILTER (WHERE (r.secs <= b.le)) AS n
+           FROM recent r,
+            knobs k_1,
+            LATERAL unnest(k_1.runtime_bounds) WITH ORDINALITY b(le, ord)
+          GROUP BY r.task_type, b.ord
+        ), per_type AS (
+         SELECT r.task_type,
+            count(*) AS count,
+            count(*) FILTER (WHERE (r.status = 'FAILED'::pgtasks.status)) AS failed,
+            sum(r.secs) AS sum,
+            ( SELECT array_agg(pb.n ORDER BY pb.ord) AS array_agg
+                   FROM per_bound pb
+                  WHERE (pb.task_type = r.task_type)) AS buckets
+           FROM recent r
+          GROUP BY r.task_type
+        )
+ SELECT ( SELECT COALESCE(jsonb_agg(to_jsonb(q.*) ORDER BY q.queue), '[]'::jsonb) AS "coalesce"
+           FROM ( SELECT s.queue,
+                    s.pending,
+                    s.waiting,
+                    s.running,
+                    s.done,
+                    s.failed,
+                    s.cancelled,
+                    s.ready,
+                    COALESCE(EXTRACT(epoch FROM s.oldest_ready_age), (0)::numeric) AS oldest_ready_seconds,
+                    s.done_last_minute
+                   FROM pgtasks.queue_stats s) q) AS queues,
+    ( SELECT to_jsonb(w.*) AS to_jsonb
+           FROM ( SELECT count(*) FILTER (WHERE v.alive) AS alive,
+                    count(*) FILTER (WHERE (NOT v.alive)) AS dead,
+                    COALESCE(sum(v.concurrency) FILTER (WHERE v.alive), (0)::bigint) AS slots,
+                    COALESCE(sum(v.running) FILTER (WHERE v.alive), (0)::numeric) AS running
+                   FROM pgtasks.workers v) w) AS workers,
+    ( SELECT COALESCE(jsonb_agg(to_jsonb(p.*) ORDER BY p.task_type), '[]'::jsonb) AS "coalesce"
+           FROM per_type p) AS runtimes,
+    ( SELECT COALESCE(jsonb_agg(jsonb_build_object('schedule', d.name, 'lag_seconds', GREATEST(EXTRACT(epoch FROM (now() - d.next_run_at)), (0)::numeric)) ORDER BY d.name), '[]'::jsonb) AS "coalesce"
+           FROM pgtasks.schedule_defs d
+          WHERE ((NOT d.paused) AND (d.next_run_at IS NOT NULL))) AS schedules,
+    runtime_window,
+    runtime_bounds
+   FROM knobs k;
+
+ALTER VIEW pgtasks.metrics OWNER TO pgtasks_owner;
+
 CREATE TABLE pgtasks.migrations (
     version integer NOT NULL,
     name text NOT NULL,
@@ -2320,22 +2424,6 @@ CREATE TABLE pgtasks.queue_starts (
 );
 
 ALTER TABLE pgtasks.queue_starts OWNER TO pgtasks_owner;
-
-CREATE VIEW pgtasks.queue_stats AS
- SELECT queue,
-    count(*) FILTER (WHERE (status = 'PENDING'::pgtasks.status)) AS pending,
-    count(*) FILTER (WHERE (status = 'COMMIT'::pgtasks.status)) AS waiting,
-    count(*) FILTER (WHERE (status = 'RUNNING'::pgtasks.status)) AS running,
-    count(*) FILTER (WHERE (status = 'DONE'::pgtasks.status)) AS done,
-    count(*) FILTER (WHERE (status = 'FAILED'::pgtasks.status)) AS failed,
-    count(*) FILTER (WHERE (status = 'CANCELLED'::pgtasks.status)) AS cancelled,
-    count(*) FILTER (WHERE ((status = ANY (ARRAY['PENDING'::pgtasks.status, 'COMMIT'::pgtasks.status])) AND (run_at <= now()))) AS ready,
-    (now() - min(run_at) FILTER (WHERE ((status = ANY (ARRAY['PENDING'::pgtasks.status, 'COMMIT'::pgtasks.status])) AND (run_at <= now())))) AS oldest_ready_age,
-    count(*) FILTER (WHERE ((status = 'DONE'::pgtasks.status) AND (finished_at > (now() - '00:01:00'::interval)))) AS done_last_minute
-   FROM pgtasks.tasks t
-  GROUP BY queue;
-
-ALTER VIEW pgtasks.queue_stats OWNER TO pgtasks_owner;
 
 CREATE VIEW pgtasks.queues AS
  WITH live AS (
@@ -2552,7 +2640,9 @@ CREATE VIEW pgtasks.task_status AS
     (COALESCE(finished_at, now()) - started_at) AS elapsed,
     result,
     error,
-    params
+    params,
+    schedule,
+    schedule_tick
    FROM pgtasks.tasks t;
 
 ALTER VIEW pgtasks.task_status OWNER TO pgtasks_owner;
@@ -2566,6 +2656,16 @@ CREATE TABLE pgtasks.task_steps (
 );
 
 ALTER TABLE pgtasks.task_steps OWNER TO pgtasks_owner;
+
+CREATE VIEW pgtasks.task_step_names AS
+ SELECT task_id,
+    name,
+    attempt,
+    at,
+    result
+   FROM pgtasks.task_steps s;
+
+ALTER VIEW pgtasks.task_step_names OWNER TO pgtasks_owner;
 
 CREATE TABLE pgtasks.task_waiters (
     task_id bigint NOT NULL,
@@ -2601,35 +2701,6 @@ CREATE TABLE pgtasks.unique_windows (
 );
 
 ALTER TABLE pgtasks.unique_windows OWNER TO pgtasks_owner;
-
-CREATE TABLE pgtasks.worker_registry (
-    worker_id text NOT NULL,
-    host text NOT NULL,
-    pid integer NOT NULL,
-    queues text[],
-    concurrency integer NOT NULL,
-    lease interval DEFAULT (pgtasks.current_settings()).default_lease NOT NULL,
-    started_at timestamp with time zone DEFAULT now() NOT NULL,
-    last_seen timestamp with time zone DEFAULT now() NOT NULL
-);
-
-ALTER TABLE pgtasks.worker_registry OWNER TO pgtasks_owner;
-
-CREATE VIEW pgtasks.workers AS
- SELECT worker_id,
-    host,
-    pid,
-    queues,
-    concurrency,
-    started_at,
-    last_seen,
-    ((last_seen + lease) > now()) AS alive,
-    ( SELECT count(*) AS count
-           FROM pgtasks.tasks t
-          WHERE ((t.status = 'RUNNING'::pgtasks.status) AND (t.worker_id = w.worker_id))) AS running
-   FROM pgtasks.worker_registry w;
-
-ALTER VIEW pgtasks.workers OWNER TO pgtasks_owner;
 
 ALTER TABLE ONLY pgtasks.migrations
     ADD CONSTRAINT migrations_pkey PRIMARY KEY (version);
@@ -2955,6 +3026,10 @@ GRANT SELECT ON TABLE pgtasks.failed_tasks TO pgtasks_reader;
 GRANT SELECT ON TABLE pgtasks.queue_stats TO pgtasks_submitter;
 GRANT SELECT ON TABLE pgtasks.queue_stats TO pgtasks_reader;
 
+GRANT SELECT ON TABLE pgtasks.workers TO pgtasks_reader;
+
+GRANT SELECT ON TABLE pgtasks.metrics TO pgtasks_reader;
+
 GRANT SELECT ON TABLE pgtasks.queues TO pgtasks_reader;
 GRANT SELECT ON TABLE pgtasks.queues TO pgtasks_submitter;
 
@@ -2975,7 +3050,7 @@ GRANT SELECT ON TABLE pgtasks.task_overview TO pgtasks_reader;
 
 GRANT SELECT ON TABLE pgtasks.task_status TO pgtasks_reader;
 
+GRANT SELECT ON TABLE pgtasks.task_step_names TO pgtasks_reader;
+
 GRANT SELECT ON TABLE pgtasks.transitions TO pgtasks_submitter;
 GRANT SELECT ON TABLE pgtasks.transitions TO pgtasks_reader;
-
-GRANT SELECT ON TABLE pgtasks.workers TO pgtasks_reader;

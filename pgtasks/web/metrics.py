@@ -1,15 +1,15 @@
-"""/metrics: Prometheus text from one query of the database's views at scrape time, so the
-numbers are right however many workers and API processes there are."""
+"""/metrics: Prometheus text from one row of the pgtasks.metrics view (sql/0007) read at
+scrape time, so the numbers are right however many workers and API processes there are."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeHistogramMetricFamily, GaugeMetricFamily, Metric
 
-from pgtasks import queries
 from pgtasks.client import STATUSES, Client
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -59,24 +59,38 @@ def families(snapshot: dict[str, Any]) -> Iterator[Metric]:
         "pgtasks_worker_running", "Tasks running on live workers", value=w["running"]
     )
 
+    window = _seconds(snapshot["runtime_window"])
     runtime = GaugeHistogramMetricFamily(
         "pgtasks_task_runtime_seconds",
-        f"Run time of the tasks finished in the last {queries.RUNTIME_WINDOW}, by type",
+        f"Run time of the tasks finished in the last {window}, by type",
         labels=["task_type"],
     )
     finished = GaugeMetricFamily(
         "pgtasks_tasks_finished_recent",
-        f"Tasks that ended DONE or FAILED in the last {queries.RUNTIME_WINDOW}, by type",
+        f"Tasks that ended DONE or FAILED in the last {window}, by type",
         labels=["task_type", "status"],
     )
+    bounds = [str(float(b)) for b in snapshot["runtime_bounds"]]
     for h in snapshot["runtimes"]:
         finished.add_metric([h["task_type"], "DONE"], h["count"] - h["failed"])
         finished.add_metric([h["task_type"], "FAILED"], h["failed"])
-        bounds = [str(b) for b in queries.RUNTIME_BUCKETS]
         buckets = [*zip(bounds, h["buckets"], strict=True), ("+Inf", h["count"])]
         runtime.add_metric([h["task_type"]], buckets, gsum_value=float(h["sum"]))
     yield runtime
     yield finished
+
+    lag = GaugeMetricFamily(
+        "pgtasks_schedule_lag_seconds",
+        "How long an unpaused schedule's next tick is overdue (0 when not yet due)",
+        labels=["schedule"],
+    )
+    for sch in snapshot["schedules"]:
+        lag.add_metric([sch["schedule"]], float(sch["lag_seconds"]))
+    yield lag
+
+
+def _seconds(window: timedelta) -> str:
+    return f"{window.total_seconds():g} seconds"
 
 
 class _Snapshot:

@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import inspect
 import json
+import uuid
 from collections.abc import AsyncIterator
 
+import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -234,6 +236,15 @@ async def test_metrics_parse_and_match_the_database(dsn, http):
         finally:
             worker.stop()
             await run
+        # Schedules made after the worker stopped, so nothing fires them: one overdue by
+        # 90 s, one paused (no series), one not yet due (lag 0). They add no tasks.
+        for name in ("lagging", "paused", "later"):
+            await c.create_schedule(name, "noop", every=3600)
+        await c.pause_schedule("paused")
+        await c.pool.execute(
+            "UPDATE pgtasks.schedule_defs SET next_run_at = now()"
+            " + CASE name WHEN 'later' THEN interval '1 hour' ELSE interval '-90 seconds' END"
+        )
         counts = {
             (r["queue"], r["status"]): r["n"]
             for r in await c.pool.fetch(
@@ -262,6 +273,53 @@ async def test_metrics_parse_and_match_the_database(dsn, http):
     }
     assert finished == {("web_steps", "DONE"): 1, ("web_steps", "FAILED"): 0}
     assert "pgtasks_queue_oldest_ready_seconds" in fams and "pgtasks_workers" in fams
+    lag = {s.labels["schedule"]: s.value for s in fams["pgtasks_schedule_lag_seconds"].samples}
+    assert set(lag) == {"lagging", "later"}
+    assert lag["lagging"] >= 90 and lag["later"] == 0
+
+
+def as_role(dsn: str, role: str) -> str:
+    """The same database URL, logged in as `role` (the embedded server trusts local logins)."""
+    rest = dsn.removeprefix("postgresql://").split("@", 1)[1]
+    return f"postgresql://{role}@{rest}"
+
+
+async def test_a_reader_role_reads_the_detail_with_steps(dsn, conn):
+    """pgtasks_reader alone (no table grants) gets the detail, steps included."""
+    tid = await conn.fetchval("SELECT pgtasks.submit_task('t', '{\"x\": 1}')")
+    await conn.fetch("SELECT * FROM pgtasks.claim_tasks('w', max_tasks => 1)")
+    await conn.execute("SELECT pgtasks.checkpoint($1, 1, 'fetch', '{\"n\": 1}')", tid)
+    await conn.execute("SELECT pgtasks.checkpoint($1, 1, 'parse')", tid)
+    role = f"reader_{uuid.uuid4().hex[:8]}"
+    await conn.execute(f"CREATE ROLE {role} LOGIN; GRANT pgtasks_reader TO {role}")
+    try:
+        async with Client(as_role(dsn, role)) as reader:
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await reader.pool.fetch("SELECT 1 FROM pgtasks.task_steps")
+            detail = await reader.detail(tid)
+            assert detail.steps == ["fetch", "parse"] and detail.params == {"x": 1}
+            app = FastAPI()
+            app.include_router(router(reader))
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as h:
+                r = await h.get(f"/tasks/{tid}")
+            assert r.status_code == 200, r.text
+            assert r.json()["steps"] == ["fetch", "parse"]
+            assert r.json()["status"] == "RUNNING"
+    finally:
+        await conn.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
+
+
+async def test_the_detail_names_the_schedule_that_made_the_task(dsn, http):
+    async with Client(dsn) as c:
+        await c.create_schedule("nightly", "noop", every=3600)
+        scheduled = await c.trigger_schedule("nightly")
+        plain = await c.submit("noop")
+    detail = (await http.get(f"/api/tasks/{scheduled}")).json()
+    assert detail["schedule"] == "nightly" and detail["schedule_tick"] is not None
+    assert detail["workflow_id"] is None
+    other = (await http.get(f"/api/tasks/{plain}")).json()
+    assert other["schedule"] is None and other["schedule_tick"] is None
 
 
 async def test_router_mounts_under_any_prefix_with_its_own_client(dsn):
