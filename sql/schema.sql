@@ -1648,7 +1648,7 @@ BEGIN
             USING ERRCODE = 'PT120', HINT = 'Leave older_than out (NULL) for settings.retention.';
     END IF;
     cutoff := now() - coalesce(older_than, (SELECT s.retention FROM pgtasks.settings s));
-    -- Lets the append-only triggers through for this statement only (see above).
+    -- Lets the append-only triggers through for this statement only (see 0004).
     PERFORM set_config('pgtasks.pruning', 'on', true);
     WITH doomed AS (
         SELECT t.id FROM pgtasks.tasks t
@@ -1664,10 +1664,55 @@ BEGIN
     )
     SELECT count(*)::integer INTO n FROM gone;
     PERFORM set_config('pgtasks.pruning', '', true);
+    PERFORM pgtasks.prune_flow_state(max_tasks);
     RETURN n;
 END $$;
 
 ALTER FUNCTION pgtasks.prune_finished(older_than interval, max_tasks integer) OWNER TO pgtasks_owner;
+
+CREATE FUNCTION pgtasks.prune_flow_state(max_rows integer) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+BEGIN
+    -- A window whose reservation has passed is only ever taken over by the next submit of
+    -- its key (submit_one); deleting it leaves the key free exactly as that would. SKIP
+    -- LOCKED: a submit taking the row over right now keeps it.
+    DELETE FROM pgtasks.unique_windows w
+     WHERE w.unique_key IN (SELECT o.unique_key FROM pgtasks.unique_windows o
+                             WHERE o.reserved_until < now()
+                             LIMIT max_rows
+                             FOR UPDATE SKIP LOCKED);
+    -- Starts older than their queue's window count for nothing (claim_limited trims them
+    -- itself, but only for queues it still claims from with a rate limit). A queue without
+    -- settings or without a rate limit keeps none.
+    DELETE FROM pgtasks.queue_starts s
+     WHERE s.ctid IN (SELECT o.ctid FROM pgtasks.queue_starts o
+                        LEFT JOIN pgtasks.queue_settings qs ON qs.queue = o.queue
+                       WHERE qs.rate_limit IS NULL OR o.at < now() - qs.rate_period
+                       LIMIT max_rows);
+END $$;
+
+ALTER FUNCTION pgtasks.prune_flow_state(max_rows integer) OWNER TO pgtasks_owner;
+
+CREATE FUNCTION pgtasks.raise_unique_held(t pgtasks.tasks) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+DECLARE
+    holder bigint;
+BEGIN
+    SELECT o.id INTO holder FROM pgtasks.tasks o
+     WHERE o.unique_key = t.unique_key AND o.status IN ('PENDING', 'COMMIT', 'RUNNING')
+       AND o.id <> t.id
+     LIMIT 1;
+    RAISE EXCEPTION 'pgtasks: task % cannot be retried: its unique_key % is held by active task %',
+            t.id, pg_catalog.quote_literal(t.unique_key), coalesce(holder::text, '(being submitted)')
+        USING ERRCODE = 'PT306',
+              HINT = 'Wait for the active task with that key to finish, or cancel it, then retry.';
+END $$;
+
+ALTER FUNCTION pgtasks.raise_unique_held(t pgtasks.tasks) OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.record_failure(t pgtasks.tasks, error text, traceback text, retryable boolean, retry_delay interval) RETURNS pgtasks.status
     LANGUAGE plpgsql SECURITY DEFINER
@@ -2017,10 +2062,23 @@ BEGIN
         RAISE EXCEPTION 'pgtasks: task % is %; only FAILED or CANCELLED tasks can be retried', task_id, t.status
             USING ERRCODE = 'PT001', HINT = 'Wait for it to finish, or cancel it first.';
     END IF;
-    UPDATE pgtasks.tasks
-       SET status = 'PENDING', retry_count = 0, finished_at = NULL, result = NULL,
-           run_at = coalesce(retry_task.run_at, now())
-     WHERE id = t.id;
+    -- Checked first so the common case costs one index probe and no subtransaction. A
+    -- concurrent submit of the key can still win between this probe and the UPDATE; the
+    -- unique index then refuses the UPDATE, caught below and given the same code.
+    IF t.unique_key IS NOT NULL AND EXISTS (
+        SELECT 1 FROM pgtasks.tasks o
+         WHERE o.unique_key = t.unique_key AND o.status IN ('PENDING', 'COMMIT', 'RUNNING')
+           AND o.id <> t.id) THEN
+        PERFORM pgtasks.raise_unique_held(t);
+    END IF;
+    BEGIN
+        UPDATE pgtasks.tasks
+           SET status = 'PENDING', retry_count = 0, finished_at = NULL, result = NULL,
+               run_at = coalesce(retry_task.run_at, now())
+         WHERE id = t.id;
+    EXCEPTION WHEN unique_violation THEN
+        PERFORM pgtasks.raise_unique_held(t);
+    END;
 END $$;
 
 ALTER FUNCTION pgtasks.retry_task(task_id bigint, run_at timestamp with time zone) OWNER TO pgtasks_owner;
@@ -3581,6 +3639,10 @@ GRANT ALL ON FUNCTION pgtasks.pause_schedule(name text) TO pgtasks_admin;
 
 REVOKE ALL ON FUNCTION pgtasks.prune_finished(older_than interval, max_tasks integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION pgtasks.prune_finished(older_than interval, max_tasks integer) TO pgtasks_worker;
+
+REVOKE ALL ON FUNCTION pgtasks.prune_flow_state(max_rows integer) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION pgtasks.raise_unique_held(t pgtasks.tasks) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION pgtasks.record_failure(t pgtasks.tasks, error text, traceback text, retryable boolean, retry_delay interval) FROM PUBLIC;
 
