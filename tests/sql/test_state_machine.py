@@ -13,7 +13,8 @@ ALLOWED = {
     ("RUNNING", "FAILED"), ("PENDING", "CANCELLED"), ("COMMIT", "CANCELLED"),
     ("RUNNING", "CANCELLED"), ("FAILED", "PENDING"), ("CANCELLED", "PENDING"),
     # 0012 (workflows): a task with unfinished parents waits
-    ("WAITING", "PENDING"), ("WAITING", "CANCELLED"), ("FAILED", "WAITING"), ("CANCELLED", "WAITING"),
+    ("WAITING", "PENDING"), ("WAITING", "CANCELLED"), ("FAILED", "WAITING"),
+    ("CANCELLED", "WAITING"),
 }  # fmt: skip
 
 

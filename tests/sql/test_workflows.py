@@ -41,7 +41,11 @@ async def status(conn: asyncpg.Connection, tid: int) -> str:
 
 
 async def submit(conn: asyncpg.Connection, spec: dict) -> dict:
-    return json.loads(await conn.fetchval("SELECT pgtasks.submit_workflow($1::text::jsonb)::text", json.dumps(spec)))
+    return json.loads(
+        await conn.fetchval(
+            "SELECT pgtasks.submit_workflow($1::text::jsonb)::text", json.dumps(spec)
+        )
+    )
 
 
 def nodes(*specs: tuple[str, list[str]], **extra: object) -> dict:
@@ -95,7 +99,9 @@ async def test_chord_callback_is_released_once_after_all_children_with_all_resul
     first = await claim(conn, 30)
     await finish(conn, first)
     assert await status(conn, ids["cb"]) == "WAITING"
-    assert await conn.fetchval("SELECT waiting_on FROM pgtasks.tasks WHERE id = $1", ids["cb"]) == 20
+    assert (
+        await conn.fetchval("SELECT waiting_on FROM pgtasks.tasks WHERE id = $1", ids["cb"]) == 20
+    )
     order = await drain(conn)
     assert order[-1] == ids["cb"] and order.count(ids["cb"]) == 1
     got = json.loads(await conn.fetchval("SELECT pgtasks.parent_results($1)::text", ids["cb"]))
@@ -110,7 +116,8 @@ async def test_diamond_runs_the_join_once_after_both(conn):
     assert order.index(ids["d"]) > max(order.index(ids["b"]), order.index(ids["c"]))
     assert order.count(ids["d"]) == 1
     history = await conn.fetch(
-        "SELECT from_status::text, to_status::text FROM pgtasks.task_history WHERE task_id = $1 ORDER BY at",
+        "SELECT from_status::text, to_status::text FROM pgtasks.task_history"
+        " WHERE task_id = $1 ORDER BY at",
         ids["d"],
     )
     assert [tuple(h) for h in history][:2] == [(None, "WAITING"), ("WAITING", "PENDING")]
@@ -120,9 +127,15 @@ async def test_failure_cancels_what_follows_with_the_reason_and_retry_revives_it
     wf = await submit(conn, nodes(("a", []), ("b", ["a"]), ("c", ["b"]), ("d", ["c"])))
     ids = wf["nodes"]
     await drain(conn, failing={ids["b"]})
-    assert [await status(conn, ids[n]) for n in "abcd"] == ["DONE", "FAILED", "CANCELLED", "CANCELLED"]
+    assert [await status(conn, ids[n]) for n in "abcd"] == [
+        "DONE",
+        "FAILED",
+        "CANCELLED",
+        "CANCELLED",
+    ]
     errors = await conn.fetch(
-        "SELECT error FROM pgtasks.tasks WHERE id = ANY($1::bigint[]) ORDER BY id", [ids["c"], ids["d"]]
+        "SELECT error FROM pgtasks.tasks WHERE id = ANY($1::bigint[]) ORDER BY id",
+        [ids["c"], ids["d"]],
     )
     assert all(f"parent task {ids['b']} (b) ended FAILED" in e["error"] for e in errors)
     row = await conn.fetchrow("SELECT * FROM pgtasks.workflows WHERE id = $1", wf["workflow_id"])
@@ -136,7 +149,9 @@ async def test_failure_cancels_what_follows_with_the_reason_and_retry_revives_it
 
 async def test_run_on_parent_failure_gets_partial_results(conn):
     spec = nodes(("x", []), ("y", []), ("z", []))
-    spec["nodes"].append({"name": "cb", "type": "t", "after": ["x", "y", "z"], "on_parent_failure": "run"})
+    spec["nodes"].append(
+        {"name": "cb", "type": "t", "after": ["x", "y", "z"], "on_parent_failure": "run"}
+    )
     ids = (await submit(conn, spec))["nodes"]
     order = await drain(conn, failing={ids["y"]})
     assert order[-1] == ids["cb"]
@@ -162,7 +177,15 @@ async def test_a_retried_child_waits_for_unfinished_parents(conn):
     [
         ({"nodes": []}, "PT501"),
         ({}, "PT501"),
-        ({"nodes": [{"name": "a", "type": "t", "after": ["b"]}, {"name": "b", "type": "t", "after": ["a"]}]}, "PT504"),
+        (
+            {
+                "nodes": [
+                    {"name": "a", "type": "t", "after": ["b"]},
+                    {"name": "b", "type": "t", "after": ["a"]},
+                ]
+            },
+            "PT504",
+        ),
         ({"nodes": [{"name": "a", "type": "t", "after": ["a"]}]}, "PT504"),
         ({"nodes": [{"name": "a", "type": "t", "after": ["nope"]}]}, "PT503"),
         ({"nodes": [{"name": "a", "type": "t"}, {"name": "a", "type": "t"}]}, "PT502"),
@@ -175,7 +198,9 @@ async def test_a_retried_child_waits_for_unfinished_parents(conn):
     ],
 )
 async def test_a_bad_spec_inserts_nothing(conn, spec, sqlstate):
-    await raises(conn, "SELECT pgtasks.submit_workflow($1::text::jsonb)", sqlstate, json.dumps(spec))
+    await raises(
+        conn, "SELECT pgtasks.submit_workflow($1::text::jsonb)", sqlstate, json.dumps(spec)
+    )
     assert await conn.fetchval("SELECT count(*) FROM pgtasks.tasks") == 0
     assert await conn.fetchval("SELECT count(*) FROM pgtasks.task_edges") == 0
     assert await conn.fetchval("SELECT count(*) FROM pgtasks.workflow_runs") == 0
@@ -188,7 +213,12 @@ async def test_nodes_carry_policy_and_flow_control(conn):
         "b": {"type": "t", "after": ["a"], "backoff_base": "2 seconds"}}}  # fmt: skip
     ids = (await submit(conn, spec))["nodes"]
     a = await conn.fetchrow("SELECT * FROM pgtasks.tasks WHERE id = $1", ids["a"])
-    assert (a["queue"], a["priority"], a["timeout"].total_seconds(), a["max_retries"]) == ("q1", 7, 30, 1)
+    assert (a["queue"], a["priority"], a["timeout"].total_seconds(), a["max_retries"]) == (
+        "q1",
+        7,
+        30,
+        1,
+    )
     assert (a["concurrency_key"], a["concurrency_limit"], a["workflow_node"]) == ("k", 1, "a")
     b = await conn.fetchrow("SELECT * FROM pgtasks.tasks WHERE id = $1", ids["b"])
     assert b["backoff_base"].total_seconds() == 2 and b["workflow_id"] == a["workflow_id"]
@@ -218,19 +248,35 @@ async def test_workflow_graph_lists_nodes_with_parents(conn):
 
 async def test_depends_on_errors(conn):
     a = await conn.fetchval("SELECT pgtasks.submit_task('t')")
-    await raises(conn, "SELECT pgtasks.submit_task('t', depends_on => ARRAY[424242]::bigint[])", "PT503")
-    await raises(conn, "SELECT pgtasks.submit_task('t', depends_on => ARRAY[NULL]::bigint[])", "PT503")
-    await raises(conn, f"SELECT pgtasks.submit_task('t', depends_on => ARRAY[{a}], on_parent_failure => 'x')", "PT505")
-    await raises(conn, f"SELECT pgtasks.submit_task('t', depends_on => ARRAY[{a}], unique_key => 'k')", "PT506")
+    await raises(
+        conn, "SELECT pgtasks.submit_task('t', depends_on => ARRAY[424242]::bigint[])", "PT503"
+    )
+    await raises(
+        conn, "SELECT pgtasks.submit_task('t', depends_on => ARRAY[NULL]::bigint[])", "PT503"
+    )
+    await raises(
+        conn,
+        f"SELECT pgtasks.submit_task('t', depends_on => ARRAY[{a}], on_parent_failure => 'x')",
+        "PT505",
+    )
+    await raises(
+        conn,
+        f"SELECT pgtasks.submit_task('t', depends_on => ARRAY[{a}], unique_key => 'k')",
+        "PT506",
+    )
     await conn.execute("SELECT pgtasks.cancel_task($1)", a)
     await raises(conn, f"SELECT pgtasks.submit_task('t', depends_on => ARRAY[{a}])", "PT507")
-    b = await conn.fetchval(f"SELECT pgtasks.submit_task('t', depends_on => ARRAY[{a}], on_parent_failure => 'run')")
+    b = await conn.fetchval(
+        f"SELECT pgtasks.submit_task('t', depends_on => ARRAY[{a}], on_parent_failure => 'run')"
+    )
     assert await status(conn, b) == "PENDING"
     assert await conn.fetchval("SELECT count(*) FROM pgtasks.tasks") == 2
 
 
 async def test_a_hand_written_transition_out_of_waiting_is_refused(conn):
     ids = (await submit(conn, nodes(("a", []), ("b", ["a"]))))["nodes"]
-    await raises(conn, f"UPDATE pgtasks.tasks SET status = 'RUNNING' WHERE id = {ids['b']}", "PT001")
+    await raises(
+        conn, f"UPDATE pgtasks.tasks SET status = 'RUNNING' WHERE id = {ids['b']}", "PT001"
+    )
     with pytest.raises(asyncpg.CheckViolationError):
         await conn.execute(f"UPDATE pgtasks.tasks SET status = 'PENDING' WHERE id = {ids['b']}")
