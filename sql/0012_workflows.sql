@@ -253,7 +253,8 @@ END $$;
 -- A retried parent (FAILED or CANCELLED -> PENDING or WAITING) brings back the dependents
 -- its failure cancelled (cancelled_by set; a task cancelled by hand stays cancelled), one
 -- generation per loop, each WAITING on its unfinished parents again. A child with another
--- parent still FAILED or CANCELLED stays cancelled (and so do its dependents).
+-- parent still FAILED or CANCELLED stays cancelled (and so do its dependents). A child
+-- that already left WAITING (it ran on parent failure) is left alone.
 CREATE FUNCTION pgtasks.revive_children(parents bigint[]) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -261,6 +262,12 @@ DECLARE
 BEGIN
     -- The revivals below are updates too; record_updates must not walk them again.
     PERFORM set_config('pgtasks.reviving', 'on', true);
+    -- A child that runs on parent failure counted the failed parent as ended; if it still
+    -- waits on others, it now waits for the retried one too.
+    UPDATE pgtasks.tasks c SET waiting_on = c.waiting_on + k.n
+      FROM (SELECT e.child_id, count(*)::integer AS n FROM pgtasks.task_edges e
+             WHERE e.parent_id = ANY (parents) GROUP BY e.child_id) k
+     WHERE c.id = k.child_id AND c.status = 'WAITING';
     LOOP
         SELECT array_agg(DISTINCT c.id ORDER BY c.id) INTO frontier
           FROM pgtasks.task_edges e JOIN pgtasks.tasks c ON c.id = e.child_id

@@ -2092,6 +2092,12 @@ DECLARE
 BEGIN
     -- The revivals below are updates too; record_updates must not walk them again.
     PERFORM set_config('pgtasks.reviving', 'on', true);
+    -- A child that runs on parent failure counted the failed parent as ended; if it still
+    -- waits on others, it now waits for the retried one too.
+    UPDATE pgtasks.tasks c SET waiting_on = c.waiting_on + k.n
+      FROM (SELECT e.child_id, count(*)::integer AS n FROM pgtasks.task_edges e
+             WHERE e.parent_id = ANY (parents) GROUP BY e.child_id) k
+     WHERE c.id = k.child_id AND c.status = 'WAITING';
     LOOP
         SELECT array_agg(DISTINCT c.id ORDER BY c.id) INTO frontier
           FROM pgtasks.task_edges e JOIN pgtasks.tasks c ON c.id = e.child_id
