@@ -227,3 +227,39 @@ def test_builders_compile_to_one_spec():
     }  # fmt: skip
     d = compile_workflow(spec)["nodes"][-1]
     assert (d["queue"], d["timeout"]) == ("q", 5.0)
+
+
+async def test_cli_lists_shows_and_cancels_a_workflow(dsn, conn):
+    from tests.test_cli import cli
+
+    async with Client(dsn) as c:
+        wf = await c.submit_workflow(
+            chord([task_node("wf.item", {"i": i}) for i in range(3)], task_node("wf.collect")),
+            name="nightly",
+        )
+    listed = cli(dsn, "workflows")
+    assert listed.returncode == 0 and "nightly" in listed.stdout and "running" in listed.stdout
+    shown = cli(dsn, "workflow", str(int(wf)))
+    assert shown.returncode == 0, shown.stderr
+    assert (
+        "wf.collect" in shown.stdout and "WAITING" in shown.stdout and "also after" in shown.stdout
+    )
+    cancelled = cli(dsn, "workflow", "cancel", str(int(wf)))
+    assert cancelled.returncode == 0 and "4 task(s) cancelled" in cancelled.stdout
+    missing = cli(dsn, "workflow", "424242")
+    assert missing.returncode == 1 and "workflow 424242 does not exist" in missing.stderr
+
+
+async def test_http_api_shows_and_cancels_a_workflow(dsn):
+    from tests.web.test_api import api
+
+    async with Client(dsn) as c:
+        wf = await c.submit(chain(task_node("wf.item", {"i": 1}), task_node("wf.collect")))
+    async with api(dsn) as http:
+        got = (await http.get(f"/api/workflows/{int(wf)}")).json()
+        assert (got["state"], got["total"], got["waiting"], got["pending"]) == ("running", 2, 1, 1)
+        assert [n["node"] for n in got["nodes"]] == ["wf.item", "wf.collect"]
+        r = await http.post(f"/api/workflows/{int(wf)}/cancel")
+        assert r.status_code == 200 and r.json() == {"id": int(wf), "cancelled": 2}
+        assert (await http.get("/api/workflows/424242")).status_code == 404
+        assert (await http.post("/api/workflows/424242/cancel")).status_code == 404
