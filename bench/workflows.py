@@ -2,11 +2,15 @@
 
 * ``wf_plain_drain`` / ``wf_chord_children``: one worker (the drain_1 peer) emptying
   ``chord_children`` plain tasks, and the same number of tasks as the children of one chord
-  (plus its callback), measured in alternating pairs so drift falls on both sides. Both
+  (plus its callback), measured in alternating pairs so drift falls on both sides (``_2``:
+  the same with two worker processes, whose completers share the callback row). Both
   rates come from the database's own timestamps: tasks / (last finished_at - first
   started_at). Their ratio is issue 12's ">= 70 % of the plain drain".
 * ``wf_chord_callback_delay_ms``: the callback's started_at minus the last child's
   finished_at (both database clocks: the claim's and the finishing transaction's).
+* ``wf_chord_callback_writes``: how many statements finished the children, which is how
+  many times the callback row (the fan-in's hot row) was written; one per child would
+  be ``chord_children``.
 * ``wf_chain_handoff_p50_ms``: a chain of ``chain_steps`` single-task steps with a
   listening worker; per step, child started_at minus parent finished_at; the median.
 * ``wf_ab_drain_0009`` / ``wf_ab_drain_latest``: what workflows cost tasks that use none:
@@ -57,6 +61,12 @@ SELECT extract(epoch FROM cb.started_at - (SELECT max(t.finished_at) FROM pgtask
   FROM pgtasks.tasks cb WHERE cb.id = $1
 """
 
+# The statements that finished the children: each wrote the callback row once (finished_at
+# is the finishing transaction's start, one value per completer statement).
+CALLBACK_WRITES_SQL = """
+SELECT count(DISTINCT finished_at) FROM pgtasks.tasks WHERE id = ANY($1::bigint[])
+"""
+
 HANDOFFS_SQL = """
 SELECT extract(epoch FROM c.started_at - p.finished_at) * 1000
   FROM pgtasks.task_edges e
@@ -75,12 +85,15 @@ async def _wait_until(conn: asyncpg.Connection, sql: str, *args: object, timeout
         await asyncio.sleep(0.02)
 
 
-async def sample_pair(dsn: str, cfg: BenchConfig, children: int) -> tuple[float, float, float]:
-    """(plain jobs/s, chord children jobs/s, callback delay ms), each in a fresh database."""
+async def sample_pair(
+    dsn: str, cfg: BenchConfig, children: int, workers: int = 1
+) -> tuple[float, float, float, int]:
+    """(plain jobs/s, chord children jobs/s, callback delay ms, callback row writes), each
+    drain in a fresh database."""
     peer = make_peer()
     async with fresh_database(dsn, "pgtasks") as db:
         await install(db)
-        async with Client(harness_dsn(db)) as c, _running_workers(peer, db, 1, cfg):
+        async with Client(harness_dsn(db)) as c, _running_workers(peer, db, workers, cfg):
             ids = await c.submit_many(TASK, [{"seq": i} for i in range(children)])
             probe = c.pool
             await _wait_until(
@@ -90,7 +103,7 @@ async def sample_pair(dsn: str, cfg: BenchConfig, children: int) -> tuple[float,
             plain = float(await probe.fetchval(RATE_SQL, ids))
     async with fresh_database(dsn, "pgtasks") as db:
         await install(db)
-        async with Client(harness_dsn(db)) as c, _running_workers(peer, db, 1, cfg):
+        async with Client(harness_dsn(db)) as c, _running_workers(peer, db, workers, cfg):
             nodes = [{"name": f"c{i}", "type": TASK, "params": {"seq": i}} for i in range(children)]
             nodes.append({"name": "cb", "type": TASK, "params": {"seq": -1},
                           "after": [n["name"] for n in nodes]})  # fmt: skip
@@ -102,7 +115,8 @@ async def sample_pair(dsn: str, cfg: BenchConfig, children: int) -> tuple[float,
             kids = [v for k, v in wf.nodes.items() if k != "cb"]
             chord = float(await c.pool.fetchval(RATE_SQL, kids))
             delay = float(await c.pool.fetchval(CALLBACK_DELAY_SQL, wf.nodes["cb"], kids))
-    return plain, chord, delay
+            writes = int(await c.pool.fetchval(CALLBACK_WRITES_SQL, kids))
+    return plain, chord, delay, writes
 
 
 async def sample_chain(dsn: str, cfg: BenchConfig, steps: int) -> float:
@@ -155,24 +169,35 @@ async def run(
 ) -> dict[str, Figure]:
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     children = max(100, int(CHORD_CHILDREN * scale))
-    plain, chord, delays, handoffs = [], [], [], []
+    plain, chord, delays, handoffs, writes = [], [], [], [], []
+    plain2: list[float] = []
+    chord2: list[float] = []
     for i in range(cfg.runs):
-        p, ch, d = await sample_pair(dsn, cfg, children)
+        p, ch, d, w = await sample_pair(dsn, cfg, children)
         plain.append(p)
         chord.append(ch)
         delays.append(d)
+        writes.append(w)
         handoffs.append(await sample_chain(dsn, cfg, CHAIN_STEPS))
+        p2, ch2, _, w2 = await sample_pair(dsn, cfg, children, workers=2)
+        plain2.append(p2)
+        chord2.append(ch2)
         say(
             f"[pgtasks] workflows run {i + 1}: plain {p:,.0f} jobs/s, chord of {children:,} "
-            f"{ch:,.0f} jobs/s ({ch / p:.2f}), callback after {d:.1f} ms, "
-            f"chain hand-off p50 {handoffs[-1]:.2f} ms"
+            f"{ch:,.0f} jobs/s ({ch / p:.2f}) in {w} statements, callback after {d:.1f} ms, "
+            f"chain hand-off p50 {handoffs[-1]:.2f} ms; 2 workers: plain {p2:,.0f}, "
+            f"chord {ch2:,.0f} jobs/s ({ch2 / p2:.2f}) in {w2} statements"
         )
     return {
         "wf_plain_drain": Figure.of(plain, JOBS_PER_S),
         "wf_chord_children": Figure.of(chord, JOBS_PER_S),
         "wf_chord_ratio": Figure.of([c / p for c, p in zip(chord, plain, strict=True)], "x"),
         "wf_chord_callback_delay_ms": Figure.of(delays, MS),
+        "wf_chord_callback_writes": Figure.of(writes, "updates"),
         "wf_chain_handoff_p50_ms": Figure.of(handoffs, MS),
+        "wf_plain_drain_2": Figure.of(plain2, JOBS_PER_S),
+        "wf_chord_children_2": Figure.of(chord2, JOBS_PER_S),
+        "wf_chord_ratio_2": Figure.of([c / p for c, p in zip(chord2, plain2, strict=True)], "x"),
     }
 
 
