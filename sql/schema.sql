@@ -715,8 +715,9 @@ BEGIN
         RETURN;
     END IF;
 
-    -- Rows come back in claim order (the order of picked). started_at: the limited path's
-    -- start time (the one its rate window recorded), else now() as before.
+    -- Rows come back in claim order. started_at: the limited path's start time (the one its
+    -- rate window recorded), else now() as before. The sort is the only way to order a CTE
+    -- scan, so enable_sort = off does not keep the planner from it.
     RETURN QUERY
     WITH claimed AS (
         UPDATE pgtasks.tasks t
@@ -730,11 +731,13 @@ BEGIN
         RETURNING t.id, t.task_type, t.params, t.queue, t.priority, t.attempt, t.retry_count,
                   t.max_retries, t.timeout, t.deadline,
                   t.attempt > 1
-                  AND EXISTS (SELECT 1 FROM pgtasks.task_steps s WHERE s.task_id = t.id) AS has_steps
+                  AND EXISTS (SELECT 1 FROM pgtasks.task_steps s WHERE s.task_id = t.id) AS has_steps,
+                  t.run_at
     )
-    SELECT c.* FROM claimed c
-      JOIN unnest(picked) WITH ORDINALITY AS p(id, ord) ON p.id = c.id
-     ORDER BY p.ord;
+    SELECT c.id, c.task_type, c.params, c.queue, c.priority, c.attempt, c.retry_count,
+           c.max_retries, c.timeout, c.deadline, c.has_steps
+      FROM claimed c
+     ORDER BY c.priority DESC, c.run_at, c.id;
 END $$;
 
 ALTER FUNCTION pgtasks.claim_tasks(worker_id text, queues text[], max_tasks integer, lease interval, task_types text[]) OWNER TO pgtasks_owner;
@@ -1746,11 +1749,49 @@ ALTER FUNCTION pgtasks.record_failure(t pgtasks.tasks, error text, traceback tex
 
 CREATE FUNCTION pgtasks.record_inserts() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
+    SET enable_sort TO 'off'
+    SET enable_bitmapscan TO 'off'
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
+DECLARE
+    first_queue text;
+    last_queue  text;
+    first_id    bigint;
 BEGIN
     INSERT INTO pgtasks.task_events (task_id, attempt, from_status, to_status)
     SELECT n.id, n.attempt, NULL, n.status FROM new_rows n;
+
+    IF current_setting('pgtasks.wake_workers', true) IS NOT DISTINCT FROM 'off' THEN
+        RETURN NULL;
+    END IF;
+    SELECT min(n.queue), max(n.queue), min(n.id) INTO first_queue, last_queue, first_id
+      FROM new_rows n
+     WHERE n.run_at <= now();
+    IF first_queue IS NULL THEN
+        RETURN NULL;                      -- nothing ready now: the workers' timers find it
+    ELSIF first_queue = last_queue THEN
+        IF NOT EXISTS (
+               SELECT 1 FROM (SELECT t.id, t.run_at FROM pgtasks.tasks t
+                               WHERE t.queue >= first_queue AND t.queue <= first_queue
+                                 AND t.status IN ('PENDING', 'COMMIT')
+                               ORDER BY t.queue, t.priority DESC, t.run_at, t.id
+                               LIMIT 1) head
+                WHERE head.run_at <= now() AND head.id < first_id) THEN
+            PERFORM pg_notify('pgtasks_wakeup', first_queue);
+        END IF;
+    ELSE
+        PERFORM pg_notify('pgtasks_wakeup', q.queue)
+           FROM (SELECT n.queue, min(n.id) AS first_id FROM new_rows n
+                  WHERE n.run_at <= now()
+                  GROUP BY n.queue) q
+          WHERE NOT EXISTS (
+                SELECT 1 FROM (SELECT t.id, t.run_at FROM pgtasks.tasks t
+                                WHERE t.queue >= q.queue AND t.queue <= q.queue
+                                  AND t.status IN ('PENDING', 'COMMIT')
+                                ORDER BY t.queue, t.priority DESC, t.run_at, t.id
+                                LIMIT 1) head
+                 WHERE head.run_at <= now() AND head.id < q.first_id);
+    END IF;
     RETURN NULL;
 END $$;
 
@@ -1933,9 +1974,11 @@ BEGIN
          WHERE c.id = u.id AND c.status = 'WAITING'
         RETURNING c.queue, c.status, c.run_at
     )
+    -- Honours 0008's off switch (pgtasks.wake_workers = off) like an insert does.
     SELECT count(pg_notify('pgtasks_wakeup', q.queue)) INTO n
       FROM (SELECT DISTINCT r.queue FROM released r
-             WHERE r.status = 'PENDING' AND r.run_at <= now()) q;
+             WHERE r.status = 'PENDING' AND r.run_at <= now()
+               AND current_setting('pgtasks.wake_workers', true) IS DISTINCT FROM 'off') q;
 END $$;
 
 ALTER FUNCTION pgtasks.release_children(parents bigint[]) OWNER TO pgtasks_owner;
@@ -2803,28 +2846,6 @@ END $$;
 
 ALTER FUNCTION pgtasks.upsert_schedule(name text, task_type text, cron text, every interval, params jsonb, queue text, priority integer, timezone text, overlap text, catch_up interval, origin text) OWNER TO pgtasks_owner;
 
-CREATE FUNCTION pgtasks.wake_workers() RETURNS trigger
-    LANGUAGE plpgsql SECURITY DEFINER
-    SET enable_sort TO 'off'
-    SET enable_bitmapscan TO 'off'
-    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
-    AS $$
-BEGIN
-    PERFORM pg_notify('pgtasks_wakeup', q.queue)
-       FROM (SELECT n.queue, min(n.id) AS first_id FROM new_rows n
-              WHERE n.run_at <= now()
-              GROUP BY n.queue) q
-      WHERE NOT EXISTS (
-            SELECT 1 FROM (SELECT t.id, t.run_at FROM pgtasks.tasks t
-                            WHERE t.queue = q.queue AND t.status IN ('PENDING', 'COMMIT')
-                            ORDER BY t.priority DESC, t.run_at, t.id
-                            LIMIT 1) head
-             WHERE head.run_at <= now() AND head.id < q.first_id);
-    RETURN NULL;
-END $$;
-
-ALTER FUNCTION pgtasks.wake_workers() OWNER TO pgtasks_owner;
-
 CREATE FUNCTION pgtasks.watch_task(task_id bigint) RETURNS pgtasks.status
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
@@ -3439,11 +3460,9 @@ CREATE INDEX tasks_keyed_ready ON pgtasks.tasks USING btree (run_at) WHERE ((con
 
 CREATE INDEX tasks_keyed_running ON pgtasks.tasks USING btree (concurrency_key) WHERE ((concurrency_key IS NOT NULL) AND (status = 'RUNNING'::pgtasks.status));
 
-CREATE INDEX tasks_lease ON pgtasks.tasks USING btree (lease_expires_at) WHERE (lease_expires_at IS NOT NULL);
+CREATE INDEX tasks_lease ON pgtasks.tasks USING btree (queue, lease_expires_at) WHERE (lease_expires_at IS NOT NULL);
 
 CREATE INDEX tasks_next_run_at ON pgtasks.tasks USING btree (run_at) WHERE (status = ANY (ARRAY['PENDING'::pgtasks.status, 'COMMIT'::pgtasks.status]));
-
-CREATE INDEX tasks_running_queue ON pgtasks.tasks USING btree (queue) WHERE (lease_expires_at IS NOT NULL);
 
 CREATE UNIQUE INDEX tasks_schedule_tick ON pgtasks.tasks USING btree (schedule, schedule_tick) WHERE (schedule IS NOT NULL);
 
@@ -3472,8 +3491,6 @@ CREATE TRIGGER tasks_check_update AFTER UPDATE ON pgtasks.tasks FOR EACH ROW WHE
 CREATE TRIGGER tasks_record_inserts AFTER INSERT ON pgtasks.tasks REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION pgtasks.record_inserts();
 
 CREATE TRIGGER tasks_record_updates AFTER UPDATE ON pgtasks.tasks REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION pgtasks.record_updates();
-
-CREATE TRIGGER tasks_wake_workers AFTER INSERT ON pgtasks.tasks REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION pgtasks.wake_workers();
 
 ALTER TABLE ONLY pgtasks.task_edges
     ADD CONSTRAINT task_edges_child_id_fkey FOREIGN KEY (child_id) REFERENCES pgtasks.tasks(id) ON DELETE CASCADE;
@@ -3724,8 +3741,6 @@ REVOKE ALL ON FUNCTION pgtasks.unwatch_task(task_id bigint) FROM PUBLIC;
 GRANT ALL ON FUNCTION pgtasks.unwatch_task(task_id bigint) TO pgtasks_submitter;
 
 REVOKE ALL ON FUNCTION pgtasks.upsert_schedule(name text, task_type text, cron text, every interval, params jsonb, queue text, priority integer, timezone text, overlap text, catch_up interval, origin text) FROM PUBLIC;
-
-REVOKE ALL ON FUNCTION pgtasks.wake_workers() FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION pgtasks.watch_task(task_id bigint) FROM PUBLIC;
 GRANT ALL ON FUNCTION pgtasks.watch_task(task_id bigint) TO pgtasks_submitter;

@@ -310,7 +310,7 @@ async def test_limited_pick_walks_the_claim_index(conn, keyed):
     running = next(
         p for p in plans.split("duration:") if "count(*)" in p and "lease_expires_at" in p
     )
-    assert "tasks_running_queue" in running, running
+    assert "tasks_lease" in running, running
 
 
 # -- roles ---------------------------------------------------------------------------------
