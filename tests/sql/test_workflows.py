@@ -280,3 +280,24 @@ async def test_a_hand_written_transition_out_of_waiting_is_refused(conn):
     )
     with pytest.raises(asyncpg.CheckViolationError):
         await conn.execute(f"UPDATE pgtasks.tasks SET status = 'PENDING' WHERE id = {ids['b']}")
+
+
+async def test_a_released_child_wakes_its_queue_like_an_insert(conn):
+    a = await conn.fetchval("SELECT pgtasks.submit_task('t', queue => 'parents')")
+    await conn.fetchval(
+        "SELECT pgtasks.submit_task('t', queue => 'kids', depends_on => ARRAY[$1]::bigint[])", a
+    )
+    rows = await claim(conn)
+    woken: list[str] = []
+    await conn.add_listener("pgtasks_wakeup", lambda *args: woken.append(args[-1]))
+    await finish(conn, rows)
+    await conn.execute("SELECT 1")  # notifications arrive with the next round trip at latest
+    assert woken == ["kids"]
+    await conn.execute("SET pgtasks.wake_workers = off")
+    b = await conn.fetchval("SELECT pgtasks.submit_task('t', queue => 'parents')")
+    await conn.fetchval(
+        "SELECT pgtasks.submit_task('t', queue => 'kids', depends_on => ARRAY[$1]::bigint[])", b
+    )
+    await finish(conn, await claim(conn))
+    await conn.execute("SELECT 1")
+    assert woken == ["kids"], "the off switch holds for releases too"
