@@ -37,6 +37,7 @@ import asyncpg
 from bench.common import BenchConfig, Peer, fresh_database, sample_drain, sample_enqueue_single
 from bench.peer_pgtasks import TASK, WAKEUPS_OFF, install, make_peer
 from bench.server import REPO_ROOT, benchmark_server, machine_load, provenance
+from pgtasks.migrations import sql_dir
 
 BATCH = 100
 LEASE = timedelta(seconds=60)
@@ -125,6 +126,19 @@ CREATE TRIGGER tasks_bench_wake AFTER INSERT ON pgtasks.tasks
 )
 
 NOTIFY_OFF = WAKEUPS_OFF
+
+
+def notify_before_0008() -> str:
+    """0001's wake-up: a statement trigger of its own next to record_inserts (0001's too),
+    its head probe grouped by queue (sql/0008 folded it into record_inserts)."""
+    text = (sql_dir() / "0001_schema.sql").read_text()
+    start = text.index("CREATE FUNCTION pgtasks.record_inserts()")
+    end = text.index("-- Tasks start PENDING.")
+    return (
+        "DROP TRIGGER tasks_record_inserts ON pgtasks.tasks;\n"
+        + text[start:end].replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION")
+        + "\nCALL pgtasks.secure_objects();"
+    )
 
 
 # --------------------------------------------------------------------------- SQL-level loops
@@ -496,8 +510,9 @@ async def notify_experiment(dsn: str, runs: int) -> list[Row]:
     """Single-row submits from 10 clients under each wake-up design (make bench's scenario)."""
     cfg = BenchConfig.from_env()
     variants: list[tuple[str, str | None]] = [
-        ("wake-up trigger disabled", NOTIFY_OFF),
-        ("shipped: per statement, skipped when the queue head is already ready", None),
+        ("wake-ups off (pgtasks.wake_workers = off)", NOTIFY_OFF),
+        ("shipped: in record_inserts, skipped when the queue head is already ready", None),
+        ("before 0008: a trigger of its own, grouped head check", notify_before_0008()),
         ("per statement, always", NOTIFY_PER_STATEMENT_ALWAYS),
         ("before: one NOTIFY per row", NOTIFY_PER_ROW),
     ]
@@ -526,6 +541,55 @@ async def notify_experiment(dsn: str, runs: int) -> list[Row]:
             }
         )
         _log(f"notify: {label}: {med:,.0f} jobs/s ({med / off:.2f} of off)")
+    return out
+
+
+async def submit_loop_experiment(dsn: str, runs: int) -> list[Row]:
+    """Server CPU of one single-row submit_task under each wake-up design, without the
+    network or the commit: 2,000 submits in a server-side loop, one fresh database per
+    design, designs interleaved; min and median of ``runs`` loops (min: the least disturbed
+    by the shared machine)."""
+    loop = (
+        "DO $$ BEGIN FOR i IN 1..2000 LOOP PERFORM pgtasks.submit_task(task_type => 't');"
+        " END LOOP; END $$"
+    )
+    variants: list[tuple[str, str | None]] = [
+        ("wake-ups off", "SET pgtasks.wake_workers = off"),
+        ("shipped (0008)", None),
+        ("before 0008", notify_before_0008()),
+    ]
+    samples: dict[str, list[float]] = {label: [] for label, _ in variants}
+    async with contextlib.AsyncExitStack() as stack:
+        conns: dict[str, asyncpg.Connection] = {}
+        for label, sql in variants:
+            db = await stack.enter_async_context(scratch(dsn, None, "submit_loop"))
+            conn = await asyncpg.connect(db)
+            stack.push_async_callback(conn.close)
+            if sql:
+                await conn.execute(sql)
+            await conn.execute(loop)  # warm: plans cached, the queue head exists
+            conns[label] = conn
+        for r in range(max(runs, 5)):
+            order = list(conns) if r % 2 == 0 else list(reversed(conns))
+            for label in order:
+                started = time.perf_counter()
+                await conns[label].execute(loop)
+                samples[label].append((time.perf_counter() - started) / 2000 * 1e6)
+    out: list[Row] = []
+    for label, values in samples.items():
+        out.append(
+            {
+                "experiment": "submit_task x 2,000 in a server-side loop",
+                "variant": label,
+                "us_per_submit_min": round(min(values), 1),
+                "us_per_submit_median": round(statistics.median(values), 1),
+                "samples": [round(v, 1) for v in values],
+            }
+        )
+        _log(
+            f"submit loop: {label}: min {min(values):.1f} us, "
+            f"median {statistics.median(values):.1f} us"
+        )
     return out
 
 
@@ -582,6 +646,7 @@ EXPERIMENTS: dict[str, Callable[[str, int], Awaitable[list[Row]]]] = {
     "lease": lease_experiment,
     "trigger": trigger_experiment,
     "notify": notify_experiment,
+    "submit_loop": submit_loop_experiment,
     "batch": batch_experiment,
 }
 
@@ -599,6 +664,11 @@ def format_rows(results: dict[str, list[Row]]) -> str:
                     f"{r['experiment']:<34} {r['function']:<13} {r['us_per_task']:>9,.1f} us/task "
                     f"{r['us_per_call']:>10,.0f} us/call   {r['variant']} [analyzed: "
                     f"{r['analyzed']}]\n{'':<48}plan: {r['plan']}"
+                )
+            elif "us_per_submit_min" in r:
+                lines.append(
+                    f"{r['experiment']:<34} min {r['us_per_submit_min']:>6.1f} us, median "
+                    f"{r['us_per_submit_median']:>6.1f} us per submit   {r['variant']}"
                 )
             elif "vs_off" in r:
                 lines.append(

@@ -9,8 +9,10 @@ task: the figure is the SQL of the claim/finish path and nothing else.
 
 Variants are databases migrated up to a version (``pgtasks.migrations.migrate_url(up_to=N)``):
 ``0004`` (before flow control), ``0005`` (flow control as first shipped), ``0007`` (the last
-before 0008), ``head`` (every file in sql/), and ``head_limited`` (head, with the queue given
-a ``max_running`` it never reaches: the limited path's cost).
+before 0008), ``head`` (every file in sql/), ``head_0005_claim`` (head with 0005's
+claim_tasks: 0008's index change alone), ``head_limited`` (head, with the queue given a
+``max_running`` it never reaches: the limited path's cost) and ``head_history_hash`` (head
+with record_updates' transition tables hash-joined: a proposal, not shipped).
 
 Each round builds one fresh database per variant and drains them interleaved, one call of
 each variant in turn (the order reversed every other round), so whatever else runs on the
@@ -31,13 +33,13 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import asyncpg
 
 from bench.common import fresh_database
 from bench.server import benchmark_server, machine_load, provenance
-from pgtasks.migrations import migrate_url
+from pgtasks.migrations import migrate_url, sql_dir
 
 TASK = "bench.noop"
 WORKER = "claim-ab-1"
@@ -47,6 +49,18 @@ WORKER = "claim-ab-1"
 class Variant:
     up_to: int | None  # None: every migration in sql/
     max_running: int | None = None  # set on the queue before the drain (limited path)
+    sql: Callable[[], str] | None = None  # run after migrating (an ablation)
+
+
+def function_of(migration: str, signature: str) -> str:
+    """The CREATE [OR REPLACE] FUNCTION statement for ``signature`` in sql/``migration``,
+    as a CREATE OR REPLACE, then secure_objects() as every migration ends."""
+    text = (sql_dir() / migration).read_text()
+    start = text.index(f"FUNCTION {signature}(")
+    start = text.rindex("CREATE", 0, start)
+    end = text.index("END $$;", start) + len("END $$;")
+    body = text[start:end].replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1)
+    return body + "\nCALL pgtasks.secure_objects();"
 
 
 VARIANTS: dict[str, Variant] = {
@@ -54,7 +68,18 @@ VARIANTS: dict[str, Variant] = {
     "0005": Variant(up_to=5),
     "0007": Variant(up_to=7),
     "head": Variant(up_to=None),
+    # 0008's index change alone: head with 0005's claim_tasks (its result joined back to
+    # the picked ids instead of sorted).
+    "head_0005_claim": Variant(
+        up_to=None, sql=lambda: function_of("0005_flow_control.sql", "pgtasks.claim_tasks")
+    ),
     "head_limited": Variant(up_to=None, max_running=1_000_000),
+    # Not shipped, a measured proposal: record_updates (history of every status change)
+    # joins its transition tables new_rows and old_rows in a nested loop, 100 x 100 per
+    # batch; the same join as a hash join.
+    "head_history_hash": Variant(
+        up_to=None, sql=lambda: "ALTER FUNCTION pgtasks.record_updates() SET enable_nestloop = off"
+    ),
 }
 
 
@@ -80,6 +105,8 @@ class Drain:
     async def prepare(cls, name: str, db: str, variant: Variant, tasks: int) -> Drain:
         await migrate_url(db, up_to=variant.up_to)
         conn = await asyncpg.connect(db)
+        if variant.sql is not None:
+            await conn.execute(variant.sql())
         if variant.max_running is not None:
             await conn.execute(
                 "SELECT pgtasks.configure_queue(queue => 'default', max_running => $1)",

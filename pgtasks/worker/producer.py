@@ -156,6 +156,7 @@ class Producer(Service):
         """Claim until stopped (or, in burst mode, until nothing is left to do)."""
         backoff = 0.2
         rechecked = False
+        gap_rechecked = False
         while not self.stopping.is_set():
             self._wake.clear()
             self.before_claim()
@@ -187,11 +188,19 @@ class Producer(Service):
                     continue
                 rechecked = False
                 wait_for = await self.idle_wait()
+                if wait_for == 0 and not claimed and not gap_rechecked:
+                    # A task became ready between our last claim and this look: committed
+                    # while we claimed, its wake-up skipped because the head it saw was the
+                    # task we were claiming. Claim once more now instead of after a poll
+                    # (under load this race set latency p99 to the poll interval, 1 s).
+                    gap_rechecked = True
+                    continue
                 if wait_for == 0 and not claimed:
-                    # Ready tasks, none claimed: held back by a queue or key limit, a pause
+                    # Still ready, none claimed: held back by a queue or key limit, a pause
                     # (docs/flow-control.md) or another claimer's lock. A freed slot here or
                     # a NOTIFY wakes us; otherwise look again after a poll, not at once.
                     wait_for = self.poll_interval
+                gap_rechecked = False
                 if wait_for is None:  # burst mode: nothing left to do
                     if self.slots.idle:
                         return

@@ -6,11 +6,13 @@ sent after the statement by the same session (a session's notifications arrive i
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import asyncpg
 import pytest
 
 from pgtasks import db
+from pgtasks.migrations import migrate_url
 
 
 @pytest.fixture
@@ -82,3 +84,29 @@ async def test_database_setting_reaches_new_sessions(dsn, conn):
         assert await fresh.fetchval("SELECT current_setting('pgtasks.wake_workers', true)") == "off"
     finally:
         await fresh.close()
+
+
+async def test_upgrade_keeps_a_disabled_wake_up_trigger_off(server):
+    """A database that had disabled 0001's trigger tasks_wake_workers gets the setting
+    pgtasks.wake_workers = off from 0008, so its wake-ups stay off after the upgrade."""
+    admin = await asyncpg.connect(server.url())
+    name = f"wake_{uuid.uuid4().hex[:8]}"
+    await admin.execute(f"CREATE DATABASE {name}")
+    try:
+        await migrate_url(server.url(name), up_to=7)
+        conn = await asyncpg.connect(server.url(name))
+        try:
+            await conn.execute("ALTER TABLE pgtasks.tasks DISABLE TRIGGER tasks_wake_workers")
+        finally:
+            await conn.close()
+        await migrate_url(server.url(name))
+        conn = await asyncpg.connect(server.url(name))
+        try:
+            assert (
+                await conn.fetchval("SELECT current_setting('pgtasks.wake_workers', true)") == "off"
+            )
+        finally:
+            await conn.close()
+    finally:
+        await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+        await admin.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 
 from pgtasks.worker.producer import Producer
@@ -66,3 +68,38 @@ async def test_idle_wait_sleeps_until_the_next_scheduled_task(conn, pool, stats,
     p.burst = True
     await conn.execute("DELETE FROM pgtasks.tasks")
     assert await p.idle_wait() is None  # burst mode: nothing left at all
+
+
+async def test_a_task_ready_after_the_last_claim_is_claimed_without_a_poll(
+    conn, pool, stats, stopping
+):
+    """A task that commits between the loop's last claim and its look at next_run_at (its
+    wake-up skipped: the head it saw was still being claimed) is claimed at once, not after
+    the poll interval (here an hour)."""
+    held = Slots(concurrency=3, threads=3)
+    p, started = producer(pool, stats, stopping, held, poll_interval=3600.0)
+    real_idle_wait = p.idle_wait
+    looks = 0
+
+    async def idle_wait_after_a_commit() -> float | None:
+        nonlocal looks
+        looks += 1
+        if looks == 1:
+            await submit(conn, "noop", 1)
+        return await real_idle_wait()
+
+    p.idle_wait = idle_wait_after_a_commit  # type: ignore[method-assign]
+
+    async def until_started() -> None:
+        while not started:
+            await asyncio.sleep(0.01)
+
+    loop = asyncio.create_task(p.run())
+    try:
+        # Not a speed bound: without the second look the task waits for the hour's poll.
+        await asyncio.wait_for(until_started(), 60)
+    finally:
+        stopping.set()
+        p.wake()
+        await asyncio.wait_for(loop, 30)
+    assert len(started) == 1 and looks >= 1
