@@ -1799,6 +1799,7 @@ ALTER FUNCTION pgtasks.record_inserts() OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.record_updates() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
+    SET enable_nestloop TO 'off'
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
 DECLARE
@@ -1922,6 +1923,7 @@ ALTER FUNCTION pgtasks.reject_transition() OWNER TO pgtasks_owner;
 CREATE FUNCTION pgtasks.release_children(parents bigint[]) RETURNS void
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    SET enable_nestloop TO 'on'
     AS $$
 DECLARE
     doomed bigint[];
@@ -2129,6 +2131,7 @@ ALTER FUNCTION pgtasks.retry_task(task_id bigint, run_at timestamp with time zon
 CREATE FUNCTION pgtasks.revive_children(parents bigint[]) RETURNS void
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    SET enable_nestloop TO 'on'
     AS $$
 DECLARE
     frontier bigint[] := parents;
