@@ -109,6 +109,23 @@ async def test_claim_returns_rows_sorted_not_joined_back(conn, big_table):
     assert "tasks_pkey" in ret and "Seq Scan on tasks" not in ret, ret
 
 
+async def test_history_joins_its_transition_tables_by_hash(dsn, conn, big_table):
+    """record_updates writes one history row per status change by joining new_rows and
+    old_rows; as a nested loop that was 100 x 100 comparisons per claim of 100 (sql/0013).
+    PL/pgSQL plans the statement once per session, with the row counts of its first call:
+    a worker's first claim of one task used to fix a nested loop for the session."""
+    fresh = await asyncpg.connect(dsn)
+    try:
+        await fresh.fetch("SELECT * FROM pgtasks.claim_tasks('w', max_tasks => 1)")
+        plans = await nested_plans(
+            fresh, "SELECT * FROM pgtasks.claim_tasks('w', max_tasks => 100)"
+        )
+    finally:
+        await fresh.close()
+    history = next(p for p in plans.split("duration:") if "INSERT INTO pgtasks.task_events" in p)
+    assert "Hash Join" in history and "Nested Loop" not in history, history
+
+
 async def test_rescue_and_max_running_count_walk_tasks_lease(conn, big_table):
     """One index of running tasks (queue, lease_expires_at) serves rescue and max_running
     (sql/0008 replaced 0005's tasks_running_queue)."""
