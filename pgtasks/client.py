@@ -555,7 +555,12 @@ class Client:
     ) -> list[dict[str, Any]]:
         """A keyset page of tasks: newest first, after `after_id` (the last id of the page
         before); or, with `oldest_ready`, the ready tasks longest waiting first. `search`
-        matches type, error and progress message (case-insensitive substring)."""
+        matches type, error and progress message (case-insensitive substring) among the
+        newest queries.SEARCH_WINDOW tasks."""
+        floor = None
+        if search is not None:
+            top = await self.pool.fetchval(queries.MAX_TASK_ID)
+            floor = (top or 0) - queries.SEARCH_WINDOW
         sql, args = queries.dash_task_list(
             status=_status(status),
             queue=queue,
@@ -564,6 +569,7 @@ class Client:
             after_id=after_id,
             oldest_ready=oldest_ready,
             limit=limit,
+            search_floor=floor,
         )
         return [dict(r) for r in await self.pool.fetch(sql, *args)]
 

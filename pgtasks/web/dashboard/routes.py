@@ -33,6 +33,7 @@ from pgtasks import __version__
 from pgtasks.client import STATUSES, Client
 from pgtasks.errors import TaskNotFound
 from pgtasks.fastapi import get_client
+from pgtasks.queries import SEARCH_WINDOW
 from pgtasks.web.dashboard import views
 from pgtasks.web.errors import ErrorRoute
 from pgtasks.web.settings import WebSettings
@@ -194,7 +195,7 @@ def dashboard_router(
         cards, types = await asyncio.gather(c.queue_cards(), c.types())
         return page(
             request, "tasks.html", title="Tasks", nav="tasks", rows=rows, more=more,
-            filters=filters, first_page=after is None,
+            filters=filters, first_page=after is None, search_window=SEARCH_WINDOW,
             next_after=rows[-1]["id"] if more and rows else None,
             queues=[x["queue"] for x in cards], types=[t["task_type"] for t in types],
         )  # fmt: skip

@@ -164,7 +164,9 @@
     for (const t of series.keys()) if (t < start) series.delete(t);
     let max = 1;
     for (const [d, f] of series.values()) max = Math.max(max, d, f);
-    const W = 600, H = 160, top = 14, bottom = 150;
+    const W = 600, top = 6, bottom = 154;
+    const maxLabel = $("[data-chart-max]");
+    if (maxLabel) maxLabel.textContent = `${max}/s`;
     const x = (t) => ((t - start) / WINDOW) * W;
     const y = (v) => bottom - (v / max) * (bottom - top);
     const line = (k) => {
@@ -178,8 +180,6 @@
     svg.innerHTML =
       `<line class="grid-line" x1="0" x2="${W}" y1="${top}" y2="${top}"/>` +
       `<line class="grid-line" x1="0" x2="${W}" y1="${bottom}" y2="${bottom}"/>` +
-      `<text x="2" y="11">${max}/s</text><text x="2" y="${H - 1}">−5 min</text>` +
-      `<text x="${W - 24}" y="${H - 1}">now</text>` +
       `<polyline class="done" points="${line(0)}"/><polyline class="failed" points="${line(1)}"/>`;
     let d = 0, f = 0;
     for (let t = Math.floor(serverNow) - 10; t < Math.floor(serverNow); t++) {
@@ -222,7 +222,12 @@
       $("[data-field=paused]", card).hidden = !q.paused;
       $("[data-field=limits]", card).textContent = limits(q);
     }
-    for (const card of $$(".qcard", box)) if (!seen.has(card.dataset.queue)) card.remove();
+    // A queue that drained keeps its card, at zero, until the page is loaded again.
+    for (const card of $$(".qcard", box)) {
+      if (seen.has(card.dataset.queue)) continue;
+      for (const k of ["ready", "scheduled", "running", "failed"]) $(`[data-field=${k}]`, card).textContent = "0";
+      $("[data-field=oldest_ready_age]", card).textContent = "—";
+    }
   }
 
   function updateWorkers(workers) {
@@ -268,7 +273,10 @@
       $("[data-field=attempt]", task).textContent = info.attempt;
       const bar = $("#task-progress");
       const label = $("[data-field=progress]", task);
+      $("[data-field=worker]", task).textContent = info.worker_id || "—";
+      if (info.started_at) $("[data-field=started]", task).innerHTML = timeTag(info.started_at);
       if (info.percent != null) {
+        bar.hidden = false;
         bar.value = info.percent;
         label.textContent = `${Math.round(info.percent)}% (${info.progress_current} / ${info.progress_total})`;
       } else if (info.progress_current != null) {
