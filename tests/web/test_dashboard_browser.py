@@ -8,7 +8,9 @@ wide, under test-artifacts/dashboard/ (docs/dashboard.md shows a few of them).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -68,23 +70,24 @@ def page(browser: Browser) -> Iterator[Page]:
         context.close()
 
 
-@pytest.fixture
-def served(dsn: str, tmp_path: Path) -> Iterator[str]:
-    """`pgtasks serve` on a free port; its URL."""
+@contextlib.contextmanager
+def serving(dsn: str, log_dir: Path, **env: str) -> Iterator[str]:
+    """`pgtasks serve` on a free port, with `env` added; its URL."""
     port = free_port()
-    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115
+    log_path = log_dir / f"serve-{port}.log"
+    log = open(log_path, "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "pgtasks.cli", "--database-url", dsn, "serve", "--port",
          str(port), "--log-level", "warning"],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ},
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env},
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
         while True:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            assert proc.poll() is None, log_path.read_text()
             try:
-                if httpx.get(f"{url}/api/queues").status_code == 200:
+                if httpx.get(f"{url}/login").status_code == 200:
                     break
             except httpx.TransportError:
                 pass
@@ -99,6 +102,12 @@ def served(dsn: str, tmp_path: Path) -> Iterator[str]:
             proc.kill()
             proc.wait(15)
         log.close()
+
+
+@pytest.fixture
+def served(dsn: str, tmp_path: Path) -> Iterator[str]:
+    with serving(dsn, tmp_path) as url:
+        yield url
 
 
 @pytest.fixture
@@ -299,3 +308,27 @@ def test_tasks_schedules_and_workflows_pages(dsn, served, page):
     if not has_workflows:
         expect(page.locator("main")).to_contain_text("Workflows are not available")
     shoot(page, "workflows")
+
+
+def test_login_with_the_token_then_act(dsn, tmp_path, page):
+    """With PGTASKS_API_TOKEN: pages send the browser to the login form; after it, pages
+    read through the cookie and the actions carry the token to the API."""
+    with serving(dsn, tmp_path, PGTASKS_API_TOKEN="s3cret-token") as url:
+        sql(dsn, "SELECT pgtasks.submit_task(task_type => 'dash_quick', queue => 'mail')")
+        page.goto(f"{url}/queues")
+        expect(page).to_have_url(re.compile(r"/login\?next="))
+        shoot(page, "login")
+        page.get_by_label("API token").fill("wrong")
+        page.get_by_label("API token").press("Enter")
+        expect(page.get_by_role("alert")).to_contain_text("not this server's token")
+        page.get_by_label("API token").fill("s3cret-token")
+        page.get_by_label("API token").press("Enter")
+        expect(page).to_have_url(f"{url}/queues")
+        page.get_by_role("button", name="Pause mail").click()
+        expect(page.locator('section.qrow[data-queue="mail"] [data-field=state]')).to_contain_text(
+            "paused"
+        )
+        page.get_by_role("button", name="Log out").click()
+        expect(page).to_have_url(re.compile(r"/login$"))
+        page.goto(f"{url}/")
+        expect(page).to_have_url(re.compile(r"/login\?next="))
