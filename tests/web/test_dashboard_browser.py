@@ -294,6 +294,7 @@ def test_tasks_schedules_and_workflows_pages(dsn, served, page):
              "'dash_quick', cron => '0 3 * * *')")  # fmt: skip
     page.goto(f"{served}/tasks")
     expect(page.locator("table.tasks tbody tr")).to_have_count(5)
+    keyboard_reaches_every_action(page)
     page.get_by_label("id or text").fill("dash_quick")
     page.get_by_label("id or text").press("Enter")
     expect(page).to_have_url(f"{served}/tasks?status=&queue=&task_type=&q=dash_quick&order=newest")

@@ -85,6 +85,8 @@ async def test_task_list_filters_and_keyset_pages(dsn):
         assert rest.count('data-task="') == 10 and 'rel="next"' not in rest
         only = (await http.get("/tasks?task_type=other")).text
         assert only.count('data-task="') == 1
+        assert "Cancel all matching" in only and '"task_type": "other"' in only
+        assert "Cancel all matching" not in (await http.get("/tasks")).text
 
 
 async def test_bulk_retry_and_cancel(dsn):
