@@ -35,7 +35,7 @@ from typing import Any
 import asyncpg
 
 from bench.common import BenchConfig, Peer, fresh_database, sample_drain, sample_enqueue_single
-from bench.peer_pgtasks import TASK, install, make_peer
+from bench.peer_pgtasks import TASK, WAKEUPS_OFF, install, make_peer
 from bench.server import REPO_ROOT, benchmark_server, machine_load, provenance
 
 BATCH = 100
@@ -92,7 +92,8 @@ ALTER TABLE pgtasks.task_events
     ON DELETE CASCADE;
 """
 
-_NOTIFY_SWAP = "DROP TRIGGER tasks_wake_workers ON pgtasks.tasks;\n"
+#: The shipped wake-up (inside record_inserts since sql/0008) off, an experimental one added.
+_NOTIFY_SWAP = WAKEUPS_OFF
 
 #: One NOTIFY per inserted row, each with its own payload (so none are merged).
 NOTIFY_PER_ROW = (
@@ -103,7 +104,7 @@ BEGIN
     PERFORM pg_notify('pgtasks_wakeup', NEW.queue || ':' || NEW.id);
     RETURN NULL;
 END $$;
-CREATE TRIGGER tasks_wake_workers AFTER INSERT ON pgtasks.tasks
+CREATE TRIGGER tasks_bench_wake AFTER INSERT ON pgtasks.tasks
     FOR EACH ROW EXECUTE FUNCTION pgtasks.bench_notify_row();
 """
 )
@@ -117,13 +118,13 @@ BEGIN
     PERFORM pg_notify('pgtasks_wakeup', q.queue) FROM (SELECT DISTINCT queue FROM new_rows) q;
     RETURN NULL;
 END $$;
-CREATE TRIGGER tasks_wake_workers AFTER INSERT ON pgtasks.tasks
+CREATE TRIGGER tasks_bench_wake AFTER INSERT ON pgtasks.tasks
     REFERENCING NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION pgtasks.bench_notify_statement();
 """
 )
 
-NOTIFY_OFF = "ALTER TABLE pgtasks.tasks DISABLE TRIGGER tasks_wake_workers;"
+NOTIFY_OFF = WAKEUPS_OFF
 
 
 # --------------------------------------------------------------------------- SQL-level loops

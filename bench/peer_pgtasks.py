@@ -98,12 +98,21 @@ async def install(dsn: str) -> None:
     await migrate_url(dsn)
 
 
+#: Wake-ups off for every later session of the database, as a poll-only deployment does
+#: (sql/0008: the setting pgtasks.wake_workers; the clients connect after it is set).
+WAKEUPS_OFF = """
+DO $$ BEGIN
+    EXECUTE format('ALTER DATABASE %I SET pgtasks.wake_workers = off', current_database());
+END $$;
+"""
+
+
 async def install_without_wakeups(dsn: str) -> None:
-    """Migrations, then the wake-up trigger switched off, as a poll-only deployment may do."""
+    """Migrations, then wake-ups switched off, as a poll-only deployment may do."""
     await install(dsn)
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute("ALTER TABLE pgtasks.tasks DISABLE TRIGGER tasks_wake_workers")
+        await conn.execute(WAKEUPS_OFF)
     finally:
         await conn.close()
 

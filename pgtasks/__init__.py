@@ -18,6 +18,7 @@ from pgtasks.errors import (
     TaskCancelled,
     TaskFailed,
     TaskNotFound,
+    UniqueKeyHeld,
 )
 from pgtasks.schedules import Schedule, schedule
 from pgtasks.sync import SyncClient
@@ -48,6 +49,7 @@ __all__ = [
     "TaskInfo",
     "TaskLog",
     "TaskNotFound",
+    "UniqueKeyHeld",
     "Worker",
     "registry",
     "schedule",

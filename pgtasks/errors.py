@@ -49,6 +49,12 @@ class TaskAlreadyFinished(DatabaseError):
     sqlstate = "PT004"
 
 
+class UniqueKeyHeld(DatabaseError):
+    """retry_task refused: another active task holds the task's unique_key (PT306)."""
+
+    sqlstate = "PT306"
+
+
 class InvalidArgument(DatabaseError):
     """Bad input to a pgtasks SQL function (SQLSTATE PT1xx): nothing was written."""
 
@@ -107,6 +113,7 @@ _BY_STATE: dict[str, type[DatabaseError]] = {
     "PT002": LeaseLost,
     "PT003": TaskNotFound,
     "PT004": TaskAlreadyFinished,
+    "PT306": UniqueKeyHeld,
     "PT407": ScheduleNotFound,
 }
 

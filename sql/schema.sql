@@ -651,8 +651,9 @@ BEGIN
         RETURN;
     END IF;
 
-    -- Rows come back in claim order (the order of picked). started_at: the limited path's
-    -- start time (the one its rate window recorded), else now() as before.
+    -- Rows come back in claim order. started_at: the limited path's start time (the one its
+    -- rate window recorded), else now() as before. The sort is the only way to order a CTE
+    -- scan, so enable_sort = off does not keep the planner from it.
     RETURN QUERY
     WITH claimed AS (
         UPDATE pgtasks.tasks t
@@ -666,11 +667,13 @@ BEGIN
         RETURNING t.id, t.task_type, t.params, t.queue, t.priority, t.attempt, t.retry_count,
                   t.max_retries, t.timeout, t.deadline,
                   t.attempt > 1
-                  AND EXISTS (SELECT 1 FROM pgtasks.task_steps s WHERE s.task_id = t.id) AS has_steps
+                  AND EXISTS (SELECT 1 FROM pgtasks.task_steps s WHERE s.task_id = t.id) AS has_steps,
+                  t.run_at
     )
-    SELECT c.* FROM claimed c
-      JOIN unnest(picked) WITH ORDINALITY AS p(id, ord) ON p.id = c.id
-     ORDER BY p.ord;
+    SELECT c.id, c.task_type, c.params, c.queue, c.priority, c.attempt, c.retry_count,
+           c.max_retries, c.timeout, c.deadline, c.has_steps
+      FROM claimed c
+     ORDER BY c.priority DESC, c.run_at, c.id;
 END $$;
 
 ALTER FUNCTION pgtasks.claim_tasks(worker_id text, queues text[], max_tasks integer, lease interval, task_types text[]) OWNER TO pgtasks_owner;
@@ -1547,7 +1550,7 @@ BEGIN
             USING ERRCODE = 'PT120', HINT = 'Leave older_than out (NULL) for settings.retention.';
     END IF;
     cutoff := now() - coalesce(older_than, (SELECT s.retention FROM pgtasks.settings s));
-    -- Lets the append-only triggers through for this statement only (see above).
+    -- Lets the append-only triggers through for this statement only (see 0004).
     PERFORM set_config('pgtasks.pruning', 'on', true);
     WITH doomed AS (
         SELECT t.id FROM pgtasks.tasks t
@@ -1563,10 +1566,55 @@ BEGIN
     )
     SELECT count(*)::integer INTO n FROM gone;
     PERFORM set_config('pgtasks.pruning', '', true);
+    PERFORM pgtasks.prune_flow_state(max_tasks);
     RETURN n;
 END $$;
 
 ALTER FUNCTION pgtasks.prune_finished(older_than interval, max_tasks integer) OWNER TO pgtasks_owner;
+
+CREATE FUNCTION pgtasks.prune_flow_state(max_rows integer) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+BEGIN
+    -- A window whose reservation has passed is only ever taken over by the next submit of
+    -- its key (submit_one); deleting it leaves the key free exactly as that would. SKIP
+    -- LOCKED: a submit taking the row over right now keeps it.
+    DELETE FROM pgtasks.unique_windows w
+     WHERE w.unique_key IN (SELECT o.unique_key FROM pgtasks.unique_windows o
+                             WHERE o.reserved_until < now()
+                             LIMIT max_rows
+                             FOR UPDATE SKIP LOCKED);
+    -- Starts older than their queue's window count for nothing (claim_limited trims them
+    -- itself, but only for queues it still claims from with a rate limit). A queue without
+    -- settings or without a rate limit keeps none.
+    DELETE FROM pgtasks.queue_starts s
+     WHERE s.ctid IN (SELECT o.ctid FROM pgtasks.queue_starts o
+                        LEFT JOIN pgtasks.queue_settings qs ON qs.queue = o.queue
+                       WHERE qs.rate_limit IS NULL OR o.at < now() - qs.rate_period
+                       LIMIT max_rows);
+END $$;
+
+ALTER FUNCTION pgtasks.prune_flow_state(max_rows integer) OWNER TO pgtasks_owner;
+
+CREATE FUNCTION pgtasks.raise_unique_held(t pgtasks.tasks) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+DECLARE
+    holder bigint;
+BEGIN
+    SELECT o.id INTO holder FROM pgtasks.tasks o
+     WHERE o.unique_key = t.unique_key AND o.status IN ('PENDING', 'COMMIT', 'RUNNING')
+       AND o.id <> t.id
+     LIMIT 1;
+    RAISE EXCEPTION 'pgtasks: task % cannot be retried: its unique_key % is held by active task %',
+            t.id, pg_catalog.quote_literal(t.unique_key), coalesce(holder::text, '(being submitted)')
+        USING ERRCODE = 'PT306',
+              HINT = 'Wait for the active task with that key to finish, or cancel it, then retry.';
+END $$;
+
+ALTER FUNCTION pgtasks.raise_unique_held(t pgtasks.tasks) OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.record_failure(t pgtasks.tasks, error text, traceback text, retryable boolean, retry_delay interval) RETURNS pgtasks.status
     LANGUAGE plpgsql SECURITY DEFINER
@@ -1600,11 +1648,49 @@ ALTER FUNCTION pgtasks.record_failure(t pgtasks.tasks, error text, traceback tex
 
 CREATE FUNCTION pgtasks.record_inserts() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
+    SET enable_sort TO 'off'
+    SET enable_bitmapscan TO 'off'
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
+DECLARE
+    first_queue text;
+    last_queue  text;
+    first_id    bigint;
 BEGIN
     INSERT INTO pgtasks.task_events (task_id, attempt, from_status, to_status)
     SELECT n.id, n.attempt, NULL, n.status FROM new_rows n;
+
+    IF current_setting('pgtasks.wake_workers', true) IS NOT DISTINCT FROM 'off' THEN
+        RETURN NULL;
+    END IF;
+    SELECT min(n.queue), max(n.queue), min(n.id) INTO first_queue, last_queue, first_id
+      FROM new_rows n
+     WHERE n.run_at <= now();
+    IF first_queue IS NULL THEN
+        RETURN NULL;                      -- nothing ready now: the workers' timers find it
+    ELSIF first_queue = last_queue THEN
+        IF NOT EXISTS (
+               SELECT 1 FROM (SELECT t.id, t.run_at FROM pgtasks.tasks t
+                               WHERE t.queue >= first_queue AND t.queue <= first_queue
+                                 AND t.status IN ('PENDING', 'COMMIT')
+                               ORDER BY t.queue, t.priority DESC, t.run_at, t.id
+                               LIMIT 1) head
+                WHERE head.run_at <= now() AND head.id < first_id) THEN
+            PERFORM pg_notify('pgtasks_wakeup', first_queue);
+        END IF;
+    ELSE
+        PERFORM pg_notify('pgtasks_wakeup', q.queue)
+           FROM (SELECT n.queue, min(n.id) AS first_id FROM new_rows n
+                  WHERE n.run_at <= now()
+                  GROUP BY n.queue) q
+          WHERE NOT EXISTS (
+                SELECT 1 FROM (SELECT t.id, t.run_at FROM pgtasks.tasks t
+                                WHERE t.queue >= q.queue AND t.queue <= q.queue
+                                  AND t.status IN ('PENDING', 'COMMIT')
+                                ORDER BY t.queue, t.priority DESC, t.run_at, t.id
+                                LIMIT 1) head
+                 WHERE head.run_at <= now() AND head.id < q.first_id);
+    END IF;
     RETURN NULL;
 END $$;
 
@@ -1836,10 +1922,23 @@ BEGIN
         RAISE EXCEPTION 'pgtasks: task % is %; only FAILED or CANCELLED tasks can be retried', task_id, t.status
             USING ERRCODE = 'PT001', HINT = 'Wait for it to finish, or cancel it first.';
     END IF;
-    UPDATE pgtasks.tasks
-       SET status = 'PENDING', retry_count = 0, finished_at = NULL, result = NULL,
-           run_at = coalesce(retry_task.run_at, now())
-     WHERE id = t.id;
+    -- Checked first so the common case costs one index probe and no subtransaction. A
+    -- concurrent submit of the key can still win between this probe and the UPDATE; the
+    -- unique index then refuses the UPDATE, caught below and given the same code.
+    IF t.unique_key IS NOT NULL AND EXISTS (
+        SELECT 1 FROM pgtasks.tasks o
+         WHERE o.unique_key = t.unique_key AND o.status IN ('PENDING', 'COMMIT', 'RUNNING')
+           AND o.id <> t.id) THEN
+        PERFORM pgtasks.raise_unique_held(t);
+    END IF;
+    BEGIN
+        UPDATE pgtasks.tasks
+           SET status = 'PENDING', retry_count = 0, finished_at = NULL, result = NULL,
+               run_at = coalesce(retry_task.run_at, now())
+         WHERE id = t.id;
+    EXCEPTION WHEN unique_violation THEN
+        PERFORM pgtasks.raise_unique_held(t);
+    END;
 END $$;
 
 ALTER FUNCTION pgtasks.retry_task(task_id bigint, run_at timestamp with time zone) OWNER TO pgtasks_owner;
@@ -2202,28 +2301,6 @@ BEGIN
 END $$;
 
 ALTER FUNCTION pgtasks.upsert_schedule(name text, task_type text, cron text, every interval, params jsonb, queue text, priority integer, timezone text, overlap text, catch_up interval, origin text) OWNER TO pgtasks_owner;
-
-CREATE FUNCTION pgtasks.wake_workers() RETURNS trigger
-    LANGUAGE plpgsql SECURITY DEFINER
-    SET enable_sort TO 'off'
-    SET enable_bitmapscan TO 'off'
-    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
-    AS $$
-BEGIN
-    PERFORM pg_notify('pgtasks_wakeup', q.queue)
-       FROM (SELECT n.queue, min(n.id) AS first_id FROM new_rows n
-              WHERE n.run_at <= now()
-              GROUP BY n.queue) q
-      WHERE NOT EXISTS (
-            SELECT 1 FROM (SELECT t.id, t.run_at FROM pgtasks.tasks t
-                            WHERE t.queue = q.queue AND t.status IN ('PENDING', 'COMMIT')
-                            ORDER BY t.priority DESC, t.run_at, t.id
-                            LIMIT 1) head
-             WHERE head.run_at <= now() AND head.id < q.first_id);
-    RETURN NULL;
-END $$;
-
-ALTER FUNCTION pgtasks.wake_workers() OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.watch_task(task_id bigint) RETURNS pgtasks.status
     LANGUAGE plpgsql SECURITY DEFINER
@@ -2773,11 +2850,9 @@ CREATE INDEX tasks_keyed_ready ON pgtasks.tasks USING btree (run_at) WHERE ((con
 
 CREATE INDEX tasks_keyed_running ON pgtasks.tasks USING btree (concurrency_key) WHERE ((concurrency_key IS NOT NULL) AND (status = 'RUNNING'::pgtasks.status));
 
-CREATE INDEX tasks_lease ON pgtasks.tasks USING btree (lease_expires_at) WHERE (lease_expires_at IS NOT NULL);
+CREATE INDEX tasks_lease ON pgtasks.tasks USING btree (queue, lease_expires_at) WHERE (lease_expires_at IS NOT NULL);
 
 CREATE INDEX tasks_next_run_at ON pgtasks.tasks USING btree (run_at) WHERE (status = ANY (ARRAY['PENDING'::pgtasks.status, 'COMMIT'::pgtasks.status]));
-
-CREATE INDEX tasks_running_queue ON pgtasks.tasks USING btree (queue) WHERE (lease_expires_at IS NOT NULL);
 
 CREATE UNIQUE INDEX tasks_schedule_tick ON pgtasks.tasks USING btree (schedule, schedule_tick) WHERE (schedule IS NOT NULL);
 
@@ -2802,8 +2877,6 @@ CREATE TRIGGER tasks_check_update AFTER UPDATE ON pgtasks.tasks FOR EACH ROW WHE
 CREATE TRIGGER tasks_record_inserts AFTER INSERT ON pgtasks.tasks REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION pgtasks.record_inserts();
 
 CREATE TRIGGER tasks_record_updates AFTER UPDATE ON pgtasks.tasks REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION pgtasks.record_updates();
-
-CREATE TRIGGER tasks_wake_workers AFTER INSERT ON pgtasks.tasks REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION pgtasks.wake_workers();
 
 ALTER TABLE ONLY pgtasks.task_errors
     ADD CONSTRAINT task_errors_task_id_fkey FOREIGN KEY (task_id) REFERENCES pgtasks.tasks(id) ON DELETE CASCADE;
@@ -2961,6 +3034,10 @@ GRANT ALL ON FUNCTION pgtasks.pause_schedule(name text) TO pgtasks_admin;
 REVOKE ALL ON FUNCTION pgtasks.prune_finished(older_than interval, max_tasks integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION pgtasks.prune_finished(older_than interval, max_tasks integer) TO pgtasks_worker;
 
+REVOKE ALL ON FUNCTION pgtasks.prune_flow_state(max_rows integer) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION pgtasks.raise_unique_held(t pgtasks.tasks) FROM PUBLIC;
+
 REVOKE ALL ON FUNCTION pgtasks.record_failure(t pgtasks.tasks, error text, traceback text, retryable boolean, retry_delay interval) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION pgtasks.record_inserts() FROM PUBLIC;
@@ -3026,8 +3103,6 @@ REVOKE ALL ON FUNCTION pgtasks.unwatch_task(task_id bigint) FROM PUBLIC;
 GRANT ALL ON FUNCTION pgtasks.unwatch_task(task_id bigint) TO pgtasks_submitter;
 
 REVOKE ALL ON FUNCTION pgtasks.upsert_schedule(name text, task_type text, cron text, every interval, params jsonb, queue text, priority integer, timezone text, overlap text, catch_up interval, origin text) FROM PUBLIC;
-
-REVOKE ALL ON FUNCTION pgtasks.wake_workers() FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION pgtasks.watch_task(task_id bigint) FROM PUBLIC;
 GRANT ALL ON FUNCTION pgtasks.watch_task(task_id bigint) TO pgtasks_submitter;

@@ -90,6 +90,51 @@ async def test_unique_for_holds_the_key_whatever_the_state(conn):
     assert later["created"] and later["id"] != first["id"]
 
 
+async def test_retry_of_a_task_whose_key_is_taken_says_so_and_changes_nothing(conn):
+    first = await conn.fetchval("SELECT pgtasks.submit_task('t', unique_key => 'k')")
+    await conn.execute("SELECT pgtasks.cancel_task($1)", first)
+    second = await conn.fetchval("SELECT pgtasks.submit_task('t', unique_key => 'k')")
+    assert second != first
+    await raises(conn, "SELECT pgtasks.retry_task($1)", "PT306", first)
+    assert await conn.fetchval("SELECT status FROM pgtasks.tasks WHERE id = $1", first) == (
+        "CANCELLED"
+    )
+    # Once the holder has finished, the retry goes through.
+    await conn.execute("SELECT pgtasks.cancel_task($1)", second)
+    await conn.execute("SELECT pgtasks.retry_task($1)", first)
+    assert await conn.fetchval("SELECT status FROM pgtasks.tasks WHERE id = $1", first) == (
+        "PENDING"
+    )
+
+
+async def test_pruning_drops_passed_windows_and_stale_starts(conn):
+    await conn.execute(
+        "SELECT pgtasks.submit_task('t', unique_key => k, unique_for => '1 hour')"
+        " FROM unnest(ARRAY['a', 'b', 'c']) k"
+    )
+    await conn.execute(
+        "UPDATE pgtasks.unique_windows SET reserved_until = now() - interval '1 s'"
+        " WHERE unique_key <> 'c'"
+    )
+    await conn.execute("SELECT pgtasks.configure_queue('r', rate_limit => 4)")
+    await conn.execute("SELECT pgtasks.configure_queue('gone', rate_limit => 4)")
+    await submit_many(conn, 2, "r")
+    await submit_many(conn, 2, "gone")
+    assert len(await claim(conn, 4, ["r", "gone"])) == 4
+    # 'gone' loses its rate limit: its starts count for nothing any more.
+    await conn.execute("SELECT pgtasks.configure_queue('gone')")
+    await conn.execute("SELECT pgtasks.prune_finished()")
+    assert [r[0] for r in await conn.fetch("SELECT unique_key FROM pgtasks.unique_windows")] == [
+        "c"
+    ]
+    rows = await conn.fetch("SELECT queue FROM pgtasks.queue_starts")
+    assert [r[0] for r in rows] == ["r", "r"]
+    # Starts older than the queue's window go too, by maintain() as well.
+    await conn.execute("UPDATE pgtasks.queue_starts SET at = at - interval '2 seconds'")
+    await conn.execute("SELECT pgtasks.maintain()")
+    assert await conn.fetchval("SELECT count(*) FROM pgtasks.queue_starts") == 0
+
+
 async def test_submit_tasks_one_key_per_item(conn):
     ids = await conn.fetch(
         "SELECT * FROM pgtasks.submit_tasks('t', ARRAY['{}','{}','{}']::jsonb[],"
@@ -265,7 +310,7 @@ async def test_limited_pick_walks_the_claim_index(conn, keyed):
     running = next(
         p for p in plans.split("duration:") if "count(*)" in p and "lease_expires_at" in p
     )
-    assert "tasks_running_queue" in running, running
+    assert "tasks_lease" in running, running
 
 
 # -- roles ---------------------------------------------------------------------------------

@@ -98,3 +98,34 @@ async def test_finish_and_claim_keeps_both_plans(conn, big_table, queues):
     pick = next(p for p in plans.split("duration:") if "FOR NO KEY UPDATE SKIP LOCKED" in p)
     assert "Index Scan using tasks_claimable" in pick, pick
     assert "Sort Key" not in pick and "Seq Scan on tasks" not in pick, pick
+
+
+async def test_claim_returns_rows_sorted_not_joined_back(conn, big_table):
+    """The claimed rows come back in claim order by a sort of the batch, not by a nested
+    loop that compares every claimed row with every picked id (sql/0008)."""
+    plans = await nested_plans(conn, "SELECT * FROM pgtasks.claim_tasks('w', max_tasks => 100)")
+    ret = next(p for p in plans.split("duration:") if "WITH claimed AS" in p)
+    assert "Sort Key" in ret and "Join Filter" not in ret, ret
+    assert "tasks_pkey" in ret and "Seq Scan on tasks" not in ret, ret
+
+
+async def test_rescue_and_max_running_count_walk_tasks_lease(conn, big_table):
+    """One index of running tasks (queue, lease_expires_at) serves rescue and max_running
+    (sql/0008 replaced 0005's tasks_running_queue)."""
+    rows = await conn.fetch("SELECT id FROM pgtasks.claim_tasks('w', max_tasks => 200)")
+    await conn.execute(
+        "UPDATE pgtasks.tasks SET lease_expires_at = now() - interval '1 second'"
+        " WHERE id = ANY($1)",
+        [r[0] for r in rows[:5]],
+    )
+    await conn.execute("ANALYZE pgtasks.tasks")
+    plans = await nested_plans(conn, "SELECT pgtasks.rescue_expired()")
+    lock = next(p for p in plans.split("duration:") if "lease_expires_at < now()" in p)
+    assert "tasks_lease" in lock and "Seq Scan on tasks" not in lock, lock
+
+
+async def test_wake_up_head_check_is_one_probe(conn, big_table):
+    plans = await nested_plans(conn, "SELECT pgtasks.submit_task('t', queue => 'q0')")
+    probe = next(p for p in plans.split("duration:") if "head.run_at <= now()" in p)
+    assert "Scan using tasks_claimable_queue" in probe and "Index Cond" in probe, probe
+    assert "Seq Scan on tasks" not in probe and "Sort Key" not in probe, probe

@@ -26,6 +26,8 @@ INTERNAL = {
     # 0005 (flow control)
     "check_queue_name", "check_flow_args", "drop_idle_queue_settings", "submit_one",
     "claim_limited",
+    # 0009 (flow fixes)
+    "raise_unique_held", "prune_flow_state",
 }  # fmt: skip
 
 

@@ -1,0 +1,84 @@
+"""Wake-ups (sql/0008): the insert trigger NOTIFYs pgtasks_wakeup with the queue name, once
+per statement and queue, only for ready work whose queue head was not already ready, and
+not at all with `pgtasks.wake_workers = off`. Delivery is awaited with a marker notification
+sent after the statement by the same session (a session's notifications arrive in order)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from pgtasks import db
+
+
+@pytest.fixture
+async def woken(dsn):
+    """(submitter connection, function that runs SQL and returns the queues woken by it)."""
+    listener = await db.connect(dsn)
+    submitter = await db.connect(dsn)
+    got: asyncio.Queue[str] = asyncio.Queue()
+    await listener.add_listener("pgtasks_wakeup", lambda *args: got.put_nowait(args[3]))
+
+    async def run(sql: str, *args: object) -> list[str]:
+        await submitter.execute(sql, *args)
+        await submitter.execute("SELECT pg_notify('pgtasks_wakeup', '<marker>')")
+        out = []
+        while (payload := await asyncio.wait_for(got.get(), 30)) != "<marker>":
+            out.append(payload)
+        return out
+
+    try:
+        yield submitter, run
+    finally:
+        await listener.close()
+        await submitter.close()
+
+
+async def test_ready_submit_wakes_its_queue_once_until_the_head_is_taken(woken):
+    conn, run = woken
+    submit = "SELECT pgtasks.submit_task('t', queue => $1)"
+    assert await run(submit, "q1") == ["q1"]
+    # The head of q1 was ready before: a worker was woken for it already.
+    assert await run(submit, "q1") == []
+    assert await run(submit, "q2") == ["q2"]
+    # Claimed heads: the next submit is new work again.
+    await conn.execute("SELECT count(*) FROM pgtasks.claim_tasks('w', ARRAY['q1'], 10)")
+    assert await run(submit, "q1") == ["q1"]
+
+
+async def test_future_tasks_wake_nobody(woken):
+    _conn, run = woken
+    assert await run("SELECT pgtasks.submit_task('t', run_at => now() + interval '1 hour')") == []
+
+
+async def test_batches_wake_each_queue_once(woken):
+    _conn, run = woken
+    batch = "SELECT count(*) FROM pgtasks.submit_tasks('t', ARRAY['{}', '{}', '{}']::jsonb[])"
+    assert await run(batch) == ["default"]
+    assert await run(batch) == []
+    # One statement into several queues (a hand-written INSERT ... SELECT).
+    multi = "INSERT INTO pgtasks.tasks (task_type, queue) SELECT 't', q FROM unnest($1::text[]) q"
+    assert sorted(await run(multi, ["a", "b", "b", "default"])) == ["a", "b"]
+
+
+async def test_setting_switches_wake_ups_off_and_history_stays(woken):
+    conn, run = woken
+    await conn.execute("SET pgtasks.wake_workers = off")
+    tid = await conn.fetchval("SELECT pgtasks.submit_task('t', queue => 'quiet')")
+    assert await run("SELECT pgtasks.submit_task('t', queue => 'quiet2')") == []
+    events = await conn.fetchval("SELECT count(*) FROM pgtasks.task_events WHERE task_id = $1", tid)
+    assert events == 1
+    await conn.execute("SET pgtasks.wake_workers = on")
+    assert await run("SELECT pgtasks.submit_task('t', queue => 'loud')") == ["loud"]
+
+
+async def test_database_setting_reaches_new_sessions(dsn, conn):
+    name = await conn.fetchval("SELECT current_database()")
+    await conn.execute(f'ALTER DATABASE "{name}" SET pgtasks.wake_workers = off')
+    fresh: asyncpg.Connection = await db.connect(dsn)
+    try:
+        assert await fresh.fetchval("SELECT current_setting('pgtasks.wake_workers', true)") == "off"
+    finally:
+        await fresh.close()
