@@ -20,8 +20,9 @@
 ------------------------------------------------------------------------------------------
 -- 1. pgtasks.queues from the claim path's partial indexes.
 -- PENDING/COMMIT rows are exactly tasks_claimable_queue's (queue, priority, run_at, id), and
--- RUNNING rows exactly tasks_running_queue's (queue) WHERE lease_expires_at IS NOT NULL
--- (the running_has_lease constraint: RUNNING <=> a lease). Both scans are index-only.
+-- RUNNING rows exactly tasks_lease's (queue, lease_expires_at) WHERE lease_expires_at IS NOT
+-- NULL (0008; the running_has_lease constraint: RUNNING <=> a lease). Both scans are
+-- index-only.
 
 CREATE OR REPLACE VIEW pgtasks.queues AS
 WITH waiting AS (
