@@ -31,7 +31,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from pgtasks import __version__
 from pgtasks.client import STATUSES, Client
-from pgtasks.errors import TaskNotFound
+from pgtasks.errors import DatabaseError, TaskNotFound
 from pgtasks.fastapi import get_client
 from pgtasks.queries import SEARCH_WINDOW
 from pgtasks.web.dashboard import views
@@ -46,6 +46,8 @@ STATIC = {
     "favicon.svg": "image/svg+xml",
 }
 COOKIE = "pgtasks_dashboard"
+#: The workflows SQL's "no such workflow" (its WorkflowNotFound class lands with it).
+WORKFLOW_NOT_FOUND = "PT508"
 PAGE = 50
 #: How often the overview stream sends queue cards, throughput and workers.
 TICK_S = 1.0
@@ -254,13 +256,13 @@ def dashboard_router(
         return page(request, "schedules.html", title="Schedules", nav="schedules",
                     schedules=await c.schedules())  # fmt: skip
 
-    async def _workflow_call(c: Client, method: str, *args: Any) -> Any:
+    async def _workflow_call(c: Client, method: str, *args: Any, **kw: Any) -> Any:
         """The workflow reads, or None when this database (or Client) has none."""
         fn = getattr(c, method, None)
         if fn is None:
             return None
         try:
-            return await fn(*args)
+            return await fn(*args, **kw)
         except Exception as exc:
             if _workflows_missing(exc) or _workflows_missing(exc.__cause__ or exc):
                 return None
@@ -270,7 +272,7 @@ def dashboard_router(
     async def workflows(request: Request, c: C) -> Response:
         if not can_read(request):
             return page(request, "workflows.html")
-        rows = await _workflow_call(c, "workflows", 50)
+        rows = await _workflow_call(c, "workflows", limit=50)
         return page(request, "workflows.html", title="Workflows", nav="workflows",
                     available=rows is not None, workflows=rows or [])  # fmt: skip
 
@@ -278,7 +280,15 @@ def dashboard_router(
     async def workflow(request: Request, c: C, workflow_id: int) -> Response:
         if not can_read(request):
             return page(request, "workflow.html")
-        wf = await _workflow_call(c, "workflow", workflow_id)
+        try:
+            wf = await _workflow_call(c, "workflow", workflow_id)
+        except DatabaseError as exc:
+            if exc.sqlstate != WORKFLOW_NOT_FOUND:
+                raise
+            what = f"workflow {workflow_id}"
+            resp = page(request, "missing.html", title=f"Workflow {workflow_id}", what=what)
+            resp.status_code = 404
+            return resp
         graph = views.layout([dict(n) for n in wf.get("nodes", [])]) if wf else None
         return page(
             request, "workflow.html", title=f"Workflow {workflow_id}", nav="workflows",

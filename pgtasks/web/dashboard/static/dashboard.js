@@ -262,6 +262,22 @@
     es.addEventListener("error", () => liveState(false));
   }
 
+  // -- workflow: redraw the graph every 2 s while it runs ------------------------------
+  const wf = $("#workflow[data-live-refresh='1']");
+  if (wf) {
+    const timer = setInterval(async () => {
+      try {
+        const r = await fetch(location.href, { headers: { Accept: "text/html" } });
+        if (!r.ok) return;
+        const doc = new DOMParser().parseFromString(await r.text(), "text/html");
+        const fresh = doc.querySelector("#workflow");
+        if (!fresh) return;
+        if (!wf.contains(document.activeElement)) wf.innerHTML = fresh.innerHTML;
+        if (fresh.dataset.liveRefresh !== "1") clearInterval(timer);
+      } catch (e) { /* the next tick tries again */ }
+    }, 2000);
+  }
+
   // -- task detail: status, progress and log lines as they happen ----------------------
   const task = $("#task");
   if (task && task.dataset.finished === "0") {
