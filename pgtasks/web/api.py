@@ -331,10 +331,6 @@ def router(client: Client | None = None, *, settings: WebSettings | None = None)
     async def schedules(c: C) -> list[dict[str, Any]]:
         return list(await _extension(c, "schedules", "sql/0006"))
 
-    @api.get("/workflows/{workflow_id}", dependencies=[read])
-    async def workflow(c: C, workflow_id: int) -> dict[str, Any]:
-        return dict(await _extension(c, "workflow", "the workflows SQL", workflow_id))
-
     # -- bulk and operator actions the dashboard uses (docs/dashboard.md) -----------------
 
     @api.post("/tasks/retry", dependencies=[write])
@@ -384,5 +380,9 @@ def router(client: Client | None = None, *, settings: WebSettings | None = None)
     async def trigger_schedule(c: C, name: str) -> ScheduleState:
         """Enqueue one task of the schedule now; answers its id."""
         return ScheduleState(name=name, task_id=await c.trigger_schedule(name))
+
+    @api.get("/workflows/{workflow_id}", dependencies=[read])
+    async def workflow(c: C, workflow_id: int) -> dict[str, Any]:
+        return dict(await _extension(c, "workflow", "the workflows SQL", workflow_id))
 
     return api
