@@ -333,3 +333,43 @@ def test_login_with_the_token_then_act(dsn, tmp_path, page):
         expect(page).to_have_url(re.compile(r"/login$"))
         page.goto(f"{url}/")
         expect(page).to_have_url(re.compile(r"/login\?next="))
+
+
+WORKFLOW = """{"name": "%s", "nodes": [
+  {"name": "fetch", "type": "web_steps", "params": {"steps": 10, "pause": 0.05}},
+  {"name": "left", "type": "dash_quick", "after": ["fetch"]},
+  {"name": "right", "type": "dash_quick", "after": ["fetch"]},
+  {"name": "join", "type": "dash_quick", "after": ["left", "right"]}]}"""
+
+
+def test_workflow_graph_follows_the_workflow_and_cancels_it(dsn, served, page, fleet):
+    """A workflow's graph (the workflows SQL): cancel one from its page; watch another's
+    nodes turn DONE while a worker runs them. Without the workflows SQL in the database
+    the pages say so instead (checked here and in test_tasks_schedules_and_workflows_pages)."""
+    if not sql(dsn, "SELECT to_regclass('pgtasks.workflows') IS NOT NULL"):
+        page.goto(f"{served}/workflows/1")
+        expect(page.locator("main")).to_contain_text("Workflows are not available")
+        return
+    doomed = sql(dsn, "SELECT (pgtasks.submit_workflow(%s::jsonb) ->> 'workflow_id')::bigint",
+                 WORKFLOW % "doomed")  # fmt: skip
+    page.goto(f"{served}/workflows/{doomed}")
+    expect(page.locator("svg a.node")).to_have_count(4)
+    expect(page.locator('svg a.node[data-node="join"]')).to_contain_text("WAITING")
+    page.locator("#cancel-workflow").click()
+    expect(page.locator('svg a.node[data-node="fetch"]')).to_contain_text("CANCELLED")
+    expect(page.locator("#cancel-workflow")).to_have_count(0)
+
+    etl = sql(dsn, "SELECT (pgtasks.submit_workflow(%s::jsonb) ->> 'workflow_id')::bigint",
+              WORKFLOW % "etl")  # fmt: skip
+    page.goto(f"{served}/workflows")
+    expect(page.locator("main table")).to_contain_text("etl")
+    page.get_by_role("link", name=str(etl), exact=True).click()
+    expect(page.locator('svg a.node[data-node="fetch"]')).to_contain_text("PENDING")
+    shoot(page, "workflow")
+    page.evaluate("() => window.notReloaded = true")
+    worker(fleet)
+    expect(page.locator('svg a.node[data-node="join"]')).to_contain_text("DONE")
+    expect(page.locator("#workflow .status-line")).to_contain_text("DONE")
+    assert page.evaluate("() => window.notReloaded") is True  # redrawn in place
+    page.locator('svg a.node[data-node="left"]').click()
+    expect(page.locator("#task")).to_contain_text("node left")

@@ -60,7 +60,7 @@ _env = Environment(
 )
 _env.filters.update(
     rel=views.time_tag, age=views.age, badge=views.badge, pretty=views.pretty,
-    lines=views.lines,
+    lines=views.lines, icon=lambda s: views.STATUS_ICON.get(str(s), "•"),
 )  # fmt: skip
 
 

@@ -39,7 +39,7 @@
   setInterval(refreshTimes, 5000);
 
   const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
-  const ICON = { PENDING: "○", COMMIT: "◐", RUNNING: "▶", DONE: "✓", FAILED: "✕", CANCELLED: "⊘" };
+  const ICON = { PENDING: "○", COMMIT: "◐", RUNNING: "▶", DONE: "✓", FAILED: "✕", CANCELLED: "⊘", WAITING: "…" };
   const badge = (s) =>
     `<span class="badge s-${s.toLowerCase()}"><span aria-hidden="true">${ICON[s] || "•"}</span> ${s}</span>`;
 
