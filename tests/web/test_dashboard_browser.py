@@ -64,10 +64,13 @@ def page(browser: Browser) -> Iterator[Page]:
     pg.set_default_timeout(WAIT_MS)
     expect.set_options(timeout=WAIT_MS)
     pg.on("dialog", lambda d: d.accept())  # every action asks first; the tests say yes
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
     try:
         yield pg
     finally:
         context.close()
+    assert not errors, f"the dashboard's script failed: {errors}"
 
 
 @contextlib.contextmanager
