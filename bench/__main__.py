@@ -197,6 +197,13 @@ def goals(results: Mapping[str, Mapping[str, Figure]]) -> list[Goal]:
             lambda v, most=most: v <= most,
             "median",
         )
+    for key, label, target, ok in (
+        ("wf_chord_ratio", "chord children / plain drain", ">= 0.7", lambda v: v >= 0.7),
+        ("wf_chord_callback_delay_ms", "chord callback start (ms)", "<= 50 ms", lambda v: v <= 50),
+        ("wf_chain_handoff_p50_ms", "chain hand-off p50 (ms)", "<= 5 ms", lambda v: v <= 5),
+    ):
+        fig = ours.get(key)
+        add(label, target, fig.median if fig else None, ok, "median")
     refused = _samples(ours.get("maxconn_connection_errors"))
     add(
         "maxconn_connection_errors",

@@ -529,6 +529,13 @@ async def run(
         figures["drain_1_history"] = Figure.of(
             await sample_history_drains(dsn, cfg, say), JOBS_PER_S
         )
+
+    # Workflows (issue 12): a chord's children against the plain drain, the callback's
+    # start, a chain's hand-off, and what plain drains pay for workflows (bench/workflows.py).
+    from bench import workflows
+
+    figures.update(await workflows.run(dsn, cfg, say))
+    figures.update(await workflows.run_ab(dsn, cfg, say))
     return figures
 
 

@@ -9,8 +9,10 @@ from pgtasks.errors import (
     DatabaseError,
     IllegalTransition,
     InvalidArgument,
+    InvalidWorkflow,
     LeaseLost,
     ParamsValidationError,
+    ParentNotDone,
     PermanentError,
     PgTasksError,
     Retry,
@@ -19,11 +21,21 @@ from pgtasks.errors import (
     TaskFailed,
     TaskNotFound,
     UniqueKeyHeld,
+    WorkflowFailed,
+    WorkflowNotFound,
 )
 from pgtasks.schedules import Schedule, schedule
 from pgtasks.sync import SyncClient
 from pgtasks.task import BaseTask, Registry, registry, task_register
 from pgtasks.worker import Worker
+from pgtasks.workflows import (
+    ParentFailure,
+    SubmittedWorkflow,
+    chain,
+    chord,
+    group,
+    task_node,
+)
 
 __all__ = [
     "BaseTask",
@@ -32,14 +44,18 @@ __all__ = [
     "DatabaseError",
     "IllegalTransition",
     "InvalidArgument",
+    "InvalidWorkflow",
     "LeaseLost",
     "ParamsValidationError",
+    "ParentFailure",
+    "ParentNotDone",
     "PermanentError",
     "PgTasksError",
     "Registry",
     "Retry",
     "Schedule",
     "SubmitResult",
+    "SubmittedWorkflow",
     "SyncClient",
     "SyncTaskContext",
     "TaskAlreadyFinished",
@@ -51,8 +67,14 @@ __all__ = [
     "TaskNotFound",
     "UniqueKeyHeld",
     "Worker",
+    "WorkflowFailed",
+    "WorkflowNotFound",
+    "chain",
+    "chord",
+    "group",
     "registry",
     "schedule",
+    "task_node",
     "task_register",
 ]
 __version__ = "0.1.0"

@@ -25,6 +25,7 @@ from rich.markup import escape
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
+from rich.tree import Tree
 
 from pgtasks.client import STATUSES, Client, TaskInfo, TaskLog
 from pgtasks.config import ENV_URL, database_url, embedded_root
@@ -42,6 +43,7 @@ T = TypeVar("T")
 # Piped output (make run, CI logs) gets room for its tables instead of rich's 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 130)
 STATUS_STYLE = {
+    "WAITING": "blue",
     "PENDING": "cyan",
     "RUNNING": "yellow",
     "COMMIT": "magenta",
@@ -1083,6 +1085,76 @@ def schedules_resume(ctx: click.Context, name: str) -> None:
 def schedules_run(ctx: click.Context, name: str) -> None:
     """Enqueue one task of the schedule now; prints its id."""
     click.echo(run(_with_client(ctx, lambda c: c.trigger_schedule(name))))
+
+
+# -- workflows (docs/workflows.md) ---------------------------------------------------------
+
+WORKFLOW_STATE_STYLE = {"running": "yellow", "done": "green", "failed": "red", "cancelled": "dim"}
+
+
+@cli.command("workflows")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
+@click.pass_context
+def workflows_(ctx: click.Context, limit: int) -> None:
+    """Workflows, newest first, with their state and counts by status."""
+
+    async def go(c: Client) -> None:
+        rows = await c.workflows(limit=limit)
+        table = Table(title=f"workflows ({len(rows)})")
+        cols = ["id", "name", "state", "total", "waiting", "pending", "running", "done",
+                "failed", "cancelled", "created_at"]  # fmt: skip
+        for col in cols:
+            table.add_column(col)
+        for r in rows:
+            cells = [_cell(r[k]) for k in cols]
+            cells[2] = f"[{WORKFLOW_STATE_STYLE.get(r['state'], 'white')}]{r['state']}[/]"
+            table.add_row(*cells)
+        console.print(table)
+
+    run(_with_client(ctx, go))
+
+
+def workflow_tree(wf: dict[str, Any], max_nodes: int = 500) -> Tree:
+    """The graph as a tree: each task under its first parent, its other parents named."""
+    style = WORKFLOW_STATE_STYLE.get(wf["state"], "white")
+    done, total = wf["done"], wf["total"]
+    tree = Tree(
+        f"workflow {wf['id']} {wf['name'] or ''} [{style}]{wf['state']}[/] ({done}/{total} done)"
+    )
+    names = {n["task_id"]: n["node"] or str(n["task_id"]) for n in wf["nodes"]}
+    branches: dict[int, Tree] = {}
+    for i, n in enumerate(wf["nodes"]):
+        if i == max_nodes:
+            tree.add(f"... {len(wf['nodes']) - max_nodes} more (pgtasks.workflow_graph lists all)")
+            break
+        progress = ""
+        if n["progress_total"]:
+            progress = f" {100 * (n['progress_current'] or 0) / n['progress_total']:.0f}%"
+        label = f"{names[n['task_id']]} #{n['task_id']} [dim]{n['task_type']}[/] "
+        label += _status(str(n["status"])) + progress
+        others = [names.get(p, str(p)) for p in n["parent_ids"][1:]]
+        if others:
+            shown = ", ".join(others[:3]) + (f" +{len(others) - 3}" if len(others) > 3 else "")
+            label += f" [dim](also after {shown})[/]"
+        first = n["parent_ids"][0] if n["parent_ids"] else None
+        branches[n["task_id"]] = branches.get(first, tree).add(label)
+    return tree
+
+
+@cli.command("workflow")
+@click.argument("args", nargs=-1, required=True)
+@click.pass_context
+def workflow_(ctx: click.Context, args: tuple[str, ...]) -> None:
+    """`workflow ID`: its tasks as a tree, with status and progress;
+    `workflow cancel ID`: cancel its unfinished tasks (running ones are stopped)."""
+    if len(args) == 2 and args[0] == "cancel" and args[1].isdigit():
+        n = run(_with_client(ctx, lambda c: c.cancel_workflow(int(args[1]))))
+        click.echo(f"workflow {args[1]}: {n} task(s) cancelled")
+        return
+    if len(args) != 1 or not args[0].isdigit():
+        raise click.UsageError("use `pgtasks workflow ID` or `pgtasks workflow cancel ID`")
+    wf = run(_with_client(ctx, lambda c: c.workflow(int(args[0]))))
+    console.print(workflow_tree(wf))
 
 
 def main() -> None:

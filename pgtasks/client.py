@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal, get_args
@@ -16,12 +17,20 @@ from pydantic import BaseModel
 
 from pgtasks import db, queries
 from pgtasks.config import resolve_url
-from pgtasks.errors import PgTasksError, TaskCancelled, TaskFailed, TaskNotFound
+from pgtasks.errors import (
+    PgTasksError,
+    TaskCancelled,
+    TaskFailed,
+    TaskNotFound,
+    WorkflowFailed,
+    WorkflowNotFound,
+)
 from pgtasks.task import registry, type_name
+from pgtasks.workflows import Node, SubmittedWorkflow, compile_workflow
 
 #: The status list, written once on the Python side (the database's enum pgtasks.status;
-#: tests/test_client.py checks that the two agree).
-Status = Literal["PENDING", "RUNNING", "COMMIT", "DONE", "FAILED", "CANCELLED"]
+#: tests/test_client.py checks that the two agree). WAITING: unfinished parents (sql/0012).
+Status = Literal["WAITING", "PENDING", "RUNNING", "COMMIT", "DONE", "FAILED", "CANCELLED"]
 STATUSES: tuple[str, ...] = get_args(Status)
 TERMINAL = frozenset({"DONE", "FAILED", "CANCELLED"})
 
@@ -65,13 +74,15 @@ class TaskDetail(TaskInfo):
     """A task with everything an operator looks at: params, each attempt's error, steps.
 
     `schedule` and `schedule_tick` name the schedule and tick that created the task (None
-    for a task submitted otherwise). `workflow_id` stays None until the workflow SQL fills it.
+    for a task submitted otherwise). `workflow_id` and `workflow_node` name the workflow
+    and node a task belongs to (None for a task submitted on its own).
     """
 
     params: Any = None
     errors: list[AttemptError] = []
     steps: list[str] = []
     workflow_id: int | None = None
+    workflow_node: str | None = None
     schedule: str | None = None
     schedule_tick: datetime | None = None
 
@@ -127,6 +138,21 @@ def _status(status: str | None) -> str | None:
 
 
 Executor = asyncpg.Connection | asyncpg.Pool
+
+
+async def _doze(
+    woke: asyncio.Event, poll_interval: float, deadline: float | None, late: str
+) -> None:
+    """Wait for a notification, at most `poll_interval`; TimeoutError(late) once the
+    deadline (loop time) passed. Only the waiting times out, never a query halfway."""
+    pause = poll_interval
+    if deadline is not None:
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            raise TimeoutError(late)
+        pause = min(pause, remaining)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(woke.wait(), pause)
 
 
 async def _joined(connection: Any) -> asyncpg.Connection:
@@ -286,8 +312,15 @@ class Client:
         unique_for: float | timedelta | None = None,
         concurrency_key: str | None = None,
         concurrency_limit: int | None = None,
-    ) -> SubmitResult:
+        depends_on: Sequence[int] | None = None,
+        on_parent_failure: str | None = None,
+    ) -> Any:
         """Enqueue one task. `task` is a type name or a registered task.
+
+        A workflow (`chain`, `group`, `chord`, `MyTask.s(...)`; pgtasks.workflows) is
+        submitted whole with `submit_workflow`, and a SubmittedWorkflow comes back.
+        `depends_on` (task ids) makes the task wait until those tasks ended; a failed or
+        cancelled one cancels it, unless `on_parent_failure="run"`.
 
         Returns a SubmitResult: the task's id (an int subclass, so code that used the id
         keeps working) and `.created`, False when `unique_key` matched an active task (or
@@ -297,11 +330,23 @@ class Client:
         `connection` joins your transaction: an asyncpg connection, or a SQLAlchemy
         AsyncConnection / AsyncSession on asyncpg. Roll back and the task never existed.
         """
+        if isinstance(task, Node):
+            if params is not None:
+                raise PgTasksError("a workflow carries its params in its nodes (MyTask.s(params))")
+            return await self.submit_workflow(task, connection=connection)
         conn, name, options = await self._prepare(
             task, queue, priority, run_at, delay, max_retries, timeout, connection
         )
         raw = _params(params)
         flow = self._flow(name, raw, unique_key, unique_for, concurrency_key, concurrency_limit)
+        if depends_on is not None or on_parent_failure is not None:
+            async with db.translated():
+                return SubmitResult(
+                    await conn.fetchval(
+                        queries.SUBMIT_DEPENDENT, name, db.dumps(raw), *options, flow[2], flow[3],
+                        list(depends_on or []), on_parent_failure,
+                    )
+                )  # fmt: skip
         async with db.translated():
             if not any(v is not None for v in flow):  # no key: always created, cheaper call
                 return SubmitResult(
@@ -383,6 +428,20 @@ class Client:
             )
         return [r[0] for r in rows]
 
+    async def submit_workflow(
+        self, workflow: Node | dict[str, Any], *, name: str | None = None, connection: Any = None
+    ) -> SubmittedWorkflow:
+        """Submit a whole graph atomically: a builder tree (chain, group, chord, nodes) or a
+        spec dict as submit_workflow takes it (docs/workflows.md). InvalidWorkflow (PT5xx)
+        and nothing written for an empty graph, a cycle or an unknown node name."""
+        spec = workflow if isinstance(workflow, dict) else compile_workflow(workflow, name=name)
+        if name is not None and isinstance(workflow, dict):
+            spec = {**spec, "name": name}
+        conn = self.pool if connection is None else await _joined(connection)
+        async with db.translated():
+            out = json.loads(await conn.fetchval(queries.SUBMIT_WORKFLOW, db.dumps(spec)))
+        return SubmittedWorkflow(out["workflow_id"], out["nodes"])
+
     # -- reading -------------------------------------------------------------------------
 
     async def get(self, task_id: int) -> TaskInfo:
@@ -457,6 +516,85 @@ class Client:
     async def errors(self, task_id: int) -> list[dict[str, Any]]:
         rows = await self.pool.fetch(queries.TASK_ERRORS, task_id)
         return [dict(r) for r in rows]
+
+    # -- workflows (sql/0012; docs/workflows.md) ------------------------------------------
+
+    async def workflow(self, workflow_id: int) -> dict[str, Any]:
+        """The pgtasks.workflows row (state, counts by status) plus "nodes": its tasks with
+        node, type, status, progress and parent_ids, in submit order."""
+        row = await self.pool.fetchrow(queries.WORKFLOW, workflow_id)
+        if row is None:
+            raise WorkflowNotFound(f"workflow {workflow_id} does not exist")
+        nodes = await self.pool.fetch(queries.WORKFLOW_GRAPH, workflow_id)
+        return {**dict(row), "nodes": [dict(n) for n in nodes]}
+
+    async def workflows(self, *, limit: int = 50) -> list[dict[str, Any]]:
+        """Workflows, newest first, with their state and counts by status."""
+        return [dict(r) for r in await self.pool.fetch(queries.WORKFLOWS, limit)]
+
+    async def cancel_workflow(self, workflow_id: int) -> int:
+        """Cancel every unfinished task of the workflow (running ones are told to stop);
+        returns how many. WorkflowNotFound for an unknown id."""
+        async with db.translated():
+            return int(await self.pool.fetchval(queries.CANCEL_WORKFLOW, workflow_id))
+
+    async def wait_workflow(
+        self, workflow_id: int, *, timeout: float | None = None, poll_interval: float = 1.0
+    ) -> Any:
+        """Block until the workflow ended; return its sink nodes' result (the tasks nothing
+        depends on): the one result for a chain or chord, else {node name: result}.
+
+        Woken by the sinks' pgtasks_done notifications (each sink is watched, as `wait`
+        does), polling as a backstop. Raises WorkflowFailed when it ended failed or
+        cancelled, TimeoutError after `timeout` seconds.
+        """
+        graph = await self.workflow(workflow_id)
+        parents = {p for n in graph["nodes"] for p in n["parent_ids"]}
+        sinks = [n["task_id"] for n in graph["nodes"] if n["task_id"] not in parents]
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        woke = asyncio.Event()
+        watched = {str(t) for t in sinks}
+
+        def on_notify(_c: object, _pid: int, _ch: str, payload: str) -> None:
+            if payload in watched:
+                woke.set()
+
+        async with self.pool.acquire() as conn:
+            await conn.add_listener("pgtasks_done", on_notify)
+            try:
+                for t in sinks:
+                    await conn.fetchval(queries.WATCH_TASK, t)
+                while True:
+                    woke.clear()
+                    row = await conn.fetchrow(queries.WORKFLOW, workflow_id)
+                    if row is None:
+                        raise WorkflowNotFound(f"workflow {workflow_id} does not exist")
+                    if row["state"] != "running":
+                        break
+                    await _doze(
+                        woke, poll_interval, deadline,
+                        f"workflow {workflow_id} did not end within {timeout or 0:g}s",
+                    )  # fmt: skip
+                tasks = await conn.fetch(
+                    queries.TASKS_BY_ID, [n["task_id"] for n in graph["nodes"]]
+                )
+            finally:
+                for t in sinks:
+                    with contextlib.suppress(Exception):
+                        await conn.execute(queries.UNWATCH_TASK, t)
+                with contextlib.suppress(Exception):
+                    await conn.remove_listener("pgtasks_done", on_notify)
+        by_id = {r["id"]: r for r in tasks}
+        if row["state"] != "done":
+            errors = {
+                r["workflow_node"] or str(r["id"]): r["error"]
+                for r in tasks
+                if r["status"] in ("FAILED", "CANCELLED") and r["error"]
+            }
+            raise WorkflowFailed(workflow_id, row["state"], errors)
+        results = {by_id[t]["workflow_node"] or str(t): by_id[t]["result"] for t in sinks}
+        return next(iter(results.values())) if len(results) == 1 else results
 
     # -- flow control (docs/flow-control.md) ---------------------------------------------
 
@@ -744,17 +882,11 @@ class Client:
                     raise TaskFailed(task_id, info.error)
                 if info.status == "CANCELLED":
                     raise TaskCancelled(task_id)
-                pause = poll_interval
-                if deadline is not None:
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        raise TimeoutError(
-                            f"task {task_id} did not finish within {timeout:g}s "
-                            f"(it is {info.status})"
-                        )
-                    pause = min(pause, remaining)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(woke.wait(), pause)
+                await _doze(
+                    woke, poll_interval, deadline,
+                    f"task {task_id} did not finish within {timeout or 0:g}s "
+                    f"(it is {info.status})",
+                )  # fmt: skip
 
     async def follow(
         self, task_id: int, *, poll_interval: float = 1.0, after_id: int = 0

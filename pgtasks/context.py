@@ -33,6 +33,7 @@ import asyncpg
 
 from pgtasks.db import TRANSIENT
 from pgtasks.errors import LeaseLost, PermanentError, PgTasksError
+from pgtasks.workflows import parent_results_from
 
 T = TypeVar("T")
 
@@ -65,6 +66,8 @@ class Writer(Protocol):
     async def progress(
         self, task_id: int, attempt: int, current: int, total: int | None, message: str | None
     ) -> None: ...
+
+    async def parent_results(self, task_id: int) -> dict[str, Any]: ...
 
 
 RunBlocking = Callable[[Callable[[], Any]], Awaitable[Any]]
@@ -152,6 +155,7 @@ class TaskContext:
         self._steps: dict[str, Any] | None = None
         self._db_clock_offset = 0.0  # database now() minus local time, seen when steps load
         self._used_steps: set[str] = set()
+        self._parents: dict[int, Any] | None = None
         self._sleeps = 0
         self._cancel = asyncio.Event()
         self.cancel_reason: str | None = None
@@ -178,6 +182,35 @@ class TaskContext:
         """A pool for the task's own queries: separate from the worker's, small
         (`--task-pool-size`), and it opens no connection until a task uses it."""
         return self._pool()
+
+    # -- workflows (pgtasks.workflows) ---------------------------------------------------
+
+    async def _parent_results(self) -> dict[int, Any]:
+        if self._parents is None:
+            self._parents = parent_results_from(await self.writer.parent_results(self.task_id))
+        return dict(self._parents)
+
+    async def _parent_result(self) -> Any:
+        results = await self._parent_results()
+        if len(results) != 1:
+            raise PgTasksError(
+                f"task {self.task_id} has {len(results)} parents; ctx.parent_result is for "
+                "exactly one (use ctx.parent_results)"
+            )
+        return next(iter(results.values()))
+
+    @property
+    def parent_results(self) -> Awaitable[dict[int, Any]]:
+        """`await ctx.parent_results`: the parents' results by task id, in submit order. A
+        parent that ended FAILED or CANCELLED (seen only with on_parent_failure="run") maps
+        to a ParentFailure. Read from the database once, on first use: the claim of a task
+        without parents carries nothing extra."""
+        return self._parent_results()
+
+    @property
+    def parent_result(self) -> Awaitable[Any]:
+        """`await ctx.parent_result`: the one parent's result (a chain step's input)."""
+        return self._parent_result()
 
     # -- cancellation --------------------------------------------------------------------
 
@@ -513,6 +546,16 @@ class SyncTaskContext:
     @property
     def cancelled(self) -> bool:
         return self._ctx.cancelled
+
+    @property
+    def parent_results(self) -> dict[int, Any]:
+        """Like `await ctx.parent_results` on TaskContext: the parents' results by id."""
+        return self._call(self._ctx._parent_results())
+
+    @property
+    def parent_result(self) -> Any:
+        """The one parent's result."""
+        return self._call(self._ctx._parent_result())
 
     def step(self, name: str, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
         """Like TaskContext.step; `fn` runs here, in the task's own thread."""

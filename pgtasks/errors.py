@@ -71,6 +71,38 @@ class ScheduleNotFound(DatabaseError):
     sqlstate = "PT407"
 
 
+class InvalidWorkflow(InvalidArgument):
+    """A workflow or dependency the database refused (PT501..PT507: empty graph, bad or
+    repeated node name, unknown parent, cycle, bad on_parent_failure, bad node value,
+    parent already failed): nothing was written."""
+
+    sqlstate = "PT500"
+
+
+class WorkflowNotFound(DatabaseError):
+    sqlstate = "PT508"
+
+
+class ParentNotDone(DatabaseError):
+    """retry_task of a task whose parent ended FAILED or CANCELLED (PT510): retry the
+    parent, which revives its dependents."""
+
+    sqlstate = "PT510"
+
+
+class WorkflowFailed(PgTasksError):
+    """Raised by `Client.wait_workflow` for a workflow that ended failed or cancelled.
+    `errors` maps node name to error for its FAILED (and cancelled) tasks."""
+
+    def __init__(self, workflow_id: int, state: str, errors: dict[str, str | None]) -> None:
+        first = next(iter(errors.items()), None)
+        why = f": {first[0]}: {first[1]}" if first else ""
+        super().__init__(f"workflow {workflow_id} ended {state}{why}")
+        self.workflow_id = workflow_id
+        self.state = state
+        self.errors = errors
+
+
 class UnknownTaskType(PgTasksError):
     """A worker claimed a task whose type is not registered in its app."""
 
@@ -115,6 +147,8 @@ _BY_STATE: dict[str, type[DatabaseError]] = {
     "PT004": TaskAlreadyFinished,
     "PT306": UniqueKeyHeld,
     "PT407": ScheduleNotFound,
+    "PT508": WorkflowNotFound,
+    "PT510": ParentNotDone,
 }
 
 
@@ -128,6 +162,8 @@ def translate(exc: BaseException) -> BaseException:
         if state.startswith("PT1")
         else InvalidSchedule
         if state.startswith("PT4")
+        else InvalidWorkflow
+        if state.startswith("PT5")
         else DatabaseError
     )
     message = str(getattr(exc, "message", None) or exc)

@@ -39,6 +39,18 @@ SELECT id, created
                              concurrency_key => $11, concurrency_limit => $12)
 """
 
+# A task that starts after its parents end (sql/0012): WAITING until the last one does.
+SUBMIT_DEPENDENT = """
+SELECT pgtasks.submit_task(task_type => $1, params => $2::text::jsonb, queue => $3,
+                           priority => $4, run_at => $5, max_retries => $6, timeout => $7,
+                           backoff_base => $8, concurrency_key => $9, concurrency_limit => $10,
+                           depends_on => $11, on_parent_failure => $12)
+"""
+
+# A whole graph in one call (pgtasks/workflows.py builds the spec); returns
+# {"workflow_id": ..., "nodes": {name: task id}} as JSON text.
+SUBMIT_WORKFLOW = "SELECT pgtasks.submit_workflow(spec => $1::text::jsonb)::text"
+
 # -- reading (views) -----------------------------------------------------------------------
 
 GET_TASK = "SELECT * FROM pgtasks.task_status WHERE id = $1"
@@ -126,6 +138,12 @@ REGISTERED_TYPES = "SELECT * FROM pgtasks.registered_types ORDER BY task_type"
 # Deployment-wide defaults (lease, retention, ...), defined once in the database.
 SETTINGS = "SELECT * FROM pgtasks.current_settings()"
 
+# Workflows (sql/0012): the view's row, the graph (tasks and their parents), results.
+WORKFLOW = "SELECT * FROM pgtasks.workflows WHERE id = $1"
+WORKFLOWS = "SELECT * FROM pgtasks.workflows ORDER BY id DESC LIMIT $1"
+WORKFLOW_GRAPH = "SELECT * FROM pgtasks.workflow_graph(workflow_id => $1)"
+TASKS_BY_ID = "SELECT * FROM pgtasks.task_status WHERE id = ANY($1::bigint[]) ORDER BY id"
+
 # -- operator actions ----------------------------------------------------------------------
 
 CANCEL_TASK = "SELECT pgtasks.cancel_task(task_id => $1)"
@@ -138,6 +156,7 @@ SELECT pgtasks.configure_queue(queue => $1, max_running => $2, rate_limit => $3,
 PAUSE_QUEUE = "SELECT pgtasks.pause_queue(queue => $1)"
 RESUME_QUEUE = "SELECT pgtasks.resume_queue(queue => $1)"
 RETRY_TASK = "SELECT pgtasks.retry_task(task_id => $1)"
+CANCEL_WORKFLOW = "SELECT pgtasks.cancel_workflow(workflow_id => $1)"
 WATCH_TASK = "SELECT pgtasks.watch_task(task_id => $1)"
 UNWATCH_TASK = "SELECT pgtasks.unwatch_task(task_id => $1)"
 
@@ -233,6 +252,10 @@ SELECT count(pgtasks.log_many(task_id => g.task_id, attempt => g.attempt, levels
 """
 
 TASK_STEPS = "SELECT * FROM pgtasks.task_steps_of(task_id => $1, attempt => $2)"
+
+# A task's parents (sql/0012), read when the task asks (ctx.parent_results), not with the
+# claim: plain tasks pay nothing for it.
+PARENT_RESULTS = "SELECT pgtasks.parent_results(task_id => $1)"
 
 # -- worker: maintenance -------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from pgtasks.client import Client, TaskInfo, TaskLog
+from pgtasks.workflows import SubmittedWorkflow
 
 T = TypeVar("T")
 
@@ -71,9 +72,12 @@ class SyncClient:
         delay: float | timedelta | None = None,
         max_retries: int | None = None,
         timeout: float | timedelta | None = None,
+        depends_on: Sequence[int] | None = None,
+        on_parent_failure: str | None = None,
     ) -> int:
-        """Client.submit. (To submit inside your own transaction, use the async Client.)"""
-        return self._call(
+        """Client.submit, a workflow too (then a SubmittedWorkflow). (To submit inside your
+        own transaction, use the async Client.)"""
+        return self._call(  # type: ignore[no-any-return]
             self._client.submit(
                 task,
                 params,
@@ -83,8 +87,26 @@ class SyncClient:
                 delay=delay,
                 max_retries=max_retries,
                 timeout=timeout,
+                depends_on=depends_on,
+                on_parent_failure=on_parent_failure,
             )
         )
+
+    def submit_workflow(self, workflow: Any, *, name: str | None = None) -> SubmittedWorkflow:
+        return self._call(self._client.submit_workflow(workflow, name=name))
+
+    def wait_workflow(self, workflow_id: int, *, timeout: float | None = None) -> Any:
+        """Client.wait_workflow: the sinks' result, or WorkflowFailed / TimeoutError."""
+        return self._call(self._client.wait_workflow(workflow_id, timeout=timeout))
+
+    def workflow(self, workflow_id: int) -> dict[str, Any]:
+        return self._call(self._client.workflow(workflow_id))
+
+    def workflows(self, *, limit: int = 50) -> list[dict[str, Any]]:
+        return self._call(self._client.workflows(limit=limit))
+
+    def cancel_workflow(self, workflow_id: int) -> int:
+        return self._call(self._client.cancel_workflow(workflow_id))
 
     def submit_many(self, task: Any, params_list: Sequence[Any], **options: Any) -> list[int]:
         return self._call(self._client.submit_many(task, params_list, **options))

@@ -6,6 +6,7 @@ database without stealing each other's work.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 from collections.abc import Callable, Iterator
@@ -37,6 +38,13 @@ class BaseTask:
 
     def execute(self, ctx: Any, params: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} must implement execute(ctx, params)")
+
+    @classmethod
+    def s(cls, params: Any = None, **options: Any) -> Any:
+        """A workflow node of this task (pgtasks.workflows): `chain(A.s({...}), B.s())`."""
+        from pgtasks.workflows import task_node
+
+        return task_node(cls, params, **options)
 
 
 @dataclass
@@ -234,9 +242,18 @@ def task_register(
                 )
             )
         obj.task_type = name  # type: ignore[attr-defined]
+        if not inspect.isclass(obj):
+            # Functions get what BaseTask subclasses inherit: fn.s(params) is a workflow node.
+            obj.s = functools.partial(_node_of, name)  # type: ignore[attr-defined]
         return obj
 
     return decorate
+
+
+def _node_of(task_type: str, params: Any = None, /, **options: Any) -> Any:
+    from pgtasks.workflows import task_node
+
+    return task_node(task_type, params, **options)
 
 
 def type_name(task: str | Any) -> str:

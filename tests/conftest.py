@@ -23,6 +23,7 @@ from pgtasks import db
 from pgtasks.embedded import EmbeddedPostgres
 from pgtasks.migrations import migrate_url
 from tests.apps.basic import RUNS_DDL
+from tests.fleet import Fleet
 
 ROOT = Path(__file__).resolve().parent.parent
 _server: EmbeddedPostgres | None = None
@@ -133,3 +134,13 @@ async def wait_for(
         if loop.time() > deadline:
             raise AssertionError(f"condition not reached within {timeout}s: {query}")
         await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def fleet(dsn: str, tmp_path: Path) -> Iterator[Fleet]:
+    """`pgtasks worker` processes logging to files (tests/fleet.py), stopped at the end."""
+    f = Fleet(dsn, tmp_path / "logs")
+    try:
+        yield f
+    finally:
+        f.stop_all()

@@ -385,4 +385,11 @@ def router(client: Client | None = None, *, settings: WebSettings | None = None)
     async def workflow(c: C, workflow_id: int) -> dict[str, Any]:
         return dict(await _extension(c, "workflow", "the workflows SQL", workflow_id))
 
+    @api.post("/workflows/{workflow_id}/cancel", dependencies=[write])
+    async def cancel_workflow(c: C, workflow_id: int) -> dict[str, Any]:
+        """Cancel every unfinished task of the workflow (running ones are stopped); 404
+        for an unknown workflow."""
+        n = await _extension(c, "cancel_workflow", "the workflows SQL", workflow_id)
+        return {"id": workflow_id, "cancelled": n}
+
     return api

@@ -21,9 +21,11 @@ from pgtasks.errors import (
     DatabaseError,
     IllegalTransition,
     InvalidArgument,
+    ParentNotDone,
     PgTasksError,
     TaskAlreadyFinished,
     TaskNotFound,
+    WorkflowNotFound,
 )
 
 
@@ -47,6 +49,8 @@ class ApiError(Exception):
 
 _STATUS: list[tuple[type[DatabaseError], int]] = [
     (TaskNotFound, 404),
+    (WorkflowNotFound, 404),
+    (ParentNotDone, 409),
     (IllegalTransition, 409),
     (TaskAlreadyFinished, 409),
     (InvalidArgument, 422),

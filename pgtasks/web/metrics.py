@@ -14,7 +14,8 @@ from pgtasks.client import STATUSES, Client
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-# queue_stats column per status (COMMIT tasks are "waiting" there).
+# queue_stats column per status (COMMIT tasks are "waiting" there; WAITING tasks, on
+# unfinished parents, have no column of their own yet: pgtasks.workflows counts them).
 _COLUMN = {
     "PENDING": "pending",
     "COMMIT": "waiting",
@@ -43,7 +44,8 @@ def families(snapshot: dict[str, Any]) -> Iterator[Metric]:
     )  # fmt: skip
     for q in snapshot["queues"]:
         for status in STATUSES:
-            tasks.add_metric([q["queue"], status], q[_COLUMN[status]])
+            if status in _COLUMN:
+                tasks.add_metric([q["queue"], status], q[_COLUMN[status]])
         ready.add_metric([q["queue"]], q["ready"])
         oldest.add_metric([q["queue"]], float(q["oldest_ready_seconds"]))
         done_minute.add_metric([q["queue"]], q["done_last_minute"])

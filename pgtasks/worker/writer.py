@@ -129,6 +129,11 @@ class TaskWriter:
             rows = await self.pool.fetch(queries.TASK_STEPS, task_id, attempt)
         return [(r["name"], r["result"], r["db_now"]) for r in rows]
 
+    async def parent_results(self, task_id: int) -> dict[str, Any]:
+        async with translated():
+            raw = await self.pool.fetchval(queries.PARENT_RESULTS, task_id)
+        return dict(raw or {})
+
     async def checkpoint(self, task_id: int, attempt: int, name: str, value: Any) -> None:
         async with translated():
             await self.pool.execute(queries.CHECKPOINT, task_id, attempt, name, value)

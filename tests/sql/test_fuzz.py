@@ -40,7 +40,7 @@ INPUT_ERRORS = {
 }
 
 TABLES = ("tasks", "task_events", "task_errors", "task_steps", "task_logs", "task_waiters",
-          "worker_registry", "task_types", "settings")  # fmt: skip
+          "worker_registry", "task_types", "settings", "task_edges", "workflow_runs")  # fmt: skip
 COUNTS = "SELECT " + ", ".join(f"(SELECT count(*) FROM pgtasks.{t})" for t in TABLES)
 ATTEMPTS = "SELECT coalesce(jsonb_object_agg(id, attempt), '{}') FROM pgtasks.tasks"
 
@@ -62,6 +62,16 @@ INVARIANTS = {
         SELECT count(*) FROM pgtasks.tasks
          WHERE NOT (run_at BETWEEN now() - interval '101 years' AND now() + interval '101 years')
             OR deadline > now() + interval '2 years' OR timeout > interval '2 years'""",
+    "waiting_on disagrees with the unfinished parents": """
+        SELECT count(*) FROM pgtasks.tasks t
+         WHERE t.status = 'WAITING' AND t.waiting_on <> (
+               SELECT count(*) FROM pgtasks.task_edges e JOIN pgtasks.tasks p ON p.id = e.parent_id
+                WHERE e.child_id = t.id AND p.status NOT IN ('DONE', 'FAILED', 'CANCELLED'))""",
+    "ran before a parent was done": """
+        SELECT count(*) FROM pgtasks.tasks c
+          JOIN pgtasks.task_edges e ON e.child_id = c.id JOIN pgtasks.tasks p ON p.id = e.parent_id
+         WHERE c.on_parent_failure = 'cancel' AND p.status <> 'DONE'
+           AND c.status IN ('PENDING', 'COMMIT', 'RUNNING', 'DONE')""",
     "waiting task without history": """
         SELECT count(*) FROM pgtasks.tasks t
          WHERE NOT EXISTS (SELECT 1 FROM pgtasks.task_events e WHERE e.task_id = t.id)""",
@@ -166,7 +176,8 @@ REQUIRED = {
     "submit_task": 1, "submit_tasks": 2, "claim_tasks": 1, "heartbeat": 3, "finish_task": 2,
     "finish_tasks": 3, "finish_and_claim": 4, "fail_task": 3, "yield_task": 2, "checkpoint": 3,
     "task_steps_of": 2, "report_progress": 3, "log": 4, "log_many": 4, "register_task_type": 1,
-    "register_worker": 3, "unregister_worker": 1,
+    "register_worker": 3, "unregister_worker": 1, "submit_workflow": 1, "cancel_workflow": 1,
+    "parent_results": 1, "workflow_graph": 1,
 }  # fmt: skip
 OMIT = object()
 
@@ -192,11 +203,45 @@ def batch(fn: str, **extra: tuple[str, st.SearchStrategy[Any]]) -> st.SearchStra
                 results=("jsonb[]", arrays(jsons)), **extra)  # fmt: skip
 
 
+# Workflow specs (sql/0012): mostly well-formed graphs over a few names (so cycles, unknown
+# and repeated names come up), with hostile values here and there; and any JSON at all.
+node_names = st.sampled_from(["a", "b", "c", "d", "a", "", " ", "x" * 300])
+node_values = {
+    "after": st.one_of(st.lists(node_names, max_size=3), st.sampled_from(["a", [1], None])),
+    "params": st.sampled_from([{}, {"a": 1}, [], "s", None]),
+    "queue": st.sampled_from(["q", "", None, 5]),
+    "priority": st.sampled_from([1, -3, 1.5, "x", 2**40, None]),
+    "run_at": st.sampled_from(["2000-01-01", "infinity", "soon", 5, None]),
+    "max_retries": st.sampled_from([0, 2, -1, 5000, None]),
+    "timeout": st.sampled_from([1, 0.5, "1 minute", "soon", -1, "300000 years", 1e300]),
+    "backoff_base": st.sampled_from([1, "2 days", "x"]),
+    "concurrency_key": st.sampled_from(["k", "", None]),
+    "concurrency_limit": st.sampled_from([1, 0, 2**40]),
+    "on_parent_failure": st.sampled_from(["run", "cancel", "x", 1]),
+    "unknown": st.just(1),
+}
+wf_node = st.fixed_dictionaries(
+    {"name": node_names, "type": st.sampled_from(["t", "u", "", "x" * 300])},
+    optional=node_values,  # type: ignore[arg-type]
+)
+wf_specs = st.one_of(
+    jsons,
+    st.builds(lambda ns, name: json.dumps({"nodes": ns} | ({"name": name} if name else {})),
+              st.lists(wf_node, max_size=5), st.sampled_from([None, "etl", "", 5])),
+)  # fmt: skip
+
 CALLS = st.one_of(
     call("submit_task", task_type=("text", names), params=("jsonb", objects),
          queue=("text", names), priority=("integer", ints), run_at=("timestamptz", times),
          max_retries=("integer", ints), timeout=("interval", intervals),
          backoff_base=("interval", intervals)),
+    call("submit_task", task_type=("text", names), params=("jsonb", objects),
+         depends_on=("bigint[]", arrays(ids)),
+         on_parent_failure=("text", st.sampled_from([None, "run", "cancel", "x"]))),
+    call("submit_workflow", spec=("jsonb", wf_specs)),
+    call("cancel_workflow", workflow_id=("bigint", ids)),
+    call("parent_results", task_id=("bigint", ids)),
+    call("workflow_graph", workflow_id=("bigint", ids)),
     call("submit_tasks", task_type=("text", names), params_list=("jsonb[]", arrays(objects)),
          queue=("text", names), priority=("integer", ints), run_at=("timestamptz", times),
          max_retries=("integer", ints), timeout=("interval", intervals),

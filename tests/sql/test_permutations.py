@@ -201,6 +201,31 @@ def _yield_vs_cancel(r: dict[str, list[Outcome]], final: tuple[Any, ...]) -> Non
     assert final[0] == "CANCELLED"
 
 
+FINISH_1 = "SELECT * FROM pgtasks.finish_tasks(ARRAY[1::bigint], ARRAY[1], ARRAY['1'::jsonb])"
+FINISH_2 = "SELECT * FROM pgtasks.finish_tasks(ARRAY[2::bigint], ARRAY[1], ARRAY['2'::jsonb])"
+# Workflows (sql/0012). Tasks 1 and 2 RUNNING under 'w' at attempt 1; task 3 WAITING on both.
+TWO_PARENTS = (
+    "SELECT pgtasks.submit_task('t'); SELECT pgtasks.submit_task('t');"
+    "SELECT * FROM pgtasks.claim_tasks('w', max_tasks => 2);"
+    "SELECT pgtasks.submit_task('t', depends_on => ARRAY[1, 2]::bigint[]);"
+)
+# Its status, unmet parents, and how many times it was released (this setup's events only:
+# RESET restarts the ids, task_events keeps older runs' rows).
+CHILD = """
+SELECT t.status::text, t.waiting_on,
+       (SELECT count(*) FROM pgtasks.task_events e
+         WHERE e.task_id = t.id AND e.to_status = 'PENDING' AND e.at >= t.created_at)
+  FROM pgtasks.tasks t WHERE t.id = {}
+"""
+
+
+def _released_once(r: dict[str, list[Outcome]], final: tuple[Any, ...]) -> None:
+    # Exactly one move to PENDING (a release, or an insert as PENDING when the parent had
+    # already finished), never WAITING forever.
+    assert all(o.sqlstate is None for o in r["a"] + r["b"]), r
+    assert final == ("PENDING", 0, 1)
+
+
 SPECS = {
     "claim vs cancel": Spec(
         PENDING, ["SELECT id FROM pgtasks.claim_tasks('a', max_tasks => 1)", None],
@@ -233,6 +258,11 @@ SPECS = {
         ["SELECT pgtasks.finish_task(1, 1, '1')", None],
         ["SELECT id FROM pgtasks.claim_tasks('b', max_tasks => 1)", None], STATUS,
         _finish_vs_claim_after_yield),
+    "last two parents finish at once": Spec(
+        TWO_PARENTS, [FINISH_1, None], [FINISH_2, None], CHILD.format(3), _released_once),
+    "submit with depends_on vs the parent's finish": Spec(
+        RUNNING, ["SELECT pgtasks.submit_task('t', depends_on => ARRAY[1]::bigint[])", None],
+        ["SELECT pgtasks.finish_task(1, 1, '1')", None], CHILD.format(2), _released_once),
 }  # fmt: skip
 
 

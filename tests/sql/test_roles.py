@@ -3,6 +3,7 @@ cannot do. Roles are cluster-wide, so each test makes its own login roles and dr
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator
 
@@ -28,6 +29,8 @@ INTERNAL = {
     "claim_limited",
     # 0009 (flow fixes)
     "raise_unique_held", "prune_flow_state",
+    # 0012 (workflows)
+    "submit_dependent", "release_children", "revive_children",
 }  # fmt: skip
 
 
@@ -215,3 +218,25 @@ async def test_schedules_admin_creates_worker_fires_reader_reads(login, conn):
     ):
         assert await denied(c, sql), sql
     await a.execute("SELECT pgtasks.drop_schedule(name => 'e')")
+
+
+async def test_each_role_gets_its_workflow_functions(login):
+    a, b = {"name": "a", "type": "t"}, {"name": "b", "type": "t", "after": ["a"]}
+    spec = json.dumps({"nodes": [a, b]})
+    out = json.loads(
+        await login["submitter"].fetchval(
+            "SELECT pgtasks.submit_workflow($1::text::jsonb)::text", spec
+        )
+    )
+    wf, b = out["workflow_id"], out["nodes"]["b"]
+    assert await login["worker"].fetchval("SELECT pgtasks.parent_results($1)::text", b)
+    assert await login["reader"].fetchval("SELECT state FROM pgtasks.workflows WHERE id = $1", wf)
+    assert len(await login["reader"].fetch("SELECT * FROM pgtasks.workflow_graph($1)", wf)) == 2
+    for role, sql in (
+        ("submitter", f"SELECT pgtasks.cancel_workflow({wf})"),
+        ("reader", f"SELECT pgtasks.cancel_workflow({wf})"),
+        ("submitter", "SELECT * FROM pgtasks.workflows"),
+        ("reader", f"SELECT pgtasks.submit_workflow('{spec}')"),
+    ):
+        assert await denied(login[role], sql), (role, sql)
+    assert await login["admin"].fetchval(f"SELECT pgtasks.cancel_workflow({wf})") == 2

@@ -7,16 +7,24 @@ import itertools
 import asyncpg
 import pytest
 
-STATES = ["PENDING", "RUNNING", "COMMIT", "DONE", "FAILED", "CANCELLED"]
+STATES = ["WAITING", "PENDING", "RUNNING", "COMMIT", "DONE", "FAILED", "CANCELLED"]
 ALLOWED = {
     ("PENDING", "RUNNING"), ("COMMIT", "RUNNING"), ("RUNNING", "COMMIT"), ("RUNNING", "DONE"),
     ("RUNNING", "FAILED"), ("PENDING", "CANCELLED"), ("COMMIT", "CANCELLED"),
     ("RUNNING", "CANCELLED"), ("FAILED", "PENDING"), ("CANCELLED", "PENDING"),
+    # 0012 (workflows): a task with unfinished parents waits
+    ("WAITING", "PENDING"), ("WAITING", "CANCELLED"), ("FAILED", "WAITING"),
+    ("CANCELLED", "WAITING"),
 }  # fmt: skip
 
 
 async def make_task_in(conn: asyncpg.Connection, state: str) -> int:
     """Drive a task to `state` through the SQL API only."""
+    if state == "WAITING":
+        parent = await conn.fetchval("SELECT pgtasks.submit_task('parent', queue => 'elsewhere')")
+        return await conn.fetchval(
+            "SELECT pgtasks.submit_task('t', depends_on => ARRAY[$1]::bigint[])", parent
+        )
     tid = await conn.fetchval("SELECT pgtasks.submit_task('t')")
     if state == "PENDING":
         return tid

@@ -148,6 +148,7 @@ async def test_cancel_retry_history_and_conflicts(http: httpx.AsyncClient):
         ("POST", "/api/queues/default/resume", "resume_queue"),
         ("GET", "/api/schedules", "schedules"),
         ("GET", "/api/workflows/1", "workflow"),
+        ("POST", "/api/workflows/1/cancel", "cancel_workflow"),
     ],
 )
 async def test_extension_points_work_once_the_client_has_them(http, method, path, client_method):
