@@ -735,7 +735,7 @@ class Client:
         task_type: str | None = None,
         limit: int = 1000,
     ) -> list[int]:
-        """Cancel the PENDING, COMMIT or RUNNING tasks among `ids` and/or matching the
+        """Cancel the WAITING, PENDING, COMMIT or RUNNING tasks among `ids` and/or matching the
         filters, at most `limit`, in one all-or-nothing statement; the ids cancelled."""
         return await self._bulk(queries.BULK_CANCEL, ids, status, queue, task_type, None, limit)
 

@@ -442,5 +442,5 @@ SELECT p.id, pgtasks.retry_task(task_id => p.id)::text AS done
 
 BULK_CANCEL = f"""
 SELECT p.id, pgtasks.cancel_task(task_id => p.id)::text AS previous_status
-  FROM ({_BULK_PICK.format(states="'PENDING', 'COMMIT', 'RUNNING'")}) p
+  FROM ({_BULK_PICK.format(states="'WAITING', 'PENDING', 'COMMIT', 'RUNNING'")}) p
 """

@@ -346,7 +346,7 @@ def router(client: Client | None = None, *, settings: WebSettings | None = None)
 
     @api.post("/tasks/cancel", dependencies=[write])
     async def cancel_tasks(c: C, body: BulkRequest) -> BulkDone:
-        """Cancel many PENDING/COMMIT/RUNNING tasks in one all-or-nothing statement."""
+        """Cancel many WAITING/PENDING/COMMIT/RUNNING tasks in one all-or-nothing statement."""
         f = body.filter or BulkFilter()
         if f.error is not None:
             raise ApiError(422, "invalid_request", "filter.error applies to retry only")
