@@ -86,6 +86,10 @@ async def main() -> None:
             "More: [cyan].venv/bin/pgtasks --help[/]; "
             "stop the server: [cyan].venv/bin/pgtasks db stop[/]"
         )
+        console.print(
+            "[bold]See these tasks in the dashboard[/]: run [cyan].venv/bin/pgtasks serve[/] "
+            "and open [link=http://127.0.0.1:8000/]http://127.0.0.1:8000/[/link]"
+        )
 
 
 if __name__ == "__main__":

@@ -388,7 +388,8 @@ def worker(
 @log_format_option
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, log_level: str, log_format: str) -> None:
-    """The HTTP API (/api, OpenAPI at /docs) and /metrics. Needs pgtasks[web].
+    """The web dashboard (/), the HTTP API (/api, OpenAPI at /docs) and /metrics.
+    Needs pgtasks[web].
 
     PGTASKS_API_TOKEN makes writes (and reads, unless PGTASKS_API_OPEN_READS=true) need
     `Authorization: Bearer <token>`.
@@ -402,7 +403,10 @@ def serve(ctx: click.Context, host: str, port: int, log_level: str, log_format: 
     setup_logging(log_level, log_format)
     settings = WebSettings(database_url=_url(ctx))
     where = "this machine only" if host in ("127.0.0.1", "localhost", "::1") else "the network"
-    click.echo(f"pgtasks API on http://{host}:{port} ({where}; docs at /docs, metrics at /metrics)")
+    click.echo(
+        f"pgtasks dashboard on http://{host}:{port}/ ({where}; API at /api, docs at /docs, "
+        "metrics at /metrics)"
+    )
     if settings.api_token is None:
         click.echo("no PGTASKS_API_TOKEN: anyone who reaches this port can submit and cancel")
     # A bounded graceful shutdown: open SSE streams would otherwise hold it up.

@@ -662,6 +662,102 @@ class Client:
         async with db.translated():
             await self.pool.execute(queries.RETRY_TASK, task_id)
 
+    # -- dashboard reads and bulk actions (docs/dashboard.md) -----------------------------
+
+    async def queue_cards(self) -> list[dict[str, Any]]:
+        """Per queue: ready, scheduled, running, failed, oldest_ready_age, paused, limits."""
+        return [dict(r) for r in await self.pool.fetch(queries.DASH_QUEUES)]
+
+    async def throughput(self, seconds: float = 300) -> tuple[float, list[dict[str, Any]]]:
+        """(the server's clock as epoch seconds, tasks ended per second over the last
+        `seconds`: rows of t (epoch second), done, failed)."""
+        async with self.pool.acquire() as conn:
+            now = float(await conn.fetchval(queries.SERVER_EPOCH))
+            rows = await conn.fetch(queries.DASH_THROUGHPUT, now - seconds)
+        return now, [dict(r) for r in rows]
+
+    async def failed_groups(self, *, limit: int = 100) -> list[dict[str, Any]]:
+        """Dead letters grouped by type and first error line: tasks, last_at, last_id."""
+        return [dict(r) for r in await self.pool.fetch(queries.DASH_FAILED_GROUPS, limit)]
+
+    async def browse(
+        self,
+        *,
+        status: str | None = None,
+        queue: str | None = None,
+        task_type: str | None = None,
+        search: str | None = None,
+        after_id: int | None = None,
+        oldest_ready: bool = False,
+        limit: int = 50,
+    ) -> list[dict[str, Any]]:
+        """A keyset page of tasks: newest first, after `after_id` (the last id of the page
+        before); or, with `oldest_ready`, the ready tasks longest waiting first. `search`
+        matches type, error and progress message (case-insensitive substring) among the
+        newest queries.SEARCH_WINDOW tasks."""
+        floor = None
+        if search is not None:
+            top = await self.pool.fetchval(queries.MAX_TASK_ID)
+            floor = (top or 0) - queries.SEARCH_WINDOW
+        sql, args = queries.dash_task_list(
+            status=_status(status),
+            queue=queue,
+            task_type=task_type,
+            search=search,
+            after_id=after_id,
+            oldest_ready=oldest_ready,
+            limit=limit,
+            search_floor=floor,
+        )
+        return [dict(r) for r in await self.pool.fetch(sql, *args)]
+
+    async def retry_many(
+        self,
+        ids: Sequence[int] | None = None,
+        *,
+        status: str | None = None,
+        queue: str | None = None,
+        task_type: str | None = None,
+        error: str | None = None,
+        limit: int = 1000,
+    ) -> list[int]:
+        """Retry the FAILED or CANCELLED tasks among `ids` and/or matching the filters
+        (`error`: the first line of the error, as Client.failed_groups gives it), at most
+        `limit`, in one all-or-nothing statement; the ids retried."""
+        return await self._bulk(queries.BULK_RETRY, ids, status, queue, task_type, error, limit)
+
+    async def cancel_many(
+        self,
+        ids: Sequence[int] | None = None,
+        *,
+        status: str | None = None,
+        queue: str | None = None,
+        task_type: str | None = None,
+        limit: int = 1000,
+    ) -> list[int]:
+        """Cancel the WAITING, PENDING, COMMIT or RUNNING tasks among `ids` and/or matching the
+        filters, at most `limit`, in one all-or-nothing statement; the ids cancelled."""
+        return await self._bulk(queries.BULK_CANCEL, ids, status, queue, task_type, None, limit)
+
+    async def _bulk(
+        self,
+        sql: str,
+        ids: Sequence[int] | None,
+        status: str | None,
+        queue: str | None,
+        task_type: str | None,
+        error: str | None,
+        limit: int,
+    ) -> list[int]:
+        if ids is None and not any((status, queue, task_type, error)):
+            raise PgTasksError("pass ids or at least one filter (status, queue, task_type...)")
+        id_list = None if ids is None else [int(i) for i in ids]
+        async with db.translated():
+            rows = await self.pool.fetch(
+                sql, id_list, _status(status), queue, task_type, error, limit
+            )
+        return [r["id"] for r in rows]
+
     # -- schedules (sql/0006; docs/schedules.md) ------------------------------------------
 
     async def schedules(self) -> list[dict[str, Any]]:

@@ -298,3 +298,149 @@ FIRE_SCHEDULE = """
 SELECT * FROM pgtasks.fire_schedule(name => $1, revision => $2, ticks => $3::timestamptz[],
                                     next_run_at => $4, skipped_before => $5)
 """
+
+# -- dashboard (pgtasks/web/dashboard; docs/dashboard.md) --------------------------------------
+# Every read here stays on an index with a million finished tasks in the table (bench/
+# dashboard.py measures each one); none counts the whole table.
+
+# One card per queue: pgtasks.queues (settings and active counts) plus the dead letters and
+# the oldest ready task's age. Both extra reads walk partial indexes (failed: 0011's
+# tasks_failed; ready: the claim index), never the finished rows. A queue with nothing
+# active still has its card when a registered type names it (listing every queue that
+# ever had a task would read every finished row).
+DASH_QUEUES = """
+WITH f AS (SELECT queue, count(*) AS failed FROM pgtasks.failed_tasks GROUP BY queue),
+     o AS (SELECT queue, now() - min(run_at) AS oldest_ready_age
+             FROM pgtasks.task_status
+            WHERE status IN ('PENDING', 'COMMIT') AND run_at <= now()
+            GROUP BY queue),
+     names AS (SELECT queue FROM pgtasks.queues UNION SELECT queue FROM f
+               UNION SELECT queue FROM pgtasks.registered_types)
+SELECT n.queue, coalesce(q.paused, false) AS paused,
+       q.max_running, q.rate_limit, q.rate_period, coalesce(q.ready, 0) AS ready,
+       coalesce(q.scheduled, 0) AS scheduled, coalesce(q.running, 0) AS running,
+       coalesce(f.failed, 0) AS failed, o.oldest_ready_age
+  FROM names n
+  LEFT JOIN pgtasks.queues q ON q.queue = n.queue
+  LEFT JOIN f ON f.queue = n.queue
+  LEFT JOIN o ON o.queue = n.queue
+ ORDER BY 1
+"""
+
+# Tasks finished DONE and FAILED per second since `since` (epoch seconds, server clock),
+# from the finished_at index.
+DASH_THROUGHPUT = """
+SELECT extract(epoch FROM date_trunc('second', finished_at))::bigint AS t,
+       count(*) FILTER (WHERE status = 'DONE') AS done,
+       count(*) FILTER (WHERE status = 'FAILED') AS failed
+  FROM pgtasks.task_status
+ WHERE status IN ('DONE', 'FAILED', 'CANCELLED') AND finished_at > to_timestamp($1)
+ GROUP BY 1 ORDER BY 1
+"""
+
+SERVER_EPOCH = "SELECT extract(epoch FROM now())::float8"
+
+# Dead letters grouped by type and the first line of their error, biggest group first.
+DASH_FAILED_GROUPS = """
+SELECT task_type, left(split_part(error, E'\\n', 1), 200) AS error, count(*) AS tasks,
+       max(finished_at) AS last_at, max(id) AS last_id
+  FROM pgtasks.failed_tasks
+ GROUP BY 1, 2 ORDER BY tasks DESC, last_at DESC LIMIT $1
+"""
+
+# The columns a row of the dashboard's task list shows.
+_DASH_COLUMNS = """id, task_type, queue, status, attempt, retries, percent, progress_current,
+       progress_total, progress_message, run_at, created_at, started_at, finished_at,
+       left(split_part(error, E'\\n', 1), 160) AS error"""
+
+
+#: How many of the newest task ids a text search looks through.
+SEARCH_WINDOW = 100_000
+MAX_TASK_ID = "SELECT max(id) FROM pgtasks.task_status"
+
+
+def dash_task_list(
+    *,
+    status: str | None,
+    queue: str | None,
+    task_type: str | None,
+    search: str | None,
+    after_id: int | None,
+    oldest_ready: bool,
+    limit: int,
+    search_floor: int | None = None,
+) -> tuple[str, list[object]]:
+    """The dashboard's task list as (statement, arguments), keyset-paged.
+
+    Built with only the conditions in use: a prepared statement of `($1 IS NULL OR ...)`
+    soon gets a generic plan, and a generic plan cannot pick the partial index that fits
+    the filter (measured: a FAILED filter went from an index scan to a walk of every row).
+    Newest first pages with `id < after_id`; oldest ready first (the order claims take,
+    minus priority) walks the ready index by (run_at, id) after the row `after_id`.
+    """
+    args: list[object] = []
+
+    def arg(value: object, cast: str = "") -> str:
+        args.append(value)
+        return f"${len(args)}{cast}"
+
+    where: list[str] = []
+    if oldest_ready:
+        where.append("status IN ('PENDING', 'COMMIT') AND run_at <= now()")
+    if status is not None:
+        where.append(f"status = {arg(status, '::pgtasks.status')}")
+    if queue is not None:
+        where.append(f"queue = {arg(queue)}")
+    if task_type is not None:
+        where.append(f"task_type = {arg(task_type)}")
+    if search is not None:
+        # No index serves a substring match; the newest SEARCH_WINDOW ids bound the walk
+        # (measured with 1,000,000 tasks: a search that matches nothing read them all in
+        # 390 ms). The caller passes search_floor = max(id) - SEARCH_WINDOW.
+        pattern = arg(f"%{search}%")
+        where.append(
+            f"(task_type ILIKE {pattern} OR error ILIKE {pattern} "
+            f"OR progress_message ILIKE {pattern})"
+        )
+        # A value, not a subquery: the planner then sees a range of the primary key.
+        where.append(f"id > {arg(search_floor or 0, '::bigint')}")
+    if after_id is not None:
+        after = arg(after_id, "::bigint")
+        if oldest_ready:
+            where.append(
+                f"(run_at, id) > (SELECT run_at, id FROM pgtasks.task_status WHERE id = {after})"
+            )
+        else:
+            where.append(f"id < {after}")
+    order = "run_at, id" if oldest_ready else "id DESC"
+    sql = (
+        f"SELECT {_DASH_COLUMNS}\n  FROM pgtasks.task_status\n"
+        + (f" WHERE {' AND '.join(where)}\n" if where else "")
+        + f" ORDER BY {order} LIMIT {arg(limit, '::int')}"
+    )
+    return sql, args
+
+
+# Bulk actions, one statement each and all or nothing: the inner SELECT picks at most $n
+# tasks in a state the action accepts, and retry_task/cancel_task run once per picked row.
+# A task that changes state between the pick and its call (a worker finished it) raises,
+# the statement rolls back, and the caller tries again.
+_BULK_PICK = """
+SELECT id FROM pgtasks.task_status
+ WHERE status IN ({states})
+   AND ($1::bigint[] IS NULL OR id = ANY($1))
+   AND ($2::pgtasks.status IS NULL OR status = $2)
+   AND ($3::text IS NULL OR queue = $3)
+   AND ($4::text IS NULL OR task_type = $4)
+   AND ($5::text IS NULL OR left(split_part(error, E'\\n', 1), 200) = $5)
+ ORDER BY id LIMIT $6"""
+
+BULK_RETRY = f"""
+SELECT p.id, pgtasks.retry_task(task_id => p.id)::text AS done
+  FROM ({_BULK_PICK.format(states="'FAILED', 'CANCELLED'")}) p
+"""
+
+BULK_CANCEL = f"""
+SELECT p.id, pgtasks.cancel_task(task_id => p.id)::text AS previous_status
+  FROM ({_BULK_PICK.format(states="'WAITING', 'PENDING', 'COMMIT', 'RUNNING'")}) p
+"""

@@ -3063,14 +3063,26 @@ CREATE TABLE pgtasks.queue_starts (
 ALTER TABLE pgtasks.queue_starts OWNER TO pgtasks_owner;
 
 CREATE VIEW pgtasks.queues AS
- WITH live AS (
+ WITH waiting AS (
          SELECT t.queue,
-            count(*) FILTER (WHERE ((t.status = ANY (ARRAY['PENDING'::pgtasks.status, 'COMMIT'::pgtasks.status])) AND (t.run_at <= now()))) AS ready,
-            count(*) FILTER (WHERE ((t.status = ANY (ARRAY['PENDING'::pgtasks.status, 'COMMIT'::pgtasks.status])) AND (t.run_at > now()))) AS scheduled,
-            count(*) FILTER (WHERE (t.status = 'RUNNING'::pgtasks.status)) AS running
+            count(*) FILTER (WHERE (t.run_at <= now())) AS ready,
+            count(*) FILTER (WHERE (t.run_at > now())) AS scheduled
            FROM pgtasks.tasks t
-          WHERE (t.status = ANY (ARRAY['PENDING'::pgtasks.status, 'COMMIT'::pgtasks.status, 'RUNNING'::pgtasks.status]))
+          WHERE (t.status = ANY (ARRAY['PENDING'::pgtasks.status, 'COMMIT'::pgtasks.status]))
           GROUP BY t.queue
+        ), running AS (
+         SELECT t.queue,
+            count(*) AS running
+           FROM pgtasks.tasks t
+          WHERE (t.lease_expires_at IS NOT NULL)
+          GROUP BY t.queue
+        ), live AS (
+         SELECT COALESCE(w.queue, r.queue) AS queue,
+            COALESCE(w.ready, (0)::bigint) AS ready,
+            COALESCE(w.scheduled, (0)::bigint) AS scheduled,
+            COALESCE(r.running, (0)::bigint) AS running
+           FROM (waiting w
+             FULL JOIN running r ON ((r.queue = w.queue)))
         )
  SELECT COALESCE(s.queue, l.queue) AS queue,
     COALESCE(s.paused, false) AS paused,
@@ -3456,6 +3468,8 @@ CREATE INDEX task_logs_task ON pgtasks.task_logs USING btree (task_id, id);
 CREATE INDEX tasks_claimable ON pgtasks.tasks USING btree (priority DESC, run_at, id) WHERE (status = ANY (ARRAY['PENDING'::pgtasks.status, 'COMMIT'::pgtasks.status]));
 
 CREATE INDEX tasks_claimable_queue ON pgtasks.tasks USING btree (queue, priority DESC, run_at, id) WHERE (status = ANY (ARRAY['PENDING'::pgtasks.status, 'COMMIT'::pgtasks.status]));
+
+CREATE INDEX tasks_failed ON pgtasks.tasks USING btree (task_type, id) INCLUDE (queue) WHERE (status = 'FAILED'::pgtasks.status);
 
 CREATE INDEX tasks_finished_at ON pgtasks.tasks USING btree (finished_at) WHERE (status = ANY (ARRAY['DONE'::pgtasks.status, 'FAILED'::pgtasks.status, 'CANCELLED'::pgtasks.status]));
 

@@ -1,4 +1,5 @@
-"""pgtasks over HTTP: `router()` for any FastAPI app, `create_app()` for `pgtasks serve`.
+"""pgtasks over HTTP: `router()` (the JSON API) and `dashboard_router()` (the web dashboard)
+for any FastAPI app, `create_app()` (both) for `pgtasks serve`.
 
 Needs the `web` extra: `pip install pgtasks[web]`.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 from pgtasks.web.api import router
 from pgtasks.web.app import create_app
+from pgtasks.web.dashboard import dashboard_router
 from pgtasks.web.settings import WebSettings
 
-__all__ = ["WebSettings", "create_app", "router"]
+__all__ = ["WebSettings", "create_app", "dashboard_router", "router"]

@@ -102,6 +102,57 @@ class WorkerInfo(BaseModel):
     seen_ago: timedelta
 
 
+class BulkFilter(BaseModel):
+    """Which tasks a bulk action takes when no ids are given (all that match, up to `limit`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: Literal[STATUSES] | None = None  # type: ignore[valid-type]
+    queue: str | None = None
+    task_type: str | None = None
+    #: The first line of the error (as the dashboard's failed groups show it); retry only.
+    error: str | None = None
+
+
+class BulkRequest(BaseModel):
+    """POST /tasks/retry and /tasks/cancel: `ids`, or a `filter`, or both (ids that match)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[Annotated[int, Field(ge=1)]] | None = Field(default=None, max_length=10_000)
+    filter: BulkFilter | None = None
+    limit: int = Field(default=1000, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _something(self) -> "BulkRequest":
+        if self.ids is None and (
+            self.filter is None or not self.filter.model_dump(exclude_none=True)
+        ):
+            raise ValueError("pass ids or a filter with at least one field")
+        return self
+
+
+class BulkDone(BaseModel):
+    count: int
+    ids: list[int]
+
+
+class QueueLimits(BaseModel):
+    """PUT /queues/{queue}/settings: every limit at once; null (or left out) is no limit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_running: int | None = Field(default=None, ge=1)
+    rate_limit: int | None = Field(default=None, ge=1)
+    rate_period_s: float | None = Field(default=None, gt=0)
+
+
+class ScheduleState(BaseModel):
+    name: str
+    paused: bool | None = None
+    task_id: int | None = None
+
+
 ERRORS: dict[int | str, dict[str, Any]] = {
     s: {"model": ErrorResponse} for s in (401, 404, 409, 422, 501, 503)
 }
@@ -279,6 +330,56 @@ def router(client: Client | None = None, *, settings: WebSettings | None = None)
     @api.get("/schedules", dependencies=[read])
     async def schedules(c: C) -> list[dict[str, Any]]:
         return list(await _extension(c, "schedules", "sql/0006"))
+
+    # -- bulk and operator actions the dashboard uses (docs/dashboard.md) -----------------
+
+    @api.post("/tasks/retry", dependencies=[write])
+    async def retry_tasks(c: C, body: BulkRequest) -> BulkDone:
+        """Retry many FAILED/CANCELLED tasks in one all-or-nothing statement (409 when one
+        of them changed state meanwhile: nothing was retried, try again)."""
+        f = body.filter or BulkFilter()
+        ids = await c.retry_many(
+            body.ids, status=f.status, queue=f.queue, task_type=f.task_type, error=f.error,
+            limit=body.limit,
+        )  # fmt: skip
+        return BulkDone(count=len(ids), ids=ids)
+
+    @api.post("/tasks/cancel", dependencies=[write])
+    async def cancel_tasks(c: C, body: BulkRequest) -> BulkDone:
+        """Cancel many WAITING/PENDING/COMMIT/RUNNING tasks in one all-or-nothing statement."""
+        f = body.filter or BulkFilter()
+        if f.error is not None:
+            raise ApiError(422, "invalid_request", "filter.error applies to retry only")
+        ids = await c.cancel_many(
+            body.ids, status=f.status, queue=f.queue, task_type=f.task_type, limit=body.limit
+        )
+        return BulkDone(count=len(ids), ids=ids)
+
+    @api.put("/queues/{queue}/settings", dependencies=[write])
+    async def configure_queue(c: C, queue: str, body: QueueLimits) -> dict[str, Any]:
+        """Replace the queue's limits (pausing is left as it is); answers its new row."""
+        period = None if body.rate_period_s is None else timedelta(seconds=body.rate_period_s)
+        await c.configure_queue(
+            queue, max_running=body.max_running, rate_limit=body.rate_limit, rate_period=period
+        )
+        rows = [r for r in await c.queues() if r["queue"] == queue]
+        return rows[0] if rows else {"queue": queue}
+
+    @api.post("/schedules/{name}/pause", dependencies=[write])
+    async def pause_schedule(c: C, name: str) -> ScheduleState:
+        await c.pause_schedule(name)
+        return ScheduleState(name=name, paused=True)
+
+    @api.post("/schedules/{name}/resume", dependencies=[write])
+    async def resume_schedule(c: C, name: str) -> ScheduleState:
+        """Continue from now: ticks that passed while paused are not fired."""
+        await c.resume_schedule(name)
+        return ScheduleState(name=name, paused=False)
+
+    @api.post("/schedules/{name}/trigger", dependencies=[write])
+    async def trigger_schedule(c: C, name: str) -> ScheduleState:
+        """Enqueue one task of the schedule now; answers its id."""
+        return ScheduleState(name=name, task_id=await c.trigger_schedule(name))
 
     @api.get("/workflows/{workflow_id}", dependencies=[read])
     async def workflow(c: C, workflow_id: int) -> dict[str, Any]:

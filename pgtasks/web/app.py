@@ -1,17 +1,17 @@
-"""The standalone app behind `pgtasks serve`: the API under /api, /metrics, OpenAPI at
-/docs. The dashboard comes to / with the next issue; until then / leads to /docs."""
+"""The standalone app behind `pgtasks serve`: the dashboard at /, the API under /api,
+/metrics, OpenAPI at /docs."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Response
-from fastapi.responses import RedirectResponse
 
 from pgtasks import __version__
 from pgtasks.client import Client
 from pgtasks.fastapi import get_client, lifespan
 from pgtasks.web.api import router
+from pgtasks.web.dashboard import dashboard_router
 from pgtasks.web.metrics import CONTENT_TYPE, render
 from pgtasks.web.settings import WebSettings
 
@@ -30,8 +30,6 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
     async def metrics(client: Annotated[Client, Depends(get_client)]) -> Response:
         return Response(await render(client), media_type=CONTENT_TYPE)
 
-    @app.get("/", include_in_schema=False)
-    async def index() -> RedirectResponse:
-        return RedirectResponse("/docs")
-
+    # Last: its routes are the app's catch-all pages (/, /tasks, ...), the API's come first.
+    app.include_router(dashboard_router(settings=settings, api_path="api"))
     return app

@@ -19,3 +19,6 @@ class WebSettings(BaseSettings):
     #: Event streams at once; each holds a connection of the API's pool (10), so the
     #: default leaves the other endpoints two.
     api_max_streams: int = 8
+    #: PGTASKS_DASHBOARD_READ_ONLY=true: the dashboard shows no action buttons (cancel,
+    #: retry, pause...). The API's own auth still decides what a token may do.
+    dashboard_read_only: bool = False

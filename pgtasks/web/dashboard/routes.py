@@ -1,0 +1,389 @@
+"""The dashboard's routes: HTML pages that read through the Client, two event streams, the
+static files, and the login that lets a browser carry the API token.
+
+Pages read; they never write. Every action (cancel, retry, pause...) is a fetch() from the
+browser to the JSON API with `Authorization: Bearer <token>`, so the dashboard has no
+write path of its own and exactly the API's auth.
+
+How a browser gets the token (docs/dashboard.md): the login form posts it here; the
+answer sets an HttpOnly, SameSite=Strict cookie holding a digest of the token (pages and
+event streams check it: a browser cannot put headers on a page load or an EventSource),
+and the form's script keeps the token itself in sessionStorage for the fetch() calls.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the endpoints' annotations.
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import parse_qs, quote
+
+import asyncpg
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from pgtasks import __version__
+from pgtasks.client import STATUSES, Client
+from pgtasks.errors import DatabaseError, TaskNotFound
+from pgtasks.fastapi import get_client
+from pgtasks.queries import SEARCH_WINDOW
+from pgtasks.web.dashboard import views
+from pgtasks.web.errors import ErrorRoute
+from pgtasks.web.settings import WebSettings
+from pgtasks.web.sse import HEADERS, task_events
+
+HERE = Path(__file__).resolve().parent
+STATIC = {
+    "dashboard.css": "text/css; charset=utf-8",
+    "dashboard.js": "text/javascript; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
+}
+COOKIE = "pgtasks_dashboard"
+#: The workflows SQL's "no such workflow" (its WorkflowNotFound class lands with it).
+WORKFLOW_NOT_FOUND = "PT508"
+PAGE = 50
+#: How often the overview stream sends queue cards, throughput and workers.
+TICK_S = 1.0
+
+_env = Environment(
+    loader=FileSystemLoader(HERE / "templates"),
+    autoescape=select_autoescape(["html"]),
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+_env.filters.update(
+    rel=views.time_tag, age=views.age, badge=views.badge, pretty=views.pretty,
+    lines=views.lines, icon=lambda s: views.STATUS_ICON.get(str(s), "•"),
+)  # fmt: skip
+
+
+def _digest(token: str) -> str:
+    """What the cookie holds: not the token, so a leaked cookie is not an API token."""
+    return hashlib.sha256(f"pgtasks-dashboard:{token}".encode()).hexdigest()
+
+
+def _jsonable(value: Any) -> Any:
+    """Rows as JSON for the event stream: times as ISO text, intervals as seconds."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if hasattr(value, "total_seconds"):
+        return value.total_seconds()
+    if hasattr(value, "as_tuple"):  # Decimal
+        return float(value)
+    return value
+
+
+def _script_json(data: Any) -> str:
+    """JSON to inline in a <script> element: `<` escaped, so no text closes the element."""
+    return json.dumps(_jsonable(data)).replace("<", "\\u003c")
+
+
+def _workflows_missing(exc: BaseException) -> bool:
+    """The database has no workflow objects yet (the SQL contract's view or function)."""
+    return isinstance(exc, asyncpg.UndefinedTableError | asyncpg.UndefinedFunctionError)
+
+
+def dashboard_router(
+    client: Client | None = None,
+    *,
+    settings: WebSettings | None = None,
+    api_path: str = "api",
+) -> APIRouter:
+    """The dashboard as a router. `api_path` is where the JSON API is mounted: relative to
+    the dashboard's own prefix (`"api"`: the dashboard at /x, the API at /x/api), or an
+    absolute path (`"/internal/pgtasks-api"`). With no `client`, the app's running one."""
+    settings = settings or WebSettings()
+    token = settings.api_token.get_secret_value() if settings.api_token else None
+    cookie_value = _digest(token) if token else None
+    open_reads = settings.api_open_reads
+    streams = asyncio.Semaphore(max(1, settings.api_max_streams // 2))
+
+    def the_client(request: Request) -> Client:
+        return client if client is not None else get_client(request)
+
+    C = Annotated[Client, Depends(the_client)]
+    ui = APIRouter(include_in_schema=False, route_class=ErrorRoute)
+
+    def base_of(request: Request) -> str:
+        return request.url_for("pgtasks_dashboard_overview").path.rstrip("/")
+
+    def api_of(base: str, request: Request) -> str:
+        if api_path.startswith("/"):
+            return request.scope.get("root_path", "") + api_path.rstrip("/")
+        return f"{base}/{api_path.strip('/')}"
+
+    def can_read(request: Request) -> bool:
+        if token is None or open_reads:
+            return True
+        given = request.cookies.get(COOKIE, "")
+        if cookie_value and hmac.compare_digest(given, cookie_value):
+            return True
+        scheme, _, bearer = request.headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(bearer.strip(), token)
+
+    def logged_in(request: Request) -> bool:
+        given = request.cookies.get(COOKIE, "")
+        return bool(cookie_value) and hmac.compare_digest(given, cookie_value or "")
+
+    def page(request: Request, name: str, **ctx: Any) -> Response:
+        base = base_of(request)
+        if not can_read(request):
+            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            return RedirectResponse(f"{base}/login?next={quote(target)}", status_code=303)
+        html = _env.get_template(name).render(
+            request=request, base=base, api=api_of(base, request), version=__version__,
+            read_only=settings.dashboard_read_only, token_set=token is not None,
+            logged_in=logged_in(request), now=datetime.now(UTC), statuses=STATUSES, **ctx,
+        )  # fmt: skip
+        return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+
+    def denied(request: Request) -> Response | None:
+        if can_read(request):
+            return None
+        return Response("log in first", status_code=401)
+
+    # -- pages ---------------------------------------------------------------------------
+
+    @ui.get("/", name="pgtasks_dashboard_overview")
+    async def overview(request: Request, c: C) -> Response:
+        if not can_read(request):
+            return page(request, "overview.html")
+        cards, (now, series), workers = await asyncio.gather(
+            c.queue_cards(), c.throughput(300), c.workers()
+        )
+        data = {"now": now, "series": series, "queues": cards, "workers": workers}
+        return page(
+            request, "overview.html", title="Overview", nav="overview", cards=cards,
+            workers=workers, initial=_script_json(data),
+        )  # fmt: skip
+
+    @ui.get("/tasks", name="pgtasks_dashboard_tasks")
+    async def tasks(
+        request: Request,
+        c: C,
+        status: str | None = None,
+        queue: str | None = None,
+        task_type: str | None = None,
+        q: str | None = None,
+        order: str = "newest",
+        after: Annotated[int | None, Query(ge=0)] = None,
+    ) -> Response:
+        if not can_read(request):
+            return page(request, "tasks.html")
+        status = status if status in STATUSES else None
+        queue, task_type, q = queue or None, task_type or None, (q or "").strip() or None
+        if q is not None and q.lstrip("#").isdigit():  # an id: go straight to it
+            return RedirectResponse(f"{base_of(request)}/tasks/{int(q.lstrip('#'))}", 303)
+        oldest_ready = order == "ready"
+        rows = await c.browse(
+            status=status, queue=queue, task_type=task_type, search=q, after_id=after,
+            oldest_ready=oldest_ready, limit=PAGE + 1,
+        )  # fmt: skip
+        more = len(rows) > PAGE
+        rows = rows[:PAGE]
+        filters = {"status": status, "queue": queue, "task_type": task_type, "q": q,
+                   "order": "ready" if oldest_ready else None}  # fmt: skip
+        cards, types = await asyncio.gather(c.queue_cards(), c.types())
+        return page(
+            request, "tasks.html", title="Tasks", nav="tasks", rows=rows, more=more,
+            filters=filters, first_page=after is None, search_window=SEARCH_WINDOW,
+            next_after=rows[-1]["id"] if more and rows else None,
+            queues=[x["queue"] for x in cards], types=[t["task_type"] for t in types],
+        )  # fmt: skip
+
+    @ui.get("/tasks/{task_id}", name="pgtasks_dashboard_task")
+    async def task(request: Request, c: C, task_id: int) -> Response:
+        if not can_read(request):
+            return page(request, "task.html")
+        try:
+            detail = await c.detail(task_id)
+        except TaskNotFound:
+            resp = page(request, "missing.html", title=f"Task {task_id}", what=f"task {task_id}")
+            resp.status_code = 404
+            return resp
+        history, logs = await asyncio.gather(c.history(task_id), c.logs(task_id, limit=1000))
+        return page(
+            request, "task.html", title=f"Task {task_id}", nav="tasks", t=detail,
+            history=history, logs=logs, last_log=logs[-1].id if logs else 0,
+        )  # fmt: skip
+
+    @ui.get("/failed", name="pgtasks_dashboard_failed")
+    async def failed(
+        request: Request,
+        c: C,
+        queue: str | None = None,
+        task_type: str | None = None,
+        after: Annotated[int | None, Query(ge=0)] = None,
+    ) -> Response:
+        if not can_read(request):
+            return page(request, "failed.html")
+        queue, task_type = queue or None, task_type or None
+        groups, rows = await asyncio.gather(
+            c.failed_groups(),
+            c.browse(status="FAILED", queue=queue, task_type=task_type, after_id=after,
+                     limit=PAGE + 1),
+        )  # fmt: skip
+        more = len(rows) > PAGE
+        rows = rows[:PAGE]
+        return page(
+            request, "failed.html", title="Failed", nav="failed", groups=groups, rows=rows,
+            more=more, next_after=rows[-1]["id"] if more else None,
+            filters={"queue": queue, "task_type": task_type},
+        )  # fmt: skip
+
+    @ui.get("/queues", name="pgtasks_dashboard_queues")
+    async def queues(request: Request, c: C) -> Response:
+        if not can_read(request):
+            return page(request, "queues.html")
+        return page(request, "queues.html", title="Queues", nav="queues",
+                    cards=await c.queue_cards())  # fmt: skip
+
+    @ui.get("/schedules", name="pgtasks_dashboard_schedules")
+    async def schedules(request: Request, c: C) -> Response:
+        if not can_read(request):
+            return page(request, "schedules.html")
+        return page(request, "schedules.html", title="Schedules", nav="schedules",
+                    schedules=await c.schedules())  # fmt: skip
+
+    async def _workflow_call(c: Client, method: str, *args: Any, **kw: Any) -> Any:
+        """The workflow reads, or None when this database (or Client) has none."""
+        fn = getattr(c, method, None)
+        if fn is None:
+            return None
+        try:
+            return await fn(*args, **kw)
+        except Exception as exc:
+            if _workflows_missing(exc) or _workflows_missing(exc.__cause__ or exc):
+                return None
+            raise
+
+    @ui.get("/workflows", name="pgtasks_dashboard_workflows")
+    async def workflows(request: Request, c: C) -> Response:
+        if not can_read(request):
+            return page(request, "workflows.html")
+        rows = await _workflow_call(c, "workflows", limit=50)
+        return page(request, "workflows.html", title="Workflows", nav="workflows",
+                    available=rows is not None, workflows=rows or [])  # fmt: skip
+
+    @ui.get("/workflows/{workflow_id}", name="pgtasks_dashboard_workflow")
+    async def workflow(request: Request, c: C, workflow_id: int) -> Response:
+        if not can_read(request):
+            return page(request, "workflow.html")
+        try:
+            wf = await _workflow_call(c, "workflow", workflow_id)
+        except DatabaseError as exc:
+            if exc.sqlstate != WORKFLOW_NOT_FOUND:
+                raise
+            what = f"workflow {workflow_id}"
+            resp = page(request, "missing.html", title=f"Workflow {workflow_id}", what=what)
+            resp.status_code = 404
+            return resp
+        graph = views.layout([dict(n) for n in wf.get("nodes", [])]) if wf else None
+        return page(
+            request, "workflow.html", title=f"Workflow {workflow_id}", nav="workflows",
+            available=wf is not None, wf=wf, graph=graph, workflow_id=workflow_id,
+            node_w=views.NODE_W, node_h=views.NODE_H,
+        )  # fmt: skip
+
+    # -- login ---------------------------------------------------------------------------
+
+    def _next(request: Request, target: str | None) -> str:
+        base = base_of(request)
+        # Only a path inside the dashboard: no open redirect to another site.
+        if target and target.startswith(f"{base}/") and not target.startswith("//"):
+            return target
+        return f"{base}/"
+
+    @ui.get("/login", name="pgtasks_dashboard_login")
+    async def login_form(request: Request, next: str | None = None) -> Response:
+        base = base_of(request)
+        html = _env.get_template("login.html").render(
+            request=request, base=base, api=api_of(base, request), version=__version__,
+            title="Log in", nav=None, read_only=settings.dashboard_read_only,
+            token_set=token is not None, logged_in=logged_in(request),
+            next=_next(request, next), error=None, now=datetime.now(UTC),
+        )  # fmt: skip
+        return HTMLResponse(html)
+
+    @ui.post("/login")
+    async def login(request: Request) -> Response:
+        form = parse_qs((await request.body()).decode(errors="replace"))
+        given = (form.get("token") or [""])[0].strip()
+        target = _next(request, (form.get("next") or [None])[0])
+        if token is None or not hmac.compare_digest(given, token):
+            base = base_of(request)
+            html = _env.get_template("login.html").render(
+                request=request, base=base, api=api_of(base, request), version=__version__,
+                title="Log in", nav=None, read_only=settings.dashboard_read_only,
+                token_set=token is not None, logged_in=False, next=target,
+                error="That is not this server's token." if token else "No token is set.",
+                now=datetime.now(UTC),
+            )  # fmt: skip
+            return HTMLResponse(html, status_code=401)
+        resp = RedirectResponse(target, status_code=303)
+        resp.set_cookie(
+            COOKIE, cookie_value or "", httponly=True, samesite="strict",
+            secure=request.url.scheme == "https", path=f"{base_of(request)}/",
+        )  # fmt: skip
+        return resp
+
+    @ui.post("/logout")
+    async def logout(request: Request) -> Response:
+        resp = RedirectResponse(f"{base_of(request)}/login", status_code=303)
+        resp.delete_cookie(COOKIE, path=f"{base_of(request)}/")
+        return resp
+
+    # -- live ----------------------------------------------------------------------------
+
+    @ui.get("/stream/overview")
+    async def overview_stream(request: Request, c: C) -> Response:
+        """`overview` every second: queue cards, workers, and the throughput seconds since
+        the last frame (the page has the five minutes before it drew)."""
+        if (no := denied(request)) is not None:
+            return no
+
+        async def body() -> AsyncIterator[str]:
+            since = 15.0
+            while not await request.is_disconnected():
+                cards, (now, series), workers = await asyncio.gather(
+                    c.queue_cards(), c.throughput(since), c.workers()
+                )
+                data = {"now": now, "series": series, "queues": cards, "workers": workers}
+                yield f"event: overview\ndata: {json.dumps(_jsonable(data))}\n\n"
+                since = 5.0
+                await asyncio.sleep(TICK_S)
+
+        return StreamingResponse(body(), media_type="text/event-stream", headers=HEADERS)
+
+    @ui.get("/stream/tasks/{task_id}")
+    async def task_stream(
+        request: Request, c: C, task_id: int, after_id: Annotated[int, Query(ge=0)] = 0
+    ) -> Response:
+        """The API's task event stream (status, progress, log, end), behind the cookie."""
+        if (no := denied(request)) is not None:
+            return no
+        with contextlib.suppress(TaskNotFound):
+            return await task_events(c, task_id, after_id=after_id, slots=streams)
+        return Response("no such task", status_code=404)
+
+    @ui.get("/static/{name}")
+    async def static(name: str) -> Response:
+        if name not in STATIC:
+            return Response("not found", status_code=404)
+        return Response(
+            (HERE / "static" / name).read_bytes(), media_type=STATIC[name],
+            headers={"Cache-Control": "public, max-age=3600"},
+        )  # fmt: skip
+
+    return ui

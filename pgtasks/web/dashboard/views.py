@@ -1,0 +1,150 @@
+"""What the templates show, computed in Python: relative times, the workflow graph's layout.
+No I/O here, so each piece is tested without a browser."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from markupsafe import Markup, escape
+
+#: A text label and a symbol per status, so status never depends on colour alone.
+STATUS_ICON = {
+    "PENDING": "○",
+    "COMMIT": "◐",
+    "RUNNING": "▶",
+    "DONE": "✓",
+    "FAILED": "✕",
+    "CANCELLED": "⊘",
+    "WAITING": "…",
+}
+
+
+def span(seconds: float) -> str:
+    """A short duration: `45 s`, `3 min`, `2 h`, `4 d`."""
+    s = abs(seconds)
+    if s < 60:
+        return f"{s:.0f} s"
+    if s < 3600:
+        return f"{s // 60:.0f} min"
+    if s < 86400:
+        return f"{s // 3600:.0f} h"
+    return f"{s // 86400:.0f} d"
+
+
+def relative(at: datetime, now: datetime | None = None) -> str:
+    """`3 min ago`, `in 20 s`, `just now`."""
+    now = now or datetime.now(UTC)
+    delta = (at - now).total_seconds()
+    if abs(delta) < 1:
+        return "just now"
+    return f"in {span(delta)}" if delta > 0 else f"{span(delta)} ago"
+
+
+def time_tag(at: datetime | None, now: datetime | None = None) -> Markup:
+    """<time> with the relative text, the exact time in `datetime` and on hover; the JS
+    refreshes the text as time passes."""
+    if at is None:
+        return Markup("<span class=muted>—</span>")
+    iso = at.isoformat()
+    exact = at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return Markup('<time datetime="{}" title="{}" data-rel>{}</time>').format(
+        iso, exact, relative(at, now)
+    )
+
+
+def age(value: timedelta | float | None) -> str:
+    if value is None:
+        return "—"
+    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    return span(seconds)
+
+
+def badge(status: str) -> Markup:
+    icon = STATUS_ICON.get(status, "•")
+    return Markup('<span class="badge s-{}"><span aria-hidden="true">{}</span> {}</span>').format(
+        status.lower(), icon, status
+    )
+
+
+def pretty(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, default=str, ensure_ascii=False)
+
+
+def percent(row: dict[str, Any]) -> float | None:
+    p = row.get("percent")
+    return None if p is None else float(p)
+
+
+def lines(text: str | None) -> Markup:
+    return Markup("<br>").join(escape(x) for x in (text or "").splitlines())
+
+
+# -- workflow graph ------------------------------------------------------------------------
+
+
+@dataclass
+class Node:
+    task_id: int
+    name: str
+    task_type: str
+    status: str
+    x: int
+    y: int
+    percent: float | None
+
+
+@dataclass
+class Graph:
+    nodes: list[Node]
+    edges: list[tuple[int, int, int, int]]
+    width: int
+    height: int
+
+
+NODE_W, NODE_H, GAP_X, GAP_Y = 170, 52, 60, 22
+
+
+def layout(rows: list[dict[str, Any]]) -> Graph:
+    """Layers left to right: a node sits one layer right of its deepest parent."""
+    by_id = {int(r["task_id"]): r for r in rows}
+    depth: dict[int, int] = {}
+
+    def level(tid: int, seen: frozenset[int] = frozenset()) -> int:
+        if tid in depth:
+            return depth[tid]
+        parents = [int(p) for p in (by_id[tid].get("parent_ids") or []) if int(p) in by_id]
+        d = 0
+        for p in parents:
+            if p not in seen:  # a cycle cannot happen in a workflow; do not loop if it did
+                d = max(d, level(p, seen | {tid}) + 1)
+        depth[tid] = d
+        return d
+
+    for tid in sorted(by_id):
+        level(tid)
+    columns: dict[int, list[int]] = {}
+    for tid in sorted(by_id):
+        columns.setdefault(depth[tid], []).append(tid)
+    nodes: dict[int, Node] = {}
+    for d, ids in columns.items():
+        for i, tid in enumerate(ids):
+            r = by_id[tid]
+            total, current = r.get("progress_total"), r.get("progress_current")
+            pct = 100.0 * current / total if total and current is not None else None
+            nodes[tid] = Node(
+                task_id=tid, name=str(r.get("node") or r.get("task_type")),
+                task_type=str(r.get("task_type")), status=str(r.get("status")),
+                x=10 + d * (NODE_W + GAP_X), y=10 + i * (NODE_H + GAP_Y), percent=pct,
+            )  # fmt: skip
+    edges = []
+    for tid, n in nodes.items():
+        for p in by_id[tid].get("parent_ids") or []:
+            if int(p) in nodes:
+                src = nodes[int(p)]
+                edges.append((src.x + NODE_W, src.y + NODE_H // 2, n.x, n.y + NODE_H // 2))
+    width = 20 + (max(columns, default=0) + 1) * (NODE_W + GAP_X) - GAP_X
+    height = 20 + max((len(v) for v in columns.values()), default=1) * (NODE_H + GAP_Y) - GAP_Y
+    return Graph(nodes=list(nodes.values()), edges=edges, width=width, height=height)

@@ -1,0 +1,378 @@
+"""The dashboard in a real browser: Debian's chromium driven by Playwright, against a real
+`pgtasks serve` process and real `pgtasks worker` processes on the suite's PostgreSQL.
+
+Every wait is on a condition (Playwright's expect, or a SQL poll); the timeouts only keep
+a broken test from hanging. Each test saves screenshots of what it saw, 1280 px and 390 px
+wide, under test-artifacts/dashboard/ (docs/dashboard.md shows a few of them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from tests.conftest import ROOT
+from tests.fleet import Fleet
+from tests.web.test_fastapi_app import free_port
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+try:
+    from playwright.sync_api import Browser, Page, expect, sync_playwright
+except ImportError:  # pragma: no cover - the test extra has it
+    sync_playwright = None  # type: ignore[assignment]
+
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None or sync_playwright is None,
+    reason="the dashboard's browser tests need chromium on PATH (Debian: apt-get install "
+    "chromium) and the playwright package (the test extra)",
+)
+
+APP = "tests/apps/dashboard.py"
+ARTIFACTS = ROOT / "test-artifacts" / "dashboard"
+DESKTOP = {"width": 1280, "height": 860}
+PHONE = {"width": 390, "height": 844}
+WAIT_MS = 30_000  # a hang guard, never a speed assertion
+
+
+@pytest.fixture(scope="module")
+def browser(postgresql_noproc: object) -> Iterator[Browser]:
+    """One chromium for the module. Sync Playwright keeps an event loop running in this
+    thread while it lives, so the template database (built with asyncio.run) is made first."""
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport=DESKTOP)
+    pg = context.new_page()
+    pg.set_default_timeout(WAIT_MS)
+    expect.set_options(timeout=WAIT_MS)
+    pg.on("dialog", lambda d: d.accept())  # every action asks first; the tests say yes
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        yield pg
+    finally:
+        context.close()
+    assert not errors, f"the dashboard's script failed: {errors}"
+
+
+@contextlib.contextmanager
+def serving(dsn: str, log_dir: Path, **env: str) -> Iterator[str]:
+    """`pgtasks serve` on a free port, with `env` added; its URL."""
+    port = free_port()
+    log_path = log_dir / f"serve-{port}.log"
+    log = open(log_path, "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pgtasks.cli", "--database-url", dsn, "serve", "--port",
+         str(port), "--log-level", "warning"],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env},
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, log_path.read_text()
+            try:
+                if httpx.get(f"{url}/login").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "pgtasks serve did not start"
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(15)
+        log.close()
+
+
+@pytest.fixture
+def served(dsn: str, tmp_path: Path) -> Iterator[str]:
+    with serving(dsn, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
+def fleet(dsn: str, tmp_path: Path) -> Iterator[Fleet]:
+    f = Fleet(dsn, tmp_path / "workers")
+    try:
+        yield f
+    finally:
+        f.stop_all()
+
+
+def worker(fleet: Fleet, *args: str) -> None:
+    fleet.start("--poll-interval", "0.1", "--concurrency", "8", *args, app=APP)
+
+
+def sql(dsn: str, query: str, *args: object) -> object:
+    with psycopg.connect(dsn, autocommit=True) as c:
+        row = c.execute(query, args).fetchone()  # type: ignore[arg-type]
+        return None if row is None else row[0]
+
+
+def wait_sql(dsn: str, query: str, *args: object, fleet: Fleet | None = None) -> None:
+    deadline = time.monotonic() + 60
+    while not sql(dsn, query, *args):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached: {query}\n{fleet.tails() if fleet else ''}")
+        time.sleep(0.1)
+
+
+def submit(url: str, task_type: str, params: dict | None = None, **kw: object) -> int:
+    r = httpx.post(f"{url}/api/tasks", json={"task_type": task_type, "params": params or {}, **kw})
+    assert r.status_code == 201, r.text
+    return int(r.json()["id"])
+
+
+def submit_many(
+    dsn: str, task_type: str, n: int, queue: str = "default", max_retries: int | None = None
+) -> None:
+    sql(dsn, "SELECT count(*) FROM pgtasks.submit_tasks(task_type => %s, params_list => "
+             "ARRAY(SELECT jsonb_build_object('i', g) FROM generate_series(1, %s) g), "
+             "queue => %s, max_retries => %s)", task_type, n, queue, max_retries)  # fmt: skip
+
+
+def shoot(page: Page, name: str) -> None:
+    """Screenshots at desktop and phone width (the phone one full length)."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}-desktop.png"))
+    page.set_viewport_size(PHONE)
+    page.screenshot(path=str(ARTIFACTS / f"{name}-phone.png"), full_page=True)
+    page.set_viewport_size(DESKTOP)
+
+
+def keyboard_reaches_every_action(page: Page) -> None:
+    """Tab from the top of the page; every action button and form control must get focus."""
+    count = page.evaluate(
+        """() => {
+            const els = [...document.querySelectorAll(
+                'main button, main input:not([type=hidden]), main select, main a[href]')]
+              .filter(e => e.offsetParent !== null);
+            els.forEach((e, i) => e.dataset.kbd = String(i));
+            return els.length;
+        }"""
+    )
+    assert count > 0
+    page.evaluate("() => document.activeElement && document.activeElement.blur()")
+    page.locator("body").focus()
+    reached: set[str] = set()
+    for _ in range(count * 2 + 40):
+        page.keyboard.press("Tab")
+        key = page.evaluate("() => document.activeElement && document.activeElement.dataset.kbd")
+        if key is not None:
+            reached.add(key)
+        if len(reached) == count:
+            break
+    missing = page.evaluate(
+        "(r) => [...document.querySelectorAll('[data-kbd]')].filter(e => !r.includes("
+        "e.dataset.kbd)).map(e => e.outerHTML.slice(0, 80))",
+        sorted(reached),
+    )
+    assert not missing, f"not reachable with Tab: {missing}"
+
+
+def test_overview_counts_change_while_a_worker_drains_the_queue(dsn, served, page, fleet):
+    submit_many(dsn, "dash_quick", 40, queue="drain")
+    page.goto(f"{served}/")
+    card = page.locator('.qcard[data-queue="drain"]')
+    expect(card.locator("[data-field=ready]")).to_have_text("40")
+    page.evaluate("() => window.notReloaded = true")
+    worker(fleet, "--queues", "drain")
+    expect(card.locator("[data-field=ready]")).to_have_text("0")
+    expect(page.locator("[data-workers-count]")).to_have_text("1")
+    page.wait_for_function(  # the chart drew the finished tasks
+        "() => document.querySelector('#throughput polyline.done').getAttribute('points')"
+        ".split(' ').some(p => Number(p.split(',')[1]) < 150)"
+    )
+    assert page.evaluate("() => window.notReloaded") is True  # pushed, not reloaded
+    shoot(page, "overview")
+
+
+def test_running_task_streams_progress_and_logs_then_cancel(dsn, served, page, fleet):
+    worker(fleet)
+    task_id = submit(served, "web_steps", {"steps": 400, "pause": 0.1})
+    page.goto(f"{served}/tasks/{task_id}")
+    status = page.locator("#task [data-field=status]")
+    expect(status).to_contain_text("RUNNING")
+    page.evaluate("() => window.notReloaded = true")
+    label = page.locator("#task [data-field=progress]")
+    expect(label).to_contain_text("/ 400)")
+    first = int(label.inner_text().split("(")[1].split(" ")[0])
+    expect(page.locator("#logs li")).to_have_count(first + 3, timeout=WAIT_MS)
+    page.wait_for_function(
+        f"() => Number(document.querySelector('#task-progress').value) > {100 * first / 400}"
+    )
+    assert page.evaluate("() => window.notReloaded") is True
+    expect(page.locator("#task [data-field=message]")).to_contain_text("of 400")
+    shoot(page, "task-running")
+    keyboard_reaches_every_action(page)
+    page.locator("#cancel").click()
+    expect(status).to_contain_text("CANCELLED")
+    expect(page.locator("#flash")).to_contain_text("cancelled")
+    assert sql(dsn, "SELECT status::text FROM pgtasks.task_status WHERE id = %s", task_id) == (
+        "CANCELLED"
+    )
+
+
+def test_failed_task_traceback_retry_goes_done(dsn, served, page, fleet):
+    worker(fleet)
+    task_id = submit(served, "dash_flaky", max_retries=0)
+    wait_sql(dsn, "SELECT status = 'FAILED' FROM pgtasks.task_status WHERE id = %s", task_id,
+             fleet=fleet)  # fmt: skip
+    page.goto(f"{served}/failed")
+    expect(page.locator("table.groups")).to_contain_text("flaky: attempt 1 fails")
+    shoot(page, "failed")
+    page.get_by_role("link", name=str(task_id), exact=True).click()
+    expect(page.locator(".traceback")).to_contain_text("ValueError: flaky: attempt 1 fails")
+    expect(page.locator(".traceback")).to_contain_text("Traceback (most recent call last)")
+    shoot(page, "task-failed")
+    page.locator("#retry").click()
+    expect(page.locator("#task [data-field=status]")).to_contain_text("DONE")
+    expect(page.locator("#result")).to_contain_text('"attempt": 2')
+    expect(page.locator(".timeline")).to_contain_text("FAILED")
+    shoot(page, "task-done")
+
+
+def test_bulk_retry_of_twenty_failed_tasks(dsn, served, page, fleet):
+    worker(fleet)
+    submit_many(dsn, "dash_flaky", 20, max_retries=0)
+    wait_sql(dsn, "SELECT count(*) = 20 FROM pgtasks.failed_tasks", fleet=fleet)
+    page.goto(f"{served}/failed")
+    expect(page.locator("input[name=ids]")).to_have_count(20)
+    keyboard_reaches_every_action(page)
+    page.locator("input[data-select-all]").check()
+    page.locator("#retry-selected").click()
+    expect(page.locator("#flash")).to_contain_text("20 tasks done")
+    wait_sql(dsn, "SELECT count(*) = 20 FROM pgtasks.task_status WHERE status = 'DONE'",
+             fleet=fleet)  # fmt: skip
+    page.reload()
+    expect(page.locator("table.groups")).to_contain_text("No failed task")
+
+
+def test_pause_and_resume_a_queue_from_the_keyboard(dsn, served, page):
+    submit(served, "dash_quick", queue="mail")
+    page.goto(f"{served}/queues")
+    keyboard_reaches_every_action(page)
+    pause = page.get_by_role("button", name="Pause mail")
+    pause.focus()
+    page.keyboard.press("Enter")
+    card = page.locator('section.qrow[data-queue="mail"]')
+    expect(card.locator("[data-field=state]")).to_contain_text("paused")
+    assert sql(dsn, "SELECT paused FROM pgtasks.queues WHERE queue = 'mail'") is True
+    shoot(page, "queues")
+    card.locator("input[name=max_running]").fill("4")
+    card.get_by_role("button", name="Save limits").click()
+    expect(page.locator("#flash")).to_contain_text("Limits saved")
+    assert sql(dsn, "SELECT max_running FROM pgtasks.queues WHERE queue = 'mail'") == 4
+    page.get_by_role("button", name="Resume mail").click()
+    expect(card.locator("[data-field=state]")).to_contain_text("active")
+    assert sql(dsn, "SELECT paused FROM pgtasks.queues WHERE queue = 'mail'") is False
+
+
+def test_tasks_schedules_and_workflows_pages(dsn, served, page):
+    submit_many(dsn, "dash_quick", 5)
+    sql(dsn, "SELECT pgtasks.create_schedule(name => 'nightly-report', task_type => "
+             "'dash_quick', cron => '0 3 * * *')")  # fmt: skip
+    page.goto(f"{served}/tasks")
+    expect(page.locator("table.tasks tbody tr")).to_have_count(5)
+    keyboard_reaches_every_action(page)
+    page.get_by_label("id or text").fill("dash_quick")
+    page.get_by_label("id or text").press("Enter")
+    expect(page).to_have_url(f"{served}/tasks?status=&queue=&task_type=&q=dash_quick&order=newest")
+    shoot(page, "tasks")
+    page.goto(f"{served}/schedules")
+    keyboard_reaches_every_action(page)
+    page.get_by_role("button", name="Run now").click()
+    expect(page.locator("#flash")).to_contain_text("enqueued task")
+    shoot(page, "schedules")
+    page.goto(f"{served}/workflows")
+    has_workflows = sql(dsn, "SELECT to_regclass('pgtasks.workflows') IS NOT NULL")
+    if not has_workflows:
+        expect(page.locator("main")).to_contain_text("Workflows are not available")
+    shoot(page, "workflows")
+
+
+def test_login_with_the_token_then_act(dsn, tmp_path, page):
+    """With PGTASKS_API_TOKEN: pages send the browser to the login form; after it, pages
+    read through the cookie and the actions carry the token to the API."""
+    with serving(dsn, tmp_path, PGTASKS_API_TOKEN="s3cret-token") as url:
+        sql(dsn, "SELECT pgtasks.submit_task(task_type => 'dash_quick', queue => 'mail')")
+        page.goto(f"{url}/queues")
+        expect(page).to_have_url(re.compile(r"/login\?next="))
+        shoot(page, "login")
+        page.get_by_label("API token").fill("wrong")
+        page.get_by_label("API token").press("Enter")
+        expect(page.get_by_role("alert")).to_contain_text("not this server's token")
+        page.get_by_label("API token").fill("s3cret-token")
+        page.get_by_label("API token").press("Enter")
+        expect(page).to_have_url(f"{url}/queues")
+        page.get_by_role("button", name="Pause mail").click()
+        expect(page.locator('section.qrow[data-queue="mail"] [data-field=state]')).to_contain_text(
+            "paused"
+        )
+        page.get_by_role("button", name="Log out").click()
+        expect(page).to_have_url(re.compile(r"/login$"))
+        page.goto(f"{url}/")
+        expect(page).to_have_url(re.compile(r"/login\?next="))
+
+
+WORKFLOW = """{"name": "%s", "nodes": [
+  {"name": "fetch", "type": "web_steps", "params": {"steps": 10, "pause": 0.05}},
+  {"name": "left", "type": "dash_quick", "after": ["fetch"]},
+  {"name": "right", "type": "dash_quick", "after": ["fetch"]},
+  {"name": "join", "type": "dash_quick", "after": ["left", "right"]}]}"""
+
+
+def test_workflow_graph_follows_the_workflow_and_cancels_it(dsn, served, page, fleet):
+    """A workflow's graph (the workflows SQL): cancel one from its page; watch another's
+    nodes turn DONE while a worker runs them. Without the workflows SQL in the database
+    the pages say so instead (checked here and in test_tasks_schedules_and_workflows_pages)."""
+    if not sql(dsn, "SELECT to_regclass('pgtasks.workflows') IS NOT NULL"):
+        page.goto(f"{served}/workflows/1")
+        expect(page.locator("main")).to_contain_text("Workflows are not available")
+        return
+    doomed = sql(dsn, "SELECT (pgtasks.submit_workflow(%s::jsonb) ->> 'workflow_id')::bigint",
+                 WORKFLOW % "doomed")  # fmt: skip
+    page.goto(f"{served}/workflows/{doomed}")
+    expect(page.locator("svg a.node")).to_have_count(4)
+    expect(page.locator('svg a.node[data-node="join"]')).to_contain_text("WAITING")
+    page.locator("#cancel-workflow").click()
+    expect(page.locator('svg a.node[data-node="fetch"]')).to_contain_text("CANCELLED")
+    expect(page.locator("#cancel-workflow")).to_have_count(0)
+
+    etl = sql(dsn, "SELECT (pgtasks.submit_workflow(%s::jsonb) ->> 'workflow_id')::bigint",
+              WORKFLOW % "etl")  # fmt: skip
+    page.goto(f"{served}/workflows")
+    expect(page.locator("main table")).to_contain_text("etl")
+    page.get_by_role("link", name=str(etl), exact=True).click()
+    expect(page.locator('svg a.node[data-node="fetch"]')).to_contain_text("PENDING")
+    shoot(page, "workflow")
+    page.evaluate("() => window.notReloaded = true")
+    worker(fleet)
+    expect(page.locator('svg a.node[data-node="join"]')).to_contain_text("DONE")
+    expect(page.locator("#workflow .status-line")).to_contain_text("DONE")
+    assert page.evaluate("() => window.notReloaded") is True  # redrawn in place
+    page.locator('svg a.node[data-node="left"]').click()
+    expect(page.locator("#task")).to_contain_text("node left")

@@ -1,0 +1,217 @@
+"""The dashboard's pages, login and bulk endpoints through httpx against the real app and a
+real database (the browser tests, test_dashboard_browser.py, drive the same pages live)."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import AsyncIterator
+
+import httpx
+from fastapi import FastAPI
+
+import tests.apps.web  # noqa: F401  (registers web_steps)
+from pgtasks import Client
+from pgtasks.fastapi import lifespan
+from pgtasks.web import router
+from pgtasks.web.dashboard import dashboard_router
+from pgtasks.web.dashboard.views import layout, relative
+from tests.web.test_api import TOKEN, api
+
+
+async def fail_some(dsn: str, n: int, task_type: str = "noop", error: str = "boom") -> list[int]:
+    """n FAILED tasks, failed through the real SQL API (claim, then fail_task)."""
+    async with Client(dsn) as c:
+        ids = await c.submit_many(task_type, [{"i": i} for i in range(n)], max_retries=0)
+        async with c.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT id, attempt FROM pgtasks.claim_tasks('w', NULL, $1, "
+                "interval '1 min', ARRAY[$2])",
+                n,
+                task_type,
+            )
+            for r in rows:
+                await conn.execute(
+                    "SELECT pgtasks.fail_task(task_id => $1, attempt => $2, error => $3, "
+                    "traceback => $4, retryable => false)",
+                    r["id"],
+                    r["attempt"],
+                    f"{error}\nsecond line",
+                    'Traceback (most recent call last):\n  File "x.py"\nValueError: boom',
+                )
+    return ids
+
+
+async def test_every_page_renders(dsn):
+    await fail_some(dsn, 3)
+    async with Client(dsn) as c:
+        await c.submit("web_steps", {"steps": 1}, queue="q2")
+        await c.create_schedule("nightly", "noop", cron="0 3 * * *")
+    async with api(dsn) as http:
+        for path, needle in [
+            ("/", "Throughput"),
+            ("/tasks", "web_steps"),
+            ("/tasks?status=FAILED", "boom"),
+            ("/tasks?order=ready", "web_steps"),
+            ("/tasks?q=boom", "noop"),
+            ("/failed", "Retry 3"),
+            ("/queues", "Save limits"),
+            ("/schedules", "nightly"),
+            ("/workflows", "Workflows"),
+        ]:
+            r = await http.get(path)
+            assert r.status_code == 200, (path, r.text)
+            assert needle in r.text, path
+        r = await http.get("/tasks?q=%231")
+        assert r.status_code == 303 and r.headers["location"] == "/tasks/1"
+        r = await http.get("/tasks/1")
+        assert "Traceback (most recent call last)" in r.text and "Retry task" in r.text
+        assert (await http.get("/tasks/999999")).status_code == 404
+        r = await http.get("/static/dashboard.js")
+        assert r.status_code == 200 and "EventSource" in r.text
+        assert (await http.get("/static/../routes.py")).status_code == 404
+
+
+async def test_task_list_filters_and_keyset_pages(dsn):
+    async with Client(dsn) as c:
+        await c.submit_many("noop", [{"i": i} for i in range(60)], queue="bulk")
+        await c.submit("other", {}, queue="solo")
+    async with api(dsn) as http:
+        page = (await http.get("/tasks?queue=bulk")).text
+        assert page.count('data-task="') == 50 and "solo" not in page.split("<tbody>")[1]
+        after = re.search(r'after=(\d+)" rel="next"', page)
+        assert after is not None
+        rest = (await http.get(f"/tasks?queue=bulk&after={after.group(1)}")).text
+        assert rest.count('data-task="') == 10 and 'rel="next"' not in rest
+        only = (await http.get("/tasks?task_type=other")).text
+        assert only.count('data-task="') == 1
+        assert "Cancel all matching" in only and '"task_type": "other"' in only
+        assert "Cancel all matching" not in (await http.get("/tasks")).text
+
+
+async def test_bulk_retry_and_cancel(dsn):
+    ids = await fail_some(dsn, 5)
+    other = await fail_some(dsn, 2, error="other error")
+    async with api(dsn) as http:
+        r = await http.post("/api/tasks/retry", json={"ids": ids[:2]})
+        assert r.status_code == 200 and r.json() == {"count": 2, "ids": ids[:2]}
+        r = await http.post(
+            "/api/tasks/retry", json={"filter": {"status": "FAILED", "error": "boom"}}
+        )
+        assert r.json()["ids"] == ids[2:]
+        r = await http.post("/api/tasks/cancel", json={"filter": {"status": "PENDING"}})
+        assert r.json()["count"] == 5
+        assert (await http.post("/api/tasks/retry", json={})).status_code == 422
+        groups = (await http.get("/failed")).text
+        assert "other error" in groups and "Retry 2" in groups
+    async with Client(dsn) as c:
+        assert {(await c.get(i)).status for i in ids} == {"CANCELLED"}
+        assert {(await c.get(i)).status for i in other} == {"FAILED"}
+
+
+async def test_queue_limits_and_schedule_actions(dsn):
+    async with Client(dsn) as c:
+        await c.submit("noop", {}, queue="mail")
+        await c.create_schedule("tick", "noop", every=3600)
+    async with api(dsn) as http:
+        r = await http.put("/api/queues/mail/settings", json={"max_running": 3})
+        assert r.status_code == 200 and r.json()["max_running"] == 3
+        assert "3 running" in (await http.get("/")).text
+        assert (await http.post("/api/queues/mail/pause")).status_code == 200
+        assert "Resume mail" in (await http.get("/queues")).text
+        assert (await http.post("/api/schedules/tick/pause")).json()["paused"] is True
+        assert (await http.post("/api/schedules/tick/resume")).json()["paused"] is False
+        assert (await http.post("/api/schedules/tick/trigger")).json()["task_id"] >= 1
+
+
+async def test_token_login_cookie_and_read_only(dsn):
+    async with api(dsn, api_token=TOKEN) as http:
+        r = await http.get("/tasks?status=FAILED")
+        assert r.status_code == 303
+        assert r.headers["location"] == "/login?next=/tasks%3Fstatus%3DFAILED"
+        assert (await http.get("/stream/overview")).status_code == 401
+        r = await http.post("/login", content="token=wrong&next=/tasks", headers=FORM)
+        assert r.status_code == 401 and "not this server" in r.text
+        r = await http.post("/login", content=f"token={TOKEN}&next=/tasks", headers=FORM)
+        assert r.status_code == 303 and r.headers["location"] == "/tasks"
+        cookie = r.cookies["pgtasks_dashboard"]
+        assert TOKEN not in cookie and "httponly" in r.headers["set-cookie"].lower()
+        assert (await http.get("/tasks")).status_code == 200  # the cookie is kept
+        # The API itself still wants the bearer token: the cookie is no API credential.
+        assert (await http.post("/api/tasks/1/cancel")).status_code == 401
+        r = await http.post("/login", content=f"token={TOKEN}&next=https://evil.example/",
+                            headers=FORM)  # fmt: skip
+        assert r.headers["location"] == "/"
+    await fail_some(dsn, 1)
+    async with api(dsn, dashboard_read_only=True) as http:
+        page = (await http.get("/tasks/1")).text
+        assert "Retry task" not in page and "read-only" in page
+        assert "Retry 1" not in (await http.get("/failed")).text
+
+
+FORM = {"content-type": "application/x-www-form-urlencoded"}
+
+
+@contextlib.asynccontextmanager
+async def mounted(dsn: str) -> AsyncIterator[httpx.AsyncClient]:
+    app = FastAPI(lifespan=lifespan(dsn))
+    app.include_router(router(), prefix="/admin/jobs/api")
+    app.include_router(dashboard_router(), prefix="/admin/jobs")
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            yield http
+
+
+async def test_mounted_under_a_prefix(dsn):
+    await fail_some(dsn, 1)
+    async with mounted(dsn) as http:
+        page = (await http.get("/admin/jobs/tasks/1")).text
+        assert 'data-base="/admin/jobs"' in page and 'data-api="/admin/jobs/api"' in page
+        assert 'href="/admin/jobs/static/dashboard.css' in page
+        assert 'data-url="/admin/jobs/api/tasks/1/retry"' in page
+        assert (await http.post("/admin/jobs/api/tasks/1/retry")).status_code == 200
+
+
+async def test_workflows_pages_say_when_workflows_are_missing(dsn, conn, monkeypatch):
+    """An older schema (no pgtasks.workflows view), then an older Client (no workflow
+    methods): the pages say workflows are not available instead of failing."""
+    if await conn.fetchval("SELECT to_regclass('pgtasks.workflows') IS NOT NULL"):
+        async with api(dsn) as http:  # with the workflows SQL: an unknown id is a 404 page
+            r = await http.get("/workflows/999")
+            assert r.status_code == 404 and "no workflow 999" in r.text
+        await conn.execute("DROP VIEW pgtasks.workflows CASCADE")
+    async with api(dsn) as http:
+        for path in ("/workflows", "/workflows/1"):
+            r = await http.get(path)
+            assert r.status_code == 200
+            assert "Workflows are not available in this database" in r.text
+    monkeypatch.delattr(Client, "workflows", raising=False)
+    monkeypatch.delattr(Client, "workflow", raising=False)
+    async with api(dsn) as http:
+        for path in ("/workflows", "/workflows/1"):
+            assert "Workflows are not available" in (await http.get(path)).text
+
+
+def test_graph_layout_puts_children_right_of_their_parents():
+    rows = [
+        {"task_id": 1, "node": "fetch", "task_type": "t", "status": "DONE", "parent_ids": []},
+        {"task_id": 2, "node": "a", "task_type": "t", "status": "RUNNING", "parent_ids": [1],
+         "progress_current": 1, "progress_total": 4},
+        {"task_id": 3, "node": "b", "task_type": "t", "status": "PENDING", "parent_ids": [1]},
+        {"task_id": 4, "node": "join", "task_type": "t", "status": "PENDING",
+         "parent_ids": [2, 3]},
+    ]  # fmt: skip
+    g = layout(rows)
+    x = {n.name: n.x for n in g.nodes}
+    assert x["fetch"] < x["a"] == x["b"] < x["join"]
+    assert len(g.edges) == 4 and next(n for n in g.nodes if n.name == "a").percent == 25
+
+
+def test_relative_times():
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    assert relative(now - timedelta(minutes=3, seconds=5), now) == "3 min ago"
+    assert relative(now + timedelta(seconds=20), now) == "in 20 s"
+    assert relative(now, now) == "just now"
