@@ -501,6 +501,7 @@ CREATE FUNCTION pgtasks.claim_limited(queues text[], max_tasks integer, task_typ
     SET enable_sort TO 'off'
     SET enable_bitmapscan TO 'off'
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    SET jit TO 'off'
     AS $$
 DECLARE
     lq_names  text[] := '{}';
@@ -660,6 +661,7 @@ CREATE FUNCTION pgtasks.claim_tasks(worker_id text, queues text[] DEFAULT NULL::
     SET enable_sort TO 'off'
     SET enable_bitmapscan TO 'off'
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    SET jit TO 'off'
     AS $$
 DECLARE
     picked bigint[];
@@ -1752,6 +1754,7 @@ CREATE FUNCTION pgtasks.record_inserts() RETURNS trigger
     SET enable_sort TO 'off'
     SET enable_bitmapscan TO 'off'
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    SET jit TO 'off'
     AS $$
 DECLARE
     first_queue text;
@@ -1801,6 +1804,7 @@ CREATE FUNCTION pgtasks.record_updates() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET enable_nestloop TO 'off'
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    SET jit TO 'off'
     AS $$
 DECLARE
     ended bigint[];
@@ -2206,6 +2210,16 @@ BEGIN
         EXECUTE format('ALTER %s %s SECURITY DEFINER SET search_path = pg_catalog, pgtasks, pg_temp',
                        CASE o.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, o.fn);
         EXECUTE format('REVOKE ALL ON %s %s FROM PUBLIC',
+                       CASE o.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, o.fn);
+    END LOOP;
+    -- A function that turns a planner method off (enable_sort, enable_nestloop ...) also
+    -- turns JIT off (0014: why).
+    FOR o IN SELECT p.oid::regprocedure AS fn, p.prokind FROM pg_proc p
+              WHERE p.pronamespace = 'pgtasks'::regnamespace
+                AND EXISTS (SELECT 1 FROM unnest(p.proconfig) c WHERE c LIKE 'enable\_%=off')
+                AND NOT 'jit=off' = ANY (p.proconfig)
+    LOOP
+        EXECUTE format('ALTER %s %s SET jit = off',
                        CASE o.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, o.fn);
     END LOOP;
     EXECUTE 'REVOKE ALL ON PROCEDURE pgtasks.secure_objects() FROM PUBLIC';

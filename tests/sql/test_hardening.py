@@ -144,6 +144,26 @@ async def test_planted_functions_and_operators_are_never_called(dsn, attacker):
         await victim.close()
 
 
+async def test_functions_that_disable_a_planner_method_also_disable_jit(conn):
+    """Before PostgreSQL 18 a disabled method costs 1e10, so a plan that still uses one is
+    JIT-compiled on every call where the server has LLVM: 0008's claim took 150 ms instead
+    of 4 on Debian's PostgreSQL 15 (sql/0014). The rule holds for later functions too."""
+    rows = await conn.fetch(
+        """
+        SELECT p.oid::regprocedure::text AS fn FROM pg_proc p
+         WHERE p.pronamespace = 'pgtasks'::regnamespace
+           AND EXISTS (SELECT 1 FROM unnest(p.proconfig) c WHERE c LIKE 'enable\\_%=off')
+           AND NOT coalesce('jit=off' = ANY (p.proconfig), false)
+        """
+    )
+    assert [r["fn"] for r in rows] == []
+    steered = await conn.fetchval(
+        "SELECT count(*) FROM pg_proc p WHERE p.pronamespace = 'pgtasks'::regnamespace"
+        " AND 'jit=off' = ANY (p.proconfig)"
+    )
+    assert steered >= 4  # claim_tasks, claim_limited, record_inserts, record_updates
+
+
 async def test_every_function_pins_search_path_and_runs_as_owner(conn):
     """The rule for every later migration too: a function that forgets fails here."""
     rows = await conn.fetch(
