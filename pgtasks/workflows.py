@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from pgtasks.errors import PgTasksError
@@ -153,35 +153,30 @@ def _seconds(value: float | timedelta | None) -> float | None:
 
 
 def _spec_node(node: TaskNode, name: str, after: list[str]) -> dict[str, Any]:
-    """One node of the SQL spec, with the type's declared policy (@task_register) filled in
-    where the node does not say, as Client.submit does; NULL is left to the database."""
-    from pgtasks.client import _params  # the one params check, shared with submit
+    """One node of the SQL spec. Queue, retries, timeout, backoff and run_at follow the same
+    rule as Client.submit (Client._policy, Client._when: the node's option, else the type's
+    @task_register declaration, else NULL for the database to resolve); only a concurrency
+    key, which needs the params and the Python lambda, is derived here."""
+    from pgtasks.client import Client, _params  # the submit rules, shared with Client.submit
 
     o = dict(node.options)
+    params = _params(node.params)
+    queue, retries, timeout, base = Client._policy(
+        node.task_type, o.pop("queue", None), o.pop("max_retries", None), o.pop("timeout", None)
+    )
+    run_at = Client._when(o.pop("run_at", None), o.pop("delay", None))
     declared = registry.get(node.task_type)
-    if declared is not None:
-        o.setdefault("queue", declared.queue)
-        o.setdefault("max_retries", declared.max_retries)
-        o.setdefault("timeout", declared.timeout)
-        if declared.retry_delay:
-            o.setdefault("backoff_base", declared.retry_delay)
-        if o.get("concurrency_key") is None and declared.concurrency_key is not None:
-            o["concurrency_key"] = declared.concurrency_key_for(_params(node.params))
-            o.setdefault("concurrency_limit", declared.concurrency_limit)
-    delay = o.pop("delay", None)
-    run_at: datetime | None = o.pop("run_at", None)
-    if delay is not None:
-        if run_at is not None:
-            raise PgTasksError("pass run_at or delay, not both")
-        run_at = datetime.now().astimezone() + timedelta(seconds=_seconds(delay) or 0)
-    out: dict[str, Any] = {"name": name, "type": node.task_type, "params": _params(node.params)}
+    if o.get("concurrency_key") is None and declared is not None and declared.concurrency_key:
+        o["concurrency_key"] = declared.concurrency_key_for(params)
+        o.setdefault("concurrency_limit", declared.concurrency_limit)
+    out: dict[str, Any] = {"name": name, "type": node.task_type, "params": params}
     if after:
         out["after"] = after
-    if run_at is not None:
-        out["run_at"] = run_at.isoformat()
-    for key in ("timeout", "backoff_base"):
-        o[key] = _seconds(o.get(key))
-    out.update({k: v for k, v in o.items() if v is not None})
+    fields = {
+        "queue": queue, "max_retries": retries, "timeout": _seconds(timeout),
+        "backoff_base": _seconds(base), "run_at": run_at.isoformat() if run_at else None,
+    }  # fmt: skip
+    out.update({k: v for k, v in {**fields, **o}.items() if v is not None})
     return out
 
 
