@@ -555,7 +555,7 @@ async def submit_loop_experiment(dsn: str, runs: int) -> list[Row]:
     )
     variants: list[tuple[str, str | None]] = [
         ("wake-ups off", "SET pgtasks.wake_workers = off"),
-        ("shipped (0008)", None),
+        ("shipped (0008; 0015 kept it)", None),
         ("before 0008", notify_before_0008()),
     ]
     samples: dict[str, list[float]] = {label: [] for label, _ in variants}

@@ -1769,9 +1769,9 @@ BEGIN
     END IF;
     SELECT min(n.queue), max(n.queue), min(n.id) INTO first_queue, last_queue, first_id
       FROM new_rows n
-     WHERE n.run_at <= now();
+     WHERE n.run_at <= now() AND n.status IN ('PENDING', 'COMMIT');
     IF first_queue IS NULL THEN
-        RETURN NULL;                      -- nothing ready now: the workers' timers find it
+        RETURN NULL;                      -- nothing ready now: a timer or a release wakes
     ELSIF first_queue = last_queue THEN
         IF NOT EXISTS (
                SELECT 1 FROM (SELECT t.id, t.run_at FROM pgtasks.tasks t
@@ -1785,7 +1785,7 @@ BEGIN
     ELSE
         PERFORM pg_notify('pgtasks_wakeup', q.queue)
            FROM (SELECT n.queue, min(n.id) AS first_id FROM new_rows n
-                  WHERE n.run_at <= now()
+                  WHERE n.run_at <= now() AND n.status IN ('PENDING', 'COMMIT')
                   GROUP BY n.queue) q
           WHERE NOT EXISTS (
                 SELECT 1 FROM (SELECT t.id, t.run_at FROM pgtasks.tasks t

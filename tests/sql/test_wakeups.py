@@ -110,3 +110,21 @@ async def test_upgrade_keeps_a_disabled_wake_up_trigger_off(server):
     finally:
         await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
         await admin.close()
+
+
+async def test_waiting_tasks_wake_nobody_until_released(woken):
+    """sql/0015: a WAITING node is not claimable, so inserting it wakes nobody; the release
+    when its parent finishes is what wakes a worker."""
+    conn, run = woken
+    parent = await conn.fetchval("SELECT pgtasks.submit_task('t', queue => 'wf')")
+    await conn.fetchval("SELECT count(*) FROM pgtasks.claim_tasks('w', ARRAY['wf'], 10)")
+    assert await run("SELECT 1") == ["wf"]  # the parent's own wake-up, drained
+    child = "SELECT pgtasks.submit_task('t', queue => 'wf', depends_on => ARRAY[$1::bigint])"
+    assert await run(child, parent) == []
+    # A whole workflow whose roots are ready wakes once, for its roots' queue only.
+    spec = (
+        '{"nodes": [{"name": "a", "type": "t", "queue": "roots"},'
+        ' {"name": "b", "type": "t", "queue": "later", "after": ["a"]}]}'
+    )
+    assert await run(f"SELECT pgtasks.submit_workflow('{spec}'::jsonb)") == ["roots"]
+    assert await run("SELECT pgtasks.finish_task($1, 1)", parent) == ["wf"]
