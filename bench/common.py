@@ -68,6 +68,7 @@ REPORT_ORDER: tuple[str, ...] = (
     "drain_1_c10",
     "drain_max_running",
     "drain_1_history",
+    "drain_1_history_fresh",
     "drain_2",
     "drain_2_c10",
     "drain_1_steps",
@@ -744,6 +745,27 @@ async def _expect_outstanding(client: Client, expected: int) -> None:
 # --------------------------------------------------------------------------- scenarios
 
 
+async def _enqueue_singles(clients: Sequence[Client], first: int, count: int) -> float:
+    """Seconds for ``count`` one-row enqueues (seqs ``first`` on) shared out over ``clients``,
+    each a coroutine on its own connection enqueueing one job per call."""
+    share, extra = divmod(count, len(clients))
+    bounds = list(
+        itertools.accumulate(
+            (share + (1 if i < extra else 0) for i in range(len(clients))), initial=first
+        )
+    )
+
+    async def one_client(client: Client, lo: int, hi: int) -> None:
+        for seq in range(lo, hi):
+            await client.enqueue_one(seq)
+
+    with Stopwatch() as sw:
+        await asyncio.gather(
+            *(one_client(c, bounds[i], bounds[i + 1]) for i, c in enumerate(clients))
+        )
+    return sw.elapsed
+
+
 async def sample_enqueue_single(peer: Peer, dsn: str, cfg: BenchConfig) -> float:
     """jobs/s for ``single_jobs`` one-row enqueues from ``single_clients`` concurrent clients.
 
@@ -754,27 +776,48 @@ async def sample_enqueue_single(peer: Peer, dsn: str, cfg: BenchConfig) -> float
         await peer.install(db)
         clients = [await peer.connect(db) for _ in range(cfg.single_clients)]
         try:
-            share, extra = divmod(cfg.single_jobs, cfg.single_clients)
-            bounds = list(
-                itertools.accumulate(
-                    (share + (1 if i < extra else 0) for i in range(cfg.single_clients)),
-                    initial=0,
-                )
-            )
-
-            async def one_client(client: Client, lo: int, hi: int) -> None:
-                for seq in range(lo, hi):
-                    await client.enqueue_one(seq)
-
-            with Stopwatch() as sw:
-                await asyncio.gather(
-                    *(one_client(c, bounds[i], bounds[i + 1]) for i, c in enumerate(clients))
-                )
+            elapsed = await _enqueue_singles(clients, 0, cfg.single_jobs)
             await _expect_outstanding(clients[0], cfg.single_jobs)
         finally:
             for c in clients:
                 await c.close()
-    return rate(cfg.single_jobs, sw.elapsed)
+    return rate(cfg.single_jobs, elapsed)
+
+
+async def sample_enqueue_single_interleaved(
+    a: Peer, b: Peer, dsn: str, cfg: BenchConfig, slices: int = 10
+) -> tuple[float, float]:
+    """(jobs/s of ``a``, jobs/s of ``b``): ``sample_enqueue_single`` for two setups of one
+    system, each in its own fresh database, measured in alternating slices.
+
+    The ``single_jobs`` of each side go in ``slices`` slices, in the order a b b a a b ...,
+    so that a drift in the machine's speed (two shared cores: rates here moved by 2x between
+    runs minutes apart) falls on both sides alike, and a linear drift cancels out. Measured
+    one after the other instead, the on/off ratio of wake-ups ranged 0.66-1.20 within one run.
+    """
+    per = cfg.single_jobs // slices
+    async with (
+        fresh_database(dsn, a.name) as db_a,
+        fresh_database(dsn, b.name) as db_b,
+    ):
+        await a.install(db_a)
+        await b.install(db_b)
+        sides = [
+            [await a.connect(db_a) for _ in range(cfg.single_clients)],
+            [await b.connect(db_b) for _ in range(cfg.single_clients)],
+        ]
+        elapsed = [0.0, 0.0]
+        try:
+            for i in range(slices):
+                for side in (0, 1) if i % 2 == 0 else (1, 0):
+                    elapsed[side] += await _enqueue_singles(sides[side], i * per, per)
+            for clients in sides:
+                await _expect_outstanding(clients[0], per * slices)
+        finally:
+            for clients in sides:
+                for c in clients:
+                    await c.close()
+    return rate(per * slices, elapsed[0]), rate(per * slices, elapsed[1])
 
 
 async def sample_enqueue_batch(peer: Peer, dsn: str, cfg: BenchConfig) -> float:

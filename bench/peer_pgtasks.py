@@ -7,13 +7,15 @@ for one task, ``Client.submit_many`` for a batch, and the ``Worker`` class in wo
 
 On top of the peers' figures this module measures what the issue asks of pgtasks alone:
 
-* ``enqueue_single_no_wakeup``: the single-row enqueue with the wake-up trigger disabled, to
-  show what the LISTEN/NOTIFY wake-ups cost a submitter;
+* ``enqueue_single_no_wakeup`` (with ``enqueue_single_paired``): the single-row enqueue with
+  wake-ups switched off, and on, in alternating slices of one sample, to show what the
+  LISTEN/NOTIFY wake-ups cost a submitter;
 * ``latency_poll_p50_ms`` / ``latency_poll_p99_ms``: latency with LISTEN off, i.e. a worker
   that only polls (as behind PgBouncer in transaction mode);
-* ``drain_1_history``: the 1-process drain in a database that already holds a large history
-  (finished tasks plus tasks scheduled far in the future), to show claims stay flat as the
-  table grows;
+* ``drain_1_history`` (with ``drain_1_history_fresh``): the 1-process drain in a database
+  that already holds a large history (finished tasks plus tasks scheduled far in the future),
+  each paired with a drain in an empty database run just before it, to show claims stay flat
+  as the table grows;
 * ``drain_N_c10`` and ``drain_default``: the drain at concurrency 10 and with no Worker
   setting at all;
 * ``connections_per_worker`` (with ``drain_1_steps``): the most connections one worker holds
@@ -60,7 +62,7 @@ from bench.common import (
     sample_connection_drains,
     sample_drain,
     sample_drain_detailed,
-    sample_enqueue_single,
+    sample_enqueue_single_interleaved,
     sample_latency,
     serve_until_stopped,
 )
@@ -377,10 +379,17 @@ async def _noop_install(_dsn: str) -> None:
 
 async def sample_history_drains(
     dsn: str, cfg: BenchConfig, log: Callable[[str], None]
-) -> list[float]:
-    """``cfg.runs`` 1-process drains, each in a fresh copy of one database with the history."""
+) -> tuple[list[float], list[float]]:
+    """(history drains, fresh drains): ``cfg.runs`` pairs of 1-process drains, each pair a
+    drain in an empty database and then one in a fresh copy of one database with the history.
+
+    The drop is judged per pair. drain_1 (early in the run) against these (minutes later)
+    mixed the history's cost with the machine's drift: the same code measured 0-31 % apart.
+    """
     peer = make_peer(install_fn=_noop_install)
-    samples: list[float] = []
+    fresh_peer = make_peer()
+    history: list[float] = []
+    fresh: list[float] = []
     async with fresh_database(dsn, f"{NAME}_history") as template_dsn:
         await install(template_dsn)
         loaded = await load_history(template_dsn, cfg.history_finished, cfg.history_future, log)
@@ -391,11 +400,17 @@ async def sample_history_drains(
         template = urlsplit(template_dsn).path.lstrip("/")
         for i in range(cfg.runs):
             async with database_from_template(dsn, template) as db:
+                # The clone's CHECKPOINT and sync are behind us: the fresh drain of the pair
+                # runs now, right before the history drain, under the same conditions.
+                fresh.append(await sample_drain(fresh_peer, dsn, cfg, 1))
                 # sample_drain wants a server DSN and makes its own fresh database; here the
                 # database is the clone, so run the same scenario code against it directly.
-                samples.append(await _drain_in(peer, db, cfg))
-            log(f"[{NAME}] drain_1_history run {i + 1}: {samples[-1]:,.0f} jobs/s")
-    return samples
+                history.append(await _drain_in(peer, db, cfg))
+            log(
+                f"[{NAME}] drain_1_history pair {i + 1}: fresh {fresh[-1]:,.0f}, history "
+                f"{history[-1]:,.0f} jobs/s (drop {(1 - history[-1] / fresh[-1]) * 100:.1f} %)"
+            )
+    return history, fresh
 
 
 async def _drain_in(peer: Peer, db: str, cfg: BenchConfig) -> float:
@@ -500,17 +515,19 @@ async def run(
         )
     )
 
-    # Wake-ups on vs off, measured in alternating pairs so that drift in the machine's load
-    # (two shared cores) falls on both sides of the ratio alike.
+    # Wake-ups on vs off: each pair in two databases, measured in alternating slices, so that
+    # drift in the machine's load (two shared cores) falls on both sides of the ratio alike.
     paired_on: list[float] = []
     no_wakeup: list[float] = []
     for i in range(cfg.runs):
-        paired_on.append(await sample_enqueue_single(make_peer(), dsn, cfg))
-        peer = make_peer(install_fn=install_without_wakeups)
-        no_wakeup.append(await sample_enqueue_single(peer, dsn, cfg))
+        on, off = await sample_enqueue_single_interleaved(
+            make_peer(), make_peer(install_fn=install_without_wakeups), dsn, cfg
+        )
+        paired_on.append(on)
+        no_wakeup.append(off)
         say(
-            f"[{NAME}] enqueue_single pair {i + 1}: wake-ups on {paired_on[-1]:,.0f}, "
-            f"off {no_wakeup[-1]:,.0f} jobs/s"
+            f"[{NAME}] enqueue_single pair {i + 1}: wake-ups on {on:,.0f}, off {off:,.0f} "
+            f"jobs/s ({on / off:.2f})"
         )
     figures["enqueue_single_paired"] = Figure.of(paired_on, JOBS_PER_S)
     figures["enqueue_single_no_wakeup"] = Figure.of(no_wakeup, JOBS_PER_S)
@@ -526,9 +543,9 @@ async def run(
     figures["latency_poll_p99_ms"] = Figure.of(p99, MS)
 
     if cfg.history_finished or cfg.history_future:
-        figures["drain_1_history"] = Figure.of(
-            await sample_history_drains(dsn, cfg, say), JOBS_PER_S
-        )
+        history, fresh = await sample_history_drains(dsn, cfg, say)
+        figures["drain_1_history"] = Figure.of(history, JOBS_PER_S)
+        figures["drain_1_history_fresh"] = Figure.of(fresh, JOBS_PER_S)
 
     # Workflows (issue 12): a chord's children against the plain drain, the callback's
     # start, a chain's hand-off, and what plain drains pay for workflows (bench/workflows.py).
