@@ -88,6 +88,10 @@ REPORT_ORDER: tuple[str, ...] = (
 
 JOBS_PER_S = "jobs/s"
 MS = "ms"
+RATIO = "x"
+#: Format of a figure's numbers by unit: one decimal for milliseconds, two for ratios, none
+#: for rates and counts.
+_SPEC = {MS: ",.1f", RATIO: ",.2f"}
 US_PER_JOB = "us/job"
 CONNECTIONS = "connections"
 COUNT = "count"
@@ -144,7 +148,7 @@ class Figure:
 
     def __str__(self) -> str:
         def fmt(value: float) -> str:
-            return f"{value:,.1f}" if self.unit == MS else f"{value:,.0f}"
+            return f"{value:{_SPEC.get(self.unit, ',.0f')}}"
 
         return (
             f"{fmt(self.median)} {self.unit} "
@@ -1151,10 +1155,10 @@ def report_keys(results: Iterable[Mapping[str, Figure]]) -> list[str]:
 
 
 def format_cell(fig: Figure | None) -> str:
-    """``median [min-max]``, one decimal for milliseconds, none for rates."""
+    """``median [min-max]``, one decimal for milliseconds, two for ratios, none for rates."""
     if fig is None:
         return "-"
-    spec = ",.1f" if fig.unit == MS else ",.0f"
+    spec = _SPEC.get(fig.unit, ",.0f")
     return f"{fig.median:{spec}} [{fig.min:{spec}}-{fig.max:{spec}}]"
 
 

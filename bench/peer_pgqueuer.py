@@ -111,9 +111,16 @@ def _peer(worker_args: tuple[str, ...], settings: dict[str, Any]) -> Peer:
     )
 
 
+def make_peer(*, default: bool = False) -> Peer:
+    """PgQueuer with ``batch_size=BATCH_SIZE``, or (``default``) ``run()`` with no argument."""
+    if default:
+        return _peer((), {"run()": "no arguments"})
+    return _peer(("--batch-size", str(BATCH_SIZE)), {"batch_size": BATCH_SIZE})
+
+
 async def run(dsn: str, cfg: BenchConfig) -> dict[str, Figure]:
     """Every figure for PgQueuer against the server at ``dsn`` (one fresh database per run)."""
-    peer = _peer(("--batch-size", str(BATCH_SIZE)), {"batch_size": BATCH_SIZE})
+    peer = make_peer()
     figures = await run_suite(dsn, cfg, peer)
     # pgtasks' drain_N_c10 (claims of 10) is compared with PgQueuer's batch of 10: these
     # very drains, shown again on that row.
@@ -121,7 +128,7 @@ async def run(dsn: str, cfg: BenchConfig) -> dict[str, Figure]:
         figures["drain_1_c10"] = figures["drain_1"]
         figures["drain_2_c10"] = figures["drain_2"]
     # Out of the box: PgQueuer.run() without arguments, one process; its connections too.
-    defaults = _peer((), {"run()": "no arguments"})
+    defaults = make_peer(default=True)
     figures.update(await sample_connection_drains(defaults, dsn, cfg, "drain_default", _log))
     return figures
 
