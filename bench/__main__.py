@@ -440,8 +440,9 @@ def main(argv: list[str] | None = None) -> int:
         pg = asyncio.run(server_settings(dsn))
         _log(f"server: PostgreSQL {pg['server_version']} at {dsn}")
         results, meta, errors = asyncio.run(run_all(dsn, cfg, args.systems))
+        head_to_head: dict[str, Any] = {}
         if {"pgtasks", BASELINE} <= results.keys() and not args.skip_head_to_head:
-            meta["head_to_head"] = run_head_to_head(dsn, cfg, results["pgtasks"], errors)
+            head_to_head = run_head_to_head(dsn, cfg, results["pgtasks"], errors)
     if "pgtasks" in results and not args.skip_maxconn:
         meta["pgtasks"]["maxconn"] = run_maxconn(cfg, results["pgtasks"], errors)
 
@@ -460,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         "server": {"embedded": args.dsn is None, **pg},
         "config": dataclasses.asdict(cfg),
         "systems": meta,
+        "head_to_head": head_to_head,
         "results": {s: {k: f.as_dict() for k, f in r.items()} for s, r in results.items()},
         "pgtasks_vs_pgqueuer": baseline_ratios(results),
         "goals": [dataclasses.asdict(g) for g in goals(results)] if "pgtasks" in results else [],
