@@ -2952,7 +2952,8 @@ CREATE VIEW pgtasks.queue_stats AS
     count(*) FILTER (WHERE (status = 'CANCELLED'::pgtasks.status)) AS cancelled,
     count(*) FILTER (WHERE ((status = ANY (ARRAY['PENDING'::pgtasks.status, 'COMMIT'::pgtasks.status])) AND (run_at <= now()))) AS ready,
     (now() - min(run_at) FILTER (WHERE ((status = ANY (ARRAY['PENDING'::pgtasks.status, 'COMMIT'::pgtasks.status])) AND (run_at <= now())))) AS oldest_ready_age,
-    count(*) FILTER (WHERE ((status = 'DONE'::pgtasks.status) AND (finished_at > (now() - '00:01:00'::interval)))) AS done_last_minute
+    count(*) FILTER (WHERE ((status = 'DONE'::pgtasks.status) AND (finished_at > (now() - '00:01:00'::interval)))) AS done_last_minute,
+    count(*) FILTER (WHERE (status = 'WAITING'::pgtasks.status)) AS waiting_on_parents
    FROM pgtasks.tasks t
   GROUP BY queue;
 
@@ -3027,7 +3028,8 @@ CREATE VIEW pgtasks.metrics AS
                     s.cancelled,
                     s.ready,
                     COALESCE(EXTRACT(epoch FROM s.oldest_ready_age), (0)::numeric) AS oldest_ready_seconds,
-                    s.done_last_minute
+                    s.done_last_minute,
+                    s.waiting_on_parents
                    FROM pgtasks.queue_stats s) q) AS queues,
     ( SELECT to_jsonb(w.*) AS to_jsonb
            FROM ( SELECT count(*) FILTER (WHERE v.alive) AS alive,

@@ -14,10 +14,11 @@ from pgtasks.client import STATUSES, Client
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-# queue_stats column per status (COMMIT tasks are "waiting" there; WAITING tasks, on
-# unfinished parents, have no column of their own yet: pgtasks.workflows counts them).
+# queue_stats column per status (COMMIT tasks are "waiting" there, for historical reasons;
+# WAITING tasks, on unfinished parents, are "waiting_on_parents" since sql/0016).
 _COLUMN = {
     "PENDING": "pending",
+    "WAITING": "waiting_on_parents",
     "COMMIT": "waiting",
     "RUNNING": "running",
     "DONE": "done",

@@ -228,7 +228,9 @@ async def test_sse_streams_progress_logs_and_final_status_in_order(dsn, http):
 
 async def test_metrics_parse_and_match_the_database(dsn, http):
     async with Client(dsn) as c:
-        await c.submit_many("noop", [{}, {}, {}], queue="m1")
+        ids = await c.submit_many("noop", [{}, {}, {}], queue="m1")
+        # WAITING on an unfinished parent: counted too (sql/0016).
+        await c.submit("noop", {}, queue="m1", depends_on=[ids[0]])
         done = await c.submit("web_steps", {"steps": 1, "pause": 0}, queue="m2")
         worker = Worker(dsn, queues=["m2"], poll_interval=0.2)
         run = asyncio.create_task(worker.run())
@@ -260,9 +262,11 @@ async def test_metrics_parse_and_match_the_database(dsn, http):
         for s in fams["pgtasks_tasks"].samples
         if s.value
     }
-    assert seen == counts == {("m1", "PENDING"): 3, ("m2", "DONE"): 1}
+    assert seen == counts == {("m1", "PENDING"): 3, ("m1", "WAITING"): 1, ("m2", "DONE"): 1}
     ready = {s.labels["queue"]: s.value for s in fams["pgtasks_queue_ready"].samples}
     assert ready == {"m1": 3, "m2": 0}
+    queues = {q["queue"]: q for q in (await http.get("/api/queues")).json()}
+    assert queues["m1"]["waiting_on_parents"] == 1 and queues["m1"]["pending"] == 3
     # A gauge histogram (a window, not a counter): the text format gives _gcount its own family.
     count = fams["pgtasks_task_runtime_seconds_gcount"].samples
     assert [(s.labels["task_type"], s.value) for s in count] == [("web_steps", 1)]
