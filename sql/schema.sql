@@ -744,6 +744,18 @@ END $$;
 
 ALTER FUNCTION pgtasks.claim_tasks(worker_id text, queues text[], max_tasks integer, lease interval, task_types text[]) OWNER TO pgtasks_owner;
 
+CREATE FUNCTION pgtasks.clip_text(value text, max_chars integer) RETURNS text
+    LANGUAGE sql IMMUTABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+    SELECT CASE WHEN value IS NULL OR length(value) <= max_chars THEN value
+                ELSE left(value, max_chars / 2)
+                     || format(E'\n[... %s characters left out ...]\n', length(value) - max_chars)
+                     || right(value, max_chars - max_chars / 2) END
+$$;
+
+ALTER FUNCTION pgtasks.clip_text(value text, max_chars integer) OWNER TO pgtasks_owner;
+
 CREATE FUNCTION pgtasks.is_blank(value text) RETURNS boolean
     LANGUAGE sql IMMUTABLE SECURITY DEFINER PARALLEL SAFE
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
@@ -1081,7 +1093,8 @@ CREATE FUNCTION pgtasks.fail_task(task_id bigint, attempt integer, error text, t
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
 DECLARE
-    t pgtasks.tasks;
+    t       pgtasks.tasks;
+    longest integer := (SELECT s.max_log_bytes FROM pgtasks.settings s);
 BEGIN
     -- run_at becomes now() + retry_delay: the same 100-year bound as a submit's run_at.
     IF retry_delay IS NOT NULL
@@ -1090,7 +1103,9 @@ BEGIN
             USING ERRCODE = 'PT119', HINT = 'Leave retry_delay out (NULL) for the task''s backoff.';
     END IF;
     t := pgtasks.lock_owned_task(task_id, attempt);
-    RETURN pgtasks.record_failure(t, coalesce(nullif(error, ''), 'unknown error'), traceback,
+    RETURN pgtasks.record_failure(t,
+                                  pgtasks.clip_text(coalesce(nullif(error, ''), 'unknown error'), longest),
+                                  pgtasks.clip_text(traceback, longest),
                                   coalesce(retryable, true), retry_delay);
 END $$;
 
@@ -3597,6 +3612,8 @@ REVOKE ALL ON FUNCTION pgtasks.claim_limited(queues text[], max_tasks integer, t
 
 REVOKE ALL ON FUNCTION pgtasks.claim_tasks(worker_id text, queues text[], max_tasks integer, lease interval, task_types text[]) FROM PUBLIC;
 GRANT ALL ON FUNCTION pgtasks.claim_tasks(worker_id text, queues text[], max_tasks integer, lease interval, task_types text[]) TO pgtasks_worker;
+
+REVOKE ALL ON FUNCTION pgtasks.clip_text(value text, max_chars integer) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION pgtasks.is_blank(value text) FROM PUBLIC;
 

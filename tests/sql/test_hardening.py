@@ -398,3 +398,33 @@ async def test_both_transition_triggers_check_the_same_list(conn):
     before = defs["tasks_check_transition"]
     rule = before[before.index("WHEN ((") + len("WHEN (") : before.rindex(") EXECUTE")]
     assert rule in defs["tasks_check_update"]
+
+
+async def test_a_huge_failure_is_kept_clipped_with_its_start_and_end(conn):
+    """sql/0017: fail_task keeps error and traceback within settings.max_log_bytes (64 KiB by
+    default): the start, a marker of what was left out, and the end (the innermost frames)."""
+    tid = await running_task(conn)
+    error = "E" + "x" * 200_000 + "END-OF-ERROR"
+    tb = "Traceback (most recent call last):\n" + "  frame\n" * 50_000 + "ValueError: boom"
+    status = await conn.fetchval(
+        "SELECT pgtasks.fail_task(task_id => $1, attempt => 1, error => $2, traceback => $3)",
+        tid, error, tb,
+    )  # fmt: skip
+    assert status == "COMMIT"  # to be retried: the failure itself was recorded
+    row = await conn.fetchrow(
+        "SELECT t.error, e.traceback, e.error AS attempt_error FROM pgtasks.tasks t"
+        " JOIN pgtasks.task_errors e ON e.task_id = t.id WHERE t.id = $1",
+        tid,
+    )
+    for text, head, tail in (
+        (row["error"], "Exx", "END-OF-ERROR"),
+        (row["attempt_error"], "Exx", "END-OF-ERROR"),
+        (row["traceback"], "Traceback (most recent call last):", "ValueError: boom"),
+    ):
+        assert 65_536 <= len(text) <= 65_536 + 100
+        assert text.startswith(head) and text.endswith(tail)
+        assert "characters left out" in text
+    short = await running_task(conn)
+    await conn.execute("SELECT pgtasks.fail_task($1, 1, 'short', 'tb')", short)
+    kept = await conn.fetchval("SELECT error FROM pgtasks.tasks WHERE id = $1", short)
+    assert kept == "short"

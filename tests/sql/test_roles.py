@@ -31,6 +31,8 @@ INTERNAL = {
     "raise_unique_held", "prune_flow_state",
     # 0012 (workflows)
     "submit_dependent", "release_children", "revive_children",
+    # 0017
+    "clip_text",
 }  # fmt: skip
 
 
