@@ -79,7 +79,7 @@ class QueueInfo(BaseModel):
     oldest_ready_age: timedelta | None = None
     done_last_minute: int
     #: WAITING: tasks whose parents have not all finished (sql/0016; `waiting` is COMMIT).
-    waiting_on_parents: int = 0
+    waiting_on_parents: int
 
 
 class QueueState(BaseModel):

@@ -44,9 +44,8 @@ def families(snapshot: dict[str, Any]) -> Iterator[Metric]:
         labels=["queue"],
     )  # fmt: skip
     for q in snapshot["queues"]:
-        for status in STATUSES:
-            if status in _COLUMN:
-                tasks.add_metric([q["queue"], status], q[_COLUMN[status]])
+        for status in STATUSES:  # every status has its column (a new one must get one)
+            tasks.add_metric([q["queue"], status], q[_COLUMN[status]])
         ready.add_metric([q["queue"]], q["ready"])
         oldest.add_metric([q["queue"]], float(q["oldest_ready_seconds"]))
         done_minute.add_metric([q["queue"]], q["done_last_minute"])
