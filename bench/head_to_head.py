@@ -20,35 +20,25 @@ from collections.abc import Callable
 from bench import peer_pgqueuer, peer_pgtasks
 from bench.common import RATIO, BenchConfig, Figure, Peer, sample_drain
 
-#: figure key -> (pgtasks peer, PgQueuer peer, worker processes); the key names the pgtasks
-#: row whose ratio to PgQueuer it is (goals in bench/__main__.py).
-PAIRS: dict[str, tuple[Callable[[], Peer], Callable[[], Peer], int]] = {
-    "drain_default": (
-        lambda: peer_pgtasks.make_peer(concurrency=None),
-        lambda: peer_pgqueuer.make_peer(default=True),
-        1,
-    ),
-    "drain_1_c10": (
-        lambda: peer_pgtasks.make_peer(concurrency=10),
-        peer_pgqueuer.make_peer,
-        1,
-    ),
-    "drain_2_c10": (
-        lambda: peer_pgtasks.make_peer(concurrency=10),
-        peer_pgqueuer.make_peer,
-        2,
-    ),
-    "drain_1": (peer_pgtasks.make_peer, peer_pgqueuer.make_peer, 1),
-    "drain_2": (peer_pgtasks.make_peer, peer_pgqueuer.make_peer, 2),
+#: figure key -> PgQueuer's side of it; pgtasks' side is peer_pgtasks.drain_variants()[key].
+#: The key names the pgtasks row whose ratio to PgQueuer it is (goals in bench/__main__.py).
+THEIRS: dict[str, Callable[[], Peer]] = {
+    "drain_default": lambda: peer_pgqueuer.make_peer(default=True),
+    "drain_1_c10": peer_pgqueuer.make_peer,
+    "drain_2_c10": peer_pgqueuer.make_peer,
+    "drain_1": peer_pgqueuer.make_peer,
+    "drain_2": peer_pgqueuer.make_peer,
 }
 
 
 async def run(dsn: str, cfg: BenchConfig, log: Callable[[str], None]) -> dict[str, Figure]:
     """``h2h_<key>``: pgtasks / PgQueuer per round, ``cfg.runs`` rounds."""
-    ratios: dict[str, list[float]] = {key: [] for key in PAIRS}
+    ratios: dict[str, list[float]] = {key: [] for key in THEIRS}
     for i in range(cfg.runs):
-        for key, (ours, theirs, processes) in PAIRS.items():
-            peers = [ours(), theirs()]
+        ours = peer_pgtasks.drain_variants()
+        for key, theirs in THEIRS.items():
+            ours_peer, processes = ours[key]
+            peers = [ours_peer, theirs()]
             rates: dict[str, float] = {}
             for peer in peers if i % 2 == 0 else reversed(peers):
                 rates[peer.name] = await sample_drain(peer, dsn, cfg, processes)

@@ -264,6 +264,19 @@ def make_peer(
     )
 
 
+def drain_variants() -> dict[str, tuple[Peer, int]]:
+    """The drains compared with PgQueuer, by figure key: (pgtasks peer, worker processes).
+    ``run`` measures the ones beyond the shared suite's; bench/head_to_head.py pairs each
+    with PgQueuer."""
+    return {
+        "drain_default": (make_peer(concurrency=None), 1),
+        "drain_1_c10": (make_peer(concurrency=10), 1),
+        "drain_2_c10": (make_peer(concurrency=10), 2),
+        "drain_1": (make_peer(), 1),
+        "drain_2": (make_peer(), 2),
+    }
+
+
 # --------------------------------------------------------------------------- history
 
 
@@ -495,11 +508,10 @@ async def run(
     # The same drain with other Worker settings: concurrency 10 (a claim the size of
     # PgQueuer's batch of 10) and no settings at all (whatever Worker's defaults are); and
     # drain_1 on a queue with a max_running limit that is never reached (flow control's cost).
-    for key, peer, workers in (
-        ("drain_1_c10", make_peer(concurrency=10), 1),
-        ("drain_2_c10", make_peer(concurrency=10), 2),
-        ("drain_default", make_peer(concurrency=None), 1),
-        ("drain_max_running", make_peer(install_fn=install_max_running), 1),
+    variants = drain_variants()
+    for key, (peer, workers) in (
+        *((k, variants[k]) for k in ("drain_1_c10", "drain_2_c10", "drain_default")),
+        ("drain_max_running", (make_peer(install_fn=install_max_running), 1)),
     ):
         samples = []
         for i in range(cfg.runs):
