@@ -1119,26 +1119,122 @@ ALTER FUNCTION pgtasks.fail_task(task_id bigint, attempt integer, error text, tr
 
 CREATE FUNCTION pgtasks.finish_and_claim(worker_id text, task_ids bigint[], attempts integer[], results jsonb[], claim_max integer DEFAULT 0, queues text[] DEFAULT NULL::text[], lease interval DEFAULT NULL::interval, task_types text[] DEFAULT NULL::text[]) RETURNS TABLE(rejected_task_id bigint, id bigint, task_type text, params jsonb, queue text, priority integer, attempt integer, retry_count integer, max_retries integer, timeout interval, deadline timestamp with time zone, has_steps boolean)
     LANGUAGE plpgsql SECURITY DEFINER
+    SET enable_sort TO 'off'
+    SET enable_bitmapscan TO 'off'
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    SET jit TO 'off'
     AS $$
+DECLARE
+    picked bigint[];
+    lease_for interval;
 BEGIN
-    -- Checked before finishing, so a bad claim argument does not roll back a good batch
-    -- after the fact: the whole call fails before writing anything.
     IF claim_max IS NULL OR claim_max < 0 THEN
         RAISE EXCEPTION 'pgtasks: claim_max must be 0 or more, got %', coalesce(claim_max::text, 'NULL')
             USING ERRCODE = 'PT115', HINT = 'Pass the number of free slots; 0 only finishes the batch.';
     END IF;
     PERFORM pgtasks.check_worker_id(worker_id);
-    PERFORM pgtasks.lease_or_default(lease);
+    lease_for := pgtasks.lease_or_default(lease);
 
-    RETURN QUERY
-    SELECT f.rejected_task_id, NULL::bigint, NULL::text, NULL::jsonb, NULL::text, NULL::integer,
-           NULL::integer, NULL::integer, NULL::integer, NULL::interval, NULL::timestamptz, NULL::boolean
-      FROM pgtasks.finish_tasks(task_ids, attempts, results) f;
-    IF claim_max > 0 THEN
+    -- The two-statement path (0003), for the calls listed at the top of this file.
+    IF claim_max = 0
+       OR EXISTS (SELECT 1 FROM unnest(finish_and_claim.results) AS u(result), pgtasks.settings s
+                   WHERE octet_length(u.result::text) > s.max_result_bytes)
+       OR EXISTS (SELECT 1 FROM pgtasks.tasks t
+                   WHERE t.id = ANY (finish_and_claim.task_ids) AND t.has_dependents)
+       OR EXISTS (SELECT 1 FROM pgtasks.queue_settings qs
+                   WHERE finish_and_claim.queues IS NULL OR qs.queue = ANY (finish_and_claim.queues))
+       OR EXISTS (SELECT 1 FROM pgtasks.tasks t
+                   WHERE t.concurrency_key IS NOT NULL AND t.status IN ('PENDING', 'COMMIT')
+                     AND t.run_at <= now()) THEN
         RETURN QUERY
-        SELECT NULL::bigint, c.* FROM pgtasks.claim_tasks(worker_id, queues, claim_max, lease, task_types) c;
+        SELECT f.rejected_task_id, NULL::bigint, NULL::text, NULL::jsonb, NULL::text, NULL::integer,
+               NULL::integer, NULL::integer, NULL::integer, NULL::interval, NULL::timestamptz, NULL::boolean
+          FROM pgtasks.finish_tasks(task_ids, attempts, results) f;
+        IF claim_max > 0 THEN
+            RETURN QUERY
+            SELECT NULL::bigint, c.* FROM pgtasks.claim_tasks(worker_id, queues, claim_max, lease, task_types) c;
+        END IF;
+        RETURN;
     END IF;
+
+    -- One statement. finish_tasks checked the arrays itself; here they are checked before
+    -- anything is written, with the same message.
+    PERFORM pgtasks.check_batch('finish_tasks', task_ids, attempts, results, with_results => true);
+
+    IF queues IS NULL THEN
+        SELECT array_agg(c.id) INTO picked FROM (
+            SELECT t.id FROM pgtasks.tasks t
+             WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= now()
+               AND (finish_and_claim.task_types IS NULL OR t.task_type = ANY (finish_and_claim.task_types))
+             ORDER BY t.priority DESC, t.run_at, t.id
+             LIMIT claim_max
+             FOR NO KEY UPDATE SKIP LOCKED) c;
+    ELSIF cardinality(queues) = 1 THEN
+        SELECT array_agg(c.id) INTO picked FROM (
+            SELECT t.id FROM pgtasks.tasks t
+             WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= now()
+               AND t.queue = finish_and_claim.queues[1]
+               AND (finish_and_claim.task_types IS NULL OR t.task_type = ANY (finish_and_claim.task_types))
+             ORDER BY t.priority DESC, t.run_at, t.id
+             LIMIT claim_max
+             FOR NO KEY UPDATE SKIP LOCKED) c;
+    ELSE
+        SELECT array_agg(c.id) INTO picked FROM (
+            SELECT t.id FROM pgtasks.tasks t
+             WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= now()
+               AND t.queue = ANY (finish_and_claim.queues)
+               AND (finish_and_claim.task_types IS NULL OR t.task_type = ANY (finish_and_claim.task_types))
+             ORDER BY t.priority DESC, t.run_at, t.id
+             LIMIT claim_max
+             FOR NO KEY UPDATE SKIP LOCKED) c;
+    END IF;
+
+    -- Finishing rows carry their attempt (the fencing token: a stale one matches nothing and
+    -- comes back rejected, a NULL one too); picked rows are ours, locked above. A task can
+    -- be in both only if it went back to PENDING/COMMIT since its attempt: then the claim
+    -- takes it and the finish is rejected, as with two statements.
+    RETURN QUERY
+    WITH work AS (
+        SELECT u.task_id, u.attempt, u.result, true AS finishing
+          FROM unnest(finish_and_claim.task_ids, finish_and_claim.attempts, finish_and_claim.results)
+                 AS u(task_id, attempt, result)
+        UNION ALL
+        SELECT p.id, NULL::integer, NULL::jsonb, false FROM unnest(picked) AS p(id)
+    ), changed AS (
+        UPDATE pgtasks.tasks t
+           SET status = CASE WHEN w.finishing THEN 'DONE' ELSE 'RUNNING' END::pgtasks.status,
+               result = w.result,
+               finished_at = CASE WHEN w.finishing THEN now() END,
+               worker_id = CASE WHEN w.finishing THEN NULL ELSE finish_and_claim.worker_id END,
+               attempt = t.attempt + CASE WHEN w.finishing THEN 0 ELSE 1 END,
+               started_at = CASE WHEN w.finishing THEN t.started_at ELSE coalesce(t.started_at, now()) END,
+               deadline = CASE WHEN w.finishing THEN NULL ELSE now() + t.timeout END,
+               lease_expires_at = CASE WHEN w.finishing THEN NULL
+                                       ELSE least(now() + lease_for, now() + t.timeout) END,
+               progress_current = CASE WHEN w.finishing THEN coalesce(t.progress_total, t.progress_current)
+                                       ELSE t.progress_current END
+          FROM work w
+         WHERE t.id = w.task_id
+           AND (NOT w.finishing OR (t.attempt = w.attempt AND t.status = 'RUNNING'))
+        RETURNING w.finishing, t.id, t.task_type, t.params, t.queue, t.priority, t.attempt, t.retry_count,
+                  t.max_retries, t.timeout, t.deadline,
+                  NOT w.finishing AND t.attempt > 1
+                  AND EXISTS (SELECT 1 FROM pgtasks.task_steps s WHERE s.task_id = t.id) AS has_steps,
+                  t.run_at
+    )
+    SELECT r.rejected_task_id, NULL::bigint, NULL::text, NULL::jsonb, NULL::text, NULL::integer,
+           NULL::integer, NULL::integer, NULL::integer, NULL::interval, NULL::timestamptz, NULL::boolean
+      FROM (SELECT w.task_id AS rejected_task_id FROM work w
+             WHERE w.finishing
+               AND NOT EXISTS (SELECT 1 FROM changed c
+                                WHERE c.finishing AND c.id = w.task_id AND c.attempt = w.attempt)) r
+    UNION ALL
+    SELECT * FROM (
+        SELECT NULL::bigint, c.id, c.task_type, c.params, c.queue, c.priority, c.attempt, c.retry_count,
+               c.max_retries, c.timeout, c.deadline, c.has_steps
+          FROM changed c
+         WHERE NOT c.finishing
+         ORDER BY c.priority DESC, c.run_at, c.id) cl;
 END $$;
 
 ALTER FUNCTION pgtasks.finish_and_claim(worker_id text, task_ids bigint[], attempts integer[], results jsonb[], claim_max integer, queues text[], lease interval, task_types text[]) OWNER TO pgtasks_owner;

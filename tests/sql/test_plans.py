@@ -85,19 +85,42 @@ async def test_next_run_at_is_one_probe(conn, big_table):
 
 
 @pytest.mark.parametrize("queues", [None, ["q0"], ["q0", "q1"]])
-async def test_finish_and_claim_keeps_both_plans(conn, big_table, queues):
-    """One round trip, the same plans as finish_tasks and claim_tasks on their own."""
+async def test_finish_and_claim_is_one_update_on_the_same_indexes(conn, big_table, queues):
+    """One round trip and, since sql/0020, one UPDATE for the finishes and the claims: the
+    pick walks tasks_claimable like claim_tasks, the update finds both kinds of rows by id."""
     rows = await conn.fetch("SELECT id, attempt FROM pgtasks.claim_tasks('w', max_tasks => 100)")
     plans = await nested_plans(
         conn,
         "SELECT * FROM pgtasks.finish_and_claim('w', $1, $2, $3::jsonb[], 10, $4)",
         [r[0] for r in rows], [r[1] for r in rows], [None] * len(rows), queues,
     )  # fmt: skip
-    finish = next(p for p in plans.split("duration:") if "Update on tasks t" in p)
-    assert "tasks_pkey" in finish and "Seq Scan on tasks" not in finish, finish
+    updates = [p for p in plans.split("duration:") if "Update on tasks t" in p]
+    assert len(updates) == 1, plans
+    assert "tasks_pkey" in updates[0] and "Seq Scan on tasks" not in updates[0], updates[0]
     pick = next(p for p in plans.split("duration:") if "FOR NO KEY UPDATE SKIP LOCKED" in p)
     assert "Index Scan using tasks_claimable" in pick, pick
     assert "Sort Key" not in pick and "Seq Scan on tasks" not in pick, pick
+    assert await conn.fetchval("SELECT count(*) FROM pgtasks.tasks WHERE status = 'RUNNING'") == 10
+
+
+async def test_finish_and_claim_keeps_two_statements_for_dependents(conn, big_table):
+    """A finished task with dependents releases them in its statement's history trigger;
+    the claim must be a later statement to take them in the same call (sql/0020)."""
+    parent = await conn.fetchval("SELECT id FROM pgtasks.claim_tasks('w', max_tasks => 1)")
+    child = await conn.fetchval(
+        "SELECT pgtasks.submit_task('t', queue => 'q0', priority => 9,"
+        " depends_on => ARRAY[$1::bigint])",
+        parent,
+    )
+    plans = await nested_plans(
+        conn,
+        "SELECT * FROM pgtasks.finish_and_claim('w', ARRAY[$1::bigint], ARRAY[1],"
+        " ARRAY[NULL::jsonb], 1)",
+        parent,
+    )
+    assert len([p for p in plans.split("duration:") if "Update on tasks t" in p]) >= 2, plans
+    status = await conn.fetchval("SELECT status::text FROM pgtasks.tasks WHERE id = $1", child)
+    assert status == "RUNNING"
 
 
 async def test_claim_returns_rows_sorted_not_joined_back(conn, big_table):

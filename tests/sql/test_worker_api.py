@@ -61,6 +61,59 @@ async def test_finish_and_claim_with_nothing_to_finish_claims_like_claim_tasks(c
     assert [r["id"] for r in rows] == ids[:2]
 
 
+ROW_AS_WRITTEN = """
+SELECT status::text, result, finished_at IS NOT NULL AS finished, worker_id,
+       lease_expires_at - started_at AS lease, deadline - started_at AS deadline,
+       started_at IS NOT NULL AS started, attempt, progress_current, progress_total
+  FROM pgtasks.tasks WHERE id = $1
+"""
+
+
+async def test_one_statement_and_two_statements_write_the_same_rows(conn):
+    """sql/0020 finishes and claims in one UPDATE unless the call needs the two statements
+    of 0003 (here: claim_max 0 sends it there). Twin tasks through either path end up with
+    the same columns, finished and claimed alike."""
+    twins = []
+    for _ in range(2):
+        (tid,) = await submit(conn)
+        await claim(conn)
+        await conn.execute("SELECT pgtasks.report_progress($1, 1, 3, 10)", tid)
+        twins.append(tid)
+    one, two = twins
+    await submit(conn)
+    # one statement: finish `one` and claim the ready task
+    rows = await conn.fetch(FINISH_AND_CLAIM, [one], [1], ['{"n": 1}'], 1)
+    assert [r["rejected_task_id"] for r in rows] == [None] and rows[0]["attempt"] == 1
+    claimed_one = rows[0]["id"]
+    await submit(conn)
+    # two statements: finish `two` alone, then claim with claim_tasks
+    assert await conn.fetch(FINISH_AND_CLAIM, [two], [1], ['{"n": 1}'], 0) == []
+    (claimed_two,) = [r["id"] for r in await claim(conn)]
+    assert dict(await conn.fetchrow(ROW_AS_WRITTEN, one)) == dict(
+        await conn.fetchrow(ROW_AS_WRITTEN, two)
+    )
+    assert dict(await conn.fetchrow(ROW_AS_WRITTEN, claimed_one)) == dict(
+        await conn.fetchrow(ROW_AS_WRITTEN, claimed_two)
+    )
+    done = await conn.fetchrow(ROW_AS_WRITTEN, one)
+    assert done["status"] == "DONE" and done["progress_current"] == 10  # progress completed
+
+
+async def test_a_finish_whose_task_went_back_to_pending_is_rejected_and_the_task_reclaimed(conn):
+    """The one-statement path: a stale finish (the lease was rescued, the task is ready
+    again) is rejected, and the same call may claim the task again, at the next attempt."""
+    (a,) = await submit(conn)
+    await claim(conn)
+    await expire_lease(conn, a)
+    assert await conn.fetchval("SELECT pgtasks.rescue_expired()") == 1
+    await conn.execute("UPDATE pgtasks.tasks SET run_at = now() WHERE id = $1", a)
+    rows = await conn.fetch(FINISH_AND_CLAIM, [a], [1], ['"late"'], 5)
+    assert [(r["rejected_task_id"], r["id"], r["attempt"]) for r in rows] == [
+        (a, None, None), (None, a, 2),
+    ]  # fmt: skip
+    assert await conn.fetchval("SELECT result FROM pgtasks.tasks WHERE id = $1", a) is None
+
+
 @pytest.mark.parametrize(
     ("args", "sqlstate"),
     [
