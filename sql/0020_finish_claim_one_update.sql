@@ -10,8 +10,8 @@
 -- ExecConstraints 7 %). At the batches a worker sends at concurrency 10 (10-20 results,
 -- 10-20 claims) that fixed cost is most of the call.
 --
--- So when nothing needs two statements, the tasks are picked first (the same index walk,
--- FOR NO KEY UPDATE SKIP LOCKED, in the same three forms as claim_tasks) and one UPDATE
+-- So when nothing needs two statements, the tasks are picked first (pick_ready, below: the
+-- pick claim_tasks made itself until now, and makes through it from here) and one UPDATE
 -- moves the finished ones RUNNING -> DONE and the picked ones PENDING/COMMIT -> RUNNING.
 -- Each row gets exactly the columns finish_tasks (0004) or claim_tasks (0008) would give
 -- it, and the result is the same: rejected finishes first, then the claimed tasks in claim
@@ -35,6 +35,136 @@
 -- finished ones, which only this worker's lease keeper or a cancel would also lock; the
 -- two-statement path locked them the other way round. Neither waits on a picked task.
 
+-- The pick of the unlimited claim, once for both callers (claim_tasks, finish_and_claim):
+-- the ready tasks in claim order, locked, skipping any another claimer holds. Three forms,
+-- so that each keeps its own index walk (tasks_claimable for every queue,
+-- tasks_claimable_queue for one; tests/sql/test_plans.py), sorting and bitmap scans off
+-- against stale statistics (0002). NULL when nothing is ready. No role may call it: it
+-- only locks, and both callers check their arguments first.
+CREATE FUNCTION pgtasks.pick_ready(queues text[], max_tasks integer, task_types text[])
+RETURNS bigint[]
+LANGUAGE plpgsql
+SET enable_sort = off
+SET enable_bitmapscan = off
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+DECLARE
+    picked bigint[];
+BEGIN
+    IF queues IS NULL THEN
+        SELECT array_agg(c.id) INTO picked FROM (
+            SELECT t.id FROM pgtasks.tasks t
+             WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= now()
+               AND (pick_ready.task_types IS NULL OR t.task_type = ANY (pick_ready.task_types))
+             ORDER BY t.priority DESC, t.run_at, t.id
+             LIMIT max_tasks
+             FOR NO KEY UPDATE SKIP LOCKED) c;
+    ELSIF cardinality(queues) = 1 THEN
+        SELECT array_agg(c.id) INTO picked FROM (
+            SELECT t.id FROM pgtasks.tasks t
+             WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= now()
+               AND t.queue = pick_ready.queues[1]
+               AND (pick_ready.task_types IS NULL OR t.task_type = ANY (pick_ready.task_types))
+             ORDER BY t.priority DESC, t.run_at, t.id
+             LIMIT max_tasks
+             FOR NO KEY UPDATE SKIP LOCKED) c;
+    ELSE
+        SELECT array_agg(c.id) INTO picked FROM (
+            SELECT t.id FROM pgtasks.tasks t
+             WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= now()
+               AND t.queue = ANY (pick_ready.queues)
+               AND (pick_ready.task_types IS NULL OR t.task_type = ANY (pick_ready.task_types))
+             ORDER BY t.priority DESC, t.run_at, t.id
+             LIMIT max_tasks
+             FOR NO KEY UPDATE SKIP LOCKED) c;
+    END IF;
+    RETURN picked;
+END $$;
+
+-- claim_tasks' two probes (0005, kept by 0008), once for both callers: does a queue of this
+-- claim have settings, or is a task with a concurrency key ready? Both look at a relation
+-- that is empty while flow control is unused. True sends a claim to claim_limited.
+CREATE FUNCTION pgtasks.flow_control_in_use(queues text[]) RETURNS boolean
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+BEGIN
+    RETURN EXISTS (SELECT 1 FROM pgtasks.queue_settings qs
+                    WHERE flow_control_in_use.queues IS NULL OR qs.queue = ANY (flow_control_in_use.queues))
+        OR EXISTS (SELECT 1 FROM pgtasks.tasks t
+                    WHERE t.concurrency_key IS NOT NULL AND t.status IN ('PENDING', 'COMMIT')
+                      AND t.run_at <= now());
+END $$;
+
+-- claim_tasks as in 0008, its probes and pick now the two functions above.
+CREATE OR REPLACE FUNCTION pgtasks.claim_tasks(
+    worker_id  text,
+    queues     text[]   DEFAULT NULL,    -- NULL: every queue
+    max_tasks  integer  DEFAULT 1,
+    lease      interval DEFAULT NULL,    -- NULL: settings.default_lease
+    task_types text[]   DEFAULT NULL     -- NULL: every type; workers pass the types they know
+) RETURNS TABLE (
+    id bigint, task_type text, params jsonb, queue text, priority integer,
+    attempt integer, retry_count integer, max_retries integer,
+    timeout interval, deadline timestamptz, has_steps boolean
+)
+LANGUAGE plpgsql
+-- Stale statistics must not turn the pick into bitmap + sort (see 0002).
+SET enable_sort = off
+SET enable_bitmapscan = off
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+DECLARE
+    picked bigint[];
+    lease_for interval;
+    started timestamptz := now();
+BEGIN
+    PERFORM pgtasks.check_worker_id(worker_id);
+    -- NULL used to mean "no LIMIT": claim_tasks(max_tasks => NULL) took all 500 ready tasks.
+    IF max_tasks IS NULL OR max_tasks < 1 THEN
+        RAISE EXCEPTION 'pgtasks: max_tasks must be 1 or more, got %', coalesce(max_tasks::text, 'NULL')
+            USING ERRCODE = 'PT115', HINT = 'Claim as many tasks as the worker has free slots.';
+    END IF;
+    lease_for := pgtasks.lease_or_default(lease);
+
+    IF pgtasks.flow_control_in_use(queues) THEN
+        SELECT l.picked, l.started INTO picked, started
+          FROM pgtasks.claim_limited(queues, max_tasks, task_types) l;
+        IF cardinality(picked) = 0 THEN
+            picked := NULL;
+        END IF;
+    ELSE
+        picked := pgtasks.pick_ready(queues, max_tasks, task_types);
+    END IF;
+    IF picked IS NULL THEN
+        RETURN;
+    END IF;
+
+    -- Rows come back in claim order. started_at: the limited path's start time (the one its
+    -- rate window recorded), else now() as before. The sort is the only way to order a CTE
+    -- scan, so enable_sort = off does not keep the planner from it.
+    RETURN QUERY
+    WITH claimed AS (
+        UPDATE pgtasks.tasks t
+           SET status = 'RUNNING',
+               worker_id = claim_tasks.worker_id,
+               attempt = t.attempt + 1,
+               started_at = coalesce(t.started_at, started),
+               deadline = now() + t.timeout,
+               lease_expires_at = least(now() + lease_for, now() + t.timeout)
+         WHERE t.id = ANY (picked)
+        RETURNING t.id, t.task_type, t.params, t.queue, t.priority, t.attempt, t.retry_count,
+                  t.max_retries, t.timeout, t.deadline,
+                  t.attempt > 1
+                  AND EXISTS (SELECT 1 FROM pgtasks.task_steps s WHERE s.task_id = t.id) AS has_steps,
+                  t.run_at
+    )
+    SELECT c.id, c.task_type, c.params, c.queue, c.priority, c.attempt, c.retry_count,
+           c.max_retries, c.timeout, c.deadline, c.has_steps
+      FROM claimed c
+     ORDER BY c.priority DESC, c.run_at, c.id;
+END $$;
+
 CREATE OR REPLACE FUNCTION pgtasks.finish_and_claim(
     worker_id  text,
     task_ids   bigint[],
@@ -50,9 +180,6 @@ CREATE OR REPLACE FUNCTION pgtasks.finish_and_claim(
     timeout interval, deadline timestamptz, has_steps boolean
 )
 LANGUAGE plpgsql
--- The pick must stay an index walk on stale statistics (see claim_tasks, 0002).
-SET enable_sort = off
-SET enable_bitmapscan = off
 SET search_path = pg_catalog, pgtasks, pg_temp
 AS $$
 DECLARE
@@ -72,11 +199,7 @@ BEGIN
                    WHERE octet_length(u.result::text) > s.max_result_bytes)
        OR EXISTS (SELECT 1 FROM pgtasks.tasks t
                    WHERE t.id = ANY (finish_and_claim.task_ids) AND t.has_dependents)
-       OR EXISTS (SELECT 1 FROM pgtasks.queue_settings qs
-                   WHERE finish_and_claim.queues IS NULL OR qs.queue = ANY (finish_and_claim.queues))
-       OR EXISTS (SELECT 1 FROM pgtasks.tasks t
-                   WHERE t.concurrency_key IS NOT NULL AND t.status IN ('PENDING', 'COMMIT')
-                     AND t.run_at <= now()) THEN
+       OR pgtasks.flow_control_in_use(queues) THEN
         RETURN QUERY
         SELECT f.rejected_task_id, NULL::bigint, NULL::text, NULL::jsonb, NULL::text, NULL::integer,
                NULL::integer, NULL::integer, NULL::integer, NULL::interval, NULL::timestamptz, NULL::boolean
@@ -92,33 +215,7 @@ BEGIN
     -- anything is written, with the same message.
     PERFORM pgtasks.check_batch('finish_tasks', task_ids, attempts, results, with_results => true);
 
-    IF queues IS NULL THEN
-        SELECT array_agg(c.id) INTO picked FROM (
-            SELECT t.id FROM pgtasks.tasks t
-             WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= now()
-               AND (finish_and_claim.task_types IS NULL OR t.task_type = ANY (finish_and_claim.task_types))
-             ORDER BY t.priority DESC, t.run_at, t.id
-             LIMIT claim_max
-             FOR NO KEY UPDATE SKIP LOCKED) c;
-    ELSIF cardinality(queues) = 1 THEN
-        SELECT array_agg(c.id) INTO picked FROM (
-            SELECT t.id FROM pgtasks.tasks t
-             WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= now()
-               AND t.queue = finish_and_claim.queues[1]
-               AND (finish_and_claim.task_types IS NULL OR t.task_type = ANY (finish_and_claim.task_types))
-             ORDER BY t.priority DESC, t.run_at, t.id
-             LIMIT claim_max
-             FOR NO KEY UPDATE SKIP LOCKED) c;
-    ELSE
-        SELECT array_agg(c.id) INTO picked FROM (
-            SELECT t.id FROM pgtasks.tasks t
-             WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= now()
-               AND t.queue = ANY (finish_and_claim.queues)
-               AND (finish_and_claim.task_types IS NULL OR t.task_type = ANY (finish_and_claim.task_types))
-             ORDER BY t.priority DESC, t.run_at, t.id
-             LIMIT claim_max
-             FOR NO KEY UPDATE SKIP LOCKED) c;
-    END IF;
+    picked := pgtasks.pick_ready(queues, claim_max, task_types);
 
     -- Finishing rows carry their attempt (the fencing token: a stale one matches nothing and
     -- comes back rejected, a NULL one too); picked rows are ours, locked above. A task can

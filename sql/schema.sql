@@ -676,42 +676,14 @@ BEGIN
     END IF;
     lease_for := pgtasks.lease_or_default(lease);
 
-    IF EXISTS (SELECT 1 FROM pgtasks.queue_settings qs
-                WHERE claim_tasks.queues IS NULL OR qs.queue = ANY (claim_tasks.queues))
-       OR EXISTS (SELECT 1 FROM pgtasks.tasks t
-                   WHERE t.concurrency_key IS NOT NULL AND t.status IN ('PENDING', 'COMMIT')
-                     AND t.run_at <= now()) THEN
+    IF pgtasks.flow_control_in_use(queues) THEN
         SELECT l.picked, l.started INTO picked, started
           FROM pgtasks.claim_limited(queues, max_tasks, task_types) l;
         IF cardinality(picked) = 0 THEN
             picked := NULL;
         END IF;
-    ELSIF queues IS NULL THEN
-        SELECT array_agg(c.id) INTO picked FROM (
-            SELECT t.id FROM pgtasks.tasks t
-             WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= now()
-               AND (claim_tasks.task_types IS NULL OR t.task_type = ANY (claim_tasks.task_types))
-             ORDER BY t.priority DESC, t.run_at, t.id
-             LIMIT max_tasks
-             FOR NO KEY UPDATE SKIP LOCKED) c;
-    ELSIF cardinality(queues) = 1 THEN
-        SELECT array_agg(c.id) INTO picked FROM (
-            SELECT t.id FROM pgtasks.tasks t
-             WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= now()
-               AND t.queue = claim_tasks.queues[1]
-               AND (claim_tasks.task_types IS NULL OR t.task_type = ANY (claim_tasks.task_types))
-             ORDER BY t.priority DESC, t.run_at, t.id
-             LIMIT max_tasks
-             FOR NO KEY UPDATE SKIP LOCKED) c;
     ELSE
-        SELECT array_agg(c.id) INTO picked FROM (
-            SELECT t.id FROM pgtasks.tasks t
-             WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= now()
-               AND t.queue = ANY (claim_tasks.queues)
-               AND (claim_tasks.task_types IS NULL OR t.task_type = ANY (claim_tasks.task_types))
-             ORDER BY t.priority DESC, t.run_at, t.id
-             LIMIT max_tasks
-             FOR NO KEY UPDATE SKIP LOCKED) c;
+        picked := pgtasks.pick_ready(queues, max_tasks, task_types);
     END IF;
     IF picked IS NULL THEN
         RETURN;
@@ -1119,10 +1091,7 @@ ALTER FUNCTION pgtasks.fail_task(task_id bigint, attempt integer, error text, tr
 
 CREATE FUNCTION pgtasks.finish_and_claim(worker_id text, task_ids bigint[], attempts integer[], results jsonb[], claim_max integer DEFAULT 0, queues text[] DEFAULT NULL::text[], lease interval DEFAULT NULL::interval, task_types text[] DEFAULT NULL::text[]) RETURNS TABLE(rejected_task_id bigint, id bigint, task_type text, params jsonb, queue text, priority integer, attempt integer, retry_count integer, max_retries integer, timeout interval, deadline timestamp with time zone, has_steps boolean)
     LANGUAGE plpgsql SECURITY DEFINER
-    SET enable_sort TO 'off'
-    SET enable_bitmapscan TO 'off'
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
-    SET jit TO 'off'
     AS $$
 DECLARE
     picked bigint[];
@@ -1141,11 +1110,7 @@ BEGIN
                    WHERE octet_length(u.result::text) > s.max_result_bytes)
        OR EXISTS (SELECT 1 FROM pgtasks.tasks t
                    WHERE t.id = ANY (finish_and_claim.task_ids) AND t.has_dependents)
-       OR EXISTS (SELECT 1 FROM pgtasks.queue_settings qs
-                   WHERE finish_and_claim.queues IS NULL OR qs.queue = ANY (finish_and_claim.queues))
-       OR EXISTS (SELECT 1 FROM pgtasks.tasks t
-                   WHERE t.concurrency_key IS NOT NULL AND t.status IN ('PENDING', 'COMMIT')
-                     AND t.run_at <= now()) THEN
+       OR pgtasks.flow_control_in_use(queues) THEN
         RETURN QUERY
         SELECT f.rejected_task_id, NULL::bigint, NULL::text, NULL::jsonb, NULL::text, NULL::integer,
                NULL::integer, NULL::integer, NULL::integer, NULL::interval, NULL::timestamptz, NULL::boolean
@@ -1161,33 +1126,7 @@ BEGIN
     -- anything is written, with the same message.
     PERFORM pgtasks.check_batch('finish_tasks', task_ids, attempts, results, with_results => true);
 
-    IF queues IS NULL THEN
-        SELECT array_agg(c.id) INTO picked FROM (
-            SELECT t.id FROM pgtasks.tasks t
-             WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= now()
-               AND (finish_and_claim.task_types IS NULL OR t.task_type = ANY (finish_and_claim.task_types))
-             ORDER BY t.priority DESC, t.run_at, t.id
-             LIMIT claim_max
-             FOR NO KEY UPDATE SKIP LOCKED) c;
-    ELSIF cardinality(queues) = 1 THEN
-        SELECT array_agg(c.id) INTO picked FROM (
-            SELECT t.id FROM pgtasks.tasks t
-             WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= now()
-               AND t.queue = finish_and_claim.queues[1]
-               AND (finish_and_claim.task_types IS NULL OR t.task_type = ANY (finish_and_claim.task_types))
-             ORDER BY t.priority DESC, t.run_at, t.id
-             LIMIT claim_max
-             FOR NO KEY UPDATE SKIP LOCKED) c;
-    ELSE
-        SELECT array_agg(c.id) INTO picked FROM (
-            SELECT t.id FROM pgtasks.tasks t
-             WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= now()
-               AND t.queue = ANY (finish_and_claim.queues)
-               AND (finish_and_claim.task_types IS NULL OR t.task_type = ANY (finish_and_claim.task_types))
-             ORDER BY t.priority DESC, t.run_at, t.id
-             LIMIT claim_max
-             FOR NO KEY UPDATE SKIP LOCKED) c;
-    END IF;
+    picked := pgtasks.pick_ready(queues, claim_max, task_types);
 
     -- Finishing rows carry their attempt (the fencing token: a stale one matches nothing and
     -- comes back rejected, a NULL one too); picked rows are ours, locked above. A task can
@@ -1426,6 +1365,20 @@ BEGIN
 END $$;
 
 ALTER FUNCTION pgtasks.fire_schedule(name text, revision bigint, ticks timestamp with time zone[], next_run_at timestamp with time zone, skipped_before bigint) OWNER TO pgtasks_owner;
+
+CREATE FUNCTION pgtasks.flow_control_in_use(queues text[]) RETURNS boolean
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    AS $$
+BEGIN
+    RETURN EXISTS (SELECT 1 FROM pgtasks.queue_settings qs
+                    WHERE flow_control_in_use.queues IS NULL OR qs.queue = ANY (flow_control_in_use.queues))
+        OR EXISTS (SELECT 1 FROM pgtasks.tasks t
+                    WHERE t.concurrency_key IS NOT NULL AND t.status IN ('PENDING', 'COMMIT')
+                      AND t.run_at <= now());
+END $$;
+
+ALTER FUNCTION pgtasks.flow_control_in_use(queues text[]) OWNER TO pgtasks_owner;
 
 CREATE PROCEDURE pgtasks.grant_roles()
     LANGUAGE plpgsql SECURITY DEFINER
@@ -1754,6 +1707,48 @@ BEGIN
 END $$;
 
 ALTER FUNCTION pgtasks.pause_schedule(name text) OWNER TO pgtasks_owner;
+
+CREATE FUNCTION pgtasks.pick_ready(queues text[], max_tasks integer, task_types text[]) RETURNS bigint[]
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET enable_sort TO 'off'
+    SET enable_bitmapscan TO 'off'
+    SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+    SET jit TO 'off'
+    AS $$
+DECLARE
+    picked bigint[];
+BEGIN
+    IF queues IS NULL THEN
+        SELECT array_agg(c.id) INTO picked FROM (
+            SELECT t.id FROM pgtasks.tasks t
+             WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= now()
+               AND (pick_ready.task_types IS NULL OR t.task_type = ANY (pick_ready.task_types))
+             ORDER BY t.priority DESC, t.run_at, t.id
+             LIMIT max_tasks
+             FOR NO KEY UPDATE SKIP LOCKED) c;
+    ELSIF cardinality(queues) = 1 THEN
+        SELECT array_agg(c.id) INTO picked FROM (
+            SELECT t.id FROM pgtasks.tasks t
+             WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= now()
+               AND t.queue = pick_ready.queues[1]
+               AND (pick_ready.task_types IS NULL OR t.task_type = ANY (pick_ready.task_types))
+             ORDER BY t.priority DESC, t.run_at, t.id
+             LIMIT max_tasks
+             FOR NO KEY UPDATE SKIP LOCKED) c;
+    ELSE
+        SELECT array_agg(c.id) INTO picked FROM (
+            SELECT t.id FROM pgtasks.tasks t
+             WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= now()
+               AND t.queue = ANY (pick_ready.queues)
+               AND (pick_ready.task_types IS NULL OR t.task_type = ANY (pick_ready.task_types))
+             ORDER BY t.priority DESC, t.run_at, t.id
+             LIMIT max_tasks
+             FOR NO KEY UPDATE SKIP LOCKED) c;
+    END IF;
+    RETURN picked;
+END $$;
+
+ALTER FUNCTION pgtasks.pick_ready(queues text[], max_tasks integer, task_types text[]) OWNER TO pgtasks_owner;
 
 CREATE FUNCTION pgtasks.prune_finished(older_than interval DEFAULT NULL::interval, max_tasks integer DEFAULT 1000) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
@@ -3771,6 +3766,8 @@ REVOKE ALL ON FUNCTION pgtasks.fire_schedule(name text, revision bigint, ticks t
 GRANT ALL ON FUNCTION pgtasks.fire_schedule(name text, revision bigint, ticks timestamp with time zone[], next_run_at timestamp with time zone, skipped_before bigint) TO pgtasks_worker;
 GRANT ALL ON FUNCTION pgtasks.fire_schedule(name text, revision bigint, ticks timestamp with time zone[], next_run_at timestamp with time zone, skipped_before bigint) TO pgtasks_admin;
 
+REVOKE ALL ON FUNCTION pgtasks.flow_control_in_use(queues text[]) FROM PUBLIC;
+
 REVOKE ALL ON PROCEDURE pgtasks.grant_roles() FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION pgtasks.heartbeat(worker_id text, task_ids bigint[], attempts integer[], lease interval) FROM PUBLIC;
@@ -3811,6 +3808,8 @@ GRANT ALL ON FUNCTION pgtasks.pause_queue(queue text) TO pgtasks_admin;
 
 REVOKE ALL ON FUNCTION pgtasks.pause_schedule(name text) FROM PUBLIC;
 GRANT ALL ON FUNCTION pgtasks.pause_schedule(name text) TO pgtasks_admin;
+
+REVOKE ALL ON FUNCTION pgtasks.pick_ready(queues text[], max_tasks integer, task_types text[]) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION pgtasks.prune_finished(older_than interval, max_tasks integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION pgtasks.prune_finished(older_than interval, max_tasks integer) TO pgtasks_worker;

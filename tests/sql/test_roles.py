@@ -33,6 +33,8 @@ INTERNAL = {
     "submit_dependent", "release_children", "revive_children",
     # 0017
     "clip_text",
+    # 0020
+    "pick_ready", "flow_control_in_use",
 }  # fmt: skip
 
 
