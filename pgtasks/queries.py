@@ -303,11 +303,11 @@ SELECT * FROM pgtasks.fire_schedule(name => $1, revision => $2, ticks => $3::tim
 # Every read here stays on an index with a million finished tasks in the table (bench/
 # dashboard.py measures each one); none counts the whole table.
 
-# One card per queue: pgtasks.queues (settings and active counts) plus the dead letters and
-# the oldest ready task's age. Both extra reads walk partial indexes (failed: 0011's
-# tasks_failed; ready: the claim index), never the finished rows. A queue with nothing
-# active still has its card when a registered type names it (listing every queue that
-# ever had a task would read every finished row).
+# One card per queue: pgtasks.queues (settings and active counts, WAITING ones included
+# since 0018) plus the dead letters and the oldest ready task's age. Both extra reads walk
+# partial indexes (failed: 0011's tasks_failed; ready: the claim index), never the finished
+# rows. A queue with nothing active still has its card when a registered type names it
+# (listing every queue that ever had a task would read every finished row).
 DASH_QUEUES = """
 WITH f AS (SELECT queue, count(*) AS failed FROM pgtasks.failed_tasks GROUP BY queue),
      o AS (SELECT queue, now() - min(run_at) AS oldest_ready_age
@@ -319,6 +319,7 @@ WITH f AS (SELECT queue, count(*) AS failed FROM pgtasks.failed_tasks GROUP BY q
 SELECT n.queue, coalesce(q.paused, false) AS paused,
        q.max_running, q.rate_limit, q.rate_period, coalesce(q.ready, 0) AS ready,
        coalesce(q.scheduled, 0) AS scheduled, coalesce(q.running, 0) AS running,
+       coalesce(q.waiting_on_parents, 0) AS waiting_on_parents,
        coalesce(f.failed, 0) AS failed, o.oldest_ready_age
   FROM names n
   LEFT JOIN pgtasks.queues q ON q.queue = n.queue
@@ -375,6 +376,10 @@ def dash_task_list(
     Built with only the conditions in use: a prepared statement of `($1 IS NULL OR ...)`
     soon gets a generic plan, and a generic plan cannot pick the partial index that fits
     the filter (measured: a FAILED filter went from an index scan to a walk of every row).
+    For the same reason the status is written into the statement, not passed: one prepared
+    `status = $1` serves every status, and once its generic plan wins (after five runs,
+    when it looks cheaper than their average, as a pkey walk does next to a sort of many
+    FAILED rows) a WAITING filter walks every row instead of 0018's tasks_waiting.
     Newest first pages with `id < after_id`; oldest ready first (the order claims take,
     minus priority) walks the ready index by (run_at, id) after the row `after_id`.
     """
@@ -388,7 +393,9 @@ def dash_task_list(
     if oldest_ready:
         where.append("status IN ('PENDING', 'COMMIT') AND run_at <= now()")
     if status is not None:
-        where.append(f"status = {arg(status, '::pgtasks.status')}")
+        if not (status.isascii() and status.isalpha()):  # a status is a word; no quoting
+            raise ValueError(f"not a status: {status!r}")
+        where.append(f"status = '{status}'::pgtasks.status")
     if queue is not None:
         where.append(f"queue = {arg(queue)}")
     if task_type is not None:

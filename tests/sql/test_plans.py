@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
+from pgtasks.queries import DASH_QUEUES, dash_task_list
+
 
 async def nested_plans(conn: asyncpg.Connection, sql: str, *args: object) -> str:
     notices: list[str] = []
@@ -146,3 +148,43 @@ async def test_wake_up_head_check_is_one_probe(conn, big_table):
     probe = next(p for p in plans.split("duration:") if "head.run_at <= now()" in p)
     assert "Scan using tasks_claimable_queue" in probe and "Index Cond" in probe, probe
     assert "Seq Scan on tasks" not in probe and "Sort Key" not in probe, probe
+
+
+async def explain_generic(conn: asyncpg.Connection, sql: str, types: str) -> str:
+    """The plan a prepared statement gets once PostgreSQL settles on its generic plan,
+    which is what the dashboard's pooled, statement-cached connections end up running."""
+    await conn.execute(
+        f"SET plan_cache_mode = force_generic_plan; PREPARE generic({types}) AS {sql}"
+    )
+    try:
+        args = ", ".join("NULL" for _ in types.split(","))
+        return "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN EXECUTE generic({args})"))
+    finally:
+        await conn.execute("DEALLOCATE generic; RESET plan_cache_mode")
+
+
+async def test_dashboard_finds_and_counts_waiting_tasks_by_index(conn, big_table):
+    """The tasks page's status=WAITING filter (alone and with a queue) and the WAITING counts
+    on the queue cards read 0018's tasks_waiting, even in the generic plan (the status is
+    written into the statement), instead of walking the 26,000 other tasks."""
+    parent = await conn.fetchval("SELECT pgtasks.submit_task('t', queue => 'q0')")
+    for _ in range(20):
+        await conn.fetchval(
+            "SELECT pgtasks.submit_task('t', queue => 'q1', depends_on => ARRAY[$1::bigint])",
+            parent,
+        )
+    await conn.execute("ANALYZE pgtasks.tasks")
+    for queue in (None, "q1"):
+        sql, args = dash_task_list(
+            status="WAITING", queue=queue, task_type=None, search=None, after_id=None,
+            oldest_ready=False, limit=51,
+        )  # fmt: skip
+        types = ", ".join(["text"] * (len(args) - 1) + ["int"])
+        plan = await explain_generic(conn, sql, types)
+        assert "tasks_waiting" in plan and "tasks_pkey" not in plan, plan
+        assert "Seq Scan on tasks" not in plan, plan
+    plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + DASH_QUEUES))
+    assert "Index Only Scan using tasks_waiting" in plan, plan
+    assert "Seq Scan on tasks" not in plan, plan
+    cards = {r["queue"]: r["waiting_on_parents"] for r in await conn.fetch(DASH_QUEUES)}
+    assert cards == {"q0": 0, "q1": 20}
