@@ -665,7 +665,8 @@ class Client:
     # -- dashboard reads and bulk actions (docs/dashboard.md) -----------------------------
 
     async def queue_cards(self) -> list[dict[str, Any]]:
-        """Per queue: ready, scheduled, running, failed, oldest_ready_age, paused, limits."""
+        """Per queue: ready, scheduled, running, waiting_on_parents (WAITING), failed,
+        oldest_ready_age, paused, limits."""
         return [dict(r) for r in await self.pool.fetch(queries.DASH_QUEUES)]
 
     async def throughput(self, seconds: float = 300) -> tuple[float, list[dict[str, Any]]]:
