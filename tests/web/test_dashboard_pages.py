@@ -77,8 +77,7 @@ async def test_waiting_tasks_are_counted_on_the_cards(dsn):
     stream and on the queues page, and a queue holding nothing but them gets its card."""
     async with Client(dsn) as c:
         parent = await c.submit("noop", {}, queue="first")
-        for _ in range(3):
-            await c.submit("noop", {}, queue="parked", depends_on=[parent])
+        kids = [await c.submit("noop", {}, queue="parked", depends_on=[parent]) for _ in "abc"]
         assert (await c.get(parent)).status == "PENDING"
     async with api(dsn) as http:
         page = (await http.get("/")).text
@@ -92,6 +91,12 @@ async def test_waiting_tasks_are_counted_on_the_cards(dsn):
         assert "running 0 · waiting 3 · failed 0" in queues.split('data-queue="parked"')[1]
         listed = (await http.get("/tasks?status=WAITING")).text
         assert listed.count('data-task="') == 3
+        # A WAITING task can be cancelled from its page, as from the API and the bulk action.
+        assert (
+            f'data-url="/api/tasks/{kids[0]}/cancel"' in (await http.get(f"/tasks/{kids[0]}")).text
+        )
+        r = await http.post(f"/api/tasks/{kids[0]}/cancel")
+        assert r.status_code == 200 and r.json()["previous_status"] == "WAITING"
 
 
 async def test_task_list_filters_and_keyset_pages(dsn):
