@@ -72,14 +72,29 @@ UPDATE pgtasks.tasks
 """
 
 
+# A week-old workflow still waiting: one parent scheduled a day ahead, and its children,
+# WAITING among the oldest ids (the worst case for a status filter walking newest first).
+_WAITING = """
+WITH parent AS (
+    SELECT pgtasks.submit_task(task_type => 'report', queue => 'default',
+                               run_at => now() + interval '1 day') AS id
+)
+SELECT count(pgtasks.submit_task(task_type => 'sync', queue => 'hooks',
+                                 depends_on => ARRAY[parent.id]))
+  FROM parent, generate_series(1, $1)
+"""
+WAITING = 500
+
+
 async def load(dsn: str, tasks: int) -> None:
-    """`tasks` tasks: 100 of a rare type first (the oldest ids: the worst case for a type
-    filter walking newest first), then chunks of five types in four queues, 2 % FAILED,
-    0.5 % CANCELLED, the rest DONE; then 5,000 ready and 1,000 scheduled tasks."""
+    """`tasks` tasks: 100 of a rare type first and 500 WAITING on a scheduled parent (the
+    oldest ids: the worst case for a type or status filter walking newest first), then
+    chunks of five types in four queues, 2 % FAILED, 0.5 % CANCELLED, the rest DONE; then
+    5,000 ready and 1,000 scheduled tasks."""
     conn = await asyncpg.connect(dsn)
     try:
         plan = [("audit", "default", 100)]
-        left, i = tasks - 100 - 6000, 0
+        left, i = tasks - 100 - WAITING - 1 - 6000, 0
         while left > 0:
             n = min(CHUNK, left)
             plan.append((TYPES[i % len(TYPES)], QUEUES[i % len(QUEUES)], n))
@@ -92,6 +107,8 @@ async def load(dsn: str, tasks: int) -> None:
                 await conn.execute(_CANCEL, lo, hi)
                 await conn.execute(_CLAIM, lo, hi)
                 await conn.execute(_FINISH, lo, hi, ERRORS)
+            if not done:  # right after the rare type
+                assert await conn.fetchval(_WAITING, WAITING) == WAITING
             await conn.execute("VACUUM pgtasks.tasks")
             done += n
             print(f"loaded {done:,} finished tasks", file=sys.stderr, flush=True)
@@ -143,6 +160,7 @@ def calls(sample_id: int) -> list[tuple[str, str]]:
         ("tasks, status CANCELLED", "/tasks?status=CANCELLED"),
         ("tasks, status PENDING", "/tasks?status=PENDING"),
         ("tasks, status RUNNING (none)", "/tasks?status=RUNNING"),
+        ("tasks, status WAITING (500, oldest)", "/tasks?status=WAITING"),
         ("tasks, queue", "/tasks?queue=media"),
         ("tasks, rare type (100, oldest)", "/tasks?task_type=audit"),
         ("tasks, type + status FAILED", "/tasks?task_type=email&status=FAILED"),

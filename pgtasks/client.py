@@ -665,7 +665,8 @@ class Client:
     # -- dashboard reads and bulk actions (docs/dashboard.md) -----------------------------
 
     async def queue_cards(self) -> list[dict[str, Any]]:
-        """Per queue: ready, scheduled, running, failed, oldest_ready_age, paused, limits."""
+        """Per queue: ready, scheduled, running, waiting_on_parents (WAITING), failed,
+        oldest_ready_age, paused, limits."""
         return [dict(r) for r in await self.pool.fetch(queries.DASH_QUEUES)]
 
     async def throughput(self, seconds: float = 300) -> tuple[float, list[dict[str, Any]]]:
@@ -695,21 +696,24 @@ class Client:
         before); or, with `oldest_ready`, the ready tasks longest waiting first. `search`
         matches type, error and progress message (case-insensitive substring) among the
         newest queries.SEARCH_WINDOW tasks."""
-        floor = None
-        if search is not None:
-            top = await self.pool.fetchval(queries.MAX_TASK_ID)
-            floor = (top or 0) - queries.SEARCH_WINDOW
-        sql, args = queries.dash_task_list(
-            status=_status(status),
-            queue=queue,
-            task_type=task_type,
-            search=search,
-            after_id=after_id,
-            oldest_ready=oldest_ready,
-            limit=limit,
-            search_floor=floor,
-        )
-        return [dict(r) for r in await self.pool.fetch(sql, *args)]
+        status = _status(status)
+        async with self.pool.acquire() as conn, conn.transaction(readonly=True):
+            await conn.execute(queries.BROWSE_PLANNING)
+            floor = None
+            if search is not None:
+                top = await conn.fetchval(queries.MAX_TASK_ID)
+                floor = (top or 0) - queries.SEARCH_WINDOW
+            sql, args = queries.dash_task_list(
+                status=status,
+                queue=queue,
+                task_type=task_type,
+                search=search,
+                after_id=after_id,
+                oldest_ready=oldest_ready,
+                limit=limit,
+                search_floor=floor,
+            )
+            return [dict(r) for r in await conn.fetch(sql, *args)]
 
     async def retry_many(
         self,

@@ -303,11 +303,11 @@ SELECT * FROM pgtasks.fire_schedule(name => $1, revision => $2, ticks => $3::tim
 # Every read here stays on an index with a million finished tasks in the table (bench/
 # dashboard.py measures each one); none counts the whole table.
 
-# One card per queue: pgtasks.queues (settings and active counts) plus the dead letters and
-# the oldest ready task's age. Both extra reads walk partial indexes (failed: 0011's
-# tasks_failed; ready: the claim index), never the finished rows. A queue with nothing
-# active still has its card when a registered type names it (listing every queue that
-# ever had a task would read every finished row).
+# One card per queue: pgtasks.queues (settings and active counts, WAITING ones included
+# since 0018) plus the dead letters and the oldest ready task's age. Both extra reads walk
+# partial indexes (failed: 0011's tasks_failed; ready: the claim index), never the finished
+# rows. A queue with nothing active still has its card when a registered type names it
+# (listing every queue that ever had a task would read every finished row).
 DASH_QUEUES = """
 WITH f AS (SELECT queue, count(*) AS failed FROM pgtasks.failed_tasks GROUP BY queue),
      o AS (SELECT queue, now() - min(run_at) AS oldest_ready_age
@@ -319,6 +319,7 @@ WITH f AS (SELECT queue, count(*) AS failed FROM pgtasks.failed_tasks GROUP BY q
 SELECT n.queue, coalesce(q.paused, false) AS paused,
        q.max_running, q.rate_limit, q.rate_period, coalesce(q.ready, 0) AS ready,
        coalesce(q.scheduled, 0) AS scheduled, coalesce(q.running, 0) AS running,
+       coalesce(q.waiting_on_parents, 0) AS waiting_on_parents,
        coalesce(f.failed, 0) AS failed, o.oldest_ready_age
   FROM names n
   LEFT JOIN pgtasks.queues q ON q.queue = n.queue
@@ -354,6 +355,16 @@ _DASH_COLUMNS = """id, task_type, queue, status, attempt, retries, percent, prog
        left(split_part(error, E'\\n', 1), 160) AS error"""
 
 
+# Sent first, in the task list's own read-only transaction: plan it for the values of each
+# call. A prepared statement gets a generic plan after five runs when that plan's estimate
+# is below their average, and for a filter on a value that few rows have it estimates a
+# page of a walk down the primary key where the walk reads every row: measured with
+# 1,000,000 tasks (bench/dashboard.py), a rare type's list went from 110-155 ms to 400-510
+# ms at its sixth request. A generic `status = $1` cannot use a partial index such as
+# 0018's tasks_waiting either (tests/sql/test_plans.py shows it walking the primary key).
+# Planning costs 0.3 ms.
+BROWSE_PLANNING = "SET LOCAL plan_cache_mode = force_custom_plan"
+
 #: How many of the newest task ids a text search looks through.
 SEARCH_WINDOW = 100_000
 MAX_TASK_ID = "SELECT max(id) FROM pgtasks.task_status"
@@ -375,6 +386,7 @@ def dash_task_list(
     Built with only the conditions in use: a prepared statement of `($1 IS NULL OR ...)`
     soon gets a generic plan, and a generic plan cannot pick the partial index that fits
     the filter (measured: a FAILED filter went from an index scan to a walk of every row).
+    Even `status = $1` alone gets one, which Client.browse prevents (BROWSE_PLANNING).
     Newest first pages with `id < after_id`; oldest ready first (the order claims take,
     minus priority) walks the ready index by (run_at, id) after the row `after_id`.
     """

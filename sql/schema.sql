@@ -3204,13 +3204,27 @@ CREATE VIEW pgtasks.queues AS
            FROM pgtasks.tasks t
           WHERE (t.lease_expires_at IS NOT NULL)
           GROUP BY t.queue
-        ), live AS (
+        ), on_parents AS (
+         SELECT t.queue,
+            count(*) AS waiting_on_parents
+           FROM pgtasks.tasks t
+          WHERE (t.status = 'WAITING'::pgtasks.status)
+          GROUP BY t.queue
+        ), active AS (
          SELECT COALESCE(w.queue, r.queue) AS queue,
-            COALESCE(w.ready, (0)::bigint) AS ready,
-            COALESCE(w.scheduled, (0)::bigint) AS scheduled,
-            COALESCE(r.running, (0)::bigint) AS running
+            w.ready,
+            w.scheduled,
+            r.running
            FROM (waiting w
              FULL JOIN running r ON ((r.queue = w.queue)))
+        ), live AS (
+         SELECT COALESCE(a.queue, p.queue) AS queue,
+            COALESCE(a.ready, (0)::bigint) AS ready,
+            COALESCE(a.scheduled, (0)::bigint) AS scheduled,
+            COALESCE(a.running, (0)::bigint) AS running,
+            COALESCE(p.waiting_on_parents, (0)::bigint) AS waiting_on_parents
+           FROM (active a
+             FULL JOIN on_parents p ON ((p.queue = a.queue)))
         )
  SELECT COALESCE(s.queue, l.queue) AS queue,
     COALESCE(s.paused, false) AS paused,
@@ -3229,7 +3243,8 @@ CREATE VIEW pgtasks.queues AS
               WHERE ((q.queue = s.queue) AND (q.at >= (now() - s.rate_period))))
             ELSE NULL::bigint
         END AS recent_starts,
-    s.updated_at AS settings_updated_at
+    s.updated_at AS settings_updated_at,
+    COALESCE(l.waiting_on_parents, (0)::bigint) AS waiting_on_parents
    FROM (pgtasks.queue_settings s
      FULL JOIN live l ON ((l.queue = s.queue)));
 
@@ -3612,6 +3627,8 @@ CREATE INDEX tasks_next_run_at ON pgtasks.tasks USING btree (run_at) WHERE (stat
 CREATE UNIQUE INDEX tasks_schedule_tick ON pgtasks.tasks USING btree (schedule, schedule_tick) WHERE (schedule IS NOT NULL);
 
 CREATE UNIQUE INDEX tasks_unique_active ON pgtasks.tasks USING btree (unique_key) WHERE ((unique_key IS NOT NULL) AND (status = ANY (ARRAY['PENDING'::pgtasks.status, 'COMMIT'::pgtasks.status, 'RUNNING'::pgtasks.status])));
+
+CREATE INDEX tasks_waiting ON pgtasks.tasks USING btree (queue, id) WHERE (status = 'WAITING'::pgtasks.status);
 
 CREATE INDEX tasks_workflow ON pgtasks.tasks USING btree (workflow_id, id) WHERE (workflow_id IS NOT NULL);
 

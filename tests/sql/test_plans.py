@@ -9,6 +9,9 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
+from pgtasks import Client, db
+from pgtasks.queries import DASH_QUEUES, dash_task_list
+
 
 async def nested_plans(conn: asyncpg.Connection, sql: str, *args: object) -> str:
     notices: list[str] = []
@@ -169,3 +172,78 @@ async def test_wake_up_head_check_is_one_probe(conn, big_table):
     probe = next(p for p in plans.split("duration:") if "head.run_at <= now()" in p)
     assert "Scan using tasks_claimable_queue" in probe and "Index Cond" in probe, probe
     assert "Seq Scan on tasks" not in probe and "Sort Key" not in probe, probe
+
+
+async def explain_generic(conn: asyncpg.Connection, sql: str, types: str) -> str:
+    """The plan a prepared statement gets once PostgreSQL settles on its generic plan."""
+    await conn.execute(
+        f"SET plan_cache_mode = force_generic_plan; PREPARE generic({types}) AS {sql}"
+    )
+    try:
+        args = ", ".join("NULL" for _ in types.split(","))
+        return "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN EXECUTE generic({args})"))
+    finally:
+        await conn.execute("DEALLOCATE generic; RESET plan_cache_mode")
+
+
+@pytest.fixture
+async def waiting_tasks(conn, big_table):
+    """20 WAITING tasks in q1, on a parent in q0, next to big_table's 26,000 others."""
+    parent = await conn.fetchval("SELECT pgtasks.submit_task('t', queue => 'q0')")
+    for _ in range(20):
+        await conn.fetchval(
+            "SELECT pgtasks.submit_task('t', queue => 'q1', depends_on => ARRAY[$1::bigint])",
+            parent,
+        )
+    await conn.execute("ANALYZE pgtasks.tasks")
+
+
+def waiting_list(queue: str | None) -> tuple[str, list[object]]:
+    return dash_task_list(
+        status="WAITING", queue=queue, task_type=None, search=None, after_id=None,
+        oldest_ready=False, limit=51,
+    )  # fmt: skip
+
+
+async def test_dashboard_finds_and_counts_waiting_tasks_by_index(conn, waiting_tasks):
+    """The tasks page's status=WAITING filter (alone and with a queue) and the WAITING counts
+    on the queue cards read 0018's tasks_waiting instead of walking the 26,000 other tasks."""
+    for queue in (None, "q1"):
+        sql, args = waiting_list(queue)
+        plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + sql, *args))
+        assert "tasks_waiting" in plan and "tasks_pkey" not in plan, plan
+        assert "Seq Scan on tasks" not in plan, plan
+    plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + DASH_QUEUES))
+    assert "Index Only Scan using tasks_waiting" in plan, plan
+    assert "Seq Scan on tasks" not in plan, plan
+    cards = {r["queue"]: r["waiting_on_parents"] for r in await conn.fetch(DASH_QUEUES)}
+    assert cards == {"q0": 0, "q1": 20}
+
+
+async def test_the_task_list_is_planned_for_its_values_every_time(dsn, conn, waiting_tasks):
+    """A generic plan of the task list cannot use a partial index (here: the WAITING filter
+    walks the primary key) and guesses a short walk for any value; from a prepared
+    statement's sixth run PostgreSQL may keep it. Client.browse plans every call for its
+    values: on one pooled connection, eight lists of a rare type and eight of WAITING
+    tasks never run a generic plan."""
+    sql, _ = waiting_list(None)
+    plan = await explain_generic(conn, sql, "text, int")
+    assert "tasks_waiting" not in plan and "tasks_pkey" in plan, plan
+
+    await conn.execute("UPDATE pgtasks.tasks SET task_type = 'rare' WHERE id <= 3")
+    await conn.execute("ANALYZE pgtasks.tasks")
+    pool = await db.create_pool(dsn, min_size=1, max_size=1)
+    try:
+        async with Client(pool=pool) as c:
+            for _ in range(8):
+                assert len(await c.browse(task_type="rare")) == 3
+                assert len(await c.browse(status="WAITING")) == 20
+            async with pool.acquire() as own:
+                plans = await own.fetch(
+                    "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
+                    " WHERE statement LIKE '%ORDER BY id DESC LIMIT $2::int'"
+                )
+    finally:
+        await pool.close()
+    assert len(plans) == 2 and all(p["custom_plans"] == 8 for p in plans), plans
+    assert all(p["generic_plans"] == 0 for p in plans), plans

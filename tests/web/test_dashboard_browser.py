@@ -28,7 +28,7 @@ from tests.web.test_fastapi_app import free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 try:
-    from playwright.sync_api import Browser, Page, expect, sync_playwright
+    from playwright.sync_api import Browser, Dialog, Page, expect, sync_playwright
 except ImportError:  # pragma: no cover - the test extra has it
     sync_playwright = None  # type: ignore[assignment]
 
@@ -57,13 +57,17 @@ def browser(postgresql_noproc: object) -> Iterator[Browser]:
             b.close()
 
 
+def say_yes(dialog: Dialog) -> None:
+    dialog.accept()
+
+
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
     context = browser.new_context(viewport=DESKTOP)
     pg = context.new_page()
     pg.set_default_timeout(WAIT_MS)
     expect.set_options(timeout=WAIT_MS)
-    pg.on("dialog", lambda d: d.accept())  # every action asks first; the tests say yes
+    pg.on("dialog", say_yes)  # every action asks first; the tests say yes (but one)
     errors: list[str] = []
     pg.on("pageerror", lambda e: errors.append(str(e)))
     try:
@@ -155,12 +159,34 @@ def submit_many(
 
 
 def shoot(page: Page, name: str) -> None:
-    """Screenshots at desktop and phone width (the phone one full length)."""
+    """Screenshots at desktop and phone width (the phone one full length); at phone width
+    the page must also fit: nothing may make the whole document scroll sideways (a wide
+    table or graph scrolls inside its own box)."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}-desktop.png"))
     page.set_viewport_size(PHONE)
     page.screenshot(path=str(ARTIFACTS / f"{name}-phone.png"), full_page=True)
+    fits_the_phone(page, name)
     page.set_viewport_size(DESKTOP)
+
+
+def fits_the_phone(page: Page, name: str) -> None:
+    """No horizontal overflow of the document at the current (phone) width; the message
+    names the elements that stick out on the right."""
+    width = page.evaluate(
+        "() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+    )
+    wider = page.evaluate(
+        """() => {
+            const w = document.documentElement.clientWidth;
+            return [...document.querySelectorAll('body *')]
+              .filter(e => e.getBoundingClientRect().right > w + 1)
+              .filter(e => !e.parentElement.closest('.scroll, pre, .logs'))  // scrolls inside
+              .slice(0, 8).map(e => [e.tagName.toLowerCase(), e.getAttribute('class')]
+                                      .filter(Boolean).join('.'));
+        }"""
+    )
+    assert width[0] <= width[1] + 1, f"{name} at {PHONE['width']} px: {width}, too wide: {wider}"
 
 
 def keyboard_reaches_every_action(page: Page) -> None:
@@ -252,11 +278,55 @@ def test_failed_task_traceback_retry_goes_done(dsn, served, page, fleet):
     expect(page.locator(".traceback")).to_contain_text("ValueError: flaky: attempt 1 fails")
     expect(page.locator(".traceback")).to_contain_text("Traceback (most recent call last)")
     shoot(page, "task-failed")
+    expect(page.locator("#retry")).to_be_visible()
+    keyboard_reaches_every_action(page)
     page.locator("#retry").click()
     expect(page.locator("#task [data-field=status]")).to_contain_text("DONE")
     expect(page.locator("#result")).to_contain_text('"attempt": 2')
     expect(page.locator(".timeline")).to_contain_text("FAILED")
     shoot(page, "task-done")
+
+
+def test_cancel_asks_first_and_no_changes_nothing(dsn, served, page):
+    """The confirm dialog decides: dismissed, the button sends nothing and the task stays
+    PENDING in the database; accepted, the task is cancelled."""
+    task_id = submit(served, "dash_quick", queue="no-worker")
+    page.goto(f"{served}/tasks/{task_id}")
+    # Record every fetch(): the click handler calls it, if at all, before it returns.
+    page.evaluate(
+        """() => {
+            window.sent = [];
+            const f = window.fetch;
+            window.fetch = (...a) => { window.sent.push(String(a[0])); return f(...a); };
+        }"""
+    )
+    asked: list[str] = []
+
+    def say_no(dialog: Dialog) -> None:
+        asked.append(dialog.message)
+        dialog.dismiss()
+
+    page.remove_listener("dialog", say_yes)
+    page.on("dialog", say_no)
+    page.locator("#cancel").click()
+    assert asked == [f"Cancel task {task_id} (dash_quick)?"]
+    assert page.evaluate("() => window.sent") == []
+    expect(page.locator("#cancel")).to_be_enabled()
+    expect(page.locator("#flash")).to_be_hidden()
+    assert sql(dsn, "SELECT status::text FROM pgtasks.task_status WHERE id = %s", task_id) == (
+        "PENDING"
+    )
+    assert sql(dsn, "SELECT count(*) FROM pgtasks.task_events WHERE task_id = %s AND "
+                    "to_status = 'CANCELLED'", task_id) == 0  # fmt: skip
+
+    page.remove_listener("dialog", say_no)
+    page.on("dialog", say_yes)
+    page.locator("#cancel").click()
+    expect(page.locator("#flash")).to_contain_text(f"Task {task_id} cancelled (it was PENDING)")
+    expect(page.locator("#task [data-field=status]")).to_contain_text("CANCELLED")
+    assert sql(dsn, "SELECT status::text FROM pgtasks.task_status WHERE id = %s", task_id) == (
+        "CANCELLED"
+    )
 
 
 def test_bulk_retry_of_twenty_failed_tasks(dsn, served, page, fleet):
@@ -326,6 +396,7 @@ def test_login_with_the_token_then_act(dsn, tmp_path, page):
         page.goto(f"{url}/queues")
         expect(page).to_have_url(re.compile(r"/login\?next="))
         shoot(page, "login")
+        keyboard_reaches_every_action(page)
         page.get_by_label("API token").fill("wrong")
         page.get_by_label("API token").press("Enter")
         expect(page.get_by_role("alert")).to_contain_text("not this server's token")
@@ -362,6 +433,8 @@ def test_workflow_graph_follows_the_workflow_and_cancels_it(dsn, served, page, f
     page.goto(f"{served}/workflows/{doomed}")
     expect(page.locator("svg a.node")).to_have_count(4)
     expect(page.locator('svg a.node[data-node="join"]')).to_contain_text("WAITING")
+    expect(page.locator("#cancel-workflow")).to_be_visible()
+    keyboard_reaches_every_action(page)
     page.locator("#cancel-workflow").click()
     expect(page.locator('svg a.node[data-node="fetch"]')).to_contain_text("CANCELLED")
     expect(page.locator("#cancel-workflow")).to_have_count(0)

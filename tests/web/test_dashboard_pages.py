@@ -72,6 +72,33 @@ async def test_every_page_renders(dsn):
         assert (await http.get("/static/../routes.py")).status_code == 404
 
 
+async def test_waiting_tasks_are_counted_on_the_cards(dsn):
+    """WAITING tasks (parents unfinished) have a count on the overview's cards, in its live
+    stream and on the queues page, and a queue holding nothing but them gets its card."""
+    async with Client(dsn) as c:
+        parent = await c.submit("noop", {}, queue="first")
+        kids = [await c.submit("noop", {}, queue="parked", depends_on=[parent]) for _ in "abc"]
+        assert (await c.get(parent)).status == "PENDING"
+    async with api(dsn) as http:
+        page = (await http.get("/")).text
+        card = page.split('qcard" data-queue="parked"')[1].split("</article>")[0]
+        assert '<dt>waiting</dt><dd data-field="waiting_on_parents">3</dd>' in card
+        assert '<dd data-field="ready">0</dd>' in card
+        first = page.split('data-queue="first"')[1].split("</article>")[0]
+        assert '<dd data-field="waiting_on_parents">0</dd>' in first
+        assert '"queue": "parked"' in page and '"waiting_on_parents": 3' in page  # the JSON
+        queues = (await http.get("/queues")).text
+        assert "running 0 · waiting 3 · failed 0" in queues.split('data-queue="parked"')[1]
+        listed = (await http.get("/tasks?status=WAITING")).text
+        assert listed.count('data-task="') == 3
+        # A WAITING task can be cancelled from its page, as from the API and the bulk action.
+        assert (
+            f'data-url="/api/tasks/{kids[0]}/cancel"' in (await http.get(f"/tasks/{kids[0]}")).text
+        )
+        r = await http.post(f"/api/tasks/{kids[0]}/cancel")
+        assert r.status_code == 200 and r.json()["previous_status"] == "WAITING"
+
+
 async def test_task_list_filters_and_keyset_pages(dsn):
     async with Client(dsn) as c:
         await c.submit_many("noop", [{"i": i} for i in range(60)], queue="bulk")

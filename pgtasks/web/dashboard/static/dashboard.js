@@ -198,6 +198,9 @@
     return parts.length ? parts.join(", ") : "none";
   }
 
+  // The counts a queue card shows, by their key in the overview stream's rows.
+  const COUNTS = ["ready", "scheduled", "running", "waiting_on_parents", "failed"];
+
   function updateCards(queues) {
     const box = $("#queue-cards");
     if (!box) return;
@@ -217,7 +220,7 @@
         card.setAttribute("aria-labelledby", `q-${q.queue}`);
         box.appendChild(card);
       }
-      for (const k of ["ready", "scheduled", "running", "failed"]) $(`[data-field=${k}]`, card).textContent = q[k];
+      for (const k of COUNTS) $(`[data-field=${k}]`, card).textContent = q[k];
       $("[data-field=oldest_ready_age]", card).textContent = q.oldest_ready_age == null ? "—" : span(q.oldest_ready_age);
       $("[data-field=paused]", card).hidden = !q.paused;
       $("[data-field=limits]", card).textContent = limits(q);
@@ -225,7 +228,7 @@
     // A queue that drained keeps its card, at zero, until the page is loaded again.
     for (const card of $$(".qcard", box)) {
       if (seen.has(card.dataset.queue)) continue;
-      for (const k of ["ready", "scheduled", "running", "failed"]) $(`[data-field=${k}]`, card).textContent = "0";
+      for (const k of COUNTS) $(`[data-field=${k}]`, card).textContent = "0";
       $("[data-field=oldest_ready_age]", card).textContent = "—";
     }
   }
