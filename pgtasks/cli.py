@@ -614,12 +614,15 @@ def queues(ctx: click.Context) -> None:
     async def go(c: Client) -> None:
         rows = await c.queues()
         table = Table(title="queues")
-        cols = ["queue", "paused", "max_running", "rate_limit", "rate_period", "ready",
-                "scheduled", "running", "recent_starts"]  # fmt: skip
-        for col in cols:
-            table.add_column(col)
+        # header -> column of pgtasks.queues; "waiting": tasks behind unfinished parents (0018)
+        cols = {"queue": "queue", "paused": "paused", "max_running": "max_running",
+                "rate_limit": "rate_limit", "rate_period": "rate_period", "ready": "ready",
+                "scheduled": "scheduled", "waiting": "waiting_on_parents", "running": "running",
+                "recent_starts": "recent_starts"}  # fmt: skip
+        for header in cols:
+            table.add_column(header)
         for r in rows:
-            table.add_row(*(_cell(r[k]) for k in cols))
+            table.add_row(*(_cell(r[k]) for k in cols.values()))
         console.print(table)
 
     run(_with_client(ctx, go))

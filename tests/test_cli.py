@@ -107,6 +107,29 @@ def test_queues_pause_resume_set_and_keyed_submit(dsn):
     assert cli(dsn, "queues", "resume", "imports").returncode == 0
 
 
+def test_queues_counts_tasks_waiting_on_their_parents(dsn):
+    async def submit() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            parent = await conn.fetchval("SELECT pgtasks.submit_task('t', queue => 'deps')")
+            await conn.execute(
+                "SELECT pgtasks.submit_task('t', queue => 'deps', depends_on => ARRAY[$1::bigint])",
+                parent,
+            )
+        finally:
+            await conn.close()
+
+    asyncio.run(submit())
+    out = cli(dsn, "queues")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    header = next(line for line in lines if "waiting" in line)
+    row = next(line for line in lines if "deps" in line)
+    cells = dict(zip(header.split("┃")[1:-1], row.split("│")[1:-1], strict=True))
+    cells = {k.strip(): v.strip() for k, v in cells.items()}
+    assert (cells["ready"], cells["waiting"]) == ("1", "1"), out.stdout
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
