@@ -9,6 +9,7 @@ import json
 import asyncpg
 import pytest
 
+from pgtasks import db
 from tests.sql.helpers import raises
 
 
@@ -62,6 +63,29 @@ async def test_depends_on_waits_and_is_released_by_the_parents_finish(conn):
     assert await status(conn, b) == "PENDING"
     got = json.loads(await conn.fetchval("SELECT pgtasks.parent_results($1)::text", b))
     assert got == {str(a): {"node": None, "status": "DONE", "result": {"x": 1}}}
+
+
+async def test_the_last_parents_finish_releases_the_child_in_the_same_transaction(conn, dsn):
+    """Issue 12: "It becomes claimable in the same transaction that finishes its last
+    parent". Inside one transaction the child is PENDING and claim_tasks takes it, while
+    another session still sees it WAITING until the commit."""
+    wf = await submit(conn, nodes(("a", []), ("b", []), ("c", ["a", "b"])))
+    ids = wf["nodes"]
+    parents = await claim(conn)
+    assert sorted(r["id"] for r in parents) == [ids["a"], ids["b"]]
+    await finish(conn, [r for r in parents if r["id"] == ids["a"]])
+    assert await status(conn, ids["c"]) == "WAITING", "one parent is still running"
+    other = await db.connect(dsn)
+    try:
+        async with conn.transaction():
+            await finish(conn, [r for r in parents if r["id"] == ids["b"]])
+            assert await status(conn, ids["c"]) == "PENDING"
+            assert [r["id"] for r in await claim(conn)] == [ids["c"]]
+            assert await status(conn, ids["c"]) == "RUNNING"
+            assert await status(other, ids["c"]) == "WAITING", "nothing is visible before commit"
+        assert await status(other, ids["c"]) == "RUNNING"
+    finally:
+        await other.close()
 
 
 async def test_chain_from_sql_runs_in_order(conn):
