@@ -200,6 +200,9 @@ async def test_cancel_a_workflow_stops_running_nodes_and_cancels_waiting_ones(ds
         with pytest.raises(WorkflowFailed) as info:
             await c.wait_workflow(wf, timeout=30)
         assert info.value.state == "cancelled"
+        assert info.value.errors == dict.fromkeys(
+            wf.nodes, f"cancelled: workflow {int(wf)} cancelled"
+        ), "each task cancelled by cancel_workflow says why (sql/0019)"
     # The worker was told: it drops the attempts (nothing left running on it).
     await wait_until(dsn, "SELECT coalesce(sum(running), 0) = 0 FROM pgtasks.workers", fleet=fleet)
     statuses = await conn.fetch(

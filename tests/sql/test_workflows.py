@@ -261,6 +261,41 @@ async def test_cancel_workflow_stops_running_and_cancels_waiting(conn):
     await raises(conn, "SELECT pgtasks.cancel_workflow(999)", "PT508")
 
 
+async def test_cancel_workflow_gives_every_task_it_cancels_the_reason(conn):
+    spec = nodes(("done", []), ("a", []), ("b", []), ("c", ["a", "b"]), name="nightly")
+    spec["nodes"][1]["max_retries"] = 3
+    ids = (await submit(conn, spec))["nodes"]
+    wf = await conn.fetchval("SELECT workflow_id FROM pgtasks.tasks WHERE id = $1", ids["a"])
+    await finish(conn, await claim(conn, 1))
+    (a,) = await claim(conn, 1)
+    await conn.execute(
+        "SELECT pgtasks.fail_task(task_id => $1, attempt => $2, error => 'first try')",
+        a["id"], a["attempt"],
+    )  # fmt: skip
+    assert (await status(conn, ids["a"]), a["id"]) == ("COMMIT", ids["a"])
+    (b,) = await claim(conn, 1)
+    assert b["id"] == ids["b"]
+    assert await conn.fetchval("SELECT pgtasks.cancel_workflow($1)", wf) == 3
+    rows = await conn.fetch(
+        "SELECT workflow_node, status::text, error FROM pgtasks.tasks ORDER BY id"
+    )
+    reason = f"cancelled: workflow {wf} (nightly) cancelled"
+    assert [tuple(r) for r in rows] == [
+        ("done", "DONE", None),
+        ("a", "CANCELLED", reason),  # not its earlier attempt's error, kept in task_errors
+        ("b", "CANCELLED", reason),
+        ("c", "CANCELLED", reason),
+    ]
+    assert await conn.fetchval("SELECT error FROM pgtasks.task_errors") == "first try"
+
+    unnamed = (await submit(conn, nodes(("x", []))))["nodes"]["x"]
+    wf2 = await conn.fetchval("SELECT workflow_id FROM pgtasks.tasks WHERE id = $1", unnamed)
+    await conn.fetchval("SELECT pgtasks.cancel_workflow($1)", wf2)
+    assert await conn.fetchval("SELECT error FROM pgtasks.tasks WHERE id = $1", unnamed) == (
+        f"cancelled: workflow {wf2} cancelled"
+    )
+
+
 async def test_workflow_graph_lists_nodes_with_parents(conn):
     ids = (await submit(conn, nodes(("a", []), ("b", ["a"]))))["nodes"]
     wf = await conn.fetchval("SELECT workflow_id FROM pgtasks.tasks WHERE id = $1", ids["a"])
