@@ -95,13 +95,18 @@ CREATE FUNCTION pgtasks.cancel_workflow(workflow_id bigint) RETURNS integer
     SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
     AS $$
 DECLARE
+    wf_name text;
+    reason text;
     running text[];
     n integer;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pgtasks.workflow_runs w WHERE w.id = cancel_workflow.workflow_id) THEN
+    SELECT w.name INTO wf_name FROM pgtasks.workflow_runs w WHERE w.id = cancel_workflow.workflow_id;
+    IF NOT FOUND THEN
         RAISE EXCEPTION 'pgtasks: workflow % does not exist', coalesce(workflow_id::text, 'NULL')
             USING ERRCODE = 'PT508', HINT = 'SELECT id, name, state FROM pgtasks.workflows lists them.';
     END IF;
+    reason := pg_catalog.format('cancelled: workflow %s%s cancelled', workflow_id,
+                                coalesce(' (' || wf_name || ')', ''));
     PERFORM 1 FROM pgtasks.tasks t
       WHERE t.workflow_id = cancel_workflow.workflow_id
         AND t.status IN ('WAITING', 'PENDING', 'COMMIT', 'RUNNING')
@@ -110,7 +115,7 @@ BEGIN
       FROM pgtasks.tasks t
      WHERE t.workflow_id = cancel_workflow.workflow_id AND t.status = 'RUNNING';
     UPDATE pgtasks.tasks t
-       SET status = 'CANCELLED', finished_at = now(),
+       SET status = 'CANCELLED', finished_at = now(), error = reason,
            worker_id = NULL, lease_expires_at = NULL, deadline = NULL
      WHERE t.workflow_id = cancel_workflow.workflow_id
        AND t.status IN ('WAITING', 'PENDING', 'COMMIT', 'RUNNING');

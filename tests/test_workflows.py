@@ -19,7 +19,7 @@ from pgtasks import (
     group,
     task_node,
 )
-from tests.apps.workflows import add, collect, fail, item, sleep
+from tests.apps.workflows import Scale, add, collect, fail, item, progress, sleep
 from tests.fleet import wait_until
 
 APP = "tests/apps/workflows.py"
@@ -96,6 +96,47 @@ async def test_diamond_runs_the_join_once_after_both_branches(dsn, conn, fleet):
     assert await conn.fetchval(EARLY_CHILDREN, int(wf)) == 0
 
 
+async def test_a_class_based_task_is_a_node_with_its_params_model(dsn, conn, fleet):
+    """`MyTask.s(params)` on a BaseTask subclass: typed by its registered name, its params
+    validated into its pydantic model by the worker, its parent's result read inside."""
+    fleet.start("--concurrency", "4", app=APP)
+    async with Client(dsn) as c:
+        wf = await c.submit(chain(add.s({"n": 2}), Scale.s({"factor": 10}), add.s({"n": 1})))
+        assert await c.wait_workflow(wf, timeout=60) == 21
+        scaled = await c.detail(wf.nodes["wf.scale"])
+    assert (scaled.task_type, scaled.result, scaled.workflow_id) == ("wf.scale", 20, int(wf))
+    runs = await conn.fetchval(
+        "SELECT count(*) FROM test_runs WHERE task_id = $1", wf.nodes["wf.scale"]
+    )
+    assert runs == 1
+    assert await conn.fetchval(EARLY_CHILDREN, int(wf)) == 0
+
+
+async def test_wait_workflow_returns_each_sinks_result_and_a_group_runs_on_its_own(
+    dsn, conn, fleet
+):
+    fleet.start("--concurrency", "8", app=APP)
+    async with Client(dsn) as c:
+        alone = await c.submit(group(item.s({"i": i}) for i in range(3)))
+        assert await c.wait_workflow(alone, timeout=60) == {
+            "wf.item#1": 0, "wf.item#2": 1, "wf.item#3": 2
+        }  # fmt: skip
+        fork = await c.submit(
+            chain(add.s({"n": 1}, name="root"),
+                  group(add.s({"n": 10}, name="left"), Scale.s({"factor": 5}, name="right")))
+        )  # fmt: skip
+        assert await c.wait_workflow(fork, timeout=60) == {"left": 11, "right": 5}
+        assert (await c.workflow(alone))["state"] == "done"
+    edges = await conn.fetchval(
+        "SELECT count(*) FROM pgtasks.task_edges e JOIN pgtasks.tasks t ON t.id = e.child_id"
+        " WHERE t.workflow_id = $1",
+        int(alone),
+    )
+    assert edges == 0, "a group alone is independent tasks"
+    assert await conn.fetchval(NOT_DONE_ONCE, int(alone)) == 0
+    assert await conn.fetchval(EARLY_CHILDREN, int(fork)) == 0
+
+
 async def test_failure_in_a_chain_cancels_what_follows_and_run_gets_partial_results(
     dsn, conn, fleet
 ):
@@ -159,6 +200,9 @@ async def test_cancel_a_workflow_stops_running_nodes_and_cancels_waiting_ones(ds
         with pytest.raises(WorkflowFailed) as info:
             await c.wait_workflow(wf, timeout=30)
         assert info.value.state == "cancelled"
+        assert info.value.errors == dict.fromkeys(
+            wf.nodes, f"cancelled: workflow {int(wf)} cancelled"
+        ), "each task cancelled by cancel_workflow says why (sql/0019)"
     # The worker was told: it drops the attempts (nothing left running on it).
     await wait_until(dsn, "SELECT coalesce(sum(running), 0) = 0 FROM pgtasks.workers", fleet=fleet)
     statuses = await conn.fetch(
@@ -188,6 +232,8 @@ async def test_a_cycle_or_unknown_dependency_inserts_nothing(dsn, conn):
             with pytest.raises(InvalidWorkflow):
                 await c.submit_workflow(spec)
     assert await conn.fetchval("SELECT count(*) FROM pgtasks.tasks") == 0
+    assert await conn.fetchval("SELECT count(*) FROM pgtasks.task_edges") == 0
+    assert await conn.fetchval("SELECT count(*) FROM pgtasks.workflow_runs") == 0
 
 
 async def test_four_workers_on_a_random_dag_of_1000_nodes_respect_every_edge(dsn, conn, fleet):
@@ -248,6 +294,36 @@ async def test_cli_lists_shows_and_cancels_a_workflow(dsn, conn):
     assert cancelled.returncode == 0 and "4 task(s) cancelled" in cancelled.stdout
     missing = cli(dsn, "workflow", "424242")
     assert missing.returncode == 1 and "workflow 424242 does not exist" in missing.stderr
+
+
+async def test_cli_tree_shows_each_nodes_status_and_the_reported_progress(dsn, fleet):
+    from tests.test_cli import cli
+
+    fleet.start("--concurrency", "4", app=APP)
+    async with Client(dsn) as c:
+        wf = await c.submit(
+            chain(item.s({"i": 1}, name="first"),
+                  progress.s({"current": 3, "total": 4}, name="slow"),
+                  item.s({"i": 2}, name="last"))
+        )  # fmt: skip
+        await wait_until(
+            dsn,
+            "SELECT progress_current = 3 FROM pgtasks.tasks WHERE id = $1",
+            wf.nodes["slow"], fleet=fleet,
+        )  # fmt: skip
+        shown = cli(dsn, "workflow", str(int(wf)))
+        await c.cancel_workflow(wf)
+    assert shown.returncode == 0, shown.stderr
+    lines = {
+        node: [line for line in shown.stdout.splitlines() if f" #{tid} " in line]
+        for node, tid in wf.nodes.items()
+    }
+    assert all(len(found) == 1 for found in lines.values()), shown.stdout
+    first, slow, last = (lines[n][0] for n in ("first", "slow", "last"))
+    assert "DONE" in first and "%" not in first
+    assert "RUNNING" in slow and "75%" in slow, shown.stdout
+    assert "WAITING" in last and "%" not in last
+    assert "(1/3 done)" in shown.stdout.splitlines()[0]
 
 
 async def test_http_api_shows_and_cancels_a_workflow(dsn):

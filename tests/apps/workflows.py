@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from pgtasks import ParentFailure, PermanentError, task_register
+from pydantic import BaseModel
+
+from pgtasks import BaseTask, ParentFailure, PermanentError, task_register
 from pgtasks.context import SyncTaskContext, TaskContext
 from tests.apps.basic import record
 
@@ -62,3 +64,27 @@ async def node(ctx: TaskContext, params: dict[str, Any]) -> int:
     """A node of the random DAG: quick, recorded."""
     await record(ctx)
     return ctx.task_id
+
+
+class ScaleParams(BaseModel):
+    factor: int
+
+
+@task_register("wf.scale")
+class Scale(BaseTask):
+    """A class-based node (`Scale.s({"factor": 10})`): its one parent's result times factor,
+    with params validated into the model."""
+
+    async def execute(self, ctx: TaskContext, params: ScaleParams) -> int:
+        await record(ctx)
+        return int(await ctx.parent_result) * params.factor
+
+
+@task_register("wf.progress")
+async def progress(ctx: TaskContext, params: dict[str, Any]) -> str:
+    """Reports progress current/total, then runs until cancelled (or params["s"] passed)."""
+    await record(ctx)
+    await ctx.progress(int(params["current"]), int(params["total"]), "halfway there")
+    await ctx.flush()
+    await asyncio.sleep(float(params.get("s", 60)))
+    return "progressed"

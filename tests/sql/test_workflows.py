@@ -9,6 +9,7 @@ import json
 import asyncpg
 import pytest
 
+from pgtasks import db
 from tests.sql.helpers import raises
 
 
@@ -62,6 +63,29 @@ async def test_depends_on_waits_and_is_released_by_the_parents_finish(conn):
     assert await status(conn, b) == "PENDING"
     got = json.loads(await conn.fetchval("SELECT pgtasks.parent_results($1)::text", b))
     assert got == {str(a): {"node": None, "status": "DONE", "result": {"x": 1}}}
+
+
+async def test_the_last_parents_finish_releases_the_child_in_the_same_transaction(conn, dsn):
+    """Issue 12: "It becomes claimable in the same transaction that finishes its last
+    parent". Inside one transaction the child is PENDING and claim_tasks takes it, while
+    another session still sees it WAITING until the commit."""
+    wf = await submit(conn, nodes(("a", []), ("b", []), ("c", ["a", "b"])))
+    ids = wf["nodes"]
+    parents = await claim(conn)
+    assert sorted(r["id"] for r in parents) == [ids["a"], ids["b"]]
+    await finish(conn, [r for r in parents if r["id"] == ids["a"]])
+    assert await status(conn, ids["c"]) == "WAITING", "one parent is still running"
+    other = await db.connect(dsn)
+    try:
+        async with conn.transaction():
+            await finish(conn, [r for r in parents if r["id"] == ids["b"]])
+            assert await status(conn, ids["c"]) == "PENDING"
+            assert [r["id"] for r in await claim(conn)] == [ids["c"]]
+            assert await status(conn, ids["c"]) == "RUNNING"
+            assert await status(other, ids["c"]) == "WAITING", "nothing is visible before commit"
+        assert await status(other, ids["c"]) == "RUNNING"
+    finally:
+        await other.close()
 
 
 async def test_chain_from_sql_runs_in_order(conn):
@@ -235,6 +259,41 @@ async def test_cancel_workflow_stops_running_and_cancels_waiting(conn):
     assert notes == [f"{rows[0]['id']}:{rows[0]['attempt']}"]
     assert (await conn.fetchrow("SELECT state FROM pgtasks.workflows"))["state"] == "cancelled"
     await raises(conn, "SELECT pgtasks.cancel_workflow(999)", "PT508")
+
+
+async def test_cancel_workflow_gives_every_task_it_cancels_the_reason(conn):
+    spec = nodes(("done", []), ("a", []), ("b", []), ("c", ["a", "b"]), name="nightly")
+    spec["nodes"][1]["max_retries"] = 3
+    ids = (await submit(conn, spec))["nodes"]
+    wf = await conn.fetchval("SELECT workflow_id FROM pgtasks.tasks WHERE id = $1", ids["a"])
+    await finish(conn, await claim(conn, 1))
+    (a,) = await claim(conn, 1)
+    await conn.execute(
+        "SELECT pgtasks.fail_task(task_id => $1, attempt => $2, error => 'first try')",
+        a["id"], a["attempt"],
+    )  # fmt: skip
+    assert (await status(conn, ids["a"]), a["id"]) == ("COMMIT", ids["a"])
+    (b,) = await claim(conn, 1)
+    assert b["id"] == ids["b"]
+    assert await conn.fetchval("SELECT pgtasks.cancel_workflow($1)", wf) == 3
+    rows = await conn.fetch(
+        "SELECT workflow_node, status::text, error FROM pgtasks.tasks ORDER BY id"
+    )
+    reason = f"cancelled: workflow {wf} (nightly) cancelled"
+    assert [tuple(r) for r in rows] == [
+        ("done", "DONE", None),
+        ("a", "CANCELLED", reason),  # not its earlier attempt's error, kept in task_errors
+        ("b", "CANCELLED", reason),
+        ("c", "CANCELLED", reason),
+    ]
+    assert await conn.fetchval("SELECT error FROM pgtasks.task_errors") == "first try"
+
+    unnamed = (await submit(conn, nodes(("x", []))))["nodes"]["x"]
+    wf2 = await conn.fetchval("SELECT workflow_id FROM pgtasks.tasks WHERE id = $1", unnamed)
+    await conn.fetchval("SELECT pgtasks.cancel_workflow($1)", wf2)
+    assert await conn.fetchval("SELECT error FROM pgtasks.tasks WHERE id = $1", unnamed) == (
+        f"cancelled: workflow {wf2} cancelled"
+    )
 
 
 async def test_workflow_graph_lists_nodes_with_parents(conn):
