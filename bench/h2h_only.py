@@ -14,15 +14,12 @@ from bench import peer_pgqueuer, peer_pgtasks
 from bench.common import BenchConfig, sample_drain
 from bench.server import benchmark_server
 
-ROUNDS = int(sys.argv[1])
-KEYS = sys.argv[2].split(",")
 
-
-async def main(dsn: str) -> None:
+async def main(dsn: str, rounds: int, keys: list[str]) -> None:
     cfg = BenchConfig()
-    out: dict[str, list[float]] = {k: [] for k in KEYS}
-    for i in range(ROUNDS):
-        for key in KEYS:
+    out: dict[str, list[float]] = {k: [] for k in keys}
+    for i in range(rounds):
+        for key in keys:
             ours, procs = peer_pgtasks.drain_variants()[key]
             theirs = peer_pgqueuer.make_peer()
             peers = [ours, theirs]
@@ -44,4 +41,4 @@ async def main(dsn: str) -> None:
 
 if __name__ == "__main__":
     with benchmark_server(None) as dsn:
-        asyncio.run(main(dsn))
+        asyncio.run(main(dsn, int(sys.argv[1]), sys.argv[2].split(",")))
