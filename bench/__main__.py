@@ -1,18 +1,17 @@
-"""`make bench` / `python -m bench`: every system, one embedded server, one table.
+"""`make bench` / `python -m bench`: every system on one embedded server, one table.
 
-Starts ONE private PostgreSQL (the same embedded server pgtasks uses by default, in a temporary
-folder, with the same settings for every system), runs the whole suite of each system against
-it one after another (each run in its own fresh database), prints one side-by-side table and
-writes the same figures as JSON to ``bench/results/<timestamp>.json`` and
-``bench/results/latest.json``. After the suites, unless ``--skip-head-to-head``, the
-``h2h_*`` rounds (bench/head_to_head.py) measure issue 8's drain ratios with pgtasks and
-PgQueuer alternating. Then, unless ``--skip-maxconn``, pgtasks' ``maxconn_*`` run on a second
-embedded server started with ``max_connections = 100``.
+Starts one private PostgreSQL, runs each system's figures against it one system after the
+other (every run in a fresh database), then the head-to-head rounds (pgtasks and PgQueuer
+drains alternating, the order flipped every round), then pgtasks' ``maxconn_*`` run on a
+second server started with ``max_connections = 100``. Prints one side-by-side table with the
+targets below it and writes the same figures, with the config, the server settings, the
+commit and the machine load, to ``bench/results/<timestamp>.json`` and ``latest.json``.
 
     python -m bench [--systems pgtasks,pgqueuer,procrastinate] [--scale F] [--runs N]
                     [--dsn URL] [--out DIR] [--skip-maxconn] [--skip-head-to-head]
 
-Every size can also be set from the environment (``BENCH_<FIELD>``, see ``BenchConfig``).
+A smoke run: ``BENCH_SCALE=0.02 BENCH_RUNS=1 make bench`` (every size can be set as
+``BENCH_<FIELD>``, see ``harness.BenchConfig``).
 """
 
 from __future__ import annotations
@@ -29,115 +28,86 @@ import statistics
 import sys
 import time
 import traceback
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
-from bench.common import REPO_ROOT, BenchConfig, Figure, format_table
-from bench.server import benchmark_server, machine_load, provenance
+from bench.harness import (
+    RATIO,
+    RESULTS_DIR,
+    BenchConfig,
+    Figure,
+    alternate,
+    benchmark_server,
+    format_table,
+    log,
+    machine_load,
+    provenance,
+    sample_drain,
+    server_settings,
+)
 
 #: Systems in run order, with the module that drives each.
-DRIVERS: dict[str, str] = {
+DRIVERS = {
     "pgtasks": "bench.peer_pgtasks",
     "pgqueuer": "bench.peer_pgqueuer",
     "procrastinate": "bench.peer_procrastinate",
 }
 BASELINE = "pgqueuer"
-RESULTS_DIR = REPO_ROOT / "bench" / "results"
-
-RunFn = Callable[[str, BenchConfig], Coroutine[Any, Any, dict[str, Figure]]]
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-# --------------------------------------------------------------------------- server
-
-
-async def server_settings(dsn: str) -> dict[str, str]:
-    """The server settings every system ran with (identical for all: one server)."""
-    names = (
-        "server_version",
-        "max_connections",
-        "shared_buffers",
-        "synchronous_commit",
-        "fsync",
-        "wal_level",
-        "autovacuum",
-        "jit",
-    )
-    conn = await asyncpg.connect(dsn)
-    try:
-        return {n: str(await conn.fetchval(f"SHOW {n}")) for n in names}
-    finally:
-        await conn.close()
-
-
-# --------------------------------------------------------------------------- derived figures
+Results = Mapping[str, Mapping[str, Figure]]
 
 
 def ratio(a: Figure | None, b: Figure | None) -> float | None:
-    """Median over median, or None when either side is missing."""
     if a is None or b is None or b.median == 0:
         return None
     return a.median / b.median
 
 
-def baseline_ratios(results: Mapping[str, Mapping[str, Figure]]) -> dict[str, float]:
-    """pgtasks / PgQueuer per shared figure (for latencies lower is better, so < 1 wins)."""
+def baseline_ratios(results: Results) -> dict[str, float]:
+    """pgtasks / PgQueuer per shared figure (for latencies and CPU, below 1 is better)."""
     ours, theirs = results.get("pgtasks", {}), results.get(BASELINE, {})
-    out: dict[str, float] = {}
-    for key in ours:
-        r = ratio(ours.get(key), theirs.get(key))
-        if r is not None:
-            out[key] = r
-    return out
+    pairs = {key: ratio(ours.get(key), theirs.get(key)) for key in ours}
+    return {key: r for key, r in pairs.items() if r is not None}
+
+
+# --------------------------------------------------------------------------- targets
 
 
 @dataclasses.dataclass(frozen=True)
 class Goal:
-    """One target from issue 8, what this run measured for it, and over what it was judged."""
+    """One target, what this run measured for it, and over what it was judged."""
 
     name: str
     target: str
     value: float | None
     met: bool | None
-    shown: str
     judged: str
 
     def line(self) -> str:
         verdict = {True: "met", False: "NOT met", None: "not measured"}[self.met]
-        return (
-            f"  {self.name:<48} {self.shown:>6}   target {self.target:<9} {verdict:<13} "
-            f"{self.judged}"
-        )
+        shown = "-" if self.value is None else f"{self.value:.2f}"
+        return f"  {self.name:<48} {shown:>6}   target {self.target:<9} {verdict:<13} {self.judged}"
 
 
 def _samples(fig: Figure | None) -> tuple[float, ...]:
     return () if fig is None else fig.samples
 
 
-def goals(results: Mapping[str, Mapping[str, Figure]]) -> list[Goal]:
-    """Issue 8's goals. Reported, never asserted: numbers are noisy.
+def goals(results: Results) -> list[Goal]:
+    """The targets pgtasks is held to. Reported, never asserted: the numbers are noisy.
 
-    Ratios and latencies are judged on medians. The two paired figures (wake-ups on/off in
-    alternating slices; each history drain against a fresh drain run just before it) on the
-    median pair, with the worst pair shown next to it: the issue's "on every run" is over
-    runs of `make bench`, each of which reports its median. Connections on the most, and
-    refused connections on the most, of any run.
+    Drain ratios are judged on the median head-to-head round (the two suites' medians,
+    measured minutes apart, shown next to it); the two paired figures on the median pair,
+    with the worst pair shown; connections and refused connections on the worst run;
+    everything else on medians.
     """
-    ours = results.get("pgtasks", {})
-    theirs = results.get(BASELINE, {})
+    ours, theirs = results.get("pgtasks", {}), results.get(BASELINE, {})
     found: list[Goal] = []
 
     def add(
         name: str, target: str, value: float | None, ok: Callable[[float], bool], judged: str
     ) -> None:
-        shown = "-" if value is None else f"{value:.2f}"
-        found.append(Goal(name, target, value, None if value is None else ok(value), shown, judged))
+        found.append(Goal(name, target, value, None if value is None else ok(value), judged))
 
     for key, label, least in (
         ("drain_default", "drain_default / PgQueuer defaults", 2.0),
@@ -146,28 +116,18 @@ def goals(results: Mapping[str, Mapping[str, Figure]]) -> list[Goal]:
         ("drain_1", "drain_1 (c100) / PgQueuer", 3.0),
         ("drain_2", "drain_2 (c100) / PgQueuer", 3.0),
     ):
-        # Judged on the alternating rounds when they ran (bench/head_to_head.py); the
-        # ratio of the two suites' medians, measured minutes apart, is shown next to it.
         suites = ratio(ours.get(key), theirs.get(key))
-        rounds = ours.get(f"h2h_{key}")
-        shown_suites = "-" if suites is None else f"{suites:.2f}"
-        add(
-            label,
-            f">= {least}",
-            rounds.median if rounds else suites,
-            lambda v, least=least: v >= least,
-            (
-                f"rounds [{min(rounds.samples):.2f}-{max(rounds.samples):.2f}], "
-                f"suites {shown_suites}"
-                if rounds
-                else "medians"
-            ),
-        )
+        shown = "-" if suites is None else f"{suites:.2f}"
+        if rounds := ours.get(f"h2h_{key}"):
+            judged = f"rounds [{min(rounds.samples):.2f}-{max(rounds.samples):.2f}], suites {shown}"
+            add(label, f">= {least}", rounds.median, lambda v, m=least: v >= m, judged)
+        else:
+            add(label, f">= {least}", suites, lambda v, m=least: v >= m, "medians")
     conns = _samples(ours.get("connections_per_worker"))
     add(
         "connections_per_worker (c200, steps)",
         "<= 5",
-        max(conns) if conns else None,
+        max(conns, default=None),
         lambda v: v <= 5,
         "most, any run",
     )
@@ -187,11 +147,10 @@ def goals(results: Mapping[str, Mapping[str, Figure]]) -> list[Goal]:
         lambda v: v >= 0.85,
         f"median pair (lowest {pairs[0]:.2f})" if pairs else "median pair",
     )
-    limited, fresh = ours.get("drain_max_running"), ours.get("drain_1")
     add(
         "drain_max_running / drain_1 (limit not reached)",
         ">= 0.8",
-        ratio(limited, fresh),
+        ratio(ours.get("drain_max_running"), ours.get("drain_1")),
         lambda v: v >= 0.8,
         "medians",
     )
@@ -211,16 +170,9 @@ def goals(results: Mapping[str, Mapping[str, Figure]]) -> list[Goal]:
         lambda v: v < 15,
         f"median pair (largest {drops[-1]:.1f})" if drops else "median pair",
     )
-    for q, most in (("p50", 2.0), ("p99", 5.0)):
-        fig = ours.get(f"latency_{q}_ms")
-        add(
-            f"latency {q} (ms), LISTEN",
-            f"<= {most:.0f} ms",
-            fig.median if fig else None,
-            lambda v, most=most: v <= most,
-            "median",
-        )
     for key, label, target, ok in (
+        ("latency_p50_ms", "latency p50 (ms), LISTEN", "<= 2 ms", lambda v: v <= 2),
+        ("latency_p99_ms", "latency p99 (ms), LISTEN", "<= 5 ms", lambda v: v <= 5),
         ("wf_chord_ratio", "chord children / plain drain", ">= 0.7", lambda v: v >= 0.7),
         ("wf_chord_callback_delay_ms", "chord callback start (ms)", "<= 50 ms", lambda v: v <= 50),
         ("wf_chain_handoff_p50_ms", "chain hand-off p50 (ms)", "<= 5 ms", lambda v: v <= 5),
@@ -231,71 +183,32 @@ def goals(results: Mapping[str, Mapping[str, Figure]]) -> list[Goal]:
     add(
         "maxconn_connection_errors",
         "0",
-        max(refused) if refused else None,
+        max(refused, default=None),
         lambda v: v == 0,
         "most, any run",
     )
     return found
 
 
-def format_report(
-    results: Mapping[str, Mapping[str, Figure]],
-    cfg: BenchConfig,
-    settings: Mapping[str, Any],
-) -> str:
+def format_report(results: Results, cfg: BenchConfig, settings: Mapping[str, Any]) -> str:
     ratios = baseline_ratios(results)
-    extra = (
-        {"pgtasks / pgqueuer": {k: f"{v:.2f}x" for k, v in ratios.items()}}
-        if "pgtasks" in results and BASELINE in results
-        else {}
-    )
+    extra = {}
+    if "pgtasks" in results and BASELINE in results:
+        extra = {"pgtasks / pgqueuer": {k: f"{v:.2f}x" for k, v in ratios.items()}}
     lines = [
         f"Each cell: median [min-max] of {cfg.runs} runs ({cfg.maxconn_runs} for maxconn_*). "
-        "jobs/s: higher is better; ms and connections: lower is better.",
+        "jobs/s: higher is better; ms, us and connections: lower is better.",
         "",
         format_table(results, extra),
     ]
     if "pgtasks" in results:
-        lines += ["", "Goals (issue 8):"]
-        lines += [g.line() for g in goals(results)]
+        lines += ["", "Targets:", *(g.line() for g in goals(results))]
     lines += ["", "Settings:"]
     lines += [f"  {name}: {json.dumps(s, default=str)}" for name, s in settings.items()]
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------- main
-
-
-def _load_driver(system: str) -> Any:
-    try:
-        return importlib.import_module(DRIVERS[system])
-    except ImportError as exc:
-        raise SystemExit(
-            f"cannot load the {system} driver ({exc}); install the bench extra: "
-            "pip install -e '.[bench]' (make bench does it)"
-        ) from exc
-
-
-def _driver_settings(system: str, driver: Any) -> dict[str, Any]:
-    """What each driver says about its own configuration (for the report and the JSON)."""
-    fn = getattr(driver, "settings", None)
-    if callable(fn):
-        return dict(fn())
-    if system == "procrastinate":
-        return {"concurrency": driver.CONCURRENCY or "default (1)", "listen_notify": True}
-    return {}
-
-
-#: procrastinate drains no-op jobs at ~300/s (concurrency 1): a full-size drain would take
-#: minutes per run, so it drains at most this many. Its per-job cost rises with queue depth,
-#: so the smaller queue favours it, if anything.
-PROCRASTINATE_DRAIN_JOBS = 3_000
-
-
-def config_for(system: str, cfg: BenchConfig) -> BenchConfig:
-    if system == "procrastinate" and cfg.drain_jobs > PROCRASTINATE_DRAIN_JOBS:
-        return dataclasses.replace(cfg, drain_jobs=PROCRASTINATE_DRAIN_JOBS)
-    return cfg
+# --------------------------------------------------------------------------- running
 
 
 async def run_all(
@@ -305,72 +218,54 @@ async def run_all(
     meta: dict[str, Any] = {}
     errors: dict[str, str] = {}
     for system in systems:
-        driver = _load_driver(system)
+        driver = importlib.import_module(DRIVERS[system])
         load_before = machine_load()
         started = time.perf_counter()
-        _log(
+        log(
             f"=== {system}: load {load_before['loadavg_1_5_15']}, "
             f"{load_before['pytest_processes']} pytest processes running"
         )
         try:
-            run: RunFn = driver.run
-            results[system] = await run(dsn, config_for(system, cfg))
+            results[system] = await driver.run(dsn, cfg, log)
         except Exception:
             errors[system] = traceback.format_exc()
-            _log(f"=== {system} FAILED:\n{errors[system]}")
+            log(f"=== {system} FAILED:\n{errors[system]}")
         meta[system] = {
-            "settings": _driver_settings(system, driver),
+            "settings": driver.settings(),
             "seconds": round(time.perf_counter() - started, 1),
             "load_before": load_before,
             "load_after": machine_load(),
         }
-        _log(f"=== {system}: {meta[system]['seconds']:.0f}s")
+        log(f"=== {system}: {meta[system]['seconds']:.0f}s")
     return results, meta, errors
 
 
-def run_head_to_head(
-    dsn: str, cfg: BenchConfig, figures: dict[str, Figure], errors: dict[str, str]
-) -> dict[str, Any]:
-    """pgtasks' ``h2h_*`` ratios (bench/head_to_head.py), added to ``figures``."""
-    from bench import head_to_head
+async def head_to_head(dsn: str, cfg: BenchConfig) -> dict[str, Figure]:
+    """``h2h_<key>``: pgtasks / PgQueuer per round, ``runs`` rounds.
 
-    started = time.perf_counter()
-    _log("=== head-to-head: pgtasks and PgQueuer drains in alternating rounds")
-    try:
-        figures.update(asyncio.run(head_to_head.run(dsn, cfg, _log)))
-    except Exception:
-        errors["head_to_head"] = traceback.format_exc()
-        _log(f"=== head-to-head FAILED:\n{errors['head_to_head']}")
-    return {"seconds": round(time.perf_counter() - started, 1)}
+    A round drains each pgtasks drain of ``drain_variants()`` and PgQueuer's match (batch 10,
+    or ``run()`` with no argument for ``drain_default``) back to back, all of them in one
+    order, reversed the next round. The suites' medians, minutes apart, would carry the
+    machine's drift into the ratio.
+    """
+    from bench import peer_pgqueuer, peer_pgtasks
 
-
-def run_maxconn(
-    cfg: BenchConfig, figures: dict[str, Figure], errors: dict[str, str]
-) -> dict[str, Any]:
-    """pgtasks' ``maxconn_*`` figures, on a second embedded server of its own (always embedded:
-    it must be started with ``max_connections = cfg.maxconn_limit``); added to ``figures``."""
-    from bench import peer_pgtasks
-
-    started = time.perf_counter()
-    load_before = machine_load()
-    _log(f"=== pgtasks maxconn: a server with max_connections = {cfg.maxconn_limit}")
-    try:
-        with benchmark_server(max_connections=cfg.maxconn_limit) as dsn:
-            figures.update(asyncio.run(peer_pgtasks.run_maxconn(dsn, cfg)))
-    except Exception:
-        errors["pgtasks maxconn"] = traceback.format_exc()
-        _log(f"=== pgtasks maxconn FAILED:\n{errors['pgtasks maxconn']}")
-    seconds = round(time.perf_counter() - started, 1)
-    _log(f"=== pgtasks maxconn: {seconds:.0f}s")
-    return {
-        "max_connections": cfg.maxconn_limit,
-        "workers": cfg.maxconn_workers,
-        "concurrency": cfg.maxconn_concurrency,
-        "jobs": cfg.maxconn_jobs,
-        "seconds": seconds,
-        "load_before": load_before,
-        "load_after": machine_load(),
-    }
+    keys, sides = [], []
+    for key, (ours, processes) in peer_pgtasks.drain_variants().items():
+        theirs = peer_pgqueuer.make_peer(default=key == "drain_default")
+        keys.append(key)
+        for peer in (ours, theirs):
+            sides.append(lambda p=peer, n=processes: sample_drain(p, dsn, cfg, n))
+    ratios: dict[str, list[float]] = {key: [] for key in keys}
+    async for i, samples in alternate(cfg.runs, *sides):
+        for key, a, b in zip(keys, samples[::2], samples[1::2], strict=True):
+            assert a.rate is not None and b.rate is not None
+            ratios[key].append(a.rate / b.rate)
+            log(
+                f"[head-to-head] round {i + 1} {key}: pgtasks {a.rate:,.0f}, "
+                f"PgQueuer {b.rate:,.0f} jobs/s ({ratios[key][-1]:.2f}x)"
+            )
+    return {f"h2h_{key}": Figure.of(values, RATIO) for key, values in ratios.items()}
 
 
 def write_results(payload: dict[str, Any], out_dir: Path, stamp: str) -> list[Path]:
@@ -385,38 +280,37 @@ def write_results(payload: dict[str, Any], out_dir: Path, stamp: str) -> list[Pa
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench",
-        description="pgtasks side by side with PgQueuer and procrastinate on one server.",
-    )
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument(
         "--systems",
         default=",".join(DRIVERS),
-        help=f"comma-separated subset of {','.join(DRIVERS)} (default: all, in that order)",
+        help=f"comma-separated subset of {','.join(DRIVERS)} (default: all)",
     )
-    parser.add_argument("--scale", type=float, default=1.0, help="multiply every job count")
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=float(os.environ.get("BENCH_SCALE", 1)),
+        help="multiply every job count (default 1, or BENCH_SCALE)",
+    )
     parser.add_argument("--runs", type=int, help="runs per figure (default 5, or BENCH_RUNS)")
     parser.add_argument(
         "--skip-maxconn",
         action="store_true",
-        help="leave out the maxconn_* run (pgtasks on a second server, max_connections=100)",
+        help="leave out maxconn_* (pgtasks on a second server)",
     )
     parser.add_argument(
-        "--skip-head-to-head",
-        action="store_true",
-        help="leave out the h2h_* rounds (pgtasks and PgQueuer drains alternating)",
+        "--skip-head-to-head", action="store_true", help="leave out the h2h_* rounds"
     )
     parser.add_argument(
         "--dsn",
         default=os.environ.get("BENCH_DSN"),
-        help="use this server instead of starting an embedded one (needs CREATE DATABASE)",
+        help="an existing server instead of the embedded one (CREATE DATABASE)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where the JSON goes")
     args = parser.parse_args(argv)
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    unknown = [s for s in args.systems if s not in DRIVERS]
-    if unknown or not args.systems:
-        parser.error(f"unknown system(s) {unknown}; choose from {', '.join(DRIVERS)}")
+    if not args.systems or not set(args.systems) <= DRIVERS.keys():
+        parser.error(f"choose systems from {', '.join(DRIVERS)}")
     if args.runs is not None and args.runs < 1:
         parser.error("--runs must be at least 1")
     if args.scale <= 0:
@@ -425,32 +319,64 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
     cfg = BenchConfig.from_env()
-    if args.scale != 1.0:
+    if args.scale != 1:
         cfg = cfg.scaled(args.scale)
     if args.runs is not None:
         cfg = dataclasses.replace(cfg, runs=args.runs)
     for system in args.systems:  # fail before starting a server, not after pgtasks ran
-        _load_driver(system)
+        try:
+            importlib.import_module(DRIVERS[system])
+        except ImportError as exc:
+            raise SystemExit(
+                f"cannot load the {system} driver ({exc}); install the bench "
+                "extra: pip install -e '.[bench]' (make bench does it)"
+            ) from exc
 
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     started = time.perf_counter()
+    h2h: dict[str, Any] = {}
     with benchmark_server(args.dsn) as dsn:
         pg = asyncio.run(server_settings(dsn))
-        _log(f"server: PostgreSQL {pg['server_version']} at {dsn}")
+        log(f"server: PostgreSQL {pg['server_version']} at {dsn}")
         results, meta, errors = asyncio.run(run_all(dsn, cfg, args.systems))
-        head_to_head: dict[str, Any] = {}
         if {"pgtasks", BASELINE} <= results.keys() and not args.skip_head_to_head:
-            head_to_head = run_head_to_head(dsn, cfg, results["pgtasks"], errors)
+            log("=== head-to-head: pgtasks and PgQueuer drains in alternating rounds")
+            t0 = time.perf_counter()
+            try:
+                results["pgtasks"].update(asyncio.run(head_to_head(dsn, cfg)))
+            except Exception:
+                errors["head_to_head"] = traceback.format_exc()
+                log(f"=== head-to-head FAILED:\n{errors['head_to_head']}")
+            h2h = {"seconds": round(time.perf_counter() - t0, 1)}
     if "pgtasks" in results and not args.skip_maxconn:
-        meta["pgtasks"]["maxconn"] = run_maxconn(cfg, results["pgtasks"], errors)
+        from bench import peer_pgtasks
 
-    settings = {name: m["settings"] for name, m in meta.items()}
-    print(format_report(results, cfg, settings))
+        log(f"=== pgtasks maxconn: a server with max_connections = {cfg.maxconn_limit}")
+        t0, load_before = time.perf_counter(), machine_load()
+        try:
+            with benchmark_server(max_connections=cfg.maxconn_limit) as maxconn_dsn:
+                figures = asyncio.run(peer_pgtasks.run_maxconn(maxconn_dsn, cfg, log))
+            results["pgtasks"].update(figures)
+        except Exception:
+            errors["pgtasks maxconn"] = traceback.format_exc()
+            log(f"=== pgtasks maxconn FAILED:\n{errors['pgtasks maxconn']}")
+        meta["pgtasks"]["maxconn"] = {
+            "max_connections": cfg.maxconn_limit,
+            "workers": cfg.maxconn_workers,
+            "concurrency": cfg.maxconn_concurrency,
+            "jobs": cfg.maxconn_jobs,
+            "seconds": round(time.perf_counter() - t0, 1),
+            "load_before": load_before,
+            "load_after": machine_load(),
+        }
+
+    print(format_report(results, cfg, {name: m["settings"] for name, m in meta.items()}))
     payload = {
         "timestamp": stamp,
-        "command": "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": " ".join(["python -m bench", *argv]),
         "seconds": round(time.perf_counter() - started, 1),
         "host": {
             "cpus": os.cpu_count(),
@@ -461,14 +387,14 @@ def main(argv: list[str] | None = None) -> int:
         "server": {"embedded": args.dsn is None, **pg},
         "config": dataclasses.asdict(cfg),
         "systems": meta,
-        "head_to_head": head_to_head,
+        "head_to_head": h2h,
         "results": {s: {k: f.as_dict() for k, f in r.items()} for s, r in results.items()},
         "pgtasks_vs_pgqueuer": baseline_ratios(results),
         "goals": [dataclasses.asdict(g) for g in goals(results)] if "pgtasks" in results else [],
         "errors": errors,
     }
     paths = write_results(payload, args.out, stamp)
-    _log(f"wrote {', '.join(str(p) for p in paths)}")
+    log(f"wrote {', '.join(str(p) for p in paths)}")
     return 1 if errors else 0
 
 

@@ -1,11 +1,9 @@
-"""PgQueuer 1.6 driver for `make bench`.
+"""PgQueuer driver, set up the way its documentation sets up a worker.
 
-Uses PgQueuer the way its documentation sets a worker up: one asyncpg connection wrapped in
-``AsyncpgDriver``, a ``PgQueuer`` with one async entrypoint, ``PgQueuer.run(batch_size=10)``,
-no concurrency limit and no rate limit. Enqueueing goes through ``Queries.enqueue`` (scalar
-arguments for one job, lists for a batch), which is what application code calls.
-
-Run alone: ``python -m bench.peer_pgqueuer run --dsn postgresql://...``.
+One asyncpg connection wrapped in ``AsyncpgDriver``, a ``PgQueuer`` with one async entrypoint,
+``PgQueuer.run(batch_size=10)`` (its default), no concurrency limit and no rate limit.
+Enqueueing goes through ``Queries.enqueue`` (scalars for one job, lists for a batch), which is
+what application code calls. ``BENCH_PGQUEUER_BATCH_SIZE`` overrides the batch size.
 """
 
 from __future__ import annotations
@@ -21,25 +19,25 @@ import asyncpg
 from pgqueuer import AsyncpgDriver, PgQueuer, Queries
 from pgqueuer.models import Job
 
-from bench.common import (
+from bench.harness import (
     BenchConfig,
     Figure,
+    Log,
     Peer,
     WorkerContext,
-    peer_main,
     run_suite,
     sample_connection_drains,
     serve_until_stopped,
+    worker_main,
 )
 
 NAME = "pgqueuer"
 ENTRYPOINT = "bench_noop"
-#: PgQueuer's own default, and what the issue asks for. Override: BENCH_PGQUEUER_BATCH_SIZE.
 BATCH_SIZE = int(os.environ.get("BENCH_PGQUEUER_BATCH_SIZE", "10"))
 
 
 async def install(dsn: str) -> None:
-    """Create PgQueuer's tables, enum, trigger and function in a fresh database."""
+    """PgQueuer's tables, enum, trigger and function in a fresh database."""
     conn = await asyncpg.connect(dsn)
     try:
         await Queries(AsyncpgDriver(conn)).install()
@@ -66,16 +64,16 @@ class PgQueuerClient:
         await self._queries.enqueue([ENTRYPOINT] * n, [str(s).encode() for s in seqs], [0] * n)
 
     async def outstanding(self) -> int:
-        # PgQueuer deletes a job's row from its queue table once the job is finished (the
-        # outcome goes to pgqueuer_log), so every remaining row is queued or running.
+        # A finished job's row leaves the queue table (its outcome goes to pgqueuer_log), so
+        # every remaining row is queued or running.
         return int(await self._conn.fetchval("SELECT count(*) FROM pgqueuer"))
 
     async def close(self) -> None:
         await self._conn.close()
 
 
-def _add_worker_arguments(parser: argparse.ArgumentParser) -> None:
-    # Without --batch-size, PgQueuer.run() gets no arguments at all: its out-of-the-box setup.
+def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
+    # Without --batch-size, PgQueuer.run() gets no argument at all: its out-of-the-box setup.
     parser.add_argument("--batch-size", type=int)
 
 
@@ -100,69 +98,39 @@ async def serve(ctx: WorkerContext) -> None:
         await conn.close()
 
 
-def _peer(worker_args: tuple[str, ...], settings: dict[str, Any]) -> Peer:
-    return Peer(
-        name=NAME,
-        install=install,
-        connect=PgQueuerClient.connect,
-        worker_module="bench.peer_pgqueuer",
-        worker_args=worker_args,
-        settings={**settings, "max_concurrent_tasks": None, "driver": "asyncpg"},
-    )
-
-
 def make_peer(*, default: bool = False) -> Peer:
     """PgQueuer with ``batch_size=BATCH_SIZE``, or (``default``) ``run()`` with no argument."""
-    if default:
-        return _peer((), {"run()": "no arguments"})
-    return _peer(("--batch-size", str(BATCH_SIZE)), {"batch_size": BATCH_SIZE})
+    args = () if default else ("--batch-size", str(BATCH_SIZE))
+    return Peer(NAME, install, PgQueuerClient.connect, "bench.peer_pgqueuer", args)
 
 
-async def run(dsn: str, cfg: BenchConfig) -> dict[str, Figure]:
-    """Every figure for PgQueuer against the server at ``dsn`` (one fresh database per run)."""
-    peer = make_peer()
-    figures = await run_suite(dsn, cfg, peer)
-    # pgtasks' drain_N_c10 (claims of 10) is compared with PgQueuer's batch of 10: these
-    # very drains, shown again on that row.
+async def run(dsn: str, cfg: BenchConfig, say: Log) -> dict[str, Figure]:
+    """Every PgQueuer figure against the server at ``dsn``."""
+    figures = await run_suite(dsn, cfg, make_peer(), say)
+    # pgtasks' drain_N_c10 (claims of 10) is compared with PgQueuer's batch of 10: these very
+    # drains, shown again on that row.
     if BATCH_SIZE == 10:
         figures["drain_1_c10"] = figures["drain_1"]
         figures["drain_2_c10"] = figures["drain_2"]
-    # Out of the box: PgQueuer.run() without arguments, one process; its connections too.
+    # Out of the box: PgQueuer.run() with no argument, one process, and its connections.
     defaults = make_peer(default=True)
-    figures.update(await sample_connection_drains(defaults, dsn, cfg, "drain_default", _log))
+    figures.update(await sample_connection_drains(defaults, dsn, cfg, "drain_default", say))
     return figures
 
 
 def settings() -> dict[str, Any]:
-    """What the report prints next to PgQueuer's figures."""
+    param = inspect.signature(PgQueuer.run).parameters.get("batch_size")
+    default = None if param is None else param.default
     return {
         "batch_size": BATCH_SIZE,
         "max_concurrent_tasks": None,
-        "drain_default": f"PgQueuer.run() with no arguments (batch_size={_default_batch()})",
+        "drain_default": f"PgQueuer.run() with no arguments (batch_size={default})",
         "connections_per_worker": "measured in drain_default (no-op jobs)",
     }
 
 
-def _default_batch() -> Any:
-    param = inspect.signature(PgQueuer.run).parameters.get("batch_size")
-    return None if param is None else param.default
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 if __name__ == "__main__":
-    # Re-import under the real module name: objects built here (procrastinate's App in
-    # particular) must not live in __main__, or the library warns and task paths differ.
-    from bench import peer_pgqueuer as _driver
+    # Re-import under the real module name, so the worker's objects do not live in __main__.
+    from bench import peer_pgqueuer as driver
 
-    sys.exit(
-        peer_main(
-            sys.argv[1:],
-            name="peer_pgqueuer",
-            run=_driver.run,
-            serve=_driver.serve,
-            add_worker_arguments=_driver._add_worker_arguments,
-        )
-    )
+    sys.exit(worker_main(sys.argv[1:], driver.serve, driver.add_worker_arguments))

@@ -1,11 +1,10 @@
-"""procrastinate 3.10 driver for `make bench`.
+"""procrastinate driver, set up the way its documentation sets up a worker.
 
-Uses procrastinate as its documentation does: an ``App`` over a ``PsycopgConnector``, one async
-task, ``App.run_worker_async`` with the library's defaults (concurrency 1, LISTEN/NOTIFY on,
-polling fallback every 5 s, finished jobs kept in the table). Enqueueing goes through
-``defer_async`` / ``batch_defer_async`` on the task, by name, as a separate application would.
-
-Run alone: ``python -m bench.peer_procrastinate run --dsn postgresql://...``.
+An ``App`` over a ``PsycopgConnector``, one async task, ``App.run_worker_async`` with the
+library's defaults (concurrency 1, LISTEN/NOTIFY on, polling every 5 s, finished jobs kept in
+the table). Enqueueing goes through ``defer_async`` / ``batch_defer_async`` on the task, by
+name, as a separate application would, on an App whose pool holds one connection.
+``BENCH_PROCRASTINATE_CONCURRENCY`` overrides the concurrency.
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import os
 import sys
 from collections.abc import Sequence
@@ -21,33 +21,32 @@ from typing import Any
 from procrastinate import App, PsycopgConnector
 from procrastinate.types import JSONDict
 
-from bench.common import (
+from bench.harness import (
     BenchConfig,
     Figure,
+    Log,
     Peer,
     WorkerContext,
-    peer_main,
     run_suite,
     serve_until_stopped,
+    worker_main,
 )
 
 NAME = "procrastinate"
 TASK = "bench_noop"
-#: None means procrastinate's default (1). Override: BENCH_PROCRASTINATE_CONCURRENCY.
-CONCURRENCY: int | None = (
-    int(os.environ["BENCH_PROCRASTINATE_CONCURRENCY"])
-    if os.environ.get("BENCH_PROCRASTINATE_CONCURRENCY")
-    else None
-)
+#: None: procrastinate's default (1).
+CONCURRENCY = int(os.environ.get("BENCH_PROCRASTINATE_CONCURRENCY") or 0) or None
+#: At concurrency 1 procrastinate drains no-op jobs at ~200-300/s, so a 10,000-job drain would
+#: take minutes per run; it drains at most this many. Its per-job cost rises with queue depth,
+#: so the smaller queue favours it, if anything.
+DRAIN_JOBS = 3_000
 
 
 def make_app(dsn: str, **pool_args: Any) -> App:
-    """An App on a psycopg pool; ``pool_args`` go to psycopg_pool (min_size, max_size...)."""
     return App(connector=PsycopgConnector(conninfo=dsn, **pool_args))
 
 
 async def install(dsn: str) -> None:
-    """Apply procrastinate's schema to a fresh database."""
     async with make_app(dsn, min_size=1, max_size=1).open_async() as app:
         await app.schema_manager.apply_schema_async()
 
@@ -82,8 +81,8 @@ class ProcrastinateClient:
         await self._app.close_async()
 
 
-def _add_worker_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--concurrency", type=int, default=None)
+def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--concurrency", type=int)
 
 
 async def serve(ctx: WorkerContext) -> None:
@@ -101,38 +100,32 @@ async def serve(ctx: WorkerContext) -> None:
         options["concurrency"] = ctx.args.concurrency
     async with app.open_async():
         task = await serve_until_stopped(ctx, app.run_worker_async(**options))
-        # Cancelling run_worker_async is procrastinate's documented graceful stop: the
-        # worker stops fetching, lets running jobs finish, then returns by re-raising.
+        # Cancelling run_worker_async is procrastinate's graceful stop: it stops fetching,
+        # lets running jobs finish, then returns by re-raising.
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
 
-async def run(dsn: str, cfg: BenchConfig) -> dict[str, Figure]:
-    """Every figure for procrastinate against the server at ``dsn`` (fresh database per run)."""
-    worker_args = ("--concurrency", str(CONCURRENCY)) if CONCURRENCY is not None else ()
-    peer = Peer(
-        name=NAME,
-        install=install,
-        connect=ProcrastinateClient.connect,
-        worker_module="bench.peer_procrastinate",
-        worker_args=worker_args,
-        settings={"concurrency": CONCURRENCY or "default (1)", "listen_notify": True},
-    )
-    return await run_suite(dsn, cfg, peer)
+async def run(dsn: str, cfg: BenchConfig, say: Log) -> dict[str, Figure]:
+    """Every procrastinate figure against the server at ``dsn``."""
+    args = ("--concurrency", str(CONCURRENCY)) if CONCURRENCY else ()
+    peer = Peer(NAME, install, ProcrastinateClient.connect, "bench.peer_procrastinate", args)
+    cfg = dataclasses.replace(cfg, drain_jobs=min(cfg.drain_jobs, DRAIN_JOBS))
+    return await run_suite(dsn, cfg, peer, say)
+
+
+def settings() -> dict[str, Any]:
+    return {
+        "concurrency": CONCURRENCY or "default (1)",
+        "listen_notify": True,
+        "drain_jobs": f"at most {DRAIN_JOBS}",
+    }
 
 
 if __name__ == "__main__":
-    # Re-import under the real module name: objects built here (procrastinate's App in
-    # particular) must not live in __main__, or the library warns and task paths differ.
-    from bench import peer_procrastinate as _driver
+    # Re-import under the real module name: procrastinate's App must not live in __main__,
+    # or the library warns and task paths differ.
+    from bench import peer_procrastinate as driver
 
-    sys.exit(
-        peer_main(
-            sys.argv[1:],
-            name="peer_procrastinate",
-            run=_driver.run,
-            serve=_driver.serve,
-            add_worker_arguments=_driver._add_worker_arguments,
-        )
-    )
+    sys.exit(worker_main(sys.argv[1:], driver.serve, driver.add_worker_arguments))
