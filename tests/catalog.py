@@ -36,7 +36,8 @@ SECTIONS: dict[str, str] = {
                       obj_description(t.oid, 'pg_type'))
           FROM pg_type t
          WHERE t.typnamespace = 'pgtasks'::regnamespace AND t.typtype IN ('e', 'd', 'c')
-           AND NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = t.typrelid AND c.relkind <> 'c')""",
+           AND NOT EXISTS (SELECT 1 FROM pg_class c
+                            WHERE c.oid = t.typrelid AND c.relkind <> 'c')""",
     "relations": """
         SELECT format('%s kind=%s persistence=%s owner=%s options=%s rls=%s acl=%s comment=%s',
                       c.relname, c.relkind, c.relpersistence, pg_get_userbyid(c.relowner),
@@ -44,7 +45,8 @@ SECTIONS: dict[str, str] = {
                       (SELECT string_agg(a::text, ',' ORDER BY a::text) FROM unnest(c.relacl) a),
                       obj_description(c.oid, 'pg_class'))
           FROM pg_class c
-         WHERE c.relnamespace = 'pgtasks'::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm', 'S')""",
+         WHERE c.relnamespace = 'pgtasks'::regnamespace
+           AND c.relkind IN ('r', 'p', 'v', 'm', 'S')""",
     # Columns by their position among the live ones: a column dropped by an old migration
     # leaves a gap in attnum that a fresh table does not have, and no reader can see it.
     "columns": """
