@@ -165,6 +165,8 @@ END $members$;
 -- The schema and what every object created in it starts with
 
 CREATE SCHEMA pgtasks AUTHORIZATION pgtasks_owner;
+COMMENT ON SCHEMA pgtasks IS
+    'pgtasks, a task queue inside PostgreSQL: call its functions and read its views (docs/sql-api.md); only its owner touches the tables.';
 
 -- From here on, and in every following file, everything is created by pgtasks_owner, so
 -- pgtasks_owner owns it: no ownership pass afterwards.

@@ -11,6 +11,8 @@ SET LOCAL ROLE pgtasks_owner;
 -- before PENDING in a task's life.
 
 CREATE TYPE pgtasks.status AS ENUM ('WAITING', 'PENDING', 'RUNNING', 'COMMIT', 'DONE', 'FAILED', 'CANCELLED');
+COMMENT ON TYPE pgtasks.status IS
+    'The status of a task; pgtasks.transitions lists the allowed changes between them.';
 
 ------------------------------------------------------------------------------------------
 -- Blank names. Defined before the tables because their CHECK constraints call it.
@@ -26,6 +28,8 @@ AS $$
     SELECT value IS NULL
         OR value ~ '^[[:space:][:cntrl:]\u0085\u00a0\u1680\u180e\u2000-\u200d\u2028\u2029\u202f\u205f\u2060\u3000\ufeff]*$'
 $$;
+COMMENT ON FUNCTION pgtasks.is_blank(text) IS
+    'True for NULL and for text made only of whitespace, control or invisible characters, Unicode included.';
 
 ------------------------------------------------------------------------------------------
 -- Settings: one row, typed columns, each deployment-wide default and limit written once,
@@ -67,6 +71,21 @@ CREATE TABLE pgtasks.settings (
     CONSTRAINT max_log_bytes_range CHECK (max_log_bytes BETWEEN 1 AND 268435455)
 );
 INSERT INTO pgtasks.settings DEFAULT VALUES;
+COMMENT ON TABLE pgtasks.settings IS
+    'The deployment-wide defaults and limits: exactly one row, changed with pgtasks.configure().';
+COMMENT ON COLUMN pgtasks.settings.id IS 'Always true: the primary key admits exactly one row.';
+COMMENT ON COLUMN pgtasks.settings.default_queue IS
+    'The queue of a submit that names none and whose task type has no queue policy.';
+COMMENT ON COLUMN pgtasks.settings.max_backoff IS 'The longest wait before a retry, whatever the backoff base.';
+COMMENT ON COLUMN pgtasks.settings.default_lease IS
+    'The lease of a claim, heartbeat or worker registration that gives none.';
+COMMENT ON COLUMN pgtasks.settings.retention IS
+    'How long finished tasks are kept before prune_finished deletes them with their history.';
+COMMENT ON COLUMN pgtasks.settings.max_params_bytes IS 'The largest params a submit accepts, in bytes of JSON text.';
+COMMENT ON COLUMN pgtasks.settings.max_result_bytes IS
+    'The largest result or step result a finish or checkpoint accepts, in bytes of JSON text.';
+COMMENT ON COLUMN pgtasks.settings.max_log_bytes IS
+    'The largest log line, level, logger name or progress message, in bytes; failure texts are clipped to it.';
 
 -- Every function reads the row, so it must always exist.
 CREATE FUNCTION pgtasks.keep_settings_row() RETURNS trigger
@@ -77,6 +96,8 @@ BEGIN
     RAISE EXCEPTION 'pgtasks: the settings row cannot be deleted'
         USING ERRCODE = 'PT118', HINT = 'Change values with pgtasks.configure(name => value).';
 END $$;
+COMMENT ON FUNCTION pgtasks.keep_settings_row() IS
+    'Trigger function: the settings row cannot be deleted or truncated (PT118).';
 
 CREATE TRIGGER settings_keep_row
     BEFORE DELETE OR TRUNCATE ON pgtasks.settings
@@ -94,6 +115,7 @@ $$;
 
 -- The deployment's defaults and limits are no secret; workers of any language read them.
 GRANT EXECUTE ON FUNCTION pgtasks.current_settings() TO pgtasks_worker, pgtasks_reader;
+COMMENT ON FUNCTION pgtasks.current_settings() IS 'The settings row: the deployment-wide defaults and limits.';
 
 ------------------------------------------------------------------------------------------
 -- Tasks
@@ -179,6 +201,43 @@ CREATE TABLE pgtasks.tasks (
     CONSTRAINT on_parent_failure_known CHECK (on_parent_failure IN ('cancel', 'run')),
     CONSTRAINT cancelled_by_cancelled CHECK (cancelled_by IS NULL OR status = 'CANCELLED')
 );
+COMMENT ON TABLE pgtasks.tasks IS
+    'One row per task: what to run, where and when, its status, lease, progress and outcome. Only the pgtasks functions write it; triggers check and record every change.';
+COMMENT ON COLUMN pgtasks.tasks.status IS
+    'WAITING, PENDING, RUNNING, COMMIT, DONE, FAILED or CANCELLED; pgtasks.transitions lists the allowed changes.';
+COMMENT ON COLUMN pgtasks.tasks.priority IS 'Higher runs first; ties go by run_at, then id.';
+COMMENT ON COLUMN pgtasks.tasks.run_at IS 'When the task becomes claimable (as PENDING or COMMIT).';
+COMMENT ON COLUMN pgtasks.tasks.attempt IS
+    'How many times the task was claimed; the current value is the fencing token its worker presents.';
+COMMENT ON COLUMN pgtasks.tasks.retry_count IS 'Failed attempts sent back to run again; at most max_retries.';
+COMMENT ON COLUMN pgtasks.tasks.timeout IS 'The longest one attempt may run: its deadline is claim time + timeout.';
+COMMENT ON COLUMN pgtasks.tasks.worker_id IS 'The worker holding the lease; set exactly while RUNNING.';
+COMMENT ON COLUMN pgtasks.tasks.lease_expires_at IS
+    'The attempt is lost (rescued) after this unless a heartbeat extends it; never past deadline. Set exactly while RUNNING.';
+COMMENT ON COLUMN pgtasks.tasks.deadline IS
+    'Claim time + timeout: the attempt is rescued as timed out after this, whatever its heartbeats.';
+COMMENT ON COLUMN pgtasks.tasks.result IS 'The result of a DONE task.';
+COMMENT ON COLUMN pgtasks.tasks.error IS
+    'The last failure (FAILED, or an attempt to be retried); for a task cancelled by its workflow or a parent, why.';
+COMMENT ON COLUMN pgtasks.tasks.progress_current IS 'Progress the task reported (report_progress): current of progress_total.';
+COMMENT ON COLUMN pgtasks.tasks.started_at IS 'When the task was first claimed.';
+COMMENT ON COLUMN pgtasks.tasks.finished_at IS 'When the task ended; set exactly while DONE, FAILED or CANCELLED.';
+COMMENT ON COLUMN pgtasks.tasks.backoff_base IS
+    'Retry n waits about backoff_base * 2^(n-1), capped at settings.max_backoff.';
+COMMENT ON COLUMN pgtasks.tasks.unique_key IS
+    'At most one PENDING, COMMIT or RUNNING task per key: a submit of a held key returns that task.';
+COMMENT ON COLUMN pgtasks.tasks.concurrency_key IS 'Tasks sharing this key run at most concurrency_limit at a time.';
+COMMENT ON COLUMN pgtasks.tasks.concurrency_limit IS 'How many tasks of concurrency_key may run at once; set with a key.';
+COMMENT ON COLUMN pgtasks.tasks.schedule IS 'The schedule that enqueued the task; with schedule_tick, unique.';
+COMMENT ON COLUMN pgtasks.tasks.schedule_tick IS 'The tick of schedule this task stands for.';
+COMMENT ON COLUMN pgtasks.tasks.workflow_id IS 'The workflow (workflow_runs) the task belongs to.';
+COMMENT ON COLUMN pgtasks.tasks.workflow_node IS 'The task''s node name in its workflow.';
+COMMENT ON COLUMN pgtasks.tasks.waiting_on IS 'How many of its parents have not ended; NULL: the task has no parents.';
+COMMENT ON COLUMN pgtasks.tasks.has_dependents IS 'True once a task depends on this one; else NULL.';
+COMMENT ON COLUMN pgtasks.tasks.on_parent_failure IS
+    'cancel: a parent ending FAILED or CANCELLED cancels this task; run: it runs anyway. NULL: no parents.';
+COMMENT ON COLUMN pgtasks.tasks.cancelled_by IS
+    'The parent whose failure cancelled this task; retrying that parent revives it.';
 
 -- The claim path: exactly the rows a worker may take, in the order it takes them, for a
 -- worker of every queue (tasks_claimable) and of one queue (tasks_claimable_queue).
@@ -255,6 +314,12 @@ CREATE TABLE pgtasks.task_events (
     at          timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX task_events_task ON pgtasks.task_events (task_id, id);
+COMMENT ON TABLE pgtasks.task_events IS
+    'The history of every task: one row per status change and one for its creation, whoever made it. Append-only; pruned with its task.';
+COMMENT ON COLUMN pgtasks.task_events.attempt IS 'The task''s attempt after the change.';
+COMMENT ON COLUMN pgtasks.task_events.from_status IS 'NULL in the row that records the task''s creation.';
+COMMENT ON COLUMN pgtasks.task_events.worker_id IS 'The worker that held or took the task.';
+COMMENT ON COLUMN pgtasks.task_events.db_user IS 'The login role (session_user) whose statement made the change.';
 
 -- One row per failed attempt: the whole error history, not only the last. Append-only.
 CREATE TABLE pgtasks.task_errors (
@@ -265,6 +330,8 @@ CREATE TABLE pgtasks.task_errors (
     at        timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (task_id, attempt)
 );
+COMMENT ON TABLE pgtasks.task_errors IS
+    'One row per failed attempt of a task, with its error and traceback. Append-only; pruned with its task.';
 
 -- Durable step results: a resumed attempt skips steps found here.
 CREATE TABLE pgtasks.task_steps (
@@ -275,6 +342,9 @@ CREATE TABLE pgtasks.task_steps (
     at       timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (task_id, name)
 );
+COMMENT ON TABLE pgtasks.task_steps IS
+    'Durable step results of tasks (checkpoint): a resumed attempt skips the steps found here.';
+COMMENT ON COLUMN pgtasks.task_steps.attempt IS 'The attempt that stored the result.';
 
 -- One row per log line of a task, from ctx.log or from Python `logging` inside the task.
 -- id order is the order the lines were logged (workers insert each batch in order);
@@ -289,6 +359,10 @@ CREATE TABLE pgtasks.task_logs (
     at       timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 CREATE INDEX task_logs_task ON pgtasks.task_logs (task_id, id);
+COMMENT ON TABLE pgtasks.task_logs IS 'Log lines of tasks, in the order they were logged (id).';
+COMMENT ON COLUMN pgtasks.task_logs.logger IS 'The Python logger name; NULL for ctx.log and pgtasks.log.';
+COMMENT ON COLUMN pgtasks.task_logs.at IS
+    'When the line was logged (the worker''s clock when it says), which can be earlier than the insert.';
 
 -- Clients blocked in wait() and live watchers: finishing a task, or its progress or logs
 -- changing, NOTIFYs only when someone watches it, so the common path pays no notification
@@ -299,6 +373,9 @@ CREATE TABLE pgtasks.task_waiters (
     since   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (task_id, pid)
 );
+COMMENT ON TABLE pgtasks.task_waiters IS
+    'Sessions watching a task (watch_task): only watched tasks send pgtasks_done and pgtasks_progress notifications.';
+COMMENT ON COLUMN pgtasks.task_waiters.pid IS 'The watching backend; rescue removes the rows of backends that are gone.';
 
 ------------------------------------------------------------------------------------------
 -- Workers and task types
@@ -316,6 +393,12 @@ CREATE TABLE pgtasks.worker_registry (
     started_at  timestamptz NOT NULL DEFAULT now(),
     last_seen   timestamptz NOT NULL DEFAULT now()
 );
+COMMENT ON TABLE pgtasks.worker_registry IS
+    'Registered workers, kept fresh by their heartbeats. A worker not seen within its lease is dead; its row is swept ten minutes later.';
+COMMENT ON COLUMN pgtasks.worker_registry.queues IS 'The queues the worker claims from; NULL: every queue.';
+COMMENT ON COLUMN pgtasks.worker_registry.concurrency IS 'How many tasks the worker runs at once.';
+COMMENT ON COLUMN pgtasks.worker_registry.lease IS 'The worker counts as alive while last_seen + lease is in the future.';
+COMMENT ON COLUMN pgtasks.worker_registry.last_seen IS 'The last registration or heartbeat.';
 
 -- The policies workers register for their task types, applied to every submit, so a task
 -- submitted from psql behaves like one submitted from Python.
@@ -336,6 +419,9 @@ CREATE TABLE pgtasks.task_types (
     CONSTRAINT timeout_range CHECK (timeout > interval '0' AND timeout <= interval '1 year'),
     CONSTRAINT backoff_base_range CHECK (backoff_base > interval '0' AND backoff_base <= interval '1 day')
 );
+COMMENT ON TABLE pgtasks.task_types IS
+    'The policy of each registered task type, applied to every submit of the type that leaves the argument out; a NULL column falls back to settings.';
+COMMENT ON COLUMN pgtasks.task_types.registered_by IS 'The worker_id of the last registration that changed the policy.';
 
 ------------------------------------------------------------------------------------------
 -- Flow control (08_flow_control.sql)
@@ -353,6 +439,13 @@ CREATE TABLE pgtasks.queue_settings (
     CHECK (rate_limit IS NULL OR rate_limit >= 1),
     CHECK (rate_period > interval '0')
 );
+COMMENT ON TABLE pgtasks.queue_settings IS
+    'Limits and pauses per queue (configure_queue, pause_queue). A queue without a row has none.';
+COMMENT ON COLUMN pgtasks.queue_settings.max_running IS 'At most this many RUNNING tasks in the queue; NULL: no limit.';
+COMMENT ON COLUMN pgtasks.queue_settings.rate_limit IS
+    'At most this many task starts per rate_period, in a sliding window; NULL: no limit.';
+COMMENT ON COLUMN pgtasks.queue_settings.paused IS
+    'A paused queue is not claimed from; running tasks finish and submits are accepted.';
 
 -- Starts of rate-limited queues, the sliding window's log. Written and trimmed by the
 -- limited claim path under the queue's lock, so it holds about rate_limit rows a queue;
@@ -362,6 +455,8 @@ CREATE TABLE pgtasks.queue_starts (
     at    timestamptz NOT NULL
 );
 CREATE INDEX queue_starts_queue_at ON pgtasks.queue_starts (queue, at);
+COMMENT ON TABLE pgtasks.queue_starts IS
+    'Start times of tasks in rate-limited queues: the sliding window rate_limit is counted in.';
 
 -- unique_for: the key stays taken until reserved_until, whatever its task does. A row whose
 -- window has passed is taken over by the next submit of the key, or pruned.
@@ -370,6 +465,9 @@ CREATE TABLE pgtasks.unique_windows (
     task_id        bigint,                 -- NULL only inside the submitting transaction
     reserved_until timestamptz NOT NULL
 );
+COMMENT ON TABLE pgtasks.unique_windows IS
+    'Unique keys reserved by unique_for: taken until reserved_until, whatever their task does.';
+COMMENT ON COLUMN pgtasks.unique_windows.task_id IS 'The task that took the key; NULL only inside the submitting transaction.';
 
 ------------------------------------------------------------------------------------------
 -- Schedules (09_schedules.sql)
@@ -413,6 +511,25 @@ CREATE TABLE pgtasks.schedule_defs (
 
 -- The firing query's walk: unpaused schedules by next_run_at.
 CREATE INDEX schedule_defs_due ON pgtasks.schedule_defs (next_run_at NULLS FIRST) WHERE NOT paused;
+COMMENT ON TABLE pgtasks.schedule_defs IS
+    'One row per schedule (cron or every): its definition, the next tick to fire and what firing decided.';
+COMMENT ON COLUMN pgtasks.schedule_defs.cron IS 'The normalized 5-field cron expression; NULL for an every schedule.';
+COMMENT ON COLUMN pgtasks.schedule_defs.every IS
+    'The fixed interval between ticks, which fall on multiples of it since the Unix epoch; NULL for a cron schedule.';
+COMMENT ON COLUMN pgtasks.schedule_defs.timezone IS 'The IANA time zone cron ticks are computed in.';
+COMMENT ON COLUMN pgtasks.schedule_defs.overlap IS
+    'allow; skip: no new task while the previous one is active; cancel_previous: cancel it first.';
+COMMENT ON COLUMN pgtasks.schedule_defs.catch_up IS
+    'Missed ticks within this window are still enqueued; older ones are counted in skipped.';
+COMMENT ON COLUMN pgtasks.schedule_defs.origin IS
+    'sql (create_schedule) or code (a worker''s declarations, which never overwrite a sql schedule).';
+COMMENT ON COLUMN pgtasks.schedule_defs.next_run_at IS 'The first tick not yet fired; NULL: the next firing round computes it.';
+COMMENT ON COLUMN pgtasks.schedule_defs.last_task_id IS 'The last task enqueued (no foreign key: pruning deletes finished tasks).';
+COMMENT ON COLUMN pgtasks.schedule_defs.skipped IS 'Missed ticks older than the catch-up window, not enqueued.';
+COMMENT ON COLUMN pgtasks.schedule_defs.skipped_overlap IS 'Ticks not enqueued because of overlap skip.';
+COMMENT ON COLUMN pgtasks.schedule_defs.revision IS
+    'Bumped on every change and firing; fire_schedule writes only for the revision it was handed.';
+COMMENT ON COLUMN pgtasks.schedule_defs.claimed_until IS 'A worker is firing the schedule until then (due_schedules).';
 
 ------------------------------------------------------------------------------------------
 -- Workflows (10_workflows.sql)
@@ -424,6 +541,9 @@ CREATE TABLE pgtasks.workflow_runs (
     nodes integer NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now()
 );
+COMMENT ON TABLE pgtasks.workflow_runs IS
+    'One row per submitted workflow (submit_workflow); its tasks carry the id in tasks.workflow_id.';
+COMMENT ON COLUMN pgtasks.workflow_runs.nodes IS 'How many tasks the workflow was submitted with.';
 
 -- One (parent, child) row per dependency. Foreign keys with cascade here (unlike
 -- task_events): edges are written once, at submit, and pruning a task takes its edges
@@ -438,3 +558,5 @@ CREATE TABLE pgtasks.task_edges (
     CONSTRAINT edge_goes_forward CHECK (parent_id < child_id)
 );
 CREATE INDEX task_edges_child ON pgtasks.task_edges (child_id, parent_id);
+COMMENT ON TABLE pgtasks.task_edges IS
+    'The dependencies between tasks, one (parent, child) row each: a child waits until all its parents have ended.';
