@@ -301,7 +301,7 @@ BEGIN
             USING ERRCODE = 'PT120', HINT = 'Leave older_than out (NULL) for settings.retention.';
     END IF;
     cutoff := now() - coalesce(older_than, (SELECT s.retention FROM pgtasks.settings s));
-    -- Lets the append-only triggers through for this statement only (see 0004).
+    -- Lets the append-only triggers through for this statement only (see reject_history_change).
     PERFORM set_config('pgtasks.pruning', 'on', true);
     WITH doomed AS (
         SELECT t.id FROM pgtasks.tasks t
@@ -312,7 +312,7 @@ BEGIN
     ), gone AS (
         DELETE FROM pgtasks.tasks t USING doomed WHERE t.id = doomed.id RETURNING t.id
     ), history AS (
-        -- task_events has no foreign key (see 0001), so its rows go here, not by cascade.
+        -- task_events has no foreign key (see its table), so its rows go here, not by cascade.
         DELETE FROM pgtasks.task_events e USING gone WHERE e.task_id = gone.id
     )
     SELECT count(*)::integer INTO n FROM gone;

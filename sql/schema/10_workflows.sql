@@ -170,7 +170,7 @@ BEGIN
          WHERE c.id = u.id AND c.status = 'WAITING'
         RETURNING c.queue, c.status, c.run_at
     )
-    -- Honours 0008's off switch (pgtasks.wake_workers = off) like an insert does.
+    -- Honours the off switch (pgtasks.wake_workers = off) like an insert does.
     SELECT count(pg_notify('pgtasks_wakeup', q.queue)) INTO n
       FROM (SELECT DISTINCT r.queue FROM released r
              WHERE r.status = 'PENDING' AND r.run_at <= now()
