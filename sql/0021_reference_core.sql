@@ -1,9 +1,9 @@
 -- pgtasks 0021: brings a migrated database to the catalog of sql/schema/00-06 (overview and
 -- roles, tables, argument checks, the state machine, submit, claim, finish).
 --
---   1. Seven functions whose body comments named issue numbers or migration files that a
---      reader of sql/schema/ does not have: the same code, the comments as the topic files
---      have them. CREATE OR REPLACE keeps each one's owner, grants and settings.
+--   1. Seven functions whose body comments pointed at the project's history (issue
+--      numbers, migration files a reader of sql/schema/ does not have): the same code, the
+--      comments as the topic files have them. CREATE OR REPLACE keeps each one's owner, grants and settings.
 --   2. The COMMENT ON texts those files write on the schema, the status type, every table,
 --      the columns that need a word, the transitions view and the functions, so psql's \d+
 --      and \df+ explain them in an upgraded database as in a fresh one. The texts are
@@ -565,9 +565,9 @@ COMMENT ON FUNCTION pgtasks.record_inserts() IS
 COMMENT ON FUNCTION pgtasks.record_updates() IS
     'Trigger function: records every status change in task_events, notifies clients waiting for a task that ended, and releases, cancels or revives the children of parents that ended or were retried.';
 COMMENT ON FUNCTION pgtasks.watch_task(bigint) IS
-    'Registers this session as waiting for the task, so its end (pgtasks_done) and its progress and logs (pgtasks_progress) are notified; returns its current status.';
+    'Registers the calling backend as waiting for the task, so its end (pgtasks_done) and its progress and logs (pgtasks_progress) are notified; returns its current status.';
 COMMENT ON FUNCTION pgtasks.unwatch_task(bigint) IS
-    'Ends this session''s watch_task registration for the task.';
+    'Ends the calling backend''s watch_task registration for the task.';
 
 -- sql/schema/04_submit.sql
 

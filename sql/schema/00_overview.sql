@@ -22,18 +22,19 @@
 --   DONE       finished with a result                                         (terminal)
 --   FAILED     final error: retries used up or not retryable; error and every attempt's
 --              traceback are kept (the dead letters)                          (terminal)
---   CANCELLED  cancelled by an operator, by its workflow, or because a parent failed
---                                                                              (terminal)
+--   CANCELLED  cancelled by an operator, by its workflow, or because a parent ended FAILED
+--              or CANCELLED                                                    (terminal)
 --
 -- The life of a task:
 --
---   submit ──▶ PENDING ──claim──▶ RUNNING ──finish──▶ DONE
---      │          ▲                 │ │ └──final error──▶ FAILED ──retry_task──▶ PENDING
---      │          │       yield, retryable error,          CANCELLED ──retry_task─┘
---      ▼          │       lease expired, shutdown
---   WAITING ──last parent ended   ▼
---                         COMMIT ──claim──▶ RUNNING
---   WAITING, PENDING, COMMIT and RUNNING can be CANCELLED.
+--   submit ─▶ PENDING ─claim─▶ RUNNING ─finish──────▶ DONE
+--     │          ▲               │  ▲  └─final error─▶ FAILED
+--     ▼          │               ▼  │ claim
+--   WAITING ─────┘             COMMIT        (yield, retryable error, lease expired,
+--       (its last parent ended)               shutdown hand-back)
+--
+--   cancel:     WAITING, PENDING, COMMIT, RUNNING ─▶ CANCELLED
+--   retry_task: FAILED, CANCELLED ─▶ PENDING (WAITING while a parent is unfinished)
 --
 -- pgtasks.transitions lists every allowed pair with its reason; the triggers of
 -- 03_state_machine.sql refuse every other one, whoever writes the row.

@@ -213,8 +213,8 @@ CREATE TRIGGER task_errors_append_only
 -- filter on the queue, reading every other queue's ready tasks ahead of this one's
 -- (tests/sql/test_plans.py, two queues of 1,000 ready tasks); an equality would let it
 -- drop the queue from the ORDER BY again. Sorting and bitmap scans are off for the reason
--- claim_tasks gives, and JIT with them (a disabled method on PostgreSQL < 18 costs
--- 1e10 and would make every such statement compile).
+-- pick_ready gives (05_claim.sql), and JIT with them (a disabled method on PostgreSQL < 18
+-- costs 1e10 and would make every such statement compile).
 --
 -- One trigger for history and wake-up: a second statement trigger costs a second function
 -- call per insert statement (measured per single-row submit_task, server side: no wake-up
@@ -223,7 +223,7 @@ CREATE TRIGGER task_errors_append_only
 --
 -- Off switch: the setting `pgtasks.wake_workers = off`, e.g.
 --   ALTER DATABASE app SET pgtasks.wake_workers = off;    (new sessions)
---   SET pgtasks.wake_workers = off;                        (this session, e.g. a bulk load)
+--   SET pgtasks.wake_workers = off;                        (this connection, e.g. a bulk load)
 -- Any other value, or none, means on. Workers always poll as a backstop.
 CREATE FUNCTION pgtasks.record_inserts() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
@@ -377,7 +377,7 @@ BEGIN
 END $$;
 GRANT EXECUTE ON FUNCTION pgtasks.watch_task(bigint) TO pgtasks_submitter;
 COMMENT ON FUNCTION pgtasks.watch_task(bigint) IS
-    'Registers this session as waiting for the task, so its end (pgtasks_done) and its progress and logs (pgtasks_progress) are notified; returns its current status.';
+    'Registers the calling backend as waiting for the task, so its end (pgtasks_done) and its progress and logs (pgtasks_progress) are notified; returns its current status.';
 
 CREATE FUNCTION pgtasks.unwatch_task(task_id bigint) RETURNS void
 LANGUAGE sql SECURITY DEFINER
@@ -388,4 +388,4 @@ AS $$
 $$;
 GRANT EXECUTE ON FUNCTION pgtasks.unwatch_task(bigint) TO pgtasks_submitter;
 COMMENT ON FUNCTION pgtasks.unwatch_task(bigint) IS
-    'Ends this session''s watch_task registration for the task.';
+    'Ends the calling backend''s watch_task registration for the task.';
