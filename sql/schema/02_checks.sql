@@ -4,8 +4,9 @@
 --
 -- Each bad argument has its own SQLSTATE (PT1xx; PT2xx for the size limits), so callers
 -- can tell them apart without parsing messages, and a HINT that says what to pass. NULL
--- means "not given" and passes; callers decide what a missing value means. None of these
--- functions is granted to a role: the granted functions call them.
+-- means "not given" and passes; callers decide what a missing value means. No role may
+-- call the checks themselves: the granted functions call them. configure, which changes
+-- the settings, is pgtasks_admin's.
 --
 -- Two helpers live in 01_tables.sql because table constraints and defaults call them:
 -- is_blank (the one test for an empty or invisible name) and current_settings (the
