@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: run test install node-deps lint bench db-stop clean schema
+.PHONY: run test install node-deps lint bench db-stop clean catalog
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,9 +36,9 @@ lint: install
 	$(VENV)/bin/ruff check pgtasks tests bench examples
 	$(VENV)/bin/ruff format --check pgtasks tests bench examples
 
-## schema: regenerate sql/schema.sql from the migrations (commit it with the migration)
-schema: install
-	$(PY) -m tests.schema_dump
+## catalog: build the schema both ways (topic files, numbered deltas) and diff the catalogs
+catalog: install
+	$(PY) -m tests.catalog
 
 ## bench: pgtasks side by side with procrastinate and PgQueuer on one embedded server
 bench: install

@@ -1,7 +1,15 @@
-"""Applies the numbered files in sql/ once each, in order, recorded in pgtasks.migrations.
+"""Builds and upgrades the pgtasks schema.
 
-Two processes migrating at once serialise on an advisory lock, so the second one finds
-the work done. Each file runs in its own transaction with its version row.
+Two ways lead to the same catalog (tests/test_catalog.py compares them object by object):
+
+- a database without pgtasks runs the topic files in sql/schema/, in name order, in one
+  transaction: the current definition of everything, written once, in reading order. Every
+  numbered migration is then recorded as applied;
+- a database with pgtasks runs the numbered files in sql/ that it has not recorded yet, each
+  in its own transaction with its ledger row: each one is a delta from the version before.
+
+Two processes migrating at once serialise on an advisory lock, so the second finds the work
+done.
 """
 
 from __future__ import annotations
@@ -20,9 +28,40 @@ MIGRATION_LOCK = 0x7067_7461_736B  # "pgtask"
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
+# The ledger belongs to the migrator, not to the schema's owner: it records what ran.
+_LEDGER = """
+CREATE TABLE IF NOT EXISTS pgtasks.migrations (
+    version integer PRIMARY KEY,
+    name text NOT NULL,
+    checksum text,
+    applied_at timestamptz NOT NULL DEFAULT now())
+"""
+
+# SQL text without comments and with each run of whitespace made one space: what a checksum
+# covers. Quoted strings and identifiers are kept whole, so a change inside one still counts.
+_TOKENS = re.compile(
+    r"""(?P<keep>'(?:[^']|'')*'|"(?:[^"]|"")*")"""
+    r"""|(?P<drop>--[^\n]*|/\*.*?\*/)"""
+    r"""|(?P<space>\s+)""",
+    re.DOTALL,
+)
+
+
+def significant_text(sql: str) -> str:
+    """The statements of a file as the server sees them, minus comments and layout."""
+
+    def piece(m: re.Match[str]) -> str:
+        if m.group("keep") is not None:
+            return m.group("keep")
+        return " "
+
+    return re.sub(r" +", " ", _TOKENS.sub(piece, sql)).strip()
+
 
 @dataclass(frozen=True)
 class Migration:
+    """One numbered delta file of sql/."""
+
     version: int
     name: str
     path: Path
@@ -33,6 +72,13 @@ class Migration:
 
     @property
     def checksum(self) -> str:
+        """Covers what the file does, not how it is commented or laid out: correcting a
+        comment in an applied migration is no reason to refuse the database."""
+        return "sql:" + hashlib.sha256(significant_text(self.sql).encode()).hexdigest()
+
+    @property
+    def byte_checksum(self) -> str:
+        """The checksum releases before comment-insensitive checksums recorded."""
         return hashlib.sha256(self.path.read_bytes()).hexdigest()
 
 
@@ -42,16 +88,22 @@ def sql_dir() -> Path:
     for candidate in (here / "sql", here.parent / "sql"):
         if candidate.is_dir():
             return candidate
-    raise FileNotFoundError("pgtasks: cannot find the sql/ migrations folder")
+    raise FileNotFoundError("pgtasks: cannot find the sql/ folder")
 
 
 def available() -> list[Migration]:
+    """The numbered delta files, in order."""
     found = []
     for path in sorted(sql_dir().glob("*.sql")):
         m = _NAME.match(path.name)
         if m:
             found.append(Migration(int(m.group(1)), m.group(2), path))
     return found
+
+
+def topic_files() -> list[Path]:
+    """The current schema, one file per topic, in reading (and running) order."""
+    return sorted((sql_dir() / "schema").glob("*.sql"))
 
 
 async def applied(conn: asyncpg.Connection) -> dict[int, str | None]:
@@ -63,22 +115,63 @@ async def applied(conn: asyncpg.Connection) -> dict[int, str | None]:
     return {r["version"]: r["checksum"] for r in rows}
 
 
-async def migrate(conn: asyncpg.Connection, *, up_to: int | None = None) -> list[Migration]:
-    """Bring the schema up to date (or up to version `up_to`, for upgrade tests); return
-    the migrations this call applied.
+async def _record(conn: asyncpg.Connection, migs: list[Migration]) -> None:
+    await conn.execute(_LEDGER)
+    await conn.executemany(
+        "INSERT INTO pgtasks.migrations (version, name, checksum) VALUES ($1, $2, $3)",
+        [(m.version, m.name, m.checksum) for m in migs],
+    )
 
-    A file that changed after it was applied is an error, not something to skip: the
-    database would silently lack what the new file says.
+
+async def install(conn: asyncpg.Connection) -> list[Migration]:
+    """Build the schema from the topic files and record every migration as applied.
+
+    Function bodies are checked when they first run rather than when created
+    (check_function_bodies off, as pg_dump restores do), so a topic file may call a
+    function that a later one defines.
+    """
+    migs = available()
+    async with conn.transaction():
+        await conn.execute("SET LOCAL check_function_bodies = off")
+        for path in topic_files():
+            await conn.execute(path.read_text())
+        await conn.execute("RESET ROLE")
+        await _record(conn, migs)
+    return migs
+
+
+async def migrate(
+    conn: asyncpg.Connection, *, up_to: int | None = None, fresh: bool | None = None
+) -> list[Migration]:
+    """Bring the schema up to date and return the migrations this call applied.
+
+    A database without pgtasks is built from the topic files; one with pgtasks gets the
+    numbered deltas it lacks. `up_to` (upgrade tests) stops the deltas at that version and
+    always builds through them; `fresh=False` does the same for the whole list.
+
+    A file whose statements changed after it was applied is an error, not something to
+    skip: the database would silently lack what the new file says.
     """
     done: list[Migration] = []
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
     try:
         have = await applied(conn)
+        new_db = not have and not await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'pgtasks')"
+        )
+        if fresh is None:
+            fresh = new_db and up_to is None
+        if fresh:
+            if not new_db:
+                raise ConfigurationError(
+                    "pgtasks: a fresh install needs a database without the pgtasks schema"
+                )
+            return await install(conn)
         for mig in available():
             if up_to is not None and mig.version > up_to:
                 break
             if mig.version in have:
-                if have[mig.version] not in (None, mig.checksum):
+                if have[mig.version] not in (None, mig.checksum, mig.byte_checksum):
                     raise ConfigurationError(
                         f"migration {mig.path.name} changed after it was applied to this "
                         "database; migrations are append-only, so add a new numbered file. "
@@ -87,28 +180,20 @@ async def migrate(conn: asyncpg.Connection, *, up_to: int | None = None) -> list
                 continue
             async with conn.transaction():
                 await conn.execute(mig.sql)
-                await conn.execute(
-                    """CREATE TABLE IF NOT EXISTS pgtasks.migrations (
-                           version integer PRIMARY KEY,
-                           name text NOT NULL,
-                           checksum text,
-                           applied_at timestamptz NOT NULL DEFAULT now())"""
-                )
-                await conn.execute(
-                    "INSERT INTO pgtasks.migrations (version, name, checksum) VALUES ($1, $2, $3)",
-                    mig.version,
-                    mig.name,
-                    mig.checksum,
-                )
+                await conn.execute("RESET ROLE")
+                await _record(conn, [mig])
             done.append(mig)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
     return done
 
 
-async def migrate_url(url: str, *, up_to: int | None = None) -> list[Migration]:
+async def migrate_url(
+    url: str, *, up_to: int | None = None, fresh: bool | None = None
+) -> list[Migration]:
+    """`migrate` on a connection of its own."""
     conn = await asyncpg.connect(url)
     try:
-        return await migrate(conn, up_to=up_to)
+        return await migrate(conn, up_to=up_to, fresh=fresh)
     finally:
         await conn.close()

@@ -40,7 +40,9 @@ def test_files_are_numbered_without_gaps():
     assert versions == list(range(1, len(versions) + 1))
 
 
-async def test_a_changed_migration_file_is_a_clear_error(server, tmp_path, monkeypatch):
+async def test_a_changed_statement_is_refused_and_a_changed_comment_is_not(
+    server, tmp_path, monkeypatch
+):
     import pgtasks.migrations as m
     from pgtasks.errors import ConfigurationError
 
@@ -51,13 +53,41 @@ async def test_a_changed_migration_file_is_a_clear_error(server, tmp_path, monke
         await migrate_url(server.url(name))
         changed = tmp_path / "sql"
         changed.mkdir()
+        (changed / "schema").symlink_to(m.sql_dir() / "schema")
         for mig in available():
-            (changed / mig.path.name).write_text(mig.sql + "\n-- edited later\n")
+            text = mig.sql.replace("--", "--  reworded:", 3).replace("\n", "\n\n", 5)
+            (changed / mig.path.name).write_text(text + "\n-- a corrected comment\n")
         monkeypatch.setattr(m, "sql_dir", lambda: changed)
+        assert await migrate_url(server.url(name)) == [], "comments and layout changed only"
+
+        first = changed / available()[0].path.name
+        first.write_text(first.read_text() + "\nSELECT 1;\n")
         with pytest.raises(
             ConfigurationError, match=r"0001_schema\.sql changed after it was applied"
         ):
             await migrate_url(server.url(name))
+    finally:
+        await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+        await admin.close()
+
+
+async def test_a_ledger_of_byte_checksums_from_older_releases_is_accepted(server):
+    admin = await asyncpg.connect(server.url())
+    name = f"mig_{uuid.uuid4().hex[:8]}"
+    await admin.execute(f"CREATE DATABASE {name}")
+    try:
+        await migrate_url(server.url(name))
+        conn = await asyncpg.connect(server.url(name))
+        try:
+            for mig in available():
+                await conn.execute(
+                    "UPDATE pgtasks.migrations SET checksum = $2 WHERE version = $1",
+                    mig.version,
+                    mig.byte_checksum,
+                )
+        finally:
+            await conn.close()
+        assert await migrate_url(server.url(name)) == []
     finally:
         await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
         await admin.close()

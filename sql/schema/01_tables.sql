@@ -1,0 +1,562 @@
+-- pgtasks tables: the status type and every table, with the constraints that hold for any
+-- writer (a pgtasks function, a hand-written UPDATE in psql) and the indexes each hot path
+-- walks. The functions that write the tables come in the following files.
+
+SET LOCAL search_path = pg_catalog, pgtasks, pg_temp;
+-- Everything in this file is created by, and so owned by, pgtasks_owner.
+SET LOCAL ROLE pgtasks_owner;
+
+------------------------------------------------------------------------------------------
+-- The status of a task (00_overview.sql describes each). WAITING comes first: it comes
+-- before PENDING in a task's life.
+
+CREATE TYPE pgtasks.status AS ENUM ('WAITING', 'PENDING', 'RUNNING', 'COMMIT', 'DONE', 'FAILED', 'CANCELLED');
+COMMENT ON TYPE pgtasks.status IS
+    'The status of a task; pgtasks.transitions lists the allowed changes between them.';
+
+------------------------------------------------------------------------------------------
+-- Blank names. Defined before the tables because their CHECK constraints call it.
+--
+-- True for NULL and for text made only of whitespace, control or invisible characters.
+-- btrim() and [[:space:]] only know ASCII (and, with a C locale, nothing else), so a queue
+-- named '\t' or U+3000 would pass a simpler test. The class lists every Unicode White_Space
+-- character plus the zero-width ones that render as nothing.
+CREATE FUNCTION pgtasks.is_blank(value text) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+    SELECT value IS NULL
+        OR value ~ '^[[:space:][:cntrl:]\u0085\u00a0\u1680\u180e\u2000-\u200d\u2028\u2029\u202f\u205f\u2060\u3000\ufeff]*$'
+$$;
+COMMENT ON FUNCTION pgtasks.is_blank(text) IS
+    'True for NULL and for text made only of whitespace, control or invisible characters, Unicode included.';
+
+------------------------------------------------------------------------------------------
+-- Settings: one row, typed columns, each deployment-wide default and limit written once,
+-- here. Functions read the row; configure() (02_checks.sql) changes it.
+
+CREATE TABLE pgtasks.settings (
+    -- Always true: the primary key admits exactly one row.
+    id                   boolean PRIMARY KEY DEFAULT true CHECK (id),
+    default_queue        text     NOT NULL DEFAULT 'default',
+    default_priority     integer  NOT NULL DEFAULT 0,
+    default_max_retries  integer  NOT NULL DEFAULT 3,
+    default_timeout      interval NOT NULL DEFAULT interval '4 hours',
+    default_backoff_base interval NOT NULL DEFAULT interval '1 second',
+    max_backoff          interval NOT NULL DEFAULT interval '1 hour',
+    default_lease        interval NOT NULL DEFAULT interval '60 seconds',
+    retention            interval NOT NULL DEFAULT interval '7 days',
+    -- Sizes are of the JSON text (what a worker receives and decodes). 1 MiB of params suits
+    -- a queue; bigger payloads belong in storage the task reads (unbounded, 255 MB of params
+    -- were accepted and one worker grew to 844 MB decoding them).
+    max_params_bytes     integer  NOT NULL DEFAULT 1048576,
+    max_result_bytes     integer  NOT NULL DEFAULT 1048576,
+    max_log_bytes        integer  NOT NULL DEFAULT 65536,
+
+    -- The same ranges configure() and submit_task() check, as a backstop for hand-written
+    -- UPDATEs. The upper bounds keep now() + value far from timestamp overflow.
+    CONSTRAINT default_queue_named CHECK (NOT pgtasks.is_blank(default_queue)
+                                          AND octet_length(default_queue) <= 255),
+    CONSTRAINT default_max_retries_range CHECK (default_max_retries BETWEEN 0 AND 1000),
+    CONSTRAINT default_timeout_range CHECK (default_timeout > interval '0'
+                                            AND default_timeout <= interval '1 year'),
+    CONSTRAINT default_backoff_base_range CHECK (default_backoff_base > interval '0'
+                                                 AND default_backoff_base <= interval '1 day'),
+    CONSTRAINT max_backoff_range CHECK (max_backoff > interval '0' AND max_backoff <= interval '1 year'),
+    CONSTRAINT default_lease_range CHECK (default_lease > interval '0' AND default_lease <= interval '1 day'),
+    CONSTRAINT retention_range CHECK (retention > interval '0' AND retention <= interval '100 years'),
+    -- jsonb values stop at 255 MB anyway; the bound only keeps the setting meaningful.
+    CONSTRAINT max_params_bytes_range CHECK (max_params_bytes BETWEEN 2 AND 268435455),
+    CONSTRAINT max_result_bytes_range CHECK (max_result_bytes BETWEEN 1 AND 268435455),
+    CONSTRAINT max_log_bytes_range CHECK (max_log_bytes BETWEEN 1 AND 268435455)
+);
+INSERT INTO pgtasks.settings DEFAULT VALUES;
+COMMENT ON TABLE pgtasks.settings IS
+    'The deployment-wide defaults and limits: exactly one row, changed with pgtasks.configure().';
+COMMENT ON COLUMN pgtasks.settings.id IS 'Always true: the primary key admits exactly one row.';
+COMMENT ON COLUMN pgtasks.settings.default_queue IS
+    'The queue of a submit that names none and whose task type has no queue policy.';
+COMMENT ON COLUMN pgtasks.settings.max_backoff IS 'The longest wait before a retry, whatever the backoff base.';
+COMMENT ON COLUMN pgtasks.settings.default_lease IS
+    'The lease of a claim, heartbeat or worker registration that gives none.';
+COMMENT ON COLUMN pgtasks.settings.retention IS
+    'How long finished tasks are kept before prune_finished deletes them with their history.';
+COMMENT ON COLUMN pgtasks.settings.max_params_bytes IS 'The largest params a submit accepts, in bytes of JSON text.';
+COMMENT ON COLUMN pgtasks.settings.max_result_bytes IS
+    'The largest result or step result a finish or checkpoint accepts, in bytes of JSON text.';
+COMMENT ON COLUMN pgtasks.settings.max_log_bytes IS
+    'The largest log line, level, logger name or progress message, in bytes; failure texts are clipped to it.';
+
+-- Every function reads the row, so it must always exist.
+CREATE FUNCTION pgtasks.keep_settings_row() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+BEGIN
+    RAISE EXCEPTION 'pgtasks: the settings row cannot be deleted'
+        USING ERRCODE = 'PT118', HINT = 'Change values with pgtasks.configure(name => value).';
+END $$;
+COMMENT ON FUNCTION pgtasks.keep_settings_row() IS
+    'Trigger function: the settings row cannot be deleted or truncated (PT118).';
+
+CREATE TRIGGER settings_keep_row
+    BEFORE DELETE OR TRUNCATE ON pgtasks.settings
+    FOR EACH STATEMENT EXECUTE FUNCTION pgtasks.keep_settings_row();
+
+-- The settings row, for the column defaults below (a hand-written INSERT gets the
+-- deployment's defaults) and for callers that want all of it at once. Defined before the
+-- tables whose defaults call it.
+CREATE FUNCTION pgtasks.current_settings() RETURNS pgtasks.settings
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+    SELECT s FROM pgtasks.settings s
+$$;
+
+-- The deployment's defaults and limits are no secret; workers of any language read them.
+GRANT EXECUTE ON FUNCTION pgtasks.current_settings() TO pgtasks_worker, pgtasks_reader;
+COMMENT ON FUNCTION pgtasks.current_settings() IS 'The settings row: the deployment-wide defaults and limits.';
+
+------------------------------------------------------------------------------------------
+-- Tasks
+
+CREATE TABLE pgtasks.tasks (
+    id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    task_type        text NOT NULL,
+    params           jsonb NOT NULL DEFAULT '{}',
+    -- A hand-written INSERT gets the deployment's defaults (settings); the submit functions
+    -- resolve each omitted argument as the type's registered policy, else these.
+    queue            text NOT NULL DEFAULT (pgtasks.current_settings()).default_queue,
+    priority         integer NOT NULL DEFAULT (pgtasks.current_settings()).default_priority,
+    status           pgtasks.status NOT NULL DEFAULT 'PENDING',
+    run_at           timestamptz NOT NULL DEFAULT now(),
+    -- attempt counts claims; the current value is the fencing token a worker must present.
+    attempt          integer NOT NULL DEFAULT 0,
+    retry_count      integer NOT NULL DEFAULT 0,
+    max_retries      integer NOT NULL DEFAULT (pgtasks.current_settings()).default_max_retries,
+    timeout          interval NOT NULL DEFAULT (pgtasks.current_settings()).default_timeout,
+    -- The lease: set exactly while RUNNING. lease_expires_at is extended by heartbeats,
+    -- deadline (claim time + timeout) is not.
+    worker_id        text,
+    lease_expires_at timestamptz,
+    deadline         timestamptz,
+    result           jsonb,
+    error            text,
+    progress_current bigint,
+    progress_total   bigint,
+    progress_message text,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    started_at       timestamptz,
+    finished_at      timestamptz,
+    -- The backoff policy lives on the row, so fail_task and rescue retry after the same delay.
+    backoff_base     interval NOT NULL DEFAULT (pgtasks.current_settings()).default_backoff_base,
+    -- Flow control (08_flow_control.sql). Nullable without default: rows without a key are
+    -- in none of the keyed indexes below, so tasks that use no flow control pay nothing.
+    unique_key       text,
+    concurrency_key  text,
+    concurrency_limit integer,
+    -- The schedule and tick that created the task (09_schedules.sql); NULL for the others.
+    schedule         text,
+    schedule_tick    timestamptz,
+    -- Workflows (10_workflows.sql); all NULL for a task without parents or children.
+    workflow_id      bigint,            -- the workflow_runs row
+    workflow_node    text,              -- its node's name in that workflow
+    waiting_on       integer,           -- unfinished parents; NULL: has no parents
+    has_dependents   boolean,           -- true once a task depends on it; else NULL
+    on_parent_failure text,             -- 'cancel' or 'run'; NULL: has no parents
+    cancelled_by     bigint,            -- the ended parent whose failure cancelled it
+
+    CONSTRAINT task_type_not_empty CHECK (task_type <> ''),
+    CONSTRAINT queue_not_empty CHECK (queue <> ''),
+    CONSTRAINT params_is_object CHECK (jsonb_typeof(params) = 'object'),
+    CONSTRAINT retries_in_bounds CHECK (max_retries >= 0 AND retry_count BETWEEN 0 AND max_retries),
+    CONSTRAINT timeout_positive CHECK (timeout > interval '0'),
+    CONSTRAINT attempt_not_negative CHECK (attempt >= 0),
+    -- RUNNING <=> a worker holds a lease; no other state may carry one.
+    CONSTRAINT running_has_lease CHECK (CASE WHEN status = 'RUNNING'
+        THEN worker_id IS NOT NULL AND lease_expires_at IS NOT NULL AND deadline IS NOT NULL
+        ELSE worker_id IS NULL AND lease_expires_at IS NULL AND deadline IS NULL END),
+    CONSTRAINT running_was_claimed CHECK (status <> 'RUNNING' OR (attempt > 0 AND started_at IS NOT NULL)),
+    -- terminal <=> finished_at set.
+    CONSTRAINT terminal_has_finished_at CHECK (
+        (status IN ('DONE', 'FAILED', 'CANCELLED')) = (finished_at IS NOT NULL)),
+    CONSTRAINT failed_has_error CHECK (status <> 'FAILED' OR error IS NOT NULL),
+    CONSTRAINT only_done_has_result CHECK (status = 'DONE' OR result IS NULL),
+    CONSTRAINT progress_in_bounds CHECK (
+        (progress_current IS NULL OR progress_current >= 0)
+        AND (progress_total IS NULL OR progress_total >= 0)
+        AND (progress_total IS NULL OR progress_current IS NULL OR progress_current <= progress_total)),
+    CONSTRAINT backoff_base_positive CHECK (backoff_base > interval '0'),
+    -- A claim computes now() + timeout: a '300000 years' timeout made every claim that
+    -- reached the row fail with `timestamp out of range`. Infinite run_at values crash the
+    -- clients that decode them.
+    CONSTRAINT timeout_at_most_a_year CHECK (timeout <= interval '1 year'),
+    CONSTRAINT run_at_finite CHECK (isfinite(run_at)),
+    CONSTRAINT schedule_has_tick CHECK ((schedule IS NULL) = (schedule_tick IS NULL)),
+    CONSTRAINT waiting_has_parents CHECK (status <> 'WAITING' OR waiting_on > 0),
+    CONSTRAINT waiting_on_not_negative CHECK (waiting_on >= 0),
+    -- Claimable or claimed only once no parent is unfinished, even by a hand-written UPDATE.
+    CONSTRAINT ready_has_no_unfinished_parents
+        CHECK (status NOT IN ('PENDING', 'COMMIT', 'RUNNING') OR coalesce(waiting_on, 0) = 0),
+    CONSTRAINT on_parent_failure_known CHECK (on_parent_failure IN ('cancel', 'run')),
+    CONSTRAINT cancelled_by_cancelled CHECK (cancelled_by IS NULL OR status = 'CANCELLED')
+);
+COMMENT ON TABLE pgtasks.tasks IS
+    'One row per task: what to run, where and when, its status, lease, progress and outcome. Only the pgtasks functions write it; triggers check and record every change.';
+COMMENT ON COLUMN pgtasks.tasks.status IS
+    'WAITING, PENDING, RUNNING, COMMIT, DONE, FAILED or CANCELLED; pgtasks.transitions lists the allowed changes.';
+COMMENT ON COLUMN pgtasks.tasks.priority IS 'Higher runs first; ties go by run_at, then id.';
+COMMENT ON COLUMN pgtasks.tasks.run_at IS 'When the task becomes claimable (as PENDING or COMMIT).';
+COMMENT ON COLUMN pgtasks.tasks.attempt IS
+    'How many times the task was claimed; the current value is the fencing token its worker presents.';
+COMMENT ON COLUMN pgtasks.tasks.retry_count IS 'Failed attempts sent back to run again; at most max_retries.';
+COMMENT ON COLUMN pgtasks.tasks.timeout IS 'The longest one attempt may run: its deadline is claim time + timeout.';
+COMMENT ON COLUMN pgtasks.tasks.worker_id IS 'The worker holding the lease; set exactly while RUNNING.';
+COMMENT ON COLUMN pgtasks.tasks.lease_expires_at IS
+    'The attempt is lost (rescued) after this unless a heartbeat extends it; never past deadline. Set exactly while RUNNING.';
+COMMENT ON COLUMN pgtasks.tasks.deadline IS
+    'Claim time + timeout: the attempt is rescued as timed out after this, whatever its heartbeats.';
+COMMENT ON COLUMN pgtasks.tasks.result IS 'The result of a DONE task.';
+COMMENT ON COLUMN pgtasks.tasks.error IS
+    'The last failure (FAILED, or an attempt to be retried); for a task cancelled by its workflow or a parent, why.';
+COMMENT ON COLUMN pgtasks.tasks.progress_current IS 'Progress the task reported (report_progress): current of progress_total.';
+COMMENT ON COLUMN pgtasks.tasks.started_at IS 'When the task was first claimed.';
+COMMENT ON COLUMN pgtasks.tasks.finished_at IS 'When the task ended; set exactly while DONE, FAILED or CANCELLED.';
+COMMENT ON COLUMN pgtasks.tasks.backoff_base IS
+    'Retry n waits about backoff_base * 2^(n-1), capped at settings.max_backoff.';
+COMMENT ON COLUMN pgtasks.tasks.unique_key IS
+    'At most one PENDING, COMMIT or RUNNING task per key: a submit of a held key returns that task.';
+COMMENT ON COLUMN pgtasks.tasks.concurrency_key IS 'Tasks sharing this key run at most concurrency_limit at a time.';
+COMMENT ON COLUMN pgtasks.tasks.concurrency_limit IS 'How many tasks of concurrency_key may run at once; set with a key.';
+COMMENT ON COLUMN pgtasks.tasks.schedule IS 'The schedule that enqueued the task; with schedule_tick, unique.';
+COMMENT ON COLUMN pgtasks.tasks.schedule_tick IS 'The tick of schedule this task stands for.';
+COMMENT ON COLUMN pgtasks.tasks.workflow_id IS 'The workflow (workflow_runs) the task belongs to.';
+COMMENT ON COLUMN pgtasks.tasks.workflow_node IS 'The task''s node name in its workflow.';
+COMMENT ON COLUMN pgtasks.tasks.waiting_on IS 'How many of its parents have not ended; NULL: the task has no parents.';
+COMMENT ON COLUMN pgtasks.tasks.has_dependents IS 'True once a task depends on this one; else NULL.';
+COMMENT ON COLUMN pgtasks.tasks.on_parent_failure IS
+    'cancel: a parent ending FAILED or CANCELLED cancels this task; run: it runs anyway. NULL: no parents.';
+COMMENT ON COLUMN pgtasks.tasks.cancelled_by IS
+    'The parent whose failure cancelled this task; retrying that parent revives it.';
+
+-- The claim path: exactly the rows a worker may take, in the order it takes them, for a
+-- worker of every queue (tasks_claimable) and of one queue (tasks_claimable_queue).
+-- Finished, running and waiting rows are in neither, so history does not slow claims.
+CREATE INDEX tasks_claimable ON pgtasks.tasks (priority DESC, run_at, id)
+    WHERE status IN ('PENDING', 'COMMIT');
+CREATE INDEX tasks_claimable_queue ON pgtasks.tasks (queue, priority DESC, run_at, id)
+    WHERE status IN ('PENDING', 'COMMIT');
+-- Idle workers ask when the next task becomes ready (next_run_at): one probe here, instead
+-- of reading every scheduled task (measured: 15 ms with 100,000 scheduled, per idle poll).
+CREATE INDEX tasks_next_run_at ON pgtasks.tasks (run_at) WHERE status IN ('PENDING', 'COMMIT');
+-- Running tasks (a lease is set exactly when RUNNING, see running_has_lease), for rescue
+-- and for max_running. The leading queue lets claim_limited count a limited queue's
+-- running tasks with an index range of that queue alone; lock_expired (rescue) asks for
+-- expired leases of every queue, which PostgreSQL 18 answers by skipping through the
+-- queues (older servers read every running task's entry: bounded by the running tasks,
+-- never the backlog or the history). One index for both: a second one cost every claim
+-- and every heartbeat one index entry more per task.
+-- The predicate names lease_expires_at, not status, on purpose: a predicate on status
+-- tempts the planner to hash every running task when a batched finish or heartbeat looks
+-- up 100 of them by id (measured: 600 us per task instead of 20 with 20,000 running).
+CREATE INDEX tasks_lease ON pgtasks.tasks (queue, lease_expires_at) WHERE lease_expires_at IS NOT NULL;
+-- Pruning path: only finished rows.
+CREATE INDEX tasks_finished_at ON pgtasks.tasks (finished_at)
+    WHERE status IN ('DONE', 'FAILED', 'CANCELLED');
+-- The dead letters: "this type's failed tasks, newest first", and queue rides along
+-- (INCLUDE) so the failed count per queue is an index-only scan. Only FAILED rows: it
+-- costs nothing until a task fails for good, and claims, heartbeats and finishes never
+-- touch it (measured on 1,000,000 tasks, 2 % FAILED: 103 ms per dead-letter read without it).
+CREATE INDEX tasks_failed ON pgtasks.tasks (task_type, id) INCLUDE (queue)
+    WHERE status = 'FAILED';
+-- WAITING rows by queue and id: the count per queue (index-only) and the dashboard's
+-- status=WAITING list, with or without a queue, newest first. An entry is written only
+-- when a row version is WAITING, so claims, heartbeats and finishes never touch it
+-- (measured with 1,000,000 tasks, 500 WAITING: the queues view 87 ms without, 4.6 ms with;
+-- the WAITING list 205 ms without, 1.6 ms with).
+CREATE INDEX tasks_waiting ON pgtasks.tasks (queue, id) WHERE status = 'WAITING';
+-- At most one active task per unique key. The predicate is what ON CONFLICT names in
+-- submit_one. A finished task leaves the index, so the key can be submitted again.
+CREATE UNIQUE INDEX tasks_unique_active ON pgtasks.tasks (unique_key)
+    WHERE unique_key IS NOT NULL AND status IN ('PENDING', 'COMMIT', 'RUNNING');
+-- "Is any keyed task ready?" (the claim's flow-control test): one probe of a usually
+-- empty index.
+CREATE INDEX tasks_keyed_ready ON pgtasks.tasks (run_at)
+    WHERE concurrency_key IS NOT NULL AND status IN ('PENDING', 'COMMIT');
+-- Running tasks of a concurrency key, counted under the key's lock.
+CREATE INDEX tasks_keyed_running ON pgtasks.tasks (concurrency_key)
+    WHERE concurrency_key IS NOT NULL AND status = 'RUNNING';
+-- Exactly one task per schedule tick, enforced by the database: a second worker, a restart
+-- or a retry that fires the same tick inserts nothing (fire_schedule's ON CONFLICT names
+-- it). Partial: ordinary tasks are not in it and pay nothing for it on insert.
+CREATE UNIQUE INDEX tasks_schedule_tick ON pgtasks.tasks (schedule, schedule_tick) WHERE schedule IS NOT NULL;
+-- A workflow's tasks, for the workflows view, the graph and cancel_workflow. Partial:
+-- plain tasks add no index entry.
+CREATE INDEX tasks_workflow ON pgtasks.tasks (workflow_id, id) WHERE workflow_id IS NOT NULL;
+
+------------------------------------------------------------------------------------------
+-- What happened to a task
+
+-- Every status change, whoever made it (a worker, a function, a hand-written UPDATE).
+-- Append-only (03_state_machine.sql); pruned with its task.
+CREATE TABLE pgtasks.task_events (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    -- No foreign key on purpose: its check would lock every task row a batch touches
+    -- (measured: it doubled the cost of a claim). prune_finished deletes events itself.
+    task_id     bigint NOT NULL,
+    attempt     integer NOT NULL,
+    from_status pgtasks.status,          -- NULL for the insert that created the task
+    to_status   pgtasks.status NOT NULL,
+    worker_id   text,
+    -- The login role that caused the change: the functions run as pgtasks_owner, so
+    -- current_user would always say pgtasks_owner.
+    db_user     text NOT NULL DEFAULT session_user,
+    at          timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX task_events_task ON pgtasks.task_events (task_id, id);
+COMMENT ON TABLE pgtasks.task_events IS
+    'The history of every task: one row per status change and one for its creation, whoever made it. Append-only; pruned with its task.';
+COMMENT ON COLUMN pgtasks.task_events.attempt IS 'The task''s attempt after the change.';
+COMMENT ON COLUMN pgtasks.task_events.from_status IS 'NULL in the row that records the task''s creation.';
+COMMENT ON COLUMN pgtasks.task_events.worker_id IS 'The worker that held or took the task.';
+COMMENT ON COLUMN pgtasks.task_events.db_user IS 'The login role (session_user) whose statement made the change.';
+
+-- One row per failed attempt: the whole error history, not only the last. Append-only.
+CREATE TABLE pgtasks.task_errors (
+    task_id   bigint NOT NULL REFERENCES pgtasks.tasks (id) ON DELETE CASCADE,
+    attempt   integer NOT NULL,
+    error     text NOT NULL,
+    traceback text,
+    at        timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (task_id, attempt)
+);
+COMMENT ON TABLE pgtasks.task_errors IS
+    'One row per failed attempt of a task, with its error and traceback. Append-only; pruned with its task.';
+
+-- Durable step results: a resumed attempt skips steps found here.
+CREATE TABLE pgtasks.task_steps (
+    task_id  bigint NOT NULL REFERENCES pgtasks.tasks (id) ON DELETE CASCADE,
+    name     text NOT NULL,
+    result   jsonb,
+    attempt  integer NOT NULL,
+    at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (task_id, name)
+);
+COMMENT ON TABLE pgtasks.task_steps IS
+    'Durable step results of tasks (checkpoint): a resumed attempt skips the steps found here.';
+COMMENT ON COLUMN pgtasks.task_steps.attempt IS 'The attempt that stored the result.';
+
+-- One row per log line of a task, from ctx.log or from Python `logging` inside the task.
+-- id order is the order the lines were logged (workers insert each batch in order);
+-- `at` is when the line was logged, which can be earlier than the batched insert.
+CREATE TABLE pgtasks.task_logs (
+    id       bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    task_id  bigint NOT NULL REFERENCES pgtasks.tasks (id) ON DELETE CASCADE,
+    attempt  integer NOT NULL,
+    level    text NOT NULL,
+    message  text NOT NULL,
+    logger   text,                        -- Python logger name; NULL for ctx.log / pgtasks.log
+    at       timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX task_logs_task ON pgtasks.task_logs (task_id, id);
+COMMENT ON TABLE pgtasks.task_logs IS 'Log lines of tasks, in the order they were logged (id).';
+COMMENT ON COLUMN pgtasks.task_logs.logger IS 'The Python logger name; NULL for ctx.log and pgtasks.log.';
+COMMENT ON COLUMN pgtasks.task_logs.at IS
+    'When the line was logged (the worker''s clock when it says), which can be earlier than the insert.';
+
+-- Clients blocked in wait() and live watchers: finishing a task, or its progress or logs
+-- changing, NOTIFYs only when someone watches it, so the common path pays no notification
+-- lock at commit.
+CREATE TABLE pgtasks.task_waiters (
+    task_id bigint NOT NULL REFERENCES pgtasks.tasks (id) ON DELETE CASCADE,
+    pid     integer NOT NULL DEFAULT pg_backend_pid(),
+    since   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (task_id, pid)
+);
+COMMENT ON TABLE pgtasks.task_waiters IS
+    'Sessions watching a task (watch_task): only watched tasks send pgtasks_done and pgtasks_progress notifications.';
+COMMENT ON COLUMN pgtasks.task_waiters.pid IS 'The watching backend; rescue removes the rows of backends that are gone.';
+
+------------------------------------------------------------------------------------------
+-- Workers and task types
+
+-- Workers. Their heartbeat keeps last_seen fresh. A worker not seen for its lease is dead
+-- (its tasks are being rescued); the row stays a while so operators can see what died,
+-- then rescue sweeps it.
+CREATE TABLE pgtasks.worker_registry (
+    worker_id   text PRIMARY KEY,
+    host        text NOT NULL,
+    pid         integer NOT NULL,
+    queues      text[],                  -- NULL: every queue
+    concurrency integer NOT NULL,
+    lease       interval NOT NULL DEFAULT (pgtasks.current_settings()).default_lease,
+    started_at  timestamptz NOT NULL DEFAULT now(),
+    last_seen   timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE pgtasks.worker_registry IS
+    'Registered workers, kept fresh by their heartbeats. A worker not seen within its lease is dead; its row is swept ten minutes later.';
+COMMENT ON COLUMN pgtasks.worker_registry.queues IS 'The queues the worker claims from; NULL: every queue.';
+COMMENT ON COLUMN pgtasks.worker_registry.concurrency IS 'How many tasks the worker runs at once.';
+COMMENT ON COLUMN pgtasks.worker_registry.lease IS 'The worker counts as alive while last_seen + lease is in the future.';
+COMMENT ON COLUMN pgtasks.worker_registry.last_seen IS 'The last registration or heartbeat.';
+
+-- The policies workers register for their task types, applied to every submit, so a task
+-- submitted from psql behaves like one submitted from Python.
+CREATE TABLE pgtasks.task_types (
+    task_type     text PRIMARY KEY,
+    -- NULL in a policy column: this type has no policy there; settings apply.
+    queue         text,
+    priority      integer,
+    max_retries   integer,
+    timeout       interval,
+    backoff_base  interval,
+    registered_by text,                   -- worker_id of the last registration that changed it
+    updated_at    timestamptz NOT NULL DEFAULT now(),
+
+    CONSTRAINT task_type_named CHECK (NOT pgtasks.is_blank(task_type) AND octet_length(task_type) <= 255),
+    CONSTRAINT queue_named CHECK (queue IS NULL OR (NOT pgtasks.is_blank(queue) AND octet_length(queue) <= 255)),
+    CONSTRAINT max_retries_range CHECK (max_retries BETWEEN 0 AND 1000),
+    CONSTRAINT timeout_range CHECK (timeout > interval '0' AND timeout <= interval '1 year'),
+    CONSTRAINT backoff_base_range CHECK (backoff_base > interval '0' AND backoff_base <= interval '1 day')
+);
+COMMENT ON TABLE pgtasks.task_types IS
+    'The policy of each registered task type, applied to every submit of the type that leaves the argument out; a NULL column falls back to settings.';
+COMMENT ON COLUMN pgtasks.task_types.registered_by IS 'The worker_id of the last registration that changed the policy.';
+
+------------------------------------------------------------------------------------------
+-- Flow control (08_flow_control.sql)
+
+-- A row exists only for a queue with a limit or a pause: the claim's fast path is "no row
+-- for my queues". Queues without a row have no limits.
+CREATE TABLE pgtasks.queue_settings (
+    queue       text PRIMARY KEY,
+    max_running integer,
+    rate_limit  integer,
+    rate_period interval NOT NULL DEFAULT interval '1 second',
+    paused      boolean NOT NULL DEFAULT false,
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    CHECK (max_running IS NULL OR max_running >= 1),
+    CHECK (rate_limit IS NULL OR rate_limit >= 1),
+    CHECK (rate_period > interval '0')
+);
+COMMENT ON TABLE pgtasks.queue_settings IS
+    'Limits and pauses per queue (configure_queue, pause_queue). A queue without a row has none.';
+COMMENT ON COLUMN pgtasks.queue_settings.max_running IS 'At most this many RUNNING tasks in the queue; NULL: no limit.';
+COMMENT ON COLUMN pgtasks.queue_settings.rate_limit IS
+    'At most this many task starts per rate_period, in a sliding window; NULL: no limit.';
+COMMENT ON COLUMN pgtasks.queue_settings.paused IS
+    'A paused queue is not claimed from; running tasks finish and submits are accepted.';
+
+-- Starts of rate-limited queues, the sliding window's log. Written and trimmed by the
+-- limited claim path under the queue's lock, so it holds about rate_limit rows a queue;
+-- prune_flow_state drops what that path no longer trims.
+CREATE TABLE pgtasks.queue_starts (
+    queue text NOT NULL,
+    at    timestamptz NOT NULL
+);
+CREATE INDEX queue_starts_queue_at ON pgtasks.queue_starts (queue, at);
+COMMENT ON TABLE pgtasks.queue_starts IS
+    'Start times of tasks in rate-limited queues: the sliding window rate_limit is counted in.';
+
+-- unique_for: the key stays taken until reserved_until, whatever its task does. A row whose
+-- window has passed is taken over by the next submit of the key, or pruned.
+CREATE TABLE pgtasks.unique_windows (
+    unique_key     text PRIMARY KEY,
+    task_id        bigint,                 -- NULL only inside the submitting transaction
+    reserved_until timestamptz NOT NULL
+);
+COMMENT ON TABLE pgtasks.unique_windows IS
+    'Unique keys reserved by unique_for: taken until reserved_until, whatever their task does.';
+COMMENT ON COLUMN pgtasks.unique_windows.task_id IS 'The task that took the key; NULL only inside the submitting transaction.';
+
+------------------------------------------------------------------------------------------
+-- Schedules (09_schedules.sql)
+
+CREATE TABLE pgtasks.schedule_defs (
+    name          text PRIMARY KEY,
+    task_type     text NOT NULL,
+    cron          text,               -- normalized 5-field expression
+    every         interval,
+    params        jsonb NOT NULL DEFAULT '{}',
+    queue         text,               -- NULL: the type's policy, else settings (as submit_task)
+    priority      integer,
+    timezone      text NOT NULL DEFAULT 'UTC',
+    overlap       text NOT NULL DEFAULT 'allow',
+    catch_up      interval NOT NULL DEFAULT interval '0',
+    paused        boolean NOT NULL DEFAULT false,
+    -- 'sql' (create_schedule: psql, CLI, Client) or 'code' (a worker's declarations). A
+    -- worker's upsert never overwrites a schedule made through SQL or the CLI.
+    origin        text NOT NULL DEFAULT 'sql',
+    -- The first tick not yet fired. NULL: to be computed (a new or changed cron schedule;
+    -- the next firing round sets it without firing anything).
+    next_run_at   timestamptz,
+    last_tick     timestamptz,
+    last_run_at   timestamptz,        -- when the last task was enqueued
+    last_task_id  bigint,             -- no foreign key: pruning deletes finished tasks
+    skipped       bigint NOT NULL DEFAULT 0,  -- missed ticks older than the catch-up window
+    skipped_overlap bigint NOT NULL DEFAULT 0, -- ticks not enqueued because of overlap 'skip'
+    -- Bumped on every change and every firing: fire_schedule compares it, so a worker that
+    -- computed ticks from an old definition or an old next_run_at writes nothing.
+    revision      bigint NOT NULL DEFAULT 0,
+    claimed_until timestamptz,        -- a worker is firing it (due_schedules); expires by itself
+    fired_by      text,               -- the worker that claimed it last (operators, tests)
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    updated_at    timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT one_of_cron_every CHECK ((cron IS NULL) <> (every IS NULL)),
+    CONSTRAINT overlap_known CHECK (overlap IN ('allow', 'skip', 'cancel_previous')),
+    CONSTRAINT origin_known CHECK (origin IN ('sql', 'code')),
+    CONSTRAINT every_positive CHECK (every > interval '0'),
+    CONSTRAINT catch_up_in_range CHECK (catch_up >= interval '0' AND catch_up <= interval '1 year')
+);
+
+-- The firing query's walk: unpaused schedules by next_run_at.
+CREATE INDEX schedule_defs_due ON pgtasks.schedule_defs (next_run_at NULLS FIRST) WHERE NOT paused;
+COMMENT ON TABLE pgtasks.schedule_defs IS
+    'One row per schedule (cron or every): its definition, the next tick to fire and what firing decided.';
+COMMENT ON COLUMN pgtasks.schedule_defs.cron IS 'The normalized 5-field cron expression; NULL for an every schedule.';
+COMMENT ON COLUMN pgtasks.schedule_defs.every IS
+    'The fixed interval between ticks, which fall on multiples of it since the Unix epoch; NULL for a cron schedule.';
+COMMENT ON COLUMN pgtasks.schedule_defs.timezone IS 'The IANA time zone cron ticks are computed in.';
+COMMENT ON COLUMN pgtasks.schedule_defs.overlap IS
+    'allow; skip: no new task while the previous one is active; cancel_previous: cancel it first.';
+COMMENT ON COLUMN pgtasks.schedule_defs.catch_up IS
+    'Missed ticks within this window are still enqueued; older ones are counted in skipped.';
+COMMENT ON COLUMN pgtasks.schedule_defs.origin IS
+    'sql (create_schedule) or code (a worker''s declarations, which never overwrite a sql schedule).';
+COMMENT ON COLUMN pgtasks.schedule_defs.next_run_at IS 'The first tick not yet fired; NULL: the next firing round computes it.';
+COMMENT ON COLUMN pgtasks.schedule_defs.last_task_id IS 'The last task enqueued (no foreign key: pruning deletes finished tasks).';
+COMMENT ON COLUMN pgtasks.schedule_defs.skipped IS 'Missed ticks older than the catch-up window, not enqueued.';
+COMMENT ON COLUMN pgtasks.schedule_defs.skipped_overlap IS 'Ticks not enqueued because of overlap skip.';
+COMMENT ON COLUMN pgtasks.schedule_defs.revision IS
+    'Bumped on every change and firing; fire_schedule writes only for the revision it was handed.';
+COMMENT ON COLUMN pgtasks.schedule_defs.claimed_until IS 'A worker is firing the schedule until then (due_schedules).';
+
+------------------------------------------------------------------------------------------
+-- Workflows (10_workflows.sql)
+
+-- One row per submitted graph; its tasks carry its id in tasks.workflow_id.
+CREATE TABLE pgtasks.workflow_runs (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name text,
+    nodes integer NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE pgtasks.workflow_runs IS
+    'One row per submitted workflow (submit_workflow); its tasks carry the id in tasks.workflow_id.';
+COMMENT ON COLUMN pgtasks.workflow_runs.nodes IS 'How many tasks the workflow was submitted with.';
+
+-- One (parent, child) row per dependency. Foreign keys with cascade here (unlike
+-- task_events): edges are written once, at submit, and pruning a task takes its edges
+-- along. A child whose parent was pruned no longer lists it in parent_results; parents are
+-- pruned only after they ended and the retention passed, long after their children were
+-- released. A child's id is always larger than its parents' (edge_goes_forward), and every
+-- function locks tasks in id order, so a fan-in cannot deadlock with a cancel.
+CREATE TABLE pgtasks.task_edges (
+    parent_id bigint NOT NULL REFERENCES pgtasks.tasks (id) ON DELETE CASCADE,
+    child_id bigint NOT NULL REFERENCES pgtasks.tasks (id) ON DELETE CASCADE,
+    PRIMARY KEY (parent_id, child_id),
+    CONSTRAINT edge_goes_forward CHECK (parent_id < child_id)
+);
+CREATE INDEX task_edges_child ON pgtasks.task_edges (child_id, parent_id);
+COMMENT ON TABLE pgtasks.task_edges IS
+    'The dependencies between tasks, one (parent, child) row each: a child waits until all its parents have ended.';

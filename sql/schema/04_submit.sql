@@ -1,0 +1,379 @@
+-- pgtasks submitting: task types and their policies, and the submit functions.
+--
+-- A submit resolves each argument it is not given (NULL) as the type's registered policy
+-- (pgtasks.task_types, which workers register at start), else the settings default, so a
+-- task submitted from psql behaves exactly like one submitted from Python: same queue,
+-- retries, timeout and backoff. Every value is then checked (02_checks.sql) and the row
+-- inserted PENDING; its insert trigger records it and wakes a worker (03_state_machine.sql).
+--
+-- Unique keys: at most one active (PENDING, COMMIT, RUNNING) task per unique_key, held by
+-- the partial unique index tasks_unique_active and taken with INSERT ... ON CONFLICT, so
+-- 20 sessions submitting one key at once create one task. unique_for keeps a key reserved
+-- for a period after the first submit, whatever the task's state (unique_windows). A
+-- concurrency_key (with concurrency_limit, default 1) is stored for the claim to enforce
+-- (08_flow_control.sql). depends_on makes the task wait for its parents (10_workflows.sql).
+
+SET LOCAL search_path = pg_catalog, pgtasks, pg_temp;
+-- Everything in this file is created by, and so owned by, pgtasks_owner.
+SET LOCAL ROLE pgtasks_owner;
+
+------------------------------------------------------------------------------------------
+-- Task types
+
+-- Upsert of one type's whole policy: the latest registration wins, NULLs included (a
+-- worker whose code dropped `queue=` clears it). An unchanged policy is not rewritten, so
+-- a fleet restarting does not churn the row or its updated_at.
+CREATE FUNCTION pgtasks.register_task_type(
+    task_type    text,
+    queue        text     DEFAULT NULL,
+    priority     integer  DEFAULT NULL,
+    max_retries  integer  DEFAULT NULL,
+    timeout      interval DEFAULT NULL,
+    backoff_base interval DEFAULT NULL,
+    worker_id    text     DEFAULT NULL
+) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+BEGIN
+    PERFORM pgtasks.check_policy(task_type, queue, max_retries, timeout, backoff_base);
+    INSERT INTO pgtasks.task_types AS t
+           (task_type, queue, priority, max_retries, timeout, backoff_base, registered_by)
+    VALUES (register_task_type.task_type, register_task_type.queue, register_task_type.priority,
+            register_task_type.max_retries, register_task_type.timeout,
+            register_task_type.backoff_base, register_task_type.worker_id)
+    ON CONFLICT ON CONSTRAINT task_types_pkey DO UPDATE
+       SET queue = excluded.queue, priority = excluded.priority, max_retries = excluded.max_retries,
+           timeout = excluded.timeout, backoff_base = excluded.backoff_base,
+           registered_by = excluded.registered_by, updated_at = now()
+     WHERE (t.queue, t.priority, t.max_retries, t.timeout, t.backoff_base)
+           IS DISTINCT FROM
+           (excluded.queue, excluded.priority, excluded.max_retries, excluded.timeout, excluded.backoff_base);
+END $$;
+GRANT EXECUTE ON FUNCTION pgtasks.register_task_type(text, text, integer, integer, interval, interval, text) TO pgtasks_worker;
+COMMENT ON FUNCTION pgtasks.register_task_type(text, text, integer, integer, interval, interval, text) IS
+    'Registers a task type''s policy (queue, priority, max_retries, timeout, backoff_base; NULL: the settings default), applied to every submit of the type that leaves the argument out.';
+
+------------------------------------------------------------------------------------------
+-- The policy of one submit
+
+-- The row a submit inserts, minus params: each omitted (NULL) argument resolved as the
+-- type's registered policy, else the settings default, then every value checked.
+-- One index probe on task_types and one read of settings per call, whatever the batch.
+CREATE FUNCTION pgtasks.submit_policy(
+    task_type    text,
+    queue        text,
+    priority     integer,
+    run_at       timestamptz,
+    max_retries  integer,
+    timeout      interval,
+    backoff_base interval
+) RETURNS pgtasks.tasks
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+DECLARE
+    r pgtasks.tasks;
+BEGIN
+    SELECT submit_policy.task_type,
+           coalesce(submit_policy.queue, tt.queue, s.default_queue),
+           coalesce(submit_policy.priority, tt.priority, s.default_priority),
+           coalesce(submit_policy.run_at, now()),
+           coalesce(submit_policy.max_retries, tt.max_retries, s.default_max_retries),
+           coalesce(submit_policy.timeout, tt.timeout, s.default_timeout),
+           coalesce(submit_policy.backoff_base, tt.backoff_base, s.default_backoff_base)
+      INTO r.task_type, r.queue, r.priority, r.run_at, r.max_retries, r.timeout, r.backoff_base
+      FROM pgtasks.settings s
+      LEFT JOIN pgtasks.task_types tt ON tt.task_type = submit_policy.task_type;
+
+    PERFORM pgtasks.check_policy(r.task_type, r.queue, r.max_retries, r.timeout, r.backoff_base);
+    -- Infinite or far-off times crash clients that decode them (an idle Python worker died
+    -- on 'infinity', `pgtasks stats` on '-infinity').
+    IF NOT isfinite(r.run_at)
+       OR r.run_at NOT BETWEEN now() - interval '100 years' AND now() + interval '100 years' THEN
+        RAISE EXCEPTION 'pgtasks: run_at must be within 100 years of now, got %', r.run_at
+            USING ERRCODE = 'PT105', HINT = 'Leave run_at out (NULL) to run as soon as possible.';
+    END IF;
+    RETURN r;
+END $$;
+
+------------------------------------------------------------------------------------------
+-- One task, with flow control
+
+-- One task, resolved policy p. Without a unique key: a plain INSERT. With one: ON CONFLICT
+-- on tasks_unique_active, so concurrent submits of a key wait for each other and exactly one
+-- inserts; the others return its id. When the active task finishes between our conflict
+-- and our look-up, the INSERT is tried again (it now succeeds, or meets a newer task).
+-- With unique_for, the unique_windows row is taken first and is the lock: a concurrent
+-- submit of the key waits on it, then finds the window taken and returns its task.
+CREATE FUNCTION pgtasks.submit_one(
+    p                 pgtasks.tasks,
+    params            jsonb,
+    unique_key        text,
+    unique_for        interval,
+    concurrency_key   text,
+    concurrency_limit integer,
+    OUT id            bigint,
+    OUT created       boolean
+)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+#variable_conflict use_column
+-- (ON CONFLICT's index inference names columns, which plpgsql cannot qualify.)
+DECLARE
+    took boolean;
+BEGIN
+    IF unique_key IS NULL THEN
+        INSERT INTO pgtasks.tasks (task_type, params, queue, priority, run_at, max_retries, timeout,
+                                   backoff_base, concurrency_key, concurrency_limit)
+        VALUES (p.task_type, submit_one.params, p.queue, p.priority, p.run_at, p.max_retries, p.timeout,
+                p.backoff_base, submit_one.concurrency_key, submit_one.concurrency_limit)
+        RETURNING tasks.id INTO submit_one.id;
+        created := true;
+        RETURN;
+    END IF;
+
+    IF unique_for IS NOT NULL THEN
+        -- The window row is the lock: a concurrent submit of the key waits here, then finds
+        -- the window taken and returns its task.
+        INSERT INTO pgtasks.unique_windows AS w (unique_key, task_id, reserved_until)
+        VALUES (submit_one.unique_key, NULL, now() + submit_one.unique_for)
+        ON CONFLICT ON CONSTRAINT unique_windows_pkey DO UPDATE
+           SET task_id = NULL, reserved_until = excluded.reserved_until
+         WHERE w.reserved_until <= now()
+        RETURNING true INTO took;
+        IF took IS NULL THEN
+            SELECT w.task_id INTO submit_one.id FROM pgtasks.unique_windows w
+             WHERE w.unique_key = submit_one.unique_key;
+            created := false;
+            RETURN;
+        END IF;
+    END IF;
+
+    LOOP
+        INSERT INTO pgtasks.tasks AS t (task_type, params, queue, priority, run_at, max_retries, timeout,
+                                        backoff_base, unique_key, concurrency_key, concurrency_limit)
+        VALUES (p.task_type, submit_one.params, p.queue, p.priority, p.run_at, p.max_retries, p.timeout,
+                p.backoff_base, submit_one.unique_key, submit_one.concurrency_key, submit_one.concurrency_limit)
+        ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN ('PENDING', 'COMMIT', 'RUNNING')
+        DO NOTHING
+        RETURNING t.id INTO submit_one.id;
+        IF FOUND THEN
+            created := true;
+            EXIT;
+        END IF;
+        SELECT t.id INTO submit_one.id FROM pgtasks.tasks t
+         WHERE t.unique_key = submit_one.unique_key AND t.status IN ('PENDING', 'COMMIT', 'RUNNING');
+        IF FOUND THEN
+            created := false;
+            EXIT;
+        END IF;
+    END LOOP;
+
+    IF unique_for IS NOT NULL THEN
+        UPDATE pgtasks.unique_windows w SET task_id = submit_one.id WHERE w.unique_key = submit_one.unique_key;
+    END IF;
+END $$;
+
+-- submit_task plus whether the task was created (false: an active task, or the unique_for
+-- window, already had the key, and id is that task's).
+CREATE FUNCTION pgtasks.submit_or_get(
+    task_type         text,
+    params            jsonb       DEFAULT '{}',
+    queue             text        DEFAULT NULL,   -- NULL: the type's policy, else settings
+    priority          integer     DEFAULT NULL,
+    run_at            timestamptz DEFAULT NULL,   -- NULL: now
+    max_retries       integer     DEFAULT NULL,
+    timeout           interval    DEFAULT NULL,
+    backoff_base      interval    DEFAULT NULL,
+    unique_key        text        DEFAULT NULL,   -- NULL: no uniqueness
+    unique_for        interval    DEFAULT NULL,   -- NULL: the key is free once its task finished
+    concurrency_key   text        DEFAULT NULL,   -- NULL: no per-key limit
+    concurrency_limit integer     DEFAULT NULL    -- NULL with a key: 1
+) RETURNS TABLE (id bigint, created boolean)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+DECLARE
+    p pgtasks.tasks;
+BEGIN
+    p := pgtasks.submit_policy(task_type, queue, priority, run_at, max_retries, timeout, backoff_base);
+    PERFORM pgtasks.check_params(params);
+    PERFORM pgtasks.check_flow_args(unique_key, unique_for, concurrency_key, concurrency_limit);
+    RETURN QUERY
+    SELECT s.id, s.created
+      FROM pgtasks.submit_one(p, params, unique_key, unique_for, concurrency_key,
+                              CASE WHEN concurrency_key IS NOT NULL THEN coalesce(concurrency_limit, 1) END) s;
+END $$;
+GRANT EXECUTE ON FUNCTION pgtasks.submit_or_get(text, jsonb, text, integer, timestamptz, integer, interval, interval, text, interval, text, integer) TO pgtasks_submitter;
+COMMENT ON FUNCTION pgtasks.submit_or_get(text, jsonb, text, integer, timestamptz, integer, interval, interval, text, interval, text, integer) IS
+    'Submits one task like submit_task and also says whether it was created: false when an active task, or the unique_for window, already held the unique_key (id is then that task).';
+
+-- retry_task (06_finish.sql) of a FAILED or CANCELLED task whose unique_key another active
+-- task has taken meanwhile: PT306 with a hint, instead of the bare unique_violation (23505)
+-- of tasks_unique_active. One message for both places retry_task finds the key taken.
+CREATE FUNCTION pgtasks.raise_unique_held(t pgtasks.tasks) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+DECLARE
+    holder bigint;
+BEGIN
+    SELECT o.id INTO holder FROM pgtasks.tasks o
+     WHERE o.unique_key = t.unique_key AND o.status IN ('PENDING', 'COMMIT', 'RUNNING')
+       AND o.id <> t.id
+     LIMIT 1;
+    RAISE EXCEPTION 'pgtasks: task % cannot be retried: its unique_key % is held by active task %',
+            t.id, pg_catalog.quote_literal(t.unique_key), coalesce(holder::text, '(being submitted)')
+        USING ERRCODE = 'PT306',
+              HINT = 'Wait for the active task with that key to finish, or cancel it, then retry.';
+END $$;
+
+------------------------------------------------------------------------------------------
+-- The submit functions
+
+-- Submits one task and returns its id. Every argument but task_type may be left out
+-- (NULL): the type's policy, else settings. The plain submit (no flow control, no
+-- parents) makes no call beyond submit_policy and check_params: it is the hot path of
+-- every producer (measured as enqueue_single). With unique_key, unique_for,
+-- concurrency_key or concurrency_limit it goes through submit_or_get; with depends_on or
+-- on_parent_failure through submit_dependent (10_workflows.sql). A unique key cannot be
+-- combined with depends_on: it may return an existing task, which has parents of its own.
+CREATE FUNCTION pgtasks.submit_task(
+    task_type         text,
+    params            jsonb       DEFAULT '{}',
+    queue             text        DEFAULT NULL,   -- NULL: the type's policy, else settings
+    priority          integer     DEFAULT NULL,
+    run_at            timestamptz DEFAULT NULL,   -- NULL: now
+    max_retries       integer     DEFAULT NULL,
+    timeout           interval    DEFAULT NULL,
+    backoff_base      interval    DEFAULT NULL,
+    unique_key        text        DEFAULT NULL,   -- NULL: no uniqueness
+    unique_for        interval    DEFAULT NULL,   -- NULL: the key is free once its task finished
+    concurrency_key   text        DEFAULT NULL,   -- NULL: no per-key limit
+    concurrency_limit integer     DEFAULT NULL,   -- NULL with a key: 1
+    depends_on        bigint[]    DEFAULT NULL,   -- parent task ids; NULL: none
+    on_parent_failure text        DEFAULT NULL    -- 'cancel' (NULL) or 'run'
+) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+DECLARE
+    p pgtasks.tasks;
+    new_id bigint;
+BEGIN
+    IF depends_on IS NOT NULL OR on_parent_failure IS NOT NULL THEN
+        IF unique_key IS NOT NULL OR unique_for IS NOT NULL THEN
+            RAISE EXCEPTION 'pgtasks: depends_on cannot be combined with unique_key'
+                USING ERRCODE = 'PT506',
+                      HINT = 'A unique key may return an existing task, which has parents of its own.';
+        END IF;
+        p := pgtasks.submit_policy(task_type, queue, priority, run_at, max_retries, timeout, backoff_base);
+        PERFORM pgtasks.check_params(params);
+        PERFORM pgtasks.check_flow_args(NULL, NULL, concurrency_key, concurrency_limit);
+        RETURN pgtasks.submit_dependent(
+            p, params, concurrency_key,
+            CASE WHEN concurrency_key IS NOT NULL THEN coalesce(concurrency_limit, 1) END,
+            coalesce(depends_on, '{}'), on_parent_failure);
+    END IF;
+    IF unique_key IS NOT NULL OR unique_for IS NOT NULL OR concurrency_key IS NOT NULL
+       OR concurrency_limit IS NOT NULL THEN
+        SELECT s.id INTO new_id
+          FROM pgtasks.submit_or_get(task_type, params, queue, priority, run_at, max_retries, timeout,
+                                     backoff_base, unique_key, unique_for, concurrency_key,
+                                     concurrency_limit) s;
+        RETURN new_id;
+    END IF;
+    -- Without flow control or parents: the plain submit, no extra calls (enqueue_single is measured).
+    p := pgtasks.submit_policy(task_type, queue, priority, run_at, max_retries, timeout, backoff_base);
+    PERFORM pgtasks.check_params(params);
+    INSERT INTO pgtasks.tasks (task_type, params, queue, priority, run_at, max_retries, timeout, backoff_base)
+    VALUES (p.task_type, submit_task.params, p.queue, p.priority, p.run_at, p.max_retries,
+            p.timeout, p.backoff_base)
+    RETURNING id INTO new_id;
+    RETURN new_id;
+END $$;
+GRANT EXECUTE ON FUNCTION pgtasks.submit_task(text, jsonb, text, integer, timestamptz, integer, interval, interval, text, interval, text, integer, bigint[], text) TO pgtasks_submitter;
+COMMENT ON FUNCTION pgtasks.submit_task(text, jsonb, text, integer, timestamptz, integer, interval, interval, text, interval, text, integer, bigint[], text) IS
+    'Submits one task and returns its id. Arguments left out (NULL) take the task type''s registered policy, else the settings defaults; unique_key, concurrency_key and depends_on add flow control and parents.';
+
+-- Many tasks of one type in one statement: one round trip, one NOTIFY per queue. One
+-- unique key and one concurrency key per item (NULL arrays: none; NULL items: none for
+-- that item). Without unique keys, still one INSERT for the whole list, and a plain batch
+-- of 1,000 pays no function calls per item (measured: a per-item check loop cut
+-- enqueue_batch from ~53,000 to ~18,000 tasks/s). Keyed items go one by one, since each
+-- may meet an existing task or an earlier item's key.
+CREATE FUNCTION pgtasks.submit_tasks(
+    task_type         text,
+    params_list       jsonb[],
+    queue             text        DEFAULT NULL,
+    priority          integer     DEFAULT NULL,
+    run_at            timestamptz DEFAULT NULL,
+    max_retries       integer     DEFAULT NULL,
+    timeout           interval    DEFAULT NULL,
+    backoff_base      interval    DEFAULT NULL,
+    unique_keys       text[]      DEFAULT NULL,
+    unique_for        interval    DEFAULT NULL,
+    concurrency_keys  text[]      DEFAULT NULL,
+    concurrency_limit integer     DEFAULT NULL
+) RETURNS SETOF bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+DECLARE
+    p pgtasks.tasks;
+    n integer;
+    i integer;
+BEGIN
+    p := pgtasks.submit_policy(task_type, queue, priority, run_at, max_retries, timeout, backoff_base);
+    PERFORM pgtasks.check_params_list(params_list);
+    n := coalesce(cardinality(params_list), 0);
+    IF (unique_keys IS NOT NULL AND cardinality(unique_keys) <> n)
+       OR (concurrency_keys IS NOT NULL AND cardinality(concurrency_keys) <> n) THEN
+        RAISE EXCEPTION 'pgtasks: submit_tasks needs one unique key and one concurrency key per item '
+                        '(% items, % unique_keys, % concurrency_keys)',
+                n, cardinality(unique_keys), cardinality(concurrency_keys)
+            USING ERRCODE = 'PT305', HINT = 'Pass arrays as long as params_list, with NULL for items without a key.';
+    END IF;
+    -- Per item only when keys are given: a plain batch of 1,000 pays no function calls here
+    -- (measured: the loop cut enqueue_batch from ~53,000 to ~18,000 tasks/s).
+    IF unique_keys IS NOT NULL OR concurrency_keys IS NOT NULL THEN
+        FOR i IN 1 .. n LOOP
+            PERFORM pgtasks.check_flow_args(unique_keys[i], CASE WHEN unique_keys[i] IS NOT NULL THEN unique_for END,
+                                            concurrency_keys[i],
+                                            CASE WHEN concurrency_keys[i] IS NOT NULL THEN concurrency_limit END, i);
+        END LOOP;
+    END IF;
+    IF concurrency_limit IS NOT NULL AND concurrency_keys IS NULL THEN
+        PERFORM pgtasks.check_flow_args(NULL, NULL, NULL, concurrency_limit);
+    END IF;
+    IF unique_for IS NOT NULL AND unique_keys IS NULL THEN
+        PERFORM pgtasks.check_flow_args(NULL, unique_for, NULL, NULL);
+    END IF;
+
+    IF unique_keys IS NULL THEN
+        RETURN QUERY
+        INSERT INTO pgtasks.tasks (task_type, params, queue, priority, run_at, max_retries, timeout,
+                                   backoff_base, concurrency_key, concurrency_limit)
+        SELECT p.task_type, u.params, p.queue, p.priority, p.run_at, p.max_retries, p.timeout, p.backoff_base,
+               submit_tasks.concurrency_keys[u.ord],
+               CASE WHEN submit_tasks.concurrency_keys[u.ord] IS NOT NULL
+                    THEN coalesce(submit_tasks.concurrency_limit, 1) END
+          FROM unnest(params_list) WITH ORDINALITY AS u(params, ord)
+         ORDER BY u.ord
+        RETURNING id;
+        RETURN;
+    END IF;
+    -- Keyed items one by one (each may meet an existing task, or an earlier item's key).
+    FOR i IN 1 .. n LOOP
+        RETURN QUERY
+        SELECT s.id FROM pgtasks.submit_one(
+            p, params_list[i], unique_keys[i], CASE WHEN unique_keys[i] IS NOT NULL THEN unique_for END,
+            concurrency_keys[i],
+            CASE WHEN concurrency_keys[i] IS NOT NULL THEN coalesce(concurrency_limit, 1) END) s;
+    END LOOP;
+END $$;
+GRANT EXECUTE ON FUNCTION pgtasks.submit_tasks(text, jsonb[], text, integer, timestamptz, integer, interval, interval, text[], interval, text[], integer) TO pgtasks_submitter;
+COMMENT ON FUNCTION pgtasks.submit_tasks(text, jsonb[], text, integer, timestamptz, integer, interval, interval, text[], interval, text[], integer) IS
+    'Submits one task of task_type per element of params_list, in one statement, and returns their ids in list order; unique_keys and concurrency_keys give one key per item.';

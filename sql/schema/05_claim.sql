@@ -1,0 +1,236 @@
+-- pgtasks claiming: how a worker takes ready tasks, and the fencing every later write of
+-- the attempt goes through.
+--
+-- A claim takes up to max_tasks ready tasks (PENDING or COMMIT, run_at <= now()) for one
+-- worker: highest priority first, then oldest run_at, then id. Each claimed task becomes
+-- RUNNING with a lease (lease_expires_at, extended by heartbeats) and a deadline (claim
+-- time + timeout, never extended), and its attempt grows by one: that number is the
+-- fencing token. Every write the worker makes for the attempt (finish, fail, yield,
+-- checkpoint, progress, log) presents it and is refused with PT002 once the attempt has
+-- lost the task (rescued after its lease expired, cancelled, claimed again), so a late
+-- write changes nothing.
+--
+-- SKIP LOCKED lets many workers claim side by side without waiting on each other. NO KEY
+-- UPDATE, not UPDATE: inserting a row that references a task (a client starting to wait
+-- for it, a log line) briefly key-share-locks the task; FOR UPDATE would treat such a task
+-- as taken and skip it, claiming a lower-priority one instead.
+
+SET LOCAL search_path = pg_catalog, pgtasks, pg_temp;
+-- Everything in this file is created by, and so owned by, pgtasks_owner.
+SET LOCAL ROLE pgtasks_owner;
+
+------------------------------------------------------------------------------------------
+-- The pick
+
+-- The pick of a claim without flow control, for both callers (claim_tasks,
+-- finish_and_claim): the ready tasks in claim order, locked, skipping any another claimer
+-- holds. NULL when nothing is ready. No role may call it: it only locks, and both callers
+-- check their arguments first.
+--
+-- Written out per case (every queue / one queue / several) so that each is a static
+-- statement whose plan walks a partial index in claim order (tasks_claimable for every
+-- queue, tasks_claimable_queue for one) and stops after max_tasks rows: no sort, whatever
+-- the backlog; tests/sql/test_plans.py checks the plans. A queue table's statistics are
+-- stale more often than not (a burst of submits, then a drain); with a low estimate the
+-- planner would fetch every ready row by bitmap and sort them (measured: 6 ms instead of
+-- 0.1 ms per claim with 20,000 ready), hence sorting and bitmap scans off for this
+-- function only. JIT off with them: before PostgreSQL 18 a disabled method is not
+-- forbidden but costs 1e10 more, which puts a plan that still needs one far above
+-- jit_above_cost, and with JIT available (Debian's and the PGDG packages) every such
+-- statement was compiled on every call (measured on PostgreSQL 15: a claim of 100 took
+-- 157 ms instead of 5 ms; a claim of 1, 149 ms instead of 1.4 ms). Nothing in pgtasks is
+-- a long analytical query that JIT would pay off for.
+CREATE FUNCTION pgtasks.pick_ready(queues text[], max_tasks integer, task_types text[])
+RETURNS bigint[]
+LANGUAGE plpgsql SECURITY DEFINER
+SET enable_sort = off
+SET enable_bitmapscan = off
+SET search_path = pg_catalog, pgtasks, pg_temp
+SET jit = off
+AS $$
+DECLARE
+    picked bigint[];
+BEGIN
+    IF queues IS NULL THEN
+        SELECT array_agg(c.id) INTO picked FROM (
+            SELECT t.id FROM pgtasks.tasks t
+             WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= now()
+               AND (pick_ready.task_types IS NULL OR t.task_type = ANY (pick_ready.task_types))
+             ORDER BY t.priority DESC, t.run_at, t.id
+             LIMIT max_tasks
+             FOR NO KEY UPDATE SKIP LOCKED) c;
+    ELSIF cardinality(queues) = 1 THEN
+        SELECT array_agg(c.id) INTO picked FROM (
+            SELECT t.id FROM pgtasks.tasks t
+             WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= now()
+               AND t.queue = pick_ready.queues[1]
+               AND (pick_ready.task_types IS NULL OR t.task_type = ANY (pick_ready.task_types))
+             ORDER BY t.priority DESC, t.run_at, t.id
+             LIMIT max_tasks
+             FOR NO KEY UPDATE SKIP LOCKED) c;
+    ELSE
+        SELECT array_agg(c.id) INTO picked FROM (
+            SELECT t.id FROM pgtasks.tasks t
+             WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= now()
+               AND t.queue = ANY (pick_ready.queues)
+               AND (pick_ready.task_types IS NULL OR t.task_type = ANY (pick_ready.task_types))
+             ORDER BY t.priority DESC, t.run_at, t.id
+             LIMIT max_tasks
+             FOR NO KEY UPDATE SKIP LOCKED) c;
+    END IF;
+    RETURN picked;
+END $$;
+
+------------------------------------------------------------------------------------------
+-- claim_tasks
+
+-- Claims up to max_tasks ready tasks for worker_id and returns them in claim order, with
+-- the attempt (fencing token) and deadline each now runs under; has_steps says a resumed
+-- attempt has checkpoints to read (task_steps_of).
+--
+-- Two probes first (flow_control_in_use: a settings row for these queues? a task with a
+-- concurrency key ready?), both one index or heap probe of a relation that is empty while
+-- flow control is unused (measured 16 us together per call, under 0.2 us per task at
+-- claim_max 100). Only a claim that can meet a limit takes the limited path
+-- (claim_limited, 08_flow_control.sql), which serialises the claimers of limited queues
+-- so that counts are exact; every other claim is pick_ready's index walk.
+--
+-- The claimed rows come back sorted by the claim order's columns rather than joined back
+-- to the picked ids: the planner saw 10 rows on either side of that join and, with sorting
+-- off, took a nested loop (100 x 100 comparisons for a claim of 100). A claim changes none
+-- of those columns, so the sort gives the same order for n log n. The planner settings
+-- and JIT are pick_ready's (see there): this function runs its statements too when
+-- finish_and_claim calls it.
+CREATE FUNCTION pgtasks.claim_tasks(
+    worker_id  text,
+    queues     text[]   DEFAULT NULL,    -- NULL: every queue
+    max_tasks  integer  DEFAULT 1,
+    lease      interval DEFAULT NULL,    -- NULL: settings.default_lease
+    task_types text[]   DEFAULT NULL     -- NULL: every type; workers pass the types they know
+) RETURNS TABLE (
+    id bigint, task_type text, params jsonb, queue text, priority integer,
+    attempt integer, retry_count integer, max_retries integer,
+    timeout interval, deadline timestamptz, has_steps boolean
+)
+LANGUAGE plpgsql SECURITY DEFINER
+SET enable_sort = off
+SET enable_bitmapscan = off
+SET search_path = pg_catalog, pgtasks, pg_temp
+SET jit = off
+AS $$
+DECLARE
+    picked bigint[];
+    lease_for interval;
+    started timestamptz := now();
+BEGIN
+    PERFORM pgtasks.check_worker_id(worker_id);
+    -- NULL must not mean "no LIMIT": claim_tasks(max_tasks => NULL) would take every ready task.
+    IF max_tasks IS NULL OR max_tasks < 1 THEN
+        RAISE EXCEPTION 'pgtasks: max_tasks must be 1 or more, got %', coalesce(max_tasks::text, 'NULL')
+            USING ERRCODE = 'PT115', HINT = 'Claim as many tasks as the worker has free slots.';
+    END IF;
+    lease_for := pgtasks.lease_or_default(lease);
+
+    IF pgtasks.flow_control_in_use(queues) THEN
+        SELECT l.picked, l.started INTO picked, started
+          FROM pgtasks.claim_limited(queues, max_tasks, task_types) l;
+        IF cardinality(picked) = 0 THEN
+            picked := NULL;
+        END IF;
+    ELSE
+        picked := pgtasks.pick_ready(queues, max_tasks, task_types);
+    END IF;
+    IF picked IS NULL THEN
+        RETURN;
+    END IF;
+
+    -- Rows come back in claim order. started_at: the limited path's start time (the one its
+    -- rate window recorded), else now(). The sort is the only way to order a CTE scan, so
+    -- enable_sort = off does not keep the planner from it.
+    RETURN QUERY
+    WITH claimed AS (
+        UPDATE pgtasks.tasks t
+           SET status = 'RUNNING',
+               worker_id = claim_tasks.worker_id,
+               attempt = t.attempt + 1,
+               started_at = coalesce(t.started_at, started),
+               deadline = now() + t.timeout,
+               lease_expires_at = least(now() + lease_for, now() + t.timeout)
+         WHERE t.id = ANY (picked)
+        RETURNING t.id, t.task_type, t.params, t.queue, t.priority, t.attempt, t.retry_count,
+                  t.max_retries, t.timeout, t.deadline,
+                  t.attempt > 1
+                  AND EXISTS (SELECT 1 FROM pgtasks.task_steps s WHERE s.task_id = t.id) AS has_steps,
+                  t.run_at
+    )
+    SELECT c.id, c.task_type, c.params, c.queue, c.priority, c.attempt, c.retry_count,
+           c.max_retries, c.timeout, c.deadline, c.has_steps
+      FROM claimed c
+     ORDER BY c.priority DESC, c.run_at, c.id;
+END $$;
+GRANT EXECUTE ON FUNCTION pgtasks.claim_tasks(text, text[], integer, interval, text[]) TO pgtasks_worker;
+COMMENT ON FUNCTION pgtasks.claim_tasks(text, text[], integer, interval, text[]) IS
+    'Claims up to max_tasks ready tasks of the given queues (NULL: every queue) and task types for worker_id, in claim order (priority, run_at, id), honouring queue limits, pauses and concurrency keys. Each returned attempt is the fencing token for the task''s later writes.';
+
+-- When the next task of these queues becomes ready: idle workers sleep exactly until then
+-- (and poll as a backstop). One probe of tasks_next_run_at.
+CREATE FUNCTION pgtasks.next_run_at(queues text[] DEFAULT NULL, task_types text[] DEFAULT NULL)
+RETURNS timestamptz
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+    SELECT min(t.run_at) FROM pgtasks.tasks t
+     WHERE t.status IN ('PENDING', 'COMMIT')
+       AND (next_run_at.queues IS NULL OR t.queue = ANY (next_run_at.queues))
+       AND (next_run_at.task_types IS NULL OR t.task_type = ANY (next_run_at.task_types))
+$$;
+GRANT EXECUTE ON FUNCTION pgtasks.next_run_at(text[], text[]) TO pgtasks_worker;
+COMMENT ON FUNCTION pgtasks.next_run_at(text[], text[]) IS
+    'The earliest run_at of the PENDING or COMMIT tasks of these queues and task types (NULL: all), or NULL when there is none: when an idle worker should claim again.';
+
+------------------------------------------------------------------------------------------
+-- Fencing: every write by a worker, and every operator action, locks through these
+
+-- Locks one task row for a change that keeps its key, or raises PT003 when there is none.
+CREATE FUNCTION pgtasks.lock_task(task_id bigint) RETURNS pgtasks.tasks
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+DECLARE
+    t pgtasks.tasks;
+BEGIN
+    SELECT * INTO t FROM pgtasks.tasks WHERE id = lock_task.task_id FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pgtasks: task % does not exist', task_id
+            USING ERRCODE = 'PT003', HINT = 'Check the id; finished tasks are pruned after their retention.';
+    END IF;
+    RETURN t;
+END $$;
+
+-- Locks the task row and confirms the caller still owns this attempt. Raises PT002 when
+-- it does not (lease lost to rescue, cancelled, or a newer attempt), PT003 when no such
+-- task, PT117 when the attempt is NULL: NULL compared as "unknown", which IF treats as
+-- false, so without that test finish_task(id, NULL, ...) would finish a task another
+-- worker owns. Every fenced function goes through here, so all of them refuse a missing
+-- token.
+CREATE FUNCTION pgtasks.lock_owned_task(task_id bigint, attempt integer)
+RETURNS pgtasks.tasks
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+DECLARE
+    t pgtasks.tasks;
+BEGIN
+    IF attempt IS NULL THEN
+        RAISE EXCEPTION 'pgtasks: attempt must not be NULL (it is the fencing token of task %)', task_id
+            USING ERRCODE = 'PT117', HINT = 'Pass the attempt that claim_tasks returned with the task.';
+    END IF;
+    t := pgtasks.lock_task(task_id);
+    IF t.status <> 'RUNNING' OR t.attempt <> lock_owned_task.attempt THEN
+        RAISE EXCEPTION 'pgtasks: attempt % of task % no longer holds the lease (task is % at attempt %)',
+                attempt, task_id, t.status, t.attempt
+            USING ERRCODE = 'PT002',
+                  HINT = 'Another worker took over or the task was cancelled; drop this result.';
+    END IF;
+    RETURN t;
+END $$;

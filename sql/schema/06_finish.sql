@@ -1,0 +1,541 @@
+-- pgtasks finishing: what a running attempt writes (its result, its failure, a yield, its
+-- checkpoints, progress and logs), and the operator's cancel_task and retry_task.
+--
+-- Every write of an attempt is fenced: it names (task_id, attempt) and goes through
+-- lock_owned_task (05_claim.sql), so a worker that lost its lease (rescued, cancelled)
+-- gets PT002 and its late write changes nothing. The batched functions (finish_tasks,
+-- finish_and_claim) never raise for a stale attempt: they return it as rejected, so one
+-- lost task cannot fail the batch of the others.
+
+SET LOCAL search_path = pg_catalog, pgtasks, pg_temp;
+-- Everything in this file is created by, and so owned by, pgtasks_owner.
+SET LOCAL ROLE pgtasks_owner;
+
+------------------------------------------------------------------------------------------
+-- Results
+
+-- RUNNING -> DONE with the result. A result over settings.max_result_bytes is PT203 and
+-- the task stays RUNNING for the worker to fail.
+CREATE FUNCTION pgtasks.finish_task(task_id bigint, attempt integer, result jsonb DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+BEGIN
+    PERFORM pgtasks.lock_owned_task(task_id, attempt);
+    PERFORM pgtasks.check_result_size(result, 'result');
+    UPDATE pgtasks.tasks t
+       SET status = 'DONE', result = finish_task.result, finished_at = now(),
+           worker_id = NULL, lease_expires_at = NULL, deadline = NULL,
+           progress_current = coalesce(t.progress_total, t.progress_current)
+     WHERE t.id = finish_task.task_id;
+END $$;
+GRANT EXECUTE ON FUNCTION pgtasks.finish_task(bigint, integer, jsonb) TO pgtasks_worker;
+COMMENT ON FUNCTION pgtasks.finish_task(bigint, integer, jsonb) IS
+    'Finishes a running attempt with its result: RUNNING -> DONE. PT002 when the attempt no longer holds the task, PT203 when the result is over settings.max_result_bytes.';
+
+-- The batched completer: many results in one statement. Never raises for a stale
+-- attempt; it returns the ids it did not finish so the worker can log them. Nor does an
+-- oversized result fail the batch (no single row may make a statement fail for the
+-- others): that task is FAILED, not retryable (the same code would produce the same
+-- result), with the PT203 message as its error, and comes back in rejected_task_id like a
+-- stale attempt; the rest are finished. The completer's poison-batch splitting never sees
+-- a PT203 from here.
+CREATE FUNCTION pgtasks.finish_tasks(task_ids bigint[], attempts integer[], results jsonb[])
+RETURNS TABLE (rejected_task_id bigint)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+DECLARE
+    max_bytes integer := (SELECT s.max_result_bytes FROM pgtasks.settings s);
+    big bigint[];
+    o record;
+BEGIN
+    PERFORM pgtasks.check_batch('finish_tasks', task_ids, attempts, results, with_results => true);
+    -- Sizes first, from the arguments alone: the common batch has no oversized result and
+    -- reads no table here.
+    SELECT array_agg(u.ord) INTO big
+      FROM unnest(finish_tasks.results) WITH ORDINALITY AS u(result, ord)
+     WHERE octet_length(u.result::text) > max_bytes;
+    IF big IS NOT NULL THEN
+        FOR o IN
+            SELECT k AS task, octet_length(u.result::text) AS size_bytes
+              FROM unnest(finish_tasks.task_ids, finish_tasks.attempts, finish_tasks.results)
+                     WITH ORDINALITY AS u(task_id, attempt, result, ord)
+              JOIN pgtasks.tasks k ON k.id = u.task_id AND k.attempt = u.attempt AND k.status = 'RUNNING'
+             WHERE u.ord = ANY (big)
+               FOR NO KEY UPDATE OF k
+        LOOP
+            -- Now FAILED, so the UPDATE below (RUNNING rows only) leaves it and reports it.
+            PERFORM pgtasks.record_failure(
+                o.task, pg_catalog.format('pgtasks: result of %s bytes is larger than max_result_bytes (%s)',
+                                          o.size_bytes, max_bytes),
+                NULL, false, NULL);
+        END LOOP;
+    END IF;
+
+    RETURN QUERY
+    WITH batch AS (
+        SELECT * FROM unnest(finish_tasks.task_ids, finish_tasks.attempts, finish_tasks.results)
+                   AS u(task_id, attempt, result)
+    ), done AS (
+        UPDATE pgtasks.tasks t
+           SET status = 'DONE', result = batch.result, finished_at = now(),
+               worker_id = NULL, lease_expires_at = NULL, deadline = NULL,
+               progress_current = coalesce(t.progress_total, t.progress_current)
+          FROM batch
+         WHERE t.id = batch.task_id AND t.attempt = batch.attempt AND t.status = 'RUNNING'
+        RETURNING t.id, t.attempt
+    )
+    -- NOT EXISTS, not NOT IN: a NULL attempt must come back rejected (see heartbeat).
+    SELECT batch.task_id FROM batch
+     WHERE NOT EXISTS (SELECT 1 FROM done d WHERE d.id = batch.task_id AND d.attempt = batch.attempt);
+END $$;
+GRANT EXECUTE ON FUNCTION pgtasks.finish_tasks(bigint[], integer[], jsonb[]) TO pgtasks_worker;
+COMMENT ON FUNCTION pgtasks.finish_tasks(bigint[], integer[], jsonb[]) IS
+    'Finishes many running attempts in one statement (parallel arrays); returns the ids it did not finish (stale attempt, or result over the limit, which fails that task).';
+
+-- "Results in, work out" in one round trip: finishes the batch exactly like finish_tasks,
+-- then claims exactly like claim_tasks. Rejected finishes come first, as rows with only
+-- rejected_task_id set; then the claimed tasks in claim order, with rejected_task_id NULL.
+--
+-- When nothing needs two statements, the tasks are picked first (pick_ready) and one
+-- UPDATE moves the finished ones RUNNING -> DONE and the picked ones PENDING/COMMIT ->
+-- RUNNING, each row getting exactly the columns finish_tasks or claim_tasks would give it.
+-- Every UPDATE statement on pgtasks.tasks pays a fixed cost before its first row:
+-- PostgreSQL parses the stored expressions of the table's CHECK constraints and of its
+-- transition triggers' WHEN clauses once per statement, and runs record_updates once per
+-- statement (perf on a backend draining with claim_max 10: stringToNode alone 15 % of its
+-- time). At the batches a worker sends at concurrency 10 that fixed cost is most of the
+-- call; one UPDATE instead of two measured 0.805 of the server CPU per task and 1.195x the
+-- tasks/s at claim_max 10, 0.984 and 1.014x at claim_max 100 (bench.claim_ab).
+--
+-- The two-statement path (finish_tasks, then claim_tasks) remains for the calls that need
+-- it:
+--   * claim_max 0 (nothing to claim);
+--   * a result over settings.max_result_bytes (finish_tasks fails that task alone);
+--   * a finished task with dependents: its children are released by the finish
+--     statement's history trigger and must be claimable by this same call (the chain
+--     hand-off of a workflow);
+--   * flow control in use: claim_limited counts running tasks, and must see this call's
+--     finishes as no longer running.
+-- The claim arguments are checked before anything is finished, so a bad one fails the
+-- whole call before it writes.
+--
+-- Lock order: the picked tasks are locked (SKIP LOCKED, so never waited for) before the
+-- finished ones, which only this worker's lease keeper or a cancel would also lock.
+CREATE FUNCTION pgtasks.finish_and_claim(
+    worker_id  text,
+    task_ids   bigint[],
+    attempts   integer[],
+    results    jsonb[],
+    claim_max  integer  DEFAULT 0,
+    queues     text[]   DEFAULT NULL,
+    lease      interval DEFAULT NULL,
+    task_types text[]   DEFAULT NULL
+) RETURNS TABLE (
+    rejected_task_id bigint, id bigint, task_type text, params jsonb, queue text, priority integer,
+    attempt integer, retry_count integer, max_retries integer,
+    timeout interval, deadline timestamptz, has_steps boolean
+)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+DECLARE
+    picked bigint[];
+    lease_for interval;
+BEGIN
+    IF claim_max IS NULL OR claim_max < 0 THEN
+        RAISE EXCEPTION 'pgtasks: claim_max must be 0 or more, got %', coalesce(claim_max::text, 'NULL')
+            USING ERRCODE = 'PT115', HINT = 'Pass the number of free slots; 0 only finishes the batch.';
+    END IF;
+    PERFORM pgtasks.check_worker_id(worker_id);
+    lease_for := pgtasks.lease_or_default(lease);
+
+    -- The two-statement path, for the calls listed above this function.
+    IF claim_max = 0
+       OR EXISTS (SELECT 1 FROM unnest(finish_and_claim.results) AS u(result), pgtasks.settings s
+                   WHERE octet_length(u.result::text) > s.max_result_bytes)
+       OR EXISTS (SELECT 1 FROM pgtasks.tasks t
+                   WHERE t.id = ANY (finish_and_claim.task_ids) AND t.has_dependents)
+       OR pgtasks.flow_control_in_use(queues) THEN
+        RETURN QUERY
+        SELECT f.rejected_task_id, NULL::bigint, NULL::text, NULL::jsonb, NULL::text, NULL::integer,
+               NULL::integer, NULL::integer, NULL::integer, NULL::interval, NULL::timestamptz, NULL::boolean
+          FROM pgtasks.finish_tasks(task_ids, attempts, results) f;
+        IF claim_max > 0 THEN
+            RETURN QUERY
+            SELECT NULL::bigint, c.* FROM pgtasks.claim_tasks(worker_id, queues, claim_max, lease, task_types) c;
+        END IF;
+        RETURN;
+    END IF;
+
+    -- One statement. finish_tasks checked the arrays itself; here they are checked before
+    -- anything is written, with the same message.
+    PERFORM pgtasks.check_batch('finish_tasks', task_ids, attempts, results, with_results => true);
+
+    picked := pgtasks.pick_ready(queues, claim_max, task_types);
+
+    -- Finishing rows carry their attempt (the fencing token: a stale one matches nothing and
+    -- comes back rejected, a NULL one too); picked rows are ours, locked above. A task can
+    -- be in both only if it went back to PENDING/COMMIT since its attempt: then the claim
+    -- takes it and the finish is rejected, as with two statements.
+    RETURN QUERY
+    WITH work AS (
+        SELECT u.task_id, u.attempt, u.result, true AS finishing
+          FROM unnest(finish_and_claim.task_ids, finish_and_claim.attempts, finish_and_claim.results)
+                 AS u(task_id, attempt, result)
+        UNION ALL
+        SELECT p.id, NULL::integer, NULL::jsonb, false FROM unnest(picked) AS p(id)
+    ), changed AS (
+        UPDATE pgtasks.tasks t
+           SET status = CASE WHEN w.finishing THEN 'DONE' ELSE 'RUNNING' END::pgtasks.status,
+               result = w.result,
+               finished_at = CASE WHEN w.finishing THEN now() END,
+               worker_id = CASE WHEN w.finishing THEN NULL ELSE finish_and_claim.worker_id END,
+               attempt = t.attempt + CASE WHEN w.finishing THEN 0 ELSE 1 END,
+               started_at = CASE WHEN w.finishing THEN t.started_at ELSE coalesce(t.started_at, now()) END,
+               deadline = CASE WHEN w.finishing THEN NULL ELSE now() + t.timeout END,
+               lease_expires_at = CASE WHEN w.finishing THEN NULL
+                                       ELSE least(now() + lease_for, now() + t.timeout) END,
+               progress_current = CASE WHEN w.finishing THEN coalesce(t.progress_total, t.progress_current)
+                                       ELSE t.progress_current END
+          FROM work w
+         WHERE t.id = w.task_id
+           AND (NOT w.finishing OR (t.attempt = w.attempt AND t.status = 'RUNNING'))
+        RETURNING w.finishing, t.id, t.task_type, t.params, t.queue, t.priority, t.attempt, t.retry_count,
+                  t.max_retries, t.timeout, t.deadline,
+                  NOT w.finishing AND t.attempt > 1
+                  AND EXISTS (SELECT 1 FROM pgtasks.task_steps s WHERE s.task_id = t.id) AS has_steps,
+                  t.run_at
+    )
+    SELECT r.rejected_task_id, NULL::bigint, NULL::text, NULL::jsonb, NULL::text, NULL::integer,
+           NULL::integer, NULL::integer, NULL::integer, NULL::interval, NULL::timestamptz, NULL::boolean
+      FROM (SELECT w.task_id AS rejected_task_id FROM work w
+             WHERE w.finishing
+               AND NOT EXISTS (SELECT 1 FROM changed c
+                                WHERE c.finishing AND c.id = w.task_id AND c.attempt = w.attempt)) r
+    UNION ALL
+    SELECT * FROM (
+        SELECT NULL::bigint, c.id, c.task_type, c.params, c.queue, c.priority, c.attempt, c.retry_count,
+               c.max_retries, c.timeout, c.deadline, c.has_steps
+          FROM changed c
+         WHERE NOT c.finishing
+         ORDER BY c.priority DESC, c.run_at, c.id) cl;
+END $$;
+GRANT EXECUTE ON FUNCTION pgtasks.finish_and_claim(text, bigint[], integer[], jsonb[], integer, text[], interval, text[]) TO pgtasks_worker;
+COMMENT ON FUNCTION pgtasks.finish_and_claim(text, bigint[], integer[], jsonb[], integer, text[], interval, text[]) IS
+    'Finishes a batch like finish_tasks and claims up to claim_max tasks like claim_tasks, in one round trip: rejected finishes first (only rejected_task_id set), then the claimed tasks in claim order.';
+
+------------------------------------------------------------------------------------------
+-- Failures
+
+-- Records a failed attempt. Retryable and retries left: back to COMMIT after the task's
+-- backoff (or the caller's retry_delay, bounded like a run_at); otherwise FAILED. Returns
+-- the new status. The error and traceback are clipped to settings.max_log_bytes
+-- (clip_text, 02_checks.sql) rather than refused: the attempt has ended either way.
+CREATE FUNCTION pgtasks.fail_task(
+    task_id     bigint,
+    attempt     integer,
+    error       text,
+    traceback   text     DEFAULT NULL,
+    retryable   boolean  DEFAULT true,
+    retry_delay interval DEFAULT NULL       -- exact delay (Retry(delay=...)); else backoff
+) RETURNS pgtasks.status
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+DECLARE
+    t       pgtasks.tasks;
+    longest integer := (SELECT s.max_log_bytes FROM pgtasks.settings s);
+BEGIN
+    -- run_at becomes now() + retry_delay: the same 100-year bound as a submit's run_at.
+    IF retry_delay IS NOT NULL
+       AND NOT (retry_delay >= interval '0' AND retry_delay <= interval '100 years') THEN
+        RAISE EXCEPTION 'pgtasks: retry_delay must be between 0 and 100 years, got %', retry_delay
+            USING ERRCODE = 'PT119', HINT = 'Leave retry_delay out (NULL) for the task''s backoff.';
+    END IF;
+    t := pgtasks.lock_owned_task(task_id, attempt);
+    -- Only text over the limit pays for clip_text (a call with its own settings): measured
+    -- with the calls unconditional, a short failure cost ~7 % more than without them.
+    IF length(fail_task.error) > longest THEN
+        fail_task.error := pgtasks.clip_text(fail_task.error, longest);
+    END IF;
+    IF length(fail_task.traceback) > longest THEN
+        fail_task.traceback := pgtasks.clip_text(fail_task.traceback, longest);
+    END IF;
+    RETURN pgtasks.record_failure(t, coalesce(nullif(fail_task.error, ''), 'unknown error'),
+                                  fail_task.traceback, coalesce(retryable, true), retry_delay);
+END $$;
+GRANT EXECUTE ON FUNCTION pgtasks.fail_task(bigint, integer, text, text, boolean, interval) TO pgtasks_worker;
+COMMENT ON FUNCTION pgtasks.fail_task(bigint, integer, text, text, boolean, interval) IS
+    'Records a failed attempt: back to COMMIT after the backoff (or retry_delay) while retryable and retries are left, else FAILED. Returns the new status.';
+
+-- Shared by fail_task, finish_tasks (oversized results) and rescue: writes the attempt's
+-- error to task_errors, then moves the task on. The backoff comes from the row's own
+-- backoff_base, so every path retries after the same delay as the type's policy says.
+CREATE FUNCTION pgtasks.record_failure(
+    t pgtasks.tasks, error text, traceback text, retryable boolean, retry_delay interval
+) RETURNS pgtasks.status
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+DECLARE
+    next_status pgtasks.status;
+BEGIN
+    INSERT INTO pgtasks.task_errors (task_id, attempt, error, traceback)
+    VALUES (t.id, t.attempt, error, traceback)
+    ON CONFLICT ON CONSTRAINT task_errors_pkey DO NOTHING;
+
+    IF retryable AND t.retry_count < t.max_retries THEN
+        next_status := 'COMMIT';
+        UPDATE pgtasks.tasks
+           SET status = 'COMMIT', retry_count = retry_count + 1, error = record_failure.error,
+               run_at = now() + coalesce(retry_delay, pgtasks.backoff(t.retry_count + 1, t.backoff_base)),
+               worker_id = NULL, lease_expires_at = NULL, deadline = NULL
+         WHERE id = t.id;
+    ELSE
+        next_status := 'FAILED';
+        UPDATE pgtasks.tasks
+           SET status = 'FAILED', error = record_failure.error, finished_at = now(),
+               worker_id = NULL, lease_expires_at = NULL, deadline = NULL
+         WHERE id = t.id;
+    END IF;
+    RETURN next_status;
+END $$;
+
+------------------------------------------------------------------------------------------
+-- Yielding and durable progress inside a running task
+
+-- Hands a running task back without using a retry: sleep_until (run_at in the future) or a
+-- graceful shutdown (run_at now, which wakes a worker). Its checkpoints stay, so the next
+-- claim resumes from them.
+CREATE FUNCTION pgtasks.yield_task(task_id bigint, attempt integer, run_at timestamptz DEFAULT now())
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+BEGIN
+    PERFORM pgtasks.check_run_at(run_at);
+    PERFORM pgtasks.lock_owned_task(task_id, attempt);
+    UPDATE pgtasks.tasks t
+       SET status = 'COMMIT', run_at = coalesce(yield_task.run_at, now()),
+           worker_id = NULL, lease_expires_at = NULL, deadline = NULL
+     WHERE t.id = yield_task.task_id;
+    IF yield_task.run_at IS NULL OR yield_task.run_at <= now() THEN
+        PERFORM pg_notify('pgtasks_wakeup', (SELECT queue FROM pgtasks.tasks WHERE id = task_id));
+    END IF;
+END $$;
+GRANT EXECUTE ON FUNCTION pgtasks.yield_task(bigint, integer, timestamptz) TO pgtasks_worker;
+COMMENT ON FUNCTION pgtasks.yield_task(bigint, integer, timestamptz) IS
+    'Hands a running attempt back without using a retry: RUNNING -> COMMIT, claimable again at run_at (now: a graceful shutdown). Its checkpoints stay.';
+
+-- Stores a step's result; a resumed attempt reads it instead of running the step again.
+-- Step names are bounded like other names (PT109), step results like results (PT203).
+CREATE FUNCTION pgtasks.checkpoint(task_id bigint, attempt integer, step text, result jsonb DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+BEGIN
+    IF pgtasks.is_blank(step) OR octet_length(step) > 255 THEN
+        RAISE EXCEPTION 'pgtasks: step name must be a non-blank string of at most 255 bytes'
+            USING ERRCODE = 'PT109', HINT = 'Name each step, e.g. ctx.step(''download'', ...).';
+    END IF;
+    PERFORM pgtasks.lock_owned_task(task_id, attempt);
+    PERFORM pgtasks.check_result_size(result, pg_catalog.format('result of step %s', step));
+    INSERT INTO pgtasks.task_steps (task_id, name, result, attempt)
+    VALUES (task_id, step, result, attempt)
+    ON CONFLICT ON CONSTRAINT task_steps_pkey DO UPDATE SET result = excluded.result, attempt = excluded.attempt,
+                                              at = now();
+END $$;
+GRANT EXECUTE ON FUNCTION pgtasks.checkpoint(bigint, integer, text, jsonb) TO pgtasks_worker;
+COMMENT ON FUNCTION pgtasks.checkpoint(bigint, integer, text, jsonb) IS
+    'Stores the result of a named step of a running attempt; a resumed attempt reads it (task_steps_of) instead of running the step again.';
+
+-- A resumed attempt's completed steps, read through the fence: a worker that lost the
+-- task gets PT002 instead of steps it must not act on. db_now lets the worker relate its
+-- clock to the database's (sleep_until deadlines are database time).
+CREATE FUNCTION pgtasks.task_steps_of(task_id bigint, attempt integer)
+RETURNS TABLE (name text, result jsonb, db_now timestamptz)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+BEGIN
+    PERFORM pgtasks.lock_owned_task(task_id, attempt);
+    RETURN QUERY
+    SELECT s.name, s.result, now() FROM pgtasks.task_steps s
+     WHERE s.task_id = task_steps_of.task_id
+     ORDER BY s.at, s.name;
+END $$;
+GRANT EXECUTE ON FUNCTION pgtasks.task_steps_of(bigint, integer) TO pgtasks_worker;
+COMMENT ON FUNCTION pgtasks.task_steps_of(bigint, integer) IS
+    'The completed steps of a running attempt''s task (name, result), read through the fence, with the database''s now().';
+
+-- Progress of a running attempt; the message is bounded like a log line (PT204).
+CREATE FUNCTION pgtasks.report_progress(
+    task_id bigint, attempt integer, current bigint, total bigint DEFAULT NULL, message text DEFAULT NULL
+) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+BEGIN
+    IF current IS NULL OR current < 0 OR (total IS NOT NULL AND (total < 0 OR current > total)) THEN
+        RAISE EXCEPTION 'pgtasks: progress % of % is out of bounds', current, total
+            USING ERRCODE = 'PT110', HINT = 'Use 0 <= current <= total.';
+    END IF;
+    PERFORM pgtasks.lock_owned_task(task_id, attempt);
+    PERFORM pgtasks.check_log_size(message, 'progress message');
+    UPDATE pgtasks.tasks t
+       SET progress_current = current, progress_total = total,
+           progress_message = coalesce(message, t.progress_message)
+     WHERE t.id = report_progress.task_id;
+    PERFORM pgtasks.notify_watchers(task_id);
+END $$;
+GRANT EXECUTE ON FUNCTION pgtasks.report_progress(bigint, integer, bigint, bigint, text) TO pgtasks_worker;
+COMMENT ON FUNCTION pgtasks.report_progress(bigint, integer, bigint, bigint, text) IS
+    'Sets the progress (current of total, message) of a running attempt; live watchers are notified.';
+
+-- One log line (PT204 when over settings.max_log_bytes).
+CREATE FUNCTION pgtasks.log(task_id bigint, attempt integer, level text, message text)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+BEGIN
+    PERFORM pgtasks.lock_owned_task(task_id, attempt);
+    PERFORM pgtasks.check_log_size(message, 'log line');
+    PERFORM pgtasks.check_log_size(level, 'log level');
+    INSERT INTO pgtasks.task_logs (task_id, attempt, level, message)
+    VALUES (task_id, attempt, upper(coalesce(level, 'INFO')), coalesce(message, ''));
+    PERFORM pgtasks.notify_watchers(task_id);
+END $$;
+GRANT EXECUTE ON FUNCTION pgtasks.log(bigint, integer, text, text) TO pgtasks_worker;
+COMMENT ON FUNCTION pgtasks.log(bigint, integer, text, text) IS
+    'Appends one log line to a running attempt''s task.';
+
+-- Many log lines of one attempt in one round trip: workers buffer a task's lines (ctx.log
+-- and Python `logging`) and write them here in batches. Lines get ids in array order, so
+-- id order is logging order. `ats` carries when each line was logged (worker clock);
+-- `loggers` the Python logger names. Returns the count. One line over the limit rejects
+-- the whole call with PT204 and writes nothing, rather than truncating: the caller knows
+-- which line and can shorten it; a silently cut line could hide the part that mattered.
+CREATE FUNCTION pgtasks.log_many(
+    task_id  bigint,
+    attempt  integer,
+    levels   text[],
+    messages text[],
+    ats      timestamptz[] DEFAULT NULL,   -- NULL: now
+    loggers  text[]        DEFAULT NULL
+) RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+DECLARE
+    n integer := coalesce(cardinality(messages), 0);
+    longest bigint;
+BEGIN
+    IF coalesce(cardinality(levels), 0) <> n
+       OR (ats IS NOT NULL AND cardinality(ats) <> n)
+       OR (loggers IS NOT NULL AND cardinality(loggers) <> n) THEN
+        RAISE EXCEPTION 'pgtasks: log_many needs arrays of one length (% messages, % levels, % ats, % loggers)',
+                n, coalesce(cardinality(levels), 0), cardinality(ats), cardinality(loggers)
+            USING ERRCODE = 'PT111', HINT = 'Pass one level (and at, logger) per message, or NULL for ats/loggers.';
+    END IF;
+    PERFORM pgtasks.lock_owned_task(task_id, attempt);
+    IF n = 0 THEN
+        RETURN 0;
+    END IF;
+    SELECT max(greatest(octet_length(m), octet_length(l), octet_length(g))) INTO longest
+      FROM unnest(log_many.messages, log_many.levels, log_many.loggers) AS u(m, l, g);
+    IF longest > (SELECT s.max_log_bytes FROM pgtasks.settings s) THEN
+        RAISE EXCEPTION 'pgtasks: a log line of % bytes is larger than max_log_bytes (%)',
+                longest, (SELECT s.max_log_bytes FROM pgtasks.settings s)
+            USING ERRCODE = 'PT204',
+                  HINT = 'Nothing of this batch was written. Log less per line, or raise the limit: '
+                         'SELECT pgtasks.configure(max_log_bytes => ...).';
+    END IF;
+    INSERT INTO pgtasks.task_logs (task_id, attempt, level, message, logger, at)
+    SELECT log_many.task_id, log_many.attempt, upper(coalesce(u.level, 'INFO')), coalesce(u.message, ''),
+           log_many.loggers[u.ord], coalesce(log_many.ats[u.ord], clock_timestamp())
+      FROM unnest(log_many.levels, log_many.messages) WITH ORDINALITY AS u(level, message, ord)
+     ORDER BY u.ord;
+    PERFORM pgtasks.notify_watchers(task_id);
+    RETURN n;
+END $$;
+GRANT EXECUTE ON FUNCTION pgtasks.log_many(bigint, integer, text[], text[], timestamptz[], text[]) TO pgtasks_worker;
+COMMENT ON FUNCTION pgtasks.log_many(bigint, integer, text[], text[], timestamptz[], text[]) IS
+    'Appends many log lines (parallel arrays of levels, messages, optional times and logger names) to a running attempt''s task in one call; returns how many.';
+
+------------------------------------------------------------------------------------------
+-- Operator actions
+
+-- Cancels a task that has not finished; returns the status it had. A running task's
+-- worker is told on pgtasks_cancel with the payload '<task_id>:<attempt>', so it stops the
+-- run that was cancelled and not a later one; fencing rejects whatever it writes after.
+CREATE FUNCTION pgtasks.cancel_task(task_id bigint) RETURNS pgtasks.status
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+DECLARE
+    t pgtasks.tasks;
+BEGIN
+    t := pgtasks.lock_task(task_id);
+    IF t.status IN ('DONE', 'FAILED', 'CANCELLED') THEN
+        RAISE EXCEPTION 'pgtasks: task % already finished as %; nothing to cancel', task_id, t.status
+            USING ERRCODE = 'PT004', HINT = 'Use retry_task() to run a FAILED or CANCELLED task again.';
+    END IF;
+    UPDATE pgtasks.tasks
+       SET status = 'CANCELLED', finished_at = now(),
+           worker_id = NULL, lease_expires_at = NULL, deadline = NULL
+     WHERE id = t.id;
+    IF t.status = 'RUNNING' THEN
+        -- The worker listens and stops the task; fencing rejects anything it writes later.
+        PERFORM pg_notify('pgtasks_cancel', t.id::text || ':' || t.attempt::text);
+    END IF;
+    RETURN t.status;
+END $$;
+GRANT EXECUTE ON FUNCTION pgtasks.cancel_task(bigint) TO pgtasks_admin;
+COMMENT ON FUNCTION pgtasks.cancel_task(bigint) IS
+    'Cancels a task that has not finished (its worker is notified if it runs) and returns the status it had; PT004 when it already finished.';
+
+-- Runs a FAILED or CANCELLED task again from PENDING (or WAITING, while parents are
+-- unfinished), with its retries reset. A unique key held meanwhile by another active task
+-- is PT306 (raise_unique_held): checked first so the common case costs one index probe
+-- and no subtransaction, and caught again from the unique index when a concurrent submit
+-- wins between the probe and the UPDATE.
+CREATE FUNCTION pgtasks.retry_task(task_id bigint, run_at timestamptz DEFAULT now())
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+DECLARE
+    t pgtasks.tasks;
+BEGIN
+    PERFORM pgtasks.check_run_at(run_at);
+    t := pgtasks.lock_task(task_id);
+    IF t.status NOT IN ('FAILED', 'CANCELLED') THEN
+        RAISE EXCEPTION 'pgtasks: task % is %; only FAILED or CANCELLED tasks can be retried', task_id, t.status
+            USING ERRCODE = 'PT001', HINT = 'Wait for it to finish, or cancel it first.';
+    END IF;
+    -- Checked first so the common case costs one index probe and no subtransaction. A
+    -- concurrent submit of the key can still win between this probe and the UPDATE; the
+    -- unique index then refuses the UPDATE, caught below and given the same code.
+    IF t.unique_key IS NOT NULL AND EXISTS (
+        SELECT 1 FROM pgtasks.tasks o
+         WHERE o.unique_key = t.unique_key AND o.status IN ('PENDING', 'COMMIT', 'RUNNING')
+           AND o.id <> t.id) THEN
+        PERFORM pgtasks.raise_unique_held(t);
+    END IF;
+    BEGIN
+        UPDATE pgtasks.tasks
+           SET status = 'PENDING', retry_count = 0, finished_at = NULL, result = NULL,
+               run_at = coalesce(retry_task.run_at, now())
+         WHERE id = t.id;
+    EXCEPTION WHEN unique_violation THEN
+        PERFORM pgtasks.raise_unique_held(t);
+    END;
+END $$;
+GRANT EXECUTE ON FUNCTION pgtasks.retry_task(bigint, timestamptz) TO pgtasks_admin;
+COMMENT ON FUNCTION pgtasks.retry_task(bigint, timestamptz) IS
+    'Runs a FAILED or CANCELLED task again: back to PENDING at run_at with its retries reset.';

@@ -1,0 +1,358 @@
+-- Leases, the worker registry, and the maintenance that keeps the table healthy.
+--
+-- A claim (05_claim.sql) gives each task it hands out a deadline, now() plus the task's
+-- timeout, and a lease, lease_expires_at, which never passes the deadline. A working
+-- worker's heartbeat extends the leases of all its running tasks in one statement. A
+-- worker that dies or hangs stops heartbeating; once a lease has expired, rescue hands the
+-- task on as a failed attempt: back to COMMIT after the task's own backoff, to resume from
+-- its checkpoints on another worker, or FAILED when its retries are used up. A task that
+-- runs past its deadline is rescued the same way, whatever its heartbeats, because its
+-- lease cannot outlive the deadline. Expiry is judged by the database's clock alone, so no
+-- worker's clock ever decides it.
+--
+-- The registry (worker_registry, shown by pgtasks.workers) tells operators which workers
+-- run, where, with how many slots. It decides nothing: a task belongs to the worker its row
+-- names for as long as the lease holds.
+--
+-- Maintenance runs inside the workers, so there is no cron job to remember: every worker,
+-- in any language, calls maintain() on a timer, and one call at a time does the work:
+-- rescue, one batch of finished tasks pruned with their history, and the flow-control rows
+-- that nothing reads any more.
+
+SET LOCAL search_path = pg_catalog, pgtasks, pg_temp;
+-- Everything in this file is created by, and so owned by, pgtasks_owner.
+SET LOCAL ROLE pgtasks_owner;
+
+------------------------------------------------------------------------------------------
+-- The worker registry
+
+-- Called at start and again after a lost connection: a worker cut off for longer than the
+-- sweep window (rescue_expired deletes rows not seen for 10 minutes) comes back into the
+-- registry instead of working invisibly. Registering an id that is there already only
+-- refreshes its last_seen. Every column is checked with one code, PT206, so that a NULL host
+-- or pid is refused with a HINT rather than a bare NOT NULL violation, and no blank or
+-- oversized host or queue name, and no concurrency below 1, gets in.
+CREATE FUNCTION pgtasks.register_worker(
+    worker_id   text,
+    host        text,
+    pid         integer,
+    queues      text[]   DEFAULT NULL,   -- NULL: every queue
+    concurrency integer  DEFAULT 1,
+    lease       interval DEFAULT NULL    -- NULL: settings.default_lease
+) RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+BEGIN
+    PERFORM pgtasks.check_worker_id(worker_id);
+    IF pgtasks.is_blank(host) OR octet_length(host) > 255 OR pid IS NULL
+       OR concurrency IS NULL OR concurrency < 1
+       OR EXISTS (SELECT 1 FROM unnest(queues) q WHERE pgtasks.is_blank(q) OR octet_length(q) > 255) THEN
+        RAISE EXCEPTION 'pgtasks: register_worker needs a host name, a pid, a concurrency of 1 or more '
+                        'and non-blank queue names (got host %, pid %, concurrency %, queues %)',
+                left(host, 40), pid, concurrency, left(queues::text, 80)
+            USING ERRCODE = 'PT206', HINT = 'For example register_worker(''host:123:ab'', ''host'', 123, NULL, 10).';
+    END IF;
+    INSERT INTO pgtasks.worker_registry AS w (worker_id, host, pid, queues, concurrency, lease)
+    VALUES (register_worker.worker_id, register_worker.host, register_worker.pid, register_worker.queues,
+            register_worker.concurrency, pgtasks.lease_or_default(register_worker.lease))
+    ON CONFLICT ON CONSTRAINT worker_registry_pkey DO UPDATE SET last_seen = now();
+END $$;
+GRANT EXECUTE ON FUNCTION pgtasks.register_worker(text, text, integer, text[], integer, interval)
+    TO pgtasks_worker;
+COMMENT ON FUNCTION pgtasks.register_worker(text, text, integer, text[], integer, interval) IS
+    'Adds a worker to the registry (pgtasks.workers), or refreshes its last_seen if it is '
+    'there already. Workers call it at start and after every reconnect; lease NULL means '
+    'settings.default_lease.';
+
+-- A worker that stops cleanly leaves the registry at once; one that dies stays listed (not
+-- alive) until rescue sweeps it, so operators can see what died.
+CREATE FUNCTION pgtasks.unregister_worker(worker_id text) RETURNS void
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+    DELETE FROM pgtasks.worker_registry w WHERE w.worker_id = unregister_worker.worker_id;
+$$;
+GRANT EXECUTE ON FUNCTION pgtasks.unregister_worker(text) TO pgtasks_worker;
+COMMENT ON FUNCTION pgtasks.unregister_worker(text) IS
+    'Removes a worker from the registry when it stops cleanly.';
+
+------------------------------------------------------------------------------------------
+-- Heartbeats
+
+-- Extends the leases of all of a worker's running tasks in one statement, to now() + lease
+-- but never past a task's deadline, and reports the ones it no longer holds (cancelled, or
+-- rescued after a lease ran out), so the worker can stop them. Fenced like every worker
+-- write: a lease is extended only for the attempt and the worker that hold it, so a late
+-- heartbeat cannot revive a task another worker now runs. It also refreshes the worker's
+-- last_seen in the registry.
+CREATE FUNCTION pgtasks.heartbeat(
+    worker_id text,
+    task_ids  bigint[],
+    attempts  integer[],
+    lease     interval DEFAULT NULL    -- NULL: settings.default_lease
+) RETURNS TABLE (lost_task_id bigint)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+DECLARE
+    lease_for interval;
+BEGIN
+    PERFORM pgtasks.check_worker_id(worker_id);
+    PERFORM pgtasks.check_batch('heartbeat', task_ids, attempts);
+    lease_for := pgtasks.lease_or_default(lease);
+
+    UPDATE pgtasks.worker_registry w SET last_seen = now()
+     WHERE w.worker_id = heartbeat.worker_id;
+
+    RETURN QUERY
+    WITH mine AS (
+        SELECT u.task_id, u.attempt FROM unnest(heartbeat.task_ids, heartbeat.attempts) AS u(task_id, attempt)
+    ), extended AS (
+        UPDATE pgtasks.tasks t
+           SET lease_expires_at = least(now() + lease_for, t.deadline)
+          FROM mine
+         WHERE t.id = mine.task_id AND t.attempt = mine.attempt
+           AND t.status = 'RUNNING' AND t.worker_id = heartbeat.worker_id
+        RETURNING t.id, t.attempt
+    )
+    -- NOT EXISTS, not NOT IN: with a NULL attempt in the batch, NOT IN is never true
+    -- and that task would be neither extended nor reported lost.
+    SELECT mine.task_id FROM mine
+     WHERE NOT EXISTS (SELECT 1 FROM extended e WHERE e.id = mine.task_id AND e.attempt = mine.attempt);
+END $$;
+GRANT EXECUTE ON FUNCTION pgtasks.heartbeat(text, bigint[], integer[], interval)
+    TO pgtasks_worker;
+COMMENT ON FUNCTION pgtasks.heartbeat(text, bigint[], integer[], interval) IS
+    'Extends the leases of a worker''s running tasks (never past their deadlines) and returns '
+    'the ids of the tasks it no longer holds, which the worker must stop. lease NULL means '
+    'settings.default_lease.';
+
+------------------------------------------------------------------------------------------
+-- Rescue
+
+-- The error rescue records for an expired attempt: a deadline overrun (the task ran past
+-- its time limit) or a lease that ran out (its worker stopped heartbeating).
+CREATE FUNCTION pgtasks.expiry_reason(t pgtasks.tasks) RETURNS text
+LANGUAGE sql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+    SELECT CASE WHEN t.deadline < now()
+                THEN pg_catalog.format('timed out: ran past its %s time limit (worker %s)', t.timeout, t.worker_id)
+                ELSE pg_catalog.format('lease expired: worker %s stopped heartbeating', t.worker_id) END
+$$;
+
+-- Locks up to max_tasks expired tasks, oldest expiry first, skipping any that another
+-- rescuer holds (SKIP LOCKED), so every worker may rescue at once without queueing behind
+-- the others. lease_expires_at never exceeds deadline, so this also catches overrun
+-- deadlines. The walk is tasks_lease (queue, lease_expires_at), which holds running tasks
+-- only: PostgreSQL 18 skips through its queues; older servers read every running task's
+-- entry and sort the expired ones, which is bounded by the running tasks, never by the
+-- backlog or the history.
+CREATE FUNCTION pgtasks.lock_expired(max_tasks integer) RETURNS SETOF pgtasks.tasks
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+    SELECT * FROM pgtasks.tasks t
+     WHERE t.lease_expires_at IS NOT NULL AND t.lease_expires_at < now()
+     ORDER BY t.lease_expires_at
+     LIMIT lock_expired.max_tasks
+     FOR NO KEY UPDATE SKIP LOCKED
+$$;
+
+-- One expired task, isolated, for rescue_expired's slow path. Returns 1 when it was handed
+-- on, or, should that fail, marked FAILED with the reason (and a WARNING); 0 when even
+-- that failed and the task was skipped (with a WARNING).
+CREATE FUNCTION pgtasks.rescue_one(t pgtasks.tasks) RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+DECLARE
+    why text;
+BEGIN
+    BEGIN
+        PERFORM pgtasks.record_failure(t, pgtasks.expiry_reason(t), NULL, true, NULL);
+        RETURN 1;
+    EXCEPTION WHEN OTHERS THEN
+        why := SQLERRM;
+    END;
+    BEGIN
+        PERFORM pgtasks.record_failure(
+            t, pg_catalog.format('rescue failed (%s) after: %s', why, pgtasks.expiry_reason(t)),
+            NULL, false, NULL);
+        RAISE WARNING 'pgtasks: task % could not be rescued (%); marked FAILED', t.id, why;
+        RETURN 1;
+    EXCEPTION WHEN OTHERS THEN
+        RAISE WARNING 'pgtasks: task % could not be rescued nor failed (%); skipped', t.id, SQLERRM;
+        RETURN 0;
+    END;
+END $$;
+
+-- Tasks whose lease expired (their worker died or hung) or that ran past their deadline
+-- are handed on as a failed attempt by record_failure (06_finish.sql): COMMIT to resume
+-- elsewhere, after the backoff the row itself carries (backoff_base, the one fail_task
+-- uses too), or FAILED when retries are used up.
+--
+-- No single row may stop the rescue of the others. The batch runs in one subtransaction;
+-- should a row still fail (a hand-added trigger or constraint), the batch is redone row by
+-- row, each row in its own subtransaction (rescue_one). Per-row subtransactions only on
+-- that path: a thousand of them in every call would overflow the subtransaction cache.
+--
+-- Two sweeps ride along: registry rows of workers not seen for 10 minutes, and the watch
+-- registrations (task_waiters) of clients whose session has ended.
+CREATE FUNCTION pgtasks.rescue_expired(max_tasks integer DEFAULT 1000) RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+DECLARE
+    t pgtasks.tasks;
+    n integer := 0;
+BEGIN
+    PERFORM pgtasks.check_max_tasks(max_tasks);
+    BEGIN
+        FOR t IN SELECT * FROM pgtasks.lock_expired(max_tasks) LOOP
+            PERFORM pgtasks.record_failure(t, pgtasks.expiry_reason(t), NULL, true, NULL);
+            n := n + 1;
+        END LOOP;
+    EXCEPTION WHEN OTHERS THEN
+        n := 0;
+        FOR t IN SELECT * FROM pgtasks.lock_expired(max_tasks) LOOP
+            n := n + pgtasks.rescue_one(t);
+        END LOOP;
+    END;
+    DELETE FROM pgtasks.worker_registry WHERE last_seen < now() - interval '10 minutes';
+    -- Watch registrations of clients that went away without unwatching (killed mid-wait):
+    -- they would only cost needless notifications, but they should not pile up.
+    DELETE FROM pgtasks.task_waiters w
+     WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a WHERE a.pid = w.pid);
+    RETURN n;
+END $$;
+GRANT EXECUTE ON FUNCTION pgtasks.rescue_expired(integer) TO pgtasks_worker;
+COMMENT ON FUNCTION pgtasks.rescue_expired(integer) IS
+    'Hands up to max_tasks tasks whose lease expired or whose deadline passed on as a failed '
+    'attempt (COMMIT to resume, or FAILED); returns how many. maintain() calls it.';
+
+------------------------------------------------------------------------------------------
+-- Pruning
+
+-- The flow-control rows nothing reads any more, at most max_rows of each kind per call:
+-- unique_for windows whose reservation has passed (a key submitted once a day would
+-- otherwise leave one row a day forever), and queue_starts rows older than their queue's
+-- rate window, or of a queue that no longer has a rate limit (the limited claim path trims
+-- only the queues it still claims from). Not counted in prune_finished's result, which
+-- stays "finished tasks deleted".
+CREATE FUNCTION pgtasks.prune_flow_state(max_rows integer) RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+BEGIN
+    -- A window whose reservation has passed is only ever taken over by the next submit of
+    -- its key (submit_one); deleting it leaves the key free exactly as that would. SKIP
+    -- LOCKED: a submit taking the row over right now keeps it.
+    DELETE FROM pgtasks.unique_windows w
+     WHERE w.unique_key IN (SELECT o.unique_key FROM pgtasks.unique_windows o
+                             WHERE o.reserved_until < now()
+                             LIMIT max_rows
+                             FOR UPDATE SKIP LOCKED);
+    -- Starts older than their queue's window count for nothing (claim_limited trims them
+    -- itself, but only for queues it still claims from with a rate limit). A queue without
+    -- settings or without a rate limit keeps none.
+    DELETE FROM pgtasks.queue_starts s
+     WHERE s.ctid IN (SELECT o.ctid FROM pgtasks.queue_starts o
+                        LEFT JOIN pgtasks.queue_settings qs ON qs.queue = o.queue
+                       WHERE qs.rate_limit IS NULL OR o.at < now() - qs.rate_period
+                       LIMIT max_rows);
+END $$;
+
+-- Deletes the tasks that finished more than older_than ago (NULL: settings.retention),
+-- oldest first and at most max_tasks per call, so that no long lock is held; a row another
+-- session has locked waits for the next call. Their history goes with them: task_errors,
+-- task_steps, task_logs, task_waiters and task_edges through their foreign keys' cascade,
+-- task_events (which has no foreign key, see 01_tables.sql) in the same statement.
+--
+-- History is append-only (03_state_machine.sql); its triggers let pruning through while
+-- the transaction-local setting pgtasks.pruning is on, which this function sets around its
+-- one DELETE statement. Set inside the function rather than as a SET clause on it: only a
+-- superuser may attach a custom setting to a function, and pgtasks must install without one.
+CREATE FUNCTION pgtasks.prune_finished(
+    older_than interval DEFAULT NULL,    -- NULL: settings.retention
+    max_tasks  integer  DEFAULT 1000
+) RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+DECLARE
+    cutoff timestamptz;
+    n integer;
+BEGIN
+    PERFORM pgtasks.check_max_tasks(max_tasks);
+    -- A negative age would delete tasks the moment they finish, before anyone read them.
+    IF older_than IS NOT NULL AND NOT (older_than >= interval '0' AND older_than <= interval '100 years') THEN
+        RAISE EXCEPTION 'pgtasks: older_than must be between 0 and 100 years, got %', older_than
+            USING ERRCODE = 'PT120', HINT = 'Leave older_than out (NULL) for settings.retention.';
+    END IF;
+    cutoff := now() - coalesce(older_than, (SELECT s.retention FROM pgtasks.settings s));
+    -- Lets the append-only triggers through for this statement only (see reject_history_change).
+    PERFORM set_config('pgtasks.pruning', 'on', true);
+    WITH doomed AS (
+        SELECT t.id FROM pgtasks.tasks t
+         WHERE t.status IN ('DONE', 'FAILED', 'CANCELLED') AND t.finished_at < cutoff
+         ORDER BY t.finished_at
+         LIMIT max_tasks
+         FOR UPDATE SKIP LOCKED
+    ), gone AS (
+        DELETE FROM pgtasks.tasks t USING doomed WHERE t.id = doomed.id RETURNING t.id
+    ), history AS (
+        -- task_events has no foreign key (see its table), so its rows go here, not by cascade.
+        DELETE FROM pgtasks.task_events e USING gone WHERE e.task_id = gone.id
+    )
+    SELECT count(*)::integer INTO n FROM gone;
+    PERFORM set_config('pgtasks.pruning', '', true);
+    PERFORM pgtasks.prune_flow_state(max_tasks);
+    RETURN n;
+END $$;
+GRANT EXECUTE ON FUNCTION pgtasks.prune_finished(interval, integer) TO pgtasks_worker;
+COMMENT ON FUNCTION pgtasks.prune_finished(interval, integer) IS
+    'Deletes up to max_tasks tasks that finished more than older_than ago (NULL: '
+    'settings.retention), with their history; returns how many. maintain() calls it.';
+
+------------------------------------------------------------------------------------------
+-- Maintenance
+
+-- Rescue, one prune batch and the sweeps, in one call that workers of every language make
+-- on a timer. When a call is already running, the others return (0, 0) at once instead of
+-- queueing behind its sweeps: the work is the same whoever does it. The advisory lock is
+-- the transaction's, so it goes with the caller's commit.
+CREATE FUNCTION pgtasks.maintain(max_tasks integer DEFAULT 1000)
+RETURNS TABLE (rescued integer, pruned integer)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+BEGIN
+    PERFORM pgtasks.check_max_tasks(max_tasks);
+    -- Any constant works; it only has to be the same for every caller ("pgtmnt").
+    IF NOT pg_catalog.pg_try_advisory_xact_lock(x'7067746d6e74'::bigint) THEN
+        rescued := 0;
+        pruned := 0;
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    rescued := pgtasks.rescue_expired(max_tasks);
+    pruned := pgtasks.prune_finished(NULL, max_tasks);
+    RETURN NEXT;
+END $$;
+GRANT EXECUTE ON FUNCTION pgtasks.maintain(integer) TO pgtasks_worker;
+COMMENT ON FUNCTION pgtasks.maintain(integer) IS
+    'The periodic maintenance every worker calls: rescues expired leases and prunes one batch '
+    'of finished tasks, returning both counts; returns (0, 0) at once while another call is at '
+    'work.';

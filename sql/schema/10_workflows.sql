@@ -1,0 +1,695 @@
+-- Workflows: chains, groups, chords and any DAG of tasks, resolved by the database.
+-- docs/workflows.md is the guide, with the measured costs.
+--
+-- The graph lives apart from run state: task_edges holds one (parent, child) row per
+-- dependency, workflow_runs one row per submitted graph (01_tables.sql). A task with
+-- unfinished parents is WAITING and counts them in waiting_on; no claim looks at WAITING,
+-- so the claim path knows nothing of workflows, and the CHECK constraint
+-- ready_has_no_unfinished_parents keeps even a hand-written UPDATE from making such a task
+-- claimable.
+--
+-- When parents end, the statement that ended them (finish_tasks, finish_and_claim,
+-- fail_task, cancel_task, rescue ...) counts their children down in its AFTER UPDATE
+-- statement trigger, record_updates (03_state_machine.sql), which calls release_children
+-- below: one UPDATE per child per statement, with the number of its parents that statement
+-- ended, so a chord's callback row is written once per completer batch, not once per child
+-- (measured: 42 writes for 10,000 children). The child that reaches 0 becomes PENDING in
+-- that same transaction, so the completer's claim in finish_and_claim can take it in the
+-- same round trip; a NOTIFY wakes the other workers. A parent that ends FAILED or CANCELLED
+-- cancels its waiting dependents, transitively, unless a child says
+-- on_parent_failure = 'run'; retrying the parent brings them back to WAITING.
+--
+-- Plain tasks pay one test per UPDATE statement: has_dependents is NULL on every row that
+-- no task depends on, and record_updates looks no further when no row of the statement has
+-- it (measured: a plain drain with and without workflows, no difference beyond the noise).
+--
+-- Lock order: a child's id is always larger than its parents' (submit_workflow inserts in
+-- topological order; depends_on names tasks that exist already, and the edge_goes_forward
+-- constraint holds every edge to it), and every function here locks rows in id order, so
+-- the fan-in cannot deadlock with a cancel that walks a workflow in id order.
+--
+-- SQLSTATEs (docs/sql-api.md):
+--   PT501 spec not an object, without nodes, or with a bad name
+--   PT502 a node without a valid name, or a name used twice
+--   PT503 `after` names no node of the spec; depends_on names no task, or holds NULL
+--   PT504 the graph has a cycle           PT505 on_parent_failure not cancel or run
+--   PT506 a node key unknown, of the wrong JSON type, or a value that does not cast;
+--         depends_on with unique_key
+--   PT507 a depends_on parent already ended FAILED or CANCELLED
+--   PT508 no workflow with that id
+--   PT510 retrying a task whose parent is FAILED or CANCELLED
+
+SET LOCAL search_path = pg_catalog, pgtasks, pg_temp;
+-- Everything in this file is created by, and so owned by, pgtasks_owner.
+SET LOCAL ROLE pgtasks_owner;
+
+------------------------------------------------------------------------------------------
+-- A retried child waits for its parents again
+
+-- retry_task of a child (FAILED or CANCELLED -> PENDING) must not make it claimable while
+-- a parent is unfinished: this trigger counts its parents again and keeps it WAITING if
+-- any is. A child whose parent ended FAILED or CANCELLED cannot run (unless it runs on
+-- parent failure): retry the parent, which revives it (PT510 says so).
+CREATE FUNCTION pgtasks.await_parents() RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+DECLARE
+    dead record;
+    unmet integer;
+BEGIN
+    IF NEW.on_parent_failure IS DISTINCT FROM 'run' THEN
+        SELECT p.id, p.status INTO dead
+          FROM pgtasks.task_edges e JOIN pgtasks.tasks p ON p.id = e.parent_id
+         WHERE e.child_id = NEW.id AND p.status IN ('FAILED', 'CANCELLED')
+         ORDER BY p.id LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'pgtasks: task % cannot run again: its parent task % is %', NEW.id, dead.id, dead.status
+                USING ERRCODE = 'PT510',
+                      HINT = 'Retry the parent instead: the dependents it cancelled come back with it.';
+        END IF;
+    END IF;
+    SELECT count(*) INTO unmet
+      FROM pgtasks.task_edges e JOIN pgtasks.tasks p ON p.id = e.parent_id
+     WHERE e.child_id = NEW.id AND p.status NOT IN ('DONE', 'FAILED', 'CANCELLED');
+    NEW.waiting_on := unmet;
+    NEW.cancelled_by := NULL;
+    IF unmet > 0 THEN
+        NEW.status := 'WAITING';
+    END IF;
+    RETURN NEW;
+END $$;
+COMMENT ON FUNCTION pgtasks.await_parents() IS
+    'Trigger function of tasks_await_parents: a retried task with parents goes back to WAITING '
+    'while any parent is unfinished, and is refused (PT510) while one is FAILED or CANCELLED.';
+
+-- Named to run before tasks_check_transition (BEFORE triggers run in name order), which then
+-- checks the pair as it will be stored; only rows with parents that are being retried call
+-- it.
+CREATE TRIGGER tasks_await_parents
+    BEFORE UPDATE ON pgtasks.tasks
+    FOR EACH ROW
+    WHEN (OLD.status IN ('FAILED', 'CANCELLED') AND NEW.status = 'PENDING'
+          AND OLD.waiting_on IS NOT NULL)
+    EXECUTE FUNCTION pgtasks.await_parents();
+
+------------------------------------------------------------------------------------------
+-- Parents ending: count down, release, cancel; and revive on retry
+--
+-- record_updates runs with enable_nestloop off, to hash-join its transition tables (see
+-- 03_state_machine.sql). The two functions below look tasks and edges up by index in nested
+-- loops, so they set it back on for themselves: without that, a batch with dependents would
+-- hash-join pgtasks.tasks whole.
+
+-- Called by record_updates with the parents (has_dependents) that this statement moved to
+-- DONE, FAILED or CANCELLED. Two statements on the children, whatever the batch size:
+--   1. failure: the WAITING descendants of a FAILED or CANCELLED parent that do not run on
+--      parent failure are CANCELLED, all of them at once (a recursive walk, not one nested
+--      trigger per generation: a chain of 1,000 would otherwise recurse 1,000 deep), each
+--      with the reason in error and the parent in cancelled_by;
+--   2. count-down: every other WAITING child loses the parents that ended here; at 0 it
+--      becomes PENDING, and its queue gets one NOTIFY (per statement and queue) like a fresh
+--      insert, so a listening worker claims it at once.
+-- The fan-in's hot row is the callback of a chord: it is written once per completer
+-- statement (a batch of up to --concurrency results), not once per child.
+CREATE FUNCTION pgtasks.release_children(parents bigint[]) RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+SET enable_nestloop = on
+AS $$
+DECLARE
+    doomed bigint[];
+    causes bigint[];
+    kids bigint[];
+    ended integer[];
+    n integer;
+BEGIN
+    WITH RECURSIVE doom(id, cause) AS (
+        SELECT e.child_id, p.id
+          FROM pgtasks.tasks p
+          JOIN pgtasks.task_edges e ON e.parent_id = p.id
+          JOIN pgtasks.tasks c ON c.id = e.child_id
+         WHERE p.id = ANY (parents) AND p.status IN ('FAILED', 'CANCELLED')
+           AND c.status = 'WAITING' AND c.on_parent_failure = 'cancel'
+        UNION
+        SELECT e.child_id, d.cause
+          FROM doom d
+          JOIN pgtasks.task_edges e ON e.parent_id = d.id
+          JOIN pgtasks.tasks c ON c.id = e.child_id
+         WHERE c.status = 'WAITING' AND c.on_parent_failure = 'cancel'
+    )
+    SELECT array_agg(x.id ORDER BY x.id), array_agg(x.cause ORDER BY x.id) INTO doomed, causes
+      FROM (SELECT DISTINCT ON (d.id) d.id, d.cause FROM doom d ORDER BY d.id, d.cause) x;
+    IF doomed IS NOT NULL THEN
+        PERFORM 1 FROM pgtasks.tasks t WHERE t.id = ANY (doomed) ORDER BY t.id FOR NO KEY UPDATE;
+        UPDATE pgtasks.tasks c
+           SET status = 'CANCELLED', finished_at = now(), cancelled_by = u.cause,
+               error = pg_catalog.format('cancelled: parent task %s%s ended %s', u.cause,
+                                         coalesce(' (' || p.workflow_node || ')', ''), p.status)
+          FROM unnest(doomed, causes) AS u(id, cause)
+          JOIN pgtasks.tasks p ON p.id = u.cause
+         WHERE c.id = u.id AND c.status = 'WAITING';
+    END IF;
+
+    SELECT array_agg(k.child_id ORDER BY k.child_id), array_agg(k.n ORDER BY k.child_id) INTO kids, ended
+      FROM (SELECT e.child_id, count(*)::integer AS n FROM pgtasks.task_edges e
+             WHERE e.parent_id = ANY (parents) GROUP BY e.child_id) k;
+    IF kids IS NULL THEN
+        RETURN;
+    END IF;
+    PERFORM 1 FROM pgtasks.tasks t WHERE t.id = ANY (kids) AND t.status = 'WAITING'
+     ORDER BY t.id FOR NO KEY UPDATE;
+    WITH released AS (
+        UPDATE pgtasks.tasks c
+           SET waiting_on = greatest(c.waiting_on - u.n, 0),
+               status = CASE WHEN c.waiting_on - u.n <= 0 THEN 'PENDING'::pgtasks.status
+                             ELSE 'WAITING'::pgtasks.status END
+          FROM unnest(kids, ended) AS u(id, n)
+         WHERE c.id = u.id AND c.status = 'WAITING'
+        RETURNING c.queue, c.status, c.run_at
+    )
+    -- Honours the off switch (pgtasks.wake_workers = off) like an insert does.
+    SELECT count(pg_notify('pgtasks_wakeup', q.queue)) INTO n
+      FROM (SELECT DISTINCT r.queue FROM released r
+             WHERE r.status = 'PENDING' AND r.run_at <= now()
+               AND current_setting('pgtasks.wake_workers', true) IS DISTINCT FROM 'off') q;
+END $$;
+
+-- A retried parent (FAILED or CANCELLED -> PENDING or WAITING) brings back the dependents
+-- its failure cancelled (cancelled_by set; a task cancelled by hand or by cancel_workflow
+-- stays cancelled), one generation per loop, each WAITING on its unfinished parents again.
+-- A child with another parent still FAILED or CANCELLED stays cancelled (and so do its
+-- dependents). A child that already left WAITING (it ran on parent failure) is left alone.
+CREATE FUNCTION pgtasks.revive_children(parents bigint[]) RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+SET enable_nestloop = on
+AS $$
+DECLARE
+    frontier bigint[] := parents;
+BEGIN
+    -- The revivals below are updates too; record_updates must not walk them again.
+    PERFORM set_config('pgtasks.reviving', 'on', true);
+    -- A child that runs on parent failure counted the failed parent as ended; if it still
+    -- waits on others, it now waits for the retried one too.
+    UPDATE pgtasks.tasks c SET waiting_on = c.waiting_on + k.n
+      FROM (SELECT e.child_id, count(*)::integer AS n FROM pgtasks.task_edges e
+             WHERE e.parent_id = ANY (parents) GROUP BY e.child_id) k
+     WHERE c.id = k.child_id AND c.status = 'WAITING';
+    LOOP
+        SELECT array_agg(DISTINCT c.id ORDER BY c.id) INTO frontier
+          FROM pgtasks.task_edges e JOIN pgtasks.tasks c ON c.id = e.child_id
+         WHERE e.parent_id = ANY (frontier) AND c.status = 'CANCELLED' AND c.cancelled_by IS NOT NULL
+           AND NOT EXISTS (SELECT 1 FROM pgtasks.task_edges e2 JOIN pgtasks.tasks p ON p.id = e2.parent_id
+                            WHERE e2.child_id = c.id AND p.status IN ('FAILED', 'CANCELLED'));
+        EXIT WHEN frontier IS NULL;
+        PERFORM 1 FROM pgtasks.tasks t WHERE t.id = ANY (frontier) ORDER BY t.id FOR NO KEY UPDATE;
+        WITH revived AS (
+            UPDATE pgtasks.tasks c
+               SET status = 'WAITING', finished_at = NULL, error = NULL, cancelled_by = NULL,
+                   waiting_on = (SELECT count(*) FROM pgtasks.task_edges e JOIN pgtasks.tasks p ON p.id = e.parent_id
+                                  WHERE e.child_id = c.id AND p.status <> 'DONE')
+             WHERE c.id = ANY (frontier) AND c.status = 'CANCELLED'
+            RETURNING c.id
+        )
+        SELECT array_agg(r.id) INTO frontier FROM revived r;
+        EXIT WHEN frontier IS NULL;
+    END LOOP;
+    PERFORM set_config('pgtasks.reviving', '', true);
+END $$;
+
+------------------------------------------------------------------------------------------
+-- Submitting with parents
+
+-- submit_task(..., depends_on => ...) ends here (04_submit.sql). Links a new task to
+-- existing parents: locks them (in id order, FOR NO KEY UPDATE, so a parent cannot end
+-- between our count and our commit without seeing our edge: the finisher waits for this
+-- transaction, then its trigger reads the edge), marks them has_dependents and inserts the
+-- child WAITING on the unfinished ones.
+CREATE FUNCTION pgtasks.submit_dependent(
+    p                 pgtasks.tasks,   -- the resolved policy (submit_policy)
+    params            jsonb,
+    concurrency_key   text,
+    concurrency_limit integer,
+    depends_on        bigint[],
+    on_parent_failure text
+) RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+DECLARE
+    parents bigint[];
+    found_ids bigint[];
+    unmet integer;
+    dead record;
+    policy text := coalesce(on_parent_failure, 'cancel');
+    new_id bigint;
+BEGIN
+    IF policy NOT IN ('cancel', 'run') THEN
+        RAISE EXCEPTION 'pgtasks: on_parent_failure must be cancel or run, got %', quote_literal(on_parent_failure)
+            USING ERRCODE = 'PT505',
+                  HINT = 'cancel (the default): a failed parent cancels this task; run: it runs anyway and '
+                         'parent_results() says which parents failed.';
+    END IF;
+    IF depends_on IS NULL OR array_position(depends_on, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION 'pgtasks: depends_on must be an array of task ids without NULLs'
+            USING ERRCODE = 'PT503', HINT = 'For example depends_on => ARRAY[41, 42]::bigint[].';
+    END IF;
+    parents := ARRAY(SELECT DISTINCT u FROM unnest(depends_on) u ORDER BY u);
+    IF cardinality(parents) = 0 THEN
+        new_id := (SELECT s.id FROM pgtasks.submit_one(p, params, NULL, NULL, concurrency_key, concurrency_limit) s);
+        RETURN new_id;
+    END IF;
+    SELECT array_agg(l.id ORDER BY l.id), count(*) FILTER (WHERE l.status NOT IN ('DONE', 'FAILED', 'CANCELLED'))
+      INTO found_ids, unmet
+      FROM (SELECT t.id, t.status FROM pgtasks.tasks t WHERE t.id = ANY (parents)
+             ORDER BY t.id FOR NO KEY UPDATE) l;
+    IF found_ids IS DISTINCT FROM parents THEN
+        RAISE EXCEPTION 'pgtasks: depends_on names task % which does not exist',
+                (SELECT u FROM unnest(parents) u WHERE u <> ALL (coalesce(found_ids, '{}')) LIMIT 1)
+            USING ERRCODE = 'PT503', HINT = 'Name tasks that exist; finished tasks are pruned after their retention.';
+    END IF;
+    IF policy = 'cancel' THEN
+        SELECT t.id, t.status INTO dead FROM pgtasks.tasks t
+         WHERE t.id = ANY (parents) AND t.status IN ('FAILED', 'CANCELLED') ORDER BY t.id LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'pgtasks: parent task % already ended %; this task could never run', dead.id, dead.status
+                USING ERRCODE = 'PT507',
+                      HINT = 'Retry the parent first, or submit with on_parent_failure => ''run''.';
+        END IF;
+    END IF;
+    UPDATE pgtasks.tasks t SET has_dependents = true
+     WHERE t.id = ANY (parents) AND t.has_dependents IS NULL;
+    INSERT INTO pgtasks.tasks (task_type, params, queue, priority, run_at, max_retries, timeout,
+                               backoff_base, concurrency_key, concurrency_limit, status,
+                               waiting_on, on_parent_failure)
+    VALUES (p.task_type, submit_dependent.params, p.queue, p.priority, p.run_at, p.max_retries,
+            p.timeout, p.backoff_base, submit_dependent.concurrency_key, submit_dependent.concurrency_limit,
+            CASE WHEN unmet > 0 THEN 'WAITING'::pgtasks.status ELSE 'PENDING'::pgtasks.status END,
+            unmet, policy)
+    RETURNING id INTO new_id;
+    INSERT INTO pgtasks.task_edges (parent_id, child_id) SELECT u, new_id FROM unnest(parents) u;
+    RETURN new_id;
+END $$;
+
+-- One call, one graph, all of it or nothing. The spec:
+--   {"name": "etl",
+--    "nodes": [{"name": "extract", "type": "extract", "params": {...}},
+--              {"name": "load", "type": "load", "after": ["extract"],
+--               "queue": "q", "priority": 5, "run_at": "2026-12-02T10:00:00Z",
+--               "max_retries": 3, "timeout": 60 | "1 minute", "backoff_base": ...,
+--               "concurrency_key": "k", "concurrency_limit": 2,
+--               "on_parent_failure": "cancel" | "run"}]}
+-- ("nodes" may also be an object keyed by node name.) Returns
+--   {"workflow_id": 7, "nodes": {"extract": 101, "load": 102}}.
+-- Nodes are inserted in topological order (Kahn's algorithm, ties in spec order), so a
+-- parent's id is always smaller than its children's: parent_results lists parents in
+-- submit order, and locks taken in id order meet parents first. Policy (queue, retries...)
+-- is resolved like submit_task's, once per distinct combination, not once per node.
+CREATE FUNCTION pgtasks.submit_workflow(spec jsonb) RETURNS jsonb
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+DECLARE
+    nodes jsonb;
+    n integer;
+    names text[];
+    bad record;
+    e_par integer[];
+    e_kid integer[];
+    m integer;
+    indeg integer[];
+    first_kid integer[];
+    kid_count integer[];
+    n_parents integer[];
+    kid_list integer[];
+    fill integer[];
+    queue_ integer[];
+    head integer := 1;
+    tail integer := 0;
+    u integer;
+    v integer;
+    i integer;
+    wf_id bigint;
+    ids bigint[];
+    out_nodes jsonb;
+BEGIN
+    IF spec IS NULL OR jsonb_typeof(spec) <> 'object' THEN
+        RAISE EXCEPTION 'pgtasks: a workflow spec is a JSON object with a "nodes" list, got %',
+                coalesce(jsonb_typeof(spec), 'NULL')
+            USING ERRCODE = 'PT501', HINT = 'E.g. {"nodes": [{"name": "a", "type": "extract"}, '
+                                            '{"name": "b", "type": "load", "after": ["a"]}]}.';
+    END IF;
+    IF spec ? 'name' AND jsonb_typeof(spec->'name') <> 'null'
+       AND (jsonb_typeof(spec->'name') <> 'string' OR pgtasks.is_blank(spec->>'name')
+            OR octet_length(spec->>'name') > 255) THEN
+        RAISE EXCEPTION 'pgtasks: a workflow name must be a non-blank string of at most 255 bytes'
+            USING ERRCODE = 'PT501', HINT = 'Leave "name" out or name what the workflow does, e.g. "nightly-etl".';
+    END IF;
+    nodes := spec->'nodes';
+    IF jsonb_typeof(nodes) = 'object' THEN
+        nodes := (SELECT jsonb_agg(CASE WHEN jsonb_typeof(x.v) = 'object'
+                                        THEN x.v || jsonb_build_object('name', x.k) ELSE x.v END
+                                   ORDER BY x.k)
+                    FROM jsonb_each(nodes) AS x(k, v));
+    END IF;
+    IF nodes IS NULL OR jsonb_typeof(nodes) <> 'array' OR jsonb_array_length(nodes) = 0 THEN
+        RAISE EXCEPTION 'pgtasks: a workflow needs at least one node (spec->''nodes'' is %)',
+                coalesce(jsonb_typeof(nodes), 'missing')
+            USING ERRCODE = 'PT501', HINT = 'Pass "nodes": [{"name": ..., "type": ..., "after": [...]}, ...].';
+    END IF;
+    n := jsonb_array_length(nodes);
+
+    -- Node shape: an object, a unique non-blank name, a type, known keys with JSON types
+    -- that fit. The first bad node is named.
+    SELECT x.ord, x.v INTO bad
+      FROM jsonb_array_elements(nodes) WITH ORDINALITY AS x(v, ord)
+     WHERE jsonb_typeof(x.v) <> 'object'
+        OR jsonb_typeof(x.v->'name') IS DISTINCT FROM 'string'
+        OR pgtasks.is_blank(x.v->>'name') OR octet_length(x.v->>'name') > 255
+     ORDER BY x.ord LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'pgtasks: node % of the workflow has no valid name (a non-blank string of at most 255 bytes)', bad.ord
+            USING ERRCODE = 'PT502', HINT = 'Every node is an object with "name" and "type".';
+    END IF;
+    SELECT x.v->>'name' AS name INTO bad
+      FROM jsonb_array_elements(nodes) AS x(v) GROUP BY x.v->>'name' HAVING count(*) > 1 LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'pgtasks: node name % appears twice in the workflow', quote_literal(bad.name)
+            USING ERRCODE = 'PT502', HINT = 'Node names are unique within a workflow.';
+    END IF;
+    SELECT x.v->>'name' AS name,
+           CASE WHEN k.key NOT IN ('name', 'type', 'params', 'after', 'queue', 'priority', 'run_at',
+                                   'max_retries', 'timeout', 'backoff_base', 'concurrency_key',
+                                   'concurrency_limit', 'on_parent_failure')
+                THEN pg_catalog.format('has an unknown key %s', quote_literal(k.key))
+                ELSE pg_catalog.format('has %s of JSON type %s', k.key, jsonb_typeof(k.value)) END AS what
+      INTO bad
+      FROM jsonb_array_elements(nodes) WITH ORDINALITY AS x(v, ord), jsonb_each(x.v) AS k(key, value)
+     WHERE jsonb_typeof(k.value) <> 'null' AND NOT CASE k.key
+            WHEN 'name' THEN true
+            WHEN 'type' THEN jsonb_typeof(k.value) = 'string'
+            WHEN 'params' THEN jsonb_typeof(k.value) = 'object'
+            WHEN 'after' THEN jsonb_typeof(k.value) = 'array'
+                         AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(k.value) a WHERE jsonb_typeof(a) <> 'string')
+            WHEN 'queue' THEN jsonb_typeof(k.value) = 'string'
+            WHEN 'priority' THEN jsonb_typeof(k.value) = 'number'
+            WHEN 'run_at' THEN jsonb_typeof(k.value) = 'string'
+            WHEN 'max_retries' THEN jsonb_typeof(k.value) = 'number'
+            WHEN 'timeout' THEN jsonb_typeof(k.value) IN ('number', 'string')
+            WHEN 'backoff_base' THEN jsonb_typeof(k.value) IN ('number', 'string')
+            WHEN 'concurrency_key' THEN jsonb_typeof(k.value) = 'string'
+            WHEN 'concurrency_limit' THEN jsonb_typeof(k.value) = 'number'
+            WHEN 'on_parent_failure' THEN k.value #>> '{}' IN ('cancel', 'run')
+            ELSE false END
+     ORDER BY x.ord LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'pgtasks: node % %', quote_literal(bad.name), bad.what
+            USING ERRCODE = 'PT506',
+                  HINT = 'Node keys: type (string), params (object), after (list of node names), queue, priority, '
+                         'run_at, max_retries, timeout, backoff_base, concurrency_key, concurrency_limit, '
+                         'on_parent_failure (cancel or run).';
+    END IF;
+
+    names := ARRAY(SELECT x.v->>'name' FROM jsonb_array_elements(nodes) WITH ORDINALITY AS x(v, ord) ORDER BY x.ord);
+
+    -- Edges by node position; an unknown name is an error, a repeated one counts once.
+    SELECT x.v->>'name' AS name, a.parent INTO bad
+      FROM jsonb_array_elements(nodes) AS x(v), jsonb_array_elements_text(coalesce(x.v->'after', '[]')) AS a(parent)
+     WHERE a.parent <> ALL (names) OR a.parent = x.v->>'name'
+     LIMIT 1;
+    IF FOUND THEN
+        IF bad.parent = bad.name THEN
+            RAISE EXCEPTION 'pgtasks: node % is after itself: a cycle', quote_literal(bad.name)
+                USING ERRCODE = 'PT504', HINT = 'A workflow is a graph without cycles; remove the node from its own "after".';
+        END IF;
+        RAISE EXCEPTION 'pgtasks: node % is after %, which is not a node of this workflow',
+                quote_literal(bad.name), quote_literal(bad.parent)
+            USING ERRCODE = 'PT503', HINT = '"after" lists names of other nodes of the same spec.';
+    END IF;
+    SELECT coalesce(array_agg(pp.ord::integer ORDER BY pp.ord, x.ord), '{}'),
+           coalesce(array_agg(x.ord::integer ORDER BY pp.ord, x.ord), '{}')
+      INTO e_par, e_kid
+      FROM jsonb_array_elements(nodes) WITH ORDINALITY AS x(v, ord)
+     CROSS JOIN LATERAL (SELECT DISTINCT a.parent FROM jsonb_array_elements_text(coalesce(x.v->'after', '[]')) AS a(parent)) a
+      JOIN unnest(names) WITH ORDINALITY AS pp(name, ord) ON pp.name = a.parent;
+    m := cardinality(e_par);
+
+    -- Kahn's algorithm on arrays (assignment to an element of a PL/pgSQL array is O(1)):
+    -- O(nodes + edges), ~20 ms for a chord of 10,000.
+    indeg := array_fill(0, ARRAY[n]);
+    kid_count := array_fill(0, ARRAY[n]);
+    FOR i IN 1 .. m LOOP
+        indeg[e_kid[i]] := indeg[e_kid[i]] + 1;
+        kid_count[e_par[i]] := kid_count[e_par[i]] + 1;
+    END LOOP;
+    n_parents := indeg;
+    first_kid := array_fill(1, ARRAY[n]);
+    FOR i IN 2 .. n LOOP
+        first_kid[i] := first_kid[i - 1] + kid_count[i - 1];
+    END LOOP;
+    kid_list := e_kid;  -- sorted by parent: node u's children are kid_list[first_kid[u] ..]
+    queue_ := array_fill(0, ARRAY[n]);
+    FOR i IN 1 .. n LOOP
+        IF indeg[i] = 0 THEN
+            tail := tail + 1;
+            queue_[tail] := i;
+        END IF;
+    END LOOP;
+    WHILE head <= tail LOOP
+        u := queue_[head];
+        head := head + 1;
+        FOR i IN first_kid[u] .. first_kid[u] + kid_count[u] - 1 LOOP
+            v := kid_list[i];
+            indeg[v] := indeg[v] - 1;
+            IF indeg[v] = 0 THEN
+                tail := tail + 1;
+                queue_[tail] := v;
+            END IF;
+        END LOOP;
+    END LOOP;
+    IF tail < n THEN
+        RAISE EXCEPTION 'pgtasks: the workflow has a cycle through %',
+                left((SELECT string_agg(quote_literal(names[i2]), ', ' ORDER BY i2) FROM generate_series(1, n) i2
+                       WHERE indeg[i2] > 0), 300)
+            USING ERRCODE = 'PT504', HINT = 'A workflow is a graph without cycles: check the "after" lists of these nodes.';
+    END IF;
+
+    INSERT INTO pgtasks.workflow_runs (name, nodes) VALUES (nullif(spec->>'name', ''), n)
+    RETURNING id INTO wf_id;
+
+    -- Values cast here; a text that is no interval, time or integer is PT506, not 22xxx.
+    BEGIN
+        -- Concurrency keys get submit_task's checks (PT304), once per distinct pair.
+        PERFORM pgtasks.check_flow_args(NULL, NULL, f.k, f.l)
+           FROM (SELECT DISTINCT x.v->>'concurrency_key' AS k, (x.v->>'concurrency_limit')::integer AS l
+                   FROM jsonb_array_elements(nodes) AS x(v)
+                  WHERE x.v->>'concurrency_key' IS NOT NULL OR x.v->>'concurrency_limit' IS NOT NULL) f;
+        WITH parsed AS (
+            SELECT x.ord::integer AS ord, x.v->>'name' AS name, x.v->>'type' AS task_type,
+                   coalesce(x.v->'params', '{}') AS params,
+                   x.v->>'queue' AS queue, (x.v->>'priority')::integer AS priority,
+                   (x.v->>'run_at')::timestamptz AS run_at,
+                   (x.v->>'max_retries')::integer AS max_retries,
+                   CASE jsonb_typeof(x.v->'timeout') WHEN 'number' THEN make_interval(secs => (x.v->>'timeout')::float8)
+                        WHEN 'string' THEN (x.v->>'timeout')::interval END AS timeout,
+                   CASE jsonb_typeof(x.v->'backoff_base') WHEN 'number' THEN make_interval(secs => (x.v->>'backoff_base')::float8)
+                        WHEN 'string' THEN (x.v->>'backoff_base')::interval END AS backoff_base,
+                   x.v->>'concurrency_key' AS concurrency_key,
+                   (x.v->>'concurrency_limit')::integer AS concurrency_limit,
+                   coalesce(x.v->>'on_parent_failure', 'cancel') AS on_parent_failure
+              FROM jsonb_array_elements(nodes) WITH ORDINALITY AS x(v, ord)
+        ), keyed AS (
+            SELECT p.*, jsonb_build_array(p.task_type, p.queue, p.priority, p.run_at, p.max_retries,
+                                          p.timeout, p.backoff_base) AS policy_key
+              FROM parsed p
+        ), policy AS MATERIALIZED (
+            SELECT g.policy_key,
+                   pgtasks.submit_policy(g.task_type, g.queue, g.priority, g.run_at, g.max_retries,
+                                         g.timeout, g.backoff_base) AS p
+              FROM (SELECT DISTINCT ON (k.policy_key) k.* FROM keyed k ORDER BY k.policy_key) g
+        ), ins AS (
+            INSERT INTO pgtasks.tasks (task_type, params, queue, priority, run_at, max_retries, timeout,
+                                       backoff_base, concurrency_key, concurrency_limit, status,
+                                       workflow_id, workflow_node, waiting_on, has_dependents,
+                                       on_parent_failure)
+            SELECT (pol.p).task_type, k.params, (pol.p).queue, (pol.p).priority, (pol.p).run_at,
+                   (pol.p).max_retries, (pol.p).timeout, (pol.p).backoff_base,
+                   k.concurrency_key,
+                   CASE WHEN k.concurrency_key IS NOT NULL THEN coalesce(k.concurrency_limit, 1) END,
+                   CASE WHEN d.parents > 0 THEN 'WAITING'::pgtasks.status ELSE 'PENDING'::pgtasks.status END,
+                   wf_id, k.name,
+                   CASE WHEN d.parents > 0 THEN d.parents END,
+                   CASE WHEN d.kids > 0 THEN true END,
+                   CASE WHEN d.parents > 0 THEN k.on_parent_failure END
+              FROM unnest(queue_) WITH ORDINALITY AS o(node, pos)
+              JOIN keyed k ON k.ord = o.node
+              JOIN policy pol ON pol.policy_key = k.policy_key
+             CROSS JOIN LATERAL (SELECT n_parents[o.node] AS parents, kid_count[o.node] AS kids) d
+             ORDER BY o.pos
+            RETURNING id, workflow_node
+        )
+        SELECT array_agg(ins.id ORDER BY nm.ord), jsonb_object_agg(ins.workflow_node, ins.id)
+          INTO ids, out_nodes
+          FROM ins JOIN unnest(names) WITH ORDINALITY AS nm(name, ord) ON nm.name = ins.workflow_node;
+    EXCEPTION WHEN data_exception THEN
+        RAISE EXCEPTION 'pgtasks: a workflow node has a value that does not fit: %', SQLERRM
+            USING ERRCODE = 'PT506',
+                  HINT = 'priority, max_retries and concurrency_limit are integers; run_at a timestamp; '
+                         'timeout and backoff_base seconds or an interval such as ''5 minutes''.';
+    END;
+    PERFORM pgtasks.check_params_list(ARRAY(SELECT coalesce(x.v->'params', '{}')
+                                              FROM jsonb_array_elements(nodes) WITH ORDINALITY AS x(v, ord)
+                                             ORDER BY x.ord));
+    INSERT INTO pgtasks.task_edges (parent_id, child_id)
+    SELECT ids[e.p], ids[e.k] FROM unnest(e_par, e_kid) AS e(p, k);
+    RETURN jsonb_build_object('workflow_id', wf_id, 'nodes', out_nodes);
+END $$;
+GRANT EXECUTE ON FUNCTION pgtasks.submit_workflow(jsonb) TO pgtasks_submitter;
+COMMENT ON FUNCTION pgtasks.submit_workflow(jsonb) IS
+    'Submits a whole graph of tasks in one transaction (nodes with their "after" lists) and '
+    'returns {"workflow_id": ..., "nodes": {name: task id}}; a node waits until its parents '
+    'have ended.';
+
+------------------------------------------------------------------------------------------
+-- Reading and cancelling
+
+-- The parents of a task, keyed by parent id (jsonb orders numeric keys of one length by
+-- value, and shorter ones first, so the keys come in id order, which is submit order):
+--   {"41": {"node": "extract", "status": "DONE", "result": ...},
+--    "42": {"node": "sms", "status": "FAILED", "error": "..."}}
+-- A child runs only after its parents ended, so a worker reads them once, when it needs
+-- them (ctx.parent_results in Python): the plain claim carries nothing extra.
+CREATE FUNCTION pgtasks.parent_results(task_id bigint) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+DECLARE
+    r jsonb;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pgtasks.tasks t WHERE t.id = parent_results.task_id) THEN
+        RAISE EXCEPTION 'pgtasks: task % does not exist', task_id
+            USING ERRCODE = 'PT003', HINT = 'Check the id; finished tasks are pruned after their retention.';
+    END IF;
+    SELECT coalesce(jsonb_object_agg(p.id::text,
+               CASE WHEN p.status = 'DONE'
+                    THEN jsonb_build_object('node', p.workflow_node, 'status', p.status, 'result', p.result)
+                    WHEN p.status IN ('FAILED', 'CANCELLED')
+                    THEN jsonb_build_object('node', p.workflow_node, 'status', p.status,
+                                            'error', coalesce(p.error, 'cancelled'))
+                    ELSE jsonb_build_object('node', p.workflow_node, 'status', p.status) END), '{}')
+      INTO r
+      FROM pgtasks.task_edges e JOIN pgtasks.tasks p ON p.id = e.parent_id
+     WHERE e.child_id = parent_results.task_id;
+    RETURN r;
+END $$;
+GRANT EXECUTE ON FUNCTION pgtasks.parent_results(bigint) TO pgtasks_worker, pgtasks_reader;
+COMMENT ON FUNCTION pgtasks.parent_results(bigint) IS
+    'The parents of a task as one JSON object keyed by parent id: node name, status, and the '
+    'result (DONE) or error (FAILED, CANCELLED).';
+
+-- Every unfinished task of the workflow, running ones included, as cancel_task does it:
+-- CANCELLED, lease dropped, and a pgtasks_cancel notification to the worker of each
+-- running one (fencing rejects whatever it writes after). One statement for all of them,
+-- rows locked in id order first. Each task it cancels says why in error
+-- ('cancelled: workflow 7 (nightly) cancelled', the prefix of a parent failure's reason), so
+-- a workflow cancelled on purpose reads differently from one that failed; an earlier
+-- attempt's error stays in task_errors. cancelled_by stays NULL, so a retried parent does
+-- not revive these tasks. Returns how many it cancelled.
+CREATE FUNCTION pgtasks.cancel_workflow(workflow_id bigint) RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+DECLARE
+    wf_name text;
+    reason text;
+    running text[];
+    n integer;
+BEGIN
+    SELECT w.name INTO wf_name FROM pgtasks.workflow_runs w WHERE w.id = cancel_workflow.workflow_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pgtasks: workflow % does not exist', coalesce(workflow_id::text, 'NULL')
+            USING ERRCODE = 'PT508', HINT = 'SELECT id, name, state FROM pgtasks.workflows lists them.';
+    END IF;
+    reason := pg_catalog.format('cancelled: workflow %s%s cancelled', workflow_id,
+                                coalesce(' (' || wf_name || ')', ''));
+    PERFORM 1 FROM pgtasks.tasks t
+      WHERE t.workflow_id = cancel_workflow.workflow_id
+        AND t.status IN ('WAITING', 'PENDING', 'COMMIT', 'RUNNING')
+      ORDER BY t.id FOR NO KEY UPDATE;
+    SELECT array_agg(t.id::text || ':' || t.attempt::text) INTO running
+      FROM pgtasks.tasks t
+     WHERE t.workflow_id = cancel_workflow.workflow_id AND t.status = 'RUNNING';
+    UPDATE pgtasks.tasks t
+       SET status = 'CANCELLED', finished_at = now(), error = reason,
+           worker_id = NULL, lease_expires_at = NULL, deadline = NULL
+     WHERE t.workflow_id = cancel_workflow.workflow_id
+       AND t.status IN ('WAITING', 'PENDING', 'COMMIT', 'RUNNING');
+    GET DIAGNOSTICS n = ROW_COUNT;
+    PERFORM pg_notify('pgtasks_cancel', r) FROM unnest(running) r;
+    RETURN n;
+END $$;
+GRANT EXECUTE ON FUNCTION pgtasks.cancel_workflow(bigint) TO pgtasks_admin;
+COMMENT ON FUNCTION pgtasks.cancel_workflow(bigint) IS
+    'Cancels every unfinished task of a workflow, running ones included (their workers are '
+    'told); returns how many.';
+
+-- A workflow's tasks with their parents, in submit (= topological) order.
+CREATE FUNCTION pgtasks.workflow_graph(workflow_id bigint)
+RETURNS TABLE (task_id bigint, node text, task_type text, status pgtasks.status,
+               progress_current bigint, progress_total bigint, parent_ids bigint[])
+LANGUAGE sql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+    SELECT t.id, t.workflow_node, t.task_type, t.status, t.progress_current, t.progress_total,
+           ARRAY(SELECT e.parent_id FROM pgtasks.task_edges e WHERE e.child_id = t.id ORDER BY e.parent_id)
+      FROM pgtasks.tasks t
+     WHERE t.workflow_id = workflow_graph.workflow_id
+     ORDER BY t.id
+$$;
+GRANT EXECUTE ON FUNCTION pgtasks.workflow_graph(bigint) TO pgtasks_reader;
+COMMENT ON FUNCTION pgtasks.workflow_graph(bigint) IS
+    'A workflow''s tasks in submit (topological) order, each with its node name, status, '
+    'progress and parent task ids.';
+
+-- One row per workflow. pending counts PENDING and COMMIT (ready, or to continue). The
+-- state of the whole: running while any task is unfinished; then done when every sink
+-- (a task nothing depends on) is DONE, so a chord callback that ran on partial results
+-- makes its workflow done; else failed if a task FAILED; else cancelled.
+CREATE VIEW pgtasks.workflows AS
+SELECT w.id, w.name, w.created_at,
+       CASE WHEN c.waiting + c.pending + c.running > 0 THEN 'running'
+            WHEN c.sinks_done THEN 'done'
+            WHEN c.failed > 0 THEN 'failed'
+            ELSE 'cancelled' END AS state,
+       c.total, c.waiting, c.pending, c.running, c.done, c.failed, c.cancelled
+  FROM pgtasks.workflow_runs w
+ CROSS JOIN LATERAL (
+       SELECT count(*)::integer AS total,
+              count(*) FILTER (WHERE t.status = 'WAITING')::integer AS waiting,
+              count(*) FILTER (WHERE t.status IN ('PENDING', 'COMMIT'))::integer AS pending,
+              count(*) FILTER (WHERE t.status = 'RUNNING')::integer AS running,
+              count(*) FILTER (WHERE t.status = 'DONE')::integer AS done,
+              count(*) FILTER (WHERE t.status = 'FAILED')::integer AS failed,
+              count(*) FILTER (WHERE t.status = 'CANCELLED')::integer AS cancelled,
+              coalesce(bool_and(t.status = 'DONE') FILTER (WHERE t.has_dependents IS NULL), true) AS sinks_done
+         FROM pgtasks.tasks t
+        WHERE t.workflow_id = w.id) c;
+GRANT SELECT ON pgtasks.workflows TO pgtasks_reader;
+COMMENT ON VIEW pgtasks.workflows IS
+    'One row per submitted workflow: its state (running, done, failed or cancelled) and how '
+    'many of its tasks are in each status.';
+COMMENT ON COLUMN pgtasks.workflows.state IS
+    'running while any task is unfinished; then done when every sink (a task nothing depends '
+    'on) is DONE, else failed if a task FAILED, else cancelled.';
+COMMENT ON COLUMN pgtasks.workflows.pending IS
+    'Tasks PENDING or COMMIT: ready to run, or waiting to continue from a checkpoint or a '
+    'retry.';

@@ -1,0 +1,70 @@
+-- Who may do what, role by role.
+--
+-- Every grant is written on the definition it grants (the GRANT right after each CREATE in
+-- the files before this one), so this file holds the summary a reviewer needs to check them
+-- against, and the grants that belong to no single definition (today there are none: the
+-- schema's USAGE and the default privileges are in 00_overview.sql). The roles are NOLOGIN
+-- groups: applications log in as roles of their own and are granted one of them.
+--
+-- Nobody but pgtasks_owner touches a table: no role has any privilege on one, so every
+-- write goes through a function that checks its arguments and runs as the owner (SECURITY
+-- DEFINER, search_path pinned to pg_catalog, pgtasks, pg_temp, so no object planted in
+-- another schema is ever called), and every read through a view that shows chosen columns.
+-- tests/sql/test_roles.py logs in as each role and proves the lists below.
+--
+-- PUBLIC
+--   No EXECUTE on any pgtasks function and no privilege on the schema. What PostgreSQL
+--   gives every role anyway is LISTEN and NOTIFY, so the notifications pgtasks sends
+--   (pgtasks_wakeup: a queue name; pgtasks_done, pgtasks_progress: a task id;
+--   pgtasks_cancel: task id and attempt) are hints that name nothing private: the task
+--   rows stay behind the functions.
+--
+-- pgtasks_owner
+--   Owns the schema, every table, view, type and function. Nobody logs in as it; the
+--   migrating role is a member, to create the objects and to run the numbered migrations.
+--
+-- pgtasks_submitter: puts work in, sees its progress.
+--   Reads   task_overview (status, progress and times of every task, without params,
+--           results or errors, which often quote the params), queue_stats, queues,
+--           registered_types, transitions.
+--   Writes  new tasks only: submit_task, submit_tasks, submit_or_get, submit_workflow;
+--           and its own wait registrations, watch_task and unwatch_task.
+--   Delays  tasks of others only through shared keys: a concurrency key is global, so its
+--           tasks count against the limit of every task with that key, and a unique key
+--           already taken returns the existing task instead of submitting a new one.
+--
+-- pgtasks_worker: runs tasks; also a submitter, for follow-up tasks.
+--   Reads   the tasks it claims, params included (claim_tasks, finish_and_claim), their
+--           checkpointed steps (task_steps_of) and their parents' results (parent_results),
+--           next_run_at, current_settings.
+--   Writes  only tasks it holds, presenting the attempt it claimed them with: a stale
+--           attempt changes nothing and gets PT002 (heartbeat, checkpoint, report_progress,
+--           log, log_many, finish_task, finish_tasks, finish_and_claim, fail_task,
+--           yield_task). Besides: the worker registry (register_worker, unregister_worker),
+--           the policies of task types (register_task_type), schedule declarations and
+--           firing (declare_schedule, due_schedules, fire_schedule, fire_every_schedules),
+--           and maintenance (rescue_expired, prune_finished, maintain).
+--   Delays  a task it holds, for as long as it heartbeats and at most until the task's
+--           deadline, then rescue hands it on. register_task_type changes what later submits
+--           of a type get when they leave an argument out (its queue, retries, timeout);
+--           prune_finished with a short older_than deletes finished tasks sooner.
+--
+-- pgtasks_reader: sees everything, changes nothing.
+--   Reads   every view: task_status (params, results and errors included), task_history,
+--           task_log_lines, task_attempt_errors, task_step_names, failed_tasks, workers,
+--           schedules, workflows, metrics, and the submitter's views; parent_results,
+--           workflow_graph, transition_reason, current_settings.
+--   Writes  nothing.
+--
+-- pgtasks_admin: operates the deployment; also a worker (and so a submitter) and a reader.
+--   Writes  the settings row (configure), queue limits and pauses (configure_queue,
+--           pause_queue, resume_queue), schedules (create_schedule, drop_schedule,
+--           pause_schedule, resume_schedule, trigger_schedule), and any task's fate:
+--           cancel_task, retry_task, cancel_workflow.
+--   Delays  whole queues (a pause, a lower max_running or rate_limit) and schedules (a
+--           pause), none of which touches a task row: held-back tasks keep their run_at,
+--           retries and attempt, and run as soon as the limit allows.
+
+SET LOCAL search_path = pg_catalog, pgtasks, pg_temp;
+-- Everything in this file is created by, and so owned by, pgtasks_owner.
+SET LOCAL ROLE pgtasks_owner;
