@@ -28,7 +28,7 @@ async def main() -> None:
     url = await resolve_url()
     console.print(f"database: {url}")
     async with Client(url) as client:
-        ids = [
+        ids: list[int] = [
             await client.submit(
                 demo_tasks.Resize, {"url": "https://example.com/cat.png", "width": 640}
             ),
@@ -61,7 +61,7 @@ async def main() -> None:
         try:
             console.print(f"[bold]task {pipeline}[/] (media_pipeline), live:")
             await watch_progress(client, pipeline, lines=4)
-            while [t for t in await client.list(limit=len(ids)) if not t.finished]:
+            while [t for t in await client.list_tasks(limit=len(ids)) if not t.finished]:
                 await asyncio.sleep(0.1)
         finally:
             worker.stop()

@@ -32,7 +32,7 @@ def checksum(ctx: Any, params: dict[str, Any]) -> str:
     return format(sum(params["text"].encode()) % 65536, "04x")
 
 
-@task_register("flaky", retry_delay=0.5)
+@task_register("flaky", backoff_base=0.5)
 async def flaky(ctx: TaskContext, params: dict[str, Any]) -> str:
     """Fails its first attempt; the retry (after ~0.5 s backoff) succeeds."""
     if ctx.retry_count == 0:
@@ -40,7 +40,7 @@ async def flaky(ctx: TaskContext, params: dict[str, Any]) -> str:
     return f"succeeded on attempt {ctx.attempt}"
 
 
-@task_register("doomed", max_retries=1, retry_delay=0.3)
+@task_register("doomed", max_retries=1, backoff_base=0.3)
 async def doomed(ctx: TaskContext, params: dict[str, Any]) -> None:
     """Fails every attempt: ends FAILED with its error history kept."""
     if params.get("permanent"):

@@ -57,7 +57,8 @@ async def build_report(ctx: TaskContext, params: ReportParams) -> dict[str, int]
 
     total = 0
     for n in range(1, params.sections + 1):
-        total += await ctx.step(f"section-{n}", section, n)
+        done: int = await ctx.step(f"section-{n}", section, n)
+        total += done
         await ctx.log("INFO", f"section {n} done")
         await ctx.progress(n, params.sections, f"section {n} of {params.sections}")
     return {"sections": params.sections, "total": total}

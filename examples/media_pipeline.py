@@ -112,9 +112,11 @@ async def run_pipeline(
 ) -> dict[str, Any]:
     """The three stages as steps. Code outside the steps runs again on every attempt."""
     await ctx.log("INFO", f"pipeline for {params.source}, attempt {ctx.attempt}")
-    fetched = await ctx.step("fetch", fetch, ctx, params, hook)
-    transcript = await ctx.step("transcribe", transcribe, ctx, params, fetched, hook)
-    stored = await ctx.step("store", store, ctx, params, fetched, transcript, hook)
+    fetched: dict[str, Any] = await ctx.step("fetch", fetch, ctx, params, hook)
+    transcript: dict[str, Any] = await ctx.step(
+        "transcribe", transcribe, ctx, params, fetched, hook
+    )
+    stored: dict[str, Any] = await ctx.step("store", store, ctx, params, fetched, transcript, hook)
     return {
         "source": params.source,
         "bytes": fetched["bytes"],
@@ -129,7 +131,7 @@ async def run_pipeline(
     }
 
 
-@task_register("media_pipeline", max_retries=3, retry_delay=0.5)
+@task_register("media_pipeline", max_retries=3, backoff_base=0.5)
 async def media_pipeline(ctx: TaskContext, params: PipelineParams) -> dict[str, Any]:
     return await run_pipeline(ctx, params)
 

@@ -47,7 +47,7 @@ async def load(ctx: TaskContext, params: dict[str, Any]) -> dict[str, int]:
 async def count(ctx: TaskContext, params: dict[str, Any]) -> int:
     if params.get("fail"):
         raise PermanentError("this shard is broken")
-    return params["i"] * 10
+    return int(params["i"]) * 10
 
 
 @task_register("etl.total")

@@ -1,4 +1,9 @@
-"""pgtasks: a task queue and long-running-task framework that lives inside PostgreSQL."""
+"""pgtasks: a task queue and long-running-task framework that lives inside PostgreSQL.
+
+Everything an application uses is importable from here: declaring tasks (`task_register`,
+`BaseTask`, `schedule`), submitting and inspecting them (`Client`, `SyncClient`),
+workflows (`chain`, `group`, `chord`), running them (`Worker`) and the typed errors.
+"""
 
 from __future__ import annotations
 
@@ -24,9 +29,10 @@ from pgtasks.errors import (
     WorkflowFailed,
     WorkflowNotFound,
 )
-from pgtasks.schedules import Schedule, schedule
+from pgtasks.registration import Registry, Schedule, registry
+from pgtasks.schedules import schedule
 from pgtasks.sync import SyncClient
-from pgtasks.task import BaseTask, Registry, registry, task_register
+from pgtasks.task import BaseTask, TaskFunction, task_register
 from pgtasks.worker import Worker
 from pgtasks.workflows import (
     ParentFailure,
@@ -62,6 +68,7 @@ __all__ = [
     "TaskCancelled",
     "TaskContext",
     "TaskFailed",
+    "TaskFunction",
     "TaskInfo",
     "TaskLog",
     "TaskNotFound",

@@ -538,7 +538,7 @@ def ls(
     tasks = run(
         _with_client(
             ctx,
-            lambda c: c.list(
+            lambda c: c.list_tasks(
                 status=status_, queue=queue, task_type=task_type, limit=limit, before_id=before
             ),
         )

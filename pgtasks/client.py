@@ -8,11 +8,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeAlias, get_args, overload
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 from pydantic import BaseModel
 
 from pgtasks import db, queries
@@ -25,7 +26,17 @@ from pgtasks.errors import (
     WorkflowFailed,
     WorkflowNotFound,
 )
-from pgtasks.task import registry, type_name
+from pgtasks.registration import TaskRef, type_name
+from pgtasks.submission import (
+    Duration,
+    ParamsArg,
+    as_timedelta,
+    batch_flow_keys,
+    flow_keys,
+    params_json,
+    policy,
+    run_at_for,
+)
 from pgtasks.workflows import Node, SubmittedWorkflow, compile_workflow
 
 #: The status list, written once on the Python side (the database's enum pgtasks.status;
@@ -36,7 +47,7 @@ TERMINAL = frozenset({"DONE", "FAILED", "CANCELLED"})
 
 
 class TaskInfo(BaseModel):
-    """One row of `pgtasks.task_status`."""
+    """One row of `pgtasks.task_status`: a task's state as operators and callers see it."""
 
     id: int
     task_type: str
@@ -60,10 +71,13 @@ class TaskInfo(BaseModel):
 
     @property
     def finished(self) -> bool:
+        """DONE, FAILED or CANCELLED: nothing will change it again but an operator's retry."""
         return self.status in TERMINAL
 
 
 class AttemptError(BaseModel):
+    """One failed attempt of a task: its error text and traceback, as the worker sent them."""
+
     attempt: int
     error: str
     traceback: str | None = None
@@ -109,23 +123,13 @@ class TaskLog(BaseModel):
 
 
 class TaskEvent(BaseModel):
+    """One status change of a task (pgtasks.task_history), oldest first."""
+
     at: datetime
     from_status: Status | None
     to_status: Status
     attempt: int
     worker_id: str | None
-
-
-def _params(params: Any) -> dict[str, Any]:
-    if params is None:
-        return {}
-    if isinstance(params, BaseModel):
-        return params.model_dump(mode="json")
-    if not isinstance(params, dict):
-        raise PgTasksError(
-            f"params must be a dict or a pydantic model, got {type(params).__name__}"
-        )
-    return params
 
 
 def _status(status: str | None) -> str | None:
@@ -137,7 +141,8 @@ def _status(status: str | None) -> str | None:
     return status.upper()
 
 
-Executor = asyncpg.Connection | asyncpg.Pool
+#: Where a statement runs: the client's pool, a connection of it, or the caller's connection.
+Executor: TypeAlias = asyncpg.Connection | asyncpg.Pool | PoolConnectionProxy
 
 
 async def _doze(
@@ -155,7 +160,7 @@ async def _doze(
         await asyncio.wait_for(woke.wait(), pause)
 
 
-async def _joined(connection: Any) -> asyncpg.Connection:
+async def _joined(connection: Any) -> Executor:
     """The asyncpg connection under `connection`, inside its transaction.
 
     Duck-typed, so the core never imports SQLAlchemy: an AsyncSession has `sync_session`,
@@ -163,8 +168,8 @@ async def _joined(connection: Any) -> asyncpg.Connection:
     with its first statement; one no-op through SQLAlchemy starts it when it has not, so
     our submit is inside the transaction the caller commits or rolls back.
     """
-    if hasattr(connection, "fetchval"):  # asyncpg (a connection or a pool's proxy)
-        return connection  # type: ignore[no-any-return]
+    if isinstance(connection, asyncpg.Connection | PoolConnectionProxy | asyncpg.Pool):
+        return connection  # asyncpg itself
     if hasattr(connection, "sync_session"):
         connection = await connection.connection()
     if not hasattr(connection, "get_raw_connection"):
@@ -199,12 +204,6 @@ class SubmitResult(int):
         return str(int(self))
 
 
-def _seconds(value: float | timedelta | None) -> timedelta | None:
-    if value is None or isinstance(value, timedelta):
-        return value
-    return timedelta(seconds=float(value))
-
-
 class Client:
     """Use as `async with Client(url) as client:`. With no url, the configured database.
 
@@ -218,12 +217,16 @@ class Client:
         self._owns_pool = pool is None
 
     async def connect(self) -> Client:
+        """Open the pool (at most 10 connections), unless one was given or is open; returns
+        the client. `async with Client()` calls it."""
         if self._pool is None:
             url = await resolve_url(self._url)
             self._pool = await db.create_pool(url, min_size=1, max_size=10)
         return self
 
     async def close(self) -> None:
+        """Close the pool this client opened (a pool passed in stays open: its owner
+        closes it)."""
         if self._pool is not None and self._owns_pool:
             await self._pool.close()
             self._pool = None
@@ -236,89 +239,110 @@ class Client:
 
     @property
     def pool(self) -> asyncpg.Pool:
+        """The asyncpg pool, for statements of your own (plain SQL submits included)."""
         if self._pool is None:
             raise PgTasksError("Client is not connected; use `async with Client() as c:`")
         return self._pool
 
     # -- submitting ----------------------------------------------------------------------
 
-    @staticmethod
-    def _policy(
-        name: str,
-        queue: str | None,
-        max_retries: int | None,
-        timeout: float | timedelta | None,
-    ) -> tuple[str | None, int | None, timedelta | None, timedelta | None]:
-        """(queue, max_retries, timeout, backoff_base) to send with a submit.
-
-        The rule: an argument given here wins; else the type's declaration in this
-        process's registry (@task_register), so a type submitted before any worker
-        registered it still gets its declared queue; else NULL, which the database
-        resolves as the type's registered policy, else its settings default. Python
-        holds no defaults of its own.
-        """
-        spec = registry.get(name)
-        if spec is not None:
-            queue = queue or spec.queue
-            max_retries = max_retries if max_retries is not None else spec.max_retries
-            timeout = timeout if timeout is not None else spec.timeout
-        if isinstance(timeout, int | float):
-            timeout = timedelta(seconds=timeout)
-        base = timedelta(seconds=spec.retry_delay) if spec and spec.retry_delay else None
-        return queue, max_retries, timeout, base
-
-    @staticmethod
-    def _when(run_at: datetime | None, delay: float | timedelta | None) -> datetime | None:
-        if run_at is not None and delay is not None:
-            raise PgTasksError("pass run_at or delay, not both")
-        if delay is None:
-            return run_at
-        seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
-        return datetime.now().astimezone() + timedelta(seconds=seconds)
-
     async def _prepare(
         self,
-        task: Any,
+        task: TaskRef,
         queue: str | None,
         priority: int | None,
         run_at: datetime | None,
-        delay: float | timedelta | None,
+        delay: Duration | None,
         max_retries: int | None,
-        timeout: float | timedelta | None,
+        timeout: Duration | None,
         connection: Any,
     ) -> tuple[Executor, str, tuple[Any, ...]]:
-        """Where to run a submit, the type name, and the submit_task arguments after params."""
+        """Where to run a submit, the type name, and the submit_task arguments after params
+        (queue, priority, run_at, max_retries, timeout, backoff_base): pgtasks.submission's
+        rules, the same a workflow node follows."""
         name = type_name(task)
-        q, retries, limit, base = self._policy(name, queue, max_retries, timeout)
+        p = policy(name, queue, max_retries, timeout)
         return (
             self.pool if connection is None else await _joined(connection),
             name,
-            (q, priority, self._when(run_at, delay), retries, limit, base),
+            (
+                p.queue,
+                priority,
+                run_at_for(run_at, delay),
+                p.max_retries,
+                p.timeout,
+                p.backoff_base,
+            ),
         )
 
+    # A TaskNode has a task_type, so it also fits the second overload; tried first, this
+    # one gives a workflow its SubmittedWorkflow.
+    @overload
+    async def submit(  # type: ignore[overload-overlap]
+        self,
+        task: Node,
+        params: None = None,
+        *,
+        queue: None = None,
+        priority: None = None,
+        run_at: None = None,
+        delay: None = None,
+        max_retries: None = None,
+        timeout: None = None,
+        connection: Any = None,
+        unique_key: None = None,
+        unique_for: None = None,
+        concurrency_key: None = None,
+        concurrency_limit: None = None,
+        depends_on: None = None,
+        on_parent_failure: None = None,
+    ) -> SubmittedWorkflow: ...
+
+    @overload
     async def submit(
         self,
-        task: Any,
-        params: Any = None,
+        task: TaskRef,
+        params: ParamsArg = None,
         *,
         queue: str | None = None,
         priority: int | None = None,
         run_at: datetime | None = None,
-        delay: float | timedelta | None = None,
+        delay: Duration | None = None,
         max_retries: int | None = None,
-        timeout: float | timedelta | None = None,
+        timeout: Duration | None = None,
         connection: Any = None,
         unique_key: str | None = None,
-        unique_for: float | timedelta | None = None,
+        unique_for: Duration | None = None,
         concurrency_key: str | None = None,
         concurrency_limit: int | None = None,
         depends_on: Sequence[int] | None = None,
-        on_parent_failure: str | None = None,
-    ) -> Any:
+        on_parent_failure: Literal["cancel", "run"] | None = None,
+    ) -> SubmitResult: ...
+
+    async def submit(
+        self,
+        task: TaskRef | Node,
+        params: ParamsArg = None,
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        run_at: datetime | None = None,
+        delay: Duration | None = None,
+        max_retries: int | None = None,
+        timeout: Duration | None = None,
+        connection: Any = None,
+        unique_key: str | None = None,
+        unique_for: Duration | None = None,
+        concurrency_key: str | None = None,
+        concurrency_limit: int | None = None,
+        depends_on: Sequence[int] | None = None,
+        on_parent_failure: Literal["cancel", "run"] | None = None,
+    ) -> SubmitResult | SubmittedWorkflow:
         """Enqueue one task. `task` is a type name or a registered task.
 
         A workflow (`chain`, `group`, `chord`, `MyTask.s(...)`; pgtasks.workflows) is
-        submitted whole with `submit_workflow`, and a SubmittedWorkflow comes back.
+        submitted whole, as `submit_workflow` does, and a SubmittedWorkflow comes back; its
+        options live in its nodes, so passing any here is an error.
         `depends_on` (task ids) makes the task wait until those tasks ended; a failed or
         cancelled one cancels it, unless `on_parent_failure="run"`.
 
@@ -331,68 +355,59 @@ class Client:
         AsyncConnection / AsyncSession on asyncpg. Roll back and the task never existed.
         """
         if isinstance(task, Node):
-            if params is not None:
-                raise PgTasksError("a workflow carries its params in its nodes (MyTask.s(params))")
+            given = (
+                params, queue, priority, run_at, delay, max_retries, timeout, unique_key,
+                unique_for, concurrency_key, concurrency_limit, depends_on, on_parent_failure,
+            )  # fmt: skip
+            if any(v is not None for v in given):
+                raise PgTasksError(
+                    "a workflow carries its params and options in its nodes (MyTask.s(params,"
+                    " queue=...)); submit(workflow) takes only connection="
+                )
             return await self.submit_workflow(task, connection=connection)
         conn, name, options = await self._prepare(
             task, queue, priority, run_at, delay, max_retries, timeout, connection
         )
-        raw = _params(params)
-        flow = self._flow(name, raw, unique_key, unique_for, concurrency_key, concurrency_limit)
+        raw = params_json(params)
+        flow = flow_keys(name, raw, unique_key, unique_for, concurrency_key, concurrency_limit)
         if depends_on is not None or on_parent_failure is not None:
+            if unique_key is not None or unique_for is not None:
+                # submit_task has no unique key: say so rather than drop it.
+                raise PgTasksError("unique_key and unique_for do not combine with depends_on")
             async with db.translated():
                 return SubmitResult(
                     await conn.fetchval(
-                        queries.SUBMIT_DEPENDENT, name, db.dumps(raw), *options, flow[2], flow[3],
+                        queries.SUBMIT_DEPENDENT, name, db.dumps(raw), *options,
+                        flow.concurrency_key, flow.concurrency_limit,
                         list(depends_on or []), on_parent_failure,
                     )
                 )  # fmt: skip
         async with db.translated():
-            if not any(v is not None for v in flow):  # no key: always created, cheaper call
+            if flow.empty:  # no key: always created, cheaper call
                 return SubmitResult(
                     await conn.fetchval(queries.SUBMIT_TASK, name, db.dumps(raw), *options)
                 )
-            row = await conn.fetchrow(queries.SUBMIT_OR_GET, name, db.dumps(raw), *options, *flow)
-        assert row is not None
+            row = await conn.fetchrow(
+                queries.SUBMIT_OR_GET, name, db.dumps(raw), *options,
+                flow.unique_key, flow.unique_for, flow.concurrency_key, flow.concurrency_limit,
+            )  # fmt: skip
+        assert row is not None  # submit_or_get returns exactly one row or raises
         return SubmitResult(row["id"], row["created"])
-
-    @staticmethod
-    def _flow(
-        name: str,
-        params: dict[str, Any],
-        unique_key: str | None,
-        unique_for: float | timedelta | None,
-        concurrency_key: str | None,
-        concurrency_limit: int | None,
-    ) -> tuple[str | None, timedelta | None, str | None, int | None]:
-        """(unique_key, unique_for, concurrency_key, concurrency_limit) for one submit: the
-        arguments given here, else what the type's registration derives from the params."""
-        spec = registry.get(name)
-        if spec is not None:
-            if unique_key is None:
-                unique_key = spec.unique_key_for(params)
-                if unique_for is None and unique_key is not None:
-                    unique_for = spec.unique_for
-            if concurrency_key is None:
-                concurrency_key = spec.concurrency_key_for(params)
-                if concurrency_limit is None and concurrency_key is not None:
-                    concurrency_limit = spec.concurrency_limit
-        return unique_key, _seconds(unique_for), concurrency_key, concurrency_limit
 
     async def submit_many(
         self,
-        task: Any,
-        params_list: Sequence[Any],
+        task: TaskRef,
+        params_list: Sequence[ParamsArg],
         *,
         queue: str | None = None,
         priority: int | None = None,
         run_at: datetime | None = None,
-        delay: float | timedelta | None = None,
+        delay: Duration | None = None,
         max_retries: int | None = None,
-        timeout: float | timedelta | None = None,
+        timeout: Duration | None = None,
         connection: Any = None,
         unique_keys: Sequence[str | None] | None = None,
-        unique_for: float | timedelta | None = None,
+        unique_for: Duration | None = None,
         concurrency_keys: Sequence[str | None] | None = None,
         concurrency_limit: int | None = None,
     ) -> list[int]:
@@ -404,29 +419,27 @@ class Client:
         conn, name, options = await self._prepare(
             task, queue, priority, run_at, delay, max_retries, timeout, connection
         )
-        raws = [_params(p) for p in params_list]
-        spec = registry.get(name)
-        if unique_keys is None and spec is not None and spec.unique:
-            derived = [spec.unique_key_for(p) for p in raws]
-            if any(k is not None for k in derived):  # else: the one-INSERT path
-                unique_keys = derived
-                unique_for = unique_for if unique_for is not None else spec.unique_for
-        if concurrency_keys is None and spec is not None and spec.concurrency_key:
-            concurrency_keys = [spec.concurrency_key_for(p) for p in raws]
-            if concurrency_limit is None:
-                concurrency_limit = spec.concurrency_limit
+        raws = [params_json(p) for p in params_list]
+        flow = batch_flow_keys(
+            name,
+            raws,
+            None if unique_keys is None else list(unique_keys),
+            unique_for,
+            None if concurrency_keys is None else list(concurrency_keys),
+            concurrency_limit,
+        )
         async with db.translated():
             rows = await conn.fetch(
                 queries.SUBMIT_TASKS,
                 name,
                 [db.dumps(p) for p in raws],
                 *options,
-                list(unique_keys) if unique_keys is not None else None,
-                _seconds(unique_for),
-                list(concurrency_keys) if concurrency_keys is not None else None,
-                concurrency_limit,
+                flow.unique_keys,
+                flow.unique_for,
+                flow.concurrency_keys,
+                flow.concurrency_limit,
             )
-        return [r[0] for r in rows]
+        return [int(r[0]) for r in rows]
 
     async def submit_workflow(
         self, workflow: Node | dict[str, Any], *, name: str | None = None, connection: Any = None
@@ -445,9 +458,10 @@ class Client:
     # -- reading -------------------------------------------------------------------------
 
     async def get(self, task_id: int) -> TaskInfo:
+        """The task's current state (pgtasks.task_status); TaskNotFound for an unknown id."""
         return await self._read(self.pool, task_id)
 
-    async def list(
+    async def list_tasks(
         self,
         *,
         status: str | None = None,
@@ -456,7 +470,8 @@ class Client:
         limit: int = 50,
         before_id: int | None = None,
     ) -> list[TaskInfo]:
-        """Newest first. Page with `before_id=<last id of the previous page>`."""
+        """Tasks, newest first, filtered by status (any case), queue and type. Page with
+        `before_id=<last id of the previous page>`; `page` counts the total as well."""
         rows = await self.pool.fetch(
             queries.LIST_TASKS,
             _status(status),
@@ -510,10 +525,12 @@ class Client:
         return [TaskLog.model_validate(dict(r)) for r in rows]
 
     async def history(self, task_id: int) -> list[TaskEvent]:
+        """Every status change of the task, oldest first."""
         rows = await self.pool.fetch(queries.TASK_HISTORY, task_id)
         return [TaskEvent.model_validate(dict(r)) for r in rows]
 
     async def errors(self, task_id: int) -> list[dict[str, Any]]:
+        """Each failed attempt's error and traceback, oldest first."""
         rows = await self.pool.fetch(queries.TASK_ERRORS, task_id)
         return [dict(r) for r in rows]
 
@@ -556,7 +573,7 @@ class Client:
         woke = asyncio.Event()
         watched = {str(t) for t in sinks}
 
-        def on_notify(_c: object, _pid: int, _ch: str, payload: str) -> None:
+        def on_notify(_c: object, _pid: int, _ch: str, payload: object, /) -> None:
             if payload in watched:
                 woke.set()
 
@@ -608,19 +625,22 @@ class Client:
         *,
         max_running: int | None = None,
         rate_limit: int | None = None,
-        rate_period: float | timedelta | None = None,
+        rate_period: Duration | None = None,
     ) -> None:
-        """Replace the queue's limits (None: no limit); pausing is left as it is."""
+        """Replace the queue's limits (None: no limit): at most `max_running` running at
+        once, at most `rate_limit` started per `rate_period`. Pausing is left as it is."""
         async with db.translated():
             await self.pool.execute(
-                queries.CONFIGURE_QUEUE, queue, max_running, rate_limit, _seconds(rate_period)
+                queries.CONFIGURE_QUEUE, queue, max_running, rate_limit, as_timedelta(rate_period)
             )
 
     async def pause_queue(self, queue: str) -> None:
+        """Stop workers claiming from the queue; running tasks finish, submits still land."""
         async with db.translated():
             await self.pool.execute(queries.PAUSE_QUEUE, queue)
 
     async def resume_queue(self, queue: str) -> None:
+        """Let workers claim from the queue again."""
         async with db.translated():
             await self.pool.execute(queries.RESUME_QUEUE, queue)
 
@@ -648,7 +668,9 @@ class Client:
         `workers` (alive, dead, slots, running), `runtimes` (per type: count, failed, sum and
         cumulative bucket counts of the tasks finished within `runtime_window`, bounds in
         `runtime_bounds`) and `schedules` (per unpaused schedule: lag_seconds)."""
-        return dict(await self.pool.fetchrow(queries.METRICS))
+        row = await self.pool.fetchrow(queries.METRICS)
+        assert row is not None  # a view of one row
+        return dict(row)
 
     # -- operator actions ----------------------------------------------------------------
 
@@ -771,43 +793,42 @@ class Client:
     async def create_schedule(
         self,
         name: str,
-        task_type: str | Any,
+        task_type: TaskRef,
         *,
         cron: str | None = None,
-        every: float | timedelta | None = None,
-        params: Any = None,
+        every: Duration | None = None,
+        params: ParamsArg = None,
         queue: str | None = None,
         priority: int | None = None,
         timezone: str = "UTC",
         overlap: str = "allow",
-        catch_up: float | timedelta = 0,
+        catch_up: Duration = 0,
     ) -> None:
         """Create or update a schedule (exactly one of cron and every). The database
-        validates it: InvalidSchedule (PT4xx) and nothing written."""
-        if every is not None and not isinstance(every, timedelta):
-            every = timedelta(seconds=float(every))
-        if not isinstance(catch_up, timedelta):
-            catch_up = timedelta(seconds=float(catch_up))
+        validates it: InvalidSchedule (PT4xx) and nothing written. Unlike a schedule
+        declared in code (pgtasks.schedule), it exists as soon as this returns."""
         async with db.translated():
             await self.pool.execute(
                 queries.CREATE_SCHEDULE,
                 name,
                 type_name(task_type),
                 cron,
-                every,
-                _params(params),
+                as_timedelta(every),
+                params_json(params),
                 queue,
                 priority,
                 timezone,
                 overlap,
-                catch_up,
+                as_timedelta(catch_up),
             )
 
     async def drop_schedule(self, name: str) -> None:
+        """Delete the schedule; tasks it already enqueued stay. ScheduleNotFound if none."""
         async with db.translated():
             await self.pool.execute(queries.DROP_SCHEDULE, name)
 
     async def pause_schedule(self, name: str) -> None:
+        """Stop firing the schedule until resume_schedule."""
         async with db.translated():
             await self.pool.execute(queries.PAUSE_SCHEDULE, name)
 
@@ -826,7 +847,7 @@ class Client:
     @contextlib.asynccontextmanager
     async def _watching(
         self, task_id: int, channels: Sequence[str]
-    ) -> AsyncIterator[tuple[asyncpg.Connection, asyncio.Event]]:
+    ) -> AsyncIterator[tuple[PoolConnectionProxy, asyncio.Event]]:
         """A connection LISTENing on `channels` for this task, registered as its watcher.
 
         watch_task makes finishing (and progress, and logs) NOTIFY for this task only while
@@ -836,7 +857,7 @@ class Client:
         woke = asyncio.Event()
         payload_id = str(task_id)
 
-        def on_notify(_c: object, _pid: int, _ch: str, payload: str) -> None:
+        def on_notify(_c: object, _pid: int, _ch: str, payload: object, /) -> None:
             if payload == payload_id:
                 woke.set()
 
@@ -894,7 +915,7 @@ class Client:
 
     async def follow(
         self, task_id: int, *, poll_interval: float = 1.0, after_id: int = 0
-    ) -> AsyncIterator[tuple[TaskInfo, list[TaskLog]]]:
+    ) -> AsyncGenerator[tuple[TaskInfo, list[TaskLog]], None]:
         """Yield (state, new log lines) whenever the task changes, until it has finished.
 
         Woken by the pgtasks_progress / pgtasks_done notifications this watcher enables

@@ -18,21 +18,22 @@ naive local times, each of which happens once, and each is mapped to an instant:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 from croniter import croniter
 
 from pgtasks import queries
 from pgtasks.db import TRANSIENT
-from pgtasks.errors import PgTasksError
+from pgtasks.registration import Registry, Schedule, TaskRef, registry, type_name
+from pgtasks.submission import Duration, ParamsArg, as_timedelta, params_json
 
-if TYPE_CHECKING:
-    from pgtasks.task import Registry
+__all__ = ["Schedule", "cron_ticks", "declare", "due_ticks", "fire_due", "next_tick", "schedule"]
 
 log = logging.getLogger("pgtasks.worker")
 
@@ -47,76 +48,36 @@ LATE_GRACE = timedelta(seconds=2)
 MAX_WALK = 100_000
 
 
-@dataclass(frozen=True)
-class Schedule:
-    """One schedule as declared in code. Exactly one of `cron` and `every`."""
-
-    name: str
-    task_type: str
-    cron: str | None = None
-    every: timedelta | None = None
-    params: dict[str, Any] = field(default_factory=dict)
-    queue: str | None = None
-    priority: int | None = None
-    timezone: str = "UTC"
-    overlap: str = "allow"
-    catch_up: timedelta = timedelta(0)
-
-    def __post_init__(self) -> None:
-        if (self.cron is None) == (self.every is None):
-            raise PgTasksError(f"schedule {self.name!r}: give exactly one of cron and every")
-        # croniter also reads seconds fields and L/W/#, which the database refuses (PT401):
-        # five fields or a macro here, so a bad declaration fails at import, not at start.
-        if self.cron is not None and not (
-            (len(self.cron.split()) == 5 or self.cron.strip().startswith("@"))
-            and croniter.is_valid(self.cron)
-        ):
-            raise PgTasksError(
-                f"schedule {self.name!r}: invalid cron expression {self.cron!r} (5 fields:"
-                " minute hour day-of-month month day-of-week)"
-            )
-        try:
-            ZoneInfo(self.timezone)  # unknown zones fail here, not when the worker starts
-        except (ValueError, KeyError) as exc:
-            msg = f"schedule {self.name!r}: unknown time zone {self.timezone!r}"
-            raise PgTasksError(msg) from exc
-
-
-def _seconds(value: float | timedelta | None) -> timedelta | None:
-    if value is None or isinstance(value, timedelta):
-        return value
-    return timedelta(seconds=float(value))
-
-
 def schedule(
     name: str,
-    task_type: str | Any,
+    task_type: TaskRef,
     *,
     cron: str | None = None,
-    every: float | timedelta | None = None,
-    params: dict[str, Any] | None = None,
+    every: Duration | None = None,
+    params: ParamsArg = None,
     queue: str | None = None,
     priority: int | None = None,
     timezone: str = "UTC",
     overlap: str = "allow",
-    catch_up: float | timedelta = 0,
+    catch_up: Duration = 0,
     into: Registry | None = None,
 ) -> Schedule:
     """Declare a schedule; workers that load this registry upsert it when they start.
-    Several schedules of one type with different params each get their own name."""
-    from pgtasks.task import registry, type_name
 
+    Several schedules of one type with different params each get their own name. A
+    schedule made through SQL or the CLI under the same name is kept as it is.
+    """
     s = Schedule(
         name=name,
         task_type=type_name(task_type),
         cron=cron,
-        every=_seconds(every),
-        params=dict(params or {}),
+        every=as_timedelta(every),
+        params=params_json(params),
         queue=queue,
         priority=priority,
         timezone=timezone,
         overlap=overlap,
-        catch_up=_seconds(catch_up) or timedelta(0),
+        catch_up=as_timedelta(catch_up) or timedelta(0),
     )
     (into if into is not None else registry).add_schedule(s)
     return s
@@ -172,6 +133,8 @@ def next_tick(cron: str, timezone: str, after: datetime) -> datetime:
 
 @dataclass
 class DueTicks:
+    """What `due_ticks` found: the ticks to fire, the next run and how many were skipped."""
+
     ticks: list[datetime]  # the ones to hand to fire_schedule
     next_run_at: datetime  # the first tick after now
     skipped_before: int  # due ticks older than the catch-up window, left out
@@ -213,7 +176,7 @@ def due_ticks(
 
 
 async def fire_due(
-    pool: asyncpg.Pool | asyncpg.Connection,
+    pool: asyncpg.Pool | asyncpg.Connection | PoolConnectionProxy,
     *,
     worker_id: str | None = None,
     max_schedules: int = 100,
@@ -242,7 +205,9 @@ async def fire_due(
     return enqueued
 
 
-async def declare(conn: asyncpg.Connection, schedules: list[Schedule]) -> None:
+async def declare(
+    conn: asyncpg.Connection | PoolConnectionProxy, schedules: Sequence[Schedule]
+) -> None:
     """Upsert declared schedules (pgtasks.declare_schedule): a schedule of the same name
     made through SQL or the CLI is kept as it is."""
     for s in schedules:

@@ -1,145 +1,104 @@
 """Declaring tasks: `BaseTask` subclasses and plain functions, registered by type name.
 
-A worker only claims the types its registry knows, so several apps can share one
+`@task_register("type", ...)` puts the declaration into a Registry (pgtasks.registration)
+and gives the decorated object its `task_type` and `.s()`, which makes a workflow node of
+it. A worker only claims the types its registry knows, so several apps can share one
 database without stealing each other's work.
 """
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import inspect
-import json
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from datetime import timedelta
-from typing import Any, ClassVar, TypeVar, get_type_hints
+import warnings
+from collections.abc import Callable
+from typing import Any, ClassVar, ParamSpec, Protocol, TypeVar, Unpack, get_type_hints, overload
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from pgtasks.errors import ParamsValidationError, PgTasksError
-from pgtasks.schedules import Schedule
+from pgtasks.errors import PgTasksError
+from pgtasks.registration import (
+    KeyFunction,
+    Registry,
+    Schedule,
+    TaskSpec,
+    registry,
+    type_name,
+)
+from pgtasks.submission import Duration, ParamsArg, as_timedelta
+from pgtasks.workflows import NodeOptions, TaskNode, task_node
+
+__all__ = [
+    "BaseTask",
+    "Registry",
+    "TaskDecorator",
+    "TaskFunction",
+    "TaskSpec",
+    "registry",
+    "task_register",
+    "type_name",
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
 
 
 class BaseTask:
     """Subclass, implement `execute`, and decorate with `@task_register("type")`.
 
-    Class attributes set the type's defaults; a submit call may override each of them.
-    `execute` may be `async def` (runs on the worker's event loop) or a plain `def` (runs in
-    a thread, with a blocking context). Annotate `params` with a pydantic model, or set
-    `Params`, and the worker validates and passes the model instead of a dict.
+    Class attributes set the type's defaults (the decorator's arguments win over them); a
+    submit may override queue, max_retries and timeout. `execute` may be `async def` (runs
+    on the worker's event loop) or a plain `def` (runs in a thread, with a blocking
+    context). Annotate `params` with a pydantic model, or set `Params`, and the worker
+    validates and passes the model instead of a dict. `MyTask.s(params, **options)` is a
+    workflow node of the type.
     """
 
+    #: Set by @task_register: the type name submits and workers use.
+    task_type: ClassVar[str]
     Params: ClassVar[type[BaseModel] | None] = None
     queue: ClassVar[str | None] = None
     max_retries: ClassVar[int | None] = None
-    timeout: ClassVar[float | timedelta | None] = None
-    retry_delay: ClassVar[float | None] = None  # backoff base in seconds (None: settings)
+    timeout: ClassVar[Duration | None] = None
+    #: Base of the exponential backoff between retries, in seconds (None: the database's
+    #: setting). Not an exact delay: raise Retry(delay=...) for that.
+    backoff_base: ClassVar[Duration | None] = None
     no_retry_on: ClassVar[tuple[type[BaseException], ...]] = ()
 
     def execute(self, ctx: Any, params: Any) -> Any:
+        """The task's work: return a JSON-serialisable result, or raise."""
         raise NotImplementedError(f"{type(self).__name__} must implement execute(ctx, params)")
 
     @classmethod
-    def s(cls, params: Any = None, **options: Any) -> Any:
+    def s(cls, params: ParamsArg = None, **options: Unpack[NodeOptions]) -> TaskNode:
         """A workflow node of this task (pgtasks.workflows): `chain(A.s({...}), B.s())`."""
-        from pgtasks.workflows import task_node
-
         return task_node(cls, params, **options)
 
 
-@dataclass
-class TaskSpec:
-    """Everything a worker or client needs to know about one task type."""
+class TaskFunction(Protocol[P, R_co]):
+    """A function `@task_register` decorated, as a type checker sees it: still callable
+    exactly as before, plus `task_type` and `.s()` (what a BaseTask subclass inherits)."""
 
-    name: str
-    handler: Callable[..., Any]
-    is_async: bool
-    params_model: type[BaseModel] | None = None
-    queue: str | None = None
-    max_retries: int | None = None
-    timeout: timedelta | None = None
-    retry_delay: float | None = None
-    no_retry_on: tuple[type[BaseException], ...] = ()
-    #: Flow control (docs/flow-control.md): keys derived from the params at submit time.
-    unique: Callable[[dict[str, Any]], str | None] | bool | None = None
-    unique_for: timedelta | None = None
-    concurrency_key: Callable[[dict[str, Any]], str | None] | None = None
-    concurrency_limit: int | None = None
+    @property
+    def task_type(self) -> str:
+        """The type name the function was registered under."""
+        ...
 
-    def unique_key_for(self, params: dict[str, Any]) -> str | None:
-        """The unique key a submit of these params carries: `unique=True` is the type name
-        plus the params as canonical JSON (same params, same key); a callable decides."""
-        if self.unique is None or self.unique is False:
-            return None
-        if self.unique is True:
-            return f"{self.name}:{json.dumps(params, sort_keys=True, separators=(',', ':'))}"
-        return self.unique(params)
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
 
-    def concurrency_key_for(self, params: dict[str, Any]) -> str | None:
-        return self.concurrency_key(params) if self.concurrency_key is not None else None
-
-    def parse_params(self, raw: dict[str, Any]) -> Any:
-        if self.params_model is None:
-            return raw
-        try:
-            return self.params_model.model_validate(raw)
-        except ValidationError as exc:
-            raise ParamsValidationError(
-                f"params for {self.name!r} do not match {self.params_model.__name__}: "
-                + "; ".join(
-                    f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
-                    for e in exc.errors()
-                )
-            ) from exc
+    def s(self, params: ParamsArg = None, **options: Unpack[NodeOptions]) -> TaskNode:
+        """A workflow node of this task: `chain(extract.s({...}), load.s())`."""
+        ...
 
 
-@dataclass
-class Registry:
-    """Task types by name. `pgtasks.registry` is the default one the decorator fills."""
-
-    specs: dict[str, TaskSpec] = field(default_factory=dict)
-    #: Declared schedules by name; a worker upserts them when it starts.
-    schedules: dict[str, Schedule] = field(default_factory=dict)
-
-    def add_schedule(self, schedule: Schedule) -> None:
-        old = self.schedules.get(schedule.name)
-        if old is not None and old != schedule:
-            raise PgTasksError(f"schedule {schedule.name!r} is already declared differently")
-        self.schedules[schedule.name] = schedule
-
-    def add(self, spec: TaskSpec) -> None:
-        old = self.specs.get(spec.name)
-        if old is not None and old.handler is not spec.handler:
-            raise PgTasksError(f"task type {spec.name!r} is already registered")
-        self.specs[spec.name] = spec
-
-    def get(self, name: str) -> TaskSpec | None:
-        return self.specs.get(name)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self.specs
-
-    def __iter__(self) -> Iterator[TaskSpec]:
-        return iter(self.specs.values())
-
-    def names(self) -> list[str]:
-        return sorted(self.specs)
-
-
-registry = Registry()
-
-T = TypeVar("T")
-
-
-def _to_timedelta(value: float | timedelta | None) -> timedelta | None:
-    if value is None or isinstance(value, timedelta):
-        return value
-    return timedelta(seconds=float(value))
+TaskClass = TypeVar("TaskClass", bound=type[BaseTask])
 
 
 def _params_model(
     fn: Callable[..., Any], declared: type[BaseModel] | None
 ) -> type[BaseModel] | None:
+    """The pydantic model the handler's `params` argument is annotated with, if any."""
     if declared is not None:
         return declared
     try:
@@ -154,25 +113,107 @@ def _params_model(
     return None
 
 
+def _node_maker(task_type: str) -> Callable[..., TaskNode]:
+    def s(params: ParamsArg = None, **options: Unpack[NodeOptions]) -> TaskNode:
+        return task_node(task_type, params, **options)
+
+    s.__doc__ = f"A workflow node of task type {task_type!r}."
+    return s
+
+
+_RETRY_DELAY_MOVED = (
+    "retry_delay is the base of the exponential backoff and is now called backoff_base; "
+    "retry_delay will be removed (an exact delay is Retry(delay=...))"
+)
+
+
+class TaskDecorator:
+    """What `@task_register(...)` returns: applied to a BaseTask subclass or a function, it
+    registers the type and returns the class unchanged, or the function with `task_type`
+    and `.s()` (typed as a TaskFunction)."""
+
+    def __init__(self, declared: TaskSpec, schedule: Schedule | None, into: Registry) -> None:
+        self._spec = declared  # all but the handler, which the decorated object brings
+        self._schedule = schedule
+        self._into = into
+
+    @overload
+    def __call__(self, obj: TaskClass, /) -> TaskClass: ...  # type: ignore[overload-overlap]
+
+    # A BaseTask subclass is callable too; the overload above, tried first, keeps its class.
+    @overload
+    def __call__(self, obj: Callable[P, R], /) -> TaskFunction[P, R]: ...
+
+    def __call__(self, obj: Any, /) -> Any:
+        d = self._spec
+        if inspect.isclass(obj) and issubclass(obj, BaseTask):
+            backoff = obj.backoff_base
+            old = getattr(obj, "retry_delay", None)
+            if old is not None:
+                warnings.warn(
+                    f"{obj.__name__}.{_RETRY_DELAY_MOVED}", DeprecationWarning, stacklevel=2
+                )
+                backoff = backoff if backoff is not None else old
+            fn = obj().execute
+            # The decorator's arguments win over the class attributes.
+            spec = dataclasses.replace(
+                d,
+                handler=fn,
+                is_async=inspect.iscoroutinefunction(fn),
+                params_model=_params_model(fn, d.params_model or obj.Params),
+                queue=d.queue or obj.queue,
+                max_retries=d.max_retries if d.max_retries is not None else obj.max_retries,
+                timeout=d.timeout if d.timeout is not None else as_timedelta(obj.timeout),
+                backoff_base=d.backoff_base or as_timedelta(backoff) or None,
+                no_retry_on=d.no_retry_on + tuple(obj.no_retry_on),
+            )
+        elif callable(obj):
+            spec = dataclasses.replace(
+                d,
+                handler=obj,
+                is_async=inspect.iscoroutinefunction(obj),
+                params_model=_params_model(obj, d.params_model),
+            )
+        else:
+            raise PgTasksError(
+                f"@task_register({d.name!r}) needs a BaseTask subclass or a function"
+            )
+        self._into.add(spec)
+        if self._schedule is not None:
+            # Routed to the queue the type ended up with (its class's, maybe).
+            self._into.add_schedule(dataclasses.replace(self._schedule, queue=spec.queue))
+        obj.task_type = d.name
+        if not inspect.isclass(obj):
+            obj.s = _node_maker(d.name)  # what BaseTask subclasses inherit
+        return obj
+
+
 def task_register(
     name: str,
     *,
     queue: str | None = None,
     max_retries: int | None = None,
-    timeout: float | timedelta | None = None,
-    retry_delay: float | None = None,
+    timeout: Duration | None = None,
+    backoff_base: Duration | None = None,
     no_retry_on: tuple[type[BaseException], ...] = (),
     params: type[BaseModel] | None = None,
     schedule: str | None = None,
-    every: float | timedelta | None = None,
+    every: Duration | None = None,
     timezone: str = "UTC",
     into: Registry | None = None,
-    unique: Callable[[dict[str, Any]], str | None] | bool | None = None,
-    unique_for: float | timedelta | None = None,
-    concurrency_key: Callable[[dict[str, Any]], str | None] | None = None,
+    unique: KeyFunction | bool | None = None,
+    unique_for: Duration | None = None,
+    concurrency_key: KeyFunction | None = None,
     concurrency_limit: int | None = None,
-) -> Callable[[T], T]:
+    retry_delay: float | None = None,
+) -> TaskDecorator:
     """Register a `BaseTask` subclass or a function `(ctx, params)` as task type `name`.
+
+    The policy (queue, max_retries, timeout in seconds, `backoff_base`: the base of the
+    exponential backoff between retries, in seconds) is the type's default: a worker
+    stores it in the database when it starts, so a submit from anywhere gets it; None
+    leaves it to the database's settings. `retry_delay` is the old name of `backoff_base`
+    and warns (DeprecationWarning).
 
     `schedule` (a cron expression, in `timezone`) or `every` also declares a schedule named
     after the type, with empty params; `pgtasks.schedule(...)` declares more (other params,
@@ -186,81 +227,43 @@ def task_register(
     """
     if not name or not name.strip():
         raise PgTasksError("task_register needs a non-empty type name")
+    if retry_delay is not None:
+        if backoff_base is not None:
+            raise PgTasksError("pass backoff_base only (retry_delay is its old name)")
+        warnings.warn(f"task_register: {_RETRY_DELAY_MOVED}", DeprecationWarning, stacklevel=2)
+        backoff_base = retry_delay
     if unique_for is not None and not unique:
         raise PgTasksError("unique_for needs unique=")
     if concurrency_limit is not None and concurrency_key is None:
         raise PgTasksError("concurrency_limit needs concurrency_key=")
-    flow: dict[str, Any] = {
-        "unique": unique,
-        "unique_for": _to_timedelta(unique_for),
-        "concurrency_key": concurrency_key,
-        "concurrency_limit": concurrency_limit,
-    }
-    target = into if into is not None else registry
-
-    def decorate(obj: T) -> T:
-        if inspect.isclass(obj) and issubclass(obj, BaseTask):
-            instance = obj()
-            fn = instance.execute
-            spec = TaskSpec(
-                name=name,
-                handler=fn,
-                is_async=inspect.iscoroutinefunction(fn),
-                params_model=_params_model(fn, params or obj.Params),
-                queue=queue or obj.queue,
-                max_retries=max_retries if max_retries is not None else obj.max_retries,
-                timeout=_to_timedelta(timeout if timeout is not None else obj.timeout),
-                retry_delay=retry_delay if retry_delay is not None else obj.retry_delay,
-                no_retry_on=tuple(no_retry_on) + tuple(obj.no_retry_on),
-                **flow,
-            )
-        elif callable(obj):
-            spec = TaskSpec(
-                name=name,
-                handler=obj,
-                is_async=inspect.iscoroutinefunction(obj),
-                params_model=_params_model(obj, params),
-                queue=queue,
-                max_retries=max_retries,
-                timeout=_to_timedelta(timeout),
-                retry_delay=retry_delay,
-                no_retry_on=tuple(no_retry_on),
-                **flow,
-            )
-        else:
-            raise PgTasksError(f"@task_register({name!r}) needs a BaseTask subclass or a function")
-        target.add(spec)
-        if schedule is not None or every is not None:
-            target.add_schedule(
-                Schedule(
-                    name=name,
-                    task_type=name,
-                    cron=schedule,
-                    every=_to_timedelta(every),
-                    timezone=timezone,
-                    queue=spec.queue,
-                )
-            )
-        obj.task_type = name  # type: ignore[attr-defined]
-        if not inspect.isclass(obj):
-            # Functions get what BaseTask subclasses inherit: fn.s(params) is a workflow node.
-            obj.s = functools.partial(_node_of, name)  # type: ignore[attr-defined]
-        return obj
-
-    return decorate
+    declared = TaskSpec(
+        name=name,
+        handler=_unset,
+        is_async=False,
+        params_model=params,
+        queue=queue,
+        max_retries=max_retries,
+        timeout=as_timedelta(timeout),
+        # 0 has always meant "not set" here (the database refuses a zero base, PT112).
+        backoff_base=as_timedelta(backoff_base) or None,
+        no_retry_on=tuple(no_retry_on),
+        unique=unique,
+        unique_for=as_timedelta(unique_for),
+        concurrency_key=concurrency_key,
+        concurrency_limit=concurrency_limit,
+    )
+    scheduled = None
+    if schedule is not None or every is not None:
+        scheduled = Schedule(
+            name=name,
+            task_type=name,
+            cron=schedule,
+            every=as_timedelta(every),
+            timezone=timezone,
+            queue=queue,
+        )
+    return TaskDecorator(declared, scheduled, into if into is not None else registry)
 
 
-def _node_of(task_type: str, params: Any = None, /, **options: Any) -> Any:
-    from pgtasks.workflows import task_node
-
-    return task_node(task_type, params, **options)
-
-
-def type_name(task: str | Any) -> str:
-    """Accept a type name, a registered class or a registered function."""
-    if isinstance(task, str):
-        return task
-    name = getattr(task, "task_type", None)
-    if isinstance(name, str):
-        return name
-    raise PgTasksError(f"{task!r} is not a registered task; decorate it with @task_register")
+def _unset(*_: Any) -> None:  # pragma: no cover - replaced before anything calls it
+    raise AssertionError("a declaration's handler is set when it decorates")

@@ -9,36 +9,63 @@ module only builds the spec:
     wf = await client.submit(chord([process.s({"i": i}) for i in items], notify.s()))
     result = await client.wait_workflow(wf)
 
-A node is `MyTask.s(params, **options)` or `task_node("type", params, **options)`; the
-options are submit's (queue, priority, run_at, delay, max_retries, timeout,
-concurrency_key, concurrency_limit) plus `name` (the node's name in the workflow) and
-`on_parent_failure` ("cancel" or "run"). Builders nest: a chain of groups, a group of
-chains, a chord whose header is a chain... Each occurrence of a node is a task of its own.
+A node is `MyTask.s(params, **options)` or `task_node("type", params, **options)`, with the
+options of NodeOptions. Builders nest: a chain of groups, a group of chains, a chord whose
+header is a chain... Each occurrence of a node is a task of its own. Each node follows the
+rules of a single submit (pgtasks.submission), so a type gets the same policy alone and in
+a graph.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
-from typing import Any
+from datetime import datetime
+from typing import Any, Literal, TypeAlias, TypedDict, Unpack
 
 from pgtasks.errors import PgTasksError
-from pgtasks.task import registry, type_name
+from pgtasks.registration import TaskRef, type_name
+from pgtasks.submission import (
+    Duration,
+    ParamsArg,
+    as_seconds,
+    concurrency_rule,
+    params_json,
+    policy,
+    run_at_for,
+)
 
-_OPTIONS = frozenset({
-    "queue", "priority", "run_at", "delay", "max_retries", "timeout", "concurrency_key",
-    "concurrency_limit", "on_parent_failure",
-})  # fmt: skip
+
+class NodeOptions(TypedDict, total=False):
+    """The options of a workflow node (`MyTask.s(params, **options)`, `task_node`).
+
+    Submit's options that apply to one task of a graph, plus `name`, the node's name in
+    the workflow (default: its type, numbered when the type occurs more than once), and
+    `on_parent_failure`: "cancel" (the default: a failed or cancelled parent cancels this
+    node) or "run" (it runs anyway and sees a ParentFailure in `ctx.parent_results`).
+    None is the same as leaving an option out.
+    """
+
+    name: str | None
+    queue: str | None
+    priority: int | None
+    run_at: datetime | None
+    delay: Duration | None
+    max_retries: int | None
+    timeout: Duration | None
+    concurrency_key: str | None
+    concurrency_limit: int | None
+    on_parent_failure: Literal["cancel", "run"] | None
 
 
 @dataclass(frozen=True, eq=False)
 class TaskNode:
-    """One task of a workflow: its type, params and submit options."""
+    """One task of a workflow: its type, params, node name and options (NodeOptions less
+    `name`), as `MyTask.s(...)` or `task_node(...)` made it."""
 
     task_type: str
-    params: Any = None
+    params: ParamsArg = None
     name: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -65,43 +92,56 @@ class Chord:
     callback: Node
 
 
-Node = TaskNode | Chain | Group | Chord
+#: Any workflow: what `submit` and `submit_workflow` take and the builders nest.
+Node: TypeAlias = TaskNode | Chain | Group | Chord
 
 
 def task_node(
-    task: Any, params: Any = None, /, *, name: str | None = None, **options: Any
+    task: TaskRef, params: ParamsArg = None, /, **options: Unpack[NodeOptions]
 ) -> TaskNode:
-    """A node of type `task` (a type name or a registered task) with these params."""
-    unknown = set(options) - _OPTIONS
+    """A node of type `task` (a type name or a registered task) with these params: what
+    `MyTask.s(params, **options)` returns, for a type known only by name. An unknown option
+    is refused here rather than dropped from the graph."""
+    unknown = set(options) - NodeOptions.__optional_keys__
     if unknown:
         raise PgTasksError(f"unknown workflow node option(s): {', '.join(sorted(unknown))}")
-    return TaskNode(type_name(task), params, name, options)
+    rest: dict[str, Any] = dict(options)
+    name = rest.pop("name", None)
+    return TaskNode(type_name(task), params, name, rest)
 
 
-def _nodes(items: tuple[Any, ...], what: str) -> tuple[Node, ...]:
-    if len(items) == 1 and not isinstance(items[0], Node) and isinstance(items[0], Iterable):
-        items = tuple(items[0])  # group([a, b, c]) as well as group(a, b, c)
+def _nodes(items: tuple[Node | Iterable[Node], ...], what: str) -> tuple[Node, ...]:
+    first = items[0] if len(items) == 1 else None
+    if first is not None and not isinstance(first, Node) and isinstance(first, Iterable):
+        items = tuple(first)  # group([a, b, c]) as well as group(a, b, c)
+    nodes: list[Node] = []
     for item in items:
         if not isinstance(item, Node):
             raise PgTasksError(
                 f"{what}() takes workflow nodes (MyTask.s(...), task_node(...), chain, group, "
                 f"chord), got {type(item).__name__}"
             )
-    if not items:
+        nodes.append(item)
+    if not nodes:
         raise PgTasksError(f"{what}() needs at least one node")
-    return items
+    return tuple(nodes)
 
 
-def chain(*steps: Any) -> Chain:
+def chain(*steps: Node | Iterable[Node]) -> Chain:
+    """Steps one after the other: `chain(a.s(), b.s(), c.s())`, or `chain([...])`. A step
+    sees the results of the one before as `ctx.parent_result` / `ctx.parent_results`."""
     return Chain(_nodes(steps, "chain"))
 
 
-def group(*members: Any) -> Group:
+def group(*members: Node | Iterable[Node]) -> Group:
+    """Members side by side: `group(a.s(), b.s())`, or `group([...])`; what follows the
+    group waits for all of them."""
     return Group(_nodes(members, "group"))
 
 
-def chord(header: Any, callback: Node) -> Chord:
-    """`chord(group(...), callback)`; a plain list of nodes is taken as a group."""
+def chord(header: Node | Iterable[Node], callback: Node) -> Chord:
+    """`chord(group(...), callback)`: the callback runs after all of the header, with its
+    results as parent results; a plain list of nodes is taken as a group."""
     head = header if isinstance(header, Node) else group(header)
     (cb,) = _nodes((callback,), "chord")
     return Chord(head, cb)
@@ -110,7 +150,7 @@ def chord(header: Any, callback: Node) -> Chord:
 @dataclass(frozen=True)
 class ParentFailure:
     """What `ctx.parent_results` holds for a parent that ended FAILED or CANCELLED (seen only
-    by a node with on_parent_failure="run")."""
+    by a node with on_parent_failure="run"), in place of a result it never produced."""
 
     task_id: int
     status: str
@@ -119,7 +159,8 @@ class ParentFailure:
 
 
 class SubmittedWorkflow(int):
-    """The workflow's id (an int) and `.nodes`, node name -> task id."""
+    """The workflow's id (an int, so it passes wherever an id does) and `.nodes`, node
+    name -> task id, to follow single tasks of the graph."""
 
     nodes: dict[str, int]
 
@@ -132,7 +173,7 @@ class SubmittedWorkflow(int):
         return f"SubmittedWorkflow({int(self)}, nodes={self.nodes!r})"
 
 
-def _leaves(node: Node) -> Iterable[TaskNode]:
+def _leaves(node: Node) -> Iterator[TaskNode]:
     if isinstance(node, TaskNode):
         yield node
     elif isinstance(node, Chain):
@@ -146,35 +187,27 @@ def _leaves(node: Node) -> Iterable[TaskNode]:
         yield from _leaves(node.callback)
 
 
-def _seconds(value: float | timedelta | None) -> float | None:
-    if value is None:
-        return None
-    return value.total_seconds() if isinstance(value, timedelta) else float(value)
-
-
 def _spec_node(node: TaskNode, name: str, after: list[str]) -> dict[str, Any]:
-    """One node of the SQL spec. Queue, retries, timeout, backoff and run_at follow the same
-    rule as Client.submit (Client._policy, Client._when: the node's option, else the type's
-    @task_register declaration, else NULL for the database to resolve); only a concurrency
-    key, which needs the params and the Python lambda, is derived here."""
-    from pgtasks.client import Client, _params  # the submit rules, shared with Client.submit
-
+    """One node of the SQL spec, by the rules of a single submit (pgtasks.submission): the
+    node's option, else the type's @task_register declaration, else nothing, for the
+    database to resolve."""
     o = dict(node.options)
-    params = _params(node.params)
-    queue, retries, timeout, base = Client._policy(
+    params = params_json(node.params)
+    p = policy(
         node.task_type, o.pop("queue", None), o.pop("max_retries", None), o.pop("timeout", None)
     )
-    run_at = Client._when(o.pop("run_at", None), o.pop("delay", None))
-    declared = registry.get(node.task_type)
-    if o.get("concurrency_key") is None and declared is not None and declared.concurrency_key:
-        o["concurrency_key"] = declared.concurrency_key_for(params)
-        o.setdefault("concurrency_limit", declared.concurrency_limit)
+    run_at = run_at_for(o.pop("run_at", None), o.pop("delay", None))
+    key, limit = concurrency_rule(
+        node.task_type, params, o.pop("concurrency_key", None), o.pop("concurrency_limit", None)
+    )
     out: dict[str, Any] = {"name": name, "type": node.task_type, "params": params}
     if after:
         out["after"] = after
     fields = {
-        "queue": queue, "max_retries": retries, "timeout": _seconds(timeout),
-        "backoff_base": _seconds(base), "run_at": run_at.isoformat() if run_at else None,
+        "queue": p.queue, "max_retries": p.max_retries, "timeout": as_seconds(p.timeout),
+        "backoff_base": as_seconds(p.backoff_base),
+        "run_at": run_at.isoformat() if run_at else None,
+        "concurrency_key": key, "concurrency_limit": limit,
     }  # fmt: skip
     out.update({k: v for k, v in {**fields, **o}.items() if v is not None})
     return out

@@ -42,7 +42,7 @@ async def test_submit_inside_callers_transaction(dsn):
                 kept = await c.submit("noop", connection=conn)
         finally:
             await conn.close()
-        assert [t.id for t in await c.list()] == [kept]
+        assert [t.id for t in await c.list_tasks()] == [kept]
 
 
 async def test_bad_input_raises_typed_error_and_inserts_nothing(dsn):
@@ -54,7 +54,7 @@ async def test_bad_input_raises_typed_error_and_inserts_nothing(dsn):
             await c.submit("noop", [1, 2])  # type: ignore[arg-type]
         with pytest.raises(PgTasksError, match="not a registered task"):
             await c.submit(object())
-        assert await c.list() == []
+        assert await c.list_tasks() == []
 
 
 async def test_list_filters_and_pagination(dsn):
@@ -62,14 +62,14 @@ async def test_list_filters_and_pagination(dsn):
         ids = await c.submit_many("noop", [{} for _ in range(7)])
         other = await c.submit("add", {"a": 1, "b": 1}, queue="math")
         await c.cancel(ids[0])
-        assert [t.id for t in await c.list(queue="math")] == [other]
-        assert [t.id for t in await c.list(task_type="add")] == [other]
-        assert [t.id for t in await c.list(status="cancelled")] == [ids[0]]
-        page1 = await c.list(limit=3)
-        page2 = await c.list(limit=3, before_id=page1[-1].id)
+        assert [t.id for t in await c.list_tasks(queue="math")] == [other]
+        assert [t.id for t in await c.list_tasks(task_type="add")] == [other]
+        assert [t.id for t in await c.list_tasks(status="cancelled")] == [ids[0]]
+        page1 = await c.list_tasks(limit=3)
+        page2 = await c.list_tasks(limit=3, before_id=page1[-1].id)
         assert [t.id for t in page1 + page2] == sorted([*ids, other], reverse=True)[:6]
         with pytest.raises(PgTasksError, match="unknown status"):
-            await c.list(status="bogus")
+            await c.list_tasks(status="bogus")
 
 
 async def test_cancel_and_retry_errors_are_typed(dsn):

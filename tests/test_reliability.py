@@ -170,7 +170,7 @@ def sync_quick(ctx: Any, params: dict[str, Any]) -> str:
     return "ok"
 
 
-@task_register("always_fails", into=REG, retry_delay=0.1)
+@task_register("always_fails", into=REG, backoff_base=0.1)
 async def always_fails(ctx: TaskContext, params: dict[str, Any]) -> None:
     await _note_run_at(ctx)
     raise ValueError(f"attempt {ctx.attempt} broke")
@@ -210,7 +210,7 @@ async def worker(dsn: str, **kw: Any) -> AsyncIterator[Worker]:
     w = Worker(dsn, registry=REG, **{**opts, **kw})
     t = asyncio.create_task(w.run())
     try:
-        # Types declared only in REG get their policy (e.g. retry_delay as the backoff base)
+        # Types declared only in REG get their policy (e.g. backoff_base)
         # from the database once the worker registered them: submit after that.
         await asyncio.wait_for(w.ready.wait(), 30)
         yield w
@@ -431,7 +431,7 @@ async def test_failing_task_retries_with_growing_jittered_delays_and_keeps_every
         ]
         assert all("Traceback" in e["traceback"] and "ValueError" in e["traceback"] for e in errors)
         # The delay before attempt n+1 is exactly what fail_task scheduled (both on the DB
-        # clock): retry_delay 0.1 s, doubled each time, +-20 % jitter.
+        # clock): backoff_base 0.1 s, doubled each time, +-20 % jitter.
         delays = [(RUN_AT[tid, n + 1] - errors[n - 1]["at"]).total_seconds() for n in (1, 2, 3)]
         assert delays[0] < delays[1] < delays[2]
         for n, d in zip((1, 2, 3), delays, strict=True):

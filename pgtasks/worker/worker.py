@@ -224,7 +224,7 @@ class Worker:
                         None,  # priority: no per-type priority in @task_register yet
                         spec.max_retries,
                         spec.timeout,
-                        timedelta(seconds=spec.retry_delay) if spec.retry_delay else None,
+                        spec.backoff_base,
                         self.worker_id,
                     )
                 # Declared schedules too; ones made through SQL or the CLI are kept.

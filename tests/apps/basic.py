@@ -52,13 +52,13 @@ def sync_add(ctx: Any, params: AddParams) -> int:
     return params.a + params.b
 
 
-@task_register("fail", max_retries=2, retry_delay=0.2)
+@task_register("fail", max_retries=2, backoff_base=0.2)
 async def fail(ctx: TaskContext, params: dict[str, Any]) -> None:
     await record(ctx)
     raise ValueError(params.get("message", "boom"))
 
 
-@task_register("fail_once", retry_delay=0.1)
+@task_register("fail_once", backoff_base=0.1)
 async def fail_once(ctx: TaskContext, params: dict[str, Any]) -> str:
     await record(ctx)
     if ctx.retry_count == 0:

@@ -71,14 +71,14 @@ async def count_and_hold(ctx: TaskContext, stage: str) -> None:
             await asyncio.sleep(0.05)
 
 
-@task_register("counted_pipeline", max_retries=3, retry_delay=0.2)
+@task_register("counted_pipeline", max_retries=3, backoff_base=0.2)
 async def counted_pipeline(
     ctx: TaskContext, params: media_pipeline.PipelineParams
 ) -> dict[str, Any]:
     return await media_pipeline.run_pipeline(ctx, params, hook=count_stage)
 
 
-@task_register("held_pipeline", max_retries=3, retry_delay=0.2)
+@task_register("held_pipeline", max_retries=3, backoff_base=0.2)
 async def held_pipeline(ctx: TaskContext, params: media_pipeline.PipelineParams) -> dict[str, Any]:
     return await media_pipeline.run_pipeline(ctx, params, hook=count_and_hold)
 
@@ -154,7 +154,7 @@ async def async_step() -> str:
     return "async"
 
 
-@task_register("chatty", max_retries=1, retry_delay=0.1)
+@task_register("chatty", max_retries=1, backoff_base=0.1)
 async def chatty(ctx: TaskContext, params: dict[str, Any]) -> str:
     await ctx.log("INFO", f"ctx one, attempt {ctx.attempt}")
     log.info("logging two %s", ctx.attempt)
@@ -173,7 +173,7 @@ async def chatty(ctx: TaskContext, params: dict[str, Any]) -> str:
     return "ok"
 
 
-@task_register("sync_chatty", max_retries=1, retry_delay=0.1)
+@task_register("sync_chatty", max_retries=1, backoff_base=0.1)
 def sync_chatty(ctx: Any, params: dict[str, Any]) -> str:
     ctx.log("INFO", f"ctx one, attempt {ctx.attempt}")
     log.info("logging two %s", ctx.attempt)
@@ -205,7 +205,7 @@ def sync_log_flood(ctx: Any, params: dict[str, Any]) -> int:
 # -- steps -------------------------------------------------------------------------------
 
 
-@task_register("batches", max_retries=2, retry_delay=0.1)
+@task_register("batches", max_retries=2, backoff_base=0.1)
 async def batches(ctx: TaskContext, params: dict[str, Any]) -> list[int]:
     """A loop of steps named f"batch-{i}"; fails once halfway (first attempt only)."""
     out = []

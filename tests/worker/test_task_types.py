@@ -15,7 +15,7 @@ from tests.conftest import wait_for
 REG = Registry()
 
 
-@task_register("resize", into=REG, queue="images", max_retries=5, retry_delay=60, timeout=30)
+@task_register("resize", into=REG, queue="images", max_retries=5, backoff_base=60, timeout=30)
 async def resize(ctx: Any, params: dict[str, Any]) -> str:
     return "resized"
 
