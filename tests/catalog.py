@@ -252,6 +252,8 @@ def write_delta(old: Objects, new: Objects) -> str:
     comments: their DDL (and how to fill a new column) has to be written by hand."""
     head = [
         "SET LOCAL search_path = pg_catalog, pgtasks, pg_temp;",
+        "-- Bodies are checked when they first run, so a function may call one defined below.",
+        "SET LOCAL check_function_bodies = off;",
         "-- Created by, and so owned by, pgtasks_owner.",
         "SET LOCAL ROLE pgtasks_owner;",
         "",

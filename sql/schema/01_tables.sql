@@ -32,6 +32,20 @@ COMMENT ON FUNCTION pgtasks.is_blank(text) IS
     'True for NULL and for text made only of whitespace, control or invisible characters, Unicode included.';
 
 ------------------------------------------------------------------------------------------
+-- The clock every rule decides by. pgtasks.now() (02_checks.sql) is now() plus the shift
+-- held here; the table is empty outside tests, so the shift is zero. Only the owner writes
+-- it (pgtasks.advance_clock), so no worker or submitter can move time to rescue a lease,
+-- fire a schedule or end a unique window early. Column defaults and the views keep the wall
+-- clock: they record and show when something happened.
+
+CREATE TABLE pgtasks.clock (
+    shift    interval NOT NULL CHECK (shift >= interval '0'),
+    only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row)
+);
+COMMENT ON TABLE pgtasks.clock IS
+    'The test clock: pgtasks.now() is now() plus shift. Empty (no shift) outside tests; only the owner moves it, with advance_clock.';
+
+------------------------------------------------------------------------------------------
 -- Settings: one row, typed columns, each deployment-wide default and limit written once,
 -- here. Functions read the row; configure() (02_checks.sql) changes it.
 

@@ -197,7 +197,7 @@ CREATE TRIGGER task_errors_append_only
 -- task data (any role can LISTEN). A NOTIFY takes a database-wide lock while its
 -- transaction commits, so concurrent submitters that all notify commit one at a time. So
 -- at most one goes out per statement and queue, only for rows a claim can take now
--- (PENDING or COMMIT, run_at <= now(): the claim's own predicate; future tasks are found
+-- (PENDING or COMMIT, run_at <= pgtasks.now(): the claim's own predicate; future tasks are found
 -- by the workers' timers, WAITING ones are woken for when their last parent ends), and
 -- none when the queue's head (what a worker would claim next) was already ready before
 -- this statement: a worker was woken for it already, or all are busy and claim again as
@@ -245,7 +245,7 @@ BEGIN
     END IF;
     SELECT min(n.queue), max(n.queue), min(n.id) INTO first_queue, last_queue, first_id
       FROM new_rows n
-     WHERE n.run_at <= now() AND n.status IN ('PENDING', 'COMMIT');
+     WHERE n.run_at <= pgtasks.now() AND n.status IN ('PENDING', 'COMMIT');
     IF first_queue IS NULL THEN
         RETURN NULL;                      -- nothing ready now: a timer or a release wakes
     ELSIF first_queue = last_queue THEN
@@ -255,13 +255,13 @@ BEGIN
                                  AND t.status IN ('PENDING', 'COMMIT')
                                ORDER BY t.queue, t.priority DESC, t.run_at, t.id
                                LIMIT 1) head
-                WHERE head.run_at <= now() AND head.id < first_id) THEN
+                WHERE head.run_at <= pgtasks.now() AND head.id < first_id) THEN
             PERFORM pg_notify('pgtasks_wakeup', first_queue);
         END IF;
     ELSE
         PERFORM pg_notify('pgtasks_wakeup', q.queue)
            FROM (SELECT n.queue, min(n.id) AS first_id FROM new_rows n
-                  WHERE n.run_at <= now() AND n.status IN ('PENDING', 'COMMIT')
+                  WHERE n.run_at <= pgtasks.now() AND n.status IN ('PENDING', 'COMMIT')
                   GROUP BY n.queue) q
           WHERE NOT EXISTS (
                 SELECT 1 FROM (SELECT t.id, t.run_at FROM pgtasks.tasks t
@@ -269,7 +269,7 @@ BEGIN
                                   AND t.status IN ('PENDING', 'COMMIT')
                                 ORDER BY t.queue, t.priority DESC, t.run_at, t.id
                                 LIMIT 1) head
-                 WHERE head.run_at <= now() AND head.id < q.first_id);
+                 WHERE head.run_at <= pgtasks.now() AND head.id < q.first_id);
     END IF;
     RETURN NULL;
 END $$;
@@ -372,7 +372,7 @@ BEGIN
         RAISE EXCEPTION 'pgtasks: task % does not exist', task_id USING ERRCODE = 'PT003';
     END IF;
     INSERT INTO pgtasks.task_waiters (task_id) VALUES (watch_task.task_id)
-    ON CONFLICT ON CONSTRAINT task_waiters_pkey DO UPDATE SET since = now();
+    ON CONFLICT ON CONSTRAINT task_waiters_pkey DO UPDATE SET since = pgtasks.now();
     RETURN s;
 END $$;
 GRANT EXECUTE ON FUNCTION pgtasks.watch_task(bigint) TO pgtasks_submitter;

@@ -45,7 +45,7 @@ BEGIN
     ON CONFLICT ON CONSTRAINT task_types_pkey DO UPDATE
        SET queue = excluded.queue, priority = excluded.priority, max_retries = excluded.max_retries,
            timeout = excluded.timeout, backoff_base = excluded.backoff_base,
-           registered_by = excluded.registered_by, updated_at = now()
+           registered_by = excluded.registered_by, updated_at = pgtasks.now()
      WHERE (t.queue, t.priority, t.max_retries, t.timeout, t.backoff_base)
            IS DISTINCT FROM
            (excluded.queue, excluded.priority, excluded.max_retries, excluded.timeout, excluded.backoff_base);
@@ -78,7 +78,7 @@ BEGIN
     SELECT submit_policy.task_type,
            coalesce(submit_policy.queue, tt.queue, s.default_queue),
            coalesce(submit_policy.priority, tt.priority, s.default_priority),
-           coalesce(submit_policy.run_at, now()),
+           coalesce(submit_policy.run_at, pgtasks.now()),
            coalesce(submit_policy.max_retries, tt.max_retries, s.default_max_retries),
            coalesce(submit_policy.timeout, tt.timeout, s.default_timeout),
            coalesce(submit_policy.backoff_base, tt.backoff_base, s.default_backoff_base)
@@ -90,7 +90,7 @@ BEGIN
     -- Infinite or far-off times crash clients that decode them (an idle Python worker died
     -- on 'infinity', `pgtasks stats` on '-infinity').
     IF NOT isfinite(r.run_at)
-       OR r.run_at NOT BETWEEN now() - interval '100 years' AND now() + interval '100 years' THEN
+       OR r.run_at NOT BETWEEN pgtasks.now() - interval '100 years' AND pgtasks.now() + interval '100 years' THEN
         RAISE EXCEPTION 'pgtasks: run_at must be within 100 years of now, got %', r.run_at
             USING ERRCODE = 'PT105', HINT = 'Leave run_at out (NULL) to run as soon as possible.';
     END IF;
@@ -138,10 +138,10 @@ BEGIN
         -- The window row is the lock: a concurrent submit of the key waits here, then finds
         -- the window taken and returns its task.
         INSERT INTO pgtasks.unique_windows AS w (unique_key, task_id, reserved_until)
-        VALUES (submit_one.unique_key, NULL, now() + submit_one.unique_for)
+        VALUES (submit_one.unique_key, NULL, pgtasks.now() + submit_one.unique_for)
         ON CONFLICT ON CONSTRAINT unique_windows_pkey DO UPDATE
            SET task_id = NULL, reserved_until = excluded.reserved_until
-         WHERE w.reserved_until <= now()
+         WHERE w.reserved_until <= pgtasks.now()
         RETURNING true INTO took;
         IF took IS NULL THEN
             SELECT w.task_id INTO submit_one.id FROM pgtasks.unique_windows w

@@ -1,7 +1,7 @@
 -- pgtasks claiming: how a worker takes ready tasks, and the fencing every later write of
 -- the attempt goes through.
 --
--- A claim takes up to max_tasks ready tasks (PENDING or COMMIT, run_at <= now()) for one
+-- A claim takes up to max_tasks ready tasks (PENDING or COMMIT, run_at <= pgtasks.now()) for one
 -- worker: highest priority first, then oldest run_at, then id. Each claimed task becomes
 -- RUNNING with a lease (lease_expires_at, extended by heartbeats) and a deadline (claim
 -- time + timeout, never extended), and its attempt grows by one: that number is the
@@ -54,7 +54,7 @@ BEGIN
     IF queues IS NULL THEN
         SELECT array_agg(c.id) INTO picked FROM (
             SELECT t.id FROM pgtasks.tasks t
-             WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= now()
+             WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= pgtasks.now()
                AND (pick_ready.task_types IS NULL OR t.task_type = ANY (pick_ready.task_types))
              ORDER BY t.priority DESC, t.run_at, t.id
              LIMIT max_tasks
@@ -62,7 +62,7 @@ BEGIN
     ELSIF cardinality(queues) = 1 THEN
         SELECT array_agg(c.id) INTO picked FROM (
             SELECT t.id FROM pgtasks.tasks t
-             WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= now()
+             WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= pgtasks.now()
                AND t.queue = pick_ready.queues[1]
                AND (pick_ready.task_types IS NULL OR t.task_type = ANY (pick_ready.task_types))
              ORDER BY t.priority DESC, t.run_at, t.id
@@ -71,7 +71,7 @@ BEGIN
     ELSE
         SELECT array_agg(c.id) INTO picked FROM (
             SELECT t.id FROM pgtasks.tasks t
-             WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= now()
+             WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= pgtasks.now()
                AND t.queue = ANY (pick_ready.queues)
                AND (pick_ready.task_types IS NULL OR t.task_type = ANY (pick_ready.task_types))
              ORDER BY t.priority DESC, t.run_at, t.id
@@ -121,7 +121,7 @@ AS $$
 DECLARE
     picked bigint[];
     lease_for interval;
-    started timestamptz := now();
+    started timestamptz := pgtasks.now();
 BEGIN
     PERFORM pgtasks.check_worker_id(worker_id);
     -- NULL must not mean "no LIMIT": claim_tasks(max_tasks => NULL) would take every ready task.
@@ -145,7 +145,7 @@ BEGIN
     END IF;
 
     -- Rows come back in claim order. started_at: the limited path's start time (the one its
-    -- rate window recorded), else now(). The sort is the only way to order a CTE scan, so
+    -- rate window recorded), else pgtasks.now(). The sort is the only way to order a CTE scan, so
     -- enable_sort = off does not keep the planner from it.
     RETURN QUERY
     WITH claimed AS (
@@ -154,8 +154,8 @@ BEGIN
                worker_id = claim_tasks.worker_id,
                attempt = t.attempt + 1,
                started_at = coalesce(t.started_at, started),
-               deadline = now() + t.timeout,
-               lease_expires_at = least(now() + lease_for, now() + t.timeout)
+               deadline = pgtasks.now() + t.timeout,
+               lease_expires_at = least(pgtasks.now() + lease_for, pgtasks.now() + t.timeout)
          WHERE t.id = ANY (picked)
         RETURNING t.id, t.task_type, t.params, t.queue, t.priority, t.attempt, t.retry_count,
                   t.max_retries, t.timeout, t.deadline,

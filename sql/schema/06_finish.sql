@@ -25,7 +25,7 @@ BEGIN
     PERFORM pgtasks.lock_owned_task(task_id, attempt);
     PERFORM pgtasks.check_result_size(result, 'result');
     UPDATE pgtasks.tasks t
-       SET status = 'DONE', result = finish_task.result, finished_at = now(),
+       SET status = 'DONE', result = finish_task.result, finished_at = pgtasks.now(),
            worker_id = NULL, lease_expires_at = NULL, deadline = NULL,
            progress_current = coalesce(t.progress_total, t.progress_current)
      WHERE t.id = finish_task.task_id;
@@ -80,7 +80,7 @@ BEGIN
                    AS u(task_id, attempt, result)
     ), done AS (
         UPDATE pgtasks.tasks t
-           SET status = 'DONE', result = batch.result, finished_at = now(),
+           SET status = 'DONE', result = batch.result, finished_at = pgtasks.now(),
                worker_id = NULL, lease_expires_at = NULL, deadline = NULL,
                progress_current = coalesce(t.progress_total, t.progress_current)
           FROM batch
@@ -191,13 +191,13 @@ BEGIN
         UPDATE pgtasks.tasks t
            SET status = CASE WHEN w.finishing THEN 'DONE' ELSE 'RUNNING' END::pgtasks.status,
                result = w.result,
-               finished_at = CASE WHEN w.finishing THEN now() END,
+               finished_at = CASE WHEN w.finishing THEN pgtasks.now() END,
                worker_id = CASE WHEN w.finishing THEN NULL ELSE finish_and_claim.worker_id END,
                attempt = t.attempt + CASE WHEN w.finishing THEN 0 ELSE 1 END,
-               started_at = CASE WHEN w.finishing THEN t.started_at ELSE coalesce(t.started_at, now()) END,
-               deadline = CASE WHEN w.finishing THEN NULL ELSE now() + t.timeout END,
+               started_at = CASE WHEN w.finishing THEN t.started_at ELSE coalesce(t.started_at, pgtasks.now()) END,
+               deadline = CASE WHEN w.finishing THEN NULL ELSE pgtasks.now() + t.timeout END,
                lease_expires_at = CASE WHEN w.finishing THEN NULL
-                                       ELSE least(now() + lease_for, now() + t.timeout) END,
+                                       ELSE least(pgtasks.now() + lease_for, pgtasks.now() + t.timeout) END,
                progress_current = CASE WHEN w.finishing THEN coalesce(t.progress_total, t.progress_current)
                                        ELSE t.progress_current END
           FROM work w
@@ -249,7 +249,7 @@ DECLARE
     t       pgtasks.tasks;
     longest integer := (SELECT s.max_log_bytes FROM pgtasks.settings s);
 BEGIN
-    -- run_at becomes now() + retry_delay: the same 100-year bound as a submit's run_at.
+    -- run_at becomes pgtasks.now() + retry_delay: the same 100-year bound as a submit's run_at.
     IF retry_delay IS NOT NULL
        AND NOT (retry_delay >= interval '0' AND retry_delay <= interval '100 years') THEN
         RAISE EXCEPTION 'pgtasks: retry_delay must be between 0 and 100 years, got %', retry_delay
@@ -291,13 +291,13 @@ BEGIN
         next_status := 'COMMIT';
         UPDATE pgtasks.tasks
            SET status = 'COMMIT', retry_count = retry_count + 1, error = record_failure.error,
-               run_at = now() + coalesce(retry_delay, pgtasks.backoff(t.retry_count + 1, t.backoff_base)),
+               run_at = pgtasks.now() + coalesce(retry_delay, pgtasks.backoff(t.retry_count + 1, t.backoff_base)),
                worker_id = NULL, lease_expires_at = NULL, deadline = NULL
          WHERE id = t.id;
     ELSE
         next_status := 'FAILED';
         UPDATE pgtasks.tasks
-           SET status = 'FAILED', error = record_failure.error, finished_at = now(),
+           SET status = 'FAILED', error = record_failure.error, finished_at = pgtasks.now(),
                worker_id = NULL, lease_expires_at = NULL, deadline = NULL
          WHERE id = t.id;
     END IF;
@@ -319,10 +319,10 @@ BEGIN
     PERFORM pgtasks.check_run_at(run_at);
     PERFORM pgtasks.lock_owned_task(task_id, attempt);
     UPDATE pgtasks.tasks t
-       SET status = 'COMMIT', run_at = coalesce(yield_task.run_at, now()),
+       SET status = 'COMMIT', run_at = coalesce(yield_task.run_at, pgtasks.now()),
            worker_id = NULL, lease_expires_at = NULL, deadline = NULL
      WHERE t.id = yield_task.task_id;
-    IF yield_task.run_at IS NULL OR yield_task.run_at <= now() THEN
+    IF yield_task.run_at IS NULL OR yield_task.run_at <= pgtasks.now() THEN
         PERFORM pg_notify('pgtasks_wakeup', (SELECT queue FROM pgtasks.tasks WHERE id = task_id));
     END IF;
 END $$;
@@ -347,7 +347,7 @@ BEGIN
     INSERT INTO pgtasks.task_steps (task_id, name, result, attempt)
     VALUES (task_id, step, result, attempt)
     ON CONFLICT ON CONSTRAINT task_steps_pkey DO UPDATE SET result = excluded.result, attempt = excluded.attempt,
-                                              at = now();
+                                              at = pgtasks.now();
 END $$;
 GRANT EXECUTE ON FUNCTION pgtasks.checkpoint(bigint, integer, text, jsonb) TO pgtasks_worker;
 COMMENT ON FUNCTION pgtasks.checkpoint(bigint, integer, text, jsonb) IS
@@ -364,13 +364,13 @@ AS $$
 BEGIN
     PERFORM pgtasks.lock_owned_task(task_id, attempt);
     RETURN QUERY
-    SELECT s.name, s.result, now() FROM pgtasks.task_steps s
+    SELECT s.name, s.result, pgtasks.now() FROM pgtasks.task_steps s
      WHERE s.task_id = task_steps_of.task_id
      ORDER BY s.at, s.name;
 END $$;
 GRANT EXECUTE ON FUNCTION pgtasks.task_steps_of(bigint, integer) TO pgtasks_worker;
 COMMENT ON FUNCTION pgtasks.task_steps_of(bigint, integer) IS
-    'The completed steps of a running attempt''s task (name, result), read through the fence, with the database''s now().';
+    'The completed steps of a running attempt''s task (name, result), read through the fence, with the database''s pgtasks.now().';
 
 -- Progress of a running attempt; the message is bounded like a log line (PT204).
 CREATE FUNCTION pgtasks.report_progress(
@@ -486,7 +486,7 @@ BEGIN
             USING ERRCODE = 'PT004', HINT = 'Use retry_task() to run a FAILED or CANCELLED task again.';
     END IF;
     UPDATE pgtasks.tasks
-       SET status = 'CANCELLED', finished_at = now(),
+       SET status = 'CANCELLED', finished_at = pgtasks.now(),
            worker_id = NULL, lease_expires_at = NULL, deadline = NULL
      WHERE id = t.id;
     IF t.status = 'RUNNING' THEN
@@ -530,7 +530,7 @@ BEGIN
     BEGIN
         UPDATE pgtasks.tasks
            SET status = 'PENDING', retry_count = 0, finished_at = NULL, result = NULL,
-               run_at = coalesce(retry_task.run_at, now())
+               run_at = coalesce(retry_task.run_at, pgtasks.now())
          WHERE id = t.id;
     EXCEPTION WHEN unique_violation THEN
         PERFORM pgtasks.raise_unique_held(t);

@@ -1,6 +1,6 @@
 -- Leases, the worker registry, and the maintenance that keeps the table healthy.
 --
--- A claim (05_claim.sql) gives each task it hands out a deadline, now() plus the task's
+-- A claim (05_claim.sql) gives each task it hands out a deadline, pgtasks.now() plus the task's
 -- timeout, and a lease, lease_expires_at, which never passes the deadline. A working
 -- worker's heartbeat extends the leases of all its running tasks in one statement. A
 -- worker that dies or hangs stops heartbeating; once a lease has expired, rescue hands the
@@ -57,7 +57,7 @@ BEGIN
     INSERT INTO pgtasks.worker_registry AS w (worker_id, host, pid, queues, concurrency, lease)
     VALUES (register_worker.worker_id, register_worker.host, register_worker.pid, register_worker.queues,
             register_worker.concurrency, pgtasks.lease_or_default(register_worker.lease))
-    ON CONFLICT ON CONSTRAINT worker_registry_pkey DO UPDATE SET last_seen = now();
+    ON CONFLICT ON CONSTRAINT worker_registry_pkey DO UPDATE SET last_seen = pgtasks.now();
 END $$;
 GRANT EXECUTE ON FUNCTION pgtasks.register_worker(text, text, integer, text[], integer, interval)
     TO pgtasks_worker;
@@ -82,7 +82,7 @@ COMMENT ON FUNCTION pgtasks.unregister_worker(text) IS
 ------------------------------------------------------------------------------------------
 -- Heartbeats
 
--- Extends the leases of all of a worker's running tasks in one statement, to now() + lease
+-- Extends the leases of all of a worker's running tasks in one statement, to pgtasks.now() + lease
 -- but never past a task's deadline, and reports the ones it no longer holds (cancelled, or
 -- rescued after a lease ran out), so the worker can stop them. Fenced like every worker
 -- write: a lease is extended only for the attempt and the worker that hold it, so a late
@@ -105,7 +105,7 @@ BEGIN
     PERFORM pgtasks.check_batch('heartbeat', task_ids, attempts);
     lease_for := pgtasks.lease_or_default(lease);
 
-    UPDATE pgtasks.worker_registry w SET last_seen = now()
+    UPDATE pgtasks.worker_registry w SET last_seen = pgtasks.now()
      WHERE w.worker_id = heartbeat.worker_id;
 
     RETURN QUERY
@@ -113,7 +113,7 @@ BEGIN
         SELECT u.task_id, u.attempt FROM unnest(heartbeat.task_ids, heartbeat.attempts) AS u(task_id, attempt)
     ), extended AS (
         UPDATE pgtasks.tasks t
-           SET lease_expires_at = least(now() + lease_for, t.deadline)
+           SET lease_expires_at = least(pgtasks.now() + lease_for, t.deadline)
           FROM mine
          WHERE t.id = mine.task_id AND t.attempt = mine.attempt
            AND t.status = 'RUNNING' AND t.worker_id = heartbeat.worker_id
@@ -141,7 +141,7 @@ LANGUAGE sql STABLE
 SECURITY DEFINER
 SET search_path = pg_catalog, pgtasks, pg_temp
 AS $$
-    SELECT CASE WHEN t.deadline < now()
+    SELECT CASE WHEN t.deadline < pgtasks.now()
                 THEN pg_catalog.format('timed out: ran past its %s time limit (worker %s)', t.timeout, t.worker_id)
                 ELSE pg_catalog.format('lease expired: worker %s stopped heartbeating', t.worker_id) END
 $$;
@@ -159,7 +159,7 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pgtasks, pg_temp
 AS $$
     SELECT * FROM pgtasks.tasks t
-     WHERE t.lease_expires_at IS NOT NULL AND t.lease_expires_at < now()
+     WHERE t.lease_expires_at IS NOT NULL AND t.lease_expires_at < pgtasks.now()
      ORDER BY t.lease_expires_at
      LIMIT lock_expired.max_tasks
      FOR NO KEY UPDATE SKIP LOCKED
@@ -227,7 +227,7 @@ BEGIN
             n := n + pgtasks.rescue_one(t);
         END LOOP;
     END;
-    DELETE FROM pgtasks.worker_registry WHERE last_seen < now() - interval '10 minutes';
+    DELETE FROM pgtasks.worker_registry WHERE last_seen < pgtasks.now() - interval '10 minutes';
     -- Watch registrations of clients that went away without unwatching (killed mid-wait):
     -- they would only cost needless notifications, but they should not pile up.
     DELETE FROM pgtasks.task_waiters w
@@ -259,7 +259,7 @@ BEGIN
     -- LOCKED: a submit taking the row over right now keeps it.
     DELETE FROM pgtasks.unique_windows w
      WHERE w.unique_key IN (SELECT o.unique_key FROM pgtasks.unique_windows o
-                             WHERE o.reserved_until < now()
+                             WHERE o.reserved_until < pgtasks.now()
                              LIMIT max_rows
                              FOR UPDATE SKIP LOCKED);
     -- Starts older than their queue's window count for nothing (claim_limited trims them
@@ -268,7 +268,7 @@ BEGIN
     DELETE FROM pgtasks.queue_starts s
      WHERE s.ctid IN (SELECT o.ctid FROM pgtasks.queue_starts o
                         LEFT JOIN pgtasks.queue_settings qs ON qs.queue = o.queue
-                       WHERE qs.rate_limit IS NULL OR o.at < now() - qs.rate_period
+                       WHERE qs.rate_limit IS NULL OR o.at < pgtasks.now() - qs.rate_period
                        LIMIT max_rows);
 END $$;
 
@@ -300,7 +300,7 @@ BEGIN
         RAISE EXCEPTION 'pgtasks: older_than must be between 0 and 100 years, got %', older_than
             USING ERRCODE = 'PT120', HINT = 'Leave older_than out (NULL) for settings.retention.';
     END IF;
-    cutoff := now() - coalesce(older_than, (SELECT s.retention FROM pgtasks.settings s));
+    cutoff := pgtasks.now() - coalesce(older_than, (SELECT s.retention FROM pgtasks.settings s));
     -- Lets the append-only triggers through for this statement only (see reject_history_change).
     PERFORM set_config('pgtasks.pruning', 'on', true);
     WITH doomed AS (

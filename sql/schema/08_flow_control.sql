@@ -95,7 +95,7 @@ BEGIN
                     WHERE flow_control_in_use.queues IS NULL OR qs.queue = ANY (flow_control_in_use.queues))
         OR EXISTS (SELECT 1 FROM pgtasks.tasks t
                     WHERE t.concurrency_key IS NOT NULL AND t.status IN ('PENDING', 'COMMIT')
-                      AND t.run_at <= now());
+                      AND t.run_at <= pgtasks.now());
 END $$;
 
 -- The limited path of claim_tasks: the ids to claim, in claim order, and the start time to
@@ -198,7 +198,7 @@ BEGIN
     -- of drain_1.)
     IF NOT EXISTS (SELECT 1 FROM pgtasks.tasks t
                     WHERE t.concurrency_key IS NOT NULL AND t.status IN ('PENDING', 'COMMIT')
-                      AND t.run_at <= now()) THEN
+                      AND t.run_at <= pgtasks.now()) THEN
         -- A claim of limited queues only takes no more than their budgets together.
         n := max_tasks;
         IF queues IS NOT NULL AND queues <@ (lq_names || blocked_q) THEN
@@ -209,7 +209,7 @@ BEGIN
         END IF;
         SELECT coalesce(array_agg(pick.id), '{}') INTO picked FROM (
             SELECT t.id FROM pgtasks.tasks t
-             WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= now()
+             WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= pgtasks.now()
                AND (claim_limited.queues IS NULL OR t.queue = ANY (claim_limited.queues))
                AND (claim_limited.task_types IS NULL OR t.task_type = ANY (claim_limited.task_types))
                AND t.queue <> ALL (blocked_q)
@@ -234,7 +234,7 @@ BEGIN
         again := false;
         FOR c IN
             SELECT t.id, t.queue, t.concurrency_key, t.concurrency_limit FROM pgtasks.tasks t
-             WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= now()
+             WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= pgtasks.now()
                AND (claim_limited.queues IS NULL OR t.queue = ANY (claim_limited.queues))
                AND (claim_limited.task_types IS NULL OR t.task_type = ANY (claim_limited.task_types))
                AND t.queue <> ALL (blocked_q)
@@ -324,7 +324,7 @@ BEGIN
             configure_queue.rate_period)
     ON CONFLICT ON CONSTRAINT queue_settings_pkey DO UPDATE
        SET max_running = excluded.max_running, rate_limit = excluded.rate_limit,
-           rate_period = excluded.rate_period, updated_at = now();
+           rate_period = excluded.rate_period, updated_at = pgtasks.now();
     PERFORM pgtasks.drop_idle_queue_settings(queue);
     -- Raised limits may free slots at once.
     PERFORM pg_notify('pgtasks_wakeup', queue);
@@ -358,7 +358,7 @@ AS $$
 BEGIN
     PERFORM pgtasks.check_queue_name(queue);
     INSERT INTO pgtasks.queue_settings AS s (queue, paused) VALUES (pause_queue.queue, true)
-    ON CONFLICT ON CONSTRAINT queue_settings_pkey DO UPDATE SET paused = true, updated_at = now();
+    ON CONFLICT ON CONSTRAINT queue_settings_pkey DO UPDATE SET paused = true, updated_at = pgtasks.now();
 END $$;
 GRANT EXECUTE ON FUNCTION pgtasks.pause_queue(text) TO pgtasks_admin;
 COMMENT ON FUNCTION pgtasks.pause_queue(text) IS
@@ -372,7 +372,7 @@ SET search_path = pg_catalog, pgtasks, pg_temp
 AS $$
 BEGIN
     PERFORM pgtasks.check_queue_name(queue);
-    UPDATE pgtasks.queue_settings s SET paused = false, updated_at = now()
+    UPDATE pgtasks.queue_settings s SET paused = false, updated_at = pgtasks.now()
      WHERE s.queue = resume_queue.queue;
     PERFORM pgtasks.drop_idle_queue_settings(queue);
     PERFORM pg_notify('pgtasks_wakeup', queue);

@@ -203,7 +203,7 @@ BEGIN
     norm := pgtasks.check_schedule(cron, every, timezone, overlap, catch_up);
     PERFORM pgtasks.check_policy(task_type, queue);
     PERFORM pgtasks.check_params(coalesce(params, '{}'));
-    first := CASE WHEN every IS NOT NULL THEN pgtasks.every_tick_after(every, now()) END;
+    first := CASE WHEN every IS NOT NULL THEN pgtasks.every_tick_after(every, pgtasks.now()) END;
     INSERT INTO pgtasks.schedule_defs AS s
            (name, task_type, cron, every, params, queue, priority, timezone, overlap, catch_up,
             origin, next_run_at)
@@ -219,7 +219,7 @@ BEGIN
            next_run_at = CASE WHEN (s.cron, s.every, s.timezone) IS NOT DISTINCT FROM
                                    (EXCLUDED.cron, EXCLUDED.every, EXCLUDED.timezone)
                               THEN s.next_run_at ELSE EXCLUDED.next_run_at END,
-           revision = s.revision + 1, updated_at = now()
+           revision = s.revision + 1, updated_at = pgtasks.now()
      WHERE EXCLUDED.origin = 'sql' OR s.origin = 'code';
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n = 1;
@@ -330,7 +330,7 @@ SET search_path = pg_catalog, pgtasks, pg_temp
 AS $$
 BEGIN
     PERFORM pgtasks.lock_schedule(name);
-    UPDATE pgtasks.schedule_defs d SET paused = true, revision = d.revision + 1, updated_at = now()
+    UPDATE pgtasks.schedule_defs d SET paused = true, revision = d.revision + 1, updated_at = pgtasks.now()
      WHERE d.name = pause_schedule.name;
 END $$;
 GRANT EXECUTE ON FUNCTION pgtasks.pause_schedule(text) TO pgtasks_admin;
@@ -349,8 +349,8 @@ BEGIN
     s := pgtasks.lock_schedule(name);
     IF s.paused THEN
         UPDATE pgtasks.schedule_defs d
-           SET paused = false, revision = d.revision + 1, updated_at = now(),
-               next_run_at = CASE WHEN d.every IS NOT NULL THEN pgtasks.every_tick_after(d.every, now()) END
+           SET paused = false, revision = d.revision + 1, updated_at = pgtasks.now(),
+               next_run_at = CASE WHEN d.every IS NOT NULL THEN pgtasks.every_tick_after(d.every, pgtasks.now()) END
          WHERE d.name = resume_schedule.name;
     END IF;
 END $$;
@@ -382,7 +382,7 @@ BEGIN
     RETURN new_id;
 END $$;
 
--- Run now, once, whatever the overlap policy (an operator asked). The tick is now().
+-- Run now, once, whatever the overlap policy (an operator asked). The tick is pgtasks.now().
 CREATE FUNCTION pgtasks.trigger_schedule(name text) RETURNS bigint
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -393,9 +393,9 @@ DECLARE
     new_id bigint;
 BEGIN
     s := pgtasks.lock_schedule(name);
-    new_id := pgtasks.enqueue_tick(s, now());
+    new_id := pgtasks.enqueue_tick(s, pgtasks.now());
     UPDATE pgtasks.schedule_defs d
-       SET last_task_id = coalesce(new_id, d.last_task_id), last_run_at = now(), revision = d.revision + 1
+       SET last_task_id = coalesce(new_id, d.last_task_id), last_run_at = pgtasks.now(), revision = d.revision + 1
      WHERE d.name = trigger_schedule.name;
     RETURN new_id;
 END $$;
@@ -429,15 +429,15 @@ BEGIN
             USING ERRCODE = 'PT114', HINT = 'Leave claim out for 3 seconds.';
     END IF;
     RETURN QUERY
-    UPDATE pgtasks.schedule_defs d SET claimed_until = now() + claim, fired_by = worker_id
+    UPDATE pgtasks.schedule_defs d SET claimed_until = pgtasks.now() + claim, fired_by = worker_id
       FROM (SELECT c.name FROM pgtasks.schedule_defs c
-             WHERE NOT c.paused AND (c.next_run_at IS NULL OR c.next_run_at <= now())
-               AND (c.claimed_until IS NULL OR c.claimed_until < now())
+             WHERE NOT c.paused AND (c.next_run_at IS NULL OR c.next_run_at <= pgtasks.now())
+               AND (c.claimed_until IS NULL OR c.claimed_until < pgtasks.now())
              ORDER BY c.next_run_at NULLS FIRST
              LIMIT max_schedules
                FOR UPDATE SKIP LOCKED) due
      WHERE d.name = due.name
-    RETURNING d.name, d.cron, d.every, d.timezone, d.catch_up, d.next_run_at, d.revision, now();
+    RETURNING d.name, d.cron, d.every, d.timezone, d.catch_up, d.next_run_at, d.revision, pgtasks.now();
 END $$;
 GRANT EXECUTE ON FUNCTION pgtasks.due_schedules(integer, interval, text)
     TO pgtasks_worker, pgtasks_admin;
@@ -491,7 +491,7 @@ BEGIN
     IF NOT FOUND OR s.paused OR s.revision <> fire_schedule.revision THEN
         RETURN;
     END IF;
-    window_at := now() - greatest(s.catch_up, interval '2 seconds');
+    window_at := pgtasks.now() - greatest(s.catch_up, interval '2 seconds');
     IF skipped_before < 0 THEN
         RAISE EXCEPTION 'pgtasks: skipped_before must be 0 or more, got %', skipped_before
             USING ERRCODE = 'PT409', HINT = 'Pass how many due ticks older than the catch-up window you left out.';
@@ -500,11 +500,11 @@ BEGIN
     IF s.every IS NOT NULL THEN
         -- Every schedule: computed here, so any client (or pg_cron) can fire it with
         -- fire_schedule(name, revision).
-        IF s.next_run_at IS NULL OR s.next_run_at > now() THEN
-            nxt := coalesce(s.next_run_at, pgtasks.every_tick_after(s.every, now()));
+        IF s.next_run_at IS NULL OR s.next_run_at > pgtasks.now() THEN
+            nxt := coalesce(s.next_run_at, pgtasks.every_tick_after(s.every, pgtasks.now()));
             due := '{}';
         ELSE
-            latest := date_bin(s.every, now(), s.next_run_at);
+            latest := date_bin(s.every, pgtasks.now(), s.next_run_at);
             first_in := greatest(s.next_run_at, date_bin(s.every, window_at, s.next_run_at));
             IF first_in < window_at THEN
                 first_in := first_in + s.every;
@@ -524,13 +524,13 @@ BEGIN
             RAISE EXCEPTION 'pgtasks: schedule % has no next_run_at yet; it gets one before any tick fires', s.name
                 USING ERRCODE = 'PT409', HINT = 'Pass ticks => ''{}'' and the first tick after now as next_run_at.';
         END IF;
-        IF cardinality(due) > 0 AND (due[1] < s.next_run_at OR due[cardinality(due)] > now()) THEN
+        IF cardinality(due) > 0 AND (due[1] < s.next_run_at OR due[cardinality(due)] > pgtasks.now()) THEN
             RAISE EXCEPTION 'pgtasks: ticks of % must lie between its next_run_at % and now', s.name, s.next_run_at
                 USING ERRCODE = 'PT409', HINT = 'Fire only due ticks; earlier ones were fired already.';
         END IF;
-        -- Not "after now()": the caller computed it from due_schedules' db_now, and this
-        -- transaction's now() may already have passed it. Then it is simply due next round.
-        IF NOT isfinite(nxt) OR nxt > now() + interval '100 years'
+        -- Not "after pgtasks.now()": the caller computed it from due_schedules' db_now, and this
+        -- transaction's pgtasks.now() may already have passed it. Then it is simply due next round.
+        IF NOT isfinite(nxt) OR nxt > pgtasks.now() + interval '100 years'
            OR nxt <= coalesce(due[cardinality(due)], s.next_run_at, '-infinity') THEN
             RAISE EXCEPTION 'pgtasks: next_run_at of % must be after the ticks fired (and finite), got %', s.name, nxt
                 USING ERRCODE = 'PT409', HINT = 'Pass the first tick after db_now of due_schedules.';
@@ -564,7 +564,7 @@ BEGIN
     UPDATE pgtasks.schedule_defs d
        SET next_run_at = nxt, claimed_until = NULL, revision = d.revision + 1,
            last_tick = coalesce(due[cardinality(due)], d.last_tick),
-           last_run_at = CASE WHEN last_id IS DISTINCT FROM s.last_task_id THEN now() ELSE d.last_run_at END,
+           last_run_at = CASE WHEN last_id IS DISTINCT FROM s.last_task_id THEN pgtasks.now() ELSE d.last_run_at END,
            last_task_id = last_id, skipped = d.skipped + missed,
            skipped_overlap = d.skipped_overlap + n_overlap
      WHERE d.name = s.name;

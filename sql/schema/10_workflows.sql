@@ -145,7 +145,7 @@ BEGIN
     IF doomed IS NOT NULL THEN
         PERFORM 1 FROM pgtasks.tasks t WHERE t.id = ANY (doomed) ORDER BY t.id FOR NO KEY UPDATE;
         UPDATE pgtasks.tasks c
-           SET status = 'CANCELLED', finished_at = now(), cancelled_by = u.cause,
+           SET status = 'CANCELLED', finished_at = pgtasks.now(), cancelled_by = u.cause,
                error = pg_catalog.format('cancelled: parent task %s%s ended %s', u.cause,
                                          coalesce(' (' || p.workflow_node || ')', ''), p.status)
           FROM unnest(doomed, causes) AS u(id, cause)
@@ -173,7 +173,7 @@ BEGIN
     -- Honours the off switch (pgtasks.wake_workers = off) like an insert does.
     SELECT count(pg_notify('pgtasks_wakeup', q.queue)) INTO n
       FROM (SELECT DISTINCT r.queue FROM released r
-             WHERE r.status = 'PENDING' AND r.run_at <= now()
+             WHERE r.status = 'PENDING' AND r.run_at <= pgtasks.now()
                AND current_setting('pgtasks.wake_workers', true) IS DISTINCT FROM 'off') q;
 END $$;
 
@@ -628,7 +628,7 @@ BEGIN
       FROM pgtasks.tasks t
      WHERE t.workflow_id = cancel_workflow.workflow_id AND t.status = 'RUNNING';
     UPDATE pgtasks.tasks t
-       SET status = 'CANCELLED', finished_at = now(), error = reason,
+       SET status = 'CANCELLED', finished_at = pgtasks.now(), error = reason,
            worker_id = NULL, lease_expires_at = NULL, deadline = NULL
      WHERE t.workflow_id = cancel_workflow.workflow_id
        AND t.status IN ('WAITING', 'PENDING', 'COMMIT', 'RUNNING');

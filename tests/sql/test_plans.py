@@ -163,13 +163,13 @@ async def test_rescue_and_max_running_count_walk_tasks_lease(conn, big_table):
     )
     await conn.execute("ANALYZE pgtasks.tasks")
     plans = await nested_plans(conn, "SELECT pgtasks.rescue_expired()")
-    lock = next(p for p in plans.split("duration:") if "lease_expires_at < now()" in p)
+    lock = next(p for p in plans.split("duration:") if "lease_expires_at < pgtasks.now()" in p)
     assert "tasks_lease" in lock and "Seq Scan on tasks" not in lock, lock
 
 
 async def test_wake_up_head_check_is_one_probe(conn, big_table):
     plans = await nested_plans(conn, "SELECT pgtasks.submit_task('t', queue => 'q0')")
-    probe = next(p for p in plans.split("duration:") if "head.run_at <= now()" in p)
+    probe = next(p for p in plans.split("duration:") if "head.run_at <= pgtasks.now()" in p)
     assert "Scan using tasks_claimable_queue" in probe and "Index Cond" in probe, probe
     assert "Seq Scan on tasks" not in probe and "Sort Key" not in probe, probe
 
