@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from pgtasks.errors import translate
+from pgtasks.errors import Undecodable, translate
 
 T = TypeVar("T")
 
@@ -40,11 +40,21 @@ def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
+def loads(text: str) -> Any:
+    """json.loads for the codec; a value Python cannot decode becomes `Undecodable`."""
+    try:
+        return json.loads(text)
+    except (RecursionError, ValueError) as exc:
+        why = "nested too deep" if isinstance(exc, RecursionError) else str(exc)[:200]
+        return Undecodable(f"<JSON of {len(text)} characters Python cannot decode: {why}>")
+
+
 async def init_connection(conn: asyncpg.Connection) -> None:
-    """jsonb and json travel as Python objects in both directions."""
+    """jsonb and json travel as Python objects in both directions; each value is decoded on
+    its own, so one that cannot be decoded fails only its row (`Undecodable`)."""
     for typename in ("jsonb", "json"):
         await conn.set_type_codec(
-            typename, encoder=dumps, decoder=json.loads, schema="pg_catalog", format="text"
+            typename, encoder=dumps, decoder=loads, schema="pg_catalog", format="text"
         )
 
 

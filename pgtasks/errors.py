@@ -128,6 +128,18 @@ class TaskCancelled(PgTasksError):
         self.task_id = task_id
 
 
+class Undecodable(str):
+    """Stands in for a JSON value that Python cannot decode: nested deeper than its
+    recursion limit (about 1,000 levels), or holding an integer of more digits than int()
+    converts (4,300). The database refuses such values (PT123), but a row written before
+    it did, or by hand, can hold one. Without this, the codec's error failed the whole
+    statement: every list, page and claim batch that held the row. With it, the row fails
+    only itself: readers show this text in the value's place, and a worker fails that task
+    alone. A str, so it prints and serialises as what happened."""
+
+    __slots__ = ()
+
+
 class Retry(Exception):
     """Raise inside a task to ask for another attempt after `delay` seconds (uses a retry)."""
 

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 from croniter import croniter
 from pydantic import BaseModel, ValidationError
 
-from pgtasks.errors import ParamsValidationError, PgTasksError
+from pgtasks.errors import ParamsValidationError, PgTasksError, Undecodable
 
 #: Derives a flow-control key (unique or concurrency) from a submit's params, as JSON (a
 #: dict); None means the submit carries no key.
@@ -86,7 +86,10 @@ class TaskSpec:
     def parse_params(self, raw: dict[str, Any]) -> Any:
         """The params as the handler takes them: the pydantic model when the type declares
         one (ParamsValidationError, which no retry fixes, when they do not match), else
-        the dict itself."""
+        the dict itself. Params the codec could not decode (Undecodable) fail the task
+        the same way: no retry decodes them."""
+        if isinstance(raw, Undecodable):
+            raise ParamsValidationError(f"params for {self.name!r} cannot be decoded: {raw}")
         if self.params_model is None:
             return raw
         try:
