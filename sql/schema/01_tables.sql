@@ -19,14 +19,19 @@ COMMENT ON TYPE pgtasks.status IS
 --
 -- True for NULL and for text made only of whitespace, control or invisible characters.
 -- btrim() and [[:space:]] only know ASCII (and, with a C locale, nothing else), so a queue
--- named '\t' or U+3000 would pass a simpler test. The class lists every Unicode White_Space
--- character plus the zero-width ones that render as nothing.
+-- named '\t' or U+3000 would pass a simpler test. The class lists, by code point, every
+-- Unicode White_Space character, the C0 and C1 controls, every Default_Ignorable_Code_Point
+-- (zero-width spaces and joiners, direction marks and isolates, variation selectors,
+-- Hangul fillers, tags: characters a font draws as nothing) and the format controls and
+-- blanks that render as nothing without being ignorable (interlinear annotation, Egyptian
+-- format controls, U+2800 BRAILLE PATTERN BLANK). A name made only of these looks empty in
+-- every list and log line, and two of them cannot be told apart.
 CREATE FUNCTION pgtasks.is_blank(value text) RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE SECURITY DEFINER
 SET search_path = pg_catalog, pgtasks, pg_temp
 AS $$
     SELECT value IS NULL
-        OR value ~ '^[[:space:][:cntrl:]\u0085\u00a0\u1680\u180e\u2000-\u200d\u2028\u2029\u202f\u205f\u2060\u3000\ufeff]*$'
+        OR value ~ '^[[:space:][:cntrl:]\u0001-\u001f\u007f-\u009f\u00a0\u00ad\u034f\u061c\u115f\u1160\u1680\u17b4\u17b5\u180b-\u180f\u2000-\u200f\u2028-\u202f\u205f-\u206f\u2800\u3000\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufffb\U00013430-\U0001343f\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]*$'
 $$;
 COMMENT ON FUNCTION pgtasks.is_blank(text) IS
     'True for NULL and for text made only of whitespace, control or invisible characters, Unicode included.';
@@ -66,6 +71,15 @@ CREATE TABLE pgtasks.settings (
     max_params_bytes     integer  NOT NULL DEFAULT 1048576,
     max_result_bytes     integer  NOT NULL DEFAULT 1048576,
     max_log_bytes        integer  NOT NULL DEFAULT 65536,
+    -- Schedules (09_schedules.sql). The shortest `every` a schedule may be declared with:
+    -- workers fire about once a second, so a shorter one only makes each firing enqueue a
+    -- burst (every '1 millisecond' enqueued 1,120 tasks in one firing).
+    schedule_min_every   interval NOT NULL DEFAULT interval '1 second',
+    -- The most tasks one firing of a schedule enqueues. Due ticks beyond it (the oldest:
+    -- a catch-up after an outage) are skipped and counted, as Kubernetes' CronJob gives up
+    -- past 100 missed start times, so no declaration or outage makes one firing insert
+    -- millions of rows.
+    schedule_max_ticks   integer  NOT NULL DEFAULT 100,
 
     -- The same ranges configure() and submit_task() check, as a backstop for hand-written
     -- UPDATEs. The upper bounds keep now() + value far from timestamp overflow.
@@ -82,7 +96,10 @@ CREATE TABLE pgtasks.settings (
     -- jsonb values stop at 255 MB anyway; the bound only keeps the setting meaningful.
     CONSTRAINT max_params_bytes_range CHECK (max_params_bytes BETWEEN 2 AND 268435455),
     CONSTRAINT max_result_bytes_range CHECK (max_result_bytes BETWEEN 1 AND 268435455),
-    CONSTRAINT max_log_bytes_range CHECK (max_log_bytes BETWEEN 1 AND 268435455)
+    CONSTRAINT max_log_bytes_range CHECK (max_log_bytes BETWEEN 1 AND 268435455),
+    CONSTRAINT schedule_min_every_range CHECK (schedule_min_every > interval '0'
+                                               AND schedule_min_every <= interval '1 day'),
+    CONSTRAINT schedule_max_ticks_range CHECK (schedule_max_ticks BETWEEN 1 AND 100000)
 );
 INSERT INTO pgtasks.settings DEFAULT VALUES;
 COMMENT ON TABLE pgtasks.settings IS
@@ -100,6 +117,10 @@ COMMENT ON COLUMN pgtasks.settings.max_result_bytes IS
     'The largest result or step result a finish or checkpoint accepts, in bytes of JSON text.';
 COMMENT ON COLUMN pgtasks.settings.max_log_bytes IS
     'The largest log line, level, logger name or progress message, in bytes; failure texts are clipped to it.';
+COMMENT ON COLUMN pgtasks.settings.schedule_min_every IS
+    'The shortest every a schedule may be created or declared with.';
+COMMENT ON COLUMN pgtasks.settings.schedule_max_ticks IS
+    'The most tasks one firing of a schedule enqueues; older due ticks beyond it are skipped and counted.';
 
 -- Every function reads the row, so it must always exist.
 CREATE FUNCTION pgtasks.keep_settings_row() RETURNS trigger
@@ -239,7 +260,7 @@ COMMENT ON COLUMN pgtasks.tasks.finished_at IS 'When the task ended; set exactly
 COMMENT ON COLUMN pgtasks.tasks.backoff_base IS
     'Retry n waits about backoff_base * 2^(n-1), capped at settings.max_backoff.';
 COMMENT ON COLUMN pgtasks.tasks.unique_key IS
-    'At most one PENDING, COMMIT or RUNNING task per key: a submit of a held key returns that task.';
+    'At most one PENDING, COMMIT or RUNNING task per key and task type: a submit of a held key returns that task.';
 COMMENT ON COLUMN pgtasks.tasks.concurrency_key IS 'Tasks sharing this key run at most concurrency_limit at a time.';
 COMMENT ON COLUMN pgtasks.tasks.concurrency_limit IS 'How many tasks of concurrency_key may run at once; set with a key.';
 COMMENT ON COLUMN pgtasks.tasks.schedule IS 'The schedule that enqueued the task; with schedule_tick, unique.';
@@ -289,9 +310,11 @@ CREATE INDEX tasks_failed ON pgtasks.tasks (task_type, id) INCLUDE (queue)
 -- (measured with 1,000,000 tasks, 500 WAITING: the queues view 87 ms without, 4.6 ms with;
 -- the WAITING list 205 ms without, 1.6 ms with).
 CREATE INDEX tasks_waiting ON pgtasks.tasks (queue, id) WHERE status = 'WAITING';
--- At most one active task per unique key. The predicate is what ON CONFLICT names in
--- submit_one. A finished task leaves the index, so the key can be submitted again.
-CREATE UNIQUE INDEX tasks_unique_active ON pgtasks.tasks (unique_key)
+-- At most one active task per unique key of a task type. The predicate is what ON CONFLICT
+-- names in submit_one. A finished task leaves the index, so the key can be submitted again.
+-- Keys belong to their task type: a submit of another type with the same key (a squatter
+-- taking 'invoice:42' with a task that never runs) neither blocks nor is handed the task.
+CREATE UNIQUE INDEX tasks_unique_active ON pgtasks.tasks (task_type, unique_key)
     WHERE unique_key IS NOT NULL AND status IN ('PENDING', 'COMMIT', 'RUNNING');
 -- "Is any keyed task ready?" (the claim's flow-control test): one probe of a usually
 -- empty index.
@@ -426,6 +449,11 @@ CREATE TABLE pgtasks.task_types (
     backoff_base  interval,
     registered_by text,                   -- worker_id of the last registration that changed it
     updated_at    timestamptz NOT NULL DEFAULT now(),
+    -- The login role whose workers may change the policy (register_task_type): the one
+    -- that registered the type first. Another worker role re-declaring the same policy is
+    -- fine; changing it (rerouting every later submit of the type to its own queue) is
+    -- refused, and left to that role or to pgtasks_admin.
+    owner_role    text NOT NULL DEFAULT session_user,
 
     CONSTRAINT task_type_named CHECK (NOT pgtasks.is_blank(task_type) AND octet_length(task_type) <= 255),
     CONSTRAINT queue_named CHECK (queue IS NULL OR (NOT pgtasks.is_blank(queue) AND octet_length(queue) <= 255)),
@@ -436,6 +464,8 @@ CREATE TABLE pgtasks.task_types (
 COMMENT ON TABLE pgtasks.task_types IS
     'The policy of each registered task type, applied to every submit of the type that leaves the argument out; a NULL column falls back to settings.';
 COMMENT ON COLUMN pgtasks.task_types.registered_by IS 'The worker_id of the last registration that changed the policy.';
+COMMENT ON COLUMN pgtasks.task_types.owner_role IS
+    'The login role that registered the type first: its workers (and pgtasks_admin) may change the policy.';
 
 ------------------------------------------------------------------------------------------
 -- Flow control (08_flow_control.sql)
@@ -473,14 +503,18 @@ COMMENT ON TABLE pgtasks.queue_starts IS
     'Start times of tasks in rate-limited queues: the sliding window rate_limit is counted in.';
 
 -- unique_for: the key stays taken until reserved_until, whatever its task does. A row whose
--- window has passed is taken over by the next submit of the key, or pruned.
+-- window has passed is taken over by the next submit of the key, or pruned. Keys belong to
+-- their task type, as in tasks_unique_active (task_type comes last only because upgraded
+-- databases added it last).
 CREATE TABLE pgtasks.unique_windows (
-    unique_key     text PRIMARY KEY,
+    unique_key     text NOT NULL,
     task_id        bigint,                 -- NULL only inside the submitting transaction
-    reserved_until timestamptz NOT NULL
+    reserved_until timestamptz NOT NULL,
+    task_type      text NOT NULL,
+    PRIMARY KEY (task_type, unique_key)
 );
 COMMENT ON TABLE pgtasks.unique_windows IS
-    'Unique keys reserved by unique_for: taken until reserved_until, whatever their task does.';
+    'Unique keys reserved by unique_for, per task type: taken until reserved_until, whatever their task does.';
 COMMENT ON COLUMN pgtasks.unique_windows.task_id IS 'The task that took the key; NULL only inside the submitting transaction.';
 
 ------------------------------------------------------------------------------------------

@@ -8,6 +8,10 @@
 -- call the checks themselves: the granted functions call them. configure, which changes
 -- the settings, is pgtasks_admin's.
 --
+-- JSON values a client stores (params, results, step results, schedule params) must also
+-- be decodable by every client that reads them back (json_shape_error, PT123), and names
+-- of every kind go through is_blank. Time arguments stay within 100 years of now (PT105).
+--
 -- Two helpers live in 01_tables.sql because table constraints and defaults call them:
 -- is_blank (the one test for an empty or invisible name) and current_settings (the
 -- settings row).
@@ -53,10 +57,41 @@ COMMENT ON FUNCTION pgtasks.advance_clock(interval) IS
     'Tests only: moves pgtasks.now() forward by the interval and returns the new time. Owner only.';
 
 ------------------------------------------------------------------------------------------
+-- JSON a client can decode
+
+-- Why a JSON value (of size_bytes bytes as text) is one the clients cannot decode, or NULL
+-- when it is fine. PostgreSQL accepts JSON nested thousands deep and integers of any
+-- length, but Python's json raises RecursionError near 1,000 levels and ValueError past
+-- 4,300 integer digits (int's limit on string conversion), so one such row failed every
+-- batch, list and page that held it. Two limits, fixed here rather than settings: they
+-- protect the decoders, and a setting raised past what Python decodes would bring the
+-- failures back.
+--   * nesting: no value more than 100 levels below the top-level one. Far above what
+--     real payloads use, far below Python's recursion limit even when the decoding code
+--     is itself deep in a call stack (serde_json stops at 128 by default, for the same
+--     reason).
+--   * numbers: magnitude below 1e4000, so an integer part has at most 4,000 digits.
+-- Both walks are skipped when the text is too short to hold the problem: a value 101
+-- levels deep needs 101 enclosing pairs of brackets (over 202 bytes), a number of 1e4000
+-- is written with over 4,000 digits (jsonb prints numbers without exponent). Small values,
+-- the common case, pay one comparison; a 1 KiB object pays one walk of ~10 us.
+CREATE FUNCTION pgtasks.json_shape_error(value jsonb, size_bytes bigint) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+    SELECT CASE
+        WHEN size_bytes > 202 AND jsonb_path_exists(value, 'strict $.**{101}')
+            THEN 'JSON nested more than 100 levels deep'
+        WHEN size_bytes > 4000 AND jsonb_path_exists(value, 'strict $.** ? (@.abs() >= 1e4000)')
+            THEN 'JSON with a number of 1e4000 or more (over 4,000 digits)'
+    END
+$$;
+
+------------------------------------------------------------------------------------------
 -- Params
 
--- Params are a JSON object of at most settings.max_params_bytes (PT102, PT113). item names
--- the list position when a batch is checked.
+-- Params are a JSON object of at most settings.max_params_bytes (PT102, PT113) that every
+-- client can decode (PT123). item names the list position when a batch is checked.
 CREATE FUNCTION pgtasks.check_params(params jsonb, item integer DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pgtasks, pg_temp
@@ -64,6 +99,7 @@ AS $$
 DECLARE
     limit_bytes integer := (SELECT s.max_params_bytes FROM pgtasks.settings s);
     size_bytes  integer;
+    problem     text;
 BEGIN
     IF params IS NULL OR jsonb_typeof(params) <> 'object' THEN
         RAISE EXCEPTION 'pgtasks: params must be a JSON object, got % %',
@@ -78,6 +114,15 @@ BEGIN
                 CASE WHEN item IS NULL THEN '' ELSE pg_catalog.format('(item %s of the list)', item) END
             USING ERRCODE = 'PT113',
                   HINT = 'Store big inputs elsewhere and pass a reference, or raise the limit with configure(max_params_bytes => ...).';
+    END IF;
+    IF size_bytes > 202 THEN
+        problem := pgtasks.json_shape_error(params, size_bytes);
+        IF problem IS NOT NULL THEN
+            RAISE EXCEPTION 'pgtasks: params not accepted: %, which clients cannot decode%', problem,
+                    CASE WHEN item IS NULL THEN '' ELSE pg_catalog.format(' (item %s of the list)', item) END
+                USING ERRCODE = 'PT123',
+                      HINT = 'Clients cannot decode JSON nested over 100 levels or numbers of 1e4000 and more; pass big numbers as strings.';
+        END IF;
     END IF;
 END $$;
 
@@ -94,10 +139,15 @@ BEGIN
         RAISE EXCEPTION 'pgtasks: params_list must be an array of JSON objects, got NULL'
             USING ERRCODE = 'PT108', HINT = 'Pass ARRAY[''{}''::jsonb, ...] or an empty array.';
     END IF;
+    -- Items over 202 bytes of text only pay for json_shape_error (see there): a plain
+    -- batch of small params makes no call per item.
     SELECT u.p, u.ord::integer AS ord INTO bad
       FROM unnest(params_list) WITH ORDINALITY AS u(p, ord)
+     CROSS JOIN LATERAL (SELECT octet_length(u.p::text) AS size_bytes) z
      WHERE u.p IS NULL OR jsonb_typeof(u.p) <> 'object'
-        OR octet_length(u.p::text) > (SELECT s.max_params_bytes FROM pgtasks.settings s)
+        OR z.size_bytes > (SELECT s.max_params_bytes FROM pgtasks.settings s)
+        OR CASE WHEN z.size_bytes > 202 THEN pgtasks.json_shape_error(u.p, z.size_bytes) IS NOT NULL
+                ELSE false END
      ORDER BY u.ord
      LIMIT 1;
     IF FOUND THEN
@@ -224,6 +274,46 @@ BEGIN
     END IF;
 END $$;
 
+-- The caller's rights, for the few rules that depend on them (register_task_type,
+-- prune_finished): true when the login role (session_user: the functions run as
+-- pgtasks_owner, so current_user would always be that) is a member of pgtasks_admin or
+-- pgtasks_owner, or a superuser. Membership, not inheritance: an admin who SET ROLE to a
+-- worker role is still an admin.
+CREATE FUNCTION pgtasks.caller_is_admin() RETURNS boolean
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+    SELECT pg_catalog.pg_has_role(session_user, 'pgtasks_admin', 'MEMBER')
+        OR pg_catalog.pg_has_role(session_user, 'pgtasks_owner', 'MEMBER')
+$$;
+
+-- The names and times of log lines (log, log_many): a level or logger given (not NULL) is
+-- not blank (PT124), and each time is within 100 years of now like a run_at (PT105): the
+-- clients that read task_logs decode it (Python's datetime stops at year 9999; 'infinity'
+-- was accepted). Distinct names only go through is_blank: a batch of 100 lines usually
+-- carries one or two levels and loggers.
+CREATE FUNCTION pgtasks.check_log_lines(levels text[], loggers text[], ats timestamptz[]) RETURNS void
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+DECLARE
+    bad_at timestamptz;
+BEGIN
+    IF EXISTS (SELECT 1 FROM (SELECT DISTINCT n FROM unnest(levels || loggers) AS u(n) WHERE n IS NOT NULL) d
+                WHERE pgtasks.is_blank(d.n)) THEN
+        RAISE EXCEPTION 'pgtasks: a log level or logger name is blank'
+            USING ERRCODE = 'PT124', HINT = 'Pass NULL for no logger name (and for the level INFO), or a visible name.';
+    END IF;
+    SELECT a INTO bad_at FROM unnest(ats) AS u(a)
+     WHERE a IS NOT NULL AND (NOT isfinite(a)
+           OR a NOT BETWEEN pgtasks.now() - interval '100 years' AND pgtasks.now() + interval '100 years')
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'pgtasks: a log line''s time must be within 100 years of now, got %', bad_at
+            USING ERRCODE = 'PT105', HINT = 'Pass when the line was logged, or NULL for now.';
+    END IF;
+END $$;
+
 ------------------------------------------------------------------------------------------
 -- Size limits. Sizes are bytes of JSON or log text, what a worker or client receives;
 -- the limits live in pgtasks.settings (configure).
@@ -243,7 +333,8 @@ BEGIN
     END IF;
 END $$;
 
--- Raises PT203 when a result (or a step's result) is over settings.max_result_bytes.
+-- Raises PT203 when a result (or a step's result) is over settings.max_result_bytes, and
+-- PT123 when clients could not decode it (json_shape_error).
 CREATE FUNCTION pgtasks.check_result_size(result jsonb, what text) RETURNS void
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pgtasks, pg_temp
@@ -251,12 +342,21 @@ AS $$
 DECLARE
     size_bytes bigint := octet_length(result::text);
     max_bytes integer := (SELECT s.max_result_bytes FROM pgtasks.settings s);
+    problem text;
 BEGIN
     IF size_bytes > max_bytes THEN
         RAISE EXCEPTION 'pgtasks: % of % bytes is larger than max_result_bytes (%)', what, size_bytes, max_bytes
             USING ERRCODE = 'PT203',
                   HINT = 'Store big outputs elsewhere (object storage, a table) and return a reference; '
                          'or raise the limit: SELECT pgtasks.configure(max_result_bytes => ...).';
+    END IF;
+    IF size_bytes > 202 THEN
+        problem := pgtasks.json_shape_error(result, size_bytes);
+        IF problem IS NOT NULL THEN
+            RAISE EXCEPTION 'pgtasks: % not accepted: %, which clients cannot decode', what, problem
+                USING ERRCODE = 'PT123',
+                      HINT = 'Clients cannot decode JSON nested over 100 levels or numbers of 1e4000 and more; return big numbers as strings.';
+        END IF;
     END IF;
 END $$;
 
@@ -293,7 +393,9 @@ CREATE FUNCTION pgtasks.configure(
     retention            interval DEFAULT NULL,
     max_params_bytes     integer  DEFAULT NULL,
     max_result_bytes     integer  DEFAULT NULL,
-    max_log_bytes        integer  DEFAULT NULL
+    max_log_bytes        integer  DEFAULT NULL,
+    schedule_min_every   interval DEFAULT NULL,
+    schedule_max_ticks   integer  DEFAULT NULL
 ) RETURNS pgtasks.settings
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pgtasks, pg_temp
@@ -322,6 +424,14 @@ BEGIN
                 max_params_bytes, max_result_bytes, max_log_bytes
             USING ERRCODE = 'PT118', HINT = 'Sizes are in bytes of JSON text, e.g. max_params_bytes => 1048576.';
     END IF;
+    IF NOT (schedule_min_every > interval '0' AND schedule_min_every <= interval '1 day') THEN
+        RAISE EXCEPTION 'pgtasks: schedule_min_every must be positive and at most 1 day, got %', schedule_min_every
+            USING ERRCODE = 'PT118', HINT = 'Workers fire schedules about once a second; 1 second suits them.';
+    END IF;
+    IF schedule_max_ticks NOT BETWEEN 1 AND 100000 THEN
+        RAISE EXCEPTION 'pgtasks: schedule_max_ticks must be between 1 and 100000, got %', schedule_max_ticks
+            USING ERRCODE = 'PT118', HINT = 'The most tasks one firing of a schedule enqueues, e.g. 100.';
+    END IF;
 
     UPDATE pgtasks.settings t
        SET default_queue        = coalesce(configure.default_queue, t.default_queue),
@@ -334,12 +444,14 @@ BEGIN
            retention            = coalesce(configure.retention, t.retention),
            max_params_bytes     = coalesce(configure.max_params_bytes, t.max_params_bytes),
            max_result_bytes     = coalesce(configure.max_result_bytes, t.max_result_bytes),
-           max_log_bytes        = coalesce(configure.max_log_bytes, t.max_log_bytes)
+           max_log_bytes        = coalesce(configure.max_log_bytes, t.max_log_bytes),
+           schedule_min_every   = coalesce(configure.schedule_min_every, t.schedule_min_every),
+           schedule_max_ticks   = coalesce(configure.schedule_max_ticks, t.schedule_max_ticks)
     RETURNING t.* INTO s;
     RETURN s;
 END $$;
-GRANT EXECUTE ON FUNCTION pgtasks.configure(text, integer, integer, interval, interval, interval, interval, interval, integer, integer, integer) TO pgtasks_admin;
-COMMENT ON FUNCTION pgtasks.configure(text, integer, integer, interval, interval, interval, interval, interval, integer, integer, integer) IS
+GRANT EXECUTE ON FUNCTION pgtasks.configure(text, integer, integer, interval, interval, interval, interval, interval, integer, integer, integer, interval, integer) TO pgtasks_admin;
+COMMENT ON FUNCTION pgtasks.configure(text, integer, integer, interval, interval, interval, interval, interval, integer, integer, integer, interval, integer) IS
     'Changes the deployment-wide defaults and limits (pgtasks.settings); each argument given replaces its value, NULL keeps it. Returns the new settings row.';
 
 -- A lease as given, or settings.default_lease when NULL. A zero or negative lease would

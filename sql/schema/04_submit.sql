@@ -6,9 +6,10 @@
 -- retries, timeout and backoff. Every value is then checked (02_checks.sql) and the row
 -- inserted PENDING; its insert trigger records it and wakes a worker (03_state_machine.sql).
 --
--- Unique keys: at most one active (PENDING, COMMIT, RUNNING) task per unique_key, held by
--- the partial unique index tasks_unique_active and taken with INSERT ... ON CONFLICT, so
--- 20 sessions submitting one key at once create one task. unique_for keeps a key reserved
+-- Unique keys: at most one active (PENDING, COMMIT, RUNNING) task per unique_key of a task
+-- type, held by the partial unique index tasks_unique_active and taken with INSERT ... ON
+-- CONFLICT, so 20 sessions submitting one key at once create one task. Keys belong to their
+-- task type: a submit of another type never meets them. unique_for keeps a key reserved
 -- for a period after the first submit, whatever the task's state (unique_windows). A
 -- concurrency_key (with concurrency_limit, default 1) is stored for the claim to enforce
 -- (08_flow_control.sql). depends_on makes the task wait for its parents (10_workflows.sql).
@@ -23,6 +24,13 @@ SET LOCAL ROLE pgtasks_owner;
 -- Upsert of one type's whole policy: the latest registration wins, NULLs included (a
 -- worker whose code dropped `queue=` clears it). An unchanged policy is not rewritten, so
 -- a fleet restarting does not churn the row or its updated_at.
+--
+-- Who may change a policy: the policy decides where every later submit of the type goes,
+-- so a worker role that could rewrite it could reroute another deployment's tasks to a
+-- queue of its own (register_task_type('billing.invoice', queue => 'attacker-q')). The
+-- first registration records its login role (owner_role); after that only that role's
+-- workers, or pgtasks_admin, may change the policy (PT125). Any worker may register a new
+-- type, and re-declare an existing type's policy unchanged, as every worker does at start.
 CREATE FUNCTION pgtasks.register_task_type(
     task_type    text,
     queue        text     DEFAULT NULL,
@@ -35,24 +43,47 @@ CREATE FUNCTION pgtasks.register_task_type(
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pgtasks, pg_temp
 AS $$
+DECLARE
+    t pgtasks.task_types;
 BEGIN
     PERFORM pgtasks.check_policy(task_type, queue, max_retries, timeout, backoff_base);
-    INSERT INTO pgtasks.task_types AS t
-           (task_type, queue, priority, max_retries, timeout, backoff_base, registered_by)
-    VALUES (register_task_type.task_type, register_task_type.queue, register_task_type.priority,
-            register_task_type.max_retries, register_task_type.timeout,
-            register_task_type.backoff_base, register_task_type.worker_id)
-    ON CONFLICT ON CONSTRAINT task_types_pkey DO UPDATE
-       SET queue = excluded.queue, priority = excluded.priority, max_retries = excluded.max_retries,
-           timeout = excluded.timeout, backoff_base = excluded.backoff_base,
-           registered_by = excluded.registered_by, updated_at = pgtasks.now()
-     WHERE (t.queue, t.priority, t.max_retries, t.timeout, t.backoff_base)
-           IS DISTINCT FROM
-           (excluded.queue, excluded.priority, excluded.max_retries, excluded.timeout, excluded.backoff_base);
+    IF worker_id IS NOT NULL THEN
+        PERFORM pgtasks.check_worker_id(worker_id);
+    END IF;
+    SELECT * INTO t FROM pgtasks.task_types tt WHERE tt.task_type = register_task_type.task_type;
+    IF NOT FOUND THEN
+        INSERT INTO pgtasks.task_types AS tt
+               (task_type, queue, priority, max_retries, timeout, backoff_base, registered_by)
+        VALUES (register_task_type.task_type, register_task_type.queue, register_task_type.priority,
+                register_task_type.max_retries, register_task_type.timeout,
+                register_task_type.backoff_base, register_task_type.worker_id)
+        -- A concurrent first registration won: this one is then a change like any other,
+        -- and the next worker start applies it (or is refused) as below.
+        ON CONFLICT ON CONSTRAINT task_types_pkey DO NOTHING;
+        RETURN;
+    END IF;
+    IF (t.queue, t.priority, t.max_retries, t.timeout, t.backoff_base)
+       IS NOT DISTINCT FROM (queue, priority, max_retries, timeout, backoff_base) THEN
+        RETURN;
+    END IF;
+    IF t.owner_role <> session_user AND NOT pgtasks.caller_is_admin() THEN
+        RAISE EXCEPTION 'pgtasks: task type % belongs to role %; role % may not change its policy',
+                pg_catalog.quote_literal(task_type), pg_catalog.quote_ident(t.owner_role),
+                pg_catalog.quote_ident(session_user)
+            USING ERRCODE = 'PT125',
+                  HINT = 'Declare the type with the policy it has (SELECT * FROM pgtasks.registered_types), '
+                         'or ask its deployment or a pgtasks_admin to change it.';
+    END IF;
+    UPDATE pgtasks.task_types tt
+       SET queue = register_task_type.queue, priority = register_task_type.priority,
+           max_retries = register_task_type.max_retries, timeout = register_task_type.timeout,
+           backoff_base = register_task_type.backoff_base, registered_by = register_task_type.worker_id,
+           updated_at = pgtasks.now()
+     WHERE tt.task_type = register_task_type.task_type;
 END $$;
 GRANT EXECUTE ON FUNCTION pgtasks.register_task_type(text, text, integer, integer, interval, interval, text) TO pgtasks_worker;
 COMMENT ON FUNCTION pgtasks.register_task_type(text, text, integer, integer, interval, interval, text) IS
-    'Registers a task type''s policy (queue, priority, max_retries, timeout, backoff_base; NULL: the settings default), applied to every submit of the type that leaves the argument out.';
+    'Registers a task type''s policy (queue, priority, max_retries, timeout, backoff_base; NULL: the settings default), applied to every submit of the type that leaves the argument out. Only the role that registered the type first, or pgtasks_admin, may change it (PT125).';
 
 ------------------------------------------------------------------------------------------
 -- The policy of one submit
@@ -101,8 +132,8 @@ END $$;
 -- One task, with flow control
 
 -- One task, resolved policy p. Without a unique key: a plain INSERT. With one: ON CONFLICT
--- on tasks_unique_active, so concurrent submits of a key wait for each other and exactly one
--- inserts; the others return its id. When the active task finishes between our conflict
+-- on tasks_unique_active (the type's keys), so concurrent submits of a key wait for each
+-- other and exactly one inserts; the others return its id. When the active task finishes between our conflict
 -- and our look-up, the INSERT is tried again (it now succeeds, or meets a newer task).
 -- With unique_for, the unique_windows row is taken first and is the lock: a concurrent
 -- submit of the key waits on it, then finds the window taken and returns its task.
@@ -137,15 +168,15 @@ BEGIN
     IF unique_for IS NOT NULL THEN
         -- The window row is the lock: a concurrent submit of the key waits here, then finds
         -- the window taken and returns its task.
-        INSERT INTO pgtasks.unique_windows AS w (unique_key, task_id, reserved_until)
-        VALUES (submit_one.unique_key, NULL, pgtasks.now() + submit_one.unique_for)
+        INSERT INTO pgtasks.unique_windows AS w (task_type, unique_key, task_id, reserved_until)
+        VALUES (p.task_type, submit_one.unique_key, NULL, pgtasks.now() + submit_one.unique_for)
         ON CONFLICT ON CONSTRAINT unique_windows_pkey DO UPDATE
            SET task_id = NULL, reserved_until = excluded.reserved_until
          WHERE w.reserved_until <= pgtasks.now()
         RETURNING true INTO took;
         IF took IS NULL THEN
             SELECT w.task_id INTO submit_one.id FROM pgtasks.unique_windows w
-             WHERE w.unique_key = submit_one.unique_key;
+             WHERE w.task_type = p.task_type AND w.unique_key = submit_one.unique_key;
             created := false;
             RETURN;
         END IF;
@@ -156,7 +187,7 @@ BEGIN
                                         backoff_base, unique_key, concurrency_key, concurrency_limit)
         VALUES (p.task_type, submit_one.params, p.queue, p.priority, p.run_at, p.max_retries, p.timeout,
                 p.backoff_base, submit_one.unique_key, submit_one.concurrency_key, submit_one.concurrency_limit)
-        ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN ('PENDING', 'COMMIT', 'RUNNING')
+        ON CONFLICT (task_type, unique_key) WHERE unique_key IS NOT NULL AND status IN ('PENDING', 'COMMIT', 'RUNNING')
         DO NOTHING
         RETURNING t.id INTO submit_one.id;
         IF FOUND THEN
@@ -164,7 +195,8 @@ BEGIN
             EXIT;
         END IF;
         SELECT t.id INTO submit_one.id FROM pgtasks.tasks t
-         WHERE t.unique_key = submit_one.unique_key AND t.status IN ('PENDING', 'COMMIT', 'RUNNING');
+         WHERE t.task_type = p.task_type AND t.unique_key = submit_one.unique_key
+           AND t.status IN ('PENDING', 'COMMIT', 'RUNNING');
         IF FOUND THEN
             created := false;
             EXIT;
@@ -172,7 +204,8 @@ BEGIN
     END LOOP;
 
     IF unique_for IS NOT NULL THEN
-        UPDATE pgtasks.unique_windows w SET task_id = submit_one.id WHERE w.unique_key = submit_one.unique_key;
+        UPDATE pgtasks.unique_windows w SET task_id = submit_one.id
+         WHERE w.task_type = p.task_type AND w.unique_key = submit_one.unique_key;
     END IF;
 END $$;
 
@@ -211,7 +244,7 @@ COMMENT ON FUNCTION pgtasks.submit_or_get(text, jsonb, text, integer, timestampt
     'Submits one task like submit_task and also says whether it was created: false when an active task, or the unique_for window, already held the unique_key (id is then that task).';
 
 -- retry_task (06_finish.sql) of a FAILED or CANCELLED task whose unique_key another active
--- task has taken meanwhile: PT306 with a hint, instead of the bare unique_violation (23505)
+-- task of its type has taken meanwhile: PT306 with a hint, instead of the bare unique_violation (23505)
 -- of tasks_unique_active. One message for both places retry_task finds the key taken.
 CREATE FUNCTION pgtasks.raise_unique_held(t pgtasks.tasks) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
@@ -221,8 +254,8 @@ DECLARE
     holder bigint;
 BEGIN
     SELECT o.id INTO holder FROM pgtasks.tasks o
-     WHERE o.unique_key = t.unique_key AND o.status IN ('PENDING', 'COMMIT', 'RUNNING')
-       AND o.id <> t.id
+     WHERE o.task_type = t.task_type AND o.unique_key = t.unique_key
+       AND o.status IN ('PENDING', 'COMMIT', 'RUNNING') AND o.id <> t.id
      LIMIT 1;
     RAISE EXCEPTION 'pgtasks: task % cannot be retried: its unique_key % is held by active task %',
             t.id, pg_catalog.quote_literal(t.unique_key), coalesce(holder::text, '(being submitted)')

@@ -36,10 +36,11 @@ COMMENT ON FUNCTION pgtasks.finish_task(bigint, integer, jsonb) IS
 
 -- The batched completer: many results in one statement. Never raises for a stale
 -- attempt; it returns the ids it did not finish so the worker can log them. Nor does an
--- oversized result fail the batch (no single row may make a statement fail for the
--- others): that task is FAILED, not retryable (the same code would produce the same
--- result), with the PT203 message as its error, and comes back in rejected_task_id like a
--- stale attempt; the rest are finished. The completer's poison-batch splitting never sees
+-- oversized result, or one clients could not decode (json_shape_error), fail the batch (no
+-- single row may make a statement fail for the others): that task is FAILED, not retryable
+-- (the same code would produce the same result), with the PT203 or PT123 message as its
+-- error, and comes back in rejected_task_id like a stale attempt; the rest are finished.
+-- Only results over 202 bytes of text pay for the shape test. The completer's poison-batch splitting never sees
 -- a PT203 from here.
 CREATE FUNCTION pgtasks.finish_tasks(task_ids bigint[], attempts integer[], results jsonb[])
 RETURNS TABLE (rejected_task_id bigint)
@@ -56,10 +57,13 @@ BEGIN
     -- reads no table here.
     SELECT array_agg(u.ord) INTO big
       FROM unnest(finish_tasks.results) WITH ORDINALITY AS u(result, ord)
-     WHERE octet_length(u.result::text) > max_bytes;
+     CROSS JOIN LATERAL (SELECT octet_length(u.result::text) AS size_bytes) z
+     WHERE z.size_bytes > max_bytes
+        OR CASE WHEN z.size_bytes > 202 THEN pgtasks.json_shape_error(u.result, z.size_bytes) IS NOT NULL
+                ELSE false END;
     IF big IS NOT NULL THEN
         FOR o IN
-            SELECT k AS task, octet_length(u.result::text) AS size_bytes
+            SELECT k AS task, octet_length(u.result::text) AS size_bytes, u.result
               FROM unnest(finish_tasks.task_ids, finish_tasks.attempts, finish_tasks.results)
                      WITH ORDINALITY AS u(task_id, attempt, result, ord)
               JOIN pgtasks.tasks k ON k.id = u.task_id AND k.attempt = u.attempt AND k.status = 'RUNNING'
@@ -68,8 +72,11 @@ BEGIN
         LOOP
             -- Now FAILED, so the UPDATE below (RUNNING rows only) leaves it and reports it.
             PERFORM pgtasks.record_failure(
-                o.task, pg_catalog.format('pgtasks: result of %s bytes is larger than max_result_bytes (%s)',
-                                          o.size_bytes, max_bytes),
+                o.task, CASE WHEN o.size_bytes > max_bytes
+                             THEN pg_catalog.format('pgtasks: result of %s bytes is larger than max_result_bytes (%s)',
+                                                    o.size_bytes, max_bytes)
+                             ELSE pg_catalog.format('pgtasks: result not accepted: %s, which clients cannot decode',
+                                                    pgtasks.json_shape_error(o.result, o.size_bytes)) END,
                 NULL, false, NULL);
         END LOOP;
     END IF;
@@ -113,7 +120,8 @@ COMMENT ON FUNCTION pgtasks.finish_tasks(bigint[], integer[], jsonb[]) IS
 -- The two-statement path (finish_tasks, then claim_tasks) remains for the calls that need
 -- it:
 --   * claim_max 0 (nothing to claim);
---   * a result over settings.max_result_bytes (finish_tasks fails that task alone);
+--   * a result over settings.max_result_bytes, or one clients could not decode
+--     (finish_tasks fails that task alone);
 --   * a finished task with dependents: its children are released by the finish
 --     statement's history trigger and must be claimable by this same call (the chain
 --     hand-off of a workflow);
@@ -155,7 +163,10 @@ BEGIN
     -- The two-statement path, for the calls listed above this function.
     IF claim_max = 0
        OR EXISTS (SELECT 1 FROM unnest(finish_and_claim.results) AS u(result), pgtasks.settings s
-                   WHERE octet_length(u.result::text) > s.max_result_bytes)
+                   CROSS JOIN LATERAL (SELECT octet_length(u.result::text) AS size_bytes) z
+                   WHERE z.size_bytes > s.max_result_bytes
+                      OR CASE WHEN z.size_bytes > 202 THEN pgtasks.json_shape_error(u.result, z.size_bytes) IS NOT NULL
+                              ELSE false END)
        OR EXISTS (SELECT 1 FROM pgtasks.tasks t
                    WHERE t.id = ANY (finish_and_claim.task_ids) AND t.has_dependents)
        OR pgtasks.flow_control_in_use(queues) THEN
@@ -396,7 +407,7 @@ GRANT EXECUTE ON FUNCTION pgtasks.report_progress(bigint, integer, bigint, bigin
 COMMENT ON FUNCTION pgtasks.report_progress(bigint, integer, bigint, bigint, text) IS
     'Sets the progress (current of total, message) of a running attempt; live watchers are notified.';
 
--- One log line (PT204 when over settings.max_log_bytes).
+-- One log line (PT204 when over settings.max_log_bytes, PT124 for a blank level).
 CREATE FUNCTION pgtasks.log(task_id bigint, attempt integer, level text, message text)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
@@ -406,6 +417,7 @@ BEGIN
     PERFORM pgtasks.lock_owned_task(task_id, attempt);
     PERFORM pgtasks.check_log_size(message, 'log line');
     PERFORM pgtasks.check_log_size(level, 'log level');
+    PERFORM pgtasks.check_log_lines(ARRAY[level], NULL, NULL);
     INSERT INTO pgtasks.task_logs (task_id, attempt, level, message)
     VALUES (task_id, attempt, upper(coalesce(level, 'INFO')), coalesce(message, ''));
     PERFORM pgtasks.notify_watchers(task_id);
@@ -420,6 +432,7 @@ COMMENT ON FUNCTION pgtasks.log(bigint, integer, text, text) IS
 -- `loggers` the Python logger names. Returns the count. One line over the limit rejects
 -- the whole call with PT204 and writes nothing, rather than truncating: the caller knows
 -- which line and can shorten it; a silently cut line could hide the part that mattered.
+-- So does a blank level or logger (PT124) or a time more than 100 years from now (PT105).
 CREATE FUNCTION pgtasks.log_many(
     task_id  bigint,
     attempt  integer,
@@ -446,6 +459,7 @@ BEGIN
     IF n = 0 THEN
         RETURN 0;
     END IF;
+    PERFORM pgtasks.check_log_lines(levels, loggers, ats);
     SELECT max(greatest(octet_length(m), octet_length(l), octet_length(g))) INTO longest
       FROM unnest(log_many.messages, log_many.levels, log_many.loggers) AS u(m, l, g);
     IF longest > (SELECT s.max_log_bytes FROM pgtasks.settings s) THEN
@@ -523,8 +537,8 @@ BEGIN
     -- unique index then refuses the UPDATE, caught below and given the same code.
     IF t.unique_key IS NOT NULL AND EXISTS (
         SELECT 1 FROM pgtasks.tasks o
-         WHERE o.unique_key = t.unique_key AND o.status IN ('PENDING', 'COMMIT', 'RUNNING')
-           AND o.id <> t.id) THEN
+         WHERE o.task_type = t.task_type AND o.unique_key = t.unique_key
+           AND o.status IN ('PENDING', 'COMMIT', 'RUNNING') AND o.id <> t.id) THEN
         PERFORM pgtasks.raise_unique_held(t);
     END IF;
     BEGIN

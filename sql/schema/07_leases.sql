@@ -67,14 +67,17 @@ COMMENT ON FUNCTION pgtasks.register_worker(text, text, integer, text[], integer
     'settings.default_lease.';
 
 -- A worker that stops cleanly leaves the registry at once; one that dies stays listed (not
--- alive) until rescue sweeps it, so operators can see what died.
+-- alive) until rescue sweeps it, so operators can see what died. The id is checked like
+-- every worker_id (PT121).
 CREATE FUNCTION pgtasks.unregister_worker(worker_id text) RETURNS void
-LANGUAGE sql
+LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pgtasks, pg_temp
 AS $$
+BEGIN
+    PERFORM pgtasks.check_worker_id(worker_id);
     DELETE FROM pgtasks.worker_registry w WHERE w.worker_id = unregister_worker.worker_id;
-$$;
+END $$;
 GRANT EXECUTE ON FUNCTION pgtasks.unregister_worker(text) TO pgtasks_worker;
 COMMENT ON FUNCTION pgtasks.unregister_worker(text) IS
     'Removes a worker from the registry when it stops cleanly.';
@@ -258,10 +261,10 @@ BEGIN
     -- its key (submit_one); deleting it leaves the key free exactly as that would. SKIP
     -- LOCKED: a submit taking the row over right now keeps it.
     DELETE FROM pgtasks.unique_windows w
-     WHERE w.unique_key IN (SELECT o.unique_key FROM pgtasks.unique_windows o
-                             WHERE o.reserved_until < pgtasks.now()
-                             LIMIT max_rows
-                             FOR UPDATE SKIP LOCKED);
+     WHERE (w.task_type, w.unique_key) IN (SELECT o.task_type, o.unique_key FROM pgtasks.unique_windows o
+                                            WHERE o.reserved_until < pgtasks.now()
+                                            LIMIT max_rows
+                                            FOR UPDATE SKIP LOCKED);
     -- Starts older than their queue's window count for nothing (claim_limited trims them
     -- itself, but only for queues it still claims from with a rate limit). A queue without
     -- settings or without a rate limit keeps none.
@@ -274,7 +277,10 @@ END $$;
 
 -- Deletes the tasks that finished more than older_than ago (NULL: settings.retention),
 -- oldest first and at most max_tasks per call, so that no long lock is held; a row another
--- session has locked waits for the next call. Their history goes with them: task_errors,
+-- session has locked waits for the next call. The retention is the admin's decision: any
+-- worker may call this, and prune_finished(interval '0', 100000) once deleted all finished
+-- history, so older_than below settings.retention needs pgtasks_admin (PT120); a longer
+-- one, keeping more, is anyone's. Their history goes with them: task_errors,
 -- task_steps, task_logs, task_waiters and task_edges through their foreign keys' cascade,
 -- task_events (which has no foreign key, see 01_tables.sql) in the same statement.
 --
@@ -300,6 +306,13 @@ BEGIN
         RAISE EXCEPTION 'pgtasks: older_than must be between 0 and 100 years, got %', older_than
             USING ERRCODE = 'PT120', HINT = 'Leave older_than out (NULL) for settings.retention.';
     END IF;
+    IF older_than < (SELECT s.retention FROM pgtasks.settings s) AND NOT pgtasks.caller_is_admin() THEN
+        RAISE EXCEPTION 'pgtasks: older_than % is shorter than settings.retention (%); only pgtasks_admin may prune sooner',
+                older_than, (SELECT s.retention FROM pgtasks.settings s)
+            USING ERRCODE = 'PT120',
+                  HINT = 'Leave older_than out (NULL) for settings.retention, or have an admin change it: '
+                         'SELECT pgtasks.configure(retention => ...).';
+    END IF;
     cutoff := pgtasks.now() - coalesce(older_than, (SELECT s.retention FROM pgtasks.settings s));
     -- Lets the append-only triggers through for this statement only (see reject_history_change).
     PERFORM set_config('pgtasks.pruning', 'on', true);
@@ -323,7 +336,8 @@ END $$;
 GRANT EXECUTE ON FUNCTION pgtasks.prune_finished(interval, integer) TO pgtasks_worker;
 COMMENT ON FUNCTION pgtasks.prune_finished(interval, integer) IS
     'Deletes up to max_tasks tasks that finished more than older_than ago (NULL: '
-    'settings.retention), with their history; returns how many. maintain() calls it.';
+    'settings.retention; shorter than it: pgtasks_admin only), with their history; returns '
+    'how many. maintain() calls it.';
 
 ------------------------------------------------------------------------------------------
 -- Maintenance

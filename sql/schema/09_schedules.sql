@@ -26,8 +26,10 @@
 --     overwrite a schedule made through SQL.
 --
 -- SQLSTATEs (docs/sql-api.md), each with a HINT:
---   PT401 invalid cron expression             PT402 unknown time zone
---   PT403 every not a positive fixed duration PT404 not exactly one of cron / every
+--   PT401 invalid cron expression, or one that never fires (a day no month has)
+--   PT402 unknown time zone
+--   PT403 every not a fixed duration between settings.schedule_min_every and 366 days
+--   PT404 not exactly one of cron / every
 --   PT405 unknown overlap policy              PT406 catch_up negative or > 1 year
 --   PT407 schedule not found                  PT408 schedule name blank or > 255 bytes
 --   PT409 fire_schedule given ticks it cannot accept (outside [next_run_at, now],
@@ -97,8 +99,35 @@ BEGIN
     RETURN f;
 END $$;
 
+-- The values of one cron field that check_cron_field accepted, e.g. '1-10/3,20' -> {1,4,7,10,20}
+-- (N/step runs from N to the field's last value, as in croniter).
+CREATE FUNCTION pgtasks.cron_field_values(field text, lo integer, hi integer, names text[]) RETURNS integer[]
+LANGUAGE sql IMMUTABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+    SELECT array_agg(DISTINCT v ORDER BY v)
+      FROM (SELECT regexp_match(item, '^(\*|([0-9a-z]+)(-([0-9a-z]+))?)(/([0-9]+))?$') AS m
+              FROM unnest(string_to_array(lower(field), ',')) AS u(item)) p
+     CROSS JOIN LATERAL (
+           SELECT CASE WHEN p.m[2] IS NULL THEN lo
+                       WHEN p.m[2] ~ '^[0-9]+$' THEN p.m[2]::integer
+                       ELSE array_position(names, p.m[2]) - 1 + lo END AS a) a
+     CROSS JOIN LATERAL (
+           SELECT CASE WHEN p.m[2] IS NULL THEN hi
+                       WHEN p.m[4] IS NOT NULL AND p.m[4] ~ '^[0-9]+$' THEN p.m[4]::integer
+                       WHEN p.m[4] IS NOT NULL THEN array_position(names, p.m[4]) - 1 + lo
+                       WHEN p.m[6] IS NOT NULL THEN hi
+                       ELSE a.a END AS b) b
+     CROSS JOIN LATERAL generate_series(a.a, b.b, coalesce(p.m[6]::integer, 1)) AS g(v)
+$$;
+
 -- Returns the expression normalized (macros expanded, single spaces, lower case), or
--- raises PT401. Python's croniter parses every expression this accepts.
+-- raises PT401. Python's croniter parses every expression this accepts, and finds a tick
+-- for each: an expression whose days of the month fall in none of its months ('0 0 30 2 *',
+-- '0 0 31 4,6,9,11 *') never fires, and croniter refuses it whatever the day-of-week field
+-- says, so every worker would warn about it every round, forever (PT401 at declare time
+-- instead). February counts 29 days: '0 0 29 2 *' fires in leap years.
 CREATE FUNCTION pgtasks.check_cron(cron text) RETURNS text
 LANGUAGE plpgsql IMMUTABLE
 SECURITY DEFINER
@@ -107,6 +136,7 @@ AS $$
 DECLARE
     expr   text := lower(btrim(cron));
     fields text[];
+    month_names text[] := ARRAY['jan','feb','mar','apr','may','jun','jul','aug','sep','oct','nov','dec'];
 BEGIN
     expr := CASE expr WHEN '@yearly' THEN '0 0 1 1 *' WHEN '@annually' THEN '0 0 1 1 *'
                       WHEN '@monthly' THEN '0 0 1 * *' WHEN '@weekly' THEN '0 0 * * 0'
@@ -119,21 +149,30 @@ BEGIN
             USING ERRCODE = 'PT401',
                   HINT = 'E.g. ''0 6 * * *'' (06:00 daily), ''*/5 * * * *'', ''0 0 1 * *'', or @hourly/@daily/@weekly/@monthly/@yearly.';
     END IF;
-    RETURN concat_ws(' ',
+    expr := concat_ws(' ',
         pgtasks.check_cron_field(fields[1], 'minute', 0, 59, NULL),
         pgtasks.check_cron_field(fields[2], 'hour', 0, 23, NULL),
         pgtasks.check_cron_field(fields[3], 'day-of-month', 1, 31, NULL),
-        pgtasks.check_cron_field(fields[4], 'month', 1, 12,
-            ARRAY['jan','feb','mar','apr','may','jun','jul','aug','sep','oct','nov','dec']),
+        pgtasks.check_cron_field(fields[4], 'month', 1, 12, month_names),
         -- 0 and 7 are both Sunday.
         pgtasks.check_cron_field(fields[5], 'day-of-week', 0, 7,
             ARRAY['sun','mon','tue','wed','thu','fri','sat']));
+    IF (SELECT min(d) FROM unnest(pgtasks.cron_field_values(fields[3], 1, 31, NULL)) AS u(d))
+       > (SELECT max(CASE WHEN m = 2 THEN 29 WHEN m IN (4, 6, 9, 11) THEN 30 ELSE 31 END)
+            FROM unnest(pgtasks.cron_field_values(fields[4], 1, 12, month_names)) AS u(m)) THEN
+        RAISE EXCEPTION 'pgtasks: cron % never fires: no month it names has day % (of month)',
+                quote_literal(cron), fields[3]
+            USING ERRCODE = 'PT401',
+                  HINT = 'Pick days every named month has, e.g. ''0 0 28 2 *'', or ''0 0 1 3 *'' for the day after February.';
+    END IF;
+    RETURN expr;
 END $$;
 
 -- The whole timing of a schedule, checked the same way for create_schedule and
 -- declare_schedule. date_bin computes every-ticks and bins only fixed durations, so a
 -- month is refused for `every` (cron '0 0 1 * *' says it); more than 366 days between
--- ticks is a typo.
+-- ticks is a typo, and less than settings.schedule_min_every (1 second) makes every firing
+-- a burst: workers fire about once a second.
 CREATE FUNCTION pgtasks.check_schedule(
     cron text, every interval, timezone text, overlap text, catch_up interval
 ) RETURNS text   -- the normalized cron expression (NULL for an every schedule)
@@ -152,6 +191,12 @@ BEGIN
                               OR extract(year FROM every) <> 0 OR every > interval '366 days') THEN
         RAISE EXCEPTION 'pgtasks: every must be a positive fixed duration of at most 366 days, got %', every
             USING ERRCODE = 'PT403', HINT = 'E.g. every => ''30 seconds''; for calendar months use cron, e.g. ''0 0 1 * *''.';
+    END IF;
+    IF every < (SELECT s.schedule_min_every FROM pgtasks.settings s) THEN
+        RAISE EXCEPTION 'pgtasks: every must be at least settings.schedule_min_every (%), got %',
+                (SELECT s.schedule_min_every FROM pgtasks.settings s), every
+            USING ERRCODE = 'PT403',
+                  HINT = 'Workers fire schedules about once a second; an admin may lower the floor with configure(schedule_min_every => ...).';
     END IF;
     IF timezone IS NULL OR NOT EXISTS (SELECT 1 FROM pg_timezone_names z WHERE z.name = check_schedule.timezone) THEN
         RAISE EXCEPTION 'pgtasks: unknown time zone %', coalesce(quote_literal(timezone), 'NULL')
@@ -411,6 +456,9 @@ COMMENT ON FUNCTION pgtasks.trigger_schedule(text) IS
 -- worker. A worker that dies holding a claim delays the tick by the claim at most; its
 -- ticks are still fired once (the catch-up window decides about the ones it missed).
 -- Also returns the schedules whose next_run_at is still to be computed (NULL).
+-- A claim is at most 30 seconds (PT114): firing a claimed schedule takes milliseconds, and
+-- a longer claim let one worker hold every schedule back (due_schedules(1000, '1 hour')
+-- stopped them all for an hour).
 CREATE FUNCTION pgtasks.due_schedules(
     max_schedules integer  DEFAULT 100,
     claim         interval DEFAULT interval '3 seconds',
@@ -424,9 +472,12 @@ SET search_path = pg_catalog, pgtasks, pg_temp
 AS $$
 BEGIN
     PERFORM pgtasks.check_max_tasks(max_schedules);
-    IF claim IS NULL OR claim <= interval '0' OR claim > interval '1 hour' THEN
-        RAISE EXCEPTION 'pgtasks: claim must be > 0 and at most 1 hour, got %', claim
+    IF claim IS NULL OR claim <= interval '0' OR claim > interval '30 seconds' THEN
+        RAISE EXCEPTION 'pgtasks: claim must be > 0 and at most 30 seconds, got %', claim
             USING ERRCODE = 'PT114', HINT = 'Leave claim out for 3 seconds.';
+    END IF;
+    IF worker_id IS NOT NULL THEN
+        PERFORM pgtasks.check_worker_id(worker_id);
     END IF;
     RETURN QUERY
     UPDATE pgtasks.schedule_defs d SET claimed_until = pgtasks.now() + claim, fired_by = worker_id
@@ -451,7 +502,10 @@ COMMENT ON FUNCTION pgtasks.due_schedules(integer, interval, text) IS
 -- `skipped_before` how many older due ticks the caller left out of `ticks`.
 --
 -- Missed ticks: the latest due tick always runs; with catch_up > 0, so does every tick
--- within catch_up of now, oldest first. The others are counted in `skipped`. A tick at most
+-- within catch_up of now, oldest first, but at most settings.schedule_max_ticks of them (the
+-- newest): one firing after an outage of a day of an every-second schedule would otherwise
+-- insert 86,400 tasks in one transaction. The others are counted in `skipped` (a WARNING
+-- in the server log says when the cap cut a firing short). A tick at most
 -- 2 seconds old is late, not missed, whatever catch_up says: workers fire about every
 -- second with jitter, so without this grace an every-second schedule with catch_up 0
 -- would lose a tick whenever a round came 1.2 s after the previous one.
@@ -480,6 +534,8 @@ DECLARE
     missed    bigint := coalesce(skipped_before, 0);
     n_overlap bigint := 0;
     window_at timestamptz;  -- ticks at or after it run
+    max_ticks integer := (SELECT st.schedule_max_ticks FROM pgtasks.settings st);
+    capped    bigint := 0;  -- due ticks in the window left out by the cap
     latest    timestamptz;
     first_in  timestamptz;
     t         timestamptz;
@@ -510,6 +566,11 @@ BEGIN
                 first_in := first_in + s.every;
             END IF;
             first_in := least(first_in, latest);
+            -- The cap, before anything is generated: every '1 second' with catch_up 1 year
+            -- would otherwise build an array of 31 million ticks.
+            capped := greatest(round(extract(epoch FROM latest - first_in) / extract(epoch FROM s.every))::bigint
+                               + 1 - max_ticks, 0);
+            first_in := first_in + s.every * capped;
             due := ARRAY(SELECT generate_series(first_in, latest, s.every));
             missed := round(extract(epoch FROM first_in - s.next_run_at) / extract(epoch FROM s.every))::bigint;
             nxt := latest + s.every;
@@ -539,7 +600,16 @@ BEGIN
         latest := due[cardinality(due)];
         run := ARRAY(SELECT u FROM unnest(due) u WHERE u >= window_at OR u = latest ORDER BY u);
         missed := missed + cardinality(due) - cardinality(run);
+        IF cardinality(run) > max_ticks THEN
+            capped := cardinality(run) - max_ticks;
+            run := run[capped + 1 :];
+            missed := missed + capped;
+        END IF;
         due := run;
+    END IF;
+    IF capped > 0 THEN
+        RAISE WARNING 'pgtasks: schedule % had % ticks to catch up, more than settings.schedule_max_ticks (%); the oldest % were skipped',
+                s.name, capped + max_ticks, max_ticks, capped;
     END IF;
 
     last_id := s.last_task_id;

@@ -39,6 +39,8 @@ async def test_settings_hold_the_documented_defaults(conn):
         "max_params_bytes": 1048576,
         "max_result_bytes": 1048576,
         "max_log_bytes": 65536,
+        "schedule_min_every": timedelta(seconds=1),
+        "schedule_max_ticks": 100,
     }
 
 

@@ -35,6 +35,10 @@ INTERNAL = {
     "clip_text",
     # 0020
     "pick_ready", "flow_control_in_use",
+    # 0023 (the test clock: every function reads now(); only the owner moves it)
+    "now", "advance_clock",
+    # 0024 (bounds)
+    "json_shape_error", "check_log_lines", "caller_is_admin", "cron_field_values",
 }  # fmt: skip
 
 
