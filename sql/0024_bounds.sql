@@ -85,6 +85,46 @@ BEGIN
     END IF;
     RETURN expr;
 END $function$;
+CREATE OR REPLACE FUNCTION pgtasks.check_cron_field(field text, what text, lo integer, hi integer, names text[])
+ RETURNS text
+ LANGUAGE plpgsql
+ IMMUTABLE SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+AS $function$
+DECLARE
+    item  text;
+    m     text[];
+    a     integer;
+    b     integer;
+    f     text := lower(field);
+    items text[] := '{}';
+BEGIN
+    FOREACH item IN ARRAY string_to_array(f, ',') LOOP
+        m := regexp_match(item, '^(\*|([0-9a-z]+)(-([0-9a-z]+))?)(/([0-9]+))?$');
+        IF m IS NULL THEN
+            RAISE EXCEPTION 'pgtasks: invalid cron %: % (expected *, N, N-M, a list of them, each with an optional /step)',
+                    what, quote_literal(field)
+                USING ERRCODE = 'PT401', HINT = 'Five fields: minute hour day-of-month month day-of-week, e.g. ''0 6 * * *''.';
+        END IF;
+        IF m[2] IS NOT NULL THEN
+            a := CASE WHEN m[2] ~ '^[0-9]+$' AND length(m[2]) <= 4 THEN m[2]::integer
+                      ELSE array_position(names, m[2]) - 1 + lo END;
+            b := CASE WHEN m[4] IS NULL THEN a
+                      WHEN m[4] ~ '^[0-9]+$' AND length(m[4]) <= 4 THEN m[4]::integer
+                      ELSE array_position(names, m[4]) - 1 + lo END;
+            IF a IS NULL OR b IS NULL OR a NOT BETWEEN lo AND hi OR b NOT BETWEEN lo AND hi OR b < a THEN
+                RAISE EXCEPTION 'pgtasks: invalid cron %: % (values % to %, ranges low-high)', what, quote_literal(field), lo, hi
+                    USING ERRCODE = 'PT401', HINT = 'Five fields: minute hour day-of-month month day-of-week, e.g. ''0 6 * * *''.';
+            END IF;
+        END IF;
+        IF m[6] IS NOT NULL AND (length(m[6]) > 4 OR m[6]::integer NOT BETWEEN 1 AND hi - lo + 1) THEN
+            RAISE EXCEPTION 'pgtasks: invalid cron % step in %', what, quote_literal(field)
+                USING ERRCODE = 'PT401', HINT = 'A step is 1 or more, e.g. ''*/15''.';
+        END IF;
+        items := items || CASE WHEN m[4] IS NOT NULL AND a = b THEN a::text ELSE item END;
+    END LOOP;
+    RETURN array_to_string(items, ',');
+END $function$;
 CREATE OR REPLACE FUNCTION pgtasks.check_log_lines(levels text[], loggers text[], ats timestamp with time zone[])
  RETURNS void
  LANGUAGE plpgsql
@@ -935,18 +975,27 @@ UPDATE pgtasks.schedule_defs d
    SET every = (SELECT s.schedule_min_every FROM pgtasks.settings s), revision = d.revision + 1,
        updated_at = now()
  WHERE d.every < (SELECT s.schedule_min_every FROM pgtasks.settings s);
--- Cron schedules that can never fire (a day none of their months has) made every worker warn
--- every round: paused, with a notice naming each. Resume one after fixing its expression.
+-- Cron expressions normalized again: a range of one value ('5-5') is stored as that value,
+-- which croniter read as '*' (the schedule fired every hour or day). Cron schedules that can
+-- never fire (a day none of their months has) made every worker warn every round: paused,
+-- with a notice naming each. Resume one after fixing its expression.
 DO $$
 DECLARE
     d record;
+    norm text;
 BEGIN
-    FOR d IN SELECT s.name, s.cron FROM pgtasks.schedule_defs s WHERE s.cron IS NOT NULL AND NOT s.paused LOOP
+    FOR d IN SELECT s.name, s.cron FROM pgtasks.schedule_defs s WHERE s.cron IS NOT NULL LOOP
         BEGIN
-            PERFORM pgtasks.check_cron(d.cron);
+            norm := pgtasks.check_cron(d.cron);
+            IF norm <> d.cron THEN
+                UPDATE pgtasks.schedule_defs s
+                   SET cron = norm, next_run_at = NULL, revision = s.revision + 1, updated_at = now()
+                 WHERE s.name = d.name;
+                RAISE NOTICE 'pgtasks: schedule % now has cron % (was %)', d.name, norm, d.cron;
+            END IF;
         EXCEPTION WHEN SQLSTATE 'PT401' THEN
             UPDATE pgtasks.schedule_defs s SET paused = true, revision = s.revision + 1, updated_at = now()
-             WHERE s.name = d.name;
+             WHERE s.name = d.name AND NOT s.paused;
             RAISE NOTICE 'pgtasks: schedule % (cron %) never fires; paused', d.name, d.cron;
         END;
     END LOOP;

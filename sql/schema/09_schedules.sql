@@ -58,7 +58,9 @@ END $$;
 -- One cron field: a comma list of `*`, `N`, `N-M`, each optionally `/step`. Names (jan..dec,
 -- sun..sat) in the month and day-of-week fields. Returns the field lower-cased, or raises
 -- PT401 naming the field. Standard syntax only: no L, W, # or ?, which croniter reads
--- differently from other crons.
+-- differently from other crons. A range of one value ('5-5', 'feb-feb', with or without a
+-- step) is returned as that value: croniter reads it as '*', so '0 5-5 * * *' fired every
+-- hour instead of at 05:00.
 CREATE FUNCTION pgtasks.check_cron_field(
     field text, what text, lo integer, hi integer, names text[]
 ) RETURNS text
@@ -72,6 +74,7 @@ DECLARE
     a     integer;
     b     integer;
     f     text := lower(field);
+    items text[] := '{}';
 BEGIN
     FOREACH item IN ARRAY string_to_array(f, ',') LOOP
         m := regexp_match(item, '^(\*|([0-9a-z]+)(-([0-9a-z]+))?)(/([0-9]+))?$');
@@ -95,8 +98,9 @@ BEGIN
             RAISE EXCEPTION 'pgtasks: invalid cron % step in %', what, quote_literal(field)
                 USING ERRCODE = 'PT401', HINT = 'A step is 1 or more, e.g. ''*/15''.';
         END IF;
+        items := items || CASE WHEN m[4] IS NOT NULL AND a = b THEN a::text ELSE item END;
     END LOOP;
-    RETURN f;
+    RETURN array_to_string(items, ',');
 END $$;
 
 -- The values of one cron field that check_cron_field accepted, e.g. '1-10/3,20' -> {1,4,7,10,20}

@@ -469,12 +469,20 @@ async def test_a_cron_that_never_fires_is_refused(login, su):
         "0 0 30,31 feb *",
         "0 0 31 2-4/2 *",
         "0 0 31 2 1",
+        "0 0 31-31 feb *",
     ):
         await refused(wk, "PT401", "SELECT pgtasks.declare_schedule('s', 't', cron => $1)", cron)
         await refused(admin, "PT401", "SELECT pgtasks.create_schedule('s', 't', cron => $1)", cron)
     assert await su.fetchval("SELECT count(*) FROM pgtasks.schedule_defs") == 0
     for cron in ("0 0 29 2 *", "0 0 31 */2 *", "0 0 30 1-2 *", "0 0 * 2 *", "@monthly"):
         await wk.execute("SELECT pgtasks.declare_schedule('s', 't', cron => $1)", cron)
+
+
+async def test_a_range_of_one_value_fires_at_that_value_only(login, su):
+    """croniter reads '5-5' as '*': stored as written, '0 5-5 * * *' fired every hour."""
+    wk = await login("pgtasks_worker")
+    await wk.execute("SELECT pgtasks.declare_schedule('s', 't', cron => '0 5-5 * * mon-mon')")
+    assert await su.fetchval("SELECT cron FROM pgtasks.schedule_defs") == "0 5 * * 1"
 
 
 async def test_worker_ids_are_bounded_for_every_function_that_takes_one(login, su):
