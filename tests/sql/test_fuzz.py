@@ -1,4 +1,4 @@
-"""Property-based fuzzing of every SQL API function (issue 9).
+"""Property-based fuzzing of every SQL API function.
 
 Each example is a short sequence of calls with random and hostile arguments: NULLs, blanks
 and unicode, huge and infinite values, mismatched arrays, deep and huge JSON. Property:
@@ -11,21 +11,33 @@ and unicode, huge and infinite values, mismatched arrays, deep and huge JSON. Pr
 `make test` runs PGTASKS_FUZZ_EXAMPLES (default 550 sequences of 1 to 8 calls: about 2,100
 calls, ~20 s). The long profile: `PGTASKS_FUZZ_EXAMPLES=10000 .venv/bin/python -m pytest
 tests/sql/test_fuzz.py` (docs/security.md). Every failure found is kept as an @example.
+
+`test_bounded_classes` fuzzes the classes of input that have a bound of their own, each at
+every argument of its kind, on both sides of the bound: JSON nesting and number size,
+invisible names, times far from now, cron expressions that never fire. A value past the
+bound is refused with its SQLSTATE and changes no row of any table (compared by content);
+one within it is accepted. PGTASKS_FUZZ_BOUNDS_EXAMPLES (default 100, a few seconds) raises
+it: `PGTASKS_FUZZ_BOUNDS_EXAMPLES=2000 .venv/bin/python -m pytest tests/sql/test_fuzz.py -k
+bounded`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import psycopg
 import pytest
+from croniter import CroniterBadDateError, croniter
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 EXAMPLES = int(os.environ.get("PGTASKS_FUZZ_EXAMPLES", "550"))
+BOUNDS_EXAMPLES = int(os.environ.get("PGTASKS_FUZZ_BOUNDS_EXAMPLES", "100"))
 
 # PostgreSQL's own input-conversion errors, raised while it parses an argument's text into
 # the parameter type, before any pgtasks code runs (docs/sql-api.md lists them).
@@ -40,7 +52,8 @@ INPUT_ERRORS = {
 }
 
 TABLES = ("tasks", "task_events", "task_errors", "task_steps", "task_logs", "task_waiters",
-          "worker_registry", "task_types", "settings", "task_edges", "workflow_runs")  # fmt: skip
+          "worker_registry", "task_types", "settings", "task_edges", "workflow_runs",
+          "schedule_defs", "unique_windows", "queue_settings")  # fmt: skip
 COUNTS = "SELECT " + ", ".join(f"(SELECT count(*) FROM pgtasks.{t})" for t in TABLES)
 ATTEMPTS = "SELECT coalesce(jsonb_object_agg(id, attempt), '{}') FROM pgtasks.tasks"
 
@@ -75,17 +88,39 @@ INVARIANTS = {
     "waiting task without history": """
         SELECT count(*) FROM pgtasks.tasks t
          WHERE NOT EXISTS (SELECT 1 FROM pgtasks.task_events e WHERE e.task_id = t.id)""",
+    "a blank name stored": """
+        SELECT (SELECT count(*) FROM pgtasks.tasks
+                 WHERE pgtasks.is_blank(task_type) OR pgtasks.is_blank(queue)
+                    OR (unique_key IS NOT NULL AND pgtasks.is_blank(unique_key))
+                    OR (concurrency_key IS NOT NULL AND pgtasks.is_blank(concurrency_key)))
+             + (SELECT count(*) FROM pgtasks.schedule_defs WHERE pgtasks.is_blank(name))
+             + (SELECT count(*) FROM pgtasks.worker_registry WHERE pgtasks.is_blank(worker_id))
+             + (SELECT count(*) FROM pgtasks.task_steps WHERE pgtasks.is_blank(name))
+             + (SELECT count(*) FROM pgtasks.task_logs
+                 WHERE pgtasks.is_blank(level)
+                    OR (logger IS NOT NULL AND pgtasks.is_blank(logger)))""",
+    "JSON stored that clients cannot decode": """
+        SELECT (SELECT count(*) FROM pgtasks.tasks
+                 WHERE pgtasks.json_shape_error(params, octet_length(params::text)) IS NOT NULL
+                    OR pgtasks.json_shape_error(result, octet_length(result::text)) IS NOT NULL)
+             + (SELECT count(*) FROM pgtasks.task_steps
+                 WHERE pgtasks.json_shape_error(result, octet_length(result::text)) IS NOT NULL)
+             + (SELECT count(*) FROM pgtasks.schedule_defs
+                 WHERE pgtasks.json_shape_error(params, octet_length(params::text)) IS NOT NULL)""",
 }
 
 
-# Every row decodes in a client (defect 4: infinite times crashed Python): one statement
-# whose result holds every time column a client reads.
+# Every row decodes in a client (infinite times crashed Python): one statement whose result
+# holds every time column a client reads.
 DECODE_ALL = """
 SELECT t.run_at, t.created_at, t.started_at, t.finished_at, t.elapsed, s.oldest_ready_age,
-       w.last_seen, r.timeout, r.backoff_base, c.default_timeout, c.max_backoff, c.retention
+       w.last_seen, r.timeout, r.backoff_base, c.default_timeout, c.max_backoff, c.retention,
+       t.params, t.result, l.at, st.result, sc.params, sc.next_run_at
   FROM pgtasks.task_status t
   FULL JOIN pgtasks.queue_stats s ON false FULL JOIN pgtasks.workers w ON false
   FULL JOIN pgtasks.registered_types r ON false FULL JOIN pgtasks.current_settings() c ON false
+  FULL JOIN pgtasks.task_log_lines l ON false FULL JOIN pgtasks.task_step_names st ON false
+  FULL JOIN pgtasks.schedules sc ON false
 """
 CHECK_ALL = "SELECT " + ", ".join(f"({q})" for q in INVARIANTS.values())
 
@@ -123,7 +158,8 @@ safe_text = st.text(
 texts = st.one_of(
     st.none(),
     st.sampled_from(["t", "t", "u", "default", "q", "", " ", "\t", "\u3000", "\u200b", "\n",
-                     "é", "x" * 300, "a\tb", "DROP TABLE x; --"]),
+                     "é", "x" * 300, "a\tb", "DROP TABLE x; --", "\u200e", "\u2800", "\u3164",
+                     "\U000e0041", "\u2066\u2069"]),
     safe_text,
     st.sampled_from([70_000, 1_100_000]).map(lambda n: "x" * n),
 )  # fmt: skip
@@ -147,12 +183,17 @@ times = st.one_of(
     st.none(),
     st.sampled_from(["now", "now", "infinity", "-infinity", "epoch", "294276-12-31 23:59:59+00",
                      "4713-01-01 00:00:00+00 BC", "2000-01-01", "10000-01-01", "2100-01-01",
-                     "294277-01-01", "yesterday", "tomorrow"]),
+                     "294277-01-01", "yesterday", "tomorrow", "2200-01-01", "1800-01-01"]),
 )  # fmt: skip
 
 
 def _deep(depth: int) -> str:
     return "[" * depth + "]" * depth
+
+
+def _nested(levels: int) -> str:
+    """An object whose innermost value is `levels` levels below the top."""
+    return '{"a": ' + "[" * (levels - 1) + "1" + "]" * (levels - 1) + "}"
 
 
 jsons = st.one_of(
@@ -161,11 +202,18 @@ jsons = st.one_of(
                      '"\\u0000"', '1e1000000', '{"n": 1e-400}', '{"a": "\\u3000"}', 'NaN',
                      '{']),
     st.sampled_from([10, 500, 5000]).map(_deep),
+    st.sampled_from([100, 101, 2000]).map(lambda n: _nested(n)),
+    st.sampled_from([4000, 4001, 5000]).map(lambda n: '{"n": -' + "9" * n + "}"),
     st.sampled_from([100, 70_000, 1_100_000]).map(lambda n: json.dumps({"x": "a" * n})),
     st.dictionaries(safe_text, st.one_of(st.integers(), safe_text, st.booleans()), max_size=3)
     .map(json.dumps),
 )  # fmt: skip
 objects = st.one_of(st.sampled_from(["{}", '{"a": 1}']), jsons)
+crons = st.one_of(
+    st.none(),
+    st.sampled_from(["* * * * *", "0 0 30 2 *", "0 0 31 4,6,9,11 *", "0 0 29 2 *", "@daily",
+                     "61 * * * *", "", "0 0 31 */2 *", "0 0 30 feb mon", "*/5 * * * *"]),
+)  # fmt: skip
 
 
 def arrays(elem: st.SearchStrategy[Any], max_size: int = 4) -> st.SearchStrategy[Any]:
@@ -177,7 +225,7 @@ REQUIRED = {
     "finish_tasks": 3, "finish_and_claim": 4, "fail_task": 3, "yield_task": 2, "checkpoint": 3,
     "task_steps_of": 2, "report_progress": 3, "log": 4, "log_many": 4, "register_task_type": 1,
     "register_worker": 3, "unregister_worker": 1, "submit_workflow": 1, "cancel_workflow": 1,
-    "parent_results": 1, "workflow_graph": 1,
+    "parent_results": 1, "workflow_graph": 1, "submit_or_get": 1, "declare_schedule": 2,
 }  # fmt: skip
 OMIT = object()
 
@@ -284,7 +332,8 @@ CALLS = st.one_of(
          default_backoff_base=("interval", intervals), max_backoff=("interval", intervals),
          default_lease=("interval", intervals), retention=("interval", intervals),
          max_params_bytes=("integer", ints), max_result_bytes=("integer", ints),
-         max_log_bytes=("integer", ints)),
+         max_log_bytes=("integer", ints), schedule_min_every=("interval", intervals),
+         schedule_max_ticks=("integer", ints)),
     call("register_worker", worker_id=("text", names), host=("text", texts),
          pid=("integer", ints), queues=("text[]", arrays(names)),
          concurrency=("integer", ints), lease=("interval", intervals)),
@@ -296,6 +345,14 @@ CALLS = st.one_of(
     call("watch_task", task_id=("bigint", ids)),
     call("unwatch_task", task_id=("bigint", ids)),
     call("current_settings"),
+    call("submit_or_get", task_type=("text", names), params=("jsonb", objects),
+         unique_key=("text", names), unique_for=("interval", intervals)),
+    call("declare_schedule", name=("text", names), task_type=("text", names),
+         cron=("text", crons), every=("interval", intervals), params=("jsonb", objects),
+         catch_up=("interval", intervals)),
+    call("due_schedules", max_schedules=("integer", ints), claim=("interval", intervals),
+         worker_id=("text", texts)),
+    call("fire_every_schedules", max_schedules=("integer", ints)),
 )  # fmt: skip
 
 # Most sequences start with work to do, so the fenced calls find running tasks.
@@ -367,7 +424,7 @@ def run_one(c: psycopg.Connection, fn: Call) -> None:
     assert not any(broken), ([n for n, b in zip(INVARIANTS, broken, strict=True) if b], fn)
     after = c.execute(ATTEMPTS).fetchone()[0]
     assert all(after.get(i, a) >= a for i, a in before_attempts.items()), ("attempt went down", fn)
-    # Every row decodes in a client (defect 4: infinite times crashed Python).
+    # Every row decodes in a client (infinite times crashed Python; so did deep JSON).
     c.execute(DECODE_ALL).fetchall()
 
 
@@ -421,9 +478,179 @@ def run_one(c: psycopg.Connection, fn: Call) -> None:
 def test_no_input_breaks_the_api(db, seq):
     for fn in seq:
         run_one(db, fn)
-    # Whatever came before, the queue still works for everyone (defects 2 and 3).
+    # Whatever came before, the queue still works for everyone: no row stops a claim or
+    # maintenance.
     db.execute("SELECT pgtasks.submit_task('t')")
     db.execute("SELECT * FROM pgtasks.claim_tasks('fuzz-check', max_tasks => 3)").fetchall()
     db.execute("SELECT * FROM pgtasks.maintain()").fetchall()
     db.execute("SELECT pgtasks.configure(max_params_bytes => 1048576, max_result_bytes => 1048576,"
-               " max_log_bytes => 65536, default_lease => '60 seconds')")  # fmt: skip
+               " max_log_bytes => 65536, default_lease => '60 seconds',"
+               " schedule_min_every => '1 second', schedule_max_ticks => 100)")  # fmt: skip
+
+
+# -- the bounded classes -------------------------------------------------------------------
+
+# Characters that render as nothing (direction marks and isolates, zero-width ones, Braille
+# blank, Hangul fillers, variation selectors, tags, soft hyphen, interlinear annotation,
+# Egyptian format controls, musical format controls) plus the Unicode spaces.
+INVISIBLE_CHARS = ("\u200b\u200c\u200d\u200e\u200f\u2060\u2061\u2066\u2069\u202a\u202e\u2800"
+                   "\u3164\u115f\ufe0f\ufeff\u00ad\u034f\u061c\u180e\ufff9\U000e0001\U000e0041"
+                   "\U00013430\U0001d173\u3000\u00a0\u2007\t ")  # fmt: skip
+
+# (template, SQLSTATE when the value is past its bound). {t}/{a}: a running task and its
+# attempt, {c}: a cancelled task; %s is the value.
+JSON_AT = [
+    ("SELECT pgtasks.submit_task('t', %s::jsonb)", "PT123"),
+    ("SELECT pgtasks.submit_tasks('t', ARRAY['{{}}', %s]::jsonb[])", "PT123"),
+    ("SELECT * FROM pgtasks.submit_or_get('t', %s::jsonb, unique_key => 'fz')", "PT123"),
+    ("SELECT pgtasks.declare_schedule('fz', 't', every => '1 hour', params => %s::jsonb)", "PT123"),
+    ("SELECT pgtasks.checkpoint({t}, {a}, 'step', %s::jsonb)", "PT123"),
+    ("SELECT pgtasks.finish_task({t}, {a}, %s::jsonb)", "PT123"),
+]
+NAME_AT = [
+    ("SELECT pgtasks.submit_task(%s)", "PT101"),
+    ("SELECT pgtasks.submit_task('t', queue => %s)", "PT103"),
+    ("SELECT pgtasks.submit_task('t', unique_key => %s)", "PT303"),
+    ("SELECT pgtasks.submit_task('t', concurrency_key => %s)", "PT304"),
+    ("SELECT pgtasks.register_task_type(%s)", "PT101"),
+    ("SELECT pgtasks.register_task_type('fz', worker_id => %s)", "PT121"),
+    ("SELECT * FROM pgtasks.claim_tasks(%s, max_tasks => 1)", "PT121"),
+    ("SELECT pgtasks.register_worker(%s, 'host', 1)", "PT121"),
+    ("SELECT pgtasks.register_worker('fz', %s, 1)", "PT206"),
+    ("SELECT pgtasks.unregister_worker(%s)", "PT121"),
+    ("SELECT * FROM pgtasks.due_schedules(worker_id => %s)", "PT121"),
+    ("SELECT pgtasks.declare_schedule(%s, 't', every => '1 hour')", "PT408"),
+    ("SELECT pgtasks.configure_queue(%s, max_running => 5)", "PT103"),
+    ("SELECT pgtasks.checkpoint({t}, {a}, %s)", "PT109"),
+    ("SELECT pgtasks.log({t}, {a}, %s, 'message')", "PT124"),
+    ("SELECT pgtasks.log_many({t}, {a}, '{{INFO}}', '{{m}}', loggers => ARRAY[%s])", "PT124"),
+]
+TIME_AT = [
+    ("SELECT pgtasks.submit_task('t', run_at => %s::timestamptz)", "PT105"),
+    ("SELECT pgtasks.log_many({t}, {a}, '{{INFO}}', '{{m}}', ARRAY[%s]::timestamptz[])", "PT105"),
+    ("SELECT pgtasks.yield_task({t}, {a}, %s::timestamptz)", "PT105"),
+    ("SELECT pgtasks.retry_task({c}, %s::timestamptz)", "PT105"),
+]
+CRON_AT = [("SELECT pgtasks.declare_schedule('fz', 't', cron => %s)", "PT401")]
+
+
+@dataclass
+class Bounded:
+    what: str
+    sql: str
+    value: str
+    refused: str | None  # the SQLSTATE expected, or None: accepted
+
+    def __repr__(self) -> str:
+        return f"Bounded({self.what}: {self.sql!r}, {_short(self.value)}, {self.refused})"
+
+
+@st.composite
+def json_case(draw: st.DrawFn) -> Bounded:
+    """JSON nested 1 to 130 levels, holding a number of 1 to 4,100 integer digits, with
+    most draws near the bounds."""
+    levels = draw(st.one_of(st.integers(1, 20), st.integers(95, 130)))
+    digits = draw(st.one_of(st.integers(1, 30), st.integers(3990, 4100)))
+    number = (draw(st.sampled_from(["", "-"])) + draw(st.sampled_from("123456789"))
+              + "7" * (digits - 1) + draw(st.sampled_from(["", ".5", "e0", ".25e-3"])))  # fmt: skip
+    inner = number
+    for kind in draw(st.lists(st.sampled_from("[{"), min_size=levels - 1, max_size=levels - 1)):
+        inner = f"[{inner}]" if kind == "[" else f'{{"k": {inner}}}'
+    sql, state = draw(st.sampled_from(JSON_AT))
+    past = levels > 100 or digits > 4000
+    return Bounded("json", sql, f'{{"a": {inner}}}', state if past else None)
+
+
+@st.composite
+def name_case(draw: st.DrawFn) -> Bounded:
+    """Names made only of invisible characters, or with one visible character among them."""
+    blank = draw(st.text(st.sampled_from(INVISIBLE_CHARS), min_size=1, max_size=6))
+    visible = draw(st.booleans())
+    name = blank[: len(blank) // 2] + "n" + blank[len(blank) // 2 :] if visible else blank
+    sql, state = draw(st.sampled_from(NAME_AT))
+    return Bounded("name", sql, name, None if visible else state)
+
+
+@st.composite
+def time_case(draw: st.DrawFn) -> Bounded:
+    """Times up to 120 years from now either way (none within a day of the 100-year bound),
+    and the infinities."""
+    days = draw(st.integers(-120 * 365, 120 * 365).filter(lambda d: abs(abs(d) - 36525) > 1))
+    value = draw(st.sampled_from(["infinity", "-infinity", f"now() + interval '{days} days'"]))
+    sql, state = draw(st.sampled_from(TIME_AT))
+    past = not value.startswith("now") or abs(days) > 36525
+    return Bounded("time", sql, value, state if past else None)
+
+
+# croniter reads a range whose ends are equal ('5-5') as '*'; the database stores such a
+# range as its one value ('5'), which is what the workers then compute ticks from.
+SINGLE_RANGE = re.compile(r"\b(\w+)-\1\b")
+
+
+@st.composite
+def cron_case(draw: st.DrawFn) -> Bounded:
+    """Standard five-field expressions whose days and months may never meet; croniter (what
+    the workers compute ticks with) decides whether one can fire."""
+    day = st.one_of(st.integers(1, 31), st.integers(28, 31))
+    some = st.lists(day, min_size=1, max_size=3).map(lambda d: ",".join(map(str, d)))
+    days = draw(st.one_of(st.just("*"), some, st.integers(25, 31).map(lambda d: f"{d}-31")))
+    month = st.one_of(st.integers(1, 12), st.sampled_from([2, 4, 6, 9, 11]))
+    listed = st.lists(month, min_size=1, max_size=3).map(lambda m: ",".join(map(str, m)))
+    named = st.sampled_from(["feb", "apr-jun", "*/2", "2-11/3", "sep,nov", "feb-feb"])
+    months = draw(st.one_of(st.just("*"), named, listed))
+    dow = draw(st.sampled_from(["*", "1", "mon-fri", "0-6"]))
+    minute, hour = draw(st.sampled_from(["0", "*/15"])), draw(st.sampled_from(["0", "*", "5-5"]))
+    cron = f"{minute} {hour} {days} {months} {dow}"
+    try:
+        croniter(SINGLE_RANGE.sub(r"\1", cron), datetime(2026, 1, 1)).get_next(datetime)
+        fires = True
+    except CroniterBadDateError:
+        fires = False
+    sql, state = CRON_AT[0]
+    return Bounded("cron", sql, cron, None if fires else state)
+
+
+SNAPSHOT = "SELECT " + ", ".join(
+    f"(SELECT md5(coalesce(string_agg(x::text, ',' ORDER BY x::text), '')) FROM pgtasks.{t} x)"
+    for t in TABLES
+)
+
+
+@settings(
+    max_examples=BOUNDS_EXAMPLES,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                           HealthCheck.data_too_large],
+)  # fmt: skip
+@given(case=st.one_of(json_case(), name_case(), time_case(), cron_case()))
+@example(case=Bounded("cron", CRON_AT[0][0], "0 0 30 2 *", "PT401"))
+@example(case=Bounded("json", JSON_AT[0][0], _nested(101), "PT123"))
+def test_bounded_classes(db, case):
+    """A value past its bound is refused with its SQLSTATE and changes nothing; a value
+    within it is accepted."""
+    db.execute("SELECT pgtasks.submit_task('t')")
+    tid, attempt = db.execute(
+        "SELECT id, attempt FROM pgtasks.claim_tasks('fz-setup', max_tasks => 1)"
+    ).fetchone()
+    cancelled = db.execute("SELECT pgtasks.submit_task('t')").fetchone()[0]
+    db.execute("SELECT pgtasks.cancel_task(%s)", (cancelled,))
+    sql = case.sql.format(t=tid, a=attempt, c=cancelled)
+    value = case.value
+    if case.what == "time" and value.startswith("now"):
+        value = db.execute(f"SELECT ({value})::timestamptz::text").fetchone()[0]
+    before = db.execute(SNAPSHOT).fetchone()
+    try:
+        db.execute(sql, (value,)).fetchall()
+    except psycopg.Error as exc:
+        assert case.refused is not None, (case, exc.sqlstate, str(exc)[:300])
+        assert exc.sqlstate == case.refused, (case, exc.sqlstate, str(exc)[:300])
+        assert exc.diag.message_hint, case
+        after = db.execute(SNAPSHOT).fetchone()
+        changed = [t for t, a, b in zip(TABLES, before, after, strict=True) if a != b]
+        assert not changed, (case, changed)
+        event(f"{case.what}: refused")
+        return
+    assert case.refused is None, (case, "accepted")
+    event(f"{case.what}: accepted")
+    db.execute(DECODE_ALL).fetchall()
