@@ -20,6 +20,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -30,6 +31,7 @@ import pytest
 
 import tests.apps.basic  # noqa: F401  (registers noop)
 from pgtasks import Client, Undecodable, Worker
+from pgtasks.migrations import migrate_url
 from pgtasks.web import WebSettings, create_app
 from tests.conftest import ROOT
 from tests.security.conftest import wait_until
@@ -502,3 +504,46 @@ async def test_worker_ids_are_bounded_for_every_function_that_takes_one(login, s
         await refused(wk, "PT121", sql, "w" * 256)
     assert await su.fetchrow(COUNTS) == before
     await wk.execute("SELECT pgtasks.register_task_type('t', worker_id => $1)", "w" * 255)
+
+
+# -- the upgrade ---------------------------------------------------------------------------
+
+
+async def test_the_upgrade_brings_rows_stored_before_the_bounds_within_them(server):
+    """sql/0024 on a database that accepted what it now refuses."""
+    name = f"upg_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(server.url())
+    await admin.execute(f"CREATE DATABASE {name}")
+    try:
+        await migrate_url(server.url(name), up_to=23)
+        c = await asyncpg.connect(server.url(name))
+        try:
+            await c.execute("""
+                SELECT pgtasks.create_schedule('burst', 't', every => '1 millisecond');
+                SELECT pgtasks.create_schedule('never', 't', cron => '0 0 30 2 *');
+                SELECT pgtasks.create_schedule('hourly-by-mistake', 't', cron => '0 5-5 * * *');
+                SELECT pgtasks.create_schedule('fine', 't', cron => '0 5 * * *');
+                UPDATE pgtasks.schedule_defs SET next_run_at = now() + interval '1 hour'
+                 WHERE cron IS NOT NULL;
+                SELECT pgtasks.register_task_type('billing.invoice', queue => 'billing');
+                SELECT pgtasks.submit_task('billing.invoice', unique_key => 'k',
+                                           unique_for => '1 day');
+                INSERT INTO pgtasks.unique_windows
+                VALUES ('gone', 999999, now() + interval '1 day');
+            """)  # fmt: skip
+            await migrate_url(server.url(name))
+            rows = {r["name"]: r for r in await c.fetch("SELECT * FROM pgtasks.schedule_defs")}
+            assert rows["burst"]["every"] == timedelta(seconds=1)
+            assert rows["never"]["paused"] and not rows["fine"]["paused"]
+            assert rows["hourly-by-mistake"]["cron"] == "0 5 * * *"
+            assert rows["hourly-by-mistake"]["next_run_at"] is None
+            assert rows["fine"]["next_run_at"] is not None
+            windows = await c.fetch("SELECT task_type, unique_key FROM pgtasks.unique_windows")
+            assert [tuple(w) for w in windows] == [("billing.invoice", "k")]
+            owner = "SELECT owner_role FROM pgtasks.task_types WHERE task_type = 'billing.invoice'"
+            assert await c.fetchval(owner) == await c.fetchval("SELECT session_user::text")
+        finally:
+            await c.close()
+    finally:
+        await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+        await admin.close()
