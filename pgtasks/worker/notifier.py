@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import asyncpg
 
-from pgtasks import queries
+from pgtasks import db, queries
 from pgtasks.db import TRANSIENT
 from pgtasks.worker.base import Service, sleep_or_stop
 
@@ -59,12 +59,14 @@ class Notifier(Service):
     async def run(self) -> None:
         """Keep a LISTEN connection open; reconnect with backoff when it drops."""
         delay = 0.5
-        settings = {"application_name": self.application_name} if self.application_name else {}
         while not self._stopping.is_set():
             lost = asyncio.Event()
             try:
-                conn = await asyncpg.connect(
-                    self.url, statement_cache_size=0, server_settings=settings
+                conn = await db.connect(
+                    self.url,
+                    application_name=self.application_name,
+                    codecs=False,
+                    statement_cache_size=0,
                 )
                 self._conn = conn
                 conn.add_termination_listener(lambda _c, ev=lost: ev.set())
