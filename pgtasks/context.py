@@ -429,10 +429,6 @@ class TaskContext:
                 self.progress_writes += 1
             self._flushed_at = time.monotonic()
 
-    async def flush_progress(self) -> None:
-        """Kept for callers of the first API: same as flush()."""
-        await self.flush()
-
     async def _flush_quietly(self) -> None:
         """Best effort before recording an error or a hand-back: never masks the outcome."""
         try:
