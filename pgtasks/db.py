@@ -33,6 +33,10 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     asyncpg.InternalClientError,
 )
 
+#: TRANSIENT plus every error the server answers with: what a call that may fail without
+#: harm (a peek, a probe, a best-effort flush) catches.
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT, asyncpg.PostgresError)
+
 #: The search_path of every connection pgtasks opens for its own statements.
 #:
 #: What it protects: the statements in pgtasks.queries name every pgtasks object with its

@@ -28,6 +28,10 @@ from pgtasks.web.sse import task_events
 
 TaskId = Annotated[int, Path(ge=1, le=2**63 - 1, description="Task id")]
 
+#: A status label, checked by pydantic and listed in the OpenAPI schema. Built at run time
+#: from the one STATUSES tuple, which a static Literal cannot name, hence the ignore.
+Status = Literal[STATUSES]  # type: ignore[valid-type]
+
 
 class SubmitRequest(BaseModel):
     """What POST /tasks takes. Omitted options are decided by the database: the type's
@@ -116,7 +120,7 @@ class BulkFilter(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    status: Literal[STATUSES] | None = None  # type: ignore[valid-type]
+    status: Status | None = None
     queue: str | None = None
     task_type: str | None = None
     #: The first line of the error (as the dashboard's failed groups show it); retry only.
@@ -205,7 +209,7 @@ def router(client: Client | None = None, *, settings: WebSettings | None = None)
     @api.get("/tasks", dependencies=[read])
     async def list_tasks(
         c: C,
-        status: Annotated[Literal[STATUSES] | None, Query()] = None,  # type: ignore[valid-type]
+        status: Annotated[Status | None, Query()] = None,
         queue: str | None = None,
         task_type: str | None = None,
         page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,

@@ -26,7 +26,7 @@ from pgtasks.db import translated
 from pgtasks.errors import LeaseLost
 from pgtasks.worker.base import Service, WorkerStats, retrying
 from pgtasks.worker.runner import Dropped, Failed, Outcome, Succeeded, Yielded, _describe
-from pgtasks.worker.slots import Slots
+from pgtasks.worker.slots import Slots, StopReason
 
 if TYPE_CHECKING:
     from pgtasks.worker.producer import Producer
@@ -73,7 +73,7 @@ class Completer(Service):
         elif isinstance(outcome, Yielded):
             await self.hand_back(task_id, attempt, outcome)
         elif isinstance(outcome, Dropped):
-            self.stats.lost += outcome.reason == "lease lost"
+            self.stats.lost += outcome.reason is StopReason.LEASE_LOST
             log.info("task %s stopped: %s", task_id, outcome.reason)
 
     @property

@@ -44,7 +44,7 @@ from pgtasks.worker.maintainer import Maintainer
 from pgtasks.worker.notifier import Notifier
 from pgtasks.worker.producer import Producer
 from pgtasks.worker.runner import DaemonThreads, Outcome, Runner, Succeeded, Yielded
-from pgtasks.worker.slots import Attempt, Slots
+from pgtasks.worker.slots import Attempt, Slots, StopReason
 from pgtasks.worker.writer import TaskWriter
 
 log = logging.getLogger("pgtasks.worker")
@@ -203,6 +203,7 @@ class Worker:
             lambda: self._pool("control").fetchrow(queries.SETTINGS),
             self._stopping,
         )
+        assert row is not None  # current_settings() returns one row
         self._max_log_bytes = row["max_log_bytes"]
         if self.lease is None:
             self.lease = row["default_lease"].total_seconds()
@@ -286,7 +287,7 @@ class Worker:
             lease=self.lease,
             interval=self.heartbeat_interval,
             owned=self.slots.owned,
-            on_lost=lambda task_id: self.slots.stop(task_id, "lease lost"),
+            on_lost=lambda task_id: self.slots.stop(task_id, StopReason.LEASE_LOST),
             on_reconnect=self._register,
         )
 
@@ -310,7 +311,7 @@ class Worker:
                     url,
                     on_wakeup=lambda q: producer.wake() if producer.wants(q) else None,
                     on_cancel=lambda task_id, attempt: self.slots.stop(
-                        task_id, "cancelled", attempt=attempt
+                        task_id, StopReason.CANCELLED, attempt=attempt
                     ),
                     application_name=self.application_name,
                 )
@@ -455,7 +456,7 @@ class Worker:
             )
             _, still = await asyncio.wait(pending, timeout=self.shutdown_grace)
             for att in list(self.slots.running.values()):
-                att.stop("shutdown")
+                att.stop(StopReason.SHUTDOWN)
             if still:
                 await asyncio.wait(still, timeout=10)
         assert self.completer is not None

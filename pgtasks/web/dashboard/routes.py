@@ -113,7 +113,8 @@ def dashboard_router(
 
     def api_of(base: str, request: Request) -> str:
         if api_path.startswith("/"):
-            return request.scope.get("root_path", "") + api_path.rstrip("/")
+            root: str = request.scope.get("root_path", "")
+            return root + api_path.rstrip("/")
         return f"{base}/{api_path.strip('/')}"
 
     def can_read(request: Request) -> bool:
@@ -298,7 +299,7 @@ def dashboard_router(
     async def login(request: Request) -> Response:
         form = parse_qs((await request.body()).decode(errors="replace"))
         given = (form.get("token") or [""])[0].strip()
-        target = _next(request, (form.get("next") or [None])[0])
+        target = _next(request, (form.get("next") or [""])[0] or None)
         if token is None or not hmac.compare_digest(given, token):
             base = base_of(request)
             html = _env.get_template("login.html").render(
