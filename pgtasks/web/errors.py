@@ -40,7 +40,7 @@ class ErrorResponse(BaseModel):
 
 
 class ApiError(Exception):
-    """An error the API itself answers (auth, not available), with its status and code."""
+    """An error the API itself answers (auth, too many streams), with its status and code."""
 
     def __init__(self, status: int, code: str, message: str, hint: str | None = None) -> None:
         super().__init__(message)
