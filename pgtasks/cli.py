@@ -1139,8 +1139,8 @@ def workflow_tree(wf: dict[str, Any], max_nodes: int = 500) -> Tree:
         if others:
             shown = ", ".join(others[:3]) + (f" +{len(others) - 3}" if len(others) > 3 else "")
             label += f" [dim](also after {shown})[/]"
-        first = n["parent_ids"][0] if n["parent_ids"] else None
-        branches[n["task_id"]] = branches.get(first, tree).add(label)
+        under = branches.get(n["parent_ids"][0], tree) if n["parent_ids"] else tree
+        branches[n["task_id"]] = under.add(label)
     return tree
 
 

@@ -103,10 +103,6 @@ class WorkflowFailed(PgTasksError):
         self.errors = errors
 
 
-class UnknownTaskType(PgTasksError):
-    """A worker claimed a task whose type is not registered in its app."""
-
-
 class ParamsValidationError(PgTasksError):
     """Params did not match the task's declared pydantic model."""
 

@@ -90,7 +90,7 @@ def lifespan(
 def get_client(request: Request) -> Client:
     """Dependency: `client: Annotated[Client, Depends(get_client)]`."""
     client = getattr(request.app.state, STATE_CLIENT, None)
-    if client is None:
+    if not isinstance(client, Client):
         raise ConfigurationError(
             "no pgtasks Client is running: create the app with "
             "FastAPI(lifespan=pgtasks.fastapi.lifespan()) or use pgtasks.fastapi.running()"

@@ -19,11 +19,10 @@ import psycopg
 import pytest
 from pytest_postgresql import factories
 
-from pgtasks import db
 from pgtasks.embedded import EmbeddedPostgres
 from pgtasks.migrations import migrate_url
 from tests.apps.basic import RUNS_DDL
-from tests.fleet import Fleet
+from tests.fleet import Fleet, psql
 
 ROOT = Path(__file__).resolve().parent.parent
 _server: EmbeddedPostgres | None = None
@@ -81,7 +80,8 @@ def server() -> EmbeddedPostgres:
 
 @pytest.fixture
 async def conn(dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    c = await db.connect(dsn)
+    """The test's psql: the database's default search_path (see tests.fleet.psql)."""
+    c = await psql(dsn)
     try:
         yield c
     finally:
