@@ -32,9 +32,13 @@ run: install
 test: install node-deps
 	$(PY) -m pytest
 
+## lint: ruff, ruff format, mypy --strict and vulture (dead code; false positives listed in
+## vulture_whitelist.py)
 lint: install
 	$(VENV)/bin/ruff check pgtasks tests bench examples
 	$(VENV)/bin/ruff format --check pgtasks tests bench examples
+	$(VENV)/bin/mypy --strict pgtasks
+	$(VENV)/bin/vulture pgtasks vulture_whitelist.py --min-confidence 60
 
 ## catalog: build the schema both ways (topic files, numbered deltas) and diff the catalogs
 catalog: install

@@ -103,3 +103,8 @@ _.destroy
 # concurrent.futures.Executor.shutdown(wait, *, cancel_futures): the signature DaemonThreads
 # must keep to override it, though it has nothing to cancel.
 _.cancel_futures
+
+# Protocol and wrapper dunders that Python calls, not our code: the typed task function's
+# __call__ overloads (pgtasks.task) and the generated sync methods' __qualname__ (pgtasks.sync).
+_.__call__
+_.__qualname__

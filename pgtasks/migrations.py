@@ -21,6 +21,7 @@ from pathlib import Path
 
 import asyncpg
 
+from pgtasks.db import server_settings
 from pgtasks.errors import ConfigurationError
 
 # Any constant works; it only has to be the same for every pgtasks process.
@@ -191,8 +192,10 @@ async def migrate(
 async def migrate_url(
     url: str, *, up_to: int | None = None, fresh: bool | None = None
 ) -> list[Migration]:
-    """`migrate` on a connection of its own."""
-    conn = await asyncpg.connect(url)
+    """`migrate` on a connection of its own, its search_path pinned like every other: a view,
+    constraint or index expression is stored as it resolves when created, so an operator
+    planted in `public` must never be in reach while the schema is built."""
+    conn = await asyncpg.connect(url, server_settings=server_settings("pgtasks migrate"))
     try:
         return await migrate(conn, up_to=up_to, fresh=fresh)
     finally:
