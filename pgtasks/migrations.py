@@ -29,6 +29,18 @@ MIGRATION_LOCK = 0x7067_7461_736B  # "pgtask"
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
+# Releases up to 0.1.0 recorded a checksum of each file's bytes. These files have had
+# comments corrected since; the byte checksum each had in 0.1.0 stays valid for them, so a
+# database installed then keeps upgrading.
+RELEASED_BYTE_CHECKSUMS: dict[int, str] = {
+    3: "288aa60d6d616438844d29da3dcb604077ca9f65ceab7cc5c13f829cc1359632",
+    4: "de931139f559cb704e1b289a598f86110f66fb5937e503e719df6ecc223cd7f4",
+    5: "b001203f077ad2080a3da196739adf06a9bacc9b5409e8aabbd5f5aa4caac1fe",
+    6: "723a7fa5ff1745cd35835c480407bb4206208324159853d9063a56d7d52ee606",
+    7: "07829d30605fb1874b12d5e02b8b17db46c0cd6c8a5f6723b589fb4f3a5f7f4e",
+    8: "a01350740bd2792c3a1601a36697ce474f3610b1e90792390301dd8d11dac8e8",
+}
+
 # The ledger belongs to the migrator, not to the schema's owner: it records what ran.
 _LEDGER = """
 CREATE TABLE IF NOT EXISTS pgtasks.migrations (
@@ -172,7 +184,8 @@ async def migrate(
             if up_to is not None and mig.version > up_to:
                 break
             if mig.version in have:
-                if have[mig.version] not in (None, mig.checksum, mig.byte_checksum):
+                accepted = (None, mig.checksum, mig.byte_checksum)
+                if have[mig.version] not in (*accepted, RELEASED_BYTE_CHECKSUMS.get(mig.version)):
                     raise ConfigurationError(
                         f"migration {mig.path.name} changed after it was applied to this "
                         "database; migrations are append-only, so add a new numbered file. "
