@@ -1,4 +1,4 @@
-"""Flow control with real worker processes (issue 10): the limits hold across workers
+"""Flow control with real worker processes: the limits hold across workers
 because claim_tasks enforces them. Each test reads the tasks' RUNNING periods
 (started_at .. finished_at, both written by the database) afterwards; no wall-clock bounds."""
 

@@ -1,4 +1,4 @@
-"""Schedules with real worker processes (issue 11): exactly one task per tick across a
+"""Schedules with real worker processes: exactly one task per tick across a
 fleet, through a kill -9 of the firing worker and a database restart; the catch-up window
 after an outage; the overlap policies; declarations in code.
 

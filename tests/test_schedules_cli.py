@@ -1,4 +1,4 @@
-"""`pgtasks schedules` (issue 11): add, list, pause, resume, run, rm; one-line errors."""
+"""`pgtasks schedules`: add, list, pause, resume, run, rm; one-line errors."""
 
 from __future__ import annotations
 

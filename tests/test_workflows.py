@@ -1,4 +1,4 @@
-"""Workflows with real worker processes (issue 12): chains, chords, diamonds, failure
+"""Workflows with real worker processes: chains, chords, diamonds, failure
 propagation, kill -9 in the middle, cancel while running, and 4 workers on a random DAG.
 Order is checked from the database's history (task_events ids grow in insert order, and a
 child's claim can only be written after its last parent's finish), never from clocks."""

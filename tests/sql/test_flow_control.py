@@ -1,4 +1,4 @@
-"""Flow control in SQL (issue 10): unique submits, queue settings, per-key concurrency,
+"""Flow control in SQL: unique submits, queue settings, per-key concurrency,
 enforced by claim_tasks and finish_and_claim. The worker-level tests are in
 tests/test_flow_control.py; these call the functions directly."""
 

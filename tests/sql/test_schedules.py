@@ -1,4 +1,4 @@
-"""Schedules in SQL (sql/0006, issue 11): validation, upsert, the missed-tick and overlap
+"""Schedules in SQL (sql/0006): validation, upsert, the missed-tick and overlap
 policies, and the (schedule, tick) uniqueness that makes firing exactly-once.
 
 Firing tests run inside one transaction, where now() stands still, and move next_run_at

@@ -352,6 +352,6 @@ async def test_openapi_docs_and_index(http: httpx.AsyncClient):
                  "/api/queues", "/api/workers", "/api/schedules"):  # fmt: skip
         assert path in spec["paths"], path
     assert (await http.get("/docs")).status_code == 200
-    r = await http.get("/", follow_redirects=False)  # the dashboard (issue 14)
+    r = await http.get("/", follow_redirects=False)  # the dashboard
     assert r.status_code == 200 and "<h1>Overview</h1>" in r.text
     assert "/" not in {p for p in spec["paths"] if not p.startswith("/api")}
