@@ -87,6 +87,7 @@ def expected_media(source: str) -> dict[str, Any]:
 # -- checkpoints across a real crash -----------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_kill_9_in_stage_2_resumes_at_stage_2_and_stage_1_ran_once(
     db: asyncpg.Connection, client: Client, spawn_worker: WorkerProcs
 ) -> None:

@@ -51,6 +51,7 @@ def fleet(dsn: str, tmp_path):
 # -- kill -9 -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_killed_worker_task_is_finished_by_another_and_late_write_is_fenced(dsn, conn, fleet):
     a = fleet.start("--lease", "2", "--concurrency", "2")
     tid = await conn.fetchval("SELECT pgtasks.submit_task('hang_first')")
@@ -560,6 +561,7 @@ async def private_server(tmp_path) -> AsyncIterator[tuple[EmbeddedPostgres, str]
         await asyncio.to_thread(server.destroy)
 
 
+@pytest.mark.slow
 async def test_worker_survives_postgres_restart_and_loses_nothing(private_server, tmp_path):
     server, url = private_server
     fleet = Fleet(url, tmp_path / "logs")
@@ -595,6 +597,7 @@ async def test_worker_survives_postgres_restart_and_loses_nothing(private_server
         fleet.stop_all()
 
 
+@pytest.mark.slow
 async def test_worker_survives_killed_connections_and_listens_again(
     dsn, conn, postgresql, tmp_path
 ):
@@ -642,6 +645,7 @@ async def test_worker_survives_killed_connections_and_listens_again(
         fleet.stop_all()
 
 
+@pytest.mark.slow
 async def test_worker_started_before_the_database_waits_for_it(private_server, tmp_path):
     """An unreachable database is logged and retried, never a crash loop."""
     server, url = private_server
@@ -661,6 +665,7 @@ async def test_worker_started_before_the_database_waits_for_it(private_server, t
         fleet.stop_all()
 
 
+@pytest.mark.slow
 async def test_sigterm_hands_tasks_back_even_when_a_sync_task_ignores_it(dsn, conn, tmp_path):
     """Graceful stop: the grace period, then unfinished tasks go back to COMMIT at once and
     the process exits, even with a blocking call that never returns stuck in a thread."""

@@ -59,6 +59,7 @@ async def count_ticks(url: str, name: str) -> int:
         return len(await ticks_of(conn, name))
 
 
+@pytest.mark.slow
 async def test_four_workers_one_task_per_tick_through_kill_and_restart(private_server, tmp_path):
     server, url = private_server
     fleet = Fleet(url, tmp_path / "logs")
@@ -115,6 +116,7 @@ async def test_four_workers_one_task_per_tick_through_kill_and_restart(private_s
         fleet.stop_all()
 
 
+@pytest.mark.slow
 async def test_outage_catch_up_window_runs_recent_ticks_and_counts_older(dsn, conn, fleet):
     await conn.execute(
         "SELECT pgtasks.create_schedule(name => 'catch', task_type => 'tick',"
@@ -150,6 +152,7 @@ async def test_outage_catch_up_window_runs_recent_ticks_and_counts_older(dsn, co
     assert len(first_batch) >= 5, [dict(r) for r in caught_up]
 
 
+@pytest.mark.slow
 async def test_overlap_skip_and_cancel_previous_with_tasks_longer_than_the_interval(
     dsn, conn, fleet
 ):
@@ -200,6 +203,7 @@ async def test_overlap_skip_and_cancel_previous_with_tasks_longer_than_the_inter
     assert all(r[0] == "CANCELLED" for r in statuses[:-1])
 
 
+@pytest.mark.slow
 async def test_worker_declares_its_schedules_and_keeps_sql_made_ones(dsn, conn, fleet):
     # Made through SQL first, under a name the app also declares: kept as it is.
     await conn.execute(
