@@ -118,18 +118,25 @@ async def test_pause_during_a_drain_then_resume(dsn, conn, fleet):
     await wait_until(
         dsn, "SELECT NOT EXISTS (SELECT 1 FROM pgtasks.tasks WHERE status = 'RUNNING')"
     )
-    # Give the worker a few polls to prove it claims nothing.
-    await wait_until(dsn, "SELECT clock_timestamp() > $1::timestamptz + interval '1 s'", paused_at)
+    # The worker claims after the pause (a task of another queue, submitted now, runs):
+    # that claim saw the paused queue's older tasks and took none of them.
+    probe = await conn.fetchval(
+        "SELECT pgtasks.submit_task('flow_sleep', '{\"seconds\": 0}', queue => 'other')"
+    )
+    await wait_until(
+        dsn, "SELECT status = 'DONE' FROM pgtasks.tasks WHERE id = $1", probe, fleet=fleet
+    )
     assert await conn.fetchval(
-        "SELECT count(*) FROM pgtasks.tasks WHERE started_at > $1", paused_at
+        "SELECT count(*) FROM pgtasks.tasks WHERE queue = 'p' AND started_at > $1", paused_at
     ) == 0  # fmt: skip
     left = await conn.fetchval("SELECT count(*) FROM pgtasks.tasks WHERE status = 'PENDING'")
     assert left > 0
     assert await conn.fetchval("SELECT count(*) FROM pgtasks.tasks WHERE status = 'RUNNING'") == 0
     await conn.execute("SELECT pgtasks.resume_queue('p')")
     await wait_until(
-        dsn, "SELECT count(*) = 150 FROM pgtasks.tasks WHERE status = 'DONE'", fleet=fleet
-    )
+        dsn, "SELECT count(*) = 150 FROM pgtasks.tasks WHERE queue = 'p' AND status = 'DONE'",
+        fleet=fleet,
+    )  # fmt: skip
 
 
 @pytest.mark.slow

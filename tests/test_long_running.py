@@ -506,14 +506,24 @@ async def cli(dsn: str, *args: str) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
+async def watched(db: asyncpg.Connection, task_id: int, run: asyncio.Task[Any]) -> None:
+    """Wait until the CLI `run` watches the task (pgtasks.watch_task, as follow() does).
+    The timeout only bounds a hung test."""
+    query = "SELECT EXISTS (SELECT 1 FROM pgtasks.task_waiters WHERE task_id = $1)"
+    async with asyncio.timeout(60):
+        while not await db.fetchval(query, task_id):
+            assert not run.done(), f"the CLI ended before it watched the task: {run.result()}"
+            await asyncio.sleep(0.05)
+
+
 async def test_cli_watch_follows_a_running_task_to_its_result(
-    client: Client, start_worker: StartWorker, dsn: str
+    db: asyncpg.Connection, client: Client, start_worker: StartWorker, dsn: str
 ) -> None:
     task_id = await client.submit(
         "media_pipeline", {"seconds_per_stage": 0.3, "chunks": 3, "source": "cli"}
     )
     watching = asyncio.create_task(cli(dsn, "watch", str(task_id), "--lines", "3"))
-    await asyncio.sleep(0.5)  # let it start while the task is still PENDING (not required)
+    await watched(db, task_id, watching)  # it starts while the task is still PENDING
     await start_worker()
     code, out, err = await watching
     assert code == 0, err
@@ -535,11 +545,11 @@ async def test_cli_watch_reports_a_failure_and_exits_1(
 
 
 async def test_cli_logs_and_logs_follow(
-    client: Client, start_worker: StartWorker, dsn: str
+    db: asyncpg.Connection, client: Client, start_worker: StartWorker, dsn: str
 ) -> None:
     task_id = await client.submit("chatty")
     following = asyncio.create_task(cli(dsn, "logs", str(task_id), "--follow"))
-    await asyncio.sleep(0.5)
+    await watched(db, task_id, following)  # following before the first line is written
     await start_worker()
     code, followed, err = await following
     assert code == 0 and f"task {task_id} DONE" in err

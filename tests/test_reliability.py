@@ -35,7 +35,7 @@ from pgtasks import (
     task_register,
 )
 from pgtasks.embedded import EmbeddedPostgres
-from tests.conftest import wait_for
+from tests.conftest import until, wait_for
 from tests.fleet import ROOT, Fleet, fresh_conn, start_private_server, wait_until
 
 
@@ -220,15 +220,6 @@ async def worker(dsn: str, **kw: Any) -> AsyncIterator[Worker]:
         await asyncio.wait_for(t, 60)
 
 
-async def until(pred: Any, timeout: float = 60) -> None:
-    """Wait for a condition in this process; the timeout only bounds a broken test."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not pred():
-        assert loop.time() < deadline, "condition not reached"
-        await asyncio.sleep(0.02)
-
-
 async def status(conn, tid: int) -> str:
     return str(await conn.fetchval("SELECT status FROM pgtasks.tasks WHERE id = $1", tid))
 
@@ -247,8 +238,16 @@ async def test_cancel_pending_and_waiting_tasks_at_once(dsn, conn):
         await conn.execute("SELECT pgtasks.yield_task($1, 1, now() + interval '1 hour')", waiting)
         assert await client.cancel(waiting) == "COMMIT"
         assert await status(conn, waiting) == "CANCELLED"
-    async with worker(dsn):
-        await asyncio.sleep(0.5)  # a worker around does not resurrect them
+    # A worker around does not resurrect them: it claims after the cancels (a task submitted
+    # later runs) and runs its maintenance (a task left with an expired lease is rescued).
+    async with Client(dsn) as client, worker(dsn) as w:
+        probe = await client.submit("quick")
+        assert await client.wait(probe, timeout=60) == "ok"
+        await conn.execute("SELECT pgtasks.submit_task('no_worker_runs_this')")
+        await conn.fetch(
+            "SELECT * FROM pgtasks.claim_tasks('dead', max_tasks => 1, lease => interval '1 ms')"
+        )
+        await until(lambda: w.stats.rescued >= 1)
     assert await status(conn, later) == "CANCELLED"
     assert await status(conn, waiting) == "CANCELLED"
 
@@ -619,11 +618,16 @@ async def test_worker_survives_killed_connections_and_listens_again(
             await client.submit_many(
                 "chaos", [{"n": i, "lo": 0.2, "hi": 0.5} for i in range(1, 21)]
             )
+        cut: list[int] = []
         for _ in range(2):
             await wait_until(dsn, "SELECT count(*) > 0 FROM pgtasks.tasks WHERE status='RUNNING'")
-            # Retried until it hit something: the worker's connections, mid-work.
-            await wait_until(dsn, f"SELECT count(pg_terminate_backend(pid)) > 0 {others}", ours)
-            await asyncio.sleep(0.5)
+            # Retried until it hit something: the worker's connections, mid-work. The second
+            # round cuts only connections opened after the first: the worker reconnected.
+            cut += await wait_for(
+                conn,
+                f"SELECT array_agg(pid) FILTER (WHERE pg_terminate_backend(pid)) {others}",
+                ours + cut,
+            )
         await wait_until(
             dsn, "SELECT bool_and(status = 'DONE') FROM pgtasks.tasks", timeout=120, fleet=fleet
         )

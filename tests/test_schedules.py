@@ -128,7 +128,12 @@ async def test_outage_catch_up_window_runs_recent_ticks_and_counts_older(dsn, co
     await wait_until(dsn, q, 3, fleet=fleet)
     fleet.stop_all()  # no worker at all
     before = await ticks_of(conn, "catch")
-    await asyncio.sleep(10)
+    # An outage of 10 s, measured by the database: the next tick is that overdue.
+    await wait_until(
+        dsn,
+        "SELECT now() - next_run_at >= interval '10 seconds' FROM pgtasks.schedules"
+        " WHERE name = 'catch'",
+    )
     fleet.start(*WORKER_ARGS, app=APP)
     await wait_until(dsn, q, len(before) + 8, fleet=fleet)
     await conn.execute("SELECT pgtasks.pause_schedule(name => 'catch')")
@@ -169,19 +174,25 @@ async def test_overlap_skip_and_cancel_previous_with_tasks_longer_than_the_inter
         "SELECT count(*) FROM pgtasks.tasks WHERE schedule = $1"
         " AND status IN ('PENDING', 'RUNNING', 'COMMIT')"
     )
+    # skip: three ticks skipped, and a task started after the first one ended;
+    # cancel_previous: three tasks cancelled by the tick after them.
+    overlapped = (
+        "SELECT (SELECT skipped_overlap >= 3 FROM pgtasks.schedules WHERE name = 'skipper')"
+        " AND (SELECT count(*) >= 2 FROM pgtasks.tasks WHERE schedule = 'skipper')"
+        " AND (SELECT count(*) >= 3 FROM pgtasks.tasks WHERE schedule = 'canceller'"
+        " AND status = 'CANCELLED')"
+    )
     seen: dict[str, int] = {"skipper": 0, "canceller": 0}
-    for _ in range(60):  # sample while ticks come in
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 90  # only bounds a hung test
+    # Sample while ticks come in, until both policies have shown the above.
+    while True:
         for name in seen:
             seen[name] = max(seen[name], await conn.fetchval(active, name))
+        if await conn.fetchval(overlapped):
+            break
+        assert loop.time() < deadline, fleet.tails()
         await asyncio.sleep(0.1)
-    await wait_until(
-        dsn, "SELECT skipped_overlap >= 3 FROM pgtasks.schedules WHERE name = 'skipper'"
-    )
-    await wait_until(
-        dsn,
-        "SELECT count(*) >= 3 FROM pgtasks.tasks WHERE schedule = 'canceller'"
-        " AND status = 'CANCELLED'",
-    )
     for name in seen:
         await conn.execute("SELECT pgtasks.pause_schedule(name => $1)", name)
     assert seen == {"skipper": 1, "canceller": 1}
