@@ -371,6 +371,7 @@ def run_one(c: psycopg.Connection, fn: Call) -> None:
     c.execute(DECODE_ALL).fetchall()
 
 
+@pytest.mark.slow  # hundreds of generated call sequences: tens of seconds
 @settings(
     max_examples=EXAMPLES,
     deadline=None,
