@@ -223,6 +223,7 @@ async def test_first_run_sees_a_step_result_as_a_resumed_run_will(
 # -- sleeping ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_sleep_frees_the_slot_and_resumes_on_time_without_a_retry(
     db: asyncpg.Connection, client: Client, start_worker: StartWorker
 ) -> None:
@@ -274,6 +275,7 @@ async def test_a_sync_task_sleeps_the_same_way(client: Client, start_worker: Sta
 # -- progress ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["progress_storm", "sync_progress_storm"])
 async def test_100k_progress_calls_make_a_bounded_number_of_writes_and_land_exactly(
     db: asyncpg.Connection, client: Client, start_worker: StartWorker, dsn: str, kind: str
@@ -516,6 +518,7 @@ async def watched(db: asyncpg.Connection, task_id: int, run: asyncio.Task[Any]) 
             await asyncio.sleep(0.05)
 
 
+@pytest.mark.slow
 async def test_cli_watch_follows_a_running_task_to_its_result(
     db: asyncpg.Connection, client: Client, start_worker: StartWorker, dsn: str
 ) -> None:
@@ -532,6 +535,7 @@ async def test_cli_watch_follows_a_running_task_to_its_result(
     assert "store: saved" in out  # the latest log lines are part of the view
 
 
+@pytest.mark.slow
 async def test_cli_watch_reports_a_failure_and_exits_1(
     client: Client, start_worker: StartWorker, dsn: str
 ) -> None:
@@ -544,6 +548,7 @@ async def test_cli_watch_reports_a_failure_and_exits_1(
     assert "FAILED" in out and "kaput: the input cannot be processed" in out
 
 
+@pytest.mark.slow
 async def test_cli_logs_and_logs_follow(
     db: asyncpg.Connection, client: Client, start_worker: StartWorker, dsn: str
 ) -> None:

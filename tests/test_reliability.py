@@ -314,6 +314,7 @@ async def test_cancel_reaches_a_polling_only_worker_through_its_heartbeat(dsn, c
     assert await status(conn, tid) == "CANCELLED"
 
 
+@pytest.mark.slow
 async def test_cancel_finished_or_missing_task_is_a_clear_error(dsn, conn):
     async with Client(dsn) as client, worker(dsn):
         done = await client.submit("quick")
@@ -343,6 +344,7 @@ async def test_cancel_finished_or_missing_task_is_a_clear_error(dsn, conn):
 # -- timeouts -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_async_task_past_its_time_limit_is_stopped_retried_then_failed(dsn, conn):
     async with Client(dsn) as client, worker(dsn, concurrency=2):
         tid = await client.submit("hang", timeout=0.5, max_retries=1)
@@ -477,6 +479,7 @@ async def test_permanent_errors_skip_retries(dsn, conn):
     assert await conn.fetchval("SELECT retry_count FROM pgtasks.tasks WHERE id=$1", perm) == 0
 
 
+@pytest.mark.slow
 async def test_failed_tasks_are_listed_and_can_be_retried_by_hand(dsn, conn):
     async with Client(dsn) as client, worker(dsn):
         tid = await client.submit("always_fails", max_retries=0)
@@ -523,6 +526,7 @@ async def nul_result(ctx: TaskContext, params: dict[str, Any]) -> str:
 # -- workers view ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_workers_view_shows_live_workers_and_what_they_hold(dsn, conn):
     async with Client(dsn) as client, worker(dsn, concurrency=3, queues=["default"]) as w:
         tid = await client.submit("hang")

@@ -284,6 +284,7 @@ def test_builders_compile_to_one_spec():
     assert (d["queue"], d["timeout"]) == ("q", 5.0)
 
 
+@pytest.mark.slow
 async def test_cli_lists_shows_and_cancels_a_workflow(dsn, conn):
     from tests.test_cli import cli
 

@@ -108,6 +108,7 @@ def test_serve_binds_localhost_and_says_so(dsn):
         proc.communicate(timeout=30)
 
 
+@pytest.mark.slow
 def test_the_core_import_stays_without_the_web_stack():
     code = "import sys, pgtasks; print(sorted(m for m in ('fastapi', 'uvicorn', "
     code += "'prometheus_client', 'starlette', 'sqlalchemy') if m in sys.modules))"
