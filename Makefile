@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: run test install node-deps lint bench db-stop clean catalog
+.PHONY: run test test-fast install node-deps lint bench db-stop clean catalog
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ run: install
 ## test: the whole suite against a real PostgreSQL (embedded, started by the tests)
 test: install node-deps
 	$(PY) -m pytest
+
+## test-fast: the suite without the tests marked slow (worker processes, servers, browsers,
+## Node, pgbouncer, PostgreSQL restarts); `make test` still runs everything
+test-fast: install
+	$(PY) -m pytest -m "not slow"
 
 ## lint: ruff, ruff format, mypy --strict and vulture (dead code; false positives listed in
 ## vulture_whitelist.py)

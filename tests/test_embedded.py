@@ -13,6 +13,8 @@ from pgtasks.embedded import EmbeddedPostgres
 from pgtasks.errors import EmbeddedServerError
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.slow  # each test starts a PostgreSQL of its own
+
 
 @pytest.fixture
 def pg(tmp_path):

@@ -87,6 +87,7 @@ def expected_media(source: str) -> dict[str, Any]:
 # -- checkpoints across a real crash -----------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_kill_9_in_stage_2_resumes_at_stage_2_and_stage_1_ran_once(
     db: asyncpg.Connection, client: Client, spawn_worker: WorkerProcs
 ) -> None:
@@ -222,6 +223,7 @@ async def test_first_run_sees_a_step_result_as_a_resumed_run_will(
 # -- sleeping ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_sleep_frees_the_slot_and_resumes_on_time_without_a_retry(
     db: asyncpg.Connection, client: Client, start_worker: StartWorker
 ) -> None:
@@ -273,6 +275,7 @@ async def test_a_sync_task_sleeps_the_same_way(client: Client, start_worker: Sta
 # -- progress ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["progress_storm", "sync_progress_storm"])
 async def test_100k_progress_calls_make_a_bounded_number_of_writes_and_land_exactly(
     db: asyncpg.Connection, client: Client, start_worker: StartWorker, dsn: str, kind: str
@@ -505,14 +508,25 @@ async def cli(dsn: str, *args: str) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
+async def watched(db: asyncpg.Connection, task_id: int, run: asyncio.Task[Any]) -> None:
+    """Wait until the CLI `run` watches the task (pgtasks.watch_task, as follow() does).
+    The timeout only bounds a hung test."""
+    query = "SELECT EXISTS (SELECT 1 FROM pgtasks.task_waiters WHERE task_id = $1)"
+    async with asyncio.timeout(60):
+        while not await db.fetchval(query, task_id):
+            assert not run.done(), f"the CLI ended before it watched the task: {run.result()}"
+            await asyncio.sleep(0.05)
+
+
+@pytest.mark.slow
 async def test_cli_watch_follows_a_running_task_to_its_result(
-    client: Client, start_worker: StartWorker, dsn: str
+    db: asyncpg.Connection, client: Client, start_worker: StartWorker, dsn: str
 ) -> None:
     task_id = await client.submit(
         "media_pipeline", {"seconds_per_stage": 0.3, "chunks": 3, "source": "cli"}
     )
     watching = asyncio.create_task(cli(dsn, "watch", str(task_id), "--lines", "3"))
-    await asyncio.sleep(0.5)  # let it start while the task is still PENDING (not required)
+    await watched(db, task_id, watching)  # it starts while the task is still PENDING
     await start_worker()
     code, out, err = await watching
     assert code == 0, err
@@ -521,6 +535,7 @@ async def test_cli_watch_follows_a_running_task_to_its_result(
     assert "store: saved" in out  # the latest log lines are part of the view
 
 
+@pytest.mark.slow
 async def test_cli_watch_reports_a_failure_and_exits_1(
     client: Client, start_worker: StartWorker, dsn: str
 ) -> None:
@@ -533,12 +548,13 @@ async def test_cli_watch_reports_a_failure_and_exits_1(
     assert "FAILED" in out and "kaput: the input cannot be processed" in out
 
 
+@pytest.mark.slow
 async def test_cli_logs_and_logs_follow(
-    client: Client, start_worker: StartWorker, dsn: str
+    db: asyncpg.Connection, client: Client, start_worker: StartWorker, dsn: str
 ) -> None:
     task_id = await client.submit("chatty")
     following = asyncio.create_task(cli(dsn, "logs", str(task_id), "--follow"))
-    await asyncio.sleep(0.5)
+    await watched(db, task_id, following)  # following before the first line is written
     await start_worker()
     code, followed, err = await following
     assert code == 0 and f"task {task_id} DONE" in err

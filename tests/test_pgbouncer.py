@@ -24,6 +24,8 @@ from pgtasks import Client, db
 from pgtasks.embedded import NAMESPACE_UID
 from tests.fleet import Fleet, wait_until
 
+pytestmark = pytest.mark.slow
+
 PGBOUNCER = shutil.which("pgbouncer") or next(
     (p for p in ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer") if os.access(p, os.X_OK)), None
 )

@@ -35,7 +35,7 @@ from pgtasks import (
     task_register,
 )
 from pgtasks.embedded import EmbeddedPostgres
-from tests.conftest import wait_for
+from tests.conftest import until, wait_for
 from tests.fleet import ROOT, Fleet, fresh_conn, start_private_server, wait_until
 
 
@@ -51,6 +51,7 @@ def fleet(dsn: str, tmp_path):
 # -- kill -9 -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_killed_worker_task_is_finished_by_another_and_late_write_is_fenced(dsn, conn, fleet):
     a = fleet.start("--lease", "2", "--concurrency", "2")
     tid = await conn.fetchval("SELECT pgtasks.submit_task('hang_first')")
@@ -219,15 +220,6 @@ async def worker(dsn: str, **kw: Any) -> AsyncIterator[Worker]:
         await asyncio.wait_for(t, 60)
 
 
-async def until(pred: Any, timeout: float = 60) -> None:
-    """Wait for a condition in this process; the timeout only bounds a broken test."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not pred():
-        assert loop.time() < deadline, "condition not reached"
-        await asyncio.sleep(0.02)
-
-
 async def status(conn, tid: int) -> str:
     return str(await conn.fetchval("SELECT status FROM pgtasks.tasks WHERE id = $1", tid))
 
@@ -246,8 +238,16 @@ async def test_cancel_pending_and_waiting_tasks_at_once(dsn, conn):
         await conn.execute("SELECT pgtasks.yield_task($1, 1, now() + interval '1 hour')", waiting)
         assert await client.cancel(waiting) == "COMMIT"
         assert await status(conn, waiting) == "CANCELLED"
-    async with worker(dsn):
-        await asyncio.sleep(0.5)  # a worker around does not resurrect them
+    # A worker around does not resurrect them: it claims after the cancels (a task submitted
+    # later runs) and runs its maintenance (a task left with an expired lease is rescued).
+    async with Client(dsn) as client, worker(dsn) as w:
+        probe = await client.submit("quick")
+        assert await client.wait(probe, timeout=60) == "ok"
+        await conn.execute("SELECT pgtasks.submit_task('no_worker_runs_this')")
+        await conn.fetch(
+            "SELECT * FROM pgtasks.claim_tasks('dead', max_tasks => 1, lease => interval '1 ms')"
+        )
+        await until(lambda: w.stats.rescued >= 1)
     assert await status(conn, later) == "CANCELLED"
     assert await status(conn, waiting) == "CANCELLED"
 
@@ -314,6 +314,7 @@ async def test_cancel_reaches_a_polling_only_worker_through_its_heartbeat(dsn, c
     assert await status(conn, tid) == "CANCELLED"
 
 
+@pytest.mark.slow
 async def test_cancel_finished_or_missing_task_is_a_clear_error(dsn, conn):
     async with Client(dsn) as client, worker(dsn):
         done = await client.submit("quick")
@@ -343,6 +344,7 @@ async def test_cancel_finished_or_missing_task_is_a_clear_error(dsn, conn):
 # -- timeouts -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_async_task_past_its_time_limit_is_stopped_retried_then_failed(dsn, conn):
     async with Client(dsn) as client, worker(dsn, concurrency=2):
         tid = await client.submit("hang", timeout=0.5, max_retries=1)
@@ -477,6 +479,7 @@ async def test_permanent_errors_skip_retries(dsn, conn):
     assert await conn.fetchval("SELECT retry_count FROM pgtasks.tasks WHERE id=$1", perm) == 0
 
 
+@pytest.mark.slow
 async def test_failed_tasks_are_listed_and_can_be_retried_by_hand(dsn, conn):
     async with Client(dsn) as client, worker(dsn):
         tid = await client.submit("always_fails", max_retries=0)
@@ -523,6 +526,7 @@ async def nul_result(ctx: TaskContext, params: dict[str, Any]) -> str:
 # -- workers view ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_workers_view_shows_live_workers_and_what_they_hold(dsn, conn):
     async with Client(dsn) as client, worker(dsn, concurrency=3, queues=["default"]) as w:
         tid = await client.submit("hang")
@@ -560,6 +564,7 @@ async def private_server(tmp_path) -> AsyncIterator[tuple[EmbeddedPostgres, str]
         await asyncio.to_thread(server.destroy)
 
 
+@pytest.mark.slow
 async def test_worker_survives_postgres_restart_and_loses_nothing(private_server, tmp_path):
     server, url = private_server
     fleet = Fleet(url, tmp_path / "logs")
@@ -595,6 +600,7 @@ async def test_worker_survives_postgres_restart_and_loses_nothing(private_server
         fleet.stop_all()
 
 
+@pytest.mark.slow
 async def test_worker_survives_killed_connections_and_listens_again(
     dsn, conn, postgresql, tmp_path
 ):
@@ -616,11 +622,16 @@ async def test_worker_survives_killed_connections_and_listens_again(
             await client.submit_many(
                 "chaos", [{"n": i, "lo": 0.2, "hi": 0.5} for i in range(1, 21)]
             )
+        cut: list[int] = []
         for _ in range(2):
             await wait_until(dsn, "SELECT count(*) > 0 FROM pgtasks.tasks WHERE status='RUNNING'")
-            # Retried until it hit something: the worker's connections, mid-work.
-            await wait_until(dsn, f"SELECT count(pg_terminate_backend(pid)) > 0 {others}", ours)
-            await asyncio.sleep(0.5)
+            # Retried until it hit something: the worker's connections, mid-work. The second
+            # round cuts only connections opened after the first: the worker reconnected.
+            cut += await wait_for(
+                conn,
+                f"SELECT array_agg(pid) FILTER (WHERE pg_terminate_backend(pid)) {others}",
+                ours + cut,
+            )
         await wait_until(
             dsn, "SELECT bool_and(status = 'DONE') FROM pgtasks.tasks", timeout=120, fleet=fleet
         )
@@ -642,6 +653,7 @@ async def test_worker_survives_killed_connections_and_listens_again(
         fleet.stop_all()
 
 
+@pytest.mark.slow
 async def test_worker_started_before_the_database_waits_for_it(private_server, tmp_path):
     """An unreachable database is logged and retried, never a crash loop."""
     server, url = private_server
@@ -661,6 +673,7 @@ async def test_worker_started_before_the_database_waits_for_it(private_server, t
         fleet.stop_all()
 
 
+@pytest.mark.slow
 async def test_sigterm_hands_tasks_back_even_when_a_sync_task_ignores_it(dsn, conn, tmp_path):
     """Graceful stop: the grace period, then unfinished tasks go back to COMMIT at once and
     the process exits, even with a blocking call that never returns stuck in a thread."""

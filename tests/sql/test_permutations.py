@@ -1,4 +1,4 @@
-"""Concurrency permutations (STYLE §8, issue 9): two sessions race on one task, every
+"""Concurrency permutations (STYLE §8): two sessions race on one task, every
 interleaving of their steps is run, and each must end in exactly one outcome.
 
 Modelled on PostgreSQL's isolation tester (and pgmq's test/specs): each session runs its

@@ -221,7 +221,8 @@ async def test_rescue_uses_the_rows_backoff_base(conn):
 
 
 async def test_a_task_at_retry_ten_thousand_does_not_stop_rescue(conn):
-    """Issue 9, defect 2: backoff overflowed at retry ~44 and rescue aborted for everyone."""
+    """Backoff at a very high retry count (2^44 s and beyond) stays capped instead of
+    overflowing: one overflow would abort the rescue for every task."""
     await conn.execute("SELECT pgtasks.configure(default_max_retries => 1000)")
     old = await conn.fetchval("SELECT pgtasks.submit_task('t')")
     other = await conn.fetchval("SELECT pgtasks.submit_task('t')")
@@ -268,7 +269,7 @@ async def test_one_row_that_cannot_be_rescued_does_not_stop_the_others(conn):
 
 
 async def test_backoff_ignores_a_shadowing_power_in_public(conn):
-    """Issue 9, defect 1: the built-ins 0003 calls cannot be replaced through search_path."""
+    """The built-ins 0003 calls cannot be replaced through search_path."""
     await conn.execute(
         """
         CREATE FUNCTION public.power(double precision, double precision)

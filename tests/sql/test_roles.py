@@ -1,4 +1,4 @@
-"""Least-privilege roles (issue 9): log in as each group role and show what it can and
+"""Least-privilege roles: log in as each group role and show what it can and
 cannot do. Roles are cluster-wide, so each test makes its own login roles and drops them."""
 
 from __future__ import annotations

@@ -32,11 +32,14 @@ try:
 except ImportError:  # pragma: no cover - the test extra has it
     sync_playwright = None  # type: ignore[assignment]
 
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None or sync_playwright is None,
-    reason="the dashboard's browser tests need chromium on PATH (Debian: apt-get install "
-    "chromium) and the playwright package (the test extra)",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        CHROMIUM is None or sync_playwright is None,
+        reason="the dashboard's browser tests need chromium on PATH (Debian: apt-get install "
+        "chromium) and the playwright package (the test extra)",
+    ),
+]
 
 APP = "tests/apps/dashboard.py"
 ARTIFACTS = ROOT / "test-artifacts" / "dashboard"
