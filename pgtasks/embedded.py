@@ -31,7 +31,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgtasks.config import ENV_URL
 from pgtasks.errors import EmbeddedServerError
 
 DEFAULT_ROOT = Path(".pgtasks")
@@ -43,7 +42,8 @@ NAMESPACE_UID = 1000
 
 #: What every command says when it needs the embedded server and cannot have it.
 USE_A_SERVER = (
-    f"to use a PostgreSQL server of your own, set {ENV_URL}=postgresql://USER@HOST:PORT/DB"
+    # pgtasks.config.ENV_URL, spelled out: config imports this module.
+    "to use a PostgreSQL server of your own, set PGTASKS_DATABASE_URL=postgresql://USER@HOST:PORT/DB"
     " (or pass --database-url)"
 )
 
