@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: run test test-fast install node-deps lint bench db-stop clean catalog
+.PHONY: run test test-fast install node-deps lint bench db-stop clean catalog docs
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ lint: install
 	$(VENV)/bin/mypy --strict pgtasks
 	$(VENV)/bin/vulture pgtasks vulture_whitelist.py --min-confidence 60
 
+## docs: the site with the API reference from the docstrings, into site/ (offline; --strict
+## fails on a broken link or reference and on a public name without a docstring)
+docs: install
+	$(VENV)/bin/mkdocs build --strict --site-dir site
+
 ## catalog: build the schema both ways (topic files, numbered deltas) and diff the catalogs
 catalog: install
 	$(PY) -m tests.catalog
@@ -59,4 +64,4 @@ db-stop: install
 
 clean:
 	-$(VENV)/bin/pgtasks db stop 2>/dev/null
-	rm -rf $(VENV) .pgtasks .pytest_cache $(NODE_EXAMPLE)/node_modules
+	rm -rf $(VENV) .pgtasks .pytest_cache site $(NODE_EXAMPLE)/node_modules

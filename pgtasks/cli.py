@@ -94,6 +94,14 @@ def _tasks_table(tasks: list[TaskInfo], title: str | None = None) -> Table:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(
+    None,
+    "--version",
+    "-V",
+    package_name="pgtasks",
+    prog_name="pgtasks",
+    message="%(prog)s %(version)s",
+)
 @click.option(
     "--database-url",
     envvar=ENV_URL,

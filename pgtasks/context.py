@@ -557,6 +557,7 @@ class SyncTaskContext:
 
     @property
     def cancelled(self) -> bool:
+        """Like TaskContext.cancelled: True once the task was cancelled or taken away."""
         return self._ctx.cancelled
 
     @property
@@ -582,6 +583,7 @@ class SyncTaskContext:
         return stored_now
 
     def progress(self, current: int, total: int | None = None, message: str | None = None) -> None:
+        """Like TaskContext.progress, without waiting: the write is buffered."""
         ctx = self._ctx
         ctx._set_progress(current, total, message)
         with ctx._lock:
@@ -591,14 +593,17 @@ class SyncTaskContext:
             ctx._arm_threadsafe()
 
     def log(self, level: str | int, message: str) -> None:
+        """Like TaskContext.log, without waiting: the line is buffered."""
         name = logging.getLevelName(level) if isinstance(level, int) else str(level).upper()
         if self._ctx._append_log(name, str(message), None):
             self._ctx._arm_threadsafe()
 
     def flush(self) -> None:
+        """Like TaskContext.flush: write the buffered lines and progress now."""
         self._call(self._ctx.flush())
 
     def sleep_until(self, when: datetime, *, name: str | None = None) -> None:
+        """Like TaskContext.sleep_until: hand the task back until `when`."""
         ctx = self._ctx
         key = ctx._sleep_name(name)
         found, stored = self._call(ctx._lookup_step(key))
@@ -612,6 +617,7 @@ class SyncTaskContext:
         raise YieldTask(wake)
 
     def sleep(self, seconds: float | timedelta, *, name: str | None = None) -> None:
+        """Like TaskContext.sleep: `sleep_until(now + seconds)`."""
         secs = seconds.total_seconds() if isinstance(seconds, timedelta) else float(seconds)
         self.sleep_until(datetime.now(UTC) + timedelta(seconds=secs), name=name)
 

@@ -28,10 +28,12 @@ from pgtasks.client import Client
 from pgtasks.errors import ConfigurationError
 from pgtasks.worker import Worker
 
+#: The integration's logger: the in-process worker's start, drain and crash.
 log = logging.getLogger("pgtasks.fastapi")
 
-#: Where the running client and worker live on `app.state`.
+#: The attribute of `app.state` that holds the running Client.
 STATE_CLIENT = "pgtasks_client"
+#: The attribute of `app.state` that holds the in-process Worker (None without one).
 STATE_WORKER = "pgtasks_worker"
 
 
