@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from pgtasks.migrations import (
     statements,
 )
 from tests.conftest import ROOT, wait_for
+from tests.migration_probes import pgtasks_command, probe_sql_dir
 
 
 async def test_concurrent_migrate_applies_each_file_once(server):
@@ -112,17 +112,7 @@ def with_deltas(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *texts: str) ->
     """sql/ as shipped plus `texts` as the next numbered deltas; returns their file names."""
     import pgtasks.migrations as m
 
-    real = m.sql_dir()
-    folder = tmp_path / "sql"
-    folder.mkdir()
-    (folder / "schema").symlink_to(real / "schema")
-    shipped = available()
-    for mig in shipped:
-        (folder / mig.path.name).symlink_to(mig.path)
-    names = []
-    for n, text in enumerate(texts, shipped[-1].version + 1):
-        names.append(f"{n:04d}_probe_{n}.sql")
-        (folder / names[-1]).write_text(text)
+    folder, names = probe_sql_dir(tmp_path, *texts)
     monkeypatch.setattr(m, "sql_dir", lambda: folder)
     return names
 
@@ -360,8 +350,8 @@ def test_migrate_on_the_command_line_gives_up_in_one_line_naming_the_blocker(
     try:
         holder, pid = loop.run_until_complete(hold())
         proc = subprocess.run(
-            [sys.executable, "-c", CLI_WITH_SQL_DIR, str(tmp_path / "sql"),
-             "--database-url", dsn, "migrate", "--lock-timeout", "0.2", "--lock-attempts", "2"],
+            pgtasks_command("--database-url", dsn, "migrate", "--lock-timeout", "0.2",
+                            "--lock-attempts", "2", sql=tmp_path / "sql"),
             cwd=ROOT, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         loop.run_until_complete(holder.close())
@@ -373,16 +363,3 @@ def test_migrate_on_the_command_line_gives_up_in_one_line_naming_the_blocker(
     assert "attempt 1 of 2" in lines[0]
     assert lines[1].startswith("error: ") and f"pid {pid}" in lines[1], lines[1]
     assert "'held-open'" in lines[1] and f"pg_terminate_backend({pid})" in lines[1]
-
-
-# `pgtasks` with sql_dir() pointed at argv[1]: the real CLI over a probe's migrations.
-CLI_WITH_SQL_DIR = """
-import sys
-from pathlib import Path
-import pgtasks.migrations as m
-folder = Path(sys.argv.pop(1))
-m.sql_dir = lambda: folder
-from pgtasks.cli import main
-sys.argv[0] = "pgtasks"
-main()
-"""
