@@ -32,13 +32,22 @@ run: install
 test: install node-deps
 	$(PY) -m pytest
 
-## lint: ruff, ruff format, mypy --strict and vulture (dead code; false positives listed in
-## vulture_whitelist.py)
-lint: install
+# squawk, the PostgreSQL migration linter: its PyPI wheel (the binary inside), pinned.
+SQUAWK_VERSION := 2.70.0
+SQUAWK_STAMP   := $(VENV)/.squawk-$(SQUAWK_VERSION)
+
+$(SQUAWK_STAMP): $(STAMP)
+	@$(PY) -m pip install --quiet --disable-pip-version-check squawk-cli==$(SQUAWK_VERSION)
+	@rm -f $(VENV)/.squawk-* && touch $@
+
+## lint: ruff, ruff format, mypy --strict, vulture (dead code; false positives listed in
+## vulture_whitelist.py) and squawk over the new migrations (sql/0024 on, .squawk.toml)
+lint: install $(SQUAWK_STAMP)
 	$(VENV)/bin/ruff check pgtasks tests bench examples
 	$(VENV)/bin/ruff format --check pgtasks tests bench examples
 	$(VENV)/bin/mypy --strict pgtasks
 	$(VENV)/bin/vulture pgtasks vulture_whitelist.py --min-confidence 60
+	$(PY) -m tests.squawk
 
 ## catalog: build the schema both ways (topic files, numbered deltas) and diff the catalogs
 catalog: install
