@@ -269,11 +269,14 @@ class _Watcher:
     async def watching(self, pid: int, interval: float) -> AsyncIterator[list[asyncpg.Record]]:
         """Yields a list that holds the latest blocker seen, if any, when the block ends."""
         seen: list[asyncpg.Record] = []
-        if self._connect is None:
+        if self._conn is None and self._connect is not None:
+            try:
+                self._conn = await self._connect()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                self._connect = None  # no session to spare: the error names no blocker
+        if self._conn is None:
             yield seen
             return
-        if self._conn is None:
-            self._conn = await self._connect()
         conn = self._conn
 
         async def sample() -> None:
