@@ -41,9 +41,6 @@ MIGRATION_LOCK = 0x7067_7461_736B  # "pgtask"
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
-# The first line of a delta that must run outside a transaction block.
-NO_TRANSACTION = "-- pgtasks: no-transaction"
-
 # The ledger belongs to the migrator, not to the schema's owner: it records what ran.
 _LEDGER = """
 CREATE TABLE IF NOT EXISTS pgtasks.migrations (
@@ -95,6 +92,9 @@ def statements(sql: str) -> list[str]:
     out.append(sql[start:])
     return [s.strip() for s in out if significant_text(s)]
 
+
+# The first line of a delta that must run outside a transaction block.
+NO_TRANSACTION = "-- pgtasks: no-transaction"
 
 # The statements a no-transaction delta may hold: each one can run again after a failure
 # anywhere in the file, because the statements before it have committed and a rerun starts
