@@ -14,6 +14,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# squawk, the PostgreSQL migration linter: its PyPI wheel (the binary inside), pinned.
+SQUAWK_VERSION := 2.70.0
+SQUAWK_STAMP   := $(VENV)/.squawk-$(SQUAWK_VERSION)
+
+$(SQUAWK_STAMP): $(STAMP)
+	@$(PY) -m pip install --quiet --disable-pip-version-check squawk-cli==$(SQUAWK_VERSION)
+	@rm -f $(VENV)/.squawk-* && touch $@
+
 # The Node example's packages, from its lockfile, for tests/test_node.py. Quiet, and never
 # fatal: without npm (or when npm ci fails) those tests skip and say why.
 NODE_EXAMPLE := examples/node
@@ -38,12 +46,13 @@ test-fast: install
 	$(PY) -m pytest -m "not slow"
 
 ## lint: ruff, ruff format, mypy --strict and vulture (dead code; false positives listed in
-## vulture_whitelist.py)
-lint: install
+## vulture_whitelist.py), then squawk over the new migrations (sql/0024 on, .squawk.toml)
+lint: install $(SQUAWK_STAMP)
 	$(VENV)/bin/ruff check pgtasks tests bench examples
 	$(VENV)/bin/ruff format --check pgtasks tests bench examples
 	$(VENV)/bin/mypy --strict pgtasks
 	$(VENV)/bin/vulture pgtasks vulture_whitelist.py --min-confidence 60
+	$(PY) -m tests.squawk
 
 ## docs: the site with the API reference from the docstrings, into site/ (offline; --strict
 ## fails on a broken link or reference and on a public name without a docstring)
