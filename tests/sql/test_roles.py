@@ -165,7 +165,9 @@ async def test_every_api_function_is_granted_to_a_role_or_internal(conn):
         list(GROUPS),
     )
     ungranted = {r[0] for r in rows if not r[1]}
-    assert ungranted - INTERNAL == set(), "grant it on its definition in sql/schema/ or list it as internal"
+    assert ungranted - INTERNAL == set(), (
+        "grant it on its definition in sql/schema/ or list it as internal"
+    )
     assert {r[0] for r in rows if r[1]} & INTERNAL == set(), "internal, yet granted"
 
 
