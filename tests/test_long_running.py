@@ -22,7 +22,7 @@ import pytest
 from pgtasks import Client, TaskCancelled, TaskFailed, TaskNotFound, Worker
 from pgtasks.context import FLUSH_INTERVAL, LOG_BATCH
 from tests.apps.long import LONG_DDL, gate
-from tests.conftest import ROOT, WorkerProcs, wait_for
+from tests.conftest import ROOT, WorkerProcs, until, wait_for
 
 StartWorker = Callable[..., Awaitable[Worker]]
 
@@ -227,17 +227,30 @@ async def test_first_run_sees_a_step_result_as_a_resumed_run_will(
 async def test_sleep_frees_the_slot_and_resumes_on_time_without_a_retry(
     db: asyncpg.Connection, client: Client, start_worker: StartWorker
 ) -> None:
-    sleeper = await client.submit("sleeper", {"seconds": 1.5}, priority=1)
+    sleeper = await client.submit("sleeper", {"seconds": 3600}, priority=1)
     quick = await client.submit("quick")
     # Register the waits before the worker starts, so they are in place before either task
     # can finish. (claim_tasks locks FOR NO KEY UPDATE, so a wait registering while the
     # worker claims no longer makes it skip a task; tests/sql covers that.)
     waits = [asyncio.create_task(client.wait(t, timeout=60)) for t in (sleeper, quick)]
     await wait_for(db, "SELECT count(*) = 2 FROM pgtasks.task_waiters")
-    await start_worker(concurrency=1)
+    worker = await start_worker(concurrency=1)
 
-    assert await waits[0] == {"before": 1, "after": 2}
     assert await waits[1] == "quick"
+    # Handed back until its wake time, an hour away on the database's clock: the claims
+    # after it pass it by (never early), until the clock gets there.
+    await wait_for(db, "SELECT status = 'COMMIT' FROM pgtasks.tasks WHERE id = $1", sleeper)
+    claims = worker.stats.claim_calls
+    await until(lambda: worker.stats.claim_calls > claims + 1, what="two more claims")
+    handed_back = await db.fetchval(
+        "SELECT t.status = 'COMMIT' AND t.run_at = (s.result->>'sleep_until')::timestamptz"
+        " FROM pgtasks.tasks t JOIN pgtasks.task_steps s ON s.task_id = t.id"
+        " WHERE t.id = $1 AND s.name = 'sleep#1'",
+        sleeper,
+    )
+    assert handed_back
+    await db.execute("SELECT pgtasks.advance_clock(interval '1 hour')")
+    assert await waits[0] == {"before": 1, "after": 2}
 
     # The body ran twice; the step before the sleep once; the sleep was not taken again.
     assert await runs(db, sleeper) == [("body", 1), ("before", 1), ("body", 2), ("after", 2)]
@@ -247,12 +260,6 @@ async def test_sleep_frees_the_slot_and_resumes_on_time_without_a_retry(
     }
     # One slot: the quick task can only have run while the sleeper did not hold it.
     assert at[("before", 1)] < at[("quick", 1)] < at[("body", 2)]
-    wake = await db.fetchval(
-        "SELECT (result->>'sleep_until')::timestamptz FROM pgtasks.task_steps "
-        "WHERE task_id = $1 AND name = 'sleep#1'",
-        sleeper,
-    )
-    assert at[("body", 2)] >= wake  # never early
     info = await client.get(sleeper)
     assert (info.status, info.retries) == ("DONE", "0/3")
     assert await client.errors(sleeper) == []
@@ -265,9 +272,13 @@ async def test_sleep_frees_the_slot_and_resumes_on_time_without_a_retry(
     ]
 
 
-async def test_a_sync_task_sleeps_the_same_way(client: Client, start_worker: StartWorker) -> None:
-    task_id = await client.submit("sync_sleeper", {"seconds": 0.5})
+async def test_a_sync_task_sleeps_the_same_way(
+    db: asyncpg.Connection, client: Client, start_worker: StartWorker
+) -> None:
+    task_id = await client.submit("sync_sleeper", {"seconds": 3600})
     await start_worker(concurrency=1)
+    await wait_for(db, "SELECT status = 'COMMIT' FROM pgtasks.tasks WHERE id = $1", task_id)
+    await db.execute("SELECT pgtasks.advance_clock(interval '1 hour')")
     assert await client.wait(task_id, timeout=60) == {"before": 1, "after_attempt": 2}
     assert (await client.get(task_id)).retries == "0/3"
 

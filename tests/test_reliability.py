@@ -245,8 +245,9 @@ async def test_cancel_pending_and_waiting_tasks_at_once(dsn, conn):
         assert await client.wait(probe, timeout=60) == "ok"
         await conn.execute("SELECT pgtasks.submit_task('no_worker_runs_this')")
         await conn.fetch(
-            "SELECT * FROM pgtasks.claim_tasks('dead', max_tasks => 1, lease => interval '1 ms')"
+            "SELECT * FROM pgtasks.claim_tasks('dead', max_tasks => 1, lease => interval '1 min')"
         )
+        await conn.execute("SELECT pgtasks.advance_clock(interval '61 seconds')")
         await until(lambda: w.stats.rescued >= 1)
     assert await status(conn, later) == "CANCELLED"
     assert await status(conn, waiting) == "CANCELLED"
@@ -374,13 +375,14 @@ async def test_sync_task_past_its_time_limit_is_flagged_and_abandoned(dsn, conn)
 
 async def test_database_expires_a_task_past_its_deadline_despite_heartbeats(conn):
     """A buggy worker that keeps heartbeating cannot hold a task past its time limit."""
-    tid = await conn.fetchval("SELECT pgtasks.submit_task('t', timeout => interval '1 second')")
+    tid = await conn.fetchval("SELECT pgtasks.submit_task('t', timeout => interval '1 minute')")
     await conn.fetch("SELECT * FROM pgtasks.claim_tasks('buggy', lease => interval '1 hour')")
     row = await conn.fetchrow(
         "SELECT lease_expires_at, deadline FROM pgtasks.tasks WHERE id=$1", tid
     )
     assert row["lease_expires_at"] == row["deadline"]  # the lease never outlives the deadline
-    await wait_for(conn, "SELECT now() > deadline FROM pgtasks.tasks WHERE id = $1", tid)
+    assert await conn.fetchval("SELECT pgtasks.rescue_expired()") == 0
+    await conn.execute("SELECT pgtasks.advance_clock(interval '61 seconds')")
     await conn.fetch(
         "SELECT * FROM pgtasks.heartbeat('buggy', $1, $2, interval '1 hour')", [tid], [1]
     )
@@ -414,8 +416,22 @@ async def test_backoff_grows_exponentially_with_jitter_and_a_cap(conn):
 
 
 async def test_failing_task_retries_with_growing_jittered_delays_and_keeps_every_error(dsn, conn):
+    submit = (
+        "SELECT pgtasks.submit_task('always_fails', max_retries => 3,"
+        " backoff_base => interval '1 minute')"
+    )
+    step = timedelta(minutes=5)  # past the longest backoff here, 4 minutes + 20 %
     async with Client(dsn) as client, worker(dsn, concurrency=4):
-        ids = [await client.submit("always_fails", max_retries=3) for _ in range(3)]
+        ids = [await conn.fetchval(submit) for _ in range(3)]
+        for n in (1, 2, 3):
+            # All three failed attempt n and wait out their backoff: the clock moves past it.
+            await wait_for(
+                conn,
+                "SELECT count(*) = 3 FROM pgtasks.tasks"
+                " WHERE status = 'COMMIT' AND retry_count = $1",
+                n,
+            )
+            await conn.execute("SELECT pgtasks.advance_clock($1)", step)
         for tid in ids:
             with pytest.raises(TaskFailed, match="attempt 4 broke"):
                 await client.wait(tid, timeout=60)
@@ -432,12 +448,16 @@ async def test_failing_task_retries_with_growing_jittered_delays_and_keeps_every
             f"ValueError: attempt {a} broke" for a in (1, 2, 3, 4)
         ]
         assert all("Traceback" in e["traceback"] and "ValueError" in e["traceback"] for e in errors)
-        # The delay before attempt n+1 is exactly what fail_task scheduled (both on the DB
-        # clock): backoff_base 0.1 s, doubled each time, +-20 % jitter.
-        delays = [(RUN_AT[tid, n + 1] - errors[n - 1]["at"]).total_seconds() for n in (1, 2, 3)]
+        # The delay before attempt n+1 is exactly what fail_task scheduled: backoff_base
+        # 1 minute, doubled each time, +-20 % jitter. run_at is on pgtasks.now(), an error's
+        # `at` on the wall clock, which was (n - 1) steps behind when attempt n failed.
+        delays = [
+            (RUN_AT[tid, n + 1] - errors[n - 1]["at"] - (n - 1) * step).total_seconds()
+            for n in (1, 2, 3)
+        ]
         assert delays[0] < delays[1] < delays[2]
         for n, d in zip((1, 2, 3), delays, strict=True):
-            ratio = d / (0.1 * 2 ** (n - 1))
+            ratio = d / (60 * 2 ** (n - 1))
             assert 0.8 - 1e-4 <= ratio <= 1.2 + 1e-4, (n, d)  # intervals round to 1 us
             ratios.append(round(ratio, 6))
     assert len(set(ratios)) > 1, "every delay was the same: no jitter"
@@ -448,14 +468,20 @@ async def test_failing_task_retries_with_growing_jittered_delays_and_keeps_every
 
 
 async def test_retry_with_explicit_delay_is_honoured(dsn, conn):
+    # A day ahead of the wall clock: a delay counted from now() would already be over.
+    await conn.execute("SELECT pgtasks.advance_clock(interval '1 day')")
     async with Client(dsn) as client, worker(dsn):
-        tid = await client.submit("retry_in", {"delay": 0.7})
+        tid = await client.submit("retry_in", {"delay": 3600})
+        await wait_for(
+            conn, "SELECT status = 'COMMIT' AND retry_count = 1 FROM pgtasks.tasks WHERE id=$1", tid
+        )
+        await conn.execute("SELECT pgtasks.advance_clock(interval '1 hour')")
         assert await client.wait(tid, timeout=60) == "done"
     (err,) = await conn.fetch(
         "SELECT attempt, error, at FROM pgtasks.task_errors WHERE task_id=$1", tid
     )
     assert err["attempt"] == 1 and "upstream asked us" in err["error"]
-    assert RUN_AT[tid, 2] - err["at"] == timedelta(seconds=0.7)
+    assert RUN_AT[tid, 2] - err["at"] == timedelta(days=1, hours=1)  # `at` is the wall clock
     assert await conn.fetchval("SELECT retry_count FROM pgtasks.tasks WHERE id = $1", tid) == 1
 
 

@@ -128,11 +128,12 @@ async def test_outage_catch_up_window_runs_recent_ticks_and_counts_older(dsn, co
     await wait_until(dsn, q, 3, fleet=fleet)
     fleet.stop_all()  # no worker at all
     before = await ticks_of(conn, "catch")
-    # An outage of 10 s, measured by the database: the next tick is that overdue.
-    await wait_until(
-        dsn,
-        "SELECT now() - next_run_at >= interval '10 seconds' FROM pgtasks.schedules"
-        " WHERE name = 'catch'",
+    # An outage on the database's clock: the next tick (due within a second when the
+    # workers stopped) is at least 10 s overdue.
+    await conn.execute("SELECT pgtasks.advance_clock(interval '11 seconds')")
+    assert await conn.fetchval(
+        "SELECT pgtasks.now() - next_run_at >= interval '10 seconds' FROM pgtasks.schedules"
+        " WHERE name = 'catch'"
     )
     fleet.start(*WORKER_ARGS, app=APP)
     await wait_until(dsn, q, len(before) + 8, fleet=fleet)

@@ -206,11 +206,15 @@ async def test_a_non_superuser_migrates_with_createrole_and_membership(server, c
 async def test_schedules_admin_creates_worker_fires_reader_reads(login, conn):
     a, w, r, s = login["admin"], login["worker"], login["reader"], login["submitter"]
     await a.execute(
-        "SELECT pgtasks.create_schedule(name => 'e', task_type => 't', every => '1 second');"
+        "SELECT pgtasks.create_schedule(name => 'e', task_type => 't', every => '1 hour');"
         "SELECT pgtasks.pause_schedule(name => 'e'); SELECT pgtasks.resume_schedule(name => 'e')"
     )
     assert await a.fetchval("SELECT pgtasks.trigger_schedule(name => 'e')") > 0
-    await conn.execute("UPDATE pgtasks.schedule_defs SET next_run_at = now() - interval '0.5 s'")
+    # The clock at the first tick: exactly one is due, the next an hour later.
+    await conn.execute(
+        "SELECT pgtasks.advance_clock(greatest(next_run_at - pgtasks.now(), '1 us'))"
+        " FROM pgtasks.schedules"
+    )
     assert await w.fetchval("SELECT pgtasks.fire_every_schedules()") == 1
     assert await w.fetchval(
         "SELECT pgtasks.declare_schedule(name => 'd', task_type => 't', every => '1 minute')"

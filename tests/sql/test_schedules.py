@@ -279,9 +279,13 @@ async def test_pause_resume_trigger(conn):
 
 async def test_due_schedules_hands_each_schedule_to_one_caller(conn, dsn):
     await conn.execute(
-        "SELECT pgtasks.create_schedule(name => 'e', task_type => 'job', every => '1 second')"
+        "SELECT pgtasks.create_schedule(name => 'e', task_type => 'job', every => '1 hour')"
     )
-    await conn.execute("UPDATE pgtasks.schedule_defs SET next_run_at = now() - interval '0.5 s'")
+    # The clock at the first tick: exactly one is due, the next an hour later.
+    await conn.execute(
+        "SELECT pgtasks.advance_clock(greatest(next_run_at - pgtasks.now(), '1 us'))"
+        " FROM pgtasks.schedules"
+    )
     other = await asyncpg.connect(dsn)
     try:
         first = await conn.fetch("SELECT * FROM pgtasks.due_schedules()")
