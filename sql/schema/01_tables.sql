@@ -438,6 +438,23 @@ COMMENT ON TABLE pgtasks.task_types IS
 COMMENT ON COLUMN pgtasks.task_types.registered_by IS 'The worker_id of the last registration that changed the policy.';
 
 ------------------------------------------------------------------------------------------
+-- Locks only pgtasks takes
+--
+-- Every lock pgtasks relies on is a row of a table that only pgtasks_owner may read or
+-- lock. Advisory locks are open to every role, a role without any pgtasks grant included:
+-- one that took maintain()'s key first switched maintenance off for every worker, one that
+-- took a concurrency key's stopped every claim of that key.
+
+-- One row per lock that guards a whole job. maintain() (07_leases.sql) takes 'maintain'
+-- with SKIP LOCKED, so while one call works the others return at once.
+CREATE TABLE pgtasks.locks (
+    name text PRIMARY KEY CHECK (name IN ('maintain'))
+);
+INSERT INTO pgtasks.locks (name) VALUES ('maintain');
+COMMENT ON TABLE pgtasks.locks IS
+    'Rows pgtasks locks to run a job one caller at a time (maintain); no role but the owner may lock them.';
+
+------------------------------------------------------------------------------------------
 -- Flow control (08_flow_control.sql)
 
 -- A row exists only for a queue with a limit or a pause: the claim's fast path is "no row
@@ -482,6 +499,20 @@ CREATE TABLE pgtasks.unique_windows (
 COMMENT ON TABLE pgtasks.unique_windows IS
     'Unique keys reserved by unique_for: taken until reserved_until, whatever their task does.';
 COMMENT ON COLUMN pgtasks.unique_windows.task_id IS 'The task that took the key; NULL only inside the submitting transaction.';
+
+-- The lock of each concurrency key: a claimer that locks a key's row (FOR NO KEY UPDATE
+-- SKIP LOCKED, lock_concurrency_key in 08_flow_control.sql) decides for that key until it
+-- commits; the others skip the key in that round. Claimers create a key's row the first
+-- time they meet the key; prune_flow_state deletes rows that nobody holds and whose key has
+-- no running task, an hour after their creation (a later claim creates the row again).
+-- Submits never touch it.
+CREATE TABLE pgtasks.concurrency_keys (
+    concurrency_key text PRIMARY KEY,
+    created_at      timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX concurrency_keys_created ON pgtasks.concurrency_keys (created_at);
+COMMENT ON TABLE pgtasks.concurrency_keys IS
+    'One lockable row per concurrency key in use: the claimer holding it decides how many of the key''s tasks start.';
 
 ------------------------------------------------------------------------------------------
 -- Schedules (09_schedules.sql)

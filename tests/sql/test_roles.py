@@ -35,6 +35,10 @@ INTERNAL = {
     "clip_text",
     # 0020
     "pick_ready", "flow_control_in_use",
+    # 0023 (the clock: now() is read by every function, advance_clock is the owner's)
+    "now", "advance_clock",
+    # 0024 (owner-only locks, depends_on without parent locks)
+    "lock_concurrency_key", "create_concurrency_key",
 }  # fmt: skip
 
 
