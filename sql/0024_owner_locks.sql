@@ -1,6 +1,8 @@
--- Locks only pgtasks can take: maintain() and the concurrency keys lock rows of owner-only
--- tables (pgtasks.locks, pgtasks.concurrency_keys) instead of advisory locks, which every
--- role may take.
+-- Locks only pgtasks can take, and submits that stall no worker: maintain() and the
+-- concurrency keys lock rows of owner-only tables (pgtasks.locks, pgtasks.concurrency_keys)
+-- instead of advisory locks, which every role may take; submit_task(..., depends_on) reads
+-- its parents FOR KEY SHARE and writes none of them, settling its child at commit and in
+-- maintain() through pgtasks.unsettled_edges.
 SET LOCAL search_path = pg_catalog, pgtasks, pg_temp;
 -- Bodies are checked when they first run, so a function may call one defined below.
 SET LOCAL check_function_bodies = off;
@@ -16,6 +18,14 @@ INSERT INTO pgtasks.locks (name) VALUES ('maintain');
 CREATE TABLE pgtasks.concurrency_keys (
     concurrency_key text PRIMARY KEY,
     created_at      timestamptz NOT NULL DEFAULT now()
+);
+
+-- Dependencies submitted before this version marked their parents has_dependents already.
+CREATE TABLE pgtasks.unsettled_edges (
+    parent_id bigint NOT NULL,
+    child_id  bigint NOT NULL,
+    PRIMARY KEY (parent_id, child_id),
+    FOREIGN KEY (parent_id, child_id) REFERENCES pgtasks.task_edges (parent_id, child_id) ON DELETE CASCADE
 );
 
 CREATE OR REPLACE FUNCTION pgtasks.claim_limited(queues text[], max_tasks integer, task_types text[], OUT picked bigint[], OUT started timestamp with time zone)
@@ -192,6 +202,95 @@ BEGIN
 EXCEPTION WHEN lock_not_available THEN
     RETURN false;
 END $function$;
+CREATE OR REPLACE FUNCTION pgtasks.finish_and_claim(worker_id text, task_ids bigint[], attempts integer[], results jsonb[], claim_max integer DEFAULT 0, queues text[] DEFAULT NULL::text[], lease interval DEFAULT NULL::interval, task_types text[] DEFAULT NULL::text[])
+ RETURNS TABLE(rejected_task_id bigint, id bigint, task_type text, params jsonb, queue text, priority integer, attempt integer, retry_count integer, max_retries integer, timeout interval, deadline timestamp with time zone, has_steps boolean)
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+AS $function$
+DECLARE
+    picked bigint[];
+    lease_for interval;
+BEGIN
+    IF claim_max IS NULL OR claim_max < 0 THEN
+        RAISE EXCEPTION 'pgtasks: claim_max must be 0 or more, got %', coalesce(claim_max::text, 'NULL')
+            USING ERRCODE = 'PT115', HINT = 'Pass the number of free slots; 0 only finishes the batch.';
+    END IF;
+    PERFORM pgtasks.check_worker_id(worker_id);
+    lease_for := pgtasks.lease_or_default(lease);
+
+    -- The two-statement path, for the calls listed above this function.
+    IF claim_max = 0
+       OR EXISTS (SELECT 1 FROM unnest(finish_and_claim.results) AS u(result), pgtasks.settings s
+                   WHERE octet_length(u.result::text) > s.max_result_bytes)
+       OR EXISTS (SELECT 1 FROM pgtasks.tasks t
+                   WHERE t.id = ANY (finish_and_claim.task_ids) AND t.has_dependents)
+       OR EXISTS (SELECT 1 FROM pgtasks.unsettled_edges u WHERE u.parent_id = ANY (finish_and_claim.task_ids))
+       OR pgtasks.flow_control_in_use(queues) THEN
+        RETURN QUERY
+        SELECT f.rejected_task_id, NULL::bigint, NULL::text, NULL::jsonb, NULL::text, NULL::integer,
+               NULL::integer, NULL::integer, NULL::integer, NULL::interval, NULL::timestamptz, NULL::boolean
+          FROM pgtasks.finish_tasks(task_ids, attempts, results) f;
+        IF claim_max > 0 THEN
+            RETURN QUERY
+            SELECT NULL::bigint, c.* FROM pgtasks.claim_tasks(worker_id, queues, claim_max, lease, task_types) c;
+        END IF;
+        RETURN;
+    END IF;
+
+    -- One statement. finish_tasks checked the arrays itself; here they are checked before
+    -- anything is written, with the same message.
+    PERFORM pgtasks.check_batch('finish_tasks', task_ids, attempts, results, with_results => true);
+
+    picked := pgtasks.pick_ready(queues, claim_max, task_types);
+
+    -- Finishing rows carry their attempt (the fencing token: a stale one matches nothing and
+    -- comes back rejected, a NULL one too); picked rows are ours, locked above. A task can
+    -- be in both only if it went back to PENDING/COMMIT since its attempt: then the claim
+    -- takes it and the finish is rejected, as with two statements.
+    RETURN QUERY
+    WITH work AS (
+        SELECT u.task_id, u.attempt, u.result, true AS finishing
+          FROM unnest(finish_and_claim.task_ids, finish_and_claim.attempts, finish_and_claim.results)
+                 AS u(task_id, attempt, result)
+        UNION ALL
+        SELECT p.id, NULL::integer, NULL::jsonb, false FROM unnest(picked) AS p(id)
+    ), changed AS (
+        UPDATE pgtasks.tasks t
+           SET status = CASE WHEN w.finishing THEN 'DONE' ELSE 'RUNNING' END::pgtasks.status,
+               result = w.result,
+               finished_at = CASE WHEN w.finishing THEN pgtasks.now() END,
+               worker_id = CASE WHEN w.finishing THEN NULL ELSE finish_and_claim.worker_id END,
+               attempt = t.attempt + CASE WHEN w.finishing THEN 0 ELSE 1 END,
+               started_at = CASE WHEN w.finishing THEN t.started_at ELSE coalesce(t.started_at, pgtasks.now()) END,
+               deadline = CASE WHEN w.finishing THEN NULL ELSE pgtasks.now() + t.timeout END,
+               lease_expires_at = CASE WHEN w.finishing THEN NULL
+                                       ELSE least(pgtasks.now() + lease_for, pgtasks.now() + t.timeout) END,
+               progress_current = CASE WHEN w.finishing THEN coalesce(t.progress_total, t.progress_current)
+                                       ELSE t.progress_current END
+          FROM work w
+         WHERE t.id = w.task_id
+           AND (NOT w.finishing OR (t.attempt = w.attempt AND t.status = 'RUNNING'))
+        RETURNING w.finishing, t.id, t.task_type, t.params, t.queue, t.priority, t.attempt, t.retry_count,
+                  t.max_retries, t.timeout, t.deadline,
+                  NOT w.finishing AND t.attempt > 1
+                  AND EXISTS (SELECT 1 FROM pgtasks.task_steps s WHERE s.task_id = t.id) AS has_steps,
+                  t.run_at
+    )
+    SELECT r.rejected_task_id, NULL::bigint, NULL::text, NULL::jsonb, NULL::text, NULL::integer,
+           NULL::integer, NULL::integer, NULL::integer, NULL::interval, NULL::timestamptz, NULL::boolean
+      FROM (SELECT w.task_id AS rejected_task_id FROM work w
+             WHERE w.finishing
+               AND NOT EXISTS (SELECT 1 FROM changed c
+                                WHERE c.finishing AND c.id = w.task_id AND c.attempt = w.attempt)) r
+    UNION ALL
+    SELECT * FROM (
+        SELECT NULL::bigint, c.id, c.task_type, c.params, c.queue, c.priority, c.attempt, c.retry_count,
+               c.max_retries, c.timeout, c.deadline, c.has_steps
+          FROM changed c
+         WHERE NOT c.finishing
+         ORDER BY c.priority DESC, c.run_at, c.id) cl;
+END $function$;
 CREATE OR REPLACE FUNCTION pgtasks.lock_concurrency_key(concurrency_key text)
  RETURNS boolean
  LANGUAGE plpgsql
@@ -229,6 +328,7 @@ BEGIN
     END IF;
     rescued := pgtasks.rescue_expired(max_tasks);
     pruned := pgtasks.prune_finished(NULL, max_tasks);
+    PERFORM pgtasks.settle_new_edges(max_tasks);
     RETURN NEXT;
 END $function$;
 CREATE OR REPLACE FUNCTION pgtasks.prune_flow_state(max_rows integer)
@@ -267,6 +367,218 @@ BEGIN
                                   LIMIT max_rows
                                   FOR UPDATE OF o SKIP LOCKED);
 END $function$;
+CREATE OR REPLACE FUNCTION pgtasks.record_updates()
+ RETURNS trigger
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET enable_nestloop TO 'off'
+ SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+ SET jit TO 'off'
+AS $function$
+DECLARE
+    ended bigint[];
+    retried bigint[];
+BEGIN
+    INSERT INTO pgtasks.task_events (task_id, attempt, from_status, to_status, worker_id)
+    SELECT n.id, n.attempt, o.status, n.status, coalesce(n.worker_id, o.worker_id)
+      FROM new_rows n JOIN old_rows o USING (id)
+     WHERE o.status <> n.status;
+
+    -- Wake clients blocked in wait(), only for tasks someone watches.
+    PERFORM pg_notify('pgtasks_done', n.id::text)
+       FROM new_rows n
+      WHERE n.status IN ('DONE', 'FAILED', 'CANCELLED')
+        AND EXISTS (SELECT 1 FROM pgtasks.task_waiters w WHERE w.task_id = n.id);
+
+    IF EXISTS (SELECT 1 FROM new_rows n WHERE n.has_dependents)
+       OR EXISTS (SELECT 1 FROM pgtasks.unsettled_edges) THEN
+        SELECT array_agg(n.id ORDER BY n.id) FILTER (WHERE n.status IN ('DONE', 'FAILED', 'CANCELLED')),
+               array_agg(n.id ORDER BY n.id) FILTER (WHERE n.status IN ('PENDING', 'WAITING')
+                                                       AND o.status IN ('FAILED', 'CANCELLED'))
+          INTO ended, retried
+          FROM new_rows n JOIN old_rows o USING (id)
+         WHERE (n.has_dependents OR n.id IN (SELECT u.parent_id FROM pgtasks.unsettled_edges u))
+           AND o.status <> n.status;
+        IF ended IS NOT NULL THEN
+            PERFORM pgtasks.release_children(ended);
+        END IF;
+        IF retried IS NOT NULL AND current_setting('pgtasks.reviving', true) IS DISTINCT FROM 'on' THEN
+            PERFORM pgtasks.revive_children(retried);
+        END IF;
+    END IF;
+    RETURN NULL;
+END $function$;
+CREATE OR REPLACE FUNCTION pgtasks.settle_at_commit()
+ RETURNS trigger
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+AS $function$
+DECLARE
+    parents bigint[];
+    free bigint[];
+    busy bigint;
+BEGIN
+    parents := ARRAY(SELECT e.parent_id FROM pgtasks.task_edges e WHERE e.child_id = NEW.child_id
+                      ORDER BY e.parent_id);
+    IF NEW.parent_id <> parents[1] THEN
+        RETURN NULL;
+    END IF;
+    BEGIN
+        free := ARRAY(SELECT t.id FROM pgtasks.tasks t WHERE t.id = ANY (parents)
+                       ORDER BY t.id FOR SHARE SKIP LOCKED);
+        RAISE EXCEPTION USING ERRCODE = 'P0001', MESSAGE = 'pgtasks: locks released';
+    EXCEPTION WHEN raise_exception THEN
+        NULL;
+    END;
+    FOR busy IN SELECT u FROM unnest(parents) u WHERE u <> ALL (free) ORDER BY u LOOP
+        BEGIN
+            PERFORM 1 FROM pgtasks.tasks t WHERE t.id = busy FOR SHARE;
+            RAISE EXCEPTION USING ERRCODE = 'P0001', MESSAGE = 'pgtasks: lock released';
+        EXCEPTION WHEN raise_exception THEN
+            NULL;
+        END;
+    END LOOP;
+    PERFORM pgtasks.settle_child(NEW.child_id);
+    RETURN NULL;
+END $function$;
+CREATE OR REPLACE FUNCTION pgtasks.settle_child(child_id bigint)
+ RETURNS void
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+AS $function$
+DECLARE
+    c record;
+    dead record;
+    unmet integer;
+BEGIN
+    SELECT t.status, t.on_parent_failure, t.waiting_on, t.queue, t.run_at INTO c
+      FROM pgtasks.tasks t WHERE t.id = settle_child.child_id;
+    IF NOT FOUND OR c.status <> 'WAITING' THEN
+        RETURN;
+    END IF;
+    IF c.on_parent_failure IS DISTINCT FROM 'run' THEN
+        SELECT p.id, p.status, p.workflow_node INTO dead
+          FROM pgtasks.task_edges e JOIN pgtasks.tasks p ON p.id = e.parent_id
+         WHERE e.child_id = settle_child.child_id AND p.status IN ('FAILED', 'CANCELLED')
+         ORDER BY p.id LIMIT 1;
+        IF FOUND THEN
+            UPDATE pgtasks.tasks t
+               SET status = 'CANCELLED', finished_at = pgtasks.now(), cancelled_by = dead.id,
+                   error = pg_catalog.format('cancelled: parent task %s%s ended %s', dead.id,
+                                             coalesce(' (' || dead.workflow_node || ')', ''), dead.status)
+             WHERE t.id = settle_child.child_id AND t.status = 'WAITING';
+            RETURN;
+        END IF;
+    END IF;
+    SELECT count(*)::integer INTO unmet
+      FROM pgtasks.task_edges e JOIN pgtasks.tasks p ON p.id = e.parent_id
+     WHERE e.child_id = settle_child.child_id AND p.status NOT IN ('DONE', 'FAILED', 'CANCELLED');
+    IF unmet = c.waiting_on THEN
+        RETURN;
+    END IF;
+    UPDATE pgtasks.tasks t
+       SET waiting_on = unmet,
+           status = CASE WHEN unmet = 0 THEN 'PENDING'::pgtasks.status ELSE 'WAITING'::pgtasks.status END
+     WHERE t.id = settle_child.child_id AND t.status = 'WAITING';
+    -- Honours the off switch (pgtasks.wake_workers = off) like an insert does.
+    IF unmet = 0 AND c.run_at <= pgtasks.now()
+       AND current_setting('pgtasks.wake_workers', true) IS DISTINCT FROM 'off' THEN
+        PERFORM pg_notify('pgtasks_wakeup', c.queue);
+    END IF;
+END $function$;
+CREATE OR REPLACE FUNCTION pgtasks.settle_new_edges(max_rows integer)
+ RETURNS integer
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+AS $function$
+DECLARE
+    u record;
+    n integer := 0;
+BEGIN
+    FOR u IN SELECT o.parent_id, o.child_id FROM pgtasks.unsettled_edges o
+              ORDER BY o.parent_id, o.child_id
+              LIMIT max_rows
+                FOR UPDATE SKIP LOCKED
+    LOOP
+        PERFORM 1 FROM pgtasks.tasks t WHERE t.id = u.parent_id FOR NO KEY UPDATE SKIP LOCKED;
+        CONTINUE WHEN NOT FOUND;
+        PERFORM 1 FROM pgtasks.tasks t WHERE t.id = u.child_id FOR NO KEY UPDATE SKIP LOCKED;
+        CONTINUE WHEN NOT FOUND;
+        PERFORM pgtasks.settle_child(u.child_id);
+        UPDATE pgtasks.tasks t SET has_dependents = true
+         WHERE t.id = u.parent_id AND t.has_dependents IS NULL;
+        DELETE FROM pgtasks.unsettled_edges o
+         WHERE o.parent_id = u.parent_id AND o.child_id = u.child_id;
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END $function$;
+CREATE OR REPLACE FUNCTION pgtasks.submit_dependent(p pgtasks.tasks, params jsonb, concurrency_key text, concurrency_limit integer, depends_on bigint[], on_parent_failure text)
+ RETURNS bigint
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+AS $function$
+DECLARE
+    parents bigint[];
+    found_ids bigint[];
+    unmet integer;
+    dead record;
+    policy text := coalesce(on_parent_failure, 'cancel');
+    new_id bigint;
+BEGIN
+    IF policy NOT IN ('cancel', 'run') THEN
+        RAISE EXCEPTION 'pgtasks: on_parent_failure must be cancel or run, got %', quote_literal(on_parent_failure)
+            USING ERRCODE = 'PT505',
+                  HINT = 'cancel (the default): a failed parent cancels this task; run: it runs anyway and '
+                         'parent_results() says which parents failed.';
+    END IF;
+    IF depends_on IS NULL OR array_position(depends_on, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION 'pgtasks: depends_on must be an array of task ids without NULLs'
+            USING ERRCODE = 'PT503', HINT = 'For example depends_on => ARRAY[41, 42]::bigint[].';
+    END IF;
+    parents := ARRAY(SELECT DISTINCT u FROM unnest(depends_on) u ORDER BY u);
+    IF cardinality(parents) = 0 THEN
+        new_id := (SELECT s.id FROM pgtasks.submit_one(p, params, NULL, NULL, concurrency_key, concurrency_limit) s);
+        RETURN new_id;
+    END IF;
+    SELECT array_agg(l.id ORDER BY l.id), count(*) FILTER (WHERE l.status NOT IN ('DONE', 'FAILED', 'CANCELLED'))
+      INTO found_ids, unmet
+      FROM (SELECT t.id, t.status FROM pgtasks.tasks t WHERE t.id = ANY (parents)
+             ORDER BY t.id FOR KEY SHARE) l;
+    IF found_ids IS DISTINCT FROM parents THEN
+        RAISE EXCEPTION 'pgtasks: depends_on names task % which does not exist',
+                (SELECT u FROM unnest(parents) u WHERE u <> ALL (coalesce(found_ids, '{}')) LIMIT 1)
+            USING ERRCODE = 'PT503', HINT = 'Name tasks that exist; finished tasks are pruned after their retention.';
+    END IF;
+    IF policy = 'cancel' THEN
+        SELECT t.id, t.status INTO dead FROM pgtasks.tasks t
+         WHERE t.id = ANY (parents) AND t.status IN ('FAILED', 'CANCELLED') ORDER BY t.id LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'pgtasks: parent task % already ended %; this task could never run', dead.id, dead.status
+                USING ERRCODE = 'PT507',
+                      HINT = 'Retry the parent first, or submit with on_parent_failure => ''run''.';
+        END IF;
+    END IF;
+    INSERT INTO pgtasks.tasks (task_type, params, queue, priority, run_at, max_retries, timeout,
+                               backoff_base, concurrency_key, concurrency_limit, status,
+                               waiting_on, on_parent_failure)
+    VALUES (p.task_type, submit_dependent.params, p.queue, p.priority, p.run_at, p.max_retries,
+            p.timeout, p.backoff_base, submit_dependent.concurrency_key, submit_dependent.concurrency_limit,
+            CASE WHEN unmet > 0 THEN 'WAITING'::pgtasks.status ELSE 'PENDING'::pgtasks.status END,
+            unmet, policy)
+    RETURNING id INTO new_id;
+    INSERT INTO pgtasks.task_edges (parent_id, child_id) SELECT u, new_id FROM unnest(parents) u;
+    INSERT INTO pgtasks.unsettled_edges (parent_id, child_id) SELECT u, new_id FROM unnest(parents) u;
+    RETURN new_id;
+END $function$;
 CREATE INDEX concurrency_keys_created ON pgtasks.concurrency_keys USING btree (created_at);
+CREATE CONSTRAINT TRIGGER unsettled_edges_settle AFTER INSERT ON pgtasks.unsettled_edges DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION pgtasks.settle_at_commit();
+COMMENT ON FUNCTION pgtasks.settle_at_commit() IS 'Trigger function of unsettled_edges_settle: at the commit of a depends_on submit, waits for the transactions writing its parents, then settles the child (settle_child).';
 COMMENT ON TABLE pgtasks.concurrency_keys IS 'One lockable row per concurrency key in use: the claimer holding it decides how many of the key''s tasks start.';
 COMMENT ON TABLE pgtasks.locks IS 'Rows pgtasks locks to run a job one caller at a time (maintain); no role but the owner may lock them.';
+COMMENT ON TABLE pgtasks.unsettled_edges IS 'Dependencies added to existing tasks (depends_on) whose parent is not yet marked has_dependents; maintain() settles them.';
+COMMENT ON COLUMN pgtasks.tasks.has_dependents IS 'True once a task depends on this one; else NULL. A dependency added with depends_on marks it when maintain() settles it (unsettled_edges lists it until then).';

@@ -176,7 +176,7 @@ CREATE TABLE pgtasks.tasks (
     workflow_id      bigint,            -- the workflow_runs row
     workflow_node    text,              -- its node's name in that workflow
     waiting_on       integer,           -- unfinished parents; NULL: has no parents
-    has_dependents   boolean,           -- true once a task depends on it; else NULL
+    has_dependents   boolean,           -- true once a task depends on it (see unsettled_edges); else NULL
     on_parent_failure text,             -- 'cancel' or 'run'; NULL: has no parents
     cancelled_by     bigint,            -- the ended parent whose failure cancelled it
 
@@ -247,7 +247,8 @@ COMMENT ON COLUMN pgtasks.tasks.schedule_tick IS 'The tick of schedule this task
 COMMENT ON COLUMN pgtasks.tasks.workflow_id IS 'The workflow (workflow_runs) the task belongs to.';
 COMMENT ON COLUMN pgtasks.tasks.workflow_node IS 'The task''s node name in its workflow.';
 COMMENT ON COLUMN pgtasks.tasks.waiting_on IS 'How many of its parents have not ended; NULL: the task has no parents.';
-COMMENT ON COLUMN pgtasks.tasks.has_dependents IS 'True once a task depends on this one; else NULL.';
+COMMENT ON COLUMN pgtasks.tasks.has_dependents IS
+    'True once a task depends on this one; else NULL. A dependency added with depends_on marks it when maintain() settles it (unsettled_edges lists it until then).';
 COMMENT ON COLUMN pgtasks.tasks.on_parent_failure IS
     'cancel: a parent ending FAILED or CANCELLED cancels this task; run: it runs anyway. NULL: no parents.';
 COMMENT ON COLUMN pgtasks.tasks.cancelled_by IS
@@ -605,3 +606,17 @@ CREATE TABLE pgtasks.task_edges (
 CREATE INDEX task_edges_child ON pgtasks.task_edges (child_id, parent_id);
 COMMENT ON TABLE pgtasks.task_edges IS
     'The dependencies between tasks, one (parent, child) row each: a child waits until all its parents have ended.';
+
+-- Edges that submit_task(..., depends_on) added to parents that existed already, until
+-- maintain() has settled them (settle_new_edges, 10_workflows.sql). Such a submit locks no
+-- parent against its worker's heartbeat and finish: its parents are not marked
+-- has_dependents by it, so record_updates also releases the children of parents listed
+-- here. A row goes once its parent is marked and its child's count checked.
+CREATE TABLE pgtasks.unsettled_edges (
+    parent_id bigint NOT NULL,
+    child_id  bigint NOT NULL,
+    PRIMARY KEY (parent_id, child_id),
+    FOREIGN KEY (parent_id, child_id) REFERENCES pgtasks.task_edges (parent_id, child_id) ON DELETE CASCADE
+);
+COMMENT ON TABLE pgtasks.unsettled_edges IS
+    'Dependencies added to existing tasks (depends_on) whose parent is not yet marked has_dependents; maintain() settles them.';

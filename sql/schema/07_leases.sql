@@ -345,7 +345,8 @@ COMMENT ON FUNCTION pgtasks.prune_finished(interval, integer) IS
 -- queueing behind its sweeps: the work is the same whoever does it. The lock is the
 -- 'maintain' row of pgtasks.locks, which only the owner can lock (an advisory lock, which
 -- every role may take, let a role without grants switch maintenance off); it goes with the
--- caller's commit.
+-- caller's commit. Last, the dependencies added to running parents are settled
+-- (settle_new_edges): it locks parents, so it runs just before the commit.
 CREATE FUNCTION pgtasks.maintain(max_tasks integer DEFAULT 1000)
 RETURNS TABLE (rescued integer, pruned integer)
 LANGUAGE plpgsql
@@ -363,6 +364,7 @@ BEGIN
     END IF;
     rescued := pgtasks.rescue_expired(max_tasks);
     pruned := pgtasks.prune_finished(NULL, max_tasks);
+    PERFORM pgtasks.settle_new_edges(max_tasks);
     RETURN NEXT;
 END $$;
 GRANT EXECUTE ON FUNCTION pgtasks.maintain(integer) TO pgtasks_worker;

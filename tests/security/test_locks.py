@@ -1,4 +1,5 @@
-"""Locks: no role can hold a lock pgtasks relies on.
+"""Locks and stalls: no role can hold a lock pgtasks relies on, and no submit holds one a
+worker waits for.
 
 Each attack runs as the attacking role (`login`); the superuser plays the victim worker and
 observes. A call that should not wait is watched through pg_blocking_pids, never a timer.
@@ -102,7 +103,7 @@ async def test_no_pgtasks_function_takes_an_advisory_lock(su):
 async def test_the_lock_rows_are_out_of_reach_of_every_role(login):
     for role in (None, "pgtasks_submitter", "pgtasks_worker", "pgtasks_reader", "pgtasks_admin"):
         c = await login(role)
-        for table in ("locks", "concurrency_keys"):
+        for table in ("locks", "concurrency_keys", "unsettled_edges"):
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 await c.fetch(f"SELECT 1 FROM pgtasks.{table} FOR UPDATE")
 
@@ -170,3 +171,97 @@ async def test_a_key_is_decided_by_one_claimer_and_its_row_comes_back_after_prun
     assert await su.fetchval("SELECT count(*) FROM pgtasks.concurrency_keys") == 0
     assert [r["id"] for r in await claim(su)] == [later]
     assert await su.fetchval("SELECT count(*) FROM pgtasks.concurrency_keys") == 1
+
+
+# -- a submit stalls no worker -------------------------------------------------------------
+
+
+async def test_an_open_depends_on_submit_stalls_no_worker(su, login, observer):
+    sub = await login("pgtasks_submitter")
+    await su.execute(f"GRANT pgtasks_reader TO {await role_of(sub)}")  # may name parents
+    parent = await su.fetchval("SELECT pgtasks.submit_task('t')")
+    (held,) = await claim(su)
+    tr = sub.transaction()
+    await tr.start()
+    try:
+        child = await sub.fetchval(
+            "SELECT pgtasks.submit_task('t', depends_on => ARRAY[$1]::bigint[])", parent
+        )
+        # The worker holding the parent goes on as if nobody had submitted anything.
+        assert await without_waiting(observer, su, HEARTBEAT, parent, held["attempt"]) == []
+        await without_waiting(observer, su, FINISH, parent, held["attempt"])
+    except BaseException:
+        await tr.rollback()
+        raise
+    await tr.commit()
+    # The parent ended while the submit was open: its commit released the child, once.
+    assert await child_state(su, child) == ("PENDING", 0, 1)
+    await su.fetch("SELECT * FROM pgtasks.maintain()")
+    assert await child_state(su, child) == ("PENDING", 0, 1)
+
+
+async def test_a_child_submitted_before_its_parent_ends_is_released_once(su, login):
+    sub = await login("pgtasks_submitter")
+    await su.execute(f"GRANT pgtasks_reader TO {await role_of(sub)}")
+    parent = await su.fetchval("SELECT pgtasks.submit_task('t')")
+    (held,) = await claim(su)
+    child = await sub.fetchval(
+        "SELECT pgtasks.submit_task('t', depends_on => ARRAY[$1]::bigint[])", parent
+    )
+    assert await child_state(su, child) == ("WAITING", 1, 0)
+    await su.fetch(FINISH, parent, held["attempt"])  # unsettled_edges leads to the child
+    assert await child_state(su, child) == ("PENDING", 0, 1)
+    await su.fetch("SELECT * FROM pgtasks.maintain()")
+    assert await child_state(su, child) == ("PENDING", 0, 1)
+    assert await su.fetchval("SELECT has_dependents FROM pgtasks.tasks WHERE id = $1", parent)
+    assert await su.fetchval("SELECT count(*) FROM pgtasks.unsettled_edges") == 0
+
+
+async def test_settling_early_stalls_no_worker_and_maintain_releases_the_child(su, login, observer):
+    # SET CONSTRAINTS ALL IMMEDIATE runs the submit's settle at the end of its statement
+    # instead of at commit, and the transaction stays open: the worker still waits for
+    # nothing, and the child, whose parent then ended unseen, is released by maintain().
+    sub = await login("pgtasks_submitter")
+    await su.execute(f"GRANT pgtasks_reader TO {await role_of(sub)}")
+    parent = await su.fetchval("SELECT pgtasks.submit_task('t')")
+    (held,) = await claim(su)
+    tr = sub.transaction()
+    await tr.start()
+    try:
+        await sub.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        child = await sub.fetchval(
+            "SELECT pgtasks.submit_task('t', depends_on => ARRAY[$1]::bigint[])", parent
+        )
+        await without_waiting(observer, su, HEARTBEAT, parent, held["attempt"])
+        await without_waiting(observer, su, FINISH, parent, held["attempt"])
+    except BaseException:
+        await tr.rollback()
+        raise
+    await tr.commit()
+    assert await child_state(su, child) == ("WAITING", 1, 0)
+    await su.fetch("SELECT * FROM pgtasks.maintain()")
+    assert await child_state(su, child) == ("PENDING", 0, 1)
+
+
+async def test_a_parent_that_fails_while_the_submit_is_open_cancels_the_child(su, login, observer):
+    sub = await login("pgtasks_admin")
+    parent = await su.fetchval("SELECT pgtasks.submit_task('t', max_retries => 0)")
+    (held,) = await claim(su)
+    tr = sub.transaction()
+    await tr.start()
+    try:
+        child = await sub.fetchval(
+            "SELECT pgtasks.submit_task('t', depends_on => ARRAY[$1]::bigint[])", parent
+        )
+        await without_waiting(
+            observer, su, "SELECT pgtasks.fail_task($1, $2, 'boom')", parent, held["attempt"]
+        )
+    except BaseException:
+        await tr.rollback()
+        raise
+    await tr.commit()
+    row = await su.fetchrow(
+        "SELECT status::text, cancelled_by, error FROM pgtasks.tasks WHERE id = $1", child
+    )
+    assert (row["status"], row["cancelled_by"]) == ("CANCELLED", parent)
+    assert row["error"] == f"cancelled: parent task {parent} ended FAILED"
