@@ -2,7 +2,8 @@
 -- concurrency keys lock rows of owner-only tables (pgtasks.locks, pgtasks.concurrency_keys)
 -- instead of advisory locks, which every role may take; submit_task(..., depends_on) reads
 -- its parents FOR KEY SHARE and writes none of them, settling its child at commit and in
--- maintain() through pgtasks.unsettled_edges.
+-- maintain() through pgtasks.unsettled_edges; depends_on is refused (PT511) to roles that
+-- may not read the parents' results.
 SET LOCAL search_path = pg_catalog, pgtasks, pg_temp;
 -- Bodies are checked when they first run, so a function may call one defined below.
 SET LOCAL check_function_bodies = off;
@@ -28,6 +29,15 @@ CREATE TABLE pgtasks.unsettled_edges (
     FOREIGN KEY (parent_id, child_id) REFERENCES pgtasks.task_edges (parent_id, child_id) ON DELETE CASCADE
 );
 
+CREATE OR REPLACE FUNCTION pgtasks.calling_role()
+ RETURNS name
+ LANGUAGE sql
+ STABLE SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+AS $function$
+    SELECT CASE WHEN pg_catalog.current_setting('role') = 'none' THEN session_user
+                ELSE pg_catalog.current_setting('role')::name END
+$function$;
 CREATE OR REPLACE FUNCTION pgtasks.claim_limited(queues text[], max_tasks integer, task_types text[], OUT picked bigint[], OUT started timestamp with time zone)
  RETURNS record
  LANGUAGE plpgsql
@@ -528,6 +538,7 @@ DECLARE
     unmet integer;
     dead record;
     policy text := coalesce(on_parent_failure, 'cancel');
+    caller name;
     new_id bigint;
 BEGIN
     IF policy NOT IN ('cancel', 'run') THEN
@@ -544,6 +555,14 @@ BEGIN
     IF cardinality(parents) = 0 THEN
         new_id := (SELECT s.id FROM pgtasks.submit_one(p, params, NULL, NULL, concurrency_key, concurrency_limit) s);
         RETURN new_id;
+    END IF;
+    caller := pgtasks.calling_role();
+    IF NOT pg_catalog.pg_has_role(caller, 'pgtasks_reader', 'USAGE') THEN
+        RAISE EXCEPTION 'pgtasks: role % may not name existing tasks in depends_on: their results and errors go to the child''s worker, and % may not read them',
+                quote_ident(caller), quote_ident(caller)
+            USING ERRCODE = 'PT511',
+                  HINT = 'Submit it as a role that may read results (a member of pgtasks_reader), or submit '
+                         'parents and child together with pgtasks.submit_workflow.';
     END IF;
     SELECT array_agg(l.id ORDER BY l.id), count(*) FILTER (WHERE l.status NOT IN ('DONE', 'FAILED', 'CANCELLED'))
       INTO found_ids, unmet
@@ -577,6 +596,7 @@ BEGIN
 END $function$;
 CREATE INDEX concurrency_keys_created ON pgtasks.concurrency_keys USING btree (created_at);
 CREATE CONSTRAINT TRIGGER unsettled_edges_settle AFTER INSERT ON pgtasks.unsettled_edges DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION pgtasks.settle_at_commit();
+COMMENT ON FUNCTION pgtasks.calling_role() IS 'The role the calling session acts as (SET ROLE, else the login role), seen from inside a pgtasks function.';
 COMMENT ON FUNCTION pgtasks.settle_at_commit() IS 'Trigger function of unsettled_edges_settle: at the commit of a depends_on submit, waits for the transactions writing its parents, then settles the child (settle_child).';
 COMMENT ON TABLE pgtasks.concurrency_keys IS 'One lockable row per concurrency key in use: the claimer holding it decides how many of the key''s tasks start.';
 COMMENT ON TABLE pgtasks.locks IS 'Rows pgtasks locks to run a job one caller at a time (maintain); no role but the owner may lock them.';

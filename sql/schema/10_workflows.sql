@@ -38,6 +38,7 @@
 --   PT507 a depends_on parent already ended FAILED or CANCELLED
 --   PT508 no workflow with that id
 --   PT510 retrying a task whose parent is FAILED or CANCELLED
+--   PT511 depends_on from a role that may not read the parents' results (not pgtasks_reader)
 
 SET LOCAL search_path = pg_catalog, pgtasks, pg_temp;
 -- Everything in this file is created by, and so owned by, pgtasks_owner.
@@ -224,8 +225,30 @@ END $$;
 ------------------------------------------------------------------------------------------
 -- Submitting with parents
 
+-- The role a call comes from. These functions run as their owner, so current_user names
+-- pgtasks_owner: the caller is the role the session acts as, the one SET ROLE chose (the
+-- setting `role`), else the login role (session_user). A session that narrowed itself with
+-- SET ROLE is judged as that role, like every query it runs; SET ROLE cannot be run inside
+-- a SECURITY DEFINER function, so no function between the session and this one can widen
+-- it.
+CREATE FUNCTION pgtasks.calling_role() RETURNS name
+LANGUAGE sql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+    SELECT CASE WHEN pg_catalog.current_setting('role') = 'none' THEN session_user
+                ELSE pg_catalog.current_setting('role')::name END
+$$;
+COMMENT ON FUNCTION pgtasks.calling_role() IS
+    'The role the calling session acts as (SET ROLE, else the login role), seen from inside a pgtasks function.';
+
 -- submit_task(..., depends_on => ...) ends here (04_submit.sql). Links a new task to
 -- existing parents and inserts it WAITING on the unfinished ones.
+--
+-- Who may name parents: a role that may read their results (a member of pgtasks_reader,
+-- counted as calling_role). The child's worker reads its parents' results and errors
+-- (parent_results), so a depends_on on any task handed them to whoever ran the child.
+-- submit_workflow needs no such rule: its edges join nodes of one submission.
 --
 -- No lock that a parent's worker waits for: the submitter may keep its transaction open,
 -- and a parent lock held that long stalled the worker's heartbeat and finish until its
@@ -265,6 +288,7 @@ DECLARE
     unmet integer;
     dead record;
     policy text := coalesce(on_parent_failure, 'cancel');
+    caller name;
     new_id bigint;
 BEGIN
     IF policy NOT IN ('cancel', 'run') THEN
@@ -281,6 +305,14 @@ BEGIN
     IF cardinality(parents) = 0 THEN
         new_id := (SELECT s.id FROM pgtasks.submit_one(p, params, NULL, NULL, concurrency_key, concurrency_limit) s);
         RETURN new_id;
+    END IF;
+    caller := pgtasks.calling_role();
+    IF NOT pg_catalog.pg_has_role(caller, 'pgtasks_reader', 'USAGE') THEN
+        RAISE EXCEPTION 'pgtasks: role % may not name existing tasks in depends_on: their results and errors go to the child''s worker, and % may not read them',
+                quote_ident(caller), quote_ident(caller)
+            USING ERRCODE = 'PT511',
+                  HINT = 'Submit it as a role that may read results (a member of pgtasks_reader), or submit '
+                         'parents and child together with pgtasks.submit_workflow.';
     END IF;
     SELECT array_agg(l.id ORDER BY l.id), count(*) FILTER (WHERE l.status NOT IN ('DONE', 'FAILED', 'CANCELLED'))
       INTO found_ids, unmet

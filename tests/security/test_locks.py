@@ -1,5 +1,5 @@
 """Locks and stalls: no role can hold a lock pgtasks relies on, and no submit holds one a
-worker waits for.
+worker waits for; depends_on names only tasks the submitting role may read.
 
 Each attack runs as the attacking role (`login`); the superuser plays the victim worker and
 observes. A call that should not wait is watched through pg_blocking_pids, never a timer.
@@ -265,3 +265,48 @@ async def test_a_parent_that_fails_while_the_submit_is_open_cancels_the_child(su
     )
     assert (row["status"], row["cancelled_by"]) == ("CANCELLED", parent)
     assert row["error"] == f"cancelled: parent task {parent} ended FAILED"
+
+
+# -- depends_on names only what the caller may read -------------------------------------------
+
+
+async def two_finished_parents(su: asyncpg.Connection) -> list[int]:
+    ids = [await su.fetchval("SELECT pgtasks.submit_task('secret')") for _ in range(2)]
+    for r in await claim(su):
+        await su.fetch(
+            'SELECT pgtasks.finish_task($1, $2, \'{"token": "s3cr3t"}\')', r["id"], r["attempt"]
+        )
+    return ids
+
+
+@pytest.mark.parametrize("role", ["pgtasks_worker", "pgtasks_submitter"])
+async def test_depends_on_refuses_parents_the_caller_may_not_read(su, login, role):
+    parents = await two_finished_parents(su)
+    c = await login(role)
+    before = await su.fetchval("SELECT count(*) FROM pgtasks.tasks")
+    with pytest.raises(asyncpg.PostgresError) as info:
+        await c.fetchval("SELECT pgtasks.submit_task('t', depends_on => $1::bigint[])", parents)
+    assert info.value.sqlstate == "PT511", info.value
+    assert info.value.message.startswith("pgtasks: ") and info.value.hint
+    assert await su.fetchval("SELECT count(*) FROM pgtasks.tasks") == before
+    # Without parents, and with a workflow's own nodes, nothing is refused.
+    assert await c.fetchval("SELECT pgtasks.submit_task('t', depends_on => '{}')")
+    nodes = await c.fetchval(
+        "SELECT count(*) FROM jsonb_object_keys(pgtasks.submit_workflow($1::text::jsonb)->'nodes')",
+        '{"nodes": [{"name": "a", "type": "t"}, {"name": "b", "type": "t", "after": ["a"]}]}',
+    )
+    assert nodes == 2
+
+
+async def test_depends_on_follows_the_role_the_session_acts_as(su, login):
+    parents = await two_finished_parents(su)
+    admin = await login("pgtasks_admin")  # a reader too
+    tid = await admin.fetchval(
+        "SELECT pgtasks.submit_task('t', depends_on => $1::bigint[])", parents
+    )
+    assert await su.fetchval("SELECT waiting_on FROM pgtasks.tasks WHERE id = $1", tid) == 0
+    # Narrowed to a submitter with SET ROLE, the same login may not.
+    await admin.execute("SET ROLE pgtasks_submitter")
+    with pytest.raises(asyncpg.PostgresError) as info:
+        await admin.fetchval("SELECT pgtasks.submit_task('t', depends_on => $1::bigint[])", parents)
+    assert info.value.sqlstate == "PT511"

@@ -38,7 +38,7 @@ INTERNAL = {
     # 0023 (the clock: now() is read by every function, advance_clock is the owner's)
     "now", "advance_clock",
     # 0024 (owner-only locks, depends_on without parent locks)
-    "lock_concurrency_key", "create_concurrency_key", "settle_child",
+    "lock_concurrency_key", "create_concurrency_key", "calling_role", "settle_child",
     "settle_new_edges",
 }  # fmt: skip
 
