@@ -37,6 +37,9 @@ INTERNAL = {
     "pick_ready", "flow_control_in_use",
     # the clock: the functions read it as the owner; moving it is the owner's alone
     "now", "advance_clock",
+    # owner-only locks, depends_on without parent locks
+    "lock_concurrency_key", "create_concurrency_key", "calling_role", "settle_child",
+    "settle_new_edges",
 }  # fmt: skip
 
 
