@@ -30,7 +30,7 @@ class LeaseKeeper(Service):
         lease: float | None,
         interval: float,
         owned: Callable[[], list[tuple[int, int]]],
-        on_lost: Callable[[int], None],
+        on_lost: Callable[[int], object],
         on_reconnect: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         super().__init__()

@@ -31,7 +31,7 @@ import pytest
 
 import tests.apps.basic  # noqa: F401  (registers noop)
 from pgtasks import Client, Undecodable, Worker
-from pgtasks.migrations import migrate_url
+from pgtasks.migrations import available, migrate_url
 from pgtasks.web import WebSettings, create_app
 from tests.conftest import ROOT
 from tests.security.conftest import wait_until
@@ -510,12 +510,13 @@ async def test_worker_ids_are_bounded_for_every_function_that_takes_one(login, s
 
 
 async def test_the_upgrade_brings_rows_stored_before_the_bounds_within_them(server):
-    """sql/0024 on a database that accepted what it now refuses."""
+    """The bounds' migration on a database that accepted what it now refuses."""
+    bounds = next(m.version for m in available() if m.name == "bounds")
     name = f"upg_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(server.url())
     await admin.execute(f"CREATE DATABASE {name}")
     try:
-        await migrate_url(server.url(name), up_to=23)
+        await migrate_url(server.url(name), up_to=bounds - 1)
         c = await asyncpg.connect(server.url(name))
         try:
             await c.execute("""

@@ -110,8 +110,8 @@ INVARIANTS = {
 }
 
 
-# Every row decodes in a client (infinite times crashed Python): one statement whose result
-# holds every time column a client reads.
+# Every row decodes in a client (an infinite time would crash Python's decoder): one statement
+# whose result holds every time column a client reads.
 DECODE_ALL = """
 SELECT t.run_at, t.created_at, t.started_at, t.finished_at, t.elapsed, s.oldest_ready_age,
        w.last_seen, r.timeout, r.backoff_base, c.default_timeout, c.max_backoff, c.retention,
@@ -424,10 +424,12 @@ def run_one(c: psycopg.Connection, fn: Call) -> None:
     assert not any(broken), ([n for n, b in zip(INVARIANTS, broken, strict=True) if b], fn)
     after = c.execute(ATTEMPTS).fetchone()[0]
     assert all(after.get(i, a) >= a for i, a in before_attempts.items()), ("attempt went down", fn)
-    # Every row decodes in a client (infinite times crashed Python; so did deep JSON).
+    # Every row decodes in a client (an infinite time or deep JSON would crash Python's
+    # decoder).
     c.execute(DECODE_ALL).fetchall()
 
 
+@pytest.mark.slow  # hundreds of generated call sequences: tens of seconds
 @settings(
     max_examples=EXAMPLES,
     deadline=None,
@@ -478,8 +480,8 @@ def run_one(c: psycopg.Connection, fn: Call) -> None:
 def test_no_input_breaks_the_api(db, seq):
     for fn in seq:
         run_one(db, fn)
-    # Whatever came before, the queue still works for everyone: no row stops a claim or
-    # maintenance.
+    # Whatever came before, the queue still works for everyone: no stored value aborts the
+    # rescue or leaves settings that no claim can use.
     db.execute("SELECT pgtasks.submit_task('t')")
     db.execute("SELECT * FROM pgtasks.claim_tasks('fuzz-check', max_tasks => 3)").fetchall()
     db.execute("SELECT * FROM pgtasks.maintain()").fetchall()

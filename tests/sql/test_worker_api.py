@@ -134,7 +134,7 @@ async def test_finish_and_claim_bad_arguments_write_nothing(conn, args, sqlstate
     assert await counts(conn) == {"RUNNING": 1, "PENDING": 1}
 
 
-# -- argument checks on the hot path (issue 9, defect 7) --------------------------------
+# -- argument checks on the hot path ----------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -219,7 +219,8 @@ async def test_a_null_attempt_in_a_batch_comes_back_rejected(conn):
     ],
 )
 async def test_a_null_attempt_never_passes_fencing(conn, call):
-    """Issue 9, defect 5: finish_task(id, NULL, ...) finished a task another worker owned."""
+    """A NULL attempt is no attempt: finish_task(id, NULL, ...) must not finish a task that
+    another worker owns."""
     (a,) = await submit(conn)
     await claim(conn)
     await raises(conn, f"SELECT {call}", "PT117", a)

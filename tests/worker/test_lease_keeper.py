@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from pgtasks.worker.lease_keeper import LeaseKeeper
+from pgtasks.worker.slots import StopReason
 from tests.worker.conftest import WORKER, attempt, claim, slots, submit
 
 
@@ -24,12 +25,12 @@ async def test_heartbeat_extends_leases_and_stops_a_task_whose_lease_was_lost(co
         lease=60.0,
         interval=1.0,
         owned=held.owned,
-        on_lost=lambda task_id: held.stop(task_id, "lease lost"),
+        on_lost=lambda task_id: held.stop(task_id, StopReason.LEASE_LOST),
     )
     assert await keeper.run_once() == [lost]
 
     stopped = held.running[lost]
-    assert stopped.stop_reason == "lease lost" and stopped.ctx.cancelled
+    assert stopped.stop_reason is StopReason.LEASE_LOST and stopped.ctx.cancelled
     await asyncio.sleep(0)
     assert stopped.future is not None and stopped.future.cancelled()
     survivor = held.running[kept]

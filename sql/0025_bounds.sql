@@ -406,6 +406,7 @@ BEGIN
                       OR (u.size_bytes > 202 AND pgtasks.json_shape_error(u.result, u.size_bytes) IS NOT NULL))
        OR EXISTS (SELECT 1 FROM pgtasks.tasks t
                    WHERE t.id = ANY (finish_and_claim.task_ids) AND t.has_dependents)
+       OR EXISTS (SELECT 1 FROM pgtasks.unsettled_edges u WHERE u.parent_id = ANY (finish_and_claim.task_ids))
        OR pgtasks.flow_control_in_use(queues) THEN
         RETURN QUERY
         SELECT f.rejected_task_id, NULL::bigint, NULL::text, NULL::jsonb, NULL::text, NULL::integer,
@@ -788,6 +789,18 @@ BEGIN
                         LEFT JOIN pgtasks.queue_settings qs ON qs.queue = o.queue
                        WHERE qs.rate_limit IS NULL OR o.at < pgtasks.now() - qs.rate_period
                        LIMIT max_rows);
+    -- Concurrency keys' rows an hour after they were made, unless a claimer holds one (SKIP
+    -- LOCKED) or the key has a running task: a key used once would otherwise keep its row
+    -- forever. The next claim of the key makes the row again (lock_concurrency_key).
+    DELETE FROM pgtasks.concurrency_keys k
+     WHERE k.concurrency_key IN (SELECT o.concurrency_key FROM pgtasks.concurrency_keys o
+                                  WHERE o.created_at < pgtasks.now() - interval '1 hour'
+                                    AND NOT EXISTS (SELECT 1 FROM pgtasks.tasks t
+                                                     WHERE t.concurrency_key = o.concurrency_key
+                                                       AND t.status = 'RUNNING')
+                                  ORDER BY o.created_at
+                                  LIMIT max_rows
+                                  FOR UPDATE OF o SKIP LOCKED);
 END $function$;
 CREATE OR REPLACE FUNCTION pgtasks.raise_unique_held(t pgtasks.tasks)
  RETURNS void
