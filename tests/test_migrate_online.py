@@ -212,6 +212,9 @@ async def test_migrate_behind_a_long_transaction_retries_while_the_worker_drains
     url = previous_release
     timeout = 0.5
     sql, (probe,) = probe_sql_dir(tmp_path, ALTER_TASKS)
+    # The shipped deltas first: one that waits for older transactions (a DROP INDEX
+    # CONCURRENTLY) would otherwise be the one retrying behind the long report.
+    await migrate_url(url)
     fleet = Fleet(url, tmp_path / "logs")
     conn = await asyncpg.connect(url)
     report = await asyncpg.connect(url, server_settings={"application_name": "long-report"})
@@ -233,7 +236,7 @@ async def test_migrate_behind_a_long_transaction_retries_while_the_worker_drains
             drained_while_blocked = await done(conn)
             await report.execute("COMMIT")
             applied = await migrate.finished()
-        assert applied == [m.path.stem for m in available()[PREVIOUS_RELEASE:]] + [probe[:-4]]
+        assert applied == [probe[:-4]]
         assert waits.waits, "no claim ever queued behind the migration: the test saw nothing"
         assert waits.longest <= timeout + SLACK, waits.summary()
         await wait_until(url, f"SELECT count(*) = {TASKS} FROM pgtasks.tasks WHERE status = 'DONE'",

@@ -315,7 +315,7 @@ CREATE INDEX tasks_waiting ON pgtasks.tasks (queue, id) WHERE status = 'WAITING'
 -- names in submit_one. A finished task leaves the index, so the key can be submitted again.
 -- Keys belong to their task type: a submit of another type with the same key (a squatter
 -- taking 'invoice:42' with a task that never runs) neither blocks nor is handed the task.
-CREATE UNIQUE INDEX tasks_unique_active ON pgtasks.tasks (task_type, unique_key)
+CREATE UNIQUE INDEX tasks_unique_key ON pgtasks.tasks (task_type, unique_key)
     WHERE unique_key IS NOT NULL AND status IN ('PENDING', 'COMMIT', 'RUNNING');
 -- "Is any keyed task ready?" (the claim's flow-control test): one probe of a usually
 -- empty index.
@@ -522,7 +522,7 @@ COMMENT ON TABLE pgtasks.queue_starts IS
 
 -- unique_for: the key stays taken until reserved_until, whatever its task does. A row whose
 -- window has passed is taken over by the next submit of the key, or pruned. Keys belong to
--- their task type, as in tasks_unique_active (task_type comes last only because upgraded
+-- their task type, as in tasks_unique_key (task_type comes last only because upgraded
 -- databases added it last).
 CREATE TABLE pgtasks.unique_windows (
     unique_key     text NOT NULL,

@@ -7,7 +7,7 @@
 -- inserted PENDING; its insert trigger records it and wakes a worker (03_state_machine.sql).
 --
 -- Unique keys: at most one active (PENDING, COMMIT, RUNNING) task per unique_key of a task
--- type, held by the partial unique index tasks_unique_active and taken with INSERT ... ON
+-- type, held by the partial unique index tasks_unique_key and taken with INSERT ... ON
 -- CONFLICT, so 20 sessions submitting one key at once create one task. Keys belong to their
 -- task type: a submit of another type never meets them. unique_for keeps a key reserved
 -- for a period after the first submit, whatever the task's state (unique_windows). A
@@ -132,7 +132,7 @@ END $$;
 -- One task, with flow control
 
 -- One task, resolved policy p. Without a unique key: a plain INSERT. With one: ON CONFLICT
--- on tasks_unique_active (the type's keys), so concurrent submits of a key wait for each
+-- on tasks_unique_key (the type's keys), so concurrent submits of a key wait for each
 -- other and exactly one inserts; the others return its id. When the active task finishes between our conflict
 -- and our look-up, the INSERT is tried again (it now succeeds, or meets a newer task).
 -- With unique_for, the unique_windows row is taken first and is the lock: a concurrent
@@ -245,7 +245,7 @@ COMMENT ON FUNCTION pgtasks.submit_or_get(text, jsonb, text, integer, timestampt
 
 -- retry_task (06_finish.sql) of a FAILED or CANCELLED task whose unique_key another active
 -- task of its type has taken meanwhile: PT306 with a hint, instead of the bare unique_violation (23505)
--- of tasks_unique_active. One message for both places retry_task finds the key taken.
+-- of tasks_unique_key. One message for both places retry_task finds the key taken.
 CREATE FUNCTION pgtasks.raise_unique_held(t pgtasks.tasks) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pgtasks, pg_temp
