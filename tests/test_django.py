@@ -182,6 +182,27 @@ async def test_the_async_api_enqueues_and_reads_too(project):
     await sync_to_async(connections.close_all)()  # the connection of Django's async thread
 
 
+async def test_the_dashboard_and_api_serve_beside_django_in_one_asgi_app(project):
+    pytest.importorskip("fastapi", reason="the dashboard needs pgtasks[web]")
+    import httpx
+
+    from tests.django_project.asgi import create_application
+
+    app = create_application()
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            enqueued = await c.post("/add/", data={"a": "4", "b": "5"})  # Django's view
+            assert enqueued.status_code == 200, enqueued.text
+            task_id = enqueued.json()["id"]
+            shown = await c.get(f"/tasks/api/tasks/{task_id}")  # pgtasks' API
+            assert shown.status_code == 200, shown.text
+            assert shown.json()["task_type"] == f"{SHOP}.add"
+            page = await c.get("/tasks/")  # the dashboard
+            assert page.status_code == 200 and "pgtasks" in page.text
+    project.cancel(task_id)
+
+
 # -- transactions ---------------------------------------------------------------------
 
 
@@ -432,19 +453,19 @@ def test_system_checks_report_bad_options_without_touching_the_database(project)
 def test_the_worker_url_comes_from_djangos_database_settings():
     from django.core.exceptions import ImproperlyConfigured
 
-    from pgtasks.contrib.django.backend import database_url
+    from pgtasks.contrib.django.backend import url_from_settings
 
-    assert database_url({"NAME": "shop", "USER": "app", "PASSWORD": "p@ss:w/rd",
+    assert url_from_settings({"NAME": "shop", "USER": "app", "PASSWORD": "p@ss:w/rd",
                          "HOST": "db.internal", "PORT": "6432",
                          "OPTIONS": {"sslmode": "require"}}) == (
         "postgresql://app:p%40ss%3Aw%2Frd@db.internal:6432/shop?sslmode=require"
     )  # fmt: skip
-    assert database_url({"NAME": "shop", "HOST": "/run/postgresql", "PORT": "5433"}) == (
+    assert url_from_settings({"NAME": "shop", "HOST": "/run/postgresql", "PORT": "5433"}) == (
         "postgresql:///shop?host=%2Frun%2Fpostgresql&port=5433"
     )
-    assert database_url({"NAME": "shop", "HOST": "::1"}) == "postgresql://[::1]/shop"
+    assert url_from_settings({"NAME": "shop", "HOST": "::1"}) == "postgresql://[::1]/shop"
     with pytest.raises(ImproperlyConfigured, match="DATABASE_URL"):
-        database_url({"OPTIONS": {"service": "shop"}})
+        url_from_settings({"OPTIONS": {"service": "shop"}})
 
 
 def test_worker_command_mistakes_are_one_line_and_a_non_zero_exit(project):

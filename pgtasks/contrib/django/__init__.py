@@ -11,4 +11,12 @@ from __future__ import annotations
 
 from pgtasks.contrib.django.backend import PgTasksBackend
 
-__all__ = ["PgTasksBackend"]
+__all__ = ["PgTasksBackend", "database_url"]
+
+
+def database_url(backend: str = "default") -> str:
+    """The postgresql:// URL of the database the TASKS backend `backend` uses, for pgtasks'
+    own tools: `pgtasks.fastapi.lifespan(url)` (the dashboard beside Django), a Client."""
+    from pgtasks.contrib.django.worker import backend_for
+
+    return backend_for(backend).worker_database_url()

@@ -196,7 +196,7 @@ def exception_class_path(error: str, traceback: str | None) -> str:
     return "builtins.Exception"
 
 
-def database_url(settings_dict: Mapping[str, Any]) -> str:
+def url_from_settings(settings_dict: Mapping[str, Any]) -> str:
     """A postgresql:// URL for the worker (asyncpg) from a Django DATABASES entry."""
     options = settings_dict.get("OPTIONS") or {}
     if options.get("service"):
@@ -359,7 +359,7 @@ class PgTasksBackend(BaseTaskBackend):
         explicit = self.options.get("DATABASE_URL")
         if explicit:
             return str(explicit)
-        return database_url(connections[self.database].settings_dict)
+        return url_from_settings(connections[self.database].settings_dict)
 
     def _result(self, result_id: str, row: dict[str, Any]) -> TaskResult[Any]:
         task = self._task_of(result_id, row)
