@@ -22,8 +22,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 import uuid
@@ -82,6 +84,34 @@ class Project:
         if check:
             assert proc.returncode == 0, proc.stderr
         return proc
+
+    def run_until_finished(self, *results: Any) -> str:
+        """A worker as it runs in production, `manage.py pgtasks_worker` until SIGTERM: it
+        is stopped once every one of these results is finished, and must exit 0. (Tasks
+        that retry are run this way: `--burst` stops when it sees nothing ready or
+        scheduled, and can look while a failure that schedules the retry is committing.)
+        Its log (stderr) is returned."""
+        with tempfile.TemporaryFile("w+") as log:
+            proc = subprocess.Popen(
+                [sys.executable, str(MANAGE), "pgtasks_worker", "--poll-interval", "0.2"],
+                cwd=ROOT, env={**os.environ, DSN_ENV: self.dsn}, stdout=log, stderr=log,
+                text=True,
+            )  # fmt: skip
+            try:
+                hung = time.monotonic() + 300  # only bounds a hung test; no speed asserted
+                for result in results:
+                    while not result.is_finished:
+                        assert proc.poll() is None, "the worker exited before the tasks ended"
+                        assert time.monotonic() < hung, f"task {result.id} never finished"
+                        time.sleep(0.05)
+                        result.refresh()
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                code = proc.wait(120)
+            log.seek(0)
+            text = log.read()
+        assert code == 0, text
+        return text
 
     def cancel(self, *ids: str) -> None:
         """Leave nothing pending that a later worker of a shared database would run."""
@@ -262,11 +292,14 @@ def test_retries_errors_context_and_what_the_worker_refuses(project):
     broken = tasks.broken.enqueue()
     uses_db = tasks.database_name.enqueue()
     not_json = tasks.not_json.enqueue()
+    declined = tasks.declined.enqueue("4242")
     [(bad_params,)] = project.sql(
         "SELECT pgtasks.submit_task(%s, %s::jsonb)", f"{SHOP}.add", '{"a": 1}'
     )
 
-    project.worker("--burst")
+    project.run_until_finished(
+        flaky, broken, uses_db, not_json, tasks.add.get_result(str(bad_params))
+    )
 
     # Failed once, retried (MAX_RETRIES = 1): the second attempt sees itself in its context.
     ok = tasks.flaky.get_result(flaky.id)
@@ -284,6 +317,11 @@ def test_retries_errors_context_and_what_the_worker_refuses(project):
     assert [e.exception_class_path for e in failed.errors] == [f"{SHOP}.ShopError"] * 2
     with pytest.raises(ValueError, match="failed"):
         failed.return_value  # noqa: B018
+
+    # pgtasks' PermanentError: FAILED at once, the class named as Django names classes.
+    refused_card = tasks.declined.get_result(declined.id)
+    assert _status(refused_card) == "FAILED" and refused_card.attempts == 1
+    assert refused_card.errors[0].exception_class_path == "pgtasks.errors.PermanentError"
 
     # Django's own connection works inside the worker, on the same database.
     [(name,)] = project.sql("SELECT current_database()")
@@ -414,7 +452,7 @@ def test_objects_planted_in_public_never_run_in_the_backends_statements(project)
         project.point(options="-c search_path=public,pg_catalog")
         ran = add.using(priority=-5, run_after=datetime.now(UTC)).enqueue(1, 2)
         failed = broken.enqueue()
-        project.worker("--burst")
+        project.run_until_finished(ran, failed)
         assert add.get_result(ran.id).return_value == 3
         assert broken.get_result(failed.id).attempts == 2
         assert project.sql("SELECT what FROM public.planted_calls") == []
@@ -535,15 +573,16 @@ def _python312() -> str | None:
 
 
 def _django6_requirements() -> list[str]:
-    """pgtasks' dependencies and its django extra (from pyproject.toml, so they never
-    drift), Django 6, and the test runner: the venv runs pgtasks from this checkout."""
+    """pgtasks' dependencies and its django and web extras (from pyproject.toml, so they
+    never drift), Django 6, and the test runner and client: the venv runs pgtasks from
+    this checkout."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
     runner = [
         s for s in extras["test"]
-        if re.match(r"(pytest|pytest-asyncio|psycopg)(\[|[<>=!~; ]|$)", s)
+        if re.match(r"(pytest|pytest-asyncio|psycopg|httpx)(\[|[<>=!~; ]|$)", s)
     ]  # fmt: skip
-    return [*project["dependencies"], *extras["django"], "django>=6", *runner]
+    return [*project["dependencies"], *extras["django"], *extras["web"], "django>=6", *runner]
 
 
 def _django6_venv() -> Path:

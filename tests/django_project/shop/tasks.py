@@ -6,6 +6,8 @@ import asyncio
 
 from django.db import connection
 
+from pgtasks import PermanentError
+
 try:
     from django.tasks import task
 except ImportError:  # Django 5.2: the backport
@@ -38,6 +40,11 @@ def flaky(context, marker):
 @task
 def broken():
     raise ShopError("always broken")
+
+
+@task
+def declined(card):
+    raise PermanentError(f"card {card} declined")  # no retry can fix it
 
 
 @task
