@@ -28,6 +28,8 @@ def add_options(
     for option in _options(command, own):
         names = [o for o in option.opts if o.startswith("--")]
         help_text = (option.help or "").replace("%", "%%")
+        if option.show_default and option.default is not None and not option.is_flag:
+            help_text += f" (default: {option.default})"
         if option.envvar:
             help_text += f" [env: {option.envvar}]"
         kind: dict[str, Any] = (
