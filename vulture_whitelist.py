@@ -108,3 +108,16 @@ _.cancel_futures
 # __call__ overloads (pgtasks.task) and the generated sync methods' __qualname__ (pgtasks.sync).
 _.__call__
 _.__qualname__
+
+# pgtasks.contrib.django: read by Django, not by our code. The app config INSTALLED_APPS
+# finds; the backend's feature flags and enqueue() (Task.enqueue calls it); the management
+# command's class and parser hook.
+_.PgTasksConfig
+_.verbose_name
+_.supports_defer
+_.supports_async_task
+_.supports_get_result
+_.supports_priority
+_.enqueue
+_.Command
+_.add_arguments

@@ -1,0 +1,1 @@
+"""The test project's app: tasks and the views that enqueue them."""
