@@ -32,8 +32,10 @@ node-deps:
 	         echo "warning: npm ci failed in $(NODE_EXAMPLE); its tests will be skipped"; }; \
 	fi
 
-## run: start the embedded PostgreSQL, migrate, and show the demo job working
+## run: show the demo job working, on $PGTASKS_DATABASE_URL when it is set, else on the
+## embedded PostgreSQL that `pgtasks db start` creates (or reuses) in ./.pgtasks
 run: install
+	$(if $(PGTASKS_DATABASE_URL),,$(VENV)/bin/pgtasks db start)
 	$(PY) examples/demo.py
 
 ## test: the whole suite against a real PostgreSQL (embedded, started by the tests)

