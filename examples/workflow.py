@@ -1,6 +1,7 @@
 """A chain, a chord and a failure, resolved by the database (docs/workflows.md).
 
-    .venv/bin/python examples/workflow.py      # embedded PostgreSQL, or $PGTASKS_DATABASE_URL
+    .venv/bin/pgtasks db start                 # once: a private PostgreSQL in .pgtasks/
+    .venv/bin/python examples/workflow.py      # it, or the server of $PGTASKS_DATABASE_URL
 
 Submits `chain(extract, transform, load)` and `chord([count(i) ...], total)`, runs one
 worker in this process until both ended, prints their results and one workflow's tree;
