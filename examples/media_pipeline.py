@@ -144,7 +144,7 @@ async def main(args: argparse.Namespace) -> int:
     from pgtasks.config import resolve_url
 
     console = Console()
-    console.print("[bold]media pipeline[/]: connecting (PGTASKS_DATABASE_URL, or the server `pgtasks db start` made)…")
+    console.print("[bold]media pipeline[/]: connecting to the database…")
     url = await resolve_url()
     async with Client(url) as client:
         params = PipelineParams(
