@@ -1,5 +1,5 @@
 """Connections: JSON codecs set once, PT SQLSTATEs turned into typed exceptions, and the one
-list of errors that mean "the database is unreachable right now".
+list of errors that mean "retry this later".
 
 This is the only module that looks at SQLSTATEs; everything else catches classes.
 """
@@ -18,8 +18,9 @@ from pgtasks.errors import translate
 
 T = TypeVar("T")
 
-#: Errors that mean "the database is unreachable right now", not "this call is wrong":
-#: retry the call later (on a fresh connection), never give up on the task for them.
+#: Errors that mean "the database is unreachable (or the row busy) right now", not "this
+#: call is wrong": retry the call later (on a fresh connection), never give up on the task
+#: for them.
 TRANSIENT: tuple[type[BaseException], ...] = (
     OSError,
     asyncio.TimeoutError,
@@ -33,6 +34,10 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     # #1069): seen here on every server restart under load. The pool drops the broken
     # connection; the call just has to be retried on a fresh one.
     asyncpg.InternalClientError,
+    # lock_timeout (55P03): a fenced call found the task's row locked by another session
+    # (an operator's open transaction) for longer than the function's bound, and wrote
+    # nothing. The lease is not lost; the call is tried again on the next round.
+    asyncpg.LockNotAvailableError,
 )
 
 

@@ -185,77 +185,82 @@ SELECT * FROM pgtasks.claim_tasks(worker_id => $1, queues => $2, max_tasks => $3
 # How long the producer may sleep: until the next scheduled task (NULL: none at all).
 NEXT_RUN_GAP = "SELECT pgtasks.next_run_at(queues => $1, task_types => $2) - now() AS gap"
 
+# Every call about a running task presents the lease token its claim returned (the fence;
+# the attempt number is only a counter for people).
+#
 # Results travel as JSON text: a list result passed as a jsonb[] element would be read as a
 # nested array dimension and mangled.
 FINISH_TASKS = """
-SELECT * FROM pgtasks.finish_tasks(task_ids => $1, attempts => $2,
+SELECT * FROM pgtasks.finish_tasks(task_ids => $1, lease_tokens => $2,
                                    results => $3::text[]::jsonb[])
 """
 
 # The backoff comes from the row's own backoff_base, as in rescue (retry_delay: exact).
 FAIL_TASK = """
-SELECT pgtasks.fail_task(task_id => $1, attempt => $2, error => $3, traceback => $4,
+SELECT pgtasks.fail_task(task_id => $1, lease_token => $2, error => $3, traceback => $4,
                          retryable => $5, retry_delay => $6)
 """
 
 # Results in, work out, in one round trip: rows with rejected_task_id set are results the
-# database refused (stale attempt); the others are claimed tasks, in claim order.
+# database refused (stale token); the others are claimed tasks, in claim order.
 FINISH_AND_CLAIM = """
-SELECT * FROM pgtasks.finish_and_claim(worker_id => $1, task_ids => $2, attempts => $3,
+SELECT * FROM pgtasks.finish_and_claim(worker_id => $1, task_ids => $2, lease_tokens => $3,
                                        results => $4::text[]::jsonb[], claim_max => $5,
                                        queues => $6, lease => $7, task_types => $8)
 """
 
 YIELD_TASK = (
-    "SELECT pgtasks.yield_task(task_id => $1, attempt => $2, run_at => coalesce($3, now()))"
+    "SELECT pgtasks.yield_task(task_id => $1, lease_token => $2, run_at => coalesce($3, now()))"
 )
 
 HEARTBEAT = """
-SELECT * FROM pgtasks.heartbeat(worker_id => $1, task_ids => $2, attempts => $3, lease => $4)
+SELECT * FROM pgtasks.heartbeat(worker_id => $1, task_ids => $2, lease_tokens => $3,
+                                lease => $4)
 """
 
 # -- worker: what a task writes ------------------------------------------------------------
 
-CHECKPOINT = "SELECT pgtasks.checkpoint(task_id => $1, attempt => $2, step => $3, result => $4)"
+CHECKPOINT = "SELECT pgtasks.checkpoint(task_id => $1, lease_token => $2, step => $3, result => $4)"
 
 LOG_MANY = """
-SELECT pgtasks.log_many(task_id => $1, attempt => $2, levels => $3, messages => $4,
+SELECT pgtasks.log_many(task_id => $1, lease_token => $2, levels => $3, messages => $4,
                         ats => $5, loggers => $6)
 """
 
 REPORT_PROGRESS = """
-SELECT pgtasks.report_progress(task_id => $1, attempt => $2, current => $3, total => $4,
+SELECT pgtasks.report_progress(task_id => $1, lease_token => $2, current => $3, total => $4,
                                message => $5)
 """
 
 # Many tasks' progress in one statement; one refused row fails it (then: one by one).
 REPORT_PROGRESS_MANY = """
-SELECT count(pgtasks.report_progress(task_id => u.task_id, attempt => u.attempt,
+SELECT count(pgtasks.report_progress(task_id => u.task_id, lease_token => u.lease_token,
                                      current => u.current, total => u.total,
                                      message => u.message))
-  FROM unnest($1::bigint[], $2::integer[], $3::bigint[], $4::bigint[], $5::text[])
-       AS u(task_id, attempt, current, total, message)
+  FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::text[])
+       AS u(task_id, lease_token, current, total, message)
 """
 
 # Many tasks' log batches in one statement: one row per line, grouped back per attempt
 # (in their order) for log_many. One refused task fails it (then: one by one).
 LOG_MANY_TASKS = """
-SELECT count(pgtasks.log_many(task_id => g.task_id, attempt => g.attempt, levels => g.levels,
-                              messages => g.messages, ats => g.ats, loggers => g.loggers))
-  FROM (SELECT u.task_id, u.attempt, array_agg(u.level ORDER BY u.n) AS levels,
+SELECT count(pgtasks.log_many(task_id => g.task_id, lease_token => g.lease_token,
+                              levels => g.levels, messages => g.messages, ats => g.ats,
+                              loggers => g.loggers))
+  FROM (SELECT u.task_id, u.lease_token, array_agg(u.level ORDER BY u.n) AS levels,
                array_agg(u.message ORDER BY u.n) AS messages,
                array_agg(u.at ORDER BY u.n) AS ats, array_agg(u.logger ORDER BY u.n) AS loggers
-          FROM unnest($1::bigint[], $2::integer[], $3::text[], $4::text[],
+          FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[],
                       $5::timestamptz[], $6::text[])
-               WITH ORDINALITY AS u(task_id, attempt, level, message, at, logger, n)
-         GROUP BY u.task_id, u.attempt) g
+               WITH ORDINALITY AS u(task_id, lease_token, level, message, at, logger, n)
+         GROUP BY u.task_id, u.lease_token) g
 """
 
-TASK_STEPS = "SELECT * FROM pgtasks.task_steps_of(task_id => $1, attempt => $2)"
+TASK_STEPS = "SELECT * FROM pgtasks.task_steps_of(task_id => $1, lease_token => $2)"
 
 # A task's parents (sql/0012), read when the task asks (ctx.parent_results), not with the
-# claim: plain tasks pay nothing for it.
-PARENT_RESULTS = "SELECT pgtasks.parent_results(task_id => $1)"
+# claim: plain tasks pay nothing for it. Fenced like a write: only the holder reads them.
+PARENT_RESULTS = "SELECT pgtasks.parent_results(task_id => $1, lease_token => $2)"
 
 # -- worker: maintenance -------------------------------------------------------------------
 
@@ -266,6 +271,12 @@ PRUNE_FINISHED = "SELECT pgtasks.prune_finished(older_than => $1, max_tasks => $
 
 # A liveness probe for the LISTEN connection: a silent network drop fires no event.
 PING = "SELECT 1"
+
+# The tags pgtasks_wakeup names these queues by (a wake-up names no queue: any role may
+# LISTEN), for the notifier to tell this worker's wake-ups from other queues'.
+QUEUE_TAGS = (
+    "SELECT coalesce(array_agg(pgtasks.queue_tag(queue => q)), '{}') FROM unnest($1::text[]) q"
+)
 
 # -- schedules (sql/0006) -------------------------------------------------------------------
 

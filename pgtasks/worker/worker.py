@@ -1,9 +1,10 @@
 """The Worker wires the services together and owns nothing else.
 
     notifier ──wake──▶ producer ──claimed rows──▶ runner ──outcome──▶ completer
-                          ▲                                              │
-                          └───────────── freed slot / written ───────────┘
-    lease keeper: heartbeats for every held task; stops the ones whose lease was lost
+        │                 ▲                                              │
+        │                 └───────────── freed slot / written ───────────┘
+        └─cancel notice─▶ lease keeper: heartbeats for every held task (at once after a
+                          cancel notice); stops the ones the database says were lost
     maintainer:   rescue of expired leases, pruning, firing due schedules
 
 Connections, at any concurrency: `core` (2, producer and completer), `control` (1, lease
@@ -167,9 +168,10 @@ class Worker:
             await self._register_types()
             self.ready.set()
             services = self._wire(url)
+            assert self.producer is not None
+            await retrying("wake-up tags", self.producer.load_wakeup_tags, self._stopping)
             for s in services:
                 s.start()
-            assert self.producer is not None
             await self.producer.run()
             await self._drain()
             for s in services:
@@ -266,9 +268,14 @@ class Worker:
             lease=self.lease,
             interval=self.heartbeat_interval,
             owned=self.slots.owned,
-            on_lost=lambda task_id: self.slots.stop(task_id, "lease lost"),
+            on_lost=self.slots.stop,
             on_reconnect=self._register,
         )
+
+        def cancel_notice(task_id: int) -> None:
+            # A hint from anyone: the lease keeper's heartbeat tells whether it is true.
+            if self.slots.holds(task_id):
+                lease_keeper.confirm(task_id)
 
         def rescued(n: int) -> None:
             self.stats.rescued += n
@@ -288,10 +295,8 @@ class Worker:
             services.append(
                 Notifier(
                     url,
-                    on_wakeup=lambda q: producer.wake() if producer.wants(q) else None,
-                    on_cancel=lambda task_id, attempt: self.slots.stop(
-                        task_id, "cancelled", attempt=attempt
-                    ),
+                    on_wakeup=lambda tag: producer.wake() if producer.wants(tag) else None,
+                    on_cancel=cancel_notice,
                     application_name=self.application_name,
                 )
             )
@@ -366,7 +371,7 @@ class Worker:
         completer = self.completer
         return [
             spawn_guarded(
-                completer.hand_back(row["id"], row["attempt"], Yielded(None, handed_back=True)),
+                completer.hand_back(row["id"], row["lease_token"], Yielded(None, handed_back=True)),
                 "hand back",
             )
             for row in self.slots.stale(everything=everything)
@@ -391,7 +396,7 @@ class Worker:
         started = loop_time()
         try:
             outcome = await runner.run(att, spec)
-            await self.completer.record(att.task_id, att.attempt, outcome)
+            await self.completer.record(att.task_id, att.lease_token, outcome)
         except asyncio.CancelledError:
             # Cancelled again while its outcome was being written (e.g. the drain's stop
             # after the grace period): the lease hands the task on.
