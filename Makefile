@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: run test install node-deps lint bench db-stop clean catalog
+.PHONY: run test test-fast install node-deps lint bench db-stop clean catalog docs
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -13,6 +13,14 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)
+
+# squawk, the PostgreSQL migration linter: its PyPI wheel (the binary inside), pinned.
+SQUAWK_VERSION := 2.70.0
+SQUAWK_STAMP   := $(VENV)/.squawk-$(SQUAWK_VERSION)
+
+$(SQUAWK_STAMP): $(STAMP)
+	@$(PY) -m pip install --quiet --disable-pip-version-check squawk-cli==$(SQUAWK_VERSION)
+	@rm -f $(VENV)/.squawk-* && touch $@
 
 # The Node example's packages, from its lockfile, for tests/test_node.py. Quiet, and never
 # fatal: without npm (or when npm ci fails) those tests skip and say why.
@@ -32,9 +40,24 @@ run: install
 test: install node-deps
 	$(PY) -m pytest
 
-lint: install
+## test-fast: the suite without the tests marked slow (worker processes, servers, browsers,
+## Node, pgbouncer, PostgreSQL restarts); `make test` still runs everything
+test-fast: install
+	$(PY) -m pytest -m "not slow"
+
+## lint: ruff, ruff format, mypy --strict and vulture (dead code; false positives listed in
+## vulture_whitelist.py), then squawk over the new migrations (sql/0024 on, .squawk.toml)
+lint: install $(SQUAWK_STAMP)
 	$(VENV)/bin/ruff check pgtasks tests bench examples
 	$(VENV)/bin/ruff format --check pgtasks tests bench examples
+	$(VENV)/bin/mypy --strict pgtasks
+	$(VENV)/bin/vulture pgtasks vulture_whitelist.py --min-confidence 60
+	$(PY) -m tests.squawk
+
+## docs: the site with the API reference from the docstrings, into site/ (offline; --strict
+## fails on a broken link or reference and on a public name without a docstring)
+docs: install
+	$(VENV)/bin/mkdocs build --strict --site-dir site
 
 ## catalog: build the schema both ways (topic files, numbered deltas) and diff the catalogs
 catalog: install
@@ -50,4 +73,4 @@ db-stop: install
 
 clean:
 	-$(VENV)/bin/pgtasks db stop 2>/dev/null
-	rm -rf $(VENV) .pgtasks .pytest_cache $(NODE_EXAMPLE)/node_modules
+	rm -rf $(VENV) .pgtasks .pytest_cache site $(NODE_EXAMPLE)/node_modules

@@ -1,14 +1,14 @@
 """`make bench` / `python -m bench`: every system on one embedded server, one table.
 
-Starts one private PostgreSQL, runs each system's figures against it one system after the
-other (every run in a fresh database), then the head-to-head rounds (pgtasks and PgQueuer
-drains alternating, the order flipped every round), then pgtasks' ``maxconn_*`` run on a
-second server started with ``max_connections = 100``. Prints one side-by-side table with the
-targets below it and writes the same figures, with the config, the server settings, the
-commit and the machine load, to ``bench/results/<timestamp>.json`` and ``latest.json``.
+The parts of a run, in order (``--only`` picks some): ``suites``, each system's figures, every
+run in a fresh database; ``h2h``, pgtasks and PgQueuer drains in alternating rounds;
+``floor``, ``ceiling``, ``filtered``, ``bulk`` (bench/floors.py); ``maxconn``, pgtasks on a
+second server with ``max_connections = 100``. Prints one side-by-side table with the targets
+below it and writes the same, with the config, the server settings, the commit and the
+machine load, to ``bench/results/<timestamp>.json`` and ``latest.json``.
 
-    python -m bench [--systems pgtasks,pgqueuer,procrastinate] [--scale F] [--runs N]
-                    [--dsn URL] [--out DIR] [--skip-maxconn] [--skip-head-to-head]
+    python -m bench [--systems pgtasks,pgqueuer,procrastinate] [--only PARTS] [--scale F]
+                    [--runs N] [--dsn URL] [--out DIR] [--skip-maxconn] [--skip-head-to-head]
 
 A smoke run: ``BENCH_SCALE=0.02 BENCH_RUNS=1 make bench`` (every size can be set as
 ``BENCH_<FIELD>``, see ``harness.BenchConfig``).
@@ -22,6 +22,7 @@ import dataclasses
 import datetime as dt
 import importlib
 import json
+import operator
 import os
 import platform
 import statistics
@@ -32,6 +33,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from bench import floors
 from bench.harness import (
     RATIO,
     RESULTS_DIR,
@@ -54,6 +56,8 @@ DRIVERS = {
     "procrastinate": "bench.peer_procrastinate",
 }
 BASELINE = "pgqueuer"
+#: The parts of a run, in order (``--only`` picks some; the docstring above says what each is).
+PARTS = ("suites", "h2h", *floors.SCENARIOS, "maxconn")
 Results = Mapping[str, Mapping[str, Figure]]
 
 
@@ -93,21 +97,46 @@ def _samples(fig: Figure | None) -> tuple[float, ...]:
     return () if fig is None else fig.samples
 
 
+_OPS = {">=": operator.ge, "<=": operator.le, "<": operator.lt, "=": operator.eq}
+
+#: Targets judged on one figure: (key, label, target, "median" of the runs, or the "worst").
+#: bench/floors.py's are taken within rounds; "every round" means judged on the worst.
+SIMPLE_GOALS = (
+    ("latency_p50_ms", "latency p50 (ms), LISTEN", "<= 2 ms", "median"),
+    ("latency_p99_ms", "latency p99 (ms), LISTEN", "<= 5 ms", "median"),
+    ("latency_p50_over_floor", "latency p50 / floor, same rounds", "<= 1.5", "median"),
+    ("latency_p50_over_pgqueuer", "latency p50 / PgQueuer, every round", "<= 0.6", "worst"),
+    ("latency_p99_over_pgqueuer", "latency p99 / PgQueuer, every round", "<= 0.6", "worst"),
+    ("latency_tail_count", "latency: jobs that waited for a poll", "= 0", "worst"),
+    ("drain_1_over_ceiling", "drain_1 (c100) / raw claim ceiling", ">= 0.6", "median"),
+    ("filtered_claim_p50_ms", "claim of one type behind others, p50 (ms)", "<= 2 ms", "median"),
+    ("bulk_over_pgqueuer", "bulk submit / PgQueuer", ">= 2", "median"),
+    ("connections_per_worker", "connections_per_worker (c200, steps)", "<= 5", "worst"),
+    ("wf_chord_ratio", "chord children / plain drain", ">= 0.7", "median"),
+    ("wf_chord_callback_delay_ms", "chord callback start (ms)", "<= 50 ms", "median"),
+    ("wf_chain_handoff_p50_ms", "chain hand-off p50 (ms)", "<= 5 ms", "median"),
+    ("maxconn_connection_errors", "maxconn_connection_errors", "= 0", "worst"),
+)
+
+
 def goals(results: Results) -> list[Goal]:
     """The targets pgtasks is held to. Reported, never asserted: the numbers are noisy.
 
     Drain ratios are judged on the median head-to-head round (the two suites' medians,
     measured minutes apart, shown next to it); the two paired figures on the median pair,
-    with the worst pair shown; connections and refused connections on the worst run;
-    everything else on medians.
+    with the worst pair shown; the rest as :data:`SIMPLE_GOALS` says.
     """
     ours, theirs = results.get("pgtasks", {}), results.get(BASELINE, {})
     found: list[Goal] = []
 
-    def add(
-        name: str, target: str, value: float | None, ok: Callable[[float], bool], judged: str
-    ) -> None:
-        found.append(Goal(name, target, value, None if value is None else ok(value), judged))
+    def add(name: str, target: str, value: float | None, judged: str) -> None:
+        op, bound = target.split()[:2]
+        met = None if value is None else _OPS[op](value, float(bound))
+        found.append(Goal(name, target, value, met, judged))
+
+    def pairs(a: str, b: str, f: Callable[[float, float], float]) -> list[float]:
+        both = zip(_samples(ours.get(a)), _samples(ours.get(b)), strict=False)
+        return sorted(f(x, y) for x, y in both if y)
 
     for key, label, least in (
         ("drain_default", "drain_default / PgQueuer defaults", 2.0),
@@ -120,74 +149,27 @@ def goals(results: Results) -> list[Goal]:
         shown = "-" if suites is None else f"{suites:.2f}"
         if rounds := ours.get(f"h2h_{key}"):
             judged = f"rounds [{min(rounds.samples):.2f}-{max(rounds.samples):.2f}], suites {shown}"
-            add(label, f">= {least}", rounds.median, lambda v, m=least: v >= m, judged)
+            add(label, f">= {least}", rounds.median, judged)
         else:
-            add(label, f">= {least}", suites, lambda v, m=least: v >= m, "medians")
-    conns = _samples(ours.get("connections_per_worker"))
-    add(
-        "connections_per_worker (c200, steps)",
-        "<= 5",
-        max(conns, default=None),
-        lambda v: v <= 5,
-        "most, any run",
-    )
-    pairs = sorted(
-        on / off
-        for on, off in zip(
-            _samples(ours.get("enqueue_single_paired")),
-            _samples(ours.get("enqueue_single_no_wakeup")),
-            strict=False,
-        )
-        if off
-    )
-    add(
-        "wake-ups on / off (enqueue_single pairs)",
-        ">= 0.85",
-        statistics.median(pairs) if pairs else None,
-        lambda v: v >= 0.85,
-        f"median pair (lowest {pairs[0]:.2f})" if pairs else "median pair",
-    )
-    add(
-        "drain_max_running / drain_1 (limit not reached)",
-        ">= 0.8",
-        ratio(ours.get("drain_max_running"), ours.get("drain_1")),
-        lambda v: v >= 0.8,
-        "medians",
-    )
-    drops = sorted(
-        (1 - h / f) * 100
-        for h, f in zip(
-            _samples(ours.get("drain_1_history")),
-            _samples(ours.get("drain_1_history_fresh")),
-            strict=False,
-        )
-        if f
-    )
-    add(
-        "drain_1_history drop (%)",
-        "< 15 %",
-        statistics.median(drops) if drops else None,
-        lambda v: v < 15,
-        f"median pair (largest {drops[-1]:.1f})" if drops else "median pair",
-    )
-    for key, label, target, ok in (
-        ("latency_p50_ms", "latency p50 (ms), LISTEN", "<= 2 ms", lambda v: v <= 2),
-        ("latency_p99_ms", "latency p99 (ms), LISTEN", "<= 5 ms", lambda v: v <= 5),
-        ("wf_chord_ratio", "chord children / plain drain", ">= 0.7", lambda v: v >= 0.7),
-        ("wf_chord_callback_delay_ms", "chord callback start (ms)", "<= 50 ms", lambda v: v <= 50),
-        ("wf_chain_handoff_p50_ms", "chain hand-off p50 (ms)", "<= 5 ms", lambda v: v <= 5),
-    ):
-        fig = ours.get(key)
-        add(label, target, fig.median if fig else None, ok, "median")
-    refused = _samples(ours.get("maxconn_connection_errors"))
-    add(
-        "maxconn_connection_errors",
-        "0",
-        max(refused, default=None),
-        lambda v: v == 0,
-        "most, any run",
-    )
+            add(label, f">= {least}", suites, "medians")
+    on_off = pairs("enqueue_single_paired", "enqueue_single_no_wakeup", operator.truediv)
+    judged = f"median pair (lowest {on_off[0]:.2f})" if on_off else "median pair"
+    add("wake-ups on / off (enqueue_single pairs)", ">= 0.85", _median(on_off), judged)
+    limited = ratio(ours.get("drain_max_running"), ours.get("drain_1"))
+    add("drain_max_running / drain_1 (limit not reached)", ">= 0.8", limited, "medians")
+    drops = pairs("drain_1_history", "drain_1_history_fresh", lambda h, f: (1 - h / f) * 100)
+    judged = f"median pair (largest {drops[-1]:.1f})" if drops else "median pair"
+    add("drain_1_history drop (%)", "< 15 %", _median(drops), judged)
+    for key, label, target, judged in SIMPLE_GOALS:
+        fig, worst = ours.get(key), max if target[0] in "<=" else min
+        value = None if fig is None else fig.median if judged == "median" else worst(fig.samples)
+        shown = "" if fig is None else " of " + " ".join(f"{v:.2f}" for v in fig.samples)
+        add(label, target, value, judged + shown)
     return found
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
 
 
 def format_report(results: Results, cfg: BenchConfig, settings: Mapping[str, Any]) -> str:
@@ -209,35 +191,6 @@ def format_report(results: Results, cfg: BenchConfig, settings: Mapping[str, Any
 
 
 # --------------------------------------------------------------------------- running
-
-
-async def run_all(
-    dsn: str, cfg: BenchConfig, systems: list[str]
-) -> tuple[dict[str, dict[str, Figure]], dict[str, Any], dict[str, str]]:
-    results: dict[str, dict[str, Figure]] = {}
-    meta: dict[str, Any] = {}
-    errors: dict[str, str] = {}
-    for system in systems:
-        driver = importlib.import_module(DRIVERS[system])
-        load_before = machine_load()
-        started = time.perf_counter()
-        log(
-            f"=== {system}: load {load_before['loadavg_1_5_15']}, "
-            f"{load_before['pytest_processes']} pytest processes running"
-        )
-        try:
-            results[system] = await driver.run(dsn, cfg, log)
-        except Exception:
-            errors[system] = traceback.format_exc()
-            log(f"=== {system} FAILED:\n{errors[system]}")
-        meta[system] = {
-            "settings": driver.settings(),
-            "seconds": round(time.perf_counter() - started, 1),
-            "load_before": load_before,
-            "load_after": machine_load(),
-        }
-        log(f"=== {system}: {meta[system]['seconds']:.0f}s")
-    return results, meta, errors
 
 
 async def head_to_head(dsn: str, cfg: BenchConfig) -> dict[str, Figure]:
@@ -281,40 +234,27 @@ def write_results(payload: dict[str, Any], out_dir: Path, stamp: str) -> list[Pa
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--systems",
-        default=",".join(DRIVERS),
-        help=f"comma-separated subset of {','.join(DRIVERS)} (default: all)",
-    )
-    parser.add_argument(
-        "--scale",
-        type=float,
-        default=float(os.environ.get("BENCH_SCALE", 1)),
-        help="multiply every job count (default 1, or BENCH_SCALE)",
-    )
-    parser.add_argument("--runs", type=int, help="runs per figure (default 5, or BENCH_RUNS)")
-    parser.add_argument(
-        "--skip-maxconn",
-        action="store_true",
-        help="leave out maxconn_* (pgtasks on a second server)",
-    )
-    parser.add_argument(
-        "--skip-head-to-head", action="store_true", help="leave out the h2h_* rounds"
-    )
-    parser.add_argument(
-        "--dsn",
-        default=os.environ.get("BENCH_DSN"),
-        help="an existing server instead of the embedded one (CREATE DATABASE)",
-    )
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where the JSON goes")
+    add = parser.add_argument
+    add("--systems", default=",".join(DRIVERS), help="comma-separated systems (default: all)")
+    add("--only", default=",".join(PARTS), help=f"comma-separated parts of {','.join(PARTS)}")
+    scale = float(os.environ.get("BENCH_SCALE", 1))
+    add("--scale", type=float, default=scale, help="multiply every job count (BENCH_SCALE)")
+    add("--runs", type=int, help="runs per figure (default 5, or BENCH_RUNS)")
+    add("--skip-maxconn", action="store_true", help="leave out maxconn_*")
+    add("--skip-head-to-head", action="store_true", help="leave out the h2h_* rounds")
+    add("--dsn", default=os.environ.get("BENCH_DSN"), help="an existing server (CREATE DATABASE)")
+    add("--out", type=Path, default=RESULTS_DIR, help="where the JSON goes")
     args = parser.parse_args(argv)
+    args.only = {s.strip() for s in args.only.split(",") if s.strip()}
+    args.only -= {"maxconn"} if args.skip_maxconn else set()
+    args.only -= {"h2h"} if args.skip_head_to_head else set()
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    if not args.only or not args.only <= set(PARTS):
+        parser.error(f"choose parts from {', '.join(PARTS)}")
     if not args.systems or not set(args.systems) <= DRIVERS.keys():
         parser.error(f"choose systems from {', '.join(DRIVERS)}")
-    if args.runs is not None and args.runs < 1:
-        parser.error("--runs must be at least 1")
-    if args.scale <= 0:
-        parser.error("--scale must be positive")
+    if (args.runs is not None and args.runs < 1) or args.scale <= 0:
+        parser.error("--runs must be at least 1 and --scale positive")
     return args
 
 
@@ -326,9 +266,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = cfg.scaled(args.scale)
     if args.runs is not None:
         cfg = dataclasses.replace(cfg, runs=args.runs)
+    drivers = {}
     for system in args.systems:  # fail before starting a server, not after pgtasks ran
         try:
-            importlib.import_module(DRIVERS[system])
+            drivers[system] = importlib.import_module(DRIVERS[system])
         except ImportError as exc:
             raise SystemExit(
                 f"cannot load the {system} driver ({exc}); install the bench "
@@ -336,44 +277,48 @@ def main(argv: list[str] | None = None) -> int:
             ) from exc
 
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    started = time.perf_counter()
-    h2h: dict[str, Any] = {}
+    started, only, systems = time.perf_counter(), args.only, set(args.systems)
+    results: dict[str, dict[str, Figure]] = {}
+    meta: dict[str, Any] = {s: {"settings": d.settings()} for s, d in drivers.items()}
+    errors: dict[str, str] = {}
+
+    def part(name: str, run: Callable[[], Mapping[str, dict[str, Figure]]]) -> None:
+        """Run one part, timed, the machine's load noted before and after it; a failure is
+        reported and the other parts still run."""
+        load = machine_load()
+        log(f"=== {name}: load {load['loadavg_1_5_15']}, {load['pytest_processes']} pytest")
+        t0 = time.perf_counter()
+        try:
+            for system, figures in run().items():
+                results.setdefault(system, {}).update(figures)
+        except Exception:
+            errors[name] = traceback.format_exc()
+            log(f"=== {name} FAILED:\n{errors[name]}")
+        seconds = round(time.perf_counter() - t0, 1)
+        meta.setdefault(name, {}).update(seconds=seconds, load_before=load)
+        meta[name]["load_after"] = machine_load()
+        log(f"=== {name}: {seconds:.0f}s")
+
     with benchmark_server(args.dsn) as dsn:
         pg = asyncio.run(server_settings(dsn))
         log(f"server: PostgreSQL {pg['server_version']} at {dsn}")
-        results, meta, errors = asyncio.run(run_all(dsn, cfg, args.systems))
-        if {"pgtasks", BASELINE} <= results.keys() and not args.skip_head_to_head:
-            log("=== head-to-head: pgtasks and PgQueuer drains in alternating rounds")
-            t0 = time.perf_counter()
-            try:
-                results["pgtasks"].update(asyncio.run(head_to_head(dsn, cfg)))
-            except Exception:
-                errors["head_to_head"] = traceback.format_exc()
-                log(f"=== head-to-head FAILED:\n{errors['head_to_head']}")
-            h2h = {"seconds": round(time.perf_counter() - t0, 1)}
-    if "pgtasks" in results and not args.skip_maxconn:
+        for system, driver in drivers.items() if "suites" in only else ():
+            part(system, lambda d=driver, s=system: {s: asyncio.run(d.run(dsn, cfg, log))})
+        if {"pgtasks", BASELINE} <= systems and "h2h" in only:
+            part("head_to_head", lambda: {"pgtasks": asyncio.run(head_to_head(dsn, cfg))})
+        if "pgtasks" in systems and only & set(floors.SCENARIOS):
+            part("floors", lambda: asyncio.run(floors.run(dsn, cfg, args.systems, only, log)))
+    if "pgtasks" in systems and "maxconn" in only:
         from bench import peer_pgtasks
 
-        log(f"=== pgtasks maxconn: a server with max_connections = {cfg.maxconn_limit}")
-        t0, load_before = time.perf_counter(), machine_load()
-        try:
+        def maxconn() -> dict[str, dict[str, Figure]]:
             with benchmark_server(max_connections=cfg.maxconn_limit) as maxconn_dsn:
-                figures = asyncio.run(peer_pgtasks.run_maxconn(maxconn_dsn, cfg, log))
-            results["pgtasks"].update(figures)
-        except Exception:
-            errors["pgtasks maxconn"] = traceback.format_exc()
-            log(f"=== pgtasks maxconn FAILED:\n{errors['pgtasks maxconn']}")
-        meta["pgtasks"]["maxconn"] = {
-            "max_connections": cfg.maxconn_limit,
-            "workers": cfg.maxconn_workers,
-            "concurrency": cfg.maxconn_concurrency,
-            "jobs": cfg.maxconn_jobs,
-            "seconds": round(time.perf_counter() - t0, 1),
-            "load_before": load_before,
-            "load_after": machine_load(),
-        }
+                return {"pgtasks": asyncio.run(peer_pgtasks.run_maxconn(maxconn_dsn, cfg, log))}
 
-    print(format_report(results, cfg, {name: m["settings"] for name, m in meta.items()}))
+        part("maxconn", maxconn)
+
+    settings = {name: m["settings"] for name, m in meta.items() if "settings" in m}
+    print(format_report(results, cfg, settings))
     payload = {
         "timestamp": stamp,
         "command": " ".join(["python -m bench", *argv]),
@@ -386,8 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         "code": provenance(),
         "server": {"embedded": args.dsn is None, **pg},
         "config": dataclasses.asdict(cfg),
-        "systems": meta,
-        "head_to_head": h2h,
+        "parts": meta,
         "results": {s: {k: f.as_dict() for k, f in r.items()} for s, r in results.items()},
         "pgtasks_vs_pgqueuer": baseline_ratios(results),
         "goals": [dataclasses.asdict(g) for g in goals(results)] if "pgtasks" in results else [],

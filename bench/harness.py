@@ -66,33 +66,13 @@ HARNESS_APP = "bench_harness"
 
 #: Report order: each system-specific figure right under the shared one it is compared with;
 #: keys not listed here come last, so nothing measured is left out of the table.
-REPORT_ORDER: tuple[str, ...] = (
-    "enqueue_single",
-    "enqueue_single_paired",
-    "enqueue_single_no_wakeup",
-    "enqueue_batch",
-    "drain_default",
-    "drain_1",
-    "drain_1_c10",
-    "drain_max_running",
-    "drain_1_history",
-    "drain_1_history_fresh",
-    "drain_2",
-    "drain_2_c10",
-    "drain_1_steps",
-    "connections_per_worker",
-    "maxconn_jobs_per_s",
-    "maxconn_connection_errors",
-    "maxconn_peak_connections",
-    "latency_p50_ms",
-    "latency_p99_ms",
-    "latency_poll_p50_ms",
-    "latency_poll_p99_ms",
-    "drain_1_worker_cpu_us",
-    "drain_1_server_cpu_us",
-    "drain_2_worker_cpu_us",
-    "drain_2_server_cpu_us",
-)
+_ORDER = """enqueue_single enqueue_single_paired enqueue_single_no_wakeup enqueue_batch
+    drain_default drain_1 drain_1_c10 drain_max_running drain_1_history drain_1_history_fresh
+    drain_2 drain_2_c10 drain_1_steps connections_per_worker maxconn_jobs_per_s
+    maxconn_connection_errors maxconn_peak_connections latency_p50_ms latency_p99_ms
+    latency_poll_p50_ms latency_poll_p99_ms drain_1_worker_cpu_us drain_1_server_cpu_us
+    drain_2_worker_cpu_us drain_2_server_cpu_us"""
+REPORT_ORDER: tuple[str, ...] = tuple(_ORDER.split())
 
 Log = Callable[[str], None]
 T = TypeVar("T")
@@ -149,6 +129,10 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
+def p50_p99(values: Sequence[float]) -> tuple[float, float]:
+    return percentile(values, 50), percentile(values, 99)
+
+
 def rate(jobs: int, seconds: float) -> float:
     """Jobs per second, refusing a zero or negative interval instead of reporting infinity."""
     if seconds <= 0:
@@ -167,12 +151,7 @@ async def alternate(
     Taken within a round, with the order flipped, drift falls on both sides alike.
     """
     for i in range(rounds):
-        order = list(range(len(sides)))
-        if i % 2:
-            order.reverse()
-        results: dict[int, T] = {}
-        for j in order:
-            results[j] = await sides[j]()
+        results = {j: await sides[j]() for j in range(len(sides))[:: -1 if i % 2 else 1]}
         yield i, [results[j] for j in range(len(sides))]
 
 
@@ -225,6 +204,17 @@ class BenchConfig:
     #: pgtasks' wf_* figures: a chord of this many children, a chain of this many steps.
     chord_children: int = 10_000
     chain_steps: int = 100
+    #: bench/floors.py. ceiling: connections sharing the 100 slots of the raw claim loop; one
+    #: (claims of 100) was the fastest: 10,000 jobs/s against 8,500 with 2, 7,600 with 4.
+    ceiling_connections: int = 1
+    #: filtered: ready tasks of another type ahead of the claimer's (a condition, not a job
+    #: count: not scaled); timed claims per side, tasks per claim.
+    filtered_backlog: int = 200_000
+    filtered_claims: int = 200
+    filtered_claim_max: int = 10
+    #: bulk: jobs per system and round, jobs per batch call.
+    bulk_jobs: int = 100_000
+    bulk_chunk: int = 10_000
 
     def __post_init__(self) -> None:
         may_be_zero = {"latency_warmup", "history_finished", "history_future"}
@@ -262,6 +252,8 @@ class BenchConfig:
             maxconn_jobs=scale(self.maxconn_jobs),
             chord_children=scale(self.chord_children, 10),
             chain_steps=scale(self.chain_steps, 2),
+            bulk_jobs=scale(self.bulk_jobs),
+            bulk_chunk=min(self.bulk_chunk, scale(self.bulk_jobs)),
         )
 
 
@@ -473,10 +465,6 @@ class WorkerContext:
     @property
     def dsn(self) -> str:
         return str(self.args.dsn)
-
-    @property
-    def label(self) -> str:
-        return Path(self.args.ready_file).stem
 
 
 ServeFn = Callable[[WorkerContext], Awaitable[None]]
@@ -928,8 +916,8 @@ async def sample_connection_drains(
     }
 
 
-async def sample_latency(peer: Peer, dsn: str, cfg: BenchConfig) -> tuple[float, float]:
-    """(p50, p99) ms from just before the enqueue call to the job's start, one idle worker
+async def sample_latency(peer: Peer, dsn: str, cfg: BenchConfig) -> list[float]:
+    """Milliseconds from just before the enqueue call to the job's start, one idle worker
     waiting, jobs ``latency_gap_ms`` apart: what a caller experiences (insert and commit, the
     wake-up or poll, the worker's fetch). The warm-up jobs (negative seqs) are not counted."""
     enqueued: dict[int, float] = {}
@@ -954,8 +942,7 @@ async def sample_latency(peer: Peer, dsn: str, cfg: BenchConfig) -> tuple[float,
             await client.close()
     if missing := set(enqueued) - set(stats.starts):
         raise RuntimeError(f"{len(missing)} latency jobs never reported a start")
-    latencies = [(stats.starts[s] - enqueued[s]) * 1000 for s in enqueued]
-    return percentile(latencies, 50), percentile(latencies, 99)
+    return [(stats.starts[s] - enqueued[s]) * 1000 for s in enqueued]
 
 
 async def run_suite(dsn: str, cfg: BenchConfig, peer: Peer, say: Log = log) -> dict[str, Figure]:
@@ -984,15 +971,22 @@ async def run_suite(dsn: str, cfg: BenchConfig, peer: Peer, say: Log = log) -> d
                 cpu += f", {s.server_cpu_us:,.0f} us server)"
             say(f"[{peer.name}] drain_{n} run {i + 1}: {s.rate:,.0f} jobs/s{cpu}")
     for i in range(cfg.runs):
-        p50, p99 = await sample_latency(peer, dsn, cfg)
+        p50, p99 = p50_p99(await sample_latency(peer, dsn, cfg))
         add("latency_p50_ms", p50)
         add("latency_p99_ms", p99)
         say(f"[{peer.name}] latency run {i + 1}: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+    return figures(out)
+
+
+def figures(values: Mapping[str, Iterable[float]]) -> dict[str, Figure]:
+    """Figures from samples by key, each unit told by its key's ending."""
+    units = {"_ms": MS, "_us": US_PER_JOB, "_count": COUNT}
 
     def unit(key: str) -> str:
-        return MS if key.endswith("_ms") else US_PER_JOB if key.endswith("_us") else JOBS_PER_S
+        ending = next((u for e, u in units.items() if key.endswith(e)), JOBS_PER_S)
+        return RATIO if "_over_" in key else ending
 
-    return {key: Figure.of(values, unit(key)) for key, values in out.items()}
+    return {key: Figure.of(v, unit(key)) for key, v in values.items()}
 
 
 # --------------------------------------------------------------------------- the table

@@ -4,21 +4,11 @@ pgtasks is driven through its public API, as an application would: ``Client.subm
 task, ``Client.submit_many`` for a batch, the ``Worker`` class in worker processes with the
 no-op task in a ``Registry`` of its own.
 
-Beyond the figures every system gets (``harness.run_suite``):
-
-* ``drain_default``, ``drain_N_c10``: the drain with no Worker setting at all, and at
-  concurrency 10, where a claim is the size of PgQueuer's batch of 10;
-* ``drain_max_running``: ``drain_1`` on a queue whose ``max_running`` is never reached, the
-  cost of the limited claim path;
-* ``connections_per_worker`` (with ``drain_1_steps``): the most connections one worker holds
-  at concurrency 200 while its tasks checkpoint, log and report progress;
-* ``enqueue_single_paired`` / ``enqueue_single_no_wakeup``: single submits with wake-ups on
-  and off, in alternating slices of one sample;
-* ``latency_poll_*``: latency with LISTEN off (a worker behind PgBouncer in transaction mode);
-* ``drain_1_history`` (with ``drain_1_history_fresh``): ``drain_1`` in a database holding a
-  large history, each paired with a drain in an empty one run right before it;
-* ``maxconn_*`` (:func:`run_maxconn`, on a server of its own with ``max_connections = 100``);
-* ``wf_*`` (bench/workflows.py): a chord's fan-in, its callback, a chain's hand-off.
+Beyond the figures every system gets (``harness.run_suite``), :func:`run` measures those only
+pgtasks has (``drain_default``, ``drain_N_c10``, ``drain_max_running``, connections, wake-ups
+on and off, ``latency_poll_*``, ``drain_1_history``; ``wf_*`` in bench/workflows.py), and
+:func:`run_maxconn` the ``maxconn_*`` figures on a server of its own. bench/README.md says
+what each one times.
 """
 
 from __future__ import annotations
@@ -52,6 +42,7 @@ from bench.harness import (
     WorkerContext,
     admin_execute,
     fresh_database,
+    p50_p99,
     run_suite,
     sample_connection_drains,
     sample_drain,
@@ -444,7 +435,7 @@ async def run(dsn: str, cfg: BenchConfig, say: Log) -> dict[str, Figure]:
 
     poll: list[tuple[float, float]] = []
     for i in range(cfg.runs):
-        poll.append(await sample_latency(make_peer(listen=False), dsn, cfg))
+        poll.append(p50_p99(await sample_latency(make_peer(listen=False), dsn, cfg)))
         say(f"[{NAME}] latency_poll run {i + 1}: p50 {poll[-1][0]:.1f}, p99 {poll[-1][1]:.1f} ms")
     figures["latency_poll_p50_ms"] = Figure.of((p50 for p50, _ in poll), MS)
     figures["latency_poll_p99_ms"] = Figure.of((p99 for _, p99 in poll), MS)

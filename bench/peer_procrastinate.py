@@ -107,12 +107,15 @@ async def serve(ctx: WorkerContext) -> None:
             await task
 
 
+def make_peer() -> Peer:
+    args = ("--concurrency", str(CONCURRENCY)) if CONCURRENCY else ()
+    return Peer(NAME, install, ProcrastinateClient.connect, "bench.peer_procrastinate", args)
+
+
 async def run(dsn: str, cfg: BenchConfig, say: Log) -> dict[str, Figure]:
     """Every procrastinate figure against the server at ``dsn``."""
-    args = ("--concurrency", str(CONCURRENCY)) if CONCURRENCY else ()
-    peer = Peer(NAME, install, ProcrastinateClient.connect, "bench.peer_procrastinate", args)
     cfg = dataclasses.replace(cfg, drain_jobs=min(cfg.drain_jobs, DRAIN_JOBS))
-    return await run_suite(dsn, cfg, peer, say)
+    return await run_suite(dsn, cfg, make_peer(), say)
 
 
 def settings() -> dict[str, Any]:

@@ -7,13 +7,17 @@ workflows (`chain`, `group`, `chord`), running them (`Worker`) and the typed err
 
 from __future__ import annotations
 
+from importlib import metadata as _metadata
+
 from pgtasks.client import Client, SubmitResult, TaskInfo, TaskLog
-from pgtasks.context import SyncTaskContext, TaskContext
+from pgtasks.context import StepError, SyncTaskContext, TaskContext
 from pgtasks.errors import (
     ConfigurationError,
     DatabaseError,
+    EmbeddedServerError,
     IllegalTransition,
     InvalidArgument,
+    InvalidSchedule,
     InvalidWorkflow,
     LeaseLost,
     ParamsValidationError,
@@ -21,6 +25,7 @@ from pgtasks.errors import (
     PermanentError,
     PgTasksError,
     Retry,
+    ScheduleNotFound,
     TaskAlreadyFinished,
     TaskCancelled,
     TaskFailed,
@@ -48,8 +53,10 @@ __all__ = [
     "Client",
     "ConfigurationError",
     "DatabaseError",
+    "EmbeddedServerError",
     "IllegalTransition",
     "InvalidArgument",
+    "InvalidSchedule",
     "InvalidWorkflow",
     "LeaseLost",
     "ParamsValidationError",
@@ -60,6 +67,8 @@ __all__ = [
     "Registry",
     "Retry",
     "Schedule",
+    "ScheduleNotFound",
+    "StepError",
     "SubmitResult",
     "SubmittedWorkflow",
     "SyncClient",
@@ -84,4 +93,8 @@ __all__ = [
     "task_node",
     "task_register",
 ]
-__version__ = "0.1.0"
+try:
+    #: The installed distribution's version (pyproject.toml is the one place it is written).
+    __version__ = _metadata.version("pgtasks")
+except _metadata.PackageNotFoundError:  # a source tree on sys.path that was never installed
+    __version__ = "0+unknown"

@@ -31,7 +31,7 @@ from pgtasks.client import STATUSES, Client, TaskInfo, TaskLog
 from pgtasks.config import ENV_URL, database_url, embedded_root
 from pgtasks.embedded import EmbeddedPostgres
 from pgtasks.errors import PgTasksError
-from pgtasks.migrations import migrate_url
+from pgtasks.migrations import LockPolicy, migrate_url
 from pgtasks.worker import Worker
 from pgtasks.worker.worker import (
     DEFAULT_CONCURRENCY,
@@ -94,6 +94,14 @@ def _tasks_table(tasks: list[TaskInfo], title: str | None = None) -> Table:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(
+    None,
+    "--version",
+    "-V",
+    package_name="pgtasks",
+    prog_name="pgtasks",
+    message="%(prog)s %(version)s",
+)
 @click.option(
     "--database-url",
     envvar=ENV_URL,
@@ -146,10 +154,32 @@ def db_url() -> None:
 
 
 @cli.command()
+@click.option(
+    "--lock-timeout",
+    envvar="PGTASKS_MIGRATE_LOCK_TIMEOUT",
+    show_envvar=True,
+    type=click.FloatRange(min=0, min_open=True),
+    default=LockPolicy.timeout,
+    show_default=True,
+    help="Seconds a migration may wait for one lock before it is rolled back and retried "
+    "(what a claim queued behind it can wait).",
+)
+@click.option(
+    "--lock-attempts",
+    envvar="PGTASKS_MIGRATE_LOCK_ATTEMPTS",
+    show_envvar=True,
+    type=click.IntRange(min=1),
+    default=LockPolicy.attempts,
+    show_default=True,
+    help="Tries of a migration whose locks are not granted in time, before it gives up and "
+    "names the blocking session.",
+)
 @click.pass_context
-def migrate(ctx: click.Context) -> None:
-    """Create or upgrade the pgtasks schema (safe to run any number of times, concurrently)."""
-    applied = run(migrate_url(_url(ctx)))
+def migrate(ctx: click.Context, lock_timeout: float, lock_attempts: int) -> None:
+    """Create or upgrade the pgtasks schema (safe to run any number of times, concurrently,
+    and while workers run: see docs/operations.md, "Upgrading")."""
+    locks = LockPolicy(timeout=lock_timeout, attempts=lock_attempts)
+    applied = run(migrate_url(_url(ctx), locks=locks, report=lambda s: click.echo(s, err=True)))
     if applied:
         for m in applied:
             click.echo(f"applied {m.version:04d}_{m.name}")
@@ -1139,8 +1169,8 @@ def workflow_tree(wf: dict[str, Any], max_nodes: int = 500) -> Tree:
         if others:
             shown = ", ".join(others[:3]) + (f" +{len(others) - 3}" if len(others) > 3 else "")
             label += f" [dim](also after {shown})[/]"
-        first = n["parent_ids"][0] if n["parent_ids"] else None
-        branches[n["task_id"]] = branches.get(first, tree).add(label)
+        under = branches.get(n["parent_ids"][0], tree) if n["parent_ids"] else tree
+        branches[n["task_id"]] = under.add(label)
     return tree
 
 

@@ -190,6 +190,8 @@ class SubmitResult(int):
     `created` is False when a task with the same unique key was already active (or its
     `unique_for` window still ran), and the id is that task's."""
 
+    #: False when a task with the same unique key was already active (or its unique_for
+    #: window still ran): the id is that task's.
     created: bool
 
     def __new__(cls, task_id: int, created: bool = True) -> SubmitResult:

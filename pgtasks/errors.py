@@ -23,6 +23,7 @@ class EmbeddedServerError(ConfigurationError):
 class DatabaseError(PgTasksError):
     """A pgtasks SQL function refused the call. `sqlstate` and `hint` come from the server."""
 
+    #: The SQLSTATE the server raised (class PT); each subclass names its own.
     sqlstate: str = ""
 
     def __init__(self, message: str, *, sqlstate: str = "", hint: str | None = None) -> None:
@@ -32,6 +33,8 @@ class DatabaseError(PgTasksError):
 
 
 class IllegalTransition(DatabaseError):
+    """A status change the state machine forbids (PT001), e.g. PENDING straight to DONE."""
+
     sqlstate = "PT001"
 
 
@@ -42,10 +45,14 @@ class LeaseLost(DatabaseError):
 
 
 class TaskNotFound(DatabaseError):
+    """No task has that id (PT003)."""
+
     sqlstate = "PT003"
 
 
 class TaskAlreadyFinished(DatabaseError):
+    """The task already ended, so it cannot be cancelled or finished again (PT004)."""
+
     sqlstate = "PT004"
 
 
@@ -68,6 +75,8 @@ class InvalidSchedule(InvalidArgument):
 
 
 class ScheduleNotFound(DatabaseError):
+    """No schedule has that name (PT407)."""
+
     sqlstate = "PT407"
 
 
@@ -80,6 +89,8 @@ class InvalidWorkflow(InvalidArgument):
 
 
 class WorkflowNotFound(DatabaseError):
+    """No workflow has that id (PT508)."""
+
     sqlstate = "PT508"
 
 
@@ -101,10 +112,6 @@ class WorkflowFailed(PgTasksError):
         self.workflow_id = workflow_id
         self.state = state
         self.errors = errors
-
-
-class UnknownTaskType(PgTasksError):
-    """A worker claimed a task whose type is not registered in its app."""
 
 
 class ParamsValidationError(PgTasksError):

@@ -28,10 +28,12 @@ from pgtasks.client import Client
 from pgtasks.errors import ConfigurationError
 from pgtasks.worker import Worker
 
+#: The integration's logger: the in-process worker's start, drain and crash.
 log = logging.getLogger("pgtasks.fastapi")
 
-#: Where the running client and worker live on `app.state`.
+#: The attribute of `app.state` that holds the running Client.
 STATE_CLIENT = "pgtasks_client"
+#: The attribute of `app.state` that holds the in-process Worker (None without one).
 STATE_WORKER = "pgtasks_worker"
 
 
@@ -90,7 +92,7 @@ def lifespan(
 def get_client(request: Request) -> Client:
     """Dependency: `client: Annotated[Client, Depends(get_client)]`."""
     client = getattr(request.app.state, STATE_CLIENT, None)
-    if client is None:
+    if not isinstance(client, Client):
         raise ConfigurationError(
             "no pgtasks Client is running: create the app with "
             "FastAPI(lifespan=pgtasks.fastapi.lifespan()) or use pgtasks.fastapi.running()"

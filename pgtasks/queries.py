@@ -4,6 +4,15 @@ Each one calls a pgtasks function or reads a pgtasks view, with named arguments,
 sees what each value is without counting `$n`s, and the SQL API stays the only interface:
 no statement here reads a table that a function or view covers. The worker, the client and
 the CLI import from this module; none of them writes SQL of its own.
+
+Name resolution: every pgtasks object is named with its schema, and so is each built-in
+function that a planted one could out-match through search_path (a polymorphic or "any"
+argument, such as array_agg, unnest, count, jsonb_agg: a `public.array_agg(text)` is a
+closer match than `pg_catalog.array_agg(anynonarray)`). The operators between pgtasks
+types (`status = $1`, `status IN (...)`) are left as written, readable: they are safe
+because every connection these statements run on pins its search_path (pgtasks.db,
+SEARCH_PATH). The submit statements, which also run on a caller's own connection
+(`Client.submit(connection=...)`), resolve nothing through search_path at all.
 """
 
 from __future__ import annotations
@@ -79,7 +88,7 @@ WITH f AS (
        AND ($2::text IS NULL OR queue = $2)
        AND ($3::text IS NULL OR task_type = $3))
 SELECT n.total, p.*
-  FROM (SELECT count(*) AS total FROM f) n
+  FROM (SELECT pg_catalog.count(*) AS total FROM f) n
   LEFT JOIN LATERAL (SELECT * FROM f ORDER BY CASE WHEN $4 THEN id END, id DESC
                       LIMIT $5 OFFSET $6) p ON true
 """
@@ -88,9 +97,12 @@ SELECT n.total, p.*
 # (through task_step_names, so a pgtasks_reader role can read it).
 TASK_DETAIL = """
 SELECT s.*,
-       (SELECT coalesce(jsonb_agg(jsonb_build_object('attempt', e.attempt, 'error', e.error,
-                                                     'traceback', e.traceback, 'at', e.at)
-                                  ORDER BY e.attempt), '[]'::jsonb)
+       (SELECT coalesce(pg_catalog.jsonb_agg(
+                            pg_catalog.jsonb_build_object('attempt', e.attempt,
+                                                          'error', e.error,
+                                                          'traceback', e.traceback,
+                                                          'at', e.at)
+                            ORDER BY e.attempt), '[]'::jsonb)
           FROM pgtasks.task_attempt_errors e WHERE e.task_id = s.id) AS errors,
        ARRAY(SELECT st.name FROM pgtasks.task_step_names st
               WHERE st.task_id = s.id ORDER BY st.at, st.name) AS steps
@@ -131,7 +143,7 @@ SELECT *, now() - last_seen AS seen_ago FROM pgtasks.workers
 METRICS = "SELECT * FROM pgtasks.metrics"
 
 # The enum's own labels (tests check Python's one copy against them).
-STATUSES = "SELECT enum_range(NULL::pgtasks.status)::text[]"
+STATUSES = "SELECT pg_catalog.enum_range(NULL::pgtasks.status)::text[]"
 
 REGISTERED_TYPES = "SELECT * FROM pgtasks.registered_types ORDER BY task_type"
 
@@ -234,24 +246,29 @@ SELECT pgtasks.report_progress(task_id => $1, lease_token => $2, current => $3, 
 
 # Many tasks' progress in one statement; one refused row fails it (then: one by one).
 REPORT_PROGRESS_MANY = """
-SELECT count(pgtasks.report_progress(task_id => u.task_id, lease_token => u.lease_token,
-                                     current => u.current, total => u.total,
-                                     message => u.message))
-  FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::text[])
+SELECT pg_catalog.count(pgtasks.report_progress(task_id => u.task_id,
+                                                lease_token => u.lease_token,
+                                                current => u.current, total => u.total,
+                                                message => u.message))
+  FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::text[]),
+                  pg_catalog.unnest($3::bigint[]), pg_catalog.unnest($4::bigint[]),
+                  pg_catalog.unnest($5::text[]))
        AS u(task_id, lease_token, current, total, message)
 """
 
 # Many tasks' log batches in one statement: one row per line, grouped back per attempt
 # (in their order) for log_many. One refused task fails it (then: one by one).
 LOG_MANY_TASKS = """
-SELECT count(pgtasks.log_many(task_id => g.task_id, lease_token => g.lease_token,
-                              levels => g.levels, messages => g.messages, ats => g.ats,
-                              loggers => g.loggers))
-  FROM (SELECT u.task_id, u.lease_token, array_agg(u.level ORDER BY u.n) AS levels,
-               array_agg(u.message ORDER BY u.n) AS messages,
-               array_agg(u.at ORDER BY u.n) AS ats, array_agg(u.logger ORDER BY u.n) AS loggers
-          FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[],
-                      $5::timestamptz[], $6::text[])
+SELECT pg_catalog.count(pgtasks.log_many(task_id => g.task_id, lease_token => g.lease_token,
+                                         levels => g.levels, messages => g.messages,
+                                         ats => g.ats, loggers => g.loggers))
+  FROM (SELECT u.task_id, u.lease_token, pg_catalog.array_agg(u.level ORDER BY u.n) AS levels,
+               pg_catalog.array_agg(u.message ORDER BY u.n) AS messages,
+               pg_catalog.array_agg(u.at ORDER BY u.n) AS ats,
+               pg_catalog.array_agg(u.logger ORDER BY u.n) AS loggers
+          FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::text[]),
+                          pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::text[]),
+                          pg_catalog.unnest($5::timestamptz[]), pg_catalog.unnest($6::text[]))
                WITH ORDINALITY AS u(task_id, lease_token, level, message, at, logger, n)
          GROUP BY u.task_id, u.lease_token) g
 """
@@ -272,11 +289,15 @@ PRUNE_FINISHED = "SELECT pgtasks.prune_finished(older_than => $1, max_tasks => $
 # A liveness probe for the LISTEN connection: a silent network drop fires no event.
 PING = "SELECT 1"
 
+# The search_path this session really has (a pooler may have dropped the pinned one).
+CURRENT_SEARCH_PATH = "SELECT pg_catalog.current_setting('search_path')"
+
 # The tags pgtasks_wakeup names these queues by (a wake-up names no queue: any role may
 # LISTEN), for the notifier to tell this worker's wake-ups from other queues'.
-QUEUE_TAGS = (
-    "SELECT coalesce(array_agg(pgtasks.queue_tag(queue => q)), '{}') FROM unnest($1::text[]) q"
-)
+QUEUE_TAGS = """
+SELECT coalesce(pg_catalog.array_agg(pgtasks.queue_tag(queue => q)), '{}')
+  FROM pg_catalog.unnest($1::text[]) AS q
+"""
 
 # -- schedules (sql/0006) -------------------------------------------------------------------
 
@@ -320,7 +341,7 @@ SELECT * FROM pgtasks.fire_schedule(name => $1, revision => $2, ticks => $3::tim
 # rows. A queue with nothing active still has its card when a registered type names it
 # (listing every queue that ever had a task would read every finished row).
 DASH_QUEUES = """
-WITH f AS (SELECT queue, count(*) AS failed FROM pgtasks.failed_tasks GROUP BY queue),
+WITH f AS (SELECT queue, pg_catalog.count(*) AS failed FROM pgtasks.failed_tasks GROUP BY queue),
      o AS (SELECT queue, now() - min(run_at) AS oldest_ready_age
              FROM pgtasks.task_status
             WHERE status IN ('PENDING', 'COMMIT') AND run_at <= now()
@@ -343,10 +364,11 @@ SELECT n.queue, coalesce(q.paused, false) AS paused,
 # from the finished_at index.
 DASH_THROUGHPUT = """
 SELECT extract(epoch FROM date_trunc('second', finished_at))::bigint AS t,
-       count(*) FILTER (WHERE status = 'DONE') AS done,
-       count(*) FILTER (WHERE status = 'FAILED') AS failed
+       pg_catalog.count(*) FILTER (WHERE status = 'DONE') AS done,
+       pg_catalog.count(*) FILTER (WHERE status = 'FAILED') AS failed
   FROM pgtasks.task_status
- WHERE status IN ('DONE', 'FAILED', 'CANCELLED') AND finished_at > to_timestamp($1)
+ WHERE status IN ('DONE', 'FAILED', 'CANCELLED')
+   AND finished_at > pg_catalog.to_timestamp($1::float8)
  GROUP BY 1 ORDER BY 1
 """
 
@@ -354,7 +376,8 @@ SERVER_EPOCH = "SELECT extract(epoch FROM now())::float8"
 
 # Dead letters grouped by type and the first line of their error, biggest group first.
 DASH_FAILED_GROUPS = """
-SELECT task_type, left(split_part(error, E'\\n', 1), 200) AS error, count(*) AS tasks,
+SELECT task_type, left(split_part(error, E'\\n', 1), 200) AS error,
+       pg_catalog.count(*) AS tasks,
        max(finished_at) AS last_at, max(id) AS last_id
   FROM pgtasks.failed_tasks
  GROUP BY 1, 2 ORDER BY tasks DESC, last_at DESC LIMIT $1

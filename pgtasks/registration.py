@@ -148,6 +148,7 @@ class Registry:
     `@task_register` and `pgtasks.schedule` fill and that `Client.submit` reads; pass
     `into=` to them and `registry=` to a Worker to keep a set of types apart."""
 
+    #: Declared task types by name.
     specs: dict[str, TaskSpec] = field(default_factory=dict)
     #: Declared schedules by name; a worker upserts them when it starts.
     schedules: dict[str, Schedule] = field(default_factory=dict)

@@ -57,13 +57,22 @@ class BaseTask:
 
     #: Set by @task_register: the type name submits and workers use.
     task_type: ClassVar[str]
+    #: The pydantic model of the params, when `execute`'s `params` is not annotated with
+    #: one: the worker validates the params against it and passes the model.
     Params: ClassVar[type[BaseModel] | None] = None
+    #: Queue the type's tasks go to (None: the database's default_queue, "default").
     queue: ClassVar[str | None] = None
+    #: Retries after the first attempt before the task ends FAILED (None: the database's
+    #: setting).
     max_retries: ClassVar[int | None] = None
+    #: Longest one attempt may run, in seconds or a timedelta; past it the attempt is
+    #: stopped and counts as a failure (None: the database's setting, 4 hours unless
+    #: configured).
     timeout: ClassVar[Duration | None] = None
     #: Base of the exponential backoff between retries, in seconds (None: the database's
     #: setting). Not an exact delay: raise Retry(delay=...) for that.
     backoff_base: ClassVar[Duration | None] = None
+    #: Exception classes that fail the task at once, without a retry (like PermanentError).
     no_retry_on: ClassVar[tuple[type[BaseException], ...]] = ()
 
     def execute(self, ctx: Any, params: Any) -> Any:

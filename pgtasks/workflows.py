@@ -162,6 +162,7 @@ class SubmittedWorkflow(int):
     """The workflow's id (an int, so it passes wherever an id does) and `.nodes`, node
     name -> task id, to follow single tasks of the graph."""
 
+    #: Node name -> task id, for every task of the graph.
     nodes: dict[str, int]
 
     def __new__(cls, workflow_id: int, nodes: dict[str, int]) -> SubmittedWorkflow:

@@ -2,17 +2,16 @@
 --
 -- Overview of what changes, and why:
 --   * pgtasks.settings: one typed row holding every deployment-wide default and limit. Each
---     default is written once, there; functions read it (issue 8: the 60 s lease was written
---     in six places, max_retries and timeout in four).
+--     default is written once, there; functions read it (before it, the 60 s lease was
+--     written in six places, max_retries and timeout in four).
 --   * pgtasks.task_types: per-type policies that workers register at start. submit_task
 --     resolves an omitted argument as explicit value > the type's policy > settings, so a
---     psql submit behaves like a Python one (issue 8: `submit_task('resize')` landed in the
+--     psql submit behaves like a Python one (`submit_task('resize')` once landed in the
 --     wrong queue and no worker ever ran it).
 --   * tasks.backoff_base: the backoff policy lives on the row, so fail_task and rescue
---     retry after the same delay (issue 8: rescue used 1 s where the type said 60 s).
+--     retry after the same delay (rescue once used 1 s where the type said 60 s).
 --   * Every argument is range-checked with its own SQLSTATE, backoff cannot overflow, and
---     no single row can make rescue fail for the others (issue 9, defects 2, 3, 4, 5, 7, and
---     8 for params; 0004 enforces the result and log-line limits of the settings row).
+--     no single row can make rescue fail for the others (params limits here; 0004 enforces the result and log-line limits of the settings row).
 --   * maintain(), finish_and_claim(), task_steps_of() and two read views, so workers in
 --     any language need neither a Python process nor direct table reads.
 --
@@ -24,7 +23,7 @@
 --   PT120 older_than out of range            PT121 worker_id NULL or blank
 --
 -- Every function created here pins `search_path = pg_catalog, pgtasks, pg_temp`: with
--- pg_catalog first, a function planted in `public` (issue 9, defect 1) can never shadow a
+-- pg_catalog first, a function planted in `public` can never shadow a
 -- built-in we call. Overloadable built-ins are schema-qualified as well.
 
 ------------------------------------------------------------------------------------------
@@ -32,7 +31,7 @@
 
 -- True for NULL and for text made only of whitespace, control or invisible characters.
 -- btrim() and [[:space:]] only know ASCII (and, with a C locale, nothing else), so a queue
--- named '\t' or U+3000 passed the old check (issue 9, defect 7). The class lists every
+-- named '\t' or U+3000 passed the old check. The class lists every
 -- Unicode White_Space character plus the zero-width ones that render as nothing.
 CREATE FUNCTION pgtasks.is_blank(value text) RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
@@ -57,7 +56,7 @@ CREATE TABLE pgtasks.settings (
     default_lease        interval NOT NULL DEFAULT interval '60 seconds',
     retention            interval NOT NULL DEFAULT interval '7 days',
     -- Sizes are of the JSON text (what a worker receives and decodes). 1 MiB of params suits
-    -- a queue; bigger payloads belong in storage the task reads (issue 9, defect 8: 255 MB
+    -- a queue; bigger payloads belong in storage the task reads (255 MB
     -- of params were accepted and one worker grew to 844 MB).
     max_params_bytes     integer  NOT NULL DEFAULT 1048576,
     max_result_bytes     integer  NOT NULL DEFAULT 1048576,
@@ -140,7 +139,7 @@ BEGIN
             USING ERRCODE = 'PT106', HINT = 'Use 0 for a task that must never be retried.';
     END IF;
     -- A claim computes now() + timeout; past a year that is a typo, and '300000 years' made
-    -- every claim that reached the task fail (issue 9, defect 3).
+    -- every claim that reached the task fail.
     IF timeout IS NOT NULL AND NOT (timeout > interval '0' AND timeout <= interval '1 year') THEN
         RAISE EXCEPTION 'pgtasks: timeout must be positive and at most 1 year, got %', timeout
             USING ERRCODE = 'PT107', HINT = 'For example timeout => interval ''10 minutes''.';
@@ -154,7 +153,7 @@ BEGIN
 END $$;
 
 -- A lease as given, or settings.default_lease when NULL. Zero or negative leases were
--- accepted before (issue 9, defect 7) and made every claimed task instantly rescuable.
+-- accepted before and made every claimed task instantly rescuable.
 CREATE FUNCTION pgtasks.lease_or_default(lease interval) RETURNS interval
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pgtasks, pg_temp
@@ -312,7 +311,7 @@ ALTER TABLE pgtasks.tasks
 
 -- Rows submitted before 0003 may hold values no claim can use: a '300000 years' timeout
 -- made every claim that reached the row fail with `timestamp out of range`, and infinite
--- run_at values crash clients (issue 9, defects 3 and 4). Clamp them to the bounds submit
+-- run_at values crash clients. Clamp them to the bounds submit
 -- now enforces, then let the table refuse such values whoever writes them (one scan for
 -- the three constraints).
 UPDATE pgtasks.tasks SET timeout = interval '1 year' WHERE timeout > interval '1 year';
@@ -372,7 +371,7 @@ BEGIN
       LEFT JOIN pgtasks.task_types tt ON tt.task_type = submit_policy.task_type;
 
     PERFORM pgtasks.check_policy(r.task_type, r.queue, r.max_retries, r.timeout, r.backoff_base);
-    -- Infinite or far-off times crash clients that decode them (issue 9, defect 4: an idle
+    -- Infinite or far-off times crash clients that decode them (an idle
     -- Python worker died on 'infinity', `pgtasks stats` on '-infinity').
     IF NOT isfinite(r.run_at)
        OR r.run_at NOT BETWEEN now() - interval '100 years' AND now() + interval '100 years' THEN
@@ -579,7 +578,7 @@ BEGIN
 END $$;
 
 -- Batches are parallel arrays; unnest() pads a short one with NULLs, which finished a task
--- with a NULL result (issue 9, defect 7). Every batch function checks lengths here.
+-- with a NULL result. Every batch function checks lengths here.
 CREATE FUNCTION pgtasks.check_batch(what text, task_ids bigint[], attempts integer[], results jsonb[] DEFAULT NULL,
                                     with_results boolean DEFAULT false)
 RETURNS void
@@ -658,7 +657,7 @@ END $$;
 -- Fencing
 
 -- Same as 0002, plus: a NULL attempt compared as "unknown", which IF treats as false, so
--- finish_task(id, NULL, ...) finished a task another worker owned (issue 9, defect 5).
+-- finish_task(id, NULL, ...) finished a task another worker owned.
 -- Every fenced function goes through here, so all of them refuse a missing token.
 CREATE OR REPLACE FUNCTION pgtasks.lock_owned_task(task_id bigint, attempt integer)
 RETURNS pgtasks.tasks
@@ -775,7 +774,7 @@ END $$;
 -- Exponential backoff with jitter: about base, 2 base, 4 base ... (+-20%), capped at
 -- settings.max_backoff. Computed in float seconds with the exponent capped, so no retry
 -- count can overflow it: the interval version overflowed at retry ~44 and made every
--- rescue_expired call abort (issue 9, defect 2). NULL base: settings.default_backoff_base.
+-- rescue_expired call abort. NULL base: settings.default_backoff_base.
 DROP FUNCTION pgtasks.backoff(integer, interval);
 
 CREATE FUNCTION pgtasks.backoff(retry_count integer, base interval DEFAULT NULL)
@@ -893,7 +892,7 @@ $$;
 -- handed on as a failed attempt: COMMIT to resume elsewhere, or FAILED when retries are
 -- used up. SKIP LOCKED lets every worker call this without queueing behind each other.
 --
--- No single row may stop the rescue of the others (issue 9, defect 2). The backoff can no
+-- No single row may stop the rescue of the others. The backoff can no
 -- longer overflow, and the batch runs in one subtransaction: should a row still fail
 -- (a hand-added trigger or constraint), the batch is redone row by row, each row in its own
 -- subtransaction; a row that cannot be rescued is marked FAILED with the reason, and one

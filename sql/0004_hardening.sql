@@ -1,15 +1,15 @@
--- pgtasks 0004: safe by construction (issue 9).
+-- pgtasks 0004: safe by construction.
 --
 -- What this file adds, in order:
 --   1. Least-privilege roles: NOLOGIN pgtasks_owner owns every object; pgtasks_submitter,
 --      pgtasks_worker, pgtasks_reader and pgtasks_admin get EXECUTE on the functions of
 --      their job and SELECT on views. Nobody but the owner touches a table.
 --   2. Every function runs as the owner (SECURITY DEFINER) with a pinned search_path, so a
---      function or operator planted in another schema is never called (defect 1).
---   3. The table rules hold for hand-written SQL too (defect 6): the transition rule
+--      function or operator planted in another schema is never called.
+--   3. The table rules hold for hand-written SQL too: the transition rule
 --      whatever columns an UPDATE names, the fencing columns only change the ways the
 --      functions change them, and the history is append-only except for pruning.
---   4. Size limits on results, step results and log lines (defect 8; params are 0003's).
+--   4. Size limits on results, step results and log lines (params are 0003's).
 --   5. The cancel NOTIFY carries the attempt: payload '<task_id>:<attempt>'.
 --   6. Fixes for what the fuzzer (tests/sql/test_fuzz.py) found.
 -- The ownership pass (2) comes last, so it covers every function created above.
@@ -133,7 +133,7 @@ END $$;
 -- The transition rule, written out rather than calling transition_reason(): a WHEN clause
 -- is parsed once, here, so its operators are resolved now (in pg_catalog) and stored as
 -- OIDs, while a SQL function inlined into it would be re-parsed under the caller's
--- search_path at run time (defect 1). tests/sql/test_state_machine.py checks this list
+-- search_path at run time. tests/sql/test_state_machine.py checks this list
 -- against pgtasks.transitions for all 36 pairs. Now on every UPDATE, whatever columns it
 -- names: BEFORE, so an illegal transition is PT001 before any CHECK constraint looks at it.
 DROP TRIGGER tasks_check_transition ON pgtasks.tasks;
@@ -253,7 +253,7 @@ BEGIN
 END $$;
 
 ------------------------------------------------------------------------------------------
--- 4. Size limits (defect 8). Sizes are bytes of JSON or log text, as 0003 measures params:
+-- 4. Size limits. Sizes are bytes of JSON or log text, as 0003 measures params:
 --    what a worker or client receives. Limits live in pgtasks.settings (configure()).
 
 -- Raises PT203 when a result (or a step's result) is over settings.max_result_bytes.
@@ -450,7 +450,7 @@ END $$;
 -- 6. What the fuzzer found (tests/sql/test_fuzz.py keeps each as an @example)
 
 -- run_at of yield_task and retry_task: the same rule as submit's (0003), so no infinite or
--- far-off time reaches a row a client decodes (defect 4). NULL means now.
+-- far-off time reaches a row a client decodes. NULL means now.
 CREATE FUNCTION pgtasks.check_run_at(run_at timestamptz) RETURNS void
 LANGUAGE plpgsql STABLE AS $$
 BEGIN

@@ -1,4 +1,4 @@
--- pgtasks 0005: flow control (issue 10). docs/flow-control.md has the semantics.
+-- pgtasks 0005: flow control. docs/flow-control.md has the semantics.
 --
 -- What this file adds:
 --   1. Unique submits: tasks.unique_key, held by a partial unique index over active tasks

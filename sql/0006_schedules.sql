@@ -1,4 +1,4 @@
--- pgtasks 0006: schedules (issue 11). Cron and `every` schedules that enqueue exactly one
+-- pgtasks 0006: schedules. Cron and `every` schedules that enqueue exactly one
 -- task per tick, however many workers fire them, with time zones, a catch-up window for
 -- missed ticks and an overlap policy.
 --

@@ -1,4 +1,4 @@
--- 0007: views for the HTTP API and /metrics (issue 13).
+-- 0007: views for the HTTP API and /metrics.
 --
 --   * pgtasks.metrics: everything /metrics shows, one row, so a scrape is one query and its
 --     numbers are the database's however many workers and API processes run. The row holds

@@ -1,4 +1,4 @@
--- pgtasks 0008: what flow control and wake-ups cost the tasks that use neither (issues 10, 8).
+-- pgtasks 0008: what flow control and wake-ups cost the tasks that use neither.
 --
 --   1. Running tasks are counted for max_running through tasks_lease, now keyed
 --      (queue, lease_expires_at), instead of an index of their own: 0005's
@@ -161,7 +161,7 @@ END $$;
 --
 -- Off switch: the setting `pgtasks.wake_workers = off`, e.g.
 --   ALTER DATABASE app SET pgtasks.wake_workers = off;    (new sessions)
---   SET pgtasks.wake_workers = off;                        (this session, e.g. a bulk load)
+--   SET pgtasks.wake_workers = off;                        (one session, e.g. a bulk load)
 -- Any other value, or none, means on.
 CREATE OR REPLACE FUNCTION pgtasks.record_inserts() RETURNS trigger
 LANGUAGE plpgsql

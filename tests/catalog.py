@@ -110,8 +110,13 @@ SECTIONS: dict[str, str] = {
 
 
 async def snapshot(conn: asyncpg.Connection) -> dict[str, list[str]]:
-    """Every section's rows as sorted text."""
-    return {name: sorted(r[0] for r in await conn.fetch(query)) for name, query in SECTIONS.items()}
+    """Every section's rows as sorted text. Names print qualified (pgtasks.status, not
+    status) whatever the connection's search_path, so two connections compare alike."""
+    async with conn.transaction(readonly=True):
+        await conn.execute("SET LOCAL search_path = pg_catalog")
+        return {
+            name: sorted(r[0] for r in await conn.fetch(query)) for name, query in SECTIONS.items()
+        }
 
 
 def diff(a: dict[str, list[str]], b: dict[str, list[str]], a_name: str, b_name: str) -> str:
@@ -212,9 +217,11 @@ Objects = dict[str, dict[str, asyncpg.Record]]
 
 
 async def objects(conn: asyncpg.Connection) -> Objects:
-    return {
-        what: {r["key"]: r for r in await conn.fetch(query)} for what, query in _OBJECTS.items()
-    }
+    async with conn.transaction(readonly=True):
+        await conn.execute("SET LOCAL search_path = pg_catalog")
+        return {
+            what: {r["key"]: r for r in await conn.fetch(query)} for what, query in _OBJECTS.items()
+        }
 
 
 def _acl_statements(kind: str, key: str, old_acl: str, new_acl: str) -> list[str]:

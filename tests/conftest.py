@@ -11,19 +11,19 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import psycopg
 import pytest
 from pytest_postgresql import factories
 
-from pgtasks import db
 from pgtasks.embedded import EmbeddedPostgres
 from pgtasks.migrations import migrate_url
 from tests.apps.basic import RUNS_DDL
-from tests.fleet import Fleet
+from tests.fleet import Fleet, psql
 
 ROOT = Path(__file__).resolve().parent.parent
 _server: EmbeddedPostgres | None = None
@@ -37,6 +37,12 @@ def pytest_configure(config: pytest.Config) -> None:
     base = Path(os.environ.get("PGTASKS_TEST_HOME", "/tmp")) / f"pgtasks-test-{os.getpid()}"
     _server = EmbeddedPostgres(base)
     url = _server.start()
+    # A throwaway cluster: no test survives an OS crash of it, so it need not fsync. Each
+    # test's database is created from the template and dropped again, and that pair took
+    # 0.46 s with fsync, 0.13 s without (2-core host, 11 MB template).
+    with psycopg.connect(url, autocommit=True) as c:
+        c.execute("ALTER SYSTEM SET fsync = off")
+        c.execute("SELECT pg_reload_conf()")
     port = int(url.rsplit(":", 1)[1].split("/")[0])
     config.option.postgresql_host = "127.0.0.1"
     config.option.postgresql_port = port
@@ -81,7 +87,8 @@ def server() -> EmbeddedPostgres:
 
 @pytest.fixture
 async def conn(dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    c = await db.connect(dsn)
+    """The test's psql: the database's default search_path (see tests.fleet.psql)."""
+    c = await psql(dsn)
     try:
         yield c
     finally:
@@ -123,17 +130,37 @@ class WorkerProcs:
                 p.stderr.close()
 
 
-async def wait_for(
-    conn: asyncpg.Connection, query: str, *args: object, timeout: float = 60
-) -> None:
-    """Poll a boolean query until it holds. The timeout only bounds a hung test; it is
-    not a speed assertion."""
+async def wait_for(conn: asyncpg.Connection, query: str, *args: object, timeout: float = 60) -> Any:
+    """Poll a query until its value is true (not NULL, false, zero or empty); return that
+    value. The timeout only bounds a hung test; it is not a speed assertion."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while not await conn.fetchval(query, *args):
+    while not (value := await conn.fetchval(query, *args)):
         if loop.time() > deadline:
             raise AssertionError(f"condition not reached within {timeout}s: {query}")
         await asyncio.sleep(0.05)
+    return value
+
+
+async def until(pred: Callable[[], object], timeout: float = 60, what: str = "") -> None:
+    """Wait for a condition in this process (a worker's counters, a task's note); the
+    timeout only bounds a broken test."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not pred():
+        assert loop.time() < deadline, f"condition not reached: {what or pred}"
+        await asyncio.sleep(0.02)
+
+
+async def wait_blocked(conn: asyncpg.Connection, pid: int, by: int | None = None) -> None:
+    """Wait until the backend `pid` waits for a lock (held by backend `by`, if given).
+
+    pg_blocking_pids reads the lock manager live, so this works inside a transaction too
+    (pg_stat_activity would show that transaction's first snapshot)."""
+    if by is None:
+        await wait_for(conn, "SELECT cardinality(pg_blocking_pids($1)) > 0", pid)
+    else:
+        await wait_for(conn, "SELECT $2::int = ANY(pg_blocking_pids($1))", pid, by)
 
 
 @pytest.fixture

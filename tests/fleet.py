@@ -76,6 +76,15 @@ class Fleet:
         return "\n".join(out)
 
 
+async def psql(url: str) -> asyncpg.Connection:
+    """A test's own session, as psql would open it: the database's default search_path (so
+    the tests' tables in public resolve), with pgtasks' JSON codecs. pgtasks' connections
+    pin theirs (pgtasks.db.SEARCH_PATH); a test stands in for an operator, not for them."""
+    conn = await asyncpg.connect(url)
+    await db.init_connection(conn)
+    return conn
+
+
 async def start_private_server(root: Path) -> tuple[EmbeddedPostgres, str]:
     """A server of the test's own, migrated, with the test_runs table: safe to restart."""
     server = EmbeddedPostgres(root)
@@ -96,7 +105,7 @@ async def fresh_conn(url: str, *, timeout: float = 60) -> AsyncIterator[asyncpg.
     deadline = loop.time() + timeout
     while True:
         try:
-            conn = await db.connect(url)
+            conn = await psql(url)
             break
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             if loop.time() > deadline:

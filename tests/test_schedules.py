@@ -1,4 +1,4 @@
-"""Schedules with real worker processes (issue 11): exactly one task per tick across a
+"""Schedules with real worker processes: exactly one task per tick across a
 fleet, through a kill -9 of the firing worker and a database restart; the catch-up window
 after an outage; the overlap policies; declarations in code.
 
@@ -59,6 +59,7 @@ async def count_ticks(url: str, name: str) -> int:
         return len(await ticks_of(conn, name))
 
 
+@pytest.mark.slow
 async def test_four_workers_one_task_per_tick_through_kill_and_restart(private_server, tmp_path):
     server, url = private_server
     fleet = Fleet(url, tmp_path / "logs")
@@ -115,6 +116,7 @@ async def test_four_workers_one_task_per_tick_through_kill_and_restart(private_s
         fleet.stop_all()
 
 
+@pytest.mark.slow
 async def test_outage_catch_up_window_runs_recent_ticks_and_counts_older(dsn, conn, fleet):
     await conn.execute(
         "SELECT pgtasks.create_schedule(name => 'catch', task_type => 'tick',"
@@ -126,7 +128,13 @@ async def test_outage_catch_up_window_runs_recent_ticks_and_counts_older(dsn, co
     await wait_until(dsn, q, 3, fleet=fleet)
     fleet.stop_all()  # no worker at all
     before = await ticks_of(conn, "catch")
-    await asyncio.sleep(10)
+    # An outage on the database's clock: the next tick (due within a second when the
+    # workers stopped) is at least 10 s overdue.
+    await conn.execute("SELECT pgtasks.advance_clock(interval '11 seconds')")
+    assert await conn.fetchval(
+        "SELECT pgtasks.now() - next_run_at >= interval '10 seconds' FROM pgtasks.schedules"
+        " WHERE name = 'catch'"
+    )
     fleet.start(*WORKER_ARGS, app=APP)
     await wait_until(dsn, q, len(before) + 8, fleet=fleet)
     await conn.execute("SELECT pgtasks.pause_schedule(name => 'catch')")
@@ -150,6 +158,7 @@ async def test_outage_catch_up_window_runs_recent_ticks_and_counts_older(dsn, co
     assert len(first_batch) >= 5, [dict(r) for r in caught_up]
 
 
+@pytest.mark.slow
 async def test_overlap_skip_and_cancel_previous_with_tasks_longer_than_the_interval(
     dsn, conn, fleet
 ):
@@ -166,19 +175,25 @@ async def test_overlap_skip_and_cancel_previous_with_tasks_longer_than_the_inter
         "SELECT count(*) FROM pgtasks.tasks WHERE schedule = $1"
         " AND status IN ('PENDING', 'RUNNING', 'COMMIT')"
     )
+    # skip: three ticks skipped, and a task started after the first one ended;
+    # cancel_previous: three tasks cancelled by the tick after them.
+    overlapped = (
+        "SELECT (SELECT skipped_overlap >= 3 FROM pgtasks.schedules WHERE name = 'skipper')"
+        " AND (SELECT count(*) >= 2 FROM pgtasks.tasks WHERE schedule = 'skipper')"
+        " AND (SELECT count(*) >= 3 FROM pgtasks.tasks WHERE schedule = 'canceller'"
+        " AND status = 'CANCELLED')"
+    )
     seen: dict[str, int] = {"skipper": 0, "canceller": 0}
-    for _ in range(60):  # sample while ticks come in
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 90  # only bounds a hung test
+    # Sample while ticks come in, until both policies have shown the above.
+    while True:
         for name in seen:
             seen[name] = max(seen[name], await conn.fetchval(active, name))
+        if await conn.fetchval(overlapped):
+            break
+        assert loop.time() < deadline, fleet.tails()
         await asyncio.sleep(0.1)
-    await wait_until(
-        dsn, "SELECT skipped_overlap >= 3 FROM pgtasks.schedules WHERE name = 'skipper'"
-    )
-    await wait_until(
-        dsn,
-        "SELECT count(*) >= 3 FROM pgtasks.tasks WHERE schedule = 'canceller'"
-        " AND status = 'CANCELLED'",
-    )
     for name in seen:
         await conn.execute("SELECT pgtasks.pause_schedule(name => $1)", name)
     assert seen == {"skipper": 1, "canceller": 1}
@@ -200,6 +215,7 @@ async def test_overlap_skip_and_cancel_previous_with_tasks_longer_than_the_inter
     assert all(r[0] == "CANCELLED" for r in statuses[:-1])
 
 
+@pytest.mark.slow
 async def test_worker_declares_its_schedules_and_keeps_sql_made_ones(dsn, conn, fleet):
     # Made through SQL first, under a name the app also declares: kept as it is.
     await conn.execute(

@@ -1,4 +1,4 @@
-"""`pgtasks schedules` (issue 11): add, list, pause, resume, run, rm; one-line errors."""
+"""`pgtasks schedules`: add, list, pause, resume, run, rm; one-line errors."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pgtasks.cli import format_duration, parse_duration
 from tests.test_cli import cli
 
 
+@pytest.mark.slow
 def test_add_list_pause_resume_run_rm(dsn):
     out = cli(dsn, "schedules", "add", "report", "report", "--cron", "0 6 * * *",
               "--tz", "Europe/Berlin", "--params", '{"kind": "daily"}')  # fmt: skip
@@ -31,6 +32,7 @@ def test_add_list_pause_resume_run_rm(dsn):
     assert "sync" not in cli(dsn, "schedules").stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "message"),
     [

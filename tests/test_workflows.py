@@ -1,4 +1,4 @@
-"""Workflows with real worker processes (issue 12): chains, chords, diamonds, failure
+"""Workflows with real worker processes: chains, chords, diamonds, failure
 propagation, kill -9 in the middle, cancel while running, and 4 workers on a random DAG.
 Order is checked from the database's history (task_events ids grow in insert order, and a
 child's claim can only be written after its last parent's finish), never from clocks."""
@@ -43,6 +43,7 @@ SELECT count(*) FROM pgtasks.tasks t
 """
 
 
+@pytest.mark.slow
 async def test_chain_of_three_from_sql_runs_in_order_each_step_seeing_its_parent(dsn, conn, fleet):
     fleet.start("--concurrency", "4", app=APP)
     spec = {"name": "sum", "nodes": [
@@ -66,6 +67,7 @@ async def test_chain_of_three_from_sql_runs_in_order_each_step_seeing_its_parent
     assert await conn.fetchval(EARLY_CHILDREN, out["workflow_id"]) == 0
 
 
+@pytest.mark.slow
 async def test_chord_callback_runs_once_after_all_fifty_with_all_results(dsn, conn, fleet):
     fleet.start("--concurrency", "20", app=APP)
     async with Client(dsn) as c:
@@ -79,6 +81,7 @@ async def test_chord_callback_runs_once_after_all_fifty_with_all_results(dsn, co
     assert await conn.fetchval(EARLY_CHILDREN, int(wf)) == 0
 
 
+@pytest.mark.slow
 async def test_diamond_runs_the_join_once_after_both_branches(dsn, conn, fleet):
     fleet.start("--concurrency", "8", app=APP)
     async with Client(dsn) as c:
@@ -96,6 +99,7 @@ async def test_diamond_runs_the_join_once_after_both_branches(dsn, conn, fleet):
     assert await conn.fetchval(EARLY_CHILDREN, int(wf)) == 0
 
 
+@pytest.mark.slow
 async def test_a_class_based_task_is_a_node_with_its_params_model(dsn, conn, fleet):
     """`MyTask.s(params)` on a BaseTask subclass: typed by its registered name, its params
     validated into its pydantic model by the worker, its parent's result read inside."""
@@ -112,6 +116,7 @@ async def test_a_class_based_task_is_a_node_with_its_params_model(dsn, conn, fle
     assert await conn.fetchval(EARLY_CHILDREN, int(wf)) == 0
 
 
+@pytest.mark.slow
 async def test_wait_workflow_returns_each_sinks_result_and_a_group_runs_on_its_own(
     dsn, conn, fleet
 ):
@@ -137,6 +142,7 @@ async def test_wait_workflow_returns_each_sinks_result_and_a_group_runs_on_its_o
     assert await conn.fetchval(EARLY_CHILDREN, int(fork)) == 0
 
 
+@pytest.mark.slow
 async def test_failure_in_a_chain_cancels_what_follows_and_run_gets_partial_results(
     dsn, conn, fleet
 ):
@@ -167,6 +173,7 @@ async def test_failure_in_a_chain_cancels_what_follows_and_run_gets_partial_resu
         assert (await c.workflow(partial))["state"] == "done"
 
 
+@pytest.mark.slow
 async def test_kill_9_in_the_middle_the_workflow_completes_each_node_done_once(dsn, conn, fleet):
     doomed = fleet.start("--lease", "2", "--concurrency", "4", app=APP)
     async with Client(dsn) as c:
@@ -187,6 +194,7 @@ async def test_kill_9_in_the_middle_the_workflow_completes_each_node_done_once(d
     assert rescued >= 1, "the killed worker's tasks ran again elsewhere"
 
 
+@pytest.mark.slow
 async def test_cancel_a_workflow_stops_running_nodes_and_cancels_waiting_ones(dsn, conn, fleet):
     fleet.start("--concurrency", "4", app=APP)
     async with Client(dsn) as c:
@@ -236,6 +244,7 @@ async def test_a_cycle_or_unknown_dependency_inserts_nothing(dsn, conn):
     assert await conn.fetchval("SELECT count(*) FROM pgtasks.workflow_runs") == 0
 
 
+@pytest.mark.slow
 async def test_four_workers_on_a_random_dag_of_1000_nodes_respect_every_edge(dsn, conn, fleet):
     rng = random.Random(12)
     nodes = []
@@ -275,6 +284,7 @@ def test_builders_compile_to_one_spec():
     assert (d["queue"], d["timeout"]) == ("q", 5.0)
 
 
+@pytest.mark.slow
 async def test_cli_lists_shows_and_cancels_a_workflow(dsn, conn):
     from tests.test_cli import cli
 
@@ -296,6 +306,7 @@ async def test_cli_lists_shows_and_cancels_a_workflow(dsn, conn):
     assert missing.returncode == 1 and "workflow 424242 does not exist" in missing.stderr
 
 
+@pytest.mark.slow
 async def test_cli_tree_shows_each_nodes_status_and_the_reported_progress(dsn, fleet):
     from tests.test_cli import cli
 

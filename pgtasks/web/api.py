@@ -6,20 +6,31 @@ SQL call. The API holds no logic of its own; the database decides and says why."
 
 import asyncio
 import hmac
-import inspect
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pgtasks.client import STATUSES, Client, TaskDetail, TaskEvent, TaskLog, TaskPage
+from pgtasks.client import (
+    STATUSES,
+    Client,
+    SubmitResult,
+    TaskDetail,
+    TaskEvent,
+    TaskLog,
+    TaskPage,
+)
 from pgtasks.fastapi import get_client
 from pgtasks.web.errors import ApiError, ErrorResponse, ErrorRoute
 from pgtasks.web.settings import WebSettings
 from pgtasks.web.sse import task_events
 
 TaskId = Annotated[int, Path(ge=1, le=2**63 - 1, description="Task id")]
+
+#: A status label, checked by pydantic and listed in the OpenAPI schema. Built at run time
+#: from the one STATUSES tuple, which a static Literal cannot name, hence the ignore.
+Status = Literal[STATUSES]  # type: ignore[valid-type]
 
 
 class SubmitRequest(BaseModel):
@@ -36,9 +47,9 @@ class SubmitRequest(BaseModel):
     delay_s: float | None = Field(default=None, ge=0, le=100 * 365 * 86400)
     max_retries: int | None = Field(default=None, ge=0)
     timeout_s: float | None = Field(default=None, gt=0)
-    # Extension points for sql/0005 (flow control): accepted by the schema, answered 501
-    # until the Client can pass them to submit_task.
+    #: While a task with this key is active, a submit returns that task (created: false).
     unique_key: str | None = None
+    #: Task ids this one waits for; it is cancelled if one of them fails or is cancelled.
     depends_on: list[int] | None = None
 
     @model_validator(mode="after")
@@ -109,7 +120,7 @@ class BulkFilter(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    status: Literal[STATUSES] | None = None  # type: ignore[valid-type]
+    status: Status | None = None
     queue: str | None = None
     task_type: str | None = None
     #: The first line of the error (as the dashboard's failed groups show it); retry only.
@@ -156,7 +167,7 @@ class ScheduleState(BaseModel):
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    s: {"model": ErrorResponse} for s in (401, 404, 409, 422, 501, 503)
+    s: {"model": ErrorResponse} for s in (401, 404, 409, 422, 503)
 }
 
 
@@ -179,17 +190,6 @@ def _authorizer(settings: WebSettings, *, write: bool) -> Any:
     return Depends(check)
 
 
-async def _extension(client: Client, method: str, needs: str, *args: Any) -> Any:
-    """Endpoints whose SQL lands with another migration call a Client method that exists
-    once it has; until then they answer 501 and say what is missing."""
-    fn = getattr(client, method, None)
-    if fn is None:
-        raise ApiError(
-            501, "not_available", f"this deployment's pgtasks has no {method}", f"Needs {needs}."
-        )
-    return await fn(*args)
-
-
 def router(client: Client | None = None, *, settings: WebSettings | None = None) -> APIRouter:
     """The API. Mount it anywhere: `app.include_router(router(), prefix="/api/admin")`.
 
@@ -209,7 +209,7 @@ def router(client: Client | None = None, *, settings: WebSettings | None = None)
     @api.get("/tasks", dependencies=[read])
     async def list_tasks(
         c: C,
-        status: Annotated[Literal[STATUSES] | None, Query()] = None,  # type: ignore[valid-type]
+        status: Annotated[Status | None, Query()] = None,
         queue: str | None = None,
         task_type: str | None = None,
         page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
@@ -235,18 +235,6 @@ def router(client: Client | None = None, *, settings: WebSettings | None = None)
     async def submit_task(c: C, body: SubmitRequest, response: Response) -> Submitted:
         """Submit a task; 201 with its id, or 200 with `created: false` when its unique key
         matched an active task (whose id it returns). Nothing is written when refused."""
-        flow = {
-            k: v
-            for k, v in (("unique_key", body.unique_key), ("depends_on", body.depends_on))
-            if v is not None
-        }
-        if flow and not flow.keys() <= inspect.signature(c.submit).parameters.keys():
-            raise ApiError(
-                501,
-                "not_available",
-                f"{' and '.join(flow)} need the flow-control SQL (sql/0005)",
-                "Submit without them, or upgrade pgtasks.",
-            )
         task_id = await c.submit(
             body.task_type,
             body.params,
@@ -256,13 +244,13 @@ def router(client: Client | None = None, *, settings: WebSettings | None = None)
             delay=body.delay_s,
             max_retries=body.max_retries,
             timeout=body.timeout_s,
-            **flow,
+            unique_key=body.unique_key,
+            depends_on=body.depends_on,
         )
-        # With sql/0005 submit returns an int that also says whether it created the task.
-        created = bool(getattr(task_id, "created", True))
-        response.status_code = 201 if created else 200
+        assert isinstance(task_id, SubmitResult)  # a type name was given, not a workflow
+        response.status_code = 201 if task_id.created else 200
         response.headers["Location"] = f"tasks/{int(task_id)}"
-        return Submitted(id=int(task_id), created=created)
+        return Submitted(id=int(task_id), created=task_id.created)
 
     @api.post("/tasks/{task_id}/cancel", dependencies=[write])
     async def cancel_task(c: C, task_id: TaskId) -> Cancelled:
@@ -305,22 +293,20 @@ def router(client: Client | None = None, *, settings: WebSettings | None = None)
         """Depth by status, ready count and oldest ready age, per queue."""
         return [QueueInfo.model_validate(r) for r in await c.queue_stats()]
 
-    # Extension points: the Client gains these methods with sql/0005 (queues, pause_queue,
-    # resume_queue), sql/0006 (schedules) and the workflows SQL (workflow).
     @api.get("/queues/settings", dependencies=[read])
     async def queue_settings(c: C) -> list[dict[str, Any]]:
         """Each queue's flow settings (paused, limits, rate) next to its live counts."""
-        return list(await _extension(c, "queues", "sql/0005"))
+        return await c.queues()
 
     @api.post("/queues/{queue}/pause", dependencies=[write])
     async def pause_queue(c: C, queue: str) -> QueueState:
         """Stop claims from a queue (its tasks stay; submits still work)."""
-        await _extension(c, "pause_queue", "sql/0005", queue)
+        await c.pause_queue(queue)
         return QueueState(queue=queue, paused=True)
 
     @api.post("/queues/{queue}/resume", dependencies=[write])
     async def resume_queue(c: C, queue: str) -> QueueState:
-        await _extension(c, "resume_queue", "sql/0005", queue)
+        await c.resume_queue(queue)
         return QueueState(queue=queue, paused=False)
 
     @api.get("/workers", dependencies=[read])
@@ -331,7 +317,8 @@ def router(client: Client | None = None, *, settings: WebSettings | None = None)
 
     @api.get("/schedules", dependencies=[read])
     async def schedules(c: C) -> list[dict[str, Any]]:
-        return list(await _extension(c, "schedules", "sql/0006"))
+        """Every schedule with its next run and last task (pgtasks.schedules)."""
+        return await c.schedules()
 
     # -- bulk and operator actions the dashboard uses (docs/dashboard.md) -----------------
 
@@ -385,13 +372,13 @@ def router(client: Client | None = None, *, settings: WebSettings | None = None)
 
     @api.get("/workflows/{workflow_id}", dependencies=[read])
     async def workflow(c: C, workflow_id: int) -> dict[str, Any]:
-        return dict(await _extension(c, "workflow", "the workflows SQL", workflow_id))
+        """The workflow's state, counts and nodes; 404 for an unknown workflow."""
+        return await c.workflow(workflow_id)
 
     @api.post("/workflows/{workflow_id}/cancel", dependencies=[write])
     async def cancel_workflow(c: C, workflow_id: int) -> dict[str, Any]:
         """Cancel every unfinished task of the workflow (running ones are stopped); 404
         for an unknown workflow."""
-        n = await _extension(c, "cancel_workflow", "the workflows SQL", workflow_id)
-        return {"id": workflow_id, "cancelled": n}
+        return {"id": workflow_id, "cancelled": await c.cancel_workflow(workflow_id)}
 
     return api

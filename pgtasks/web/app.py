@@ -17,6 +17,7 @@ from pgtasks.web.settings import WebSettings
 
 
 def create_app(settings: WebSettings | None = None) -> FastAPI:
+    """The app `pgtasks serve` runs; `settings` default to the PGTASKS_* variables."""
     settings = settings or WebSettings()
     app = FastAPI(
         title="pgtasks",

@@ -6,7 +6,7 @@ app answers the same way without touching that app's handlers.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi.exceptions import RequestValidationError
@@ -40,7 +40,7 @@ class ErrorResponse(BaseModel):
 
 
 class ApiError(Exception):
-    """An error the API itself answers (auth, not available), with its status and code."""
+    """An error the API itself answers (auth, too many streams), with its status and code."""
 
     def __init__(self, status: int, code: str, message: str, hint: str | None = None) -> None:
         super().__init__(message)
@@ -90,7 +90,7 @@ def to_response(exc: Exception) -> Response | None:
 
 
 class ErrorRoute(APIRoute):
-    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def handle(request: Request) -> Response:

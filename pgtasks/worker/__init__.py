@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pgtasks.worker.base import WorkerStats
 from pgtasks.worker.runner import DaemonThreads
+from pgtasks.worker.slots import StopReason
 from pgtasks.worker.worker import Worker
 
-__all__ = ["DaemonThreads", "Worker", "WorkerStats"]
+__all__ = ["DaemonThreads", "StopReason", "Worker", "WorkerStats"]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -28,7 +27,7 @@ from pgtasks.db import translated
 from pgtasks.errors import LeaseLost
 from pgtasks.worker.base import Service, WorkerStats, retrying
 from pgtasks.worker.runner import Dropped, Failed, Outcome, Succeeded, Yielded, _describe
-from pgtasks.worker.slots import Slots
+from pgtasks.worker.slots import Slots, StopReason
 
 if TYPE_CHECKING:
     from pgtasks.worker.producer import Producer
@@ -49,8 +48,6 @@ class Completer(Service):
         stats: WorkerStats,
         stopping: asyncio.Event,
         claimer: Producer | None = None,
-        on_written: Callable[[], None] | None = None,
-        writers: int = 1,
     ) -> None:
         super().__init__()
         self.pool = pool
@@ -58,8 +55,6 @@ class Completer(Service):
         self.stats = stats
         self.stopping = stopping
         self.claimer = claimer  # claims for freed slots in the same round trip, if set
-        self.on_written = on_written or (lambda: None)
-        self.writers = writers
         self._batch: list[Result] = []
         self._signal = asyncio.Event()
         self._in_flight = 0
@@ -79,7 +74,7 @@ class Completer(Service):
         elif isinstance(outcome, Yielded):
             await self.hand_back(task_id, lease_token, outcome)
         elif isinstance(outcome, Dropped):
-            self.stats.lost += outcome.reason == "lease lost"
+            self.stats.lost += outcome.reason is StopReason.LEASE_LOST
             log.info("task %s stopped: %s", task_id, outcome.reason)
 
     @property
@@ -89,13 +84,10 @@ class Completer(Service):
     # -- batched results -----------------------------------------------------------------
 
     async def run(self) -> None:
-        """`writers` loops: with 2, while one batch is in flight the results that finish
-        meanwhile go out on the other core connection. Default 1: on the shared 2-core
-        bench machine two made no difference we could tell from noise at concurrency 10,
-        and cost server CPU per job at concurrency 100 (smaller batches)."""
-        await asyncio.gather(*(self._write_loop() for _ in range(self.writers)))
-
-    async def _write_loop(self) -> None:
+        """One write loop: the results that finish while a batch is in flight form the next
+        one. (Two loops, each on its own core connection, made no difference we could tell
+        from noise at concurrency 10 on a 2-core machine, and cost server CPU per job at
+        concurrency 100: smaller batches.)"""
         # Must outlive any error: a dead completer would leave every later result unwritten
         # while heartbeats keep those tasks RUNNING, i.e. stuck for the worker's lifetime.
         while True:
@@ -148,7 +140,6 @@ class Completer(Service):
                 "max_result_bytes fails its task with the reason): %s",
                 sorted(rejected),
             )
-        self.on_written()
 
     async def _finish(self, batch: list[Result]) -> set[int]:
         """Write results in one statement; return the ids the database rejected (fenced)."""

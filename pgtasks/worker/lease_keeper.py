@@ -21,6 +21,7 @@ import asyncpg
 from pgtasks import queries
 from pgtasks.db import TRANSIENT
 from pgtasks.worker.base import Service
+from pgtasks.worker.slots import StopReason
 
 log = logging.getLogger("pgtasks.worker")
 
@@ -40,7 +41,7 @@ class LeaseKeeper(Service):
         lease: float | None,
         interval: float,
         owned: Callable[[], list[tuple[int, str]]],
-        on_lost: Callable[[int, str], object],
+        on_lost: Callable[[int, StopReason], object],
         on_reconnect: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         super().__init__()
@@ -49,7 +50,7 @@ class LeaseKeeper(Service):
         self.lease = timedelta(seconds=lease) if lease is not None else None
         self.interval = interval
         self.owned = owned
-        self.on_lost = on_lost  # (task_id, reason): "cancelled" after a notice, else "lease lost"
+        self.on_lost = on_lost  # (task_id, why): CANCELLED after a cancel notice, else LEASE_LOST
         self.on_reconnect = on_reconnect
         self._failing = False
         self._nudge = asyncio.Event()
@@ -77,7 +78,9 @@ class LeaseKeeper(Service):
             raise
         lost = [r[0] for r in rows]
         for task_id in lost:
-            self.on_lost(task_id, "cancelled" if task_id in hinted else "lease lost")
+            self.on_lost(
+                task_id, StopReason.CANCELLED if task_id in hinted else StopReason.LEASE_LOST
+            )
         return lost
 
     async def run(self) -> None:

@@ -62,9 +62,10 @@ class Maintainer(Service):
         """Rescue expired leases and prune what is due; returns (rescued, pruned)."""
         if self.prune and self.retention is None:
             row = await self.pool.fetchrow(queries.MAINTAIN, PRUNE_BATCH)
-            rescued, pruned = row["rescued"], row["pruned"]
+            assert row is not None  # maintain() returns one row
+            rescued, pruned = int(row["rescued"]), int(row["pruned"])
         else:
-            rescued, pruned = await self.pool.fetchval(queries.RESCUE_EXPIRED), 0
+            rescued, pruned = int(await self.pool.fetchval(queries.RESCUE_EXPIRED)), 0
         if rescued:
             log.warning("rescued %s task(s) whose worker stopped heartbeating", rescued)
             self.on_rescued(rescued)
@@ -84,7 +85,9 @@ class Maintainer(Service):
         budget_end = loop.time() + PRUNE_BUDGET_S
         total = 0
         while True:
-            deleted = await self.pool.fetchval(queries.PRUNE_FINISHED, self.retention, PRUNE_BATCH)
+            deleted = int(
+                await self.pool.fetchval(queries.PRUNE_FINISHED, self.retention, PRUNE_BATCH)
+            )
             total += deleted
             if deleted < PRUNE_BATCH or loop.time() >= budget_end:
                 return total

@@ -18,8 +18,8 @@ from collections.abc import Callable
 
 import asyncpg
 
-from pgtasks import queries
-from pgtasks.db import TRANSIENT
+from pgtasks import db, queries
+from pgtasks.db import DATABASE_ERRORS
 from pgtasks.worker.base import Service, sleep_or_stop
 
 log = logging.getLogger("pgtasks.worker")
@@ -36,7 +36,7 @@ class Notifier(Service):
         url: str,
         *,
         on_wakeup: Callable[[str], None],
-        on_cancel: Callable[[int], None],
+        on_cancel: Callable[[int], object],
         application_name: str | None = None,
         check_interval: float = 5.0,
     ) -> None:
@@ -50,22 +50,25 @@ class Notifier(Service):
         self._stopping = asyncio.Event()
         self._conn: asyncpg.Connection | None = None
 
-    def _wakeup(self, _conn: object, _pid: int, _channel: str, tag: str) -> None:
-        self.on_wakeup(tag)
+    # asyncpg's listener signature: (connection, pid, channel, payload); the payload is text.
+    def _wakeup(self, _conn: object, _pid: int, _channel: str, tag: object) -> None:
+        self.on_wakeup(str(tag))
 
-    def _cancel(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+    def _cancel(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         with contextlib.suppress(ValueError):  # not a task id: nobody's task
-            self.on_cancel(int(payload))
+            self.on_cancel(int(str(payload)))
 
     async def run(self) -> None:
         """Keep a LISTEN connection open; reconnect with backoff when it drops."""
         delay = 0.5
-        settings = {"application_name": self.application_name} if self.application_name else {}
         while not self._stopping.is_set():
             lost = asyncio.Event()
             try:
-                conn = await asyncpg.connect(
-                    self.url, statement_cache_size=0, server_settings=settings
+                conn = await db.connect(
+                    self.url,
+                    application_name=self.application_name,
+                    codecs=False,
+                    statement_cache_size=0,
                 )
                 self._conn = conn
                 conn.add_termination_listener(lambda _c, ev=lost: ev.set())
@@ -81,7 +84,7 @@ class Notifier(Service):
                         # A silent network drop does not always fire the listener.
                         try:
                             await asyncio.wait_for(conn.execute(queries.PING), 5)
-                        except (*TRANSIENT, asyncpg.PostgresError):
+                        except DATABASE_ERRORS:
                             lost.set()
                 log.warning("LISTEN connection lost; polling until it is back")
             except asyncio.CancelledError:

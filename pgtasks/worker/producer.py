@@ -14,12 +14,11 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
 
 import asyncpg
 
 from pgtasks import queries
-from pgtasks.db import TRANSIENT
+from pgtasks.db import DATABASE_ERRORS
 from pgtasks.worker.base import Service, WorkerStats, sleep_or_stop
 from pgtasks.worker.slots import Slots
 
@@ -181,7 +180,7 @@ class Producer(Service):
                     # Nothing here may end the worker (a server-side error, a statement
                     # timeout, a schema being migrated, a driver bug): back off and retry.
                     self.stats.claim_errors += 1
-                    if isinstance(exc, (*TRANSIENT, asyncpg.PostgresError)):
+                    if isinstance(exc, DATABASE_ERRORS):
                         log.warning("claim failed (%s); retrying in %.1fs", exc, backoff)
                     else:
                         log.exception("claim failed; retrying in %.1fs", backoff)
@@ -223,10 +222,10 @@ class Producer(Service):
         """Seconds to sleep when no ready work is left: until the next run_at, at most a poll.
         None in burst mode when nothing is scheduled at all."""
         try:
-            row: Any = await self.pool.fetchrow(queries.NEXT_RUN_GAP, self.queues, self.all_types)
-        except (*TRANSIENT, asyncpg.PostgresError):  # a failed peek only means a plain poll
+            row = await self.pool.fetchrow(queries.NEXT_RUN_GAP, self.queues, self.all_types)
+        except DATABASE_ERRORS:  # a failed peek only means a plain poll
             return self.poll_interval
-        gap = row["gap"] if row else None
+        gap: timedelta | None = row["gap"] if row else None
         if gap is None:
             return None if self.burst else self.poll_interval
         return min(max(gap.total_seconds(), 0.0), self.poll_interval)

@@ -21,7 +21,7 @@ from typing import Any
 from pgtasks.context import SyncTaskContext, TaskContext, YieldTask
 from pgtasks.errors import LeaseLost, ParamsValidationError, PermanentError, PgTasksError, Retry
 from pgtasks.task import TaskSpec
-from pgtasks.worker.slots import Attempt
+from pgtasks.worker.slots import Attempt, StopReason
 from pgtasks.worker.writer import while_busy
 
 log = logging.getLogger("pgtasks.worker")
@@ -53,7 +53,7 @@ class Yielded:
 class Dropped:
     """Nothing to write: the database already moved on (cancelled, lease lost)."""
 
-    reason: str
+    reason: StopReason
 
 
 Outcome = Succeeded | Failed | Yielded | Dropped
@@ -119,7 +119,7 @@ class Runner:
             params = spec.parse_params(att.params)
             # The time limit is a plain timer that stops the task like a cancel would:
             # cheaper per task than asyncio.timeout, which matters for short tasks.
-            timer = asyncio.get_running_loop().call_later(att.timeout, att.stop, "timeout")
+            timer = asyncio.get_running_loop().call_later(att.timeout, att.stop, StopReason.TIMEOUT)
             try:
                 result = await self._call(spec, ctx, params)
             finally:
@@ -137,10 +137,10 @@ class Runner:
             )
             return Succeeded(text)
         except asyncio.CancelledError:
-            reason = att.stop_reason or "cancelled"
-            if reason == "timeout":
+            reason = att.stop_reason or StopReason.CANCELLED
+            if reason is StopReason.TIMEOUT:
                 return await self._failed(ctx, f"timed out after {att.timeout:g}s", "", True)
-            if reason == "shutdown":
+            if reason is StopReason.SHUTDOWN:
                 await ctx._flush_quietly()
                 return Yielded(None, handed_back=True)
             return Dropped(reason)  # cancelled by a user or lease lost
@@ -148,7 +148,7 @@ class Runner:
             await ctx._flush_quietly()
             return Yielded(y.run_at)
         except LeaseLost:
-            return Dropped("lease lost")
+            return Dropped(StopReason.LEASE_LOST)
         except Retry as r:
             return await self._failed(ctx, f"Retry: {r}", "", True, r.delay)
         except (PermanentError, ParamsValidationError) as exc:

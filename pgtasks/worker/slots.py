@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from pgtasks.context import TaskContext, Writer
@@ -30,6 +31,18 @@ from pgtasks.context import TaskContext, Writer
 PREFETCH_MAX_TASK_S = 0.05
 #: ...and hand back a prefetched task that waited longer than this for a slot.
 PREFETCH_MAX_WAIT_S = 2.0
+
+
+class StopReason(StrEnum):
+    """Why a worker stopped an attempt before it ended by itself. The first reason sticks
+    (Attempt.stop) and decides what the runner records: a timeout is a failure, a shutdown
+    hands the task back, and after a cancel or a lost lease nothing is written (the
+    database has already moved on). Task code sees it as `ctx.cancel_reason`."""
+
+    CANCELLED = "cancelled"  # by a user (pgtasks.cancel_task), confirmed by the database
+    LEASE_LOST = "lease lost"  # rescued, cancelled or re-claimed: another attempt owns it
+    TIMEOUT = "timeout"  # the task type's time limit
+    SHUTDOWN = "shutdown"  # the worker is stopping and the grace period is over
 
 
 @dataclass
@@ -45,7 +58,7 @@ class Attempt:
     is_sync: bool
     ctx: TaskContext
     future: asyncio.Task[None] | None = None
-    stop_reason: str | None = None
+    stop_reason: StopReason | None = None
 
     @classmethod
     def claimed(cls, row: Any, *, writer: Writer, is_sync: bool, **tools: Any) -> Attempt:
@@ -73,8 +86,8 @@ class Attempt:
             ctx=ctx,
         )
 
-    def stop(self, reason: str) -> None:
-        """Stop the attempt (cancel, lease lost, timeout, shutdown); the first reason sticks."""
+    def stop(self, reason: StopReason) -> None:
+        """Stop the attempt; the first reason sticks."""
         self.stop_reason = self.stop_reason or reason
         self.ctx._mark_cancelled(reason)
         if self.future is not None and not self.future.done():
@@ -162,7 +175,7 @@ class Slots:
         """The task runs here, waits here for a slot, or its result waits to be written."""
         return task_id in self.running or task_id in self.buffer or task_id in self.finishing
 
-    def stop(self, task_id: int, reason: str) -> bool:
+    def stop(self, task_id: int, reason: StopReason) -> bool:
         """Stop a task that runs (or waits) here: the lease keeper calls it for each task a
         heartbeat reports lost. Never for a notification alone: any role may send one."""
         if self.buffer.pop(task_id, None) is not None:

@@ -45,7 +45,7 @@ from pgtasks.worker.maintainer import Maintainer
 from pgtasks.worker.notifier import Notifier
 from pgtasks.worker.producer import Producer
 from pgtasks.worker.runner import DaemonThreads, Outcome, Runner, Succeeded, Yielded
-from pgtasks.worker.slots import Attempt, Slots
+from pgtasks.worker.slots import Attempt, Slots, StopReason
 from pgtasks.worker.writer import TaskWriter
 
 log = logging.getLogger("pgtasks.worker")
@@ -148,6 +148,9 @@ class Worker:
             self.producer.wake()
 
     async def run(self, *, install_signal_handlers: bool = False) -> None:
+        """Register, then claim and run tasks until `stop()` (with `burst`, until nothing is
+        left to do), drain and unregister. With `install_signal_handlers`, SIGINT and
+        SIGTERM call `stop()`."""
         types = self.registry.names()
         if not types:
             raise PgTasksError(
@@ -164,6 +167,7 @@ class Worker:
         try:
             await self._connect(url)
             await self._settle_lease()
+            await self._check_search_path()
             await self._register()
             await self._register_types()
             self.ready.set()
@@ -204,6 +208,7 @@ class Worker:
             lambda: self._pool("control").fetchrow(queries.SETTINGS),
             self._stopping,
         )
+        assert row is not None  # current_settings() returns one row
         self._max_log_bytes = row["max_log_bytes"]
         if self.lease is None:
             self.lease = row["default_lease"].total_seconds()
@@ -211,6 +216,25 @@ class Worker:
         assert lease is not None
         self.heartbeat_interval = self._heartbeat_interval or lease / 3
         self.rescue_interval = self._rescue_interval or max(min(lease / 2, 30.0), 0.2)
+
+    async def _check_search_path(self) -> None:
+        """Warn when the pinned search_path did not arrive: a pooler set to ignore the
+        startup parameter (PgBouncer's ignore_startup_parameters) drops it silently, and
+        only a pin on the server side then keeps planted objects out (see db.SEARCH_PATH)."""
+        path = await retrying(
+            "search_path",
+            lambda: self._pool("control").fetchval(queries.CURRENT_SEARCH_PATH),
+            self._stopping,
+        )
+        if str(path).replace(" ", "") != db.SEARCH_PATH.replace(" ", ""):
+            log.warning(
+                "this session's search_path is %r, not %r: objects planted in its schemas "
+                "can shadow the operators pgtasks' statements use; pin it on the server "
+                "(ALTER ROLE ... SET search_path = %s)",
+                path,
+                db.SEARCH_PATH,
+                db.SEARCH_PATH,
+            )
 
     async def _register_types(self) -> None:
         """Upsert each registered type's policy, so submits from anywhere (psql included)
@@ -309,12 +333,21 @@ class Worker:
         for key, size in sizes.items():
             self._pools[key] = await self._connect_pool(url, size, 1, name, reset=db.no_reset)
         # min_size 0: a worker whose tasks never touch ctx.pool opens no connection for it.
+        # The database's own search_path: it runs the task's SQL (its tables, in public
+        # say), never pgtasks' statements.
         self._pools["tasks"] = await self._connect_pool(
-            url, self.task_pool_size, 0, f"pgtasks-task:{self.worker_id}"
+            url, self.task_pool_size, 0, f"pgtasks-task:{self.worker_id}", pin_search_path=False
         )
 
     async def _connect_pool(
-        self, url: str, size: int, min_size: int, name: str, **kw: Any
+        self,
+        url: str,
+        size: int,
+        min_size: int,
+        name: str,
+        *,
+        reset: db.Reset | None = None,
+        pin_search_path: bool = True,
     ) -> asyncpg.Pool:
         delay = 0.5
         while True:
@@ -325,7 +358,8 @@ class Worker:
                     max_size=size,
                     application_name=name,
                     statement_cache_size=self.statement_cache_size,
-                    **kw,
+                    reset=reset,
+                    pin_search_path=pin_search_path,
                 )
             except TRANSIENT as exc:
                 if self._stopping.is_set():
@@ -430,7 +464,7 @@ class Worker:
             )
             _, still = await asyncio.wait(pending, timeout=self.shutdown_grace)
             for att in list(self.slots.running.values()):
-                att.stop("shutdown")
+                att.stop(StopReason.SHUTDOWN)
             if still:
                 await asyncio.wait(still, timeout=10)
         assert self.completer is not None

@@ -192,7 +192,7 @@ CREATE TABLE pgtasks.tasks (
     workflow_id      bigint,            -- the workflow_runs row
     workflow_node    text,              -- its node's name in that workflow
     waiting_on       integer,           -- unfinished parents; NULL: has no parents
-    has_dependents   boolean,           -- true once a task depends on it; else NULL
+    has_dependents   boolean,           -- true once a task depends on it (see unsettled_edges); else NULL
     on_parent_failure text,             -- 'cancel' or 'run'; NULL: has no parents
     cancelled_by     bigint,            -- the ended parent whose failure cancelled it
     -- The secret of the running attempt: 64 hex digits derived from 244 random bits that
@@ -274,7 +274,8 @@ COMMENT ON COLUMN pgtasks.tasks.schedule_tick IS 'The tick of schedule this task
 COMMENT ON COLUMN pgtasks.tasks.workflow_id IS 'The workflow (workflow_runs) the task belongs to.';
 COMMENT ON COLUMN pgtasks.tasks.workflow_node IS 'The task''s node name in its workflow.';
 COMMENT ON COLUMN pgtasks.tasks.waiting_on IS 'How many of its parents have not ended; NULL: the task has no parents.';
-COMMENT ON COLUMN pgtasks.tasks.has_dependents IS 'True once a task depends on this one; else NULL.';
+COMMENT ON COLUMN pgtasks.tasks.has_dependents IS
+    'True once a task depends on this one; else NULL. A dependency added with depends_on marks it when maintain() settles it (unsettled_edges lists it until then).';
 COMMENT ON COLUMN pgtasks.tasks.on_parent_failure IS
     'cancel: a parent ending FAILED or CANCELLED cancels this task; run: it runs anyway. NULL: no parents.';
 COMMENT ON COLUMN pgtasks.tasks.cancelled_by IS
@@ -467,6 +468,23 @@ COMMENT ON TABLE pgtasks.task_types IS
 COMMENT ON COLUMN pgtasks.task_types.registered_by IS 'The worker_id of the last registration that changed the policy.';
 
 ------------------------------------------------------------------------------------------
+-- Locks only pgtasks takes
+--
+-- Every lock pgtasks relies on is a row of a table that only pgtasks_owner may read or
+-- lock. Advisory locks are open to every role, a role without any pgtasks grant included:
+-- one that took maintain()'s key first switched maintenance off for every worker, one that
+-- took a concurrency key's stopped every claim of that key.
+
+-- One row per lock that guards a whole job. maintain() (07_leases.sql) takes 'maintain'
+-- with SKIP LOCKED, so while one call works the others return at once.
+CREATE TABLE pgtasks.locks (
+    name text PRIMARY KEY CHECK (name IN ('maintain'))
+);
+INSERT INTO pgtasks.locks (name) VALUES ('maintain');
+COMMENT ON TABLE pgtasks.locks IS
+    'Rows pgtasks locks to run a job one caller at a time (maintain); no role but the owner may lock them.';
+
+------------------------------------------------------------------------------------------
 -- Flow control (08_flow_control.sql)
 
 -- A row exists only for a queue with a limit or a pause: the claim's fast path is "no row
@@ -511,6 +529,20 @@ CREATE TABLE pgtasks.unique_windows (
 COMMENT ON TABLE pgtasks.unique_windows IS
     'Unique keys reserved by unique_for: taken until reserved_until, whatever their task does.';
 COMMENT ON COLUMN pgtasks.unique_windows.task_id IS 'The task that took the key; NULL only inside the submitting transaction.';
+
+-- The lock of each concurrency key: a claimer that locks a key's row (FOR NO KEY UPDATE
+-- SKIP LOCKED, lock_concurrency_key in 08_flow_control.sql) decides for that key until it
+-- commits; the others skip the key in that round. Claimers create a key's row the first
+-- time they meet the key; prune_flow_state deletes rows that nobody holds and whose key has
+-- no running task, an hour after their creation (a later claim creates the row again).
+-- Submits never touch it.
+CREATE TABLE pgtasks.concurrency_keys (
+    concurrency_key text PRIMARY KEY,
+    created_at      timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX concurrency_keys_created ON pgtasks.concurrency_keys (created_at);
+COMMENT ON TABLE pgtasks.concurrency_keys IS
+    'One lockable row per concurrency key in use: the claimer holding it decides how many of the key''s tasks start.';
 
 ------------------------------------------------------------------------------------------
 -- Schedules (09_schedules.sql)
@@ -603,3 +635,17 @@ CREATE TABLE pgtasks.task_edges (
 CREATE INDEX task_edges_child ON pgtasks.task_edges (child_id, parent_id);
 COMMENT ON TABLE pgtasks.task_edges IS
     'The dependencies between tasks, one (parent, child) row each: a child waits until all its parents have ended.';
+
+-- Edges that submit_task(..., depends_on) added to parents that existed already, until
+-- maintain() has settled them (settle_new_edges, 10_workflows.sql). Such a submit locks no
+-- parent against its worker's heartbeat and finish: its parents are not marked
+-- has_dependents by it, so record_updates also releases the children of parents listed
+-- here. A row goes once its parent is marked and its child's count checked.
+CREATE TABLE pgtasks.unsettled_edges (
+    parent_id bigint NOT NULL,
+    child_id  bigint NOT NULL,
+    PRIMARY KEY (parent_id, child_id),
+    FOREIGN KEY (parent_id, child_id) REFERENCES pgtasks.task_edges (parent_id, child_id) ON DELETE CASCADE
+);
+COMMENT ON TABLE pgtasks.unsettled_edges IS
+    'Dependencies added to existing tasks (depends_on) whose parent is not yet marked has_dependents; maintain() settles them.';

@@ -307,7 +307,9 @@ CREATE TRIGGER tasks_record_inserts
 -- only for tasks in task_waiters, so the common finish pays no NOTIFY), and the children of
 -- parents that ended or were retried are released, cancelled or revived (10_workflows.sql).
 -- Plain tasks pay one test for that last step: has_dependents is NULL on every row that no
--- task depends on.
+-- task depends on; and one probe of unsettled_edges, which lists the parents a depends_on
+-- submit added children to without marking them (submit_dependent) and is empty but for
+-- those submitted since the last maintain().
 --
 -- Per statement from transition tables: a batch claim or finish of 100 tasks costs one
 -- INSERT ... SELECT, not 100 trigger calls. Transition tables have no statistics and no
@@ -339,13 +341,15 @@ BEGIN
       WHERE n.status IN ('DONE', 'FAILED', 'CANCELLED')
         AND EXISTS (SELECT 1 FROM pgtasks.task_waiters w WHERE w.task_id = n.id);
 
-    IF EXISTS (SELECT 1 FROM new_rows n WHERE n.has_dependents) THEN
+    IF EXISTS (SELECT 1 FROM new_rows n WHERE n.has_dependents)
+       OR EXISTS (SELECT 1 FROM pgtasks.unsettled_edges) THEN
         SELECT array_agg(n.id ORDER BY n.id) FILTER (WHERE n.status IN ('DONE', 'FAILED', 'CANCELLED')),
                array_agg(n.id ORDER BY n.id) FILTER (WHERE n.status IN ('PENDING', 'WAITING')
                                                        AND o.status IN ('FAILED', 'CANCELLED'))
           INTO ended, retried
           FROM new_rows n JOIN old_rows o USING (id)
-         WHERE n.has_dependents AND o.status <> n.status;
+         WHERE (n.has_dependents OR n.id IN (SELECT u.parent_id FROM pgtasks.unsettled_edges u))
+           AND o.status <> n.status;
         IF ended IS NOT NULL THEN
             PERFORM pgtasks.release_children(ended);
         END IF;

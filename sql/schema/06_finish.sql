@@ -132,9 +132,9 @@ COMMENT ON FUNCTION pgtasks.finish_tasks(bigint[], text[], jsonb[]) IS
 -- it:
 --   * claim_max 0 (nothing to claim);
 --   * a result over settings.max_result_bytes (finish_tasks fails that task alone);
---   * a finished task with dependents: its children are released by the finish
---     statement's history trigger and must be claimable by this same call (the chain
---     hand-off of a workflow);
+--   * a finished task with dependents (has_dependents, or listed in unsettled_edges): its
+--     children are released by the finish statement's history trigger and must be
+--     claimable by this same call (the chain hand-off of a workflow);
 --   * flow control in use: claim_limited counts running tasks, and must see this call's
 --     finishes as no longer running.
 -- The claim arguments are checked before anything is finished, so a bad one fails the
@@ -178,6 +178,7 @@ BEGIN
                    WHERE octet_length(u.result::text) > s.max_result_bytes)
        OR EXISTS (SELECT 1 FROM pgtasks.tasks t
                    WHERE t.id = ANY (finish_and_claim.task_ids) AND t.has_dependents)
+       OR EXISTS (SELECT 1 FROM pgtasks.unsettled_edges u WHERE u.parent_id = ANY (finish_and_claim.task_ids))
        OR pgtasks.flow_control_in_use(queues) THEN
         RETURN QUERY
         SELECT f.rejected_task_id, NULL::bigint, NULL::text, NULL::jsonb, NULL::text, NULL::integer,

@@ -279,10 +279,10 @@ COMMENT ON FUNCTION pgtasks.rescue_expired(integer) IS
 
 -- The flow-control rows nothing reads any more, at most max_rows of each kind per call:
 -- unique_for windows whose reservation has passed (a key submitted once a day would
--- otherwise leave one row a day forever), and queue_starts rows older than their queue's
+-- otherwise leave one row a day forever), queue_starts rows older than their queue's
 -- rate window, or of a queue that no longer has a rate limit (the limited claim path trims
--- only the queues it still claims from). Not counted in prune_finished's result, which
--- stays "finished tasks deleted".
+-- only the queues it still claims from), and the rows of idle concurrency keys. Not
+-- counted in prune_finished's result, which stays "finished tasks deleted".
 CREATE FUNCTION pgtasks.prune_flow_state(max_rows integer) RETURNS void
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -305,6 +305,18 @@ BEGIN
                         LEFT JOIN pgtasks.queue_settings qs ON qs.queue = o.queue
                        WHERE qs.rate_limit IS NULL OR o.at < pgtasks.now() - qs.rate_period
                        LIMIT max_rows);
+    -- Concurrency keys' rows an hour after they were made, unless a claimer holds one (SKIP
+    -- LOCKED) or the key has a running task: a key used once would otherwise keep its row
+    -- forever. The next claim of the key makes the row again (lock_concurrency_key).
+    DELETE FROM pgtasks.concurrency_keys k
+     WHERE k.concurrency_key IN (SELECT o.concurrency_key FROM pgtasks.concurrency_keys o
+                                  WHERE o.created_at < pgtasks.now() - interval '1 hour'
+                                    AND NOT EXISTS (SELECT 1 FROM pgtasks.tasks t
+                                                     WHERE t.concurrency_key = o.concurrency_key
+                                                       AND t.status = 'RUNNING')
+                                  ORDER BY o.created_at
+                                  LIMIT max_rows
+                                  FOR UPDATE OF o SKIP LOCKED);
 END $$;
 
 -- Deletes the tasks that finished more than older_than ago (NULL: settings.retention),
@@ -365,8 +377,11 @@ COMMENT ON FUNCTION pgtasks.prune_finished(interval, integer) IS
 
 -- Rescue, one prune batch and the sweeps, in one call that workers of every language make
 -- on a timer. When a call is already running, the others return (0, 0) at once instead of
--- queueing behind its sweeps: the work is the same whoever does it. The advisory lock is
--- the transaction's, so it goes with the caller's commit.
+-- queueing behind its sweeps: the work is the same whoever does it. The lock is the
+-- 'maintain' row of pgtasks.locks, which only the owner can lock (an advisory lock, which
+-- every role may take, let a role without grants switch maintenance off); it goes with the
+-- caller's commit. Last, the dependencies added to running parents are settled
+-- (settle_new_edges): it locks parents, so it runs just before the commit.
 CREATE FUNCTION pgtasks.maintain(max_tasks integer DEFAULT 1000)
 RETURNS TABLE (rescued integer, pruned integer)
 LANGUAGE plpgsql
@@ -375,8 +390,8 @@ SET search_path = pg_catalog, pgtasks, pg_temp
 AS $$
 BEGIN
     PERFORM pgtasks.check_max_tasks(max_tasks);
-    -- Any constant works; it only has to be the same for every caller ("pgtmnt").
-    IF NOT pg_catalog.pg_try_advisory_xact_lock(x'7067746d6e74'::bigint) THEN
+    PERFORM 1 FROM pgtasks.locks l WHERE l.name = 'maintain' FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
         rescued := 0;
         pruned := 0;
         RETURN NEXT;
@@ -384,6 +399,7 @@ BEGIN
     END IF;
     rescued := pgtasks.rescue_expired(max_tasks);
     pruned := pgtasks.prune_finished(NULL, max_tasks);
+    PERFORM pgtasks.settle_new_edges(max_tasks);
     RETURN NEXT;
 END $$;
 GRANT EXECUTE ON FUNCTION pgtasks.maintain(integer) TO pgtasks_worker;

@@ -80,6 +80,52 @@ END $$;
 ------------------------------------------------------------------------------------------
 -- Claiming
 
+-- A concurrency key's lock, for claim_limited: true when this transaction now holds the
+-- key's row of pgtasks.concurrency_keys, and so decides for the key until it commits; false
+-- when another claimer does (the key is skipped in this round). It never waits for a
+-- claimer holding the row. Only the owner can lock these rows: a role without grants can no
+-- longer hold a key's lock and stop its claims, as it could an advisory lock. One primary
+-- key probe and row lock per key and claim when the row exists, which is the usual case.
+CREATE FUNCTION pgtasks.lock_concurrency_key(concurrency_key text) RETURNS boolean
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+BEGIN
+    PERFORM 1 FROM pgtasks.concurrency_keys k
+      WHERE k.concurrency_key = lock_concurrency_key.concurrency_key
+        FOR NO KEY UPDATE SKIP LOCKED;
+    IF FOUND THEN
+        RETURN true;
+    END IF;
+    -- A row we can see but not lock is another claimer's.
+    IF EXISTS (SELECT 1 FROM pgtasks.concurrency_keys k
+                WHERE k.concurrency_key = lock_concurrency_key.concurrency_key) THEN
+        RETURN false;
+    END IF;
+    RETURN pgtasks.create_concurrency_key(concurrency_key);
+END $$;
+
+-- The first claim of a key (or the first since prune_flow_state dropped its row) creates
+-- the row, and as its inserter holds it until commit: the insert of another claimer that
+-- meets the key meanwhile conflicts with ours and waits for our commit. lock_timeout bounds
+-- that wait (1 ms), after which that claimer skips the key, as it skips a row that is
+-- locked. The subtransaction of the EXCEPTION block is paid only here, not on every claim.
+CREATE FUNCTION pgtasks.create_concurrency_key(concurrency_key text) RETURNS boolean
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+SET lock_timeout = '1ms'
+AS $$
+BEGIN
+    INSERT INTO pgtasks.concurrency_keys (concurrency_key)
+    VALUES (create_concurrency_key.concurrency_key)
+    ON CONFLICT ON CONSTRAINT concurrency_keys_pkey DO NOTHING;
+    RETURN FOUND;
+EXCEPTION WHEN lock_not_available THEN
+    RETURN false;
+END $$;
+
 -- claim_tasks' two probes, in one function for both of its callers (claim_tasks and
 -- finish_and_claim): does a queue of this claim have settings, or is a task with a
 -- concurrency key ready? Both look at a relation that is empty while flow control is
@@ -114,8 +160,9 @@ END $$;
 -- 4. No keyed task ready: one set-based pick (LIMIT max_tasks), kept unless it went over a
 --    queue's budget. Otherwise:
 -- 5. Walk the claimable tasks in claim order (same index walk as the plain pick). A keyed
---    task takes its key's advisory lock without waiting (a claimer holding it decides for
---    that key; waiting could deadlock, as claimers meet keys in different orders), then
+--    task takes its key's lock without waiting (lock_concurrency_key: a claimer holding it
+--    decides for that key; waiting could deadlock, as claimers meet keys in different
+--    orders), then
 --    counts the key's running tasks. A task held back by a key or a spent queue is skipped
 --    and the pick restarts without that key or queue, so nothing held back is read twice
 --    and a blocked head never starves the rest.
@@ -247,7 +294,7 @@ BEGIN
             IF c.concurrency_key IS NOT NULL THEN
                 ki := array_position(key_names, c.concurrency_key);
                 IF ki IS NULL THEN
-                    IF pg_try_advisory_xact_lock(hashtextextended('pgtasks.concurrency_key:' || c.concurrency_key, 0)) THEN
+                    IF pgtasks.lock_concurrency_key(c.concurrency_key) THEN
                         SELECT count(*)::integer INTO n FROM pgtasks.tasks t
                          WHERE t.concurrency_key = c.concurrency_key AND t.status = 'RUNNING';
                     ELSE

@@ -38,6 +38,7 @@
 --   PT507 a depends_on parent already ended FAILED or CANCELLED
 --   PT508 no workflow with that id
 --   PT510 retrying a task whose parent is FAILED or CANCELLED
+--   PT511 depends_on from a role that may not read the parents' results (not pgtasks_reader)
 
 SET LOCAL search_path = pg_catalog, pgtasks, pg_temp;
 -- Everything in this file is created by, and so owned by, pgtasks_owner.
@@ -224,11 +225,51 @@ END $$;
 ------------------------------------------------------------------------------------------
 -- Submitting with parents
 
+-- The role a call comes from. These functions run as their owner, so current_user names
+-- pgtasks_owner: the caller is the role the session acts as, the one SET ROLE chose (the
+-- setting `role`), else the login role (session_user). A session that narrowed itself with
+-- SET ROLE is judged as that role, like every query it runs; SET ROLE cannot be run inside
+-- a SECURITY DEFINER function, so no function between the session and this one can widen
+-- it.
+CREATE FUNCTION pgtasks.calling_role() RETURNS name
+LANGUAGE sql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+    SELECT CASE WHEN pg_catalog.current_setting('role') = 'none' THEN session_user
+                ELSE pg_catalog.current_setting('role')::name END
+$$;
+COMMENT ON FUNCTION pgtasks.calling_role() IS
+    'The role the calling session acts as (SET ROLE, else the login role), seen from inside a pgtasks function.';
+
 -- submit_task(..., depends_on => ...) ends here (04_submit.sql). Links a new task to
--- existing parents: locks them (in id order, FOR NO KEY UPDATE, so a parent cannot end
--- between our count and our commit without seeing our edge: the finisher waits for this
--- transaction, then its trigger reads the edge), marks them has_dependents and inserts the
--- child WAITING on the unfinished ones.
+-- existing parents and inserts it WAITING on the unfinished ones.
+--
+-- Who may name parents: a role that may read their results (a member of pgtasks_reader,
+-- counted as calling_role). The child's worker reads its parents' results and errors
+-- (parent_results), so a depends_on on any task handed them to whoever ran the child.
+-- submit_workflow needs no such rule: its edges join nodes of one submission.
+--
+-- No lock that a parent's worker waits for: the submitter may keep its transaction open,
+-- and a parent lock held that long stalled the worker's heartbeat and finish until its
+-- lease ran out (all three running tasks of a worker were rescued and run again behind one
+-- submit held open for 30 s). The parents are read FOR KEY SHARE, which only a delete
+-- conflicts with (pruning skips such rows), and none is written: has_dependents is marked
+-- later, by maintain() (settle_new_edges), and until then unsettled_edges lists the edge,
+-- which record_updates reads as a mark.
+--
+-- A parent may then end while the submit is still open, and neither side would see the
+-- other: the finisher's trigger does not see the uncommitted edge, and the submit counted
+-- the parent unfinished. So the child is settled again at the submit's commit
+-- (settle_at_commit, a deferred trigger): it waits for every transaction writing one of its
+-- parents at that moment, then counts the parents again and is released, or cancelled, as
+-- release_children would have done. A parent that ends after the commit finds the child
+-- through unsettled_edges. What remains is the moment between that last count and the
+-- commit (a WAL flush; longer if the submitter ran SET CONSTRAINTS ALL IMMEDIATE, which
+-- moves the count to the end of its statement): a parent that ends unseen then leaves the
+-- child WAITING until the next maintain(), which settles it. Either way it is released
+-- exactly once: every count sets waiting_on to the number of unfinished parents, and a
+-- finisher only subtracts the parents it saw end.
 CREATE FUNCTION pgtasks.submit_dependent(
     p                 pgtasks.tasks,   -- the resolved policy (submit_policy)
     params            jsonb,
@@ -247,6 +288,7 @@ DECLARE
     unmet integer;
     dead record;
     policy text := coalesce(on_parent_failure, 'cancel');
+    caller name;
     new_id bigint;
 BEGIN
     IF policy NOT IN ('cancel', 'run') THEN
@@ -264,10 +306,18 @@ BEGIN
         new_id := (SELECT s.id FROM pgtasks.submit_one(p, params, NULL, NULL, concurrency_key, concurrency_limit) s);
         RETURN new_id;
     END IF;
+    caller := pgtasks.calling_role();
+    IF NOT pg_catalog.pg_has_role(caller, 'pgtasks_reader', 'USAGE') THEN
+        RAISE EXCEPTION 'pgtasks: role % may not name existing tasks in depends_on: their results and errors go to the child''s worker, and % may not read them',
+                quote_ident(caller), quote_ident(caller)
+            USING ERRCODE = 'PT511',
+                  HINT = 'Submit it as a role that may read results (a member of pgtasks_reader), or submit '
+                         'parents and child together with pgtasks.submit_workflow.';
+    END IF;
     SELECT array_agg(l.id ORDER BY l.id), count(*) FILTER (WHERE l.status NOT IN ('DONE', 'FAILED', 'CANCELLED'))
       INTO found_ids, unmet
       FROM (SELECT t.id, t.status FROM pgtasks.tasks t WHERE t.id = ANY (parents)
-             ORDER BY t.id FOR NO KEY UPDATE) l;
+             ORDER BY t.id FOR KEY SHARE) l;
     IF found_ids IS DISTINCT FROM parents THEN
         RAISE EXCEPTION 'pgtasks: depends_on names task % which does not exist',
                 (SELECT u FROM unnest(parents) u WHERE u <> ALL (coalesce(found_ids, '{}')) LIMIT 1)
@@ -282,8 +332,6 @@ BEGIN
                       HINT = 'Retry the parent first, or submit with on_parent_failure => ''run''.';
         END IF;
     END IF;
-    UPDATE pgtasks.tasks t SET has_dependents = true
-     WHERE t.id = ANY (parents) AND t.has_dependents IS NULL;
     INSERT INTO pgtasks.tasks (task_type, params, queue, priority, run_at, max_retries, timeout,
                                backoff_base, concurrency_key, concurrency_limit, status,
                                waiting_on, on_parent_failure)
@@ -293,7 +341,145 @@ BEGIN
             unmet, policy)
     RETURNING id INTO new_id;
     INSERT INTO pgtasks.task_edges (parent_id, child_id) SELECT u, new_id FROM unnest(parents) u;
+    INSERT INTO pgtasks.unsettled_edges (parent_id, child_id) SELECT u, new_id FROM unnest(parents) u;
     RETURN new_id;
+END $$;
+
+-- Settles a WAITING child against what its parents are now, as release_children would
+-- have had it seen the child's edges: CANCELLED when a parent ended FAILED or CANCELLED and
+-- the child does not run on parent failure; else waiting_on becomes the number of
+-- unfinished parents, and at 0 the child becomes PENDING (with the wake-up a release sends).
+-- It sets the count rather than subtracting, so settling twice changes nothing. Its callers
+-- keep other writers off the child: the submit settles it before commit, while no other
+-- transaction sees it; settle_new_edges holds its row.
+CREATE FUNCTION pgtasks.settle_child(child_id bigint) RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+DECLARE
+    c record;
+    dead record;
+    unmet integer;
+BEGIN
+    SELECT t.status, t.on_parent_failure, t.waiting_on, t.queue, t.run_at INTO c
+      FROM pgtasks.tasks t WHERE t.id = settle_child.child_id;
+    IF NOT FOUND OR c.status <> 'WAITING' THEN
+        RETURN;
+    END IF;
+    IF c.on_parent_failure IS DISTINCT FROM 'run' THEN
+        SELECT p.id, p.status, p.workflow_node INTO dead
+          FROM pgtasks.task_edges e JOIN pgtasks.tasks p ON p.id = e.parent_id
+         WHERE e.child_id = settle_child.child_id AND p.status IN ('FAILED', 'CANCELLED')
+         ORDER BY p.id LIMIT 1;
+        IF FOUND THEN
+            UPDATE pgtasks.tasks t
+               SET status = 'CANCELLED', finished_at = pgtasks.now(), cancelled_by = dead.id,
+                   error = pg_catalog.format('cancelled: parent task %s%s ended %s', dead.id,
+                                             coalesce(' (' || dead.workflow_node || ')', ''), dead.status)
+             WHERE t.id = settle_child.child_id AND t.status = 'WAITING';
+            RETURN;
+        END IF;
+    END IF;
+    SELECT count(*)::integer INTO unmet
+      FROM pgtasks.task_edges e JOIN pgtasks.tasks p ON p.id = e.parent_id
+     WHERE e.child_id = settle_child.child_id AND p.status NOT IN ('DONE', 'FAILED', 'CANCELLED');
+    IF unmet = c.waiting_on THEN
+        RETURN;
+    END IF;
+    UPDATE pgtasks.tasks t
+       SET waiting_on = unmet,
+           status = CASE WHEN unmet = 0 THEN 'PENDING'::pgtasks.status ELSE 'WAITING'::pgtasks.status END
+     WHERE t.id = settle_child.child_id AND t.status = 'WAITING';
+    -- Honours the off switch (pgtasks.wake_workers = off) like an insert does.
+    IF unmet = 0 AND c.run_at <= pgtasks.now()
+       AND current_setting('pgtasks.wake_workers', true) IS DISTINCT FROM 'off' THEN
+        PERFORM pg_notify('pgtasks_wakeup', c.queue);
+    END IF;
+END $$;
+
+-- The deferred trigger of unsettled_edges: a depends_on submit settles its child at its
+-- commit, once per child (on the row of its first parent). First it waits for every
+-- transaction writing one of the child's parents right now, such as a finish not yet
+-- committed: its count then sees how that ended. Each such parent is locked FOR SHARE in a
+-- subtransaction that is rolled back at once, which waits like a lock and keeps none; the
+-- parents nobody writes are found with one SKIP LOCKED pass. No worker waits for this.
+CREATE FUNCTION pgtasks.settle_at_commit() RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+DECLARE
+    parents bigint[];
+    free bigint[];
+    busy bigint;
+BEGIN
+    parents := ARRAY(SELECT e.parent_id FROM pgtasks.task_edges e WHERE e.child_id = NEW.child_id
+                      ORDER BY e.parent_id);
+    IF NEW.parent_id <> parents[1] THEN
+        RETURN NULL;
+    END IF;
+    BEGIN
+        free := ARRAY(SELECT t.id FROM pgtasks.tasks t WHERE t.id = ANY (parents)
+                       ORDER BY t.id FOR SHARE SKIP LOCKED);
+        RAISE EXCEPTION USING ERRCODE = 'P0001', MESSAGE = 'pgtasks: locks released';
+    EXCEPTION WHEN raise_exception THEN
+        NULL;
+    END;
+    FOR busy IN SELECT u FROM unnest(parents) u WHERE u <> ALL (free) ORDER BY u LOOP
+        BEGIN
+            PERFORM 1 FROM pgtasks.tasks t WHERE t.id = busy FOR SHARE;
+            RAISE EXCEPTION USING ERRCODE = 'P0001', MESSAGE = 'pgtasks: lock released';
+        EXCEPTION WHEN raise_exception THEN
+            NULL;
+        END;
+    END LOOP;
+    PERFORM pgtasks.settle_child(NEW.child_id);
+    RETURN NULL;
+END $$;
+COMMENT ON FUNCTION pgtasks.settle_at_commit() IS
+    'Trigger function of unsettled_edges_settle: at the commit of a depends_on submit, waits '
+    'for the transactions writing its parents, then settles the child (settle_child).';
+
+-- Deferred: it runs at the submit's commit, however long its transaction stays open.
+CREATE CONSTRAINT TRIGGER unsettled_edges_settle
+    AFTER INSERT ON pgtasks.unsettled_edges
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION pgtasks.settle_at_commit();
+
+-- maintain()'s part: up to max_rows unsettled edges. Each edge's parent, then its child,
+-- is locked without waiting (a row someone is writing waits for the next round); the child
+-- is settled (settle_child: a parent that ended unseen just before the submit's commit
+-- releases it now) and the parent marked has_dependents, after which the edge is like any
+-- other and leaves unsettled_edges. Marking a running parent writes its row: its worker's
+-- next heartbeat may wait for the rest of this maintain() call, once per parent. Returns
+-- how many edges it settled.
+CREATE FUNCTION pgtasks.settle_new_edges(max_rows integer) RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+DECLARE
+    u record;
+    n integer := 0;
+BEGIN
+    FOR u IN SELECT o.parent_id, o.child_id FROM pgtasks.unsettled_edges o
+              ORDER BY o.parent_id, o.child_id
+              LIMIT max_rows
+                FOR UPDATE SKIP LOCKED
+    LOOP
+        PERFORM 1 FROM pgtasks.tasks t WHERE t.id = u.parent_id FOR NO KEY UPDATE SKIP LOCKED;
+        CONTINUE WHEN NOT FOUND;
+        PERFORM 1 FROM pgtasks.tasks t WHERE t.id = u.child_id FOR NO KEY UPDATE SKIP LOCKED;
+        CONTINUE WHEN NOT FOUND;
+        PERFORM pgtasks.settle_child(u.child_id);
+        UPDATE pgtasks.tasks t SET has_dependents = true
+         WHERE t.id = u.parent_id AND t.has_dependents IS NULL;
+        DELETE FROM pgtasks.unsettled_edges o
+         WHERE o.parent_id = u.parent_id AND o.child_id = u.child_id;
+        n := n + 1;
+    END LOOP;
+    RETURN n;
 END $$;
 
 -- One call, one graph, all of it or nothing. The spec:

@@ -30,7 +30,9 @@
 --           results or errors, which often quote the params), queue_stats, queues,
 --           registered_types, transitions.
 --   Writes  new tasks only: submit_task, submit_tasks, submit_or_get, submit_workflow;
---           and its own wait registrations, watch_task and unwatch_task.
+--           and its own wait registrations, watch_task and unwatch_task. A depends_on on
+--           existing tasks needs pgtasks_reader as well (PT511): the child's worker reads
+--           the parents' results. Such a submit locks no parent against its worker.
 --   Delays  tasks of others only through shared keys: a concurrency key is global, so its
 --           tasks count against the limit of every task with that key, and a unique key
 --           already taken returns the existing task instead of submitting a new one.

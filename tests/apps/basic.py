@@ -18,7 +18,7 @@ RUNS_DDL = """CREATE TABLE IF NOT EXISTS test_runs (
 async def record(ctx: TaskContext) -> None:
     """One row per run in test_runs (created with the test database's schema)."""
     await ctx.pool.execute(
-        "INSERT INTO test_runs (task_id, attempt, pid) VALUES ($1, $2, pg_backend_pid())",
+        "INSERT INTO public.test_runs (task_id, attempt, pid) VALUES ($1, $2, pg_backend_pid())",
         ctx.task_id, ctx.attempt,
     )  # fmt: skip
 

@@ -1,4 +1,4 @@
-"""Flow control in SQL (issue 10): unique submits, queue settings, per-key concurrency,
+"""Flow control in SQL: unique submits, queue settings, per-key concurrency,
 enforced by claim_tasks and finish_and_claim. The worker-level tests are in
 tests/test_flow_control.py; these call the functions directly."""
 
@@ -9,6 +9,7 @@ import asyncio
 import asyncpg
 import pytest
 
+from tests.conftest import wait_for
 from tests.sql.helpers import expire_lease, raises
 from tests.sql.test_plans import nested_plans
 from tests.sql.test_roles import login  # noqa: F401  (fixture)
@@ -49,7 +50,14 @@ async def test_twenty_sessions_one_unique_key_one_task(dsn, conn):
             " pgtasks.submit_or_get('t', unique_key => 'report:1') s"
         )
         pending = asyncio.gather(*(c.fetchrow(sql) for c in conns))
-        await asyncio.sleep(0.3)
+        # Released only once all 20 wait for it, so that they really race.
+        waiting = [c.get_server_pid() for c in conns]
+        await wait_for(
+            conn,
+            "SELECT count(*) = 20 FROM pg_locks"
+            " WHERE locktype = 'advisory' AND NOT granted AND pid = ANY($1)",
+            waiting,
+        )
         await conn.execute("SELECT pg_advisory_unlock(42)")
         results = await pending
     finally:

@@ -1,4 +1,4 @@
-"""Property-based fuzzing of every SQL API function (issue 9).
+"""Property-based fuzzing of every SQL API function.
 
 Each example is a short sequence of calls with random and hostile arguments: NULLs, blanks
 and unicode, huge and infinite values, mismatched arrays, deep and huge JSON. Property:
@@ -78,7 +78,7 @@ INVARIANTS = {
 }
 
 
-# Every row decodes in a client (defect 4: infinite times crashed Python): one statement
+# Every row decodes in a client (an infinite time would crash Python's decoder): one statement
 # whose result holds every time column a client reads.
 DECODE_ALL = """
 SELECT t.run_at, t.created_at, t.started_at, t.finished_at, t.elapsed, s.oldest_ready_age,
@@ -370,10 +370,11 @@ def run_one(c: psycopg.Connection, fn: Call) -> None:
     assert not any(broken), ([n for n, b in zip(INVARIANTS, broken, strict=True) if b], fn)
     after = c.execute(ATTEMPTS).fetchone()[0]
     assert all(after.get(i, a) >= a for i, a in before_attempts.items()), ("attempt went down", fn)
-    # Every row decodes in a client (defect 4: infinite times crashed Python).
+    # Every row decodes in a client (an infinite time would crash Python's decoder).
     c.execute(DECODE_ALL).fetchall()
 
 
+@pytest.mark.slow  # hundreds of generated call sequences: tens of seconds
 @settings(
     max_examples=EXAMPLES,
     deadline=None,
@@ -424,7 +425,8 @@ def run_one(c: psycopg.Connection, fn: Call) -> None:
 def test_no_input_breaks_the_api(db, seq):
     for fn in seq:
         run_one(db, fn)
-    # Whatever came before, the queue still works for everyone (defects 2 and 3).
+    # Whatever came before, the queue still works for everyone: no stored value aborts the
+    # rescue or leaves settings that no claim can use.
     db.execute("SELECT pgtasks.submit_task('t')")
     db.execute("SELECT * FROM pgtasks.claim_tasks('fuzz-check', max_tasks => 3)").fetchall()
     db.execute("SELECT * FROM pgtasks.maintain()").fetchall()

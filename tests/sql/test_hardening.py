@@ -1,5 +1,5 @@
-"""Issue 9's defects 1 and 6, one regression test each: planted functions are never called,
-and hand-written SQL cannot bypass fencing, the transition rule or the history."""
+"""Hardening: planted functions are never called, hand-written SQL cannot bypass fencing,
+the transition rule or the history, and size limits hold."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ async def sqlstate_of(conn: asyncpg.Connection, sql: str, *args: object) -> str:
     return info.value.sqlstate
 
 
-# -- defect 1: search_path hijack ----------------------------------------------------------
+# -- search_path hijack ---------------------------------------------------------------------
 
 # Better matches than the built-ins for the calls our functions make: an exact signature
 # beats pg_catalog's numeric/variadic/polymorphic ones when `public` is searched.
@@ -87,7 +87,7 @@ async def test_planted_functions_and_operators_are_never_called(dsn, attacker):
     try:
         # The worst search_path a caller can have: public before pg_catalog.
         await victim.execute("SET search_path = public, pg_catalog")
-        # The shadows work: unqualified calls in this session do reach them.
+        # The shadows work: unqualified calls on this connection do reach them.
         await victim.fetchval("SELECT power(2, 3)")
         await victim.fetchval("SELECT 'PENDING'::pgtasks.status = 'PENDING'::pgtasks.status")
         assert await victim.fetchval("SELECT count(*) FROM public.shadow_calls") == 2
@@ -192,7 +192,7 @@ async def test_every_function_pins_search_path_and_runs_as_owner(conn):
     assert len(rows) > 30
 
 
-# -- defect 6: hand-written SQL ------------------------------------------------------------
+# -- hand-written SQL ----------------------------------------------------------------------
 
 
 async def test_attempt_cannot_be_reset_even_on_a_done_task(conn):
@@ -336,7 +336,7 @@ async def test_cancel_notification_carries_only_the_task_id(dsn, conn):
         await listener.close()
 
 
-# -- defect 8: size limits -----------------------------------------------------------------
+# -- size limits ---------------------------------------------------------------------------
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Concurrency permutations (STYLE §8, issue 9): two sessions race on one task, every
+"""Concurrency permutations (STYLE §8): two sessions race on one task, every
 interleaving of their steps is run, and each must end in exactly one outcome.
 
 Modelled on PostgreSQL's isolation tester (and pgmq's test/specs): each session runs its
@@ -238,6 +238,25 @@ def _released_once(r: dict[str, list[Outcome]], final: tuple[Any, ...]) -> None:
     assert final == ("PENDING", 0, 1)
 
 
+# The child of a parent that fails (no retries left) while the child is being submitted.
+CHILD_OF_FAILED = """
+SELECT coalesce((SELECT t.status::text FROM pgtasks.tasks t WHERE t.id = 2), 'none'),
+       (SELECT t.cancelled_by FROM pgtasks.tasks t WHERE t.id = 2),
+       (SELECT count(*) FROM pgtasks.task_events e JOIN pgtasks.tasks t ON t.id = e.task_id
+         WHERE e.task_id = 2 AND e.to_status = 'CANCELLED' AND e.at >= t.created_at)
+"""
+
+
+def _cancelled_once(r: dict[str, list[Outcome]], final: tuple[Any, ...]) -> None:
+    # The submit saw the parent FAILED and refused (PT507), or its child was cancelled by
+    # the failure exactly once, whichever committed first; never WAITING forever.
+    assert r["b"][0].sqlstate is None, r
+    if r["a"][0].sqlstate is not None:
+        assert r["a"][0].sqlstate == "PT507" and final[0] == "none", r
+    else:
+        assert final == ("CANCELLED", 1, 1), r
+
+
 SPECS = {
     "claim vs cancel": Spec(
         PENDING, ["SELECT id FROM pgtasks.claim_tasks('a', max_tasks => 1)", None],
@@ -276,6 +295,12 @@ SPECS = {
     "submit with depends_on vs the parent's finish": Spec(
         RUNNING, ["SELECT pgtasks.submit_task('t', depends_on => ARRAY[1]::bigint[])", None],
         [FINISH_TASK_1, None], CHILD.format(2), _released_once),
+    "submit with depends_on vs the parent's failure": Spec(
+        "SELECT pgtasks.submit_task('t', max_retries => 0);"
+        + HELD + "('w', max_tasks => 1);",
+        ["SELECT pgtasks.submit_task('t', depends_on => ARRAY[1]::bigint[])", None],
+        [f"SELECT pgtasks.fail_task(1, {T1}, 'boom')::text", None], CHILD_OF_FAILED,
+        _cancelled_once),
 }  # fmt: skip
 
 

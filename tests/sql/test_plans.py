@@ -12,6 +12,9 @@ import pytest
 from pgtasks import Client, db
 from pgtasks.queries import DASH_QUEUES, dash_task_list
 
+# Each test first builds 26,000 tasks through the real API (big_table): seconds apiece.
+pytestmark = pytest.mark.slow
+
 
 async def nested_plans(conn: asyncpg.Connection, sql: str, *args: object) -> str:
     notices: list[str] = []

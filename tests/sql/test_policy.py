@@ -146,7 +146,7 @@ async def test_registering_again_replaces_the_policy_but_not_an_unchanged_one(co
     reg = "SELECT pgtasks.register_task_type('t', queue => $1, worker_id => $2)"
     await conn.execute(reg, "a", "w1")
     first = await conn.fetchrow("SELECT * FROM pgtasks.task_types")
-    await conn.execute("SELECT pg_sleep(0.01)")  # updated_at must be able to differ
+    await conn.execute("SELECT pgtasks.advance_clock(interval '1 second')")  # updated_at may differ
     await conn.execute(reg, "a", "w2")
     assert await conn.fetchrow("SELECT * FROM pgtasks.task_types") == first
     await conn.execute(reg, None, "w3")
@@ -222,7 +222,8 @@ async def test_rescue_uses_the_rows_backoff_base(conn):
 
 
 async def test_a_task_at_retry_ten_thousand_does_not_stop_rescue(conn):
-    """Issue 9, defect 2: backoff overflowed at retry ~44 and rescue aborted for everyone."""
+    """Backoff at a very high retry count (2^44 s and beyond) stays capped instead of
+    overflowing: one overflow would abort the rescue for every task."""
     await conn.execute("SELECT pgtasks.configure(default_max_retries => 1000)")
     old = await conn.fetchval("SELECT pgtasks.submit_task('t')")
     other = await conn.fetchval("SELECT pgtasks.submit_task('t')")
@@ -269,7 +270,7 @@ async def test_one_row_that_cannot_be_rescued_does_not_stop_the_others(conn):
 
 
 async def test_backoff_ignores_a_shadowing_power_in_public(conn):
-    """Issue 9, defect 1: the built-ins 0003 calls cannot be replaced through search_path."""
+    """The built-ins 0003 calls cannot be replaced through search_path."""
     await conn.execute(
         """
         CREATE FUNCTION public.power(double precision, double precision)

@@ -1,4 +1,4 @@
-"""Schedules in SQL (sql/0006, issue 11): validation, upsert, the missed-tick and overlap
+"""Schedules in SQL (sql/0006): validation, upsert, the missed-tick and overlap
 policies, and the (schedule, tick) uniqueness that makes firing exactly-once.
 
 Firing tests run inside one transaction, where now() stands still, and move next_run_at
@@ -13,6 +13,7 @@ import asyncpg
 import pytest
 from croniter import croniter
 
+from tests.conftest import wait_blocked
 from tests.sql.helpers import raises
 
 CREATE = "SELECT pgtasks.create_schedule(name => $1, task_type => 'job', {})"
@@ -278,9 +279,13 @@ async def test_pause_resume_trigger(conn):
 
 async def test_due_schedules_hands_each_schedule_to_one_caller(conn, dsn):
     await conn.execute(
-        "SELECT pgtasks.create_schedule(name => 'e', task_type => 'job', every => '1 second')"
+        "SELECT pgtasks.create_schedule(name => 'e', task_type => 'job', every => '1 hour')"
     )
-    await conn.execute("UPDATE pgtasks.schedule_defs SET next_run_at = now() - interval '0.5 s'")
+    # The clock at the first tick: exactly one is due, the next an hour later.
+    await conn.execute(
+        "SELECT pgtasks.advance_clock(greatest(next_run_at - pgtasks.now(), '1 us'))"
+        " FROM pgtasks.schedules"
+    )
     other = await asyncpg.connect(dsn)
     try:
         first = await conn.fetch("SELECT * FROM pgtasks.due_schedules()")
@@ -311,8 +316,9 @@ async def test_two_sessions_fire_the_same_revision_one_enqueues(conn, dsn):
         async with conn.transaction():
             first = await conn.fetch(fire_sql, rev)
             second = asyncio.ensure_future(other.fetch(fire_sql, rev))
-            await asyncio.sleep(0.2)
-            assert not second.done()  # waiting for the schedule's row lock
+            # The second caller waits for the row lock this transaction holds.
+            await wait_blocked(conn, other.get_server_pid(), by=conn.get_server_pid())
+            assert not second.done()
         assert len(first) >= 3 and await second == []
     finally:
         await other.close()

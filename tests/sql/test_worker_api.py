@@ -143,7 +143,7 @@ async def test_finish_and_claim_bad_arguments_write_nothing(conn, args, sqlstate
     assert await counts(conn) == {"RUNNING": 1, "PENDING": 1}
 
 
-# -- argument checks on the hot path (issue 9, defect 7) --------------------------------
+# -- argument checks on the hot path ----------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -230,8 +230,8 @@ async def test_a_null_token_in_a_batch_comes_back_rejected(conn):
     ],
 )
 async def test_a_null_token_never_passes_fencing(conn, call):
-    """NULL compares as unknown: without its own check, finish_task(id, NULL, ...) would slip
-    past a comparison that IF reads as false."""
+    """A NULL token is no token: finish_task(id, NULL, ...) must not finish a task that
+    another worker owns."""
     (a,) = await submit(conn)
     await claim(conn)
     await raises(conn, f"SELECT {call}", "PT117", a)

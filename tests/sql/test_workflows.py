@@ -1,4 +1,4 @@
-"""Workflows in SQL (issue 12): depends_on, submit_workflow, release, failure propagation,
+"""Workflows in SQL: depends_on, submit_workflow, release, failure propagation,
 revival on retry, cancel_workflow, the view and the graph. No worker: the tests claim and
 finish by hand, as a worker in any language would."""
 
@@ -76,9 +76,10 @@ async def test_depends_on_waits_and_is_released_by_the_parents_finish(conn):
 
 
 async def test_the_last_parents_finish_releases_the_child_in_the_same_transaction(conn, dsn):
-    """Issue 12: "It becomes claimable in the same transaction that finishes its last
-    parent". Inside one transaction the child is PENDING and claim_tasks takes it, while
-    another session still sees it WAITING until the commit."""
+    """A child becomes claimable in the same transaction that finishes its last parent:
+    no window where every parent is done and the child still waits. Inside one transaction
+    the child is PENDING and claim_tasks takes it, while another session still sees it
+    WAITING until the commit."""
     wf = await submit(conn, nodes(("a", []), ("b", []), ("c", ["a", "b"])))
     ids = wf["nodes"]
     parents = await claim(conn)

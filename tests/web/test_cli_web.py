@@ -11,6 +11,7 @@ import sys
 import time
 
 import httpx
+import pytest
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -29,6 +30,7 @@ def test_worker_help_names_every_variable():
         assert f"PGTASKS_{var}" in out.output, var
 
 
+@pytest.mark.slow
 def test_options_come_from_the_environment_and_flags_win(dsn):
     env = {**os.environ, "PGTASKS_APP": "missing.py"}
     run = [sys.executable, "-m", "pgtasks.cli", "--database-url", dsn, "worker"]
@@ -42,6 +44,7 @@ def test_options_come_from_the_environment_and_flags_win(dsn):
     assert out.returncode != 0 and "concurrency" in out.stderr.lower()
 
 
+@pytest.mark.slow
 def test_burst_worker_from_env_logs_json_and_serves_its_metrics(dsn):
     assert cli(dsn, "submit", "noop").returncode == 0
     port = free_port()
@@ -78,6 +81,7 @@ def test_burst_worker_from_env_logs_json_and_serves_its_metrics(dsn):
     assert lines and {"time", "level", "logger", "message"} <= set(lines[0])
 
 
+@pytest.mark.slow
 def test_serve_binds_localhost_and_says_so(dsn):
     port = free_port()
     env = {**os.environ, "PGTASKS_DATABASE_URL": dsn}
@@ -104,6 +108,7 @@ def test_serve_binds_localhost_and_says_so(dsn):
         proc.communicate(timeout=30)
 
 
+@pytest.mark.slow
 def test_the_core_import_stays_without_the_web_stack():
     code = "import sys, pgtasks; print(sorted(m for m in ('fastapi', 'uvicorn', "
     code += "'prometheus_client', 'starlette', 'sqlalchemy') if m in sys.modules))"

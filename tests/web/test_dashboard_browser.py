@@ -32,11 +32,14 @@ try:
 except ImportError:  # pragma: no cover - the test extra has it
     sync_playwright = None  # type: ignore[assignment]
 
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None or sync_playwright is None,
-    reason="the dashboard's browser tests need chromium on PATH (Debian: apt-get install "
-    "chromium) and the playwright package (the test extra)",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        CHROMIUM is None or sync_playwright is None,
+        reason="the dashboard's browser tests need chromium on PATH (Debian: apt-get install "
+        "chromium) and the playwright package (the test extra)",
+    ),
+]
 
 APP = "tests/apps/dashboard.py"
 ARTIFACTS = ROOT / "test-artifacts" / "dashboard"
@@ -382,9 +385,7 @@ def test_tasks_schedules_and_workflows_pages(dsn, served, page):
     expect(page.locator("#flash")).to_contain_text("enqueued task")
     shoot(page, "schedules")
     page.goto(f"{served}/workflows")
-    has_workflows = sql(dsn, "SELECT to_regclass('pgtasks.workflows') IS NOT NULL")
-    if not has_workflows:
-        expect(page.locator("main")).to_contain_text("Workflows are not available")
+    expect(page.locator("main")).to_contain_text("No workflow yet")
     shoot(page, "workflows")
 
 
@@ -422,12 +423,7 @@ WORKFLOW = """{"name": "%s", "nodes": [
 
 def test_workflow_graph_follows_the_workflow_and_cancels_it(dsn, served, page, fleet):
     """A workflow's graph (the workflows SQL): cancel one from its page; watch another's
-    nodes turn DONE while a worker runs them. Without the workflows SQL in the database
-    the pages say so instead (checked here and in test_tasks_schedules_and_workflows_pages)."""
-    if not sql(dsn, "SELECT to_regclass('pgtasks.workflows') IS NOT NULL"):
-        page.goto(f"{served}/workflows/1")
-        expect(page.locator("main")).to_contain_text("Workflows are not available")
-        return
+    nodes turn DONE while a worker runs them."""
     doomed = sql(dsn, "SELECT (pgtasks.submit_workflow(%s::jsonb) ->> 'workflow_id')::bigint",
                  WORKFLOW % "doomed")  # fmt: skip
     page.goto(f"{served}/workflows/{doomed}")

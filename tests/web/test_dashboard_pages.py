@@ -200,24 +200,12 @@ async def test_mounted_under_a_prefix(dsn):
         assert (await http.post("/admin/jobs/api/tasks/1/retry")).status_code == 200
 
 
-async def test_workflows_pages_say_when_workflows_are_missing(dsn, conn, monkeypatch):
-    """An older schema (no pgtasks.workflows view), then an older Client (no workflow
-    methods): the pages say workflows are not available instead of failing."""
-    if await conn.fetchval("SELECT to_regclass('pgtasks.workflows') IS NOT NULL"):
-        async with api(dsn) as http:  # with the workflows SQL: an unknown id is a 404 page
-            r = await http.get("/workflows/999")
-            assert r.status_code == 404 and "no workflow 999" in r.text
-        await conn.execute("DROP VIEW pgtasks.workflows CASCADE")
+async def test_an_unknown_workflow_is_a_404_page(dsn):
     async with api(dsn) as http:
-        for path in ("/workflows", "/workflows/1"):
-            r = await http.get(path)
-            assert r.status_code == 200
-            assert "Workflows are not available in this database" in r.text
-    monkeypatch.delattr(Client, "workflows", raising=False)
-    monkeypatch.delattr(Client, "workflow", raising=False)
-    async with api(dsn) as http:
-        for path in ("/workflows", "/workflows/1"):
-            assert "Workflows are not available" in (await http.get(path)).text
+        r = await http.get("/workflows/999")
+        assert r.status_code == 404 and "no workflow 999" in r.text
+        r = await http.get("/workflows")
+        assert r.status_code == 200 and "No workflow yet" in r.text
 
 
 def test_graph_layout_puts_children_right_of_their_parents():

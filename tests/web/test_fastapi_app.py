@@ -17,6 +17,8 @@ import pytest
 
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.slow  # uvicorn subprocesses
+
 
 def free_port() -> int:
     with socket.socket() as s:

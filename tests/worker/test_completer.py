@@ -6,6 +6,7 @@ import json
 
 from pgtasks.worker.completer import Completer
 from pgtasks.worker.runner import Dropped, Failed, Succeeded, Yielded
+from pgtasks.worker.slots import StopReason
 from tests.worker.conftest import claim, slots, status, submit
 
 
@@ -69,7 +70,7 @@ async def test_failures_and_hand_backs(conn, pool, stats, stopping):
     await c.record(d, rows[d]["lease_token"], Yielded(None, handed_back=True))
     await conn.execute("SELECT pgtasks.cancel_task($1)", lost)
     await c.record(lost, rows[lost]["lease_token"], Failed("late", None, retryable=True))
-    await c.record(lost, rows[lost]["lease_token"], Dropped("cancelled"))
+    await c.record(lost, rows[lost]["lease_token"], Dropped(StopReason.CANCELLED))
     assert [await status(conn, t) for t in (a, b, d, lost)] == [
         "COMMIT",
         "FAILED",

@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 from typing import Any
 
+import pytest
+
 from pgtasks import Client, Registry, Worker, db, task_register
 from tests.conftest import wait_for
 
@@ -32,6 +34,7 @@ async def busy(ctx: Any, params: dict[str, Any]) -> int:
     return int(first)
 
 
+@pytest.mark.slow
 async def test_connections_stay_bounded_at_concurrency_200(dsn, conn):
     w = Worker(dsn, registry=REG, concurrency=200, poll_interval=0.1)
     seen: list[tuple[int, int]] = []

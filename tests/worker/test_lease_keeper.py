@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from pgtasks.worker.lease_keeper import LeaseKeeper
+from pgtasks.worker.slots import StopReason
 from tests.conftest import wait_for
 from tests.worker.conftest import WORKER, attempt, claim, slots, submit
 
@@ -32,7 +33,7 @@ async def test_heartbeat_extends_leases_and_stops_a_task_whose_lease_was_lost(co
     assert await keeper.run_once() == [lost]
 
     stopped = held.running[lost]
-    assert stopped.stop_reason == "lease lost" and stopped.ctx.cancelled
+    assert stopped.stop_reason is StopReason.LEASE_LOST and stopped.ctx.cancelled
     await asyncio.sleep(0)
     assert stopped.future is not None and stopped.future.cancelled()
     survivor = held.running[kept]
@@ -85,7 +86,7 @@ async def test_a_cancel_notice_is_confirmed_by_a_heartbeat_at_once(conn, pool):
         keeper.confirm(cancelled)
         stopped = held.running[cancelled]
         await asyncio.wait_for(stopped.ctx._cancel.wait(), 30)  # bounds a hung test only
-        assert stopped.stop_reason == "cancelled"
+        assert stopped.stop_reason is StopReason.CANCELLED
         assert held.running[kept].stop_reason is None
     finally:
         await keeper.stop()

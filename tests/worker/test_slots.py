@@ -7,7 +7,7 @@ import asyncio
 from typing import Any
 
 from pgtasks import Client, Registry, Worker, task_register
-from pgtasks.worker.slots import PREFETCH_MAX_TASK_S, Slots
+from pgtasks.worker.slots import PREFETCH_MAX_TASK_S, Slots, StopReason
 from tests.conftest import wait_for
 from tests.worker.conftest import attempt, claim, submit
 
@@ -28,7 +28,7 @@ async def test_prefetch_room_only_while_tasks_are_short(conn, pool):
     assert slots.avg_task_s > PREFETCH_MAX_TASK_S
     assert slots.has_room() and slots.next_held()["id"] == rows[2]["id"]
     assert slots.free() == 1 - 1  # no prefetch room now: 1 free slot, 1 still held
-    assert slots.stop(rows[3]["id"], "cancelled") and not slots.buffer  # never started
+    assert slots.stop(rows[3]["id"], StopReason.CANCELLED) and not slots.buffer  # never started
     assert slots.stale(everything=True) == []
 
 

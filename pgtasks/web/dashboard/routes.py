@@ -19,19 +19,19 @@ import hashlib
 import hmac
 import json
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import parse_qs, quote
 
-import asyncpg
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from pgtasks import __version__
 from pgtasks.client import STATUSES, Client
-from pgtasks.errors import DatabaseError, TaskNotFound
+from pgtasks.errors import TaskNotFound, WorkflowNotFound
 from pgtasks.fastapi import get_client
 from pgtasks.queries import SEARCH_WINDOW
 from pgtasks.web.dashboard import views
@@ -46,8 +46,6 @@ STATIC = {
     "favicon.svg": "image/svg+xml",
 }
 COOKIE = "pgtasks_dashboard"
-#: The workflows SQL's "no such workflow" (its WorkflowNotFound class lands with it).
-WORKFLOW_NOT_FOUND = "PT508"
 PAGE = 50
 #: How often the overview stream sends queue cards, throughput and workers.
 TICK_S = 1.0
@@ -77,9 +75,9 @@ def _jsonable(value: Any) -> Any:
         return [_jsonable(v) for v in value]
     if isinstance(value, datetime):
         return value.isoformat()
-    if hasattr(value, "total_seconds"):
+    if isinstance(value, timedelta):
         return value.total_seconds()
-    if hasattr(value, "as_tuple"):  # Decimal
+    if isinstance(value, Decimal):
         return float(value)
     return value
 
@@ -87,11 +85,6 @@ def _jsonable(value: Any) -> Any:
 def _script_json(data: Any) -> str:
     """JSON to inline in a <script> element: `<` escaped, so no text closes the element."""
     return json.dumps(_jsonable(data)).replace("<", "\\u003c")
-
-
-def _workflows_missing(exc: BaseException) -> bool:
-    """The database has no workflow objects yet (the SQL contract's view or function)."""
-    return isinstance(exc, asyncpg.UndefinedTableError | asyncpg.UndefinedFunctionError)
 
 
 def dashboard_router(
@@ -120,7 +113,8 @@ def dashboard_router(
 
     def api_of(base: str, request: Request) -> str:
         if api_path.startswith("/"):
-            return request.scope.get("root_path", "") + api_path.rstrip("/")
+            root: str = request.scope.get("root_path", "")
+            return root + api_path.rstrip("/")
         return f"{base}/{api_path.strip('/')}"
 
     def can_read(request: Request) -> bool:
@@ -256,43 +250,28 @@ def dashboard_router(
         return page(request, "schedules.html", title="Schedules", nav="schedules",
                     schedules=await c.schedules())  # fmt: skip
 
-    async def _workflow_call(c: Client, method: str, *args: Any, **kw: Any) -> Any:
-        """The workflow reads, or None when this database (or Client) has none."""
-        fn = getattr(c, method, None)
-        if fn is None:
-            return None
-        try:
-            return await fn(*args, **kw)
-        except Exception as exc:
-            if _workflows_missing(exc) or _workflows_missing(exc.__cause__ or exc):
-                return None
-            raise
-
     @ui.get("/workflows", name="pgtasks_dashboard_workflows")
     async def workflows(request: Request, c: C) -> Response:
         if not can_read(request):
             return page(request, "workflows.html")
-        rows = await _workflow_call(c, "workflows", limit=50)
         return page(request, "workflows.html", title="Workflows", nav="workflows",
-                    available=rows is not None, workflows=rows or [])  # fmt: skip
+                    workflows=await c.workflows(limit=50))  # fmt: skip
 
     @ui.get("/workflows/{workflow_id}", name="pgtasks_dashboard_workflow")
     async def workflow(request: Request, c: C, workflow_id: int) -> Response:
         if not can_read(request):
             return page(request, "workflow.html")
         try:
-            wf = await _workflow_call(c, "workflow", workflow_id)
-        except DatabaseError as exc:
-            if exc.sqlstate != WORKFLOW_NOT_FOUND:
-                raise
+            wf = await c.workflow(workflow_id)
+        except WorkflowNotFound:
             what = f"workflow {workflow_id}"
             resp = page(request, "missing.html", title=f"Workflow {workflow_id}", what=what)
             resp.status_code = 404
             return resp
-        graph = views.layout([dict(n) for n in wf.get("nodes", [])]) if wf else None
+        graph = views.layout([dict(n) for n in wf.get("nodes", [])])
         return page(
             request, "workflow.html", title=f"Workflow {workflow_id}", nav="workflows",
-            available=wf is not None, wf=wf, graph=graph, workflow_id=workflow_id,
+            wf=wf, graph=graph, workflow_id=workflow_id,
             node_w=views.NODE_W, node_h=views.NODE_H,
         )  # fmt: skip
 
@@ -320,7 +299,7 @@ def dashboard_router(
     async def login(request: Request) -> Response:
         form = parse_qs((await request.body()).decode(errors="replace"))
         given = (form.get("token") or [""])[0].strip()
-        target = _next(request, (form.get("next") or [None])[0])
+        target = _next(request, (form.get("next") or [""])[0] or None)
         if token is None or not hmac.compare_digest(given, token):
             base = base_of(request)
             html = _env.get_template("login.html").render(
