@@ -1,7 +1,8 @@
--- pgtasks 0024: lease tokens and opaque wake-ups.
+-- pgtasks 0025: lease tokens and opaque wake-ups.
 --
---   1. Every claim draws a random lease token (tasks.lease_token, 244 random bits in hex),
---      returns it to its claimer only, and every fenced function takes it in place of the
+--   1. Every claim draws a secret lease token (tasks.lease_token: sha256 of a 244-bit
+--      random seed and the task id, in hex), returns it to its claimer only, and every
+--      fenced function takes it in place of the
 --      attempt number, which task_overview shows to every submitter. The attempt-only
 --      signatures are dropped, so no call accepts a guess. The token is compared in the
 --      locking statement itself, so a wrong one locks nothing; fenced functions run with
@@ -10,10 +11,11 @@
 --   3. Notifications name nothing: pgtasks_wakeup carries queue_tag(queue) (a keyed hash,
 --      the key in the new owner-only table wakeup_key), pgtasks_cancel the bare task id.
 --
--- Workers of earlier releases cannot talk to this schema (their fenced calls no longer
--- exist): stop them before migrating and start the new ones after. A task RUNNING at the
--- migration gets a token its worker never sees, so it is rescued once its lease runs out,
--- as if its worker had died.
+-- Workers of earlier releases cannot go on with this schema: their fenced calls no longer
+-- exist (the DROP FUNCTIONs below are the point of the change). Start the new workers as
+-- soon as it has run. A task RUNNING at the migration gets a token its worker never sees,
+-- so it is rescued once its lease runs out, as if its worker had died. 0026 validates
+-- running_has_lease, added here NOT VALID (new rows are checked at once).
 SET LOCAL search_path = pg_catalog, pgtasks, pg_temp;
 -- Bodies are checked when they first run, so a function may call one defined below.
 SET LOCAL check_function_bodies = off;
@@ -24,33 +26,53 @@ SET LOCAL ROLE pgtasks_owner;
 ALTER TABLE pgtasks.tasks ADD COLUMN lease_token text;
 UPDATE pgtasks.tasks SET lease_token = encode(uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid()), 'hex')
  WHERE status = 'RUNNING';
+-- The constraint is replaced in the same statement by a stricter one: the lease token
+-- belongs to a running task and to no other.
+-- squawk-ignore ban-drop-constraint
 ALTER TABLE pgtasks.tasks DROP CONSTRAINT running_has_lease,
     ADD CONSTRAINT running_has_lease CHECK (CASE WHEN status = 'RUNNING'
         THEN worker_id IS NOT NULL AND lease_expires_at IS NOT NULL AND deadline IS NOT NULL
              AND lease_token IS NOT NULL
         ELSE worker_id IS NULL AND lease_expires_at IS NULL AND deadline IS NULL
-             AND lease_token IS NULL END);
+             AND lease_token IS NULL END) NOT VALID;
 CREATE TABLE pgtasks.wakeup_key (
     key      bytea NOT NULL DEFAULT (uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid())),
     only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row)
 );
 INSERT INTO pgtasks.wakeup_key DEFAULT VALUES;
 
--- claim_tasks returns one column more, which CREATE OR REPLACE cannot change.
+-- claim_tasks returns one column more, which CREATE OR REPLACE cannot change; it is made
+-- again below in this transaction, so no caller sees it missing.
+-- squawk-ignore ban-drop-function
 DROP FUNCTION pgtasks.claim_tasks(text,text[],integer,interval,text[]);
+-- The attempt-only signatures: each accepted the public attempt number as its fence.
+-- squawk-ignore ban-drop-function
 DROP FUNCTION pgtasks.check_batch(text,bigint[],integer[],jsonb[],boolean);
+-- squawk-ignore ban-drop-function
 DROP FUNCTION pgtasks.checkpoint(bigint,integer,text,jsonb);
+-- squawk-ignore ban-drop-function
 DROP FUNCTION pgtasks.fail_task(bigint,integer,text,text,boolean,interval);
+-- squawk-ignore ban-drop-function
 DROP FUNCTION pgtasks.finish_and_claim(text,bigint[],integer[],jsonb[],integer,text[],interval,text[]);
+-- squawk-ignore ban-drop-function
 DROP FUNCTION pgtasks.finish_task(bigint,integer,jsonb);
+-- squawk-ignore ban-drop-function
 DROP FUNCTION pgtasks.finish_tasks(bigint[],integer[],jsonb[]);
+-- squawk-ignore ban-drop-function
 DROP FUNCTION pgtasks.heartbeat(text,bigint[],integer[],interval);
+-- squawk-ignore ban-drop-function
 DROP FUNCTION pgtasks.lock_owned_task(bigint,integer);
+-- squawk-ignore ban-drop-function
 DROP FUNCTION pgtasks.log(bigint,integer,text,text);
+-- squawk-ignore ban-drop-function
 DROP FUNCTION pgtasks.log_many(bigint,integer,text[],text[],timestamp with time zone[],text[]);
+-- squawk-ignore ban-drop-function
 DROP FUNCTION pgtasks.parent_results(bigint);
+-- squawk-ignore ban-drop-function
 DROP FUNCTION pgtasks.report_progress(bigint,integer,bigint,bigint,text);
+-- squawk-ignore ban-drop-function
 DROP FUNCTION pgtasks.task_steps_of(bigint,integer);
+-- squawk-ignore ban-drop-function
 DROP FUNCTION pgtasks.yield_task(bigint,integer,timestamp with time zone);
 
 CREATE OR REPLACE FUNCTION pgtasks.cancel_task(task_id bigint)
@@ -294,6 +316,7 @@ BEGIN
                    WHERE octet_length(u.result::text) > s.max_result_bytes)
        OR EXISTS (SELECT 1 FROM pgtasks.tasks t
                    WHERE t.id = ANY (finish_and_claim.task_ids) AND t.has_dependents)
+       OR EXISTS (SELECT 1 FROM pgtasks.unsettled_edges u WHERE u.parent_id = ANY (finish_and_claim.task_ids))
        OR pgtasks.flow_control_in_use(queues) THEN
         RETURN QUERY
         SELECT f.rejected_task_id, NULL::bigint, NULL::text, NULL::jsonb, NULL::text, NULL::integer,
