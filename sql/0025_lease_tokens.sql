@@ -838,6 +838,52 @@ BEGIN
     PERFORM pgtasks.drop_idle_queue_settings(queue);
     PERFORM pg_notify('pgtasks_wakeup', pgtasks.queue_tag(queue));
 END $function$;
+CREATE OR REPLACE FUNCTION pgtasks.settle_child(child_id bigint)
+ RETURNS void
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+AS $function$
+DECLARE
+    c record;
+    dead record;
+    unmet integer;
+BEGIN
+    SELECT t.status, t.on_parent_failure, t.waiting_on, t.queue, t.run_at INTO c
+      FROM pgtasks.tasks t WHERE t.id = settle_child.child_id;
+    IF NOT FOUND OR c.status <> 'WAITING' THEN
+        RETURN;
+    END IF;
+    IF c.on_parent_failure IS DISTINCT FROM 'run' THEN
+        SELECT p.id, p.status, p.workflow_node INTO dead
+          FROM pgtasks.task_edges e JOIN pgtasks.tasks p ON p.id = e.parent_id
+         WHERE e.child_id = settle_child.child_id AND p.status IN ('FAILED', 'CANCELLED')
+         ORDER BY p.id LIMIT 1;
+        IF FOUND THEN
+            UPDATE pgtasks.tasks t
+               SET status = 'CANCELLED', finished_at = pgtasks.now(), cancelled_by = dead.id,
+                   error = pg_catalog.format('cancelled: parent task %s%s ended %s', dead.id,
+                                             coalesce(' (' || dead.workflow_node || ')', ''), dead.status)
+             WHERE t.id = settle_child.child_id AND t.status = 'WAITING';
+            RETURN;
+        END IF;
+    END IF;
+    SELECT count(*)::integer INTO unmet
+      FROM pgtasks.task_edges e JOIN pgtasks.tasks p ON p.id = e.parent_id
+     WHERE e.child_id = settle_child.child_id AND p.status NOT IN ('DONE', 'FAILED', 'CANCELLED');
+    IF unmet = c.waiting_on THEN
+        RETURN;
+    END IF;
+    UPDATE pgtasks.tasks t
+       SET waiting_on = unmet,
+           status = CASE WHEN unmet = 0 THEN 'PENDING'::pgtasks.status ELSE 'WAITING'::pgtasks.status END
+     WHERE t.id = settle_child.child_id AND t.status = 'WAITING';
+    -- Honours the off switch (pgtasks.wake_workers = off) like an insert does.
+    IF unmet = 0 AND c.run_at <= pgtasks.now()
+       AND current_setting('pgtasks.wake_workers', true) IS DISTINCT FROM 'off' THEN
+        PERFORM pg_notify('pgtasks_wakeup', pgtasks.queue_tag(c.queue));
+    END IF;
+END $function$;
 CREATE OR REPLACE FUNCTION pgtasks.task_steps_of(task_id bigint, lease_token text)
  RETURNS TABLE(name text, result jsonb, db_now timestamp with time zone)
  LANGUAGE plpgsql

@@ -394,7 +394,7 @@ BEGIN
     -- Honours the off switch (pgtasks.wake_workers = off) like an insert does.
     IF unmet = 0 AND c.run_at <= pgtasks.now()
        AND current_setting('pgtasks.wake_workers', true) IS DISTINCT FROM 'off' THEN
-        PERFORM pg_notify('pgtasks_wakeup', c.queue);
+        PERFORM pg_notify('pgtasks_wakeup', pgtasks.queue_tag(c.queue));
     END IF;
 END $$;
 
