@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -51,7 +51,8 @@ class Attempt:
 
     task_id: int
     attempt: int
-    lease_token: str  # the claim's secret: every call about the attempt presents it
+    # The claim's secret: every call about the attempt presents it. Out of repr and logs.
+    lease_token: str = field(repr=False)
     task_type: str
     params: Any
     timeout: float
