@@ -289,6 +289,12 @@ PRUNE_FINISHED = "SELECT pgtasks.prune_finished(older_than => $1, max_tasks => $
 # A liveness probe for the LISTEN connection: a silent network drop fires no event.
 PING = "SELECT 1"
 
+# Whether the schema has lease tokens (sql/0025), which every fenced call of this release
+# presents: the token-taking finish_task exists from then on.
+HAS_LEASE_TOKENS = (
+    "SELECT pg_catalog.to_regprocedure('pgtasks.finish_task(bigint,text,jsonb)') IS NOT NULL"
+)
+
 # The search_path this session really has (a pooler may have dropped the pinned one).
 CURRENT_SEARCH_PATH = "SELECT pg_catalog.current_setting('search_path')"
 

@@ -166,6 +166,7 @@ class Worker:
         services: list[Any] = []
         try:
             await self._connect(url)
+            await self._await_lease_tokens()
             await self._settle_lease()
             await self._check_search_path()
             await self._register()
@@ -216,6 +217,31 @@ class Worker:
         assert lease is not None
         self.heartbeat_interval = self._heartbeat_interval or lease / 3
         self.rescue_interval = self._rescue_interval or max(min(lease / 2, 30.0), 0.2)
+
+    async def _await_lease_tokens(self) -> None:
+        """Wait until the schema has lease tokens (sql/0025), saying so once.
+
+        This worker presents a claim's token with every call; a schema before 0025 returns
+        none, and every task claimed there would fail here and, rescued, spend a retry. So
+        a worker started before `pgtasks migrate` claims nothing until it has run."""
+        waiting = False
+        while not self._stopping.is_set():
+            ready = await retrying(
+                "schema check",
+                lambda: self._pool("control").fetchval(queries.HAS_LEASE_TOKENS),
+                self._stopping,
+            )
+            if ready:
+                if waiting:
+                    log.info("the schema has lease tokens now; starting")
+                return
+            if not waiting:
+                log.warning(
+                    "the database schema predates lease tokens (sql/0025): claiming nothing "
+                    "until `pgtasks migrate` has run"
+                )
+                waiting = True
+            await sleep_or_stop(self._stopping, self.poll_interval)
 
     async def _check_search_path(self) -> None:
         """Warn when the pinned search_path did not arrive: a pooler set to ignore the
