@@ -208,11 +208,12 @@ async def test_parent_results_are_for_the_holder_of_the_childs_lease(login, su):
     sub = await login("pgtasks_submitter")
     w, attacker = await login("pgtasks_worker"), await login("pgtasks_worker")
     reader = await login("pgtasks_reader")
-    parent = await sub.fetchval("SELECT pgtasks.submit_task('t', '{}', queue => 'p')")
-    child = await sub.fetchval(
+    # depends_on is for roles that may read results (PT511); the owner submits here.
+    parent = await su.fetchval("SELECT pgtasks.submit_task('t', '{}', queue => 'p')")
+    child = await su.fetchval(
         "SELECT pgtasks.submit_task('t', queue => 'c', depends_on => ARRAY[$1]::bigint[])", parent
     )
-    other = await sub.fetchval(
+    other = await su.fetchval(
         "SELECT pgtasks.submit_task('t', queue => 'c', depends_on => ARRAY[$1]::bigint[])", parent
     )
     (p,) = await w.fetch(CLAIM, "w")
@@ -468,7 +469,7 @@ async def test_notifications_name_no_queue_and_carry_no_data(login, su):
     ]
     q = "tenant-acme-corp"
     parent = await sub.fetchval("SELECT pgtasks.submit_task('t', '{\"card\": 1}', queue => $1)", q)
-    await sub.fetchval(
+    await admin.fetchval(  # depends_on: a role that may read results (PT511)
         "SELECT pgtasks.submit_task('t', queue => $1, depends_on => ARRAY[$2]::bigint[])", q, parent
     )
     await sub.fetchval("SELECT pgtasks.watch_task($1)", parent)
