@@ -220,7 +220,8 @@ def drain_variants() -> dict[str, tuple[Peer, int]]:
 # submit_tasks (PENDING, with its insert triggers), then PENDING -> RUNNING with a lease and
 # attempt 1, then RUNNING -> DONE, each transition checked by the transition trigger and
 # recorded in task_events by the history trigger. A chunk's ids are contiguous (one INSERT,
-# nobody else inserting), so the UPDATEs address them by range.
+# nobody else inserting), so the UPDATEs address them by range. The lease tokens are
+# placeholders: the loader holds these attempts for one statement and presents none.
 _SUBMIT_CHUNK = """
 SELECT min(id), max(id) FROM pgtasks.submit_tasks(
     $1, ARRAY(SELECT jsonb_build_object('seq', -g) FROM generate_series($2::int, $3::int) g),
@@ -230,13 +231,14 @@ _CLAIM_CHUNK = """
 UPDATE pgtasks.tasks
    SET status = 'RUNNING', worker_id = 'bench-history-loader', attempt = attempt + 1,
        started_at = now(), deadline = now() + timeout,
-       lease_expires_at = least(now() + interval '1 hour', now() + timeout)
+       lease_expires_at = least(now() + interval '1 hour', now() + timeout),
+       lease_token = md5(id::text)
  WHERE id BETWEEN $1 AND $2 AND status = 'PENDING'
 """
 _FINISH_CHUNK = """
 UPDATE pgtasks.tasks
    SET status = 'DONE', finished_at = now(), worker_id = NULL, lease_expires_at = NULL,
-       deadline = NULL
+       deadline = NULL, lease_token = NULL
  WHERE id BETWEEN $1 AND $2 AND status = 'RUNNING' AND attempt = 1
 """
 HISTORY_CHUNK = 100_000

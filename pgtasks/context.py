@@ -5,8 +5,9 @@ needs, handed in by whoever runs it: a `writer` for checkpoints, logs and progre
 `run_blocking` to run sync code in a thread, a cancel event, and an accessor for `ctx.pool`.
 It holds no reference to a Worker (and this module imports nothing from pgtasks.worker).
 
-Every write goes through a fenced SQL function with this attempt's token, so a task whose
-lease was lost cannot change anything: its writes raise LeaseLost and the worker drops it.
+Every write goes through a fenced SQL function with this attempt's lease token (the secret
+its claim returned), so a task whose lease was lost cannot change anything: its writes raise
+LeaseLost and the worker drops it.
 
 Progress and log lines are buffered and written in the background (at most one progress
 write and one log batch per FLUSH_INTERVAL, or sooner when LOG_BATCH lines are waiting), so a
@@ -58,21 +59,26 @@ _NOT_WRITTEN: tuple[type[BaseException], ...] = (LeaseLost, *DATABASE_ERRORS)
 
 class Writer(Protocol):
     """Where a context's writes go (pgtasks.worker.writer.TaskWriter). Each call is fenced
-    by (task_id, attempt) and raises LeaseLost once the attempt no longer owns the task."""
+    by (task_id, lease_token) and raises LeaseLost once the attempt no longer owns the task."""
 
-    async def steps(self, task_id: int, attempt: int) -> list[tuple[str, Any, datetime]]: ...
+    async def steps(self, task_id: int, lease_token: str) -> list[tuple[str, Any, datetime]]: ...
 
-    async def checkpoint(self, task_id: int, attempt: int, name: str, value: Any) -> None: ...
+    async def checkpoint(self, task_id: int, lease_token: str, name: str, value: Any) -> None: ...
 
     async def logs(
-        self, task_id: int, attempt: int, lines: list[tuple[str, str, str | None, datetime]]
+        self, task_id: int, lease_token: str, lines: list[tuple[str, str, str | None, datetime]]
     ) -> None: ...
 
     async def progress(
-        self, task_id: int, attempt: int, current: int, total: int | None, message: str | None
+        self,
+        task_id: int,
+        lease_token: str,
+        current: int,
+        total: int | None,
+        message: str | None,
     ) -> None: ...
 
-    async def parent_results(self, task_id: int) -> dict[str, Any]: ...
+    async def parent_results(self, task_id: int, lease_token: str) -> dict[str, Any]: ...
 
 
 RunBlocking = Callable[[Callable[[], Any]], Awaitable[Any]]
@@ -142,6 +148,7 @@ class TaskContext:
         *,
         task_id: int,
         attempt: int,
+        lease_token: str,
         task_type: str,
         queue: str,
         retry_count: int,
@@ -155,7 +162,9 @@ class TaskContext:
         self._run_blocking = run_blocking
         self._pool = pool
         self.task_id = task_id
-        self.attempt = attempt
+        self.attempt = attempt  # a counter for people; the fence is the token
+        # The attempt's secret: every write presents it. Kept out of repr and logs.
+        self._lease_token = lease_token
         self.task_type = task_type
         self.queue = queue
         self.retry_count = retry_count
@@ -196,7 +205,8 @@ class TaskContext:
 
     async def _parent_results(self) -> dict[int, Any]:
         if self._parents is None:
-            self._parents = parent_results_from(await self.writer.parent_results(self.task_id))
+            raw = await self.writer.parent_results(self.task_id, self._lease_token)
+            self._parents = parent_results_from(raw)
         return dict(self._parents)
 
     async def _parent_result(self) -> Any:
@@ -242,7 +252,7 @@ class TaskContext:
         if self._steps is None:
             self._steps = {}
             if self._has_steps:
-                rows = await self.writer.steps(self.task_id, self.attempt)
+                rows = await self.writer.steps(self.task_id, self._lease_token)
                 self._steps = {name: result for name, result, _ in rows}
                 if rows:
                     self._db_clock_offset = rows[0][2].timestamp() - time.time()
@@ -270,7 +280,7 @@ class TaskContext:
         """Checkpoint a step's result; buffered logs and progress are written first."""
         value = _jsonable(name, result)
         await self.flush()
-        await self.writer.checkpoint(self.task_id, self.attempt, name, value)
+        await self.writer.checkpoint(self.task_id, self._lease_token, name, value)
         assert self._steps is not None
         self._steps[name] = value
         return value
@@ -423,7 +433,7 @@ class TaskContext:
                 if not batch:
                     break
                 try:
-                    await self.writer.logs(self.task_id, self.attempt, batch)
+                    await self.writer.logs(self.task_id, self._lease_token, batch)
                 except BaseException:
                     with self._lock:  # keep the lines, in order, for the next try
                         self._logs[:0] = batch
@@ -435,7 +445,9 @@ class TaskContext:
             if snapshot is not None:
                 current, total, message = snapshot
                 try:
-                    await self.writer.progress(self.task_id, self.attempt, current, total, message)
+                    await self.writer.progress(
+                        self.task_id, self._lease_token, current, total, message
+                    )
                 except BaseException:
                     with self._lock:
                         self._progress_dirty = True

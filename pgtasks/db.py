@@ -1,5 +1,5 @@
 """Connections: a pinned search_path and JSON codecs set once, PT SQLSTATEs turned into typed
-exceptions, and the one list of errors that mean "the database is unreachable right now".
+exceptions, and the one list of errors that mean "retry this later".
 
 This is the only module that looks at SQLSTATEs; everything else catches classes.
 """
@@ -16,8 +16,9 @@ import asyncpg
 
 from pgtasks.errors import ConfigurationError, Undecodable, translate
 
-#: Errors that mean "the database is unreachable right now", not "this call is wrong":
-#: retry the call later (on a fresh connection), never give up on the task for them.
+#: Errors that mean "the database is unreachable (or the row busy) right now", not "this
+#: call is wrong": retry the call later (on a fresh connection), never give up on the task
+#: for them.
 TRANSIENT: tuple[type[BaseException], ...] = (
     OSError,
     asyncio.TimeoutError,
@@ -31,6 +32,10 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     # here on every server restart under load. The pool drops the broken connection; the
     # call just has to be retried on a fresh one.
     asyncpg.InternalClientError,
+    # lock_timeout (55P03): a fenced call found the task's row locked by another session
+    # (an operator's open transaction) for longer than the function's bound, and wrote
+    # nothing. The lease is not lost; the call is tried again on the next round.
+    asyncpg.LockNotAvailableError,
 )
 
 #: TRANSIENT plus every error the server answers with: what a call that may fail without

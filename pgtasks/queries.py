@@ -197,82 +197,87 @@ SELECT * FROM pgtasks.claim_tasks(worker_id => $1, queues => $2, max_tasks => $3
 # How long the producer may sleep: until the next scheduled task (NULL: none at all).
 NEXT_RUN_GAP = "SELECT pgtasks.next_run_at(queues => $1, task_types => $2) - now() AS gap"
 
+# Every call about a running task presents the lease token its claim returned (the fence;
+# the attempt number is only a counter for people).
+#
 # Results travel as JSON text: a list result passed as a jsonb[] element would be read as a
 # nested array dimension and mangled.
 FINISH_TASKS = """
-SELECT * FROM pgtasks.finish_tasks(task_ids => $1, attempts => $2,
+SELECT * FROM pgtasks.finish_tasks(task_ids => $1, lease_tokens => $2,
                                    results => $3::text[]::jsonb[])
 """
 
 # The backoff comes from the row's own backoff_base, as in rescue (retry_delay: exact).
 FAIL_TASK = """
-SELECT pgtasks.fail_task(task_id => $1, attempt => $2, error => $3, traceback => $4,
+SELECT pgtasks.fail_task(task_id => $1, lease_token => $2, error => $3, traceback => $4,
                          retryable => $5, retry_delay => $6)
 """
 
 # Results in, work out, in one round trip: rows with rejected_task_id set are results the
-# database refused (stale attempt); the others are claimed tasks, in claim order.
+# database refused (stale token); the others are claimed tasks, in claim order.
 FINISH_AND_CLAIM = """
-SELECT * FROM pgtasks.finish_and_claim(worker_id => $1, task_ids => $2, attempts => $3,
+SELECT * FROM pgtasks.finish_and_claim(worker_id => $1, task_ids => $2, lease_tokens => $3,
                                        results => $4::text[]::jsonb[], claim_max => $5,
                                        queues => $6, lease => $7, task_types => $8)
 """
 
 YIELD_TASK = (
-    "SELECT pgtasks.yield_task(task_id => $1, attempt => $2, run_at => coalesce($3, now()))"
+    "SELECT pgtasks.yield_task(task_id => $1, lease_token => $2, run_at => coalesce($3, now()))"
 )
 
 HEARTBEAT = """
-SELECT * FROM pgtasks.heartbeat(worker_id => $1, task_ids => $2, attempts => $3, lease => $4)
+SELECT * FROM pgtasks.heartbeat(worker_id => $1, task_ids => $2, lease_tokens => $3,
+                                lease => $4)
 """
 
 # -- worker: what a task writes ------------------------------------------------------------
 
-CHECKPOINT = "SELECT pgtasks.checkpoint(task_id => $1, attempt => $2, step => $3, result => $4)"
+CHECKPOINT = "SELECT pgtasks.checkpoint(task_id => $1, lease_token => $2, step => $3, result => $4)"
 
 LOG_MANY = """
-SELECT pgtasks.log_many(task_id => $1, attempt => $2, levels => $3, messages => $4,
+SELECT pgtasks.log_many(task_id => $1, lease_token => $2, levels => $3, messages => $4,
                         ats => $5, loggers => $6)
 """
 
 REPORT_PROGRESS = """
-SELECT pgtasks.report_progress(task_id => $1, attempt => $2, current => $3, total => $4,
+SELECT pgtasks.report_progress(task_id => $1, lease_token => $2, current => $3, total => $4,
                                message => $5)
 """
 
 # Many tasks' progress in one statement; one refused row fails it (then: one by one).
 REPORT_PROGRESS_MANY = """
 SELECT pg_catalog.count(pgtasks.report_progress(task_id => u.task_id,
-                                                attempt => u.attempt, current => u.current,
-                                                total => u.total, message => u.message))
-  FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::integer[]),
+                                                lease_token => u.lease_token,
+                                                current => u.current, total => u.total,
+                                                message => u.message))
+  FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::text[]),
                   pg_catalog.unnest($3::bigint[]), pg_catalog.unnest($4::bigint[]),
                   pg_catalog.unnest($5::text[]))
-       AS u(task_id, attempt, current, total, message)
+       AS u(task_id, lease_token, current, total, message)
 """
 
 # Many tasks' log batches in one statement: one row per line, grouped back per attempt
 # (in their order) for log_many. One refused task fails it (then: one by one).
 LOG_MANY_TASKS = """
-SELECT pg_catalog.count(pgtasks.log_many(task_id => g.task_id, attempt => g.attempt,
+SELECT pg_catalog.count(pgtasks.log_many(task_id => g.task_id, lease_token => g.lease_token,
                                          levels => g.levels, messages => g.messages,
                                          ats => g.ats, loggers => g.loggers))
-  FROM (SELECT u.task_id, u.attempt, pg_catalog.array_agg(u.level ORDER BY u.n) AS levels,
+  FROM (SELECT u.task_id, u.lease_token, pg_catalog.array_agg(u.level ORDER BY u.n) AS levels,
                pg_catalog.array_agg(u.message ORDER BY u.n) AS messages,
                pg_catalog.array_agg(u.at ORDER BY u.n) AS ats,
                pg_catalog.array_agg(u.logger ORDER BY u.n) AS loggers
-          FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::integer[]),
+          FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::text[]),
                           pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::text[]),
                           pg_catalog.unnest($5::timestamptz[]), pg_catalog.unnest($6::text[]))
-               WITH ORDINALITY AS u(task_id, attempt, level, message, at, logger, n)
-         GROUP BY u.task_id, u.attempt) g
+               WITH ORDINALITY AS u(task_id, lease_token, level, message, at, logger, n)
+         GROUP BY u.task_id, u.lease_token) g
 """
 
-TASK_STEPS = "SELECT * FROM pgtasks.task_steps_of(task_id => $1, attempt => $2)"
+TASK_STEPS = "SELECT * FROM pgtasks.task_steps_of(task_id => $1, lease_token => $2)"
 
 # A task's parents (sql/0012), read when the task asks (ctx.parent_results), not with the
-# claim: plain tasks pay nothing for it.
-PARENT_RESULTS = "SELECT pgtasks.parent_results(task_id => $1)"
+# claim: plain tasks pay nothing for it. Fenced like a write: only the holder reads them.
+PARENT_RESULTS = "SELECT pgtasks.parent_results(task_id => $1, lease_token => $2)"
 
 # -- worker: maintenance -------------------------------------------------------------------
 
@@ -284,8 +289,21 @@ PRUNE_FINISHED = "SELECT pgtasks.prune_finished(older_than => $1, max_tasks => $
 # A liveness probe for the LISTEN connection: a silent network drop fires no event.
 PING = "SELECT 1"
 
+# Whether the schema has lease tokens (sql/0028), which every fenced call of this release
+# presents: the token-taking finish_task exists from then on.
+HAS_LEASE_TOKENS = (
+    "SELECT pg_catalog.to_regprocedure('pgtasks.finish_task(bigint,text,jsonb)') IS NOT NULL"
+)
+
 # The search_path this session really has (a pooler may have dropped the pinned one).
 CURRENT_SEARCH_PATH = "SELECT pg_catalog.current_setting('search_path')"
+
+# The tags pgtasks_wakeup names these queues by (a wake-up names no queue: any role may
+# LISTEN), for the notifier to tell this worker's wake-ups from other queues'.
+QUEUE_TAGS = """
+SELECT coalesce(pg_catalog.array_agg(pgtasks.queue_tag(queue => q)), '{}')
+  FROM pg_catalog.unnest($1::text[]) AS q
+"""
 
 # -- schedules (sql/0006) -------------------------------------------------------------------
 

@@ -601,11 +601,13 @@ async def test_lines_the_database_cannot_hold_as_is_are_escaped_not_lost(
 
 async def test_log_many_is_fenced_and_checks_its_arrays(db: asyncpg.Connection) -> None:
     task_id = await db.fetchval("SELECT pgtasks.submit_task('answer')")
-    await db.execute("SELECT * FROM pgtasks.claim_tasks('w1')")
+    (claim,) = await db.fetch("SELECT * FROM pgtasks.claim_tasks('w1')")
+    held = claim["lease_token"]
     n = await db.fetchval(
-        "SELECT pgtasks.log_many($1, 1, ARRAY['info', NULL], ARRAY['a', 'b'], NULL, "
+        "SELECT pgtasks.log_many($1, $2, ARRAY['info', NULL], ARRAY['a', 'b'], NULL, "
         "ARRAY['x', NULL])",
         task_id,
+        held,
     )
     assert n == 2
     rows = await db.fetch(
@@ -615,10 +617,14 @@ async def test_log_many_is_fenced_and_checks_its_arrays(db: asyncpg.Connection) 
     )
     assert [tuple(r) for r in rows] == [(1, "INFO", "a", "x"), (1, "INFO", "b", None)]
     with pytest.raises(asyncpg.PostgresError) as stale:
-        await db.execute("SELECT pgtasks.log_many($1, 2, ARRAY['info'], ARRAY['late'])", task_id)
+        await db.execute(
+            "SELECT pgtasks.log_many($1, $2, ARRAY['info'], ARRAY['late'])", task_id, "2"
+        )
     assert stale.value.sqlstate == "PT002"
     with pytest.raises(asyncpg.PostgresError) as uneven:
-        await db.execute("SELECT pgtasks.log_many($1, 1, ARRAY['info'], ARRAY['a', 'b'])", task_id)
+        await db.execute(
+            "SELECT pgtasks.log_many($1, $2, ARRAY['info'], ARRAY['a', 'b'])", task_id, held
+        )
     assert uneven.value.sqlstate == "PT111"
     assert (
         await db.fetchval("SELECT count(*) FROM pgtasks.task_logs WHERE task_id = $1", task_id) == 2
@@ -629,17 +635,18 @@ async def test_progress_notifies_only_while_someone_watches(
     db: asyncpg.Connection, dsn: str
 ) -> None:
     task_id = await db.fetchval("SELECT pgtasks.submit_task('answer')")
-    await db.execute("SELECT * FROM pgtasks.claim_tasks('w1')")
+    (claim,) = await db.fetch("SELECT * FROM pgtasks.claim_tasks('w1')")
+    held = claim["lease_token"]
     got: list[str] = []
     listener = await asyncpg.connect(dsn)
     try:
         await listener.add_listener("pgtasks_progress", lambda *a: got.append(a[3]))
-        await db.execute("SELECT pgtasks.report_progress($1, 1, 1, 10)", task_id)
+        await db.execute("SELECT pgtasks.report_progress($1, $2, 1, 10)", task_id, held)
         await listener.execute("SELECT pgtasks.watch_task($1)", task_id)
-        await db.execute("SELECT pgtasks.report_progress($1, 1, 2, 10)", task_id)
-        await db.execute("SELECT pgtasks.log($1, 1, 'info', 'hello')", task_id)
+        await db.execute("SELECT pgtasks.report_progress($1, $2, 2, 10)", task_id, held)
+        await db.execute("SELECT pgtasks.log($1, $2, 'info', 'hello')", task_id, held)
         await listener.execute("SELECT pgtasks.unwatch_task($1)", task_id)
-        await db.execute("SELECT pgtasks.report_progress($1, 1, 3, 10)", task_id)
+        await db.execute("SELECT pgtasks.report_progress($1, $2, 3, 10)", task_id, held)
         await listener.execute("SELECT 1")
     finally:
         await listener.close()

@@ -62,10 +62,12 @@ async def test_a_changed_statement_is_refused_and_a_changed_comment_is_not(
         changed.mkdir()
         (changed / "schema").symlink_to(m.sql_dir() / "schema")
         for mig in available():
-            # A no-transaction delta's first line is a marker, not a comment: it counts.
-            marker, body = mig.sql.split("\n", 1) if mig.no_transaction else ("", mig.sql)
-            text = body.replace("--", "--  reworded:", 3).replace("\n", "\n\n", 5)
-            text = f"{marker}\n{text}" if mig.no_transaction else text
+            # A no-transaction marker says how the file runs, so it counts: it stays as it is.
+            marker, text = "", mig.sql
+            if mig.no_transaction:
+                first, _, text = text.partition("\n")
+                marker = first + "\n"
+            text = marker + text.replace("--", "--  reworded:", 3).replace("\n", "\n\n", 5)
             (changed / mig.path.name).write_text(text + "\n-- a corrected comment\n")
         monkeypatch.setattr(m, "sql_dir", lambda: changed)
         assert await migrate_url(server.url(name)) == [], "comments and layout changed only"

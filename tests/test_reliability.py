@@ -106,17 +106,19 @@ async def test_killed_worker_task_is_finished_by_another_and_late_write_is_fence
     shown = await asyncio.to_thread(cli, dsn, "workers", "--all")
     assert dead_worker in shown.stdout and "dead" in shown.stdout
 
-    # The dead attempt wakes up late (simulated): every write it tries is refused.
+    # The dead attempt wakes up late (simulated): every write it tries is refused. Its token
+    # went with its lease; any token but the current holder's is refused alike.
+    dead_token = "0" * 64
     for stmt in (
-        "SELECT pgtasks.finish_task($1, 1, '\"late\"')",
-        "SELECT pgtasks.fail_task($1, 1, 'late error')",
-        "SELECT pgtasks.checkpoint($1, 1, 'late-step', '1')",
+        "SELECT pgtasks.finish_task($1, $2, '\"late\"')",
+        "SELECT pgtasks.fail_task($1, $2, 'late error')",
+        "SELECT pgtasks.checkpoint($1, $2, 'late-step', '1')",
     ):
         with pytest.raises(asyncpg.PostgresError) as info:
-            await conn.execute(stmt, tid)
+            await conn.execute(stmt, tid, dead_token)
         assert info.value.sqlstate == "PT002", stmt
     rejected = await conn.fetch(
-        "SELECT * FROM pgtasks.finish_tasks($1, $2, $3::jsonb[])", [tid], [1], ["late"]
+        "SELECT * FROM pgtasks.finish_tasks($1, $2, $3::jsonb[])", [tid], [dead_token], ["late"]
     )
     assert [r[0] for r in rejected] == [tid]
     assert await conn.fetchval("SELECT result FROM pgtasks.tasks WHERE id=$1", tid) == {
@@ -234,8 +236,12 @@ async def test_cancel_pending_and_waiting_tasks_at_once(dsn, conn):
         assert await status(conn, later) == "CANCELLED"
         # COMMIT: claimed once, then handed back to wait (here through the SQL API).
         waiting = await client.submit("quick")
-        await conn.fetch("SELECT * FROM pgtasks.claim_tasks('w', max_tasks => 1)")
-        await conn.execute("SELECT pgtasks.yield_task($1, 1, now() + interval '1 hour')", waiting)
+        (claim,) = await conn.fetch("SELECT * FROM pgtasks.claim_tasks('w', max_tasks => 1)")
+        await conn.execute(
+            "SELECT pgtasks.yield_task($1, $2, now() + interval '1 hour')",
+            waiting,
+            claim["lease_token"],
+        )
         assert await client.cancel(waiting) == "COMMIT"
         assert await status(conn, waiting) == "CANCELLED"
     # A worker around does not resurrect them: it claims after the cancels (a task submitted
@@ -376,7 +382,10 @@ async def test_sync_task_past_its_time_limit_is_flagged_and_abandoned(dsn, conn)
 async def test_database_expires_a_task_past_its_deadline_despite_heartbeats(conn):
     """A buggy worker that keeps heartbeating cannot hold a task past its time limit."""
     tid = await conn.fetchval("SELECT pgtasks.submit_task('t', timeout => interval '1 minute')")
-    await conn.fetch("SELECT * FROM pgtasks.claim_tasks('buggy', lease => interval '1 hour')")
+    (claim,) = await conn.fetch(
+        "SELECT * FROM pgtasks.claim_tasks('buggy', lease => interval '1 hour')"
+    )
+    held = [claim["lease_token"]]
     row = await conn.fetchrow(
         "SELECT lease_expires_at, deadline FROM pgtasks.tasks WHERE id=$1", tid
     )
@@ -384,7 +393,7 @@ async def test_database_expires_a_task_past_its_deadline_despite_heartbeats(conn
     assert await conn.fetchval("SELECT pgtasks.rescue_expired()") == 0
     await conn.execute("SELECT pgtasks.advance_clock(interval '61 seconds')")
     await conn.fetch(
-        "SELECT * FROM pgtasks.heartbeat('buggy', $1, $2, interval '1 hour')", [tid], [1]
+        "SELECT * FROM pgtasks.heartbeat('buggy', $1, $2, interval '1 hour')", [tid], held
     )
     assert await conn.fetchval("SELECT pgtasks.rescue_expired()") == 1
     row = await conn.fetchrow(
@@ -392,7 +401,7 @@ async def test_database_expires_a_task_past_its_deadline_despite_heartbeats(conn
     )
     assert (row["status"], row["retry_count"]) == ("COMMIT", 1)
     assert "timed out" in row["error"]
-    lost = await conn.fetch("SELECT * FROM pgtasks.heartbeat('buggy', $1, $2)", [tid], [1])
+    lost = await conn.fetch("SELECT * FROM pgtasks.heartbeat('buggy', $1, $2)", [tid], held)
     assert [r[0] for r in lost] == [tid]  # and the buggy worker is told to stop it
 
 

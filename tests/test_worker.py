@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 
-from pgtasks import Client, Worker
+from pgtasks import Client, Worker, db
+from pgtasks.migrations import migrate_url
+from tests.apps.basic import RUNS_DDL
 from tests.conftest import until, wait_for
 
 
@@ -201,3 +205,38 @@ async def test_worker_prunes_finished_tasks_past_retention(dsn, conn):
         async with running(worker):
             await wait_for(conn, "SELECT count(*) = 1 FROM pgtasks.tasks")
         assert [r[0] for r in await conn.fetch("SELECT id FROM pgtasks.tasks")] == [keep]
+
+
+async def test_a_worker_started_before_migrate_waits_for_the_lease_token_schema(server, caplog):
+    """A worker of this release presents lease tokens (sql/0028). Started against an older
+    schema it claims nothing (each claim would come back without a token, the task fail
+    here and spend a retry when rescued) until `pgtasks migrate` has run, then works."""
+    admin = await asyncpg.connect(server.url())
+    name = f"tokens_{uuid.uuid4().hex[:8]}"
+    await admin.execute(f"CREATE DATABASE {name}")
+    url = server.url(name)
+    try:
+        await migrate_url(url, up_to=24)
+        raw = await asyncpg.connect(url)  # the test tasks record their runs in public
+        await raw.execute(RUNS_DDL)
+        await raw.close()
+        conn = await db.connect(url)
+        try:
+            tid = await conn.fetchval("""SELECT pgtasks.submit_task('add', '{"a": 1, "b": 2}')""")
+            with caplog.at_level(logging.WARNING, logger="pgtasks.worker"):
+                async with running(Worker(url, poll_interval=0.2)) as w:
+                    await until(lambda: "predates lease tokens" in caplog.text, what="the warning")
+                    assert not w.ready.is_set() and await status_of(conn, tid) == "PENDING"
+                    await migrate_url(url)
+                    await wait_for(
+                        conn, "SELECT status = 'DONE' FROM pgtasks.tasks WHERE id = $1", tid
+                    )
+            row = await conn.fetchrow(
+                "SELECT attempt, retry_count FROM pgtasks.tasks WHERE id = $1", tid
+            )
+            assert tuple(row) == (1, 0)
+        finally:
+            await conn.close()
+    finally:
+        await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+        await admin.close()

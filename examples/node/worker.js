@@ -21,6 +21,7 @@ const WORKER_ID = env.PGTASKS_WORKER_ID ||
 
 const REGISTRATION = [WORKER_ID, os.hostname(), process.pid, QUEUES, CONCURRENCY, LEASE];
 const say = (event, fields = {}) => console.log(JSON.stringify({ event, ...fields }));
+// Events name the attempt (a counter for people), never the lease token (the secret).
 const tag = (run) => ({ task_id: run.id, attempt: run.attempt });
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -40,30 +41,33 @@ const SQL = {
   nextRunIn: `SELECT extract(epoch FROM pgtasks.next_run_at(queues => $1::text[],
     task_types => $2::text[]) - now())::float8 AS s`,
   heartbeat: `SELECT lost_task_id FROM pgtasks.heartbeat(worker_id => $1, task_ids => $2::bigint[],
-    attempts => $3::integer[], lease => ${secs(4)})`,
+    lease_tokens => $3::text[], lease => ${secs(4)})`,
+  wakeupTags: `SELECT coalesce(array_agg(pgtasks.queue_tag(queue => q)), '{}') AS tags
+    FROM unnest($1::text[]) q`,
   maintain: 'SELECT rescued, pruned FROM pgtasks.maintain()',
   limits: 'SELECT max_log_bytes FROM pgtasks.current_settings()',
-  stepsOf: 'SELECT name, result FROM pgtasks.task_steps_of(task_id => $1, attempt => $2)',
-  checkpoint: `SELECT pgtasks.checkpoint(task_id => $1, attempt => $2, step => $3,
+  stepsOf: 'SELECT name, result FROM pgtasks.task_steps_of(task_id => $1, lease_token => $2)',
+  checkpoint: `SELECT pgtasks.checkpoint(task_id => $1, lease_token => $2, step => $3,
     result => $4::jsonb)`,
-  progress: `SELECT pgtasks.report_progress(task_id => $1, attempt => $2, current => $3,
+  progress: `SELECT pgtasks.report_progress(task_id => $1, lease_token => $2, current => $3,
     total => $4, message => $5)`,
-  logMany: `SELECT pgtasks.log_many(task_id => $1, attempt => $2, levels => $3::text[],
+  logMany: `SELECT pgtasks.log_many(task_id => $1, lease_token => $2, levels => $3::text[],
     messages => $4::text[], ats => $5::timestamptz[])`,
   finishMany: `SELECT rejected_task_id FROM pgtasks.finish_tasks(task_ids => $1::bigint[],
-    attempts => $2::integer[], results => $3::jsonb[])`,
-  finishOne: 'SELECT pgtasks.finish_task(task_id => $1, attempt => $2, result => $3::jsonb)',
-  fail: `SELECT pgtasks.fail_task(task_id => $1, attempt => $2, error => $3, traceback => $4,
+    lease_tokens => $2::text[], results => $3::jsonb[])`,
+  finishOne: 'SELECT pgtasks.finish_task(task_id => $1, lease_token => $2, result => $3::jsonb)',
+  fail: `SELECT pgtasks.fail_task(task_id => $1, lease_token => $2, error => $3, traceback => $4,
     retryable => $5, retry_delay => ${secs(6)}) AS status`,
-  yield: 'SELECT pgtasks.yield_task(task_id => $1, attempt => $2)',
+  yield: 'SELECT pgtasks.yield_task(task_id => $1, lease_token => $2)',
   unregister: 'SELECT pgtasks.unregister_worker(worker_id => $1)',
 };
 
 // (§11) What a refused call means. PT002/PT003: the task is someone else's now (rescued,
 // cancelled, re-claimed) or gone: drop it silently. Transient errors: leases cover the gap.
 const isGone = (e) => e && (e.code === 'PT002' || e.code === 'PT003');
-// Connection trouble: Node's own codes (ECONNRESET...), or SQLSTATE classes 08, 57P, 40.
-const isTransient = (e) => !/^[0-9A-Z]{5}$/.test(e?.code) || /^(08|57P|40)/.test(e.code);
+// Connection trouble: Node's own codes (ECONNRESET...), SQLSTATE classes 08, 57P, 40, or
+// 55P03: another session held the task's row past the function's lock_timeout (§2).
+const isTransient = (e) => !/^[0-9A-Z]{5}$/.test(e?.code) || /^(08|57P|40|55P03)/.test(e.code);
 
 // Tasks and heartbeats/maintenance on separate pools, so busy tasks cannot starve leases.
 const pool = new Pool({ connectionString: URL, max: CONCURRENCY + 2 });
@@ -117,10 +121,10 @@ function flush(run) {
   const logs = run.logs.splice(0);
   const progress = run.progress;
   run.progress = null;
-  const sendLogs = (clip = (m) => m) => pool.query(SQL.logMany, [run.id, run.attempt,
+  const sendLogs = (clip = (m) => m) => pool.query(SQL.logMany, [run.id, run.token,
     logs.map((l) => l[0]), logs.map((l) => clip(l[1])), logs.map((l) => l[2])]);
   const sendProgress = (clip = (m) => m) => pool.query(SQL.progress,
-    [run.id, run.attempt, progress[0], progress[1], clip(progress[2])]);
+    [run.id, run.token, progress[0], progress[1], clip(progress[2])]);
   const write = async () => {
     if (logs.length) await sendLogs().catch((e) => retryClipped(sendLogs, e));
     if (progress) await sendProgress().catch((e) => retryClipped(sendProgress, e));
@@ -149,7 +153,7 @@ function context(run, steps) {
       if (steps.has(name)) return steps.get(name);
       const result = await fn();
       await flush(run);
-      await pool.query(SQL.checkpoint, [run.id, run.attempt, name, JSON.stringify(result ?? null)]);
+      await pool.query(SQL.checkpoint, [run.id, run.token, name, JSON.stringify(result ?? null)]);
       steps.set(name, result ?? null);
       return result;
     },
@@ -173,7 +177,7 @@ async function finishBatch() {
   if (!batch.length) return;
   try {
     const { rows } = await pool.query(SQL.finishMany,
-      [batch.map((b) => b.run.id), batch.map((b) => b.run.attempt), batch.map((b) => b.json)]);
+      [batch.map((b) => b.run.id), batch.map((b) => b.run.token), batch.map((b) => b.json)]);
     const rejected = new Set(rows.map((r) => r.rejected_task_id));
     for (const b of batch) {
       // Rejected: the lease was lost, or the result was too large and the task FAILED.
@@ -182,10 +186,17 @@ async function finishBatch() {
       b.resolve();
     }
   } catch (e) {
+    if (isTransient(e)) {
+      // The database is away, or a row was locked past lock_timeout: nothing was written.
+      // Keep the batch (its tasks stay running, so heartbeats keep their leases) and retry.
+      done.unshift(...batch);
+      doneTimer ??= setTimeout(finishBatch, 1000);
+      return;
+    }
     // One result the database refuses (over the size limit, a \u0000 jsonb cannot hold)
     // must not sink the others: one at a time, and fail the one that cannot be stored.
     for (const b of batch) {
-      await pool.query(SQL.finishOne, [b.run.id, b.run.attempt, b.json]).then(
+      await pool.query(SQL.finishOne, [b.run.id, b.run.token, b.json]).then(
         () => say('finished', tag(b.run)),
         (err) => (isGone(err) || isTransient(err) ? report(b.run, err)
           : fail(b.run, new Error(`result could not be stored: ${err.message}`), false)));
@@ -200,7 +211,7 @@ async function finishBatch() {
 async function fail(run, err, retryable = !(err.permanent || /^PT/.test(err.code))) {
   const error = String(err.message || err);
   const call = (delay) => pool.query(SQL.fail,
-    [run.id, run.attempt, error, err.stack || null, retryable, delay]);
+    [run.id, run.token, error, err.stack || null, retryable, delay]);
   try {
     // PT119: the task asked for an absurd retry_delay; nothing was written, so use the backoff.
     const { rows } = await call(err.retryDelay ?? null)
@@ -216,7 +227,7 @@ async function execute(run, row) {
   try {
     const steps = new Map();
     if (row.has_steps) {
-      const { rows } = await pool.query(SQL.stepsOf, [run.id, run.attempt]);
+      const { rows } = await pool.query(SQL.stepsOf, [run.id, run.token]);
       for (const s of rows) steps.set(s.name, s.result);
     }
     const result = await HANDLERS[row.task_type](context(run, steps), row.params);
@@ -228,7 +239,7 @@ async function execute(run, row) {
     await flush(run).catch(() => {});
     if (why === 'shutdown') {
       // (§10) Hand-back: COMMIT without using a retry; the next claim resumes from the steps.
-      await pool.query(SQL.yield, [run.id, run.attempt])
+      await pool.query(SQL.yield, [run.id, run.token])
         .then(() => say('yielded', tag(run)), (e) => report(run, e));
     } else {
       const timedOut = new Error(`timed out after ${row.timeout_s} s`);
@@ -239,7 +250,8 @@ async function execute(run, row) {
 
 function start(row) {
   const run = {
-    id: row.id, attempt: row.attempt, ctl: new AbortController(), why: null, error: null,
+    id: row.id, attempt: row.attempt, token: row.lease_token, ctl: new AbortController(),
+    why: null, error: null,
     logs: [], progress: null, flushTimer: null, flushedAt: 0, writes: Promise.resolve(),
   };
   running.set(run.id, run);
@@ -295,23 +307,45 @@ async function listen() {
 }
 let listener = null;
 
+// (§8) Notices are hints from anyone (any role may NOTIFY): a wake-up only makes us claim,
+// and a cancel only makes us ask the database, with one heartbeat of our tokens, which of
+// our tasks we no longer hold; those stop, the others run on.
+let TAGS = null; // the wake-up tags of QUEUES (null: every queue wakes us)
+const hinted = new Set(); // task ids named by cancel notices, waiting for a heartbeat
+let confirming = false;
+let again = false;
+
 function onNotice({ channel, payload }) {
   if (channel === 'pgtasks_wakeup') {
-    if (!QUEUES || QUEUES.includes(payload)) kick();
+    if (!TAGS || payload === '' || TAGS.has(payload)) kick();
     return;
   }
-  // pgtasks_cancel: '<task_id>:<attempt>', or '<task_id>' from schemas before 0004.
-  const [id, attempt] = payload.split(':');
-  const run = running.get(id);
-  if (!run) return;
-  const decide = (cancelled) => {
-    say('cancel_notice', { task_id: id, payload, cancelled });
-    if (cancelled) stop(run, 'cancelled');
-  };
-  if (attempt !== undefined) return decide(Number(attempt) === run.attempt);
-  // A bare id may name an earlier attempt of this task: ask the database who owns it now.
-  keeper.query(SQL.heartbeat, [WORKER_ID, [run.id], [run.attempt], LEASE]).then(
-    ({ rows }) => decide(rows.length > 0), () => {});
+  // pgtasks_cancel: a task id. Anything else, or a task we do not run, concerns nobody here.
+  if (!/^[0-9]+$/.test(payload) || !running.has(payload)) {
+    say('cancel_notice', { payload, cancelled: false });
+    return;
+  }
+  hinted.add(payload);
+  confirm().catch((e) => say('warning', { error: `cancel check: ${e.message}` }));
+}
+
+// One heartbeat at a time; notices that arrive meanwhile are answered by one more, at most
+// one per 200 ms however many come (a flood of forged notices costs the database little).
+async function confirm() {
+  if (confirming) { again = true; return; }
+  confirming = true;
+  try {
+    do {
+      again = false;
+      const asked = [...hinted];
+      hinted.clear();
+      const lost = await beat(new Set(asked));
+      for (const id of asked) {
+        say('cancel_notice', { task_id: id, payload: id, cancelled: lost.has(id) });
+      }
+      if (again) await sleep(200);
+    } while (again);
+  } finally { confirming = false; }
 }
 
 // (§4, §6) Timers, jittered +-20 % so a fleet started together does not call in step.
@@ -327,17 +361,24 @@ function every(seconds, fn) {
 }
 
 let cutOff = false;
-async function heartbeat() { // also while idle: it keeps workers.last_seen fresh
+// (§4) One heartbeat for every running task: extends their leases and stops the ones the
+// database says we lost ('cancelled' when a cancel notice named them).
+async function beat(cancelNotices = new Set()) {
   const runs = [...running.values()];
+  const { rows } = await keeper.query(SQL.heartbeat,
+    [WORKER_ID, runs.map((r) => r.id), runs.map((r) => r.token), LEASE]);
+  const lost = new Set(rows.map((r) => r.lost_task_id));
+  for (const id of lost) {
+    if (running.has(id)) stop(running.get(id), cancelNotices.has(id) ? 'cancelled' : 'lease lost');
+  }
+  return lost;
+}
+async function heartbeat() { // also while idle: it keeps workers.last_seen fresh
   try {
     // Back after an outage: rescue may have swept our row from the registry (§1).
     if (cutOff) await keeper.query(SQL.registerWorker, REGISTRATION);
-    const { rows } = await keeper.query(SQL.heartbeat,
-      [WORKER_ID, runs.map((r) => r.id), runs.map((r) => r.attempt), LEASE]);
+    await beat();
     cutOff = false;
-    for (const { lost_task_id: id } of rows) {
-      if (running.has(id)) stop(running.get(id), 'lease lost');
-    }
   } catch (e) { cutOff = true; throw e; }
 }
 
@@ -367,6 +408,8 @@ async function main() {
   // (§1) Register the worker and the types it runs before claiming anything.
   await pool.query(SQL.registerWorker, REGISTRATION);
   for (const t of TYPES) await pool.query(SQL.registerType, [t, WORKER_ID]);
+  // (§8) Wake-ups name a queue by its tag: learn ours once (the tags never change).
+  if (QUEUES) TAGS = new Set((await pool.query(SQL.wakeupTags, [QUEUES])).rows[0].tags);
   process.on('SIGTERM', () => shutdown('SIGTERM'));
   process.on('SIGINT', () => shutdown('SIGINT'));
   listen();

@@ -8,8 +8,9 @@
   \\u0000) is split until the one poisoned result is found; that task fails with the reason
   and every other result is written.
 * Failures and hand-backs (yield, shutdown) are written one by one, retried through
-  database outages; a write the database fences off (LeaseLost) changes nothing and only
-  counts as lost.
+  database outages and lock timeouts (another session holding the task's row); a write the
+  database fences off (LeaseLost) changes nothing and only counts as lost. Batches are
+  retried through both as well.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pgtasks.worker")
 
-Result = tuple[int, int, str | None]  # task_id, attempt, result as JSON text
+Result = tuple[int, str, str | None]  # task_id, lease token, result as JSON text
 
 
 class Completer(Service):
@@ -62,16 +63,16 @@ class Completer(Service):
 
     # -- entry point ---------------------------------------------------------------------
 
-    async def record(self, task_id: int, attempt: int, outcome: Outcome) -> None:
+    async def record(self, task_id: int, lease_token: str, outcome: Outcome) -> None:
         """Write (or queue) an attempt's outcome. Successes return at once: they are batched."""
         if isinstance(outcome, Succeeded):
-            self.slots.finishing[task_id] = attempt
-            self._batch.append((task_id, attempt, outcome.result))
+            self.slots.finishing[task_id] = lease_token
+            self._batch.append((task_id, lease_token, outcome.result))
             self._signal.set()
         elif isinstance(outcome, Failed):
-            await self.fail(task_id, attempt, outcome)
+            await self.fail(task_id, lease_token, outcome)
         elif isinstance(outcome, Yielded):
-            await self.hand_back(task_id, attempt, outcome)
+            await self.hand_back(task_id, lease_token, outcome)
         elif isinstance(outcome, Dropped):
             self.stats.lost += outcome.reason is StopReason.LEASE_LOST
             log.info("task %s stopped: %s", task_id, outcome.reason)
@@ -202,15 +203,15 @@ class Completer(Service):
         if len(batch) > 1:
             mid = len(batch) // 2
             return await self._finish_only(batch[:mid]) | await self._finish_only(batch[mid:])
-        task_id, attempt, _ = batch[0]
+        task_id, lease_token, _ = batch[0]
         log.error("task %s: its result could not be stored: %s", task_id, exc)
         error = f"result could not be stored: {_describe(exc)}"
-        await self.fail(task_id, attempt, Failed(error, None, retryable=False))
+        await self.fail(task_id, lease_token, Failed(error, None, retryable=False))
         return set()
 
     # -- failures and hand-backs ---------------------------------------------------------
 
-    async def fail(self, task_id: int, attempt: int, outcome: Failed) -> None:
+    async def fail(self, task_id: int, lease_token: str, outcome: Failed) -> None:
         # PostgreSQL text cannot hold NUL; an error message with one must still be recorded.
         error = outcome.error.replace("\x00", "\\x00")
         tb = outcome.traceback.replace("\x00", "\\x00") if outcome.traceback else None
@@ -222,7 +223,7 @@ class Completer(Service):
                     lambda: self.pool.fetchval(
                         queries.FAIL_TASK,
                         task_id,
-                        attempt,
+                        lease_token,
                         error,
                         tb,
                         outcome.retryable,
@@ -241,12 +242,14 @@ class Completer(Service):
             self.stats.retried += 1
             log.info("task %s will retry: %s", task_id, error)
 
-    async def hand_back(self, task_id: int, attempt: int, outcome: Yielded) -> None:
+    async def hand_back(self, task_id: int, lease_token: str, outcome: Yielded) -> None:
         try:
             async with translated():
                 await retrying(
                     "hand back",
-                    lambda: self.pool.execute(queries.YIELD_TASK, task_id, attempt, outcome.run_at),
+                    lambda: self.pool.execute(
+                        queries.YIELD_TASK, task_id, lease_token, outcome.run_at
+                    ),
                     self.stopping,
                     through_shutdown=True,
                 )

@@ -1,10 +1,12 @@
 """Notifier: holds the worker's one LISTEN connection and turns notifications into calls.
 
-`pgtasks_wakeup` (payload: a queue with new work) wakes the producer; `pgtasks_cancel`
-(payload: '<task_id>:<attempt>' since sql/0004, a bare task id before) stops that attempt
-if it runs here. Notifications are hints, never data:
-when the connection drops, the producer's poll carries on, and on every (re)connect the
-producer is woken once, for what it may have missed meanwhile.
+Any role may LISTEN and NOTIFY, so a notification names nothing and orders nothing:
+`pgtasks_wakeup` carries the tag of a queue with new work (pgtasks.queue_tag; the producer
+compares it with its queues' tags) and wakes the producer; `pgtasks_cancel` carries a task
+id, and makes the lease keeper ask the database whether this worker still holds that task
+(it stops only what the database says it lost). When the connection drops, the producer's
+poll carries on, and on every (re)connect the producer is woken once, for what it may have
+missed meanwhile.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class Notifier(Service):
         url: str,
         *,
         on_wakeup: Callable[[str], None],
-        on_cancel: Callable[[int, int | None], object],
+        on_cancel: Callable[[int], object],
         application_name: str | None = None,
         check_interval: float = 5.0,
     ) -> None:
@@ -49,13 +51,12 @@ class Notifier(Service):
         self._conn: asyncpg.Connection | None = None
 
     # asyncpg's listener signature: (connection, pid, channel, payload); the payload is text.
-    def _wakeup(self, _conn: object, _pid: int, _channel: str, queue: object) -> None:
-        self.on_wakeup(str(queue))
+    def _wakeup(self, _conn: object, _pid: int, _channel: str, tag: object) -> None:
+        self.on_wakeup(str(tag))
 
     def _cancel(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
-        task_id, _, attempt = str(payload).partition(":")
-        with contextlib.suppress(ValueError):
-            self.on_cancel(int(task_id), int(attempt) if attempt else None)
+        with contextlib.suppress(ValueError):  # not a task id: nobody's task
+            self.on_cancel(int(str(payload)))
 
     async def run(self) -> None:
         """Keep a LISTEN connection open; reconnect with backoff when it drops."""

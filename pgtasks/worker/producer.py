@@ -60,14 +60,25 @@ class Producer(Service):
         self.lease = timedelta(seconds=lease) if lease is not None else None
         self.poll_interval = poll_interval
         self.burst = burst
+        #: The wake-up tags of `queues` (pgtasks.queue_tag); None: take every wake-up.
+        self.wakeup_tags: set[str] | None = None
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
         self._wake.set()
 
-    def wants(self, queue: str) -> bool:
-        """A wake-up for `queue` concerns this worker ('' = any)."""
-        return not queue or self.queues is None or queue in self.queues
+    def wants(self, tag: str) -> bool:
+        """A wake-up with this tag may concern this worker ('' = any queue). Tags of other
+        queues are ignored; a tag shared by chance only costs one empty claim."""
+        return not tag or self.wakeup_tags is None or tag in self.wakeup_tags
+
+    async def load_wakeup_tags(self) -> None:
+        """Ask the database for the tags of this worker's queues (none: every queue)."""
+        if self.queues is None:
+            self.wakeup_tags = None
+            return
+        tags = await self.pool.fetchval(queries.QUEUE_TAGS, self.queues)
+        self.wakeup_tags = set(tags)
 
     # -- what to claim -------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from pgtasks.context import SyncTaskContext, TaskContext, YieldTask
 from pgtasks.errors import LeaseLost, ParamsValidationError, PermanentError, PgTasksError, Retry
 from pgtasks.task import TaskSpec
 from pgtasks.worker.slots import Attempt, StopReason
+from pgtasks.worker.writer import while_busy
 
 log = logging.getLogger("pgtasks.worker")
 
@@ -123,7 +124,9 @@ class Runner:
                 result = await self._call(spec, ctx, params)
             finally:
                 timer.cancel()
-            await ctx.flush()  # buffered logs and progress land before the result
+            # Buffered logs and progress land before the result; a row another session
+            # holds locked only delays them (the lock goes, or the attempt is lost).
+            await while_busy(ctx.flush)
             result = _to_json(result)
             # Serialised once, here: a result that is not JSON fails now, as this attempt's
             # error. NaN/Infinity would pass json.dumps but make jsonb reject the whole batch.

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -51,6 +51,8 @@ class Attempt:
 
     task_id: int
     attempt: int
+    # The claim's secret: every call about the attempt presents it. Out of repr and logs.
+    lease_token: str = field(repr=False)
     task_type: str
     params: Any
     timeout: float
@@ -65,6 +67,7 @@ class Attempt:
         ctx = TaskContext(
             task_id=row["id"],
             attempt=row["attempt"],
+            lease_token=row["lease_token"],
             task_type=row["task_type"],
             queue=row["queue"],
             retry_count=row["retry_count"],
@@ -76,6 +79,7 @@ class Attempt:
         return cls(
             task_id=row["id"],
             attempt=row["attempt"],
+            lease_token=row["lease_token"],
             task_type=row["task_type"],
             params=row["params"],
             timeout=row["timeout"].total_seconds(),
@@ -97,7 +101,7 @@ class Slots:
         self.threads = min(threads, concurrency)
         self.prefetch = prefetch
         self.running: dict[int, Attempt] = {}
-        self.finishing: dict[int, int] = {}  # task_id -> attempt, result not yet written
+        self.finishing: dict[int, str] = {}  # task_id -> lease token, result not yet written
         self.buffer: dict[int, tuple[Any, float]] = {}  # prefetched: task_id -> (row, when)
         self.avg_task_s = 0.0  # moving average of how long an attempt runs
         self._sync_running = 0
@@ -161,22 +165,24 @@ class Slots:
             self.avg_task_s = max(self.avg_task_s, 2 * PREFETCH_MAX_TASK_S)
         return [self.buffer.pop(t)[0] for t in old]
 
-    def owned(self) -> list[tuple[int, int]]:
-        """(task_id, attempt) of every task whose lease this worker must keep."""
-        held = [(a.task_id, a.attempt) for a in self.running.values()]
-        held += [(t, n) for t, n in self.finishing.items() if t not in self.running]
-        held += [(t, row["attempt"]) for t, (row, _) in self.buffer.items()]
+    def owned(self) -> list[tuple[int, str]]:
+        """(task_id, lease_token) of every task whose lease this worker must keep."""
+        held = [(a.task_id, a.lease_token) for a in self.running.values()]
+        held += [(t, k) for t, k in self.finishing.items() if t not in self.running]
+        held += [(t, row["lease_token"]) for t, (row, _) in self.buffer.items()]
         return held
 
-    def stop(self, task_id: int, reason: StopReason, *, attempt: int | None = None) -> bool:
-        """Stop a task that runs (or waits) here; with `attempt`, only that attempt: a cancel
-        notice for an earlier attempt must not stop the task's next run."""
-        held = self.buffer.get(task_id)
-        if held is not None and attempt in (None, held[0]["attempt"]):
-            del self.buffer[task_id]
+    def holds(self, task_id: int) -> bool:
+        """The task runs here, waits here for a slot, or its result waits to be written."""
+        return task_id in self.running or task_id in self.buffer or task_id in self.finishing
+
+    def stop(self, task_id: int, reason: StopReason) -> bool:
+        """Stop a task that runs (or waits) here: the lease keeper calls it for each task a
+        heartbeat reports lost. Never for a notification alone: any role may send one."""
+        if self.buffer.pop(task_id, None) is not None:
             return True  # never started: nothing to stop, the database already moved on
         att = self.running.get(task_id)
-        if att is None or attempt not in (None, att.attempt):
+        if att is None:
             return False
         att.stop(reason)
         return True

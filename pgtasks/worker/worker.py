@@ -1,9 +1,10 @@
 """The Worker wires the services together and owns nothing else.
 
     notifier ──wake──▶ producer ──claimed rows──▶ runner ──outcome──▶ completer
-                          ▲                                              │
-                          └───────────── freed slot / written ───────────┘
-    lease keeper: heartbeats for every held task; stops the ones whose lease was lost
+        │                 ▲                                              │
+        │                 └───────────── freed slot / written ───────────┘
+        └─cancel notice─▶ lease keeper: heartbeats for every held task (at once after a
+                          cancel notice); stops the ones the database says were lost
     maintainer:   rescue of expired leases, pruning, firing due schedules
 
 Connections, at any concurrency: `core` (2, producer and completer), `control` (1, lease
@@ -165,15 +166,17 @@ class Worker:
         services: list[Any] = []
         try:
             await self._connect(url)
+            await self._await_lease_tokens()
             await self._settle_lease()
             await self._check_search_path()
             await self._register()
             await self._register_types()
             self.ready.set()
             services = self._wire(url)
+            assert self.producer is not None
+            await retrying("wake-up tags", self.producer.load_wakeup_tags, self._stopping)
             for s in services:
                 s.start()
-            assert self.producer is not None
             await self.producer.run()
             await self._drain()
             for s in services:
@@ -214,6 +217,31 @@ class Worker:
         assert lease is not None
         self.heartbeat_interval = self._heartbeat_interval or lease / 3
         self.rescue_interval = self._rescue_interval or max(min(lease / 2, 30.0), 0.2)
+
+    async def _await_lease_tokens(self) -> None:
+        """Wait until the schema has lease tokens (sql/0028), saying so once.
+
+        This worker presents a claim's token with every call; a schema before 0028 returns
+        none, and every task claimed there would fail here and, rescued, spend a retry. So
+        a worker started before `pgtasks migrate` claims nothing until it has run."""
+        waiting = False
+        while not self._stopping.is_set():
+            ready = await retrying(
+                "schema check",
+                lambda: self._pool("control").fetchval(queries.HAS_LEASE_TOKENS),
+                self._stopping,
+            )
+            if ready:
+                if waiting:
+                    log.info("the schema has lease tokens now; starting")
+                return
+            if not waiting:
+                log.warning(
+                    "the database schema predates lease tokens (sql/0028): claiming nothing "
+                    "until `pgtasks migrate` has run"
+                )
+                waiting = True
+            await sleep_or_stop(self._stopping, self.poll_interval)
 
     async def _check_search_path(self) -> None:
         """Warn when the pinned search_path did not arrive: a pooler set to ignore the
@@ -290,9 +318,14 @@ class Worker:
             lease=self.lease,
             interval=self.heartbeat_interval,
             owned=self.slots.owned,
-            on_lost=lambda task_id: self.slots.stop(task_id, StopReason.LEASE_LOST),
+            on_lost=self.slots.stop,
             on_reconnect=self._register,
         )
+
+        def cancel_notice(task_id: int) -> None:
+            # A hint from anyone: the lease keeper's heartbeat tells whether it is true.
+            if self.slots.holds(task_id):
+                lease_keeper.confirm(task_id)
 
         def rescued(n: int) -> None:
             self.stats.rescued += n
@@ -312,10 +345,8 @@ class Worker:
             services.append(
                 Notifier(
                     url,
-                    on_wakeup=lambda q: producer.wake() if producer.wants(q) else None,
-                    on_cancel=lambda task_id, attempt: self.slots.stop(
-                        task_id, StopReason.CANCELLED, attempt=attempt
-                    ),
+                    on_wakeup=lambda tag: producer.wake() if producer.wants(tag) else None,
+                    on_cancel=cancel_notice,
                     application_name=self.application_name,
                 )
             )
@@ -400,7 +431,7 @@ class Worker:
         completer = self.completer
         return [
             spawn_guarded(
-                completer.hand_back(row["id"], row["attempt"], Yielded(None, handed_back=True)),
+                completer.hand_back(row["id"], row["lease_token"], Yielded(None, handed_back=True)),
                 "hand back",
             )
             for row in self.slots.stale(everything=everything)
@@ -425,7 +456,7 @@ class Worker:
         started = loop_time()
         try:
             outcome = await runner.run(att, spec)
-            await self.completer.record(att.task_id, att.attempt, outcome)
+            await self.completer.record(att.task_id, att.lease_token, outcome)
         except asyncio.CancelledError:
             # Cancelled again while its outcome was being written (e.g. the drain's stop
             # after the grace period): the lease hands the task on.

@@ -8,22 +8,44 @@ coalesced per task by the context (one log batch and one progress write per seco
 most), so the queue stays short; a checkpoint is awaited by its task.
 Progress writes, and log batches, of different tasks that wait at the same time go out as
 one statement each.
-Every call is fenced by the attempt and raises LeaseLost once the task is no longer ours.
+Every call is fenced by the attempt's lease token and raises LeaseLost once the task is no
+longer ours. A call that met the task's row locked by another session for longer than the
+SQL function's lock_timeout (asyncpg.LockNotAvailableError, a transient error) is tried
+again: the row comes free, or the attempt ends and the call raises LeaseLost.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
 from pgtasks import queries
 from pgtasks.db import translated
 
+T = TypeVar("T")
+
 Line = tuple[str, str, str | None, datetime]  # level, message, logger, at
+
+#: Longest pause between tries of a fenced call that met a locked row.
+BUSY_RETRY_MAX_S = 2.0
+
+
+async def while_busy(call: Callable[[], Awaitable[T]]) -> T:
+    """`call()`, tried again while the task's row is locked by another session.
+
+    Each try waits at most the function's lock_timeout (1 s), so the caller can still be
+    cancelled between tries (a cancel, the task's time limit, a shutdown)."""
+    delay = 0.1
+    while True:
+        try:
+            return await call()
+        except asyncpg.LockNotAvailableError:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, BUSY_RETRY_MAX_S)
 
 
 class Coalescer:
@@ -86,14 +108,14 @@ def _columns(items: list[tuple[Any, ...]]) -> tuple[list[Any], ...]:
     return tuple(list(col) for col in zip(*items, strict=True))
 
 
-def _log_rows(items: list[tuple[int, int, list[Line]]]) -> tuple[list[Any], ...]:
-    """One row per line: (task_id, attempt, level, message, at, logger)."""
-    return _columns([(t, a, ln[0], ln[1], ln[3], ln[2]) for t, a, lines in items for ln in lines])
+def _log_rows(items: list[tuple[int, str, list[Line]]]) -> tuple[list[Any], ...]:
+    """One row per line: (task_id, lease_token, level, message, at, logger)."""
+    return _columns([(t, k, ln[0], ln[1], ln[3], ln[2]) for t, k, lines in items for ln in lines])
 
 
-def _log_one(item: tuple[int, int, list[Line]]) -> tuple[Any, ...]:
-    task_id, attempt, lines = item
-    return (task_id, attempt, *_columns([(ln[0], ln[1], ln[3], ln[2]) for ln in lines]))
+def _log_one(item: tuple[int, str, list[Line]]) -> tuple[Any, ...]:
+    task_id, lease_token, lines = item
+    return (task_id, lease_token, *_columns([(ln[0], ln[1], ln[3], ln[2]) for ln in lines]))
 
 
 def clip(text: str | None, max_bytes: int | None) -> str | None:
@@ -124,32 +146,40 @@ class TaskWriter:
             pool, (queries.LOG_MANY_TASKS, _log_rows), (queries.LOG_MANY, _log_one)
         )
 
-    async def steps(self, task_id: int, attempt: int) -> list[tuple[str, Any, datetime]]:
+    async def steps(self, task_id: int, lease_token: str) -> list[tuple[str, Any, datetime]]:
         async with translated():
-            rows = await self.pool.fetch(queries.TASK_STEPS, task_id, attempt)
+            rows = await while_busy(
+                lambda: self.pool.fetch(queries.TASK_STEPS, task_id, lease_token)
+            )
         return [(r["name"], r["result"], r["db_now"]) for r in rows]
 
-    async def parent_results(self, task_id: int) -> dict[str, Any]:
+    async def parent_results(self, task_id: int, lease_token: str) -> dict[str, Any]:
         async with translated():
-            raw = await self.pool.fetchval(queries.PARENT_RESULTS, task_id)
+            raw = await while_busy(
+                lambda: self.pool.fetchval(queries.PARENT_RESULTS, task_id, lease_token)
+            )
         return dict(raw or {})
 
-    async def checkpoint(self, task_id: int, attempt: int, name: str, value: Any) -> None:
+    async def checkpoint(self, task_id: int, lease_token: str, name: str, value: Any) -> None:
         async with translated():
-            await self.pool.execute(queries.CHECKPOINT, task_id, attempt, name, value)
+            await while_busy(
+                lambda: self.pool.execute(queries.CHECKPOINT, task_id, lease_token, name, value)
+            )
 
-    async def logs(self, task_id: int, attempt: int, lines: list[Line]) -> None:
+    async def logs(self, task_id: int, lease_token: str, lines: list[Line]) -> None:
+        """Buffered lines of one attempt. A refusal (LeaseLost, a locked row) reaches the
+        caller, which keeps the lines for its next flush."""
         if lines:
             limit = self.max_log_bytes
             if limit is not None:
                 lines = [(lv, clip(msg, limit) or "", lg, at) for lv, msg, lg, at in lines]
-            await self.log_writes.write((task_id, attempt, lines))
+            await self.log_writes.write((task_id, lease_token, lines))
 
     async def progress(
-        self, task_id: int, attempt: int, current: int, total: int | None, message: str | None
+        self, task_id: int, lease_token: str, current: int, total: int | None, message: str | None
     ) -> None:
         message = clip(message, self.max_log_bytes)
-        await self.progress_writes.write((task_id, attempt, current, total, message))
+        await self.progress_writes.write((task_id, lease_token, current, total, message))
 
 
 def _settle(fut: asyncio.Future[None], exc: BaseException | None) -> None:

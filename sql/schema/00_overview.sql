@@ -14,8 +14,8 @@
 --   WAITING    submitted with parents (depends_on, or a workflow node) that have not all
 --              ended; no claim looks at it
 --   PENDING    ready to run at run_at
---   RUNNING    claimed: a worker holds a lease on it, and the attempt number it was
---              claimed with is the fencing token every later write must present
+--   RUNNING    claimed: a worker holds a lease on it, and the random lease token its
+--              claim drew is the secret every later call of the attempt must present
 --   COMMIT     has committed state (checkpoints, attempts) and waits to continue: after a
 --              checkpoint and yield, a retryable error (run_at = now + backoff), an expired
 --              lease (its worker died) or a shutdown hand-back. Claimable like PENDING

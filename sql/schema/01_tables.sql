@@ -51,6 +51,22 @@ COMMENT ON TABLE pgtasks.clock IS
     'The test clock: pgtasks.now() is now() plus shift. Empty (no shift) outside tests; only the owner moves it, with advance_clock.';
 
 ------------------------------------------------------------------------------------------
+-- The wake-up key. Any role may LISTEN, so a wake-up names no queue: its payload is a tag,
+-- the first 8 hex digits of sha256(key || queue) (queue_tag, 03_state_machine.sql), and
+-- workers ask queue_tag for the tags of their own queues. Without the key, which only the
+-- owner reads, a tag cannot be turned back into a name by trying likely ones. Drawn at
+-- install from gen_random_uuid (core PostgreSQL's strong random source): two version-4
+-- UUIDs, 244 random bits.
+
+CREATE TABLE pgtasks.wakeup_key (
+    key      bytea NOT NULL DEFAULT (uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid())),
+    only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row)
+);
+INSERT INTO pgtasks.wakeup_key DEFAULT VALUES;
+COMMENT ON TABLE pgtasks.wakeup_key IS
+    'The secret that wake-up tags are computed with (queue_tag): one random row, drawn at install, read by the owner only.';
+
+------------------------------------------------------------------------------------------
 -- Settings: one row, typed columns, each deployment-wide default and limit written once,
 -- here. Functions read the row; configure() (02_checks.sql) changes it.
 
@@ -165,7 +181,7 @@ CREATE TABLE pgtasks.tasks (
     priority         integer NOT NULL DEFAULT (pgtasks.current_settings()).default_priority,
     status           pgtasks.status NOT NULL DEFAULT 'PENDING',
     run_at           timestamptz NOT NULL DEFAULT now(),
-    -- attempt counts claims; the current value is the fencing token a worker must present.
+    -- attempt counts claims, for people; lease_token (below) is what a worker must present.
     attempt          integer NOT NULL DEFAULT 0,
     retry_count      integer NOT NULL DEFAULT 0,
     max_retries      integer NOT NULL DEFAULT (pgtasks.current_settings()).default_max_retries,
@@ -200,6 +216,14 @@ CREATE TABLE pgtasks.tasks (
     has_dependents   boolean,           -- true once a task depends on it (see unsettled_edges); else NULL
     on_parent_failure text,             -- 'cancel' or 'run'; NULL: has no parents
     cancelled_by     bigint,            -- the ended parent whose failure cancelled it
+    -- The secret of the running attempt: 64 hex digits derived from 244 random bits that
+    -- its claim drew (claim_tasks, 05_claim.sql), handed only to its claimer, set exactly
+    -- while RUNNING (running_has_lease). Every call of the attempt presents it
+    -- (lock_owned_task). The attempt number is public (task_overview), so it cannot be the
+    -- fence: any worker could present it. No view shows this column and no role but the
+    -- owner reads the table. A claim lost in a crash draws a new one when the task is
+    -- claimed again, so a late write of the lost claim's holder never matches.
+    lease_token      text,
 
     CONSTRAINT task_type_not_empty CHECK (task_type <> ''),
     CONSTRAINT queue_not_empty CHECK (queue <> ''),
@@ -207,10 +231,13 @@ CREATE TABLE pgtasks.tasks (
     CONSTRAINT retries_in_bounds CHECK (max_retries >= 0 AND retry_count BETWEEN 0 AND max_retries),
     CONSTRAINT timeout_positive CHECK (timeout > interval '0'),
     CONSTRAINT attempt_not_negative CHECK (attempt >= 0),
-    -- RUNNING <=> a worker holds a lease; no other state may carry one.
+    -- RUNNING <=> a worker holds a lease (and its token); no other state may carry one, so
+    -- the token of an attempt that ended can never be presented again.
     CONSTRAINT running_has_lease CHECK (CASE WHEN status = 'RUNNING'
         THEN worker_id IS NOT NULL AND lease_expires_at IS NOT NULL AND deadline IS NOT NULL
-        ELSE worker_id IS NULL AND lease_expires_at IS NULL AND deadline IS NULL END),
+             AND lease_token IS NOT NULL
+        ELSE worker_id IS NULL AND lease_expires_at IS NULL AND deadline IS NULL
+             AND lease_token IS NULL END),
     CONSTRAINT running_was_claimed CHECK (status <> 'RUNNING' OR (attempt > 0 AND started_at IS NOT NULL)),
     -- terminal <=> finished_at set.
     CONSTRAINT terminal_has_finished_at CHECK (
@@ -243,7 +270,7 @@ COMMENT ON COLUMN pgtasks.tasks.status IS
 COMMENT ON COLUMN pgtasks.tasks.priority IS 'Higher runs first; ties go by run_at, then id.';
 COMMENT ON COLUMN pgtasks.tasks.run_at IS 'When the task becomes claimable (as PENDING or COMMIT).';
 COMMENT ON COLUMN pgtasks.tasks.attempt IS
-    'How many times the task was claimed; the current value is the fencing token its worker presents.';
+    'How many times the task was claimed: a counter for people; the fence is lease_token.';
 COMMENT ON COLUMN pgtasks.tasks.retry_count IS 'Failed attempts sent back to run again; at most max_retries.';
 COMMENT ON COLUMN pgtasks.tasks.timeout IS 'The longest one attempt may run: its deadline is claim time + timeout.';
 COMMENT ON COLUMN pgtasks.tasks.worker_id IS 'The worker holding the lease; set exactly while RUNNING.';
@@ -274,6 +301,8 @@ COMMENT ON COLUMN pgtasks.tasks.on_parent_failure IS
     'cancel: a parent ending FAILED or CANCELLED cancels this task; run: it runs anyway. NULL: no parents.';
 COMMENT ON COLUMN pgtasks.tasks.cancelled_by IS
     'The parent whose failure cancelled this task; retrying that parent revives it.';
+COMMENT ON COLUMN pgtasks.tasks.lease_token IS
+    'The running attempt''s secret, drawn at random by its claim and known only to its claimer, who presents it with every write; set exactly while RUNNING. No view shows it.';
 
 -- The claim path: exactly the rows a worker may take, in the order it takes them, for a
 -- worker of every queue (tasks_claimable) and of one queue (tasks_claimable_queue).

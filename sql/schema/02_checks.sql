@@ -162,19 +162,19 @@ END $$;
 
 -- Batches are parallel arrays; unnest() pads a short one with NULLs, which would finish a
 -- task with a NULL result. Every batch function checks lengths here (PT116).
-CREATE FUNCTION pgtasks.check_batch(what text, task_ids bigint[], attempts integer[], results jsonb[] DEFAULT NULL,
+CREATE FUNCTION pgtasks.check_batch(what text, task_ids bigint[], lease_tokens text[], results jsonb[] DEFAULT NULL,
                                     with_results boolean DEFAULT false)
 RETURNS void
 LANGUAGE plpgsql IMMUTABLE SECURITY DEFINER
 SET search_path = pg_catalog, pgtasks, pg_temp
 AS $$
 BEGIN
-    IF coalesce(cardinality(task_ids), 0) <> coalesce(cardinality(attempts), 0)
+    IF coalesce(cardinality(task_ids), 0) <> coalesce(cardinality(lease_tokens), 0)
        OR (with_results AND coalesce(cardinality(task_ids), 0) <> coalesce(cardinality(results), 0)) THEN
-        RAISE EXCEPTION 'pgtasks: % needs arrays of one length (% task_ids, % attempts%)', what,
-                coalesce(cardinality(task_ids), 0), coalesce(cardinality(attempts), 0),
+        RAISE EXCEPTION 'pgtasks: % needs arrays of one length (% task_ids, % lease_tokens%)', what,
+                coalesce(cardinality(task_ids), 0), coalesce(cardinality(lease_tokens), 0),
                 CASE WHEN with_results THEN pg_catalog.format(', %s results', coalesce(cardinality(results), 0)) ELSE '' END
-            USING ERRCODE = 'PT116', HINT = 'Pass one attempt (and result) per task id, in the same order.';
+            USING ERRCODE = 'PT116', HINT = 'Pass one lease token (and result) per task id, in the same order.';
     END IF;
 END $$;
 

@@ -3,9 +3,10 @@
 --
 -- The rules hold for every writer, a hand-written UPDATE in psql included: a task starts
 -- PENDING (or WAITING) at attempt 0; every status change is one of pgtasks.transitions;
--- attempt, the fencing token, only grows by one when a task is claimed; a running task
+-- attempt, the claim counter, only grows by one when a task is claimed; a running task
 -- keeps its worker and deadline, and its lease never passes the deadline. The per-state
--- CHECK constraints of pgtasks.tasks (01_tables.sql) hold the rest.
+-- CHECK constraints of pgtasks.tasks (01_tables.sql) hold the rest, the lease token's
+-- presence included.
 --
 -- Cost: the row triggers' WHEN clauses only let rule-breaking rows through, so a legal
 -- batch claim of 100 tasks runs no PL/pgSQL for them; the history is written per
@@ -84,7 +85,7 @@ BEGIN
             OLD.id, OLD.status, NEW.status, OLD.attempt, NEW.attempt, OLD.worker_id, NEW.worker_id,
             OLD.lease_expires_at, NEW.lease_expires_at, OLD.deadline, NEW.deadline
         USING ERRCODE = 'PT201',
-              HINT = 'attempt is the fencing token: it only grows by one when a task is claimed. '
+              HINT = 'attempt counts claims: it only grows by one when a task is claimed. '
                      'A running task keeps its worker and deadline; its lease never passes the deadline.';
 END $$;
 COMMENT ON FUNCTION pgtasks.reject_transition() IS
@@ -112,7 +113,7 @@ CREATE TRIGGER tasks_check_transition
 -- row is written and queues nothing for a legal row, so legal updates pay the comparisons
 -- only, no PL/pgSQL. Besides the transitions it holds the fencing columns to what the
 -- functions do: attempt grows by one exactly when a task is claimed and never otherwise
--- (so `SET attempt = 0` cannot revive a stale token); a running task keeps its worker and
+-- (the history's attempt numbers stay true); a running task keeps its worker and
 -- deadline; a lease never outlives the deadline.
 CREATE TRIGGER tasks_check_update
     AFTER UPDATE ON pgtasks.tasks
@@ -191,10 +192,29 @@ CREATE TRIGGER task_errors_append_only
     BEFORE UPDATE OR DELETE OR TRUNCATE ON pgtasks.task_errors
     FOR EACH STATEMENT EXECUTE FUNCTION pgtasks.reject_history_change();
 
+-- The tag a wake-up names its queue by: the first 8 hex digits of sha256(wakeup_key ||
+-- queue) (01_tables.sql has why). Only 32 bits of the digest leave, so nothing about the key
+-- can be extended or recovered from tags; two queues of a deployment share a tag about once
+-- in four billion pairs, which only wakes some workers for nothing. Workers read the tags of
+-- their own queues here (pgtasks_worker); the senders call it once per queue and statement,
+-- never per row (measured: about 4 us a call, most of it the call itself). Without the key
+-- row (deleted by hand) the tag is '', which every worker takes for "any queue".
+CREATE FUNCTION pgtasks.queue_tag(queue text) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+    SELECT coalesce(left(encode(sha256((SELECT k.key FROM pgtasks.wakeup_key k)
+                                       || convert_to(queue_tag.queue, 'UTF8')), 'hex'), 8), '')
+$$;
+GRANT EXECUTE ON FUNCTION pgtasks.queue_tag(text) TO pgtasks_worker;
+COMMENT ON FUNCTION pgtasks.queue_tag(text) IS
+    'The opaque tag that pgtasks_wakeup notifications name the queue by; a worker compares payloads with the tags of its queues.';
+
 -- Inserts: the creation goes into the history, and idle workers are woken.
 --
--- The wake-up is a NOTIFY on pgtasks_wakeup whose payload is the queue name: a hint, never
--- task data (any role can LISTEN). A NOTIFY takes a database-wide lock while its
+-- The wake-up is a NOTIFY on pgtasks_wakeup whose payload is the queue's tag (queue_tag,
+-- above): a hint that names nothing, since any role can LISTEN (and NOTIFY: a worker
+-- treats a wake-up only as a reason to claim now). A NOTIFY takes a database-wide lock while its
 -- transaction commits, so concurrent submitters that all notify commit one at a time. So
 -- at most one goes out per statement and queue, only for rows a claim can take now
 -- (PENDING or COMMIT, run_at <= pgtasks.now(): the claim's own predicate; future tasks are found
@@ -256,10 +276,10 @@ BEGIN
                                ORDER BY t.queue, t.priority DESC, t.run_at, t.id
                                LIMIT 1) head
                 WHERE head.run_at <= pgtasks.now() AND head.id < first_id) THEN
-            PERFORM pg_notify('pgtasks_wakeup', first_queue);
+            PERFORM pg_notify('pgtasks_wakeup', pgtasks.queue_tag(first_queue));
         END IF;
     ELSE
-        PERFORM pg_notify('pgtasks_wakeup', q.queue)
+        PERFORM pg_notify('pgtasks_wakeup', pgtasks.queue_tag(q.queue))
            FROM (SELECT n.queue, min(n.id) AS first_id FROM new_rows n
                   WHERE n.run_at <= pgtasks.now() AND n.status IN ('PENDING', 'COMMIT')
                   GROUP BY n.queue) q
@@ -274,7 +294,7 @@ BEGIN
     RETURN NULL;
 END $$;
 COMMENT ON FUNCTION pgtasks.record_inserts() IS
-    'Trigger function: records each inserted task in task_events and sends at most one pgtasks_wakeup per queue to idle workers (off with pgtasks.wake_workers = off).';
+    'Trigger function: records each inserted task in task_events and sends at most one pgtasks_wakeup per queue (payload: the queue''s tag) to idle workers (off with pgtasks.wake_workers = off).';
 
 CREATE TRIGGER tasks_record_inserts
     AFTER INSERT ON pgtasks.tasks
@@ -282,7 +302,8 @@ CREATE TRIGGER tasks_record_inserts
     FOR EACH STATEMENT EXECUTE FUNCTION pgtasks.record_inserts();
 
 -- Updates: every status change goes into the history (who, when, from, to), clients
--- blocked in wait() are told that a watched task ended (pgtasks_done, payload the task id;
+-- blocked in wait() are told that a watched task ended (pgtasks_done, payload the task id,
+-- a number every submitter sees anyway and no name or data;
 -- only for tasks in task_waiters, so the common finish pays no NOTIFY), and the children of
 -- parents that ended or were retried are released, cancelled or revived (10_workflows.sql).
 -- Plain tasks pay one test for that last step: has_dependents is NULL on every row that no

@@ -1,11 +1,22 @@
 -- pgtasks finishing: what a running attempt writes (its result, its failure, a yield, its
 -- checkpoints, progress and logs), and the operator's cancel_task and retry_task.
 --
--- Every write of an attempt is fenced: it names (task_id, attempt) and goes through
+-- Every write of an attempt is fenced: it names (task_id, lease_token) and goes through
 -- lock_owned_task (05_claim.sql), so a worker that lost its lease (rescued, cancelled)
--- gets PT002 and its late write changes nothing. The batched functions (finish_tasks,
--- finish_and_claim) never raise for a stale attempt: they return it as rejected, so one
--- lost task cannot fail the batch of the others.
+-- gets PT002 and its late write changes nothing, and a worker that never held the task
+-- cannot write it at all. The batched functions (finish_tasks, finish_and_claim) never
+-- raise for a stale token: they return it as rejected, so one lost task cannot fail the
+-- batch of the others.
+--
+-- Every fenced function (these, heartbeat in 07_leases.sql, parent_results in
+-- 10_workflows.sql) runs with lock_timeout = 1s. A caller without the token never locks
+-- the row (the token is in the locking statement's WHERE clause), so the sessions that can
+-- hold a running task's row for long are the owner's and an operator's open transaction
+-- (cancel_task in a transaction not yet committed), and a worker must not hang on them:
+-- after 1 s the call fails with 55P03 (lock_not_available), writes nothing, and the
+-- worker tries again on its next round; heartbeat instead skips that row (07_leases.sql).
+-- 1 s is far above the functions' own lock waits (milliseconds) and far below a worker's
+-- heartbeat interval (a third of the lease: 20 s by default).
 
 SET LOCAL search_path = pg_catalog, pgtasks, pg_temp;
 -- Everything in this file is created by, and so owned by, pgtasks_owner.
@@ -16,43 +27,45 @@ SET LOCAL ROLE pgtasks_owner;
 
 -- RUNNING -> DONE with the result. A result over settings.max_result_bytes is PT203 and
 -- the task stays RUNNING for the worker to fail.
-CREATE FUNCTION pgtasks.finish_task(task_id bigint, attempt integer, result jsonb DEFAULT NULL)
+CREATE FUNCTION pgtasks.finish_task(task_id bigint, lease_token text, result jsonb DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pgtasks, pg_temp
+SET lock_timeout = '1s'
 AS $$
 BEGIN
-    PERFORM pgtasks.lock_owned_task(task_id, attempt);
+    PERFORM pgtasks.lock_owned_task(task_id, lease_token);
     PERFORM pgtasks.check_result_size(result, 'result');
     UPDATE pgtasks.tasks t
        SET status = 'DONE', result = finish_task.result, finished_at = pgtasks.now(),
-           worker_id = NULL, lease_expires_at = NULL, deadline = NULL,
+           worker_id = NULL, lease_expires_at = NULL, deadline = NULL, lease_token = NULL,
            progress_current = coalesce(t.progress_total, t.progress_current)
      WHERE t.id = finish_task.task_id;
 END $$;
-GRANT EXECUTE ON FUNCTION pgtasks.finish_task(bigint, integer, jsonb) TO pgtasks_worker;
-COMMENT ON FUNCTION pgtasks.finish_task(bigint, integer, jsonb) IS
-    'Finishes a running attempt with its result: RUNNING -> DONE. PT002 when the attempt no longer holds the task, PT203 when the result is over settings.max_result_bytes.';
+GRANT EXECUTE ON FUNCTION pgtasks.finish_task(bigint, text, jsonb) TO pgtasks_worker;
+COMMENT ON FUNCTION pgtasks.finish_task(bigint, text, jsonb) IS
+    'Finishes a running attempt with its result: RUNNING -> DONE. PT002 when the lease token no longer holds the task, PT203 when the result is over settings.max_result_bytes.';
 
 -- The batched completer: many results in one statement. Never raises for a stale
--- attempt; it returns the ids it did not finish so the worker can log them. Nor does an
+-- token; it returns the ids it did not finish so the worker can log them. Nor does an
 -- oversized result, or one clients could not decode (json_shape_error), fail the batch (no
 -- single row may make a statement fail for the others): that task is FAILED, not retryable
 -- (the same code would produce the same result), with the PT203 or PT123 message as its
--- error, and comes back in rejected_task_id like a stale attempt; the rest are finished.
+-- error, and comes back in rejected_task_id like a stale token; the rest are finished.
 -- Only results over 202 bytes of text pay for the shape test. The completer's poison-batch splitting never sees
 -- a PT203 from here.
-CREATE FUNCTION pgtasks.finish_tasks(task_ids bigint[], attempts integer[], results jsonb[])
+CREATE FUNCTION pgtasks.finish_tasks(task_ids bigint[], lease_tokens text[], results jsonb[])
 RETURNS TABLE (rejected_task_id bigint)
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pgtasks, pg_temp
+SET lock_timeout = '1s'
 AS $$
 DECLARE
     max_bytes integer := (SELECT s.max_result_bytes FROM pgtasks.settings s);
     big bigint[];
     o record;
 BEGIN
-    PERFORM pgtasks.check_batch('finish_tasks', task_ids, attempts, results, with_results => true);
+    PERFORM pgtasks.check_batch('finish_tasks', task_ids, lease_tokens, results, with_results => true);
     -- Sizes first, from the arguments alone: the common batch has no oversized result and
     -- reads no table here.
     SELECT array_agg(u.ord) INTO big
@@ -63,9 +76,9 @@ BEGIN
     IF big IS NOT NULL THEN
         FOR o IN
             SELECT k AS task, octet_length(u.result::text) AS size_bytes, u.result
-              FROM unnest(finish_tasks.task_ids, finish_tasks.attempts, finish_tasks.results)
-                     WITH ORDINALITY AS u(task_id, attempt, result, ord)
-              JOIN pgtasks.tasks k ON k.id = u.task_id AND k.attempt = u.attempt AND k.status = 'RUNNING'
+              FROM unnest(finish_tasks.task_ids, finish_tasks.lease_tokens, finish_tasks.results)
+                     WITH ORDINALITY AS u(task_id, lease_token, result, ord)
+              JOIN pgtasks.tasks k ON k.id = u.task_id AND k.lease_token = u.lease_token AND k.status = 'RUNNING'
              WHERE u.ord = ANY (big)
                FOR NO KEY UPDATE OF k
         LOOP
@@ -81,25 +94,29 @@ BEGIN
     END IF;
 
     RETURN QUERY
+    -- The token is compared in the UPDATE's own WHERE clause: a row it does not match is
+    -- neither locked nor waited for. RETURNING names the token that matched (the row's
+    -- own is cleared), so a task listed twice with two tokens is finished once and its
+    -- other entry rejected.
     WITH batch AS (
-        SELECT * FROM unnest(finish_tasks.task_ids, finish_tasks.attempts, finish_tasks.results)
-                   AS u(task_id, attempt, result)
+        SELECT * FROM unnest(finish_tasks.task_ids, finish_tasks.lease_tokens, finish_tasks.results)
+                   AS u(task_id, lease_token, result)
     ), done AS (
         UPDATE pgtasks.tasks t
            SET status = 'DONE', result = batch.result, finished_at = pgtasks.now(),
-               worker_id = NULL, lease_expires_at = NULL, deadline = NULL,
+               worker_id = NULL, lease_expires_at = NULL, deadline = NULL, lease_token = NULL,
                progress_current = coalesce(t.progress_total, t.progress_current)
           FROM batch
-         WHERE t.id = batch.task_id AND t.attempt = batch.attempt AND t.status = 'RUNNING'
-        RETURNING t.id, t.attempt
+         WHERE t.id = batch.task_id AND t.lease_token = batch.lease_token AND t.status = 'RUNNING'
+        RETURNING t.id, batch.lease_token AS token
     )
-    -- NOT EXISTS, not NOT IN: a NULL attempt must come back rejected (see heartbeat).
+    -- NOT EXISTS, not NOT IN: a NULL token must come back rejected (see heartbeat).
     SELECT batch.task_id FROM batch
-     WHERE NOT EXISTS (SELECT 1 FROM done d WHERE d.id = batch.task_id AND d.attempt = batch.attempt);
+     WHERE NOT EXISTS (SELECT 1 FROM done d WHERE d.id = batch.task_id AND d.token = batch.lease_token);
 END $$;
-GRANT EXECUTE ON FUNCTION pgtasks.finish_tasks(bigint[], integer[], jsonb[]) TO pgtasks_worker;
-COMMENT ON FUNCTION pgtasks.finish_tasks(bigint[], integer[], jsonb[]) IS
-    'Finishes many running attempts in one statement (parallel arrays); returns the ids it did not finish (stale attempt, or result over the limit, which fails that task).';
+GRANT EXECUTE ON FUNCTION pgtasks.finish_tasks(bigint[], text[], jsonb[]) TO pgtasks_worker;
+COMMENT ON FUNCTION pgtasks.finish_tasks(bigint[], text[], jsonb[]) IS
+    'Finishes many running attempts in one statement (parallel arrays of ids, lease tokens and results); returns the ids it did not finish (stale token, or result over the limit, which fails that task).';
 
 -- "Results in, work out" in one round trip: finishes the batch exactly like finish_tasks,
 -- then claims exactly like claim_tasks. Rejected finishes come first, as rows with only
@@ -107,7 +124,8 @@ COMMENT ON FUNCTION pgtasks.finish_tasks(bigint[], integer[], jsonb[]) IS
 --
 -- When nothing needs two statements, the tasks are picked first (pick_ready) and one
 -- UPDATE moves the finished ones RUNNING -> DONE and the picked ones PENDING/COMMIT ->
--- RUNNING, each row getting exactly the columns finish_tasks or claim_tasks would give it.
+-- RUNNING, each row getting exactly the columns finish_tasks or claim_tasks would give it
+-- (a claimed row its new lease token, a finished one none).
 -- Every UPDATE statement on pgtasks.tasks pays a fixed cost before its first row:
 -- PostgreSQL parses the stored expressions of the table's CHECK constraints and of its
 -- transition triggers' WHEN clauses once per statement, and runs record_updates once per
@@ -132,25 +150,27 @@ COMMENT ON FUNCTION pgtasks.finish_tasks(bigint[], integer[], jsonb[]) IS
 -- Lock order: the picked tasks are locked (SKIP LOCKED, so never waited for) before the
 -- finished ones, which only this worker's lease keeper or a cancel would also lock.
 CREATE FUNCTION pgtasks.finish_and_claim(
-    worker_id  text,
-    task_ids   bigint[],
-    attempts   integer[],
-    results    jsonb[],
-    claim_max  integer  DEFAULT 0,
-    queues     text[]   DEFAULT NULL,
-    lease      interval DEFAULT NULL,
-    task_types text[]   DEFAULT NULL
+    worker_id    text,
+    task_ids     bigint[],
+    lease_tokens text[],
+    results      jsonb[],
+    claim_max    integer  DEFAULT 0,
+    queues       text[]   DEFAULT NULL,
+    lease        interval DEFAULT NULL,
+    task_types   text[]   DEFAULT NULL
 ) RETURNS TABLE (
     rejected_task_id bigint, id bigint, task_type text, params jsonb, queue text, priority integer,
     attempt integer, retry_count integer, max_retries integer,
-    timeout interval, deadline timestamptz, has_steps boolean
+    timeout interval, deadline timestamptz, has_steps boolean, lease_token text
 )
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pgtasks, pg_temp
+SET lock_timeout = '1s'
 AS $$
 DECLARE
     picked bigint[];
     lease_for interval;
+    seed bytea;
 BEGIN
     IF claim_max IS NULL OR claim_max < 0 THEN
         RAISE EXCEPTION 'pgtasks: claim_max must be 0 or more, got %', coalesce(claim_max::text, 'NULL')
@@ -172,8 +192,9 @@ BEGIN
        OR pgtasks.flow_control_in_use(queues) THEN
         RETURN QUERY
         SELECT f.rejected_task_id, NULL::bigint, NULL::text, NULL::jsonb, NULL::text, NULL::integer,
-               NULL::integer, NULL::integer, NULL::integer, NULL::interval, NULL::timestamptz, NULL::boolean
-          FROM pgtasks.finish_tasks(task_ids, attempts, results) f;
+               NULL::integer, NULL::integer, NULL::integer, NULL::interval, NULL::timestamptz, NULL::boolean,
+               NULL::text
+          FROM pgtasks.finish_tasks(task_ids, lease_tokens, results) f;
         IF claim_max > 0 THEN
             RETURN QUERY
             SELECT NULL::bigint, c.* FROM pgtasks.claim_tasks(worker_id, queues, claim_max, lease, task_types) c;
@@ -183,21 +204,26 @@ BEGIN
 
     -- One statement. finish_tasks checked the arrays itself; here they are checked before
     -- anything is written, with the same message.
-    PERFORM pgtasks.check_batch('finish_tasks', task_ids, attempts, results, with_results => true);
+    PERFORM pgtasks.check_batch('finish_tasks', task_ids, lease_tokens, results, with_results => true);
 
     picked := pgtasks.pick_ready(queues, claim_max, task_types);
+    -- Claimed rows get their tokens as claim_tasks draws them (see there).
+    IF picked IS NOT NULL THEN
+        seed := uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid());
+    END IF;
 
-    -- Finishing rows carry their attempt (the fencing token: a stale one matches nothing and
-    -- comes back rejected, a NULL one too); picked rows are ours, locked above. A task can
-    -- be in both only if it went back to PENDING/COMMIT since its attempt: then the claim
-    -- takes it and the finish is rejected, as with two statements.
+    -- Finishing rows carry their lease token (a stale one matches nothing, is neither
+    -- locked nor waited for, and comes back rejected, a NULL one too); picked rows are
+    -- ours, locked above. A task can be in both only if it went back to PENDING/COMMIT
+    -- since its attempt: then the claim takes it and the finish is rejected, as with two
+    -- statements.
     RETURN QUERY
     WITH work AS (
-        SELECT u.task_id, u.attempt, u.result, true AS finishing
-          FROM unnest(finish_and_claim.task_ids, finish_and_claim.attempts, finish_and_claim.results)
-                 AS u(task_id, attempt, result)
+        SELECT u.task_id, u.lease_token, u.result, true AS finishing
+          FROM unnest(finish_and_claim.task_ids, finish_and_claim.lease_tokens, finish_and_claim.results)
+                 AS u(task_id, lease_token, result)
         UNION ALL
-        SELECT p.id, NULL::integer, NULL::jsonb, false FROM unnest(picked) AS p(id)
+        SELECT p.id, NULL::text, NULL::jsonb, false FROM unnest(picked) AS p(id)
     ), changed AS (
         UPDATE pgtasks.tasks t
            SET status = CASE WHEN w.finishing THEN 'DONE' ELSE 'RUNNING' END::pgtasks.status,
@@ -209,34 +235,37 @@ BEGIN
                deadline = CASE WHEN w.finishing THEN NULL ELSE pgtasks.now() + t.timeout END,
                lease_expires_at = CASE WHEN w.finishing THEN NULL
                                        ELSE least(pgtasks.now() + lease_for, pgtasks.now() + t.timeout) END,
+               lease_token = CASE WHEN w.finishing THEN NULL
+                                  ELSE encode(sha256(seed || int8send(t.id)), 'hex') END,
                progress_current = CASE WHEN w.finishing THEN coalesce(t.progress_total, t.progress_current)
                                        ELSE t.progress_current END
           FROM work w
          WHERE t.id = w.task_id
-           AND (NOT w.finishing OR (t.attempt = w.attempt AND t.status = 'RUNNING'))
-        RETURNING w.finishing, t.id, t.task_type, t.params, t.queue, t.priority, t.attempt, t.retry_count,
-                  t.max_retries, t.timeout, t.deadline,
+           AND (NOT w.finishing OR (t.lease_token = w.lease_token AND t.status = 'RUNNING'))
+        RETURNING w.finishing, w.lease_token AS given_token, t.id, t.task_type, t.params, t.queue,
+                  t.priority, t.attempt, t.retry_count, t.max_retries, t.timeout, t.deadline,
                   NOT w.finishing AND t.attempt > 1
                   AND EXISTS (SELECT 1 FROM pgtasks.task_steps s WHERE s.task_id = t.id) AS has_steps,
-                  t.run_at
+                  t.run_at, t.lease_token
     )
     SELECT r.rejected_task_id, NULL::bigint, NULL::text, NULL::jsonb, NULL::text, NULL::integer,
-           NULL::integer, NULL::integer, NULL::integer, NULL::interval, NULL::timestamptz, NULL::boolean
+           NULL::integer, NULL::integer, NULL::integer, NULL::interval, NULL::timestamptz, NULL::boolean,
+           NULL::text
       FROM (SELECT w.task_id AS rejected_task_id FROM work w
              WHERE w.finishing
                AND NOT EXISTS (SELECT 1 FROM changed c
-                                WHERE c.finishing AND c.id = w.task_id AND c.attempt = w.attempt)) r
+                                WHERE c.finishing AND c.id = w.task_id AND c.given_token = w.lease_token)) r
     UNION ALL
     SELECT * FROM (
         SELECT NULL::bigint, c.id, c.task_type, c.params, c.queue, c.priority, c.attempt, c.retry_count,
-               c.max_retries, c.timeout, c.deadline, c.has_steps
+               c.max_retries, c.timeout, c.deadline, c.has_steps, c.lease_token
           FROM changed c
          WHERE NOT c.finishing
          ORDER BY c.priority DESC, c.run_at, c.id) cl;
 END $$;
-GRANT EXECUTE ON FUNCTION pgtasks.finish_and_claim(text, bigint[], integer[], jsonb[], integer, text[], interval, text[]) TO pgtasks_worker;
-COMMENT ON FUNCTION pgtasks.finish_and_claim(text, bigint[], integer[], jsonb[], integer, text[], interval, text[]) IS
-    'Finishes a batch like finish_tasks and claims up to claim_max tasks like claim_tasks, in one round trip: rejected finishes first (only rejected_task_id set), then the claimed tasks in claim order.';
+GRANT EXECUTE ON FUNCTION pgtasks.finish_and_claim(text, bigint[], text[], jsonb[], integer, text[], interval, text[]) TO pgtasks_worker;
+COMMENT ON FUNCTION pgtasks.finish_and_claim(text, bigint[], text[], jsonb[], integer, text[], interval, text[]) IS
+    'Finishes a batch like finish_tasks and claims up to claim_max tasks like claim_tasks, in one round trip: rejected finishes first (only rejected_task_id set), then the claimed tasks in claim order, each with its lease_token.';
 
 ------------------------------------------------------------------------------------------
 -- Failures
@@ -247,7 +276,7 @@ COMMENT ON FUNCTION pgtasks.finish_and_claim(text, bigint[], integer[], jsonb[],
 -- (clip_text, 02_checks.sql) rather than refused: the attempt has ended either way.
 CREATE FUNCTION pgtasks.fail_task(
     task_id     bigint,
-    attempt     integer,
+    lease_token text,
     error       text,
     traceback   text     DEFAULT NULL,
     retryable   boolean  DEFAULT true,
@@ -255,6 +284,7 @@ CREATE FUNCTION pgtasks.fail_task(
 ) RETURNS pgtasks.status
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pgtasks, pg_temp
+SET lock_timeout = '1s'
 AS $$
 DECLARE
     t       pgtasks.tasks;
@@ -266,7 +296,7 @@ BEGIN
         RAISE EXCEPTION 'pgtasks: retry_delay must be between 0 and 100 years, got %', retry_delay
             USING ERRCODE = 'PT119', HINT = 'Leave retry_delay out (NULL) for the task''s backoff.';
     END IF;
-    t := pgtasks.lock_owned_task(task_id, attempt);
+    t := pgtasks.lock_owned_task(task_id, lease_token);
     -- Only text over the limit pays for clip_text (a call with its own settings): measured
     -- with the calls unconditional, a short failure cost ~7 % more than without them.
     IF length(fail_task.error) > longest THEN
@@ -278,8 +308,8 @@ BEGIN
     RETURN pgtasks.record_failure(t, coalesce(nullif(fail_task.error, ''), 'unknown error'),
                                   fail_task.traceback, coalesce(retryable, true), retry_delay);
 END $$;
-GRANT EXECUTE ON FUNCTION pgtasks.fail_task(bigint, integer, text, text, boolean, interval) TO pgtasks_worker;
-COMMENT ON FUNCTION pgtasks.fail_task(bigint, integer, text, text, boolean, interval) IS
+GRANT EXECUTE ON FUNCTION pgtasks.fail_task(bigint, text, text, text, boolean, interval) TO pgtasks_worker;
+COMMENT ON FUNCTION pgtasks.fail_task(bigint, text, text, text, boolean, interval) IS
     'Records a failed attempt: back to COMMIT after the backoff (or retry_delay) while retryable and retries are left, else FAILED. Returns the new status.';
 
 -- Shared by fail_task, finish_tasks (oversized results) and rescue: writes the attempt's
@@ -303,13 +333,13 @@ BEGIN
         UPDATE pgtasks.tasks
            SET status = 'COMMIT', retry_count = retry_count + 1, error = record_failure.error,
                run_at = pgtasks.now() + coalesce(retry_delay, pgtasks.backoff(t.retry_count + 1, t.backoff_base)),
-               worker_id = NULL, lease_expires_at = NULL, deadline = NULL
+               worker_id = NULL, lease_expires_at = NULL, deadline = NULL, lease_token = NULL
          WHERE id = t.id;
     ELSE
         next_status := 'FAILED';
         UPDATE pgtasks.tasks
            SET status = 'FAILED', error = record_failure.error, finished_at = pgtasks.now(),
-               worker_id = NULL, lease_expires_at = NULL, deadline = NULL
+               worker_id = NULL, lease_expires_at = NULL, deadline = NULL, lease_token = NULL
          WHERE id = t.id;
     END IF;
     RETURN next_status;
@@ -321,81 +351,89 @@ END $$;
 -- Hands a running task back without using a retry: sleep_until (run_at in the future) or a
 -- graceful shutdown (run_at now, which wakes a worker). Its checkpoints stay, so the next
 -- claim resumes from them.
-CREATE FUNCTION pgtasks.yield_task(task_id bigint, attempt integer, run_at timestamptz DEFAULT now())
+CREATE FUNCTION pgtasks.yield_task(task_id bigint, lease_token text, run_at timestamptz DEFAULT now())
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pgtasks, pg_temp
+SET lock_timeout = '1s'
 AS $$
+DECLARE
+    t pgtasks.tasks;
 BEGIN
     PERFORM pgtasks.check_run_at(run_at);
-    PERFORM pgtasks.lock_owned_task(task_id, attempt);
-    UPDATE pgtasks.tasks t
+    t := pgtasks.lock_owned_task(task_id, lease_token);
+    UPDATE pgtasks.tasks k
        SET status = 'COMMIT', run_at = coalesce(yield_task.run_at, pgtasks.now()),
-           worker_id = NULL, lease_expires_at = NULL, deadline = NULL
-     WHERE t.id = yield_task.task_id;
+           worker_id = NULL, lease_expires_at = NULL, deadline = NULL, lease_token = NULL
+     WHERE k.id = yield_task.task_id;
     IF yield_task.run_at IS NULL OR yield_task.run_at <= pgtasks.now() THEN
-        PERFORM pg_notify('pgtasks_wakeup', (SELECT queue FROM pgtasks.tasks WHERE id = task_id));
+        PERFORM pg_notify('pgtasks_wakeup', pgtasks.queue_tag(t.queue));
     END IF;
 END $$;
-GRANT EXECUTE ON FUNCTION pgtasks.yield_task(bigint, integer, timestamptz) TO pgtasks_worker;
-COMMENT ON FUNCTION pgtasks.yield_task(bigint, integer, timestamptz) IS
+GRANT EXECUTE ON FUNCTION pgtasks.yield_task(bigint, text, timestamptz) TO pgtasks_worker;
+COMMENT ON FUNCTION pgtasks.yield_task(bigint, text, timestamptz) IS
     'Hands a running attempt back without using a retry: RUNNING -> COMMIT, claimable again at run_at (now: a graceful shutdown). Its checkpoints stay.';
 
 -- Stores a step's result; a resumed attempt reads it instead of running the step again.
 -- Step names are bounded like other names (PT109), step results like results (PT203).
-CREATE FUNCTION pgtasks.checkpoint(task_id bigint, attempt integer, step text, result jsonb DEFAULT NULL)
+CREATE FUNCTION pgtasks.checkpoint(task_id bigint, lease_token text, step text, result jsonb DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pgtasks, pg_temp
+SET lock_timeout = '1s'
 AS $$
+DECLARE
+    t pgtasks.tasks;
 BEGIN
     IF pgtasks.is_blank(step) OR octet_length(step) > 255 THEN
         RAISE EXCEPTION 'pgtasks: step name must be a non-blank string of at most 255 bytes'
             USING ERRCODE = 'PT109', HINT = 'Name each step, e.g. ctx.step(''download'', ...).';
     END IF;
-    PERFORM pgtasks.lock_owned_task(task_id, attempt);
+    t := pgtasks.lock_owned_task(task_id, lease_token);
     PERFORM pgtasks.check_result_size(result, pg_catalog.format('result of step %s', step));
     INSERT INTO pgtasks.task_steps (task_id, name, result, attempt)
-    VALUES (task_id, step, result, attempt)
+    VALUES (task_id, step, result, t.attempt)
     ON CONFLICT ON CONSTRAINT task_steps_pkey DO UPDATE SET result = excluded.result, attempt = excluded.attempt,
                                               at = pgtasks.now();
 END $$;
-GRANT EXECUTE ON FUNCTION pgtasks.checkpoint(bigint, integer, text, jsonb) TO pgtasks_worker;
-COMMENT ON FUNCTION pgtasks.checkpoint(bigint, integer, text, jsonb) IS
+GRANT EXECUTE ON FUNCTION pgtasks.checkpoint(bigint, text, text, jsonb) TO pgtasks_worker;
+COMMENT ON FUNCTION pgtasks.checkpoint(bigint, text, text, jsonb) IS
     'Stores the result of a named step of a running attempt; a resumed attempt reads it (task_steps_of) instead of running the step again.';
 
 -- A resumed attempt's completed steps, read through the fence: a worker that lost the
 -- task gets PT002 instead of steps it must not act on. db_now lets the worker relate its
 -- clock to the database's (sleep_until deadlines are database time).
-CREATE FUNCTION pgtasks.task_steps_of(task_id bigint, attempt integer)
+CREATE FUNCTION pgtasks.task_steps_of(task_id bigint, lease_token text)
 RETURNS TABLE (name text, result jsonb, db_now timestamptz)
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pgtasks, pg_temp
+SET lock_timeout = '1s'
 AS $$
 BEGIN
-    PERFORM pgtasks.lock_owned_task(task_id, attempt);
+    PERFORM pgtasks.lock_owned_task(task_id, lease_token);
     RETURN QUERY
     SELECT s.name, s.result, pgtasks.now() FROM pgtasks.task_steps s
      WHERE s.task_id = task_steps_of.task_id
      ORDER BY s.at, s.name;
 END $$;
-GRANT EXECUTE ON FUNCTION pgtasks.task_steps_of(bigint, integer) TO pgtasks_worker;
-COMMENT ON FUNCTION pgtasks.task_steps_of(bigint, integer) IS
+GRANT EXECUTE ON FUNCTION pgtasks.task_steps_of(bigint, text) TO pgtasks_worker;
+COMMENT ON FUNCTION pgtasks.task_steps_of(bigint, text) IS
     'The completed steps of a running attempt''s task (name, result), read through the fence, with the database''s pgtasks.now().';
 
 -- Progress of a running attempt; the message is bounded like a log line (PT204).
 CREATE FUNCTION pgtasks.report_progress(
-    task_id bigint, attempt integer, current bigint, total bigint DEFAULT NULL, message text DEFAULT NULL
+    task_id bigint, lease_token text, current bigint, total bigint DEFAULT NULL, message text DEFAULT NULL
 ) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pgtasks, pg_temp
+SET lock_timeout = '1s'
 AS $$
 BEGIN
     IF current IS NULL OR current < 0 OR (total IS NOT NULL AND (total < 0 OR current > total)) THEN
         RAISE EXCEPTION 'pgtasks: progress % of % is out of bounds', current, total
             USING ERRCODE = 'PT110', HINT = 'Use 0 <= current <= total.';
     END IF;
-    PERFORM pgtasks.lock_owned_task(task_id, attempt);
+    PERFORM pgtasks.lock_owned_task(task_id, lease_token);
     PERFORM pgtasks.check_log_size(message, 'progress message');
     UPDATE pgtasks.tasks t
        SET progress_current = current, progress_total = total,
@@ -403,27 +441,30 @@ BEGIN
      WHERE t.id = report_progress.task_id;
     PERFORM pgtasks.notify_watchers(task_id);
 END $$;
-GRANT EXECUTE ON FUNCTION pgtasks.report_progress(bigint, integer, bigint, bigint, text) TO pgtasks_worker;
-COMMENT ON FUNCTION pgtasks.report_progress(bigint, integer, bigint, bigint, text) IS
+GRANT EXECUTE ON FUNCTION pgtasks.report_progress(bigint, text, bigint, bigint, text) TO pgtasks_worker;
+COMMENT ON FUNCTION pgtasks.report_progress(bigint, text, bigint, bigint, text) IS
     'Sets the progress (current of total, message) of a running attempt; live watchers are notified.';
 
 -- One log line (PT204 when over settings.max_log_bytes, PT124 for a blank level).
-CREATE FUNCTION pgtasks.log(task_id bigint, attempt integer, level text, message text)
+CREATE FUNCTION pgtasks.log(task_id bigint, lease_token text, level text, message text)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pgtasks, pg_temp
+SET lock_timeout = '1s'
 AS $$
+DECLARE
+    t pgtasks.tasks;
 BEGIN
-    PERFORM pgtasks.lock_owned_task(task_id, attempt);
+    t := pgtasks.lock_owned_task(task_id, lease_token);
     PERFORM pgtasks.check_log_size(message, 'log line');
     PERFORM pgtasks.check_log_size(level, 'log level');
     PERFORM pgtasks.check_log_lines(ARRAY[level], NULL, NULL);
     INSERT INTO pgtasks.task_logs (task_id, attempt, level, message)
-    VALUES (task_id, attempt, upper(coalesce(level, 'INFO')), coalesce(message, ''));
+    VALUES (task_id, t.attempt, upper(coalesce(level, 'INFO')), coalesce(message, ''));
     PERFORM pgtasks.notify_watchers(task_id);
 END $$;
-GRANT EXECUTE ON FUNCTION pgtasks.log(bigint, integer, text, text) TO pgtasks_worker;
-COMMENT ON FUNCTION pgtasks.log(bigint, integer, text, text) IS
+GRANT EXECUTE ON FUNCTION pgtasks.log(bigint, text, text, text) TO pgtasks_worker;
+COMMENT ON FUNCTION pgtasks.log(bigint, text, text, text) IS
     'Appends one log line to a running attempt''s task.';
 
 -- Many log lines of one attempt in one round trip: workers buffer a task's lines (ctx.log
@@ -434,8 +475,8 @@ COMMENT ON FUNCTION pgtasks.log(bigint, integer, text, text) IS
 -- which line and can shorten it; a silently cut line could hide the part that mattered.
 -- So does a blank level or logger (PT124) or a time more than 100 years from now (PT105).
 CREATE FUNCTION pgtasks.log_many(
-    task_id  bigint,
-    attempt  integer,
+    task_id     bigint,
+    lease_token text,
     levels   text[],
     messages text[],
     ats      timestamptz[] DEFAULT NULL,   -- NULL: now
@@ -443,10 +484,12 @@ CREATE FUNCTION pgtasks.log_many(
 ) RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pgtasks, pg_temp
+SET lock_timeout = '1s'
 AS $$
 DECLARE
     n integer := coalesce(cardinality(messages), 0);
     longest bigint;
+    t pgtasks.tasks;
 BEGIN
     IF coalesce(cardinality(levels), 0) <> n
        OR (ats IS NOT NULL AND cardinality(ats) <> n)
@@ -455,7 +498,7 @@ BEGIN
                 n, coalesce(cardinality(levels), 0), cardinality(ats), cardinality(loggers)
             USING ERRCODE = 'PT111', HINT = 'Pass one level (and at, logger) per message, or NULL for ats/loggers.';
     END IF;
-    PERFORM pgtasks.lock_owned_task(task_id, attempt);
+    t := pgtasks.lock_owned_task(task_id, lease_token);
     IF n = 0 THEN
         RETURN 0;
     END IF;
@@ -470,23 +513,25 @@ BEGIN
                          'SELECT pgtasks.configure(max_log_bytes => ...).';
     END IF;
     INSERT INTO pgtasks.task_logs (task_id, attempt, level, message, logger, at)
-    SELECT log_many.task_id, log_many.attempt, upper(coalesce(u.level, 'INFO')), coalesce(u.message, ''),
+    SELECT log_many.task_id, t.attempt, upper(coalesce(u.level, 'INFO')), coalesce(u.message, ''),
            log_many.loggers[u.ord], coalesce(log_many.ats[u.ord], clock_timestamp())
       FROM unnest(log_many.levels, log_many.messages) WITH ORDINALITY AS u(level, message, ord)
      ORDER BY u.ord;
     PERFORM pgtasks.notify_watchers(task_id);
     RETURN n;
 END $$;
-GRANT EXECUTE ON FUNCTION pgtasks.log_many(bigint, integer, text[], text[], timestamptz[], text[]) TO pgtasks_worker;
-COMMENT ON FUNCTION pgtasks.log_many(bigint, integer, text[], text[], timestamptz[], text[]) IS
+GRANT EXECUTE ON FUNCTION pgtasks.log_many(bigint, text, text[], text[], timestamptz[], text[]) TO pgtasks_worker;
+COMMENT ON FUNCTION pgtasks.log_many(bigint, text, text[], text[], timestamptz[], text[]) IS
     'Appends many log lines (parallel arrays of levels, messages, optional times and logger names) to a running attempt''s task in one call; returns how many.';
 
 ------------------------------------------------------------------------------------------
 -- Operator actions
 
 -- Cancels a task that has not finished; returns the status it had. A running task's
--- worker is told on pgtasks_cancel with the payload '<task_id>:<attempt>', so it stops the
--- run that was cancelled and not a later one; fencing rejects whatever it writes after.
+-- worker is told on pgtasks_cancel with the task id as payload. Any role may send that
+-- notification, so it is only a hint: a worker that holds the task asks the database
+-- (one heartbeat of its tokens) whether it still does, and stops it only if not. Fencing
+-- rejects whatever the cancelled attempt writes after.
 CREATE FUNCTION pgtasks.cancel_task(task_id bigint) RETURNS pgtasks.status
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pgtasks, pg_temp
@@ -501,11 +546,11 @@ BEGIN
     END IF;
     UPDATE pgtasks.tasks
        SET status = 'CANCELLED', finished_at = pgtasks.now(),
-           worker_id = NULL, lease_expires_at = NULL, deadline = NULL
+           worker_id = NULL, lease_expires_at = NULL, deadline = NULL, lease_token = NULL
      WHERE id = t.id;
     IF t.status = 'RUNNING' THEN
-        -- The worker listens and stops the task; fencing rejects anything it writes later.
-        PERFORM pg_notify('pgtasks_cancel', t.id::text || ':' || t.attempt::text);
+        -- A hint to its worker, which confirms it with a heartbeat before stopping the task.
+        PERFORM pg_notify('pgtasks_cancel', t.id::text);
     END IF;
     RETURN t.status;
 END $$;

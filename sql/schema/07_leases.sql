@@ -88,51 +88,86 @@ COMMENT ON FUNCTION pgtasks.unregister_worker(text) IS
 -- Extends the leases of all of a worker's running tasks in one statement, to pgtasks.now() + lease
 -- but never past a task's deadline, and reports the ones it no longer holds (cancelled, or
 -- rescued after a lease ran out), so the worker can stop them. Fenced like every worker
--- write: a lease is extended only for the attempt and the worker that hold it, so a late
--- heartbeat cannot revive a task another worker now runs. It also refreshes the worker's
--- last_seen in the registry.
+-- write: a lease is extended only for the lease token and the worker that hold it, so a
+-- late heartbeat cannot revive a task another worker now runs, and a guessed token matches
+-- nothing (nor locks anything: it is compared in the UPDATE's own WHERE clause). It also
+-- refreshes the worker's last_seen in the registry. A cancel notification is confirmed by
+-- calling it (docs/worker-protocol.md): the cancelled task comes back lost.
+--
+-- A row another session keeps locked (an operator's transaction left open after
+-- cancel_task) must not cost the worker the leases of all its other tasks: after
+-- lock_timeout the statement is redone skipping locked rows, which are neither extended
+-- nor reported lost (the next heartbeat asks again; rescue skips a locked row too). The
+-- redo runs only then; the common call pays one subtransaction for the exception block.
 CREATE FUNCTION pgtasks.heartbeat(
-    worker_id text,
-    task_ids  bigint[],
-    attempts  integer[],
-    lease     interval DEFAULT NULL    -- NULL: settings.default_lease
+    worker_id    text,
+    task_ids     bigint[],
+    lease_tokens text[],
+    lease        interval DEFAULT NULL    -- NULL: settings.default_lease
 ) RETURNS TABLE (lost_task_id bigint)
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pgtasks, pg_temp
+SET lock_timeout = '1s'
 AS $$
 DECLARE
     lease_for interval;
+    lost bigint[];
 BEGIN
     PERFORM pgtasks.check_worker_id(worker_id);
-    PERFORM pgtasks.check_batch('heartbeat', task_ids, attempts);
+    PERFORM pgtasks.check_batch('heartbeat', task_ids, lease_tokens);
     lease_for := pgtasks.lease_or_default(lease);
 
     UPDATE pgtasks.worker_registry w SET last_seen = pgtasks.now()
      WHERE w.worker_id = heartbeat.worker_id;
 
-    RETURN QUERY
-    WITH mine AS (
-        SELECT u.task_id, u.attempt FROM unnest(heartbeat.task_ids, heartbeat.attempts) AS u(task_id, attempt)
-    ), extended AS (
-        UPDATE pgtasks.tasks t
-           SET lease_expires_at = least(pgtasks.now() + lease_for, t.deadline)
-          FROM mine
-         WHERE t.id = mine.task_id AND t.attempt = mine.attempt
-           AND t.status = 'RUNNING' AND t.worker_id = heartbeat.worker_id
-        RETURNING t.id, t.attempt
-    )
-    -- NOT EXISTS, not NOT IN: with a NULL attempt in the batch, NOT IN is never true
-    -- and that task would be neither extended nor reported lost.
-    SELECT mine.task_id FROM mine
-     WHERE NOT EXISTS (SELECT 1 FROM extended e WHERE e.id = mine.task_id AND e.attempt = mine.attempt);
+    BEGIN
+        WITH mine AS (
+            SELECT u.task_id, u.lease_token
+              FROM unnest(heartbeat.task_ids, heartbeat.lease_tokens) AS u(task_id, lease_token)
+        ), extended AS (
+            UPDATE pgtasks.tasks t
+               SET lease_expires_at = least(pgtasks.now() + lease_for, t.deadline)
+              FROM mine
+             WHERE t.id = mine.task_id AND t.lease_token = mine.lease_token
+               AND t.status = 'RUNNING' AND t.worker_id = heartbeat.worker_id
+            RETURNING t.id, mine.lease_token AS token
+        )
+        -- NOT EXISTS, not NOT IN: with a NULL token in the batch, NOT IN is never true
+        -- and that task would be neither extended nor reported lost.
+        SELECT array_agg(mine.task_id) INTO lost FROM mine
+         WHERE NOT EXISTS (SELECT 1 FROM extended e WHERE e.id = mine.task_id AND e.token = mine.lease_token);
+    EXCEPTION WHEN lock_not_available THEN
+        -- Only rows the token matches are locked here too. Lost: what the token does not
+        -- hold (read without a lock); a row it holds but another session has locked is
+        -- skipped, and left out of both lists.
+        WITH mine AS (
+            SELECT u.task_id, u.lease_token
+              FROM unnest(heartbeat.task_ids, heartbeat.lease_tokens) AS u(task_id, lease_token)
+        ), free AS (
+            SELECT t.id FROM pgtasks.tasks t
+              JOIN mine ON t.id = mine.task_id AND t.lease_token = mine.lease_token
+             WHERE t.status = 'RUNNING' AND t.worker_id = heartbeat.worker_id
+               FOR NO KEY UPDATE OF t SKIP LOCKED
+        ), extended AS (
+            UPDATE pgtasks.tasks t
+               SET lease_expires_at = least(pgtasks.now() + lease_for, t.deadline)
+             WHERE t.id IN (SELECT f.id FROM free f)
+        )
+        SELECT array_agg(mine.task_id) INTO lost FROM mine
+         WHERE NOT EXISTS (SELECT 1 FROM pgtasks.tasks t
+                            WHERE t.id = mine.task_id AND t.lease_token = mine.lease_token
+                              AND t.status = 'RUNNING' AND t.worker_id = heartbeat.worker_id);
+    END;
+    RETURN QUERY SELECT u.id FROM unnest(lost) AS u(id);
 END $$;
-GRANT EXECUTE ON FUNCTION pgtasks.heartbeat(text, bigint[], integer[], interval)
+GRANT EXECUTE ON FUNCTION pgtasks.heartbeat(text, bigint[], text[], interval)
     TO pgtasks_worker;
-COMMENT ON FUNCTION pgtasks.heartbeat(text, bigint[], integer[], interval) IS
-    'Extends the leases of a worker''s running tasks (never past their deadlines) and returns '
-    'the ids of the tasks it no longer holds, which the worker must stop. lease NULL means '
-    'settings.default_lease.';
+COMMENT ON FUNCTION pgtasks.heartbeat(text, bigint[], text[], interval) IS
+    'Extends the leases of a worker''s running tasks (parallel arrays of ids and lease tokens; '
+    'never past their deadlines) and returns the ids of the tasks it no longer holds, which '
+    'the worker must stop. A task another session keeps locked is neither extended nor '
+    'returned. lease NULL means settings.default_lease.';
 
 ------------------------------------------------------------------------------------------
 -- Rescue

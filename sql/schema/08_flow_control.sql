@@ -374,7 +374,7 @@ BEGIN
            rate_period = excluded.rate_period, updated_at = pgtasks.now();
     PERFORM pgtasks.drop_idle_queue_settings(queue);
     -- Raised limits may free slots at once.
-    PERFORM pg_notify('pgtasks_wakeup', queue);
+    PERFORM pg_notify('pgtasks_wakeup', pgtasks.queue_tag(queue));
 END $$;
 GRANT EXECUTE ON FUNCTION pgtasks.configure_queue(text, integer, integer, interval)
     TO pgtasks_admin;
@@ -422,7 +422,7 @@ BEGIN
     UPDATE pgtasks.queue_settings s SET paused = false, updated_at = pgtasks.now()
      WHERE s.queue = resume_queue.queue;
     PERFORM pgtasks.drop_idle_queue_settings(queue);
-    PERFORM pg_notify('pgtasks_wakeup', queue);
+    PERFORM pg_notify('pgtasks_wakeup', pgtasks.queue_tag(queue));
 END $$;
 GRANT EXECUTE ON FUNCTION pgtasks.resume_queue(text) TO pgtasks_admin;
 COMMENT ON FUNCTION pgtasks.resume_queue(text) IS

@@ -172,7 +172,7 @@ BEGIN
         RETURNING c.queue, c.status, c.run_at
     )
     -- Honours the off switch (pgtasks.wake_workers = off) like an insert does.
-    SELECT count(pg_notify('pgtasks_wakeup', q.queue)) INTO n
+    SELECT count(pg_notify('pgtasks_wakeup', pgtasks.queue_tag(q.queue))) INTO n
       FROM (SELECT DISTINCT r.queue FROM released r
              WHERE r.status = 'PENDING' AND r.run_at <= pgtasks.now()
                AND current_setting('pgtasks.wake_workers', true) IS DISTINCT FROM 'off') q;
@@ -394,7 +394,7 @@ BEGIN
     -- Honours the off switch (pgtasks.wake_workers = off) like an insert does.
     IF unmet = 0 AND c.run_at <= pgtasks.now()
        AND current_setting('pgtasks.wake_workers', true) IS DISTINCT FROM 'off' THEN
-        PERFORM pg_notify('pgtasks_wakeup', c.queue);
+        PERFORM pg_notify('pgtasks_wakeup', pgtasks.queue_tag(c.queue));
     END IF;
 END $$;
 
@@ -751,18 +751,20 @@ COMMENT ON FUNCTION pgtasks.submit_workflow(jsonb) IS
 --    "42": {"node": "sms", "status": "FAILED", "error": "..."}}
 -- A child runs only after its parents ended, so a worker reads them once, when it needs
 -- them (ctx.parent_results in Python): the plain claim carries nothing extra.
-CREATE FUNCTION pgtasks.parent_results(task_id bigint) RETURNS jsonb
-LANGUAGE plpgsql STABLE
+--
+-- Results are data: only the worker running the child reads them here, presenting the
+-- child's lease token (fenced like task_steps_of: PT002 once the attempt lost the task),
+-- and only the child's own parents. Readers see results through task_status.
+CREATE FUNCTION pgtasks.parent_results(task_id bigint, lease_token text) RETURNS jsonb
+LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pgtasks, pg_temp
+SET lock_timeout = '1s'
 AS $$
 DECLARE
     r jsonb;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pgtasks.tasks t WHERE t.id = parent_results.task_id) THEN
-        RAISE EXCEPTION 'pgtasks: task % does not exist', task_id
-            USING ERRCODE = 'PT003', HINT = 'Check the id; finished tasks are pruned after their retention.';
-    END IF;
+    PERFORM pgtasks.lock_owned_task(task_id, lease_token);
     SELECT coalesce(jsonb_object_agg(p.id::text,
                CASE WHEN p.status = 'DONE'
                     THEN jsonb_build_object('node', p.workflow_node, 'status', p.status, 'result', p.result)
@@ -775,14 +777,14 @@ BEGIN
      WHERE e.child_id = parent_results.task_id;
     RETURN r;
 END $$;
-GRANT EXECUTE ON FUNCTION pgtasks.parent_results(bigint) TO pgtasks_worker, pgtasks_reader;
-COMMENT ON FUNCTION pgtasks.parent_results(bigint) IS
-    'The parents of a task as one JSON object keyed by parent id: node name, status, and the '
-    'result (DONE) or error (FAILED, CANCELLED).';
+GRANT EXECUTE ON FUNCTION pgtasks.parent_results(bigint, text) TO pgtasks_worker;
+COMMENT ON FUNCTION pgtasks.parent_results(bigint, text) IS
+    'The parents of a running task as one JSON object keyed by parent id: node name, status, '
+    'and the result (DONE) or error (FAILED, CANCELLED). Fenced: pass the task''s lease token.';
 
 -- Every unfinished task of the workflow, running ones included, as cancel_task does it:
--- CANCELLED, lease dropped, and a pgtasks_cancel notification to the worker of each
--- running one (fencing rejects whatever it writes after). One statement for all of them,
+-- CANCELLED, lease and token dropped, and a pgtasks_cancel hint (the task id) to the
+-- worker of each running one (fencing rejects whatever it writes after). One statement for all of them,
 -- rows locked in id order first. Each task it cancels says why in error
 -- ('cancelled: workflow 7 (nightly) cancelled', the prefix of a parent failure's reason), so
 -- a workflow cancelled on purpose reads differently from one that failed; an earlier
@@ -796,7 +798,7 @@ AS $$
 DECLARE
     wf_name text;
     reason text;
-    running text[];
+    running bigint[];
     n integer;
 BEGIN
     SELECT w.name INTO wf_name FROM pgtasks.workflow_runs w WHERE w.id = cancel_workflow.workflow_id;
@@ -810,16 +812,16 @@ BEGIN
       WHERE t.workflow_id = cancel_workflow.workflow_id
         AND t.status IN ('WAITING', 'PENDING', 'COMMIT', 'RUNNING')
       ORDER BY t.id FOR NO KEY UPDATE;
-    SELECT array_agg(t.id::text || ':' || t.attempt::text) INTO running
+    SELECT array_agg(t.id) INTO running
       FROM pgtasks.tasks t
      WHERE t.workflow_id = cancel_workflow.workflow_id AND t.status = 'RUNNING';
     UPDATE pgtasks.tasks t
        SET status = 'CANCELLED', finished_at = pgtasks.now(), error = reason,
-           worker_id = NULL, lease_expires_at = NULL, deadline = NULL
+           worker_id = NULL, lease_expires_at = NULL, deadline = NULL, lease_token = NULL
      WHERE t.workflow_id = cancel_workflow.workflow_id
        AND t.status IN ('WAITING', 'PENDING', 'COMMIT', 'RUNNING');
     GET DIAGNOSTICS n = ROW_COUNT;
-    PERFORM pg_notify('pgtasks_cancel', r) FROM unnest(running) r;
+    PERFORM pg_notify('pgtasks_cancel', r::text) FROM unnest(running) r;
     RETURN n;
 END $$;
 GRANT EXECUTE ON FUNCTION pgtasks.cancel_workflow(bigint) TO pgtasks_admin;

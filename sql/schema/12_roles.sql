@@ -15,9 +15,11 @@
 -- PUBLIC
 --   No EXECUTE on any pgtasks function and no privilege on the schema. What PostgreSQL
 --   gives every role anyway is LISTEN and NOTIFY, so the notifications pgtasks sends
---   (pgtasks_wakeup: a queue name; pgtasks_done, pgtasks_progress: a task id;
---   pgtasks_cancel: task id and attempt) are hints that name nothing private: the task
---   rows stay behind the functions.
+--   (pgtasks_wakeup: an opaque tag of the queue, queue_tag; pgtasks_done,
+--   pgtasks_progress, pgtasks_cancel: a task id) name no queue and carry no data, and a
+--   worker takes each one only as a hint: a wake-up makes it claim, a cancel makes it ask
+--   the database (a heartbeat of its tokens) before it stops anything. The task rows stay
+--   behind the functions.
 --
 -- pgtasks_owner
 --   Owns the schema, every table, view, type and function. Nobody logs in as it; the
@@ -36,13 +38,14 @@
 --           already taken returns the existing task instead of submitting a new one.
 --
 -- pgtasks_worker: runs tasks; also a submitter, for follow-up tasks.
---   Reads   the tasks it claims, params included (claim_tasks, finish_and_claim), their
---           checkpointed steps (task_steps_of) and their parents' results (parent_results),
---           next_run_at, current_settings.
---   Writes  only tasks it holds, presenting the attempt it claimed them with: a stale
---           attempt changes nothing and gets PT002 (heartbeat, checkpoint, report_progress,
---           log, log_many, finish_task, finish_tasks, finish_and_claim, fail_task,
---           yield_task). Besides: the worker registry (register_worker, unregister_worker),
+--   Reads   the tasks it claims, params included (claim_tasks, finish_and_claim), and,
+--           presenting their lease tokens, their checkpointed steps (task_steps_of) and
+--           their parents' results (parent_results); next_run_at, current_settings, the
+--           wake-up tags of its queues (queue_tag).
+--   Writes  only tasks it holds, presenting the lease token its claim returned: a stale
+--           or guessed token changes nothing, locks nothing and gets PT002 (heartbeat,
+--           checkpoint, report_progress, log, log_many, finish_task, finish_tasks,
+--           finish_and_claim, fail_task, yield_task). Besides: the worker registry (register_worker, unregister_worker),
 --           the policies of task types (register_task_type), schedule declarations and
 --           firing (declare_schedule, due_schedules, fire_schedule, fire_every_schedules),
 --           and maintenance (rescue_expired, prune_finished, maintain).
@@ -54,8 +57,8 @@
 -- pgtasks_reader: sees everything, changes nothing.
 --   Reads   every view: task_status (params, results and errors included), task_history,
 --           task_log_lines, task_attempt_errors, task_step_names, failed_tasks, workers,
---           schedules, workflows, metrics, and the submitter's views; parent_results,
---           workflow_graph, transition_reason, current_settings.
+--           schedules, workflows, metrics, and the submitter's views; workflow_graph,
+--           transition_reason, current_settings.
 --   Writes  nothing.
 --
 -- pgtasks_admin: operates the deployment; also a worker (and so a submitter) and a reader.

@@ -49,7 +49,7 @@ async def test_a_lease_expires_when_the_clock_passes_it(su):
 async def test_a_retry_waits_for_its_backoff_on_the_clock(su):
     tid = await su.fetchval("SELECT pgtasks.submit_task('t', backoff_base => interval '1 minute')")
     (claim,) = await su.fetch("SELECT * FROM pgtasks.claim_tasks('w', max_tasks => 1)")
-    await su.execute("SELECT pgtasks.fail_task($1, $2, 'boom')", tid, claim["attempt"])
+    await su.execute("SELECT pgtasks.fail_task($1, $2, 'boom')", tid, claim["lease_token"])
     delay = await su.fetchval("SELECT run_at - pgtasks.now() FROM pgtasks.tasks WHERE id = $1", tid)
     assert delay.total_seconds() > 0
     assert await su.fetch("SELECT * FROM pgtasks.claim_tasks('w', max_tasks => 1)") == []

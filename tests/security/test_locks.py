@@ -65,13 +65,13 @@ async def role_of(conn: asyncpg.Connection) -> str:
 # The victim worker's calls, in one place.
 async def claim(su: asyncpg.Connection, lease: str = "60 seconds") -> list[asyncpg.Record]:
     return await su.fetch(
-        "SELECT id, attempt FROM pgtasks.claim_tasks('w', max_tasks => 10,"
+        "SELECT id, lease_token FROM pgtasks.claim_tasks('w', max_tasks => 10,"
         " lease => $1::text::interval)",
         lease,
     )
 
 
-HEARTBEAT = "SELECT * FROM pgtasks.heartbeat('w', ARRAY[$1::bigint], ARRAY[$2::integer])"
+HEARTBEAT = "SELECT * FROM pgtasks.heartbeat('w', ARRAY[$1::bigint], ARRAY[$2::text])"
 FINISH = "SELECT pgtasks.finish_task($1, $2, '\"done\"'::jsonb)"
 
 
@@ -164,8 +164,8 @@ async def test_a_key_is_decided_by_one_claimer_and_its_row_comes_back_after_prun
     finally:
         await other.close()
     # Idle for an hour with nothing running: pruned; the next claim makes the row again.
-    for r in await su.fetch("SELECT id, attempt FROM pgtasks.tasks WHERE status = 'RUNNING'"):
-        await su.fetch(FINISH, r["id"], r["attempt"])
+    for r in await su.fetch("SELECT id, lease_token FROM pgtasks.tasks WHERE status = 'RUNNING'"):
+        await su.fetch(FINISH, r["id"], r["lease_token"])
     await su.fetchval("SELECT pgtasks.advance_clock(interval '61 minutes')")
     await su.fetch("SELECT * FROM pgtasks.maintain()")
     assert await su.fetchval("SELECT count(*) FROM pgtasks.concurrency_keys") == 0
@@ -188,8 +188,8 @@ async def test_an_open_depends_on_submit_stalls_no_worker(su, login, observer):
             "SELECT pgtasks.submit_task('t', depends_on => ARRAY[$1]::bigint[])", parent
         )
         # The worker holding the parent goes on as if nobody had submitted anything.
-        assert await without_waiting(observer, su, HEARTBEAT, parent, held["attempt"]) == []
-        await without_waiting(observer, su, FINISH, parent, held["attempt"])
+        assert await without_waiting(observer, su, HEARTBEAT, parent, held["lease_token"]) == []
+        await without_waiting(observer, su, FINISH, parent, held["lease_token"])
     except BaseException:
         await tr.rollback()
         raise
@@ -209,7 +209,7 @@ async def test_a_child_submitted_before_its_parent_ends_is_released_once(su, log
         "SELECT pgtasks.submit_task('t', depends_on => ARRAY[$1]::bigint[])", parent
     )
     assert await child_state(su, child) == ("WAITING", 1, 0)
-    await su.fetch(FINISH, parent, held["attempt"])  # unsettled_edges leads to the child
+    await su.fetch(FINISH, parent, held["lease_token"])  # unsettled_edges leads to the child
     assert await child_state(su, child) == ("PENDING", 0, 1)
     await su.fetch("SELECT * FROM pgtasks.maintain()")
     assert await child_state(su, child) == ("PENDING", 0, 1)
@@ -232,8 +232,8 @@ async def test_settling_early_stalls_no_worker_and_maintain_releases_the_child(s
         child = await sub.fetchval(
             "SELECT pgtasks.submit_task('t', depends_on => ARRAY[$1]::bigint[])", parent
         )
-        await without_waiting(observer, su, HEARTBEAT, parent, held["attempt"])
-        await without_waiting(observer, su, FINISH, parent, held["attempt"])
+        await without_waiting(observer, su, HEARTBEAT, parent, held["lease_token"])
+        await without_waiting(observer, su, FINISH, parent, held["lease_token"])
     except BaseException:
         await tr.rollback()
         raise
@@ -254,7 +254,7 @@ async def test_a_parent_that_fails_while_the_submit_is_open_cancels_the_child(su
             "SELECT pgtasks.submit_task('t', depends_on => ARRAY[$1]::bigint[])", parent
         )
         await without_waiting(
-            observer, su, "SELECT pgtasks.fail_task($1, $2, 'boom')", parent, held["attempt"]
+            observer, su, "SELECT pgtasks.fail_task($1, $2, 'boom')", parent, held["lease_token"]
         )
     except BaseException:
         await tr.rollback()
@@ -274,7 +274,7 @@ async def two_finished_parents(su: asyncpg.Connection) -> list[int]:
     ids = [await su.fetchval("SELECT pgtasks.submit_task('secret')") for _ in range(2)]
     for r in await claim(su):
         await su.fetch(
-            'SELECT pgtasks.finish_task($1, $2, \'{"token": "s3cr3t"}\')', r["id"], r["attempt"]
+            'SELECT pgtasks.finish_task($1, $2, \'{"token": "s3cr3t"}\')', r["id"], r["lease_token"]
         )
     return ids
 

@@ -1,4 +1,4 @@
-"""claim_tasks order and fencing: a stale attempt can change nothing."""
+"""claim_tasks order and fencing: a stale lease token can change nothing."""
 
 from __future__ import annotations
 
@@ -56,24 +56,25 @@ async def test_concurrent_claims_never_share_a_task(dsn):
 
 async def test_stale_token_cannot_finish_or_fail(conn):
     tid = await conn.fetchval("SELECT pgtasks.submit_task('t')")
-    await claim(conn)
+    (first,) = await claim(conn)
     # The lease "expires" and the task is rescued, then claimed again (attempt 2).
     await conn.execute(
         "UPDATE pgtasks.tasks SET lease_expires_at = now() - interval '1s' WHERE id=$1", tid
     )
     assert await conn.fetchval("SELECT pgtasks.rescue_expired()") == 1
     await conn.execute("UPDATE pgtasks.tasks SET run_at = now() WHERE id = $1", tid)
-    assert (await claim(conn, worker="w2"))[0]["attempt"] == 2
+    (second,) = await claim(conn, worker="w2")
+    assert second["attempt"] == 2 and second["lease_token"] != first["lease_token"]
     for stmt in (
-        "SELECT pgtasks.finish_task($1, 1, '\"late\"')",
-        "SELECT pgtasks.fail_task($1, 1, 'late error')",
-        "SELECT pgtasks.checkpoint($1, 1, 'step', '1')",
-        "SELECT pgtasks.report_progress($1, 1, 1, 2)",
-        "SELECT pgtasks.yield_task($1, 1)",
-        "SELECT pgtasks.log($1, 1, 'info', 'late')",
+        "SELECT pgtasks.finish_task($1, $2, '\"late\"')",
+        "SELECT pgtasks.fail_task($1, $2, 'late error')",
+        "SELECT pgtasks.checkpoint($1, $2, 'step', '1')",
+        "SELECT pgtasks.report_progress($1, $2, 1, 2)",
+        "SELECT pgtasks.yield_task($1, $2)",
+        "SELECT pgtasks.log($1, $2, 'info', 'late')",
     ):
         with pytest.raises(asyncpg.PostgresError) as info:
-            await conn.execute(stmt, tid)
+            await conn.execute(stmt, tid, first["lease_token"])
         assert info.value.sqlstate == "PT002", stmt
     row = await conn.fetchrow(
         "SELECT status::text, attempt, worker_id, result FROM pgtasks.tasks WHERE id=$1", tid
@@ -81,8 +82,9 @@ async def test_stale_token_cannot_finish_or_fail(conn):
     assert tuple(row) == ("RUNNING", 2, "w2", None)
     # the batched completer reports the stale one and finishes only the live one
     rejected = await conn.fetch(
-        "SELECT * FROM pgtasks.finish_tasks($1, $2, $3::jsonb[])", [tid, tid], [1, 2], ["a", "b"]
-    )
+        "SELECT * FROM pgtasks.finish_tasks($1, $2, $3::jsonb[])",
+        [tid, tid], [first["lease_token"], second["lease_token"]], ["a", "b"],
+    )  # fmt: skip
     assert [r[0] for r in rejected] == [tid]
     row = await conn.fetchrow("SELECT status::text, result FROM pgtasks.tasks WHERE id=$1", tid)
     assert tuple(row) == ("DONE", "b")
@@ -95,7 +97,7 @@ async def test_fail_retries_with_backoff_then_fails(conn):
         (row,) = await claim(conn)
         assert row["attempt"] == attempt
         status = await conn.fetchval(
-            "SELECT pgtasks.fail_task($1, $2, $3)", tid, attempt, f"e{attempt}"
+            "SELECT pgtasks.fail_task($1, $2, $3)", tid, row["lease_token"], f"e{attempt}"
         )
         assert status == ("FAILED" if attempt == 3 else "COMMIT")
     errors = await conn.fetch(
@@ -111,12 +113,13 @@ async def test_fail_retries_with_backoff_then_fails(conn):
 async def test_heartbeat_extends_and_reports_lost(conn):
     a = await conn.fetchval("SELECT pgtasks.submit_task('t')")
     b = await conn.fetchval("SELECT pgtasks.submit_task('t')")
-    await claim(conn, 2)
+    tokens = {r["id"]: r["lease_token"] for r in await claim(conn, 2)}
     await conn.execute("SELECT pgtasks.cancel_task($1)", b)
     before = await conn.fetchval("SELECT lease_expires_at FROM pgtasks.tasks WHERE id=$1", a)
     lost = await conn.fetch(
-        "SELECT * FROM pgtasks.heartbeat('w1', $1, $2, interval '5 minutes')", [a, b], [1, 1]
-    )
+        "SELECT * FROM pgtasks.heartbeat('w1', $1, $2, interval '5 minutes')",
+        [a, b], [tokens[a], tokens[b]],
+    )  # fmt: skip
     assert [r[0] for r in lost] == [b]
     after = await conn.fetchval("SELECT lease_expires_at FROM pgtasks.tasks WHERE id=$1", a)
     assert after > before

@@ -22,7 +22,7 @@ async def claim(conn: asyncpg.Connection, n: int, queues: list[str] | None = Non
 
 
 async def finish(conn: asyncpg.Connection, ids: list[int]) -> None:
-    rows = await conn.fetch("SELECT id, attempt FROM pgtasks.tasks WHERE id = ANY($1)", ids)
+    rows = await conn.fetch("SELECT id, lease_token FROM pgtasks.tasks WHERE id = ANY($1)", ids)
     await conn.fetch(
         "SELECT * FROM pgtasks.finish_tasks($1, $2, $3::jsonb[])",
         [r[0] for r in rows], [r[1] for r in rows], [None] * len(rows),
@@ -275,7 +275,8 @@ async def test_finish_and_claim_enforces_the_limits_too(conn):
     ids = await submit_many(conn, 5, "lim")
     got = await claim(conn, 2)
     rows = await conn.fetch(
-        "SELECT * FROM pgtasks.finish_and_claim('w', $1, ARRAY[1], ARRAY[NULL]::jsonb[], 10)",
+        "SELECT * FROM pgtasks.finish_and_claim('w', $1::bigint[], ARRAY[(SELECT lease_token"
+        " FROM pgtasks.tasks WHERE id = ($1::bigint[])[1])], ARRAY[NULL]::jsonb[], 10)",
         got[:1],
     )
     assert [r["id"] for r in rows] == [ids[2]]

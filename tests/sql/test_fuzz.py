@@ -126,7 +126,7 @@ CHECK_ALL = "SELECT " + ", ".join(f"({q})" for q in INVARIANTS.values())
 
 
 class Current:
-    """Resolved at call time to the current attempt of the task named by the call."""
+    """Resolved at call time to the lease token of the task named by the call."""
 
     def __repr__(self) -> str:
         return "CURRENT"
@@ -171,7 +171,9 @@ bigints = st.one_of(
     st.none(), st.integers(-1, 40), st.sampled_from([0, 2**63 - 1, -(2**63), 10**12])
 )
 ids = st.one_of(st.integers(1, 30), st.integers(1, 30), bigints)
-attempts = st.one_of(st.just(CURRENT), st.just(CURRENT), ints)
+tokens = st.one_of(
+    st.just(CURRENT), st.just(CURRENT), st.none(), st.sampled_from(["1", "", "0" * 64]), safe_text
+)
 intervals = st.one_of(
     st.none(),
     st.sampled_from(["0", "-1 second", "1 microsecond", "1 second", "60 seconds", "4 hours",
@@ -225,7 +227,7 @@ REQUIRED = {
     "finish_tasks": 3, "finish_and_claim": 4, "fail_task": 3, "yield_task": 2, "checkpoint": 3,
     "task_steps_of": 2, "report_progress": 3, "log": 4, "log_many": 4, "register_task_type": 1,
     "register_worker": 3, "unregister_worker": 1, "submit_workflow": 1, "cancel_workflow": 1,
-    "parent_results": 1, "workflow_graph": 1, "submit_or_get": 1, "declare_schedule": 2,
+    "parent_results": 2, "workflow_graph": 1, "submit_or_get": 1, "declare_schedule": 2,
 }  # fmt: skip
 OMIT = object()
 
@@ -244,10 +246,10 @@ def call(fn: str, **args: tuple[str, st.SearchStrategy[Any]]) -> st.SearchStrate
 
 
 def batch(fn: str, **extra: tuple[str, st.SearchStrategy[Any]]) -> st.SearchStrategy[Call]:
-    """Batch calls: arrays of tasks, attempts and results, of one length or not."""
+    """Batch calls: arrays of tasks, lease tokens and results, of one length or not."""
     first = {"worker_id": extra.pop("worker_id")} if "worker_id" in extra else {}
     return call(fn, **first, task_ids=("bigint[]", arrays(ids)),
-                attempts=("integer[]", arrays(attempts)),
+                lease_tokens=("text[]", arrays(tokens)),
                 results=("jsonb[]", arrays(jsons)), **extra)  # fmt: skip
 
 
@@ -288,7 +290,7 @@ CALLS = st.one_of(
          on_parent_failure=("text", st.sampled_from([None, "run", "cancel", "x"]))),
     call("submit_workflow", spec=("jsonb", wf_specs)),
     call("cancel_workflow", workflow_id=("bigint", ids)),
-    call("parent_results", task_id=("bigint", ids)),
+    call("parent_results", task_id=("bigint", ids), lease_token=("text", tokens)),
     call("workflow_graph", workflow_id=("bigint", ids)),
     call("submit_tasks", task_type=("text", names), params_list=("jsonb[]", arrays(objects)),
          queue=("text", names), priority=("integer", ints), run_at=("timestamptz", times),
@@ -298,27 +300,27 @@ CALLS = st.one_of(
          max_tasks=("integer", ints), lease=("interval", intervals),
          task_types=("text[]", arrays(names))),
     call("heartbeat", worker_id=("text", names), task_ids=("bigint[]", arrays(ids)),
-         attempts=("integer[]", arrays(attempts)), lease=("interval", intervals)),
-    call("finish_task", task_id=("bigint", ids), attempt=("integer", attempts),
+         lease_tokens=("text[]", arrays(tokens)), lease=("interval", intervals)),
+    call("finish_task", task_id=("bigint", ids), lease_token=("text", tokens),
          result=("jsonb", jsons)),
     batch("finish_tasks"),
     batch("finish_and_claim", worker_id=("text", names), claim_max=("integer", ints),
           queues=("text[]", arrays(names)), lease=("interval", intervals),
           task_types=("text[]", arrays(names))),
-    call("fail_task", task_id=("bigint", ids), attempt=("integer", attempts),
+    call("fail_task", task_id=("bigint", ids), lease_token=("text", tokens),
          error=("text", texts), traceback=("text", texts),
          retryable=("boolean", st.one_of(st.none(), st.booleans())),
          retry_delay=("interval", intervals)),
-    call("yield_task", task_id=("bigint", ids), attempt=("integer", attempts),
+    call("yield_task", task_id=("bigint", ids), lease_token=("text", tokens),
          run_at=("timestamptz", times)),
-    call("checkpoint", task_id=("bigint", ids), attempt=("integer", attempts),
+    call("checkpoint", task_id=("bigint", ids), lease_token=("text", tokens),
          step=("text", texts), result=("jsonb", jsons)),
-    call("task_steps_of", task_id=("bigint", ids), attempt=("integer", attempts)),
-    call("report_progress", task_id=("bigint", ids), attempt=("integer", attempts),
+    call("task_steps_of", task_id=("bigint", ids), lease_token=("text", tokens)),
+    call("report_progress", task_id=("bigint", ids), lease_token=("text", tokens),
          current=("bigint", bigints), total=("bigint", bigints), message=("text", texts)),
-    call("log", task_id=("bigint", ids), attempt=("integer", attempts), level=("text", texts),
+    call("log", task_id=("bigint", ids), lease_token=("text", tokens), level=("text", texts),
          message=("text", texts)),
-    call("log_many", task_id=("bigint", ids), attempt=("integer", attempts),
+    call("log_many", task_id=("bigint", ids), lease_token=("text", tokens),
          levels=("text[]", arrays(texts)), messages=("text[]", arrays(texts)),
          ats=("timestamptz[]", arrays(times)), loggers=("text[]", arrays(texts))),
     call("cancel_task", task_id=("bigint", ids)),
@@ -375,24 +377,25 @@ def db(dsn):
 
 
 def resolve(c: psycopg.Connection, fn: Call) -> dict[str, tuple[str, Any]]:
-    """Replace CURRENT by the attempt of the task the call names (a valid token)."""
+    """Replace CURRENT by the lease token of the task the call names (valid while it runs)."""
     out = dict(fn.args)
     tid = out.get("task_id", ("", None))[1]
     for k, (t, v) in out.items():
         if v is CURRENT:
-            out[k] = (t, attempt_of(c, tid))
+            out[k] = (t, token_of(c, tid))
         elif isinstance(v, list) and any(x is CURRENT for x in v):
             task_ids = out.get("task_ids", ("", None))[1] or []
-            out[k] = (t, [attempt_of(c, task_ids[i] if i < len(task_ids) else None)
+            out[k] = (t, [token_of(c, task_ids[i] if i < len(task_ids) else None)
                           if x is CURRENT else x for i, x in enumerate(v)])  # fmt: skip
     return out
 
 
-def attempt_of(c: psycopg.Connection, tid: Any) -> int | None:
+def token_of(c: psycopg.Connection, tid: Any) -> str:
+    """The running attempt's token; a well-formed one that matches nothing otherwise."""
     if tid is None or not -(2**63) <= tid < 2**63:
-        return 1
-    row = c.execute("SELECT attempt FROM pgtasks.tasks WHERE id = %s", (tid,)).fetchone()
-    return row[0] if row else 1
+        return "0" * 64
+    row = c.execute("SELECT lease_token FROM pgtasks.tasks WHERE id = %s", (tid,)).fetchone()
+    return row[0] if row and row[0] else "0" * 64
 
 
 def run_one(c: psycopg.Connection, fn: Call) -> None:
@@ -456,7 +459,7 @@ def run_one(c: psycopg.Connection, fn: Call) -> None:
             "yield_task",
             {
                 "task_id": ("bigint", 1),
-                "attempt": ("integer", CURRENT),
+                "lease_token": ("text", CURRENT),
                 "run_at": ("timestamptz", "infinity"),
             },
         ),

@@ -10,6 +10,7 @@ import asyncpg
 import pytest
 
 from pgtasks import db
+from tests.sql.helpers import TOKEN, token
 
 
 async def running_task(conn: asyncpg.Connection, worker: str = "w") -> int:
@@ -99,27 +100,31 @@ async def test_planted_functions_and_operators_are_never_called(dsn, attacker):
         a, b, c, d, e = [r[0] for r in ids]
         one = await victim.fetchval("SELECT pgtasks.submit_task('t', '{}', queue => 'q')")
         claimed = await victim.fetch(
-            "SELECT id, attempt FROM pgtasks.claim_tasks('w', max_tasks => 10)"
+            "SELECT id, lease_token FROM pgtasks.claim_tasks('w', max_tasks => 10)"
         )
         assert len(claimed) == 6
+        tok = dict(claimed)
         await victim.fetch(
             "SELECT * FROM pgtasks.heartbeat('w', $1, $2)",
             [r[0] for r in claimed], [r[1] for r in claimed],
         )  # fmt: skip
-        await victim.execute("SELECT pgtasks.fail_task($1, 1, 'boom')", a)
-        await victim.execute("SELECT pgtasks.checkpoint($1, 1, 'step', '{}')", b)
-        await victim.execute("SELECT pgtasks.report_progress($1, 1, 1, 2, 'half')", b)
-        await victim.execute("SELECT pgtasks.log($1, 1, 'info', 'hello')", b)
+        await victim.execute("SELECT pgtasks.fail_task($1, $2, 'boom')", a, tok[a])
+        await victim.execute("SELECT pgtasks.checkpoint($1, $2, 'step', '{}')", b, tok[b])
+        await victim.execute("SELECT pgtasks.report_progress($1, $2, 1, 2, 'half')", b, tok[b])
+        await victim.execute("SELECT pgtasks.log($1, $2, 'info', 'hello')", b, tok[b])
         await victim.execute(
-            "SELECT pgtasks.log_many($1, 1, ARRAY['info'], ARRAY['x'], loggers => ARRAY['l'])", b
-        )
-        await victim.execute("SELECT pgtasks.finish_task($1, 1, '{}')", b)
+            "SELECT pgtasks.log_many($1, $2, ARRAY['info'], ARRAY['x'], loggers => ARRAY['l'])",
+            b, tok[b],
+        )  # fmt: skip
+        await victim.fetch("SELECT * FROM pgtasks.task_steps_of($1, $2)", b, tok[b])
+        await victim.execute("SELECT pgtasks.finish_task($1, $2, '{}')", b, tok[b])
         await victim.fetch(
-            "SELECT * FROM pgtasks.finish_tasks(ARRAY[$1::bigint], ARRAY[1], ARRAY['1'::jsonb])", c
-        )
+            "SELECT * FROM pgtasks.finish_tasks(ARRAY[$1::bigint], ARRAY[$2], ARRAY['1'::jsonb])",
+            c, tok[c],
+        )  # fmt: skip
         await victim.execute("SELECT pgtasks.cancel_task($1)", d)
         await victim.execute("SELECT pgtasks.retry_task($1)", d)
-        await victim.execute("SELECT pgtasks.yield_task($1, 1)", one)
+        await victim.execute("SELECT pgtasks.yield_task($1, $2)", one, tok[one])
         # Expire the last lease and rescue it (the rescue message goes through format()).
         await victim.execute(
             "UPDATE pgtasks.tasks SET lease_expires_at = now() - interval '1 second' WHERE id = $1",
@@ -192,12 +197,14 @@ async def test_every_function_pins_search_path_and_runs_as_owner(conn):
 
 async def test_attempt_cannot_be_reset_even_on_a_done_task(conn):
     tid = await running_task(conn)
-    await conn.execute("SELECT pgtasks.finish_task($1, 1, '1')", tid)
+    held = await token(conn, tid)
+    await conn.execute("SELECT pgtasks.finish_task($1, $2, '1')", tid, held)
     assert await sqlstate_of(conn, "UPDATE pgtasks.tasks SET attempt = 0 WHERE id = $1", tid) == (
         "PT201"
     )
-    # ... so the stale token of an earlier attempt still cannot finish it.
-    assert await sqlstate_of(conn, "SELECT pgtasks.finish_task($1, 0, '2')", tid) == "PT002"
+    # The finished attempt's token was cleared with its lease: it cannot finish it again.
+    assert await token(conn, tid) is None
+    assert await sqlstate_of(conn, "SELECT pgtasks.finish_task($1, $2, '2')", tid, held) == "PT002"
     assert await conn.fetchval("SELECT result FROM pgtasks.tasks WHERE id = $1", tid) == 1
 
 
@@ -278,7 +285,7 @@ async def test_a_later_before_trigger_cannot_change_status_unseen(conn):
 )
 async def test_history_is_append_only(conn, sql):
     tid = await running_task(conn)
-    await conn.execute("SELECT pgtasks.fail_task($1, 1, 'boom')", tid)
+    await conn.execute(f"SELECT pgtasks.fail_task($1, {TOKEN}, 'boom')", tid)
     counts = (
         "SELECT (SELECT count(*) FROM pgtasks.task_events),"
         " (SELECT count(*) FROM pgtasks.task_errors)"
@@ -290,9 +297,9 @@ async def test_history_is_append_only(conn, sql):
 
 async def test_pruning_and_deleting_a_task_still_remove_its_history(conn):
     tid = await running_task(conn)
-    await conn.execute("SELECT pgtasks.fail_task($1, 1, 'boom', retryable => false)", tid)
+    await conn.execute(f"SELECT pgtasks.fail_task($1, {TOKEN}, 'boom', retryable => false)", tid)
     gone = await running_task(conn)
-    await conn.execute("SELECT pgtasks.fail_task($1, 1, 'boom', retryable => false)", gone)
+    await conn.execute(f"SELECT pgtasks.fail_task($1, {TOKEN}, 'boom', retryable => false)", gone)
     # By hand: the errors go with the task (cascade); events have no key and stay.
     await conn.execute("DELETE FROM pgtasks.tasks WHERE id = $1", gone)
     assert (
@@ -313,16 +320,18 @@ async def test_pruning_and_deleting_a_task_still_remove_its_history(conn):
 # -- cancel payload ------------------------------------------------------------------------
 
 
-async def test_cancel_notification_carries_the_attempt(dsn, conn):
+async def test_cancel_notification_carries_only_the_task_id(dsn, conn):
+    """A hint for the task's worker, which confirms it with a heartbeat of its lease tokens:
+    nothing in it (not even the attempt) decides anything."""
     listener = await db.connect(dsn)
     got: asyncio.Queue[str] = asyncio.Queue()
     await listener.add_listener("pgtasks_cancel", lambda *a: got.put_nowait(a[3]))
     try:
         tid = await running_task(conn)
-        await conn.execute("SELECT pgtasks.yield_task($1, 1)", tid)
+        await conn.execute(f"SELECT pgtasks.yield_task($1, {TOKEN})", tid)
         await conn.fetch("SELECT * FROM pgtasks.claim_tasks('w', max_tasks => 1)")
         await conn.execute("SELECT pgtasks.cancel_task($1)", tid)
-        assert await asyncio.wait_for(got.get(), 60) == f"{tid}:2"
+        assert await asyncio.wait_for(got.get(), 60) == str(tid)
     finally:
         await listener.close()
 
@@ -349,12 +358,15 @@ async def counts(conn: asyncpg.Connection) -> tuple[int, ...]:
 @pytest.mark.parametrize(
     ("sql", "state"),
     [
-        ("SELECT pgtasks.finish_task($1, 1, jsonb_build_object('x', repeat('a', 200)))", "PT203"),
-        ("SELECT pgtasks.checkpoint($1, 1, 's', to_jsonb(repeat('a', 200)))", "PT203"),
-        ("SELECT pgtasks.log($1, 1, 'info', repeat('é', 30))", "PT204"),
-        ("SELECT pgtasks.report_progress($1, 1, 1, 2, repeat('a', 51))", "PT204"),
         (
-            "SELECT pgtasks.log_many($1, 1, ARRAY['info', 'info'],"
+            f"SELECT pgtasks.finish_task($1, {TOKEN}, jsonb_build_object('x', repeat('a', 200)))",
+            "PT203",
+        ),
+        (f"SELECT pgtasks.checkpoint($1, {TOKEN}, 's', to_jsonb(repeat('a', 200)))", "PT203"),
+        (f"SELECT pgtasks.log($1, {TOKEN}, 'info', repeat('é', 30))", "PT204"),
+        (f"SELECT pgtasks.report_progress($1, {TOKEN}, 1, 2, repeat('a', 51))", "PT204"),
+        (
+            f"SELECT pgtasks.log_many($1, {TOKEN}, ARRAY['info', 'info'],"
             " ARRAY['short', repeat('a', 51)])",
             "PT204",
         ),
@@ -374,10 +386,10 @@ async def test_an_oversized_result_fails_its_task_not_the_batch(conn, small_limi
     a, b = await conn.fetch("SELECT * FROM pgtasks.submit_tasks('t', ARRAY['{}', '{}']::jsonb[])")
     await conn.fetch("SELECT * FROM pgtasks.claim_tasks('w', max_tasks => 2)")
     rejected = await conn.fetch(
-        "SELECT * FROM pgtasks.finish_and_claim('w', $1, ARRAY[1, 1], "
+        "SELECT * FROM pgtasks.finish_and_claim('w', $1, $2, "
         "ARRAY[to_jsonb(repeat('a', 200)), '1'::jsonb])",
-        [a[0], b[0]],
-    )
+        [a[0], b[0]], [await token(conn, a[0]), await token(conn, b[0])],
+    )  # fmt: skip
     assert [r["rejected_task_id"] for r in rejected] == [a[0]]
     rows = dict(await conn.fetch("SELECT id, status::text FROM pgtasks.tasks ORDER BY id"))
     assert rows == {a[0]: "FAILED", b[0]: "DONE"}
@@ -407,7 +419,8 @@ async def test_a_huge_failure_is_kept_clipped_with_its_start_and_end(conn):
     error = "E" + "x" * 200_000 + "END-OF-ERROR"
     tb = "Traceback (most recent call last):\n" + "  frame\n" * 50_000 + "ValueError: boom"
     status = await conn.fetchval(
-        "SELECT pgtasks.fail_task(task_id => $1, attempt => 1, error => $2, traceback => $3)",
+        f"SELECT pgtasks.fail_task(task_id => $1, lease_token => {TOKEN}, error => $2,"
+        " traceback => $3)",
         tid, error, tb,
     )  # fmt: skip
     assert status == "COMMIT"  # to be retried: the failure itself was recorded
@@ -425,6 +438,6 @@ async def test_a_huge_failure_is_kept_clipped_with_its_start_and_end(conn):
         assert text.startswith(head) and text.endswith(tail)
         assert "characters left out" in text
     short = await running_task(conn)
-    await conn.execute("SELECT pgtasks.fail_task($1, 1, 'short', 'tb')", short)
+    await conn.execute(f"SELECT pgtasks.fail_task($1, {TOKEN}, 'short', 'tb')", short)
     kept = await conn.fetchval("SELECT error FROM pgtasks.tasks WHERE id = $1", short)
     assert kept == "short"

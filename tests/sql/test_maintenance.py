@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from tests.sql.helpers import TOKEN
+
 
 async def finished_task(conn, age: str) -> int:
     tid = await conn.fetchval("SELECT pgtasks.submit_task('t')")
     await conn.fetch("SELECT * FROM pgtasks.claim_tasks('w', max_tasks => 1)")
-    await conn.execute("SELECT pgtasks.finish_task($1, 1, '1')", tid)
+    await conn.execute(f"SELECT pgtasks.finish_task($1, {TOKEN}, '1')", tid)
     await conn.execute(
         f"UPDATE pgtasks.tasks SET finished_at = now() - interval '{age}' WHERE id = $1", tid
     )

@@ -128,11 +128,16 @@ class Spec:
 RESET = """
 DELETE FROM pgtasks.tasks;
 SELECT setval(pg_get_serial_sequence('pgtasks.tasks', 'id'), 1, false);
+DROP TABLE IF EXISTS public.held;
 """
 # Task 1, PENDING.
 PENDING = "SELECT pgtasks.submit_task('t');"
+# The lease tokens the setup's claim returned, which its worker presents (public.held).
+HELD = "CREATE TABLE public.held AS SELECT id, lease_token FROM pgtasks.claim_tasks"
+# Task {n}'s token as its worker holds it, also after the attempt lost the task.
+TOKEN = "(SELECT h.lease_token FROM public.held h WHERE h.id = {})"
 # Task 1, RUNNING under worker 'w' at attempt 1.
-RUNNING = PENDING + "SELECT * FROM pgtasks.claim_tasks('w', max_tasks => 1);"
+RUNNING = PENDING + HELD + "('w', max_tasks => 1);"
 # ... whose lease has expired (its worker died).
 EXPIRED = RUNNING + "UPDATE pgtasks.tasks SET lease_expires_at = now() - interval '1 second';"
 STATUS = "SELECT status::text, attempt, retry_count FROM pgtasks.tasks WHERE id = 1"
@@ -201,12 +206,19 @@ def _yield_vs_cancel(r: dict[str, list[Outcome]], final: tuple[Any, ...]) -> Non
     assert final[0] == "CANCELLED"
 
 
-FINISH_1 = "SELECT * FROM pgtasks.finish_tasks(ARRAY[1::bigint], ARRAY[1], ARRAY['1'::jsonb])"
-FINISH_2 = "SELECT * FROM pgtasks.finish_tasks(ARRAY[2::bigint], ARRAY[1], ARRAY['2'::jsonb])"
+FINISH = "SELECT * FROM pgtasks.finish_tasks(ARRAY[{0}::bigint], ARRAY[{1}], ARRAY['{0}'::jsonb])"
+FINISH_1 = FINISH.format(1, TOKEN.format(1))
+FINISH_2 = FINISH.format(2, TOKEN.format(2))
+# The single calls of task 1's worker, with its token.
+T1 = TOKEN.format(1)
+BEAT_1 = f"SELECT * FROM pgtasks.heartbeat('w', ARRAY[1::bigint], ARRAY[{T1}])"
+FINISH_TASK_1 = f"SELECT pgtasks.finish_task(1, {T1}, '1')"
+YIELD_1 = f"SELECT pgtasks.yield_task(1, {T1})"
 # Workflows (sql/0012). Tasks 1 and 2 RUNNING under 'w' at attempt 1; task 3 WAITING on both.
 TWO_PARENTS = (
     "SELECT pgtasks.submit_task('t'); SELECT pgtasks.submit_task('t');"
-    "SELECT * FROM pgtasks.claim_tasks('w', max_tasks => 2);"
+    + HELD
+    + "('w', max_tasks => 2);"
     "SELECT pgtasks.submit_task('t', depends_on => ARRAY[1, 2]::bigint[]);"
 )
 # Its status, unmet parents, and how many times it was released (this setup's events only:
@@ -254,39 +266,41 @@ SPECS = {
         ["SELECT id FROM pgtasks.claim_tasks('b', max_tasks => 1)", None], STATUS,
         _claim_vs_claim, blocks=False),
     "heartbeat vs rescue": Spec(
-        EXPIRED, ["SELECT * FROM pgtasks.heartbeat('w', ARRAY[1::bigint], ARRAY[1])", None],
+        EXPIRED, [BEAT_1, None],
         ["SELECT pgtasks.rescue_expired()", None], STATUS, _heartbeat_vs_rescue),
     "fail vs rescue": Spec(
-        EXPIRED, ["SELECT pgtasks.fail_task(1, 1, 'boom')::text", None],
+        EXPIRED, [f"SELECT pgtasks.fail_task(1, {T1}, 'boom')::text", None],
         ["SELECT pgtasks.rescue_expired()", None], STATUS, _fail_vs_rescue),
     "finish vs cancel": Spec(
-        RUNNING, ["SELECT pgtasks.finish_task(1, 1, '1')", None],
+        RUNNING, [FINISH_TASK_1, None],
         ["SELECT pgtasks.cancel_task(1)", None], STATUS, _finish_vs_cancel),
     "heartbeat vs cancel": Spec(
-        RUNNING, ["SELECT * FROM pgtasks.heartbeat('w', ARRAY[1::bigint], ARRAY[1])", None],
+        RUNNING, [BEAT_1, None],
         ["SELECT pgtasks.cancel_task(1)::text", None], STATUS, _heartbeat_vs_cancel),
     "yield vs cancel": Spec(
-        RUNNING, ["SELECT pgtasks.yield_task(1, 1)", None],
+        RUNNING, [YIELD_1, None],
         ["SELECT pgtasks.cancel_task(1)::text", None], STATUS, _yield_vs_cancel),
     "finish vs retry": Spec(
         RUNNING + "SELECT pgtasks.cancel_task(1);",
-        ["SELECT pgtasks.finish_task(1, 1, '1')", None],
-        ["SELECT pgtasks.retry_task(1)", None], STATUS, _finish_vs_retry),
+        [FINISH_TASK_1, None],
+        ["SELECT pgtasks.retry_task(1)", None], STATUS, _finish_vs_retry,
+        blocks=False),  # a stale token matches no row, so it locks (and waits for) none
     "stale finish vs claim": Spec(
-        RUNNING + "SELECT pgtasks.yield_task(1, 1);",
-        ["SELECT pgtasks.finish_task(1, 1, '1')", None],
+        RUNNING + YIELD_1 + ";",
+        [FINISH_TASK_1, None],
         ["SELECT id FROM pgtasks.claim_tasks('b', max_tasks => 1)", None], STATUS,
-        _finish_vs_claim_after_yield),
+        _finish_vs_claim_after_yield, blocks=False),
     "last two parents finish at once": Spec(
         TWO_PARENTS, [FINISH_1, None], [FINISH_2, None], CHILD.format(3), _released_once),
     "submit with depends_on vs the parent's finish": Spec(
         RUNNING, ["SELECT pgtasks.submit_task('t', depends_on => ARRAY[1]::bigint[])", None],
-        ["SELECT pgtasks.finish_task(1, 1, '1')", None], CHILD.format(2), _released_once),
+        [FINISH_TASK_1, None], CHILD.format(2), _released_once),
     "submit with depends_on vs the parent's failure": Spec(
         "SELECT pgtasks.submit_task('t', max_retries => 0);"
-        "SELECT * FROM pgtasks.claim_tasks('w', max_tasks => 1);",
+        + HELD + "('w', max_tasks => 1);",
         ["SELECT pgtasks.submit_task('t', depends_on => ARRAY[1]::bigint[])", None],
-        ["SELECT pgtasks.fail_task(1, 1, 'boom')::text", None], CHILD_OF_FAILED, _cancelled_once),
+        [f"SELECT pgtasks.fail_task(1, {T1}, 'boom')::text", None], CHILD_OF_FAILED,
+        _cancelled_once),
 }  # fmt: skip
 
 
@@ -306,5 +320,6 @@ def test_every_interleaving_has_one_outcome(dsn, name):
         except AssertionError as exc:
             raise AssertionError(f"{name}, order {''.join(order)}: {results} {final}") from exc
     assert ran >= 3, "most interleavings must be possible"
-    # SKIP LOCKED claims and rescues never wait; the others must have met a lock at least once.
+    # SKIP LOCKED claims and rescues never wait, nor does a stale token (it matches no row);
+    # the others must have met a lock at least once.
     assert bool(blocked) == spec.blocks, blocked

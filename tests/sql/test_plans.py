@@ -49,7 +49,7 @@ async def big_table(conn):
     # finish most of them through the real API, in big batches
     for _ in range(24):
         rows = await conn.fetch(
-            "SELECT id, attempt FROM pgtasks.claim_tasks('setup', max_tasks => 1000)"
+            "SELECT id, lease_token FROM pgtasks.claim_tasks('setup', max_tasks => 1000)"
         )
         await conn.fetch(
             "SELECT * FROM pgtasks.finish_tasks($1, $2, $3::jsonb[])",
@@ -58,6 +58,9 @@ async def big_table(conn):
     await conn.execute("ANALYZE pgtasks.tasks")
     counts = dict(await conn.fetch("SELECT status::text, count(*) FROM pgtasks.tasks GROUP BY 1"))
     assert counts == {"DONE": 24_000, "PENDING": 2_000}
+
+
+CLAIM_100 = "SELECT id, lease_token FROM pgtasks.claim_tasks('w', max_tasks => 100)"
 
 
 @pytest.mark.parametrize("queues", [None, ["q0"], ["q0", "q1"]])
@@ -70,12 +73,12 @@ async def test_claim_walks_an_index_without_sorting(conn, big_table, queues):
 
 
 async def test_batched_finish_and_heartbeat_look_tasks_up_by_id(conn, big_table):
-    rows = await conn.fetch("SELECT id, attempt FROM pgtasks.claim_tasks('w', max_tasks => 100)")
+    rows = await conn.fetch(CLAIM_100)
     assert len(rows) == 100
-    ids, attempts = [r[0] for r in rows], [r[1] for r in rows]
+    ids, held = [r[0] for r in rows], [r[1] for r in rows]
     for sql, args in (
-        ("SELECT * FROM pgtasks.heartbeat('w', $1, $2)", (ids, attempts)),
-        ("SELECT * FROM pgtasks.finish_tasks($1, $2, $3::jsonb[])", (ids, attempts, [None] * 100)),
+        ("SELECT * FROM pgtasks.heartbeat('w', $1, $2)", (ids, held)),
+        ("SELECT * FROM pgtasks.finish_tasks($1, $2, $3::jsonb[])", (ids, held, [None] * 100)),
     ):
         plans = await nested_plans(conn, sql, *args)
         update = next(p for p in plans.split("duration:") if "Update on tasks t" in p)
@@ -94,7 +97,7 @@ async def test_next_run_at_is_one_probe(conn, big_table):
 async def test_finish_and_claim_is_one_update_on_the_same_indexes(conn, big_table, queues):
     """One round trip and, since sql/0020, one UPDATE for the finishes and the claims: the
     pick walks tasks_claimable like claim_tasks, the update finds both kinds of rows by id."""
-    rows = await conn.fetch("SELECT id, attempt FROM pgtasks.claim_tasks('w', max_tasks => 100)")
+    rows = await conn.fetch(CLAIM_100)
     plans = await nested_plans(
         conn,
         "SELECT * FROM pgtasks.finish_and_claim('w', $1, $2, $3::jsonb[], 10, $4)",
@@ -112,7 +115,9 @@ async def test_finish_and_claim_is_one_update_on_the_same_indexes(conn, big_tabl
 async def test_finish_and_claim_keeps_two_statements_for_dependents(conn, big_table):
     """A finished task with dependents releases them in its statement's history trigger;
     the claim must be a later statement to take them in the same call (sql/0020)."""
-    parent = await conn.fetchval("SELECT id FROM pgtasks.claim_tasks('w', max_tasks => 1)")
+    (parent, held) = await conn.fetchrow(
+        "SELECT id, lease_token FROM pgtasks.claim_tasks('w', max_tasks => 1)"
+    )
     child = await conn.fetchval(
         "SELECT pgtasks.submit_task('t', queue => 'q0', priority => 9,"
         " depends_on => ARRAY[$1::bigint])",
@@ -120,10 +125,10 @@ async def test_finish_and_claim_keeps_two_statements_for_dependents(conn, big_ta
     )
     plans = await nested_plans(
         conn,
-        "SELECT * FROM pgtasks.finish_and_claim('w', ARRAY[$1::bigint], ARRAY[1],"
+        "SELECT * FROM pgtasks.finish_and_claim('w', ARRAY[$1::bigint], ARRAY[$2],"
         " ARRAY[NULL::jsonb], 1)",
-        parent,
-    )
+        parent, held,
+    )  # fmt: skip
     assert len([p for p in plans.split("duration:") if "Update on tasks t" in p]) >= 2, plans
     status = await conn.fetchval("SELECT status::text FROM pgtasks.tasks WHERE id = $1", child)
     assert status == "RUNNING"

@@ -201,8 +201,9 @@ async def test_backoff_cannot_overflow_and_stops_at_max_backoff(conn):
 
 async def test_fail_task_uses_the_rows_backoff_base(conn):
     tid = await conn.fetchval("SELECT pgtasks.submit_task('t', backoff_base => interval '60 s')")
-    await conn.fetch("SELECT * FROM pgtasks.claim_tasks('w')")
-    assert await conn.fetchval("SELECT pgtasks.fail_task($1, 1, 'boom')", tid) == "COMMIT"
+    (row,) = await conn.fetch("SELECT * FROM pgtasks.claim_tasks('w')")
+    fail = "SELECT pgtasks.fail_task($1, $2, 'boom')"
+    assert await conn.fetchval(fail, tid, row["lease_token"]) == "COMMIT"
     assert await conn.fetchval(
         "SELECT run_at >= now() + interval '48 seconds' FROM pgtasks.tasks WHERE id = $1", tid
     )
@@ -282,8 +283,8 @@ async def test_backoff_ignores_a_shadowing_power_in_public(conn):
         """
     )
     tid = await conn.fetchval("SELECT pgtasks.submit_task('t')")
-    await conn.fetch("SELECT * FROM pgtasks.claim_tasks('w')")
-    await conn.fetchval("SELECT pgtasks.fail_task($1, 1, 'boom')", tid)
+    (row,) = await conn.fetch("SELECT * FROM pgtasks.claim_tasks('w')")
+    await conn.fetchval("SELECT pgtasks.fail_task($1, $2, 'boom')", tid, row["lease_token"])
     assert await conn.fetchval(
         "SELECT run_at < now() + interval '2 seconds' FROM pgtasks.tasks WHERE id = $1", tid
     )

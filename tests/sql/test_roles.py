@@ -92,7 +92,7 @@ async def test_submitter_submits_and_sees_status_only(login, running):
         "SELECT params FROM pgtasks.tasks",
         "SELECT * FROM pgtasks.task_status",
         "SELECT * FROM pgtasks.claim_tasks('s')",
-        f"SELECT pgtasks.finish_task({running}, 1, '1')",
+        f"SELECT pgtasks.finish_task({running}, '1', '1')",
         f"SELECT pgtasks.cancel_task({running})",
         f"SELECT pgtasks.lock_task({running})",
     ):
@@ -102,10 +102,11 @@ async def test_submitter_submits_and_sees_status_only(login, running):
 async def test_worker_runs_tasks_but_cannot_cancel_or_retry(login, conn, running):
     w = login["worker"]
     tid = await w.fetchval("SELECT pgtasks.submit_task('t')")  # a follow-up task
-    rows = await w.fetch("SELECT id, attempt FROM pgtasks.claim_tasks('w2', max_tasks => 5)")
+    rows = await w.fetch("SELECT id, lease_token FROM pgtasks.claim_tasks('w2', max_tasks => 5)")
     assert [r[0] for r in rows] == [tid]
-    await w.execute("SELECT pgtasks.log($1, 1, 'info', 'hi')", tid)
-    await w.execute("SELECT pgtasks.finish_task($1, 1, '{}')", tid)
+    held = rows[0]["lease_token"]
+    await w.execute("SELECT pgtasks.log($1, $2, 'info', 'hi')", tid, held)
+    await w.execute("SELECT pgtasks.finish_task($1, $2, '{}')", tid, held)
     assert await w.fetchval("SELECT pgtasks.rescue_expired()") == 0
     for sql in (
         f"SELECT pgtasks.cancel_task({running})",
@@ -246,7 +247,10 @@ async def test_each_role_gets_its_workflow_functions(login):
         )
     )
     wf, b = out["workflow_id"], out["nodes"]["b"]
-    assert await login["worker"].fetchval("SELECT pgtasks.parent_results($1)::text", b)
+    # parent_results is the worker's, fenced by the child's lease token (b is not running).
+    with pytest.raises(asyncpg.PostgresError) as info:
+        await login["worker"].fetchval("SELECT pgtasks.parent_results($1, 'x')::text", b)
+    assert info.value.sqlstate == "PT002"
     assert await login["reader"].fetchval("SELECT state FROM pgtasks.workflows WHERE id = $1", wf)
     assert len(await login["reader"].fetch("SELECT * FROM pgtasks.workflow_graph($1)", wf)) == 2
     for role, sql in (
@@ -254,6 +258,8 @@ async def test_each_role_gets_its_workflow_functions(login):
         ("reader", f"SELECT pgtasks.cancel_workflow({wf})"),
         ("submitter", "SELECT * FROM pgtasks.workflows"),
         ("reader", f"SELECT pgtasks.submit_workflow('{spec}')"),
+        ("reader", f"SELECT pgtasks.parent_results({b}, 'x')"),
+        ("submitter", f"SELECT pgtasks.parent_results({b}, 'x')"),
     ):
         assert await denied(login[role], sql), (role, sql)
     assert await login["admin"].fetchval(f"SELECT pgtasks.cancel_workflow({wf})") == 2

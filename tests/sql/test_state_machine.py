@@ -7,6 +7,8 @@ import itertools
 import asyncpg
 import pytest
 
+from tests.sql.helpers import TOKEN
+
 STATES = ["WAITING", "PENDING", "RUNNING", "COMMIT", "DONE", "FAILED", "CANCELLED"]
 ALLOWED = {
     ("PENDING", "RUNNING"), ("COMMIT", "RUNNING"), ("RUNNING", "COMMIT"), ("RUNNING", "DONE"),
@@ -32,11 +34,11 @@ async def make_task_in(conn: asyncpg.Connection, state: str) -> int:
     if state == "RUNNING":
         return tid
     if state == "COMMIT":
-        await conn.execute("SELECT pgtasks.yield_task($1, 1)", tid)
+        await conn.execute(f"SELECT pgtasks.yield_task($1, {TOKEN})", tid)
     elif state == "DONE":
-        await conn.execute("SELECT pgtasks.finish_task($1, 1, '{}')", tid)
+        await conn.execute(f"SELECT pgtasks.finish_task($1, {TOKEN}, '{{}}')", tid)
     elif state == "FAILED":
-        await conn.execute("SELECT pgtasks.fail_task($1, 1, 'x', retryable => false)", tid)
+        await conn.execute(f"SELECT pgtasks.fail_task($1, {TOKEN}, 'x', retryable => false)", tid)
     elif state == "CANCELLED":
         await conn.execute("SELECT pgtasks.cancel_task($1)", tid)
     assert await conn.fetchval("SELECT status::text FROM pgtasks.tasks WHERE id=$1", tid) == state
@@ -76,6 +78,14 @@ async def test_allowed_transition_still_needs_consistent_columns(conn):
     tid = await conn.fetchval("SELECT pgtasks.submit_task('t')")
     with pytest.raises(asyncpg.CheckViolationError):
         await conn.execute("UPDATE pgtasks.tasks SET status = 'RUNNING' WHERE id = $1", tid)
+    # Every lease column but the token: a running attempt nobody could ever present.
+    with pytest.raises(asyncpg.CheckViolationError):
+        await conn.execute(
+            "UPDATE pgtasks.tasks SET status = 'RUNNING', attempt = 1, worker_id = 'w',"
+            " started_at = now(), deadline = now() + timeout, lease_expires_at = now()"
+            " WHERE id = $1",
+            tid,
+        )
 
 
 @pytest.mark.parametrize(
@@ -89,6 +99,7 @@ async def test_allowed_transition_still_needs_consistent_columns(conn):
         ("worker_id", "'w'"),  # a worker on a PENDING task
         ("finished_at", "now()"),  # finished_at on a non-terminal task
         ("result", "'1'::jsonb"),  # a result on a non-DONE task
+        ("lease_token", "'x'"),  # a lease token on a task nobody holds
     ],
 )
 async def test_check_constraints(conn, column, value):

@@ -1,11 +1,16 @@
-"""Wake-ups (sql/0008): the insert trigger NOTIFYs pgtasks_wakeup with the queue name, once
+"""Wake-ups (sql/0008): the insert trigger NOTIFYs pgtasks_wakeup with the queue's tag, once
 per statement and queue, only for ready work whose queue head was not already ready, and
 not at all with `pgtasks.wake_workers = off`. Delivery is awaited with a marker notification
-sent after the statement by the same session (a session's notifications arrive in order)."""
+sent after the statement by the same session (a session's notifications arrive in order).
+
+A payload names no queue (any role may LISTEN): it is pgtasks.queue_tag(queue), 8 hex
+digits. The tests turn tags back into the names of the queues they used, as a worker does
+for its own queues, and check every payload is a tag."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 
 import asyncpg
@@ -13,6 +18,7 @@ import pytest
 
 from pgtasks import db
 from pgtasks.migrations import migrate_url
+from tests.sql.helpers import TOKEN
 
 
 @pytest.fixture
@@ -26,9 +32,16 @@ async def woken(dsn):
     async def run(sql: str, *args: object) -> list[str]:
         await submitter.execute(sql, *args)
         await submitter.execute("SELECT pg_notify('pgtasks_wakeup', '<marker>')")
+        names = dict(
+            await submitter.fetch(
+                "SELECT pgtasks.queue_tag(q), q FROM (SELECT queue FROM pgtasks.tasks"
+                " UNION SELECT queue FROM pgtasks.queue_settings) AS t(q)"
+            )
+        )
         out = []
         while (payload := await asyncio.wait_for(got.get(), 30)) != "<marker>":
-            out.append(payload)
+            assert re.fullmatch("[0-9a-f]{8}", payload), payload
+            out.append(names.get(payload, payload))
         return out
 
     try:
@@ -127,4 +140,4 @@ async def test_waiting_tasks_wake_nobody_until_released(woken):
         ' {"name": "b", "type": "t", "queue": "later", "after": ["a"]}]}'
     )
     assert await run(f"SELECT pgtasks.submit_workflow('{spec}'::jsonb)") == ["roots"]
-    assert await run("SELECT pgtasks.finish_task($1, 1)", parent) == ["wf"]
+    assert await run(f"SELECT pgtasks.finish_task($1, {TOKEN})", parent) == ["wf"]

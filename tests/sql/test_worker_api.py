@@ -9,10 +9,10 @@ import asyncpg
 import pytest
 
 from pgtasks import db
-from tests.sql.helpers import expire_lease, raises
+from tests.sql.helpers import TOKEN, expire_lease, raises, token, tokens
 
 FINISH_AND_CLAIM = (
-    "SELECT * FROM pgtasks.finish_and_claim('w', $1::bigint[], $2::integer[], $3::jsonb[],"
+    "SELECT * FROM pgtasks.finish_and_claim('w', $1::bigint[], $2::text[], $3::jsonb[],"
     " claim_max => $4)"
 )
 
@@ -37,12 +37,16 @@ async def test_finish_and_claim_returns_rejections_then_claims_in_order(conn):
     a, b = await submit(conn, 2)
     await claim(conn, 2)
     low, high = await submit(conn, 1), await submit(conn, 1, priority=5)
-    rows = await conn.fetch(FINISH_AND_CLAIM, [a, b], [1, 7], ["ok", "stale"], 5)
+    rows = await conn.fetch(
+        FINISH_AND_CLAIM, [a, b], [await token(conn, a), "7"], ["ok", "stale"], 5
+    )
     assert [(r["rejected_task_id"], r["id"]) for r in rows] == [
         (b, None), (None, high[0]), (None, low[0]),
     ]  # fmt: skip
     assert rows[0]["task_type"] is None and rows[0]["attempt"] is None
+    assert rows[0]["lease_token"] is None
     assert rows[1]["attempt"] == 1 and rows[1]["deadline"] is not None
+    assert rows[1]["lease_token"] == await token(conn, high[0])
     assert await conn.fetchval("SELECT result FROM pgtasks.tasks WHERE id = $1", a) == "ok"
     assert await counts(conn) == {"DONE": 1, "RUNNING": 3}
 
@@ -51,7 +55,7 @@ async def test_finish_and_claim_with_claim_max_zero_only_finishes(conn):
     (a,) = await submit(conn)
     await claim(conn)
     await submit(conn)
-    assert await conn.fetch(FINISH_AND_CLAIM, [a], [1], ["1"], 0) == []
+    assert await conn.fetch(FINISH_AND_CLAIM, [a], [await token(conn, a)], ["1"], 0) == []
     assert await counts(conn) == {"DONE": 1, "PENDING": 1}
 
 
@@ -64,7 +68,8 @@ async def test_finish_and_claim_with_nothing_to_finish_claims_like_claim_tasks(c
 ROW_AS_WRITTEN = """
 SELECT status::text, result, finished_at IS NOT NULL AS finished, worker_id,
        lease_expires_at - started_at AS lease, deadline - started_at AS deadline,
-       started_at IS NOT NULL AS started, attempt, progress_current, progress_total
+       started_at IS NOT NULL AS started, attempt, progress_current, progress_total,
+       lease_token IS NOT NULL AS has_token
   FROM pgtasks.tasks WHERE id = $1
 """
 
@@ -77,17 +82,19 @@ async def test_one_statement_and_two_statements_write_the_same_rows(conn):
     for _ in range(2):
         (tid,) = await submit(conn)
         await claim(conn)
-        await conn.execute("SELECT pgtasks.report_progress($1, 1, 3, 10)", tid)
+        await conn.execute(f"SELECT pgtasks.report_progress($1, {TOKEN}, 3, 10)", tid)
         twins.append(tid)
     one, two = twins
     await submit(conn)
     # one statement: finish `one` and claim the ready task
-    rows = await conn.fetch(FINISH_AND_CLAIM, [one], [1], ['{"n": 1}'], 1)
+    rows = await conn.fetch(FINISH_AND_CLAIM, [one], [await token(conn, one)], ['{"n": 1}'], 1)
     assert [r["rejected_task_id"] for r in rows] == [None] and rows[0]["attempt"] == 1
     claimed_one = rows[0]["id"]
     await submit(conn)
     # two statements: finish `two` alone, then claim with claim_tasks
-    assert await conn.fetch(FINISH_AND_CLAIM, [two], [1], ['{"n": 1}'], 0) == []
+    assert (
+        await conn.fetch(FINISH_AND_CLAIM, [two], await tokens(conn, [two]), ['{"n": 1}'], 0) == []
+    )
     (claimed_two,) = [r["id"] for r in await claim(conn)]
     assert dict(await conn.fetchrow(ROW_AS_WRITTEN, one)) == dict(
         await conn.fetchrow(ROW_AS_WRITTEN, two)
@@ -103,25 +110,27 @@ async def test_a_finish_whose_task_went_back_to_pending_is_rejected_and_the_task
     """The one-statement path: a stale finish (the lease was rescued, the task is ready
     again) is rejected, and the same call may claim the task again, at the next attempt."""
     (a,) = await submit(conn)
-    await claim(conn)
+    (first,) = await claim(conn)
     await expire_lease(conn, a)
     assert await conn.fetchval("SELECT pgtasks.rescue_expired()") == 1
     await conn.execute("UPDATE pgtasks.tasks SET run_at = now() WHERE id = $1", a)
-    rows = await conn.fetch(FINISH_AND_CLAIM, [a], [1], ['"late"'], 5)
+    rows = await conn.fetch(FINISH_AND_CLAIM, [a], [first["lease_token"]], ['"late"'], 5)
     assert [(r["rejected_task_id"], r["id"], r["attempt"]) for r in rows] == [
         (a, None, None), (None, a, 2),
     ]  # fmt: skip
+    assert rows[1]["lease_token"] not in (None, first["lease_token"])
     assert await conn.fetchval("SELECT result FROM pgtasks.tasks WHERE id = $1", a) is None
 
 
 @pytest.mark.parametrize(
     ("args", "sqlstate"),
     [
-        ("ARRAY[$1::bigint], ARRAY[1], ARRAY['1'::jsonb], claim_max => NULL", "PT115"),
-        ("ARRAY[$1::bigint], ARRAY[1], ARRAY['1'::jsonb], claim_max => -1", "PT115"),
-        ("ARRAY[$1::bigint], ARRAY[1], ARRAY[]::jsonb[], claim_max => 1", "PT116"),
+        (f"ARRAY[$1::bigint], ARRAY[{TOKEN}], ARRAY['1'::jsonb], claim_max => NULL", "PT115"),
+        (f"ARRAY[$1::bigint], ARRAY[{TOKEN}], ARRAY['1'::jsonb], claim_max => -1", "PT115"),
+        (f"ARRAY[$1::bigint], ARRAY[{TOKEN}], ARRAY[]::jsonb[], claim_max => 1", "PT116"),
         (
-            "ARRAY[$1::bigint], ARRAY[1], ARRAY['1'::jsonb], claim_max => 1, lease => interval '0'",
+            f"ARRAY[$1::bigint], ARRAY[{TOKEN}], ARRAY['1'::jsonb], claim_max => 1,"
+            " lease => interval '0'",
             "PT114",
         ),
     ],
@@ -165,7 +174,7 @@ async def test_lease_defaults_to_the_setting(conn):
         assert await conn.fetchval(lease, a) == timedelta(minutes=5)
     await conn.execute("SELECT pgtasks.configure(default_lease => interval '7 minutes')")
     async with conn.transaction():
-        beat = "SELECT * FROM pgtasks.heartbeat('w', ARRAY[$1::bigint], ARRAY[1])"
+        beat = f"SELECT * FROM pgtasks.heartbeat('w', ARRAY[$1::bigint], ARRAY[{TOKEN}])"
         assert await conn.fetch(beat, a) == []
         assert await conn.fetchval(lease, a) == timedelta(minutes=7)
 
@@ -174,9 +183,10 @@ async def test_heartbeat_with_mismatched_arrays_is_refused(conn):
     a, b = await submit(conn, 2)
     await claim(conn, 2)
     before = await conn.fetch("SELECT lease_expires_at FROM pgtasks.tasks ORDER BY id")
-    await raises(conn, "SELECT * FROM pgtasks.heartbeat('w', $1, $2)", "PT116", [a, b], [1])
+    ta, _ = await tokens(conn, [a, b])
+    await raises(conn, "SELECT * FROM pgtasks.heartbeat('w', $1, $2)", "PT116", [a, b], [ta])
     await raises(
-        conn, "SELECT * FROM pgtasks.heartbeat('w', $1, $2, interval '0')", "PT114", [a], [1]
+        conn, "SELECT * FROM pgtasks.heartbeat('w', $1, $2, interval '0')", "PT114", [a], [ta]
     )
     assert await conn.fetch("SELECT lease_expires_at FROM pgtasks.tasks ORDER BY id") == before
 
@@ -188,12 +198,12 @@ async def test_finish_tasks_with_mismatched_arrays_finishes_nothing(conn):
         conn,
         "SELECT * FROM pgtasks.finish_tasks($1, $2, $3::jsonb[])",
         "PT116",
-        [a, b], [1, 1], ["1"],
+        [a, b], await tokens(conn, [a, b]), ["1"],
     )  # fmt: skip
     assert await counts(conn) == {"RUNNING": 2}
 
 
-async def test_a_null_attempt_in_a_batch_comes_back_rejected(conn):
+async def test_a_null_token_in_a_batch_comes_back_rejected(conn):
     (a,) = await submit(conn)
     await claim(conn)
     rows = await conn.fetch(
@@ -216,10 +226,11 @@ async def test_a_null_attempt_in_a_batch_comes_back_rejected(conn):
         "pgtasks.log($1, NULL, 'INFO', 'forged')",
         "pgtasks.log_many($1, NULL, ARRAY['INFO'], ARRAY['forged'])",
         "* FROM pgtasks.task_steps_of($1, NULL)",
+        "pgtasks.parent_results($1, NULL)",
     ],
 )
-async def test_a_null_attempt_never_passes_fencing(conn, call):
-    """A NULL attempt is no attempt: finish_task(id, NULL, ...) must not finish a task that
+async def test_a_null_token_never_passes_fencing(conn, call):
+    """A NULL token is no token: finish_task(id, NULL, ...) must not finish a task that
     another worker owns."""
     (a,) = await submit(conn)
     await claim(conn)
@@ -234,7 +245,7 @@ async def test_a_null_attempt_never_passes_fencing(conn, call):
 async def test_fail_task_rejects_an_absurd_retry_delay(conn):
     (a,) = await submit(conn)
     await claim(conn)
-    fail = "SELECT pgtasks.fail_task($1, 1, 'x', retry_delay => $2::text::interval)"
+    fail = f"SELECT pgtasks.fail_task($1, {TOKEN}, 'x', retry_delay => $2::text::interval)"
     for delay in ("infinity", "-1 second", "200 years"):
         await raises(conn, fail, "PT119", a, delay)
     assert await counts(conn) == {"RUNNING": 1}
@@ -245,16 +256,19 @@ async def test_fail_task_rejects_an_absurd_retry_delay(conn):
 
 async def test_task_steps_of_is_fenced(conn):
     (a,) = await submit(conn)
-    await claim(conn)
-    await conn.execute("SELECT pgtasks.checkpoint($1, 1, 'download', '{\"n\": 1}')", a)
-    await conn.execute("SELECT pgtasks.yield_task($1, 1)", a)
-    await raises(conn, "SELECT * FROM pgtasks.task_steps_of($1, 1)", "PT002", a)
+    (first,) = await claim(conn)
+    old = first["lease_token"]
+    await conn.execute("SELECT pgtasks.checkpoint($1, $2, 'download', '{\"n\": 1}')", a, old)
+    await conn.execute("SELECT pgtasks.yield_task($1, $2)", a, old)
+    await raises(conn, "SELECT * FROM pgtasks.task_steps_of($1, $2)", "PT002", a, old)
     (row,) = await claim(conn)
     assert row["has_steps"] and row["attempt"] == 2
-    steps = await conn.fetch("SELECT * FROM pgtasks.task_steps_of($1, 2)", a)
+    new = row["lease_token"]
+    steps = await conn.fetch("SELECT * FROM pgtasks.task_steps_of($1, $2)", a, new)
     assert [(s["name"], s["result"]) for s in steps] == [("download", {"n": 1})]
     assert steps[0]["db_now"] is not None
-    await raises(conn, "SELECT * FROM pgtasks.task_steps_of($1, 2)", "PT003", a + 1000)
+    await raises(conn, "SELECT * FROM pgtasks.task_steps_of($1, $2)", "PT003", a + 1000, new)
+    await raises(conn, "SELECT * FROM pgtasks.task_steps_of($1, $2)", "PT002", a, old)
 
 
 # -- maintain and pruning ---------------------------------------------------------------
@@ -264,7 +278,7 @@ async def test_maintain_rescues_and_prunes_in_one_call(conn):
     expired, done = await submit(conn, 2)
     await claim(conn, 2)
     await expire_lease(conn, expired)
-    await conn.execute("SELECT pgtasks.finish_task($1, 1, '1')", done)
+    await conn.execute(f"SELECT pgtasks.finish_task($1, {TOKEN}, '1')", done)
     await conn.execute(
         "UPDATE pgtasks.tasks SET finished_at = now() - interval '8 days' WHERE id = $1", done
     )
@@ -291,8 +305,8 @@ async def test_maintain_returns_at_once_while_another_call_runs(conn, dsn):
 async def test_prune_defaults_to_the_retention_setting(conn):
     a, b = await submit(conn, 2)
     await claim(conn, 2)
-    finish = "SELECT * FROM pgtasks.finish_tasks($1, ARRAY[1, 1], ARRAY['1', '2']::jsonb[])"
-    await conn.execute(finish, [a, b])
+    finish = "SELECT * FROM pgtasks.finish_tasks($1, $2, ARRAY['1', '2']::jsonb[])"
+    await conn.execute(finish, [a, b], await tokens(conn, [a, b]))
     await conn.execute(
         "UPDATE pgtasks.tasks SET finished_at = now() - interval '2 days' WHERE id = $1", a
     )
@@ -311,9 +325,9 @@ async def test_prune_defaults_to_the_retention_setting(conn):
 async def test_log_and_error_views(conn):
     (a,) = await submit(conn)
     await claim(conn)
-    await conn.execute("SELECT pgtasks.log_many($1, 1, ARRAY['info', 'warning'], ARRAY['a', 'b'],"
-                       " loggers => ARRAY['x', NULL])", a)  # fmt: skip
-    await conn.execute("SELECT pgtasks.fail_task($1, 1, 'boom', 'Traceback ...')", a)
+    await conn.execute(f"SELECT pgtasks.log_many($1, {TOKEN}, ARRAY['info', 'warning'],"
+                       " ARRAY['a', 'b'], loggers => ARRAY['x', NULL])", a)  # fmt: skip
+    await conn.execute(f"SELECT pgtasks.fail_task($1, {TOKEN}, 'boom', 'Traceback ...')", a)
     lines = await conn.fetch("SELECT task_id, attempt, level, message, logger FROM "
                              "pgtasks.task_log_lines ORDER BY id")  # fmt: skip
     assert [tuple(r) for r in lines] == [(a, 1, "INFO", "a", "x"), (a, 1, "WARNING", "b", None)]

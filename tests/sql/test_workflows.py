@@ -25,16 +25,25 @@ async def finish(conn: asyncpg.Connection, rows: list[asyncpg.Record], result: o
     await conn.fetch(
         "SELECT * FROM pgtasks.finish_tasks($1, $2, $3::text[]::jsonb[])",
         [r["id"] for r in rows],
-        [r["attempt"] for r in rows],
+        [r["lease_token"] for r in rows],
         [json.dumps(result if result is not None else {"id": r["id"]}) for r in rows],
     )
 
 
 async def fail(conn: asyncpg.Connection, row: asyncpg.Record, error: str = "boom") -> None:
     await conn.execute(
-        "SELECT pgtasks.fail_task(task_id => $1, attempt => $2, error => $3, retryable => false)",
-        row["id"], row["attempt"], error,
+        "SELECT pgtasks.fail_task(task_id => $1, lease_token => $2, error => $3,"
+        " retryable => false)",
+        row["id"], row["lease_token"], error,
     )  # fmt: skip
+
+
+async def parents_of(conn: asyncpg.Connection, row: asyncpg.Record) -> dict:
+    """parent_results as the worker that claimed `row` reads them, with its lease token."""
+    raw = await conn.fetchval(
+        "SELECT pgtasks.parent_results($1, $2)::text", row["id"], row["lease_token"]
+    )
+    return json.loads(raw)
 
 
 async def status(conn: asyncpg.Connection, tid: int) -> str:
@@ -61,7 +70,8 @@ async def test_depends_on_waits_and_is_released_by_the_parents_finish(conn):
     assert [r["id"] for r in rows] == [a], "a waiting child is never claimable"
     await finish(conn, rows, {"x": 1})
     assert await status(conn, b) == "PENDING"
-    got = json.loads(await conn.fetchval("SELECT pgtasks.parent_results($1)::text", b))
+    (child,) = await claim(conn)
+    got = await parents_of(conn, child)
     assert got == {str(a): {"node": None, "status": "DONE", "result": {"x": 1}}}
 
 
@@ -104,12 +114,17 @@ async def test_chain_from_sql_runs_in_order(conn):
     assert (row["name"], row["state"], row["total"], row["done"]) == ("etl", "done", 3, 3)
 
 
-async def drain(conn: asyncpg.Connection, failing: set[int] = frozenset()) -> list[int]:
-    """Claim and finish until nothing is claimable; tasks in `failing` fail. Claim order."""
+async def drain(
+    conn: asyncpg.Connection, failing: set[int] = frozenset(), parents: dict | None = None
+) -> list[int]:
+    """Claim and finish until nothing is claimable; tasks in `failing` fail. Claim order.
+    With `parents`, each claimed task's parent_results are kept there, by task id."""
     order: list[int] = []
     while rows := await claim(conn):
         order += [r["id"] for r in rows]
         for r in rows:
+            if parents is not None:
+                parents[r["id"]] = await parents_of(conn, r)
             if r["id"] in failing:
                 await fail(conn, r)
         await finish(conn, [r for r in rows if r["id"] not in failing])
@@ -127,9 +142,10 @@ async def test_chord_callback_is_released_once_after_all_children_with_all_resul
     assert (
         await conn.fetchval("SELECT waiting_on FROM pgtasks.tasks WHERE id = $1", ids["cb"]) == 20
     )
-    order = await drain(conn)
+    seen: dict = {}
+    order = await drain(conn, parents=seen)
     assert order[-1] == ids["cb"] and order.count(ids["cb"]) == 1
-    got = json.loads(await conn.fetchval("SELECT pgtasks.parent_results($1)::text", ids["cb"]))
+    got = seen[ids["cb"]]
     assert list(got) == [str(ids[f"c{i}"]) for i in range(50)], "keyed by parent id, submit order"
     assert all(v["status"] == "DONE" for v in got.values())
 
@@ -178,9 +194,10 @@ async def test_run_on_parent_failure_gets_partial_results(conn):
         {"name": "cb", "type": "t", "after": ["x", "y", "z"], "on_parent_failure": "run"}
     )
     ids = (await submit(conn, spec))["nodes"]
-    order = await drain(conn, failing={ids["y"]})
+    seen: dict = {}
+    order = await drain(conn, failing={ids["y"]}, parents=seen)
     assert order[-1] == ids["cb"]
-    got = json.loads(await conn.fetchval("SELECT pgtasks.parent_results($1)::text", ids["cb"]))
+    got = seen[ids["cb"]]
     assert got[str(ids["y"])] == {"node": "y", "status": "FAILED", "error": "boom"}
     assert got[str(ids["x"])]["status"] == "DONE"
     assert (await conn.fetchrow("SELECT state FROM pgtasks.workflows"))["state"] == "done"
@@ -257,7 +274,7 @@ async def test_cancel_workflow_stops_running_and_cancels_waiting(conn):
     await conn.add_listener("pgtasks_cancel", lambda *a: notes.append(a[-1]))
     assert await conn.fetchval("SELECT pgtasks.cancel_workflow($1)", wf) == 3
     assert {await status(conn, ids[n]) for n in "abc"} == {"CANCELLED"}
-    assert notes == [f"{rows[0]['id']}:{rows[0]['attempt']}"]
+    assert notes == [str(rows[0]["id"])]  # a hint: the task id, nothing more
     assert (await conn.fetchrow("SELECT state FROM pgtasks.workflows"))["state"] == "cancelled"
     await raises(conn, "SELECT pgtasks.cancel_workflow(999)", "PT508")
 
@@ -270,8 +287,8 @@ async def test_cancel_workflow_gives_every_task_it_cancels_the_reason(conn):
     await finish(conn, await claim(conn, 1))
     (a,) = await claim(conn, 1)
     await conn.execute(
-        "SELECT pgtasks.fail_task(task_id => $1, attempt => $2, error => 'first try')",
-        a["id"], a["attempt"],
+        "SELECT pgtasks.fail_task(task_id => $1, lease_token => $2, error => 'first try')",
+        a["id"], a["lease_token"],
     )  # fmt: skip
     assert (await status(conn, ids["a"]), a["id"]) == ("COMMIT", ids["a"])
     (b,) = await claim(conn, 1)
@@ -352,7 +369,8 @@ async def test_a_released_child_wakes_its_queue_like_an_insert(conn):
     await conn.add_listener("pgtasks_wakeup", lambda *args: woken.append(args[-1]))
     await finish(conn, rows)
     await conn.execute("SELECT 1")  # notifications arrive with the next round trip at latest
-    assert woken == ["kids"]
+    kids = await conn.fetchval("SELECT pgtasks.queue_tag('kids')")
+    assert woken == [kids]
     await conn.execute("SET pgtasks.wake_workers = off")
     b = await conn.fetchval("SELECT pgtasks.submit_task('t', queue => 'parents')")
     await conn.fetchval(
@@ -360,4 +378,4 @@ async def test_a_released_child_wakes_its_queue_like_an_insert(conn):
     )
     await finish(conn, await claim(conn))
     await conn.execute("SELECT 1")
-    assert woken == ["kids"], "the off switch holds for releases too"
+    assert woken == [kids], "the off switch holds for releases too"

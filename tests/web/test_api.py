@@ -285,9 +285,10 @@ def as_role(dsn: str, role: str) -> str:
 async def test_a_reader_role_reads_the_detail_with_steps(dsn, conn):
     """pgtasks_reader alone (no table grants) gets the detail, steps included."""
     tid = await conn.fetchval("SELECT pgtasks.submit_task('t', '{\"x\": 1}')")
-    await conn.fetch("SELECT * FROM pgtasks.claim_tasks('w', max_tasks => 1)")
-    await conn.execute("SELECT pgtasks.checkpoint($1, 1, 'fetch', '{\"n\": 1}')", tid)
-    await conn.execute("SELECT pgtasks.checkpoint($1, 1, 'parse')", tid)
+    (claim,) = await conn.fetch("SELECT * FROM pgtasks.claim_tasks('w', max_tasks => 1)")
+    held = claim["lease_token"]
+    await conn.execute("SELECT pgtasks.checkpoint($1, $2, 'fetch', '{\"n\": 1}')", tid, held)
+    await conn.execute("SELECT pgtasks.checkpoint($1, $2, 'parse')", tid, held)
     role = f"reader_{uuid.uuid4().hex[:8]}"
     await conn.execute(f"CREATE ROLE {role} LOGIN; GRANT pgtasks_reader TO {role}")
     try:

@@ -25,17 +25,17 @@ async def fail_some(dsn: str, n: int, task_type: str = "noop", error: str = "boo
         ids = await c.submit_many(task_type, [{"i": i} for i in range(n)], max_retries=0)
         async with c.pool.acquire() as conn:
             rows = await conn.fetch(
-                "SELECT id, attempt FROM pgtasks.claim_tasks('w', NULL, $1, "
+                "SELECT id, lease_token FROM pgtasks.claim_tasks('w', NULL, $1, "
                 "interval '1 min', ARRAY[$2])",
                 n,
                 task_type,
             )
             for r in rows:
                 await conn.execute(
-                    "SELECT pgtasks.fail_task(task_id => $1, attempt => $2, error => $3, "
+                    "SELECT pgtasks.fail_task(task_id => $1, lease_token => $2, error => $3, "
                     "traceback => $4, retryable => false)",
                     r["id"],
-                    r["attempt"],
+                    r["lease_token"],
                     f"{error}\nsecond line",
                     'Traceback (most recent call last):\n  File "x.py"\nValueError: boom',
                 )

@@ -6,13 +6,14 @@ from datetime import timedelta
 
 from pgtasks.worker.maintainer import Maintainer
 from tests.conftest import wait_for
+from tests.sql.helpers import TOKEN
 from tests.worker.conftest import claim, status, submit
 
 
 async def test_rescues_expired_leases_and_prunes_old_tasks(conn, pool):
     stuck, old = await submit(conn, "noop", 2)
     await claim(conn, 2)  # a worker that then died
-    await conn.execute("SELECT pgtasks.finish_task($1, 1)", old)
+    await conn.execute(f"SELECT pgtasks.finish_task($1, {TOKEN})", old)
     await conn.execute("SELECT pgtasks.heartbeat('svc-test', '{}', '{}')")  # register
     early = Maintainer(pool, interval=1.0, retention=timedelta(days=7))
     assert await early.run_once() == (0, 0)  # the lease holds, the task is fresh

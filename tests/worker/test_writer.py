@@ -20,7 +20,7 @@ async def test_progress_of_many_tasks_in_one_statement_and_a_lost_one_alone(conn
     await conn.execute("SELECT pgtasks.cancel_task($1)", lost)
     writer = TaskWriter(pool)
     results = await asyncio.gather(
-        *(writer.progress(t, rows[t]["attempt"], 3, 10, f"task {t}") for t in ids),
+        *(writer.progress(t, rows[t]["lease_token"], 3, 10, f"task {t}") for t in ids),
         return_exceptions=True,
     )
     assert [isinstance(r, LeaseLost) for r in results] == [False, False, True, False]
@@ -35,7 +35,7 @@ async def test_progress_of_many_tasks_in_one_statement_and_a_lost_one_alone(conn
         else:
             assert (r["progress_current"], r["progress_message"]) == (3, f"task {r['id']}")
     with pytest.raises(LeaseLost):
-        await writer.progress(lost, rows[lost]["attempt"], 4, 10, None)
+        await writer.progress(lost, rows[lost]["lease_token"], 4, 10, None)
 
 
 async def test_log_batches_of_many_tasks_in_one_statement_keep_their_order(conn, pool):
@@ -47,7 +47,7 @@ async def test_log_batches_of_many_tasks_in_one_statement_keep_their_order(conn,
     now = datetime.now(UTC)
     lines = {t: [("INFO", f"{t}-{i}", "app", now) for i in range(5)] for t in ids}
     results = await asyncio.gather(
-        *(writer.logs(t, rows[t]["attempt"], lines[t]) for t in ids), return_exceptions=True
+        *(writer.logs(t, rows[t]["lease_token"], lines[t]) for t in ids), return_exceptions=True
     )
     assert [isinstance(r, LeaseLost) for r in results] == [False, True, False]
     for t in ids:
@@ -64,8 +64,8 @@ async def test_writes_that_wait_together_share_one_statement(conn, pool):
     writer = TaskWriter(pool)
     now = datetime.now(UTC)
     await asyncio.gather(
-        *(writer.progress(t, rows[t]["attempt"], 1, 2, None) for t in ids),
-        *(writer.logs(t, rows[t]["attempt"], [("INFO", "x", None, now)] * 2) for t in ids),
+        *(writer.progress(t, rows[t]["lease_token"], 1, 2, None) for t in ids),
+        *(writer.logs(t, rows[t]["lease_token"], [("INFO", "x", None, now)] * 2) for t in ids),
     )
     assert writer.progress_writes.statements == 1 and writer.log_writes.statements == 1
     assert await conn.fetchval("SELECT count(*) FROM pgtasks.task_log_lines") == 6
@@ -82,9 +82,9 @@ async def test_lines_over_the_database_limit_are_clipped_not_refused(conn, pool)
     huge = "é" * limit  # two bytes a character: twice the limit
     now = datetime.now(UTC)
     await writer.logs(
-        task_id, row["attempt"], [("INFO", "short", None, now), ("INFO", huge, None, now)]
+        task_id, row["lease_token"], [("INFO", "short", None, now), ("INFO", huge, None, now)]
     )
-    await writer.progress(task_id, row["attempt"], 1, 2, huge)
+    await writer.progress(task_id, row["lease_token"], 1, 2, huge)
     got = await conn.fetch(
         "SELECT message FROM pgtasks.task_log_lines WHERE task_id = $1 ORDER BY id", task_id
     )
