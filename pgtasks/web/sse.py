@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import weakref
+from collections.abc import AsyncIterator, Callable
 
 import anyio
 from fastapi.responses import StreamingResponse
@@ -134,3 +135,48 @@ async def task_events(
     return StreamingResponse(
         body(), media_type="text/event-stream", headers=HEADERS, background=BackgroundTask(finish)
     )
+
+
+# -- stream slots ----------------------------------------------------------------------
+
+#: Each Client's stream slots, shared by every router that streams through it: the API's
+#: task events and the dashboard's streams together. Separate caps (8 API streams and 4
+#: dashboard ones) held 12 connections of a pool of 10, and every other endpoint waited.
+_SLOTS: weakref.WeakKeyDictionary[Client, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+
+#: Connections of the pool a stream may never take: what the other endpoints keep.
+KEEP_FREE = 2
+
+
+def stream_slots(client: Client, limit: int) -> asyncio.Semaphore:
+    """The slots of `client`'s streams: `limit`, but never more than its pool's size less
+    KEEP_FREE (and at least one). The first router to ask sets the cap."""
+    slots = _SLOTS.get(client)
+    if slots is None:
+        pool_size = client.pool.get_max_size()
+        slots = asyncio.Semaphore(max(1, min(limit, pool_size - KEEP_FREE)))
+        _SLOTS[client] = slots
+    return slots
+
+
+async def take_slot(slots: asyncio.Semaphore) -> Callable[[], None]:
+    """Hold a slot (503 `too_many_streams` at once when none is free); returns its
+    idempotent release."""
+    if slots.locked():
+        raise ApiError(
+            503,
+            "too_many_streams",
+            "every event stream slot of this server is in use",
+            "Close another stream, or raise PGTASKS_API_MAX_STREAMS (each stream holds a "
+            "database connection).",
+        )
+    await slots.acquire()
+    released = False
+
+    def release() -> None:
+        nonlocal released
+        if not released:
+            released = True
+            slots.release()
+
+    return release
