@@ -70,7 +70,7 @@ Limit = Annotated[int, Field(ge=1, le=10_000), Number]
 #: A name (task type, queue, key): 1 to 255 characters without NUL; the database also
 #: refuses blank ones and counts the 255 in bytes.
 Name = Annotated[str, Field(min_length=1, max_length=255, pattern=NO_NUL)]
-#: A filter value in a query string: the same, but empty means no filter.
+#: A filter value in a query string: at most 255 characters, without NUL.
 QueryText = Annotated[str | None, Query(max_length=255, pattern=NO_NUL)]
 #: A name in a path. `{queue:path}` in the route: a name may hold "/" (sent as %2F), and the
 #: route still matches it whole instead of another route.

@@ -36,14 +36,22 @@ DOCS_ASSETS = {
 _ERROR = {"$ref": "#/components/schemas/ErrorResponse"}
 
 
+#: The methods a 405's Allow may name.
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
 def _allowed(app: FastAPI, request: Request) -> list[str]:
-    """Every method some route takes at this path (for a 405's Allow)."""
-    methods: set[str] = set()
-    for route in app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match is not Match.NONE:
-            methods |= getattr(route, "methods", None) or set()
-    return sorted(methods)
+    """Every method some route takes at this path, for a 405's Allow. Starlette names the
+    methods of the first route whose path matched (GET /tasks/{id} for POST /tasks/cancel
+    sent as PUT, or only GET for /tasks), so each method is asked of every route."""
+    return [
+        method
+        for method in METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL
+            for route in app.router.routes
+        )
+    ]
 
 
 def _integral_bounds(node: Any) -> None:

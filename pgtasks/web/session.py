@@ -49,10 +49,6 @@ class Sessions:
         #: Revoked nonces and when they would have expired (then they are dropped).
         self._revoked: dict[str, int] = {}
 
-    @property
-    def enabled(self) -> bool:
-        return self._key is not None
-
     def _mac(self, payload: str) -> str:
         assert self._key is not None
         return hmac.new(self._key, payload.encode(), hashlib.sha256).hexdigest()

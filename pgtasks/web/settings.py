@@ -78,6 +78,7 @@ class WebSettings(BaseSettings):
         return frozenset(names)
 
     def origins(self) -> frozenset[str]:
+        """The origins allowed to write besides the server's own (PGTASKS_ALLOWED_ORIGINS)."""
         return frozenset(o.rstrip("/") for o in _names(self.allowed_origins))
 
     def checks_hosts(self) -> bool:

@@ -37,7 +37,7 @@ def serve(dsn: str, **env: str) -> Iterator[Served]:
     full["PGTASKS_DATABASE_URL"] = dsn
     full.update({f"PGTASKS_{k.upper()}": v for k, v in env.items()})
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pgtasks.cli", "serve", "--port", str(port), "--log-level", "WARNING"],
+        [sys.executable, "-m", "pgtasks.cli", "serve", "--port", str(port), "--log-level", "ERROR"],
         cwd=ROOT, env=full, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     served = Served(port, proc)
