@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable
 
 import anyio
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from starlette.background import BackgroundTask
 
 from pgtasks.client import Client, TaskInfo, TaskLog
@@ -27,7 +27,15 @@ from pgtasks.web.errors import ApiError
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
+class TaskJSON(TaskInfo):
+    """A task's state as the API writes it everywhere: durations (elapsed) in seconds."""
+
+    model_config = ConfigDict(ser_json_timedelta="float")
+
+
 def frame(event: str, data: BaseModel | str, event_id: int | None = None) -> str:
+    if type(data) is TaskInfo:
+        data = TaskJSON.model_construct(**dict(data))
     body = data if isinstance(data, str) else data.model_dump_json()
     head = f"id: {event_id}\n" if event_id is not None else ""
     return f"{head}event: {event}\ndata: {body}\n\n"

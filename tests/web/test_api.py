@@ -209,6 +209,7 @@ async def test_sse_streams_progress_logs_and_final_status_in_order(dsn, http):
     kinds = [k for k, _ in events]
     assert kinds[0] == "status" and kinds[-2:] == ["status", "end"]
     assert events[-1][1]["status"] == "DONE" and events[-1][1]["result"] == {"steps": 3}
+    assert isinstance(events[-1][1]["elapsed"], float)  # seconds, as in the JSON answers
     progress = [d["progress_current"] for k, d in events if k in ("status", "progress")]
     progress = [p for p in progress if p is not None]
     assert progress == sorted(progress) and progress[-1] == 3
