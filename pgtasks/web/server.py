@@ -80,8 +80,11 @@ def protocol(header_timeout: float) -> type[asyncio.Protocol]:
         def _expired(self) -> None:
             self._header_timer = None
             if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
-                message = f"the request's headers did not arrive within {header_timeout:g} s"
-                self.transport.write(_raw(408, "Request Timeout", "request_timeout", message))
+                if self.conn.trailing_data[0]:  # part of a request: say why it ends
+                    message = f"the request's headers did not arrive within {header_timeout:g} s"
+                    self.transport.write(_raw(408, "Request Timeout", "request_timeout", message))
+                # A connection that sent nothing (a browser's preconnect) is closed quietly:
+                # a 408 there could be read as the answer to a request sent just after.
                 self.transport.close()
 
     return Protocol
