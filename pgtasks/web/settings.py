@@ -50,7 +50,7 @@ class WebSettings(BaseSettings):
     #: Above the database's default max_params_bytes (1 MiB) with room for the rest.
     api_max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
     #: Seconds a connection may take to send a request's headers (from its first byte, or
-    #: from connecting); then it is closed (408).
+    #: from connecting); then it is closed (with a 408 if part of a request came).
     api_header_timeout: float = Field(default=10.0, gt=0)
     #: Seconds a request's body may take to arrive once its headers are in (408).
     api_body_timeout: float = Field(default=30.0, gt=0)
