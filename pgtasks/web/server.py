@@ -5,7 +5,8 @@ uvicorn times out idle keep-alive connections (timeout_keep_alive) and bounds th
 head (h11_max_incomplete_event_size), but it waits for a request's headers forever: 150
 connections that sent half a request line stayed open for as long as they liked. The
 protocol below gives each request PGTASKS_API_HEADER_TIMEOUT seconds from its first byte
-(or from the connection's start) to send its headers, then answers 408 and closes; the
+(or from the connection's start) to send its headers, then closes it (answering 408 when
+part of a request came); the
 body's own deadline is the Guard's (pgtasks.web.guard). A response sent before the body
 was read (a 401, a 413) closes the connection instead of reading the rest.
 """
