@@ -57,6 +57,12 @@ _.logout
 _.overview_stream
 _.task_stream
 _.static
+_.openapi_json
+_.swagger
+_.redoc
+_.docs_asset
+# uvicorn: the h11 protocol's hook for a request it cannot parse (pgtasks.web.server).
+_.send_400_response
 # Starlette: a response's status, set on the response object.
 _.status_code
 

@@ -446,18 +446,26 @@ def serve(ctx: click.Context, host: str, port: int, log_level: str, log_format: 
         import uvicorn
 
         from pgtasks.web import WebSettings, create_app
+        from pgtasks.web.server import config_options
     except ImportError as exc:
         raise PgTasksError("pgtasks serve needs the web extra: pip install 'pgtasks[web]'") from exc
     setup_logging(log_level, log_format)
-    settings = WebSettings(database_url=_url(ctx))
+    settings = WebSettings(database_url=_url(ctx), host=host)
     where = "this machine only" if host in ("127.0.0.1", "localhost", "::1") else "the network"
     click.echo(
         f"pgtasks dashboard on http://{host}:{port}/ ({where}; API at /api, docs at /docs, "
         "metrics at /metrics)"
     )
     if settings.api_token is None:
-        click.echo("no PGTASKS_API_TOKEN: anyone who reaches this port can submit and cancel")
-    # A bounded graceful shutdown: open SSE streams would otherwise hold it up.
+        hosts = settings.host_names()
+        named = "any host" if hosts is None else ", ".join(sorted(hosts))
+        click.echo(
+            "no PGTASKS_API_TOKEN: anyone who reaches this port can submit and cancel "
+            f"(requests must name {named}: PGTASKS_ALLOWED_HOSTS)"
+        )
+    # A bounded graceful shutdown: open SSE streams would otherwise hold it up. The
+    # timeouts and limits of config_options keep slow and idle clients from holding
+    # connections (pgtasks.web.server).
     uvicorn.run(
         create_app(settings),
         host=host,
@@ -465,6 +473,7 @@ def serve(ctx: click.Context, host: str, port: int, log_level: str, log_format: 
         log_level=log_level.lower(),
         log_config=None,
         timeout_graceful_shutdown=5,
+        **config_options(settings),
     )
 
 

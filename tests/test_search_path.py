@@ -135,7 +135,7 @@ async def test_planted_operator_and_aggregate_never_run(dsn, conn, planted):
     app = create_app(WebSettings(database_url=dsn))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
             r = await http.get("/api/tasks", params={"status": "DONE"})
             assert r.status_code == 200 and r.json()["total"] == TASKS, r.text
             r = await http.get("/tasks", params={"status": "DONE"})

@@ -4,13 +4,13 @@ SQL call. The API holds no logic of its own; the database decides and says why."
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations at
 # runtime, and they name `C`, local to router().
 
-import asyncio
-import hmac
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from fastapi import APIRouter, Depends, Path, Query, Request, Response, Security
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPBearer
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from pgtasks.client import (
     STATUSES,
@@ -18,39 +18,103 @@ from pgtasks.client import (
     SubmitResult,
     TaskDetail,
     TaskEvent,
+    TaskInfo,
     TaskLog,
     TaskPage,
 )
 from pgtasks.fastapi import get_client
 from pgtasks.web.errors import ApiError, ErrorResponse, ErrorRoute
+from pgtasks.web.session import same
 from pgtasks.web.settings import WebSettings
-from pgtasks.web.sse import task_events
+from pgtasks.web.sse import stream_slots, task_events
 
-TaskId = Annotated[int, Path(ge=1, le=2**63 - 1, description="Task id")]
+# The bounds of the types behind each input (bigint ids, integer counts): a value past them
+# is refused here with the field's name instead of failing in asyncpg as a 500. The
+# database still decides the rest (max_retries <= 1000, blank names, sizes) and says so
+# with its own code.
+INT64 = 2**63 - 1
+INT32 = 2**31 - 1
+#: The longest duration (delay, timeout, rate period) the API takes, in seconds: 100 years.
+MAX_SECONDS = 100 * 365 * 86400.0
+#: The shortest positive duration: timedelta counts microseconds, so less rounds to zero.
+MIN_SECONDS = 1e-6
+#: No NUL character: PostgreSQL text cannot hold one.
+NO_NUL = "^[^\\x00]*$"
+
+TaskId = Annotated[int, Path(ge=1, le=INT64, description="Task id")]
+WorkflowId = Annotated[int, Path(ge=1, le=INT64, description="Workflow id")]
+
+
+def _number(value: Any) -> Any:
+    """A JSON number, as the schema says: pydantic's lax mode also takes true for 1, "5" for
+    5 and, for a time, 0 for 1970."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("Input should be a JSON number")
+    return value
+
+
+def _string(value: Any) -> Any:
+    if not isinstance(value, str):
+        raise ValueError("Input should be a JSON string")
+    return value
+
+
+# JSON numbers in bounds (an integer may be 5 or 5.0, as JSON Schema counts them; not true,
+# not "5"). The bounds come first so the schema shows them as minimum and maximum.
+Number = BeforeValidator(_number)
+Id = Annotated[int, Field(ge=1, le=INT64), Number]
+Int32 = Annotated[int, Field(ge=-(2**31), le=INT32), Number]
+Retries = Annotated[int, Field(ge=0, le=INT32), Number]
+Count = Annotated[int, Field(ge=1, le=INT32), Number]
+Limit = Annotated[int, Field(ge=1, le=10_000), Number]
+#: A name (task type, queue, key): 1 to 255 characters without NUL; the database also
+#: refuses blank ones and counts the 255 in bytes.
+Name = Annotated[str, Field(min_length=1, max_length=255, pattern=NO_NUL)]
+#: A filter value in a query string: at most 255 characters, without NUL.
+QueryText = Annotated[str | None, Query(max_length=255, pattern=NO_NUL)]
+#: A name in a path. `{queue:path}` in the route: a name may hold "/" (sent as %2F), and the
+#: route still matches it whole instead of another route.
+PathName = Annotated[str, Path(min_length=1, max_length=255, pattern=NO_NUL)]
+Delay = Annotated[float, Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False), Number]
+Duration = Annotated[float, Field(ge=MIN_SECONDS, le=MAX_SECONDS, allow_inf_nan=False), Number]
 
 #: A status label, checked by pydantic and listed in the OpenAPI schema. Built at run time
 #: from the one STATUSES tuple, which a static Literal cannot name, hence the ignore.
 Status = Literal[STATUSES]  # type: ignore[valid-type]
 
 
+def _not_both(a: str, b: str) -> dict[str, Any]:
+    """JSON Schema for "`a` and `b` are not both given and not null"."""
+    not_null = {"not": {"type": "null"}}
+    return {"not": {"required": [a, b], "properties": {a: not_null, b: not_null}}}
+
+
 class SubmitRequest(BaseModel):
     """What POST /tasks takes. Omitted options are decided by the database: the type's
     registered policy, else the deployment's settings."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        # What the schema cannot say field by field: run_at and delay_s are not both set
+        # (_one_time), nor unique_key and depends_on (Client.submit refuses them together).
+        json_schema_extra={
+            "allOf": [_not_both("run_at", "delay_s"), _not_both("unique_key", "depends_on")]
+        },
+    )
 
-    task_type: str = Field(min_length=1, max_length=255)
+    task_type: Name
     params: dict[str, Any] = Field(default_factory=dict)
-    queue: str | None = Field(default=None, min_length=1, max_length=255)
-    priority: int | None = Field(default=None, ge=-(2**31), le=2**31 - 1)
-    run_at: datetime | None = None
-    delay_s: float | None = Field(default=None, ge=0, le=100 * 365 * 86400)
-    max_retries: int | None = Field(default=None, ge=0)
-    timeout_s: float | None = Field(default=None, gt=0)
+    queue: Name | None = None
+    priority: Int32 | None = None
+    #: With its UTC offset (RFC 3339): a time without one names no instant.
+    run_at: Annotated[AwareDatetime, BeforeValidator(_string)] | None = None
+    delay_s: Delay | None = None
+    max_retries: Retries | None = None
+    timeout_s: Duration | None = None
     #: While a task with this key is active, a submit returns that task (created: false).
-    unique_key: str | None = None
+    unique_key: Name | None = None
     #: Task ids this one waits for; it is cancelled if one of them fails or is cancelled.
-    depends_on: list[int] | None = None
+    depends_on: list[Id] | None = Field(default=None, max_length=10_000)
 
     @model_validator(mode="after")
     def _one_time(self) -> "SubmitRequest":
@@ -115,34 +179,68 @@ class WorkerInfo(BaseModel):
     seen_ago: timedelta
 
 
-class BulkFilter(BaseModel):
-    """Which tasks a bulk action takes when no ids are given (all that match, up to `limit`)."""
+def _any_of(*fields: str) -> dict[str, Any]:
+    """JSON Schema for "at least one of `fields` is given and not null"."""
+    return {
+        "anyOf": [{"required": [f], "properties": {f: {"not": {"type": "null"}}}} for f in fields]
+    }
 
-    model_config = ConfigDict(extra="forbid")
+
+class CancelFilter(BaseModel):
+    """Which tasks a bulk cancel takes (all that match, up to `limit`): at least one field."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra=_any_of("status", "queue", "task_type")
+    )
 
     status: Status | None = None
-    queue: str | None = None
-    task_type: str | None = None
-    #: The first line of the error (as the dashboard's failed groups show it); retry only.
-    error: str | None = None
-
-
-class BulkRequest(BaseModel):
-    """POST /tasks/retry and /tasks/cancel: `ids`, or a `filter`, or both (ids that match)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    ids: list[Annotated[int, Field(ge=1)]] | None = Field(default=None, max_length=10_000)
-    filter: BulkFilter | None = None
-    limit: int = Field(default=1000, ge=1, le=10_000)
+    queue: Name | None = None
+    task_type: Name | None = None
 
     @model_validator(mode="after")
-    def _something(self) -> "BulkRequest":
-        if self.ids is None and (
-            self.filter is None or not self.filter.model_dump(exclude_none=True)
-        ):
-            raise ValueError("pass ids or a filter with at least one field")
+    def _something(self) -> "CancelFilter":
+        if not self.model_dump(exclude_none=True):
+            raise ValueError("a filter needs at least one field")
         return self
+
+
+class RetryFilter(CancelFilter):
+    """Which tasks a bulk retry takes; `error` too."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra=_any_of("status", "queue", "task_type", "error")
+    )
+
+    #: The first line of the error (as the dashboard's failed groups show it).
+    error: Annotated[str, Field(min_length=1, max_length=10_000, pattern=NO_NUL)] | None = None
+
+
+#: ids, or a filter, or both (the ids that match).
+_IDS_OR_FILTER = _any_of("ids", "filter")
+
+
+class CancelRequest(BaseModel):
+    """POST /tasks/cancel: `ids`, or a `filter`, or both (the ids that match)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_IDS_OR_FILTER)
+
+    ids: list[Id] | None = Field(default=None, max_length=10_000)
+    filter: CancelFilter | None = None
+    limit: Limit = 1000
+
+    @model_validator(mode="after")
+    def _something(self) -> "CancelRequest":
+        if self.ids is None and self.filter is None:
+            raise ValueError("pass ids or a filter")
+        return self
+
+
+class RetryRequest(CancelRequest):
+    """POST /tasks/retry: `ids`, or a `filter`, or both (the ids that match)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_IDS_OR_FILTER)
+
+    filter: RetryFilter | None = None
 
 
 class BulkDone(BaseModel):
@@ -155,9 +253,9 @@ class QueueLimits(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_running: int | None = Field(default=None, ge=1)
-    rate_limit: int | None = Field(default=None, ge=1)
-    rate_period_s: float | None = Field(default=None, gt=0)
+    max_running: Count | None = None
+    rate_limit: Count | None = None
+    rate_period_s: Duration | None = None
 
 
 class ScheduleState(BaseModel):
@@ -166,28 +264,73 @@ class ScheduleState(BaseModel):
     task_id: int | None = None
 
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    s: {"model": ErrorResponse} for s in (401, 404, 409, 422, 503)
-}
+# Durations as seconds, like every other duration of the API: pydantic writes a timedelta
+# as ISO 8601 ("PT0.0029S"), which the `duration` format it documents (RFC 3339, whole
+# seconds) does not allow.
+class Task(TaskInfo):
+    """A task's state; `elapsed` in seconds."""
+
+    model_config = ConfigDict(ser_json_timedelta="float")
 
 
-def _authorizer(settings: WebSettings, *, write: bool) -> Any:
+class Tasks(TaskPage):
+    """One page of tasks; `total` counts every task that matches the filters."""
+
+    items: list[Task]  # type: ignore[assignment]
+
+
+class TaskFull(TaskDetail):
+    """A task with params, result, every attempt's error and its steps; `elapsed` in seconds."""
+
+    model_config = ConfigDict(ser_json_timedelta="float")
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {s: {"model": ErrorResponse} for s in statuses}
+
+
+#: What any route may answer: 422 (a parameter or the body is invalid), 503 (no Client, or
+#: no stream slot).
+ERRORS = _errors(422, 503)
+#: A route with a path parameter: 404 also when the value cannot name anything (`abc`).
+MISSING = _errors(404)
+#: A write: the task's (or queue's) state may forbid it.
+CONFLICT = _errors(409)
+
+#: Declares the bearer token in the OpenAPI (the check itself is the route class's, which
+#: runs before the body is read).
+bearer = HTTPBearer(auto_error=False, scheme_name="bearer", description="PGTASKS_API_TOKEN")
+
+
+def _route_class(settings: WebSettings) -> type[ErrorRoute]:
+    """The router's route class: each route checks the token (GET and HEAD are reads, the
+    rest writes) before FastAPI reads or validates anything, so an unauthenticated request
+    is a 401 whatever its body, and its body is never read."""
     token = settings.api_token.get_secret_value() if settings.api_token else None
     open_reads = settings.api_open_reads
 
-    def check(request: Request) -> None:
-        if token is None or (not write and open_reads):
-            return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), token):
-            raise ApiError(
-                401,
-                "unauthorized",
-                "this endpoint needs `Authorization: Bearer <token>`",
-                "The token is the server's PGTASKS_API_TOKEN.",
-            )
+    class ApiRoute(ErrorRoute):
+        def authorize(self, request: Request) -> None:
+            if token is None or (open_reads and request.method in ("GET", "HEAD")):
+                return
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not same(given.strip(), token):
+                raise ApiError(
+                    401,
+                    "unauthorized",
+                    "this endpoint needs `Authorization: Bearer <token>`",
+                    "The token is the server's PGTASKS_API_TOKEN.",
+                )
 
-    return Depends(check)
+    return ApiRoute
+
+
+def _declared(settings: WebSettings, *, write: bool) -> list[Any]:
+    """The dependencies that declare a route's auth in the OpenAPI: bearer security and a
+    401, where the token is needed."""
+    if settings.api_token is None or (not write and settings.api_open_reads):
+        return []
+    return [Security(bearer)]
 
 
 def router(client: Client | None = None, *, settings: WebSettings | None = None) -> APIRouter:
@@ -196,28 +339,27 @@ def router(client: Client | None = None, *, settings: WebSettings | None = None)
     With no `client`, each request uses the app's running one (pgtasks.fastapi.lifespan).
     """
     settings = settings or WebSettings()
-    streams = asyncio.Semaphore(settings.api_max_streams)
-    read = _authorizer(settings, write=False)
-    write = _authorizer(settings, write=True)
+    read = _declared(settings, write=False)
+    write = _declared(settings, write=True)
 
     def the_client(request: Request) -> Client:
         return client if client is not None else get_client(request)
 
     C = Annotated[Client, Depends(the_client)]
-    api = APIRouter(route_class=ErrorRoute, responses=ERRORS, tags=["pgtasks"])
+    api = APIRouter(route_class=_route_class(settings), responses=ERRORS, tags=["pgtasks"])
 
-    @api.get("/tasks", dependencies=[read])
+    @api.get("/tasks", dependencies=read)
     async def list_tasks(
         c: C,
         status: Annotated[Status | None, Query()] = None,
-        queue: str | None = None,
-        task_type: str | None = None,
+        queue: QueryText = None,
+        task_type: QueryText = None,
         page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
         page_size: Annotated[int, Query(ge=1, le=500)] = 50,
         order: Literal["newest", "oldest"] = "newest",
-    ) -> TaskPage:
+    ) -> Tasks:
         """Tasks, newest first (`order=oldest` for the other way), with the total."""
-        return await c.page(
+        return await c.page(  # type: ignore[return-value]  # validated into Tasks
             status=status,
             queue=queue,
             task_type=task_type,
@@ -226,12 +368,19 @@ def router(client: Client | None = None, *, settings: WebSettings | None = None)
             oldest_first=order == "oldest",
         )
 
-    @api.get("/tasks/{task_id}", dependencies=[read])
-    async def get_task(c: C, task_id: TaskId) -> TaskDetail:
+    @api.get("/tasks/{task_id:int}", dependencies=read)
+    async def get_task(c: C, task_id: TaskId) -> TaskFull:
         """The task with params, result, every attempt's error and its step names."""
-        return await c.detail(task_id)
+        return await c.detail(task_id)  # type: ignore[return-value]  # validated into TaskFull
 
-    @api.post("/tasks", status_code=201, dependencies=[write])
+    @api.post(
+        "/tasks",
+        status_code=201,
+        dependencies=write,
+        responses={
+            200: {"model": Submitted, "description": "Its unique key matched an active task"}
+        },
+    )
     async def submit_task(c: C, body: SubmitRequest, response: Response) -> Submitted:
         """Submit a task; 201 with its id, or 200 with `created: false` when its unique key
         matched an active task (whose id it returns). Nothing is written when refused."""
@@ -252,100 +401,101 @@ def router(client: Client | None = None, *, settings: WebSettings | None = None)
         response.headers["Location"] = f"tasks/{int(task_id)}"
         return Submitted(id=int(task_id), created=task_id.created)
 
-    @api.post("/tasks/{task_id}/cancel", dependencies=[write])
+    @api.post("/tasks/{task_id:int}/cancel", dependencies=write)
     async def cancel_task(c: C, task_id: TaskId) -> Cancelled:
         """Cancel; 409 (PT004) when it has already finished."""
         return Cancelled(id=task_id, previous_status=await c.cancel(task_id))
 
-    @api.post("/tasks/{task_id}/retry", dependencies=[write])
+    @api.post("/tasks/{task_id:int}/retry", dependencies=write)
     async def retry_task(c: C, task_id: TaskId) -> Retried:
         """Put a FAILED or CANCELLED task back to PENDING; 409 (PT001) from any other state."""
         await c.retry(task_id)
         return Retried(id=task_id)
 
-    @api.get("/tasks/{task_id}/logs", dependencies=[read])
+    @api.get("/tasks/{task_id:int}/logs", dependencies=read)
     async def task_logs(
         c: C,
         task_id: TaskId,
-        after_id: Annotated[int, Query(ge=0)] = 0,
+        after_id: Annotated[int, Query(ge=0, le=INT64)] = 0,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     ) -> list[TaskLog]:
         """Log lines after `after_id`, oldest first (an unknown task has none)."""
         return await c.logs(task_id, after_id=after_id, limit=limit)
 
-    @api.get("/tasks/{task_id}/history", dependencies=[read])
+    @api.get("/tasks/{task_id:int}/history", dependencies=read)
     async def task_history(c: C, task_id: TaskId) -> list[TaskEvent]:
         """Every status transition, oldest first."""
         return await c.history(task_id)
 
     @api.get(
-        "/tasks/{task_id}/events",
-        dependencies=[read],
+        "/tasks/{task_id:int}/events",
+        dependencies=read,
         response_class=Response,
         responses={200: {"content": {"text/event-stream": {}}}},
     )
-    async def events(c: C, task_id: TaskId, after_id: Annotated[int, Query(ge=0)] = 0) -> Response:
+    async def events(
+        c: C, task_id: TaskId, after_id: Annotated[int, Query(ge=0, le=INT64)] = 0
+    ) -> Response:
         """Server-Sent Events: `status`, `progress`, `log`, then `end` after the final status."""
-        return await task_events(c, task_id, after_id=after_id, slots=streams)
+        slots = stream_slots(c, settings.api_max_streams)
+        return await task_events(c, task_id, after_id=after_id, slots=slots)
 
-    @api.get("/queues", dependencies=[read])
+    @api.get("/queues", dependencies=read)
     async def queues(c: C) -> list[QueueInfo]:
         """Depth by status, ready count and oldest ready age, per queue."""
         return [QueueInfo.model_validate(r) for r in await c.queue_stats()]
 
-    @api.get("/queues/settings", dependencies=[read])
+    @api.get("/queues/settings", dependencies=read)
     async def queue_settings(c: C) -> list[dict[str, Any]]:
         """Each queue's flow settings (paused, limits, rate) next to its live counts."""
         return await c.queues()
 
-    @api.post("/queues/{queue}/pause", dependencies=[write])
-    async def pause_queue(c: C, queue: str) -> QueueState:
+    @api.post("/queues/{queue:path}/pause", dependencies=write)
+    async def pause_queue(c: C, queue: PathName) -> QueueState:
         """Stop claims from a queue (its tasks stay; submits still work)."""
         await c.pause_queue(queue)
         return QueueState(queue=queue, paused=True)
 
-    @api.post("/queues/{queue}/resume", dependencies=[write])
-    async def resume_queue(c: C, queue: str) -> QueueState:
+    @api.post("/queues/{queue:path}/resume", dependencies=write)
+    async def resume_queue(c: C, queue: PathName) -> QueueState:
         await c.resume_queue(queue)
         return QueueState(queue=queue, paused=False)
 
-    @api.get("/workers", dependencies=[read])
+    @api.get("/workers", dependencies=read)
     async def workers(c: C, include_dead: bool = True) -> list[WorkerInfo]:
         """Workers, alive first, with their running counts."""
         rows = await c.workers(include_dead=include_dead)
         return [WorkerInfo.model_validate(r) for r in rows]
 
-    @api.get("/schedules", dependencies=[read])
+    @api.get("/schedules", dependencies=read)
     async def schedules(c: C) -> list[dict[str, Any]]:
         """Every schedule with its next run and last task (pgtasks.schedules)."""
         return await c.schedules()
 
     # -- bulk and operator actions the dashboard uses (docs/dashboard.md) -----------------
 
-    @api.post("/tasks/retry", dependencies=[write])
-    async def retry_tasks(c: C, body: BulkRequest) -> BulkDone:
+    @api.post("/tasks/retry", dependencies=write)
+    async def retry_tasks(c: C, body: RetryRequest) -> BulkDone:
         """Retry many FAILED/CANCELLED tasks in one all-or-nothing statement (409 when one
         of them changed state meanwhile: nothing was retried, try again)."""
-        f = body.filter or BulkFilter()
+        f = body.filter or RetryFilter.model_construct()
         ids = await c.retry_many(
             body.ids, status=f.status, queue=f.queue, task_type=f.task_type, error=f.error,
             limit=body.limit,
         )  # fmt: skip
         return BulkDone(count=len(ids), ids=ids)
 
-    @api.post("/tasks/cancel", dependencies=[write])
-    async def cancel_tasks(c: C, body: BulkRequest) -> BulkDone:
+    @api.post("/tasks/cancel", dependencies=write)
+    async def cancel_tasks(c: C, body: CancelRequest) -> BulkDone:
         """Cancel many WAITING/PENDING/COMMIT/RUNNING tasks in one all-or-nothing statement."""
-        f = body.filter or BulkFilter()
-        if f.error is not None:
-            raise ApiError(422, "invalid_request", "filter.error applies to retry only")
+        f = body.filter or CancelFilter.model_construct()
         ids = await c.cancel_many(
             body.ids, status=f.status, queue=f.queue, task_type=f.task_type, limit=body.limit
         )
         return BulkDone(count=len(ids), ids=ids)
 
-    @api.put("/queues/{queue}/settings", dependencies=[write])
-    async def configure_queue(c: C, queue: str, body: QueueLimits) -> dict[str, Any]:
+    @api.put("/queues/{queue:path}/settings", dependencies=write)
+    async def configure_queue(c: C, queue: PathName, body: QueueLimits) -> dict[str, Any]:
         """Replace the queue's limits (pausing is left as it is); answers its new row."""
         period = None if body.rate_period_s is None else timedelta(seconds=body.rate_period_s)
         await c.configure_queue(
@@ -354,31 +504,40 @@ def router(client: Client | None = None, *, settings: WebSettings | None = None)
         rows = [r for r in await c.queues() if r["queue"] == queue]
         return rows[0] if rows else {"queue": queue}
 
-    @api.post("/schedules/{name}/pause", dependencies=[write])
-    async def pause_schedule(c: C, name: str) -> ScheduleState:
+    @api.post("/schedules/{name:path}/pause", dependencies=write)
+    async def pause_schedule(c: C, name: PathName) -> ScheduleState:
         await c.pause_schedule(name)
         return ScheduleState(name=name, paused=True)
 
-    @api.post("/schedules/{name}/resume", dependencies=[write])
-    async def resume_schedule(c: C, name: str) -> ScheduleState:
+    @api.post("/schedules/{name:path}/resume", dependencies=write)
+    async def resume_schedule(c: C, name: PathName) -> ScheduleState:
         """Continue from now: ticks that passed while paused are not fired."""
         await c.resume_schedule(name)
         return ScheduleState(name=name, paused=False)
 
-    @api.post("/schedules/{name}/trigger", dependencies=[write])
-    async def trigger_schedule(c: C, name: str) -> ScheduleState:
+    @api.post("/schedules/{name:path}/trigger", dependencies=write)
+    async def trigger_schedule(c: C, name: PathName) -> ScheduleState:
         """Enqueue one task of the schedule now; answers its id."""
         return ScheduleState(name=name, task_id=await c.trigger_schedule(name))
 
-    @api.get("/workflows/{workflow_id}", dependencies=[read])
-    async def workflow(c: C, workflow_id: int) -> dict[str, Any]:
+    @api.get("/workflows/{workflow_id:int}", dependencies=read)
+    async def workflow(c: C, workflow_id: WorkflowId) -> dict[str, Any]:
         """The workflow's state, counts and nodes; 404 for an unknown workflow."""
         return await c.workflow(workflow_id)
 
-    @api.post("/workflows/{workflow_id}/cancel", dependencies=[write])
-    async def cancel_workflow(c: C, workflow_id: int) -> dict[str, Any]:
+    @api.post("/workflows/{workflow_id:int}/cancel", dependencies=write)
+    async def cancel_workflow(c: C, workflow_id: WorkflowId) -> dict[str, Any]:
         """Cancel every unfinished task of the workflow (running ones are stopped); 404
         for an unknown workflow."""
         return {"id": workflow_id, "cancelled": await c.cancel_workflow(workflow_id)}
 
+    # Each route's documented answers beyond ERRORS: 404 where a path names something, 409
+    # for writes, 401 where the token is needed (only when one is set).
+    for route in api.routes:
+        if isinstance(route, APIRoute):
+            is_write = not (route.methods or set()) <= {"GET", "HEAD"}
+            extra = {**(MISSING if "{" in route.path else {}), **(CONFLICT if is_write else {})}
+            if write if is_write else read:
+                extra.update(_errors(401))
+            route.responses = {**extra, **route.responses}
     return api

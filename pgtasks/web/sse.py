@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import weakref
+from collections.abc import AsyncIterator, Callable
 
 import anyio
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from starlette.background import BackgroundTask
 
 from pgtasks.client import Client, TaskInfo, TaskLog
@@ -26,7 +27,15 @@ from pgtasks.web.errors import ApiError
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
+class TaskJSON(TaskInfo):
+    """A task's state as the API writes it everywhere: durations (elapsed) in seconds."""
+
+    model_config = ConfigDict(ser_json_timedelta="float")
+
+
 def frame(event: str, data: BaseModel | str, event_id: int | None = None) -> str:
+    if type(data) is TaskInfo:
+        data = TaskJSON.model_construct(**dict(data))
     body = data if isinstance(data, str) else data.model_dump_json()
     head = f"id: {event_id}\n" if event_id is not None else ""
     return f"{head}event: {event}\ndata: {body}\n\n"
@@ -134,3 +143,48 @@ async def task_events(
     return StreamingResponse(
         body(), media_type="text/event-stream", headers=HEADERS, background=BackgroundTask(finish)
     )
+
+
+# -- stream slots ----------------------------------------------------------------------
+
+#: Each Client's stream slots, shared by every router that streams through it: the API's
+#: task events and the dashboard's streams together. Separate caps (8 API streams and 4
+#: dashboard ones) held 12 connections of a pool of 10, and every other endpoint waited.
+_SLOTS: weakref.WeakKeyDictionary[Client, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+
+#: Connections of the pool a stream may never take: what the other endpoints keep.
+KEEP_FREE = 2
+
+
+def stream_slots(client: Client, limit: int) -> asyncio.Semaphore:
+    """The slots of `client`'s streams: `limit`, but never more than its pool's size less
+    KEEP_FREE (and at least one). The first router to ask sets the cap."""
+    slots = _SLOTS.get(client)
+    if slots is None:
+        pool_size = client.pool.get_max_size()
+        slots = asyncio.Semaphore(max(1, min(limit, pool_size - KEEP_FREE)))
+        _SLOTS[client] = slots
+    return slots
+
+
+async def take_slot(slots: asyncio.Semaphore) -> Callable[[], None]:
+    """Hold a slot (503 `too_many_streams` at once when none is free); returns its
+    idempotent release."""
+    if slots.locked():
+        raise ApiError(
+            503,
+            "too_many_streams",
+            "every event stream slot of this server is in use",
+            "Close another stream, or raise PGTASKS_API_MAX_STREAMS (each stream holds a "
+            "database connection).",
+        )
+    await slots.acquire()
+    released = False
+
+    def release() -> None:
+        nonlocal released
+        if not released:
+            released = True
+            slots.release()
+
+    return release

@@ -26,7 +26,7 @@ async def api(dsn: str, **settings: object) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(WebSettings(database_url=dsn, **settings))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
             yield http
 
 
@@ -118,7 +118,8 @@ async def test_unknown_ids_and_bad_queries(http: httpx.AsyncClient):
         assert r.status_code == 404 and r.json()["error"]["code"] == "PT003"
     assert (await http.get("/api/tasks/999999/events")).status_code == 404
     assert (await http.get("/api/tasks/0")).status_code == 422
-    assert (await http.get("/api/tasks/abc")).status_code == 422
+    r = await http.get("/api/tasks/abc")  # no route takes a non-numeric id
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
     for params in ({"status": "nope"}, {"page": 0}, {"page_size": 501}, {"order": "x"}):
         r = await http.get("/api/tasks", params=params)
         assert r.status_code == 422, params
@@ -208,6 +209,7 @@ async def test_sse_streams_progress_logs_and_final_status_in_order(dsn, http):
     kinds = [k for k, _ in events]
     assert kinds[0] == "status" and kinds[-2:] == ["status", "end"]
     assert events[-1][1]["status"] == "DONE" and events[-1][1]["result"] == {"steps": 3}
+    assert isinstance(events[-1][1]["elapsed"], float)  # seconds, as in the JSON answers
     progress = [d["progress_current"] for k, d in events if k in ("status", "progress")]
     progress = [p for p in progress if p is not None]
     assert progress == sorted(progress) and progress[-1] == 3

@@ -6,17 +6,16 @@ browser to the JSON API with `Authorization: Bearer <token>`, so the dashboard h
 write path of its own and exactly the API's auth.
 
 How a browser gets the token (docs/dashboard.md): the login form posts it here; the
-answer sets an HttpOnly, SameSite=Strict cookie holding a digest of the token (pages and
-event streams check it: a browser cannot put headers on a page load or an EventSource),
-and the form's script keeps the token itself in sessionStorage for the fetch() calls.
+answer sets an HttpOnly, SameSite=Strict cookie holding a session (pgtasks.web.session:
+signed, expiring, ended by logout; pages and event streams check it: a browser cannot
+put headers on a page load or an EventSource), and the form's script keeps the token
+itself in sessionStorage for the fetch() calls.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations.
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -28,6 +27,7 @@ from urllib.parse import parse_qs, quote
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.background import BackgroundTask
 
 from pgtasks import __version__
 from pgtasks.client import STATUSES, Client
@@ -35,9 +35,10 @@ from pgtasks.errors import TaskNotFound, WorkflowNotFound
 from pgtasks.fastapi import get_client
 from pgtasks.queries import SEARCH_WINDOW
 from pgtasks.web.dashboard import views
-from pgtasks.web.errors import ErrorRoute
+from pgtasks.web.errors import ApiError, ErrorRoute, error_response
+from pgtasks.web.session import Sessions, same
 from pgtasks.web.settings import WebSettings
-from pgtasks.web.sse import HEADERS, task_events
+from pgtasks.web.sse import HEADERS, stream_slots, take_slot, task_events
 
 HERE = Path(__file__).resolve().parent
 STATIC = {
@@ -60,11 +61,18 @@ _env.filters.update(
     rel=views.time_tag, age=views.age, badge=views.badge, pretty=views.pretty,
     lines=views.lines, icon=lambda s: views.STATUS_ICON.get(str(s), "•"),
 )  # fmt: skip
+# Jinja's own urlencode keeps "/": a queue named `a/../../schedules/x` made the action URL
+# api/queues/a/../../schedules/x/pause, which the browser resolves to a schedule's. Every
+# character but the unreserved ones is escaped, so a name stays one path segment.
+_env.filters["urlencode"] = lambda v: quote(str(v), safe="")
 
 
-def _digest(token: str) -> str:
-    """What the cookie holds: not the token, so a leaked cookie is not an API token."""
-    return hashlib.sha256(f"pgtasks-dashboard:{token}".encode()).hexdigest()
+def sessions_for(settings: WebSettings) -> Sessions:
+    """The dashboard sessions `settings` describe (token, PGTASKS_SESSION_SECRET, TTL)."""
+    key = settings.session_secret
+    secret = key.get_secret_value().encode() if key else None
+    token = settings.api_token.get_secret_value() if settings.api_token else None
+    return Sessions(token, secret=secret, ttl=settings.session_ttl)
 
 
 def _jsonable(value: Any) -> Any:
@@ -92,15 +100,16 @@ def dashboard_router(
     *,
     settings: WebSettings | None = None,
     api_path: str = "api",
+    sessions: Sessions | None = None,
 ) -> APIRouter:
     """The dashboard as a router. `api_path` is where the JSON API is mounted: relative to
     the dashboard's own prefix (`"api"`: the dashboard at /x, the API at /x/api), or an
-    absolute path (`"/internal/pgtasks-api"`). With no `client`, the app's running one."""
+    absolute path (`"/internal/pgtasks-api"`). With no `client`, the app's running one.
+    `sessions` (default: from `settings`) lets the app check the same logins elsewhere."""
     settings = settings or WebSettings()
     token = settings.api_token.get_secret_value() if settings.api_token else None
-    cookie_value = _digest(token) if token else None
+    sessions = sessions or sessions_for(settings)
     open_reads = settings.api_open_reads
-    streams = asyncio.Semaphore(max(1, settings.api_max_streams // 2))
 
     def the_client(request: Request) -> Client:
         return client if client is not None else get_client(request)
@@ -120,15 +129,13 @@ def dashboard_router(
     def can_read(request: Request) -> bool:
         if token is None or open_reads:
             return True
-        given = request.cookies.get(COOKIE, "")
-        if cookie_value and hmac.compare_digest(given, cookie_value):
+        if logged_in(request):
             return True
         scheme, _, bearer = request.headers.get("authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(bearer.strip(), token)
+        return scheme.lower() == "bearer" and same(bearer.strip(), token)
 
     def logged_in(request: Request) -> bool:
-        given = request.cookies.get(COOKIE, "")
-        return bool(cookie_value) and hmac.compare_digest(given, cookie_value or "")
+        return sessions.valid(request.cookies.get(COOKIE, ""))
 
     def page(request: Request, name: str, **ctx: Any) -> Response:
         base = base_of(request)
@@ -300,7 +307,7 @@ def dashboard_router(
         form = parse_qs((await request.body()).decode(errors="replace"))
         given = (form.get("token") or [""])[0].strip()
         target = _next(request, (form.get("next") or [""])[0] or None)
-        if token is None or not hmac.compare_digest(given, token):
+        if token is None or not same(given, token):
             base = base_of(request)
             html = _env.get_template("login.html").render(
                 request=request, base=base, api=api_of(base, request), version=__version__,
@@ -312,13 +319,14 @@ def dashboard_router(
             return HTMLResponse(html, status_code=401)
         resp = RedirectResponse(target, status_code=303)
         resp.set_cookie(
-            COOKIE, cookie_value or "", httponly=True, samesite="strict",
-            secure=request.url.scheme == "https", path=f"{base_of(request)}/",
+            COOKIE, sessions.issue(), max_age=int(sessions.ttl), httponly=True,
+            samesite="strict", secure=request.url.scheme == "https", path=f"{base_of(request)}/",
         )  # fmt: skip
         return resp
 
     @ui.post("/logout")
     async def logout(request: Request) -> Response:
+        sessions.revoke(request.cookies.get(COOKIE, ""))  # ends it here, not only in this browser
         resp = RedirectResponse(f"{base_of(request)}/login", status_code=303)
         resp.delete_cookie(COOKIE, path=f"{base_of(request)}/")
         return resp
@@ -331,19 +339,30 @@ def dashboard_router(
         the last frame (the page has the five minutes before it drew)."""
         if (no := denied(request)) is not None:
             return no
+        try:
+            release = await take_slot(stream_slots(c, settings.api_max_streams))
+        except ApiError as exc:
+            return error_response(exc.status, exc.code, exc.message, exc.hint)
 
         async def body() -> AsyncIterator[str]:
+            # One query at a time: a stream's slot stands for one connection of the pool.
             since = 15.0
-            while not await request.is_disconnected():
-                cards, (now, series), workers = await asyncio.gather(
-                    c.queue_cards(), c.throughput(since), c.workers()
-                )
-                data = {"now": now, "series": series, "queues": cards, "workers": workers}
-                yield f"event: overview\ndata: {json.dumps(_jsonable(data))}\n\n"
-                since = 5.0
-                await asyncio.sleep(TICK_S)
+            try:
+                while not await request.is_disconnected():
+                    cards = await c.queue_cards()
+                    now, series = await c.throughput(since)
+                    workers = await c.workers()
+                    data = {"now": now, "series": series, "queues": cards, "workers": workers}
+                    yield f"event: overview\ndata: {json.dumps(_jsonable(data))}\n\n"
+                    since = 5.0
+                    await asyncio.sleep(TICK_S)
+            finally:
+                release()
 
-        return StreamingResponse(body(), media_type="text/event-stream", headers=HEADERS)
+        return StreamingResponse(
+            body(), media_type="text/event-stream", headers=HEADERS,
+            background=BackgroundTask(release),
+        )  # fmt: skip
 
     @ui.get("/stream/tasks/{task_id}")
     async def task_stream(
@@ -352,8 +371,9 @@ def dashboard_router(
         """The API's task event stream (status, progress, log, end), behind the cookie."""
         if (no := denied(request)) is not None:
             return no
+        slots = stream_slots(c, settings.api_max_streams)
         with contextlib.suppress(TaskNotFound):
-            return await task_events(c, task_id, after_id=after_id, slots=streams)
+            return await task_events(c, task_id, after_id=after_id, slots=slots)
         return Response("no such task", status_code=404)
 
     @ui.get("/static/{name}")
