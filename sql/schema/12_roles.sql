@@ -54,7 +54,7 @@
 -- pgtasks_reader: sees everything, changes nothing.
 --   Reads   every view: task_status (params, results and errors included), task_history,
 --           task_log_lines, task_attempt_errors, task_step_names, failed_tasks, workers,
---           schedules, workflows, metrics, and the submitter's views; parent_results,
+--           active_tasks, schedules, workflows, metrics, and the submitter's views; parent_results,
 --           workflow_graph, transition_reason, current_settings.
 --   Writes  nothing.
 --
