@@ -57,6 +57,7 @@ _.logout
 _.overview_stream
 _.task_stream
 _.static
+_.active_tasks
 # Starlette: a response's status, set on the response object.
 _.status_code
 
@@ -78,6 +79,8 @@ _.alive
 _.seen_ago
 _.workflow_node
 _.schedule_tick
+_.attempt_started_at
+_.lease_expires_at
 
 # prometheus-client: a custom collector's collect(), called at scrape time.
 _.collect
