@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pgtasks.client import (
     STATUSES,
+    ActiveTask,
     Client,
     SubmitResult,
     TaskDetail,
@@ -215,8 +216,11 @@ def router(client: Client | None = None, *, settings: WebSettings | None = None)
         page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
         page_size: Annotated[int, Query(ge=1, le=500)] = 50,
         order: Literal["newest", "oldest"] = "newest",
+        unique_key: Annotated[str | None, Query(min_length=1, max_length=255)] = None,
     ) -> TaskPage:
-        """Tasks, newest first (`order=oldest` for the other way), with the total."""
+        """Tasks, newest first (`order=oldest` for the other way), with the total.
+        `unique_key`: only the tasks submitted with that key (with `task_type`, of that
+        type), so the first item is the newest task of the key."""
         return await c.page(
             status=status,
             queue=queue,
@@ -224,6 +228,7 @@ def router(client: Client | None = None, *, settings: WebSettings | None = None)
             page=page,
             page_size=page_size,
             oldest_first=order == "oldest",
+            unique_key=unique_key,
         )
 
     @api.get("/tasks/{task_id}", dependencies=[read])
@@ -319,6 +324,20 @@ def router(client: Client | None = None, *, settings: WebSettings | None = None)
     async def schedules(c: C) -> list[dict[str, Any]]:
         """Every schedule with its next run and last task (pgtasks.schedules)."""
         return await c.schedules()
+
+    # -- what the workers are running (pgtasks.active_tasks) -------------------------------
+
+    @api.get("/workers/active", dependencies=[read])
+    async def active_tasks(
+        c: C,
+        queue: Annotated[str | None, Query(min_length=1, max_length=255)] = None,
+        worker_id: Annotated[str | None, Query(min_length=1, max_length=255)] = None,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    ) -> list[ActiveTask]:
+        """Every RUNNING task with the worker running it (id, host, pid, alive), its
+        attempt, how long it has run, its progress and its lease; by worker, longest
+        running first. Intervals in seconds."""
+        return await c.active(queue=queue, worker_id=worker_id, limit=limit)
 
     # -- bulk and operator actions the dashboard uses (docs/dashboard.md) -----------------
 
