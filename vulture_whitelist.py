@@ -63,6 +63,7 @@ _.redoc
 _.docs_asset
 # uvicorn: the h11 protocol's hook for a request it cannot parse (pgtasks.web.server).
 _.send_400_response
+_.active_tasks
 # Starlette: a response's status, set on the response object.
 _.status_code
 
@@ -84,6 +85,8 @@ _.alive
 _.seen_ago
 _.workflow_node
 _.schedule_tick
+_.attempt_started_at
+_.lease_expires_at
 
 # prometheus-client: a custom collector's collect(), called at scrape time.
 _.collect

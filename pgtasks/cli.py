@@ -30,7 +30,7 @@ from rich.tree import Tree
 from pgtasks.client import STATUSES, Client, TaskInfo, TaskLog
 from pgtasks.config import ENV_URL, database_url, embedded_root, resolve_url, using_message
 from pgtasks.embedded import EmbeddedPostgres
-from pgtasks.errors import PgTasksError
+from pgtasks.errors import PgTasksError, TaskNotFound
 from pgtasks.migrations import LockPolicy, migrate_url
 from pgtasks.worker import Worker
 from pgtasks.worker.worker import (
@@ -539,19 +539,43 @@ def submit(
 
 
 @cli.command()
-@click.argument("task_id", type=int)
+@click.argument("task_id", type=int, required=False)
+@click.option(
+    "--unique-key", default=None, help="Instead of an id: the newest task submitted with this key."
+)
+@click.option(
+    "--type",
+    "task_type",
+    default=None,
+    help="With --unique-key: of this task type (keys belong to their type; default: any).",
+)
 @click.pass_context
-def status(ctx: click.Context, task_id: int) -> None:
-    """Show one task, its errors and its history."""
+def status(
+    ctx: click.Context, task_id: int | None, unique_key: str | None, task_type: str | None
+) -> None:
+    """Show one task, its errors and its history: task TASK_ID, or with --unique-key the
+    newest task of that key (finished ones included)."""
+    if (task_id is None) == (unique_key is None):
+        raise click.UsageError("give a TASK_ID or --unique-key KEY (one of them)")
+    if task_type is not None and unique_key is None:
+        raise click.UsageError("--type goes with --unique-key")
 
     async def go(c: Client) -> None:
-        t = await c.get(task_id)
+        if unique_key is not None:
+            found = await c.find(unique_key=unique_key, task_type=task_type)
+            if found is None:
+                of_type = f" of type {task_type!r}" if task_type is not None else ""
+                raise TaskNotFound(f"no task has unique key {unique_key!r}{of_type}")
+            t = found
+        else:
+            assert task_id is not None  # one of the two, checked above
+            t = await c.get(task_id)
         table = Table(show_header=False, title=f"task {t.id}")
         for key, value in t.model_dump().items():
             if value is not None:
                 table.add_row(key, _status(value) if key == "status" else str(value))
         console.print(table)
-        errors = await c.errors(task_id)
+        errors = await c.errors(t.id)
         if errors:
             et = Table(title="errors")
             et.add_column("attempt")
@@ -563,7 +587,7 @@ def status(ctx: click.Context, task_id: int) -> None:
         ht = Table(title="history")
         for col in ("at", "from", "to", "attempt", "worker"):
             ht.add_column(col)
-        for ev in await c.history(task_id):
+        for ev in await c.history(t.id):
             ht.add_row(
                 ev.at.strftime("%H:%M:%S.%f")[:-3],
                 ev.from_status or "",
@@ -799,6 +823,56 @@ def workers(ctx: click.Context, show_all: bool) -> None:
                 _cell(r["started_at"]),
                 f"{_cell(r['seen_ago'])} ago",
                 "[green]alive[/]" if r["alive"] else "[red]dead[/]",
+            )
+        console.print(table)
+
+    run(_with_client(ctx, go))
+
+
+@cli.command()
+@click.option("--queue", default=None, help="Only this queue.")
+@click.option("--worker", "worker_id", default=None, help="Only this worker (its worker_id).")
+@click.option("--limit", default=1000, show_default=True, type=click.IntRange(min=1))
+@click.pass_context
+def active(ctx: click.Context, queue: str | None, worker_id: str | None, limit: int) -> None:
+    """What the workers are running now (pgtasks.active_tasks), by worker: each task's
+    attempt, how long it has run, its progress and how long its lease has left.
+
+    A worker marked dead stopped heartbeating: its tasks are rescued when their leases run
+    out. `pgtasks watch ID` follows one of them live.
+    """
+
+    async def go(c: Client) -> None:
+        rows = await c.active(queue=queue, worker_id=worker_id, limit=limit)
+        more = "+" if len(rows) == limit else ""
+        table = Table(title=f"active tasks ({len(rows)}{more})")
+        for col in ("worker", "host / pid", "task", "type", "queue", "attempt", "running"):
+            table.add_column(col, no_wrap=True)
+        table.add_column("progress", no_wrap=True)
+        table.add_column("message", overflow="ellipsis", max_width=40, no_wrap=True)
+        table.add_column("lease left", no_wrap=True)
+        for r in rows:
+            if r.host is None:
+                where = "[dim](not registered)[/]"
+            else:
+                where = f"{escape(r.host)} / {r.pid}"
+                if r.worker_alive is False:
+                    where += " [red]dead[/]"
+            if r.progress_total:
+                progress = f"{r.percent or 0:.0f}% {r.progress_current or 0}/{r.progress_total}"
+            else:
+                progress = "" if r.progress_current is None else str(r.progress_current)
+            table.add_row(
+                escape(r.worker_id),
+                where,
+                str(r.id),
+                escape(r.task_type),
+                escape(r.queue),
+                str(r.attempt),
+                format_duration(timedelta(seconds=round(r.running_for.total_seconds()))),
+                progress,
+                escape(r.progress_message or ""),
+                _cell(r.lease_left),
             )
         console.print(table)
 

@@ -14,7 +14,7 @@ from typing import Any, Literal, TypeAlias, get_args, overload
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from pgtasks import db, queries
 from pgtasks.config import resolve_url
@@ -47,7 +47,11 @@ TERMINAL = frozenset({"DONE", "FAILED", "CANCELLED"})
 
 
 class TaskInfo(BaseModel):
-    """One row of `pgtasks.task_status`: a task's state as operators and callers see it."""
+    """One row of `pgtasks.task_status`: a task's state as operators and callers see it.
+
+    `unique_key` is the key it was submitted with (None: none), which `Client.find` looks
+    tasks up by.
+    """
 
     id: int
     task_type: str
@@ -68,6 +72,7 @@ class TaskInfo(BaseModel):
     elapsed: timedelta | None = None
     result: Any = None
     error: str | None = None
+    unique_key: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -122,6 +127,40 @@ class TaskLog(BaseModel):
     at: datetime
 
 
+class ActiveTask(BaseModel):
+    """One row of `pgtasks.active_tasks`: a RUNNING task, the worker running it and how
+    far it got (`Client.active`).
+
+    `host`, `pid` and `worker_alive` are None for a worker that never registered (a claim
+    from psql, or a worker in another language that skips register_worker). A dead
+    worker's task stays here, `worker_alive` false, until its lease runs out and rescue
+    hands it on. `started_at` is the first attempt's start, `attempt_started_at` this
+    one's; `running_for` counts from the latter, `lease_left` to `lease_expires_at` (both
+    by the database's clock). In JSON the two intervals are seconds.
+    """
+
+    model_config = ConfigDict(ser_json_timedelta="float")
+
+    id: int
+    task_type: str
+    queue: str
+    worker_id: str
+    host: str | None = None
+    pid: int | None = None
+    worker_alive: bool | None = None
+    attempt: int
+    started_at: datetime
+    attempt_started_at: datetime
+    running_for: timedelta
+    progress_current: int | None = None
+    progress_total: int | None = None
+    percent: float | None = None
+    progress_message: str | None = None
+    lease_expires_at: datetime
+    deadline: datetime
+    lease_left: timedelta
+
+
 class TaskEvent(BaseModel):
     """One status change of a task (pgtasks.task_history), oldest first."""
 
@@ -139,6 +178,14 @@ def _status(status: str | None) -> str | None:
     if status.upper() not in STATUSES:
         raise PgTasksError(f"unknown status {status!r}; use {', '.join(STATUSES)}")
     return status.upper()
+
+
+def _text(name: str, value: str | None) -> str | None:
+    """A text argument PostgreSQL can receive: text cannot hold NUL, and the server would
+    refuse the whole statement with an encoding error instead of answering nothing."""
+    if value is not None and "\x00" in value:
+        raise PgTasksError(f"{name} cannot contain NUL (\\x00): PostgreSQL text cannot hold it")
+    return value
 
 
 #: Where a statement runs: the client's pool, a connection of it, or the caller's connection.
@@ -463,6 +510,25 @@ class Client:
         """The task's current state (pgtasks.task_status); TaskNotFound for an unknown id."""
         return await self._read(self.pool, task_id)
 
+    async def find(self, *, unique_key: str, task_type: TaskRef | None = None) -> TaskInfo | None:
+        """The newest task submitted with `unique_key`, finished or not; None if there is
+        none (any more: pruning deletes finished tasks after the retention).
+
+        Use the key as the job's own id (arq's `_job_id`): submit with
+        `unique_key=f"order:{order_id}"`, look it up with `find(unique_key=...)`. Keys
+        belong to their task type (a held key stops a second active task of that type
+        only), so two types can each have a task with the same key. With `task_type` (a
+        name or a registered task) the newest of that type; without it, the newest of any
+        type, which another type's submitter can supply: code that acts on the answer
+        passes the type. Newest is by id, so once a key came free and was submitted again,
+        this is the new task (a retried older task keeps its older id).
+        """
+        name = None if task_type is None else type_name(task_type)
+        row = await self.pool.fetchrow(
+            queries.FIND_TASK, _text("unique_key", unique_key), _text("task_type", name)
+        )
+        return None if row is None else TaskInfo.model_validate(dict(row))
+
     async def list_tasks(
         self,
         *,
@@ -493,19 +559,26 @@ class Client:
         page: int = 1,
         page_size: int = 50,
         oldest_first: bool = False,
+        unique_key: str | None = None,
     ) -> TaskPage:
-        """Page `page` (from 1) of the tasks that match, with their total; newest first."""
+        """Page `page` (from 1) of the tasks that match, with their total; newest first.
+        With `unique_key`, only the tasks of that key (by its index): the first item of
+        the first page is what `find` answers."""
         if page < 1 or page_size < 1:
             raise PgTasksError("page and page_size start at 1")
-        rows = await self.pool.fetch(
-            queries.TASK_PAGE,
+        args: list[Any] = [
             _status(status),
             queue,
             task_type,
             oldest_first,
             page_size,
             (page - 1) * page_size,
-        )
+        ]
+        if unique_key is None:
+            rows = await self.pool.fetch(queries.TASK_PAGE, *args)
+        else:
+            key = _text("unique_key", unique_key)
+            rows = await self.pool.fetch(queries.KEY_TASK_PAGE, *args, key)
         items = [TaskInfo.model_validate(dict(r)) for r in rows if r["id"] is not None]
         return TaskPage(items=items, total=rows[0]["total"], page=page, page_size=page_size)
 
@@ -664,6 +737,20 @@ class Client:
     async def workers(self, *, include_dead: bool = False) -> list[dict[str, Any]]:
         """Workers (pgtasks.workers), alive first; `seen_ago` is the time since last seen."""
         return [dict(r) for r in await self.pool.fetch(queries.WORKERS, include_dead)]
+
+    async def active(
+        self, *, queue: str | None = None, worker_id: str | None = None, limit: int = 1000
+    ) -> list[ActiveTask]:
+        """What the workers are running now (pgtasks.active_tasks; Celery's `inspect
+        active`): each RUNNING task with its worker's id, host and pid, its attempt, how
+        long it has run, its progress and its lease; by worker, longest running first, at
+        most `limit`. It reads running tasks only, however long the history."""
+        if limit < 1:
+            raise PgTasksError("limit starts at 1")
+        rows = await self.pool.fetch(
+            queries.ACTIVE_TASKS, _text("queue", queue), _text("worker_id", worker_id), limit
+        )
+        return [ActiveTask.model_validate(dict(r)) for r in rows]
 
     async def metrics(self) -> dict[str, Any]:
         """What /metrics shows, the one row of pgtasks.metrics: `queues` (queue_stats rows),

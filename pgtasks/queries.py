@@ -82,7 +82,8 @@ TASK_PAGE = """
 WITH f AS (
     SELECT id, task_type, queue, status, priority, attempt, retries, percent,
            progress_current, progress_total, progress_message, worker_id, run_at,
-           created_at, started_at, finished_at, elapsed, left(error, 200) AS error
+           created_at, started_at, finished_at, elapsed, left(error, 200) AS error,
+           unique_key
       FROM pgtasks.task_status
      WHERE ($1::pgtasks.status IS NULL OR status = $1::pgtasks.status)
        AND ($2::text IS NULL OR queue = $2)
@@ -495,4 +496,45 @@ SELECT p.id, pgtasks.retry_task(task_id => p.id)::text AS done
 BULK_CANCEL = f"""
 SELECT p.id, pgtasks.cancel_task(task_id => p.id)::text AS previous_status
   FROM ({_BULK_PICK.format(states="'WAITING', 'PENDING', 'COMMIT', 'RUNNING'")}) p
+"""
+
+
+# -- lookup by unique key and what the workers run (docs/sql-api.md, "Views") --------------
+# Each statement names unique_key unconditionally, so even the generic plan a prepared
+# statement settles on walks tasks_by_unique_key (a key's rows, newest first) and never the
+# table; the type, when given, filters the few rows of that key.
+
+# The newest task of a key, of any type or of one ($2); keys belong to their task type, so
+# two types can each have a task with the same key.
+FIND_TASK = """
+SELECT * FROM pgtasks.task_status
+ WHERE unique_key = $1 AND ($2::text IS NULL OR task_type = $2)
+ ORDER BY id DESC LIMIT 1
+"""
+
+# TASK_PAGE for the tasks of one key: the same columns, newest first.
+KEY_TASK_PAGE = """
+WITH f AS (
+    SELECT id, task_type, queue, status, priority, attempt, retries, percent,
+           progress_current, progress_total, progress_message, worker_id, run_at,
+           created_at, started_at, finished_at, elapsed, left(error, 200) AS error,
+           unique_key
+      FROM pgtasks.task_status
+     WHERE unique_key = $7
+       AND ($1::pgtasks.status IS NULL OR status = $1::pgtasks.status)
+       AND ($2::text IS NULL OR queue = $2)
+       AND ($3::text IS NULL OR task_type = $3))
+SELECT n.total, p.*
+  FROM (SELECT pg_catalog.count(*) AS total FROM f) n
+  LEFT JOIN LATERAL (SELECT * FROM f ORDER BY CASE WHEN $4 THEN id END, id DESC
+                      LIMIT $5 OFFSET $6) p ON true
+"""
+
+# Every running task with its worker, progress and lease (pgtasks.active_tasks, which reads
+# running tasks only), by worker and then the longest running first. lease_left is by the
+# database's clock, as seen_ago in WORKERS.
+ACTIVE_TASKS = """
+SELECT *, lease_expires_at - now() AS lease_left FROM pgtasks.active_tasks
+ WHERE ($1::text IS NULL OR queue = $1) AND ($2::text IS NULL OR worker_id = $2)
+ ORDER BY worker_id, attempt_started_at, id LIMIT $3
 """

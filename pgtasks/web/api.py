@@ -14,6 +14,7 @@ from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Fiel
 
 from pgtasks.client import (
     STATUSES,
+    ActiveTask,
     Client,
     SubmitResult,
     TaskDetail,
@@ -72,6 +73,7 @@ Limit = Annotated[int, Field(ge=1, le=10_000), Number]
 Name = Annotated[str, Field(min_length=1, max_length=255, pattern=NO_NUL)]
 #: A filter value in a query string: at most 255 characters, without NUL.
 QueryText = Annotated[str | None, Query(max_length=255, pattern=NO_NUL)]
+QueryName = Annotated[str | None, Query(min_length=1, max_length=255, pattern=NO_NUL)]
 #: A name in a path. `{queue:path}` in the route: a name may hold "/" (sent as %2F), and the
 #: route still matches it whole instead of another route.
 PathName = Annotated[str, Path(min_length=1, max_length=255, pattern=NO_NUL)]
@@ -357,8 +359,11 @@ def router(client: Client | None = None, *, settings: WebSettings | None = None)
         page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
         page_size: Annotated[int, Query(ge=1, le=500)] = 50,
         order: Literal["newest", "oldest"] = "newest",
+        unique_key: QueryName = None,
     ) -> Tasks:
-        """Tasks, newest first (`order=oldest` for the other way), with the total."""
+        """Tasks, newest first (`order=oldest` for the other way), with the total.
+        `unique_key`: only the tasks submitted with that key (with `task_type`, of that
+        type), so the first item is the newest task of the key."""
         return await c.page(  # type: ignore[return-value]  # validated into Tasks
             status=status,
             queue=queue,
@@ -366,6 +371,7 @@ def router(client: Client | None = None, *, settings: WebSettings | None = None)
             page=page,
             page_size=page_size,
             oldest_first=order == "oldest",
+            unique_key=unique_key,
         )
 
     @api.get("/tasks/{task_id:int}", dependencies=read)
@@ -471,6 +477,20 @@ def router(client: Client | None = None, *, settings: WebSettings | None = None)
     async def schedules(c: C) -> list[dict[str, Any]]:
         """Every schedule with its next run and last task (pgtasks.schedules)."""
         return await c.schedules()
+
+    # -- what the workers are running (pgtasks.active_tasks) -------------------------------
+
+    @api.get("/workers/active", dependencies=read)
+    async def active_tasks(
+        c: C,
+        queue: QueryName = None,
+        worker_id: QueryName = None,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    ) -> list[ActiveTask]:
+        """Every RUNNING task with the worker running it (id, host, pid, alive), its
+        attempt, how long it has run, its progress and its lease; by worker, longest
+        running first. Intervals in seconds."""
+        return await c.active(queue=queue, worker_id=worker_id, limit=limit)
 
     # -- bulk and operator actions the dashboard uses (docs/dashboard.md) -----------------
 

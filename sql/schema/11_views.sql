@@ -26,7 +26,7 @@ SELECT t.id, t.task_type, t.queue, t.status, t.priority, t.attempt,
        t.run_at, t.created_at, t.started_at, t.finished_at,
        coalesce(t.finished_at, now()) - t.started_at AS elapsed,
        t.result, t.error, t.params, t.schedule, t.schedule_tick,
-       t.workflow_id, t.workflow_node
+       t.workflow_id, t.workflow_node, t.unique_key
   FROM pgtasks.tasks t;
 GRANT SELECT ON pgtasks.task_status TO pgtasks_reader;
 COMMENT ON VIEW pgtasks.task_status IS
@@ -38,6 +38,10 @@ COMMENT ON COLUMN pgtasks.task_status.percent IS
     'progress_current as a percentage of progress_total, when the task reported a total.';
 COMMENT ON COLUMN pgtasks.task_status.elapsed IS
     'Time since the first start, up to the finish (or up to now while unfinished).';
+COMMENT ON COLUMN pgtasks.task_status.unique_key IS
+    'The unique key the task was submitted with (keys belong to their task type). The newest '
+    'task of a key: WHERE unique_key = $1 [AND task_type = $2] ORDER BY id DESC LIMIT 1, one '
+    'probe of tasks_by_unique_key.';
 
 -- The status of every task for submitters, without params, results or errors (which often
 -- quote the params): a submitter may watch what it submitted without reading what others
@@ -227,6 +231,44 @@ COMMENT ON COLUMN pgtasks.workers.alive IS
 COMMENT ON COLUMN pgtasks.workers.running IS
     'Tasks RUNNING under this worker''s id, including those of a dead worker that are still to '
     'be rescued.';
+
+-- What the workers are running now, one row per RUNNING task (as Celery's `inspect
+-- active`): which worker holds it, that worker's host and pid when it registered (NULL for
+-- a worker that never did, such as a claim from psql), whether the worker is still alive
+-- (a dead worker's task stays here until its lease runs out and rescue hands it on), when
+-- this attempt was claimed, its progress and its lease. It reads running tasks only, by
+-- tasks_lease (a lease is set exactly while RUNNING), so history and backlog never slow
+-- it; attempt_started_at is the claim's own transition (task_events, by task_events_task),
+-- since started_at keeps the first attempt's start. No params, result or error here: the
+-- columns are chosen one by one, never t.*, so no column added to tasks shows by itself.
+CREATE VIEW pgtasks.active_tasks AS
+SELECT t.id, t.task_type, t.queue, t.worker_id, w.host, w.pid,
+       w.last_seen + w.lease > now() AS worker_alive,
+       t.attempt, t.started_at, a.attempt_started_at,
+       now() - a.attempt_started_at AS running_for,
+       t.progress_current, t.progress_total,
+       CASE WHEN t.progress_total > 0
+            THEN round(100.0 * t.progress_current / t.progress_total, 1) END AS percent,
+       t.progress_message, t.lease_expires_at, t.deadline
+  FROM pgtasks.tasks t
+  LEFT JOIN pgtasks.worker_registry w ON w.worker_id = t.worker_id
+ CROSS JOIN LATERAL (
+       SELECT coalesce(max(e.at), t.started_at) AS attempt_started_at
+         FROM pgtasks.task_events e
+        WHERE e.task_id = t.id AND e.attempt = t.attempt AND e.to_status = 'RUNNING') a
+ WHERE t.lease_expires_at IS NOT NULL;
+GRANT SELECT ON pgtasks.active_tasks TO pgtasks_reader;
+COMMENT ON VIEW pgtasks.active_tasks IS
+    'What the workers are running now: each RUNNING task with its worker (host, pid, alive), '
+    'attempt, when the attempt started, progress and lease.';
+COMMENT ON COLUMN pgtasks.active_tasks.worker_alive IS
+    'Whether the task''s worker was seen within its lease; NULL when the worker never '
+    'registered. A dead worker''s task is rescued once its lease runs out.';
+COMMENT ON COLUMN pgtasks.active_tasks.attempt_started_at IS
+    'When this attempt was claimed (started_at is when the first one was).';
+COMMENT ON COLUMN pgtasks.active_tasks.running_for IS 'Time since this attempt was claimed.';
+COMMENT ON COLUMN pgtasks.active_tasks.lease_expires_at IS
+    'The attempt is rescued after this unless a heartbeat extends it (never past deadline).';
 
 -- What a submit of each registered type gets when the caller leaves an argument out: the
 -- type's policy, else the settings default.

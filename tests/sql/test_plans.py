@@ -255,3 +255,69 @@ async def test_the_task_list_is_planned_for_its_values_every_time(dsn, conn, wai
         await pool.close()
     assert len(plans) == 2 and all(p["custom_plans"] == 8 for p in plans), plans
     assert all(p["generic_plans"] == 0 for p in plans), plans
+
+
+@pytest.fixture
+async def million_tasks(conn):
+    """1,000,000 finished tasks, half of them keyed (100,000 keys, five tasks each, over
+    three types), each with its history row; then 50 keyed tasks claimed through the real
+    API. The bulk rows skip the triggers (session_replication_role), which only record
+    history, and name every column a default would compute: about 12 s instead of 30."""
+    await conn.execute(
+        """
+        SET session_replication_role = replica;
+        INSERT INTO pgtasks.tasks (task_type, queue, priority, max_retries, timeout,
+                                   backoff_base, status, attempt, started_at, finished_at,
+                                   unique_key)
+        SELECT 't' || (i % 3), 'q' || (i % 2), 0, 3, interval '1 hour', interval '1 second',
+               'DONE', 1, now(), now(), CASE WHEN i % 2 = 0 THEN 'key:' || (i % 100000) END
+          FROM generate_series(1, 1000000) i;
+        INSERT INTO pgtasks.task_events (task_id, attempt, from_status, to_status, db_user, at)
+        SELECT id, 1, 'RUNNING', 'DONE', 'bulk', now() FROM pgtasks.tasks;
+        RESET session_replication_role;
+        SELECT pgtasks.submit_or_get('t1', queue => 'q0', unique_key => 'live:' || i)
+          FROM generate_series(1, 50) i;
+        SELECT count(*) FROM pgtasks.claim_tasks('w', max_tasks => 50);
+        ANALYZE pgtasks.tasks;
+        ANALYZE pgtasks.task_events;
+        """
+    )
+
+
+async def test_find_and_active_tasks_stay_on_their_indexes(conn, million_tasks):
+    """Client.find, the API's page of a key and pgtasks.active_tasks with a million tasks:
+    the newest task of a key is one probe of tasks_by_unique_key (with or without a type,
+    for the values of the call and in the generic plan a prepared statement settles on),
+    never a walk of the table or of its primary key; the active tasks come from tasks_lease
+    and each attempt's start from task_events_task."""
+    from pgtasks.queries import ACTIVE_TASKS, FIND_TASK, KEY_TASK_PAGE
+
+    async def explain(sql: str, *args: object) -> str:
+        return "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + sql, *args))
+
+    page_args = (None, None, None, False, 50, 0)
+    plans = {
+        "find": await explain(FIND_TASK, "key:42", None),
+        "find of a type": await explain(FIND_TASK, "key:42", "t1"),
+        "find, generic": await explain_generic(conn, FIND_TASK, "text, text"),
+        "page": await explain(KEY_TASK_PAGE, *page_args, "key:42"),
+        "page, generic": await explain_generic(
+            conn, KEY_TASK_PAGE, "pgtasks.status, text, text, boolean, int, int, text"
+        ),
+    }
+    for what, plan in plans.items():
+        assert "tasks_by_unique_key" in plan, (what, plan)
+        assert "Seq Scan on tasks" not in plan and "tasks_pkey" not in plan, (what, plan)
+        if what.startswith("find"):  # newest first by the index itself: no sort
+            assert "Index Scan Backward using tasks_by_unique_key" in plan, (what, plan)
+            assert "Sort" not in plan, (what, plan)
+    assert await conn.fetchval(
+        f"SELECT id FROM ({FIND_TASK}) f", "key:42", "t0"
+    ) == await conn.fetchval(
+        "SELECT max(id) FROM pgtasks.tasks WHERE unique_key = 'key:42' AND task_type = 't0'"
+    )
+
+    active = await explain(ACTIVE_TASKS, None, None, 1000)
+    assert "tasks_lease" in active and "task_events_task" in active, active
+    assert "Seq Scan on tasks" not in active and "Seq Scan on task_events" not in active, active
+    assert len(await conn.fetch(ACTIVE_TASKS, None, None, 1000)) == 50

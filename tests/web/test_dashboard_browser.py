@@ -239,6 +239,25 @@ def test_overview_counts_change_while_a_worker_drains_the_queue(dsn, served, pag
     shoot(page, "overview")
 
 
+def test_the_workers_table_streams_what_each_worker_runs(dsn, served, page, fleet):
+    """A task that starts after the page drew appears under its worker, with its
+    progress, by the overview stream alone (pgtasks.active_tasks), and leaves when it ends."""
+    worker(fleet)
+    wait_sql(dsn, "SELECT count(*) = 1 FROM pgtasks.workers WHERE alive", fleet=fleet)
+    page.goto(f"{served}/")
+    cell = page.locator("#workers td.wtasks")
+    expect(cell).to_have_text("—")
+    page.evaluate("() => window.notReloaded = true")
+    task_id = submit(served, "web_steps", {"steps": 400, "pause": 0.1})
+    expect(cell).to_contain_text(f"#{task_id} web_steps", timeout=WAIT_MS)
+    expect(cell).to_contain_text("% ·", timeout=WAIT_MS)  # its percent, once it reported
+    link = cell.locator("a")
+    assert link.get_attribute("href") == f"/tasks/{task_id}"
+    httpx.post(f"{served}/api/tasks/{task_id}/cancel").raise_for_status()
+    expect(cell).to_have_text("—", timeout=WAIT_MS)
+    assert page.evaluate("() => window.notReloaded") is True  # pushed, not reloaded
+
+
 def test_running_task_streams_progress_and_logs_then_cancel(dsn, served, page, fleet):
     worker(fleet)
     task_id = submit(served, "web_steps", {"steps": 400, "pause": 0.1})

@@ -186,7 +186,7 @@ async def mounted(dsn: str) -> AsyncIterator[httpx.AsyncClient]:
     app.include_router(dashboard_router(), prefix="/admin/jobs")
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
             yield http
 
 

@@ -160,9 +160,10 @@ def dashboard_router(
     async def overview(request: Request, c: C) -> Response:
         if not can_read(request):
             return page(request, "overview.html")
-        cards, (now, series), workers = await asyncio.gather(
-            c.queue_cards(), c.throughput(300), c.workers()
+        cards, (now, series), workers, active = await asyncio.gather(
+            c.queue_cards(), c.throughput(300), c.workers(), c.active()
         )
+        workers = views.with_tasks(workers, active)
         data = {"now": now, "series": series, "queues": cards, "workers": workers}
         return page(
             request, "overview.html", title="Overview", nav="overview", cards=cards,
@@ -335,8 +336,9 @@ def dashboard_router(
 
     @ui.get("/stream/overview")
     async def overview_stream(request: Request, c: C) -> Response:
-        """`overview` every second: queue cards, workers, and the throughput seconds since
-        the last frame (the page has the five minutes before it drew)."""
+        """`overview` every second: queue cards, workers with the tasks each runs, and the
+        throughput seconds since the last frame (the page has the five minutes before it
+        drew)."""
         if (no := denied(request)) is not None:
             return no
         try:
@@ -351,7 +353,7 @@ def dashboard_router(
                 while not await request.is_disconnected():
                     cards = await c.queue_cards()
                     now, series = await c.throughput(since)
-                    workers = await c.workers()
+                    workers = views.with_tasks(await c.workers(), await c.active())
                     data = {"now": now, "series": series, "queues": cards, "workers": workers}
                     yield f"event: overview\ndata: {json.dumps(_jsonable(data))}\n\n"
                     since = 5.0

@@ -10,6 +10,8 @@ from typing import Any
 
 from markupsafe import Markup, escape
 
+from pgtasks.client import ActiveTask
+
 #: A text label and a symbol per status, so status never depends on colour alone.
 STATUS_ICON = {
     "PENDING": "○",
@@ -76,6 +78,27 @@ def pretty(value: Any) -> str:
 def percent(row: dict[str, Any]) -> float | None:
     p = row.get("percent")
     return None if p is None else float(p)
+
+
+#: How many of a worker's running tasks its row names; the rest are counted.
+WORKER_TASKS_SHOWN = 5
+
+
+def with_tasks(workers: list[dict[str, Any]], active: list[ActiveTask]) -> list[dict[str, Any]]:
+    """Each worker row with `tasks`, what it runs now (Client.active rows, longest running
+    first: id, task_type, percent, progress_message, running_for), at most
+    WORKER_TASKS_SHOWN of them, and `more`, how many it runs beyond those."""
+    by_worker: dict[str, list[dict[str, Any]]] = {}
+    for a in active:
+        by_worker.setdefault(a.worker_id, []).append(
+            a.model_dump(include={"id", "task_type", "percent", "progress_message", "running_for"})
+        )
+    out = []
+    for w in workers:
+        mine = by_worker.get(w["worker_id"], [])
+        shown = mine[:WORKER_TASKS_SHOWN]
+        out.append({**w, "tasks": shown, "more": len(mine) - len(shown)})
+    return out
 
 
 def lines(text: str | None) -> Markup:

@@ -233,6 +233,18 @@
     }
   }
 
+  // What a worker runs now: its tasks (as the template's worker_tasks macro draws them).
+  function workerTasks(w) {
+    const tasks = w.tasks || [];
+    const rows = tasks.map((t) =>
+      `<div><a href="${BASE}/tasks/${Number(t.id)}"${t.progress_message ? ` title="${esc(t.progress_message)}"` : ""}>` +
+      `#${Number(t.id)} ${esc(t.task_type)}</a> ` +
+      `<span class="muted">${t.percent == null ? "" : `${Math.round(t.percent)}% · `}${span(t.running_for)}</span></div>`);
+    if (!rows.length) rows.push('<span class="muted">—</span>');
+    if (w.more) rows.push(`<div class="muted">+${Number(w.more)} more</div>`);
+    return rows.join("");
+  }
+
   function updateWorkers(workers) {
     const tb = $("#workers");
     if (!tb) return;
@@ -242,8 +254,9 @@
       ? workers.map((w) =>
           `<tr><td>${esc(w.worker_id)}</td><td>${esc(w.host)} / ${w.pid}</td>` +
           `<td>${esc((w.queues || ["all"]).join(", "))}</td><td>${w.running} / ${w.concurrency}</td>` +
+          `<td class="wtasks">${workerTasks(w)}</td>` +
           `<td>${timeTag(w.started_at)}</td><td>${timeTag(w.last_seen)}</td></tr>`).join("")
-      : '<tr><td colspan="6" class="muted">No live worker.</td></tr>';
+      : '<tr><td colspan="7" class="muted">No live worker.</td></tr>';
   }
 
   function applyOverview(data) {
