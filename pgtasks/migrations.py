@@ -313,7 +313,7 @@ class _Watcher:
             await self._conn.close()
 
 
-# A lock not granted within lock_timeout (55P03), or this session chosen as a deadlock's
+# A lock not granted within lock_timeout (55P03), or this connection chosen as a deadlock's
 # victim (40P01, e.g. between a delta and a worker that lock two tables in opposite orders):
 # both leave nothing behind once the transaction is rolled back, so trying again is safe.
 _LOCK_WAITS = (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError)

@@ -296,7 +296,7 @@ HAS_LEASE_TOKENS = (
     "SELECT pg_catalog.to_regprocedure('pgtasks.finish_task(bigint,text,jsonb)') IS NOT NULL"
 )
 
-# The search_path this session really has (a pooler may have dropped the pinned one).
+# The search_path this connection really has (a pooler may have dropped the pinned one).
 CURRENT_SEARCH_PATH = "SELECT pg_catalog.current_setting('search_path')"
 
 # The tags pgtasks_wakeup names these queues by (a wake-up names no queue: any role may

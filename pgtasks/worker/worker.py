@@ -254,7 +254,7 @@ class Worker:
         )
         if str(path).replace(" ", "") != db.SEARCH_PATH.replace(" ", ""):
             log.warning(
-                "this session's search_path is %r, not %r: objects planted in its schemas "
+                "this connection's search_path is %r, not %r: objects planted in its schemas "
                 "can shadow the operators pgtasks' statements use; pin it on the server "
                 "(ALTER ROLE ... SET search_path = %s)",
                 path,
