@@ -90,7 +90,7 @@ async def claimed(su: asyncpg.Connection, n: int = 1, worker: str = "w") -> list
 
 
 # Each entry point of a JSON value a client reads back: (role, statement with the value as
-# $1); {t} and {a} stand for a running task and its attempt.
+# $1); {t} and {a} stand for a running task and its lease token.
 JSON_ENTRIES = [
     ("pgtasks_submitter", "SELECT pgtasks.submit_task('t', $1::jsonb)"),
     ("pgtasks_submitter", "SELECT * FROM pgtasks.submit_or_get('t', $1::jsonb, unique_key => 'k')"),
@@ -111,7 +111,7 @@ async def test_json_clients_cannot_decode_is_refused_at_every_entry(login, su, k
     (task,) = await claimed(su)
     before = await su.fetchrow(COUNTS)
     for role, sql in JSON_ENTRIES:
-        sql = sql.format(t=task["id"], a=task["attempt"])
+        sql = sql.format(t=task["id"], a=f"'{task['lease_token']}'")
         msg = await refused(conns[role], "PT123", sql, REFUSED[kind])
         assert "cannot decode" in msg, msg
     assert await su.fetchrow(COUNTS) == before
@@ -119,7 +119,7 @@ async def test_json_clients_cannot_decode_is_refused_at_every_entry(login, su, k
     assert await su.fetchval(status, task["id"]) == "RUNNING"
     if kind in ACCEPTED:  # the limits themselves pass
         for role, sql in JSON_ENTRIES:
-            sql = sql.format(t=task["id"], a=task["attempt"])
+            sql = sql.format(t=task["id"], a=f"'{task['lease_token']}'")
             await conns[role].execute(sql, ACCEPTED[kind])
         assert await su.fetchval(status, task["id"]) == "DONE"
 
@@ -129,7 +129,10 @@ async def test_a_batch_finish_fails_only_the_result_clients_cannot_decode(login,
     for sql in ("SELECT * FROM pgtasks.finish_tasks($1, $2, $3::jsonb[])",
                 "SELECT * FROM pgtasks.finish_and_claim('w', $1, $2, $3::jsonb[], 1)"):  # fmt: skip
         a, b, c = await claimed(su, 3)
-        ids, attempts = [a["id"], b["id"], c["id"]], [a["attempt"], b["attempt"], c["attempt"]]
+        ids, attempts = (
+            [a["id"], b["id"], c["id"]],
+            [a["lease_token"], b["lease_token"], c["lease_token"]],
+        )
         rows = await wk.fetch(sql, ids, attempts, ['{"ok": 1}', REFUSED["deep"], '{"ok": 3}'])
         assert [r["rejected_task_id"] for r in rows if r["rejected_task_id"]] == [b["id"]], sql
         q = "SELECT id, status::text FROM pgtasks.tasks WHERE id = ANY($1)"
@@ -145,7 +148,7 @@ async def planted(su: asyncpg.Connection) -> dict[str, int]:
     """Three tasks and a schedule; the superuser plants JSON Python cannot decode in one
     task's params, another's result and the schedule's params, past every check."""
     (done,) = await claimed(su)
-    await su.execute("SELECT pgtasks.finish_task($1, $2, '{}')", done["id"], done["attempt"])
+    await su.execute("SELECT pgtasks.finish_task($1, $2, '{}')", done["id"], done["lease_token"])
     ok = await su.fetchval("SELECT pgtasks.submit_task('t', '{\"x\": 1}')")
     deep = await su.fetchval("SELECT pgtasks.submit_task('t')")
     await su.execute(
@@ -168,7 +171,7 @@ async def api(dsn: str) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(WebSettings(database_url=dsn))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
             yield http
 
 
@@ -291,7 +294,7 @@ async def test_every_has_a_floor_and_one_firing_a_cap(login, su):
 async def test_a_worker_prunes_with_the_configured_retention_only(login, su):
     wk, admin = await login("pgtasks_worker"), await login("pgtasks_admin")
     (task,) = await claimed(su)
-    await su.execute("SELECT pgtasks.finish_task($1, $2)", task["id"], task["attempt"])
+    await su.execute("SELECT pgtasks.finish_task($1, $2)", task["id"], task["lease_token"])
     history = "SELECT count(*) FROM pgtasks.task_events WHERE task_id = $1"
     events = await su.fetchval(history, task["id"])
     await refused(wk, "PT120", "SELECT pgtasks.prune_finished(interval '0', 100000)")
@@ -378,7 +381,7 @@ async def test_unique_keys_belong_to_their_task_type(login, su):
 async def test_invisible_names_are_blank_for_every_name_argument(login, su):
     sub, wk, admin = [await login(r) for r in ROLES]
     (task,) = await claimed(su)
-    tid, att = task["id"], task["attempt"]
+    tid, att = task["id"], f"'{task['lease_token']}'"
     before = await su.fetchrow(COUNTS)
     for name in INVISIBLE:
         cases = [
@@ -440,7 +443,7 @@ async def test_invisible_names_are_blank_for_every_name_argument(login, su):
 async def test_times_far_from_now_are_refused_for_every_time_argument(login, su):
     sub, wk, admin = [await login(r) for r in ROLES]
     (task,) = await claimed(su)
-    tid, att = task["id"], task["attempt"]
+    tid, att = task["id"], f"'{task['lease_token']}'"
     cancelled = await su.fetchval("SELECT pgtasks.submit_task('t')")
     await su.execute("SELECT pgtasks.cancel_task($1)", cancelled)
     log = (

@@ -503,7 +503,7 @@ INVISIBLE_CHARS = ("\u200b\u200c\u200d\u200e\u200f\u2060\u2061\u2066\u2069\u202a
                    "\U00013430\U0001d173\u3000\u00a0\u2007\t ")  # fmt: skip
 
 # (template, SQLSTATE when the value is past its bound). {t}/{a}: a running task and its
-# attempt, {c}: a cancelled task; %s is the value.
+# lease token, {c}: a cancelled task; %s is the value.
 JSON_AT = [
     ("SELECT pgtasks.submit_task('t', %s::jsonb)", "PT123"),
     ("SELECT pgtasks.submit_tasks('t', ARRAY['{{}}', %s]::jsonb[])", "PT123"),
@@ -636,7 +636,7 @@ def test_bounded_classes(db, case):
     within it is accepted."""
     db.execute("SELECT pgtasks.submit_task('t')")
     tid, attempt = db.execute(
-        "SELECT id, attempt FROM pgtasks.claim_tasks('fz-setup', max_tasks => 1)"
+        "SELECT id, quote_literal(lease_token) FROM pgtasks.claim_tasks('fz-setup', max_tasks => 1)"
     ).fetchone()
     cancelled = db.execute("SELECT pgtasks.submit_task('t')").fetchone()[0]
     db.execute("SELECT pgtasks.cancel_task(%s)", (cancelled,))
