@@ -220,8 +220,7 @@ def drain_variants() -> dict[str, tuple[Peer, int]]:
 # submit_tasks (PENDING, with its insert triggers), then PENDING -> RUNNING with a lease and
 # attempt 1, then RUNNING -> DONE, each transition checked by the transition trigger and
 # recorded in task_events by the history trigger. A chunk's ids are contiguous (one INSERT,
-# nobody else inserting), so the UPDATEs address them by range. The lease tokens are
-# placeholders: the loader holds these attempts for one statement and presents none.
+# nobody else inserting), so the UPDATEs address them by range. Tokens are placeholders.
 _SUBMIT_CHUNK = """
 SELECT min(id), max(id) FROM pgtasks.submit_tasks(
     $1, ARRAY(SELECT jsonb_build_object('seq', -g) FROM generate_series($2::int, $3::int) g),
