@@ -232,6 +232,29 @@ async def _joined(connection: Any) -> Executor:
     return raw
 
 
+#: Items per JSON document that submit_many sends (queries.SUBMIT_TASKS): the server
+#: parses 1,000 small params in one document at 0.36 us each, 10,000 at 0.75.
+DOCUMENT_ITEMS = 1000
+#: A document of more characters is sent as one document per item instead. A jsonb value
+#: stops at 256 MB, and its binary form can be six times its text ("[1,1,...]"); a single
+#: item that large is refused either way.
+DOCUMENT_MAX_CHARS = 16 * 1024 * 1024
+
+
+def params_documents(items: list[dict[str, Any]]) -> list[str]:
+    """The params of a batch as JSON arrays of up to DOCUMENT_ITEMS objects, in order: one
+    json.dumps per document costs a tenth of one per item (0.27 against 2.2 us per item)."""
+    documents: list[str] = []
+    for lo in range(0, len(items), DOCUMENT_ITEMS):
+        chunk = items[lo : lo + DOCUMENT_ITEMS]
+        document = db.dumps(chunk)
+        if len(document) > DOCUMENT_MAX_CHARS and len(chunk) > 1:
+            documents.extend(db.dumps([p]) for p in chunk)
+        else:
+            documents.append(document)
+    return documents
+
+
 class SubmitResult(int):
     """The id of a submitted task (an int, as before), plus whether this submit created it:
     `created` is False when a task with the same unique key was already active (or its
@@ -468,7 +491,8 @@ class Client:
         conn, name, options = await self._prepare(
             task, queue, priority, run_at, delay, max_retries, timeout, connection
         )
-        raws = [params_json(p) for p in params_list]
+        # A dict is taken as it is (params_json would copy it: 0.3 us per item).
+        raws = [p if type(p) is dict else params_json(p) for p in params_list]
         flow = batch_flow_keys(
             name,
             raws,
@@ -478,17 +502,17 @@ class Client:
             concurrency_limit,
         )
         async with db.translated():
-            rows = await conn.fetch(
+            ids = await conn.fetchval(
                 queries.SUBMIT_TASKS,
                 name,
-                [db.dumps(p) for p in raws],
+                params_documents(raws),
                 *options,
                 flow.unique_keys,
                 flow.unique_for,
                 flow.concurrency_keys,
                 flow.concurrency_limit,
             )
-        return [int(r[0]) for r in rows]
+        return [] if ids is None else list(ids)
 
     async def submit_workflow(
         self, workflow: Node | dict[str, Any], *, name: str | None = None, connection: Any = None

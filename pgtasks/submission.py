@@ -206,13 +206,18 @@ def batch_flow_keys(
 ) -> BatchFlowKeys:
     """The rules of `flow_keys`, item by item. A list given is taken as it is (None in it
     means that item has no key); a list not given is derived per item, and left out when
-    no item gets a key, so the batch takes the one-INSERT path."""
-    if unique_keys is None:
+    no item gets a key, so the batch takes the one-INSERT path. A type whose declaration
+    derives no key (or that has none) skips the per-item pass (0.5 us per item, about
+    as much as the rest of a batch's Python: 0.7 us per item of 10,000)."""
+    spec = _declared(task_type)
+    derives_unique = spec is not None and spec.unique is not None and spec.unique is not False
+    derives_concurrency = spec is not None and spec.concurrency_key is not None
+    if unique_keys is None and derives_unique:
         unique = [unique_rule(task_type, p, None, unique_for) for p in items]
         if any(k is not None for k, _ in unique):
             unique_keys = [k for k, _ in unique]
             unique_for = next(w for k, w in unique if k is not None)
-    if concurrency_keys is None:
+    if concurrency_keys is None and derives_concurrency:
         conc = [concurrency_rule(task_type, p, None, concurrency_limit) for p in items]
         if any(k is not None for k, _ in conc):
             concurrency_keys = [k for k, _ in conc]

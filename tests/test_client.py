@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import asyncpg
 import pytest
 from pydantic import BaseModel
 
 from pgtasks import Client, InvalidArgument, PgTasksError, TaskAlreadyFinished, TaskNotFound, db
+from pgtasks.client import DOCUMENT_MAX_CHARS, params_documents
 from tests.apps.basic import Add
 
 
@@ -102,3 +105,92 @@ async def test_the_python_status_list_is_the_database_enum(dsn):
 
     async with Client(dsn) as c:
         assert tuple(await c.pool.fetchval(queries.STATUSES)) == STATUSES
+
+
+# -- submit_many: params as a few JSON documents ------------------------------------------
+
+
+async def test_submit_many_keeps_input_order_across_documents(dsn):
+    """2,500 items travel as three documents (client.DOCUMENT_ITEMS); the ids come back in
+    input order, each task holding its own item, models and None included."""
+    items: list[dict[str, int] | P | None] = [{"i": i} for i in range(2500)]
+    items[1000] = P(a=1000, b=0)
+    items[2499] = None
+    async with Client(dsn) as c:
+        ids = await c.submit_many("noop", items)
+        rows = await c.pool.fetch("SELECT id, params FROM pgtasks.tasks ORDER BY id")
+    assert ids == [r["id"] for r in rows]
+    expected = [{"i": i} for i in range(2500)]
+    expected[1000], expected[2499] = {"a": 1000, "b": 0}, {}
+    assert [r["params"] for r in rows] == expected
+
+
+async def test_submit_many_refuses_the_whole_batch_naming_the_bad_item(dsn):
+    """One item of 10,000 over max_params_bytes (1 MiB): nothing is inserted, and the
+    message names the item by its position in the list, counted from 1."""
+    items = [{"i": i} for i in range(10_000)]
+    items[7776] = {"blob": "x" * (1 << 20)}
+    async with Client(dsn) as c:
+        with pytest.raises(InvalidArgument) as info:
+            await c.submit_many("noop", items)
+        assert info.value.sqlstate == "PT113"
+        assert "(item 7777 of the list)" in str(info.value)
+        deep: dict[str, object] = {}
+        for _ in range(101):
+            deep = {"d": deep}
+        items[7776] = {"i": 7776}
+        items[9999] = deep
+        with pytest.raises(InvalidArgument) as info:
+            await c.submit_many("noop", items)
+        assert info.value.sqlstate == "PT123"
+        assert "(item 10000 of the list)" in str(info.value)
+        assert await c.pool.fetchval("SELECT count(*) FROM pgtasks.tasks") == 0
+        assert await c.pool.fetchval("SELECT count(*) FROM pgtasks.task_events") == 0
+
+
+def test_params_documents_split_by_count_and_size():
+    """Up to DOCUMENT_ITEMS items per document; a document over DOCUMENT_MAX_CHARS goes as
+    one document per item, so no jsonb value outgrows its limit for a batch of big items."""
+    small = [{"i": i} for i in range(2001)]
+    docs = params_documents(small)
+    assert [len(json.loads(d)) for d in docs] == [1000, 1000, 1]
+    assert [p for d in docs for p in json.loads(d)] == small
+    big = [{"i": i, "blob": "x" * (DOCUMENT_MAX_CHARS // 999)} for i in range(1001)]
+    docs = params_documents(big)
+    assert len(docs) == 1001 and all(len(json.loads(d)) == 1 for d in docs)
+    assert [json.loads(d)[0]["i"] for d in docs] == list(range(1001))
+    assert params_documents([]) == []
+
+
+async def test_submit_many_of_big_items_goes_item_by_item(dsn):
+    """The documents of a batch of 1,001 items of 17 KB each (over DOCUMENT_MAX_CHARS for
+    the first 1,000): stored whole and in order."""
+    big = [{"i": i, "blob": "x" * (DOCUMENT_MAX_CHARS // 999)} for i in range(1001)]
+    async with Client(dsn) as c:
+        ids = await c.submit_many("noop", big)
+        rows = await c.pool.fetch(
+            "SELECT id, params->'i' AS i, length(params->>'blob') AS n"
+            " FROM pgtasks.tasks ORDER BY id"
+        )
+    assert ids == [r["id"] for r in rows]
+    assert [r["i"] for r in rows] == list(range(1001))
+    assert {r["n"] for r in rows} == {DOCUMENT_MAX_CHARS // 999}
+
+
+async def test_submit_many_derives_declared_keys_per_item(dsn):
+    """A type that declares its keys (tests.apps.flow.per_customer) still gets them per
+    item; the same unique key twice in one batch is one task."""
+    import tests.apps.flow  # noqa: F401  (registers per_customer)
+
+    items = [{"customer": 1, "once": "a"}, {"customer": 2}, {"customer": 1, "once": "a"}]
+    async with Client(dsn) as c:
+        ids = await c.submit_many("per_customer", items)
+        rows = await c.pool.fetch(
+            "SELECT id, unique_key, concurrency_key, concurrency_limit"
+            " FROM pgtasks.tasks ORDER BY id"
+        )
+    assert ids[0] == ids[2] != ids[1]
+    assert [tuple(r) for r in rows] == [
+        (ids[0], "a", "customer:1", 1),
+        (ids[1], None, "customer:2", 1),
+    ]

@@ -156,6 +156,213 @@ async def test_submit_tasks_one_key_per_item(conn):
     assert [tuple(r) for r in rows] == [("a", None, None), ("b", "c", 1)]
 
 
+# submit_tasks with unique keys: set-based from 10 items on (submit_keyed), one submit_one
+# per item below. Both give the answers of one submit per item; the tests pad a batch with
+# items without keys to take either path.
+BATCH = (
+    "SELECT * FROM pgtasks.submit_tasks('t',"
+    " array_fill('{}'::jsonb, ARRAY[cardinality($1::text[])]),"
+    " unique_keys => $1, unique_for => $2::text::interval, concurrency_keys => $3)"
+)
+PATHS = pytest.mark.parametrize("pad", [0, 12], ids=["one-by-one", "set-based"])
+
+
+async def batch(c: asyncpg.Connection, keys: list[str | None], window: str | None = None,
+                conc: list[str | None] | None = None, pad: int = 0) -> list[int]:  # fmt: skip
+    keys = keys + [None] * pad
+    conc = None if conc is None else conc + [None] * pad
+    return [r[0] for r in await c.fetch(BATCH, keys, window, conc)][: len(keys) - pad]
+
+
+@PATHS
+async def test_a_keyed_batch_answers_as_one_submit_per_item(conn, login, pad):  # noqa: F811
+    sub = login["submitter"]
+    held = await sub.fetchval("SELECT pgtasks.submit_task('t', unique_key => 'held')")
+    done = await sub.fetchval("SELECT pgtasks.submit_task('t', unique_key => 'done')")
+    other_type = await sub.fetchval("SELECT pgtasks.submit_task('u', unique_key => 'a')")
+    await conn.execute("SELECT pgtasks.cancel_task($1)", done)
+    keys = [None, "a", "held", "a", None, "done", "b", "held"]
+    conc = [None, "c", None, None, "c", None, None, None]
+    ids = await batch(sub, keys, None, conc, pad)
+    assert ids[1] == ids[3] and ids[2] == ids[7] == held
+    assert len({ids[0], ids[1], ids[4], ids[5], ids[6], held, done, other_type}) == 8
+    new = [ids[0], ids[1], ids[4], ids[5], ids[6]]
+    assert new == sorted(new), "the new tasks are claimed in list order"
+    rows = await conn.fetch(
+        "SELECT id, unique_key, concurrency_key, concurrency_limit FROM pgtasks.tasks"
+        " WHERE id = ANY($1) ORDER BY id",
+        new,
+    )
+    assert [tuple(r)[1:] for r in rows] == [
+        (None, None, None), ("a", "c", 1), (None, "c", 1), ("done", None, None), ("b", None, None),
+    ]  # fmt: skip
+    created = (
+        "SELECT count(*) FROM pgtasks.task_events WHERE from_status IS NULL AND task_id = ANY($1)"
+    )
+    assert await conn.fetchval(created, new) == 5
+    # The same batch again: every key is held now, the items without one are new tasks.
+    again = await batch(sub, keys, None, conc, pad)
+    assert [again[i] for i in (1, 2, 3, 5, 6, 7)] == [ids[i] for i in (1, 2, 3, 5, 6, 7)]
+    assert again[0] not in ids and again[4] not in ids
+
+
+@PATHS
+async def test_a_keyed_batch_takes_and_honours_unique_for_windows(conn, login, pad):  # noqa: F811
+    sub = login["submitter"]
+    one = "SELECT pgtasks.submit_task('t', unique_key => $1, unique_for => '1 hour')"
+    finished = await sub.fetchval(one, "finished")
+    await conn.execute("SELECT pgtasks.cancel_task($1)", finished)  # its window still runs
+    active = await sub.fetchval(one, "active")
+    await conn.execute(
+        "UPDATE pgtasks.unique_windows SET reserved_until = now() - interval '1 s'"
+        " WHERE unique_key = 'active'"
+    )  # its window ran out, the task did not
+    ids = await batch(sub, ["new", "finished", None, "active", "new"], "1 hour", pad=pad)
+    assert ids[1] == finished and ids[3] == active and ids[0] == ids[4]
+    assert len({ids[0], ids[2], finished, active}) == 4
+    windows = dict(
+        await conn.fetch(
+            "SELECT unique_key, task_id FROM pgtasks.unique_windows WHERE task_type = 't'"
+        )
+    )
+    assert windows == {"new": ids[0], "finished": finished, "active": active}
+    later = await conn.fetchval(
+        "SELECT bool_and(reserved_until > now() + interval '59 minutes')"
+        " FROM pgtasks.unique_windows WHERE unique_key IN ('new', 'active')"
+    )
+    assert later
+
+
+async def test_a_keyed_batch_meets_a_holder_that_ends_before_the_look_up(conn, login):  # noqa: F811
+    """The key's active task ends between the INSERT that met it and the look-up of its
+    task (an AFTER INSERT trigger of the test's own ends it, once): the item's task is
+    inserted in a second round. (One by one, the first item's INSERT already ends it.)"""
+    sub = login["submitter"]
+    holder = await sub.fetchval("SELECT pgtasks.submit_task('t', unique_key => 'k')")
+    await conn.execute(
+        f"""
+        CREATE TABLE public.end_once (done boolean NOT NULL DEFAULT false);
+        INSERT INTO public.end_once DEFAULT VALUES;
+        CREATE FUNCTION public.end_holder() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$
+        BEGIN
+            IF NOT (SELECT done FROM public.end_once) THEN
+                UPDATE public.end_once SET done = true;
+                PERFORM pgtasks.cancel_task({holder});
+            END IF;
+            RETURN NULL;
+        END $$;
+        CREATE TRIGGER zz_end_holder AFTER INSERT ON pgtasks.tasks
+            FOR EACH STATEMENT EXECUTE FUNCTION public.end_holder();
+        """
+    )
+    ids = await batch(sub, [None, "k", "k"], pad=12)
+    assert ids[1] == ids[2] != holder
+    status = await conn.fetchval("SELECT status FROM pgtasks.tasks WHERE id = $1", ids[1])
+    assert status == "PENDING"
+    assert await conn.fetchval("SELECT count(*) FROM pgtasks.tasks WHERE unique_key = 'k'") == 2
+
+
+async def test_twenty_sessions_one_batch_of_keys_one_task_per_key(dsn, conn):
+    conns = [await asyncpg.connect(dsn) for _ in range(20)]
+    keys = [f"k{i}" for i in range(50)]
+    try:
+        await conn.execute("SELECT pg_advisory_lock(43)")
+
+        async def submit(c: asyncpg.Connection) -> list[int]:
+            async with c.transaction():
+                await c.execute("SELECT pg_advisory_xact_lock_shared(43)")
+                return await batch(c, keys)
+
+        pending = asyncio.gather(*(submit(c) for c in conns))
+        waiting = [c.get_server_pid() for c in conns]
+        await wait_for(
+            conn,
+            "SELECT count(*) = 20 FROM pg_locks"
+            " WHERE locktype = 'advisory' AND NOT granted AND pid = ANY($1)",
+            waiting,
+        )
+        await conn.execute("SELECT pg_advisory_unlock(43)")
+        results = await pending
+    finally:
+        for c in conns:
+            await c.close()
+    assert all(r == results[0] for r in results) and len(set(results[0])) == 50
+    assert await conn.fetchval("SELECT count(*) FROM pgtasks.tasks") == 50
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        ({1: "a", 7777: " "}, None, {}, None, "PT303", 7777),
+        ({1: "a", 7777: "\u3000\u200b"}, None, {}, None, "PT303", 7777),
+        ({1: "a", 7777: "k" * 256}, None, {}, None, "PT303", 7777),
+        ({1: "日本", 2: "ключ", 7777: " "}, None, {}, None, "PT303", 7777),
+        ({5: "a", 7777: " "}, "-1 hour", {}, None, "PT303", 5),
+        ({9000: "a"}, None, {3: "c"}, 0, "PT304", 3),
+        ({9000: "a"}, None, {1: "c", 2: "\t"}, None, "PT304", 2),
+        ({2: "a"}, None, {1: "c", 7: "c" * 256}, None, "PT304", 7),
+        ({2: " "}, None, {1: "c", 7: "c" * 256}, None, "PT303", 2),
+    ],
+)
+async def test_a_bad_key_refuses_the_whole_batch_naming_its_item(conn, login, case):  # noqa: F811
+    """(unique keys by item, unique_for, concurrency keys by item, concurrency_limit, the
+    SQLSTATE and the item it names, counted from 1); nothing is written."""
+    keys, window, conc, limit, sqlstate, item = case
+    n = 10_000
+
+    def spread(found: dict[int, str]) -> list[str | None] | None:
+        if not found:
+            return None
+        out: list[str | None] = [None] * n
+        for i, k in found.items():
+            out[i - 1] = k
+        return out
+
+    with pytest.raises(asyncpg.PostgresError) as info:
+        await login["submitter"].fetch(
+            "SELECT * FROM pgtasks.submit_tasks('t', array_fill('{}'::jsonb, ARRAY[$1::int]),"
+            " unique_keys => $2, unique_for => $3::text::interval, concurrency_keys => $4,"
+            " concurrency_limit => $5)",
+            n, spread(keys), window, spread(conc), limit,
+        )  # fmt: skip
+    assert info.value.sqlstate == sqlstate
+    assert f"(item {item} of the list)" in info.value.message
+    assert await conn.fetchval("SELECT count(*) FROM pgtasks.tasks") == 0
+    assert await conn.fetchval("SELECT count(*) FROM pgtasks.unique_windows") == 0
+
+
+@PATHS
+async def test_keys_of_any_script_pass(login, pad):  # noqa: F811
+    keys, conc = ["日本", "ключ", "日本"], ["顧客", None, None]
+    ids = await batch(login["submitter"], keys, "1 hour", conc, pad)
+    assert ids[0] == ids[2] != ids[1]
+
+
+async def test_keyed_batches_keep_hash_joins_when_the_plan_is_cached(conn):
+    """A cached generic plan cannot see the arrays and assumes 10 items per list; joining
+    2,000 keys in a nested loop over them took seconds. submit_keyed plans each call: after
+    more calls than the plan cache needs to switch to a generic plan, no list is scanned
+    once per row of another. (auto_explain needs the superuser's session.)"""
+    sub = conn
+    for i in range(7):
+        await batch(sub, [f"r{i}-{k // 2}" for k in range(4000)], "1 hour")
+    notices: list[str] = []
+    sub.add_log_listener(lambda _c, msg: notices.append(str(msg.message)))
+    await sub.execute(
+        "LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0;"
+        " SET auto_explain.log_nested_statements = on; SET auto_explain.log_analyze = on;"
+        " SET auto_explain.log_level = notice; SET client_min_messages = notice"
+    )
+    await batch(sub, [f"last-{k // 2}" for k in range(4000)], "1 hour")
+    plans = "\n".join(notices)
+    assert "submit_keyed" in plans or "unique_windows" in plans, plans[:2000]
+    rescanned = [
+        line for line in plans.splitlines()
+        if ("Function Scan" in line or "CTE Scan" in line) and "loops=1)" not in line
+    ]  # fmt: skip
+    assert not rescanned, "\n".join(rescanned)
+
+
 @pytest.mark.parametrize(
     ("call", "sqlstate"),
     [

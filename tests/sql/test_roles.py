@@ -42,6 +42,8 @@ INTERNAL = {
     "settle_new_edges",
     # bounds: JSON clients can decode, log names and times, the caller's rights, cron values
     "json_shape_error", "check_log_lines", "caller_is_admin", "cron_field_values",
+    # submit_tasks with unique keys, set-based
+    "submit_keyed",
 }  # fmt: skip
 
 
