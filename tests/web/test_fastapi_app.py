@@ -171,8 +171,13 @@ def test_event_streams_are_capped_and_their_slots_come_back(dsn, apps):
     path = f"/api/admin/tasks/{task_id}/events"
     with app.http.stream("GET", path) as held:
         assert next(held.iter_lines()) == "event: status"
-        r = app.http.get(path)
-        assert r.status_code == 503 and r.json()["error"]["code"] == "too_many_streams"
+        # The held stream takes its slot as its generator starts, which may be just after
+        # its first line reached us: wait for the cap to show, bounded.
+        deadline = time.monotonic() + 30
+        while (r := app.http.get(path)).status_code != 503:
+            assert time.monotonic() < deadline, "a second stream was never refused"
+            time.sleep(0.1)
+        assert r.json()["error"]["code"] == "too_many_streams"
         assert app.http.get(f"/api/admin/tasks/{task_id}").status_code == 200
     deadline = time.monotonic() + 30
     while True:
