@@ -96,6 +96,11 @@ CREATE TABLE pgtasks.settings (
     -- past 100 missed start times, so no declaration or outage makes one firing insert
     -- millions of rows.
     schedule_max_ticks   integer  NOT NULL DEFAULT 100,
+    -- The most snoozes (snooze_task, 06_finish.sql) one task may take: the next one fails
+    -- it. A task that snoozes on every attempt (waiting on a condition that never comes)
+    -- would otherwise come back forever without spending a retry; 100 snoozes of a minute
+    -- is well over an hour of patience.
+    max_snoozes          integer  NOT NULL DEFAULT 100,
 
     -- The same ranges configure() and submit_task() check, as a backstop for hand-written
     -- UPDATEs. The upper bounds keep now() + value far from timestamp overflow.
@@ -115,7 +120,8 @@ CREATE TABLE pgtasks.settings (
     CONSTRAINT max_log_bytes_range CHECK (max_log_bytes BETWEEN 1 AND 268435455),
     CONSTRAINT schedule_min_every_range CHECK (schedule_min_every > interval '0'
                                                AND schedule_min_every <= interval '1 day'),
-    CONSTRAINT schedule_max_ticks_range CHECK (schedule_max_ticks BETWEEN 1 AND 100000)
+    CONSTRAINT schedule_max_ticks_range CHECK (schedule_max_ticks BETWEEN 1 AND 100000),
+    CONSTRAINT max_snoozes_range CHECK (max_snoozes BETWEEN 0 AND 1000000)
 );
 INSERT INTO pgtasks.settings DEFAULT VALUES;
 COMMENT ON TABLE pgtasks.settings IS
@@ -421,6 +427,54 @@ CREATE TABLE pgtasks.task_steps (
 COMMENT ON TABLE pgtasks.task_steps IS
     'Durable step results of tasks (checkpoint): a resumed attempt skips the steps found here.';
 COMMENT ON COLUMN pgtasks.task_steps.attempt IS 'The attempt that stored the result.';
+
+-- Events sent to a task (send_event) and the task's waits for them (wait_for_event), one
+-- row per task and event name (06_finish.sql has the rules). A row exists once either side
+-- came: sent_at set when the event arrived, waited_at when the task first waited for it.
+-- An event sent before the task waits is kept here until the wait reads it; a wait that
+-- comes first fixes wait_until, so a resumed attempt keeps the first attempt's deadline.
+-- The first event of a name is kept; a later send of the same name changes nothing
+-- (webhooks retry). Pruned with its task (the cascade).
+CREATE TABLE pgtasks.event_inbox (
+    task_id    bigint NOT NULL REFERENCES pgtasks.tasks (id) ON DELETE CASCADE,
+    name       text NOT NULL,
+    payload    jsonb,
+    sent_at    timestamptz,
+    -- The login role that sent it (session_user: send_event runs as pgtasks_owner).
+    sent_by    text,
+    waited_at  timestamptz,
+    -- The task's run_at while it waits: the timeout's end (100 years out for a wait
+    -- without one). send_event wakes the task only while its run_at is still this value,
+    -- so a late event does not cut short a sleep or a backoff the task went on to.
+    wait_until timestamptz,
+    PRIMARY KEY (task_id, name),
+    CONSTRAINT sent_or_waited CHECK (sent_at IS NOT NULL OR waited_at IS NOT NULL),
+    CONSTRAINT sent_has_sender CHECK ((sent_at IS NULL) = (sent_by IS NULL)),
+    CONSTRAINT waited_has_deadline CHECK ((waited_at IS NULL) = (wait_until IS NULL))
+);
+COMMENT ON TABLE pgtasks.event_inbox IS
+    'Events sent to tasks (send_event) and the tasks'' waits for them (wait_for_event): one row per task and event name. Pruned with its task.';
+COMMENT ON COLUMN pgtasks.event_inbox.sent_at IS 'When the event arrived; NULL while the task waits for it.';
+COMMENT ON COLUMN pgtasks.event_inbox.wait_until IS
+    'When the wait times out (the task''s run_at while it waits); NULL if the task never waited.';
+
+-- How each attempt that parked its task ended: a snooze (snooze_task) or a wait for an
+-- event (wait_for_event). At most one per attempt, since either ends it. The history view
+-- (task_history, 11_views.sql) reads the RUNNING -> COMMIT of that attempt with it, and
+-- snooze_task counts a task's snoozes here against settings.max_snoozes.
+CREATE TABLE pgtasks.task_pauses (
+    task_id    bigint NOT NULL REFERENCES pgtasks.tasks (id) ON DELETE CASCADE,
+    attempt    integer NOT NULL,
+    kind       text NOT NULL,
+    event_name text,
+    until      timestamptz NOT NULL,
+    at         timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (task_id, attempt),
+    CONSTRAINT kind_known CHECK (kind IN ('snooze', 'event')),
+    CONSTRAINT event_has_name CHECK ((kind = 'event') = (event_name IS NOT NULL))
+);
+COMMENT ON TABLE pgtasks.task_pauses IS
+    'One row per attempt that ended in a snooze or a wait for an event: what it waits for and until when. Pruned with its task.';
 
 -- One row per log line of a task, from ctx.log or from Python `logging` inside the task.
 -- id order is the order the lines were logged (workers insert each batch in order);

@@ -397,7 +397,8 @@ CREATE FUNCTION pgtasks.configure(
     max_result_bytes     integer  DEFAULT NULL,
     max_log_bytes        integer  DEFAULT NULL,
     schedule_min_every   interval DEFAULT NULL,
-    schedule_max_ticks   integer  DEFAULT NULL
+    schedule_max_ticks   integer  DEFAULT NULL,
+    max_snoozes          integer  DEFAULT NULL
 ) RETURNS pgtasks.settings
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pgtasks, pg_temp
@@ -434,6 +435,10 @@ BEGIN
         RAISE EXCEPTION 'pgtasks: schedule_max_ticks must be between 1 and 100000, got %', schedule_max_ticks
             USING ERRCODE = 'PT118', HINT = 'The most tasks one firing of a schedule enqueues, e.g. 100.';
     END IF;
+    IF max_snoozes NOT BETWEEN 0 AND 1000000 THEN
+        RAISE EXCEPTION 'pgtasks: max_snoozes must be between 0 and 1000000, got %', max_snoozes
+            USING ERRCODE = 'PT118', HINT = 'The most snoozes one task may take before it fails, e.g. 100.';
+    END IF;
 
     UPDATE pgtasks.settings t
        SET default_queue        = coalesce(configure.default_queue, t.default_queue),
@@ -448,12 +453,13 @@ BEGIN
            max_result_bytes     = coalesce(configure.max_result_bytes, t.max_result_bytes),
            max_log_bytes        = coalesce(configure.max_log_bytes, t.max_log_bytes),
            schedule_min_every   = coalesce(configure.schedule_min_every, t.schedule_min_every),
-           schedule_max_ticks   = coalesce(configure.schedule_max_ticks, t.schedule_max_ticks)
+           schedule_max_ticks   = coalesce(configure.schedule_max_ticks, t.schedule_max_ticks),
+           max_snoozes          = coalesce(configure.max_snoozes, t.max_snoozes)
     RETURNING t.* INTO s;
     RETURN s;
 END $$;
-GRANT EXECUTE ON FUNCTION pgtasks.configure(text, integer, integer, interval, interval, interval, interval, interval, integer, integer, integer, interval, integer) TO pgtasks_admin;
-COMMENT ON FUNCTION pgtasks.configure(text, integer, integer, interval, interval, interval, interval, interval, integer, integer, integer, interval, integer) IS
+GRANT EXECUTE ON FUNCTION pgtasks.configure(text, integer, integer, interval, interval, interval, interval, interval, integer, integer, integer, interval, integer, integer) TO pgtasks_admin;
+COMMENT ON FUNCTION pgtasks.configure(text, integer, integer, interval, interval, interval, interval, interval, integer, integer, integer, interval, integer, integer) IS
     'Changes the deployment-wide defaults and limits (pgtasks.settings); each argument given replaces its value, NULL keeps it. Returns the new settings row.';
 
 -- A lease as given, or settings.default_lease when NULL. A zero or negative lease would

@@ -374,6 +374,123 @@ GRANT EXECUTE ON FUNCTION pgtasks.yield_task(bigint, text, timestamptz) TO pgtas
 COMMENT ON FUNCTION pgtasks.yield_task(bigint, text, timestamptz) IS
     'Hands a running attempt back without using a retry: RUNNING -> COMMIT, claimable again at run_at (now: a graceful shutdown). Its checkpoints stay.';
 
+-- Snooze: "not now, later", without a failure. RUNNING -> COMMIT, claimable again after
+-- `delay` (0: at once, and a worker is woken), with no retry spent and the checkpoints
+-- kept. Each snooze is recorded in task_pauses, which the history shows. A task that has
+-- already snoozed settings.max_snoozes times is FAILED instead (not retryable: the same
+-- code would snooze again), with an error that says so: an endless snooze loop ends.
+-- Returns the new status, COMMIT or FAILED.
+CREATE FUNCTION pgtasks.snooze_task(task_id bigint, lease_token text, delay interval DEFAULT interval '0')
+RETURNS pgtasks.status
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+SET lock_timeout = '1s'
+AS $$
+DECLARE
+    t pgtasks.tasks;
+    cap integer := (SELECT s.max_snoozes FROM pgtasks.settings s);
+    taken bigint;
+    wake timestamptz;
+BEGIN
+    IF delay IS NULL OR NOT (delay >= interval '0' AND delay <= interval '1 year') THEN
+        RAISE EXCEPTION 'pgtasks: snooze delay must be between 0 and 1 year, got %', coalesce(delay::text, 'NULL')
+            USING ERRCODE = 'PT127', HINT = 'For example delay => interval ''60 seconds''.';
+    END IF;
+    t := pgtasks.lock_owned_task(task_id, lease_token);
+    SELECT count(*) INTO taken FROM pgtasks.task_pauses p
+     WHERE p.task_id = snooze_task.task_id AND p.kind = 'snooze';
+    IF taken >= cap THEN
+        RETURN pgtasks.record_failure(
+            t, pg_catalog.format('pgtasks: task snoozed %s times, the most settings.max_snoozes (%s) allows; '
+                                 'raise it with pgtasks.configure(max_snoozes => ...) if the task is meant to wait longer',
+                                 taken, cap),
+            NULL, false, NULL);
+    END IF;
+    wake := pgtasks.now() + delay;
+    INSERT INTO pgtasks.task_pauses (task_id, attempt, kind, until, at)
+    VALUES (t.id, t.attempt, 'snooze', wake, pgtasks.now());
+    UPDATE pgtasks.tasks k
+       SET status = 'COMMIT', run_at = wake,
+           worker_id = NULL, lease_expires_at = NULL, deadline = NULL, lease_token = NULL
+     WHERE k.id = t.id;
+    IF delay = interval '0' THEN
+        PERFORM pg_notify('pgtasks_wakeup', pgtasks.queue_tag(t.queue));
+    END IF;
+    RETURN 'COMMIT';
+END $$;
+GRANT EXECUTE ON FUNCTION pgtasks.snooze_task(bigint, text, interval) TO pgtasks_worker;
+COMMENT ON FUNCTION pgtasks.snooze_task(bigint, text, interval) IS
+    'Puts a running attempt''s task back for delay without spending a retry (RUNNING -> COMMIT, checkpoints kept, recorded as a snooze); FAILED instead once the task snoozed settings.max_snoozes times. Returns the new status.';
+
+-- Event names: what send_event and wait_for_event match on (PT126).
+CREATE FUNCTION pgtasks.check_event_name(name text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+BEGIN
+    IF pgtasks.is_blank(name) OR octet_length(name) > 255 THEN
+        RAISE EXCEPTION 'pgtasks: event name must be a non-blank string of at most 255 bytes'
+            USING ERRCODE = 'PT126', HINT = 'Name the event, e.g. wait_for_event(''approved'', ...).';
+    END IF;
+END $$;
+
+-- Waits for an event, holding nothing. One call, three answers:
+--   * 'received': the event is in event_inbox (sent before or during the wait); its
+--     payload comes back and the attempt goes on running;
+--   * 'timeout': an earlier wait for this name ran out (its wait_until passed) and no
+--     event came; the attempt goes on running and decides (Python raises EventTimeout);
+--   * 'waiting': none of the two. The wait is recorded (the first wait fixes wait_until:
+--     now + timeout, or 100 years out when timeout is NULL) and the attempt ends: RUNNING
+--     -> COMMIT with run_at = wait_until, no retry spent, checkpoints kept, no lease. The
+--     worker forgets the task; send_event (or the timeout) makes it claimable again, and
+--     the task's code, run again from the top, calls wait_for_event once more and gets
+--     'received' or 'timeout'.
+-- A lost attempt (stale token) gets PT002 and changes nothing, as every fenced call.
+CREATE FUNCTION pgtasks.wait_for_event(task_id bigint, lease_token text, name text, timeout interval DEFAULT NULL)
+RETURNS TABLE (state text, payload jsonb)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+SET lock_timeout = '1s'
+AS $$
+DECLARE
+    t pgtasks.tasks;
+    e pgtasks.event_inbox;
+    now_ timestamptz := pgtasks.now();
+BEGIN
+    PERFORM pgtasks.check_event_name(name);
+    IF timeout IS NOT NULL AND NOT (timeout > interval '0' AND timeout <= interval '1 year') THEN
+        RAISE EXCEPTION 'pgtasks: event timeout must be positive and at most 1 year, got %', timeout
+            USING ERRCODE = 'PT127', HINT = 'For example timeout => interval ''1 hour''; NULL waits without one.';
+    END IF;
+    t := pgtasks.lock_owned_task(task_id, lease_token);
+    -- The task's row lock (above) orders this with send_event, which locks it too.
+    SELECT * INTO e FROM pgtasks.event_inbox i
+     WHERE i.task_id = wait_for_event.task_id AND i.name = wait_for_event.name;
+    IF FOUND AND e.sent_at IS NOT NULL THEN
+        RETURN QUERY SELECT 'received'::text, e.payload;
+        RETURN;
+    END IF;
+    IF FOUND AND e.wait_until <= now_ THEN
+        RETURN QUERY SELECT 'timeout'::text, NULL::jsonb;
+        RETURN;
+    END IF;
+    IF NOT FOUND THEN
+        e.wait_until := now_ + coalesce(timeout, interval '100 years');
+        INSERT INTO pgtasks.event_inbox (task_id, name, waited_at, wait_until)
+        VALUES (t.id, wait_for_event.name, now_, e.wait_until);
+    END IF;
+    INSERT INTO pgtasks.task_pauses (task_id, attempt, kind, event_name, until, at)
+    VALUES (t.id, t.attempt, 'event', wait_for_event.name, e.wait_until, now_);
+    UPDATE pgtasks.tasks k
+       SET status = 'COMMIT', run_at = e.wait_until,
+           worker_id = NULL, lease_expires_at = NULL, deadline = NULL, lease_token = NULL
+     WHERE k.id = t.id;
+    RETURN QUERY SELECT 'waiting'::text, NULL::jsonb;
+END $$;
+GRANT EXECUTE ON FUNCTION pgtasks.wait_for_event(bigint, text, text, interval) TO pgtasks_worker;
+COMMENT ON FUNCTION pgtasks.wait_for_event(bigint, text, text, interval) IS
+    'Waits for the named event: returns (received, payload) when it was sent, (timeout, NULL) when an earlier wait ran out, else ends the attempt without spending a retry ((waiting, NULL): RUNNING -> COMMIT until the event or the timeout).';
+
 -- Stores a step's result; a resumed attempt reads it instead of running the step again.
 -- Step names are bounded like other names (PT109), step results like results (PT203).
 CREATE FUNCTION pgtasks.checkpoint(task_id bigint, lease_token text, step text, result jsonb DEFAULT NULL)
@@ -598,3 +715,53 @@ END $$;
 GRANT EXECUTE ON FUNCTION pgtasks.retry_task(bigint, timestamptz) TO pgtasks_admin;
 COMMENT ON FUNCTION pgtasks.retry_task(bigint, timestamptz) IS
     'Runs a FAILED or CANCELLED task again: back to PENDING at run_at with its retries reset.';
+
+-- Delivers an event to a task. Kept in event_inbox whatever the task is doing, so an event
+-- sent before the task waits is not lost; when the task is parked waiting for this very
+-- event (COMMIT, run_at = the wait's wait_until), it becomes claimable now and a worker of
+-- its queue is woken. Returns true when the event was stored, false when an event of
+-- this name was already delivered to the task (the first is kept: a retried webhook
+-- changes nothing). PT003 for a task that does not exist, PT128 for one that finished,
+-- PT126 for a bad name, PT203/PT123 for a payload over settings.max_result_bytes or one
+-- clients cannot decode.
+--
+-- An event resumes a task and hands it data its code acts on (an approval, say), so it
+-- is an operator's write to that task: granted to pgtasks_admin, which may already
+-- cancel or retry any task, and to no submitter (who could otherwise approve anybody's
+-- task). docs/security.md says how to let an application send only its own events.
+CREATE FUNCTION pgtasks.send_event(task_id bigint, name text, payload jsonb DEFAULT NULL)
+RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+SET lock_timeout = '1s'
+AS $$
+DECLARE
+    t pgtasks.tasks;
+    e pgtasks.event_inbox;
+    now_ timestamptz := pgtasks.now();
+BEGIN
+    PERFORM pgtasks.check_event_name(name);
+    PERFORM pgtasks.check_result_size(payload, 'event payload');
+    t := pgtasks.lock_task(task_id);
+    IF t.status IN ('DONE', 'FAILED', 'CANCELLED') THEN
+        RAISE EXCEPTION 'pgtasks: task % already finished as %; it waits for no event', task_id, t.status
+            USING ERRCODE = 'PT128', HINT = 'Send events to a task before it ends; retry_task() runs it again.';
+    END IF;
+    INSERT INTO pgtasks.event_inbox AS i (task_id, name, payload, sent_at, sent_by)
+    VALUES (t.id, send_event.name, send_event.payload, now_, session_user)
+    ON CONFLICT ON CONSTRAINT event_inbox_pkey DO UPDATE
+       SET payload = excluded.payload, sent_at = excluded.sent_at, sent_by = excluded.sent_by
+     WHERE i.sent_at IS NULL
+    RETURNING * INTO e;
+    IF NOT FOUND THEN
+        RETURN false;                     -- delivered before: the first event is kept
+    END IF;
+    IF t.status = 'COMMIT' AND e.wait_until IS NOT NULL AND t.run_at = e.wait_until AND t.run_at > now_ THEN
+        UPDATE pgtasks.tasks k SET run_at = now_ WHERE k.id = t.id;
+        PERFORM pg_notify('pgtasks_wakeup', pgtasks.queue_tag(t.queue));
+    END IF;
+    RETURN true;
+END $$;
+GRANT EXECUTE ON FUNCTION pgtasks.send_event(bigint, text, jsonb) TO pgtasks_admin;
+COMMENT ON FUNCTION pgtasks.send_event(bigint, text, jsonb) IS
+    'Delivers a named event with its payload to a task, kept until the task waits for it; a task parked waiting for it is claimable at once. Returns false when an event of that name was already delivered (the first is kept). PT128 for a finished task.';

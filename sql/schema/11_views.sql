@@ -62,13 +62,32 @@ COMMENT ON VIEW pgtasks.task_overview IS
 -- Every status change of every task, whoever made it: the worker it concerned and the
 -- login role that caused it (db_user: session_user, because the functions run as
 -- pgtasks_owner).
+-- note says why a RUNNING -> COMMIT parked the task, when it was a snooze or a wait for an
+-- event (task_pauses: at most one per attempt, written with that change).
 CREATE VIEW pgtasks.task_history AS
-SELECT e.task_id, e.at, e.from_status, e.to_status, e.attempt, e.worker_id, e.db_user
-  FROM pgtasks.task_events e;
+SELECT e.task_id, e.at, e.from_status, e.to_status, e.attempt, e.worker_id, e.db_user,
+       CASE p.kind
+           WHEN 'snooze' THEN pg_catalog.format('snoozed until %s', p.until)
+           WHEN 'event' THEN pg_catalog.format('waiting for event %s until %s', p.event_name, p.until)
+       END AS note
+  FROM pgtasks.task_events e
+  LEFT JOIN pgtasks.task_pauses p
+         ON p.task_id = e.task_id AND p.attempt = e.attempt
+        AND e.from_status = 'RUNNING' AND e.to_status = 'COMMIT';
 GRANT SELECT ON pgtasks.task_history TO pgtasks_reader;
 COMMENT ON VIEW pgtasks.task_history IS
     'Every status change of every task: when, from and to which status, in which attempt, by '
-    'which worker and login role.';
+    'which worker and login role; note says when the change was a snooze or a wait for an event.';
+
+-- Events sent to tasks and the tasks' waits for them (event_inbox), for psql, the API and
+-- the dashboard. Readers see payloads, as they see params and results.
+CREATE VIEW pgtasks.task_inbox AS
+SELECT i.task_id, i.name, i.payload, i.sent_at, i.sent_by, i.waited_at,
+       CASE WHEN i.wait_until < i.waited_at + interval '99 years' THEN i.wait_until END AS wait_until
+  FROM pgtasks.event_inbox i;
+GRANT SELECT ON pgtasks.task_inbox TO pgtasks_reader;
+COMMENT ON VIEW pgtasks.task_inbox IS
+    'Events sent to every task (sent_at, sent_by, payload) and its waits for them (waited_at, wait_until: when the wait times out; NULL without a timeout).';
 
 -- A task's log lines, from ctx.log or Python logging inside the task; id order is the
 -- order they were logged.
