@@ -36,9 +36,9 @@ CREATE TABLE pgtasks.task_pauses (
 
 -- The one-row settings table: a constant default adds the column without a rewrite, and
 -- the check scans one row under a lock nobody waits long for.
--- squawk-ignore constraint-missing-not-valid
 ALTER TABLE pgtasks.settings
     ADD COLUMN max_snoozes integer NOT NULL DEFAULT 100,
+    -- squawk-ignore constraint-missing-not-valid
     ADD CONSTRAINT max_snoozes_range CHECK (max_snoozes BETWEEN 0 AND 1000000);
 
 -- configure gains max_snoozes at the end, so every call by name or by position keeps working.
