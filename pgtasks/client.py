@@ -171,6 +171,12 @@ class TaskEvent(BaseModel):
     worker_id: str | None
 
 
+def _jsonable_payload(payload: Any) -> Any:
+    """An event payload as the database stores it (a pydantic model as its JSON form)."""
+    dump = getattr(payload, "model_dump", None)
+    return dump(mode="json") if callable(dump) else payload
+
+
 def _status(status: str | None) -> str | None:
     """A status filter, checked here so a typo says what would do (case does not matter)."""
     if status is None:
@@ -791,6 +797,25 @@ class Client:
         """Cancel; returns the status it had. Raises TaskAlreadyFinished for a finished task."""
         async with db.translated():
             return str(await self.pool.fetchval(queries.CANCEL_TASK, task_id))
+
+    async def send_event(self, task_id: int, name: str, payload: Any = None) -> bool:
+        """Deliver the event `name` with its JSON `payload` to the task
+        (`pgtasks.send_event`): a task waiting for it (`ctx.wait_for_event`) is claimable at
+        once, and one that has not waited yet finds it when it does. False when an event
+        of that name was already delivered (the first is kept, so a retried webhook changes
+        nothing). Raises EventAfterFinish for a task that ended, TaskNotFound for none.
+        Needs pgtasks_admin: an event is a write to the task (docs/security.md)."""
+        async with db.translated():
+            return bool(
+                await self.pool.fetchval(
+                    queries.SEND_EVENT, task_id, _text("name", name), _jsonable_payload(payload)
+                )
+            )
+
+    async def inbox(self, task_id: int) -> list[dict[str, Any]]:
+        """The events sent to the task and its waits for them (pgtasks.task_inbox)."""
+        rows = await self.pool.fetch(queries.TASK_INBOX, task_id)
+        return [dict(r) for r in rows]
 
     async def retry(self, task_id: int) -> None:
         """Put a FAILED or CANCELLED task back to PENDING."""

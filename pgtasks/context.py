@@ -33,7 +33,7 @@ from typing import Any, Protocol, TypeVar
 import asyncpg
 
 from pgtasks.db import DATABASE_ERRORS
-from pgtasks.errors import LeaseLost, PermanentError, PgTasksError
+from pgtasks.errors import EventTimeout, LeaseLost, PermanentError, PgTasksError, Snooze
 from pgtasks.workflows import parent_results_from
 
 T = TypeVar("T")
@@ -80,6 +80,10 @@ class Writer(Protocol):
 
     async def parent_results(self, task_id: int, lease_token: str) -> dict[str, Any]: ...
 
+    async def wait_for_event(
+        self, task_id: int, lease_token: str, name: str, timeout: timedelta | None
+    ) -> tuple[str, Any]: ...
+
 
 RunBlocking = Callable[[Callable[[], Any]], Awaitable[Any]]
 
@@ -111,6 +115,19 @@ class YieldTask(BaseException):
     def __init__(self, run_at: datetime) -> None:
         super().__init__(run_at)
         self.run_at = run_at
+
+
+class TaskParked(BaseException):
+    """Raised by ctx.wait_for_event once the database parked the task (it waits for the
+    event, holding nothing): the attempt is over and the worker has nothing to write.
+
+    A BaseException so that a task's own `except Exception` does not swallow it."""
+
+
+def _timeout(timeout: float | timedelta | None) -> timedelta | None:
+    if timeout is None or isinstance(timeout, timedelta):
+        return timeout
+    return timedelta(seconds=float(timeout))
 
 
 def _jsonable(name: str, result: Any) -> Any:
@@ -544,6 +561,34 @@ class TaskContext:
         secs = seconds.total_seconds() if isinstance(seconds, timedelta) else float(seconds)
         await self.sleep_until(datetime.now(UTC) + timedelta(seconds=secs), name=name)
 
+    # -- events and snoozes (pgtasks.wait_for_event, pgtasks.snooze_task) ----------------
+
+    async def wait_for_event(self, name: str, timeout: float | timedelta | None = None) -> Any:
+        """The payload of the event `name` sent to this task (`pgtasks.send_event`).
+
+        If it has not come yet, the attempt ends here without spending a retry: the task
+        holds no slot and no connection until the event arrives (it is claimable at once
+        then) or `timeout` passes, and its code runs again from the top, so put the work
+        before the wait in steps. The first wait fixes the timeout; once it passed
+        without the event, this raises EventTimeout. An event sent before the wait is
+        kept, and the first event of a name is the one every later wait returns.
+        """
+        await self.flush()
+        state, payload = await self.writer.wait_for_event(
+            self.task_id, self._lease_token, name, _timeout(timeout)
+        )
+        if state == "received":
+            return payload
+        if state == "timeout":
+            raise EventTimeout(name)
+        self._close()
+        raise TaskParked(name)
+
+    async def snooze(self, seconds: float | timedelta = 0.0) -> None:
+        """`raise Snooze(seconds)`: back in `seconds`, no retry spent, checkpoints kept."""
+        await self.flush()
+        raise Snooze(seconds.total_seconds() if isinstance(seconds, timedelta) else seconds)
+
 
 class SyncTaskContext:
     """The blocking twin of TaskContext, passed to plain `def` tasks running in a thread.
@@ -632,6 +677,14 @@ class SyncTaskContext:
         """Like TaskContext.sleep: `sleep_until(now + seconds)`."""
         secs = seconds.total_seconds() if isinstance(seconds, timedelta) else float(seconds)
         self.sleep_until(datetime.now(UTC) + timedelta(seconds=secs), name=name)
+
+    def wait_for_event(self, name: str, timeout: float | timedelta | None = None) -> Any:
+        """Like TaskContext.wait_for_event: the payload, or the attempt ends here."""
+        return self._call(self._ctx.wait_for_event(name, timeout))
+
+    def snooze(self, seconds: float | timedelta = 0.0) -> None:
+        """Like TaskContext.snooze: `raise Snooze(seconds)` once buffered writes landed."""
+        self._call(self._ctx.snooze(seconds))
 
 
 # -- Python logging ----------------------------------------------------------------------

@@ -159,11 +159,44 @@ class PermanentError(Exception):
     """Raise inside a task for an error that no retry can fix: the task goes straight to FAILED."""
 
 
+class Snooze(BaseException):
+    """Raise inside a task (or `await ctx.snooze(seconds)`) to put it back for `seconds`
+    without spending a retry: the checkpoints stay, and the history records a snooze.
+    `pgtasks.snooze_task` decides; after `settings.max_snoozes` snoozes the task fails.
+
+    A BaseException, like the worker's own hand-back, so a task's `except Exception`
+    around its work does not swallow it."""
+
+    def __init__(self, seconds: float = 0.0) -> None:
+        secs = float(seconds)
+        if not secs >= 0:
+            raise ValueError(f"Snooze needs 0 or more seconds, got {seconds!r}")
+        super().__init__(secs)
+        self.seconds = secs
+
+
+class EventTimeout(PgTasksError, PermanentError):
+    """Raised inside a task by `ctx.wait_for_event` when its timeout passed and the event
+    did not come. A PermanentError: left uncaught, the task fails without a retry, since
+    another attempt would find the same timeout (the first wait fixed it)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"event {name!r} did not arrive before the wait timed out")
+        self.name = name
+
+
+class EventAfterFinish(TaskAlreadyFinished):
+    """send_event to a task that already ended (PT128)."""
+
+    sqlstate = "PT128"
+
+
 _BY_STATE: dict[str, type[DatabaseError]] = {
     "PT001": IllegalTransition,
     "PT002": LeaseLost,
     "PT003": TaskNotFound,
     "PT004": TaskAlreadyFinished,
+    "PT128": EventAfterFinish,
     "PT306": UniqueKeyHeld,
     "PT407": ScheduleNotFound,
     "PT508": WorkflowNotFound,

@@ -170,6 +170,11 @@ TASKS_BY_ID = "SELECT * FROM pgtasks.task_status WHERE id = ANY($1::bigint[]) OR
 # -- operator actions ----------------------------------------------------------------------
 
 CANCEL_TASK = "SELECT pgtasks.cancel_task(task_id => $1)"
+SEND_EVENT = "SELECT pgtasks.send_event(task_id => $1, name => $2, payload => $3)"
+TASK_INBOX = """
+SELECT name, payload, sent_at, sent_by, waited_at, wait_until FROM pgtasks.task_inbox
+ WHERE task_id = $1 ORDER BY coalesce(sent_at, waited_at), name
+"""
 
 # Flow control (docs/flow-control.md). configure_queue replaces all limits (NULL: none).
 CONFIGURE_QUEUE = """
@@ -236,12 +241,19 @@ YIELD_TASK = (
     "SELECT pgtasks.yield_task(task_id => $1, lease_token => $2, run_at => coalesce($3, now()))"
 )
 
+SNOOZE_TASK = "SELECT pgtasks.snooze_task(task_id => $1, lease_token => $2, delay => $3)"
+
 HEARTBEAT = """
 SELECT * FROM pgtasks.heartbeat(worker_id => $1, task_ids => $2, lease_tokens => $3,
                                 lease => $4)
 """
 
 # -- worker: what a task writes ------------------------------------------------------------
+
+WAIT_FOR_EVENT = """
+SELECT state, payload FROM pgtasks.wait_for_event(task_id => $1, lease_token => $2, name => $3,
+                                                  timeout => $4)
+"""
 
 CHECKPOINT = "SELECT pgtasks.checkpoint(task_id => $1, lease_token => $2, step => $3, result => $4)"
 

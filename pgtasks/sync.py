@@ -175,6 +175,8 @@ class SyncClient:
     active = _blocking(Client.active)
     metrics = _blocking(Client.metrics)
     cancel = _blocking(Client.cancel)
+    send_event = _blocking(Client.send_event)
+    inbox = _blocking(Client.inbox)
     retry = _blocking(Client.retry)
     queue_cards = _blocking(Client.queue_cards)
     throughput = _blocking(Client.throughput)

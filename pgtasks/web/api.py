@@ -7,7 +7,7 @@ SQL call. The API holds no logic of its own; the database decides and says why."
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response, Security
+from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response, Security
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
@@ -250,6 +250,12 @@ class BulkDone(BaseModel):
     ids: list[int]
 
 
+class EventSent(BaseModel):
+    id: int
+    name: str
+    delivered: bool
+
+
 class QueueLimits(BaseModel):
     """PUT /queues/{queue}/settings: every limit at once; null (or left out) is no limit."""
 
@@ -411,6 +417,25 @@ def router(client: Client | None = None, *, settings: WebSettings | None = None)
     async def cancel_task(c: C, task_id: TaskId) -> Cancelled:
         """Cancel; 409 (PT004) when it has already finished."""
         return Cancelled(id=task_id, previous_status=await c.cancel(task_id))
+
+    @api.post("/tasks/{task_id:int}/events/{name}", dependencies=write)
+    async def send_event(
+        c: C,
+        task_id: TaskId,
+        name: PathName,
+        payload: Annotated[Any, Body()] = None,
+    ) -> EventSent:
+        """Deliver the event `name` to the task, the JSON body as its payload (none: null).
+        A task waiting for it runs again at once; `delivered` is false when an event of
+        that name was already delivered (the first is kept). 409 (PT128) for a task that
+        ended, 404 for none."""
+        delivered = await c.send_event(task_id, name, payload)
+        return EventSent(id=task_id, name=name, delivered=delivered)
+
+    @api.get("/tasks/{task_id:int}/inbox", dependencies=read)
+    async def task_inbox(c: C, task_id: TaskId) -> list[dict[str, Any]]:
+        """The events sent to the task and its waits for them, oldest first."""
+        return await c.inbox(task_id)
 
     @api.post("/tasks/{task_id:int}/retry", dependencies=write)
     async def retry_task(c: C, task_id: TaskId) -> Retried:

@@ -26,7 +26,16 @@ from pgtasks import queries
 from pgtasks.db import translated
 from pgtasks.errors import LeaseLost
 from pgtasks.worker.base import Service, WorkerStats, retrying
-from pgtasks.worker.runner import Dropped, Failed, Outcome, Succeeded, Yielded, _describe
+from pgtasks.worker.runner import (
+    Dropped,
+    Failed,
+    Outcome,
+    Parked,
+    Snoozed,
+    Succeeded,
+    Yielded,
+    _describe,
+)
 from pgtasks.worker.slots import Slots, StopReason
 
 if TYPE_CHECKING:
@@ -73,6 +82,11 @@ class Completer(Service):
             await self.fail(task_id, lease_token, outcome)
         elif isinstance(outcome, Yielded):
             await self.hand_back(task_id, lease_token, outcome)
+        elif isinstance(outcome, Snoozed):
+            await self.snooze(task_id, lease_token, outcome)
+        elif isinstance(outcome, Parked):
+            self.stats.yielded += 1  # wait_for_event parked it; nothing left to write
+            log.info("task %s waits for event %r", task_id, outcome.event)
         elif isinstance(outcome, Dropped):
             self.stats.lost += outcome.reason is StopReason.LEASE_LOST
             log.info("task %s stopped: %s", task_id, outcome.reason)
@@ -257,5 +271,27 @@ class Completer(Service):
             return
         if outcome.handed_back:
             self.stats.handed_back += 1
+        else:
+            self.stats.yielded += 1
+
+    async def snooze(self, task_id: int, lease_token: str, outcome: Snoozed) -> None:
+        try:
+            async with translated():
+                status = await retrying(
+                    "snooze",
+                    lambda: self.pool.fetchval(
+                        queries.SNOOZE_TASK,
+                        task_id,
+                        lease_token,
+                        timedelta(seconds=outcome.seconds),
+                    ),
+                    self.stopping,
+                    through_shutdown=True,
+                )
+        except LeaseLost:
+            return
+        if status == "FAILED":
+            self.stats.failed += 1
+            log.warning("task %s failed: snoozed more often than settings.max_snoozes", task_id)
         else:
             self.stats.yielded += 1

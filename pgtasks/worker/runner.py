@@ -18,8 +18,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pgtasks.context import SyncTaskContext, TaskContext, YieldTask
-from pgtasks.errors import LeaseLost, ParamsValidationError, PermanentError, PgTasksError, Retry
+from pgtasks.context import SyncTaskContext, TaskContext, TaskParked, YieldTask
+from pgtasks.errors import (
+    LeaseLost,
+    ParamsValidationError,
+    PermanentError,
+    PgTasksError,
+    Retry,
+    Snooze,
+)
 from pgtasks.task import TaskSpec
 from pgtasks.worker.slots import Attempt, StopReason
 from pgtasks.worker.writer import while_busy
@@ -50,13 +57,27 @@ class Yielded:
 
 
 @dataclass(frozen=True)
+class Snoozed:
+    """raise Snooze(seconds): the completer hands the task back through snooze_task."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Parked:
+    """The task waits for an event: wait_for_event already ended the attempt."""
+
+    event: str
+
+
+@dataclass(frozen=True)
 class Dropped:
     """Nothing to write: the database already moved on (cancelled, lease lost)."""
 
     reason: StopReason
 
 
-Outcome = Succeeded | Failed | Yielded | Dropped
+Outcome = Succeeded | Failed | Yielded | Snoozed | Parked | Dropped
 
 
 # -- threads for sync tasks ----------------------------------------------------------------
@@ -147,6 +168,11 @@ class Runner:
         except YieldTask as y:
             await ctx._flush_quietly()
             return Yielded(y.run_at)
+        except Snooze as z:
+            await ctx._flush_quietly()
+            return Snoozed(z.seconds)
+        except TaskParked as p:
+            return Parked(str(p))
         except LeaseLost:
             return Dropped(StopReason.LEASE_LOST)
         except Retry as r:

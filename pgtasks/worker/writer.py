@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import asyncpg
@@ -165,6 +165,18 @@ class TaskWriter:
             await while_busy(
                 lambda: self.pool.execute(queries.CHECKPOINT, task_id, lease_token, name, value)
             )
+
+    async def wait_for_event(
+        self, task_id: int, lease_token: str, name: str, timeout: timedelta | None
+    ) -> tuple[str, Any]:
+        async with translated():
+            row = await while_busy(
+                lambda: self.pool.fetchrow(
+                    queries.WAIT_FOR_EVENT, task_id, lease_token, name, timeout
+                )
+            )
+        assert row is not None
+        return row["state"], row["payload"]
 
     async def logs(self, task_id: int, lease_token: str, lines: list[Line]) -> None:
         """Buffered lines of one attempt. A refusal (LeaseLost, a locked row) reaches the
