@@ -41,6 +41,8 @@ FENCED = (
     "SELECT pgtasks.log($1, $2, 'INFO', 'forged')",
     "SELECT pgtasks.log_many($1, $2, ARRAY['INFO'], ARRAY['forged'])",
     "SELECT pgtasks.parent_results($1, $2)",
+    "SELECT * FROM pgtasks.wait_for_event($1, $2, 'approved', interval '1 hour')",
+    "SELECT pgtasks.snooze_task($1, $2, interval '1 second')",
 )
 # The batched ones, which report a refused task instead of raising.
 BATCHED = (

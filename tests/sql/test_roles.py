@@ -12,7 +12,7 @@ import pytest
 
 GROUPS = ("pgtasks_submitter", "pgtasks_worker", "pgtasks_reader", "pgtasks_admin")
 TABLES = ("tasks", "task_events", "task_errors", "task_steps", "task_logs", "task_waiters",
-          "worker_registry")  # fmt: skip
+          "worker_registry", "event_inbox", "task_pauses")  # fmt: skip
 
 # Functions no group role may call: the building blocks the granted functions use.
 INTERNAL = {
@@ -44,6 +44,8 @@ INTERNAL = {
     "json_shape_error", "check_log_lines", "caller_is_admin", "cron_field_values",
     # submit_tasks with unique keys, set-based
     "submit_keyed",
+    # events
+    "check_event_name",
 }  # fmt: skip
 
 
