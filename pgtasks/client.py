@@ -169,6 +169,8 @@ class TaskEvent(BaseModel):
     to_status: Status
     attempt: int
     worker_id: str | None
+    #: Why a RUNNING -> COMMIT parked the task, for a snooze or a wait for an event.
+    note: str | None = None
 
 
 def _jsonable_payload(payload: Any) -> Any:

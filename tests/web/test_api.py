@@ -140,6 +140,24 @@ async def test_cancel_retry_history_and_conflicts(http: httpx.AsyncClient):
     assert [h["to_status"] for h in history] == ["PENDING", "CANCELLED", "PENDING"]
 
 
+async def test_send_an_event_over_http_and_read_the_inbox(http: httpx.AsyncClient):
+    task_id = (await http.post("/api/tasks", json={"task_type": "noop"})).json()["id"]
+    r = await http.post(f"/api/tasks/{task_id}/events/approved", json={"by": "ann"})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"id": task_id, "name": "approved", "delivered": True}
+    again = await http.post(f"/api/tasks/{task_id}/events/approved", json={"by": "bob"})
+    assert again.json()["delivered"] is False  # the first event is kept
+    inbox = (await http.get(f"/api/tasks/{task_id}/inbox")).json()
+    assert [(e["name"], e["payload"]) for e in inbox] == [("approved", {"by": "ann"})]
+    r = await http.post(f"/api/tasks/{task_id}/events/%20")
+    assert r.status_code == 422 and r.json()["error"]["code"] == "PT126"
+    r = await http.post("/api/tasks/999999/events/approved")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "PT003"
+    await http.post(f"/api/tasks/{task_id}/cancel")
+    r = await http.post(f"/api/tasks/{task_id}/events/late")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "PT128"
+
+
 @pytest.mark.parametrize(
     ("method", "path", "status"),
     [
