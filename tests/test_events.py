@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -18,7 +21,7 @@ import pytest
 
 from pgtasks import Client, EventAfterFinish, InvalidArgument, LeaseLost, TaskNotFound, Worker
 from tests.apps.events import EVENTS_DDL
-from tests.conftest import WorkerProcs, wait_for
+from tests.conftest import ROOT, WorkerProcs, wait_for
 
 StartWorker = Callable[..., Awaitable[Worker]]
 
@@ -268,3 +271,20 @@ async def test_the_snooze_cap_fails_the_task_with_a_clear_error(
     with pytest.raises(asyncpg.PostgresError) as bad_delay:
         await db.execute("SELECT pgtasks.snooze_task(1, 'x', interval '-1 second')")
     assert bad_delay.value.sqlstate == "PT127"
+
+
+# -- the example ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_examples_approval_runs_to_its_published_result(dsn: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "examples/approval.py", "--auto"],
+        cwd=ROOT,
+        env={**os.environ, "PGTASKS_DATABASE_URL": dsn},
+        capture_output=True,
+        text=True,
+        timeout=120,  # bounds a hung example only
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "'published': True" in proc.stdout and "the example" in proc.stdout
