@@ -228,6 +228,7 @@ REQUIRED = {
     "task_steps_of": 2, "report_progress": 3, "log": 4, "log_many": 4, "register_task_type": 1,
     "register_worker": 3, "unregister_worker": 1, "submit_workflow": 1, "cancel_workflow": 1,
     "parent_results": 2, "workflow_graph": 1, "submit_or_get": 1, "declare_schedule": 2,
+    "wait_for_event": 3, "snooze_task": 2, "send_event": 2,
 }  # fmt: skip
 OMIT = object()
 
@@ -315,6 +316,12 @@ CALLS = st.one_of(
          run_at=("timestamptz", times)),
     call("checkpoint", task_id=("bigint", ids), lease_token=("text", tokens),
          step=("text", texts), result=("jsonb", jsons)),
+    call("wait_for_event", task_id=("bigint", ids), lease_token=("text", tokens),
+         name=("text", texts), timeout=("interval", intervals)),
+    call("snooze_task", task_id=("bigint", ids), lease_token=("text", tokens),
+         delay=("interval", intervals)),
+    call("send_event", task_id=("bigint", ids), name=("text", texts),
+         payload=("jsonb", jsons)),
     call("task_steps_of", task_id=("bigint", ids), lease_token=("text", tokens)),
     call("report_progress", task_id=("bigint", ids), lease_token=("text", tokens),
          current=("bigint", bigints), total=("bigint", bigints), message=("text", texts)),
@@ -335,7 +342,7 @@ CALLS = st.one_of(
          default_lease=("interval", intervals), retention=("interval", intervals),
          max_params_bytes=("integer", ints), max_result_bytes=("integer", ints),
          max_log_bytes=("integer", ints), schedule_min_every=("interval", intervals),
-         schedule_max_ticks=("integer", ints)),
+         schedule_max_ticks=("integer", ints), max_snoozes=("integer", ints)),
     call("register_worker", worker_id=("text", names), host=("text", texts),
          pid=("integer", ints), queues=("text[]", arrays(names)),
          concurrency=("integer", ints), lease=("interval", intervals)),
@@ -490,7 +497,8 @@ def test_no_input_breaks_the_api(db, seq):
     db.execute("SELECT * FROM pgtasks.maintain()").fetchall()
     db.execute("SELECT pgtasks.configure(max_params_bytes => 1048576, max_result_bytes => 1048576,"
                " max_log_bytes => 65536, default_lease => '60 seconds',"
-               " schedule_min_every => '1 second', schedule_max_ticks => 100)")  # fmt: skip
+               " schedule_min_every => '1 second', schedule_max_ticks => 100,"
+               " max_snoozes => 100)")  # fmt: skip
 
 
 # -- the bounded classes -------------------------------------------------------------------
