@@ -225,6 +225,35 @@ async def test_node_failures_use_retries_unless_permanent(conn, node):
     ]
 
 
+async def test_a_node_task_waits_for_an_event_that_a_node_task_sends(conn, node):
+    """Both sides through the SQL functions only: node.approval parks in wait_for_event
+    (holding no slot of the one-slot worker), node.approve sends the event with
+    send_event, and the approval resumes with the payload without spending a retry."""
+    w = node.worker(lease=2, concurrency=1)
+    submit = "SELECT pgtasks.submit_task(task_type => $1, params => $2::jsonb)"
+    waiting = await conn.fetchval(submit, "node.approval", {})
+    await w.wait_event("parked", task_id=str(waiting), waits_for="approved")
+    assert await conn.fetchval(
+        "SELECT status = 'COMMIT' AND run_at > pgtasks.now() FROM pgtasks.tasks WHERE id = $1",
+        waiting,
+    )
+    sender = await conn.fetchval(
+        submit, "node.approve", {"task_id": waiting, "payload": {"by": "node"}}
+    )
+    await wait_for(
+        conn, "SELECT bool_and(status = 'DONE') FROM pgtasks.tasks WHERE id = ANY($1)",
+        [waiting, sender],
+    )  # fmt: skip
+    rows = await conn.fetch(
+        "SELECT id, result, retry_count FROM pgtasks.tasks WHERE id = ANY($1) ORDER BY id",
+        [waiting, sender],
+    )
+    assert [(r["result"], r["retry_count"]) for r in rows] == [
+        ({"payload": {"by": "node"}, "attempt": 2}, 0),
+        ({"delivered": True}, 0),
+    ]
+
+
 async def test_an_oversized_result_fails_its_task_alone(conn, node):
     """A result over settings.max_result_bytes ends its own task FAILED, without a retry,
     and the other results of the same finish batch are stored."""

@@ -1,7 +1,9 @@
 // The task types the example worker runs. A handler gets (ctx, params) and returns the
 // result (any JSON value). ctx: taskId, attempt, signal (aborted on cancel, lost lease,
 // time limit or shutdown), log(level, message), progress(current, total, message), and
-// step(name, fn): fn's result is checkpointed, and a later attempt gets it without running fn.
+// step(name, fn): fn's result is checkpointed, and a later attempt gets it without running fn;
+// waitForEvent(name, timeoutSeconds): the event's payload (the attempt ends while it waits,
+// holding nothing); sendEvent(taskId, name, payload): deliver one (admin role).
 // Throw an error to fail the attempt; set error.permanent = true for no retry, or
 // error.retryDelay = seconds for a retry after exactly that long.
 'use strict';
@@ -27,6 +29,14 @@ module.exports = {
     }
     return { steps: p.n, total };
   },
+  // Waits for "approved" (sent from psql, Python or node.approve) and returns its payload.
+  'node.approval': async (ctx, p) => ({
+    payload: await ctx.waitForEvent('approved', p.timeout_s ?? 3600),
+    attempt: ctx.attempt,
+  }),
+  'node.approve': async (ctx, p) => ({
+    delivered: await ctx.sendEvent(p.task_id, 'approved', p.payload ?? null),
+  }),
   'node.fail': async (ctx, p) => {
     const error = new Error(p.message || 'boom');
     throw Object.assign(error, { permanent: Boolean(p.permanent), retryDelay: p.retry_delay });

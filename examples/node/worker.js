@@ -59,6 +59,10 @@ const SQL = {
   fail: `SELECT pgtasks.fail_task(task_id => $1, lease_token => $2, error => $3, traceback => $4,
     retryable => $5, retry_delay => ${secs(6)}) AS status`,
   yield: 'SELECT pgtasks.yield_task(task_id => $1, lease_token => $2)',
+  waitForEvent: `SELECT state, payload FROM pgtasks.wait_for_event(task_id => $1,
+    lease_token => $2, name => $3, timeout => ${secs(4)})`,
+  sendEvent: `SELECT pgtasks.send_event(task_id => $1, name => $2, payload => $3::jsonb)
+    AS delivered`,
   unregister: 'SELECT pgtasks.unregister_worker(worker_id => $1)',
 };
 
@@ -135,6 +139,11 @@ function flush(run) {
   return written;
 }
 
+// (§10) wait_for_event answered 'waiting': the database parked the task (COMMIT, no retry
+// spent, token spent). The attempt is over and nothing more is written for it; the event
+// or the timeout makes it claimable again, and the same wait then answers.
+class Parked extends Error {}
+
 function context(run, steps) {
   return {
     taskId: run.id,
@@ -156,6 +165,24 @@ function context(run, steps) {
       await pool.query(SQL.checkpoint, [run.id, run.token, name, JSON.stringify(result ?? null)]);
       steps.set(name, result ?? null);
       return result;
+    },
+    // The event's payload; throws Parked (the attempt ends here) while it has not come, and
+    // a permanent EVENT_TIMEOUT error once the first wait's timeout passed without it.
+    async waitForEvent(name, timeoutSeconds = null) {
+      await flush(run);
+      const { rows } = await pool.query(SQL.waitForEvent, [run.id, run.token, name, timeoutSeconds]);
+      const { state, payload } = rows[0];
+      if (state === 'received') return payload;
+      if (state === 'timeout') {
+        throw Object.assign(new Error(`event ${name} did not arrive in time`),
+          { code: 'EVENT_TIMEOUT', permanent: true });
+      }
+      throw new Parked(name);
+    },
+    // Deliver an event to another task (needs pgtasks_admin); false if already delivered.
+    async sendEvent(taskId, name, payload = null) {
+      const { rows } = await pool.query(SQL.sendEvent, [taskId, name, JSON.stringify(payload)]);
+      return rows[0].delivered;
     },
   };
 }
@@ -234,6 +261,7 @@ async function execute(run, row) {
     await flush(run);
     await complete(run, result);
   } catch (err) {
+    if (err instanceof Parked) return say('parked', { ...tag(run), waits_for: err.message });
     const why = run.why || (isGone(err) ? 'lease lost' : null);
     if (why === 'cancelled' || why === 'lease lost') return say('dropped', { ...tag(run), why });
     await flush(run).catch(() => {});
