@@ -275,3 +275,39 @@ COMMENT ON TABLE pgtasks.event_inbox IS 'Events sent to tasks (send_event) and t
 COMMENT ON TABLE pgtasks.task_pauses IS 'One row per attempt that ended in a snooze or a wait for an event: what it waits for and until when. Pruned with its task.';
 COMMENT ON COLUMN pgtasks.event_inbox.sent_at IS 'When the event arrived; NULL while the task waits for it.';
 COMMENT ON COLUMN pgtasks.event_inbox.wait_until IS 'When the wait times out (the task''s run_at while it waits); NULL if the task never waited.';
+
+-- retry_task forgets waits for events that never came (see its comment in 06_finish.sql).
+CREATE OR REPLACE FUNCTION pgtasks.retry_task(task_id bigint, run_at timestamp with time zone DEFAULT now())
+ RETURNS void
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+AS $function$
+DECLARE
+    t pgtasks.tasks;
+BEGIN
+    PERFORM pgtasks.check_run_at(run_at);
+    t := pgtasks.lock_task(task_id);
+    IF t.status NOT IN ('FAILED', 'CANCELLED') THEN
+        RAISE EXCEPTION 'pgtasks: task % is %; only FAILED or CANCELLED tasks can be retried', task_id, t.status
+            USING ERRCODE = 'PT001', HINT = 'Wait for it to finish, or cancel it first.';
+    END IF;
+    -- Checked first so the common case costs one index probe and no subtransaction. A
+    -- concurrent submit of the key can still win between this probe and the UPDATE; the
+    -- unique index then refuses the UPDATE, caught below and given the same code.
+    IF t.unique_key IS NOT NULL AND EXISTS (
+        SELECT 1 FROM pgtasks.tasks o
+         WHERE o.task_type = t.task_type AND o.unique_key = t.unique_key
+           AND o.status IN ('PENDING', 'COMMIT', 'RUNNING') AND o.id <> t.id) THEN
+        PERFORM pgtasks.raise_unique_held(t);
+    END IF;
+    BEGIN
+        UPDATE pgtasks.tasks
+           SET status = 'PENDING', retry_count = 0, finished_at = NULL, result = NULL,
+               run_at = coalesce(retry_task.run_at, pgtasks.now())
+         WHERE id = t.id;
+    EXCEPTION WHEN unique_violation THEN
+        PERFORM pgtasks.raise_unique_held(t);
+    END;
+    DELETE FROM pgtasks.event_inbox i WHERE i.task_id = t.id AND i.sent_at IS NULL;
+END $function$;

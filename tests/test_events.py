@@ -143,6 +143,24 @@ async def test_a_timeout_raises_event_timeout_inside_async_and_sync_tasks(
         await client.send_event(async_id, "approved")
 
 
+async def test_an_uncaught_timeout_fails_without_a_retry_and_a_manual_retry_waits_afresh(
+    db: asyncpg.Connection, client: Client, start_worker: StartWorker
+) -> None:
+    task_id = await client.submit("sync_await_approval", {"timeout": 60, "uncaught": True})
+    await start_worker(concurrency=1)
+    await wait_for(db, PARKED, task_id)
+    await db.execute("SELECT pgtasks.advance_clock(interval '61 seconds')")
+    await wait_for(db, "SELECT status = 'FAILED' FROM pgtasks.tasks WHERE id = $1", task_id)
+    row = await db.fetchrow("SELECT retry_count, error FROM pgtasks.tasks WHERE id = $1", task_id)
+    assert row["retry_count"] == 0 and row["error"].startswith("EventTimeout: event 'approved'")
+    # The retry forgets the wait that timed out: the task waits afresh, and an event now
+    # resumes it.
+    await db.execute("SELECT pgtasks.retry_task(task_id => $1)", task_id)
+    await wait_for(db, PARKED, task_id)
+    await client.send_event(task_id, "approved", "late but welcome")
+    assert await client.wait(task_id, timeout=60) == {"payload": "late but welcome", "attempt": 4}
+
+
 async def test_a_sync_task_waits_and_resumes_the_same_way(
     db: asyncpg.Connection, client: Client, start_worker: StartWorker
 ) -> None:

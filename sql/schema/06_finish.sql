@@ -676,7 +676,10 @@ COMMENT ON FUNCTION pgtasks.cancel_task(bigint) IS
     'Cancels a task that has not finished (its worker is notified if it runs) and returns the status it had; PT004 when it already finished.';
 
 -- Runs a FAILED or CANCELLED task again from PENDING (or WAITING, while parents are
--- unfinished), with its retries reset. A unique key held meanwhile by another active task
+-- unfinished), with its retries reset. Waits for events that never came are forgotten
+-- (their event_inbox rows without an event), so the retried task waits afresh with its
+-- own timeout instead of meeting the old one's EventTimeout at once; events that did
+-- arrive are kept, and the retried task finds them. A unique key held meanwhile by another active task
 -- is PT306 (raise_unique_held): checked first so the common case costs one index probe
 -- and no subtransaction, and caught again from the unique index when a concurrent submit
 -- wins between the probe and the UPDATE.
@@ -711,6 +714,7 @@ BEGIN
     EXCEPTION WHEN unique_violation THEN
         PERFORM pgtasks.raise_unique_held(t);
     END;
+    DELETE FROM pgtasks.event_inbox i WHERE i.task_id = t.id AND i.sent_at IS NULL;
 END $$;
 GRANT EXECUTE ON FUNCTION pgtasks.retry_task(bigint, timestamptz) TO pgtasks_admin;
 COMMENT ON FUNCTION pgtasks.retry_task(bigint, timestamptz) IS

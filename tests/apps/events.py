@@ -52,6 +52,9 @@ async def await_approval(ctx: TaskContext, params: dict[str, Any]) -> dict[str, 
 
 @task_register("sync_await_approval", max_retries=3)
 def sync_await_approval(ctx: SyncTaskContext, params: dict[str, Any]) -> dict[str, Any]:
+    if params.get("uncaught"):  # an EventTimeout fails the task
+        payload = ctx.wait_for_event("approved", timeout=params.get("timeout", 3600))
+        return {"payload": payload, "attempt": ctx.attempt}
     try:
         payload = ctx.wait_for_event("approved", timeout=params.get("timeout", 3600))
     except EventTimeout:
