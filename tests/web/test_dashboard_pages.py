@@ -7,6 +7,7 @@ import contextlib
 import re
 from collections.abc import AsyncIterator
 
+import asyncpg
 import httpx
 from fastapi import FastAPI
 
@@ -70,6 +71,36 @@ async def test_every_page_renders(dsn):
         r = await http.get("/static/dashboard.js")
         assert r.status_code == 200 and "EventSource" in r.text
         assert (await http.get("/static/../routes.py")).status_code == 404
+
+
+async def test_a_task_page_shows_its_events_and_waits(dsn):
+    async with Client(dsn) as c:
+        sent = await c.submit("noop")
+        await c.send_event(sent, "approved", {"by": "ann"})
+        waiting = await c.submit("noop")
+    conn = await asyncpg.connect(dsn)
+    try:
+        claimed = await conn.fetch(
+            "SELECT id, lease_token FROM pgtasks.claim_tasks('w', max_tasks => 2)"
+        )
+        states = {
+            r["id"]: await conn.fetchval(
+                "SELECT state FROM pgtasks.wait_for_event($1, $2, 'approved', interval '1 hour')",
+                r["id"],
+                r["lease_token"],
+            )
+            for r in claimed
+        }
+    finally:
+        await conn.close()
+    assert states == {sent: "received", waiting: "waiting"}
+    async with api(dsn) as http:
+        page = (await http.get(f"/tasks/{sent}")).text
+        assert '<strong>approved</strong> <span class="small muted">sent by' in page
+        assert "ann" in page
+        page = (await http.get(f"/tasks/{waiting}")).text
+        assert "waiting for <strong>approved</strong>" in page
+        assert "waiting for event approved until" in page  # the history's note
 
 
 async def test_waiting_tasks_are_counted_on_the_cards(dsn):

@@ -214,10 +214,12 @@ def dashboard_router(
             resp = page(request, "missing.html", title=f"Task {task_id}", what=f"task {task_id}")
             resp.status_code = 404
             return resp
-        history, logs = await asyncio.gather(c.history(task_id), c.logs(task_id, limit=1000))
+        history, logs, inbox = await asyncio.gather(
+            c.history(task_id), c.logs(task_id, limit=1000), c.inbox(task_id)
+        )
         return page(
             request, "task.html", title=f"Task {task_id}", nav="tasks", t=detail,
-            history=history, logs=logs, last_log=logs[-1].id if logs else 0,
+            history=history, logs=logs, last_log=logs[-1].id if logs else 0, inbox=inbox,
         )  # fmt: skip
 
     @ui.get("/failed", name="pgtasks_dashboard_failed")
