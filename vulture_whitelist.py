@@ -46,6 +46,7 @@ _.cancel_task
 _.retry_task
 _.task_logs
 _.task_history
+_.task_inbox
 _.events
 _.queue_settings
 _.retry_tasks
