@@ -124,6 +124,10 @@ async def test_an_event_sent_before_the_wait_is_kept_and_the_first_one_wins(
     with pytest.raises(EventAfterFinish) as finished:
         await client.send_event(waiter, "approved", {"by": "after"})
     assert finished.value.sqlstate == "PT128" and finished.value.hint
+    # Events go with their task when it is pruned.
+    await db.execute("SELECT pgtasks.advance_clock(interval '1 second')")
+    assert await db.fetchval("SELECT pgtasks.prune_finished(older_than => interval '0')") == 1
+    assert await db.fetchval("SELECT count(*) FROM pgtasks.event_inbox") == 0
 
 
 async def test_a_timeout_raises_event_timeout_inside_async_and_sync_tasks(
