@@ -310,3 +310,50 @@ def test_examples_approval_runs_to_its_published_result(dsn: str) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "'published': True" in proc.stdout and "the example" in proc.stdout
+
+
+# -- interleavings -------------------------------------------------------------------------
+
+BLOCKED = (
+    "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock')"
+)
+
+
+@pytest.mark.parametrize("first", ["wait", "send"])
+async def test_a_wait_and_a_send_that_race_end_with_the_task_resumed(
+    db: asyncpg.Connection, dsn: str, first: str
+) -> None:
+    """Both lock the task's row, so one waits for the other. Wait first: the send finds
+    the task parked and wakes it. Send first: the wait finds the event and goes on."""
+    task_id = await db.fetchval("SELECT pgtasks.submit_task('t')")
+    token = await db.fetchval(
+        "SELECT lease_token FROM pgtasks.claim_tasks(worker_id => 'w', max_tasks => 1)"
+    )
+    waiter, sender = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+    wait = "SELECT state FROM pgtasks.wait_for_event($1, $2, 'approved', interval '1 hour')"
+    try:
+        holder, other = (waiter, sender) if first == "wait" else (sender, waiter)
+        tx = holder.transaction()
+        await tx.start()
+        if first == "wait":
+            assert await waiter.fetchval(wait, task_id, token) == "waiting"
+            late = asyncio.create_task(sender.fetchval(SEND, task_id, '{"by": "ann"}'))
+        else:
+            assert await sender.fetchval(SEND, task_id, '{"by": "ann"}') is True
+            late = asyncio.create_task(waiter.fetchval(wait, task_id, token))
+        await wait_for(db, BLOCKED, other.get_server_pid())
+        await tx.commit()
+        answer = await asyncio.wait_for(late, 30)
+    finally:
+        await waiter.close()
+        await sender.close()
+    row = await db.fetchrow(
+        "SELECT status::text, run_at <= pgtasks.now() AS ready FROM pgtasks.tasks WHERE id = $1",
+        task_id,
+    )
+    if first == "wait":
+        assert answer is True
+        assert (row["status"], row["ready"]) == ("COMMIT", True)  # woken: claimable now
+    else:
+        assert answer == "received"
+        assert row["status"] == "RUNNING"  # never parked
