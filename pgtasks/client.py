@@ -916,10 +916,12 @@ class Client:
         timezone: str = "UTC",
         overlap: str = "allow",
         catch_up: Duration = 0,
+        misfire_grace: Duration | None = None,
     ) -> None:
         """Create or update a schedule (exactly one of cron and every). The database
         validates it: InvalidSchedule (PT4xx) and nothing written. Unlike a schedule
-        declared in code (pgtasks.schedule), it exists as soon as this returns."""
+        declared in code (pgtasks.schedule), it exists as soon as this returns.
+        `misfire_grace`: a tick found later than this is skipped and counted, not run."""
         async with db.translated():
             await self.pool.execute(
                 queries.CREATE_SCHEDULE,
@@ -933,6 +935,7 @@ class Client:
                 timezone,
                 overlap,
                 as_timedelta(catch_up),
+                as_timedelta(misfire_grace),
             )
 
     async def drop_schedule(self, name: str) -> None:

@@ -69,7 +69,7 @@ class InvalidArgument(DatabaseError):
 
 
 class InvalidSchedule(InvalidArgument):
-    """A schedule the database refused (PT401..PT406, PT408, PT409): nothing was written."""
+    """A schedule the database refused (PT401..PT406, PT408..PT410): nothing was written."""
 
     sqlstate = "PT400"
 

@@ -323,14 +323,14 @@ SCHEDULES = "SELECT * FROM pgtasks.schedules ORDER BY name"
 CREATE_SCHEDULE = """
 SELECT pgtasks.create_schedule(name => $1, task_type => $2, cron => $3, every => $4,
                                params => $5, queue => $6, priority => $7, timezone => $8,
-                               overlap => $9, catch_up => $10)
+                               overlap => $9, catch_up => $10, misfire_grace => $11)
 """
 
 # A worker's declarations: a schedule made through SQL or the CLI is kept as it is.
 DECLARE_SCHEDULE = """
 SELECT pgtasks.declare_schedule(name => $1, task_type => $2, cron => $3, every => $4,
                                 params => $5, queue => $6, priority => $7, timezone => $8,
-                                overlap => $9, catch_up => $10)
+                                overlap => $9, catch_up => $10, misfire_grace => $11)
 """
 
 DROP_SCHEDULE = "SELECT pgtasks.drop_schedule(name => $1)"

@@ -124,6 +124,7 @@ class Schedule:
     timezone: str = "UTC"
     overlap: str = "allow"
     catch_up: timedelta = timedelta(0)
+    misfire_grace: timedelta | None = None
 
     def __post_init__(self) -> None:
         if (self.cron is None) == (self.every is None):

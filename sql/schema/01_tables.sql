@@ -620,11 +620,16 @@ CREATE TABLE pgtasks.schedule_defs (
     fired_by      text,               -- the worker that claimed it last (operators, tests)
     created_at    timestamptz NOT NULL DEFAULT now(),
     updated_at    timestamptz NOT NULL DEFAULT now(),
+    -- The misfire grace (fire_schedule): a tick found later than this is skipped and
+    -- counted in skipped_misfire instead of run. NULL: no grace, the latest tick always runs.
+    misfire_grace interval,
+    skipped_misfire bigint NOT NULL DEFAULT 0,
     CONSTRAINT one_of_cron_every CHECK ((cron IS NULL) <> (every IS NULL)),
     CONSTRAINT overlap_known CHECK (overlap IN ('allow', 'skip', 'cancel_previous')),
     CONSTRAINT origin_known CHECK (origin IN ('sql', 'code')),
     CONSTRAINT every_positive CHECK (every > interval '0'),
-    CONSTRAINT catch_up_in_range CHECK (catch_up >= interval '0' AND catch_up <= interval '1 year')
+    CONSTRAINT catch_up_in_range CHECK (catch_up >= interval '0' AND catch_up <= interval '1 year'),
+    CONSTRAINT misfire_grace_in_range CHECK (misfire_grace > interval '0' AND misfire_grace <= interval '1 year')
 );
 
 -- The firing query's walk: unpaused schedules by next_run_at.
@@ -647,6 +652,9 @@ COMMENT ON COLUMN pgtasks.schedule_defs.skipped IS 'Missed ticks older than the 
 COMMENT ON COLUMN pgtasks.schedule_defs.skipped_overlap IS 'Ticks not enqueued because of overlap skip.';
 COMMENT ON COLUMN pgtasks.schedule_defs.revision IS
     'Bumped on every change and firing; fire_schedule writes only for the revision it was handed.';
+COMMENT ON COLUMN pgtasks.schedule_defs.misfire_grace IS
+    'A tick found more than this late is skipped (counted in skipped_misfire), not run; NULL: the latest tick always runs.';
+COMMENT ON COLUMN pgtasks.schedule_defs.skipped_misfire IS 'Ticks skipped because they were found later than misfire_grace.';
 COMMENT ON COLUMN pgtasks.schedule_defs.claimed_until IS 'A worker is firing the schedule until then (due_schedules).';
 
 ------------------------------------------------------------------------------------------
