@@ -155,6 +155,13 @@ class Retry(Exception):
         self.delay = delay
 
 
+class SoftTimeLimitExceeded(Exception):
+    """Raised inside a task whose soft time limit passed (`soft_timeout`): an async task
+    gets it at its next await, a sync one at its next `ctx` call. Catch it to clean up
+    before the hard limit (`timeout`) stops the attempt; raised once per attempt. Left
+    uncaught, it fails the attempt like any error (retried if retries are left)."""
+
+
 class PermanentError(Exception):
     """Raise inside a task for an error that no retry can fix: the task goes straight to FAILED."""
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 SUBMIT_TASK = """
 SELECT pgtasks.submit_task(task_type => $1, params => $2::text::jsonb, queue => $3,
                            priority => $4, run_at => $5, max_retries => $6, timeout => $7,
-                           backoff_base => $8)
+                           backoff_base => $8, soft_timeout => $9)
 """
 
 # Params travel as a few JSON arrays of up to 1,000 objects each (Client.submit_many), which
@@ -45,7 +45,7 @@ SELECT pg_catalog.array_agg(s.id ORDER BY s.ord)
                                ORDER BY d.n, e.ord),
          queue => $3, priority => $4, run_at => $5, max_retries => $6, timeout => $7,
          backoff_base => $8, unique_keys => $9, unique_for => $10, concurrency_keys => $11,
-         concurrency_limit => $12) WITH ORDINALITY AS s(id, ord)
+         concurrency_limit => $12, soft_timeout => $13) WITH ORDINALITY AS s(id, ord)
 """
 
 # submit_task plus flow control; `created` is false when an active task (or the unique_for
@@ -55,7 +55,8 @@ SELECT id, created
   FROM pgtasks.submit_or_get(task_type => $1, params => $2::text::jsonb, queue => $3,
                              priority => $4, run_at => $5, max_retries => $6, timeout => $7,
                              backoff_base => $8, unique_key => $9, unique_for => $10,
-                             concurrency_key => $11, concurrency_limit => $12)
+                             concurrency_key => $11, concurrency_limit => $12,
+                             soft_timeout => $13)
 """
 
 # A task that starts after its parents end (sql/0012): WAITING until the last one does.
@@ -63,7 +64,7 @@ SUBMIT_DEPENDENT = """
 SELECT pgtasks.submit_task(task_type => $1, params => $2::text::jsonb, queue => $3,
                            priority => $4, run_at => $5, max_retries => $6, timeout => $7,
                            backoff_base => $8, concurrency_key => $9, concurrency_limit => $10,
-                           depends_on => $11, on_parent_failure => $12)
+                           depends_on => $11, on_parent_failure => $12, soft_timeout => $13)
 """
 
 # A whole graph in one call (pgtasks/workflows.py builds the spec); returns
@@ -195,7 +196,7 @@ UNREGISTER_WORKER = "SELECT pgtasks.unregister_worker(worker_id => $1)"
 REGISTER_TASK_TYPE = """
 SELECT pgtasks.register_task_type(task_type => $1, queue => $2, priority => $3,
                                   max_retries => $4, timeout => $5, backoff_base => $6,
-                                  worker_id => $7)
+                                  worker_id => $7, soft_timeout => $8)
 """
 
 # -- worker: claiming and outcomes ---------------------------------------------------------

@@ -62,10 +62,10 @@ def type_name(task: TaskRef) -> str:
 class TaskSpec:
     """Everything a worker or client needs to know about one task type.
 
-    The policy fields (queue, max_retries, timeout, backoff_base) are the type's declared
-    defaults; None leaves the decision to the database (the type's registered policy, else
-    its settings). The flow-control fields say how a submit derives its keys from params
-    (docs/flow-control.md); pgtasks.submission applies them.
+    The policy fields (queue, max_retries, timeout, soft_timeout, backoff_base) are the
+    type's declared defaults; None leaves the decision to the database (the type's
+    registered policy, else its settings). The flow-control fields say how a submit
+    derives its keys from params (docs/flow-control.md); pgtasks.submission applies them.
     """
 
     name: str
@@ -75,6 +75,9 @@ class TaskSpec:
     queue: str | None = None
     max_retries: int | None = None
     timeout: timedelta | None = None
+    #: The soft time limit, less than timeout: SoftTimeLimitExceeded is raised inside the
+    #: task when it passes (None: the database's rule, the type's registered one or none).
+    soft_timeout: timedelta | None = None
     #: The base of the exponential backoff between retries (None: the database's setting).
     backoff_base: timedelta | None = None
     no_retry_on: tuple[type[BaseException], ...] = ()

@@ -278,6 +278,7 @@ class Worker:
                         spec.timeout,
                         spec.backoff_base,
                         self.worker_id,
+                        spec.soft_timeout,
                     )
                 # Declared schedules too; ones made through SQL or the CLI are kept.
                 await schedules.declare(conn, list(self.registry.schedules.values()))

@@ -224,6 +224,10 @@ CREATE TABLE pgtasks.tasks (
     -- owner reads the table. A claim lost in a crash draws a new one when the task is
     -- claimed again, so a late write of the lost claim's holder never matches.
     lease_token      text,
+    -- The soft time limit: the claim hands its worker claim time + soft_timeout as the
+    -- attempt's soft deadline, at which the task is asked to stop (an exception raised
+    -- inside it) while the hard deadline still holds. NULL: no soft limit.
+    soft_timeout     interval,
 
     CONSTRAINT task_type_not_empty CHECK (task_type <> ''),
     CONSTRAINT queue_not_empty CHECK (queue <> ''),
@@ -261,7 +265,9 @@ CREATE TABLE pgtasks.tasks (
     CONSTRAINT ready_has_no_unfinished_parents
         CHECK (status NOT IN ('PENDING', 'COMMIT', 'RUNNING') OR coalesce(waiting_on, 0) = 0),
     CONSTRAINT on_parent_failure_known CHECK (on_parent_failure IN ('cancel', 'run')),
-    CONSTRAINT cancelled_by_cancelled CHECK (cancelled_by IS NULL OR status = 'CANCELLED')
+    CONSTRAINT cancelled_by_cancelled CHECK (cancelled_by IS NULL OR status = 'CANCELLED'),
+    -- A soft limit at or past the hard one would never be seen by the task.
+    CONSTRAINT soft_timeout_within_timeout CHECK (soft_timeout > interval '0' AND soft_timeout < timeout)
 );
 COMMENT ON TABLE pgtasks.tasks IS
     'One row per task: what to run, where and when, its status, lease, progress and outcome. Only the pgtasks functions write it; triggers check and record every change.';
@@ -301,6 +307,8 @@ COMMENT ON COLUMN pgtasks.tasks.on_parent_failure IS
     'cancel: a parent ending FAILED or CANCELLED cancels this task; run: it runs anyway. NULL: no parents.';
 COMMENT ON COLUMN pgtasks.tasks.cancelled_by IS
     'The parent whose failure cancelled this task; retrying that parent revives it.';
+COMMENT ON COLUMN pgtasks.tasks.soft_timeout IS
+    'The soft time limit of one attempt: its claim returns claim time + soft_timeout as soft_deadline, when the worker raises inside the task; less than timeout. NULL: none.';
 COMMENT ON COLUMN pgtasks.tasks.lease_token IS
     'The running attempt''s secret, drawn at random by its claim and known only to its claimer, who presents it with every write; set exactly while RUNNING. No view shows it.';
 
@@ -493,16 +501,20 @@ CREATE TABLE pgtasks.task_types (
     -- fine; changing it (rerouting every later submit of the type to its own queue) is
     -- refused, and left to that role or to pgtasks_admin.
     owner_role    text NOT NULL DEFAULT session_user,
+    soft_timeout  interval,
 
     CONSTRAINT task_type_named CHECK (NOT pgtasks.is_blank(task_type) AND octet_length(task_type) <= 255),
     CONSTRAINT queue_named CHECK (queue IS NULL OR (NOT pgtasks.is_blank(queue) AND octet_length(queue) <= 255)),
     CONSTRAINT max_retries_range CHECK (max_retries BETWEEN 0 AND 1000),
     CONSTRAINT timeout_range CHECK (timeout > interval '0' AND timeout <= interval '1 year'),
-    CONSTRAINT backoff_base_range CHECK (backoff_base > interval '0' AND backoff_base <= interval '1 day')
+    CONSTRAINT backoff_base_range CHECK (backoff_base > interval '0' AND backoff_base <= interval '1 day'),
+    CONSTRAINT soft_timeout_range CHECK (soft_timeout > interval '0' AND soft_timeout < interval '1 year')
 );
 COMMENT ON TABLE pgtasks.task_types IS
     'The policy of each registered task type, applied to every submit of the type that leaves the argument out; a NULL column falls back to settings.';
 COMMENT ON COLUMN pgtasks.task_types.registered_by IS 'The worker_id of the last registration that changed the policy.';
+COMMENT ON COLUMN pgtasks.task_types.soft_timeout IS
+    'The soft time limit of the type''s tasks (less than their timeout); NULL: none.';
 COMMENT ON COLUMN pgtasks.task_types.owner_role IS
     'The login role that registered the type first: its workers (and pgtasks_admin) may change the policy.';
 

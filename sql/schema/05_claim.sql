@@ -89,6 +89,9 @@ END $$;
 -- Claims up to max_tasks ready tasks for worker_id and returns them in claim order, with
 -- the lease token (the fence of every later call), the attempt and the deadline each now
 -- runs under; has_steps says a resumed attempt has checkpoints to read (task_steps_of).
+-- soft_deadline (claim time + the row's soft_timeout, NULL without one) is when the worker
+-- should raise inside the task so it can clean up before the hard deadline; the database
+-- enforces only the hard one.
 --
 -- The token: each claim that takes rows draws a seed of two version-4 UUIDs from
 -- gen_random_uuid (core PostgreSQL's strong random source, pg_strong_random: 244 random
@@ -123,7 +126,8 @@ CREATE FUNCTION pgtasks.claim_tasks(
 ) RETURNS TABLE (
     id bigint, task_type text, params jsonb, queue text, priority integer,
     attempt integer, retry_count integer, max_retries integer,
-    timeout interval, deadline timestamptz, has_steps boolean, lease_token text
+    timeout interval, deadline timestamptz, has_steps boolean, lease_token text,
+    soft_deadline timestamptz
 )
 LANGUAGE plpgsql SECURITY DEFINER
 SET enable_sort = off
@@ -177,16 +181,16 @@ BEGIN
                   t.max_retries, t.timeout, t.deadline,
                   t.attempt > 1
                   AND EXISTS (SELECT 1 FROM pgtasks.task_steps s WHERE s.task_id = t.id) AS has_steps,
-                  t.run_at, t.lease_token
+                  t.run_at, t.lease_token, pgtasks.now() + t.soft_timeout AS soft_deadline
     )
     SELECT c.id, c.task_type, c.params, c.queue, c.priority, c.attempt, c.retry_count,
-           c.max_retries, c.timeout, c.deadline, c.has_steps, c.lease_token
+           c.max_retries, c.timeout, c.deadline, c.has_steps, c.lease_token, c.soft_deadline
       FROM claimed c
      ORDER BY c.priority DESC, c.run_at, c.id;
 END $$;
 GRANT EXECUTE ON FUNCTION pgtasks.claim_tasks(text, text[], integer, interval, text[]) TO pgtasks_worker;
 COMMENT ON FUNCTION pgtasks.claim_tasks(text, text[], integer, interval, text[]) IS
-    'Claims up to max_tasks ready tasks of the given queues (NULL: every queue) and task types for worker_id, in claim order (priority, run_at, id), honouring queue limits, pauses and concurrency keys. Each row''s lease_token is the secret the task''s later calls must present.';
+    'Claims up to max_tasks ready tasks of the given queues (NULL: every queue) and task types for worker_id, in claim order (priority, run_at, id), honouring queue limits, pauses and concurrency keys. Each row''s lease_token is the secret the task''s later calls must present; soft_deadline is when the task should be asked to stop (NULL: no soft limit).';
 
 -- When the next task of these queues becomes ready: idle workers sleep exactly until then
 -- (and poll as a backstop). One probe of tasks_next_run_at.

@@ -436,9 +436,9 @@ BEGIN
     -- INSERT of our own: ON CONFLICT needs to name the (schedule, tick) index.
     p := pgtasks.submit_policy(s.task_type, s.queue, s.priority, NULL, NULL, NULL, NULL);
     INSERT INTO pgtasks.tasks (task_type, params, queue, priority, run_at, max_retries, timeout,
-                               backoff_base, schedule, schedule_tick)
+                               backoff_base, schedule, schedule_tick, soft_timeout)
     VALUES (p.task_type, s.params, p.queue, p.priority, p.run_at, p.max_retries, p.timeout,
-            p.backoff_base, s.name, tick)
+            p.backoff_base, s.name, tick, p.soft_timeout)
     ON CONFLICT (schedule, schedule_tick) WHERE schedule IS NOT NULL DO NOTHING
     RETURNING id INTO new_id;
     RETURN new_id;

@@ -279,12 +279,13 @@ SELECT t.task_type,
        coalesce(t.max_retries, s.default_max_retries)   AS max_retries,
        coalesce(t.timeout, s.default_timeout)           AS timeout,
        coalesce(t.backoff_base, s.default_backoff_base) AS backoff_base,
-       t.registered_by, t.updated_at
+       t.registered_by, t.updated_at, t.soft_timeout
   FROM pgtasks.task_types t CROSS JOIN pgtasks.settings s;
 GRANT SELECT ON pgtasks.registered_types TO pgtasks_submitter, pgtasks_reader;
 COMMENT ON VIEW pgtasks.registered_types IS
     'Every task type the workers registered, with the policy a submit of it gets when the '
-    'caller leaves an argument out (the type''s own, else the settings default).';
+    'caller leaves an argument out (the type''s own, else the settings default); '
+    'soft_timeout NULL: no soft limit.';
 
 ------------------------------------------------------------------------------------------
 -- /metrics
