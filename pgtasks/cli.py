@@ -1124,6 +1124,34 @@ def schedules(ctx: click.Context) -> None:
     run(_with_client(ctx, go))
 
 
+@cli.command("stranded")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(min=1))
+@click.pass_context
+def stranded(ctx: click.Context, limit: int) -> None:
+    """Tasks no live worker serves (pgtasks.stranded_tasks): started by a code version that
+    no live worker runs or declares compatible, so they wait instead of resuming on other
+    code. Start a worker serving the version, or declare it in compatible_versions."""
+
+    async def go(c: Client) -> None:
+        rows = await c.stranded(limit)
+        table = Table(title=f"stranded tasks ({len(rows)}): no worker serves their version")
+        for col in ("id", "type", "queue", "status", "version", "live workers run", "attempt"):
+            table.add_column(col, no_wrap=True)
+        for r in rows:
+            table.add_row(
+                str(r["id"]),
+                r["task_type"],
+                r["queue"],
+                _status(r["status"]),
+                r["code_version"],
+                ", ".join(r["live_versions"] or []) or "(none)",
+                str(r["attempt"]),
+            )
+        console.print(table)
+
+    run(_with_client(ctx, go))
+
+
 def _skipped(r: Any) -> str:
     """Missed ticks skipped, plus the ones the overlap policy and the misfire grace
     skipped (when any)."""

@@ -910,6 +910,12 @@ class Client:
 
     # -- schedules (sql/0006; docs/schedules.md) ------------------------------------------
 
+    async def stranded(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Ready tasks whose recorded code version no live worker runs or declares
+        compatible (pgtasks.stranded_tasks): no worker claims them until one that serves
+        their version starts. Each row names the version and what live workers run."""
+        return [dict(r) for r in await self.pool.fetch(queries.STRANDED_TASKS, limit)]
+
     async def schedules(self) -> list[dict[str, Any]]:
         """Every schedule (pgtasks.schedules) with its next run, last task and skip counts."""
         return [dict(r) for r in await self.pool.fetch(queries.SCHEDULES)]

@@ -188,7 +188,8 @@ UNWATCH_TASK = "SELECT pgtasks.unwatch_task(task_id => $1)"
 
 REGISTER_WORKER = """
 SELECT pgtasks.register_worker(worker_id => $1, host => $2, pid => $3, queues => $4,
-                               concurrency => $5, lease => $6)
+                               concurrency => $5, lease => $6, code_versions => $7,
+                               compatible_versions => $8)
 """
 UNREGISTER_WORKER = "SELECT pgtasks.unregister_worker(worker_id => $1)"
 
@@ -320,6 +321,9 @@ SELECT coalesce(pg_catalog.array_agg(pgtasks.queue_tag(queue => q)), '{}')
 # -- schedules (sql/0006) -------------------------------------------------------------------
 
 SCHEDULES = "SELECT * FROM pgtasks.schedules ORDER BY name"
+
+# Ready tasks whose recorded code version no live worker serves (pgtasks.stranded_tasks).
+STRANDED_TASKS = "SELECT * FROM pgtasks.stranded_tasks ORDER BY id LIMIT $1"
 
 CREATE_SCHEDULE = """
 SELECT pgtasks.create_schedule(name => $1, task_type => $2, cron => $3, every => $4,

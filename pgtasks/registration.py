@@ -81,6 +81,11 @@ class TaskSpec:
     #: The base of the exponential backoff between retries (None: the database's setting).
     backoff_base: timedelta | None = None
     no_retry_on: tuple[type[BaseException], ...] = ()
+    #: The code version of the handler (None: unversioned): recorded on each task at its
+    #: first attempt; later attempts go only to workers serving that version.
+    version: str | None = None
+    #: Older versions whose started tasks this handler can resume as well.
+    compatible_versions: tuple[str, ...] = ()
     unique: KeyFunction | bool | None = None
     unique_for: timedelta | None = None
     concurrency_key: KeyFunction | None = None

@@ -222,6 +222,8 @@ def task_register(
     concurrency_key: KeyFunction | None = None,
     concurrency_limit: int | None = None,
     retry_delay: float | None = None,
+    version: str | None = None,
+    compatible_versions: tuple[str, ...] = (),
 ) -> TaskDecorator:
     """Register a `BaseTask` subclass or a function `(ctx, params)` as task type `name`.
 
@@ -244,6 +246,11 @@ def task_register(
     the key; `unique_for` keeps the key taken for that long after the first submit;
     `concurrency_key=lambda p: ...` with `concurrency_limit` (default 1) bounds how many
     tasks of one key run at once. Keys are computed from the params as JSON (a dict).
+
+    Code versions (docs/long-running-tasks.md): `version="2"` is recorded by the database on
+    each task at its first attempt, and a task started by another version is claimed only
+    by workers serving it, this one included if it lists the version in
+    `compatible_versions=("1",)`; unrecorded tasks go to any worker of the type.
     """
     if not name or not name.strip():
         raise PgTasksError("task_register needs a non-empty type name")
@@ -272,6 +279,8 @@ def task_register(
         unique_for=as_timedelta(unique_for),
         concurrency_key=concurrency_key,
         concurrency_limit=concurrency_limit,
+        version=version,
+        compatible_versions=tuple(compatible_versions),
     )
     scheduled = None
     if schedule is not None or every is not None:

@@ -115,9 +115,7 @@ async def test_the_claim_returns_the_soft_deadline_from_submit_or_type(
         " soft_timeout => '55 minutes')"
     )
     typed = await conn.fetchval("SELECT pgtasks.submit_task('typed')")
-    given = await conn.fetchval(
-        "SELECT pgtasks.submit_task('typed', soft_timeout => '10 minutes')"
-    )
+    given = await conn.fetchval("SELECT pgtasks.submit_task('typed', soft_timeout => '10 minutes')")
     plain = await conn.fetchval("SELECT pgtasks.submit_task('plain')")
     batch = await conn.fetchval(
         "SELECT array_agg(id) FROM pgtasks.submit_tasks('plain', ARRAY['{}'::jsonb],"

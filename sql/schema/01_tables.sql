@@ -228,6 +228,11 @@ CREATE TABLE pgtasks.tasks (
     -- attempt's soft deadline, at which the task is asked to stop (an exception raised
     -- inside it) while the hard deadline still holds. NULL: no soft limit.
     soft_timeout     interval,
+    -- The code version that ran the task's first attempt (claim_tasks records the
+    -- claiming worker's version of the type); later attempts go only to workers that serve
+    -- it (worker_registry.code_versions, compatible_versions). NULL: never started, or
+    -- started by a worker that declares no version for the type.
+    code_version     text,
 
     CONSTRAINT task_type_not_empty CHECK (task_type <> ''),
     CONSTRAINT queue_not_empty CHECK (queue <> ''),
@@ -309,6 +314,8 @@ COMMENT ON COLUMN pgtasks.tasks.cancelled_by IS
     'The parent whose failure cancelled this task; retrying that parent revives it.';
 COMMENT ON COLUMN pgtasks.tasks.soft_timeout IS
     'The soft time limit of one attempt: its claim returns claim time + soft_timeout as soft_deadline, when the worker raises inside the task; less than timeout. NULL: none.';
+COMMENT ON COLUMN pgtasks.tasks.code_version IS
+    'The code version of the type that ran the first attempt; only workers serving it claim the task again. NULL: unrecorded, any worker of the type may claim it.';
 COMMENT ON COLUMN pgtasks.tasks.lease_token IS
     'The running attempt''s secret, drawn at random by its claim and known only to its claimer, who presents it with every write; set exactly while RUNNING. No view shows it.';
 
@@ -475,7 +482,11 @@ CREATE TABLE pgtasks.worker_registry (
     concurrency integer NOT NULL,
     lease       interval NOT NULL DEFAULT (pgtasks.current_settings()).default_lease,
     started_at  timestamptz NOT NULL DEFAULT now(),
-    last_seen   timestamptz NOT NULL DEFAULT now()
+    last_seen   timestamptz NOT NULL DEFAULT now(),
+    -- Code versions, as 'type@version': the version of each type it runs (recorded on the
+    -- tasks it starts), and the older ones it can also resume. NULL: none declared.
+    code_versions       text[],
+    compatible_versions text[]
 );
 COMMENT ON TABLE pgtasks.worker_registry IS
     'Registered workers, kept fresh by their heartbeats. A worker not seen within its lease is dead; its row is swept ten minutes later.';
@@ -483,6 +494,10 @@ COMMENT ON COLUMN pgtasks.worker_registry.queues IS 'The queues the worker claim
 COMMENT ON COLUMN pgtasks.worker_registry.concurrency IS 'How many tasks the worker runs at once.';
 COMMENT ON COLUMN pgtasks.worker_registry.lease IS 'The worker counts as alive while last_seen + lease is in the future.';
 COMMENT ON COLUMN pgtasks.worker_registry.last_seen IS 'The last registration or heartbeat.';
+COMMENT ON COLUMN pgtasks.worker_registry.code_versions IS
+    'The version of each task type the worker runs, as type@version: recorded on the tasks it starts.';
+COMMENT ON COLUMN pgtasks.worker_registry.compatible_versions IS
+    'Older versions, as type@version, whose started tasks the worker may also resume.';
 
 -- The policies workers register for their task types, applied to every submit, so a task
 -- submitted from psql behaves like one submitted from Python.

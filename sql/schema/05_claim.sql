@@ -29,6 +29,12 @@ SET LOCAL ROLE pgtasks_owner;
 -- holds. NULL when nothing is ready. No role may call it: it only locks, and both callers
 -- check their arguments first.
 --
+-- Code versions: a task whose first attempt recorded a version (code_version) is taken only
+-- by a claimer that serves it: `served` holds the claimer's 'type@version' pairs
+-- (worker_version_set, read once per claim). The test is two operators on the row the walk
+-- is at, no function call and no extra index: unversioned tasks (code_version NULL) pass at
+-- once, and a task of a version this worker does not serve is skipped like a locked one.
+--
 -- Written out per case (every queue / one queue / several) so that each is a static
 -- statement whose plan walks a partial index in claim order (tasks_claimable for every
 -- queue, tasks_claimable_queue for one) and stops after max_tasks rows: no sort, whatever
@@ -42,7 +48,7 @@ SET LOCAL ROLE pgtasks_owner;
 -- statement was compiled on every call (measured on PostgreSQL 15: a claim of 100 took
 -- 157 ms instead of 5 ms; a claim of 1, 149 ms instead of 1.4 ms). Nothing in pgtasks is
 -- a long analytical query that JIT would pay off for.
-CREATE FUNCTION pgtasks.pick_ready(queues text[], max_tasks integer, task_types text[])
+CREATE FUNCTION pgtasks.pick_ready(queues text[], max_tasks integer, task_types text[], served text[])
 RETURNS bigint[]
 LANGUAGE plpgsql SECURITY DEFINER
 SET enable_sort = off
@@ -58,6 +64,7 @@ BEGIN
             SELECT t.id FROM pgtasks.tasks t
              WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= pgtasks.now()
                AND (pick_ready.task_types IS NULL OR t.task_type = ANY (pick_ready.task_types))
+               AND (t.code_version IS NULL OR t.task_type || '@' || t.code_version = ANY (pick_ready.served))
              ORDER BY t.priority DESC, t.run_at, t.id
              LIMIT max_tasks
              FOR NO KEY UPDATE SKIP LOCKED) c;
@@ -67,6 +74,7 @@ BEGIN
              WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= pgtasks.now()
                AND t.queue = pick_ready.queues[1]
                AND (pick_ready.task_types IS NULL OR t.task_type = ANY (pick_ready.task_types))
+               AND (t.code_version IS NULL OR t.task_type || '@' || t.code_version = ANY (pick_ready.served))
              ORDER BY t.priority DESC, t.run_at, t.id
              LIMIT max_tasks
              FOR NO KEY UPDATE SKIP LOCKED) c;
@@ -76,12 +84,36 @@ BEGIN
              WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= pgtasks.now()
                AND t.queue = ANY (pick_ready.queues)
                AND (pick_ready.task_types IS NULL OR t.task_type = ANY (pick_ready.task_types))
+               AND (t.code_version IS NULL OR t.task_type || '@' || t.code_version = ANY (pick_ready.served))
              ORDER BY t.priority DESC, t.run_at, t.id
              LIMIT max_tasks
              FOR NO KEY UPDATE SKIP LOCKED) c;
     END IF;
     RETURN picked;
 END $$;
+
+------------------------------------------------------------------------------------------
+-- Code versions of a claimer
+
+-- What a claimer serves, from its registry row (register_worker): `served`, every
+-- 'type@version' it runs or declares compatible (pick_ready's filter), and the version it
+-- runs of each type as two parallel arrays (run_types, run_versions), which the claim
+-- records on a task's first attempt. One primary-key probe per claim; a claimer without a
+-- row (psql, a test) or without versions serves only unversioned tasks and records none.
+CREATE TYPE pgtasks.worker_version_set AS (served text[], run_types text[], run_versions text[]);
+COMMENT ON TYPE pgtasks.worker_version_set IS
+    'What a claimer serves: type@version pairs, and the version it runs of each type.';
+
+CREATE FUNCTION pgtasks.worker_versions(worker_id text) RETURNS pgtasks.worker_version_set
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+    SELECT ROW(w.code_versions || w.compatible_versions,
+               ARRAY(SELECT left(c, length(c) - strpos(reverse(c), '@')) FROM unnest(w.code_versions) c),
+               ARRAY(SELECT right(c, strpos(reverse(c), '@') - 1) FROM unnest(w.code_versions) c)
+              )::pgtasks.worker_version_set
+      FROM pgtasks.worker_registry w WHERE w.worker_id = worker_versions.worker_id
+$$;
 
 ------------------------------------------------------------------------------------------
 -- claim_tasks
@@ -140,6 +172,7 @@ DECLARE
     lease_for interval;
     started timestamptz := pgtasks.now();
     seed bytea;
+    v pgtasks.worker_version_set;
 BEGIN
     PERFORM pgtasks.check_worker_id(worker_id);
     -- NULL must not mean "no LIMIT": claim_tasks(max_tasks => NULL) would take every ready task.
@@ -148,15 +181,16 @@ BEGIN
             USING ERRCODE = 'PT115', HINT = 'Claim as many tasks as the worker has free slots.';
     END IF;
     lease_for := pgtasks.lease_or_default(lease);
+    v := pgtasks.worker_versions(worker_id);
 
     IF pgtasks.flow_control_in_use(queues) THEN
         SELECT l.picked, l.started INTO picked, started
-          FROM pgtasks.claim_limited(queues, max_tasks, task_types) l;
+          FROM pgtasks.claim_limited(queues, max_tasks, task_types, v.served) l;
         IF cardinality(picked) = 0 THEN
             picked := NULL;
         END IF;
     ELSE
-        picked := pgtasks.pick_ready(queues, max_tasks, task_types);
+        picked := pgtasks.pick_ready(queues, max_tasks, task_types, v.served);
     END IF;
     IF picked IS NULL THEN
         RETURN;
@@ -175,7 +209,8 @@ BEGIN
                started_at = coalesce(t.started_at, started),
                deadline = pgtasks.now() + t.timeout,
                lease_expires_at = least(pgtasks.now() + lease_for, pgtasks.now() + t.timeout),
-               lease_token = encode(sha256(seed || int8send(t.id)), 'hex')
+               lease_token = encode(sha256(seed || int8send(t.id)), 'hex'),
+               code_version = coalesce(t.code_version, v.run_versions[array_position(v.run_types, t.task_type)])
          WHERE t.id = ANY (picked)
         RETURNING t.id, t.task_type, t.params, t.queue, t.priority, t.attempt, t.retry_count,
                   t.max_retries, t.timeout, t.deadline,

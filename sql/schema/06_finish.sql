@@ -172,6 +172,7 @@ DECLARE
     picked bigint[];
     lease_for interval;
     seed bytea;
+    v pgtasks.worker_version_set;
 BEGIN
     IF claim_max IS NULL OR claim_max < 0 THEN
         RAISE EXCEPTION 'pgtasks: claim_max must be 0 or more, got %', coalesce(claim_max::text, 'NULL')
@@ -207,7 +208,8 @@ BEGIN
     -- anything is written, with the same message.
     PERFORM pgtasks.check_batch('finish_tasks', task_ids, lease_tokens, results, with_results => true);
 
-    picked := pgtasks.pick_ready(queues, claim_max, task_types);
+    v := pgtasks.worker_versions(worker_id);
+    picked := pgtasks.pick_ready(queues, claim_max, task_types, v.served);
     -- Claimed rows get their tokens as claim_tasks draws them (see there).
     IF picked IS NOT NULL THEN
         seed := uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid());
@@ -238,6 +240,9 @@ BEGIN
                                        ELSE least(pgtasks.now() + lease_for, pgtasks.now() + t.timeout) END,
                lease_token = CASE WHEN w.finishing THEN NULL
                                   ELSE encode(sha256(seed || int8send(t.id)), 'hex') END,
+               code_version = CASE WHEN w.finishing THEN t.code_version
+                                   ELSE coalesce(t.code_version,
+                                                 v.run_versions[array_position(v.run_types, t.task_type)]) END,
                progress_current = CASE WHEN w.finishing THEN coalesce(t.progress_total, t.progress_current)
                                        ELSE t.progress_current END
           FROM work w
