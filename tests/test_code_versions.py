@@ -155,3 +155,31 @@ async def test_a_claim_from_psql_takes_only_unversioned_tasks(conn: asyncpg.Conn
         "SELECT * FROM pgtasks.finish_and_claim('v1', '{}', '{}', '{}', claim_max => 10)"
     )
     assert [r["id"] for r in rows] == [a]
+
+
+async def test_stranded_tasks_show_in_the_api_and_on_the_dashboard(
+    dsn: str, conn: asyncpg.Connection
+) -> None:
+    from tests.web.test_api import api
+
+    await conn.execute(
+        "SELECT pgtasks.register_worker('v1', 'h', 1, code_versions => ARRAY['report@1'])"
+    )
+    task_id = await conn.fetchval("SELECT pgtasks.submit_task('report')")
+    claimed = await conn.fetchrow("SELECT * FROM pgtasks.claim_tasks('v1')")
+    await conn.execute("SELECT pgtasks.yield_task($1, $2, now())", task_id, claimed["lease_token"])
+    async with api(dsn) as http:
+        assert (await http.get("/api/stranded")).json() == []  # v1 is alive: it serves it
+        await conn.execute("SELECT pgtasks.unregister_worker('v1')")
+        await conn.execute(
+            "SELECT pgtasks.register_worker('v2', 'h', 2, code_versions => ARRAY['report@2'])"
+        )
+        r = await http.get("/api/stranded")
+        assert r.status_code == 200, r.text
+        assert [(s["id"], s["code_version"], s["live_versions"]) for s in r.json()] == [
+            (task_id, "1", ["2"])
+        ]
+        assert (await http.get("/api/stranded?limit=0")).status_code == 422
+        page = (await http.get("/")).text
+        section = page.split('id="stranded"')[1].split("</table>")[0]
+        assert f'/tasks/{task_id}">{task_id}</a>' in section and "<td>1</td>" in section
