@@ -183,3 +183,20 @@ async def test_stranded_tasks_show_in_the_api_and_on_the_dashboard(
         page = (await http.get("/")).text
         section = page.split('id="stranded"')[1].split("</table>")[0]
         assert f'/tasks/{task_id}">{task_id}</a>' in section and "<td>1</td>" in section
+
+
+@pytest.mark.slow
+async def test_pgtasks_stranded_lists_them(dsn: str, conn: asyncpg.Connection) -> None:
+    from tests.test_cli import cli
+
+    await conn.execute(
+        "SELECT pgtasks.register_worker('v1', 'h', 1, code_versions => ARRAY['report@1'])"
+    )
+    task_id = await conn.fetchval("SELECT pgtasks.submit_task('report')")
+    claimed = await conn.fetchrow("SELECT * FROM pgtasks.claim_tasks('v1')")
+    await conn.execute("SELECT pgtasks.yield_task($1, $2, now())", task_id, claimed["lease_token"])
+    await conn.execute("SELECT pgtasks.unregister_worker('v1')")
+    out = await asyncio.to_thread(cli, dsn, "stranded")
+    assert out.returncode == 0, out.stderr
+    assert "stranded tasks (1)" in out.stdout and str(task_id) in out.stdout, out.stdout
+    assert "(none)" in out.stdout  # no live worker runs a version of report
