@@ -234,7 +234,7 @@ class _SoftLimited:
                 value = yield step
             except asyncio.CancelledError as exc:
                 task = asyncio.current_task()
-                stopped = getattr(self._ctx, "cancel_reason", None) is not None
+                stopped = self._ctx.cancel_reason is not None
                 if not stopped and task is not None and self._ctx._take_soft_limit():
                     task.uncancel()
                     error = SoftTimeLimitExceeded(
