@@ -100,8 +100,8 @@ async def ceiling_loop(conn: asyncpg.Connection, worker_id: str, slots: int) -> 
     rows = await conn.fetch(queries.CLAIM_TASKS, worker_id, None, slots, None, [TASK])
     done = 0
     while rows:
-        ids, attempts = [r["id"] for r in rows], [r["attempt"] for r in rows]
-        args = (ids, attempts, ["null"] * len(ids), slots, None, None, [TASK])
+        ids, tokens = [r["id"] for r in rows], [r["lease_token"] for r in rows]
+        args = (ids, tokens, ["null"] * len(ids), slots, None, None, [TASK])
         rows = await conn.fetch(queries.FINISH_AND_CLAIM, worker_id, *args)
         if any(r["rejected_task_id"] is not None for r in rows):
             raise RuntimeError("the ceiling's own results were rejected")

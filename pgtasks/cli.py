@@ -1107,6 +1107,8 @@ def schedules(ctx: click.Context) -> None:
             policy = r["overlap"] + (
                 f", catch-up {format_duration(r['catch_up'])}" if r["catch_up"] else ""
             )
+            if r["misfire_grace"] is not None:
+                policy += f", grace {format_duration(r['misfire_grace'])}"
             table.add_row(
                 r["name"],
                 r["task_type"],
@@ -1122,11 +1124,43 @@ def schedules(ctx: click.Context) -> None:
     run(_with_client(ctx, go))
 
 
+@cli.command("stranded")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(min=1))
+@click.pass_context
+def stranded(ctx: click.Context, limit: int) -> None:
+    """Tasks no live worker serves (pgtasks.stranded_tasks): started by a code version that
+    no live worker runs or declares compatible, so they wait instead of resuming on other
+    code. Start a worker serving the version, or declare it in compatible_versions."""
+
+    async def go(c: Client) -> None:
+        rows = await c.stranded(limit)
+        table = Table(title=f"stranded tasks ({len(rows)}): no worker serves their version")
+        for col in ("id", "type", "queue", "status", "version", "live workers run", "attempt"):
+            table.add_column(col, no_wrap=True)
+        for r in rows:
+            table.add_row(
+                str(r["id"]),
+                r["task_type"],
+                r["queue"],
+                _status(r["status"]),
+                r["code_version"],
+                ", ".join(r["live_versions"] or []) or "(none)",
+                str(r["attempt"]),
+            )
+        console.print(table)
+
+    run(_with_client(ctx, go))
+
+
 def _skipped(r: Any) -> str:
-    """Missed ticks skipped, plus the ones the overlap policy skipped (when any)."""
+    """Missed ticks skipped, plus the ones the overlap policy and the misfire grace
+    skipped (when any)."""
+    out = str(r["skipped"])
     if r["skipped_overlap"]:
-        return f"{r['skipped']} + {r['skipped_overlap']} overlap"
-    return str(r["skipped"])
+        out += f" + {r['skipped_overlap']} overlap"
+    if r["skipped_misfire"]:
+        out += f" + {r['skipped_misfire']} misfired"
+    return out
 
 
 @schedules.command("add")
@@ -1142,6 +1176,8 @@ def _skipped(r: Any) -> str:
               type=click.Choice(["allow", "skip", "cancel_previous"]))  # fmt: skip
 @click.option("--catch-up", "catch_up", default="0", show_default=True,
               help="Run missed ticks this recent (e.g. 1h); 0: only the latest.")  # fmt: skip
+@click.option("--misfire-grace", "misfire_grace", default=None,
+              help="Skip (and count) ticks found later than this (e.g. 5m).")  # fmt: skip
 @click.pass_context
 def schedules_add(
     ctx: click.Context,
@@ -1155,6 +1191,7 @@ def schedules_add(
     priority: int | None,
     overlap: str,
     catch_up: str,
+    misfire_grace: str | None,
 ) -> None:
     """Create or update schedule NAME enqueuing TYPE (exactly one of --cron and --every)."""
     if (cron is None) == (every is None):
@@ -1180,6 +1217,7 @@ def schedules_add(
                 timezone=timezone,
                 overlap=overlap,
                 catch_up=parse_duration(catch_up),
+                misfire_grace=parse_duration(misfire_grace) if misfire_grace else None,
             ),
         )
     )

@@ -336,12 +336,13 @@ class Client:
         max_retries: int | None,
         timeout: Duration | None,
         connection: Any,
-    ) -> tuple[Executor, str, tuple[Any, ...]]:
-        """Where to run a submit, the type name, and the submit_task arguments after params
-        (queue, priority, run_at, max_retries, timeout, backoff_base): pgtasks.submission's
-        rules, the same a workflow node follows."""
+        soft_timeout: Duration | None = None,
+    ) -> tuple[Executor, str, tuple[Any, ...], timedelta | None]:
+        """Where to run a submit, the type name, the submit_task arguments after params
+        (queue, priority, run_at, max_retries, timeout, backoff_base) and the soft timeout:
+        pgtasks.submission's rules, the same a workflow node follows."""
         name = type_name(task)
-        p = policy(name, queue, max_retries, timeout)
+        p = policy(name, queue, max_retries, timeout, soft_timeout)
         return (
             self.pool if connection is None else await _joined(connection),
             name,
@@ -353,6 +354,7 @@ class Client:
                 p.timeout,
                 p.backoff_base,
             ),
+            p.soft_timeout,
         )
 
     # A TaskNode has a task_type, so it also fits the second overload; tried first, this
@@ -369,6 +371,7 @@ class Client:
         delay: None = None,
         max_retries: None = None,
         timeout: None = None,
+        soft_timeout: None = None,
         connection: Any = None,
         unique_key: None = None,
         unique_for: None = None,
@@ -390,6 +393,7 @@ class Client:
         delay: Duration | None = None,
         max_retries: int | None = None,
         timeout: Duration | None = None,
+        soft_timeout: Duration | None = None,
         connection: Any = None,
         unique_key: str | None = None,
         unique_for: Duration | None = None,
@@ -410,6 +414,7 @@ class Client:
         delay: Duration | None = None,
         max_retries: int | None = None,
         timeout: Duration | None = None,
+        soft_timeout: Duration | None = None,
         connection: Any = None,
         unique_key: str | None = None,
         unique_for: Duration | None = None,
@@ -423,8 +428,10 @@ class Client:
         A workflow (`chain`, `group`, `chord`, `MyTask.s(...)`; pgtasks.workflows) is
         submitted whole, as `submit_workflow` does, and a SubmittedWorkflow comes back; its
         options live in its nodes, so passing any here is an error.
-        `depends_on` (task ids) makes the task wait until those tasks ended; a failed or
-        cancelled one cancels it, unless `on_parent_failure="run"`.
+        `soft_timeout` (less than the timeout) raises SoftTimeLimitExceeded inside the
+        task when it passes. `depends_on` (task ids) makes the task wait until those
+        tasks ended; a failed or cancelled one cancels it, unless
+        `on_parent_failure="run"`.
 
         Returns a SubmitResult: the task's id (an int subclass, so code that used the id
         keeps working) and `.created`, False when `unique_key` matched an active task (or
@@ -436,8 +443,9 @@ class Client:
         """
         if isinstance(task, Node):
             given = (
-                params, queue, priority, run_at, delay, max_retries, timeout, unique_key,
-                unique_for, concurrency_key, concurrency_limit, depends_on, on_parent_failure,
+                params, queue, priority, run_at, delay, max_retries, timeout, soft_timeout,
+                unique_key, unique_for, concurrency_key, concurrency_limit, depends_on,
+                on_parent_failure,
             )  # fmt: skip
             if any(v is not None for v in given):
                 raise PgTasksError(
@@ -445,8 +453,8 @@ class Client:
                     " queue=...)); submit(workflow) takes only connection="
                 )
             return await self.submit_workflow(task, connection=connection)
-        conn, name, options = await self._prepare(
-            task, queue, priority, run_at, delay, max_retries, timeout, connection
+        conn, name, options, soft = await self._prepare(
+            task, queue, priority, run_at, delay, max_retries, timeout, connection, soft_timeout
         )
         raw = params_json(params)
         flow = flow_keys(name, raw, unique_key, unique_for, concurrency_key, concurrency_limit)
@@ -459,17 +467,18 @@ class Client:
                     await conn.fetchval(
                         queries.SUBMIT_DEPENDENT, name, db.dumps(raw), *options,
                         flow.concurrency_key, flow.concurrency_limit,
-                        list(depends_on or []), on_parent_failure,
+                        list(depends_on or []), on_parent_failure, soft,
                     )
                 )  # fmt: skip
         async with db.translated():
             if flow.empty:  # no key: always created, cheaper call
                 return SubmitResult(
-                    await conn.fetchval(queries.SUBMIT_TASK, name, db.dumps(raw), *options)
+                    await conn.fetchval(queries.SUBMIT_TASK, name, db.dumps(raw), *options, soft)
                 )
             row = await conn.fetchrow(
                 queries.SUBMIT_OR_GET, name, db.dumps(raw), *options,
                 flow.unique_key, flow.unique_for, flow.concurrency_key, flow.concurrency_limit,
+                soft,
             )  # fmt: skip
         assert row is not None  # submit_or_get returns exactly one row or raises
         return SubmitResult(row["id"], row["created"])
@@ -485,6 +494,7 @@ class Client:
         delay: Duration | None = None,
         max_retries: int | None = None,
         timeout: Duration | None = None,
+        soft_timeout: Duration | None = None,
         connection: Any = None,
         unique_keys: Sequence[str | None] | None = None,
         unique_for: Duration | None = None,
@@ -496,8 +506,8 @@ class Client:
         `unique_keys` and `concurrency_keys` hold one key (or None) per item; left out, the
         type's registration derives them. An item whose unique key is taken returns the
         id of the task that holds it."""
-        conn, name, options = await self._prepare(
-            task, queue, priority, run_at, delay, max_retries, timeout, connection
+        conn, name, options, soft = await self._prepare(
+            task, queue, priority, run_at, delay, max_retries, timeout, connection, soft_timeout
         )
         # A dict is taken as it is (params_json would copy it: 0.3 us per item).
         raws = [p if type(p) is dict else params_json(p) for p in params_list]
@@ -519,6 +529,7 @@ class Client:
                 flow.unique_for,
                 flow.concurrency_keys,
                 flow.concurrency_limit,
+                soft,
             )
         return [] if ids is None else list(ids)
 
@@ -926,6 +937,12 @@ class Client:
 
     # -- schedules (sql/0006; docs/schedules.md) ------------------------------------------
 
+    async def stranded(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Ready tasks whose recorded code version no live worker runs or declares
+        compatible (pgtasks.stranded_tasks): no worker claims them until one that serves
+        their version starts. Each row names the version and what live workers run."""
+        return [dict(r) for r in await self.pool.fetch(queries.STRANDED_TASKS, limit)]
+
     async def schedules(self) -> list[dict[str, Any]]:
         """Every schedule (pgtasks.schedules) with its next run, last task and skip counts."""
         return [dict(r) for r in await self.pool.fetch(queries.SCHEDULES)]
@@ -943,10 +960,12 @@ class Client:
         timezone: str = "UTC",
         overlap: str = "allow",
         catch_up: Duration = 0,
+        misfire_grace: Duration | None = None,
     ) -> None:
         """Create or update a schedule (exactly one of cron and every). The database
         validates it: InvalidSchedule (PT4xx) and nothing written. Unlike a schedule
-        declared in code (pgtasks.schedule), it exists as soon as this returns."""
+        declared in code (pgtasks.schedule), it exists as soon as this returns.
+        `misfire_grace`: a tick found later than this is skipped and counted, not run."""
         async with db.translated():
             await self.pool.execute(
                 queries.CREATE_SCHEDULE,
@@ -960,6 +979,7 @@ class Client:
                 timezone,
                 overlap,
                 as_timedelta(catch_up),
+                as_timedelta(misfire_grace),
             )
 
     async def drop_schedule(self, name: str) -> None:

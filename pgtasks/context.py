@@ -33,7 +33,14 @@ from typing import Any, Protocol, TypeVar
 import asyncpg
 
 from pgtasks.db import DATABASE_ERRORS
-from pgtasks.errors import EventTimeout, LeaseLost, PermanentError, PgTasksError, Snooze
+from pgtasks.errors import (
+    EventTimeout,
+    LeaseLost,
+    PermanentError,
+    PgTasksError,
+    Snooze,
+    SoftTimeLimitExceeded,
+)
 from pgtasks.workflows import parent_results_from
 
 T = TypeVar("T")
@@ -174,6 +181,7 @@ class TaskContext:
         writer: Writer,
         run_blocking: RunBlocking = _in_default_executor,
         pool: Callable[[], asyncpg.Pool] = _no_pool,
+        soft_deadline: datetime | None = None,
     ) -> None:
         self.writer = writer
         self._run_blocking = run_blocking
@@ -187,6 +195,10 @@ class TaskContext:
         self.retry_count = retry_count
         self.max_retries = max_retries
         self._has_steps = has_steps
+        #: When the soft time limit passes, as the claim computed it (None: no soft limit).
+        self.soft_deadline = soft_deadline
+        self._soft_passed = False  # set on the loop by the runner's timer
+        self._soft_raised = False  # SoftTimeLimitExceeded is raised once per attempt
         self._steps: dict[str, Any] | None = None
         self._db_clock_offset = 0.0  # database now() minus local time, seen when steps load
         self._used_steps: set[str] = set()
@@ -247,6 +259,28 @@ class TaskContext:
     def parent_result(self) -> Awaitable[Any]:
         """`await ctx.parent_result`: the one parent's result (a chain step's input)."""
         return self._parent_result()
+
+    # -- the soft time limit --------------------------------------------------------------
+
+    @property
+    def soft_deadline_passed(self) -> bool:
+        """True once the soft time limit (soft_timeout) passed: time to wrap up."""
+        return self._soft_passed
+
+    def _take_soft_limit(self) -> bool:
+        """True exactly once after the soft limit passed: the caller raises it then."""
+        if not self._soft_passed or self._soft_raised:
+            return False
+        self._soft_raised = True
+        return True
+
+    def _raise_soft_limit(self) -> None:
+        """Raise SoftTimeLimitExceeded if the soft limit passed and it was not raised yet."""
+        if self._take_soft_limit():
+            raise SoftTimeLimitExceeded(
+                f"task {self.task_id} passed its soft time limit"
+                f" (soft deadline {self.soft_deadline})"
+            )
 
     # -- cancellation --------------------------------------------------------------------
 
@@ -618,6 +652,17 @@ class SyncTaskContext:
         return self._ctx.cancelled
 
     @property
+    def soft_deadline_passed(self) -> bool:
+        """True once the soft time limit passed. A sync task also gets SoftTimeLimitExceeded
+        raised at its next ctx call (step, progress, log, flush, sleep), once."""
+        return self._ctx.soft_deadline_passed
+
+    @property
+    def soft_deadline(self) -> datetime | None:
+        """When the soft time limit passes, as the claim computed it (None: none)."""
+        return self._ctx.soft_deadline
+
+    @property
     def parent_results(self) -> dict[int, Any]:
         """Like `await ctx.parent_results` on TaskContext: the parents' results by id."""
         return self._call(self._ctx._parent_results())
@@ -629,6 +674,7 @@ class SyncTaskContext:
 
     def step(self, name: str, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
         """Like TaskContext.step; `fn` runs here, in the task's own thread."""
+        self._ctx._raise_soft_limit()
         found, stored = self._call(self._ctx._lookup_step(name))
         if found:
             earlier: T = stored  # what fn returned then, as JSON gave it back
@@ -642,6 +688,7 @@ class SyncTaskContext:
     def progress(self, current: int, total: int | None = None, message: str | None = None) -> None:
         """Like TaskContext.progress, without waiting: the write is buffered."""
         ctx = self._ctx
+        ctx._raise_soft_limit()
         ctx._set_progress(current, total, message)
         with ctx._lock:
             hop = not ctx._armed
@@ -651,17 +698,20 @@ class SyncTaskContext:
 
     def log(self, level: str | int, message: str) -> None:
         """Like TaskContext.log, without waiting: the line is buffered."""
+        self._ctx._raise_soft_limit()
         name = logging.getLevelName(level) if isinstance(level, int) else str(level).upper()
         if self._ctx._append_log(name, str(message), None):
             self._ctx._arm_threadsafe()
 
     def flush(self) -> None:
         """Like TaskContext.flush: write the buffered lines and progress now."""
+        self._ctx._raise_soft_limit()
         self._call(self._ctx.flush())
 
     def sleep_until(self, when: datetime, *, name: str | None = None) -> None:
         """Like TaskContext.sleep_until: hand the task back until `when`."""
         ctx = self._ctx
+        ctx._raise_soft_limit()
         key = ctx._sleep_name(name)
         found, stored = self._call(ctx._lookup_step(key))
         wake = ctx._resolve_sleep(key, stored, found, _aware(when))

@@ -69,7 +69,7 @@ class InvalidArgument(DatabaseError):
 
 
 class InvalidSchedule(InvalidArgument):
-    """A schedule the database refused (PT401..PT406, PT408, PT409): nothing was written."""
+    """A schedule the database refused (PT401..PT406, PT408..PT410): nothing was written."""
 
     sqlstate = "PT400"
 
@@ -153,6 +153,13 @@ class Retry(Exception):
     def __init__(self, delay: float | None = None, reason: str = "retry requested") -> None:
         super().__init__(reason)
         self.delay = delay
+
+
+class SoftTimeLimitExceeded(Exception):
+    """Raised inside a task whose soft time limit passed (`soft_timeout`): an async task
+    gets it at its next await, a sync one at its next `ctx` call. Catch it to clean up
+    before the hard limit (`timeout`) stops the attempt; raised once per attempt. Left
+    uncaught, it fails the attempt like any error (retried if retries are left)."""
 
 
 class PermanentError(Exception):

@@ -25,7 +25,7 @@ from __future__ import annotations
 SUBMIT_TASK = """
 SELECT pgtasks.submit_task(task_type => $1, params => $2::text::jsonb, queue => $3,
                            priority => $4, run_at => $5, max_retries => $6, timeout => $7,
-                           backoff_base => $8)
+                           backoff_base => $8, soft_timeout => $9)
 """
 
 # Params travel as a few JSON arrays of up to 1,000 objects each (Client.submit_many), which
@@ -45,7 +45,7 @@ SELECT pg_catalog.array_agg(s.id ORDER BY s.ord)
                                ORDER BY d.n, e.ord),
          queue => $3, priority => $4, run_at => $5, max_retries => $6, timeout => $7,
          backoff_base => $8, unique_keys => $9, unique_for => $10, concurrency_keys => $11,
-         concurrency_limit => $12) WITH ORDINALITY AS s(id, ord)
+         concurrency_limit => $12, soft_timeout => $13) WITH ORDINALITY AS s(id, ord)
 """
 
 # submit_task plus flow control; `created` is false when an active task (or the unique_for
@@ -55,7 +55,8 @@ SELECT id, created
   FROM pgtasks.submit_or_get(task_type => $1, params => $2::text::jsonb, queue => $3,
                              priority => $4, run_at => $5, max_retries => $6, timeout => $7,
                              backoff_base => $8, unique_key => $9, unique_for => $10,
-                             concurrency_key => $11, concurrency_limit => $12)
+                             concurrency_key => $11, concurrency_limit => $12,
+                             soft_timeout => $13)
 """
 
 # A task that starts after its parents end (sql/0012): WAITING until the last one does.
@@ -63,7 +64,7 @@ SUBMIT_DEPENDENT = """
 SELECT pgtasks.submit_task(task_type => $1, params => $2::text::jsonb, queue => $3,
                            priority => $4, run_at => $5, max_retries => $6, timeout => $7,
                            backoff_base => $8, concurrency_key => $9, concurrency_limit => $10,
-                           depends_on => $11, on_parent_failure => $12)
+                           depends_on => $11, on_parent_failure => $12, soft_timeout => $13)
 """
 
 # A whole graph in one call (pgtasks/workflows.py builds the spec); returns
@@ -192,7 +193,8 @@ UNWATCH_TASK = "SELECT pgtasks.unwatch_task(task_id => $1)"
 
 REGISTER_WORKER = """
 SELECT pgtasks.register_worker(worker_id => $1, host => $2, pid => $3, queues => $4,
-                               concurrency => $5, lease => $6)
+                               concurrency => $5, lease => $6, code_versions => $7,
+                               compatible_versions => $8)
 """
 UNREGISTER_WORKER = "SELECT pgtasks.unregister_worker(worker_id => $1)"
 
@@ -200,7 +202,7 @@ UNREGISTER_WORKER = "SELECT pgtasks.unregister_worker(worker_id => $1)"
 REGISTER_TASK_TYPE = """
 SELECT pgtasks.register_task_type(task_type => $1, queue => $2, priority => $3,
                                   max_retries => $4, timeout => $5, backoff_base => $6,
-                                  worker_id => $7)
+                                  worker_id => $7, soft_timeout => $8)
 """
 
 # -- worker: claiming and outcomes ---------------------------------------------------------
@@ -332,17 +334,20 @@ SELECT coalesce(pg_catalog.array_agg(pgtasks.queue_tag(queue => q)), '{}')
 
 SCHEDULES = "SELECT * FROM pgtasks.schedules ORDER BY name"
 
+# Ready tasks whose recorded code version no live worker serves (pgtasks.stranded_tasks).
+STRANDED_TASKS = "SELECT * FROM pgtasks.stranded_tasks ORDER BY id LIMIT $1"
+
 CREATE_SCHEDULE = """
 SELECT pgtasks.create_schedule(name => $1, task_type => $2, cron => $3, every => $4,
                                params => $5, queue => $6, priority => $7, timezone => $8,
-                               overlap => $9, catch_up => $10)
+                               overlap => $9, catch_up => $10, misfire_grace => $11)
 """
 
 # A worker's declarations: a schedule made through SQL or the CLI is kept as it is.
 DECLARE_SCHEDULE = """
 SELECT pgtasks.declare_schedule(name => $1, task_type => $2, cron => $3, every => $4,
                                 params => $5, queue => $6, priority => $7, timezone => $8,
-                                overlap => $9, catch_up => $10)
+                                overlap => $9, catch_up => $10, misfire_grace => $11)
 """
 
 DROP_SCHEDULE = "SELECT pgtasks.drop_schedule(name => $1)"

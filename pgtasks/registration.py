@@ -62,10 +62,10 @@ def type_name(task: TaskRef) -> str:
 class TaskSpec:
     """Everything a worker or client needs to know about one task type.
 
-    The policy fields (queue, max_retries, timeout, backoff_base) are the type's declared
-    defaults; None leaves the decision to the database (the type's registered policy, else
-    its settings). The flow-control fields say how a submit derives its keys from params
-    (docs/flow-control.md); pgtasks.submission applies them.
+    The policy fields (queue, max_retries, timeout, soft_timeout, backoff_base) are the
+    type's declared defaults; None leaves the decision to the database (the type's
+    registered policy, else its settings). The flow-control fields say how a submit
+    derives its keys from params (docs/flow-control.md); pgtasks.submission applies them.
     """
 
     name: str
@@ -75,9 +75,17 @@ class TaskSpec:
     queue: str | None = None
     max_retries: int | None = None
     timeout: timedelta | None = None
+    #: The soft time limit, less than timeout: SoftTimeLimitExceeded is raised inside the
+    #: task when it passes (None: the database's rule, the type's registered one or none).
+    soft_timeout: timedelta | None = None
     #: The base of the exponential backoff between retries (None: the database's setting).
     backoff_base: timedelta | None = None
     no_retry_on: tuple[type[BaseException], ...] = ()
+    #: The code version of the handler (None: unversioned): recorded on each task at its
+    #: first attempt; later attempts go only to workers serving that version.
+    version: str | None = None
+    #: Older versions whose started tasks this handler can resume as well.
+    compatible_versions: tuple[str, ...] = ()
     unique: KeyFunction | bool | None = None
     unique_for: timedelta | None = None
     concurrency_key: KeyFunction | None = None
@@ -124,6 +132,7 @@ class Schedule:
     timezone: str = "UTC"
     overlap: str = "allow"
     catch_up: timedelta = timedelta(0)
+    misfire_grace: timedelta | None = None
 
     def __post_init__(self) -> None:
         if (self.cron is None) == (self.every is None):

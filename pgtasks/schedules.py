@@ -60,12 +60,15 @@ def schedule(
     timezone: str = "UTC",
     overlap: str = "allow",
     catch_up: Duration = 0,
+    misfire_grace: Duration | None = None,
     into: Registry | None = None,
 ) -> Schedule:
     """Declare a schedule; workers that load this registry upsert it when they start.
 
     Several schedules of one type with different params each get their own name. A
     schedule made through SQL or the CLI under the same name is kept as it is.
+    `misfire_grace`: a tick the database finds later than this is skipped and counted
+    (`skipped_misfire`), not run; None runs the latest missed tick however late.
     """
     s = Schedule(
         name=name,
@@ -78,6 +81,7 @@ def schedule(
         timezone=timezone,
         overlap=overlap,
         catch_up=as_timedelta(catch_up) or timedelta(0),
+        misfire_grace=as_timedelta(misfire_grace),
     )
     (into if into is not None else registry).add_schedule(s)
     return s
@@ -223,6 +227,7 @@ async def declare(
             s.timezone,
             s.overlap,
             s.catch_up,
+            s.misfire_grace,
         )
         if not kept:
             log.info("schedule %s was made through SQL or the CLI; kept as it is", s.name)

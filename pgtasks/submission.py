@@ -82,6 +82,7 @@ class Policy:
     max_retries: int | None
     timeout: timedelta | None
     backoff_base: timedelta | None
+    soft_timeout: timedelta | None = None
 
 
 def _declared(task_type: str) -> TaskSpec | None:
@@ -93,6 +94,7 @@ def policy(
     queue: str | None = None,
     max_retries: int | None = None,
     timeout: Duration | None = None,
+    soft_timeout: Duration | None = None,
 ) -> Policy:
     """The policy of one submit: the arguments, else the type's declaration, else None
     (the database's rule). The backoff base is the declaration's only: a submit does not
@@ -102,11 +104,13 @@ def policy(
         queue = queue or spec.queue
         max_retries = max_retries if max_retries is not None else spec.max_retries
         timeout = timeout if timeout is not None else spec.timeout
+        soft_timeout = soft_timeout if soft_timeout is not None else spec.soft_timeout
     return Policy(
         queue=queue,
         max_retries=max_retries,
         timeout=as_timedelta(timeout),
         backoff_base=spec.backoff_base if spec is not None else None,
+        soft_timeout=as_timedelta(soft_timeout),
     )
 
 

@@ -69,6 +69,9 @@ class BaseTask:
     #: stopped and counts as a failure (None: the database's setting, 4 hours unless
     #: configured).
     timeout: ClassVar[Duration | None] = None
+    #: Soft time limit, less than `timeout`: SoftTimeLimitExceeded is raised inside the task
+    #: when it passes, so it can clean up before the hard limit (None: none).
+    soft_timeout: ClassVar[Duration | None] = None
     #: Base of the exponential backoff between retries, in seconds (None: the database's
     #: setting). Not an exact delay: raise Retry(delay=...) for that.
     backoff_base: ClassVar[Duration | None] = None
@@ -173,6 +176,9 @@ class TaskDecorator:
                 queue=d.queue or obj.queue,
                 max_retries=d.max_retries if d.max_retries is not None else obj.max_retries,
                 timeout=d.timeout if d.timeout is not None else as_timedelta(obj.timeout),
+                soft_timeout=(
+                    d.soft_timeout if d.soft_timeout is not None else as_timedelta(obj.soft_timeout)
+                ),
                 backoff_base=d.backoff_base or as_timedelta(backoff) or None,
                 no_retry_on=d.no_retry_on + tuple(obj.no_retry_on),
             )
@@ -203,6 +209,7 @@ def task_register(
     queue: str | None = None,
     max_retries: int | None = None,
     timeout: Duration | None = None,
+    soft_timeout: Duration | None = None,
     backoff_base: Duration | None = None,
     no_retry_on: tuple[type[BaseException], ...] = (),
     params: type[BaseModel] | None = None,
@@ -215,14 +222,20 @@ def task_register(
     concurrency_key: KeyFunction | None = None,
     concurrency_limit: int | None = None,
     retry_delay: float | None = None,
+    version: str | None = None,
+    compatible_versions: tuple[str, ...] = (),
 ) -> TaskDecorator:
     """Register a `BaseTask` subclass or a function `(ctx, params)` as task type `name`.
 
     The policy (queue, max_retries, timeout in seconds, `backoff_base`: the base of the
     exponential backoff between retries, in seconds) is the type's default: a worker
     stores it in the database when it starts, so a submit from anywhere gets it; None
-    leaves it to the database's settings. `retry_delay` is the old name of `backoff_base`
-    and warns (DeprecationWarning).
+    leaves it to the database's settings. `soft_timeout` (seconds, less than the
+    timeout) raises pgtasks.SoftTimeLimitExceeded inside the task when it passes (async
+    tasks at their next await, sync ones at their next `ctx` call, which can also check
+    `ctx.soft_deadline_passed`), so it can clean up before the hard limit stops it; the
+    database computes the soft deadline at each claim. `retry_delay` is the old name of
+    `backoff_base` and warns (DeprecationWarning).
 
     `schedule` (a cron expression, in `timezone`) or `every` also declares a schedule named
     after the type, with empty params; `pgtasks.schedule(...)` declares more (other params,
@@ -233,6 +246,11 @@ def task_register(
     the key; `unique_for` keeps the key taken for that long after the first submit;
     `concurrency_key=lambda p: ...` with `concurrency_limit` (default 1) bounds how many
     tasks of one key run at once. Keys are computed from the params as JSON (a dict).
+
+    Code versions (docs/long-running-tasks.md): `version="2"` is recorded by the database on
+    each task at its first attempt, and a task started by another version is claimed only
+    by workers serving it, this one included if it lists the version in
+    `compatible_versions=("1",)`; unrecorded tasks go to any worker of the type.
     """
     if not name or not name.strip():
         raise PgTasksError("task_register needs a non-empty type name")
@@ -253,6 +271,7 @@ def task_register(
         queue=queue,
         max_retries=max_retries,
         timeout=as_timedelta(timeout),
+        soft_timeout=as_timedelta(soft_timeout),
         # 0 has always meant "not set" here (the database refuses a zero base, PT112).
         backoff_base=as_timedelta(backoff_base) or None,
         no_retry_on=tuple(no_retry_on),
@@ -260,6 +279,8 @@ def task_register(
         unique_for=as_timedelta(unique_for),
         concurrency_key=concurrency_key,
         concurrency_limit=concurrency_limit,
+        version=version,
+        compatible_versions=tuple(compatible_versions),
     )
     scheduled = None
     if schedule is not None or every is not None:

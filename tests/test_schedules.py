@@ -159,6 +159,37 @@ async def test_outage_catch_up_window_runs_recent_ticks_and_counts_older(dsn, co
 
 
 @pytest.mark.slow
+async def test_workers_stopped_longer_than_the_misfire_grace_skip_the_stale_tick(dsn, conn, fleet):
+    """Every minute, grace 5 s: the tick that came due while no worker ran is found about
+    20 s late, skipped and counted; the next one runs."""
+    await conn.execute(
+        "SELECT pgtasks.create_schedule(name => 'graced', task_type => 'tick',"
+        " every => '1 minute', misfire_grace => '5 seconds')"
+    )
+    to_next_tick = (
+        "SELECT pgtasks.advance_clock(next_run_at - pgtasks.now() + $1::interval)"
+        " FROM pgtasks.schedule_defs WHERE name = 'graced'"
+    )
+    count = "SELECT count(*) FROM pgtasks.tasks WHERE schedule = 'graced'"
+    await conn.execute(to_next_tick, timedelta(milliseconds=500))
+    fleet.start(*WORKER_ARGS, app=APP)
+    await wait_until(dsn, f"SELECT ({count}) = 1", fleet=fleet)
+    fleet.stop_all()  # no worker at all
+    stale = await conn.fetchval("SELECT next_run_at FROM pgtasks.schedules WHERE name = 'graced'")
+    await conn.execute(to_next_tick, timedelta(seconds=20))
+    fleet.start(*WORKER_ARGS, app=APP)
+    q = "SELECT skipped_misfire = 1 FROM pgtasks.schedules WHERE name = 'graced'"
+    await wait_until(dsn, q, fleet=fleet)
+    assert await conn.fetchval(count) == 1
+    await conn.execute(to_next_tick, timedelta(milliseconds=500))
+    await wait_until(dsn, f"SELECT ({count}) = 2", fleet=fleet)
+    ticks = await ticks_of(conn, "graced")
+    assert stale not in ticks and ticks[1] == stale + timedelta(minutes=1), (ticks, stale)
+    s = await conn.fetchrow("SELECT * FROM pgtasks.schedules WHERE name = 'graced'")
+    assert (s["skipped"], s["skipped_misfire"]) == (0, 1)
+
+
+@pytest.mark.slow
 async def test_overlap_skip_and_cancel_previous_with_tasks_longer_than_the_interval(
     dsn, conn, fleet
 ):

@@ -61,3 +61,23 @@ def test_parse_duration():
     assert parse_duration("90").total_seconds() == 90
     for text in ("30s", "5m", "1h30m", "2d", "1.5s", "0s"):
         assert format_duration(parse_duration(text)) == text
+
+
+@pytest.mark.slow
+async def test_misfire_grace_is_set_and_its_skips_listed(dsn, conn):
+    out = cli(dsn, "schedules", "add", "remind", "remind", "--every", "10m",
+              "--misfire-grace", "5m")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert await conn.fetchval("SELECT misfire_grace = interval '5 minutes' FROM pgtasks.schedules")
+    # The next tick found 7 minutes late: skipped and counted.
+    await conn.execute(
+        "SELECT pgtasks.advance_clock(next_run_at + interval '7 minutes' - pgtasks.now())"
+        " FROM pgtasks.schedule_defs"
+    )
+    assert await conn.fetchval("SELECT pgtasks.fire_every_schedules()") == 0
+    ls = cli(dsn, "schedules")
+    assert ls.returncode == 0, ls.stderr
+    assert "grace 5m" in ls.stdout and "1 misfired" in ls.stdout, ls.stdout
+    bad = cli(dsn, "schedules", "add", "x", "remind", "--every", "10m", "--misfire-grace", "1s")
+    assert bad.returncode != 0 and "misfire_grace" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr

@@ -498,6 +498,12 @@ def router(client: Client | None = None, *, settings: WebSettings | None = None)
         rows = await c.workers(include_dead=include_dead)
         return [WorkerInfo.model_validate(r) for r in rows]
 
+    @api.get("/stranded", dependencies=read)
+    async def stranded(c: C, limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
+        """Ready tasks whose recorded code version no live worker serves
+        (pgtasks.stranded_tasks): they wait for a worker that runs or accepts it."""
+        return await c.stranded(limit)
+
     @api.get("/schedules", dependencies=read)
     async def schedules(c: C) -> list[dict[str, Any]]:
         """Every schedule with its next run and last task (pgtasks.schedules)."""

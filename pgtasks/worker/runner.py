@@ -26,6 +26,7 @@ from pgtasks.errors import (
     PgTasksError,
     Retry,
     Snooze,
+    SoftTimeLimitExceeded,
 )
 from pgtasks.task import TaskSpec
 from pgtasks.worker.slots import Attempt, StopReason
@@ -140,11 +141,19 @@ class Runner:
             params = spec.parse_params(att.params)
             # The time limit is a plain timer that stops the task like a cancel would:
             # cheaper per task than asyncio.timeout, which matters for short tasks.
-            timer = asyncio.get_running_loop().call_later(att.timeout, att.stop, StopReason.TIMEOUT)
+            loop = asyncio.get_running_loop()
+            timer = loop.call_later(att.timeout, att.stop, StopReason.TIMEOUT)
+            soft = None
+            if att.soft_after is not None:
+                soft = loop.call_later(
+                    max(att.soft_after, 0.0), _soft_limit_passed, att, asyncio.current_task()
+                )
             try:
                 result = await self._call(spec, ctx, params)
             finally:
                 timer.cancel()
+                if soft is not None:
+                    soft.cancel()
             # Buffered logs and progress land before the result; a row another session
             # holds locked only delays them (the lock goes, or the attempt is lost).
             await while_busy(ctx.flush)
@@ -192,6 +201,8 @@ class Runner:
 
     async def _call(self, spec: TaskSpec, ctx: TaskContext, params: Any) -> Any:
         if spec.is_async:
+            if ctx.soft_deadline is not None:
+                return await _SoftLimited(spec.handler(ctx, params), ctx)
             return await spec.handler(ctx, params)
         loop = asyncio.get_running_loop()
         sync_ctx = SyncTaskContext(ctx, loop)
@@ -199,6 +210,61 @@ class Runner:
         if asyncio.iscoroutine(result):
             result = await result
         return result
+
+
+# -- the soft time limit --------------------------------------------------------------------
+
+
+def _soft_limit_passed(att: Attempt, task: asyncio.Task[Any] | None) -> None:
+    """The soft deadline the claim returned has come: mark it on the context (a sync task
+    sees it at its next ctx call) and wake an async task, whose _SoftLimited driver turns
+    the wake-up into SoftTimeLimitExceeded at the await it is suspended in."""
+    ctx = att.ctx
+    ctx._soft_passed = True
+    if att.is_sync or att.stop_reason is not None or task is None or task.done():
+        return
+    task.cancel()
+
+
+class _SoftLimited:
+    """Drives an async task's coroutine step by step, as `await coro` would, with one
+    difference: the cancel that _soft_limit_passed sends is not thrown into the task as
+    CancelledError but as SoftTimeLimitExceeded, and the asyncio task is uncancelled, so
+    the task can catch it and go on cleaning up (awaiting included) until the hard limit.
+    A cancel for any other reason (the hard limit, a user's cancel, shutdown: all set a
+    stop reason first) passes through unchanged."""
+
+    __slots__ = ("_coro", "_ctx")
+
+    def __init__(self, coro: Any, ctx: TaskContext) -> None:
+        self._coro = coro
+        self._ctx = ctx
+
+    def __await__(self) -> Any:
+        coro = self._coro
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                step = coro.send(value) if error is None else coro.throw(error)
+            except StopIteration as stop:
+                return stop.value
+            value, error = None, None
+            try:
+                value = yield step
+            except asyncio.CancelledError as exc:
+                task = asyncio.current_task()
+                stopped = self._ctx.cancel_reason is not None
+                if not stopped and task is not None and self._ctx._take_soft_limit():
+                    task.uncancel()
+                    error = SoftTimeLimitExceeded(
+                        f"task {self._ctx.task_id} passed its soft time limit"
+                        f" (soft deadline {self._ctx.soft_deadline})"
+                    )
+                else:
+                    error = exc
+            except BaseException as exc:  # thrown in by the event loop: pass it on
+                error = exc
 
 
 def _describe(exc: BaseException) -> str:

@@ -58,6 +58,9 @@ class Attempt:
     timeout: float
     is_sync: bool
     ctx: TaskContext
+    #: Seconds after the claim at which the soft limit passes (None: no soft limit): the
+    #: claim's soft_deadline, read against its deadline, both on the database's clock.
+    soft_after: float | None = None
     future: asyncio.Task[None] | None = None
     stop_reason: StopReason | None = None
 
@@ -74,17 +77,21 @@ class Attempt:
             max_retries=row["max_retries"],
             has_steps=row["has_steps"],
             writer=writer,
+            soft_deadline=row.get("soft_deadline"),
             **tools,
         )
+        soft = row.get("soft_deadline")
+        timeout = row["timeout"].total_seconds()
         return cls(
             task_id=row["id"],
             attempt=row["attempt"],
             lease_token=row["lease_token"],
             task_type=row["task_type"],
             params=row["params"],
-            timeout=row["timeout"].total_seconds(),
+            timeout=timeout,
             is_sync=is_sync,
             ctx=ctx,
+            soft_after=None if soft is None else timeout - (row["deadline"] - soft).total_seconds(),
         )
 
     def stop(self, reason: StopReason) -> None:

@@ -278,6 +278,7 @@ class Worker:
                         spec.timeout,
                         spec.backoff_base,
                         self.worker_id,
+                        spec.soft_timeout,
                     )
                 # Declared schedules too; ones made through SQL or the CLI are kept.
                 await schedules.declare(conn, list(self.registry.schedules.values()))
@@ -405,6 +406,10 @@ class Worker:
                 self.queues,
                 self.concurrency,
                 timedelta(seconds=self.lease) if self.lease else None,
+                # The code versions this worker serves: the database records the first on
+                # the tasks it starts and hands it only tasks of versions it serves.
+                [f"{s.name}@{s.version}" for s in self.registry if s.version is not None] or None,
+                [f"{s.name}@{v}" for s in self.registry for v in s.compatible_versions] or None,
             ),
             self._stopping,
         )

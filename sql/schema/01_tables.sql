@@ -230,6 +230,15 @@ CREATE TABLE pgtasks.tasks (
     -- owner reads the table. A claim lost in a crash draws a new one when the task is
     -- claimed again, so a late write of the lost claim's holder never matches.
     lease_token      text,
+    -- The soft time limit: the claim hands its worker claim time + soft_timeout as the
+    -- attempt's soft deadline, at which the task is asked to stop (an exception raised
+    -- inside it) while the hard deadline still holds. NULL: no soft limit.
+    soft_timeout     interval,
+    -- The code version that ran the task's first attempt (claim_tasks records the
+    -- claiming worker's version of the type); later attempts go only to workers that serve
+    -- it (worker_registry.code_versions, compatible_versions). NULL: never started, or
+    -- started by a worker that declares no version for the type.
+    code_version     text,
 
     CONSTRAINT task_type_not_empty CHECK (task_type <> ''),
     CONSTRAINT queue_not_empty CHECK (queue <> ''),
@@ -267,7 +276,9 @@ CREATE TABLE pgtasks.tasks (
     CONSTRAINT ready_has_no_unfinished_parents
         CHECK (status NOT IN ('PENDING', 'COMMIT', 'RUNNING') OR coalesce(waiting_on, 0) = 0),
     CONSTRAINT on_parent_failure_known CHECK (on_parent_failure IN ('cancel', 'run')),
-    CONSTRAINT cancelled_by_cancelled CHECK (cancelled_by IS NULL OR status = 'CANCELLED')
+    CONSTRAINT cancelled_by_cancelled CHECK (cancelled_by IS NULL OR status = 'CANCELLED'),
+    -- A soft limit at or past the hard one would never be seen by the task.
+    CONSTRAINT soft_timeout_within_timeout CHECK (soft_timeout > interval '0' AND soft_timeout < timeout)
 );
 COMMENT ON TABLE pgtasks.tasks IS
     'One row per task: what to run, where and when, its status, lease, progress and outcome. Only the pgtasks functions write it; triggers check and record every change.';
@@ -307,6 +318,10 @@ COMMENT ON COLUMN pgtasks.tasks.on_parent_failure IS
     'cancel: a parent ending FAILED or CANCELLED cancels this task; run: it runs anyway. NULL: no parents.';
 COMMENT ON COLUMN pgtasks.tasks.cancelled_by IS
     'The parent whose failure cancelled this task; retrying that parent revives it.';
+COMMENT ON COLUMN pgtasks.tasks.soft_timeout IS
+    'The soft time limit of one attempt: its claim returns claim time + soft_timeout as soft_deadline, when the worker raises inside the task; less than timeout. NULL: none.';
+COMMENT ON COLUMN pgtasks.tasks.code_version IS
+    'The code version of the type that ran the first attempt; only workers serving it claim the task again. NULL: unrecorded, any worker of the type may claim it.';
 COMMENT ON COLUMN pgtasks.tasks.lease_token IS
     'The running attempt''s secret, drawn at random by its claim and known only to its claimer, who presents it with every write; set exactly while RUNNING. No view shows it.';
 
@@ -521,7 +536,11 @@ CREATE TABLE pgtasks.worker_registry (
     concurrency integer NOT NULL,
     lease       interval NOT NULL DEFAULT (pgtasks.current_settings()).default_lease,
     started_at  timestamptz NOT NULL DEFAULT now(),
-    last_seen   timestamptz NOT NULL DEFAULT now()
+    last_seen   timestamptz NOT NULL DEFAULT now(),
+    -- Code versions, as 'type@version': the version of each type it runs (recorded on the
+    -- tasks it starts), and the older ones it can also resume. NULL: none declared.
+    code_versions       text[],
+    compatible_versions text[]
 );
 COMMENT ON TABLE pgtasks.worker_registry IS
     'Registered workers, kept fresh by their heartbeats. A worker not seen within its lease is dead; its row is swept ten minutes later.';
@@ -529,6 +548,10 @@ COMMENT ON COLUMN pgtasks.worker_registry.queues IS 'The queues the worker claim
 COMMENT ON COLUMN pgtasks.worker_registry.concurrency IS 'How many tasks the worker runs at once.';
 COMMENT ON COLUMN pgtasks.worker_registry.lease IS 'The worker counts as alive while last_seen + lease is in the future.';
 COMMENT ON COLUMN pgtasks.worker_registry.last_seen IS 'The last registration or heartbeat.';
+COMMENT ON COLUMN pgtasks.worker_registry.code_versions IS
+    'The version of each task type the worker runs, as type@version: recorded on the tasks it starts.';
+COMMENT ON COLUMN pgtasks.worker_registry.compatible_versions IS
+    'Older versions, as type@version, whose started tasks the worker may also resume.';
 
 -- The policies workers register for their task types, applied to every submit, so a task
 -- submitted from psql behaves like one submitted from Python.
@@ -547,16 +570,20 @@ CREATE TABLE pgtasks.task_types (
     -- fine; changing it (rerouting every later submit of the type to its own queue) is
     -- refused, and left to that role or to pgtasks_admin.
     owner_role    text NOT NULL DEFAULT session_user,
+    soft_timeout  interval,
 
     CONSTRAINT task_type_named CHECK (NOT pgtasks.is_blank(task_type) AND octet_length(task_type) <= 255),
     CONSTRAINT queue_named CHECK (queue IS NULL OR (NOT pgtasks.is_blank(queue) AND octet_length(queue) <= 255)),
     CONSTRAINT max_retries_range CHECK (max_retries BETWEEN 0 AND 1000),
     CONSTRAINT timeout_range CHECK (timeout > interval '0' AND timeout <= interval '1 year'),
-    CONSTRAINT backoff_base_range CHECK (backoff_base > interval '0' AND backoff_base <= interval '1 day')
+    CONSTRAINT backoff_base_range CHECK (backoff_base > interval '0' AND backoff_base <= interval '1 day'),
+    CONSTRAINT soft_timeout_range CHECK (soft_timeout > interval '0' AND soft_timeout < interval '1 year')
 );
 COMMENT ON TABLE pgtasks.task_types IS
     'The policy of each registered task type, applied to every submit of the type that leaves the argument out; a NULL column falls back to settings.';
 COMMENT ON COLUMN pgtasks.task_types.registered_by IS 'The worker_id of the last registration that changed the policy.';
+COMMENT ON COLUMN pgtasks.task_types.soft_timeout IS
+    'The soft time limit of the type''s tasks (less than their timeout); NULL: none.';
 COMMENT ON COLUMN pgtasks.task_types.owner_role IS
     'The login role that registered the type first: its workers (and pgtasks_admin) may change the policy.';
 
@@ -674,11 +701,16 @@ CREATE TABLE pgtasks.schedule_defs (
     fired_by      text,               -- the worker that claimed it last (operators, tests)
     created_at    timestamptz NOT NULL DEFAULT now(),
     updated_at    timestamptz NOT NULL DEFAULT now(),
+    -- The misfire grace (fire_schedule): a tick found later than this is skipped and
+    -- counted in skipped_misfire instead of run. NULL: no grace, the latest tick always runs.
+    misfire_grace interval,
+    skipped_misfire bigint NOT NULL DEFAULT 0,
     CONSTRAINT one_of_cron_every CHECK ((cron IS NULL) <> (every IS NULL)),
     CONSTRAINT overlap_known CHECK (overlap IN ('allow', 'skip', 'cancel_previous')),
     CONSTRAINT origin_known CHECK (origin IN ('sql', 'code')),
     CONSTRAINT every_positive CHECK (every > interval '0'),
-    CONSTRAINT catch_up_in_range CHECK (catch_up >= interval '0' AND catch_up <= interval '1 year')
+    CONSTRAINT catch_up_in_range CHECK (catch_up >= interval '0' AND catch_up <= interval '1 year'),
+    CONSTRAINT misfire_grace_in_range CHECK (misfire_grace > interval '0' AND misfire_grace <= interval '1 year')
 );
 
 -- The firing query's walk: unpaused schedules by next_run_at.
@@ -701,6 +733,9 @@ COMMENT ON COLUMN pgtasks.schedule_defs.skipped IS 'Missed ticks older than the 
 COMMENT ON COLUMN pgtasks.schedule_defs.skipped_overlap IS 'Ticks not enqueued because of overlap skip.';
 COMMENT ON COLUMN pgtasks.schedule_defs.revision IS
     'Bumped on every change and firing; fire_schedule writes only for the revision it was handed.';
+COMMENT ON COLUMN pgtasks.schedule_defs.misfire_grace IS
+    'A tick found more than this late is skipped (counted in skipped_misfire), not run; NULL: the latest tick always runs.';
+COMMENT ON COLUMN pgtasks.schedule_defs.skipped_misfire IS 'Ticks skipped because they were found later than misfire_grace.';
 COMMENT ON COLUMN pgtasks.schedule_defs.claimed_until IS 'A worker is firing the schedule until then (due_schedules).';
 
 ------------------------------------------------------------------------------------------

@@ -236,6 +236,24 @@ BEGIN
     END IF;
 END $$;
 
+-- The soft time limit of a task or a type, against the hard one it must come before
+-- (timeout NULL: a type without a timeout policy, checked at submit against the timeout the
+-- task resolves to). `what` says where the pair came from, for the message.
+CREATE FUNCTION pgtasks.check_soft_timeout(soft_timeout interval, timeout interval, what text DEFAULT 'the task')
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+BEGIN
+    IF soft_timeout IS NOT NULL AND NOT (soft_timeout > interval '0' AND soft_timeout < interval '1 year'
+                                         AND (timeout IS NULL OR soft_timeout < timeout)) THEN
+        RAISE EXCEPTION 'pgtasks: soft_timeout must be positive and less than the timeout of % (%), got %',
+                what, coalesce(timeout::text, 'NULL'), soft_timeout
+            USING ERRCODE = 'PT129',
+                  HINT = 'The soft limit warns the task before the hard one stops it, e.g. soft_timeout => ''55 minutes'', timeout => ''1 hour''.';
+    END IF;
+END $$;
+
 -- run_at of yield_task and retry_task: the same rule as a submit's (submit_policy), so no
 -- infinite or far-off time reaches a row a client decodes. NULL means now.
 CREATE FUNCTION pgtasks.check_run_at(run_at timestamptz) RETURNS void

@@ -38,7 +38,8 @@ CREATE FUNCTION pgtasks.register_task_type(
     max_retries  integer  DEFAULT NULL,
     timeout      interval DEFAULT NULL,
     backoff_base interval DEFAULT NULL,
-    worker_id    text     DEFAULT NULL
+    worker_id    text     DEFAULT NULL,
+    soft_timeout interval DEFAULT NULL     -- NULL: no soft limit
 ) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pgtasks, pg_temp
@@ -47,23 +48,28 @@ DECLARE
     t pgtasks.task_types;
 BEGIN
     PERFORM pgtasks.check_policy(task_type, queue, max_retries, timeout, backoff_base);
+    -- Against the timeout the type's tasks get when a submit names none.
+    PERFORM pgtasks.check_soft_timeout(soft_timeout,
+                                       coalesce(timeout, (SELECT s.default_timeout FROM pgtasks.settings s)),
+                                       'the type');
     IF worker_id IS NOT NULL THEN
         PERFORM pgtasks.check_worker_id(worker_id);
     END IF;
     SELECT * INTO t FROM pgtasks.task_types tt WHERE tt.task_type = register_task_type.task_type;
     IF NOT FOUND THEN
         INSERT INTO pgtasks.task_types AS tt
-               (task_type, queue, priority, max_retries, timeout, backoff_base, registered_by)
+               (task_type, queue, priority, max_retries, timeout, backoff_base, registered_by, soft_timeout)
         VALUES (register_task_type.task_type, register_task_type.queue, register_task_type.priority,
                 register_task_type.max_retries, register_task_type.timeout,
-                register_task_type.backoff_base, register_task_type.worker_id)
+                register_task_type.backoff_base, register_task_type.worker_id,
+                register_task_type.soft_timeout)
         -- A concurrent first registration won: this one is then a change like any other,
         -- and the next worker start applies it (or is refused) as below.
         ON CONFLICT ON CONSTRAINT task_types_pkey DO NOTHING;
         RETURN;
     END IF;
-    IF (t.queue, t.priority, t.max_retries, t.timeout, t.backoff_base)
-       IS NOT DISTINCT FROM (queue, priority, max_retries, timeout, backoff_base) THEN
+    IF (t.queue, t.priority, t.max_retries, t.timeout, t.backoff_base, t.soft_timeout)
+       IS NOT DISTINCT FROM (queue, priority, max_retries, timeout, backoff_base, soft_timeout) THEN
         RETURN;
     END IF;
     IF t.owner_role <> session_user AND NOT pgtasks.caller_is_admin() THEN
@@ -78,12 +84,12 @@ BEGIN
        SET queue = register_task_type.queue, priority = register_task_type.priority,
            max_retries = register_task_type.max_retries, timeout = register_task_type.timeout,
            backoff_base = register_task_type.backoff_base, registered_by = register_task_type.worker_id,
-           updated_at = pgtasks.now()
+           soft_timeout = register_task_type.soft_timeout, updated_at = pgtasks.now()
      WHERE tt.task_type = register_task_type.task_type;
 END $$;
-GRANT EXECUTE ON FUNCTION pgtasks.register_task_type(text, text, integer, integer, interval, interval, text) TO pgtasks_worker;
-COMMENT ON FUNCTION pgtasks.register_task_type(text, text, integer, integer, interval, interval, text) IS
-    'Registers a task type''s policy (queue, priority, max_retries, timeout, backoff_base; NULL: the settings default), applied to every submit of the type that leaves the argument out. Only the role that registered the type first, or pgtasks_admin, may change it (PT125).';
+GRANT EXECUTE ON FUNCTION pgtasks.register_task_type(text, text, integer, integer, interval, interval, text, interval) TO pgtasks_worker;
+COMMENT ON FUNCTION pgtasks.register_task_type(text, text, integer, integer, interval, interval, text, interval) IS
+    'Registers a task type''s policy (queue, priority, max_retries, timeout, backoff_base, soft_timeout; NULL: the settings default, no soft limit), applied to every submit of the type that leaves the argument out. Only the role that registered the type first, or pgtasks_admin, may change it (PT125).';
 
 ------------------------------------------------------------------------------------------
 -- The policy of one submit
@@ -98,7 +104,8 @@ CREATE FUNCTION pgtasks.submit_policy(
     run_at       timestamptz,
     max_retries  integer,
     timeout      interval,
-    backoff_base interval
+    backoff_base interval,
+    soft_timeout interval DEFAULT NULL
 ) RETURNS pgtasks.tasks
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pgtasks, pg_temp
@@ -112,12 +119,15 @@ BEGIN
            coalesce(submit_policy.run_at, pgtasks.now()),
            coalesce(submit_policy.max_retries, tt.max_retries, s.default_max_retries),
            coalesce(submit_policy.timeout, tt.timeout, s.default_timeout),
-           coalesce(submit_policy.backoff_base, tt.backoff_base, s.default_backoff_base)
-      INTO r.task_type, r.queue, r.priority, r.run_at, r.max_retries, r.timeout, r.backoff_base
+           coalesce(submit_policy.backoff_base, tt.backoff_base, s.default_backoff_base),
+           coalesce(submit_policy.soft_timeout, tt.soft_timeout)
+      INTO r.task_type, r.queue, r.priority, r.run_at, r.max_retries, r.timeout, r.backoff_base,
+           r.soft_timeout
       FROM pgtasks.settings s
       LEFT JOIN pgtasks.task_types tt ON tt.task_type = submit_policy.task_type;
 
     PERFORM pgtasks.check_policy(r.task_type, r.queue, r.max_retries, r.timeout, r.backoff_base);
+    PERFORM pgtasks.check_soft_timeout(r.soft_timeout, r.timeout);
     -- Infinite or far-off times crash clients that decode them (an idle Python worker died
     -- on 'infinity', `pgtasks stats` on '-infinity').
     IF NOT isfinite(r.run_at)
@@ -157,9 +167,9 @@ DECLARE
 BEGIN
     IF unique_key IS NULL THEN
         INSERT INTO pgtasks.tasks (task_type, params, queue, priority, run_at, max_retries, timeout,
-                                   backoff_base, concurrency_key, concurrency_limit)
+                                   backoff_base, concurrency_key, concurrency_limit, soft_timeout)
         VALUES (p.task_type, submit_one.params, p.queue, p.priority, p.run_at, p.max_retries, p.timeout,
-                p.backoff_base, submit_one.concurrency_key, submit_one.concurrency_limit)
+                p.backoff_base, submit_one.concurrency_key, submit_one.concurrency_limit, p.soft_timeout)
         RETURNING tasks.id INTO submit_one.id;
         created := true;
         RETURN;
@@ -184,9 +194,11 @@ BEGIN
 
     LOOP
         INSERT INTO pgtasks.tasks AS t (task_type, params, queue, priority, run_at, max_retries, timeout,
-                                        backoff_base, unique_key, concurrency_key, concurrency_limit)
+                                        backoff_base, unique_key, concurrency_key, concurrency_limit,
+                                        soft_timeout)
         VALUES (p.task_type, submit_one.params, p.queue, p.priority, p.run_at, p.max_retries, p.timeout,
-                p.backoff_base, submit_one.unique_key, submit_one.concurrency_key, submit_one.concurrency_limit)
+                p.backoff_base, submit_one.unique_key, submit_one.concurrency_key, submit_one.concurrency_limit,
+                p.soft_timeout)
         ON CONFLICT (task_type, unique_key) WHERE unique_key IS NOT NULL AND status IN ('PENDING', 'COMMIT', 'RUNNING')
         DO NOTHING
         RETURNING t.id INTO submit_one.id;
@@ -223,7 +235,8 @@ CREATE FUNCTION pgtasks.submit_or_get(
     unique_key        text        DEFAULT NULL,   -- NULL: no uniqueness
     unique_for        interval    DEFAULT NULL,   -- NULL: the key is free once its task finished
     concurrency_key   text        DEFAULT NULL,   -- NULL: no per-key limit
-    concurrency_limit integer     DEFAULT NULL    -- NULL with a key: 1
+    concurrency_limit integer     DEFAULT NULL,   -- NULL with a key: 1
+    soft_timeout      interval    DEFAULT NULL    -- NULL: the type's policy, else none
 ) RETURNS TABLE (id bigint, created boolean)
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pgtasks, pg_temp
@@ -231,7 +244,8 @@ AS $$
 DECLARE
     p pgtasks.tasks;
 BEGIN
-    p := pgtasks.submit_policy(task_type, queue, priority, run_at, max_retries, timeout, backoff_base);
+    p := pgtasks.submit_policy(task_type, queue, priority, run_at, max_retries, timeout, backoff_base,
+                               soft_timeout);
     PERFORM pgtasks.check_params(params);
     PERFORM pgtasks.check_flow_args(unique_key, unique_for, concurrency_key, concurrency_limit);
     RETURN QUERY
@@ -239,8 +253,8 @@ BEGIN
       FROM pgtasks.submit_one(p, params, unique_key, unique_for, concurrency_key,
                               CASE WHEN concurrency_key IS NOT NULL THEN coalesce(concurrency_limit, 1) END) s;
 END $$;
-GRANT EXECUTE ON FUNCTION pgtasks.submit_or_get(text, jsonb, text, integer, timestamptz, integer, interval, interval, text, interval, text, integer) TO pgtasks_submitter;
-COMMENT ON FUNCTION pgtasks.submit_or_get(text, jsonb, text, integer, timestamptz, integer, interval, interval, text, interval, text, integer) IS
+GRANT EXECUTE ON FUNCTION pgtasks.submit_or_get(text, jsonb, text, integer, timestamptz, integer, interval, interval, text, interval, text, integer, interval) TO pgtasks_submitter;
+COMMENT ON FUNCTION pgtasks.submit_or_get(text, jsonb, text, integer, timestamptz, integer, interval, interval, text, interval, text, integer, interval) IS
     'Submits one task like submit_task and also says whether it was created: false when an active task, or the unique_for window, already held the unique_key (id is then that task).';
 
 -- retry_task (06_finish.sql) of a FAILED or CANCELLED task whose unique_key another active
@@ -287,7 +301,8 @@ CREATE FUNCTION pgtasks.submit_task(
     concurrency_key   text        DEFAULT NULL,   -- NULL: no per-key limit
     concurrency_limit integer     DEFAULT NULL,   -- NULL with a key: 1
     depends_on        bigint[]    DEFAULT NULL,   -- parent task ids; NULL: none
-    on_parent_failure text        DEFAULT NULL    -- 'cancel' (NULL) or 'run'
+    on_parent_failure text        DEFAULT NULL,   -- 'cancel' (NULL) or 'run'
+    soft_timeout      interval    DEFAULT NULL    -- NULL: the type's policy, else none
 ) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pgtasks, pg_temp
@@ -302,7 +317,8 @@ BEGIN
                 USING ERRCODE = 'PT506',
                       HINT = 'A unique key may return an existing task, which has parents of its own.';
         END IF;
-        p := pgtasks.submit_policy(task_type, queue, priority, run_at, max_retries, timeout, backoff_base);
+        p := pgtasks.submit_policy(task_type, queue, priority, run_at, max_retries, timeout, backoff_base,
+                                   soft_timeout);
         PERFORM pgtasks.check_params(params);
         PERFORM pgtasks.check_flow_args(NULL, NULL, concurrency_key, concurrency_limit);
         RETURN pgtasks.submit_dependent(
@@ -315,20 +331,22 @@ BEGIN
         SELECT s.id INTO new_id
           FROM pgtasks.submit_or_get(task_type, params, queue, priority, run_at, max_retries, timeout,
                                      backoff_base, unique_key, unique_for, concurrency_key,
-                                     concurrency_limit) s;
+                                     concurrency_limit, soft_timeout) s;
         RETURN new_id;
     END IF;
     -- Without flow control or parents: the plain submit, no extra calls (enqueue_single is measured).
-    p := pgtasks.submit_policy(task_type, queue, priority, run_at, max_retries, timeout, backoff_base);
+    p := pgtasks.submit_policy(task_type, queue, priority, run_at, max_retries, timeout, backoff_base,
+                               soft_timeout);
     PERFORM pgtasks.check_params(params);
-    INSERT INTO pgtasks.tasks (task_type, params, queue, priority, run_at, max_retries, timeout, backoff_base)
+    INSERT INTO pgtasks.tasks (task_type, params, queue, priority, run_at, max_retries, timeout, backoff_base,
+                               soft_timeout)
     VALUES (p.task_type, submit_task.params, p.queue, p.priority, p.run_at, p.max_retries,
-            p.timeout, p.backoff_base)
+            p.timeout, p.backoff_base, p.soft_timeout)
     RETURNING id INTO new_id;
     RETURN new_id;
 END $$;
-GRANT EXECUTE ON FUNCTION pgtasks.submit_task(text, jsonb, text, integer, timestamptz, integer, interval, interval, text, interval, text, integer, bigint[], text) TO pgtasks_submitter;
-COMMENT ON FUNCTION pgtasks.submit_task(text, jsonb, text, integer, timestamptz, integer, interval, interval, text, interval, text, integer, bigint[], text) IS
+GRANT EXECUTE ON FUNCTION pgtasks.submit_task(text, jsonb, text, integer, timestamptz, integer, interval, interval, text, interval, text, integer, bigint[], text, interval) TO pgtasks_submitter;
+COMMENT ON FUNCTION pgtasks.submit_task(text, jsonb, text, integer, timestamptz, integer, interval, interval, text, interval, text, integer, bigint[], text, interval) IS
     'Submits one task and returns its id. Arguments left out (NULL) take the task type''s registered policy, else the settings defaults; unique_key, concurrency_key and depends_on add flow control and parents.';
 
 -- The part of submit_tasks with unique keys (checked there), as submit_one takes one key,
@@ -411,11 +429,12 @@ BEGIN
              ins AS (
                  INSERT INTO pgtasks.tasks AS t (id, task_type, params, queue, priority, run_at, max_retries,
                                                  timeout, backoff_base, unique_key, concurrency_key,
-                                                 concurrency_limit)
+                                                 concurrency_limit, soft_timeout)
                  OVERRIDING SYSTEM VALUE
                  SELECT todo.id, p.task_type, todo.params, p.queue, p.priority, p.run_at, p.max_retries,
                         p.timeout, p.backoff_base, todo.k, todo.c,
-                        CASE WHEN todo.c IS NOT NULL THEN coalesce(submit_keyed.concurrency_limit, 1) END
+                        CASE WHEN todo.c IS NOT NULL THEN coalesce(submit_keyed.concurrency_limit, 1) END,
+                        p.soft_timeout
                    FROM todo
                   ORDER BY todo.ord
                  ON CONFLICT (task_type, unique_key)
@@ -474,7 +493,8 @@ CREATE FUNCTION pgtasks.submit_tasks(
     unique_keys       text[]      DEFAULT NULL,
     unique_for        interval    DEFAULT NULL,
     concurrency_keys  text[]      DEFAULT NULL,
-    concurrency_limit integer     DEFAULT NULL
+    concurrency_limit integer     DEFAULT NULL,
+    soft_timeout      interval    DEFAULT NULL
 ) RETURNS SETOF bigint
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pgtasks, pg_temp
@@ -485,7 +505,8 @@ DECLARE
     suspects integer[];
     item     integer;
 BEGIN
-    p := pgtasks.submit_policy(task_type, queue, priority, run_at, max_retries, timeout, backoff_base);
+    p := pgtasks.submit_policy(task_type, queue, priority, run_at, max_retries, timeout, backoff_base,
+                               soft_timeout);
     PERFORM pgtasks.check_params_list(params_list);
     n := coalesce(cardinality(params_list), 0);
     IF (unique_keys IS NOT NULL AND cardinality(unique_keys) <> n)
@@ -548,13 +569,14 @@ BEGIN
     END IF;
     RETURN QUERY
     INSERT INTO pgtasks.tasks (task_type, params, queue, priority, run_at, max_retries, timeout,
-                               backoff_base, concurrency_key, concurrency_limit)
+                               backoff_base, concurrency_key, concurrency_limit, soft_timeout)
     SELECT p.task_type, u.params, p.queue, p.priority, p.run_at, p.max_retries, p.timeout, p.backoff_base,
-           u.ck, CASE WHEN u.ck IS NOT NULL THEN coalesce(submit_tasks.concurrency_limit, 1) END
+           u.ck, CASE WHEN u.ck IS NOT NULL THEN coalesce(submit_tasks.concurrency_limit, 1) END,
+           p.soft_timeout
       FROM unnest(params_list, concurrency_keys) WITH ORDINALITY AS u(params, ck, ord)
      ORDER BY u.ord
     RETURNING id;
 END $$;
-GRANT EXECUTE ON FUNCTION pgtasks.submit_tasks(text, jsonb[], text, integer, timestamptz, integer, interval, interval, text[], interval, text[], integer) TO pgtasks_submitter;
-COMMENT ON FUNCTION pgtasks.submit_tasks(text, jsonb[], text, integer, timestamptz, integer, interval, interval, text[], interval, text[], integer) IS
+GRANT EXECUTE ON FUNCTION pgtasks.submit_tasks(text, jsonb[], text, integer, timestamptz, integer, interval, interval, text[], interval, text[], integer, interval) TO pgtasks_submitter;
+COMMENT ON FUNCTION pgtasks.submit_tasks(text, jsonb[], text, integer, timestamptz, integer, interval, interval, text[], interval, text[], integer, interval) IS
     'Submits one task of task_type per element of params_list, in one statement, and returns their ids in list order; unique_keys and concurrency_keys give one key per item.';

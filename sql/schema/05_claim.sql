@@ -29,6 +29,12 @@ SET LOCAL ROLE pgtasks_owner;
 -- holds. NULL when nothing is ready. No role may call it: it only locks, and both callers
 -- check their arguments first.
 --
+-- Code versions: a task whose first attempt recorded a version (code_version) is taken only
+-- by a claimer that serves it: `served` holds the claimer's 'type@version' pairs
+-- (worker_version_set, read once per claim). The test is two operators on the row the walk
+-- is at, no function call and no extra index: unversioned tasks (code_version NULL) pass at
+-- once, and a task of a version this worker does not serve is skipped like a locked one.
+--
 -- Written out per case (every queue / one queue / several) so that each is a static
 -- statement whose plan walks a partial index in claim order (tasks_claimable for every
 -- queue, tasks_claimable_queue for one) and stops after max_tasks rows: no sort, whatever
@@ -42,7 +48,7 @@ SET LOCAL ROLE pgtasks_owner;
 -- statement was compiled on every call (measured on PostgreSQL 15: a claim of 100 took
 -- 157 ms instead of 5 ms; a claim of 1, 149 ms instead of 1.4 ms). Nothing in pgtasks is
 -- a long analytical query that JIT would pay off for.
-CREATE FUNCTION pgtasks.pick_ready(queues text[], max_tasks integer, task_types text[])
+CREATE FUNCTION pgtasks.pick_ready(queues text[], max_tasks integer, task_types text[], served text[])
 RETURNS bigint[]
 LANGUAGE plpgsql SECURITY DEFINER
 SET enable_sort = off
@@ -58,6 +64,7 @@ BEGIN
             SELECT t.id FROM pgtasks.tasks t
              WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= pgtasks.now()
                AND (pick_ready.task_types IS NULL OR t.task_type = ANY (pick_ready.task_types))
+               AND (t.code_version IS NULL OR t.task_type || '@' || t.code_version = ANY (pick_ready.served))
              ORDER BY t.priority DESC, t.run_at, t.id
              LIMIT max_tasks
              FOR NO KEY UPDATE SKIP LOCKED) c;
@@ -67,6 +74,7 @@ BEGIN
              WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= pgtasks.now()
                AND t.queue = pick_ready.queues[1]
                AND (pick_ready.task_types IS NULL OR t.task_type = ANY (pick_ready.task_types))
+               AND (t.code_version IS NULL OR t.task_type || '@' || t.code_version = ANY (pick_ready.served))
              ORDER BY t.priority DESC, t.run_at, t.id
              LIMIT max_tasks
              FOR NO KEY UPDATE SKIP LOCKED) c;
@@ -76,6 +84,7 @@ BEGIN
              WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= pgtasks.now()
                AND t.queue = ANY (pick_ready.queues)
                AND (pick_ready.task_types IS NULL OR t.task_type = ANY (pick_ready.task_types))
+               AND (t.code_version IS NULL OR t.task_type || '@' || t.code_version = ANY (pick_ready.served))
              ORDER BY t.priority DESC, t.run_at, t.id
              LIMIT max_tasks
              FOR NO KEY UPDATE SKIP LOCKED) c;
@@ -84,11 +93,37 @@ BEGIN
 END $$;
 
 ------------------------------------------------------------------------------------------
+-- Code versions of a claimer
+
+-- What a claimer serves, from its registry row (register_worker): `served`, every
+-- 'type@version' it runs or declares compatible (pick_ready's filter), and the version it
+-- runs of each type as two parallel arrays (run_types, run_versions), which the claim
+-- records on a task's first attempt. One primary-key probe per claim; a claimer without a
+-- row (psql, a test) or without versions serves only unversioned tasks and records none.
+CREATE TYPE pgtasks.worker_version_set AS (served text[], run_types text[], run_versions text[]);
+COMMENT ON TYPE pgtasks.worker_version_set IS
+    'What a claimer serves: type@version pairs, and the version it runs of each type.';
+
+CREATE FUNCTION pgtasks.worker_versions(worker_id text) RETURNS pgtasks.worker_version_set
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+    SELECT ROW(w.code_versions || w.compatible_versions,
+               ARRAY(SELECT left(c, length(c) - strpos(reverse(c), '@')) FROM unnest(w.code_versions) c),
+               ARRAY(SELECT right(c, strpos(reverse(c), '@') - 1) FROM unnest(w.code_versions) c)
+              )::pgtasks.worker_version_set
+      FROM pgtasks.worker_registry w WHERE w.worker_id = worker_versions.worker_id
+$$;
+
+------------------------------------------------------------------------------------------
 -- claim_tasks
 
 -- Claims up to max_tasks ready tasks for worker_id and returns them in claim order, with
 -- the lease token (the fence of every later call), the attempt and the deadline each now
 -- runs under; has_steps says a resumed attempt has checkpoints to read (task_steps_of).
+-- soft_deadline (claim time + the row's soft_timeout, NULL without one) is when the worker
+-- should raise inside the task so it can clean up before the hard deadline; the database
+-- enforces only the hard one.
 --
 -- The token: each claim that takes rows draws a seed of two version-4 UUIDs from
 -- gen_random_uuid (core PostgreSQL's strong random source, pg_strong_random: 244 random
@@ -123,7 +158,8 @@ CREATE FUNCTION pgtasks.claim_tasks(
 ) RETURNS TABLE (
     id bigint, task_type text, params jsonb, queue text, priority integer,
     attempt integer, retry_count integer, max_retries integer,
-    timeout interval, deadline timestamptz, has_steps boolean, lease_token text
+    timeout interval, deadline timestamptz, has_steps boolean, lease_token text,
+    soft_deadline timestamptz
 )
 LANGUAGE plpgsql SECURITY DEFINER
 SET enable_sort = off
@@ -136,6 +172,7 @@ DECLARE
     lease_for interval;
     started timestamptz := pgtasks.now();
     seed bytea;
+    v pgtasks.worker_version_set;
 BEGIN
     PERFORM pgtasks.check_worker_id(worker_id);
     -- NULL must not mean "no LIMIT": claim_tasks(max_tasks => NULL) would take every ready task.
@@ -144,15 +181,16 @@ BEGIN
             USING ERRCODE = 'PT115', HINT = 'Claim as many tasks as the worker has free slots.';
     END IF;
     lease_for := pgtasks.lease_or_default(lease);
+    v := pgtasks.worker_versions(worker_id);
 
     IF pgtasks.flow_control_in_use(queues) THEN
         SELECT l.picked, l.started INTO picked, started
-          FROM pgtasks.claim_limited(queues, max_tasks, task_types) l;
+          FROM pgtasks.claim_limited(queues, max_tasks, task_types, v.served) l;
         IF cardinality(picked) = 0 THEN
             picked := NULL;
         END IF;
     ELSE
-        picked := pgtasks.pick_ready(queues, max_tasks, task_types);
+        picked := pgtasks.pick_ready(queues, max_tasks, task_types, v.served);
     END IF;
     IF picked IS NULL THEN
         RETURN;
@@ -171,22 +209,23 @@ BEGIN
                started_at = coalesce(t.started_at, started),
                deadline = pgtasks.now() + t.timeout,
                lease_expires_at = least(pgtasks.now() + lease_for, pgtasks.now() + t.timeout),
-               lease_token = encode(sha256(seed || int8send(t.id)), 'hex')
+               lease_token = encode(sha256(seed || int8send(t.id)), 'hex'),
+               code_version = coalesce(t.code_version, v.run_versions[array_position(v.run_types, t.task_type)])
          WHERE t.id = ANY (picked)
         RETURNING t.id, t.task_type, t.params, t.queue, t.priority, t.attempt, t.retry_count,
                   t.max_retries, t.timeout, t.deadline,
                   t.attempt > 1
                   AND EXISTS (SELECT 1 FROM pgtasks.task_steps s WHERE s.task_id = t.id) AS has_steps,
-                  t.run_at, t.lease_token
+                  t.run_at, t.lease_token, pgtasks.now() + t.soft_timeout AS soft_deadline
     )
     SELECT c.id, c.task_type, c.params, c.queue, c.priority, c.attempt, c.retry_count,
-           c.max_retries, c.timeout, c.deadline, c.has_steps, c.lease_token
+           c.max_retries, c.timeout, c.deadline, c.has_steps, c.lease_token, c.soft_deadline
       FROM claimed c
      ORDER BY c.priority DESC, c.run_at, c.id;
 END $$;
 GRANT EXECUTE ON FUNCTION pgtasks.claim_tasks(text, text[], integer, interval, text[]) TO pgtasks_worker;
 COMMENT ON FUNCTION pgtasks.claim_tasks(text, text[], integer, interval, text[]) IS
-    'Claims up to max_tasks ready tasks of the given queues (NULL: every queue) and task types for worker_id, in claim order (priority, run_at, id), honouring queue limits, pauses and concurrency keys. Each row''s lease_token is the secret the task''s later calls must present.';
+    'Claims up to max_tasks ready tasks of the given queues (NULL: every queue) and task types for worker_id, in claim order (priority, run_at, id), honouring queue limits, pauses and concurrency keys. Each row''s lease_token is the secret the task''s later calls must present; soft_deadline is when the task should be asked to stop (NULL: no soft limit).';
 
 -- When the next task of these queues becomes ready: idle workers sleep exactly until then
 -- (and poll as a backstop). One probe of tasks_next_run_at.

@@ -161,7 +161,8 @@ CREATE FUNCTION pgtasks.finish_and_claim(
 ) RETURNS TABLE (
     rejected_task_id bigint, id bigint, task_type text, params jsonb, queue text, priority integer,
     attempt integer, retry_count integer, max_retries integer,
-    timeout interval, deadline timestamptz, has_steps boolean, lease_token text
+    timeout interval, deadline timestamptz, has_steps boolean, lease_token text,
+    soft_deadline timestamptz
 )
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pgtasks, pg_temp
@@ -171,6 +172,7 @@ DECLARE
     picked bigint[];
     lease_for interval;
     seed bytea;
+    v pgtasks.worker_version_set;
 BEGIN
     IF claim_max IS NULL OR claim_max < 0 THEN
         RAISE EXCEPTION 'pgtasks: claim_max must be 0 or more, got %', coalesce(claim_max::text, 'NULL')
@@ -193,7 +195,7 @@ BEGIN
         RETURN QUERY
         SELECT f.rejected_task_id, NULL::bigint, NULL::text, NULL::jsonb, NULL::text, NULL::integer,
                NULL::integer, NULL::integer, NULL::integer, NULL::interval, NULL::timestamptz, NULL::boolean,
-               NULL::text
+               NULL::text, NULL::timestamptz
           FROM pgtasks.finish_tasks(task_ids, lease_tokens, results) f;
         IF claim_max > 0 THEN
             RETURN QUERY
@@ -206,7 +208,8 @@ BEGIN
     -- anything is written, with the same message.
     PERFORM pgtasks.check_batch('finish_tasks', task_ids, lease_tokens, results, with_results => true);
 
-    picked := pgtasks.pick_ready(queues, claim_max, task_types);
+    v := pgtasks.worker_versions(worker_id);
+    picked := pgtasks.pick_ready(queues, claim_max, task_types, v.served);
     -- Claimed rows get their tokens as claim_tasks draws them (see there).
     IF picked IS NOT NULL THEN
         seed := uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid());
@@ -237,6 +240,9 @@ BEGIN
                                        ELSE least(pgtasks.now() + lease_for, pgtasks.now() + t.timeout) END,
                lease_token = CASE WHEN w.finishing THEN NULL
                                   ELSE encode(sha256(seed || int8send(t.id)), 'hex') END,
+               code_version = CASE WHEN w.finishing THEN t.code_version
+                                   ELSE coalesce(t.code_version,
+                                                 v.run_versions[array_position(v.run_types, t.task_type)]) END,
                progress_current = CASE WHEN w.finishing THEN coalesce(t.progress_total, t.progress_current)
                                        ELSE t.progress_current END
           FROM work w
@@ -246,11 +252,12 @@ BEGIN
                   t.priority, t.attempt, t.retry_count, t.max_retries, t.timeout, t.deadline,
                   NOT w.finishing AND t.attempt > 1
                   AND EXISTS (SELECT 1 FROM pgtasks.task_steps s WHERE s.task_id = t.id) AS has_steps,
-                  t.run_at, t.lease_token
+                  t.run_at, t.lease_token,
+                  CASE WHEN NOT w.finishing THEN pgtasks.now() + t.soft_timeout END AS soft_deadline
     )
     SELECT r.rejected_task_id, NULL::bigint, NULL::text, NULL::jsonb, NULL::text, NULL::integer,
            NULL::integer, NULL::integer, NULL::integer, NULL::interval, NULL::timestamptz, NULL::boolean,
-           NULL::text
+           NULL::text, NULL::timestamptz
       FROM (SELECT w.task_id AS rejected_task_id FROM work w
              WHERE w.finishing
                AND NOT EXISTS (SELECT 1 FROM changed c
@@ -258,7 +265,7 @@ BEGIN
     UNION ALL
     SELECT * FROM (
         SELECT NULL::bigint, c.id, c.task_type, c.params, c.queue, c.priority, c.attempt, c.retry_count,
-               c.max_retries, c.timeout, c.deadline, c.has_steps, c.lease_token
+               c.max_retries, c.timeout, c.deadline, c.has_steps, c.lease_token, c.soft_deadline
           FROM changed c
          WHERE NOT c.finishing
          ORDER BY c.priority DESC, c.run_at, c.id) cl;

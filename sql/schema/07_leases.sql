@@ -38,7 +38,9 @@ CREATE FUNCTION pgtasks.register_worker(
     pid         integer,
     queues      text[]   DEFAULT NULL,   -- NULL: every queue
     concurrency integer  DEFAULT 1,
-    lease       interval DEFAULT NULL    -- NULL: settings.default_lease
+    lease       interval DEFAULT NULL,   -- NULL: settings.default_lease
+    code_versions       text[] DEFAULT NULL,   -- 'type@version' it runs, one per type
+    compatible_versions text[] DEFAULT NULL    -- 'type@version' it can also resume
 ) RETURNS void
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -54,17 +56,33 @@ BEGIN
                 left(host, 40), pid, concurrency, left(queues::text, 80)
             USING ERRCODE = 'PT206', HINT = 'For example register_worker(''host:123:ab'', ''host'', 123, NULL, 10).';
     END IF;
-    INSERT INTO pgtasks.worker_registry AS w (worker_id, host, pid, queues, concurrency, lease)
+    -- A version is 1 to 64 of [A-Za-z0-9._+-], so 'type@version' splits at its last '@'
+    -- and the claim can compare task_type || '@' || code_version with these as plain text.
+    IF EXISTS (SELECT 1 FROM unnest(code_versions || compatible_versions) v
+                WHERE v IS NULL OR v !~ '^.+@[A-Za-z0-9._+-]{1,64}$' OR octet_length(v) > 320)
+       OR EXISTS (SELECT 1 FROM unnest(code_versions) v
+                   GROUP BY left(v, length(v) - strpos(reverse(v), '@')) HAVING count(*) > 1) THEN
+        RAISE EXCEPTION 'pgtasks: code versions must be ''type@version'' (version: 1 to 64 of A-Z a-z 0-9 . _ + -), one running version per type, got % and %',
+                left(code_versions::text, 80), left(compatible_versions::text, 80)
+            USING ERRCODE = 'PT130',
+                  HINT = 'For example code_versions => ARRAY[''report@2''], compatible_versions => ARRAY[''report@1''].';
+    END IF;
+    INSERT INTO pgtasks.worker_registry AS w (worker_id, host, pid, queues, concurrency, lease,
+                                              code_versions, compatible_versions)
     VALUES (register_worker.worker_id, register_worker.host, register_worker.pid, register_worker.queues,
-            register_worker.concurrency, pgtasks.lease_or_default(register_worker.lease))
-    ON CONFLICT ON CONSTRAINT worker_registry_pkey DO UPDATE SET last_seen = pgtasks.now();
+            register_worker.concurrency, pgtasks.lease_or_default(register_worker.lease),
+            register_worker.code_versions, register_worker.compatible_versions)
+    ON CONFLICT ON CONSTRAINT worker_registry_pkey DO UPDATE
+       SET last_seen = pgtasks.now(), code_versions = EXCLUDED.code_versions,
+           compatible_versions = EXCLUDED.compatible_versions;
 END $$;
-GRANT EXECUTE ON FUNCTION pgtasks.register_worker(text, text, integer, text[], integer, interval)
+GRANT EXECUTE ON FUNCTION pgtasks.register_worker(text, text, integer, text[], integer, interval, text[], text[])
     TO pgtasks_worker;
-COMMENT ON FUNCTION pgtasks.register_worker(text, text, integer, text[], integer, interval) IS
+COMMENT ON FUNCTION pgtasks.register_worker(text, text, integer, text[], integer, interval, text[], text[]) IS
     'Adds a worker to the registry (pgtasks.workers), or refreshes its last_seen if it is '
     'there already. Workers call it at start and after every reconnect; lease NULL means '
-    'settings.default_lease.';
+    'settings.default_lease. code_versions (type@version) are the versions it runs and '
+    'records on the tasks it starts; compatible_versions the older ones it may resume.';
 
 -- A worker that stops cleanly leaves the registry at once; one that dies stays listed (not
 -- alive) until rescue sweeps it, so operators can see what died. The id is checked like

@@ -175,6 +175,7 @@ CREATE FUNCTION pgtasks.claim_limited(
     queues     text[],
     max_tasks  integer,
     task_types text[],
+    served     text[],   -- the claimer's type@version pairs (pick_ready, 05_claim.sql)
     OUT picked  bigint[],
     OUT started timestamptz
 )
@@ -259,6 +260,7 @@ BEGIN
              WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= pgtasks.now()
                AND (claim_limited.queues IS NULL OR t.queue = ANY (claim_limited.queues))
                AND (claim_limited.task_types IS NULL OR t.task_type = ANY (claim_limited.task_types))
+               AND (t.code_version IS NULL OR t.task_type || '@' || t.code_version = ANY (claim_limited.served))
                AND t.queue <> ALL (blocked_q)
              ORDER BY t.priority DESC, t.run_at, t.id
              LIMIT n
@@ -284,6 +286,7 @@ BEGIN
              WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= pgtasks.now()
                AND (claim_limited.queues IS NULL OR t.queue = ANY (claim_limited.queues))
                AND (claim_limited.task_types IS NULL OR t.task_type = ANY (claim_limited.task_types))
+               AND (t.code_version IS NULL OR t.task_type || '@' || t.code_version = ANY (claim_limited.served))
                AND t.queue <> ALL (blocked_q)
                AND (t.concurrency_key IS NULL OR t.concurrency_key <> ALL (blocked_k))
                AND t.id <> ALL (picked)

@@ -237,7 +237,8 @@ $$;
 -- computed ticks from the old definition writes nothing.
 CREATE FUNCTION pgtasks.upsert_schedule(
     name text, task_type text, cron text, every interval, params jsonb, queue text,
-    priority integer, timezone text, overlap text, catch_up interval, origin text
+    priority integer, timezone text, overlap text, catch_up interval, origin text,
+    misfire_grace interval
 ) RETURNS boolean  -- false: kept as it was (a SQL-made schedule a worker declared too)
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -252,18 +253,28 @@ BEGIN
     norm := pgtasks.check_schedule(cron, every, timezone, overlap, catch_up);
     PERFORM pgtasks.check_policy(task_type, queue);
     PERFORM pgtasks.check_params(coalesce(params, '{}'));
+    -- NULL: no grace. At least 2 seconds, the lateness every tick may have (fire_schedule):
+    -- workers fire about once a second with jitter, so a shorter grace would skip ticks that
+    -- were merely fired on time. More than a year is a typo.
+    IF misfire_grace IS NOT NULL AND NOT (misfire_grace >= interval '2 seconds'
+                                          AND misfire_grace <= interval '1 year') THEN
+        RAISE EXCEPTION 'pgtasks: misfire_grace must be between 2 seconds and 1 year, got %', misfire_grace
+            USING ERRCODE = 'PT410',
+                  HINT = 'misfire_grace => ''5 minutes'' skips a tick found more than 5 minutes late; NULL never skips the latest.';
+    END IF;
     first := CASE WHEN every IS NOT NULL THEN pgtasks.every_tick_after(every, pgtasks.now()) END;
     INSERT INTO pgtasks.schedule_defs AS s
            (name, task_type, cron, every, params, queue, priority, timezone, overlap, catch_up,
-            origin, next_run_at)
+            origin, next_run_at, misfire_grace)
     VALUES (upsert_schedule.name, upsert_schedule.task_type, norm, upsert_schedule.every,
             coalesce(upsert_schedule.params, '{}'), upsert_schedule.queue, upsert_schedule.priority,
             upsert_schedule.timezone, upsert_schedule.overlap, upsert_schedule.catch_up,
-            upsert_schedule.origin, first)
+            upsert_schedule.origin, first, upsert_schedule.misfire_grace)
     ON CONFLICT ON CONSTRAINT schedule_defs_pkey DO UPDATE
        SET task_type = EXCLUDED.task_type, cron = EXCLUDED.cron, every = EXCLUDED.every,
            params = EXCLUDED.params, queue = EXCLUDED.queue, priority = EXCLUDED.priority,
            timezone = EXCLUDED.timezone, overlap = EXCLUDED.overlap, catch_up = EXCLUDED.catch_up,
+           misfire_grace = EXCLUDED.misfire_grace,
            origin = CASE WHEN EXCLUDED.origin = 'sql' THEN 'sql' ELSE s.origin END,
            next_run_at = CASE WHEN (s.cron, s.every, s.timezone) IS NOT DISTINCT FROM
                                    (EXCLUDED.cron, EXCLUDED.every, EXCLUDED.timezone)
@@ -285,7 +296,8 @@ CREATE FUNCTION pgtasks.create_schedule(
     priority  integer  DEFAULT NULL,
     timezone  text     DEFAULT 'UTC',
     overlap   text     DEFAULT 'allow',
-    catch_up  interval DEFAULT interval '0'
+    catch_up  interval DEFAULT interval '0',
+    misfire_grace interval DEFAULT NULL   -- NULL: the latest missed tick always runs
 ) RETURNS void
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -293,18 +305,18 @@ SET search_path = pg_catalog, pgtasks, pg_temp
 AS $$
 BEGIN
     PERFORM pgtasks.upsert_schedule(name, task_type, cron, every, params, queue, priority,
-                                    timezone, overlap, catch_up, 'sql');
+                                    timezone, overlap, catch_up, 'sql', misfire_grace);
 END $$;
 GRANT EXECUTE ON FUNCTION
     pgtasks.create_schedule(text, text, text, interval, jsonb, text, integer, text, text,
-                            interval)
+                            interval, interval)
     TO pgtasks_admin;
 COMMENT ON FUNCTION
     pgtasks.create_schedule(text, text, text, interval, jsonb, text, integer, text, text,
-                            interval) IS
+                            interval, interval) IS
     'Creates or replaces a schedule: exactly one of cron (5 fields, in timezone) or every (a '
-    'fixed interval), the task it enqueues per tick, and its catch_up window and overlap '
-    'policy.';
+    'fixed interval), the task it enqueues per tick, its catch_up window and overlap '
+    'policy, and its misfire_grace (a tick found later than that is skipped and counted).';
 
 -- A worker's declarations (@task_register(schedule=...), pgtasks.schedule(...)). Returns
 -- false when it left the schedule as it was, because it was made through SQL.
@@ -318,7 +330,8 @@ CREATE FUNCTION pgtasks.declare_schedule(
     priority  integer  DEFAULT NULL,
     timezone  text     DEFAULT 'UTC',
     overlap   text     DEFAULT 'allow',
-    catch_up  interval DEFAULT interval '0'
+    catch_up  interval DEFAULT interval '0',
+    misfire_grace interval DEFAULT NULL   -- NULL: the latest missed tick always runs
 ) RETURNS boolean
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -326,15 +339,15 @@ SET search_path = pg_catalog, pgtasks, pg_temp
 AS $$
 BEGIN
     RETURN pgtasks.upsert_schedule(name, task_type, cron, every, params, queue, priority,
-                                   timezone, overlap, catch_up, 'code');
+                                   timezone, overlap, catch_up, 'code', misfire_grace);
 END $$;
 GRANT EXECUTE ON FUNCTION
     pgtasks.declare_schedule(text, text, text, interval, jsonb, text, integer, text, text,
-                             interval)
+                             interval, interval)
     TO pgtasks_worker, pgtasks_admin;
 COMMENT ON FUNCTION
     pgtasks.declare_schedule(text, text, text, interval, jsonb, text, integer, text, text,
-                             interval) IS
+                             interval, interval) IS
     'A worker''s schedule declaration: like create_schedule, but it never overwrites a '
     'schedule made through SQL (then it returns false).';
 
@@ -423,9 +436,9 @@ BEGIN
     -- INSERT of our own: ON CONFLICT needs to name the (schedule, tick) index.
     p := pgtasks.submit_policy(s.task_type, s.queue, s.priority, NULL, NULL, NULL, NULL);
     INSERT INTO pgtasks.tasks (task_type, params, queue, priority, run_at, max_retries, timeout,
-                               backoff_base, schedule, schedule_tick)
+                               backoff_base, schedule, schedule_tick, soft_timeout)
     VALUES (p.task_type, s.params, p.queue, p.priority, p.run_at, p.max_retries, p.timeout,
-            p.backoff_base, s.name, tick)
+            p.backoff_base, s.name, tick, p.soft_timeout)
     ON CONFLICT (schedule, schedule_tick) WHERE schedule IS NOT NULL DO NOTHING
     RETURNING id INTO new_id;
     RETURN new_id;
@@ -513,6 +526,8 @@ COMMENT ON FUNCTION pgtasks.due_schedules(integer, interval, text) IS
 -- 2 seconds old is late, not missed, whatever catch_up says: workers fire about every
 -- second with jitter, so without this grace an every-second schedule with catch_up 0
 -- would lose a tick whenever a round came 1.2 s after the previous one.
+-- With misfire_grace, a chosen tick (the latest included) older than the grace is
+-- skipped and counted in skipped_misfire instead.
 -- Overlap, per tick: allow enqueues; skip enqueues nothing while the schedule's last task
 -- is PENDING, RUNNING or COMMIT (counted in skipped_overlap); cancel_previous cancels it
 -- first.
@@ -537,6 +552,7 @@ DECLARE
     nxt       timestamptz := fire_schedule.next_run_at;
     missed    bigint := coalesce(skipped_before, 0);
     n_overlap bigint := 0;
+    n_misfire bigint := 0;
     window_at timestamptz;  -- ticks at or after it run
     max_ticks integer := (SELECT st.schedule_max_ticks FROM pgtasks.settings st);
     capped    bigint := 0;  -- due ticks in the window left out by the cap
@@ -611,6 +627,14 @@ BEGIN
         END IF;
         due := run;
     END IF;
+    -- The misfire grace, after the catch-up policy chose the ticks: whichever of them is
+    -- older than the grace (the latest included) is skipped and counted, not run. catch_up
+    -- says which missed ticks are wanted; misfire_grace says how late one may still run.
+    IF s.misfire_grace IS NOT NULL THEN
+        run := ARRAY(SELECT u FROM unnest(due) u WHERE u >= pgtasks.now() - s.misfire_grace ORDER BY u);
+        n_misfire := cardinality(due) - cardinality(run);
+        due := run;
+    END IF;
     IF capped > 0 THEN
         RAISE WARNING 'pgtasks: schedule % had % ticks to catch up, more than settings.schedule_max_ticks (%); the oldest % were skipped',
                 s.name, capped + max_ticks, max_ticks, capped;
@@ -640,7 +664,8 @@ BEGIN
            last_tick = coalesce(due[cardinality(due)], d.last_tick),
            last_run_at = CASE WHEN last_id IS DISTINCT FROM s.last_task_id THEN pgtasks.now() ELSE d.last_run_at END,
            last_task_id = last_id, skipped = d.skipped + missed,
-           skipped_overlap = d.skipped_overlap + n_overlap
+           skipped_overlap = d.skipped_overlap + n_overlap,
+           skipped_misfire = d.skipped_misfire + n_misfire
      WHERE d.name = s.name;
 END $$;
 GRANT EXECUTE ON FUNCTION
@@ -682,10 +707,10 @@ CREATE VIEW pgtasks.schedules AS
 SELECT d.name, d.task_type, d.cron, d.every, d.timezone, d.params, d.queue, d.priority,
        d.overlap, d.catch_up, d.paused, d.origin, d.next_run_at, d.last_tick, d.last_run_at,
        d.last_task_id, t.status AS last_status, d.skipped, d.skipped_overlap, d.fired_by,
-       d.updated_at
+       d.updated_at, d.misfire_grace, d.skipped_misfire
   FROM pgtasks.schedule_defs d
   LEFT JOIN pgtasks.tasks t ON t.id = d.last_task_id;
 GRANT SELECT ON pgtasks.schedules TO pgtasks_reader, pgtasks_admin;
 COMMENT ON VIEW pgtasks.schedules IS
     'Every schedule: its definition, when it fires next, what it last enqueued and that '
-    'task''s status, and how many ticks it skipped (missed or overlapping).';
+    'task''s status, and how many ticks it skipped (missed, overlapping or past the misfire grace).';

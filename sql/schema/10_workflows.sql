@@ -334,11 +334,11 @@ BEGIN
     END IF;
     INSERT INTO pgtasks.tasks (task_type, params, queue, priority, run_at, max_retries, timeout,
                                backoff_base, concurrency_key, concurrency_limit, status,
-                               waiting_on, on_parent_failure)
+                               waiting_on, on_parent_failure, soft_timeout)
     VALUES (p.task_type, submit_dependent.params, p.queue, p.priority, p.run_at, p.max_retries,
             p.timeout, p.backoff_base, submit_dependent.concurrency_key, submit_dependent.concurrency_limit,
             CASE WHEN unmet > 0 THEN 'WAITING'::pgtasks.status ELSE 'PENDING'::pgtasks.status END,
-            unmet, policy)
+            unmet, policy, p.soft_timeout)
     RETURNING id INTO new_id;
     INSERT INTO pgtasks.task_edges (parent_id, child_id) SELECT u, new_id FROM unnest(parents) u;
     INSERT INTO pgtasks.unsettled_edges (parent_id, child_id) SELECT u, new_id FROM unnest(parents) u;
@@ -703,7 +703,7 @@ BEGIN
             INSERT INTO pgtasks.tasks (task_type, params, queue, priority, run_at, max_retries, timeout,
                                        backoff_base, concurrency_key, concurrency_limit, status,
                                        workflow_id, workflow_node, waiting_on, has_dependents,
-                                       on_parent_failure)
+                                       on_parent_failure, soft_timeout)
             SELECT (pol.p).task_type, k.params, (pol.p).queue, (pol.p).priority, (pol.p).run_at,
                    (pol.p).max_retries, (pol.p).timeout, (pol.p).backoff_base,
                    k.concurrency_key,
@@ -712,7 +712,8 @@ BEGIN
                    wf_id, k.name,
                    CASE WHEN d.parents > 0 THEN d.parents END,
                    CASE WHEN d.kids > 0 THEN true END,
-                   CASE WHEN d.parents > 0 THEN k.on_parent_failure END
+                   CASE WHEN d.parents > 0 THEN k.on_parent_failure END,
+                   (pol.p).soft_timeout
               FROM unnest(queue_) WITH ORDINALITY AS o(node, pos)
               JOIN keyed k ON k.ord = o.node
               JOIN policy pol ON pol.policy_key = k.policy_key

@@ -251,6 +251,31 @@ COMMENT ON COLUMN pgtasks.workers.running IS
     'Tasks RUNNING under this worker''s id, including those of a dead worker that are still to '
     'be rescued.';
 
+-- Tasks no live worker serves: their first attempt recorded a code version
+-- (tasks.code_version) that no worker seen within its lease runs or declares compatible,
+-- so no claim takes them (pick_ready). They wait, PENDING or COMMIT, rather than resume on
+-- code whose steps differ; a worker that serves the version, or declares it compatible,
+-- takes them up. live_versions: the versions of the type the live workers run. It reads
+-- the claimable tasks (tasks_claimable), not the history.
+CREATE VIEW pgtasks.stranded_tasks AS
+SELECT t.id, t.task_type, t.queue, t.status, t.code_version, t.attempt, t.run_at,
+       (SELECT array_agg(DISTINCT right(c, strpos(reverse(c), '@') - 1))
+          FROM pgtasks.worker_registry w, unnest(w.code_versions) c
+         WHERE w.last_seen + w.lease > now()
+           AND left(c, length(c) - strpos(reverse(c), '@')) = t.task_type) AS live_versions
+  FROM pgtasks.tasks t
+ WHERE t.status IN ('PENDING', 'COMMIT') AND t.code_version IS NOT NULL
+   AND NOT EXISTS (SELECT 1 FROM pgtasks.worker_registry w
+                    WHERE w.last_seen + w.lease > now()
+                      AND t.task_type || '@' || t.code_version
+                          = ANY (w.code_versions || w.compatible_versions));
+GRANT SELECT ON pgtasks.stranded_tasks TO pgtasks_reader;
+COMMENT ON VIEW pgtasks.stranded_tasks IS
+    'Ready tasks whose recorded code version no live worker runs or declares compatible: '
+    'no claim takes them until such a worker starts.';
+COMMENT ON COLUMN pgtasks.stranded_tasks.live_versions IS
+    'The versions of the task''s type that the live workers run (NULL: no live worker runs a versioned one).';
+
 -- What the workers are running now, one row per RUNNING task (as Celery's `inspect
 -- active`): which worker holds it, that worker's host and pid when it registered (NULL for
 -- a worker that never did, such as a claim from psql), whether the worker is still alive
@@ -298,12 +323,13 @@ SELECT t.task_type,
        coalesce(t.max_retries, s.default_max_retries)   AS max_retries,
        coalesce(t.timeout, s.default_timeout)           AS timeout,
        coalesce(t.backoff_base, s.default_backoff_base) AS backoff_base,
-       t.registered_by, t.updated_at
+       t.registered_by, t.updated_at, t.soft_timeout
   FROM pgtasks.task_types t CROSS JOIN pgtasks.settings s;
 GRANT SELECT ON pgtasks.registered_types TO pgtasks_submitter, pgtasks_reader;
 COMMENT ON VIEW pgtasks.registered_types IS
     'Every task type the workers registered, with the policy a submit of it gets when the '
-    'caller leaves an argument out (the type''s own, else the settings default).';
+    'caller leaves an argument out (the type''s own, else the settings default); '
+    'soft_timeout NULL: no soft limit.';
 
 ------------------------------------------------------------------------------------------
 -- /metrics

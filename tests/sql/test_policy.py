@@ -41,6 +41,7 @@ async def test_settings_hold_the_documented_defaults(conn):
         "max_log_bytes": 65536,
         "schedule_min_every": timedelta(seconds=1),
         "schedule_max_ticks": 100,
+        "max_snoozes": 100,
     }
 
 

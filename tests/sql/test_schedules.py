@@ -323,3 +323,93 @@ async def test_two_sessions_fire_the_same_revision_one_enqueues(conn, dsn):
     finally:
         await other.close()
     assert await conn.fetchval("SELECT count(*) FROM pgtasks.tasks") == len(first)
+
+
+async def clock_to(conn: asyncpg.Connection, name: str, late: timedelta) -> None:
+    """Move the test clock to `late` after the schedule's next tick."""
+    await conn.execute(
+        "SELECT pgtasks.advance_clock(next_run_at + $2::interval - pgtasks.now())"
+        " FROM pgtasks.schedule_defs WHERE name = $1",
+        name,
+        late,
+    )
+
+
+async def test_misfire_grace_skips_and_counts_a_tick_found_too_late(conn):
+    """The timeline of docs/schedules.md: every 10 minutes, catch_up 1 hour, grace 5 minutes."""
+    await conn.execute(
+        "SELECT pgtasks.create_schedule(name => 'g', task_type => 'job', every => '10 minutes',"
+        " catch_up => '1 hour', misfire_grace => '5 minutes')"
+    )
+    first = await conn.fetchval("SELECT next_run_at FROM pgtasks.schedules")
+    await clock_to(conn, "g", timedelta(minutes=1))  # 1 minute late: runs
+    assert len(await fire(conn, "g")) == 1
+    await clock_to(conn, "g", timedelta(minutes=7))  # 7 minutes late: skipped and counted
+    assert await fire(conn, "g") == []
+    s = await conn.fetchrow("SELECT * FROM pgtasks.schedules")
+    assert (s["skipped_misfire"], s["skipped"]) == (1, 0)
+    assert s["misfire_grace"] == timedelta(minutes=5)
+    assert s["next_run_at"] == first + timedelta(minutes=20)
+    await clock_to(conn, "g", timedelta(seconds=30))  # the next one runs
+    assert len(await fire(conn, "g")) == 1
+    # An outage of 25 minutes: catch_up wants the three missed ticks, the grace keeps
+    # only the one found 5 minutes late or less.
+    await clock_to(conn, "g", timedelta(minutes=23))
+    assert len(await fire(conn, "g")) == 1
+    s = await conn.fetchrow("SELECT * FROM pgtasks.schedules")
+    assert (s["skipped_misfire"], s["skipped"]) == (3, 0)
+    ticks = [r[0] for r in await conn.fetch("SELECT schedule_tick FROM pgtasks.tasks ORDER BY 1")]
+    assert [(t - first) // timedelta(minutes=10) for t in ticks] == [0, 2, 5]
+
+
+async def test_misfire_grace_applies_to_the_ticks_a_cron_caller_passes(conn):
+    await conn.execute(
+        "SELECT pgtasks.create_schedule(name => 'c', task_type => 'job', cron => '* * * * *',"
+        " misfire_grace => '10 seconds')"
+    )
+    fire_sql = (
+        "SELECT * FROM pgtasks.fire_schedule(name => 'c', revision => $1, ticks => $2,"
+        " next_run_at => $3)"
+    )
+    for late, runs in ((timedelta(seconds=30), False), (timedelta(seconds=4), True)):
+        async with conn.transaction():  # now() stands still
+            now = await conn.fetchval("SELECT pgtasks.now()")
+            minute = now.replace(second=0, microsecond=0) + timedelta(minutes=1)
+            await conn.execute("SELECT pgtasks.advance_clock($1)", minute + late - now)
+            await conn.execute(
+                "UPDATE pgtasks.schedule_defs SET next_run_at = $1", minute - timedelta(minutes=1)
+            )
+            rev = await conn.fetchval("SELECT revision FROM pgtasks.schedule_defs")
+            before = await conn.fetchrow("SELECT * FROM pgtasks.schedules")
+            ids = await conn.fetch(
+                fire_sql,
+                rev,
+                [minute - timedelta(minutes=1), minute],
+                minute + timedelta(minutes=1),
+            )
+            s = await conn.fetchrow("SELECT * FROM pgtasks.schedules")
+        # catch_up 0 keeps the latest (the one before is counted in skipped); the grace
+        # then decides about the latest.
+        assert len(ids) == runs
+        assert s["skipped"] - before["skipped"] == 1
+        assert s["skipped_misfire"] - before["skipped_misfire"] == (not runs)
+
+
+@pytest.mark.parametrize("grace", ["1 second", "-1 minute", "0", "2 years"])
+async def test_misfire_grace_out_of_range_is_refused(conn, grace):
+    await raises(
+        conn,
+        CREATE.format("every => '1 minute', misfire_grace => $2::text::interval"),
+        "PT410",
+        "m",
+        grace,
+    )
+    await raises(
+        conn,
+        "SELECT pgtasks.declare_schedule(name => $1, task_type => 'job', every => '1 minute',"
+        " misfire_grace => $2::text::interval)",
+        "PT410",
+        "m",
+        grace,
+    )
+    assert await conn.fetchval("SELECT count(*) FROM pgtasks.schedules") == 0

@@ -160,14 +160,14 @@ def dashboard_router(
     async def overview(request: Request, c: C) -> Response:
         if not can_read(request):
             return page(request, "overview.html")
-        cards, (now, series), workers, active = await asyncio.gather(
-            c.queue_cards(), c.throughput(300), c.workers(), c.active()
+        cards, (now, series), workers, active, stranded = await asyncio.gather(
+            c.queue_cards(), c.throughput(300), c.workers(), c.active(), c.stranded(20)
         )
         workers = views.with_tasks(workers, active)
         data = {"now": now, "series": series, "queues": cards, "workers": workers}
         return page(
             request, "overview.html", title="Overview", nav="overview", cards=cards,
-            workers=workers, initial=_script_json(data),
+            workers=workers, initial=_script_json(data), stranded=stranded,
         )  # fmt: skip
 
     @ui.get("/tasks", name="pgtasks_dashboard_tasks")
