@@ -1,23 +1,19 @@
 """`make bench` / `python -m bench`: every system on one embedded server, one table.
 
 The parts of a run, in order (``--only`` picks some): ``suites``, each system's figures, every
-run in a fresh database; ``h2h``, pgtasks and PgQueuer drains in alternating rounds;
-``floor``, ``ceiling``, ``filtered``, ``bulk`` (bench/floors.py); ``maxconn``, pgtasks on a
-second server with ``max_connections = 100``. Prints one side-by-side table with the targets
-below it and writes the same, with the config, the server settings, the commit and the
-machine load, to ``bench/results/<timestamp>.json`` and ``latest.json``.
-
-    python -m bench [--systems pgtasks,pgqueuer,procrastinate] [--only PARTS] [--scale F]
-                    [--runs N] [--dsn URL] [--out DIR] [--skip-maxconn] [--skip-head-to-head]
-
-A smoke run: ``BENCH_SCALE=0.02 BENCH_RUNS=1 make bench`` (every size can be set as
-``BENCH_<FIELD>``, see ``harness.BenchConfig``).
+run in a fresh database; ``h2h``, drains in alternating rounds (pgtasks, PgQueuer and, with
+``--baseline REV``, pgtasks at revision REV); ``floor``, ``ceiling``, ``filtered``, ``bulk``
+(bench/floors.py); ``maxconn``, pgtasks on a second server with ``max_connections = 100``.
+Prints one side-by-side table with the targets below it and writes the same, with the config,
+the server settings, the commit and the machine load, to ``bench/results/<timestamp>.json``
+and ``latest.json``. bench/README.md says what each figure times.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import importlib
@@ -41,10 +37,12 @@ from bench.harness import (
     Figure,
     alternate,
     benchmark_server,
+    figures,
     format_table,
     log,
     machine_load,
     provenance,
+    revision_tree,
     sample_drain,
     server_settings,
 )
@@ -55,7 +53,9 @@ DRIVERS = {
     "pgqueuer": "bench.peer_pgqueuer",
     "procrastinate": "bench.peer_procrastinate",
 }
-BASELINE = "pgqueuer"
+PEER = "pgqueuer"
+#: The least pgtasks / pgtasks@REV of a drain: a change may cost a drain at most 3 %.
+REVISION_FLOOR = 0.97
 #: The parts of a run, in order (``--only`` picks some; the docstring above says what each is).
 PARTS = ("suites", "h2h", *floors.SCENARIOS, "maxconn")
 Results = Mapping[str, Mapping[str, Figure]]
@@ -67,11 +67,26 @@ def ratio(a: Figure | None, b: Figure | None) -> float | None:
     return a.median / b.median
 
 
-def baseline_ratios(results: Results) -> dict[str, float]:
+def peer_ratios(results: Results) -> dict[str, float]:
     """pgtasks / PgQueuer per shared figure (for latencies and CPU, below 1 is better)."""
-    ours, theirs = results.get("pgtasks", {}), results.get(BASELINE, {})
+    ours, theirs = results.get("pgtasks", {}), results.get(PEER, {})
     pairs = {key: ratio(ours.get(key), theirs.get(key)) for key in ours}
     return {key: r for key, r in pairs.items() if r is not None}
+
+
+def revision(results: Results) -> str | None:
+    """The name of the baseline revision's system (``pgtasks@REV``), if one ran."""
+    return next((s for s in results if s.startswith("pgtasks@")), None)
+
+
+def revision_ratios(results: Results) -> dict[str, Figure]:
+    """pgtasks / pgtasks@REV per drain of the rounds, each sample one round's pair."""
+    ours, theirs = results.get("pgtasks", {}), results.get(revision(results) or "", {})
+    return {
+        key: Figure.of((a / b for a, b in zip(ours[key].samples, fig.samples, strict=True)), RATIO)
+        for key, fig in theirs.items()
+        if key.endswith("_rounds") and key in ours
+    }
 
 
 # --------------------------------------------------------------------------- targets
@@ -126,7 +141,7 @@ def goals(results: Results) -> list[Goal]:
     measured minutes apart, shown next to it); the two paired figures on the median pair,
     with the worst pair shown; the rest as :data:`SIMPLE_GOALS` says.
     """
-    ours, theirs = results.get("pgtasks", {}), results.get(BASELINE, {})
+    ours, theirs = results.get("pgtasks", {}), results.get(PEER, {})
     found: list[Goal] = []
 
     def add(name: str, target: str, value: float | None, judged: str) -> None:
@@ -165,6 +180,9 @@ def goals(results: Results) -> list[Goal]:
         value = None if fig is None else fig.median if judged == "median" else worst(fig.samples)
         shown = "" if fig is None else " of " + " ".join(f"{v:.2f}" for v in fig.samples)
         add(label, target, value, judged + shown)
+    for key, fig in revision_ratios(results).items():
+        judged = f"median round [{min(fig.samples):.3f}-{max(fig.samples):.3f}]"
+        add(f"{key} / {revision(results)}", f">= {REVISION_FLOOR}", fig.median, judged)
     return found
 
 
@@ -173,18 +191,24 @@ def _median(values: list[float]) -> float | None:
 
 
 def format_report(results: Results, cfg: BenchConfig, settings: Mapping[str, Any]) -> str:
-    ratios = baseline_ratios(results)
+    ratios = peer_ratios(results)
     extra = {}
-    if "pgtasks" in results and BASELINE in results:
+    if "pgtasks" in results and PEER in results:
         extra = {"pgtasks / pgqueuer": {k: f"{v:.2f}x" for k, v in ratios.items()}}
+    if rev := revision(results):
+        extra[f"pgtasks / {rev}"] = {
+            k: f"{f.median:.3f} [{min(f.samples):.3f}-{max(f.samples):.3f}] "
+            + ("ok" if f.median >= REVISION_FLOOR else f"BELOW {REVISION_FLOOR}")
+            for k, f in revision_ratios(results).items()
+        }
     lines = [
         f"Each cell: median [min-max] of {cfg.runs} runs ({cfg.maxconn_runs} for maxconn_*). "
         "jobs/s: higher is better; ms, us and connections: lower is better.",
         "",
         format_table(results, extra),
     ]
-    if "pgtasks" in results:
-        lines += ["", "Targets:", *(g.line() for g in goals(results))]
+    if found := [g for g in goals(results) if g.met is not None]:  # the others, JSON only
+        lines += ["", "Targets:", *(g.line() for g in found)]
     lines += ["", "Settings:"]
     lines += [f"  {name}: {json.dumps(s, default=str)}" for name, s in settings.items()]
     return "\n".join(lines)
@@ -193,32 +217,49 @@ def format_report(results: Results, cfg: BenchConfig, settings: Mapping[str, Any
 # --------------------------------------------------------------------------- running
 
 
-async def head_to_head(dsn: str, cfg: BenchConfig) -> dict[str, Figure]:
-    """``h2h_<key>``: pgtasks / PgQueuer per round, ``runs`` rounds.
-
-    A round drains each pgtasks drain of ``drain_variants()`` and PgQueuer's match (batch 10,
-    or ``run()`` with no argument for ``drain_default``) back to back, all of them in one
-    order, reversed the next round. The suites' medians, minutes apart, would carry the
-    machine's drift into the ratio.
+async def head_to_head(
+    dsn: str, cfg: BenchConfig, systems: list[str], tree: tuple[str, Path] | None
+) -> dict[str, dict[str, Figure]]:
+    """Drains in ``runs`` rounds: per round each pgtasks drain, back to back with PgQueuer's
+    match (``PGQUEUER_MATCHED``, if pgqueuer is in ``systems``) and with the same drain of
+    pgtasks at another revision (``tree``: its name and checkout), all in one order, reversed
+    the next round; the suites' medians, minutes apart, would carry the machine's drift into a
+    ratio. Each side's rate is ``<key>_rounds``, pgtasks / PgQueuer per round ``h2h_<key>``.
+    Without ``tree`` only the drains PgQueuer matches run.
     """
-    from bench import peer_pgqueuer, peer_pgtasks
+    from bench.peer_pgtasks import PGQUEUER_MATCHED, drain_variants
 
-    keys, sides = [], []
-    for key, (ours, processes) in peer_pgtasks.drain_variants().items():
-        theirs = peer_pgqueuer.make_peer(default=key == "drain_default")
-        keys.append(key)
-        for peer in (ours, theirs):
-            sides.append(lambda p=peer, n=processes: sample_drain(p, dsn, cfg, n))
-    ratios: dict[str, list[float]] = {key: [] for key in keys}
-    async for i, samples in alternate(cfg.runs, *sides):
-        for key, a, b in zip(keys, samples[::2], samples[1::2], strict=True):
-            assert a.rate is not None and b.rate is not None
-            ratios[key].append(a.rate / b.rate)
-            log(
-                f"[head-to-head] round {i + 1} {key}: pgtasks {a.rate:,.0f}, "
-                f"PgQueuer {b.rate:,.0f} jobs/s ({ratios[key][-1]:.2f}x)"
-            )
-    return {f"h2h_{key}": Figure.of(values, RATIO) for key, values in ratios.items()}
+    lineup = {"pgtasks": drain_variants(cfg)}
+    if tree is not None:
+        lineup[tree[0]] = drain_variants(cfg, name=tree[0], tree=tree[1])
+    if PEER in systems:
+        from bench import peer_pgqueuer
+
+        lineup[PEER] = {
+            k: (peer_pgqueuer.make_peer(default=k == "drain_default"), n, jobs)
+            for k, (_, n, jobs) in lineup["pgtasks"].items()
+            if k in PGQUEUER_MATCHED
+        }
+    keys = list(lineup["pgtasks"]) if tree is not None else list(PGQUEUER_MATCHED)
+    sides = [(s, key) for key in keys for s in lineup if key in lineup[s]]
+    drains = [
+        lambda v=lineup[s][key]: sample_drain(v[0], dsn, cfg, v[1], jobs=v[2]) for s, key in sides
+    ]
+    rates: dict[str, dict[str, list[float]]] = {s: {} for s in lineup}
+    async for i, samples in alternate(cfg.runs, *drains):
+        for (system, key), sample in zip(sides, samples, strict=True):
+            assert sample.rate is not None  # a strict drain finishes or raises
+            rates[system].setdefault(f"{key}_rounds", []).append(sample.rate)
+        for key in keys:
+            shown = [
+                f"{s} {r[f'{key}_rounds'][-1]:,.0f}" for s, r in rates.items() if key in lineup[s]
+            ]
+            log(f"[head-to-head] round {i + 1} {key}: {', '.join(shown)} jobs/s")
+    out = {system: figures(values) for system, values in rates.items()}
+    for key in PGQUEUER_MATCHED if PEER in rates else ():
+        pairs = zip(rates["pgtasks"][f"{key}_rounds"], rates[PEER][f"{key}_rounds"], strict=True)
+        out["pgtasks"][f"h2h_{key}"] = Figure.of((a / b for a, b in pairs), RATIO)
+    return out
 
 
 def write_results(payload: dict[str, Any], out_dir: Path, stamp: str) -> list[Path]:
@@ -240,19 +281,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     scale = float(os.environ.get("BENCH_SCALE", 1))
     add("--scale", type=float, default=scale, help="multiply every job count (BENCH_SCALE)")
     add("--runs", type=int, help="runs per figure (default 5, or BENCH_RUNS)")
-    add("--skip-maxconn", action="store_true", help="leave out maxconn_*")
-    add("--skip-head-to-head", action="store_true", help="leave out the h2h_* rounds")
+    add("--baseline", metavar="REV", help="pgtasks at git revision REV in the h2h rounds too")
     add("--dsn", default=os.environ.get("BENCH_DSN"), help="an existing server (CREATE DATABASE)")
     add("--out", type=Path, default=RESULTS_DIR, help="where the JSON goes")
     args = parser.parse_args(argv)
     args.only = {s.strip() for s in args.only.split(",") if s.strip()}
-    args.only -= {"maxconn"} if args.skip_maxconn else set()
-    args.only -= {"h2h"} if args.skip_head_to_head else set()
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     if not args.only or not args.only <= set(PARTS):
         parser.error(f"choose parts from {', '.join(PARTS)}")
     if not args.systems or not set(args.systems) <= DRIVERS.keys():
         parser.error(f"choose systems from {', '.join(DRIVERS)}")
+    if args.baseline and ("h2h" not in args.only or "pgtasks" not in args.systems):
+        parser.error("--baseline runs in the h2h part, with pgtasks among the systems")
     if (args.runs is not None and args.runs < 1) or args.scale <= 0:
         parser.error("--runs must be at least 1 and --scale positive")
     return args
@@ -299,13 +339,19 @@ def main(argv: list[str] | None = None) -> int:
         meta[name]["load_after"] = machine_load()
         log(f"=== {name}: {seconds:.0f}s")
 
-    with benchmark_server(args.dsn) as dsn:
+    with contextlib.ExitStack() as stack:
+        tree: tuple[str, Path] | None = None
+        if args.baseline:
+            folder, commit = stack.enter_context(revision_tree(args.baseline))
+            tree = (f"pgtasks@{args.baseline}", folder)
+            meta[tree[0]] = {"settings": {"commit": commit, "as": "pgtasks' own", "only": "h2h"}}
+        dsn = stack.enter_context(benchmark_server(args.dsn))
         pg = asyncio.run(server_settings(dsn))
         log(f"server: PostgreSQL {pg['server_version']} at {dsn}")
         for system, driver in drivers.items() if "suites" in only else ():
             part(system, lambda d=driver, s=system: {s: asyncio.run(d.run(dsn, cfg, log))})
-        if {"pgtasks", BASELINE} <= systems and "h2h" in only:
-            part("head_to_head", lambda: {"pgtasks": asyncio.run(head_to_head(dsn, cfg))})
+        if "pgtasks" in systems and "h2h" in only and (PEER in systems or tree):
+            part("head_to_head", lambda: asyncio.run(head_to_head(dsn, cfg, args.systems, tree)))
         if "pgtasks" in systems and only & set(floors.SCENARIOS):
             part("floors", lambda: asyncio.run(floors.run(dsn, cfg, args.systems, only, log)))
     if "pgtasks" in systems and "maxconn" in only:
@@ -333,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
         "config": dataclasses.asdict(cfg),
         "parts": meta,
         "results": {s: {k: f.as_dict() for k, f in r.items()} for s, r in results.items()},
-        "pgtasks_vs_pgqueuer": baseline_ratios(results),
+        "pgtasks_vs_pgqueuer": peer_ratios(results),
+        "pgtasks_vs_baseline": {k: f.as_dict() for k, f in revision_ratios(results).items()},
         "goals": [dataclasses.asdict(g) for g in goals(results)] if "pgtasks" in results else [],
         "errors": errors,
     }

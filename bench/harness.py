@@ -415,13 +415,42 @@ class Client(Protocol):
 @dataclasses.dataclass(frozen=True)
 class Peer:
     """One system as the scenarios see it. ``worker_module`` runs as ``python -m
-    <worker_module> --dsn ... [worker_args]`` (see :func:`worker_main`)."""
+    <worker_module> --dsn ... [worker_args]`` (see :func:`worker_main`), in ``tree`` (another
+    revision's checkout, see :func:`revision_tree`) if given, else in this one."""
 
     name: str
     install: Callable[[str], Awaitable[None]]
     connect: Callable[[str], Awaitable[Client]]
     worker_module: str
     worker_args: tuple[str, ...] = ()
+    tree: Path | None = None
+
+
+def tree_env(tree: Path) -> dict[str, str]:
+    """The environment of a child process that imports ``tree``'s packages first, then this
+    checkout's (a revision tree has no ``bench``, so the harness is always this one)."""
+    path = (str(tree), str(REPO_ROOT), os.environ.get("PYTHONPATH"))
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys(filter(None, path)))}
+
+
+@contextlib.contextmanager
+def revision_tree(rev: str) -> Iterator[tuple[Path, str]]:
+    """A temporary ``git worktree`` of ``rev`` with its ``bench`` folder deleted, removed on
+    the way out; yields (its folder, the full commit). Its ``pgtasks`` and ``sql`` are that
+    revision's, so its migrate installs that revision's schema."""
+    commit = _git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
+    if not commit:
+        raise SystemExit(f"--baseline {rev}: not a commit of {REPO_ROOT}")
+    folder = Path(tempfile.mkdtemp(prefix="pgtasks-baseline-")) / "tree"
+    git = ["git", "-C", str(REPO_ROOT), "worktree"]
+    subprocess.run([*git, "add", "--detach", "--quiet", str(folder), commit], check=True)
+    try:
+        shutil.rmtree(folder / "bench")
+        log(f"baseline {rev} ({commit[:12]}) checked out in {folder}")
+        yield folder, commit
+    finally:
+        subprocess.run([*git, "remove", "--force", str(folder)], check=False)
+        shutil.rmtree(folder.parent, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- worker side
@@ -556,11 +585,10 @@ class WorkerProcess:
         cmd += ["--stats-file", str(workdir / f"{label}.json")]
         cmd += ["--ready-file", str(workdir / f"{label}.ready")]
         cmd += [*(["--record-starts"] if record_starts else []), *peer.worker_args]
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(REPO_ROOT), env.get("PYTHONPATH"))))
+        tree = peer.tree or REPO_ROOT
         with (workdir / f"{label}.log").open("wb") as out:
             proc = await asyncio.create_subprocess_exec(
-                *cmd, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
+                *cmd, cwd=tree, env=tree_env(tree), stdin=subprocess.DEVNULL, stdout=out, stderr=out
             )
         return cls(proc, workdir, label)
 

@@ -8,7 +8,7 @@ Beyond the figures every system gets (``harness.run_suite``), :func:`run` measur
 pgtasks has (``drain_default``, ``drain_N_c10``, ``drain_max_running``, connections, wake-ups
 on and off, ``latency_poll_*``, ``drain_1_history``; ``wf_*`` in bench/workflows.py), and
 :func:`run_maxconn` the ``maxconn_*`` figures on a server of its own. bench/README.md says
-what each one times.
+what each one times. ``make_peer(tree=...)`` is pgtasks at another revision (``--baseline``).
 """
 
 from __future__ import annotations
@@ -17,13 +17,16 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import inspect
 import itertools
+import json
 import os
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -35,6 +38,7 @@ from bench.harness import (
     JOBS_PER_S,
     MS,
     BenchConfig,
+    Client,
     DrainSample,
     Figure,
     Log,
@@ -49,6 +53,7 @@ from bench.harness import (
     sample_enqueue_single_interleaved,
     sample_latency,
     serve_until_stopped,
+    tree_env,
     with_database,
     worker_main,
 )
@@ -75,29 +80,47 @@ async def install(dsn: str) -> None:
     await migrate_url(dsn)
 
 
-async def install_without_wakeups(dsn: str) -> None:
-    """The schema, then wake-ups off for every later session of the database, as a poll-only
-    deployment may set it (the clients connect after it is set)."""
-    await install(dsn)
-    await admin_execute(
-        dsn,
-        """
-        DO $$ BEGIN
-            EXECUTE format('ALTER DATABASE %I SET pgtasks.wake_workers = off', current_database());
-        END $$""",
-    )
+#: Setups run after the schema: wake-ups off for every later session of the database, as a
+#: poll-only deployment may set it (the clients connect after it); MAX_RUNNING on the queue
+#: the bench tasks go to.
+NO_WAKEUPS = """
+DO $$ BEGIN
+    EXECUTE format('ALTER DATABASE %I SET pgtasks.wake_workers = off', current_database());
+END $$"""
+LIMITED = f"""
+SELECT pgtasks.configure_queue(queue => (SELECT default_queue FROM pgtasks.current_settings()),
+                               max_running => {MAX_RUNNING})"""
+#: The schema as revision ``tree`` installs it: its own migrate, in a child process that
+#: imports that checkout (this one imports the working tree's pgtasks).
+_MIGRATE = """import asyncio, sys
+from pgtasks.migrations import migrate_url
+asyncio.run(migrate_url(sys.argv[1]))"""
+#: That revision's own Client.submit_many, one batch per line of stdin, "ok" after each.
+_SUBMITTER = """import asyncio, json, sys
+from pgtasks import Client
+async def main():
+    client = await Client(sys.argv[1]).connect()
+    for line in sys.stdin:
+        await client.submit_many(sys.argv[2], [{"seq": s} for s in json.loads(line)])
+        print("ok", flush=True)
+    await client.close()
+asyncio.run(main())"""
 
 
-async def install_max_running(dsn: str) -> None:
-    """The schema, then MAX_RUNNING on the queue the bench tasks go to."""
-    await install(dsn)
-    await admin_execute(
-        dsn,
-        f"""
-        SELECT pgtasks.configure_queue(
-            queue => (SELECT default_queue FROM pgtasks.current_settings()),
-            max_running => {MAX_RUNNING})""",
-    )
+def _installer(tree: Path | None, setup: str) -> Callable[[str], Awaitable[None]]:
+    async def install_fn(dsn: str) -> None:
+        if tree is None:
+            await install(dsn)
+        else:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", _MIGRATE, dsn, cwd=tree, env=tree_env(tree)
+            )
+            if await proc.wait():
+                raise RuntimeError(f"the migrate of {tree} failed (exit {proc.returncode})")
+        if setup:
+            await admin_execute(dsn, setup)
+
+    return install_fn
 
 
 # Outstanding = claimable (PENDING/COMMIT) and ready now, plus RUNNING: two counts, so each
@@ -132,6 +155,42 @@ class PgTasksClient:
 
     async def close(self) -> None:
         await self._client.close()
+
+
+class RevisionClient:
+    """The client of pgtasks at another revision: :data:`_SUBMITTER` in a child process that
+    imports that checkout, up until :meth:`close`, so its exit never falls in a drain."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, conn: asyncpg.Connection) -> None:
+        self._proc, self._conn = proc, conn
+
+    @classmethod
+    async def connect(cls, tree: Path, dsn: str) -> RevisionClient:
+        pipe = asyncio.subprocess.PIPE
+        proc = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-c", _SUBMITTER, dsn, TASK), cwd=tree, env=tree_env(tree),
+            stdin=pipe, stdout=pipe,
+        )  # fmt: skip
+        return cls(proc, await asyncpg.connect(dsn))
+
+    async def enqueue_one(self, seq: int) -> None:
+        await self.enqueue_many([seq])
+
+    async def enqueue_many(self, seqs: Sequence[int]) -> None:
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._proc.stdin.write(json.dumps(list(seqs)).encode() + b"\n")
+        await self._proc.stdin.drain()
+        if await self._proc.stdout.readline() != b"ok\n":
+            raise RuntimeError(f"the submitter failed (exit {await self._proc.wait()})")
+
+    async def outstanding(self) -> int:
+        return int(await self._conn.fetchval(OUTSTANDING_SQL))
+
+    async def close(self) -> None:
+        assert self._proc.stdin is not None
+        self._proc.stdin.close()
+        await self._proc.wait()
+        await self._conn.close()
 
 
 # --------------------------------------------------------------------------- worker side
@@ -189,28 +248,51 @@ async def serve(ctx: WorkerContext) -> None:
 
 def make_peer(
     *,
-    install_fn: Callable[[str], Awaitable[None]] = install,
+    tree: Path | None = None,
+    name: str = NAME,
+    setup: str = "",
+    install_fn: Callable[[str], Awaitable[None]] | None = None,
     listen: bool = True,
     concurrency: int | None = CONCURRENCY,
     job: str = "noop",
 ) -> Peer:
-    """The pgtasks peer; ``concurrency=None`` leaves it, like every option, at Worker's default."""
+    """The pgtasks peer; ``concurrency=None`` leaves it, like every option, at Worker's default.
+
+    ``tree``: a checkout of another revision, whose pgtasks the client, the schema (its own
+    migrate) and the workers use, as system ``name``. ``setup``: SQL run after the schema.
+    """
     args = ["--job", job]
     if concurrency is not None:
         args += ["--concurrency", str(concurrency)]
     if not listen:
         args += ["--no-listen", "--poll-interval", str(POLL_INTERVAL_S)]
-    return Peer(NAME, install_fn, PgTasksClient.connect, "bench.peer_pgtasks", tuple(args))
+    connect: Callable[[str], Awaitable[Client]] = PgTasksClient.connect
+    if tree is not None:
+        connect = functools.partial(RevisionClient.connect, tree)
+    install_fn = install_fn or _installer(tree, setup)
+    return Peer(name, install_fn, connect, "bench.peer_pgtasks", tuple(args), tree)
 
 
-def drain_variants() -> dict[str, tuple[Peer, int]]:
-    """The drains compared with PgQueuer, by figure key: (pgtasks peer, worker processes)."""
+#: Drains whose match PgQueuer runs in the head-to-head rounds: batch 10, or ``run()`` with
+#: no argument for ``drain_default``.
+PGQUEUER_MATCHED = ("drain_default", "drain_1_c10", "drain_2_c10", "drain_1", "drain_2")
+
+
+def drain_variants(cfg: BenchConfig, **peer: Any) -> dict[str, tuple[Peer, int, int]]:
+    """Every drain figure's setup, by key: (peer, worker processes, jobs); ``peer`` goes to
+    :func:`make_peer` (another revision's tree)."""
+    jobs, steps = (
+        cfg.drain_jobs,
+        make_peer(concurrency=cfg.connections_concurrency, job="steps", **peer),
+    )
     return {
-        "drain_default": (make_peer(concurrency=None), 1),
-        "drain_1_c10": (make_peer(concurrency=10), 1),
-        "drain_2_c10": (make_peer(concurrency=10), 2),
-        "drain_1": (make_peer(), 1),
-        "drain_2": (make_peer(), 2),
+        "drain_default": (make_peer(concurrency=None, **peer), 1, jobs),
+        "drain_1_c10": (make_peer(concurrency=10, **peer), 1, jobs),
+        "drain_2_c10": (make_peer(concurrency=10, **peer), 2, jobs),
+        "drain_1": (make_peer(**peer), 1, jobs),
+        "drain_2": (make_peer(**peer), 2, jobs),
+        "drain_max_running": (make_peer(setup=LIMITED, **peer), 1, jobs),
+        "drain_1_steps": (steps, 1, cfg.connections_jobs),
     }
 
 
@@ -402,26 +484,22 @@ async def run(dsn: str, cfg: BenchConfig, say: Log) -> dict[str, Figure]:
     server of its own (:func:`run_maxconn`)."""
     figures = await run_suite(dsn, cfg, make_peer(), say)
 
-    variants = drain_variants()
-    others = [(k, variants[k]) for k in ("drain_1_c10", "drain_2_c10", "drain_default")]
-    others.append(("drain_max_running", (make_peer(install_fn=install_max_running), 1)))
-    for key, (peer, processes) in others:
+    variants = drain_variants(cfg)
+    for key in ("drain_1_c10", "drain_2_c10", "drain_default", "drain_max_running"):
+        peer, processes, _ = variants[key]
         samples = []
         for i in range(cfg.runs):
             samples.append(_rate(await sample_drain(peer, dsn, cfg, processes)))
             say(f"[{NAME}] {key} run {i + 1}: {samples[-1]:,.0f} jobs/s")
         figures[key] = Figure.of(samples, JOBS_PER_S)
-
-    steps = make_peer(concurrency=cfg.connections_concurrency, job="steps")
-    figures.update(
-        await sample_connection_drains(steps, dsn, cfg, "drain_1_steps", say, cfg.connections_jobs)
-    )
+    steps, _, jobs = variants["drain_1_steps"]
+    figures.update(await sample_connection_drains(steps, dsn, cfg, "drain_1_steps", say, jobs))
 
     on_off: list[tuple[float, float]] = []
     for i in range(cfg.runs):
         on_off.append(
             await sample_enqueue_single_interleaved(
-                make_peer(), make_peer(install_fn=install_without_wakeups), dsn, cfg
+                make_peer(), make_peer(setup=NO_WAKEUPS), dsn, cfg
             )
         )
         on, off = on_off[-1]
