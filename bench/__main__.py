@@ -1,12 +1,10 @@
 """`make bench` / `python -m bench`: every system on one embedded server, one table.
 
-The parts of a run, in order (``--only`` picks some): ``suites``, each system's figures, every
-run in a fresh database; ``h2h``, drains in alternating rounds (pgtasks, PgQueuer and, with
-``--baseline REV``, pgtasks at revision REV); ``floor``, ``ceiling``, ``filtered``, ``bulk``
-(bench/floors.py); ``maxconn``, pgtasks on a second server with ``max_connections = 100``.
-Prints one side-by-side table with the targets below it and writes the same, with the config,
-the server settings, the commit and the machine load, to ``bench/results/<timestamp>.json``
-and ``latest.json``. bench/README.md says what each figure times.
+The parts, in order (``--only`` picks some): ``suites``, each system's figures; ``h2h``, drains
+in alternating rounds (pgtasks, PgQueuer, and pgtasks at ``--baseline REV``); ``floor``,
+``ceiling``, ``filtered``, ``bulk`` (bench/floors.py); ``maxconn``, a second server. Prints the
+table and the targets, and writes them with the config, server, commit and machine load to
+``bench/results/<timestamp>.json`` and ``latest.json`` (bench/README.md).
 """
 
 from __future__ import annotations
@@ -48,23 +46,16 @@ from bench.harness import (
 )
 
 #: Systems in run order, with the module that drives each.
-DRIVERS = {
-    "pgtasks": "bench.peer_pgtasks",
-    "pgqueuer": "bench.peer_pgqueuer",
-    "procrastinate": "bench.peer_procrastinate",
-}
+DRIVERS = {s: f"bench.peer_{s}" for s in ("pgtasks", "pgqueuer", "procrastinate")}
 PEER = "pgqueuer"
 #: The least pgtasks / pgtasks@REV of a drain: a change may cost a drain at most 3 %.
 REVISION_FLOOR = 0.97
-#: The parts of a run, in order (``--only`` picks some; the docstring above says what each is).
 PARTS = ("suites", "h2h", *floors.SCENARIOS, "maxconn")
 Results = Mapping[str, Mapping[str, Figure]]
 
 
 def ratio(a: Figure | None, b: Figure | None) -> float | None:
-    if a is None or b is None or b.median == 0:
-        return None
-    return a.median / b.median
+    return None if a is None or b is None or b.median == 0 else a.median / b.median
 
 
 def peer_ratios(results: Results) -> dict[str, float]:
@@ -108,10 +99,6 @@ class Goal:
         return f"  {self.name:<48} {shown:>6}   target {self.target:<9} {verdict:<13} {self.judged}"
 
 
-def _samples(fig: Figure | None) -> tuple[float, ...]:
-    return () if fig is None else fig.samples
-
-
 _OPS = {">=": operator.ge, "<=": operator.le, "<": operator.lt, "=": operator.eq}
 
 #: Targets judged on one figure: (key, label, target, "median" of the runs, or the "worst").
@@ -135,12 +122,9 @@ SIMPLE_GOALS = (
 
 
 def goals(results: Results) -> list[Goal]:
-    """The targets pgtasks is held to. Reported, never asserted: the numbers are noisy.
-
-    Drain ratios are judged on the median head-to-head round (the two suites' medians,
-    measured minutes apart, shown next to it); the two paired figures on the median pair,
-    with the worst pair shown; the rest as :data:`SIMPLE_GOALS` says.
-    """
+    """The targets pgtasks is held to, reported, never asserted (the numbers are noisy): drain
+    ratios on the median round (the suites' medians, minutes apart, shown next to it); paired
+    figures on the median pair, the worst shown; the rest as :data:`SIMPLE_GOALS` says."""
     ours, theirs = results.get("pgtasks", {}), results.get(PEER, {})
     found: list[Goal] = []
 
@@ -150,7 +134,7 @@ def goals(results: Results) -> list[Goal]:
         found.append(Goal(name, target, value, met, judged))
 
     def pairs(a: str, b: str, f: Callable[[float, float], float]) -> list[float]:
-        both = zip(_samples(ours.get(a)), _samples(ours.get(b)), strict=False)
+        both = zip(*(ours[k].samples if k in ours else () for k in (a, b)), strict=False)
         return sorted(f(x, y) for x, y in both if y)
 
     for key, label, least in (
@@ -220,13 +204,11 @@ def format_report(results: Results, cfg: BenchConfig, settings: Mapping[str, Any
 async def head_to_head(
     dsn: str, cfg: BenchConfig, systems: list[str], tree: tuple[str, Path] | None
 ) -> dict[str, dict[str, Figure]]:
-    """Drains in ``runs`` rounds: per round each pgtasks drain, back to back with PgQueuer's
-    match (``PGQUEUER_MATCHED``, if pgqueuer is in ``systems``) and with the same drain of
-    pgtasks at another revision (``tree``: its name and checkout), all in one order, reversed
-    the next round; the suites' medians, minutes apart, would carry the machine's drift into a
-    ratio. Each side's rate is ``<key>_rounds``, pgtasks / PgQueuer per round ``h2h_<key>``.
-    Without ``tree`` only the drains PgQueuer matches run.
-    """
+    """``runs`` rounds (``harness.alternate``) of each pgtasks drain back to back with
+    PgQueuer's match (``PGQUEUER_MATCHED``, if in ``systems``) and with the same drain of the
+    revision ``tree`` (name, checkout); without ``tree`` only the matched drains. Each side's
+    rate is ``<key>_rounds`` (CPU per job ``<key>_rounds_*_cpu_us``), pgtasks / PgQueuer per
+    round ``h2h_<key>``."""
     from bench.peer_pgtasks import PGQUEUER_MATCHED, drain_variants
 
     lineup = {"pgtasks": drain_variants(cfg)}
@@ -250,6 +232,9 @@ async def head_to_head(
         for (system, key), sample in zip(sides, samples, strict=True):
             assert sample.rate is not None  # a strict drain finishes or raises
             rates[system].setdefault(f"{key}_rounds", []).append(sample.rate)
+            for side, cpu in (("worker", sample.worker_cpu_us), ("server", sample.server_cpu_us)):
+                if cpu is not None:
+                    rates[system].setdefault(f"{key}_rounds_{side}_cpu_us", []).append(cpu)
         for key in keys:
             shown = [
                 f"{s} {r[f'{key}_rounds'][-1]:,.0f}" for s, r in rates.items() if key in lineup[s]
@@ -266,10 +251,9 @@ def write_results(payload: dict[str, Any], out_dir: Path, stamp: str) -> list[Pa
     out_dir.mkdir(parents=True, exist_ok=True)
     text = json.dumps(payload, indent=2, default=str) + "\n"
     paths = [out_dir / f"{stamp}.json", out_dir / "latest.json"]
-    for path in paths:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+    for path in paths:  # whole or not at all
+        path.with_suffix(".tmp").write_text(text)
+        path.with_suffix(".tmp").replace(path)
     return paths
 
 
@@ -311,10 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             drivers[system] = importlib.import_module(DRIVERS[system])
         except ImportError as exc:
-            raise SystemExit(
-                f"cannot load the {system} driver ({exc}); install the bench "
-                "extra: pip install -e '.[bench]' (make bench does it)"
-            ) from exc
+            msg = f"cannot load the {system} driver ({exc}): pip install -e '.[bench]'"
+            raise SystemExit(msg) from exc
 
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     started, only, systems = time.perf_counter(), args.only, set(args.systems)
@@ -323,8 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     errors: dict[str, str] = {}
 
     def part(name: str, run: Callable[[], Mapping[str, dict[str, Figure]]]) -> None:
-        """Run one part, timed, the machine's load noted before and after it; a failure is
-        reported and the other parts still run."""
+        """Run one part, timed, the load noted before and after; a failure is reported."""
         load = machine_load()
         log(f"=== {name}: load {load['loadavg_1_5_15']}, {load['pytest_processes']} pytest")
         t0 = time.perf_counter()
@@ -369,11 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         "timestamp": stamp,
         "command": " ".join(["python -m bench", *argv]),
         "seconds": round(time.perf_counter() - started, 1),
-        "host": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
+        "host": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "code": provenance(),
         "server": {"embedded": args.dsn is None, **pg},
         "config": dataclasses.asdict(cfg),
