@@ -1,23 +1,17 @@
 """`make bench` / `python -m bench`: every system on one embedded server, one table.
 
-The parts of a run, in order (``--only`` picks some): ``suites``, each system's figures, every
-run in a fresh database; ``h2h``, pgtasks and PgQueuer drains in alternating rounds;
-``floor``, ``ceiling``, ``filtered``, ``bulk`` (bench/floors.py); ``maxconn``, pgtasks on a
-second server with ``max_connections = 100``. Prints one side-by-side table with the targets
-below it and writes the same, with the config, the server settings, the commit and the
-machine load, to ``bench/results/<timestamp>.json`` and ``latest.json``.
-
-    python -m bench [--systems pgtasks,pgqueuer,procrastinate] [--only PARTS] [--scale F]
-                    [--runs N] [--dsn URL] [--out DIR] [--skip-maxconn] [--skip-head-to-head]
-
-A smoke run: ``BENCH_SCALE=0.02 BENCH_RUNS=1 make bench`` (every size can be set as
-``BENCH_<FIELD>``, see ``harness.BenchConfig``).
+The parts, in order (``--only`` picks some): ``suites``, each system's figures; ``h2h``, drains
+in alternating rounds (pgtasks, PgQueuer, and pgtasks at ``--baseline REV``); ``floor``,
+``ceiling``, ``filtered``, ``bulk`` (bench/floors.py); ``maxconn``, a second server. Prints the
+table and the targets, and writes them with the config, server, commit and machine load to
+``bench/results/<timestamp>.json`` and ``latest.json`` (bench/README.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import importlib
@@ -41,37 +35,49 @@ from bench.harness import (
     Figure,
     alternate,
     benchmark_server,
+    figures,
     format_table,
     log,
     machine_load,
     provenance,
+    revision_tree,
     sample_drain,
     server_settings,
 )
 
 #: Systems in run order, with the module that drives each.
-DRIVERS = {
-    "pgtasks": "bench.peer_pgtasks",
-    "pgqueuer": "bench.peer_pgqueuer",
-    "procrastinate": "bench.peer_procrastinate",
-}
-BASELINE = "pgqueuer"
-#: The parts of a run, in order (``--only`` picks some; the docstring above says what each is).
+DRIVERS = {s: f"bench.peer_{s}" for s in ("pgtasks", "pgqueuer", "procrastinate")}
+PEER = "pgqueuer"
+#: The least pgtasks / pgtasks@REV of a drain: a change may cost a drain at most 3 %.
+REVISION_FLOOR = 0.97
 PARTS = ("suites", "h2h", *floors.SCENARIOS, "maxconn")
 Results = Mapping[str, Mapping[str, Figure]]
 
 
 def ratio(a: Figure | None, b: Figure | None) -> float | None:
-    if a is None or b is None or b.median == 0:
-        return None
-    return a.median / b.median
+    return None if a is None or b is None or b.median == 0 else a.median / b.median
 
 
-def baseline_ratios(results: Results) -> dict[str, float]:
+def peer_ratios(results: Results) -> dict[str, float]:
     """pgtasks / PgQueuer per shared figure (for latencies and CPU, below 1 is better)."""
-    ours, theirs = results.get("pgtasks", {}), results.get(BASELINE, {})
+    ours, theirs = results.get("pgtasks", {}), results.get(PEER, {})
     pairs = {key: ratio(ours.get(key), theirs.get(key)) for key in ours}
     return {key: r for key, r in pairs.items() if r is not None}
+
+
+def revision(results: Results) -> str | None:
+    """The name of the baseline revision's system (``pgtasks@REV``), if one ran."""
+    return next((s for s in results if s.startswith("pgtasks@")), None)
+
+
+def revision_ratios(results: Results) -> dict[str, Figure]:
+    """pgtasks / pgtasks@REV per drain of the rounds, each sample one round's pair."""
+    ours, theirs = results.get("pgtasks", {}), results.get(revision(results) or "", {})
+    return {
+        key: Figure.of((a / b for a, b in zip(ours[key].samples, fig.samples, strict=True)), RATIO)
+        for key, fig in theirs.items()
+        if key.endswith("_rounds") and key in ours
+    }
 
 
 # --------------------------------------------------------------------------- targets
@@ -91,10 +97,6 @@ class Goal:
         verdict = {True: "met", False: "NOT met", None: "not measured"}[self.met]
         shown = "-" if self.value is None else f"{self.value:.2f}"
         return f"  {self.name:<48} {shown:>6}   target {self.target:<9} {verdict:<13} {self.judged}"
-
-
-def _samples(fig: Figure | None) -> tuple[float, ...]:
-    return () if fig is None else fig.samples
 
 
 _OPS = {">=": operator.ge, "<=": operator.le, "<": operator.lt, "=": operator.eq}
@@ -120,13 +122,10 @@ SIMPLE_GOALS = (
 
 
 def goals(results: Results) -> list[Goal]:
-    """The targets pgtasks is held to. Reported, never asserted: the numbers are noisy.
-
-    Drain ratios are judged on the median head-to-head round (the two suites' medians,
-    measured minutes apart, shown next to it); the two paired figures on the median pair,
-    with the worst pair shown; the rest as :data:`SIMPLE_GOALS` says.
-    """
-    ours, theirs = results.get("pgtasks", {}), results.get(BASELINE, {})
+    """The targets pgtasks is held to, reported, never asserted (the numbers are noisy): drain
+    ratios on the median round (the suites' medians, minutes apart, shown next to it); paired
+    figures on the median pair, the worst shown; the rest as :data:`SIMPLE_GOALS` says."""
+    ours, theirs = results.get("pgtasks", {}), results.get(PEER, {})
     found: list[Goal] = []
 
     def add(name: str, target: str, value: float | None, judged: str) -> None:
@@ -135,7 +134,7 @@ def goals(results: Results) -> list[Goal]:
         found.append(Goal(name, target, value, met, judged))
 
     def pairs(a: str, b: str, f: Callable[[float, float], float]) -> list[float]:
-        both = zip(_samples(ours.get(a)), _samples(ours.get(b)), strict=False)
+        both = zip(*(ours[k].samples if k in ours else () for k in (a, b)), strict=False)
         return sorted(f(x, y) for x, y in both if y)
 
     for key, label, least in (
@@ -165,6 +164,9 @@ def goals(results: Results) -> list[Goal]:
         value = None if fig is None else fig.median if judged == "median" else worst(fig.samples)
         shown = "" if fig is None else " of " + " ".join(f"{v:.2f}" for v in fig.samples)
         add(label, target, value, judged + shown)
+    for key, fig in revision_ratios(results).items():
+        judged = f"median round [{min(fig.samples):.3f}-{max(fig.samples):.3f}]"
+        add(f"{key} / {revision(results)}", f">= {REVISION_FLOOR}", fig.median, judged)
     return found
 
 
@@ -173,18 +175,24 @@ def _median(values: list[float]) -> float | None:
 
 
 def format_report(results: Results, cfg: BenchConfig, settings: Mapping[str, Any]) -> str:
-    ratios = baseline_ratios(results)
+    ratios = peer_ratios(results)
     extra = {}
-    if "pgtasks" in results and BASELINE in results:
+    if "pgtasks" in results and PEER in results:
         extra = {"pgtasks / pgqueuer": {k: f"{v:.2f}x" for k, v in ratios.items()}}
+    if rev := revision(results):
+        extra[f"pgtasks / {rev}"] = {
+            k: f"{f.median:.3f} [{min(f.samples):.3f}-{max(f.samples):.3f}] "
+            + ("ok" if f.median >= REVISION_FLOOR else f"BELOW {REVISION_FLOOR}")
+            for k, f in revision_ratios(results).items()
+        }
     lines = [
         f"Each cell: median [min-max] of {cfg.runs} runs ({cfg.maxconn_runs} for maxconn_*). "
         "jobs/s: higher is better; ms, us and connections: lower is better.",
         "",
         format_table(results, extra),
     ]
-    if "pgtasks" in results:
-        lines += ["", "Targets:", *(g.line() for g in goals(results))]
+    if found := [g for g in goals(results) if g.met is not None]:  # the others, JSON only
+        lines += ["", "Targets:", *(g.line() for g in found)]
     lines += ["", "Settings:"]
     lines += [f"  {name}: {json.dumps(s, default=str)}" for name, s in settings.items()]
     return "\n".join(lines)
@@ -193,42 +201,59 @@ def format_report(results: Results, cfg: BenchConfig, settings: Mapping[str, Any
 # --------------------------------------------------------------------------- running
 
 
-async def head_to_head(dsn: str, cfg: BenchConfig) -> dict[str, Figure]:
-    """``h2h_<key>``: pgtasks / PgQueuer per round, ``runs`` rounds.
+async def head_to_head(
+    dsn: str, cfg: BenchConfig, systems: list[str], tree: tuple[str, Path] | None
+) -> dict[str, dict[str, Figure]]:
+    """``runs`` rounds (``harness.alternate``) of each pgtasks drain back to back with
+    PgQueuer's match (``PGQUEUER_MATCHED``, if in ``systems``) and with the same drain of the
+    revision ``tree`` (name, checkout); without ``tree`` only the matched drains. Each side's
+    rate is ``<key>_rounds`` (CPU per job ``<key>_rounds_*_cpu_us``), pgtasks / PgQueuer per
+    round ``h2h_<key>``."""
+    from bench.peer_pgtasks import PGQUEUER_MATCHED, drain_variants
 
-    A round drains each pgtasks drain of ``drain_variants()`` and PgQueuer's match (batch 10,
-    or ``run()`` with no argument for ``drain_default``) back to back, all of them in one
-    order, reversed the next round. The suites' medians, minutes apart, would carry the
-    machine's drift into the ratio.
-    """
-    from bench import peer_pgqueuer, peer_pgtasks
+    lineup = {"pgtasks": drain_variants(cfg)}
+    if tree is not None:
+        lineup[tree[0]] = drain_variants(cfg, name=tree[0], tree=tree[1])
+    if PEER in systems:
+        from bench import peer_pgqueuer
 
-    keys, sides = [], []
-    for key, (ours, processes) in peer_pgtasks.drain_variants().items():
-        theirs = peer_pgqueuer.make_peer(default=key == "drain_default")
-        keys.append(key)
-        for peer in (ours, theirs):
-            sides.append(lambda p=peer, n=processes: sample_drain(p, dsn, cfg, n))
-    ratios: dict[str, list[float]] = {key: [] for key in keys}
-    async for i, samples in alternate(cfg.runs, *sides):
-        for key, a, b in zip(keys, samples[::2], samples[1::2], strict=True):
-            assert a.rate is not None and b.rate is not None
-            ratios[key].append(a.rate / b.rate)
-            log(
-                f"[head-to-head] round {i + 1} {key}: pgtasks {a.rate:,.0f}, "
-                f"PgQueuer {b.rate:,.0f} jobs/s ({ratios[key][-1]:.2f}x)"
-            )
-    return {f"h2h_{key}": Figure.of(values, RATIO) for key, values in ratios.items()}
+        lineup[PEER] = {
+            k: (peer_pgqueuer.make_peer(default=k == "drain_default"), n, jobs)
+            for k, (_, n, jobs) in lineup["pgtasks"].items()
+            if k in PGQUEUER_MATCHED
+        }
+    keys = list(lineup["pgtasks"]) if tree is not None else list(PGQUEUER_MATCHED)
+    sides = [(s, key) for key in keys for s in lineup if key in lineup[s]]
+    drains = [
+        lambda v=lineup[s][key]: sample_drain(v[0], dsn, cfg, v[1], jobs=v[2]) for s, key in sides
+    ]
+    rates: dict[str, dict[str, list[float]]] = {s: {} for s in lineup}
+    async for i, samples in alternate(cfg.runs, *drains):
+        for (system, key), sample in zip(sides, samples, strict=True):
+            assert sample.rate is not None  # a strict drain finishes or raises
+            rates[system].setdefault(f"{key}_rounds", []).append(sample.rate)
+            for side, cpu in (("worker", sample.worker_cpu_us), ("server", sample.server_cpu_us)):
+                if cpu is not None:
+                    rates[system].setdefault(f"{key}_rounds_{side}_cpu_us", []).append(cpu)
+        for key in keys:
+            shown = [
+                f"{s} {r[f'{key}_rounds'][-1]:,.0f}" for s, r in rates.items() if key in lineup[s]
+            ]
+            log(f"[head-to-head] round {i + 1} {key}: {', '.join(shown)} jobs/s")
+    out = {system: figures(values) for system, values in rates.items()}
+    for key in PGQUEUER_MATCHED if PEER in rates else ():
+        pairs = zip(rates["pgtasks"][f"{key}_rounds"], rates[PEER][f"{key}_rounds"], strict=True)
+        out["pgtasks"][f"h2h_{key}"] = Figure.of((a / b for a, b in pairs), RATIO)
+    return out
 
 
 def write_results(payload: dict[str, Any], out_dir: Path, stamp: str) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     text = json.dumps(payload, indent=2, default=str) + "\n"
     paths = [out_dir / f"{stamp}.json", out_dir / "latest.json"]
-    for path in paths:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+    for path in paths:  # whole or not at all
+        path.with_suffix(".tmp").write_text(text)
+        path.with_suffix(".tmp").replace(path)
     return paths
 
 
@@ -240,19 +265,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     scale = float(os.environ.get("BENCH_SCALE", 1))
     add("--scale", type=float, default=scale, help="multiply every job count (BENCH_SCALE)")
     add("--runs", type=int, help="runs per figure (default 5, or BENCH_RUNS)")
-    add("--skip-maxconn", action="store_true", help="leave out maxconn_*")
-    add("--skip-head-to-head", action="store_true", help="leave out the h2h_* rounds")
+    add("--baseline", metavar="REV", help="pgtasks at git revision REV in the h2h rounds too")
     add("--dsn", default=os.environ.get("BENCH_DSN"), help="an existing server (CREATE DATABASE)")
     add("--out", type=Path, default=RESULTS_DIR, help="where the JSON goes")
     args = parser.parse_args(argv)
     args.only = {s.strip() for s in args.only.split(",") if s.strip()}
-    args.only -= {"maxconn"} if args.skip_maxconn else set()
-    args.only -= {"h2h"} if args.skip_head_to_head else set()
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     if not args.only or not args.only <= set(PARTS):
         parser.error(f"choose parts from {', '.join(PARTS)}")
     if not args.systems or not set(args.systems) <= DRIVERS.keys():
         parser.error(f"choose systems from {', '.join(DRIVERS)}")
+    if args.baseline and ("h2h" not in args.only or "pgtasks" not in args.systems):
+        parser.error("--baseline runs in the h2h part, with pgtasks among the systems")
     if (args.runs is not None and args.runs < 1) or args.scale <= 0:
         parser.error("--runs must be at least 1 and --scale positive")
     return args
@@ -271,10 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             drivers[system] = importlib.import_module(DRIVERS[system])
         except ImportError as exc:
-            raise SystemExit(
-                f"cannot load the {system} driver ({exc}); install the bench "
-                "extra: pip install -e '.[bench]' (make bench does it)"
-            ) from exc
+            msg = f"cannot load the {system} driver ({exc}): pip install -e '.[bench]'"
+            raise SystemExit(msg) from exc
 
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     started, only, systems = time.perf_counter(), args.only, set(args.systems)
@@ -283,8 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     errors: dict[str, str] = {}
 
     def part(name: str, run: Callable[[], Mapping[str, dict[str, Figure]]]) -> None:
-        """Run one part, timed, the machine's load noted before and after it; a failure is
-        reported and the other parts still run."""
+        """Run one part, timed, the load noted before and after; a failure is reported."""
         load = machine_load()
         log(f"=== {name}: load {load['loadavg_1_5_15']}, {load['pytest_processes']} pytest")
         t0 = time.perf_counter()
@@ -299,13 +320,19 @@ def main(argv: list[str] | None = None) -> int:
         meta[name]["load_after"] = machine_load()
         log(f"=== {name}: {seconds:.0f}s")
 
-    with benchmark_server(args.dsn) as dsn:
+    with contextlib.ExitStack() as stack:
+        tree: tuple[str, Path] | None = None
+        if args.baseline:
+            folder, commit = stack.enter_context(revision_tree(args.baseline))
+            tree = (f"pgtasks@{args.baseline}", folder)
+            meta[tree[0]] = {"settings": {"commit": commit, "as": "pgtasks' own", "only": "h2h"}}
+        dsn = stack.enter_context(benchmark_server(args.dsn))
         pg = asyncio.run(server_settings(dsn))
         log(f"server: PostgreSQL {pg['server_version']} at {dsn}")
         for system, driver in drivers.items() if "suites" in only else ():
             part(system, lambda d=driver, s=system: {s: asyncio.run(d.run(dsn, cfg, log))})
-        if {"pgtasks", BASELINE} <= systems and "h2h" in only:
-            part("head_to_head", lambda: {"pgtasks": asyncio.run(head_to_head(dsn, cfg))})
+        if "pgtasks" in systems and "h2h" in only and (PEER in systems or tree):
+            part("head_to_head", lambda: asyncio.run(head_to_head(dsn, cfg, args.systems, tree)))
         if "pgtasks" in systems and only & set(floors.SCENARIOS):
             part("floors", lambda: asyncio.run(floors.run(dsn, cfg, args.systems, only, log)))
     if "pgtasks" in systems and "maxconn" in only:
@@ -323,17 +350,14 @@ def main(argv: list[str] | None = None) -> int:
         "timestamp": stamp,
         "command": " ".join(["python -m bench", *argv]),
         "seconds": round(time.perf_counter() - started, 1),
-        "host": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
+        "host": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "code": provenance(),
         "server": {"embedded": args.dsn is None, **pg},
         "config": dataclasses.asdict(cfg),
         "parts": meta,
         "results": {s: {k: f.as_dict() for k, f in r.items()} for s, r in results.items()},
-        "pgtasks_vs_pgqueuer": baseline_ratios(results),
+        "pgtasks_vs_pgqueuer": peer_ratios(results),
+        "pgtasks_vs_baseline": {k: f.as_dict() for k, f in revision_ratios(results).items()},
         "goals": [dataclasses.asdict(g) for g in goals(results)] if "pgtasks" in results else [],
         "errors": errors,
     }

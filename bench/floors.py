@@ -1,10 +1,7 @@
-"""What pgtasks is held against besides its peers, each measured in the run that judges it.
-
-``floor``: the latency floor (:func:`sample_floor`) in rounds with the idle-latency figure of
-pgtasks and of PgQueuer, plus pgtasks' jobs that waited for a poll (``latency_tail_*``).
-``ceiling``: pgtasks' claim and finish statements with no framework (:func:`ceiling_loop`) in
-rounds with ``drain_1``. ``filtered``: one-type claims behind a backlog of other types
-(:func:`sample_filtered`). ``bulk``: every system's batch API in rounds. Each round runs its
+"""What pgtasks is held against besides its peers, each measured in the run that judges it:
+``floor`` (:func:`sample_floor`, in rounds with the latency of pgtasks and PgQueuer),
+``ceiling`` (:func:`ceiling_loop`, in rounds with ``drain_1``), ``filtered``
+(:func:`sample_filtered`), ``bulk`` (every system's batch API in rounds). A round runs its
 sides back to back, the order reversed every round (``harness.alternate``).
 """
 
@@ -63,11 +60,9 @@ TAIL_MS = POLL_INTERVAL_S * 1000 / 2
 
 
 async def sample_floor(dsn: str, cfg: BenchConfig) -> list[float]:
-    """Milliseconds per job: a bare INSERT ... RETURNING that NOTIFYs in the same statement
-    (one durable commit), the NOTIFY's delivery to a second connection, and that connection's
-    bare UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING, from before the
-    insert to the claim's return; in this process (``perf_counter``), on the latency figure's
-    schedule: a settle, warm-ups, then jobs ``latency_gap_ms`` apart."""
+    """Milliseconds from before a bare INSERT that NOTIFYs in the same statement (one durable
+    commit) to the return of a bare SKIP LOCKED claim a second connection sends once woken; in
+    this process, on the latency figure's schedule (a settle, warm-ups, jobs 20 ms apart)."""
     async with fresh_database(dsn, "floor") as db:
         submitter, claimer = await asyncpg.connect(db), await asyncpg.connect(db)
         try:
@@ -140,12 +135,9 @@ SELECT count(*) FROM pgtasks.submit_tasks(
 
 
 async def sample_filtered(dsn: str, cfg: BenchConfig) -> tuple[list[float], list[float]]:
-    """(filtered, unfiltered) ms per ``claim_tasks`` call of ``filtered_claim_max`` tasks.
-
-    The backlog (type ``bench_other``) is submitted first, the claimer's type after it, each
-    by one ``submit_tasks`` call, then VACUUM ANALYZE (autovacuum would have run by then). The
-    calls alternate, the order flipped every pair, after ``latency_warmup`` untimed pairs; the
-    unfiltered ones take the backlog's head."""
+    """(filtered, unfiltered) ms per ``claim_tasks`` call of ``filtered_claim_max`` tasks,
+    behind a backlog of type ``bench_other`` submitted first (then VACUUM ANALYZE); the calls
+    alternate, the order flipped every pair, after ``latency_warmup`` untimed pairs."""
     size, warm = cfg.filtered_claim_max, cfg.latency_warmup
     times: tuple[list[float], list[float]] = ([], [])
     async with fresh_database(dsn, "pgtasks_filtered") as db:

@@ -1,16 +1,8 @@
-"""The harness behind `make bench`: one methodology for every queue system.
-
-Every system (pgtasks and its peers) is measured by the scenario code in this module; a driver
-(``bench/peer_*.py``) only says how its library installs its schema, enqueues one job, enqueues
-a batch, counts unfinished jobs and runs its normal worker. The numbers therefore differ because
-the libraries differ, not because each driver timed things its own way.
-
-Clock rules, because they decide what the numbers mean:
-
-* durations inside one process use ``time.perf_counter``;
-* anything compared across processes (a job's start in a worker against the moment the
-  harness enqueued it, or saw the queue empty) uses ``time.time``: on one machine it is the
-  only clock all processes share.
+"""The harness behind `make bench`: every system measured by the scenario code here; a driver
+(``bench/peer_*.py``) only says how its library installs its schema, enqueues one job and a
+batch, counts unfinished jobs and runs its normal worker, so the numbers differ because the
+libraries do. Durations in one process use ``time.perf_counter``; anything compared across
+processes ``time.time``, the one clock they all share.
 """
 
 from __future__ import annotations
@@ -88,18 +80,12 @@ def log(msg: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Figure:
-    """One reported number: the median of several runs, with min and max kept visible.
-
-    A single run on a small shared machine is noise; the median of 5 with its range shows
-    both the typical value and how far to trust it.
+    """One reported number: the median of several runs (at least one), with min and max kept
+    visible. A single run on a small shared machine is noise; the range says how far to trust it.
     """
 
     samples: tuple[float, ...]
     unit: str
-
-    def __post_init__(self) -> None:
-        if not self.samples:
-            raise ValueError("a Figure needs at least one sample")
 
     @classmethod
     def of(cls, samples: Iterable[float], unit: str) -> Figure:
@@ -119,18 +105,10 @@ class Figure:
         }
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0..100), linear between closest ranks (numpy's default)."""
-    if not values:
-        raise ValueError("percentile of no values")
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-
 def p50_p99(values: Sequence[float]) -> tuple[float, float]:
-    return percentile(values, 50), percentile(values, 99)
+    """Linear between closest ranks (numpy's default); at least two values."""
+    q = statistics.quantiles(values, n=100, method="inclusive")
+    return q[49], q[98]
 
 
 def rate(jobs: int, seconds: float) -> float:
@@ -144,12 +122,9 @@ async def alternate(
     rounds: int, *sides: Callable[[], Awaitable[T]]
 ) -> AsyncIterator[tuple[int, list[T]]]:
     """Run every side once per round, the order reversed every other round (a b, b a, ...);
-    yield ``(round, results in side order)``.
-
-    A ratio of two figures measured minutes apart measures this machine's drift too: on the
-    shared 2 cores one system's drain moved between 11,000 and 19,000 jobs/s from run to run.
-    Taken within a round, with the order flipped, drift falls on both sides alike.
-    """
+    yield ``(round, results in side order)``. A ratio of figures minutes apart measures the
+    machine's drift too (one drain moved between 11,000 and 19,000 jobs/s from run to run);
+    within a round, the order flipped, drift falls on both sides alike."""
     for i in range(rounds):
         results = {j: await sides[j]() for j in range(len(sides))[:: -1 if i % 2 else 1]}
         yield i, [results[j] for j in range(len(sides))]
@@ -224,14 +199,12 @@ class BenchConfig:
                 raise ValueError(f"BenchConfig.{field.name} must be positive, got {value}")
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> BenchConfig:
-        env = os.environ if environ is None else environ
-        overrides: dict[str, Any] = {}
-        for field in dataclasses.fields(cls):
-            raw = env.get("BENCH_" + field.name.upper())
-            if raw is not None:
-                overrides[field.name] = float(raw) if field.type == "float" else int(raw)
-        return cls(**overrides)
+    def from_env(cls) -> BenchConfig:
+        given = {f: os.environ.get("BENCH_" + f.name.upper()) for f in dataclasses.fields(cls)}
+        typed: dict[str, Any] = {
+            f.name: float(v) if f.type == "float" else int(v) for f, v in given.items() if v
+        }
+        return cls(**typed)
 
     def scaled(self, factor: float) -> BenchConfig:
         """Every job count multiplied by ``factor`` (at least 1 each, 2 for percentiles)."""
@@ -264,13 +237,10 @@ class BenchConfig:
 def benchmark_server(
     dsn: str | None = None, *, max_connections: int | None = None
 ) -> Iterator[str]:
-    """Yield the DSN to benchmark against: ``dsn``, or else a private embedded server.
-
-    The embedded server is pgtasks' own (the one a fresh clone gets), in a throw-away folder:
-    every system meets identical settings, nothing survives from an earlier run, and nothing
-    collides with the server of ``make run`` or of the tests. It is stopped and its folder
-    deleted on the way out, also on Ctrl-C. ``max_connections`` replaces its limit (300).
-    """
+    """Yield the DSN to benchmark against: ``dsn``, or else a private embedded server
+    (pgtasks' own, in a throw-away folder deleted on the way out, also on Ctrl-C): identical
+    settings for every system, nothing left from an earlier run, no collision with ``make run``
+    or the tests. ``max_connections`` replaces its limit (300)."""
     if dsn is not None:
         yield dsn
         return
@@ -378,11 +348,8 @@ async def admin_execute(dsn: str, *statements: str) -> None:
 @contextlib.asynccontextmanager
 async def fresh_database(dsn: str, system: str) -> AsyncIterator[str]:
     """An empty database for one run, dropped afterwards (FORCE: a worker that failed to stop
-    must not leave it behind); yields its DSN.
-
-    No run inherits another's dead tuples, bloated indexes or leftover jobs, and systems never
-    see each other's tables. The name carries the process id, so two benches cannot collide.
-    """
+    must not leave it behind); yields its DSN. No run inherits another's dead tuples, bloated
+    indexes or jobs; the name carries the process id, so two benches cannot collide."""
     name = f"bench_{re.sub(r'[^a-z0-9_]', '_', system.lower())}_{os.getpid()}_{next(_db_counter)}"
     await admin_execute(dsn, f'CREATE DATABASE "{name}"')
     try:
@@ -415,21 +382,50 @@ class Client(Protocol):
 @dataclasses.dataclass(frozen=True)
 class Peer:
     """One system as the scenarios see it. ``worker_module`` runs as ``python -m
-    <worker_module> --dsn ... [worker_args]`` (see :func:`worker_main`)."""
+    <worker_module> --dsn ... [worker_args]`` (see :func:`worker_main`), in ``tree`` (another
+    revision's checkout, see :func:`revision_tree`) if given, else in this one."""
 
     name: str
     install: Callable[[str], Awaitable[None]]
     connect: Callable[[str], Awaitable[Client]]
     worker_module: str
     worker_args: tuple[str, ...] = ()
+    tree: Path | None = None
+
+
+def tree_env(tree: Path) -> dict[str, str]:
+    """The environment of a child process that imports ``tree``'s packages first, then this
+    checkout's (a revision tree has no ``bench``, so the harness is always this one)."""
+    path = (str(tree), str(REPO_ROOT), os.environ.get("PYTHONPATH"))
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys(filter(None, path)))}
+
+
+@contextlib.contextmanager
+def revision_tree(rev: str) -> Iterator[tuple[Path, str]]:
+    """A temporary ``git worktree`` of ``rev`` with its ``bench`` folder deleted, removed on
+    the way out; yields (its folder, the full commit). Its ``pgtasks`` and ``sql`` are that
+    revision's, so its migrate installs that revision's schema."""
+    commit = _git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
+    if not commit:
+        raise SystemExit(f"--baseline {rev}: not a commit of {REPO_ROOT}")
+    folder = Path(tempfile.mkdtemp(prefix="pgtasks-baseline-")) / "tree"
+    git = ["git", "-C", str(REPO_ROOT), "worktree"]
+    subprocess.run([*git, "add", "--detach", "--quiet", str(folder), commit], check=True)
+    try:
+        shutil.rmtree(folder / "bench")
+        log(f"baseline {rev} ({commit[:12]}) checked out in {folder}")
+        yield folder, commit
+    finally:
+        subprocess.run([*git, "remove", "--force", str(folder)], check=False)
+        shutil.rmtree(folder.parent, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- worker side
 
 
 class JobRecorder:
-    """Counts a worker process's jobs and when they ran: a few attribute writes per job, so
-    recording does not slow the no-op jobs it times."""
+    """Counts a worker process's jobs and when they ran (``started`` first in the job's body,
+    ``finished`` last): a few attribute writes per job, so it does not slow the jobs it times."""
 
     __slots__ = ("count", "first_start", "record_starts", "starts")
 
@@ -440,7 +436,6 @@ class JobRecorder:
         self.starts: dict[int, float] = {}
 
     def started(self, seq: int | None = None) -> None:
-        """First thing in the job body."""
         now = time.time()
         if self.first_start is None:
             self.first_start = now
@@ -448,7 +443,6 @@ class JobRecorder:
             self.starts[seq] = now
 
     def finished(self) -> None:
-        """Last thing in the job body."""
         self.count += 1
 
 
@@ -500,11 +494,8 @@ def worker_main(argv: Sequence[str], serve: ServeFn, add_arguments: AddArguments
 
 
 async def serve_until_stopped(ctx: WorkerContext, run: Awaitable[None]) -> asyncio.Task[None]:
-    """Start the library's worker coroutine, say ready, return its task once stop is set.
-
-    If the library's worker dies first, its exception is raised here rather than leaving the
-    harness waiting for a drain that cannot happen.
-    """
+    """Start the library's worker coroutine, say ready, return its task once stop is set; if
+    the worker dies first, raise its exception rather than let the harness wait in vain."""
     task: asyncio.Task[None] = asyncio.ensure_future(run)
     Path(ctx.args.ready_file).write_text(str(time.time()))
     stop_task = asyncio.create_task(ctx.stop.wait())
@@ -556,11 +547,10 @@ class WorkerProcess:
         cmd += ["--stats-file", str(workdir / f"{label}.json")]
         cmd += ["--ready-file", str(workdir / f"{label}.ready")]
         cmd += [*(["--record-starts"] if record_starts else []), *peer.worker_args]
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(REPO_ROOT), env.get("PYTHONPATH"))))
+        tree = peer.tree or REPO_ROOT
         with (workdir / f"{label}.log").open("wb") as out:
             proc = await asyncio.create_subprocess_exec(
-                *cmd, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
+                *cmd, cwd=tree, env=tree_env(tree), stdin=subprocess.DEVNULL, stdout=out, stderr=out
             )
         return cls(proc, workdir, label)
 
@@ -637,12 +627,9 @@ async def running_workers(
 async def wait_drained(
     client: Client, cfg: BenchConfig, workers: Sequence[WorkerProcess] = ()
 ) -> float:
-    """Poll until no job is outstanding; return the ``time.time()`` at which that was seen.
-
-    Library-neutral on purpose: done means the library has recorded the job as finished in
-    the database, whatever it buffers in between. The pause grows with the wait: on 2 cores a
-    fixed 10 ms poll would itself steal CPU from a slow, many-second drain.
-    """
+    """Poll until no job is outstanding (finished as the database holds it, whatever the
+    library buffers); return the ``time.time()`` it was seen. The pause grows with the wait: on
+    2 cores a fixed 10 ms poll would itself steal CPU from a slow, many-second drain."""
     started = time.monotonic()
     while (left := await client.outstanding()) != 0:
         for w in workers:
@@ -655,13 +642,10 @@ async def wait_drained(
 
 
 class ConnectionSampler:
-    """Counts client connections every ``interval`` while it runs and keeps the peaks.
-
-    ``peak_run_db``: connections to the run database that the harness did not open, i.e. the
-    workers'. ``peak_server``: every client connection to the server, the harness's included,
-    as ``max_connections`` counts them. Its own connection opens before the workers start, so
-    a full server cannot keep it out.
-    """
+    """Counts client connections every ``interval`` while it runs and keeps the peaks:
+    ``peak_run_db`` of the run database's not opened by the harness (the workers'),
+    ``peak_server`` of all, as ``max_connections`` counts them. It connects before the workers
+    start, so a full server cannot keep it out."""
 
     _SQL = """
     SELECT count(*) FILTER (WHERE datname = current_database()
@@ -714,13 +698,9 @@ def total_cpu_seconds(pids: Iterable[int]) -> float | None:
 async def server_cpu_seconds(conn: asyncpg.Connection) -> dict[int, float] | None:
     """CPU seconds of every server process (backends, WAL writer, checkpointer...) by pid;
     meaningful only for a server on this machine (the embedded one always is)."""
-    out: dict[int, float] = {}
-    for (pid,) in await conn.fetch("SELECT pid FROM pg_stat_activity"):
-        cpu = process_cpu_seconds(pid)
-        if cpu is None:
-            return None
-        out[pid] = cpu
-    return out
+    pids = [pid for (pid,) in await conn.fetch("SELECT pid FROM pg_stat_activity")]
+    cpu = {pid: process_cpu_seconds(pid) for pid in pids}
+    return None if None in cpu.values() else {p: c for p, c in cpu.items() if c is not None}
 
 
 # --------------------------------------------------------------------------- scenarios
@@ -809,10 +789,9 @@ async def sample_enqueue_batch(peer: Peer, dsn: str, cfg: BenchConfig) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class DrainSample:
-    """One drain: its rate; CPU per job (microseconds) of the workers and of every server
-    process, from just before the enqueue to the poll that saw the queue empty (so the
-    server's includes inserting the jobs, for every system alike); jobs run; log lines
-    reporting a refused connection; and, when watched, the connection peaks."""
+    """One drain: its rate; CPU per job (us) of the workers and of every server process, from
+    before the enqueue to the poll that saw it empty (the server's includes the inserts); jobs
+    run; log lines reporting a refused connection; when watched, the connection peaks."""
 
     #: None only for a ``strict=False`` drain that did not finish within ``timeout_s``.
     rate: float | None
@@ -835,17 +814,14 @@ async def sample_drain(
     watch_connections: bool = False,
     strict: bool = True,
 ) -> DrainSample:
-    """``workers`` worker processes empty a queue of ``jobs`` (default ``drain_jobs``) no-op jobs.
+    """``workers`` worker processes empty a queue of ``jobs`` (default ``drain_jobs``) no-op
+    jobs, enqueued in one batch call once they settled; timed from the first job's start, as
+    the job recorded it, to the poll that first sees the queue empty (README, "Drain").
 
-    Workers start and settle first; all jobs are enqueued in one batch call (so they appear at
-    once); the clock runs from the first job's start, as the job recorded it, to the poll that
-    first sees the queue empty. Worker start-up and the enqueue are not timed.
-
-    ``database(dsn, system)`` yields the database to run in (default: a fresh, empty one).
-    ``watch_connections`` samples connections from before the first worker starts until the
-    last has stopped. ``strict=False`` reports a drain whose workers ran fewer jobs than
-    enqueued, or that did not finish within ``timeout_s`` (rate None, workers killed, their
-    connection errors still counted), instead of raising.
+    ``database(dsn, system)`` yields the database (default: a fresh one). ``watch_connections``
+    samples connections from before the first worker starts until the last stopped.
+    ``strict=False`` reports a drain whose workers ran fewer jobs than enqueued, or that did not
+    finish within ``timeout_s`` (rate None, connection errors still counted), and raises not.
     """
     jobs = cfg.drain_jobs if jobs is None else jobs
     stats: list[WorkerStats] = []
@@ -965,11 +941,9 @@ async def run_suite(dsn: str, cfg: BenchConfig, peer: Peer, say: Log = log) -> d
             add(f"drain_{n}", s.rate)
             add(f"drain_{n}_worker_cpu_us", s.worker_cpu_us)
             add(f"drain_{n}_server_cpu_us", s.server_cpu_us)
-            cpu = ""
-            if s.worker_cpu_us is not None and s.server_cpu_us is not None:
-                cpu = f" (CPU per job: {s.worker_cpu_us:,.0f} us worker"
-                cpu += f", {s.server_cpu_us:,.0f} us server)"
-            say(f"[{peer.name}] drain_{n} run {i + 1}: {s.rate:,.0f} jobs/s{cpu}")
+            us = [math.nan if v is None else v for v in (s.worker_cpu_us, s.server_cpu_us)]
+            cpu = f"CPU per job: {us[0]:,.0f} us worker, {us[1]:,.0f} us server"
+            say(f"[{peer.name}] drain_{n} run {i + 1}: {s.rate:,.0f} jobs/s ({cpu})")
     for i in range(cfg.runs):
         p50, p99 = p50_p99(await sample_latency(peer, dsn, cfg))
         add("latency_p50_ms", p50)
@@ -980,11 +954,11 @@ async def run_suite(dsn: str, cfg: BenchConfig, peer: Peer, say: Log = log) -> d
 
 def figures(values: Mapping[str, Iterable[float]]) -> dict[str, Figure]:
     """Figures from samples by key, each unit told by its key's ending."""
-    units = {"_ms": MS, "_us": US_PER_JOB, "_count": COUNT}
+    units = {"_ms": MS, "_us": US_PER_JOB, "_count": COUNT, "_writes": "updates"}
 
     def unit(key: str) -> str:
         ending = next((u for e, u in units.items() if key.endswith(e)), JOBS_PER_S)
-        return RATIO if "_over_" in key else ending
+        return RATIO if "_over_" in key or "_ratio" in key else ending
 
     return {key: Figure.of(v, unit(key)) for key, v in values.items()}
 

@@ -1,9 +1,6 @@
-"""PgQueuer driver, set up the way its documentation sets up a worker.
-
-One asyncpg connection wrapped in ``AsyncpgDriver``, a ``PgQueuer`` with one async entrypoint,
-``PgQueuer.run(batch_size=10)`` (its default), no concurrency limit and no rate limit.
-Enqueueing goes through ``Queries.enqueue`` (scalars for one job, lists for a batch), which is
-what application code calls. ``BENCH_PGQUEUER_BATCH_SIZE`` overrides the batch size.
+"""PgQueuer driver, set up the way its documentation sets up a worker (bench/README.md,
+"Settings of each system"): ``PgQueuer.run(batch_size=10)`` over one asyncpg connection,
+``Queries.enqueue`` for the clients. ``BENCH_PGQUEUER_BATCH_SIZE`` overrides the batch size.
 """
 
 from __future__ import annotations
@@ -119,11 +116,9 @@ async def run(dsn: str, cfg: BenchConfig, say: Log) -> dict[str, Figure]:
 
 
 def settings() -> dict[str, Any]:
-    param = inspect.signature(PgQueuer.run).parameters.get("batch_size")
-    default = None if param is None else param.default
+    default = inspect.signature(PgQueuer.run).parameters["batch_size"].default
     return {
         "batch_size": BATCH_SIZE,
-        "max_concurrent_tasks": None,
         "drain_default": f"PgQueuer.run() with no arguments (batch_size={default})",
         "connections_per_worker": "measured in drain_default (no-op jobs)",
     }

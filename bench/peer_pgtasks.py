@@ -1,14 +1,9 @@
-"""pgtasks driver, and the figures only pgtasks has.
+"""pgtasks driver, and the figures only pgtasks has (bench/README.md says what each times).
 
-pgtasks is driven through its public API, as an application would: ``Client.submit`` for one
-task, ``Client.submit_many`` for a batch, the ``Worker`` class in worker processes with the
-no-op task in a ``Registry`` of its own.
-
-Beyond the figures every system gets (``harness.run_suite``), :func:`run` measures those only
-pgtasks has (``drain_default``, ``drain_N_c10``, ``drain_max_running``, connections, wake-ups
-on and off, ``latency_poll_*``, ``drain_1_history``; ``wf_*`` in bench/workflows.py), and
-:func:`run_maxconn` the ``maxconn_*`` figures on a server of its own. bench/README.md says
-what each one times.
+pgtasks is driven through its public API, as an application would: ``Client.submit`` and
+``Client.submit_many``, the ``Worker`` class in worker processes with the no-op task in a
+``Registry`` of its own. :func:`run` measures every figure but ``maxconn_*``
+(:func:`run_maxconn`, a server of its own); ``make_peer(tree=...)`` is another revision.
 """
 
 from __future__ import annotations
@@ -17,13 +12,16 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import inspect
 import itertools
+import json
 import os
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -33,8 +31,8 @@ from bench.harness import (
     CONNECTIONS,
     COUNT,
     JOBS_PER_S,
-    MS,
     BenchConfig,
+    Client,
     DrainSample,
     Figure,
     Log,
@@ -49,8 +47,13 @@ from bench.harness import (
     sample_enqueue_single_interleaved,
     sample_latency,
     serve_until_stopped,
+    server_settings,
+    tree_env,
     with_database,
     worker_main,
+)
+from bench.harness import (
+    figures as to_figures,
 )
 from pgtasks import Client as TaskClient
 from pgtasks import Registry, Worker, task_register
@@ -75,29 +78,47 @@ async def install(dsn: str) -> None:
     await migrate_url(dsn)
 
 
-async def install_without_wakeups(dsn: str) -> None:
-    """The schema, then wake-ups off for every later session of the database, as a poll-only
-    deployment may set it (the clients connect after it is set)."""
-    await install(dsn)
-    await admin_execute(
-        dsn,
-        """
-        DO $$ BEGIN
-            EXECUTE format('ALTER DATABASE %I SET pgtasks.wake_workers = off', current_database());
-        END $$""",
-    )
+#: Setups run after the schema: wake-ups off for every later session of the database, as a
+#: poll-only deployment may set it (the clients connect after it); MAX_RUNNING on the queue
+#: the bench tasks go to.
+NO_WAKEUPS = """
+DO $$ BEGIN
+    EXECUTE format('ALTER DATABASE %I SET pgtasks.wake_workers = off', current_database());
+END $$"""
+LIMITED = f"""
+SELECT pgtasks.configure_queue(queue => (SELECT default_queue FROM pgtasks.current_settings()),
+                               max_running => {MAX_RUNNING})"""
+#: The schema as revision ``tree`` installs it: its own migrate, in a child process that
+#: imports that checkout (this one imports the working tree's pgtasks).
+_MIGRATE = """import asyncio, sys
+from pgtasks.migrations import migrate_url
+asyncio.run(migrate_url(sys.argv[1]))"""
+#: That revision's own Client.submit_many, one batch per line of stdin, "ok" after each.
+_SUBMITTER = """import asyncio, json, sys
+from pgtasks import Client
+async def main():
+    client = await Client(sys.argv[1]).connect()
+    for line in sys.stdin:
+        await client.submit_many(sys.argv[2], [{"seq": s} for s in json.loads(line)])
+        print("ok", flush=True)
+    await client.close()
+asyncio.run(main())"""
 
 
-async def install_max_running(dsn: str) -> None:
-    """The schema, then MAX_RUNNING on the queue the bench tasks go to."""
-    await install(dsn)
-    await admin_execute(
-        dsn,
-        f"""
-        SELECT pgtasks.configure_queue(
-            queue => (SELECT default_queue FROM pgtasks.current_settings()),
-            max_running => {MAX_RUNNING})""",
-    )
+def _installer(tree: Path | None, setup: str) -> Callable[[str], Awaitable[None]]:
+    async def install_fn(dsn: str) -> None:
+        if tree is None:
+            await install(dsn)
+        else:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", _MIGRATE, dsn, cwd=tree, env=tree_env(tree)
+            )
+            if await proc.wait():
+                raise RuntimeError(f"the migrate of {tree} failed (exit {proc.returncode})")
+        if setup:
+            await admin_execute(dsn, setup)
+
+    return install_fn
 
 
 # Outstanding = claimable (PENDING/COMMIT) and ready now, plus RUNNING: two counts, so each
@@ -134,14 +155,51 @@ class PgTasksClient:
         await self._client.close()
 
 
+class RevisionClient:
+    """The client of pgtasks at another revision: :data:`_SUBMITTER` in a child process that
+    imports that checkout, up until :meth:`close`, so its exit never falls in a drain."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, conn: asyncpg.Connection) -> None:
+        self._proc, self._conn = proc, conn
+
+    @classmethod
+    async def connect(cls, tree: Path, dsn: str) -> RevisionClient:
+        pipe = asyncio.subprocess.PIPE
+        proc = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-c", _SUBMITTER, dsn, TASK), cwd=tree, env=tree_env(tree),
+            stdin=pipe, stdout=pipe,
+        )  # fmt: skip
+        return cls(proc, await asyncpg.connect(dsn))
+
+    async def enqueue_one(self, seq: int) -> None:
+        await self.enqueue_many([seq])
+
+    async def enqueue_many(self, seqs: Sequence[int]) -> None:
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._proc.stdin.write(json.dumps(list(seqs)).encode() + b"\n")
+        await self._proc.stdin.drain()
+        if await self._proc.stdout.readline() != b"ok\n":
+            raise RuntimeError(f"the submitter failed (exit {await self._proc.wait()})")
+
+    async def outstanding(self) -> int:
+        return int(await self._conn.fetchval(OUTSTANDING_SQL))
+
+    async def close(self) -> None:
+        assert self._proc.stdin is not None
+        self._proc.stdin.close()
+        await self._proc.wait()
+        await self._conn.close()
+
+
 # --------------------------------------------------------------------------- worker side
 
 
 def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
-    # Each option reaches Worker only when given, so "no options" is Worker's defaults.
-    parser.add_argument("--concurrency", type=int)
-    parser.add_argument("--poll-interval", type=float)
-    parser.add_argument("--no-listen", dest="listen", action="store_false")
+    # Each option reaches Worker only when given (SUPPRESS), so "no options" is its defaults.
+    unset = argparse.SUPPRESS
+    parser.add_argument("--concurrency", type=int, default=unset)
+    parser.add_argument("--poll-interval", type=float, default=unset)
+    parser.add_argument("--no-listen", dest="listen", action="store_false", default=unset)
     parser.add_argument("--job", choices=("noop", "steps"), default="noop")
 
 
@@ -173,13 +231,8 @@ async def serve(ctx: WorkerContext) -> None:
             recorder.started(params.get("seq"))
             recorder.finished()
 
-    options: dict[str, Any] = {}
-    if ctx.args.concurrency is not None:
-        options["concurrency"] = ctx.args.concurrency
-    if ctx.args.poll_interval is not None:
-        options["poll_interval"] = ctx.args.poll_interval
-    if not ctx.args.listen:
-        options["listen"] = False
+    given = vars(ctx.args).items()
+    options = {k: v for k, v in given if k in ("concurrency", "poll_interval", "listen")}
     worker = Worker(ctx.dsn, registry=registry, **options)
     task = await serve_until_stopped(ctx, worker.run())
     # The Worker's own graceful stop: no more claims, running tasks finish, results flushed.
@@ -189,28 +242,47 @@ async def serve(ctx: WorkerContext) -> None:
 
 def make_peer(
     *,
-    install_fn: Callable[[str], Awaitable[None]] = install,
+    tree: Path | None = None,
+    name: str = NAME,
+    setup: str = "",
+    install_fn: Callable[[str], Awaitable[None]] | None = None,
     listen: bool = True,
     concurrency: int | None = CONCURRENCY,
     job: str = "noop",
 ) -> Peer:
-    """The pgtasks peer; ``concurrency=None`` leaves it, like every option, at Worker's default."""
+    """The pgtasks peer; ``concurrency=None`` leaves it, like every option, at Worker's default.
+    ``tree``: another revision's checkout, whose pgtasks the client, the schema (its own
+    migrate) and the workers use, as system ``name``. ``setup``: SQL run after the schema."""
     args = ["--job", job]
     if concurrency is not None:
         args += ["--concurrency", str(concurrency)]
     if not listen:
         args += ["--no-listen", "--poll-interval", str(POLL_INTERVAL_S)]
-    return Peer(NAME, install_fn, PgTasksClient.connect, "bench.peer_pgtasks", tuple(args))
+    connect: Callable[[str], Awaitable[Client]] = PgTasksClient.connect
+    if tree is not None:
+        connect = functools.partial(RevisionClient.connect, tree)
+    install_fn = install_fn or _installer(tree, setup)
+    return Peer(name, install_fn, connect, "bench.peer_pgtasks", tuple(args), tree)
 
 
-def drain_variants() -> dict[str, tuple[Peer, int]]:
-    """The drains compared with PgQueuer, by figure key: (pgtasks peer, worker processes)."""
+#: Drains whose match PgQueuer runs in the head-to-head rounds: batch 10, or ``run()`` with
+#: no argument for ``drain_default``.
+PGQUEUER_MATCHED = ("drain_default", "drain_1_c10", "drain_2_c10", "drain_1", "drain_2")
+
+
+def drain_variants(cfg: BenchConfig, **peer: Any) -> dict[str, tuple[Peer, int, int]]:
+    """Every drain figure's setup, by key: (peer, worker processes, jobs); ``peer`` goes to
+    :func:`make_peer` (another revision's tree)."""
+    jobs = cfg.drain_jobs
+    steps = make_peer(concurrency=cfg.connections_concurrency, job="steps", **peer)
     return {
-        "drain_default": (make_peer(concurrency=None), 1),
-        "drain_1_c10": (make_peer(concurrency=10), 1),
-        "drain_2_c10": (make_peer(concurrency=10), 2),
-        "drain_1": (make_peer(), 1),
-        "drain_2": (make_peer(), 2),
+        "drain_default": (make_peer(concurrency=None, **peer), 1, jobs),
+        "drain_1_c10": (make_peer(concurrency=10, **peer), 1, jobs),
+        "drain_2_c10": (make_peer(concurrency=10, **peer), 2, jobs),
+        "drain_1": (make_peer(**peer), 1, jobs),
+        "drain_2": (make_peer(**peer), 2, jobs),
+        "drain_max_running": (make_peer(setup=LIMITED, **peer), 1, jobs),
+        "drain_1_steps": (steps, 1, cfg.connections_jobs),
     }
 
 
@@ -283,15 +355,11 @@ _clone_counter = itertools.count(1)
 
 @contextlib.asynccontextmanager
 async def clone_database(dsn: str, template: str) -> AsyncIterator[str]:
-    """A byte-for-byte copy of database ``template`` (FILE_COPY), dropped afterwards.
-
-    Loading a million tasks takes far longer than a drain, so it is done once and every run
-    gets a copy: the same table, indexes, statistics and visibility map each time. The copy
-    leaves hundreds of MB of dirty pages in the OS cache (and loading left a checkpoint's
-    worth in PostgreSQL's); written back during the drain they would slow its commits, which
-    a table that grew over weeks does not suffer. So both are flushed first (CHECKPOINT, sync),
-    outside the timed part. Without it the first history run showed a 32 % drop.
-    """
+    """A byte-for-byte copy of database ``template`` (FILE_COPY), dropped afterwards: the
+    history is loaded once, and every run gets the same table, indexes, statistics and
+    visibility map. The copy's dirty pages (and the load's) are flushed first (CHECKPOINT,
+    sync), outside the timed part: written back during the drain they slowed its commits, a
+    32 % drop that a table grown over weeks does not suffer."""
     name = f"{template}_run{next(_clone_counter)}"
     await admin_execute(
         dsn, f'CREATE DATABASE "{name}" TEMPLATE "{template}" STRATEGY FILE_COPY', "CHECKPOINT"
@@ -301,10 +369,6 @@ async def clone_database(dsn: str, template: str) -> AsyncIterator[str]:
         yield with_database(dsn, name)
     finally:
         await admin_execute(dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-async def _installed(_dsn: str) -> None:
-    """A clone already holds the schema and the history."""
 
 
 async def sample_history_drains(
@@ -328,7 +392,7 @@ async def sample_history_drains(
                 async def the_clone(_dsn: str, _system: str, db: str = db) -> AsyncIterator[str]:
                     yield db
 
-                peer = make_peer(install_fn=_installed)
+                peer = make_peer(install_fn=lambda _: asyncio.sleep(0))  # a clone holds it
                 history.append(_rate(await sample_drain(peer, db, cfg, 1, database=the_clone)))
             say(
                 f"[{NAME}] drain_1_history pair {i + 1}: fresh {fresh[-1]:,.0f}, history "
@@ -346,20 +410,12 @@ def _rate(sample: DrainSample) -> float:
 
 
 async def run_maxconn(dsn: str, cfg: BenchConfig, say: Log) -> dict[str, Figure]:
-    """``maxconn_*``, on a server started with ``max_connections = maxconn_limit``:
-    ``maxconn_workers`` processes at ``maxconn_concurrency`` drain ``maxconn_jobs`` tasks that
-    checkpoint, log and report progress.
-
-    A refused connection does not fail the run: counting them (from the workers' logs) is
-    what the figure is for. A run that does not finish within ``maxconn_timeout_s`` has no
-    rate, but its errors and peak count.
-    """
-    conn = await asyncpg.connect(dsn)
-    try:
-        limit = int(await conn.fetchval("SHOW max_connections"))
-    finally:
-        await conn.close()
-    if limit != cfg.maxconn_limit:
+    """``maxconn_*``, on a server with ``max_connections = maxconn_limit``: ``maxconn_workers``
+    processes at ``maxconn_concurrency`` drain ``maxconn_jobs`` tasks that checkpoint, log and
+    report progress. A refused connection (counted from the workers' logs) does not fail the
+    run; one that does not finish within ``maxconn_timeout_s`` has no rate, but its errors
+    and peak count."""
+    if (limit := int((await server_settings(dsn))["max_connections"])) != cfg.maxconn_limit:
         raise RuntimeError(f"server has max_connections = {limit}, not {cfg.maxconn_limit}")
     peer = make_peer(concurrency=cfg.maxconn_concurrency, job="steps")
     bounded = dataclasses.replace(cfg, timeout_s=cfg.maxconn_timeout_s)
@@ -367,14 +423,9 @@ async def run_maxconn(dsn: str, cfg: BenchConfig, say: Log) -> dict[str, Figure]
     errors: list[float] = []
     peaks: list[float] = []
     for i in range(cfg.maxconn_runs):
+        n, jobs = cfg.maxconn_workers, cfg.maxconn_jobs
         s = await sample_drain(
-            peer,
-            dsn,
-            bounded,
-            cfg.maxconn_workers,
-            jobs=cfg.maxconn_jobs,
-            watch_connections=True,
-            strict=False,
+            peer, dsn, bounded, n, jobs=jobs, watch_connections=True, strict=False
         )
         assert s.peak_server_connections is not None
         errors.append(s.connection_errors)
@@ -402,42 +453,31 @@ async def run(dsn: str, cfg: BenchConfig, say: Log) -> dict[str, Figure]:
     server of its own (:func:`run_maxconn`)."""
     figures = await run_suite(dsn, cfg, make_peer(), say)
 
-    variants = drain_variants()
-    others = [(k, variants[k]) for k in ("drain_1_c10", "drain_2_c10", "drain_default")]
-    others.append(("drain_max_running", (make_peer(install_fn=install_max_running), 1)))
-    for key, (peer, processes) in others:
+    variants = drain_variants(cfg)
+    for key in ("drain_1_c10", "drain_2_c10", "drain_default", "drain_max_running"):
+        peer, processes, _ = variants[key]
         samples = []
         for i in range(cfg.runs):
             samples.append(_rate(await sample_drain(peer, dsn, cfg, processes)))
             say(f"[{NAME}] {key} run {i + 1}: {samples[-1]:,.0f} jobs/s")
         figures[key] = Figure.of(samples, JOBS_PER_S)
+    steps, _, jobs = variants["drain_1_steps"]
+    figures.update(await sample_connection_drains(steps, dsn, cfg, "drain_1_steps", say, jobs))
 
-    steps = make_peer(concurrency=cfg.connections_concurrency, job="steps")
-    figures.update(
-        await sample_connection_drains(steps, dsn, cfg, "drain_1_steps", say, cfg.connections_jobs)
-    )
-
-    on_off: list[tuple[float, float]] = []
+    pairs: dict[str, list[float]] = {}
     for i in range(cfg.runs):
-        on_off.append(
-            await sample_enqueue_single_interleaved(
-                make_peer(), make_peer(install_fn=install_without_wakeups), dsn, cfg
-            )
-        )
-        on, off = on_off[-1]
+        wakeups = (make_peer(), make_peer(setup=NO_WAKEUPS))
+        on, off = await sample_enqueue_single_interleaved(*wakeups, dsn, cfg)
+        p50, p99 = p50_p99(await sample_latency(make_peer(listen=False), dsn, cfg))
+        got = {"enqueue_single_paired": on, "enqueue_single_no_wakeup": off}
+        got |= {"latency_poll_p50_ms": p50, "latency_poll_p99_ms": p99}
+        for key, v in got.items():
+            pairs.setdefault(key, []).append(v)
         say(
-            f"[{NAME}] enqueue_single pair {i + 1}: wake-ups on {on:,.0f}, off {off:,.0f} "
-            f"jobs/s ({on / off:.2f})"
+            f"[{NAME}] run {i + 1}: wake-ups on {on:,.0f}, off {off:,.0f} jobs/s "
+            f"({on / off:.2f}); latency_poll p50 {p50:.1f}, p99 {p99:.1f} ms"
         )
-    figures["enqueue_single_paired"] = Figure.of((on for on, _ in on_off), JOBS_PER_S)
-    figures["enqueue_single_no_wakeup"] = Figure.of((off for _, off in on_off), JOBS_PER_S)
-
-    poll: list[tuple[float, float]] = []
-    for i in range(cfg.runs):
-        poll.append(p50_p99(await sample_latency(make_peer(listen=False), dsn, cfg)))
-        say(f"[{NAME}] latency_poll run {i + 1}: p50 {poll[-1][0]:.1f}, p99 {poll[-1][1]:.1f} ms")
-    figures["latency_poll_p50_ms"] = Figure.of((p50 for p50, _ in poll), MS)
-    figures["latency_poll_p99_ms"] = Figure.of((p99 for _, p99 in poll), MS)
+    figures.update(to_figures(pairs))
 
     if cfg.history_finished or cfg.history_future:
         history, fresh = await sample_history_drains(dsn, cfg, say)
@@ -451,15 +491,13 @@ async def run(dsn: str, cfg: BenchConfig, say: Log) -> dict[str, Figure]:
 
 
 def settings() -> dict[str, Any]:
-    param = inspect.signature(Worker).parameters.get("concurrency")
+    default = inspect.signature(Worker).parameters["concurrency"].default
     return {
         "concurrency": CONCURRENCY,
-        "concurrency (drain_default)": None if param is None else param.default,
+        "concurrency (drain_default)": default,
         "concurrency (connections_per_worker)": BenchConfig().connections_concurrency,
-        "listen": True,
         "poll_interval_s (latency_poll)": POLL_INTERVAL_S,
         "max_running (drain_max_running)": MAX_RUNNING,
-        "client": "pgtasks.Client (asyncpg pool)",
     }
 
 

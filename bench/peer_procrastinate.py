@@ -1,10 +1,7 @@
-"""procrastinate driver, set up the way its documentation sets up a worker.
-
-An ``App`` over a ``PsycopgConnector``, one async task, ``App.run_worker_async`` with the
-library's defaults (concurrency 1, LISTEN/NOTIFY on, polling every 5 s, finished jobs kept in
-the table). Enqueueing goes through ``defer_async`` / ``batch_defer_async`` on the task, by
-name, as a separate application would, on an App whose pool holds one connection.
-``BENCH_PROCRASTINATE_CONCURRENCY`` overrides the concurrency.
+"""procrastinate driver, set up the way its documentation sets up a worker (bench/README.md,
+"Settings of each system"): ``App.run_worker_async`` with its defaults, ``defer_async`` and
+``batch_defer_async`` by task name for the clients. ``BENCH_PROCRASTINATE_CONCURRENCY``
+overrides the concurrency.
 """
 
 from __future__ import annotations
@@ -119,11 +116,7 @@ async def run(dsn: str, cfg: BenchConfig, say: Log) -> dict[str, Figure]:
 
 
 def settings() -> dict[str, Any]:
-    return {
-        "concurrency": CONCURRENCY or "default (1)",
-        "listen_notify": True,
-        "drain_jobs": f"at most {DRAIN_JOBS}",
-    }
+    return {"concurrency": CONCURRENCY or "default (1)", "drain_jobs": f"at most {DRAIN_JOBS}"}
 
 
 if __name__ == "__main__":

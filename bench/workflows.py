@@ -1,15 +1,7 @@
-"""pgtasks' workflow figures (``wf_*``), with the drain_1 worker (concurrency 100, LISTEN on).
-
-* ``wf_plain_drain`` / ``wf_chord_children`` / ``wf_chord_ratio``: one worker emptying
-  ``chord_children`` plain tasks, and as many tasks as the children of one chord (plus its
-  callback), in pairs whose order flips every round (``_2``: two worker processes, whose
-  completers share the callback row). Rates come from the database's own clock: tasks /
-  (last finished_at - first started_at).
-* ``wf_chord_callback_delay_ms``: the callback's started_at minus the last child's finished_at.
-* ``wf_chord_callback_writes``: the statements that finished the children, i.e. how often the
-  callback row (the fan-in's hot row) was written; one per child would be ``chord_children``.
-* ``wf_chain_handoff_p50_ms``: a chain of ``chain_steps`` single-task steps; per step, the
-  child's started_at minus the parent's finished_at; the median.
+"""pgtasks' workflow figures (``wf_*``, bench/README.md), with the drain_1 worker: plain tasks
+and a chord's children in pairs whose order flips every round (``_2``: two worker processes,
+whose completers share the callback row), rates by the database's own clock (tasks / (last
+finished_at - first started_at)); the callback's delay and writes; a chain's hand-offs.
 """
 
 from __future__ import annotations
@@ -20,13 +12,11 @@ import statistics
 import asyncpg
 
 from bench.harness import (
-    JOBS_PER_S,
-    MS,
-    RATIO,
     BenchConfig,
     Figure,
     Log,
     alternate,
+    figures,
     fresh_database,
     harness_dsn,
     running_workers,
@@ -134,10 +124,4 @@ async def run(dsn: str, cfg: BenchConfig, say: Log) -> dict[str, Figure]:
         say(
             f"[pgtasks] chain hand-off run {i + 1}: p50 {out['wf_chain_handoff_p50_ms'][-1]:.2f} ms"
         )
-
-    def unit(key: str) -> str:
-        if key.endswith("_ms"):
-            return MS
-        return RATIO if "ratio" in key else "updates" if key.endswith("writes") else JOBS_PER_S
-
-    return {key: Figure.of(values, unit(key)) for key, values in out.items()}
+    return figures(out)
