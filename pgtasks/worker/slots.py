@@ -60,6 +60,8 @@ class Attempt:
     ctx: TaskContext
     future: asyncio.Task[None] | None = None
     stop_reason: StopReason | None = None
+    # The submitter's W3C trace context (tasks.traceparent), for the attempt's span.
+    traceparent: str | None = None
 
     @classmethod
     def claimed(cls, row: Any, *, writer: Writer, is_sync: bool, **tools: Any) -> Attempt:
@@ -85,6 +87,7 @@ class Attempt:
             timeout=row["timeout"].total_seconds(),
             is_sync=is_sync,
             ctx=ctx,
+            traceparent=row.get("traceparent"),
         )
 
     def stop(self, reason: StopReason) -> None:

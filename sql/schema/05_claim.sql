@@ -123,7 +123,8 @@ CREATE FUNCTION pgtasks.claim_tasks(
 ) RETURNS TABLE (
     id bigint, task_type text, params jsonb, queue text, priority integer,
     attempt integer, retry_count integer, max_retries integer,
-    timeout interval, deadline timestamptz, has_steps boolean, lease_token text
+    timeout interval, deadline timestamptz, has_steps boolean, lease_token text,
+    traceparent text
 )
 LANGUAGE plpgsql SECURITY DEFINER
 SET enable_sort = off
@@ -177,10 +178,10 @@ BEGIN
                   t.max_retries, t.timeout, t.deadline,
                   t.attempt > 1
                   AND EXISTS (SELECT 1 FROM pgtasks.task_steps s WHERE s.task_id = t.id) AS has_steps,
-                  t.run_at, t.lease_token
+                  t.run_at, t.lease_token, t.traceparent
     )
     SELECT c.id, c.task_type, c.params, c.queue, c.priority, c.attempt, c.retry_count,
-           c.max_retries, c.timeout, c.deadline, c.has_steps, c.lease_token
+           c.max_retries, c.timeout, c.deadline, c.has_steps, c.lease_token, c.traceparent
       FROM claimed c
      ORDER BY c.priority DESC, c.run_at, c.id;
 END $$;

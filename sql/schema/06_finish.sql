@@ -161,7 +161,8 @@ CREATE FUNCTION pgtasks.finish_and_claim(
 ) RETURNS TABLE (
     rejected_task_id bigint, id bigint, task_type text, params jsonb, queue text, priority integer,
     attempt integer, retry_count integer, max_retries integer,
-    timeout interval, deadline timestamptz, has_steps boolean, lease_token text
+    timeout interval, deadline timestamptz, has_steps boolean, lease_token text,
+    traceparent text
 )
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pgtasks, pg_temp
@@ -246,11 +247,11 @@ BEGIN
                   t.priority, t.attempt, t.retry_count, t.max_retries, t.timeout, t.deadline,
                   NOT w.finishing AND t.attempt > 1
                   AND EXISTS (SELECT 1 FROM pgtasks.task_steps s WHERE s.task_id = t.id) AS has_steps,
-                  t.run_at, t.lease_token
+                  t.run_at, t.lease_token, t.traceparent
     )
     SELECT r.rejected_task_id, NULL::bigint, NULL::text, NULL::jsonb, NULL::text, NULL::integer,
            NULL::integer, NULL::integer, NULL::integer, NULL::interval, NULL::timestamptz, NULL::boolean,
-           NULL::text
+           NULL::text, NULL::text
       FROM (SELECT w.task_id AS rejected_task_id FROM work w
              WHERE w.finishing
                AND NOT EXISTS (SELECT 1 FROM changed c
@@ -258,7 +259,7 @@ BEGIN
     UNION ALL
     SELECT * FROM (
         SELECT NULL::bigint, c.id, c.task_type, c.params, c.queue, c.priority, c.attempt, c.retry_count,
-               c.max_retries, c.timeout, c.deadline, c.has_steps, c.lease_token
+               c.max_retries, c.timeout, c.deadline, c.has_steps, c.lease_token, c.traceparent
           FROM changed c
          WHERE NOT c.finishing
          ORDER BY c.priority DESC, c.run_at, c.id) cl;
