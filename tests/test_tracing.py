@@ -106,6 +106,14 @@ async def test_the_session_setting_is_the_default_of_every_submit_path(conn):
     child = await conn.fetchval(
         "SELECT pgtasks.submit_task('t', depends_on => ARRAY[$1::bigint])", one
     )
+    got_or_made = await conn.fetchval(
+        "SELECT id FROM pgtasks.submit_or_get('t', unique_key => 'g')"
+    )
+    flow = await conn.fetchval(
+        """SELECT pgtasks.submit_workflow('{"nodes": [{"name": "a", "type": "t"},
+             {"name": "b", "type": "t", "after": ["a"]}]}')::text"""
+    )
+    nodes = list(json.loads(flow)["nodes"].values())
     bulk = await conn.fetchval(
         "SELECT array_agg(s) FROM pgtasks.submit_tasks('t', ARRAY['{}'::jsonb, '{}']) s"
     )
@@ -115,7 +123,7 @@ async def test_the_session_setting_is_the_default_of_every_submit_path(conn):
     await conn.execute("RESET pgtasks.traceparent")
     after = await conn.fetchval("SELECT pgtasks.submit_task('t')")
     got = dict(await conn.fetch("SELECT id, traceparent FROM pgtasks.tasks"))
-    assert [got[i] for i in (one, keyed, child, *bulk)] == [TP] * 5
+    assert [got[i] for i in (one, keyed, child, got_or_made, *nodes, *bulk)] == [TP] * 8
     assert (got[other], got[after]) == (TP2, None)
 
 
