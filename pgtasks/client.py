@@ -16,7 +16,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 from pydantic import BaseModel, ConfigDict
 
-from pgtasks import db, queries
+from pgtasks import db, queries, tracing
 from pgtasks.config import resolve_url
 from pgtasks.errors import (
     PgTasksError,
@@ -468,12 +468,20 @@ class Client:
                         queries.SUBMIT_DEPENDENT, name, db.dumps(raw), *options,
                         flow.concurrency_key, flow.concurrency_limit,
                         list(depends_on or []), on_parent_failure, soft,
+                        tracing.current_traceparent(),
                     )
                 )  # fmt: skip
         async with db.translated():
             if flow.empty:  # no key: always created, cheaper call
                 return SubmitResult(
-                    await conn.fetchval(queries.SUBMIT_TASK, name, db.dumps(raw), *options, soft)
+                    await conn.fetchval(
+                        queries.SUBMIT_TASK,
+                        name,
+                        db.dumps(raw),
+                        *options,
+                        soft,
+                        tracing.current_traceparent(),
+                    )
                 )
             row = await conn.fetchrow(
                 queries.SUBMIT_OR_GET, name, db.dumps(raw), *options,

@@ -32,6 +32,7 @@ from typing import Any, Protocol, TypeVar
 
 import asyncpg
 
+from pgtasks import tracing
 from pgtasks.db import DATABASE_ERRORS
 from pgtasks.errors import (
     EventTimeout,
@@ -350,6 +351,9 @@ class TaskContext:
         """
         found, stored = await self._lookup_step(name)
         if found:
+            tracing.step_event(
+                "pgtasks.step", {"pgtasks.step.name": name, "pgtasks.step.resumed": True}
+            )
             earlier: T = stored  # what fn returned then, as JSON gave it back
             return earlier
         if inspect.iscoroutinefunction(fn):
@@ -359,6 +363,9 @@ class TaskContext:
             if inspect.isawaitable(result):
                 result = await result
         stored_now: T = await self._store_step(name, result)  # fn's result, JSON round-tripped
+        tracing.step_event(
+            "pgtasks.step", {"pgtasks.step.name": name, "pgtasks.step.resumed": False}
+        )
         return stored_now
 
     # -- buffered writes: progress and logs ----------------------------------------------

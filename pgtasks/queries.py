@@ -20,12 +20,14 @@ from __future__ import annotations
 # -- submitting ----------------------------------------------------------------------------
 
 # A NULL argument is decided by the database: the type's registered policy, else settings.
+# traceparent is the submitter's W3C trace context (pgtasks.tracing), NULL outside a span.
 # Params travel as JSON text, so a connection with other jsonb codecs than ours (SQLAlchemy's
 # asyncpg dialect, joining the caller's transaction) sends them the same way.
 SUBMIT_TASK = """
 SELECT pgtasks.submit_task(task_type => $1, params => $2::text::jsonb, queue => $3,
                            priority => $4, run_at => $5, max_retries => $6, timeout => $7,
-                           backoff_base => $8, soft_timeout => $9)
+                           backoff_base => $8, soft_timeout => $9,
+                           traceparent => $10)
 """
 
 # Params travel as a few JSON arrays of up to 1,000 objects each (Client.submit_many), which
@@ -64,7 +66,8 @@ SUBMIT_DEPENDENT = """
 SELECT pgtasks.submit_task(task_type => $1, params => $2::text::jsonb, queue => $3,
                            priority => $4, run_at => $5, max_retries => $6, timeout => $7,
                            backoff_base => $8, concurrency_key => $9, concurrency_limit => $10,
-                           depends_on => $11, on_parent_failure => $12, soft_timeout => $13)
+                           depends_on => $11, on_parent_failure => $12, soft_timeout => $13,
+                           traceparent => $14)
 """
 
 # A whole graph in one call (pgtasks/workflows.py builds the spec); returns

@@ -17,6 +17,7 @@ Client method has its twin.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 import threading
@@ -100,7 +101,14 @@ class SyncClient:
         if not self._thread.is_alive():
             coro.close()
             raise RuntimeError("SyncClient is closed")
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        # The call runs in the caller's contextvars, not the loop thread's: a submit made
+        # inside the caller's OpenTelemetry span carries that span's trace context.
+        callers = contextvars.copy_context()
+
+        async def in_callers_context() -> R:
+            return await asyncio.get_running_loop().create_task(coro, context=callers)
+
+        return asyncio.run_coroutine_threadsafe(in_callers_context(), self._loop).result()
 
     def _iterate(self, items: AsyncIterator[Y]) -> Iterator[Y]:
         """Drive an async iterator on the client's loop, one item per round trip; closing

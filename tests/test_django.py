@@ -363,6 +363,39 @@ def test_priority_run_after_and_queue_reach_the_row(project):
         project.cancel(result.id)
 
 
+def test_enqueue_inside_a_traced_request_stores_its_trace_context(project):
+    trace = pytest.importorskip("opentelemetry.trace")
+    from tests.django_project.shop.tasks import add
+
+    # The context an instrumented request makes current (the API alone, no SDK needed).
+    request = trace.NonRecordingSpan(
+        trace.SpanContext(
+            trace_id=0x0AF7651916CD43DD8448EB211C80319C,
+            span_id=0xB7AD6B7169203331,
+            is_remote=False,
+            trace_flags=trace.TraceFlags(1),
+        )
+    )
+    with trace.use_span(request):
+        traced = add.using(run_after=datetime.now(UTC) + timedelta(hours=1)).enqueue(1, 2)
+    plain = add.using(run_after=datetime.now(UTC) + timedelta(hours=1)).enqueue(1, 2)
+    try:
+        rows = dict(
+            project.sql(
+                "SELECT id, traceparent FROM pgtasks.tasks WHERE id IN (%s, %s)",
+                int(traced.id),
+                int(plain.id),
+            )
+        )
+        assert rows == {
+            int(traced.id): "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            int(plain.id): None,
+        }
+    finally:
+        project.cancel(traced.id)
+        project.cancel(plain.id)
+
+
 def test_ids_that_are_no_django_task_of_this_project_do_not_exist(project):
     from pgtasks.contrib.django._compat import TaskResultDoesNotExist, task_backends
     from tests.django_project.shop.tasks import add

@@ -101,13 +101,15 @@ class Node:
         count: int,
         params: dict[str, Any] | None = None,
         user: str | None = None,
+        **settings: object,
     ) -> list[int]:
         args = [self.node, "producer.js", task_type, str(count)]
         if params is not None:
             args.append(json.dumps(params))
         out = subprocess.run(
-            args, cwd=NODE_DIR, env=self.env(user), capture_output=True, text=True, check=True
-        )
+            args, cwd=NODE_DIR, env=self.env(user, **settings), capture_output=True, text=True,
+            check=True,
+        )  # fmt: skip
         ids: list[int] = json.loads(out.stdout)["ids"]
         return ids
 
@@ -434,3 +436,16 @@ async def test_node_worker_and_producer_need_only_their_group_roles(conn, node):
         node.kill_all()
         for role in (worker_role, producer_role):
             await conn.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
+
+
+async def test_a_node_producer_passes_its_trace_context_through_sql(conn, node):
+    """PGTASKS_TRACEPARENT becomes the session's pgtasks.traceparent: every task of the
+    batch, and the single submit, carry it; the Python worker's spans join that trace
+    (tests/test_tracing.py shows the spans)."""
+    tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    ids = node.produce("add", 3, traceparent=tp)
+    [one] = node.produce("add", 1, traceparent=tp)
+    plain = node.produce("add", 2)
+    got = dict(await conn.fetch("SELECT id, traceparent FROM pgtasks.tasks"))
+    assert [got[i] for i in (*ids, one)] == [tp] * 4
+    assert [got[i] for i in plain] == [None, None]

@@ -2,12 +2,16 @@
 // Submits tasks from Node.js: `node producer.js [task_type] [count] [params-json]`.
 // Without params, task i gets {"a": i, "b": 2 * i} (what node.add and Python's "add" take).
 // One submit_tasks call per 1,000 tasks: one round trip and one wake-up NOTIFY per batch.
+// PGTASKS_TRACEPARENT, when set, is stored with every task (docs/observability.md).
 // Prints the new ids as one JSON line: {"event": "submitted", "ids": [...]}.
 'use strict';
 const { Client } = require('pg');
 
 const [type = 'node.add', count = '10', paramsJson] = process.argv.slice(2);
 const queue = process.env.PGTASKS_QUEUE; // unset: the type's registered queue, else the default
+// A W3C trace context (00-<trace id>-<span id>-<flags>): the tasks join that trace, and the
+// Python worker's attempt spans are its children. One session setting, no SDK needed.
+const traceparent = process.env.PGTASKS_TRACEPARENT;
 const BATCH = 1000;
 
 // Named arguments; queue is left out when unset so the database's policy decides.
@@ -20,6 +24,9 @@ async function main() {
   const client = new Client({ connectionString: process.env.DATABASE_URL });
   await client.connect();
   try {
+    if (traceparent) {
+      await client.query("SELECT set_config('pgtasks.traceparent', $1, false)", [traceparent]);
+    }
     const n = Number(count);
     const params = (i) => paramsJson ?? JSON.stringify({ a: i, b: 2 * i });
     const ids = [];

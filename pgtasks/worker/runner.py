@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from pgtasks import tracing
 from pgtasks.context import SyncTaskContext, TaskContext, TaskParked, YieldTask
 from pgtasks.errors import (
     LeaseLost,
@@ -133,6 +134,27 @@ class Runner:
         return await asyncio.get_running_loop().run_in_executor(self.threads, cv.run, fn)
 
     async def run(self, att: Attempt, spec: TaskSpec | None) -> Outcome:
+        """Run the attempt to its outcome, in its span when tracing is on (pgtasks.tracing)."""
+        span = tracing.start_attempt(
+            task_id=att.task_id,
+            task_type=att.task_type,
+            queue=att.ctx.queue,
+            attempt=att.attempt,
+            traceparent=att.traceparent,
+        )
+        if span is None:
+            return await self._run(att, spec)
+        with tracing.current(span):
+            outcome = await self._run(att, spec)
+        if isinstance(outcome, Failed):
+            tracing.end_attempt(span, "failed", outcome.error)
+        elif isinstance(outcome, Dropped):
+            tracing.end_attempt(span, f"dropped: {outcome.reason}")
+        else:
+            tracing.end_attempt(span, "succeeded" if isinstance(outcome, Succeeded) else "yielded")
+        return outcome
+
+    async def _run(self, att: Attempt, spec: TaskSpec | None) -> Outcome:
         """Run the attempt to its outcome. Buffered logs and progress are written first."""
         ctx = att.ctx
         try:
@@ -187,8 +209,10 @@ class Runner:
         except Retry as r:
             return await self._failed(ctx, f"Retry: {r}", "", True, r.delay)
         except (PermanentError, ParamsValidationError) as exc:
+            tracing.record_exception(exc)
             return await self._failed(ctx, _describe(exc), traceback.format_exc(), False)
         except Exception as exc:
+            tracing.record_exception(exc)
             retryable = not (spec and spec.no_retry_on and isinstance(exc, spec.no_retry_on))
             return await self._failed(ctx, _describe(exc), traceback.format_exc(), retryable)
 

@@ -63,6 +63,8 @@ class Attempt:
     soft_after: float | None = None
     future: asyncio.Task[None] | None = None
     stop_reason: StopReason | None = None
+    # The submitter's W3C trace context (tasks.traceparent), for the attempt's span.
+    traceparent: str | None = None
 
     @classmethod
     def claimed(cls, row: Any, *, writer: Writer, is_sync: bool, **tools: Any) -> Attempt:
@@ -92,6 +94,7 @@ class Attempt:
             is_sync=is_sync,
             ctx=ctx,
             soft_after=None if soft is None else timeout - (row["deadline"] - soft).total_seconds(),
+            traceparent=row.get("traceparent"),
         )
 
     def stop(self, reason: StopReason) -> None:

@@ -174,6 +174,34 @@ $$;
 GRANT EXECUTE ON FUNCTION pgtasks.current_settings() TO pgtasks_worker, pgtasks_reader;
 COMMENT ON FUNCTION pgtasks.current_settings() IS 'The settings row: the deployment-wide defaults and limits.';
 
+-- A W3C trace context (https://www.w3.org/TR/trace-context/#traceparent-header) of version
+-- 00, as the tasks.traceparent default and submit_task take it: exactly 55 characters,
+-- lower-case hex, and neither the trace id nor the parent id all zeros (the spec's invalid
+-- values). Returns it; NULL and '' mean none (NULL). Defined before the table whose
+-- default calls it.
+CREATE FUNCTION pgtasks.check_traceparent(traceparent text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+BEGIN
+    IF traceparent IS NULL OR traceparent = '' THEN
+        RETURN NULL;
+    END IF;
+    IF octet_length(traceparent) <> 55
+       OR traceparent !~ '^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$'
+       OR substr(traceparent, 4, 32) = repeat('0', 32)
+       OR substr(traceparent, 37, 16) = repeat('0', 16) THEN
+        RAISE EXCEPTION 'pgtasks: traceparent must be a W3C trace context of version 00, got %',
+                pg_catalog.quote_literal(left(traceparent, 80))
+            USING ERRCODE = 'PT131',
+                  HINT = 'Pass 00-<32 hex trace id>-<16 hex span id>-<2 hex flags>, lower case, ids not all zeros (55 characters), or NULL for none.';
+    END IF;
+    RETURN traceparent;
+END $$;
+GRANT EXECUTE ON FUNCTION pgtasks.check_traceparent(text) TO pgtasks_submitter, pgtasks_worker;
+COMMENT ON FUNCTION pgtasks.check_traceparent(text) IS
+    'Returns a W3C traceparent of version 00 as given (NULL for NULL or empty), or raises PT131 when it is malformed.';
+
 ------------------------------------------------------------------------------------------
 -- Tasks
 
@@ -239,6 +267,14 @@ CREATE TABLE pgtasks.tasks (
     -- it (worker_registry.code_versions, compatible_versions). NULL: never started, or
     -- started by a worker that declares no version for the type.
     code_version     text,
+    -- The W3C trace context of the submit (00-<trace id>-<span id>-<flags>), so the worker's
+    -- attempt spans join the submitter's trace. Every insert path reads it from the session
+    -- setting pgtasks.traceparent when no argument gave one (submit_task passes its argument
+    -- through that setting): producers in any language join a trace with one SET. The
+    -- setting is read by a builtin and checked only when set, so a submit without one
+    -- calls nothing more per row.
+    traceparent      text DEFAULT CASE WHEN coalesce(current_setting('pgtasks.traceparent', true), '') <> ''
+                                       THEN pgtasks.check_traceparent(current_setting('pgtasks.traceparent', true)) END,
 
     CONSTRAINT task_type_not_empty CHECK (task_type <> ''),
     CONSTRAINT queue_not_empty CHECK (queue <> ''),

@@ -302,7 +302,8 @@ CREATE FUNCTION pgtasks.submit_task(
     concurrency_limit integer     DEFAULT NULL,   -- NULL with a key: 1
     depends_on        bigint[]    DEFAULT NULL,   -- parent task ids; NULL: none
     on_parent_failure text        DEFAULT NULL,   -- 'cancel' (NULL) or 'run'
-    soft_timeout      interval    DEFAULT NULL    -- NULL: the type's policy, else none
+    soft_timeout      interval    DEFAULT NULL,   -- NULL: the type's policy, else none
+    traceparent       text        DEFAULT NULL    -- W3C trace context; NULL: the session's pgtasks.traceparent
 ) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pgtasks, pg_temp
@@ -310,7 +311,25 @@ AS $$
 DECLARE
     p pgtasks.tasks;
     new_id bigint;
+    prior text;
 BEGIN
+    IF traceparent IS NOT NULL THEN
+        -- Every path below inserts the trace context through the column default (the
+        -- session setting), so the argument is put there for this call and the setting put
+        -- back after it. A submit without the argument pays one NULL test.
+        PERFORM pgtasks.check_traceparent(traceparent);
+        prior := current_setting('pgtasks.traceparent', true);
+        PERFORM set_config('pgtasks.traceparent', traceparent, true);
+        new_id := pgtasks.submit_task(
+            task_type => task_type, params => params, queue => queue, priority => priority,
+            run_at => run_at, max_retries => max_retries, timeout => timeout,
+            backoff_base => backoff_base, unique_key => unique_key, unique_for => unique_for,
+            concurrency_key => concurrency_key, concurrency_limit => concurrency_limit,
+            depends_on => depends_on, on_parent_failure => on_parent_failure,
+            soft_timeout => soft_timeout);
+        PERFORM set_config('pgtasks.traceparent', coalesce(prior, ''), true);
+        RETURN new_id;
+    END IF;
     IF depends_on IS NOT NULL OR on_parent_failure IS NOT NULL THEN
         IF unique_key IS NOT NULL OR unique_for IS NOT NULL THEN
             RAISE EXCEPTION 'pgtasks: depends_on cannot be combined with unique_key'
@@ -345,9 +364,9 @@ BEGIN
     RETURNING id INTO new_id;
     RETURN new_id;
 END $$;
-GRANT EXECUTE ON FUNCTION pgtasks.submit_task(text, jsonb, text, integer, timestamptz, integer, interval, interval, text, interval, text, integer, bigint[], text, interval) TO pgtasks_submitter;
-COMMENT ON FUNCTION pgtasks.submit_task(text, jsonb, text, integer, timestamptz, integer, interval, interval, text, interval, text, integer, bigint[], text, interval) IS
-    'Submits one task and returns its id. Arguments left out (NULL) take the task type''s registered policy, else the settings defaults; unique_key, concurrency_key and depends_on add flow control and parents.';
+GRANT EXECUTE ON FUNCTION pgtasks.submit_task(text, jsonb, text, integer, timestamptz, integer, interval, interval, text, interval, text, integer, bigint[], text, interval, text) TO pgtasks_submitter;
+COMMENT ON FUNCTION pgtasks.submit_task(text, jsonb, text, integer, timestamptz, integer, interval, interval, text, interval, text, integer, bigint[], text, interval, text) IS
+    'Submits one task and returns its id. Arguments left out (NULL) take the task type''s registered policy, else the settings defaults; unique_key, concurrency_key and depends_on add flow control and parents; traceparent (else the session setting pgtasks.traceparent) is the W3C trace context the task''s attempts join.';
 
 -- The part of submit_tasks with unique keys (checked there), as submit_one takes one key,
 -- for every key of the call at once. The first item with a key (its leader) takes the

@@ -159,7 +159,8 @@ CREATE FUNCTION pgtasks.claim_tasks(
     id bigint, task_type text, params jsonb, queue text, priority integer,
     attempt integer, retry_count integer, max_retries integer,
     timeout interval, deadline timestamptz, has_steps boolean, lease_token text,
-    soft_deadline timestamptz
+    soft_deadline timestamptz,
+    traceparent text
 )
 LANGUAGE plpgsql SECURITY DEFINER
 SET enable_sort = off
@@ -216,16 +217,17 @@ BEGIN
                   t.max_retries, t.timeout, t.deadline,
                   t.attempt > 1
                   AND EXISTS (SELECT 1 FROM pgtasks.task_steps s WHERE s.task_id = t.id) AS has_steps,
-                  t.run_at, t.lease_token, pgtasks.now() + t.soft_timeout AS soft_deadline
+                  t.run_at, t.lease_token, pgtasks.now() + t.soft_timeout AS soft_deadline,
+                  t.traceparent
     )
     SELECT c.id, c.task_type, c.params, c.queue, c.priority, c.attempt, c.retry_count,
-           c.max_retries, c.timeout, c.deadline, c.has_steps, c.lease_token, c.soft_deadline
+           c.max_retries, c.timeout, c.deadline, c.has_steps, c.lease_token, c.soft_deadline, c.traceparent
       FROM claimed c
      ORDER BY c.priority DESC, c.run_at, c.id;
 END $$;
 GRANT EXECUTE ON FUNCTION pgtasks.claim_tasks(text, text[], integer, interval, text[]) TO pgtasks_worker;
 COMMENT ON FUNCTION pgtasks.claim_tasks(text, text[], integer, interval, text[]) IS
-    'Claims up to max_tasks ready tasks of the given queues (NULL: every queue) and task types for worker_id, in claim order (priority, run_at, id), honouring queue limits, pauses and concurrency keys. Each row''s lease_token is the secret the task''s later calls must present; soft_deadline is when the task should be asked to stop (NULL: no soft limit).';
+    'Claims up to max_tasks ready tasks of the given queues (NULL: every queue) and task types for worker_id, in claim order (priority, run_at, id), honouring queue limits, pauses and concurrency keys. Each row''s lease_token is the secret the task''s later calls must present; soft_deadline is when the task should be asked to stop (NULL: no soft limit); traceparent is the submit''s W3C trace context (NULL: none).';
 
 -- When the next task of these queues becomes ready: idle workers sleep exactly until then
 -- (and poll as a backstop). One probe of tasks_next_run_at.

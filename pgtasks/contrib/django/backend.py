@@ -36,6 +36,7 @@ from django.db import DEFAULT_DB_ALIAS, connections
 from django.db import DatabaseError as DjangoDatabaseError
 from django.utils.module_loading import import_string
 
+from pgtasks import tracing
 from pgtasks.contrib.django._compat import (
     BaseTaskBackend,
     InvalidTask,
@@ -65,7 +66,8 @@ SELECT pgtasks.submit_task(
     priority    => %s::pg_catalog.int4,
     run_at      => %s::pg_catalog.timestamptz,
     max_retries => %s::pg_catalog.int4,
-    timeout     => pg_catalog.make_interval(secs => %s::pg_catalog.float8))
+    timeout     => pg_catalog.make_interval(secs => %s::pg_catalog.float8),
+    traceparent => %s::pg_catalog.text)
 """
 
 #: When the task just submitted was created: a second statement, because the submit's
@@ -271,6 +273,7 @@ class PgTasksBackend(BaseTaskBackend):
             task.run_after,
             self.max_retries,
             self.timeout,
+            tracing.current_traceparent(),  # the request's span, when it is traced
         ]
         with _translated(), connections[self.database].cursor() as cursor:
             cursor.execute(SUBMIT, [_literal(v) for v in values])

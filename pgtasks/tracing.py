@@ -1,0 +1,139 @@
+"""OpenTelemetry tracing across the queue (the `otel` extra: opentelemetry-api).
+
+The one module that imports OpenTelemetry, and only if it is installed. A submit inside a
+recording span stores that span's W3C `traceparent` with the task (tasks.traceparent);
+each attempt of the task then runs in a CONSUMER span whose parent is that context and
+which links to it, as OpenTelemetry's messaging conventions say for a message processed
+after it was sent. Without the package, or while no tracer provider is configured (the
+API's default proxy), every function here returns at its first test: no span, no context
+object, no string is made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+try:
+    from opentelemetry import trace as _trace
+    from opentelemetry.trace import (
+        Link,
+        NonRecordingSpan,
+        ProxyTracerProvider,
+        SpanContext,
+        SpanKind,
+        Status,
+        StatusCode,
+        TraceFlags,
+    )
+except ImportError:  # the otel extra is not installed
+    _trace = None  # type: ignore[assignment]
+
+#: The instrumentation scope of every span pgtasks starts.
+SCOPE = "pgtasks"
+
+
+def _tracing_on() -> bool:
+    if _trace is None:
+        return False
+    provider = _trace.get_tracer_provider()
+    return not isinstance(provider, ProxyTracerProvider | _trace.NoOpTracerProvider)
+
+
+def current_traceparent() -> str | None:
+    """The W3C traceparent of the current span, or None outside a valid span context.
+
+    Read from the active span, so a submit made inside any instrumented request (or inside
+    a task's attempt span, for its child tasks) carries it."""
+    if _trace is None:
+        return None
+    sc = _trace.get_current_span().get_span_context()
+    if not sc.is_valid:
+        return None
+    return f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{int(sc.trace_flags):02x}"
+
+
+def parse_traceparent(value: str | None) -> Any:
+    """The remote SpanContext of a stored traceparent (the database checked its form), or None."""
+    if _trace is None or not value:
+        return None
+    _, trace_id, span_id, flags = value.split("-")
+    return SpanContext(
+        trace_id=int(trace_id, 16),
+        span_id=int(span_id, 16),
+        is_remote=True,
+        trace_flags=TraceFlags(int(flags, 16)),
+    )
+
+
+def start_attempt(
+    *, task_id: int, task_type: str, queue: str, attempt: int, traceparent: str | None
+) -> Any:
+    """The span of one attempt, started but not made current; None while tracing is off.
+
+    Attributes follow the messaging semantic conventions (messaging.*), plus the task's
+    type and attempt number under pgtasks.*."""
+    if not _tracing_on():
+        return None
+    origin = parse_traceparent(traceparent)
+    parent = None
+    links: list[Link] = []
+    if origin is not None:
+        parent = _trace.set_span_in_context(NonRecordingSpan(origin))
+        links.append(Link(origin))
+    return _trace.get_tracer(SCOPE).start_span(
+        f"process {queue}",
+        context=parent,
+        kind=SpanKind.CONSUMER,
+        links=links,
+        attributes={
+            "messaging.system": "pgtasks",
+            "messaging.operation.type": "process",
+            "messaging.operation.name": "process",
+            "messaging.destination.name": queue,
+            "messaging.message.id": str(task_id),
+            "pgtasks.task.type": task_type,
+            "pgtasks.task.attempt": attempt,
+        },
+    )
+
+
+@contextmanager
+def current(span: Any) -> Iterator[None]:
+    """Make `span` the current span for the block (the task's code and its submits)."""
+    if span is None:
+        yield
+        return
+    with _trace.use_span(
+        span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+    ):
+        yield
+
+
+def end_attempt(span: Any, outcome: str, error: str | None = None) -> None:
+    """End an attempt's span: `outcome` as pgtasks.outcome, an error as the ERROR status."""
+    if span is None:
+        return
+    span.set_attribute("pgtasks.outcome", outcome)
+    if error is not None:
+        span.set_status(Status(StatusCode.ERROR, error))
+    span.end()
+
+
+def record_exception(exc: BaseException) -> None:
+    """Record `exc` on the current span (the attempt's, inside `current`), if it records."""
+    if _trace is None:
+        return
+    span = _trace.get_current_span()
+    if span.is_recording():
+        span.record_exception(exc)
+
+
+def step_event(name: str, attributes: dict[str, Any]) -> None:
+    """An event on the current span (a step, a checkpoint, a wait), if it records."""
+    if _trace is None:
+        return
+    span = _trace.get_current_span()
+    if span.is_recording():
+        span.add_event(name, attributes)

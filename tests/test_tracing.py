@@ -1,0 +1,310 @@
+"""OpenTelemetry trace context across the queue (pgtasks.tracing, docs/observability.md).
+
+The submit stores the W3C traceparent of the current span (or of submit_task's argument, or
+of the session setting pgtasks.traceparent) and each attempt runs in a CONSUMER span whose
+parent is that context. Spans are read back from the SDK's own exporters: the in-memory
+one for workers in this process, the console one (JSON lines in a file) for a worker
+process. The provider is the process's global one, set once by this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from pgtasks import Client, Registry, SyncClient, Worker, task_register
+from pgtasks.context import TaskContext
+from tests.conftest import ROOT, wait_for
+
+EXPORTER = InMemorySpanExporter()
+
+
+def _provider() -> None:
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(EXPORTER))
+        trace.set_tracer_provider(provider)
+
+
+@pytest.fixture
+def spans() -> InMemorySpanExporter:
+    _provider()
+    EXPORTER.clear()
+    return EXPORTER
+
+
+REG = Registry()
+
+
+@task_register("traced", into=REG, max_retries=1, backoff_base=0.05)
+async def traced(ctx: TaskContext, params: dict[str, Any]) -> str:
+    await ctx.step("fetch", lambda: "fetched")
+    if ctx.attempt == 1 and params.get("fail_first"):
+        raise RuntimeError("first attempt fails")
+    return "ok"
+
+
+@task_register("spawner", into=REG)
+async def spawner(ctx: TaskContext, params: dict[str, Any]) -> int:
+    async with Client(params["dsn"]) as client:
+        return int(await client.submit("traced", {}))
+
+
+def traceparent_of(span: Any) -> str:
+    sc = span.get_span_context()
+    return f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{int(sc.trace_flags):02x}"
+
+
+async def run_until_done(dsn: str, conn: asyncpg.Connection, task_id: int) -> None:
+    w = Worker(dsn, registry=REG, poll_interval=0.1)
+    run = asyncio.create_task(w.run())
+    try:
+        await wait_for(conn, "SELECT status = 'DONE' FROM pgtasks.tasks WHERE id = $1", task_id)
+    finally:
+        w.stop()
+        await asyncio.wait_for(run, 30)
+
+
+def attempt_spans(exporter: InMemorySpanExporter, task_id: int) -> list[ReadableSpan]:
+    found = [
+        s
+        for s in exporter.get_finished_spans()
+        if (s.attributes or {}).get("messaging.message.id") == str(task_id)
+    ]
+    return sorted(found, key=lambda s: (s.attributes or {})["pgtasks.task.attempt"])
+
+
+# -- SQL: the argument, the session setting, the check --------------------------------------
+
+TP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+TP2 = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
+
+
+async def test_submit_task_stores_its_traceparent_argument_and_claims_return_it(conn):
+    tid = await conn.fetchval("SELECT pgtasks.submit_task('t', traceparent => $1)", TP)
+    plain = await conn.fetchval("SELECT pgtasks.submit_task('t')")
+    rows = await conn.fetch("SELECT * FROM pgtasks.claim_tasks('w1', max_tasks => 2)")
+    assert {r["id"]: r["traceparent"] for r in rows} == {tid: TP, plain: None}
+
+
+async def test_the_session_setting_is_the_default_of_every_submit_path(conn):
+    await conn.execute(f"SET pgtasks.traceparent = '{TP}'")
+    one = await conn.fetchval("SELECT pgtasks.submit_task('t')")
+    keyed = await conn.fetchval("SELECT pgtasks.submit_task('t', unique_key => 'k')")
+    child = await conn.fetchval(
+        "SELECT pgtasks.submit_task('t', depends_on => ARRAY[$1::bigint])", one
+    )
+    got_or_made = await conn.fetchval(
+        "SELECT id FROM pgtasks.submit_or_get('t', unique_key => 'g')"
+    )
+    flow = await conn.fetchval(
+        """SELECT pgtasks.submit_workflow('{"nodes": [{"name": "a", "type": "t"},
+             {"name": "b", "type": "t", "after": ["a"]}]}')::text"""
+    )
+    nodes = list(json.loads(flow)["nodes"].values())
+    bulk = await conn.fetchval(
+        "SELECT array_agg(s) FROM pgtasks.submit_tasks('t', ARRAY['{}'::jsonb, '{}']) s"
+    )
+    # The argument wins for its call, and the session's setting is back after it.
+    other = await conn.fetchval("SELECT pgtasks.submit_task('t', traceparent => $1)", TP2)
+    assert await conn.fetchval("SELECT current_setting('pgtasks.traceparent')") == TP
+    await conn.execute("RESET pgtasks.traceparent")
+    after = await conn.fetchval("SELECT pgtasks.submit_task('t')")
+    got = dict(await conn.fetch("SELECT id, traceparent FROM pgtasks.tasks"))
+    assert [got[i] for i in (one, keyed, child, got_or_made, *nodes, *bulk)] == [TP] * 8
+    assert (got[other], got[after]) == (TP2, None)
+
+
+async def test_the_argument_inside_a_transaction_leaves_its_local_setting_as_it_was(conn):
+    async with conn.transaction():
+        await conn.execute(f"SET LOCAL pgtasks.traceparent = '{TP}'")
+        await conn.fetchval("SELECT pgtasks.submit_task('t', traceparent => $1)", TP2)
+        assert await conn.fetchval("SELECT current_setting('pgtasks.traceparent')") == TP
+    assert await conn.fetchval("SELECT current_setting('pgtasks.traceparent', true)") in (None, "")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "garbage",
+        TP.upper(),  # the spec's hex is lower case
+        TP + "-extra",  # version 00 has exactly four fields
+        "ff" + TP[2:],  # ff is the spec's invalid version; no other version is known
+        "00-" + "0" * 32 + "-b7ad6b7169203331-01",  # all-zero trace id
+        "00-0af7651916cd43dd8448eb211c80319c-" + "0" * 16 + "-01",  # all-zero span id
+        "x" * 10_000,
+    ],
+)
+async def test_a_malformed_traceparent_is_refused_with_a_hint(conn, bad):
+    with pytest.raises(asyncpg.PostgresError) as err:
+        await conn.fetchval("SELECT pgtasks.submit_task('t', traceparent => $1)", bad)
+    assert err.value.sqlstate == "PT131"
+    assert "55 characters" in (err.value.hint or "")
+    assert len(err.value.message) < 200  # a huge value is not echoed whole
+    await conn.execute("SELECT set_config('pgtasks.traceparent', $1, false)", bad)
+    with pytest.raises(asyncpg.PostgresError) as err:
+        await conn.fetchval("SELECT pgtasks.submit_task('t')")
+    assert err.value.sqlstate == "PT131"
+    assert await conn.fetchval("SELECT count(*) FROM pgtasks.tasks") == 0
+
+
+# -- Python: submit inside a span, attempts in spans ---------------------------------------
+
+
+async def test_a_request_span_is_the_parent_of_the_attempt_span(dsn, conn, spans):
+    tracer = trace.get_tracer("tests")
+    async with Client(dsn) as client:
+        with tracer.start_as_current_span("request") as request:
+            tid = await client.submit("traced", {})
+        untraced = await client.submit("traced", {})
+    stored = dict(await conn.fetch("SELECT id, traceparent FROM pgtasks.tasks"))
+    assert stored == {tid: traceparent_of(request), untraced: None}
+    await run_until_done(dsn, conn, tid)
+    await wait_for(conn, "SELECT status = 'DONE' FROM pgtasks.tasks WHERE id = $1", untraced)
+    (span,) = attempt_spans(spans, tid)
+    req = request.get_span_context()
+    assert span.context.trace_id == req.trace_id
+    assert span.parent is not None and span.parent.span_id == req.span_id
+    assert [link.context.span_id for link in span.links] == [req.span_id]
+    assert span.kind is SpanKind.CONSUMER
+    assert span.name == "process default" or span.name.startswith("process ")
+    attrs = dict(span.attributes or {})
+    assert attrs["messaging.system"] == "pgtasks"
+    assert attrs["messaging.destination.name"] == await conn.fetchval(
+        "SELECT queue FROM pgtasks.tasks WHERE id = $1", tid
+    )
+    assert (attrs["pgtasks.task.type"], attrs["pgtasks.task.attempt"]) == ("traced", 1)
+    assert attrs["pgtasks.outcome"] == "succeeded"
+    assert [e.name for e in span.events] == ["pgtasks.step"]
+    # The task without a trace context gets a span of its own trace (a root).
+    (root,) = attempt_spans(spans, untraced)
+    assert root.parent is None and root.context.trace_id != req.trace_id
+
+
+async def test_a_retried_task_gives_two_attempt_spans_linked_to_the_submit(dsn, conn, spans):
+    tracer = trace.get_tracer("tests")
+    async with Client(dsn) as client:
+        with tracer.start_as_current_span("request") as request:
+            tid = await client.submit("traced", {"fail_first": True})
+    await run_until_done(dsn, conn, tid)
+    first, second = attempt_spans(spans, tid)
+    req = request.get_span_context()
+    for s in (first, second):
+        assert s.context.trace_id == req.trace_id
+        assert s.parent is not None and s.parent.span_id == req.span_id
+        assert [link.context.span_id for link in s.links] == [req.span_id]
+    assert first.status.status_code is StatusCode.ERROR
+    assert "first attempt fails" in (first.status.description or "")
+    assert [e.name for e in first.events] == ["pgtasks.step", "exception"]
+    assert second.status.status_code is StatusCode.UNSET
+    # The retry found the step's checkpoint and did not run it again.
+    assert second.events[0].attributes == {
+        "pgtasks.step.name": "fetch",
+        "pgtasks.step.resumed": True,
+    }
+
+
+async def test_a_task_submitted_by_a_task_joins_the_attempts_trace(dsn, conn, spans):
+    tid = await conn.fetchval(
+        "SELECT pgtasks.submit_task('spawner', params => $1::text::jsonb, traceparent => $2)",
+        json.dumps({"dsn": dsn}),
+        TP,
+    )
+    await run_until_done(dsn, conn, tid)
+    child = await conn.fetchval(
+        "SELECT (result #>> '{}')::bigint FROM pgtasks.tasks WHERE id = $1", tid
+    )
+    await run_until_done(dsn, conn, child)
+    (parent_span,) = attempt_spans(spans, tid)
+    (child_span,) = attempt_spans(spans, child)
+    assert f"{parent_span.context.trace_id:032x}" == TP.split("-")[1]
+    assert child_span.context.trace_id == parent_span.context.trace_id
+    assert child_span.parent is not None
+    assert child_span.parent.span_id == parent_span.context.span_id
+
+
+def test_sync_client_submits_in_the_callers_span(dsn, spans):
+    tracer = trace.get_tracer("tests")
+    with SyncClient(dsn) as client, tracer.start_as_current_span("request") as request:
+        tid = client.submit("traced", {})
+
+    async def read() -> str | None:
+        c = await asyncpg.connect(dsn)
+        try:
+            value: str | None = await c.fetchval(
+                "SELECT traceparent FROM pgtasks.tasks WHERE id = $1", tid
+            )
+            return value
+        finally:
+            await c.close()
+
+    assert asyncio.run(read()) == traceparent_of(request)
+
+
+def test_without_a_tracer_provider_nothing_is_made():
+    # A fresh interpreter: this module's provider is global to its process.
+    code = (
+        "from opentelemetry import trace\n"
+        "from pgtasks import tracing\n"
+        "with trace.get_tracer('x').start_as_current_span('s'):\n"
+        "    assert tracing.current_traceparent() is None\n"
+        "    assert tracing.start_attempt(task_id=1, task_type='t', queue='q', attempt=1,"
+        " traceparent=None) is None\n"
+        "print('off')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "off"
+
+
+# -- a real worker process ------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_a_worker_process_joins_the_request_trace(dsn, conn, spawn_worker, tmp_path: Path,
+                                                        monkeypatch, spans):  # fmt: skip
+    out = tmp_path / "spans.jsonl"
+    monkeypatch.setenv("PGTASKS_TEST_SPANS", str(out))
+    tracer = trace.get_tracer("tests")
+    async with Client(dsn) as client:
+        with tracer.start_as_current_span("request") as request:
+            tid = await client.submit("traced_step", {"fail_first": True})
+    # A psql-style producer: the session setting, no SDK.
+    await conn.execute(f"SET pgtasks.traceparent = '{TP}'")
+    from_sql = await conn.fetchval("SELECT pgtasks.submit_task('traced_step')")
+    spawn_worker.start("--concurrency", "2", app="tests/apps/traced.py")
+    for t in (tid, from_sql):
+        await wait_for(conn, "SELECT status = 'DONE' FROM pgtasks.tasks WHERE id = $1", t)
+
+    def exported() -> list[dict[str, Any]]:
+        return [json.loads(line) for line in out.read_text().splitlines() if line]
+
+    # A span is exported as it ends, before the finish is written, so both are there.
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for s in exported():
+        by_task.setdefault(s["attributes"].get("messaging.message.id"), []).append(s)
+    req = request.get_span_context()
+    attempts = sorted(by_task[str(tid)], key=lambda s: s["attributes"]["pgtasks.task.attempt"])
+    assert [s["attributes"]["pgtasks.task.attempt"] for s in attempts] == [1, 2]
+    for s in attempts:
+        assert s["context"]["trace_id"] == f"0x{req.trace_id:032x}"
+        assert s["parent_id"] == f"0x{req.span_id:016x}"
+        assert s["kind"] == "SpanKind.CONSUMER"
+        assert [link["context"]["span_id"] for link in s["links"]] == [f"0x{req.span_id:016x}"]
+    assert attempts[0]["status"]["status_code"] == "ERROR"
+    (sql_span,) = by_task[str(from_sql)]
+    assert sql_span["context"]["trace_id"] == "0x" + TP.split("-")[1]
+    assert sql_span["parent_id"] == "0x" + TP.split("-")[2]
