@@ -173,6 +173,46 @@ async def test_a_key_is_decided_by_one_claimer_and_its_row_comes_back_after_prun
     assert await su.fetchval("SELECT count(*) FROM pgtasks.concurrency_keys") == 1
 
 
+async def test_a_worker_holding_a_limited_queue_open_stalls_no_other_claim(su, login, observer):
+    """A claim of a queue with limits locks the queue's settings row until its transaction
+    ends, so claimers count exactly. Any worker may hold that open: another worker's claim
+    waits for it (seen in pg_blocking_pids), but only up to claim_limited's lock_timeout, and
+    then claims what the other queues hold while the row is still held."""
+    await su.execute("SELECT pgtasks.configure_queue('lim', max_running => 5)")
+    lim = [await su.fetchval("SELECT pgtasks.submit_task('t', queue => 'lim')") for _ in range(3)]
+    free = await su.fetchval("SELECT pgtasks.submit_task('t', queue => 'free')")
+    squatter = await login("pgtasks_worker")
+    tr = squatter.transaction()
+    await tr.start()
+    try:
+        taken = await squatter.fetch("SELECT id FROM pgtasks.claim_tasks('squat', ARRAY['lim'])")
+        assert [r["id"] for r in taken] == lim[:1]
+        pid = su.get_server_pid()
+        call = asyncio.ensure_future(
+            su.fetch("SELECT id FROM pgtasks.claim_tasks('w', max_tasks => 10)")
+        )
+
+        async def blocked_by_squatter() -> bool:
+            return call.done() or bool(
+                await observer.fetchval(
+                    "SELECT $2 = ANY (pg_blocking_pids($1))", pid, squatter.get_server_pid()
+                )
+            )
+
+        await wait_until(blocked_by_squatter)  # it does wait for the row ...
+
+        async def done() -> bool:
+            return call.done()
+
+        await wait_until(done)  # ... and comes back while the squatter still holds it
+        assert [r["id"] for r in call.result()] == [free]
+        only_lim = "SELECT id FROM pgtasks.claim_tasks('w', ARRAY['lim'], 10)"
+        assert await su.fetch(only_lim) == []
+    finally:
+        await tr.rollback()
+    assert sorted(r["id"] for r in await su.fetch(only_lim)) == lim
+
+
 # -- a submit stalls no worker -------------------------------------------------------------
 
 
