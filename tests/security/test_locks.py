@@ -8,6 +8,7 @@ observes. A call that should not wait is watched through pg_blocking_pids, never
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,6 +16,7 @@ import asyncpg
 import pytest
 
 from pgtasks import db
+from pgtasks.migrations import MIGRATION_LOCK, MigrationBlocked, available, migrate_url
 from tests.security.conftest import wait_until
 
 # maintain()'s advisory key before it locked a row of pgtasks.locks ("pgtmnt"), and the key
@@ -211,6 +213,39 @@ async def test_a_worker_holding_a_limited_queue_open_stalls_no_other_claim(su, l
     finally:
         await tr.rollback()
     assert sorted(r["id"] for r in await su.fetch(only_lim)) == lim
+
+
+async def test_a_role_without_grants_cannot_stall_an_upgrade(su, login, sec_dsn):
+    """Migrators used to serialise on an advisory key, which any role may take first. An
+    upgrade locks the ledger instead, which that role may not lock: it runs while the key is
+    held. (The newest delta is taken off the ledger so there is one to run again.)"""
+    nobody = await login(None)
+    await nobody.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        async with nobody.transaction():
+            await nobody.execute("LOCK TABLE pgtasks.migrations IN SHARE UPDATE EXCLUSIVE MODE")
+    last = available()[-1]
+    await su.execute("DELETE FROM pgtasks.migrations WHERE version = $1", last.version)
+    assert [m.version for m in await migrate_url(sec_dsn)] == [last.version]
+
+
+async def test_a_first_install_blocked_by_the_advisory_key_names_its_holder(su, login, sec_dsn):
+    """Before pgtasks exists there is nothing to protect, and no table to lock: a first
+    install takes the advisory key, and whoever holds it is named after the wait."""
+    role = await role_of(await login(None))
+    base, _ = sec_dsn.rsplit("/", 1)
+    name = f"fresh_{uuid.uuid4().hex[:8]}"
+    await su.execute(f"CREATE DATABASE {name}")
+    # Advisory keys are per database: the squatter connects to the one being installed.
+    nobody = await asyncpg.connect(f"{base}/{name}".replace("postgres@", f"{role}@", 1))
+    try:
+        await nobody.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+        with pytest.raises(MigrationBlocked, match=f"user {role}") as blocked:
+            await migrate_url(f"{base}/{name}", lock_wait=0.2)
+        assert blocked.value.blocker_pid == nobody.get_server_pid()
+    finally:
+        await nobody.close()
+        await su.execute(f"DROP DATABASE {name} WITH (FORCE)")
 
 
 # -- a submit stalls no worker -------------------------------------------------------------
