@@ -17,8 +17,12 @@ short lock_timeout (LockPolicy, 2 s unless configured); a delta whose lock is no
 time is rolled back and tried again after a pause, during which the queue flows, and after
 its last attempt the error names the session that blocked it.
 
-Two processes migrating at once serialise on an advisory lock, so the second finds the work
-done.
+Two processes migrating at once serialise, so the second finds the work done. On a database
+with pgtasks each delta first locks the ledger table (_Ledger), which only its owner (the
+migrator) may lock: an advisory lock is open to every role, and any role holding the key
+first could stall every upgrade. Only a first install, with nothing of pgtasks to protect
+yet, serialises on an advisory lock. Either wait is bounded (MigrationBlocked, naming the
+session that holds the lock).
 """
 
 from __future__ import annotations
@@ -36,8 +40,35 @@ import asyncpg
 from pgtasks.db import server_settings
 from pgtasks.errors import ConfigurationError, PgTasksError
 
-# Any constant works; it only has to be the same for every pgtasks process.
+# Any constant works; it only has to be the same for every pgtasks process. Taken only for a
+# first install (see the module's docstring).
 MIGRATION_LOCK = 0x7067_7461_736B  # "pgtask"
+
+# How long a migrator waits for another one (or whoever holds the lock) before
+# MigrationBlocked: a delta of the other's may build an index concurrently for a while.
+MIGRATION_LOCK_WAIT = 60.0
+
+# The ledger lock of an upgrade: SHARE UPDATE EXCLUSIVE conflicts with itself but not with
+# the INSERT that records a delta (ROW EXCLUSIVE) or with reading the ledger. Only a role
+# with UPDATE, DELETE or TRUNCATE on the ledger (its owner, the migrator) may take it.
+_LEDGER_LOCK = "LOCK TABLE pgtasks.migrations IN SHARE UPDATE EXCLUSIVE MODE"
+
+# Who holds a lock we gave up waiting for (the wait is over, so pg_blocking_pids says
+# nothing any more): the ledger table's conflicting lock, or the advisory key.
+_HOLDER = """
+SELECT a.pid, a.usename, a.application_name, a.state,
+       extract(epoch FROM clock_timestamp() - a.xact_start)::int AS xact_secs,
+       left(regexp_replace(a.query, '\\s+', ' ', 'g'), 120) AS query
+  FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+ WHERE l.granted AND l.pid <> pg_catalog.pg_backend_pid()
+   AND ((l.locktype = 'relation' AND l.relation = pg_catalog.to_regclass('pgtasks.migrations')
+         AND l.mode IN ('ShareUpdateExclusiveLock', 'ShareLock', 'ShareRowExclusiveLock',
+                        'ExclusiveLock', 'AccessExclusiveLock'))
+        OR (l.locktype = 'advisory' AND l.objsubid = 1
+            AND ((l.classid::int8 << 32) | l.objid::int8) = $1))
+ ORDER BY a.xact_start NULLS LAST
+ LIMIT 1
+"""
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -407,18 +438,26 @@ async def _apply_in_transaction(
     locks: LockPolicy,
     watcher: _Watcher,
     report: Callable[[str], None] | None,
-) -> None:
+    ledger: _Ledger,
+) -> bool:
     """The whole file and its ledger row in one transaction, tried again from the start
     when a lock is not granted in time. A file may SET LOCAL a lock_timeout of its own."""
 
+    ran = False
+
     async def attempt() -> None:
+        nonlocal ran
         async with conn.transaction():
+            if not await ledger.in_transaction(conn, mig):
+                return
             await conn.execute("SELECT set_config('lock_timeout', $1, true)", locks.setting)
             await conn.execute(mig.sql)
             await conn.execute("RESET ROLE")
             await _record(conn, [mig])
+            ran = True
 
     await _retrying(conn, mig.path.name, attempt, locks=locks, watcher=watcher, report=report)
+    return ran
 
 
 async def _drop_invalid_leftover(conn: asyncpg.Connection, stmt: str) -> None:
@@ -454,11 +493,14 @@ async def _apply_statement_by_statement(
     locks: LockPolicy,
     watcher: _Watcher,
     report: Callable[[str], None] | None,
-) -> None:
+    ledger: _Ledger,
+) -> bool:
     """Each statement on its own (autocommit), the ledger row last. A statement stopped by
     a lock wait is tried again on its own; any other failure leaves the statements before it
     applied and the ledger without the file, so the next run starts it from the top."""
     stmts = mig.rerunnable_statements()
+    if not await ledger.aside_for(conn, mig):
+        return False
     before = await conn.fetchval("SELECT current_setting('lock_timeout')")
     await conn.execute("SELECT set_config('lock_timeout', $1, false)", locks.setting)
     try:
@@ -481,15 +523,118 @@ async def _apply_statement_by_statement(
             await _record(conn, [mig])
     finally:
         await conn.execute("SELECT set_config('lock_timeout', $1, false)", before)
+        await ledger.release()
+    return True
 
 
-async def _take_migration_lock(conn: asyncpg.Connection) -> None:
-    """The advisory lock, asked for again every 100 ms rather than waited for: a session
-    blocked in pg_advisory_lock holds a snapshot, and CREATE INDEX CONCURRENTLY waits for
-    every older snapshot to end, so a second migrator waiting there while the first builds
-    an index concurrently would be a deadlock."""
+async def _blocked(conn: asyncpg.Connection, what: str, wait: float) -> MigrationBlocked:
+    row = await conn.fetchrow(_HOLDER, MIGRATION_LOCK)
+    holder = _describe(row) if row is not None else "its holder has gone since"
+    return MigrationBlocked(
+        f"pgtasks migrate: {what} held by another session for over {wait:g}s ({holder}); "
+        "nothing was applied. If that is another pgtasks migrate, wait for it; otherwise "
+        "end that session and run again.",
+        blocker_pid=row["pid"] if row is not None else None,
+    )
+
+
+async def _take_advisory_lock(conn: asyncpg.Connection, wait: float) -> None:
+    """The first install's lock, asked for again every 100 ms rather than waited for: a
+    session blocked in pg_advisory_lock holds a snapshot, and CREATE INDEX CONCURRENTLY
+    waits for every older snapshot to end, so a second migrator waiting there while the
+    first builds an index concurrently would be a deadlock."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + wait
     while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", MIGRATION_LOCK):
+        if loop.time() > give_up:
+            raise await _blocked(conn, "the first-install lock (an advisory lock)", wait)
         await asyncio.sleep(0.1)
+
+
+async def _ledger_exists(conn: asyncpg.Connection) -> bool:
+    return bool(await conn.fetchval("SELECT to_regclass('pgtasks.migrations') IS NOT NULL"))
+
+
+class _Ledger:
+    """The upgrade's lock: the ledger table, locked by each delta before it runs, and the
+    delta then run only if the ledger does not list it yet (another migrator may have run it
+    meanwhile). Asked for every 100 ms (NOWAIT) up to `wait`, never waited for: a session
+    waiting in LOCK TABLE holds the catalog snapshot of its name lookup, which the other
+    migrator's CREATE INDEX CONCURRENTLY would wait for, a deadlock. Granted, the lock holds
+    no snapshot, so it delays no concurrent index build."""
+
+    def __init__(self, wait: float, connect: Callable[[], Awaitable[asyncpg.Connection]] | None):
+        self.wait = wait
+        self.connect = connect
+        self.aside: asyncpg.Connection | None = None
+
+    async def _poll(self, conn: asyncpg.Connection, lock: Callable[[], Awaitable[None]]) -> None:
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.wait
+        while True:
+            try:
+                await lock()
+                return
+            except asyncpg.LockNotAvailableError:
+                if loop.time() > give_up:
+                    raise await _blocked(
+                        conn, "the ledger pgtasks.migrations is", self.wait
+                    ) from None
+            await asyncio.sleep(0.1)
+
+    @staticmethod
+    async def _to_do(conn: asyncpg.Connection, mig: Migration) -> bool:
+        return not await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM pgtasks.migrations WHERE version = $1)", mig.version
+        )
+
+    async def in_transaction(self, conn: asyncpg.Connection, mig: Migration) -> bool:
+        """For an ordinary delta: the lock in its own transaction (a savepoint per try).
+        Before the ledger exists the advisory lock serialises (see migrate)."""
+        if not await _ledger_exists(conn):
+            return True
+
+        async def lock() -> None:
+            async with conn.transaction():
+                await conn.execute(_LEDGER_LOCK + " NOWAIT")
+
+        await self._poll(conn, lock)
+        return await self._to_do(conn, mig)
+
+    async def aside_for(self, conn: asyncpg.Connection, mig: Migration) -> bool:
+        """For a no-transaction delta: the lock held by a second session, idle in its
+        transaction, until release(). Without a second session (a caller of migrate()
+        without `connect`) the advisory lock alone serialises."""
+        if self.connect is None or not await _ledger_exists(conn):
+            return True
+        if self.aside is None:
+            self.aside = await self.connect()
+        aside = self.aside
+
+        async def lock() -> None:
+            await aside.execute("BEGIN")
+            try:
+                await aside.execute(_LEDGER_LOCK + " NOWAIT")
+            except BaseException:
+                await aside.execute("ROLLBACK")
+                raise
+
+        await self._poll(aside, lock)
+        # Asked on the migrating session: the one aside sends only simple-protocol
+        # statements (a finished extended-protocol query keeps its snapshot there until the
+        # next one, and the concurrent build would wait for it).
+        if await self._to_do(conn, mig):
+            return True
+        await self.release()
+        return False
+
+    async def release(self) -> None:
+        if self.aside is not None and self.aside.is_in_transaction():
+            await self.aside.execute("ROLLBACK")
+
+    async def close(self) -> None:
+        if self.aside is not None:
+            await self.aside.close()
 
 
 async def migrate(
@@ -500,6 +645,7 @@ async def migrate(
     locks: LockPolicy | None = None,
     report: Callable[[str], None] | None = None,
     connect: Callable[[], Awaitable[asyncpg.Connection]] | None = None,
+    lock_wait: float = MIGRATION_LOCK_WAIT,
 ) -> list[Migration]:
     """Bring the schema up to date and return the migrations this call applied.
 
@@ -509,7 +655,8 @@ async def migrate(
 
     Each delta waits at most `locks.timeout` for any lock and is tried `locks.attempts`
     times (MigrationBlocked after the last); `report` hears of each retry. `connect` opens
-    the second session that names a blocker (migrate_url passes one).
+    the second session that names a blocker (migrate_url passes one) and holds the ledger
+    lock. `lock_wait` bounds the wait for another migrator (MigrationBlocked after it).
 
     A file whose statements changed after it was applied is an error, not something to
     skip: the database would silently lack what the new file says.
@@ -517,8 +664,14 @@ async def migrate(
     locks = locks or LockPolicy()
     watcher = _Watcher(connect)
     done: list[Migration] = []
-    await _take_migration_lock(conn)
+    ledger = _Ledger(lock_wait, connect)
+    advisory = False
     try:
+        if connect is None or not await _ledger_exists(conn):
+            # A first install (nothing to protect yet), or a caller without a second
+            # session for the no-transaction deltas.
+            await _take_advisory_lock(conn, lock_wait)
+            advisory = True
         have = await applied(conn)
         new_db = not have and not await conn.fetchval(
             "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'pgtasks')"
@@ -544,11 +697,13 @@ async def migrate(
                     )
                 continue
             apply = _apply_statement_by_statement if mig.no_transaction else _apply_in_transaction
-            await apply(conn, mig, locks, watcher, report)
-            done.append(mig)
+            if await apply(conn, mig, locks, watcher, report, ledger):
+                done.append(mig)
     finally:
         await watcher.close()
-        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+        await ledger.close()
+        if advisory:
+            await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
     return done
 
 
@@ -559,6 +714,7 @@ async def migrate_url(
     fresh: bool | None = None,
     locks: LockPolicy | None = None,
     report: Callable[[str], None] | None = None,
+    lock_wait: float = MIGRATION_LOCK_WAIT,
 ) -> list[Migration]:
     """`migrate` on a connection of its own, its search_path pinned like every other: a view,
     constraint or index expression is stored as it resolves when created, so an operator
@@ -576,6 +732,7 @@ async def migrate_url(
             locks=locks,
             report=report,
             connect=lambda: connect("pgtasks migrate (lock watcher)"),
+            lock_wait=lock_wait,
         )
     finally:
         await conn.close()

@@ -13,7 +13,7 @@ SET LOCAL ROLE pgtasks_owner;
 CREATE OR REPLACE FUNCTION pgtasks.check_traceparent(traceparent text)
  RETURNS text
  LANGUAGE plpgsql
- IMMUTABLE
+ IMMUTABLE SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
 AS $function$
 BEGIN
@@ -146,7 +146,7 @@ BEGIN
         RETURN QUERY
         SELECT f.rejected_task_id, NULL::bigint, NULL::text, NULL::jsonb, NULL::text, NULL::integer,
                NULL::integer, NULL::integer, NULL::integer, NULL::interval, NULL::timestamptz, NULL::boolean,
-               NULL::text, NULL::timestamptz
+               NULL::text, NULL::timestamptz, NULL::text
           FROM pgtasks.finish_tasks(task_ids, lease_tokens, results) f;
         IF claim_max > 0 THEN
             RETURN QUERY

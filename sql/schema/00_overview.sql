@@ -64,7 +64,7 @@
 --   02_checks.sql         argument checks and limits shared by every entry point, the
 --                         settings (configure) and the backoff
 --   03_state_machine.sql  the allowed transitions, the history of every change, the
---                         wake-up and finish notifications, watch_task
+--                         wake-up and finish notifications (one trigger per job), watch_task
 --   04_submit.sql         task types and their policies, submit_task and friends, unique keys
 --   05_claim.sql          the pick, claim_tasks, next_run_at, the fencing locks
 --   06_finish.sql         what a running attempt writes: finish, fail, yield, checkpoints,
@@ -73,6 +73,7 @@
 --   08_flow_control.sql   queue limits, rates, pauses, per-key concurrency (claim_limited)
 --   09_schedules.sql      cron and `every` schedules, exactly one task per tick
 --   10_workflows.sql      dependencies and workflows: WAITING, release, cancel on failure
+--                         (the trigger settle_children)
 --   11_views.sql          the read views for psql, the API, the dashboard and /metrics
 --   12_roles.sql          who may do what, role by role
 --

@@ -180,7 +180,7 @@ COMMENT ON FUNCTION pgtasks.current_settings() IS 'The settings row: the deploym
 -- values). Returns it; NULL and '' mean none (NULL). Defined before the table whose
 -- default calls it.
 CREATE FUNCTION pgtasks.check_traceparent(traceparent text) RETURNS text
-LANGUAGE plpgsql IMMUTABLE
+LANGUAGE plpgsql IMMUTABLE SECURITY DEFINER
 SET search_path = pg_catalog, pgtasks, pg_temp
 AS $$
 BEGIN
@@ -807,7 +807,7 @@ COMMENT ON TABLE pgtasks.task_edges IS
 -- Edges that submit_task(..., depends_on) added to parents that existed already, until
 -- maintain() has settled them (settle_new_edges, 10_workflows.sql). Such a submit locks no
 -- parent against its worker's heartbeat and finish: its parents are not marked
--- has_dependents by it, so record_updates also releases the children of parents listed
+-- has_dependents by it, so settle_children also releases the children of parents listed
 -- here. A row goes once its parent is marked and its child's count checked.
 CREATE TABLE pgtasks.unsettled_edges (
     parent_id bigint NOT NULL,

@@ -210,9 +210,51 @@ GRANT EXECUTE ON FUNCTION pgtasks.queue_tag(text) TO pgtasks_worker;
 COMMENT ON FUNCTION pgtasks.queue_tag(text) IS
     'The opaque tag that pgtasks_wakeup notifications name the queue by; a worker compares payloads with the tags of its queues.';
 
--- Inserts: the creation goes into the history, and idle workers are woken.
+-- After every statement that inserts or updates tasks, one statement trigger per job, each
+-- named for it and reading the statement's transition tables:
 --
--- The wake-up is a NOTIFY on pgtasks_wakeup whose payload is the queue's tag (queue_tag,
+--   INSERT   tasks_record_creations       history: one row per new task
+--            tasks_wake_workers           at most one pgtasks_wakeup per queue
+--   UPDATE   tasks_notify_waiters         pgtasks_done for watched tasks that ended
+--            tasks_record_status_changes  history: one row per status change
+--            tasks_settle_children        workflow children released, cancelled or
+--                                         revived (10_workflows.sql)
+--
+-- AFTER statement triggers fire in name order, so a parent's history row is written before
+-- those of the children its statement releases. A statement's transition tables are built
+-- once and shared by all its triggers; what a trigger of its own adds is one function call
+-- per statement, not per row. Measured against one trigger for all jobs, one session
+-- draining 20,000 tasks through finish_and_claim, 5 interleaved rounds: 1.06x its tasks/s
+-- at claim_max 100 and 1.07x at claim_max 10, and bulk submit 1.06x: no cost that shows
+-- above the spread between rounds.
+--
+-- Transition tables have no statistics and no index, and the planner joined new_rows to
+-- old_rows in a nested loop: 100 x 100 row comparisons per completer batch of 100. With
+-- nested loops off it is a hash join, 100 + 100 (measured with one session draining 20,000
+-- tasks through finish_and_claim(claim_max => 100): server CPU per task 0.953 -> 0.705,
+-- 1.33x the tasks/s). Sorting, bitmap scans and nested loops, where a trigger turns them
+-- off, are off for that trigger only, and JIT with them (a disabled method on PostgreSQL
+-- < 18 costs 1e10 and would make every such statement compile).
+
+-- History of inserts: each new task's creation (from NULL to its first status).
+CREATE FUNCTION pgtasks.record_creations() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+BEGIN
+    INSERT INTO pgtasks.task_events (task_id, attempt, from_status, to_status)
+    SELECT n.id, n.attempt, NULL, n.status FROM new_rows n;
+    RETURN NULL;
+END $$;
+COMMENT ON FUNCTION pgtasks.record_creations() IS
+    'Trigger function: records each inserted task in task_events (from NULL to its first status).';
+
+CREATE TRIGGER tasks_record_creations
+    AFTER INSERT ON pgtasks.tasks
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION pgtasks.record_creations();
+
+-- Wake-ups: a NOTIFY on pgtasks_wakeup whose payload is the queue's tag (queue_tag,
 -- above): a hint that names nothing, since any role can LISTEN (and NOTIFY: a worker
 -- treats a wake-up only as a reason to claim now). A NOTIFY takes a database-wide lock while its
 -- transaction commits, so concurrent submitters that all notify commit one at a time. So
@@ -233,19 +275,18 @@ COMMENT ON FUNCTION pgtasks.queue_tag(text) IS
 -- filter on the queue, reading every other queue's ready tasks ahead of this one's
 -- (tests/sql/test_plans.py, two queues of 1,000 ready tasks); an equality would let it
 -- drop the queue from the ORDER BY again. Sorting and bitmap scans are off for the reason
--- pick_ready gives (05_claim.sql), and JIT with them (a disabled method on PostgreSQL < 18
--- costs 1e10 and would make every such statement compile).
+-- pick_ready gives (05_claim.sql).
 --
--- One trigger for history and wake-up: a second statement trigger costs a second function
--- call per insert statement (measured per single-row submit_task, server side: no wake-up
--- 68 us, a trigger of its own 84 us, folded in here 82 us, with the one-queue head check
--- 78 us; what is left is the head probe itself).
+-- The clock is read once per statement, into now_: pgtasks.now() is a SQL function that
+-- reads a table, which is never inlined, so comparing every new row's run_at with it cost a
+-- function call per row (~2.6 us; in a perf profile of submit_tasks of 10,000, half the
+-- insert trigger's time). It is STABLE, so the value is the same either way.
 --
 -- Off switch: the setting `pgtasks.wake_workers = off`, e.g.
 --   ALTER DATABASE app SET pgtasks.wake_workers = off;    (new sessions)
 --   SET pgtasks.wake_workers = off;                        (this connection, e.g. a bulk load)
 -- Any other value, or none, means on. Workers always poll as a backstop.
-CREATE FUNCTION pgtasks.record_inserts() RETURNS trigger
+CREATE FUNCTION pgtasks.wake_workers() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET enable_sort = off
 SET enable_bitmapscan = off
@@ -256,16 +297,15 @@ DECLARE
     first_queue text;
     last_queue  text;
     first_id    bigint;
+    now_        timestamptz;
 BEGIN
-    INSERT INTO pgtasks.task_events (task_id, attempt, from_status, to_status)
-    SELECT n.id, n.attempt, NULL, n.status FROM new_rows n;
-
     IF current_setting('pgtasks.wake_workers', true) IS NOT DISTINCT FROM 'off' THEN
         RETURN NULL;
     END IF;
+    now_ := pgtasks.now();
     SELECT min(n.queue), max(n.queue), min(n.id) INTO first_queue, last_queue, first_id
       FROM new_rows n
-     WHERE n.run_at <= pgtasks.now() AND n.status IN ('PENDING', 'COMMIT');
+     WHERE n.run_at <= now_ AND n.status IN ('PENDING', 'COMMIT');
     IF first_queue IS NULL THEN
         RETURN NULL;                      -- nothing ready now: a timer or a release wakes
     ELSIF first_queue = last_queue THEN
@@ -275,13 +315,13 @@ BEGIN
                                  AND t.status IN ('PENDING', 'COMMIT')
                                ORDER BY t.queue, t.priority DESC, t.run_at, t.id
                                LIMIT 1) head
-                WHERE head.run_at <= pgtasks.now() AND head.id < first_id) THEN
+                WHERE head.run_at <= now_ AND head.id < first_id) THEN
             PERFORM pg_notify('pgtasks_wakeup', pgtasks.queue_tag(first_queue));
         END IF;
     ELSE
         PERFORM pg_notify('pgtasks_wakeup', pgtasks.queue_tag(q.queue))
            FROM (SELECT n.queue, min(n.id) AS first_id FROM new_rows n
-                  WHERE n.run_at <= pgtasks.now() AND n.status IN ('PENDING', 'COMMIT')
+                  WHERE n.run_at <= now_ AND n.status IN ('PENDING', 'COMMIT')
                   GROUP BY n.queue) q
           WHERE NOT EXISTS (
                 SELECT 1 FROM (SELECT t.id, t.run_at FROM pgtasks.tasks t
@@ -289,83 +329,63 @@ BEGIN
                                   AND t.status IN ('PENDING', 'COMMIT')
                                 ORDER BY t.queue, t.priority DESC, t.run_at, t.id
                                 LIMIT 1) head
-                 WHERE head.run_at <= pgtasks.now() AND head.id < q.first_id);
+                 WHERE head.run_at <= now_ AND head.id < q.first_id);
     END IF;
     RETURN NULL;
 END $$;
-COMMENT ON FUNCTION pgtasks.record_inserts() IS
-    'Trigger function: records each inserted task in task_events and sends at most one pgtasks_wakeup per queue (payload: the queue''s tag) to idle workers (off with pgtasks.wake_workers = off).';
+COMMENT ON FUNCTION pgtasks.wake_workers() IS
+    'Trigger function: sends at most one pgtasks_wakeup per queue (payload: the queue''s tag) for inserted tasks a claim can take now, unless the queue''s head was ready already (off with pgtasks.wake_workers = off).';
 
-CREATE TRIGGER tasks_record_inserts
+CREATE TRIGGER tasks_wake_workers
     AFTER INSERT ON pgtasks.tasks
     REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION pgtasks.record_inserts();
+    FOR EACH STATEMENT EXECUTE FUNCTION pgtasks.wake_workers();
 
--- Updates: every status change goes into the history (who, when, from, to), clients
--- blocked in wait() are told that a watched task ended (pgtasks_done, payload the task id,
--- a number every submitter sees anyway and no name or data;
--- only for tasks in task_waiters, so the common finish pays no NOTIFY), and the children of
--- parents that ended or were retried are released, cancelled or revived (10_workflows.sql).
--- Plain tasks pay one test for that last step: has_dependents is NULL on every row that no
--- task depends on; and one probe of unsettled_edges, which lists the parents a depends_on
--- submit added children to without marking them (submit_dependent) and is empty but for
--- those submitted since the last maintain().
---
--- Per statement from transition tables: a batch claim or finish of 100 tasks costs one
--- INSERT ... SELECT, not 100 trigger calls. Transition tables have no statistics and no
--- index, and the planner joined new_rows to old_rows in a nested loop: 100 x 100 row
--- comparisons per completer batch of 100. With nested loops off it is a hash join, 100 +
--- 100 (measured with bench.claim_ab, one session draining 20,000 tasks through
--- finish_and_claim(claim_max => 100): server CPU per task 0.953 -> 0.705, 1.33x the
--- tasks/s). The setting holds for everything this function runs, so the workflow
--- functions it calls turn nested loops back on for themselves. JIT is off with it (see
--- record_inserts).
-CREATE FUNCTION pgtasks.record_updates() RETURNS trigger
+-- Clients blocked in wait() are told that a watched task ended: pgtasks_done, payload the
+-- task id, a number every submitter sees anyway and no name or data; only for tasks in
+-- task_waiters, so the common finish pays no NOTIFY.
+CREATE FUNCTION pgtasks.notify_waiters() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+BEGIN
+    PERFORM pg_notify('pgtasks_done', n.id::text)
+       FROM new_rows n
+      WHERE n.status IN ('DONE', 'FAILED', 'CANCELLED')
+        AND EXISTS (SELECT 1 FROM pgtasks.task_waiters w WHERE w.task_id = n.id);
+    RETURN NULL;
+END $$;
+COMMENT ON FUNCTION pgtasks.notify_waiters() IS
+    'Trigger function: sends pgtasks_done (payload: the task id) for each updated task that ended while a client watches it (watch_task).';
+
+CREATE TRIGGER tasks_notify_waiters
+    AFTER UPDATE ON pgtasks.tasks
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION pgtasks.notify_waiters();
+
+-- History of updates: every status change (who, when, from, to). A batch claim or finish
+-- of 100 tasks costs one INSERT ... SELECT, not 100 trigger calls; nested loops off for
+-- the join of the transition tables (above).
+CREATE FUNCTION pgtasks.record_status_changes() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET enable_nestloop = off
 SET search_path = pg_catalog, pgtasks, pg_temp
 SET jit = off
 AS $$
-DECLARE
-    ended bigint[];
-    retried bigint[];
 BEGIN
     INSERT INTO pgtasks.task_events (task_id, attempt, from_status, to_status, worker_id)
     SELECT n.id, n.attempt, o.status, n.status, coalesce(n.worker_id, o.worker_id)
       FROM new_rows n JOIN old_rows o USING (id)
      WHERE o.status <> n.status;
-
-    -- Wake clients blocked in wait(), only for tasks someone watches.
-    PERFORM pg_notify('pgtasks_done', n.id::text)
-       FROM new_rows n
-      WHERE n.status IN ('DONE', 'FAILED', 'CANCELLED')
-        AND EXISTS (SELECT 1 FROM pgtasks.task_waiters w WHERE w.task_id = n.id);
-
-    IF EXISTS (SELECT 1 FROM new_rows n WHERE n.has_dependents)
-       OR EXISTS (SELECT 1 FROM pgtasks.unsettled_edges) THEN
-        SELECT array_agg(n.id ORDER BY n.id) FILTER (WHERE n.status IN ('DONE', 'FAILED', 'CANCELLED')),
-               array_agg(n.id ORDER BY n.id) FILTER (WHERE n.status IN ('PENDING', 'WAITING')
-                                                       AND o.status IN ('FAILED', 'CANCELLED'))
-          INTO ended, retried
-          FROM new_rows n JOIN old_rows o USING (id)
-         WHERE (n.has_dependents OR n.id IN (SELECT u.parent_id FROM pgtasks.unsettled_edges u))
-           AND o.status <> n.status;
-        IF ended IS NOT NULL THEN
-            PERFORM pgtasks.release_children(ended);
-        END IF;
-        IF retried IS NOT NULL AND current_setting('pgtasks.reviving', true) IS DISTINCT FROM 'on' THEN
-            PERFORM pgtasks.revive_children(retried);
-        END IF;
-    END IF;
     RETURN NULL;
 END $$;
-COMMENT ON FUNCTION pgtasks.record_updates() IS
-    'Trigger function: records every status change in task_events, notifies clients waiting for a task that ended, and releases, cancels or revives the children of parents that ended or were retried.';
+COMMENT ON FUNCTION pgtasks.record_status_changes() IS
+    'Trigger function: records every status change of an updated task in task_events.';
 
-CREATE TRIGGER tasks_record_updates
+CREATE TRIGGER tasks_record_status_changes
     AFTER UPDATE ON pgtasks.tasks
     REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION pgtasks.record_updates();
+    FOR EACH STATEMENT EXECUTE FUNCTION pgtasks.record_status_changes();
 
 ------------------------------------------------------------------------------------------
 -- Watchers: clients waiting for a result, live progress and logs

@@ -143,6 +143,11 @@ $$;
 -- (claim_limited, 08_flow_control.sql), which serialises the claimers of limited queues
 -- so that counts are exact; every other claim is pick_ready's index walk.
 --
+-- No claim waits without bound on a lock another session holds: the pick skips locked
+-- rows (SKIP LOCKED) and then writes only rows it locked; a concurrency key another claimer
+-- holds is skipped (lock_concurrency_key); the one wait, for a limited queue's settings
+-- row, is bounded in claim_limited, which then leaves that queue out of the claim.
+--
 -- The claimed rows come back sorted by the claim order's columns rather than joined back
 -- to the picked ids: the planner saw 10 rows on either side of that join and, with sorting
 -- off, took a nested loop (100 x 100 comparisons for a claim of 100). A claim changes none

@@ -128,9 +128,9 @@ COMMENT ON FUNCTION pgtasks.finish_tasks(bigint[], text[], jsonb[]) IS
 -- (a claimed row its new lease token, a finished one none).
 -- Every UPDATE statement on pgtasks.tasks pays a fixed cost before its first row:
 -- PostgreSQL parses the stored expressions of the table's CHECK constraints and of its
--- transition triggers' WHEN clauses once per statement, and runs record_updates once per
--- statement (perf on a backend draining with claim_max 10: stringToNode alone 15 % of its
--- time). At the batches a worker sends at concurrency 10 that fixed cost is most of the
+-- transition triggers' WHEN clauses once per statement, and runs its AFTER statement
+-- triggers once per statement (perf on a backend draining with claim_max 10: stringToNode
+-- alone 15 % of its time). At the batches a worker sends at concurrency 10 that fixed cost is most of the
 -- call; one UPDATE instead of two measured 0.805 of the server CPU per task and 1.195x the
 -- tasks/s at claim_max 10, 0.984 and 1.014x at claim_max 100 (bench.claim_ab).
 --
@@ -140,7 +140,7 @@ COMMENT ON FUNCTION pgtasks.finish_tasks(bigint[], text[], jsonb[]) IS
 --   * a result over settings.max_result_bytes, or one clients could not decode
 --     (finish_tasks fails that task alone);
 --   * a finished task with dependents (has_dependents, or listed in unsettled_edges): its
---     children are released by the finish statement's history trigger and must be
+--     children are released by the finish statement's trigger (settle_children) and must be
 --     claimable by this same call (the chain hand-off of a workflow);
 --   * flow control in use: claim_limited counts running tasks, and must see this call's
 --     finishes as no longer running.
@@ -196,7 +196,7 @@ BEGIN
         RETURN QUERY
         SELECT f.rejected_task_id, NULL::bigint, NULL::text, NULL::jsonb, NULL::text, NULL::integer,
                NULL::integer, NULL::integer, NULL::integer, NULL::interval, NULL::timestamptz, NULL::boolean,
-               NULL::text, NULL::timestamptz
+               NULL::text, NULL::timestamptz, NULL::text
           FROM pgtasks.finish_tasks(task_ids, lease_tokens, results) f;
         IF claim_max > 0 THEN
             RETURN QUERY

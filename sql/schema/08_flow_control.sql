@@ -185,12 +185,14 @@ SET enable_sort = off
 SET enable_bitmapscan = off
 SET search_path = pg_catalog, pgtasks, pg_temp
 SET jit = off
+SET lock_timeout = '1s'
 AS $$
 DECLARE
     lq_names  text[] := '{}';
     lq_budget integer[] := '{}';
     lq_rated  boolean[] := '{}';
     blocked_q text[];
+    held      text[];               -- the settings rows locked, when some were not in time
     blocked_k text[] := '{}';
     key_names text[] := '{}';
     key_running integer[] := '{}';   -- running + picked here, per key
@@ -206,10 +208,30 @@ BEGIN
     -- Every settings row of the claim's queues, paused ones too: pause_queue then waits for
     -- the claims holding the row, and a claim that locks it after the pause sees the pause,
     -- so nothing starts after a pause commits.
-    PERFORM 1 FROM pgtasks.queue_settings qs
-      WHERE claim_limited.queues IS NULL OR qs.queue = ANY (claim_limited.queues)
-      ORDER BY qs.queue
-        FOR NO KEY UPDATE OF qs;
+    --
+    -- The wait is bounded (lock_timeout, 1 s; a claimer holds the row for the rest of its
+    -- claim, milliseconds). Without the bound, any session that holds a row in an open
+    -- transaction stalls every claim of that queue for as long as it likes: any member of
+    -- pgtasks_worker may BEGIN, claim and sit, and so may an admin's pause_queue not yet
+    -- committed. After the timeout the claim locks the rows it can (SKIP LOCKED) and leaves
+    -- the held queues out, as it leaves out a paused one: it returns what the other queues
+    -- give, or nothing, and the worker claims again at its next poll. The subtransaction of
+    -- the EXCEPTION block is paid on this path only, never by a claim without flow control.
+    BEGIN
+        PERFORM 1 FROM pgtasks.queue_settings qs
+          WHERE claim_limited.queues IS NULL OR qs.queue = ANY (claim_limited.queues)
+          ORDER BY qs.queue
+            FOR NO KEY UPDATE OF qs;
+    EXCEPTION WHEN lock_not_available THEN
+        SELECT coalesce(array_agg(h.queue), '{}') INTO held FROM (
+            SELECT qs.queue FROM pgtasks.queue_settings qs
+             WHERE claim_limited.queues IS NULL OR qs.queue = ANY (claim_limited.queues)
+             ORDER BY qs.queue
+               FOR NO KEY UPDATE OF qs SKIP LOCKED) h;
+        SELECT coalesce(array_agg(qs.queue), '{}') INTO blocked_q FROM pgtasks.queue_settings qs
+         WHERE (claim_limited.queues IS NULL OR qs.queue = ANY (claim_limited.queues))
+           AND qs.queue <> ALL (held);
+    END;
     started := clock_timestamp();
 
     -- Settings as of now (after the locks: a configure_queue that committed meanwhile counts).
@@ -217,6 +239,9 @@ BEGIN
               WHERE claim_limited.queues IS NULL OR qs.queue = ANY (claim_limited.queues)
               ORDER BY qs.queue
     LOOP
+        IF s.queue = ANY (blocked_q) THEN
+            CONTINUE;                       -- held by another session past the lock_timeout
+        END IF;
         IF s.paused THEN
             blocked_q := blocked_q || s.queue;
             CONTINUE;

@@ -10,7 +10,7 @@
 --
 -- When parents end, the statement that ended them (finish_tasks, finish_and_claim,
 -- fail_task, cancel_task, rescue ...) counts their children down in its AFTER UPDATE
--- statement trigger, record_updates (03_state_machine.sql), which calls release_children
+-- statement trigger, settle_children (below), which calls release_children
 -- below: one UPDATE per child per statement, with the number of its parents that statement
 -- ended, so a chord's callback row is written once per completer batch, not once per child
 -- (measured: 42 writes for 10,000 children). The child that reaches 0 becomes PENDING in
@@ -20,7 +20,7 @@
 -- on_parent_failure = 'run'; retrying the parent brings them back to WAITING.
 --
 -- Plain tasks pay one test per UPDATE statement: has_dependents is NULL on every row that
--- no task depends on, and record_updates looks no further when no row of the statement has
+-- no task depends on, and settle_children looks no further when no row of the statement has
 -- it (measured: a plain drain with and without workflows, no difference beyond the noise).
 --
 -- Lock order: a child's id is always larger than its parents' (submit_workflow inserts in
@@ -98,12 +98,12 @@ CREATE TRIGGER tasks_await_parents
 ------------------------------------------------------------------------------------------
 -- Parents ending: count down, release, cancel; and revive on retry
 --
--- record_updates runs with enable_nestloop off, to hash-join its transition tables (see
+-- settle_children runs with enable_nestloop off, to hash-join its transition tables (see
 -- 03_state_machine.sql). The two functions below look tasks and edges up by index in nested
 -- loops, so they set it back on for themselves: without that, a batch with dependents would
 -- hash-join pgtasks.tasks whole.
 
--- Called by record_updates with the parents (has_dependents) that this statement moved to
+-- Called by settle_children with the parents (has_dependents) that this statement moved to
 -- DONE, FAILED or CANCELLED. Two statements on the children, whatever the batch size:
 --   1. failure: the WAITING descendants of a FAILED or CANCELLED parent that do not run on
 --      parent failure are CANCELLED, all of them at once (a recursive walk, not one nested
@@ -192,7 +192,7 @@ AS $$
 DECLARE
     frontier bigint[] := parents;
 BEGIN
-    -- The revivals below are updates too; record_updates must not walk them again.
+    -- The revivals below are updates too; settle_children must not walk them again.
     PERFORM set_config('pgtasks.reviving', 'on', true);
     -- A child that runs on parent failure counted the failed parent as ended; if it still
     -- waits on others, it now waits for the retried one too.
@@ -221,6 +221,52 @@ BEGIN
     END LOOP;
     PERFORM set_config('pgtasks.reviving', '', true);
 END $$;
+
+-- The trigger that runs the two functions above: after every UPDATE statement on tasks,
+-- the children of the parents it ended are released or cancelled (release_children), and
+-- those of the parents it retried revived (revive_children). Plain tasks pay one test:
+-- has_dependents is NULL on every row that no task depends on; and one probe of
+-- unsettled_edges, which lists the parents a depends_on submit added children to without
+-- marking them (submit_dependent, below) and is empty but for those submitted since the
+-- last maintain(). Nested loops off for the join of the transition tables, like the
+-- history's (03_state_machine.sql); the two functions it calls turn them back on.
+CREATE FUNCTION pgtasks.settle_children() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET enable_nestloop = off
+SET search_path = pg_catalog, pgtasks, pg_temp
+SET jit = off
+AS $$
+DECLARE
+    ended bigint[];
+    retried bigint[];
+BEGIN
+    IF EXISTS (SELECT 1 FROM new_rows n WHERE n.has_dependents)
+       OR EXISTS (SELECT 1 FROM pgtasks.unsettled_edges) THEN
+        SELECT array_agg(n.id ORDER BY n.id) FILTER (WHERE n.status IN ('DONE', 'FAILED', 'CANCELLED')),
+               array_agg(n.id ORDER BY n.id) FILTER (WHERE n.status IN ('PENDING', 'WAITING')
+                                                       AND o.status IN ('FAILED', 'CANCELLED'))
+          INTO ended, retried
+          FROM new_rows n JOIN old_rows o USING (id)
+         WHERE (n.has_dependents OR n.id IN (SELECT u.parent_id FROM pgtasks.unsettled_edges u))
+           AND o.status <> n.status;
+        IF ended IS NOT NULL THEN
+            PERFORM pgtasks.release_children(ended);
+        END IF;
+        IF retried IS NOT NULL AND current_setting('pgtasks.reviving', true) IS DISTINCT FROM 'on' THEN
+            PERFORM pgtasks.revive_children(retried);
+        END IF;
+    END IF;
+    RETURN NULL;
+END $$;
+COMMENT ON FUNCTION pgtasks.settle_children() IS
+    'Trigger function: releases, cancels or revives the workflow children of the tasks an UPDATE ended or retried.';
+
+-- Named to fire after tasks_record_status_changes (AFTER statement triggers fire in name
+-- order), so a parent's history row comes before its children's.
+CREATE TRIGGER tasks_settle_children
+    AFTER UPDATE ON pgtasks.tasks
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION pgtasks.settle_children();
 
 ------------------------------------------------------------------------------------------
 -- Submitting with parents
@@ -256,7 +302,7 @@ COMMENT ON FUNCTION pgtasks.calling_role() IS
 -- submit held open for 30 s). The parents are read FOR KEY SHARE, which only a delete
 -- conflicts with (pruning skips such rows), and none is written: has_dependents is marked
 -- later, by maintain() (settle_new_edges), and until then unsettled_edges lists the edge,
--- which record_updates reads as a mark.
+-- which settle_children reads as a mark.
 --
 -- A parent may then end while the submit is still open, and neither side would see the
 -- other: the finisher's trigger does not see the uncommitted edge, and the submit counted

@@ -8,6 +8,7 @@ observes. A call that should not wait is watched through pg_blocking_pids, never
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,6 +16,7 @@ import asyncpg
 import pytest
 
 from pgtasks import db
+from pgtasks.migrations import MIGRATION_LOCK, MigrationBlocked, available, migrate_url
 from tests.security.conftest import wait_until
 
 # maintain()'s advisory key before it locked a row of pgtasks.locks ("pgtmnt"), and the key
@@ -171,6 +173,79 @@ async def test_a_key_is_decided_by_one_claimer_and_its_row_comes_back_after_prun
     assert await su.fetchval("SELECT count(*) FROM pgtasks.concurrency_keys") == 0
     assert [r["id"] for r in await claim(su)] == [later]
     assert await su.fetchval("SELECT count(*) FROM pgtasks.concurrency_keys") == 1
+
+
+async def test_a_worker_holding_a_limited_queue_open_stalls_no_other_claim(su, login, observer):
+    """A claim of a queue with limits locks the queue's settings row until its transaction
+    ends, so claimers count exactly. Any worker may hold that open: another worker's claim
+    waits for it (seen in pg_blocking_pids), but only up to claim_limited's lock_timeout, and
+    then claims what the other queues hold while the row is still held."""
+    await su.execute("SELECT pgtasks.configure_queue('lim', max_running => 5)")
+    lim = [await su.fetchval("SELECT pgtasks.submit_task('t', queue => 'lim')") for _ in range(3)]
+    free = await su.fetchval("SELECT pgtasks.submit_task('t', queue => 'free')")
+    squatter = await login("pgtasks_worker")
+    tr = squatter.transaction()
+    await tr.start()
+    try:
+        taken = await squatter.fetch("SELECT id FROM pgtasks.claim_tasks('squat', ARRAY['lim'])")
+        assert [r["id"] for r in taken] == lim[:1]
+        pid = su.get_server_pid()
+        call = asyncio.ensure_future(
+            su.fetch("SELECT id FROM pgtasks.claim_tasks('w', max_tasks => 10)")
+        )
+
+        async def blocked_by_squatter() -> bool:
+            return call.done() or bool(
+                await observer.fetchval(
+                    "SELECT $2 = ANY (pg_blocking_pids($1))", pid, squatter.get_server_pid()
+                )
+            )
+
+        await wait_until(blocked_by_squatter)  # it does wait for the row ...
+
+        async def done() -> bool:
+            return call.done()
+
+        await wait_until(done)  # ... and comes back while the squatter still holds it
+        assert [r["id"] for r in call.result()] == [free]
+        only_lim = "SELECT id FROM pgtasks.claim_tasks('w', ARRAY['lim'], 10)"
+        assert await su.fetch(only_lim) == []
+    finally:
+        await tr.rollback()
+    assert sorted(r["id"] for r in await su.fetch(only_lim)) == lim
+
+
+async def test_a_role_without_grants_cannot_stall_an_upgrade(su, login, sec_dsn):
+    """Migrators used to serialise on an advisory key, which any role may take first. An
+    upgrade locks the ledger instead, which that role may not lock: it runs while the key is
+    held. (The newest delta is taken off the ledger so there is one to run again.)"""
+    nobody = await login(None)
+    await nobody.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        async with nobody.transaction():
+            await nobody.execute("LOCK TABLE pgtasks.migrations IN SHARE UPDATE EXCLUSIVE MODE")
+    last = available()[-1]
+    await su.execute("DELETE FROM pgtasks.migrations WHERE version = $1", last.version)
+    assert [m.version for m in await migrate_url(sec_dsn)] == [last.version]
+
+
+async def test_a_first_install_blocked_by_the_advisory_key_names_its_holder(su, login, sec_dsn):
+    """Before pgtasks exists there is nothing to protect, and no table to lock: a first
+    install takes the advisory key, and whoever holds it is named after the wait."""
+    role = await role_of(await login(None))
+    base, _ = sec_dsn.rsplit("/", 1)
+    name = f"fresh_{uuid.uuid4().hex[:8]}"
+    await su.execute(f"CREATE DATABASE {name}")
+    # Advisory keys are per database: the squatter connects to the one being installed.
+    nobody = await asyncpg.connect(f"{base}/{name}".replace("postgres@", f"{role}@", 1))
+    try:
+        await nobody.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+        with pytest.raises(MigrationBlocked, match=f"user {role}") as blocked:
+            await migrate_url(f"{base}/{name}", lock_wait=0.2)
+        assert blocked.value.blocker_pid == nobody.get_server_pid()
+    finally:
+        await nobody.close()
+        await su.execute(f"DROP DATABASE {name} WITH (FORCE)")
 
 
 # -- a submit stalls no worker -------------------------------------------------------------

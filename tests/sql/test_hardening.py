@@ -166,7 +166,7 @@ async def test_functions_that_disable_a_planner_method_also_disable_jit(conn):
         "SELECT count(*) FROM pg_proc p WHERE p.pronamespace = 'pgtasks'::regnamespace"
         " AND 'jit=off' = ANY (p.proconfig)"
     )
-    assert steered >= 4  # claim_tasks, claim_limited, record_inserts, record_updates
+    assert steered >= 4  # claim_tasks, claim_limited, wake_workers, record_status_changes
 
 
 async def test_every_function_pins_search_path_and_runs_as_owner(conn):

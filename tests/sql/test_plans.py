@@ -144,7 +144,7 @@ async def test_claim_returns_rows_sorted_not_joined_back(conn, big_table):
 
 
 async def test_history_joins_its_transition_tables_by_hash(dsn, conn, big_table):
-    """record_updates writes one history row per status change by joining new_rows and
+    """record_status_changes writes one history row per status change by joining new_rows and
     old_rows; as a nested loop that was 100 x 100 comparisons per claim of 100 (sql/0013).
     PL/pgSQL plans the statement once per session, with the row counts of its first call:
     a worker's first claim of one task used to fix a nested loop for the session."""

@@ -68,6 +68,22 @@ async def test_future_tasks_wake_nobody(woken):
     assert await run("SELECT pgtasks.submit_task('t', run_at => now() + interval '1 hour')") == []
 
 
+async def test_wake_ups_decide_by_the_test_clock(woken):
+    """The trigger reads pgtasks.now() (once per statement, not per row): with the clock an hour
+    ahead, a batch due in half an hour of wall time is ready and wakes its queue, and one due
+    half an hour past the moved clock is not. Without the shift both would be in the future."""
+    conn, run = woken
+    await conn.execute("SELECT pgtasks.advance_clock(interval '1 hour')")
+    batch = (
+        "SELECT count(*) FROM pgtasks.submit_tasks('t', ARRAY['{}', '{}']::jsonb[],"
+        " queue => $1, run_at => $2::timestamptz)"
+    )
+    ahead = await conn.fetchval("SELECT pgtasks.now() + interval '30 minutes'")
+    soon = await conn.fetchval("SELECT now() + interval '30 minutes'")
+    assert await run(batch, "q-later", ahead) == []
+    assert await run(batch, "q-due", soon) == ["q-due"]
+
+
 async def test_batches_wake_each_queue_once(woken):
     _conn, run = woken
     batch = "SELECT count(*) FROM pgtasks.submit_tasks('t', ARRAY['{}', '{}', '{}']::jsonb[])"
