@@ -729,3 +729,55 @@ async def test_sigterm_hands_tasks_back_even_when_a_sync_task_ignores_it(dsn, co
         assert await conn.fetchval("SELECT count(*) FROM pgtasks.workers") == 0  # unregistered
     finally:
         fleet.stop_all()
+
+
+# -- a stop under load ------------------------------------------------------------------------
+
+
+@task_register("brief", into=REG, max_retries=0)
+async def brief(ctx: TaskContext, params: dict[str, Any]) -> str:
+    await asyncio.sleep(0.005)
+    return "ok"
+
+
+@pytest.mark.slow
+async def test_stop_under_load_hands_back_every_claimed_task_spending_no_retry(dsn, conn):
+    """A producer submits in batches while a busy worker stops, many times over: each stop
+    leaves no task RUNNING (the rows of a finish-and-claim still in flight at the stop are
+    handed back too), and no task spends a retry (max_retries=0 would end it FAILED)."""
+    async with Client(dsn) as client:
+        producing = True
+
+        async def produce() -> None:
+            while producing:
+                await client.submit_many("brief", [{} for _ in range(128)])
+                await asyncio.sleep(0.02)
+
+        feeder = asyncio.create_task(produce())
+        try:
+            for _ in range(12):
+                # A long lease: a stranded task would stay RUNNING well past the check.
+                w = Worker(
+                    dsn,
+                    registry=REG,
+                    concurrency=8,
+                    lease=60,
+                    poll_interval=0.2,
+                    shutdown_grace=5.0,
+                )
+                t = asyncio.create_task(w.run())
+                await asyncio.wait_for(w.ready.wait(), 30)
+                await until(lambda w=w: w.stats.succeeded > 50, what="the worker busy")
+                w.stop()
+                await asyncio.wait_for(t, 60)
+                running = await conn.fetchval(
+                    "SELECT count(*) FROM pgtasks.tasks WHERE status = 'RUNNING'"
+                )
+                assert running == 0
+            spent = await conn.fetchval(
+                "SELECT count(*) FROM pgtasks.tasks WHERE retry_count > 0 OR status = 'FAILED'"
+            )
+            assert spent == 0
+        finally:
+            producing = False
+            await feeder

@@ -123,6 +123,7 @@ class Worker:
         self._pools: dict[str, asyncpg.Pool] = {}
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
+        self._handing: set[asyncio.Task[Any]] = set()  # hand-backs a stopping worker awaits
         #: Set once the worker is registered, with its task types' policies in the database.
         self.ready = asyncio.Event()
         self.producer: Producer | None = None
@@ -417,6 +418,20 @@ class Worker:
     # -- one attempt ---------------------------------------------------------------------
 
     def _start_all(self, rows: list[asyncpg.Record], runner: Runner, writer: TaskWriter) -> None:
+        if self._stopping.is_set():
+            # A claim sent before the stop (the completer's finish-and-claim) can land after
+            # the drain's hand-back: give its rows back now, or they would stay RUNNING with
+            # nobody running them until their lease ran out, and spend a retry.
+            assert self.completer is not None
+            completer = self.completer
+            for row in rows:
+                back = Yielded(None, handed_back=True)
+                self._handing.add(
+                    spawn_guarded(
+                        completer.hand_back(row["id"], row["lease_token"], back), "hand back"
+                    )
+                )
+            return
         for row in rows:
             if self.slots.has_room():
                 self._start(row, runner, writer)
@@ -485,9 +500,9 @@ class Worker:
     async def _drain(self) -> None:
         """Hand back prefetched tasks, give running ones the grace period, then cancel and
         hand back what is left."""
-        handing = self._hand_back_stale(everything=True)
-        if handing:
-            await asyncio.wait(handing)
+        self._handing.update(self._hand_back_stale(everything=True))
+        if self._handing:
+            await asyncio.wait(self._handing)
         pending = [a.future for a in self.slots.running.values() if a.future is not None]
         if pending:
             log.info(
@@ -499,4 +514,9 @@ class Worker:
             if still:
                 await asyncio.wait(still, timeout=10)
         assert self.completer is not None
+        # Waits for a finish-and-claim still in flight too: its rows, if any, are being
+        # handed back (`_start_all`), and those hand-backs are awaited here.
         await self.completer.run_once()
+        while self._handing:
+            await asyncio.wait(set(self._handing))
+            self._handing = {t for t in self._handing if not t.done()}
