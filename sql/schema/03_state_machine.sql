@@ -257,8 +257,12 @@ DECLARE
     last_queue  text;
     first_id    bigint;
 BEGIN
-    INSERT INTO pgtasks.task_events (task_id, attempt, from_status, to_status)
-    SELECT n.id, n.attempt, NULL, n.status FROM new_rows n;
+    WITH history AS (
+        INSERT INTO pgtasks.task_events (task_id, attempt, from_status, to_status)
+        SELECT n.id, n.attempt, NULL, n.status FROM new_rows n
+    )
+    INSERT INTO pgtasks.task_count_deltas (queue, task_type, kind, n)
+    SELECT n.queue, n.task_type, 'submitted', count(*) FROM new_rows n GROUP BY n.queue, n.task_type;
 
     IF current_setting('pgtasks.wake_workers', true) IS NOT DISTINCT FROM 'off' THEN
         RETURN NULL;
@@ -294,7 +298,7 @@ BEGIN
     RETURN NULL;
 END $$;
 COMMENT ON FUNCTION pgtasks.record_inserts() IS
-    'Trigger function: records each inserted task in task_events and sends at most one pgtasks_wakeup per queue (payload: the queue''s tag) to idle workers (off with pgtasks.wake_workers = off).';
+    'Trigger function: records each inserted task in task_events and in the submitted counter, and sends at most one pgtasks_wakeup per queue (payload: the queue''s tag) to idle workers (off with pgtasks.wake_workers = off).';
 
 CREATE TRIGGER tasks_record_inserts
     AFTER INSERT ON pgtasks.tasks
@@ -330,10 +334,34 @@ DECLARE
     ended bigint[];
     retried bigint[];
 BEGIN
-    INSERT INTO pgtasks.task_events (task_id, attempt, from_status, to_status, worker_id)
-    SELECT n.id, n.attempt, o.status, n.status, coalesce(n.worker_id, o.worker_id)
-      FROM new_rows n JOIN old_rows o USING (id)
-     WHERE o.status <> n.status;
+    -- The history and the counters' deltas (task_counts, 01_tables.sql) in one statement
+    -- over one join. A claim counts nothing; a rescue (rescue_expired sets
+    -- pgtasks.rescuing) counts `rescued` besides what the attempt became.
+    WITH changed AS MATERIALIZED (
+        SELECT n.id, n.attempt, o.status AS from_status, n.status AS to_status,
+               coalesce(n.worker_id, o.worker_id) AS worker_id, n.queue, n.task_type,
+               CASE WHEN n.status = 'DONE' THEN 'done'
+                    WHEN n.status = 'FAILED' THEN 'failed'
+                    WHEN n.status = 'CANCELLED' THEN 'cancelled'
+                    WHEN n.status = 'COMMIT' AND n.retry_count > o.retry_count THEN 'retried'
+                    WHEN o.status IN ('FAILED', 'CANCELLED') THEN 'requeued' END AS kind
+          FROM new_rows n JOIN old_rows o USING (id)
+         WHERE o.status <> n.status
+    ), history AS (
+        INSERT INTO pgtasks.task_events (task_id, attempt, from_status, to_status, worker_id)
+        SELECT c.id, c.attempt, c.from_status, c.to_status, c.worker_id FROM changed c
+    )
+    INSERT INTO pgtasks.task_count_deltas (queue, task_type, kind, n)
+    SELECT c.queue, c.task_type, c.kind, count(*)
+      FROM changed c
+     WHERE c.kind IS NOT NULL
+     GROUP BY c.queue, c.task_type, c.kind
+    UNION ALL
+    -- The setting alone decides (a one-time filter): outside a rescue this reads nothing.
+    SELECT c.queue, c.task_type, 'rescued', count(*)
+      FROM changed c
+     WHERE current_setting('pgtasks.rescuing', true) = 'on' AND c.from_status = 'RUNNING'
+     GROUP BY c.queue, c.task_type;
 
     -- Wake clients blocked in wait(), only for tasks someone watches.
     PERFORM pg_notify('pgtasks_done', n.id::text)
@@ -360,7 +388,7 @@ BEGIN
     RETURN NULL;
 END $$;
 COMMENT ON FUNCTION pgtasks.record_updates() IS
-    'Trigger function: records every status change in task_events, notifies clients waiting for a task that ended, and releases, cancels or revives the children of parents that ended or were retried.';
+    'Trigger function: records every status change in task_events and the task counters, notifies clients waiting for a task that ended, and releases, cancels or revives the children of parents that ended or were retried.';
 
 CREATE TRIGGER tasks_record_updates
     AFTER UPDATE ON pgtasks.tasks

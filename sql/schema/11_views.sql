@@ -287,6 +287,24 @@ COMMENT ON VIEW pgtasks.registered_types IS
     'caller leaves an argument out (the type''s own, else the settings default).';
 
 ------------------------------------------------------------------------------------------
+-- Counters
+
+-- The counts task_counts keeps (01_tables.sql) plus the deltas not yet folded: exact as
+-- of this snapshot, monotonic, never lowered by pruning. Rows: one per queue, task type
+-- and kind that happened at least once.
+CREATE VIEW pgtasks.task_counters AS
+SELECT c.queue, c.task_type, c.kind, sum(c.n)::bigint AS total
+  FROM (SELECT k.queue, k.task_type, k.kind, k.n FROM pgtasks.task_counts k
+        UNION ALL
+        SELECT d.queue, d.task_type, d.kind, d.n FROM pgtasks.task_count_deltas d) c
+ GROUP BY c.queue, c.task_type, c.kind;
+GRANT SELECT ON pgtasks.task_counters TO pgtasks_reader;
+COMMENT ON VIEW pgtasks.task_counters IS
+    'Monotonic counts per queue, task type and kind: submitted, done, failed, cancelled, '
+    'retried (a failed attempt sent back to run again), rescued (an expired lease handed on), '
+    'requeued (retry_task). Pruning never lowers them.';
+
+------------------------------------------------------------------------------------------
 -- /metrics
 
 -- Everything /metrics shows, in one row, so a scrape is one query and its numbers are the
@@ -305,6 +323,10 @@ COMMENT ON VIEW pgtasks.registered_types IS
 -- schedules: per unpaused schedule with a next run, lag_seconds = how long its next tick
 --            is overdue (0 when not yet due), so each schedule keeps one steady series.
 -- The window and bounds are columns so the collector never repeats them.
+-- counters:  task_counters' rows ({queue, task_type, kind, total}).
+-- queue_settings: per queue of pgtasks.queues (settings or active tasks): paused and the
+--            limits (max_running, rate_limit, rate_period_seconds; null for none), so a
+--            paused queue's backlog can be told from a stuck one.
 CREATE VIEW pgtasks.metrics AS
 WITH knobs AS (
     SELECT interval '5 minutes' AS runtime_window,
@@ -348,10 +370,18 @@ SELECT
      FROM pgtasks.schedule_defs d
     WHERE NOT d.paused AND d.next_run_at IS NOT NULL) AS schedules,
   k.runtime_window,
-  k.runtime_bounds
+  k.runtime_bounds,
+  (SELECT coalesce(jsonb_agg(to_jsonb(c) ORDER BY c.queue, c.task_type, c.kind), '[]'::jsonb)
+     FROM pgtasks.task_counters c) AS counters,
+  (SELECT coalesce(jsonb_agg(jsonb_build_object(
+              'queue', q.queue, 'paused', q.paused, 'max_running', q.max_running,
+              'rate_limit', q.rate_limit,
+              'rate_period_seconds', extract(epoch FROM q.rate_period))
+            ORDER BY q.queue), '[]'::jsonb)
+     FROM pgtasks.queues q) AS queue_settings
   FROM knobs k;
 GRANT SELECT ON pgtasks.metrics TO pgtasks_reader;
 COMMENT ON VIEW pgtasks.metrics IS
     'Everything /metrics exports, in one row of JSON documents: per-queue counts, workers, '
-    'per-type run times of the last runtime_window (histogram buckets at runtime_bounds) and '
-    'schedule lag.';
+    'per-type run times of the last runtime_window (histogram buckets at runtime_bounds), '
+    'schedule lag, the task counters and each queue''s pause and limits.';
