@@ -169,6 +169,8 @@ class TaskEvent(BaseModel):
     to_status: Status
     attempt: int
     worker_id: str | None
+    #: Orders one task's changes as they committed.
+    event_id: int | None = None
 
 
 def _status(status: str | None) -> str | None:
@@ -1036,16 +1038,42 @@ class Client:
         carries the finished state and every remaining line. Use with
         `contextlib.aclosing(...)` if you may stop early, so the connection is released.
         """
+        async with contextlib.aclosing(
+            self.follow_changes(task_id, poll_interval=poll_interval, after_id=after_id)
+        ) as changes:
+            async for info, lines, _ in changes:
+                yield info, lines
+
+    async def follow_changes(
+        self, task_id: int, *, poll_interval: float = 1.0, after_id: int = 0
+    ) -> AsyncGenerator[tuple[TaskInfo, list[TaskLog], list[TaskEvent]], None]:
+        """follow(), plus every status change since the last item, oldest first (the first
+        item has none: its state is the start). A status that lasted less than a poll (a
+        one-second COMMIT between two attempts) is still in the list, since the changes
+        are read from the task's history, not compared between two reads. State, lines
+        and changes of an item are read in one snapshot, so they agree."""
         async with self._watching(task_id, ("pgtasks_progress", "pgtasks_done")) as (conn, woke):
             last = after_id
+            seen: int | None = None
             while True:
                 woke.clear()
-                info = await self._read(conn, task_id)
-                rows = await conn.fetch(queries.TASK_LOGS, task_id, last)
+                async with conn.transaction(isolation="repeatable_read", readonly=True):
+                    info = await self._read(conn, task_id)
+                    rows = await conn.fetch(queries.TASK_LOGS, task_id, last)
+                    if seen is None:
+                        seen = int(await conn.fetchval(queries.TASK_LAST_CHANGE, task_id))
+                        changes = []
+                    else:
+                        changes = [
+                            TaskEvent.model_validate(dict(r))
+                            for r in await conn.fetch(queries.TASK_CHANGES_AFTER, task_id, seen)
+                        ]
                 lines = [TaskLog.model_validate(dict(r)) for r in rows]
                 if lines:
                     last = lines[-1].id
-                yield info, lines
+                if changes:
+                    seen = changes[-1].event_id or seen
+                yield info, lines, changes
                 if info.finished:
                     return
                 with contextlib.suppress(TimeoutError):

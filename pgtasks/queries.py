@@ -85,6 +85,13 @@ SELECT * FROM pgtasks.task_status
 
 TASK_LOGS = "SELECT * FROM pgtasks.task_log_lines WHERE task_id = $1 AND id > $2 ORDER BY id"
 
+# A follower's status changes after the last one it saw (event_id orders them as they
+# committed; task_events_task serves both), and where it starts.
+TASK_CHANGES_AFTER = """
+SELECT * FROM pgtasks.task_history WHERE task_id = $1 AND event_id > $2 ORDER BY event_id
+"""
+TASK_LAST_CHANGE = "SELECT coalesce(max(event_id), 0) FROM pgtasks.task_history WHERE task_id = $1"
+
 # One page of tasks and the total that match, in one statement: the count row is joined to
 # the page, so a page past the end still says the total (one row with NULL task columns).
 # The error is cut short here: a list shows its first line, the detail shows it all.

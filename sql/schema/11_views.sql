@@ -61,14 +61,19 @@ COMMENT ON VIEW pgtasks.task_overview IS
 
 -- Every status change of every task, whoever made it: the worker it concerned and the
 -- login role that caused it (db_user: session_user, because the functions run as
--- pgtasks_owner).
+-- pgtasks_owner). event_id orders one task's changes as they committed (each is written
+-- under the task's row lock), so a follower reads "the changes after the last one I saw"
+-- by task_events_task and misses none, however briefly a status lasted.
 CREATE VIEW pgtasks.task_history AS
-SELECT e.task_id, e.at, e.from_status, e.to_status, e.attempt, e.worker_id, e.db_user
+SELECT e.task_id, e.at, e.from_status, e.to_status, e.attempt, e.worker_id, e.db_user,
+       e.id AS event_id
   FROM pgtasks.task_events e;
 GRANT SELECT ON pgtasks.task_history TO pgtasks_reader;
 COMMENT ON VIEW pgtasks.task_history IS
     'Every status change of every task: when, from and to which status, in which attempt, by '
     'which worker and login role.';
+COMMENT ON COLUMN pgtasks.task_history.event_id IS
+    'Orders a task''s changes as they committed: WHERE task_id = $1 AND event_id > $2 ORDER BY event_id reads those after one seen.';
 
 -- A task's log lines, from ctx.log or Python logging inside the task; id order is the
 -- order they were logged.
