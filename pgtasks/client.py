@@ -815,7 +815,9 @@ class Client:
         return now, [dict(r) for r in rows]
 
     async def failed_groups(self, *, limit: int = 100) -> list[dict[str, Any]]:
-        """Dead letters grouped by type and first error line: tasks, last_at, last_id."""
+        """Dead letters grouped by type and error fingerprint (pgtasks.error_fingerprint:
+        the first line with quoted values, ids, addresses and numbers taken out):
+        `fingerprint`, `error` (the newest one's first line), tasks, last_at, last_id."""
         return [dict(r) for r in await self.pool.fetch(queries.DASH_FAILED_GROUPS, limit)]
 
     async def browse(
@@ -861,11 +863,15 @@ class Client:
         task_type: str | None = None,
         error: str | None = None,
         limit: int = 1000,
+        fingerprint: str | None = None,
     ) -> list[int]:
         """Retry the FAILED or CANCELLED tasks among `ids` and/or matching the filters
-        (`error`: the first line of the error, as Client.failed_groups gives it), at most
-        `limit`, in one all-or-nothing statement; the ids retried."""
-        return await self._bulk(queries.BULK_RETRY, ids, status, queue, task_type, error, limit)
+        (`error`: the first line of the error; `fingerprint`: its error_fingerprint, as
+        Client.failed_groups gives it), at most `limit`, in one all-or-nothing statement;
+        the ids retried."""
+        return await self._bulk(
+            queries.BULK_RETRY, ids, status, queue, task_type, error, limit, fingerprint
+        )
 
     async def cancel_many(
         self,
@@ -889,13 +895,14 @@ class Client:
         task_type: str | None,
         error: str | None,
         limit: int,
+        fingerprint: str | None = None,
     ) -> list[int]:
-        if ids is None and not any((status, queue, task_type, error)):
+        if ids is None and not any((status, queue, task_type, error, fingerprint)):
             raise PgTasksError("pass ids or at least one filter (status, queue, task_type...)")
         id_list = None if ids is None else [int(i) for i in ids]
         async with db.translated():
             rows = await self.pool.fetch(
-                sql, id_list, _status(status), queue, task_type, error, limit
+                sql, id_list, _status(status), queue, task_type, error, limit, fingerprint
             )
         return [r["id"] for r in rows]
 

@@ -399,8 +399,11 @@ SELECT extract(epoch FROM date_trunc('second', finished_at))::bigint AS t,
 SERVER_EPOCH = "SELECT extract(epoch FROM now())::float8"
 
 # Dead letters grouped by type and the first line of their error, biggest group first.
+# Grouped by error_fingerprint (one cause, whatever ids or addresses each message names);
+# `error` is the newest task's first line, an example of the group.
 DASH_FAILED_GROUPS = """
-SELECT task_type, left(split_part(error, E'\\n', 1), 200) AS error,
+SELECT task_type, pgtasks.error_fingerprint(error) AS fingerprint,
+       (array_agg(left(split_part(error, E'\\n', 1), 200) ORDER BY id DESC))[1] AS error,
        pg_catalog.count(*) AS tasks,
        max(finished_at) AS last_at, max(id) AS last_id
   FROM pgtasks.failed_tasks
@@ -503,6 +506,7 @@ SELECT id FROM pgtasks.task_status
    AND ($3::text IS NULL OR queue = $3)
    AND ($4::text IS NULL OR task_type = $4)
    AND ($5::text IS NULL OR left(split_part(error, E'\\n', 1), 200) = $5)
+   AND ($7::text IS NULL OR pgtasks.error_fingerprint(error) = $7)
  ORDER BY id LIMIT $6"""
 
 BULK_RETRY = f"""

@@ -212,11 +212,17 @@ class RetryFilter(CancelFilter):
     """Which tasks a bulk retry takes; `error` too."""
 
     model_config = ConfigDict(
-        extra="forbid", json_schema_extra=_any_of("status", "queue", "task_type", "error")
+        extra="forbid",
+        json_schema_extra=_any_of("status", "queue", "task_type", "error", "fingerprint"),
     )
 
-    #: The first line of the error (as the dashboard's failed groups show it).
+    #: The first line of the error, exactly.
     error: Annotated[str, Field(min_length=1, max_length=10_000, pattern=NO_NUL)] | None = None
+    #: The error's fingerprint (pgtasks.error_fingerprint), as the dashboard's failed
+    #: groups have it: every failure of one cause, whatever ids or addresses it names.
+    fingerprint: Annotated[str, Field(min_length=1, max_length=10_000, pattern=NO_NUL)] | None = (
+        None
+    )
 
 
 #: ids, or a filter, or both (the ids that match).
@@ -508,7 +514,7 @@ def router(
         f = body.filter or RetryFilter.model_construct()
         ids = await c.retry_many(
             body.ids, status=f.status, queue=f.queue, task_type=f.task_type, error=f.error,
-            limit=body.limit,
+            limit=body.limit, fingerprint=f.fingerprint,
         )  # fmt: skip
         return BulkDone(count=len(ids), ids=ids)
 

@@ -101,6 +101,30 @@ GRANT SELECT ON pgtasks.task_step_names TO pgtasks_reader;
 COMMENT ON VIEW pgtasks.task_step_names IS
     'The checkpointed steps of every task, with the attempt that stored each and its result.';
 
+-- What failures of one cause have in common: the first line of the error (the exception
+-- class and its message), at most 500 characters, with what differs between occurrences
+-- taken out: quoted values, UUIDs, e-mail addresses, IP addresses, hex runs and numbers.
+-- 26 bounced e-mails to 26 addresses are one fingerprint, so the dashboard groups them and
+-- "retry the group" retries them all. Text work only, no table read: IMMUTABLE.
+CREATE FUNCTION pgtasks.error_fingerprint(error text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE STRICT
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+    SELECT btrim(regexp_replace(regexp_replace(regexp_replace(regexp_replace(
+               regexp_replace(regexp_replace(regexp_replace(
+                   left(split_part(error, E'\n', 1), 500),
+                   $q$'[^']*'|"[^"]*"$q$, '?', 'g'),
+                   '[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}', '<uuid>', 'g'),
+                   '[^\s@<>()?]+@[^\s@<>()?]+\.[A-Za-z]{2,}', '<email>', 'g'),
+                   '\m\d{1,3}(\.\d{1,3}){3}(:\d+)?\M', '<ip>', 'g'),
+                   '\m(0x[0-9a-fA-F]+|[0-9a-fA-F]{8,})\M', '<hex>', 'g'),
+                   '\d+(\.\d+)?', '<n>', 'g'),
+               '\s+', ' ', 'g'))
+$$;
+GRANT EXECUTE ON FUNCTION pgtasks.error_fingerprint(text) TO pgtasks_reader;
+COMMENT ON FUNCTION pgtasks.error_fingerprint(text) IS
+    'The first line of an error with quoted values, UUIDs, e-mail and IP addresses, hex runs and numbers taken out: what failures of one cause share.';
+
 -- The dead letters: tasks that failed for good. tasks_failed (01_tables.sql) holds only
 -- FAILED rows, so reading them costs nothing until a task fails.
 CREATE VIEW pgtasks.failed_tasks AS
