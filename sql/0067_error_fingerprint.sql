@@ -7,7 +7,7 @@ SET LOCAL search_path = pg_catalog, pgtasks, pg_temp;
 SET LOCAL ROLE pgtasks_owner;
 
 CREATE FUNCTION pgtasks.error_fingerprint(error text) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE STRICT
+LANGUAGE sql IMMUTABLE PARALLEL SAFE STRICT SECURITY DEFINER
 SET search_path = pg_catalog, pgtasks, pg_temp
 AS $$
     SELECT btrim(regexp_replace(regexp_replace(regexp_replace(regexp_replace(

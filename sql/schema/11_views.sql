@@ -105,9 +105,10 @@ COMMENT ON VIEW pgtasks.task_step_names IS
 -- class and its message), at most 500 characters, with what differs between occurrences
 -- taken out: quoted values, UUIDs, e-mail addresses, IP addresses, hex runs and numbers.
 -- 26 bounced e-mails to 26 addresses are one fingerprint, so the dashboard groups them and
--- "retry the group" retries them all. Text work only, no table read: IMMUTABLE.
+-- "retry the group" retries them all. Text work only, no table read: IMMUTABLE; SECURITY
+-- DEFINER like every pgtasks function, though it needs no right of its owner.
 CREATE FUNCTION pgtasks.error_fingerprint(error text) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE STRICT
+LANGUAGE sql IMMUTABLE PARALLEL SAFE STRICT SECURITY DEFINER
 SET search_path = pg_catalog, pgtasks, pg_temp
 AS $$
     SELECT btrim(regexp_replace(regexp_replace(regexp_replace(regexp_replace(
