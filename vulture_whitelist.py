@@ -131,3 +131,8 @@ _.supports_priority
 _.enqueue
 _.Command
 _.add_arguments
+
+# router(metrics=True)'s endpoint (FastAPI calls it) and the `transition` field of an SSE
+# status frame (read by the stream's clients, set through model_construct).
+_.prometheus
+_.transition

@@ -171,6 +171,8 @@ class TaskEvent(BaseModel):
     worker_id: str | None
     #: Why a RUNNING -> COMMIT parked the task, for a snooze or a wait for an event.
     note: str | None = None
+    #: Orders one task's changes as they committed.
+    event_id: int | None = None
 
 
 def _jsonable_payload(payload: Any) -> Any:
@@ -859,7 +861,9 @@ class Client:
         return now, [dict(r) for r in rows]
 
     async def failed_groups(self, *, limit: int = 100) -> list[dict[str, Any]]:
-        """Dead letters grouped by type and first error line: tasks, last_at, last_id."""
+        """Dead letters grouped by type and error fingerprint (pgtasks.error_fingerprint:
+        the first line with quoted values, ids, addresses and numbers taken out):
+        `fingerprint`, `error` (the newest one's first line), tasks, last_at, last_id."""
         return [dict(r) for r in await self.pool.fetch(queries.DASH_FAILED_GROUPS, limit)]
 
     async def browse(
@@ -905,11 +909,15 @@ class Client:
         task_type: str | None = None,
         error: str | None = None,
         limit: int = 1000,
+        fingerprint: str | None = None,
     ) -> list[int]:
         """Retry the FAILED or CANCELLED tasks among `ids` and/or matching the filters
-        (`error`: the first line of the error, as Client.failed_groups gives it), at most
-        `limit`, in one all-or-nothing statement; the ids retried."""
-        return await self._bulk(queries.BULK_RETRY, ids, status, queue, task_type, error, limit)
+        (`error`: the first line of the error; `fingerprint`: its error_fingerprint, as
+        Client.failed_groups gives it), at most `limit`, in one all-or-nothing statement;
+        the ids retried."""
+        return await self._bulk(
+            queries.BULK_RETRY, ids, status, queue, task_type, error, limit, fingerprint
+        )
 
     async def cancel_many(
         self,
@@ -933,13 +941,14 @@ class Client:
         task_type: str | None,
         error: str | None,
         limit: int,
+        fingerprint: str | None = None,
     ) -> list[int]:
-        if ids is None and not any((status, queue, task_type, error)):
+        if ids is None and not any((status, queue, task_type, error, fingerprint)):
             raise PgTasksError("pass ids or at least one filter (status, queue, task_type...)")
         id_list = None if ids is None else [int(i) for i in ids]
         async with db.translated():
             rows = await self.pool.fetch(
-                sql, id_list, _status(status), queue, task_type, error, limit
+                sql, id_list, _status(status), queue, task_type, error, limit, fingerprint
             )
         return [r["id"] for r in rows]
 
@@ -1091,16 +1100,42 @@ class Client:
         carries the finished state and every remaining line. Use with
         `contextlib.aclosing(...)` if you may stop early, so the connection is released.
         """
+        async with contextlib.aclosing(
+            self.follow_changes(task_id, poll_interval=poll_interval, after_id=after_id)
+        ) as changes:
+            async for info, lines, _ in changes:
+                yield info, lines
+
+    async def follow_changes(
+        self, task_id: int, *, poll_interval: float = 1.0, after_id: int = 0
+    ) -> AsyncGenerator[tuple[TaskInfo, list[TaskLog], list[TaskEvent]], None]:
+        """follow(), plus every status change since the last item, oldest first (the first
+        item has none: its state is the start). A status that lasted less than a poll (a
+        one-second COMMIT between two attempts) is still in the list, since the changes
+        are read from the task's history, not compared between two reads. State, lines
+        and changes of an item are read in one snapshot, so they agree."""
         async with self._watching(task_id, ("pgtasks_progress", "pgtasks_done")) as (conn, woke):
             last = after_id
+            seen: int | None = None
             while True:
                 woke.clear()
-                info = await self._read(conn, task_id)
-                rows = await conn.fetch(queries.TASK_LOGS, task_id, last)
+                async with conn.transaction(isolation="repeatable_read", readonly=True):
+                    info = await self._read(conn, task_id)
+                    rows = await conn.fetch(queries.TASK_LOGS, task_id, last)
+                    if seen is None:
+                        seen = int(await conn.fetchval(queries.TASK_LAST_CHANGE, task_id))
+                        changes = []
+                    else:
+                        changes = [
+                            TaskEvent.model_validate(dict(r))
+                            for r in await conn.fetch(queries.TASK_CHANGES_AFTER, task_id, seen)
+                        ]
                 lines = [TaskLog.model_validate(dict(r)) for r in rows]
                 if lines:
                     last = lines[-1].id
-                yield info, lines
+                if changes:
+                    seen = changes[-1].event_id or seen
+                yield info, lines, changes
                 if info.finished:
                     return
                 with contextlib.suppress(TimeoutError):

@@ -89,6 +89,13 @@ SELECT * FROM pgtasks.task_status
 
 TASK_LOGS = "SELECT * FROM pgtasks.task_log_lines WHERE task_id = $1 AND id > $2 ORDER BY id"
 
+# A follower's status changes after the last one it saw (event_id orders them as they
+# committed; task_events_task serves both), and where it starts.
+TASK_CHANGES_AFTER = """
+SELECT * FROM pgtasks.task_history WHERE task_id = $1 AND event_id > $2 ORDER BY event_id
+"""
+TASK_LAST_CHANGE = "SELECT coalesce(max(event_id), 0) FROM pgtasks.task_history WHERE task_id = $1"
+
 # One page of tasks and the total that match, in one statement: the count row is joined to
 # the page, so a page past the end still says the total (one row with NULL task columns).
 # The error is cut short here: a list shows its first line, the detail shows it all.
@@ -412,8 +419,11 @@ SELECT extract(epoch FROM date_trunc('second', finished_at))::bigint AS t,
 SERVER_EPOCH = "SELECT extract(epoch FROM now())::float8"
 
 # Dead letters grouped by type and the first line of their error, biggest group first.
+# Grouped by error_fingerprint (one cause, whatever ids or addresses each message names);
+# `error` is the newest task's first line, an example of the group.
 DASH_FAILED_GROUPS = """
-SELECT task_type, left(split_part(error, E'\\n', 1), 200) AS error,
+SELECT task_type, pgtasks.error_fingerprint(error) AS fingerprint,
+       (array_agg(left(split_part(error, E'\\n', 1), 200) ORDER BY id DESC))[1] AS error,
        pg_catalog.count(*) AS tasks,
        max(finished_at) AS last_at, max(id) AS last_id
   FROM pgtasks.failed_tasks
@@ -516,6 +526,7 @@ SELECT id FROM pgtasks.task_status
    AND ($3::text IS NULL OR queue = $3)
    AND ($4::text IS NULL OR task_type = $4)
    AND ($5::text IS NULL OR left(split_part(error, E'\\n', 1), 200) = $5)
+   AND ($7::text IS NULL OR pgtasks.error_fingerprint(error) = $7)
  ORDER BY id LIMIT $6"""
 
 BULK_RETRY = f"""

@@ -201,3 +201,4 @@ class SyncClient:
     trigger_schedule = _blocking(Client.trigger_schedule)
     wait = _blocking(Client.wait)
     follow = _blocking_iter(Client.follow)
+    follow_changes = _blocking_iter(Client.follow_changes)

@@ -25,6 +25,8 @@ from pgtasks.client import (
 )
 from pgtasks.fastapi import get_client
 from pgtasks.web.errors import ApiError, ErrorResponse, ErrorRoute
+from pgtasks.web.metrics import CONTENT_TYPE as METRICS_TYPE
+from pgtasks.web.metrics import render
 from pgtasks.web.session import same
 from pgtasks.web.settings import WebSettings
 from pgtasks.web.sse import stream_slots, task_events
@@ -210,11 +212,17 @@ class RetryFilter(CancelFilter):
     """Which tasks a bulk retry takes; `error` too."""
 
     model_config = ConfigDict(
-        extra="forbid", json_schema_extra=_any_of("status", "queue", "task_type", "error")
+        extra="forbid",
+        json_schema_extra=_any_of("status", "queue", "task_type", "error", "fingerprint"),
     )
 
-    #: The first line of the error (as the dashboard's failed groups show it).
+    #: The first line of the error, exactly.
     error: Annotated[str, Field(min_length=1, max_length=10_000, pattern=NO_NUL)] | None = None
+    #: The error's fingerprint (pgtasks.error_fingerprint), as the dashboard's failed
+    #: groups have it: every failure of one cause, whatever ids or addresses it names.
+    fingerprint: Annotated[str, Field(min_length=1, max_length=10_000, pattern=NO_NUL)] | None = (
+        None
+    )
 
 
 #: ids, or a filter, or both (the ids that match).
@@ -341,10 +349,15 @@ def _declared(settings: WebSettings, *, write: bool) -> list[Any]:
     return [Security(bearer)]
 
 
-def router(client: Client | None = None, *, settings: WebSettings | None = None) -> APIRouter:
+def router(
+    client: Client | None = None, *, settings: WebSettings | None = None, metrics: bool = False
+) -> APIRouter:
     """The API. Mount it anywhere: `app.include_router(router(), prefix="/api/admin")`.
 
     With no `client`, each request uses the app's running one (pgtasks.fastapi.lifespan).
+    `metrics=True` adds `GET /metrics` (the Prometheus text, a read like the others: with
+    a token set it needs it unless reads are open), so a mounted app exposes it at
+    `<prefix>/metrics`.
     """
     settings = settings or WebSettings()
     read = _declared(settings, write=False)
@@ -532,7 +545,7 @@ def router(client: Client | None = None, *, settings: WebSettings | None = None)
         f = body.filter or RetryFilter.model_construct()
         ids = await c.retry_many(
             body.ids, status=f.status, queue=f.queue, task_type=f.task_type, error=f.error,
-            limit=body.limit,
+            limit=body.limit, fingerprint=f.fingerprint,
         )  # fmt: skip
         return BulkDone(count=len(ids), ids=ids)
 
@@ -581,6 +594,18 @@ def router(client: Client | None = None, *, settings: WebSettings | None = None)
         """Cancel every unfinished task of the workflow (running ones are stopped); 404
         for an unknown workflow."""
         return {"id": workflow_id, "cancelled": await c.cancel_workflow(workflow_id)}
+
+    if metrics:
+
+        @api.get(
+            "/metrics",
+            dependencies=read,
+            response_class=Response,
+            responses={200: {"content": {METRICS_TYPE: {"schema": {"type": "string"}}}}},
+        )
+        async def prometheus(c: C) -> Response:
+            """Prometheus text format: the database's counts, counters and settings."""
+            return Response(await render(c), media_type=METRICS_TYPE)
 
     # Each route's documented answers beyond ERRORS: 404 where a path names something, 409
     # for writes, 401 where the token is needed (only when one is set).

@@ -1,7 +1,11 @@
 """Server-Sent Events for one task, driven by the database's NOTIFY through Client.follow.
 
-Events, in the order they happened as the stream saw them:
-  `status`   the task's state (TaskInfo JSON) whenever its status changes, and first of all;
+Events, in the order they happened:
+  `status`   the task's state (TaskInfo JSON) first of all, then one per status change, read
+             from the task's history in commit order, so a status that lasted less than a
+             poll (a one-second COMMIT between attempts) is never skipped; each carries
+             `transition` (from_status, to_status, at, attempt, worker_id), and its
+             `status` and `attempt` are the change's;
   `progress` the task's state whenever current/total/message change;
   `log`      one new log line (TaskLog JSON), oldest first; its SSE id is the line id;
   `end`      after the final status; then the stream closes.
@@ -21,7 +25,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.background import BackgroundTask
 
-from pgtasks.client import Client, TaskInfo, TaskLog
+from pgtasks.client import Client, TaskEvent, TaskInfo, TaskLog
 from pgtasks.web.errors import ApiError
 
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -33,6 +37,13 @@ class TaskJSON(TaskInfo):
     model_config = ConfigDict(ser_json_timedelta="float")
 
 
+class StatusJSON(TaskJSON):
+    """A `status` frame after the first: the task's latest state, with the status and
+    attempt of the change it reports, and that change."""
+
+    transition: TaskEvent | None = None
+
+
 def frame(event: str, data: BaseModel | str, event_id: int | None = None) -> str:
     if type(data) is TaskInfo:
         data = TaskJSON.model_construct(**dict(data))
@@ -41,10 +52,20 @@ def frame(event: str, data: BaseModel | str, event_id: int | None = None) -> str
     return f"{head}event: {event}\ndata: {body}\n\n"
 
 
-def changes(info: TaskInfo, lines: list[TaskLog], last: TaskInfo | None) -> list[str]:
-    """The frames that tell a watcher what changed since `last`."""
+def changes(
+    info: TaskInfo,
+    lines: list[TaskLog],
+    last: TaskInfo | None,
+    transitions: list[TaskEvent] | None = None,
+) -> list[str]:
+    """The frames that tell a watcher what changed since `last`: one `status` per
+    transition (when the history says), else per differing status."""
     out: list[str] = []
-    if last is None or info.status != last.status:
+    if last is not None and transitions:
+        for t in transitions:
+            state = {**dict(info), "status": t.to_status, "attempt": t.attempt}
+            out.append(frame("status", StatusJSON.model_construct(**state, transition=t)))
+    elif last is None or info.status != last.status:
         out.append(frame("status", info))
     elif (info.progress_current, info.progress_total, info.progress_message) != (
         last.progress_current,
@@ -56,7 +77,7 @@ def changes(info: TaskInfo, lines: list[TaskLog], last: TaskInfo | None) -> list
     return out
 
 
-Item = tuple[TaskInfo, list[TaskLog]]
+Item = tuple[TaskInfo, list[TaskLog], list[TaskEvent]]
 
 
 async def task_events(
@@ -79,7 +100,7 @@ async def task_events(
                 "(each stream holds a database connection).",
             )
         await slots.acquire()
-    stream = client.follow(task_id, after_id=after_id)
+    stream = client.follow_changes(task_id, after_id=after_id)
     items: asyncio.Queue[Item | None] = asyncio.Queue()
     pumping: asyncio.Task[None] | None = None
     ended = False
@@ -127,8 +148,8 @@ async def task_events(
         try:
             item: Item | None = first
             while item is not None:
-                info, lines = item
-                for f in changes(info, lines, last):
+                info, lines, transitions = item
+                for f in changes(info, lines, last, transitions):
                     yield f
                 last = info
                 if info.finished:

@@ -641,6 +641,41 @@ COMMENT ON TABLE pgtasks.locks IS
     'Rows pgtasks locks to run a job one caller at a time (maintain); no role but the owner may lock them.';
 
 ------------------------------------------------------------------------------------------
+-- Counters (/metrics)
+
+-- Monotonic counts per queue, task type and kind, kept apart from the tasks so pruning
+-- never lowers them: submitted, done, failed, cancelled (ended in that status), retried (a
+-- failed attempt sent back to run again, a rescue's included), rescued (an expired lease
+-- or deadline handed on by rescue) and requeued (a FAILED or CANCELLED task put back by
+-- retry_task). A counter row bumped on every finish would be the hottest row of the
+-- database: every worker's finish statement would queue on its lock until commit. So the
+-- history triggers (03_state_machine.sql) append one row per statement and group to
+-- task_count_deltas, which takes no lock anyone else waits for, and rescue_expired
+-- (07_leases.sql) folds the deltas into task_counts. The task_counters view (11_views.sql)
+-- adds both, so a count is exact the moment its statement commits.
+CREATE TABLE pgtasks.task_counts (
+    queue     text NOT NULL,
+    task_type text NOT NULL,
+    kind      text NOT NULL,
+    n         bigint NOT NULL,
+    CONSTRAINT task_counts_pkey PRIMARY KEY (queue, task_type, kind),
+    CONSTRAINT task_counts_kind_known CHECK (kind IN ('submitted', 'done', 'failed', 'cancelled',
+                                                      'retried', 'rescued', 'requeued'))
+);
+COMMENT ON TABLE pgtasks.task_counts IS
+    'Counts per queue, task type and kind (submitted, done, failed, cancelled, retried, rescued, requeued) folded from task_count_deltas; read them through pgtasks.task_counters.';
+
+-- No key, no index: an append-only heap each history trigger adds to, emptied by the fold.
+CREATE TABLE pgtasks.task_count_deltas (
+    queue     text NOT NULL,
+    task_type text NOT NULL,
+    kind      text NOT NULL,
+    n         bigint NOT NULL
+);
+COMMENT ON TABLE pgtasks.task_count_deltas IS
+    'What the statements since the last fold added to task_counts, one row per statement, queue, task type and kind.';
+
+------------------------------------------------------------------------------------------
 -- Flow control (08_flow_control.sql)
 
 -- A row exists only for a queue with a limit or a pause: the claim's fast path is "no row

@@ -242,12 +242,18 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pgtasks, pg_temp
 AS $$
 BEGIN
-    INSERT INTO pgtasks.task_events (task_id, attempt, from_status, to_status)
-    SELECT n.id, n.attempt, NULL, n.status FROM new_rows n;
+    -- The history and the submitted counter's delta (task_counts, 01_tables.sql) in one
+    -- statement: one row per queue and type of the statement, not a hot counter row.
+    WITH history AS (
+        INSERT INTO pgtasks.task_events (task_id, attempt, from_status, to_status)
+        SELECT n.id, n.attempt, NULL, n.status FROM new_rows n
+    )
+    INSERT INTO pgtasks.task_count_deltas (queue, task_type, kind, n)
+    SELECT n.queue, n.task_type, 'submitted', count(*) FROM new_rows n GROUP BY n.queue, n.task_type;
     RETURN NULL;
 END $$;
 COMMENT ON FUNCTION pgtasks.record_creations() IS
-    'Trigger function: records each inserted task in task_events (from NULL to its first status).';
+    'Trigger function: records each inserted task in task_events (from NULL to its first status) and in the submitted counter (task_count_deltas).';
 
 CREATE TRIGGER tasks_record_creations
     AFTER INSERT ON pgtasks.tasks
@@ -373,14 +379,38 @@ SET search_path = pg_catalog, pgtasks, pg_temp
 SET jit = off
 AS $$
 BEGIN
-    INSERT INTO pgtasks.task_events (task_id, attempt, from_status, to_status, worker_id)
-    SELECT n.id, n.attempt, o.status, n.status, coalesce(n.worker_id, o.worker_id)
-      FROM new_rows n JOIN old_rows o USING (id)
-     WHERE o.status <> n.status;
+    -- The history and the counters' deltas (task_counts, 01_tables.sql) in one statement
+    -- over one join. A claim counts nothing; a rescue (rescue_expired sets
+    -- pgtasks.rescuing) counts `rescued` besides what the attempt became.
+    WITH changed AS MATERIALIZED (
+        SELECT n.id, n.attempt, o.status AS from_status, n.status AS to_status,
+               coalesce(n.worker_id, o.worker_id) AS worker_id, n.queue, n.task_type,
+               CASE WHEN n.status = 'DONE' THEN 'done'
+                    WHEN n.status = 'FAILED' THEN 'failed'
+                    WHEN n.status = 'CANCELLED' THEN 'cancelled'
+                    WHEN n.status = 'COMMIT' AND n.retry_count > o.retry_count THEN 'retried'
+                    WHEN o.status IN ('FAILED', 'CANCELLED') THEN 'requeued' END AS kind
+          FROM new_rows n JOIN old_rows o USING (id)
+         WHERE o.status <> n.status
+    ), history AS (
+        INSERT INTO pgtasks.task_events (task_id, attempt, from_status, to_status, worker_id)
+        SELECT c.id, c.attempt, c.from_status, c.to_status, c.worker_id FROM changed c
+    )
+    INSERT INTO pgtasks.task_count_deltas (queue, task_type, kind, n)
+    SELECT c.queue, c.task_type, c.kind, count(*)
+      FROM changed c
+     WHERE c.kind IS NOT NULL
+     GROUP BY c.queue, c.task_type, c.kind
+    UNION ALL
+    -- The setting alone decides (a one-time filter): outside a rescue this reads nothing.
+    SELECT c.queue, c.task_type, 'rescued', count(*)
+      FROM changed c
+     WHERE current_setting('pgtasks.rescuing', true) = 'on' AND c.from_status = 'RUNNING'
+     GROUP BY c.queue, c.task_type;
     RETURN NULL;
 END $$;
 COMMENT ON FUNCTION pgtasks.record_status_changes() IS
-    'Trigger function: records every status change of an updated task in task_events.';
+    'Trigger function: records every status change of an updated task in task_events, and its count (done, failed, cancelled, retried, requeued, rescued) in task_count_deltas.';
 
 CREATE TRIGGER tasks_record_status_changes
     AFTER UPDATE ON pgtasks.tasks

@@ -250,6 +250,28 @@ BEGIN
     END;
 END $$;
 
+-- Moves every delta into task_counts (01_tables.sql) in one statement, so a reader of
+-- task_counters sees each count once, before or after. The deltas are one row per
+-- statement, so they hold at most what the fleet wrote since the last maintenance round.
+-- Callers may overlap (rescue_expired runs outside maintain() too): a delta row is deleted
+-- by one of them only, and the upserts go in key order, so two folds never deadlock.
+CREATE FUNCTION pgtasks.fold_counts() RETURNS void
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+    WITH moved AS (
+        DELETE FROM pgtasks.task_count_deltas d RETURNING d.queue, d.task_type, d.kind, d.n
+    )
+    INSERT INTO pgtasks.task_counts AS c (queue, task_type, kind, n)
+    SELECT m.queue, m.task_type, m.kind, sum(m.n) FROM moved m
+     GROUP BY m.queue, m.task_type, m.kind
+     ORDER BY m.queue, m.task_type, m.kind
+    ON CONFLICT ON CONSTRAINT task_counts_pkey DO UPDATE SET n = c.n + excluded.n
+$$;
+COMMENT ON FUNCTION pgtasks.fold_counts() IS
+    'Folds task_count_deltas into task_counts; rescue_expired (and so maintain) calls it.';
+
 -- Tasks whose lease expired (their worker died or hung) or that ran past their deadline
 -- are handed on as a failed attempt by record_failure (06_finish.sql): COMMIT to resume
 -- elsewhere, after the backoff the row itself carries (backoff_base, the one fail_task
@@ -260,8 +282,9 @@ END $$;
 -- row, each row in its own subtransaction (rescue_one). Per-row subtransactions only on
 -- that path: a thousand of them in every call would overflow the subtransaction cache.
 --
--- Two sweeps ride along: registry rows of workers not seen for 10 minutes, and the watch
--- registrations (task_waiters) of clients whose session has ended.
+-- Three sweeps ride along: registry rows of workers not seen for 10 minutes, the watch
+-- registrations (task_waiters) of clients whose session has ended, and the counters'
+-- deltas (fold_counts).
 CREATE FUNCTION pgtasks.rescue_expired(max_tasks integer DEFAULT 1000) RETURNS integer
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -272,6 +295,8 @@ DECLARE
     n integer := 0;
 BEGIN
     PERFORM pgtasks.check_max_tasks(max_tasks);
+    -- Read by record_updates: what moves now is counted as rescued.
+    PERFORM set_config('pgtasks.rescuing', 'on', true);
     BEGIN
         FOR t IN SELECT * FROM pgtasks.lock_expired(max_tasks) LOOP
             PERFORM pgtasks.record_failure(t, pgtasks.expiry_reason(t), NULL, true, NULL);
@@ -283,11 +308,13 @@ BEGIN
             n := n + pgtasks.rescue_one(t);
         END LOOP;
     END;
+    PERFORM set_config('pgtasks.rescuing', '', true);
     DELETE FROM pgtasks.worker_registry WHERE last_seen < pgtasks.now() - interval '10 minutes';
     -- Watch registrations of clients that went away without unwatching (killed mid-wait):
     -- they would only cost needless notifications, but they should not pile up.
     DELETE FROM pgtasks.task_waiters w
      WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a WHERE a.pid = w.pid);
+    PERFORM pgtasks.fold_counts();
     RETURN n;
 END $$;
 GRANT EXECUTE ON FUNCTION pgtasks.rescue_expired(integer) TO pgtasks_worker;

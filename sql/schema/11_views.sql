@@ -61,7 +61,9 @@ COMMENT ON VIEW pgtasks.task_overview IS
 
 -- Every status change of every task, whoever made it: the worker it concerned and the
 -- login role that caused it (db_user: session_user, because the functions run as
--- pgtasks_owner).
+-- pgtasks_owner). event_id orders one task's changes as they committed (each is written
+-- under the task's row lock), so a follower reads "the changes after the last one I saw"
+-- by task_events_task and misses none, however briefly a status lasted.
 -- note says why a RUNNING -> COMMIT parked the task, when it was a snooze or a wait for an
 -- event (task_pauses: at most one per attempt, written with that change).
 CREATE VIEW pgtasks.task_history AS
@@ -69,7 +71,8 @@ SELECT e.task_id, e.at, e.from_status, e.to_status, e.attempt, e.worker_id, e.db
        CASE p.kind
            WHEN 'snooze' THEN pg_catalog.format('snoozed until %s', p.until)
            WHEN 'event' THEN pg_catalog.format('waiting for event %s until %s', p.event_name, p.until)
-       END AS note
+       END AS note,
+       e.id AS event_id
   FROM pgtasks.task_events e
   LEFT JOIN pgtasks.task_pauses p
          ON p.task_id = e.task_id AND p.attempt = e.attempt
@@ -78,6 +81,8 @@ GRANT SELECT ON pgtasks.task_history TO pgtasks_reader;
 COMMENT ON VIEW pgtasks.task_history IS
     'Every status change of every task: when, from and to which status, in which attempt, by '
     'which worker and login role; note says when the change was a snooze or a wait for an event.';
+COMMENT ON COLUMN pgtasks.task_history.event_id IS
+    'Orders a task''s changes as they committed: WHERE task_id = $1 AND event_id > $2 ORDER BY event_id reads those after one seen.';
 
 -- Events sent to tasks and the tasks' waits for them (event_inbox), for psql, the API and
 -- the dashboard. Readers see payloads, as they see params and results.
@@ -114,6 +119,31 @@ SELECT s.task_id, s.name, s.attempt, s.at, s.result
 GRANT SELECT ON pgtasks.task_step_names TO pgtasks_reader;
 COMMENT ON VIEW pgtasks.task_step_names IS
     'The checkpointed steps of every task, with the attempt that stored each and its result.';
+
+-- What failures of one cause have in common: the first line of the error (the exception
+-- class and its message), at most 500 characters, with what differs between occurrences
+-- taken out: quoted values, UUIDs, e-mail addresses, IP addresses, hex runs and numbers.
+-- 26 bounced e-mails to 26 addresses are one fingerprint, so the dashboard groups them and
+-- "retry the group" retries them all. Text work only, no table read: IMMUTABLE; SECURITY
+-- DEFINER like every pgtasks function, though it needs no right of its owner.
+CREATE FUNCTION pgtasks.error_fingerprint(error text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE STRICT SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+    SELECT btrim(regexp_replace(regexp_replace(regexp_replace(regexp_replace(
+               regexp_replace(regexp_replace(regexp_replace(
+                   left(split_part(error, E'\n', 1), 500),
+                   $q$'[^']*'|"[^"]*"$q$, '?', 'g'),
+                   '[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}', '<uuid>', 'g'),
+                   '[^\s@<>()?]+@[^\s@<>()?]+\.[A-Za-z]{2,}', '<email>', 'g'),
+                   '\m\d{1,3}(\.\d{1,3}){3}(:\d+)?\M', '<ip>', 'g'),
+                   '\m(0x[0-9a-fA-F]+|[0-9a-fA-F]{8,})\M', '<hex>', 'g'),
+                   '\d+(\.\d+)?', '<n>', 'g'),
+               '\s+', ' ', 'g'))
+$$;
+GRANT EXECUTE ON FUNCTION pgtasks.error_fingerprint(text) TO pgtasks_reader;
+COMMENT ON FUNCTION pgtasks.error_fingerprint(text) IS
+    'The first line of an error with quoted values, UUIDs, e-mail and IP addresses, hex runs and numbers taken out: what failures of one cause share.';
 
 -- The dead letters: tasks that failed for good. tasks_failed (01_tables.sql) holds only
 -- FAILED rows, so reading them costs nothing until a task fails.
@@ -332,6 +362,24 @@ COMMENT ON VIEW pgtasks.registered_types IS
     'soft_timeout NULL: no soft limit.';
 
 ------------------------------------------------------------------------------------------
+-- Counters
+
+-- The counts task_counts keeps (01_tables.sql) plus the deltas not yet folded: exact as
+-- of this snapshot, monotonic, never lowered by pruning. Rows: one per queue, task type
+-- and kind that happened at least once.
+CREATE VIEW pgtasks.task_counters AS
+SELECT c.queue, c.task_type, c.kind, sum(c.n)::bigint AS total
+  FROM (SELECT k.queue, k.task_type, k.kind, k.n FROM pgtasks.task_counts k
+        UNION ALL
+        SELECT d.queue, d.task_type, d.kind, d.n FROM pgtasks.task_count_deltas d) c
+ GROUP BY c.queue, c.task_type, c.kind;
+GRANT SELECT ON pgtasks.task_counters TO pgtasks_reader;
+COMMENT ON VIEW pgtasks.task_counters IS
+    'Monotonic counts per queue, task type and kind: submitted, done, failed, cancelled, '
+    'retried (a failed attempt sent back to run again), rescued (an expired lease handed on), '
+    'requeued (retry_task). Pruning never lowers them.';
+
+------------------------------------------------------------------------------------------
 -- /metrics
 
 -- Everything /metrics shows, in one row, so a scrape is one query and its numbers are the
@@ -350,6 +398,10 @@ COMMENT ON VIEW pgtasks.registered_types IS
 -- schedules: per unpaused schedule with a next run, lag_seconds = how long its next tick
 --            is overdue (0 when not yet due), so each schedule keeps one steady series.
 -- The window and bounds are columns so the collector never repeats them.
+-- counters:  task_counters' rows ({queue, task_type, kind, total}).
+-- queue_settings: per queue of pgtasks.queues (settings or active tasks): paused and the
+--            limits (max_running, rate_limit, rate_period_seconds; null for none), so a
+--            paused queue's backlog can be told from a stuck one.
 CREATE VIEW pgtasks.metrics AS
 WITH knobs AS (
     SELECT interval '5 minutes' AS runtime_window,
@@ -393,10 +445,18 @@ SELECT
      FROM pgtasks.schedule_defs d
     WHERE NOT d.paused AND d.next_run_at IS NOT NULL) AS schedules,
   k.runtime_window,
-  k.runtime_bounds
+  k.runtime_bounds,
+  (SELECT coalesce(jsonb_agg(to_jsonb(c) ORDER BY c.queue, c.task_type, c.kind), '[]'::jsonb)
+     FROM pgtasks.task_counters c) AS counters,
+  (SELECT coalesce(jsonb_agg(jsonb_build_object(
+              'queue', q.queue, 'paused', q.paused, 'max_running', q.max_running,
+              'rate_limit', q.rate_limit,
+              'rate_period_seconds', extract(epoch FROM q.rate_period))
+            ORDER BY q.queue), '[]'::jsonb)
+     FROM pgtasks.queues q) AS queue_settings
   FROM knobs k;
 GRANT SELECT ON pgtasks.metrics TO pgtasks_reader;
 COMMENT ON VIEW pgtasks.metrics IS
     'Everything /metrics exports, in one row of JSON documents: per-queue counts, workers, '
-    'per-type run times of the last runtime_window (histogram buckets at runtime_bounds) and '
-    'schedule lag.';
+    'per-type run times of the last runtime_window (histogram buckets at runtime_bounds), '
+    'schedule lag, the task counters and each queue''s pause and limits.';

@@ -18,7 +18,7 @@ TABLES = ("tasks", "task_events", "task_errors", "task_steps", "task_logs", "tas
 INTERNAL = {
     "check_submit_args", "check_params", "check_params_list", "check_policy", "check_batch",
     "check_max_tasks", "check_worker_id", "check_run_at", "check_result_size", "check_log_size",
-    "check_soft_timeout", "worker_versions",
+    "check_soft_timeout", "worker_versions", "fold_counts",
     "lease_or_default", "submit_policy", "is_blank", "expiry_reason", "lock_expired",
     "rescue_one", "lock_task", "lock_owned_task", "record_failure", "backoff",
     "notify_watchers", "secure_objects", "grant_roles",

@@ -369,3 +369,40 @@ async def test_openapi_docs_and_index(http: httpx.AsyncClient):
     r = await http.get("/", follow_redirects=False)  # the dashboard
     assert r.status_code == 200 and "<h1>Overview</h1>" in r.text
     assert "/" not in {p for p in spec["paths"] if not p.startswith("/api")}
+
+
+async def test_the_stream_reports_every_transition_however_brief(dsn, conn, http):
+    """RUNNING, a retry's COMMIT and RUNNING again, all within one poll of the stream: each
+    is a `status` event, in order, with its transition. Compared between two reads of the
+    task, they were lost: the stream went from PENDING to DONE."""
+    tid = await conn.fetchval("SELECT pgtasks.submit_task('brief', '{}', max_retries => 3)")
+    stream = asyncio.create_task(http.get(f"/api/tasks/{tid}/events"))
+    # The stream has read its first state once it watches the task (watch_task, then the read).
+    while not await conn.fetchval(
+        "SELECT count(*) FROM pgtasks.task_waiters WHERE task_id = $1", tid
+    ):
+        assert not stream.done(), stream.result().text
+        await asyncio.sleep(0.01)
+    claim = "SELECT id, lease_token FROM pgtasks.claim_tasks('w', max_tasks => 1)"
+    (first,) = await conn.fetch(claim)
+    await conn.execute(
+        "SELECT pgtasks.fail_task($1, $2, 'flaky', retry_delay => '0')", tid, first["lease_token"]
+    )
+    (second,) = await conn.fetch(claim)
+    await conn.execute("SELECT pgtasks.finish_task($1, $2, '7')", tid, second["lease_token"])
+    r = await stream
+    events = sse(r.text)
+    statuses = [(d["status"], d["attempt"]) for k, d in events if k == "status"]
+    assert statuses == [("PENDING", 0), ("RUNNING", 1), ("COMMIT", 1), ("RUNNING", 2), ("DONE", 2)]
+    moves = [
+        (d["transition"]["from_status"], d["transition"]["to_status"])
+        for k, d in events[1:]
+        if k == "status"
+    ]
+    assert moves == [
+        ("PENDING", "RUNNING"),
+        ("RUNNING", "COMMIT"),
+        ("COMMIT", "RUNNING"),
+        ("RUNNING", "DONE"),
+    ]
+    assert events[-1][0] == "end" and events[-1][1]["result"] == 7

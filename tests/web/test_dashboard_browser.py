@@ -468,3 +468,42 @@ def test_workflow_graph_follows_the_workflow_and_cancels_it(dsn, served, page, f
     assert page.evaluate("() => window.notReloaded") is True  # redrawn in place
     page.locator('svg a.node[data-node="left"]').click()
     expect(page.locator("#task")).to_contain_text("node left")
+
+
+#: axe-core, from npm (examples/node/package.json, `make node-deps`): injected into each page
+#: from the disk, so the check needs no network.
+AXE = ROOT / "examples" / "node" / "node_modules" / "axe-core" / "axe.min.js"
+
+
+def axe_violations(page: Page) -> list[str]:
+    """axe-core's serious and critical violations on the page as it is now."""
+    page.add_script_tag(path=str(AXE))
+    found = page.evaluate(
+        "async () => (await axe.run(document, {resultTypes: ['violations']})).violations"
+        ".filter(v => v.impact === 'serious' || v.impact === 'critical')"
+        ".map(v => `${v.impact} ${v.id}: ${v.nodes.map(n => n.target.join(' ')).join(', ')}`)"
+    )
+    return [str(v) for v in found]
+
+
+@pytest.mark.skipif(not AXE.exists(), reason="axe-core not installed: run `make node-deps`")
+def test_every_page_has_no_serious_accessibility_violation(dsn, served, page, fleet):
+    """axe-core on every page at desktop and phone width: 0 serious or critical violations."""
+    submit_many(dsn, "dash_quick", 3)
+    submit_many(dsn, "dash_flaky", 1, max_retries=0)
+    worker(fleet)
+    wait_sql(dsn, "SELECT count(*) = 1 FROM pgtasks.tasks WHERE status = 'FAILED'", fleet=fleet)
+    failed = sql(dsn, "SELECT id FROM pgtasks.tasks WHERE status = 'FAILED'")
+    flow = sql(dsn, "SELECT (pgtasks.submit_workflow(%s::jsonb) ->> 'workflow_id')::bigint",
+               WORKFLOW % "axe")  # fmt: skip
+    sql(dsn, "SELECT pgtasks.create_schedule(name => 'nightly', task_type => 'dash_quick',"
+             " cron => '0 3 * * *')")  # fmt: skip
+    paths = ["/", "/tasks", f"/tasks/{failed}", "/failed", "/queues", "/schedules",
+             "/workflows", f"/workflows/{flow}"]  # fmt: skip
+    found: list[str] = []
+    for viewport in (DESKTOP, PHONE):
+        page.set_viewport_size(viewport)
+        for path in paths:
+            page.goto(f"{served}{path}")
+            found += [f"{viewport['width']}px {path}: {v}" for v in axe_violations(page)]
+    assert not found, "\n".join(found)

@@ -261,3 +261,46 @@ def test_relative_times():
     assert relative(now - timedelta(minutes=3, seconds=5), now) == "3 min ago"
     assert relative(now + timedelta(seconds=20), now) == "in 20 s"
     assert relative(now, now) == "just now"
+
+
+async def test_failed_groups_by_fingerprint_and_retry_the_group(dsn):
+    """26 bounced e-mails, each naming its own address, id and time, are one group; the
+    group's retry (by fingerprint) takes all 26 and no other failure."""
+    async with Client(dsn) as c:
+        ids = await c.submit_many("mailer", [{"i": i} for i in range(26)], max_retries=0)
+        lone = await c.submit("mailer", {}, max_retries=0)
+        async with c.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT id, lease_token FROM pgtasks.claim_tasks('w', NULL, 100)"
+            )
+            for n, r in enumerate(rows):
+                error = (
+                    "TimeoutError: no answer from db at 10.0.0.7:5432"
+                    if r["id"] == lone
+                    else f"SMTPRecipientRefused: 550 user{n}@example.com rejected (id "
+                    f"'{r['id']:x}', 0x{n + 4096:x}) after {n}.5 s"
+                )
+                await conn.execute(
+                    "SELECT pgtasks.fail_task($1, $2, $3, retryable => false)",
+                    r["id"], r["lease_token"], error,
+                )  # fmt: skip
+            fp = await conn.fetchval(
+                "SELECT pgtasks.error_fingerprint('SMTPRecipientRefused: 550 a.b@x.org "
+                "rejected (id ''ff'', 0x1000) after 2.5 s\nTraceback')"
+            )
+        assert fp == "SMTPRecipientRefused: <n> <email> rejected (id ?, <hex>) after <n> s"
+        groups = await c.failed_groups()
+        assert sorted((g["fingerprint"], g["tasks"]) for g in groups) == [
+            (fp, 26),
+            ("TimeoutError: no answer from db at <ip>", 1),
+        ]
+    async with api(dsn) as http:
+        page = (await http.get("/failed")).text
+        assert "Retry 26" in page and "&lt;email&gt;" in page
+        r = await http.post(
+            "/api/tasks/retry",
+            json={"filter": {"status": "FAILED", "task_type": "mailer", "fingerprint": fp}},
+        )
+        assert r.status_code == 200 and sorted(r.json()["ids"]) == sorted(ids)
+    async with Client(dsn) as c:
+        assert (await c.get(lone)).status == "FAILED"
