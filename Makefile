@@ -38,7 +38,9 @@ run: install
 	$(if $(PGTASKS_DATABASE_URL),,$(VENV)/bin/pgtasks db start)
 	$(PY) examples/demo.py
 
-## test: the whole suite against a real PostgreSQL (embedded, started by the tests)
+## test: the whole suite against a real PostgreSQL (embedded, started by the tests), with the
+## short fuzzing, schemathesis and chaos runs; PGTASKS_LONG=1 make test runs their long
+## versions (CONTRIBUTING.md, "Long runs")
 test: install node-deps
 	$(PY) -m pytest
 

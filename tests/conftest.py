@@ -28,6 +28,17 @@ from tests.fleet import Fleet, psql
 ROOT = Path(__file__).resolve().parent.parent
 _server: EmbeddedPostgres | None = None
 
+# PGTASKS_LONG=1 runs the long versions of the fuzzing, schemathesis and chaos tests (tens of
+# thousands of cases, minutes each); `make test` runs the short ones, which reach every
+# function, operation and failure path in far fewer cases (CONTRIBUTING.md, "Long runs").
+LONG = os.environ.get("PGTASKS_LONG", "") not in ("", "0")
+
+
+def knob(name: str, short: int, long: int) -> int:
+    """A test's size: the environment variable `name` when set, else `long` under
+    PGTASKS_LONG=1, else `short`."""
+    return int(os.environ.get(name) or (long if LONG else short))
+
 
 def pytest_configure(config: pytest.Config) -> None:
     """Start the session's server before pytest-postgresql reads its host and port."""

@@ -8,23 +8,22 @@ and unicode, huge and infinite values, mismatched arrays, deep and huge JSON. Pr
 - otherwise the call succeeds and the invariants below hold, or it raises a `PT` SQLSTATE
   and the row count of every pgtasks table is unchanged.
 
-`make test` runs PGTASKS_FUZZ_EXAMPLES (default 550 sequences of 1 to 8 calls: about 2,100
-calls, ~20 s). The long profile: `PGTASKS_FUZZ_EXAMPLES=10000 .venv/bin/python -m pytest
+`make test` runs PGTASKS_FUZZ_EXAMPLES (default 300 sequences of 1 to 8 calls: about 1,200
+calls, ~10 s). The long profile, 10,000 sequences: `PGTASKS_LONG=1 .venv/bin/python -m pytest
 tests/sql/test_fuzz.py` (docs/security.md). Every failure found is kept as an @example.
 
 `test_bounded_classes` fuzzes the classes of input that have a bound of their own, each at
 every argument of its kind, on both sides of the bound: JSON nesting and number size,
 invisible names, times far from now, cron expressions that never fire. A value past the
 bound is refused with its SQLSTATE and changes no row of any table (compared by content);
-one within it is accepted. PGTASKS_FUZZ_BOUNDS_EXAMPLES (default 100, a few seconds) raises
-it: `PGTASKS_FUZZ_BOUNDS_EXAMPLES=2000 .venv/bin/python -m pytest tests/sql/test_fuzz.py -k
-bounded`.
+one within it is accepted. PGTASKS_FUZZ_BOUNDS_EXAMPLES (default 100, a few seconds; 2,000
+under PGTASKS_LONG=1) sets it: `PGTASKS_FUZZ_BOUNDS_EXAMPLES=5000 .venv/bin/python -m pytest
+tests/sql/test_fuzz.py -k bounded`.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,8 +35,10 @@ from croniter import CroniterBadDateError, croniter
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-EXAMPLES = int(os.environ.get("PGTASKS_FUZZ_EXAMPLES", "550"))
-BOUNDS_EXAMPLES = int(os.environ.get("PGTASKS_FUZZ_BOUNDS_EXAMPLES", "100"))
+from tests.conftest import knob
+
+EXAMPLES = knob("PGTASKS_FUZZ_EXAMPLES", 300, 10000)
+BOUNDS_EXAMPLES = knob("PGTASKS_FUZZ_BOUNDS_EXAMPLES", 100, 2000)
 
 # PostgreSQL's own input-conversion errors, raised while it parses an argument's text into
 # the parameter type, before any pgtasks code runs (docs/sql-api.md lists them).

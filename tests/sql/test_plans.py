@@ -6,13 +6,23 @@ plans from the server's notices. No timing is asserted, only the shape of the pl
 
 from __future__ import annotations
 
+import asyncio
+import uuid
+from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
 import asyncpg
+import psycopg
 import pytest
 
 from pgtasks import Client, db
+from pgtasks.embedded import EmbeddedPostgres
+from pgtasks.migrations import migrate_url
 from pgtasks.queries import DASH_QUEUES, dash_task_list
+from tests.apps.basic import RUNS_DDL
 
-# Each test first builds 26,000 tasks through the real API (big_table): seconds apiece.
+# big_template builds 26,000 tasks through the real API once; million_tasks takes seconds.
 pytestmark = pytest.mark.slow
 
 
@@ -36,8 +46,7 @@ async def nested_plans(conn: asyncpg.Connection, sql: str, *args: object) -> str
     return "\n".join(notices)
 
 
-@pytest.fixture
-async def big_table(conn):
+async def fill_big_table(conn: asyncpg.Connection) -> None:
     """24,000 finished tasks, 1,000 scheduled for later and 1,000 ready, in two queues."""
     await conn.execute(
         """
@@ -58,6 +67,84 @@ async def big_table(conn):
     await conn.execute("ANALYZE pgtasks.tasks")
     counts = dict(await conn.fetch("SELECT status::text, count(*) FROM pgtasks.tasks GROUP BY 1"))
     assert counts == {"DONE": 24_000, "PENDING": 2_000}
+
+
+@pytest.fixture(scope="module")
+def big_template() -> Iterator[str]:
+    """A migrated database holding big_table's tasks, built once for the module: each test
+    that asks for big_table gets a copy (CREATE DATABASE ... TEMPLATE copies the rows and
+    their statistics), a fraction of a second instead of seconds of inserts and claims."""
+    server = session_server()
+    name = f"plans_big_{uuid.uuid4().hex[:8]}"
+
+    async def make() -> None:
+        admin = await asyncpg.connect(server.url())
+        try:
+            await admin.execute(f"CREATE DATABASE {name}")
+        finally:
+            await admin.close()
+        await migrate_url(server.url(name))
+        c = await asyncpg.connect(server.url(name))
+        try:
+            await c.execute(RUNS_DDL)
+            await fill_big_table(c)
+        finally:
+            await c.close()
+
+    on_thread(make)
+    try:
+        yield name
+    finally:
+        on_thread(drop_database, server.url(), name)
+
+
+def session_server() -> EmbeddedPostgres:
+    """The session's server (the `server` fixture is per test)."""
+    from tests import conftest
+
+    assert conftest._server is not None
+    return conftest._server
+
+
+def on_thread(fn: Callable[..., Coroutine[Any, Any, None]], *args: object) -> None:
+    """Run a coroutine on a loop of its own: a test's loop may already be running."""
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, fn(*args)).result()
+
+
+async def drop_database(url: str, name: str) -> None:
+    admin = await asyncpg.connect(url)
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+def dsn(request: pytest.FixtureRequest, postgresql: psycopg.Connection) -> Iterator[str]:
+    """The test's database (tests/conftest.py); for a test that asks for big_table, a fresh
+    copy of big_template instead."""
+    info = postgresql.info
+    url = f"postgresql://{info.user}@{info.host}:{info.port}/{info.dbname}"
+    if "big_table" not in request.fixturenames:
+        yield url
+        return
+    server = session_server()
+    template: str = request.getfixturevalue("big_template")
+    name = f"plans_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server.url(), autocommit=True) as c:
+        c.execute(f"CREATE DATABASE {name} TEMPLATE {template}")
+    try:
+        yield server.url(name)
+    finally:
+        with psycopg.connect(server.url(), autocommit=True) as c:
+            c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def big_table(dsn: str) -> None:
+    """24,000 finished tasks, 1,000 scheduled for later and 1,000 ready, in two queues: the
+    test's database is a copy of big_template."""
 
 
 CLAIM_100 = "SELECT id, lease_token FROM pgtasks.claim_tasks('w', max_tasks => 100)"
