@@ -41,6 +41,7 @@ GRANT EXECUTE ON FUNCTION pgtasks.check_traceparent(text) TO pgtasks_submitter;
 GRANT EXECUTE ON FUNCTION pgtasks.check_traceparent(text) TO pgtasks_worker;
 COMMENT ON FUNCTION pgtasks.check_traceparent(text) IS 'Returns a W3C traceparent of version 00 as given (NULL for NULL or empty), or raises PT131 when it is malformed.';
 
+-- squawk-ignore ban-drop-function
 DROP FUNCTION pgtasks.claim_tasks(text,text[],integer,interval,text[]);
 CREATE FUNCTION pgtasks.claim_tasks(worker_id text, queues text[] DEFAULT NULL::text[], max_tasks integer DEFAULT 1, lease interval DEFAULT NULL::interval, task_types text[] DEFAULT NULL::text[])
  RETURNS TABLE(id bigint, task_type text, params jsonb, queue text, priority integer, attempt integer, retry_count integer, max_retries integer, timeout interval, deadline timestamp with time zone, has_steps boolean, lease_token text, soft_deadline timestamp with time zone, traceparent text)
@@ -111,6 +112,7 @@ END $function$;
 GRANT EXECUTE ON FUNCTION pgtasks.claim_tasks(text,text[],integer,interval,text[]) TO pgtasks_worker;
 COMMENT ON FUNCTION pgtasks.claim_tasks(text,text[],integer,interval,text[]) IS 'Claims up to max_tasks ready tasks of the given queues (NULL: every queue) and task types for worker_id, in claim order (priority, run_at, id), honouring queue limits, pauses and concurrency keys. Each row''s lease_token is the secret the task''s later calls must present; soft_deadline is when the task should be asked to stop (NULL: no soft limit); traceparent is the submit''s W3C trace context (NULL: none).';
 
+-- squawk-ignore ban-drop-function
 DROP FUNCTION pgtasks.finish_and_claim(text,bigint[],text[],jsonb[],integer,text[],interval,text[]);
 CREATE FUNCTION pgtasks.finish_and_claim(worker_id text, task_ids bigint[], lease_tokens text[], results jsonb[], claim_max integer DEFAULT 0, queues text[] DEFAULT NULL::text[], lease interval DEFAULT NULL::interval, task_types text[] DEFAULT NULL::text[])
  RETURNS TABLE(rejected_task_id bigint, id bigint, task_type text, params jsonb, queue text, priority integer, attempt integer, retry_count integer, max_retries integer, timeout interval, deadline timestamp with time zone, has_steps boolean, lease_token text, soft_deadline timestamp with time zone, traceparent text)
@@ -225,6 +227,7 @@ END $function$;
 GRANT EXECUTE ON FUNCTION pgtasks.finish_and_claim(text,bigint[],text[],jsonb[],integer,text[],interval,text[]) TO pgtasks_worker;
 COMMENT ON FUNCTION pgtasks.finish_and_claim(text,bigint[],text[],jsonb[],integer,text[],interval,text[]) IS 'Finishes a batch like finish_tasks and claims up to claim_max tasks like claim_tasks, in one round trip: rejected finishes first (only rejected_task_id set), then the claimed tasks in claim order, each with its lease_token, soft_deadline and traceparent.';
 
+-- squawk-ignore ban-drop-function
 DROP FUNCTION pgtasks.submit_task(text,jsonb,text,integer,timestamp with time zone,integer,interval,interval,text,interval,text,integer,bigint[],text,interval);
 CREATE OR REPLACE FUNCTION pgtasks.submit_task(task_type text, params jsonb DEFAULT '{}'::jsonb, queue text DEFAULT NULL::text, priority integer DEFAULT NULL::integer, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, max_retries integer DEFAULT NULL::integer, timeout interval DEFAULT NULL::interval, backoff_base interval DEFAULT NULL::interval, unique_key text DEFAULT NULL::text, unique_for interval DEFAULT NULL::interval, concurrency_key text DEFAULT NULL::text, concurrency_limit integer DEFAULT NULL::integer, depends_on bigint[] DEFAULT NULL::bigint[], on_parent_failure text DEFAULT NULL::text, soft_timeout interval DEFAULT NULL::interval, traceparent text DEFAULT NULL::text)
  RETURNS bigint

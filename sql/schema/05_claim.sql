@@ -57,12 +57,15 @@ SET search_path = pg_catalog, pgtasks, pg_temp
 SET jit = off
 AS $$
 DECLARE
+    -- pgtasks.now() read once: called in a statement it runs once per row (its body reads
+    -- pgtasks.clock, so it is never inlined), which cost a claim or finish about 4 us per row.
+    now_ timestamptz := pgtasks.now();
     picked bigint[];
 BEGIN
     IF queues IS NULL THEN
         SELECT array_agg(c.id) INTO picked FROM (
             SELECT t.id FROM pgtasks.tasks t
-             WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= pgtasks.now()
+             WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= now_
                AND (pick_ready.task_types IS NULL OR t.task_type = ANY (pick_ready.task_types))
                AND (t.code_version IS NULL OR t.task_type || '@' || t.code_version = ANY (pick_ready.served))
              ORDER BY t.priority DESC, t.run_at, t.id
@@ -71,7 +74,7 @@ BEGIN
     ELSIF cardinality(queues) = 1 THEN
         SELECT array_agg(c.id) INTO picked FROM (
             SELECT t.id FROM pgtasks.tasks t
-             WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= pgtasks.now()
+             WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= now_
                AND t.queue = pick_ready.queues[1]
                AND (pick_ready.task_types IS NULL OR t.task_type = ANY (pick_ready.task_types))
                AND (t.code_version IS NULL OR t.task_type || '@' || t.code_version = ANY (pick_ready.served))
@@ -81,7 +84,7 @@ BEGIN
     ELSE
         SELECT array_agg(c.id) INTO picked FROM (
             SELECT t.id FROM pgtasks.tasks t
-             WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= pgtasks.now()
+             WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= now_
                AND t.queue = ANY (pick_ready.queues)
                AND (pick_ready.task_types IS NULL OR t.task_type = ANY (pick_ready.task_types))
                AND (t.code_version IS NULL OR t.task_type || '@' || t.code_version = ANY (pick_ready.served))
@@ -174,9 +177,12 @@ SET search_path = pg_catalog, pgtasks, pg_temp
 SET jit = off
 AS $$
 DECLARE
+    -- pgtasks.now() read once: called in a statement it runs once per row (its body reads
+    -- pgtasks.clock, so it is never inlined), which cost a claim or finish about 4 us per row.
+    now_ timestamptz := pgtasks.now();
     picked bigint[];
     lease_for interval;
-    started timestamptz := pgtasks.now();
+    started timestamptz := now_;
     seed bytea;
     v pgtasks.worker_version_set;
 BEGIN
@@ -213,8 +219,8 @@ BEGIN
                worker_id = claim_tasks.worker_id,
                attempt = t.attempt + 1,
                started_at = coalesce(t.started_at, started),
-               deadline = pgtasks.now() + t.timeout,
-               lease_expires_at = least(pgtasks.now() + lease_for, pgtasks.now() + t.timeout),
+               deadline = now_ + t.timeout,
+               lease_expires_at = least(now_ + lease_for, now_ + t.timeout),
                lease_token = encode(sha256(seed || int8send(t.id)), 'hex'),
                code_version = coalesce(t.code_version, v.run_versions[array_position(v.run_types, t.task_type)])
          WHERE t.id = ANY (picked)
@@ -222,7 +228,7 @@ BEGIN
                   t.max_retries, t.timeout, t.deadline,
                   t.attempt > 1
                   AND EXISTS (SELECT 1 FROM pgtasks.task_steps s WHERE s.task_id = t.id) AS has_steps,
-                  t.run_at, t.lease_token, pgtasks.now() + t.soft_timeout AS soft_deadline,
+                  t.run_at, t.lease_token, now_ + t.soft_timeout AS soft_deadline,
                   t.traceparent
     )
     SELECT c.id, c.task_type, c.params, c.queue, c.priority, c.attempt, c.retry_count,

@@ -61,6 +61,9 @@ SET search_path = pg_catalog, pgtasks, pg_temp
 SET lock_timeout = '1s'
 AS $$
 DECLARE
+    -- pgtasks.now() read once: called in a statement it runs once per row (its body reads
+    -- pgtasks.clock, so it is never inlined), which cost a claim or finish about 4 us per row.
+    now_ timestamptz := pgtasks.now();
     max_bytes integer := (SELECT s.max_result_bytes FROM pgtasks.settings s);
     big bigint[];
     o record;
@@ -103,7 +106,7 @@ BEGIN
                    AS u(task_id, lease_token, result)
     ), done AS (
         UPDATE pgtasks.tasks t
-           SET status = 'DONE', result = batch.result, finished_at = pgtasks.now(),
+           SET status = 'DONE', result = batch.result, finished_at = now_,
                worker_id = NULL, lease_expires_at = NULL, deadline = NULL, lease_token = NULL,
                progress_current = coalesce(t.progress_total, t.progress_current)
           FROM batch
@@ -170,6 +173,9 @@ SET search_path = pg_catalog, pgtasks, pg_temp
 SET lock_timeout = '1s'
 AS $$
 DECLARE
+    -- pgtasks.now() read once: called in a statement it runs once per row (its body reads
+    -- pgtasks.clock, so it is never inlined), which cost a claim or finish about 4 us per row.
+    now_ timestamptz := pgtasks.now();
     picked bigint[];
     lease_for interval;
     seed bytea;
@@ -232,13 +238,13 @@ BEGIN
         UPDATE pgtasks.tasks t
            SET status = CASE WHEN w.finishing THEN 'DONE' ELSE 'RUNNING' END::pgtasks.status,
                result = w.result,
-               finished_at = CASE WHEN w.finishing THEN pgtasks.now() END,
+               finished_at = CASE WHEN w.finishing THEN now_ END,
                worker_id = CASE WHEN w.finishing THEN NULL ELSE finish_and_claim.worker_id END,
                attempt = t.attempt + CASE WHEN w.finishing THEN 0 ELSE 1 END,
-               started_at = CASE WHEN w.finishing THEN t.started_at ELSE coalesce(t.started_at, pgtasks.now()) END,
-               deadline = CASE WHEN w.finishing THEN NULL ELSE pgtasks.now() + t.timeout END,
+               started_at = CASE WHEN w.finishing THEN t.started_at ELSE coalesce(t.started_at, now_) END,
+               deadline = CASE WHEN w.finishing THEN NULL ELSE now_ + t.timeout END,
                lease_expires_at = CASE WHEN w.finishing THEN NULL
-                                       ELSE least(pgtasks.now() + lease_for, pgtasks.now() + t.timeout) END,
+                                       ELSE least(now_ + lease_for, now_ + t.timeout) END,
                lease_token = CASE WHEN w.finishing THEN NULL
                                   ELSE encode(sha256(seed || int8send(t.id)), 'hex') END,
                code_version = CASE WHEN w.finishing THEN t.code_version
@@ -254,7 +260,7 @@ BEGIN
                   NOT w.finishing AND t.attempt > 1
                   AND EXISTS (SELECT 1 FROM pgtasks.task_steps s WHERE s.task_id = t.id) AS has_steps,
                   t.run_at, t.lease_token,
-                  CASE WHEN NOT w.finishing THEN pgtasks.now() + t.soft_timeout END AS soft_deadline,
+                  CASE WHEN NOT w.finishing THEN now_ + t.soft_timeout END AS soft_deadline,
                   t.traceparent
     )
     SELECT r.rejected_task_id, NULL::bigint, NULL::text, NULL::jsonb, NULL::text, NULL::integer,

@@ -129,6 +129,9 @@ SET search_path = pg_catalog, pgtasks, pg_temp
 SET lock_timeout = '1s'
 AS $$
 DECLARE
+    -- pgtasks.now() read once: called in a statement it runs once per row (its body reads
+    -- pgtasks.clock, so it is never inlined), which cost a claim or finish about 4 us per row.
+    now_ timestamptz := pgtasks.now();
     lease_for interval;
     lost bigint[];
 BEGIN
@@ -136,7 +139,7 @@ BEGIN
     PERFORM pgtasks.check_batch('heartbeat', task_ids, lease_tokens);
     lease_for := pgtasks.lease_or_default(lease);
 
-    UPDATE pgtasks.worker_registry w SET last_seen = pgtasks.now()
+    UPDATE pgtasks.worker_registry w SET last_seen = now_
      WHERE w.worker_id = heartbeat.worker_id;
 
     BEGIN
@@ -145,7 +148,7 @@ BEGIN
               FROM unnest(heartbeat.task_ids, heartbeat.lease_tokens) AS u(task_id, lease_token)
         ), extended AS (
             UPDATE pgtasks.tasks t
-               SET lease_expires_at = least(pgtasks.now() + lease_for, t.deadline)
+               SET lease_expires_at = least(now_ + lease_for, t.deadline)
               FROM mine
              WHERE t.id = mine.task_id AND t.lease_token = mine.lease_token
                AND t.status = 'RUNNING' AND t.worker_id = heartbeat.worker_id
@@ -169,7 +172,7 @@ BEGIN
                FOR NO KEY UPDATE OF t SKIP LOCKED
         ), extended AS (
             UPDATE pgtasks.tasks t
-               SET lease_expires_at = least(pgtasks.now() + lease_for, t.deadline)
+               SET lease_expires_at = least(now_ + lease_for, t.deadline)
              WHERE t.id IN (SELECT f.id FROM free f)
         )
         SELECT array_agg(mine.task_id) INTO lost FROM mine
