@@ -264,7 +264,7 @@ async def test_rescue_and_max_running_count_walk_tasks_lease(conn, big_table):
 
 async def test_wake_up_head_check_is_one_probe(conn, big_table):
     plans = await nested_plans(conn, "SELECT pgtasks.submit_task('t', queue => 'q0')")
-    probe = next(p for p in plans.split("duration:") if "head.run_at <= pgtasks.now()" in p)
+    probe = next(p for p in plans.split("duration:") if "head.run_at <= now_" in p)
     assert "Scan using tasks_claimable_queue" in probe and "Index Cond" in probe, probe
     assert "Seq Scan on tasks" not in probe and "Sort Key" not in probe, probe
 
