@@ -326,9 +326,15 @@ PING = "SELECT 1"
 
 # Whether the schema has lease tokens (sql/0028), which every fenced call of this release
 # presents: the token-taking finish_task exists from then on.
-HAS_LEASE_TOKENS = (
-    "SELECT pg_catalog.to_regprocedure('pgtasks.finish_task(bigint,text,jsonb)') IS NOT NULL"
-)
+# The oldest schema this worker runs on: lease tokens (sql/0028, finish_task takes a token)
+# and code versions (sql/0037, register_worker takes them). Checked by signature, so a
+# worker started while `pgtasks migrate` runs waits for the delta it needs, not the last one.
+HAS_WORKER_SCHEMA = """
+SELECT pg_catalog.to_regprocedure('pgtasks.finish_task(bigint,text,jsonb)') IS NOT NULL
+   AND pg_catalog.to_regprocedure(
+         'pgtasks.register_worker(text,text,integer,text[],integer,interval,text[],text[])'
+       ) IS NOT NULL
+"""
 
 # The search_path this connection really has (a pooler may have dropped the pinned one).
 CURRENT_SEARCH_PATH = "SELECT pg_catalog.current_setting('search_path')"

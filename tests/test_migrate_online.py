@@ -32,11 +32,12 @@ pytestmark = pytest.mark.slow
 
 TASKS = int(os.environ.get("PGTASKS_TEST_ONLINE_TASKS", "20000"))
 PREVIOUS_RELEASE = 20
-# The worker these tests run is this release's, which presents lease tokens (sql/0028) and
-# waits for a schema that has them: the upgrade under load starts from the first such one.
-# (Workers of a release before 0028 cannot go on after it; docs/operations.md.)
-FIRST_WITH_TOKENS = 28
-START = max(PREVIOUS_RELEASE, FIRST_WITH_TOKENS)
+# The worker these tests run is this release's: it presents lease tokens (sql/0028) and
+# registers the code versions it serves (register_worker's arguments since sql/0037), so the
+# upgrade under load starts from the first schema it can run on. (Workers of a release
+# before 0028 cannot go on after it; docs/operations.md.)
+FIRST_THIS_WORKER_RUNS_ON = 37
+START = max(PREVIOUS_RELEASE, FIRST_THIS_WORKER_RUNS_ON)
 APP = "tests/apps/basic.py"
 # What a sampled wait may exceed the lock timeout by: the sampler's own latency and a
 # loaded machine's scheduling. A claim queued behind a delta without a timeout would wait

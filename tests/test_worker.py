@@ -225,7 +225,7 @@ async def test_a_worker_started_before_migrate_waits_for_the_lease_token_schema(
             tid = await conn.fetchval("""SELECT pgtasks.submit_task('add', '{"a": 1, "b": 2}')""")
             with caplog.at_level(logging.WARNING, logger="pgtasks.worker"):
                 async with running(Worker(url, poll_interval=0.2)) as w:
-                    await until(lambda: "predates lease tokens" in caplog.text, what="the warning")
+                    await until(lambda: "predates this worker" in caplog.text, what="the warning")
                     assert not w.ready.is_set() and await status_of(conn, tid) == "PENDING"
                     await migrate_url(url)
                     await wait_for(

@@ -167,7 +167,7 @@ class Worker:
         services: list[Any] = []
         try:
             await self._connect(url)
-            await self._await_lease_tokens()
+            await self._await_worker_schema()
             await self._settle_lease()
             await self._check_search_path()
             await self._register()
@@ -219,26 +219,28 @@ class Worker:
         self.heartbeat_interval = self._heartbeat_interval or lease / 3
         self.rescue_interval = self._rescue_interval or max(min(lease / 2, 30.0), 0.2)
 
-    async def _await_lease_tokens(self) -> None:
-        """Wait until the schema has lease tokens (sql/0028), saying so once.
+    async def _await_worker_schema(self) -> None:
+        """Wait until the schema is one this worker runs on, saying so once.
 
         This worker presents a claim's token with every call; a schema before 0028 returns
-        none, and every task claimed there would fail here and, rescued, spend a retry. So
+        none, and every task claimed there would fail here and, rescued, spend a retry. It
+        registers the code versions it serves, which register_worker takes since 0037. So
         a worker started before `pgtasks migrate` claims nothing until it has run."""
         waiting = False
         while not self._stopping.is_set():
             ready = await retrying(
                 "schema check",
-                lambda: self._pool("control").fetchval(queries.HAS_LEASE_TOKENS),
+                lambda: self._pool("control").fetchval(queries.HAS_WORKER_SCHEMA),
                 self._stopping,
             )
             if ready:
                 if waiting:
-                    log.info("the schema has lease tokens now; starting")
+                    log.info("the schema is migrated now; starting")
                 return
             if not waiting:
                 log.warning(
-                    "the database schema predates lease tokens (sql/0028): claiming nothing "
+                    "the database schema predates this worker (lease tokens, sql/0028; code "
+                    "versions, sql/0037): claiming nothing "
                     "until `pgtasks migrate` has run"
                 )
                 waiting = True
