@@ -41,13 +41,19 @@ run: install
 ## test: the whole suite against a real PostgreSQL (embedded, started by the tests), with the
 ## short fuzzing, schemathesis and chaos runs; PGTASKS_LONG=1 make test runs their long
 ## versions (CONTRIBUTING.md, "Long runs")
+# Two pytest processes (pytest-xdist), each with its own embedded PostgreSQL: most tests wait
+# on a server or a worker process, so two overlap well on a 2-core machine. TEST_WORKERS=0
+# runs them in this process (pdb, -x, one file).
+TEST_WORKERS ?= 2
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS))
+
 test: install node-deps
-	$(PY) -m pytest
+	$(PY) -m pytest $(XDIST)
 
 ## test-fast: the suite without the tests marked slow (worker processes, servers, browsers,
 ## Node, pgbouncer, PostgreSQL restarts); `make test` still runs everything
 test-fast: install
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest $(XDIST) -m "not slow"
 
 ## lint: ruff, ruff format, mypy --strict and vulture (dead code; false positives listed in
 ## vulture_whitelist.py), then squawk over the new migrations (sql/0024 on, .squawk.toml)

