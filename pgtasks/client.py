@@ -488,7 +488,7 @@ class Client:
             row = await conn.fetchrow(
                 queries.SUBMIT_OR_GET, name, db.dumps(raw), *options,
                 flow.unique_key, flow.unique_for, flow.concurrency_key, flow.concurrency_limit,
-                soft,
+                soft, tracing.current_traceparent(),
             )  # fmt: skip
         assert row is not None  # submit_or_get returns exactly one row or raises
         return SubmitResult(row["id"], row["created"])
@@ -540,6 +540,7 @@ class Client:
                 flow.concurrency_keys,
                 flow.concurrency_limit,
                 soft,
+                tracing.current_traceparent(),
             )
         return [] if ids is None else list(ids)
 
@@ -554,7 +555,11 @@ class Client:
             spec = {**spec, "name": name}
         conn = self.pool if connection is None else await _joined(connection)
         async with db.translated():
-            out = json.loads(await conn.fetchval(queries.SUBMIT_WORKFLOW, db.dumps(spec)))
+            out = json.loads(
+                await conn.fetchval(
+                    queries.SUBMIT_WORKFLOW, db.dumps(spec), tracing.current_traceparent()
+                )
+            )
         return SubmittedWorkflow(out["workflow_id"], out["nodes"])
 
     # -- reading -------------------------------------------------------------------------
