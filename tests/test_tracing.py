@@ -56,6 +56,14 @@ async def traced(ctx: TaskContext, params: dict[str, Any]) -> str:
     return "ok"
 
 
+@task_register("waits", into=REG)
+async def waits(ctx: TaskContext, params: dict[str, Any]) -> Any:
+    if ctx.attempt == 1:
+        await ctx.snooze(0)
+    await ctx.sleep(0, name="nap")
+    return await ctx.wait_for_event("go", timeout=60)
+
+
 @task_register("spawner", into=REG)
 async def spawner(ctx: TaskContext, params: dict[str, Any]) -> int:
     async with Client(params["dsn"]) as client:
@@ -290,10 +298,47 @@ async def test_a_task_submitted_by_a_task_joins_the_attempts_trace(dsn, conn, sp
     await run_until_done(dsn, conn, child)
     (parent_span,) = attempt_spans(spans, tid)
     (child_span,) = attempt_spans(spans, child)
+    submits = [e.attributes for e in parent_span.events if e.name == "pgtasks.submit"]
+    assert submits == [{"pgtasks.task.ids": (child,), "pgtasks.task.type": "traced"}]
     assert f"{parent_span.context.trace_id:032x}" == TP.split("-")[1]
     assert child_span.context.trace_id == parent_span.context.trace_id
     assert child_span.parent is not None
     assert child_span.parent.span_id == parent_span.context.span_id
+
+
+async def test_sleeps_and_waits_are_events_of_the_attempts(dsn, conn, spans):
+    tid = await conn.fetchval("SELECT pgtasks.submit_task('waits', traceparent => $1)", TP)
+    w = Worker(dsn, registry=REG, poll_interval=0.1)
+    run = asyncio.create_task(w.run())
+    try:
+        await wait_for(
+            conn,
+            "SELECT count(*) FROM pgtasks.task_history WHERE task_id = $1"
+            " AND note LIKE 'waiting for event go%'",
+            tid,
+        )
+        await conn.execute("SELECT pgtasks.send_event($1, 'go', '1'::jsonb)", tid)
+        await wait_for(conn, "SELECT status = 'DONE' FROM pgtasks.tasks WHERE id = $1", tid)
+    finally:
+        w.stop()
+        await asyncio.wait_for(run, 30)
+    got = [
+        [(e.name, dict(e.attributes or {})) for e in s.events] for s in attempt_spans(spans, tid)
+    ]
+    assert got[0] == [("pgtasks.snooze", {"pgtasks.snooze.seconds": 0.0})]
+    got = got[1:]
+    assert len(got) == 2
+    for events, state in zip(got, ["waiting", "received"], strict=True):
+        (sleep_name, sleep), (wait_name, wait) = events
+        assert (sleep_name, sleep["pgtasks.sleep.name"], sleep["pgtasks.sleep.over"]) == (
+            "pgtasks.sleep",
+            "nap",
+            True,
+        )
+        assert (wait_name, wait) == (
+            "pgtasks.wait",
+            {"pgtasks.wait.event": "go", "pgtasks.wait.state": state},
+        )
 
 
 def test_sync_client_submits_in_the_callers_span(dsn, spans):
