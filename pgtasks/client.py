@@ -465,7 +465,7 @@ class Client:
                 # submit_task has no unique key: say so rather than drop it.
                 raise PgTasksError("unique_key and unique_for do not combine with depends_on")
             async with db.translated():
-                return SubmitResult(
+                made = SubmitResult(
                     await conn.fetchval(
                         queries.SUBMIT_DEPENDENT, name, db.dumps(raw), *options,
                         flow.concurrency_key, flow.concurrency_limit,
@@ -473,9 +473,11 @@ class Client:
                         tracing.current_traceparent(),
                     )
                 )  # fmt: skip
+            tracing.submit_event(name, [made])
+            return made
         async with db.translated():
             if flow.empty:  # no key: always created, cheaper call
-                return SubmitResult(
+                made = SubmitResult(
                     await conn.fetchval(
                         queries.SUBMIT_TASK,
                         name,
@@ -485,12 +487,15 @@ class Client:
                         tracing.current_traceparent(),
                     )
                 )
+                tracing.submit_event(name, [made])
+                return made
             row = await conn.fetchrow(
                 queries.SUBMIT_OR_GET, name, db.dumps(raw), *options,
                 flow.unique_key, flow.unique_for, flow.concurrency_key, flow.concurrency_limit,
-                soft,
+                soft, tracing.current_traceparent(),
             )  # fmt: skip
         assert row is not None  # submit_or_get returns exactly one row or raises
+        tracing.submit_event(name, [row["id"]])
         return SubmitResult(row["id"], row["created"])
 
     async def submit_many(
@@ -540,8 +545,11 @@ class Client:
                 flow.concurrency_keys,
                 flow.concurrency_limit,
                 soft,
+                tracing.current_traceparent(),
             )
-        return [] if ids is None else list(ids)
+        made = [] if ids is None else list(ids)
+        tracing.submit_event(name, made)
+        return made
 
     async def submit_workflow(
         self, workflow: Node | dict[str, Any], *, name: str | None = None, connection: Any = None
@@ -554,7 +562,12 @@ class Client:
             spec = {**spec, "name": name}
         conn = self.pool if connection is None else await _joined(connection)
         async with db.translated():
-            out = json.loads(await conn.fetchval(queries.SUBMIT_WORKFLOW, db.dumps(spec)))
+            out = json.loads(
+                await conn.fetchval(
+                    queries.SUBMIT_WORKFLOW, db.dumps(spec), tracing.current_traceparent()
+                )
+            )
+        tracing.submit_event(None, list(out["nodes"].values()))
         return SubmittedWorkflow(out["workflow_id"], out["nodes"])
 
     # -- reading -------------------------------------------------------------------------

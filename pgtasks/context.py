@@ -589,7 +589,16 @@ class TaskContext:
         key = self._sleep_name(name)
         found, stored = await self._lookup_step(key)
         wake = self._resolve_sleep(key, stored, found, _aware(when))
-        if self._sleep_is_over(wake):
+        over = self._sleep_is_over(wake)
+        tracing.step_event(
+            "pgtasks.sleep",
+            {
+                "pgtasks.sleep.name": key,
+                "pgtasks.sleep.until": wake.isoformat(),
+                "pgtasks.sleep.over": over,
+            },
+        )
+        if over:
             return
         if not found:
             await self._store_step(key, {"sleep_until": wake.isoformat()})
@@ -617,6 +626,9 @@ class TaskContext:
         await self.flush()
         state, payload = await self.writer.wait_for_event(
             self.task_id, self._lease_token, name, _timeout(timeout)
+        )
+        tracing.step_event(
+            "pgtasks.wait", {"pgtasks.wait.event": name, "pgtasks.wait.state": state}
         )
         if state == "received":
             return payload

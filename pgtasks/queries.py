@@ -20,7 +20,8 @@ from __future__ import annotations
 # -- submitting ----------------------------------------------------------------------------
 
 # A NULL argument is decided by the database: the type's registered policy, else settings.
-# traceparent is the submitter's W3C trace context (pgtasks.tracing), NULL outside a span.
+# traceparent, in every submit below, is the submitter's W3C trace context (pgtasks.tracing),
+# NULL outside a span (the database then takes the session's pgtasks.traceparent).
 # Params travel as JSON text, so a connection with other jsonb codecs than ours (SQLAlchemy's
 # asyncpg dialect, joining the caller's transaction) sends them the same way.
 SUBMIT_TASK = """
@@ -47,7 +48,8 @@ SELECT pg_catalog.array_agg(s.id ORDER BY s.ord)
                                ORDER BY d.n, e.ord),
          queue => $3, priority => $4, run_at => $5, max_retries => $6, timeout => $7,
          backoff_base => $8, unique_keys => $9, unique_for => $10, concurrency_keys => $11,
-         concurrency_limit => $12, soft_timeout => $13) WITH ORDINALITY AS s(id, ord)
+         concurrency_limit => $12, soft_timeout => $13, traceparent => $14)
+       WITH ORDINALITY AS s(id, ord)
 """
 
 # submit_task plus flow control; `created` is false when an active task (or the unique_for
@@ -58,7 +60,7 @@ SELECT id, created
                              priority => $4, run_at => $5, max_retries => $6, timeout => $7,
                              backoff_base => $8, unique_key => $9, unique_for => $10,
                              concurrency_key => $11, concurrency_limit => $12,
-                             soft_timeout => $13)
+                             soft_timeout => $13, traceparent => $14)
 """
 
 # A task that starts after its parents end (sql/0012): WAITING until the last one does.
@@ -71,8 +73,8 @@ SELECT pgtasks.submit_task(task_type => $1, params => $2::text::jsonb, queue => 
 """
 
 # A whole graph in one call (pgtasks/workflows.py builds the spec); returns
-# {"workflow_id": ..., "nodes": {name: task id}} as JSON text.
-SUBMIT_WORKFLOW = "SELECT pgtasks.submit_workflow(spec => $1::text::jsonb)::text"
+# {"workflow_id": ..., "nodes": {name: task id}} as JSON text. Every node carries traceparent.
+SUBMIT_WORKFLOW = "SELECT pgtasks.submit_workflow(spec => $1::text::jsonb, traceparent => $2)::text"
 
 # -- reading (views) -----------------------------------------------------------------------
 

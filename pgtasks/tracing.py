@@ -137,3 +137,16 @@ def step_event(name: str, attributes: dict[str, Any]) -> None:
     span = _trace.get_current_span()
     if span.is_recording():
         span.add_event(name, attributes)
+
+
+def submit_event(task_type: str | None, ids: list[int]) -> None:
+    """A `pgtasks.submit` event on the current span naming the tasks a submit made (a
+    task's child tasks, a request's tasks), if it records; nothing is built otherwise."""
+    if _trace is None:
+        return
+    span = _trace.get_current_span()
+    if span.is_recording():
+        attrs: dict[str, Any] = {"pgtasks.task.ids": [int(i) for i in ids]}
+        if task_type is not None:
+            attrs["pgtasks.task.type"] = task_type
+        span.add_event("pgtasks.submit", attrs)

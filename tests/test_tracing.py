@@ -24,7 +24,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from pgtasks import Client, Registry, SyncClient, Worker, task_register
+from pgtasks import Client, Registry, SyncClient, Worker, chain, group, task_node, task_register
 from pgtasks.context import TaskContext
 from tests.conftest import ROOT, wait_for
 
@@ -54,6 +54,14 @@ async def traced(ctx: TaskContext, params: dict[str, Any]) -> str:
     if ctx.attempt == 1 and params.get("fail_first"):
         raise RuntimeError("first attempt fails")
     return "ok"
+
+
+@task_register("waits", into=REG)
+async def waits(ctx: TaskContext, params: dict[str, Any]) -> Any:
+    if ctx.attempt == 1:
+        await ctx.snooze(0)
+    await ctx.sleep(0, name="nap")
+    return await ctx.wait_for_event("go", timeout=60)
 
 
 @task_register("spawner", into=REG)
@@ -133,6 +141,43 @@ async def test_the_argument_inside_a_transaction_leaves_its_local_setting_as_it_
         await conn.fetchval("SELECT pgtasks.submit_task('t', traceparent => $1)", TP2)
         assert await conn.fetchval("SELECT current_setting('pgtasks.traceparent')") == TP
     assert await conn.fetchval("SELECT current_setting('pgtasks.traceparent', true)") in (None, "")
+
+
+async def test_every_submit_function_takes_the_argument_for_its_call_only(conn):
+    await conn.execute(f"SET pgtasks.traceparent = '{TP}'")
+    keyed = await conn.fetchval(
+        "SELECT id FROM pgtasks.submit_or_get('t', unique_key => 'k', traceparent => $1)", TP2
+    )
+    bulk = await conn.fetchval(
+        """SELECT array_agg(s) FROM pgtasks.submit_tasks('t', ARRAY['{}'::jsonb, '{}'],
+                                                          traceparent => $1) s""",
+        TP2,
+    )
+    keyed_bulk = await conn.fetchval(
+        """SELECT array_agg(s) FROM pgtasks.submit_tasks('t', ARRAY['{}'::jsonb],
+                                   unique_keys => ARRAY['u'], traceparent => $1) s""",
+        TP2,
+    )
+    flow = await conn.fetchval(
+        """SELECT pgtasks.submit_workflow('{"nodes": [{"name": "a", "type": "t"},
+             {"name": "b", "type": "t", "after": ["a"]}]}', traceparent => $1)::text""",
+        TP2,
+    )
+    assert await conn.fetchval("SELECT current_setting('pgtasks.traceparent')") == TP
+    after = await conn.fetchval("SELECT pgtasks.submit_task('t')")
+    nodes = list(json.loads(flow)["nodes"].values())
+    got = dict(await conn.fetch("SELECT id, traceparent FROM pgtasks.tasks"))
+    assert [got[i] for i in (keyed, *bulk, *keyed_bulk, *nodes)] == [TP2] * 6
+    assert got[after] == TP
+    for call in (
+        "SELECT pgtasks.submit_or_get('t', traceparent => 'bad')",
+        "SELECT pgtasks.submit_tasks('t', ARRAY['{}'::jsonb], traceparent => 'bad')",
+        'SELECT pgtasks.submit_workflow(\'{"nodes": [{"name": "a", "type": "t"}]}\','
+        " traceparent => 'bad')",
+    ):
+        with pytest.raises(asyncpg.PostgresError) as err:
+            await conn.fetchval(call)
+        assert err.value.sqlstate == "PT131"
 
 
 @pytest.mark.parametrize(
@@ -216,6 +261,30 @@ async def test_a_retried_task_gives_two_attempt_spans_linked_to_the_submit(dsn, 
     }
 
 
+async def test_keyed_bulk_and_workflow_submits_carry_the_callers_span(dsn, conn, spans):
+    tracer = trace.get_tracer("tests")
+    async with Client(dsn) as client:
+        with tracer.start_as_current_span("request") as request:
+            keyed = await client.submit("traced", {}, unique_key="k")
+            bulk = await client.submit_many("traced", [{}, {}])
+            keyed_bulk = await client.submit_many("traced", [{}], unique_keys=["u"])
+            flow = await client.submit(
+                chain(task_node("traced", name="a"), group(task_node("traced", name="b")))
+            )
+        untraced = await client.submit_many("traced", [{}])
+    stored = dict(await conn.fetch("SELECT id, traceparent FROM pgtasks.tasks"))
+    ids = [keyed, *bulk, *keyed_bulk, *flow.nodes.values()]
+    assert [stored[i] for i in ids] == [traceparent_of(request)] * 6
+    assert stored[untraced[0]] is None
+    # The workflow's nodes run in the request's trace, each a child of the request span.
+    await run_until_done(dsn, conn, flow.nodes["b"])
+    req = request.get_span_context()
+    for node in flow.nodes.values():
+        (span,) = attempt_spans(spans, node)
+        assert span.context.trace_id == req.trace_id
+        assert span.parent is not None and span.parent.span_id == req.span_id
+
+
 async def test_a_task_submitted_by_a_task_joins_the_attempts_trace(dsn, conn, spans):
     tid = await conn.fetchval(
         "SELECT pgtasks.submit_task('spawner', params => $1::text::jsonb, traceparent => $2)",
@@ -229,10 +298,47 @@ async def test_a_task_submitted_by_a_task_joins_the_attempts_trace(dsn, conn, sp
     await run_until_done(dsn, conn, child)
     (parent_span,) = attempt_spans(spans, tid)
     (child_span,) = attempt_spans(spans, child)
+    submits = [e.attributes for e in parent_span.events if e.name == "pgtasks.submit"]
+    assert submits == [{"pgtasks.task.ids": (child,), "pgtasks.task.type": "traced"}]
     assert f"{parent_span.context.trace_id:032x}" == TP.split("-")[1]
     assert child_span.context.trace_id == parent_span.context.trace_id
     assert child_span.parent is not None
     assert child_span.parent.span_id == parent_span.context.span_id
+
+
+async def test_sleeps_and_waits_are_events_of_the_attempts(dsn, conn, spans):
+    tid = await conn.fetchval("SELECT pgtasks.submit_task('waits', traceparent => $1)", TP)
+    w = Worker(dsn, registry=REG, poll_interval=0.1)
+    run = asyncio.create_task(w.run())
+    try:
+        await wait_for(
+            conn,
+            "SELECT count(*) FROM pgtasks.task_history WHERE task_id = $1"
+            " AND note LIKE 'waiting for event go%'",
+            tid,
+        )
+        await conn.execute("SELECT pgtasks.send_event($1, 'go', '1'::jsonb)", tid)
+        await wait_for(conn, "SELECT status = 'DONE' FROM pgtasks.tasks WHERE id = $1", tid)
+    finally:
+        w.stop()
+        await asyncio.wait_for(run, 30)
+    got = [
+        [(e.name, dict(e.attributes or {})) for e in s.events] for s in attempt_spans(spans, tid)
+    ]
+    assert got[0] == [("pgtasks.snooze", {"pgtasks.snooze.seconds": 0.0})]
+    got = got[1:]
+    assert len(got) == 2
+    for events, state in zip(got, ["waiting", "received"], strict=True):
+        (sleep_name, sleep), (wait_name, wait) = events
+        assert (sleep_name, sleep["pgtasks.sleep.name"], sleep["pgtasks.sleep.over"]) == (
+            "pgtasks.sleep",
+            "nap",
+            True,
+        )
+        assert (wait_name, wait) == (
+            "pgtasks.wait",
+            {"pgtasks.wait.event": "go", "pgtasks.wait.state": state},
+        )
 
 
 def test_sync_client_submits_in_the_callers_span(dsn, spans):
@@ -251,6 +357,26 @@ def test_sync_client_submits_in_the_callers_span(dsn, spans):
             await c.close()
 
     assert asyncio.run(read()) == traceparent_of(request)
+
+
+def test_sync_client_bulk_and_workflow_submits_carry_the_callers_span(dsn, spans):
+    tracer = trace.get_tracer("tests")
+    with SyncClient(dsn) as client, tracer.start_as_current_span("request") as request:
+        bulk = client.submit_many("traced", [{}, {}])
+        flow = client.submit_workflow(chain(task_node("traced"), task_node("traced")))
+
+    async def read() -> list[str | None]:
+        c = await asyncpg.connect(dsn)
+        try:
+            rows = await c.fetch(
+                "SELECT traceparent FROM pgtasks.tasks WHERE id = ANY($1::bigint[]) ORDER BY id",
+                [*bulk, *flow.nodes.values()],
+            )
+            return [r["traceparent"] for r in rows]
+        finally:
+            await c.close()
+
+    assert asyncio.run(read()) == [traceparent_of(request)] * 4
 
 
 def test_without_a_tracer_provider_nothing_is_made():

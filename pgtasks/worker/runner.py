@@ -200,6 +200,7 @@ class Runner:
             await ctx._flush_quietly()
             return Yielded(y.run_at)
         except Snooze as z:
+            tracing.step_event("pgtasks.snooze", {"pgtasks.snooze.seconds": float(z.seconds)})
             await ctx._flush_quietly()
             return Snoozed(z.seconds)
         except TaskParked as p:

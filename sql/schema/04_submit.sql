@@ -236,14 +236,31 @@ CREATE FUNCTION pgtasks.submit_or_get(
     unique_for        interval    DEFAULT NULL,   -- NULL: the key is free once its task finished
     concurrency_key   text        DEFAULT NULL,   -- NULL: no per-key limit
     concurrency_limit integer     DEFAULT NULL,   -- NULL with a key: 1
-    soft_timeout      interval    DEFAULT NULL    -- NULL: the type's policy, else none
+    soft_timeout      interval    DEFAULT NULL,   -- NULL: the type's policy, else none
+    traceparent       text        DEFAULT NULL    -- W3C trace context; NULL: the session's pgtasks.traceparent
 ) RETURNS TABLE (id bigint, created boolean)
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pgtasks, pg_temp
 AS $$
 DECLARE
     p pgtasks.tasks;
+    prior text;
 BEGIN
+    IF traceparent IS NOT NULL THEN
+        -- As in submit_task: the argument is the session setting for this call only.
+        PERFORM pgtasks.check_traceparent(traceparent);
+        prior := current_setting('pgtasks.traceparent', true);
+        PERFORM set_config('pgtasks.traceparent', traceparent, true);
+        RETURN QUERY
+        SELECT s.id, s.created
+          FROM pgtasks.submit_or_get(submit_or_get.task_type, submit_or_get.params, submit_or_get.queue,
+                                     submit_or_get.priority, submit_or_get.run_at, submit_or_get.max_retries,
+                                     submit_or_get.timeout, submit_or_get.backoff_base, submit_or_get.unique_key,
+                                     submit_or_get.unique_for, submit_or_get.concurrency_key,
+                                     submit_or_get.concurrency_limit, submit_or_get.soft_timeout) s;
+        PERFORM set_config('pgtasks.traceparent', coalesce(prior, ''), true);
+        RETURN;
+    END IF;
     p := pgtasks.submit_policy(task_type, queue, priority, run_at, max_retries, timeout, backoff_base,
                                soft_timeout);
     PERFORM pgtasks.check_params(params);
@@ -253,9 +270,9 @@ BEGIN
       FROM pgtasks.submit_one(p, params, unique_key, unique_for, concurrency_key,
                               CASE WHEN concurrency_key IS NOT NULL THEN coalesce(concurrency_limit, 1) END) s;
 END $$;
-GRANT EXECUTE ON FUNCTION pgtasks.submit_or_get(text, jsonb, text, integer, timestamptz, integer, interval, interval, text, interval, text, integer, interval) TO pgtasks_submitter;
-COMMENT ON FUNCTION pgtasks.submit_or_get(text, jsonb, text, integer, timestamptz, integer, interval, interval, text, interval, text, integer, interval) IS
-    'Submits one task like submit_task and also says whether it was created: false when an active task, or the unique_for window, already held the unique_key (id is then that task).';
+GRANT EXECUTE ON FUNCTION pgtasks.submit_or_get(text, jsonb, text, integer, timestamptz, integer, interval, interval, text, interval, text, integer, interval, text) TO pgtasks_submitter;
+COMMENT ON FUNCTION pgtasks.submit_or_get(text, jsonb, text, integer, timestamptz, integer, interval, interval, text, interval, text, integer, interval, text) IS
+    'Submits one task like submit_task and also says whether it was created: false when an active task, or the unique_for window, already held the unique_key (id is then that task); traceparent (else the session setting pgtasks.traceparent) is the W3C trace context the task''s attempts join.';
 
 -- retry_task (06_finish.sql) of a FAILED or CANCELLED task whose unique_key another active
 -- task of its type has taken meanwhile: PT306 with a hint, instead of the bare unique_violation (23505)
@@ -513,7 +530,8 @@ CREATE FUNCTION pgtasks.submit_tasks(
     unique_for        interval    DEFAULT NULL,
     concurrency_keys  text[]      DEFAULT NULL,
     concurrency_limit integer     DEFAULT NULL,
-    soft_timeout      interval    DEFAULT NULL
+    soft_timeout      interval    DEFAULT NULL,
+    traceparent       text        DEFAULT NULL    -- W3C trace context; NULL: the session's pgtasks.traceparent
 ) RETURNS SETOF bigint
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pgtasks, pg_temp
@@ -523,7 +541,24 @@ DECLARE
     n        integer;
     suspects integer[];
     item     integer;
+    prior    text;
 BEGIN
+    IF traceparent IS NOT NULL THEN
+        -- As in submit_task: the argument is the session setting for this call only.
+        PERFORM pgtasks.check_traceparent(traceparent);
+        prior := current_setting('pgtasks.traceparent', true);
+        PERFORM set_config('pgtasks.traceparent', traceparent, true);
+        RETURN QUERY
+        SELECT s.id
+          FROM pgtasks.submit_tasks(submit_tasks.task_type, submit_tasks.params_list, submit_tasks.queue,
+                                    submit_tasks.priority, submit_tasks.run_at, submit_tasks.max_retries,
+                                    submit_tasks.timeout, submit_tasks.backoff_base, submit_tasks.unique_keys,
+                                    submit_tasks.unique_for, submit_tasks.concurrency_keys,
+                                    submit_tasks.concurrency_limit, submit_tasks.soft_timeout) WITH ORDINALITY AS s(id, ord)
+         ORDER BY s.ord;
+        PERFORM set_config('pgtasks.traceparent', coalesce(prior, ''), true);
+        RETURN;
+    END IF;
     p := pgtasks.submit_policy(task_type, queue, priority, run_at, max_retries, timeout, backoff_base,
                                soft_timeout);
     PERFORM pgtasks.check_params_list(params_list);
@@ -596,6 +631,6 @@ BEGIN
      ORDER BY u.ord
     RETURNING id;
 END $$;
-GRANT EXECUTE ON FUNCTION pgtasks.submit_tasks(text, jsonb[], text, integer, timestamptz, integer, interval, interval, text[], interval, text[], integer, interval) TO pgtasks_submitter;
-COMMENT ON FUNCTION pgtasks.submit_tasks(text, jsonb[], text, integer, timestamptz, integer, interval, interval, text[], interval, text[], integer, interval) IS
-    'Submits one task of task_type per element of params_list, in one statement, and returns their ids in list order; unique_keys and concurrency_keys give one key per item.';
+GRANT EXECUTE ON FUNCTION pgtasks.submit_tasks(text, jsonb[], text, integer, timestamptz, integer, interval, interval, text[], interval, text[], integer, interval, text) TO pgtasks_submitter;
+COMMENT ON FUNCTION pgtasks.submit_tasks(text, jsonb[], text, integer, timestamptz, integer, interval, interval, text[], interval, text[], integer, interval, text) IS
+    'Submits one task of task_type per element of params_list, in one statement, and returns their ids in list order; unique_keys and concurrency_keys give one key per item; traceparent (else the session setting pgtasks.traceparent) is the W3C trace context every item''s attempts join.';

@@ -542,7 +542,10 @@ END $$;
 -- parent's id is always smaller than its children's: parent_results lists parents in
 -- submit order, and locks taken in id order meet parents first. Policy (queue, retries...)
 -- is resolved like submit_task's, once per distinct combination, not once per node.
-CREATE FUNCTION pgtasks.submit_workflow(spec jsonb) RETURNS jsonb
+CREATE FUNCTION pgtasks.submit_workflow(
+    spec        jsonb,
+    traceparent text DEFAULT NULL  -- W3C trace context of every node; NULL: the session's pgtasks.traceparent
+) RETURNS jsonb
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pgtasks, pg_temp
@@ -570,7 +573,18 @@ DECLARE
     wf_id bigint;
     ids bigint[];
     out_nodes jsonb;
+    prior text;
 BEGIN
+    IF traceparent IS NOT NULL THEN
+        -- As in submit_task: the argument is the session setting for this call only, so
+        -- every node goes in with it (the tasks.traceparent default).
+        PERFORM pgtasks.check_traceparent(traceparent);
+        prior := current_setting('pgtasks.traceparent', true);
+        PERFORM set_config('pgtasks.traceparent', traceparent, true);
+        out_nodes := pgtasks.submit_workflow(spec);
+        PERFORM set_config('pgtasks.traceparent', coalesce(prior, ''), true);
+        RETURN out_nodes;
+    END IF;
     IF spec IS NULL OR jsonb_typeof(spec) <> 'object' THEN
         RAISE EXCEPTION 'pgtasks: a workflow spec is a JSON object with a "nodes" list, got %',
                 coalesce(jsonb_typeof(spec), 'NULL')
@@ -783,11 +797,12 @@ BEGIN
     SELECT ids[e.p], ids[e.k] FROM unnest(e_par, e_kid) AS e(p, k);
     RETURN jsonb_build_object('workflow_id', wf_id, 'nodes', out_nodes);
 END $$;
-GRANT EXECUTE ON FUNCTION pgtasks.submit_workflow(jsonb) TO pgtasks_submitter;
-COMMENT ON FUNCTION pgtasks.submit_workflow(jsonb) IS
+GRANT EXECUTE ON FUNCTION pgtasks.submit_workflow(jsonb, text) TO pgtasks_submitter;
+COMMENT ON FUNCTION pgtasks.submit_workflow(jsonb, text) IS
     'Submits a whole graph of tasks in one transaction (nodes with their "after" lists) and '
     'returns {"workflow_id": ..., "nodes": {name: task id}}; a node waits until its parents '
-    'have ended.';
+    'have ended. traceparent (else the session setting pgtasks.traceparent) is the W3C trace '
+    'context every node''s attempts join.';
 
 ------------------------------------------------------------------------------------------
 -- Reading and cancelling
