@@ -346,7 +346,12 @@ log_format_option = env_option(
     is_flag=True,
     help="Behind PgBouncer in transaction mode: same as --no-listen --no-prepared.",
 )
-@env_option("--burst", env="BURST", is_flag=True, help="Exit once no work is left.")
+@env_option(
+    "--burst",
+    env="BURST",
+    is_flag=True,
+    help="Run what is ready now, then exit (0); tasks scheduled later stay waiting.",
+)
 @env_option(
     "--grace",
     env="GRACE",

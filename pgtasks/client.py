@@ -629,7 +629,9 @@ class Client:
     ) -> TaskPage:
         """Page `page` (from 1) of the tasks that match, with their total; newest first.
         With `unique_key`, only the tasks of that key (by its index): the first item of
-        the first page is what `find` answers."""
+        the first page is what `find` answers. Items carry no result (`result` is None, a
+        page does not read them) and the first 200 characters of `error`; `get` or
+        `detail` reads a task's result."""
         if page < 1 or page_size < 1:
             raise PgTasksError("page and page_size start at 1")
         args: list[Any] = [

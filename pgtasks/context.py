@@ -772,8 +772,8 @@ class TaskLogHandler(logging.Handler):
     `current_task` contextvar, which asyncio copies into the task's coroutines and the
     worker copies into its threads. pgtasks' and asyncpg's own records are not task
     output and stay out. Records still need to pass their logger's level: `pgtasks worker`
-    configures INFO; an app that never configured logging gets INFO too while a worker
-    runs (see install_task_log_handler).
+    configures INFO, and any other application gets INFO too while a worker runs, its
+    own handlers still seeing only what they saw before (see install_task_log_handler).
     """
 
     def __init__(self) -> None:
@@ -828,45 +828,79 @@ def _on_loop(ctx: TaskContext) -> bool:
 _handler: TaskLogHandler | None = None
 _installs = 0
 _saved_root_level: int | None = None
+_lowered_to: int | None = None
+_quieted: list[logging.Handler] = []
 _install_lock = threading.Lock()
+
+
+class _OnlyWhatPassedBefore(logging.Filter):
+    """Put on the host application's handlers while the worker lowered the root level: a
+    record that passes only because of that lowering (its logger inherits the root's level
+    and it is below the level the root had) goes to the task log, not to the host's
+    handlers, whose output stays what it was."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        saved = _saved_root_level
+        root = logging.getLogger()
+        if saved is None or record.levelno >= saved or root.level != _lowered_to:
+            return True  # nothing lowered, or the application set the root level since
+        logger: logging.Logger | None = (
+            root if record.name == "root" else logging.getLogger(record.name)
+        )
+        while logger is not None and logger is not root:
+            if logger.level != logging.NOTSET:
+                return True  # its own level let it through, as before the worker
+            logger = logger.parent
+        return False
+
+
+_only_what_passed_before = _OnlyWhatPassedBefore()
 
 
 def install_task_log_handler(level: int = logging.INFO) -> None:
     """Called by Worker.run; reference-counted so several workers in one process share one.
 
-    When no logger has a handler (an app that never configured logging, where the root
-    level is WARNING), the root level is lowered to `level` while workers run,
-    so a task's `log.info(...)` reaches its task log. Nothing else prints more because
-    of it: the only handler is this one, which passes WARNING and up to stderr as Python
-    would. An app that configured logging keeps its levels.
+    A logger's level is checked before any handler sees a record, so a task's
+    `log.info(...)` on a logger that inherits the root's WARNING (Python's default, and
+    what uvicorn and most apps leave) would never reach the task log. When the root
+    level is above `level`, the worker lowers it to `level` while workers run, whatever
+    handlers the host application installed, and puts a filter on each of the handlers
+    present then, so they still receive only what they received before; only the task
+    log gets the extra records (and the handler lets WARNING and up reach stderr when no
+    other handler would, as Python does). Loggers with a level of their own keep it.
+    The cost: a record below the old root level is now created before it is dropped.
     """
-    global _handler, _installs, _saved_root_level
+    global _handler, _installs, _saved_root_level, _lowered_to
     with _install_lock:
         _installs += 1
         if _installs > 1:
             return
         root = logging.getLogger()
-        if root.level > level and _logging_unconfigured():
-            _saved_root_level = root.level
-            root.setLevel(level)
         _handler = TaskLogHandler()
+        if root.level > level:
+            _saved_root_level = root.level
+            for handler in _host_handlers():
+                handler.addFilter(_only_what_passed_before)
+                _quieted.append(handler)
+            _lowered_to = level
+            root.setLevel(level)
         root.addHandler(_handler)
 
 
-def _logging_unconfigured() -> bool:
-    """No handler anywhere but libraries' NullHandlers: lowering the root level shows nobody
-    more output. (A handler on a named logger would start receiving INFO from it.)"""
+def _host_handlers() -> list[logging.Handler]:
+    """Every handler of every logger but libraries' NullHandlers, each once."""
     loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
-    return not any(
-        not isinstance(h, logging.NullHandler)
-        for lg in loggers
-        if isinstance(lg, logging.Logger)
-        for h in lg.handlers
-    )
+    found: dict[int, logging.Handler] = {}
+    for lg in loggers:
+        if isinstance(lg, logging.Logger):
+            for h in lg.handlers:
+                if not isinstance(h, logging.NullHandler | TaskLogHandler):
+                    found[id(h)] = h
+    return list(found.values())
 
 
 def uninstall_task_log_handler() -> None:
-    global _handler, _installs, _saved_root_level
+    global _handler, _installs, _saved_root_level, _lowered_to
     with _install_lock:
         if _installs == 0:
             return
@@ -878,5 +912,9 @@ def uninstall_task_log_handler() -> None:
             root.removeHandler(_handler)
             _handler = None
         if _saved_root_level is not None:
-            root.setLevel(_saved_root_level)
-            _saved_root_level = None
+            if root.level == _lowered_to:  # not set again by the application since
+                root.setLevel(_saved_root_level)
+            _saved_root_level = _lowered_to = None
+        for handler in _quieted:
+            handler.removeFilter(_only_what_passed_before)
+        _quieted.clear()

@@ -41,6 +41,15 @@ def test_submit_status_ls_cancel_retry(dsn):
     assert stats.returncode == 0 and "math" in stats.stdout
 
 
+def test_burst_runs_what_is_ready_and_leaves_a_task_due_tomorrow_waiting(dsn):
+    now = cli(dsn, "submit", "noop").stdout.strip()
+    tomorrow = cli(dsn, "submit", "noop", "--in", "86400").stdout.strip()
+    run = cli(dsn, "worker", "--app", "tests.apps.basic", "--burst", "--poll-interval", "0.2")
+    assert run.returncode == 0, run.stderr
+    assert "DONE" in cli(dsn, "status", now).stdout
+    assert "PENDING" in cli(dsn, "status", tomorrow).stdout
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import logging
 import os
 import sys
@@ -433,12 +434,58 @@ async def test_log_lines_are_written_in_batches(
     assert batches < 50
 
 
-async def test_the_worker_removes_its_log_handler_when_it_stops(dsn: str) -> None:
+async def test_task_logging_reaches_the_task_log_whatever_handlers_the_host_installed(
+    client: Client, start_worker: StartWorker
+) -> None:
+    """A host application (uvicorn, FastAPI, basicConfig) put a handler on the root logger
+    before the worker started and left the root at WARNING: a task's INFO line on a
+    logger without a level of its own still reaches the task log, and the host's handler
+    prints what it printed before, no more."""
+    from pgtasks import registry, task_register
+
+    app_log = logging.getLogger("tests.host_app")
+    if "host_app_logs" not in registry:
+
+        @task_register("host_app_logs")
+        async def host_app_logs(ctx: Any, params: dict[str, Any]) -> None:
+            app_log.info("info from the task")
+
     root = logging.getLogger()
-    before = list(root.handlers)
-    w = Worker(dsn, poll_interval=0.1, burst=True)
-    await asyncio.wait_for(w.run(), 30)
-    assert root.handlers == before
+    out = io.StringIO()
+    host = logging.StreamHandler(out)
+    saved = root.level
+    root.setLevel(logging.WARNING)
+    root.addHandler(host)
+    try:
+        task_id = await client.submit("host_app_logs")
+        await start_worker()
+        assert await client.wait(task_id, timeout=30) is None
+        app_log.info("info outside a task")
+        app_log.warning("warning outside a task")
+        lines = [(x.level, x.logger, x.message) for x in await client.logs(task_id)]
+    finally:
+        root.removeHandler(host)
+        root.setLevel(saved)
+    assert lines == [("INFO", "tests.host_app", "info from the task")]
+    assert out.getvalue() == "warning outside a task\n"
+
+
+async def test_the_worker_removes_its_log_handler_when_it_stops(dsn: str) -> None:
+    """And the filter it put on the host's handlers, and the root level it lowered."""
+    root = logging.getLogger()
+    host = logging.StreamHandler(io.StringIO())
+    saved = root.level
+    root.setLevel(logging.WARNING)
+    root.addHandler(host)
+    try:
+        before = list(root.handlers)
+        w = Worker(dsn, poll_interval=0.1, burst=True)
+        await asyncio.wait_for(w.run(), 30)
+        assert root.handlers == before
+        assert root.level == logging.WARNING and not host.filters
+    finally:
+        root.removeHandler(host)
+        root.setLevel(saved)
 
 
 # -- results -----------------------------------------------------------------------------

@@ -284,9 +284,13 @@ class ScheduleState(BaseModel):
 # as ISO 8601 ("PT0.0029S"), which the `duration` format it documents (RFC 3339, whole
 # seconds) does not allow.
 class Task(TaskInfo):
-    """A task's state; `elapsed` in seconds."""
+    """A task's state; `elapsed` in seconds. No `result`: a list does not read the results
+    (up to settings.max_result_bytes each), and an item carrying `"result": null` would read
+    as "no result" for a task that has one. `GET /tasks/{id}` has it."""
 
     model_config = ConfigDict(ser_json_timedelta="float")
+
+    result: Any = Field(default=None, exclude=True)
 
 
 class Tasks(TaskPage):

@@ -163,7 +163,7 @@ class Producer(Service):
     # -- the loop ------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Claim until stopped (or, in burst mode, until nothing is left to do)."""
+        """Claim until stopped (or, in burst mode, until nothing is ready and none runs)."""
         backoff = 0.2
         rechecked = False
         gap_rechecked = False
@@ -211,7 +211,7 @@ class Producer(Service):
                     # a NOTIFY wakes us; otherwise look again after a poll, not at once.
                     wait_for = self.poll_interval
                 gap_rechecked = False
-                if wait_for is None:  # burst mode: nothing left to do
+                if wait_for is None:  # burst mode: nothing ready now
                     if self.slots.idle:
                         return
                     wait_for = self.poll_interval
@@ -220,12 +220,17 @@ class Producer(Service):
 
     async def idle_wait(self) -> float | None:
         """Seconds to sleep when no ready work is left: until the next run_at, at most a poll.
-        None in burst mode when nothing is scheduled at all."""
+        None in burst mode when nothing is ready now: burst runs what is ready, then exits,
+        and does not wait for a task scheduled later (a retry with a delay, `--in`, a
+        `run_at` a day ahead), which stays waiting for the next worker."""
         try:
             row = await self.pool.fetchrow(queries.NEXT_RUN_GAP, self.queues, self.all_types)
         except DATABASE_ERRORS:  # a failed peek only means a plain poll
             return self.poll_interval
         gap: timedelta | None = row["gap"] if row else None
-        if gap is None:
-            return None if self.burst else self.poll_interval
-        return min(max(gap.total_seconds(), 0.0), self.poll_interval)
+        seconds = None if gap is None else max(gap.total_seconds(), 0.0)
+        if self.burst and (seconds is None or seconds > 0):
+            return None
+        if seconds is None:
+            return self.poll_interval
+        return min(seconds, self.poll_interval)

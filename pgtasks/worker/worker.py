@@ -150,8 +150,8 @@ class Worker:
 
     async def run(self, *, install_signal_handlers: bool = False) -> None:
         """Register, then claim and run tasks until `stop()` (with `burst`, until nothing is
-        left to do), drain and unregister. With `install_signal_handlers`, SIGINT and
-        SIGTERM call `stop()`."""
+        ready now and none runs: tasks scheduled later are left waiting), drain and
+        unregister. With `install_signal_handlers`, SIGINT and SIGTERM call `stop()`."""
         types = self.registry.names()
         if not types:
             raise PgTasksError(

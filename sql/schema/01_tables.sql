@@ -333,7 +333,7 @@ COMMENT ON COLUMN pgtasks.tasks.deadline IS
     'Claim time + timeout: the attempt is rescued as timed out after this, whatever its heartbeats.';
 COMMENT ON COLUMN pgtasks.tasks.result IS 'The result of a DONE task.';
 COMMENT ON COLUMN pgtasks.tasks.error IS
-    'The last failure (FAILED, or an attempt to be retried); for a task cancelled by its workflow or a parent, why.';
+    'The last failure (FAILED, or an attempt to be retried; NULL once DONE, the earlier attempts'' errors are in task_errors); for a task cancelled by its workflow or a parent, why.';
 COMMENT ON COLUMN pgtasks.tasks.progress_current IS 'Progress the task reported (report_progress): current of progress_total.';
 COMMENT ON COLUMN pgtasks.tasks.started_at IS 'When the task was first claimed.';
 COMMENT ON COLUMN pgtasks.tasks.finished_at IS 'When the task ended; set exactly while DONE, FAILED or CANCELLED.';

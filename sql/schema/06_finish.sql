@@ -27,6 +27,11 @@ SET LOCAL ROLE pgtasks_owner;
 
 -- RUNNING -> DONE with the result. A result over settings.max_result_bytes is PT203 and
 -- the task stays RUNNING for the worker to fail.
+--
+-- Every finish (here, finish_tasks, finish_and_claim) clears `error`: the row shows the
+-- outcome of its last attempt, so a task that failed, retried and succeeded does not read
+-- as failed to a client that shows `error` whenever it is set. The earlier attempts'
+-- errors stay in task_errors and the history.
 CREATE FUNCTION pgtasks.finish_task(task_id bigint, lease_token text, result jsonb DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
@@ -37,7 +42,7 @@ BEGIN
     PERFORM pgtasks.lock_owned_task(task_id, lease_token);
     PERFORM pgtasks.check_result_size(result, 'result');
     UPDATE pgtasks.tasks t
-       SET status = 'DONE', result = finish_task.result, finished_at = pgtasks.now(),
+       SET status = 'DONE', result = finish_task.result, error = NULL, finished_at = pgtasks.now(),
            worker_id = NULL, lease_expires_at = NULL, deadline = NULL, lease_token = NULL,
            progress_current = coalesce(t.progress_total, t.progress_current)
      WHERE t.id = finish_task.task_id;
@@ -106,7 +111,7 @@ BEGIN
                    AS u(task_id, lease_token, result)
     ), done AS (
         UPDATE pgtasks.tasks t
-           SET status = 'DONE', result = batch.result, finished_at = now_,
+           SET status = 'DONE', result = batch.result, error = NULL, finished_at = now_,
                worker_id = NULL, lease_expires_at = NULL, deadline = NULL, lease_token = NULL,
                progress_current = coalesce(t.progress_total, t.progress_current)
           FROM batch
@@ -238,6 +243,7 @@ BEGIN
         UPDATE pgtasks.tasks t
            SET status = CASE WHEN w.finishing THEN 'DONE' ELSE 'RUNNING' END::pgtasks.status,
                result = w.result,
+               error = CASE WHEN w.finishing THEN NULL ELSE t.error END,
                finished_at = CASE WHEN w.finishing THEN now_ END,
                worker_id = CASE WHEN w.finishing THEN NULL ELSE finish_and_claim.worker_id END,
                attempt = t.attempt + CASE WHEN w.finishing THEN 0 ELSE 1 END,

@@ -110,6 +110,35 @@ async def test_fail_retries_with_backoff_then_fails(conn):
     assert tuple(row) == ("FAILED", "e3", 2)
 
 
+FINISHES = {
+    "finish_task": "SELECT pgtasks.finish_task($1, $2, '1')",
+    "finish_tasks": "SELECT * FROM pgtasks.finish_tasks("
+    "ARRAY[$1::bigint], ARRAY[$2], ARRAY['1'::jsonb])",
+    "finish_and_claim": "SELECT * FROM pgtasks.finish_and_claim("
+    "'w1', ARRAY[$1::bigint], ARRAY[$2], ARRAY['1'::jsonb], claim_max => 1)",
+}
+
+
+@pytest.mark.parametrize("finish", FINISHES)
+async def test_a_task_done_after_a_failed_attempt_shows_no_error(conn, finish):
+    """The row shows its last attempt's outcome; the earlier error stays in task_errors."""
+    tid = await conn.fetchval("SELECT pgtasks.submit_task('t', max_retries => 1)")
+    (row,) = await claim(conn)
+    await conn.execute("SELECT pgtasks.fail_task($1, $2, 'e1')", tid, row["lease_token"])
+    await conn.execute("UPDATE pgtasks.tasks SET run_at = now() WHERE id = $1", tid)
+    (row,) = await claim(conn)
+    assert await conn.fetchval("SELECT error FROM pgtasks.tasks WHERE id=$1", tid) == "e1"
+    await conn.execute(FINISHES[finish], tid, row["lease_token"])
+    row = await conn.fetchrow(
+        "SELECT status::text, error, result FROM pgtasks.tasks WHERE id=$1", tid
+    )
+    assert tuple(row) == ("DONE", None, 1)
+    errors = await conn.fetch(
+        "SELECT attempt, error FROM pgtasks.task_errors WHERE task_id=$1", tid
+    )
+    assert [tuple(e) for e in errors] == [(1, "e1")]
+
+
 async def test_heartbeat_extends_and_reports_lost(conn):
     a = await conn.fetchval("SELECT pgtasks.submit_task('t')")
     b = await conn.fetchval("SELECT pgtasks.submit_task('t')")

@@ -77,6 +77,25 @@ async def test_submit_get_list_and_pages(http: httpx.AsyncClient):
     assert isinstance(queues["q2"]["oldest_ready_age"], float)
 
 
+async def test_a_done_task_shows_its_last_attempt_and_list_items_carry_no_result(
+    http: httpx.AsyncClient, conn: asyncpg.Connection
+):
+    """Failed once, then DONE: no `error` on the task (the failure is in `errors`), and a
+    list item has no `result` rather than a `null` that reads as "no result"."""
+    tid = await conn.fetchval("SELECT pgtasks.submit_task('noop', max_retries => 1)")
+    claim = "SELECT lease_token FROM pgtasks.claim_tasks('w1', max_tasks => 1)"
+    await conn.execute("SELECT pgtasks.fail_task($1, $2, 'e1')", tid, await conn.fetchval(claim))
+    await conn.execute("UPDATE pgtasks.tasks SET run_at = now() WHERE id = $1", tid)
+    await conn.execute(
+        "SELECT pgtasks.finish_task($1, $2, '{\"n\": 1}')", tid, await conn.fetchval(claim)
+    )
+    detail = (await http.get(f"/api/tasks/{tid}")).json()
+    assert (detail["status"], detail["error"], detail["result"]) == ("DONE", None, {"n": 1})
+    assert [e["error"] for e in detail["errors"]] == ["e1"]
+    (item,) = (await http.get("/api/tasks")).json()["items"]
+    assert item["status"] == "DONE" and item["error"] is None and "result" not in item
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [

@@ -66,8 +66,11 @@ async def test_idle_wait_sleeps_until_the_next_scheduled_task(conn, pool, stats,
     gap = await p.idle_wait()
     assert gap is not None and 0 < gap <= 2.0
     p.burst = True
+    assert await p.idle_wait() is None  # burst mode: a task due later is not waited for
+    await conn.execute("SELECT pgtasks.submit_task('noop')")
+    assert await p.idle_wait() == 0  # one ready now is
     await conn.execute("DELETE FROM pgtasks.tasks")
-    assert await p.idle_wait() is None  # burst mode: nothing left at all
+    assert await p.idle_wait() is None  # nothing left at all
 
 
 async def test_a_task_ready_after_the_last_claim_is_claimed_without_a_poll(

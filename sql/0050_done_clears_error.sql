@@ -1,0 +1,206 @@
+-- A finished task shows the outcome of its last attempt: finish_task, finish_tasks and
+-- finish_and_claim clear `error` when they set DONE, so a task that failed, was retried and
+-- succeeded no longer carries the earlier attempt's error on its row (those errors stay in
+-- task_errors and the history). Replaced functions and a column comment only; DONE rows
+-- finished before this keep their error until retention prunes them.
+SET LOCAL search_path = pg_catalog, pgtasks, pg_temp;
+-- Bodies are checked when they first run, so a function may call one defined below.
+SET LOCAL check_function_bodies = off;
+-- Created by, and so owned by, pgtasks_owner.
+SET LOCAL ROLE pgtasks_owner;
+
+CREATE OR REPLACE FUNCTION pgtasks.finish_and_claim(worker_id text, task_ids bigint[], lease_tokens text[], results jsonb[], claim_max integer DEFAULT 0, queues text[] DEFAULT NULL::text[], lease interval DEFAULT NULL::interval, task_types text[] DEFAULT NULL::text[])
+ RETURNS TABLE(rejected_task_id bigint, id bigint, task_type text, params jsonb, queue text, priority integer, attempt integer, retry_count integer, max_retries integer, timeout interval, deadline timestamp with time zone, has_steps boolean, lease_token text, soft_deadline timestamp with time zone, traceparent text)
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+ SET lock_timeout TO '1s'
+AS $function$
+DECLARE
+    -- pgtasks.now() read once: called in a statement it runs once per row (its body reads
+    -- pgtasks.clock, so it is never inlined), which cost a claim or finish about 4 us per row.
+    now_ timestamptz := pgtasks.now();
+    picked bigint[];
+    lease_for interval;
+    seed bytea;
+    v pgtasks.worker_version_set;
+BEGIN
+    IF claim_max IS NULL OR claim_max < 0 THEN
+        RAISE EXCEPTION 'pgtasks: claim_max must be 0 or more, got %', coalesce(claim_max::text, 'NULL')
+            USING ERRCODE = 'PT115', HINT = 'Pass the number of free slots; 0 only finishes the batch.';
+    END IF;
+    PERFORM pgtasks.check_worker_id(worker_id);
+    lease_for := pgtasks.lease_or_default(lease);
+
+    -- The two-statement path, for the calls listed above this function.
+    IF claim_max = 0
+       OR EXISTS (SELECT 1 FROM (SELECT x.result, octet_length(x.result::text) AS size_bytes
+                                   FROM unnest(finish_and_claim.results) AS x(result) OFFSET 0) u,
+                                pgtasks.settings s
+                   WHERE u.size_bytes > s.max_result_bytes
+                      OR (u.size_bytes > 202 AND pgtasks.json_shape_error(u.result, u.size_bytes) IS NOT NULL))
+       OR EXISTS (SELECT 1 FROM pgtasks.tasks t
+                   WHERE t.id = ANY (finish_and_claim.task_ids) AND t.has_dependents)
+       OR EXISTS (SELECT 1 FROM pgtasks.unsettled_edges u WHERE u.parent_id = ANY (finish_and_claim.task_ids))
+       OR pgtasks.flow_control_in_use(queues) THEN
+        RETURN QUERY
+        SELECT f.rejected_task_id, NULL::bigint, NULL::text, NULL::jsonb, NULL::text, NULL::integer,
+               NULL::integer, NULL::integer, NULL::integer, NULL::interval, NULL::timestamptz, NULL::boolean,
+               NULL::text, NULL::timestamptz, NULL::text
+          FROM pgtasks.finish_tasks(task_ids, lease_tokens, results) f;
+        IF claim_max > 0 THEN
+            RETURN QUERY
+            SELECT NULL::bigint, c.* FROM pgtasks.claim_tasks(worker_id, queues, claim_max, lease, task_types) c;
+        END IF;
+        RETURN;
+    END IF;
+
+    -- One statement. finish_tasks checked the arrays itself; here they are checked before
+    -- anything is written, with the same message.
+    PERFORM pgtasks.check_batch('finish_tasks', task_ids, lease_tokens, results, with_results => true);
+
+    v := pgtasks.worker_versions(worker_id);
+    picked := pgtasks.pick_ready(queues, claim_max, task_types, v.served);
+    -- Claimed rows get their tokens as claim_tasks draws them (see there).
+    IF picked IS NOT NULL THEN
+        seed := uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid());
+    END IF;
+
+    -- Finishing rows carry their lease token (a stale one matches nothing, is neither
+    -- locked nor waited for, and comes back rejected, a NULL one too); picked rows are
+    -- ours, locked above. A task can be in both only if it went back to PENDING/COMMIT
+    -- since its attempt: then the claim takes it and the finish is rejected, as with two
+    -- statements.
+    RETURN QUERY
+    WITH work AS (
+        SELECT u.task_id, u.lease_token, u.result, true AS finishing
+          FROM unnest(finish_and_claim.task_ids, finish_and_claim.lease_tokens, finish_and_claim.results)
+                 AS u(task_id, lease_token, result)
+        UNION ALL
+        SELECT p.id, NULL::text, NULL::jsonb, false FROM unnest(picked) AS p(id)
+    ), changed AS (
+        UPDATE pgtasks.tasks t
+           SET status = CASE WHEN w.finishing THEN 'DONE' ELSE 'RUNNING' END::pgtasks.status,
+               result = w.result,
+               error = CASE WHEN w.finishing THEN NULL ELSE t.error END,
+               finished_at = CASE WHEN w.finishing THEN now_ END,
+               worker_id = CASE WHEN w.finishing THEN NULL ELSE finish_and_claim.worker_id END,
+               attempt = t.attempt + CASE WHEN w.finishing THEN 0 ELSE 1 END,
+               started_at = CASE WHEN w.finishing THEN t.started_at ELSE coalesce(t.started_at, now_) END,
+               deadline = CASE WHEN w.finishing THEN NULL ELSE now_ + t.timeout END,
+               lease_expires_at = CASE WHEN w.finishing THEN NULL
+                                       ELSE least(now_ + lease_for, now_ + t.timeout) END,
+               lease_token = CASE WHEN w.finishing THEN NULL
+                                  ELSE encode(sha256(seed || int8send(t.id)), 'hex') END,
+               code_version = CASE WHEN w.finishing THEN t.code_version
+                                   ELSE coalesce(t.code_version,
+                                                 v.run_versions[array_position(v.run_types, t.task_type)]) END,
+               progress_current = CASE WHEN w.finishing THEN coalesce(t.progress_total, t.progress_current)
+                                       ELSE t.progress_current END
+          FROM work w
+         WHERE t.id = w.task_id
+           AND (NOT w.finishing OR (t.lease_token = w.lease_token AND t.status = 'RUNNING'))
+        RETURNING w.finishing, w.lease_token AS given_token, t.id, t.task_type, t.params, t.queue,
+                  t.priority, t.attempt, t.retry_count, t.max_retries, t.timeout, t.deadline,
+                  NOT w.finishing AND t.attempt > 1
+                  AND EXISTS (SELECT 1 FROM pgtasks.task_steps s WHERE s.task_id = t.id) AS has_steps,
+                  t.run_at, t.lease_token,
+                  CASE WHEN NOT w.finishing THEN now_ + t.soft_timeout END AS soft_deadline,
+                  t.traceparent
+    )
+    SELECT r.rejected_task_id, NULL::bigint, NULL::text, NULL::jsonb, NULL::text, NULL::integer,
+           NULL::integer, NULL::integer, NULL::integer, NULL::interval, NULL::timestamptz, NULL::boolean,
+           NULL::text, NULL::timestamptz, NULL::text
+      FROM (SELECT w.task_id AS rejected_task_id FROM work w
+             WHERE w.finishing
+               AND NOT EXISTS (SELECT 1 FROM changed c
+                                WHERE c.finishing AND c.id = w.task_id AND c.given_token = w.lease_token)) r
+    UNION ALL
+    SELECT * FROM (
+        SELECT NULL::bigint, c.id, c.task_type, c.params, c.queue, c.priority, c.attempt, c.retry_count,
+               c.max_retries, c.timeout, c.deadline, c.has_steps, c.lease_token, c.soft_deadline, c.traceparent
+          FROM changed c
+         WHERE NOT c.finishing
+         ORDER BY c.priority DESC, c.run_at, c.id) cl;
+END $function$;
+CREATE OR REPLACE FUNCTION pgtasks.finish_task(task_id bigint, lease_token text, result jsonb DEFAULT NULL::jsonb)
+ RETURNS void
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+ SET lock_timeout TO '1s'
+AS $function$
+BEGIN
+    PERFORM pgtasks.lock_owned_task(task_id, lease_token);
+    PERFORM pgtasks.check_result_size(result, 'result');
+    UPDATE pgtasks.tasks t
+       SET status = 'DONE', result = finish_task.result, error = NULL, finished_at = pgtasks.now(),
+           worker_id = NULL, lease_expires_at = NULL, deadline = NULL, lease_token = NULL,
+           progress_current = coalesce(t.progress_total, t.progress_current)
+     WHERE t.id = finish_task.task_id;
+END $function$;
+CREATE OR REPLACE FUNCTION pgtasks.finish_tasks(task_ids bigint[], lease_tokens text[], results jsonb[])
+ RETURNS TABLE(rejected_task_id bigint)
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
+ SET lock_timeout TO '1s'
+AS $function$
+DECLARE
+    -- pgtasks.now() read once: called in a statement it runs once per row (its body reads
+    -- pgtasks.clock, so it is never inlined), which cost a claim or finish about 4 us per row.
+    now_ timestamptz := pgtasks.now();
+    max_bytes integer := (SELECT s.max_result_bytes FROM pgtasks.settings s);
+    big bigint[];
+    o record;
+BEGIN
+    PERFORM pgtasks.check_batch('finish_tasks', task_ids, lease_tokens, results, with_results => true);
+    -- Sizes first, from the arguments alone: the common batch has no oversized result and
+    -- reads no table here.
+    SELECT array_agg(u.ord) INTO big
+      FROM (SELECT x.result, x.ord, octet_length(x.result::text) AS size_bytes
+              FROM unnest(finish_tasks.results) WITH ORDINALITY AS x(result, ord) OFFSET 0) u
+     WHERE u.size_bytes > max_bytes
+        OR (u.size_bytes > 202 AND pgtasks.json_shape_error(u.result, u.size_bytes) IS NOT NULL);
+    IF big IS NOT NULL THEN
+        FOR o IN
+            SELECT k AS task, octet_length(u.result::text) AS size_bytes, u.result
+              FROM unnest(finish_tasks.task_ids, finish_tasks.lease_tokens, finish_tasks.results)
+                     WITH ORDINALITY AS u(task_id, lease_token, result, ord)
+              JOIN pgtasks.tasks k ON k.id = u.task_id AND k.lease_token = u.lease_token AND k.status = 'RUNNING'
+             WHERE u.ord = ANY (big)
+               FOR NO KEY UPDATE OF k
+        LOOP
+            -- Now FAILED, so the UPDATE below (RUNNING rows only) leaves it and reports it.
+            PERFORM pgtasks.record_failure(
+                o.task, CASE WHEN o.size_bytes > max_bytes
+                             THEN pg_catalog.format('pgtasks: result of %s bytes is larger than max_result_bytes (%s)',
+                                                    o.size_bytes, max_bytes)
+                             ELSE pg_catalog.format('pgtasks: result not accepted: %s, which clients cannot decode',
+                                                    pgtasks.json_shape_error(o.result, o.size_bytes)) END,
+                NULL, false, NULL);
+        END LOOP;
+    END IF;
+
+    RETURN QUERY
+    -- The token is compared in the UPDATE's own WHERE clause: a row it does not match is
+    -- neither locked nor waited for. RETURNING names the token that matched (the row's
+    -- own is cleared), so a task listed twice with two tokens is finished once and its
+    -- other entry rejected.
+    WITH batch AS (
+        SELECT * FROM unnest(finish_tasks.task_ids, finish_tasks.lease_tokens, finish_tasks.results)
+                   AS u(task_id, lease_token, result)
+    ), done AS (
+        UPDATE pgtasks.tasks t
+           SET status = 'DONE', result = batch.result, error = NULL, finished_at = now_,
+               worker_id = NULL, lease_expires_at = NULL, deadline = NULL, lease_token = NULL,
+               progress_current = coalesce(t.progress_total, t.progress_current)
+          FROM batch
+         WHERE t.id = batch.task_id AND t.lease_token = batch.lease_token AND t.status = 'RUNNING'
+        RETURNING t.id, batch.lease_token AS token
+    )
+    -- NOT EXISTS, not NOT IN: a NULL token must come back rejected (see heartbeat).
+    SELECT batch.task_id FROM batch
+     WHERE NOT EXISTS (SELECT 1 FROM done d WHERE d.id = batch.task_id AND d.token = batch.lease_token);
+END $function$;
+COMMENT ON COLUMN pgtasks.tasks.error IS 'The last failure (FAILED, or an attempt to be retried; NULL once DONE, the earlier attempts'' errors are in task_errors); for a task cancelled by its workflow or a parent, why.';
