@@ -381,6 +381,7 @@ class Client:
         concurrency_limit: None = None,
         depends_on: None = None,
         on_parent_failure: None = None,
+        idempotency_key: None = None,
     ) -> SubmittedWorkflow: ...
 
     @overload
@@ -403,6 +404,7 @@ class Client:
         concurrency_limit: int | None = None,
         depends_on: Sequence[int] | None = None,
         on_parent_failure: Literal["cancel", "run"] | None = None,
+        idempotency_key: str | None = None,
     ) -> SubmitResult: ...
 
     async def submit(
@@ -424,6 +426,7 @@ class Client:
         concurrency_limit: int | None = None,
         depends_on: Sequence[int] | None = None,
         on_parent_failure: Literal["cancel", "run"] | None = None,
+        idempotency_key: str | None = None,
     ) -> SubmitResult | SubmittedWorkflow:
         """Enqueue one task. `task` is a type name or a registered task.
 
@@ -440,9 +443,19 @@ class Client:
         a `unique_for` window) and that task's id came back instead. Keys default to what
         the type's @task_register(unique=..., concurrency_key=...) derives from params.
 
+        `idempotency_key` makes a submit safe to send again (after an error whose commit
+        may have landed, a failover say): it is the task's unique_key, so a second submit
+        of the same type and key returns the first task's id with `.created` False. Pass
+        `unique_for` longer than your retries can take, or the key is free again once the
+        task has finished (docs/reliability.md).
+
         `connection` joins your transaction: an asyncpg connection, or a SQLAlchemy
         AsyncConnection / AsyncSession on asyncpg. Roll back and the task never existed.
         """
+        if idempotency_key is not None:
+            if unique_key is not None:
+                raise PgTasksError("idempotency_key is the task's unique_key: pass only one")
+            unique_key = idempotency_key
         if isinstance(task, Node):
             given = (
                 params, queue, priority, run_at, delay, max_retries, timeout, soft_timeout,

@@ -48,6 +48,23 @@ async def test_submit_inside_callers_transaction(dsn):
         assert [t.id for t in await c.list_tasks()] == [kept]
 
 
+async def test_submit_sent_again_with_its_idempotency_key_gives_the_same_task(dsn):
+    """A producer that resends a submit (its first answer lost) gets one task, also once
+    that task has finished, while the key's unique_for window lasts."""
+    async with Client(dsn) as c:
+        first = await c.submit("noop", {"n": 1}, idempotency_key="order-7", unique_for=3600)
+        again = await c.submit("noop", {"n": 1}, idempotency_key="order-7", unique_for=3600)
+        assert (first.created, again.created, again) == (True, False, first)
+        await c.cancel(first)  # finished: only the window holds the key now
+        late = await c.submit("noop", {"n": 1}, idempotency_key="order-7", unique_for=3600)
+        assert (late, late.created) == (first, False)
+        other = await c.submit("noop", {"n": 1}, idempotency_key="order-8", unique_for=3600)
+        assert other.created and other != first
+        assert len(await c.list_tasks()) == 2
+        with pytest.raises(PgTasksError, match="pass only one"):
+            await c.submit("noop", idempotency_key="a", unique_key="b")
+
+
 async def test_bad_input_raises_typed_error_and_inserts_nothing(dsn):
     async with Client(dsn) as c:
         with pytest.raises(InvalidArgument) as info:

@@ -289,7 +289,9 @@ class Worker:
         await retrying("register task types", upsert, self._stopping)
 
     def _wire(self, url: str) -> list[Any]:
-        writer = TaskWriter(self._pool("writes"), max_log_bytes=self._max_log_bytes)
+        writer = TaskWriter(
+            self._pool("writes"), max_log_bytes=self._max_log_bytes, lease=self.lease
+        )
         self._writer = writer
         runner = Runner(self.executor)
         types = {s.name: s for s in self.registry}

@@ -12,11 +12,16 @@ Every call is fenced by the attempt's lease token and raises LeaseLost once the 
 longer ours. A call that met the task's row locked by another session for longer than the
 SQL function's lock_timeout (asyncpg.LockNotAvailableError, a transient error) is tried
 again: the row comes free, or the attempt ends and the call raises LeaseLost.
+A call that lost its connection (a killed backend, a restart, a failover) is tried again on
+a fresh one for as long as the lease can still hold: a result or checkpoint already
+computed is not thrown away for an outage shorter than the lease. Past the lease the
+database refuses the write through the lease token, so retrying longer would gain nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -24,14 +29,20 @@ from typing import Any, TypeVar
 import asyncpg
 
 from pgtasks import queries
-from pgtasks.db import translated
+from pgtasks.db import TRANSIENT, translated
 
 T = TypeVar("T")
+
+log = logging.getLogger("pgtasks.worker")
 
 Line = tuple[str, str, str | None, datetime]  # level, message, logger, at
 
 #: Longest pause between tries of a fenced call that met a locked row.
 BUSY_RETRY_MAX_S = 2.0
+
+#: Longest pause between tries of a write that lost its connection: a failover promotes a
+#: replica in a few seconds, so waking each second keeps the first write on it prompt.
+OUTAGE_RETRY_MAX_S = 1.0
 
 
 async def while_busy(call: Callable[[], Awaitable[T]]) -> T:
@@ -134,9 +145,13 @@ def clip(text: str | None, max_bytes: int | None) -> str | None:
 
 
 class TaskWriter:
-    def __init__(self, pool: asyncpg.Pool, *, max_log_bytes: int | None = None) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, *, max_log_bytes: int | None = None, lease: float | None = None
+    ) -> None:
         self.pool = pool
         self.max_log_bytes = max_log_bytes
+        self.lease = lease  # seconds; how long writes are retried through lost connections
+        self.outage_retries = 0  # writes sent again after a lost connection, for tests and stats
         self.progress_writes = Coalescer(
             pool,
             (queries.REPORT_PROGRESS_MANY, _columns),
@@ -145,6 +160,36 @@ class TaskWriter:
         self.log_writes = Coalescer(
             pool, (queries.LOG_MANY_TASKS, _log_rows), (queries.LOG_MANY, _log_one)
         )
+
+    async def _through_outages(self, call: Callable[[], Awaitable[T]]) -> T:
+        """`call()`, tried again through lost connections for `self.lease` seconds.
+
+        An outage that also cuts the lease keeper ends the lease at most `lease` seconds
+        after the first failure; past that the database would refuse the write anyway (the
+        lease token fences it), so the error is raised. A lease the keeper finds lost stops
+        the attempt sooner, cancelling this wait. A write whose commit succeeded but whose
+        answer was lost is sent again: checkpoints are upserts, a log batch may repeat.
+        No lease known (None): the first error is raised."""
+        loop = asyncio.get_running_loop()
+        give_up_at: float | None = None
+        delay = 0.05
+        while True:
+            try:
+                return await call()
+            except TRANSIENT as exc:
+                now = loop.time()
+                if self.lease is None:
+                    raise
+                if give_up_at is None:
+                    give_up_at = now + self.lease
+                    log.info(
+                        "task write lost its connection (%s); retrying while the lease holds", exc
+                    )
+                if now + delay >= give_up_at:
+                    raise
+                self.outage_retries += 1
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, OUTAGE_RETRY_MAX_S)
 
     async def steps(self, task_id: int, lease_token: str) -> list[tuple[str, Any, datetime]]:
         async with translated():
@@ -162,8 +207,10 @@ class TaskWriter:
 
     async def checkpoint(self, task_id: int, lease_token: str, name: str, value: Any) -> None:
         async with translated():
-            await while_busy(
-                lambda: self.pool.execute(queries.CHECKPOINT, task_id, lease_token, name, value)
+            await self._through_outages(
+                lambda: while_busy(
+                    lambda: self.pool.execute(queries.CHECKPOINT, task_id, lease_token, name, value)
+                )
             )
 
     async def wait_for_event(
@@ -185,13 +232,15 @@ class TaskWriter:
             limit = self.max_log_bytes
             if limit is not None:
                 lines = [(lv, clip(msg, limit) or "", lg, at) for lv, msg, lg, at in lines]
-            await self.log_writes.write((task_id, lease_token, lines))
+            item = (task_id, lease_token, lines)
+            await self._through_outages(lambda: self.log_writes.write(item))
 
     async def progress(
         self, task_id: int, lease_token: str, current: int, total: int | None, message: str | None
     ) -> None:
         message = clip(message, self.max_log_bytes)
-        await self.progress_writes.write((task_id, lease_token, current, total, message))
+        item = (task_id, lease_token, current, total, message)
+        await self._through_outages(lambda: self.progress_writes.write(item))
 
 
 def _settle(fut: asyncio.Future[None], exc: BaseException | None) -> None:
