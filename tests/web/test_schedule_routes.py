@@ -3,6 +3,8 @@ resume, delete, through pgtasks.create_schedule and its siblings against a real 
 
 from __future__ import annotations
 
+import re
+
 import httpx
 
 from pgtasks import Client
@@ -121,3 +123,16 @@ async def test_a_method_the_action_route_does_not_take_is_405_not_a_schedule(dsn
         r = await http.post("/api/schedules/x/pause/pause")
         assert r.status_code == 404, r.text
         assert (await http.post("/api/schedules/x%2Fpause/pause")).json()["paused"] is True
+
+
+async def test_the_schedules_page_deletes_through_the_route(dsn):
+    async with Client(dsn) as c:
+        await c.create_schedule("a/b", "noop", every=3600)
+    async with api(dsn) as http:
+        page = (await http.get("/schedules")).text
+        button = re.search(r'<button[^>]*data-method="DELETE"[^>]*>Delete</button>', page)
+        assert button, page
+        url = re.search(r'data-url="([^"]+)"', button.group(0)).group(1)
+        assert url == "/api/schedules/a%2Fb"
+        assert (await http.request("DELETE", url)).status_code == 204
+        assert "No schedule" in (await http.get("/schedules")).text
