@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -441,6 +442,22 @@ def test_tasks_schedules_and_workflows_pages(dsn, served, page):
     page.get_by_role("button", name="Delete").click()
     expect(page.locator("main")).to_contain_text("No schedule")
     assert sql(dsn, "SELECT count(*) FROM pgtasks.schedules") == 0
+    form = page.get_by_role("form", name="Create or replace a schedule")
+    form.get_by_label("name").fill("hourly/report")
+    form.get_by_label("task type").fill("dash_quick")
+    form.get_by_label("or every (seconds)").fill("3600")
+    form.get_by_role("button", name="Save schedule").click()
+    expect(page.locator("#flash")).to_contain_text("Schedule hourly/report saved")
+    assert sql(dsn, "SELECT every FROM pgtasks.schedules WHERE name = 'hourly/report'") == (
+        timedelta(hours=1)
+    )
+    form = page.get_by_role("form", name="Create or replace a schedule")
+    form.get_by_label("name").fill("hourly/report")
+    form.get_by_label("task type").fill("dash_quick")
+    form.get_by_label("cron").fill("61 * * * *")
+    form.get_by_role("button", name="Save schedule").click()
+    expect(page.locator("#flash")).to_contain_text("Refused:")
+    assert sql(dsn, "SELECT cron FROM pgtasks.schedules WHERE name = 'hourly/report'") is None
     page.goto(f"{served}/workflows")
     expect(page.locator("main")).to_contain_text("No workflow yet")
     shoot(page, "workflows")
