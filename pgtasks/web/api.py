@@ -6,11 +6,15 @@ SQL call. The API holds no logic of its own; the database decides and says why."
 
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response, Security
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic.config import JsonDict
+from starlette.routing import Match
+from starlette.types import Scope
 
 from pgtasks.client import (
     STATUSES,
@@ -280,6 +284,44 @@ class ScheduleState(BaseModel):
     task_id: int | None = None
 
 
+#: Exactly one of cron and every_s (the database says so too, PT404).
+_CRON_OR_EVERY: JsonDict = {"allOf": [_not_both("cron", "every_s"), _any_of("cron", "every_s")]}
+
+
+class ScheduleSpec(BaseModel):
+    """PUT /schedules/{name}: the whole definition, as `pgtasks schedules add` takes it
+    (pgtasks.create_schedule). Exactly one of `cron` and `every_s`; durations in seconds.
+    The database checks the rest (cron syntax, time zone, every >= its floor, catch_up and
+    misfire_grace ranges) and refuses with its PT4xx code; nothing is written then."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_CRON_OR_EVERY)
+
+    task_type: Name
+    #: Five fields, in `timezone`, e.g. "0 6 * * *".
+    cron: Annotated[str, Field(min_length=1, max_length=255, pattern=NO_NUL)] | None = None
+    #: A fixed interval in seconds; ticks are multiples of it since the Unix epoch.
+    every_s: Duration | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    #: None: the type's registered queue, else the deployment's default.
+    queue: Name | None = None
+    priority: Int32 | None = None
+    #: An IANA time zone name (pg_timezone_names), for cron.
+    timezone: Name = "UTC"
+    overlap: Literal["allow", "skip", "cancel_previous"] = "allow"
+    #: Run the ticks missed in this many seconds back; 0: only the latest.
+    catch_up_s: Delay = 0
+    #: A tick found later than this many seconds is skipped and counted; None: never.
+    misfire_grace_s: Duration | None = None
+
+
+class NewSchedule(ScheduleSpec):
+    """POST /schedules: a definition with its name."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_CRON_OR_EVERY)
+
+    name: Name
+
+
 # Durations as seconds, like every other duration of the API: pydantic writes a timedelta
 # as ISO 8601 ("PT0.0029S"), which the `duration` format it documents (RFC 3339, whole
 # seconds) does not allow.
@@ -305,6 +347,12 @@ class TaskFull(TaskDetail):
     model_config = ConfigDict(ser_json_timedelta="float")
 
 
+def _in_seconds(row: dict[str, Any]) -> dict[str, Any]:
+    """A row with its intervals as seconds, like every other duration of the API (a
+    timedelta in a plain dict would be written as ISO 8601, "PT1H")."""
+    return {k: v.total_seconds() if isinstance(v, timedelta) else v for k, v in row.items()}
+
+
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: {"model": ErrorResponse} for s in statuses}
 
@@ -322,6 +370,21 @@ CONFLICT = _errors(409)
 bearer = HTTPBearer(auto_error=False, scheme_name="bearer", description="PGTASKS_API_TOKEN")
 
 
+def _one_segment(scope: Scope, params: dict[str, Any]) -> bool:
+    """Whether each name in the path came as one segment, its "/" sent as %2F.
+
+    A `{name:path}` parameter would also take a literal "/", so `PUT /schedules/x/pause`
+    would replace a schedule named "x/pause" instead of being refused by the pause route,
+    which only takes POST. Decoding turns %2F into "/", so the raw path holds exactly the
+    route's own slashes when no name held a literal one. Without a raw path (it is
+    optional in ASGI) the decoded match stands."""
+    raw = scope.get("raw_path")
+    if not isinstance(raw, bytes):
+        return True
+    held = sum(v.count("/") for v in params.values() if isinstance(v, str))
+    return raw.count(b"/") == str(scope["path"]).count("/") - held
+
+
 def _route_class(settings: WebSettings) -> type[ErrorRoute]:
     """The router's route class: each route checks the token (GET and HEAD are reads, the
     rest writes) before FastAPI reads or validates anything, so an unauthenticated request
@@ -330,6 +393,12 @@ def _route_class(settings: WebSettings) -> type[ErrorRoute]:
     open_reads = settings.api_open_reads
 
     class ApiRoute(ErrorRoute):
+        def matches(self, scope: Scope) -> tuple[Match, Scope]:
+            match, child = super().matches(scope)
+            if match is not Match.NONE and not _one_segment(scope, child.get("path_params", {})):
+                return Match.NONE, {}
+            return match, child
+
         def authorize(self, request: Request) -> None:
             if token is None or (open_reads and request.method in ("GET", "HEAD")):
                 return
@@ -523,8 +592,9 @@ def router(
 
     @api.get("/schedules", dependencies=read)
     async def schedules(c: C) -> list[dict[str, Any]]:
-        """Every schedule with its next run and last task (pgtasks.schedules)."""
-        return await c.schedules()
+        """Every schedule with its next run and last task (pgtasks.schedules); every,
+        catch_up and misfire_grace in seconds."""
+        return [_in_seconds(r) for r in await c.schedules()]
 
     # -- what the workers are running (pgtasks.active_tasks) -------------------------------
 
@@ -571,6 +641,46 @@ def router(
         )
         rows = [r for r in await c.queues() if r["queue"] == queue]
         return rows[0] if rows else {"queue": queue}
+
+    async def save_schedule(c: Client, name: str, spec: ScheduleSpec) -> dict[str, Any]:
+        def seconds(value: float | None) -> timedelta | None:
+            return None if value is None else timedelta(seconds=value)
+
+        await c.create_schedule(
+            name,
+            spec.task_type,
+            cron=spec.cron,
+            every=seconds(spec.every_s),
+            params=spec.params,
+            queue=spec.queue,
+            priority=spec.priority,
+            timezone=spec.timezone,
+            overlap=spec.overlap,
+            catch_up=timedelta(seconds=spec.catch_up_s),
+            misfire_grace=seconds(spec.misfire_grace_s),
+        )
+        rows = [_in_seconds(r) for r in await c.schedules() if r["name"] == name]
+        return rows[0] if rows else {"name": name}
+
+    @api.post("/schedules", status_code=201, dependencies=write)
+    async def create_schedule(c: C, body: NewSchedule, response: Response) -> dict[str, Any]:
+        """Create a schedule, or replace the one of that name (as `pgtasks schedules add`
+        does); 201 with its row (pgtasks.schedules). A changed timing fires from now on."""
+        response.headers["Location"] = f"schedules/{quote(body.name, safe='')}"
+        return await save_schedule(c, body.name, body)
+
+    @api.put("/schedules/{name:path}", dependencies=write)
+    async def put_schedule(c: C, name: PathName, body: ScheduleSpec) -> dict[str, Any]:
+        """Create or replace schedule `name` with this whole definition; its row. Pausing
+        is left as it is; a changed timing fires from now on (no backfill)."""
+        return await save_schedule(c, name, body)
+
+    @api.delete("/schedules/{name:path}", status_code=204, response_class=Response,
+                dependencies=write)  # fmt: skip
+    async def delete_schedule(c: C, name: PathName) -> Response:
+        """Drop the schedule; the tasks it enqueued stay. 404 (PT407) for none."""
+        await c.drop_schedule(name)
+        return Response(status_code=204)
 
     @api.post("/schedules/{name:path}/pause", dependencies=write)
     async def pause_schedule(c: C, name: PathName) -> ScheduleState:

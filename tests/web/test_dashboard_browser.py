@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -190,6 +191,28 @@ def fits_the_phone(page: Page, name: str) -> None:
         }"""
     )
     assert width[0] <= width[1] + 1, f"{name} at {PHONE['width']} px: {width}, too wide: {wider}"
+
+
+def statuses_are_whole_on_the_phone(page: Page, selector: str) -> None:
+    """At phone width, each status (`selector`) is inside the screen as its table first
+    shows it, not cut by the table's sideways scroll ("✓ DON") nor pushed past the edge."""
+    page.set_viewport_size(PHONE)
+    try:
+        cut = page.evaluate(
+            """(sel) => {
+                const w = document.documentElement.clientWidth;
+                const els = [...document.querySelectorAll(sel)];
+                if (!els.length) return ['none found'];
+                return els.filter(e => {
+                    const r = e.getBoundingClientRect();
+                    return r.left < 0 || r.right > w || e.scrollWidth > e.clientWidth + 1;
+                }).map(e => e.textContent.trim());
+            }""",
+            selector,
+        )
+        assert not cut, f"statuses cut at {PHONE['width']} px: {cut}"
+    finally:
+        page.set_viewport_size(DESKTOP)
 
 
 def keyboard_reaches_every_action(page: Page) -> None:
@@ -388,11 +411,17 @@ def test_pause_and_resume_a_queue_from_the_keyboard(dsn, served, page):
 
 
 def test_tasks_schedules_and_workflows_pages(dsn, served, page):
-    submit_many(dsn, "dash_quick", 5)
+    # A long queue name that cannot wrap: the columns before a status must not push it off a
+    # phone's screen (it was cut so, at 390 px, when status came after type and queue).
+    submit_many(dsn, "dash_quick", 5, queue="transactional_mail_eu_west")
+    # And a long error: its column does not wrap, so the table is wider than the phone.
+    sql(dsn, "WITH u AS (UPDATE pgtasks.tasks SET error = repeat('connection refused ', 20) "
+             "RETURNING 1) SELECT count(*) FROM u")  # fmt: skip
     sql(dsn, "SELECT pgtasks.create_schedule(name => 'nightly-report', task_type => "
              "'dash_quick', cron => '0 3 * * *')")  # fmt: skip
     page.goto(f"{served}/tasks")
     expect(page.locator("table.tasks tbody tr")).to_have_count(5)
+    statuses_are_whole_on_the_phone(page, "table.tasks .badge")
     keyboard_reaches_every_action(page)
     page.get_by_label("id or text").fill("dash_quick")
     page.get_by_label("id or text").press("Enter")
@@ -402,7 +431,33 @@ def test_tasks_schedules_and_workflows_pages(dsn, served, page):
     keyboard_reaches_every_action(page)
     page.get_by_role("button", name="Run now").click()
     expect(page.locator("#flash")).to_contain_text("enqueued task")
+    page.reload()
+    statuses_are_whole_on_the_phone(page, "table.grid tbody td:nth-child(2), table.grid .badge")
     shoot(page, "schedules")
+    page.get_by_role("button", name="Pause").click()
+    expect(page.locator("table.grid tbody")).to_contain_text("paused")
+    assert sql(dsn, "SELECT paused FROM pgtasks.schedules WHERE name = 'nightly-report'") is True
+    page.get_by_role("button", name="Resume").click()
+    expect(page.locator("table.grid tbody")).to_contain_text("active")
+    page.get_by_role("button", name="Delete").click()
+    expect(page.locator("main")).to_contain_text("No schedule")
+    assert sql(dsn, "SELECT count(*) FROM pgtasks.schedules") == 0
+    form = page.get_by_role("form", name="Create or replace a schedule")
+    form.get_by_label("name").fill("hourly/report")
+    form.get_by_label("task type").fill("dash_quick")
+    form.get_by_label("or every (seconds)").fill("3600")
+    form.get_by_role("button", name="Save schedule").click()
+    expect(page.locator("#flash")).to_contain_text("Schedule hourly/report saved")
+    assert sql(dsn, "SELECT every FROM pgtasks.schedules WHERE name = 'hourly/report'") == (
+        timedelta(hours=1)
+    )
+    form = page.get_by_role("form", name="Create or replace a schedule")
+    form.get_by_label("name").fill("hourly/report")
+    form.get_by_label("task type").fill("dash_quick")
+    form.get_by_label("cron").fill("61 * * * *")
+    form.get_by_role("button", name="Save schedule").click()
+    expect(page.locator("#flash")).to_contain_text("Refused:")
+    assert sql(dsn, "SELECT cron FROM pgtasks.schedules WHERE name = 'hourly/report'") is None
     page.goto(f"{served}/workflows")
     expect(page.locator("main")).to_contain_text("No workflow yet")
     shoot(page, "workflows")

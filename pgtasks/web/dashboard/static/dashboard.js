@@ -145,6 +145,26 @@
     });
   }
 
+  // The whole definition, as PUT /schedules/{name} takes it: the database checks it (cron,
+  // time zone, the every floor) and its refusal is flashed with its hint.
+  for (const form of $$("form[data-schedule]")) {
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const field = (name) => form.elements[name].value.trim();
+      const text = (name) => field(name) || null;
+      const name = field("name");
+      try {
+        await call("PUT", form.dataset.url + encodeURIComponent(name), {
+          task_type: text("task_type"), cron: text("cron"), timezone: text("timezone") || "UTC",
+          every_s: field("every_s") === "" ? null : Number(field("every_s")), queue: text("queue"),
+        });
+        after(`Schedule ${name} saved.`, true);
+      } catch (e) {
+        if (e.message !== "unauthorized") flash(`Refused: ${e.message}`, true);
+      }
+    });
+  }
+
   function liveState(on) {
     for (const el of $$("[data-live-state]")) {
       el.textContent = on ? "live" : "reconnecting…";
