@@ -136,3 +136,9 @@ _.add_arguments
 # status frame (read by the stream's clients, set through model_construct).
 _.prometheus
 _.transition
+
+# The schedule write routes (FastAPI calls them) and the writer's count of writes sent again
+# after a lost connection (read by tests/test_reliability.py).
+_.put_schedule
+_.delete_schedule
+_.outage_retries
