@@ -458,6 +458,25 @@ def test_tasks_schedules_and_workflows_pages(dsn, served, page):
     form.get_by_role("button", name="Save schedule").click()
     expect(page.locator("#flash")).to_contain_text("Refused:")
     assert sql(dsn, "SELECT cron FROM pgtasks.schedules WHERE name = 'hourly/report'") is None
+    # Edit fills the form with the whole definition: changing the cron keeps the rest.
+    sql(dsn, "SELECT pgtasks.create_schedule(name => 'tuned', task_type => 'dash_quick', "
+             "cron => '0 4 * * *', timezone => 'Europe/Paris', params => '{\"k\": [1, \"x\"]}', "
+             "priority => 7, overlap => 'skip', catch_up => interval '2 hours', "
+             "misfire_grace => interval '90 seconds')")  # fmt: skip
+    page.reload()
+    page.get_by_role("button", name="Edit tuned").click()
+    form = page.get_by_role("form", name="Create or replace a schedule")
+    expect(form.get_by_label("name")).to_have_value("tuned")
+    expect(form.get_by_label("overlap")).to_have_value("skip")
+    form.get_by_label("cron").fill("30 5 * * *")
+    form.get_by_role("button", name="Save schedule").click()
+    expect(page.locator("#flash")).to_contain_text("Schedule tuned saved")
+    kept = sql(dsn, "SELECT row(cron, timezone, params, priority, overlap, catch_up, "
+                    "misfire_grace, task_type)::text FROM pgtasks.schedules "
+                    "WHERE name = 'tuned'")  # fmt: skip
+    assert kept == (
+        '("30 5 * * *",Europe/Paris,"{""k"": [1, ""x""]}",7,skip,02:00:00,00:01:30,dash_quick)'
+    )
     page.goto(f"{served}/workflows")
     expect(page.locator("main")).to_contain_text("No workflow yet")
     shoot(page, "workflows")
