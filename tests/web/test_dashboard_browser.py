@@ -311,6 +311,27 @@ def test_running_task_streams_progress_and_logs_then_cancel(dsn, served, page, f
     )
 
 
+def test_send_an_event_then_the_refusal_once_the_task_ended(dsn, served, page):
+    task_id = submit(served, "dash_quick", queue="no-worker")
+    # No live stream: the page must not reload itself when the task ends below.
+    page.route("**/stream/**", lambda route: route.abort())
+    page.goto(f"{served}/tasks/{task_id}")
+    form = page.get_by_role("form", name=f"Send an event to task {task_id}")
+    form.get_by_label("event name").fill("approved")
+    form.get_by_label("payload").fill("{not json")
+    form.get_by_role("button", name="Send event").click()
+    expect(page.locator("#flash")).to_contain_text("the payload is not JSON")
+    form.get_by_label("payload").fill('{"by": "ann"}')
+    form.get_by_role("button", name="Send event").click()
+    expect(page.locator("#flash")).to_contain_text(f"Event approved sent to task {task_id}")
+    expect(page.locator("main")).to_contain_text('"by": "ann"')
+    sql(dsn, "SELECT pgtasks.cancel_task(%s)", task_id)
+    form.get_by_label("event name").fill("late")
+    form.get_by_role("button", name="Send event").click()
+    expect(page.locator("#flash")).to_contain_text("Refused: PT128: ")
+    expect(page.locator("#flash")).to_contain_text("(Send events to a task before it ends")
+
+
 def test_failed_task_traceback_retry_goes_done(dsn, served, page, fleet):
     worker(fleet)
     task_id = submit(served, "dash_flaky", max_retries=0)

@@ -79,7 +79,7 @@
     }
     if (!r.ok) {
       const e = (data && data.error) || {};
-      throw new Error(`${e.message || r.statusText}${e.hint ? ` (${e.hint})` : ""}`);
+      throw new Error(`${e.code ? `${e.code}: ` : ""}${e.message || r.statusText}${e.hint ? ` (${e.hint})` : ""}`);
     }
     return data;
   }
@@ -203,6 +203,30 @@
       if (e.message !== "unauthorized") flash(`Refused: ${e.message}`, true);
     }
   });
+
+  // An event to a task (POST /tasks/{id}/events/{name}), the payload as typed (none:
+  // null). A task waiting for it runs again; the database refuses one that has ended.
+  for (const form of $$("form[data-send-event]")) {
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const name = form.elements.event.value.trim();
+      const raw = form.elements.payload.value.trim();
+      let payload;
+      try {
+        payload = raw === "" ? undefined : JSON.parse(raw);
+      } catch (e) {
+        flash(`Refused: the payload is not JSON (${e.message})`, true);
+        return;
+      }
+      try {
+        const data = await call("POST", form.dataset.url + encodeURIComponent(name), payload);
+        after(data.delivered ? `Event ${name} sent to task ${data.id}.`
+          : `Task ${data.id} already had event ${name}; the first is kept.`, true);
+      } catch (e) {
+        if (e.message !== "unauthorized") flash(`Refused: ${e.message}`, true);
+      }
+    });
+  }
 
   function liveState(on) {
     for (const el of $$("[data-live-state]")) {
