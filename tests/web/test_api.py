@@ -205,6 +205,23 @@ async def test_a_unique_key_returns_the_active_task(http):
     assert again.json() == {"id": first.json()["id"], "created": False}
 
 
+async def test_an_idempotency_key_is_the_tasks_unique_key(http):
+    body = {"task_type": "noop", "idempotency_key": "order-7"}
+    first = await http.post("/api/tasks", json=body)
+    assert first.status_code == 201 and first.json()["created"] is True
+    again = await http.post("/api/tasks", json=body)
+    assert again.status_code == 200
+    assert again.json() == {"id": first.json()["id"], "created": False}
+    found = await http.get("/api/tasks", params={"unique_key": "order-7"})
+    assert [t["id"] for t in found.json()["items"]] == [first.json()["id"]]
+    for extra in ({"unique_key": "order-7"}, {"depends_on": [first.json()["id"]]}):
+        r = await http.post("/api/tasks", json={**body, **extra})
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["code"] == "invalid_request", r.json()
+    r = await http.post("/api/tasks", json={"task_type": "noop", "idempotency_key": ""})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
+
+
 async def test_auth_closes_writes_and_reads_unless_opened(dsn):
     bearer = {"Authorization": f"Bearer {TOKEN}"}
     async with api(dsn, api_token=TOKEN) as h:
