@@ -413,9 +413,15 @@ async def test_the_stream_reports_every_transition_however_brief(dsn, conn, http
     task, they were lost: the stream went from PENDING to DONE."""
     tid = await conn.fetchval("SELECT pgtasks.submit_task('brief', '{}', max_retries => 3)")
     stream = asyncio.create_task(http.get(f"/api/tasks/{tid}/events"))
-    # The stream has read its first state once it watches the task (watch_task, then the read).
+    # The stream watches the task (watch_task), then reads its first state in a transaction
+    # of its own: it has read it once its backend, a watcher of the task, committed since.
+    # Claiming before that read would make RUNNING the first state, not a change.
     while not await conn.fetchval(
-        "SELECT count(*) FROM pgtasks.task_waiters WHERE task_id = $1", tid
+        """SELECT EXISTS (SELECT 1 FROM pgtasks.task_waiters w
+                            JOIN pg_stat_activity a ON a.pid = w.pid
+                           WHERE w.task_id = $1 AND a.state = 'idle'
+                             AND a.query ILIKE 'COMMIT%')""",
+        tid,
     ):
         assert not stream.done(), stream.result().text
         await asyncio.sleep(0.01)
