@@ -1,5 +1,5 @@
 -- pgtasks: no-transaction
--- Claims of one task type, first step: the index they walk, built before 0057 gives
+-- Claims of one task type, first step: the index they walk, built before 0047 gives
 -- pick_ready the statement that uses it. tasks_claimable_type holds ready tasks only, type
 -- first, then the claim order and the queue, so a worker of one type reads only its type's
 -- rows, whatever the backlog of others. Concurrently: a plain build would block every

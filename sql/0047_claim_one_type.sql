@@ -1,4 +1,4 @@
--- Claims of one task type, second step: pick_ready walks tasks_claimable_type (0056) when
+-- Claims of one task type, second step: pick_ready walks tasks_claimable_type (0046) when
 -- the claimer serves one type, instead of stepping over every ready row of the other types
 -- on the queue's index. Replaced function only.
 SET LOCAL search_path = pg_catalog, pgtasks, pg_temp;
