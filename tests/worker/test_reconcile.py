@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
+import pytest
+
 from pgtasks.worker.lease_keeper import LeaseKeeper
 from tests.worker.conftest import WORKER, attempt, claim, slots, submit
 
@@ -73,3 +76,15 @@ async def test_a_claim_that_does_not_land_skips_the_reconcile_and_resumes_claims
     held.reserve(1)  # a claim retried through an outage
     assert not await held.pause_claims(0.05)
     assert held.free() == 3
+
+
+async def test_only_the_worker_role_may_hand_back_and_the_worker_id_is_checked(conn):
+    fn = "pgtasks.hand_back_unheld(text, bigint[])"
+    may = "SELECT has_function_privilege($1, $2, 'EXECUTE')"
+    assert await conn.fetchval(may, "pgtasks_worker", fn)
+    for role in ("pgtasks_submitter", "public"):
+        assert not await conn.fetchval(may, role, fn), role
+    for bad in ("", "w" * 256):
+        with pytest.raises(asyncpg.PostgresError) as err:
+            await conn.fetch("SELECT * FROM pgtasks.hand_back_unheld($1, '{}')", bad)
+        assert err.value.sqlstate == "PT121"
