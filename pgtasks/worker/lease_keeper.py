@@ -60,7 +60,7 @@ class LeaseKeeper(Service):
         on_lost: Callable[[int, StopReason], object],
         on_reconnect: Callable[[], Awaitable[None]] | None = None,
         slots: Slots | None = None,
-        on_handed_back: Callable[[list[int]], object] | None = None,
+        on_resumed: Callable[[], object] | None = None,
     ) -> None:
         super().__init__()
         self.pool = pool
@@ -74,7 +74,7 @@ class LeaseKeeper(Service):
         self._nudge = asyncio.Event()
         self._hinted: set[int] = set()
         self.slots = slots  # None: no reconcile (claims cannot be paused)
-        self.on_handed_back = on_handed_back or (lambda ids: None)
+        self.on_resumed = on_resumed or (lambda: None)  # claims may go on: wake the producer
         self._reconcile_due = False  # a claim failed: its answer may have been lost
 
     def reconcile_soon(self) -> None:
@@ -89,6 +89,7 @@ class LeaseKeeper(Service):
         if slots is None:
             return []
         if not await slots.pause_claims(RECONCILE_SETTLE_S):
+            self.on_resumed()  # the producer may have skipped a claim meanwhile
             return []
         try:
             held = [t for t, _ in slots.owned()]
@@ -101,6 +102,9 @@ class LeaseKeeper(Service):
             return []
         finally:
             slots.resume_claims()
+            # Claims resume: wake the producer, which saw no free slot while they were
+            # paused (and a result written meanwhile claimed nothing with it).
+            self.on_resumed()
         self._reconcile_due = False
         back = [r[0] for r in rows]
         if back:
@@ -110,7 +114,6 @@ class LeaseKeeper(Service):
                 len(back),
                 back,
             )
-        self.on_handed_back(back)  # claims resume: wake the producer
         return back
 
     def confirm(self, task_id: int) -> None:

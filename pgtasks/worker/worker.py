@@ -327,7 +327,7 @@ class Worker:
             on_lost=self.slots.stop,
             on_reconnect=self._register,
             slots=self.slots,
-            on_handed_back=lambda ids: producer.wake(),
+            on_resumed=producer.wake,
         )
         producer.on_claim_lost = lease_keeper.reconcile_soon
 

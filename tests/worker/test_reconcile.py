@@ -23,7 +23,7 @@ async def test_unheld_tasks_of_this_worker_are_handed_back_without_a_retry(conn,
     att.future = asyncio.create_task(asyncio.sleep(3600))
     held.add(att)
     (other,) = await claim(conn, 1, worker_id="someone-else", lease=600.0)
-    woken: list[list[int]] = []
+    woken: list[str] = []
 
     keeper = LeaseKeeper(
         pool,
@@ -33,11 +33,11 @@ async def test_unheld_tasks_of_this_worker_are_handed_back_without_a_retry(conn,
         owned=held.owned,
         on_lost=held.stop,
         slots=held,
-        on_handed_back=woken.append,
+        on_resumed=lambda: woken.append("producer"),
     )
     back = await keeper.reconcile()
 
-    assert sorted(back) == sorted(r["id"] for r in lost) and woken == [back]
+    assert sorted(back) == sorted(r["id"] for r in lost) and woken == ["producer"]
     rows = {r["id"]: r for r in await conn.fetch(ROWS)}
     for r in lost:  # claimable again now, on the same retry count
         assert (rows[r["id"]]["status"], rows[r["id"]]["retry_count"]) == ("COMMIT", 0)
