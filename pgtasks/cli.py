@@ -502,6 +502,12 @@ def serve(ctx: click.Context, host: str, port: int, log_level: str, log_format: 
 @click.option(
     "--concurrency-limit", default=None, type=int, help="Running tasks per key (default 1)."
 )
+@click.option(
+    "--idempotency-key",
+    default=None,
+    help="Safe to send again: a resend prints the first task's id (the key is its unique key;"
+    " add --unique-for to keep it after the task ends).",
+)
 @click.pass_context
 def submit(
     ctx: click.Context,
@@ -515,8 +521,16 @@ def submit(
     unique_for: float | None,
     concurrency_key: str | None,
     concurrency_limit: int | None,
+    idempotency_key: str | None,
 ) -> None:
-    """Submit a task; prints its id (and "(existing)" when the unique key matched one)."""
+    """Submit a task; prints its id (and "(existing)" when the unique key matched one).
+
+    With --idempotency-key a resend prints just the id, as the first send did, so a
+    script that retries after an error it cannot judge reads the same answer."""
+    if idempotency_key is not None and unique_key is not None:
+        raise PgTasksError(
+            "--idempotency-key is the task's unique key: pass it or --unique-key, not both"
+        )
     try:
         parsed = json.loads(params)
     except json.JSONDecodeError as exc:
@@ -537,10 +551,12 @@ def submit(
                 unique_for=unique_for,
                 concurrency_key=concurrency_key,
                 concurrency_limit=concurrency_limit,
+                idempotency_key=idempotency_key,
             ),
         )
     )
-    click.echo(task_id if task_id.created else f"{task_id} (existing)")
+    resent = idempotency_key is not None
+    click.echo(task_id if task_id.created or resent else f"{task_id} (existing)")
 
 
 @cli.command()

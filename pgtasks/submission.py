@@ -13,12 +13,14 @@ The order is always the same: an argument given to this submit wins; else the ty
 declaration in this process's registry (`@task_register`), so a type submitted before any
 worker registered it still gets its declared policy; else None, which the database
 resolves as the type's registered policy, else its settings. Python holds no defaults of
-its own. It imports nothing of pgtasks but pgtasks.registration and errors.
+its own. It imports nothing of pgtasks but pgtasks.registration and errors; bad input is
+InvalidArgument (a PgTasksError), raised before any SQL runs.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -26,7 +28,7 @@ from typing import Any, TypeAlias
 
 from pydantic import BaseModel
 
-from pgtasks.errors import PgTasksError
+from pgtasks.errors import InvalidArgument
 from pgtasks.registration import TaskSpec, registry
 
 #: What a submit accepts as params: a JSON object as a mapping, a pydantic model (dumped in
@@ -44,34 +46,67 @@ def params_json(params: ParamsArg) -> dict[str, Any]:
     if isinstance(params, BaseModel):
         return params.model_dump(mode="json")
     if not isinstance(params, Mapping):
-        raise PgTasksError(
+        raise InvalidArgument(
             f"params must be a dict or a pydantic model, got {type(params).__name__}"
         )
     return dict(params)
 
 
-def as_timedelta(value: Duration | None) -> timedelta | None:
-    """A duration as a timedelta (what asyncpg sends as an interval); None stays None."""
+def _bad_duration(name: str, value: object) -> InvalidArgument:
+    return InvalidArgument(
+        f"{name} is not a duration: {value!r}",
+        hint="pass seconds as a number, or a datetime.timedelta",
+    )
+
+
+def as_timedelta(value: Duration | None, name: str = "duration") -> timedelta | None:
+    """A duration as a timedelta (what asyncpg sends as an interval); None stays None.
+    Anything else (a string such as "1h", NaN, a bool, seconds beyond what a timedelta
+    holds) is InvalidArgument naming `name`, not the ValueError or OverflowError that
+    float() and timedelta() would let out."""
     if value is None or isinstance(value, timedelta):
         return value
-    return timedelta(seconds=float(value))
+    try:
+        return timedelta(seconds=_seconds(value, name))
+    except OverflowError:
+        raise _bad_duration(name, value) from None
 
 
-def as_seconds(value: Duration | None) -> float | None:
+def as_seconds(value: Duration | None, name: str = "duration") -> float | None:
     """A duration as seconds (what a workflow spec, which is JSON, carries); None stays None."""
     if value is None:
         return None
-    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    return _seconds(value, name)
+
+
+def _seconds(value: float, name: str) -> float:
+    # A string is refused even when float() reads it ("60"): "1h" next to it would be a
+    # guess at units. A bool is an int to Python, never a duration to the caller.
+    if isinstance(value, str | bytes | bool):
+        raise _bad_duration(name, value)
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise _bad_duration(name, value) from None
+    if not math.isfinite(seconds):
+        raise _bad_duration(name, value)
+    return seconds
 
 
 def run_at_for(run_at: datetime | None, delay: Duration | None) -> datetime | None:
     """When the task may start: `run_at`, or `delay` from now; None is now (the database's
     clock). Both at once is an error: which one should win is not for us to guess."""
     if run_at is not None and delay is not None:
-        raise PgTasksError("pass run_at or delay, not both")
+        raise InvalidArgument("pass run_at or delay, not both")
     if delay is None:
         return run_at
-    return datetime.now().astimezone() + timedelta(seconds=as_seconds(delay) or 0.0)
+    wait = as_timedelta(delay, "delay") or timedelta(0)
+    try:
+        return datetime.now().astimezone() + wait
+    except OverflowError:
+        raise _bad_duration("delay", delay) from None
 
 
 @dataclass(frozen=True)
@@ -108,9 +143,9 @@ def policy(
     return Policy(
         queue=queue,
         max_retries=max_retries,
-        timeout=as_timedelta(timeout),
+        timeout=as_timedelta(timeout, "timeout"),
         backoff_base=spec.backoff_base if spec is not None else None,
-        soft_timeout=as_timedelta(soft_timeout),
+        soft_timeout=as_timedelta(soft_timeout, "soft_timeout"),
     )
 
 
@@ -142,7 +177,7 @@ def unique_rule(
         unique_key = derived_unique_key(spec, params)
         if unique_for is None and unique_key is not None:
             unique_for = spec.unique_for
-    return unique_key, as_timedelta(unique_for)
+    return unique_key, as_timedelta(unique_for, "unique_for")
 
 
 def concurrency_rule(
@@ -226,4 +261,5 @@ def batch_flow_keys(
         if any(k is not None for k, _ in conc):
             concurrency_keys = [k for k, _ in conc]
             concurrency_limit = next(limit for k, limit in conc if k is not None)
-    return BatchFlowKeys(unique_keys, as_timedelta(unique_for), concurrency_keys, concurrency_limit)
+    window = as_timedelta(unique_for, "unique_for")
+    return BatchFlowKeys(unique_keys, window, concurrency_keys, concurrency_limit)

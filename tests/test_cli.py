@@ -118,6 +118,16 @@ def test_queues_pause_resume_set_and_keyed_submit(dsn):
     assert cli(dsn, "queues", "resume", "imports").returncode == 0
 
 
+def test_submit_resent_with_its_idempotency_key_prints_the_first_id(dsn):
+    first = cli(dsn, "submit", "noop", "--idempotency-key", "order-7", "--unique-for", "3600")
+    again = cli(dsn, "submit", "noop", "--idempotency-key", "order-7", "--unique-for", "3600")
+    assert first.returncode == again.returncode == 0, (first.stderr, again.stderr)
+    assert first.stdout == again.stdout and first.stdout.strip().isdigit()
+    clash = cli(dsn, "submit", "noop", "--idempotency-key", "k", "--unique-key", "k")
+    assert clash.returncode != 0 and clash.stdout == ""
+    assert clash.stderr.count("\n") == 1 and "not both" in clash.stderr, clash.stderr
+
+
 def test_queues_counts_tasks_waiting_on_their_parents(dsn):
     async def submit() -> None:
         conn = await asyncpg.connect(dsn)

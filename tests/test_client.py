@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 
 import asyncpg
 import pytest
@@ -211,3 +212,29 @@ async def test_submit_many_derives_declared_keys_per_item(dsn):
         (ids[0], "a", "customer:1", 1),
         (ids[1], None, "customer:2", 1),
     ]
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("unique_for", "1h"),
+        ("unique_for", float("nan")),
+        ("timeout", True),
+        ("soft_timeout", [5]),
+        ("delay", 1e300),
+    ],
+)
+async def test_a_bad_duration_is_invalid_argument_naming_it(dsn, option, value):
+    """A duration Python cannot read is refused before any SQL, as the typed error the
+    rest of bad input raises (a PgTasksError, so `except PgTasksError` keeps working),
+    not as the ValueError or OverflowError of float() or timedelta()."""
+    async with Client(dsn) as c:
+        with pytest.raises(InvalidArgument, match=f"{option} is not a duration"):
+            await c.submit("noop", unique_key="k", **{option: value})
+        with pytest.raises(InvalidArgument, match="params must be a dict"):
+            await c.submit("noop", [1, 2])  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgument, match="not both"):
+            await c.submit("noop", delay=1, run_at=datetime.now().astimezone())
+        with pytest.raises(InvalidArgument, match="unique_for is not a duration"):
+            await c.submit_many("noop", [{}], unique_keys=["a"], unique_for="1h")
+        assert await c.list_tasks() == []

@@ -374,6 +374,33 @@ async def test_cancel_reaches_the_node_worker_and_false_alarms_do_not(dsn, conn,
     assert status == "CANCELLED"
 
 
+async def test_a_node_task_is_told_when_its_soft_deadline_passes(conn, node):
+    """claim_tasks' soft_deadline reaches the handler as ctx.softSignal: the task that
+    waits for it is told and finishes well before its hard limit; a task without a soft
+    limit is never told."""
+    worker = node.worker(lease=2, concurrency=2)
+    told = await conn.fetchval(
+        "SELECT pgtasks.submit_task(task_type => 'node.soft', params => $1::jsonb, "
+        "timeout => interval '1 hour', soft_timeout => interval '0.2 seconds')",
+        {"wait": True},
+    )
+    plain = await conn.fetchval(
+        "SELECT pgtasks.submit_task(task_type => 'node.soft', params => $1::jsonb)",
+        {"wait": False},
+    )
+    ids = [told, plain]
+    await wait_for(
+        conn, "SELECT bool_and(status = 'DONE') FROM pgtasks.tasks WHERE id = ANY($1)", ids
+    )
+    rows = await conn.fetch("SELECT id, result FROM pgtasks.tasks WHERE id = ANY($1)", ids)
+    assert {r["id"]: r["result"] for r in rows} == {
+        told: {"soft_deadline_passed": True, "attempt": 1},
+        plain: {"soft_deadline_passed": False, "attempt": 1},
+    }
+    assert worker.seen("soft_deadline", task_id=str(told))
+    assert not worker.seen("soft_deadline", task_id=str(plain))
+
+
 async def test_sigterm_hands_running_tasks_back_without_using_a_retry(conn, node):
     worker = node.worker(lease=2, concurrency=2, grace=0)
     tid = await conn.fetchval(

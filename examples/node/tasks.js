@@ -1,6 +1,7 @@
 // The task types the example worker runs. A handler gets (ctx, params) and returns the
 // result (any JSON value). ctx: taskId, attempt, signal (aborted on cancel, lost lease,
-// time limit or shutdown), log(level, message), progress(current, total, message), and
+// time limit or shutdown), softSignal and softDeadlinePassed() (aborted / true once the
+// task's soft time limit passed: time to wind down), log(level, message), progress(current, total, message), and
 // step(name, fn): fn's result is checkpointed, and a later attempt gets it without running fn;
 // waitForEvent(name, timeoutSeconds): the event's payload (the attempt ends while it waits,
 // holding nothing); sendEvent(taskId, name, payload): deliver one (admin role).
@@ -37,6 +38,19 @@ module.exports = {
   'node.approve': async (ctx, p) => ({
     delivered: await ctx.sendEvent(p.task_id, 'approved', p.payload ?? null),
   }),
+  // Works until the soft time limit passes (or `signal` stops it), then winds down and
+  // says whether it was asked to; with wait false it returns at once.
+  'node.soft': async (ctx, p) => {
+    if (p.wait) {
+      await new Promise((resolve) => {
+        for (const s of [ctx.softSignal, ctx.signal]) {
+          if (s.aborted) resolve();
+          s.addEventListener('abort', resolve, { once: true });
+        }
+      });
+    }
+    return { soft_deadline_passed: ctx.softDeadlinePassed(), attempt: ctx.attempt };
+  },
   'node.fail': async (ctx, p) => {
     const error = new Error(p.message || 'boom');
     throw Object.assign(error, { permanent: Boolean(p.permanent), retryDelay: p.retry_delay });

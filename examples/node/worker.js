@@ -35,7 +35,10 @@ const SQL = {
   registerWorker: `SELECT pgtasks.register_worker(worker_id => $1, host => $2, pid => $3,
     queues => $4::text[], concurrency => $5, lease => ${secs(6)})`,
   registerType: 'SELECT pgtasks.register_task_type(task_type => $1, worker_id => $2)',
-  claim: `SELECT c.*, extract(epoch FROM c.timeout)::float8 AS timeout_s
+  // soft_s: seconds after the claim when the soft limit passes, on the database's clock
+  // (timeout - (deadline - soft_deadline)); NULL when the task has none (§3).
+  claim: `SELECT c.*, extract(epoch FROM c.timeout)::float8 AS timeout_s,
+      extract(epoch FROM c.timeout - (c.deadline - c.soft_deadline))::float8 AS soft_s
     FROM pgtasks.claim_tasks(worker_id => $1, queues => $2::text[], max_tasks => $3,
                              lease => ${secs(4)}, task_types => $5::text[]) c`,
   nextRunIn: `SELECT extract(epoch FROM pgtasks.next_run_at(queues => $1::text[],
@@ -149,6 +152,10 @@ function context(run, steps) {
     taskId: run.id,
     attempt: run.attempt,
     signal: run.ctl.signal,
+    // (§3) Aborted once, when the soft time limit passes (never without one): the handler
+    // may wind down and return or throw before the hard limit aborts `signal`.
+    softSignal: run.soft.signal,
+    softDeadlinePassed: () => run.soft.signal.aborted,
     log(level, message) {
       run.logs.push([level, String(message), new Date()]);
       scheduleFlush(run);
@@ -279,6 +286,7 @@ async function execute(run, row) {
 function start(row) {
   const run = {
     id: row.id, attempt: row.attempt, token: row.lease_token, ctl: new AbortController(),
+    soft: new AbortController(),
     why: null, error: null,
     logs: [], progress: null, flushTimer: null, flushedAt: 0, writes: Promise.resolve(),
   };
@@ -286,8 +294,14 @@ function start(row) {
   // Past 2^31 ms a Node timer fires at once; the database's deadline still holds there.
   const ms = row.timeout_s * 1000;
   const limit = ms < 2 ** 31 ? setTimeout(() => stop(run, 'timed out'), ms) : null;
+  const softMs = row.soft_s === null ? null : Math.max(0, row.soft_s * 1000);
+  const soft = softMs !== null && softMs < 2 ** 31 ? setTimeout(() => {
+    say('soft_deadline', tag(run));
+    run.soft.abort(new Error(`soft time limit of ${row.soft_s} s exceeded`));
+  }, softMs) : null;
   execute(run, row).finally(() => {
     clearTimeout(limit);
+    clearTimeout(soft);
     clearTimeout(run.flushTimer);
     running.delete(run.id);
     kick(); // a slot is free

@@ -104,9 +104,15 @@ class SubmitRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         # What the schema cannot say field by field: run_at and delay_s are not both set
-        # (_one_time), nor unique_key and depends_on (Client.submit refuses them together).
+        # (_one_time), nor unique_key and depends_on, nor idempotency_key with either of
+        # them (Client.submit refuses those together).
         json_schema_extra={
-            "allOf": [_not_both("run_at", "delay_s"), _not_both("unique_key", "depends_on")]
+            "allOf": [
+                _not_both("run_at", "delay_s"),
+                _not_both("unique_key", "depends_on"),
+                _not_both("idempotency_key", "unique_key"),
+                _not_both("idempotency_key", "depends_on"),
+            ]
         },
     )
 
@@ -121,6 +127,9 @@ class SubmitRequest(BaseModel):
     timeout_s: Duration | None = None
     #: While a task with this key is active, a submit returns that task (created: false).
     unique_key: Name | None = None
+    #: Makes the submit safe to send again (after a timeout or a lost answer): it is the
+    #: task's unique_key, as Client.submit(idempotency_key=...) takes it.
+    idempotency_key: Name | None = None
     #: Task ids this one waits for; it is cancelled if one of them fails or is cancelled.
     depends_on: list[Id] | None = Field(default=None, max_length=10_000)
 
@@ -493,6 +502,7 @@ def router(
             timeout=body.timeout_s,
             unique_key=body.unique_key,
             depends_on=body.depends_on,
+            idempotency_key=body.idempotency_key,
         )
         assert isinstance(task_id, SubmitResult)  # a type name was given, not a workflow
         response.status_code = 201 if task_id.created else 200

@@ -368,6 +368,16 @@ CREATE INDEX tasks_claimable ON pgtasks.tasks (priority DESC, run_at, id)
     WHERE status IN ('PENDING', 'COMMIT');
 CREATE INDEX tasks_claimable_queue ON pgtasks.tasks (queue, priority DESC, run_at, id)
     WHERE status IN ('PENDING', 'COMMIT');
+-- A worker of one task type walks that type's ready rows in claim order here, whatever
+-- the backlog of other types: on the two indexes above it stepped over every ready row of
+-- the others (measured with 200,000 ready of another type in its queue: 36 ms per claim,
+-- 0.05 ms on this index). The queue is a key column after the order so that one queue or
+-- several are checked inside the index, without reading other queues' rows from the heap.
+-- Its cost is one entry per submit (a claim's update leaves a ready index without a
+-- write): inserts of 20,000 tasks with and without it took the same within noise (medians
+-- of 6 alternated rounds, 23 us a row either way on a busy 2-core host).
+CREATE INDEX tasks_claimable_type ON pgtasks.tasks (task_type, priority DESC, run_at, id, queue)
+    WHERE status IN ('PENDING', 'COMMIT');
 -- Idle workers ask when the next task becomes ready (next_run_at): one probe here, instead
 -- of reading every scheduled task (measured: 15 ms with 100,000 scheduled, per idle poll).
 CREATE INDEX tasks_next_run_at ON pgtasks.tasks (run_at) WHERE status IN ('PENDING', 'COMMIT');

@@ -35,10 +35,14 @@ SET LOCAL ROLE pgtasks_owner;
 -- is at, no function call and no extra index: unversioned tasks (code_version NULL) pass at
 -- once, and a task of a version this worker does not serve is skipped like a locked one.
 --
--- Written out per case (every queue / one queue / several) so that each is a static
--- statement whose plan walks a partial index in claim order (tasks_claimable for every
--- queue, tasks_claimable_queue for one) and stops after max_tasks rows: no sort, whatever
--- the backlog; tests/sql/test_plans.py checks the plans. A queue table's statistics are
+-- Written out per case (one task type / every queue / one queue / several) so that each
+-- is a static statement whose plan walks a partial index in claim order
+-- (tasks_claimable_type for a claimer of one type, in any queues; tasks_claimable for
+-- every queue, tasks_claimable_queue for one) and stops after max_tasks rows: no sort,
+-- whatever the backlog; tests/sql/test_plans.py checks the plans. A claimer of one type
+-- walks only that type's rows: on the queue's index it stepped over every ready row of
+-- the other types (measured with 200,000 ready of another type in its queue: 36 ms per
+-- claim before, 0.05 ms after, medians of 7 from EXPLAIN ANALYZE). A queue table's statistics are
 -- stale more often than not (a burst of submits, then a drain); with a low estimate the
 -- planner would fetch every ready row by bitmap and sort them (measured: 6 ms instead of
 -- 0.1 ms per claim with 20,000 ready), hence sorting and bitmap scans off for this
@@ -62,7 +66,17 @@ DECLARE
     now_ timestamptz := pgtasks.now();
     picked bigint[];
 BEGIN
-    IF queues IS NULL THEN
+    IF cardinality(task_types) = 1 THEN
+        SELECT array_agg(c.id) INTO picked FROM (
+            SELECT t.id FROM pgtasks.tasks t
+             WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= now_
+               AND t.task_type = pick_ready.task_types[1]
+               AND (pick_ready.queues IS NULL OR t.queue = ANY (pick_ready.queues))
+               AND (t.code_version IS NULL OR t.task_type || '@' || t.code_version = ANY (pick_ready.served))
+             ORDER BY t.priority DESC, t.run_at, t.id
+             LIMIT max_tasks
+             FOR NO KEY UPDATE SKIP LOCKED) c;
+    ELSIF queues IS NULL THEN
         SELECT array_agg(c.id) INTO picked FROM (
             SELECT t.id FROM pgtasks.tasks t
              WHERE t.status IN ('PENDING', 'COMMIT') AND t.run_at <= now_

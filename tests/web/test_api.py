@@ -205,6 +205,23 @@ async def test_a_unique_key_returns_the_active_task(http):
     assert again.json() == {"id": first.json()["id"], "created": False}
 
 
+async def test_an_idempotency_key_is_the_tasks_unique_key(http):
+    body = {"task_type": "noop", "idempotency_key": "order-7"}
+    first = await http.post("/api/tasks", json=body)
+    assert first.status_code == 201 and first.json()["created"] is True
+    again = await http.post("/api/tasks", json=body)
+    assert again.status_code == 200
+    assert again.json() == {"id": first.json()["id"], "created": False}
+    found = await http.get("/api/tasks", params={"unique_key": "order-7"})
+    assert [t["id"] for t in found.json()["items"]] == [first.json()["id"]]
+    for extra in ({"unique_key": "order-7"}, {"depends_on": [first.json()["id"]]}):
+        r = await http.post("/api/tasks", json={**body, **extra})
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["code"] == "invalid_request", r.json()
+    r = await http.post("/api/tasks", json={"task_type": "noop", "idempotency_key": ""})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
+
+
 async def test_auth_closes_writes_and_reads_unless_opened(dsn):
     bearer = {"Authorization": f"Bearer {TOKEN}"}
     async with api(dsn, api_token=TOKEN) as h:
@@ -396,9 +413,15 @@ async def test_the_stream_reports_every_transition_however_brief(dsn, conn, http
     task, they were lost: the stream went from PENDING to DONE."""
     tid = await conn.fetchval("SELECT pgtasks.submit_task('brief', '{}', max_retries => 3)")
     stream = asyncio.create_task(http.get(f"/api/tasks/{tid}/events"))
-    # The stream has read its first state once it watches the task (watch_task, then the read).
+    # The stream watches the task (watch_task), then reads its first state in a transaction
+    # of its own: it has read it once its backend, a watcher of the task, committed since.
+    # Claiming before that read would make RUNNING the first state, not a change.
     while not await conn.fetchval(
-        "SELECT count(*) FROM pgtasks.task_waiters WHERE task_id = $1", tid
+        """SELECT EXISTS (SELECT 1 FROM pgtasks.task_waiters w
+                            JOIN pg_stat_activity a ON a.pid = w.pid
+                           WHERE w.task_id = $1 AND a.state = 'idle'
+                             AND a.query ILIKE 'COMMIT%')""",
+        tid,
     ):
         assert not stream.done(), stream.result().text
         await asyncio.sleep(0.01)

@@ -311,6 +311,27 @@ def test_running_task_streams_progress_and_logs_then_cancel(dsn, served, page, f
     )
 
 
+def test_send_an_event_then_the_refusal_once_the_task_ended(dsn, served, page):
+    task_id = submit(served, "dash_quick", queue="no-worker")
+    # No live stream: the page must not reload itself when the task ends below.
+    page.route("**/stream/**", lambda route: route.abort())
+    page.goto(f"{served}/tasks/{task_id}")
+    form = page.get_by_role("form", name=f"Send an event to task {task_id}")
+    form.get_by_label("event name").fill("approved")
+    form.get_by_label("payload").fill("{not json")
+    form.get_by_role("button", name="Send event").click()
+    expect(page.locator("#flash")).to_contain_text("the payload is not JSON")
+    form.get_by_label("payload").fill('{"by": "ann"}')
+    form.get_by_role("button", name="Send event").click()
+    expect(page.locator("#flash")).to_contain_text(f"Event approved sent to task {task_id}")
+    expect(page.locator("main")).to_contain_text('"by": "ann"')
+    sql(dsn, "SELECT pgtasks.cancel_task(%s)", task_id)
+    form.get_by_label("event name").fill("late")
+    form.get_by_role("button", name="Send event").click()
+    expect(page.locator("#flash")).to_contain_text("Refused: PT128: ")
+    expect(page.locator("#flash")).to_contain_text("(Send events to a task before it ends")
+
+
 def test_failed_task_traceback_retry_goes_done(dsn, served, page, fleet):
     worker(fleet)
     task_id = submit(served, "dash_flaky", max_retries=0)
@@ -458,6 +479,25 @@ def test_tasks_schedules_and_workflows_pages(dsn, served, page):
     form.get_by_role("button", name="Save schedule").click()
     expect(page.locator("#flash")).to_contain_text("Refused:")
     assert sql(dsn, "SELECT cron FROM pgtasks.schedules WHERE name = 'hourly/report'") is None
+    # Edit fills the form with the whole definition: changing the cron keeps the rest.
+    sql(dsn, "SELECT pgtasks.create_schedule(name => 'tuned', task_type => 'dash_quick', "
+             "cron => '0 4 * * *', timezone => 'Europe/Paris', params => '{\"k\": [1, \"x\"]}', "
+             "priority => 7, overlap => 'skip', catch_up => interval '2 hours', "
+             "misfire_grace => interval '90 seconds')")  # fmt: skip
+    page.reload()
+    page.get_by_role("button", name="Edit tuned").click()
+    form = page.get_by_role("form", name="Create or replace a schedule")
+    expect(form.get_by_label("name")).to_have_value("tuned")
+    expect(form.get_by_label("overlap")).to_have_value("skip")
+    form.get_by_label("cron").fill("30 5 * * *")
+    form.get_by_role("button", name="Save schedule").click()
+    expect(page.locator("#flash")).to_contain_text("Schedule tuned saved")
+    kept = sql(dsn, "SELECT row(cron, timezone, params, priority, overlap, catch_up, "
+                    "misfire_grace, task_type)::text FROM pgtasks.schedules "
+                    "WHERE name = 'tuned'")  # fmt: skip
+    assert kept == (
+        '("30 5 * * *",Europe/Paris,"{""k"": [1, ""x""]}",7,skip,02:00:00,00:01:30,dash_quick)'
+    )
     page.goto(f"{served}/workflows")
     expect(page.locator("main")).to_contain_text("No workflow yet")
     shoot(page, "workflows")

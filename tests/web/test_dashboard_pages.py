@@ -67,6 +67,7 @@ async def test_every_page_renders(dsn):
         assert r.status_code == 303 and r.headers["location"] == "/tasks/1"
         r = await http.get("/tasks/1")
         assert "Traceback (most recent call last)" in r.text and "Retry task" in r.text
+        assert "Send event" not in r.text  # it failed: it waits for no event
         assert (await http.get("/tasks/999999")).status_code == 404
         r = await http.get("/static/dashboard.js")
         assert r.status_code == 200 and "EventSource" in r.text
@@ -101,6 +102,7 @@ async def test_a_task_page_shows_its_events_and_waits(dsn):
         page = (await http.get(f"/tasks/{waiting}")).text
         assert "waiting for <strong>approved</strong>" in page
         assert "waiting for event approved until" in page  # the history's note
+        assert f'data-url="/api/tasks/{waiting}/events/"' in page and "Send event" in page
 
 
 async def test_waiting_tasks_are_counted_on_the_cards(dsn):

@@ -79,7 +79,7 @@
     }
     if (!r.ok) {
       const e = (data && data.error) || {};
-      throw new Error(`${e.message || r.statusText}${e.hint ? ` (${e.hint})` : ""}`);
+      throw new Error(`${e.code ? `${e.code}: ` : ""}${e.message || r.statusText}${e.hint ? ` (${e.hint})` : ""}`);
     }
     return data;
   }
@@ -146,19 +146,82 @@
   }
 
   // The whole definition, as PUT /schedules/{name} takes it: the database checks it (cron,
-  // time zone, the every floor) and its refusal is flashed with its hint.
+  // time zone, the every floor) and its refusal is flashed with its hint. The form holds
+  // every setting, so that saving an edited schedule keeps what the edit did not touch.
+  const SCHEDULE_NUMBERS = ["every_s", "priority", "catch_up_s", "misfire_grace_s"];
   for (const form of $$("form[data-schedule]")) {
     form.addEventListener("submit", async (ev) => {
       ev.preventDefault();
       const field = (name) => form.elements[name].value.trim();
       const text = (name) => field(name) || null;
+      const num = (name) => (field(name) === "" ? null : Number(field(name)));
       const name = field("name");
+      let params;
+      try {
+        params = field("params") === "" ? {} : JSON.parse(field("params"));
+      } catch (e) {
+        flash(`Refused: params is not JSON (${e.message})`, true);
+        return;
+      }
       try {
         await call("PUT", form.dataset.url + encodeURIComponent(name), {
           task_type: text("task_type"), cron: text("cron"), timezone: text("timezone") || "UTC",
-          every_s: field("every_s") === "" ? null : Number(field("every_s")), queue: text("queue"),
+          every_s: num("every_s"), queue: text("queue"), params, priority: num("priority"),
+          overlap: field("overlap") || "allow", catch_up_s: num("catch_up_s") ?? 0,
+          misfire_grace_s: num("misfire_grace_s"),
         });
         after(`Schedule ${name} saved.`, true);
+      } catch (e) {
+        if (e.message !== "unauthorized") flash(`Refused: ${e.message}`, true);
+      }
+    });
+  }
+
+  // "Edit": the row's whole definition as GET /schedules answers it, into the form.
+  document.addEventListener("click", async (ev) => {
+    const b = ev.target.closest("button[data-edit-schedule]");
+    const form = $("form[data-schedule]");
+    if (!b || !form) return;
+    const name = b.dataset.editSchedule;
+    try {
+      const s = (await call("GET", `${API}/schedules`)).find((r) => r.name === name);
+      if (!s) { flash(`Schedule ${name} is gone.`, true); return; }
+      const set = (field, value) => { form.elements[field].value = value == null ? "" : String(value); };
+      set("name", s.name);
+      set("task_type", s.task_type);
+      set("cron", s.cron);
+      set("timezone", s.timezone || "UTC");
+      set("queue", s.queue);
+      set("params", typeof s.params === "string" ? s.params : JSON.stringify(s.params ?? {}));
+      set("overlap", s.overlap || "allow");
+      const seconds = { every_s: s.every, priority: s.priority, catch_up_s: s.catch_up ?? 0,
+                        misfire_grace_s: s.misfire_grace };
+      for (const k of SCHEDULE_NUMBERS) set(k, seconds[k]);
+      form.elements.name.focus();
+      flash(`Editing schedule ${name}: change the form, then save.`);
+    } catch (e) {
+      if (e.message !== "unauthorized") flash(`Refused: ${e.message}`, true);
+    }
+  });
+
+  // An event to a task (POST /tasks/{id}/events/{name}), the payload as typed (none:
+  // null). A task waiting for it runs again; the database refuses one that has ended.
+  for (const form of $$("form[data-send-event]")) {
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const name = form.elements.event.value.trim();
+      const raw = form.elements.payload.value.trim();
+      let payload;
+      try {
+        payload = raw === "" ? undefined : JSON.parse(raw);
+      } catch (e) {
+        flash(`Refused: the payload is not JSON (${e.message})`, true);
+        return;
+      }
+      try {
+        const data = await call("POST", form.dataset.url + encodeURIComponent(name), payload);
+        after(data.delivered ? `Event ${name} sent to task ${data.id}.`
+          : `Task ${data.id} already had event ${name}; the first is kept.`, true);
       } catch (e) {
         if (e.message !== "unauthorized") flash(`Refused: ${e.message}`, true);
       }
