@@ -95,9 +95,9 @@ class LeaseKeeper(Service):
             held = [t for t, _ in slots.owned()]
             rows = await self.pool.fetch(queries.HAND_BACK_UNHELD, self.worker_id, held)
         except asyncpg.UndefinedFunctionError:
-            # A schema before sql/0054 (a worker upgraded ahead of `pgtasks migrate`):
+            # A schema before sql/0048 (a worker upgraded ahead of `pgtasks migrate`):
             # the leases hand such tasks on, as before; heartbeats go on.
-            log.warning("the schema has no hand_back_unheld yet (sql/0054): not reconciling")
+            log.warning("the schema has no hand_back_unheld yet (sql/0048): not reconciling")
             self.slots = None
             return []
         finally:
