@@ -262,6 +262,10 @@ SELECT * FROM pgtasks.heartbeat(worker_id => $1, task_ids => $2, lease_tokens =>
                                 lease => $4)
 """
 
+HAND_BACK_UNHELD = (
+    "SELECT task_id FROM pgtasks.hand_back_unheld(worker_id => $1, held_task_ids => $2)"
+)
+
 # -- worker: what a task writes ------------------------------------------------------------
 
 WAIT_FOR_EVENT = """

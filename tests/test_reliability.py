@@ -851,3 +851,53 @@ async def test_stop_under_load_hands_back_every_claimed_task_spending_no_retry(d
         finally:
             producing = False
             await feeder
+
+
+# -- a claim whose answer was lost ------------------------------------------------------------
+
+LOST_CLAIM = """
+WITH made AS (
+    SELECT pgtasks.submit_task('quick', max_retries => 0) FROM generate_series(1, 3)
+)
+SELECT count(*) FROM made
+"""
+
+
+async def _claim_behind_its_back(conn, w: Worker) -> None:
+    """Stand-in for a claim that committed while its answer was lost: tasks RUNNING under
+    the worker's registered id, with lease tokens it never saw. Submitted and claimed in
+    one transaction, so the worker's own claims never see them claimable first."""
+    async with conn.transaction():
+        assert await conn.fetchval(LOST_CLAIM) == 3
+        claimed = await conn.fetch(
+            "SELECT id FROM pgtasks.claim_tasks(worker_id => $1, max_tasks => 3,"
+            " lease => interval '600 seconds')",
+            w.worker_id,
+        )
+        assert len(claimed) == 3
+
+
+async def _all_ran_on_their_first_attempt(conn, w: Worker) -> None:
+    # The lease is 600 s: waiting it out would fail this wait, and rescue would spend the
+    # only attempt of these max_retries=0 tasks (FAILED).
+    await wait_for(conn, "SELECT count(*) = 3 FROM pgtasks.tasks WHERE status = 'DONE'")
+    spent = await conn.fetchval("SELECT sum(retry_count) FROM pgtasks.tasks")
+    assert spent == 0 and w.stats.rescued == 0 and w.stats.succeeded == 3
+
+
+async def test_tasks_a_failed_claim_left_under_the_worker_run_at_once_without_a_retry(dsn, conn):
+    # The heartbeat's interval (a third of the 600 s lease) never comes during the test: the
+    # hand-back is the one a failed claim asks for.
+    async with worker(dsn, lease=600.0) as w:
+        await _claim_behind_its_back(conn, w)
+        assert w.producer is not None
+        w.producer.on_claim_lost()  # what a claim that raises a connection error calls
+        await _all_ran_on_their_first_attempt(conn, w)
+
+
+async def test_a_heartbeat_hands_back_tasks_claimed_for_the_worker_that_it_does_not_run(dsn, conn):
+    # No claim failed here (its answer went missing some other way): the heartbeat's own
+    # reconcile finds them.
+    async with worker(dsn, lease=600.0, heartbeat_interval=0.2) as w:
+        await _claim_behind_its_back(conn, w)
+        await _all_ran_on_their_first_attempt(conn, w)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 from pgtasks import queries
-from pgtasks.db import translated
+from pgtasks.db import TRANSIENT, translated
 from pgtasks.errors import LeaseLost
 from pgtasks.worker.base import Service, WorkerStats, retrying
 from pgtasks.worker.runner import (
@@ -162,11 +162,10 @@ class Completer(Service):
         if claimer is None or plan is None:
             return await self._finish_only(batch)
         n, _threads, types = plan
-        rows = []
-        try:
-            rows = await retrying(
-                "complete",
-                lambda: self.pool.fetch(
+
+        async def finish_and_claim() -> list[asyncpg.Record]:
+            try:
+                return await self.pool.fetch(
                     queries.FINISH_AND_CLAIM,
                     claimer.worker_id,
                     [b[0] for b in batch],
@@ -176,9 +175,15 @@ class Completer(Service):
                     claimer.queues,
                     claimer.lease,
                     types,
-                ),
-                self.stopping,
-                through_shutdown=True,
+                )
+            except TRANSIENT:
+                claimer.on_claim_lost()  # it may have claimed, its answer lost: reconcile
+                raise
+
+        rows = []
+        try:
+            rows = await retrying(
+                "complete", finish_and_claim, self.stopping, through_shutdown=True
             )
         except asyncpg.PostgresError as exc:
             return await self._split(batch, exc)

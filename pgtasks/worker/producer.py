@@ -18,7 +18,7 @@ from datetime import timedelta
 import asyncpg
 
 from pgtasks import queries
-from pgtasks.db import DATABASE_ERRORS
+from pgtasks.db import DATABASE_ERRORS, TRANSIENT
 from pgtasks.worker.base import Service, WorkerStats, sleep_or_stop
 from pgtasks.worker.slots import Slots
 
@@ -63,6 +63,9 @@ class Producer(Service):
         #: The wake-up tags of `queues` (pgtasks.queue_tag); None: take every wake-up.
         self.wakeup_tags: set[str] | None = None
         self._wake = asyncio.Event()
+        #: Called when a claim fails with a connection error: it may have committed with
+        #: its answer lost, so the lease keeper reconciles (lease_keeper.py).
+        self.on_claim_lost: Callable[[], object] = lambda: None
 
     def wake(self) -> None:
         self._wake.set()
@@ -180,6 +183,8 @@ class Producer(Service):
                     # Nothing here may end the worker (a server-side error, a statement
                     # timeout, a schema being migrated, a driver bug): back off and retry.
                     self.stats.claim_errors += 1
+                    if isinstance(exc, TRANSIENT):
+                        self.on_claim_lost()
                     if isinstance(exc, DATABASE_ERRORS):
                         log.warning("claim failed (%s); retrying in %.1fs", exc, backoff)
                     else:

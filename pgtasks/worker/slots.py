@@ -117,11 +117,18 @@ class Slots:
         self._sync_running = 0
         self._reserved = 0
         self._reserved_threads = 0
+        # Claims paused while the lease keeper reconciles (hand_back_unheld): a claim landing
+        # meanwhile would bring rows the held list it sent does not name.
+        self._paused = 0
+        self._settled = asyncio.Event()  # set whenever no claim is in flight
+        self._settled.set()
 
     # -- bounds --------------------------------------------------------------------------
 
     def free(self) -> int:
         """How many tasks a claim may take now: free slots, plus prefetch room."""
+        if self._paused:
+            return 0
         extra = self.prefetch if self.avg_task_s <= PREFETCH_MAX_TASK_S else 0
         return self.concurrency + extra - len(self.running) - len(self.buffer) - self._reserved
 
@@ -135,11 +142,32 @@ class Slots:
     def reserve(self, n: int, *, threads: int = 0) -> None:
         """Hold `n` slots (of which up to `threads` for sync tasks) for a claim in flight."""
         self._reserved += n
+        self._settled.clear()
         self._reserved_threads += threads
 
     def release(self, n: int, *, threads: int = 0) -> None:
         self._reserved -= n
         self._reserved_threads -= threads
+        if not self._reserved:
+            self._settled.set()
+
+    # -- pausing claims ------------------------------------------------------------------
+
+    async def pause_claims(self, timeout: float) -> bool:
+        """Stop new claims and wait up to `timeout` s for those in flight to land. False
+        (claims resumed) if they did not: one retried through an outage may land later."""
+        self._paused += 1
+        while self._reserved:
+            self._settled.clear()
+            try:
+                await asyncio.wait_for(self._settled.wait(), timeout)
+            except TimeoutError:
+                self._paused -= 1
+                return False
+        return True
+
+    def resume_claims(self) -> None:
+        self._paused -= 1
 
     # -- holdings ------------------------------------------------------------------------
 

@@ -326,7 +326,10 @@ class Worker:
             owned=self.slots.owned,
             on_lost=self.slots.stop,
             on_reconnect=self._register,
+            slots=self.slots,
+            on_resumed=producer.wake,
         )
+        producer.on_claim_lost = lease_keeper.reconcile_soon
 
         def cancel_notice(task_id: int) -> None:
             # A hint from anyone: the lease keeper's heartbeat tells whether it is true.

@@ -191,6 +191,60 @@ COMMENT ON FUNCTION pgtasks.heartbeat(text, bigint[], text[], interval) IS
     'returned. lease NULL means settings.default_lease.';
 
 ------------------------------------------------------------------------------------------
+-- Reconciling after a lost answer
+
+-- A claim (claim_tasks, finish_and_claim) can commit while its answer is lost with the
+-- connection: the rows are RUNNING under this worker's id, with lease tokens it never saw,
+-- so no heartbeat names them and nothing runs them until their lease runs out and rescue
+-- spends a retry on each. The worker, after a failed claim and on each heartbeat, passes
+-- the ids of every task it holds (runs, keeps prefetched, or still has an outcome to
+-- write); this hands back each other RUNNING task under its worker_id as yield_task does:
+-- COMMIT, claimable now, no retry spent, checkpoints kept. It can never touch a task the
+-- worker holds (those ids are excluded) nor another worker's (worker_id must match); the
+-- worker sends no claim while this runs, so a claim's rows cannot arrive unlisted. A row
+-- another session keeps locked is skipped (the next call asks again). A NULL list (or a
+-- NULL id in it) hands back nothing: unknown holdings must never cost a task. Returns the ids.
+CREATE FUNCTION pgtasks.hand_back_unheld(worker_id text, held_task_ids bigint[])
+RETURNS TABLE (task_id bigint)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+SET lock_timeout = '1s'
+AS $$
+DECLARE
+    now_ timestamptz := pgtasks.now();
+    back bigint[];
+    tags text[];
+BEGIN
+    PERFORM pgtasks.check_worker_id(worker_id);
+    WITH unheld AS (
+        SELECT t.id FROM pgtasks.tasks t
+         -- lease_expires_at IS NOT NULL: the partial index tasks_lease holds just the
+         -- running rows, so this reads those, not the whole table.
+         WHERE t.lease_expires_at IS NOT NULL
+           AND t.status = 'RUNNING' AND t.worker_id = hand_back_unheld.worker_id
+           AND NOT (t.id = ANY (hand_back_unheld.held_task_ids))
+           FOR NO KEY UPDATE OF t SKIP LOCKED
+    ), handed AS (
+        UPDATE pgtasks.tasks k
+           SET status = 'COMMIT', run_at = now_,
+               worker_id = NULL, lease_expires_at = NULL, deadline = NULL, lease_token = NULL
+         WHERE k.id IN (SELECT u.id FROM unheld u)
+        RETURNING k.id, k.queue
+    )
+    SELECT array_agg(h.id), array_agg(DISTINCT pgtasks.queue_tag(h.queue)) INTO back, tags
+      FROM handed h;
+    IF back IS NOT NULL THEN
+        PERFORM pg_notify('pgtasks_wakeup', tag) FROM unnest(tags) AS u(tag);
+    END IF;
+    RETURN QUERY SELECT u.id FROM unnest(back) AS u(id);
+END $$;
+GRANT EXECUTE ON FUNCTION pgtasks.hand_back_unheld(text, bigint[]) TO pgtasks_worker;
+COMMENT ON FUNCTION pgtasks.hand_back_unheld(text, bigint[]) IS
+    'Hands back, without spending a retry, every RUNNING task under worker_id whose id is not '
+    'in held_task_ids (a claim whose answer was lost); returns their ids.';
+
+------------------------------------------------------------------------------------------
 -- Rescue
 
 -- The error rescue records for an expired attempt: a deadline overrun (the task ran past
