@@ -8,7 +8,7 @@ from typing import Any
 
 from pgtasks import Client, Registry, Worker, task_register
 from pgtasks.worker.slots import PREFETCH_MAX_TASK_S, Slots, StopReason
-from tests.conftest import wait_for
+from tests.conftest import until, wait_for
 from tests.worker.conftest import attempt, claim, submit
 
 
@@ -55,9 +55,11 @@ async def test_a_stopping_worker_hands_back_its_prefetched_tasks(dsn, conn):
         run = asyncio.create_task(w.run())
         await wait_for(conn, "SELECT status = 'RUNNING' FROM pgtasks.tasks WHERE id = $1", held)
         waiting = [await client.submit("quick") for _ in range(2)]
-        # Prefetched behind the running task (it holds the only slot).
+        # Prefetched behind the running task (it holds the only slot). The database shows a
+        # claim as soon as it commits, before the worker has read its answer, so wait for the
+        # worker's own buffer too.
         await wait_for(conn, "SELECT count(*) = 3 FROM pgtasks.tasks WHERE status = 'RUNNING'")
-        assert len(w.slots.buffer) == 2
+        await until(lambda: len(w.slots.buffer) == 2, what="both quick tasks prefetched")
         w.stop()
         HOLD.set()
         await asyncio.wait_for(run, 30)
