@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict
 from pgtasks import db, queries, tracing
 from pgtasks.config import resolve_url
 from pgtasks.errors import (
+    InvalidArgument,
     PgTasksError,
     TaskCancelled,
     TaskFailed,
@@ -454,7 +455,10 @@ class Client:
         """
         if idempotency_key is not None:
             if unique_key is not None:
-                raise PgTasksError("idempotency_key is the task's unique_key: pass only one")
+                raise InvalidArgument(
+                    "idempotency_key is the task's unique_key: pass only one",
+                    hint="drop unique_key, or pass the key as unique_key alone",
+                )
             unique_key = idempotency_key
         if isinstance(task, Node):
             given = (

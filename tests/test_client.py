@@ -62,7 +62,7 @@ async def test_submit_sent_again_with_its_idempotency_key_gives_the_same_task(ds
         other = await c.submit("noop", {"n": 1}, idempotency_key="order-8", unique_for=3600)
         assert other.created and other != first
         assert len(await c.list_tasks()) == 2
-        with pytest.raises(PgTasksError, match="pass only one"):
+        with pytest.raises(InvalidArgument, match="pass only one"):
             await c.submit("noop", idempotency_key="a", unique_key="b")
 
 
