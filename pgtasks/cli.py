@@ -28,7 +28,15 @@ from rich.text import Text
 from rich.tree import Tree
 
 from pgtasks.client import STATUSES, Client, TaskInfo, TaskLog
-from pgtasks.config import ENV_URL, database_url, embedded_root, resolve_url, using_message
+from pgtasks.config import (
+    ENV_READ_URL,
+    ENV_URL,
+    database_url,
+    embedded_root,
+    read_lag_threshold,
+    resolve_url,
+    using_message,
+)
 from pgtasks.embedded import EmbeddedPostgres
 from pgtasks.errors import PgTasksError, TaskNotFound
 from pgtasks.migrations import LockPolicy, migrate_url
@@ -68,6 +76,22 @@ def _url(ctx: click.Context) -> str:
 
 async def _with_client(ctx: click.Context, fn: Callable[[Client], Coroutine[Any, Any, T]]) -> T:
     async with Client(await resolve_url(ctx.obj.get("url"), announce=_say)) as client:
+        return await fn(client)
+
+
+async def _with_reader(ctx: click.Context, fn: Callable[[Client], Coroutine[Any, Any, T]]) -> T:
+    """`_with_client` for a command that only reads: on the replica when one is given
+    (--read-database-url), first saying on stderr how far behind its primary it is when
+    that is more than PGTASKS_READ_LAG_THRESHOLD seconds (the database compares)."""
+    read_url = ctx.obj.get("read_url")
+    if not read_url:
+        return await _with_client(ctx, fn)
+    async with Client(read_url) as client:
+        lag = await client.replica_lag(read_lag_threshold())
+        if lag.stale:
+            behind = "an unknown time" if lag.lag_seconds is None else f"{lag.lag_seconds:.1f} s"
+            cut = "" if lag.receiving else ", and is not receiving from it"
+            _say(f"read from a replica {behind} behind its primary{cut}")
         return await fn(client)
 
 
@@ -113,11 +137,19 @@ def _tasks_table(tasks: list[TaskInfo], title: str | None = None) -> Table:
     help=f"PostgreSQL DSN (or ${ENV_URL}). Without one, the embedded server that "
     "`pgtasks db start` created here or in a parent folder.",
 )
+@click.option(
+    "--read-database-url",
+    envvar=ENV_READ_URL,
+    help=f"A replica (hot standby) to read from (or ${ENV_READ_URL}): the commands that "
+    "only read (ls, status, stats, logs...) and `serve`'s pages and GET endpoints. "
+    "Writes go to --database-url.",
+)
 @click.pass_context
-def cli(ctx: click.Context, database_url: str | None) -> None:
+def cli(ctx: click.Context, database_url: str | None, read_database_url: str | None) -> None:
     """pgtasks: a task queue that lives inside PostgreSQL."""
     ctx.ensure_object(dict)
     ctx.obj["url"] = database_url
+    ctx.obj["read_url"] = read_database_url
 
 
 # -- embedded server ---------------------------------------------------------------------
@@ -455,7 +487,8 @@ def serve(ctx: click.Context, host: str, port: int, log_level: str, log_format: 
     except ImportError as exc:
         raise PgTasksError("pgtasks serve needs the web extra: pip install 'pgtasks[web]'") from exc
     setup_logging(log_level, log_format)
-    settings = WebSettings(database_url=_url(ctx), host=host)
+    read = {"read_database_url": ctx.obj["read_url"]} if ctx.obj.get("read_url") else {}
+    settings = WebSettings(database_url=_url(ctx), host=host, **read)
     where = "this machine only" if host in ("127.0.0.1", "localhost", "::1") else "the network"
     click.echo(
         f"pgtasks dashboard on http://{host}:{port}/ ({where}; API at /api, docs at /docs, "
@@ -618,7 +651,7 @@ def status(
             )
         console.print(ht)
 
-    run(_with_client(ctx, go))
+    run(_with_reader(ctx, go))
 
 
 @cli.command("ls")
@@ -638,7 +671,7 @@ def ls(
 ) -> None:
     """List tasks, newest first."""
     tasks = run(
-        _with_client(
+        _with_reader(
             ctx,
             lambda c: c.list_tasks(
                 status=status_, queue=queue, task_type=task_type, limit=limit, before_id=before
@@ -681,7 +714,7 @@ def stats(ctx: click.Context) -> None:
             table.add_row(*("" if r[k] is None else str(r[k]) for k in cols))
         console.print(table)
 
-    run(_with_client(ctx, go))
+    run(_with_reader(ctx, go))
 
 
 # -- flow control (docs/flow-control.md) ---------------------------------------------------
@@ -727,7 +760,7 @@ def queues(ctx: click.Context) -> None:
             table.add_row(*(_cell(r[k]) for k in cols.values()))
         console.print(table)
 
-    run(_with_client(ctx, go))
+    run(_with_reader(ctx, go))
 
 
 @queues.command("pause")
@@ -816,7 +849,7 @@ def failed(ctx: click.Context, queue: str | None, task_type: str | None, limit: 
             )
         console.print(table)
 
-    run(_with_client(ctx, go))
+    run(_with_reader(ctx, go))
 
 
 @cli.command()
@@ -847,7 +880,7 @@ def workers(ctx: click.Context, show_all: bool) -> None:
             )
         console.print(table)
 
-    run(_with_client(ctx, go))
+    run(_with_reader(ctx, go))
 
 
 @cli.command()
@@ -897,7 +930,7 @@ def active(ctx: click.Context, queue: str | None, worker_id: str | None, limit: 
             )
         console.print(table)
 
-    run(_with_client(ctx, go))
+    run(_with_reader(ctx, go))
 
 
 @cli.command()
@@ -927,7 +960,7 @@ def types(ctx: click.Context) -> None:
             )
         console.print(table)
 
-    run(_with_client(ctx, go))
+    run(_with_reader(ctx, go))
 
 
 # -- long-running tasks: logs and live progress -----------------------------------------
@@ -1046,7 +1079,7 @@ def logs(ctx: click.Context, task_id: int, follow: bool, poll_interval: float) -
         assert final is not None
         return final
 
-    info = run(_with_client(ctx, go))
+    info = run((_with_client if follow else _with_reader)(ctx, go))
     if follow:
         click.echo(f"task {task_id} {info.status}", err=True)
 
@@ -1142,7 +1175,7 @@ def schedules(ctx: click.Context) -> None:
             )
         console.print(table)
 
-    run(_with_client(ctx, go))
+    run(_with_reader(ctx, go))
 
 
 @cli.command("stranded")
@@ -1170,7 +1203,7 @@ def stranded(ctx: click.Context, limit: int) -> None:
             )
         console.print(table)
 
-    run(_with_client(ctx, go))
+    run(_with_reader(ctx, go))
 
 
 def _skipped(r: Any) -> str:
@@ -1304,7 +1337,7 @@ def workflows_(ctx: click.Context, limit: int) -> None:
             table.add_row(*cells)
         console.print(table)
 
-    run(_with_client(ctx, go))
+    run(_with_reader(ctx, go))
 
 
 def workflow_tree(wf: dict[str, Any], max_nodes: int = 500) -> Tree:
@@ -1346,7 +1379,7 @@ def workflow_(ctx: click.Context, args: tuple[str, ...]) -> None:
         return
     if len(args) != 1 or not args[0].isdigit():
         raise click.UsageError("use `pgtasks workflow ID` or `pgtasks workflow cancel ID`")
-    wf = run(_with_client(ctx, lambda c: c.workflow(int(args[0]))))
+    wf = run(_with_reader(ctx, lambda c: c.workflow(int(args[0]))))
     console.print(workflow_tree(wf))
 
 

@@ -162,6 +162,22 @@ class ActiveTask(BaseModel):
     lease_left: timedelta
 
 
+class ReplicaLag(BaseModel):
+    """How stale the server a client reads from is (pgtasks.replica_lag, `Client.replica_lag`).
+
+    `lag_seconds` is 0 on a primary and on a replica that has replayed everything its live
+    WAL receiver got, else the age of the last commit it replayed (None: none replayed
+    since it started); `stale`: a replica whose lag is above the threshold asked with, or
+    unknown. `receiving`: a WAL receiver runs (False: cut off from its primary).
+    """
+
+    in_recovery: bool
+    receiving: bool
+    last_replayed_commit_at: datetime | None = None
+    lag_seconds: float | None = None
+    stale: bool
+
+
 class TaskEvent(BaseModel):
     """One status change of a task (pgtasks.task_history), oldest first."""
 
@@ -480,7 +496,10 @@ class Client:
         if depends_on is not None or on_parent_failure is not None:
             if unique_key is not None or unique_for is not None:
                 # submit_task has no unique key: say so rather than drop it.
-                raise PgTasksError("unique_key and unique_for do not combine with depends_on")
+                raise InvalidArgument(
+                    "unique_key and unique_for do not combine with depends_on",
+                    hint="drop the key (or idempotency_key), or submit without depends_on",
+                )
             async with db.translated():
                 made = SubmitResult(
                     await conn.fetchval(
@@ -844,6 +863,22 @@ class Client:
         `runtime_bounds`) and `schedules` (per unpaused schedule: lag_seconds)."""
         row = await self.pool.fetchrow(queries.METRICS)
         assert row is not None  # a view of one row
+        return dict(row)
+
+    async def replica_lag(self, threshold: float = 0.0) -> ReplicaLag:
+        """How far behind its primary the server of this client's pool is
+        (pgtasks.replica_lag); `stale` when it is a replica more than `threshold` seconds
+        behind, or whose lag is unknown."""
+        row = await self.pool.fetchrow(queries.REPLICA_LAG, float(threshold))
+        assert row is not None  # a view of one row
+        return ReplicaLag.model_validate(dict(row))
+
+    async def health(self) -> dict[str, Any]:
+        """Dead rows and vacuums per pgtasks table (`tables`, rows of pgtasks.table_health)
+        and what holds the MVCC horizon back (`xmin_horizon`, rows of
+        pgtasks.xmin_horizon): the server's own statistics, so ask the primary."""
+        row = await self.pool.fetchrow(queries.HEALTH)
+        assert row is not None  # one row of two documents
         return dict(row)
 
     # -- operator actions ----------------------------------------------------------------

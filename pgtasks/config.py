@@ -30,6 +30,15 @@ from pgtasks.migrations import migrate_url
 
 ENV_URL = "PGTASKS_DATABASE_URL"
 ENV_HOME = "PGTASKS_HOME"
+#: A replica (hot standby) of the database, for what only reads: the dashboard's pages,
+#: `pgtasks serve`'s GET endpoints and /metrics, the read-only CLI commands. Writes and
+#: everything fenced (claims, leases, finishes) stay on PGTASKS_DATABASE_URL.
+ENV_READ_URL = "PGTASKS_READ_DATABASE_URL"
+#: Seconds of replica lag above which reads from the replica say how stale they are.
+ENV_READ_LAG_THRESHOLD = "PGTASKS_READ_LAG_THRESHOLD"
+#: Its default: a streaming replica under load replays within a second or so; five seconds
+#: behind, an operator acting on a page (a retry, a cancel) may act on a state that is gone.
+READ_LAG_THRESHOLD = 5.0
 #: The embedded server's folder, looked for in the current folder and its parents.
 FOLDER = DEFAULT_ROOT.name
 #: What marks a project root, where the search for FOLDER ends.
@@ -90,6 +99,31 @@ def no_database_message() -> str:
     except EmbeddedServerError as exc:
         return f"no database configured ({looked}); {exc}"
     return f"{NO_DATABASE} ({looked})"
+
+
+def read_database_url(explicit: str | None = None) -> str | None:
+    """The replica to read from: `explicit`, else $PGTASKS_READ_DATABASE_URL, else None
+    (read from the primary, the database_url)."""
+    return explicit or os.environ.get(ENV_READ_URL) or None
+
+
+def read_lag_threshold(explicit: float | None = None) -> float:
+    """The lag (seconds) above which a read from a replica says how stale it is:
+    `explicit`, else $PGTASKS_READ_LAG_THRESHOLD, else READ_LAG_THRESHOLD."""
+    if explicit is not None:
+        return explicit
+    text = os.environ.get(ENV_READ_LAG_THRESHOLD)
+    if not text:
+        return READ_LAG_THRESHOLD
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise ConfigurationError(
+            f"{ENV_READ_LAG_THRESHOLD}={text!r} is not a number of seconds >= 0"
+        )
+    return value
 
 
 def _configured(explicit: str | None) -> str | None:

@@ -35,16 +35,30 @@ log = logging.getLogger("pgtasks.fastapi")
 STATE_CLIENT = "pgtasks_client"
 #: The attribute of `app.state` that holds the in-process Worker (None without one).
 STATE_WORKER = "pgtasks_worker"
+#: The attribute of `app.state` that holds the Client of the replica reads go to (None:
+#: reads go to the primary, through STATE_CLIENT's).
+STATE_READER = "pgtasks_reader"
 
 
 @contextlib.asynccontextmanager
 async def running(
-    app: FastAPI, url: str | None = None, *, worker: bool = False, **worker_options: Any
+    app: FastAPI,
+    url: str | None = None,
+    *,
+    read_url: str | None = None,
+    worker: bool = False,
+    **worker_options: Any,
 ) -> AsyncIterator[Client]:
     """Run a Client, and a Worker when `worker=True` (options as for `Worker`), while the
-    block runs. Use it inside a lifespan of your own; `lifespan()` is the ready-made one."""
-    async with Client(url) as client:
+    block runs. Use it inside a lifespan of your own; `lifespan()` is the ready-made one.
+
+    `read_url` (a hot standby of `url`'s database) opens a second Client there, which
+    `get_reader` gives to what only reads; writes keep the first one."""
+    async with contextlib.AsyncExitStack() as stack:
+        client = await stack.enter_async_context(Client(url))
+        reader = await stack.enter_async_context(Client(read_url)) if read_url else None
         setattr(app.state, STATE_CLIENT, client)
+        setattr(app.state, STATE_READER, reader)
         w: Worker | None = None
         run: asyncio.Task[None] | None = None
         if worker:
@@ -67,6 +81,7 @@ async def running(
                 await run
             setattr(app.state, STATE_CLIENT, None)
             setattr(app.state, STATE_WORKER, None)
+            setattr(app.state, STATE_READER, None)
 
 
 def _report_crash(run: asyncio.Task[None]) -> None:
@@ -77,13 +92,17 @@ def _report_crash(run: asyncio.Task[None]) -> None:
 
 
 def lifespan(
-    url: str | None = None, *, worker: bool = False, **worker_options: Any
+    url: str | None = None,
+    *,
+    read_url: str | None = None,
+    worker: bool = False,
+    **worker_options: Any,
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     """A lifespan for `FastAPI(lifespan=...)`: see `running`."""
 
     @contextlib.asynccontextmanager
     async def run(app: FastAPI) -> AsyncIterator[None]:
-        async with running(app, url, worker=worker, **worker_options):
+        async with running(app, url, read_url=read_url, worker=worker, **worker_options):
             yield
 
     return run
@@ -98,3 +117,16 @@ def get_client(request: Request) -> Client:
             "FastAPI(lifespan=pgtasks.fastapi.lifespan()) or use pgtasks.fastapi.running()"
         )
     return client
+
+
+def replica_of(request: Request) -> Client | None:
+    """The app's replica Client (`running(read_url=...)`), or None when reads go to the
+    primary."""
+    reader = getattr(request.app.state, STATE_READER, None)
+    return reader if isinstance(reader, Client) else None
+
+
+def get_reader(request: Request) -> Client:
+    """Dependency for what only reads: the replica's Client when the app has one, else
+    the app's Client (`get_client`)."""
+    return replica_of(request) or get_client(request)

@@ -20,6 +20,7 @@ from pgtasks.client import (
     STATUSES,
     ActiveTask,
     Client,
+    ReplicaLag,
     SubmitResult,
     TaskDetail,
     TaskEvent,
@@ -27,7 +28,7 @@ from pgtasks.client import (
     TaskLog,
     TaskPage,
 )
-from pgtasks.fastapi import get_client
+from pgtasks.fastapi import get_client, replica_of
 from pgtasks.web.errors import ApiError, ErrorResponse, ErrorRoute
 from pgtasks.web.metrics import CONTENT_TYPE as METRICS_TYPE
 from pgtasks.web.metrics import render
@@ -104,12 +105,13 @@ class SubmitRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         # What the schema cannot say field by field: run_at and delay_s are not both set
-        # (_one_time), nor unique_key and depends_on, nor idempotency_key with either of
-        # them (Client.submit refuses those together).
+        # (_one_time), nor unique_key or unique_for_s with depends_on, nor idempotency_key
+        # with unique_key or depends_on (Client.submit refuses those together).
         json_schema_extra={
             "allOf": [
                 _not_both("run_at", "delay_s"),
                 _not_both("unique_key", "depends_on"),
+                _not_both("unique_for_s", "depends_on"),
                 _not_both("idempotency_key", "unique_key"),
                 _not_both("idempotency_key", "depends_on"),
             ]
@@ -127,6 +129,10 @@ class SubmitRequest(BaseModel):
     timeout_s: Duration | None = None
     #: While a task with this key is active, a submit returns that task (created: false).
     unique_key: Name | None = None
+    #: Seconds the key stays taken from the submit on, even after its task finished (a
+    #: submit within them returns that task, created: false). Needs a unique_key or an
+    #: idempotency_key (else 422 PT303), as Client.submit(unique_for=...) takes it.
+    unique_for_s: Duration | None = None
     #: Makes the submit safe to send again (after a timeout or a lost answer): it is the
     #: task's unique_key, as Client.submit(idempotency_key=...) takes it.
     idempotency_key: Name | None = None
@@ -432,11 +438,19 @@ def _declared(settings: WebSettings, *, write: bool) -> list[Any]:
 
 
 def router(
-    client: Client | None = None, *, settings: WebSettings | None = None, metrics: bool = False
+    client: Client | None = None,
+    *,
+    settings: WebSettings | None = None,
+    metrics: bool = False,
+    reader: Client | None = None,
 ) -> APIRouter:
     """The API. Mount it anywhere: `app.include_router(router(), prefix="/api/admin")`.
 
     With no `client`, each request uses the app's running one (pgtasks.fastapi.lifespan).
+    The GET endpoints read through `reader`, a Client of a replica (default: the app's
+    replica Client when it has one and no `client` is given, else the primary's); every
+    write, and the task event stream (LISTEN and watch_task, which a hot standby cannot
+    run), stays on the primary. `GET /replica` says how far behind the replica is.
     `metrics=True` adds `GET /metrics` (the Prometheus text, a read like the others: with
     a token set it needs it unless reads are open), so a mounted app exposes it at
     `<prefix>/metrics`.
@@ -448,12 +462,22 @@ def router(
     def the_client(request: Request) -> Client:
         return client if client is not None else get_client(request)
 
+    def the_replica(request: Request) -> Client | None:
+        if reader is not None:
+            return reader
+        return replica_of(request) if client is None else None
+
+    def the_reader(request: Request) -> Client:
+        return the_replica(request) or the_client(request)
+
     C = Annotated[Client, Depends(the_client)]
+    #: What only reads: the replica's Client when there is one.
+    R = Annotated[Client, Depends(the_reader)]
     api = APIRouter(route_class=_route_class(settings), responses=ERRORS, tags=["pgtasks"])
 
     @api.get("/tasks", dependencies=read)
     async def list_tasks(
-        c: C,
+        c: R,
         status: Annotated[Status | None, Query()] = None,
         queue: QueryText = None,
         task_type: QueryText = None,
@@ -476,7 +500,7 @@ def router(
         )
 
     @api.get("/tasks/{task_id:int}", dependencies=read)
-    async def get_task(c: C, task_id: TaskId) -> TaskFull:
+    async def get_task(c: R, task_id: TaskId) -> TaskFull:
         """The task with params, result, every attempt's error and its step names."""
         return await c.detail(task_id)  # type: ignore[return-value]  # validated into TaskFull
 
@@ -501,6 +525,7 @@ def router(
             max_retries=body.max_retries,
             timeout=body.timeout_s,
             unique_key=body.unique_key,
+            unique_for=body.unique_for_s,
             depends_on=body.depends_on,
             idempotency_key=body.idempotency_key,
         )
@@ -529,7 +554,7 @@ def router(
         return EventSent(id=task_id, name=name, delivered=delivered)
 
     @api.get("/tasks/{task_id:int}/inbox", dependencies=read)
-    async def task_inbox(c: C, task_id: TaskId) -> list[dict[str, Any]]:
+    async def task_inbox(c: R, task_id: TaskId) -> list[dict[str, Any]]:
         """The events sent to the task and its waits for them, oldest first."""
         return await c.inbox(task_id)
 
@@ -541,7 +566,7 @@ def router(
 
     @api.get("/tasks/{task_id:int}/logs", dependencies=read)
     async def task_logs(
-        c: C,
+        c: R,
         task_id: TaskId,
         after_id: Annotated[int, Query(ge=0, le=INT64)] = 0,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
@@ -550,7 +575,7 @@ def router(
         return await c.logs(task_id, after_id=after_id, limit=limit)
 
     @api.get("/tasks/{task_id:int}/history", dependencies=read)
-    async def task_history(c: C, task_id: TaskId) -> list[TaskEvent]:
+    async def task_history(c: R, task_id: TaskId) -> list[TaskEvent]:
         """Every status transition, oldest first."""
         return await c.history(task_id)
 
@@ -568,12 +593,12 @@ def router(
         return await task_events(c, task_id, after_id=after_id, slots=slots)
 
     @api.get("/queues", dependencies=read)
-    async def queues(c: C) -> list[QueueInfo]:
+    async def queues(c: R) -> list[QueueInfo]:
         """Depth by status, ready count and oldest ready age, per queue."""
         return [QueueInfo.model_validate(r) for r in await c.queue_stats()]
 
     @api.get("/queues/settings", dependencies=read)
-    async def queue_settings(c: C) -> list[dict[str, Any]]:
+    async def queue_settings(c: R) -> list[dict[str, Any]]:
         """Each queue's flow settings (paused, limits, rate) next to its live counts."""
         return await c.queues()
 
@@ -589,19 +614,19 @@ def router(
         return QueueState(queue=queue, paused=False)
 
     @api.get("/workers", dependencies=read)
-    async def workers(c: C, include_dead: bool = True) -> list[WorkerInfo]:
+    async def workers(c: R, include_dead: bool = True) -> list[WorkerInfo]:
         """Workers, alive first, with their running counts."""
         rows = await c.workers(include_dead=include_dead)
         return [WorkerInfo.model_validate(r) for r in rows]
 
     @api.get("/stranded", dependencies=read)
-    async def stranded(c: C, limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
+    async def stranded(c: R, limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
         """Ready tasks whose recorded code version no live worker serves
         (pgtasks.stranded_tasks): they wait for a worker that runs or accepts it."""
         return await c.stranded(limit)
 
     @api.get("/schedules", dependencies=read)
-    async def schedules(c: C) -> list[dict[str, Any]]:
+    async def schedules(c: R) -> list[dict[str, Any]]:
         """Every schedule with its next run and last task (pgtasks.schedules); every,
         catch_up and misfire_grace in seconds."""
         return [_in_seconds(r) for r in await c.schedules()]
@@ -610,7 +635,7 @@ def router(
 
     @api.get("/workers/active", dependencies=read)
     async def active_tasks(
-        c: C,
+        c: R,
         queue: QueryName = None,
         worker_id: QueryName = None,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
@@ -708,8 +733,15 @@ def router(
         """Enqueue one task of the schedule now; answers its id."""
         return ScheduleState(name=name, task_id=await c.trigger_schedule(name))
 
+    @api.get("/replica", dependencies=read)
+    async def replica(c: R) -> ReplicaLag:
+        """How stale the GET endpoints' answers are: the lag of the replica they read
+        (pgtasks.replica_lag; `stale` once it is above PGTASKS_READ_LAG_THRESHOLD
+        seconds, or unknown). Reading from the primary: in_recovery false, lag 0."""
+        return await c.replica_lag(settings.read_lag_threshold)
+
     @api.get("/workflows/{workflow_id:int}", dependencies=read)
-    async def workflow(c: C, workflow_id: WorkflowId) -> dict[str, Any]:
+    async def workflow(c: R, workflow_id: WorkflowId) -> dict[str, Any]:
         """The workflow's state, counts and nodes; 404 for an unknown workflow."""
         return await c.workflow(workflow_id)
 
@@ -727,9 +759,12 @@ def router(
             response_class=Response,
             responses={200: {"content": {METRICS_TYPE: {"schema": {"type": "string"}}}}},
         )
-        async def prometheus(c: C) -> Response:
-            """Prometheus text format: the database's counts, counters and settings."""
-            return Response(await render(c), media_type=METRICS_TYPE)
+        async def prometheus(c: C, request: Request) -> Response:
+            """Prometheus text format: the database's counts, counters and settings, and
+            the health of its tables; with a replica, its lag."""
+            replica = the_replica(request)
+            body = await render(replica or c, primary=c if replica is not None else None)
+            return Response(body, media_type=METRICS_TYPE)
 
     # Each route's documented answers beyond ERRORS: 404 where a path names something, 409
     # for writes, 401 where the token is needed (only when one is set).

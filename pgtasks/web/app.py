@@ -15,7 +15,7 @@ from starlette.routing import Match
 
 from pgtasks import __version__
 from pgtasks.client import Client
-from pgtasks.fastapi import get_client, lifespan
+from pgtasks.fastapi import get_client, lifespan, replica_of
 from pgtasks.web.api import INT64, router
 from pgtasks.web.dashboard import dashboard_router
 from pgtasks.web.dashboard.routes import COOKIE, sessions_for
@@ -101,7 +101,7 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
     app = FastAPI(
         title="pgtasks",
         version=__version__,
-        lifespan=lifespan(settings.database_url),
+        lifespan=lifespan(settings.database_url, read_url=settings.read_database_url),
         # Served below, behind the token when one is set.
         docs_url=None,
         redoc_url=None,
@@ -194,8 +194,10 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
         )
 
     @app.get("/metrics", include_in_schema=False)
-    async def metrics(client: Annotated[Client, Depends(get_client)]) -> Response:
-        return Response(await render(client), media_type=CONTENT_TYPE)
+    async def metrics(request: Request, client: Annotated[Client, Depends(get_client)]) -> Response:
+        replica = replica_of(request)
+        body = await render(replica or client, primary=client if replica is not None else None)
+        return Response(body, media_type=CONTENT_TYPE)
 
     # Last: its routes are the app's catch-all pages (/, /tasks, ...), the API's come first.
     app.include_router(dashboard_router(settings=settings, api_path="api", sessions=sessions))

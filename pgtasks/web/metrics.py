@@ -1,7 +1,13 @@
 """/metrics: Prometheus text from one row of the pgtasks.metrics view read at scrape time,
 so the numbers are right however many workers and API processes there are. The counters
 are the database's (pgtasks.task_counters), so any process exports the same totals and
-pruning never lowers them."""
+pruning never lowers them.
+
+Next to them, the health of the tables (pgtasks.table_health: dead rows, vacuums, sizes)
+and of the MVCC horizon (pgtasks.xmin_horizon), which is what slows claims when it goes
+wrong (docs/operations.md). Those are the server's own statistics, not replicated data:
+when the task gauges are read from a replica, they are still read from the primary, and
+the replica's lag is exported too."""
 
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ from prometheus_client.core import (
     Metric,
 )
 
-from pgtasks.client import STATUSES, Client
+from pgtasks.client import STATUSES, Client, ReplicaLag
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -173,17 +179,94 @@ def _seconds(window: timedelta) -> str:
     return f"{window.total_seconds():g} seconds"
 
 
+#: pgtasks.table_health column -> (gauge, help) per table.
+_TABLE_GAUGES = {
+    "live_tuples": ("pgtasks_table_live_tuples", "Estimated live rows of the pgtasks table"),
+    "dead_tuples": (
+        "pgtasks_table_dead_tuples",
+        "Estimated dead rows of the pgtasks table, not yet removed by vacuum",
+    ),
+    "seconds_since_vacuum": (
+        "pgtasks_table_seconds_since_vacuum",
+        "Seconds since the table was last vacuumed, manually or by autovacuum (absent: never)",
+    ),
+    "table_bytes": ("pgtasks_table_bytes", "Size of the table (heap and TOAST), in bytes"),
+    "index_bytes": ("pgtasks_table_index_bytes", "Size of the table's indexes, in bytes"),
+    "frozenxid_age": (
+        "pgtasks_table_frozenxid_age",
+        "Age in transactions of the table's relfrozenxid (wraparound protection)",
+    ),
+}
+
+
+def health_families(health: dict[str, Any]) -> Iterator[Metric]:
+    """The table and MVCC-horizon families for one Client.health() answer."""
+    tables = health.get("tables") or []
+    for column, (name, doc) in _TABLE_GAUGES.items():
+        fam = GaugeMetricFamily(name, doc, labels=["table"])
+        for t in tables:
+            if t[column] is not None:
+                fam.add_metric([t["table_name"]], float(t[column]))
+        yield fam
+    vacuums = CounterMetricFamily(
+        "pgtasks_table_vacuums", "Vacuums of the table, manual and automatic", labels=["table"]
+    )
+    for t in tables:
+        vacuums.add_metric([t["table_name"]], t["vacuums"])
+    yield vacuums
+    age = GaugeMetricFamily(
+        "pgtasks_xmin_horizon_age",
+        "Age in transactions of the oldest xmin holding back vacuum, by what holds it",
+        labels=["source"],
+    )
+    held = GaugeMetricFamily(
+        "pgtasks_xmin_horizon_held_seconds",
+        "How long the oldest session or prepared transaction holding an xmin has run",
+        labels=["source"],
+    )
+    for h in health.get("xmin_horizon") or []:
+        age.add_metric([h["source"]], h["xmin_age"])
+        if h["held_seconds"] is not None:
+            held.add_metric([h["source"]], float(h["held_seconds"]))
+    yield from (age, held)
+
+
+def replica_families(lag: ReplicaLag) -> Iterator[Metric]:
+    """The lag of the replica the task gauges were read from."""
+    seconds = GaugeMetricFamily(
+        "pgtasks_read_replica_lag_seconds",
+        "How far behind its primary the replica /metrics reads is (NaN: unknown)",
+    )
+    seconds.add_metric([], float("nan") if lag.lag_seconds is None else lag.lag_seconds)
+    yield seconds
+    yield GaugeMetricFamily(
+        "pgtasks_read_replica_receiving",
+        "1 while the replica's WAL receiver runs, else 0 (cut off from its primary)",
+        value=1 if lag.receiving else 0,
+    )
+
+
 class _Snapshot:
-    def __init__(self, snapshot: dict[str, Any]) -> None:
-        self.snapshot = snapshot
+    def __init__(
+        self, snapshot: dict[str, Any], health: dict[str, Any], lag: ReplicaLag | None
+    ) -> None:
+        self.snapshot, self.health, self.lag = snapshot, health, lag
 
     def collect(self) -> Iterator[Metric]:
-        return families(self.snapshot)
+        yield from families(self.snapshot)
+        yield from health_families(self.health)
+        if self.lag is not None:
+            yield from replica_families(self.lag)
 
 
-async def render(client: Client) -> bytes:
-    """One query, then the text format. The collector is built per scrape because the read
-    is async and prometheus-client's collect() is not."""
+async def render(client: Client, *, primary: Client | None = None) -> bytes:
+    """The task gauges from `client`, the table health from `primary` (default: `client`),
+    then the text format. Given a `primary`, `client` is a replica and its lag is
+    exported too. The collector is built per scrape because the reads are async and
+    prometheus-client's collect() is not."""
+    snapshot = await client.metrics()
+    health = await (primary or client).health()
+    lag = await client.replica_lag() if primary is not None else None
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(_Snapshot(await client.metrics()))
+    reg.register(_Snapshot(snapshot, health, lag))
     return generate_latest(reg)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pgtasks.config import READ_LAG_THRESHOLD
+
 #: The names every local server answers to, whatever it binds.
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 
@@ -23,6 +25,13 @@ class WebSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PGTASKS_", extra="ignore")
 
     database_url: str | None = None
+    #: PGTASKS_READ_DATABASE_URL: a hot standby of the database. The dashboard's pages,
+    #: the API's GET endpoints and /metrics read there; writes, the task event streams and
+    #: /metrics' table statistics stay on database_url (docs/high-availability.md).
+    read_database_url: str | None = None
+    #: PGTASKS_READ_LAG_THRESHOLD: seconds of replica lag above which pages say how stale
+    #: they are (the API's GET /replica has `stale`).
+    read_lag_threshold: float = Field(default=READ_LAG_THRESHOLD, ge=0, allow_inf_nan=False)
     api_token: SecretStr | None = None
     api_open_reads: bool = False
     #: Event streams at once, the API's and the dashboard's together; each holds a

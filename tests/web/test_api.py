@@ -216,13 +216,62 @@ async def test_an_idempotency_key_is_the_tasks_unique_key(http):
     assert [t["id"] for t in found.json()["items"]] == [first.json()["id"]]
     for extra, code in (
         ({"unique_key": "order-7"}, "PT100"),
-        ({"depends_on": [first.json()["id"]]}, "invalid_request"),
+        ({"depends_on": [first.json()["id"]]}, "PT100"),
     ):
         r = await http.post("/api/tasks", json={**body, **extra})
         assert r.status_code == 422, r.text
         assert r.json()["error"]["code"] == code, r.json()
     r = await http.post("/api/tasks", json={"task_type": "noop", "idempotency_key": ""})
     assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
+
+
+async def test_unique_for_keeps_the_key_taken_after_its_task_ended(http, conn):
+    """`unique_for_s` is Client.submit's unique_for: within it, a resend returns the first
+    task even though that task has ended; without it the key is free at the task's end."""
+
+    async def submit(body: dict) -> httpx.Response:
+        return await http.post("/api/tasks", json={"task_type": "noop", **body})
+
+    async def cancel(task_id: int) -> None:
+        assert (await http.post(f"/api/tasks/{task_id}/cancel")).status_code == 200
+
+    held = {"idempotency_key": "order-9", "unique_for_s": 3600}
+    first = await submit(held)
+    assert first.status_code == 201, first.text
+    await cancel(first.json()["id"])
+    again = await submit(held)
+    assert again.status_code == 200, again.text
+    assert again.json() == {"id": first.json()["id"], "created": False}
+    # The same with unique_key, and none at all: the key is free once the task ended.
+    keyed = await submit({"unique_key": "order-9", "unique_for_s": 3600})
+    assert keyed.json() == {"id": first.json()["id"], "created": False}
+    plain = await submit({"idempotency_key": "order-10"})
+    await cancel(plain.json()["id"])
+    free = await submit({"idempotency_key": "order-10"})
+    assert free.status_code == 201 and free.json()["id"] != plain.json()["id"]
+    # Once the window has passed, the key is free too.
+    await conn.execute("SELECT pgtasks.advance_clock(interval '2 hours')")
+    late = await submit(held)
+    assert late.status_code == 201 and late.json()["id"] != first.json()["id"], late.text
+
+    for bad in (0, -1, "3600", True, 1e300, None):
+        r = await submit({"unique_key": "k", "unique_for_s": bad})
+        if bad is None:  # null is "no window"
+            assert r.status_code == 201, r.text
+            continue
+        assert r.status_code == 422, (bad, r.text)
+        assert r.json()["error"]["code"] == "invalid_request", r.json()
+    # What the database and the client refuse, with their codes and hints.
+    for body, code in (
+        ({"unique_for_s": 60}, "PT303"),  # a window of no key
+        ({"unique_key": "k2", "unique_for_s": 60, "depends_on": [first.json()["id"]]}, "PT100"),
+    ):
+        r = await submit(body)
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["code"] == code and r.json()["error"]["hint"], r.json()
+    schema = (await http.get("/openapi.json")).json()["components"]["schemas"]["SubmitRequest"]
+    window = schema["properties"]["unique_for_s"]["anyOf"][0]
+    assert window["minimum"] > 0 and window["maximum"] == 100 * 365 * 86400, window
 
 
 async def test_auth_closes_writes_and_reads_unless_opened(dsn):

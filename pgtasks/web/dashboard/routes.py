@@ -32,7 +32,7 @@ from starlette.background import BackgroundTask
 from pgtasks import __version__
 from pgtasks.client import STATUSES, Client
 from pgtasks.errors import TaskNotFound, WorkflowNotFound
-from pgtasks.fastapi import get_client
+from pgtasks.fastapi import get_client, replica_of
 from pgtasks.queries import SEARCH_WINDOW
 from pgtasks.web.dashboard import views
 from pgtasks.web.errors import ApiError, ErrorRoute, error_response
@@ -101,11 +101,18 @@ def dashboard_router(
     settings: WebSettings | None = None,
     api_path: str = "api",
     sessions: Sessions | None = None,
+    reader: Client | None = None,
 ) -> APIRouter:
     """The dashboard as a router. `api_path` is where the JSON API is mounted: relative to
     the dashboard's own prefix (`"api"`: the dashboard at /x, the API at /x/api), or an
     absolute path (`"/internal/pgtasks-api"`). With no `client`, the app's running one.
-    `sessions` (default: from `settings`) lets the app check the same logins elsewhere."""
+    `sessions` (default: from `settings`) lets the app check the same logins elsewhere.
+
+    Pages and the overview stream read through `reader`, a Client of a replica (default:
+    the app's replica Client when it has one and no `client` is given, else the
+    primary's); each page then says how far behind its primary the replica is once that
+    is more than settings.read_lag_threshold. The task stream stays on the primary: it
+    follows the task through LISTEN and watch_task, which a hot standby cannot run."""
     settings = settings or WebSettings()
     token = settings.api_token.get_secret_value() if settings.api_token else None
     sessions = sessions or sessions_for(settings)
@@ -114,7 +121,25 @@ def dashboard_router(
     def the_client(request: Request) -> Client:
         return client if client is not None else get_client(request)
 
+    def the_replica(request: Request) -> Client | None:
+        if reader is not None:
+            return reader
+        return replica_of(request) if client is None else None
+
+    def the_reader(request: Request) -> Client:
+        return the_replica(request) or the_client(request)
+
+    async def replica_lag(request: Request) -> None:
+        """How far behind the replica is, for page() to show (nothing: pages read the
+        primary). The database compares the lag with the threshold."""
+        replica = the_replica(request)
+        if replica is not None and can_read(request):
+            request.state.pgtasks_replica = await replica.replica_lag(settings.read_lag_threshold)
+
     C = Annotated[Client, Depends(the_client)]
+    R = Annotated[Client, Depends(the_reader)]
+    #: On every page: the replica's lag, read before the page is.
+    LAG = [Depends(replica_lag)]
     ui = APIRouter(include_in_schema=False, route_class=ErrorRoute)
 
     def base_of(request: Request) -> str:
@@ -145,7 +170,8 @@ def dashboard_router(
         html = _env.get_template(name).render(
             request=request, base=base, api=api_of(base, request), version=__version__,
             read_only=settings.dashboard_read_only, token_set=token is not None,
-            logged_in=logged_in(request), now=datetime.now(UTC), statuses=STATUSES, **ctx,
+            logged_in=logged_in(request), now=datetime.now(UTC), statuses=STATUSES,
+            replica=getattr(request.state, "pgtasks_replica", None), **ctx,
         )  # fmt: skip
         return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 
@@ -156,8 +182,8 @@ def dashboard_router(
 
     # -- pages ---------------------------------------------------------------------------
 
-    @ui.get("/", name="pgtasks_dashboard_overview")
-    async def overview(request: Request, c: C) -> Response:
+    @ui.get("/", name="pgtasks_dashboard_overview", dependencies=LAG)
+    async def overview(request: Request, c: R) -> Response:
         if not can_read(request):
             return page(request, "overview.html")
         cards, (now, series), workers, active, stranded = await asyncio.gather(
@@ -170,10 +196,10 @@ def dashboard_router(
             workers=workers, initial=_script_json(data), stranded=stranded,
         )  # fmt: skip
 
-    @ui.get("/tasks", name="pgtasks_dashboard_tasks")
+    @ui.get("/tasks", name="pgtasks_dashboard_tasks", dependencies=LAG)
     async def tasks(
         request: Request,
-        c: C,
+        c: R,
         status: str | None = None,
         queue: str | None = None,
         task_type: str | None = None,
@@ -204,8 +230,8 @@ def dashboard_router(
             queues=[x["queue"] for x in cards], types=[t["task_type"] for t in types],
         )  # fmt: skip
 
-    @ui.get("/tasks/{task_id}", name="pgtasks_dashboard_task")
-    async def task(request: Request, c: C, task_id: int) -> Response:
+    @ui.get("/tasks/{task_id}", name="pgtasks_dashboard_task", dependencies=LAG)
+    async def task(request: Request, c: R, task_id: int) -> Response:
         if not can_read(request):
             return page(request, "task.html")
         try:
@@ -222,10 +248,10 @@ def dashboard_router(
             history=history, logs=logs, last_log=logs[-1].id if logs else 0, inbox=inbox,
         )  # fmt: skip
 
-    @ui.get("/failed", name="pgtasks_dashboard_failed")
+    @ui.get("/failed", name="pgtasks_dashboard_failed", dependencies=LAG)
     async def failed(
         request: Request,
-        c: C,
+        c: R,
         queue: str | None = None,
         task_type: str | None = None,
         after: Annotated[int | None, Query(ge=0)] = None,
@@ -246,29 +272,29 @@ def dashboard_router(
             filters={"queue": queue, "task_type": task_type},
         )  # fmt: skip
 
-    @ui.get("/queues", name="pgtasks_dashboard_queues")
-    async def queues(request: Request, c: C) -> Response:
+    @ui.get("/queues", name="pgtasks_dashboard_queues", dependencies=LAG)
+    async def queues(request: Request, c: R) -> Response:
         if not can_read(request):
             return page(request, "queues.html")
         return page(request, "queues.html", title="Queues", nav="queues",
                     cards=await c.queue_cards())  # fmt: skip
 
-    @ui.get("/schedules", name="pgtasks_dashboard_schedules")
-    async def schedules(request: Request, c: C) -> Response:
+    @ui.get("/schedules", name="pgtasks_dashboard_schedules", dependencies=LAG)
+    async def schedules(request: Request, c: R) -> Response:
         if not can_read(request):
             return page(request, "schedules.html")
         return page(request, "schedules.html", title="Schedules", nav="schedules",
                     schedules=await c.schedules())  # fmt: skip
 
-    @ui.get("/workflows", name="pgtasks_dashboard_workflows")
-    async def workflows(request: Request, c: C) -> Response:
+    @ui.get("/workflows", name="pgtasks_dashboard_workflows", dependencies=LAG)
+    async def workflows(request: Request, c: R) -> Response:
         if not can_read(request):
             return page(request, "workflows.html")
         return page(request, "workflows.html", title="Workflows", nav="workflows",
                     workflows=await c.workflows(limit=50))  # fmt: skip
 
-    @ui.get("/workflows/{workflow_id}", name="pgtasks_dashboard_workflow")
-    async def workflow(request: Request, c: C, workflow_id: int) -> Response:
+    @ui.get("/workflows/{workflow_id}", name="pgtasks_dashboard_workflow", dependencies=LAG)
+    async def workflow(request: Request, c: R, workflow_id: int) -> Response:
         if not can_read(request):
             return page(request, "workflow.html")
         try:
@@ -337,7 +363,7 @@ def dashboard_router(
     # -- live ----------------------------------------------------------------------------
 
     @ui.get("/stream/overview")
-    async def overview_stream(request: Request, c: C) -> Response:
+    async def overview_stream(request: Request, c: R) -> Response:
         """`overview` every second: queue cards, workers with the tasks each runs, and the
         throughput seconds since the last frame (the page has the five minutes before it
         drew)."""
