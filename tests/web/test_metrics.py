@@ -208,3 +208,59 @@ async def test_promtool_accepts_the_real_metrics_output(dsn):
 def test_rules_file_is_where_the_docs_say():
     docs = (ROOT / "docs" / "observability.md").read_text()
     assert str(RULES.relative_to(ROOT)) in docs and RULE_TESTS.exists()
+
+
+async def test_metrics_show_dead_rows_and_what_holds_the_xmin_horizon(dsn, conn):
+    """The table-health and horizon series (pgtasks.table_health, pgtasks.xmin_horizon)
+    move with what they measure: cancels leave dead rows, an open REPEATABLE READ
+    snapshot holds the horizon while transactions go by, and stops when it ends."""
+    app = FastAPI(lifespan=lifespan(dsn))
+    app.include_router(router(metrics=True, settings=WebSettings()), prefix="/ops")
+
+    def gauge(text: str, name: str, **labels: str) -> float:
+        fams = {f.name: f for f in text_string_to_metric_families(text)}
+        return next(s.value for s in fams[name].samples if s.labels == labels)
+
+    async def burn(n: int) -> None:  # n transactions, each with an xid
+        for _ in range(n):
+            await conn.fetchval("SELECT pg_current_xact_id()")
+
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as h:
+
+            async def scrape() -> str:
+                r = await h.get("/ops/metrics")
+                assert r.status_code == 200, r.text
+                return r.text
+
+            before = gauge(await scrape(), "pgtasks_table_dead_tuples", table="tasks")
+            ids = [await conn.fetchval("SELECT pgtasks.submit_task('noop')") for _ in range(5)]
+            for tid in ids:
+                await conn.fetchval("SELECT pgtasks.cancel_task($1)", tid)
+            # This session's counts reach the shared statistics once it goes idle.
+            await conn.execute("SELECT pg_stat_force_next_flush()")
+            text = await scrape()
+            assert gauge(text, "pgtasks_table_dead_tuples", table="tasks") >= before + 5, text
+            assert gauge(text, "pgtasks_table_live_tuples", table="tasks") >= 5
+            assert gauge(text, "pgtasks_table_bytes", table="tasks") > 0
+            assert "pgtasks_table_vacuums_total" in text
+
+            holder = await asyncpg.connect(dsn)
+            try:
+                async with holder.transaction(isolation="repeatable_read"):
+                    await holder.fetchval("SELECT 1")  # takes the snapshot: an xmin, no xid
+                    await burn(20)
+                    held = await scrape()
+                    during = gauge(held, "pgtasks_xmin_horizon_age", source="session")
+                    assert during >= 20, held
+                    assert gauge(held, "pgtasks_xmin_horizon_held_seconds", source="session") > 0
+                    await holder.fetchval("SELECT pg_current_xact_id()")  # now an xid too
+                    await burn(5)
+                    text = await scrape()
+                    assert gauge(text, "pgtasks_xmin_horizon_age", source="transaction") >= 5
+            finally:
+                await holder.close()
+            await burn(1)
+            after = gauge(await scrape(), "pgtasks_xmin_horizon_age", source="session")
+            assert after < during, (after, during)
