@@ -142,3 +142,9 @@ _.transition
 _.put_schedule
 _.delete_schedule
 _.outage_retries
+
+# ReplicaLag's fields that only its readers use (GET /api/replica's JSON), and the
+# dependency an app's own read routes take (pgtasks.fastapi.get_reader).
+_.in_recovery
+_.last_replayed_commit_at
+_.get_reader
