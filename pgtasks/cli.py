@@ -494,6 +494,11 @@ def serve(ctx: click.Context, host: str, port: int, log_level: str, log_format: 
         f"pgtasks dashboard on http://{host}:{port}/ ({where}; API at /api, docs at /docs, "
         "metrics at /metrics)"
     )
+    if settings.read_database_url:
+        click.echo(
+            "pages, GET endpoints and /metrics read from the replica of --read-database-url; "
+            "writes and task streams go to the primary"
+        )
     if settings.api_token is None:
         hosts = settings.host_names()
         named = "any host" if hosts is None else ", ".join(sorted(hosts))

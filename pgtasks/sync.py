@@ -182,6 +182,8 @@ class SyncClient:
     workers = _blocking(Client.workers)
     active = _blocking(Client.active)
     metrics = _blocking(Client.metrics)
+    replica_lag = _blocking(Client.replica_lag)
+    health = _blocking(Client.health)
     cancel = _blocking(Client.cancel)
     send_event = _blocking(Client.send_event)
     inbox = _blocking(Client.inbox)
