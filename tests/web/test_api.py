@@ -265,6 +265,7 @@ async def test_unique_for_keeps_the_key_taken_after_its_task_ended(http, conn):
     for body, code in (
         ({"unique_for_s": 60}, "PT303"),  # a window of no key
         ({"unique_key": "k2", "unique_for_s": 60, "depends_on": [first.json()["id"]]}, "PT100"),
+        ({"unique_key": "k2", "depends_on": []}, "PT100"),
     ):
         r = await submit(body)
         assert r.status_code == 422, r.text
