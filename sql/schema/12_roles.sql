@@ -57,7 +57,8 @@
 -- pgtasks_reader: sees everything, changes nothing.
 --   Reads   every view: task_status (params, results and errors included), task_history,
 --           task_log_lines, task_attempt_errors, task_step_names, failed_tasks, workers,
---           active_tasks, schedules, workflows, metrics, and the submitter's views;
+--           active_tasks, schedules, workflows, metrics, replica_lag, table_health,
+--           xmin_horizon, and the submitter's views;
 --           workflow_graph, transition_reason, current_settings.
 --   Writes  nothing.
 --
