@@ -166,7 +166,7 @@ SELECT *, now() - last_seen AS seen_ago FROM pgtasks.workers
 # bucket bounds it counted with.
 METRICS = "SELECT * FROM pgtasks.metrics"
 
-# How stale the server answering is (sql/0140): `stale` once its lag is above $1 seconds,
+# How stale the server answering is (sql/0049): `stale` once its lag is above $1 seconds,
 # or unknown, on a replica; a primary is never stale.
 REPLICA_LAG = """
 SELECT l.in_recovery, l.receiving, l.last_replayed_commit_at, l.lag_seconds,
@@ -174,7 +174,7 @@ SELECT l.in_recovery, l.receiving, l.last_replayed_commit_at, l.lag_seconds,
   FROM pgtasks.replica_lag l"""
 
 # Dead rows and vacuums per pgtasks table, and what holds the MVCC horizon back
-# (sql/0140): the server's own statistics, so /metrics reads them on the primary.
+# (sql/0049): the server's own statistics, so /metrics reads them on the primary.
 HEALTH = """
 SELECT (SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(t) ORDER BY t.table_name),
                         '[]'::jsonb)
