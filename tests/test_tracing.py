@@ -205,6 +205,118 @@ async def test_a_malformed_traceparent_is_refused_with_a_hint(conn, bad):
     assert await conn.fetchval("SELECT count(*) FROM pgtasks.tasks") == 0
 
 
+# -- SQL: tracestate, beside traceparent ------------------------------------------------------
+
+TS = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"
+
+
+async def test_tracestate_travels_with_its_traceparent_to_the_claim(conn):
+    one = await conn.fetchval(
+        "SELECT pgtasks.submit_task('t', traceparent => $1, tracestate => $2)", TP, TS
+    )
+    # Optional whitespace, empty members and tenant@system keys are the spec's own forms.
+    odd = " a=1 ,, t0@sys=v/x"
+    two = await conn.fetchval(
+        "SELECT pgtasks.submit_task('t', traceparent => $1, tracestate => $2)", TP2, odd
+    )
+    rows = await conn.fetch("SELECT * FROM pgtasks.claim_tasks('w1', max_tasks => 1)")
+    assert [(r["id"], r["traceparent"], r["tracestate"]) for r in rows] == [(one, TP, TS)]
+    token = rows[0]["lease_token"]
+    rows = await conn.fetch(
+        """SELECT * FROM pgtasks.finish_and_claim('w1', ARRAY[$1::bigint], ARRAY[$2],
+                                                  ARRAY['1'::jsonb], claim_max => 1)""",
+        one,
+        token,
+    )
+    assert [(r["id"], r["tracestate"]) for r in rows] == [(two, odd)]
+
+
+async def test_the_session_tracestate_goes_with_the_session_traceparent_only(conn):
+    await conn.execute(f"SET pgtasks.traceparent = '{TP}'")
+    await conn.execute(f"SET pgtasks.tracestate = '{TS}'")
+    one = await conn.fetchval("SELECT pgtasks.submit_task('t')")
+    keyed = await conn.fetchval("SELECT id FROM pgtasks.submit_or_get('t', unique_key => 'g')")
+    bulk = await conn.fetchval(
+        "SELECT array_agg(s) FROM pgtasks.submit_tasks('t', ARRAY['{}'::jsonb, '{}']) s"
+    )
+    flow = await conn.fetchval(
+        """SELECT pgtasks.submit_workflow('{"nodes": [{"name": "a", "type": "t"}]}')::text"""
+    )
+    nodes = list(json.loads(flow)["nodes"].values())
+    # A traceparent argument brings its own tracestate (here none), never the session's.
+    own = await conn.fetchval("SELECT pgtasks.submit_task('t', traceparent => $1)", TP2)
+    mine = await conn.fetchval(
+        "SELECT pgtasks.submit_workflow($1::text::jsonb, traceparent => $2,"
+        " tracestate => 'k=v')::text",
+        '{"nodes": [{"name": "a", "type": "t"}]}',
+        TP2,
+    )
+    assert await conn.fetchval("SELECT current_setting('pgtasks.tracestate')") == TS
+    # The spec discards a tracestate without a traceparent.
+    await conn.execute("RESET pgtasks.traceparent")
+    alone = await conn.fetchval("SELECT pgtasks.submit_task('t')")
+    got = {r["id"]: (r["traceparent"], r["tracestate"]) for r in await conn.fetch(
+        "SELECT id, traceparent, tracestate FROM pgtasks.tasks")}  # fmt: skip
+    assert [got[i] for i in (one, keyed, *bulk, *nodes)] == [(TP, TS)] * 5
+    assert got[own] == (TP2, None)
+    assert got[json.loads(mine)["nodes"]["a"]] == (TP2, "k=v")
+    assert got[alone] == (None, None)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "a=" + "x" * 511,  # over the 512 characters every vendor passes on
+        "Rojo=1",  # keys are lower case
+        "a=1,a=2",  # keys are unique
+        ",".join(f"k{i}=v" for i in range(33)),  # at most 32 members
+        "a=caf\u00e9",  # values are printable ASCII
+        "a=b=c",  # a value holds no '='
+        "a=",  # a value has at least one character
+        "a=1\nb=2",
+        "=1",
+    ],
+)
+async def test_a_malformed_tracestate_is_refused_with_a_hint(conn, bad):
+    for call in (
+        "SELECT pgtasks.submit_task('t', traceparent => $2, tracestate => $1)",
+        "SELECT pgtasks.submit_tasks('t', ARRAY['{}'::jsonb], traceparent => $2, tracestate => $1)",
+        "SELECT pgtasks.submit_or_get('t', traceparent => $2, tracestate => $1)",
+    ):
+        with pytest.raises(asyncpg.PostgresError) as err:
+            await conn.fetchval(call, bad, TP)
+        assert err.value.sqlstate == "PT132"
+        assert "512 characters" in (err.value.hint or "")
+    await conn.execute(f"SET pgtasks.traceparent = '{TP}'")
+    await conn.execute("SELECT set_config('pgtasks.tracestate', $1, false)", bad)
+    with pytest.raises(asyncpg.PostgresError) as err:
+        await conn.fetchval("SELECT pgtasks.submit_task('t')")
+    assert err.value.sqlstate == "PT132"
+    assert await conn.fetchval("SELECT count(*) FROM pgtasks.tasks") == 0
+
+
+async def test_a_tracestate_argument_needs_its_traceparent(conn):
+    with pytest.raises(asyncpg.PostgresError) as err:
+        await conn.fetchval("SELECT pgtasks.submit_task('t', tracestate => $1)", TS)
+    assert err.value.sqlstate == "PT132"
+    assert "traceparent" in (err.value.hint or "")
+
+
+async def test_the_table_bounds_a_tracestate_whatever_writes_it(conn):
+    tid = await conn.fetchval(
+        "SELECT pgtasks.submit_task('t', traceparent => $1, tracestate => $2)", TP, TS
+    )
+    # The owner's hand-written UPDATE meets the CHECK, which answers with the same error.
+    with pytest.raises(asyncpg.PostgresError) as err:
+        await conn.execute(
+            "UPDATE pgtasks.tasks SET tracestate = repeat('a', 600) WHERE id = $1", tid
+        )
+    assert err.value.sqlstate == "PT132"
+    with pytest.raises(asyncpg.PostgresError) as err:
+        await conn.execute("UPDATE pgtasks.tasks SET tracestate = E'a=\\x01' WHERE id = $1", tid)
+    assert err.value.sqlstate == "PT132"
+
+
 # -- Python: submit inside a span, attempts in spans ---------------------------------------
 
 
