@@ -22,7 +22,14 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+)
 
 from pgtasks import Client, Registry, SyncClient, Worker, chain, group, task_node, task_register
 from pgtasks.context import TaskContext
@@ -373,6 +380,65 @@ async def test_a_retried_task_gives_two_attempt_spans_linked_to_the_submit(dsn, 
     }
 
 
+def request_with_tracestate() -> Any:
+    """The context of a request that came in with a tracestate (a remote parent's entries):
+    the SDK's spans inherit their parent's tracestate."""
+    remote = SpanContext(
+        trace_id=0x0AF7651916CD43DD8448EB211C80319C,
+        span_id=0xB7AD6B7169203331,
+        is_remote=True,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED),
+        trace_state=TraceState([("rojo", "00f067aa0ba902b7"), ("congo", "t61rcWkgMzE")]),
+    )
+    return trace.set_span_in_context(NonRecordingSpan(remote))
+
+
+async def test_the_request_tracestate_reaches_the_attempts_span_context(dsn, conn, spans):
+    tracer = trace.get_tracer("tests")
+    async with Client(dsn) as client:
+        with tracer.start_as_current_span("request", context=request_with_tracestate()):
+            tid = await client.submit("traced", {})
+            bulk = await client.submit_many("traced", [{}])
+            flow = await client.submit(chain(task_node("traced", name="a")))
+    stored = {r["id"]: r["tracestate"] for r in await conn.fetch(
+        "SELECT id, tracestate FROM pgtasks.tasks")}  # fmt: skip
+    assert [stored[i] for i in (tid, *bulk, *flow.nodes.values())] == [TS] * 3
+    await run_until_done(dsn, conn, tid)
+    (span,) = attempt_spans(spans, tid)
+    assert span.parent is not None and span.parent.trace_state.to_header() == TS
+    assert span.context.trace_state.to_header() == TS
+
+
+async def test_a_task_submitted_outside_any_trace_keeps_its_first_attempts_trace(dsn, conn, spans):
+    tid = await conn.fetchval(
+        "SELECT pgtasks.submit_task('traced', params => '{\"fail_first\": true}')"
+    )
+    await run_until_done(dsn, conn, tid)
+    first, second = attempt_spans(spans, tid)
+    # The first attempt is the root of a trace of its own; the retry is its child, linked.
+    assert first.parent is None
+    assert second.context.trace_id == first.context.trace_id
+    assert second.parent is not None and second.parent.span_id == first.context.span_id
+    assert [link.context.span_id for link in second.links] == [first.context.span_id]
+    stored = await conn.fetchval("SELECT traceparent FROM pgtasks.tasks WHERE id = $1", tid)
+    assert stored == traceparent_of(first)
+
+
+async def test_record_trace_is_fenced_and_never_replaces_a_submits_context(conn):
+    plain = await conn.fetchval("SELECT pgtasks.submit_task('t', priority => 1)")
+    traced = await conn.fetchval("SELECT pgtasks.submit_task('t', traceparent => $1)", TP)
+    rows = await conn.fetch("SELECT * FROM pgtasks.claim_tasks('w1', max_tasks => 2)")
+    tokens = {r["id"]: r["lease_token"] for r in rows}
+    record = "SELECT pgtasks.record_trace($1, $2, $3)"
+    with pytest.raises(asyncpg.PostgresError) as err:
+        await conn.fetchval(record, plain, "0" * 64, TP2)
+    assert err.value.sqlstate == "PT002"
+    assert await conn.fetchval(record, traced, tokens[traced], TP2) is False
+    assert await conn.fetchval(record, plain, tokens[plain], TP2) is True
+    got = dict(await conn.fetch("SELECT id, traceparent FROM pgtasks.tasks"))
+    assert got == {plain: TP2, traced: TP}
+
+
 async def test_keyed_bulk_and_workflow_submits_carry_the_callers_span(dsn, conn, spans):
     tracer = trace.get_tracer("tests")
     async with Client(dsn) as client:
@@ -469,6 +535,27 @@ def test_sync_client_submits_in_the_callers_span(dsn, spans):
             await c.close()
 
     assert asyncio.run(read()) == traceparent_of(request)
+
+
+def test_sync_client_submits_the_callers_tracestate(dsn, spans):
+    tracer = trace.get_tracer("tests")
+    with (
+        SyncClient(dsn) as client,
+        tracer.start_as_current_span("request", context=request_with_tracestate()),
+    ):
+        tid = client.submit("traced", {})
+
+    async def read() -> str | None:
+        c = await asyncpg.connect(dsn)
+        try:
+            value: str | None = await c.fetchval(
+                "SELECT tracestate FROM pgtasks.tasks WHERE id = $1", tid
+            )
+            return value
+        finally:
+            await c.close()
+
+    assert asyncio.run(read()) == TS
 
 
 def test_sync_client_bulk_and_workflow_submits_carry_the_callers_span(dsn, spans):
