@@ -71,6 +71,11 @@ async def waits(ctx: TaskContext, params: dict[str, Any]) -> Any:
     return await ctx.wait_for_event("go", timeout=60)
 
 
+@task_register("awaits", into=REG)
+async def awaits(ctx: TaskContext, params: dict[str, Any]) -> Any:
+    return await ctx.wait_for_event("go", timeout=60)
+
+
 @task_register("spawner", into=REG)
 async def spawner(ctx: TaskContext, params: dict[str, Any]) -> int:
     async with Client(params["dsn"]) as client:
@@ -422,6 +427,31 @@ async def test_a_task_submitted_outside_any_trace_keeps_its_first_attempts_trace
     assert [link.context.span_id for link in second.links] == [first.context.span_id]
     stored = await conn.fetchval("SELECT traceparent FROM pgtasks.tasks WHERE id = $1", tid)
     assert stored == traceparent_of(first)
+
+
+async def test_an_untraced_task_that_waits_for_an_event_keeps_its_first_attempts_trace(
+    dsn, conn, spans
+):
+    tid = await conn.fetchval("SELECT pgtasks.submit_task('awaits')")
+    w = Worker(dsn, registry=REG, poll_interval=0.1)
+    run = asyncio.create_task(w.run())
+    try:
+        # The wait parks the task: its attempt ends inside wait_for_event, not in the worker.
+        await wait_for(
+            conn,
+            "SELECT count(*) FROM pgtasks.task_history WHERE task_id = $1"
+            " AND note LIKE 'waiting for event go%'",
+            tid,
+        )
+        await conn.execute("SELECT pgtasks.send_event($1, 'go', '1'::jsonb)", tid)
+        await wait_for(conn, "SELECT status = 'DONE' FROM pgtasks.tasks WHERE id = $1", tid)
+    finally:
+        w.stop()
+        await asyncio.wait_for(run, 30)
+    first, second = attempt_spans(spans, tid)
+    assert first.parent is None
+    assert second.context.trace_id == first.context.trace_id
+    assert second.parent is not None and second.parent.span_id == first.context.span_id
 
 
 async def test_record_trace_is_fenced_and_never_replaces_a_submits_context(conn):

@@ -146,7 +146,7 @@ class Runner:
         if span is None:
             return await self._run(att, spec)
         if att.traceparent is None:
-            att.new_trace = tracing.span_traceparent(span)
+            att.ctx._new_trace = tracing.span_traceparent(span)
         with tracing.current(span):
             outcome = await self._run(att, spec)
         if isinstance(outcome, Failed):

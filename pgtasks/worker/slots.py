@@ -67,9 +67,6 @@ class Attempt:
     # attempt's span.
     traceparent: str | None = None
     tracestate: str | None = None
-    # The attempt span's own traceparent when the task had none (its first traced attempt,
-    # the root of a new trace): recorded as the task's if the attempt hands it on.
-    new_trace: str | None = None
 
     @classmethod
     def claimed(cls, row: Any, *, writer: Writer, is_sync: bool, **tools: Any) -> Attempt:

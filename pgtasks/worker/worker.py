@@ -490,7 +490,7 @@ class Worker:
         started = loop_time()
         try:
             outcome = await runner.run(att, spec)
-            await self.completer.record(att.task_id, att.lease_token, outcome, att.new_trace)
+            await self.completer.record(att.task_id, att.lease_token, outcome, att.ctx._new_trace)
         except asyncio.CancelledError:
             # Cancelled again while its outcome was being written (e.g. the drain's stop
             # after the grace period): the lease hands the task on.
