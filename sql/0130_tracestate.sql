@@ -58,25 +58,31 @@ CREATE OR REPLACE FUNCTION pgtasks.check_tracestate(tracestate text)
  IMMUTABLE SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pgtasks', 'pg_temp'
 AS $function$
-DECLARE
-    members integer;
-    keys integer;
-    bad boolean;
 BEGIN
     IF tracestate IS NULL OR tracestate = '' THEN
         RETURN NULL;
     END IF;
-    IF octet_length(tracestate) <= 512 AND tracestate !~ '[^ -~\t]' THEN
-        SELECT count(*), count(DISTINCT split_part(m.member, '=', 1)),
-               coalesce(bool_or(m.member !~ ('^([a-z][a-z0-9_*/-]{0,255}|[a-z0-9][a-z0-9_*/-]{0,240}@[a-z][a-z0-9_*/-]{0,13})'
-                                            '=[^=\t]{0,255}[^= \t]$')), false)
-          INTO members, keys, bad
-          FROM unnest(string_to_array(tracestate, ',')) AS u(item),
-               btrim(u.item, E' \t') AS m(member)
-         WHERE m.member <> '';
-        IF members <= 32 AND keys = members AND NOT bad THEN
-            RETURN tracestate;
-        END IF;
+    IF octet_length(tracestate) <= 512
+       AND tracestate !~ '[^ -~\t]'
+       -- At most 32 members: 31 commas.
+       AND octet_length(tracestate) - octet_length(replace(tracestate, ',', '')) <= 31
+       -- (In parentheses: an IF condition ends at the first THEN outside them.)
+       AND (CASE WHEN octet_length(tracestate) <= 241 THEN
+               tracestate ~ ('^[ \t]*(([a-z][a-z0-9_*/-]*|[a-z0-9][a-z0-9_*/-]*@[a-z][a-z0-9_*/-]*)'
+                             '=[^,=\t]*[^ ,=\t])?[ \t]*'
+                             '(,[ \t]*(([a-z][a-z0-9_*/-]*|[a-z0-9][a-z0-9_*/-]*@[a-z][a-z0-9_*/-]*)'
+                             '=[^,=\t]*[^ ,=\t])?[ \t]*)*$')
+               AND (strpos(tracestate, '@') = 0
+                    OR tracestate !~ '(^|,)[ \t]*[a-z0-9][a-z0-9_*/-]*@[a-z0-9_*/-]{15}')
+           ELSE
+               tracestate ~ ('^[ \t]*(([a-z][a-z0-9_*/-]{0,255}|[a-z0-9][a-z0-9_*/-]{0,240}@[a-z][a-z0-9_*/-]{0,13})'
+                             '=[^,=\t]{0,255}[^ ,=\t])?[ \t]*'
+                             '(,[ \t]*(([a-z][a-z0-9_*/-]{0,255}|[a-z0-9][a-z0-9_*/-]{0,240}@[a-z][a-z0-9_*/-]{0,13})'
+                             '=[^,=\t]{0,255}[^ ,=\t])?[ \t]*)*$')
+           END)
+       AND (strpos(tracestate, ',') = 0
+            OR tracestate !~ '(?:^|,)[ \t]*([a-z0-9_*/@-]+)=(?:.*,)?[ \t]*\1=') THEN
+        RETURN tracestate;
     END IF;
     RAISE EXCEPTION 'pgtasks: tracestate must be a W3C tracestate list, got %',
             pg_catalog.quote_literal(left(tracestate, 80))

@@ -287,6 +287,13 @@ async def test_the_session_tracestate_goes_with_the_session_traceparent_only(con
         "a=",  # a value has at least one character
         "a=1\nb=2",
         "=1",
+        "a=1, b=2,\ta=3",  # a repeated key, whatever the spaces around it
+        "a=1 b=2",  # members are separated by commas
+        "1a=1",  # a simple key starts with a letter
+        "t@Sys=1",  # a system id is lower case
+        "a=" + "v" * 257,  # a value has at most 256 characters
+        "t@" + "s" * 15 + "=1",  # a system id has at most 14
+        "t" * 242 + "@s=1",  # a tenant id at most 241
     ],
 )
 async def test_a_malformed_tracestate_is_refused_with_a_hint(conn, bad):
@@ -305,6 +312,27 @@ async def test_a_malformed_tracestate_is_refused_with_a_hint(conn, bad):
         await conn.fetchval("SELECT pgtasks.submit_task('t')")
     assert err.value.sqlstate == "PT132"
     assert await conn.fetchval("SELECT count(*) FROM pgtasks.tasks") == 0
+
+
+@pytest.mark.parametrize(
+    "good",
+    [
+        "a=1",
+        "a=1,\tb=2 , c=v w",  # spaces or tabs around members; a value may hold a space
+        ",".join(f"k{i}=v" for i in range(32)),  # 32 members
+        "a=1,,b=2,",  # empty members
+        "t0@sys-1=x,ab=1,b=2",  # tenant@system keys; b is not a repeat of ab
+        "k=" + "v" * 256,
+        "k=a@bbbbbbbbbbbbbbbbbbbb,t@" + "s" * 14 + "=1",  # an @ in a value is no key's
+        "t" * 241 + "@s=1",
+    ],
+)
+async def test_a_tracestate_of_the_specs_forms_is_kept_as_given(conn, good):
+    tid = await conn.fetchval(
+        "SELECT pgtasks.submit_task('t', traceparent => $1, tracestate => $2)", TP, good
+    )
+    got = await conn.fetchval("SELECT tracestate FROM pgtasks.tasks WHERE id = $1", tid)
+    assert got == good
 
 
 async def test_a_tracestate_argument_needs_its_traceparent(conn):
