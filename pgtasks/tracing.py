@@ -1,16 +1,16 @@
 """OpenTelemetry tracing across the queue (the `otel` extra: opentelemetry-api).
 
-The one module that imports OpenTelemetry, and only if it is installed. A submit inside a
-recording span stores that span's W3C `traceparent` and `tracestate` with the task
-(tasks.traceparent, tasks.tracestate); each attempt of the task then runs in a CONSUMER
-span whose parent is that context and which links to it, as OpenTelemetry's messaging
-conventions say for a message processed after it was sent. A task submitted outside any
-trace has its first attempt start a trace of its own; when that attempt hands the task on
-(a failure, a yield, a snooze) the worker records the attempt's context as the task's
-(pgtasks.record_trace), so every later attempt is a child of the first and linked to it.
-Without the package, or while no tracer provider is configured (the API's default proxy),
-every function here returns at its first test: no span, no context object, no string is
-made.
+The one module that imports OpenTelemetry's tracing, and only if it is installed (its
+metrics: pgtasks.worker.otel_metrics). A submit inside a recording span stores that span's
+W3C `traceparent` and `tracestate` with the task (tasks.traceparent, tasks.tracestate);
+each attempt of the task then runs in a CONSUMER span whose parent is that context and
+which links to it, as OpenTelemetry's messaging conventions say for a message processed
+after it was sent. A task submitted outside any trace has its first attempt start a trace
+of its own; when that attempt hands the task on (a failure, a yield, a snooze, a wait that
+parks it) the worker records the attempt's context as the task's (pgtasks.record_trace),
+so every later attempt is a child of the first and linked to it. Without the package, or
+while no tracer provider is configured (the API's default proxy), every function here
+returns at its first test: no span, no context object, no string is made.
 """
 
 from __future__ import annotations

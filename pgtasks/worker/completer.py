@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 from pgtasks import queries
-from pgtasks.db import TRANSIENT, translated
+from pgtasks.db import DATABASE_ERRORS, TRANSIENT, translated
 from pgtasks.errors import LeaseLost, PgTasksError
 from pgtasks.worker.base import Service, WorkerStats, retrying
 from pgtasks.worker.runner import (
@@ -44,6 +44,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("pgtasks.worker")
 
 Result = tuple[int, str, str | None]  # task_id, lease token, result as JSON text
+
+#: What a trace record may meet without the outcome after it being affected: a refusal (the
+#: attempt is no longer ours) or a database that is away (the outcome's write retries).
+_NOT_RECORDED: tuple[type[BaseException], ...] = (PgTasksError, *DATABASE_ERRORS)
 
 
 class Completer(Service):
@@ -245,7 +249,7 @@ class Completer(Service):
         try:
             async with translated():
                 await self.pool.fetchval(queries.RECORD_TRACE, task_id, lease_token, traceparent)
-        except (PgTasksError, asyncpg.PostgresError, OSError) as exc:
+        except _NOT_RECORDED as exc:
             log.debug("task %s: its trace was not recorded: %s", task_id, exc)
 
     async def fail(self, task_id: int, lease_token: str, outcome: Failed) -> None:
