@@ -506,7 +506,7 @@ class Client:
                         queries.SUBMIT_DEPENDENT, name, db.dumps(raw), *options,
                         flow.concurrency_key, flow.concurrency_limit,
                         list(depends_on or []), on_parent_failure, soft,
-                        tracing.current_traceparent(),
+                        *tracing.current_context(),
                     )
                 )  # fmt: skip
             tracing.submit_event(name, [made])
@@ -520,7 +520,7 @@ class Client:
                         db.dumps(raw),
                         *options,
                         soft,
-                        tracing.current_traceparent(),
+                        *tracing.current_context(),
                     )
                 )
                 tracing.submit_event(name, [made])
@@ -528,7 +528,7 @@ class Client:
             row = await conn.fetchrow(
                 queries.SUBMIT_OR_GET, name, db.dumps(raw), *options,
                 flow.unique_key, flow.unique_for, flow.concurrency_key, flow.concurrency_limit,
-                soft, tracing.current_traceparent(),
+                soft, *tracing.current_context(),
             )  # fmt: skip
         assert row is not None  # submit_or_get returns exactly one row or raises
         tracing.submit_event(name, [row["id"]])
@@ -581,7 +581,7 @@ class Client:
                 flow.concurrency_keys,
                 flow.concurrency_limit,
                 soft,
-                tracing.current_traceparent(),
+                *tracing.current_context(),
             )
         made = [] if ids is None else list(ids)
         tracing.submit_event(name, made)
@@ -600,7 +600,7 @@ class Client:
         async with db.translated():
             out = json.loads(
                 await conn.fetchval(
-                    queries.SUBMIT_WORKFLOW, db.dumps(spec), tracing.current_traceparent()
+                    queries.SUBMIT_WORKFLOW, db.dumps(spec), *tracing.current_context()
                 )
             )
         tracing.submit_event(None, list(out["nodes"].values()))

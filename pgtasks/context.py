@@ -92,6 +92,8 @@ class Writer(Protocol):
         self, task_id: int, lease_token: str, name: str, timeout: timedelta | None
     ) -> tuple[str, Any]: ...
 
+    async def record_trace(self, task_id: int, lease_token: str, traceparent: str) -> None: ...
+
 
 RunBlocking = Callable[[Callable[[], Any]], Awaitable[Any]]
 
@@ -200,6 +202,9 @@ class TaskContext:
         self.soft_deadline = soft_deadline
         self._soft_passed = False  # set on the loop by the runner's timer
         self._soft_raised = False  # SoftTimeLimitExceeded is raised once per attempt
+        # The attempt span's traceparent while the task has none (pgtasks.tracing): the
+        # runner sets it; whatever ends the attempt towards another records it first.
+        self._new_trace: str | None = None
         self._steps: dict[str, Any] | None = None
         self._db_clock_offset = 0.0  # database now() minus local time, seen when steps load
         self._used_steps: set[str] = set()
@@ -624,6 +629,7 @@ class TaskContext:
         kept, and the first event of a name is the one every later wait returns.
         """
         await self.flush()
+        await self._record_new_trace()  # a wait that parks ends the attempt
         state, payload = await self.writer.wait_for_event(
             self.task_id, self._lease_token, name, _timeout(timeout)
         )
@@ -636,6 +642,17 @@ class TaskContext:
             raise EventTimeout(name)
         self._close()
         raise TaskParked(name)
+
+    async def _record_new_trace(self) -> None:
+        """Record the attempt's trace as the task's (pgtasks.record_trace), once, best
+        effort: a trace is not worth the task's work, so a refusal is only logged."""
+        trace, self._new_trace = self._new_trace, None
+        if trace is None:
+            return
+        try:
+            await self.writer.record_trace(self.task_id, self._lease_token, trace)
+        except _NOT_WRITTEN as exc:
+            log.debug("task %s: its trace was not recorded: %s", self.task_id, exc)
 
     async def snooze(self, seconds: float | timedelta = 0.0) -> None:
         """`raise Snooze(seconds)`: back in `seconds`, no retry spent, checkpoints kept."""

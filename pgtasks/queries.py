@@ -20,15 +20,16 @@ from __future__ import annotations
 # -- submitting ----------------------------------------------------------------------------
 
 # A NULL argument is decided by the database: the type's registered policy, else settings.
-# traceparent, in every submit below, is the submitter's W3C trace context (pgtasks.tracing),
-# NULL outside a span (the database then takes the session's pgtasks.traceparent).
+# traceparent and tracestate, in every submit below, are the submitter's W3C trace context
+# (pgtasks.tracing), NULL outside a span (the database then takes the session's
+# pgtasks.traceparent and pgtasks.tracestate).
 # Params travel as JSON text, so a connection with other jsonb codecs than ours (SQLAlchemy's
 # asyncpg dialect, joining the caller's transaction) sends them the same way.
 SUBMIT_TASK = """
 SELECT pgtasks.submit_task(task_type => $1, params => $2::text::jsonb, queue => $3,
                            priority => $4, run_at => $5, max_retries => $6, timeout => $7,
                            backoff_base => $8, soft_timeout => $9,
-                           traceparent => $10)
+                           traceparent => $10, tracestate => $11)
 """
 
 # Params travel as a few JSON arrays of up to 1,000 objects each (Client.submit_many), which
@@ -48,7 +49,8 @@ SELECT pg_catalog.array_agg(s.id ORDER BY s.ord)
                                ORDER BY d.n, e.ord),
          queue => $3, priority => $4, run_at => $5, max_retries => $6, timeout => $7,
          backoff_base => $8, unique_keys => $9, unique_for => $10, concurrency_keys => $11,
-         concurrency_limit => $12, soft_timeout => $13, traceparent => $14)
+         concurrency_limit => $12, soft_timeout => $13, traceparent => $14,
+         tracestate => $15)
        WITH ORDINALITY AS s(id, ord)
 """
 
@@ -60,7 +62,7 @@ SELECT id, created
                              priority => $4, run_at => $5, max_retries => $6, timeout => $7,
                              backoff_base => $8, unique_key => $9, unique_for => $10,
                              concurrency_key => $11, concurrency_limit => $12,
-                             soft_timeout => $13, traceparent => $14)
+                             soft_timeout => $13, traceparent => $14, tracestate => $15)
 """
 
 # A task that starts after its parents end (sql/0012): WAITING until the last one does.
@@ -69,12 +71,14 @@ SELECT pgtasks.submit_task(task_type => $1, params => $2::text::jsonb, queue => 
                            priority => $4, run_at => $5, max_retries => $6, timeout => $7,
                            backoff_base => $8, concurrency_key => $9, concurrency_limit => $10,
                            depends_on => $11, on_parent_failure => $12, soft_timeout => $13,
-                           traceparent => $14)
+                           traceparent => $14, tracestate => $15)
 """
 
 # A whole graph in one call (pgtasks/workflows.py builds the spec); returns
-# {"workflow_id": ..., "nodes": {name: task id}} as JSON text. Every node carries traceparent.
-SUBMIT_WORKFLOW = "SELECT pgtasks.submit_workflow(spec => $1::text::jsonb, traceparent => $2)::text"
+# {"workflow_id": ..., "nodes": {name: task id}} as JSON text. Every node carries the trace context.
+SUBMIT_WORKFLOW = """
+SELECT pgtasks.submit_workflow(spec => $1::text::jsonb, traceparent => $2, tracestate => $3)::text
+"""
 
 # -- reading (views) -----------------------------------------------------------------------
 
@@ -273,6 +277,10 @@ YIELD_TASK = (
 )
 
 SNOOZE_TASK = "SELECT pgtasks.snooze_task(task_id => $1, lease_token => $2, delay => $3)"
+
+# The first attempt of a task submitted outside any trace records its span's context
+# (pgtasks.tracing), when tracing is on and the attempt hands the task on to another.
+RECORD_TRACE = "SELECT pgtasks.record_trace(task_id => $1, lease_token => $2, traceparent => $3)"
 
 HEARTBEAT = """
 SELECT * FROM pgtasks.heartbeat(worker_id => $1, task_ids => $2, lease_tokens => $3,

@@ -1,12 +1,16 @@
 """OpenTelemetry tracing across the queue (the `otel` extra: opentelemetry-api).
 
-The one module that imports OpenTelemetry, and only if it is installed. A submit inside a
-recording span stores that span's W3C `traceparent` with the task (tasks.traceparent);
+The one module that imports OpenTelemetry's tracing, and only if it is installed (its
+metrics: pgtasks.worker.otel_metrics). A submit inside a recording span stores that span's
+W3C `traceparent` and `tracestate` with the task (tasks.traceparent, tasks.tracestate);
 each attempt of the task then runs in a CONSUMER span whose parent is that context and
 which links to it, as OpenTelemetry's messaging conventions say for a message processed
-after it was sent. Without the package, or while no tracer provider is configured (the
-API's default proxy), every function here returns at its first test: no span, no context
-object, no string is made.
+after it was sent. A task submitted outside any trace has its first attempt start a trace
+of its own; when that attempt hands the task on (a failure, a yield, a snooze, a wait that
+parks it) the worker records the attempt's context as the task's (pgtasks.record_trace),
+so every later attempt is a child of the first and linked to it. Without the package, or
+while no tracer provider is configured (the API's default proxy), every function here
+returns at its first test: no span, no context object, no string is made.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ try:
         Status,
         StatusCode,
         TraceFlags,
+        TraceState,
     )
 except ImportError:  # the otel extra is not installed
     _trace = None  # type: ignore[assignment]
@@ -41,21 +46,41 @@ def _tracing_on() -> bool:
     return not isinstance(provider, ProxyTracerProvider | _trace.NoOpTracerProvider)
 
 
-def current_traceparent() -> str | None:
-    """The W3C traceparent of the current span, or None outside a valid span context.
+_NO_CONTEXT: tuple[None, None] = (None, None)
+
+
+def current_context() -> tuple[str | None, str | None]:
+    """The W3C traceparent and tracestate of the current span; (None, None) outside a
+    valid span context, and a tracestate without entries is None.
 
     Read from the active span, so a submit made inside any instrumented request (or inside
     a task's attempt span, for its child tasks) carries it."""
     if _trace is None:
-        return None
+        return _NO_CONTEXT
     sc = _trace.get_current_span().get_span_context()
     if not sc.is_valid:
-        return None
+        return _NO_CONTEXT
+    state = sc.trace_state.to_header() if sc.trace_state else None
+    return _traceparent(sc), state or None
+
+
+def current_traceparent() -> str | None:
+    """The W3C traceparent of the current span, or None outside a valid span context."""
+    return current_context()[0]
+
+
+def _traceparent(sc: Any) -> str:
     return f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{int(sc.trace_flags):02x}"
 
 
-def parse_traceparent(value: str | None) -> Any:
-    """The remote SpanContext of a stored traceparent (the database checked its form), or None."""
+def span_traceparent(span: Any) -> str | None:
+    """The W3C traceparent of `span` itself (an attempt's), or None for no span."""
+    return None if span is None else _traceparent(span.get_span_context())
+
+
+def parse_traceparent(value: str | None, tracestate: str | None = None) -> Any:
+    """The remote SpanContext of a stored traceparent and tracestate (the database checked
+    both forms), or None."""
     if _trace is None or not value:
         return None
     _, trace_id, span_id, flags = value.split("-")
@@ -64,19 +89,27 @@ def parse_traceparent(value: str | None) -> Any:
         span_id=int(span_id, 16),
         is_remote=True,
         trace_flags=TraceFlags(int(flags, 16)),
+        trace_state=TraceState.from_header([tracestate]) if tracestate else None,
     )
 
 
 def start_attempt(
-    *, task_id: int, task_type: str, queue: str, attempt: int, traceparent: str | None
+    *,
+    task_id: int,
+    task_type: str,
+    queue: str,
+    attempt: int,
+    traceparent: str | None,
+    tracestate: str | None = None,
 ) -> Any:
     """The span of one attempt, started but not made current; None while tracing is off.
 
     Attributes follow the messaging semantic conventions (messaging.*), plus the task's
-    type and attempt number under pgtasks.*."""
+    type and attempt number under pgtasks.*. Without a traceparent the span is the root of
+    a new trace (see the module's docstring for its later attempts)."""
     if not _tracing_on():
         return None
-    origin = parse_traceparent(traceparent)
+    origin = parse_traceparent(traceparent, tracestate)
     parent = None
     links: list[Link] = []
     if origin is not None:

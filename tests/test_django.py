@@ -374,22 +374,27 @@ def test_enqueue_inside_a_traced_request_stores_its_trace_context(project):
             span_id=0xB7AD6B7169203331,
             is_remote=False,
             trace_flags=trace.TraceFlags(1),
+            trace_state=trace.TraceState([("rojo", "00f067aa0ba902b7")]),
         )
     )
     with trace.use_span(request):
         traced = add.using(run_after=datetime.now(UTC) + timedelta(hours=1)).enqueue(1, 2)
     plain = add.using(run_after=datetime.now(UTC) + timedelta(hours=1)).enqueue(1, 2)
     try:
-        rows = dict(
-            project.sql(
-                "SELECT id, traceparent FROM pgtasks.tasks WHERE id IN (%s, %s)",
+        rows = {
+            r[0]: (r[1], r[2])
+            for r in project.sql(
+                "SELECT id, traceparent, tracestate FROM pgtasks.tasks WHERE id IN (%s, %s)",
                 int(traced.id),
                 int(plain.id),
             )
-        )
+        }
         assert rows == {
-            int(traced.id): "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-            int(plain.id): None,
+            int(traced.id): (
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                "rojo=00f067aa0ba902b7",
+            ),
+            int(plain.id): (None, None),
         }
     finally:
         project.cancel(traced.id)

@@ -466,13 +466,15 @@ async def test_node_worker_and_producer_need_only_their_group_roles(conn, node):
 
 
 async def test_a_node_producer_passes_its_trace_context_through_sql(conn, node):
-    """PGTASKS_TRACEPARENT becomes the session's pgtasks.traceparent: every task of the
-    batch, and the single submit, carry it; the Python worker's spans join that trace
-    (tests/test_tracing.py shows the spans)."""
+    """PGTASKS_TRACEPARENT and PGTASKS_TRACESTATE become the session's pgtasks.traceparent
+    and pgtasks.tracestate: every task of the batch, and the single submit, carry them; the
+    Python worker's spans join that trace (tests/test_tracing.py shows the spans)."""
     tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-    ids = node.produce("add", 3, traceparent=tp)
+    ts = "rojo=00f067aa0ba902b7"
+    ids = node.produce("add", 3, traceparent=tp, tracestate=ts)
     [one] = node.produce("add", 1, traceparent=tp)
     plain = node.produce("add", 2)
-    got = dict(await conn.fetch("SELECT id, traceparent FROM pgtasks.tasks"))
-    assert [got[i] for i in (*ids, one)] == [tp] * 4
-    assert [got[i] for i in plain] == [None, None]
+    got = {r["id"]: (r["traceparent"], r["tracestate"]) for r in await conn.fetch(
+        "SELECT id, traceparent, tracestate FROM pgtasks.tasks")}  # fmt: skip
+    assert [got[i] for i in (*ids, one)] == [(tp, ts)] * 3 + [(tp, None)]
+    assert [got[i] for i in plain] == [(None, None)] * 2

@@ -22,7 +22,14 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+)
 
 from pgtasks import Client, Registry, SyncClient, Worker, chain, group, task_node, task_register
 from pgtasks.context import TaskContext
@@ -61,6 +68,11 @@ async def waits(ctx: TaskContext, params: dict[str, Any]) -> Any:
     if ctx.attempt == 1:
         await ctx.snooze(0)
     await ctx.sleep(0, name="nap")
+    return await ctx.wait_for_event("go", timeout=60)
+
+
+@task_register("awaits", into=REG)
+async def awaits(ctx: TaskContext, params: dict[str, Any]) -> Any:
     return await ctx.wait_for_event("go", timeout=60)
 
 
@@ -205,6 +217,149 @@ async def test_a_malformed_traceparent_is_refused_with_a_hint(conn, bad):
     assert await conn.fetchval("SELECT count(*) FROM pgtasks.tasks") == 0
 
 
+# -- SQL: tracestate, beside traceparent ------------------------------------------------------
+
+TS = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"
+
+
+async def test_tracestate_travels_with_its_traceparent_to_the_claim(conn):
+    one = await conn.fetchval(
+        "SELECT pgtasks.submit_task('t', traceparent => $1, tracestate => $2)", TP, TS
+    )
+    # Optional whitespace, empty members and tenant@system keys are the spec's own forms.
+    odd = " a=1 ,, t0@sys=v/x"
+    two = await conn.fetchval(
+        "SELECT pgtasks.submit_task('t', traceparent => $1, tracestate => $2)", TP2, odd
+    )
+    rows = await conn.fetch("SELECT * FROM pgtasks.claim_tasks('w1', max_tasks => 1)")
+    assert [(r["id"], r["traceparent"], r["tracestate"]) for r in rows] == [(one, TP, TS)]
+    token = rows[0]["lease_token"]
+    rows = await conn.fetch(
+        """SELECT * FROM pgtasks.finish_and_claim('w1', ARRAY[$1::bigint], ARRAY[$2],
+                                                  ARRAY['1'::jsonb], claim_max => 1)""",
+        one,
+        token,
+    )
+    assert [(r["id"], r["tracestate"]) for r in rows] == [(two, odd)]
+
+
+async def test_the_session_tracestate_goes_with_the_session_traceparent_only(conn):
+    await conn.execute(f"SET pgtasks.traceparent = '{TP}'")
+    await conn.execute(f"SET pgtasks.tracestate = '{TS}'")
+    one = await conn.fetchval("SELECT pgtasks.submit_task('t')")
+    keyed = await conn.fetchval("SELECT id FROM pgtasks.submit_or_get('t', unique_key => 'g')")
+    bulk = await conn.fetchval(
+        "SELECT array_agg(s) FROM pgtasks.submit_tasks('t', ARRAY['{}'::jsonb, '{}']) s"
+    )
+    flow = await conn.fetchval(
+        """SELECT pgtasks.submit_workflow('{"nodes": [{"name": "a", "type": "t"}]}')::text"""
+    )
+    nodes = list(json.loads(flow)["nodes"].values())
+    # A traceparent argument brings its own tracestate (here none), never the session's.
+    own = await conn.fetchval("SELECT pgtasks.submit_task('t', traceparent => $1)", TP2)
+    mine = await conn.fetchval(
+        "SELECT pgtasks.submit_workflow($1::text::jsonb, traceparent => $2,"
+        " tracestate => 'k=v')::text",
+        '{"nodes": [{"name": "a", "type": "t"}]}',
+        TP2,
+    )
+    assert await conn.fetchval("SELECT current_setting('pgtasks.tracestate')") == TS
+    # The spec discards a tracestate without a traceparent.
+    await conn.execute("RESET pgtasks.traceparent")
+    alone = await conn.fetchval("SELECT pgtasks.submit_task('t')")
+    got = {r["id"]: (r["traceparent"], r["tracestate"]) for r in await conn.fetch(
+        "SELECT id, traceparent, tracestate FROM pgtasks.tasks")}  # fmt: skip
+    assert [got[i] for i in (one, keyed, *bulk, *nodes)] == [(TP, TS)] * 5
+    assert got[own] == (TP2, None)
+    assert got[json.loads(mine)["nodes"]["a"]] == (TP2, "k=v")
+    assert got[alone] == (None, None)
+
+
+# One list each, tried in one test (a test's database costs more than its checks).
+BAD_TRACESTATES = [
+    "a=" + "x" * 511,  # over the 512 characters every vendor passes on
+    "Rojo=1",  # keys are lower case
+    "a=1,a=2",  # keys are unique
+    ",".join(f"k{i}=v" for i in range(33)),  # at most 32 members
+    "a=caf\u00e9",  # values are printable ASCII
+    "a=b=c",  # a value holds no '='
+    "a=",  # a value has at least one character
+    "a=1\nb=2",
+    "=1",
+    "a=1, b=2,\ta=3",  # a repeated key, whatever the spaces around it
+    "a=1 b=2",  # members are separated by commas
+    "1a=1",  # a simple key starts with a letter
+    "t@Sys=1",  # a system id is lower case
+    "a=" + "v" * 257,  # a value has at most 256 characters
+    "t@" + "s" * 15 + "=1",  # a system id has at most 14
+    "t" * 242 + "@s=1",  # a tenant id at most 241
+]
+GOOD_TRACESTATES = [
+    "a=1",
+    "a=1,\tb=2 , c=v w",  # spaces or tabs around members; a value may hold a space
+    ",".join(f"k{i}=v" for i in range(32)),  # 32 members
+    "a=1,,b=2,",  # empty members
+    "t0@sys-1=x,ab=1,b=2",  # tenant@system keys; b is not a repeat of ab
+    "k=" + "v" * 256,
+    "k=a@bbbbbbbbbbbbbbbbbbbb,t@" + "s" * 14 + "=1",  # an @ in a value is no key's
+    "t" * 241 + "@s=1",
+]
+
+
+async def test_a_malformed_tracestate_is_refused_with_a_hint(conn):
+    await conn.execute(f"SET pgtasks.traceparent = '{TP}'")
+    for bad in BAD_TRACESTATES:
+        for call in (
+            "SELECT pgtasks.submit_task('t', traceparent => $2, tracestate => $1)",
+            "SELECT pgtasks.submit_tasks('t', ARRAY['{}'::jsonb], traceparent => $2,"
+            " tracestate => $1)",
+            "SELECT pgtasks.submit_or_get('t', traceparent => $2, tracestate => $1)",
+            # The session setting, checked by the column default.
+            "SELECT pgtasks.submit_task('t') FROM set_config('pgtasks.tracestate', $1, false),"
+            " pg_catalog.length($2)",
+        ):
+            with pytest.raises(asyncpg.PostgresError) as err:
+                await conn.fetchval(call, bad, TP)
+            assert (err.value.sqlstate, bad) == ("PT132", bad)
+            assert "512 characters" in (err.value.hint or "")
+        # OpenTelemetry's parser drops it whole too (it has no bound of 512 characters).
+        if len(bad) <= 512:
+            assert TraceState.from_header([bad]) == TraceState(), bad
+    # A tracestate goes with its traceparent.
+    with pytest.raises(asyncpg.PostgresError) as err:
+        await conn.fetchval("SELECT pgtasks.submit_task('t', tracestate => $1)", TS)
+    assert err.value.sqlstate == "PT132"
+    assert "traceparent" in (err.value.hint or "")
+    assert await conn.fetchval("SELECT count(*) FROM pgtasks.tasks") == 0
+
+
+async def test_a_tracestate_of_the_specs_forms_is_kept_as_given(conn):
+    for good in GOOD_TRACESTATES:
+        tid = await conn.fetchval(
+            "SELECT pgtasks.submit_task('t', traceparent => $1, tracestate => $2)", TP, good
+        )
+        got = await conn.fetchval("SELECT tracestate FROM pgtasks.tasks WHERE id = $1", tid)
+        assert got == good
+        # Every member survives OpenTelemetry's parser, as the worker reads it.
+        members = [m for m in good.split(",") if m.strip(" \t")]
+        assert len(TraceState.from_header([good])) == len(members), good
+
+
+async def test_the_table_bounds_a_tracestate_whatever_writes_it(conn):
+    tid = await conn.fetchval(
+        "SELECT pgtasks.submit_task('t', traceparent => $1, tracestate => $2)", TP, TS
+    )
+    # The owner's hand-written UPDATE meets the CHECK, which answers with the same error.
+    with pytest.raises(asyncpg.PostgresError) as err:
+        await conn.execute(
+            "UPDATE pgtasks.tasks SET tracestate = repeat('a', 600) WHERE id = $1", tid
+        )
+    assert err.value.sqlstate == "PT132"
+    with pytest.raises(asyncpg.PostgresError) as err:
+        await conn.execute("UPDATE pgtasks.tasks SET tracestate = E'a=\\x01' WHERE id = $1", tid)
+    assert err.value.sqlstate == "PT132"
+
+
 # -- Python: submit inside a span, attempts in spans ---------------------------------------
 
 
@@ -259,6 +414,90 @@ async def test_a_retried_task_gives_two_attempt_spans_linked_to_the_submit(dsn, 
         "pgtasks.step.name": "fetch",
         "pgtasks.step.resumed": True,
     }
+
+
+def request_with_tracestate() -> Any:
+    """The context of a request that came in with a tracestate (a remote parent's entries):
+    the SDK's spans inherit their parent's tracestate."""
+    remote = SpanContext(
+        trace_id=0x0AF7651916CD43DD8448EB211C80319C,
+        span_id=0xB7AD6B7169203331,
+        is_remote=True,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED),
+        trace_state=TraceState([("rojo", "00f067aa0ba902b7"), ("congo", "t61rcWkgMzE")]),
+    )
+    return trace.set_span_in_context(NonRecordingSpan(remote))
+
+
+async def test_the_request_tracestate_reaches_the_attempts_span_context(dsn, conn, spans):
+    tracer = trace.get_tracer("tests")
+    async with Client(dsn) as client:
+        with tracer.start_as_current_span("request", context=request_with_tracestate()):
+            tid = await client.submit("traced", {})
+            bulk = await client.submit_many("traced", [{}])
+            flow = await client.submit(chain(task_node("traced", name="a")))
+    stored = {r["id"]: r["tracestate"] for r in await conn.fetch(
+        "SELECT id, tracestate FROM pgtasks.tasks")}  # fmt: skip
+    assert [stored[i] for i in (tid, *bulk, *flow.nodes.values())] == [TS] * 3
+    await run_until_done(dsn, conn, tid)
+    (span,) = attempt_spans(spans, tid)
+    assert span.parent is not None and span.parent.trace_state.to_header() == TS
+    assert span.context.trace_state.to_header() == TS
+
+
+async def test_a_task_submitted_outside_any_trace_keeps_its_first_attempts_trace(dsn, conn, spans):
+    tid = await conn.fetchval(
+        "SELECT pgtasks.submit_task('traced', params => '{\"fail_first\": true}')"
+    )
+    await run_until_done(dsn, conn, tid)
+    first, second = attempt_spans(spans, tid)
+    # The first attempt is the root of a trace of its own; the retry is its child, linked.
+    assert first.parent is None
+    assert second.context.trace_id == first.context.trace_id
+    assert second.parent is not None and second.parent.span_id == first.context.span_id
+    assert [link.context.span_id for link in second.links] == [first.context.span_id]
+    stored = await conn.fetchval("SELECT traceparent FROM pgtasks.tasks WHERE id = $1", tid)
+    assert stored == traceparent_of(first)
+
+
+async def test_an_untraced_task_that_waits_for_an_event_keeps_its_first_attempts_trace(
+    dsn, conn, spans
+):
+    tid = await conn.fetchval("SELECT pgtasks.submit_task('awaits')")
+    w = Worker(dsn, registry=REG, poll_interval=0.1)
+    run = asyncio.create_task(w.run())
+    try:
+        # The wait parks the task: its attempt ends inside wait_for_event, not in the worker.
+        await wait_for(
+            conn,
+            "SELECT count(*) FROM pgtasks.task_history WHERE task_id = $1"
+            " AND note LIKE 'waiting for event go%'",
+            tid,
+        )
+        await conn.execute("SELECT pgtasks.send_event($1, 'go', '1'::jsonb)", tid)
+        await wait_for(conn, "SELECT status = 'DONE' FROM pgtasks.tasks WHERE id = $1", tid)
+    finally:
+        w.stop()
+        await asyncio.wait_for(run, 30)
+    first, second = attempt_spans(spans, tid)
+    assert first.parent is None
+    assert second.context.trace_id == first.context.trace_id
+    assert second.parent is not None and second.parent.span_id == first.context.span_id
+
+
+async def test_record_trace_is_fenced_and_never_replaces_a_submits_context(conn):
+    plain = await conn.fetchval("SELECT pgtasks.submit_task('t', priority => 1)")
+    traced = await conn.fetchval("SELECT pgtasks.submit_task('t', traceparent => $1)", TP)
+    rows = await conn.fetch("SELECT * FROM pgtasks.claim_tasks('w1', max_tasks => 2)")
+    tokens = {r["id"]: r["lease_token"] for r in rows}
+    record = "SELECT pgtasks.record_trace($1, $2, $3)"
+    with pytest.raises(asyncpg.PostgresError) as err:
+        await conn.fetchval(record, plain, "0" * 64, TP2)
+    assert err.value.sqlstate == "PT002"
+    assert await conn.fetchval(record, traced, tokens[traced], TP2) is False
+    assert await conn.fetchval(record, plain, tokens[plain], TP2) is True
+    got = dict(await conn.fetch("SELECT id, traceparent FROM pgtasks.tasks"))
+    assert got == {plain: TP2, traced: TP}
 
 
 async def test_keyed_bulk_and_workflow_submits_carry_the_callers_span(dsn, conn, spans):
@@ -357,6 +596,27 @@ def test_sync_client_submits_in_the_callers_span(dsn, spans):
             await c.close()
 
     assert asyncio.run(read()) == traceparent_of(request)
+
+
+def test_sync_client_submits_the_callers_tracestate(dsn, spans):
+    tracer = trace.get_tracer("tests")
+    with (
+        SyncClient(dsn) as client,
+        tracer.start_as_current_span("request", context=request_with_tracestate()),
+    ):
+        tid = client.submit("traced", {})
+
+    async def read() -> str | None:
+        c = await asyncpg.connect(dsn)
+        try:
+            value: str | None = await c.fetchval(
+                "SELECT tracestate FROM pgtasks.tasks WHERE id = $1", tid
+            )
+            return value
+        finally:
+            await c.close()
+
+    assert asyncio.run(read()) == TS
 
 
 def test_sync_client_bulk_and_workflow_submits_carry_the_callers_span(dsn, spans):

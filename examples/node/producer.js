@@ -2,7 +2,8 @@
 // Submits tasks from Node.js: `node producer.js [task_type] [count] [params-json]`.
 // Without params, task i gets {"a": i, "b": 2 * i} (what node.add and Python's "add" take).
 // One submit_tasks call per 1,000 tasks: one round trip and one wake-up NOTIFY per batch.
-// PGTASKS_TRACEPARENT, when set, is stored with every task (docs/observability.md).
+// PGTASKS_TRACEPARENT (and PGTASKS_TRACESTATE), when set, are stored with every task
+// (docs/observability.md).
 // Prints the new ids as one JSON line: {"event": "submitted", "ids": [...]}.
 'use strict';
 const { Client } = require('pg');
@@ -12,6 +13,8 @@ const queue = process.env.PGTASKS_QUEUE; // unset: the type's registered queue, 
 // A W3C trace context (00-<trace id>-<span id>-<flags>): the tasks join that trace, and the
 // Python worker's attempt spans are its children. One session setting, no SDK needed.
 const traceparent = process.env.PGTASKS_TRACEPARENT;
+// Its W3C tracestate (vendors' key=value entries), kept beside it.
+const tracestate = process.env.PGTASKS_TRACESTATE;
 const BATCH = 1000;
 
 // Named arguments; queue is left out when unset so the database's policy decides.
@@ -26,6 +29,9 @@ async function main() {
   try {
     if (traceparent) {
       await client.query("SELECT set_config('pgtasks.traceparent', $1, false)", [traceparent]);
+    }
+    if (tracestate) {
+      await client.query("SELECT set_config('pgtasks.tracestate', $1, false)", [tracestate]);
     }
     const n = Number(count);
     const params = (i) => paramsJson ?? JSON.stringify({ a: i, b: 2 * i });

@@ -31,6 +31,9 @@ class Buckets:
     counts: list[int] = field(init=False)  # per bucket, not cumulative
     sum: float = 0.0
     count: int = 0
+    #: Also given each observation: an OpenTelemetry histogram's record, while the worker
+    #: exports its metrics there (pgtasks.worker.otel_metrics); None otherwise.
+    sink: Callable[[float], object] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.counts = [0] * len(self.bounds)
@@ -41,6 +44,8 @@ class Buckets:
         i = bisect.bisect_left(self.bounds, value)
         if i < len(self.bounds):
             self.counts[i] += 1
+        if self.sink is not None:
+            self.sink(value)
 
     def cumulative(self) -> list[tuple[str, int]]:
         """(le, count) pairs the Prometheus way, ending with +Inf."""
@@ -53,6 +58,33 @@ class Buckets:
 
 SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH = (1, 2, 5, 10, 20, 50, 100, 200, 500)
+
+# The worker's own metrics, by the names and meanings that both exporters use: Prometheus
+# (`--metrics-port`, pgtasks.web.worker_metrics) and OpenTelemetry metrics
+# (pgtasks.worker.otel_metrics), each labelled worker_id.
+#: Counters: WorkerStats field -> (name without the `_total` that Prometheus adds, help).
+COUNTERS = {
+    "claimed": ("pgtasks_worker_claimed_tasks", "Tasks this worker claimed"),
+    "claim_calls": ("pgtasks_worker_claim_calls", "Claim round trips (batches claimed)"),
+    "claim_errors": ("pgtasks_worker_claim_errors", "Claims that failed (connection lost...)"),
+    "succeeded": ("pgtasks_worker_succeeded_tasks", "Results this worker wrote"),
+    "finish_calls": ("pgtasks_worker_finish_calls", "Completer round trips (result batches)"),
+    "failed": ("pgtasks_worker_failed_tasks", "Tasks this worker ended FAILED"),
+    "retried": ("pgtasks_worker_retried_tasks", "Attempts ended by a retryable error"),
+    "yielded": ("pgtasks_worker_yielded_tasks", "Attempts that yielded (sleep_until)"),
+    "lost": ("pgtasks_worker_lost_leases", "Attempts whose lease was lost"),
+    "handed_back": ("pgtasks_worker_handed_back_tasks", "Tasks handed back on shutdown"),
+    "rescued": ("pgtasks_worker_rescued_tasks", "Expired leases this worker's maintainer rescued"),
+}
+#: Gauges, read from the worker: (name, help) of its running tasks and of its slots.
+RUNNING_GAUGE = ("pgtasks_worker_running_tasks", "Tasks running in this worker now")
+SLOTS_GAUGE = ("pgtasks_worker_slots", "This worker's concurrency")
+#: Histograms: WorkerStats field (a Buckets) -> (name, help, unit).
+HISTOGRAMS = {
+    "claim_seconds": ("pgtasks_worker_claim_seconds", "Claim round trip (claim_tasks)", "s"),
+    "claim_batch": ("pgtasks_worker_claim_batch_size", "Tasks per claim", ""),
+    "finish_batch": ("pgtasks_worker_finish_batch_size", "Results per completer call", ""),
+}
 
 
 @dataclass

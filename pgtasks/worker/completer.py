@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 from pgtasks import queries
-from pgtasks.db import TRANSIENT, translated
-from pgtasks.errors import LeaseLost
+from pgtasks.db import DATABASE_ERRORS, TRANSIENT, translated
+from pgtasks.errors import LeaseLost, PgTasksError
 from pgtasks.worker.base import Service, WorkerStats, retrying
 from pgtasks.worker.runner import (
     Dropped,
@@ -44,6 +44,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("pgtasks.worker")
 
 Result = tuple[int, str, str | None]  # task_id, lease token, result as JSON text
+
+#: What a trace record may meet without the outcome after it being affected: a refusal (the
+#: attempt is no longer ours) or a database that is away (the outcome's write retries).
+_NOT_RECORDED: tuple[type[BaseException], ...] = (PgTasksError, *DATABASE_ERRORS)
 
 
 class Completer(Service):
@@ -72,13 +76,22 @@ class Completer(Service):
 
     # -- entry point ---------------------------------------------------------------------
 
-    async def record(self, task_id: int, lease_token: str, outcome: Outcome) -> None:
-        """Write (or queue) an attempt's outcome. Successes return at once: they are batched."""
+    async def record(
+        self, task_id: int, lease_token: str, outcome: Outcome, new_trace: str | None = None
+    ) -> None:
+        """Write (or queue) an attempt's outcome. Successes return at once: they are batched.
+
+        `new_trace`: the traceparent of the attempt's span when the task had none (tracing
+        on, submitted outside any trace); recorded first when the outcome leads to another
+        attempt, so that attempt joins this one's trace (pgtasks.tracing)."""
         if isinstance(outcome, Succeeded):
             self.slots.finishing[task_id] = lease_token
             self._batch.append((task_id, lease_token, outcome.result))
             self._signal.set()
-        elif isinstance(outcome, Failed):
+            return
+        if new_trace is not None and isinstance(outcome, Failed | Yielded | Snoozed):
+            await self._record_trace(task_id, lease_token, new_trace)
+        if isinstance(outcome, Failed):
             await self.fail(task_id, lease_token, outcome)
         elif isinstance(outcome, Yielded):
             await self.hand_back(task_id, lease_token, outcome)
@@ -229,6 +242,15 @@ class Completer(Service):
         return set()
 
     # -- failures and hand-backs ---------------------------------------------------------
+
+    async def _record_trace(self, task_id: int, lease_token: str, traceparent: str) -> None:
+        """pgtasks.record_trace, best effort: a trace is not worth an outcome, so a refusal
+        or a lost connection is logged and the outcome is written as it would be without."""
+        try:
+            async with translated():
+                await self.pool.fetchval(queries.RECORD_TRACE, task_id, lease_token, traceparent)
+        except _NOT_RECORDED as exc:
+            log.debug("task %s: its trace was not recorded: %s", task_id, exc)
 
     async def fail(self, task_id: int, lease_token: str, outcome: Failed) -> None:
         # PostgreSQL text cannot hold NUL; an error message with one must still be recorded.

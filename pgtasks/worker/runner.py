@@ -141,9 +141,12 @@ class Runner:
             queue=att.ctx.queue,
             attempt=att.attempt,
             traceparent=att.traceparent,
+            tracestate=att.tracestate,
         )
         if span is None:
             return await self._run(att, spec)
+        if att.traceparent is None:
+            att.ctx._new_trace = tracing.span_traceparent(span)
         with tracing.current(span):
             outcome = await self._run(att, spec)
         if isinstance(outcome, Failed):

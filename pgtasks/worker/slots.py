@@ -63,8 +63,10 @@ class Attempt:
     soft_after: float | None = None
     future: asyncio.Task[None] | None = None
     stop_reason: StopReason | None = None
-    # The submitter's W3C trace context (tasks.traceparent), for the attempt's span.
+    # The submitter's W3C trace context (tasks.traceparent, tasks.tracestate), for the
+    # attempt's span.
     traceparent: str | None = None
+    tracestate: str | None = None
 
     @classmethod
     def claimed(cls, row: Any, *, writer: Writer, is_sync: bool, **tools: Any) -> Attempt:
@@ -95,6 +97,7 @@ class Attempt:
             ctx=ctx,
             soft_after=None if soft is None else timeout - (row["deadline"] - soft).total_seconds(),
             traceparent=row.get("traceparent"),
+            tracestate=row.get("tracestate"),
         )
 
     def stop(self, reason: StopReason) -> None:

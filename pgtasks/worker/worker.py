@@ -38,6 +38,7 @@ from pgtasks.context import (
 from pgtasks.db import TRANSIENT
 from pgtasks.errors import PgTasksError
 from pgtasks.task import Registry, registry
+from pgtasks.worker import otel_metrics
 from pgtasks.worker.base import WorkerStats, retrying, sleep_or_stop, spawn_guarded
 from pgtasks.worker.completer import Completer
 from pgtasks.worker.lease_keeper import LeaseKeeper
@@ -84,6 +85,7 @@ class Worker:
         burst: bool = False,
         worker_id: str | None = None,
         statement_cache_size: int = 100,
+        meter_provider: Any = None,
     ) -> None:
         if concurrency < 1 or threads < 1 or task_pool_size < 1:
             raise PgTasksError("concurrency, threads and task_pool_size must be at least 1")
@@ -108,6 +110,9 @@ class Worker:
         self.prune_interval = prune_interval
         self.burst = burst
         self.statement_cache_size = statement_cache_size
+        # OpenTelemetry metrics (pgtasks.worker.otel_metrics): this provider, else the
+        # global one if the application configured it; nothing without either.
+        self.meter_provider = meter_provider
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.application_name = f"pgtasks-worker:{self.worker_id}"
         self.stats = WorkerStats()
@@ -173,6 +178,7 @@ class Worker:
             await self._register()
             await self._register_types()
             self.ready.set()
+            otel_metrics.attach(self, self.meter_provider)
             services = self._wire(url)
             assert self.producer is not None
             await retrying("wake-up tags", self.producer.load_wakeup_tags, self._stopping)
@@ -197,6 +203,7 @@ class Worker:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(sig)
             uninstall_task_log_handler()
+            otel_metrics.detach(self)
             self._stopped.set()
 
     # -- wiring --------------------------------------------------------------------------
@@ -483,7 +490,7 @@ class Worker:
         started = loop_time()
         try:
             outcome = await runner.run(att, spec)
-            await self.completer.record(att.task_id, att.lease_token, outcome)
+            await self.completer.record(att.task_id, att.lease_token, outcome, att.ctx._new_trace)
         except asyncio.CancelledError:
             # Cancelled again while its outcome was being written (e.g. the drain's stop
             # after the grace period): the lease hands the task on.

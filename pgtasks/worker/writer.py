@@ -225,6 +225,12 @@ class TaskWriter:
         assert row is not None
         return row["state"], row["payload"]
 
+    async def record_trace(self, task_id: int, lease_token: str, traceparent: str) -> None:
+        async with translated():
+            await while_busy(
+                lambda: self.pool.fetchval(queries.RECORD_TRACE, task_id, lease_token, traceparent)
+            )
+
     async def logs(self, task_id: int, lease_token: str, lines: list[Line]) -> None:
         """Buffered lines of one attempt. A refusal (LeaseLost, a locked row) reaches the
         caller, which keeps the lines for its next flush."""

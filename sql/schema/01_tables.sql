@@ -202,6 +202,85 @@ GRANT EXECUTE ON FUNCTION pgtasks.check_traceparent(text) TO pgtasks_submitter, 
 COMMENT ON FUNCTION pgtasks.check_traceparent(text) IS
     'Returns a W3C traceparent of version 00 as given (NULL for NULL or empty), or raises PT131 when it is malformed.';
 
+-- A W3C tracestate (https://www.w3.org/TR/trace-context/#tracestate-header), the vendor
+-- entries that travel with a traceparent, as the tasks.tracestate default, its CHECK and
+-- the submit functions take it: at most 512 characters (what the spec asks every vendor
+-- to pass on), at most 32 comma-separated list members, each empty or key=value with
+-- optional spaces or tabs around it, each key unique and of the spec's form (lower-case
+-- simple-key, or tenant@system), each value 1 to 256 printable ASCII characters but ','
+-- and '=', not ending in a space. Returns it; NULL and '' mean none (NULL). A value that
+-- passes here is one OpenTelemetry's propagators parse whole, so a worker never meets an
+-- entry it would drop.
+--
+-- The column default calls this for every row a submit inserts while the session setting
+-- holds a tracestate, so it runs no query and each regular expression runs only where it
+-- can refuse something: bounded repetitions ({0,255}) are what a PostgreSQL regex pays for
+-- (the grammar with the spec's bounds: 110 us a call; without them: 2.5 us), so a list of
+-- at most 241 characters, where no key or value can outgrow its bound but a system id,
+-- takes the unbounded grammar and a test of system ids, and only a longer one the bounded
+-- grammar; the repeated-key test (a back-reference, 8 us) runs only with two members or
+-- more. Measured per row of a bulk submit of 10,000: 8 us more than with a traceparent
+-- alone for a two-member tracestate, 2.5 for one member (a split of the list in a query
+-- cost 155 us).
+CREATE FUNCTION pgtasks.check_tracestate(tracestate text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+BEGIN
+    IF tracestate IS NULL OR tracestate = '' THEN
+        RETURN NULL;
+    END IF;
+    IF octet_length(tracestate) <= 512
+       AND tracestate !~ '[^ -~\t]'
+       -- At most 32 members: 31 commas.
+       AND octet_length(tracestate) - octet_length(replace(tracestate, ',', '')) <= 31
+       -- (In parentheses: an IF condition ends at the first THEN outside them.)
+       AND (CASE WHEN octet_length(tracestate) <= 241 THEN
+               tracestate ~ ('^[ \t]*(([a-z][a-z0-9_*/-]*|[a-z0-9][a-z0-9_*/-]*@[a-z][a-z0-9_*/-]*)'
+                             '=[^,=\t]*[^ ,=\t])?[ \t]*'
+                             '(,[ \t]*(([a-z][a-z0-9_*/-]*|[a-z0-9][a-z0-9_*/-]*@[a-z][a-z0-9_*/-]*)'
+                             '=[^,=\t]*[^ ,=\t])?[ \t]*)*$')
+               AND (strpos(tracestate, '@') = 0
+                    OR tracestate !~ '(^|,)[ \t]*[a-z0-9][a-z0-9_*/-]*@[a-z0-9_*/-]{15}')
+           ELSE
+               tracestate ~ ('^[ \t]*(([a-z][a-z0-9_*/-]{0,255}|[a-z0-9][a-z0-9_*/-]{0,240}@[a-z][a-z0-9_*/-]{0,13})'
+                             '=[^,=\t]{0,255}[^ ,=\t])?[ \t]*'
+                             '(,[ \t]*(([a-z][a-z0-9_*/-]{0,255}|[a-z0-9][a-z0-9_*/-]{0,240}@[a-z][a-z0-9_*/-]{0,13})'
+                             '=[^,=\t]{0,255}[^ ,=\t])?[ \t]*)*$')
+           END)
+       AND (strpos(tracestate, ',') = 0
+            OR tracestate !~ '(?:^|,)[ \t]*([a-z0-9_*/@-]+)=(?:.*,)?[ \t]*\1=') THEN
+        RETURN tracestate;
+    END IF;
+    RAISE EXCEPTION 'pgtasks: tracestate must be a W3C tracestate list, got %',
+            pg_catalog.quote_literal(left(tracestate, 80))
+        USING ERRCODE = 'PT132',
+              HINT = 'Pass at most 512 characters of up to 32 comma-separated key=value members (keys lower case, unique; values printable ASCII without , or =), with its traceparent, or NULL for none.';
+END $$;
+GRANT EXECUTE ON FUNCTION pgtasks.check_tracestate(text) TO pgtasks_submitter, pgtasks_worker;
+COMMENT ON FUNCTION pgtasks.check_tracestate(text) IS
+    'Returns a W3C tracestate as given (NULL for NULL or empty), or raises PT132 when it is malformed or longer than 512 characters.';
+
+-- The trace arguments of a submit function: each checked as above, and a tracestate only
+-- with its traceparent (the spec discards a tracestate that has none, so one given alone
+-- is a mistake, said here rather than dropped).
+CREATE FUNCTION pgtasks.check_trace_context(traceparent text, tracestate text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+BEGIN
+    IF pgtasks.check_tracestate(tracestate) IS NOT NULL
+       AND pgtasks.check_traceparent(traceparent) IS NULL THEN
+        RAISE EXCEPTION 'pgtasks: a tracestate was given without its traceparent'
+            USING ERRCODE = 'PT132',
+                  HINT = 'Pass traceparent with it, or leave tracestate out.';
+    END IF;
+    PERFORM pgtasks.check_traceparent(traceparent);
+END $$;
+GRANT EXECUTE ON FUNCTION pgtasks.check_trace_context(text, text) TO pgtasks_submitter;
+COMMENT ON FUNCTION pgtasks.check_trace_context(text, text) IS
+    'Checks a submit''s traceparent (PT131) and tracestate (PT132, also when it comes without a traceparent).';
+
 ------------------------------------------------------------------------------------------
 -- Tasks
 
@@ -275,6 +354,12 @@ CREATE TABLE pgtasks.tasks (
     -- calls nothing more per row.
     traceparent      text DEFAULT CASE WHEN coalesce(current_setting('pgtasks.traceparent', true), '') <> ''
                                        THEN pgtasks.check_traceparent(current_setting('pgtasks.traceparent', true)) END,
+    -- The W3C tracestate that came with traceparent (vendors' entries, e.g. a sampler's), from
+    -- the session setting pgtasks.tracestate in the same way; taken only with a traceparent,
+    -- since the spec discards a tracestate that has none.
+    tracestate       text DEFAULT CASE WHEN coalesce(current_setting('pgtasks.tracestate', true), '') <> ''
+                                        AND coalesce(current_setting('pgtasks.traceparent', true), '') <> ''
+                                       THEN pgtasks.check_tracestate(current_setting('pgtasks.tracestate', true)) END,
 
     CONSTRAINT task_type_not_empty CHECK (task_type <> ''),
     CONSTRAINT queue_not_empty CHECK (queue <> ''),
@@ -314,7 +399,15 @@ CREATE TABLE pgtasks.tasks (
     CONSTRAINT on_parent_failure_known CHECK (on_parent_failure IN ('cancel', 'run')),
     CONSTRAINT cancelled_by_cancelled CHECK (cancelled_by IS NULL OR status = 'CANCELLED'),
     -- A soft limit at or past the hard one would never be seen by the task.
-    CONSTRAINT soft_timeout_within_timeout CHECK (soft_timeout > interval '0' AND soft_timeout < timeout)
+    CONSTRAINT soft_timeout_within_timeout CHECK (soft_timeout > interval '0' AND soft_timeout < timeout),
+    -- Bounds whatever writes the row: a row that passes the builtin test (every row the
+    -- submit functions write, which checked the whole grammar) costs no function call on
+    -- its inserts and updates; one that fails it is handed to check_tracestate, which
+    -- raises PT132 with its hint rather than a bare check_violation.
+    CONSTRAINT tracestate_bounded CHECK (
+        tracestate IS NULL
+        OR (octet_length(tracestate) <= 512 AND tracestate !~ '[^ -~\t]')
+        OR pgtasks.check_tracestate(tracestate) IS NULL)
 );
 COMMENT ON TABLE pgtasks.tasks IS
     'One row per task: what to run, where and when, its status, lease, progress and outcome. Only the pgtasks functions write it; triggers check and record every change.';
@@ -358,6 +451,10 @@ COMMENT ON COLUMN pgtasks.tasks.soft_timeout IS
     'The soft time limit of one attempt: its claim returns claim time + soft_timeout as soft_deadline, when the worker raises inside the task; less than timeout. NULL: none.';
 COMMENT ON COLUMN pgtasks.tasks.code_version IS
     'The code version of the type that ran the first attempt; only workers serving it claim the task again. NULL: unrecorded, any worker of the type may claim it.';
+COMMENT ON COLUMN pgtasks.tasks.traceparent IS
+    'The W3C trace context the task''s attempt spans join: the submit''s, or, for a task submitted outside any trace, its first traced attempt''s (recorded when that attempt hands the task on). NULL: none.';
+COMMENT ON COLUMN pgtasks.tasks.tracestate IS
+    'The W3C tracestate (vendor entries) that came with traceparent; at most 512 characters. NULL: none.';
 COMMENT ON COLUMN pgtasks.tasks.lease_token IS
     'The running attempt''s secret, drawn at random by its claim and known only to its claimer, who presents it with every write; set exactly while RUNNING. No view shows it.';
 

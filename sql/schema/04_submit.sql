@@ -237,7 +237,8 @@ CREATE FUNCTION pgtasks.submit_or_get(
     concurrency_key   text        DEFAULT NULL,   -- NULL: no per-key limit
     concurrency_limit integer     DEFAULT NULL,   -- NULL with a key: 1
     soft_timeout      interval    DEFAULT NULL,   -- NULL: the type's policy, else none
-    traceparent       text        DEFAULT NULL    -- W3C trace context; NULL: the session's pgtasks.traceparent
+    traceparent       text        DEFAULT NULL,   -- W3C trace context; NULL: the session's pgtasks.traceparent
+    tracestate        text        DEFAULT NULL    -- its W3C tracestate, given with traceparent; NULL: none
 ) RETURNS TABLE (id bigint, created boolean)
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pgtasks, pg_temp
@@ -245,12 +246,15 @@ AS $$
 DECLARE
     p pgtasks.tasks;
     prior text;
+    prior_state text;
 BEGIN
-    IF traceparent IS NOT NULL THEN
+    IF traceparent IS NOT NULL OR tracestate IS NOT NULL THEN
         -- As in submit_task: the argument is the session setting for this call only.
-        PERFORM pgtasks.check_traceparent(traceparent);
+        PERFORM pgtasks.check_trace_context(traceparent, tracestate);
         prior := current_setting('pgtasks.traceparent', true);
-        PERFORM set_config('pgtasks.traceparent', traceparent, true);
+        prior_state := current_setting('pgtasks.tracestate', true);
+        PERFORM set_config('pgtasks.traceparent', traceparent, true),
+                set_config('pgtasks.tracestate', coalesce(tracestate, ''), true);
         RETURN QUERY
         SELECT s.id, s.created
           FROM pgtasks.submit_or_get(submit_or_get.task_type, submit_or_get.params, submit_or_get.queue,
@@ -258,7 +262,8 @@ BEGIN
                                      submit_or_get.timeout, submit_or_get.backoff_base, submit_or_get.unique_key,
                                      submit_or_get.unique_for, submit_or_get.concurrency_key,
                                      submit_or_get.concurrency_limit, submit_or_get.soft_timeout) s;
-        PERFORM set_config('pgtasks.traceparent', coalesce(prior, ''), true);
+        PERFORM set_config('pgtasks.traceparent', coalesce(prior, ''), true),
+                set_config('pgtasks.tracestate', coalesce(prior_state, ''), true);
         RETURN;
     END IF;
     p := pgtasks.submit_policy(task_type, queue, priority, run_at, max_retries, timeout, backoff_base,
@@ -270,9 +275,9 @@ BEGIN
       FROM pgtasks.submit_one(p, params, unique_key, unique_for, concurrency_key,
                               CASE WHEN concurrency_key IS NOT NULL THEN coalesce(concurrency_limit, 1) END) s;
 END $$;
-GRANT EXECUTE ON FUNCTION pgtasks.submit_or_get(text, jsonb, text, integer, timestamptz, integer, interval, interval, text, interval, text, integer, interval, text) TO pgtasks_submitter;
-COMMENT ON FUNCTION pgtasks.submit_or_get(text, jsonb, text, integer, timestamptz, integer, interval, interval, text, interval, text, integer, interval, text) IS
-    'Submits one task like submit_task and also says whether it was created: false when an active task, or the unique_for window, already held the unique_key (id is then that task); traceparent (else the session setting pgtasks.traceparent) is the W3C trace context the task''s attempts join.';
+GRANT EXECUTE ON FUNCTION pgtasks.submit_or_get(text, jsonb, text, integer, timestamptz, integer, interval, interval, text, interval, text, integer, interval, text, text) TO pgtasks_submitter;
+COMMENT ON FUNCTION pgtasks.submit_or_get(text, jsonb, text, integer, timestamptz, integer, interval, interval, text, interval, text, integer, interval, text, text) IS
+    'Submits one task like submit_task and also says whether it was created: false when an active task, or the unique_for window, already held the unique_key (id is then that task); traceparent (else the session setting pgtasks.traceparent) is the W3C trace context the task''s attempts join, with its tracestate.';
 
 -- retry_task (06_finish.sql) of a FAILED or CANCELLED task whose unique_key another active
 -- task of its type has taken meanwhile: PT306 with a hint, instead of the bare unique_violation (23505)
@@ -320,7 +325,8 @@ CREATE FUNCTION pgtasks.submit_task(
     depends_on        bigint[]    DEFAULT NULL,   -- parent task ids; NULL: none
     on_parent_failure text        DEFAULT NULL,   -- 'cancel' (NULL) or 'run'
     soft_timeout      interval    DEFAULT NULL,   -- NULL: the type's policy, else none
-    traceparent       text        DEFAULT NULL    -- W3C trace context; NULL: the session's pgtasks.traceparent
+    traceparent       text        DEFAULT NULL,   -- W3C trace context; NULL: the session's pgtasks.traceparent
+    tracestate        text        DEFAULT NULL    -- its W3C tracestate, given with traceparent; NULL: none
 ) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pgtasks, pg_temp
@@ -329,14 +335,18 @@ DECLARE
     p pgtasks.tasks;
     new_id bigint;
     prior text;
+    prior_state text;
 BEGIN
-    IF traceparent IS NOT NULL THEN
-        -- Every path below inserts the trace context through the column default (the
-        -- session setting), so the argument is put there for this call and the setting put
-        -- back after it. A submit without the argument pays one NULL test.
-        PERFORM pgtasks.check_traceparent(traceparent);
+    IF traceparent IS NOT NULL OR tracestate IS NOT NULL THEN
+        -- Every path below inserts the trace context through the column defaults (the
+        -- session settings), so the arguments are put there for this call and the settings
+        -- put back after it: a traceparent argument goes with its own tracestate (NULL:
+        -- none), never the session's. A submit without them pays two NULL tests.
+        PERFORM pgtasks.check_trace_context(traceparent, tracestate);
         prior := current_setting('pgtasks.traceparent', true);
-        PERFORM set_config('pgtasks.traceparent', traceparent, true);
+        prior_state := current_setting('pgtasks.tracestate', true);
+        PERFORM set_config('pgtasks.traceparent', traceparent, true),
+                set_config('pgtasks.tracestate', coalesce(tracestate, ''), true);
         new_id := pgtasks.submit_task(
             task_type => task_type, params => params, queue => queue, priority => priority,
             run_at => run_at, max_retries => max_retries, timeout => timeout,
@@ -344,7 +354,8 @@ BEGIN
             concurrency_key => concurrency_key, concurrency_limit => concurrency_limit,
             depends_on => depends_on, on_parent_failure => on_parent_failure,
             soft_timeout => soft_timeout);
-        PERFORM set_config('pgtasks.traceparent', coalesce(prior, ''), true);
+        PERFORM set_config('pgtasks.traceparent', coalesce(prior, ''), true),
+                set_config('pgtasks.tracestate', coalesce(prior_state, ''), true);
         RETURN new_id;
     END IF;
     IF depends_on IS NOT NULL OR on_parent_failure IS NOT NULL THEN
@@ -381,9 +392,9 @@ BEGIN
     RETURNING id INTO new_id;
     RETURN new_id;
 END $$;
-GRANT EXECUTE ON FUNCTION pgtasks.submit_task(text, jsonb, text, integer, timestamptz, integer, interval, interval, text, interval, text, integer, bigint[], text, interval, text) TO pgtasks_submitter;
-COMMENT ON FUNCTION pgtasks.submit_task(text, jsonb, text, integer, timestamptz, integer, interval, interval, text, interval, text, integer, bigint[], text, interval, text) IS
-    'Submits one task and returns its id. Arguments left out (NULL) take the task type''s registered policy, else the settings defaults; unique_key, concurrency_key and depends_on add flow control and parents; traceparent (else the session setting pgtasks.traceparent) is the W3C trace context the task''s attempts join.';
+GRANT EXECUTE ON FUNCTION pgtasks.submit_task(text, jsonb, text, integer, timestamptz, integer, interval, interval, text, interval, text, integer, bigint[], text, interval, text, text) TO pgtasks_submitter;
+COMMENT ON FUNCTION pgtasks.submit_task(text, jsonb, text, integer, timestamptz, integer, interval, interval, text, interval, text, integer, bigint[], text, interval, text, text) IS
+    'Submits one task and returns its id. Arguments left out (NULL) take the task type''s registered policy, else the settings defaults; unique_key, concurrency_key and depends_on add flow control and parents; traceparent (else the session setting pgtasks.traceparent) is the W3C trace context the task''s attempts join, with its tracestate.';
 
 -- The part of submit_tasks with unique keys (checked there), as submit_one takes one key,
 -- for every key of the call at once. The first item with a key (its leader) takes the
@@ -531,7 +542,8 @@ CREATE FUNCTION pgtasks.submit_tasks(
     concurrency_keys  text[]      DEFAULT NULL,
     concurrency_limit integer     DEFAULT NULL,
     soft_timeout      interval    DEFAULT NULL,
-    traceparent       text        DEFAULT NULL    -- W3C trace context; NULL: the session's pgtasks.traceparent
+    traceparent       text        DEFAULT NULL,   -- W3C trace context; NULL: the session's pgtasks.traceparent
+    tracestate        text        DEFAULT NULL    -- its W3C tracestate, given with traceparent; NULL: none
 ) RETURNS SETOF bigint
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pgtasks, pg_temp
@@ -542,12 +554,15 @@ DECLARE
     suspects integer[];
     item     integer;
     prior    text;
+    prior_state text;
 BEGIN
-    IF traceparent IS NOT NULL THEN
+    IF traceparent IS NOT NULL OR tracestate IS NOT NULL THEN
         -- As in submit_task: the argument is the session setting for this call only.
-        PERFORM pgtasks.check_traceparent(traceparent);
+        PERFORM pgtasks.check_trace_context(traceparent, tracestate);
         prior := current_setting('pgtasks.traceparent', true);
-        PERFORM set_config('pgtasks.traceparent', traceparent, true);
+        prior_state := current_setting('pgtasks.tracestate', true);
+        PERFORM set_config('pgtasks.traceparent', traceparent, true),
+                set_config('pgtasks.tracestate', coalesce(tracestate, ''), true);
         RETURN QUERY
         SELECT s.id
           FROM pgtasks.submit_tasks(submit_tasks.task_type, submit_tasks.params_list, submit_tasks.queue,
@@ -556,7 +571,8 @@ BEGIN
                                     submit_tasks.unique_for, submit_tasks.concurrency_keys,
                                     submit_tasks.concurrency_limit, submit_tasks.soft_timeout) WITH ORDINALITY AS s(id, ord)
          ORDER BY s.ord;
-        PERFORM set_config('pgtasks.traceparent', coalesce(prior, ''), true);
+        PERFORM set_config('pgtasks.traceparent', coalesce(prior, ''), true),
+                set_config('pgtasks.tracestate', coalesce(prior_state, ''), true);
         RETURN;
     END IF;
     p := pgtasks.submit_policy(task_type, queue, priority, run_at, max_retries, timeout, backoff_base,
@@ -631,6 +647,6 @@ BEGIN
      ORDER BY u.ord
     RETURNING id;
 END $$;
-GRANT EXECUTE ON FUNCTION pgtasks.submit_tasks(text, jsonb[], text, integer, timestamptz, integer, interval, interval, text[], interval, text[], integer, interval, text) TO pgtasks_submitter;
-COMMENT ON FUNCTION pgtasks.submit_tasks(text, jsonb[], text, integer, timestamptz, integer, interval, interval, text[], interval, text[], integer, interval, text) IS
-    'Submits one task of task_type per element of params_list, in one statement, and returns their ids in list order; unique_keys and concurrency_keys give one key per item; traceparent (else the session setting pgtasks.traceparent) is the W3C trace context every item''s attempts join.';
+GRANT EXECUTE ON FUNCTION pgtasks.submit_tasks(text, jsonb[], text, integer, timestamptz, integer, interval, interval, text[], interval, text[], integer, interval, text, text) TO pgtasks_submitter;
+COMMENT ON FUNCTION pgtasks.submit_tasks(text, jsonb[], text, integer, timestamptz, integer, interval, interval, text[], interval, text[], integer, interval, text, text) IS
+    'Submits one task of task_type per element of params_list, in one statement, and returns their ids in list order; unique_keys and concurrency_keys give one key per item; traceparent (else the session setting pgtasks.traceparent) is the W3C trace context every item''s attempts join, with its tracestate.';

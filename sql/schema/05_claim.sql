@@ -182,7 +182,7 @@ CREATE FUNCTION pgtasks.claim_tasks(
     attempt integer, retry_count integer, max_retries integer,
     timeout interval, deadline timestamptz, has_steps boolean, lease_token text,
     soft_deadline timestamptz,
-    traceparent text
+    traceparent text, tracestate text
 )
 LANGUAGE plpgsql SECURITY DEFINER
 SET enable_sort = off
@@ -243,16 +243,17 @@ BEGIN
                   t.attempt > 1
                   AND EXISTS (SELECT 1 FROM pgtasks.task_steps s WHERE s.task_id = t.id) AS has_steps,
                   t.run_at, t.lease_token, now_ + t.soft_timeout AS soft_deadline,
-                  t.traceparent
+                  t.traceparent, t.tracestate
     )
     SELECT c.id, c.task_type, c.params, c.queue, c.priority, c.attempt, c.retry_count,
-           c.max_retries, c.timeout, c.deadline, c.has_steps, c.lease_token, c.soft_deadline, c.traceparent
+           c.max_retries, c.timeout, c.deadline, c.has_steps, c.lease_token, c.soft_deadline, c.traceparent,
+           c.tracestate
       FROM claimed c
      ORDER BY c.priority DESC, c.run_at, c.id;
 END $$;
 GRANT EXECUTE ON FUNCTION pgtasks.claim_tasks(text, text[], integer, interval, text[]) TO pgtasks_worker;
 COMMENT ON FUNCTION pgtasks.claim_tasks(text, text[], integer, interval, text[]) IS
-    'Claims up to max_tasks ready tasks of the given queues (NULL: every queue) and task types for worker_id, in claim order (priority, run_at, id), honouring queue limits, pauses and concurrency keys. Each row''s lease_token is the secret the task''s later calls must present; soft_deadline is when the task should be asked to stop (NULL: no soft limit); traceparent is the submit''s W3C trace context (NULL: none).';
+    'Claims up to max_tasks ready tasks of the given queues (NULL: every queue) and task types for worker_id, in claim order (priority, run_at, id), honouring queue limits, pauses and concurrency keys. Each row''s lease_token is the secret the task''s later calls must present; soft_deadline is when the task should be asked to stop (NULL: no soft limit); traceparent and tracestate are the submit''s W3C trace context (NULL: none).';
 
 -- When the next task of these queues becomes ready: idle workers sleep exactly until then
 -- (and poll as a backstop). One probe of tasks_next_run_at.
@@ -329,3 +330,31 @@ BEGIN
     END IF;
     RETURN t;
 END $$;
+
+-- The trace of a task submitted outside any trace (traceparent NULL), recorded by its first
+-- traced attempt: the worker runs that attempt in the root span of a new trace and, when
+-- the attempt ends in a way that leads to another (a failure, a yield, a snooze), stores
+-- that span's context here before writing the outcome. Every later attempt then runs in
+-- that trace, as a child of the first attempt and linked to it, as attempts of a traced
+-- task are of its submit. Fenced by the attempt's lease token like every attempt's write,
+-- with the same lock_timeout, and only while the task has no context: a submit's is never
+-- replaced. Returns whether it was recorded.
+CREATE FUNCTION pgtasks.record_trace(task_id bigint, lease_token text, traceparent text)
+RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+SET lock_timeout = '1s'
+AS $$
+BEGIN
+    IF pgtasks.check_traceparent(traceparent) IS NULL THEN
+        RAISE EXCEPTION 'pgtasks: record_trace needs a traceparent'
+            USING ERRCODE = 'PT131', HINT = 'Pass the W3C traceparent of the attempt''s span.';
+    END IF;
+    PERFORM pgtasks.lock_owned_task(task_id, lease_token);
+    UPDATE pgtasks.tasks t SET traceparent = record_trace.traceparent
+     WHERE t.id = record_trace.task_id AND t.traceparent IS NULL;
+    RETURN FOUND;
+END $$;
+GRANT EXECUTE ON FUNCTION pgtasks.record_trace(bigint, text, text) TO pgtasks_worker;
+COMMENT ON FUNCTION pgtasks.record_trace(bigint, text, text) IS
+    'Stores the W3C traceparent of a running attempt''s span as the trace of a task that has none (submitted outside any trace), so its later attempts join that trace; fenced by lease_token (PT002). Returns whether it was recorded.';

@@ -171,7 +171,7 @@ CREATE FUNCTION pgtasks.finish_and_claim(
     attempt integer, retry_count integer, max_retries integer,
     timeout interval, deadline timestamptz, has_steps boolean, lease_token text,
     soft_deadline timestamptz,
-    traceparent text
+    traceparent text, tracestate text
 )
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pgtasks, pg_temp
@@ -207,7 +207,7 @@ BEGIN
         RETURN QUERY
         SELECT f.rejected_task_id, NULL::bigint, NULL::text, NULL::jsonb, NULL::text, NULL::integer,
                NULL::integer, NULL::integer, NULL::integer, NULL::interval, NULL::timestamptz, NULL::boolean,
-               NULL::text, NULL::timestamptz, NULL::text
+               NULL::text, NULL::timestamptz, NULL::text, NULL::text
           FROM pgtasks.finish_tasks(task_ids, lease_tokens, results) f;
         IF claim_max > 0 THEN
             RETURN QUERY
@@ -267,11 +267,11 @@ BEGIN
                   AND EXISTS (SELECT 1 FROM pgtasks.task_steps s WHERE s.task_id = t.id) AS has_steps,
                   t.run_at, t.lease_token,
                   CASE WHEN NOT w.finishing THEN now_ + t.soft_timeout END AS soft_deadline,
-                  t.traceparent
+                  t.traceparent, t.tracestate
     )
     SELECT r.rejected_task_id, NULL::bigint, NULL::text, NULL::jsonb, NULL::text, NULL::integer,
            NULL::integer, NULL::integer, NULL::integer, NULL::interval, NULL::timestamptz, NULL::boolean,
-           NULL::text, NULL::timestamptz, NULL::text
+           NULL::text, NULL::timestamptz, NULL::text, NULL::text
       FROM (SELECT w.task_id AS rejected_task_id FROM work w
              WHERE w.finishing
                AND NOT EXISTS (SELECT 1 FROM changed c
@@ -279,14 +279,15 @@ BEGIN
     UNION ALL
     SELECT * FROM (
         SELECT NULL::bigint, c.id, c.task_type, c.params, c.queue, c.priority, c.attempt, c.retry_count,
-               c.max_retries, c.timeout, c.deadline, c.has_steps, c.lease_token, c.soft_deadline, c.traceparent
+               c.max_retries, c.timeout, c.deadline, c.has_steps, c.lease_token, c.soft_deadline, c.traceparent,
+               c.tracestate
           FROM changed c
          WHERE NOT c.finishing
          ORDER BY c.priority DESC, c.run_at, c.id) cl;
 END $$;
 GRANT EXECUTE ON FUNCTION pgtasks.finish_and_claim(text, bigint[], text[], jsonb[], integer, text[], interval, text[]) TO pgtasks_worker;
 COMMENT ON FUNCTION pgtasks.finish_and_claim(text, bigint[], text[], jsonb[], integer, text[], interval, text[]) IS
-    'Finishes a batch like finish_tasks and claims up to claim_max tasks like claim_tasks, in one round trip: rejected finishes first (only rejected_task_id set), then the claimed tasks in claim order, each with its lease_token, soft_deadline and traceparent.';
+    'Finishes a batch like finish_tasks and claims up to claim_max tasks like claim_tasks, in one round trip: rejected finishes first (only rejected_task_id set), then the claimed tasks in claim order, each with its lease_token, soft_deadline, traceparent and tracestate.';
 
 ------------------------------------------------------------------------------------------
 -- Failures

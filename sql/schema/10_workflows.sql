@@ -544,7 +544,8 @@ END $$;
 -- is resolved like submit_task's, once per distinct combination, not once per node.
 CREATE FUNCTION pgtasks.submit_workflow(
     spec        jsonb,
-    traceparent text DEFAULT NULL  -- W3C trace context of every node; NULL: the session's pgtasks.traceparent
+    traceparent text DEFAULT NULL, -- W3C trace context of every node; NULL: the session's pgtasks.traceparent
+    tracestate  text DEFAULT NULL  -- its W3C tracestate, given with traceparent; NULL: none
 ) RETURNS jsonb
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -574,15 +575,19 @@ DECLARE
     ids bigint[];
     out_nodes jsonb;
     prior text;
+    prior_state text;
 BEGIN
-    IF traceparent IS NOT NULL THEN
+    IF traceparent IS NOT NULL OR tracestate IS NOT NULL THEN
         -- As in submit_task: the argument is the session setting for this call only, so
         -- every node goes in with it (the tasks.traceparent default).
-        PERFORM pgtasks.check_traceparent(traceparent);
+        PERFORM pgtasks.check_trace_context(traceparent, tracestate);
         prior := current_setting('pgtasks.traceparent', true);
-        PERFORM set_config('pgtasks.traceparent', traceparent, true);
+        prior_state := current_setting('pgtasks.tracestate', true);
+        PERFORM set_config('pgtasks.traceparent', traceparent, true),
+                set_config('pgtasks.tracestate', coalesce(tracestate, ''), true);
         out_nodes := pgtasks.submit_workflow(spec);
-        PERFORM set_config('pgtasks.traceparent', coalesce(prior, ''), true);
+        PERFORM set_config('pgtasks.traceparent', coalesce(prior, ''), true),
+                set_config('pgtasks.tracestate', coalesce(prior_state, ''), true);
         RETURN out_nodes;
     END IF;
     IF spec IS NULL OR jsonb_typeof(spec) <> 'object' THEN
@@ -797,12 +802,12 @@ BEGIN
     SELECT ids[e.p], ids[e.k] FROM unnest(e_par, e_kid) AS e(p, k);
     RETURN jsonb_build_object('workflow_id', wf_id, 'nodes', out_nodes);
 END $$;
-GRANT EXECUTE ON FUNCTION pgtasks.submit_workflow(jsonb, text) TO pgtasks_submitter;
-COMMENT ON FUNCTION pgtasks.submit_workflow(jsonb, text) IS
+GRANT EXECUTE ON FUNCTION pgtasks.submit_workflow(jsonb, text, text) TO pgtasks_submitter;
+COMMENT ON FUNCTION pgtasks.submit_workflow(jsonb, text, text) IS
     'Submits a whole graph of tasks in one transaction (nodes with their "after" lists) and '
     'returns {"workflow_id": ..., "nodes": {name: task id}}; a node waits until its parents '
     'have ended. traceparent (else the session setting pgtasks.traceparent) is the W3C trace '
-    'context every node''s attempts join.';
+    'context every node''s attempts join, with its tracestate.';
 
 ------------------------------------------------------------------------------------------
 -- Reading and cancelling

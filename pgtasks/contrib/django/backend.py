@@ -67,7 +67,8 @@ SELECT pgtasks.submit_task(
     run_at      => %s::pg_catalog.timestamptz,
     max_retries => %s::pg_catalog.int4,
     timeout     => pg_catalog.make_interval(secs => %s::pg_catalog.float8),
-    traceparent => %s::pg_catalog.text)
+    traceparent => %s::pg_catalog.text,
+    tracestate  => %s::pg_catalog.text)
 """
 
 #: When the task just submitted was created: a second statement, because the submit's
@@ -273,7 +274,7 @@ class PgTasksBackend(BaseTaskBackend):
             task.run_after,
             self.max_retries,
             self.timeout,
-            tracing.current_traceparent(),  # the request's span, when it is traced
+            *tracing.current_context(),  # the request's span, when it is traced
         ]
         with _translated(), connections[self.database].cursor() as cursor:
             cursor.execute(SUBMIT, [_literal(v) for v in values])
