@@ -236,12 +236,33 @@ COMMENT ON FUNCTION pgtasks.queue_tag(text) IS
 -- off, are off for that trigger only, and JIT with them (a disabled method on PostgreSQL
 -- < 18 costs 1e10 and would make every such statement compile).
 
+-- Durable commits after a claim: a claim that was its transaction's first write commits
+-- without waiting for the WAL flush (skip_claim_flush, 05_claim.sql). Every other write
+-- must be durable, so each one that can follow a claim in the same transaction calls this
+-- first: the tasks triggers below (submits, finishes, every status change) and checkpoint.
+-- It puts the caller's synchronous_commit back. One setting lookup when no claim came first.
+CREATE FUNCTION pgtasks.keep_durable() RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+DECLARE
+    prior text := current_setting('pgtasks.claim_commit', true);
+BEGIN
+    IF prior <> '' THEN
+        PERFORM set_config('synchronous_commit', prior, true);
+        PERFORM set_config('pgtasks.claim_commit', '', true);
+    END IF;
+END $$;
+COMMENT ON FUNCTION pgtasks.keep_durable() IS
+    'Makes the transaction''s commit durable again after a claim let it skip the WAL flush (skip_claim_flush); called by every write that must survive a crash.';
+
 -- History of inserts: each new task's creation (from NULL to its first status).
 CREATE FUNCTION pgtasks.record_creations() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pgtasks, pg_temp
 AS $$
 BEGIN
+    PERFORM pgtasks.keep_durable();
     -- The history and the submitted counter's delta (task_counts, 01_tables.sql) in one
     -- statement: one row per queue and type of the statement, not a hot counter row.
     WITH history AS (
@@ -379,6 +400,7 @@ SET search_path = pg_catalog, pgtasks, pg_temp
 SET jit = off
 AS $$
 BEGIN
+    PERFORM pgtasks.keep_durable();
     -- The history and the counters' deltas (task_counts, 01_tables.sql) in one statement
     -- over one join. A claim counts nothing; a rescue (rescue_expired sets
     -- pgtasks.rescuing) counts `rescued` besides what the attempt became.

@@ -133,6 +133,41 @@ AS $$
 $$;
 
 ------------------------------------------------------------------------------------------
+-- A claim's commit skips the WAL flush
+
+-- A claim commits with synchronous_commit = off: its commit returns without waiting for the
+-- WAL flush (the WAL writer flushes it within wal_writer_delay, 200 ms by default). What a
+-- crash can take is only the claim itself: the task is PENDING again after recovery and
+-- runs once more, which at-least-once delivery allows already. It cannot let a late write
+-- through: the lost claim's lease token was never stored durably, the next claim draws a
+-- new seed, and every fenced call compares tokens. Submits, finishes, failures and
+-- checkpoints keep their durable commits: an acknowledged task or result is never lost.
+-- From idle a task pays two commits before its code starts (the submit's and the claim's);
+-- this removes the second one's flush (docs/performance.md has the measured effect).
+--
+-- Only when the claim is its transaction's first write (claim_tasks checks before it
+-- writes): a claim that joins a transaction which already wrote leaves its commit alone.
+-- A write to a task after the claim in the same transaction (a submit, a finish, a status
+-- change: the tasks triggers), or a checkpoint, calls keep_durable, which puts the caller's
+-- setting back, so the commit is durable again. With synchronous standbys configured
+-- (synchronous_standby_names) claims stay durable and replicated: a failover must not
+-- forget a claim whose task has already run (docs/high-availability.md). A session that
+-- runs with synchronous_commit = off already is left as it is.
+CREATE FUNCTION pgtasks.skip_claim_flush() RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+BEGIN
+    IF current_setting('synchronous_standby_names') = '' AND current_setting('synchronous_commit') <> 'off' THEN
+        -- The caller's setting, for keep_durable; both are transaction-local (is_local).
+        PERFORM set_config('pgtasks.claim_commit', current_setting('synchronous_commit'), true);
+        PERFORM set_config('synchronous_commit', 'off', true);
+    END IF;
+END $$;
+COMMENT ON FUNCTION pgtasks.skip_claim_flush() IS
+    'For claim_tasks: lets the claim''s transaction commit without waiting for the WAL flush (synchronous_commit = off until keep_durable or the commit), unless synchronous standbys are configured.';
+
+------------------------------------------------------------------------------------------
 -- claim_tasks
 
 -- Claims up to max_tasks ready tasks for worker_id and returns them in claim order, with
@@ -197,6 +232,8 @@ DECLARE
     picked bigint[];
     lease_for interval;
     started timestamptz := now_;
+    -- Whether this claim is its transaction's first write (see skip_claim_flush).
+    first_write boolean := pg_current_xact_id_if_assigned() IS NULL;
     seed bytea;
     v pgtasks.worker_version_set;
 BEGIN
@@ -250,6 +287,9 @@ BEGIN
            c.tracestate
       FROM claimed c
      ORDER BY c.priority DESC, c.run_at, c.id;
+    IF first_write THEN
+        PERFORM pgtasks.skip_claim_flush();
+    END IF;
 END $$;
 GRANT EXECUTE ON FUNCTION pgtasks.claim_tasks(text, text[], integer, interval, text[]) TO pgtasks_worker;
 COMMENT ON FUNCTION pgtasks.claim_tasks(text, text[], integer, interval, text[]) IS

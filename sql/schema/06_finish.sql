@@ -75,10 +75,13 @@ DECLARE
 BEGIN
     PERFORM pgtasks.check_batch('finish_tasks', task_ids, lease_tokens, results, with_results => true);
     -- Sizes first, from the arguments alone: the common batch has no oversized result and
-    -- reads no table here.
+    -- reads no table here. A NULL result (a task that returned nothing) is left out before
+    -- the tests: NULL > 202 is NULL, not false, so AND would still call json_shape_error
+    -- for it (measured: 2.7 us per task of a drain of no-op tasks).
     SELECT array_agg(u.ord) INTO big
       FROM (SELECT x.result, x.ord, octet_length(x.result::text) AS size_bytes
-              FROM unnest(finish_tasks.results) WITH ORDINALITY AS x(result, ord) OFFSET 0) u
+              FROM unnest(finish_tasks.results) WITH ORDINALITY AS x(result, ord)
+             WHERE x.result IS NOT NULL OFFSET 0) u
      WHERE u.size_bytes > max_bytes
         OR (u.size_bytes > 202 AND pgtasks.json_shape_error(u.result, u.size_bytes) IS NOT NULL);
     IF big IS NOT NULL THEN
@@ -196,7 +199,8 @@ BEGIN
     -- The two-statement path, for the calls listed above this function.
     IF claim_max = 0
        OR EXISTS (SELECT 1 FROM (SELECT x.result, octet_length(x.result::text) AS size_bytes
-                                   FROM unnest(finish_and_claim.results) AS x(result) OFFSET 0) u,
+                                   FROM unnest(finish_and_claim.results) AS x(result)
+                                  WHERE x.result IS NOT NULL OFFSET 0) u,
                                 pgtasks.settings s
                    WHERE u.size_bytes > s.max_result_bytes
                       OR (u.size_bytes > 202 AND pgtasks.json_shape_error(u.result, u.size_bytes) IS NOT NULL))
@@ -530,6 +534,7 @@ BEGIN
     END IF;
     t := pgtasks.lock_owned_task(task_id, lease_token);
     PERFORM pgtasks.check_result_size(result, pg_catalog.format('result of step %s', step));
+    PERFORM pgtasks.keep_durable();
     INSERT INTO pgtasks.task_steps (task_id, name, result, attempt)
     VALUES (task_id, step, result, t.attempt)
     ON CONFLICT ON CONSTRAINT task_steps_pkey DO UPDATE SET result = excluded.result, attempt = excluded.attempt,

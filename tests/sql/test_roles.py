@@ -36,6 +36,8 @@ INTERNAL = {
     "clip_text",
     # 0020
     "pick_ready", "flow_control_in_use",
+    # a claim's commit skips the WAL flush; later writes of its transaction keep theirs
+    "skip_claim_flush", "keep_durable",
     # the clock: the functions read it as the owner; moving it is the owner's alone
     "now", "advance_clock",
     # owner-only locks, depends_on without parent locks
