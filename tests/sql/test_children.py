@@ -9,7 +9,7 @@ import json
 import asyncpg
 
 from tests.sql.helpers import raises
-from tests.sql.test_workflows import claim, fail, finish, status
+from tests.sql.test_workflows import fail, finish, status
 
 CHILDREN = [{"type": "resize", "params": {"f": f"{i}.png"}} for i in range(3)]
 
@@ -37,7 +37,8 @@ async def spawn(
 
 async def wait(conn: asyncpg.Connection, row: asyncpg.Record) -> tuple[str, object]:
     r = await conn.fetchrow(
-        "SELECT state, results::text FROM pgtasks.wait_for_children(task_id => $1, lease_token => $2)",
+        "SELECT state, results::text"
+        "  FROM pgtasks.wait_for_children(task_id => $1, lease_token => $2)",
         row["id"], row["lease_token"],
     )  # fmt: skip
     return r["state"], (json.loads(r["results"]) if r["results"] is not None else None)
@@ -57,7 +58,8 @@ async def test_spawn_then_wait_then_resume_with_results_in_spawn_order(conn):
     ids = await spawn(conn, p)
     assert ids == sorted(ids) and len(ids) == 3
     rows = await conn.fetch(
-        "SELECT id, spawned_by, params->>'f' AS f FROM pgtasks.tasks WHERE id = ANY($1) ORDER BY id",
+        "SELECT id, spawned_by, params->>'f' AS f FROM pgtasks.tasks"
+        " WHERE id = ANY($1) ORDER BY id",
         ids,
     )
     assert [(r["spawned_by"], r["f"]) for r in rows] == [(p["id"], f"{i}.png") for i in range(3)]
@@ -86,7 +88,10 @@ async def test_spawn_then_wait_then_resume_with_results_in_spawn_order(conn):
 
     again = await parent_again(conn, p["id"])
     assert await spawn(conn, again) == ids  # the resumed spawn returns the same children
-    assert await conn.fetchval("SELECT count(*) FROM pgtasks.tasks WHERE spawned_by = $1", p["id"]) == 3
+    assert (
+        await conn.fetchval("SELECT count(*) FROM pgtasks.tasks WHERE spawned_by = $1", p["id"])
+        == 3
+    )
     state, results = await wait(conn, again)
     assert state == "done"
     assert results == [
@@ -118,13 +123,17 @@ async def test_double_spawn_of_one_step_is_idempotent(conn):
     # Called again (a resumed attempt, or the same one after a lost answer), with other
     # children even: the same ids, nothing submitted.
     assert await spawn(conn, p, children=[{"type": "other"}]) == first
-    assert await conn.fetchval("SELECT count(*) FROM pgtasks.tasks WHERE spawned_by = $1", p["id"]) == 3
+    assert (
+        await conn.fetchval("SELECT count(*) FROM pgtasks.tasks WHERE spawned_by = $1", p["id"])
+        == 3
+    )
     # Another step spawns more, after the first in spawn order.
     second = await spawn(conn, p, step="spawn#2", children=[{"type": "resize"}])
     assert second[0] > first[-1]
     # A step name taken by an ordinary checkpoint is no spawn.
     await conn.execute(
-        "SELECT pgtasks.checkpoint(task_id => $1, lease_token => $2, step => 'download', result => '1')",
+        "SELECT pgtasks.checkpoint(task_id => $1, lease_token => $2, step => 'download',"
+        " result => '1')",
         p["id"], p["lease_token"],
     )  # fmt: skip
     await raises(
@@ -158,7 +167,9 @@ async def test_bad_children_are_refused_with_a_hint(conn):
         conn, "SELECT pgtasks.spawn_children($1, $2, ' ', '[{\"type\": \"x\"}]')", "PT109",
         p["id"], p["lease_token"],
     )  # fmt: skip
-    assert await conn.fetchval("SELECT count(*) FROM pgtasks.tasks WHERE spawned_by IS NOT NULL") == 0
+    assert (
+        await conn.fetchval("SELECT count(*) FROM pgtasks.tasks WHERE spawned_by IS NOT NULL") == 0
+    )
 
 
 async def test_cancelling_the_parent_cancels_its_unfinished_children_and_theirs(conn):
