@@ -4,10 +4,13 @@ hand, as a worker in any language would."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import asyncpg
+import pytest
 
+from tests.conftest import wait_blocked
 from tests.sql.helpers import raises
 from tests.sql.test_workflows import fail, finish, status
 
@@ -210,3 +213,33 @@ async def test_children_ending_while_parent_runs_leave_it_running(conn):
     await finish(conn, await claim_children(conn), {"x": 1})
     assert await status(conn, p["id"]) == "RUNNING"
     assert await wait(conn, p) == ("done", [{"id": ids[0], "status": "DONE", "result": {"x": 1}}])
+
+
+async def test_a_child_ending_while_its_parent_is_cancelled_gives_way_without_a_deadlock(conn, dsn):
+    """The two lock orders meet: a child's finish holds the child and wants its parent, the
+    parent's cancel holds the parent and wants the child. The child's side waits at most
+    200 ms (below deadlock_timeout) and fails with 55P03, writing nothing; the cancel goes
+    through and cancels the child."""
+    p = await parent(conn)
+    (kid,) = await spawn(conn, p, children=[{"type": "resize"}])
+    (k,) = await claim_children(conn)
+    finisher = await asyncpg.connect(dsn)
+    canceller = await asyncpg.connect(dsn)
+    try:
+        tx = finisher.transaction()
+        await tx.start()
+        # The child's worker holds the child's row (a heartbeat in its open transaction).
+        await finisher.fetch("SELECT * FROM pgtasks.heartbeat('w', ARRAY[$1::bigint], ARRAY[$2])",
+                             kid, k["lease_token"])  # fmt: skip
+        pid = await canceller.fetchval("SELECT pg_backend_pid()")
+        cancel = asyncio.create_task(canceller.fetchval("SELECT pgtasks.cancel_task($1)", p["id"]))
+        await wait_blocked(conn, pid)
+        with pytest.raises(asyncpg.LockNotAvailableError):
+            await finisher.execute("SELECT pgtasks.finish_task($1, $2)", kid, k["lease_token"])
+        await tx.rollback()
+        assert await asyncio.wait_for(cancel, 30) == "RUNNING"
+    finally:
+        await finisher.close()
+        await canceller.close()
+    assert await status(conn, kid) == "CANCELLED"
+    assert await status(conn, p["id"]) == "CANCELLED"
