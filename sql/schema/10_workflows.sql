@@ -227,12 +227,15 @@ END $$;
 
 -- The trigger that runs the two functions above: after every UPDATE statement on tasks,
 -- the children of the parents it ended are released or cancelled (release_children), and
--- those of the parents it retried revived (revive_children). Plain tasks pay one test:
--- has_dependents is NULL on every row that no task depends on; and one probe of
+-- those of the parents it retried revived (revive_children). It also settles child tasks
+-- (spawn_children, below): the parents of children that ended may wake (wake_spawners),
+-- and a cancelled parent's unfinished children are cancelled (cancel_children). Plain
+-- tasks pay one pass over the statement's rows and one probe: has_dependents is NULL on
+-- every row that no task depends on and spawned_by on every task that is no child, and
 -- unsettled_edges, which lists the parents a depends_on submit added children to without
--- marking them (submit_dependent, below) and is empty but for those submitted since the
--- last maintain(). Nested loops off for the join of the transition tables, like the
--- history's (03_state_machine.sql); the two functions it calls turn them back on.
+-- marking them (submit_dependent, below), is empty but for those submitted since the last
+-- maintain(). Nested loops off for the join of the transition tables, like the history's
+-- (03_state_machine.sql); the functions it calls turn them back on.
 CREATE FUNCTION pgtasks.settle_children() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET enable_nestloop = off
@@ -245,27 +248,32 @@ DECLARE
     spawners bigint[];
     cancelled bigint[];
 BEGIN
-    -- Child tasks (spawn_children, below): children that ended may wake their waiting
-    -- parent, and a cancelled parent cancels its unfinished children. Plain tasks pay one
-    -- test per row of the statement: spawned_by is NULL on every task that is no child.
-    IF EXISTS (SELECT 1 FROM new_rows n WHERE n.spawned_by IS NOT NULL OR n.status = 'CANCELLED') THEN
-        SELECT array_agg(DISTINCT n.spawned_by ORDER BY n.spawned_by)
-                   FILTER (WHERE n.spawned_by IS NOT NULL AND n.status IN ('DONE', 'FAILED', 'CANCELLED')),
-               array_agg(n.id ORDER BY n.id) FILTER (WHERE n.status = 'CANCELLED')
-          INTO spawners, cancelled
-          FROM new_rows n JOIN old_rows o USING (id)
-         WHERE o.status <> n.status AND (n.spawned_by IS NOT NULL OR n.status = 'CANCELLED');
+    IF NOT EXISTS (SELECT 1 FROM new_rows n
+                    WHERE n.has_dependents OR n.spawned_by IS NOT NULL OR n.status = 'CANCELLED')
+       AND NOT EXISTS (SELECT 1 FROM pgtasks.unsettled_edges) THEN
+        RETURN NULL;
+    END IF;
+
+    -- Child tasks: the parents of the children that ended here, and the cancelled tasks
+    -- that spawned children.
+    SELECT array_agg(DISTINCT n.spawned_by ORDER BY n.spawned_by)
+               FILTER (WHERE n.spawned_by IS NOT NULL AND n.status IN ('DONE', 'FAILED', 'CANCELLED')),
+           array_agg(n.id ORDER BY n.id) FILTER (WHERE n.status = 'CANCELLED')
+      INTO spawners, cancelled
+      FROM new_rows n JOIN old_rows o USING (id)
+     WHERE o.status <> n.status AND (n.spawned_by IS NOT NULL OR n.status = 'CANCELLED');
+    IF cancelled IS NOT NULL THEN
+        SELECT array_agg(DISTINCT s.parent_id ORDER BY s.parent_id) INTO cancelled
+          FROM pgtasks.task_spawns s WHERE s.parent_id = ANY (cancelled);
         IF cancelled IS NOT NULL THEN
-            SELECT array_agg(DISTINCT s.parent_id ORDER BY s.parent_id) INTO cancelled
-              FROM pgtasks.task_spawns s WHERE s.parent_id = ANY (cancelled);
-            IF cancelled IS NOT NULL THEN
-                PERFORM pgtasks.cancel_children(cancelled);
-            END IF;
-        END IF;
-        IF spawners IS NOT NULL THEN
-            PERFORM pgtasks.wake_spawners(spawners);
+            PERFORM pgtasks.cancel_children(cancelled);
         END IF;
     END IF;
+    IF spawners IS NOT NULL THEN
+        PERFORM pgtasks.wake_spawners(spawners);
+    END IF;
+
+    -- Workflows and dependencies.
     IF EXISTS (SELECT 1 FROM new_rows n WHERE n.has_dependents)
        OR EXISTS (SELECT 1 FROM pgtasks.unsettled_edges) THEN
         SELECT array_agg(n.id ORDER BY n.id) FILTER (WHERE n.status IN ('DONE', 'FAILED', 'CANCELLED')),
