@@ -54,6 +54,7 @@ class NodeOptions(TypedDict, total=False):
     delay: Duration | None
     max_retries: int | None
     timeout: Duration | None
+    soft_timeout: Duration | None
     concurrency_key: str | None
     concurrency_limit: int | None
     on_parent_failure: Literal["cancel", "run"] | None
@@ -206,7 +207,11 @@ def _spec_node(node: TaskNode, name: str, after: list[str]) -> dict[str, Any]:
     o = dict(node.options)
     params = params_json(node.params)
     p = policy(
-        node.task_type, o.pop("queue", None), o.pop("max_retries", None), o.pop("timeout", None)
+        node.task_type,
+        o.pop("queue", None),
+        o.pop("max_retries", None),
+        o.pop("timeout", None),
+        o.pop("soft_timeout", None),
     )
     run_at = run_at_for(o.pop("run_at", None), o.pop("delay", None))
     key, limit = concurrency_rule(
@@ -217,7 +222,7 @@ def _spec_node(node: TaskNode, name: str, after: list[str]) -> dict[str, Any]:
         out["after"] = after
     fields = {
         "queue": p.queue, "max_retries": p.max_retries, "timeout": as_seconds(p.timeout),
-        "backoff_base": as_seconds(p.backoff_base),
+        "backoff_base": as_seconds(p.backoff_base), "soft_timeout": as_seconds(p.soft_timeout),
         "run_at": run_at.isoformat() if run_at else None,
         "concurrency_key": key, "concurrency_limit": limit,
     }  # fmt: skip
@@ -239,9 +244,6 @@ def child_spec(node: TaskNode) -> dict[str, Any]:
             raise PgTasksError(f"a spawned child takes no {option} (it is no workflow node)")
     spec = _spec_node(node, "", [])
     del spec["name"]
-    soft = policy(node.task_type).soft_timeout
-    if soft is not None:
-        spec["soft_timeout"] = soft.total_seconds()
     return spec
 
 

@@ -568,6 +568,7 @@ END $$;
 --              {"name": "load", "type": "load", "after": ["extract"],
 --               "queue": "q", "priority": 5, "run_at": "2026-12-02T10:00:00Z",
 --               "max_retries": 3, "timeout": 60 | "1 minute", "backoff_base": ...,
+--               "soft_timeout": 50 | "50 seconds",
 --               "concurrency_key": "k", "concurrency_limit": 2,
 --               "on_parent_failure": "cancel" | "run"}]}
 -- ("nodes" may also be an object keyed by node name.) Returns
@@ -665,8 +666,8 @@ BEGIN
     END IF;
     SELECT x.v->>'name' AS name,
            CASE WHEN k.key NOT IN ('name', 'type', 'params', 'after', 'queue', 'priority', 'run_at',
-                                   'max_retries', 'timeout', 'backoff_base', 'concurrency_key',
-                                   'concurrency_limit', 'on_parent_failure')
+                                   'max_retries', 'timeout', 'backoff_base', 'soft_timeout',
+                                   'concurrency_key', 'concurrency_limit', 'on_parent_failure')
                 THEN pg_catalog.format('has an unknown key %s', quote_literal(k.key))
                 ELSE pg_catalog.format('has %s of JSON type %s', k.key, jsonb_typeof(k.value)) END AS what
       INTO bad
@@ -683,6 +684,7 @@ BEGIN
             WHEN 'max_retries' THEN jsonb_typeof(k.value) = 'number'
             WHEN 'timeout' THEN jsonb_typeof(k.value) IN ('number', 'string')
             WHEN 'backoff_base' THEN jsonb_typeof(k.value) IN ('number', 'string')
+            WHEN 'soft_timeout' THEN jsonb_typeof(k.value) IN ('number', 'string')
             WHEN 'concurrency_key' THEN jsonb_typeof(k.value) = 'string'
             WHEN 'concurrency_limit' THEN jsonb_typeof(k.value) = 'number'
             WHEN 'on_parent_failure' THEN k.value #>> '{}' IN ('cancel', 'run')
@@ -692,8 +694,8 @@ BEGIN
         RAISE EXCEPTION 'pgtasks: node % %', quote_literal(bad.name), bad.what
             USING ERRCODE = 'PT506',
                   HINT = 'Node keys: type (string), params (object), after (list of node names), queue, priority, '
-                         'run_at, max_retries, timeout, backoff_base, concurrency_key, concurrency_limit, '
-                         'on_parent_failure (cancel or run).';
+                         'run_at, max_retries, timeout, backoff_base, soft_timeout, concurrency_key, '
+                         'concurrency_limit, on_parent_failure (cancel or run).';
     END IF;
 
     names := ARRAY(SELECT x.v->>'name' FROM jsonb_array_elements(nodes) WITH ORDINALITY AS x(v, ord) ORDER BY x.ord);
@@ -780,18 +782,20 @@ BEGIN
                         WHEN 'string' THEN (x.v->>'timeout')::interval END AS timeout,
                    CASE jsonb_typeof(x.v->'backoff_base') WHEN 'number' THEN make_interval(secs => (x.v->>'backoff_base')::float8)
                         WHEN 'string' THEN (x.v->>'backoff_base')::interval END AS backoff_base,
+                   CASE jsonb_typeof(x.v->'soft_timeout') WHEN 'number' THEN make_interval(secs => (x.v->>'soft_timeout')::float8)
+                        WHEN 'string' THEN (x.v->>'soft_timeout')::interval END AS soft_timeout,
                    x.v->>'concurrency_key' AS concurrency_key,
                    (x.v->>'concurrency_limit')::integer AS concurrency_limit,
                    coalesce(x.v->>'on_parent_failure', 'cancel') AS on_parent_failure
               FROM jsonb_array_elements(nodes) WITH ORDINALITY AS x(v, ord)
         ), keyed AS (
             SELECT p.*, jsonb_build_array(p.task_type, p.queue, p.priority, p.run_at, p.max_retries,
-                                          p.timeout, p.backoff_base) AS policy_key
+                                          p.timeout, p.backoff_base, p.soft_timeout) AS policy_key
               FROM parsed p
         ), policy AS MATERIALIZED (
             SELECT g.policy_key,
                    pgtasks.submit_policy(g.task_type, g.queue, g.priority, g.run_at, g.max_retries,
-                                         g.timeout, g.backoff_base) AS p
+                                         g.timeout, g.backoff_base, g.soft_timeout) AS p
               FROM (SELECT DISTINCT ON (k.policy_key) k.* FROM keyed k ORDER BY k.policy_key) g
         ), ins AS (
             INSERT INTO pgtasks.tasks (task_type, params, queue, priority, run_at, max_retries, timeout,
@@ -822,7 +826,7 @@ BEGIN
         RAISE EXCEPTION 'pgtasks: a workflow node has a value that does not fit: %', SQLERRM
             USING ERRCODE = 'PT506',
                   HINT = 'priority, max_retries and concurrency_limit are integers; run_at a timestamp; '
-                         'timeout and backoff_base seconds or an interval such as ''5 minutes''.';
+                         'timeout, backoff_base and soft_timeout seconds or an interval such as ''5 minutes''.';
     END;
     PERFORM pgtasks.check_params_list(ARRAY(SELECT coalesce(x.v->'params', '{}')
                                               FROM jsonb_array_elements(nodes) WITH ORDINALITY AS x(v, ord)
