@@ -340,3 +340,8 @@ async def test_a_task_page_shows_its_parent_and_its_children(dsn):
         assert 'id="h-children"' not in child  # no children of its own
         detail = (await http.get(f"/api/tasks/{kids[1]}")).json()
         assert detail["spawned_by"] == parent
+        listed = (await http.get(f"/api/tasks/{parent}/children")).json()
+        assert [(c["child_id"], c["status"]) for c in listed] == [
+            (kids[0], "DONE"), (kids[1], "PENDING")
+        ]  # fmt: skip
+        assert (await http.get(f"/api/tasks/{kids[1]}/children")).json() == []
