@@ -93,7 +93,12 @@ class Writer(Protocol):
     ) -> tuple[str, Any]: ...
 
     async def spawn_children(
-        self, task_id: int, lease_token: str, step: str, children: list[dict[str, Any]]
+        self,
+        task_id: int,
+        lease_token: str,
+        step: str,
+        children: list[dict[str, Any]],
+        traceparent: str | None = None,
     ) -> list[int]: ...
 
     async def wait_for_children(self, task_id: int, lease_token: str) -> tuple[str, Any]: ...
@@ -676,7 +681,11 @@ class TaskContext:
         if not specs:
             return []
         await self.flush()
-        ids = await self.writer.spawn_children(self.task_id, self._lease_token, key, specs)
+        # The children's attempts join this attempt's trace, as a Client submit from the
+        # task would.
+        ids = await self.writer.spawn_children(
+            self.task_id, self._lease_token, key, specs, tracing.current_traceparent()
+        )
         assert self._steps is not None
         self._steps[key] = {"spawned": ids}
         tracing.step_event(

@@ -283,7 +283,7 @@ SELECT state, payload FROM pgtasks.wait_for_event(task_id => $1, lease_token => 
 # idempotent in the database; the wait ends the attempt until the last child ends.
 SPAWN_CHILDREN = """
 SELECT pgtasks.spawn_children(task_id => $1, lease_token => $2, step => $3,
-                              children => $4::text::jsonb)
+                              children => $4::text::jsonb, traceparent => $5)
 """
 
 WAIT_FOR_CHILDREN = """

@@ -115,7 +115,7 @@ BEGIN
     END IF;
     RETURN NULL;
 END $function$;
-CREATE OR REPLACE FUNCTION pgtasks.spawn_children(task_id bigint, lease_token text, step text, children jsonb)
+CREATE OR REPLACE FUNCTION pgtasks.spawn_children(task_id bigint, lease_token text, step text, children jsonb, traceparent text DEFAULT NULL::text)
  RETURNS bigint[]
  LANGUAGE plpgsql
  SECURITY DEFINER
@@ -127,6 +127,7 @@ DECLARE
     done_ids bigint[];
     bad record;
     ids bigint[];
+    trace text;
 BEGIN
     IF pgtasks.is_blank(step) OR octet_length(step) > 255 THEN
         RAISE EXCEPTION 'pgtasks: step name must be a non-blank string of at most 255 bytes'
@@ -189,6 +190,8 @@ BEGIN
     PERFORM pgtasks.check_params_list(ARRAY(SELECT coalesce(x.v->'params', '{}')
                                               FROM jsonb_array_elements(children) WITH ORDINALITY AS x(v, ord)
                                              ORDER BY x.ord));
+    trace := coalesce(pgtasks.check_traceparent(traceparent),
+                      pgtasks.check_traceparent(current_setting('pgtasks.traceparent', true)));
     -- Values cast here; a text that is no interval, time or integer is PT512, not 22xxx.
     BEGIN
         PERFORM pgtasks.check_flow_args(NULL, NULL, f.k, f.l)
@@ -223,11 +226,11 @@ BEGIN
         ), ins AS (
             INSERT INTO pgtasks.tasks (task_type, params, queue, priority, run_at, max_retries, timeout,
                                        backoff_base, concurrency_key, concurrency_limit, soft_timeout,
-                                       spawned_by)
+                                       spawned_by, traceparent)
             SELECT (pol.p).task_type, k.params, (pol.p).queue, (pol.p).priority, (pol.p).run_at,
                    (pol.p).max_retries, (pol.p).timeout, (pol.p).backoff_base, k.concurrency_key,
                    CASE WHEN k.concurrency_key IS NOT NULL THEN coalesce(k.concurrency_limit, 1) END,
-                   (pol.p).soft_timeout, t.id
+                   (pol.p).soft_timeout, t.id, trace
               FROM keyed k JOIN policy pol ON pol.policy_key = k.policy_key
              ORDER BY k.ord
             RETURNING id
@@ -382,8 +385,8 @@ CREATE OR REPLACE VIEW pgtasks.task_status AS
    FROM pgtasks.tasks t;
 COMMENT ON FUNCTION pgtasks.cancel_children(bigint[]) IS 'Cancels the unfinished children of cancelled parents (settle_children calls it).';
 COMMENT ON FUNCTION pgtasks.settle_children() IS 'Trigger function: releases, cancels or revives the workflow children of the tasks an UPDATE ended or retried; wakes the parents of spawned children that ended and cancels the children of cancelled parents.';
-GRANT EXECUTE ON FUNCTION pgtasks.spawn_children(bigint,text,text,jsonb) TO pgtasks_worker;
-COMMENT ON FUNCTION pgtasks.spawn_children(bigint,text,text,jsonb) IS 'Submits the children (a JSON list of {"type", "params", ...}) of a running attempt as the checkpointed step `step` and returns their ids in list order; a later call of the same step returns the same ids and submits nothing. Fenced: pass the task''s lease token (PT002).';
+GRANT EXECUTE ON FUNCTION pgtasks.spawn_children(bigint,text,text,jsonb,text) TO pgtasks_worker;
+COMMENT ON FUNCTION pgtasks.spawn_children(bigint,text,text,jsonb,text) IS 'Submits the children (a JSON list of {"type", "params", ...}) of a running attempt as the checkpointed step `step` and returns their ids in list order; a later call of the same step returns the same ids and submits nothing. Fenced: pass the task''s lease token (PT002).';
 GRANT EXECUTE ON FUNCTION pgtasks.wait_for_children(bigint,text) TO pgtasks_worker;
 COMMENT ON FUNCTION pgtasks.wait_for_children(bigint,text) IS 'Returns (done, [outcome of each child in spawn order]) once every child of the running task has ended, else ends the attempt without spending a retry ((waiting, NULL): RUNNING -> COMMIT until the last child ends). Fenced: pass the task''s lease token (PT002).';
 COMMENT ON FUNCTION pgtasks.wake_spawners(bigint[]) IS 'Makes the parents waiting in wait_for_children whose children have all ended claimable now (settle_children calls it).';

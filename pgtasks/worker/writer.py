@@ -227,7 +227,12 @@ class TaskWriter:
         return row["state"], row["payload"]
 
     async def spawn_children(
-        self, task_id: int, lease_token: str, step: str, children: list[dict[str, Any]]
+        self,
+        task_id: int,
+        lease_token: str,
+        step: str,
+        children: list[dict[str, Any]],
+        traceparent: str | None = None,
     ) -> list[int]:
         """Idempotent in the database: sent again through a lost connection, it returns
         the children the first call spawned."""
@@ -236,7 +241,7 @@ class TaskWriter:
             ids = await self._through_outages(
                 lambda: while_busy(
                     lambda: self.pool.fetchval(
-                        queries.SPAWN_CHILDREN, task_id, lease_token, step, doc
+                        queries.SPAWN_CHILDREN, task_id, lease_token, step, doc, traceparent
                     )
                 )
             )

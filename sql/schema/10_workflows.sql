@@ -1027,8 +1027,15 @@ COMMENT ON COLUMN pgtasks.workflows.pending IS
 -- lists with the other steps) commit together: an attempt killed before the commit
 -- spawned nothing, one killed after it gets the same ids from a resumed call, so no child
 -- is ever submitted twice. A resumed call's children argument is not read again.
-CREATE FUNCTION pgtasks.spawn_children(task_id bigint, lease_token text, step text, children jsonb)
-RETURNS bigint[]
+-- traceparent (else the session setting pgtasks.traceparent, as for every submit) is the
+-- W3C trace context the children's attempts join: the parent's attempt span, from Python.
+CREATE FUNCTION pgtasks.spawn_children(
+    task_id     bigint,
+    lease_token text,
+    step        text,
+    children    jsonb,
+    traceparent text DEFAULT NULL
+) RETURNS bigint[]
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pgtasks, pg_temp
@@ -1039,6 +1046,7 @@ DECLARE
     done_ids bigint[];
     bad record;
     ids bigint[];
+    trace text;
 BEGIN
     IF pgtasks.is_blank(step) OR octet_length(step) > 255 THEN
         RAISE EXCEPTION 'pgtasks: step name must be a non-blank string of at most 255 bytes'
@@ -1101,6 +1109,8 @@ BEGIN
     PERFORM pgtasks.check_params_list(ARRAY(SELECT coalesce(x.v->'params', '{}')
                                               FROM jsonb_array_elements(children) WITH ORDINALITY AS x(v, ord)
                                              ORDER BY x.ord));
+    trace := coalesce(pgtasks.check_traceparent(traceparent),
+                      pgtasks.check_traceparent(current_setting('pgtasks.traceparent', true)));
     -- Values cast here; a text that is no interval, time or integer is PT512, not 22xxx.
     BEGIN
         PERFORM pgtasks.check_flow_args(NULL, NULL, f.k, f.l)
@@ -1135,11 +1145,11 @@ BEGIN
         ), ins AS (
             INSERT INTO pgtasks.tasks (task_type, params, queue, priority, run_at, max_retries, timeout,
                                        backoff_base, concurrency_key, concurrency_limit, soft_timeout,
-                                       spawned_by)
+                                       spawned_by, traceparent)
             SELECT (pol.p).task_type, k.params, (pol.p).queue, (pol.p).priority, (pol.p).run_at,
                    (pol.p).max_retries, (pol.p).timeout, (pol.p).backoff_base, k.concurrency_key,
                    CASE WHEN k.concurrency_key IS NOT NULL THEN coalesce(k.concurrency_limit, 1) END,
-                   (pol.p).soft_timeout, t.id
+                   (pol.p).soft_timeout, t.id, trace
               FROM keyed k JOIN policy pol ON pol.policy_key = k.policy_key
              ORDER BY k.ord
             RETURNING id
@@ -1157,8 +1167,8 @@ BEGIN
     VALUES (t.id, spawn_children.step, jsonb_build_object('spawned', to_jsonb(ids)), t.attempt);
     RETURN ids;
 END $$;
-GRANT EXECUTE ON FUNCTION pgtasks.spawn_children(bigint, text, text, jsonb) TO pgtasks_worker;
-COMMENT ON FUNCTION pgtasks.spawn_children(bigint, text, text, jsonb) IS
+GRANT EXECUTE ON FUNCTION pgtasks.spawn_children(bigint, text, text, jsonb, text) TO pgtasks_worker;
+COMMENT ON FUNCTION pgtasks.spawn_children(bigint, text, text, jsonb, text) IS
     'Submits the children (a JSON list of {"type", "params", ...}) of a running attempt as the '
     'checkpointed step `step` and returns their ids in list order; a later call of the same step '
     'returns the same ids and submits nothing. Fenced: pass the task''s lease token (PT002).';

@@ -243,3 +243,17 @@ async def test_a_child_ending_while_its_parent_is_cancelled_gives_way_without_a_
         await canceller.close()
     assert await status(conn, kid) == "CANCELLED"
     assert await status(conn, p["id"]) == "CANCELLED"
+
+
+async def test_children_carry_the_trace_context_given_to_the_spawn(conn):
+    tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    p = await parent(conn)
+    ids = await conn.fetchval(
+        "SELECT pgtasks.spawn_children($1, $2, 'spawn#1', '[{\"type\": \"resize\"}]', $3)",
+        p["id"], p["lease_token"], tp,
+    )  # fmt: skip
+    assert await conn.fetchval("SELECT traceparent FROM pgtasks.tasks WHERE id = $1", ids[0]) == tp
+    await raises(
+        conn, "SELECT pgtasks.spawn_children($1, $2, 'spawn#2', '[{\"type\": \"x\"}]', 'nope')",
+        "PT131", p["id"], p["lease_token"],
+    )  # fmt: skip
