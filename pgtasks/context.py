@@ -667,7 +667,10 @@ class TaskContext:
         died before or after the spawn. Children are ordinary tasks with their own
         retries; `wait_for_children()` waits for them holding nothing.
         """
-        specs = [child_spec(c) for c in children]
+        try:
+            specs = [child_spec(c) for c in children]
+        except PgTasksError as exc:  # the same code refuses the same nodes: no retry
+            raise StepError(f"ctx.spawn: {exc}") from exc
         self._spawns += 1
         key = name if name is not None else f"spawn#{self._spawns}"
         found, stored = await self._lookup_step(key)

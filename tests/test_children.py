@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from pgtasks import Client, Worker
+from pgtasks import Client, PgTasksError, Worker
 from tests.apps.children import CHILDREN_DDL
 from tests.conftest import WorkerProcs, wait_for
 
@@ -155,3 +155,18 @@ async def test_kill_9_during_the_spawn_and_during_the_wait_runs_each_child_once(
         "SELECT count(*) FROM pgtasks.task_spawns WHERE parent_id = $1", parent
     )
     assert spawns == 1
+
+
+def test_a_child_is_a_node_without_a_name_or_parents() -> None:
+    from pgtasks import task_node
+    from pgtasks.workflows import child_spec
+
+    assert child_spec(task_node("square", {"i": 1}, timeout=30, priority=2)) == {
+        "type": "square", "params": {"i": 1}, "queue": "kids", "max_retries": 0,
+        "timeout": 30.0, "priority": 2,
+    }  # fmt: skip
+    for bad in (task_node("square", name="x"), task_node("square", on_parent_failure="run")):
+        with pytest.raises(PgTasksError, match="a spawned child takes no"):
+            child_spec(bad)
+    with pytest.raises(PgTasksError, match="takes task nodes"):
+        child_spec("square")  # type: ignore[arg-type]
