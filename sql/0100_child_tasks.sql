@@ -303,9 +303,7 @@ DECLARE
     now_ timestamptz := pgtasks.now();
     n integer;
 BEGIN
-    PERFORM 1 FROM pgtasks.tasks p
-     WHERE p.id = ANY (parents) AND p.status IN ('RUNNING', 'COMMIT')
-     ORDER BY p.id FOR NO KEY UPDATE;
+    PERFORM 1 FROM pgtasks.tasks p WHERE p.id = ANY (parents) ORDER BY p.id FOR NO KEY UPDATE;
     WITH woken AS (
         UPDATE pgtasks.tasks p SET run_at = now_
           FROM pgtasks.task_pauses w

@@ -1236,9 +1236,11 @@ COMMENT ON FUNCTION pgtasks.wait_for_children(bigint, text) IS
 -- ended: each parent parked in wait_for_children (COMMIT at the run_at its task_pauses row
 -- holds, for its current attempt) whose children are now all over becomes claimable now,
 -- and each of their queues gets one wake-up. The parents are locked first, in id order,
--- running ones included: a parent running wait_for_children right now holds its row, and
--- the count below, a statement later, sees how that ended. lock_timeout 200 ms: see the
--- lock order above.
+-- whatever their status as this statement saw it: a parent running wait_for_children right
+-- now holds its row, and the count below, a statement later, sees how that ended. (Locking
+-- only the parents this statement's snapshot saw running or parked would miss one that was
+-- retried, claimed and parked in the meantime, and leave it parked for good.) lock_timeout
+-- 200 ms: see the lock order above.
 CREATE FUNCTION pgtasks.wake_spawners(parents bigint[]) RETURNS void
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -1250,9 +1252,7 @@ DECLARE
     now_ timestamptz := pgtasks.now();
     n integer;
 BEGIN
-    PERFORM 1 FROM pgtasks.tasks p
-     WHERE p.id = ANY (parents) AND p.status IN ('RUNNING', 'COMMIT')
-     ORDER BY p.id FOR NO KEY UPDATE;
+    PERFORM 1 FROM pgtasks.tasks p WHERE p.id = ANY (parents) ORDER BY p.id FOR NO KEY UPDATE;
     WITH woken AS (
         UPDATE pgtasks.tasks p SET run_at = now_
           FROM pgtasks.task_pauses w

@@ -257,3 +257,35 @@ async def test_children_carry_the_trace_context_given_to_the_spawn(conn):
         conn, "SELECT pgtasks.spawn_children($1, $2, 'spawn#2', '[{\"type\": \"x\"}]', 'nope')",
         "PT131", p["id"], p["lease_token"],
     )  # fmt: skip
+
+
+async def test_a_wait_racing_the_last_childs_end_is_never_left_parked(conn, dsn):
+    """The last child's finish, not yet committed, holds the parent's row (wake_spawners),
+    so a wait_for_children at that moment waits for it, then sees the child ended and
+    returns its result instead of parking a task nothing would wake."""
+    p = await parent(conn)
+    (kid,) = await spawn(conn, p, children=[{"type": "resize"}])
+    (k,) = await claim_children(conn)
+    finisher = await asyncpg.connect(dsn)
+    waiter = await asyncpg.connect(dsn)
+    try:
+        tx = finisher.transaction()
+        await tx.start()
+        await finisher.execute("SELECT pgtasks.finish_task($1, $2, '7')", kid, k["lease_token"])
+        pid = await waiter.fetchval("SELECT pg_backend_pid()")
+        wait_call = asyncio.create_task(
+            waiter.fetchrow(
+                "SELECT state, results::text FROM pgtasks.wait_for_children($1, $2)",
+                p["id"],
+                p["lease_token"],
+            )
+        )
+        await wait_blocked(conn, pid)
+        await tx.commit()
+        row = await asyncio.wait_for(wait_call, 30)
+    finally:
+        await finisher.close()
+        await waiter.close()
+    assert row["state"] == "done"
+    assert json.loads(row["results"]) == [{"id": kid, "status": "DONE", "result": 7}]
+    assert await status(conn, p["id"]) == "RUNNING"
