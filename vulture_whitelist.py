@@ -47,6 +47,7 @@ _.retry_task
 _.task_logs
 _.task_history
 _.task_inbox
+_.task_children
 _.events
 _.queue_settings
 _.retry_tasks
@@ -86,6 +87,7 @@ _.alive
 _.seen_ago
 _.workflow_node
 _.schedule_tick
+_.spawned_by
 _.attempt_started_at
 _.lease_expires_at
 

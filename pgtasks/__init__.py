@@ -45,6 +45,7 @@ from pgtasks.sync import SyncClient
 from pgtasks.task import BaseTask, TaskFunction, task_register
 from pgtasks.worker import Worker
 from pgtasks.workflows import (
+    ChildFailure,
     ParentFailure,
     SubmittedWorkflow,
     chain,
@@ -55,6 +56,7 @@ from pgtasks.workflows import (
 
 __all__ = [
     "BaseTask",
+    "ChildFailure",
     "Client",
     "ConfigurationError",
     "DatabaseError",

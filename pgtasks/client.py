@@ -95,7 +95,9 @@ class TaskDetail(TaskInfo):
 
     `schedule` and `schedule_tick` name the schedule and tick that created the task (None
     for a task submitted otherwise). `workflow_id` and `workflow_node` name the workflow
-    and node a task belongs to (None for a task submitted on its own).
+    and node a task belongs to (None for a task submitted on its own). `spawned_by` is the
+    task that spawned it as a child (`ctx.spawn`), None for other tasks; `Client.children`
+    lists a task's own children.
     """
 
     params: Any = None
@@ -105,6 +107,7 @@ class TaskDetail(TaskInfo):
     workflow_node: str | None = None
     schedule: str | None = None
     schedule_tick: datetime | None = None
+    spawned_by: int | None = None
 
 
 class TaskPage(BaseModel):
@@ -901,6 +904,13 @@ class Client:
                     queries.SEND_EVENT, task_id, _text("name", name), _jsonable_payload(payload)
                 )
             )
+
+    async def children(self, task_id: int, *, limit: int = 1000) -> list[dict[str, Any]]:
+        """The children the task spawned (`ctx.spawn`), in spawn order, at most `limit`:
+        child_id, step (the spawn's name), position, task_type, status, progress_current,
+        progress_total (pgtasks.task_children)."""
+        rows = await self.pool.fetch(queries.TASK_CHILDREN, task_id, limit)
+        return [dict(r) for r in rows]
 
     async def inbox(self, task_id: int) -> list[dict[str, Any]]:
         """The events sent to the task and its waits for them (pgtasks.task_inbox)."""

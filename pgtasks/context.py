@@ -26,7 +26,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
@@ -42,7 +42,7 @@ from pgtasks.errors import (
     Snooze,
     SoftTimeLimitExceeded,
 )
-from pgtasks.workflows import parent_results_from
+from pgtasks.workflows import TaskNode, child_results_from, child_spec, parent_results_from
 
 T = TypeVar("T")
 
@@ -93,6 +93,16 @@ class Writer(Protocol):
     ) -> tuple[str, Any]: ...
 
     async def record_trace(self, task_id: int, lease_token: str, traceparent: str) -> None: ...
+    async def spawn_children(
+        self,
+        task_id: int,
+        lease_token: str,
+        step: str,
+        children: list[dict[str, Any]],
+        traceparent: str | None = None,
+    ) -> list[int]: ...
+
+    async def wait_for_children(self, task_id: int, lease_token: str) -> tuple[str, Any]: ...
 
 
 RunBlocking = Callable[[Callable[[], Any]], Awaitable[Any]]
@@ -128,8 +138,9 @@ class YieldTask(BaseException):
 
 
 class TaskParked(BaseException):
-    """Raised by ctx.wait_for_event once the database parked the task (it waits for the
-    event, holding nothing): the attempt is over and the worker has nothing to write.
+    """Raised by ctx.wait_for_event and ctx.wait_for_children once the database parked the
+    task (it waits, holding nothing): the attempt is over and the worker has nothing to
+    write. Its message says what it waits for.
 
     A BaseException so that a task's own `except Exception` does not swallow it."""
 
@@ -210,6 +221,7 @@ class TaskContext:
         self._used_steps: set[str] = set()
         self._parents: dict[int, Any] | None = None
         self._sleeps = 0
+        self._spawns = 0
         self._cancel = asyncio.Event()
         self.cancel_reason: str | None = None  # why the worker stopped it (StopReason)
         self._loop = asyncio.get_running_loop()
@@ -641,7 +653,7 @@ class TaskContext:
         if state == "timeout":
             raise EventTimeout(name)
         self._close()
-        raise TaskParked(name)
+        raise TaskParked(f"event {name!r}")
 
     async def _record_new_trace(self) -> None:
         """Record the attempt's trace as the task's (pgtasks.record_trace), once, best
@@ -658,6 +670,66 @@ class TaskContext:
         """`raise Snooze(seconds)`: back in `seconds`, no retry spent, checkpoints kept."""
         await self.flush()
         raise Snooze(seconds.total_seconds() if isinstance(seconds, timedelta) else seconds)
+
+    # -- child tasks (pgtasks.spawn_children, pgtasks.wait_for_children) -----------------
+
+    async def spawn(self, children: Iterable[TaskNode], *, name: str | None = None) -> list[int]:
+        """Submit `children` (`MyTask.s(params, **options)` each) as children of this task;
+        their ids, in the order given.
+
+        The spawn is a step (named `name`, by default "spawn#N" for the N-th spawn of a
+        run), checkpointed by the database in the same transaction as the children: a
+        resumed attempt gets the same ids back and submits nothing, whether the last one
+        died before or after the spawn. Children are ordinary tasks with their own
+        retries; `wait_for_children()` waits for them holding nothing.
+        """
+        try:
+            specs = [child_spec(c) for c in children]
+        except PgTasksError as exc:  # the same code refuses the same nodes: no retry
+            raise StepError(f"ctx.spawn: {exc}") from exc
+        self._spawns += 1
+        key = name if name is not None else f"spawn#{self._spawns}"
+        found, stored = await self._lookup_step(key)
+        if found:
+            if isinstance(stored, dict) and isinstance(stored.get("spawned"), list):
+                return [int(i) for i in stored["spawned"]]
+            raise StepError(
+                f"spawn {key!r} has the name of a step that is not a spawn; "
+                "give spawns and steps different names"
+            )
+        if not specs:
+            return []
+        await self.flush()
+        # The children's attempts join this attempt's trace, as a Client submit from the
+        # task would.
+        ids = await self.writer.spawn_children(
+            self.task_id, self._lease_token, key, specs, tracing.current_traceparent()
+        )
+        assert self._steps is not None
+        self._steps[key] = {"spawned": ids}
+        tracing.step_event(
+            "pgtasks.spawn", {"pgtasks.spawn.name": key, "pgtasks.spawn.children": len(ids)}
+        )
+        return ids
+
+    async def wait_for_children(self) -> list[Any]:
+        """The outcome of every child this task spawned, in spawn order: each child's
+        result, or a ChildFailure for one that ended FAILED or CANCELLED.
+
+        While a child is unfinished, the attempt ends here without spending a retry: the
+        task holds no slot and no connection until its last child ends, when it is
+        claimable at once, and its code runs again from the top (its spawns return the
+        ids they spawned). Put the work before the wait in steps.
+        """
+        await self.flush()
+        state, raw = await self.writer.wait_for_children(self.task_id, self._lease_token)
+        tracing.step_event(
+            "pgtasks.wait", {"pgtasks.wait.children": True, "pgtasks.wait.state": state}
+        )
+        if state == "done":
+            return child_results_from(list(raw or []))
+        self._close()
+        raise TaskParked("its children")
 
 
 class SyncTaskContext:
@@ -771,6 +843,18 @@ class SyncTaskContext:
     def snooze(self, seconds: float | timedelta = 0.0) -> None:
         """Like TaskContext.snooze: `raise Snooze(seconds)` once buffered writes landed."""
         self._call(self._ctx.snooze(seconds))
+
+    def spawn(self, children: Iterable[TaskNode], *, name: str | None = None) -> list[int]:
+        """Like TaskContext.spawn: submit the children, once per spawn step; their ids."""
+        self._ctx._raise_soft_limit()
+        nodes = list(children)
+        return self._call(self._ctx.spawn(nodes, name=name))
+
+    def wait_for_children(self) -> list[Any]:
+        """Like TaskContext.wait_for_children: the children's outcomes, or the attempt
+        ends here until the last of them ends."""
+        self._ctx._raise_soft_limit()
+        return self._call(self._ctx.wait_for_children())
 
 
 # -- Python logging ----------------------------------------------------------------------

@@ -205,6 +205,12 @@ TASKS_BY_ID = "SELECT * FROM pgtasks.task_status WHERE id = ANY($1::bigint[]) OR
 
 CANCEL_TASK = "SELECT pgtasks.cancel_task(task_id => $1)"
 SEND_EVENT = "SELECT pgtasks.send_event(task_id => $1, name => $2, payload => $3)"
+# A task's children in spawn order (pgtasks.task_children), for the dashboard's tree.
+TASK_CHILDREN = """
+SELECT child_id, step, position, task_type, status, progress_current, progress_total
+  FROM pgtasks.task_children WHERE parent_id = $1 ORDER BY child_id LIMIT $2
+"""
+
 TASK_INBOX = """
 SELECT name, payload, sent_at, sent_by, waited_at, wait_until FROM pgtasks.task_inbox
  WHERE task_id = $1 ORDER BY coalesce(sent_at, waited_at), name
@@ -296,6 +302,17 @@ HAND_BACK_UNHELD = (
 WAIT_FOR_EVENT = """
 SELECT state, payload FROM pgtasks.wait_for_event(task_id => $1, lease_token => $2, name => $3,
                                                   timeout => $4)
+"""
+
+# Child tasks (docs/long-running-tasks.md#child-tasks): the spawn is one checkpointed step,
+# idempotent in the database; the wait ends the attempt until the last child ends.
+SPAWN_CHILDREN = """
+SELECT pgtasks.spawn_children(task_id => $1, lease_token => $2, step => $3,
+                              children => $4::text::jsonb, traceparent => $5)
+"""
+
+WAIT_FOR_CHILDREN = """
+SELECT state, results FROM pgtasks.wait_for_children(task_id => $1, lease_token => $2)
 """
 
 CHECKPOINT = "SELECT pgtasks.checkpoint(task_id => $1, lease_token => $2, step => $3, result => $4)"

@@ -54,6 +54,7 @@ class NodeOptions(TypedDict, total=False):
     delay: Duration | None
     max_retries: int | None
     timeout: Duration | None
+    soft_timeout: Duration | None
     concurrency_key: str | None
     concurrency_limit: int | None
     on_parent_failure: Literal["cancel", "run"] | None
@@ -158,6 +159,17 @@ class ParentFailure:
     node: str | None = None
 
 
+@dataclass(frozen=True)
+class ChildFailure:
+    """What `ctx.wait_for_children()` holds for a child that ended FAILED or CANCELLED (or
+    was pruned before its parent read it: status "MISSING"), in place of a result it never
+    produced, as a ParentFailure stands in for a failed parent's."""
+
+    task_id: int
+    status: str
+    error: str | None
+
+
 class SubmittedWorkflow(int):
     """The workflow's id (an int, so it passes wherever an id does) and `.nodes`, node
     name -> task id, to follow single tasks of the graph."""
@@ -195,7 +207,11 @@ def _spec_node(node: TaskNode, name: str, after: list[str]) -> dict[str, Any]:
     o = dict(node.options)
     params = params_json(node.params)
     p = policy(
-        node.task_type, o.pop("queue", None), o.pop("max_retries", None), o.pop("timeout", None)
+        node.task_type,
+        o.pop("queue", None),
+        o.pop("max_retries", None),
+        o.pop("timeout", None),
+        o.pop("soft_timeout", None),
     )
     run_at = run_at_for(o.pop("run_at", None), o.pop("delay", None))
     key, limit = concurrency_rule(
@@ -206,12 +222,40 @@ def _spec_node(node: TaskNode, name: str, after: list[str]) -> dict[str, Any]:
         out["after"] = after
     fields = {
         "queue": p.queue, "max_retries": p.max_retries, "timeout": as_seconds(p.timeout),
-        "backoff_base": as_seconds(p.backoff_base),
+        "backoff_base": as_seconds(p.backoff_base), "soft_timeout": as_seconds(p.soft_timeout),
         "run_at": run_at.isoformat() if run_at else None,
         "concurrency_key": key, "concurrency_limit": limit,
     }  # fmt: skip
     out.update({k: v for k, v in {**fields, **o}.items() if v is not None})
     return out
+
+
+def child_spec(node: TaskNode) -> dict[str, Any]:
+    """One child of spawn_children, by the rules of a single submit, as `_spec_node`
+    builds a workflow node: the node's option, else the type's declaration, else nothing,
+    for the database to resolve. A child has no node name and no parents."""
+    if not isinstance(node, TaskNode):
+        raise PgTasksError(
+            "ctx.spawn() takes task nodes (MyTask.s(...), task_node(...)), "
+            f"got {type(node).__name__}"
+        )
+    for option in ("name", "on_parent_failure"):
+        if node.options.get(option) is not None or (option == "name" and node.name is not None):
+            raise PgTasksError(f"a spawned child takes no {option} (it is no workflow node)")
+    spec = _spec_node(node, "", [])
+    del spec["name"]
+    return spec
+
+
+def child_results_from(raw: list[dict[str, Any]]) -> list[Any]:
+    """wait_for_children() JSON as ctx.wait_for_children shows it: each child's result in
+    spawn order, or a ChildFailure for a child that did not end DONE."""
+    return [
+        v.get("result")
+        if v.get("status") == "DONE"
+        else ChildFailure(int(v["id"]), str(v.get("status", "")), v.get("error"))
+        for v in raw
+    ]
 
 
 def compile_workflow(root: Node, *, name: str | None = None) -> dict[str, Any]:

@@ -9,6 +9,7 @@ Results and errors are read from the database; timeouts only bound a hung test.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
@@ -175,3 +176,52 @@ async def test_a_type_soft_limit_meets_a_shorter_submitted_timeout(
         await client.submit("typed", timeout=60)
     assert info.value.sqlstate == "PT129" and info.value.hint
     assert await client.submit("typed", timeout=60, soft_timeout=50)
+
+
+async def test_workflow_nodes_and_spawned_children_carry_soft_timeout(
+    conn: asyncpg.Connection, client: Client
+) -> None:
+    """A workflow node takes soft_timeout as a plain submit does (its own, else the type's
+    declaration, else the registered policy), and so does a spawned child."""
+    from pgtasks import chain, task_node
+    from pgtasks.workflows import child_spec
+
+    spec = {"nodes": [
+        {"name": "a", "type": "plain", "timeout": 60, "soft_timeout": 50},
+        {"name": "b", "type": "plain", "soft_timeout": "2 minutes", "after": ["a"]},
+        {"name": "c", "type": "soft_async", "after": ["a"]},
+        {"name": "d", "type": "plain", "after": ["a"]},
+    ]}  # fmt: skip
+    out = await conn.fetchval("SELECT pgtasks.submit_workflow($1::text::jsonb)::text",
+                              json.dumps(spec))  # fmt: skip
+    ids = json.loads(out)["nodes"]
+    got = {
+        r["id"]: r["soft_timeout"]
+        for r in await conn.fetch("SELECT id, soft_timeout FROM pgtasks.tasks")
+    }
+    assert got[ids["a"]] == timedelta(seconds=50)
+    assert got[ids["b"]] == timedelta(minutes=2)
+    assert got[ids["c"]] is None  # a type's soft limit reaches SQL once a worker registers it
+    assert got[ids["d"]] is None
+    for bad in ({"type": "plain", "soft_timeout": "soon"}, {"type": "plain", "soft_timeout": []}):
+        await raises(
+            conn, "SELECT pgtasks.submit_workflow($1::text::jsonb)", "PT506",
+            json.dumps({"nodes": [{"name": "x", **bad}]}),
+        )  # fmt: skip
+    await raises(
+        conn, "SELECT pgtasks.submit_workflow($1::text::jsonb)", "PT129",
+        '{"nodes": [{"name": "x", "type": "plain", "timeout": 60, "soft_timeout": 60}]}',
+    )  # fmt: skip
+
+    # From Python: the node's option, else the type's @task_register declaration.
+    wf = await client.submit(chain(task_node("plain", soft_timeout=30), task_node("soft_async")))
+    soft = {
+        r["id"]: r["soft_timeout"]
+        for r in await conn.fetch(
+            "SELECT id, soft_timeout FROM pgtasks.tasks WHERE workflow_id = $1", wf
+        )
+    }
+    assert sorted(soft.values()) == [timedelta(seconds=1), timedelta(seconds=30)]
+    assert child_spec(task_node("soft_async"))["soft_timeout"] == 1.0
+    assert child_spec(task_node("plain", soft_timeout=5))["soft_timeout"] == 5.0
+    assert "soft_timeout" not in child_spec(task_node("plain"))

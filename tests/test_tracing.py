@@ -82,6 +82,13 @@ async def spawner(ctx: TaskContext, params: dict[str, Any]) -> int:
         return int(await client.submit("traced", {}))
 
 
+@task_register("fans", into=REG)
+async def fans(ctx: TaskContext, params: dict[str, Any]) -> int:
+    (kid,) = await ctx.spawn([task_node("traced")])
+    await ctx.wait_for_children()
+    return kid
+
+
 def traceparent_of(span: Any) -> str:
     sc = span.get_span_context()
     return f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{int(sc.trace_flags):02x}"
@@ -543,6 +550,24 @@ async def test_a_task_submitted_by_a_task_joins_the_attempts_trace(dsn, conn, sp
     assert child_span.context.trace_id == parent_span.context.trace_id
     assert child_span.parent is not None
     assert child_span.parent.span_id == parent_span.context.span_id
+
+
+async def test_spawned_children_join_the_trace_of_the_attempt_that_spawned_them(dsn, conn, spans):
+    tid = await conn.fetchval("SELECT pgtasks.submit_task('fans', traceparent => $1)", TP)
+    await run_until_done(dsn, conn, tid)
+    kid = await conn.fetchval(
+        "SELECT (result #>> '{}')::bigint FROM pgtasks.tasks WHERE id = $1", tid
+    )
+    first, second = attempt_spans(spans, tid)  # parked in its wait, woken by its child
+    (kid_span,) = attempt_spans(spans, kid)
+    assert [(e.name, dict(e.attributes or {})) for e in first.events] == [
+        ("pgtasks.spawn", {"pgtasks.spawn.name": "spawn#1", "pgtasks.spawn.children": 1}),
+        ("pgtasks.wait", {"pgtasks.wait.children": True, "pgtasks.wait.state": "waiting"}),
+    ]
+    assert [e.name for e in second.events] == ["pgtasks.wait"]  # the spawn was stored
+    assert kid_span.context.trace_id == first.context.trace_id
+    assert f"{first.context.trace_id:032x}" == TP.split("-")[1]
+    assert kid_span.parent is not None and kid_span.parent.span_id == first.context.span_id
 
 
 async def test_sleeps_and_waits_are_events_of_the_attempts(dsn, conn, spans):

@@ -558,6 +558,14 @@ def router(
         """The events sent to the task and its waits for them, oldest first."""
         return await c.inbox(task_id)
 
+    @api.get("/tasks/{task_id:int}/children", dependencies=read)
+    async def task_children(
+        c: C, task_id: TaskId, limit: Annotated[int, Query(ge=1, le=10_000)] = 1000
+    ) -> list[dict[str, Any]]:
+        """The children the task spawned (`ctx.spawn`), in spawn order, at most `limit`;
+        an empty list for a task without children."""
+        return await c.children(task_id, limit=limit)
+
     @api.post("/tasks/{task_id:int}/retry", dependencies=write)
     async def retry_task(c: C, task_id: TaskId) -> Retried:
         """Put a FAILED or CANCELLED task back to PENDING; 409 (PT001) from any other state."""

@@ -98,8 +98,8 @@ class Completer(Service):
         elif isinstance(outcome, Snoozed):
             await self.snooze(task_id, lease_token, outcome)
         elif isinstance(outcome, Parked):
-            self.stats.yielded += 1  # wait_for_event parked it; nothing left to write
-            log.info("task %s waits for event %r", task_id, outcome.event)
+            self.stats.yielded += 1  # the wait parked it; nothing left to write
+            log.info("task %s waits for %s", task_id, outcome.waits_for)
         elif isinstance(outcome, Dropped):
             self.stats.lost += outcome.reason is StopReason.LEASE_LOST
             log.info("task %s stopped: %s", task_id, outcome.reason)

@@ -67,9 +67,10 @@ class Snoozed:
 
 @dataclass(frozen=True)
 class Parked:
-    """The task waits for an event: wait_for_event already ended the attempt."""
+    """The task waits (for an event, or for its children): wait_for_event or
+    wait_for_children already ended the attempt."""
 
-    event: str
+    waits_for: str  # what it waits for, for the log: "event 'approved'", "its children"
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ database refuses the write through the lease token, so retrying longer would gai
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
@@ -230,6 +231,34 @@ class TaskWriter:
             await while_busy(
                 lambda: self.pool.fetchval(queries.RECORD_TRACE, task_id, lease_token, traceparent)
             )
+    async def spawn_children(
+        self,
+        task_id: int,
+        lease_token: str,
+        step: str,
+        children: list[dict[str, Any]],
+        traceparent: str | None = None,
+    ) -> list[int]:
+        """Idempotent in the database: sent again through a lost connection, it returns
+        the children the first call spawned."""
+        doc = json.dumps(children)
+        async with translated():
+            ids = await self._through_outages(
+                lambda: while_busy(
+                    lambda: self.pool.fetchval(
+                        queries.SPAWN_CHILDREN, task_id, lease_token, step, doc, traceparent
+                    )
+                )
+            )
+        return [int(i) for i in ids]
+
+    async def wait_for_children(self, task_id: int, lease_token: str) -> tuple[str, Any]:
+        async with translated():
+            row = await while_busy(
+                lambda: self.pool.fetchrow(queries.WAIT_FOR_CHILDREN, task_id, lease_token)
+            )
+        assert row is not None
+        return row["state"], row["results"]
 
     async def logs(self, task_id: int, lease_token: str, lines: list[Line]) -> None:
         """Buffered lines of one attempt. A refusal (LeaseLost, a locked row) reaches the

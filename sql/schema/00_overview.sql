@@ -49,7 +49,8 @@
 --                      task_overview, queue_stats, queues, transitions, registered_types
 --   pgtasks_worker     claim_tasks, heartbeat, checkpoint, log, log_many, report_progress,
 --                      finish_task(s), finish_and_claim, fail_task, yield_task, maintain,
---                      firing schedules; and everything a submitter may (follow-up tasks)
+--                      firing schedules, spawn_children / wait_for_children (child tasks);
+--                      and everything a submitter may (follow-up tasks)
 --   pgtasks_reader     every view, task details and history included
 --   pgtasks_admin      configure, queue and schedule settings, cancel_task, retry_task,
 --                      cancel_workflow; and everything a worker and a reader may
@@ -73,7 +74,8 @@
 --   08_flow_control.sql   queue limits, rates, pauses, per-key concurrency (claim_limited)
 --   09_schedules.sql      cron and `every` schedules, exactly one task per tick
 --   10_workflows.sql      dependencies and workflows: WAITING, release, cancel on failure
---                         (the trigger settle_children)
+--                         (the trigger settle_children); child tasks a running task spawns
+--                         and waits for
 --   11_views.sql          the read views for psql, the API, the dashboard and /metrics
 --   12_roles.sql          who may do what, role by role
 --

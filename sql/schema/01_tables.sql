@@ -360,6 +360,10 @@ CREATE TABLE pgtasks.tasks (
     tracestate       text DEFAULT CASE WHEN coalesce(current_setting('pgtasks.tracestate', true), '') <> ''
                                         AND coalesce(current_setting('pgtasks.traceparent', true), '') <> ''
                                        THEN pgtasks.check_tracestate(current_setting('pgtasks.tracestate', true)) END,
+    -- The running task that spawned this one (spawn_children, 10_workflows.sql); NULL for
+    -- every other task. No foreign key, like workflow_id: a parent that finished without
+    -- waiting may be pruned before its children, which then keep the id of a gone task.
+    spawned_by       bigint,
 
     CONSTRAINT task_type_not_empty CHECK (task_type <> ''),
     CONSTRAINT queue_not_empty CHECK (queue <> ''),
@@ -455,6 +459,8 @@ COMMENT ON COLUMN pgtasks.tasks.traceparent IS
     'The W3C trace context the task''s attempt spans join: the submit''s, or, for a task submitted outside any trace, its first traced attempt''s (recorded when that attempt hands the task on). NULL: none.';
 COMMENT ON COLUMN pgtasks.tasks.tracestate IS
     'The W3C tracestate (vendor entries) that came with traceparent; at most 512 characters. NULL: none.';
+COMMENT ON COLUMN pgtasks.tasks.spawned_by IS
+    'The task whose running attempt spawned this one as a child (spawn_children); NULL for other tasks.';
 COMMENT ON COLUMN pgtasks.tasks.lease_token IS
     'The running attempt''s secret, drawn at random by its claim and known only to its claimer, who presents it with every write; set exactly while RUNNING. No view shows it.';
 
@@ -533,6 +539,14 @@ CREATE UNIQUE INDEX tasks_schedule_tick ON pgtasks.tasks (schedule, schedule_tic
 -- A workflow's tasks, for the workflows view, the graph and cancel_workflow. Partial:
 -- plain tasks add no index entry.
 CREATE INDEX tasks_workflow ON pgtasks.tasks (workflow_id, id) WHERE workflow_id IS NOT NULL;
+-- The unfinished children of a parent (spawn_children): what wait_for_children and the
+-- finish of each child ask ("is any child of this parent still unfinished?") and what a
+-- cancelled parent cancels. Only unfinished children are in it, so the probe made at each
+-- child's end meets the still running ones, not the finished ones before them (with every
+-- child in the index, the probes of 10,000 children ending in spawn order would read 50
+-- million entries). Plain tasks add no entry.
+CREATE INDEX tasks_spawned_unfinished ON pgtasks.tasks (spawned_by)
+    WHERE spawned_by IS NOT NULL AND status IN ('WAITING', 'PENDING', 'COMMIT', 'RUNNING');
 
 ------------------------------------------------------------------------------------------
 -- What happened to a task
@@ -616,8 +630,8 @@ COMMENT ON COLUMN pgtasks.event_inbox.sent_at IS 'When the event arrived; NULL w
 COMMENT ON COLUMN pgtasks.event_inbox.wait_until IS
     'When the wait times out (the task''s run_at while it waits); NULL if the task never waited.';
 
--- How each attempt that parked its task ended: a snooze (snooze_task) or a wait for an
--- event (wait_for_event). At most one per attempt, since either ends it. The history view
+-- How each attempt that parked its task ended: a snooze (snooze_task), a wait for an
+-- event (wait_for_event) or for its children (wait_for_children). At most one per attempt, since either ends it. The history view
 -- (task_history, 11_views.sql) reads the RUNNING -> COMMIT of that attempt with it, and
 -- snooze_task counts a task's snoozes here against settings.max_snoozes.
 CREATE TABLE pgtasks.task_pauses (
@@ -628,11 +642,11 @@ CREATE TABLE pgtasks.task_pauses (
     until      timestamptz NOT NULL,
     at         timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (task_id, attempt),
-    CONSTRAINT kind_known CHECK (kind IN ('snooze', 'event')),
+    CONSTRAINT kind_known CHECK (kind IN ('snooze', 'event', 'children')),
     CONSTRAINT event_has_name CHECK ((kind = 'event') = (event_name IS NOT NULL))
 );
 COMMENT ON TABLE pgtasks.task_pauses IS
-    'One row per attempt that ended in a snooze or a wait for an event: what it waits for and until when. Pruned with its task.';
+    'One row per attempt that ended in a snooze or a wait for an event or for its children: what it waits for and until when. Pruned with its task.';
 
 -- One row per log line of a task, from ctx.log or from Python `logging` inside the task.
 -- id order is the order the lines were logged (workers insert each batch in order);
@@ -945,6 +959,27 @@ CREATE TABLE pgtasks.task_edges (
 CREATE INDEX task_edges_child ON pgtasks.task_edges (child_id, parent_id);
 COMMENT ON TABLE pgtasks.task_edges IS
     'The dependencies between tasks, one (parent, child) row each: a child waits until all its parents have ended.';
+
+-- Child tasks: one row per spawn (spawn_children, 10_workflows.sql), a running task's
+-- checkpointed step that submitted children. The key (parent, step) makes the spawn
+-- idempotent: the row, the children and the step's checkpoint commit together, so an
+-- attempt killed at any point either spawned nothing or spawned exactly these, and a
+-- resumed attempt gets these ids back instead of spawning again. child_ids is in spawn
+-- order, and ids grow with it (one INSERT in list order, and a later spawn comes later),
+-- so ordering a parent's children by id is spawn order. Pruned with the parent; a child
+-- pruned before its parent (it ended more than the retention ago) is reported missing.
+CREATE TABLE pgtasks.task_spawns (
+    parent_id bigint NOT NULL REFERENCES pgtasks.tasks (id) ON DELETE CASCADE,
+    step      text NOT NULL,
+    child_ids bigint[] NOT NULL,
+    attempt   integer NOT NULL,
+    at        timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (parent_id, step),
+    CONSTRAINT spawned_some CHECK (cardinality(child_ids) > 0)
+);
+COMMENT ON TABLE pgtasks.task_spawns IS
+    'One row per spawn of child tasks (spawn_children): the parent, the spawn step''s name and the children''s ids in spawn order. Pruned with the parent.';
+COMMENT ON COLUMN pgtasks.task_spawns.attempt IS 'The parent''s attempt that spawned them.';
 
 -- Edges that submit_task(..., depends_on) added to parents that existed already, until
 -- maintain() has settled them (settle_new_edges, 10_workflows.sql). Such a submit locks no

@@ -39,6 +39,9 @@
 --   PT508 no workflow with that id
 --   PT510 retrying a task whose parent is FAILED or CANCELLED
 --   PT511 depends_on from a role that may not read the parents' results (not pgtasks_reader)
+--   PT512 spawn_children's children not a non-empty list of objects with a type, a key
+--         unknown, of the wrong JSON type, or a value that does not cast
+--   PT513 spawn_children's step name already taken by a step that is no spawn
 
 SET LOCAL search_path = pg_catalog, pgtasks, pg_temp;
 -- Everything in this file is created by, and so owned by, pgtasks_owner.
@@ -224,12 +227,15 @@ END $$;
 
 -- The trigger that runs the two functions above: after every UPDATE statement on tasks,
 -- the children of the parents it ended are released or cancelled (release_children), and
--- those of the parents it retried revived (revive_children). Plain tasks pay one test:
--- has_dependents is NULL on every row that no task depends on; and one probe of
+-- those of the parents it retried revived (revive_children). It also settles child tasks
+-- (spawn_children, below): the parents of children that ended may wake (wake_spawners),
+-- and a cancelled parent's unfinished children are cancelled (cancel_children). Plain
+-- tasks pay one pass over the statement's rows and one probe: has_dependents is NULL on
+-- every row that no task depends on and spawned_by on every task that is no child, and
 -- unsettled_edges, which lists the parents a depends_on submit added children to without
--- marking them (submit_dependent, below) and is empty but for those submitted since the
--- last maintain(). Nested loops off for the join of the transition tables, like the
--- history's (03_state_machine.sql); the two functions it calls turn them back on.
+-- marking them (submit_dependent, below), is empty but for those submitted since the last
+-- maintain(). Nested loops off for the join of the transition tables, like the history's
+-- (03_state_machine.sql); the functions it calls turn them back on.
 CREATE FUNCTION pgtasks.settle_children() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET enable_nestloop = off
@@ -239,7 +245,35 @@ AS $$
 DECLARE
     ended bigint[];
     retried bigint[];
+    spawners bigint[];
+    cancelled bigint[];
 BEGIN
+    IF NOT EXISTS (SELECT 1 FROM new_rows n
+                    WHERE n.has_dependents OR n.spawned_by IS NOT NULL OR n.status = 'CANCELLED')
+       AND NOT EXISTS (SELECT 1 FROM pgtasks.unsettled_edges) THEN
+        RETURN NULL;
+    END IF;
+
+    -- Child tasks: the parents of the children that ended here, and the cancelled tasks
+    -- that spawned children.
+    SELECT array_agg(DISTINCT n.spawned_by ORDER BY n.spawned_by)
+               FILTER (WHERE n.spawned_by IS NOT NULL AND n.status IN ('DONE', 'FAILED', 'CANCELLED')),
+           array_agg(n.id ORDER BY n.id) FILTER (WHERE n.status = 'CANCELLED')
+      INTO spawners, cancelled
+      FROM new_rows n JOIN old_rows o USING (id)
+     WHERE o.status <> n.status AND (n.spawned_by IS NOT NULL OR n.status = 'CANCELLED');
+    IF cancelled IS NOT NULL THEN
+        SELECT array_agg(DISTINCT s.parent_id ORDER BY s.parent_id) INTO cancelled
+          FROM pgtasks.task_spawns s WHERE s.parent_id = ANY (cancelled);
+        IF cancelled IS NOT NULL THEN
+            PERFORM pgtasks.cancel_children(cancelled);
+        END IF;
+    END IF;
+    IF spawners IS NOT NULL THEN
+        PERFORM pgtasks.wake_spawners(spawners);
+    END IF;
+
+    -- Workflows and dependencies.
     IF EXISTS (SELECT 1 FROM new_rows n WHERE n.has_dependents)
        OR EXISTS (SELECT 1 FROM pgtasks.unsettled_edges) THEN
         SELECT array_agg(n.id ORDER BY n.id) FILTER (WHERE n.status IN ('DONE', 'FAILED', 'CANCELLED')),
@@ -259,7 +293,7 @@ BEGIN
     RETURN NULL;
 END $$;
 COMMENT ON FUNCTION pgtasks.settle_children() IS
-    'Trigger function: releases, cancels or revives the workflow children of the tasks an UPDATE ended or retried.';
+    'Trigger function: releases, cancels or revives the workflow children of the tasks an UPDATE ended or retried; wakes the parents of spawned children that ended and cancels the children of cancelled parents.';
 
 -- Named to fire after tasks_record_status_changes (AFTER statement triggers fire in name
 -- order), so a parent's history row comes before its children's.
@@ -534,6 +568,7 @@ END $$;
 --              {"name": "load", "type": "load", "after": ["extract"],
 --               "queue": "q", "priority": 5, "run_at": "2026-12-02T10:00:00Z",
 --               "max_retries": 3, "timeout": 60 | "1 minute", "backoff_base": ...,
+--               "soft_timeout": 50 | "50 seconds",
 --               "concurrency_key": "k", "concurrency_limit": 2,
 --               "on_parent_failure": "cancel" | "run"}]}
 -- ("nodes" may also be an object keyed by node name.) Returns
@@ -636,8 +671,8 @@ BEGIN
     END IF;
     SELECT x.v->>'name' AS name,
            CASE WHEN k.key NOT IN ('name', 'type', 'params', 'after', 'queue', 'priority', 'run_at',
-                                   'max_retries', 'timeout', 'backoff_base', 'concurrency_key',
-                                   'concurrency_limit', 'on_parent_failure')
+                                   'max_retries', 'timeout', 'backoff_base', 'soft_timeout',
+                                   'concurrency_key', 'concurrency_limit', 'on_parent_failure')
                 THEN pg_catalog.format('has an unknown key %s', quote_literal(k.key))
                 ELSE pg_catalog.format('has %s of JSON type %s', k.key, jsonb_typeof(k.value)) END AS what
       INTO bad
@@ -654,6 +689,7 @@ BEGIN
             WHEN 'max_retries' THEN jsonb_typeof(k.value) = 'number'
             WHEN 'timeout' THEN jsonb_typeof(k.value) IN ('number', 'string')
             WHEN 'backoff_base' THEN jsonb_typeof(k.value) IN ('number', 'string')
+            WHEN 'soft_timeout' THEN jsonb_typeof(k.value) IN ('number', 'string')
             WHEN 'concurrency_key' THEN jsonb_typeof(k.value) = 'string'
             WHEN 'concurrency_limit' THEN jsonb_typeof(k.value) = 'number'
             WHEN 'on_parent_failure' THEN k.value #>> '{}' IN ('cancel', 'run')
@@ -663,8 +699,8 @@ BEGIN
         RAISE EXCEPTION 'pgtasks: node % %', quote_literal(bad.name), bad.what
             USING ERRCODE = 'PT506',
                   HINT = 'Node keys: type (string), params (object), after (list of node names), queue, priority, '
-                         'run_at, max_retries, timeout, backoff_base, concurrency_key, concurrency_limit, '
-                         'on_parent_failure (cancel or run).';
+                         'run_at, max_retries, timeout, backoff_base, soft_timeout, concurrency_key, '
+                         'concurrency_limit, on_parent_failure (cancel or run).';
     END IF;
 
     names := ARRAY(SELECT x.v->>'name' FROM jsonb_array_elements(nodes) WITH ORDINALITY AS x(v, ord) ORDER BY x.ord);
@@ -751,18 +787,20 @@ BEGIN
                         WHEN 'string' THEN (x.v->>'timeout')::interval END AS timeout,
                    CASE jsonb_typeof(x.v->'backoff_base') WHEN 'number' THEN make_interval(secs => (x.v->>'backoff_base')::float8)
                         WHEN 'string' THEN (x.v->>'backoff_base')::interval END AS backoff_base,
+                   CASE jsonb_typeof(x.v->'soft_timeout') WHEN 'number' THEN make_interval(secs => (x.v->>'soft_timeout')::float8)
+                        WHEN 'string' THEN (x.v->>'soft_timeout')::interval END AS soft_timeout,
                    x.v->>'concurrency_key' AS concurrency_key,
                    (x.v->>'concurrency_limit')::integer AS concurrency_limit,
                    coalesce(x.v->>'on_parent_failure', 'cancel') AS on_parent_failure
               FROM jsonb_array_elements(nodes) WITH ORDINALITY AS x(v, ord)
         ), keyed AS (
             SELECT p.*, jsonb_build_array(p.task_type, p.queue, p.priority, p.run_at, p.max_retries,
-                                          p.timeout, p.backoff_base) AS policy_key
+                                          p.timeout, p.backoff_base, p.soft_timeout) AS policy_key
               FROM parsed p
         ), policy AS MATERIALIZED (
             SELECT g.policy_key,
                    pgtasks.submit_policy(g.task_type, g.queue, g.priority, g.run_at, g.max_retries,
-                                         g.timeout, g.backoff_base) AS p
+                                         g.timeout, g.backoff_base, g.soft_timeout) AS p
               FROM (SELECT DISTINCT ON (k.policy_key) k.* FROM keyed k ORDER BY k.policy_key) g
         ), ins AS (
             INSERT INTO pgtasks.tasks (task_type, params, queue, priority, run_at, max_retries, timeout,
@@ -793,7 +831,7 @@ BEGIN
         RAISE EXCEPTION 'pgtasks: a workflow node has a value that does not fit: %', SQLERRM
             USING ERRCODE = 'PT506',
                   HINT = 'priority, max_retries and concurrency_limit are integers; run_at a timestamp; '
-                         'timeout and backoff_base seconds or an interval such as ''5 minutes''.';
+                         'timeout, backoff_base and soft_timeout seconds or an interval such as ''5 minutes''.';
     END;
     PERFORM pgtasks.check_params_list(ARRAY(SELECT coalesce(x.v->'params', '{}')
                                               FROM jsonb_array_elements(nodes) WITH ORDINALITY AS x(v, ord)
@@ -948,3 +986,339 @@ COMMENT ON COLUMN pgtasks.workflows.state IS
 COMMENT ON COLUMN pgtasks.workflows.pending IS
     'Tasks PENDING or COMMIT: ready to run, or waiting to continue from a checkpoint or a '
     'retry.';
+
+------------------------------------------------------------------------------------------
+-- Child tasks: a running task spawns children and waits for them, holding nothing
+--
+-- A workflow is declared before it is submitted; a task that finds its work at run time
+-- (one child per file it listed) spawns it instead. spawn_children submits the children of
+-- the running attempt, fenced by its lease token, as one checkpointed step; each child
+-- carries its parent in tasks.spawned_by and the spawn is a task_spawns row (01_tables.sql).
+-- wait_for_children ends the attempt like wait_for_event does (RUNNING -> COMMIT, no retry
+-- spent, no lease, run_at 100 years out, a task_pauses row of kind 'children'), and the
+-- statement that ends the last unfinished child makes the parent claimable in the same
+-- transaction (settle_children -> wake_spawners), with a wake-up for its queue. The
+-- parent's code runs again from the top: its spawn steps return the ids they spawned, and
+-- wait_for_children returns every child's outcome in spawn order.
+--
+-- Children are ordinary tasks: they retry, time out and are rescued by their own policy.
+-- A child that ends FAILED or CANCELLED is reported to the parent as a failure (its
+-- status and error), as parent_results reports a failed parent; the parent decides what
+-- that means. Cancelling a parent cancels its unfinished children, and theirs
+-- (cancel_children); a parent that ends in any other way leaves them running.
+--
+-- Locks: a child that ends locks its parent (wake_spawners), after its own row; a
+-- cancelled parent locks its children (cancel_children), after its own row. The two
+-- orders meet only when a parent is cancelled while its child ends: the child's side
+-- waits at most 200 ms for the parent (below the server's 1 s deadlock_timeout), then
+-- fails with lock_not_available, which workers retry (the completer and the writer treat
+-- it as transient), and the cancel goes through.
+--
+-- Who sees what: only the worker holding the parent's lease spawns (a worker is already a
+-- submitter, so this lets it submit nothing it could not submit anyway), and only it
+-- reads the children's results through wait_for_children, children that its own spawn
+-- created: unlike depends_on (PT511), this hands no one the results of tasks somebody
+-- else submitted. Readers see the tree in task_children and task_status.spawned_by.
+
+-- Submits the children of a running attempt as the step `step`, or returns the ids that
+-- an earlier call of this step spawned (the same attempt or an earlier one). children is a
+-- JSON list of objects, one per child, in the order their results come back:
+--   [{"type": "resize", "params": {"f": "a.png"}, "queue": "q", "priority": 5,
+--     "run_at": "2026-12-02T10:00:00Z", "max_retries": 3, "timeout": 60 | "1 minute",
+--     "backoff_base": ..., "soft_timeout": ..., "concurrency_key": "k",
+--     "concurrency_limit": 2}]
+-- Omitted keys resolve as in submit_task (the type's policy, else settings). The spawn
+-- row, the children and the step's checkpoint ({"spawned": [ids]}, which the dashboard
+-- lists with the other steps) commit together: an attempt killed before the commit
+-- spawned nothing, one killed after it gets the same ids from a resumed call, so no child
+-- is ever submitted twice. A resumed call's children argument is not read again.
+-- traceparent (else the session setting pgtasks.traceparent, as for every submit) is the
+-- W3C trace context the children's attempts join: the parent's attempt span, from Python.
+CREATE FUNCTION pgtasks.spawn_children(
+    task_id     bigint,
+    lease_token text,
+    step        text,
+    children    jsonb,
+    traceparent text DEFAULT NULL
+) RETURNS bigint[]
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+SET lock_timeout = '1s'
+AS $$
+DECLARE
+    t pgtasks.tasks;
+    done_ids bigint[];
+    bad record;
+    ids bigint[];
+    trace text;
+BEGIN
+    IF pgtasks.is_blank(step) OR octet_length(step) > 255 THEN
+        RAISE EXCEPTION 'pgtasks: step name must be a non-blank string of at most 255 bytes'
+            USING ERRCODE = 'PT109', HINT = 'Name each spawn, e.g. ctx.spawn([...], name => ''resize-all'').';
+    END IF;
+    t := pgtasks.lock_owned_task(task_id, lease_token);
+    -- Under the parent's row lock: a concurrent call of the same attempt waits here and
+    -- then finds the row.
+    SELECT s.child_ids INTO done_ids FROM pgtasks.task_spawns s
+     WHERE s.parent_id = t.id AND s.step = spawn_children.step;
+    IF FOUND THEN
+        RETURN done_ids;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pgtasks.task_steps st WHERE st.task_id = t.id AND st.name = spawn_children.step) THEN
+        RAISE EXCEPTION 'pgtasks: step % of task % is a checkpointed step, not a spawn', quote_literal(step), t.id
+            USING ERRCODE = 'PT513', HINT = 'Give the spawn a name of its own, e.g. ''spawn-resize''.';
+    END IF;
+    IF children IS NULL OR jsonb_typeof(children) <> 'array' OR jsonb_array_length(children) = 0 THEN
+        RAISE EXCEPTION 'pgtasks: children must be a non-empty JSON list, got %',
+                coalesce(jsonb_typeof(children), 'NULL')
+            USING ERRCODE = 'PT512', HINT = 'E.g. [{"type": "resize", "params": {"f": "a.png"}}].';
+    END IF;
+    SELECT x.ord,
+           CASE WHEN jsonb_typeof(x.v) <> 'object' THEN pg_catalog.format('is a JSON %s, not an object', jsonb_typeof(x.v))
+                ELSE 'has no type (a non-blank string)' END AS what
+      INTO bad
+      FROM jsonb_array_elements(children) WITH ORDINALITY AS x(v, ord)
+     WHERE jsonb_typeof(x.v) <> 'object' OR jsonb_typeof(x.v->'type') IS DISTINCT FROM 'string'
+        OR pgtasks.is_blank(x.v->>'type')
+     ORDER BY x.ord LIMIT 1;
+    IF NOT FOUND THEN
+        SELECT x.ord,
+               CASE WHEN k.key NOT IN ('type', 'params', 'queue', 'priority', 'run_at', 'max_retries', 'timeout',
+                                       'backoff_base', 'soft_timeout', 'concurrency_key', 'concurrency_limit')
+                    THEN pg_catalog.format('has an unknown key %s', quote_literal(k.key))
+                    ELSE pg_catalog.format('has %s of JSON type %s', k.key, jsonb_typeof(k.value)) END AS what
+          INTO bad
+          FROM jsonb_array_elements(children) WITH ORDINALITY AS x(v, ord), jsonb_each(x.v) AS k(key, value)
+         WHERE jsonb_typeof(k.value) <> 'null' AND NOT CASE k.key
+                WHEN 'type' THEN true
+                WHEN 'params' THEN jsonb_typeof(k.value) = 'object'
+                WHEN 'queue' THEN jsonb_typeof(k.value) = 'string'
+                WHEN 'priority' THEN jsonb_typeof(k.value) = 'number'
+                WHEN 'run_at' THEN jsonb_typeof(k.value) = 'string'
+                WHEN 'max_retries' THEN jsonb_typeof(k.value) = 'number'
+                WHEN 'timeout' THEN jsonb_typeof(k.value) IN ('number', 'string')
+                WHEN 'backoff_base' THEN jsonb_typeof(k.value) IN ('number', 'string')
+                WHEN 'soft_timeout' THEN jsonb_typeof(k.value) IN ('number', 'string')
+                WHEN 'concurrency_key' THEN jsonb_typeof(k.value) = 'string'
+                WHEN 'concurrency_limit' THEN jsonb_typeof(k.value) = 'number'
+                ELSE false END
+         ORDER BY x.ord LIMIT 1;
+    END IF;
+    IF FOUND THEN
+        RAISE EXCEPTION 'pgtasks: child % of the spawn %', bad.ord, bad.what
+            USING ERRCODE = 'PT512',
+                  HINT = 'Child keys: type (string), params (object), queue, priority, run_at, max_retries, '
+                         'timeout, backoff_base, soft_timeout, concurrency_key, concurrency_limit.';
+    END IF;
+    PERFORM pgtasks.check_params_list(ARRAY(SELECT coalesce(x.v->'params', '{}')
+                                              FROM jsonb_array_elements(children) WITH ORDINALITY AS x(v, ord)
+                                             ORDER BY x.ord));
+    trace := coalesce(pgtasks.check_traceparent(traceparent),
+                      pgtasks.check_traceparent(current_setting('pgtasks.traceparent', true)));
+    -- Values cast here; a text that is no interval, time or integer is PT512, not 22xxx.
+    BEGIN
+        PERFORM pgtasks.check_flow_args(NULL, NULL, f.k, f.l)
+           FROM (SELECT DISTINCT x.v->>'concurrency_key' AS k, (x.v->>'concurrency_limit')::integer AS l
+                   FROM jsonb_array_elements(children) AS x(v)
+                  WHERE x.v->>'concurrency_key' IS NOT NULL OR x.v->>'concurrency_limit' IS NOT NULL) f;
+        -- The policy is resolved as submit_workflow resolves it, once per distinct
+        -- combination, and the children go in with one INSERT in list order.
+        WITH parsed AS (
+            SELECT x.ord, x.v->>'type' AS task_type, coalesce(x.v->'params', '{}') AS params,
+                   x.v->>'queue' AS queue, (x.v->>'priority')::integer AS priority,
+                   (x.v->>'run_at')::timestamptz AS run_at,
+                   (x.v->>'max_retries')::integer AS max_retries,
+                   CASE jsonb_typeof(x.v->'timeout') WHEN 'number' THEN make_interval(secs => (x.v->>'timeout')::float8)
+                        WHEN 'string' THEN (x.v->>'timeout')::interval END AS timeout,
+                   CASE jsonb_typeof(x.v->'backoff_base') WHEN 'number' THEN make_interval(secs => (x.v->>'backoff_base')::float8)
+                        WHEN 'string' THEN (x.v->>'backoff_base')::interval END AS backoff_base,
+                   CASE jsonb_typeof(x.v->'soft_timeout') WHEN 'number' THEN make_interval(secs => (x.v->>'soft_timeout')::float8)
+                        WHEN 'string' THEN (x.v->>'soft_timeout')::interval END AS soft_timeout,
+                   x.v->>'concurrency_key' AS concurrency_key,
+                   (x.v->>'concurrency_limit')::integer AS concurrency_limit
+              FROM jsonb_array_elements(children) WITH ORDINALITY AS x(v, ord)
+        ), keyed AS (
+            SELECT p.*, jsonb_build_array(p.task_type, p.queue, p.priority, p.run_at, p.max_retries,
+                                          p.timeout, p.backoff_base, p.soft_timeout) AS policy_key
+              FROM parsed p
+        ), policy AS MATERIALIZED (
+            SELECT g.policy_key,
+                   pgtasks.submit_policy(g.task_type, g.queue, g.priority, g.run_at, g.max_retries,
+                                         g.timeout, g.backoff_base, g.soft_timeout) AS p
+              FROM (SELECT DISTINCT ON (k.policy_key) k.* FROM keyed k ORDER BY k.policy_key) g
+        ), ins AS (
+            INSERT INTO pgtasks.tasks (task_type, params, queue, priority, run_at, max_retries, timeout,
+                                       backoff_base, concurrency_key, concurrency_limit, soft_timeout,
+                                       spawned_by, traceparent)
+            SELECT (pol.p).task_type, k.params, (pol.p).queue, (pol.p).priority, (pol.p).run_at,
+                   (pol.p).max_retries, (pol.p).timeout, (pol.p).backoff_base, k.concurrency_key,
+                   CASE WHEN k.concurrency_key IS NOT NULL THEN coalesce(k.concurrency_limit, 1) END,
+                   (pol.p).soft_timeout, t.id, trace
+              FROM keyed k JOIN policy pol ON pol.policy_key = k.policy_key
+             ORDER BY k.ord
+            RETURNING id
+        )
+        SELECT array_agg(ins.id ORDER BY ins.id) INTO ids FROM ins;
+    EXCEPTION WHEN data_exception THEN
+        RAISE EXCEPTION 'pgtasks: a child of the spawn has a value that does not fit: %', SQLERRM
+            USING ERRCODE = 'PT512',
+                  HINT = 'priority, max_retries and concurrency_limit are integers; run_at a timestamp; '
+                         'timeout, backoff_base and soft_timeout seconds or an interval such as ''5 minutes''.';
+    END;
+    INSERT INTO pgtasks.task_spawns (parent_id, step, child_ids, attempt, at)
+    VALUES (t.id, spawn_children.step, ids, t.attempt, pgtasks.now());
+    INSERT INTO pgtasks.task_steps (task_id, name, result, attempt)
+    VALUES (t.id, spawn_children.step, jsonb_build_object('spawned', to_jsonb(ids)), t.attempt);
+    RETURN ids;
+END $$;
+GRANT EXECUTE ON FUNCTION pgtasks.spawn_children(bigint, text, text, jsonb, text) TO pgtasks_worker;
+COMMENT ON FUNCTION pgtasks.spawn_children(bigint, text, text, jsonb, text) IS
+    'Submits the children (a JSON list of {"type", "params", ...}) of a running attempt as the '
+    'checkpointed step `step` and returns their ids in list order; a later call of the same step '
+    'returns the same ids and submits nothing. Fenced: pass the task''s lease token (PT002).';
+
+-- The children's outcomes, or the end of the attempt until they are all over. Returns
+--   ('done', [{"id": 101, "status": "DONE", "result": ...},
+--             {"id": 102, "status": "FAILED", "error": "..."}, ...])
+-- in spawn order when no child is unfinished (also for a task that spawned none: []), and
+-- the attempt goes on running; else ('waiting', NULL): the attempt ended, RUNNING ->
+-- COMMIT with run_at 100 years out, no retry spent, checkpoints kept, no lease, recorded in
+-- task_pauses as kind 'children' (the history's note). The end of the last child makes the
+-- task claimable (wake_spawners), and its code, run again, calls this once more.
+-- A child pruned before its parent read it (it ended more than the retention ago) is
+-- {"id": ..., "status": "MISSING", "error": "..."}.
+CREATE FUNCTION pgtasks.wait_for_children(task_id bigint, lease_token text)
+RETURNS TABLE (state text, results jsonb)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+SET lock_timeout = '1s'
+AS $$
+DECLARE
+    t pgtasks.tasks;
+    now_ timestamptz := pgtasks.now();
+    wake timestamptz;
+BEGIN
+    t := pgtasks.lock_owned_task(task_id, lease_token);
+    -- Under the parent's row lock, which each ending child's statement takes too
+    -- (wake_spawners): a child that ends now either is seen ended here, or finds the task
+    -- parked and wakes it.
+    IF NOT EXISTS (SELECT 1 FROM pgtasks.tasks c
+                    WHERE c.spawned_by = t.id AND c.status IN ('WAITING', 'PENDING', 'COMMIT', 'RUNNING')) THEN
+        RETURN QUERY
+        SELECT 'done'::text,
+               coalesce(jsonb_agg(CASE WHEN c.id IS NULL
+                                       THEN jsonb_build_object('id', u.child_id, 'status', 'MISSING',
+                                                               'error', 'pruned: the child ended more than the retention ago')
+                                       WHEN c.status = 'DONE'
+                                       THEN jsonb_build_object('id', c.id, 'status', c.status, 'result', c.result)
+                                       ELSE jsonb_build_object('id', c.id, 'status', c.status,
+                                                               'error', coalesce(c.error, 'cancelled')) END
+                                  ORDER BY u.child_id), '[]'::jsonb)
+          FROM pgtasks.task_spawns s
+         CROSS JOIN LATERAL unnest(s.child_ids) AS u(child_id)
+          LEFT JOIN pgtasks.tasks c ON c.id = u.child_id
+         WHERE s.parent_id = t.id;
+        RETURN;
+    END IF;
+    wake := now_ + interval '100 years';
+    INSERT INTO pgtasks.task_pauses (task_id, attempt, kind, until, at)
+    VALUES (t.id, t.attempt, 'children', wake, now_);
+    UPDATE pgtasks.tasks k
+       SET status = 'COMMIT', run_at = wake,
+           worker_id = NULL, lease_expires_at = NULL, deadline = NULL, lease_token = NULL
+     WHERE k.id = t.id;
+    RETURN QUERY SELECT 'waiting'::text, NULL::jsonb;
+END $$;
+GRANT EXECUTE ON FUNCTION pgtasks.wait_for_children(bigint, text) TO pgtasks_worker;
+COMMENT ON FUNCTION pgtasks.wait_for_children(bigint, text) IS
+    'Returns (done, [outcome of each child in spawn order]) once every child of the running '
+    'task has ended, else ends the attempt without spending a retry ((waiting, NULL): RUNNING '
+    '-> COMMIT until the last child ends). Fenced: pass the task''s lease token (PT002).';
+
+-- Called by settle_children with the parents of the spawned children that the statement
+-- ended: each parent parked in wait_for_children (COMMIT at the run_at its task_pauses row
+-- holds, for its current attempt) whose children are now all over becomes claimable now,
+-- and each of their queues gets one wake-up. The parents are locked first, in id order,
+-- whatever their status as this statement saw it: a parent running wait_for_children right
+-- now holds its row, and the count below, a statement later, sees how that ended. (Locking
+-- only the parents this statement's snapshot saw running or parked would miss one that was
+-- retried, claimed and parked in the meantime, and leave it parked for good.) lock_timeout
+-- 200 ms: see the lock order above.
+CREATE FUNCTION pgtasks.wake_spawners(parents bigint[]) RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+SET enable_nestloop = on
+SET lock_timeout = '200ms'
+AS $$
+DECLARE
+    now_ timestamptz := pgtasks.now();
+    n integer;
+BEGIN
+    PERFORM 1 FROM pgtasks.tasks p WHERE p.id = ANY (parents) ORDER BY p.id FOR NO KEY UPDATE;
+    WITH woken AS (
+        UPDATE pgtasks.tasks p SET run_at = now_
+          FROM pgtasks.task_pauses w
+         WHERE p.id = ANY (parents) AND p.status = 'COMMIT'
+           AND w.task_id = p.id AND w.attempt = p.attempt AND w.kind = 'children'
+           AND p.run_at = w.until AND p.run_at > now_
+           AND NOT EXISTS (SELECT 1 FROM pgtasks.tasks c
+                            WHERE c.spawned_by = p.id AND c.status IN ('WAITING', 'PENDING', 'COMMIT', 'RUNNING'))
+        RETURNING p.queue
+    )
+    -- Honours the off switch (pgtasks.wake_workers = off) like an insert does.
+    SELECT count(pg_notify('pgtasks_wakeup', pgtasks.queue_tag(q.queue))) INTO n
+      FROM (SELECT DISTINCT w.queue FROM woken w
+             WHERE current_setting('pgtasks.wake_workers', true) IS DISTINCT FROM 'off') q;
+END $$;
+COMMENT ON FUNCTION pgtasks.wake_spawners(bigint[]) IS
+    'Makes the parents waiting in wait_for_children whose children have all ended claimable now (settle_children calls it).';
+
+-- Called by settle_children with the parents (that spawned children) the statement
+-- cancelled: their unfinished children are CANCELLED too, running ones included, as
+-- cancel_task does it (lease and token dropped, a pgtasks_cancel hint to the worker; the
+-- cancelled attempt's later writes are fenced off), each saying why in error. The update
+-- fires settle_children again, so their own children follow, one generation per level.
+CREATE FUNCTION pgtasks.cancel_children(parents bigint[]) RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+SET enable_nestloop = on
+AS $$
+DECLARE
+    kids bigint[];
+    running bigint[];
+BEGIN
+    SELECT array_agg(c.id ORDER BY c.id) INTO kids
+      FROM pgtasks.tasks c
+     WHERE c.spawned_by = ANY (parents) AND c.status IN ('WAITING', 'PENDING', 'COMMIT', 'RUNNING');
+    IF kids IS NULL THEN
+        RETURN;
+    END IF;
+    PERFORM 1 FROM pgtasks.tasks c WHERE c.id = ANY (kids) ORDER BY c.id FOR NO KEY UPDATE;
+    SELECT array_agg(c.id) INTO running FROM pgtasks.tasks c WHERE c.id = ANY (kids) AND c.status = 'RUNNING';
+    UPDATE pgtasks.tasks c
+       SET status = 'CANCELLED', finished_at = pgtasks.now(),
+           error = pg_catalog.format('cancelled: parent task %s was cancelled', c.spawned_by),
+           worker_id = NULL, lease_expires_at = NULL, deadline = NULL, lease_token = NULL
+     WHERE c.id = ANY (kids) AND c.status IN ('WAITING', 'PENDING', 'COMMIT', 'RUNNING');
+    PERFORM pg_notify('pgtasks_cancel', r::text) FROM unnest(running) r;
+END $$;
+COMMENT ON FUNCTION pgtasks.cancel_children(bigint[]) IS
+    'Cancels the unfinished children of cancelled parents (settle_children calls it).';
+
+-- A task's children, spawn by spawn, in spawn order, with their status and progress: the
+-- tree the dashboard's task page shows. A child pruned before its parent has NULLs here.
+CREATE VIEW pgtasks.task_children AS
+SELECT s.parent_id, s.step, u.position, u.child_id, c.task_type, c.status,
+       c.progress_current, c.progress_total, c.created_at, c.finished_at
+  FROM pgtasks.task_spawns s
+ CROSS JOIN LATERAL unnest(s.child_ids) WITH ORDINALITY AS u(child_id, position)
+  LEFT JOIN pgtasks.tasks c ON c.id = u.child_id;
+GRANT SELECT ON pgtasks.task_children TO pgtasks_reader;
+COMMENT ON VIEW pgtasks.task_children IS
+    'The children spawned by every task (spawn_children), one row each: the spawn step, the '
+    'position in it, the child''s id, type, status and progress. WHERE parent_id = $1 ORDER BY child_id '
+    'lists one task''s children in spawn order.';

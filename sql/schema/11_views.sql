@@ -26,7 +26,7 @@ SELECT t.id, t.task_type, t.queue, t.status, t.priority, t.attempt,
        t.run_at, t.created_at, t.started_at, t.finished_at,
        coalesce(t.finished_at, now()) - t.started_at AS elapsed,
        t.result, t.error, t.params, t.schedule, t.schedule_tick,
-       t.workflow_id, t.workflow_node, t.unique_key
+       t.workflow_id, t.workflow_node, t.unique_key, t.spawned_by
   FROM pgtasks.tasks t;
 GRANT SELECT ON pgtasks.task_status TO pgtasks_reader;
 COMMENT ON VIEW pgtasks.task_status IS
@@ -38,6 +38,8 @@ COMMENT ON COLUMN pgtasks.task_status.percent IS
     'progress_current as a percentage of progress_total, when the task reported a total.';
 COMMENT ON COLUMN pgtasks.task_status.elapsed IS
     'Time since the first start, up to the finish (or up to now while unfinished).';
+COMMENT ON COLUMN pgtasks.task_status.spawned_by IS
+    'The task that spawned this one as a child (spawn_children); its children are in task_children.';
 COMMENT ON COLUMN pgtasks.task_status.unique_key IS
     'The unique key the task was submitted with (keys belong to their task type). The newest '
     'task of a key: WHERE unique_key = $1 [AND task_type = $2] ORDER BY id DESC LIMIT 1, one '
@@ -65,12 +67,13 @@ COMMENT ON VIEW pgtasks.task_overview IS
 -- under the task's row lock), so a follower reads "the changes after the last one I saw"
 -- by task_events_task and misses none, however briefly a status lasted.
 -- note says why a RUNNING -> COMMIT parked the task, when it was a snooze or a wait for an
--- event (task_pauses: at most one per attempt, written with that change).
+-- event or for its children (task_pauses: at most one per attempt, written with that change).
 CREATE VIEW pgtasks.task_history AS
 SELECT e.task_id, e.at, e.from_status, e.to_status, e.attempt, e.worker_id, e.db_user,
        CASE p.kind
            WHEN 'snooze' THEN pg_catalog.format('snoozed until %s', p.until)
            WHEN 'event' THEN pg_catalog.format('waiting for event %s until %s', p.event_name, p.until)
+           WHEN 'children' THEN 'waiting for its children'
        END AS note,
        e.id AS event_id
   FROM pgtasks.task_events e
@@ -80,7 +83,7 @@ SELECT e.task_id, e.at, e.from_status, e.to_status, e.attempt, e.worker_id, e.db
 GRANT SELECT ON pgtasks.task_history TO pgtasks_reader;
 COMMENT ON VIEW pgtasks.task_history IS
     'Every status change of every task: when, from and to which status, in which attempt, by '
-    'which worker and login role; note says when the change was a snooze or a wait for an event.';
+    'which worker and login role; note says when the change was a snooze or a wait for an event or for its children.';
 COMMENT ON COLUMN pgtasks.task_history.event_id IS
     'Orders a task''s changes as they committed: WHERE task_id = $1 AND event_id > $2 ORDER BY event_id reads those after one seen.';
 

@@ -40,12 +40,14 @@
 -- pgtasks_worker: runs tasks; also a submitter, for follow-up tasks.
 --   Reads   the tasks it claims, params included (claim_tasks, finish_and_claim), and,
 --           presenting their lease tokens, their checkpointed steps (task_steps_of) and
---           their parents' results (parent_results); next_run_at, current_settings, the
+--           their parents' results (parent_results) and the outcomes of the children they
+--           spawned (wait_for_children); next_run_at, current_settings, the
 --           wake-up tags of its queues (queue_tag).
 --   Writes  only tasks it holds, presenting the lease token its claim returned: a stale
 --           or guessed token changes nothing, locks nothing and gets PT002 (heartbeat,
 --           checkpoint, report_progress, log, log_many, finish_task, finish_tasks,
---           finish_and_claim, fail_task, yield_task). Besides: the worker registry (register_worker, unregister_worker),
+--           finish_and_claim, fail_task, yield_task, snooze_task, wait_for_event,
+--           spawn_children, wait_for_children). Besides: the worker registry (register_worker, unregister_worker),
 --           the policies of task types (register_task_type), schedule declarations and
 --           firing (declare_schedule, due_schedules, fire_schedule, fire_every_schedules),
 --           and maintenance (rescue_expired, prune_finished, maintain).
@@ -56,9 +58,9 @@
 --
 -- pgtasks_reader: sees everything, changes nothing.
 --   Reads   every view: task_status (params, results and errors included), task_history,
---           task_log_lines, task_attempt_errors, task_step_names, failed_tasks, workers,
---           active_tasks, schedules, workflows, metrics, replica_lag, table_health,
---           xmin_horizon, and the submitter's views;
+--           task_log_lines, task_attempt_errors, task_step_names, task_inbox, task_children,
+--           failed_tasks, workers, active_tasks, schedules, workflows, metrics, replica_lag,
+--           table_health, xmin_horizon, and the submitter's views;
 --           workflow_graph, transition_reason, current_settings.
 --   Writes  nothing.
 --

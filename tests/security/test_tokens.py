@@ -43,6 +43,8 @@ FENCED = (
     "SELECT pgtasks.parent_results($1, $2)",
     "SELECT * FROM pgtasks.wait_for_event($1, $2, 'approved', interval '1 hour')",
     "SELECT pgtasks.snooze_task($1, $2, interval '1 second')",
+    "SELECT pgtasks.spawn_children($1, $2, 'forged', '[{\"type\": \"forged\"}]')",
+    "SELECT * FROM pgtasks.wait_for_children($1, $2)",
 )
 # The batched ones, which report a refused task instead of raising.
 BATCHED = (

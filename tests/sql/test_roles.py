@@ -49,6 +49,8 @@ INTERNAL = {
     "submit_keyed",
     # events
     "check_event_name",
+    # child tasks: run by the settle_children trigger
+    "wake_spawners", "cancel_children",
 }  # fmt: skip
 
 

@@ -593,8 +593,18 @@ def test_every_page_has_no_serious_accessibility_violation(dsn, served, page, fl
                WORKFLOW % "axe")  # fmt: skip
     sql(dsn, "SELECT pgtasks.create_schedule(name => 'nightly', task_type => 'dash_quick',"
              " cron => '0 3 * * *')")  # fmt: skip
+    # A parent with children (one of a type nobody runs, so it stays PENDING): its page
+    # lists them, a child's page links its parent. No worker serves 'axe_parent'.
+    sql(dsn, "SELECT pgtasks.submit_task('axe_parent')")
+    kids = sql(dsn, "SELECT pgtasks.spawn_children(c.id, c.lease_token, 'spawn#1',"
+                    " '[{\"type\": \"dash_quick\"}, {\"type\": \"axe_child\"}]')"
+                    " FROM pgtasks.claim_tasks('axe', max_tasks => 1,"
+                    " task_types => ARRAY['axe_parent']) c")  # fmt: skip
+    assert isinstance(kids, list) and len(kids) == 2
+    parent = sql(dsn, "SELECT spawned_by FROM pgtasks.tasks WHERE id = %s", kids[0])
     paths = ["/", "/tasks", f"/tasks/{failed}", "/failed", "/queues", "/schedules",
-             "/workflows", f"/workflows/{flow}"]  # fmt: skip
+             "/workflows", f"/workflows/{flow}", f"/tasks/{parent}",
+             f"/tasks/{kids[1]}"]  # fmt: skip
     found: list[str] = []
     for viewport in (DESKTOP, PHONE):
         page.set_viewport_size(viewport)

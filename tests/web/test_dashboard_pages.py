@@ -306,3 +306,42 @@ async def test_failed_groups_by_fingerprint_and_retry_the_group(dsn):
         assert r.status_code == 200 and sorted(r.json()["ids"]) == sorted(ids)
     async with Client(dsn) as c:
         assert (await c.get(lone)).status == "FAILED"
+
+
+async def test_a_task_page_shows_its_parent_and_its_children(dsn):
+    async with Client(dsn) as c:
+        parent = await c.submit("fan")
+    conn = await asyncpg.connect(dsn)
+    try:
+        (p,) = await conn.fetch(
+            "SELECT id, lease_token FROM pgtasks.claim_tasks('w', max_tasks => 1)"
+        )
+        kids = await conn.fetchval(
+            "SELECT pgtasks.spawn_children($1, $2, 'resize-all',"
+            " '[{\"type\": \"resize\"}, {\"type\": \"resize\"}]')",
+            p["id"], p["lease_token"],
+        )  # fmt: skip
+        (k,) = await conn.fetch(
+            "SELECT id, lease_token FROM pgtasks.claim_tasks('w', max_tasks => 1)"
+        )
+        await conn.execute("SELECT pgtasks.finish_task($1, $2)", k["id"], k["lease_token"])
+    finally:
+        await conn.close()
+    assert p["id"] == parent and k["id"] == kids[0]
+    async with api(dsn) as http:
+        page = (await http.get(f"/tasks/{parent}")).text
+        rows = re.findall(r'<tr data-child="(\d+)">(.*?)</tr>', page, re.S)
+        assert [int(i) for i, _ in rows] == kids
+        assert "resize-all #1" in rows[0][1] and "DONE" in rows[0][1]
+        assert "resize-all #2" in rows[1][1] and "PENDING" in rows[1][1]
+        assert f"2 tasks spawned by task {parent}, in spawn order" in page
+        child = (await http.get(f"/tasks/{kids[1]}")).text
+        assert f'<a href="/tasks/{parent}" data-field="parent">task {parent}</a>' in child
+        assert 'id="h-children"' not in child  # no children of its own
+        detail = (await http.get(f"/api/tasks/{kids[1]}")).json()
+        assert detail["spawned_by"] == parent
+        listed = (await http.get(f"/api/tasks/{parent}/children")).json()
+        assert [(c["child_id"], c["status"]) for c in listed] == [
+            (kids[0], "DONE"), (kids[1], "PENDING")
+        ]  # fmt: skip
+        assert (await http.get(f"/api/tasks/{kids[1]}/children")).json() == []

@@ -48,6 +48,8 @@ STATIC = {
 }
 COOKIE = "pgtasks_dashboard"
 PAGE = 50
+#: Children listed on a task's page; the page of a parent with more says the list stops there.
+CHILDREN_SHOWN = 500
 #: How often the overview stream sends queue cards, throughput and workers.
 TICK_S = 1.0
 
@@ -240,12 +242,14 @@ def dashboard_router(
             resp = page(request, "missing.html", title=f"Task {task_id}", what=f"task {task_id}")
             resp.status_code = 404
             return resp
-        history, logs, inbox = await asyncio.gather(
-            c.history(task_id), c.logs(task_id, limit=1000), c.inbox(task_id)
-        )
+        history, logs, inbox, children = await asyncio.gather(
+            c.history(task_id), c.logs(task_id, limit=1000), c.inbox(task_id),
+            c.children(task_id, limit=CHILDREN_SHOWN + 1),
+        )  # fmt: skip
         return page(
             request, "task.html", title=f"Task {task_id}", nav="tasks", t=detail,
             history=history, logs=logs, last_log=logs[-1].id if logs else 0, inbox=inbox,
+            children=children[:CHILDREN_SHOWN], more_children=len(children) > CHILDREN_SHOWN,
         )  # fmt: skip
 
     @ui.get("/failed", name="pgtasks_dashboard_failed", dependencies=LAG)
