@@ -231,6 +231,7 @@ class TaskWriter:
             await while_busy(
                 lambda: self.pool.fetchval(queries.RECORD_TRACE, task_id, lease_token, traceparent)
             )
+
     async def spawn_children(
         self,
         task_id: int,
