@@ -111,6 +111,7 @@ SIMPLE_GOALS = (
     ("latency_p99_over_pgqueuer", "latency p99 / PgQueuer, every round", "<= 0.6", "worst"),
     ("latency_tail_count", "latency: jobs that waited for a poll", "= 0", "worst"),
     ("drain_1_over_ceiling", "drain_1 (c100) / raw claim ceiling", ">= 0.6", "median"),
+    ("event_latency_p50_ms", "event sent to task running again, p50", "<= 50 ms", "median"),
     ("filtered_claim_p50_ms", "claim of one type behind others, p50 (ms)", "<= 2 ms", "median"),
     ("bulk_over_pgqueuer", "bulk submit / PgQueuer", ">= 2", "median"),
     ("connections_per_worker", "connections_per_worker (c200, steps)", "<= 5", "worst"),
@@ -159,6 +160,9 @@ def goals(results: Results) -> list[Goal]:
     drops = pairs("drain_1_history", "drain_1_history_fresh", lambda h, f: (1 - h / f) * 100)
     judged = f"median pair (largest {drops[-1]:.1f})" if drops else "median pair"
     add("drain_1_history drop (%)", "< 15 %", _median(drops), judged)
+    waiting = pairs("drain_1_waiting", "drain_1_waiting_plain", operator.truediv)
+    judged = f"median pair (lowest {waiting[0]:.2f})" if waiting else "median pair"
+    add("drain_1 with 10,000 waiting tasks / plain drain_1", ">= 0.9", _median(waiting), judged)
     for key, label, target, judged in SIMPLE_GOALS:
         fig, worst = ours.get(key), max if target[0] in "<=" else min
         value = None if fig is None else fig.median if judged == "median" else worst(fig.samples)

@@ -40,8 +40,10 @@ from bench.harness import (
     WorkerContext,
     admin_execute,
     fresh_database,
+    harness_dsn,
     p50_p99,
     run_suite,
+    running_workers,
     sample_connection_drains,
     sample_drain,
     sample_enqueue_single_interleaved,
@@ -84,6 +86,15 @@ async def install(dsn: str) -> None:
 NO_WAKEUPS = """
 DO $$ BEGIN
     EXECUTE format('ALTER DATABASE %I SET pgtasks.wake_workers = off', current_database());
+END $$"""
+#: drain_1_waiting: this many tasks of the drained type parked on an event that never
+#: comes, as many long-running tasks waiting for approvals would be.
+WAITING_TASKS = 10_000
+WAITING = f"""
+DO $$ BEGIN
+    PERFORM pgtasks.submit_tasks('{TASK}', array_fill('{{}}'::jsonb, ARRAY[{WAITING_TASKS}]));
+    PERFORM pgtasks.wait_for_event(c.id, c.lease_token, 'never', interval '1 day')
+       FROM pgtasks.claim_tasks('bench-setup', NULL, {WAITING_TASKS}, NULL, ARRAY['{TASK}']) c;
 END $$"""
 LIMITED = f"""
 SELECT pgtasks.configure_queue(queue => (SELECT default_queue FROM pgtasks.current_settings()),
@@ -200,7 +211,7 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=int, default=unset)
     parser.add_argument("--poll-interval", type=float, default=unset)
     parser.add_argument("--no-listen", dest="listen", action="store_false", default=unset)
-    parser.add_argument("--job", choices=("noop", "steps"), default="noop")
+    parser.add_argument("--job", choices=("noop", "steps", "event"), default="noop")
 
 
 async def _checkpoint(seq: int | None) -> int | None:
@@ -210,7 +221,8 @@ async def _checkpoint(seq: int | None) -> int | None:
 async def serve(ctx: WorkerContext) -> None:
     """A normal pgtasks Worker whose only task type is a recorded job: ``--job noop`` does
     nothing, ``--job steps`` stores a checkpoint, a log line and a progress report, each of
-    which may need the database."""
+    which may need the database, ``--job event`` waits for the event ``go`` (holding nothing)
+    and records its start when it has it."""
     registry = Registry()
     recorder = ctx.recorder
 
@@ -222,6 +234,14 @@ async def serve(ctx: WorkerContext) -> None:
             await task.step("checkpoint", _checkpoint, params.get("seq"))
             await task.log("info", "checkpoint stored")
             await task.progress(1, 1)
+            recorder.finished()
+
+    elif ctx.args.job == "event":
+
+        @task_register(TASK, into=registry)
+        async def event(task: Any, params: dict[str, Any]) -> None:
+            await task.wait_for_event("go")
+            recorder.started(params.get("seq"))
             recorder.finished()
 
     else:
@@ -479,6 +499,24 @@ async def run(dsn: str, cfg: BenchConfig, say: Log) -> dict[str, Figure]:
         )
     figures.update(to_figures(pairs))
 
+    waits: dict[str, list[float]] = {}
+    for i in range(cfg.runs):
+        p50, p99 = p50_p99(await sample_event_latency(dsn, cfg))
+        plain, waiting = (make_peer(), make_peer(setup=WAITING))
+        pair = [plain, waiting] if i % 2 == 0 else [waiting, plain]
+        got = {"event_latency_p50_ms": p50, "event_latency_p99_ms": p99}
+        for p in pair:
+            rate = _rate(await sample_drain(p, dsn, cfg, 1))
+            got["drain_1_waiting" if p is waiting else "drain_1_waiting_plain"] = rate
+        for key, v in got.items():
+            waits.setdefault(key, []).append(v)
+        say(
+            f"[{NAME}] run {i + 1}: event latency p50 {p50:.1f}, p99 {p99:.1f} ms; drain_1 with "
+            f"{WAITING_TASKS:,} waiting {got['drain_1_waiting']:,.0f}, "
+            f"without {got['drain_1_waiting_plain']:,.0f} jobs/s"
+        )
+    figures.update(to_figures(waits))
+
     if cfg.history_finished or cfg.history_future:
         history, fresh = await sample_history_drains(dsn, cfg, say)
         figures["drain_1_history"] = Figure.of(history, JOBS_PER_S)
@@ -490,6 +528,44 @@ async def run(dsn: str, cfg: BenchConfig, say: Log) -> dict[str, Figure]:
     return figures
 
 
+async def sample_event_latency(dsn: str, cfg: BenchConfig) -> list[float]:
+    """Milliseconds from ``send_event`` to the waiting task's code running again, one idle
+    worker: each job is submitted, parks on its wait, gets its event ``latency_gap_ms`` later
+    and finishes before the next is submitted. The warm-up jobs are not counted."""
+    peer, sent = make_peer(job="event"), {}
+    async with fresh_database(dsn, peer.name) as db:
+        await peer.install(db)
+        conn = await asyncpg.connect(harness_dsn(db))
+        try:
+            async with running_workers(peer, db, 1, cfg, record_starts=True) as procs:
+                for seq in range(-cfg.latency_warmup, cfg.latency_jobs):
+                    tid = await conn.fetchval(_SUBMIT_ONE, TASK, json.dumps({"seq": seq}))
+                    await _until_status(conn, tid, "COMMIT", cfg, procs)
+                    await asyncio.sleep(cfg.latency_gap_ms / 1000)
+                    sent[seq] = time.time()
+                    await conn.execute(_SEND_GO, tid)
+                    await _until_status(conn, tid, "DONE", cfg, procs)
+                (stats,) = [await w.stop(cfg.timeout_s) for w in procs]
+        finally:
+            await conn.close()
+    return [(stats.starts[s] - sent[s]) * 1000 for s in sent if s >= 0]
+
+
+_SUBMIT_ONE = "SELECT pgtasks.submit_task(task_type => $1, params => $2::jsonb)"
+_SEND_GO = "SELECT pgtasks.send_event(task_id => $1, name => 'go')"
+
+
+async def _until_status(conn: Any, tid: int, status: str, cfg: BenchConfig, procs: Any) -> None:
+    deadline = time.monotonic() + cfg.timeout_s
+    q = "SELECT status::text FROM pgtasks.tasks WHERE id = $1"
+    while await conn.fetchval(q, tid) != status:
+        for w in procs:
+            w.check_alive()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"task {tid} never became {status}")
+        await asyncio.sleep(0.002)
+
+
 def settings() -> dict[str, Any]:
     default = inspect.signature(Worker).parameters["concurrency"].default
     return {
@@ -498,6 +574,7 @@ def settings() -> dict[str, Any]:
         "concurrency (connections_per_worker)": BenchConfig().connections_concurrency,
         "poll_interval_s (latency_poll)": POLL_INTERVAL_S,
         "max_running (drain_max_running)": MAX_RUNNING,
+        "waiting tasks (drain_1_waiting)": WAITING_TASKS,
     }
 
 
