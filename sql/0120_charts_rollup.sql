@@ -113,7 +113,14 @@ BEGIN
         ON CONFLICT (only_row) DO NOTHING;
     SELECT greatest(s.rolled_to, date_bin(fine, now_ - interval '2 hours', origin)) INTO from_
       FROM pgtasks.rollup_state s FOR UPDATE;
-    to_ := least(date_bin(fine, now_ - interval '5 seconds', origin), from_ + fine * 60);
+    to_ := date_bin(fine, now_ - interval '5 seconds', origin);
+    -- Straight to the first task that ended since (one probe of tasks_finished_at): a fresh
+    -- install or an idle night costs no call per empty 10 minutes.
+    from_ := greatest(from_, least(coalesce(
+        date_bin(fine, (SELECT min(t.finished_at) FROM pgtasks.tasks t
+                         WHERE t.status IN ('DONE', 'FAILED', 'CANCELLED') AND t.finished_at >= from_),
+                 origin), to_), to_));
+    to_ := least(to_, from_ + fine * 60);
     IF to_ > from_ THEN
         INSERT INTO pgtasks.task_rollup AS r (width, bucket, queue, done, failed, cancelled,
                run_count, run_sum, run_max, run_hist, wait_count, wait_sum, wait_max, wait_hist)
@@ -144,8 +151,9 @@ BEGIN
                run_max = excluded.run_max, run_hist = excluded.run_hist,
                wait_count = excluded.wait_count, wait_sum = excluded.wait_sum,
                wait_max = excluded.wait_max, wait_hist = excluded.wait_hist;
-        UPDATE pgtasks.rollup_state s SET rolled_to = to_;
     END IF;
+    -- Skipped or rolled, every bucket before to_ is final.
+    UPDATE pgtasks.rollup_state s SET rolled_to = greatest(from_, to_);
     -- The depth now, into the bucket now falls in (rolled later; its counts leave it be).
     INSERT INTO pgtasks.task_rollup AS r (width, bucket, queue, ready, running)
     SELECT fine, date_bin(fine, now_, origin), d.queue, d.ready, d.running

@@ -551,15 +551,16 @@ COMMENT ON FUNCTION pgtasks.histogram_quantile(bigint[], float8, float8) IS
 -- 5 seconds before now (a finish records its transaction's start time and commits within
 -- it: a bucket is rolled once the finishes it holds have committed; one committed more
 -- than 5 s after it began is not counted), at most 60 buckets (10 minutes) a call so a
--- catch-up after an outage is a series of short calls. It reads the rows of
--- tasks_finished_at in the range only: each ended task once, never the backlog. Then it
--- sums the 5-minute buckets those fall in from the 10-second ones, samples each queue's
--- depth (pgtasks.queues, index-only; the 50 deepest queues, so that queue names made by
--- the thousand cannot grow the table by the thousand per call) and deletes the rows past
--- their horizon. Nothing on the claim or finish path: maintain() calls it.
--- rolled_to's row lock keeps two calls from rolling a bucket twice; the first call (or
--- one after maintenance stopped for over 2 hours) starts 2 hours back, as far as the
--- 10-second buckets are kept. Returns how many 10-second buckets it rolled.
+-- catch-up after an outage is a series of short calls; it skips straight to the first
+-- task that ended since. It reads the rows of tasks_finished_at in the range only: each
+-- ended task once, never the backlog. Then it sums the 5-minute buckets those fall in from
+-- the 10-second ones, samples each queue's depth (pgtasks.queues, index-only; the 50
+-- deepest queues, so that queue names made by the thousand cannot grow the table by the
+-- thousand per call) and deletes the rows past their horizon. Nothing on the claim or
+-- finish path: maintain() calls it. rolled_to's row lock keeps two calls from rolling a
+-- bucket twice; the first call (or one after maintenance stopped for over 2 hours) starts
+-- at most 2 hours back, as far as the 10-second buckets are kept. Returns how many
+-- 10-second buckets it rolled.
 CREATE FUNCTION pgtasks.roll_up() RETURNS integer
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -577,7 +578,14 @@ BEGIN
         ON CONFLICT (only_row) DO NOTHING;
     SELECT greatest(s.rolled_to, date_bin(fine, now_ - interval '2 hours', origin)) INTO from_
       FROM pgtasks.rollup_state s FOR UPDATE;
-    to_ := least(date_bin(fine, now_ - interval '5 seconds', origin), from_ + fine * 60);
+    to_ := date_bin(fine, now_ - interval '5 seconds', origin);
+    -- Straight to the first task that ended since (one probe of tasks_finished_at): a fresh
+    -- install or an idle night costs no call per empty 10 minutes.
+    from_ := greatest(from_, least(coalesce(
+        date_bin(fine, (SELECT min(t.finished_at) FROM pgtasks.tasks t
+                         WHERE t.status IN ('DONE', 'FAILED', 'CANCELLED') AND t.finished_at >= from_),
+                 origin), to_), to_));
+    to_ := least(to_, from_ + fine * 60);
     IF to_ > from_ THEN
         INSERT INTO pgtasks.task_rollup AS r (width, bucket, queue, done, failed, cancelled,
                run_count, run_sum, run_max, run_hist, wait_count, wait_sum, wait_max, wait_hist)
@@ -608,8 +616,9 @@ BEGIN
                run_max = excluded.run_max, run_hist = excluded.run_hist,
                wait_count = excluded.wait_count, wait_sum = excluded.wait_sum,
                wait_max = excluded.wait_max, wait_hist = excluded.wait_hist;
-        UPDATE pgtasks.rollup_state s SET rolled_to = to_;
     END IF;
+    -- Skipped or rolled, every bucket before to_ is final.
+    UPDATE pgtasks.rollup_state s SET rolled_to = greatest(from_, to_);
     -- The depth now, into the bucket now falls in (rolled later; its counts leave it be).
     INSERT INTO pgtasks.task_rollup AS r (width, bucket, queue, ready, running)
     SELECT fine, date_bin(fine, now_, origin), d.queue, d.ready, d.running
