@@ -295,7 +295,7 @@
     for (const b of $$("button[data-span]", root)) b.setAttribute("aria-pressed", String(b.dataset.span === data.span));
     const rolled = buckets.filter((b) => b.rolled);
     const upTo = rolled.length ? new Date(new Date(rolled[rolled.length - 1].bucket).getTime() + width * 1000) : null;
-    $("[data-chart-rolled]", root).innerHTML = upTo ? `Rolled up to ${timeTag(upTo.toISOString())}.` : "Nothing rolled up yet.";
+    $("[data-chart-rolled]", root).innerHTML = upTo ? `The last bucket rolled up ended ${timeTag(upTo.toISOString())}.` : "Nothing rolled up yet.";
     const W = 600, top = 4, bottom = 116, n = buckets.length;
     const x = (i) => (n <= 1 ? W : (i / (n - 1)) * W);
     for (const [id, spec] of Object.entries(CHARTS)) {
