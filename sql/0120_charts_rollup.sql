@@ -33,6 +33,7 @@ CREATE TABLE pgtasks.rollup_state (
     rolled_to timestamptz NOT NULL,
     only_row  boolean PRIMARY KEY DEFAULT true CHECK (only_row)
 );
+INSERT INTO pgtasks.rollup_state (rolled_to) VALUES ('-infinity');
 
 CREATE OR REPLACE FUNCTION pgtasks.histogram(seconds double precision[])
  RETURNS bigint[]
@@ -109,10 +110,11 @@ DECLARE
     from_ timestamptz;
     to_ timestamptz;
 BEGIN
-    INSERT INTO pgtasks.rollup_state (rolled_to) VALUES (date_bin(fine, now_ - interval '2 hours', origin))
-        ON CONFLICT (only_row) DO NOTHING;
     SELECT greatest(s.rolled_to, date_bin(fine, now_ - interval '2 hours', origin)) INTO from_
-      FROM pgtasks.rollup_state s FOR UPDATE;
+      FROM pgtasks.rollup_state s FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN  -- another call is rolling: the work is the same whoever does it
+        RETURN 0;
+    END IF;
     to_ := date_bin(fine, now_ - interval '5 seconds', origin);
     -- Straight to the first task that ended since (one probe of tasks_finished_at): a fresh
     -- install or an idle night costs no call per empty 10 minutes.
@@ -266,5 +268,5 @@ GRANT EXECUTE ON FUNCTION pgtasks.rollup_bounds() TO pgtasks_reader;
 COMMENT ON FUNCTION pgtasks.rollup_bounds() IS 'The lower bounds in seconds of the bins of task_rollup''s run and wait histograms.';
 GRANT EXECUTE ON FUNCTION pgtasks.task_chart(interval,text) TO pgtasks_reader;
 COMMENT ON FUNCTION pgtasks.task_chart(interval,text) IS 'The charts of the last span (1 minute to 7 days) from task_rollup, one row per bucket (10 seconds up to 2 hours, else 5 minutes), for one queue or all: tasks ended done, failed and cancelled, run and wait time (count, mean, p50, p95, max) and depth; counts NULL where not rolled up yet.';
-COMMENT ON TABLE pgtasks.rollup_state IS 'The end of the last 10-second bucket roll_up rolled up (one row; none before its first call).';
+COMMENT ON TABLE pgtasks.rollup_state IS 'The end of the last 10-second bucket roll_up rolled up (one row; -infinity before its first call).';
 COMMENT ON TABLE pgtasks.task_rollup IS 'Per bucket (10 seconds for 2 hours, 5 minutes for 8 days) and queue: tasks ended done, failed and cancelled, histograms of run and wait times, and sampled depth; read it through pgtasks.task_chart.';

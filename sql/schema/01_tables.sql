@@ -722,13 +722,16 @@ CREATE TABLE pgtasks.task_rollup (
 COMMENT ON TABLE pgtasks.task_rollup IS
     'Per bucket (10 seconds for 2 hours, 5 minutes for 8 days) and queue: tasks ended done, failed and cancelled, histograms of run and wait times, and sampled depth; read it through pgtasks.task_chart.';
 
--- How far roll_up has rolled: every 10-second bucket before rolled_to is final.
+-- How far roll_up has rolled: every 10-second bucket before rolled_to is final. Its one
+-- row is made here, so that roll_up only ever locks it (SKIP LOCKED: a second call returns
+-- at once) and never waits on another call's insert of it.
 CREATE TABLE pgtasks.rollup_state (
     rolled_to timestamptz NOT NULL,
     only_row  boolean PRIMARY KEY DEFAULT true CHECK (only_row)
 );
+INSERT INTO pgtasks.rollup_state (rolled_to) VALUES ('-infinity');
 COMMENT ON TABLE pgtasks.rollup_state IS
-    'The end of the last 10-second bucket roll_up rolled up (one row; none before its first call).';
+    'The end of the last 10-second bucket roll_up rolled up (one row; -infinity before its first call).';
 
 ------------------------------------------------------------------------------------------
 -- Flow control (08_flow_control.sql)

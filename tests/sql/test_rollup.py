@@ -142,8 +142,10 @@ async def test_depth_is_sampled_and_old_buckets_go(conn):
 
 
 async def test_maintain_rolls_up(conn):
+    rolled_to = "SELECT rolled_to > pgtasks.now() - interval '3 hours' FROM pgtasks.rollup_state"
+    assert await conn.fetchval(rolled_to) is False  # -infinity: never rolled
     await conn.fetch("SELECT * FROM pgtasks.maintain()")
-    assert await conn.fetchval("SELECT count(*) FROM pgtasks.rollup_state") == 1
+    assert await conn.fetchval(rolled_to) is True
 
 
 @pytest.mark.parametrize("span", ["30 seconds", "8 days", None, "-1 hour"])
@@ -158,3 +160,16 @@ async def test_percentile_of_a_histogram(conn):
     assert await conn.fetchval(q, values, 0.95, 100.0) == 5  # the bin [2.5, 5)
     assert await conn.fetchval(q, values, 0.99, 100.0) == 100  # [60, 120), at most the max
     assert await conn.fetchval(q, [], 0.5, None) is None
+
+
+async def test_a_second_roll_up_returns_at_once_while_one_works(conn, dsn):
+    await run(conn, "a", wait_s=1, run_s=1)
+    await tick(conn, 20)
+    other = await asyncpg.connect(dsn)
+    try:
+        async with other.transaction():  # one call at work, holding rolled_to's row
+            assert await other.fetchval("SELECT pgtasks.roll_up()") >= 1
+            assert await conn.fetchval("SELECT pgtasks.roll_up()") == 0  # no wait
+        assert total(await chart(conn, "5 minutes"), "done") == 1  # counted once
+    finally:
+        await other.close()
