@@ -63,6 +63,7 @@ _.openapi_json
 _.swagger
 _.redoc
 _.docs_asset
+_.charts
 # uvicorn: the h11 protocol's hook for a request it cannot parse (pgtasks.web.server).
 _.send_400_response
 _.active_tasks
@@ -90,6 +91,20 @@ _.schedule_tick
 _.spawned_by
 _.attempt_started_at
 _.lease_expires_at
+# GET /charts' buckets (pgtasks.task_chart's columns).
+_.bucket
+_.width_s
+_.rolled
+_.run_count
+_.run_mean
+_.run_p50
+_.run_p95
+_.run_max
+_.wait_count
+_.wait_mean
+_.wait_p50
+_.wait_p95
+_.wait_max
 
 # prometheus-client: a custom collector's collect(), called at scrape time.
 _.collect

@@ -937,6 +937,19 @@ class Client:
             rows = await conn.fetch(queries.DASH_THROUGHPUT, now - seconds)
         return now, [dict(r) for r in rows]
 
+    async def chart(
+        self, seconds: float = 3600, *, queue: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The charts of the last `seconds` (60 to 7 days) from the database's roll-up
+        (pgtasks.task_chart), oldest bucket first: 10-second buckets up to 2 hours, 5-minute
+        ones beyond. Per bucket: `bucket` (its start), `width_s`, `rolled` (false: not rolled
+        up yet, counts None), done, failed, cancelled, run_* and wait_* (count, mean, p50,
+        p95, max, in seconds), ready and running (sampled depth). `queue` None: every queue.
+        A span out of range raises InvalidArgument (PT133)."""
+        async with db.translated():
+            rows = await self.pool.fetch(queries.TASK_CHART, seconds, queue)
+        return [dict(r) for r in rows]
+
     async def failed_groups(self, *, limit: int = 100) -> list[dict[str, Any]]:
         """Dead letters grouped by type and error fingerprint (pgtasks.error_fingerprint:
         the first line with quoted values, ids, addresses and numbers taken out):

@@ -472,6 +472,15 @@ SELECT extract(epoch FROM date_trunc('second', finished_at))::bigint AS t,
 
 SERVER_EPOCH = "SELECT extract(epoch FROM now())::float8"
 
+# The charts of the last $1 seconds from the roll-up (pgtasks.task_chart: 10-second buckets
+# up to 2 hours, 5-minute ones beyond), for queue $2 or every queue.
+TASK_CHART = """
+SELECT bucket, extract(epoch FROM width)::float8 AS width_s, rolled, done, failed, cancelled,
+       run_count, run_mean, run_p50, run_p95, run_max,
+       wait_count, wait_mean, wait_p50, wait_p95, wait_max, ready, running
+  FROM pgtasks.task_chart(span => $1::float8 * interval '1 second', queue => $2)
+"""
+
 # Dead letters grouped by type and the first line of their error, biggest group first.
 # Grouped by error_fingerprint (one cause, whatever ids or addresses each message names);
 # `error` is the newest task's first line, an example of the group.

@@ -191,6 +191,7 @@ class SyncClient:
     retry = _blocking(Client.retry)
     queue_cards = _blocking(Client.queue_cards)
     throughput = _blocking(Client.throughput)
+    chart = _blocking(Client.chart)
     failed_groups = _blocking(Client.failed_groups)
     browse = _blocking(Client.browse)
     retry_many = _blocking(Client.retry_many)

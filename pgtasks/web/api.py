@@ -362,6 +362,43 @@ class TaskFull(TaskDetail):
     model_config = ConfigDict(ser_json_timedelta="float")
 
 
+#: The spans GET /charts draws, in seconds (the dashboard's selector).
+CHART_SPANS = {"5m": 300, "1h": 3600, "24h": 86400}
+
+
+class ChartBucket(BaseModel):
+    """One bucket of pgtasks.task_chart: the tasks that ended in it and their times, in
+    seconds. rolled false: maintenance has not rolled it up yet, and its counts are null."""
+
+    bucket: datetime
+    width_s: float
+    rolled: bool
+    done: int | None
+    failed: int | None
+    cancelled: int | None
+    #: Run: finished_at - started_at of the tasks that ended DONE or FAILED.
+    run_count: int | None
+    run_mean: float | None
+    run_p50: float | None
+    run_p95: float | None
+    run_max: float | None
+    #: Wait: from ready (run_at) to start, of those that ran one attempt.
+    wait_count: int | None
+    wait_mean: float | None
+    wait_p50: float | None
+    wait_p95: float | None
+    wait_max: float | None
+    #: The deepest sample of ready and running tasks in the bucket (null: none taken).
+    ready: int | None
+    running: int | None
+
+
+class Chart(BaseModel):
+    span: Literal["5m", "1h", "24h"]
+    queue: str | None
+    buckets: list[ChartBucket]
+
+
 def _in_seconds(row: dict[str, Any]) -> dict[str, Any]:
     """A row with its intervals as seconds, like every other duration of the API (a
     timedelta in a plain dict would be written as ISO 8601, "PT1H")."""
@@ -604,6 +641,16 @@ def router(
     async def queues(c: R) -> list[QueueInfo]:
         """Depth by status, ready count and oldest ready age, per queue."""
         return [QueueInfo.model_validate(r) for r in await c.queue_stats()]
+
+    @api.get("/charts", dependencies=read)
+    async def charts(
+        c: C, span: Literal["5m", "1h", "24h"] = "1h", queue: QueryName = None
+    ) -> Chart:
+        """Throughput, run time, wait time and depth over the last 5 minutes, hour or day,
+        from the database's roll-up (pgtasks.task_chart), oldest bucket first: 10-second
+        buckets for 5m and 1h, 5-minute ones for 24h. `queue`: that queue only."""
+        rows = await c.chart(CHART_SPANS[span], queue=queue)
+        return Chart(span=span, queue=queue, buckets=[ChartBucket.model_validate(r) for r in rows])
 
     @api.get("/queues/settings", dependencies=read)
     async def queue_settings(c: R) -> list[dict[str, Any]]:

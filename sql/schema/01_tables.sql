@@ -797,6 +797,54 @@ COMMENT ON TABLE pgtasks.task_count_deltas IS
     'What the statements since the last fold added to task_counts, one row per statement, queue, task type and kind.';
 
 ------------------------------------------------------------------------------------------
+-- Charts (roll_up in 07_leases.sql, task_chart in 11_views.sql)
+
+-- What the dashboard's charts draw, rolled up by maintenance from the tasks that ended, so
+-- that a chart of a day reads a few hundred rows instead of the tasks, and outlives their
+-- pruning. One row per width, bucket and queue: 10-second buckets for the last 2 hours,
+-- 5-minute buckets (summed from the 10-second ones) for 8 days; roll_up deletes older rows.
+-- The counts are of tasks that ended in the bucket (by finished_at); run is finished_at -
+-- started_at of those that ended DONE or FAILED, wait is started_at - run_at of those among
+-- them that ran one attempt (a retry, snooze or yield moves run_at, so a later attempt's
+-- row no longer holds when its task first became ready). *_hist counts them per bin of
+-- rollup_bounds(), so histograms of any buckets add up and a percentile over an hour or a
+-- day is as exact as over one bucket; count, sum and max ride along. ready and running are
+-- the deepest sample maintenance took in the bucket (pgtasks.queues), NULL when it took none.
+CREATE TABLE pgtasks.task_rollup (
+    width      interval NOT NULL,
+    bucket     timestamptz NOT NULL,
+    queue      text NOT NULL,
+    done       bigint NOT NULL DEFAULT 0,
+    failed     bigint NOT NULL DEFAULT 0,
+    cancelled  bigint NOT NULL DEFAULT 0,
+    run_count  bigint NOT NULL DEFAULT 0,
+    run_sum    float8 NOT NULL DEFAULT 0,
+    run_max    float8,
+    run_hist   bigint[],
+    wait_count bigint NOT NULL DEFAULT 0,
+    wait_sum   float8 NOT NULL DEFAULT 0,
+    wait_max   float8,
+    wait_hist  bigint[],
+    ready      bigint,
+    running    bigint,
+    CONSTRAINT task_rollup_pkey PRIMARY KEY (width, bucket, queue),
+    CONSTRAINT task_rollup_width_known CHECK (width IN (interval '10 seconds', interval '5 minutes'))
+);
+COMMENT ON TABLE pgtasks.task_rollup IS
+    'Per bucket (10 seconds for 2 hours, 5 minutes for 8 days) and queue: tasks ended done, failed and cancelled, histograms of run and wait times, and sampled depth; read it through pgtasks.task_chart.';
+
+-- How far roll_up has rolled: every 10-second bucket before rolled_to is final. Its one
+-- row is made here, so that roll_up only ever locks it (SKIP LOCKED: a second call returns
+-- at once) and never waits on another call's insert of it.
+CREATE TABLE pgtasks.rollup_state (
+    rolled_to timestamptz NOT NULL,
+    only_row  boolean PRIMARY KEY DEFAULT true CHECK (only_row)
+);
+INSERT INTO pgtasks.rollup_state (rolled_to) VALUES ('-infinity');
+COMMENT ON TABLE pgtasks.rollup_state IS
+    'The end of the last 10-second bucket roll_up rolled up (one row; -infinity before its first call).';
+
+------------------------------------------------------------------------------------------
 -- Flow control (08_flow_control.sql)
 
 -- A row exists only for a queue with a limit or a pause: the claim's fast path is "no row

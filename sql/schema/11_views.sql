@@ -562,3 +562,76 @@ COMMENT ON VIEW pgtasks.xmin_horizon IS
     'The oldest xmin holding back vacuum, by source (session, transaction, prepared, '
     'replication_slot): its age in transactions and, for sessions and prepared '
     'transactions, seconds held. Other roles'' sessions need pg_read_all_stats to be seen.';
+-- Charts
+
+-- The dashboard's charts over the last `span`, from task_rollup (01_tables.sql), never from
+-- the tasks: one row per bucket, every bucket of the span (an empty one has zeros), oldest
+-- first. Spans up to 2 hours come in 10-second buckets (5 minutes: 30 points, an hour:
+-- 360), longer ones in 5-minute buckets (a day: 288); `queue` NULL sums every queue.
+-- rolled is false for the buckets roll_up has not reached yet (the last 5 to 15 seconds,
+-- more while maintenance is stopped): their counts are NULL, not 0, so a chart leaves them
+-- out rather than draw a drop. The 5-minute bucket it is rolling holds what it rolled so far. Percentiles are read from the summed histograms
+-- (histogram_quantile: the bin's upper bound, at most the max); means are sum / count.
+-- ready and running: the deepest depth sample in the bucket, summed over the queues.
+CREATE FUNCTION pgtasks.task_chart(span interval DEFAULT interval '1 hour', queue text DEFAULT NULL)
+RETURNS TABLE (bucket timestamptz, width interval, rolled boolean,
+               done bigint, failed bigint, cancelled bigint,
+               run_count bigint, run_mean float8, run_p50 float8, run_p95 float8, run_max float8,
+               wait_count bigint, wait_mean float8, wait_p50 float8, wait_p95 float8, wait_max float8,
+               ready bigint, running bigint)
+LANGUAGE plpgsql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pgtasks, pg_temp
+AS $$
+DECLARE
+    now_ timestamptz := pgtasks.now();
+    origin constant timestamptz := timestamptz '2000-01-01 00:00:00+00';
+    w interval;
+    rolled_to_ timestamptz;
+BEGIN
+    IF span IS NULL OR NOT (span >= interval '1 minute' AND span <= interval '7 days') THEN
+        RAISE EXCEPTION 'pgtasks: span must be between 1 minute and 7 days, got %', coalesce(span::text, 'NULL')
+            USING ERRCODE = 'PT133',
+                  HINT = 'The dashboard asks for 5 minutes, 1 hour or 24 hours: 10-second buckets are kept for 2 hours, 5-minute ones for 8 days.';
+    END IF;
+    w := CASE WHEN span <= interval '2 hours' THEN interval '10 seconds' ELSE interval '5 minutes' END;
+    SELECT s.rolled_to INTO rolled_to_ FROM pgtasks.rollup_state s;
+    RETURN QUERY
+    WITH slots AS (
+        SELECT g.b FROM generate_series(date_bin(w, now_, origin) - span + w, date_bin(w, now_, origin), w) g(b)
+    ), per AS (
+        SELECT r.bucket AS b, sum(r.done)::bigint AS done, sum(r.failed)::bigint AS failed,
+               sum(r.cancelled)::bigint AS cancelled,
+               sum(r.run_count)::bigint AS run_count, sum(r.run_sum) AS run_sum, max(r.run_max) AS run_max,
+               pgtasks.histogram_sum(array_agg(r.run_hist) FILTER (WHERE r.run_hist IS NOT NULL)) AS run_hist,
+               sum(r.wait_count)::bigint AS wait_count, sum(r.wait_sum) AS wait_sum, max(r.wait_max) AS wait_max,
+               pgtasks.histogram_sum(array_agg(r.wait_hist) FILTER (WHERE r.wait_hist IS NOT NULL)) AS wait_hist,
+               sum(r.ready)::bigint AS ready, sum(r.running)::bigint AS running
+          FROM pgtasks.task_rollup r
+         WHERE r.width = w
+           AND r.bucket >= date_bin(w, now_, origin) - span + w AND r.bucket <= date_bin(w, now_, origin)
+           AND (task_chart.queue IS NULL OR r.queue = task_chart.queue)
+         GROUP BY r.bucket
+    )
+    SELECT s.b, w, coalesce(s.b < rolled_to_, false) AS is_rolled,
+           CASE WHEN s.b < rolled_to_ THEN coalesce(p.done, 0) END,
+           CASE WHEN s.b < rolled_to_ THEN coalesce(p.failed, 0) END,
+           CASE WHEN s.b < rolled_to_ THEN coalesce(p.cancelled, 0) END,
+           CASE WHEN s.b < rolled_to_ THEN coalesce(p.run_count, 0) END,
+           p.run_sum / nullif(p.run_count, 0),
+           pgtasks.histogram_quantile(p.run_hist, 0.5, p.run_max),
+           pgtasks.histogram_quantile(p.run_hist, 0.95, p.run_max),
+           p.run_max,
+           CASE WHEN s.b < rolled_to_ THEN coalesce(p.wait_count, 0) END,
+           p.wait_sum / nullif(p.wait_count, 0),
+           pgtasks.histogram_quantile(p.wait_hist, 0.5, p.wait_max),
+           pgtasks.histogram_quantile(p.wait_hist, 0.95, p.wait_max),
+           p.wait_max,
+           p.ready, p.running
+      FROM slots s
+      LEFT JOIN per p ON p.b = s.b
+     ORDER BY s.b;
+END $$;
+GRANT EXECUTE ON FUNCTION pgtasks.task_chart(interval, text) TO pgtasks_reader;
+COMMENT ON FUNCTION pgtasks.task_chart(interval, text) IS
+    'The charts of the last span (1 minute to 7 days) from task_rollup, one row per bucket (10 seconds up to 2 hours, else 5 minutes), for one queue or all: tasks ended done, failed and cancelled, run and wait time (count, mean, p50, p95, max) and depth; counts NULL where not rolled up yet.';

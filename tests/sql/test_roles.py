@@ -12,7 +12,8 @@ import pytest
 
 GROUPS = ("pgtasks_submitter", "pgtasks_worker", "pgtasks_reader", "pgtasks_admin")
 TABLES = ("tasks", "task_events", "task_errors", "task_steps", "task_logs", "task_waiters",
-          "worker_registry", "event_inbox", "task_pauses")  # fmt: skip
+          "worker_registry", "event_inbox", "task_pauses", "task_rollup",
+          "rollup_state")  # fmt: skip
 
 # Functions no group role may call: the building blocks the granted functions use.
 INTERNAL = {
@@ -51,6 +52,8 @@ INTERNAL = {
     "check_event_name",
     # child tasks: run by the settle_children trigger
     "wake_spawners", "cancel_children",
+    # the charts' histograms, built and summed by roll_up and task_chart
+    "histogram", "histogram_sum",
 }  # fmt: skip
 
 

@@ -501,3 +501,31 @@ async def test_the_stream_reports_every_transition_however_brief(dsn, conn, http
         ("RUNNING", "DONE"),
     ]
     assert events[-1][0] == "end" and events[-1][1]["result"] == 7
+
+
+async def test_charts_come_from_the_roll_up(http: httpx.AsyncClient, conn: asyncpg.Connection):
+    await conn.fetchval("SELECT pgtasks.roll_up()")
+    tid = await conn.fetchval("SELECT pgtasks.submit_task('noop', queue => 'charted')")
+    await conn.execute("SELECT pgtasks.advance_clock(interval '2 seconds')")
+    await conn.fetch("SELECT * FROM pgtasks.claim_tasks('w', max_tasks => 1)")
+    await conn.execute("SELECT pgtasks.advance_clock(interval '3 seconds')")
+    await conn.execute(
+        "SELECT pgtasks.finish_task($1, (SELECT lease_token FROM pgtasks.tasks WHERE id = $1))",
+        tid,
+    )
+    await conn.execute("SELECT pgtasks.advance_clock(interval '20 seconds')")
+    await conn.fetch("SELECT * FROM pgtasks.maintain()")
+    for span, points, width in (("5m", 30, 10), ("1h", 360, 10), ("24h", 288, 300)):
+        r = await http.get("/api/charts", params={"span": span})
+        assert r.status_code == 200, r.text
+        chart = r.json()
+        assert chart["span"] == span and len(chart["buckets"]) == points
+        assert {b["width_s"] for b in chart["buckets"]} == {width}
+        ended = [b for b in chart["buckets"] if b["done"]]
+        assert len(ended) == 1 and ended[0]["done"] == 1
+        assert ended[0]["run_max"] == pytest.approx(3, abs=0.5)
+        assert ended[0]["wait_max"] == pytest.approx(2, abs=0.5)
+    r = await http.get("/api/charts", params={"span": "5m", "queue": "other"})
+    assert not [b for b in r.json()["buckets"] if b["done"]]
+    r = await http.get("/api/charts", params={"span": "2h"})
+    assert r.status_code == 422 and r.json()["error"]["message"].startswith("query.span")

@@ -254,12 +254,67 @@ def test_overview_counts_change_while_a_worker_drains_the_queue(dsn, served, pag
     worker(fleet, "--queues", "drain")
     expect(card.locator("[data-field=ready]")).to_have_text("0")
     expect(page.locator("[data-workers-count]")).to_have_text("1")
-    page.wait_for_function(  # the chart drew the finished tasks
-        "() => document.querySelector('#throughput polyline.done').getAttribute('points')"
-        ".split(' ').some(p => Number(p.split(',')[1]) < 150)"
-    )
     assert page.evaluate("() => window.notReloaded") is True  # pushed, not reloaded
+    roll_up(dsn)
+    page.locator("#charts button[data-span='5m']").click()  # fetches the charts again
+    expect(page.locator("[data-chart=throughput] [data-chart-summary]")).to_contain_text("40 done")
+    page.wait_for_function(  # the chart drew the finished tasks above its base line
+        "() => /[ML][0-9.]+,([0-9]|[0-9]{2}|10[0-9])[.]/.test("
+        "document.querySelector('[data-chart=throughput] path.done').getAttribute('d'))"
+    )
     shoot(page, "overview")
+
+
+def roll_up(dsn: str) -> None:
+    """As a worker's maintenance would, 20 s on: every task that ended is in a bucket that
+    has closed, and roll_up counts it (the test clock moves, no one waits)."""
+    sql(dsn, "SELECT pgtasks.advance_clock(interval '20 seconds')")
+    while sql(dsn, "SELECT pgtasks.roll_up()"):
+        pass
+
+
+def test_charts_switch_ranges_and_times_show_the_exact_one(dsn, served, page, fleet):
+    """The selector redraws the charts over 5 minutes, an hour and a day from the roll-up,
+    at desktop and phone width; relative times carry the exact one (title, datetime)."""
+    submit_many(dsn, "dash_quick", 6, queue="charted")
+    worker(fleet, "--queues", "charted")
+    wait_sql(dsn, "SELECT count(*) = 6 FROM pgtasks.tasks WHERE status = 'DONE'", fleet=fleet)
+    roll_up(dsn)
+    page.goto(f"{served}/")
+    charts = page.locator("#charts")
+    summary = charts.locator("[data-chart=throughput] [data-chart-summary]")
+    expect(summary).to_have_text("6 done, 0 failed, 0 cancelled in the last 5 minutes.")
+    expect(charts.locator("[data-chart=run] [data-chart-summary]")).to_contain_text("6 tasks")
+    expect(charts.locator("[data-chart=wait] [data-chart-summary]")).to_contain_text("6 tasks")
+    for span, label, ago in (("1h", "hour", "1 h ago"), ("24h", "24 hours", "24 h ago"),
+                             ("5m", "5 minutes", "5 min ago")):  # fmt: skip
+        button = charts.locator(f"button[data-span='{span}']")
+        button.click()
+        expect(button).to_have_attribute("aria-pressed", "true")
+        expect(charts.locator("[data-chart-span-label]")).to_have_text(label)
+        expect(charts.locator("[data-chart=run] [data-chart-start]")).to_have_text(ago)
+        expect(summary).to_have_text(f"6 done, 0 failed, 0 cancelled in the last {label}.")
+        assert charts.locator("button[aria-pressed='true']").count() == 1
+    rolled = charts.locator("[data-chart-rolled] time")
+    expect(rolled).to_have_attribute("title", re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$"))
+    page.set_viewport_size(PHONE)
+    page.locator("#charts button[data-span='24h']").click()
+    expect(summary).to_contain_text("in the last 24 hours")
+    fits_the_phone(page, "charts")
+    box = charts.locator("[data-chart=wait] svg").bounding_box()
+    assert box is not None and box["width"] <= PHONE["width"]
+    page.screenshot(path=str(ARTIFACTS / "charts-phone.png"), full_page=True)
+    page.set_viewport_size(DESKTOP)
+
+    task_id = sql(dsn, "SELECT min(id) FROM pgtasks.tasks WHERE queue = 'charted'")
+    page.goto(f"{served}/tasks/{task_id}")
+    started = page.locator("[data-field=started] time")
+    started.hover()
+    exact = sql(dsn, "SELECT to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')"
+                     " FROM pgtasks.tasks WHERE id = %s", task_id)  # fmt: skip
+    expect(started).to_have_attribute("title", f"{exact} UTC")
+    expect(page.locator("[data-field=ran] .dur")).to_have_attribute("title", re.compile(r" s$"))
+    expect(page.locator("[data-field=waited] .dur")).to_be_visible()
 
 
 def test_the_workers_table_streams_what_each_worker_runs(dsn, served, page, fleet):

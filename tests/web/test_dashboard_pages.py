@@ -4,6 +4,7 @@ real database (the browser tests, test_dashboard_browser.py, drive the same page
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 from collections.abc import AsyncIterator
 
@@ -345,3 +346,62 @@ async def test_a_task_page_shows_its_parent_and_its_children(dsn):
             (kids[0], "DONE"), (kids[1], "PENDING")
         ]  # fmt: skip
         assert (await http.get(f"/api/tasks/{kids[1]}/children")).json() == []
+
+
+async def test_overview_charts_come_from_the_roll_up(dsn, conn: asyncpg.Connection):
+    await conn.fetchval("SELECT pgtasks.roll_up()")
+    await fail_some(dsn, 2)
+    await conn.execute("SELECT pgtasks.advance_clock(interval '20 seconds')")
+    await conn.fetchval("SELECT pgtasks.roll_up()")
+    async with api(dsn) as http:
+        page = (await http.get("/")).text
+        data = re.search(r'id="overview-data">(.*?)</script>', page, re.S)
+        assert data is not None
+        chart = json.loads(data.group(1))["chart"]
+        assert chart["span"] == "5m" and len(chart["buckets"]) == 30
+        assert sum(b["failed"] or 0 for b in chart["buckets"]) == 2
+        assert 'aria-pressed="true">5 min' in page
+        for span, points in (("5m", 30), ("1h", 360), ("24h", 288)):
+            r = await http.get("/charts", params={"span": span})
+            assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+            buckets = r.json()["buckets"]
+            assert len(buckets) == points and sum(b["failed"] or 0 for b in buckets) == 2
+        r = await http.get("/charts", params={"span": "1y"})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
+    async with api(dsn, api_token=TOKEN) as http:
+        assert (await http.get("/charts")).status_code == 401
+
+
+async def test_task_times_show_durations_and_the_next_retry(dsn, conn: asyncpg.Connection):
+    """The exact time of every relative one on hover, how long the task waited and ran,
+    and a retrying task's next retry: its run_at as the database set it."""
+    async with Client(dsn) as c:
+        done = await c.submit("noop", {}, max_retries=3)
+        retrying = await c.submit("noop", {}, max_retries=3)
+    await conn.execute("SELECT pgtasks.advance_clock(interval '4 seconds')")
+    claimed = await conn.fetch(
+        "SELECT id, lease_token FROM pgtasks.claim_tasks('w', NULL, 2, interval '1 min')"
+    )
+    tokens = {r["id"]: r["lease_token"] for r in claimed}
+    await conn.execute("SELECT pgtasks.advance_clock(interval '90 seconds')")
+    await conn.execute("SELECT pgtasks.finish_task($1, $2)", done, tokens[done])
+    await conn.execute(
+        "SELECT pgtasks.fail_task(task_id => $1, lease_token => $2, error => 'later')",
+        retrying,
+        tokens[retrying],
+    )
+    run_at = await conn.fetchval("SELECT run_at FROM pgtasks.tasks WHERE id = $1", retrying)
+    async with api(dsn) as http:
+        page = (await http.get(f"/tasks/{done}")).text
+        assert re.search(r'<dt>waited ready</dt><dd data-field="waited"><span class="dur" '
+                         r'title="4\.\d+ s">4\.\d s</span>', page), page  # fmt: skip
+        assert re.search(r'<dt>ran</dt><dd data-field="ran"><span class="dur" '
+                         r'title="9\d\.\d+ s">1 min 3\d s</span>', page)  # fmt: skip
+        for m in re.finditer(r"<time ([^>]*)>", page):  # every relative time has its exact one
+            assert re.search(r'datetime="[^"]+" title="\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC"', m[1])
+        page = (await http.get(f"/tasks/{retrying}")).text
+        assert "<dt>next retry</dt>" in page
+        tag = re.search(r'<dd data-field="next-run"><time datetime="([^"]+)"', page)
+        assert tag is not None and tag[1] == run_at.isoformat()
+        listing = (await http.get("/tasks")).text
+        assert f'retry <time datetime="{run_at.isoformat()}"' in listing

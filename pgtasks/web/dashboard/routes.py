@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs, quote
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -50,8 +50,10 @@ COOKIE = "pgtasks_dashboard"
 PAGE = 50
 #: Children listed on a task's page; the page of a parent with more says the list stops there.
 CHILDREN_SHOWN = 500
-#: How often the overview stream sends queue cards, throughput and workers.
+#: How often the overview stream sends queue cards and workers.
 TICK_S = 1.0
+#: The overview charts' spans (the selector), in seconds: the roll-up's buckets over them.
+CHART_SPANS = {"5m": 300, "1h": 3600, "24h": 86400}
 
 _env = Environment(
     loader=FileSystemLoader(HERE / "templates"),
@@ -62,7 +64,9 @@ _env = Environment(
 _env.filters.update(
     rel=views.time_tag, age=views.age, badge=views.badge, pretty=views.pretty,
     lines=views.lines, icon=lambda s: views.STATUS_ICON.get(str(s), "•"),
+    dur=views.duration_tag,
 )  # fmt: skip
+_env.globals.update(waited=views.waited, ran=views.ran, next_run=views.next_run)
 # Jinja's own urlencode keeps "/": a queue named `a/../../schedules/x` made the action URL
 # api/queues/a/../../schedules/x/pause, which the browser resolves to a schedule's. Every
 # character but the unreserved ones is escaped, so a name stays one path segment.
@@ -188,11 +192,11 @@ def dashboard_router(
     async def overview(request: Request, c: R) -> Response:
         if not can_read(request):
             return page(request, "overview.html")
-        cards, (now, series), workers, active, stranded = await asyncio.gather(
-            c.queue_cards(), c.throughput(300), c.workers(), c.active(), c.stranded(20)
+        cards, chart, workers, active, stranded = await asyncio.gather(
+            c.queue_cards(), c.chart(CHART_SPANS["5m"]), c.workers(), c.active(), c.stranded(20)
         )
         workers = views.with_tasks(workers, active)
-        data = {"now": now, "series": series, "queues": cards, "workers": workers}
+        data = {"chart": {"span": "5m", "buckets": chart}, "queues": cards, "workers": workers}
         return page(
             request, "overview.html", title="Overview", nav="overview", cards=cards,
             workers=workers, initial=_script_json(data), stranded=stranded,
@@ -315,6 +319,16 @@ def dashboard_router(
             node_w=views.NODE_W, node_h=views.NODE_H,
         )  # fmt: skip
 
+    @ui.get("/charts", name="pgtasks_dashboard_charts")
+    async def charts(request: Request, c: C, span: Literal["5m", "1h", "24h"] = "5m") -> Response:
+        """The overview's charts for the selector, behind the cookie like the streams: the
+        roll-up's buckets (Client.chart) as JSON."""
+        if (no := denied(request)) is not None:
+            return no
+        rows = await c.chart(CHART_SPANS[span])
+        body = _script_json({"span": span, "buckets": rows})
+        return Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})
+
     # -- login ---------------------------------------------------------------------------
 
     def _next(request: Request, target: str | None) -> str:
@@ -368,9 +382,8 @@ def dashboard_router(
 
     @ui.get("/stream/overview")
     async def overview_stream(request: Request, c: R) -> Response:
-        """`overview` every second: queue cards, workers with the tasks each runs, and the
-        throughput seconds since the last frame (the page has the five minutes before it
-        drew)."""
+        """`overview` every second: queue cards and workers with the tasks each runs (the
+        charts come from the roll-up, GET charts)."""
         if (no := denied(request)) is not None:
             return no
         try:
@@ -380,15 +393,12 @@ def dashboard_router(
 
         async def body() -> AsyncIterator[str]:
             # One query at a time: a stream's slot stands for one connection of the pool.
-            since = 15.0
             try:
                 while not await request.is_disconnected():
                     cards = await c.queue_cards()
-                    now, series = await c.throughput(since)
                     workers = views.with_tasks(await c.workers(), await c.active())
-                    data = {"now": now, "series": series, "queues": cards, "workers": workers}
+                    data = {"queues": cards, "workers": workers}
                     yield f"event: overview\ndata: {json.dumps(_jsonable(data))}\n\n"
-                    since = 5.0
                     await asyncio.sleep(TICK_S)
             finally:
                 release()

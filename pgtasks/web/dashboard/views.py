@@ -57,6 +57,77 @@ def time_tag(at: datetime | None, now: datetime | None = None) -> Markup:
     )
 
 
+def duration(seconds: float) -> str:
+    """A duration to the precision it deserves: `0.42 s`, `12.3 s`, `3 min 20 s`, `2 h 5 min`,
+    `3 d 4 h`."""
+    s = max(seconds, 0.0)
+    if s < 10:
+        return f"{s:.2f} s" if s < 1 else f"{s:.1f} s"
+    if s < 60:
+        return f"{s:.0f} s"
+    if s < 3600:
+        return f"{int(s // 60)} min {int(s % 60)} s"
+    if s < 86400:
+        return f"{int(s // 3600)} h {int(s % 3600 // 60)} min"
+    return f"{int(s // 86400)} d {int(s % 86400 // 3600)} h"
+
+
+def duration_tag(value: timedelta | float | None) -> Markup:
+    """A duration, with its exact length in seconds on hover."""
+    if value is None:
+        return Markup("<span class=muted>—</span>")
+    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    return Markup('<span class="dur" title="{} s">{}</span>').format(
+        f"{seconds:.3f}", duration(seconds)
+    )
+
+
+def _getter(row: dict[str, Any] | Any) -> Any:
+    """Reads a column of a row whether it is a dict (a list row) or a model (the detail)."""
+    return row.get if isinstance(row, dict) else lambda k: getattr(row, k, None)
+
+
+def waited(row: dict[str, Any] | Any, now: datetime) -> timedelta | None:
+    """How long the task waited ready before its first start (started_at - run_at), or has
+    waited so far while it is ready and not started. None when the row cannot tell: after
+    a retry, snooze or yield, run_at is the next run's time, not when it first became ready."""
+    get = _getter(row)
+    run_at: datetime | None = get("run_at")
+    started: datetime | None = get("started_at")
+    if run_at is None:
+        return None
+    if started is not None:
+        return max(started - run_at, timedelta(0)) if (get("attempt") or 0) <= 1 else None
+    if get("status") in ("PENDING", "COMMIT") and run_at <= now:
+        return now - run_at
+    return None
+
+
+def ran(row: dict[str, Any] | Any, now: datetime) -> timedelta | None:
+    """How long the task has run: from its first start to its end, or to now while it is
+    unfinished (task_status.elapsed, as the database computes it where the row has it)."""
+    get = _getter(row)
+    if get("elapsed") is not None:
+        value: timedelta = get("elapsed")
+        return value
+    started: datetime | None = get("started_at")
+    finished: datetime | None = get("finished_at")
+    if started is None:
+        return None
+    return (finished or now) - started
+
+
+def next_run(row: dict[str, Any] | Any, now: datetime) -> datetime | None:
+    """When a task waiting to run again (PENDING or COMMIT with run_at ahead) runs: run_at
+    as the database set it (the backoff of a retry, a snooze, a schedule). None otherwise."""
+    get = _getter(row)
+    run_at = get("run_at")
+    if get("status") in ("PENDING", "COMMIT") and run_at is not None and run_at > now:
+        when: datetime = run_at
+        return when
+    return None
+
+
 def age(value: timedelta | float | None) -> str:
     if value is None:
         return "—"

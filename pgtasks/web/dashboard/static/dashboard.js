@@ -1,4 +1,4 @@
-// pgtasks dashboard: live updates (Server-Sent Events), the throughput chart, and the
+// pgtasks dashboard: live updates (Server-Sent Events), the charts, and the
 // actions, which call the JSON API with the token this tab logged in with. Hand-written,
 // no dependencies, no build step.
 "use strict";
@@ -235,44 +235,122 @@
     }
   }
 
-  // -- overview: queue cards, throughput chart, workers --------------------------------
-  const WINDOW = 300;
-  const series = new Map(); // epoch second -> [done, failed]
-  let serverNow = 0;
-
-  function drawChart() {
-    const svg = $("#throughput");
-    if (!svg) return;
-    const start = Math.floor(serverNow) - WINDOW;
-    for (const t of series.keys()) if (t < start) series.delete(t);
-    let max = 1;
-    for (const [d, f] of series.values()) max = Math.max(max, d, f);
-    const W = 600, top = 6, bottom = 154;
-    const maxLabel = $("[data-chart-max]");
-    if (maxLabel) maxLabel.textContent = `${max}/s`;
-    const x = (t) => ((t - start) / WINDOW) * W;
-    const y = (v) => bottom - (v / max) * (bottom - top);
-    const line = (k) => {
-      const pts = [];
-      for (let t = start; t <= start + WINDOW; t++) {
-        const v = series.get(t);
-        pts.push(`${x(t).toFixed(1)},${y(v ? v[k] : 0).toFixed(1)}`);
-      }
-      return pts.join(" ");
-    };
-    svg.innerHTML =
-      `<line class="grid-line" x1="0" x2="${W}" y1="${top}" y2="${top}"/>` +
-      `<line class="grid-line" x1="0" x2="${W}" y1="${bottom}" y2="${bottom}"/>` +
-      `<polyline class="done" points="${line(0)}"/><polyline class="failed" points="${line(1)}"/>`;
-    let d = 0, f = 0;
-    for (let t = Math.floor(serverNow) - 10; t < Math.floor(serverNow); t++) {
-      const v = series.get(t);
-      if (v) { d += v[0]; f += v[1]; }
-    }
-    const rd = $("[data-rate=done]"), rf = $("[data-rate=failed]");
-    if (rd) rd.textContent = (d / 10).toFixed(1);
-    if (rf) rf.textContent = (f / 10).toFixed(1);
+  // -- overview: the charts, from the database's roll-up (GET charts?span=) -------------
+  // A duration to the precision it deserves, as the server's views.duration writes it.
+  function dur(s) {
+    s = Math.max(Number(s) || 0, 0);
+    if (s < 1) return `${s.toFixed(2)} s`;
+    if (s < 10) return `${s.toFixed(1)} s`;
+    if (s < 60) return `${Math.round(s)} s`;
+    if (s < 3600) return `${Math.floor(s / 60)} min ${Math.floor(s % 60)} s`;
+    if (s < 86400) return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+    return `${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`;
   }
+  const SPANS = {
+    "5m": { label: "5 minutes", ago: "5 min ago", every: 10000 },
+    "1h": { label: "hour", ago: "1 h ago", every: 10000 },
+    "24h": { label: "24 hours", ago: "24 h ago", every: 60000 },
+  };
+  // Per chart: the two series drawn (solid, dashed) and whether they are seconds.
+  const CHARTS = {
+    throughput: { keys: ["done", "failed"], cls: ["done", "failed"], seconds: false },
+    run: { keys: ["run_p50", "run_p95"], cls: ["p50", "p95"], seconds: true },
+    wait: { keys: ["wait_p50", "wait_p95"], cls: ["p50", "p95"], seconds: true },
+    depth: { keys: ["ready", "running"], cls: ["p50", "p95"], seconds: false },
+  };
+  let chartSpan = "5m";
+  let chartTimer = null;
+
+  function values(buckets, key) {
+    return buckets.map((b) => b[key]).filter((v) => v != null).map(Number);
+  }
+  const most = (xs) => (xs.length ? Math.max(...xs) : null);
+  const sum = (xs) => xs.reduce((a, b) => a + b, 0);
+
+  function summary(id, buckets, label) {
+    if (id === "throughput") {
+      const d = sum(values(buckets, "done")), f = sum(values(buckets, "failed"));
+      const c = sum(values(buckets, "cancelled"));
+      return `${d} done, ${f} failed, ${c} cancelled in the last ${label}.`;
+    }
+    if (id === "depth") {
+      const ready = values(buckets, "ready");
+      return ready.length ? `Ready: ${ready[ready.length - 1]} at the last sample, ${most(ready)} at most.`
+        : "No depth sample in this range.";
+    }
+    const n = sum(values(buckets, `${id}_count`));
+    if (!n) return `No task ${id === "run" ? "ran" : "waited"} in this range.`;
+    return `${n} task${n === 1 ? "" : "s"}; p50 up to ${dur(most(values(buckets, `${id}_p50`)))}, ` +
+      `p95 up to ${dur(most(values(buckets, `${id}_p95`)))}, longest ${dur(most(values(buckets, `${id}_max`)))}.`;
+  }
+
+  function drawCharts(data) {
+    const root = $("#charts");
+    if (!root || !data) return;
+    const buckets = data.buckets || [];
+    const span = SPANS[data.span] || SPANS["5m"];
+    const width = buckets.length ? Number(buckets[0].width_s) : 10;
+    const per = width >= 60 ? `${width / 60} min` : `${width} s`;
+    $("[data-chart-span-label]", root).textContent = span.label;
+    for (const b of $$("button[data-span]", root)) b.setAttribute("aria-pressed", String(b.dataset.span === data.span));
+    const rolled = buckets.filter((b) => b.rolled);
+    const upTo = rolled.length ? new Date(new Date(rolled[rolled.length - 1].bucket).getTime() + width * 1000) : null;
+    $("[data-chart-rolled]", root).innerHTML = upTo ? `The last bucket rolled up ended ${timeTag(upTo.toISOString())}.` : "Nothing rolled up yet.";
+    const W = 600, top = 4, bottom = 116, n = buckets.length;
+    const x = (i) => (n <= 1 ? W : (i / (n - 1)) * W);
+    for (const [id, spec] of Object.entries(CHARTS)) {
+      const fig = $(`[data-chart=${id}]`, root);
+      if (!fig) continue;
+      let max = 0;
+      for (const k of spec.keys) max = Math.max(max, most(values(buckets, k)) || 0);
+      const scale = max > 0 ? max : 1;
+      const y = (v) => bottom - (v / scale) * (bottom - top);
+      // A bucket without a value (not rolled up yet; no task ran in it) breaks the line; a
+      // lone point is a short dash, so it still shows.
+      const path = (key) => {
+        const parts = [];
+        let pen = false;
+        buckets.forEach((b, i) => {
+          if (b[key] == null) { pen = false; return; }
+          const p = `${x(i).toFixed(1)},${y(Number(b[key])).toFixed(1)}`;
+          parts.push(pen ? `L${p}` : `M${p} h2`);
+          pen = true;
+        });
+        return parts.join(" ");
+      };
+      const lines = spec.keys.map((k, i) => `<path class="${spec.cls[i]}" d="${path(k)}"/>`).join("");
+      $("svg", fig).innerHTML =
+        `<line class="grid-line" x1="0" x2="${W}" y1="${top}" y2="${top}"/>` +
+        `<line class="grid-line" x1="0" x2="${W}" y1="${bottom}" y2="${bottom}"/>` + lines;
+      $("[data-chart-max]", fig).textContent = spec.seconds ? (max ? dur(max) : "—") : `${max} ${id === "throughput" ? `per ${per}` : "tasks"}`;
+      $("[data-chart-unit]", fig).textContent = id === "throughput" ? `tasks per ${per}` : (spec.seconds ? "per bucket" : "sampled");
+      $("[data-chart-start]", fig).textContent = span.ago;
+      $("[data-chart-summary]", fig).textContent = summary(id, buckets, span.label);
+    }
+  }
+
+  async function loadCharts(span) {
+    try {
+      const r = await fetch(`${BASE}/charts?span=${encodeURIComponent(span)}`, { headers: { Accept: "application/json" } });
+      if (!r.ok) return;
+      const data = await r.json();
+      if (data.span === chartSpan) drawCharts(data);
+    } catch (e) { /* the next tick tries again */ }
+  }
+
+  function chartEvery(span) {
+    if (chartTimer) clearInterval(chartTimer);
+    chartTimer = setInterval(() => loadCharts(chartSpan), SPANS[span].every);
+  }
+
+  document.addEventListener("click", (ev) => {
+    const b = ev.target.closest("#charts button[data-span]");
+    if (!b || !SPANS[b.dataset.span]) return;
+    chartSpan = b.dataset.span;
+    for (const o of $$("#charts button[data-span]")) o.setAttribute("aria-pressed", String(o === b));
+    loadCharts(chartSpan);
+    chartEvery(chartSpan);
+  });
 
   function limits(q) {
     const parts = [];
@@ -322,7 +400,8 @@
     const rows = tasks.map((t) =>
       `<div><a href="${BASE}/tasks/${Number(t.id)}"${t.progress_message ? ` title="${esc(t.progress_message)}"` : ""}>` +
       `#${Number(t.id)} ${esc(t.task_type)}</a> ` +
-      `<span class="muted">${t.percent == null ? "" : `${Math.round(t.percent)}% · `}${span(t.running_for)}</span></div>`);
+      `<span class="muted">${t.percent == null ? "" : `${Math.round(t.percent)}% · `}` +
+      `<span class="dur" title="${Number(t.running_for).toFixed(3)} s">${dur(t.running_for)}</span></span></div>`);
     if (!rows.length) rows.push('<span class="muted">—</span>');
     if (w.more) rows.push(`<div class="muted">+${Number(w.more)} more</div>`);
     return rows.join("");
@@ -343,9 +422,6 @@
   }
 
   function applyOverview(data) {
-    serverNow = data.now;
-    for (const r of data.series) series.set(Number(r.t), [Number(r.done), Number(r.failed)]);
-    drawChart();
     updateCards(data.queues);
     updateWorkers(data.workers);
   }
@@ -353,9 +429,8 @@
   const initial = $("#overview-data");
   if (initial) {
     const data = JSON.parse(initial.textContent);
-    serverNow = data.now;
-    for (const r of data.series) series.set(Number(r.t), [Number(r.done), Number(r.failed)]);
-    drawChart();
+    drawCharts(data.chart);
+    chartEvery(chartSpan);
     const es = new EventSource(`${BASE}/stream/overview`);
     es.addEventListener("overview", (e) => { liveState(true); applyOverview(JSON.parse(e.data)); });
     es.addEventListener("error", () => liveState(false));
