@@ -331,8 +331,10 @@ class Cluster:
         """Until `member` streams as the synchronous standby (a switchover needs one)."""
         self._wait(lambda: member.status("/sync") == 200, timeout, f"{member.name} to be sync")
 
-    def wait_primary(self, member: Member, timeout: float = 120) -> None:
+    def wait_primary(self, member: Member, timeout: float = 120) -> float:
+        """Until Patroni reports `member` as the primary; the time.time() it did."""
         self._wait(lambda: member.status("/primary") == 200, timeout, f"{member.name} primary")
+        return time.time()
 
     def tails(self, lines: int = 12) -> str:
         out = []

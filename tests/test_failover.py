@@ -213,7 +213,8 @@ async def test_failover_and_switchover_lose_nothing(tmp_path, monkeypatch):
             old_primary = cluster.member("pg1")
             new_primary = cluster.other(old_primary)
             running_at_kill = running_at_switchover = 0
-            rejoined_after = 0.0
+            rejoined_after = promoted_after = 0.0
+            promoted: asyncio.Task[float] | None = None
             third_quarter = range(first_half, first_half + TASKS // 4)
             last_quarter = range(first_half + TASKS // 4, TASKS)
             while True:
@@ -229,13 +230,18 @@ async def test_failover_and_switchover_lose_nothing(tmp_path, monkeypatch):
                 if killed_at is None and done >= KILL_AT * TASKS:
                     running_at_kill = await count_running(url)
                     killed_at = cluster.kill_postmaster(old_primary)
+                    # When Patroni reports the standby promoted: the failover's own share.
+                    promoted = asyncio.create_task(
+                        asyncio.to_thread(cluster.wait_primary, new_primary)
+                    )
                     for n in third_quarter:
                         items.put_nowait(n)
                 elif killed_at is not None and switched_at is None:
                     # As soon as the old primary is back as the synchronous standby; the
                     # last quarter is queued first, so tasks are running and submits are in
                     # flight when Patroni shuts the primary down.
-                    await asyncio.to_thread(cluster.wait_primary, new_primary)
+                    assert promoted is not None
+                    promoted_after = await promoted - killed_at
                     await asyncio.to_thread(cluster.wait_sync, old_primary)
                     rejoined_after = time.time() - killed_at
                     for n in last_quarter:
@@ -330,7 +336,8 @@ async def test_failover_and_switchover_lose_nothing(tmp_path, monkeypatch):
         print(
             f"\nfailover: {TASKS} tasks, {WORKERS} workers x {CONCURRENCY};"
             f" kill -9 of the primary with {running_at_kill} running:"
-            f" first claim on the new primary {failover_s:.2f}s after the kill;"
+            f" standby promoted within {promoted_after:.2f}s of the kill, first claim on the new"
+            f" primary {failover_s:.2f}s after the kill;"
             f" switchover with {running_at_switchover} running: claims paused"
             f" {switchover_s:.2f}s; {ran_twice} tasks ran twice or more"
             f" ({extra_runs} extra runs); failed attempts"
