@@ -149,6 +149,7 @@ async def test_failover_and_switchover_lose_nothing(tmp_path, monkeypatch):
     cluster = Cluster(tmp_path / "ha")
     fleet: Fleet | None = None
     producers: list[asyncio.Task[None]] = []
+    keeper: asyncio.Task[None] | None = None
     try:
         await asyncio.to_thread(cluster.start)
         url = cluster.url()
@@ -194,7 +195,8 @@ async def test_failover_and_switchover_lose_nothing(tmp_path, monkeypatch):
                             " task_ids => $1, lease_tokens => $2, lease => $3)",
                             zombie_ids, zombie_tokens, ZOMBIE_LEASE,
                         )  # fmt: skip
-                        assert not lost
+                        if lost:  # a stall outlasted its lease: it is cut off already
+                            return
                         await asyncio.sleep(0.3)
 
             keeper = asyncio.create_task(keep_zombies())
@@ -355,7 +357,7 @@ async def test_failover_and_switchover_lose_nothing(tmp_path, monkeypatch):
         # Both workers reconnected by themselves: none died.
         assert len(fleet.alive()) == WORKERS, fleet.tails()
     finally:
-        for p in producers:
+        for p in [*producers, *([keeper] if keeper is not None else [])]:
             p.cancel()
         if fleet is not None:
             fleet.stop_all()
