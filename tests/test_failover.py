@@ -63,12 +63,18 @@ pytestmark = [
 ]
 
 
-async def produce(client: Client, items: asyncio.Queue[int], acked: dict[int, int]) -> None:
+async def produce(
+    client: Client, items: asyncio.Queue[int], acked: dict[int, int], resent: list[int]
+) -> None:
     """Submit each n with its idempotency key, again after any connection error, until one
-    submit is acknowledged; record the id it returned."""
+    submit is acknowledged; record the id it returned (and in `resent`, each n sent again)."""
     while True:
         n = await items.get()
+        first = True
         while True:
+            if not first:
+                resent.append(n)
+            first = False
             try:
                 made = await client.submit(
                     "ha", {"n": n, **SLEEP}, idempotency_key=f"ha-{n}",
@@ -206,7 +212,10 @@ async def test_failover_and_switchover_lose_nothing(tmp_path, monkeypatch):
                     "--poll-interval", "0.5"]  # fmt: skip
             for _ in range(WORKERS):
                 fleet.start(*args, app=APP)
-            producers = [asyncio.create_task(produce(client, items, acked)) for _ in range(4)]
+            resent: list[int] = []
+            producers = [
+                asyncio.create_task(produce(client, items, acked, resent)) for _ in range(4)
+            ]
 
             loop = asyncio.get_running_loop()
             deadline = loop.time() + 900  # only bounds a hung run
@@ -346,7 +355,8 @@ async def test_failover_and_switchover_lose_nothing(tmp_path, monkeypatch):
             f" {[tuple(r) for r in failed_attempts]};"
             f" {handed_back} tasks of lost claim answers handed back,"
             f" {len(redone)} returned tasks redone, {len(steps_rerun)} steps run again,"
-            f" {len(lease_waits)} lease waits; kill {killed_at - began:.1f}s into the drain,"
+            f" {len(lease_waits)} lease waits; {len(set(resent))} submits sent again;"
+            f" kill {killed_at - began:.1f}s into the drain,"
             f" old primary back as sync standby {rejoined_after:.1f}s after it,"
             f" drain over {time.time() - began:.1f}s after its start"
         )
