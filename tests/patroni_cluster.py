@@ -376,9 +376,11 @@ def main(argv: list[str]) -> int:
         print(f"URL:        {cluster.url()}")
         print(f"members:    {first.name} {first.api}, {second.name} {second.api}")
         print(f"logs:       {cluster.root}/*/patroni.log, {cluster.root}/etcd.log")
-        print(f"list:       {sys.executable} -m patroni.ctl -c {cfg} list")
+        ctl = Path(sys.executable).with_name("patronictl")
+        ctl_cmd = str(ctl) if ctl.exists() else "patronictl"
+        print(f"list:       {ctl_cmd} -c {cfg} list")
         print(f"kill -9:    kill -9 $(head -1 {first.data_dir}/postmaster.pid)")
-        print(f"switchover: {sys.executable} -m patroni.ctl -c {cfg} switchover --force")
+        print(f"switchover: {ctl_cmd} -c {cfg} switchover --force")
         print("Ctrl-C stops the cluster (the folder stays; remove it by hand)")
         while True:
             time.sleep(3600)
