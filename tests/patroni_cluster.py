@@ -12,8 +12,8 @@ The settings that make a crash a failover (`patroni_config` below):
 * `synchronous_mode: true`: commits wait for the standby, and Patroni promotes only a
   standby it has recorded as synchronous, so a failover loses no acknowledged commit.
 * `loop_wait: 1`: each Patroni looks at its PostgreSQL every second (default 10), so it
-  sees the crash within a second; ttl 20 and retry_timeout 5 are the smallest pair Patroni
-  accepts with it (loop_wait + 2 * retry_timeout <= ttl).
+  sees the crash within a second; ttl 20 is the smallest ttl Patroni accepts, and
+  retry_timeout 5 keeps its rule loop_wait + 2 * retry_timeout <= ttl with room.
 * `use_pg_rewind` with `wal_log_hints`: the crashed primary rejoins as a standby by
   rewinding, not by a new base backup.
 
