@@ -40,10 +40,8 @@ from bench.harness import (
     WorkerContext,
     admin_execute,
     fresh_database,
-    harness_dsn,
     p50_p99,
     run_suite,
-    running_workers,
     sample_connection_drains,
     sample_drain,
     sample_enqueue_single_interleaved,
@@ -87,15 +85,22 @@ NO_WAKEUPS = """
 DO $$ BEGIN
     EXECUTE format('ALTER DATABASE %I SET pgtasks.wake_workers = off', current_database());
 END $$"""
-#: drain_1_waiting: this many tasks of the drained type parked on an event that never
-#: comes, as many long-running tasks waiting for approvals would be.
-WAITING_TASKS = 10_000
-WAITING = f"""
-DO $$ BEGIN
-    PERFORM pgtasks.submit_tasks('{TASK}', array_fill('{{}}'::jsonb, ARRAY[{WAITING_TASKS}]));
-    PERFORM pgtasks.wait_for_event(c.id, c.lease_token, 'never', interval '1 day')
-       FROM pgtasks.claim_tasks('bench-setup', NULL, {WAITING_TASKS}, NULL, ARRAY['{TASK}']) c;
+
+
+def parked(first: int, last: int, event: str) -> str:
+    """Setup SQL: tasks of the bench's type carrying seqs ``first``..``last``, each parked on
+    a wait for ``event`` (a day at most), as a worker's first attempt would leave them."""
+    return f"""DO $$ BEGIN
+    PERFORM pgtasks.submit_tasks('{TASK}', ARRAY(SELECT jsonb_build_object('seq', g)
+                                                  FROM generate_series({first}, {last}) g));
+    PERFORM pgtasks.wait_for_event(c.id, c.lease_token, '{event}', interval '1 day')
+       FROM pgtasks.claim_tasks('bench-setup', NULL, {last - first + 1}, NULL, ARRAY['{TASK}']) c;
 END $$"""
+
+
+#: drain_1_waiting: this many tasks of the drained type waiting for an event that never
+#: comes, as long-running tasks waiting for approvals would.
+WAITING_TASKS = 10_000
 LIMITED = f"""
 SELECT pgtasks.configure_queue(queue => (SELECT default_queue FROM pgtasks.current_settings()),
                                max_running => {MAX_RUNNING})"""
@@ -164,6 +169,24 @@ class PgTasksClient:
 
     async def close(self) -> None:
         await self._client.close()
+
+
+class EventClient(PgTasksClient):
+    """For event_latency_*: enqueueing ``seq`` sends ``go`` to the task :func:`parked` left
+    waiting with that seq, so :func:`sample_latency` times ``send_event`` to the task's code
+    running again. The parked tasks' ids follow their seqs."""
+
+    first = 0
+
+    @classmethod
+    async def connect(cls, dsn: str) -> EventClient:
+        client = cls(await TaskClient(dsn).connect())
+        lowest = "SELECT min(id) - min((params->>'seq')::bigint) FROM pgtasks.tasks"
+        client.first = int(await client._client.pool.fetchval(lowest))
+        return client
+
+    async def enqueue_one(self, seq: int) -> None:
+        await self._client.send_event(self.first + seq, "go")
 
 
 class RevisionClient:
@@ -236,18 +259,13 @@ async def serve(ctx: WorkerContext) -> None:
             await task.progress(1, 1)
             recorder.finished()
 
-    elif ctx.args.job == "event":
-
-        @task_register(TASK, into=registry)
-        async def event(task: Any, params: dict[str, Any]) -> None:
-            await task.wait_for_event("go")
-            recorder.started(params.get("seq"))
-            recorder.finished()
-
     else:
+        event = ctx.args.job == "event"
 
         @task_register(TASK, into=registry)
-        async def noop(_task: Any, params: dict[str, Any]) -> None:
+        async def noop(task: Any, params: dict[str, Any]) -> None:
+            if event:  # parked by parked(), sent its event by EventClient: returns at once
+                await task.wait_for_event("go")
             recorder.started(params.get("seq"))
             recorder.finished()
 
@@ -485,37 +503,31 @@ async def run(dsn: str, cfg: BenchConfig, say: Log) -> dict[str, Figure]:
     figures.update(await sample_connection_drains(steps, dsn, cfg, "drain_1_steps", say, jobs))
 
     pairs: dict[str, list[float]] = {}
+    first = -cfg.latency_warmup
+    events = make_peer(job="event", setup=parked(first, cfg.latency_jobs - 1, "go"))
+    events = dataclasses.replace(events, connect=EventClient.connect)
+    parked_ = parked(1, WAITING_TASKS, "never")
+    waiting = {"drain_1_waiting": make_peer(setup=parked_), "drain_1_waiting_plain": make_peer()}
     for i in range(cfg.runs):
         wakeups = (make_peer(), make_peer(setup=NO_WAKEUPS))
         on, off = await sample_enqueue_single_interleaved(*wakeups, dsn, cfg)
         p50, p99 = p50_p99(await sample_latency(make_peer(listen=False), dsn, cfg))
+        e50, e99 = p50_p99(await sample_latency(events, dsn, cfg))
         got = {"enqueue_single_paired": on, "enqueue_single_no_wakeup": off}
         got |= {"latency_poll_p50_ms": p50, "latency_poll_p99_ms": p99}
+        got |= {"event_latency_p50_ms": e50, "event_latency_p99_ms": e99}
+        # drain_1 beside WAITING_TASKS waiting ones, paired with a plain one, order flipped
+        for key in sorted(waiting, reverse=i % 2 == 1):
+            got[key] = _rate(await sample_drain(waiting[key], dsn, cfg, 1))
         for key, v in got.items():
             pairs.setdefault(key, []).append(v)
         say(
             f"[{NAME}] run {i + 1}: wake-ups on {on:,.0f}, off {off:,.0f} jobs/s "
-            f"({on / off:.2f}); latency_poll p50 {p50:.1f}, p99 {p99:.1f} ms"
+            f"({on / off:.2f}); latency_poll p50 {p50:.1f}, p99 {p99:.1f} ms; event p50 "
+            f"{e50:.1f}, p99 {e99:.1f} ms; drain_1 {got['drain_1_waiting_plain']:,.0f}, with "
+            f"{WAITING_TASKS:,} waiting {got['drain_1_waiting']:,.0f} jobs/s"
         )
     figures.update(to_figures(pairs))
-
-    waits: dict[str, list[float]] = {}
-    for i in range(cfg.runs):
-        p50, p99 = p50_p99(await sample_event_latency(dsn, cfg))
-        plain, waiting = (make_peer(), make_peer(setup=WAITING))
-        pair = [plain, waiting] if i % 2 == 0 else [waiting, plain]
-        got = {"event_latency_p50_ms": p50, "event_latency_p99_ms": p99}
-        for p in pair:
-            rate = _rate(await sample_drain(p, dsn, cfg, 1))
-            got["drain_1_waiting" if p is waiting else "drain_1_waiting_plain"] = rate
-        for key, v in got.items():
-            waits.setdefault(key, []).append(v)
-        say(
-            f"[{NAME}] run {i + 1}: event latency p50 {p50:.1f}, p99 {p99:.1f} ms; drain_1 with "
-            f"{WAITING_TASKS:,} waiting {got['drain_1_waiting']:,.0f}, "
-            f"without {got['drain_1_waiting_plain']:,.0f} jobs/s"
-        )
-    figures.update(to_figures(waits))
 
     if cfg.history_finished or cfg.history_future:
         history, fresh = await sample_history_drains(dsn, cfg, say)
@@ -526,44 +538,6 @@ async def run(dsn: str, cfg: BenchConfig, say: Log) -> dict[str, Figure]:
 
     figures.update(await workflows.run(dsn, cfg, say))
     return figures
-
-
-async def sample_event_latency(dsn: str, cfg: BenchConfig) -> list[float]:
-    """Milliseconds from ``send_event`` to the waiting task's code running again, one idle
-    worker: each job is submitted, parks on its wait, gets its event ``latency_gap_ms`` later
-    and finishes before the next is submitted. The warm-up jobs are not counted."""
-    peer, sent = make_peer(job="event"), {}
-    async with fresh_database(dsn, peer.name) as db:
-        await peer.install(db)
-        conn = await asyncpg.connect(harness_dsn(db))
-        try:
-            async with running_workers(peer, db, 1, cfg, record_starts=True) as procs:
-                for seq in range(-cfg.latency_warmup, cfg.latency_jobs):
-                    tid = await conn.fetchval(_SUBMIT_ONE, TASK, json.dumps({"seq": seq}))
-                    await _until_status(conn, tid, "COMMIT", cfg, procs)
-                    await asyncio.sleep(cfg.latency_gap_ms / 1000)
-                    sent[seq] = time.time()
-                    await conn.execute(_SEND_GO, tid)
-                    await _until_status(conn, tid, "DONE", cfg, procs)
-                (stats,) = [await w.stop(cfg.timeout_s) for w in procs]
-        finally:
-            await conn.close()
-    return [(stats.starts[s] - sent[s]) * 1000 for s in sent if s >= 0]
-
-
-_SUBMIT_ONE = "SELECT pgtasks.submit_task(task_type => $1, params => $2::jsonb)"
-_SEND_GO = "SELECT pgtasks.send_event(task_id => $1, name => 'go')"
-
-
-async def _until_status(conn: Any, tid: int, status: str, cfg: BenchConfig, procs: Any) -> None:
-    deadline = time.monotonic() + cfg.timeout_s
-    q = "SELECT status::text FROM pgtasks.tasks WHERE id = $1"
-    while await conn.fetchval(q, tid) != status:
-        for w in procs:
-            w.check_alive()
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"task {tid} never became {status}")
-        await asyncio.sleep(0.002)
 
 
 def settings() -> dict[str, Any]:

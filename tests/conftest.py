@@ -22,10 +22,11 @@ import psycopg
 import pytest
 from pytest_postgresql import factories
 
+from pgtasks import Client, Worker
 from pgtasks.embedded import EmbeddedPostgres
 from pgtasks.migrations import migrate_url
 from tests.apps.basic import RUNS_DDL
-from tests.fleet import Fleet, psql
+from tests.fleet import Fleet, StartWorker, psql
 
 ROOT = Path(__file__).resolve().parent.parent
 _server: EmbeddedPostgres | None = None
@@ -106,6 +107,30 @@ async def conn(dsn: str) -> AsyncIterator[asyncpg.Connection]:
         yield c
     finally:
         await c.close()
+
+
+@pytest.fixture
+async def client(dsn: str) -> AsyncIterator[Client]:
+    async with Client(dsn) as c:
+        yield c
+
+
+@pytest.fixture
+async def start_worker(dsn: str) -> AsyncIterator[StartWorker]:
+    """In-process workers (the test's own event loop), stopped at the end of the test."""
+    started: list[tuple[Worker, asyncio.Task[None]]] = []
+
+    async def start(**kw: Any) -> Worker:
+        opts: dict[str, Any] = {"poll_interval": 0.2, "lease": 10.0, "shutdown_grace": 2.0}
+        w = Worker(dsn, **(opts | kw))
+        started.append((w, asyncio.create_task(w.run())))
+        return w
+
+    yield start
+    for w, _ in started:
+        w.stop()
+    for _, t in started:
+        await asyncio.wait_for(t, 30)
 
 
 @pytest.fixture

@@ -13,15 +13,18 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
 
-from pgtasks import db
+from pgtasks import Worker, db
 from pgtasks.embedded import EmbeddedPostgres
 from pgtasks.migrations import migrate_url
 from tests.apps.basic import RUNS_DDL
+
+#: The start_worker fixture (tests/conftest.py): starts an in-process Worker.
+StartWorker = Callable[..., Awaitable[Worker]]
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = "tests/apps/reliability.py"

@@ -9,18 +9,13 @@ never from the code under test. Timeouts only bound a hung test.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
-
 import asyncpg
 import pytest
 
-from pgtasks import Client, PgTasksError, Worker
+from pgtasks import Client, PgTasksError
 from tests.apps.children import CHILDREN_DDL
 from tests.conftest import WorkerProcs, wait_for
-
-StartWorker = Callable[..., Awaitable[Worker]]
+from tests.fleet import StartWorker
 
 PARKED = (
     "SELECT t.status = 'COMMIT' AND t.run_at > pgtasks.now() + interval '1 year'"
@@ -32,30 +27,6 @@ PARKED = (
 async def db(conn: asyncpg.Connection) -> asyncpg.Connection:
     await conn.execute(CHILDREN_DDL)
     return conn
-
-
-@pytest.fixture
-async def client(dsn: str) -> AsyncIterator[Client]:
-    async with Client(dsn) as c:
-        yield c
-
-
-@pytest.fixture
-async def start_worker(dsn: str) -> AsyncIterator[StartWorker]:
-    """In-process workers (the test's own event loop), stopped at the end of the test."""
-    started: list[tuple[Worker, asyncio.Task[None]]] = []
-
-    async def start(**kw: Any) -> Worker:
-        opts: dict[str, Any] = {"poll_interval": 0.2, "lease": 10.0, "shutdown_grace": 2.0}
-        w = Worker(dsn, **(opts | kw))
-        started.append((w, asyncio.create_task(w.run())))
-        return w
-
-    yield start
-    for w, _ in started:
-        w.stop()
-    for _, t in started:
-        await asyncio.wait_for(t, 30)
 
 
 async def test_a_parent_gets_its_childrens_results_in_spawn_order_with_failures_in_place(

@@ -13,17 +13,15 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
 import pytest
 
-from pgtasks import Client, EventAfterFinish, InvalidArgument, LeaseLost, TaskNotFound, Worker
+from pgtasks import Client, EventAfterFinish, InvalidArgument, LeaseLost, TaskNotFound
 from tests.apps.events import EVENTS_DDL
 from tests.conftest import ROOT, WorkerProcs, wait_for
-
-StartWorker = Callable[..., Awaitable[Worker]]
+from tests.fleet import StartWorker
 
 PARKED = (
     "SELECT t.status = 'COMMIT' AND t.run_at > pgtasks.now() FROM pgtasks.tasks t WHERE t.id = $1"
@@ -36,30 +34,6 @@ SEND = "SELECT pgtasks.send_event(task_id => $1, name => 'approved', payload => 
 async def db(conn: asyncpg.Connection) -> asyncpg.Connection:
     await conn.execute(EVENTS_DDL)
     return conn
-
-
-@pytest.fixture
-async def client(dsn: str) -> AsyncIterator[Client]:
-    async with Client(dsn) as c:
-        yield c
-
-
-@pytest.fixture
-async def start_worker(dsn: str) -> AsyncIterator[StartWorker]:
-    """In-process workers (the test's own event loop), stopped at the end of the test."""
-    started: list[tuple[Worker, asyncio.Task[None]]] = []
-
-    async def start(**kw: Any) -> Worker:
-        opts: dict[str, Any] = {"poll_interval": 0.2, "lease": 10.0, "shutdown_grace": 2.0}
-        w = Worker(dsn, **(opts | kw))
-        started.append((w, asyncio.create_task(w.run())))
-        return w
-
-    yield start
-    for w, _ in started:
-        w.stop()
-    for _, t in started:
-        await asyncio.wait_for(t, 30)
 
 
 async def runs(db: asyncpg.Connection, task_id: int) -> list[tuple[str, int]]:

@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -24,20 +24,13 @@ from pgtasks import Client, TaskCancelled, TaskFailed, TaskNotFound, Worker
 from pgtasks.context import FLUSH_INTERVAL, LOG_BATCH
 from tests.apps.long import LONG_DDL, gate
 from tests.conftest import ROOT, WorkerProcs, until, wait_for
-
-StartWorker = Callable[..., Awaitable[Worker]]
+from tests.fleet import StartWorker
 
 
 @pytest.fixture
 async def db(conn: asyncpg.Connection) -> asyncpg.Connection:
     await conn.execute(LONG_DDL)
     return conn
-
-
-@pytest.fixture
-async def client(dsn: str) -> AsyncIterator[Client]:
-    async with Client(dsn) as c:
-        yield c
 
 
 @pytest.fixture
