@@ -187,6 +187,7 @@ class SyncClient:
     cancel = _blocking(Client.cancel)
     send_event = _blocking(Client.send_event)
     inbox = _blocking(Client.inbox)
+    children = _blocking(Client.children)
     stranded = _blocking(Client.stranded)
     retry = _blocking(Client.retry)
     queue_cards = _blocking(Client.queue_cards)

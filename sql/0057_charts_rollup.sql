@@ -1,14 +1,15 @@
 -- The charts' roll-up: task_rollup holds per 10-second and 5-minute bucket and queue the
 -- tasks that ended, histograms of their run and wait times and sampled depth; roll_up
 -- (07_leases.sql) fills it from maintain(), task_chart (11_views.sql) reads it. Two new
--- tables nobody writes yet, new functions, and maintain() calling roll_up.
+-- tables nobody writes yet, new functions, and maintain() calling roll_up. Every statement
+-- can run again (IF NOT EXISTS, ON CONFLICT), as the newest delta's must for the upgrade tests.
 SET LOCAL search_path = pg_catalog, pgtasks, pg_temp;
 -- Bodies are checked when they first run, so a function may call one defined below.
 SET LOCAL check_function_bodies = off;
 -- Created by, and so owned by, pgtasks_owner.
 SET LOCAL ROLE pgtasks_owner;
 
-CREATE TABLE pgtasks.task_rollup (
+CREATE TABLE IF NOT EXISTS pgtasks.task_rollup (
     width      interval NOT NULL,
     bucket     timestamptz NOT NULL,
     queue      text NOT NULL,
@@ -29,11 +30,11 @@ CREATE TABLE pgtasks.task_rollup (
     CONSTRAINT task_rollup_width_known CHECK (width IN (interval '10 seconds', interval '5 minutes'))
 );
 
-CREATE TABLE pgtasks.rollup_state (
+CREATE TABLE IF NOT EXISTS pgtasks.rollup_state (
     rolled_to timestamptz NOT NULL,
     only_row  boolean PRIMARY KEY DEFAULT true CHECK (only_row)
 );
-INSERT INTO pgtasks.rollup_state (rolled_to) VALUES ('-infinity');
+INSERT INTO pgtasks.rollup_state (rolled_to) VALUES ('-infinity') ON CONFLICT DO NOTHING;
 
 CREATE OR REPLACE FUNCTION pgtasks.histogram(seconds double precision[])
  RETURNS bigint[]
