@@ -235,6 +235,7 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--poll-interval", type=float, default=unset)
     parser.add_argument("--no-listen", dest="listen", action="store_false", default=unset)
     parser.add_argument("--job", choices=("noop", "steps", "event"), default="noop")
+    parser.add_argument("--no-otel", action="store_true")  # read by bench/__init__.py
 
 
 async def _checkpoint(seq: int | None) -> int | None:
@@ -287,11 +288,12 @@ def make_peer(
     listen: bool = True,
     concurrency: int | None = CONCURRENCY,
     job: str = "noop",
+    otel: bool = True,
 ) -> Peer:
     """The pgtasks peer; ``concurrency=None`` leaves it, like every option, at Worker's default.
     ``tree``: another revision's checkout, whose pgtasks the client, the schema (its own
     migrate) and the workers use, as system ``name``. ``setup``: SQL run after the schema."""
-    args = ["--job", job]
+    args = ["--job", job, *([] if otel else ["--no-otel"])]
     if concurrency is not None:
         args += ["--concurrency", str(concurrency)]
     if not listen:
@@ -507,7 +509,8 @@ async def run(dsn: str, cfg: BenchConfig, say: Log) -> dict[str, Figure]:
     events = make_peer(job="event", setup=parked(first, cfg.latency_jobs - 1, "go"))
     events = dataclasses.replace(events, connect=EventClient.connect)
     parked_ = parked(1, WAITING_TASKS, "never")
-    waiting = {"drain_1_waiting": make_peer(setup=parked_), "drain_1_waiting_plain": make_peer()}
+    paired = {"drain_1_waiting": make_peer(setup=parked_), "drain_1_waiting_plain": make_peer()}
+    paired["drain_1_no_otel"] = make_peer(otel=False)  # against the plain one, OTel API present
     for i in range(cfg.runs):
         wakeups = (make_peer(), make_peer(setup=NO_WAKEUPS))
         on, off = await sample_enqueue_single_interleaved(*wakeups, dsn, cfg)
@@ -516,16 +519,18 @@ async def run(dsn: str, cfg: BenchConfig, say: Log) -> dict[str, Figure]:
         got = {"enqueue_single_paired": on, "enqueue_single_no_wakeup": off}
         got |= {"latency_poll_p50_ms": p50, "latency_poll_p99_ms": p99}
         got |= {"event_latency_p50_ms": e50, "event_latency_p99_ms": e99}
-        # drain_1 beside WAITING_TASKS waiting ones, paired with a plain one, order flipped
-        for key in sorted(waiting, reverse=i % 2 == 1):
-            got[key] = _rate(await sample_drain(waiting[key], dsn, cfg, 1))
+        # drain_1 beside WAITING_TASKS waiting ones, and without the OTel package, each
+        # against a plain one in the same round, the order flipped
+        for key in sorted(paired, reverse=i % 2 == 1):
+            got[key] = _rate(await sample_drain(paired[key], dsn, cfg, 1))
         for key, v in got.items():
             pairs.setdefault(key, []).append(v)
         say(
             f"[{NAME}] run {i + 1}: wake-ups on {on:,.0f}, off {off:,.0f} jobs/s "
             f"({on / off:.2f}); latency_poll p50 {p50:.1f}, p99 {p99:.1f} ms; event p50 "
             f"{e50:.1f}, p99 {e99:.1f} ms; drain_1 {got['drain_1_waiting_plain']:,.0f}, with "
-            f"{WAITING_TASKS:,} waiting {got['drain_1_waiting']:,.0f} jobs/s"
+            f"{WAITING_TASKS:,} waiting {got['drain_1_waiting']:,.0f}, without the OTel package "
+            f"{got['drain_1_no_otel']:,.0f} jobs/s"
         )
     figures.update(to_figures(pairs))
 
