@@ -238,7 +238,7 @@ async def test_metrics_show_dead_rows_and_what_holds_the_xmin_horizon(dsn, conn)
             ids = [await conn.fetchval("SELECT pgtasks.submit_task('noop')") for _ in range(5)]
             for tid in ids:
                 await conn.fetchval("SELECT pgtasks.cancel_task($1)", tid)
-            # This session's counts reach the shared statistics once it goes idle.
+            # A backend's counts reach the shared statistics once it goes idle.
             await conn.execute("SELECT pg_stat_force_next_flush()")
             text = await scrape()
             assert gauge(text, "pgtasks_table_dead_tuples", table="tasks") >= before + 5, text
