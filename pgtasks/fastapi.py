@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
@@ -124,6 +125,28 @@ def replica_of(request: Request) -> Client | None:
     primary."""
     reader = getattr(request.app.state, STATE_READER, None)
     return reader if isinstance(reader, Client) else None
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientSources:
+    """Where a router's Clients come from: the ones it was built with
+    (`router(client=..., reader=...)`), else the app's (`lifespan`, `running`). A router
+    given its own primary and no reader reads from that primary, never from the app's
+    replica."""
+
+    client: Client | None = None
+    reader: Client | None = None
+
+    def primary(self, request: Request) -> Client:
+        return self.client if self.client is not None else get_client(request)
+
+    def replica(self, request: Request) -> Client | None:
+        if self.reader is not None:
+            return self.reader
+        return replica_of(request) if self.client is None else None
+
+    def read(self, request: Request) -> Client:
+        return self.replica(request) or self.primary(request)
 
 
 def get_reader(request: Request) -> Client:

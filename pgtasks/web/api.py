@@ -28,7 +28,7 @@ from pgtasks.client import (
     TaskLog,
     TaskPage,
 )
-from pgtasks.fastapi import get_client, replica_of
+from pgtasks.fastapi import ClientSources
 from pgtasks.web.errors import ApiError, ErrorResponse, ErrorRoute
 from pgtasks.web.metrics import CONTENT_TYPE as METRICS_TYPE
 from pgtasks.web.metrics import render
@@ -496,16 +496,8 @@ def router(
     read = _declared(settings, write=False)
     write = _declared(settings, write=True)
 
-    def the_client(request: Request) -> Client:
-        return client if client is not None else get_client(request)
-
-    def the_replica(request: Request) -> Client | None:
-        if reader is not None:
-            return reader
-        return replica_of(request) if client is None else None
-
-    def the_reader(request: Request) -> Client:
-        return the_replica(request) or the_client(request)
+    sources = ClientSources(client, reader)
+    the_client, the_replica, the_reader = sources.primary, sources.replica, sources.read
 
     C = Annotated[Client, Depends(the_client)]
     #: What only reads: the replica's Client when there is one.

@@ -240,7 +240,8 @@ COMMENT ON FUNCTION pgtasks.queue_tag(text) IS
 -- without waiting for the WAL flush (skip_claim_flush, 05_claim.sql). Every other write
 -- must be durable, so each one that can follow a claim in the same transaction calls this
 -- first: the tasks triggers below (submits, finishes, every status change) and checkpoint.
--- It puts the caller's synchronous_commit back. One setting lookup when no claim came first.
+-- It puts the caller's synchronous_commit back. The triggers test the setting before they
+-- call it, so a transaction that claimed nothing pays one setting lookup per statement.
 CREATE FUNCTION pgtasks.keep_durable() RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pgtasks, pg_temp
@@ -262,7 +263,11 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pgtasks, pg_temp
 AS $$
 BEGIN
-    PERFORM pgtasks.keep_durable();
+    -- A lookup, not a call, when no claim came first in this transaction (the usual case):
+    -- the call and its SET clause cost more than the test, on every statement.
+    IF current_setting('pgtasks.claim_commit', true) <> '' THEN
+        PERFORM pgtasks.keep_durable();
+    END IF;
     -- The history and the submitted counter's delta (task_counts, 01_tables.sql) in one
     -- statement: one row per queue and type of the statement, not a hot counter row.
     WITH history AS (
@@ -400,7 +405,11 @@ SET search_path = pg_catalog, pgtasks, pg_temp
 SET jit = off
 AS $$
 BEGIN
-    PERFORM pgtasks.keep_durable();
+    -- A lookup, not a call, when no claim came first in this transaction (the usual case):
+    -- the call and its SET clause cost more than the test, on every statement.
+    IF current_setting('pgtasks.claim_commit', true) <> '' THEN
+        PERFORM pgtasks.keep_durable();
+    END IF;
     -- The history and the counters' deltas (task_counts, 01_tables.sql) in one statement
     -- over one join. A claim counts nothing; a rescue (rescue_expired sets
     -- pgtasks.rescuing) counts `rescued` besides what the attempt became.

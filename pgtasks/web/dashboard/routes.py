@@ -32,7 +32,7 @@ from starlette.background import BackgroundTask
 from pgtasks import __version__
 from pgtasks.client import STATUSES, Client
 from pgtasks.errors import TaskNotFound, WorkflowNotFound
-from pgtasks.fastapi import get_client, replica_of
+from pgtasks.fastapi import ClientSources
 from pgtasks.queries import SEARCH_WINDOW
 from pgtasks.web.dashboard import views
 from pgtasks.web.errors import ApiError, ErrorRoute, error_response
@@ -124,16 +124,8 @@ def dashboard_router(
     sessions = sessions or sessions_for(settings)
     open_reads = settings.api_open_reads
 
-    def the_client(request: Request) -> Client:
-        return client if client is not None else get_client(request)
-
-    def the_replica(request: Request) -> Client | None:
-        if reader is not None:
-            return reader
-        return replica_of(request) if client is None else None
-
-    def the_reader(request: Request) -> Client:
-        return the_replica(request) or the_client(request)
+    sources = ClientSources(client, reader)
+    the_client, the_replica, the_reader = sources.primary, sources.replica, sources.read
 
     async def replica_lag(request: Request) -> None:
         """How far behind the replica is, for page() to show (nothing: pages read the
