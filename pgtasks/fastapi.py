@@ -138,14 +138,17 @@ class ClientSources:
     reader: Client | None = None
 
     def primary(self, request: Request) -> Client:
+        """Dependency: the Client that writes (and reads where no replica is)."""
         return self.client if self.client is not None else get_client(request)
 
     def replica(self, request: Request) -> Client | None:
+        """The replica's Client, or None when reads go to the primary."""
         if self.reader is not None:
             return self.reader
         return replica_of(request) if self.client is None else None
 
     def read(self, request: Request) -> Client:
+        """Dependency for what only reads: the replica's Client, else the primary's."""
         return self.replica(request) or self.primary(request)
 
 
